@@ -1,0 +1,1 @@
+"""Agents: one per grid element, sans-IO state machines stepped by the daemon."""

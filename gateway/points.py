@@ -1,0 +1,169 @@
+"""The process image: every measured or commanded value the gateway knows, with quality.
+
+Points are the only way data reaches agents and protection. Adapters turn wire data into
+`PointUpdate`s; the image stores the latest value of each point and tells listeners.
+Quality follows IEC 61850-7-3: good, invalid, questionable, with a reason (detail quality).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+
+class PointKind(enum.Enum):
+    ANALOG = "analog"
+    BINARY = "binary"
+    COUNTER = "counter"
+
+
+class Validity(enum.Enum):
+    GOOD = "good"
+    INVALID = "invalid"
+    QUESTIONABLE = "questionable"
+
+
+class QualityReason(enum.Enum):
+    """Why a value is not good (IEC 61850-7-3 detail quality, plus gateway causes)."""
+
+    NONE = "none"
+    NOT_YET_RECEIVED = "not_yet_received"
+    COMMUNICATION_FAILURE = "communication_failure"
+    OUT_OF_RANGE = "out_of_range"
+    DEVICE_EXCEPTION = "device_exception"
+    MALFORMED_RESPONSE = "malformed_response"
+    OVERFLOW = "overflow"
+    OSCILLATORY = "oscillatory"
+    FAILURE = "failure"
+    OLD_DATA = "old_data"
+    INCONSISTENT = "inconsistent"
+    INACCURATE = "inaccurate"
+    SUBSTITUTED = "substituted"
+    TEST = "test"
+    OPERATOR_BLOCKED = "operator_blocked"
+
+
+@dataclass(frozen=True, slots=True)
+class Quality:
+    validity: Validity = Validity.GOOD
+    reason: QualityReason = QualityReason.NONE
+
+    @property
+    def good(self) -> bool:
+        return self.validity is Validity.GOOD
+
+    def __str__(self) -> str:
+        if self.reason is QualityReason.NONE:
+            return self.validity.value
+        return f"{self.validity.value}({self.reason.value})"
+
+
+GOOD = Quality()
+NOT_YET_RECEIVED = Quality(Validity.INVALID, QualityReason.NOT_YET_RECEIVED)
+COMM_FAILURE = Quality(Validity.INVALID, QualityReason.COMMUNICATION_FAILURE)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PointUpdate:
+    """One new sample of one point, as an adapter decoded it."""
+
+    point_id: str
+    value: float | int | bool | None
+    quality: Quality = GOOD
+    source_time: float | None = None
+    """Wall time stamped by the IED, when the protocol carries one."""
+    receive_monotonic: float
+    receive_time: float
+    """Wall time at which the gateway received it."""
+
+
+@dataclass(slots=True)
+class Point:
+    """The latest known state of one point."""
+
+    point_id: str
+    kind: PointKind
+    unit: str = ""
+    source: str = ""
+    """Id of the IED (or feed) the point comes from."""
+    value: float | int | bool | None = None
+    quality: Quality = NOT_YET_RECEIVED
+    source_time: float | None = None
+    receive_time: float | None = None
+    receive_monotonic: float | None = None
+    updates: int = 0
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "id": self.point_id,
+            "kind": self.kind.value,
+            "unit": self.unit,
+            "source": self.source,
+            "value": self.value,
+            "quality": self.quality.validity.value,
+            "reason": self.quality.reason.value,
+            "source_time": self.source_time,
+            "receive_time": self.receive_time,
+        }
+
+
+Listener = Callable[[Point, PointUpdate], None]
+
+
+@dataclass
+class ProcessImage:
+    """Latest value of every configured point, with listeners per point and for all points."""
+
+    points: dict[str, Point] = field(default_factory=dict)
+    _listeners: dict[str, list[Listener]] = field(default_factory=dict)
+    _all_listeners: list[Listener] = field(default_factory=list)
+
+    def define(self, point_id: str, kind: PointKind, unit: str = "", source: str = "") -> Point:
+        if point_id in self.points:
+            raise ValueError(f"point {point_id!r} is defined twice")
+        point = Point(point_id=point_id, kind=kind, unit=unit, source=source)
+        self.points[point_id] = point
+        return point
+
+    def __contains__(self, point_id: object) -> bool:
+        return point_id in self.points
+
+    def __getitem__(self, point_id: str) -> Point:
+        return self.points[point_id]
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+    def subscribe(self, point_id: str, listener: Listener) -> None:
+        """Call `listener` synchronously on every update of `point_id` (the fast path)."""
+        if point_id not in self.points:
+            raise KeyError(f"no point {point_id!r}")
+        self._listeners.setdefault(point_id, []).append(listener)
+
+    def subscribe_all(self, listener: Listener) -> None:
+        self._all_listeners.append(listener)
+
+    def apply(self, update: PointUpdate) -> Point:
+        point = self.points[update.point_id]
+        point.value = update.value
+        point.quality = update.quality
+        point.source_time = update.source_time
+        point.receive_time = update.receive_time
+        point.receive_monotonic = update.receive_monotonic
+        point.updates += 1
+        for listener in self._listeners.get(update.point_id, ()):
+            listener(point, update)
+        for listener in self._all_listeners:
+            listener(point, update)
+        return point
+
+    def apply_many(self, updates: Iterable[PointUpdate]) -> None:
+        for update in updates:
+            self.apply(update)
+
+    def counts_by_quality(self) -> dict[str, int]:
+        counts = {v.value: 0 for v in Validity}
+        for point in self.points.values():
+            counts[point.quality.validity.value] += 1
+        return counts

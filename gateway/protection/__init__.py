@@ -1,0 +1,1 @@
+"""Protection: settings, the native core's binding, the Python reference and the fast path."""

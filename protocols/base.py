@@ -1,0 +1,154 @@
+"""What every southbound adapter offers the daemon.
+
+An adapter owns one IED's link: connection, timers, retries, backoff and reconnects. It turns
+wire data into `PointUpdate`s handed to `sink`, and carries out writes (breaker commands,
+set-points) ahead of its routine reads, most urgent first. It knows nothing of grid logic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import itertools
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from gateway.clock import Clock
+from gateway.points import PointUpdate
+
+Sink = Callable[[Sequence[PointUpdate]], None]
+
+
+class Priority(enum.IntEnum):
+    """Lower runs first. Protection trips pre-empt operator controls, which pre-empt reads."""
+
+    PROTECTION = 0
+    CONTROL = 1
+    SETPOINT = 2
+
+
+class LinkState(enum.Enum):
+    CONNECTING = "connecting"
+    ONLINE = "online"
+    OFFLINE = "offline"
+    STOPPED = "stopped"
+
+
+class CommandError(Exception):
+    """A write or operate was refused or failed; the message says why."""
+
+
+@dataclass
+class AdapterStatus:
+    ied_id: str
+    protocol: str
+    endpoint: str
+    state: LinkState = LinkState.CONNECTING
+    last_poll_time: float | None = None
+    last_ok_time: float | None = None
+    polls: int = 0
+    poll_errors: int = 0
+    writes: int = 0
+    write_errors: int = 0
+    last_error: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ied": self.ied_id,
+            "protocol": self.protocol,
+            "endpoint": self.endpoint,
+            "state": self.state.value,
+            "last_poll_time": self.last_poll_time,
+            "last_ok_time": self.last_ok_time,
+            "polls": self.polls,
+            "poll_errors": self.poll_errors,
+            "writes": self.writes,
+            "write_errors": self.write_errors,
+            "last_error": self.last_error,
+            **self.extra,
+        }
+
+
+class Adapter(Protocol):
+    """The shape every adapter has; the daemon picks the class by the IED's `protocol`."""
+
+    ied_id: str
+    status: AdapterStatus
+
+    async def run(self) -> None:
+        """Poll / subscribe until cancelled. Never returns on link errors: it reconnects."""
+
+    def submit_write(
+        self, point_id: str, value: float | int | bool, priority: Priority = Priority.CONTROL
+    ) -> asyncio.Future[None]:
+        """Queue a write ahead of routine reads; the future fails with CommandError."""
+
+    async def close(self) -> None:
+        """Drop the link and fail any queued writes."""
+
+
+@dataclass(order=True)
+class QueuedWrite:
+    priority: int
+    seq: int
+    point_id: str = field(compare=False)
+    value: float | int | bool = field(compare=False)
+    future: asyncio.Future[None] = field(compare=False)
+    queued_monotonic: float = field(compare=False, default=0.0)
+
+
+class WriteQueue:
+    """Writes waiting for the link, most urgent first and in arrival order within a priority."""
+
+    def __init__(self) -> None:
+        self._heap: asyncio.PriorityQueue[QueuedWrite] = asyncio.PriorityQueue()
+        self._seq = itertools.count()
+        self.wakeup = asyncio.Event()
+
+    def put(
+        self, point_id: str, value: float | int | bool, priority: Priority, now: float
+    ) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._heap.put_nowait(QueuedWrite(int(priority), next(self._seq), point_id, value, future, now))
+        self.wakeup.set()
+        return future
+
+    def pop(self) -> QueuedWrite | None:
+        try:
+            item = self._heap.get_nowait()
+        except asyncio.QueueEmpty:
+            self.wakeup.clear()
+            return None
+        return item
+
+    def __len__(self) -> int:
+        return self._heap.qsize()
+
+    def fail_all(self, reason: str) -> None:
+        while (item := self.pop()) is not None:
+            if not item.future.done():
+                item.future.set_exception(CommandError(reason))
+
+
+AdapterFactory = Callable[..., Adapter]
+"""Adapters share one constructor: (ied_config, sink, clock, logger)."""
+
+_REGISTRY = {
+    "modbus_tcp": ("protocols.modbus", "ModbusTcpMaster"),
+    "modbus_rtu": ("protocols.modbus", "ModbusRtuMaster"),
+    "iec61850": ("protocols.iec61850", "Iec61850Client"),
+}
+
+
+def adapter_class(protocol: str) -> AdapterFactory:
+    import importlib
+
+    module_name, class_name = _REGISTRY[protocol]
+    return getattr(importlib.import_module(module_name), class_name)  # type: ignore[no-any-return]
+
+
+def make_adapter(ied_config: Any, sink: Sink, clock: Clock, logger: logging.Logger) -> Adapter:
+    return adapter_class(ied_config.protocol)(ied_config, sink, clock, logger)
