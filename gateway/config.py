@@ -303,6 +303,8 @@ class SiteConfig(_Model):
     protection: list[ProtectionScheme] = Field(default_factory=list)
     ami: AmiConfig | None = None
     control: ControlConfig = ControlConfig()
+    simulation: dict[str, Any] = Field(default_factory=dict)
+    """Electrical data for the hardware-in-the-loop simulator; validated by `hil`, ignored here."""
 
     @model_validator(mode="after")
     def _check_references(self) -> SiteConfig:

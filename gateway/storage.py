@@ -1,0 +1,166 @@
+"""Durable state in one SQLite database (WAL) in the state directory.
+
+Three things live here: snapshots of agent and protection state (a locked-out breaker stays
+locked out across restarts), the sequence-of-events log, and the MQTT spool. Every write is
+committed before it is acknowledged to the caller, so nothing acknowledged is lost on kill -9.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS snapshots (
+    key TEXT PRIMARY KEY,
+    value BLOB NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    time REAL NOT NULL,
+    source TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    payload BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_time ON events(time);
+CREATE TABLE IF NOT EXISTS spool (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    qos INTEGER NOT NULL,
+    created REAL NOT NULL
+);
+"""
+
+
+class Store:
+    """Thread-safe handle on the state database; one per daemon."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if str(path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # ------------------------------------------------------------------ snapshots
+
+    def save_snapshot(self, key: str, value: Any, now: float) -> None:
+        blob = msgpack.packb(value, use_bin_type=True)
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO snapshots(key, value, updated) VALUES(?, ?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value=excluded.value, updated=excluded.updated",
+                (key, blob, now),
+            )
+
+    def load_snapshot(self, key: str) -> Any | None:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM snapshots WHERE key=?", (key,)).fetchone()
+        return None if row is None else msgpack.unpackb(row[0], raw=False, strict_map_key=False)
+
+    def snapshots(self, prefix: str = "") -> dict[str, Any]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT key, value FROM snapshots WHERE key >= ? AND key < ?",
+                (prefix, prefix + "\U0010ffff"),
+            ).fetchall()
+        return {k: msgpack.unpackb(v, raw=False, strict_map_key=False) for k, v in rows}
+
+    # ------------------------------------------------------------------ events
+
+    def append_event(self, time: float, source: str, kind: str, payload: dict[str, Any]) -> int:
+        blob = msgpack.packb(payload, use_bin_type=True)
+        with self._lock:
+            cur = self._db.execute(
+                "INSERT INTO events(time, source, kind, payload) VALUES(?, ?, ?, ?)",
+                (time, source, kind, blob),
+            )
+        return int(cur.lastrowid or 0)
+
+    def events(
+        self, since: float = 0.0, until: float = float("inf"), source: str | None = None, limit: int = 1000
+    ) -> list[dict[str, Any]]:
+        query = "SELECT seq, time, source, kind, payload FROM events WHERE time >= ? AND time <= ?"
+        args: list[Any] = [since, until if until != float("inf") else 1e18]
+        if source is not None:
+            query += " AND source = ?"
+            args.append(source)
+        query += " ORDER BY seq DESC LIMIT ?"
+        args.append(limit)
+        with self._lock:
+            rows = self._db.execute(query, args).fetchall()
+        return [
+            {"seq": s, "time": t, "source": src, "kind": k, **msgpack.unpackb(p, raw=False)}
+            for s, t, src, k, p in reversed(rows)
+        ]
+
+    # ------------------------------------------------------------------ spool
+
+    def spool_put(self, topic: str, payload: bytes, qos: int, now: float) -> int:
+        with self._lock:
+            cur = self._db.execute(
+                "INSERT INTO spool(topic, payload, qos, created) VALUES(?, ?, ?, ?)",
+                (topic, payload, qos, now),
+            )
+        return int(cur.lastrowid or 0)
+
+    def spool_put_many(self, rows: list[tuple[str, bytes, int, float]]) -> list[int]:
+        with self._lock:
+            self._db.execute("BEGIN")
+            ids = []
+            for row in rows:
+                cur = self._db.execute(
+                    "INSERT INTO spool(topic, payload, qos, created) VALUES(?, ?, ?, ?)", row
+                )
+                ids.append(int(cur.lastrowid or 0))
+            self._db.execute("COMMIT")
+        return ids
+
+    def spool_peek(self, after: int = 0, limit: int = 100) -> list[tuple[int, str, bytes, int]]:
+        with self._lock:
+            return self._db.execute(
+                "SELECT seq, topic, payload, qos FROM spool WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after, limit),
+            ).fetchall()
+
+    def spool_ack(self, seqs: list[int]) -> None:
+        if not seqs:
+            return
+        with self._lock:
+            self._db.executemany("DELETE FROM spool WHERE seq = ?", [(s,) for s in seqs])
+
+    def spool_depth(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM spool").fetchone()[0])
+
+    def spool_trim(self, max_messages: int) -> int:
+        """Drop the oldest messages beyond `max_messages`; returns how many were dropped."""
+        with self._lock:
+            depth = int(self._db.execute("SELECT COUNT(*) FROM spool").fetchone()[0])
+            excess = depth - max_messages
+            if excess > 0:
+                self._db.execute(
+                    "DELETE FROM spool WHERE seq IN (SELECT seq FROM spool ORDER BY seq LIMIT ?)",
+                    (excess,),
+                )
+            return max(excess, 0)
+
+    def iter_spool(self, batch: int = 500) -> Iterator[tuple[int, str, bytes, int]]:
+        after = 0
+        while rows := self.spool_peek(after, batch):
+            yield from rows
+            after = rows[-1][0]
