@@ -1,0 +1,579 @@
+"""Modbus TCP and RTU masters (pymodbus, asyncio).
+
+One poll schedule per IED. The register map is coalesced into block reads (at most 125
+registers / 2000 bits, joining neighbours across small gaps), read at a fixed rate; a missed
+cycle is skipped, never queued up. Writes (breaker commands, set-points) jump ahead of the
+next block read. A link that stops answering marks its points invalid within two poll
+periods, and the master reconnects by itself with jittered exponential backoff.
+
+On RS-485 several IEDs share one line: they share one client, one bus lock and an
+inter-request delay, so requests never overlap on the wire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.client.mixin import ModbusClientMixin
+from pymodbus.exceptions import ModbusException
+
+from gateway.clock import Clock
+from gateway.config import DataType, ModbusPoint, ModbusRtuIed, ModbusTcpIed, RegisterFunction
+from gateway.points import (
+    COMM_FAILURE,
+    GOOD,
+    PointUpdate,
+    Quality,
+    QualityReason,
+    Validity,
+)
+from protocols.base import (
+    AdapterStatus,
+    CommandError,
+    LinkState,
+    Priority,
+    Sink,
+    WriteQueue,
+)
+
+_DT = ModbusClientMixin.DATATYPE
+_PYMODBUS_TYPES = {
+    DataType.INT16: _DT.INT16,
+    DataType.UINT16: _DT.UINT16,
+    DataType.INT32: _DT.INT32,
+    DataType.UINT32: _DT.UINT32,
+    DataType.FLOAT32: _DT.FLOAT32,
+}
+_INT_LIMITS = {
+    DataType.INT16: (-(2**15), 2**15 - 1),
+    DataType.UINT16: (0, 2**16 - 1),
+    DataType.INT32: (-(2**31), 2**31 - 1),
+    DataType.UINT32: (0, 2**32 - 1),
+}
+
+OUT_OF_RANGE = Quality(Validity.INVALID, QualityReason.OUT_OF_RANGE)
+DEVICE_EXCEPTION = Quality(Validity.INVALID, QualityReason.DEVICE_EXCEPTION)
+MALFORMED = Quality(Validity.INVALID, QualityReason.MALFORMED_RESPONSE)
+
+
+# --------------------------------------------------------------------------- codec
+
+
+class EncodingError(ValueError):
+    """An engineering value that the point's register type cannot carry."""
+
+
+def decode_registers(registers: Sequence[int], point: ModbusPoint) -> float | int:
+    """Registers (16-bit words as read) → raw number, by the point's type and word order."""
+    raw = ModbusClientMixin.convert_from_registers(
+        list(registers), _PYMODBUS_TYPES[point.type], word_order=point.word_order.value
+    )
+    assert isinstance(raw, int | float)
+    return raw
+
+
+def to_engineering(raw: float | int | bool, point: ModbusPoint) -> float | int | bool:
+    if isinstance(raw, bool) or point.point_kind.value == "binary":
+        return bool(raw)
+    if point.scale == 1.0 and point.offset == 0.0 and isinstance(raw, int):
+        return raw
+    return raw * point.scale + point.offset
+
+
+def encode_value(value: float | int | bool, point: ModbusPoint) -> list[int]:
+    """Engineering value → registers to write (inverse of decode + scaling)."""
+    if point.function is RegisterFunction.COIL:
+        raise EncodingError("coils take a bool, not registers")
+    if isinstance(value, bool):
+        value = int(value)
+    if not math.isfinite(float(value)):
+        raise EncodingError(f"{point.id}: value {value!r} is not a finite number")
+    raw = (float(value) - point.offset) / point.scale
+    if point.type is DataType.FLOAT32:
+        return ModbusClientMixin.convert_to_registers(
+            float(raw), _DT.FLOAT32, word_order=point.word_order.value
+        )
+    as_int = round(raw)
+    low, high = _INT_LIMITS[point.type]
+    if not low <= as_int <= high:
+        raise EncodingError(
+            f"{point.id}: value {value!r} is raw {as_int}, outside {point.type.value} [{low}, {high}]"
+        )
+    return ModbusClientMixin.convert_to_registers(
+        as_int, _PYMODBUS_TYPES[point.type], word_order=point.word_order.value
+    )
+
+
+def in_range(value: float | int | bool, point: ModbusPoint) -> bool:
+    if point.valid_range is None or isinstance(value, bool):
+        return True
+    if isinstance(value, float) and not math.isfinite(value):
+        return False
+    low, high = point.valid_range
+    return low <= value <= high
+
+
+# --------------------------------------------------------------------------- block planning
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """One read request covering several points."""
+
+    function: RegisterFunction
+    start: int
+    count: int
+    points: tuple[ModbusPoint, ...]
+
+    @property
+    def end(self) -> int:
+        return self.start + self.count
+
+
+def plan_blocks(
+    points: Sequence[ModbusPoint], *, max_registers: int = 125, max_bits: int = 2000, gap_tolerance: int = 8
+) -> list[Block]:
+    """Coalesce a register map into as few reads as the limits allow.
+
+    Points of one function are sorted by address and joined while the block stays within the
+    size limit and the unused span between neighbours is at most `gap_tolerance`.
+    """
+    blocks: list[Block] = []
+    for function in RegisterFunction:
+        bit = function in (RegisterFunction.COIL, RegisterFunction.DISCRETE)
+        limit = max_bits if bit else max_registers
+        mine = sorted((p for p in points if p.function is function), key=lambda p: p.address)
+        current: list[ModbusPoint] = []
+        start = end = 0
+        for point in mine:
+            width = 1 if bit else point.type.registers
+            p_end = point.address + width
+            if current and point.address - end <= gap_tolerance and max(end, p_end) - start <= limit:
+                current.append(point)
+                end = max(end, p_end)
+                continue
+            if current:
+                blocks.append(Block(function, start, end - start, tuple(current)))
+            current, start, end = [point], point.address, p_end
+        if current:
+            blocks.append(Block(function, start, end - start, tuple(current)))
+    return blocks
+
+
+def decode_block(block: Block, words: Sequence[int] | Sequence[bool]) -> list[tuple[ModbusPoint, Any, Quality]]:
+    """Slice one block response into (point, engineering value, quality)."""
+    out: list[tuple[ModbusPoint, Any, Quality]] = []
+    bit = block.function in (RegisterFunction.COIL, RegisterFunction.DISCRETE)
+    for point in block.points:
+        offset = point.address - block.start
+        if bit:
+            if offset >= len(words):
+                out.append((point, None, MALFORMED))
+                continue
+            out.append((point, bool(words[offset]), GOOD))
+            continue
+        width = point.type.registers
+        chunk = words[offset : offset + width]
+        if len(chunk) < width:
+            out.append((point, None, MALFORMED))
+            continue
+        try:
+            value = to_engineering(decode_registers(chunk, point), point)  # type: ignore[arg-type]
+        except (ValueError, TypeError, AssertionError):
+            out.append((point, None, MALFORMED))
+            continue
+        if not in_range(value, point):
+            out.append((point, value, OUT_OF_RANGE))
+        else:
+            out.append((point, value, GOOD))
+    return out
+
+
+# --------------------------------------------------------------------------- the master
+
+
+class _LinkDown(Exception):
+    """The IED did not answer (timeout, connection lost): reconnect."""
+
+
+class _SerialLine:
+    """One RS-485 line: a client, a bus lock and the inter-request gap, shared by its IEDs."""
+
+    _lines: dict[str, _SerialLine] = {}
+
+    def __init__(self, cfg: ModbusRtuIed) -> None:
+        self.port = cfg.serial_port
+        self.client = AsyncModbusSerialClient(
+            cfg.serial_port,
+            baudrate=cfg.baudrate,
+            parity=cfg.parity,
+            stopbits=cfg.stopbits,
+            bytesize=cfg.bytesize,
+            timeout=max(cfg.timeout_ms / 1000.0, 0.05),
+            retries=0,
+            reconnect_delay=0,
+        )
+        self.lock = asyncio.Lock()
+        self.users = 0
+        self.last_end = 0.0
+
+    @classmethod
+    def acquire(cls, cfg: ModbusRtuIed) -> _SerialLine:
+        line = cls._lines.get(cfg.serial_port)
+        if line is None or line.lock._loop not in (None, asyncio.get_running_loop()):  # type: ignore[attr-defined]
+            line = cls._lines[cfg.serial_port] = _SerialLine(cfg)
+        line.users += 1
+        return line
+
+    def release(self) -> None:
+        self.users -= 1
+        if self.users <= 0:
+            self.client.close()
+            if self._lines.get(self.port) is self:
+                del self._lines[self.port]
+
+
+class _ModbusMaster:
+    protocol = "modbus"
+
+    def __init__(
+        self, cfg: ModbusTcpIed | ModbusRtuIed, sink: Sink, clock: Clock, logger: logging.Logger
+    ) -> None:
+        self.cfg = cfg
+        self.ied_id = cfg.id
+        self._sink = sink
+        self._clock = clock
+        self._log = logger.getChild(cfg.id) if logger else logging.getLogger(__name__)
+        self._points = {p.id: p for p in cfg.points}
+        self.blocks = plan_blocks(
+            cfg.points,
+            max_registers=cfg.max_block_registers,
+            max_bits=cfg.max_block_bits,
+            gap_tolerance=cfg.gap_tolerance,
+        )
+        self._period = cfg.poll_period_ms / 1000.0
+        self._timeout = cfg.timeout_ms / 1000.0
+        self._writes = WriteQueue()
+        self._stale_marked = False
+        self._closing = False
+        self._last_ok_mono = clock.monotonic()
+        self.status = AdapterStatus(
+            ied_id=cfg.id, protocol=cfg.protocol, endpoint=self._endpoint(), extra={"blocks": len(self.blocks)}
+        )
+
+    # ------------------------------------------------------------ transport hooks
+
+    def _endpoint(self) -> str:
+        raise NotImplementedError
+
+    async def _connect(self) -> None:
+        raise NotImplementedError
+
+    async def _disconnect(self) -> None:
+        raise NotImplementedError
+
+    def _client(self) -> Any:
+        raise NotImplementedError
+
+    @contextlib.asynccontextmanager
+    async def _bus(self) -> Any:
+        yield
+
+    # ------------------------------------------------------------ public API
+
+    def submit_write(
+        self, point_id: str, value: float | int | bool, priority: Priority = Priority.CONTROL
+    ) -> asyncio.Future[None]:
+        point = self._points.get(point_id)
+        loop = asyncio.get_running_loop()
+        if point is None or not point.writable:
+            future: asyncio.Future[None] = loop.create_future()
+            why = "is not a point of this IED" if point is None else "is not writable"
+            future.set_exception(CommandError(f"{self.ied_id}: {point_id} {why}"))
+            return future
+        if self.status.state is not LinkState.ONLINE and priority is not Priority.PROTECTION:
+            future = loop.create_future()
+            future.set_exception(CommandError(f"{self.ied_id} is {self.status.state.value}"))
+            return future
+        return self._writes.put(point_id, value, priority, self._clock.monotonic())
+
+    async def close(self) -> None:
+        self._closing = True
+        self._writes.fail_all(f"{self.ied_id}: adapter stopped")
+        self.status.state = LinkState.STOPPED
+        with contextlib.suppress(Exception):
+            await self._disconnect()
+
+    async def run(self) -> None:
+        watchdog = asyncio.create_task(self._staleness_watchdog(), name=f"{self.ied_id}-watchdog")
+        backoff = min(self._period, 1.0)
+        try:
+            while not self._closing:
+                self.status.state = LinkState.CONNECTING
+                try:
+                    await asyncio.wait_for(self._connect(), timeout=max(self._timeout, 0.5) * 2)
+                except (OSError, ModbusException, asyncio.TimeoutError, _LinkDown) as exc:
+                    self._link_lost(f"connect failed: {exc or type(exc).__name__}")
+                    await self._sleep_or_write(backoff * random.uniform(0.8, 1.2))
+                    self._writes.fail_all(f"{self.ied_id}: no link")
+                    backoff = min(backoff * 2, self.cfg.backoff_max_s)
+                    continue
+                self.status.state = LinkState.ONLINE
+                self._log.info("link up", extra={"ied": self.ied_id, "endpoint": self.status.endpoint})
+                backoff = min(self._period, 1.0)
+                try:
+                    await self._poll_forever()
+                except _LinkDown as exc:
+                    self._link_lost(str(exc))
+                    with contextlib.suppress(Exception):
+                        await self._disconnect()
+                    await self._sleep_or_write(backoff * random.uniform(0.8, 1.2))
+        finally:
+            watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watchdog
+            self._writes.fail_all(f"{self.ied_id}: adapter stopped")
+            with contextlib.suppress(Exception):
+                await self._disconnect()
+
+    # ------------------------------------------------------------ internals
+
+    async def _poll_forever(self) -> None:
+        next_poll = self._clock.monotonic()
+        while not self._closing:
+            await self._drain_writes()
+            now = self._clock.monotonic()
+            if now >= next_poll:
+                missed = int((now - next_poll) / self._period)
+                if missed:
+                    self.status.extra["skipped_cycles"] = self.status.extra.get("skipped_cycles", 0) + missed
+                next_poll += (missed + 1) * self._period
+                await self._poll_once()
+                continue
+            await self._sleep_or_write(next_poll - now)
+
+    async def _sleep_or_write(self, delay: float) -> None:
+        """Wait for `delay`, waking at once when a write is queued."""
+        if len(self._writes):
+            return
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._writes.wakeup.wait(), timeout=max(delay, 0.0))
+
+    async def _poll_once(self) -> None:
+        self.status.last_poll_time = self._clock.wall()
+        self.status.polls += 1
+        updates: list[PointUpdate] = []
+        for block in self.blocks:
+            if len(self._writes):
+                await self._drain_writes()
+            result = await self._request(self._read(block))
+            mono, wall = self._clock.monotonic(), self._clock.wall()
+            if result is None:
+                continue
+            if result.isError():
+                code = getattr(result, "exception_code", "?")
+                self._log.warning(
+                    "exception response", extra={"ied": self.ied_id, "block": block.start, "code": code}
+                )
+                self.status.poll_errors += 1
+                self.status.last_error = f"exception code {code} reading {block.function.value} {block.start}+{block.count}"
+                updates += self._mark(block.points, DEVICE_EXCEPTION, mono, wall)
+                continue
+            bit = block.function in (RegisterFunction.COIL, RegisterFunction.DISCRETE)
+            words = result.bits[: block.count] if bit else result.registers
+            if len(words) < block.count:
+                self.status.poll_errors += 1
+                self.status.last_error = f"short response: {len(words)} of {block.count}"
+            for point, value, quality in decode_block(block, words):
+                updates.append(
+                    PointUpdate(
+                        point_id=point.id,
+                        value=value,
+                        quality=quality,
+                        receive_monotonic=mono,
+                        receive_time=wall,
+                    )
+                )
+        self.status.last_ok_time = self._clock.wall()
+        self._last_ok_mono = self._clock.monotonic()
+        self._stale_marked = False
+        if updates:
+            self._sink(updates)
+
+    def _read(self, block: Block) -> Callable[[], Awaitable[Any]]:
+        client, unit = self._client(), self.cfg.unit_id
+        read = {
+            RegisterFunction.HOLDING: client.read_holding_registers,
+            RegisterFunction.INPUT: client.read_input_registers,
+            RegisterFunction.COIL: client.read_coils,
+            RegisterFunction.DISCRETE: client.read_discrete_inputs,
+        }[block.function]
+        return lambda: read(block.start, count=block.count, device_id=unit)
+
+    async def _request(self, make: Callable[[], Awaitable[Any]]) -> Any:
+        """Run one request with the IED's timeout and retries; raise _LinkDown when it is gone."""
+        attempts = self.cfg.retries + 1
+        last: BaseException | None = None
+        for _ in range(attempts):
+            try:
+                async with self._bus():
+                    return await asyncio.wait_for(make(), timeout=self._timeout)
+            except (asyncio.TimeoutError, ModbusException, OSError) as exc:
+                last = exc
+        raise _LinkDown(f"no answer after {attempts} attempt(s): {last or 'timeout'}")
+
+    async def _drain_writes(self) -> None:
+        while (item := self._writes.pop()) is not None:
+            if item.future.done():
+                continue
+            point = self._points[item.point_id]
+            try:
+                result = await self._request(self._write(point, item.value))
+            except EncodingError as exc:
+                self.status.write_errors += 1
+                item.future.set_exception(CommandError(str(exc)))
+                continue
+            except _LinkDown as exc:
+                self.status.write_errors += 1
+                item.future.set_exception(CommandError(f"{self.ied_id}: {exc}"))
+                raise
+            if result.isError():
+                self.status.write_errors += 1
+                code = getattr(result, "exception_code", "?")
+                item.future.set_exception(
+                    CommandError(f"{self.ied_id} refused write to {item.point_id}: exception code {code}")
+                )
+                continue
+            self.status.writes += 1
+            self._log.info(
+                "write done",
+                extra={"ied": self.ied_id, "point": item.point_id, "value": item.value, "priority": item.priority},
+            )
+            item.future.set_result(None)
+
+    def _write(self, point: ModbusPoint, value: float | int | bool) -> Callable[[], Awaitable[Any]]:
+        client, unit = self._client(), self.cfg.unit_id
+        if point.function is RegisterFunction.COIL:
+            return lambda: client.write_coil(point.address, bool(value), device_id=unit)
+        words = encode_value(value, point)
+        if len(words) == 1:
+            return lambda: client.write_register(point.address, words[0], device_id=unit)
+        return lambda: client.write_registers(point.address, words, device_id=unit)
+
+    def _mark(self, points: Sequence[ModbusPoint], quality: Quality, mono: float, wall: float) -> list[PointUpdate]:
+        return [
+            PointUpdate(point_id=p.id, value=None, quality=quality, receive_monotonic=mono, receive_time=wall)
+            for p in points
+        ]
+
+    def _link_lost(self, why: str) -> None:
+        was_online = self.status.state is LinkState.ONLINE
+        self.status.state = LinkState.OFFLINE
+        self.status.last_error = why
+        self.status.poll_errors += 1
+        if was_online:
+            self._log.warning("link lost", extra={"ied": self.ied_id, "reason": why})
+        self._mark_all_invalid()
+
+    def _mark_all_invalid(self) -> None:
+        if self._stale_marked or self._closing:
+            return
+        self._stale_marked = True
+        mono, wall = self._clock.monotonic(), self._clock.wall()
+        self._sink(self._mark(self.cfg.points, COMM_FAILURE, mono, wall))
+
+    async def _staleness_watchdog(self) -> None:
+        """Mark every point invalid once no poll has succeeded for two poll periods."""
+        limit = 2 * self._period
+        while True:
+            await asyncio.sleep(self._period / 2)
+            if self._clock.monotonic() - self._last_ok_mono > limit and not self._stale_marked:
+                self._log.warning("no answer for two poll periods", extra={"ied": self.ied_id})
+                self._mark_all_invalid()
+
+
+class ModbusTcpMaster(_ModbusMaster):
+    """Modbus TCP master for one IED (one connection)."""
+
+    def __init__(self, cfg: ModbusTcpIed, sink: Sink, clock: Clock, logger: logging.Logger) -> None:
+        self._tcp: AsyncModbusTcpClient | None = None
+        super().__init__(cfg, sink, clock, logger)
+
+    def _endpoint(self) -> str:
+        assert isinstance(self.cfg, ModbusTcpIed)
+        return f"{self.cfg.host}:{self.cfg.port}/{self.cfg.unit_id}"
+
+    async def _connect(self) -> None:
+        assert isinstance(self.cfg, ModbusTcpIed)
+        if self._tcp is not None:
+            self._tcp.close()
+        self._tcp = AsyncModbusTcpClient(
+            self.cfg.host,
+            port=self.cfg.port,
+            timeout=self._timeout,
+            retries=0,
+            reconnect_delay=0,
+        )
+        if not await self._tcp.connect():
+            raise _LinkDown(f"cannot connect to {self._endpoint()}")
+
+    async def _disconnect(self) -> None:
+        if self._tcp is not None:
+            self._tcp.close()
+            self._tcp = None
+
+    def _client(self) -> AsyncModbusTcpClient:
+        if self._tcp is None:
+            raise _LinkDown("not connected")
+        return self._tcp
+
+
+class ModbusRtuMaster(_ModbusMaster):
+    """Modbus RTU master for one IED on a shared serial line."""
+
+    def __init__(self, cfg: ModbusRtuIed, sink: Sink, clock: Clock, logger: logging.Logger) -> None:
+        self._line: _SerialLine | None = None
+        super().__init__(cfg, sink, clock, logger)
+
+    def _endpoint(self) -> str:
+        assert isinstance(self.cfg, ModbusRtuIed)
+        return f"{self.cfg.serial_port}@{self.cfg.baudrate}{self.cfg.parity}/{self.cfg.unit_id}"
+
+    async def _connect(self) -> None:
+        assert isinstance(self.cfg, ModbusRtuIed)
+        if self._line is None:
+            self._line = _SerialLine.acquire(self.cfg)
+        async with self._line.lock:
+            if not self._line.client.connected and not await self._line.client.connect():
+                raise _LinkDown(f"cannot open {self.cfg.serial_port}")
+
+    async def _disconnect(self) -> None:
+        if self._line is not None:
+            line, self._line = self._line, None
+            line.release()
+
+    def _client(self) -> AsyncModbusSerialClient:
+        if self._line is None:
+            raise _LinkDown("serial line not open")
+        return self._line.client
+
+    @contextlib.asynccontextmanager
+    async def _bus(self) -> Any:
+        assert isinstance(self.cfg, ModbusRtuIed) and self._line is not None
+        line = self._line
+        async with line.lock:
+            gap = self.cfg.inter_request_delay_ms / 1000.0 - (self._clock.monotonic() - line.last_end)
+            if gap > 0:
+                await asyncio.sleep(gap)
+            try:
+                yield
+            finally:
+                line.last_end = self._clock.monotonic()
