@@ -306,55 +306,6 @@ class SiteConfig(_Model):
     simulation: dict[str, Any] = Field(default_factory=dict)
     """Electrical data for the hardware-in-the-loop simulator; validated by `hil`, ignored here."""
 
-    @model_validator(mode="after")
-    def _check_references(self) -> SiteConfig:
-        problems: list[str] = []
-        ied_ids = [ied.id for ied in self.ieds]
-        problems += [f"IED id {i!r} is used more than once" for i in _dupes(ied_ids)]
-        point_ids = [p.id for ied in self.ieds for p in ied.points]
-        problems += [f"point id {p!r} is used more than once" for p in _dupes(point_ids)]
-        agent_ids = [a.id for a in self.agents] + [g.id for g in self.meter_groups]
-        problems += [f"agent id {a!r} is used more than once" for a in _dupes(agent_ids)]
-        known_points = set(point_ids)
-        known_agents = set(agent_ids)
-        for agent in self.agents:
-            for name, pid in agent.points.items():
-                if pid not in known_points:
-                    problems.append(f"agent {agent.id}: point {name} = {pid!r} is not a point of any IED")
-            for rule in agent.connection_rules:
-                if rule.target_id not in known_agents:
-                    problems.append(
-                        f"agent {agent.id}: connection_rules target {rule.target_id!r} is not an agent"
-                    )
-        for group in self.meter_groups:
-            if group.connected_transformer not in known_agents:
-                problems.append(
-                    f"meter group {group.id}: connected_transformer "
-                    f"{group.connected_transformer!r} is not an agent"
-                )
-        for scheme in self.protection:
-            for pid in scheme.referenced_points():
-                if pid not in known_points:
-                    problems.append(f"protection {scheme.breaker}: point {pid!r} is not a point of any IED")
-            if scheme.breaker not in known_agents:
-                problems.append(f"protection: breaker {scheme.breaker!r} is not an agent")
-        rtu_ports: dict[str, ModbusRtuIed] = {}
-        for ied in self.ieds:
-            if isinstance(ied, ModbusRtuIed):
-                first = rtu_ports.setdefault(ied.serial_port, ied)
-                if first is not ied and (first.baudrate, first.parity, first.stopbits) != (
-                    ied.baudrate,
-                    ied.parity,
-                    ied.stopbits,
-                ):
-                    problems.append(
-                        f"IED {ied.id}: serial line {ied.serial_port} is shared with {first.id} "
-                        "but its baudrate/parity/stopbits differ"
-                    )
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
-
     def ied(self, ied_id: str) -> ModbusTcpIed | ModbusRtuIed | Iec61850Ied:
         for ied in self.ieds:
             if ied.id == ied_id:
@@ -366,6 +317,66 @@ class SiteConfig(_Model):
             if agent.id == agent_id:
                 return agent
         raise KeyError(agent_id)
+
+
+def _items(data: Any, key: str) -> list[dict[str, Any]]:
+    value = data.get(key) if isinstance(data, dict) else None
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def _ids(items: list[dict[str, Any]]) -> list[str]:
+    return [i["id"] for i in items if isinstance(i.get("id"), str)]
+
+
+def reference_problems(data: dict[str, Any]) -> list[ConfigProblem]:
+    """Cross-references between sections: unique ids, and every reference names something real.
+
+    Works on the raw document so that these problems are reported together with type errors.
+    """
+    out: list[ConfigProblem] = []
+    ieds = _items(data, "ieds")
+    agents = _items(data, "agents")
+    groups = _items(data, "meter_groups")
+    for dup in _dupes(_ids(ieds)):
+        out.append(ConfigProblem("ieds", "IED id is used more than once", dup))
+    points = [(n, i, p) for n, i in enumerate(ieds) for p in _items(i, "points")]
+    for dup in _dupes([p["id"] for _, _, p in points if isinstance(p.get("id"), str)]):
+        out.append(ConfigProblem("ieds[].points", "point id is used more than once", dup))
+    for dup in _dupes(_ids(agents) + _ids(groups)):
+        out.append(ConfigProblem("agents", "agent id is used more than once", dup))
+    known_points = {p.get("id") for _, _, p in points}
+    known_agents = set(_ids(agents)) | set(_ids(groups))
+    for n, agent in enumerate(agents):
+        where = f"agents[{n}:{agent.get('id', '?')}]"
+        agent_points = agent.get("points")
+        if isinstance(agent_points, dict):
+            for name, pid in agent_points.items():
+                if pid not in known_points:
+                    out.append(ConfigProblem(f"{where}.points.{name}", "is not a point of any IED", pid))
+        for k, rule in enumerate(_items(agent, "connection_rules")):
+            target = rule.get("target_id")
+            if target is not None and target not in known_agents:
+                out.append(ConfigProblem(f"{where}.connection_rules[{k}].target_id", "is not an agent id", target))
+    for n, group in enumerate(groups):
+        xfmr = group.get("connected_transformer")
+        if xfmr is not None and xfmr not in known_agents:
+            out.append(ConfigProblem(f"meter_groups[{n}:{group.get('id', '?')}].connected_transformer",
+                                     "is not an agent id", xfmr))
+    for n, scheme in enumerate(_items(data, "protection")):
+        breaker = scheme.get("breaker")
+        if breaker is not None and breaker not in known_agents:
+            out.append(ConfigProblem(f"protection[{n}].breaker", "is not an agent id", breaker))
+    rtu: dict[str, dict[str, Any]] = {}
+    for n, ied in enumerate(ieds):
+        if ied.get("protocol") != "modbus_rtu" or not isinstance(ied.get("serial_port"), str):
+            continue
+        first = rtu.setdefault(ied["serial_port"], ied)
+        line = [(x.get("baudrate", 19200), x.get("parity", "E"), x.get("stopbits", 1)) for x in (first, ied)]
+        if first is not ied and line[0] != line[1]:
+            out.append(ConfigProblem(f"ieds[{n}:{ied.get('id', '?')}]",
+                                     f"shares serial line {ied['serial_port']} with {first.get('id')} "
+                                     "but its baudrate/parity/stopbits differ"))
+    return out
 
 
 def _dupes(items: list[str]) -> list[str]:
@@ -437,7 +448,7 @@ def _path_of(loc: tuple[Any, ...], data: Any) -> tuple[str, Any]:
 def validate(data: dict[str, Any], source: str = "<site>") -> SiteConfig:
     """Validate parsed TOML; raise ConfigError listing every problem."""
     try:
-        return SiteConfig.model_validate(data)
+        site = SiteConfig.model_validate(data)
     except ValidationError as exc:
         problems = []
         for err in exc.errors(include_url=False):
@@ -448,9 +459,13 @@ def validate(data: dict[str, Any], source: str = "<site>") -> SiteConfig:
             found = err.get("input")
             if err["type"] == "missing" or isinstance(found, dict | list):
                 found = None
-            for part in msg.split("; "):
-                problems.append(ConfigProblem(path=path, message=part, found=found))
+            problems.append(ConfigProblem(path=path, message=msg, found=found))
+        problems += reference_problems(data)
         raise ConfigError(source, problems) from None
+    problems = reference_problems(data)
+    if problems:
+        raise ConfigError(source, problems)
+    return site
 
 
 def load(path: str | Path) -> SiteConfig:

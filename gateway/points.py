@@ -144,6 +144,10 @@ class ProcessImage:
     def subscribe_all(self, listener: Listener) -> None:
         self._all_listeners.append(listener)
 
+    def unsubscribe_all(self, listener: Listener) -> None:
+        if listener in self._all_listeners:
+            self._all_listeners.remove(listener)
+
     def apply(self, update: PointUpdate) -> Point:
         point = self.points[update.point_id]
         point.value = update.value

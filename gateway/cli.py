@@ -1,0 +1,252 @@
+"""`stima`: the commissioning engineer's command line.
+
+Offline commands read the site file; online commands talk to the running daemon over its
+control socket. Tables for people by default, `--json` for scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from gateway import __version__
+from gateway.config import ConfigError, load
+from gateway.control import ControlError, DaemonNotRunning, call, stream
+
+DEFAULT_CONFIG = Path("/etc/stima/site.toml")
+DEFAULT_RUNTIME_DIR = Path("/run/stima")
+
+# Command groups contributed by other parts of the gateway: module with `register(subparsers)`.
+_EXTENSIONS = ("gateway.protection.cli", "gateway.agents.cli")
+
+
+def add_common(parser: argparse.ArgumentParser) -> None:
+    """Options every command understands."""
+    parser.add_argument("--config", "-c", type=Path, default=None,
+                        help=f"site file (default: $STIMA_CONFIG or {DEFAULT_CONFIG})")
+    parser.add_argument("--runtime-dir", type=Path, default=None,
+                        help="daemon runtime directory holding control.sock "
+                        f"(default: $STIMA_RUNTIME_DIR, the site file's runtime_dir, or {DEFAULT_RUNTIME_DIR})")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def config_path(args: argparse.Namespace) -> Path:
+    if getattr(args, "config", None):
+        return Path(args.config)
+    return Path(os.environ.get("STIMA_CONFIG", DEFAULT_CONFIG))
+
+
+def runtime_dir(args: argparse.Namespace) -> Path:
+    if getattr(args, "runtime_dir", None):
+        return Path(args.runtime_dir)
+    if os.environ.get("STIMA_RUNTIME_DIR"):
+        return Path(os.environ["STIMA_RUNTIME_DIR"])
+    try:
+        return load(config_path(args)).site.runtime_dir
+    except ConfigError:
+        return DEFAULT_RUNTIME_DIR
+
+
+def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
+    cells = [[_fmt(c) for c in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "never"
+    return time.strftime("%H:%M:%S", time.localtime(ts)) + f".{int((ts % 1) * 1000):03d}"
+
+
+def emit(args: argparse.Namespace, data: Any, human: Callable[[Any], str]) -> None:
+    if args.json:
+        print(json.dumps(data, indent=2, default=str))
+    else:
+        print(human(data))
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_config_validate(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    try:
+        site = load(path)
+    except ConfigError as exc:
+        if args.json:
+            print(json.dumps({"valid": False, "file": str(path),
+                              "problems": [{"path": p.path, "message": p.message, "found": p.found}
+                                           for p in exc.problems]}, indent=2, default=str))
+        else:
+            print(f"{path}: INVALID, {len(exc.problems)} problem(s):", file=sys.stderr)
+            for problem in exc.problems:
+                print(f"  - {problem}", file=sys.stderr)
+        return 1
+    summary = {
+        "valid": True,
+        "file": str(path),
+        "substation_id": site.site.substation_id,
+        "ieds": len(site.ieds),
+        "points": sum(len(i.points) for i in site.ieds),
+        "agents": len(site.agents),
+        "meters": sum(g.count for g in site.meter_groups),
+        "protection_schemes": len(site.protection),
+        "uplink": f"{site.uplink.transport}://{site.uplink.broker_host}:{site.uplink.broker_port}",
+    }
+    emit(args, summary, lambda s: f"{path}: valid — substation {s['substation_id']}, {s['ieds']} IEDs, "
+         f"{s['points']} points, {s['agents']} agents, {s['meters']} meters, "
+         f"{s['protection_schemes']} protection schemes, uplink {s['uplink']}")
+    if site.uplink.transport == "tcp":
+        print("warning: uplink.transport is 'tcp': telemetry and commands travel unencrypted", file=sys.stderr)
+    return 0
+
+
+def _human_status(s: dict[str, Any]) -> str:
+    up = s["uplink"]
+    lines = [
+        f"Stima gateway {s['version']} — substation {s['substation_id']} ({s['region']}), pid {s['pid']}",
+        f"state: {s['state']}, up {s['uptime_s']:.0f} s, config {s['config']}, reloads {s['reloads']}"
+        f" (refused {s['reload_failures']})",
+        f"uplink: {up.get('state')} to {up.get('endpoint', '?')}, published {up.get('published', 0)}, "
+        f"acked {up.get('acked', 0)}, spool depth {up.get('spool_depth', 0)}",
+        f"points: {s['points']['total']} total — good {s['points']['good']}, "
+        f"invalid {s['points']['invalid']}, questionable {s['points']['questionable']}",
+        "",
+        table(
+            [(i["ied"], i["protocol"], i["endpoint"], i["state"], _when(i["last_poll_time"]),
+              _when(i["last_ok_time"]), i["polls"], i["poll_errors"], i["last_error"][:40])
+             for i in s["ieds"]],
+            ["IED", "PROTOCOL", "ENDPOINT", "STATE", "LAST POLL", "LAST OK", "POLLS", "ERRORS", "LAST ERROR"],
+        ),
+    ]
+    if "protection" in s:
+        lines += ["", f"protection backend: {s['protection'].get('backend')}"]
+    return "\n".join(lines)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    emit(args, call(runtime_dir(args), "status"), _human_status)
+    return 0
+
+
+def _points_table(points: list[dict[str, Any]]) -> str:
+    rows = [(p["id"], _fmt(p["value"]), p["unit"], p["quality"] + ("" if p["reason"] == "none" else f"({p['reason']})"),
+             _when(p["receive_time"]), p["source"]) for p in points]
+    return table(rows, ["POINT", "VALUE", "UNIT", "QUALITY", "RECEIVED", "SOURCE"])
+
+
+def cmd_points_list(args: argparse.Namespace) -> int:
+    emit(args, call(runtime_dir(args), "points.list", pattern=args.pattern, source=args.source), _points_table)
+    return 0
+
+
+def cmd_points_read(args: argparse.Namespace) -> int:
+    emit(args, call(runtime_dir(args), "points.read", ids=args.ids), _points_table)
+    return 0
+
+
+def cmd_points_watch(args: argparse.Namespace) -> int:
+    deadline = time.monotonic() + args.duration if args.duration else None
+    count = 0
+    try:
+        for point in stream(runtime_dir(args), "points.watch", pattern=args.pattern):
+            if args.json:
+                print(json.dumps(point, default=str), flush=True)
+            else:
+                q = point["quality"] + ("" if point["reason"] == "none" else f"({point['reason']})")
+                print(f"{_when(point['receive_time'])}  {point['id']:<32} {_fmt(point['value']):>12} "
+                      f"{point['unit']:<6} {q}", flush=True)
+            count += 1
+            if (args.count and count >= args.count) or (deadline and time.monotonic() > deadline):
+                break
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stima", description="Stima substation gateway: commissioning CLI")
+    parser.add_argument("--version", action="version", version=f"stima {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    config = sub.add_parser("config", help="site-file tools")
+    config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    validate = config_sub.add_parser("validate", help="check a site file and report every problem")
+    validate.add_argument("file", help="site file (TOML)")
+    validate.add_argument("--json", action="store_true", help="machine-readable output")
+    validate.set_defaults(func=cmd_config_validate)
+
+    status = sub.add_parser("status", help="daemon, IED, point-quality and uplink status")
+    add_common(status)
+    status.set_defaults(func=cmd_status)
+
+    points = sub.add_parser("points", help="read the process image")
+    points_sub = points.add_subparsers(dest="points_command", required=True, metavar="ACTION")
+    plist = points_sub.add_parser("list", help="every point (optionally matching a glob)")
+    plist.add_argument("pattern", nargs="?", default="*", help="glob on point ids, e.g. 'CB-045.*'")
+    plist.add_argument("--source", help="only points of this IED")
+    add_common(plist)
+    plist.set_defaults(func=cmd_points_list)
+    pread = points_sub.add_parser("read", help="the current value and quality of given points")
+    pread.add_argument("ids", nargs="+", metavar="POINT")
+    add_common(pread)
+    pread.set_defaults(func=cmd_points_read)
+    pwatch = points_sub.add_parser("watch", help="follow point changes live (Ctrl-C to stop)")
+    pwatch.add_argument("pattern", nargs="?", default="*")
+    pwatch.add_argument("--count", type=int, default=0, help="stop after this many updates")
+    pwatch.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds")
+    add_common(pwatch)
+    pwatch.set_defaults(func=cmd_points_watch)
+
+    for name in _EXTENSIONS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except DaemonNotRunning as exc:
+        print(f"stima: {exc}", file=sys.stderr)
+        return 3
+    except ControlError as exc:
+        print(f"stima: the daemon refused: {exc}", file=sys.stderr)
+        return 1
+    except ConfigError as exc:
+        print(f"stima: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

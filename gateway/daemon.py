@@ -1,0 +1,348 @@
+"""stima-gatewayd: the substation gateway daemon.
+
+`Server` owns start-up, the main loop, signals and a graceful shutdown; `Gateway` is one running
+configuration (process image, adapters, protection, agents, uplink). SIGHUP builds a new
+`Gateway` from a re-read site file and swaps it in only when the file is valid; an invalid file
+is refused with its errors logged and the running configuration kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from gateway import __version__, logs
+from gateway.clock import Clock, SystemClock
+from gateway.config import ConfigError, SiteConfig, load
+from gateway.control import ControlServer
+from gateway.points import Point, PointKind, PointUpdate, ProcessImage
+from gateway.sdnotify import Notifier
+from gateway.storage import Store
+from protocols.base import Adapter, CommandError, Priority, make_adapter
+
+log = logging.getLogger("stima.daemon")
+
+SHUTDOWN_DEADLINE_S = 10.0
+
+
+def _kind_of(point: Any) -> PointKind:
+    kind = getattr(point, "point_kind", None) or getattr(point, "kind", None)
+    return PointKind(kind.value if kind is not None else "analog")
+
+
+class Gateway:
+    """One configuration generation, wired: IEDs → process image → protection/agents/uplink."""
+
+    def __init__(self, site: SiteConfig, *, base_dir: Path, clock: Clock, store: Store) -> None:
+        self.site = site
+        self.base_dir = base_dir
+        self.clock = clock
+        self.store = store
+        self.image = ProcessImage()
+        self.point_source: dict[str, str] = {}
+        for ied in site.ieds:
+            for p in ied.points:
+                self.image.define(p.id, _kind_of(p), unit=p.unit, source=ied.id)
+                self.point_source[p.id] = ied.id
+        self.adapters: dict[str, Adapter] = {}
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.started_at = clock.wall()
+        self.updates_applied = 0
+        self._build_uplink()
+
+    # ------------------------------------------------------------------ wiring
+
+    def _build_uplink(self) -> None:
+        from gateway.telemetry import Telemetry
+        from protocols.mqtt import MqttUplink
+
+        self.telemetry = Telemetry.from_site(self.site)
+        self.uplink = MqttUplink(
+            self.site.uplink,
+            self.site.site,
+            self.store,
+            self.clock,
+            logging.getLogger("stima.uplink"),
+            base_dir=self.base_dir,
+        )
+        self.uplink.set_birth(
+            [
+                {"id": p.point_id, "kind": p.kind.value, "unit": p.unit, "source": p.source}
+                for p in self.image.points.values()
+            ]
+        )
+        self.image.subscribe_all(self._on_point_for_uplink)
+
+    def _on_point_for_uplink(self, point: Point, update: PointUpdate) -> None:
+        self.updates_applied += 1
+        self.telemetry.on_change(point, update.receive_monotonic)
+
+    def _sink(self, updates: Sequence[PointUpdate]) -> None:
+        apply = self.image.apply
+        for update in updates:
+            try:
+                apply(update)
+            except Exception:
+                log.exception("point update failed", extra={"point": update.point_id})
+
+    async def start(self) -> None:
+        for ied in self.site.ieds:
+            if not ied.enabled:
+                continue
+            adapter = make_adapter(ied, self._sink, self.clock, logging.getLogger("stima.ied"))
+            self.adapters[ied.id] = adapter
+            self._tasks.append(asyncio.create_task(adapter.run(), name=f"ied-{ied.id}"))
+        self._tasks.append(asyncio.create_task(self.uplink.run(), name="uplink"))
+        self._tasks.append(asyncio.create_task(self._telemetry_loop(), name="telemetry"))
+
+    async def _telemetry_loop(self) -> None:
+        """Flush report-by-exception batches and integrity reports to the uplink."""
+        window = max(self.site.uplink.batch_window_ms / 1000.0, 0.001)
+        while True:
+            await asyncio.sleep(window)
+            for suffix, payload in self.telemetry.flush(self.clock.monotonic(), self.clock.wall()):
+                self.uplink.publish(suffix, payload)
+
+    async def stop(self, deadline_s: float = SHUTDOWN_DEADLINE_S) -> None:
+        """Stop polling, let the uplink drain within the deadline, then cancel what is left."""
+        end = time.monotonic() + deadline_s
+        for adapter in self.adapters.values():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(adapter.close(), max(end - time.monotonic(), 0.1))
+        with contextlib.suppress(Exception):
+            for suffix, payload in self.telemetry.flush(self.clock.monotonic() + 3600, self.clock.wall()):
+                self.uplink.publish(suffix, payload)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.uplink.close(), max(end - time.monotonic(), 0.1))
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    # ------------------------------------------------------------------ commands
+
+    async def write_point(self, point_id: str, value: float | int | bool, priority: Priority) -> None:
+        ied_id = self.point_source.get(point_id)
+        if ied_id is None:
+            raise CommandError(f"no point {point_id!r}")
+        adapter = self.adapters.get(ied_id)
+        if adapter is None:
+            raise CommandError(f"IED {ied_id} is disabled")
+        await adapter.submit_write(point_id, value, priority)
+
+    # ------------------------------------------------------------------ status
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "substation_id": self.site.site.substation_id,
+            "region": self.site.site.region,
+            "started_at": self.started_at,
+            "uptime_s": self.clock.wall() - self.started_at,
+            "ieds": [a.status.as_dict() for a in self.adapters.values()],
+            "points": {"total": len(self.image), **self.image.counts_by_quality()},
+            "updates_applied": self.updates_applied,
+            "uplink": self.uplink.status(),
+        }
+
+
+class Server:
+    """Process lifetime: signals, readiness, watchdog, reload, shutdown."""
+
+    def __init__(self, config_path: Path, *, clock: Clock | None = None, environ: dict[str, str] | None = None):
+        self.config_path = config_path
+        self.clock = clock or SystemClock()
+        self.notifier = Notifier(environ)
+        self.gateway: Gateway | None = None
+        self._stop = asyncio.Event()
+        self._reload = asyncio.Event()
+        self.reloads = 0
+        self.reload_failures = 0
+
+    async def serve(self, site: SiteConfig) -> int:
+        env = os.environ
+        state_dir = Path(env.get("STATE_DIRECTORY", "").split(":")[0] or site.site.state_dir)
+        runtime_dir = Path(env.get("RUNTIME_DIRECTORY", "").split(":")[0] or site.site.runtime_dir)
+        self.runtime_dir = runtime_dir
+        self.store = Store(state_dir / "stima.db")
+        self.control = ControlServer(runtime_dir, site.control.socket_group)
+        self._register_ops()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        loop.add_signal_handler(signal.SIGINT, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload.set)
+        try:
+            self.gateway = Gateway(site, base_dir=self.config_path.parent, clock=self.clock, store=self.store)
+            await self.gateway.start()
+            await self.control.start()
+            log.info(
+                "gateway started",
+                extra={
+                    "version": __version__,
+                    "substation": site.site.substation_id,
+                    "ieds": len(site.ieds),
+                    "points": len(self.gateway.image),
+                    "state_dir": str(state_dir),
+                    "control_socket": str(self.control.path),
+                },
+            )
+            self.notifier.ready(self._status_line())
+            watchdog = asyncio.create_task(self._watchdog_loop(), name="watchdog")
+            while not self._stop.is_set():
+                stop_wait = asyncio.create_task(self._stop.wait())
+                reload_wait = asyncio.create_task(self._reload.wait())
+                await asyncio.wait({stop_wait, reload_wait}, return_when=asyncio.FIRST_COMPLETED)
+                stop_wait.cancel()
+                reload_wait.cancel()
+                if self._reload.is_set() and not self._stop.is_set():
+                    self._reload.clear()
+                    await self._do_reload()
+            watchdog.cancel()
+            log.info("shutting down", extra={"deadline_s": SHUTDOWN_DEADLINE_S})
+            self.notifier.stopping()
+        finally:
+            await self.control.close()
+            if self.gateway is not None:
+                await self.gateway.stop()
+            self.store.close()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+        log.info("stopped")
+        return 0
+
+    async def _do_reload(self) -> None:
+        self.notifier.reloading()
+        try:
+            site = load(self.config_path)
+        except ConfigError as exc:
+            self.reload_failures += 1
+            for problem in exc.problems:
+                log.error("reload refused: invalid site file", extra={"file": exc.source, "problem": str(problem)})
+            log.error(
+                "reload refused; the running configuration is kept",
+                extra={"file": exc.source, "problems": len(exc.problems)},
+            )
+            self.notifier.ready(self._status_line())
+            return
+        assert self.gateway is not None
+        await self.gateway.stop()
+        self.gateway = Gateway(site, base_dir=self.config_path.parent, clock=self.clock, store=self.store)
+        await self.gateway.start()
+        self.reloads += 1
+        log.info("site file reloaded", extra={"file": str(self.config_path), "points": len(self.gateway.image)})
+        self.notifier.ready(self._status_line())
+
+    def _status_line(self) -> str:
+        gw = self.gateway
+        if gw is None:
+            return "starting"
+        online = sum(1 for a in gw.adapters.values() if a.status.state.value == "online")
+        counts = gw.image.counts_by_quality()
+        up = gw.uplink.status().get("state", "?")
+        return f"IEDs {online}/{len(gw.adapters)} online, points good {counts['good']}/{len(gw.image)}, uplink {up}"
+
+    async def _watchdog_loop(self) -> None:
+        interval = self.notifier.watchdog_interval_s
+        while True:
+            await asyncio.sleep(interval if interval else 5.0)
+            if interval:
+                self.notifier.watchdog()
+            self.notifier.status(self._status_line())
+
+    # ------------------------------------------------------------------ control operations
+
+    def _register_ops(self) -> None:
+        c = self.control
+        c.register("status", self._op_status)
+        c.register("points.list", self._op_points_list)
+        c.register("points.read", self._op_points_read)
+        c.register_stream("points.watch", self._op_points_watch)
+
+    def _gw(self) -> Gateway:
+        if self.gateway is None:
+            raise RuntimeError("the gateway is starting")
+        return self.gateway
+
+    def _op_status(self) -> dict[str, Any]:
+        status = self._gw().status()
+        status.update({"state": "running", "pid": os.getpid(), "config": str(self.config_path),
+                       "reloads": self.reloads, "reload_failures": self.reload_failures})
+        return status
+
+    def _op_points_list(self, pattern: str = "*", source: str | None = None) -> list[dict[str, Any]]:
+        import fnmatch
+
+        return [
+            p.as_dict()
+            for p in self._gw().image.points.values()
+            if fnmatch.fnmatchcase(p.point_id, pattern) and (source is None or p.source == source)
+        ]
+
+    def _op_points_read(self, ids: list[str]) -> list[dict[str, Any]]:
+        image = self._gw().image
+        missing = [i for i in ids if i not in image]
+        if missing:
+            raise KeyError(f"no such point(s): {', '.join(missing)}")
+        return [image[i].as_dict() for i in ids]
+
+    async def _op_points_watch(self, pattern: str = "*", max_rate_hz: float = 10.0) -> AsyncIterator[dict[str, Any]]:
+        import fnmatch
+
+        gw = self._gw()
+        changed: dict[str, Point] = {}
+        wake = asyncio.Event()
+
+        def listener(point: Point, _update: PointUpdate) -> None:
+            if fnmatch.fnmatchcase(point.point_id, pattern):
+                changed[point.point_id] = point
+                wake.set()
+
+        gw.image.subscribe_all(listener)
+        try:
+            for point in gw.image.points.values():
+                if fnmatch.fnmatchcase(point.point_id, pattern):
+                    yield point.as_dict()
+            while gw is self.gateway:
+                await wake.wait()
+                wake.clear()
+                batch, changed = list(changed.values()), {}
+                for point in batch:
+                    yield point.as_dict()
+                await asyncio.sleep(1.0 / max(max_rate_hz, 0.1))
+        finally:
+            gw.image.unsubscribe_all(listener)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="stima-gatewayd", description="Stima substation gateway daemon")
+    parser.add_argument("--config", "-c", type=Path, default=Path("/etc/stima/site.toml"), help="site file (TOML)")
+    parser.add_argument("--log-level", default=os.environ.get("STIMA_LOG_LEVEL", "INFO"),
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--version", action="version", version=f"stima-gatewayd {__version__}")
+    args = parser.parse_args(argv)
+    logs.setup(args.log_level)
+    try:
+        site = load(args.config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            log.error("invalid site file", extra={"file": exc.source, "problem": str(problem)})
+        print(str(exc), file=sys.stderr)
+        return 2
+    server = Server(args.config)
+    try:
+        return asyncio.run(server.serve(site))
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
