@@ -1,0 +1,32 @@
+# Stima — make demo | make test | make bench
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench lint deps clean
+
+deps: $(STAMP)
+
+$(STAMP): pyproject.toml $(wildcard setup.py) $(wildcard native/*.c native/*.h native/*.py)
+	@PYTHON=$(PYTHON) bash deploy/system-deps.sh
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip
+	@$(PY) -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+demo: deps
+	@$(PY) -m hil.demo $(DEMO_ARGS)
+
+test: deps
+	@$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+bench: deps
+	@set -e; for b in tests/bench/bench_*.py; do echo "=== $$b"; $(PY) $$b; done
+
+lint: deps
+	@$(PY) -m ruff check gateway protocols hil tests || true
+
+clean:
+	rm -rf $(VENV) build *.egg-info .run native/_stima_native*.so native/_stima_native.c
