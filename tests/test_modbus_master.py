@@ -1,0 +1,240 @@
+"""The Modbus masters against real pymodbus servers (TCP on loopback, RTU over a socat pty pair)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import subprocess
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.clock import SystemClock
+from gateway.config import ModbusRtuIed, ModbusTcpIed
+from gateway.points import PointUpdate, QualityReason
+from protocols.base import CommandError, Priority, WriteQueue
+from protocols.modbus import ModbusRtuMaster, ModbusTcpMaster, encode_value
+from tests.support.modbus_server import ModbusTestServer, modbus_server
+
+log = logging.getLogger("test")
+
+
+def tcp_ied(port: int, **kw: object) -> ModbusTcpIed:
+    points = [
+        {"id": "ia", "address": 0, "type": "float32", "unit": "A"},
+        {"id": "kv", "address": 2, "type": "uint16", "scale": 0.01, "unit": "kV", "valid_range": [0, 40]},
+        {"id": "temp", "address": 3, "type": "int16", "scale": 0.1, "offset": -40.0},
+        {"id": "ops", "address": 10, "type": "uint32", "word_order": "little", "kind": "counter"},
+        {"id": "far", "address": 1500, "type": "uint16"},
+        {"id": "closed", "address": 0, "function": "discrete", "type": "bool"},
+        {"id": "trip", "address": 0, "function": "coil", "type": "bool", "writable": True},
+        {"id": "tap", "address": 100, "type": "int16", "writable": True},
+    ]
+    data = {"id": "IED-T", "protocol": "modbus_tcp", "host": "127.0.0.1", "port": port,
+            "poll_period_ms": 50, "timeout_ms": 200, "retries": 0, "points": points, **kw}
+    return ModbusTcpIed.model_validate(data)
+
+
+class Collector:
+    def __init__(self) -> None:
+        self.latest: dict[str, PointUpdate] = {}
+        self.history: list[PointUpdate] = []
+
+    def __call__(self, updates: list[PointUpdate]) -> None:
+        for u in updates:
+            self.latest[u.point_id] = u
+            self.history.append(u)
+
+
+async def until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture()
+def server() -> Iterator[ModbusTestServer]:
+    with modbus_server() as srv:
+        yield srv
+
+
+def test_values_are_decoded_scaled_and_qualified(server: ModbusTestServer) -> None:
+    cfg = tcp_ied(server.port)
+    pts = {p.id: p for p in cfg.points}
+    server.set("holding", 0, encode_value(412.5, pts["ia"]) + encode_value(11.05, pts["kv"]) + encode_value(25.3, pts["temp"]))
+    server.set("holding", 10, encode_value(123456, pts["ops"]))
+    server.set("discrete", 0, [True])
+    got = Collector()
+
+    async def main() -> None:
+        master = ModbusTcpMaster(cfg, got, SystemClock(), log)
+        task = asyncio.create_task(master.run())
+        await until(lambda: {"ia", "kv", "temp", "ops", "closed", "far"} <= got.latest.keys())
+        await master.close()
+        task.cancel()
+
+    asyncio.run(main())
+    assert got.latest["ia"].value == pytest.approx(412.5) and got.latest["ia"].quality.good
+    assert got.latest["kv"].value == pytest.approx(11.05)
+    assert got.latest["temp"].value == pytest.approx(25.3)
+    assert got.latest["ops"].value == 123456
+    assert got.latest["closed"].value is True
+    # the server holds 1,000 registers: reading 1500 answers with an exception, marked so,
+    # and it never stopped the other points from being polled
+    assert got.latest["far"].quality.reason is QualityReason.DEVICE_EXCEPTION
+
+
+def test_out_of_range_value_is_marked(server: ModbusTestServer) -> None:
+    cfg = tcp_ied(server.port)
+    server.set("holding", 2, [9999])  # 99.99 kV, outside [0, 40]
+    got = Collector()
+
+    async def main() -> None:
+        master = ModbusTcpMaster(cfg, got, SystemClock(), log)
+        task = asyncio.create_task(master.run())
+        await until(lambda: "kv" in got.latest)
+        await master.close()
+        task.cancel()
+
+    asyncio.run(main())
+    assert got.latest["kv"].quality.reason is QualityReason.OUT_OF_RANGE
+    assert got.latest["kv"].value == pytest.approx(99.99)
+
+
+def test_comm_loss_marks_points_invalid_and_recovers(server: ModbusTestServer) -> None:
+    cfg = tcp_ied(server.port)
+    server.set("holding", 0, encode_value(100.0, cfg.points[0]))
+    got = Collector()
+
+    async def main() -> None:
+        master = ModbusTcpMaster(cfg, got, SystemClock(), log)
+        task = asyncio.create_task(master.run())
+        await until(lambda: "ia" in got.latest and got.latest["ia"].quality.good)
+        await asyncio.to_thread(server.stop)
+        await until(lambda: got.latest["ia"].quality.reason is QualityReason.COMMUNICATION_FAILURE)
+        assert master.status.state.value in ("offline", "connecting")
+        await asyncio.to_thread(server.start)
+        server.set("holding", 0, encode_value(200.0, cfg.points[0]))
+        await until(lambda: got.latest["ia"].quality.good and got.latest["ia"].value == 200.0, timeout=15)
+        assert master.status.state.value == "online"
+        await master.close()
+        task.cancel()
+
+    asyncio.run(main())
+    invalid = [u for u in got.history if u.point_id == "ia" and not u.quality.good]
+    assert invalid and all(u.value is None for u in invalid)
+
+
+def test_writes_reach_the_device_and_bad_writes_are_refused(server: ModbusTestServer) -> None:
+    cfg = tcp_ied(server.port)
+    got = Collector()
+    errors: list[str] = []
+
+    async def main() -> None:
+        master = ModbusTcpMaster(cfg, got, SystemClock(), log)
+        task = asyncio.create_task(master.run())
+        await until(lambda: master.status.state.value == "online")
+        await master.submit_write("trip", True, Priority.PROTECTION)
+        await master.submit_write("tap", -3, Priority.SETPOINT)
+        for pid, value in (("ia", 1.0), ("nope", 1), ("tap", 40000)):
+            try:
+                await master.submit_write(pid, value)
+            except CommandError as exc:
+                errors.append(str(exc))
+        await master.close()
+        task.cancel()
+
+    asyncio.run(main())
+    assert server.get("coil", 0) == [True]
+    assert server.get("holding", 100) == [0xFFFD]
+    assert len(errors) == 3
+    assert "not writable" in errors[0] and "not a point" in errors[1] and "outside int16" in errors[2]
+
+
+def test_write_queue_orders_by_priority_then_arrival() -> None:
+    async def main() -> list[str]:
+        queue = WriteQueue()
+        queue.put("setpoint-1", 1, Priority.SETPOINT, 0.0)
+        queue.put("control-1", 1, Priority.CONTROL, 0.0)
+        queue.put("trip-1", True, Priority.PROTECTION, 0.0)
+        queue.put("control-2", 1, Priority.CONTROL, 0.0)
+        queue.put("trip-2", True, Priority.PROTECTION, 0.0)
+        order = []
+        while (item := queue.pop()) is not None:
+            order.append(item.point_id)
+        return order
+
+    assert asyncio.run(main()) == ["trip-1", "trip-2", "control-1", "control-2", "setpoint-1"]
+
+
+# ----------------------------------------------------------------------------- RTU
+
+
+@pytest.fixture()
+def pty_pair(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    if shutil.which("socat") is None:
+        pytest.fail("socat is required (make test installs it)")
+    a, b = tmp_path / "ttyGW", tmp_path / "ttyIED"
+    proc = subprocess.Popen(["socat", f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    end = time.monotonic() + 5
+    while not (a.exists() and b.exists()):
+        assert time.monotonic() < end, "socat did not create the pty pair"
+        time.sleep(0.02)
+    yield str(a), str(b)
+    proc.terminate()
+    proc.wait(5)
+
+
+def test_rtu_two_devices_share_one_line(pty_pair: tuple[str, str]) -> None:
+    from pymodbus.datastore import ModbusDeviceContext, ModbusSequentialDataBlock, ModbusServerContext
+    from pymodbus.server import ModbusSerialServer
+
+    gw_end, ied_end = pty_pair
+
+    def ied(uid: int) -> ModbusRtuIed:
+        return ModbusRtuIed.model_validate({
+            "id": f"IED-RTU-{uid}", "protocol": "modbus_rtu", "serial_port": gw_end, "unit_id": uid,
+            "poll_period_ms": 50, "timeout_ms": 300, "inter_request_delay_ms": 2,
+            "parity": "N", "stopbits": 2,
+            "points": [{"id": f"v{uid}", "address": 0, "function": "input", "type": "uint16", "scale": 0.001},
+                       {"id": f"cmd{uid}", "address": 10, "type": "uint16", "writable": True}],
+        })
+
+    got = Collector()
+
+    async def main() -> tuple[list[int], list[int]]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            devices = {uid: ModbusDeviceContext(ir=ModbusSequentialDataBlock(1, [11000 + uid] * 20),
+                                                hr=ModbusSequentialDataBlock(1, [0] * 20)) for uid in (1, 2)}
+            server = ModbusSerialServer(ModbusServerContext(devices=devices, single=False), port=ied_end,
+                                        baudrate=19200, parity="N", stopbits=2)
+        await server.serve_forever(background=True)
+        masters = [ModbusRtuMaster(ied(uid), got, SystemClock(), log) for uid in (1, 2)]
+        tasks = [asyncio.create_task(m.run()) for m in masters]
+        await until(lambda: {"v1", "v2"} <= got.latest.keys() and all(got.latest[k].quality.good for k in ("v1", "v2")))
+        await asyncio.gather(masters[0].submit_write("cmd1", 3), masters[1].submit_write("cmd2", 4))
+        polls = [m.status.polls for m in masters]
+        await until(lambda: all(m.status.polls >= p + 5 for m, p in zip(masters, polls, strict=True)))
+        errors = [m.status.poll_errors for m in masters]
+        for m in masters:
+            await m.close()
+        for t in tasks:
+            t.cancel()
+        c1 = await server.context.async_getValues(1, 3, 10, 1)
+        c2 = await server.context.async_getValues(2, 3, 10, 1)
+        await server.shutdown()
+        assert errors == [0, 0], "requests collided on the shared line"
+        return list(c1), list(c2)
+
+    c1, c2 = asyncio.run(main())
+    assert got.latest["v1"].value == pytest.approx(11.001)
+    assert got.latest["v2"].value == pytest.approx(11.002)
+    assert (c1, c2) == ([3], [4])
