@@ -84,7 +84,11 @@ class Adapter(Protocol):
     def submit_write(
         self, point_id: str, value: float | int | bool, priority: Priority = Priority.CONTROL
     ) -> asyncio.Future[None]:
-        """Queue a write ahead of routine reads; the future fails with CommandError."""
+        """Queue a write ahead of routine reads; the future fails with CommandError.
+
+        On success the future's result is the monotonic time at which the request was handed
+        to the transport (None where the adapter cannot tell), for latency accounting.
+        """
 
     async def close(self) -> None:
         """Drop the link and fail any queued writes."""

@@ -436,6 +436,7 @@ class _ModbusMaster:
                 continue
             point = self._points[item.point_id]
             try:
+                sent_monotonic = self._clock.monotonic()
                 result = await self._request(self._write(point, item.value))
             except EncodingError as exc:
                 self.status.write_errors += 1
@@ -457,7 +458,7 @@ class _ModbusMaster:
                 "write done",
                 extra={"ied": self.ied_id, "point": item.point_id, "value": item.value, "priority": item.priority},
             )
-            item.future.set_result(None)
+            item.future.set_result(sent_monotonic)
 
     def _write(self, point: ModbusPoint, value: float | int | bool) -> Callable[[], Awaitable[Any]]:
         client, unit = self._client(), self.cfg.unit_id

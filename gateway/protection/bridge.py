@@ -1,0 +1,130 @@
+"""The fast path: a protection-bound sample → the core → a breaker command at top priority.
+
+The bridge listens on the process image's per-point hook, so a sample is evaluated the moment
+its adapter decodes it, not at an agent tick. Commands go to the breaker's IED adapter with
+`Priority.PROTECTION`, ahead of every queued read and write. Reclose and lockout state is
+written to the state database whenever it changes, and restored at start: a breaker locked
+out before a restart is still locked out after it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from gateway.points import Point, PointUpdate, ProcessImage
+from gateway.protection.engine import BreakerCommand, ProtectionEngine, ProtectionEvent
+from gateway.storage import Store
+from protocols.base import CommandError, Priority
+
+log = logging.getLogger("stima.protection")
+
+SNAPSHOT_KEY = "protection"
+
+Submit = Callable[[str, Any, Priority], Any]
+"""Hands a write to the breaker's adapter; returns a future (add_done_callback, result)."""
+Publish = Callable[[str, dict[str, Any]], None]
+EventListener = Callable[[ProtectionEvent], None]
+
+
+class ProtectionBridge:
+    def __init__(
+        self,
+        engine: ProtectionEngine,
+        image: ProcessImage,
+        *,
+        submit: Submit,
+        store: Store,
+        publish: Publish,
+        wall: Callable[[], float],
+        monotonic: Callable[[], float],
+    ) -> None:
+        self.engine = engine
+        self._image = image
+        self._submit = submit
+        self._store = store
+        self._publish = publish
+        self._wall = wall
+        self._monotonic = monotonic
+        self.event_listeners: list[EventListener] = []
+        self.commands_sent = 0
+        self.command_failures = 0
+        self.queue_latencies_s: deque[float] = deque(maxlen=100_000)
+        """Decoded sample → command queued at the breaker's adapter."""
+        self.wire_latencies_s: deque[float] = deque(maxlen=100_000)
+        """Decoded sample → command handed to the breaker's transport (the socket)."""
+        saved = store.load_snapshot(SNAPSHOT_KEY)
+        if saved:
+            engine.restore(saved)
+            log.info("protection state restored", extra={"breakers": len(saved) if hasattr(saved, "__len__") else 0})
+        for point_id in engine.bound_points:
+            if point_id in image:
+                image.subscribe(point_id, self._on_sample)
+
+    def _on_sample(self, point: Point, update: PointUpdate) -> None:
+        value = update.value
+        actions = self.engine.on_sample(point.point_id, value, update.quality.good, update.receive_monotonic)
+        if actions:
+            self.carry_out(actions, sample_monotonic=update.receive_monotonic)
+
+    def step(self, now: float) -> None:
+        actions = self.engine.step(now)
+        if actions:
+            self.carry_out(actions)
+
+    def carry_out(self, actions: Iterable[Any], sample_monotonic: float | None = None) -> None:
+        changed = False
+        for action in actions:
+            if isinstance(action, BreakerCommand):
+                self._command(action, sample_monotonic)
+                changed = True
+            elif isinstance(action, ProtectionEvent):
+                changed = changed or action.kind in ("trip", "reclose", "lockout", "reset")
+                self._event(action)
+        if changed:
+            self._store.save_snapshot(SNAPSHOT_KEY, self.engine.snapshot(), self._wall())
+
+    def _command(self, cmd: BreakerCommand, sample_monotonic: float | None) -> None:
+        try:
+            future = self._submit(cmd.point_id, cmd.value, Priority.PROTECTION)
+        except CommandError as exc:
+            self.command_failures += 1
+            log.error("breaker command not sent", extra={"breaker": cmd.breaker, "reason": cmd.reason, "error": str(exc)})
+            return
+        self.commands_sent += 1
+        self.queue_latencies_s.append(max(self._monotonic() - (sample_monotonic or cmd.time), 0.0))
+        log.warning(
+            "breaker command",
+            extra={"breaker": cmd.breaker, "point": cmd.point_id, "value": cmd.value, "reason": cmd.reason,
+                   "element": cmd.element, "phase": cmd.phase},
+        )
+        origin = sample_monotonic if sample_monotonic is not None else cmd.time
+        future.add_done_callback(lambda f, c=cmd, o=origin: self._command_done(c, f, o))
+
+    def _command_done(self, cmd: BreakerCommand, future: Any, origin: float) -> None:
+        if not future.cancelled() and future.exception() is None:
+            sent = future.result()
+            if isinstance(sent, float):
+                self.wire_latencies_s.append(max(sent - origin, 0.0))
+            return
+        if future.cancelled() or future.exception() is not None:
+            self.command_failures += 1
+            error = "cancelled" if future.cancelled() else str(future.exception())
+            log.error("breaker command failed", extra={"breaker": cmd.breaker, "reason": cmd.reason, "error": error})
+            self._publish("alarms", {"time": self._wall(), "source": cmd.breaker, "severity": "critical",
+                                     "message": f"{cmd.reason} command to {cmd.breaker} failed: {error}"})
+
+    def _event(self, event: ProtectionEvent) -> None:
+        record = {"breaker": event.breaker, "element": event.element, "phase": event.phase,
+                  "current_a": event.current_a, "monotonic": event.time}
+        self._store.append_event(self._wall(), event.breaker, f"protection.{event.kind}", record)
+        self._publish("events", {"time": self._wall(), "source": event.breaker, "kind": f"protection.{event.kind}", **record})
+        level = logging.WARNING if event.kind in ("trip", "lockout") else logging.INFO
+        log.log(level, f"protection {event.kind}", extra=record)
+        for listener in self.event_listeners:
+            try:
+                listener(event)
+            except Exception:
+                log.exception("protection event listener failed")
