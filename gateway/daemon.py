@@ -32,6 +32,9 @@ from protocols.base import Adapter, CommandError, Priority, make_adapter
 log = logging.getLogger("stima.daemon")
 
 SHUTDOWN_DEADLINE_S = 10.0
+PROTECTION_STEP_S = 0.005
+AGENT_TICK_S = 1.0
+AGENT_SNAPSHOT_S = 60.0
 
 
 def _kind_of(point: Any) -> PointKind:
@@ -58,6 +61,8 @@ class Gateway:
         self.started_at = clock.wall()
         self.updates_applied = 0
         self._build_uplink()
+        self._build_protection()
+        self._build_agents()
 
     # ------------------------------------------------------------------ wiring
 
@@ -82,6 +87,39 @@ class Gateway:
         )
         self.image.subscribe_all(self._on_point_for_uplink)
 
+    def _build_protection(self) -> None:
+        from gateway.protection.bridge import ProtectionBridge
+        from gateway.protection.engine import ProtectionEngine
+
+        self.protection: ProtectionBridge | None = None
+        self._protected_breakers = {s.breaker for s in self.site.protection}
+        if not self.site.protection:
+            return
+        require = self.site.site.require_native_protection
+        engine = ProtectionEngine(self.site.protection, backend="native" if require else "auto")
+        if engine.backend_name != "native":
+            log.error(
+                "PROTECTION IS RUNNING ON THE PYTHON REFERENCE, NOT THE NATIVE CORE",
+                extra={"backend": engine.backend_name},
+            )
+        self.protection = ProtectionBridge(
+            engine, self.image, submit=self.submit, store=self.store, publish=self._publish,
+            wall=self.clock.wall, monotonic=self.clock.monotonic,
+        )
+
+    def _build_agents(self) -> None:
+        from gateway.agent_host import AgentHost
+
+        self.agents = AgentHost(
+            self.site, self.image, store=self.store, write=self.submit, publish=self._publish,
+            monotonic=self.clock.monotonic, wall=self.clock.wall, interlock=self.interlock,
+        )
+        if self.protection is not None:
+            self.protection.event_listeners.append(self.agents.on_protection_event)
+
+    def _publish(self, suffix: str, payload: dict[str, Any], retain: bool = False) -> None:
+        self.uplink.publish(suffix, payload, retain=retain)
+
     def _on_point_for_uplink(self, point: Point, update: PointUpdate) -> None:
         self.updates_applied += 1
         self.telemetry.on_change(point, update.receive_monotonic)
@@ -103,6 +141,39 @@ class Gateway:
             self._tasks.append(asyncio.create_task(adapter.run(), name=f"ied-{ied.id}"))
         self._tasks.append(asyncio.create_task(self.uplink.run(), name="uplink"))
         self._tasks.append(asyncio.create_task(self._telemetry_loop(), name="telemetry"))
+        if self.protection is not None:
+            self._tasks.append(asyncio.create_task(self._protection_clock(), name="protection"))
+        self._tasks.append(asyncio.create_task(self._agent_loop(), name="agents"))
+        if self.site.ami is not None and self.site.meter_groups:
+            from protocols.ami import AmiSubscriber
+
+            self.ami: Any = AmiSubscriber(self.site.ami, self.site.site.substation_id, self.agents.ingest_meters,
+                                          self.clock, logging.getLogger("stima.ami"))
+            self._tasks.append(asyncio.create_task(self.ami.run(), name="ami"))
+        else:
+            self.ami = None
+
+    async def _protection_clock(self) -> None:
+        """Advance protection timers (reclose dead times, 50BF, reset) between samples."""
+        assert self.protection is not None
+        while True:
+            await asyncio.sleep(PROTECTION_STEP_S)
+            try:
+                self.protection.step(self.clock.monotonic())
+            except Exception:
+                log.exception("protection step failed")
+
+    async def _agent_loop(self) -> None:
+        last_snapshot = self.clock.monotonic()
+        while True:
+            await asyncio.sleep(AGENT_TICK_S)
+            try:
+                self.agents.tick()
+                if self.clock.monotonic() - last_snapshot > AGENT_SNAPSHOT_S:
+                    self.agents.snapshot()
+                    last_snapshot = self.clock.monotonic()
+            except Exception:
+                log.exception("agent step failed")
 
     async def _telemetry_loop(self) -> None:
         """Flush report-by-exception batches and integrity reports to the uplink."""
@@ -115,6 +186,11 @@ class Gateway:
     async def stop(self, deadline_s: float = SHUTDOWN_DEADLINE_S) -> None:
         """Stop polling, let the uplink drain within the deadline, then cancel what is left."""
         end = time.monotonic() + deadline_s
+        with contextlib.suppress(Exception):
+            self.agents.snapshot()
+        if self.ami is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.ami.close(), 2.0)
         for adapter in self.adapters.values():
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(adapter.close(), max(end - time.monotonic(), 0.1))
@@ -130,14 +206,29 @@ class Gateway:
 
     # ------------------------------------------------------------------ commands
 
-    async def write_point(self, point_id: str, value: float | int | bool, priority: Priority) -> None:
+    def submit(self, point_id: str, value: float | int | bool, priority: Priority) -> asyncio.Future[Any]:
+        """Hand a write to the adapter of the point's IED (raises CommandError at once if impossible)."""
         ied_id = self.point_source.get(point_id)
         if ied_id is None:
             raise CommandError(f"no point {point_id!r}")
         adapter = self.adapters.get(ied_id)
         if adapter is None:
             raise CommandError(f"IED {ied_id} is disabled")
-        await adapter.submit_write(point_id, value, priority)
+        return adapter.submit_write(point_id, value, priority)
+
+    async def write_point(self, point_id: str, value: float | int | bool, priority: Priority) -> None:
+        await self.submit(point_id, value, priority)
+
+    def interlock(self, agent_id: str, name: str, value: Any) -> str | None:
+        """Refuse unsafe operations: closing a locked-out breaker or onto an uncleared fault."""
+        if self.protection is None or not value:
+            return None
+        scheme = self.protection.engine
+        if name in ("close_cmd", "position_cmd") and agent_id in self._protected_breakers:
+            state = scheme.status(agent_id)
+            if state.get("locked_out"):
+                return f"{agent_id} is locked out: only an authorised manual close re-arms it"
+        return None
 
     # ------------------------------------------------------------------ status
 
@@ -152,6 +243,15 @@ class Gateway:
             "points": {"total": len(self.image), **self.image.counts_by_quality()},
             "updates_applied": self.updates_applied,
             "uplink": self.uplink.status(),
+            "protection": None if self.protection is None else {
+                "backend": self.protection.engine.backend_name,
+                "commands_sent": self.protection.commands_sent,
+                "command_failures": self.protection.command_failures,
+                "breakers": {b: self.protection.engine.status(b) for b in sorted(self._protected_breakers)},
+            },
+            "agents": {"count": len(self.site.agents), "meters": sum(g.count for g in self.site.meter_groups),
+                       "actions": self.agents.actions_done, "control_refused": self.agents.control_refused},
+            "ami": None if self.ami is None else self.ami.status(),
         }
 
 
@@ -266,6 +366,13 @@ class Server:
         c.register("points.list", self._op_points_list)
         c.register("points.read", self._op_points_read)
         c.register_stream("points.watch", self._op_points_watch)
+        c.register("agents.list", lambda: self._gw().agents.runtime.list_agents())
+        c.register("agents.show", lambda id: self._gw().agents.runtime.show(id))
+        c.register("agents.request", lambda id, request, **args: self._gw().agents.request(id, request, **args))
+        c.register("reliability", self._op_reliability)
+        c.register("events", self._op_events)
+        c.register("protection.latency", self._op_protection_latency)
+        c.register("breaker.operate", self._op_breaker_operate)
 
     def _gw(self) -> Gateway:
         if self.gateway is None:
@@ -277,6 +384,36 @@ class Server:
         status.update({"state": "running", "pid": os.getpid(), "config": str(self.config_path),
                        "reloads": self.reloads, "reload_failures": self.reload_failures})
         return status
+
+    def _op_reliability(self, since: float | None = None, until: float | None = None) -> dict[str, Any]:
+        now = self.clock.wall()
+        return self._gw().agents.runtime.reliability(since if since is not None else now - 86400.0,
+                                                     until if until is not None else now)
+
+    def _op_events(self, since: float = 0.0, source: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
+        return self.store.events(since=since, source=source, limit=min(int(limit), 10_000))
+
+    def _op_protection_latency(self) -> dict[str, list[float]]:
+        bridge = self._gw().protection
+        if bridge is None:
+            return {"queue": [], "wire": []}
+        return {"queue": list(bridge.queue_latencies_s), "wire": list(bridge.wire_latencies_s)}
+
+    async def _op_breaker_operate(self, breaker: str, action: str, authorised: bool = False) -> dict[str, Any]:
+        """Operator open/close through protection (so reclose blocking and lockout rules apply)."""
+        gw = self._gw()
+        if gw.protection is None or breaker not in gw._protected_breakers:
+            raise KeyError(f"{breaker} has no protection scheme in the site file")
+        engine, now = gw.protection.engine, self.clock.monotonic()
+        if action == "open":
+            actions = engine.manual_trip(breaker, now)
+        elif action == "close":
+            actions = engine.manual_close(breaker, now, authorised=bool(authorised))
+        else:
+            raise ValueError(f"action must be 'open' or 'close', not {action!r}")
+        gw.protection.carry_out(actions, sample_monotonic=now)
+        log.warning("operator breaker command", extra={"breaker": breaker, "action": action, "authorised": authorised})
+        return engine.status(breaker)
 
     def _op_points_list(self, pattern: str = "*", source: str | None = None) -> list[dict[str, Any]]:
         import fnmatch

@@ -1,0 +1,212 @@
+"""`make demo`: the simulated substation, a local broker and the real daemon, working together.
+
+Starts, all on 127.0.0.1: mosquitto (TLS with client certificates for the uplink, plain for
+the AMI data concentrators), `stima-hil serve` with the example site SUB-003 and
+`stima-gatewayd` against it. Then shows a live view of key points read from the daemon and a
+count of the messages arriving on the broker, injects a transient fault on LINE-045 so the
+protection trips and recloses CB-045, and stops everything on Ctrl-C (or after --duration).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import paho.mqtt.client as mqtt
+import tomli_w
+
+from gateway.control import ControlError, DaemonNotRunning, call
+from hil.broker import TlsFiles, free_port, make_tls, running_broker
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "deploy" / "examples" / "sub-003.toml"
+WATCHED = [
+    "SUB-003.total_load_kw", "SUB-003.bus_voltage_kv",
+    "CB-044.ia", "CB-044.closed", "CB-045.ia", "CB-045.closed", "CB-046.ia", "CB-046.closed",
+    "XFMR-101.load_kw", "XFMR-101.top_oil_temp_c", "XFMR-101.tap_position",
+    "CAP-301.bus_voltage_kv", "CAP-301.steps_active", "SOLAR-201.active_power_kw",
+]
+
+
+def demo_site(workdir: Path, tls: TlsFiles, tls_port: int, ami_port: int) -> Path:
+    """The example site, with every address moved to free loopback ports and local paths."""
+    data: dict[str, Any] = tomllib.loads(EXAMPLE.read_text())
+    data["site"]["state_dir"] = str(workdir / "state")
+    data["site"]["runtime_dir"] = str(workdir / "run")
+    data["uplink"].update(broker_port=tls_port, ca_file=str(tls.ca_cert), cert_file=str(tls.client_cert),
+                          key_file=str(tls.client_key), integrity_period_s=10)
+    data.setdefault("ami", {})["broker_port"] = ami_port
+    for ied in data["ieds"]:
+        if ied["protocol"] in ("modbus_tcp", "iec61850"):
+            ied["port"] = free_port()
+        elif ied["protocol"] == "modbus_rtu":
+            ied["serial_port"] = str(workdir / "tty" / Path(ied["serial_port"]).name)
+    path = workdir / "site.toml"
+    path.write_text(tomli_w.dumps(data))
+    return path
+
+
+class BrokerCounter:
+    """Counts what arrives on the broker under the gateway's topic prefix."""
+
+    def __init__(self, tls: TlsFiles, port: int, prefix: str) -> None:
+        self.counts: Counter[str] = Counter()
+        self.values = 0
+        self.last_event = ""
+        self._lock = threading.Lock()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="stima-demo-viewer",
+                                  protocol=mqtt.MQTTv5)
+        self.client.tls_set(ca_certs=str(tls.ca_cert), certfile=str(tls.client_cert), keyfile=str(tls.client_key))
+        self.client.on_message = self._on_message
+        self.client.on_connect = lambda c, *_: c.subscribe(f"{prefix}/#", qos=1)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        kind = msg.topic.split("/")[3] if msg.topic.count("/") >= 3 else msg.topic
+        with self._lock:
+            self.counts[kind] += 1
+            try:
+                payload = msgpack.unpackb(msg.payload, raw=False)
+            except Exception:
+                return
+            if isinstance(payload, dict):
+                values = payload.get("values") or payload.get("points") or payload.get("metrics")
+                if isinstance(values, list | dict):
+                    self.values += len(values)
+                if kind in ("events", "alarms"):
+                    self.last_event = f"{payload.get('source', '?')}: {payload.get('kind') or payload.get('message', '')}"
+
+    def stop(self) -> None:
+        self.client.loop_stop()
+        with contextlib.suppress(Exception):
+            self.client.disconnect()
+
+
+@contextlib.contextmanager
+def process(name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    log = log_path.open("ab")
+    proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env,
+                            start_new_session=True)
+    log.close()
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+def render(points: list[dict[str, Any]], counter: BrokerCounter, status: dict[str, Any], elapsed: float,
+           note: str) -> str:
+    lines = [f"Stima demo — SUB-003 — {elapsed:5.0f} s   (Ctrl-C stops everything)", ""]
+    for p in points:
+        value = p["value"]
+        shown = f"{value:10.2f}" if isinstance(value, float) else f"{value!s:>10}"
+        quality = p["quality"] + ("" if p["reason"] == "none" else f"({p['reason']})")
+        lines.append(f"  {p['id']:<26} {shown} {p['unit']:<5} {quality}")
+    ieds = status.get("ieds", [])
+    online = sum(1 for i in ieds if i["state"] == "online")
+    pts = status.get("points", {})
+    up = status.get("uplink", {})
+    with counter._lock:
+        counts = dict(counter.counts)
+        values = counter.values
+        last_event = counter.last_event
+    lines += [
+        "",
+        f"  IEDs online {online}/{len(ieds)}   points good {pts.get('good', 0)}/{pts.get('total', 0)}   "
+        f"uplink {up.get('state', '?')}, spool {up.get('spool_depth', 0)}",
+        f"  broker: {sum(counts.values())} messages ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}), "
+        f"{values} values",
+        f"  last event: {last_event or '-'}",
+        f"  {note}",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hil.demo", description=__doc__)
+    parser.add_argument("--duration", type=float, default=None,
+                        help="stop after this many seconds (default: until Ctrl-C on a terminal, 40 s otherwise)")
+    parser.add_argument("--workdir", type=Path, default=ROOT / ".run" / "demo")
+    parser.add_argument("--fault-at", type=float, default=15.0, help="inject a transient fault on LINE-045 after N s (0: never)")
+    args = parser.parse_args(argv)
+    interactive = sys.stdout.isatty()
+    duration = args.duration if args.duration is not None else (None if interactive else 40.0)
+    workdir: Path = args.workdir
+    (workdir / "tty").mkdir(parents=True, exist_ok=True)
+    for stale in ("hil.log", "gatewayd.log"):
+        with contextlib.suppress(FileNotFoundError):
+            (workdir / stale).unlink()
+    tls = make_tls(workdir / "tls")
+    tls_port, ami_port = free_port(), free_port()
+    site = demo_site(workdir, tls, tls_port, ami_port)
+    py = sys.executable
+    print(f"demo: site file {site}; logs in {workdir}/*.log", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with running_broker(workdir / "broker", tls=tls, tls_port=tls_port, plain_port=ami_port), \
+         process("hil", [py, "-m", "hil", "serve", "--config", str(site), "--control", str(workdir / "hil.sock"),
+                         "--meters", "2000"], workdir / "hil.log"), \
+         process("gatewayd", [py, "-m", "gateway.daemon", "--config", str(site)], workdir / "gatewayd.log"):
+        counter = BrokerCounter(tls, tls_port, "stima")
+        started = time.monotonic()
+        fault_done = False
+        note = "waiting for the daemon…"
+        try:
+            while not stop.is_set():
+                elapsed = time.monotonic() - started
+                if duration is not None and elapsed > duration:
+                    break
+                if args.fault_at and not fault_done and elapsed > args.fault_at:
+                    fault_done = True
+                    result = subprocess.run(
+                        [py, "-m", "hil", "inject", "--control", str(workdir / "hil.sock"), "fault", "LINE-045",
+                         "--distance", "2300m", "--type", "3ph", "--transient"],
+                        capture_output=True, text=True, timeout=20)
+                    note = ("injected a transient 3-phase fault on LINE-045 at 2.3 km: watch CB-045 trip and reclose"
+                            if result.returncode == 0 else f"fault injection failed: {result.stderr.strip()[:200]}")
+                try:
+                    points = call(site.parent / "run", "points.read", ids=WATCHED, timeout=5)
+                    status = call(site.parent / "run", "status", timeout=5)
+                    if not fault_done:
+                        note = "values flowing: IEDs → daemon → broker"
+                except (DaemonNotRunning, ControlError, OSError, json.JSONDecodeError):
+                    stop.wait(0.5)
+                    continue
+                screen = render(points, counter, status, elapsed, note)
+                if interactive:
+                    sys.stdout.write("\x1b[H\x1b[2J" + screen + "\n")
+                else:
+                    sys.stdout.write(screen + "\n\n")
+                sys.stdout.flush()
+                stop.wait(1.0 if interactive else 5.0)
+        finally:
+            counter.stop()
+    total = sum(counter.counts.values())
+    print(f"demo: stopped. {total} messages arrived on the broker ({counter.values} values).", flush=True)
+    return 0 if total > 0 else 1
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
