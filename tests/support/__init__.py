@@ -1,0 +1,1 @@
+"""Real servers (mosquitto, Modbus) that tests and benchmarks run against."""
