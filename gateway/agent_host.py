@@ -106,7 +106,7 @@ class AgentHost:
                               retain=True)
                 log.info("agent state", extra={"agent": action.agent_id, **record})
             elif isinstance(action, Alert):
-                record = {"severity": str(action.severity), "message": action.message}
+                record = {"severity": _name(action.severity), "message": action.message}
                 self._store.append_event(self._wall(), action.agent_id, "alert", record)
                 self._publish("alarms", {"time": self._wall(), "source": action.agent_id, **record})
                 log.warning("agent alert", extra={"agent": action.agent_id, **record})
