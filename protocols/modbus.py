@@ -228,7 +228,7 @@ class _SerialLine:
     @classmethod
     def acquire(cls, cfg: ModbusRtuIed) -> _SerialLine:
         line = cls._lines.get(cfg.serial_port)
-        if line is None or line.lock._loop not in (None, asyncio.get_running_loop()):  # type: ignore[attr-defined]
+        if line is None:
             line = cls._lines[cfg.serial_port] = _SerialLine(cfg)
         line.users += 1
         return line
