@@ -159,6 +159,43 @@ class Store:
                 )
             return max(excess, 0)
 
+    def spool_last_id(self) -> int:
+        """Highest spool id ever handed out (0 for a new database); new ids are always larger."""
+        with self._lock:
+            row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'spool'").fetchone()
+        return int(row[0]) if row else 0
+
+    def spool_remove(self, seqs: list[int]) -> int:
+        """Delete acknowledged messages in one transaction; returns how many were still there."""
+        if not seqs:
+            return 0
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                cur = self._db.executemany("DELETE FROM spool WHERE seq = ?", [(s,) for s in seqs])
+                removed = cur.rowcount
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return int(removed)
+
+    def spool_drop_oldest(self, count: int) -> tuple[int, int]:
+        """Drop the `count` oldest messages; returns (how many were dropped, highest id dropped)."""
+        if count <= 0:
+            return 0, 0
+        with self._lock:
+            row = self._db.execute(
+                "SELECT seq FROM spool ORDER BY seq LIMIT 1 OFFSET ?", (count - 1,)
+            ).fetchone()
+            if row is None:
+                row = self._db.execute("SELECT MAX(seq) FROM spool").fetchone()
+                if row is None or row[0] is None:
+                    return 0, 0
+            cutoff = int(row[0])
+            cur = self._db.execute("DELETE FROM spool WHERE seq <= ?", (cutoff,))
+        return int(cur.rowcount), cutoff
+
     def iter_spool(self, batch: int = 500) -> Iterator[tuple[int, str, bytes, int]]:
         after = 0
         while rows := self.spool_peek(after, batch):

@@ -1,0 +1,216 @@
+"""Report-by-exception telemetry for the SCADA uplink (sans-IO).
+
+SCADA should hear about every change that matters and nothing else: an analog point is reported
+when it has moved by at least its deadband (engineering units, from the site file) since the
+value last reported; a binary or counter point on any change; any point whose quality changes,
+always. Reported changes are gathered and leave as one `telemetry` message per flush (at most
+`max_batch` samples each). Every `integrity_period_s` an `integrity` report carries the latest
+value of every point, so a host that missed something converges without asking.
+
+The caller feeds `on_change(point, now)` from the process image and calls `flush(now, wall)` on
+its batch timer; `flush` returns `(topic_suffix, payload)` pairs for the uplink. No I/O here.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.config import SiteConfig
+from gateway.points import NOT_YET_RECEIVED, Point, PointKind, Quality, QualityReason
+
+log = logging.getLogger("stima.telemetry")
+
+TELEMETRY = "telemetry"
+INTEGRITY = "integrity"
+
+Value = float | int | bool | None
+
+
+@dataclass(frozen=True, slots=True)
+class PointSpec:
+    """What report-by-exception needs to know about one point."""
+
+    point_id: str
+    kind: PointKind = PointKind.ANALOG
+    deadband: float = 0.0
+    """Smallest change reported, in the point's engineering unit (analog points only)."""
+    unit: str = ""
+
+    def __post_init__(self) -> None:
+        if not (self.deadband >= 0.0 and math.isfinite(self.deadband)):
+            raise ValueError(f"point {self.point_id!r}: deadband must be a finite number >= 0, found {self.deadband!r}")
+
+
+def exceeds(kind: PointKind, deadband: float, last: Value, value: Value) -> bool:
+    """True when `value` differs enough from the value last reported to be reported again.
+
+    Analog: a move of at least `deadband` (any move when the deadband is 0). Binary, counter, and
+    any appearance or disappearance of a value (None) or a NaN: any change.
+    """
+    if value is None or last is None:
+        return value is not last
+    if kind is not PointKind.ANALOG or isinstance(value, bool) or isinstance(last, bool):
+        return bool(value != last)
+    v, l = float(value), float(last)
+    if math.isnan(v) or math.isnan(l):
+        return math.isnan(v) != math.isnan(l)
+    if v == l:
+        return False
+    return abs(v - l) >= deadband
+
+
+def _ms(seconds: float | None) -> int | None:
+    return None if seconds is None else int(round(seconds * 1000.0))
+
+
+def sample(point_id: str, value: Value, quality: Quality, time_s: float | None) -> dict[str, Any]:
+    """One metric sample as it travels: id, value, validity, reason (when not good), time in ms."""
+    out: dict[str, Any] = {"id": point_id, "v": value, "q": quality.validity.value, "t": _ms(time_s)}
+    if quality.reason is not QualityReason.NONE:
+        out["r"] = quality.reason.value
+    return out
+
+
+class _State:
+    __slots__ = ("spec", "reported", "last_value", "last_quality", "point")
+
+    def __init__(self, spec: PointSpec) -> None:
+        self.spec = spec
+        self.reported = False
+        self.last_value: Value = None
+        self.last_quality: Quality = NOT_YET_RECEIVED
+        self.point: Point | None = None
+
+
+class Telemetry:
+    """Report-by-exception with deadbands, batching, and a periodic integrity report."""
+
+    def __init__(
+        self,
+        specs: Iterable[PointSpec],
+        *,
+        max_batch: int = 500,
+        integrity_period_s: float = 60.0,
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, found {max_batch}")
+        if not integrity_period_s > 0:
+            raise ValueError(f"integrity_period_s must be > 0, found {integrity_period_s}")
+        self.max_batch = max_batch
+        self.integrity_period_s = integrity_period_s
+        self._states: dict[str, _State] = {}
+        for spec in specs:
+            if spec.point_id in self._states:
+                raise ValueError(f"point {spec.point_id!r} is listed twice")
+            self._states[spec.point_id] = _State(spec)
+        self._pending: list[dict[str, Any]] = []
+        self._next_integrity: float | None = None
+        self._integrity_requested = False
+        self.changes_seen = 0
+        self.changes_reported = 0
+        self.integrity_reports = 0
+
+    @classmethod
+    def from_site(cls, site: SiteConfig) -> Telemetry:
+        """Every IED point of the site with its kind and deadband; batching from `[uplink]`."""
+        specs = []
+        for ied in site.ieds:
+            for p in ied.points:
+                kind_name = getattr(p, "point_kind", None) or p.kind
+                specs.append(PointSpec(p.id, PointKind(kind_name.value), p.deadband, p.unit))
+        return cls(specs, max_batch=site.uplink.max_batch, integrity_period_s=site.uplink.integrity_period_s)
+
+    # ------------------------------------------------------------------ input
+
+    @property
+    def pending(self) -> int:
+        """Samples waiting for the next flush."""
+        return len(self._pending)
+
+    @property
+    def point_ids(self) -> list[str]:
+        return list(self._states)
+
+    def on_change(self, point: Point, now: float) -> bool:
+        """Take the point's new state; returns True when a full batch is waiting to be flushed.
+
+        Points not in the site file (derived or AMI points) are reported with no deadband.
+        """
+        del now  # decisions depend on values only; `now` is kept for a uniform sans-IO signature
+        self.changes_seen += 1
+        state = self._states.get(point.point_id)
+        if state is None:
+            state = self._states[point.point_id] = _State(PointSpec(point.point_id, point.kind, 0.0, point.unit))
+        state.point = point
+        value, quality = point.value, point.quality
+        spec = state.spec
+        if (
+            not state.reported
+            or quality != state.last_quality
+            or exceeds(spec.kind, spec.deadband, state.last_value, value)
+        ):
+            state.reported = True
+            state.last_value = value
+            state.last_quality = quality
+            self.changes_reported += 1
+            self._pending.append(
+                sample(point.point_id, value, quality, point.source_time if point.source_time is not None
+                       else point.receive_time)
+            )
+        return len(self._pending) >= self.max_batch
+
+    def request_integrity(self) -> None:
+        """Send an integrity report at the next flush (after a birth, or a host's request)."""
+        self._integrity_requested = True
+
+    def integrity_due(self, now: float) -> bool:
+        return self._integrity_requested or (self._next_integrity is not None and now >= self._next_integrity)
+
+    # ------------------------------------------------------------------ output
+
+    def flush(self, now: float, wall: float) -> list[tuple[str, dict[str, Any]]]:
+        """Messages to publish now: pending changes in batches, then an integrity report if due."""
+        out: list[tuple[str, dict[str, Any]]] = []
+        timestamp = _ms(wall)
+        if self._pending:
+            pending, self._pending = self._pending, []
+            step = self.max_batch
+            for start in range(0, len(pending), step):
+                out.append((TELEMETRY, {"timestamp": timestamp, "metrics": pending[start : start + step]}))
+        if self._next_integrity is None:
+            self._next_integrity = now + self.integrity_period_s
+        if self.integrity_due(now):
+            out.extend(self._integrity(timestamp))
+            self._integrity_requested = False
+            self._next_integrity = now + self.integrity_period_s
+        return out
+
+    def integrity(self, wall: float) -> list[tuple[str, dict[str, Any]]]:
+        """An integrity report now, regardless of the period."""
+        return self._integrity(_ms(wall))
+
+    def _integrity(self, timestamp: int | None) -> list[tuple[str, dict[str, Any]]]:
+        metrics: list[dict[str, Any]] = []
+        for point_id, state in self._states.items():
+            point = state.point
+            if point is None:
+                metrics.append(sample(point_id, None, NOT_YET_RECEIVED, None))
+                continue
+            metrics.append(sample(point_id, point.value, point.quality,
+                                  point.source_time if point.source_time is not None else point.receive_time))
+            # the host now knows the latest value: later deadbands count from it
+            state.reported = True
+            state.last_value = point.value
+            state.last_quality = point.quality
+        self.integrity_reports += 1
+        step = self.max_batch
+        parts = max(1, math.ceil(len(metrics) / step))
+        return [
+            (INTEGRITY, {"timestamp": timestamp, "part": n + 1, "parts": parts,
+                         "metrics": metrics[n * step : (n + 1) * step]})
+            for n in range(parts)
+        ]

@@ -1,0 +1,683 @@
+"""The northbound uplink: MQTT 5 to the regional SCADA broker, with a durable spool.
+
+Rules this module keeps:
+
+- Every message goes into the SQLite spool before `publish` returns, and leaves the spool only
+  when the broker's PUBACK arrives (QoS 1). A broker outage, a network loss or a kill -9 loses
+  nothing that was accepted; delivery is at least once (a message whose PUBACK was lost is sent
+  again, flagged historical, with the same `msg_id`).
+- Sparkplug B semantics in our own namespace: a retained `birth` listing every metric on every
+  connect, a `death` registered as the MQTT will with the same `bdSeq` (and published on a
+  clean shutdown), a per-message `seq` 0-255 restarting at 0 with each birth, a `cmd/rebirth`
+  request, and `historical=True` on everything accepted before the current connection came up.
+- Memory stays bounded whatever the backlog: only a small window of the spool is held in
+  memory, at most `max_inflight` messages are unacknowledged, and the spool itself is capped at
+  `spool_max_messages` (oldest dropped, with a logged count).
+- Reconnects use jittered exponential backoff and never give up; each connection gets a fresh
+  paho client, so no state of a dead connection leaks into the next.
+- The event loop stays free: paho's network loop runs in its own thread (`loop_start`), its
+  callbacks are handed to asyncio in batches, and TCP/TLS connects run in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import enum
+import logging
+import random
+import ssl
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.reasoncodes import ReasonCode
+
+from gateway.clock import Clock
+from gateway.config import SiteIdentity, UplinkConfig
+from gateway.storage import Store
+
+RETAIN_FLAG = 0x10
+"""Stored with the QoS in the spool's `qos` column: the message is published retained."""
+
+RESERVED_KEYS = frozenset({"seq", "historical", "msg_id"})
+"""Envelope fields the uplink adds when a message is sent; payloads must not carry them."""
+
+BDSEQ_SNAPSHOT = "uplink.bdseq"
+CONNACK_TIMEOUT_S = 10.0
+DEATH_ACK_TIMEOUT_S = 2.0
+
+CommandCallback = Callable[[str, dict[str, Any]], None]
+
+
+class UplinkState(enum.Enum):
+    STARTING = "starting"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    BACKOFF = "backoff"
+    CLOSED = "closed"
+
+
+# ---------------------------------------------------------------------- msgpack envelope
+
+_K_SEQ = msgpack.packb("seq")
+_K_HISTORICAL = msgpack.packb("historical")
+_K_MSG_ID = msgpack.packb("msg_id")
+_TRUE, _FALSE = msgpack.packb(True), msgpack.packb(False)
+
+
+def _map_header(n: int) -> bytes:
+    if n < 16:
+        return bytes((0x80 | n,))
+    if n < 0x10000:
+        return b"\xde" + n.to_bytes(2, "big")
+    return b"\xdf" + n.to_bytes(4, "big")
+
+
+def envelope(body: bytes, seq: int, historical: bool, msg_id: int) -> bytes:
+    """Add `seq`, `historical` and `msg_id` to an encoded msgpack map without decoding it."""
+    first = body[0]
+    if 0x80 <= first <= 0x8F:
+        count, offset = first & 0x0F, 1
+    elif first == 0xDE:
+        count, offset = int.from_bytes(body[1:3], "big"), 3
+    elif first == 0xDF:
+        count, offset = int.from_bytes(body[1:5], "big"), 5
+    else:
+        raise ValueError("spooled payload is not a msgpack map")
+    return b"".join((
+        _map_header(count + 3), memoryview(body)[offset:],
+        _K_SEQ, msgpack.packb(seq), _K_HISTORICAL, _TRUE if historical else _FALSE,
+        _K_MSG_ID, msgpack.packb(msg_id),
+    ))
+
+
+def _check_suffix(topic_suffix: str) -> None:
+    if (
+        not isinstance(topic_suffix, str)
+        or not topic_suffix
+        or topic_suffix.startswith("/")
+        or topic_suffix.endswith("/")
+        or "//" in topic_suffix
+        or any(c in topic_suffix for c in "#+\x00")
+    ):
+        raise ValueError(f"topic suffix must be non-empty levels without wildcards, found {topic_suffix!r}")
+
+
+# ---------------------------------------------------------------------- one connection
+
+
+class _Row:
+    __slots__ = ("spool_id", "topic", "body", "qos", "retain")
+
+    def __init__(self, spool_id: int, topic: str, body: bytes, flags: int) -> None:
+        self.spool_id = spool_id
+        self.topic = topic
+        self.body = body
+        self.qos = flags & 0x03
+        self.retain = bool(flags & RETAIN_FLAG)
+
+
+class _Session:
+    """One paho client and one TCP/TLS connection; never reused after it ends."""
+
+    def __init__(self, client: mqtt.Client, bdseq: int, number: int) -> None:
+        self.client = client
+        self.bdseq = bdseq
+        self.number = number
+        self.inflight: dict[int, int | None] = {}
+        """paho mid → spool id (None for birth and death, which are not spooled)."""
+        self.connack: asyncio.Future[ReasonCode] | None = None
+        self.ended = asyncio.Event()
+        self.up = False
+        self.seq = 0
+        self.start_id = 0
+        """Spool ids below this were accepted before this connection came up: historical."""
+        self.death_mid: int | None = None
+        self.death_acked = asyncio.Event()
+
+
+# ---------------------------------------------------------------------- the uplink
+
+
+class MqttUplink:
+    """MQTT 5 uplink with a durable spool; see the module docstring for its guarantees."""
+
+    def __init__(
+        self,
+        cfg: UplinkConfig,
+        site: SiteIdentity,
+        store: Store,
+        clock: Clock,
+        logger: logging.Logger | None = None,
+        *,
+        base_dir: Path = Path("."),
+        backoff_min_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+        memory_window: int | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.site = site
+        self.store = store
+        self.clock = clock
+        self.log = logger or logging.getLogger("stima.uplink")
+        self.base_dir = Path(base_dir)
+        self.backoff_min_s = backoff_min_s
+        self.backoff_max_s = max(backoff_max_s, backoff_min_s)
+        self.base_topic = f"{cfg.topic_prefix}/{site.region}/{site.substation_id}"
+        self.client_id = cfg.client_id or f"stima-{site.substation_id}"
+        self.endpoint = f"{cfg.transport}://{cfg.broker_host}:{cfg.broker_port}"
+        self._window = memory_window or max(2 * cfg.max_inflight + 256, 512)
+
+        self.state = UplinkState.STARTING
+        self.connected_since: float | None = None
+        self.last_error = ""
+        self.published = 0
+        self.sent = 0
+        self.acked = 0
+        self.rejected = 0
+        self.dropped = 0
+        self.sessions = 0
+        self.commands = 0
+        self._depth = store.spool_depth()
+        self._depth_at_start = self._depth
+        self._last_id = store.spool_last_id()
+        last_bdseq = store.load_snapshot(BDSEQ_SNAPSHOT)
+        self._bdseq = int(last_bdseq) if isinstance(last_bdseq, int) else -1
+
+        self._queue: collections.deque[_Row] = collections.deque()
+        self._loaded_upto = 0
+        self._backlog = True
+        """True when the spool holds messages not yet loaded into `_queue`."""
+        self._birth_metrics: list[dict[str, Any]] = []
+        self._birth_listeners: list[Callable[[], None]] = []
+        self._command_callbacks: list[CommandCallback] = []
+        self._session: _Session | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._inbox: collections.deque[tuple[Any, ...]] = collections.deque()
+        self._wake_scheduled = False
+        self._pump_scheduled = False
+        self._acks: list[int] = []
+        self._progress: asyncio.Event | None = None
+        self._closing = False
+        self._closed = False
+        self._stop_event: asyncio.Event | None = None
+        self._drops_unlogged = 0
+        self._drop_logged_at = float("-inf")
+
+    # ------------------------------------------------------------------ public API
+
+    def set_birth(self, metrics: list[dict[str, Any]]) -> None:
+        """The metric list sent in every birth (id, kind, unit, ...); re-sent now if connected."""
+        self._birth_metrics = [dict(m) for m in metrics]
+        if self._session is not None and self._session.up:
+            self._send_birth(self._session)
+
+    def on_birth(self, listener: Callable[[], None]) -> None:
+        """Call `listener` (in the event loop) after every birth, e.g. to send an integrity report."""
+        self._birth_listeners.append(listener)
+
+    def on_command(self, callback: CommandCallback) -> None:
+        """Hand every decoded message on `<base>/cmd/#` to `callback(command, payload)`.
+
+        `command` is the topic below `cmd/` (e.g. "operate/CB-044"). `cmd/rebirth` is handled by
+        the uplink itself. Validating commands (signature, nonce, authority) is the caller's job.
+        """
+        self._command_callbacks.append(callback)
+
+    def publish(self, topic_suffix: str, payload: dict[str, Any], *, qos: int | None = None,
+                retain: bool = False) -> None:
+        """Accept one message: it is in the spool when this returns. Non-blocking."""
+        self.publish_many([(topic_suffix, payload)], qos=qos, retain=retain)
+
+    def publish_many(self, messages: Iterable[tuple[str, dict[str, Any]]], *, qos: int | None = None,
+                     retain: bool = False) -> None:
+        """Accept several messages in one spool transaction (cheaper per message)."""
+        if self._closed:
+            raise RuntimeError("the uplink is closed")
+        qos = self.cfg.qos if qos is None else qos
+        if qos not in (0, 1):
+            raise ValueError(f"qos must be 0 or 1, found {qos!r}")
+        flags = qos | (RETAIN_FLAG if retain else 0)
+        wall = self.clock.wall()
+        now_ms = int(round(wall * 1000.0))
+        rows: list[tuple[str, bytes, int, float]] = []
+        for topic_suffix, payload in messages:
+            _check_suffix(topic_suffix)
+            if not isinstance(payload, dict):
+                raise TypeError(f"payload must be a dict, found {type(payload).__name__}")
+            clash = RESERVED_KEYS.intersection(payload)
+            if clash:
+                raise ValueError(f"payload keys {sorted(clash)} are reserved for the uplink's envelope")
+            body = payload if "timestamp" in payload else {"timestamp": now_ms, **payload}
+            rows.append((topic_suffix, msgpack.packb(body, use_bin_type=True), flags, wall))
+        if not rows:
+            return
+        ids = [self.store.spool_put(*rows[0])] if len(rows) == 1 else self.store.spool_put_many(rows)
+        self.published += len(ids)
+        self._depth += len(ids)
+        self._last_id = max(self._last_id, ids[-1])
+        for spool_id, (topic, body, fl, _) in zip(ids, rows, strict=True):
+            if not self._backlog and len(self._queue) < self._window:
+                self._queue.append(_Row(spool_id, topic, body, fl))
+                self._loaded_upto = spool_id
+            else:
+                self._backlog = True
+        if self._depth > self.cfg.spool_max_messages:
+            self._trim()
+        self._kick()
+
+    def status(self) -> dict[str, Any]:
+        session = self._session
+        return {
+            "state": self.state.value,
+            "endpoint": self.endpoint,
+            "client_id": self.client_id,
+            "connected_since": self.connected_since,
+            "published": self.published,
+            "sent": self.sent,
+            "acked": self.acked,
+            "rejected": self.rejected,
+            "dropped": self.dropped,
+            "inflight": len(session.inflight) if session else 0,
+            "spool_depth": self._depth,
+            "bdseq": self._bdseq if self._bdseq >= 0 else None,
+            "sessions": self.sessions,
+            "commands": self.commands,
+            "last_error": self.last_error,
+        }
+
+    async def run(self) -> None:
+        """Connect, keep connected, deliver the spool; returns after `close()`."""
+        self._loop = asyncio.get_running_loop()
+        self._progress = asyncio.Event()
+        self._stop_event = asyncio.Event()
+        if self._closing:
+            return
+        if self.cfg.transport == "tcp":
+            self.log.warning(
+                "uplink uses plain TCP: telemetry and commands travel unencrypted and unauthenticated",
+                extra={"endpoint": self.endpoint},
+            )
+        if self._depth_at_start:
+            self.log.info("spool holds messages from before this start",
+                          extra={"spool_depth": self._depth_at_start})
+        attempt = 0
+        try:
+            while not self._closing:
+                self.state = UplinkState.CONNECTING
+                session = await self._connect()
+                if session is not None:
+                    attempt = 0
+                    await session.ended.wait()
+                    await self._end_session(session)
+                if self._closing:
+                    break
+                delay = min(self.backoff_max_s, self.backoff_min_s * (2 ** min(attempt, 30)))
+                delay = random.uniform(delay / 2, delay)
+                attempt += 1
+                self.state = UplinkState.BACKOFF
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._stop_event.wait(), delay)
+        finally:
+            session = self._session
+            if session is not None and not self._closed:
+                # cancelled without close(): let the broker publish our death (the will)
+                with contextlib.suppress(Exception):
+                    session.client.disconnect(ReasonCode(mqtt.PacketTypes.DISCONNECT, "Disconnect with will message"))
+                with contextlib.suppress(Exception):
+                    session.client.loop_stop()
+                self._session = None
+
+    async def close(self, timeout_s: float = 5.0) -> None:
+        """Deliver what is spooled (within `timeout_s`), publish the death, disconnect.
+
+        What is not delivered by then stays in the spool for the next start.
+        """
+        if self._closed:
+            return
+        self._closing = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        session = self._session
+        if session is not None and session.up and self._progress is not None:
+            while not self._drained() and not session.ended.is_set() and loop.time() < deadline:
+                self._progress.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._progress.wait(), max(0.001, deadline - loop.time()))
+            self._flush_acks()
+            if not session.ended.is_set():
+                info = session.client.publish(self._topic("death"), self._death_payload(session.bdseq),
+                                              qos=1, retain=True)
+                session.death_mid = info.mid
+                session.inflight[info.mid] = None
+                wait_s = max(0.05, min(DEATH_ACK_TIMEOUT_S, deadline - loop.time()))
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(session.death_acked.wait(), wait_s)
+                session.client.disconnect()
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(session.client.loop_stop)
+            self._flush_acks()
+        self._session = None
+        self._closed = True
+        self.state = UplinkState.CLOSED
+        self.connected_since = None
+        if self._stop_event is not None:
+            self._stop_event.set()
+        if session is not None:
+            session.ended.set()
+        self.log.info("uplink closed", extra={"spool_depth": self._depth, "acked": self.acked})
+
+    # ------------------------------------------------------------------ connecting
+
+    def _topic(self, suffix: str) -> str:
+        return f"{self.base_topic}/{suffix}"
+
+    def _death_payload(self, bdseq: int) -> bytes:
+        return msgpack.packb({"timestamp": int(round(self.clock.wall() * 1000.0)), "bdSeq": bdseq})
+
+    def _tls_context(self) -> ssl.SSLContext:
+        def path(p: Path | None) -> str:
+            assert p is not None
+            return str(p if p.is_absolute() else self.base_dir / p)
+
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.check_hostname = True
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(cafile=path(self.cfg.ca_file))
+        ctx.load_cert_chain(certfile=path(self.cfg.cert_file), keyfile=path(self.cfg.key_file))
+        return ctx
+
+    def _next_bdseq(self) -> int:
+        self._bdseq = (self._bdseq + 1) % 256
+        self.store.save_snapshot(BDSEQ_SNAPSHOT, self._bdseq, self.clock.wall())
+        return self._bdseq
+
+    def _new_client(self, bdseq: int) -> mqtt.Client:
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=mqtt.MQTTv5,
+            reconnect_on_failure=False,
+        )
+        client.enable_logger(logging.getLogger("stima.uplink.paho"))
+        client.max_inflight_messages_set(self.cfg.max_inflight + 2)  # + birth and death
+        client.max_queued_messages_set(0)
+        if self.cfg.transport == "tls":
+            client.tls_set_context(self._tls_context())
+        client.will_set(self._topic("death"), self._death_payload(bdseq), qos=1, retain=True)
+        return client
+
+    async def _connect(self) -> _Session | None:
+        """One connection attempt; returns the session once CONNACK accepted it."""
+        loop = asyncio.get_running_loop()
+        bdseq = self._next_bdseq()
+        try:
+            client = self._new_client(bdseq)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            self._error(f"TLS set-up failed: {exc}")
+            return None
+        session = _Session(client, bdseq, self.sessions + 1)
+        session.connack = loop.create_future()
+        client.on_connect = lambda c, u, flags, rc, props: self._from_paho(("connack", session, rc))
+        client.on_disconnect = lambda c, u, flags, rc, props: self._from_paho(("disconnect", session, rc))
+        client.on_publish = lambda c, u, mid, rc, props: self._from_paho(("ack", session, mid, rc))
+        client.on_message = lambda c, u, msg: self._from_paho(
+            ("message", session, msg.topic, msg.payload, msg.retain))
+        try:
+            await asyncio.to_thread(client.connect, self.cfg.broker_host, self.cfg.broker_port,
+                                    self.cfg.keepalive_s, clean_start=True)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            self._error(f"cannot connect to {self.endpoint}: {exc}")
+            return None
+        self._session = session
+        client.loop_start()
+        try:
+            rc = await asyncio.wait_for(asyncio.shield(session.connack), CONNACK_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            rc = None
+        if session.up:
+            return session  # run() ends it properly, even if it already dropped
+        if rc is None or rc.is_failure or session.ended.is_set():
+            reason = "no CONNACK" if rc is None else str(rc)
+            if session.ended.is_set() and rc is None:
+                reason = "connection closed during the handshake (client certificate refused?)"
+            self._error(f"broker refused the connection: {reason}")
+            with contextlib.suppress(Exception):
+                client.disconnect()
+            await asyncio.to_thread(client.loop_stop)
+            self._session = None
+            return None
+        return session
+
+    def _session_up(self, session: _Session) -> None:
+        session.up = True
+        self.sessions += 1
+        self.state = UplinkState.CONNECTED
+        self.connected_since = self.clock.wall()
+        session.start_id = self._last_id + 1
+        self.last_error = ""
+        self.log.info(
+            "uplink connected",
+            extra={"endpoint": self.endpoint, "bdseq": session.bdseq, "spool_depth": self._depth},
+        )
+        session.client.subscribe(self._topic("cmd/#"), qos=1)
+        self._send_birth(session)
+        self._kick()
+
+    def _send_birth(self, session: _Session) -> None:
+        session.seq = 0
+        payload = {
+            "timestamp": int(round(self.clock.wall() * 1000.0)),
+            "bdSeq": session.bdseq,
+            "seq": 0,
+            "client_id": self.client_id,
+            "metrics": self._birth_metrics,
+        }
+        info = session.client.publish(self._topic("birth"), msgpack.packb(payload, use_bin_type=True),
+                                      qos=1, retain=True)
+        session.inflight[info.mid] = None
+        for listener in self._birth_listeners:
+            try:
+                listener()
+            except Exception:
+                self.log.exception("birth listener failed")
+
+    async def _end_session(self, session: _Session) -> None:
+        was_up = session.up
+        session.up = False
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(session.client.loop_stop)
+        self._flush_acks()
+        if self._session is session:
+            self._session = None
+        self.connected_since = None
+        # everything unacknowledged is still in the spool: read it again from the start
+        self._queue.clear()
+        self._loaded_upto = 0
+        self._backlog = True
+        if was_up and not self._closing:
+            self.log.warning("uplink connection lost", extra={"endpoint": self.endpoint,
+                                                             "error": self.last_error,
+                                                             "spool_depth": self._depth})
+
+    def _error(self, message: str) -> None:
+        if message != self.last_error:
+            self.log.warning(message, extra={"endpoint": self.endpoint})
+        self.last_error = message
+
+    # ------------------------------------------------------------------ from paho's thread
+
+    def _from_paho(self, item: tuple[Any, ...]) -> None:
+        """Runs in paho's thread: queue the event and wake the event loop once per batch."""
+        self._inbox.append(item)
+        loop = self._loop
+        if loop is None or self._wake_scheduled:
+            return
+        self._wake_scheduled = True
+        with contextlib.suppress(RuntimeError):  # loop already closed
+            loop.call_soon_threadsafe(self._drain_inbox)
+
+    def _drain_inbox(self) -> None:
+        self._wake_scheduled = False
+        inbox = self._inbox
+        progressed = False
+        while inbox:
+            item = inbox.popleft()
+            kind, session = item[0], item[1]
+            if kind == "ack":
+                progressed = True
+                self._on_ack(session, item[2], item[3])
+            elif kind == "connack":
+                rc: ReasonCode = item[2]
+                if session.connack is not None and not session.connack.done():
+                    session.connack.set_result(rc)
+                if not rc.is_failure and session is self._session and not session.ended.is_set():
+                    self._session_up(session)
+            elif kind == "disconnect":
+                rc = item[2]
+                if rc is not None and getattr(rc, "is_failure", False):
+                    self.last_error = f"disconnected: {rc}"
+                elif not self._closing:
+                    self.last_error = "connection lost"
+                session.ended.set()
+                if session.connack is not None and not session.connack.done():
+                    session.connack.set_result(None)
+                progressed = True
+            elif kind == "message":
+                self._on_message(session, item[2], item[3], item[4])
+        self._flush_acks()
+        if progressed and self._progress is not None:
+            self._progress.set()
+        self._pump()
+
+    def _on_ack(self, session: _Session, mid: int, rc: ReasonCode) -> None:
+        if mid not in session.inflight:
+            return
+        spool_id = session.inflight.pop(mid)
+        if mid == session.death_mid:
+            session.death_acked.set()
+            return
+        if spool_id is None:
+            return
+        if rc is not None and rc.is_failure:
+            self.rejected += 1
+            self.log.error("broker refused a message; it is dropped",
+                           extra={"reason": str(rc), "msg_id": spool_id, "rejected": self.rejected})
+        else:
+            self.acked += 1
+        self._acks.append(spool_id)
+
+    def _flush_acks(self) -> None:
+        if self._acks:
+            acks, self._acks = self._acks, []
+            self._depth -= self.store.spool_remove(acks)
+
+    def _on_message(self, session: _Session, topic: str, raw: bytes, retained: bool) -> None:
+        prefix = self._topic("cmd/")
+        if not topic.startswith(prefix):
+            return
+        command = topic[len(prefix):]
+        if retained:
+            # a retained command would run again at every connect: never act on one
+            self.log.warning("retained command ignored", extra={"command": command})
+            return
+        if command == "rebirth":
+            if session.up and session is self._session:
+                self.log.info("rebirth requested by the host")
+                self._send_birth(session)
+            return
+        try:
+            payload = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+        except Exception as exc:
+            self.log.warning("command is not msgpack; ignored", extra={"command": command, "error": str(exc)})
+            return
+        if not isinstance(payload, dict):
+            self.log.warning("command payload is not a map; ignored",
+                             extra={"command": command, "found": type(payload).__name__})
+            return
+        self.commands += 1
+        for callback in self._command_callbacks:
+            try:
+                callback(command, payload)
+            except Exception:
+                self.log.exception("command callback failed", extra={"command": command})
+
+    # ------------------------------------------------------------------ sending
+
+    def _drained(self) -> bool:
+        session = self._session
+        inflight = len(session.inflight) if session else 0
+        return not self._queue and not self._backlog and inflight == 0
+
+    def _kick(self) -> None:
+        loop = self._loop
+        if loop is None or self._pump_scheduled or self._session is None or not self._session.up:
+            return
+        self._pump_scheduled = True
+        loop.call_soon(self._pump)
+
+    def _load(self) -> None:
+        room = self._window - len(self._queue)
+        if room <= 0:
+            return
+        rows = self.store.spool_peek(self._loaded_upto, room)
+        for spool_id, topic, body, flags in rows:
+            self._queue.append(_Row(spool_id, topic, body, flags))
+        if rows:
+            self._loaded_upto = rows[-1][0]
+        if len(rows) < room:
+            self._backlog = False
+
+    def _pump(self) -> None:
+        self._pump_scheduled = False
+        session = self._session
+        if session is None or not session.up or session.ended.is_set():
+            return
+        client = session.client
+        limit = self.cfg.max_inflight
+        inflight = session.inflight
+        queue = self._queue
+        while len(inflight) < limit:
+            if not queue:
+                if not self._backlog:
+                    break
+                self._load()
+                if not queue:
+                    break
+            row = queue[0]
+            seq = (session.seq + 1) % 256
+            wire = envelope(row.body, seq, row.spool_id < session.start_id, row.spool_id)
+            info = client.publish(f"{self.base_topic}/{row.topic}", wire, qos=row.qos, retain=row.retain)
+            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS and info.rc != MQTTErrorCode.MQTT_ERR_NO_CONN:
+                self._error(f"publish failed: {mqtt.error_string(info.rc)}")
+                break
+            queue.popleft()
+            session.seq = seq
+            inflight[info.mid] = row.spool_id
+            self.sent += 1
+
+    def _trim(self) -> None:
+        excess = self._depth - self.cfg.spool_max_messages
+        dropped, cutoff = self.store.spool_drop_oldest(excess)
+        if not dropped:
+            return
+        self._depth -= dropped
+        self.dropped += dropped
+        while self._queue and self._queue[0].spool_id <= cutoff:
+            self._queue.popleft()
+        self._drops_unlogged += dropped
+        now = self.clock.monotonic()
+        if now - self._drop_logged_at >= 10.0:
+            self.log.error(
+                "spool full: oldest messages dropped",
+                extra={"dropped": self._drops_unlogged, "dropped_total": self.dropped,
+                       "spool_max_messages": self.cfg.spool_max_messages},
+            )
+            self._drops_unlogged = 0
+            self._drop_logged_at = now
