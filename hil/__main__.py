@@ -1,0 +1,204 @@
+"""`stima-hil`: run the simulated substation, and inject events into a running one.
+
+    stima-hil serve --config SITE.toml [--speed 1.0] [--seed 0] [--meters N] [--control PATH]
+    stima-hil inject fault LINE-045 --distance 2300m --type 3ph [--transient] [--impedance 0.5]
+    stima-hil inject commloss IED-CB-045 --for 30s
+    stima-hil inject loadstep XFMR-101 --factor 1.3
+    stima-hil inject temp XFMR-101 --delta 25 --over 600s
+    stima-hil inject clear
+    stima-hil status [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from hil.control import (
+    DEFAULT_SOCKET,
+    ControlError,
+    UnitError,
+    parse_distance_m,
+    parse_duration_s,
+    parse_factor,
+    parse_temperature_delta_c,
+    request,
+)
+
+log = logging.getLogger("hil")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stima-hil", description="Stima hardware-in-the-loop simulator")
+    parser.add_argument("--control", type=Path, default=DEFAULT_SOCKET,
+                        help=f"control socket of the running simulator (default {DEFAULT_SOCKET})")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--control", type=Path, default=argparse.SUPPRESS,
+                        help=f"control socket of the running simulator (default {DEFAULT_SOCKET})")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", parents=[common],
+                           help="serve every IED of a site file from the simulated substation")
+    serve.add_argument("--config", required=True, type=Path, help="site file (TOML)")
+    serve.add_argument("--speed", type=float, default=1.0,
+                       help="simulated seconds per real second; 0 = as fast as possible (default 1)")
+    serve.add_argument("--seed", type=int, default=0)
+    serve.add_argument("--meters", type=int, default=None, help="smart meters in the AMI feed (default: the site's)")
+    serve.add_argument("--step", default="10ms", help="simulated time per model step (default 10ms)")
+    serve.add_argument("--ami-interval", default="15min",
+                       help="simulated time between two readings of every meter (default 15min)")
+    serve.add_argument("--ami-batch", type=int, default=1000, help="meters per AMI message (default 1000)")
+    serve.add_argument("--no-ami", action="store_true", help="do not publish smart-meter readings")
+    serve.add_argument("--bind", default=None,
+                       help="listen on this address instead of each IED's configured host (e.g. 0.0.0.0)")
+    serve.add_argument("--duration", default=None, help="stop after this much simulated time (e.g. 10min)")
+    serve.add_argument("--log-level", default="INFO")
+
+    inject = sub.add_parser("inject", parents=[common], help="inject an event into the running simulator")
+    kinds = inject.add_subparsers(dest="kind", required=True)
+    fault = kinds.add_parser("fault", parents=[common], help="a short circuit on a line")
+    fault.add_argument("line")
+    fault.add_argument("--distance", required=True, help="from the line's breaker, e.g. 2300m or 2.3km")
+    fault.add_argument("--type", default="3ph", help="3ph, 2ph, 2ph-g or 1ph (default 3ph)")
+    fault.add_argument("--transient", action="store_true", help="clears by itself once the line is dead")
+    fault.add_argument("--impedance", default="0", help="fault impedance in ohms (default 0)")
+    commloss = kinds.add_parser("commloss", parents=[common], help="an IED stops answering for a while")
+    commloss.add_argument("ied")
+    commloss.add_argument("--for", dest="duration", required=True, help="e.g. 30s or 5min")
+    loadstep = kinds.add_parser("loadstep", parents=[common], help="scale the load behind an element")
+    loadstep.add_argument("target")
+    loadstep.add_argument("--factor", required=True, help="e.g. 1.3 or 130%%")
+    temp = kinds.add_parser("temp", parents=[common], help="ramp a transformer's temperature")
+    temp.add_argument("transformer")
+    temp.add_argument("--delta", required=True, help="degrees C, e.g. 25")
+    temp.add_argument("--over", default="0s", help="ramp duration, e.g. 600s or 10min (default: a step)")
+    kinds.add_parser("clear", parents=[common], help="clear every fault")
+
+    status = sub.add_parser("status", parents=[common], help="breakers, faults and simulated time of the running simulator")
+    status.add_argument("--json", action="store_true")
+    return parser
+
+
+def build_request(args: argparse.Namespace) -> dict[str, Any]:
+    """Turn `inject ...` arguments into a control request; UnitError on bad input."""
+    if args.kind == "fault":
+        try:
+            impedance = float(str(args.impedance).lower().removesuffix("ohm").strip())
+        except ValueError:
+            raise UnitError(f"bad impedance {args.impedance!r}: expected ohms, e.g. 0.5") from None
+        if not impedance >= 0 or impedance == float("inf"):
+            raise UnitError(f"bad impedance {args.impedance!r}: must be a finite number >= 0")
+        return {"op": "fault", "line": args.line, "distance_m": parse_distance_m(args.distance),
+                "kind": args.type, "transient": args.transient, "impedance_ohm": impedance}
+    if args.kind == "commloss":
+        return {"op": "commloss", "ied": args.ied, "duration_s": parse_duration_s(args.duration)}
+    if args.kind == "loadstep":
+        return {"op": "loadstep", "target": args.target, "factor": parse_factor(args.factor)}
+    if args.kind == "temp":
+        over = 0.0 if str(args.over).strip() in ("0", "0s") else parse_duration_s(args.over)
+        return {"op": "temp", "transformer": args.transformer, "delta_c": parse_temperature_delta_c(args.delta),
+                "duration_s": over}
+    if args.kind == "clear":
+        return {"op": "clear"}
+    raise UnitError(f"unknown injection {args.kind!r}")
+
+
+def _print_status(status: dict[str, Any]) -> None:
+    print(f"{status.get('substation_id')}  sim time {status.get('sim_time_s', 0):.2f} s  "
+          f"speed {status.get('speed')}  steps {status.get('steps')}  mean step {status.get('mean_step_ms')} ms")
+    for breaker, state in sorted((status.get("breakers") or {}).items()):
+        print(f"  breaker {breaker:<12} {state}")
+    faults = status.get("faults") or []
+    print(f"  faults: {json.dumps(faults) if faults else 'none'}")
+    for ied, remaining in (status.get("commloss") or {}).items():
+        print(f"  commloss {ied}: {remaining:.1f} s left")
+    for ep in status.get("endpoints") or []:
+        flag = "listening" if ep.get("listening") else "closed"
+        silent = f" silent={','.join(ep['silent'])}" if ep.get("silent") else ""
+        print(f"  modbus {ep['endpoint']:<28} {flag}{silent}  requests {ep['requests']}  writes {ep['writes']}")
+    for child in status.get("iec61850") or []:
+        print(f"  iec61850 {child['ied']} port {child['port']} {'running' if child['running'] else 'stopped'}")
+    ami = status.get("ami")
+    if ami:
+        print(f"  ami: {ami.get('meters')} meters, {ami.get('messages')} messages, {ami.get('readings')} readings")
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from gateway import config
+    from hil.control import ControlServer
+    from hil.runtime import HilRuntime, RuntimeOptions, build_model
+
+    site = config.load(args.config)
+    options = RuntimeOptions(
+        step_s=parse_duration_s(args.step), speed=args.speed, seed=args.seed, meters=args.meters,
+        ami_interval_s=parse_duration_s(args.ami_interval), ami_batch_size=args.ami_batch,
+        ami=not args.no_ami, bind_host=args.bind,
+    )
+    duration = parse_duration_s(args.duration) if args.duration else None
+    model = build_model(site, seed=args.seed, meters=args.meters)
+    runtime = HilRuntime(site, model, options, site_path=args.config)
+    control = ControlServer(runtime, args.control)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, runtime.request_stop)
+    await control.start()
+    try:
+        await runtime.run(duration)
+    finally:
+        await control.close()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.getLogger("pymodbus").setLevel(logging.ERROR)
+        from gateway.config import ConfigError
+
+        try:
+            return asyncio.run(_serve(args))
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            return 2
+        except (UnitError, ValueError) as exc:
+            print(f"stima-hil: {exc}", file=sys.stderr)
+            return 2
+        except ImportError as exc:
+            print(f"stima-hil: the electrical model is not available: {exc}", file=sys.stderr)
+            return 1
+        except (RuntimeError, OSError) as exc:
+            print(f"stima-hil: {exc}", file=sys.stderr)
+            return 1
+    try:
+        if args.command == "status":
+            status = request(args.control, {"op": "status"})
+            if args.json:
+                print(json.dumps(status, indent=2))
+            else:
+                _print_status(status)
+            return 0
+        result = request(args.control, build_request(args))
+        print(json.dumps(result))
+        return 0
+    except UnitError as exc:
+        print(f"stima-hil: {exc}", file=sys.stderr)
+        return 2
+    except ControlError as exc:
+        print(f"stima-hil: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

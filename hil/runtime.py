@@ -1,0 +1,611 @@
+"""The simulator runtime: the electrical model on a simulated clock, behind real IED servers.
+
+One asyncio loop owns everything: the model is advanced in fixed steps of simulated time
+(default 10 ms) paced at `speed` times real time (0 = as fast as possible), and after each
+step the model's point values are written into the IED servers. Gateway writes arrive from the
+servers' request handlers on the same loop and go to `model.apply_command` at once, so no lock
+is needed and a trip command reaches the model within the request that carried it.
+
+IEDs are served as the site file describes them: Modbus TCP on their host:port, Modbus RTU on
+a socat pty pair whose gateway-side end is linked at the IED's `serial_port`, IEC 61850 by a
+child process (`python -m hil.iec61850_server`) fed with JSON lines.
+
+Injections (faults, lost links, load steps, temperature ramps) are methods here; the control
+socket (`hil.control`) and scenario scripts call them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import importlib.util
+import inspect
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gateway.agents.schema import AgentType
+from gateway.clock import SimClock
+from gateway.config import Iec61850Ied, SiteConfig
+from hil.modbus_servers import ModbusEndpoint, group_endpoints, wait_listening
+
+log = logging.getLogger(__name__)
+
+FAULT_KINDS = ("3ph", "2ph", "2ph-g", "1ph")
+"""Fault types accepted by `inject_fault`: three-phase, phase-phase, phase-phase-ground, phase-ground."""
+FAULT_KIND_ALIASES = {
+    "3ph": "3ph", "3p": "3ph", "abc": "3ph", "three_phase": "3ph",
+    "2ph": "2ph", "ll": "2ph", "ph-ph": "2ph", "phase_phase": "2ph",
+    "2ph-g": "2ph-g", "llg": "2ph-g", "2phg": "2ph-g",
+    "1ph": "1ph", "slg": "1ph", "lg": "1ph", "ph-g": "1ph", "phase_ground": "1ph",
+}
+
+
+class InjectionError(ValueError):
+    """An injection request that names something unknown or carries a bad value."""
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeOptions:
+    step_s: float = 0.01
+    """Simulated time per model step."""
+    speed: float = 1.0
+    """Simulated seconds per real second; 0 runs as fast as the machine allows."""
+    seed: int = 0
+    meters: int | None = None
+    """Smart meters in the AMI feed; None keeps the site's meter groups."""
+    ami_interval_s: float = 900.0
+    """Simulated seconds between two readings of every meter."""
+    ami_batch_size: int = 1000
+    """Meters per AMI message at most."""
+    ami: bool = True
+    bind_host: str | None = None
+    """Listen on this address instead of each TCP IED's configured host (e.g. 0.0.0.0 on a rig)."""
+    iec61850: bool = True
+    max_lag_s: float = 1.0
+    """Behind real time by more than this, the pacing gives up catching up and starts afresh."""
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.step_s) and 0 < self.step_s <= 10):
+            raise ValueError(f"step_s must be in (0, 10] seconds, found {self.step_s!r}")
+        if not (math.isfinite(self.speed) and self.speed >= 0):
+            raise ValueError(f"speed must be >= 0 (0 = as fast as possible), found {self.speed!r}")
+        if self.meters is not None and not 0 <= self.meters <= 1_000_000:
+            raise ValueError(f"meters must be in [0, 1000000], found {self.meters!r}")
+        if not (math.isfinite(self.ami_interval_s) and self.ami_interval_s > 0):
+            raise ValueError(f"ami_interval_s must be > 0, found {self.ami_interval_s!r}")
+        if self.ami_batch_size < 1:
+            raise ValueError(f"ami_batch_size must be >= 1, found {self.ami_batch_size!r}")
+
+
+def build_model(site: SiteConfig, seed: int = 0, meters: int | None = None) -> Any:
+    """The electrical model of `hil.grid.model` for this site."""
+    from hil.grid.model import GridModel
+
+    kwargs: dict[str, Any] = {"seed": seed}
+    if meters is not None and "meters" in inspect.signature(GridModel.from_site).parameters:
+        kwargs["meters"] = meters
+    return GridModel.from_site(site, **kwargs)
+
+
+class SerialLine:
+    """A socat pty pair standing in for one RS-485 line: the gateway opens `gateway_path`."""
+
+    def __init__(self, gateway_path: str) -> None:
+        self.gateway_path = Path(gateway_path)
+        self.sim_path = self.gateway_path.with_name(self.gateway_path.name + ".sim")
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self, timeout_s: float = 5.0) -> None:
+        socat = shutil.which("socat")
+        if socat is None:
+            raise RuntimeError("socat is not installed (Debian package 'socat'); RTU IEDs need it")
+        self.gateway_path.parent.mkdir(parents=True, exist_ok=True)
+        for path in (self.gateway_path, self.sim_path):
+            if path.is_symlink() or path.exists():
+                path.unlink()
+        self.process = await asyncio.create_subprocess_exec(
+            socat, "-d", "-d",
+            f"PTY,raw,echo=0,link={self.gateway_path}",
+            f"PTY,raw,echo=0,link={self.sim_path}",
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while not (self.gateway_path.exists() and self.sim_path.exists()):
+            if self.process.returncode is not None or loop.time() > deadline:
+                err = b""
+                if self.process.stderr is not None and self.process.returncode is not None:
+                    err = await self.process.stderr.read()
+                await self.stop()
+                raise RuntimeError(f"socat did not create {self.gateway_path}: {err.decode(errors='replace')[-300:]}")
+            await asyncio.sleep(0.01)
+        if self.process.stderr is not None:  # keep socat's stderr drained
+            asyncio.get_running_loop().create_task(self._drain(self.process.stderr))
+
+    @staticmethod
+    async def _drain(stream: asyncio.StreamReader) -> None:
+        with contextlib.suppress(Exception):
+            while await stream.readline():
+                pass
+
+    async def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is not None and process.returncode is None:
+            process.terminate()
+            try:
+                await asyncio.wait_for(process.wait(), 5)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+        for path in (self.gateway_path, self.sim_path):
+            with contextlib.suppress(OSError):
+                if path.is_symlink():
+                    path.unlink()
+
+
+class Iec61850Child:
+    """One IEC 61850 IED served by `python -m hil.iec61850_server` in its own process.
+
+    A separate process because libiec61850's Python bindings hold the GIL while waiting on the
+    network; values go in as JSON lines on stdin, operated controls come back on stdout.
+    """
+
+    def __init__(self, ied: Iec61850Ied, site_path: Path, port: int,
+                 on_command: Callable[[str, Any], None]) -> None:
+        self.ied = ied
+        self.site_path = site_path
+        self.port = port
+        self.on_command = on_command
+        self.point_ids = [p.id for p in ied.points]
+        self.process: asyncio.subprocess.Process | None = None
+        self._last: dict[str, Any] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self.commands = 0
+        self.silent = False
+
+    async def start(self) -> None:
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "hil.iec61850_server", "--config", str(self.site_path),
+            "--ied", self.ied.id, "--port", str(self.port),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )
+        self._last.clear()
+        self._reader = asyncio.get_running_loop().create_task(self._read_commands())
+        log.info("serving %s (IEC 61850) on port %d, pid %d", self.ied.id, self.port, self.process.pid)
+
+    async def _read_commands(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        stdout = self.process.stdout
+        while True:
+            line = await stdout.readline()
+            if not line:
+                break
+            try:
+                msg = json.loads(line)
+                cmd = msg["command"]
+                point_id, value = str(cmd["point_id"]), cmd["value"]
+            except (ValueError, KeyError, TypeError):
+                log.debug("%s: ignoring a line from the server: %r", self.ied.id, line[:200])
+                continue
+            self.commands += 1
+            try:
+                self.on_command(point_id, value)
+            except Exception:
+                log.exception("%s: command %s=%r failed in the model", self.ied.id, point_id, value)
+        if self.process is not None and self.process.returncode is None:
+            await self.process.wait()
+        log.warning("%s: IEC 61850 server process ended", self.ied.id)
+
+    async def update(self, values: dict[str, Any]) -> None:
+        process = self.process
+        if process is None or process.stdin is None or process.returncode is not None:
+            return
+        changed = {}
+        for pid in self.point_ids:
+            value = values.get(pid)
+            if value is not None and self._last.get(pid) != value:
+                changed[pid] = value
+        if not changed:
+            return
+        self._last.update(changed)
+        try:
+            process.stdin.write((json.dumps({"values": changed}) + "\n").encode())
+            await process.stdin.drain()
+        except (ConnectionError, BrokenPipeError):
+            log.warning("%s: IEC 61850 server process is gone", self.ied.id)
+
+    async def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is not None and process.returncode is None:
+            if process.stdin is not None:
+                process.stdin.close()
+            process.terminate()
+            try:
+                await asyncio.wait_for(process.wait(), 5)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(BaseException):
+                await self._reader
+            self._reader = None
+
+    def status(self) -> dict[str, Any]:
+        running = self.process is not None and self.process.returncode is None
+        return {"ied": self.ied.id, "port": self.port, "running": running, "commands": self.commands}
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {k: _jsonable(v) for k, v in dataclasses.asdict(value).items()}
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "value") and type(value).__module__ != "builtins" and hasattr(type(value), "__members__"):
+        return value.value  # an Enum
+    if isinstance(value, float | int | str | bool) or value is None:
+        return value
+    if hasattr(value, "item"):
+        return value.item()  # a numpy scalar
+    return str(value)
+
+
+class HilRuntime:
+    """The simulated substation: model, clock, IED servers, AMI feed and injections."""
+
+    def __init__(
+        self,
+        site: SiteConfig,
+        model: Any,
+        options: RuntimeOptions = RuntimeOptions(),
+        *,
+        site_path: str | Path | None = None,
+        clock: SimClock | None = None,
+    ) -> None:
+        self.site = site
+        self.model = model
+        self.options = options
+        self.site_path = Path(site_path) if site_path is not None else None
+        self.clock = clock or SimClock()
+        self.steps = 0
+        self.endpoints: list[ModbusEndpoint] = []
+        self.serial_lines: list[SerialLine] = []
+        self.iec_children: list[Iec61850Child] = []
+        self.ami: Any = None
+        self._endpoint_of: dict[str, ModbusEndpoint] = {}
+        self._commloss_until: dict[str, float] = {}
+        self._stopping = asyncio.Event()
+        self._started = False
+        self._pending: set[asyncio.Task[Any]] = set()
+        self._next_ami_s: float | None = None
+        self.lag_resets = 0
+        self.step_time_s = 0.0
+        """Real seconds spent in model steps and server updates, in total."""
+        self.commands: list[tuple[float, str, Any]] = []
+        """(sim time, point id, value) of the last gateway commands, most recent last."""
+        self._agents = {a.id: a for a in site.agents}
+        self._ieds = {i.id: i for i in site.ieds}
+
+    # ------------------------------------------------------------------ commands from IEDs
+
+    def _apply_command(self, point_id: str, value: Any) -> None:
+        """A write or operate from the gateway: straight into the model, now."""
+        now_s = self.clock.monotonic()
+        self.model.apply_command(point_id, value, now_s)
+        self.commands.append((now_s, point_id, value))
+        del self.commands[:-100]
+        log.info("command %s=%r at sim %.3f s", point_id, value, now_s)
+
+    # ------------------------------------------------------------------ life cycle
+
+    async def start(self) -> None:
+        """Open every IED server and the AMI feed, with the model's initial values in place."""
+        if self._started:
+            return
+        self._started = True
+        self.model.advance(self.clock.monotonic())
+        values = self.model.point_values()
+        tcp, rtu = group_endpoints(self.site.ieds)
+        for (host, port), ieds in tcp.items():
+            endpoint = ModbusEndpoint(ieds, self._apply_command, bind_host=self.options.bind_host)
+            await endpoint.start()
+            await endpoint.update(values)
+            self._add_endpoint(endpoint)
+            await wait_listening(self.options.bind_host or host, port)
+        for serial_port, ieds in rtu.items():
+            line = SerialLine(serial_port)
+            await line.start()
+            self.serial_lines.append(line)
+            endpoint = ModbusEndpoint(ieds, self._apply_command, serial_path=str(line.sim_path))
+            await endpoint.start()
+            await endpoint.update(values)
+            self._add_endpoint(endpoint)
+        await self._start_iec61850()
+        if self.options.ami and self.site.ami is not None:
+            await self._start_ami()
+        log.info("simulator running: %d Modbus endpoint(s), %d IEC 61850 IED(s), speed %s, step %.3f s",
+                 len(self.endpoints), len(self.iec_children), self.options.speed or "max", self.options.step_s)
+
+    def _add_endpoint(self, endpoint: ModbusEndpoint) -> None:
+        self.endpoints.append(endpoint)
+        for ied in endpoint.ieds:
+            self._endpoint_of[ied.id] = endpoint
+
+    async def _start_iec61850(self) -> None:
+        ieds = [i for i in self.site.ieds if isinstance(i, Iec61850Ied) and i.enabled]
+        if not ieds or not self.options.iec61850:
+            return
+        if importlib.util.find_spec("hil.iec61850_server") is None:
+            log.warning("hil.iec61850_server is not available: IEC 61850 IEDs %s are not served",
+                        ", ".join(i.id for i in ieds))
+            return
+        if self.site_path is None:
+            log.warning("no site file path given: IEC 61850 IEDs %s are not served",
+                        ", ".join(i.id for i in ieds))
+            return
+        for ied in ieds:
+            child = Iec61850Child(ied, self.site_path, ied.port, self._apply_command)
+            await child.start()
+            self.iec_children.append(child)
+
+    async def _start_ami(self) -> None:
+        from hil.ami import AmiPublisher
+
+        assert self.site.ami is not None
+        self.ami = AmiPublisher(self.site, batch_size=self.options.ami_batch_size,
+                                interval_s=self.options.ami_interval_s, meters=self.options.meters)
+        await self.ami.start()
+        self._next_ami_s = self.clock.monotonic()
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        for task in list(self._pending):
+            task.cancel()
+        for endpoint in self.endpoints:
+            await endpoint.stop()
+        for line in self.serial_lines:
+            await line.stop()
+        for child in self.iec_children:
+            await child.stop()
+        if self.ami is not None:
+            await self.ami.close()
+        self.endpoints.clear()
+        self.serial_lines.clear()
+        self.iec_children.clear()
+        self._endpoint_of.clear()
+        self.ami = None
+        self._started = False
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self, duration_s: float | None = None) -> None:
+        """Start, step until stopped (or until `duration_s` of simulated time), then stop."""
+        await self.start()
+        try:
+            await self.run_steps(duration_s)
+        finally:
+            await self.stop()
+
+    async def run_steps(self, duration_s: float | None = None) -> None:
+        """Step the model, paced by `speed`, until `request_stop` or `duration_s` simulated."""
+        loop = asyncio.get_running_loop()
+        speed = self.options.speed
+        start_sim = self.clock.monotonic()
+        base_real, base_sim = loop.time(), start_sim
+        while not self._stopping.is_set():
+            if duration_s is not None and self.clock.monotonic() - start_sim >= duration_s - 1e-9:
+                return
+            await self.step()
+            if speed <= 0:
+                await asyncio.sleep(0)
+                continue
+            due = base_real + (self.clock.monotonic() - base_sim) / speed
+            delay = due - loop.time()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+            else:
+                if -delay > self.options.max_lag_s:
+                    self.lag_resets += 1
+                    log.warning("simulator %.2f s behind real time: pacing restarts from now", -delay)
+                    base_real, base_sim = loop.time(), self.clock.monotonic()
+                await asyncio.sleep(0)
+
+    async def step(self) -> None:
+        """One step: advance time and model, lift expired injections, refresh every server."""
+        t0 = time.perf_counter()
+        self.clock.advance(self.options.step_s)
+        now_s = self.clock.monotonic()
+        self.model.advance(now_s)
+        self.steps += 1
+        for ied_id, until in list(self._commloss_until.items()):
+            if now_s >= until:
+                del self._commloss_until[ied_id]
+                await self._restore_link(ied_id)
+        values = self.model.point_values()
+        for endpoint in self.endpoints:
+            await endpoint.update(values)
+        for child in self.iec_children:
+            await child.update(values)
+        if self.ami is not None and self._next_ami_s is not None and now_s >= self._next_ami_s:
+            self._next_ami_s += self.options.ami_interval_s
+            if self._next_ami_s <= now_s:  # far behind (huge step): skip, do not burst
+                self._next_ami_s = now_s + self.options.ami_interval_s
+            self.ami.publish(self.model.meter_readings(now_s), self.clock.wall())
+        self.step_time_s += time.perf_counter() - t0
+
+    # ------------------------------------------------------------------ injections
+
+    def _agent(self, agent_id: str, *types: AgentType) -> Any:
+        agent = self._agents.get(agent_id)
+        if agent is None or (types and agent.type not in types):
+            kinds = " or ".join(t.value for t in types) or "agent"
+            known = sorted(a.id for a in self.site.agents if not types or a.type in types)
+            raise InjectionError(f"unknown {kinds} {agent_id!r}; known: {', '.join(known) or 'none'}")
+        return agent
+
+    @staticmethod
+    def _finite(name: str, value: Any, *, low: float | None = None, low_open: bool = False) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise InjectionError(f"{name} must be a number, found {value!r}") from None
+        if not math.isfinite(number):
+            raise InjectionError(f"{name} must be finite, found {value!r}")
+        if low is not None and (number < low or (low_open and number == low)):
+            raise InjectionError(f"{name} must be {'>' if low_open else '>='} {low:g}, found {value!r}")
+        return number
+
+    def _model_call(self, what: str, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except (KeyError, ValueError) as exc:
+            raise InjectionError(f"{what}: {exc}") from None
+
+    def inject_fault(self, line_id: str, distance_m: float, kind: str = "3ph", transient: bool = False,
+                     impedance_ohm: float = 0.0) -> dict[str, Any]:
+        """A short circuit on `line_id`, `distance_m` from its breaker."""
+        agent = self._agent(line_id, AgentType.POWER_LINE)
+        distance = self._finite("distance_m", distance_m, low=0.0)
+        length_m = float(agent.attributes.get("length", 5000.0))
+        if distance > length_m:
+            raise InjectionError(f"distance {distance:g} m is beyond the end of {line_id} ({length_m:g} m long)")
+        canonical = FAULT_KIND_ALIASES.get(str(kind).lower())
+        if canonical is None:
+            raise InjectionError(f"unknown fault type {kind!r}; expected one of {', '.join(FAULT_KINDS)}")
+        impedance = self._finite("impedance_ohm", impedance_ohm, low=0.0)
+        now_s = self.clock.monotonic()
+        result = self._model_call(f"fault on {line_id}", lambda: self.model.inject_fault(
+            line_id, distance, canonical, impedance_ohm=impedance, transient=bool(transient), now_s=now_s))
+        log.warning("injected %s%s fault on %s at %.0f m (%.2f ohm), sim %.3f s", canonical,
+                    " transient" if transient else "", line_id, distance, impedance, now_s)
+        return {"line": line_id, "distance_m": distance, "kind": canonical, "transient": bool(transient),
+                "impedance_ohm": impedance, "sim_time_s": now_s, "fault": _jsonable(result)}
+
+    def clear_faults(self) -> dict[str, Any]:
+        now_s = self.clock.monotonic()
+        self.model.clear_faults(now_s)
+        log.warning("faults cleared, sim %.3f s", now_s)
+        return {"sim_time_s": now_s}
+
+    def load_step(self, target: str, factor: float) -> dict[str, Any]:
+        """Scale the load behind `target` (a transformer, line, substation or meter group)."""
+        if target not in self._agents and target not in {g.id for g in self.site.meter_groups}:
+            raise InjectionError(f"unknown load step target {target!r}; expected an agent or meter group id")
+        value = self._finite("factor", factor, low=0.0, low_open=True)
+        now_s = self.clock.monotonic()
+        self._model_call(f"load step on {target}", lambda: self.model.load_step(target, value, now_s))
+        log.warning("load step x%.3f on %s, sim %.3f s", value, target, now_s)
+        return {"target": target, "factor": value, "sim_time_s": now_s}
+
+    def temperature_ramp(self, xfmr: str, delta_c: float, duration_s: float) -> dict[str, Any]:
+        """Raise (or lower) a transformer's temperature by `delta_c` over `duration_s`."""
+        self._agent(xfmr, AgentType.TRANSFORMER)
+        delta = self._finite("delta_c", delta_c)
+        duration = self._finite("duration_s", duration_s, low=0.0)
+        now_s = self.clock.monotonic()
+        self._model_call(f"temperature ramp on {xfmr}",
+                         lambda: self.model.temperature_ramp(xfmr, delta, duration, now_s))
+        log.warning("temperature ramp %+.1f C over %.0f s on %s, sim %.3f s", delta, duration, xfmr, now_s)
+        return {"transformer": xfmr, "delta_c": delta, "duration_s": duration, "sim_time_s": now_s}
+
+    def inject_commloss(self, ied_id: str, duration_s: float) -> dict[str, Any]:
+        """The IED stops answering for `duration_s` of simulated time, then comes back.
+
+        A Modbus TCP IED alone on its port closes its listener and connections (a device that
+        is off); an IED sharing a serial line or port ignores requests (a device that hangs).
+        """
+        ied = self._ieds.get(ied_id)
+        if ied is None or not ied.enabled:
+            raise InjectionError(f"unknown IED {ied_id!r}; known: {', '.join(sorted(self._ieds))}")
+        duration = self._finite("duration_s", duration_s, low=0.0, low_open=True)
+        now_s = self.clock.monotonic()
+        already = ied_id in self._commloss_until
+        self._commloss_until[ied_id] = max(self._commloss_until.get(ied_id, 0.0), now_s + duration)
+        if not already:
+            self._spawn(self._lose_link(ied_id))
+        log.warning("IED %s silent for %.1f s, sim %.3f s", ied_id, duration, now_s)
+        return {"ied": ied_id, "duration_s": duration, "until_sim_time_s": self._commloss_until[ied_id]}
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _lose_link(self, ied_id: str) -> None:
+        endpoint = self._endpoint_of.get(ied_id)
+        if endpoint is not None:
+            endpoint.silent.add(ied_id)
+            if not endpoint.serial and len(endpoint.ieds) == 1:
+                await endpoint.stop()
+            return
+        for child in self.iec_children:
+            if child.ied.id == ied_id:
+                child.silent = True
+                await child.stop()
+
+    async def _restore_link(self, ied_id: str) -> None:
+        log.warning("IED %s answers again, sim %.3f s", ied_id, self.clock.monotonic())
+        endpoint = self._endpoint_of.get(ied_id)
+        if endpoint is not None:
+            endpoint.silent.discard(ied_id)
+            if endpoint.server is None:
+                try:
+                    await endpoint.start()
+                except OSError as exc:
+                    log.error("IED %s: cannot listen again: %s", ied_id, exc)
+            return
+        for child in self.iec_children:
+            if child.ied.id == ied_id and child.silent:
+                child.silent = False
+                await child.start()
+
+    # ------------------------------------------------------------------ status
+
+    def breakers(self) -> dict[str, str]:
+        out = {}
+        for agent in self.site.agents:
+            if agent.type is AgentType.CIRCUIT_BREAKER:
+                try:
+                    out[agent.id] = "closed" if self.model.breaker_closed(agent.id) else "open"
+                except (KeyError, ValueError):
+                    out[agent.id] = "unknown"
+        return out
+
+    def status(self) -> dict[str, Any]:
+        now_s = self.clock.monotonic()
+        faults = getattr(self.model, "active_faults", [])
+        if callable(faults):
+            faults = faults()
+        return {
+            "substation_id": self.site.site.substation_id,
+            "sim_time_s": round(now_s, 6),
+            "sim_wall_time": self.clock.wall(),
+            "speed": self.options.speed,
+            "step_s": self.options.step_s,
+            "steps": self.steps,
+            "mean_step_ms": round(1e3 * self.step_time_s / self.steps, 4) if self.steps else None,
+            "lag_resets": self.lag_resets,
+            "breakers": self.breakers(),
+            "faults": _jsonable(list(faults) if not isinstance(faults, dict) else faults),
+            "commloss": {k: round(v - now_s, 3) for k, v in self._commloss_until.items()},
+            "endpoints": [e.status() for e in self.endpoints],
+            "iec61850": [c.status() for c in self.iec_children],
+            "ami": self.ami.status() if self.ami is not None else None,
+            "last_commands": [{"sim_time_s": t, "point": p, "value": _jsonable(v)} for t, p, v in self.commands[-10:]],
+            "pid": os.getpid(),
+        }
