@@ -1,0 +1,1 @@
+"""Electrical model of the simulated substation: network, power flow, faults, profiles."""

@@ -1,0 +1,183 @@
+"""Electrical network: buses, series branches and switches, in per unit on one system base.
+
+Per-unit convention: one system base `base_mva` for the whole network and a voltage base per
+bus (its nominal line-to-line kV). Series impedances are given in ohms, referred to the
+branch's `from` side, and converted with that side's base. A branch may carry an ideal
+off-nominal ratio `ratio` on its `to` side (transformer taps): V_to = ratio · (V_from − Z·I_from).
+
+Topology is plain data: which branches exist and whether they are closed. `radial_tree`
+walks the closed branches from the source and returns the energised tree the sweep works on;
+a closed branch that would close a loop is reported and left out (meshed operation is not
+modelled: a tie closed between two energised feeders carries no current here).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+
+class BranchKind(enum.Enum):
+    SOURCE = "source"
+    """Thevenin impedance of the upstream grid, from the ideal source bus to the station bus."""
+    LINE = "line"
+    SWITCH = "switch"
+    """Zero-impedance switching device (breaker, tie switch)."""
+    TRANSFORMER = "transformer"
+
+
+@dataclass(slots=True)
+class Bus:
+    name: str
+    base_kv: float
+
+
+@dataclass(slots=True)
+class Branch:
+    name: str
+    from_bus: int
+    to_bus: int
+    z_ohm: complex
+    ratio: float = 1.0
+    closed: bool = True
+    kind: BranchKind = BranchKind.LINE
+
+
+@dataclass(slots=True)
+class Network:
+    """Buses and branches; bus 0 is the ideal source once `add_bus` has been called first."""
+
+    base_mva: float = 10.0
+    buses: list[Bus] = field(default_factory=list)
+    branches: list[Branch] = field(default_factory=list)
+    _bus_index: dict[str, int] = field(default_factory=dict)
+
+    def add_bus(self, name: str, base_kv: float) -> int:
+        if name in self._bus_index:
+            raise ValueError(f"bus {name!r} already exists")
+        if base_kv <= 0:
+            raise ValueError(f"bus {name!r}: base_kv must be positive, found {base_kv}")
+        self.buses.append(Bus(name, base_kv))
+        self._bus_index[name] = len(self.buses) - 1
+        return len(self.buses) - 1
+
+    def bus(self, name: str) -> int:
+        try:
+            return self._bus_index[name]
+        except KeyError:
+            raise KeyError(f"no bus named {name!r}") from None
+
+    def add_branch(self, name: str, from_bus: int, to_bus: int, z_ohm: complex, *,
+                   ratio: float = 1.0, closed: bool = True,
+                   kind: BranchKind = BranchKind.LINE) -> int:
+        if ratio <= 0:
+            raise ValueError(f"branch {name!r}: ratio must be positive, found {ratio}")
+        self.branches.append(Branch(name, from_bus, to_bus, complex(z_ohm), ratio, closed, kind))
+        return len(self.branches) - 1
+
+    def z_base_ohm(self, bus: int) -> float:
+        return self.buses[bus].base_kv ** 2 / self.base_mva
+
+    def i_base_a(self, bus: int) -> float:
+        """Line current base at a bus: S_base / (√3 · V_base)."""
+        return self.base_mva * 1e3 / (np.sqrt(3.0) * self.buses[bus].base_kv)
+
+    def radial_tree(self, root: int = 0) -> RadialTree:
+        return RadialTree.build(self, root)
+
+
+@dataclass(slots=True)
+class RadialTree:
+    """The energised radial tree, in breadth-first order from the source, ready for the sweep.
+
+    `nodes` are the energised buses other than the root, parents before children;
+    `feeder_branch[k]` is the branch feeding `nodes[k]`. `path` is the matrix that sums
+    injections into branch currents (J = path @ I) and spreads branch drops back into bus
+    voltages (V = A·V0 − pathᵀ @ drop), with ideal ratios folded in.
+    """
+
+    root: int
+    n_bus: int
+    nodes: npt.NDArray[np.int64]
+    feeder_branch: npt.NDArray[np.int64]
+    parent_pos: npt.NDArray[np.int64]
+    """Position in `nodes` of each node's parent, -1 for children of the root."""
+    z_pu: npt.NDArray[np.complex128]
+    ratio: npt.NDArray[np.float64]
+    path: npt.NDArray[np.float64]
+    gain: npt.NDArray[np.float64]
+    """Product of ratios from the root to each node (A)."""
+    energised: npt.NDArray[np.bool_]
+    loop_branches: list[int]
+    position: dict[int, int]
+
+    @classmethod
+    def build(cls, net: Network, root: int = 0) -> RadialTree:
+        n_bus = len(net.buses)
+        adjacency: list[list[tuple[int, int]]] = [[] for _ in range(n_bus)]
+        for b, br in enumerate(net.branches):
+            if br.closed:
+                adjacency[br.from_bus].append((b, br.to_bus))
+                adjacency[br.to_bus].append((b, br.from_bus))
+        seen = np.zeros(n_bus, dtype=bool)
+        seen[root] = True
+        used: set[int] = set()
+        loops: list[int] = []
+        order: list[int] = []
+        feeder: list[int] = []
+        parent: list[int] = []
+        queue = deque([root])
+        while queue:
+            bus = queue.popleft()
+            for b, other in adjacency[bus]:
+                if b in used:
+                    continue
+                used.add(b)
+                if seen[other]:
+                    loops.append(b)
+                    continue
+                seen[other] = True
+                order.append(other)
+                feeder.append(b)
+                parent.append(bus)
+                queue.append(other)
+        m = len(order)
+        position = {bus: k for k, bus in enumerate(order)}
+        parent_pos = np.array([position.get(p, -1) for p in parent], dtype=np.int64)
+        z_pu = np.empty(m, dtype=np.complex128)
+        ratio = np.empty(m, dtype=np.float64)
+        for k, (bus, b) in enumerate(zip(order, feeder, strict=True)):
+            br = net.branches[b]
+            if br.to_bus == bus:
+                z_pu[k] = br.z_ohm / net.z_base_ohm(br.from_bus)
+                ratio[k] = br.ratio
+            else:  # walked against its direction: the ideal ratio inverts, Z is kept on the primary base
+                z_pu[k] = br.z_ohm / net.z_base_ohm(br.from_bus)
+                ratio[k] = 1.0 / br.ratio
+        path = np.zeros((m, m), dtype=np.float64)
+        gain = np.ones(m, dtype=np.float64)
+        for j in range(m):
+            path[j, j] = 1.0
+            factor = ratio[j]
+            k = parent_pos[j]
+            while k >= 0:
+                path[k, j] = factor
+                factor *= ratio[k]
+                k = parent_pos[k]
+            gain[j] = factor
+        return cls(root=root, n_bus=n_bus, nodes=np.array(order, dtype=np.int64),
+                   feeder_branch=np.array(feeder, dtype=np.int64), parent_pos=parent_pos,
+                   z_pu=z_pu, ratio=ratio, path=path, gain=gain, energised=seen,
+                   loop_branches=loops, position=position)
+
+    def subtree(self, pos: int) -> npt.NDArray[np.int64]:
+        """Positions (in `nodes`) of a node and everything it feeds."""
+        return np.flatnonzero(self.path[pos] != 0.0)
+
+    def ancestors(self, pos: int) -> npt.NDArray[np.int64]:
+        """Positions of a node and every node between it and the root."""
+        return np.flatnonzero(self.path[:, pos] != 0.0)

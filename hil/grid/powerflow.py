@@ -1,0 +1,78 @@
+"""Backward/forward sweep power flow for radial feeders (grid reference sheet §8.1).
+
+Complex per unit on the network's system base. Loads are constant power (S, drawn) plus a
+constant shunt admittance (Y, capacitor banks: I = Y·V). The tree's `path` matrix does the
+two sweeps as two small matrix products, so a solve of a few dozen buses costs tens of
+microseconds and the loop count, not the bus count, dominates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from hil.grid.network import RadialTree
+
+
+class PowerFlowDiverged(RuntimeError):
+    """The sweep did not settle within its iteration budget (load far beyond the feeder's limit)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PowerFlowResult:
+    voltage_pu: npt.NDArray[np.complex128]
+    """Per bus (all buses of the network); 0 where de-energised; the root holds the source voltage."""
+    current_pu: npt.NDArray[np.complex128]
+    """Per bus: current in the branch feeding it, on the bus's side of that branch; 0 elsewhere."""
+    source_power_pu: complex
+    losses_pu: complex
+    iterations: int
+
+
+def solve(tree: RadialTree, s_load_pu: npt.NDArray[np.complex128],
+          y_shunt_pu: npt.NDArray[np.complex128], v_source_pu: complex = 1.0 + 0.0j, *,
+          tolerance_pu: float = 1e-10, max_iterations: int = 100,
+          v_start_pu: npt.NDArray[np.complex128] | None = None) -> PowerFlowResult:
+    """Solve the energised tree. `s_load_pu`/`y_shunt_pu` are indexed by bus (all buses)."""
+    nodes = tree.nodes
+    n_bus = tree.n_bus
+    v_all = np.zeros(n_bus, dtype=np.complex128)
+    j_all = np.zeros(n_bus, dtype=np.complex128)
+    v_all[tree.root] = v_source_pu
+    if nodes.size == 0:
+        return PowerFlowResult(v_all, j_all, 0j, 0j, 0)
+    s = s_load_pu[nodes]
+    y = y_shunt_pu[nodes]
+    drop_gain = tree.ratio ** 2 * tree.z_pu
+    v_open = tree.gain * v_source_pu
+    path = tree.path
+    path_t = path.T
+    if v_start_pu is not None:
+        v = v_start_pu[nodes].copy()
+        v[v == 0] = v_open[v == 0]
+    else:
+        v = v_open.copy()
+    iterations = 0
+    while True:
+        iterations += 1
+        i_load = np.conj(s / v) + y * v
+        j = path @ i_load
+        v_new = v_open - path_t @ (drop_gain * j)
+        change = np.max(np.abs(v_new - v))
+        v = v_new
+        if change < tolerance_pu:
+            break
+        if iterations >= max_iterations or not np.isfinite(change):
+            raise PowerFlowDiverged(
+                f"backward/forward sweep did not converge in {max_iterations} iterations "
+                f"(last change {change:.3g} pu)")
+    i_load = np.conj(s / v) + y * v
+    j = path @ i_load
+    v_all[nodes] = v
+    j_all[nodes] = j
+    top = tree.parent_pos < 0
+    source_power = complex(v_source_pu * np.conj(np.sum(tree.ratio[top] * j[top])))
+    consumed = complex(np.sum(v * np.conj(i_load)))
+    return PowerFlowResult(v_all, j_all, source_power, source_power - consumed, iterations)
