@@ -12,10 +12,12 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 OPENSSL = shutil.which("openssl") or "/usr/bin/openssl"
@@ -77,7 +79,8 @@ def make_tls_files(directory: Path, *, client_cn: str = "stima-test-gateway") ->
 class Broker:
     """One mosquitto process bound to 127.0.0.1:`port`; stop() and start() keep the port."""
 
-    def __init__(self, directory: Path, port: int, tls: TlsFiles | None = None, extra_config: str = "") -> None:
+    def __init__(self, directory: Path, port: int, tls: TlsFiles | None = None, extra_config: str = "",
+                 persistent: bool = False) -> None:
         self.directory = Path(directory)
         self.port = port
         self.host = "127.0.0.1"
@@ -88,7 +91,10 @@ class Broker:
         lines = [
             f"listener {port} 127.0.0.1",
             "allow_anonymous true",
-            "persistence false",
+            *(
+                [f"persistence true\npersistence_location {self.directory}/", "autosave_interval 0"]
+                if persistent else ["persistence false"]
+            ),
             f"log_dest file {self.log_path}",
             "log_type error",
             "log_type warning",
@@ -173,12 +179,103 @@ class Broker:
 
 @contextlib.contextmanager
 def run_mosquitto(
-    tmp_path: Path, port: int | None = None, *, tls: TlsFiles | None = None, extra_config: str = ""
+    tmp_path: Path, port: int | None = None, *, tls: TlsFiles | None = None, extra_config: str = "",
+    persistent: bool = False,
 ) -> Iterator[Broker]:
-    """Run mosquitto for the duration of the block; always stopped on exit."""
-    broker = Broker(Path(tmp_path), port or free_port(), tls, extra_config)
+    """Run mosquitto for the duration of the block; always stopped on exit.
+
+    `persistent=True` keeps sessions and queued messages across `restart()` (mosquitto writes
+    its database on a clean stop), as a production broker would.
+    """
+    broker = Broker(Path(tmp_path), port or free_port(), tls, extra_config, persistent)
     broker.start()
     try:
         yield broker
     finally:
         broker.stop()
+
+
+class Subscriber:
+    """A paho MQTT 5 client recording every message it receives (msgpack decoded when possible).
+
+    With `session_expiry_s` the broker keeps its subscription and queues messages while it is
+    away (including across a restart of a persistent broker); it reconnects by itself.
+    """
+
+    def __init__(self, broker: Broker, topic: str = "#", *, client_id: str | None = None,
+                 session_expiry_s: int = 0) -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.properties import Properties
+        from paho.mqtt.packettypes import PacketTypes
+
+        self.broker = broker
+        self.topic = topic
+        self.messages: list[tuple[str, Any, bool]] = []
+        self._cond = threading.Condition()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or "",
+                                  protocol=mqtt.MQTTv5)
+        if broker.tls is not None:
+            self.client.tls_set(**broker.client_tls_kwargs())
+        self.client.reconnect_delay_set(0.05, 0.5)
+        self.client.on_message = self._on_message
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = lambda *args: self._subscribed.set()
+        self._subscribed = threading.Event()
+        self._props = Properties(PacketTypes.CONNECT)
+        if session_expiry_s:
+            self._props.SessionExpiryInterval = session_expiry_s
+        self._clean_start = session_expiry_s == 0
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        if not rc.is_failure:
+            client.subscribe(self.topic, qos=1)
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        import msgpack
+
+        try:
+            payload = msgpack.unpackb(msg.payload, raw=False, strict_map_key=False)
+        except Exception:
+            payload = msg.payload
+        with self._cond:
+            self.messages.append((msg.topic, payload, bool(msg.retain)))
+            self._cond.notify_all()
+
+    def start(self, timeout_s: float = 10.0) -> Subscriber:
+        self.client.connect(self.broker.host, self.broker.port, 30, clean_start=self._clean_start,
+                            properties=self._props)
+        self.client.loop_start()
+        if not self._subscribed.wait(timeout_s):
+            self.client.loop_stop()
+            raise RuntimeError("test subscriber did not connect and subscribe")
+        return self
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self.client.disconnect()
+        self.client.loop_stop()
+
+    def wait_for(self, predicate: Any, timeout_s: float = 30.0) -> bool:
+        """Wait until `predicate(messages)` is true; False if it is not by the deadline."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while not predicate(self.messages):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(min(remaining, 0.5))
+        return True
+
+    def on(self, topic_end: str) -> list[Any]:
+        """Payloads of the messages whose topic ends with `/topic_end`, in arrival order."""
+        with self._cond:
+            return [p for t, p, _ in self.messages if t.endswith("/" + topic_end)]
+
+
+@contextlib.contextmanager
+def subscriber(broker: Broker, topic: str = "#", **kwargs: Any) -> Iterator[Subscriber]:
+    sub = Subscriber(broker, topic, **kwargs).start()
+    try:
+        yield sub
+    finally:
+        sub.stop()
