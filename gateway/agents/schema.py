@@ -1,10 +1,16 @@
-"""Site-file schema for agent attributes, one model per agent type (use-case names)."""
+"""Site-file schema for agent attributes, one model per agent type (use-case names).
+
+Every attribute has a sensible default so a site file states only what differs. Control
+settings (thresholds, delays, bands) sit beside the use case's descriptive attributes; their
+defaults come from the grid reference sheet (OpenDSS / IEEE 1547 / C57.91 / C84.1 values).
+"""
 
 from __future__ import annotations
 
 import enum
+from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class AgentType(enum.Enum):
@@ -17,4 +23,220 @@ class AgentType(enum.Enum):
     RENEWABLE_ENERGY = "renewable_energy"
 
 
-AGENT_ATTRIBUTE_MODELS: dict[AgentType, type[BaseModel]] = {}
+class _Attrs(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    location: str = ""
+    installation_date: str = ""
+
+
+Coordinate = tuple[float, float]
+
+
+# --------------------------------------------------------------------------- power line
+
+
+class LineImpedance(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    r_ohm_per_km: float = Field(default=0.306, ge=0)
+    x_ohm_per_km: float = Field(default=0.3, ge=0)
+    r0_ohm_per_km: float = Field(default=0.55, ge=0)
+    x0_ohm_per_km: float = Field(default=1.2, ge=0)
+
+
+class PowerLineAttributes(_Attrs):
+    line_type: Literal["overhead", "underground", "high_voltage", "medium_voltage", "low_voltage"] = "overhead"
+    voltage_rating: float = Field(default=11.0, gt=0, description="kV")
+    conductor_type: str = "ACSR"
+    length: float = Field(default=5000.0, gt=0, description="m")
+    ampacity: float = Field(default=400.0, gt=0, description="A")
+    coordinates: list[Coordinate] = Field(default_factory=list)
+    phase_configuration: Literal["single_phase", "three_phase"] = "three_phase"
+    impedance: LineImpedance = LineImpedance()
+    temperature_rating: float = Field(default=75.0, description="°C")
+    condition_score: float = Field(default=100.0, ge=0, le=100)
+    sag_level: float = 0.0
+    # control settings
+    loaded_percent: float = Field(default=80.0, gt=0, le=100)
+    """Above this share of ampacity the line is Loaded."""
+    overload_persistence_s: float = Field(default=300.0, ge=0)
+    """Current above ampacity for this long makes the line Overloaded (use case: 5 minutes)."""
+    emergency_percent: float = Field(default=150.0, gt=100)
+    """Above this share of ampacity, or at full thermal level, the line is in Emergency."""
+    thermal_time_constant_s: float = Field(default=600.0, gt=0)
+    fault_current_a: float | None = Field(default=None, gt=0)
+    """Current that means a fault even before protection reports (default 4 × ampacity)."""
+
+
+# --------------------------------------------------------------------------- transformer
+
+
+class TransformerAttributes(_Attrs):
+    transformer_type: Literal["pole_mounted", "pad_mounted", "substation", "distribution"] = "distribution"
+    coordinates: Coordinate | None = None
+    primary_voltage: float = Field(default=11.0, gt=0, description="kV")
+    secondary_voltage: float = Field(default=415.0, gt=0, description="V, line-to-line")
+    rated_capacity: float = Field(default=1000.0, gt=0, description="kVA")
+    impedance_percent: float = Field(default=5.0, gt=0, le=30)
+    cooling_type: Literal["ONAN", "ONAF", "OFAF", "ODAF", "oil_filled", "dry_type"] = "ONAN"
+    # tap changer
+    tap_position: int = 0
+    tap_min: int = -16
+    tap_max: int = 16
+    tap_step_percent: float = Field(default=0.625, gt=0, le=5)
+    regulation_enabled: bool = True
+    voltage_setpoint_v: float = Field(default=120.0, gt=100, lt=140, description="on the 120 V base")
+    bandwidth_v: float = Field(default=2.0, gt=0, le=10)
+    time_delay_s: float = Field(default=30.0, ge=0)
+    inter_tap_delay_s: float = Field(default=2.0, ge=0)
+    ldc_r_v: float = Field(default=0.0, description="line-drop compensation R, volts")
+    ldc_x_v: float = Field(default=0.0, description="line-drop compensation X, volts")
+    ct_primary_a: float | None = Field(default=None, gt=0)
+    """CT rated primary current for LDC (default: secondary rated current)."""
+    cvr_enabled: bool = False
+    cvr_reduction_percent: float = Field(default=2.5, ge=0, le=5)
+    cvr_floor_v: float = Field(default=114.0, ge=100, le=126)
+    # thermal (C57.91 clause 7)
+    rated_top_oil_rise_c: float = Field(default=55.0, gt=0)
+    rated_hot_spot_rise_c: float = Field(default=25.0, gt=0)
+    loss_ratio: float = Field(default=4.5, gt=0)
+    top_oil_time_constant_min: float | None = Field(default=None, gt=0)
+    winding_time_constant_min: float = Field(default=5.0, gt=0)
+    hot_spot_alarm_c: float = Field(default=120.0)
+    hot_spot_critical_c: float = Field(default=140.0)
+    top_oil_alarm_c: float = Field(default=95.0)
+    high_load_percent: float = Field(default=80.0, gt=0)
+    capacity_notice_percent: float = Field(default=90.0, gt=0)
+    normal_insulation_life_h: float = Field(default=180_000.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> TransformerAttributes:
+        if not self.tap_min <= self.tap_position <= self.tap_max:
+            raise ValueError(f"tap_position {self.tap_position} outside [tap_min {self.tap_min}, tap_max {self.tap_max}]")
+        if self.hot_spot_alarm_c >= self.hot_spot_critical_c:
+            raise ValueError("hot_spot_alarm_c must be below hot_spot_critical_c")
+        return self
+
+
+# --------------------------------------------------------------------------- smart meter
+
+
+class SmartMeterAttributes(_Attrs):
+    """Per-group meter settings (meters themselves come from `[[meter_groups]]`)."""
+
+    phase_type: Literal["single_phase", "three_phase"] = "single_phase"
+    billing_cycle: Literal["monthly", "bi-monthly"] = "monthly"
+    tariff_plan: Literal["TOU", "flat_rate", "tiered"] = "flat_rate"
+    net_metering: bool = False
+    low_voltage_pu: float = Field(default=0.95, gt=0, lt=1)
+    outage_voltage_pu: float = Field(default=0.5, gt=0, lt=1)
+    high_voltage_pu: float = Field(default=1.06, gt=1)
+    thd_limit_pct: float = Field(default=8.0, gt=0)
+    high_consumption_ratio: float = Field(default=2.5, gt=1)
+    """Demand above this multiple of the meter's typical demand is High_Consumption."""
+
+
+# --------------------------------------------------------------------------- circuit breaker
+
+
+class CircuitBreakerAttributes(_Attrs):
+    breaker_type: Literal["vacuum", "SF6", "oil", "air_blast", "MCB", "MCCB"] = "vacuum"
+    rated_voltage: float = Field(default=12.0, gt=0, description="kV")
+    rated_current: float = Field(default=630.0, gt=0, description="A")
+    interrupting_capacity: float = Field(default=25.0, gt=0, description="kA")
+    coordination_group: str = ""
+    operating_mechanism: Literal["spring", "solenoid", "motor"] = "spring"
+    maintenance_interval: float = Field(default=365.0, gt=0, description="days")
+    condition_score: float = Field(default=100.0, ge=0, le=100)
+    protected_line: str = ""
+    high_current_percent: float = Field(default=90.0, gt=0)
+    """Closed_High_Current above this share of rated current (or on a protection pickup)."""
+    max_trips_in_period: int = Field(default=3, ge=1)
+    trip_count_period_s: float = Field(default=3600.0, gt=0)
+    interrupt_time_s: float = Field(default=0.05, gt=0)
+    """Arcing time used for contact wear (I²t) per interruption."""
+    contact_wear_limit_ka2s: float = Field(default=500.0, gt=0)
+    maintenance_operations: int = Field(default=2000, ge=1)
+
+
+# --------------------------------------------------------------------------- substation
+
+
+class SubstationAttributes(_Attrs):
+    substation_type: Literal["transmission", "distribution", "collector"] = "distribution"
+    primary_voltage: float = Field(default=66.0, gt=0, description="kV")
+    secondary_voltage: float = Field(default=11.0, gt=0, description="kV")
+    rated_capacity: float = Field(default=20.0, gt=0, description="MVA")
+    num_transformers: int = Field(default=1, ge=0)
+    num_feeders: int = Field(default=0, ge=0)
+    voltage_control_mode: Literal["manual", "automatic", "remote"] = "automatic"
+    reactive_power_capability: float = Field(default=0.0, ge=0, description="MVAR")
+    SCADA_connected: bool = True
+    high_load_percent: float = Field(default=90.0, gt=0)
+    emergency_load_percent: float = Field(default=100.0, gt=0)
+    shed_target_percent: float = Field(default=90.0, gt=0)
+    forecast_window_s: float = Field(default=1800.0, gt=0)
+    """Load history used for the short-horizon forecast (linear trend)."""
+    forecast_horizon_s: float = Field(default=3600.0, gt=0)
+    voltage_band_pu: tuple[float, float] = (0.975, 1.05)
+    feeder_priority: list[str] = Field(default_factory=list)
+    """Feeders (line ids) from most to least critical; load shedding starts at the end."""
+
+
+# --------------------------------------------------------------------------- capacitor bank
+
+
+class CapacitorBankAttributes(_Attrs):
+    rated_capacity: float = Field(default=1.2, gt=0, description="MVAR")
+    voltage_level: float = Field(default=11.0, gt=0, description="kV")
+    num_steps: int = Field(default=4, ge=1, le=32)
+    control_mode: Literal["voltage", "time", "temperature", "var", "manual"] = "voltage"
+    switching_device: Literal["breaker", "contactor", "vacuum_switch"] = "vacuum_switch"
+    connected_bus: str = ""
+    maintenance_interval: float = Field(default=365.0, gt=0, description="days")
+    condition_score: float = Field(default=100.0, ge=0, le=100)
+    voltage_setpoint_v: float = Field(default=121.0, gt=100, lt=140, description="on the 120 V base")
+    bandwidth_v: float = Field(default=6.0, gt=0)
+    """V_off − V_on on the 120 V base (project default 118/124 V)."""
+    on_delay_s: float = Field(default=30.0, ge=0)
+    off_delay_s: float = Field(default=30.0, ge=0)
+    discharge_time_s: float = Field(default=300.0, ge=0)
+    """A step just opened may not close again for this long (capacitor discharge)."""
+    max_daily_operations: int = Field(default=4, ge=1)
+    switching_timeout_s: float = Field(default=10.0, gt=0)
+    excessive_switching_count: int = Field(default=3, ge=1)
+    excessive_switching_window_s: float = Field(default=3600.0, gt=0)
+    deadband_widening_factor: float = Field(default=1.5, gt=1)
+
+
+# --------------------------------------------------------------------------- renewable energy
+
+
+class RenewableEnergyAttributes(_Attrs):
+    resource_type: Literal["solar_pv", "wind_turbine", "battery_storage", "microgrid"] = "solar_pv"
+    rated_capacity: float = Field(default=500.0, gt=0, description="kW")
+    rated_apparent_power_kva: float | None = Field(default=None, gt=0)
+    connected_meter: str = ""
+    connected_transformer: str = ""
+    reactive_power_mode: Literal["fixed", "volt-var", "volt-watt", "volt-var+volt-watt"] = "volt-var+volt-watt"
+    ieee1547_category: Literal["A", "B"] = "B"
+    v_ref_pu: float = Field(default=1.0, ge=0.95, le=1.05)
+    fixed_power_factor: float = Field(default=1.0, gt=0, le=1)
+    enter_service_delay_s: float = Field(default=300.0, ge=0)
+    enter_service_v_min_pu: float = 0.917
+    enter_service_v_max_pu: float = 1.05
+    min_generation_kw: float | None = Field(default=None, ge=0)
+    """Below this output the unit is in Standby (default 1 % of rating)."""
+    q_update_deadband_kvar: float | None = Field(default=None, ge=0)
+
+
+AGENT_ATTRIBUTE_MODELS: dict[AgentType, type[BaseModel]] = {
+    AgentType.POWER_LINE: PowerLineAttributes,
+    AgentType.TRANSFORMER: TransformerAttributes,
+    AgentType.SMART_METER: SmartMeterAttributes,
+    AgentType.CIRCUIT_BREAKER: CircuitBreakerAttributes,
+    AgentType.SUBSTATION: SubstationAttributes,
+    AgentType.CAPACITOR_BANK: CapacitorBankAttributes,
+    AgentType.RENEWABLE_ENERGY: RenewableEnergyAttributes,
+}

@@ -1,0 +1,82 @@
+"""Transition tables: the one place each agent type's state logic is written down.
+
+Rules (as in h11's state module): a table maps (state, event) to the next state; a pair that is
+deliberately a no-op maps to `IGNORE`; a pair missing from the table is an illegal move and
+raises `IllegalTransition`. Tables are plain data, so tests can check them exhaustively and
+diagrams can be drawn from them. Behaviour code only *classifies* inputs into events; it never
+assigns a state directly.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+S = TypeVar("S", bound=enum.Enum)
+E = TypeVar("E", bound=enum.Enum)
+
+
+class _Ignore(enum.Enum):
+    IGNORE = "ignore"
+
+
+IGNORE = _Ignore.IGNORE
+"""Marks a (state, event) pair that is legal and leaves the state unchanged."""
+
+
+class IllegalTransition(Exception):
+    """An event arrived in a state whose table row does not mention it (a bug, not bad input)."""
+
+
+@dataclass(frozen=True)
+class TransitionTable(Generic[S, E]):
+    states: type[S]
+    events: type[E]
+    initial: S
+    rows: Mapping[S, Mapping[E, S | _Ignore]]
+
+    def next(self, state: S, event: E) -> S:
+        try:
+            target = self.rows[state][event]
+        except KeyError:
+            raise IllegalTransition(f"{self.states.__name__}: event {event.name} is not allowed in {state.value}") from None
+        return state if target is IGNORE else target  # type: ignore[return-value]
+
+    def transitions(self) -> Iterable[tuple[S, E, S]]:
+        """Every real move (ignored pairs left out), for diagrams and checks."""
+        for state, row in self.rows.items():
+            for event, target in row.items():
+                if target is not IGNORE:
+                    yield state, event, target  # type: ignore[misc]
+
+    def reachable(self) -> set[S]:
+        seen = {self.initial}
+        frontier = [self.initial]
+        while frontier:
+            state = frontier.pop()
+            for event, target in self.rows.get(state, {}).items():
+                if target is not IGNORE and target not in seen:
+                    seen.add(target)  # type: ignore[arg-type]
+                    frontier.append(target)  # type: ignore[arg-type]
+        return seen
+
+    def missing_pairs(self) -> list[tuple[S, E]]:
+        return [(s, e) for s in self.states for e in self.events if e not in self.rows.get(s, {})]
+
+    def to_dot(self) -> str:
+        lines = [f'digraph "{self.states.__name__}" {{', f'  "{self.initial.value}" [shape=doublecircle];']
+        for state, event, target in self.transitions():
+            if state is not target:
+                lines.append(f'  "{state.value}" -> "{target.value}" [label="{event.name.lower()}"];')
+        lines.append("}")
+        return "\n".join(lines)
+
+
+def row(default: S | _Ignore, events: type[E], **overrides: S | _Ignore) -> dict[E, S | _Ignore]:
+    """A table row: `default` for every event except those named (by event member name)."""
+    out: dict[E, S | _Ignore] = {e: default for e in events}
+    for name, target in overrides.items():
+        out[events[name]] = target
+    return out

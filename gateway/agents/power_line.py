@@ -1,0 +1,196 @@
+"""Power Line agent: a feeder section watched against its ampacity.
+
+Load states follow the current: Loaded above `loaded_percent` of ampacity, Overloaded only
+when the current has stayed above ampacity for `overload_persistence_s` (use case: 5 minutes),
+Emergency above `emergency_percent` or when the thermal replica reaches its trip level.
+Faults come from protection (a trip of the protecting breaker) or from a current no load can
+draw; the line stays Faulted until its breaker is closed again with normal current.
+"""
+
+from __future__ import annotations
+
+import copy
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.agents.actions import Action, Alert, BusMessage, Severity, Topic
+from gateway.agents.base import Agent, Links, Memory
+from gateway.agents.fsm import IGNORE, TransitionTable, row
+from gateway.agents.physics import line_losses_kw, thermal_level
+from gateway.agents.schema import PowerLineAttributes
+
+
+class LineState(enum.Enum):
+    OPERATIONAL = "Operational"
+    LOADED = "Loaded"
+    OVERLOADED = "Overloaded"
+    FAULTED = "Faulted"
+    DE_ENERGIZED = "De-energized"
+    EMERGENCY = "Emergency"
+
+
+class LineEvent(enum.Enum):
+    LIGHT_LOAD = enum.auto()
+    HEAVY_LOAD = enum.auto()
+    OVERLOAD_PERSISTED = enum.auto()
+    EMERGENCY_LOAD = enum.auto()
+    FAULT_DETECTED = enum.auto()
+    FAULT_CLEARED = enum.auto()
+    DEENERGIZED = enum.auto()
+    ENERGIZED = enum.auto()
+
+
+_S, _E = LineState, LineEvent
+_LOAD_MOVES = dict(LIGHT_LOAD=_S.OPERATIONAL, HEAVY_LOAD=_S.LOADED, OVERLOAD_PERSISTED=_S.OVERLOADED,
+                   EMERGENCY_LOAD=_S.EMERGENCY, FAULT_DETECTED=_S.FAULTED, DEENERGIZED=_S.DE_ENERGIZED)
+
+TABLE: TransitionTable[LineState, LineEvent] = TransitionTable(
+    LineState, LineEvent, initial=_S.OPERATIONAL,
+    rows={
+        _S.OPERATIONAL: row(IGNORE, _E, **{**_LOAD_MOVES, "LIGHT_LOAD": IGNORE}),
+        _S.LOADED: row(IGNORE, _E, **{**_LOAD_MOVES, "HEAVY_LOAD": IGNORE}),
+        _S.OVERLOADED: row(IGNORE, _E, **{**_LOAD_MOVES, "OVERLOAD_PERSISTED": IGNORE}),
+        _S.EMERGENCY: row(IGNORE, _E, **{**_LOAD_MOVES, "EMERGENCY_LOAD": IGNORE}),
+        _S.FAULTED: row(IGNORE, _E, FAULT_CLEARED=_S.OPERATIONAL),
+        _S.DE_ENERGIZED: row(IGNORE, _E, ENERGIZED=_S.OPERATIONAL, FAULT_DETECTED=_S.FAULTED),
+    },
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LineInputs:
+    current_a: float | None = None
+    voltage_kv: float | None = None
+    active_power_kw: float | None = None
+    reactive_power_kvar: float | None = None
+    breaker_closed: bool | None = None
+    fault_reported: bool = False
+    """The protecting breaker tripped on a fault and has not been closed since."""
+
+
+@dataclass
+class LineMemory(Memory):
+    overload_since: float | None = None
+    thermal_level: float = 0.0
+    last_time: float | None = None
+    current_a: float = 0.0
+    losses_kw: float = 0.0
+    energy_loss_kwh: float = 0.0
+    peak_current_a: float = 0.0
+
+
+class PowerLineAgent(Agent[LineState, LineEvent]):
+    agent_type = "power_line"
+    TABLE = TABLE
+
+    def __init__(self, agent_id: str, attrs: PowerLineAttributes, links: Links | None = None) -> None:
+        super().__init__(agent_id, links)
+        self.attrs = attrs
+        self.fault_current_a = attrs.fault_current_a or 4.0 * attrs.ampacity
+
+    def initial_memory(self, now: float) -> LineMemory:
+        return LineMemory(state=TABLE.initial, since=now)
+
+    def memory_from_dict(self, data: dict[str, Any]) -> LineMemory:
+        return LineMemory.from_dict(data, LineState)
+
+    def classify(self, m: LineMemory, x: LineInputs, now: float) -> tuple[LineEvent, str]:
+        a = self.attrs
+        current = x.current_a if x.current_a is not None else m.current_a
+        if x.fault_reported:
+            return _E.FAULT_DETECTED, "protection trip of the protecting breaker"
+        if current >= self.fault_current_a:
+            return _E.FAULT_DETECTED, f"current {current:.0f} A ≥ fault level {self.fault_current_a:.0f} A"
+        dead = x.breaker_closed is False or (x.voltage_kv is not None and x.voltage_kv < 0.1 * a.voltage_rating)
+        if m.state is _S.FAULTED:
+            if x.breaker_closed and not dead and current < a.ampacity:
+                return _E.FAULT_CLEARED, "breaker closed with normal current"
+            return _E.FAULT_DETECTED, "fault not yet cleared"
+        if dead:
+            return _E.DEENERGIZED, "breaker open" if x.breaker_closed is False else "no voltage"
+        if m.state is _S.DE_ENERGIZED:
+            return _E.ENERGIZED, "voltage restored"
+        pct = 100.0 * current / a.ampacity
+        if pct >= a.emergency_percent or m.thermal_level >= 1.0:
+            return _E.EMERGENCY_LOAD, f"current {pct:.0f} % of ampacity, thermal level {m.thermal_level:.2f}"
+        if m.overload_since is not None and now - m.overload_since >= a.overload_persistence_s:
+            return _E.OVERLOAD_PERSISTED, f"current {pct:.0f} % of ampacity for {now - m.overload_since:.0f} s"
+        if pct >= a.loaded_percent:
+            return _E.HEAVY_LOAD, f"current {pct:.0f} % of ampacity"
+        return _E.LIGHT_LOAD, f"current {pct:.0f} % of ampacity"
+
+    def step(self, memory: LineMemory, inputs: LineInputs, now: float) -> tuple[LineMemory, list[Action]]:
+        m = copy.deepcopy(memory)
+        a = self.attrs
+        actions: list[Action] = []
+        if inputs.current_a is not None:
+            m.current_a = inputs.current_a
+        dt = 0.0 if m.last_time is None else max(0.0, now - m.last_time)
+        m.last_time = now
+        m.thermal_level = thermal_level(m.thermal_level, m.current_a, a.ampacity, dt, a.thermal_time_constant_s)
+        m.losses_kw = line_losses_kw(m.current_a, a.impedance.r_ohm_per_km, a.length)
+        m.energy_loss_kwh += m.losses_kw * dt / 3600.0
+        m.peak_current_a = max(m.peak_current_a, m.current_a)
+        if m.current_a > a.ampacity:
+            if m.overload_since is None:
+                m.overload_since = now
+        else:
+            m.overload_since = None
+        event, cause = self.classify(m, inputs, now)
+        old = m.state
+        if self.fire(m, event, cause, now, actions):
+            actions += self._on_enter(m, old, now)
+        return m, actions
+
+    def _on_enter(self, m: LineMemory, old: LineState, now: float) -> list[Action]:
+        links = self.links
+        out: list[Action] = []
+        me = self.agent_id
+        if m.state is _S.OVERLOADED:
+            out.append(Alert(agent_id=me, severity=Severity.MAJOR, time=now,
+                             message=f"Line overload detected: {m.current_a:.0f} A on {self.attrs.ampacity:.0f} A ampacity"))
+            out += [BusMessage(source=me, target=t, kind="reduce_load", payload={"line": me}) for t in links.transformers]
+            out += [BusMessage(source=me, target=b, kind="prepare_for_trip", payload={"line": me}) for b in links.breakers]
+            out.append(BusMessage(source=me, topic=Topic.LOAD_CHANGES, kind="line_overload",
+                                  payload={"line": me, "current_a": m.current_a,
+                                           "transfer_options": list(links.transfer_options)}))
+        elif m.state is _S.EMERGENCY:
+            out.append(Alert(agent_id=me, severity=Severity.CRITICAL, time=now,
+                             message=f"Line in emergency: {m.current_a:.0f} A, thermal level {m.thermal_level:.2f}"))
+            out += [BusMessage(source=me, target=b, kind="prepare_for_trip", payload={"line": me}, urgent=True)
+                    for b in links.breakers]
+            if links.substation:
+                out.append(BusMessage(source=me, target=links.substation, kind="line_emergency",
+                                      payload={"line": me, "current_a": m.current_a}, urgent=True))
+        elif m.state is _S.FAULTED:
+            out.append(Alert(agent_id=me, severity=Severity.CRITICAL, time=now, message="Line fault detected"))
+            payload = {"line": me, "current_a": m.current_a, "peak_current_a": m.peak_current_a}
+            out.append(BusMessage(source=me, topic=Topic.FAULT_ALERTS, kind="line_fault", payload=payload, urgent=True))
+            out += [BusMessage(source=me, target=b, kind="fault_current_detected", payload=payload, urgent=True)
+                    for b in links.breakers]
+            out += [BusMessage(source=me, target=t, kind="prepare_for_power_loss", payload=payload, urgent=True)
+                    for t in links.transformers]
+            out += [BusMessage(source=me, target=ln, kind="standby_for_load_transfer", payload=payload, urgent=True)
+                    for ln in links.adjacent_lines]
+            if links.substation:
+                out.append(BusMessage(source=me, target=links.substation, kind="feeder_fault",
+                                      payload={**payload, "breaker": links.upstream_breaker}, urgent=True))
+        elif old is _S.FAULTED:
+            out.append(BusMessage(source=me, topic=Topic.FAULT_ALERTS, kind="line_fault_cleared",
+                                  payload={"line": me}, urgent=True))
+        if m.state is _S.OPERATIONAL:
+            m.peak_current_a = m.current_a
+        return out
+
+    def attributes(self, memory: Memory) -> dict[str, Any]:
+        m = memory
+        assert isinstance(m, LineMemory)
+        a = self.attrs
+        return {
+            "line_type": a.line_type, "voltage_rating": a.voltage_rating, "length": a.length,
+            "ampacity": a.ampacity, "current_a": m.current_a,
+            "loading_percent": 100.0 * m.current_a / a.ampacity, "thermal_level": m.thermal_level,
+            "losses_kw": m.losses_kw, "energy_loss_kwh": m.energy_loss_kwh,
+            "overload_since": m.overload_since, "condition_score": a.condition_score,
+        }

@@ -1,0 +1,257 @@
+"""Substation agent: load against capacity, a short-horizon forecast, feeder-fault coordination.
+
+The forecast is a least-squares line through the recent load (`forecast_window_s`); the agent
+reports the time until the load would exceed rated capacity. Above `high_load_percent` it asks
+for load transfer and prepares a load-shedding plan (least critical feeders first, until the
+load is back under `shed_target_percent`); the plan is published, never executed on its own.
+On a feeder fault it counts the customers affected (from the topology) and publishes the
+isolation and reroute plan through the feeder's normally-open ties.
+"""
+
+from __future__ import annotations
+
+import copy
+import enum
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.agents.actions import Action, Alert, BusMessage, Severity, Topic
+from gateway.agents.base import Agent, Links, Memory
+from gateway.agents.fsm import IGNORE, TransitionTable, row
+from gateway.agents.physics import linear_trend, time_to_limit_s
+from gateway.agents.schema import SubstationAttributes
+
+
+class SubstationState(enum.Enum):
+    NORMAL_OPERATION = "Normal_Operation"
+    HIGH_LOAD = "High_Load"
+    VOLTAGE_REGULATION_ACTIVE = "Voltage_Regulation_Active"
+    FEEDER_FAULT = "Feeder_Fault"
+    TRANSFORMER_FAULT = "Transformer_Fault"
+    EMERGENCY_MODE = "Emergency_Mode"
+    MAINTENANCE_MODE = "Maintenance_Mode"
+
+
+class SubstationEvent(enum.Enum):
+    """The most severe condition seen in a step (at most one per step)."""
+
+    ALL_NORMAL = enum.auto()
+    HIGH_LOAD = enum.auto()
+    REGULATING = enum.auto()
+    FEEDER_FAULT = enum.auto()
+    TRANSFORMER_FAULT = enum.auto()
+    EMERGENCY = enum.auto()
+    MAINTENANCE_START = enum.auto()
+    MAINTENANCE_END = enum.auto()
+
+
+_S, _E = SubstationState, SubstationEvent
+_FOLLOW = dict(ALL_NORMAL=_S.NORMAL_OPERATION, HIGH_LOAD=_S.HIGH_LOAD, REGULATING=_S.VOLTAGE_REGULATION_ACTIVE,
+               FEEDER_FAULT=_S.FEEDER_FAULT, TRANSFORMER_FAULT=_S.TRANSFORMER_FAULT, EMERGENCY=_S.EMERGENCY_MODE,
+               MAINTENANCE_START=_S.MAINTENANCE_MODE, MAINTENANCE_END=IGNORE)
+
+
+def _follow(own: str) -> dict[SubstationEvent, SubstationState | Any]:
+    return row(IGNORE, _E, **{**_FOLLOW, own: IGNORE})
+
+
+TABLE: TransitionTable[SubstationState, SubstationEvent] = TransitionTable(
+    SubstationState, SubstationEvent, initial=_S.NORMAL_OPERATION,
+    rows={
+        _S.NORMAL_OPERATION: _follow("ALL_NORMAL"),
+        _S.HIGH_LOAD: _follow("HIGH_LOAD"),
+        _S.VOLTAGE_REGULATION_ACTIVE: _follow("REGULATING"),
+        _S.FEEDER_FAULT: _follow("FEEDER_FAULT"),
+        _S.TRANSFORMER_FAULT: _follow("TRANSFORMER_FAULT"),
+        _S.EMERGENCY_MODE: _follow("EMERGENCY"),
+        _S.MAINTENANCE_MODE: row(IGNORE, _E, MAINTENANCE_END=_S.NORMAL_OPERATION),
+    },
+)
+
+
+@dataclass(frozen=True, slots=True)
+class FeederInfo:
+    line: str
+    breaker: str | None
+    customers: int
+    transfer_options: tuple[dict[str, Any], ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SubstationInputs:
+    bus_voltage_kv: float | None = None
+    total_load_kw: float | None = None
+    total_load_kvar: float | None = None
+    frequency_hz: float | None = None
+    feeder_loads_kw: Mapping[str, float] = field(default_factory=dict)
+    faulted_feeders: tuple[str, ...] = ()
+    faulted_transformers: tuple[str, ...] = ()
+    regulating: tuple[str, ...] = ()
+    overheated_transformers: tuple[str, ...] = ()
+
+
+@dataclass
+class SubstationMemory(Memory):
+    load_kw: float = 0.0
+    load_kvar: float = 0.0
+    load_percent: float = 0.0
+    bus_voltage_kv: float | None = None
+    load_history: list[list[float]] = field(default_factory=list)
+    trend_kw_per_h: float = 0.0
+    time_to_capacity_s: float | None = None
+    shedding_plan: list[dict[str, Any]] = field(default_factory=list)
+    handled_faults: list[str] = field(default_factory=list)
+    maintenance: bool = False
+    transfer_requested: bool = False
+
+
+class SubstationAgent(Agent[SubstationState, SubstationEvent]):
+    agent_type = "substation"
+    TABLE = TABLE
+
+    def __init__(self, agent_id: str, attrs: SubstationAttributes, links: Links | None = None,
+                 feeders: tuple[FeederInfo, ...] = ()) -> None:
+        super().__init__(agent_id, links)
+        self.attrs = attrs
+        self.feeders = {f.line: f for f in feeders}
+
+    def initial_memory(self, now: float) -> SubstationMemory:
+        return SubstationMemory(state=TABLE.initial, since=now)
+
+    def memory_from_dict(self, data: dict[str, Any]) -> SubstationMemory:
+        return SubstationMemory.from_dict(data, SubstationState)
+
+    @property
+    def capacity_kva(self) -> float:
+        return self.attrs.rated_capacity * 1000.0
+
+    def forecast(self, m: SubstationMemory) -> tuple[float, float | None]:
+        """(trend kVA per hour, seconds until rated capacity is exceeded or None)."""
+        if len(m.load_history) < 2:
+            return 0.0, time_to_limit_s(m.load_percent, 0.0, 100.0)
+        times = [p[0] for p in m.load_history]
+        loads = [p[1] for p in m.load_history]
+        slope, fitted = linear_trend(times, loads)
+        return slope * 3600.0, time_to_limit_s(max(fitted, loads[-1]), slope, self.capacity_kva)
+
+    def shedding_plan(self, load_kva: float, feeder_loads_kw: Mapping[str, float]) -> list[dict[str, Any]]:
+        target = self.attrs.shed_target_percent / 100.0 * self.capacity_kva
+        excess = load_kva - target
+        if excess <= 0:
+            return []
+        priority = list(self.attrs.feeder_priority)
+        others = sorted((f for f in feeder_loads_kw if f not in priority), key=lambda f: -feeder_loads_kw[f])
+        order = list(reversed(priority)) if priority else []
+        order = others + order
+        plan: list[dict[str, Any]] = []
+        for feeder in order:
+            if excess <= 0:
+                break
+            kw = feeder_loads_kw.get(feeder, 0.0)
+            if kw <= 0:
+                continue
+            info = self.feeders.get(feeder)
+            plan.append({"feeder": feeder, "breaker": info.breaker if info else None, "load_kw": kw,
+                         "customers": info.customers if info else 0})
+            excess -= kw
+        return plan
+
+    def step(self, memory: SubstationMemory, inputs: SubstationInputs, now: float
+             ) -> tuple[SubstationMemory, list[Action]]:
+        m = copy.deepcopy(memory)
+        x = inputs
+        a = self.attrs
+        out: list[Action] = []
+        me = self.agent_id
+        if x.total_load_kw is not None:
+            m.load_kw = x.total_load_kw
+        elif x.feeder_loads_kw:
+            m.load_kw = sum(x.feeder_loads_kw.values())
+        if x.total_load_kvar is not None:
+            m.load_kvar = x.total_load_kvar
+        if x.bus_voltage_kv is not None:
+            m.bus_voltage_kv = x.bus_voltage_kv
+        load_kva = math.hypot(m.load_kw, m.load_kvar)
+        m.load_percent = 100.0 * load_kva / self.capacity_kva
+        spacing = a.forecast_window_s / 120.0
+        if not m.load_history or now - m.load_history[-1][0] >= spacing:
+            m.load_history = [p for p in m.load_history if now - p[0] <= a.forecast_window_s] + [[now, load_kva]]
+        trend, m.time_to_capacity_s = self.forecast(m)
+        m.trend_kw_per_h = trend
+
+        # feeder faults: respond once per fault
+        new_faults = [f for f in x.faulted_feeders if f not in m.handled_faults]
+        m.handled_faults = [f for f in m.handled_faults if f in x.faulted_feeders] + new_faults
+        for feeder in new_faults:
+            out += self._feeder_fault_response(feeder, now)
+
+        if m.maintenance:
+            event, cause = _E.MAINTENANCE_START, "maintenance mode requested"
+        elif m.load_percent > a.emergency_load_percent or x.overheated_transformers:
+            event, cause = _E.EMERGENCY, (f"load {m.load_percent:.0f} % of capacity" if m.load_percent > a.emergency_load_percent
+                                          else f"transformer(s) above critical temperature: {', '.join(x.overheated_transformers)}")
+        elif x.faulted_transformers:
+            event, cause = _E.TRANSFORMER_FAULT, f"transformer fault: {', '.join(x.faulted_transformers)}"
+        elif x.faulted_feeders:
+            event, cause = _E.FEEDER_FAULT, f"feeder fault: {', '.join(x.faulted_feeders)}"
+        elif m.load_percent >= a.high_load_percent:
+            event, cause = _E.HIGH_LOAD, f"load {m.load_percent:.0f} % of capacity"
+        elif x.regulating:
+            event, cause = _E.REGULATING, f"voltage regulation by {', '.join(x.regulating)}"
+        else:
+            event, cause = _E.ALL_NORMAL, f"load {m.load_percent:.0f} % of capacity"
+        if m.state is _S.MAINTENANCE_MODE and not m.maintenance:
+            self.fire(m, _E.MAINTENANCE_END, "maintenance mode ended", now, out)
+        self.fire(m, event, cause, now, out)
+
+        if m.state in (_S.HIGH_LOAD, _S.EMERGENCY_MODE) and not m.transfer_requested:
+            m.transfer_requested = True
+            m.shedding_plan = self.shedding_plan(load_kva, x.feeder_loads_kw)
+            severity = Severity.CRITICAL if m.state is _S.EMERGENCY_MODE else Severity.MAJOR
+            out.append(Alert(agent_id=me, severity=severity, time=now,
+                             message=f"Capacity constraint: load {m.load_percent:.0f} % of {a.rated_capacity:.0f} MVA"
+                                     + (f", capacity exceeded in {m.time_to_capacity_s / 60:.0f} min"
+                                        if m.time_to_capacity_s else "")))
+            out.append(BusMessage(source=me, topic=Topic.LOAD_CHANGES, kind="load_transfer_request",
+                                  payload={"substation": me, "load_percent": m.load_percent,
+                                           "time_to_capacity_s": m.time_to_capacity_s,
+                                           "load_shedding_plan": m.shedding_plan}))
+            out += [BusMessage(source=me, target=t, kind="optimize_taps", payload={"cvr": True})
+                    for t in self.links.transformers]
+        elif m.state not in (_S.HIGH_LOAD, _S.EMERGENCY_MODE) and m.load_percent < a.high_load_percent - 5.0:
+            m.transfer_requested = False
+            m.shedding_plan = []
+        return m, out
+
+    def _feeder_fault_response(self, feeder: str, now: float) -> list[Action]:
+        info = self.feeders.get(feeder, FeederInfo(feeder, None, 0))
+        plan = {"feeder": feeder, "isolate_with": info.breaker, "customers_affected": info.customers,
+                "reroute_options": list(info.transfer_options)}
+        return [
+            Alert(agent_id=self.agent_id, severity=Severity.CRITICAL, time=now,
+                  message=f"Feeder {feeder} fault: {info.customers} customers affected; "
+                          f"{len(info.transfer_options)} reroute option(s)"),
+            BusMessage(source=self.agent_id, topic=Topic.FAULT_ALERTS, kind="feeder_fault_response", payload=plan,
+                       urgent=True),
+        ]
+
+    def request(self, memory: SubstationMemory, request: str, args: dict[str, Any], now: float
+                ) -> tuple[SubstationMemory, list[Action]]:
+        m = copy.deepcopy(memory)
+        if request == "maintenance":
+            m.maintenance = bool(args.get("on", True))
+            return m, []
+        raise ValueError(f"substation {self.agent_id}: unknown request {request!r} (expected maintenance)")
+
+    def attributes(self, memory: Memory) -> dict[str, Any]:
+        m = memory
+        assert isinstance(m, SubstationMemory)
+        a = self.attrs
+        return {
+            "rated_capacity": a.rated_capacity, "current_load": m.load_kw / 1000.0, "load_percentage": m.load_percent,
+            "bus_voltage_kv": m.bus_voltage_kv, "load_trend_kw_per_h": m.trend_kw_per_h,
+            "time_to_capacity_s": m.time_to_capacity_s, "load_shedding_plan": m.shedding_plan,
+            "num_feeders": a.num_feeders or len(self.feeders), "feeder_agents": sorted(self.feeders),
+        }

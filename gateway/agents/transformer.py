@@ -1,0 +1,335 @@
+"""Transformer agent: load states, IEEE C57.91 thermal model and aging, tap-changer control.
+
+Thermal: the clause-7 exponential model runs on every step; a measured top-oil temperature,
+when good, replaces the modelled one. Aging accumulates F_AA·Δt (equivalent aging hours) and
+loss of life against a 180 000 h normal life. Above `capacity_notice_percent` the agent tells
+its substation (capacity constraint) and its neighbours (load-transfer request) once per
+crossing.
+
+Tap changer (ANSI 90 logic on the 120 V base): no action inside the band; outside it, wait
+`time_delay_s`, then move one tap, re-evaluate, and move again after `inter_tap_delay_s`.
+Line-drop compensation uses R/X volts at CT primary current. CVR lowers the regulated voltage
+by `cvr_reduction_percent` but never below `cvr_floor_v` plus half the band.
+"""
+
+from __future__ import annotations
+
+import copy
+import enum
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.agents.actions import Action, Alert, BusMessage, ControlRequest, Severity, Topic
+from gateway.agents.base import Agent, Links, Memory
+from gateway.agents.fsm import IGNORE, TransitionTable, row
+from gateway.agents.physics import (
+    COOLING_EXPONENTS,
+    DEFAULT_TOP_OIL_TAU_MIN,
+    ThermalState,
+    aging_acceleration_factor,
+    ldc_control_voltage_v,
+    loss_of_life_percent,
+    thermal_step,
+)
+from gateway.agents.schema import TransformerAttributes
+
+
+class TransformerState(enum.Enum):
+    NORMAL_OPERATION = "Normal_Operation"
+    HIGH_LOAD = "High_Load"
+    OVERLOADED = "Overloaded"
+    OVERHEATING = "Overheating"
+    VOLTAGE_REGULATION = "Voltage_Regulation"
+    FAULTED = "Faulted"
+    OFFLINE = "Offline"
+
+
+class TransformerEvent(enum.Enum):
+    LOAD_NORMAL = enum.auto()
+    LOAD_HIGH = enum.auto()
+    LOAD_OVER = enum.auto()
+    TEMPERATURE_HIGH = enum.auto()
+    TEMPERATURE_NORMAL = enum.auto()
+    TAP_CHANGE_STARTED = enum.auto()
+    VOLTAGE_IN_BAND = enum.auto()
+    INTERNAL_FAULT = enum.auto()
+    TAKEN_OFFLINE = enum.auto()
+    RETURNED_TO_SERVICE = enum.auto()
+
+
+_S, _E = TransformerState, TransformerEvent
+_ALWAYS = dict(TEMPERATURE_HIGH=_S.OVERHEATING, INTERNAL_FAULT=_S.FAULTED, TAKEN_OFFLINE=_S.OFFLINE)
+
+TABLE: TransitionTable[TransformerState, TransformerEvent] = TransitionTable(
+    TransformerState, TransformerEvent, initial=_S.NORMAL_OPERATION,
+    rows={
+        _S.NORMAL_OPERATION: row(IGNORE, _E, **_ALWAYS, LOAD_HIGH=_S.HIGH_LOAD, LOAD_OVER=_S.OVERLOADED,
+                                 TAP_CHANGE_STARTED=_S.VOLTAGE_REGULATION),
+        _S.HIGH_LOAD: row(IGNORE, _E, **_ALWAYS, LOAD_NORMAL=_S.NORMAL_OPERATION, LOAD_OVER=_S.OVERLOADED),
+        _S.OVERLOADED: row(IGNORE, _E, **_ALWAYS, LOAD_NORMAL=_S.NORMAL_OPERATION, LOAD_HIGH=_S.HIGH_LOAD),
+        _S.OVERHEATING: row(IGNORE, _E, INTERNAL_FAULT=_S.FAULTED, TAKEN_OFFLINE=_S.OFFLINE,
+                            TEMPERATURE_NORMAL=_S.NORMAL_OPERATION),
+        _S.VOLTAGE_REGULATION: row(IGNORE, _E, **_ALWAYS, LOAD_HIGH=_S.HIGH_LOAD, LOAD_OVER=_S.OVERLOADED,
+                                   VOLTAGE_IN_BAND=_S.NORMAL_OPERATION),
+        _S.FAULTED: row(IGNORE, _E, RETURNED_TO_SERVICE=_S.NORMAL_OPERATION),
+        _S.OFFLINE: row(IGNORE, _E, RETURNED_TO_SERVICE=_S.NORMAL_OPERATION, INTERNAL_FAULT=_S.FAULTED),
+    },
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransformerInputs:
+    load_kw: float | None = None
+    load_kvar: float | None = None
+    top_oil_temp_c: float | None = None
+    ambient_temp_c: float | None = None
+    secondary_voltage_v: float | None = None
+    current_a: float | None = None
+    tap_position: float | None = None
+    energized: bool | None = None
+    """False when the feeding line is dead (from topology); None when unknown."""
+
+
+@dataclass
+class TransformerMemory(Memory):
+    last_time: float | None = None
+    load_percent: float = 0.0
+    load_kw: float = 0.0
+    load_kvar: float = 0.0
+    ambient_c: float = 30.0
+    top_oil_rise_c: float = 0.0
+    hot_spot_rise_c: float = 0.0
+    top_oil_c: float = 30.0
+    hot_spot_c: float = 30.0
+    aging_factor: float = 0.0
+    equivalent_aging_h: float = 0.0
+    modelled_h: float = 0.0
+    loss_of_life_percent: float = 0.0
+    tap_position: int = 0
+    tap_operations: int = 0
+    out_of_band_since: float | None = None
+    last_tap_time: float | None = None
+    control_voltage_v: float | None = None
+    capacity_notice_sent: bool = False
+    critical_alerted: bool = False
+    tap_limit_alerted: bool = False
+    cvr_active: bool = False
+    maintenance: bool = False
+    fault: bool = False
+
+
+class TransformerAgent(Agent[TransformerState, TransformerEvent]):
+    agent_type = "transformer"
+    TABLE = TABLE
+
+    def __init__(self, agent_id: str, attrs: TransformerAttributes, links: Links | None = None) -> None:
+        super().__init__(agent_id, links)
+        self.attrs = attrs
+        self.m_exp, self.n_exp = COOLING_EXPONENTS[attrs.cooling_type]
+        tau_min = attrs.top_oil_time_constant_min or DEFAULT_TOP_OIL_TAU_MIN[attrs.cooling_type]
+        self.top_oil_tau_s = tau_min * 60.0
+        self.winding_tau_s = attrs.winding_time_constant_min * 60.0
+        self.rated_current_a = attrs.rated_capacity * 1000.0 / (math.sqrt(3.0) * attrs.secondary_voltage)
+        self.ct_primary_a = attrs.ct_primary_a or self.rated_current_a
+        self.tap_step_v = attrs.tap_step_percent / 100.0 * 120.0
+
+    def initial_memory(self, now: float) -> TransformerMemory:
+        return TransformerMemory(state=TABLE.initial, since=now, tap_position=self.attrs.tap_position,
+                                 cvr_active=self.attrs.cvr_enabled)
+
+    def memory_from_dict(self, data: dict[str, Any]) -> TransformerMemory:
+        return TransformerMemory.from_dict(data, TransformerState)
+
+    # ------------------------------------------------------------------ pieces
+
+    def regulated_voltage_v(self, m: TransformerMemory) -> float:
+        a = self.attrs
+        if not m.cvr_active:
+            return a.voltage_setpoint_v
+        return max(a.voltage_setpoint_v * (1.0 - a.cvr_reduction_percent / 100.0), a.cvr_floor_v + a.bandwidth_v / 2.0)
+
+    def _thermal(self, m: TransformerMemory, x: TransformerInputs, dt: float) -> None:
+        a = self.attrs
+        if x.ambient_temp_c is not None:
+            m.ambient_c = x.ambient_temp_c
+        k = m.load_percent / 100.0
+        if dt > 0:
+            st = thermal_step(ThermalState(m.top_oil_rise_c, m.hot_spot_rise_c), k, dt,
+                              rated_top_oil_rise_c=a.rated_top_oil_rise_c, rated_hot_spot_rise_c=a.rated_hot_spot_rise_c,
+                              loss_ratio=a.loss_ratio, n=self.n_exp, m=self.m_exp,
+                              rated_top_oil_tau_s=self.top_oil_tau_s, winding_tau_s=self.winding_tau_s)
+            m.top_oil_rise_c, m.hot_spot_rise_c = st.top_oil_rise_c, st.hot_spot_rise_c
+        if x.top_oil_temp_c is not None:
+            m.top_oil_rise_c = x.top_oil_temp_c - m.ambient_c
+        m.top_oil_c = m.ambient_c + m.top_oil_rise_c
+        m.hot_spot_c = m.top_oil_c + m.hot_spot_rise_c
+        m.aging_factor = aging_acceleration_factor(m.hot_spot_c)
+        if dt > 0:
+            m.equivalent_aging_h += m.aging_factor * dt / 3600.0
+            m.modelled_h += dt / 3600.0
+        m.loss_of_life_percent = loss_of_life_percent(m.equivalent_aging_h, a.normal_insulation_life_h)
+
+    def _regulate(self, m: TransformerMemory, x: TransformerInputs, now: float, out: list[Action]) -> bool:
+        """One pass of the tap-changer control; True while a tap change is under way."""
+        a = self.attrs
+        if not a.regulation_enabled or x.secondary_voltage_v is None or x.secondary_voltage_v <= 0:
+            m.out_of_band_since = None
+            return False
+        v120 = x.secondary_voltage_v / a.secondary_voltage * 120.0  # line-to-line volts onto the 120 V base
+        current = x.current_a if x.current_a is not None else m.load_percent / 100.0 * self.rated_current_a
+        s = math.hypot(m.load_kw, m.load_kvar)
+        pf = m.load_kw / s if s > 0 else 1.0
+        v_ctrl = ldc_control_voltage_v(v120, current, abs(pf), self.ct_primary_a, a.ldc_r_v, a.ldc_x_v,
+                                       lagging=m.load_kvar >= 0)
+        m.control_voltage_v = v_ctrl
+        deviation = self.regulated_voltage_v(m) - v_ctrl
+        if abs(deviation) <= a.bandwidth_v / 2.0:
+            m.out_of_band_since = None
+            m.tap_limit_alerted = False
+            return False
+        if m.out_of_band_since is None:
+            m.out_of_band_since = now
+        if now - m.out_of_band_since < a.time_delay_s:
+            return m.state is _S.VOLTAGE_REGULATION
+        if m.last_tap_time is not None and now - m.last_tap_time < a.inter_tap_delay_s:
+            return True
+        direction = 1 if deviation > 0 else -1
+        target = max(a.tap_min, min(a.tap_max, m.tap_position + direction))
+        if target == m.tap_position:
+            if not m.tap_limit_alerted:
+                m.tap_limit_alerted = True
+                out.append(Alert(agent_id=self.agent_id, severity=Severity.WARNING, time=now,
+                                 message=f"tap limit {target} reached; control voltage {v_ctrl:.1f} V still out of band"))
+                out.append(BusMessage(source=self.agent_id, topic=Topic.VOLTAGE_EVENTS, kind="tap_limit",
+                                      payload={"transformer": self.agent_id, "control_voltage_v": v_ctrl}))
+            return False
+        m.tap_position = target
+        m.last_tap_time = now
+        m.tap_operations += 1
+        out.append(ControlRequest(agent_id=self.agent_id, point_name="tap_setpoint", value=float(target),
+                                  reason=f"control voltage {v_ctrl:.2f} V, regulating to {self.regulated_voltage_v(m):.2f} V"))
+        return True
+
+    # ------------------------------------------------------------------ step
+
+    def step(self, memory: TransformerMemory, inputs: TransformerInputs, now: float
+             ) -> tuple[TransformerMemory, list[Action]]:
+        m = copy.deepcopy(memory)
+        x = inputs
+        a = self.attrs
+        out: list[Action] = []
+        dt = 0.0 if m.last_time is None else min(max(0.0, now - m.last_time), 3600.0)
+        m.last_time = now
+        if x.load_kw is not None:
+            m.load_kw = x.load_kw
+        if x.load_kvar is not None:
+            m.load_kvar = x.load_kvar
+        if x.load_kw is not None or x.load_kvar is not None:
+            m.load_percent = 100.0 * math.hypot(m.load_kw, m.load_kvar) / a.rated_capacity
+        elif x.current_a is not None:
+            m.load_percent = 100.0 * x.current_a / self.rated_current_a
+        if x.tap_position is not None:
+            m.tap_position = int(round(x.tap_position))
+        self._thermal(m, x, dt)
+
+        dead = x.energized is False
+        if m.fault:
+            self.fire(m, _E.INTERNAL_FAULT, "internal fault reported", now, out)
+        elif m.maintenance or dead:
+            if self.fire(m, _E.TAKEN_OFFLINE, "maintenance" if m.maintenance else "de-energized", now, out):
+                m.out_of_band_since = None
+        elif m.state in (_S.OFFLINE, _S.FAULTED):
+            self.fire(m, _E.RETURNED_TO_SERVICE, "back in service", now, out)
+        if m.state in (_S.OFFLINE, _S.FAULTED):
+            return m, out
+
+        hot = m.hot_spot_c > a.hot_spot_alarm_c or m.top_oil_c > a.top_oil_alarm_c
+        cool = m.hot_spot_c < a.hot_spot_alarm_c - 5.0 and m.top_oil_c < a.top_oil_alarm_c - 5.0
+        if hot:
+            if self.fire(m, _E.TEMPERATURE_HIGH, f"hot spot {m.hot_spot_c:.1f} °C, top oil {m.top_oil_c:.1f} °C", now, out):
+                out.append(Alert(agent_id=self.agent_id, severity=Severity.MAJOR, time=now,
+                                 message=f"Transformer overheating: hot spot {m.hot_spot_c:.1f} °C"))
+        elif cool and m.state is _S.OVERHEATING:
+            self.fire(m, _E.TEMPERATURE_NORMAL, f"hot spot {m.hot_spot_c:.1f} °C", now, out)
+        self._critical(m, now, out)
+
+        regulating = self._regulate(m, x, now, out)
+        if m.state is not _S.OVERHEATING:
+            pct = m.load_percent
+            if pct > 100.0:
+                self.fire(m, _E.LOAD_OVER, f"load {pct:.0f} % of rating", now, out)
+            elif pct >= a.high_load_percent:
+                self.fire(m, _E.LOAD_HIGH, f"load {pct:.0f} % of rating", now, out)
+            elif m.state in (_S.HIGH_LOAD, _S.OVERLOADED):
+                self.fire(m, _E.LOAD_NORMAL, f"load {pct:.0f} % of rating", now, out)
+            if regulating and m.state is _S.NORMAL_OPERATION:
+                self.fire(m, _E.TAP_CHANGE_STARTED, f"control voltage {m.control_voltage_v:.1f} V out of band", now, out)
+            elif not regulating and m.state is _S.VOLTAGE_REGULATION:
+                self.fire(m, _E.VOLTAGE_IN_BAND, f"control voltage {m.control_voltage_v or 0:.1f} V in band", now, out)
+        self._capacity_notice(m, now, out)
+        return m, out
+
+    def _critical(self, m: TransformerMemory, now: float, out: list[Action]) -> None:
+        a = self.attrs
+        if m.hot_spot_c > a.hot_spot_critical_c and not m.critical_alerted:
+            m.critical_alerted = True
+            out.append(Alert(agent_id=self.agent_id, severity=Severity.CRITICAL, time=now,
+                             message=f"hot spot {m.hot_spot_c:.1f} °C above critical {a.hot_spot_critical_c:.0f} °C: "
+                                     "load reduction needed, maintenance team notified"))
+            if self.links.substation:
+                out.append(BusMessage(source=self.agent_id, target=self.links.substation, kind="emergency_load_reduction",
+                                      payload={"transformer": self.agent_id, "hot_spot_c": m.hot_spot_c}, urgent=True))
+            out.append(BusMessage(source=self.agent_id, topic=Topic.MAINTENANCE_SCHEDULED, kind="maintenance_request",
+                                  payload={"transformer": self.agent_id, "reason": "hot spot above critical",
+                                           "hot_spot_c": m.hot_spot_c, "loss_of_life_percent": m.loss_of_life_percent}))
+        elif m.hot_spot_c < a.hot_spot_alarm_c:
+            m.critical_alerted = False
+
+    def _capacity_notice(self, m: TransformerMemory, now: float, out: list[Action]) -> None:
+        a = self.attrs
+        if m.load_percent > a.capacity_notice_percent and not m.capacity_notice_sent:
+            m.capacity_notice_sent = True
+            payload = {"transformer": self.agent_id, "load_percent": m.load_percent,
+                       "available_kva": max(0.0, a.rated_capacity * (1 - m.load_percent / 100.0))}
+            if self.links.substation:
+                out.append(BusMessage(source=self.agent_id, target=self.links.substation, kind="capacity_constraint",
+                                      payload=payload))
+            out += [BusMessage(source=self.agent_id, target=t, kind="load_transfer_request", payload=payload)
+                    for t in self.links.adjacent_transformers]
+            out.append(BusMessage(source=self.agent_id, topic=Topic.LOAD_CHANGES, kind="capacity_constraint",
+                                  payload=payload))
+        elif m.load_percent < a.capacity_notice_percent - 5.0:
+            m.capacity_notice_sent = False
+
+    # ------------------------------------------------------------------ requests
+
+    def request(self, memory: TransformerMemory, request: str, args: dict[str, Any], now: float
+                ) -> tuple[TransformerMemory, list[Action]]:
+        m = copy.deepcopy(memory)
+        if request == "maintenance":
+            m.maintenance = bool(args.get("on", True))
+        elif request == "cvr":
+            m.cvr_active = bool(args.get("on", True))
+        elif request == "fault":
+            m.fault = True
+        elif request == "return_to_service":
+            m.fault = False
+            m.maintenance = False
+        else:
+            raise ValueError(f"transformer {self.agent_id}: unknown request {request!r} "
+                             "(expected maintenance, cvr, fault, return_to_service)")
+        return m, []
+
+    def attributes(self, memory: Memory) -> dict[str, Any]:
+        m = memory
+        assert isinstance(m, TransformerMemory)
+        a = self.attrs
+        return {
+            "rated_capacity": a.rated_capacity, "current_load": m.load_kw, "load_percentage": m.load_percent,
+            "temperature": m.top_oil_c, "top_oil_temp_c": m.top_oil_c, "hot_spot_temperature_c": m.hot_spot_c,
+            "aging_acceleration_factor": m.aging_factor, "equivalent_aging_h": m.equivalent_aging_h,
+            "loss_of_life_percent": m.loss_of_life_percent, "tap_position": m.tap_position,
+            "tap_operations": m.tap_operations, "control_voltage_v": m.control_voltage_v,
+            "regulated_voltage_v": self.regulated_voltage_v(m), "cvr_active": m.cvr_active,
+        }
