@@ -31,8 +31,10 @@ It exits on stdin EOF or SIGTERM. Logs go to stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import re
 import signal
 import sys
@@ -252,6 +254,11 @@ class BayServer:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self, host: str, port: int) -> None:
+        # Nothing measured yet: every point starts invalid until its first value arrives.
+        now_ms = int(time.time() * 1000)
+        for binding in self.model.bindings.values():
+            c.lib.IedServer_updateQuality(self.server, binding.q_attr, c.QUALITY_VALIDITY_INVALID)
+            c.lib.IedServer_updateUTCTimeAttributeValue(self.server, binding.t_attr, now_ms)
         c.lib.IedServer_setLocalIpAddress(self.server, host.encode())
         c.lib.IedServer_start(self.server, port)
         if not c.lib.IedServer_isRunning(self.server):
@@ -405,6 +412,85 @@ class BayServer:
                 control.blocked, control.reason = blocked, reason
         log.info("interlock %s on %s%s", "set" if blocked else "cleared",
                  ", ".join(t.point.id for t in targets), f": {reason}" if reason else "")
+
+
+# --------------------------------------------------------------------------- parent side
+
+
+class BayServerProcess:
+    """The parent's handle on a server process: feed values and interlocks, collect commands.
+
+    Used by tests and benchmarks; `hil.runtime` may use it or speak the same protocol itself.
+    """
+
+    def __init__(self, config: str, ied: str, port: int, host: str = "127.0.0.1",
+                 log_path: str | None = None, python: str = sys.executable) -> None:
+        import queue
+        import subprocess
+
+        self.host, self.port = host, port
+        self.commands: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._log_file = open(log_path or os.devnull, "ab")  # noqa: SIM115 - closed in close()
+        self.proc = subprocess.Popen(
+            [python, "-m", "hil.iec61850_server", "--config", str(config), "--ied", ied,
+             "--port", str(port), "--host", host],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log_file,
+            text=True, bufsize=1,
+        )
+        self._reader = threading.Thread(target=self._read_stdout, name=f"bay-{ied}-stdout", daemon=True)
+        self._reader.start()
+
+    def _read_stdout(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with contextlib.suppress(json.JSONDecodeError):
+                message = json.loads(line)
+                if isinstance(message, dict) and "command" in message:
+                    self.commands.put(message["command"])
+
+    def wait_listening(self, timeout_s: float = 10.0) -> None:
+        """Block until the server accepts TCP connections (or fail after `timeout_s`)."""
+        import socket
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"IEC 61850 server exited with status {self.proc.returncode}")
+            with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), timeout=0.2):
+                return
+            time.sleep(0.02)
+        raise TimeoutError(f"IEC 61850 server not listening on {self.host}:{self.port} after {timeout_s} s")
+
+    def send(self, message: dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(message, separators=(",", ":")) + "\n")
+        self.proc.stdin.flush()
+
+    def set_values(self, values: dict[str, float | int | bool | None]) -> None:
+        self.send({"values": values})
+
+    def interlock(self, point_id: str, blocked: bool, reason: str = "") -> None:
+        self.send({"interlock": {"point_id": point_id, "blocked": blocked, "reason": reason}})
+
+    def kill(self) -> None:
+        """Die like a crashed IED: no goodbye on the wire."""
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+        self._log_file.close()
+
+    def close(self, timeout_s: float = 10.0) -> int:
+        """Stop by closing stdin (the normal way); SIGKILL if it does not go in time."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(OSError, ValueError):
+                assert self.proc.stdin is not None
+                self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except Exception:
+                self.proc.kill()
+                self.proc.wait(timeout=timeout_s)
+        self._log_file.close()
+        return self.proc.returncode
 
 
 class _Terminate(Exception):

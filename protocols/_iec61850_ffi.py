@@ -161,6 +161,7 @@ ControlObjectClient ControlObjectClient_create(const char* objectReference, IedC
 void ControlObjectClient_destroy(ControlObjectClient self);
 int ControlObjectClient_getControlModel(ControlObjectClient self);
 void ControlObjectClient_setOrigin(ControlObjectClient self, const char* orIdent, int orCat);
+bool ControlObjectClient_select(ControlObjectClient self);
 bool ControlObjectClient_selectWithValue(ControlObjectClient self, MmsValue* ctlVal);
 bool ControlObjectClient_operate(ControlObjectClient self, MmsValue* ctlVal, uint64_t operTime);
 int ControlObjectClient_getLastError(ControlObjectClient self);
