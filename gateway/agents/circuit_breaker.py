@@ -161,6 +161,7 @@ class CircuitBreakerAgent(Agent[BreakerState, BreakerEvent]):
             if self.fire(m, _E.PROTECTION_TRIP, f"{element} trip, phase {phase}, {current_a:.0f} A", now, out):
                 m.trip_count += 1
                 m.operations += 1
+                m.closed = False  # the trip opens it; the next 'closed' feedback is a real close
                 m.last_trip_time = now
                 m.last_fault_current_a = current_a
                 m.trip_reason = "ground_fault" if element.upper().endswith("N") or phase.upper() in ("N", "G") else "overcurrent"

@@ -1,0 +1,81 @@
+"""Every agent type's transition table: one initial state, all states reachable, every pair decided."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.agents import capacitor_bank, circuit_breaker, power_line, renewable, smart_meter, substation, transformer
+from gateway.agents.fsm import IGNORE, IllegalTransition, TransitionTable
+from gateway.agents.schema import AGENT_ATTRIBUTE_MODELS, AgentType
+
+TABLES = {
+    "power_line": power_line.TABLE,
+    "transformer": transformer.TABLE,
+    "smart_meter": smart_meter.TABLE,
+    "circuit_breaker": circuit_breaker.TABLE,
+    "substation": substation.TABLE,
+    "capacitor_bank": capacitor_bank.TABLE,
+    "renewable_energy": renewable.TABLE,
+}
+
+USE_CASE_STATES = {
+    "power_line": {"Operational", "Loaded", "Overloaded", "Faulted", "De-energized", "Emergency"},
+    "transformer": {"Normal_Operation", "High_Load", "Overloaded", "Overheating", "Voltage_Regulation", "Faulted",
+                    "Offline"},
+    "smart_meter": {"Active", "High_Consumption", "Low_Voltage", "Power_Quality_Issue", "Outage", "Tampered",
+                    "Communication_Loss"},
+    "circuit_breaker": {"Closed_Normal", "Closed_High_Current", "Tripped", "Open_Manual", "Reclosing", "Locked_Out",
+                        "Maintenance"},
+    "substation": {"Normal_Operation", "High_Load", "Voltage_Regulation_Active", "Feeder_Fault", "Transformer_Fault",
+                   "Emergency_Mode", "Maintenance_Mode"},
+    "capacitor_bank": {"All_Steps_Off", "Partial_Energization", "Fully_Energized", "Switching", "Locked_Out",
+                       "Maintenance"},
+    "renewable_energy": {"Generating", "Standby", "Curtailed", "Islanded", "Faulted", "Offline", "Maintenance"},
+}
+
+
+def test_every_agent_type_has_a_table_and_an_attribute_model() -> None:
+    assert set(TABLES) == {t.value for t in AgentType}
+    assert set(AGENT_ATTRIBUTE_MODELS) == set(AgentType)
+
+
+@pytest.mark.parametrize("agent_type", sorted(TABLES))
+def test_transition_table(agent_type: str) -> None:
+    table: TransitionTable = TABLES[agent_type]  # type: ignore[type-arg]
+    # exactly the use case's state names
+    assert {s.value for s in table.states} == USE_CASE_STATES[agent_type]
+    # a single initial state, itself a state of the machine
+    assert isinstance(table.initial, table.states)
+    # no unreachable state
+    assert table.reachable() == set(table.states), f"unreachable: {set(table.states) - table.reachable()}"
+    # every (state, event) pair mapped or explicitly ignored, and nothing else in the rows
+    assert table.missing_pairs() == []
+    assert set(table.rows) == set(table.states)
+    for state, row in table.rows.items():
+        assert set(row) == set(table.events)
+        for target in row.values():
+            assert target is IGNORE or isinstance(target, table.states)
+    # every state can be left (no trap) and `next` agrees with the rows
+    for state in table.states:
+        assert any(t is not IGNORE and t is not state for t in table.rows[state].values()), f"{state} is a trap"
+        for event in table.events:
+            expected = table.rows[state][event]
+            assert table.next(state, event) is (state if expected is IGNORE else expected)
+    assert table.to_dot().startswith("digraph")
+
+
+def test_a_missing_pair_is_an_illegal_transition() -> None:
+    import enum
+
+    class S(enum.Enum):
+        A = "A"
+        B = "B"
+
+    class E(enum.Enum):
+        GO = 1
+        STOP = 2
+
+    table = TransitionTable(S, E, initial=S.A, rows={S.A: {E.GO: S.B}, S.B: {E.GO: IGNORE, E.STOP: S.A}})
+    assert table.missing_pairs() == [(S.A, E.STOP)]
+    with pytest.raises(IllegalTransition, match="STOP"):
+        table.next(S.A, E.STOP)
