@@ -66,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     fault = kinds.add_parser("fault", parents=[common], help="a short circuit on a line")
     fault.add_argument("line")
     fault.add_argument("--distance", required=True, help="from the line's breaker, e.g. 2300m or 2.3km")
-    fault.add_argument("--type", default="3ph", help="3ph, 2ph, 2ph-g or 1ph (default 3ph)")
+    fault.add_argument("--type", default="3ph", help="3ph, ll (2ph), llg (2ph-g) or slg (1ph) (default 3ph)")
     fault.add_argument("--transient", action="store_true", help="clears by itself once the line is dead")
     fault.add_argument("--impedance", default="0", help="fault impedance in ohms (default 0)")
     commloss = kinds.add_parser("commloss", parents=[common], help="an IED stops answering for a while")

@@ -40,13 +40,13 @@ from hil.modbus_servers import ModbusEndpoint, group_endpoints, wait_listening
 
 log = logging.getLogger(__name__)
 
-FAULT_KINDS = ("3ph", "2ph", "2ph-g", "1ph")
-"""Fault types accepted by `inject_fault`: three-phase, phase-phase, phase-phase-ground, phase-ground."""
+FAULT_KINDS = ("3ph", "ll", "llg", "slg")
+"""Fault types accepted by `inject_fault`: three-phase, line-line, line-line-ground, single line-ground."""
 FAULT_KIND_ALIASES = {
     "3ph": "3ph", "3p": "3ph", "abc": "3ph", "three_phase": "3ph",
-    "2ph": "2ph", "ll": "2ph", "ph-ph": "2ph", "phase_phase": "2ph",
-    "2ph-g": "2ph-g", "llg": "2ph-g", "2phg": "2ph-g",
-    "1ph": "1ph", "slg": "1ph", "lg": "1ph", "ph-g": "1ph", "phase_ground": "1ph",
+    "ll": "ll", "2ph": "ll", "ph-ph": "ll", "line_line": "ll", "phase_phase": "ll",
+    "llg": "llg", "2ph-g": "llg", "2phg": "llg",
+    "slg": "slg", "1ph": "slg", "lg": "slg", "ph-g": "slg", "phase_ground": "slg",
 }
 
 
@@ -486,7 +486,8 @@ class HilRuntime:
             raise InjectionError(f"distance {distance:g} m is beyond the end of {line_id} ({length_m:g} m long)")
         canonical = FAULT_KIND_ALIASES.get(str(kind).lower())
         if canonical is None:
-            raise InjectionError(f"unknown fault type {kind!r}; expected one of {', '.join(FAULT_KINDS)}")
+            raise InjectionError(f"unknown fault type {kind!r}; expected one of {', '.join(FAULT_KINDS)} "
+                                 "(or 2ph, 2ph-g, 1ph)")
         impedance = self._finite("impedance_ohm", impedance_ohm, low=0.0)
         now_s = self.clock.monotonic()
         result = self._model_call(f"fault on {line_id}", lambda: self.model.inject_fault(

@@ -233,7 +233,7 @@ def test_injections_validate_their_input(tmp_path: Path) -> None:
     async def scenario() -> None:
         result = runtime.inject_fault("LINE-045", 2300, "3ph", transient=True)
         assert result["kind"] == "3ph" and model.active_faults[-1]["distance_m"] == 2300
-        assert runtime.inject_fault("LINE-044", 10, "slg")["kind"] == "1ph"
+        assert runtime.inject_fault("LINE-044", 10, "1ph")["kind"] == "slg"
         bad = [
             (lambda: runtime.inject_fault("LINE-999", 100), "unknown power_line 'LINE-999'"),
             (lambda: runtime.inject_fault("XFMR-101", 100), "unknown power_line"),
