@@ -14,6 +14,7 @@ from typing import Any
 
 from gateway.agents.actions import Alert, BusMessage, ControlRequest, StateChange
 from gateway.agents.runtime import AgentRuntime
+from gateway.agents.smart_meter import BulkStateChange
 from gateway.config import SiteConfig
 from gateway.points import Point, PointUpdate, ProcessImage
 from gateway.storage import Store
@@ -81,7 +82,7 @@ class AgentHost:
         self.runtime.ingest_meter_batch(meter_ids, columns, self._monotonic())
 
     def tick(self) -> None:
-        self.carry_out(self.runtime.tick(self._monotonic()))
+        self.carry_out(self.runtime.tick(self._monotonic(), self._wall()))
 
     def request(self, agent_id: str, request: str, **args: Any) -> list[dict[str, Any]]:
         actions = self.runtime.request(agent_id, request, self._monotonic(), **args)
@@ -105,6 +106,15 @@ class AgentHost:
                 self._publish(f"state/{action.agent_id}", {"time": self._wall(), "agent": action.agent_id, **record},
                               retain=True)
                 log.info("agent state", extra={"agent": action.agent_id, **record})
+            elif isinstance(action, BulkStateChange):
+                changed = True
+                record = {"agent_type": action.agent_type, "old": action.old, "new": action.new,
+                          "cause": action.cause, "count": len(action.meter_ids)}
+                self._store.append_event(self._wall(), action.group_id, "state",
+                                         {**record, "meters": list(action.meter_ids)})
+                self._publish("events", {"time": self._wall(), "source": action.group_id, "kind": "meters.state",
+                                         **record, "meters": list(action.meter_ids[:1000])})
+                log.info("meter states", extra={"group": action.group_id, **record})
             elif isinstance(action, Alert):
                 record = {"severity": _name(action.severity), "message": action.message}
                 self._store.append_event(self._wall(), action.agent_id, "alert", record)

@@ -85,16 +85,17 @@ class Gateway:
                 for p in self.image.points.values()
             ]
         )
+        self.uplink.on_birth(self.telemetry.request_integrity)
         self.image.subscribe_all(self._on_point_for_uplink)
 
     def _build_protection(self) -> None:
-        from gateway.protection.bridge import ProtectionBridge
-        from gateway.protection.engine import ProtectionEngine
-
-        self.protection: ProtectionBridge | None = None
+        self.protection: Any = None
         self._protected_breakers = {s.breaker for s in self.site.protection}
         if not self.site.protection:
             return
+        from gateway.protection.bridge import ProtectionBridge
+        from gateway.protection.engine import ProtectionEngine
+
         require = self.site.site.require_native_protection
         engine = ProtectionEngine(self.site.protection, backend="native" if require else "auto")
         if engine.backend_name != "native":
@@ -180,8 +181,9 @@ class Gateway:
         window = max(self.site.uplink.batch_window_ms / 1000.0, 0.001)
         while True:
             await asyncio.sleep(window)
-            for suffix, payload in self.telemetry.flush(self.clock.monotonic(), self.clock.wall()):
-                self.uplink.publish(suffix, payload)
+            messages = self.telemetry.flush(self.clock.monotonic(), self.clock.wall())
+            if messages:
+                self.uplink.publish_many(messages)
 
     async def stop(self, deadline_s: float = SHUTDOWN_DEADLINE_S) -> None:
         """Stop polling, let the uplink drain within the deadline, then cancel what is left."""
@@ -195,8 +197,7 @@ class Gateway:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(adapter.close(), max(end - time.monotonic(), 0.1))
         with contextlib.suppress(Exception):
-            for suffix, payload in self.telemetry.flush(self.clock.monotonic() + 3600, self.clock.wall()):
-                self.uplink.publish(suffix, payload)
+            self.uplink.publish_many(self.telemetry.flush(self.clock.monotonic(), self.clock.wall()))
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.uplink.close(), max(end - time.monotonic(), 0.1))
         for task in self._tasks:
@@ -386,9 +387,11 @@ class Server:
         return status
 
     def _op_reliability(self, since: float | None = None, until: float | None = None) -> dict[str, Any]:
-        now = self.clock.wall()
-        return self._gw().agents.runtime.reliability(since if since is not None else now - 86400.0,
-                                                     until if until is not None else now)
+        """IEEE 1366 indices for a wall-clock period (default: since the daemon started)."""
+        offset = self.clock.wall() - self.clock.monotonic()
+        result = self._gw().agents.runtime.reliability(
+            None if since is None else since - offset, None if until is None else until - offset)
+        return result
 
     def _op_events(self, since: float = 0.0, source: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
         return self.store.events(since=since, source=source, limit=min(int(limit), 10_000))
