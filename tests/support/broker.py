@@ -266,6 +266,18 @@ class Subscriber:
                 self._cond.wait(min(remaining, 0.5))
         return True
 
+    async def until(self, predicate: Any, timeout_s: float = 30.0) -> bool:
+        """`wait_for` for code running in an event loop (which must stay free meanwhile)."""
+        import asyncio
+
+        for _ in range(int(timeout_s / 0.01) + 1):
+            with self._cond:
+                if predicate(self.messages):
+                    return True
+            await asyncio.sleep(0.01)
+        with self._cond:
+            return bool(predicate(self.messages))
+
     def on(self, topic_end: str) -> list[Any]:
         """Payloads of the messages whose topic ends with `/topic_end`, in arrival order."""
         with self._cond:

@@ -1,0 +1,366 @@
+"""The MQTT uplink against a real mosquitto: birth/death, telemetry, TLS, outages, commands, bounds."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import paho.mqtt.client as mqtt
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.clock import SystemClock
+from gateway.config import SiteIdentity, UplinkConfig
+from gateway.points import GOOD, Point, PointKind
+from gateway.storage import Store
+from gateway.telemetry import PointSpec, Telemetry
+from protocols.mqtt import MqttUplink, envelope
+from tests.support.broker import Broker, free_port, make_tls_files, run_mosquitto, subscriber
+
+SITE = SiteIdentity(region="test-region", substation_id="SUB-T")
+BASE = "stima/test-region/SUB-T"
+TEST_TIMEOUT_S = 60.0
+
+
+def run(coro_fn: Callable[[], Awaitable[Any]]) -> Any:
+    async def bounded() -> Any:
+        return await asyncio.wait_for(coro_fn(), TEST_TIMEOUT_S)
+
+    return asyncio.run(bounded())
+
+
+async def until(predicate: Callable[[], bool], timeout_s: float = 20.0) -> bool:
+    """Wait (bounded) for a condition changed by the uplink or the broker."""
+    for _ in range(int(timeout_s / 0.01)):
+        if predicate():
+            return True
+        await asyncio.sleep(0.01)
+    return predicate()
+
+
+def uplink_config(broker: Broker | None, port: int | None = None, **overrides: Any) -> UplinkConfig:
+    port = port or (broker.port if broker else free_port())
+    fields: dict[str, Any] = {"broker_host": "127.0.0.1", "broker_port": port}
+    if broker is not None and broker.tls is not None:
+        # relative paths, resolved against base_dir as the site file's are
+        fields |= {"transport": "tls", "ca_file": "tls/ca.crt", "cert_file": "tls/client.crt",
+                   "key_file": "tls/client.key"}
+    else:
+        fields["transport"] = "tcp"
+    return UplinkConfig(**(fields | overrides))
+
+
+def make_uplink(tmp_path: Path, cfg: UplinkConfig, store: Store | None = None) -> MqttUplink:
+    return MqttUplink(cfg, SITE, store or Store(tmp_path / "state.db"), SystemClock(),
+                      logging.getLogger("test.uplink"), base_dir=tmp_path, backoff_min_s=0.05,
+                      backoff_max_s=0.5)
+
+
+def data(messages: list[Any]) -> list[dict[str, Any]]:
+    return [p for p in messages if isinstance(p, dict)]
+
+
+# --------------------------------------------------------------------------- envelope
+
+keys = st.text(min_size=1, max_size=8).filter(lambda k: k not in ("seq", "historical", "msg_id"))
+values = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1), st.floats(allow_nan=False),
+                   st.text(max_size=20), st.lists(st.integers(-1000, 1000), max_size=5))
+
+
+@settings(max_examples=200, deadline=None)
+@given(body=st.dictionaries(keys, values, max_size=40), seq=st.integers(0, 255), historical=st.booleans(),
+       msg_id=st.integers(1, 2**62))
+def test_envelope_adds_its_fields_to_any_encoded_map(body: dict[str, Any], seq: int, historical: bool,
+                                                     msg_id: int) -> None:
+    wire = envelope(msgpack.packb(body, use_bin_type=True), seq, historical, msg_id)
+    assert msgpack.unpackb(wire, raw=False) == body | {"seq": seq, "historical": historical, "msg_id": msg_id}
+
+
+def test_publish_refuses_bad_input_with_the_reason(tmp_path: Path) -> None:
+    up = make_uplink(tmp_path, uplink_config(None))
+    with pytest.raises(ValueError, match="wildcards"):
+        up.publish("telemetry/#", {})
+    with pytest.raises(ValueError, match="reserved"):
+        up.publish("telemetry", {"seq": 3})
+    with pytest.raises(TypeError, match="dict"):
+        up.publish("telemetry", [1, 2])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="qos"):
+        up.publish("telemetry", {}, qos=2)
+    assert up.status()["spool_depth"] == 0
+
+
+# --------------------------------------------------------------------------- birth, telemetry, death
+
+
+def test_birth_telemetry_and_death_over_tls(tmp_path: Path) -> None:
+    tls = make_tls_files(tmp_path)
+
+    async def main() -> None:
+        with run_mosquitto(tmp_path, tls=tls) as broker, subscriber(broker, f"{BASE}/#") as sub:
+            up = make_uplink(tmp_path, uplink_config(broker))
+            metrics = [{"id": "CB-044.ia", "kind": "analog", "unit": "A"},
+                       {"id": "CB-044.pos", "kind": "binary", "unit": ""}]
+            up.set_birth(metrics)
+            task = asyncio.create_task(up.run())
+            assert await sub.until(lambda m: any(t.endswith("/birth") for t, _, _ in m), 20)
+            (birth,) = sub.on("birth")
+            assert birth["metrics"] == metrics and birth["seq"] == 0
+            assert birth["bdSeq"] == up.status()["bdseq"]
+            assert await until(lambda: up.status()["state"] == "connected")
+
+            tel = Telemetry([PointSpec("CB-044.ia", PointKind.ANALOG, 2.0),
+                             PointSpec("CB-044.pos", PointKind.BINARY)], max_batch=500)
+            for n, (ia, pos) in enumerate([(100.0, False), (101.0, False), (103.0, True)]):
+                tel.on_change(Point("CB-044.ia", PointKind.ANALOG, value=ia, quality=GOOD, receive_time=10.0 + n), n)
+                tel.on_change(Point("CB-044.pos", PointKind.BINARY, value=pos, quality=GOOD, receive_time=10.0 + n), n)
+                for suffix, payload in tel.flush(float(n), 20.0 + n):
+                    up.publish(suffix, payload)
+            assert await sub.until(lambda m: len(sub.on("telemetry")) == 2, 20)
+            batches = sub.on("telemetry")
+            # 101 A is inside the 2 A deadband and the breaker did not move: nothing at n=1
+            assert [[(s["id"], s["v"]) for s in b["metrics"]] for b in batches] == [
+                [("CB-044.ia", 100.0), ("CB-044.pos", False)],
+                [("CB-044.ia", 103.0), ("CB-044.pos", True)],
+            ]
+            assert [b["seq"] for b in batches] == [1, 2]
+            assert [b["historical"] for b in batches] == [False, False]
+            assert batches[0]["timestamp"] == 20_000
+            assert batches[0]["metrics"][0] == {"id": "CB-044.ia", "v": 100.0, "q": "good", "t": 10_000}
+            assert len({b["msg_id"] for b in batches}) == 2
+
+            # a host that joins late gets the retained birth
+            with subscriber(broker, f"{BASE}/birth") as late:
+                assert await late.until(lambda m: len(m) == 1, 20)
+                assert late.messages[0][2] is True and late.messages[0][1]["bdSeq"] == birth["bdSeq"]
+
+            assert await until(lambda: up.status()["spool_depth"] == 0)
+            await up.close()
+            await asyncio.wait_for(task, 10)
+            assert await sub.until(lambda m: any(t.endswith("/death") for t, _, _ in m), 20)
+            (death,) = sub.on("death")
+            assert death["bdSeq"] == birth["bdSeq"]
+            status = up.status()
+            assert status["state"] == "closed" and status["acked"] == 2 and status["published"] == 2
+
+    run(main)
+
+
+def test_tls_client_without_certificate_is_refused(tmp_path: Path) -> None:
+    tls = make_tls_files(tmp_path)
+    other = make_tls_files(tmp_path / "other", client_cn="intruder")
+
+    async def main() -> None:
+        with run_mosquitto(tmp_path, tls=tls) as broker:
+            # no client certificate at all
+            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+            client.tls_set(ca_certs=str(tls.ca_file))
+            connected: list[bool] = []
+            client.on_connect = lambda c, u, f, rc, p: connected.append(not rc.is_failure)
+            try:
+                client.connect("127.0.0.1", broker.port, 30)
+                client.loop_start()
+                await until(lambda: bool(connected) or not client.is_connected(), 5)
+                await asyncio.sleep(0.3)
+                assert connected == [] and not client.is_connected()
+            except (ssl.SSLError, OSError):
+                pass  # refused during the handshake
+            finally:
+                client.loop_stop()
+            assert "peer did not return a certificate" in broker.log()
+
+            # a certificate from another CA: the uplink stays disconnected and says why
+            cfg = uplink_config(broker, ca_file=tls.ca_file, cert_file=other.client_cert, key_file=other.client_key)
+            up = make_uplink(tmp_path, cfg)
+            task = asyncio.create_task(up.run())
+            assert await until(lambda: up.status()["last_error"] != "", 20)
+            await asyncio.sleep(0.3)
+            assert up.status()["state"] != "connected" and up.status()["sessions"] == 0
+            await up.close()
+            await asyncio.wait_for(task, 10)
+
+    run(main)
+
+
+def test_plain_tcp_logs_a_warning_at_every_start(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        with run_mosquitto(tmp_path) as broker:
+            store = Store(tmp_path / "state.db")
+            for _ in range(2):
+                up = make_uplink(tmp_path, uplink_config(broker), store)
+                task = asyncio.create_task(up.run())
+                assert await until(lambda: up.status()["state"] == "connected")  # noqa: B023
+                await up.close()
+                await asyncio.wait_for(task, 10)
+
+    with caplog.at_level(logging.WARNING, logger="test.uplink"):
+        run(main)
+    warnings = [r for r in caplog.records if "plain TCP" in r.getMessage()]
+    assert len(warnings) == 2 and all(r.levelno == logging.WARNING for r in warnings)
+
+
+# --------------------------------------------------------------------------- outage
+
+
+def _sessions(messages: list[tuple[str, Any, bool]]) -> list[list[dict[str, Any]]]:
+    """Split what a host saw into sessions, each starting with a live birth.
+
+    A broker may deliver a message twice (QoS 1 is at least once; mosquitto re-sends from its
+    database after a restart); a host recognises the copy by its identical (msg_id, seq).
+    """
+    sessions: list[list[dict[str, Any]]] = []
+    seen: set[tuple[Any, ...]] = set()
+    for topic, payload, retained in messages:
+        key = (topic, payload.get("msg_id"), payload.get("seq"), payload.get("bdSeq"), payload.get("timestamp"))
+        if key in seen:
+            continue
+        seen.add(key)
+        if topic.endswith("/birth"):
+            if not retained:
+                sessions.append([])
+        elif topic.endswith("/telemetry") and sessions:
+            sessions[-1].append(payload)
+    return sessions
+
+
+def test_broker_outage_loses_nothing_and_marks_backfill_historical(tmp_path: Path) -> None:
+    async def main() -> None:
+        with run_mosquitto(tmp_path, persistent=True) as broker, \
+                subscriber(broker, f"{BASE}/#", client_id="scada-host", session_expiry_s=3600) as sub:
+            up = make_uplink(tmp_path, uplink_config(broker))
+            task = asyncio.create_task(up.run())
+            assert await until(lambda: up.status()["state"] == "connected")
+            for n in range(20):
+                up.publish("telemetry", {"n": n})
+            assert await sub.until(lambda m: len(sub.on("telemetry")) >= 20, 20)
+
+            broker.stop()
+            assert await until(lambda: up.status()["state"] != "connected")
+            for n in range(20, 320, 10):  # while the broker is away
+                up.publish_many([("telemetry", {"n": k}) for k in range(n, n + 10)])
+            assert up.status()["spool_depth"] == 300
+            await asyncio.sleep(0.5)  # several reconnect attempts fail meanwhile
+            broker.start()
+
+            assert await sub.until(lambda m: {p["n"] for p in sub.on("telemetry")} >= set(range(320)), 30)
+            assert await until(lambda: up.status()["spool_depth"] == 0)
+            received = sub.on("telemetry")
+            by_n: dict[int, list[dict[str, Any]]] = {}
+            for p in received:
+                by_n.setdefault(p["n"], []).append(p)
+            assert sorted(by_n) == list(range(320))
+            assert all(p["historical"] for n in range(20, 320) for p in by_n[n])
+            assert all(not by_n[n][0]["historical"] for n in range(20))
+            # within each session the sequence numbers run without a gap from 1 after the birth
+            sessions = _sessions(sub.messages)
+            assert len(sessions) >= 2
+            for session in sessions:
+                assert [p["seq"] for p in session] == [(k + 1) % 256 for k in range(len(session))]
+            status = up.status()
+            assert status["sessions"] >= 2 and status["bdseq"] is not None
+            await up.close()
+            await asyncio.wait_for(task, 10)
+
+    run(main)
+
+
+# --------------------------------------------------------------------------- commands and rebirth
+
+
+def test_commands_are_decoded_and_rebirth_resends_the_birth(tmp_path: Path) -> None:
+    async def main() -> None:
+        with run_mosquitto(tmp_path) as broker, subscriber(broker, f"{BASE}/#") as sub:
+            host = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+            host.connect("127.0.0.1", broker.port, 30)
+            host.loop_start()
+            try:
+                # a stale retained command waiting on the broker must never run at connect
+                host.publish(f"{BASE}/cmd/operate/CB-046", msgpack.packb({"value": "close"}), qos=1,
+                             retain=True).wait_for_publish(5)
+                up = make_uplink(tmp_path, uplink_config(broker))
+                up.set_birth([{"id": "P", "kind": "analog", "unit": "kV"}])
+                births: list[int] = []
+                up.on_birth(lambda: births.append(1))
+                got: list[tuple[str, dict[str, Any]]] = []
+                up.on_command(lambda command, payload: got.append((command, payload)))
+                task = asyncio.create_task(up.run())
+                assert await until(lambda: up.status()["state"] == "connected")
+                assert await sub.until(lambda m: len(sub.on("birth")) == 1, 20)
+                up.publish("telemetry", {"n": 1})
+                assert await sub.until(lambda m: len(sub.on("telemetry")) == 1, 20)
+
+                host.publish(f"{BASE}/cmd/operate/CB-044", msgpack.packb({"value": "open", "nonce": 7}), qos=1)
+                host.publish(f"{BASE}/cmd/operate/CB-045", b"\xc1 not msgpack", qos=1)
+                host.publish(f"{BASE}/cmd/operate/CB-047", msgpack.packb([1, 2]), qos=1)
+                host.publish(f"{BASE}/cmd/rebirth", b"", qos=1).wait_for_publish(5)
+                assert await sub.until(lambda m: len(sub.on("birth")) == 2, 20)
+                assert await until(lambda: len(got) >= 1 and len(births) == 2)
+            finally:
+                host.publish(f"{BASE}/cmd/operate/CB-046", b"", qos=1, retain=True).wait_for_publish(5)
+                host.disconnect()
+                host.loop_stop()
+            # the retained one, the garbage and the non-map were refused
+            assert got == [("operate/CB-044", {"value": "open", "nonce": 7})]
+            assert up.status()["commands"] == 1
+            first, second = sub.on("birth")
+            assert second["bdSeq"] == first["bdSeq"] and second["seq"] == 0
+            up.publish("telemetry", {"n": 2})
+            assert await sub.until(lambda m: len(sub.on("telemetry")) == 2, 20)
+            assert sub.on("telemetry")[-1]["seq"] == 1  # counting restarts after a birth
+            await up.close()
+            await asyncio.wait_for(task, 10)
+
+    run(main)
+
+
+# --------------------------------------------------------------------------- bounds
+
+
+def test_spool_is_bounded_dropping_the_oldest(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    port = free_port()
+
+    async def main() -> None:
+        up = make_uplink(tmp_path, uplink_config(None, port, spool_max_messages=1000))
+        with caplog.at_level(logging.ERROR, logger="test.uplink"):
+            up.publish_many([("telemetry", {"n": n}) for n in range(1500)])
+        status = up.status()
+        assert status["spool_depth"] == 1000 and status["dropped"] == 500
+        assert any("spool full" in r.getMessage() and getattr(r, "dropped", 0) == 500 for r in caplog.records)
+        with run_mosquitto(tmp_path, port) as broker, subscriber(broker, f"{BASE}/telemetry") as sub:
+            task = asyncio.create_task(up.run())
+            assert await sub.until(lambda m: len(m) >= 1000, 30)
+            assert await until(lambda: up.status()["spool_depth"] == 0)
+            assert [p["n"] for p in sub.on("telemetry")] == list(range(500, 1500))
+            assert all(p["historical"] for p in sub.on("telemetry"))
+            await up.close()
+            await asyncio.wait_for(task, 10)
+
+    run(main)
+
+
+def test_in_flight_window_is_bounded(tmp_path: Path) -> None:
+    async def main() -> None:
+        with run_mosquitto(tmp_path) as broker, subscriber(broker, f"{BASE}/telemetry") as sub:
+            up = make_uplink(tmp_path, uplink_config(broker, max_inflight=5))
+            task = asyncio.create_task(up.run())
+            assert await until(lambda: up.status()["state"] == "connected")
+            up.publish_many([("telemetry", {"n": n}) for n in range(2000)])
+            peak = 0
+            for _ in range(6000):
+                peak = max(peak, up.status()["inflight"])
+                if up.status()["spool_depth"] == 0:
+                    break
+                await asyncio.sleep(0.005)
+            assert up.status()["spool_depth"] == 0
+            assert 1 <= peak <= 5
+            assert await sub.until(lambda m: len(m) == 2000, 20)
+            assert [p["n"] for p in sub.on("telemetry")] == list(range(2000))
+            await up.close()
+            await asyncio.wait_for(task, 10)
+
+    run(main)
