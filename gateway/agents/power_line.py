@@ -78,6 +78,7 @@ class LineMemory(Memory):
     losses_kw: float = 0.0
     energy_loss_kwh: float = 0.0
     peak_current_a: float = 0.0
+    maintenance: bool = False
 
 
 class PowerLineAgent(Agent[LineState, LineEvent]):
@@ -102,6 +103,8 @@ class PowerLineAgent(Agent[LineState, LineEvent]):
             return _E.FAULT_DETECTED, "protection trip of the protecting breaker"
         if current >= self.fault_current_a:
             return _E.FAULT_DETECTED, f"current {current:.0f} A ≥ fault level {self.fault_current_a:.0f} A"
+        if m.maintenance and m.state is not _S.FAULTED:
+            return _E.DEENERGIZED, "taken out for maintenance"
         dead = x.breaker_closed is False or (x.voltage_kv is not None and x.voltage_kv < 0.1 * a.voltage_rating)
         if m.state is _S.FAULTED:
             if x.breaker_closed and not dead and current < a.ampacity:
@@ -182,6 +185,18 @@ class PowerLineAgent(Agent[LineState, LineEvent]):
         if m.state is _S.OPERATIONAL:
             m.peak_current_a = m.current_a
         return out
+
+    def request(self, memory: LineMemory, request: str, args: dict[str, Any], now: float
+                ) -> tuple[LineMemory, list[Action]]:
+        m = copy.deepcopy(memory)
+        if request != "maintenance":
+            raise ValueError(f"line {self.agent_id}: unknown request {request!r} (expected maintenance)")
+        m.maintenance = bool(args.get("on", True))
+        out: list[Action] = []
+        if m.maintenance:
+            out.append(BusMessage(source=self.agent_id, topic=Topic.MAINTENANCE_SCHEDULED, kind="line_maintenance",
+                                  payload={"line": self.agent_id, "customers": self.links.customers_downstream}))
+        return m, out
 
     def attributes(self, memory: Memory) -> dict[str, Any]:
         m = memory

@@ -1,0 +1,71 @@
+"""The topology graph of the example site and of small hand-built graphs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.config import CanonicalType, load
+from gateway.topology import Edge, Topology
+
+SITE = Path(__file__).resolve().parent.parent / "deploy" / "examples" / "sub-003.toml"
+
+
+@pytest.fixture(scope="module")
+def topo() -> Topology:
+    return Topology.from_site(load(SITE))
+
+
+@pytest.mark.parametrize(("element", "breaker"), [
+    ("LINE-045", "CB-045"), ("XFMR-101", "CB-045"), ("CAP-301", "CB-045"), ("MTR-GRP-102", "CB-045"),
+    ("LINE-044", "CB-044"), ("SOLAR-201", "CB-046"), ("SUB-003", None), ("CB-045", None),
+])
+def test_protecting_breaker(topo: Topology, element: str, breaker: str | None) -> None:
+    assert topo.protecting_breaker(element) == breaker
+
+
+def test_meters_downstream_of_a_switch(topo: Topology) -> None:
+    assert topo.meter_groups_downstream("CB-045") == ["MTR-GRP-101", "MTR-GRP-102"]
+    assert topo.meters_downstream("CB-045") == 2000
+    assert topo.meters_downstream("XFMR-102") == 750
+    assert topo.meters_downstream("CB-044") == 0
+    assert topo.meters_downstream("SUB-003") == 2000
+    # an open switch on the way stops the walk
+    assert topo.meters_downstream("SUB-003", open_switches=["CB-045"]) == 0
+
+
+def test_normally_open_ties_are_not_supply_paths(topo: Topology) -> None:
+    assert "LINE-045" not in topo.downstream("CB-044")
+    assert "LINE-046" not in topo.downstream("CB-045")
+
+
+def test_alternative_supply_paths_through_ties(topo: Topology) -> None:
+    options = {o.via: o for o in topo.alternative_supply_paths("LINE-045")}
+    assert set(options) == {"LINE-044", "LINE-046"}
+    assert options["LINE-044"].source_breaker == "CB-044"
+    assert options["LINE-044"].path == ("SUB-003", "CB-044", "LINE-044", "LINE-045")
+    assert options["LINE-046"].tie == ("LINE-046", "LINE-045")
+    assert {o.via for o in topo.alternative_supply_paths("LINE-044")} == {"LINE-045"}
+
+
+def test_directed_tie_feeds_one_way_only() -> None:
+    types = {"CB-A": "circuit_breaker", "CB-B": "circuit_breaker", "L-A": "power_line", "L-B": "power_line"}
+    topo = Topology(node_types=types, edges=[
+        Edge("CB-A", "L-A", CanonicalType.SUPPLY), Edge("CB-B", "L-B", CanonicalType.SUPPLY),
+        Edge("L-A", "L-B", CanonicalType.ROUTE, normally_open=True),
+    ])
+    assert [o.via for o in topo.alternative_supply_paths("L-B")] == ["L-A"]
+    assert topo.alternative_supply_paths("L-A") == []
+
+
+def test_unknown_node_in_an_edge_is_refused() -> None:
+    with pytest.raises(ValueError, match="not a known element"):
+        Topology(node_types={"A": "power_line"}, edges=[Edge("A", "B", CanonicalType.SUPPLY)])
+
+
+def test_neighbours_and_export(topo: Topology) -> None:
+    assert set(topo.neighbours("LINE-045", "power_line")) == {"LINE-044", "LINE-046"}
+    data = topo.to_dict()
+    assert data["nodes"]["MTR-GRP-101"] == "meter_group"
+    assert any(e["normally_open"] for e in data["edges"])
