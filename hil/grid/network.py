@@ -45,6 +45,8 @@ class Branch:
     ratio: float = 1.0
     closed: bool = True
     kind: BranchKind = BranchKind.LINE
+    z0_ohm: complex = 0j
+    """Zero-sequence series impedance (faults only); a transformer's restarts the zero-sequence path."""
 
 
 @dataclass(slots=True)
@@ -73,10 +75,11 @@ class Network:
 
     def add_branch(self, name: str, from_bus: int, to_bus: int, z_ohm: complex, *,
                    ratio: float = 1.0, closed: bool = True,
-                   kind: BranchKind = BranchKind.LINE) -> int:
+                   kind: BranchKind = BranchKind.LINE, z0_ohm: complex = 0j) -> int:
         if ratio <= 0:
             raise ValueError(f"branch {name!r}: ratio must be positive, found {ratio}")
-        self.branches.append(Branch(name, from_bus, to_bus, complex(z_ohm), ratio, closed, kind))
+        self.branches.append(Branch(name, from_bus, to_bus, complex(z_ohm), ratio, closed, kind,
+                                    complex(z0_ohm)))
         return len(self.branches) - 1
 
     def z_base_ohm(self, bus: int) -> float:

@@ -1,0 +1,1171 @@
+"""The simulated substation's electrical model, built from the site file.
+
+Sans-IO: the runtime calls `advance(now_s)` with simulated seconds and reads `point_values()`;
+commands and injections arrive with their own `now_s`. Nothing here reads a clock, sleeps or
+touches a socket, so a day runs in seconds and a seed replays a scenario exactly.
+
+Electrical picture (one positive-sequence network, complex per unit, `hil.grid.network`):
+
+    ideal source ─ Z_source ─ station bus ─ breaker ─ line sections ─ tap buses ─ transformers
+                                                                   └ capacitor banks, DER, ties
+
+Topology comes from the agents' `connection_rules` (supply edges, and depends_on edges read
+backwards); a line's children are tapped along it (positions from `[simulation].positions_m`,
+else spread evenly with the last at the far end); normally-open `route` rules are tie switches
+between the far ends of two lines. Loads follow daily profiles with seeded smooth noise; a
+line with nothing modelled downstream carries a lumped load at its end.
+
+Faults use the Thevenin sequence impedances at the fault (source + series branches on the
+energised path) and are superposed on the pre-fault solution: the fault's phase currents are
+added to every branch between the source and the fault, and positive-sequence voltages sag by
+Z_common·I1 (Z_common: the impedance shared by the bus's path and the fault's path). Loads keep
+their pre-fault power during the fault (it lasts until protection acts).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from gateway.agents.schema import (
+    AgentType,
+    CapacitorBankAttributes,
+    PowerLineAttributes,
+    RenewableEnergyAttributes,
+    SubstationAttributes,
+    TransformerAttributes,
+)
+from gateway.config import AgentConfig, CanonicalType, SiteConfig
+from hil.grid.faults import A_OP, FaultInfo, FaultKind, SequenceCurrents, parse_kind, sequence_currents
+from hil.grid.network import BranchKind, Network, RadialTree
+from hil.grid.powerflow import PowerFlowResult, solve
+from hil.grid.profiles import (
+    DAILY_SHAPES,
+    SmoothNoise,
+    ambient_temperature_c,
+    clear_sky_irradiance_w_m2,
+    hour_of_day,
+    shape_at,
+    shape_matrix,
+)
+from hil.grid.settings import LoadProfileName, LoadSettings, SimulationSettings, load_settings
+
+log = logging.getLogger(__name__)
+
+SQRT3 = math.sqrt(3.0)
+_OIL_EXPONENT = {"ONAN": 0.8, "oil_filled": 0.8, "dry_type": 0.8, "ONAF": 0.9, "OFAF": 1.0, "ODAF": 1.0}
+_TYPICAL_PEAK_PER_METER_KW = {"residential": 1.2, "commercial": 6.0, "industrial": 40.0}
+
+
+# --------------------------------------------------------------------------- public records
+
+
+@dataclass(frozen=True, slots=True)
+class MeterReadings:
+    """One reading of every smart meter, column-wise (index i is meter `ids[i]`)."""
+
+    time_s: float
+    ids: list[str]
+    group_ids: list[str]
+    """Meter group of each meter."""
+    voltage_v: npt.NDArray[np.float64]
+    current_a: npt.NDArray[np.float64]
+    demand_kw: npt.NDArray[np.float64]
+    energy_kwh: npt.NDArray[np.float64]
+    power_factor: npt.NDArray[np.float64]
+    thd_pct: npt.NDArray[np.float64]
+    powered: npt.NDArray[np.bool_]
+    tamper: npt.NDArray[np.bool_]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+# --------------------------------------------------------------------------- elements
+
+
+@dataclass(slots=True)
+class _Breaker:
+    id: str
+    branch: int
+    bus: int
+    closed: bool = True
+    operations: int = 0
+    trip_cmd: bool = False
+    close_cmd: bool = False
+    position_cmd: bool = True
+
+
+@dataclass(slots=True)
+class _Line:
+    id: str
+    attrs: PowerLineAttributes
+    start_bus: int
+    sections: list[tuple[float, int]]
+    """(distance from the start in m, bus) at each section end, increasing; the last is the far end."""
+    z1_ohm_per_m: complex
+    z0_ohm_per_m: complex
+    breaker_id: str | None
+
+    @property
+    def end_bus(self) -> int:
+        return self.sections[-1][1]
+
+    @property
+    def first_bus(self) -> int:
+        return self.sections[0][1]
+
+
+@dataclass(slots=True)
+class _Transformer:
+    id: str
+    attrs: TransformerAttributes
+    branch: int
+    primary_bus: int
+    bus: int
+    rated_kva: float
+    tap_position: int
+    tap_setpoint: int
+    next_tap_s: float = 0.0
+    top_oil_rise_c: float | None = None
+    ramps: list[tuple[float, float, float]] = field(default_factory=list)
+    """(start_s, duration_s, delta_c) ambient offsets."""
+
+
+@dataclass(slots=True)
+class _Capacitor:
+    id: str
+    attrs: CapacitorBankAttributes
+    bus: int
+    steps_active: int = 0
+    steps_cmd: int = 0
+
+
+@dataclass(slots=True)
+class _Der:
+    id: str
+    attrs: RenewableEnergyAttributes
+    bus: int
+    p_limit_pct: float = 100.0
+    q_setpoint_kvar: float = 0.0
+    connect_cmd: bool = True
+    connected: bool = True
+    p_kw: float = 0.0
+    q_kvar: float = 0.0
+    irradiance_w_m2: float = 0.0
+
+
+@dataclass(slots=True)
+class _Load:
+    """One load component: a transformer's own load, a meter group's, or a line's lumped load."""
+
+    id: str
+    bus: int
+    peak_kw: float
+    power_factor: float
+    shape: int
+    owners: frozenset[str]
+    """Ids a load step may name to scale this component (itself, its transformer, its line...)."""
+    factor: float = 1.0
+    kw: float = 0.0
+    kvar: float = 0.0
+    energy_kwh: float = 0.0
+
+
+@dataclass(slots=True)
+class _MeterGroup:
+    id: str
+    load: int
+    """Index of the load component in `GridModel._loads`."""
+    transformer: str
+    nominal_v: float
+    start: int
+    stop: int
+    prefix: str
+    first: int
+    meter_type: str
+
+
+@dataclass(slots=True)
+class _Fault:
+    fault_id: int
+    line_id: str
+    distance_m: float
+    kind: FaultKind
+    impedance_ohm: float
+    transient: bool
+    start_s: float
+    info: FaultInfo | None = None
+
+
+# --------------------------------------------------------------------------- the model
+
+
+class GridModel:
+    """Electrical state of one substation, advanced by simulated time."""
+
+    def __init__(self, settings: SimulationSettings, seed: int) -> None:
+        self.settings = settings
+        self.seed = settings.seed if settings.seed is not None else seed
+        self.net = Network(base_mva=settings.base_mva)
+        self._now = 0.0
+        self._last_solve_s: float | None = None
+        self._dirty = True
+        self._topology_dirty = True
+        self._tree: RadialTree | None = None
+        self._result: PowerFlowResult | None = None
+        self._pending: list[tuple[float, int, str, bool]] = []
+        self._event_seq = 0
+        self.substation_id = ""
+        self.station_bus = 0
+        self.source_bus = 0
+        self._agent_types: dict[str, AgentType] = {}
+        self._agents: dict[str, AgentConfig] = {}
+        self.breakers: dict[str, _Breaker] = {}
+        self.lines: dict[str, _Line] = {}
+        self.transformers: dict[str, _Transformer] = {}
+        self.capacitors: dict[str, _Capacitor] = {}
+        self.ders: dict[str, _Der] = {}
+        self.ties: dict[str, int] = {}
+        """Tie switch id (`TIE-<line>-<line>`) → branch index."""
+        self._loads: list[_Load] = []
+        self._groups: list[_MeterGroup] = []
+        self._faults: list[_Fault] = []
+        self._next_fault_id = 1
+        self._point_sources: list[tuple[str, str, str]] = []
+        self._command_targets: dict[str, tuple[str, str]] = {}
+        self._ied_point_ids: list[str] = []
+        # electrical results of the last solve, per bus
+        self._v: npt.NDArray[np.complex128] = np.zeros(0, dtype=np.complex128)
+        self._i_abc: npt.NDArray[np.complex128] = np.zeros((0, 3), dtype=np.complex128)
+        self._i1: npt.NDArray[np.complex128] = np.zeros(0, dtype=np.complex128)
+        self._energised: npt.NDArray[np.bool_] = np.zeros(0, dtype=bool)
+        self._source_power_pu = 0j
+        self._frequency_hz = settings.frequency_hz
+        self._irradiance_w_m2 = 0.0
+
+    # ------------------------------------------------------------------ building
+
+    @classmethod
+    def from_site(cls, site: SiteConfig, *, seed: int = 0, meters: int | None = None) -> GridModel:
+        """Build the model of `site`. `meters` overrides the total smart-meter count (split
+        across the meter groups in proportion to their counts)."""
+        settings = load_settings(site.simulation)
+        model = cls(settings, seed)
+        model._build(site, meters)
+        model.advance(0.0)
+        return model
+
+    def _build(self, site: SiteConfig, meters: int | None) -> None:
+        s = self.settings
+        agents = {a.id: a for a in site.agents}
+        self._agents = agents
+        self._agent_types = {a.id: a.type for a in site.agents}
+        subs = [a for a in site.agents if a.type is AgentType.SUBSTATION]
+        if len(subs) != 1:
+            raise ValueError(f"the simulator needs exactly one substation agent, found {len(subs)}")
+        sub = subs[0]
+        self.substation_id = sub.id
+        sub_attrs = SubstationAttributes.model_validate(sub.attributes)
+        kv = s.nominal_kv or sub_attrs.secondary_voltage
+        net = self.net
+        self.source_bus = net.add_bus("source", kv)
+        self.station_bus = net.add_bus(sub.id, kv)
+        z_abs = kv ** 2 / s.source_sc_mva
+        r = z_abs / math.sqrt(1.0 + s.source_x_r ** 2)
+        z_src = complex(r, r * s.source_x_r)
+        net.add_branch("source", self.source_bus, self.station_bus, z_src, kind=BranchKind.SOURCE,
+                       z0_ohm=z_src * s.source_z0_z1)
+
+        children: dict[str, list[str]] = {a.id: [] for a in site.agents}
+        ties: list[tuple[str, str]] = []
+        for a in site.agents:
+            for rule in a.connection_rules:
+                if rule.target_id not in agents:
+                    continue
+                if rule.canonical_type is CanonicalType.SUPPLY:
+                    children[a.id].append(rule.target_id)
+                elif rule.canonical_type is CanonicalType.DEPENDS_ON:
+                    children[rule.target_id].append(a.id)
+                elif rule.canonical_type is CanonicalType.ROUTE:
+                    pair = tuple(sorted((a.id, rule.target_id)))
+                    if pair not in ties:
+                        ties.append((pair[0], pair[1]))
+                        if not rule.normally_open:
+                            log.info("route %s-%s is modelled as a tie switch, closed", *pair)
+        normally_open = {tuple(sorted((a.id, r.target_id))) for a in site.agents
+                         for r in a.connection_rules
+                         if r.canonical_type is CanonicalType.ROUTE and r.normally_open}
+
+        attach: dict[str, int] = {sub.id: self.station_bus}
+        upstream_switch: dict[str, str | None] = {sub.id: None}
+        visited = {sub.id}
+        queue = deque([sub.id])
+        order: list[str] = []
+        while queue:
+            parent_id = queue.popleft()
+            kids = [k for k in dict.fromkeys(children[parent_id]) if k not in visited]
+            for k in kids:
+                visited.add(k)
+            parent = agents[parent_id]
+            if parent.type is AgentType.POWER_LINE:
+                self._build_line(parent, kids, attach, upstream_switch.get(parent_id))
+                line = self.lines[parent_id]
+                positions = self._child_positions(parent, kids, line)
+                for k in kids:
+                    attach[k] = self._section_bus(line, positions[k])
+            else:
+                bus = self._element_bus(parent_id, attach)
+                for k in kids:
+                    attach[k] = bus
+            for k in kids:
+                upstream_switch[k] = (parent_id if agents[parent_id].type is AgentType.CIRCUIT_BREAKER
+                                      else upstream_switch.get(parent_id))
+                order.append(k)
+                queue.append(k)
+        for agent_id in order:
+            agent = agents[agent_id]
+            if agent.type is AgentType.CIRCUIT_BREAKER:
+                continue  # built when its children were attached
+            if agent.type is AgentType.POWER_LINE and agent_id not in self.lines:
+                self._build_line(agent, [], attach, upstream_switch.get(agent_id))
+            elif agent.type is AgentType.TRANSFORMER and agent_id not in self.transformers:
+                self._build_transformer(agent, attach[agent_id])
+            elif agent.type is AgentType.CAPACITOR_BANK:
+                attrs = CapacitorBankAttributes.model_validate(agent.attributes)
+                steps = s.capacitor_steps.get(agent_id, 0)
+                if not 0 <= steps <= attrs.num_steps:
+                    raise ValueError(f"simulation.capacitor_steps.{agent_id}: {steps} outside 0..{attrs.num_steps}")
+                self.capacitors[agent_id] = _Capacitor(agent_id, attrs, attach[agent_id], steps, steps)
+            elif agent.type is AgentType.RENEWABLE_ENERGY:
+                attrs_r = RenewableEnergyAttributes.model_validate(agent.attributes)
+                self.ders[agent_id] = _Der(agent_id, attrs_r, attach[agent_id])
+        unreached = [a.id for a in site.agents if a.id not in visited
+                     and a.type is not AgentType.SMART_METER]
+        if unreached:
+            log.warning("agents not reachable from %s by supply edges, left out of the model: %s",
+                        sub.id, ", ".join(unreached))
+        for a, b in ties:
+            if a in self.lines and b in self.lines:
+                tie_id = f"TIE-{a}-{b}"
+                closed = (a, b) not in normally_open
+                self.ties[tie_id] = net.add_branch(tie_id, self.lines[a].end_bus, self.lines[b].end_bus, 0j,
+                                                   closed=closed, kind=BranchKind.SWITCH)
+        for key in s.loads:
+            if key not in agents and key not in {g.id for g in site.meter_groups}:
+                raise ValueError(f"simulation.loads.{key}: not an agent or meter group id")
+        for key in s.positions_m:
+            if key not in agents:
+                raise ValueError(f"simulation.positions_m.{key}: not an agent id")
+        for key in s.capacitor_steps:
+            if key not in self.capacitors:
+                raise ValueError(f"simulation.capacitor_steps.{key}: not a capacitor bank id")
+        self._build_loads(site, meters)
+        self._build_points(site)
+        n_bus = len(net.buses)
+        self._v = np.zeros(n_bus, dtype=np.complex128)
+        self._i_abc = np.zeros((n_bus, 3), dtype=np.complex128)
+        self._i1 = np.zeros(n_bus, dtype=np.complex128)
+        self._energised = np.zeros(n_bus, dtype=bool)
+        self._bus_load_kw = np.zeros(n_bus)
+        self._bus_load_kvar = np.zeros(n_bus)
+
+    def _element_bus(self, agent_id: str, attach: dict[str, int]) -> int:
+        """The bus an element's children hang from (building the element if it has one)."""
+        agent = self._agents[agent_id]
+        if agent.type is AgentType.CIRCUIT_BREAKER:
+            if agent_id not in self.breakers:
+                parent_bus = attach[agent_id]
+                bus = self.net.add_bus(agent_id, self.net.buses[parent_bus].base_kv)
+                branch = self.net.add_branch(agent_id, parent_bus, bus, 0j, kind=BranchKind.SWITCH)
+                self.breakers[agent_id] = _Breaker(agent_id, branch, bus)
+            return self.breakers[agent_id].bus
+        if agent.type is AgentType.TRANSFORMER:
+            if agent_id not in self.transformers:
+                self._build_transformer(agent, attach[agent_id])
+            return self.transformers[agent_id].bus
+        return attach[agent_id]
+
+    def _build_line(self, agent: AgentConfig, kids: list[str], attach: dict[str, int],
+                    breaker_id: str | None) -> None:
+        attrs = PowerLineAttributes.model_validate(agent.attributes)
+        imp = attrs.impedance
+        self.lines[agent.id] = _Line(
+            agent.id, attrs, attach[agent.id], [],
+            complex(imp.r_ohm_per_km, imp.x_ohm_per_km) / 1000.0,
+            complex(imp.r0_ohm_per_km, imp.x0_ohm_per_km) / 1000.0, breaker_id)
+
+    def _child_positions(self, agent: AgentConfig, kids: list[str], line: _Line) -> dict[str, float]:
+        length = line.attrs.length
+        tapped = [k for k in kids if self._agent_types[k] in
+                  (AgentType.TRANSFORMER, AgentType.CAPACITOR_BANK, AgentType.RENEWABLE_ENERGY)]
+        positions: dict[str, float] = {}
+        for n, k in enumerate(tapped):
+            positions[k] = length * (n + 1) / len(tapped)
+        for k in kids:
+            if k not in positions:
+                positions[k] = length
+        for k in kids:
+            if k in self.settings.positions_m:
+                p = self.settings.positions_m[k]
+                if not 0 <= p <= length:
+                    raise ValueError(f"simulation.positions_m.{k}: {p} m is not on {agent.id} (0..{length} m)")
+                positions[k] = p
+        base_kv = self.net.buses[line.start_bus].base_kv
+        previous_m, previous_bus = 0.0, line.start_bus
+        for p in sorted({p for p in positions.values() if p > 0} | {length}):
+            bus = self.net.add_bus(f"{agent.id}@{p:g}m", base_kv)
+            seg = p - previous_m
+            self.net.add_branch(f"{agent.id}:{previous_m:g}-{p:g}", previous_bus, bus, line.z1_ohm_per_m * seg,
+                                kind=BranchKind.LINE, z0_ohm=line.z0_ohm_per_m * seg)
+            line.sections.append((p, bus))
+            previous_m, previous_bus = p, bus
+        return positions
+
+    @staticmethod
+    def _section_bus(line: _Line, position_m: float) -> int:
+        if position_m <= 0:
+            return line.start_bus
+        for p, bus in line.sections:
+            if p >= position_m:
+                return bus
+        return line.end_bus
+
+    def _build_transformer(self, agent: AgentConfig, primary_bus: int) -> None:
+        attrs = TransformerAttributes.model_validate(agent.attributes)
+        z_abs = attrs.impedance_percent / 100.0 * attrs.primary_voltage ** 2 / (attrs.rated_capacity / 1000.0)
+        xr = self.settings.transformer_x_r
+        r = z_abs / math.sqrt(1 + xr ** 2)
+        z = complex(r, r * xr)
+        bus = self.net.add_bus(agent.id, attrs.secondary_voltage / 1000.0)
+        branch = self.net.add_branch(agent.id, primary_bus, bus, z, ratio=self._tap_ratio(attrs, attrs.tap_position),
+                                     kind=BranchKind.TRANSFORMER, z0_ohm=z)
+        self.transformers[agent.id] = _Transformer(agent.id, attrs, branch, primary_bus, bus, attrs.rated_capacity,
+                                                   attrs.tap_position, attrs.tap_position)
+
+    @staticmethod
+    def _tap_ratio(attrs: TransformerAttributes, tap: int) -> float:
+        return 1.0 + tap * attrs.tap_step_percent / 100.0
+
+    def _build_loads(self, site: SiteConfig, meters: int | None) -> None:
+        s = self.settings
+        shapes: list[tuple[float, ...]] = []
+        shape_index: dict[Any, int] = {}
+
+        def shape_for(cfg: LoadSettings, default: LoadProfileName) -> int:
+            if cfg.hourly is not None:
+                shapes.append(tuple(cfg.hourly))
+                return len(shapes) - 1
+            name = cfg.profile or default
+            if name not in shape_index:
+                shapes.append(DAILY_SHAPES[name])
+                shape_index[name] = len(shapes) - 1
+            return shape_index[name]
+
+        line_of_bus: dict[int, str] = {}
+        for line in self.lines.values():
+            for _, bus in line.sections:
+                line_of_bus[bus] = line.id
+        owners_of_xfmr = {t.id: self._owners(t.primary_bus) | {t.id} for t in self.transformers.values()}
+
+        groups_by_xfmr: dict[str, list[Any]] = {}
+        for g in site.meter_groups:
+            if g.connected_transformer not in self.transformers:
+                log.warning("meter group %s: transformer %s is not in the model; its meters are left out",
+                            g.id, g.connected_transformer)
+                continue
+            groups_by_xfmr.setdefault(g.connected_transformer, []).append(g)
+        counts = {g.id: g.count for gs in groups_by_xfmr.values() for g in gs}
+        if meters is not None and counts:
+            total = sum(counts.values())
+            ids = list(counts)
+            scaled = [meters * counts[i] // total for i in ids]
+            scaled[-1] += meters - sum(scaled)
+            counts = dict(zip(ids, scaled, strict=True))
+
+        for t in self.transformers.values():
+            groups = groups_by_xfmr.get(t.id, [])
+            own = s.loads.get(t.id, LoadSettings())
+            default_peak = 0.6 * t.rated_kva * own.power_factor
+            if not groups:
+                self._loads.append(_Load(t.id, t.bus, own.peak_kw if own.peak_kw is not None else default_peak,
+                                         own.power_factor, shape_for(own, LoadProfileName.RESIDENTIAL),
+                                         frozenset(owners_of_xfmr[t.id])))
+                continue
+            total_count = sum(g.count for g in groups)
+            xfmr_peak = own.peak_kw if own.peak_kw is not None else default_peak
+            for g in groups:
+                cfg = s.loads.get(g.id, LoadSettings(power_factor=own.power_factor, profile=own.profile))
+                peak = cfg.peak_kw if cfg.peak_kw is not None else xfmr_peak * g.count / total_count
+                self._loads.append(_Load(g.id, t.bus, peak, cfg.power_factor,
+                                         shape_for(cfg, LoadProfileName(g.meter_type)),
+                                         frozenset(owners_of_xfmr[t.id] | {g.id})))
+                n = counts[g.id]
+                start = self._groups[-1].stop if self._groups else 0
+                self._groups.append(_MeterGroup(g.id, len(self._loads) - 1, t.id, g.nominal_voltage_v,
+                                                start, start + n, g.prefix, g.first, g.meter_type))
+
+        fed: set[str] = set()
+        for t in self.transformers.values():
+            fed |= self._owners(t.primary_bus)
+        for line in self.lines.values():
+            cfg = s.loads.get(line.id)
+            if cfg is None and any(line.id in self._owners(l2.start_bus) for l2 in self.lines.values()):
+                continue  # feeds further lines: their loads stand for it
+            if cfg is None and line.id in fed:
+                continue
+            cfg = cfg or LoadSettings(profile=LoadProfileName.COMMERCIAL)
+            default_peak = (s.line_load_percent / 100.0 * line.attrs.ampacity * SQRT3
+                            * self.net.buses[line.end_bus].base_kv * cfg.power_factor)
+            self._loads.append(_Load(line.id, line.end_bus, cfg.peak_kw if cfg.peak_kw is not None else default_peak,
+                                     cfg.power_factor, shape_for(cfg, LoadProfileName.COMMERCIAL),
+                                     frozenset(self._owners(line.end_bus) | {line.id})))
+        self._shapes = shape_matrix(shapes) if shapes else np.zeros((0, 25))
+        self._load_shape = np.array([ld.shape for ld in self._loads], dtype=np.int64)
+        self._load_peak_kw = np.array([ld.peak_kw for ld in self._loads])
+        self._load_tan_phi = np.array([math.tan(math.acos(ld.power_factor)) for ld in self._loads])
+        self._load_bus = np.array([ld.bus for ld in self._loads], dtype=np.int64)
+        self._load_noise = SmoothNoise(self.seed, 1, len(self._loads), s.noise_period_s)
+        self._weather_noise = SmoothNoise(self.seed, 2, 2, s.noise_period_s)
+        self._build_meters()
+
+    def _owners(self, bus: int) -> set[str]:
+        """Lines, breakers and the substation upstream of `bus` in the as-built (normal) topology."""
+        owners = {self.substation_id}
+        parents: dict[int, tuple[int, str, BranchKind]] = {}
+        for br in self.net.branches:
+            if br.kind is not BranchKind.SWITCH or br.name in self.breakers:
+                parents[br.to_bus] = (br.from_bus, br.name, br.kind)
+        line_of_branch_prefix = set(self.lines)
+        while bus in parents:
+            parent, name, kind = parents[bus]
+            base = name.split(":", 1)[0]
+            if base in line_of_branch_prefix or name in self.breakers or kind is BranchKind.TRANSFORMER:
+                owners.add(base)
+            bus = parent
+        return owners
+
+    def _build_meters(self) -> None:
+        n = self._groups[-1].stop if self._groups else 0
+        rng = np.random.default_rng([self.seed, 3])
+        self._meter_ids: list[str] = []
+        self._meter_group_ids: list[str] = []
+        self._meter_weight = np.zeros(n)
+        self._meter_pf = np.zeros(n)
+        self._meter_thd = np.zeros(n)
+        self._meter_drop = np.zeros(n)
+        self._meter_energy0 = np.zeros(n)
+        self._meter_nominal_v = np.zeros(n)
+        self._meter_tamper = np.zeros(n, dtype=bool)
+        for g in self._groups:
+            sl = slice(g.start, g.stop)
+            count, meter_type = g.stop - g.start, g.meter_type
+            self._meter_ids.extend(f"{g.prefix}-{k:05d}" for k in range(g.first, g.first + count))
+            self._meter_group_ids.extend([g.id] * count)
+            w = rng.lognormal(0.0, 0.5, count)
+            self._meter_weight[sl] = w / w.sum() if count else w
+            self._meter_pf[sl] = rng.uniform(0.86, 0.99, count)
+            self._meter_thd[sl] = rng.uniform(1.0, 4.5, count)
+            self._meter_drop[sl] = rng.uniform(0.0, 0.03, count)
+            typical = _TYPICAL_PEAK_PER_METER_KW.get(meter_type, 1.2)
+            self._meter_energy0[sl] = rng.uniform(0.0, 2000.0, count) * typical
+            self._meter_nominal_v[sl] = g.nominal_v
+        self._meter_noise = SmoothNoise(self.seed, 4, n, self.settings.noise_period_s)
+
+    def _build_points(self, site: SiteConfig) -> None:
+        breaker_first = sorted(site.agents, key=lambda a: a.type is AgentType.CIRCUIT_BREAKER)
+        produced: dict[str, tuple[str, str]] = {}
+        for agent in breaker_first:
+            if agent.id not in self._modelled():
+                continue
+            for name, pid in agent.points.items():
+                produced[pid] = (agent.id, name)
+                if name in _COMMANDS.get(agent.type, ()):
+                    self._command_targets[pid] = (agent.id, name)
+        for ied in site.ieds:
+            for point in ied.points:
+                if point.id in produced or "." not in point.id:
+                    continue
+                agent_id, name = point.id.split(".", 1)
+                if agent_id in self._modelled() and name in _NAMES[self._agent_types[agent_id]]:
+                    produced[point.id] = (agent_id, name)
+                    if name in _COMMANDS.get(self._agent_types[agent_id], ()):
+                        self._command_targets[point.id] = (agent_id, name)
+        self._point_sources = [(pid, a, n) for pid, (a, n) in produced.items()]
+
+    def _modelled(self) -> set[str]:
+        return ({self.substation_id} | set(self.breakers) | set(self.lines) | set(self.transformers)
+                | set(self.capacitors) | set(self.ders))
+
+    # ------------------------------------------------------------------ time
+
+    def advance(self, now_s: float) -> None:
+        """Move simulated time to `now_s` (seconds since start); re-solve when anything changed."""
+        if not math.isfinite(now_s):
+            raise ValueError(f"now_s must be finite, found {now_s!r}")
+        if now_s < self._now - 1e-9:
+            raise ValueError(f"simulated time cannot go backwards ({now_s} < {self._now})")
+        self._run_events(now_s)
+        self._now = max(self._now, now_s)
+        self._move_taps(self._now)
+        if (self._dirty or self._last_solve_s is None
+                or self._now - self._last_solve_s >= self.settings.solve_period_s):
+            self._solve(self._now)
+
+    def _run_events(self, until_s: float) -> None:
+        self._pending.sort()
+        while self._pending and self._pending[0][0] <= until_s + 1e-12:
+            due, _, breaker_id, close = self._pending.pop(0)
+            if due > self._now:
+                # settle loads and temperatures up to the switching instant first
+                self._now = due
+                self._solve(due)
+            self._switch(breaker_id, close, due)
+
+    def _switch(self, breaker_id: str, close: bool, now_s: float) -> None:
+        cb = self.breakers[breaker_id]
+        if cb.closed == close:
+            return
+        cb.closed = close
+        cb.operations += 1
+        self.net.branches[cb.branch].closed = close
+        self._topology_dirty = True
+        self._dirty = True
+        log.info("%s %s at %.3f s", breaker_id, "closed" if close else "opened", now_s)
+        if not close:
+            self._solve(now_s)  # find what lost supply, so transient faults there clear
+
+    def _schedule(self, breaker_id: str, close: bool, now_s: float) -> None:
+        delay_ms = self.settings.breaker_closing_time_ms if close else self.settings.breaker_opening_time_ms
+        self._event_seq += 1
+        self._pending.append((now_s + delay_ms / 1000.0, self._event_seq, breaker_id, close))
+        self._run_events(max(now_s, self._now))
+
+    def _move_taps(self, now_s: float) -> None:
+        step_s = self.settings.tap_change_time_s
+        for t in self.transformers.values():
+            while t.tap_position != t.tap_setpoint and now_s >= t.next_tap_s:
+                if step_s == 0:
+                    t.tap_position = t.tap_setpoint
+                else:
+                    t.tap_position += 1 if t.tap_setpoint > t.tap_position else -1
+                    t.next_tap_s += step_s
+                self.net.branches[t.branch].ratio = self._tap_ratio(t.attrs, t.tap_position)
+                self._topology_dirty = True
+                self._dirty = True
+
+    # ------------------------------------------------------------------ solving
+
+    def _solve(self, now_s: float) -> None:
+        s = self.settings
+        dt = 0.0 if self._last_solve_s is None else max(0.0, now_s - self._last_solve_s)
+        if self._topology_dirty or self._tree is None:
+            self._tree = self.net.radial_tree(self.source_bus)
+            self._topology_dirty = False
+            if self._tree.loop_branches:
+                names = [self.net.branches[b].name for b in self._tree.loop_branches]
+                log.warning("closed switches make a loop (%s): meshed operation is not modelled, "
+                            "the loop-closing branch carries no current", ", ".join(names))
+        tree = self._tree
+        energised = tree.energised
+        hour = hour_of_day(now_s, s.start_hour)
+        base_kw = self.net.base_mva * 1000.0
+
+        # loads
+        shape = shape_at(self._shapes, hour)[self._load_shape] if len(self._loads) else np.zeros(0)
+        noise = 1.0 + s.load_noise_pct / 100.0 * self._load_noise.at(now_s)
+        factors = np.array([ld.factor for ld in self._loads])
+        kw = self._load_peak_kw * shape * np.clip(noise, 0.0, None) * factors
+        kvar = kw * self._load_tan_phi
+        served = energised[self._load_bus] if len(self._loads) else np.zeros(0, dtype=bool)
+        for ld, p, q, on in zip(self._loads, kw, kvar, served, strict=True):
+            ld.energy_kwh += ld.kw * dt / 3600.0  # rectangle rule over the last interval
+            ld.kw, ld.kvar = (float(p), float(q)) if on else (0.0, 0.0)
+        s_pu = np.zeros(len(self.net.buses), dtype=np.complex128)
+        np.add.at(s_pu, self._load_bus, (kw + 1j * kvar) / base_kw)
+
+        # weather and DER
+        weather = self._weather_noise.at(now_s)
+        clear = clear_sky_irradiance_w_m2(s.irradiance, hour)
+        dimming = 1.0 - abs(weather[0]) * s.irradiance.cloud_noise_pct / 100.0
+        self._irradiance_w_m2 = max(0.0, clear * dimming)
+        self._frequency_hz = s.frequency_hz + s.frequency_noise_hz * float(weather[1])
+        for der in self.ders.values():
+            der.irradiance_w_m2 = self._irradiance_w_m2
+            if not energised[der.bus]:
+                if der.connected:
+                    log.info("%s lost the grid and disconnected (anti-islanding)", der.id)
+                der.connected = False
+            else:
+                der.connected = der.connect_cmd
+            rated = der.attrs.rated_capacity
+            if der.connected:
+                available = rated * self._irradiance_w_m2 / 1000.0
+                der.p_kw = min(available, rated * der.p_limit_pct / 100.0)
+                s_max = der.attrs.rated_apparent_power_kva or rated * 1.1
+                q_max = math.sqrt(max(s_max ** 2 - der.p_kw ** 2, 0.0))
+                der.q_kvar = max(-q_max, min(q_max, der.q_setpoint_kvar))
+            else:
+                der.p_kw = der.q_kvar = 0.0
+            s_pu[der.bus] -= complex(der.p_kw, der.q_kvar) / base_kw
+
+        # capacitor banks: constant admittance at their rating
+        y_pu = np.zeros(len(self.net.buses), dtype=np.complex128)
+        for cap in self.capacitors.values():
+            cap.steps_active = cap.steps_cmd
+            q_mvar = cap.attrs.rated_capacity * cap.steps_active / cap.attrs.num_steps
+            v_ratio = self.net.buses[cap.bus].base_kv / cap.attrs.voltage_level
+            y_pu[cap.bus] += 1j * q_mvar * v_ratio ** 2 / self.net.base_mva
+
+        v0 = complex(s.source_voltage_pu)
+        start = self._result.voltage_pu if self._result is not None else None
+        result = solve(tree, s_pu, y_pu, v0, tolerance_pu=s.tolerance_pu, v_start_pu=start)
+        self._result = result
+        self._energised = energised.copy()
+        self._bus_load_kw = s_pu.real * base_kw
+        self._bus_load_kvar = s_pu.imag * base_kw
+
+        # balanced phase currents with the configured unbalance, then faults on top
+        u = s.unbalance_pct / 100.0
+        j = result.current_pu
+        self._i1 = j.copy()
+        self._i_abc = np.stack([j * (1 + u), j * (A_OP ** 2), j * A_OP * (1 - u)], axis=1)
+        self._v = result.voltage_pu.copy()
+        self._source_power_pu = result.source_power_pu
+        self._thermal(dt, now_s)
+        self._apply_faults(now_s)
+        self._last_solve_s = now_s
+        self._dirty = False
+
+    def _thermal(self, dt: float, now_s: float) -> None:
+        """IEEE C57.91 clause 7 top-oil rise, first order, exact over each interval."""
+        for t in self.transformers.values():
+            a = t.attrs
+            s_kva = abs(complex(self._bus_load_kw[t.bus], self._bus_load_kvar[t.bus]))
+            k = s_kva / t.rated_kva if self._energised[t.bus] else 0.0
+            n = _OIL_EXPONENT.get(a.cooling_type, 0.8)
+            ultimate = a.rated_top_oil_rise_c * ((k * k * a.loss_ratio + 1) / (a.loss_ratio + 1)) ** n
+            if t.top_oil_rise_c is None:
+                t.top_oil_rise_c = ultimate
+                continue
+            tau_s = (a.top_oil_time_constant_min or 180.0) * 60.0
+            t.top_oil_rise_c = ultimate + (t.top_oil_rise_c - ultimate) * math.exp(-dt / tau_s)
+
+    def _ambient_c(self, t: _Transformer | None, now_s: float) -> float:
+        s = self.settings
+        base = ambient_temperature_c(s.ambient_temp_c, s.ambient_swing_c, hour_of_day(now_s, s.start_hour))
+        if t is None:
+            return base
+        for start, duration, delta in t.ramps:
+            if now_s <= start:
+                continue
+            base += delta if duration <= 0 else delta * min(1.0, (now_s - start) / duration)
+        return base
+
+    # ------------------------------------------------------------------ faults
+
+    def _fault_location(self, f: _Fault) -> tuple[int, int, float] | None:
+        """(upstream bus, downstream bus, ohms of line between the upstream bus and the fault),
+        in the direction power reaches the fault; None when the faulted section is dead."""
+        tree = self._tree
+        assert tree is not None
+        line = self.lines[f.line_id]
+        previous_m, previous_bus = 0.0, line.start_bus
+        for p, bus in line.sections:
+            if p >= f.distance_m or bus == line.end_bus:
+                break
+            previous_m, previous_bus = p, bus
+        seg_bus = bus
+        if not (tree.energised[previous_bus] and tree.energised[seg_bus]):
+            return None
+        pos_prev, pos_seg = tree.position.get(previous_bus), tree.position.get(seg_bus)
+        if pos_seg is not None and (pos_prev is None or tree.parent_pos[pos_seg] == pos_prev):
+            return previous_bus, seg_bus, f.distance_m - previous_m
+        return seg_bus, previous_bus, p - f.distance_m
+
+    def _apply_faults(self, now_s: float) -> None:
+        tree = self._tree
+        assert tree is not None
+        keep: list[_Fault] = []
+        for f in self._faults:
+            where = self._fault_location(f)
+            if where is None and f.transient:
+                log.info("transient fault %d on %s cleared (section de-energised)", f.fault_id, f.line_id)
+                continue
+            keep.append(f)
+            if where is None:
+                f.info = self._fault_info(f, None, None, (0j, 0j))
+                continue
+            up_bus, down_bus, ohms_in = where
+            line = self.lines[f.line_id]
+            z_base = self.net.z_base_ohm(up_bus)
+            z1_th, z0_th = self._thevenin_pu(up_bus)
+            z1 = z1_th + line.z1_ohm_per_m * ohms_in / z_base
+            z0 = z0_th + line.z0_ohm_per_m * ohms_in / z_base
+            e = self._v[up_bus] if self._v[up_bus] != 0 else complex(self.settings.source_voltage_pu)
+            seq = sequence_currents(f.kind, e, z1, z1, z0, f.impedance_ohm / z_base)
+            ia, ib, ic = seq.phases()
+            pos_down = tree.position[down_bus]
+            on_path = tree.ancestors(pos_down)
+            nodes = tree.nodes
+            self._i_abc[nodes[on_path]] += np.array([ia, ib, ic])
+            self._i1[nodes[on_path]] += seq.i1
+            # positive-sequence sag: each bus loses Z_common · I1
+            z1_cum = self._z1_cumulative()
+            path_mask = np.zeros(len(nodes), dtype=bool)
+            path_mask[on_path] = True
+            anc = (tree.path != 0.0) & path_mask[:, None]
+            depth = np.where(anc, np.abs(z1_cum)[:, None], -1.0)
+            deepest = np.argmax(depth, axis=0)
+            z_common = np.where(anc.any(axis=0), z1_cum[deepest], 0.0)
+            beyond = tree.subtree(pos_down)
+            z_common[beyond] = z1
+            self._v[nodes] -= z_common * seq.i1
+            self._source_power_pu += self._v[self.source_bus] * np.conj(seq.i1)
+            f.info = self._fault_info(f, seq, self._breaker_for(f), (z1 * z_base, z0 * z_base))
+        self._faults = keep
+
+    def _z1_cumulative(self) -> npt.NDArray[np.complex128]:
+        """Positive-sequence impedance from the source to each tree node, per unit."""
+        tree = self._tree
+        assert tree is not None
+        return (tree.path != 0.0).T.astype(np.float64) @ tree.z_pu
+
+    def _thevenin_pu(self, bus: int) -> tuple[complex, complex]:
+        tree = self._tree
+        assert tree is not None
+        pos = tree.position.get(bus)
+        if pos is None:
+            return 0j, 0j
+        # from the source down, so that a transformer restarts the zero-sequence sum
+        chain = sorted(tree.ancestors(pos).tolist(), key=lambda k: int(np.count_nonzero(tree.path[:, k])))
+        z1 = z0 = 0j
+        for k in chain:
+            br = self.net.branches[int(tree.feeder_branch[k])]
+            zb = self.net.z_base_ohm(br.from_bus)
+            z1 += tree.z_pu[k]
+            if br.kind is BranchKind.TRANSFORMER:
+                z0 = br.z0_ohm / zb  # delta primary: the zero-sequence path starts at the unit
+            else:
+                z0 += br.z0_ohm / zb
+        return z1, z0
+
+    def _breaker_for(self, f: _Fault) -> str | None:
+        """The nearest closed breaker between the source and the fault."""
+        tree = self._tree
+        assert tree is not None
+        where = self._fault_location(f)
+        if where is None:
+            return self.lines[f.line_id].breaker_id
+        path = tree.ancestors(tree.position[where[1]])
+        buses = set(tree.nodes[path].tolist())
+        best: tuple[int, str] | None = None
+        for cb in self.breakers.values():
+            if cb.bus in buses:
+                depth = int(np.count_nonzero(tree.path[:, tree.position[cb.bus]]))
+                if best is None or depth > best[0]:
+                    best = (depth, cb.id)
+        return best[1] if best else None
+
+    def _fault_info(self, f: _Fault, seq: SequenceCurrents | None, breaker_id: str | None,
+                    z: tuple[complex, complex]) -> FaultInfo:
+        line = self.lines[f.line_id]
+        i_base = self.net.i_base_a(line.start_bus)
+        if seq is None:
+            ia = ib = ic = i_n = 0.0
+        else:
+            pa, pb, pc = seq.phases()
+            ia, ib, ic, i_n = (abs(pa) * i_base, abs(pb) * i_base, abs(pc) * i_base,
+                               abs(seq.residual) * i_base)
+        return FaultInfo(
+            fault_id=f.fault_id, line_id=f.line_id, distance_m=f.distance_m, kind=f.kind.value,
+            impedance_ohm=f.impedance_ohm, transient=f.transient, start_s=f.start_s,
+            breaker_id=breaker_id if seq is not None else line.breaker_id, energised=seq is not None,
+            fault_current_a=max(ia, ib, ic), ia_a=ia, ib_a=ib, ic_a=ic, in_a=i_n,
+            z1_ohm=(z[0].real, z[0].imag), z0_ohm=(z[1].real, z[1].imag))
+
+    def inject_fault(self, line_id: str, distance_m: float, kind: str, *, impedance_ohm: float = 0.0,
+                     transient: bool = False, now_s: float) -> FaultInfo:
+        """A short circuit on `line_id`, `distance_m` from its sending end. Transient faults clear
+        as soon as their section loses supply (the first dead time); permanent ones stay until
+        `clear_faults`."""
+        if line_id not in self.lines:
+            raise KeyError(f"{line_id!r} is not a modelled power line; known: {', '.join(sorted(self.lines))}")
+        length = self.lines[line_id].attrs.length
+        if not (math.isfinite(distance_m) and 0 <= distance_m <= length):
+            raise ValueError(f"distance_m must be within 0..{length:g} m of {line_id}, found {distance_m!r}")
+        if not (math.isfinite(impedance_ohm) and impedance_ohm >= 0):
+            raise ValueError(f"impedance_ohm must be >= 0, found {impedance_ohm!r}")
+        fault_kind = parse_kind(kind)
+        self.advance(now_s)
+        fault = _Fault(self._next_fault_id, line_id, float(distance_m), fault_kind, float(impedance_ohm),
+                       bool(transient), now_s)
+        self._next_fault_id += 1
+        self._faults.append(fault)
+        self._dirty = True
+        self._solve(self._now)
+        if fault.info is None:  # a transient fault on a dead section is gone at once
+            return self._fault_info(fault, None, self.lines[line_id].breaker_id, (0j, 0j))
+        log.info("fault %d: %s on %s at %.0f m, %.0f A", fault.fault_id, fault_kind.value, line_id,
+                 distance_m, fault.info.fault_current_a)
+        return fault.info
+
+    def clear_faults(self, now_s: float) -> None:
+        self.advance(now_s)
+        self._faults.clear()
+        self._dirty = True
+        self._solve(self._now)
+
+    @property
+    def active_faults(self) -> list[FaultInfo]:
+        return [f.info for f in self._faults if f.info is not None]
+
+    # ------------------------------------------------------------------ injections and commands
+
+    def load_step(self, target_id: str, factor: float, now_s: float) -> None:
+        """Scale every load behind `target_id` (transformer, meter group, line, breaker or the
+        substation) to `factor` × its profile value; 1.0 restores it."""
+        if not (math.isfinite(factor) and factor >= 0):
+            raise ValueError(f"factor must be a finite number >= 0, found {factor!r}")
+        hit = [ld for ld in self._loads if target_id in ld.owners]
+        if not hit:
+            raise KeyError(f"{target_id!r} has no load behind it; targets: "
+                           f"{', '.join(sorted({o for ld in self._loads for o in ld.owners}))}")
+        self.advance(now_s)
+        for ld in hit:
+            ld.factor = factor
+        self._dirty = True
+        self._solve(self._now)
+
+    def temperature_ramp(self, transformer_id: str, delta_c: float, duration_s: float, now_s: float) -> None:
+        """Ambient around one transformer changes by `delta_c` over `duration_s` (its oil follows)."""
+        t = self.transformers.get(transformer_id)
+        if t is None:
+            raise KeyError(f"{transformer_id!r} is not a modelled transformer; "
+                           f"known: {', '.join(sorted(self.transformers))}")
+        if not (math.isfinite(delta_c) and math.isfinite(duration_s) and duration_s >= 0):
+            raise ValueError(f"delta_c must be finite and duration_s >= 0, found {delta_c!r}, {duration_s!r}")
+        self.advance(now_s)
+        t.ramps.append((now_s, duration_s, delta_c))
+
+    def apply_command(self, point_id: str, value: float | int | bool, now_s: float) -> None:
+        """A write from the gateway to an IED point of the simulated grid."""
+        target = self._command_targets.get(point_id)
+        if target is None:
+            raise KeyError(f"{point_id!r} is not a command point of the simulated grid; "
+                           f"command points: {', '.join(sorted(self._command_targets))}")
+        agent_id, name = target
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{point_id}: value must be finite, found {value!r}")
+        self.advance(now_s)
+        at = self._now
+        if agent_id in self.breakers:
+            cb = self.breakers[agent_id]
+            flag = bool(value)
+            if name == "trip_cmd":
+                cb.trip_cmd = flag
+                if flag:
+                    self._schedule(agent_id, False, at)
+            elif name == "close_cmd":
+                cb.close_cmd = flag
+                if flag:
+                    self._schedule(agent_id, True, at)
+            elif name == "position_cmd":
+                cb.position_cmd = flag
+                self._schedule(agent_id, flag, at)
+        elif agent_id in self.transformers:
+            t = self.transformers[agent_id]
+            tap = int(round(float(value)))
+            clamped = max(t.attrs.tap_min, min(t.attrs.tap_max, tap))
+            if clamped != tap:
+                log.warning("%s: tap setpoint %d outside %d..%d, held at %d", agent_id, tap,
+                            t.attrs.tap_min, t.attrs.tap_max, clamped)
+            t.tap_setpoint = clamped
+            t.next_tap_s = at + self.settings.tap_change_time_s
+            self._move_taps(at)
+        elif agent_id in self.capacitors:
+            cap = self.capacitors[agent_id]
+            steps = int(round(float(value)))
+            cap.steps_cmd = max(0, min(cap.attrs.num_steps, steps))
+        elif agent_id in self.ders:
+            der = self.ders[agent_id]
+            if name == "p_limit_pct":
+                der.p_limit_pct = max(0.0, min(100.0, float(value)))
+            elif name == "q_setpoint_kvar":
+                der.q_setpoint_kvar = float(value)
+            elif name == "connect_cmd":
+                der.connect_cmd = bool(value)
+        self._dirty = True
+        self._solve(self._now)
+
+    def set_tie(self, tie_id: str, closed: bool, now_s: float) -> None:
+        """Open or close a tie switch (ids `TIE-<line>-<line>`, see `ties`)."""
+        branch = self.ties.get(tie_id)
+        if branch is None:
+            raise KeyError(f"{tie_id!r} is not a tie switch; known: {', '.join(sorted(self.ties)) or 'none'}")
+        self.advance(now_s)
+        self.net.branches[branch].closed = bool(closed)
+        self._topology_dirty = True
+        self._dirty = True
+        self._solve(self._now)
+
+    def breaker_closed(self, breaker_id: str) -> bool:
+        try:
+            return self.breakers[breaker_id].closed
+        except KeyError:
+            raise KeyError(f"{breaker_id!r} is not a modelled breaker; known: {', '.join(sorted(self.breakers))}") from None
+
+    # ------------------------------------------------------------------ outputs
+
+    def _kv(self, bus: int) -> float:
+        return float(abs(self._v[bus]) * self.net.buses[bus].base_kv)
+
+    def _branch_power_kw(self, bus: int) -> complex:
+        """Complex power (kW + j kvar) entering the branch feeding `bus`, at its sending end."""
+        tree = self._tree
+        assert tree is not None
+        pos = tree.position.get(bus)
+        if pos is None:
+            return 0j
+        parent_pos = tree.parent_pos[pos]
+        parent_bus = tree.nodes[parent_pos] if parent_pos >= 0 else tree.root
+        s = self._v[parent_bus] * np.conj(self._i1[bus] * tree.ratio[pos])
+        return complex(s) * self.net.base_mva * 1000.0
+
+    def _agent_values(self, agent_id: str) -> dict[str, float | int | bool]:
+        kind = self._agent_types[agent_id]
+        if kind is AgentType.SUBSTATION:
+            s = self._source_power_pu * self.net.base_mva * 1000.0
+            return {"bus_voltage_kv": self._kv(self.station_bus), "total_load_kw": s.real,
+                    "total_load_kvar": s.imag, "frequency_hz": self._frequency_hz}
+        if kind is AgentType.CIRCUIT_BREAKER:
+            cb = self.breakers[agent_id]
+            i_base = self.net.i_base_a(cb.bus)
+            ia, ib, ic = (abs(x) * i_base for x in self._i_abc[cb.bus])
+            i_n = abs(self._i_abc[cb.bus].sum()) * i_base
+            s = self._branch_power_kw(cb.bus)
+            return {"ia": ia, "ib": ib, "ic": ic, "in": i_n, "closed": cb.closed, "operations": cb.operations,
+                    "voltage_kv": self._kv(cb.bus), "frequency_hz": self._frequency_hz,
+                    "active_power_kw": s.real, "reactive_power_kvar": s.imag,
+                    "trip_cmd": cb.trip_cmd, "close_cmd": cb.close_cmd, "position_cmd": cb.position_cmd}
+        if kind is AgentType.POWER_LINE:
+            line = self.lines[agent_id]
+            first = line.first_bus
+            s = self._branch_power_kw(first)
+            return {"current_a": abs(self._i_abc[first][0]) * self.net.i_base_a(first),
+                    "voltage_kv": self._kv(line.start_bus), "active_power_kw": s.real,
+                    "reactive_power_kvar": s.imag, "end_voltage_kv": self._kv(line.end_bus)}
+        if kind is AgentType.TRANSFORMER:
+            t = self.transformers[agent_id]
+            s_sec = self._v[t.bus] * np.conj(self._i1[t.bus]) * self.net.base_mva * 1000.0
+            ambient = self._ambient_c(t, self._now)
+            return {"load_kw": float(s_sec.real), "load_kvar": float(s_sec.imag),
+                    "top_oil_temp_c": ambient + (t.top_oil_rise_c or 0.0), "ambient_temp_c": ambient,
+                    "secondary_voltage_v": self._kv(t.bus) * 1000.0,
+                    "current_a": float(abs(self._i1[t.bus]) * self.net.i_base_a(t.bus)),
+                    "tap_position": t.tap_position, "tap_setpoint": t.tap_setpoint}
+        if kind is AgentType.CAPACITOR_BANK:
+            cap = self.capacitors[agent_id]
+            v_pu_rated = abs(self._v[cap.bus]) * self.net.buses[cap.bus].base_kv / cap.attrs.voltage_level
+            q = cap.attrs.rated_capacity * 1000.0 * cap.steps_active / cap.attrs.num_steps * v_pu_rated ** 2
+            return {"bus_voltage_kv": self._kv(cap.bus), "reactive_power_kvar": q,
+                    "steps_active": cap.steps_active, "steps_cmd": cap.steps_cmd}
+        der = self.ders[agent_id]
+        return {"active_power_kw": der.p_kw, "reactive_power_kvar": der.q_kvar,
+                "voltage_pu": float(abs(self._v[der.bus])), "irradiance_w_m2": der.irradiance_w_m2,
+                "p_limit_pct": der.p_limit_pct, "q_setpoint_kvar": der.q_setpoint_kvar,
+                "connected": der.connected, "connect_cmd": der.connect_cmd}
+
+    def point_values(self) -> dict[str, float | int | bool]:
+        """Every IED point id the model produces → engineering value (commands: last commanded)."""
+        if self._dirty:
+            self._solve(self._now)
+        cache: dict[str, dict[str, float | int | bool]] = {}
+        out: dict[str, float | int | bool] = {}
+        for pid, agent_id, name in self._point_sources:
+            values = cache.get(agent_id)
+            if values is None:
+                values = cache[agent_id] = self._agent_values(agent_id)
+            if name in values:
+                out[pid] = values[name]
+        return out
+
+    def agent_values(self, agent_id: str) -> dict[str, float | int | bool]:
+        """All measurements of one modelled element by name (for tests and the control socket)."""
+        if agent_id not in self._modelled():
+            raise KeyError(f"{agent_id!r} is not a modelled element")
+        if self._dirty:
+            self._solve(self._now)
+        return self._agent_values(agent_id)
+
+    def meter_readings(self, now_s: float) -> MeterReadings:
+        """Every smart meter's reading at `now_s`, vectorised over the meters."""
+        self.advance(now_s)
+        n = len(self._meter_ids)
+        demand = np.zeros(n)
+        energy = np.zeros(n)
+        voltage = np.zeros(n)
+        noise = 1.0 + 0.05 * self._meter_noise.at(self._now) if n else np.zeros(0)
+        since = self._now - (self._last_solve_s or 0.0)
+        for g in self._groups:
+            sl = slice(g.start, g.stop)
+            load = self._loads[g.load]
+            w = self._meter_weight[sl]
+            t = self.transformers[g.transformer]
+            v_ln = abs(self._v[t.bus]) * self.net.buses[t.bus].base_kv * 1000.0 / SQRT3
+            typical = w * load.peak_kw
+            d = w * load.kw * np.clip(noise[sl], 0.0, None)
+            demand[sl] = d
+            energy[sl] = self._meter_energy0[sl] + w * (load.energy_kwh + load.kw * since / 3600.0)
+            voltage[sl] = v_ln * (1.0 - self._meter_drop[sl] * np.divide(d, typical, out=np.zeros_like(d),
+                                                                         where=typical > 0))
+        powered = voltage > 0.5 * self._meter_nominal_v
+        demand = np.where(powered, demand, 0.0)
+        voltage = np.where(powered, voltage, np.where(voltage > 0, voltage, 0.0))
+        current = np.divide(demand * 1000.0, voltage * self._meter_pf, out=np.zeros(n), where=powered)
+        thd = np.where(powered, self._meter_thd, 0.0)
+        return MeterReadings(time_s=self._now, ids=self._meter_ids, group_ids=self._meter_group_ids,
+                             voltage_v=voltage, current_a=current, demand_kw=demand, energy_kwh=energy,
+                             power_factor=self._meter_pf.copy(), thd_pct=thd, powered=powered,
+                             tamper=self._meter_tamper.copy())
+
+    def set_tamper(self, meter_id: str, tampered: bool = True) -> None:
+        """Flag a meter's tamper switch (a scenario injection)."""
+        try:
+            k = self._meter_ids.index(meter_id)
+        except ValueError:
+            raise KeyError(f"{meter_id!r} is not a simulated meter") from None
+        self._meter_tamper[k] = tampered
+
+    @property
+    def now_s(self) -> float:
+        return self._now
+
+
+_NAMES: dict[AgentType, frozenset[str]] = {
+    AgentType.SUBSTATION: frozenset({"bus_voltage_kv", "total_load_kw", "total_load_kvar", "frequency_hz"}),
+    AgentType.CIRCUIT_BREAKER: frozenset({"ia", "ib", "ic", "in", "closed", "operations", "voltage_kv",
+                                          "frequency_hz", "active_power_kw", "reactive_power_kvar",
+                                          "trip_cmd", "close_cmd", "position_cmd"}),
+    AgentType.POWER_LINE: frozenset({"current_a", "voltage_kv", "active_power_kw", "reactive_power_kvar",
+                                     "end_voltage_kv"}),
+    AgentType.TRANSFORMER: frozenset({"load_kw", "load_kvar", "top_oil_temp_c", "ambient_temp_c",
+                                      "secondary_voltage_v", "current_a", "tap_position", "tap_setpoint"}),
+    AgentType.CAPACITOR_BANK: frozenset({"bus_voltage_kv", "reactive_power_kvar", "steps_active", "steps_cmd"}),
+    AgentType.RENEWABLE_ENERGY: frozenset({"active_power_kw", "reactive_power_kvar", "voltage_pu",
+                                           "irradiance_w_m2", "p_limit_pct", "q_setpoint_kvar", "connected",
+                                           "connect_cmd"}),
+    AgentType.SMART_METER: frozenset(),
+}
+_COMMANDS: dict[AgentType, frozenset[str]] = {
+    AgentType.CIRCUIT_BREAKER: frozenset({"trip_cmd", "close_cmd", "position_cmd"}),
+    AgentType.TRANSFORMER: frozenset({"tap_setpoint"}),
+    AgentType.CAPACITOR_BANK: frozenset({"steps_cmd"}),
+    AgentType.RENEWABLE_ENERGY: frozenset({"p_limit_pct", "q_setpoint_kvar", "connect_cmd"}),
+}

@@ -1,0 +1,109 @@
+"""The site file's `[simulation]` table: electrical data the gateway itself never needs.
+
+Everything has a default, so an empty table (or none) gives a working model: a 250 MVA,
+X/R 10 source at the station bus, loads at 60 % of each transformer's rating at the daily
+peak, and a clear-sky sun. Element data (line lengths and impedances, transformer ratings…)
+comes from the agents' attributes; this table holds what only a simulator needs.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class LoadProfileName(enum.Enum):
+    RESIDENTIAL = "residential"
+    COMMERCIAL = "commercial"
+    INDUSTRIAL = "industrial"
+    FLAT = "flat"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LoadSettings(_Model):
+    """The load behind one transformer, meter group or line (a line's lumped load at its end)."""
+
+    peak_kw: float | None = Field(default=None, ge=0)
+    """Demand at the profile's daily peak (default: 60 % of the transformer's rating)."""
+    power_factor: float = Field(default=0.95, gt=0, le=1)
+    profile: LoadProfileName | None = None
+    """Daily shape (default: the meter group's type, else residential)."""
+    hourly: list[float] | None = Field(default=None, min_length=24, max_length=24)
+    """Own 24-value shape (hour 0..23, fraction of peak) instead of a named profile."""
+
+
+class IrradianceSettings(_Model):
+    peak_w_m2: float = Field(default=1000.0, ge=0, le=1500)
+    sunrise_h: float = Field(default=6.0, ge=0, lt=24)
+    sunset_h: float = Field(default=18.0, gt=0, le=24)
+    cloud_noise_pct: float = Field(default=0.0, ge=0, le=100)
+    """Random dimming, in % of clear-sky irradiance (0 = clear sky)."""
+    hourly: list[float] | None = Field(default=None, min_length=24, max_length=24)
+    """Own 24-value profile in W/m² instead of the clear-sky bell."""
+
+    @model_validator(mode="after")
+    def _check(self) -> IrradianceSettings:
+        if self.sunset_h <= self.sunrise_h:
+            raise ValueError(f"sunset_h ({self.sunset_h}) must be after sunrise_h ({self.sunrise_h})")
+        return self
+
+
+class SimulationSettings(_Model):
+    nominal_kv: float | None = Field(default=None, gt=0)
+    """Station bus voltage, line to line (default: the substation's `secondary_voltage`, else 11)."""
+    frequency_hz: float = Field(default=50.0, gt=0)
+    frequency_noise_hz: float = Field(default=0.01, ge=0, le=1)
+    source_sc_mva: float = Field(default=250.0, gt=0)
+    """Three-phase short-circuit power of the grid at the station bus."""
+    source_x_r: float = Field(default=10.0, gt=0)
+    source_z0_z1: float = Field(default=1.0, gt=0)
+    """Zero- to positive-sequence source impedance (≈1 behind a Dyn transformer, solidly earthed)."""
+    source_voltage_pu: float = Field(default=1.02, gt=0.5, lt=1.5)
+    base_mva: float = Field(default=10.0, gt=0)
+    start_hour: float = Field(default=12.0, ge=0, lt=24)
+    """Time of day at simulated time 0."""
+    ambient_temp_c: float = Field(default=25.0, ge=-50, le=60)
+    ambient_swing_c: float = Field(default=0.0, ge=0, le=30)
+    """Half the daily ambient swing (coolest at 05:00, warmest at 17:00)."""
+    breaker_opening_time_ms: float = Field(default=0.0, ge=0, le=1000)
+    """Trip command to open contacts (0 for fast benchmarks; 50 ms is a real 3-cycle breaker)."""
+    breaker_closing_time_ms: float = Field(default=0.0, ge=0, le=2000)
+    tap_change_time_s: float = Field(default=0.0, ge=0, le=60)
+    """Time per tap step of a tap changer moving to its setpoint (0 = at once)."""
+    solve_period_s: float = Field(default=0.5, gt=0, le=3600)
+    """Re-solve at least this often as loads drift; any switching or command re-solves at once."""
+    load_noise_pct: float = Field(default=2.0, ge=0, le=50)
+    noise_period_s: float = Field(default=60.0, gt=0)
+    """Load noise changes smoothly, one new random value per load per period."""
+    unbalance_pct: float = Field(default=2.0, ge=0, le=30)
+    """Phase current unbalance of the feeders (phase a above, c below the mean)."""
+    transformer_x_r: float = Field(default=5.0, gt=0)
+    line_load_percent: float = Field(default=35.0, ge=0, le=100)
+    """A line with nothing modelled downstream carries a lumped load of this share of its ampacity."""
+    loads: dict[str, LoadSettings] = Field(default_factory=dict)
+    """Per transformer, meter group or line id."""
+    positions_m: dict[str, float] = Field(default_factory=dict)
+    """Element id → distance along its supplying line (default: spread evenly, the last at the end)."""
+    capacitor_steps: dict[str, int] = Field(default_factory=dict)
+    """Capacitor bank id → steps in service at start (default 0)."""
+    irradiance: IrradianceSettings = IrradianceSettings()
+    seed: int | None = None
+    """Overrides the seed given on the command line."""
+    tolerance_pu: float = Field(default=1e-8, gt=0, le=1e-3)
+
+
+def load_settings(raw: dict[str, Any] | None) -> SimulationSettings:
+    """Validate the `[simulation]` table, naming the key, the value found and what was expected."""
+    try:
+        return SimulationSettings.model_validate(raw or {})
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            where = "simulation." + ".".join(str(p) for p in err["loc"]) if err["loc"] else "simulation"
+            problems.append(f"{where}: {err['msg']} (found {err.get('input')!r})")
+        raise ValueError("invalid [simulation] table:\n  " + "\n  ".join(problems)) from None
