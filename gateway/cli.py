@@ -138,7 +138,7 @@ def _human_status(s: dict[str, Any]) -> str:
             ["IED", "PROTOCOL", "ENDPOINT", "STATE", "LAST POLL", "LAST OK", "POLLS", "ERRORS", "LAST ERROR"],
         ),
     ]
-    if "protection" in s:
+    if s.get("protection"):
         lines += ["", f"protection backend: {s['protection'].get('backend')}"]
     return "\n".join(lines)
 
