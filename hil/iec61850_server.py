@@ -81,6 +81,7 @@ class _Control:
     do: Any = None
     blocked: bool = False
     reason: str = ""
+    selected: bool = False
     callbacks: list[Any] = field(default_factory=list)
 
 
@@ -294,13 +295,25 @@ class BayServer:
         c.lib.IedServer_setControlHandler(self.server, control.do, operate, c.ffi.NULL)
 
     def _check(self, control: _Control, action: Any, ctl_val: Any) -> int:
+        """Called at select and at operate. libiec61850 already refuses an operate without a
+        select under SBO; the record kept here makes the rule explicit and independent of it."""
         value = bool(c.lib.MmsValue_getBoolean(ctl_val))
+        is_select = bool(c.lib.ControlAction_isSelect(action))
         with self._ctl_lock:
-            blocked, reason = control.blocked, control.reason
+            blocked, reason, selected = control.blocked, control.reason, control.selected
+            if not is_select:
+                control.selected = False
         if value and blocked:
             log.warning("refused to close %s: %s", control.point.id, reason or "blocked")
             c.lib.ControlAction_setAddCause(action, c.ADD_CAUSE_BLOCKED_BY_INTERLOCKING)
             return c.CONTROL_OBJECT_ACCESS_DENIED
+        if not is_select and not selected:
+            log.warning("refused to operate %s: not selected", control.point.id)
+            c.lib.ControlAction_setAddCause(action, c.ADD_CAUSE_OBJECT_NOT_SELECTED)
+            return c.CONTROL_OBJECT_ACCESS_DENIED
+        if is_select:
+            with self._ctl_lock:
+                control.selected = True
         return c.CONTROL_ACCEPTED
 
     def _operate(self, control: _Control, ctl_val: Any, test: bool) -> int:

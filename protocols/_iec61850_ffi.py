@@ -235,6 +235,7 @@ ADD_CAUSE_NAMES = [
 ]
 ADD_CAUSE_BLOCKED_BY_INTERLOCKING = 10
 ADD_CAUSE_INVALID_POSITION = 4
+ADD_CAUSE_OBJECT_NOT_SELECTED = 18
 LAST_APPL_ERROR_NAMES = {0: "no-error", 1: "unknown", 2: "timeout-test-not-ok", 3: "operator-test-not-ok"}
 
 # Dbpos

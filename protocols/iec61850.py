@@ -316,15 +316,18 @@ class Iec61850Client:
         try:
             while not self._closing:
                 self.status.state = LinkState.CONNECTING
+                self._link_generation += 1
                 try:
-                    self._session = await self._call(self._open_session)
+                    self._session = await self._call(self._open_session, self._link_generation)
                 except _LinkDown as exc:
                     self._link_lost(f"connect failed: {exc}")
                     self._writes.fail_all(f"{self.ied_id}: no link")
                     await self._sleep(backoff * random.uniform(0.8, 1.2))
                     backoff = min(backoff * 2, self.cfg.backoff_max_s)
                     continue
-                self._link_generation += 1
+                self.status.extra["polled_points"] = sum(len(e) for *_, e in self._session.polls)
+                self.status.extra["report_points"] = len(self._session.reported)
+                self.status.extra["rcbs_enabled"] = len(self._session.report_plans)
                 self.status.state = LinkState.ONLINE
                 self._last_ok_mono = self._clock.monotonic()
                 self._stale_marked = False
@@ -361,6 +364,7 @@ class Iec61850Client:
 
     async def _drop_session(self) -> None:
         session, self._session = self._session, None
+        self._link_generation += 1  # reports still queued from this association are dropped
         if session is None:
             return
         if self._worker is not None and self._loop is not None:
@@ -380,7 +384,7 @@ class Iec61850Client:
             raise _LinkDown(f"{what}: {c.ied_error_name(code)}")
         raise _Refused(f"{what}: {c.ied_error_name(code)}")
 
-    def _open_session(self) -> _Session:
+    def _open_session(self, generation: int) -> _Session:
         con = lib.IedConnection_create()
         if con == ffi.NULL:
             raise _LinkDown("cannot allocate a connection")
@@ -395,7 +399,7 @@ class Iec61850Client:
         try:
             for rcb_ref in self.cfg.report_control_blocks:
                 try:
-                    self._subscribe(session, rcb_ref)
+                    self._subscribe(session, rcb_ref, generation)
                 except _Refused as exc:
                     self._log.warning("report control block not used, its points are polled",
                                       extra={"ied": self.ied_id, "rcb": rcb_ref, "reason": str(exc)})
@@ -425,7 +429,7 @@ class Iec61850Client:
         session.specs.append(spec)
         return spec
 
-    def _subscribe(self, session: _Session, rcb_ref: str) -> None:
+    def _subscribe(self, session: _Session, rcb_ref: str, generation: int) -> None:
         con, error = session.con, ffi.new("int*")
         rcb = lib.IedConnection_getRCBValues(con, error, rcb_ref.encode(), ffi.NULL)
         self._check(error, f"read {rcb_ref}")
@@ -467,7 +471,7 @@ class Iec61850Client:
             raise _Refused(f"data set {dataset_ref} carries none of this IED's points")
         rpt_id_c = lib.ClientReportControlBlock_getRptId(rcb)
         rpt_id = ffi.string(rpt_id_c) if rpt_id_c != ffi.NULL else b""
-        handler = ffi.callback("void(void*, ClientReport)", self._report_handler(plan))
+        handler = ffi.callback("void(void*, ClientReport)", self._report_handler(plan, generation))
         session.callbacks.append(handler)
         lib.IedConnection_installReportHandler(con, rcb_ref.encode(), rpt_id or ffi.NULL, handler, ffi.NULL)
         lib.ClientReportControlBlock_setTrgOps(
@@ -510,9 +514,8 @@ class Iec61850Client:
                 ))
             session.polls.append((ln_ref.encode(), c.FC[fc], spec, extracts))
 
-    def _report_handler(self, plan: list[tuple[int, list[_Extract]]]) -> Callable[[Any, Any], None]:
+    def _report_handler(self, plan: list[tuple[int, list[_Extract]]], generation: int) -> Callable[[Any, Any], None]:
         loop = self._loop
-        generation = self._link_generation + 1
 
         def on_report(_param: Any, report: Any) -> None:
             # libiec61850's receive thread: copy values out, hand them to the loop, never block.
@@ -655,9 +658,6 @@ class Iec61850Client:
         except _LinkDown:
             self.status.poll_errors += 1
             raise
-        self.status.extra["polled_points"] = sum(len(e) for *_, e in session.polls)
-        self.status.extra["report_points"] = len(session.reported)
-        self.status.extra["rcbs_enabled"] = len(session.report_plans)
         self._mark_ok()
         if decoded:
             self._sink(self._updates(decoded))
@@ -671,7 +671,7 @@ class Iec61850Client:
         ]
 
     def _apply_report(self, generation: int, decoded: list[tuple[str, Any, Quality, float | None]]) -> None:
-        if generation != self._link_generation or self._session is None or self._closing:
+        if generation != self._link_generation or self._closing:
             return  # a late report of a dropped association
         self.status.extra["reports"] += 1
         self._mark_ok()
