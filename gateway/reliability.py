@@ -111,6 +111,12 @@ class OutageLedger:
             ends = np.concatenate([ends, np.full(open_starts.size, np.nan)])
         return indices(starts, ends, self.customers, since, until, momentary_threshold_s)
 
+    def shift_times(self, delta_s: float) -> None:
+        _, starts, ends = self.columns()
+        starts += delta_s
+        ends += delta_s
+        self._last_start += delta_s
+
     def snapshot(self) -> dict[str, Any]:
         meters, starts, ends = self.columns()
         return {"meter": meters.tobytes(), "start": starts.tobytes(), "end": ends.tobytes()}

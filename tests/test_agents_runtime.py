@@ -155,3 +155,22 @@ def test_restore_refuses_other_versions(site) -> None:  # type: ignore[no-untype
     rt = AgentRuntime(site, now=0.0)
     with pytest.raises(ValueError, match="version"):
         rt.restore({"version": 99})
+
+
+def test_restored_times_follow_a_new_monotonic_origin(site) -> None:  # type: ignore[no-untyped-def]
+    # first boot: monotonic 1000 = wall 1_700_000_000
+    rt = AgentRuntime(site, now=1000.0, meter_period_s=1.0)
+    rt.tick(1000.0, wall=1_700_000_000.0)
+    rt.on_protection_event("trip", "CB-045", "51", "A", 5000.0, 1010.0)
+    rt.tick(1011.0, wall=1_700_000_011.0)
+    shown = rt.show("CB-045")
+    assert shown["since_wall"] == pytest.approx(1_700_000_010.0)
+    outage_wall = rt.fleet.outage_start[0] + rt.wall_offset
+    snap = rt.snapshot()
+    # after a reboot the monotonic clock restarts near 0; wall time went on
+    rt2 = AgentRuntime(site, now=5.0)
+    rt2.restore(snap)
+    rt2.tick(5.0, wall=1_700_000_100.0)
+    assert rt2.show("CB-045")["since_wall"] == pytest.approx(1_700_000_010.0)
+    assert rt2.show("CB-045")["last_transitions"][-1]["time"] + rt2.wall_offset == pytest.approx(1_700_000_010.0)
+    assert rt2.fleet.outage_start[0] + rt2.wall_offset == pytest.approx(outage_wall)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import enum
 from dataclasses import dataclass, field, fields
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from gateway.agents.actions import Action, StateChange
 from gateway.agents.fsm import TransitionTable
@@ -30,6 +30,21 @@ class Memory:
     since: float
     history: list[dict[str, Any]] = field(default_factory=list)
 
+    TIME_FIELDS: ClassVar[tuple[str, ...]] = ()
+    """Fields holding monotonic times (numbers, lists of numbers, or lists of [time, value])."""
+
+    def shift_times(self, delta_s: float) -> None:
+        """Move every stored monotonic time by `delta_s` (the clock origin changed, e.g. a reboot)."""
+        self.since += delta_s
+        for record in self.history:
+            record["time"] = record["time"] + delta_s
+        for name in self.TIME_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, int | float):
+                setattr(self, name, value + delta_s)
+            elif isinstance(value, list):
+                setattr(self, name, [_shift(v, delta_s) for v in value])
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for f in fields(self):
@@ -43,6 +58,14 @@ class Memory:
         kwargs = {k: v for k, v in data.items() if k in known}
         kwargs["state"] = state_type(data["state"])
         return cls(**kwargs)
+
+
+def _shift(value: Any, delta_s: float) -> Any:
+    if isinstance(value, int | float):
+        return value + delta_s
+    if isinstance(value, list) and value:
+        return [value[0] + delta_s, *value[1:]]
+    return value
 
 
 @dataclass(frozen=True, slots=True)

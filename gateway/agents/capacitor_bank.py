@@ -15,7 +15,7 @@ import copy
 import enum
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from gateway.agents.actions import Action, Alert, BusMessage, ControlRequest, Severity, Topic
 from gateway.agents.base import Agent, Links, Memory
@@ -77,6 +77,9 @@ class CapacitorInputs:
 
 @dataclass
 class CapacitorMemory(Memory):
+    TIME_FIELDS: ClassVar[tuple[str, ...]] = ("switching_since", "step_opened_at", "below_since", "above_since",
+                                              "recent_operations", "last_switched")
+
     steps_active: int = 0
     steps_commanded: int | None = None
     switching_since: float | None = None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import enum
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from gateway.agents.actions import Action, Alert, BusMessage, ControlRequest, Severity, Topic
 from gateway.agents.base import Agent, Links, Memory
@@ -74,6 +74,8 @@ class BreakerInputs:
 
 @dataclass
 class BreakerMemory(Memory):
+    TIME_FIELDS: ClassVar[tuple[str, ...]] = ("recent_trips", "last_trip_time")
+
     trip_count: int = 0
     recent_trips: list[float] = field(default_factory=list)
     last_trip_time: float | None = None

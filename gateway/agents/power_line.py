@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import enum
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from gateway.agents.actions import Action, Alert, BusMessage, Severity, Topic
 from gateway.agents.base import Agent, Links, Memory
@@ -71,6 +71,8 @@ class LineInputs:
 
 @dataclass
 class LineMemory(Memory):
+    TIME_FIELDS: ClassVar[tuple[str, ...]] = ("overload_since", "last_time")
+
     overload_since: float | None = None
     thermal_level: float = 0.0
     last_time: float | None = None

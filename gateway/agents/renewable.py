@@ -14,7 +14,7 @@ import copy
 import enum
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from gateway.agents.actions import Action, Alert, BusMessage, ControlRequest, Severity, Topic
 from gateway.agents.base import Agent, Links, Memory
@@ -84,6 +84,8 @@ class DerInputs:
 
 @dataclass
 class DerMemory(Memory):
+    TIME_FIELDS: ClassVar[tuple[str, ...]] = ("last_time", "grid_ok_since")
+
     last_time: float | None = None
     connected: bool = False
     generation_kw: float = 0.0
@@ -105,8 +107,10 @@ class RenewableEnergyAgent(Agent[DerState, DerEvent]):
     agent_type = "renewable_energy"
     TABLE = TABLE
 
-    def __init__(self, agent_id: str, attrs: RenewableEnergyAttributes, links: Links | None = None) -> None:
+    def __init__(self, agent_id: str, attrs: RenewableEnergyAttributes, links: Links | None = None,
+                 has_connection_feedback: bool = False) -> None:
         super().__init__(agent_id, links)
+        self.has_connection_feedback = has_connection_feedback
         self.attrs = attrs
         self.s_rated_kva = attrs.rated_apparent_power_kva or attrs.rated_capacity
         self.min_generation_kw = attrs.min_generation_kw if attrs.min_generation_kw is not None else 0.01 * attrs.rated_capacity
@@ -154,7 +158,8 @@ class RenewableEnergyAgent(Agent[DerState, DerEvent]):
             m.voltage_pu = x.voltage_pu
         if x.connected is not None:
             m.connected = x.connected
-        elif m.state is _S.OFFLINE and not m.disconnect_commanded and x.grid_available is not False:
+        elif (not self.has_connection_feedback and m.state is _S.OFFLINE and not m.disconnect_commanded
+              and x.grid_available is not False):
             m.connected = True  # no feedback point: assume the inverter follows the grid
         grid_lost = x.grid_available is False or (m.voltage_pu is not None and m.voltage_pu < 0.5)
         in_window = (not grid_lost and m.voltage_pu is not None

@@ -87,7 +87,9 @@ class AgentRuntime:
         self._pending: list[Action] = []
         self._lost_groups: set[str] = set()
         self._last_meter_eval: float | None = None
-        self._wall_offset: float | None = None
+        self.wall_offset: float | None = None
+        """wall − monotonic, learnt from `tick(now, wall)`; used to move restored times."""
+        self._restored_offset: float | None = None
         self.started = now
         for cfg in site.agents:
             if cfg.type is AgentType.SMART_METER:
@@ -161,7 +163,8 @@ class AgentRuntime:
                                       has_feedback="steps_active" in points)
         if agent_type is AgentType.RENEWABLE_ENERGY:
             assert isinstance(attrs, RenewableEnergyAttributes)
-            return RenewableEnergyAgent(agent_id, attrs, Links(upstream_breaker=breaker, substation=sub))
+            return RenewableEnergyAgent(agent_id, attrs, Links(upstream_breaker=breaker, substation=sub),
+                                        has_connection_feedback="connected" in points)
         raise ValueError(f"agent {agent_id}: no runtime for type {agent_type.value}")
 
     # ------------------------------------------------------------------ inputs from the daemon
@@ -266,6 +269,11 @@ class AgentRuntime:
 
     def tick(self, now: float, wall: float | None = None) -> list[Action | BulkStateChange]:
         """Step every agent that is due (meters in bulk); return what the daemon must do."""
+        if wall is not None:
+            self.wall_offset = wall - now
+            if self._restored_offset is not None:
+                self.shift_times(self._restored_offset - self.wall_offset)
+                self._restored_offset = None
         out: list[Action | BulkStateChange] = list(self._pending)
         self._pending = []
         self._update_supply(now)
@@ -336,8 +344,8 @@ class AgentRuntime:
     # ------------------------------------------------------------------ views
 
     def list_agents(self) -> list[dict[str, Any]]:
-        rows = [{"id": a, "type": t.value, "state": self.memory[a].state.value, "since": self.memory[a].since}
-                for a, t in self.types.items()]
+        rows = [{"id": a, "type": t.value, "state": self.memory[a].state.value, "since": self.memory[a].since,
+                 "since_wall": self.to_wall(self.memory[a].since)} for a, t in self.types.items()]
         for g in self.fleet.groups:
             counts = self.fleet.counts(slice(g.start, g.stop))
             top = max(counts, key=lambda k: counts[k]) if counts else "Active"
@@ -351,6 +359,7 @@ class AgentRuntime:
             links = {k: v for k, v in agent.links.__dict__.items()} if hasattr(agent.links, "__dict__") else {
                 f.name: getattr(agent.links, f.name) for f in fields(agent.links)}
             return {"id": agent_id, "type": self.types[agent_id].value, "state": m.state.value, "since": m.since,
+                    "since_wall": self.to_wall(m.since), "wall_offset": self.wall_offset,
                     "attributes": _plain(agent.attributes(m)), "last_transitions": list(m.history),
                     "links": _plain({k: v for k, v in links.items() if v not in (None, (), 0)}),
                     "readings": _plain(self.readings[agent_id]),
@@ -374,6 +383,11 @@ class AgentRuntime:
                                            momentary_threshold_s=self.momentary_threshold_s)
         return result.to_dict()
 
+    def to_wall(self, monotonic: float | None) -> float | None:
+        if monotonic is None or self.wall_offset is None:
+            return None
+        return monotonic + self.wall_offset
+
     @property
     def last_time(self) -> float:
         times = list(self.last_step.values()) + ([self._last_meter_eval] if self._last_meter_eval else [])
@@ -381,9 +395,19 @@ class AgentRuntime:
 
     # ------------------------------------------------------------------ persistence
 
+    def shift_times(self, delta_s: float) -> None:
+        """Move every stored monotonic time by `delta_s` (monotonic origin differs after a reboot)."""
+        if abs(delta_s) < 1e-6:
+            return
+        log.info("agent times moved by %.3f s to the new monotonic clock", delta_s)
+        for memory in self.memory.values():
+            memory.shift_times(delta_s)
+        self.fleet.shift_times(delta_s)
+
     def snapshot(self) -> dict[str, Any]:
         return {
             "version": SNAPSHOT_VERSION,
+            "wall_offset": self.wall_offset,
             "agents": {a: {"type": self.types[a].value, "memory": m.to_dict()} for a, m in self.memory.items()},
             "fault_pending": sorted(self.fault_pending),
             "fleet": self.fleet.snapshot(),
@@ -405,6 +429,7 @@ class AgentRuntime:
         if "fleet" in snapshot and not self.fleet.restore(snapshot["fleet"]):
             log.warning("snapshot: the meter population changed; meter states start fresh")
         self._lost_groups = set()
+        self._restored_offset = snapshot.get("wall_offset")
 
 
 def save_to_store(store: Any, runtime: AgentRuntime, now: float) -> None:

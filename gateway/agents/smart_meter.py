@@ -314,6 +314,12 @@ class MeterFleet:
             "supply_lost": bool(self.supply_lost[i]),
         }
 
+    def shift_times(self, delta_s: float) -> None:
+        """The monotonic clock's origin moved (restart after reboot): move every stored time."""
+        self.since += delta_s
+        self.outage_start += delta_s
+        self.ledger.shift_times(delta_s)
+
     _PERSISTED = ("state", "since", "outage_start", "tamper", "energy_kwh", "peak_kw", "typical_kw", "supply_lost")
 
     def snapshot(self) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import enum
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from gateway.agents.actions import Action, Alert, BusMessage, Severity, Topic
 from gateway.agents.base import Agent, Links, Memory
@@ -94,6 +94,8 @@ class SubstationInputs:
 
 @dataclass
 class SubstationMemory(Memory):
+    TIME_FIELDS: ClassVar[tuple[str, ...]] = ("load_history",)
+
     load_kw: float = 0.0
     load_kvar: float = 0.0
     load_percent: float = 0.0

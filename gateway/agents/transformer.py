@@ -18,7 +18,7 @@ import copy
 import enum
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from gateway.agents.actions import Action, Alert, BusMessage, ControlRequest, Severity, Topic
 from gateway.agents.base import Agent, Links, Memory
@@ -93,6 +93,8 @@ class TransformerInputs:
 
 @dataclass
 class TransformerMemory(Memory):
+    TIME_FIELDS: ClassVar[tuple[str, ...]] = ("last_time", "out_of_band_since", "last_tap_time")
+
     last_time: float | None = None
     load_percent: float = 0.0
     load_kw: float = 0.0
