@@ -116,7 +116,16 @@ def _print_status(status: dict[str, Any]) -> None:
     for breaker, state in sorted((status.get("breakers") or {}).items()):
         print(f"  breaker {breaker:<12} {state}")
     faults = status.get("faults") or []
-    print(f"  faults: {json.dumps(faults) if faults else 'none'}")
+    if not faults:
+        print("  faults: none")
+    for f in faults:
+        if isinstance(f, dict) and "line_id" in f:
+            state = "energised" if f.get("energised") else "de-energised"
+            print(f"  fault {f.get('fault_id')}: {f.get('kind')} on {f['line_id']} at {f.get('distance_m', 0):.0f} m"
+                  f"{' transient' if f.get('transient') else ''}, {f.get('fault_current_a', 0):.0f} A, {state},"
+                  f" cleared by {f.get('breaker_id')}")
+        else:
+            print(f"  fault: {json.dumps(f)}")
     for ied, remaining in (status.get("commloss") or {}).items():
         print(f"  commloss {ied}: {remaining:.1f} s left")
     for ep in status.get("endpoints") or []:

@@ -203,9 +203,10 @@ class Iec61850Child:
                 self.on_command(point_id, value)
             except Exception:
                 log.exception("%s: command %s=%r failed in the model", self.ied.id, point_id, value)
-        if self.process is not None and self.process.returncode is None:
-            await self.process.wait()
-        log.warning("%s: IEC 61850 server process ended", self.ied.id)
+        process = self.process
+        if process is not None:
+            await process.wait()
+            log.warning("%s: IEC 61850 server process ended (exit code %s)", self.ied.id, process.returncode)
 
     async def update(self, values: dict[str, Any]) -> None:
         process = self.process
@@ -291,6 +292,7 @@ class HilRuntime:
         self._started = False
         self._pending: set[asyncio.Task[Any]] = set()
         self._next_ami_s: float | None = None
+        self._origin_s: float | None = None
         self.lag_resets = 0
         self.step_time_s = 0.0
         """Real seconds spent in model steps and server updates, in total."""
@@ -428,10 +430,14 @@ class HilRuntime:
     async def step(self) -> None:
         """One step: advance time and model, lift expired injections, refresh every server."""
         t0 = time.perf_counter()
-        self.clock.advance(self.options.step_s)
+        if self._origin_s is None:
+            self._origin_s = self.clock.monotonic() - self.steps * self.options.step_s
+        self.steps += 1
+        # from the origin, not by repeated addition, so that 0.01 s steps stay on the grid
+        target = self._origin_s + self.steps * self.options.step_s
+        self.clock.advance(max(0.0, target - self.clock.monotonic()))
         now_s = self.clock.monotonic()
         self.model.advance(now_s)
-        self.steps += 1
         for ied_id, until in list(self._commloss_until.items()):
             if now_s >= until:
                 del self._commloss_until[ied_id]
