@@ -336,6 +336,8 @@ class HilRuntime:
             await endpoint.update(values)
             self._add_endpoint(endpoint)
         await self._start_iec61850()
+        for child in self.iec_children:
+            await child.update(values)
         if self.options.ami and self.site.ami is not None:
             await self._start_ami()
         log.info("simulator running: %d Modbus endpoint(s), %d IEC 61850 IED(s), speed %s, step %.3f s",
