@@ -220,9 +220,9 @@ class AgentRuntime:
         if lost != self._lost_groups:
             newly_lost, back = lost - self._lost_groups, self._lost_groups - lost
             if newly_lost:
-                self.fleet.set_supply(sorted(newly_lost), True)
+                self.fleet.set_supply(sorted(newly_lost), True, now)
             if back:
-                self.fleet.set_supply(sorted(back), False)
+                self.fleet.set_supply(sorted(back), False, now)
             self._lost_groups = lost
 
     def _inputs(self, agent_id: str, agent_type: AgentType, wall: float | None) -> Any:

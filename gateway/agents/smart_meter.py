@@ -195,16 +195,22 @@ class MeterFleet:
         self.last_reading[idx] = now
         return int(idx.size)
 
-    def set_supply(self, group_ids: Sequence[str], lost: bool) -> None:
-        """Topology says the transformer(s) feeding these groups lost (or regained) supply."""
+    def set_supply(self, group_ids: Sequence[str], lost: bool, now: float | None = None) -> None:
+        """Topology says the transformer(s) feeding these groups lost (or regained) supply.
+
+        On restoration, readings taken while dead no longer describe the meter, and its silence
+        timer restarts (a meter is given its reading timeout to report after power returns).
+        """
         for gid in group_ids:
             sl = self.group_slice(gid)
             was = self.supply_lost[sl].copy()
             self.supply_lost[sl] = lost
             if not lost:
-                # readings taken while dead no longer describe the meter
                 v = self.voltage_v[sl]
                 v[was] = np.nan
+                if now is not None:
+                    last = self.last_reading[sl]
+                    last[was] = np.maximum(last[was], now)
 
     def clear_tamper(self, meter_ids: Sequence[str]) -> int:
         idx = [self.index[m] for m in meter_ids if m in self.index]

@@ -1,0 +1,199 @@
+"""`stima agents list|show|request` and `stima reliability`: the agents as the daemon sees them."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import re
+import time
+from typing import Any
+
+from gateway.control import call
+
+_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_UNIT_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_time(text: str, now: float | None = None) -> float:
+    """POSIX seconds, an ISO 8601 date/time (UTC unless it says otherwise), or an age like '24h', '7d'."""
+    now = time.time() if now is None else now
+    text = text.strip()
+    match = _RELATIVE.match(text)
+    if match:
+        return now - float(match.group(1)) * _UNIT_S[match.group(2)]
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a time: use POSIX seconds, ISO 8601 (2026-11-24T08:00) or an age such as 24h or 7d"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.timezone.utc)
+    return moment.timestamp()
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _since(row: dict[str, Any]) -> str:
+    if row.get("since_wall") is not None:
+        return _when(row["since_wall"])
+    return "-" if row.get("since") is None else f"t={row['since']:.1f}"
+
+
+def _human_list(rows: list[dict[str, Any]]) -> str:
+    from gateway.cli import table
+
+    out = []
+    for r in rows:
+        state = r["state"]
+        if r.get("states"):
+            state = ", ".join(f"{k} {v}" for k, v in sorted(r["states"].items(), key=lambda kv: -kv[1]))
+        out.append((r["id"], r["type"], state, _since(r)))
+    return table(out, ["AGENT", "TYPE", "STATE", "SINCE"])
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, list | dict):
+        return json.dumps(v, default=str)
+    return "-" if v is None else str(v)
+
+
+def _human_show(d: dict[str, Any]) -> str:
+    from gateway.cli import table
+
+    lines = [f"{d['id']} ({d['type']})"]
+    if "state" in d:
+        lines.append(f"state: {d['state']} since {_since(d)}")
+    if "states" in d:
+        lines.append("meters: " + ", ".join(f"{k} {v}" for k, v in d["states"].items()))
+    attrs = d.get("attributes") or {k: v for k, v in d.items() if k not in ("id", "type", "state", "since")}
+    if attrs:
+        lines += ["", table([(k, _value(v)) for k, v in attrs.items()], ["ATTRIBUTE", "VALUE"])]
+    if d.get("links"):
+        lines += ["", table([(k, _value(v)) for k, v in d["links"].items()], ["LINK", "ELEMENTS"])]
+    transitions = d.get("last_transitions") or []
+    if transitions:
+        offset = d.get("wall_offset")
+        rows = [(_when(t["time"] + offset) if offset is not None else f"t={t['time']:.1f}", t["old"], t["new"],
+                 t["cause"]) for t in transitions]
+        lines += ["", "last transitions:", table(rows, ["TIME", "FROM", "TO", "CAUSE"])]
+    return "\n".join(lines)
+
+
+def _human_reliability(r: dict[str, Any]) -> str:
+    from gateway.cli import table
+
+    rows = [
+        ("period", f"{_when(r.get('since_wall', r['since']))} .. {_when(r.get('until_wall', r['until']))}"),
+        ("customers served", r["customers_served"]),
+        ("sustained interruptions", r["sustained_interruptions"]),
+        ("momentary interruptions", f"{r['momentary_interruptions']} "
+                                    f"(restored within {r['momentary_threshold_s']:.0f} s)"),
+        ("SAIFI", f"{r['saifi']:.4f} interruptions/customer"),
+        ("SAIDI", f"{r['saidi_min']:.2f} min/customer"),
+        ("CAIDI", f"{r['caidi_min']:.2f} min/interruption"),
+        ("MAIFI", f"{r['maifi']:.4f} momentary/customer"),
+        ("ASAI", f"{r['asai']:.6f}"),
+    ]
+    return table(rows, ["INDEX (IEEE 1366)", "VALUE"])
+
+
+def cmd_agents_list(args: argparse.Namespace) -> int:
+    from gateway.cli import emit, runtime_dir
+
+    rows = call(runtime_dir(args), "agents.list")
+    if args.type:
+        rows = [r for r in rows if r["type"] == args.type]
+    emit(args, rows, _human_list)
+    return 0
+
+
+def cmd_agents_show(args: argparse.Namespace) -> int:
+    from gateway.cli import emit, runtime_dir
+
+    emit(args, call(runtime_dir(args), "agents.show", id=args.id), _human_show)
+    return 0
+
+
+def _kv(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"{text!r}: arguments are key=value (e.g. pct=50, on=true)")
+    key, raw = text.split("=", 1)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key, value
+
+
+def cmd_agents_request(args: argparse.Namespace) -> int:
+    from gateway.cli import emit, runtime_dir
+
+    result = call(runtime_dir(args), "agents.request", id=args.id, request=args.request, **dict(args.args))
+    emit(args, result, lambda r: "\n".join(
+        f"{a.get('action')}: {a.get('point_name', '')}={a.get('value', '')} ({a.get('reason', a.get('message', ''))})"
+        for a in r) or "accepted (no immediate action)")
+    return 0
+
+
+def cmd_reliability(args: argparse.Namespace) -> int:
+    from gateway.cli import emit, runtime_dir
+
+    result = call(runtime_dir(args), "reliability", since=args.since, until=args.until)
+    if args.since is not None:
+        result.setdefault("since_wall", args.since)
+    if args.until is not None:
+        result.setdefault("until_wall", args.until)
+    emit(args, result, _human_reliability)
+    return 0
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    try:
+        from gateway.cli import add_common
+    except ImportError:  # pragma: no cover - the lead's parser provides it
+        parser.add_argument("--config", "-c", default=None)
+        parser.add_argument("--runtime-dir", default=None)
+        parser.add_argument("--json", action="store_true")
+        return
+    add_common(parser)
+
+
+def register(subparsers: Any) -> None:
+    agents = subparsers.add_parser("agents", help="the grid agents: states, attributes, transitions")
+    sub = agents.add_subparsers(dest="agents_command", required=True, metavar="ACTION")
+    alist = sub.add_parser("list", help="every agent with its state (meter groups summarised)")
+    alist.add_argument("--type", choices=["power_line", "transformer", "smart_meter", "circuit_breaker", "substation",
+                                          "capacitor_bank", "renewable_energy"], help="only agents of this type")
+    _common(alist)
+    alist.set_defaults(func=cmd_agents_list)
+    show = sub.add_parser("show", help="one agent (or meter group, or meter): state, since when, attributes, "
+                                       "last transitions")
+    show.add_argument("id", metavar="ID")
+    _common(show)
+    show.set_defaults(func=cmd_agents_show)
+    req = sub.add_parser("request", help="ask an agent to do something (curtail, maintenance, cvr, reset, ...)")
+    req.add_argument("id", metavar="ID")
+    req.add_argument("request", metavar="REQUEST")
+    req.add_argument("args", nargs="*", type=_kv, metavar="KEY=VALUE")
+    _common(req)
+    req.set_defaults(func=cmd_agents_request)
+
+    rel = subparsers.add_parser("reliability", help="IEEE 1366 indices (SAIFI, SAIDI, CAIDI, MAIFI, ASAI) from "
+                                                   "smart-meter outages")
+    rel.add_argument("--since", type=parse_time, default=None,
+                     help="start: POSIX seconds, ISO 8601, or an age like 24h / 7d (default: daemon start)")
+    rel.add_argument("--until", type=parse_time, default=None, help="end (default: now)")
+    _common(rel)
+    rel.set_defaults(func=cmd_reliability)
