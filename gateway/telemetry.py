@@ -64,7 +64,7 @@ def exceeds(kind: PointKind, deadband: float, last: Value, value: Value) -> bool
 
 
 def _ms(seconds: float | None) -> int | None:
-    return None if seconds is None else int(round(seconds * 1000.0))
+    return None if seconds is None else round(seconds * 1000.0)
 
 
 def sample(point_id: str, value: Value, quality: Quality, time_s: float | None) -> dict[str, Any]:
@@ -76,13 +76,18 @@ def sample(point_id: str, value: Value, quality: Quality, time_s: float | None) 
 
 
 class _State:
-    __slots__ = ("spec", "reported", "last_value", "last_quality", "point")
+    __slots__ = ("spec", "analog", "deadband", "reported", "last_value", "last_quality", "q", "r", "point")
 
     def __init__(self, spec: PointSpec) -> None:
         self.spec = spec
+        self.analog = spec.kind is PointKind.ANALOG
+        self.deadband = spec.deadband
         self.reported = False
         self.last_value: Value = None
         self.last_quality: Quality = NOT_YET_RECEIVED
+        self.q = ""
+        """Wire form of `last_quality`: validity, and reason unless none (kept to spare the enums)."""
+        self.r: str | None = None
         self.point: Point | None = None
 
 
@@ -139,28 +144,38 @@ class Telemetry:
         """Take the point's new state; returns True when a full batch is waiting to be flushed.
 
         Points not in the site file (derived or AMI points) are reported with no deadband.
+        This runs for every value the gateway receives, so the common cases are spelled out.
         """
-        del now  # decisions depend on values only; `now` is kept for a uniform sans-IO signature
         self.changes_seen += 1
         state = self._states.get(point.point_id)
         if state is None:
             state = self._states[point.point_id] = _State(PointSpec(point.point_id, point.kind, 0.0, point.unit))
         state.point = point
-        value, quality = point.value, point.quality
-        spec = state.spec
-        if (
-            not state.reported
-            or quality != state.last_quality
-            or exceeds(spec.kind, spec.deadband, state.last_value, value)
-        ):
-            state.reported = True
-            state.last_value = value
-            state.last_quality = quality
-            self.changes_reported += 1
-            self._pending.append(
-                sample(point.point_id, value, quality, point.source_time if point.source_time is not None
-                       else point.receive_time)
-            )
+        value = point.value
+        quality = point.quality
+        if state.reported and (quality is state.last_quality or quality == state.last_quality):
+            last = state.last_value
+            if state.analog and type(value) is float and type(last) is float:
+                delta = value - last
+                if delta != delta:  # a NaN on either side
+                    if not exceeds(PointKind.ANALOG, state.deadband, last, value):
+                        return False
+                elif value == last or (delta if delta >= 0.0 else -delta) < state.deadband:
+                    return False
+            elif not exceeds(state.spec.kind, state.deadband, last, value):
+                return False
+        elif quality is not state.last_quality or not state.q:
+            state.q = quality.validity.value
+            state.r = None if quality.reason is QualityReason.NONE else quality.reason.value
+        state.reported = True
+        state.last_value = value
+        state.last_quality = quality
+        self.changes_reported += 1
+        t = point.source_time if point.source_time is not None else point.receive_time
+        out = {"id": point.point_id, "v": value, "q": state.q, "t": None if t is None else round(t * 1000.0)}
+        if state.r is not None:
+            out["r"] = state.r
+        self._pending.append(out)
         return len(self._pending) >= self.max_batch
 
     def request_integrity(self) -> None:
@@ -205,7 +220,10 @@ class Telemetry:
             # the host now knows the latest value: later deadbands count from it
             state.reported = True
             state.last_value = point.value
-            state.last_quality = point.quality
+            if point.quality is not state.last_quality:
+                state.last_quality = point.quality
+                state.q = point.quality.validity.value
+                state.r = None if point.quality.reason is QualityReason.NONE else point.quality.reason.value
         self.integrity_reports += 1
         step = self.max_batch
         parts = max(1, math.ceil(len(metrics) / step))

@@ -211,3 +211,44 @@ def test_bad_specs_are_refused_with_the_reason() -> None:
         Telemetry([PointSpec("P"), PointSpec("P")])
     with pytest.raises(ValueError, match="max_batch"):
         Telemetry([], max_batch=0)
+
+
+def test_quality_reported_after_an_integrity_report_is_the_current_one() -> None:
+    tel = Telemetry([PointSpec("P", PointKind.ANALOG, 1.0)], integrity_period_s=10.0)
+    p = _point("P", 1.0, GOOD)
+    tel.on_change(p, 0.0)
+    tel.flush(0.0, 0.0)
+    p.quality = COMM_FAILURE  # changed in the image, the change not yet seen by telemetry
+    tel.flush(10.0, 0.0)  # integrity carries it
+    p.value = 5.0
+    tel.on_change(p, 11.0)
+    (m,) = _reported(tel.flush(11.0, 0.0))
+    assert (m["q"], m["r"]) == ("invalid", "communication_failure")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    deadband=st.sampled_from([0.0, 0.5, 2.0]),
+    kind=st.sampled_from(list(PointKind)),
+    steps=st.lists(
+        st.tuples(
+            st.one_of(st.none(), st.floats(-10, 10), st.just(math.nan), st.integers(-3, 3), st.booleans()),
+            st.sampled_from(QUALITIES),
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+)
+def test_reporting_matches_the_reference_rule(deadband: float, kind: PointKind,
+                                              steps: list[tuple[object, Quality]]) -> None:
+    """Whatever the value types: reported iff first, quality changed, or `exceeds` says so."""
+    tel = Telemetry([PointSpec("P", kind, deadband)], integrity_period_s=1e9)
+    last: tuple[object, Quality] | None = None
+    for n, (v, q) in enumerate(steps):
+        tel.on_change(_point("P", v, q, kind=kind), float(n))  # type: ignore[arg-type]
+        out = _reported(tel.flush(float(n), 0.0))
+        expected = last is None or q != last[1] or exceeds(kind, deadband, last[0], v)  # type: ignore[arg-type]
+        assert len(out) == (1 if expected else 0)
+        if expected:
+            last = (v, q)
+            assert out[0]["q"] == q.validity.value
