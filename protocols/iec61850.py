@@ -233,7 +233,7 @@ class _Refused(Exception):
     """The IED answered but would not do it."""
 
 
-@dataclass
+@dataclass(eq=False)
 class _Session:
     """One association and everything that lives as long as it. Used on the worker thread;
     the report plans are only read by the receive thread once installed."""
@@ -246,6 +246,7 @@ class _Session:
     callbacks: list[Any] = field(default_factory=list)
     rcbs: list[Any] = field(default_factory=list)
     reported: set[str] = field(default_factory=set)
+    closed: bool = False
 
 
 class Iec61850Client:
@@ -272,6 +273,10 @@ class Iec61850Client:
         self._last_ok_mono = clock.monotonic()
         self._link_generation = 0
         self._terminations: dict[str, asyncio.Future[tuple[int, int]]] = {}
+        self._open_sessions: set[_Session] = set()
+        """Every association not yet closed, whoever holds it: an open that finishes after
+        its caller was cancelled is still here, so close() can free it (its C callbacks live
+        exactly as long as the association)."""
         self.status = AdapterStatus(
             ied_id=ied_config.id,
             protocol=ied_config.protocol,
@@ -303,8 +308,17 @@ class Iec61850Client:
         self._writes.fail_all(f"{self.ied_id}: adapter stopped")
         self.status.state = LinkState.STOPPED
         await self._drop_session()
+        await self._close_all()
         if self._worker is not None:
             self._worker.shutdown(wait=False)
+
+    async def _close_all(self) -> None:
+        """Queue behind any job still running (an open, a read) and close every association."""
+        if self._worker is None or self._loop is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the worker was already shut down
+            job = self._loop.run_in_executor(self._worker, self._close_sessions)
+            await asyncio.shield(job)
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -347,6 +361,7 @@ class Iec61850Client:
                     await task
             self._writes.fail_all(f"{self.ied_id}: adapter stopped")
             await self._drop_session()
+            await self._close_all()
 
     # ------------------------------------------------------------------ worker plumbing
 
@@ -391,6 +406,7 @@ class Iec61850Client:
         lib.IedConnection_setConnectTimeout(con, self.cfg.timeout_ms)
         lib.IedConnection_setRequestTimeout(con, self.cfg.timeout_ms)
         session = _Session(con)
+        self._open_sessions.add(session)
         error = ffi.new("int*")
         lib.IedConnection_connect(con, error, self.cfg.host.encode(), self.cfg.port)
         if error[0] != c.IED_ERROR_OK:
@@ -409,7 +425,15 @@ class Iec61850Client:
             raise
         return session
 
+    def _close_sessions(self) -> None:
+        for session in list(self._open_sessions):
+            self._close_session(session)
+
     def _close_session(self, session: _Session) -> None:
+        if session.closed:
+            return
+        session.closed = True
+        self._open_sessions.discard(session)
         for ctl in session.controls.values():
             lib.ControlObjectClient_destroy(ctl)
         session.controls.clear()

@@ -326,7 +326,7 @@ def test_soak_reports_at_high_rate_while_operating(ied_config: Iec61850Ied, bay:
         operates, value = 0, False
         deadline = time.monotonic() + 10.0
         reports_at_checkpoint = client.status.extra["reports"]
-        while time.monotonic() < deadline and operates < 3000:
+        while time.monotonic() < deadline and operates < 30_000:
             try:
                 await asyncio.wait_for(client.submit_write(CMD, value), timeout=5.0)
             except asyncio.TimeoutError:
