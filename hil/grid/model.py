@@ -246,7 +246,6 @@ class GridModel:
         self._i_abc: npt.NDArray[np.complex128] = np.zeros((0, 3), dtype=np.complex128)
         self._i1: npt.NDArray[np.complex128] = np.zeros(0, dtype=np.complex128)
         self._energised: npt.NDArray[np.bool_] = np.zeros(0, dtype=bool)
-        self._source_power_pu = 0j
         self._frequency_hz = settings.frequency_hz
         self._irradiance_w_m2 = 0.0
 
@@ -737,7 +736,6 @@ class GridModel:
         self._i1 = j.copy()
         self._i_abc = np.stack([j * (1 + u), j * (A_OP ** 2), j * A_OP * (1 - u)], axis=1)
         self._v = result.voltage_pu.copy()
-        self._source_power_pu = result.source_power_pu
         self._thermal(dt, now_s)
         self._apply_faults(now_s)
         self._last_solve_s = now_s
@@ -827,7 +825,6 @@ class GridModel:
             beyond = tree.subtree(pos_down)
             z_common[beyond] = z1
             self._v[nodes] -= z_common * seq.i1
-            self._source_power_pu += self._v[self.source_bus] * np.conj(seq.i1)
             f.info = self._fault_info(f, seq, self._breaker_for(f), (z1 * z_base, z0 * z_base))
         self._faults = keep
 
@@ -1041,7 +1038,9 @@ class GridModel:
     def _agent_values(self, agent_id: str) -> dict[str, float | int | bool]:
         kind = self._agent_types[agent_id]
         if kind is AgentType.SUBSTATION:
-            s = self._source_power_pu * self.net.base_mva * 1000.0
+            # the incomer meter sits on the station bus, after the grid's source impedance
+            bus = self.station_bus
+            s = complex(self._v[bus] * np.conj(self._i1[bus])) * self.net.base_mva * 1000.0
             return {"bus_voltage_kv": self._kv(self.station_bus), "total_load_kw": s.real,
                     "total_load_kvar": s.imag, "frequency_hz": self._frequency_hz}
         if kind is AgentType.CIRCUIT_BREAKER:
