@@ -372,7 +372,10 @@ class BayServer:
                 if value is not None and (isinstance(value, str) or not isinstance(value, int | float | bool)):
                     log.warning("values.%s: expected a number, a boolean or null, found %r", point_id, value)
                     continue
-                self._update(binding, value, now_ms)
+                try:
+                    self._update(binding, value, now_ms)
+                except (ValueError, OverflowError) as exc:
+                    log.warning("values.%s: %r cannot be stored (%s)", point_id, value, exc)
         finally:
             c.lib.IedServer_unlockDataModel(self.server)
 

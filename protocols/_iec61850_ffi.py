@@ -81,6 +81,7 @@ void IedServer_stop(IedServer self);
 bool IedServer_isRunning(IedServer self);
 void IedServer_lockDataModel(IedServer self);
 void IedServer_unlockDataModel(IedServer self);
+MmsValue* IedServer_getAttributeValue(IedServer self, DataAttribute* dataAttribute); /* borrowed */
 void IedServer_updateFloatAttributeValue(IedServer self, DataAttribute* dataAttribute, float value);
 void IedServer_updateInt32AttributeValue(IedServer self, DataAttribute* dataAttribute, int32_t value);
 void IedServer_updateBooleanAttributeValue(IedServer self, DataAttribute* dataAttribute, bool value);
