@@ -66,7 +66,7 @@ def test_power_balance_includes_losses(site: SiteConfig) -> None:
     loads += sum(ld.kw for ld in model._loads if ld.id.startswith("LINE"))
     solar = model.agent_values("SOLAR-201")["active_power_kw"]
     losses = sub["total_load_kw"] - (loads - solar)
-    assert 0.0 < losses < 0.05 * sub["total_load_kw"]
+    assert 0.0 < losses < 0.08 * sub["total_load_kw"]
 
 
 def test_breaker_trip_and_close_deenergise_and_restore(site: SiteConfig) -> None:
@@ -348,7 +348,7 @@ def test_overload_heats_the_oil_with_its_time_constant(site: SiteConfig) -> None
 
 
 def test_temperature_ramp(site: SiteConfig) -> None:
-    model = GridModel.from_site(site)
+    model = _model(site, ambient_swing_c=0.0)
     a0 = model.point_values()["XFMR-102.ambient_temp_c"]
     model.temperature_ramp("XFMR-102", 10.0, 100.0, 10.0)
     model.advance(60.0)

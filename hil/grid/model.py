@@ -878,14 +878,14 @@ class GridModel:
             ia = ib = ic = i_n = 0.0
         else:
             pa, pb, pc = seq.phases()
-            ia, ib, ic, i_n = (abs(pa) * i_base, abs(pb) * i_base, abs(pc) * i_base,
-                               abs(seq.residual) * i_base)
+            ia, ib, ic, i_n = (float(abs(pa) * i_base), float(abs(pb) * i_base), float(abs(pc) * i_base),
+                               float(abs(seq.residual) * i_base))
         return FaultInfo(
             fault_id=f.fault_id, line_id=f.line_id, distance_m=f.distance_m, kind=f.kind.value,
             impedance_ohm=f.impedance_ohm, transient=f.transient, start_s=f.start_s,
             breaker_id=breaker_id if seq is not None else line.breaker_id, energised=seq is not None,
             fault_current_a=max(ia, ib, ic), ia_a=ia, ib_a=ib, ic_a=ic, in_a=i_n,
-            z1_ohm=(z[0].real, z[0].imag), z0_ohm=(z[1].real, z[1].imag))
+            z1_ohm=(float(z[0].real), float(z[0].imag)), z0_ohm=(float(z[1].real), float(z[1].imag)))
 
     def inject_fault(self, line_id: str, distance_m: float, kind: str, *, impedance_ohm: float = 0.0,
                      transient: bool = False, now_s: float) -> FaultInfo:
