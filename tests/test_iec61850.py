@@ -379,3 +379,38 @@ def test_server_refuses_an_ied_that_is_not_iec61850(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "expected 'iec61850'" in result.stderr
+
+
+def test_a_frozen_server_times_out_and_is_recovered(ied_config: Iec61850Ied, bay: BayServerProcess) -> None:
+    """SIGSTOP: the socket stays open but nothing answers. Requests time out (no stall of the
+    loop, no deadlock with the report thread), points go invalid, and SIGCONT brings them back."""
+    cfg = configure(ied_config, bay, poll_period_ms=200, timeout_ms=300, backoff_max_s=0.5)
+    bay.set_values(MEASUREMENTS)
+
+    async def body(client: Iec61850Client, sink: Recorder) -> None:
+        await sink.wait(lambda: sink.value_is("CB-046.ia", 101.5), "values")
+        bay.proc.send_signal(signal.SIGSTOP)
+        try:
+            ticks = 0
+
+            async def ticker() -> None:
+                nonlocal ticks
+                while True:
+                    await asyncio.sleep(0.01)
+                    ticks += 1
+
+            tick_task = asyncio.create_task(ticker())
+            await sink.wait(
+                lambda: sink.latest["CB-046.ia"].quality.reason is QualityReason.COMMUNICATION_FAILURE,
+                "points invalid while the server is frozen",
+            )
+            tick_task.cancel()
+            assert ticks > 0  # the loop kept running while the worker waited on the network
+        finally:
+            bay.proc.send_signal(signal.SIGCONT)
+        bay.set_values({"CB-046.ia": 55.0})
+        await sink.wait(lambda: sink.value_is("CB-046.ia", 55.0), "values after the server thaws")
+        await sink.wait(lambda: client.status.state is LinkState.ONLINE, "link up again")
+        await asyncio.wait_for(client.submit_write(CMD, False), timeout=WAIT_S)
+
+    run_client(cfg, body)
