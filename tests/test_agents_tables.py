@@ -79,3 +79,23 @@ def test_a_missing_pair_is_an_illegal_transition() -> None:
     assert table.missing_pairs() == [(S.A, E.STOP)]
     with pytest.raises(IllegalTransition, match="STOP"):
         table.next(S.A, E.STOP)
+
+
+def test_agent_decision_code_does_no_io() -> None:
+    """Sans-IO: no module that decides imports asyncio, socket, time or threading (the CLI is a client)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "gateway"
+    files = [p for p in (root / "agents").glob("*.py") if p.name != "cli.py"]
+    files += [root / "topology.py", root / "bus.py", root / "reliability.py"]
+    forbidden = {"asyncio", "socket", "time", "threading", "selectors", "subprocess"}
+    for path in files:
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name.split(".")[0] for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module.split(".")[0]]
+            assert not forbidden & set(names), f"{path.name} imports {forbidden & set(names)}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import enum
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Self, TypeVar
 
 from gateway.agents.actions import Action, StateChange
 from gateway.agents.fsm import TransitionTable
@@ -53,7 +53,7 @@ class Memory:
         return out
 
     @classmethod
-    def from_dict(cls: type[M], data: dict[str, Any], state_type: type[enum.Enum]) -> M:
+    def from_dict(cls, data: dict[str, Any], state_type: type[enum.Enum]) -> Self:
         known = {f.name for f in fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in known}
         kwargs["state"] = state_type(data["state"])

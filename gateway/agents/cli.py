@@ -6,10 +6,8 @@ import argparse
 import datetime as dt
 import json
 import re
-import time
 from typing import Any
 
-from gateway.control import call
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNIT_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -17,7 +15,7 @@ _UNIT_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 def parse_time(text: str, now: float | None = None) -> float:
     """POSIX seconds, an ISO 8601 date/time (UTC unless it says otherwise), or an age like '24h', '7d'."""
-    now = time.time() if now is None else now
+    now = dt.datetime.now(dt.timezone.utc).timestamp() if now is None else now
     text = text.strip()
     match = _RELATIVE.match(text)
     if match:
@@ -33,14 +31,14 @@ def parse_time(text: str, now: float | None = None) -> float:
             f"{text!r} is not a time: use POSIX seconds, ISO 8601 (2026-11-24T08:00) or an age such as 24h or 7d"
         ) from None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.timezone.utc)
+        moment = moment.replace(tzinfo=dt.UTC)
     return moment.timestamp()
 
 
 def _when(ts: float | None) -> str:
     if ts is None:
         return "-"
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _since(row: dict[str, Any]) -> str:
@@ -111,6 +109,7 @@ def _human_reliability(r: dict[str, Any]) -> str:
 
 def cmd_agents_list(args: argparse.Namespace) -> int:
     from gateway.cli import emit, runtime_dir
+    from gateway.control import call
 
     rows = call(runtime_dir(args), "agents.list")
     if args.type:
@@ -121,6 +120,7 @@ def cmd_agents_list(args: argparse.Namespace) -> int:
 
 def cmd_agents_show(args: argparse.Namespace) -> int:
     from gateway.cli import emit, runtime_dir
+    from gateway.control import call
 
     emit(args, call(runtime_dir(args), "agents.show", id=args.id), _human_show)
     return 0
@@ -139,6 +139,7 @@ def _kv(text: str) -> tuple[str, Any]:
 
 def cmd_agents_request(args: argparse.Namespace) -> int:
     from gateway.cli import emit, runtime_dir
+    from gateway.control import call
 
     result = call(runtime_dir(args), "agents.request", id=args.id, request=args.request, **dict(args.args))
     emit(args, result, lambda r: "\n".join(
@@ -149,6 +150,7 @@ def cmd_agents_request(args: argparse.Namespace) -> int:
 
 def cmd_reliability(args: argparse.Namespace) -> int:
     from gateway.cli import emit, runtime_dir
+    from gateway.control import call
 
     result = call(runtime_dir(args), "reliability", since=args.since, until=args.until)
     if args.since is not None:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from gateway.agents.actions import Action, Alert, BusMessage, ControlRequest, Severity, StateChange, Topic
+from gateway.agents.actions import Action, Alert, BusMessage, Severity, StateChange, Topic
 from gateway.agents.base import Agent, Links, Memory
 from gateway.agents.capacitor_bank import CapacitorBankAgent, CapacitorInputs, CapacitorState
 from gateway.agents.circuit_breaker import BreakerInputs, BreakerState, CircuitBreakerAgent
@@ -93,6 +93,9 @@ class AgentRuntime:
         self.started = now
         for cfg in site.agents:
             if cfg.type is AgentType.SMART_METER:
+                # an [[agents]] entry of type smart_meter carries the fleet-wide meter settings
+                if meter_attributes is None:
+                    meter_attributes = SmartMeterAttributes.model_validate(cfg.attributes)
                 continue
             attrs = AGENT_ATTRIBUTE_MODELS[cfg.type].model_validate(cfg.attributes)
             agent = self._build(cfg.id, cfg.type, attrs, set(cfg.points))

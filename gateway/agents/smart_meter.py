@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from gateway.agents.actions import Action, BusMessage, Severity, Alert, Topic
+from gateway.agents.actions import Action, Alert, BusMessage, Severity, Topic
 from gateway.agents.fsm import IGNORE, TransitionTable, row
 from gateway.agents.schema import SmartMeterAttributes
 from gateway.config import MeterGroupConfig

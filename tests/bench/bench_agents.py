@@ -16,8 +16,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from gateway.agents.runtime import AgentRuntime  # noqa: E402
-from gateway.config import load  # noqa: E402
+from gateway.agents.runtime import AgentRuntime
+from gateway.config import load
 
 SITE = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "sub-003.toml"
 METERS = 100_000
