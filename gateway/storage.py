@@ -159,6 +159,22 @@ class Store:
                 )
             return max(excess, 0)
 
+    def spool_append(self, rows: list[tuple[str, bytes, int, float]]) -> list[int]:
+        """Insert (topic, payload, qos, created) rows in one transaction, all or none; their ids."""
+        if not rows:
+            return []
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany("INSERT INTO spool(topic, payload, qos, created) VALUES(?, ?, ?, ?)", rows)
+                last = int(self._db.execute("SELECT last_insert_rowid()").fetchone()[0])
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        # one writer inside one immediate transaction: the ids are consecutive
+        return list(range(last - len(rows) + 1, last + 1))
+
     def spool_last_id(self) -> int:
         """Highest spool id ever handed out (0 for a new database); new ids are always larger."""
         with self._lock:

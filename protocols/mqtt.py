@@ -27,6 +27,7 @@ import contextlib
 import enum
 import logging
 import random
+import sqlite3
 import ssl
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -52,6 +53,17 @@ CONNACK_TIMEOUT_S = 10.0
 DEATH_ACK_TIMEOUT_S = 2.0
 
 CommandCallback = Callable[[str, dict[str, Any]], None]
+
+
+class _PahoNoise(logging.Filter):
+    """paho logs an error when its thread sees the socket we have just closed; it is not one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Client is not connected")
+
+
+_PAHO_LOG = logging.getLogger("stima.uplink.paho")
+_PAHO_LOG.addFilter(_PahoNoise())
 
 
 class UplinkState(enum.Enum):
@@ -181,6 +193,7 @@ class MqttUplink:
         self.acked = 0
         self.rejected = 0
         self.dropped = 0
+        self.lost = 0
         self.sessions = 0
         self.commands = 0
         self._depth = store.spool_depth()
@@ -257,7 +270,13 @@ class MqttUplink:
             rows.append((topic_suffix, msgpack.packb(body, use_bin_type=True), flags, wall))
         if not rows:
             return
-        ids = [self.store.spool_put(*rows[0])] if len(rows) == 1 else self.store.spool_put_many(rows)
+        try:
+            ids = self.store.spool_append(rows)
+        except sqlite3.Error as exc:
+            # a full or broken disk must not stop the caller; say loudly what was lost
+            self.lost += len(rows)
+            self._error(f"spool write failed, {len(rows)} message(s) lost: {exc}")
+            return
         self.published += len(ids)
         self._depth += len(ids)
         self._last_id = max(self._last_id, ids[-1])
@@ -271,6 +290,15 @@ class MqttUplink:
             self._trim()
         self._kick()
 
+    @property
+    def spool_depth(self) -> int:
+        """Messages accepted and not yet acknowledged by the broker."""
+        return self._depth
+
+    @property
+    def connected(self) -> bool:
+        return self.state is UplinkState.CONNECTED
+
     def status(self) -> dict[str, Any]:
         session = self._session
         return {
@@ -283,6 +311,7 @@ class MqttUplink:
             "acked": self.acked,
             "rejected": self.rejected,
             "dropped": self.dropped,
+            "lost": self.lost,
             "inflight": len(session.inflight) if session else 0,
             "spool_depth": self._depth,
             "bdseq": self._bdseq if self._bdseq >= 0 else None,
@@ -310,11 +339,18 @@ class MqttUplink:
         try:
             while not self._closing:
                 self.state = UplinkState.CONNECTING
-                session = await self._connect()
-                if session is not None:
-                    attempt = 0
-                    await session.ended.wait()
-                    await self._end_session(session)
+                try:
+                    session = await self._connect()
+                    if session is not None:
+                        attempt = 0
+                        await session.ended.wait()
+                        await self._end_session(session)
+                except Exception as exc:  # never let one bad attempt end the uplink for good
+                    self.log.exception("uplink connection attempt failed unexpectedly")
+                    self.last_error = f"unexpected: {exc!r}"
+                    if self._session is not None and not self._closing:
+                        with contextlib.suppress(Exception):
+                            await self._end_session(self._session)
                 if self._closing:
                     break
                 delay = min(self.backoff_max_s, self.backoff_min_s * (2 ** min(attempt, 30)))
@@ -405,7 +441,7 @@ class MqttUplink:
             protocol=mqtt.MQTTv5,
             reconnect_on_failure=False,
         )
-        client.enable_logger(logging.getLogger("stima.uplink.paho"))
+        client.enable_logger(_PAHO_LOG)
         client.max_inflight_messages_set(self.cfg.max_inflight + 2)  # + birth and death
         client.max_queued_messages_set(0)
         if self.cfg.transport == "tls":
@@ -529,32 +565,44 @@ class MqttUplink:
         progressed = False
         while inbox:
             item = inbox.popleft()
-            kind, session = item[0], item[1]
-            if kind == "ack":
-                progressed = True
-                self._on_ack(session, item[2], item[3])
-            elif kind == "connack":
-                rc: ReasonCode = item[2]
-                if session.connack is not None and not session.connack.done():
-                    session.connack.set_result(rc)
-                if not rc.is_failure and session is self._session and not session.ended.is_set():
-                    self._session_up(session)
-            elif kind == "disconnect":
-                rc = item[2]
-                if rc is not None and getattr(rc, "is_failure", False):
-                    self.last_error = f"disconnected: {rc}"
-                elif not self._closing:
-                    self.last_error = "connection lost"
-                session.ended.set()
-                if session.connack is not None and not session.connack.done():
-                    session.connack.set_result(None)
-                progressed = True
-            elif kind == "message":
-                self._on_message(session, item[2], item[3], item[4])
-        self._flush_acks()
+            try:
+                progressed |= self._handle(item)
+            except Exception:
+                self.log.exception("uplink event handling failed", extra={"event": item[0]})
+        try:
+            self._flush_acks()
+        except sqlite3.Error as exc:
+            self._error(f"spool delete failed: {exc}")
         if progressed and self._progress is not None:
             self._progress.set()
         self._pump()
+
+    def _handle(self, item: tuple[Any, ...]) -> bool:
+        """One event from paho's thread; True when it is progress (ack or end) close() waits for."""
+        progressed = False
+        kind, session = item[0], item[1]
+        if kind == "ack":
+            progressed = True
+            self._on_ack(session, item[2], item[3])
+        elif kind == "connack":
+            rc: ReasonCode = item[2]
+            if session.connack is not None and not session.connack.done():
+                session.connack.set_result(rc)
+            if not rc.is_failure and session is self._session and not session.ended.is_set():
+                self._session_up(session)
+        elif kind == "disconnect":
+            rc = item[2]
+            if rc is not None and getattr(rc, "is_failure", False):
+                self.last_error = f"disconnected: {rc}"
+            elif not self._closing:
+                self.last_error = "connection lost"
+            session.ended.set()
+            if session.connack is not None and not session.connack.done():
+                session.connack.set_result(None)
+            progressed = True
+        elif kind == "message":
+            self._on_message(session, item[2], item[3], item[4])
+        return progressed
 
     def _on_ack(self, session: _Session, mid: int, rc: ReasonCode) -> None:
         if mid not in session.inflight:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -364,3 +365,30 @@ def test_in_flight_window_is_bounded(tmp_path: Path) -> None:
             await asyncio.wait_for(task, 10)
 
     run(main)
+
+
+# --------------------------------------------------------------------------- spool
+
+
+def test_spool_methods_keep_order_ids_and_counts(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    assert store.spool_append([]) == [] and store.spool_last_id() == 0
+    ids = store.spool_append([("t", bytes([n]), 1, 0.0) for n in range(10)])
+    assert ids == list(range(1, 11)) and store.spool_last_id() == 10
+    assert [row[2] for row in store.spool_peek(0, 100)] == [bytes([n]) for n in range(10)]
+    assert store.spool_remove([1, 2, 99]) == 2
+    assert store.spool_drop_oldest(3) == (3, 5)
+    assert [row[0] for row in store.spool_peek(0, 100)] == [6, 7, 8, 9, 10]
+    assert store.spool_drop_oldest(100) == (5, 10) and store.spool_depth() == 0
+    assert store.spool_append([("t", b"x", 1, 0.0)]) == [11]  # ids are never reused
+
+
+def test_a_failing_spool_write_is_counted_not_raised(tmp_path: Path) -> None:
+    class FullDisk(Store):
+        def spool_append(self, rows: list[tuple[str, bytes, int, float]]) -> list[int]:
+            raise sqlite3.OperationalError("database or disk is full")
+
+    up = make_uplink(tmp_path, uplink_config(None), FullDisk(tmp_path / "s.db"))
+    up.publish_many([("telemetry", {"n": 1}), ("telemetry", {"n": 2})])
+    status = up.status()
+    assert status["lost"] == 2 and status["published"] == 0 and "disk is full" in status["last_error"]
