@@ -118,7 +118,7 @@ class Topology:
 
     def neighbours(self, node: str, node_type: str | None = None) -> list[str]:
         seen: list[str] = []
-        for e in self._out.get(node, ()) + self._in.get(node, ()):
+        for e in [*self._out.get(node, []), *self._in.get(node, [])]:
             other = e.target if e.source == node else e.source
             if other != node and other not in seen and (node_type is None or self.node_types[other] == node_type):
                 seen.append(other)

@@ -337,12 +337,29 @@ class AgentRuntime:
                 return []
             raise UnknownAgent(agent_id)
         agent = self.agents[agent_id]
+        if self.types[agent_id] is AgentType.SUBSTATION and request == "shed":
+            return self._shed(agent_id, now)
         handler = getattr(agent, "request", None)
         if handler is None:
             raise ValueError(f"agent {agent_id} ({self.types[agent_id].value}) takes no requests")
         memory, actions = handler(self.memory[agent_id], request, args, now)
         self.memory[agent_id] = memory
         return list(actions)
+
+    def _shed(self, substation: str, now: float) -> list[Action]:
+        """Carry out the substation's load-shedding plan: open the listed feeder breakers."""
+        plan = getattr(self.memory[substation], "shedding_plan", [])
+        if not plan:
+            raise ValueError(f"substation {substation} has no load-shedding plan (load is below its high-load level)")
+        actions: list[Action] = []
+        for item in plan:
+            breaker = item.get("breaker")
+            if breaker in self.agents:
+                actions += self.request(breaker, "open", now, reason=f"load shedding by {substation}: "
+                                        f"{item['feeder']} ({item['load_kw']:.0f} kW)")
+        actions.append(Alert(agent_id=substation, severity=Severity.CRITICAL, time=now,
+                             message=f"load shedding: {', '.join(i['feeder'] for i in plan)} opened on request"))
+        return actions
 
     # ------------------------------------------------------------------ views
 

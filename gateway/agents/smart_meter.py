@@ -121,9 +121,9 @@ class MeterFleet:
         self.attrs = attrs or SmartMeterAttributes()
         self.groups: list[_Group] = []
         start = 0
-        for g in groups:
-            self.groups.append(_Group(g, start, start + g.count))
-            start += g.count
+        for cfg in groups:
+            self.groups.append(_Group(cfg, start, start + cfg.count))
+            start += cfg.count
         n = start
         self.n = n
         self.ids: list[str] = [f"{g.config.prefix}-{i:05d}" for g in self.groups
