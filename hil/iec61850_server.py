@@ -35,8 +35,11 @@ import contextlib
 import json
 import logging
 import os
+import queue
 import re
 import signal
+import socket
+import subprocess
 import sys
 import threading
 import time
@@ -52,8 +55,12 @@ _LD_SPLIT = re.compile(r"^(?P<ied>.+?)(?P<inst>LD\d*)$")
 DATA_SET_NAME = "dsPoints"
 _TRG_OPS = c.TRG_OPT_DATA_CHANGED | c.TRG_OPT_QUALITY_CHANGED | c.TRG_OPT_INTEGRITY | c.TRG_OPT_GI
 _RPT_OPTS = (
-    c.RPT_OPT_SEQ_NUM | c.RPT_OPT_TIME_STAMP | c.RPT_OPT_REASON_FOR_INCLUSION | c.RPT_OPT_DATA_SET
-    | c.RPT_OPT_ENTRY_ID | c.RPT_OPT_CONF_REV
+    c.RPT_OPT_SEQ_NUM
+    | c.RPT_OPT_TIME_STAMP
+    | c.RPT_OPT_REASON_FOR_INCLUSION
+    | c.RPT_OPT_DATA_SET
+    | c.RPT_OPT_ENTRY_ID
+    | c.RPT_OPT_CONF_REV
 )
 
 
@@ -108,7 +115,9 @@ class BayModel:
         ld_names = sorted({split_reference(p.reference)[0] for p in ied.points})
         ied_names = {self._split_ld(n)[0] for n in ld_names}
         if len(ied_names) > 1:
-            raise ModelError(f"IED {ied.id}: logical devices {ld_names} imply different IED names {sorted(ied_names)}")
+            raise ModelError(
+                f"IED {ied.id}: logical devices {ld_names} imply different IED names {sorted(ied_names)}"
+            )
         self.ied_name = ied_names.pop() if ied_names else ied.id.replace("-", "")
         self.model = c.lib.IedModel_create(self.ied_name.encode())
         # Controls first: a status point on the same data object then reuses the DPC.
@@ -134,7 +143,9 @@ class BayModel:
 
     def _ld(self, ld_name: str) -> Any:
         if ld_name not in self._lds:
-            self._lds[ld_name] = c.lib.LogicalDevice_create(self._split_ld(ld_name)[1].encode(), self.model)
+            self._lds[ld_name] = c.lib.LogicalDevice_create(
+                self._split_ld(ld_name)[1].encode(), self.model
+            )
             self._lns[(ld_name, "LLN0")] = c.lib.LogicalNode_create(b"LLN0", self._lds[ld_name])
             self._dataset_entries[ld_name] = []
         return self._lds[ld_name]
@@ -156,7 +167,9 @@ class BayModel:
         where = f"point {point.id} ({point.reference})"
         if point.control:
             if len(parts) != 1:
-                raise ModelError(f"{where}: a control point names a data object, e.g. 'LD/CSWI1.Pos'")
+                raise ModelError(
+                    f"{where}: a control point names a data object, e.g. 'LD/CSWI1.Pos'"
+                )
             do_ref = f"{base}.{parts[0]}"
             if point.kind is not PointKindName.BINARY:
                 raise ModelError(f"{where}: only binary controls (SPC/DPC) are simulated")
@@ -173,22 +186,30 @@ class BayModel:
             do_ref = f"{base}.{parts[0]}"
             integer = parts[2] == "i"
             if do_ref not in self._dos:
-                self._dos[do_ref] = c.lib.CDC_MV_create(parts[0].encode(), self._parent(ln), 0, integer)
+                self._dos[do_ref] = c.lib.CDC_MV_create(
+                    parts[0].encode(), self._parent(ln), 0, integer
+                )
             value_type = "int" if integer else "float"
         elif len(parts) == 5 and parts[2:] == ["cVal", "mag", "f"]:
             container_ref = f"{base}.{parts[0]}"
             if container_ref not in self._dos:
-                self._dos[container_ref] = c.lib.DataObject_create(parts[0].encode(), self._parent(ln), 0)
+                self._dos[container_ref] = c.lib.DataObject_create(
+                    parts[0].encode(), self._parent(ln), 0
+                )
             do_ref = f"{container_ref}.{parts[1]}"
             if do_ref not in self._dos:
-                self._dos[do_ref] = c.lib.CDC_CMV_create(parts[1].encode(), self._parent(self._dos[container_ref]), 0)
+                self._dos[do_ref] = c.lib.CDC_CMV_create(
+                    parts[1].encode(), self._parent(self._dos[container_ref]), 0
+                )
             value_type = "float"
         elif len(parts) == 2 and parts[1] == "stVal":
             do_ref = f"{base}.{parts[0]}"
             existing = self._dos.get(do_ref)
             if point.kind is PointKindName.BINARY and parts[0] == "Pos":
                 if existing is None:
-                    self._dos[do_ref] = c.lib.CDC_DPC_create(b"Pos", self._parent(ln), 0, c.CDC_CTL_MODEL_NONE)
+                    self._dos[do_ref] = c.lib.CDC_DPC_create(
+                        b"Pos", self._parent(ln), 0, c.CDC_CTL_MODEL_NONE
+                    )
                 value_type = "dbpos"
             elif point.kind is PointKindName.BINARY:
                 if existing is None:
@@ -207,21 +228,36 @@ class BayModel:
         if fc != expected_fc:
             raise ModelError(f"{where}: fc is {fc!r} but this attribute has FC {expected_fc}")
         self.bindings[point.id] = _Binding(point, value_type, point.reference, do_ref)
-        entry = f"{ln_name}${fc}${do_ref[len(base) + 1:].replace('.', '$')}"
+        entry = f"{ln_name}${fc}${do_ref[len(base) + 1 :].replace('.', '$')}"
         if entry not in self._dataset_entries[ld_name]:
             self._dataset_entries[ld_name].append(entry)
 
     def _add_rcb(self, rcb_ref: str) -> None:
-        match = re.fullmatch(r"(?P<ld>[^/]+)/(?P<ln>[A-Za-z0-9_]+)\.(?P<kind>BR|RP)\.(?P<name>[A-Za-z0-9_]+)", rcb_ref)
+        match = re.fullmatch(
+            r"(?P<ld>[^/]+)/(?P<ln>[A-Za-z0-9_]+)\.(?P<kind>BR|RP)\.(?P<name>[A-Za-z0-9_]+)",
+            rcb_ref,
+        )
         if match is None:
-            raise ModelError(f"report control block {rcb_ref!r}: expected 'LD/LN.BR.name' or 'LD/LN.RP.name'")
+            raise ModelError(
+                f"report control block {rcb_ref!r}: expected 'LD/LN.BR.name' or 'LD/LN.RP.name'"
+            )
         ln = self._ln(match["ld"], match["ln"])
         if match["ln"] != "LLN0":
-            raise ModelError(f"report control block {rcb_ref!r}: this simulator puts RCBs in LLN0 only")
+            raise ModelError(
+                f"report control block {rcb_ref!r}: this simulator puts RCBs in LLN0 only"
+            )
         buffered = match["kind"] == "BR"
         c.lib.ReportControlBlock_create(
-            match["name"].encode(), ln, rcb_ref.encode(), buffered, DATA_SET_NAME.encode(),
-            1, _TRG_OPS, _RPT_OPTS, 0, 5000,
+            match["name"].encode(),
+            ln,
+            rcb_ref.encode(),
+            buffered,
+            DATA_SET_NAME.encode(),
+            1,
+            _TRG_OPS,
+            _RPT_OPTS,
+            0,
+            5000,
         )
 
     def _attr(self, ref: str) -> Any:
@@ -359,7 +395,9 @@ class BayServer:
 
     def _apply_values(self, values: Any) -> None:
         if not isinstance(values, dict):
-            log.warning("'values' must be an object {point_id: value}, found %s", type(values).__name__)
+            log.warning(
+                "'values' must be an object {point_id: value}, found %s", type(values).__name__
+            )
             return
         now_ms = int(time.time() * 1000)
         c.lib.IedServer_lockDataModel(self.server)
@@ -369,8 +407,12 @@ class BayServer:
                 if binding is None:
                     log.warning("values: %r is not a point of %s", point_id, self.model.ied.id)
                     continue
-                if value is not None and (isinstance(value, str) or not isinstance(value, int | float | bool)):
-                    log.warning("values.%s: expected a number, a boolean or null, found %r", point_id, value)
+                if value is not None and (
+                    isinstance(value, str) or not isinstance(value, int | float | bool)
+                ):
+                    log.warning(
+                        "values.%s: expected a number, a boolean or null, found %r", point_id, value
+                    )
                     continue
                 try:
                     self._update(binding, value, now_ms)
@@ -379,7 +421,7 @@ class BayServer:
         finally:
             c.lib.IedServer_unlockDataModel(self.server)
 
-    def _update(self, binding: _Binding, value: float | int | bool | None, now_ms: int) -> None:
+    def _update(self, binding: _Binding, value: float | bool | None, now_ms: int) -> None:
         srv = self.server
         if value is None:
             c.lib.IedServer_updateQuality(srv, binding.q_attr, c.QUALITY_VALIDITY_INVALID)
@@ -387,7 +429,9 @@ class BayServer:
             return
         point = binding.point
         if binding.value_type == "dbpos":
-            c.lib.IedServer_updateDbposValue(srv, binding.value_attr, c.DBPOS_ON if value else c.DBPOS_OFF)
+            c.lib.IedServer_updateDbposValue(
+                srv, binding.value_attr, c.DBPOS_ON if value else c.DBPOS_OFF
+            )
         elif binding.value_type == "bool":
             c.lib.IedServer_updateBooleanAttributeValue(srv, binding.value_attr, bool(value))
         else:
@@ -395,7 +439,7 @@ class BayServer:
             if binding.value_type == "float":
                 c.lib.IedServer_updateFloatAttributeValue(srv, binding.value_attr, raw)
             else:
-                c.lib.IedServer_updateInt32AttributeValue(srv, binding.value_attr, int(round(raw)))
+                c.lib.IedServer_updateInt32AttributeValue(srv, binding.value_attr, round(raw))
         c.lib.IedServer_updateUTCTimeAttributeValue(srv, binding.t_attr, now_ms)
         c.lib.IedServer_updateQuality(srv, binding.q_attr, c.QUALITY_VALIDITY_GOOD)
 
@@ -408,7 +452,10 @@ class BayServer:
 
     def _apply_interlock(self, spec: Any) -> None:
         if not isinstance(spec, dict) or not isinstance(spec.get("point_id"), str):
-            log.warning("'interlock' must be {\"point_id\": str, \"blocked\": bool, \"reason\": str}, found %r", spec)
+            log.warning(
+                '\'interlock\' must be {"point_id": str, "blocked": bool, "reason": str}, found %r',
+                spec,
+            )
             return
         blocked = spec.get("blocked")
         if not isinstance(blocked, bool):
@@ -421,13 +468,19 @@ class BayServer:
         elif point_id in self.model.bindings or point_id == self.model.ied.id:
             targets = list(self.model.controls.values())
         else:
-            log.warning("interlock: %r is neither a point nor the id of %s", point_id, self.model.ied.id)
+            log.warning(
+                "interlock: %r is neither a point nor the id of %s", point_id, self.model.ied.id
+            )
             return
         with self._ctl_lock:
             for control in targets:
                 control.blocked, control.reason = blocked, reason
-        log.info("interlock %s on %s%s", "set" if blocked else "cleared",
-                 ", ".join(t.point.id for t in targets), f": {reason}" if reason else "")
+        log.info(
+            "interlock %s on %s%s",
+            "set" if blocked else "cleared",
+            ", ".join(t.point.id for t in targets),
+            f": {reason}" if reason else "",
+        )
 
 
 # --------------------------------------------------------------------------- parent side
@@ -439,21 +492,42 @@ class BayServerProcess:
     Used by tests and benchmarks; `hil.runtime` may use it or speak the same protocol itself.
     """
 
-    def __init__(self, config: str, ied: str, port: int, host: str = "127.0.0.1",
-                 log_path: str | None = None, python: str = sys.executable) -> None:
-        import queue
-        import subprocess
+    def __init__(
+        self,
+        config: str,
+        ied: str,
+        port: int,
+        host: str = "127.0.0.1",
+        log_path: str | None = None,
+        python: str = sys.executable,
+    ) -> None:
 
         self.host, self.port = host, port
         self.commands: queue.Queue[dict[str, Any]] = queue.Queue()
         self._log_file = open(log_path or os.devnull, "ab")  # noqa: SIM115 - closed in close()
         self.proc = subprocess.Popen(
-            [python, "-m", "hil.iec61850_server", "--config", str(config), "--ied", ied,
-             "--port", str(port), "--host", host],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log_file,
-            text=True, bufsize=1,
+            [
+                python,
+                "-m",
+                "hil.iec61850_server",
+                "--config",
+                str(config),
+                "--ied",
+                ied,
+                "--port",
+                str(port),
+                "--host",
+                host,
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log_file,
+            text=True,
+            bufsize=1,
         )
-        self._reader = threading.Thread(target=self._read_stdout, name=f"bay-{ied}-stdout", daemon=True)
+        self._reader = threading.Thread(
+            target=self._read_stdout, name=f"bay-{ied}-stdout", daemon=True
+        )
         self._reader.start()
 
     def _read_stdout(self) -> None:
@@ -466,16 +540,20 @@ class BayServerProcess:
 
     def wait_listening(self, timeout_s: float = 10.0) -> None:
         """Block until the server accepts TCP connections (or fail after `timeout_s`)."""
-        import socket
 
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"IEC 61850 server exited with status {self.proc.returncode}")
-            with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), timeout=0.2):
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection((self.host, self.port), timeout=0.2),
+            ):
                 return
             time.sleep(0.02)
-        raise TimeoutError(f"IEC 61850 server not listening on {self.host}:{self.port} after {timeout_s} s")
+        raise TimeoutError(
+            f"IEC 61850 server not listening on {self.host}:{self.port} after {timeout_s} s"
+        )
 
     def send(self, message: dict[str, Any]) -> None:
         assert self.proc.stdin is not None
@@ -502,7 +580,7 @@ class BayServerProcess:
                 self.proc.stdin.close()
             try:
                 self.proc.wait(timeout=timeout_s)
-            except Exception:
+            except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=timeout_s)
         self._log_file.close()
@@ -518,15 +596,22 @@ def _on_sigterm(_signum: int, _frame: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hil.iec61850_server", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m hil.iec61850_server", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--config", required=True, help="site file (TOML)")
     parser.add_argument("--ied", required=True, help="id of an IED with protocol 'iec61850'")
     parser.add_argument("--port", required=True, type=int, help="TCP port to listen on")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
+    )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    logging.basicConfig(stream=sys.stderr, level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         site = load(args.config)
         ied = site.ied(args.ied)

@@ -172,11 +172,32 @@ void ControlObjectClient_setCommandTerminationHandler(ControlObjectClient self,
 """
 
 # FunctionalConstraint
-FC = {"ST": 0, "MX": 1, "SP": 2, "SV": 3, "CF": 4, "DC": 5, "SG": 6, "SE": 7, "SR": 8, "OR": 9,
-      "BL": 10, "EX": 11, "CO": 12}
+FC = {
+    "ST": 0,
+    "MX": 1,
+    "SP": 2,
+    "SV": 3,
+    "CF": 4,
+    "DC": 5,
+    "SG": 6,
+    "SE": 7,
+    "SR": 8,
+    "OR": 9,
+    "BL": 10,
+    "EX": 11,
+    "CO": 12,
+}
 
 # MmsType
-MMS_ARRAY, MMS_STRUCTURE, MMS_BOOLEAN, MMS_BIT_STRING, MMS_INTEGER, MMS_UNSIGNED, MMS_FLOAT = 0, 1, 2, 3, 4, 5, 6
+MMS_ARRAY, MMS_STRUCTURE, MMS_BOOLEAN, MMS_BIT_STRING, MMS_INTEGER, MMS_UNSIGNED, MMS_FLOAT = (
+    0,
+    1,
+    2,
+    3,
+    4,
+    5,
+    6,
+)
 MMS_UTC_TIME = 14
 MMS_DATA_ACCESS_ERROR = 15
 
@@ -186,14 +207,34 @@ IED_ERROR_NOT_CONNECTED = 1
 IED_ERROR_CONNECTION_LOST = 3
 IED_ERROR_TIMEOUT = 20
 IED_ERRORS = {
-    0: "ok", 1: "not connected", 2: "already connected", 3: "connection lost", 4: "service not supported",
-    5: "connection rejected", 6: "outstanding call limit reached", 10: "invalid argument",
-    11: "data set mismatch", 12: "object reference invalid", 13: "unexpected value received",
-    20: "timeout", 21: "access denied", 22: "object does not exist", 23: "object exists",
-    24: "object access unsupported", 25: "type inconsistent", 26: "temporarily unavailable",
-    27: "object undefined", 28: "invalid address", 29: "hardware fault", 30: "type unsupported",
-    31: "object attribute inconsistent", 32: "object value invalid", 33: "object invalidated",
-    34: "malformed message", 35: "object constraint conflict", 98: "service not implemented",
+    0: "ok",
+    1: "not connected",
+    2: "already connected",
+    3: "connection lost",
+    4: "service not supported",
+    5: "connection rejected",
+    6: "outstanding call limit reached",
+    10: "invalid argument",
+    11: "data set mismatch",
+    12: "object reference invalid",
+    13: "unexpected value received",
+    20: "timeout",
+    21: "access denied",
+    22: "object does not exist",
+    23: "object exists",
+    24: "object access unsupported",
+    25: "type inconsistent",
+    26: "temporarily unavailable",
+    27: "object undefined",
+    28: "invalid address",
+    29: "hardware fault",
+    30: "type unsupported",
+    31: "object attribute inconsistent",
+    32: "object value invalid",
+    33: "object invalidated",
+    34: "malformed message",
+    35: "object constraint conflict",
+    98: "service not implemented",
     99: "unknown",
 }
 LINK_ERRORS = frozenset({1, 3, 20})
@@ -203,9 +244,20 @@ LINK_ERRORS = frozenset({1, 3, 20})
 IED_STATE_CONNECTED = 2
 
 # Trigger options, report options, RCB element mask
-TRG_OPT_DATA_CHANGED, TRG_OPT_QUALITY_CHANGED, TRG_OPT_DATA_UPDATE, TRG_OPT_INTEGRITY, TRG_OPT_GI = 1, 2, 4, 8, 16
+(
+    TRG_OPT_DATA_CHANGED,
+    TRG_OPT_QUALITY_CHANGED,
+    TRG_OPT_DATA_UPDATE,
+    TRG_OPT_INTEGRITY,
+    TRG_OPT_GI,
+) = 1, 2, 4, 8, 16
 RPT_OPT_SEQ_NUM, RPT_OPT_TIME_STAMP, RPT_OPT_REASON_FOR_INCLUSION, RPT_OPT_DATA_SET = 1, 2, 4, 8
-RPT_OPT_DATA_REFERENCE, RPT_OPT_BUFFER_OVERFLOW, RPT_OPT_ENTRY_ID, RPT_OPT_CONF_REV = 16, 32, 64, 128
+RPT_OPT_DATA_REFERENCE, RPT_OPT_BUFFER_OVERFLOW, RPT_OPT_ENTRY_ID, RPT_OPT_CONF_REV = (
+    16,
+    32,
+    64,
+    128,
+)
 RCB_ELEMENT_RPT_ENA, RCB_ELEMENT_OPT_FLDS, RCB_ELEMENT_TRG_OPS = 2, 32, 256
 RCB_ELEMENT_INTG_PD, RCB_ELEMENT_GI, RCB_ELEMENT_PURGE_BUF = 512, 1024, 2048
 
@@ -215,8 +267,13 @@ REASON_NOT_INCLUDED = 0
 # Control
 CDC_CTL_MODEL_NONE, CDC_CTL_MODEL_DIRECT_NORMAL, CDC_CTL_MODEL_SBO_NORMAL = 0, 1, 2
 CDC_CTL_MODEL_DIRECT_ENHANCED, CDC_CTL_MODEL_SBO_ENHANCED = 3, 4
-CONTROL_MODEL_NAMES = {0: "status-only", 1: "direct-normal", 2: "sbo-normal", 3: "direct-enhanced",
-                       4: "sbo-enhanced"}
+CONTROL_MODEL_NAMES = {
+    0: "status-only",
+    1: "direct-normal",
+    2: "sbo-normal",
+    3: "direct-enhanced",
+    4: "sbo-enhanced",
+}
 CONTROL_ACCEPTED = -1
 CONTROL_HARDWARE_FAULT = 1
 CONTROL_TEMPORARILY_UNAVAILABLE = 2
@@ -225,19 +282,44 @@ CONTROL_VALUE_INVALID = 11
 CONTROL_RESULT_FAILED, CONTROL_RESULT_OK = 0, 1
 CONTROL_ORCAT_STATION_CONTROL = 2
 ADD_CAUSE_NAMES = [
-    "unknown", "not-supported", "blocked-by-switching-hierarchy", "select-failed", "invalid-position",
-    "position-reached", "parameter-change-in-execution", "step-limit", "blocked-by-mode",
-    "blocked-by-process", "blocked-by-interlocking", "blocked-by-synchrocheck",
-    "command-already-in-execution", "blocked-by-health", "1-of-n-control", "abortion-by-cancel",
-    "time-limit-over", "abortion-by-trip", "object-not-selected", "object-already-selected",
-    "no-access-authority", "ended-with-overshoot", "abortion-due-to-deviation",
-    "abortion-by-communication-loss", "abortion-by-command", "none", "inconsistent-parameters",
+    "unknown",
+    "not-supported",
+    "blocked-by-switching-hierarchy",
+    "select-failed",
+    "invalid-position",
+    "position-reached",
+    "parameter-change-in-execution",
+    "step-limit",
+    "blocked-by-mode",
+    "blocked-by-process",
+    "blocked-by-interlocking",
+    "blocked-by-synchrocheck",
+    "command-already-in-execution",
+    "blocked-by-health",
+    "1-of-n-control",
+    "abortion-by-cancel",
+    "time-limit-over",
+    "abortion-by-trip",
+    "object-not-selected",
+    "object-already-selected",
+    "no-access-authority",
+    "ended-with-overshoot",
+    "abortion-due-to-deviation",
+    "abortion-by-communication-loss",
+    "abortion-by-command",
+    "none",
+    "inconsistent-parameters",
     "locked-by-other-client",
 ]
 ADD_CAUSE_BLOCKED_BY_INTERLOCKING = 10
 ADD_CAUSE_INVALID_POSITION = 4
 ADD_CAUSE_OBJECT_NOT_SELECTED = 18
-LAST_APPL_ERROR_NAMES = {0: "no-error", 1: "unknown", 2: "timeout-test-not-ok", 3: "operator-test-not-ok"}
+LAST_APPL_ERROR_NAMES = {
+    0: "no-error",
+    1: "unknown",
+    2: "timeout-test-not-ok",
+    3: "operator-test-not-ok",
+}
 
 # Dbpos
 DBPOS_INTERMEDIATE, DBPOS_OFF, DBPOS_ON, DBPOS_BAD = 0, 1, 2, 3
@@ -259,8 +341,10 @@ def _library_path() -> str:
     """The libiec61850 that pyiec61850-ng ships (auditwheel puts it in pyiec61850_ng.libs)."""
     spec = importlib.util.find_spec("pyiec61850")
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError("pyiec61850-ng is not installed (it ships the libiec61850 shared library)")
-    package_dir = os.path.abspath(list(spec.submodule_search_locations)[0])
+        raise ImportError(
+            "pyiec61850-ng is not installed (it ships the libiec61850 shared library)"
+        )
+    package_dir = os.path.abspath(next(iter(spec.submodule_search_locations)))
     patterns = [
         os.path.join(os.path.dirname(package_dir), "pyiec61850_ng.libs", "libiec61850*.so*"),
         os.path.join(package_dir, "libiec61850*.so*"),

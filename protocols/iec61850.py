@@ -53,12 +53,28 @@ from protocols.base import AdapterStatus, CommandError, LinkState, Priority, Sin
 ffi, lib = c.ffi, c.lib
 T = TypeVar("T")
 
-DATA_ATTRIBUTE_NAMES = frozenset({
-    "stVal", "q", "t", "cVal", "mag", "ang", "instMag", "instCVal", "general", "phsA", "phsB",
-    "phsC", "neut", "ctlVal", "setMag", "setVal", "actVal", "valWTr", "subVal", "subMag", "range",
-})
-"""First path elements that are data attributes; the data object ends just before them.
-(phsA & co. are data objects under WYE, but never the first element after the LN.)"""
+DATA_ATTRIBUTE_NAMES = frozenset(
+    {
+        "stVal",
+        "q",
+        "t",
+        "cVal",
+        "mag",
+        "ang",
+        "instMag",
+        "instCVal",
+        "general",
+        "ctlVal",
+        "setMag",
+        "setVal",
+        "actVal",
+        "valWTr",
+        "subVal",
+        "subMag",
+        "range",
+    }
+)
+"""Path elements that are data attributes: the data object ends just before the first one."""
 
 OUT_OF_RANGE = Quality(Validity.INVALID, QualityReason.OUT_OF_RANGE)
 DEVICE_EXCEPTION = Quality(Validity.INVALID, QualityReason.DEVICE_EXCEPTION)
@@ -104,7 +120,7 @@ def data_object_reference(reference: str) -> str:
     ln, *parts = rest.split(".")
     keep: list[str] = []
     for n, part in enumerate(parts):
-        if n > 0 and part in DATA_ATTRIBUTE_NAMES - {"phsA", "phsB", "phsC", "neut"}:
+        if n > 0 and part in DATA_ATTRIBUTE_NAMES:
             break
         keep.append(part)
     return f"{head}/{'.'.join([ln, *keep])}"
@@ -221,7 +237,7 @@ def _relative(ref: str, container_ref: str) -> str | None:
     if ref == container_ref:
         return ""
     if ref.startswith(container_ref + "."):
-        return ref[len(container_ref) + 1:]
+        return ref[len(container_ref) + 1 :]
     return None
 
 
@@ -254,7 +270,9 @@ class Iec61850Client:
 
     protocol = "iec61850"
 
-    def __init__(self, ied_config: Iec61850Ied, sink: Sink, clock: Clock, logger: logging.Logger | None) -> None:
+    def __init__(
+        self, ied_config: Iec61850Ied, sink: Sink, clock: Clock, logger: logging.Logger | None
+    ) -> None:
         self.cfg = ied_config
         self.ied_id = ied_config.id
         self._sink = sink
@@ -287,14 +305,18 @@ class Iec61850Client:
     # ------------------------------------------------------------------ public API
 
     def submit_write(
-        self, point_id: str, value: float | int | bool, priority: Priority = Priority.CONTROL
+        self, point_id: str, value: float | bool, priority: Priority = Priority.CONTROL
     ) -> asyncio.Future[None]:
         """Operate a control point; the future fails with CommandError saying why."""
         loop = asyncio.get_running_loop()
         address = self._addresses.get(point_id)
         if address is None or not address.point.control:
             future: asyncio.Future[None] = loop.create_future()
-            why = "is not a point of this IED" if address is None else "is not a control (control = true)"
+            why = (
+                "is not a point of this IED"
+                if address is None
+                else "is not a control (control = true)"
+            )
             future.set_exception(CommandError(f"{self.ied_id}: {point_id} {why}"))
             return future
         if self.status.state is not LinkState.ONLINE and priority is not Priority.PROTECTION:
@@ -323,7 +345,9 @@ class Iec61850Client:
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
         if self._worker is None:
-            self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"iec61850-{self.ied_id}")
+            self._worker = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix=f"iec61850-{self.ied_id}"
+            )
         watchdog = asyncio.create_task(self._staleness_watchdog(), name=f"{self.ied_id}-watchdog")
         writer = asyncio.create_task(self._write_loop(), name=f"{self.ied_id}-writes")
         backoff = min(self._period, 1.0)
@@ -345,7 +369,9 @@ class Iec61850Client:
                 self.status.state = LinkState.ONLINE
                 self._last_ok_mono = self._clock.monotonic()
                 self._stale_marked = False
-                self._log.info("link up", extra={"ied": self.ied_id, "endpoint": self.status.endpoint})
+                self._log.info(
+                    "link up", extra={"ied": self.ied_id, "endpoint": self.status.endpoint}
+                )
                 backoff = min(self._period, 1.0)
                 try:
                     await self._poll_forever()
@@ -371,7 +397,7 @@ class Iec61850Client:
         job = self._loop.run_in_executor(self._worker, fn, *args)
         try:
             return await asyncio.wait_for(job, timeout=self._guard)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise _LinkDown(f"no answer within {self._guard:.1f} s") from None
 
     async def _sleep(self, delay: float) -> None:
@@ -417,8 +443,10 @@ class Iec61850Client:
                 try:
                     self._subscribe(session, rcb_ref, generation)
                 except _Refused as exc:
-                    self._log.warning("report control block not used, its points are polled",
-                                      extra={"ied": self.ied_id, "rcb": rcb_ref, "reason": str(exc)})
+                    self._log.warning(
+                        "report control block not used, its points are polled",
+                        extra={"ied": self.ied_id, "rcb": rcb_ref, "reason": str(exc)},
+                    )
             self._plan_polls(session)
         except BaseException:
             self._close_session(session)
@@ -448,7 +476,9 @@ class Iec61850Client:
 
     def _spec(self, session: _Session, ref: str, fc: str) -> Any:
         error = ffi.new("int*")
-        spec = lib.IedConnection_getVariableSpecification(session.con, error, ref.encode(), c.FC[fc])
+        spec = lib.IedConnection_getVariableSpecification(
+            session.con, error, ref.encode(), c.FC[fc]
+        )
         self._check(error, f"type of {ref}[{fc}]")
         session.specs.append(spec)
         return spec
@@ -461,7 +491,9 @@ class Iec61850Client:
         dataset_ref = ffi.string(lib.ClientReportControlBlock_getDataSetReference(rcb)).decode()
         dataset_ref = dataset_ref.replace("$", ".")
         deletable = ffi.new("bool*")
-        directory = lib.IedConnection_getDataSetDirectory(con, error, dataset_ref.encode(), deletable)
+        directory = lib.IedConnection_getDataSetDirectory(
+            con, error, dataset_ref.encode(), deletable
+        )
         self._check(error, f"directory of data set {dataset_ref}")
         entries: list[tuple[str, str]] = []
         node = directory.next if directory != ffi.NULL else ffi.NULL
@@ -484,11 +516,15 @@ class Iec61850Client:
                     spec = self._spec(session, entry_ref, entry_fc)
                 q_path = _relative(f"{address.do_ref}.q", entry_ref)
                 t_path = _relative(f"{address.do_ref}.t", entry_ref)
-                extracts.append(_Extract(
-                    address.point, spec, _mms_path(value_path),
-                    None if q_path is None else _mms_path(q_path),
-                    None if t_path is None else _mms_path(t_path),
-                ))
+                extracts.append(
+                    _Extract(
+                        address.point,
+                        spec,
+                        _mms_path(value_path),
+                        None if q_path is None else _mms_path(q_path),
+                        None if t_path is None else _mms_path(t_path),
+                    )
+                )
             if extracts:
                 plan.append((index, extracts))
         if not plan:
@@ -497,18 +533,31 @@ class Iec61850Client:
         rpt_id = ffi.string(rpt_id_c) if rpt_id_c != ffi.NULL else b""
         handler = ffi.callback("void(void*, ClientReport)", self._report_handler(plan, generation))
         session.callbacks.append(handler)
-        lib.IedConnection_installReportHandler(con, rcb_ref.encode(), rpt_id or ffi.NULL, handler, ffi.NULL)
+        lib.IedConnection_installReportHandler(
+            con, rcb_ref.encode(), rpt_id or ffi.NULL, handler, ffi.NULL
+        )
         lib.ClientReportControlBlock_setTrgOps(
-            rcb, c.TRG_OPT_DATA_CHANGED | c.TRG_OPT_QUALITY_CHANGED | c.TRG_OPT_INTEGRITY | c.TRG_OPT_GI
+            rcb,
+            c.TRG_OPT_DATA_CHANGED | c.TRG_OPT_QUALITY_CHANGED | c.TRG_OPT_INTEGRITY | c.TRG_OPT_GI,
         )
         lib.ClientReportControlBlock_setIntgPd(rcb, self.cfg.poll_period_ms)
         lib.ClientReportControlBlock_setOptFlds(
-            rcb, c.RPT_OPT_SEQ_NUM | c.RPT_OPT_TIME_STAMP | c.RPT_OPT_REASON_FOR_INCLUSION | c.RPT_OPT_DATA_SET
+            rcb,
+            c.RPT_OPT_SEQ_NUM
+            | c.RPT_OPT_TIME_STAMP
+            | c.RPT_OPT_REASON_FOR_INCLUSION
+            | c.RPT_OPT_DATA_SET,
         )
         lib.ClientReportControlBlock_setRptEna(rcb, True)
         lib.IedConnection_setRCBValues(
-            con, error, rcb,
-            c.RCB_ELEMENT_TRG_OPS | c.RCB_ELEMENT_INTG_PD | c.RCB_ELEMENT_OPT_FLDS | c.RCB_ELEMENT_RPT_ENA, True,
+            con,
+            error,
+            rcb,
+            c.RCB_ELEMENT_TRG_OPS
+            | c.RCB_ELEMENT_INTG_PD
+            | c.RCB_ELEMENT_OPT_FLDS
+            | c.RCB_ELEMENT_RPT_ENA,
+            True,
         )
         if error[0] != c.IED_ERROR_OK:
             lib.IedConnection_uninstallReportHandler(con, rcb_ref.encode())
@@ -516,7 +565,9 @@ class Iec61850Client:
         lib.ClientReportControlBlock_setGI(rcb, True)
         lib.IedConnection_setRCBValues(con, error, rcb, c.RCB_ELEMENT_GI, True)
         if error[0] != c.IED_ERROR_OK:
-            self._log.warning("general interrogation refused", extra={"ied": self.ied_id, "rcb": rcb_ref})
+            self._log.warning(
+                "general interrogation refused", extra={"ied": self.ied_id, "rcb": rcb_ref}
+            )
         session.report_plans[rcb_ref] = plan
         session.reported.update(ex.point.id for _, extracts in plan for ex in extracts)
 
@@ -531,14 +582,20 @@ class Iec61850Client:
             for a in addresses:
                 q_path = _relative(f"{a.do_ref}.q", ln_ref)
                 t_path = _relative(f"{a.do_ref}.t", ln_ref)
-                extracts.append(_Extract(
-                    a.point, spec, _mms_path(_relative(a.value_ref, ln_ref) or ""),
-                    None if q_path is None else _mms_path(q_path),
-                    None if t_path is None else _mms_path(t_path),
-                ))
+                extracts.append(
+                    _Extract(
+                        a.point,
+                        spec,
+                        _mms_path(_relative(a.value_ref, ln_ref) or ""),
+                        None if q_path is None else _mms_path(q_path),
+                        None if t_path is None else _mms_path(t_path),
+                    )
+                )
             session.polls.append((ln_ref.encode(), c.FC[fc], spec, extracts))
 
-    def _report_handler(self, plan: list[tuple[int, list[_Extract]]], generation: int) -> Callable[[Any, Any], None]:
+    def _report_handler(
+        self, plan: list[tuple[int, list[_Extract]]], generation: int
+    ) -> Callable[[Any, Any], None]:
         loop = self._loop
 
         def on_report(_param: Any, report: Any) -> None:
@@ -550,7 +607,11 @@ class Iec61850Client:
                 size = lib.MmsValue_getArraySize(values)
                 decoded = []
                 for index, extracts in plan:
-                    if index >= size or lib.ClientReport_getReasonForInclusion(report, index) == c.REASON_NOT_INCLUDED:
+                    if (
+                        index >= size
+                        or lib.ClientReport_getReasonForInclusion(report, index)
+                        == c.REASON_NOT_INCLUDED
+                    ):
                         continue
                     element = lib.MmsValue_getElement(values, index)
                     if element == ffi.NULL:
@@ -560,7 +621,7 @@ class Iec61850Client:
                     loop.call_soon_threadsafe(self._apply_report, generation, decoded)
             except RuntimeError:
                 pass  # the loop is closed: the adapter is gone
-            except Exception:
+            except Exception:  # noqa: BLE001 - nothing may escape into libiec61850's thread
                 self._log.exception("report handling failed", extra={"ied": self.ied_id})
 
         return on_report
@@ -574,7 +635,9 @@ class Iec61850Client:
                 raise _LinkDown("association closed")
             address = next(iter(self._addresses.values()), None)
             if address is not None:
-                value = lib.IedConnection_readObject(session.con, error, address.value_ref.encode(), c.FC[address.fc])
+                value = lib.IedConnection_readObject(
+                    session.con, error, address.value_ref.encode(), c.FC[address.fc]
+                )
                 if value != ffi.NULL:
                     lib.MmsValue_delete(value)
                 if error[0] in c.LINK_ERRORS:
@@ -612,11 +675,15 @@ class Iec61850Client:
             try:
                 appl = lib.ControlObjectClient_getLastApplError(client)
                 if loop is not None:
-                    loop.call_soon_threadsafe(self._terminated, point_id, (appl.ctlNum, appl.error, appl.addCause))
+                    loop.call_soon_threadsafe(
+                        self._terminated, point_id, (appl.ctlNum, appl.error, appl.addCause)
+                    )
             except RuntimeError:
                 pass
-            except Exception:
-                self._log.exception("command termination handling failed", extra={"ied": self.ied_id})
+            except Exception:  # noqa: BLE001 - nothing may escape into libiec61850's thread
+                self._log.exception(
+                    "command termination handling failed", extra={"ied": self.ied_id}
+                )
 
         handler = ffi.callback("void(void*, ControlObjectClient)", on_termination)
         session.callbacks.append(handler)
@@ -631,9 +698,13 @@ class Iec61850Client:
         if error in c.LINK_ERRORS:
             return _LinkDown(f"{step}: {c.ied_error_name(error)}")
         cause = c.add_cause_name(appl.addCause)
-        return _Refused(f"{step} refused: {cause} (AddCause {appl.addCause}), {c.ied_error_name(error)}")
+        return _Refused(
+            f"{step} refused: {cause} (AddCause {appl.addCause}), {c.ied_error_name(error)}"
+        )
 
-    def _operate_blocking(self, session: _Session, address: PointAddress, value: bool) -> tuple[int, tuple[int, int, int]]:
+    def _operate_blocking(
+        self, session: _Session, address: PointAddress, value: bool
+    ) -> tuple[int, tuple[int, int, int]]:
         """Select (if the model asks for it) and operate; returns the control model and the
         LastApplError seen before, to tell a fresh CommandTermination- from an old one."""
         ctl = self._control_object(session, address)
@@ -665,7 +736,9 @@ class Iec61850Client:
             if now >= next_poll:
                 missed = int((now - next_poll) / self._period)
                 if missed:
-                    self.status.extra["skipped_cycles"] = self.status.extra.get("skipped_cycles", 0) + missed
+                    self.status.extra["skipped_cycles"] = (
+                        self.status.extra.get("skipped_cycles", 0) + missed
+                    )
                 next_poll += (missed + 1) * self._period
                 await self._poll_once()
                 continue
@@ -686,15 +759,25 @@ class Iec61850Client:
         if decoded:
             self._sink(self._updates(decoded))
 
-    def _updates(self, decoded: Sequence[tuple[str, Any, Quality, float | None]]) -> list[PointUpdate]:
+    def _updates(
+        self, decoded: Sequence[tuple[str, Any, Quality, float | None]]
+    ) -> list[PointUpdate]:
         mono, wall = self._clock.monotonic(), self._clock.wall()
         return [
-            PointUpdate(point_id=pid, value=value, quality=quality, source_time=source_time,
-                        receive_monotonic=mono, receive_time=wall)
+            PointUpdate(
+                point_id=pid,
+                value=value,
+                quality=quality,
+                source_time=source_time,
+                receive_monotonic=mono,
+                receive_time=wall,
+            )
             for pid, value, quality, source_time in decoded
         ]
 
-    def _apply_report(self, generation: int, decoded: list[tuple[str, Any, Quality, float | None]]) -> None:
+    def _apply_report(
+        self, generation: int, decoded: list[tuple[str, Any, Quality, float | None]]
+    ) -> None:
         if generation != self._link_generation or self._closing:
             return  # a late report of a dropped association
         self.status.extra["reports"] += 1
@@ -743,12 +826,16 @@ class Iec61850Client:
             except _Refused as exc:
                 raise CommandError(f"{self.ied_id}: {point_id} {exc}") from None
             except _LinkDown as exc:
-                raise CommandError(f"{self.ied_id}: {point_id} not operated, link down: {exc}") from None
+                raise CommandError(
+                    f"{self.ied_id}: {point_id} not operated, link down: {exc}"
+                ) from None
             if model in (c.CDC_CTL_MODEL_SBO_ENHANCED, c.CDC_CTL_MODEL_DIRECT_ENHANCED):
                 try:
                     appl = await asyncio.wait_for(termination, timeout=max(self._timeout, 1.0) * 5)
-                except asyncio.TimeoutError:
-                    raise CommandError(f"{self.ied_id}: {point_id} operated, no CommandTermination") from None
+                except TimeoutError:
+                    raise CommandError(
+                        f"{self.ied_id}: {point_id} operated, no CommandTermination"
+                    ) from None
                 except _LinkDown as exc:
                     raise CommandError(f"{self.ied_id}: {point_id} {exc}") from None
                 if appl != before and appl[1] != 0:
@@ -775,10 +862,18 @@ class Iec61850Client:
             return
         self._stale_marked = True
         mono, wall = self._clock.monotonic(), self._clock.wall()
-        self._sink([
-            PointUpdate(point_id=p.id, value=None, quality=COMM_FAILURE, receive_monotonic=mono, receive_time=wall)
-            for p in self.cfg.points
-        ])
+        self._sink(
+            [
+                PointUpdate(
+                    point_id=p.id,
+                    value=None,
+                    quality=COMM_FAILURE,
+                    receive_monotonic=mono,
+                    receive_time=wall,
+                )
+                for p in self.cfg.points
+            ]
+        )
 
     async def _staleness_watchdog(self) -> None:
         """Mark every point invalid once nothing (poll or report) has arrived for two periods."""

@@ -67,8 +67,12 @@ def test_quality_mapping(bits: int, expected: Quality) -> None:
 @given(st.integers(min_value=0, max_value=0x1FFF))
 def test_quality_mapping_is_total_and_keeps_validity(bits: int) -> None:
     quality = map_quality(bits)
-    assert quality.validity is {0: Validity.GOOD, 1: Validity.INVALID, 2: Validity.INVALID,
-                                3: Validity.QUESTIONABLE}[bits & 3]
+    assert (
+        quality.validity
+        is {0: Validity.GOOD, 1: Validity.INVALID, 2: Validity.INVALID, 3: Validity.QUESTIONABLE}[
+            bits & 3
+        ]
+    )
     assert (quality.reason is QualityReason.NONE) == (bits & ~3 == 0)
 
 
@@ -93,7 +97,11 @@ def test_data_object_reference(reference: str, do_ref: str) -> None:
 def test_control_point_is_read_through_its_status(bay046: Iec61850Ied) -> None:
     cmd = next(p for p in bay046.points if p.control)
     address = PointAddress.of(cmd)
-    assert (address.value_ref, address.fc, address.do_ref) == ("BAY046LD0/CSWI1.Pos.stVal", "ST", "BAY046LD0/CSWI1.Pos")
+    assert (address.value_ref, address.fc, address.do_ref) == (
+        "BAY046LD0/CSWI1.Pos.stVal",
+        "ST",
+        "BAY046LD0/CSWI1.Pos",
+    )
     assert address.ln_ref == "BAY046LD0/CSWI1"
 
 
@@ -112,9 +120,11 @@ def _point(**changes: Any) -> Iec61850Point:
     return Iec61850Point(id="P", reference="LD/MMXU1.Hz.mag.f", **changes)
 
 
-@given(st.floats(width=32, allow_nan=True, allow_infinity=True),
-       st.floats(min_value=-1e3, max_value=1e3).filter(lambda v: v != 0),
-       st.floats(min_value=-1e3, max_value=1e3))
+@given(
+    st.floats(width=32, allow_nan=True, allow_infinity=True),
+    st.floats(min_value=-1e3, max_value=1e3).filter(lambda v: v != 0),
+    st.floats(min_value=-1e3, max_value=1e3),
+)
 @settings(max_examples=200)
 def test_float_decoding_applies_scale_and_offset(raw: float, scale: float, offset: float) -> None:
     mms = lib.MmsValue_newFloat(raw)
@@ -155,11 +165,19 @@ def test_bay_model_holds_what_the_site_file_references(bay046: Iec61850Ied) -> N
     model = BayModel(bay046)
     try:
         assert model.ied_name == "BAY046"
-        assert model.dataset_entries() == {"BAY046LD0": [
-            "CSWI1$ST$Pos",
-            "MMXU1$MX$A$phsA", "MMXU1$MX$A$phsB", "MMXU1$MX$A$phsC", "MMXU1$MX$A$neut",
-            "MMXU1$MX$PhV$phsA", "MMXU1$MX$Hz", "MMXU1$MX$TotW", "XCBR1$ST$Pos",
-        ]}
+        assert model.dataset_entries() == {
+            "BAY046LD0": [
+                "CSWI1$ST$Pos",
+                "MMXU1$MX$A$phsA",
+                "MMXU1$MX$A$phsB",
+                "MMXU1$MX$A$phsC",
+                "MMXU1$MX$A$neut",
+                "MMXU1$MX$PhV$phsA",
+                "MMXU1$MX$Hz",
+                "MMXU1$MX$TotW",
+                "XCBR1$ST$Pos",
+            ]
+        }
         assert set(model.controls) == {"CB-046.position_cmd"}
         assert len(model.bindings) == len(bay046.points)
         # RCBs are not model nodes; test_iec61850.py reads BAY046LD0/LLN0.BR.brcbMeas01 over MMS.
@@ -170,14 +188,22 @@ def test_bay_model_holds_what_the_site_file_references(bay046: Iec61850Ied) -> N
 @pytest.mark.parametrize(
     ("point", "message"),
     [
-        (dict(id="X", reference="LD0/MMXU1.A.phsA.instCVal.mag.f"), "unsupported reference shape"),
-        (dict(id="X", reference="LD0/MMXU1.Hz.mag.f", fc="ST"), "has FC MX"),
-        (dict(id="X", reference="LD0/CSWI1.Pos.stVal", control=True, kind="binary"), "names a data object"),
-        (dict(id="X", reference="LD0/GGIO1.AnOut", control=True), "only binary controls"),
+        (
+            {"id": "X", "reference": "LD0/MMXU1.A.phsA.instCVal.mag.f"},
+            "unsupported reference shape",
+        ),
+        ({"id": "X", "reference": "LD0/MMXU1.Hz.mag.f", "fc": "ST"}, "has FC MX"),
+        (
+            {"id": "X", "reference": "LD0/CSWI1.Pos.stVal", "control": True, "kind": "binary"},
+            "names a data object",
+        ),
+        ({"id": "X", "reference": "LD0/GGIO1.AnOut", "control": True}, "only binary controls"),
     ],
 )
 def test_bay_model_explains_what_it_cannot_build(point: dict[str, Any], message: str) -> None:
-    ied = Iec61850Ied(id="IED-X", protocol="iec61850", host="127.0.0.1", points=[Iec61850Point(**point)])
+    ied = Iec61850Ied(
+        id="IED-X", protocol="iec61850", host="127.0.0.1", points=[Iec61850Point(**point)]
+    )
     with pytest.raises(ModelError, match=message):
         BayModel(ied)
 
@@ -216,8 +242,11 @@ def _attribute_value(server: BayServer, ref: str) -> Any:
 def test_interlock_lines(bay_server: tuple[BayServer, io.StringIO]) -> None:
     server, _ = bay_server
     control = server.model.controls["CB-046.position_cmd"]
-    server.handle_line(json.dumps({"interlock": {"point_id": "CB-046.position_cmd", "blocked": True,
-                                                 "reason": "fault"}}))
+    server.handle_line(
+        json.dumps(
+            {"interlock": {"point_id": "CB-046.position_cmd", "blocked": True, "reason": "fault"}}
+        )
+    )
     assert control.blocked and control.reason == "fault"
     server.handle_line(json.dumps({"interlock": {"point_id": "IED-BAY-046", "blocked": False}}))
     assert not control.blocked
@@ -231,7 +260,9 @@ def test_interlock_lines(bay_server: tuple[BayServer, io.StringIO]) -> None:
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
     max_leaves=8,
 )
 
@@ -242,12 +273,18 @@ def test_garbage_lines_never_raise(bay_server: tuple[BayServer, io.StringIO], li
     bay_server[0].handle_line(line)
 
 
-@given(st.dictionaries(st.sampled_from(["values", "interlock", "other"]), json_values, max_size=3),
-       st.dictionaries(st.sampled_from(["CB-046.ia", "CB-046.closed", "CB-046.position_cmd", "nope"]),
-                       json_values, max_size=4))
+@given(
+    st.dictionaries(st.sampled_from(["values", "interlock", "other"]), json_values, max_size=3),
+    st.dictionaries(
+        st.sampled_from(["CB-046.ia", "CB-046.closed", "CB-046.position_cmd", "nope"]),
+        json_values,
+        max_size=4,
+    ),
+)
 @settings(max_examples=200)
-def test_odd_json_never_raises(bay_server: tuple[BayServer, io.StringIO], message: dict[str, Any],
-                               values: dict[str, Any]) -> None:
+def test_odd_json_never_raises(
+    bay_server: tuple[BayServer, io.StringIO], message: dict[str, Any], values: dict[str, Any]
+) -> None:
     server = bay_server[0]
     server.handle_line(json.dumps(message))
     server.handle_line(json.dumps({"values": values}))

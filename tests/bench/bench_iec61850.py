@@ -15,7 +15,6 @@ import asyncio
 import logging
 import os
 import socket
-import statistics
 import sys
 import threading
 import time
@@ -24,12 +23,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from gateway.clock import SystemClock  # noqa: E402
-from gateway.config import Iec61850Ied, load  # noqa: E402
-from gateway.points import PointUpdate  # noqa: E402
-from hil.iec61850_server import BayServerProcess  # noqa: E402
-from protocols._iec61850_ffi import FC, ffi, lib  # noqa: E402
-from protocols.iec61850 import Iec61850Client  # noqa: E402
+from gateway.clock import SystemClock
+from gateway.config import Iec61850Ied, load
+from gateway.points import PointUpdate
+from hil.iec61850_server import BayServerProcess
+from protocols._iec61850_ffi import FC, ffi, lib
+from protocols.iec61850 import Iec61850Client
 
 SITE = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "sub-003.toml"
 IED = "IED-BAY-046"
@@ -53,8 +52,10 @@ def pct(samples: Sequence[float], q: float) -> float:
 
 def line(name: str, samples_s: Sequence[float]) -> str:
     ms = [s * 1000 for s in samples_s]
-    return (f"{name:<44} n={len(ms):>5}  p50 {pct(ms, 0.50):7.3f} ms  p99 {pct(ms, 0.99):7.3f} ms  "
-            f"max {max(ms):7.3f} ms")
+    return (
+        f"{name:<44} n={len(ms):>5}  p50 {pct(ms, 0.50):7.3f} ms  p99 {pct(ms, 0.99):7.3f} ms  "
+        f"max {max(ms):7.3f} ms"
+    )
 
 
 class Arrivals:
@@ -83,7 +84,7 @@ class Arrivals:
             self.event.clear()
             try:
                 await asyncio.wait_for(self.event.wait(), remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return None
         return self.arrived[value]
 
@@ -124,9 +125,11 @@ async def bench(cfg: Iec61850Ied, bay: BayServerProcess) -> None:
         await sink.wait_for(last, 30.0)
         elapsed = time.monotonic() - t0
         received = sink.count - before
-        print(f"{'report burst':<44} {BURST_LINES} lines in {sent_s:.3f} s; {received} ia updates "
-              f"received in {elapsed:.3f} s = {received / elapsed:,.0f} reports/s "
-              f"({received / BURST_LINES:.0%} of lines; the server may merge changes into one report)")
+        print(
+            f"{'report burst':<44} {BURST_LINES} lines in {sent_s:.3f} s; {received} ia updates "
+            f"received in {elapsed:.3f} s = {received / elapsed:,.0f} reports/s "
+            f"({received / BURST_LINES:.0%} of lines; the server may merge changes into one report)"
+        )
 
         # 3. Operate round trip, quiet link.
         quiet = []
@@ -162,14 +165,16 @@ async def bench(cfg: Iec61850Ied, bay: BayServerProcess) -> None:
         stop.set()
         await asyncio.to_thread(feeder.join, 10)
         reports = client.status.extra["reports"] - reports_before
-        print(line("operate round trip, reports streaming", busy),
-              f" ({reports} reports in {busy_s:.2f} s = {reports / busy_s:,.0f}/s)")
+        print(
+            line("operate round trip, reports streaming", busy),
+            f" ({reports} reports in {busy_s:.2f} s = {reports / busy_s:,.0f}/s)",
+        )
         print(f"{'ratio busy/quiet operate p50':<44} {pct(busy, 0.5) / pct(quiet, 0.5):.2f}x")
         for _ in range(bay.commands.qsize()):
             bay.commands.get_nowait()
 
         # 5. Polled reads (one MMS read of a whole LN with FC=MX), through the worker thread.
-        session = client._session  # noqa: SLF001 - a bench may look inside
+        session = client._session
         assert session is not None
 
         def read_ln() -> None:
@@ -180,10 +185,12 @@ async def bench(cfg: Iec61850Ied, bay: BayServerProcess) -> None:
 
         t0 = time.monotonic()
         for _ in range(POLL_READS):
-            await client._call(read_ln)  # noqa: SLF001
+            await client._call(read_ln)
         elapsed = time.monotonic() - t0
-        print(f"{'LN read (MMXU1, FC=MX, 7 points) via worker':<44} {POLL_READS / elapsed:,.0f} reads/s "
-              f"({elapsed / POLL_READS * 1e6:.0f} µs each)")
+        print(
+            f"{'LN read (MMXU1, FC=MX, 7 points) via worker':<44} {POLL_READS / elapsed:,.0f} reads/s "
+            f"({elapsed / POLL_READS * 1e6:.0f} µs each)"
+        )
         print(f"status: {client.status.as_dict()}")
     finally:
         await client.close()
@@ -203,7 +210,9 @@ def main() -> None:
     bay = BayServerProcess(str(SITE), IED, port)
     try:
         bay.wait_listening()
-        print(f"IEC 61850 bench: server pid {bay.proc.pid} on 127.0.0.1:{port}, client pid {os.getpid()}")
+        print(
+            f"IEC 61850 bench: server pid {bay.proc.pid} on 127.0.0.1:{port}, client pid {os.getpid()}"
+        )
         asyncio.run(bench(cfg, bay))
     finally:
         bay.close()
