@@ -117,6 +117,7 @@ class RadialTree:
     energised: npt.NDArray[np.bool_]
     loop_branches: list[int]
     position: dict[int, int]
+    _complex_path: tuple[npt.NDArray[np.complex128], npt.NDArray[np.complex128]] | None = None
 
     @classmethod
     def build(cls, net: Network, root: int = 0) -> RadialTree:
@@ -176,6 +177,14 @@ class RadialTree:
                    feeder_branch=np.array(feeder, dtype=np.int64), parent_pos=parent_pos,
                    z_pu=z_pu, ratio=ratio, path=path, gain=gain, energised=seen,
                    loop_branches=loops, position=position)
+
+    def complex_path(self) -> tuple[npt.NDArray[np.complex128], npt.NDArray[np.complex128]]:
+        """`path` and its transpose as contiguous complex arrays, made once: a mixed real/complex
+        product would convert the matrix on every sweep."""
+        if self._complex_path is None:
+            c = self.path.astype(np.complex128)
+            self._complex_path = (c, np.ascontiguousarray(c.T))
+        return self._complex_path
 
     def subtree(self, pos: int) -> npt.NDArray[np.int64]:
         """Positions (in `nodes`) of a node and everything it feeds."""

@@ -47,8 +47,7 @@ def solve(tree: RadialTree, s_load_pu: npt.NDArray[np.complex128],
     y = y_shunt_pu[nodes]
     drop_gain = tree.ratio ** 2 * tree.z_pu
     v_open = tree.gain * v_source_pu
-    path = tree.path
-    path_t = path.T
+    path, path_t = tree.complex_path()
     if v_start_pu is not None:
         v = v_start_pu[nodes].copy()
         v[v == 0] = v_open[v == 0]
