@@ -5,13 +5,15 @@ concentrator sits at each distribution transformer. Once per reading interval ea
 concentrator publishes all its meters in messages of at most `batch_size` meters, in the
 format of `protocols.ami` (docs/ami.md), QoS 1, on the site's `[ami] topic` with `+` filled in.
 
-Publishing happens on the simulator's event loop; paho's network thread does the sending.
-While the broker is unreachable, readings are skipped and counted rather than queued.
+Encoding happens on the simulator's event loop, a few messages per model step so that 100,000
+meters never stall the IED servers; paho's network thread does the sending. While the broker
+is unreachable, readings are skipped and counted rather than queued.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -63,6 +65,8 @@ class AmiPublisher:
         self.skipped_intervals = 0
         self.last_publish_ms = 0.0
         self.last_meter_count = 0
+        self.dropped_messages = 0
+        self._queue: collections.deque[tuple[Any, ...]] = collections.deque()
 
     def _on_connect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         self.connected = not getattr(reason, "is_failure", False)
@@ -101,22 +105,41 @@ class AmiPublisher:
         self.connected = False
 
     def _concentrators(self, ids: list[str]) -> list[tuple[str, np.ndarray]]:
-        """(concentrator id, indices into the readings) per meter group, cached while ids stay."""
+        """(concentrator id, indices into the readings) per meter group, cached while ids stay.
+
+        Meter ids are `<group prefix>-<n>`; a group's meters usually come in one run, so the
+        prefix is split once per run and the run is followed with `startswith`.
+        """
         key = (len(ids), ids[0] if ids else None, ids[-1] if ids else None)
         if key == self._plan_key:
             return self._plan
-        groups: dict[str, list[int]] = {}
-        for i, meter_id in enumerate(ids):
-            prefix = meter_id.rsplit("-", 1)[0]
-            groups.setdefault(self._prefixes.get(prefix, UNASSIGNED), []).append(i)
-        self._plan = [(dc, np.asarray(idx, dtype=np.intp)) for dc, idx in groups.items()]
+        runs: dict[str, list[np.ndarray]] = {}
+        i, n = 0, len(ids)
+        while i < n:
+            prefix = ids[i].rsplit("-", 1)[0]
+            head = prefix + "-"
+            j = i + 1
+            while j < n and ids[j].startswith(head):
+                j += 1
+            runs.setdefault(self._prefixes.get(prefix, UNASSIGNED), []).append(np.arange(i, j, dtype=np.intp))
+            i = j
+        self._plan = [(dc, np.concatenate(parts)) for dc, parts in runs.items()]
         self._plan_key = key
         return self._plan
 
-    def publish(self, readings: Any, reading_time: float) -> int:
-        """Publish one reading of every meter; returns the number of messages queued."""
-        client = self._client
-        if client is None or not self.connected:
+    def prepare(self, meter_ids: list[str]) -> None:
+        """Work out which concentrator reports which meter ahead of the first reading."""
+        ids = list(meter_ids)
+        self._concentrators(ids[: self.meters] if self.meters is not None else ids)
+
+    def publish(self, readings: Any, reading_time: float, *, spread: bool = False) -> int:
+        """Queue one reading of every meter; returns the number of messages it makes.
+
+        With `spread`, messages are sent by later `pump` calls (a few per simulator step, as
+        concentrators report over a while), so a large fleet never stalls the IED servers;
+        otherwise they are all sent now.
+        """
+        if self._client is None or not self.connected:
             self.skipped_intervals += 1
             return 0
         t0 = time.perf_counter()
@@ -126,31 +149,49 @@ class AmiPublisher:
         n_all = len(ids)
         columns_all = {name: np.asarray(getattr(readings, name))[:n_all]
                        for name in STANDARD_COLUMNS if hasattr(readings, name)}
-        sent = 0
+        planned = 0
         for concentrator, index in self._concentrators(ids):
             parts = max(1, -(-len(index) // self.batch_size))
-            topic = topic_for(self.cfg.topic, concentrator)
             for part in range(parts):
                 chunk = index[part * self.batch_size:(part + 1) * self.batch_size]
-                seq = self._seq.get(concentrator, -1) + 1
-                self._seq[concentrator] = seq
-                payload = encode_batch(
-                    substation_id=self.substation_id, concentrator_id=concentrator, seq=seq,
-                    reading_time=reading_time, interval_s=self.interval_s,
-                    meter_ids=[ids[i] for i in chunk],
-                    columns={name: values[chunk] for name, values in columns_all.items()},
-                    part=part, parts=parts,
-                )
-                client.publish(topic, payload, qos=1)
-                self.messages += 1
-                self.bytes += len(payload)
-                sent += 1
+                self._queue.append((concentrator, part, parts, reading_time, ids, chunk, columns_all))
+                planned += 1
         self.readings_published += n_all
         self.last_meter_count = n_all
         self.intervals += 1
+        if not spread:
+            self.pump()
         self.last_publish_ms = (time.perf_counter() - t0) * 1e3
-        log.debug("AMI: %d readings in %d messages (%.1f ms)", n_all, sent, self.last_publish_ms)
+        return planned
+
+    def pump(self, max_messages: int | None = None) -> int:
+        """Encode and send queued messages (all, or at most `max_messages`); returns how many."""
+        client = self._client
+        sent = 0
+        while self._queue and (max_messages is None or sent < max_messages):
+            if client is None or not self.connected:
+                self.dropped_messages += len(self._queue)
+                self._queue.clear()
+                break
+            concentrator, part, parts, reading_time, ids, chunk, columns = self._queue.popleft()
+            seq = self._seq.get(concentrator, -1) + 1
+            self._seq[concentrator] = seq
+            payload = encode_batch(
+                substation_id=self.substation_id, concentrator_id=concentrator, seq=seq,
+                reading_time=reading_time, interval_s=self.interval_s,
+                meter_ids=[ids[i] for i in chunk],
+                columns={name: values[chunk] for name, values in columns.items()},
+                part=part, parts=parts,
+            )
+            client.publish(topic_for(self.cfg.topic, concentrator), payload, qos=1)
+            self.messages += 1
+            self.bytes += len(payload)
+            sent += 1
         return sent
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
 
     def status(self) -> dict[str, Any]:
         return {
@@ -160,6 +201,8 @@ class AmiPublisher:
             "intervals": self.intervals,
             "skipped_intervals": self.skipped_intervals,
             "messages": self.messages,
+            "pending_messages": len(self._queue),
+            "dropped_messages": self.dropped_messages,
             "readings": self.readings_published,
             "bytes": self.bytes,
             "last_publish_ms": round(self.last_publish_ms, 2),
