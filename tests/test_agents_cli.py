@@ -127,3 +127,13 @@ def test_parse_time() -> None:
 
     with pytest.raises(argparse.ArgumentTypeError, match="not a time"):
         parse_time("yesterday-ish")
+
+
+@pytest.mark.parametrize("agent_type", ["power_line", "transformer", "smart_meter", "circuit_breaker", "substation",
+                                        "capacitor_bank", "renewable_energy"])
+def test_diagram_is_drawn_from_the_table(agent_type: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["agents", "diagram", agent_type, "--format", "dot"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("digraph") and "doublecircle" in out
+    assert main(["agents", "diagram", agent_type]) == 0
+    assert "initial state" in capsys.readouterr().out

@@ -195,3 +195,27 @@ def test_peak_demand_scenario_cvr_and_load_shedding(site) -> None:  # type: igno
     assert ControlRequest(agent_id="CB-046", point_name="position_cmd", value=False,
                           reason="load shedding by SUB-003: LINE-046 (5000 kW)") in actions
     assert rt.show("CB-046")["state"] == "Open_Manual"
+
+
+def test_one_failing_agent_does_not_stop_the_others(site, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    rt = AgentRuntime(site, now=0.0)
+
+    def broken(*_args, **_kw):  # type: ignore[no-untyped-def]
+        raise ZeroDivisionError("bad reading")
+
+    monkeypatch.setattr(rt.agents["XFMR-101"], "step", broken)
+    rt.on_point("CB-044", "closed", False, True, 0.0)
+    actions = rt.tick(0.0)
+    assert rt.show("CB-044")["state"] == "Open_Manual"
+    alerts = [a for a in actions if isinstance(a, Alert) and a.agent_id == "XFMR-101"]
+    assert len(alerts) == 1 and "bad reading" in alerts[0].message
+    assert not [a for a in rt.tick(5.0) if isinstance(a, Alert) and a.agent_id == "XFMR-101"]
+
+
+def test_momentary_threshold_comes_from_the_substation(site) -> None:  # type: ignore[no-untyped-def]
+    assert AgentRuntime(site, now=0.0).momentary_threshold_s == 300.0
+    sub = site.agent("SUB-003")
+    other = site.model_copy(update={"agents": [
+        a if a.id != "SUB-003" else a.model_copy(update={"attributes": {
+            **sub.attributes, "momentary_interruption_threshold_s": 180.0}}) for a in site.agents]})
+    assert AgentRuntime(other, now=0.0).momentary_threshold_s == 180.0

@@ -161,6 +161,27 @@ def cmd_reliability(args: argparse.Namespace) -> int:
     return 0
 
 
+_TYPES = ["power_line", "transformer", "smart_meter", "circuit_breaker", "substation", "capacitor_bank",
+          "renewable_energy"]
+
+
+def cmd_agents_diagram(args: argparse.Namespace) -> int:
+    """Offline: the transition table of one agent type, as Graphviz dot or as a table."""
+    import importlib
+
+    module = {"renewable_energy": "renewable"}.get(args.agent_type, args.agent_type)
+    table_ = importlib.import_module(f"gateway.agents.{module}").TABLE
+    if args.format == "dot":
+        print(table_.to_dot())
+    else:
+        from gateway.cli import table
+
+        rows = [(s.value, e.name.lower(), t.value) for s, e, t in table_.transitions() if s is not t]
+        print(f"{args.agent_type}: initial state {table_.initial.value}")
+        print(table(rows, ["STATE", "EVENT", "NEXT STATE"]))
+    return 0
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     try:
         from gateway.cli import add_common
@@ -176,8 +197,7 @@ def register(subparsers: Any) -> None:
     agents = subparsers.add_parser("agents", help="the grid agents: states, attributes, transitions")
     sub = agents.add_subparsers(dest="agents_command", required=True, metavar="ACTION")
     alist = sub.add_parser("list", help="every agent with its state (meter groups summarised)")
-    alist.add_argument("--type", choices=["power_line", "transformer", "smart_meter", "circuit_breaker", "substation",
-                                          "capacitor_bank", "renewable_energy"], help="only agents of this type")
+    alist.add_argument("--type", choices=_TYPES, help="only agents of this type")
     _common(alist)
     alist.set_defaults(func=cmd_agents_list)
     show = sub.add_parser("show", help="one agent (or meter group, or meter): state, since when, attributes, "
@@ -191,6 +211,11 @@ def register(subparsers: Any) -> None:
     req.add_argument("args", nargs="*", type=_kv, metavar="KEY=VALUE")
     _common(req)
     req.set_defaults(func=cmd_agents_request)
+
+    diagram = sub.add_parser("diagram", help="an agent type's transition table (offline; dot for Graphviz)")
+    diagram.add_argument("agent_type", choices=_TYPES, metavar="TYPE", help=", ".join(_TYPES))
+    diagram.add_argument("--format", choices=["table", "dot"], default="table")
+    diagram.set_defaults(func=cmd_agents_diagram)
 
     rel = subparsers.add_parser("reliability", help="IEEE 1366 indices (SAIFI, SAIDI, CAIDI, MAIFI, ASAI) from "
                                                    "smart-meter outages")

@@ -70,20 +70,20 @@ class UnknownAgent(KeyError):
 
 class AgentRuntime:
     def __init__(self, site: SiteConfig, now: float, *, infrastructure_period_s: float = 1.0,
-                 meter_period_s: float = 5.0, momentary_threshold_s: float = MOMENTARY_THRESHOLD_S,
+                 meter_period_s: float = 5.0, momentary_threshold_s: float | None = None,
                  meter_attributes: SmartMeterAttributes | None = None) -> None:
         self.site = site
         self.topology = Topology.from_site(site)
         self.bus = Bus()
         self.infrastructure_period_s = infrastructure_period_s
         self.meter_period_s = meter_period_s
-        self.momentary_threshold_s = momentary_threshold_s
         self.agents: dict[str, Agent[Any, Any]] = {}
         self.types: dict[str, AgentType] = {}
         self.memory: dict[str, Memory] = {}
         self.readings: dict[str, dict[str, float | bool | None]] = {}
         self.last_step: dict[str, float] = {}
         self.fault_pending: set[str] = set()
+        self.failed: set[str] = set()
         self._pending: list[Action] = []
         self._lost_groups: set[str] = set()
         self._last_meter_eval: float | None = None
@@ -104,6 +104,11 @@ class AgentRuntime:
             self.memory[cfg.id] = agent.initial_memory(now)
             self.readings[cfg.id] = {}
         self.fleet = MeterFleet(site.meter_groups, now, meter_attributes)
+        if momentary_threshold_s is None:
+            subs = [a for a in self.agents.values() if isinstance(a, SubstationAgent)]
+            momentary_threshold_s = (subs[0].attrs.momentary_interruption_threshold_s if subs
+                                     else MOMENTARY_THRESHOLD_S)
+        self.momentary_threshold_s = momentary_threshold_s
         for agent_id, t in self.types.items():
             if t is AgentType.SUBSTATION:
                 self.bus.subscribe(agent_id, Topic.FAULT_ALERTS, Topic.LOAD_CHANGES, Topic.VOLTAGE_EVENTS)
@@ -289,7 +294,16 @@ class AgentRuntime:
                     continue
                 self.last_step[agent_id] = now
                 agent = self.agents[agent_id]
-                memory, actions = agent.step(self.memory[agent_id], self._inputs(agent_id, t, wall), now)  # type: ignore[attr-defined]
+                try:
+                    memory, actions = agent.step(self.memory[agent_id], self._inputs(agent_id, t, wall), now)  # type: ignore[attr-defined]
+                except Exception as exc:  # one agent's failure must not stop the others
+                    log.exception("agent %s step failed", agent_id)
+                    if agent_id not in self.failed:
+                        out.append(Alert(agent_id=agent_id, severity=Severity.MAJOR, time=now,
+                                         message=f"agent logic failed and is skipped until it recovers: {exc}"))
+                    self.failed.add(agent_id)
+                    continue
+                self.failed.discard(agent_id)
                 self.memory[agent_id] = memory
                 out += actions
                 if t is AgentType.CIRCUIT_BREAKER and agent_id in self.fault_pending and \

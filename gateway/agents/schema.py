@@ -182,6 +182,8 @@ class SubstationAttributes(_Attrs):
     voltage_band_pu: tuple[float, float] = (0.975, 1.05)
     feeder_priority: list[str] = Field(default_factory=list)
     """Feeders (line ids) from most to least critical; load shedding starts at the end."""
+    momentary_interruption_threshold_s: float = Field(default=300.0, gt=0)
+    """Reliability: interruptions restored within this time are momentary (IEEE 1366: 5 min)."""
 
 
 # --------------------------------------------------------------------------- capacitor bank
