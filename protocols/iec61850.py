@@ -292,6 +292,7 @@ class Iec61850Client:
         self._link_generation = 0
         self._terminations: dict[str, asyncio.Future[tuple[int, int]]] = {}
         self._open_sessions: set[_Session] = set()
+        self._online: asyncio.Event | None = None
         """Every association not yet closed, whoever holds it: an open that finishes after
         its caller was cancelled is still here, so close() can free it (its C callbacks live
         exactly as long as the association)."""
@@ -344,6 +345,7 @@ class Iec61850Client:
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._online = asyncio.Event()
         if self._worker is None:
             self._worker = concurrent.futures.ThreadPoolExecutor(
                 1, thread_name_prefix=f"iec61850-{self.ied_id}"
@@ -367,6 +369,7 @@ class Iec61850Client:
                 self.status.extra["report_points"] = len(self._session.reported)
                 self.status.extra["rcbs_enabled"] = len(self._session.report_plans)
                 self.status.state = LinkState.ONLINE
+                self._online.set()
                 self._last_ok_mono = self._clock.monotonic()
                 self._stale_marked = False
                 self._log.info(
@@ -795,8 +798,10 @@ class Iec61850Client:
             future.set_result(appl)
 
     async def _write_loop(self) -> None:
+        assert self._online is not None
         while True:
             await self._writes.wakeup.wait()
+            await self._online.wait()  # a protection write queued while connecting waits here
             while (item := self._writes.pop()) is not None:
                 if item.future.done():
                     continue
@@ -850,6 +855,8 @@ class Iec61850Client:
         self._log.info("operated", extra={"ied": self.ied_id, "point": point_id, "value": value})
 
     def _link_lost(self, why: str) -> None:
+        if self._online is not None:
+            self._online.clear()
         was_online = self.status.state is LinkState.ONLINE
         self.status.state = LinkState.OFFLINE
         self.status.last_error = why
