@@ -55,7 +55,8 @@ fi
 install -d -m 0755 /etc/stima/examples
 install -m 0644 "$SRC"/deploy/examples/*.toml /etc/stima/examples/
 
-install -m 0644 "$SRC/systemd/stima-gatewayd.service" /etc/systemd/system/stima-gatewayd.service
+sed "s#/opt/stima/#$PREFIX/#g" "$SRC/systemd/stima-gatewayd.service" > /etc/systemd/system/stima-gatewayd.service
+chmod 0644 /etc/systemd/system/stima-gatewayd.service
 if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
     systemctl daemon-reload
     systemctl enable stima-gatewayd.service
