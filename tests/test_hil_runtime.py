@@ -293,3 +293,50 @@ def test_control_socket_round_trip(tmp_path: Path) -> None:
         assert not sock.exists()
 
     run(scenario)
+
+
+@pytest.mark.skipif(shutil.which("socat") is None, reason="socat is not installed")
+def test_two_rtu_ieds_on_one_line_and_commloss_of_one(tmp_path: Path) -> None:
+    data: dict[str, Any] = tomllib.loads(EXAMPLE.read_text())
+    data["ieds"] = [i for i in data["ieds"] if i["protocol"] == "modbus_rtu"]
+    first = data["ieds"][0]
+    first["serial_port"] = str(tmp_path / "tty" / "rs485-1")
+    second = {**first, "id": "IED-CAP-302", "unit_id": first["unit_id"] + 1,
+              "points": [{**p, "id": p["id"].replace("CAP-301", "CAP-302")} for p in first["points"]]}
+    data["ieds"].append(second)
+    data["agents"], data["meter_groups"], data["protection"] = [], [], []
+    site = validate(data, "two-on-a-line")
+    model = StubModel.from_site(site)
+    a, b = (i for i in site.ieds if isinstance(i, ModbusRtuIed))
+    model.values[b.points[0].id] = model.values[a.points[0].id] * 2  # tell them apart
+
+    async def scenario() -> None:
+        runtime = HilRuntime(site, model, OPTIONS)
+        await runtime.start()
+        try:
+            assert len(runtime.endpoints) == 1 and len(runtime.serial_lines) == 1
+            client = AsyncModbusSerialClient(port=a.serial_port, baudrate=a.baudrate, parity=a.parity,
+                                             stopbits=a.stopbits, timeout=0.5, retries=0)
+            assert await client.connect()
+            try:
+                for ied in (a, b):
+                    got = await read_point(client, ied.points[0], ied.unit_id)
+                    assert got == expected(model.values[ied.points[0].id], ied.points[0])
+                runtime.inject_commloss(b.id, 0.05)
+                await asyncio.sleep(0)
+                with pytest.raises(Exception):  # noqa: B017 - no answer from the silent unit
+                    response = await client.read_input_registers(0, count=1, device_id=b.unit_id)
+                    assert response.isError()
+                await asyncio.sleep(0.1)  # let the framer resynchronise after the timeout
+                got = await read_point(client, a.points[0], a.unit_id)  # the other one still answers
+                assert got == expected(model.values[a.points[0].id], a.points[0])
+                for _ in range(10):
+                    await runtime.step()
+                got = await read_point(client, b.points[0], b.unit_id)
+                assert got == expected(model.values[b.points[0].id], b.points[0])
+            finally:
+                client.close()
+        finally:
+            await runtime.stop()
+
+    run(scenario)
