@@ -392,6 +392,31 @@ def test_settings_validation_names_the_key() -> None:
         load_settings({"loads": {"XFMR-101": {"profile": "lunar"}}})
 
 
+_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True),
+                   st.text(max_size=8), st.lists(st.floats(0, 1000), max_size=30))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.sampled_from(["source_sc_mva", "source_x_r", "frequency_hz", "start_hour", "seed",
+                                        "breaker_opening_time_ms", "loads", "irradiance", "positions_m",
+                                        "solve_period_s", "unknown_key"]), _VALUES, max_size=5))
+def test_settings_either_parse_or_name_the_bad_key(raw: dict[str, Any]) -> None:
+    try:
+        parsed = load_settings(raw)
+    except ValueError as exc:
+        assert str(exc).startswith("invalid [simulation] table") and "simulation." in str(exc)
+    else:
+        assert parsed.source_sc_mva > 0 and 0 <= parsed.start_hour < 24
+
+
+def test_commands_stamped_slightly_late_act_now(site: SiteConfig) -> None:
+    model = GridModel.from_site(site)
+    model.advance(5.0)
+    model.apply_command("CB-044.trip_cmd", True, 4.999)
+    assert not model.breaker_closed("CB-044")
+    assert model.inject_fault("LINE-045", 10.0, "3ph", now_s=4.9).start_s == 5.0
+
+
 def test_unknown_ids_in_the_simulation_table(site: SiteConfig) -> None:
     with pytest.raises(ValueError, match=r"simulation\.loads\.XFMR-999"):
         _model(site, loads={"XFMR-999": {"peak_kw": 10}})

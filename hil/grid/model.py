@@ -294,10 +294,8 @@ class GridModel:
                     children[rule.target_id].append(a.id)
                 elif rule.canonical_type is CanonicalType.ROUTE:
                     pair = tuple(sorted((a.id, rule.target_id)))
-                    if pair not in ties:
+                    if (pair[0], pair[1]) not in ties:
                         ties.append((pair[0], pair[1]))
-                        if not rule.normally_open:
-                            log.info("route %s-%s is modelled as a tie switch, closed", *pair)
         normally_open = {tuple(sorted((a.id, r.target_id))) for a in site.agents
                          for r in a.connection_rules
                          if r.canonical_type is CanonicalType.ROUTE and r.normally_open}
@@ -617,6 +615,14 @@ class GridModel:
                 or self._now - self._last_solve_s >= self.settings.solve_period_s):
             self._solve(self._now)
 
+    def _catch_up(self, now_s: float) -> float:
+        """Advance to `now_s` for a command or injection; one stamped a little before the model's
+        time (the caller's clock read before the last step) acts now rather than failing."""
+        if not math.isfinite(now_s):
+            raise ValueError(f"now_s must be finite, found {now_s!r}")
+        self.advance(max(now_s, self._now))
+        return self._now
+
     def _run_events(self, until_s: float) -> None:
         self._pending.sort()
         while self._pending and self._pending[0][0] <= until_s + 1e-12:
@@ -900,9 +906,9 @@ class GridModel:
         if not (math.isfinite(impedance_ohm) and impedance_ohm >= 0):
             raise ValueError(f"impedance_ohm must be >= 0, found {impedance_ohm!r}")
         fault_kind = parse_kind(kind)
-        self.advance(now_s)
+        at = self._catch_up(now_s)
         fault = _Fault(self._next_fault_id, line_id, float(distance_m), fault_kind, float(impedance_ohm),
-                       bool(transient), now_s)
+                       bool(transient), at)
         self._next_fault_id += 1
         self._faults.append(fault)
         self._dirty = True
@@ -914,7 +920,7 @@ class GridModel:
         return fault.info
 
     def clear_faults(self, now_s: float) -> None:
-        self.advance(now_s)
+        self._catch_up(now_s)
         self._faults.clear()
         self._dirty = True
         self._solve(self._now)
@@ -934,7 +940,7 @@ class GridModel:
         if not hit:
             raise KeyError(f"{target_id!r} has no load behind it; targets: "
                            f"{', '.join(sorted({o for ld in self._loads for o in ld.owners}))}")
-        self.advance(now_s)
+        self._catch_up(now_s)
         for ld in hit:
             ld.factor = factor
         self._dirty = True
@@ -948,8 +954,8 @@ class GridModel:
                            f"known: {', '.join(sorted(self.transformers))}")
         if not (math.isfinite(delta_c) and math.isfinite(duration_s) and duration_s >= 0):
             raise ValueError(f"delta_c must be finite and duration_s >= 0, found {delta_c!r}, {duration_s!r}")
-        self.advance(now_s)
-        t.ramps.append((now_s, duration_s, delta_c))
+        at = self._catch_up(now_s)
+        t.ramps.append((at, duration_s, delta_c))
 
     def apply_command(self, point_id: str, value: float | int | bool, now_s: float) -> None:
         """A write from the gateway to an IED point of the simulated grid."""
@@ -960,8 +966,7 @@ class GridModel:
         agent_id, name = target
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"{point_id}: value must be finite, found {value!r}")
-        self.advance(now_s)
-        at = self._now
+        at = self._catch_up(now_s)
         if agent_id in self.breakers:
             cb = self.breakers[agent_id]
             flag = bool(value)
@@ -1006,7 +1011,7 @@ class GridModel:
         branch = self.ties.get(tie_id)
         if branch is None:
             raise KeyError(f"{tie_id!r} is not a tie switch; known: {', '.join(sorted(self.ties)) or 'none'}")
-        self.advance(now_s)
+        self._catch_up(now_s)
         self.net.branches[branch].closed = bool(closed)
         self._topology_dirty = True
         self._dirty = True
@@ -1105,7 +1110,7 @@ class GridModel:
 
     def meter_readings(self, now_s: float) -> MeterReadings:
         """Every smart meter's reading at `now_s`, vectorised over the meters."""
-        self.advance(now_s)
+        self._catch_up(now_s)
         n = len(self._meter_ids)
         demand = np.zeros(n)
         energy = np.zeros(n)
