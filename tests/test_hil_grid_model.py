@@ -433,3 +433,55 @@ def test_tie_switch_restores_a_dead_feeder(site: SiteConfig) -> None:
     model.set_tie("TIE-LINE-044-LINE-045", True, 2.0)
     assert model.agent_values("LINE-044")["end_voltage_kv"] > 9.5
     assert model.point_values()["CB-045.active_power_kw"] > base_045 + 500.0
+
+
+def _custom_site(site: SiteConfig, agents: list[dict[str, Any]], groups: list[dict[str, Any]] | None = None,
+                 simulation: dict[str, Any] | None = None) -> SiteConfig:
+    data = site.model_dump(mode="json", exclude={"agents", "meter_groups", "ieds", "protection", "simulation"})
+    data.update(agents=agents, meter_groups=groups or [], simulation=simulation or {})
+    return SiteConfig.model_validate(data)
+
+
+def _rule(target: str, kind: str = "supply") -> dict[str, Any]:
+    return {"target_id": target, "canonical_type": kind}
+
+
+def test_midline_recloser_clears_only_the_downstream_line(site: SiteConfig) -> None:
+    agents = [
+        {"id": "SUB", "type": "substation", "connection_rules": [_rule("CB-1")]},
+        {"id": "CB-1", "type": "circuit_breaker", "connection_rules": [_rule("L-1")]},
+        {"id": "L-1", "type": "power_line", "attributes": {"length": 3000.0},
+         "connection_rules": [_rule("T-1"), _rule("REC-1")]},
+        {"id": "T-1", "type": "transformer", "attributes": {"rated_capacity": 500.0}},
+        {"id": "REC-1", "type": "circuit_breaker", "connection_rules": [_rule("L-2")]},
+        {"id": "L-2", "type": "power_line", "attributes": {"length": 4000.0},
+         "connection_rules": [_rule("T-2")]},
+        {"id": "T-2", "type": "transformer", "connection_rules": [_rule("L-2", "depends_on")]},
+    ]
+    groups = [{"id": "G-2", "prefix": "M2", "count": 10, "connected_transformer": "T-2"}]
+    model = GridModel.from_site(_custom_site(site, agents, groups), seed=1)
+    assert model.lines["L-2"].breaker_id == "REC-1"
+    info = model.inject_fault("L-2", 2000.0, "slg", now_s=1.0)
+    assert info.breaker_id == "REC-1"
+    v = model.agent_values("CB-1")
+    assert v["ia"] > 1000.0 and model.agent_values("REC-1")["ia"] > 1000.0
+    model.operate_breaker("REC-1", False, 1.1)  # no IED points on this site
+    assert model.active_faults[0].energised is False
+    assert model.agent_values("T-1")["secondary_voltage_v"] > 350.0
+    assert model.agent_values("T-2")["secondary_voltage_v"] == 0.0
+    assert not model.meter_readings(2.0).powered.any()
+
+
+def test_sites_without_meters_or_substation(site: SiteConfig) -> None:
+    agents = [{"id": "SUB", "type": "substation", "connection_rules": [_rule("L-1")]},
+              {"id": "L-1", "type": "power_line"}]
+    model = GridModel.from_site(_custom_site(site, agents))
+    assert len(model.meter_readings(1.0)) == 0
+    assert model.agent_values("L-1")["current_a"] > 10.0  # the lumped load of a line with nothing below
+    with pytest.raises(ValueError, match="exactly one substation"):
+        GridModel.from_site(_custom_site(site, agents[1:]))
+
+
+def test_zero_meters_override(site: SiteConfig) -> None:
+    readings = GridModel.from_site(site, meters=0).meter_readings(1.0)
+    assert len(readings) == 0 and readings.energy_kwh.shape == (0,)

@@ -1006,6 +1006,16 @@ class GridModel:
         self._dirty = True
         self._solve(self._now)
 
+    def operate_breaker(self, breaker_id: str, close: bool, now_s: float) -> None:
+        """Open or close a breaker directly (a breaker without IED points, or a scenario step);
+        it moves after the configured opening/closing time like a commanded one."""
+        if breaker_id not in self.breakers:
+            raise KeyError(f"{breaker_id!r} is not a modelled breaker; known: {', '.join(sorted(self.breakers))}")
+        at = self._catch_up(now_s)
+        self._schedule(breaker_id, bool(close), at)
+        self._dirty = True
+        self._solve(self._now)
+
     def set_tie(self, tie_id: str, closed: bool, now_s: float) -> None:
         """Open or close a tie switch (ids `TIE-<line>-<line>`, see `ties`)."""
         branch = self.ties.get(tie_id)
