@@ -588,7 +588,13 @@ class MqttUplink:
             rc: ReasonCode = item[2]
             if session.connack is not None and not session.connack.done():
                 session.connack.set_result(rc)
-            if not rc.is_failure and session is self._session and not session.ended.is_set():
+            if rc.is_failure or session.ended.is_set():
+                pass
+            elif self._closed:
+                # close() finished while this connection was being made: leave at once, and let
+                # the broker publish the death registered for it
+                session.client.disconnect(ReasonCode(mqtt.PacketTypes.DISCONNECT, "Disconnect with will message"))
+            elif session is self._session:
                 self._session_up(session)
         elif kind == "disconnect":
             rc = item[2]

@@ -392,3 +392,20 @@ def test_a_failing_spool_write_is_counted_not_raised(tmp_path: Path) -> None:
     up.publish_many([("telemetry", {"n": 1}), ("telemetry", {"n": 2})])
     status = up.status()
     assert status["lost"] == 2 and status["published"] == 0 and "disk is full" in status["last_error"]
+
+
+def test_missing_tls_files_are_reported_and_retried(tmp_path: Path) -> None:
+    async def main() -> None:
+        cfg = UplinkConfig(broker_host="127.0.0.1", broker_port=free_port(), transport="tls",
+                           ca_file="tls/missing-ca.crt", cert_file="tls/gw.crt", key_file="tls/gw.key")
+        up = make_uplink(tmp_path, cfg)
+        task = asyncio.create_task(up.run())
+        assert await until(lambda: "TLS set-up failed" in up.status()["last_error"])
+        first = up.status()["bdseq"]
+        assert await until(lambda: up.status()["bdseq"] != first)  # it keeps trying
+        assert not task.done()
+        await up.close()
+        await asyncio.wait_for(task, 10)
+        assert up.status()["state"] == "closed"
+
+    run(main)
