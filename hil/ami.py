@@ -74,7 +74,7 @@ class AmiPublisher:
             log.info("AMI: connected to %s:%d", self.cfg.broker_host, self.cfg.broker_port)
 
     def _on_disconnect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
-        if self.connected:
+        if self.connected and self._client is not None:
             log.warning("AMI: broker connection lost (%s)", reason)
         self.connected = False
 

@@ -67,6 +67,8 @@ class RuntimeOptions:
     """Simulated seconds between two readings of every meter."""
     ami_batch_size: int = 1000
     """Meters per AMI message at most."""
+    ami_first_reading_s: float = 5.0
+    """Simulated seconds from start to the first reading (subscribers connect meanwhile)."""
     ami_messages_per_step: int = 4
     """AMI messages encoded and sent per model step at most (100 messages: 25 steps)."""
     ami: bool = True
@@ -83,6 +85,8 @@ class RuntimeOptions:
             raise ValueError(f"speed must be >= 0 (0 = as fast as possible), found {self.speed!r}")
         if self.meters is not None and not 0 <= self.meters <= 1_000_000:
             raise ValueError(f"meters must be in [0, 1000000], found {self.meters!r}")
+        if not (math.isfinite(self.ami_first_reading_s) and self.ami_first_reading_s >= 0):
+            raise ValueError(f"ami_first_reading_s must be >= 0, found {self.ami_first_reading_s!r}")
         if not (math.isfinite(self.ami_interval_s) and self.ami_interval_s > 0):
             raise ValueError(f"ami_interval_s must be > 0, found {self.ami_interval_s!r}")
         if self.ami_batch_size < 1:
@@ -376,7 +380,7 @@ class HilRuntime:
                                 interval_s=self.options.ami_interval_s, meters=self.options.meters)
         await self.ami.start()
         self.ami.prepare(self.model.meter_readings(self.clock.monotonic()).ids)
-        self._next_ami_s = self.clock.monotonic()
+        self._next_ami_s = self.clock.monotonic() + min(self.options.ami_first_reading_s, self.options.ami_interval_s)
 
     async def stop(self) -> None:
         self._stopping.set()

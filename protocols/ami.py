@@ -263,7 +263,7 @@ class AmiSubscriber:
                       self.cfg.broker_port)
 
     def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
-        if self.connected:
+        if self.connected and not self._closed.is_set():
             self.log.warning("AMI feed: broker connection lost (%s); reconnecting", reason)
         self.connected = False
 

@@ -235,7 +235,8 @@ def test_runtime_publishes_every_interval(tmp_path: Path) -> None:
             task = asyncio.create_task(sub.run())
             await _until(lambda: sub.connected)
             await asyncio.sleep(0.2)
-            options = RuntimeOptions(speed=0, iec61850=False, ami_interval_s=0.1, meters=500)
+            options = RuntimeOptions(speed=0, iec61850=False, ami_interval_s=0.1, ami_first_reading_s=0.0,
+                                     meters=500)
             runtime = HilRuntime(site, model, options)
             await runtime.start()
             try:
