@@ -252,6 +252,7 @@ def test_breaker_maintenance_due_on_contact_wear() -> None:
 
 def make_sub(**kw: Any) -> SubstationAgent:
     feeders = (FeederInfo("L-1", "CB-1", 1250, ({"via": "L-2"},)), FeederInfo("L-2", "CB-2", 750))
+    kw.setdefault("load_persistence_s", 0.0)
     return SubstationAgent("SUB", SubstationAttributes(rated_capacity=30, **kw), Links(transformers=("X-1",)),
                            feeders=feeders)
 
@@ -278,6 +279,26 @@ def test_substation_high_load_plans_shedding_least_critical_first() -> None:
     assert any(isinstance(a, BusMessage) and a.target == "X-1" and a.kind == "optimize_taps" for a in actions)
     m, _ = sub.step(m, SubstationInputs(total_load_kw=31_000), 1)
     assert m.state is SubstationState.EMERGENCY_MODE
+
+
+def test_substation_load_must_persist_and_fault_current_is_not_load() -> None:
+    sub = make_sub(load_persistence_s=60)
+    m = sub.initial_memory(0)
+    # a fault draws 3.6 times rated capacity for a fraction of a second: a feeder fault, not an emergency
+    m, actions = sub.step(m, SubstationInputs(total_load_kw=110_000, faulted_feeders=("L-1",)), 0)
+    assert m.state is SubstationState.FEEDER_FAULT
+    assert not any(isinstance(a, BusMessage) and a.kind == "load_transfer_request" for a in actions)
+    m, _ = sub.step(m, SubstationInputs(total_load_kw=10_000), 1)
+    assert m.state is SubstationState.NORMAL_OPERATION
+    m, _ = sub.step(m, SubstationInputs(total_load_kw=28_000), 10)
+    m, _ = sub.step(m, SubstationInputs(total_load_kw=28_000), 69)
+    assert m.state is SubstationState.NORMAL_OPERATION
+    m, actions = sub.step(m, SubstationInputs(total_load_kw=28_000), 70)
+    assert m.state is SubstationState.HIGH_LOAD
+    assert any(isinstance(a, BusMessage) and a.kind == "optimize_taps" and a.payload["cvr"] for a in actions)
+    m, actions = sub.step(m, SubstationInputs(total_load_kw=20_000), 80)
+    assert m.state is SubstationState.NORMAL_OPERATION
+    assert any(isinstance(a, BusMessage) and a.kind == "optimize_taps" and not a.payload["cvr"] for a in actions)
 
 
 def test_substation_coordinates_a_feeder_fault_once() -> None:

@@ -183,7 +183,8 @@ def test_peak_demand_scenario_cvr_and_load_shedding(site) -> None:  # type: igno
     rt.on_point("SUB-003", "total_load_kw", 19_000.0, True, 0.0)  # 95 % of 20 MVA
     for line, kw in (("LINE-044", 5000.0), ("LINE-045", 9000.0), ("LINE-046", 5000.0)):
         rt.on_point(line, "active_power_kw", kw, True, 0.0)
-    actions = rt.tick(0.0)
+    rt.tick(0.0)
+    actions = rt.tick(60.0)  # high load has lasted the substation's load persistence
     assert rt.show("SUB-003")["state"] == "High_Load"
     assert any(isinstance(a, BusMessage) and a.kind == "load_transfer_request" for a in actions)
     # the substation asked its transformers to optimise taps: conservation voltage reduction is on
@@ -191,7 +192,7 @@ def test_peak_demand_scenario_cvr_and_load_shedding(site) -> None:  # type: igno
     assert rt.show("XFMR-101")["attributes"]["regulated_voltage_v"] == pytest.approx(117.0)
     plan = rt.show("SUB-003")["attributes"]["load_shedding_plan"]
     assert [p["feeder"] for p in plan] == ["LINE-046"]  # least critical first, until under 90 %
-    actions = rt.request("SUB-003", "shed", 2.0)
+    actions = rt.request("SUB-003", "shed", 62.0)
     assert ControlRequest(agent_id="CB-046", point_name="position_cmd", value=False,
                           reason="load shedding by SUB-003: LINE-046 (5000 kW)") in actions
     assert rt.show("CB-046")["state"] == "Open_Manual"

@@ -176,6 +176,8 @@ class SubstationAttributes(_Attrs):
     high_load_percent: float = Field(default=90.0, gt=0)
     emergency_load_percent: float = Field(default=100.0, gt=0)
     shed_target_percent: float = Field(default=90.0, gt=0)
+    load_persistence_s: float = Field(default=60.0, ge=0)
+    """Load must stay above a threshold this long to count (fault currents are not load)."""
     forecast_window_s: float = Field(default=1800.0, gt=0)
     """Load history used for the short-horizon forecast (linear trend)."""
     forecast_horizon_s: float = Field(default=3600.0, gt=0)

@@ -94,7 +94,7 @@ class SubstationInputs:
 
 @dataclass
 class SubstationMemory(Memory):
-    TIME_FIELDS: ClassVar[tuple[str, ...]] = ("load_history",)
+    TIME_FIELDS: ClassVar[tuple[str, ...]] = ("load_history", "high_load_since", "emergency_load_since")
 
     load_kw: float = 0.0
     load_kvar: float = 0.0
@@ -107,6 +107,8 @@ class SubstationMemory(Memory):
     handled_faults: list[str] = field(default_factory=list)
     maintenance: bool = False
     transfer_requested: bool = False
+    high_load_since: float | None = None
+    emergency_load_since: float | None = None
 
 
 class SubstationAgent(Agent[SubstationState, SubstationEvent]):
@@ -189,16 +191,25 @@ class SubstationAgent(Agent[SubstationState, SubstationEvent]):
         for feeder in new_faults:
             out += self._feeder_fault_response(feeder, now)
 
+        # a feeder fault draws fault current, not load: load thresholds count only when it has
+        # lasted `load_persistence_s` with no fault present
+        faulted = bool(x.faulted_feeders)
+        m.high_load_since = None if faulted or m.load_percent < a.high_load_percent else (
+            m.high_load_since if m.high_load_since is not None else now)
+        m.emergency_load_since = None if faulted or m.load_percent <= a.emergency_load_percent else (
+            m.emergency_load_since if m.emergency_load_since is not None else now)
+        high = m.high_load_since is not None and now - m.high_load_since >= a.load_persistence_s
+        emergency = m.emergency_load_since is not None and now - m.emergency_load_since >= a.load_persistence_s
         if m.maintenance:
             event, cause = _E.MAINTENANCE_START, "maintenance mode requested"
-        elif m.load_percent > a.emergency_load_percent or x.overheated_transformers:
-            event, cause = _E.EMERGENCY, (f"load {m.load_percent:.0f} % of capacity" if m.load_percent > a.emergency_load_percent
+        elif emergency or x.overheated_transformers:
+            event, cause = _E.EMERGENCY, (f"load {m.load_percent:.0f} % of capacity" if emergency
                                           else f"transformer(s) above critical temperature: {', '.join(x.overheated_transformers)}")
         elif x.faulted_transformers:
             event, cause = _E.TRANSFORMER_FAULT, f"transformer fault: {', '.join(x.faulted_transformers)}"
         elif x.faulted_feeders:
             event, cause = _E.FEEDER_FAULT, f"feeder fault: {', '.join(x.faulted_feeders)}"
-        elif m.load_percent >= a.high_load_percent:
+        elif high:
             event, cause = _E.HIGH_LOAD, f"load {m.load_percent:.0f} % of capacity"
         elif x.regulating:
             event, cause = _E.REGULATING, f"voltage regulation by {', '.join(x.regulating)}"
@@ -223,6 +234,9 @@ class SubstationAgent(Agent[SubstationState, SubstationEvent]):
             out += [BusMessage(source=me, target=t, kind="optimize_taps", payload={"cvr": True})
                     for t in self.links.transformers]
         elif m.state not in (_S.HIGH_LOAD, _S.EMERGENCY_MODE) and m.load_percent < a.high_load_percent - 5.0:
+            if m.transfer_requested:
+                out += [BusMessage(source=me, target=t, kind="optimize_taps", payload={"cvr": False})
+                        for t in self.links.transformers]
             m.transfer_requested = False
             m.shedding_plan = []
         return m, out
