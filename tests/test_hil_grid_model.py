@@ -237,25 +237,38 @@ def test_fault_input_errors(site: SiteConfig) -> None:
     assert parse_kind("1ph") is FaultKind.LINE_GROUND and parse_kind("2ph-g") is FaultKind.LINE_LINE_GROUND
 
 
-@settings(max_examples=30, deadline=None)
-@given(d1=st.floats(0.0, 5000.0), d2=st.floats(0.0, 5000.0), zf=st.floats(0.0, 20.0),
-       kind=st.sampled_from(["3ph", "ll", "slg", "llg"]))
-def test_fault_current_falls_with_distance_and_fault_impedance(site: SiteConfig, d1: float, d2: float,
-                                                               zf: float, kind: str) -> None:
-    model = _MODEL_CACHE.setdefault("m", GridModel.from_site(site))
-    near, far = sorted((d1, d2))
-    a = model.inject_fault("LINE-045", near, kind, now_s=model.now_s)
-    model.clear_faults(model.now_s)
-    b = model.inject_fault("LINE-045", far, kind, now_s=model.now_s)
-    model.clear_faults(model.now_s)
-    c = model.inject_fault("LINE-045", far, kind, impedance_ohm=zf, now_s=model.now_s)
-    model.clear_faults(model.now_s)
-    assert a.fault_current_a >= b.fault_current_a * (1 - 1e-9)
-    assert c.fault_current_a <= b.fault_current_a * (1 + 1e-9)
-    assert 0 < c.fault_current_a < 20_000
-
-
 _MODEL_CACHE: dict[str, GridModel] = {}
+
+
+def _shared_model() -> GridModel:
+    """One model for the property tests (a fixture would print the whole site on failure)."""
+    if "m" not in _MODEL_CACHE:
+        _MODEL_CACHE["m"] = GridModel.from_site(load(SITE_PATH))
+    return _MODEL_CACHE["m"]
+
+
+def _fault_a(model: GridModel, distance_m: float, kind: str, zf: float = 0.0) -> float:
+    info = model.inject_fault("LINE-045", distance_m, kind, impedance_ohm=zf, now_s=model.now_s)
+    model.clear_faults(model.now_s)
+    return info.fault_current_a
+
+
+@settings(max_examples=40, deadline=None)
+@given(d1=st.floats(0.0, 5000.0), d2=st.floats(0.0, 5000.0), kind=st.sampled_from(["3ph", "ll", "slg", "llg"]))
+def test_fault_current_falls_with_distance(d1: float, d2: float, kind: str) -> None:
+    model = _shared_model()
+    near, far = sorted((d1, d2))
+    assert _fault_a(model, near, kind) >= _fault_a(model, far, kind) * (1 - 1e-9)
+    assert 0 < _fault_a(model, far, kind) < 20_000
+
+
+@settings(max_examples=40, deadline=None)
+@given(d=st.floats(0.0, 5000.0), zf=st.floats(0.0, 50.0), kind=st.sampled_from(["3ph", "ll", "slg"]))
+def test_fault_current_falls_with_fault_impedance(d: float, zf: float, kind: str) -> None:
+    # (not for a double line-to-ground fault: resistance in the ground path can raise one
+    # phase's current while it shifts the sequence currents' angles)
+    model = _shared_model()
+    assert _fault_a(model, d, kind, zf) <= _fault_a(model, d, kind) * (1 + 1e-9)
 
 
 def test_fault_currents_match_pandapower_iec60909(site: SiteConfig) -> None:

@@ -134,6 +134,7 @@ class _Transformer:
     tap_setpoint: int
     next_tap_s: float = 0.0
     top_oil_rise_c: float | None = None
+    nominal_ratio: float = 1.0
     ramps: list[tuple[float, float, float]] = field(default_factory=list)
     """(start_s, duration_s, delta_c) ambient offsets."""
 
@@ -312,7 +313,7 @@ class GridModel:
                 visited.add(k)
             parent = agents[parent_id]
             if parent.type is AgentType.POWER_LINE:
-                self._build_line(parent, kids, attach, upstream_switch.get(parent_id))
+                self._build_line(parent, attach, upstream_switch.get(parent_id))
                 line = self.lines[parent_id]
                 positions = self._child_positions(parent, kids, line)
                 for k in kids:
@@ -328,13 +329,8 @@ class GridModel:
                 queue.append(k)
         for agent_id in order:
             agent = agents[agent_id]
-            if agent.type is AgentType.CIRCUIT_BREAKER:
-                continue  # built when its children were attached
-            if agent.type is AgentType.POWER_LINE and agent_id not in self.lines:
-                self._build_line(agent, [], attach, upstream_switch.get(agent_id))
-            elif agent.type is AgentType.TRANSFORMER and agent_id not in self.transformers:
-                self._build_transformer(agent, attach[agent_id])
-            elif agent.type is AgentType.CAPACITOR_BANK:
+            # breakers, lines and transformers were built when their children were attached
+            if agent.type is AgentType.CAPACITOR_BANK:
                 attrs = CapacitorBankAttributes.model_validate(agent.attributes)
                 steps = s.capacitor_steps.get(agent_id, 0)
                 if not 0 <= steps <= attrs.num_steps:
@@ -389,8 +385,7 @@ class GridModel:
             return self.transformers[agent_id].bus
         return attach[agent_id]
 
-    def _build_line(self, agent: AgentConfig, kids: list[str], attach: dict[str, int],
-                    breaker_id: str | None) -> None:
+    def _build_line(self, agent: AgentConfig, attach: dict[str, int], breaker_id: str | None) -> None:
         attrs = PowerLineAttributes.model_validate(agent.attributes)
         imp = attrs.impedance
         self.lines[agent.id] = _Line(
@@ -441,14 +436,17 @@ class GridModel:
         r = z_abs / math.sqrt(1 + xr ** 2)
         z = complex(r, r * xr)
         bus = self.net.add_bus(agent.id, attrs.secondary_voltage / 1000.0)
-        branch = self.net.add_branch(agent.id, primary_bus, bus, z, ratio=self._tap_ratio(attrs, attrs.tap_position),
-                                     kind=BranchKind.TRANSFORMER, z0_ohm=z)
-        self.transformers[agent.id] = _Transformer(agent.id, attrs, branch, primary_bus, bus, attrs.rated_capacity,
-                                                   attrs.tap_position, attrs.tap_position)
+        # off-nominal when the rated primary differs from the bus it sits on (an 11 kV unit on 11.5 kV)
+        nominal = self.net.buses[primary_bus].base_kv / attrs.primary_voltage
+        t = _Transformer(agent.id, attrs, -1, primary_bus, bus, attrs.rated_capacity,
+                         attrs.tap_position, attrs.tap_position, nominal_ratio=nominal)
+        t.branch = self.net.add_branch(agent.id, primary_bus, bus, z, ratio=self._tap_ratio(t),
+                                       kind=BranchKind.TRANSFORMER, z0_ohm=z)
+        self.transformers[agent.id] = t
 
     @staticmethod
-    def _tap_ratio(attrs: TransformerAttributes, tap: int) -> float:
-        return 1.0 + tap * attrs.tap_step_percent / 100.0
+    def _tap_ratio(t: _Transformer) -> float:
+        return t.nominal_ratio * (1.0 + t.tap_position * t.attrs.tap_step_percent / 100.0)
 
     def _build_loads(self, site: SiteConfig, meters: int | None) -> None:
         s = self.settings
@@ -465,10 +463,6 @@ class GridModel:
                 shape_index[name] = len(shapes) - 1
             return shape_index[name]
 
-        line_of_bus: dict[int, str] = {}
-        for line in self.lines.values():
-            for _, bus in line.sections:
-                line_of_bus[bus] = line.id
         owners_of_xfmr = {t.id: self._owners(t.primary_bus) | {t.id} for t in self.transformers.values()}
 
         groups_by_xfmr: dict[str, list[Any]] = {}
@@ -661,7 +655,7 @@ class GridModel:
                 else:
                     t.tap_position += 1 if t.tap_setpoint > t.tap_position else -1
                     t.next_tap_s += step_s
-                self.net.branches[t.branch].ratio = self._tap_ratio(t.attrs, t.tap_position)
+                self.net.branches[t.branch].ratio = self._tap_ratio(t)
                 self._topology_dirty = True
                 self._dirty = True
 
