@@ -319,7 +319,13 @@ class ModbusEndpoint:
             assert isinstance(first, ModbusTcpIed)
             server = ModbusTcpServer(self._devices(), address=(self.bind_host or first.host, first.port),
                                      ignore_missing_devices=True)
-        await server.serve_forever(background=True)
+        try:
+            await server.serve_forever(background=True)
+        except (RuntimeError, OSError) as exc:
+            with contextlib.suppress(Exception):
+                await server.shutdown()
+            ieds = ", ".join(i.id for i in self.ieds)
+            raise RuntimeError(f"cannot serve {ieds} on {self.name}: {exc}") from None
         self.server = server
         log.info("serving %s on %s", ", ".join(f"{i.id} (unit {i.unit_id})" for i in self.ieds), self.name)
 

@@ -294,6 +294,7 @@ class HilRuntime:
         self.ami: Any = None
         self._endpoint_of: dict[str, ModbusEndpoint] = {}
         self._commloss_until: dict[str, float] = {}
+        self._lose_tasks: dict[str, asyncio.Task[Any]] = {}
         self._stopping = asyncio.Event()
         self._started = False
         self._pending: set[asyncio.Task[Any]] = set()
@@ -406,8 +407,8 @@ class HilRuntime:
 
     async def run(self, duration_s: float | None = None) -> None:
         """Start, step until stopped (or until `duration_s` of simulated time), then stop."""
-        await self.start()
         try:
+            await self.start()
             await self.run_steps(duration_s)
         finally:
             await self.stop()
@@ -558,14 +559,18 @@ class HilRuntime:
         already = ied_id in self._commloss_until
         self._commloss_until[ied_id] = max(self._commloss_until.get(ied_id, 0.0), now_s + duration)
         if not already:
-            self._spawn(self._lose_link(ied_id))
+            endpoint = self._endpoint_of.get(ied_id)
+            if endpoint is not None:
+                endpoint.silent.add(ied_id)  # from this very moment
+            self._lose_tasks[ied_id] = self._spawn(self._lose_link(ied_id))
         log.warning("IED %s silent for %.1f s, sim %.3f s", ied_id, duration, now_s)
         return {"ied": ied_id, "duration_s": duration, "until_sim_time_s": self._commloss_until[ied_id]}
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
+        return task
 
     async def _lose_link(self, ied_id: str) -> None:
         endpoint = self._endpoint_of.get(ied_id)
@@ -580,6 +585,10 @@ class HilRuntime:
                 await child.stop()
 
     async def _restore_link(self, ied_id: str) -> None:
+        losing = self._lose_tasks.pop(ied_id, None)
+        if losing is not None and not losing.done():
+            with contextlib.suppress(Exception):
+                await losing  # a very short loss: let the device go down before it comes back
         log.warning("IED %s answers again, sim %.3f s", ied_id, self.clock.monotonic())
         endpoint = self._endpoint_of.get(ied_id)
         if endpoint is not None:

@@ -340,3 +340,54 @@ def test_two_rtu_ieds_on_one_line_and_commloss_of_one(tmp_path: Path) -> None:
             await runtime.stop()
 
     run(scenario)
+
+
+def test_a_port_in_use_is_reported_and_nothing_is_left_open(tmp_path: Path) -> None:
+    import socket
+
+    site = make_site(tmp_path)
+    model = StubModel.from_site(site)
+    cb = site.ied("IED-CB-045")
+    assert isinstance(cb, ModbusTcpIed)
+
+    async def scenario() -> None:
+        with socket.socket() as squatter:
+            squatter.bind(("127.0.0.1", cb.port))
+            squatter.listen()
+            runtime = HilRuntime(site, model, OPTIONS)
+            with pytest.raises(RuntimeError, match=f"cannot serve IED-CB-045 on 127.0.0.1:{cb.port}"):
+                await runtime.run(0.1)
+            assert runtime.endpoints == [] and runtime.serial_lines == []
+        again = HilRuntime(site, model, OPTIONS)  # the ports opened before the failure were released
+        await again.start()
+        await again.stop()
+
+    run(scenario)
+
+
+def test_a_commloss_shorter_than_a_step_still_recovers(tmp_path: Path) -> None:
+    site = make_site(tmp_path)
+    model = StubModel.from_site(site)
+    cb = site.ied("IED-CB-044")
+    assert isinstance(cb, ModbusTcpIed)
+
+    async def scenario() -> None:
+        runtime = HilRuntime(site, model, OPTIONS)
+        await runtime.start()
+        try:
+            runtime.inject_commloss(cb.id, 0.001)
+            await runtime.step()  # expires in the same turn the loss would start
+            await runtime.step()
+            endpoint = runtime._endpoint_of[cb.id]
+            assert endpoint.server is not None and not endpoint.silent
+            client = AsyncModbusTcpClient("127.0.0.1", port=cb.port, timeout=1, retries=0)
+            assert await client.connect()
+            try:
+                assert await read_point(client, cb.points[0], cb.unit_id) == expected(model.values[cb.points[0].id],
+                                                                                     cb.points[0])
+            finally:
+                client.close()
+        finally:
+            await runtime.stop()
+
+    run(scenario)
