@@ -43,6 +43,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -560,8 +561,8 @@ class BayServerProcess:
         self.proc.stdin.write(json.dumps(message, separators=(",", ":")) + "\n")
         self.proc.stdin.flush()
 
-    def set_values(self, values: dict[str, float | int | bool | None]) -> None:
-        self.send({"values": values})
+    def set_values(self, values: Mapping[str, float | int | bool | None]) -> None:
+        self.send({"values": dict(values)})
 
     def interlock(self, point_id: str, blocked: bool, reason: str = "") -> None:
         self.send({"interlock": {"point_id": point_id, "blocked": blocked, "reason": reason}})

@@ -290,7 +290,7 @@ class Iec61850Client:
         self._stale_marked = False
         self._last_ok_mono = clock.monotonic()
         self._link_generation = 0
-        self._terminations: dict[str, asyncio.Future[tuple[int, int]]] = {}
+        self._terminations: dict[str, asyncio.Future[tuple[int, int, int]]] = {}
         self._open_sessions: set[_Session] = set()
         self._online: asyncio.Event | None = None
         """Every association not yet closed, whoever holds it: an open that finishes after
@@ -608,7 +608,7 @@ class Iec61850Client:
                 if values == ffi.NULL:
                     return
                 size = lib.MmsValue_getArraySize(values)
-                decoded = []
+                decoded: list[tuple[str, Any, Quality, float | None]] = []
                 for index, extracts in plan:
                     if (
                         index >= size
@@ -823,7 +823,7 @@ class Iec61850Client:
             raise CommandError(f"{self.ied_id} is {self.status.state.value}")
         address = self._addresses[point_id]
         assert self._loop is not None
-        termination: asyncio.Future[tuple[int, int]] = self._loop.create_future()
+        termination: asyncio.Future[tuple[int, int, int]] = self._loop.create_future()
         self._terminations[point_id] = termination
         try:
             try:

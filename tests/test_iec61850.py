@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import socket
@@ -125,6 +126,10 @@ def run_client(
     asyncio.run(main())
 
 
+def reports_after(client: Iec61850Client, seen: int) -> bool:
+    return int(client.status.extra["reports"]) > seen
+
+
 def configure(ied: Iec61850Ied, bay: BayServerProcess, **changes: Any) -> Iec61850Ied:
     return ied.model_copy(update={"port": bay.port, **changes})
 
@@ -137,7 +142,7 @@ def test_polled_reads_use_the_right_fc_and_carry_quality(
 ) -> None:
     """Without reports every point is polled: MX values read with FC=MX, quality and time kept."""
     cfg = configure(ied_config, bay, report_control_blocks=[], poll_period_ms=100)
-    values = dict(MEASUREMENTS)
+    values: dict[str, float | bool | None] = dict(MEASUREMENTS)
     values["CB-046.in"] = None  # the bay says: neutral current not valid
     bay.set_values(values)
 
@@ -181,7 +186,7 @@ def test_reports_update_the_sink_without_polling(
         polls_before = client.status.polls
         for n in range(1, 21):
             bay.set_values({"CB-046.ia": 200.0 + n, "CB-046.frequency_hz": 50.0 + n / 100})
-            await sink.wait(lambda n=n: sink.value_is("CB-046.ia", 200.0 + n), f"report {n}")
+            await sink.wait(functools.partial(sink.value_is, "CB-046.ia", 200.0 + n), f"report {n}")
         assert sink.latest["CB-046.frequency_hz"].value == pytest.approx(50.20, abs=1e-4)
         bay.set_values({"CB-046.voltage_kv": None})
         await sink.wait(
@@ -373,7 +378,7 @@ def test_soak_reports_at_high_rate_while_operating(
                 if reports == reports_at_checkpoint:
                     # Give reports one chance to show up; a stall fails here.
                     await sink.wait(
-                        lambda r=reports: client.status.extra["reports"] > r,
+                        functools.partial(reports_after, client, reports),
                         "reports while operating",
                     )
                 reports_at_checkpoint = client.status.extra["reports"]
