@@ -476,3 +476,14 @@ def test_der_reactive_power_follows_its_curve(voltage: float, category: str) -> 
     assert m.q_target_kvar == pytest.approx(expected, abs=1e-3)
     sent = last_q if last_q is not None else m.q_command_kvar
     assert sent is not None and abs(sent - expected) <= der.q_deadband_kvar + 1e-6
+
+
+def test_transformer_load_states_have_hysteresis() -> None:
+    x = make_xfmr()
+    m = x.initial_memory(0)
+    seen = []
+    for t, kw in enumerate([1010, 995, 1005, 990, 985, 975, 785, 770]):
+        m, _ = x.step(m, TransformerInputs(load_kw=kw, load_kvar=0), float(t))
+        seen.append(m.state.value)
+    assert seen == ["Overloaded", "Overloaded", "Overloaded", "Overloaded", "High_Load", "High_Load", "High_Load",
+                    "Normal_Operation"]

@@ -121,7 +121,8 @@ class PowerLineAgent(Agent[LineState, LineEvent]):
             return _E.EMERGENCY_LOAD, f"current {pct:.0f} % of ampacity, thermal level {m.thermal_level:.2f}"
         if m.overload_since is not None and now - m.overload_since >= a.overload_persistence_s:
             return _E.OVERLOAD_PERSISTED, f"current {pct:.0f} % of ampacity for {now - m.overload_since:.0f} s"
-        if pct >= a.loaded_percent:
+        loaded = a.loaded_percent - (2.0 if m.state in (_S.LOADED, _S.OVERLOADED, _S.EMERGENCY) else 0.0)
+        if pct >= loaded:
             return _E.HEAVY_LOAD, f"current {pct:.0f} % of ampacity"
         return _E.LIGHT_LOAD, f"current {pct:.0f} % of ampacity"
 

@@ -59,7 +59,7 @@ class PowerLineAttributes(_Attrs):
     sag_level: float = 0.0
     # control settings
     loaded_percent: float = Field(default=80.0, gt=0, le=100)
-    """Above this share of ampacity the line is Loaded."""
+    """Above this share of ampacity the line is Loaded (left again 2 % below it)."""
     overload_persistence_s: float = Field(default=300.0, ge=0)
     """Current above ampacity for this long makes the line Overloaded (use case: 5 minutes)."""
     emergency_percent: float = Field(default=150.0, gt=100)
@@ -108,6 +108,7 @@ class TransformerAttributes(_Attrs):
     top_oil_alarm_c: float = Field(default=95.0)
     high_load_percent: float = Field(default=80.0, gt=0)
     capacity_notice_percent: float = Field(default=90.0, gt=0)
+    load_hysteresis_percent: float = Field(default=2.0, ge=0, le=20)
     normal_insulation_life_h: float = Field(default=180_000.0, gt=0)
 
     @model_validator(mode="after")

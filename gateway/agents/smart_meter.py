@@ -228,7 +228,10 @@ class MeterFleet:
             stopped = (now - self.last_reading) > self.timeout_s
             low = v < a.low_voltage_pu * nominal
             pq = (self.thd_pct > a.thd_limit_pct) | (v > a.high_voltage_pu * nominal)
-            high = (self.demand_kw > a.high_consumption_ratio * self.typical_kw) & (self.typical_kw > 0.05)
+            # entered above ratio × typical, left below 80 % of that (no flapping on noisy demand)
+            ratio = np.where(self.state == STATE_CODE[_S.HIGH_CONSUMPTION], 0.8 * a.high_consumption_ratio,
+                             a.high_consumption_ratio)
+            high = (self.demand_kw > ratio * self.typical_kw) & (self.typical_kw > 0.05)
         return np.select(
             [dead, self.tamper, stopped, low, pq, high],
             [EVENT_CODE[_E.NO_POWER], EVENT_CODE[_E.TAMPER_DETECTED], EVENT_CODE[_E.READINGS_STOPPED],

@@ -259,12 +259,16 @@ class TransformerAgent(Agent[TransformerState, TransformerEvent]):
         regulating = self._regulate(m, x, now, out)
         if m.state is not _S.OVERHEATING:
             pct = m.load_percent
-            if pct > 100.0:
-                self.fire(m, _E.LOAD_OVER, f"load {pct:.0f} % of rating", now, out)
-            elif pct >= a.high_load_percent:
-                self.fire(m, _E.LOAD_HIGH, f"load {pct:.0f} % of rating", now, out)
+            # thresholds are entered at their value and left only `load_hysteresis_percent` below it
+            hyst = a.load_hysteresis_percent
+            over = 100.0 - (hyst if m.state is _S.OVERLOADED else 0.0)
+            high = a.high_load_percent - (hyst if m.state in (_S.HIGH_LOAD, _S.OVERLOADED) else 0.0)
+            if pct > over:
+                self.fire(m, _E.LOAD_OVER, f"load {pct:.1f} % of rating", now, out)
+            elif pct >= high:
+                self.fire(m, _E.LOAD_HIGH, f"load {pct:.1f} % of rating", now, out)
             elif m.state in (_S.HIGH_LOAD, _S.OVERLOADED):
-                self.fire(m, _E.LOAD_NORMAL, f"load {pct:.0f} % of rating", now, out)
+                self.fire(m, _E.LOAD_NORMAL, f"load {pct:.1f} % of rating", now, out)
             if regulating and m.state is _S.NORMAL_OPERATION:
                 self.fire(m, _E.TAP_CHANGE_STARTED, f"control voltage {m.control_voltage_v:.1f} V out of band", now, out)
             elif not regulating and m.state is _S.VOLTAGE_REGULATION:
