@@ -51,6 +51,8 @@ RESERVED_KEYS = frozenset({"seq", "historical", "msg_id"})
 BDSEQ_SNAPSHOT = "uplink.bdseq"
 CONNACK_TIMEOUT_S = 10.0
 DEATH_ACK_TIMEOUT_S = 2.0
+CHECKPOINT_PERIOD_S = 1.0
+"""How often the spool's write-ahead log is checkpointed off the event loop while data flows."""
 
 CommandCallback = Callable[[str, dict[str, Any]], None]
 
@@ -106,6 +108,21 @@ def envelope(body: bytes, seq: int, historical: bool, msg_id: int) -> bytes:
         _K_SEQ, msgpack.packb(seq), _K_HISTORICAL, _TRUE if historical else _FALSE,
         _K_MSG_ID, msgpack.packb(msg_id),
     ))
+
+
+def _to_wire(obj: Any) -> Any:
+    """msgpack fallback for values the daemon's components hand over: enums, numpy, sets, paths."""
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if getattr(obj, "shape", None) == () and callable(getattr(obj, "item", None)):
+        return obj.item()  # a numpy scalar
+    if callable(getattr(obj, "tolist", None)):
+        return obj.tolist()  # a numpy array
+    if isinstance(obj, set | frozenset):
+        return sorted(obj, key=repr)
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot encode a {type(obj).__name__} in an MQTT payload")
 
 
 def _check_suffix(topic_suffix: str) -> None:
@@ -221,6 +238,8 @@ class MqttUplink:
         self._stop_event: asyncio.Event | None = None
         self._drops_unlogged = 0
         self._drop_logged_at = float("-inf")
+        self._spool_writes = 0
+        """Spool rows written or deleted since the last checkpoint."""
 
     # ------------------------------------------------------------------ public API
 
@@ -267,7 +286,11 @@ class MqttUplink:
             if clash:
                 raise ValueError(f"payload keys {sorted(clash)} are reserved for the uplink's envelope")
             body = payload if "timestamp" in payload else {"timestamp": now_ms, **payload}
-            rows.append((topic_suffix, msgpack.packb(body, use_bin_type=True), flags, wall))
+            try:
+                blob = msgpack.packb(body, use_bin_type=True, default=_to_wire)
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise TypeError(f"payload for {topic_suffix!r} cannot be encoded: {exc}") from None
+            rows.append((topic_suffix, blob, flags, wall))
         if not rows:
             return
         try:
@@ -278,6 +301,7 @@ class MqttUplink:
             self._error(f"spool write failed, {len(rows)} message(s) lost: {exc}")
             return
         self.published += len(ids)
+        self._spool_writes += len(ids)
         self._depth += len(ids)
         self._last_id = max(self._last_id, ids[-1])
         for spool_id, (topic, body, fl, _) in zip(ids, rows, strict=True):
@@ -336,6 +360,7 @@ class MqttUplink:
             self.log.info("spool holds messages from before this start",
                           extra={"spool_depth": self._depth_at_start})
         attempt = 0
+        checkpointer = asyncio.create_task(self._checkpoints(), name="uplink-spool-checkpoint")
         try:
             while not self._closing:
                 self.state = UplinkState.CONNECTING
@@ -360,6 +385,7 @@ class MqttUplink:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._stop_event.wait(), delay)
         finally:
+            checkpointer.cancel()
             session = self._session
             if session is not None and not self._closed:
                 # cancelled without close(): let the broker publish our death (the will)
@@ -394,7 +420,10 @@ class MqttUplink:
                 wait_s = max(0.05, min(DEATH_ACK_TIMEOUT_S, deadline - loop.time()))
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(session.death_acked.wait(), wait_s)
-                session.client.disconnect()
+                if session.death_acked.is_set():
+                    session.client.disconnect()
+                else:  # the broker has not confirmed our death: have it publish the will instead
+                    session.client.disconnect(ReasonCode(mqtt.PacketTypes.DISCONNECT, "Disconnect with will message"))
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(session.client.loop_stop)
             self._flush_acks()
@@ -407,6 +436,18 @@ class MqttUplink:
         if session is not None:
             session.ended.set()
         self.log.info("uplink closed", extra={"spool_depth": self._depth, "acked": self.acked})
+
+    async def _checkpoints(self) -> None:
+        """Keep SQLite's automatic checkpoint (an fsync) off the event loop's commits."""
+        while True:
+            await asyncio.sleep(CHECKPOINT_PERIOD_S)
+            if not self._spool_writes:
+                continue
+            self._spool_writes = 0
+            try:
+                await asyncio.to_thread(self.store.wal_checkpoint)
+            except Exception as exc:
+                self.log.debug("spool checkpoint failed", extra={"error": str(exc)})
 
     # ------------------------------------------------------------------ connecting
 
@@ -630,6 +671,7 @@ class MqttUplink:
     def _flush_acks(self) -> None:
         if self._acks:
             acks, self._acks = self._acks, []
+            self._spool_writes += len(acks)
             self._depth -= self.store.spool_remove(acks)
 
     def _on_message(self, session: _Session, topic: str, raw: bytes, retained: bool) -> None:

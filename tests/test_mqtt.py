@@ -409,3 +409,24 @@ def test_missing_tls_files_are_reported_and_retried(tmp_path: Path) -> None:
         assert up.status()["state"] == "closed"
 
     run(main)
+
+
+def test_payload_values_from_enums_numpy_and_sets_are_encoded(tmp_path: Path) -> None:
+    import enum
+
+    import numpy as np
+
+    class Severity(enum.Enum):
+        CRITICAL = "critical"
+
+    store = Store(tmp_path / "s.db")
+    up = make_uplink(tmp_path, uplink_config(None), store)
+    up.publish("alarms", {"severity": Severity.CRITICAL, "current_a": np.float32(1.5), "n": np.int64(3),
+                          "phases": np.array([1, 2]), "tags": {"b"}, "timestamp": 5})
+    (_, topic, blob, _), = store.spool_peek(0, 10)
+    assert topic == "alarms"
+    assert msgpack.unpackb(blob, raw=False) == {"severity": "critical", "current_a": 1.5, "n": 3, "phases": [1, 2],
+                                                "tags": ["b"], "timestamp": 5}
+    with pytest.raises(TypeError, match="'alarms' cannot be encoded"):
+        up.publish("alarms", {"x": object()})
+    assert store.spool_depth() == 1
