@@ -204,9 +204,9 @@ class RegisterMap:
             for reg in range(point.address, point.address + width):
                 if address <= reg < end:
                     words.append(int(written[reg - address]))
+                    covered.add(reg)
                 else:  # a partial write of a 32-bit point keeps the other word
                     words.append(int(current[reg - start_address]))
-                covered.add(reg)
             hits.append((point.id, from_registers(words, point)))
         if covered != set(range(address, end)):
             return ExcCodes.ILLEGAL_ADDRESS
