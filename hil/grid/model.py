@@ -832,7 +832,7 @@ class GridModel:
         """Positive-sequence impedance from the source to each tree node, per unit."""
         tree = self._tree
         assert tree is not None
-        return (tree.path != 0.0).T.astype(np.float64) @ tree.z_pu
+        return tree.sum_ancestors(tree.z_pu, weighted=False)
 
     def _thevenin_pu(self, bus: int) -> tuple[complex, complex]:
         tree = self._tree

@@ -16,6 +16,7 @@ from __future__ import annotations
 import enum
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -117,7 +118,15 @@ class RadialTree:
     energised: npt.NDArray[np.bool_]
     loop_branches: list[int]
     position: dict[int, int]
-    _complex_path: tuple[npt.NDArray[np.complex128], npt.NDArray[np.complex128]] | None = None
+    # `path` in sparse form, row by row (subtrees) and column by column (ancestors): the sweeps
+    # are O(nodes × depth) gathers and segment sums, with no BLAS call whose threads would stall
+    # a step on a busy controller.
+    _sub_cols: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    _sub_vals: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
+    _sub_starts: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    _anc_cols: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    _anc_vals: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
+    _anc_starts: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @classmethod
     def build(cls, net: Network, root: int = 0) -> RadialTree:
@@ -173,18 +182,29 @@ class RadialTree:
                 factor *= ratio[k]
                 k = parent_pos[k]
             gain[j] = factor
+        sub_rows, sub_cols = np.nonzero(path)
+        anc_rows, anc_cols = np.nonzero(path.T)
         return cls(root=root, n_bus=n_bus, nodes=np.array(order, dtype=np.int64),
                    feeder_branch=np.array(feeder, dtype=np.int64), parent_pos=parent_pos,
                    z_pu=z_pu, ratio=ratio, path=path, gain=gain, energised=seen,
-                   loop_branches=loops, position=position)
+                   loop_branches=loops, position=position,
+                   _sub_cols=sub_cols, _sub_vals=path[sub_rows, sub_cols],
+                   _sub_starts=np.searchsorted(sub_rows, np.arange(m)),
+                   _anc_cols=anc_cols, _anc_vals=path.T[anc_rows, anc_cols],
+                   _anc_starts=np.searchsorted(anc_rows, np.arange(m)))
 
-    def complex_path(self) -> tuple[npt.NDArray[np.complex128], npt.NDArray[np.complex128]]:
-        """`path` and its transpose as contiguous complex arrays, made once: a mixed real/complex
-        product would convert the matrix on every sweep."""
-        if self._complex_path is None:
-            c = self.path.astype(np.complex128)
-            self._complex_path = (c, np.ascontiguousarray(c.T))
-        return self._complex_path
+    def sum_subtrees(self, x: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        """`path @ x`: per node, the sum over its subtree (ratios folded in)."""
+        if x.size == 0:
+            return x.copy()
+        return np.add.reduceat(self._sub_vals * x[self._sub_cols], self._sub_starts)
+
+    def sum_ancestors(self, x: npt.NDArray[Any], *, weighted: bool = True) -> npt.NDArray[Any]:
+        """`pathᵀ @ x`: per node, the sum over itself and its ancestors (ratios folded in)."""
+        if x.size == 0:
+            return x.copy()
+        terms = x[self._anc_cols]
+        return np.add.reduceat(self._anc_vals * terms if weighted else terms, self._anc_starts)
 
     def subtree(self, pos: int) -> npt.NDArray[np.int64]:
         """Positions (in `nodes`) of a node and everything it feeds."""

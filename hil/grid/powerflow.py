@@ -1,9 +1,9 @@
 """Backward/forward sweep power flow for radial feeders (grid reference sheet §8.1).
 
 Complex per unit on the network's system base. Loads are constant power (S, drawn) plus a
-constant shunt admittance (Y, capacitor banks: I = Y·V). The tree's `path` matrix does the
-two sweeps as two small matrix products, so a solve of a few dozen buses costs tens of
-microseconds and the loop count, not the bus count, dominates.
+constant shunt admittance (Y, capacitor banks: I = Y·V). Each sweep is one gather and one
+segment sum over the tree's path structure (`RadialTree.sum_subtrees` / `sum_ancestors`),
+O(buses × depth), so a solve of a few dozen buses costs tens of microseconds.
 """
 
 from __future__ import annotations
@@ -47,7 +47,6 @@ def solve(tree: RadialTree, s_load_pu: npt.NDArray[np.complex128],
     y = y_shunt_pu[nodes]
     drop_gain = tree.ratio ** 2 * tree.z_pu
     v_open = tree.gain * v_source_pu
-    path, path_t = tree.complex_path()
     if v_start_pu is not None:
         v = v_start_pu[nodes].copy()
         v[v == 0] = v_open[v == 0]
@@ -57,8 +56,8 @@ def solve(tree: RadialTree, s_load_pu: npt.NDArray[np.complex128],
     while True:
         iterations += 1
         i_load = np.conj(s / v) + y * v
-        j = path @ i_load
-        v_new = v_open - path_t @ (drop_gain * j)
+        j = tree.sum_subtrees(i_load)
+        v_new = v_open - tree.sum_ancestors(drop_gain * j)
         change = np.max(np.abs(v_new - v))
         v = v_new
         if change < tolerance_pu:
@@ -68,7 +67,7 @@ def solve(tree: RadialTree, s_load_pu: npt.NDArray[np.complex128],
                 f"backward/forward sweep did not converge in {max_iterations} iterations "
                 f"(last change {change:.3g} pu)")
     i_load = np.conj(s / v) + y * v
-    j = path @ i_load
+    j = tree.sum_subtrees(i_load)
     v_all[nodes] = v
     j_all[nodes] = j
     top = tree.parent_pos < 0
