@@ -252,3 +252,46 @@ def test_runtime_publishes_every_interval(tmp_path: Path) -> None:
                 await asyncio.wait_for(task, 10)
 
         asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_subscriber_survives_a_broker_restart_and_a_failing_sink(tmp_path: Path) -> None:
+    with run_mosquitto(tmp_path) as broker:
+        cfg = AmiConfig(broker_host="127.0.0.1", broker_port=broker.port, topic="ami/SUB-003/+/readings")
+        got: list[str] = []
+        calls = {"n": 0}
+
+        async def sink(ids: list[str], columns: dict[str, np.ndarray], reading_time: float) -> None:
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise RuntimeError("the sink is broken once")
+            got.extend(ids)
+
+        def publish(seq: int, ids: list[str]) -> None:
+            raw = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"test-dc-{seq}")
+            raw.connect("127.0.0.1", broker.port)
+            raw.loop_start()
+            raw.publish("ami/SUB-003/DC-1/readings", _encode(ids, _columns(len(ids)), concentrator_id="DC-1", seq=seq),
+                        qos=1).wait_for_publish(5)
+            raw.disconnect()
+            raw.loop_stop()
+
+        async def scenario() -> None:
+            sub = AmiSubscriber(cfg, "SUB-003", sink, SimClock(), client_id="test-ami-restart", reconnect_max_s=1)
+            task = asyncio.create_task(sub.run())
+            try:
+                await _until(lambda: sub.connected)
+                await asyncio.sleep(0.2)
+                await asyncio.to_thread(publish, 0, ["A-1"])
+                await _until(lambda: sub.sink_errors == 1)
+                broker.restart()
+                await _until(lambda: sub.connects >= 2, 20)
+                await asyncio.sleep(0.2)
+                await asyncio.to_thread(publish, 3, ["A-2", "A-3"])
+                await _until(lambda: got == ["A-2", "A-3"])
+                assert sub.status()["seq_gaps"] == 2 and sub.status()["bad_messages"] == 0
+            finally:
+                await sub.close()
+                await asyncio.wait_for(task, 10)
+            assert not sub.connected
+
+        asyncio.run(asyncio.wait_for(scenario(), 60))
