@@ -125,6 +125,16 @@ def _to_wire(obj: Any) -> Any:
     raise TypeError(f"cannot encode a {type(obj).__name__} in an MQTT payload")
 
 
+def backoff_delay(attempt: int, min_s: float, max_s: float, rng: random.Random | None = None) -> float:
+    """Seconds to wait before reconnect attempt `attempt` (0 first): exponential, capped, jittered.
+
+    The jitter (a uniform draw in the upper half) keeps a fleet of gateways that lost the same
+    broker from coming back in lock step.
+    """
+    ceiling = min(max_s, min_s * 2.0 ** min(attempt, 60))
+    return (rng or random).uniform(ceiling / 2.0, ceiling)
+
+
 def _check_suffix(topic_suffix: str) -> None:
     if (
         not isinstance(topic_suffix, str)
@@ -337,6 +347,7 @@ class MqttUplink:
             "dropped": self.dropped,
             "lost": self.lost,
             "inflight": len(session.inflight) if session else 0,
+            "in_memory": len(self._queue),
             "spool_depth": self._depth,
             "bdseq": self._bdseq if self._bdseq >= 0 else None,
             "sessions": self.sessions,
@@ -378,8 +389,7 @@ class MqttUplink:
                             await self._end_session(self._session)
                 if self._closing:
                     break
-                delay = min(self.backoff_max_s, self.backoff_min_s * (2 ** min(attempt, 30)))
-                delay = random.uniform(delay / 2, delay)
+                delay = backoff_delay(attempt, self.backoff_min_s, self.backoff_max_s)
                 attempt += 1
                 self.state = UplinkState.BACKOFF
                 with contextlib.suppress(asyncio.TimeoutError):

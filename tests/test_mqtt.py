@@ -21,7 +21,7 @@ from gateway.config import SiteIdentity, UplinkConfig
 from gateway.points import GOOD, Point, PointKind
 from gateway.storage import Store
 from gateway.telemetry import PointSpec, Telemetry
-from protocols.mqtt import MqttUplink, envelope
+from protocols.mqtt import MqttUplink, backoff_delay, envelope
 from tests.support.broker import Broker, free_port, make_tls_files, run_mosquitto, subscriber
 
 SITE = SiteIdentity(region="test-region", substation_id="SUB-T")
@@ -57,10 +57,10 @@ def uplink_config(broker: Broker | None, port: int | None = None, **overrides: A
     return UplinkConfig(**(fields | overrides))
 
 
-def make_uplink(tmp_path: Path, cfg: UplinkConfig, store: Store | None = None) -> MqttUplink:
+def make_uplink(tmp_path: Path, cfg: UplinkConfig, store: Store | None = None, **kwargs: Any) -> MqttUplink:
     return MqttUplink(cfg, SITE, store or Store(tmp_path / "state.db"), SystemClock(),
                       logging.getLogger("test.uplink"), base_dir=tmp_path, backoff_min_s=0.05,
-                      backoff_max_s=0.5)
+                      backoff_max_s=0.5, **kwargs)
 
 
 def data(messages: list[Any]) -> list[dict[str, Any]]:
@@ -81,6 +81,18 @@ def test_envelope_adds_its_fields_to_any_encoded_map(body: dict[str, Any], seq: 
                                                      msg_id: int) -> None:
     wire = envelope(msgpack.packb(body, use_bin_type=True), seq, historical, msg_id)
     assert msgpack.unpackb(wire, raw=False) == body | {"seq": seq, "historical": historical, "msg_id": msg_id}
+
+
+@settings(max_examples=200, deadline=None)
+@given(attempt=st.integers(0, 10_000), min_s=st.floats(0.01, 5.0), max_s=st.floats(0.01, 600.0),
+       seed=st.integers(0, 2**32))
+def test_backoff_is_jittered_exponential_and_capped(attempt: int, min_s: float, max_s: float, seed: int) -> None:
+    import random
+
+    max_s = max(max_s, min_s)
+    ceiling = min(max_s, min_s * 2.0 ** min(attempt, 60))
+    delay = backoff_delay(attempt, min_s, max_s, random.Random(seed))
+    assert ceiling / 2.0 <= delay <= ceiling <= max_s
 
 
 def test_publish_refuses_bad_input_with_the_reason(tmp_path: Path) -> None:
@@ -347,18 +359,20 @@ def test_spool_is_bounded_dropping_the_oldest(tmp_path: Path, caplog: pytest.Log
 def test_in_flight_window_is_bounded(tmp_path: Path) -> None:
     async def main() -> None:
         with run_mosquitto(tmp_path) as broker, subscriber(broker, f"{BASE}/telemetry") as sub:
-            up = make_uplink(tmp_path, uplink_config(broker, max_inflight=5))
+            up = make_uplink(tmp_path, uplink_config(broker, max_inflight=5), memory_window=64)
             task = asyncio.create_task(up.run())
             assert await until(lambda: up.status()["state"] == "connected")
             up.publish_many([("telemetry", {"n": n}) for n in range(2000)])
-            peak = 0
+            peak = peak_memory = 0
             for _ in range(6000):
                 peak = max(peak, up.status()["inflight"])
+                peak_memory = max(peak_memory, up.status()["in_memory"])
                 if up.status()["spool_depth"] == 0:
                     break
                 await asyncio.sleep(0.005)
             assert up.status()["spool_depth"] == 0
             assert 1 <= peak <= 5
+            assert 1 <= peak_memory <= 64  # the backlog stays on disk, not in memory
             assert await sub.until(lambda m: len(m) == 2000, 20)
             assert [p["n"] for p in sub.on("telemetry")] == list(range(2000))
             await up.close()
