@@ -249,6 +249,8 @@ class GridModel:
         self._energised: npt.NDArray[np.bool_] = np.zeros(0, dtype=bool)
         self._frequency_hz = settings.frequency_hz
         self._irradiance_w_m2 = 0.0
+        self._point_cache: dict[str, float | int | bool] | None = None
+        """Point values of the last solve; every state change goes through a solve."""
 
     # ------------------------------------------------------------------ building
 
@@ -740,6 +742,7 @@ class GridModel:
         self._apply_faults(now_s)
         self._last_solve_s = now_s
         self._dirty = False
+        self._point_cache = None
 
     def _thermal(self, dt: float, now_s: float) -> None:
         """IEEE C57.91 clause 7 top-oil rise, first order, exact over each interval."""
@@ -1094,15 +1097,17 @@ class GridModel:
         """Every IED point id the model produces → engineering value (commands: last commanded)."""
         if self._dirty:
             self._solve(self._now)
-        cache: dict[str, dict[str, float | int | bool]] = {}
-        out: dict[str, float | int | bool] = {}
-        for pid, agent_id, name in self._point_sources:
-            values = cache.get(agent_id)
-            if values is None:
-                values = cache[agent_id] = self._agent_values(agent_id)
-            if name in values:
-                out[pid] = values[name]
-        return out
+        if self._point_cache is None:
+            cache: dict[str, dict[str, float | int | bool]] = {}
+            out: dict[str, float | int | bool] = {}
+            for pid, agent_id, name in self._point_sources:
+                values = cache.get(agent_id)
+                if values is None:
+                    values = cache[agent_id] = self._agent_values(agent_id)
+                if name in values:
+                    out[pid] = values[name]
+            self._point_cache = out
+        return dict(self._point_cache)
 
     def agent_values(self, agent_id: str) -> dict[str, float | int | bool]:
         """All measurements of one modelled element by name (for tests and the control socket)."""
