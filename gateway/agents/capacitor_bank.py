@@ -137,7 +137,7 @@ class CapacitorBankAgent(Agent[CapacitorState, CapacitorEvent]):
             out.append(BusMessage(source=self.agent_id, topic=Topic.VOLTAGE_EVENTS, kind="deadband_restored",
                                   payload={"capacitor": self.agent_id, "bandwidth_v": a.bandwidth_v}))
         if x.steps_active is not None:
-            m.steps_active = int(round(x.steps_active))
+            m.steps_active = min(max(int(round(x.steps_active)), 0), a.num_steps)
         if x.bus_voltage_kv is not None:
             m.voltage_v120 = x.bus_voltage_kv / a.voltage_level * 120.0
 

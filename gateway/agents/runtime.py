@@ -181,6 +181,8 @@ class AgentRuntime:
         values = self.readings.get(agent_id)
         if values is None:
             return
+        if isinstance(value, float) and not math.isfinite(value):
+            good = False  # NaN and infinity are never measurements
         values[name] = value if good else None
 
     def on_protection_event(self, kind: str, breaker: str, element: str, phase: str, current_a: float,

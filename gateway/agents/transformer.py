@@ -166,7 +166,7 @@ class TransformerAgent(Agent[TransformerState, TransformerEvent]):
             m.top_oil_rise_c = x.top_oil_temp_c - m.ambient_c
         m.top_oil_c = m.ambient_c + m.top_oil_rise_c
         m.hot_spot_c = m.top_oil_c + m.hot_spot_rise_c
-        m.aging_factor = aging_acceleration_factor(m.hot_spot_c)
+        m.aging_factor = aging_acceleration_factor(min(max(m.hot_spot_c, -50.0), 250.0))
         if dt > 0:
             m.equivalent_aging_h += m.aging_factor * dt / 3600.0
             m.modelled_h += dt / 3600.0
@@ -232,7 +232,7 @@ class TransformerAgent(Agent[TransformerState, TransformerEvent]):
         elif x.current_a is not None:
             m.load_percent = 100.0 * x.current_a / self.rated_current_a
         if x.tap_position is not None:
-            m.tap_position = int(round(x.tap_position))
+            m.tap_position = min(max(int(round(x.tap_position)), a.tap_min), a.tap_max)
         self._thermal(m, x, dt)
 
         dead = x.energized is False
