@@ -254,5 +254,7 @@ class CircuitBreakerAgent(Agent[BreakerState, BreakerEvent]):
             "contact_wear_ka2s": m.contact_wear_ka2s,
             "contact_wear_percent": 100.0 * m.contact_wear_ka2s / a.contact_wear_limit_ka2s,
             "operations": m.operations, "max_phase_current_a": m.max_phase_current_a,
+            "condition_score": max(0.0, min(a.condition_score, 100.0 * (1.0 - max(
+                m.contact_wear_ka2s / a.contact_wear_limit_ka2s, m.operations / a.maintenance_operations)))),
             "protected_line": a.protected_line or (self.links.lines[0] if self.links.lines else ""),
         }

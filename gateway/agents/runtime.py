@@ -392,8 +392,7 @@ class AgentRuntime:
     def show(self, agent_id: str) -> dict[str, Any]:
         if agent_id in self.agents:
             agent, m = self.agents[agent_id], self.memory[agent_id]
-            links = {k: v for k, v in agent.links.__dict__.items()} if hasattr(agent.links, "__dict__") else {
-                f.name: getattr(agent.links, f.name) for f in fields(agent.links)}
+            links = {f.name: getattr(agent.links, f.name) for f in fields(agent.links)}
             return {"id": agent_id, "type": self.types[agent_id].value, "state": m.state.value, "since": m.since,
                     "since_wall": self.to_wall(m.since), "wall_offset": self.wall_offset,
                     "attributes": _plain(agent.attributes(m)), "last_transitions": list(m.history),

@@ -333,6 +333,7 @@ class TransformerAgent(Agent[TransformerState, TransformerEvent]):
         a = self.attrs
         return {
             "rated_capacity": a.rated_capacity, "current_load": m.load_kw, "load_percentage": m.load_percent,
+            "remaining_capacity_kva": max(0.0, a.rated_capacity * (1.0 - m.load_percent / 100.0)),
             "temperature": m.top_oil_c, "top_oil_temp_c": m.top_oil_c, "hot_spot_temperature_c": m.hot_spot_c,
             "aging_acceleration_factor": m.aging_factor, "equivalent_aging_h": m.equivalent_aging_h,
             "loss_of_life_percent": m.loss_of_life_percent, "tap_position": m.tap_position,
