@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -16,8 +17,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from gateway.agents.runtime import AgentRuntime
+from gateway.agents.runtime import AgentRuntime, restore_from_store, save_to_store
 from gateway.config import load
+from gateway.storage import Store
 
 SITE = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "sub-003.toml"
 METERS = 100_000
@@ -91,6 +93,14 @@ def main() -> None:
     snap = rt.snapshot()
     snap_ms = (time.perf_counter() - t0) * 1000
     rel_ms = timed(lambda: rt.reliability(0.0, 200.0), 5)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Store(Path(tmp) / "state.db")
+        save_ms = timed(lambda: save_to_store(store, rt, 300.0), 5)
+        t0 = time.perf_counter()
+        fresh = AgentRuntime(site, now=1000.0)
+        restore_from_store(store, fresh)
+        restore_ms = (time.perf_counter() - t0) * 1000
+        store.close()
     gc.collect()
     rss2 = rss_mb()
 
@@ -106,6 +116,8 @@ def main() -> None:
           f"(ratio {statistics.median(mass) / EVAL_GOAL_MS:.3f})")
     print(f"  runtime tick (all agents)      median {statistics.median(ticks):7.2f} ms, max {max(ticks):7.2f} ms")
     print(f"  snapshot                       {snap_ms:9.1f} ms, {sum(len(v['data']) for k, v in snap['fleet'].items() if isinstance(v, dict) and 'data' in v) / 1e6:.1f} MB of columns")
+    print(f"  save to SQLite (WAL)           median {statistics.median(save_ms):7.2f} ms; new runtime + restore "
+          f"{restore_ms:7.1f} ms")
     print(f"  reliability indices            median {statistics.median(rel_ms):7.2f} ms over {len(rt.fleet.ledger)} interruptions")
 
 
