@@ -335,11 +335,11 @@ class HilRuntime:
             await endpoint.update(values)
             self._add_endpoint(endpoint)
             await wait_listening(self.options.bind_host or host, port)
-        for serial_port, ieds in rtu.items():
+        for serial_port, line_ieds in rtu.items():
             line = SerialLine(serial_port)
             await line.start()
             self.serial_lines.append(line)
-            endpoint = ModbusEndpoint(ieds, self._apply_command, serial_path=str(line.sim_path))
+            endpoint = ModbusEndpoint(line_ieds, self._apply_command, serial_path=str(line.sim_path))
             await endpoint.start()
             await endpoint.update(values)
             self._add_endpoint(endpoint)

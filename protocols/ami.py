@@ -123,7 +123,7 @@ def _field(message: dict[str, Any], key: str, kinds: type | tuple[type, ...]) ->
     return value
 
 
-def decode_batch(payload: bytes) -> AmiBatch:
+def decode_batch(payload: bytes | bytearray) -> AmiBatch:
     """Parse and validate one message; AmiPayloadError says what is wrong."""
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise AmiPayloadError(f"payload of {len(payload)} bytes is over {MAX_PAYLOAD_BYTES}")

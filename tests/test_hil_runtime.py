@@ -37,6 +37,16 @@ def make_site(tmp_path: Path) -> SiteConfig:
     return validate(data, "test-site")
 
 
+def tcp_ied(site: SiteConfig, ied_id: str) -> ModbusTcpIed:
+    ied = site.ied(ied_id)
+    assert isinstance(ied, ModbusTcpIed)
+    return ied
+
+
+def modbus_point(ied: ModbusTcpIed | ModbusRtuIed, point_id: str) -> ModbusPoint:
+    return next(p for p in ied.points if p.id == point_id)
+
+
 def run(coro_fn: Callable[[], Awaitable[Any]], timeout_s: float = 60.0) -> Any:
     async def bounded() -> Any:
         return await asyncio.wait_for(coro_fn(), timeout_s)
@@ -98,18 +108,18 @@ def test_tcp_values_match_model_and_writes_reach_it(tmp_path: Path) -> None:
                 finally:
                     client.close()
 
-            cb = site.ied("IED-CB-044")
+            cb = tcp_ied(site, "IED-CB-044")
             client = AsyncModbusTcpClient("127.0.0.1", port=cb.port, timeout=2, retries=0)
             assert await client.connect()
             try:
-                trip = next(p for p in cb.points if p.id == "CB-044.trip_cmd")
+                trip = modbus_point(cb, "CB-044.trip_cmd")
                 response = await client.write_coil(trip.address, True, device_id=cb.unit_id)
                 assert not response.isError()
                 # the command is in the model before the response came back
                 assert model.commands[-1][:2] == ("CB-044.trip_cmd", True)
                 assert model.breaker_closed("CB-044") is False
                 await runtime.step()
-                closed = next(p for p in cb.points if p.id == "CB-044.closed")
+                closed = modbus_point(cb, "CB-044.closed")
                 assert await read_point(client, closed, cb.unit_id) is False
                 assert runtime.breakers()["CB-044"] == "open"
                 # a read-only register refuses a write, and the model never sees it
@@ -120,11 +130,11 @@ def test_tcp_values_match_model_and_writes_reach_it(tmp_path: Path) -> None:
             finally:
                 client.close()
 
-            xfmr = site.ied("IED-XFMR-101")
+            xfmr = tcp_ied(site, "IED-XFMR-101")
             client = AsyncModbusTcpClient("127.0.0.1", port=xfmr.port, timeout=2, retries=0)
             assert await client.connect()
             try:
-                setpoint = next(p for p in xfmr.points if p.id == "XFMR-101.tap_setpoint")
+                setpoint = modbus_point(xfmr, "XFMR-101.tap_setpoint")
                 words = ModbusClientMixin.convert_to_registers(-3, _DT.INT16)
                 response = await client.write_registers(setpoint.address, words, device_id=xfmr.unit_id)
                 assert not response.isError()
@@ -162,7 +172,6 @@ def test_rtu_read_through_socat_pty_pair(tmp_path: Path) -> None:
 
                 runtime.inject_commloss(cap.id, 0.05)
                 await asyncio.sleep(0)
-                response = None
                 with pytest.raises(Exception):  # noqa: B017 - pymodbus raises ModbusIOException on no answer
                     response = await client.read_input_registers(0, count=1, device_id=cap.unit_id)
                     assert response.isError()
@@ -247,7 +256,7 @@ def test_injections_validate_their_input(tmp_path: Path) -> None:
             (lambda: runtime.load_step("XFMR-999", 1.3), "unknown load step target"),
             (lambda: runtime.load_step("XFMR-101", 0), "factor must be > 0"),
             (lambda: runtime.temperature_ramp("LINE-045", 25, 600), "unknown transformer"),
-            (lambda: runtime.temperature_ramp("XFMR-101", "hot", 600), "delta_c must be a number"),
+            (lambda: runtime.temperature_ramp("XFMR-101", "hot", 600), "delta_c must be a number"),  # type: ignore[arg-type]
         ]
         for call, message in bad:
             with pytest.raises(InjectionError, match=message.replace("(", r"\(")):

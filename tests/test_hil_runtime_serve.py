@@ -65,7 +65,8 @@ def test_serve_the_example_site_with_the_grid_model(tmp_path: Path) -> None:
             assert await client.connect()
             try:
                 regs = (await client.read_holding_registers(0, count=12, device_id=1)).registers
-                ia, kv, hz = (client.convert_from_registers(regs[a:a + 2], ModbusClientMixin.DATATYPE.FLOAT32)
+                ia, kv, hz = (float(client.convert_from_registers(regs[a:a + 2],  # type: ignore[arg-type]
+                                                                  ModbusClientMixin.DATATYPE.FLOAT32))
                               for a in (0, 8, 10))
                 assert 0 < ia < 60000 and 5 < kv < 40 and 45 < hz < 65
                 assert (await client.read_discrete_inputs(0, count=1, device_id=1)).bits[0] is True

@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient  # noqa: E402
 
 from gateway.clock import SimClock  # noqa: E402
-from gateway.config import SiteConfig, validate  # noqa: E402
+from gateway.config import ModbusTcpIed, SiteConfig, validate  # noqa: E402
 from hil.ami import AmiPublisher  # noqa: E402
 from hil.runtime import HilRuntime, RuntimeOptions  # noqa: E402
 from protocols.ami import AmiSubscriber  # noqa: E402
@@ -105,6 +105,7 @@ async def bench_modbus(tmp: Path, writes: int) -> None:
     runtime = HilRuntime(site, recorder, RuntimeOptions(speed=1.0, ami=False, iec61850=False))
     print(f"model: {kind}")
     cb = site.ied("IED-CB-045")
+    assert isinstance(cb, ModbusTcpIed)
     trip = next(p for p in cb.points if p.id == "CB-045.trip_cmd")
     close = next(p for p in cb.points if p.id == "CB-045.close_cmd")
     with SimThread(runtime):

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from gateway.config import Iec61850Ied, SiteConfig
+from gateway.config import Iec61850Point, SiteConfig
 
 
 @dataclass
@@ -43,8 +43,9 @@ class StubModel:
     def from_site(cls, site: SiteConfig, seed: int = 0, meters: int | None = None) -> StubModel:
         model = cls(site, meters)
         for ied in site.ieds:
-            for n, point in enumerate(ied.points):
-                if isinstance(ied, Iec61850Ied):
+            points: list[Any] = list(ied.points)
+            for n, point in enumerate(points):
+                if isinstance(point, Iec61850Point):
                     model.values[point.id] = 10.0 + n
                     continue
                 if point.function.value in ("coil", "discrete"):
