@@ -310,10 +310,13 @@ class ModbusEndpoint:
         first = self.ieds[0]
         server: ModbusTcpServer | ModbusSerialServer
         if isinstance(first, ModbusRtuIed):
+            # A pty ignores line settings but refuses some of them (even/odd parity: EINVAL),
+            # so the simulator's end of a pty pair is opened 8N1; a real line keeps the site's.
+            pty = self.serial_path is not None
             server = ModbusSerialServer(
                 self._devices(), port=self.serial_path or first.serial_port, baudrate=first.baudrate,
-                parity=first.parity, stopbits=first.stopbits, bytesize=first.bytesize,
-                ignore_missing_devices=True,
+                parity="N" if pty else first.parity, stopbits=1 if pty else first.stopbits,
+                bytesize=8 if pty else first.bytesize, ignore_missing_devices=True,
             )
         else:
             assert isinstance(first, ModbusTcpIed)
