@@ -328,7 +328,8 @@ class ModbusEndpoint:
             with contextlib.suppress(Exception):
                 await server.shutdown()
             ieds = ", ".join(i.id for i in self.ieds)
-            raise RuntimeError(f"cannot serve {ieds} on {self.name}: {exc}") from None
+            hint = "" if self.serial else " (port in use, or an address not on this machine: see --bind)"
+            raise RuntimeError(f"cannot serve {ieds} on {self.name}: {exc}{hint}") from None
         self.server = server
         log.info("serving %s on %s", ", ".join(f"{i.id} (unit {i.unit_id})" for i in self.ieds), self.name)
 
