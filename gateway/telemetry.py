@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.config import SiteConfig
+from gateway.config import ModbusPoint, SiteConfig
 from gateway.points import NOT_YET_RECEIVED, Point, PointKind, Quality, QualityReason
 
 log = logging.getLogger("stima.telemetry")
@@ -55,12 +55,12 @@ def exceeds(kind: PointKind, deadband: float, last: Value, value: Value) -> bool
         return value is not last
     if kind is not PointKind.ANALOG or isinstance(value, bool) or isinstance(last, bool):
         return bool(value != last)
-    v, l = float(value), float(last)
-    if math.isnan(v) or math.isnan(l):
-        return math.isnan(v) != math.isnan(l)
-    if v == l:
+    new, old = float(value), float(last)
+    if math.isnan(new) or math.isnan(old):
+        return math.isnan(new) != math.isnan(old)
+    if new == old:
         return False
-    return abs(v - l) >= deadband
+    return abs(new - old) >= deadband
 
 
 def _ms(seconds: float | None) -> int | None:
@@ -125,7 +125,7 @@ class Telemetry:
         specs = []
         for ied in site.ieds:
             for p in ied.points:
-                kind_name = getattr(p, "point_kind", None) or p.kind
+                kind_name = p.point_kind if isinstance(p, ModbusPoint) else p.kind
                 specs.append(PointSpec(p.id, PointKind(kind_name.value), p.deadband, p.unit))
         return cls(specs, max_batch=site.uplink.max_batch, integrity_period_s=site.uplink.integrity_period_s)
 

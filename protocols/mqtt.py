@@ -170,7 +170,7 @@ class _Session:
         self.number = number
         self.inflight: dict[int, int | None] = {}
         """paho mid → spool id (None for birth and death, which are not spooled)."""
-        self.connack: asyncio.Future[ReasonCode] | None = None
+        self.connack: asyncio.Future[ReasonCode | None] | None = None
         self.ended = asyncio.Event()
         self.up = False
         self.seq = 0
@@ -286,7 +286,7 @@ class MqttUplink:
             raise ValueError(f"qos must be 0 or 1, found {qos!r}")
         flags = qos | (RETAIN_FLAG if retain else 0)
         wall = self.clock.wall()
-        now_ms = int(round(wall * 1000.0))
+        now_ms = round(wall * 1000.0)
         rows: list[tuple[str, bytes, int, float]] = []
         for topic_suffix, payload in messages:
             _check_suffix(topic_suffix)
@@ -314,9 +314,9 @@ class MqttUplink:
         self._spool_writes += len(ids)
         self._depth += len(ids)
         self._last_id = max(self._last_id, ids[-1])
-        for spool_id, (topic, body, fl, _) in zip(ids, rows, strict=True):
+        for spool_id, (topic, encoded, fl, _) in zip(ids, rows, strict=True):
             if not self._backlog and len(self._queue) < self._window:
-                self._queue.append(_Row(spool_id, topic, body, fl))
+                self._queue.append(_Row(spool_id, topic, encoded, fl))
                 self._loaded_upto = spool_id
             else:
                 self._backlog = True
@@ -392,7 +392,7 @@ class MqttUplink:
                 delay = backoff_delay(attempt, self.backoff_min_s, self.backoff_max_s)
                 attempt += 1
                 self.state = UplinkState.BACKOFF
-                with contextlib.suppress(asyncio.TimeoutError):
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop_event.wait(), delay)
         finally:
             checkpointer.cancel()
@@ -419,7 +419,7 @@ class MqttUplink:
         if session is not None and session.up and self._progress is not None:
             while not self._drained() and not session.ended.is_set() and loop.time() < deadline:
                 self._progress.clear()
-                with contextlib.suppress(asyncio.TimeoutError):
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._progress.wait(), max(0.001, deadline - loop.time()))
             self._flush_acks()
             if not session.ended.is_set():
@@ -428,7 +428,7 @@ class MqttUplink:
                 session.death_mid = info.mid
                 session.inflight[info.mid] = None
                 wait_s = max(0.05, min(DEATH_ACK_TIMEOUT_S, deadline - loop.time()))
-                with contextlib.suppress(asyncio.TimeoutError):
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(session.death_acked.wait(), wait_s)
                 if session.death_acked.is_set():
                     session.client.disconnect()
@@ -465,7 +465,7 @@ class MqttUplink:
         return f"{self.base_topic}/{suffix}"
 
     def _death_payload(self, bdseq: int) -> bytes:
-        return msgpack.packb({"timestamp": int(round(self.clock.wall() * 1000.0)), "bdSeq": bdseq})
+        return msgpack.packb({"timestamp": round(self.clock.wall() * 1000.0), "bdSeq": bdseq})
 
     def _tls_context(self) -> ssl.SSLContext:
         def path(p: Path | None) -> str:
@@ -526,7 +526,7 @@ class MqttUplink:
         client.loop_start()
         try:
             rc = await asyncio.wait_for(asyncio.shield(session.connack), CONNACK_TIMEOUT_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             rc = None
         if session.up:
             return session  # run() ends it properly, even if it already dropped
@@ -560,7 +560,7 @@ class MqttUplink:
     def _send_birth(self, session: _Session) -> None:
         session.seq = 0
         payload = {
-            "timestamp": int(round(self.clock.wall() * 1000.0)),
+            "timestamp": round(self.clock.wall() * 1000.0),
             "bdSeq": session.bdseq,
             "seq": 0,
             "client_id": self.client_id,
@@ -631,7 +631,8 @@ class MqttUplink:
     def _handle(self, item: tuple[Any, ...]) -> bool:
         """One event from paho's thread; True when it is progress (ack or end) close() waits for."""
         progressed = False
-        kind, session = item[0], item[1]
+        kind = item[0]
+        session: _Session = item[1]
         if kind == "ack":
             progressed = True
             self._on_ack(session, item[2], item[3])

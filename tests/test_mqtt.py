@@ -411,7 +411,8 @@ def test_a_failing_spool_write_is_counted_not_raised(tmp_path: Path) -> None:
 def test_missing_tls_files_are_reported_and_retried(tmp_path: Path) -> None:
     async def main() -> None:
         cfg = UplinkConfig(broker_host="127.0.0.1", broker_port=free_port(), transport="tls",
-                           ca_file="tls/missing-ca.crt", cert_file="tls/gw.crt", key_file="tls/gw.key")
+                           ca_file=Path("tls/missing-ca.crt"), cert_file=Path("tls/gw.crt"),
+                           key_file=Path("tls/gw.key"))
         up = make_uplink(tmp_path, cfg)
         task = asyncio.create_task(up.run())
         assert await until(lambda: "TLS set-up failed" in up.status()["last_error"])

@@ -64,7 +64,7 @@ async def _helper(mode: str, db: Path, port: int, tls_dir: str, count: int) -> i
         for n in range(half, count):
             up.publish("telemetry", {"n": n})
         print(f"published {up.status()['inflight']}", flush=True)
-        time.sleep(60)  # the event loop stops here with messages in flight: wait to be killed
+        time.sleep(60)  # noqa: ASYNC251 - the event loop must stop here with messages in flight
     elif mode == "drain":
         await until(lambda: up.status()["state"] == "connected" and up.status()["spool_depth"] == 0)
         await up.close()

@@ -116,8 +116,8 @@ def rss_mib() -> float:
 
 
 def make_uplink(tmp: Path, port: int, name: str, **overrides: Any) -> MqttUplink:
-    cfg = UplinkConfig(broker_host="127.0.0.1", broker_port=port, transport="tls", ca_file="tls/ca.crt",
-                       cert_file="tls/client.crt", key_file="tls/client.key", **overrides)
+    cfg = UplinkConfig(broker_host="127.0.0.1", broker_port=port, transport="tls", ca_file=Path("tls/ca.crt"),
+                       cert_file=Path("tls/client.crt"), key_file=Path("tls/client.key"), **overrides)
     return MqttUplink(cfg, SITE, Store(tmp / f"{name}.db"), SystemClock(), logging.getLogger("bench.uplink"),
                       base_dir=tmp, backoff_min_s=0.05, backoff_max_s=0.5)
 
@@ -159,7 +159,7 @@ async def offered_load(tmp: Path, port: int, tls: Any, seconds: float, n_points:
     cpu0, t0 = cpu_s(), loop.time()
     next_cycle = t0
     value = 0.0
-    for cycle in range(cycles):
+    for _ in range(cycles):
         value += 1.0
         now_wall = time.time()
         mono = loop.time()

@@ -166,7 +166,7 @@ class Broker:
         except OSError:
             return ""
 
-    def client_tls_kwargs(self) -> dict[str, str]:
+    def client_tls_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for paho's `tls_set` with the test client certificate."""
         if self.tls is None:
             return {}
@@ -205,8 +205,8 @@ class Subscriber:
     def __init__(self, broker: Broker, topic: str = "#", *, client_id: str | None = None,
                  session_expiry_s: int = 0) -> None:
         import paho.mqtt.client as mqtt
-        from paho.mqtt.properties import Properties
         from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
 
         self.broker = broker
         self.topic = topic
@@ -216,11 +216,11 @@ class Subscriber:
                                   protocol=mqtt.MQTTv5)
         if broker.tls is not None:
             self.client.tls_set(**broker.client_tls_kwargs())
-        self.client.reconnect_delay_set(0.05, 0.5)
+        self.client.reconnect_delay_set(0.05, 0.5)  # type: ignore[arg-type]  # floats work
+        self._subscribed = threading.Event()
         self.client.on_message = self._on_message
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = lambda *args: self._subscribed.set()
-        self._subscribed = threading.Event()
         self._props = Properties(PacketTypes.CONNECT)
         if session_expiry_s:
             self._props.SessionExpiryInterval = session_expiry_s
