@@ -92,7 +92,7 @@ def test_requests_and_views(site) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ValueError, match="unknown request"):
         rt.request("LINE-045", "curtail", 3.0)
     meter = rt.show("MTR-101-00007")
-    assert meter["group"] == "MTR-GRP-101" and meter["state"] == "Active"
+    assert meter["attributes"]["group"] == "MTR-GRP-101" and meter["state"] == "Active"
     rows = rt.list_agents()
     assert {r["type"] for r in rows} == {"substation", "circuit_breaker", "power_line", "transformer",
                                          "capacitor_bank", "renewable_energy", "smart_meter"}

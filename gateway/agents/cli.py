@@ -59,7 +59,12 @@ def _human_list(rows: list[dict[str, Any]]) -> str:
     return table(out, ["AGENT", "TYPE", "STATE", "SINCE"])
 
 
-def _value(v: Any) -> str:
+_TIME_KEYS = ("last_trip_date", "last_switched", "overload_since", "last_reading_date")
+
+
+def _value(v: Any, key: str = "") -> str:
+    if key in _TIME_KEYS and isinstance(v, int | float) and v > 1e9:
+        return _when(float(v))
     if isinstance(v, float):
         return f"{v:.6g}"
     if isinstance(v, list | dict):
@@ -77,7 +82,7 @@ def _human_show(d: dict[str, Any]) -> str:
         lines.append("meters: " + ", ".join(f"{k} {v}" for k, v in d["states"].items()))
     attrs = d.get("attributes") or {k: v for k, v in d.items() if k not in ("id", "type", "state", "since")}
     if attrs:
-        lines += ["", table([(k, _value(v)) for k, v in attrs.items()], ["ATTRIBUTE", "VALUE"])]
+        lines += ["", table([(k, _value(v, k)) for k, v in attrs.items()], ["ATTRIBUTE", "VALUE"])]
     if d.get("links"):
         lines += ["", table([(k, _value(v)) for k, v in d["links"].items()], ["LINK", "ELEMENTS"])]
     transitions = d.get("last_transitions") or []

@@ -63,6 +63,10 @@ _INPUT_TYPES: dict[AgentType, type] = {
 }
 
 
+TIME_ATTRIBUTES = frozenset({"last_trip_date", "last_switched", "overload_since", "last_reading_date", "since"})
+"""Attributes holding monotonic times; views show them as POSIX seconds once the wall offset is known."""
+
+
 class UnknownAgent(KeyError):
     def __str__(self) -> str:
         return f"no agent or meter named {self.args[0]!r}"
@@ -395,7 +399,7 @@ class AgentRuntime:
             links = {f.name: getattr(agent.links, f.name) for f in fields(agent.links)}
             return {"id": agent_id, "type": self.types[agent_id].value, "state": m.state.value, "since": m.since,
                     "since_wall": self.to_wall(m.since), "wall_offset": self.wall_offset,
-                    "attributes": _plain(agent.attributes(m)), "last_transitions": list(m.history),
+                    "attributes": _plain(self._wall_times(agent.attributes(m))), "last_transitions": list(m.history),
                     "links": _plain({k: v for k, v in links.items() if v not in (None, (), 0)}),
                     "readings": _plain(self.readings[agent_id]),
                     "messages_received": self.messages_received.get(agent_id, 0)}
@@ -408,7 +412,10 @@ class AgentRuntime:
                         "attributes": {"total_demand_kw": float(np.nansum(self.fleet.demand_kw[sl])),
                                        "energy_consumed": float(self.fleet.energy_kwh[sl].sum())}}
         if agent_id in self.fleet.index:
-            return {"id": agent_id, "type": AgentType.SMART_METER.value, **self.fleet.meter(agent_id)}
+            meter = self.fleet.meter(agent_id)
+            return {"id": agent_id, "type": AgentType.SMART_METER.value, "state": meter.pop("state"),
+                    "since": meter["since"], "since_wall": self.to_wall(meter.pop("since")),
+                    "attributes": _plain(self._wall_times(meter))}
         raise UnknownAgent(agent_id)
 
     def reliability(self, since: float | None = None, until: float | None = None) -> dict[str, Any]:
@@ -417,6 +424,12 @@ class AgentRuntime:
         result = self.fleet.ledger.indices(since, until, ongoing_starts=self.fleet.outage_start,
                                            momentary_threshold_s=self.momentary_threshold_s)
         return result.to_dict()
+
+    def _wall_times(self, attributes: dict[str, Any]) -> dict[str, Any]:
+        if self.wall_offset is None:
+            return attributes
+        return {k: (v + self.wall_offset if k in TIME_ATTRIBUTES and isinstance(v, int | float)
+                    and not isinstance(v, bool) else v) for k, v in attributes.items()}
 
     def to_wall(self, monotonic: float | None) -> float | None:
         if monotonic is None or self.wall_offset is None:
