@@ -498,3 +498,56 @@ def test_sites_without_meters_or_substation(site: SiteConfig) -> None:
 def test_zero_meters_override(site: SiteConfig) -> None:
     readings = GridModel.from_site(site, meters=0).meter_readings(1.0)
     assert len(readings) == 0 and readings.energy_kwh.shape == (0,)
+
+
+def test_site_model_power_flow_matches_pandapower(site: SiteConfig) -> None:
+    """The example site's network in its current state (source impedance, breakers, line
+    sections, distribution transformers, a capacitor bank in service, PV output, one feeder
+    open) solved again by pandapower's Newton-Raphson: same voltages, same losses."""
+    pp = pytest.importorskip("pandapower")
+    from hil.grid.network import BranchKind
+
+    model = _model(site, start_hour=13.0, source_voltage_pu=1.03)
+    model.apply_command("CAP-301.steps_cmd", 3, 1.0)
+    model.apply_command("CB-044.trip_cmd", True, 1.0)
+    model.apply_command("XFMR-101.tap_setpoint", 4, 1.0)
+    model.apply_command("XFMR-102.tap_setpoint", -3, 1.0)
+    net = model.net
+    result = model._result
+    assert result is not None
+    ppn = pp.create_empty_network(sn_mva=net.base_mva)
+    buses = [pp.create_bus(ppn, vn_kv=b.base_kv) for b in net.buses]
+    pp.create_ext_grid(ppn, buses[model.source_bus], vm_pu=model.settings.source_voltage_pu)
+    for br in net.branches:
+        f, t = buses[br.from_bus], buses[br.to_bus]
+        if br.kind is BranchKind.SWITCH:
+            pp.create_switch(ppn, f, t, et="b", closed=br.closed)
+        elif br.kind is BranchKind.TRANSFORMER:
+            xfmr = model.transformers[br.name]
+            a = xfmr.attrs
+            vk = a.impedance_percent
+            vkr = vk / math.sqrt(1 + model.settings.transformer_x_r ** 2)
+            pp.create_transformer_from_parameters(
+                ppn, f, t, sn_mva=a.rated_capacity / 1000, vn_hv_kv=a.primary_voltage,
+                vn_lv_kv=a.secondary_voltage / 1000, vkr_percent=vkr, vk_percent=vk, pfe_kw=0.0,
+                i0_percent=0.0, tap_side="lv", tap_neutral=0, tap_pos=xfmr.tap_position, tap_changer_type="Ratio",
+                tap_step_percent=a.tap_step_percent, tap_min=a.tap_min, tap_max=a.tap_max)
+        else:  # source impedance and line sections: series R + jX
+            pp.create_line_from_parameters(ppn, f, t, length_km=1.0, r_ohm_per_km=br.z_ohm.real,
+                                           x_ohm_per_km=br.z_ohm.imag, c_nf_per_km=0.0, max_i_ka=100.0)
+    for bus, (p_kw, q_kvar) in enumerate(zip(model._bus_load_kw, model._bus_load_kvar, strict=True)):
+        if p_kw or q_kvar:
+            pp.create_load(ppn, buses[bus], p_mw=p_kw / 1000, q_mvar=q_kvar / 1000)
+    for cap in model.capacitors.values():
+        q_mvar = cap.attrs.rated_capacity * cap.steps_active / cap.attrs.num_steps
+        pp.create_shunt(ppn, buses[cap.bus], q_mvar=-q_mvar, p_mw=0.0, vn_kv=cap.attrs.voltage_level)
+    pp.runpp(ppn, algorithm="nr", tolerance_mva=1e-10, calculate_voltage_angles=True, init="flat", numba=False)
+    live = np.flatnonzero(model._energised)
+    dead = np.flatnonzero(~model._energised)
+    assert len(dead) > 0 and np.all(result.voltage_pu[dead] == 0)
+    vm_ref = ppn.res_bus.vm_pu.to_numpy()
+    va_ref = ppn.res_bus.va_degree.to_numpy()
+    assert np.max(np.abs(np.abs(result.voltage_pu[live]) - vm_ref[live])) < 1e-7
+    assert np.max(np.abs(np.degrees(np.angle(result.voltage_pu[live])) - va_ref[live])) < 1e-5
+    losses_ref_kw = (ppn.res_line.pl_mw.sum() + ppn.res_trafo.pl_mw.sum()) * 1000
+    assert result.losses_pu.real * net.base_mva * 1000 == pytest.approx(losses_ref_kw, abs=1e-3)
