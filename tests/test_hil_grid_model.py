@@ -94,7 +94,16 @@ def test_iec61850_position_command_and_der_islanding(site: SiteConfig) -> None:
     assert v["CB-046.closed"] is False and v["CB-046.position_cmd"] is False
     assert v["SOLAR-201.connected"] is False and v["SOLAR-201.active_power_kw"] == 0.0
     model.apply_command("CB-046.position_cmd", True, 2.0)
-    assert model.point_values()["SOLAR-201.connected"] is True
+    assert model.point_values()["SOLAR-201.connected"] is False  # IEEE 1547 enter-service delay
+    model.advance(2.0 + 299.0)
+    assert model.point_values()["SOLAR-201.connected"] is False
+    model.advance(2.0 + 301.0)
+    v = model.point_values()
+    assert v["SOLAR-201.connected"] is True and v["SOLAR-201.active_power_kw"] > 0.0
+    quick = _model(site, der_enter_service_delay=False)
+    quick.apply_command("CB-046.position_cmd", False, 1.0)
+    quick.apply_command("CB-046.position_cmd", True, 2.0)
+    assert quick.point_values()["SOLAR-201.connected"] is True
 
 
 def test_breaker_opening_time_is_simulated(site: SiteConfig) -> None:

@@ -157,6 +157,8 @@ class _Der:
     q_setpoint_kvar: float = 0.0
     connect_cmd: bool = True
     connected: bool = True
+    ready_s: float = 0.0
+    """Grid present since long enough to enter service from this time on."""
     p_kw: float = 0.0
     q_kvar: float = 0.0
     irradiance_w_m2: float = 0.0
@@ -703,8 +705,11 @@ class GridModel:
                 if der.connected:
                     log.info("%s lost the grid and disconnected (anti-islanding)", der.id)
                 der.connected = False
+                der.ready_s = math.inf
             else:
-                der.connected = der.connect_cmd
+                if der.ready_s == math.inf:  # grid back: IEEE 1547 enter-service delay
+                    der.ready_s = now_s + (der.attrs.enter_service_delay_s if s.der_enter_service_delay else 0.0)
+                der.connected = der.connect_cmd and now_s >= der.ready_s
             rated = der.attrs.rated_capacity
             if der.connected:
                 available = rated * self._irradiance_w_m2 / 1000.0

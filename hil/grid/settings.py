@@ -82,6 +82,8 @@ class SimulationSettings(_Model):
     """Load noise changes smoothly, one new random value per load per period."""
     unbalance_pct: float = Field(default=2.0, ge=0, le=30)
     """Phase current unbalance of the feeders (phase a above, c below the mean)."""
+    der_enter_service_delay: bool = True
+    """After an outage, inverters wait their `enter_service_delay_s` (IEEE 1547) before reconnecting."""
     transformer_x_r: float = Field(default=5.0, gt=0)
     line_load_percent: float = Field(default=35.0, ge=0, le=100)
     """A line with nothing modelled downstream carries a lumped load of this share of its ampacity."""
