@@ -119,7 +119,8 @@ class AgentHost:
                 record = {"severity": _name(action.severity), "message": action.message}
                 self._store.append_event(self._wall(), action.agent_id, "alert", record)
                 self._publish("alarms", {"time": self._wall(), "source": action.agent_id, **record})
-                log.warning("agent alert", extra={"agent": action.agent_id, **record})
+                log.warning("agent alert", extra={"agent": action.agent_id, "severity": record["severity"],
+                                                  "alert": action.message})
             elif isinstance(action, BusMessage):
                 log.debug("bus message", extra={"action": repr(action)})
         if changed:
