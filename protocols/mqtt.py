@@ -198,6 +198,7 @@ class MqttUplink:
         backoff_min_s: float = 0.5,
         backoff_max_s: float = 30.0,
         memory_window: int | None = None,
+        urgent_topics: Iterable[str] = ("alarms", "events"),
     ) -> None:
         self.cfg = cfg
         self.site = site
@@ -230,6 +231,10 @@ class MqttUplink:
         self._bdseq = int(last_bdseq) if isinstance(last_bdseq, int) else -1
 
         self._queue: collections.deque[_Row] = collections.deque()
+        self._urgent_topics = frozenset(urgent_topics)
+        self._urgent: collections.deque[_Row] = collections.deque()
+        """Live alarms and events, sent ahead of a backlog (their ids are in `_skip` meanwhile)."""
+        self._skip: set[int] = set()
         self._loaded_upto = 0
         self._backlog = True
         """True when the spool holds messages not yet loaded into `_queue`."""
@@ -314,8 +319,18 @@ class MqttUplink:
         self._spool_writes += len(ids)
         self._depth += len(ids)
         self._last_id = max(self._last_id, ids[-1])
+        live = self._session is not None and self._session.up
         for spool_id, (topic, encoded, fl, _) in zip(ids, rows, strict=True):
-            if not self._backlog and len(self._queue) < self._window:
+            if (live and not retain and topic.partition("/")[0] in self._urgent_topics
+                    and len(self._urgent) < self._window):
+                # an alarm must not wait behind an outage's backlog; retained topics never jump
+                # the queue, or an older retained value would arrive last and stay
+                self._urgent.append(_Row(spool_id, topic, encoded, fl))
+                if self._backlog:
+                    self._skip.add(spool_id)
+                else:
+                    self._loaded_upto = spool_id
+            elif not self._backlog and len(self._queue) < self._window:
                 self._queue.append(_Row(spool_id, topic, encoded, fl))
                 self._loaded_upto = spool_id
             else:
@@ -347,7 +362,7 @@ class MqttUplink:
             "dropped": self.dropped,
             "lost": self.lost,
             "inflight": len(session.inflight) if session else 0,
-            "in_memory": len(self._queue),
+            "in_memory": len(self._queue) + len(self._urgent),
             "spool_depth": self._depth,
             "bdseq": self._bdseq if self._bdseq >= 0 else None,
             "sessions": self.sessions,
@@ -586,6 +601,8 @@ class MqttUplink:
         self.connected_since = None
         # everything unacknowledged is still in the spool: read it again from the start
         self._queue.clear()
+        self._urgent.clear()
+        self._skip.clear()
         self._loaded_upto = 0
         self._backlog = True
         if was_up and not self._closing:
@@ -720,7 +737,7 @@ class MqttUplink:
     def _drained(self) -> bool:
         session = self._session
         inflight = len(session.inflight) if session else 0
-        return not self._queue and not self._backlog and inflight == 0
+        return not self._queue and not self._urgent and not self._backlog and inflight == 0
 
     def _kick(self) -> None:
         loop = self._loop
@@ -730,16 +747,26 @@ class MqttUplink:
         loop.call_soon(self._pump)
 
     def _load(self) -> None:
-        room = self._window - len(self._queue)
-        if room <= 0:
-            return
-        rows = self.store.spool_peek(self._loaded_upto, room)
-        for spool_id, topic, body, flags in rows:
-            self._queue.append(_Row(spool_id, topic, body, flags))
-        if rows:
-            self._loaded_upto = rows[-1][0]
-        if len(rows) < room:
-            self._backlog = False
+        """Refill the in-memory window from the spool, oldest first, skipping urgent-lane rows."""
+        while self._backlog:
+            room = self._window - len(self._queue)
+            if room <= 0:
+                return
+            rows = self.store.spool_peek(self._loaded_upto, room)
+            skip = self._skip
+            for spool_id, topic, body, flags in rows:
+                if skip and spool_id in skip:
+                    continue  # already sent in the urgent lane
+                self._queue.append(_Row(spool_id, topic, body, flags))
+            if rows:
+                self._loaded_upto = rows[-1][0]
+            if len(rows) < room:
+                self._backlog = False
+                skip.clear()  # every row they could hide has been read or deleted
+            elif skip:
+                self._skip = {i for i in skip if i > self._loaded_upto}
+            if self._queue:
+                return
 
     def _pump(self) -> None:
         self._pump_scheduled = False
@@ -750,21 +777,24 @@ class MqttUplink:
         limit = self.cfg.max_inflight
         inflight = session.inflight
         queue = self._queue
+        urgent = self._urgent
         while len(inflight) < limit:
-            if not queue:
+            lane = urgent if urgent else queue
+            if not lane:
                 if not self._backlog:
                     break
                 self._load()
                 if not queue:
                     break
-            row = queue[0]
+                lane = queue
+            row = lane[0]
             seq = (session.seq + 1) % 256
             wire = envelope(row.body, seq, row.spool_id < session.start_id, row.spool_id)
             info = client.publish(f"{self.base_topic}/{row.topic}", wire, qos=row.qos, retain=row.retain)
             if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS and info.rc != MQTTErrorCode.MQTT_ERR_NO_CONN:
                 self._error(f"publish failed: {mqtt.error_string(info.rc)}")
                 break
-            queue.popleft()
+            lane.popleft()
             session.seq = seq
             inflight[info.mid] = row.spool_id
             self.sent += 1
@@ -776,8 +806,9 @@ class MqttUplink:
             return
         self._depth -= dropped
         self.dropped += dropped
-        while self._queue and self._queue[0].spool_id <= cutoff:
-            self._queue.popleft()
+        for lane in (self._queue, self._urgent):
+            while lane and lane[0].spool_id <= cutoff:
+                lane.popleft()
         self._drops_unlogged += dropped
         now = self.clock.monotonic()
         if now - self._drop_logged_at >= 10.0:

@@ -445,3 +445,29 @@ def test_payload_values_from_enums_numpy_and_sets_are_encoded(tmp_path: Path) ->
     with pytest.raises(TypeError, match="'alarms' cannot be encoded"):
         up.publish("alarms", {"x": object()})
     assert store.spool_depth() == 1
+
+
+def test_live_alarms_overtake_a_backlog_and_nothing_is_sent_twice(tmp_path: Path) -> None:
+    async def main() -> None:
+        with run_mosquitto(tmp_path) as broker, subscriber(broker, f"{BASE}/#") as sub:
+            up = make_uplink(tmp_path, uplink_config(broker, max_inflight=1), memory_window=50)
+            task = asyncio.create_task(up.run())
+            assert await until(lambda: up.status()["state"] == "connected")
+            up.publish_many([("telemetry", {"n": n}) for n in range(1000)])  # a backlog
+            up.publish("alarms", {"message": "CB-044 failed to open"})
+            up.publish("state/CB-044", {"new": "OPEN"}, retain=True)  # retained: keeps its place
+            up.publish("telemetry", {"n": 1000})
+            assert await sub.until(lambda m: len(sub.on("telemetry")) == 1001, 30)
+            assert await until(lambda: up.status()["spool_depth"] == 0)
+            topics = [t.rsplit("/", 1)[-1] for t, _, _ in sub.messages if not t.endswith("/birth")]
+            order = [p.get("n", t) for (t, p, _) in sub.messages if not t.endswith("/birth")]
+            assert topics.index("alarms") < order.index(10)
+            assert order.index(999) < topics.index("CB-044") < order.index(1000)
+            payloads = [p for t, p, _ in sub.messages if not t.endswith("/birth")]
+            assert len({p["msg_id"] for p in payloads}) == len(payloads) == 1003  # none twice
+            assert [p["seq"] for p in payloads] == [(k + 1) % 256 for k in range(1003)]
+            assert not any(p["historical"] for p in payloads)
+            await up.close()
+            await asyncio.wait_for(task, 10)
+
+    run(main)
