@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -156,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     for stale in ("hil.log", "gatewayd.log"):
         with contextlib.suppress(FileNotFoundError):
             (workdir / stale).unlink()
+    # each demo starts from a fresh substation: no reclose or agent state from a previous run
+    shutil.rmtree(workdir / "state", ignore_errors=True)
     tls = make_tls(workdir / "tls")
     tls_port, ami_port = free_port(), free_port()
     site = demo_site(workdir, tls, tls_port, ami_port)
@@ -166,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with running_broker(workdir / "broker", tls=tls, tls_port=tls_port, plain_port=ami_port), \
          process("hil", [py, "-m", "hil", "serve", "--config", str(site), "--control", str(workdir / "hil.sock"),
-                         "--meters", "2000"], workdir / "hil.log"), \
+                         "--meters", "2000", "--ami-interval", "30s"], workdir / "hil.log"), \
          process("gatewayd", [py, "-m", "gateway.daemon", "--config", str(site)], workdir / "gatewayd.log"):
         counter = BrokerCounter(tls, tls_port, "stima")
         started = time.monotonic()
