@@ -13,10 +13,15 @@ Rules this module keeps:
 - Memory stays bounded whatever the backlog: only a small window of the spool is held in
   memory, at most `max_inflight` messages are unacknowledged, and the spool itself is capped at
   `spool_max_messages` (oldest dropped, with a logged count).
+- Messages leave in the order accepted, except live `alarms` and `events`, which overtake a
+  backlog (never retained topics: an older retained value arriving last would stay).
 - Reconnects use jittered exponential backoff and never give up; each connection gets a fresh
   paho client, so no state of a dead connection leaks into the next.
 - The event loop stays free: paho's network loop runs in its own thread (`loop_start`), its
-  callbacks are handed to asyncio in batches, and TCP/TLS connects run in a worker thread.
+  callbacks are handed to asyncio in batches, TCP/TLS connects run in a worker thread, and the
+  spool's write-ahead log is checkpointed (fsync) in a worker thread too.
+
+docs/mqtt.md is the contract with SCADA hosts: topics, payloads, sequence numbers, TLS.
 """
 
 from __future__ import annotations
@@ -593,6 +598,8 @@ class MqttUplink:
     async def _end_session(self, session: _Session) -> None:
         was_up = session.up
         session.up = False
+        if self.state is UplinkState.CONNECTED:
+            self.state = UplinkState.BACKOFF
         with contextlib.suppress(Exception):
             await asyncio.to_thread(session.client.loop_stop)
         self._flush_acks()
