@@ -635,12 +635,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     server = BayServer(model, sys.stdout)
     signal.signal(signal.SIGTERM, _on_sigterm)
+    # libiec61850's threads start with SIGTERM/SIGINT blocked, so the kernel delivers them to
+    # the main thread and interrupts its read of stdin; otherwise a signal taken by a library
+    # thread would wait for the next input line.
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     try:
         server.start(args.host, args.port)
     except OSError as exc:
         log.error("%s", exc)
         server.stop()
         return 1
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
     try:
         for line in sys.stdin:
             server.handle_line(line)
