@@ -560,3 +560,13 @@ def test_site_model_power_flow_matches_pandapower(site: SiteConfig) -> None:
     assert np.max(np.abs(np.degrees(np.angle(result.voltage_pu[live])) - va_ref[live])) < 1e-5
     losses_ref_kw = (ppn.res_line.pl_mw.sum() + ppn.res_trafo.pl_mw.sum()) * 1000
     assert result.losses_pu.real * net.base_mva * 1000 == pytest.approx(losses_ref_kw, abs=1e-3)
+
+
+def test_voltage_collapse_does_not_stop_the_simulator(site: SiteConfig) -> None:
+    model = _model(site, load_noise_pct=0.0)
+    model.load_step("LINE-044", 40.0, 1.0)  # far past the feeder's maximum power transfer
+    v = model.point_values()
+    assert model.agent_values("LINE-044")["end_voltage_kv"] < 5.0
+    assert v["CB-044.ia"] > 1000.0 and v["CB-045.ia"] < 400.0
+    model.load_step("LINE-044", 1.0, 2.0)
+    assert model.agent_values("LINE-044")["end_voltage_kv"] > 9.5

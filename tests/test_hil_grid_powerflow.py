@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given, reject, settings
 from hypothesis import strategies as st
 
 from hil.grid.network import BranchKind, Network
-from hil.grid.powerflow import solve
+from hil.grid.powerflow import PowerFlowDiverged, solve, solve_impedance
 
 DATA = Path(__file__).parent / "data" / "ieee33bw.csv"
 KV = 12.66
@@ -136,3 +136,73 @@ def test_ideal_ratio_and_shunt() -> None:
     assert result.source_power_pu.real == pytest.approx(0.5, rel=1e-9)
     assert result.losses_pu.imag == pytest.approx(abs(j_primary) ** 2 * 0.1, rel=1e-9)
     assert math.isclose(abs(v), abs(1.05 * (1.0 - 0.1j * j_primary)), rel_tol=1e-9)
+
+
+@st.composite
+def _radial_feeders(draw: st.DrawFn) -> tuple[Network, np.ndarray, np.ndarray]:
+    n = draw(st.integers(2, 40))
+    net = Network(base_mva=10.0)
+    net.add_bus("src", 11.0)
+    for k in range(1, n):
+        net.add_bus(f"B{k}", 11.0)
+        parent = draw(st.integers(0, k - 1))
+        r = draw(st.floats(0.001, 0.3))
+        x = draw(st.floats(0.001, 0.3))
+        ratio = draw(st.sampled_from([1.0, 1.0, 1.0, 0.975, 1.025]))
+        kind = BranchKind.TRANSFORMER if ratio != 1.0 else BranchKind.LINE
+        net.add_branch(f"{parent}-{k}", parent, k, complex(r, x), ratio=ratio, kind=kind)
+    s = np.array([0j] + [complex(draw(st.floats(-0.05, 0.2)), draw(st.floats(-0.05, 0.1)))
+                         for _ in range(n - 1)])
+    y = np.array([0j] + [complex(0.0, draw(st.sampled_from([0.0, 0.0, 0.02]))) for _ in range(n - 1)])
+    return net, s, y
+
+
+@settings(max_examples=60, deadline=None)
+@given(_radial_feeders())
+def test_sweep_satisfies_kirchhoff_on_any_radial_feeder(case: tuple[Network, np.ndarray, np.ndarray]) -> None:
+    """Whatever the tree: every branch obeys Ohm's law with its ideal ratio, every bus obeys
+    Kirchhoff's current law, and the source delivers the loads plus I²R losses."""
+    net, s, y = case
+    tree = net.radial_tree(0)
+    try:
+        result = solve(tree, s, y, tolerance_pu=1e-12)
+    except PowerFlowDiverged:
+        reject()  # load beyond what the drawn feeder can carry: no solution to check
+    v, j = result.voltage_pu, result.current_pu
+    injected = np.conj(s / np.where(v == 0, 1, v)) + y * v
+    children: dict[int, list[int]] = {}
+    for br in net.branches:
+        children.setdefault(br.from_bus, []).append(br.to_bus)
+    for br in net.branches:
+        z_pu = br.z_ohm / net.z_base_ohm(br.from_bus)
+        k = br.to_bus
+        assert v[k] == pytest.approx(br.ratio * (v[br.from_bus] - z_pu * br.ratio * j[k]), abs=1e-9)
+        out = sum(net.branches[c - 1].ratio * j[c] for c in children.get(k, []))
+        assert j[k] == pytest.approx(injected[k] + out, abs=1e-9)
+    series_losses = sum(abs(br.ratio * j[br.to_bus]) ** 2 * (br.z_ohm / net.z_base_ohm(br.from_bus))
+                        for br in net.branches)
+    assert result.losses_pu == pytest.approx(series_losses, abs=1e-9)
+    assert result.losses_pu.real >= -1e-12
+
+
+def test_impossible_load_raises_instead_of_returning_garbage() -> None:
+    net = Network(base_mva=10.0)
+    net.add_bus("src", 11.0)
+    net.add_bus("far", 11.0)
+    net.add_branch("line", 0, 1, complex(5.0, 5.0))
+    s = np.array([0j, 20.0 + 10.0j])  # 200 MW through 7 ohm at 11 kV
+    with pytest.raises(PowerFlowDiverged, match="did not converge"):
+        solve(net.radial_tree(0), s, np.zeros(2, dtype=np.complex128))
+
+
+def test_impedance_solution_reproduces_a_constant_power_one() -> None:
+    """Loads turned into the admittances they present at the solved voltage give the same state."""
+    rows = _rows()
+    net, s = _ours(rows)
+    tree = net.radial_tree(0)
+    pq = solve(tree, s, np.zeros(33, dtype=np.complex128), tolerance_pu=1e-13)
+    v = pq.voltage_pu
+    y = np.conj(s) / np.where(v == 0, 1, np.abs(v) ** 2)
+    z = solve_impedance(tree, y)
+    assert np.max(np.abs(z.voltage_pu - v)) < 1e-10
+    assert z.losses_pu == pytest.approx(pq.losses_pu, abs=1e-10)

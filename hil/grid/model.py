@@ -19,7 +19,10 @@ Faults use the Thevenin sequence impedances at the fault (source + series branch
 energised path) and are superposed on the pre-fault solution: the fault's phase currents are
 added to every branch between the source and the fault, and positive-sequence voltages sag by
 Z_common·I1 (Z_common: the impedance shared by the bus's path and the fault's path). Loads keep
-their pre-fault power during the fault (it lasts until protection acts).
+their pre-fault power during the fault (it lasts until protection acts); inverter-based DER add
+no fault current (current-limited near their rating, small beside the grid's kiloamps); voltage
+points report the positive-sequence magnitude. Meshed operation (a tie closed between two live
+feeders) is not modelled: the loop-closing switch carries no current and a warning is logged.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from gateway.agents.schema import (
 from gateway.config import AgentConfig, CanonicalType, SiteConfig
 from hil.grid.faults import A_OP, FaultInfo, FaultKind, SequenceCurrents, parse_kind, sequence_currents
 from hil.grid.network import BranchKind, Network, RadialTree
-from hil.grid.powerflow import PowerFlowResult, solve
+from hil.grid.powerflow import PowerFlowDiverged, PowerFlowResult, solve, solve_impedance
 from hil.grid.profiles import (
     DAILY_SHAPES,
     SmoothNoise,
@@ -97,6 +100,7 @@ class _Breaker:
     bus: int
     closed: bool = True
     operations: int = 0
+    """Mechanical operations: each opening and each closing counts one."""
     trip_cmd: bool = False
     close_cmd: bool = False
     position_cmd: bool = True
@@ -251,6 +255,7 @@ class GridModel:
         self._energised: npt.NDArray[np.bool_] = np.zeros(0, dtype=bool)
         self._frequency_hz = settings.frequency_hz
         self._irradiance_w_m2 = 0.0
+        self._collapsed = False
         self._point_cache: dict[str, float | int | bool] | None = None
         """Point values of the last solve; every state change goes through a solve."""
 
@@ -731,7 +736,18 @@ class GridModel:
 
         v0 = complex(s.source_voltage_pu)
         start = self._result.voltage_pu if self._result is not None else None
-        result = solve(tree, s_pu, y_pu, v0, tolerance_pu=s.tolerance_pu, v_start_pu=start)
+        try:
+            result = solve(tree, s_pu, y_pu, v0, tolerance_pu=s.tolerance_pu, v_start_pu=start)
+        except PowerFlowDiverged:
+            # past the nose of the P-V curve: loads stop drawing constant power when the voltage
+            # collapses, so solve them as the impedances they become
+            if not self._collapsed:
+                log.warning("voltage collapse at %.1f s: constant-power loads beyond what the network "
+                            "can carry; loads solved as constant impedance", now_s)
+            self._collapsed = True
+            result = solve_impedance(tree, y_pu + np.conj(s_pu), v0)
+        else:
+            self._collapsed = False
         self._result = result
         self._energised = energised.copy()
         self._bus_load_kw = s_pu.real * base_kw

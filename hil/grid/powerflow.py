@@ -74,3 +74,32 @@ def solve(tree: RadialTree, s_load_pu: npt.NDArray[np.complex128],
     source_power = complex(v_source_pu * np.conj(np.sum(tree.ratio[top] * j[top])))
     consumed = complex(np.sum(v * np.conj(i_load)))
     return PowerFlowResult(v_all, j_all, source_power, source_power - consumed, iterations)
+
+
+def solve_impedance(tree: RadialTree, y_pu: npt.NDArray[np.complex128],
+                    v_source_pu: complex = 1.0 + 0.0j) -> PowerFlowResult:
+    """All loads as constant admittances: a linear network, solved directly.
+
+    The fallback past voltage collapse, where no constant-power solution exists: the sweep's
+    fixed point is gone, but the loads' impedance at nominal voltage still gives the voltages
+    a collapsing feeder really shows. (I + Pᵀ·D·P·Y)·V = A·V0, with D the branch drops.
+    """
+    nodes = tree.nodes
+    v_all = np.zeros(tree.n_bus, dtype=np.complex128)
+    j_all = np.zeros(tree.n_bus, dtype=np.complex128)
+    v_all[tree.root] = v_source_pu
+    if nodes.size == 0:
+        return PowerFlowResult(v_all, j_all, 0j, 0j, 0)
+    y = y_pu[nodes]
+    path = tree.path.astype(np.complex128)
+    drop = (tree.ratio ** 2 * tree.z_pu)[:, None] * path
+    system = np.eye(nodes.size, dtype=np.complex128) + path.T @ (drop * y[None, :])
+    v = np.linalg.solve(system, tree.gain * v_source_pu)
+    i_load = y * v
+    j = tree.sum_subtrees(i_load)
+    v_all[nodes] = v
+    j_all[nodes] = j
+    top = tree.parent_pos < 0
+    source_power = complex(v_source_pu * np.conj(np.sum(tree.ratio[top] * j[top])))
+    consumed = complex(np.sum(v * np.conj(i_load)))
+    return PowerFlowResult(v_all, j_all, source_power, source_power - consumed, 1)
