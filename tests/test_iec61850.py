@@ -476,3 +476,57 @@ def test_a_frozen_server_times_out_and_is_recovered(
         await asyncio.wait_for(client.submit_write(CMD, False), timeout=WAIT_S)
 
     run_client(cfg, body)
+
+
+def test_two_ieds_with_the_same_rcb_reference_in_one_process(
+    ied_config: Iec61850Ied, tmp_path: Path
+) -> None:
+    """Report handlers belong to each connection: equal RCB references on two IEDs do not mix."""
+    bays = [
+        BayServerProcess(str(SITE), IED, free_port(), log_path=str(tmp_path / f"bay{n}.log"))
+        for n in range(2)
+    ]
+
+    async def main() -> None:
+        sinks = [Recorder(), Recorder()]
+        clients = [
+            Iec61850Client(
+                ied_config.model_copy(update={"id": f"IED-BAY-{n}", "port": bay.port}),
+                sink,
+                SystemClock(),
+                logging.getLogger("test.iec61850"),
+            )
+            for n, (bay, sink) in enumerate(zip(bays, sinks, strict=True))
+        ]
+        tasks = [asyncio.create_task(client.run()) for client in clients]
+        try:
+            for n, bay in enumerate(bays):
+                bay.set_values({"CB-046.ia": 10.0 + n})
+            for n, sink in enumerate(sinks):
+                await sink.wait(functools.partial(sink.value_is, "CB-046.ia", 10.0 + n), f"IED {n}")
+            for k in range(1, 11):
+                for n, bay in enumerate(bays):
+                    bay.set_values({"CB-046.ia": 1000.0 * (n + 1) + k})
+                for n, sink in enumerate(sinks):
+                    await sink.wait(
+                        functools.partial(sink.value_is, "CB-046.ia", 1000.0 * (n + 1) + k),
+                        f"IED {n} report {k}",
+                    )
+            for n, sink in enumerate(sinks):
+                values = {u.value for u in sink.updates if u.point_id == "CB-046.ia"}
+                other = 1000.0 * (2 - n)
+                assert not any(other < v < other + 100 for v in values if isinstance(v, float))
+        finally:
+            for client, task in zip(clients, tasks, strict=True):
+                await client.close()
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    try:
+        for bay in bays:
+            bay.wait_listening()
+        asyncio.run(main())
+    finally:
+        for bay in bays:
+            bay.close()
