@@ -570,3 +570,14 @@ def test_voltage_collapse_does_not_stop_the_simulator(site: SiteConfig) -> None:
     assert v["CB-044.ia"] > 1000.0 and v["CB-045.ia"] < 400.0
     model.load_step("LINE-044", 1.0, 2.0)
     assert model.agent_values("LINE-044")["end_voltage_kv"] > 9.5
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=12))
+def test_fault_kind_parser_accepts_or_explains(text: str) -> None:
+    try:
+        kind = parse_kind(text)
+    except ValueError as exc:
+        assert "expected '3ph', 'll', 'llg' or 'slg'" in str(exc)
+    else:
+        assert isinstance(kind, FaultKind)
