@@ -581,3 +581,17 @@ def test_fault_kind_parser_accepts_or_explains(text: str) -> None:
         assert "expected '3ph', 'll', 'llg' or 'slg'" in str(exc)
     else:
         assert isinstance(kind, FaultKind)
+
+
+def test_a_long_jump_follows_the_day(site: SiteConfig) -> None:
+    """One advance over a day integrates energy along the profile, as many small ones do."""
+    jump = _model(site, start_hour=0.0, load_noise_pct=0.0)
+    steps = _model(site, start_hour=0.0, load_noise_pct=0.0)
+    jump.advance(86_400.0)
+    for k in range(1, 289):
+        steps.advance(k * 300.0)
+    a, b = jump.meter_readings(86_400.0), steps.meter_readings(86_400.0)
+    assert np.allclose(a.energy_kwh, b.energy_kwh)
+    day_kwh = (a.energy_kwh - _model(site, start_hour=0.0).meter_readings(0.0).energy_kwh).sum()
+    peak_kw = 650.0 + 550.0
+    assert 0.3 * peak_kw * 24 < day_kwh < 0.9 * peak_kw * 24

@@ -62,6 +62,7 @@ from hil.grid.settings import LoadProfileName, LoadSettings, SimulationSettings,
 log = logging.getLogger(__name__)
 
 SQRT3 = math.sqrt(3.0)
+_MAX_SOLVE_GAP_S = 300.0
 _OIL_EXPONENT = {"ONAN": 0.8, "oil_filled": 0.8, "dry_type": 0.8, "ONAF": 0.9, "OFAF": 1.0, "ODAF": 1.0}
 _TYPICAL_PEAK_PER_METER_KW = {"residential": 1.2, "commercial": 6.0, "industrial": 40.0}
 
@@ -611,6 +612,14 @@ class GridModel:
             raise ValueError(f"now_s must be finite, found {now_s!r}")
         if now_s < self._now - 1e-9:
             raise ValueError(f"simulated time cannot go backwards ({now_s} < {self._now})")
+        # a long jump is walked in steps, so oil temperatures and meter energy follow the daily
+        # profiles instead of holding the load of the jump's start
+        while self._last_solve_s is not None and now_s - self._last_solve_s > _MAX_SOLVE_GAP_S:
+            t = self._last_solve_s + _MAX_SOLVE_GAP_S
+            self._run_events(t)
+            self._now = max(self._now, t)
+            self._move_taps(self._now)
+            self._solve(self._now)
         self._run_events(now_s)
         self._now = max(self._now, now_s)
         self._move_taps(self._now)
