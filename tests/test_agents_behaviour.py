@@ -339,6 +339,19 @@ def test_capacitor_closes_one_step_after_delay_and_waits_for_feedback() -> None:
     assert m.state is CapacitorState.PARTIAL_ENERGIZATION
 
 
+def test_capacitor_var_support_closes_steps_up_to_the_set_point() -> None:
+    cap = make_cap(on_delay_s=0)
+    m = cap.initial_memory(0)
+    m, actions = cap.step(m, CapacitorInputs(bus_voltage_kv=kv(119.5), steps_active=0), 0)
+    assert not [a for a in actions if isinstance(a, ControlRequest)]  # inside the band: nothing to do
+    m, _ = cap.request(m, "var_support", {"on": True}, 1)
+    m, actions = cap.step(m, CapacitorInputs(bus_voltage_kv=kv(119.5), steps_active=0), 2)
+    assert [a.value for a in actions if isinstance(a, ControlRequest)] == [1.0]
+    m, _ = cap.step(m, CapacitorInputs(bus_voltage_kv=kv(121.2), steps_active=1), 3)
+    m, actions = cap.step(m, CapacitorInputs(bus_voltage_kv=kv(121.2), steps_active=1), 4)
+    assert not [a for a in actions if isinstance(a, ControlRequest)]  # at the set point: stop
+
+
 def test_capacitor_discharge_lockout_after_opening() -> None:
     cap = make_cap(on_delay_s=0, off_delay_s=0)
     m = cap.initial_memory(0)
@@ -487,3 +500,19 @@ def test_transformer_load_states_have_hysteresis() -> None:
         seen.append(m.state.value)
     assert seen == ["Overloaded", "Overloaded", "Overloaded", "Overloaded", "High_Load", "High_Load", "High_Load",
                     "Normal_Operation"]
+
+
+def test_transformer_asks_for_maintenance_after_a_day_of_fast_aging() -> None:
+    # 12 h at a 110 °C hot spot and 12 h at 120 °C: F_EQA = 1.85446 (reference sheet); alarm above 1.5
+    x = make_xfmr(aging_alarm_factor=1.5, hot_spot_alarm_c=150, hot_spot_critical_c=160, top_oil_alarm_c=140,
+                  winding_time_constant_min=0.001)
+    m = x.initial_memory(0)
+    msgs: list[BusMessage] = []
+    for i in range(0, 24 * 3600 + 1, 60):
+        top_oil = 85.0 if i < 12 * 3600 else 95.0  # ambient 30 + rise; hot-spot rise at K = 1 is 25 °C
+        m, actions = x.step(m, TransformerInputs(load_kw=1000, load_kvar=0, top_oil_temp_c=top_oil,
+                                                 ambient_temp_c=30), float(i))
+        msgs += [a for a in actions if isinstance(a, BusMessage) and a.topic is Topic.MAINTENANCE_SCHEDULED]
+    assert len(msgs) == 1
+    assert msgs[0].payload["equivalent_aging_factor"] == pytest.approx(1.85446, rel=2e-3)
+    assert msgs[0].payload["loss_of_life_percent_day"] == pytest.approx(0.0247262, rel=2e-3)

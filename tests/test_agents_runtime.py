@@ -190,6 +190,7 @@ def test_peak_demand_scenario_cvr_and_load_shedding(site) -> None:  # type: igno
     # the substation asked its transformers to optimise taps: conservation voltage reduction is on
     assert rt.show("XFMR-101")["attributes"]["cvr_active"] is True
     assert rt.show("XFMR-101")["attributes"]["regulated_voltage_v"] == pytest.approx(117.0)
+    assert rt.show("CAP-301")["attributes"]["var_support"] is True  # capacitors maximise reactive support
     plan = rt.show("SUB-003")["attributes"]["load_shedding_plan"]
     assert [p["feeder"] for p in plan] == ["LINE-046"]  # least critical first, until under 90 %
     actions = rt.request("SUB-003", "shed", 62.0)

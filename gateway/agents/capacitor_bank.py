@@ -95,6 +95,7 @@ class CapacitorMemory(Memory):
     voltage_v120: float | None = None
     maintenance: bool = False
     limit_alerted: bool = False
+    var_support: bool = False
 
 
 class CapacitorBankAgent(Agent[CapacitorState, CapacitorEvent]):
@@ -168,6 +169,8 @@ class CapacitorBankAgent(Agent[CapacitorState, CapacitorEvent]):
         assert v is not None
         half = self.bandwidth_v(m) / 2.0
         v_on, v_off = a.voltage_setpoint_v - half, a.voltage_setpoint_v + half
+        if m.var_support:
+            v_on = a.voltage_setpoint_v  # maximum reactive support: close steps up to the set point
         m.below_since = (m.below_since if m.below_since is not None else now) if v < v_on else None
         m.above_since = (m.above_since if m.above_since is not None else now) if v > v_off else None
         target: int | None = None
@@ -219,8 +222,11 @@ class CapacitorBankAgent(Agent[CapacitorState, CapacitorEvent]):
             m.maintenance = bool(args.get("on", True))
         elif request == "reset":
             self.fire(m, _E.RESET, "operator reset", now, out)
+        elif request == "var_support":
+            m.var_support = bool(args.get("on", True))
         else:
-            raise ValueError(f"capacitor bank {self.agent_id}: unknown request {request!r} (expected maintenance, reset)")
+            raise ValueError(f"capacitor bank {self.agent_id}: unknown request {request!r} "
+                             "(expected maintenance, reset, var_support)")
         return m, out
 
     def attributes(self, memory: Memory) -> dict[str, Any]:
@@ -232,4 +238,5 @@ class CapacitorBankAgent(Agent[CapacitorState, CapacitorEvent]):
             "current_steps_active": m.steps_active, "control_mode": a.control_mode, "switch_count": m.switch_count,
             "operations_today": m.operations_today, "last_switched": m.last_switched,
             "bus_voltage_v120": m.voltage_v120, "bandwidth_v": self.bandwidth_v(m), "deadband_widened": m.deadband_widened,
+            "var_support": m.var_support,
         }

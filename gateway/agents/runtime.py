@@ -165,6 +165,7 @@ class AgentRuntime:
                     feeders.append(FeederInfo(n, topo.protecting_breaker(n), topo.meters_downstream(n),
                                               tuple(o.to_dict() for o in topo.alternative_supply_paths(n))))
             links = Links(transformers=tuple(n for n in down if topo.type_of(n) == AgentType.TRANSFORMER.value),
+                          capacitors=tuple(n for n in down if topo.type_of(n) == AgentType.CAPACITOR_BANK.value),
                           breakers=tuple(n for n in down if topo.type_of(n) == AgentType.CIRCUIT_BREAKER.value),
                           lines=tuple(f.line for f in feeders), customers_downstream=topo.meters_downstream(agent_id))
             assert isinstance(attrs, SubstationAttributes)
@@ -343,6 +344,8 @@ class AgentRuntime:
             return self.request(agent_id, "cvr", now, on=bool(message.payload.get("cvr", True)))
         if t is AgentType.TRANSFORMER and message.kind == "reduce_load":
             return self.request(agent_id, "cvr", now, on=True)
+        if t is AgentType.CAPACITOR_BANK and message.kind == "maximize_var_support":
+            return self.request(agent_id, "var_support", now, on=bool(message.payload.get("on", True)))
         return []
 
     # ------------------------------------------------------------------ operator requests

@@ -110,6 +110,8 @@ class TransformerAttributes(_Attrs):
     capacity_notice_percent: float = Field(default=90.0, gt=0)
     load_hysteresis_percent: float = Field(default=2.0, ge=0, le=20)
     normal_insulation_life_h: float = Field(default=180_000.0, gt=0)
+    aging_alarm_factor: float = Field(default=2.0, gt=0)
+    """Predictive maintenance: ask for it when a day's equivalent aging factor F_EQA exceeds this."""
 
     @model_validator(mode="after")
     def _check(self) -> TransformerAttributes:

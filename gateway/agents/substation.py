@@ -233,10 +233,14 @@ class SubstationAgent(Agent[SubstationState, SubstationEvent]):
                                            "load_shedding_plan": m.shedding_plan}))
             out += [BusMessage(source=me, target=t, kind="optimize_taps", payload={"cvr": True})
                     for t in self.links.transformers]
+            out += [BusMessage(source=me, target=c, kind="maximize_var_support", payload={"on": True})
+                    for c in self.links.capacitors]
         elif m.state not in (_S.HIGH_LOAD, _S.EMERGENCY_MODE) and m.load_percent < a.high_load_percent - 5.0:
             if m.transfer_requested:
                 out += [BusMessage(source=me, target=t, kind="optimize_taps", payload={"cvr": False})
                         for t in self.links.transformers]
+                out += [BusMessage(source=me, target=c, kind="maximize_var_support", payload={"on": False})
+                        for c in self.links.capacitors]
             m.transfer_requested = False
             m.shedding_plan = []
         return m, out

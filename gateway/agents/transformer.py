@@ -119,6 +119,9 @@ class TransformerMemory(Memory):
     cvr_active: bool = False
     maintenance: bool = False
     fault: bool = False
+    window_aging_h: float = 0.0
+    window_h: float = 0.0
+    last_daily_faa: float | None = None
 
 
 class TransformerAgent(Agent[TransformerState, TransformerEvent]):
@@ -170,6 +173,8 @@ class TransformerAgent(Agent[TransformerState, TransformerEvent]):
         if dt > 0:
             m.equivalent_aging_h += m.aging_factor * dt / 3600.0
             m.modelled_h += dt / 3600.0
+            m.window_aging_h += m.aging_factor * dt / 3600.0
+            m.window_h += dt / 3600.0
         m.loss_of_life_percent = loss_of_life_percent(m.equivalent_aging_h, a.normal_insulation_life_h)
 
     def _regulate(self, m: TransformerMemory, x: TransformerInputs, now: float, out: list[Action]) -> bool:
@@ -255,6 +260,7 @@ class TransformerAgent(Agent[TransformerState, TransformerEvent]):
         elif cool and m.state is _S.OVERHEATING:
             self.fire(m, _E.TEMPERATURE_NORMAL, f"hot spot {m.hot_spot_c:.1f} °C", now, out)
         self._critical(m, now, out)
+        self._daily_aging(m, now, out)
 
         regulating = self._regulate(m, x, now, out)
         if m.state is not _S.OVERHEATING:
@@ -291,6 +297,24 @@ class TransformerAgent(Agent[TransformerState, TransformerEvent]):
                                            "hot_spot_c": m.hot_spot_c, "loss_of_life_percent": m.loss_of_life_percent}))
         elif m.hot_spot_c < a.hot_spot_alarm_c:
             m.critical_alerted = False
+
+    def _daily_aging(self, m: TransformerMemory, now: float, out: list[Action]) -> None:
+        """Every 24 modelled hours: F_EQA of the day; above `aging_alarm_factor`, ask for maintenance."""
+        if m.window_h < 24.0 - 1e-6:
+            return
+        f_eqa = m.window_aging_h / m.window_h
+        m.last_daily_faa = f_eqa
+        m.window_aging_h = m.window_h = 0.0
+        if f_eqa > self.attrs.aging_alarm_factor:
+            lol_day = loss_of_life_percent(f_eqa * 24.0, self.attrs.normal_insulation_life_h)
+            out.append(Alert(agent_id=self.agent_id, severity=Severity.WARNING, time=now,
+                             message=f"insulation aged {f_eqa:.2f}x normal over the last day "
+                                     f"({lol_day:.4f} % loss of life): maintenance recommended"))
+            out.append(BusMessage(source=self.agent_id, topic=Topic.MAINTENANCE_SCHEDULED, kind="maintenance_request",
+                                  payload={"transformer": self.agent_id, "reason": "accelerated insulation aging",
+                                           "equivalent_aging_factor": f_eqa, "loss_of_life_percent_day": lol_day,
+                                           "loss_of_life_percent": m.loss_of_life_percent,
+                                           "customers": self.links.customers_downstream}))
 
     def _capacity_notice(self, m: TransformerMemory, now: float, out: list[Action]) -> None:
         a = self.attrs
@@ -336,6 +360,7 @@ class TransformerAgent(Agent[TransformerState, TransformerEvent]):
             "remaining_capacity_kva": max(0.0, a.rated_capacity * (1.0 - m.load_percent / 100.0)),
             "temperature": m.top_oil_c, "top_oil_temp_c": m.top_oil_c, "hot_spot_temperature_c": m.hot_spot_c,
             "aging_acceleration_factor": m.aging_factor, "equivalent_aging_h": m.equivalent_aging_h,
+            "daily_equivalent_aging_factor": m.last_daily_faa,
             "loss_of_life_percent": m.loss_of_life_percent, "tap_position": m.tap_position,
             "tap_operations": m.tap_operations, "control_voltage_v": m.control_voltage_v,
             "regulated_voltage_v": self.regulated_voltage_v(m), "cvr_active": m.cvr_active,
