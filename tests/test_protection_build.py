@@ -69,7 +69,7 @@ def _gcc() -> str:
 def test_core_compiles_as_strict_c99(tmp_path: Path) -> None:
     gcc = _gcc()
     result = subprocess.run([gcc, *STRICT, "-c", str(NATIVE / "stima_protection.c"), "-o",
-                             str(tmp_path / "core.o")], capture_output=True, text=True, timeout=60)
+                             str(tmp_path / "core.o")], check=False, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
 
 
@@ -81,12 +81,12 @@ def test_standalone_program_uses_the_public_api(tmp_path: Path) -> None:
     flags = [*STRICT, "-fsanitize=address,undefined", "-fno-omit-frame-pointer"]
     cmd = [gcc, *flags, "-I", str(NATIVE), str(tmp_path / "smoke.c"),
            str(NATIVE / "stima_protection.c"), "-lm", "-o", str(exe)]
-    build = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    build = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=60)
     if build.returncode != 0 and "sanitize" in build.stderr:
         build = subprocess.run([c for c in cmd if "sanitize" not in c and "omit-frame" not in c],
-                               capture_output=True, text=True, timeout=60)
+                               check=False, capture_output=True, text=True, timeout=60)
     assert build.returncode == 0, build.stderr
-    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=30)
+    run = subprocess.run([str(exe)], check=False, capture_output=True, text=True, timeout=30)
     assert run.returncode == 0, (run.returncode, run.stderr)
     assert float(run.stdout) == pytest.approx(1.003, abs=1e-9)
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from native._stima_native import ffi, lib
+
 from gateway.protection.core import (
     CoreError,
     CoreRefused,
@@ -21,7 +23,6 @@ from gateway.protection.core import (
     RelayState,
     new_inputs,
 )
-from native._stima_native import ffi, lib  # noqa: F401  (ImportError means: not built)
 
 _STATUS = {
     lib.PROT_ERR_ARGUMENT: "argument or setting out of range",

@@ -257,7 +257,7 @@ class ProtectionEngine:
                              f"{SNAPSHOT_VERSION}, found {snapshot!r:.200}")
         saved = snapshot.get("breakers")
         if not isinstance(saved, dict):
-            raise ValueError(f"protection snapshot: 'breakers' must be a dict, found {saved!r:.200}")
+            raise ValueError(f"protection snapshot: 'breakers' must be a dict, found {saved!r:.200}")  # noqa: TRY004
         states = {s.name.lower(): s for s in RecloseState}
         for breaker, entry in saved.items():
             if breaker not in self._relay_of:

@@ -111,7 +111,7 @@ def check_element(s: ElementSettings, relay_count: int) -> None:
 
 
 class _Element:
-    __slots__ = ("s", "st", "was_good", "good_now")
+    __slots__ = ("good_now", "s", "st", "was_good")
 
     def __init__(self, s: ElementSettings) -> None:
         self.s = s
@@ -121,7 +121,7 @@ class _Element:
 
 
 class _Relay:
-    __slots__ = ("s", "st", "operated_count", "operating_good")
+    __slots__ = ("operated_count", "operating_good", "s", "st")
 
     def __init__(self, s: RelaySettings) -> None:
         self.s = s
@@ -154,8 +154,7 @@ class ReferenceCore:
         if not self._started:
             self._started = True
             self._last_now = now
-        if now < self._last_now:
-            now = self._last_now
+        now = max(now, self._last_now)
         dt = now - self._last_now
         self._last_now = now
         x: list[float] = self.samples.tolist()
@@ -312,10 +311,9 @@ class ReferenceCore:
             out.append(RawEvent(now, s.relay, idx, EventKind.DROPOUT, phase, v))
         acc = st.accumulator
         if m > s.start_factor:
-            mc = m if m < s.m_max else s.m_max
+            mc = min(s.m_max, m)
             t = operate_time_s(curve, tms, mc)
-            if t < s.min_time_s:
-                t = s.min_time_s
+            t = max(t, s.min_time_s)
             t = t + s.delay_s
             acc[slot] = acc[slot] + dt / t
             st.since[slot] = now
@@ -329,8 +327,7 @@ class ReferenceCore:
         else:
             t_reset = tms * CURVE_CONSTANTS[Curve(curve)].reset_tr / (1.0 - m * m)
             acc[slot] = acc[slot] - dt / t_reset
-            if acc[slot] < 0.0:
-                acc[slot] = 0.0
+            acc[slot] = max(acc[slot], 0.0)
         if acc[slot] >= 1.0:
             acc[slot] = 1.0
             if st.picked[slot]:

@@ -1,0 +1,348 @@
+"""`stima protection test|curve`: commissioning checks of a breaker's protection settings.
+
+Offline: both commands read the site file and run the protection core in-process on a
+simulated injection; they do not talk to the daemon or to any IED.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from gateway.protection.core import ElementKind, operate_time_s, thermal_trip_time_s
+from gateway.protection.settings import (
+    CURVES_BY_NAME,
+    ELEMENT_FIELDS,
+    Frequency81,
+    InverseTime51,
+    Overcurrent50,
+    Overvoltage59,
+    ProtectionScheme,
+    Thermal49,
+    Undervoltage27,
+)
+
+CURVE_TABLE_M = (1.1, 1.2, 1.5, 2.0, 3.0, 5.0, 7.0, 10.0, 15.0, 20.0)
+_QUANTITY = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([a-zA-Z]*)\s*$")
+_SCALE = {
+    "current": {"": 1.0, "a": 1.0, "ka": 1000.0},
+    "voltage": {"": 1.0, "kv": 1.0, "v": 0.001},
+    "frequency": {"": 1.0, "hz": 1.0},
+}
+
+
+class UsageError(Exception):
+    """A command-line value or a breaker/element that the site file does not have."""
+
+
+def parse_quantity(text: str, kind: str) -> tuple[float, str]:
+    """'2400A', '2.4kA' -> A; '7.7kV', '0.7pu' -> kV or pu; '48.5Hz' -> Hz."""
+    match = _QUANTITY.match(text)
+    if not match:
+        raise UsageError(f"{text!r} is not a {kind} (examples: 2400A, 2.4kA, 7.7kV, 0.7pu, 48.5Hz)")
+    value, unit = float(match.group(1)), match.group(2).lower()
+    if kind == "voltage" and unit == "pu":
+        return value, "pu"
+    scale = _SCALE[kind].get(unit)
+    if scale is None:
+        raise UsageError(f"{text!r}: unit {match.group(2)!r} is not a {kind} unit "
+                         f"(use {', '.join(u for u in _SCALE[kind] if u)})")
+    return value * scale, ""
+
+
+# ------------------------------------------------------------------ setup
+
+
+def _site_scheme(args: argparse.Namespace) -> ProtectionScheme:
+    from gateway.cli import config_path
+    from gateway.config import load
+
+    site = load(config_path(args))
+    for scheme in site.protection:
+        if scheme.breaker == args.breaker:
+            return scheme
+    have = ", ".join(s.breaker for s in site.protection) or "none"
+    raise UsageError(f"{args.breaker} has no protection scheme in {config_path(args)} (have: {have})")
+
+
+def _element(scheme: ProtectionScheme, name: str) -> Any:
+    if name not in ELEMENT_FIELDS:
+        raise UsageError(f"unknown element {name!r}; expected one of {', '.join(ELEMENT_FIELDS)}")
+    element = getattr(scheme.elements, ELEMENT_FIELDS[name][0])
+    if element is None:
+        have = ", ".join(n for n, _, _ in scheme.configured_elements())
+        raise UsageError(f"{scheme.breaker} has no {name} element (configured: {have})")
+    return element
+
+
+def _single_element_scheme(scheme: ProtectionScheme, name: str, fast: bool) -> ProtectionScheme:
+    """The breaker's scheme with only `name` (no 79, no 50BF), on its fast curve if asked."""
+    element = _element(scheme, name)
+    if isinstance(element, InverseTime51) and fast:
+        element = element.model_copy(update={"curve": element.fast_curve or element.curve,
+                                              "tms": element.fast_tms or element.tms})
+    if isinstance(element, Overcurrent50):
+        element = element.model_copy(update={"fast_only": False})
+    data = {"breaker": scheme.breaker, "nominal_voltage_kv": scheme.nominal_voltage_kv,
+            "elements": {name: element.model_dump()}}
+    return ProtectionScheme.model_validate(data)
+
+
+def expected_time_s(scheme: ProtectionScheme, name: str, value: float, fast: bool = False,
+                    preload_a: float = 0.0) -> float:
+    """Operate time from the setting's formula; inf when the element does not operate."""
+    e = _element(scheme, name)
+    if isinstance(e, InverseTime51):
+        curve = CURVES_BY_NAME[(e.fast_curve or e.curve) if fast else e.curve]
+        tms = (e.fast_tms or e.tms) if fast else e.tms
+        m = value / e.pickup_a
+        if not m > e.start_factor:
+            return math.inf
+        return max(e.min_time_s, operate_time_s(curve, tms, min(m, e.m_max))) + e.add_delay_s
+    if isinstance(e, Overcurrent50):
+        return e.delay_s if value > e.pickup_a else math.inf
+    if isinstance(e, Thermal49):
+        return thermal_trip_time_s(value, preload_a, e.k_factor * e.base_current_a, e.tau_s)
+    pu = value / scheme.nominal_voltage_kv
+    if isinstance(e, Undervoltage27):
+        return e.delay_s if pu < e.pickup_pu else math.inf
+    if isinstance(e, Overvoltage59):
+        return e.delay_s if pu > e.pickup_pu else math.inf
+    assert isinstance(e, Frequency81)
+    under = name == "81U"
+    return e.delay_s if (value < e.pickup_hz if under else value > e.pickup_hz) else math.inf
+
+
+def simulate(scheme: ProtectionScheme, name: str, value: float, *, fast: bool = False,
+             preload_a: float = 0.0, step_s: float | None = None, backend: str = "auto",
+             limit_s: float | None = None) -> tuple[float, float, str]:
+    """Inject `value` on the element's input from t = 0 and run the core until it trips.
+
+    Returns (operate time or inf, sample period used, backend name)."""
+    from gateway.protection.engine import ProtectionEngine, ProtectionEvent
+
+    single = _single_element_scheme(scheme, name, fast)
+    engine = ProtectionEngine([single], backend=backend)
+    expected = expected_time_s(scheme, name, value, fast, preload_a)
+    if step_s is None:
+        step_s = 0.001 if not math.isfinite(expected) else min(max(expected / 5000.0, 0.0002), 0.05)
+    if limit_s is None:
+        limit_s = 3.0 * expected + 1.0 if math.isfinite(expected) else 60.0
+    kind = ELEMENT_FIELDS[name][1]
+    nominal = {"ia": 0.0, "ib": 0.0, "ic": 0.0, "in": 0.0, "closed": 1.0,
+               "voltage_kv": scheme.nominal_voltage_kv, "frequency_hz": 50.0}
+    if kind in (ElementKind.UF81, ElementKind.OF81):
+        f81 = single.elements.uf81 or single.elements.of81
+        assert f81 is not None
+        nominal["frequency_hz"] = 60.0 if f81.pickup_hz > 55.0 else 50.0
+    inputs = {n: single.point(n) for n in single.input_names()}
+    target = {ElementKind.N50: "in", ElementKind.N51: "in", ElementKind.UV27: "voltage_kv",
+              ElementKind.OV59: "voltage_kv", ElementKind.UF81: "frequency_hz",
+              ElementKind.OF81: "frequency_hz"}.get(kind)
+    targets = [target] if target else ["ia", "ib", "ic"]
+    t0 = 0.0
+    if kind == ElementKind.TH49 and preload_a > 0.0:
+        th = single.elements.th49
+        assert th is not None
+        for n in ("ia", "ib", "ic"):
+            nominal[n] = preload_a
+        t0 = 40.0 * th.tau_s  # theta within e^-40 of the pre-load level
+    for n, point in inputs.items():
+        engine.on_sample(point, nominal[n], True, 0.0)
+    engine.step(t0)
+    k = 0
+    while k * step_s <= limit_s:
+        now = t0 + k * step_s
+        actions = []
+        for n in targets:
+            actions += engine.on_sample(inputs[n], value, True, now) if k == 0 else []
+        if k:
+            actions = engine.step(now)
+        for a in actions:
+            if isinstance(a, ProtectionEvent) and a.kind == "trip":
+                return now - t0, step_s, engine.backend_name
+        k += 1
+    return math.inf, step_s, engine.backend_name
+
+
+# ------------------------------------------------------------------ commands
+
+
+def _describe(scheme: ProtectionScheme, name: str, fast: bool) -> str:
+    e = _element(scheme, name)
+    if isinstance(e, InverseTime51):
+        curve = (e.fast_curve or e.curve) if fast else e.curve
+        tms = (e.fast_tms or e.tms) if fast else e.tms
+        label = "TMS" if curve.startswith("iec") else "TD"
+        return f"{curve.upper()}, pickup {e.pickup_a:g} A, {label} {tms:g}" + (" (fast curve)" if fast else "")
+    if isinstance(e, Overcurrent50):
+        return f"pickup {e.pickup_a:g} A, delay {e.delay_s:g} s"
+    if isinstance(e, Thermal49):
+        return f"k I_B = {e.k_factor * e.base_current_a:g} A, tau {e.tau_s:g} s"
+    if isinstance(e, Undervoltage27 | Overvoltage59):
+        return f"pickup {e.pickup_pu:g} pu of {scheme.nominal_voltage_kv:g} kV, delay {e.delay_s:g} s"
+    assert isinstance(e, Frequency81)
+    return f"pickup {e.pickup_hz:g} Hz, delay {e.delay_s:g} s"
+
+
+def _fmt_time(t: float) -> str:
+    return "does not operate" if not math.isfinite(t) else f"{t:.4f} s"
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    try:
+        scheme = _site_scheme(args)
+        e = _element(scheme, args.element)
+        if isinstance(e, Undervoltage27 | Overvoltage59):
+            if args.voltage is None:
+                raise UsageError(f"{args.element} needs --voltage (e.g. 7.7kV or 0.7pu)")
+            value, unit = parse_quantity(args.voltage, "voltage")
+            if unit == "pu":
+                value *= scheme.nominal_voltage_kv
+            shown = f"V = {value:g} kV ({value / scheme.nominal_voltage_kv:.3f} pu)"
+        elif isinstance(e, Frequency81):
+            if args.frequency is None:
+                raise UsageError(f"{args.element} needs --frequency (e.g. 48.2Hz)")
+            value, _ = parse_quantity(args.frequency, "frequency")
+            shown = f"f = {value:g} Hz"
+        else:
+            if args.current is None:
+                raise UsageError(f"{args.element} needs --current (e.g. 2400A)")
+            value, _ = parse_quantity(args.current, "current")
+            shown = f"I = {value:g} A"
+            if isinstance(e, InverseTime51):
+                shown += f", M = {value / e.pickup_a:.4g}"
+        preload = parse_quantity(args.preload, "current")[0] if args.preload else 0.0
+        expected = expected_time_s(scheme, args.element, value, args.fast, preload)
+        actual, step_s, backend = simulate(scheme, args.element, value, fast=args.fast,
+                                           preload_a=preload, step_s=args.step, backend=args.backend)
+    except UsageError as exc:
+        print(f"stima protection test: {exc}")
+        return 2
+    agree = (not math.isfinite(expected) and not math.isfinite(actual)) or \
+        (math.isfinite(expected) and math.isfinite(actual) and abs(actual - expected) <= step_s + 1e-9)
+    result = {"breaker": scheme.breaker, "element": args.element,
+              "setting": _describe(scheme, args.element, args.fast), "injected": value,
+              "expected_s": expected if math.isfinite(expected) else None,
+              "core_s": actual if math.isfinite(actual) else None, "step_s": step_s,
+              "backend": backend, "agree": agree}
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        lines = [f"{scheme.breaker} {args.element} ({result['setting']}): {shown}"
+                 + (f", pre-load {preload:g} A" if preload else ""),
+                 f"  expected operate time (formula):  {_fmt_time(expected)}",
+                 f"  core ({backend}) on injection:   {_fmt_time(actual)}  (sample period {step_s * 1000:g} ms)"]
+        if math.isfinite(expected) and math.isfinite(actual):
+            lines.append(f"  difference: {1000 * (actual - expected):+.3f} ms "
+                         f"({'within' if agree else 'OUTSIDE'} one sample period)")
+        elif not agree:
+            lines.append("  MISMATCH between formula and core")
+        print("\n".join(lines))
+    return 0 if agree else 1
+
+
+def curve_rows(scheme: ProtectionScheme, name: str, fast: bool, preload_a: float) -> list[dict[str, float | None]]:
+    e = _element(scheme, name)
+    if isinstance(e, InverseTime51):
+        base = e.pickup_a
+    elif isinstance(e, Thermal49):
+        base = e.k_factor * e.base_current_a
+    else:
+        raise UsageError(f"{name} is a definite-time element ({_describe(scheme, name, fast)}): no curve")
+    rows = []
+    for m in CURVE_TABLE_M:
+        t = expected_time_s(scheme, name, m * base, fast, preload_a)
+        rows.append({"m": m, "current_a": m * base, "time_s": t if math.isfinite(t) else None})
+    return rows
+
+
+def cmd_curve(args: argparse.Namespace) -> int:
+    from gateway.cli import table
+
+    try:
+        scheme = _site_scheme(args)
+        preload = parse_quantity(args.preload, "current")[0] if args.preload else 0.0
+        rows = curve_rows(scheme, args.element, args.fast, preload)
+    except UsageError as exc:
+        print(f"stima protection curve: {exc}")
+        return 2
+    title = f"{scheme.breaker} {args.element} ({_describe(scheme, args.element, args.fast)})"
+    if args.json:
+        print(json.dumps({"breaker": scheme.breaker, "element": args.element, "setting": title,
+                          "rows": rows}, indent=2))
+    else:
+        print(title)
+        print(table([(r["m"], f"{r['current_a']:.1f}", "-" if r["time_s"] is None else f"{r['time_s']:.4f}")
+                     for r in rows], ["M", "CURRENT_A", "OPERATE_TIME_S"]))
+    if args.plot:
+        return _plot(scheme, args.element, args.fast, preload, Path(args.plot), title)
+    return 0
+
+
+def _plot(scheme: ProtectionScheme, name: str, fast: bool, preload: float, path: Path, title: str) -> int:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("stima protection curve: --plot needs matplotlib, which is not installed "
+              "(pip install 'stima[plot]'); the table above is complete without it")
+        return 1
+    e = _element(scheme, name)
+    m_max = e.m_max * 1.5 if isinstance(e, InverseTime51) else 10.0
+    base = e.pickup_a if isinstance(e, InverseTime51) else e.k_factor * e.base_current_a
+    ms = [1.02 * (m_max / 1.02) ** (i / 400) for i in range(401)]
+    ts = [expected_time_s(scheme, name, m * base, fast, preload) for m in ms]
+    fig, ax = plt.subplots(figsize=(7, 5))
+    ax.loglog([m * base for m in ms], [t if math.isfinite(t) else float("nan") for t in ts])
+    ax.set_xlabel("current (A)")
+    ax.set_ylabel("operate time (s)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    try:
+        fig.savefig(path, dpi=120)
+    except OSError as exc:
+        print(f"stima protection curve: cannot write {path}: {exc}")
+        return 1
+    finally:
+        plt.close(fig)
+    print(f"curve written to {path}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    prot = subparsers.add_parser("protection", help="protection settings: test an element, show its curve")
+    sub = prot.add_subparsers(dest="protection_command", required=True, metavar="ACTION")
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("breaker", metavar="BREAKER", help="breaker id, e.g. CB-045")
+        p.add_argument("--element", required=True, choices=list(ELEMENT_FIELDS), metavar="ELEMENT",
+                       help=f"one of {', '.join(ELEMENT_FIELDS)}")
+        p.add_argument("--config", "-c", type=Path, default=None,
+                       help="site file (default: $STIMA_CONFIG or /etc/stima/site.toml)")
+        p.add_argument("--fast", action="store_true", help="51: use the fast (first-trip) curve")
+        p.add_argument("--preload", default=None, help="49: steady pre-load current (hot start), e.g. 400A")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    test = sub.add_parser("test", help="expected operate time from the formula vs the core on a "
+                                       "simulated injection")
+    common(test)
+    test.add_argument("--current", help="injected current, e.g. 2400A or 2.4kA")
+    test.add_argument("--voltage", help="27/59: injected voltage, e.g. 7.7kV or 0.7pu")
+    test.add_argument("--frequency", help="81U/81O: injected frequency, e.g. 48.2Hz")
+    test.add_argument("--step", type=float, default=None, help="sample period of the simulation (s)")
+    test.add_argument("--backend", choices=["auto", "native", "reference"], default="auto")
+    test.set_defaults(func=cmd_test)
+
+    curve = sub.add_parser("curve", help="operate time vs multiple of pickup (table, optional PNG)")
+    common(curve)
+    curve.add_argument("--plot", metavar="FILE", help="write the curve as a PNG (needs matplotlib)")
+    curve.set_defaults(func=cmd_curve)
+
