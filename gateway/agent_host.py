@@ -68,6 +68,8 @@ class AgentHost:
                 image.subscribe(point_id, self._on_point)
         self.actions_done = 0
         self.control_refused = 0
+        self.dirty = False
+        """Agent states changed since the last snapshot (saved by the daemon's agent loop)."""
 
     def _on_point(self, point: Point, update: PointUpdate) -> None:
         for agent_id, name in self._feeds.get(point.point_id, ()):
@@ -91,6 +93,7 @@ class AgentHost:
 
     def snapshot(self) -> None:
         self._store.save_snapshot(SNAPSHOT_KEY, self.runtime.snapshot(), self._wall())
+        self.dirty = False
 
     def carry_out(self, actions: Sequence[Any]) -> None:
         changed = False
@@ -124,7 +127,7 @@ class AgentHost:
             elif isinstance(action, BusMessage):
                 log.debug("bus message", extra={"action": repr(action)})
         if changed:
-            self.snapshot()
+            self.dirty = True
 
     def _control(self, req: ControlRequest) -> None:
         point_id = self._agent_points.get(req.agent_id, {}).get(req.point_name)

@@ -35,6 +35,8 @@ SHUTDOWN_DEADLINE_S = 10.0
 PROTECTION_STEP_S = 0.005
 AGENT_TICK_S = 1.0
 AGENT_SNAPSHOT_S = 60.0
+AGENT_DIRTY_SNAPSHOT_S = 2.0
+"""Agent state changes reach the state database within this (protection state: at once)."""
 
 
 def _kind_of(point: Any) -> PointKind:
@@ -170,7 +172,8 @@ class Gateway:
             await asyncio.sleep(AGENT_TICK_S)
             try:
                 self.agents.tick()
-                if self.clock.monotonic() - last_snapshot > AGENT_SNAPSHOT_S:
+                since = self.clock.monotonic() - last_snapshot
+                if (self.agents.dirty and since >= AGENT_DIRTY_SNAPSHOT_S) or since > AGENT_SNAPSHOT_S:
                     self.agents.snapshot()
                     last_snapshot = self.clock.monotonic()
             except Exception:

@@ -100,6 +100,8 @@ def dispatch(runtime: Any, request: Any) -> dict[str, Any]:
                 request.get("impedance_ohm", 0.0))
         elif op == "clear":
             result = runtime.clear_faults()
+        elif op == "clearings":
+            result = runtime.clearings[-int(request.get("last", 1000)):]
         elif op == "commloss":
             result = runtime.inject_commloss(_required(request, "ied"), _required(request, "duration_s"))
         elif op == "loadstep":
@@ -108,7 +110,7 @@ def dispatch(runtime: Any, request: Any) -> dict[str, Any]:
             result = runtime.temperature_ramp(_required(request, "transformer"), _required(request, "delta_c"),
                                               request.get("duration_s", 0.0))
         else:
-            return {"ok": False, "error": f"unknown op {op!r}; expected status, fault, clear, commloss, loadstep, temp"}
+            return {"ok": False, "error": f"unknown op {op!r}; expected status, fault, clear, clearings, commloss, loadstep, temp"}
     except ValueError as exc:  # InjectionError and bad values
         return {"ok": False, "error": str(exc)}
     except Exception as exc:

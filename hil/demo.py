@@ -13,51 +13,28 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
-import tomllib
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import msgpack
 import paho.mqtt.client as mqtt
-import tomli_w
 
-from gateway.control import ControlError, DaemonNotRunning, call
-from hil.broker import TlsFiles, free_port, make_tls, running_broker
+from gateway.control import ControlError, DaemonNotRunning
+from hil.broker import TlsFiles
+from hil.rig import Rig, example_document
 
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLE = ROOT / "deploy" / "examples" / "sub-003.toml"
 WATCHED = [
     "SUB-003.total_load_kw", "SUB-003.bus_voltage_kv",
     "CB-044.ia", "CB-044.closed", "CB-045.ia", "CB-045.closed", "CB-046.ia", "CB-046.closed",
     "XFMR-101.load_kw", "XFMR-101.top_oil_temp_c", "XFMR-101.tap_position",
     "CAP-301.bus_voltage_kv", "CAP-301.steps_active", "SOLAR-201.active_power_kw",
 ]
-
-
-def demo_site(workdir: Path, tls: TlsFiles, tls_port: int, ami_port: int) -> Path:
-    """The example site, with every address moved to free loopback ports and local paths."""
-    data: dict[str, Any] = tomllib.loads(EXAMPLE.read_text())
-    data["site"]["state_dir"] = str(workdir / "state")
-    data["site"]["runtime_dir"] = str(workdir / "run")
-    data["uplink"].update(broker_port=tls_port, ca_file=str(tls.ca_cert), cert_file=str(tls.client_cert),
-                          key_file=str(tls.client_key), integrity_period_s=10)
-    data.setdefault("ami", {})["broker_port"] = ami_port
-    for ied in data["ieds"]:
-        if ied["protocol"] in ("modbus_tcp", "iec61850"):
-            ied["port"] = free_port()
-        elif ied["protocol"] == "modbus_rtu":
-            ied["serial_port"] = str(workdir / "tty" / Path(ied["serial_port"]).name)
-    path = workdir / "site.toml"
-    path.write_text(tomli_w.dumps(data))
-    return path
 
 
 class BrokerCounter:
@@ -95,24 +72,6 @@ class BrokerCounter:
         self.client.loop_stop()
         with contextlib.suppress(Exception):
             self.client.disconnect()
-
-
-@contextlib.contextmanager
-def process(name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
-    log = log_path.open("ab")
-    proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env,
-                            start_new_session=True)
-    log.close()
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
 
 
 def render(points: list[dict[str, Any]], counter: BrokerCounter, status: dict[str, Any], elapsed: float,
@@ -153,28 +112,15 @@ def main(argv: list[str] | None = None) -> int:
     interactive = sys.stdout.isatty()
     duration = args.duration if args.duration is not None else (None if interactive else 40.0)
     workdir: Path = args.workdir
-    (workdir / "tty").mkdir(parents=True, exist_ok=True)
-    for stale in ("hil.log", "gatewayd.log"):
-        with contextlib.suppress(FileNotFoundError):
-            (workdir / stale).unlink()
-    # each demo starts from a fresh substation: no reclose or agent state from a previous run
-    shutil.rmtree(workdir / "state", ignore_errors=True)
-    tls = make_tls(workdir / "tls")
-    tls_port, ami_port = free_port(), free_port()
-    site = demo_site(workdir, tls, tls_port, ami_port)
-    py = sys.executable
-    print(f"demo: site file {site}; logs in {workdir}/*.log", flush=True)
+    print(f"demo: starting broker, simulator and daemon in {workdir} (logs: {workdir}/*.log)", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with running_broker(workdir / "broker", tls=tls, tls_port=tls_port, plain_port=ami_port), \
-         process("hil", [py, "-m", "hil", "serve", "--config", str(site), "--control", str(workdir / "hil.sock"),
-                         "--meters", "2000", "--ami-interval", "30s"], workdir / "hil.log"), \
-         process("gatewayd", [py, "-m", "gateway.daemon", "--config", str(site)], workdir / "gatewayd.log"):
-        counter = BrokerCounter(tls, tls_port, "stima")
+    with Rig(example_document(), workdir, hil_args=("--meters", "2000", "--ami-interval", "30s")) as rig:
+        counter = BrokerCounter(rig.tls, rig.tls_port, rig.doc["uplink"]["topic_prefix"])
         started = time.monotonic()
         fault_done = False
-        note = "waiting for the daemon…"
+        note = "values flowing: IEDs → daemon → broker"
         try:
             while not stop.is_set():
                 elapsed = time.monotonic() - started
@@ -182,17 +128,14 @@ def main(argv: list[str] | None = None) -> int:
                     break
                 if args.fault_at and not fault_done and elapsed > args.fault_at:
                     fault_done = True
-                    result = subprocess.run(
-                        [py, "-m", "hil", "inject", "--control", str(workdir / "hil.sock"), "fault", "LINE-045",
-                         "--distance", "2300m", "--type", "3ph", "--transient"],
-                        capture_output=True, text=True, timeout=20)
-                    note = ("injected a transient 3-phase fault on LINE-045 at 2.3 km: watch CB-045 trip and reclose"
-                            if result.returncode == 0 else f"fault injection failed: {result.stderr.strip()[:200]}")
+                    try:
+                        rig.hil_call("fault", line="LINE-045", distance_m=2300.0, kind="3ph", transient=True)
+                        note = "injected a transient 3-phase fault on LINE-045 at 2.3 km: watch CB-045 trip and reclose"
+                    except Exception as exc:
+                        note = f"fault injection failed: {exc}"
                 try:
-                    points = call(site.parent / "run", "points.read", ids=WATCHED, timeout=5)
-                    status = call(site.parent / "run", "status", timeout=5)
-                    if not fault_done:
-                        note = "values flowing: IEDs → daemon → broker"
+                    points = rig.daemon_call("points.read", ids=WATCHED)
+                    status = rig.daemon_call("status")
                 except (DaemonNotRunning, ControlError, OSError, json.JSONDecodeError):
                     stop.wait(0.5)
                     continue

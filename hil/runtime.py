@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.agents.schema import AgentType
-from gateway.clock import SimClock
+from gateway.clock import SimClock, SystemClock
 from gateway.config import Iec61850Ied, SiteConfig
 from hil.modbus_servers import ModbusEndpoint, group_endpoints, wait_listening
 
@@ -308,6 +308,11 @@ class HilRuntime:
         """(sim time, point id, value) of the last gateway commands, most recent last."""
         self._agents = {a.id: a for a in site.agents}
         self._ieds = {i.id: i for i in site.ieds}
+        self._real = SystemClock()
+        """Real time, only to measure how fast the gateway clears an injected fault."""
+        self._fault_started: tuple[str, float, dict[str, bool]] | None = None
+        self.clearings: list[dict[str, Any]] = []
+        """Injected fault → first breaker opening, in real seconds (the last 10,000)."""
 
     # ------------------------------------------------------------------ commands from IEDs
 
@@ -315,9 +320,23 @@ class HilRuntime:
         """A write or operate from the gateway: straight into the model, now."""
         now_s = self.clock.monotonic()
         self.model.apply_command(point_id, value, now_s)
+        if self._fault_started is not None:
+            self._note_clearing()
         self.commands.append((now_s, point_id, value))
         del self.commands[:-100]
         log.info("command %s=%r at sim %.3f s", point_id, value, now_s)
+
+    def _note_clearing(self) -> None:
+        """Record the first breaker that opened since the fault was injected."""
+        assert self._fault_started is not None
+        line_id, started, closed_before = self._fault_started
+        for breaker, state in self.breakers().items():
+            if state == "open" and closed_before.get(breaker):
+                self.clearings.append({"line": line_id, "breaker": breaker,
+                                       "clearing_s": self._real.monotonic() - started})
+                del self.clearings[:-10_000]
+                self._fault_started = None
+                return
 
     # ------------------------------------------------------------------ life cycle
 
@@ -513,6 +532,8 @@ class HilRuntime:
         now_s = self.clock.monotonic()
         result = self._model_call(f"fault on {line_id}", lambda: self.model.inject_fault(
             line_id, distance, canonical, impedance_ohm=impedance, transient=bool(transient), now_s=now_s))
+        self._fault_started = (line_id, self._real.monotonic(),
+                               {b: st == "closed" for b, st in self.breakers().items()})
         log.warning("injected %s%s fault on %s at %.0f m (%.2f ohm), sim %.3f s", canonical,
                     " transient" if transient else "", line_id, distance, impedance, now_s)
         return {"line": line_id, "distance_m": distance, "kind": canonical, "transient": bool(transient),
@@ -637,6 +658,8 @@ class HilRuntime:
             "endpoints": [e.status() for e in self.endpoints],
             "iec61850": [c.status() for c in self.iec_children],
             "ami": self.ami.status() if self.ami is not None else None,
+            "clearings": len(self.clearings),
+            "last_clearing": self.clearings[-1] if self.clearings else None,
             "last_commands": [{"sim_time_s": t, "point": p, "value": _jsonable(v)} for t, p, v in self.commands[-10:]],
             "pid": os.getpid(),
         }
