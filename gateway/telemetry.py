@@ -113,6 +113,7 @@ class Telemetry:
                 raise ValueError(f"point {spec.point_id!r} is listed twice")
             self._states[spec.point_id] = _State(spec)
         self._pending: list[dict[str, Any]] = []
+        self._first_pending_at: float | None = None
         self._next_integrity: float | None = None
         self._integrity_requested = False
         self.changes_seen = 0
@@ -175,12 +176,25 @@ class Telemetry:
         out = {"id": point.point_id, "v": value, "q": state.q, "t": None if t is None else round(t * 1000.0)}
         if state.r is not None:
             out["r"] = state.r
-        self._pending.append(out)
-        return len(self._pending) >= self.max_batch
+        pending = self._pending
+        if not pending:
+            self._first_pending_at = now
+        pending.append(out)
+        return len(pending) >= self.max_batch
 
     def request_integrity(self) -> None:
         """Send an integrity report at the next flush (after a birth, or a host's request)."""
         self._integrity_requested = True
+
+    def next_flush_at(self, window_s: float) -> float | None:
+        """When `flush` next has work: the first pending change + the batch window, or the next
+        integrity report (None before the first flush). Lets a caller sleep instead of polling."""
+        if self._integrity_requested or len(self._pending) >= self.max_batch:
+            return float("-inf")
+        candidates = [] if self._next_integrity is None else [self._next_integrity]
+        if self._pending and self._first_pending_at is not None:
+            candidates.append(self._first_pending_at + window_s)
+        return min(candidates) if candidates else None
 
     def integrity_due(self, now: float) -> bool:
         return self._integrity_requested or (self._next_integrity is not None and now >= self._next_integrity)
@@ -193,6 +207,7 @@ class Telemetry:
         timestamp = _ms(wall)
         if self._pending:
             pending, self._pending = self._pending, []
+            self._first_pending_at = None
             step = self.max_batch
             for start in range(0, len(pending), step):
                 out.append((TELEMETRY, {"timestamp": timestamp, "metrics": pending[start : start + step]}))

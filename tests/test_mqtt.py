@@ -471,3 +471,19 @@ def test_live_alarms_overtake_a_backlog_and_nothing_is_sent_twice(tmp_path: Path
             await asyncio.wait_for(task, 10)
 
     run(main)
+
+
+def test_qos_0_messages_also_leave_the_spool_once_written(tmp_path: Path) -> None:
+    async def main() -> None:
+        with run_mosquitto(tmp_path) as broker, subscriber(broker, f"{BASE}/telemetry") as sub:
+            up = make_uplink(tmp_path, uplink_config(broker, qos=0))
+            task = asyncio.create_task(up.run())
+            assert await until(lambda: up.status()["state"] == "connected")
+            up.publish_many([("telemetry", {"n": n}) for n in range(50)])
+            assert await sub.until(lambda m: len(m) == 50, 20)
+            assert await until(lambda: up.status()["spool_depth"] == 0)
+            assert [p["n"] for p in sub.on("telemetry")] == list(range(50))
+            await up.close()
+            await asyncio.wait_for(task, 10)
+
+    run(main)

@@ -252,3 +252,18 @@ def test_reporting_matches_the_reference_rule(deadband: float, kind: PointKind,
         if expected:
             last = (v, q)
             assert out[0]["q"] == q.validity.value
+
+
+def test_next_flush_at_lets_a_caller_sleep_until_there_is_work() -> None:
+    tel = Telemetry([PointSpec("P", PointKind.ANALOG, 0.0)], max_batch=2, integrity_period_s=60.0)
+    assert tel.next_flush_at(0.005) is None  # nothing pending, integrity clock not started
+    tel.flush(0.0, 0.0)
+    assert tel.next_flush_at(0.005) == 60.0
+    tel.on_change(_point("P", 1.0), 10.0)
+    assert tel.next_flush_at(0.005) == 10.005
+    tel.on_change(_point("P", 2.0), 10.001)  # a full batch: now
+    assert tel.next_flush_at(0.005) == float("-inf")
+    tel.flush(10.002, 0.0)
+    assert tel.next_flush_at(0.005) == 60.0
+    tel.request_integrity()
+    assert tel.next_flush_at(0.005) == float("-inf")
