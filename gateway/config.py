@@ -463,6 +463,12 @@ def validate(data: dict[str, Any], source: str = "<site>") -> SiteConfig:
         problems += reference_problems(data)
         raise ConfigError(source, problems) from None
     problems = reference_problems(data)
+    known_points = {p.id for ied in site.ieds for p in ied.points}
+    for n, scheme in enumerate(site.protection):
+        for pid in scheme.referenced_points():
+            if pid not in known_points:
+                problems.append(ConfigProblem(f"protection[{n}:{scheme.breaker}]",
+                                              "reads or writes a point that no IED has", pid))
     if problems:
         raise ConfigError(source, problems)
     return site
