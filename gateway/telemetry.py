@@ -13,7 +13,6 @@ its batch timer; `flush` returns `(topic_suffix, payload)` pairs for the uplink.
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -21,8 +20,6 @@ from typing import Any
 
 from gateway.config import ModbusPoint, SiteConfig
 from gateway.points import NOT_YET_RECEIVED, Point, PointKind, Quality, QualityReason
-
-log = logging.getLogger("stima.telemetry")
 
 TELEMETRY = "telemetry"
 INTEGRITY = "integrity"
