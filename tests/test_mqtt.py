@@ -487,3 +487,47 @@ def test_qos_0_messages_also_leave_the_spool_once_written(tmp_path: Path) -> Non
             await asyncio.wait_for(task, 10)
 
     run(main)
+
+
+def test_repeated_outages_while_publishing_lose_nothing(tmp_path: Path) -> None:
+    import random
+
+    rng = random.Random(61850)
+
+    async def main() -> None:
+        with run_mosquitto(tmp_path, persistent=True) as broker, \
+                subscriber(broker, f"{BASE}/#", client_id="scada-host", session_expiry_s=3600) as sub:
+            up = make_uplink(tmp_path, uplink_config(broker, max_inflight=20))
+            task = asyncio.create_task(up.run())
+            assert await until(lambda: up.status()["state"] == "connected")
+            published = 0
+            stop = asyncio.Event()
+
+            async def publisher() -> None:
+                nonlocal published
+                while not stop.is_set() and published < 5000:
+                    up.publish("telemetry", {"n": published})
+                    published += 1
+                    await asyncio.sleep(0.002)
+
+            pub = asyncio.create_task(publisher())
+            for _ in range(3):
+                await asyncio.sleep(rng.uniform(0.2, 0.4))
+                broker.stop()
+                await asyncio.sleep(rng.uniform(0.2, 0.4))
+                broker.start()
+            await asyncio.sleep(0.2)
+            stop.set()
+            await pub
+            assert await sub.until(lambda m: {p["n"] for p in sub.on("telemetry")} >= set(range(published)), 40)
+            assert await until(lambda: up.status()["spool_depth"] == 0)
+            sessions = _sessions(sub.messages)
+            assert up.status()["sessions"] >= 2 and len(sessions) >= 2
+            for session in sessions:
+                assert [p["seq"] for p in session] == [(k + 1) % 256 for k in range(len(session))]
+                flags = [p["historical"] for p in session]
+                assert flags == sorted(flags, reverse=True)  # the backlog first, then live data
+            await up.close()
+            await asyncio.wait_for(task, 10)
+
+    run(main)
