@@ -107,7 +107,7 @@ class Gateway:
             )
         self.protection = ProtectionBridge(
             engine, self.image, submit=self.submit, store=self.store, publish=self._publish,
-            wall=self.clock.wall, monotonic=self.clock.monotonic,
+            wall=self.clock.wall, monotonic=self.clock.monotonic, defer=asyncio.get_running_loop().call_soon,
         )
 
     def _build_agents(self) -> None:
@@ -417,7 +417,7 @@ class Server:
             actions = engine.manual_close(breaker, now, authorised=bool(authorised))
         else:
             raise ValueError(f"action must be 'open' or 'close', not {action!r}")
-        gw.protection.carry_out(actions, sample_monotonic=now)
+        gw.protection.carry_out(actions)
         log.warning("operator breaker command", extra={"breaker": breaker, "action": action, "authorised": authorised})
         return engine.status(breaker)
 

@@ -707,9 +707,11 @@ class Iec61850Client:
 
     def _operate_blocking(
         self, session: _Session, address: PointAddress, value: bool
-    ) -> tuple[int, tuple[int, int, int]]:
-        """Select (if the model asks for it) and operate; returns the control model and the
-        LastApplError seen before, to tell a fresh CommandTermination- from an old one."""
+    ) -> tuple[int, tuple[int, int, int], float]:
+        """Select (if the model asks for it) and operate; returns the control model, the
+        LastApplError seen before (to tell a fresh CommandTermination- from an old one) and
+        the monotonic time the first request went to the transport."""
+        sent_monotonic = self._clock.monotonic()
         ctl = self._control_object(session, address)
         model = lib.ControlObjectClient_getControlModel(ctl)
         before = lib.ControlObjectClient_getLastApplError(ctl)
@@ -728,7 +730,7 @@ class Iec61850Client:
                 raise self._refusal(ctl, "operate")
         finally:
             lib.MmsValue_delete(ctl_val)
-        return model, snapshot
+        return model, snapshot, sent_monotonic
 
     # ------------------------------------------------------------------ loop side
 
@@ -806,7 +808,7 @@ class Iec61850Client:
                 if item.future.done():
                     continue
                 try:
-                    await self._operate(item.point_id, bool(item.value))
+                    sent_monotonic = await self._operate(item.point_id, bool(item.value))
                 except CommandError as exc:
                     self.status.write_errors += 1
                     self.status.last_error = str(exc)
@@ -815,9 +817,9 @@ class Iec61850Client:
                     continue
                 self.status.writes += 1
                 if not item.future.done():
-                    item.future.set_result(None)
+                    item.future.set_result(sent_monotonic)
 
-    async def _operate(self, point_id: str, value: bool) -> None:
+    async def _operate(self, point_id: str, value: bool) -> float:
         session = self._session
         if session is None or self.status.state is not LinkState.ONLINE:
             raise CommandError(f"{self.ied_id} is {self.status.state.value}")
@@ -827,7 +829,7 @@ class Iec61850Client:
         self._terminations[point_id] = termination
         try:
             try:
-                model, before = await self._call(self._operate_blocking, session, address, value)
+                model, before, sent_monotonic = await self._call(self._operate_blocking, session, address, value)
             except _Refused as exc:
                 raise CommandError(f"{self.ied_id}: {point_id} {exc}") from None
             except _LinkDown as exc:
@@ -853,6 +855,7 @@ class Iec61850Client:
         finally:
             self._terminations.pop(point_id, None)
         self._log.info("operated", extra={"ied": self.ied_id, "point": point_id, "value": value})
+        return sent_monotonic
 
     def _link_lost(self, why: str) -> None:
         if self._online is not None:

@@ -368,16 +368,14 @@ class _ModbusMaster:
             await asyncio.wait_for(self._writes.wakeup.wait(), timeout=max(delay, 0.0))
 
     async def _poll_once(self) -> None:
+        """Read every block; each block's values reach the sink as soon as it is decoded."""
         self.status.last_poll_time = self._clock.wall()
         self.status.polls += 1
-        updates: list[PointUpdate] = []
         for block in self.blocks:
             if len(self._writes):
                 await self._drain_writes()
             result = await self._request(self._read(block))
             mono, wall = self._clock.monotonic(), self._clock.wall()
-            if result is None:
-                continue
             if result.isError():
                 code = getattr(result, "exception_code", "?")
                 self._log.warning(
@@ -385,28 +383,20 @@ class _ModbusMaster:
                 )
                 self.status.poll_errors += 1
                 self.status.last_error = f"exception code {code} reading {block.function.value} {block.start}+{block.count}"
-                updates += self._mark(block.points, DEVICE_EXCEPTION, mono, wall)
+                self._sink(self._mark(block.points, DEVICE_EXCEPTION, mono, wall))
                 continue
             bit = block.function in (RegisterFunction.COIL, RegisterFunction.DISCRETE)
             words = result.bits[: block.count] if bit else result.registers
             if len(words) < block.count:
                 self.status.poll_errors += 1
                 self.status.last_error = f"short response: {len(words)} of {block.count}"
-            for point, value, quality in decode_block(block, words):
-                updates.append(
-                    PointUpdate(
-                        point_id=point.id,
-                        value=value,
-                        quality=quality,
-                        receive_monotonic=mono,
-                        receive_time=wall,
-                    )
-                )
+            self._last_ok_mono = mono
+            self._stale_marked = False
+            self._sink([
+                PointUpdate(point_id=point.id, value=value, quality=quality, receive_monotonic=mono, receive_time=wall)
+                for point, value, quality in decode_block(block, words)
+            ])
         self.status.last_ok_time = self._clock.wall()
-        self._last_ok_mono = self._clock.monotonic()
-        self._stale_marked = False
-        if updates:
-            self._sink(updates)
 
     def _read(self, block: Block) -> Callable[[], Awaitable[Any]]:
         client, unit = self._client(), self.cfg.unit_id

@@ -40,6 +40,7 @@ class ProtectionBridge:
         publish: Publish,
         wall: Callable[[], float],
         monotonic: Callable[[], float],
+        defer: Callable[[Callable[[], None]], Any] | None = None,
     ) -> None:
         self.engine = engine
         self._image = image
@@ -48,6 +49,8 @@ class ProtectionBridge:
         self._publish = publish
         self._wall = wall
         self._monotonic = monotonic
+        self._defer = defer or (lambda fn: fn())
+        """Runs bookkeeping (event log, uplink, snapshot) after the breaker command has gone."""
         self.event_listeners: list[EventListener] = []
         self.commands_sent = 0
         self.command_failures = 0
@@ -75,14 +78,19 @@ class ProtectionBridge:
             self.carry_out(actions)
 
     def carry_out(self, actions: Iterable[Any], sample_monotonic: float | None = None) -> None:
-        changed = False
-        for action in actions:
-            if isinstance(action, BreakerCommand):
-                self._command(action, sample_monotonic)
-                changed = True
-            elif isinstance(action, ProtectionEvent):
-                changed = changed or action.kind in ("trip", "reclose", "lockout", "reset")
-                self._event(action)
+        """Breaker commands first and at once; the bookkeeping after them."""
+        actions = list(actions)
+        commands = [a for a in actions if isinstance(a, BreakerCommand)]
+        events = [a for a in actions if isinstance(a, ProtectionEvent)]
+        for command in commands:
+            self._command(command, sample_monotonic)
+        changed = bool(commands) or any(e.kind in ("trip", "reclose", "lockout", "reset") for e in events)
+        if events or changed:
+            self._defer(lambda: self._record(events, changed))
+
+    def _record(self, events: list[ProtectionEvent], changed: bool) -> None:
+        for event in events:
+            self._event(event)
         if changed:
             self._store.save_snapshot(SNAPSHOT_KEY, self.engine.snapshot(), self._wall())
 
@@ -94,19 +102,19 @@ class ProtectionBridge:
             log.error("breaker command not sent", extra={"breaker": cmd.breaker, "reason": cmd.reason, "error": str(exc)})
             return
         self.commands_sent += 1
-        self.queue_latencies_s.append(max(self._monotonic() - (sample_monotonic or cmd.time), 0.0))
+        if sample_monotonic is not None:
+            self.queue_latencies_s.append(max(self._monotonic() - sample_monotonic, 0.0))
         log.warning(
             "breaker command",
             extra={"breaker": cmd.breaker, "point": cmd.point_id, "value": cmd.value, "reason": cmd.reason,
                    "element": cmd.element, "phase": cmd.phase},
         )
-        origin = sample_monotonic if sample_monotonic is not None else cmd.time
-        future.add_done_callback(lambda f, c=cmd, o=origin: self._command_done(c, f, o))
+        future.add_done_callback(lambda f, c=cmd, o=sample_monotonic: self._command_done(c, f, o))
 
-    def _command_done(self, cmd: BreakerCommand, future: Any, origin: float) -> None:
+    def _command_done(self, cmd: BreakerCommand, future: Any, origin: float | None) -> None:
         if not future.cancelled() and future.exception() is None:
             sent = future.result()
-            if isinstance(sent, float):
+            if isinstance(sent, float) and origin is not None:
                 self.wire_latencies_s.append(max(sent - origin, 0.0))
             return
         if future.cancelled() or future.exception() is not None:

@@ -1,0 +1,53 @@
+"""Site variants and helpers for injecting faults through a whole rig (hil.rig.Rig)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from hil.rig import Rig, example_document
+
+
+def fault_site(*, reclose: bool, relay_poll_ms: int = 10, instantaneous: bool = False) -> dict[str, Any]:
+    """The example site with CB-045's relay polled every `relay_poll_ms` over Modbus TCP.
+
+    reclose=True keeps a short reclose sequence (two shots, 0.2 s and 0.3 s dead times) so a
+    permanent fault ends in lockout within a second or two; False drops auto-reclose, so every
+    fault is a first trip, for timing.
+    """
+    doc = example_document()
+    for ied in doc["ieds"]:
+        if ied["id"] == "IED-CB-045":
+            ied["poll_period_ms"] = relay_poll_ms
+            ied["timeout_ms"] = max(100, 10 * relay_poll_ms)
+    for scheme in doc["protection"]:
+        if scheme["breaker"] not in ("CB-045", "CB-046"):
+            continue
+        if reclose:
+            scheme["reclose"] = {"shots": 2, "dead_times_s": [0.2, 0.3], "trip_curves": ["fast", "delayed", "delayed"],
+                                 "reclaim_s": 5.0}
+        else:
+            scheme.pop("reclose", None)
+        if instantaneous:
+            # every trip here is a first trip: 50P acts on it whatever the fuse-saving setting
+            scheme["elements"]["50P"]["delay_s"] = 0.0
+            scheme["elements"]["50P"].pop("fast_only", None)
+    return doc
+
+
+def breaker(rig: Rig, breaker_id: str) -> str:
+    return str(rig.hil_call("status")["breakers"][breaker_id])
+
+
+def close_and_settle(rig: Rig, breaker_id: str, timeout_s: float = 20.0) -> None:
+    """Operator close through the daemon (authorised: re-arms after lockout), then wait for it."""
+    position = f"{breaker_id}.closed"
+    rig.wait(lambda: rig.daemon_call("points.read", ids=[position])[0]["value"] is False,
+             f"the daemon to see {breaker_id} open", timeout_s)
+    rig.daemon_call("breaker.operate", breaker=breaker_id, action="close", authorised=True)
+    rig.wait(lambda: breaker(rig, breaker_id) == "closed", f"{breaker_id} closed", timeout_s)
+    # protection must have seen the healthy current again before the next fault
+    rig.wait(lambda: not [p for p in rig.daemon_call("status")["protection"]["breakers"][breaker_id]["pickups"]
+                          if p.startswith(("50", "51"))],
+             f"{breaker_id} overcurrent pickups to drop out", timeout_s)
+    time.sleep(0.05)

@@ -1,0 +1,51 @@
+"""Injected permanent faults are cleared by the real daemon against the simulated substation.
+
+Over Modbus TCP (CB-045's relay) and over IEC 61850 reports and select-before-operate (the
+CB-046 bay), each permanent fault trips the breaker, recloses onto the fault, and ends locked
+out with the breaker open; an authorised operator close re-arms it once the fault is gone.
+Timings are the benchmark's business (tests/bench/bench_fault_clearing.py), not this test's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hil.rig import Rig
+from tests.support.faults import breaker, close_and_settle, fault_site
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+    workdir: Path = tmp_path_factory.mktemp("rig")
+    with Rig(fault_site(reclose=True, relay_poll_ms=20), workdir, hil_args=("--no-ami",)) as r:
+        yield r
+
+
+@pytest.mark.parametrize(("line", "cb", "distance_m", "kind"), [
+    ("LINE-045", "CB-045", 300.0, "3ph"),
+    ("LINE-045", "CB-045", 1800.0, "2ph"),
+    ("LINE-046", "CB-046", 500.0, "3ph"),
+    ("LINE-046", "CB-046", 1200.0, "2ph"),
+])
+def test_permanent_fault_is_cleared_and_locks_out(rig: Rig, line: str, cb: str, distance_m: float, kind: str) -> None:
+    assert breaker(rig, cb) == "closed"
+    before = len(rig.hil_call("clearings", last=10_000))
+    rig.hil_call("fault", line=line, distance_m=distance_m, kind=kind, transient=False)
+    # trip, two recloses onto the fault, lockout: the breaker ends open
+    rig.wait(lambda: rig.daemon_call("status")["protection"]["breakers"][cb]["locked_out"], f"{cb} lockout", 30)
+    assert breaker(rig, cb) == "open"
+    clearings = rig.hil_call("clearings", last=10_000)[before:]
+    assert clearings and clearings[0]["breaker"] == cb and clearings[0]["line"] == line
+    assert rig.hil_call("status")["faults"], "the permanent fault is still there"
+    events = rig.daemon_call("events", source=cb, limit=500)
+    kinds = [e["kind"] for e in events]
+    assert kinds.count("protection.reclose") >= 2 and "protection.lockout" in kinds
+    # an unauthorised close is refused; clear the fault, then an authorised close re-arms it
+    with pytest.raises(Exception, match="locked out"):
+        rig.daemon_call("breaker.operate", breaker=cb, action="close", authorised=False)
+    rig.hil_call("clear")
+    close_and_settle(rig, cb)
+    assert not rig.daemon_call("status")["protection"]["breakers"][cb]["locked_out"]
