@@ -406,9 +406,13 @@ static void update_element(Sink* sink, ProtCore self, int32_t idx, double now, d
             inverse_slot(sink, e, idx, slot, phase, now, dt_slot, x, fast);
             break;
         case PROT_ELEM_27: {
+            /* Supervised by the breaker position: a dead line behind an open breaker is no
+               undervoltage (and must not trip the breaker the moment it closes). */
             double pu = x / r->s.nominal_kv;
-            definite_slot(sink, e, idx, slot, phase, now, x, pu < s->pickup,
-                          pu > s->pickup * s->dropout_ratio);
+            int open = sample_good(samples, quality, s->relay, PROT_CH_CLOSED) &&
+                       sample(samples, s->relay, PROT_CH_CLOSED) < 0.5;
+            definite_slot(sink, e, idx, slot, phase, now, x, !open && pu < s->pickup,
+                          open || pu > s->pickup * s->dropout_ratio);
             break;
         }
         case PROT_ELEM_59: {

@@ -35,6 +35,12 @@ log = logging.getLogger("stima.protection.engine")
 
 SNAPSHOT_VERSION = 1
 
+STALE_HOLD_S = 0.5
+"""After a close or reclose command, the bay's measurements predate the switching and are held
+as not good until fresh samples arrive, or for this long at most (an IED that reports by
+exception may not re-send an unchanged value)."""
+_MEASURED = (Channel.IA, Channel.IB, Channel.IC, Channel.IN, Channel.VOLTAGE_KV, Channel.FREQUENCY_HZ)
+
 CommandReason = Literal["trip", "reclose", "retrip", "backup_trip", "close"]
 EventName = Literal["pickup", "dropout", "trip", "reclose", "lockout", "reset"]
 
@@ -139,6 +145,8 @@ class ProtectionEngine:
         self._last_now: float | None = None
         self._rebase: dict[int, float] = {}
         """Relays restored mid-timer: remaining seconds, re-based at the next evaluation."""
+        self._stale: dict[int, tuple[int, float]] = {}
+        """Input slots held not good since a close: slot -> (quality to give back, until)."""
 
     # ------------------------------------------------------------------ fast path
 
@@ -155,6 +163,9 @@ class ProtectionEngine:
         for i in slots:
             self._samples[i] = x
             self._quality[i] = q
+        if self._stale:
+            for i in slots:
+                self._stale.pop(i, None)
         return self._evaluate(now)
 
     def step(self, now: float) -> list[ProtectionAction]:
@@ -164,6 +175,8 @@ class ProtectionEngine:
     def _evaluate(self, now: float) -> list[ProtectionAction]:
         if self._rebase:
             self._apply_rebase(now)
+        if self._stale:
+            self._release_stale(now)
         self._last_now = now
         raw = self._core.step(now)
         return self._translate(raw) if raw else []
@@ -307,6 +320,20 @@ class ProtectionEngine:
             raise KeyError(f"{breaker!r} has no protection scheme (have: "
                            f"{', '.join(self._breakers)})") from None
 
+    def _hold_stale(self, relay: int, now: float) -> None:
+        """Measurements taken before a close say nothing about the closed breaker."""
+        for ch in _MEASURED:
+            i = relay * CHANNELS + ch
+            saved = self._stale.get(i, (int(self._quality[i]), 0.0))[0]
+            self._stale[i] = (saved, now + STALE_HOLD_S)
+            self._quality[i] = 0
+
+    def _release_stale(self, now: float) -> None:
+        for i, (quality, until) in list(self._stale.items()):
+            if now >= until:
+                self._quality[i] = quality
+                del self._stale[i]
+
     def _apply_rebase(self, now: float) -> None:
         for relay, remaining in self._rebase.items():
             st = self._core.relay_state(relay)
@@ -344,6 +371,7 @@ class ProtectionEngine:
                 out.append(ProtectionEvent(kind="trip", breaker=breaker, element=element, phase=phase,
                                            time=ev.time, current_a=current, measured=measured))
             elif kind == EventKind.RECLOSE:
+                self._hold_stale(ev.relay, ev.time)
                 out.append(self._command(breaker, self._close[breaker], "reclose", "79", "", ev.time))
                 out.append(ProtectionEvent(kind="reclose", breaker=breaker, element="79", phase="",
                                            time=ev.time, current_a=current))
@@ -357,5 +385,6 @@ class ProtectionEngine:
             elif kind == EventKind.OPEN:
                 out.append(self._command(breaker, self._trip[breaker], "trip", "manual", "", ev.time))
             elif kind == EventKind.CLOSE:
+                self._hold_stale(ev.relay, ev.time)
                 out.append(self._command(breaker, self._close[breaker], "close", "manual", "", ev.time))
         return out

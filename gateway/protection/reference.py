@@ -7,7 +7,8 @@ Step semantics, per element slot (phase):
 - A slot whose sample is not good (quality flag != 1, or not finite) holds its state; the next
   good sample integrates over dt = 0 (no time is credited across a gap).
 - 50/27/59/81: pickup when the operate condition holds, dropout below the dropout ratio,
-  operated once picked up for `delay_s`.
+  operated once picked up for `delay_s`. 27 is blocked while the breaker is known open; 81 is
+  blocked below its undervoltage threshold.
 - 51: M = I / pickup; above the start factor the accumulator E grows by dt / t(M) with
   t = max(t_min, t_op(min(M, m_max))) + delay; between 1 and the start factor it holds; below
   M = 1 it resets (instant, definite after `reset_delay_s`, or IEEE dependent). E is clamped
@@ -257,9 +258,12 @@ class ReferenceCore:
             elif kind in (ElementKind.P51, ElementKind.N51):
                 self._inverse(out, e, idx, slot, phase, now, dt_slot, v, fast)
             elif kind == ElementKind.UV27:
+                # Supervised by the breaker position: a dead line behind an open breaker is no
+                # undervoltage (and must not trip the breaker the moment it closes).
                 pu = v / r.s.nominal_kv
-                self._definite(out, e, idx, slot, phase, now, v, pu < s.pickup,
-                               pu > s.pickup * s.dropout_ratio)
+                is_open = good[base + Channel.CLOSED] and x[base + Channel.CLOSED] < 0.5
+                self._definite(out, e, idx, slot, phase, now, v, (not is_open) and pu < s.pickup,
+                               is_open or pu > s.pickup * s.dropout_ratio)
             elif kind == ElementKind.OV59:
                 pu = v / r.s.nominal_kv
                 self._definite(out, e, idx, slot, phase, now, v, pu > s.pickup,
