@@ -36,7 +36,7 @@ def test_permanent_fault_is_cleared_and_locks_out(rig: Rig, line: str, cb: str, 
     rig.hil_call("fault", line=line, distance_m=distance_m, kind=kind, transient=False)
     # trip, two recloses onto the fault, lockout: the breaker ends open
     rig.wait(lambda: rig.daemon_call("status")["protection"]["breakers"][cb]["locked_out"], f"{cb} lockout", 30)
-    assert breaker(rig, cb) == "open"
+    rig.wait(lambda: breaker(rig, cb) == "open", f"{cb} open in the simulator", 10)
     clearings = rig.hil_call("clearings", last=10_000)[before:]
     assert clearings and clearings[0]["breaker"] == cb and clearings[0]["line"] == line
     assert rig.hil_call("status")["faults"], "the permanent fault is still there"

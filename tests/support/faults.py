@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from hil.rig import Rig, example_document
@@ -50,4 +49,7 @@ def close_and_settle(rig: Rig, breaker_id: str, timeout_s: float = 20.0) -> None
     rig.wait(lambda: not [p for p in rig.daemon_call("status")["protection"]["breakers"][breaker_id]["pickups"]
                           if p.startswith(("50", "51"))],
              f"{breaker_id} overcurrent pickups to drop out", timeout_s)
-    time.sleep(0.05)
+    # and the reclaim time after the close has run out: a fault now is a new first trip,
+    # not a close onto a fault
+    rig.wait(lambda: rig.daemon_call("status")["protection"]["breakers"][breaker_id]["reclose_state"] == "ready",
+             f"{breaker_id} reclaim to run out", timeout_s)
