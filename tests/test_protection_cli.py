@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.cli import main
 from gateway.protection.cli import UsageError, parse_quantity
@@ -106,3 +108,14 @@ def test_parse_quantity() -> None:
     assert parse_quantity("400 V", "voltage") == (0.4, "")
     with pytest.raises(UsageError, match="unit 'Hz' is not a current unit"):
         parse_quantity("50Hz", "current")
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(max_size=20), kind=st.sampled_from(["current", "voltage", "frequency"]))
+def test_parse_quantity_parses_or_says_why(text: str, kind: str) -> None:
+    try:
+        value, unit = parse_quantity(text, kind)
+    except UsageError as exc:
+        assert repr(text) in str(exc) or text.strip() in str(exc)
+    else:
+        assert value >= 0.0 and unit in ("", "pu")

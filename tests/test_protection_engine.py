@@ -8,6 +8,8 @@ from typing import Any
 
 import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from gateway.config import load
@@ -392,6 +394,7 @@ def test_example_site_schemes(site) -> None:
     ({"breaker_failure": {"current_a": 100, "retrip_s": 0.2, "backup_s": 0.1}},
      ("breaker_failure",), "must exceed retrip_s"),
     ({"tripp": {"point": "x"}}, ("tripp",), "Extra inputs"),
+    ({"elements": {"50P": {"pickup_a": float("inf")}}}, ("elements", "50P", "pickup_a"), "finite number"),
 ])
 def test_schema_errors_name_the_key(patch: dict[str, Any], where: tuple[str, ...], message: str) -> None:
     data: dict[str, Any] = {"breaker": "CB-1",
@@ -434,3 +437,23 @@ def test_stale_hold_expires_for_ieds_that_report_only_changes(backend: str) -> N
     actions = engine.step(0.6)
     assert [c.reason for c in commands(actions)] == ["trip"]
     assert events(actions, "lockout")
+
+
+_ANY = st.one_of(st.none(), st.booleans(), st.integers(-5, 50), st.floats(-10, 1e5), st.just(float("nan")), st.just(float("inf")),
+                 st.text(max_size=8), st.lists(st.floats(-1, 100), max_size=5))
+
+
+@settings(max_examples=300, deadline=None)
+@given(reclose=st.dictionaries(st.sampled_from(["shots", "dead_times_s", "trip_curves", "reclaim_s",
+                                                "high_current_lockout_a", "bogus"]), _ANY),
+       p51=st.dictionaries(st.sampled_from(["curve", "pickup_a", "tms", "reset", "m_max", "start_factor"]),
+                           st.one_of(_ANY, st.sampled_from(["iec_si", "ieee_vi", "dependent", "instant"]))))
+def test_any_scheme_either_validates_and_builds_or_is_refused_clearly(reclose, p51) -> None:
+    data = {"breaker": "CB-1", "elements": {"51P": p51}, "reclose": reclose}
+    try:
+        s = ProtectionScheme.model_validate(data)
+    except ValidationError as exc:
+        assert exc.errors()
+        return
+    engine = ProtectionEngine([s], backend="native" if "native" in BACKENDS else "reference")
+    assert engine.status("CB-1")["reclose_state"] == "ready"

@@ -43,7 +43,7 @@ RESET_BY_NAME = {"instant": ResetMode.INSTANT, "definite": ResetMode.DEFINITE,
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
 
 
 class CommandTarget(_Strict):
@@ -217,7 +217,7 @@ ELEMENT_FIELDS: dict[str, tuple[str, ElementKind]] = {
 class ProtectionScheme(BaseModel):
     """Protection of one breaker: its elements, 79 auto-reclose and 50BF breaker failure."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
 
     breaker: str = Field(min_length=1)
     trip: CommandTarget | None = None
