@@ -34,6 +34,7 @@ import logging
 import random
 import sqlite3
 import ssl
+import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -248,6 +249,7 @@ class MqttUplink:
         self._command_callbacks: list[CommandCallback] = []
         self._session: _Session | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
         self._inbox: collections.deque[tuple[Any, ...]] = collections.deque()
         self._wake_scheduled = False
         self._pump_scheduled = False
@@ -283,7 +285,11 @@ class MqttUplink:
 
     def publish(self, topic_suffix: str, payload: dict[str, Any], *, qos: int | None = None,
                 retain: bool = False) -> None:
-        """Accept one message: it is in the spool when this returns. Non-blocking."""
+        """Accept one message: it is in the spool when this returns. Non-blocking.
+
+        Meant for the event loop's thread; from another thread it is safe too (the message is
+        spooled there and the event loop is told to send it).
+        """
         self.publish_many([(topic_suffix, payload)], qos=qos, retain=retain)
 
     def publish_many(self, messages: Iterable[tuple[str, dict[str, Any]]], *, qos: int | None = None,
@@ -320,26 +326,48 @@ class MqttUplink:
             self.lost += len(rows)
             self._error(f"spool write failed, {len(rows)} message(s) lost: {exc}")
             return
+        loop = self._loop
+        if loop is not None and threading.get_ident() != self._loop_thread:
+            # from another thread: durable already; the event loop picks it up from the spool
+            with contextlib.suppress(RuntimeError):  # loop closed: the next start sends it
+                loop.call_soon_threadsafe(self._accepted_elsewhere, ids)
+            return
         self.published += len(ids)
         self._spool_writes += len(ids)
         self._depth += len(ids)
         self._last_id = max(self._last_id, ids[-1])
         live = self._session is not None and self._session.up
         for spool_id, (topic, encoded, fl, _) in zip(ids, rows, strict=True):
+            # in step with the spool: nothing between the last row loaded and this one (a gap
+            # means another thread spooled rows meanwhile: the loader reads them in order)
+            in_step = not self._backlog and spool_id == self._loaded_upto + 1
             if (live and not retain and topic.partition("/")[0] in self._urgent_topics
                     and len(self._urgent) < self._window):
                 # an alarm must not wait behind an outage's backlog; retained topics never jump
                 # the queue, or an older retained value would arrive last and stay
                 self._urgent.append(_Row(spool_id, topic, encoded, fl))
-                if self._backlog:
-                    self._skip.add(spool_id)
-                else:
+                if in_step:
                     self._loaded_upto = spool_id
-            elif not self._backlog and len(self._queue) < self._window:
+                else:
+                    self._skip.add(spool_id)
+                    self._backlog = True
+            elif in_step and len(self._queue) < self._window:
                 self._queue.append(_Row(spool_id, topic, encoded, fl))
                 self._loaded_upto = spool_id
             else:
                 self._backlog = True
+        if self._depth > self.cfg.spool_max_messages:
+            self._trim()
+        self._kick()
+
+    def _accepted_elsewhere(self, ids: list[int]) -> None:
+        """Bookkeeping, in the event loop, for messages another thread spooled."""
+        self.published += len(ids)
+        self._spool_writes += len(ids)
+        self._depth += len(ids)
+        self._last_id = max(self._last_id, ids[-1])
+        if ids[-1] > self._loaded_upto:
+            self._backlog = True  # the loader meets them in order (it may have already)
         if self._depth > self.cfg.spool_max_messages:
             self._trim()
         self._kick()
@@ -378,6 +406,7 @@ class MqttUplink:
     async def run(self) -> None:
         """Connect, keep connected, deliver the spool; returns after `close()`."""
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         self._progress = asyncio.Event()
         self._stop_event = asyncio.Event()
         if self._closing:
@@ -770,6 +799,8 @@ class MqttUplink:
             if len(rows) < room:
                 self._backlog = False
                 skip.clear()  # every row they could hide has been read or deleted
+                # every id up to the last one spooled here was committed before this read
+                self._loaded_upto = max(self._loaded_upto, self._last_id)
             elif skip:
                 self._skip = {i for i in skip if i > self._loaded_upto}
             if self._queue:

@@ -531,3 +531,60 @@ def test_repeated_outages_while_publishing_lose_nothing(tmp_path: Path) -> None:
             await asyncio.wait_for(task, 10)
 
     run(main)
+
+
+def test_publish_from_another_thread_is_spooled_and_sent(tmp_path: Path) -> None:
+    import threading
+
+    async def main() -> None:
+        with run_mosquitto(tmp_path) as broker, subscriber(broker, f"{BASE}/telemetry") as sub:
+            up = make_uplink(tmp_path, uplink_config(broker))
+            task = asyncio.create_task(up.run())
+            assert await until(lambda: up.status()["state"] == "connected")
+            def work(k: int) -> None:
+                for n in range(100):
+                    up.publish("telemetry", {"w": k, "n": n})
+
+            workers = [threading.Thread(target=work, args=(k,)) for k in range(3)]
+            for w in workers:
+                w.start()
+            for w in workers:
+                await asyncio.to_thread(w.join, 10)
+            assert await sub.until(lambda m: len(m) == 300, 20)
+            assert await until(lambda: up.status()["spool_depth"] == 0 and up.status()["published"] == 300)
+            got = {(p["w"], p["n"]) for p in sub.on("telemetry")}
+            assert got == {(k, n) for k in range(3) for n in range(100)}
+            await up.close()
+            await asyncio.wait_for(task, 10)
+
+    run(main)
+
+
+def test_publish_from_a_thread_and_the_loop_at_once_sends_each_message_once(tmp_path: Path) -> None:
+    import threading
+
+    async def main() -> None:
+        with run_mosquitto(tmp_path) as broker, subscriber(broker, f"{BASE}/telemetry") as sub:
+            up = make_uplink(tmp_path, uplink_config(broker))
+            task = asyncio.create_task(up.run())
+            assert await until(lambda: up.status()["state"] == "connected")
+            def work() -> None:
+                for n in range(300):
+                    up.publish("telemetry", {"src": "thread", "n": n})
+
+            worker = threading.Thread(target=work)
+            worker.start()
+            for n in range(300):
+                up.publish("telemetry", {"src": "loop", "n": n})
+                if n % 10 == 0:
+                    await asyncio.sleep(0)
+            await asyncio.to_thread(worker.join, 10)
+            assert await sub.until(lambda m: len(m) >= 600, 20)
+            assert await until(lambda: up.status()["spool_depth"] == 0)
+            await asyncio.sleep(0.2)
+            got = [(p["src"], p["n"]) for p in sub.on("telemetry")]
+            assert sorted(got) == sorted([("thread", n) for n in range(300)] + [("loop", n) for n in range(300)])
+            await up.close()
+            await asyncio.wait_for(task, 10)
+
+    run(main)
