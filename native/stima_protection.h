@@ -16,6 +16,11 @@
  *  - Samples: PROT_CHANNELS doubles per relay (currents in A, voltage in kV, frequency in Hz,
  *    breaker position 1/0), each with a quality flag (1 = good). An element whose input is not
  *    good holds its state: it neither times nor trips on that sample.
+ *  - 27 is supervised by the breaker position (blocked while PROT_CH_CLOSED is good and 0);
+ *    81U/81O are blocked while the voltage is below block_below_pu.
+ *  - A relay trips (PROT_EV_TRIP per operated element and phase) when an element operates on a
+ *    good sample, no earlier trip is still latched and the breaker is not known open; the trip
+ *    starts 50BF and the 79 sequence. Every trip of a sequence counts one shot.
  *  - Not thread-safe: one thread per ProtCore.
  *
  * The block between CDEF-BEGIN and CDEF-END is read by the cffi build script: no preprocessor

@@ -129,3 +129,17 @@ def test_python_enums_mirror_the_header() -> None:
     for member in core.ElementKind:
         assert getattr(lib, "PROT_ELEM_" + kinds[member.name]) == member.value
     assert lib.PROT_CHANNELS == core.CHANNELS
+
+
+def test_only_create_allocates() -> None:
+    """Memory policy: ProtCore_create allocates, ProtCore_destroy frees, nothing else does."""
+    source = (NATIVE / "stima_protection.c").read_text()
+    functions = re.split(r"\n(?=[A-Za-z][^\n;]*\([^;{]*\)\s*\{)", source)
+    for body in functions:
+        name = body.split("(")[0].split()[-1] if "(" in body else ""
+        allocates = re.search(r"\b(malloc|calloc|realloc)\s*\(", body)
+        frees = re.search(r"\bfree\s*\(", body)
+        if allocates:
+            assert name == "ProtCore_create", name
+        if frees:
+            assert name == "ProtCore_destroy", name
