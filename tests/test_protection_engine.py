@@ -394,6 +394,7 @@ def test_example_site_schemes(site) -> None:
     ({"breaker_failure": {"current_a": 100, "retrip_s": 0.2, "backup_s": 0.1}},
      ("breaker_failure",), "must exceed retrip_s"),
     ({"tripp": {"point": "x"}}, ("tripp",), "Extra inputs"),
+    ({"elements": {"50P": {"pickup_a": 3000, "fast_only": True}}}, (), "needs a 'reclose' section"),
     ({"elements": {"50P": {"pickup_a": float("inf")}}}, ("elements", "50P", "pickup_a"), "finite number"),
 ])
 def test_schema_errors_name_the_key(patch: dict[str, Any], where: tuple[str, ...], message: str) -> None:

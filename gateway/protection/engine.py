@@ -6,6 +6,7 @@ maps point ids onto the core's input arrays, and translates the core's raw event
 
 Every evaluation is one call into the core covering every element of the substation; an
 `on_sample` for a bound point costs a dictionary lookup, two array stores and that call.
+Not thread-safe: call it from one thread (the daemon's event loop).
 """
 
 from __future__ import annotations

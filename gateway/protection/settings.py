@@ -235,6 +235,11 @@ class ProtectionScheme(BaseModel):
         if not any(getattr(self.elements, f) is not None for f, _ in ELEMENT_FIELDS.values()):
             raise ValueError(f"protection scheme of {self.breaker} has no element; expected at "
                              f"least one of {', '.join(ELEMENT_FIELDS)} under 'elements'")
+        for name in ("50P", "50N"):
+            element = getattr(self.elements, ELEMENT_FIELDS[name][0])
+            if element is not None and element.fast_only and self.reclose is None:
+                raise ValueError(f"elements.{name}.fast_only needs a 'reclose' section (the 79 "
+                                 "selects the fast trips); without one the element never operates")
         return self
 
     def trip_target(self) -> CommandTarget:
