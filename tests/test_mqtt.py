@@ -588,3 +588,28 @@ def test_publish_from_a_thread_and_the_loop_at_once_sends_each_message_once(tmp_
             await asyncio.wait_for(task, 10)
 
     run(main)
+
+
+def test_a_publish_the_broker_refuses_is_counted_logged_and_not_retried(tmp_path: Path,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    acl = tmp_path / "acl"
+    acl.write_text(f"topic readwrite {BASE}/birth\ntopic readwrite {BASE}/death\n"
+                   f"topic readwrite {BASE}/events\ntopic read {BASE}/cmd/#\n")
+
+    async def main() -> None:
+        with run_mosquitto(tmp_path, extra_config=f"acl_file {acl}") as broker:
+            up = make_uplink(tmp_path, uplink_config(broker))
+            task = asyncio.create_task(up.run())
+            assert await until(lambda: up.status()["state"] == "connected")
+            up.publish("telemetry", {"n": 1})  # not allowed by the ACL
+            up.publish("events", {"n": 2})
+            assert await until(lambda: up.status()["spool_depth"] == 0)
+            status = up.status()
+            assert status["rejected"] == 1 and status["acked"] == 1 and status["sessions"] == 1
+            await up.close()
+            await asyncio.wait_for(task, 10)
+
+    with caplog.at_level(logging.ERROR, logger="test.uplink"):
+        run(main)
+    assert any("refused a message" in r.getMessage() and "authori" in str(getattr(r, "reason", "")).lower()
+               for r in caplog.records)
