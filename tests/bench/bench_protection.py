@@ -18,7 +18,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from gateway.protection.core import (  # noqa: E402
+from gateway.protection.core import (
     CHANNELS,
     Channel,
     CoreSettings,
@@ -27,7 +27,7 @@ from gateway.protection.core import (  # noqa: E402
     ElementSettings,
     RelaySettings,
 )
-from gateway.protection.reference import ReferenceCore  # noqa: E402
+from gateway.protection.reference import ReferenceCore
 
 RELAYS = 250
 ELEMENTS_PER_RELAY = 4
