@@ -141,6 +141,8 @@ class ModbusTcpIed(_IedCommon):
     max_block_bits: int = Field(default=2000, ge=1, le=2000)
     gap_tolerance: int = Field(default=8, ge=0, le=124)
     """Unused registers a block read may span to join two neighbouring points."""
+    command_link: bool = True
+    """Open a second connection for writes, so a trip never waits behind a read in flight."""
     points: list[ModbusPoint] = Field(default_factory=list)
 
 

@@ -283,6 +283,10 @@ class _ModbusMaster:
     def _client(self) -> Any:
         raise NotImplementedError
 
+    def _command_link(self) -> Any:
+        """A second connection used only for writes, where the transport has one."""
+        return None
+
     @contextlib.asynccontextmanager
     async def _bus(self) -> Any:
         yield
@@ -361,11 +365,16 @@ class _ModbusMaster:
             await self._sleep_or_write(next_poll - now)
 
     async def _sleep_or_write(self, delay: float) -> None:
-        """Wait for `delay`, waking at once when a write is queued."""
+        """Wait for `delay`, waking at once when a write is queued for the polling link."""
+        if self._command_link() is not None:
+            await asyncio.sleep(max(delay, 0.0))
+            return
         if len(self._writes):
             return
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._writes.wakeup.wait(), timeout=max(delay, 0.0))
+        # asyncio.timeout keeps the wait in this task: a queued trip wakes it in one loop pass
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(delay, 0.0)):
+                await self._writes.wakeup.wait()
 
     async def _poll_once(self) -> None:
         """Read every block; each block's values reach the sink as soon as it is decoded."""
@@ -414,20 +423,23 @@ class _ModbusMaster:
         last: BaseException | None = None
         for _ in range(attempts):
             try:
-                async with self._bus():
-                    return await asyncio.wait_for(make(), timeout=self._timeout)
+                async with self._bus(), asyncio.timeout(self._timeout):
+                    return await make()
             except (asyncio.TimeoutError, ModbusException, OSError) as exc:
                 last = exc
         raise _LinkDown(f"no answer after {attempts} attempt(s): {last or 'timeout'}")
 
-    async def _drain_writes(self) -> None:
+    async def _drain_writes(self, client: Any = None) -> None:
+        """Carry out queued writes, most urgent first, on `client` (default: the polling link)."""
+        if client is None and self._command_link() is not None:
+            return  # the command link's own task carries them out
         while (item := self._writes.pop()) is not None:
             if item.future.done():
                 continue
             point = self._points[item.point_id]
             try:
                 sent_monotonic = self._clock.monotonic()
-                result = await self._request(self._write(point, item.value))
+                result = await self._request(self._write(point, item.value, client))
             except EncodingError as exc:
                 self.status.write_errors += 1
                 item.future.set_exception(CommandError(str(exc)))
@@ -450,8 +462,8 @@ class _ModbusMaster:
             )
             item.future.set_result(sent_monotonic)
 
-    def _write(self, point: ModbusPoint, value: float | int | bool) -> Callable[[], Awaitable[Any]]:
-        client, unit = self._client(), self.cfg.unit_id
+    def _write(self, point: ModbusPoint, value: float | int | bool, client: Any = None) -> Callable[[], Awaitable[Any]]:
+        client, unit = client or self._client(), self.cfg.unit_id
         if point.function is RegisterFunction.COIL:
             return lambda: client.write_coil(point.address, bool(value), device_id=unit)
         words = encode_value(value, point)
@@ -492,31 +504,85 @@ class _ModbusMaster:
 
 
 class ModbusTcpMaster(_ModbusMaster):
-    """Modbus TCP master for one IED (one connection)."""
+    """Modbus TCP master for one IED.
+
+    pymodbus runs one request at a time per connection, so a trip queued while a read is in
+    flight would wait for that read's answer. An IED with writable points therefore gets a
+    second connection that carries only writes (`command_link`, on by default); an IED that
+    accepts a single connection gets its writes on the polling link, between block reads.
+    """
 
     def __init__(self, cfg: ModbusTcpIed, sink: Sink, clock: Clock, logger: logging.Logger) -> None:
         self._tcp: AsyncModbusTcpClient | None = None
+        self._cmd: AsyncModbusTcpClient | None = None
+        self._cmd_task: asyncio.Task[None] | None = None
         super().__init__(cfg, sink, clock, logger)
+
+    def _new_client(self) -> AsyncModbusTcpClient:
+        assert isinstance(self.cfg, ModbusTcpIed)
+        return AsyncModbusTcpClient(self.cfg.host, port=self.cfg.port, timeout=self._timeout, retries=0,
+                                    reconnect_delay=0)
+
+    def _command_link(self) -> AsyncModbusTcpClient | None:
+        return self._cmd
+
+    async def _open_command_link(self) -> None:
+        assert isinstance(self.cfg, ModbusTcpIed)
+        if not self.cfg.command_link or not any(p.writable for p in self.cfg.points):
+            return
+        client = self._new_client()
+        try:
+            ok = await asyncio.wait_for(client.connect(), timeout=max(self._timeout, 0.5) * 2)
+        except (OSError, ModbusException, asyncio.TimeoutError):
+            ok = False
+        if not ok:
+            client.close()
+            self._log.info("IED takes one connection: writes share the polling link", extra={"ied": self.ied_id})
+            return
+        self._cmd = client
+        self._cmd_task = asyncio.create_task(self._command_loop(client), name=f"{self.ied_id}-commands")
+        self.status.extra["command_link"] = True
+
+    async def _command_loop(self, client: AsyncModbusTcpClient) -> None:
+        try:
+            while True:
+                await self._writes.wakeup.wait()
+                await self._drain_writes(client)
+        except _LinkDown as exc:
+            self._log.warning("command link lost; writes go over the polling link",
+                              extra={"ied": self.ied_id, "reason": str(exc)})
+        finally:
+            if self._cmd is client:
+                self._cmd = None
+                self.status.extra["command_link"] = False
+            client.close()
+            self._writes.wakeup.set()  # hand anything still queued to the polling loop
+
+    async def _close_command_link(self) -> None:
+        task, self._cmd_task = self._cmd_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._cmd is not None:
+            self._cmd.close()
+            self._cmd = None
 
     def _endpoint(self) -> str:
         assert isinstance(self.cfg, ModbusTcpIed)
         return f"{self.cfg.host}:{self.cfg.port}/{self.cfg.unit_id}"
 
     async def _connect(self) -> None:
-        assert isinstance(self.cfg, ModbusTcpIed)
         if self._tcp is not None:
             self._tcp.close()
-        self._tcp = AsyncModbusTcpClient(
-            self.cfg.host,
-            port=self.cfg.port,
-            timeout=self._timeout,
-            retries=0,
-            reconnect_delay=0,
-        )
+        self._tcp = self._new_client()
         if not await self._tcp.connect():
             raise _LinkDown(f"cannot connect to {self._endpoint()}")
+        if self._cmd is None:
+            await self._open_command_link()
 
     async def _disconnect(self) -> None:
+        await self._close_command_link()
         if self._tcp is not None:
             self._tcp.close()
             self._tcp = None

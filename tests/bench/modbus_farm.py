@@ -26,7 +26,8 @@ async def main(devices: int, registers: int, period_s: float, duration_s: float)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for _ in range(devices):
-            ctx = ModbusServerContext(devices=ModbusDeviceContext(hr=ModbusSequentialDataBlock(1, [0] * registers)))
+            ctx = ModbusServerContext(devices=ModbusDeviceContext(hr=ModbusSequentialDataBlock(1, [0] * registers),
+                                                                  co=ModbusSequentialDataBlock(1, [0] * 16)))
             server = ModbusTcpServer(ctx, address=("127.0.0.1", 0))
             await server.serve_forever(background=True)
             servers.append(server)
