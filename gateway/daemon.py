@@ -89,7 +89,8 @@ class Gateway:
                 for p in self.image.points.values()
             ]
         )
-        self.uplink.on_birth(self.telemetry.request_integrity)
+        self._telemetry_wake = asyncio.Event()
+        self.uplink.on_birth(self._request_integrity)
         self.image.subscribe_all(self._on_point_for_uplink)
 
     def _build_protection(self) -> None:
@@ -127,7 +128,8 @@ class Gateway:
 
     def _on_point_for_uplink(self, point: Point, update: PointUpdate) -> None:
         self.updates_applied += 1
-        self.telemetry.on_change(point, update.receive_monotonic)
+        if self.telemetry.on_change(point, update.receive_monotonic) or self.telemetry.pending == 1:
+            self._telemetry_wake.set()
 
     def _sink(self, updates: Sequence[PointUpdate]) -> None:
         apply = self.image.apply
@@ -188,14 +190,30 @@ class Gateway:
             except Exception:
                 log.exception("agent step failed")
 
+    def _request_integrity(self) -> None:
+        self.telemetry.request_integrity()
+        self._telemetry_wake.set()
+
     async def _telemetry_loop(self) -> None:
-        """Flush report-by-exception batches and integrity reports to the uplink."""
-        window = max(self.site.uplink.batch_window_ms / 1000.0, 0.001)
+        """Flush report-by-exception batches and integrity reports; asleep while nothing changes."""
+        window = self.site.uplink.batch_window_ms / 1000.0
+        wake = self._telemetry_wake
+        self._flush_telemetry()  # schedules the first integrity report
         while True:
-            await asyncio.sleep(window)
-            messages = self.telemetry.flush(self.clock.monotonic(), self.clock.wall())
-            if messages:
-                self.uplink.publish_many(messages)
+            due = self.telemetry.next_flush_at(window)
+            delay = None if due is None else due - self.clock.monotonic()
+            if delay is None or delay > 0:
+                wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await wake.wait()
+                continue
+            self._flush_telemetry()
+
+    def _flush_telemetry(self) -> None:
+        messages = self.telemetry.flush(self.clock.monotonic(), self.clock.wall())
+        if messages:
+            self.uplink.publish_many(messages)
 
     async def stop(self, deadline_s: float = SHUTDOWN_DEADLINE_S) -> None:
         """Stop polling, let the uplink drain within the deadline, then cancel what is left."""
