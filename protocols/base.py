@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from gateway.clock import Clock
-from gateway.points import PointUpdate
+from gateway.points import COMM_FAILURE, PointUpdate
 
 Sink = Callable[[Sequence[PointUpdate]], None]
 
@@ -135,6 +135,74 @@ class WriteQueue:
         while (item := self.pop()) is not None:
             if not item.future.done():
                 item.future.set_exception(CommandError(reason))
+
+
+class PolledAdapter:
+    """What every adapter does alike: link health, invalid marking, and queueing writes.
+
+    Subclasses set `cfg` (with `id`, `points`, `poll_period_ms`), `status`, `_sink`, `_clock`
+    and `_log`, then call `_init_health()`. Points go invalid (communication failure) as soon
+    as the link is lost, or once no data has arrived for two poll periods.
+    """
+
+    cfg: Any
+    ied_id: str
+    status: AdapterStatus
+    _sink: Sink
+    _clock: Clock
+    _log: logging.Logger
+
+    def _init_health(self) -> None:
+        self._period = self.cfg.poll_period_ms / 1000.0
+        self._writes = WriteQueue()
+        self._closing = False
+        self._stale_marked = False
+        self._last_ok_mono = self._clock.monotonic()
+
+    def _mark_ok(self, monotonic: float | None = None) -> None:
+        self.status.last_ok_time = self._clock.wall()
+        self._last_ok_mono = self._clock.monotonic() if monotonic is None else monotonic
+        self._stale_marked = False
+
+    def _mark_all_invalid(self) -> None:
+        if self._stale_marked or self._closing:
+            return
+        self._stale_marked = True
+        mono, wall = self._clock.monotonic(), self._clock.wall()
+        self._sink([PointUpdate(point_id=p.id, value=None, quality=COMM_FAILURE, receive_monotonic=mono,
+                                receive_time=wall) for p in self.cfg.points])
+
+    def _link_lost(self, why: str) -> None:
+        was_online = self.status.state is LinkState.ONLINE
+        self.status.state = LinkState.OFFLINE
+        self.status.last_error = why
+        if was_online:
+            self._log.warning("link lost", extra={"ied": self.ied_id, "reason": why})
+        self._mark_all_invalid()
+
+    async def _staleness_watchdog(self) -> None:
+        """Mark every point invalid once nothing has arrived for two poll periods."""
+        limit = 2 * self._period
+        while True:
+            await asyncio.sleep(self._period / 2)
+            if self._clock.monotonic() - self._last_ok_mono > limit and not self._stale_marked:
+                self._log.warning("no data for two poll periods", extra={"ied": self.ied_id})
+                self._mark_all_invalid()
+
+    def _queue_write(
+        self, point_id: str, value: float | int | bool, priority: Priority, refusal: str | None
+    ) -> asyncio.Future[Any]:
+        """Queue a write, or answer at once with CommandError(`refusal`) or a link-state refusal.
+
+        Protection writes are queued even while the link is down: they go out on reconnect.
+        """
+        if refusal is None and self.status.state is not LinkState.ONLINE and priority is not Priority.PROTECTION:
+            refusal = f"{self.ied_id} is {self.status.state.value}"
+        if refusal is not None:
+            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            future.set_exception(CommandError(refusal))
+            return future
+        return self._writes.put(point_id, value, priority, self._clock.monotonic())
 
 
 AdapterFactory = Callable[..., Adapter]

@@ -46,9 +46,9 @@ from typing import Any, TypeVar
 
 from gateway.clock import Clock
 from gateway.config import Iec61850Ied, Iec61850Point, PointKindName
-from gateway.points import COMM_FAILURE, GOOD, PointUpdate, Quality, QualityReason, Validity
+from gateway.points import GOOD, PointUpdate, Quality, QualityReason, Validity
 from protocols import _iec61850_ffi as c
-from protocols.base import AdapterStatus, CommandError, LinkState, Priority, Sink, WriteQueue
+from protocols.base import AdapterStatus, CommandError, LinkState, PolledAdapter, Priority, Sink
 
 ffi, lib = c.ffi, c.lib
 T = TypeVar("T")
@@ -265,7 +265,7 @@ class _Session:
     closed: bool = False
 
 
-class Iec61850Client:
+class Iec61850Client(PolledAdapter):
     """Adapter for one IEC 61850 IED (see the module docstring for the threading design)."""
 
     protocol = "iec61850"
@@ -279,16 +279,12 @@ class Iec61850Client:
         self._clock = clock
         self._log = logger.getChild(ied_config.id) if logger else logging.getLogger(__name__)
         self._addresses = {p.id: PointAddress.of(p) for p in ied_config.points}
-        self._period = ied_config.poll_period_ms / 1000.0
         self._timeout = ied_config.timeout_ms / 1000.0
         self._guard = 3 * self._timeout + 2.0
-        self._writes = WriteQueue()
+        self._init_health()
         self._worker: concurrent.futures.ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._session: _Session | None = None
-        self._closing = False
-        self._stale_marked = False
-        self._last_ok_mono = clock.monotonic()
         self._link_generation = 0
         self._terminations: dict[str, asyncio.Future[tuple[int, int, int]]] = {}
         self._open_sessions: set[_Session] = set()
@@ -307,24 +303,14 @@ class Iec61850Client:
 
     def submit_write(
         self, point_id: str, value: float | bool, priority: Priority = Priority.CONTROL
-    ) -> asyncio.Future[None]:
+    ) -> asyncio.Future[Any]:
         """Operate a control point; the future fails with CommandError saying why."""
-        loop = asyncio.get_running_loop()
         address = self._addresses.get(point_id)
+        refusal = None
         if address is None or not address.point.control:
-            future: asyncio.Future[None] = loop.create_future()
-            why = (
-                "is not a point of this IED"
-                if address is None
-                else "is not a control (control = true)"
-            )
-            future.set_exception(CommandError(f"{self.ied_id}: {point_id} {why}"))
-            return future
-        if self.status.state is not LinkState.ONLINE and priority is not Priority.PROTECTION:
-            future = loop.create_future()
-            future.set_exception(CommandError(f"{self.ied_id} is {self.status.state.value}"))
-            return future
-        return self._writes.put(point_id, value, priority, self._clock.monotonic())
+            why = "is not a point of this IED" if address is None else "is not a control (control = true)"
+            refusal = f"{self.ied_id}: {point_id} {why}"
+        return self._queue_write(point_id, value, priority, refusal)
 
     async def close(self) -> None:
         self._closing = True
@@ -789,11 +775,6 @@ class Iec61850Client:
         self._mark_ok()
         self._sink(self._updates(decoded))
 
-    def _mark_ok(self) -> None:
-        self.status.last_ok_time = self._clock.wall()
-        self._last_ok_mono = self._clock.monotonic()
-        self._stale_marked = False
-
     def _terminated(self, point_id: str, appl: tuple[int, int, int]) -> None:
         future = self._terminations.get(point_id)
         if future is not None and not future.done():
@@ -860,36 +841,4 @@ class Iec61850Client:
     def _link_lost(self, why: str) -> None:
         if self._online is not None:
             self._online.clear()
-        was_online = self.status.state is LinkState.ONLINE
-        self.status.state = LinkState.OFFLINE
-        self.status.last_error = why
-        if was_online:
-            self._log.warning("link lost", extra={"ied": self.ied_id, "reason": why})
-        self._mark_all_invalid()
-
-    def _mark_all_invalid(self) -> None:
-        if self._stale_marked or self._closing:
-            return
-        self._stale_marked = True
-        mono, wall = self._clock.monotonic(), self._clock.wall()
-        self._sink(
-            [
-                PointUpdate(
-                    point_id=p.id,
-                    value=None,
-                    quality=COMM_FAILURE,
-                    receive_monotonic=mono,
-                    receive_time=wall,
-                )
-                for p in self.cfg.points
-            ]
-        )
-
-    async def _staleness_watchdog(self) -> None:
-        """Mark every point invalid once nothing (poll or report) has arrived for two periods."""
-        limit = 2 * self._period
-        while True:
-            await asyncio.sleep(self._period / 2)
-            if self._clock.monotonic() - self._last_ok_mono > limit and not self._stale_marked:
-                self._log.warning("no data for two poll periods", extra={"ied": self.ied_id})
-                self._mark_all_invalid()
+        super()._link_lost(why)

@@ -28,7 +28,6 @@ from pymodbus.exceptions import ModbusException
 from gateway.clock import Clock
 from gateway.config import DataType, ModbusPoint, ModbusRtuIed, ModbusTcpIed, RegisterFunction
 from gateway.points import (
-    COMM_FAILURE,
     GOOD,
     PointUpdate,
     Quality,
@@ -39,9 +38,9 @@ from protocols.base import (
     AdapterStatus,
     CommandError,
     LinkState,
+    PolledAdapter,
     Priority,
     Sink,
-    WriteQueue,
 )
 
 _DT = ModbusClientMixin.DATATYPE
@@ -241,7 +240,7 @@ class _SerialLine:
                 del self._lines[self.port]
 
 
-class _ModbusMaster:
+class _ModbusMaster(PolledAdapter):
     protocol = "modbus"
 
     def __init__(
@@ -259,12 +258,8 @@ class _ModbusMaster:
             max_bits=cfg.max_block_bits,
             gap_tolerance=cfg.gap_tolerance,
         )
-        self._period = cfg.poll_period_ms / 1000.0
         self._timeout = cfg.timeout_ms / 1000.0
-        self._writes = WriteQueue()
-        self._stale_marked = False
-        self._closing = False
-        self._last_ok_mono = clock.monotonic()
+        self._init_health()
         self.status = AdapterStatus(
             ied_id=cfg.id, protocol=cfg.protocol, endpoint=self._endpoint(), extra={"blocks": len(self.blocks)}
         )
@@ -295,19 +290,13 @@ class _ModbusMaster:
 
     def submit_write(
         self, point_id: str, value: float | int | bool, priority: Priority = Priority.CONTROL
-    ) -> asyncio.Future[None]:
+    ) -> asyncio.Future[Any]:
         point = self._points.get(point_id)
-        loop = asyncio.get_running_loop()
+        refusal = None
         if point is None or not point.writable:
-            future: asyncio.Future[None] = loop.create_future()
             why = "is not a point of this IED" if point is None else "is not writable"
-            future.set_exception(CommandError(f"{self.ied_id}: {point_id} {why}"))
-            return future
-        if self.status.state is not LinkState.ONLINE and priority is not Priority.PROTECTION:
-            future = loop.create_future()
-            future.set_exception(CommandError(f"{self.ied_id} is {self.status.state.value}"))
-            return future
-        return self._writes.put(point_id, value, priority, self._clock.monotonic())
+            refusal = f"{self.ied_id}: {point_id} {why}"
+        return self._queue_write(point_id, value, priority, refusal)
 
     async def close(self) -> None:
         self._closing = True
@@ -399,13 +388,11 @@ class _ModbusMaster:
             if len(words) < block.count:
                 self.status.poll_errors += 1
                 self.status.last_error = f"short response: {len(words)} of {block.count}"
-            self._last_ok_mono = mono
-            self._stale_marked = False
+            self._mark_ok(mono)
             self._sink([
                 PointUpdate(point_id=point.id, value=value, quality=quality, receive_monotonic=mono, receive_time=wall)
                 for point, value, quality in decode_block(block, words)
             ])
-        self.status.last_ok_time = self._clock.wall()
 
     def _read(self, block: Block) -> Callable[[], Awaitable[Any]]:
         client, unit = self._client(), self.cfg.unit_id
@@ -478,29 +465,8 @@ class _ModbusMaster:
         ]
 
     def _link_lost(self, why: str) -> None:
-        was_online = self.status.state is LinkState.ONLINE
-        self.status.state = LinkState.OFFLINE
-        self.status.last_error = why
         self.status.poll_errors += 1
-        if was_online:
-            self._log.warning("link lost", extra={"ied": self.ied_id, "reason": why})
-        self._mark_all_invalid()
-
-    def _mark_all_invalid(self) -> None:
-        if self._stale_marked or self._closing:
-            return
-        self._stale_marked = True
-        mono, wall = self._clock.monotonic(), self._clock.wall()
-        self._sink(self._mark(self.cfg.points, COMM_FAILURE, mono, wall))
-
-    async def _staleness_watchdog(self) -> None:
-        """Mark every point invalid once no poll has succeeded for two poll periods."""
-        limit = 2 * self._period
-        while True:
-            await asyncio.sleep(self._period / 2)
-            if self._clock.monotonic() - self._last_ok_mono > limit and not self._stale_marked:
-                self._log.warning("no answer for two poll periods", extra={"ied": self.ied_id})
-                self._mark_all_invalid()
+        super()._link_lost(why)
 
 
 class ModbusTcpMaster(_ModbusMaster):
