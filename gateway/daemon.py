@@ -147,10 +147,10 @@ class Gateway:
         # The uplink's network thread must not hold the interpreter for the default 5 ms
         # when the event loop has a trip to send.
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-        for ied in self.site.ieds:
-            if not ied.enabled:
-                continue
+        enabled = [ied for ied in self.site.ieds if ied.enabled]
+        for n, ied in enumerate(enabled):
             adapter = make_adapter(ied, self._sink, self.clock, logging.getLogger("stima.ied"))
+            adapter.poll_phase = n / len(enabled)
             self.adapters[ied.id] = adapter
             self._tasks.append(asyncio.create_task(adapter.run(), name=f"ied-{ied.id}"))
         self._tasks.append(asyncio.create_task(self.uplink.run(), name="uplink"))

@@ -77,6 +77,7 @@ class Adapter(Protocol):
 
     ied_id: str
     status: AdapterStatus
+    poll_phase: float
 
     async def run(self) -> None:
         """Poll / subscribe until cancelled. Never returns on link errors: it reconnects."""
@@ -151,6 +152,10 @@ class PolledAdapter:
     _sink: Sink
     _clock: Clock
     _log: logging.Logger
+
+    poll_phase: float = 0.0
+    """Fraction of the poll period by which this IED's polls are shifted. The daemon spreads
+    its IEDs over the period so their answers do not all land in one burst."""
 
     def _init_health(self) -> None:
         self._period = self.cfg.poll_period_ms / 1000.0

@@ -721,7 +721,7 @@ class Iec61850Client(PolledAdapter):
     # ------------------------------------------------------------------ loop side
 
     async def _poll_forever(self) -> None:
-        next_poll = self._clock.monotonic()
+        next_poll = self._clock.monotonic() + self.poll_phase * self._period
         while not self._closing:
             now = self._clock.monotonic()
             if now >= next_poll:

@@ -17,8 +17,9 @@ import contextlib
 import logging
 import math
 import random
+import struct
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
@@ -26,7 +27,7 @@ from pymodbus.client.mixin import ModbusClientMixin
 from pymodbus.exceptions import ModbusException
 
 from gateway.clock import Clock
-from gateway.config import DataType, ModbusPoint, ModbusRtuIed, ModbusTcpIed, RegisterFunction
+from gateway.config import DataType, ModbusPoint, ModbusRtuIed, ModbusTcpIed, RegisterFunction, WordOrder
 from gateway.points import (
     GOOD,
     PointUpdate,
@@ -123,6 +124,28 @@ def in_range(value: float | int | bool, point: ModbusPoint) -> bool:
 # --------------------------------------------------------------------------- block planning
 
 
+_STRUCTS = {
+    DataType.INT16: struct.Struct(">h"),
+    DataType.UINT16: struct.Struct(">H"),
+    DataType.INT32: struct.Struct(">i"),
+    DataType.UINT32: struct.Struct(">I"),
+    DataType.FLOAT32: struct.Struct(">f"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _Slot:
+    """How to cut one point out of its block's response, worked out once per block."""
+
+    point: ModbusPoint
+    offset: int
+    width: int
+    codec: struct.Struct | None
+    swap_words: bool
+    binary: bool
+    scaled: bool
+
+
 @dataclass(frozen=True, slots=True)
 class Block:
     """One read request covering several points."""
@@ -131,6 +154,23 @@ class Block:
     start: int
     count: int
     points: tuple[ModbusPoint, ...]
+    slots: tuple[_Slot, ...] = field(default=(), compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        bit = self.function in (RegisterFunction.COIL, RegisterFunction.DISCRETE)
+        slots = tuple(
+            _Slot(
+                point=p,
+                offset=p.address - self.start,
+                width=1 if bit else p.type.registers,
+                codec=None if bit else _STRUCTS[p.type],
+                swap_words=p.word_order is WordOrder.LITTLE and p.type.registers == 2,
+                binary=bit or p.point_kind.value == "binary",
+                scaled=not (p.scale == 1.0 and p.offset == 0.0),
+            )
+            for p in self.points
+        )
+        object.__setattr__(self, "slots", slots)
 
     @property
     def end(self) -> int:
@@ -168,31 +208,40 @@ def plan_blocks(
 
 
 def decode_block(block: Block, words: Sequence[int] | Sequence[bool]) -> list[tuple[ModbusPoint, Any, Quality]]:
-    """Slice one block response into (point, engineering value, quality)."""
+    """Slice one block response into (point, engineering value, quality).
+
+    The hot path of polling: the response is packed to bytes once and every point is cut out
+    with a precompiled struct (the same results as pymodbus's per-value conversion, which the
+    tests check against).
+    """
     out: list[tuple[ModbusPoint, Any, Quality]] = []
-    bit = block.function in (RegisterFunction.COIL, RegisterFunction.DISCRETE)
-    for point in block.points:
-        offset = point.address - block.start
-        if bit:
-            if offset >= len(words):
-                out.append((point, None, MALFORMED))
-                continue
-            out.append((point, bool(words[offset]), GOOD))
-            continue
-        width = point.type.registers
-        chunk = words[offset : offset + width]
-        if len(chunk) < width:
+    n = len(words)
+    if block.function in (RegisterFunction.COIL, RegisterFunction.DISCRETE):
+        for slot in block.slots:
+            out.append((slot.point, bool(words[slot.offset]), GOOD) if slot.offset < n else (slot.point, None, MALFORMED))
+        return out
+    try:
+        buf = struct.pack(f">{n}H", *words)
+    except (struct.error, TypeError):
+        return [(p, None, MALFORMED) for p in block.points]
+    for slot in block.slots:
+        point = slot.point
+        if slot.offset + slot.width > n:
             out.append((point, None, MALFORMED))
             continue
-        try:
-            value = to_engineering(decode_registers(chunk, point), point)  # type: ignore[arg-type]
-        except (ValueError, TypeError, AssertionError):
-            out.append((point, None, MALFORMED))
-            continue
-        if not in_range(value, point):
-            out.append((point, value, OUT_OF_RANGE))
+        at = 2 * slot.offset
+        assert slot.codec is not None
+        if slot.swap_words:
+            raw = slot.codec.unpack(buf[at + 2 : at + 4] + buf[at : at + 2])[0]
         else:
-            out.append((point, value, GOOD))
+            raw = slot.codec.unpack_from(buf, at)[0]
+        if slot.binary:
+            value: Any = bool(raw)
+        elif slot.scaled:
+            value = raw * point.scale + point.offset
+        else:
+            value = raw
+        out.append((point, value, GOOD if in_range(value, point) else OUT_OF_RANGE))
     return out
 
 
@@ -340,7 +389,7 @@ class _ModbusMaster(PolledAdapter):
     # ------------------------------------------------------------ internals
 
     async def _poll_forever(self) -> None:
-        next_poll = self._clock.monotonic()
+        next_poll = self._clock.monotonic() + self.poll_phase * self._period
         while not self._closing:
             await self._drain_writes()
             now = self._clock.monotonic()
