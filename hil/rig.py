@@ -83,7 +83,7 @@ class Rig:
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
         log_path = self.workdir / f"{name}.log"
-        with log_path.open("wb") as log:
+        with log_path.open("ab") as log:
             return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True, cwd=ROOT)
 
@@ -109,6 +109,18 @@ class Rig:
             if time.monotonic() > deadline:
                 raise TimeoutError("the rig did not come up (IEDs online, uplink connected) in time")
             time.sleep(0.2)
+
+    def restart_daemon(self, *, hard: bool = False, timeout_s: float = 60.0) -> None:
+        """Stop the daemon (SIGTERM, or SIGKILL when `hard`) and start it again on the same site."""
+        assert self.daemon is not None
+        if hard:
+            self.daemon.kill()
+        else:
+            self.daemon.send_signal(signal.SIGTERM)
+        self.daemon.wait(30)
+        self.daemon = self._spawn("gatewayd", [sys.executable, "-m", "gateway.daemon", "--config", str(self.site_path)])
+        self.wait(lambda: self.daemon_call("status")["uplink"]["state"] == "connected", "the daemon back up", timeout_s,
+                  interval_s=0.2)
 
     def stop(self) -> None:
         for proc in (self.daemon, self.hil):

@@ -49,3 +49,17 @@ def test_permanent_fault_is_cleared_and_locks_out(rig: Rig, line: str, cb: str, 
     rig.hil_call("clear")
     close_and_settle(rig, cb)
     assert not rig.daemon_call("status")["protection"]["breakers"][cb]["locked_out"]
+
+
+def test_lockout_survives_a_kill_of_the_daemon(rig: Rig) -> None:
+    cb = "CB-045"
+    rig.hil_call("fault", line="LINE-045", distance_m=700.0, kind="3ph", transient=False)
+    rig.wait(lambda: rig.daemon_call("status")["protection"]["breakers"][cb]["locked_out"], f"{cb} lockout", 30)
+    rig.hil_call("clear")
+    rig.restart_daemon(hard=True)
+    state = rig.daemon_call("status")["protection"]["breakers"][cb]
+    assert state["locked_out"], "a kill -9 forgot the lockout"
+    assert breaker(rig, cb) == "open"
+    with pytest.raises(Exception, match="locked out"):
+        rig.daemon_call("breaker.operate", breaker=cb, action="close", authorised=False)
+    close_and_settle(rig, cb)
