@@ -419,8 +419,11 @@ class Server:
     def _op_reliability(self, since: float | None = None, until: float | None = None) -> dict[str, Any]:
         """IEEE 1366 indices for a wall-clock period (default: since the daemon started)."""
         offset = self.clock.wall() - self.clock.monotonic()
-        result = self._gw().agents.runtime.reliability(
-            None if since is None else since - offset, None if until is None else until - offset)
+        result = dict(self._gw().agents.runtime.reliability(
+            None if since is None else since - offset, None if until is None else until - offset))
+        for key in ("since", "until"):
+            if isinstance(result.get(key), float):
+                result[key] += offset
         return result
 
     def _op_events(self, since: float = 0.0, source: str | None = None, limit: int = 200) -> list[dict[str, Any]]:

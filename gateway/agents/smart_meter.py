@@ -90,7 +90,9 @@ _CAUSES = {
     _E.READINGS_STOPPED: "no reading within the timeout",
 }
 
-COLUMNS = ("voltage_v", "current_a", "demand_kw", "energy_kwh", "power_factor", "thd_pct", "tamper")
+COLUMNS = ("voltage_v", "current_a", "demand_kw", "energy_kwh", "power_factor", "thd_pct", "tamper", "powered")
+"""What a reading may carry (docs/ami.md). `powered` False is the meter's power-off event: it
+reads as zero voltage whatever else the reading says."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -179,6 +181,8 @@ class MeterFleet:
                 raise ValueError(f"meter column {name!r} has {len(col)} values for {len(meter_ids)} ids")
             if not ok.all():
                 col = col[ok]
+            if name == "powered":
+                continue  # applied after the voltages below
             if name == "tamper":
                 self.tamper[idx] |= col.astype(bool)
             elif name == "demand_kw":
@@ -192,6 +196,11 @@ class MeterFleet:
                 self.energy_kwh[idx] = col
             else:
                 getattr(self, name)[idx] = col
+        if "powered" in columns:
+            powered = np.asarray(columns["powered"]).astype(bool)
+            if not ok.all():
+                powered = powered[ok]
+            self.voltage_v[idx[~powered]] = 0.0
         self.last_reading[idx] = now
         return int(idx.size)
 
