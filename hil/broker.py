@@ -1,8 +1,11 @@
-"""A local mosquitto broker for rigs, demos and tests, with certificates made on the spot.
+"""A local mosquitto broker for rigs, demos, tests and benchmarks, with certificates made by `openssl`.
 
 The regional broker in the field is someone else's; on a rig we run Debian's mosquitto on
-loopback: one TLS listener that requires client certificates (the uplink, as in the field)
-and, optionally, one plain listener for the substation's AMI data concentrators.
+127.0.0.1 with a TLS listener that requires client certificates, as in the field.
+
+`run_mosquitto(tmp_path, port, tls=make_tls_files(tmp_path))` starts mosquitto on 127.0.0.1 and
+yields a `Broker` that can be stopped and restarted on the same port (outage tests). With TLS the
+broker requires a client certificate signed by the test CA, TLS 1.2 or later.
 """
 
 from __future__ import annotations
@@ -16,129 +19,178 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+OPENSSL = shutil.which("openssl") or "/usr/bin/openssl"
+_START_TIMEOUT_S = 10.0
 
 
-class BrokerError(RuntimeError):
-    pass
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TlsFiles:
-    ca_cert: Path
+    """PEM files of a throw-away PKI: one CA, a server certificate and a client certificate."""
+
+    ca_file: Path
+    ca_key: Path
     server_cert: Path
     server_key: Path
     client_cert: Path
     client_key: Path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def mosquitto_binary() -> str:
-    found = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
-    if found is None:
-        raise BrokerError("mosquitto is not installed (Debian package 'mosquitto'; `make test` installs it as root)")
-    return found
-
-
 def _openssl(*args: str, cwd: Path) -> None:
-    result = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True, timeout=60)
-    if result.returncode != 0:
-        raise BrokerError(f"openssl {' '.join(args[:2])} failed: {result.stderr.strip()}")
+    proc = subprocess.run([OPENSSL, *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        raise RuntimeError(f"openssl {' '.join(args[:2])} failed: {proc.stderr.strip()}")
 
 
-def make_tls(directory: Path, client_name: str = "gateway") -> TlsFiles:
-    """A throw-away CA, a server certificate for 127.0.0.1/localhost and one client certificate.
+def _issue(directory: Path, name: str, subject: str, extensions: str, ca: tuple[Path, Path]) -> tuple[Path, Path]:
+    key, csr, crt, ext = (directory / f"{name}{s}" for s in (".key", ".csr", ".crt", ".ext"))
+    ext.write_text(extensions)
+    _openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", str(key), "-out", str(csr), "-subj", subject, cwd=directory)
+    _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca[0]), "-CAkey", str(ca[1]),
+             "-set_serial", str(int.from_bytes(os.urandom(8), "big")), "-days", "2",
+             "-out", str(crt), "-extfile", str(ext), cwd=directory)
+    return crt, key
 
-    Idempotent: existing files are kept.
-    """
+
+def make_tls_files(directory: Path, *, client_cn: str = "stima-gateway") -> TlsFiles:
+    """Generate a CA, a server certificate for 127.0.0.1/localhost and a client certificate."""
+    directory = Path(directory) / "tls"
     directory.mkdir(parents=True, exist_ok=True)
-    files = TlsFiles(
-        directory / "ca.crt",
-        directory / "server.crt",
-        directory / "server.key",
-        directory / f"{client_name}.crt",
-        directory / f"{client_name}.key",
-    )
-    if all(p.exists() for p in vars(files).values()):
-        return files
-    if shutil.which("openssl") is None:
-        raise BrokerError("openssl is not installed (Debian package 'openssl')")
-    d = directory
+    ca_key, ca_crt = directory / "ca.key", directory / "ca.crt"
     _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-keyout", "ca.key", "-out", "ca.crt", "-days", "3650", "-subj", "/CN=Stima rig CA", cwd=d)
-    (d / "server.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    for name, cn, ext in (("server", "localhost", ["-extfile", "server.ext"]), (client_name, client_name, [])):
-        _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                 "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}", cwd=d)
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-                 "-CAcreateserial", "-out", f"{name}.crt", "-days", "3650", *ext, cwd=d)
-    for key in d.glob("*.key"):
-        key.chmod(0o600)
-    return files
+             "-keyout", str(ca_key), "-out", str(ca_crt), "-days", "2", "-subj", "/CN=Stima rig CA",
+             "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=directory)
+    server = _issue(directory, "server", "/CN=localhost",
+                    "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+                    (ca_crt, ca_key))
+    client = _issue(directory, "client", f"/CN={client_cn}", "extendedKeyUsage=clientAuth\n", (ca_crt, ca_key))
+    return TlsFiles(ca_crt, ca_key, server[0], server[1], client[0], client[1])
 
 
-@dataclass
 class Broker:
-    process: subprocess.Popen[bytes]
-    tls_port: int | None
-    plain_port: int | None
-    log_path: Path
+    """One mosquitto process bound to 127.0.0.1:`port`; stop() and start() keep the port."""
+
+    def __init__(self, directory: Path, port: int, tls: TlsFiles | None = None, extra_config: str = "",
+                 persistent: bool = False) -> None:
+        self.directory = Path(directory)
+        self.port = port
+        self.host = "127.0.0.1"
+        self.tls = tls
+        self.config_path = self.directory / f"mosquitto-{port}.conf"
+        self.log_path = self.directory / f"mosquitto-{port}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        lines = [
+            f"listener {port} 127.0.0.1",
+            "allow_anonymous true",
+            *(
+                [f"persistence true\npersistence_location {self.directory}/", "autosave_interval 0"]
+                if persistent else ["persistence false"]
+            ),
+            f"log_dest file {self.log_path}",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "log_type information",
+            "max_queued_messages 1000000",
+            "max_inflight_messages 0",
+        ]
+        if os.geteuid() == 0:
+            lines.append("user root")
+        if tls is not None:
+            lines += [
+                f"cafile {tls.ca_file}",
+                f"certfile {tls.server_cert}",
+                f"keyfile {tls.server_key}",
+                "require_certificate true",
+                "tls_version tlsv1.2",
+            ]
+        if extra_config:
+            lines.append(extra_config)
+        self.config_path.write_text("\n".join(lines) + "\n")
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def start(self) -> None:
+        if self.running:
+            return
+        self.process = subprocess.Popen(
+            [MOSQUITTO, "-c", str(self.config_path)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        for _ in range(2000):
+            if self.process.poll() is not None:
+                err = self.process.stderr.read().decode() if self.process.stderr else ""
+                raise RuntimeError(f"mosquitto exited with {self.process.returncode}: {err}{self.log()}")
+            with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), timeout=0.2):
+                return
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        self.stop()
+        raise RuntimeError(f"mosquitto did not listen on port {self.port}: {self.log()}")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
+        proc, self.process = self.process, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.terminate()
             try:
-                self.process.wait(5)
+                proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+                proc.kill()
+                proc.wait(timeout=5)
+        if proc.stderr is not None:
+            proc.stderr.close()
 
+    def restart(self) -> None:
+        self.stop()
+        self.start()
 
-def start_broker(
-    workdir: Path, *, tls: TlsFiles | None = None, tls_port: int | None = None, plain_port: int | None = None
-) -> Broker:
-    """Start mosquitto on 127.0.0.1 and wait until it listens."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    lines = ["persistence false", "log_dest stderr", "log_type error", "log_type warning",
-             "max_queued_messages 100000", "per_listener_settings false", "allow_anonymous true"]
-    if os.geteuid() == 0:
-        lines.append("user root")  # otherwise it drops to 'mosquitto' and cannot read root's keys
-    if tls is not None:
-        tls_port = tls_port or free_port()
-        lines += [f"listener {tls_port} 127.0.0.1", f"cafile {tls.ca_cert}", f"certfile {tls.server_cert}",
-                  f"keyfile {tls.server_key}", "require_certificate true", "tls_version tlsv1.2"]
-    if plain_port is not None or tls is None:
-        plain_port = plain_port or free_port()
-        lines.append(f"listener {plain_port} 127.0.0.1")
-    conf = workdir / "mosquitto.conf"
-    conf.write_text("\n".join(lines) + "\n")
-    log_path = workdir / "mosquitto.log"
-    log = log_path.open("wb")
-    process = subprocess.Popen([mosquitto_binary(), "-c", str(conf)], stdout=log, stderr=log,
-                               stdin=subprocess.DEVNULL)
-    log.close()
-    broker = Broker(process, tls_port, plain_port, log_path)
-    deadline = time.monotonic() + 10
-    for port in (p for p in (tls_port, plain_port) if p):
-        while True:
-            if process.poll() is not None:
-                raise BrokerError(f"mosquitto exited: {log_path.read_text(errors='replace')[-500:]}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                break
-            if time.monotonic() > deadline:
-                broker.stop()
-                raise BrokerError(f"mosquitto did not listen on {port}")
-            time.sleep(0.05)
-    return broker
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def client_tls_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for paho's `tls_set` with the test client certificate."""
+        if self.tls is None:
+            return {}
+        return {
+            "ca_certs": str(self.tls.ca_file),
+            "certfile": str(self.tls.client_cert),
+            "keyfile": str(self.tls.client_key),
+        }
 
 
 @contextlib.contextmanager
-def running_broker(workdir: Path, **kwargs: object) -> Iterator[Broker]:
-    broker = start_broker(workdir, **kwargs)  # type: ignore[arg-type]
+def run_mosquitto(
+    tmp_path: Path, port: int | None = None, *, tls: TlsFiles | None = None, extra_config: str = "",
+    persistent: bool = False,
+) -> Iterator[Broker]:
+    """Run mosquitto for the duration of the block; always stopped on exit.
+
+    `persistent=True` keeps sessions and queued messages across `restart()` (mosquitto writes
+    its database on a clean stop), as a production broker would.
+    """
+    broker = Broker(Path(tmp_path), port or free_port(), tls, extra_config, persistent)
+    broker.start()
     try:
         yield broker
     finally:

@@ -23,7 +23,7 @@ import tomli_w
 
 from gateway.control import ControlError, DaemonNotRunning, call
 from hil import control as hil_control
-from hil.broker import Broker, TlsFiles, free_port, make_tls, start_broker
+from hil.broker import Broker, TlsFiles, free_port, make_tls_files
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "deploy" / "examples" / "sub-003.toml"
@@ -39,7 +39,7 @@ def localise(doc: dict[str, Any], workdir: Path, tls: TlsFiles, tls_port: int, a
     doc["site"]["state_dir"] = str(workdir / "state")
     doc["site"]["runtime_dir"] = str(workdir / "run")
     doc["uplink"].update(broker_host="127.0.0.1", broker_port=tls_port, transport="tls",
-                         ca_file=str(tls.ca_cert), cert_file=str(tls.client_cert), key_file=str(tls.client_key))
+                         ca_file=str(tls.ca_file), cert_file=str(tls.client_cert), key_file=str(tls.client_key))
     if "ami" in doc:
         doc["ami"].update(broker_host="127.0.0.1", broker_port=ami_port)
     for ied in doc["ieds"]:
@@ -58,7 +58,7 @@ class Rig:
         (workdir / "tty").mkdir(parents=True, exist_ok=True)
         if fresh_state:
             shutil.rmtree(workdir / "state", ignore_errors=True)
-        self.tls = make_tls(workdir / "tls")
+        self.tls = make_tls_files(workdir)
         self.tls_port, self.ami_port = free_port(), free_port()
         self.doc = localise(doc, workdir, self.tls, self.tls_port, self.ami_port)
         self.site_path = workdir / "site.toml"
@@ -88,8 +88,11 @@ class Rig:
                                     start_new_session=True, cwd=ROOT)
 
     def start(self, timeout_s: float = 60.0) -> None:
-        self.broker = start_broker(self.workdir / "broker", tls=self.tls, tls_port=self.tls_port,
-                                   plain_port=self.ami_port)
+        broker_dir = self.workdir / "broker"
+        broker_dir.mkdir(exist_ok=True)
+        # the uplink's TLS listener, and a plain one on loopback for the AMI data concentrators
+        self.broker = Broker(broker_dir, self.tls_port, self.tls, extra_config=f"set_tcp_nodelay true\nlistener {self.ami_port} 127.0.0.1")
+        self.broker.start()
         py = sys.executable
         self.hil = self._spawn("hil", [py, "-m", "hil", "serve", "--config", str(self.site_path),
                                        "--control", str(self.hil_socket), *self._hil_args])
