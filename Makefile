@@ -23,7 +23,8 @@ test: deps
 	@$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: deps
-	@set -e; for b in tests/bench/bench_*.py; do echo "=== $$b"; $(PY) $$b; done
+	@failed=""; for b in tests/bench/bench_*.py; do echo "=== $$b"; $(PY) $$b || failed="$$failed $$b"; done; \
+	if [ -n "$$failed" ]; then echo "benchmarks that failed:$$failed"; exit 1; fi
 
 lint: deps
 	@$(PY) -m ruff check gateway protocols hil tests || true

@@ -110,6 +110,7 @@ class Gateway:
             )
         self.protection = ProtectionBridge(
             engine, self.image, submit=self.submit, store=self.store, publish=self._publish,
+            publish_many=self.uplink.publish_many,
             wall=self.clock.wall, monotonic=self.clock.monotonic, defer=asyncio.get_running_loop().call_soon,
         )
 

@@ -91,6 +91,20 @@ class Store:
             )
         return int(cur.lastrowid or 0)
 
+    def append_events(self, rows: list[tuple[float, str, str, dict[str, Any]]]) -> None:
+        """Several events in one transaction: (time, source, kind, payload) each."""
+        if not rows:
+            return
+        packed = [(t, src, kind, msgpack.packb(payload, use_bin_type=True)) for t, src, kind, payload in rows]
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany("INSERT INTO events(time, source, kind, payload) VALUES(?, ?, ?, ?)", packed)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
     def events(
         self, since: float = 0.0, until: float = float("inf"), source: str | None = None, limit: int = 1000
     ) -> list[dict[str, Any]]:

@@ -38,6 +38,7 @@ class ProtectionBridge:
         submit: Submit,
         store: Store,
         publish: Publish,
+        publish_many: Callable[[list[tuple[str, dict[str, Any]]]], None],
         wall: Callable[[], float],
         monotonic: Callable[[], float],
         defer: Callable[[Callable[[], None]], Any] | None = None,
@@ -47,6 +48,7 @@ class ProtectionBridge:
         self._submit = submit
         self._store = store
         self._publish = publish
+        self._publish_many = publish_many
         self._wall = wall
         self._monotonic = monotonic
         self._defer = defer or (lambda fn: fn())
@@ -89,10 +91,28 @@ class ProtectionBridge:
             self._defer(lambda: self._record(events, changed))
 
     def _record(self, events: list[ProtectionEvent], changed: bool) -> None:
+        """Event log, uplink and snapshot for one evaluation, each in one write."""
+        wall = self._wall()
+        rows, messages = [], []
         for event in events:
-            self._event(event)
+            record = {"breaker": event.breaker, "element": event.element, "phase": event.phase,
+                      "current_a": event.current_a, "monotonic": event.time}
+            kind = f"protection.{event.kind}"
+            rows.append((wall, event.breaker, kind, record))
+            messages.append(("events", {"time": wall, "source": event.breaker, "kind": kind, **record}))
+            level = logging.WARNING if event.kind in ("trip", "lockout") else logging.INFO
+            log.log(level, f"protection {event.kind}", extra=record)
+        self._store.append_events(rows)
+        if messages:
+            self._publish_many(messages)
         if changed:
-            self._store.save_snapshot(SNAPSHOT_KEY, self.engine.snapshot(), self._wall())
+            self._store.save_snapshot(SNAPSHOT_KEY, self.engine.snapshot(), wall)
+        for event in events:
+            for listener in self.event_listeners:
+                try:
+                    listener(event)
+                except Exception:
+                    log.exception("protection event listener failed")
 
     def _command(self, cmd: BreakerCommand, sample_monotonic: float | None) -> None:
         try:
@@ -117,22 +137,8 @@ class ProtectionBridge:
             if isinstance(sent, float) and origin is not None:
                 self.wire_latencies_s.append(max(sent - origin, 0.0))
             return
-        if future.cancelled() or future.exception() is not None:
-            self.command_failures += 1
-            error = "cancelled" if future.cancelled() else str(future.exception())
-            log.error("breaker command failed", extra={"breaker": cmd.breaker, "reason": cmd.reason, "error": error})
-            self._publish("alarms", {"time": self._wall(), "source": cmd.breaker, "severity": "critical",
-                                     "message": f"{cmd.reason} command to {cmd.breaker} failed: {error}"})
-
-    def _event(self, event: ProtectionEvent) -> None:
-        record = {"breaker": event.breaker, "element": event.element, "phase": event.phase,
-                  "current_a": event.current_a, "monotonic": event.time}
-        self._store.append_event(self._wall(), event.breaker, f"protection.{event.kind}", record)
-        self._publish("events", {"time": self._wall(), "source": event.breaker, "kind": f"protection.{event.kind}", **record})
-        level = logging.WARNING if event.kind in ("trip", "lockout") else logging.INFO
-        log.log(level, f"protection {event.kind}", extra=record)
-        for listener in self.event_listeners:
-            try:
-                listener(event)
-            except Exception:
-                log.exception("protection event listener failed")
+        self.command_failures += 1
+        error = "cancelled" if future.cancelled() else str(future.exception())
+        log.error("breaker command failed", extra={"breaker": cmd.breaker, "reason": cmd.reason, "error": error})
+        self._publish("alarms", {"time": self._wall(), "source": cmd.breaker, "severity": "critical",
+                                 "message": f"{cmd.reason} command to {cmd.breaker} failed: {error}"})

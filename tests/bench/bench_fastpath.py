@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from gateway import logs  # noqa: E402
 from gateway.clock import SystemClock  # noqa: E402
 from gateway.config import validate  # noqa: E402
 from gateway.daemon import Gateway  # noqa: E402
@@ -78,11 +78,12 @@ def site(ports: list[int], broker_port: int, tls: Any, workdir: Path) -> dict[st
 
 async def run(args: argparse.Namespace, workdir: Path) -> None:
     farm = subprocess.Popen([sys.executable, str(ROOT / "tests" / "bench" / "modbus_farm.py"), "--devices", "21",
-                             "--registers", "100", "--period-ms", "100"], stdout=subprocess.PIPE, text=True)
+                             "--registers", "100", "--period-ms", "100", "--quiet"],
+                            stdout=subprocess.PIPE, text=True)
     assert farm.stdout is not None
     ports = json.loads(farm.stdout.readline())["ports"]
     tls = make_tls_files(workdir)
-    logging.basicConfig(level=logging.ERROR)
+    logs.setup("ERROR", sys.stderr)
     try:
         with run_mosquitto(workdir, tls=tls, extra_config="set_tcp_nodelay true") as broker:
             config = validate(site(ports, broker.port, tls, workdir), "bench")
@@ -103,15 +104,16 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
             gw._sink(healthy + [sample("CB-045.closed", True)])
             started = time.monotonic()
             cpu0 = time.process_time()
-            for n in range(args.faults):
-                before = len(bridge.wire_latencies_s)
+            lost = 0
+            for _ in range(args.faults):
+                before, failures = len(bridge.wire_latencies_s), bridge.command_failures
                 gw._sink([sample("CB-045.ia", 9000.0), sample("CB-045.ib", 9100.0), sample("CB-045.ic", 8900.0)])
-                for _ in range(2000):
-                    if len(bridge.wire_latencies_s) > before:
+                for _ in range(4000):
+                    if len(bridge.wire_latencies_s) > before or bridge.command_failures > failures:
                         break
                     await asyncio.sleep(0.0005)
-                else:
-                    raise RuntimeError(f"fault {n}: no trip reached the socket")
+                if len(bridge.wire_latencies_s) == before:
+                    lost += 1
                 gw._sink([sample("CB-045.closed", False)] + [sample(f"CB-045.{p}", 0.0) for p in ("ia", "ib", "ic", "in")])
                 bridge.carry_out(engine.manual_close("CB-045", clock.monotonic(), authorised=True))
                 gw._sink([sample("CB-045.closed", True)] + healthy)
@@ -131,6 +133,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
           f"(process CPU {cpu / elapsed:.0%} of one core, backend {engine.backend_name})")
     print(f"  decoded sample -> trip queued at the breaker's adapter : p50 {pct(queue, 0.5) * 1e6:7.1f} µs   "
           f"p99 {pct(queue, 0.99) * 1e6:7.1f} µs   max {max(queue) * 1e6:7.1f} µs")
+    if lost:
+        print(f"  trips that did not reach the socket: {lost} (see the errors logged above)")
     print(f"  decoded sample -> trip handed to the socket            : p50 {pct(wire, 0.5) * 1e6:7.1f} µs   "
           f"p99 {pct(wire, 0.99) * 1e6:7.1f} µs   max {max(wire) * 1e6:7.1f} µs   (goal p99 <= 2000 µs)")
 

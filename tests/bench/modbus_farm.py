@@ -20,7 +20,7 @@ from pymodbus.datastore import ModbusDeviceContext, ModbusSequentialDataBlock, M
 from pymodbus.server import ModbusTcpServer
 
 
-async def main(devices: int, registers: int, period_s: float, duration_s: float) -> None:
+async def main(devices: int, registers: int, period_s: float, duration_s: float, quiet: bool = False) -> None:
     logging.getLogger("pymodbus").setLevel(logging.ERROR)
     servers = []
     with warnings.catch_warnings():
@@ -41,7 +41,8 @@ async def main(devices: int, registers: int, period_s: float, duration_s: float)
         t = time.time()
         for server in servers:
             await server.context.async_setValues(0, 3, 0, values)
-        print(json.dumps({"k": k, "t": t}), flush=True)
+        if not quiet:
+            print(json.dumps({"k": k, "t": t}), flush=True)
         k += 1
         next_at = start + k * period_s
         await asyncio.sleep(max(next_at - loop.time(), 0))
@@ -55,8 +56,9 @@ if __name__ == "__main__":
     parser.add_argument("--registers", type=int, default=100)
     parser.add_argument("--period-ms", type=float, default=100.0)
     parser.add_argument("--duration", type=float, default=3600.0)
+    parser.add_argument("--quiet", action="store_true", help="print only the ports, not every cycle")
     a = parser.parse_args()
     try:
-        asyncio.run(main(a.devices, a.registers, a.period_ms / 1000.0, a.duration))
+        asyncio.run(main(a.devices, a.registers, a.period_ms / 1000.0, a.duration, a.quiet))
     except KeyboardInterrupt:
         sys.exit(0)
