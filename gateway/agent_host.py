@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from gateway.agents.actions import Alert, BusMessage, ControlRequest, StateChange
-from gateway.agents.runtime import AgentRuntime
+from gateway.agents.runtime import AgentRuntime, restore_from_store, save_to_store
 from gateway.agents.smart_meter import BulkStateChange
 from gateway.config import SiteConfig
 from gateway.points import Point, PointUpdate, ProcessImage
@@ -21,8 +21,6 @@ from gateway.storage import Store
 from protocols.base import CommandError, Priority
 
 log = logging.getLogger("stima.agents")
-
-SNAPSHOT_KEY = "agents"
 
 Write = Callable[[str, Any, Priority], Any]
 Publish = Callable[..., None]
@@ -51,13 +49,11 @@ class AgentHost:
         self._wall = wall
         self._interlock = interlock
         self.runtime = AgentRuntime(site, monotonic())
-        saved = store.load_snapshot(SNAPSHOT_KEY)
-        if saved:
-            try:
-                self.runtime.restore(saved)
+        try:
+            if restore_from_store(store, self.runtime):
                 log.info("agent state restored")
-            except Exception:
-                log.exception("agent snapshot could not be restored; starting from initial states")
+        except Exception:
+            log.exception("agent snapshot could not be restored; starting from initial states")
         self._feeds: dict[str, list[tuple[str, str]]] = {}
         self._agent_points: dict[str, Mapping[str, str]] = {a.id: a.points for a in site.agents}
         for agent in site.agents:
@@ -92,7 +88,7 @@ class AgentHost:
         return [_describe(a) for a in actions]
 
     def snapshot(self) -> None:
-        self._store.save_snapshot(SNAPSHOT_KEY, self.runtime.snapshot(), self._wall())
+        save_to_store(self._store, self.runtime, self._wall())
         self.dirty = False
 
     def carry_out(self, actions: Sequence[Any]) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
-from hypothesis import HealthCheck, given, settings
+from hypothesis import example, HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.agents.runtime import AgentRuntime
@@ -36,6 +36,7 @@ step = st.one_of(
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(step, max_size=60))
+@example([("point", ("CB-044", "operations"), 1.8446744073709552e19, True), ("tick", 1.0)])
 def test_random_sequences_keep_agents_legal(sequence: list[tuple[Any, ...]]) -> None:
     rt = AgentRuntime(SITE, now=0.0, meter_period_s=1.0)
     now = 0.0

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gateway.agents.actions import Alert, BusMessage, ControlRequest, StateChange
-from gateway.agents.runtime import AgentRuntime, UnknownAgent, record_actions, restore_from_store, save_to_store
+from gateway.agents.actions import Alert, BusMessage, ControlRequest
+from gateway.agents.runtime import AgentRuntime, UnknownAgent, restore_from_store, save_to_store
 from gateway.agents.smart_meter import BulkStateChange
 from gateway.config import load
 from gateway.storage import Store
@@ -126,10 +126,6 @@ def test_state_survives_restart_through_sqlite(site, tmp_path: Path) -> None:  #
     rt.tick(300.0)
     store = Store(db)
     save_to_store(store, rt, 300.0)
-    written = record_actions(store, [StateChange(agent_id="X", agent_type="t", old="a", new="b", cause="c", time=1.0),
-                                     Alert(agent_id="X", severity=__import__("gateway.agents.actions", fromlist=["S"]).Severity.INFO,
-                                           message="m", time=2.0)])
-    assert written == 2
     store.close()
     before = {a: rt.show(a) for a in ("CB-044", "XFMR-101", "CAP-301", "SOLAR-201")}
     before_counts = rt.fleet.counts()

@@ -62,6 +62,8 @@ TABLE: TransitionTable[BreakerState, BreakerEvent] = TransitionTable(
 )
 
 
+MAX_OPERATIONS_COUNT = 2**32 - 1
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BreakerInputs:
     ia: float | None = None
@@ -116,7 +118,8 @@ class CircuitBreakerAgent(Agent[BreakerState, BreakerEvent]):
         phases = [v for v in (x.ia, x.ib, x.ic) if v is not None]
         if phases:
             m.max_phase_current_a = max(abs(v) for v in phases)
-        if x.operations is not None:
+        # an operations counter is a 32-bit register at most; anything else is not a count
+        if x.operations is not None and 0 <= x.operations <= MAX_OPERATIONS_COUNT:
             m.operations = max(m.operations, int(x.operations))
         if x.closed is not None and x.closed != m.closed:
             m.closed = x.closed

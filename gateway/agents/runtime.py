@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from gateway.agents.actions import Action, Alert, BusMessage, Severity, StateChange, Topic
+from gateway.agents.actions import Action, Alert, BusMessage, Severity, Topic
 from gateway.agents.base import Agent, Links, Memory
 from gateway.agents.capacitor_bank import CapacitorBankAgent, CapacitorInputs, CapacitorState
 from gateway.agents.circuit_breaker import BreakerInputs, BreakerState, CircuitBreakerAgent
@@ -493,25 +493,6 @@ def restore_from_store(store: Any, runtime: AgentRuntime) -> bool:
         return False
     runtime.restore(snap)
     return True
-
-
-def record_actions(store: Any, actions: Sequence[Action | BulkStateChange]) -> int:
-    """Append state changes and alerts to the event log; returns how many were written."""
-    n = 0
-    for a in actions:
-        if isinstance(a, StateChange):
-            store.append_event(a.time, a.agent_id, "state_change",
-                               {"agent_type": a.agent_type, "old": a.old, "new": a.new, "cause": a.cause})
-        elif isinstance(a, BulkStateChange):
-            store.append_event(a.time, a.group_id, "state_change",
-                               {"agent_type": a.agent_type, "old": a.old, "new": a.new, "cause": a.cause,
-                                "meters": list(a.meter_ids), "count": len(a.meter_ids)})
-        elif isinstance(a, Alert):
-            store.append_event(a.time, a.agent_id, "alert", {"severity": a.severity.value, "message": a.message})
-        else:
-            continue
-        n += 1
-    return n
 
 
 def _plain(value: Any) -> Any:
