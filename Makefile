@@ -27,7 +27,7 @@ bench: deps
 	if [ -n "$$failed" ]; then echo "benchmarks that failed:$$failed"; exit 1; fi
 
 lint: deps
-	@$(PY) -m ruff check gateway protocols hil tests || true
+	@$(PY) -m ruff check gateway protocols hil tests native && $(PY) -m mypy gateway protocols hil
 
 clean:
 	rm -rf $(VENV) build *.egg-info .run native/_stima_native*.so native/_stima_native.c

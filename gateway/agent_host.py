@@ -99,7 +99,7 @@ class AgentHost:
                 self._control(action)
             elif isinstance(action, StateChange):
                 changed = True
-                record = {"agent_type": str(getattr(action.agent_type, "value", action.agent_type)),
+                record: dict[str, Any] = {"agent_type": str(getattr(action.agent_type, "value", action.agent_type)),
                           "old": _name(action.old), "new": _name(action.new), "cause": action.cause}
                 self._store.append_event(self._wall(), action.agent_id, "state", record)
                 self._publish(f"state/{action.agent_id}", {"time": self._wall(), "agent": action.agent_id, **record},
@@ -108,7 +108,7 @@ class AgentHost:
             elif isinstance(action, BulkStateChange):
                 changed = True
                 record = {"agent_type": action.agent_type, "old": action.old, "new": action.new,
-                          "cause": action.cause, "count": len(action.meter_ids)}
+                                          "cause": action.cause, "count": len(action.meter_ids)}
                 self._store.append_event(self._wall(), action.group_id, "state",
                                          {**record, "meters": list(action.meter_ids)})
                 self._publish("events", {"time": self._wall(), "source": action.group_id, "kind": "meters.state",
@@ -129,7 +129,7 @@ class AgentHost:
         point_id = self._agent_points.get(req.agent_id, {}).get(req.point_name)
         if point_id is None:
             log.error("control request names no point of the agent",
-                      extra={"agent": req.agent_id, "name": req.point_name})
+                      extra={"agent": req.agent_id, "point_name": req.point_name})
             return
         refusal = self._interlock(req.agent_id, req.point_name, req.value) if self._interlock else None
         if refusal:
@@ -165,7 +165,7 @@ def _name(state: Any) -> str:
 
 
 def _describe(action: Any) -> dict[str, Any]:
-    out = {"action": type(action).__name__}
+    out: dict[str, Any] = {"action": type(action).__name__}
     for key in getattr(action, "__dataclass_fields__", {}):
         value = getattr(action, key)
         out[key] = value if isinstance(value, str | int | float | bool | None) else str(getattr(value, "value", value))

@@ -84,7 +84,7 @@ class Adapter(Protocol):
 
     def submit_write(
         self, point_id: str, value: float | int | bool, priority: Priority = Priority.CONTROL
-    ) -> asyncio.Future[None]:
+    ) -> asyncio.Future[float | None]:
         """Queue a write ahead of routine reads; the future fails with CommandError.
 
         On success the future's result is the monotonic time at which the request was handed
@@ -101,7 +101,7 @@ class QueuedWrite:
     seq: int
     point_id: str = field(compare=False)
     value: float | int | bool = field(compare=False)
-    future: asyncio.Future[None] = field(compare=False)
+    future: asyncio.Future[float | None] = field(compare=False)
     queued_monotonic: float = field(compare=False, default=0.0)
 
 
@@ -115,8 +115,8 @@ class WriteQueue:
 
     def put(
         self, point_id: str, value: float | int | bool, priority: Priority, now: float
-    ) -> asyncio.Future[None]:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    ) -> asyncio.Future[float | None]:
+        future: asyncio.Future[float | None] = asyncio.get_running_loop().create_future()
         self._heap.put_nowait(QueuedWrite(int(priority), next(self._seq), point_id, value, future, now))
         self.wakeup.set()
         return future

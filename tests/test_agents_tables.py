@@ -51,7 +51,7 @@ def test_transition_table(agent_type: str) -> None:
     # every (state, event) pair mapped or explicitly ignored, and nothing else in the rows
     assert table.missing_pairs() == []
     assert set(table.rows) == set(table.states)
-    for state, row in table.rows.items():
+    for row in table.rows.values():
         assert set(row) == set(table.events)
         for target in row.values():
             assert target is IGNORE or isinstance(target, table.states)

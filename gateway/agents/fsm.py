@@ -56,7 +56,7 @@ class TransitionTable(Generic[S, E]):
         frontier = [self.initial]
         while frontier:
             state = frontier.pop()
-            for event, target in self.rows.get(state, {}).items():
+            for target in self.rows.get(state, {}).values():
                 if target is not IGNORE and target not in seen:
                     seen.add(target)  # type: ignore[arg-type]
                     frontier.append(target)  # type: ignore[arg-type]

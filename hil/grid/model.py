@@ -354,11 +354,11 @@ class GridModel:
         if unreached:
             log.warning("agents not reachable from %s by supply edges, left out of the model: %s",
                         sub.id, ", ".join(unreached))
-        for a, b in ties:
-            if a in self.lines and b in self.lines:
-                tie_id = f"TIE-{a}-{b}"
-                closed = (a, b) not in normally_open
-                self.ties[tie_id] = net.add_branch(tie_id, self.lines[a].end_bus, self.lines[b].end_bus, 0j,
+        for line_a, line_b in ties:
+            if line_a in self.lines and line_b in self.lines:
+                tie_id = f"TIE-{line_a}-{line_b}"
+                closed = (line_a, line_b) not in normally_open
+                self.ties[tie_id] = net.add_branch(tie_id, self.lines[line_a].end_bus, self.lines[line_b].end_bus, 0j,
                                                    closed=closed, kind=BranchKind.SWITCH)
         for key in s.loads:
             if key not in agents and key not in {g.id for g in site.meter_groups}:
@@ -516,16 +516,17 @@ class GridModel:
         for t in self.transformers.values():
             fed |= self._owners(t.primary_bus)
         for line in self.lines.values():
-            cfg = s.loads.get(line.id)
-            if cfg is None and any(line.id in self._owners(l2.start_bus) for l2 in self.lines.values()):
+            line_cfg = s.loads.get(line.id)
+            if line_cfg is None and any(line.id in self._owners(l2.start_bus) for l2 in self.lines.values()):
                 continue  # feeds further lines: their loads stand for it
-            if cfg is None and line.id in fed:
+            if line_cfg is None and line.id in fed:
                 continue
-            cfg = cfg or LoadSettings(profile=LoadProfileName.COMMERCIAL)
+            line_cfg = line_cfg or LoadSettings(profile=LoadProfileName.COMMERCIAL)
             default_peak = (s.line_load_percent / 100.0 * line.attrs.ampacity * SQRT3
-                            * self.net.buses[line.end_bus].base_kv * cfg.power_factor)
-            self._loads.append(_Load(line.id, line.end_bus, cfg.peak_kw if cfg.peak_kw is not None else default_peak,
-                                     cfg.power_factor, shape_for(cfg, LoadProfileName.COMMERCIAL),
+                            * self.net.buses[line.end_bus].base_kv * line_cfg.power_factor)
+            self._loads.append(_Load(line.id, line.end_bus,
+                                     line_cfg.peak_kw if line_cfg.peak_kw is not None else default_peak,
+                                     line_cfg.power_factor, shape_for(line_cfg, LoadProfileName.COMMERCIAL),
                                      frozenset(self._owners(line.end_bus) | {line.id})))
         self._shapes = shape_matrix(shapes) if shapes else np.zeros((0, 25))
         self._load_shape = np.array([ld.shape for ld in self._loads], dtype=np.int64)

@@ -46,9 +46,9 @@ def solve(tree: RadialTree, s_load_pu: npt.NDArray[np.complex128],
     s = s_load_pu[nodes]
     y = y_shunt_pu[nodes]
     drop_gain = tree.ratio ** 2 * tree.z_pu
-    v_open = tree.gain * v_source_pu
+    v_open: np.ndarray = tree.gain * v_source_pu
     if v_start_pu is not None:
-        v = v_start_pu[nodes].copy()
+        v: np.ndarray = v_start_pu[nodes].copy()
         v[v == 0] = v_open[v == 0]
     else:
         v = v_open.copy()

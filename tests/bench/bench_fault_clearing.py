@@ -38,7 +38,7 @@ def run_path(rig: Rig, line: str, cb: str, faults: int, rng: random.Random) -> l
         before = len(rig.hil_call("clearings", last=10_000))
         rig.hil_call("fault", line=line, distance_m=rng.uniform(100.0, 1500.0), kind=rng.choice(["3ph", "2ph"]),
                      transient=False)
-        clearing = rig.wait(lambda: rig.hil_call("clearings", last=10_000)[before:], f"fault {n} cleared", 10)
+        clearing = rig.wait(lambda b=before: rig.hil_call("clearings", last=10_000)[b:], f"fault {n} cleared", 10)
         times.append(float(clearing[0]["clearing_s"]))
         rig.hil_call("clear")
         close_and_settle(rig, cb)
