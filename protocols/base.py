@@ -189,8 +189,10 @@ class PolledAdapter:
         """Mark every point invalid once nothing has arrived for two poll periods."""
         limit = 2 * self._period
         while True:
-            await asyncio.sleep(self._period / 2)
-            if self._clock.monotonic() - self._last_ok_mono > limit and not self._stale_marked:
+            # sleep until exactly two periods after the last data (re-checked if data came meanwhile)
+            silent_s = self._clock.monotonic() - self._last_ok_mono
+            await asyncio.sleep(self._period if self._stale_marked else max(limit - silent_s, self._period / 8))
+            if self._clock.monotonic() - self._last_ok_mono >= limit and not self._stale_marked:
                 self._log.warning("no data for two poll periods", extra={"ied": self.ied_id})
                 self._mark_all_invalid()
 
