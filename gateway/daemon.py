@@ -36,7 +36,7 @@ SHUTDOWN_DEADLINE_S = 10.0
 PROTECTION_STEP_S = 0.005
 AGENT_TICK_S = 1.0
 AGENT_SNAPSHOT_S = 60.0
-GIL_SWITCH_INTERVAL_S = 0.0005
+GIL_SWITCH_INTERVAL_S = 0.0002
 AGENT_DIRTY_SNAPSHOT_S = 2.0
 """Agent state changes reach the state database within this (protection state: at once)."""
 

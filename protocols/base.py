@@ -121,6 +121,17 @@ class WriteQueue:
         self.wakeup.set()
         return future
 
+    def put_item(self, item: QueuedWrite) -> None:
+        """Queue a write handed back by another path, keeping its future and its place."""
+        self._heap.put_nowait(item)
+        self.wakeup.set()
+
+    def new_item(
+        self, point_id: str, value: float | int | bool, priority: Priority, now: float
+    ) -> QueuedWrite:
+        future: asyncio.Future[float | None] = asyncio.get_running_loop().create_future()
+        return QueuedWrite(int(priority), next(self._seq), point_id, value, future, now)
+
     def pop(self) -> QueuedWrite | None:
         try:
             item = self._heap.get_nowait()
@@ -209,6 +220,9 @@ class PolledAdapter:
             future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             future.set_exception(CommandError(refusal))
             return future
+        return self._enqueue(point_id, value, priority)
+
+    def _enqueue(self, point_id: str, value: float | int | bool, priority: Priority) -> asyncio.Future[Any]:
         return self._writes.put(point_id, value, priority, self._clock.monotonic())
 
 

@@ -16,13 +16,15 @@ import asyncio
 import contextlib
 import logging
 import math
+import queue
 import random
 import struct
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient, ModbusTcpClient
 from pymodbus.client.mixin import ModbusClientMixin
 from pymodbus.exceptions import ModbusException
 
@@ -41,6 +43,7 @@ from protocols.base import (
     LinkState,
     PolledAdapter,
     Priority,
+    QueuedWrite,
     Sink,
 )
 
@@ -404,9 +407,6 @@ class _ModbusMaster(PolledAdapter):
 
     async def _sleep_or_write(self, delay: float) -> None:
         """Wait for `delay`, waking at once when a write is queued for the polling link."""
-        if self._command_link() is not None:
-            await asyncio.sleep(max(delay, 0.0))
-            return
         if len(self._writes):
             return
         # asyncio.timeout keeps the wait in this task: a queued trip wakes it in one loop pass
@@ -465,17 +465,15 @@ class _ModbusMaster(PolledAdapter):
                 last = exc
         raise _LinkDown(f"no answer after {attempts} attempt(s): {last or 'timeout'}")
 
-    async def _drain_writes(self, client: Any = None) -> None:
-        """Carry out queued writes, most urgent first, on `client` (default: the polling link)."""
-        if client is None and self._command_link() is not None:
-            return  # the command link's own task carries them out
+    async def _drain_writes(self) -> None:
+        """Carry out writes queued for the polling link, most urgent first."""
         while (item := self._writes.pop()) is not None:
             if item.future.done():
                 continue
             point = self._points[item.point_id]
             try:
                 sent_monotonic = self._clock.monotonic()
-                result = await self._request(self._write(point, item.value, client))
+                result = await self._request(self._write(point, item.value))
             except EncodingError as exc:
                 self.status.write_errors += 1
                 item.future.set_exception(CommandError(str(exc)))
@@ -498,8 +496,8 @@ class _ModbusMaster(PolledAdapter):
             )
             item.future.set_result(sent_monotonic)
 
-    def _write(self, point: ModbusPoint, value: float | int | bool, client: Any = None) -> Callable[[], Awaitable[Any]]:
-        client, unit = client or self._client(), self.cfg.unit_id
+    def _write(self, point: ModbusPoint, value: float | int | bool) -> Callable[[], Awaitable[Any]]:
+        client, unit = self._client(), self.cfg.unit_id
         if point.function is RegisterFunction.COIL:
             return lambda: client.write_coil(point.address, bool(value), device_id=unit)
         words = encode_value(value, point)
@@ -518,19 +516,85 @@ class _ModbusMaster(PolledAdapter):
         super()._link_lost(why)
 
 
+class _CommandLink:
+    """Writes to one IED on their own connection, carried out by a thread of their own.
+
+    The thread sleeps on a queue and writes as soon as a command arrives, however busy the
+    event loop is with polling and uplink work; results go back to the loop. When the link
+    fails, the write in hand and everything queued behind it go back to the polling link.
+    """
+
+    def __init__(self, master: ModbusTcpMaster, client: ModbusTcpClient, loop: asyncio.AbstractEventLoop) -> None:
+        self._master = master
+        self._client = client
+        self._loop = loop
+        self._queue: queue.PriorityQueue[tuple[int, int, QueuedWrite | None]] = queue.PriorityQueue()
+        self.alive = True
+        self._thread = threading.Thread(target=self._run, name=f"{master.ied_id}-commands", daemon=True)
+        self._thread.start()
+
+    def put(self, item: QueuedWrite) -> None:
+        self._queue.put((item.priority, item.seq, item))
+
+    def close(self) -> list[QueuedWrite]:
+        """Stop the thread; returns the writes it had not started."""
+        self.alive = False
+        self._queue.put((-1, -1, None))
+        self._thread.join(timeout=5)
+        self._client.close()
+        return self._drain()
+
+    def _drain(self) -> list[QueuedWrite]:
+        items: list[QueuedWrite] = []
+        while True:
+            try:
+                _, _, item = self._queue.get_nowait()
+            except queue.Empty:
+                return items
+            if item is not None:
+                items.append(item)
+
+    def _run(self) -> None:
+        master, unit = self._master, self._master.cfg.unit_id
+        while True:
+            _, _, item = self._queue.get()
+            if item is None:
+                return
+            point = master._points[item.point_id]
+            sent_monotonic = master._clock.monotonic()
+            try:
+                if point.function is RegisterFunction.COIL:
+                    result = self._client.write_coil(point.address, bool(item.value), device_id=unit)
+                else:
+                    words = encode_value(item.value, point)
+                    result = self._client.write_registers(point.address, words, device_id=unit)
+            except EncodingError as exc:
+                self._loop.call_soon_threadsafe(master._write_done, item, sent_monotonic, str(exc))
+                continue
+            except (ModbusException, OSError) as exc:
+                self.alive = False
+                self._loop.call_soon_threadsafe(master._command_link_lost, [item, *self._drain()], str(exc))
+                return
+            error = None
+            if result.isError():
+                code = getattr(result, "exception_code", "?")
+                error = f"{master.ied_id} refused write to {item.point_id}: exception code {code}"
+            self._loop.call_soon_threadsafe(master._write_done, item, sent_monotonic, error)
+
+
 class ModbusTcpMaster(_ModbusMaster):
     """Modbus TCP master for one IED.
 
     pymodbus runs one request at a time per connection, so a trip queued while a read is in
-    flight would wait for that read's answer. An IED with writable points therefore gets a
-    second connection that carries only writes (`command_link`, on by default); an IED that
-    accepts a single connection gets its writes on the polling link, between block reads.
+    flight would wait for that read's answer, and a queued write waits for the event loop.
+    An IED with writable points therefore gets a second connection that carries only writes,
+    driven by its own thread (`command_link`, on by default); an IED that accepts a single
+    connection gets its writes on the polling link, between block reads.
     """
 
     def __init__(self, cfg: ModbusTcpIed, sink: Sink, clock: Clock, logger: logging.Logger) -> None:
         self._tcp: AsyncModbusTcpClient | None = None
-        self._cmd: AsyncModbusTcpClient | None = None
-        self._cmd_task: asyncio.Task[None] | None = None
+        self._cmd: _CommandLink | None = None
         super().__init__(cfg, sink, clock, logger)
 
     def _new_client(self) -> AsyncModbusTcpClient:
@@ -538,50 +602,62 @@ class ModbusTcpMaster(_ModbusMaster):
         return AsyncModbusTcpClient(self.cfg.host, port=self.cfg.port, timeout=self._timeout, retries=0,
                                     reconnect_delay=0)
 
-    def _command_link(self) -> AsyncModbusTcpClient | None:
-        return self._cmd
+    def _command_link(self) -> _CommandLink | None:
+        return self._cmd if self._cmd is not None and self._cmd.alive else None
+
+    def _enqueue(self, point_id: str, value: float | int | bool, priority: Priority) -> asyncio.Future[Any]:
+        link = self._command_link()
+        if link is None:
+            return super()._enqueue(point_id, value, priority)
+        item = self._writes.new_item(point_id, value, priority, self._clock.monotonic())
+        link.put(item)
+        return item.future
+
+    def _write_done(self, item: QueuedWrite, sent_monotonic: float, error: str | None) -> None:
+        if item.future.done():
+            return
+        if error is not None:
+            self.status.write_errors += 1
+            item.future.set_exception(CommandError(error))
+            return
+        self.status.writes += 1
+        self._log.info("write done", extra={"ied": self.ied_id, "point": item.point_id, "value": item.value,
+                                            "priority": item.priority, "link": "command"})
+        item.future.set_result(sent_monotonic)
+
+    def _command_link_lost(self, items: list[QueuedWrite], why: str) -> None:
+        self._log.warning("command link lost; writes go over the polling link",
+                          extra={"ied": self.ied_id, "reason": why, "handed_back": len(items)})
+        self.status.extra["command_link"] = False
+        link, self._cmd = self._cmd, None
+        if link is not None:
+            link.close()
+        for item in items:
+            self._writes.put_item(item)
 
     async def _open_command_link(self) -> None:
         assert isinstance(self.cfg, ModbusTcpIed)
         if not self.cfg.command_link or not any(p.writable for p in self.cfg.points):
             return
-        client = self._new_client()
+        client = ModbusTcpClient(self.cfg.host, port=self.cfg.port, timeout=self._timeout, retries=0,
+                                 reconnect_delay=0)
         try:
-            ok = await asyncio.wait_for(client.connect(), timeout=max(self._timeout, 0.5) * 2)
-        except (OSError, ModbusException, asyncio.TimeoutError):
+            ok = await asyncio.to_thread(client.connect)
+        except (OSError, ModbusException):
             ok = False
         if not ok:
             client.close()
             self._log.info("IED takes one connection: writes share the polling link", extra={"ied": self.ied_id})
             return
-        self._cmd = client
-        self._cmd_task = asyncio.create_task(self._command_loop(client), name=f"{self.ied_id}-commands")
+        self._cmd = _CommandLink(self, client, asyncio.get_running_loop())
         self.status.extra["command_link"] = True
 
-    async def _command_loop(self, client: AsyncModbusTcpClient) -> None:
-        try:
-            while True:
-                await self._writes.wakeup.wait()
-                await self._drain_writes(client)
-        except _LinkDown as exc:
-            self._log.warning("command link lost; writes go over the polling link",
-                              extra={"ied": self.ied_id, "reason": str(exc)})
-        finally:
-            if self._cmd is client:
-                self._cmd = None
-                self.status.extra["command_link"] = False
-            client.close()
-            self._writes.wakeup.set()  # hand anything still queued to the polling loop
-
     async def _close_command_link(self) -> None:
-        task, self._cmd_task = self._cmd_task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        if self._cmd is not None:
-            self._cmd.close()
-            self._cmd = None
+        link, self._cmd = self._cmd, None
+        if link is None:
+            return
+        for item in await asyncio.to_thread(link.close):
+            self._writes.put_item(item)
 
     def _endpoint(self) -> str:
         assert isinstance(self.cfg, ModbusTcpIed)

@@ -18,7 +18,9 @@ from gateway.config import ModbusRtuIed, ModbusTcpIed
 from gateway.points import PointUpdate, QualityReason
 from protocols.base import CommandError, Priority, WriteQueue
 from protocols.modbus import ModbusRtuMaster, ModbusTcpMaster, encode_value
-from tests.support.modbus_server import ModbusTestServer, modbus_server
+from pymodbus.client import ModbusTcpClient
+
+from tests.support.modbus_server import ModbusTestServer, free_port, modbus_server
 
 log = logging.getLogger("test")
 
@@ -238,3 +240,31 @@ def test_rtu_two_devices_share_one_line(pty_pair: tuple[str, str]) -> None:
     assert got.latest["v1"].value == pytest.approx(11.001)
     assert got.latest["v2"].value == pytest.approx(11.002)
     assert (c1, c2) == ([3], [4])
+
+
+def test_writes_use_the_command_link_and_fall_back_when_it_fails(server: ModbusTestServer) -> None:
+    cfg = tcp_ied(server.port)
+
+    async def main() -> tuple[bool, bool, bool]:
+        master = ModbusTcpMaster(cfg, Collector(), SystemClock(), log)
+        task = asyncio.create_task(master.run())
+        await until(lambda: master.status.state.value == "online" and master.status.extra.get("command_link"))
+        await master.submit_write("trip", True, Priority.PROTECTION)
+        on_link = bool(master.status.extra["command_link"])
+        # the command connection breaks for good (its peer is gone): the write must still
+        # reach the device, over the polling link
+        assert master._cmd is not None
+        master._cmd._client.close()
+        master._cmd._client = ModbusTcpClient("127.0.0.1", port=free_port(), timeout=0.2, retries=0,
+                                              reconnect_delay=0)
+        await asyncio.wait_for(master.submit_write("tap", 7, Priority.CONTROL), 10)
+        fell_back = master.status.extra["command_link"] is False
+        await master.submit_write("trip", False, Priority.PROTECTION)
+        await master.close()
+        task.cancel()
+        return on_link, fell_back, master.status.write_errors == 0
+
+    on_link, fell_back, no_errors = asyncio.run(main())
+    assert on_link and fell_back and no_errors
+    assert server.get("holding", 100) == [7]
+    assert server.get("coil", 0) == [False]
