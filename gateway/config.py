@@ -183,6 +183,10 @@ class Iec61850Point(_Model):
     control: bool = False
     """A controllable object (e.g. CSWI1.Pos), operated with select-before-operate."""
 
+    @property
+    def point_kind(self) -> PointKindName:
+        return self.kind
+
 
 class Iec61850Ied(_IedCommon):
     protocol: Literal["iec61850"]

@@ -41,11 +41,6 @@ AGENT_DIRTY_SNAPSHOT_S = 2.0
 """Agent state changes reach the state database within this (protection state: at once)."""
 
 
-def _kind_of(point: Any) -> PointKind:
-    kind = getattr(point, "point_kind", None) or getattr(point, "kind", None)
-    return PointKind(kind.value if kind is not None else "analog")
-
-
 class Gateway:
     """One configuration generation, wired: IEDs → process image → protection/agents/uplink."""
 
@@ -55,11 +50,9 @@ class Gateway:
         self.clock = clock
         self.store = store
         self.image = ProcessImage()
-        self.point_source: dict[str, str] = {}
         for ied in site.ieds:
             for p in ied.points:
-                self.image.define(p.id, _kind_of(p), unit=p.unit, source=ied.id)
-                self.point_source[p.id] = ied.id
+                self.image.define(p.id, PointKind(p.point_kind.value), unit=p.unit, source=ied.id)
         self.adapters: dict[str, Adapter] = {}
         self._tasks: list[asyncio.Task[Any]] = []
         self.started_at = clock.wall()
@@ -240,9 +233,9 @@ class Gateway:
 
     def submit(self, point_id: str, value: float | int | bool, priority: Priority) -> asyncio.Future[Any]:
         """Hand a write to the adapter of the point's IED (raises CommandError at once if impossible)."""
-        ied_id = self.point_source.get(point_id)
-        if ied_id is None:
+        if point_id not in self.image:
             raise CommandError(f"no point {point_id!r}")
+        ied_id = self.image[point_id].source
         adapter = self.adapters.get(ied_id)
         if adapter is None:
             raise CommandError(f"IED {ied_id} is disabled")

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.config import ModbusPoint, SiteConfig
+from gateway.config import SiteConfig
 from gateway.points import NOT_YET_RECEIVED, Point, PointKind, Quality, QualityReason
 
 TELEMETRY = "telemetry"
@@ -123,8 +123,7 @@ class Telemetry:
         specs = []
         for ied in site.ieds:
             for p in ied.points:
-                kind_name = p.point_kind if isinstance(p, ModbusPoint) else p.kind
-                specs.append(PointSpec(p.id, PointKind(kind_name.value), p.deadband, p.unit))
+                specs.append(PointSpec(p.id, PointKind(p.point_kind.value), p.deadband, p.unit))
         return cls(specs, max_batch=site.uplink.max_batch, integrity_period_s=site.uplink.integrity_period_s)
 
     # ------------------------------------------------------------------ input

@@ -124,6 +124,17 @@ def in_range(value: float | int | bool, point: ModbusPoint) -> bool:
     return low <= value <= high
 
 
+def write_request(client: Any, point: ModbusPoint, value: float | int | bool, unit: int) -> Any:
+    """The write request for one point on a pymodbus client: the response from a synchronous
+    client, the awaitable from an asynchronous one."""
+    if point.function is RegisterFunction.COIL:
+        return client.write_coil(point.address, bool(value), device_id=unit)
+    words = encode_value(value, point)
+    if len(words) == 1:
+        return client.write_register(point.address, words[0], device_id=unit)
+    return client.write_registers(point.address, words, device_id=unit)
+
+
 # --------------------------------------------------------------------------- block planning
 
 
@@ -498,12 +509,7 @@ class _ModbusMaster(PolledAdapter):
 
     def _write(self, point: ModbusPoint, value: float | int | bool) -> Callable[[], Awaitable[Any]]:
         client, unit = self._client(), self.cfg.unit_id
-        if point.function is RegisterFunction.COIL:
-            return lambda: client.write_coil(point.address, bool(value), device_id=unit)
-        words = encode_value(value, point)
-        if len(words) == 1:
-            return lambda: client.write_register(point.address, words[0], device_id=unit)
-        return lambda: client.write_registers(point.address, words, device_id=unit)
+        return lambda: write_request(client, point, value, unit)
 
     def _mark(self, points: Sequence[ModbusPoint], quality: Quality, mono: float, wall: float) -> list[PointUpdate]:
         return [
@@ -563,11 +569,7 @@ class _CommandLink:
             point = master._points[item.point_id]
             sent_monotonic = master._clock.monotonic()
             try:
-                if point.function is RegisterFunction.COIL:
-                    result = self._client.write_coil(point.address, bool(item.value), device_id=unit)
-                else:
-                    words = encode_value(item.value, point)
-                    result = self._client.write_registers(point.address, words, device_id=unit)
+                result = write_request(self._client, point, item.value, unit)
             except EncodingError as exc:
                 self._loop.call_soon_threadsafe(master._write_done, item, sent_monotonic, str(exc))
                 continue
