@@ -188,38 +188,13 @@ def throughput(args: argparse.Namespace, workdir: Path) -> None:
 
 def example_site_rss(args: argparse.Namespace, workdir: Path) -> None:
     """RSS of the daemon running the example site against the simulator."""
-    from hil.broker import free_port
+    from hil.rig import Rig, example_document
 
-    tls = make_tls_files(workdir / "example")
-    with run_mosquitto(workdir / "example", tls=tls) as broker:
-        import tomllib
-
-        doc = tomllib.loads((ROOT / "deploy" / "examples" / "sub-003.toml").read_text())
-        doc["site"].update(state_dir=str(workdir / "ex-state"), runtime_dir=str(workdir / "ex-run"))
-        doc["uplink"].update(broker_port=broker.port, ca_file=str(tls.ca_file), cert_file=str(tls.client_cert),
-                             key_file=str(tls.client_key))
-        doc.pop("ami", None)
-        for ied in doc["ieds"]:
-            if "port" in ied:
-                ied["port"] = free_port()
-            if "serial_port" in ied:
-                ied["serial_port"] = str(workdir / "tty" / "ttyCAP301")
-        site_path = workdir / "example.toml"
-        site_path.write_text(tomli_w.dumps(doc))
-        hil = subprocess.Popen([sys.executable, "-m", "hil", "serve", "--config", str(site_path), "--no-ami",
-                                "--control", str(workdir / "hil.sock")], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, cwd=ROOT)
-        daemon, runtime_dir = run_daemon(doc, workdir, "example-run")
-        try:
-            wait_status(runtime_dir)
-            time.sleep(args.example_seconds)
-            status = call(runtime_dir, "status")
-            rss = rss_mib(daemon.pid)
-        finally:
-            daemon.terminate()
-            daemon.wait(30)
-            hil.terminate()
-            hil.wait(30)
+    with Rig(example_document(), workdir / "example", hil_args=("--no-ami",)) as rig:
+        time.sleep(args.example_seconds)
+        status = rig.daemon_call("status")
+        assert rig.daemon is not None
+        rss = rss_mib(rig.daemon.pid)
     good = status["points"]["good"]
     print(f"example site SUB-003 with the simulator: daemon RSS {rss:.1f} MiB "
           f"({status['points']['total']} points, {good} good, "
