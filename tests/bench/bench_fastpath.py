@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +29,7 @@ from gateway.config import validate  # noqa: E402
 from gateway.daemon import Gateway  # noqa: E402
 from gateway.points import GOOD, PointUpdate  # noqa: E402
 from gateway.storage import Store  # noqa: E402
+from tests.bench.modbus_farm import Farm  # noqa: E402
 from tests.support.broker import make_tls_files, run_mosquitto  # noqa: E402
 
 
@@ -77,11 +76,8 @@ def site(ports: list[int], broker_port: int, tls: Any, workdir: Path) -> dict[st
 
 
 async def run(args: argparse.Namespace, workdir: Path) -> None:
-    farm = subprocess.Popen([sys.executable, str(ROOT / "tests" / "bench" / "modbus_farm.py"), "--devices", "21",
-                             "--registers", "100", "--period-ms", "100", "--quiet"],
-                            stdout=subprocess.PIPE, text=True)
-    assert farm.stdout is not None
-    ports = json.loads(farm.stdout.readline())["ports"]
+    farm = Farm(devices=21, registers=100, period_ms=100)
+    ports = farm.ports
     tls = make_tls_files(workdir)
     logs.setup("ERROR", sys.stderr)
     try:
@@ -126,8 +122,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
             await gw.stop()
             store.close()
     finally:
-        farm.terminate()
-        farm.wait(10)
+        farm.stop()
     print(f"fast path under load: {args.faults:,} injected faults in {elapsed:.0f} s; daemon meanwhile polled "
           f"{status['updates_applied']:,} values from 20 IEDs and uplinked {status['uplink']['acked']:,} messages "
           f"(process CPU {cpu / elapsed:.0%} of one core, backend {engine.backend_name})")

@@ -13,7 +13,6 @@ Figures only; nothing is asserted about speed.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -29,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from gateway.control import DaemonNotRunning, call  # noqa: E402
+from tests.bench.modbus_farm import Farm  # noqa: E402
 from tests.support.broker import Subscriber, make_tls_files, run_mosquitto  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -51,29 +51,6 @@ def pct(values: list[float], q: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
-
-
-class Farm:
-    def __init__(self, devices: int, registers: int, period_ms: float) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "tests" / "bench" / "modbus_farm.py"), "--devices", str(devices),
-             "--registers", str(registers), "--period-ms", str(period_ms)],
-            stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None
-        self.ports: list[int] = json.loads(self.proc.stdout.readline())["ports"]
-        self.cycle_time: dict[int, float] = {}
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            entry = json.loads(line)
-            self.cycle_time[entry["k"] % 65536] = entry["t"]
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
 
 
 def run_daemon(site: dict[str, Any], workdir: Path, name: str) -> tuple[subprocess.Popen[bytes], Path]:

@@ -12,7 +12,9 @@ import argparse
 import asyncio
 import json
 import logging
+import subprocess
 import sys
+import threading
 import time
 import warnings
 
@@ -20,7 +22,32 @@ from pymodbus.datastore import ModbusDeviceContext, ModbusSequentialDataBlock, M
 from pymodbus.server import ModbusTcpServer
 
 
-async def main(devices: int, registers: int, period_s: float, duration_s: float, quiet: bool = False) -> None:
+class Farm:
+    """This farm run as a child process; records when each cycle's values were written."""
+
+    def __init__(self, devices: int, registers: int, period_ms: float) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--devices", str(devices),
+             "--registers", str(registers), "--period-ms", str(period_ms)],
+            stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        self.ports: list[int] = json.loads(self.proc.stdout.readline())["ports"]
+        self.cycle_time: dict[int, float] = {}
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            entry = json.loads(line)
+            self.cycle_time[entry["k"] % 65536] = entry["t"]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+async def main(devices: int, registers: int, period_s: float, duration_s: float) -> None:
     logging.getLogger("pymodbus").setLevel(logging.ERROR)
     servers = []
     with warnings.catch_warnings():
@@ -41,8 +68,7 @@ async def main(devices: int, registers: int, period_s: float, duration_s: float,
         t = time.time()
         for server in servers:
             await server.context.async_setValues(0, 3, 0, values)
-        if not quiet:
-            print(json.dumps({"k": k, "t": t}), flush=True)
+        print(json.dumps({"k": k, "t": t}), flush=True)
         k += 1
         next_at = start + k * period_s
         await asyncio.sleep(max(next_at - loop.time(), 0))
@@ -56,9 +82,8 @@ if __name__ == "__main__":
     parser.add_argument("--registers", type=int, default=100)
     parser.add_argument("--period-ms", type=float, default=100.0)
     parser.add_argument("--duration", type=float, default=3600.0)
-    parser.add_argument("--quiet", action="store_true", help="print only the ports, not every cycle")
     a = parser.parse_args()
     try:
-        asyncio.run(main(a.devices, a.registers, a.period_ms / 1000.0, a.duration, a.quiet))
+        asyncio.run(main(a.devices, a.registers, a.period_ms / 1000.0, a.duration))
     except KeyboardInterrupt:
         sys.exit(0)
