@@ -113,24 +113,24 @@ class WriteQueue:
         self._seq = itertools.count()
         self.wakeup = asyncio.Event()
 
-    def put(
-        self, point_id: str, value: float | int | bool, priority: Priority, now: float
-    ) -> asyncio.Future[float | None]:
-        future: asyncio.Future[float | None] = asyncio.get_running_loop().create_future()
-        self._heap.put_nowait(QueuedWrite(int(priority), next(self._seq), point_id, value, future, now))
-        self.wakeup.set()
-        return future
-
-    def put_item(self, item: QueuedWrite) -> None:
-        """Queue a write handed back by another path, keeping its future and its place."""
-        self._heap.put_nowait(item)
-        self.wakeup.set()
-
     def new_item(
         self, point_id: str, value: float | int | bool, priority: Priority, now: float
     ) -> QueuedWrite:
+        """A write numbered in this queue's order, whichever path carries it out."""
         future: asyncio.Future[float | None] = asyncio.get_running_loop().create_future()
         return QueuedWrite(int(priority), next(self._seq), point_id, value, future, now)
+
+    def put(
+        self, point_id: str, value: float | int | bool, priority: Priority, now: float
+    ) -> asyncio.Future[float | None]:
+        item = self.new_item(point_id, value, priority, now)
+        self.put_item(item)
+        return item.future
+
+    def put_item(self, item: QueuedWrite) -> None:
+        """Queue a write, or one handed back by another path, keeping its future and its place."""
+        self._heap.put_nowait(item)
+        self.wakeup.set()
 
     def pop(self) -> QueuedWrite | None:
         try:
