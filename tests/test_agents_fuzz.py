@@ -37,6 +37,9 @@ step = st.one_of(
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(step, max_size=60))
 @example([("point", ("CB-044", "operations"), 1.8446744073709552e19, True), ("tick", 1.0)])
+@example([("point", ("XFMR-101", "current_a"), -273.0, True), ("tick", 1.0), ("tick", 1.0)])
+@example([("point", ("XFMR-102", "load_kw"), 4.562440617622083e195, True), ("tick", 1.0), ("tick", 1.0)])
+@example([("point", ("LINE-045", "current_a"), 1.3407807929942597e154, True), ("tick", 1.0)])
 def test_random_sequences_keep_agents_legal(sequence: list[tuple[Any, ...]]) -> None:
     rt = AgentRuntime(SITE, now=0.0, meter_period_s=1.0)
     now = 0.0
@@ -66,7 +69,7 @@ def test_random_sequences_keep_agents_legal(sequence: list[tuple[Any, ...]]) -> 
     assert {a: m.state for a, m in again.memory.items()} == {a: m.state for a, m in rt.memory.items()}
 
 
-NASTY = [0.0, -1.0, -273.0, -1e9, 1e9, float("inf"), float("-inf"), float("nan"), True, False, None]
+NASTY = [0.0, -1.0, -273.0, -1e9, 1e9, -1e11, 1e11, 1e200, -1e200, float("inf"), float("-inf"), float("nan"), True, False, None]
 
 
 def test_every_point_with_every_nasty_value() -> None:
@@ -77,3 +80,14 @@ def test_every_point_with_every_nasty_value() -> None:
         for t in (0.0, 1.0, 100.0, 5000.0):
             rt.tick(t, wall=1.79e9 + t)
         assert not rt.failed, f"{value!r}: agents failed: {rt.failed}"
+
+
+def test_each_point_alone_with_every_nasty_value() -> None:
+    """One odd reading on its own, with no other input to mask it, never breaks an agent."""
+    for agent_id, name in AGENTS:
+        for value in NASTY:
+            rt = AgentRuntime(SITE, now=0.0, meter_period_s=1.0)
+            rt.on_point(agent_id, name, value, True, 0.0)
+            for t in (1.0, 2.0, 400.0):
+                rt.tick(t, wall=1.79e9 + t)
+            assert not rt.failed, f"{agent_id}.{name} = {value!r}: agents failed: {rt.failed}"

@@ -100,7 +100,7 @@ class PowerLineAgent(Agent[LineState, LineEvent]):
 
     def classify(self, m: LineMemory, x: LineInputs, now: float) -> tuple[LineEvent, str]:
         a = self.attrs
-        current = x.current_a if x.current_a is not None else m.current_a
+        current = abs(x.current_a) if x.current_a is not None else m.current_a
         if x.fault_reported:
             return _E.FAULT_DETECTED, "protection trip of the protecting breaker"
         if current >= self.fault_current_a:
@@ -131,7 +131,7 @@ class PowerLineAgent(Agent[LineState, LineEvent]):
         a = self.attrs
         actions: list[Action] = []
         if inputs.current_a is not None:
-            m.current_a = inputs.current_a
+            m.current_a = abs(inputs.current_a)  # reverse flow loads the conductor as much as forward flow
         dt = 0.0 if m.last_time is None else max(0.0, now - m.last_time)
         m.last_time = now
         m.thermal_level = thermal_level(m.thermal_level, m.current_a, a.ampacity, dt, a.thermal_time_constant_s)

@@ -48,6 +48,10 @@ from gateway.topology import Topology
 
 log = logging.getLogger(__name__)
 
+# No quantity an agent reads (amperes, kilowatts, volts, degrees, operation counts) comes near this;
+# a reading beyond it is a decoding fault, not a measurement.
+MAX_MAGNITUDE = 1e12
+
 SNAPSHOT_KEY = "agents"
 SNAPSHOT_VERSION = 1
 
@@ -186,8 +190,8 @@ class AgentRuntime:
         values = self.readings.get(agent_id)
         if values is None:
             return
-        if isinstance(value, float) and not math.isfinite(value):
-            good = False  # NaN and infinity are never measurements
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not abs(value) <= MAX_MAGNITUDE:
+            good = False  # NaN, infinity and absurd magnitudes are never measurements
         values[name] = value if good else None
 
     def on_protection_event(self, kind: str, breaker: str, element: str, phase: str, current_a: float,

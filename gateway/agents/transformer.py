@@ -124,6 +124,9 @@ class TransformerMemory(Memory):
     last_daily_faa: float | None = None
 
 
+MAX_MODEL_LOAD_PU = 10.0
+
+
 class TransformerAgent(Agent[TransformerState, TransformerEvent]):
     agent_type = "transformer"
     TABLE = TABLE
@@ -158,7 +161,9 @@ class TransformerAgent(Agent[TransformerState, TransformerEvent]):
         a = self.attrs
         if x.ambient_temp_c is not None:
             m.ambient_c = x.ambient_temp_c
-        k = m.load_percent / 100.0
+        # The C57.91 model holds for loads up to a few per unit; beyond that the protection acts long
+        # before the oil moves, so a reading far outside is held at the edge of the model.
+        k = min(max(m.load_percent / 100.0, 0.0), MAX_MODEL_LOAD_PU)
         if dt > 0:
             st = thermal_step(ThermalState(m.top_oil_rise_c, m.hot_spot_rise_c), k, dt,
                               rated_top_oil_rise_c=a.rated_top_oil_rise_c, rated_hot_spot_rise_c=a.rated_hot_spot_rise_c,
@@ -184,7 +189,7 @@ class TransformerAgent(Agent[TransformerState, TransformerEvent]):
             m.out_of_band_since = None
             return False
         v120 = x.secondary_voltage_v / a.secondary_voltage * 120.0  # line-to-line volts onto the 120 V base
-        current = x.current_a if x.current_a is not None else m.load_percent / 100.0 * self.rated_current_a
+        current = abs(x.current_a) if x.current_a is not None else m.load_percent / 100.0 * self.rated_current_a
         s = math.hypot(m.load_kw, m.load_kvar)
         pf = m.load_kw / s if s > 0 else 1.0
         v_ctrl = ldc_control_voltage_v(v120, current, abs(pf), self.ct_primary_a, a.ldc_r_v, a.ldc_x_v,
@@ -235,7 +240,7 @@ class TransformerAgent(Agent[TransformerState, TransformerEvent]):
         if x.load_kw is not None or x.load_kvar is not None:
             m.load_percent = 100.0 * math.hypot(m.load_kw, m.load_kvar) / a.rated_capacity
         elif x.current_a is not None:
-            m.load_percent = 100.0 * x.current_a / self.rated_current_a
+            m.load_percent = 100.0 * abs(x.current_a) / self.rated_current_a  # a signed CT reading: magnitude loads the windings
         if x.tap_position is not None:
             m.tap_position = min(max(int(round(x.tap_position)), a.tap_min), a.tap_max)
         self._thermal(m, x, dt)
