@@ -16,17 +16,21 @@ import asyncio
 import contextlib
 import logging
 import math
-import queue
+import heapq
 import random
+import select
+import socket
 import struct
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient, ModbusTcpClient
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.client.mixin import ModbusClientMixin
 from pymodbus.exceptions import ModbusException
+from pymodbus.framer import FramerSocket
+from pymodbus.pdu import DecodePDU, ModbusPDU
 
 from gateway.clock import Clock
 from gateway.config import DataType, ModbusPoint, ModbusRtuIed, ModbusTcpIed, RegisterFunction, WordOrder
@@ -522,66 +526,176 @@ class _ModbusMaster(PolledAdapter):
         super()._link_lost(why)
 
 
-class _CommandLink:
-    """Writes to one IED on their own connection, carried out by a thread of their own.
+class _RequestBuilder(ModbusClientMixin[ModbusPDU]):
+    """pymodbus's own request building without a transport: each call returns the request PDU."""
 
-    The thread sleeps on a queue and writes as soon as a command arrives, however busy the
-    event loop is with polling and uplink work; results go back to the loop. When the link
-    fails, the write in hand and everything queued behind it go back to the polling link.
+    def execute(self, no_response_expected: bool, request: ModbusPDU) -> ModbusPDU:
+        return request
+
+
+_REQUESTS = _RequestBuilder()
+
+
+@dataclass(slots=True)
+class _InFlight:
+    item: QueuedWrite
+    tid: int
+    sent_monotonic: float
+    deadline: float
+
+
+class _CommandLink:
+    """Writes to one IED on a connection of their own.
+
+    A write is framed and handed to the socket by whoever queues it, at once, when nothing
+    else is in flight: the trip leaves in the same call that decided it, however busy the
+    process is. A thread of the link's own reads the answers (one write in flight at a time,
+    as plain IEDs expect), sends whatever queued up meanwhile, most urgent first, and hands
+    results back to the event loop. When the link fails, the write in flight and everything
+    queued behind it go back to the polling link.
     """
 
-    def __init__(self, master: ModbusTcpMaster, client: ModbusTcpClient, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, master: ModbusTcpMaster, sock: socket.socket, loop: asyncio.AbstractEventLoop) -> None:
         self._master = master
-        self._client = client
+        self._sock = sock
+        self._sock.setblocking(False)
         self._loop = loop
-        self._queue: queue.PriorityQueue[tuple[int, int, QueuedWrite | None]] = queue.PriorityQueue()
+        self._lock = threading.Lock()
+        self._pending: list[tuple[int, int, QueuedWrite]] = []
+        self._inflight: _InFlight | None = None
+        self._tid = 0
+        self._framer = FramerSocket(DecodePDU(is_server=False))
+        self._wake_r, self._wake_w = socket.socketpair()
         self.alive = True
         self._thread = threading.Thread(target=self._run, name=f"{master.ied_id}-commands", daemon=True)
         self._thread.start()
 
-    def put(self, item: QueuedWrite) -> None:
-        self._queue.put((item.priority, item.seq, item))
+    # ----------------------------------------------------------------- any thread
+
+    def put(self, item: QueuedWrite) -> bool:
+        """Send now, or queue behind the write in flight; False when the link is gone."""
+        with self._lock:
+            if not self.alive:
+                return False
+            if self._inflight is not None:
+                heapq.heappush(self._pending, (item.priority, item.seq, item))
+                return True
+            self._send_locked(item)
+            return True
 
     def close(self) -> list[QueuedWrite]:
-        """Stop the thread; returns the writes it had not started."""
-        self.alive = False
-        self._queue.put((-1, -1, None))
-        self._thread.join(timeout=5)
-        self._client.close()
-        return self._drain()
+        """Stop the thread and close the connection; returns the writes not carried out."""
+        with self._lock:
+            self.alive = False
+            items = self._take_all_locked()
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"\0")
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        for s in (self._sock, self._wake_r, self._wake_w):
+            s.close()
+        return items
 
-    def _drain(self) -> list[QueuedWrite]:
-        items: list[QueuedWrite] = []
+    # ----------------------------------------------------------------- holding the lock
+
+    def _take_all_locked(self) -> list[QueuedWrite]:
+        items = [self._inflight.item] if self._inflight is not None else []
+        self._inflight = None
+        items += [item for _, _, item in sorted(self._pending)]
+        self._pending.clear()
+        return items
+
+    def _send_locked(self, item: QueuedWrite) -> None:
+        """Frame and send one write. Encoding errors answer that write alone; a socket error
+        ends the link, handing back everything it holds."""
+        master = self._master
         while True:
             try:
-                _, _, item = self._queue.get_nowait()
-            except queue.Empty:
-                return items
-            if item is not None:
-                items.append(item)
+                pdu = write_request(_REQUESTS, master._points[item.point_id], item.value, master.cfg.unit_id)
+            except EncodingError as exc:
+                self._loop.call_soon_threadsafe(master._write_done, item, 0.0, str(exc))
+                if not self._pending:
+                    return
+                item = heapq.heappop(self._pending)[2]
+                continue
+            break
+        self._tid = self._tid % 0xFFFF + 1
+        pdu.transaction_id = self._tid
+        frame = self._framer.buildFrame(pdu)
+        self._inflight = _InFlight(item, self._tid, 0.0, 0.0)
+        try:
+            # one small frame in flight at a time: an empty send buffer takes it whole
+            if self._sock.send(frame) != len(frame):
+                raise OSError("send buffer full")
+        except OSError as exc:
+            self._lost_locked(f"send failed: {exc}")
+            return
+        now = master._clock.monotonic()
+        self._inflight.sent_monotonic = now
+        self._inflight.deadline = now + master._timeout
+
+    def _lost_locked(self, why: str) -> None:
+        self.alive = False
+        items = self._take_all_locked()
+        self._loop.call_soon_threadsafe(self._master._command_link_lost, items, why)
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"\0")
+
+    # ----------------------------------------------------------------- the reader thread
 
     def _run(self) -> None:
-        master, unit = self._master, self._master.cfg.unit_id
+        master = self._master
+        buffer = b""
         while True:
-            _, _, item = self._queue.get()
-            if item is None:
-                return
-            point = master._points[item.point_id]
-            sent_monotonic = master._clock.monotonic()
+            with self._lock:
+                if not self.alive:
+                    return
+                deadline = self._inflight.deadline if self._inflight is not None else None
+            wait = 1.0 if deadline is None else max(0.0, deadline - master._clock.monotonic())
             try:
-                result = write_request(self._client, point, item.value, unit)
-            except EncodingError as exc:
-                self._loop.call_soon_threadsafe(master._write_done, item, sent_monotonic, str(exc))
+                readable, _, _ = select.select([self._sock, self._wake_r], [], [], wait)
+                data = self._sock.recv(512) if self._sock in readable else None
+            except BlockingIOError:
                 continue
-            except (ModbusException, OSError) as exc:
-                self.alive = False
-                self._loop.call_soon_threadsafe(master._command_link_lost, [item, *self._drain()], str(exc))
+            except (OSError, ValueError) as exc:
+                with self._lock:
+                    if self.alive:
+                        self._lost_locked(f"connection failed: {exc}")
                 return
-            error = None
-            if result.isError():
-                code = getattr(result, "exception_code", "?")
-                error = f"{master.ied_id} refused write to {item.point_id}: exception code {code}"
-            self._loop.call_soon_threadsafe(master._write_done, item, sent_monotonic, error)
+            with self._lock:
+                if not self.alive:
+                    return
+                if data == b"":
+                    self._lost_locked("connection closed by the IED")
+                    return
+                if data is None:
+                    if self._inflight is not None and master._clock.monotonic() >= self._inflight.deadline:
+                        self._lost_locked(f"no answer to a write within {master._timeout:.3f} s")
+                        return
+                    continue
+                buffer += data
+                try:
+                    used, pdu = self._framer.handleFrame(buffer, 0, 0)
+                except ModbusException as exc:
+                    self._lost_locked(f"malformed answer: {exc}")
+                    return
+                buffer = buffer[used:]
+                if pdu is not None:
+                    self._answered_locked(pdu)
+
+    def _answered_locked(self, pdu: ModbusPDU) -> None:
+        flight = self._inflight
+        if flight is None or pdu.transaction_id != flight.tid:
+            return  # a late answer to a write already handed back
+        self._inflight = None
+        master, item = self._master, flight.item
+        error = None
+        if pdu.isError():
+            code = getattr(pdu, "exception_code", "?")
+            error = f"{master.ied_id} refused write to {item.point_id}: exception code {code}"
+        self._loop.call_soon_threadsafe(master._write_done, item, flight.sent_monotonic, error)
+        if self._pending:
+            self._send_locked(heapq.heappop(self._pending)[2])
 
 
 class ModbusTcpMaster(_ModbusMaster):
@@ -608,11 +722,10 @@ class ModbusTcpMaster(_ModbusMaster):
         return self._cmd if self._cmd is not None and self._cmd.alive else None
 
     def _enqueue(self, point_id: str, value: float | int | bool, priority: Priority) -> asyncio.Future[Any]:
-        link = self._command_link()
-        if link is None:
-            return super()._enqueue(point_id, value, priority)
         item = self._writes.new_item(point_id, value, priority, self._clock.monotonic())
-        link.put(item)
+        link = self._command_link()
+        if link is None or not link.put(item):
+            self._writes.put_item(item)
         return item.future
 
     def _write_done(self, item: QueuedWrite, sent_monotonic: float, error: str | None) -> None:
@@ -633,7 +746,7 @@ class ModbusTcpMaster(_ModbusMaster):
         self.status.extra["command_link"] = False
         link, self._cmd = self._cmd, None
         if link is not None:
-            link.close()
+            items = items + link.close()
         for item in items:
             self._writes.put_item(item)
 
@@ -641,17 +754,13 @@ class ModbusTcpMaster(_ModbusMaster):
         assert isinstance(self.cfg, ModbusTcpIed)
         if not self.cfg.command_link or not any(p.writable for p in self.cfg.points):
             return
-        client = ModbusTcpClient(self.cfg.host, port=self.cfg.port, timeout=self._timeout, retries=0,
-                                 reconnect_delay=0)
         try:
-            ok = await asyncio.to_thread(client.connect)
-        except (OSError, ModbusException):
-            ok = False
-        if not ok:
-            client.close()
+            sock = await asyncio.to_thread(socket.create_connection, (self.cfg.host, self.cfg.port), self._timeout)
+        except OSError:
             self._log.info("IED takes one connection: writes share the polling link", extra={"ied": self.ied_id})
             return
-        self._cmd = _CommandLink(self, client, asyncio.get_running_loop())
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._cmd = _CommandLink(self, sock, asyncio.get_running_loop())
         self.status.extra["command_link"] = True
 
     async def _close_command_link(self) -> None:

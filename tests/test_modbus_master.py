@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import logging
 import shutil
 import subprocess
@@ -18,7 +19,6 @@ from gateway.config import ModbusRtuIed, ModbusTcpIed
 from gateway.points import PointUpdate, QualityReason
 from protocols.base import CommandError, Priority, WriteQueue
 from protocols.modbus import ModbusRtuMaster, ModbusTcpMaster, encode_value
-from pymodbus.client import ModbusTcpClient
 
 from tests.support.modbus_server import ModbusTestServer, free_port, modbus_server
 
@@ -254,9 +254,7 @@ def test_writes_use_the_command_link_and_fall_back_when_it_fails(server: ModbusT
         # the command connection breaks for good (its peer is gone): the write must still
         # reach the device, over the polling link
         assert master._cmd is not None
-        master._cmd._client.close()
-        master._cmd._client = ModbusTcpClient("127.0.0.1", port=free_port(), timeout=0.2, retries=0,
-                                              reconnect_delay=0)
+        master._cmd._sock.shutdown(socket.SHUT_RDWR)
         await asyncio.wait_for(master.submit_write("tap", 7, Priority.CONTROL), 10)
         fell_back = master.status.extra["command_link"] is False
         await master.submit_write("trip", False, Priority.PROTECTION)
@@ -268,3 +266,116 @@ def test_writes_use_the_command_link_and_fall_back_when_it_fails(server: ModbusT
     assert on_link and fell_back and no_errors
     assert server.get("holding", 100) == [7]
     assert server.get("coil", 0) == [False]
+
+
+def _peer_requests(peer: socket.socket, timeout: float = 0.3) -> list[bytes]:
+    """The Modbus TCP frames the command link sent to its peer so far."""
+    peer.settimeout(timeout)
+    frames: list[bytes] = []
+    data = b""
+    try:
+        while True:
+            chunk = peer.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    except TimeoutError:
+        pass
+    while len(data) >= 7:
+        size = 6 + int.from_bytes(data[4:6], "big")
+        frames.append(data[:size])
+        data = data[size:]
+    return frames
+
+
+def _answer(peer: socket.socket, request: bytes) -> None:
+    """Echo a write request's PDU back, as an IED confirms a single write."""
+    peer.sendall(request)
+
+
+def test_command_link_keeps_one_write_in_flight_and_sends_the_most_urgent_next() -> None:
+    from protocols.modbus import _CommandLink
+
+    async def main() -> tuple[list[bytes], list[bytes], list[bytes], bool]:
+        master = ModbusTcpMaster(tcp_ied(free_port(), timeout_ms=5000), Collector(), SystemClock(), log)
+        mine, peer = socket.socketpair()
+        link = _CommandLink(master, mine, asyncio.get_running_loop())
+        try:
+            first = master._writes.new_item("tap", 1, Priority.CONTROL, 0.0)
+            second = master._writes.new_item("tap", 2, Priority.CONTROL, 0.0)
+            trip = master._writes.new_item("trip", True, Priority.PROTECTION, 0.0)
+            assert link.put(first) and link.put(second) and link.put(trip)
+            sent_first = await asyncio.to_thread(_peer_requests, peer)
+            _answer(peer, sent_first[0])
+            await asyncio.wait_for(first.future, 5)
+            sent_next = await asyncio.to_thread(_peer_requests, peer)
+            _answer(peer, sent_next[0])
+            await asyncio.wait_for(trip.future, 5)
+            sent_last = await asyncio.to_thread(_peer_requests, peer)
+            _answer(peer, sent_last[0])
+            await asyncio.wait_for(second.future, 5)
+            return sent_first, sent_next, sent_last, link.alive
+        finally:
+            link.close()
+            peer.close()
+
+    sent_first, sent_next, sent_last, alive = asyncio.run(main())
+    # one write on the wire at a time; the trip queued last goes before the tap change queued before it
+    assert [len(f) for f in (sent_first, sent_next, sent_last)] == [1, 1, 1]
+    assert sent_first[0][7] == 0x06 and sent_first[0][-2:] == (1).to_bytes(2, "big")
+    assert sent_next[0][7] == 0x05 and sent_next[0][10:12] == b"\xff\x00"
+    assert sent_last[0][7] == 0x06 and sent_last[0][-2:] == (2).to_bytes(2, "big")
+    assert alive
+
+
+def test_command_link_hands_writes_back_when_the_ied_does_not_answer() -> None:
+    from protocols.modbus import _CommandLink
+
+    async def main() -> tuple[list[str], bool, bool]:
+        master = ModbusTcpMaster(tcp_ied(free_port()), Collector(), SystemClock(), log)
+        mine, peer = socket.socketpair()
+        master._cmd = _CommandLink(master, mine, asyncio.get_running_loop())
+        try:
+            trip = master._writes.new_item("trip", True, Priority.PROTECTION, 0.0)
+            tap = master._writes.new_item("tap", 3, Priority.CONTROL, 0.0)
+            assert master._cmd.put(trip) and master._cmd.put(tap)
+            await until(lambda: master._cmd is None, timeout=5)  # 200 ms timeout, then handed back
+            handed_back = []
+            while (item := master._writes.pop()) is not None:
+                handed_back.append(item.point_id)
+            return handed_back, trip.future.done(), master.status.extra["command_link"]
+        finally:
+            peer.close()
+
+    handed_back, answered, link_up = asyncio.run(main())
+    assert handed_back == ["trip", "tap"]  # to the polling link, most urgent first, futures still open
+    assert not answered and link_up is False
+
+
+def test_command_link_reports_a_refused_write_and_carries_on() -> None:
+    from protocols.modbus import _CommandLink
+
+    async def main() -> tuple[str, float, bool]:
+        master = ModbusTcpMaster(tcp_ied(free_port(), timeout_ms=5000), Collector(), SystemClock(), log)
+        mine, peer = socket.socketpair()
+        link = _CommandLink(master, mine, asyncio.get_running_loop())
+        try:
+            tap = master._writes.new_item("tap", 4, Priority.CONTROL, 0.0)
+            assert link.put(tap)
+            request = (await asyncio.to_thread(_peer_requests, peer))[0]
+            # exception response: function code | 0x80, code 2 (illegal data address)
+            peer.sendall(request[:4] + b"\x00\x03" + request[6:7] + bytes([request[7] | 0x80, 2]))
+            with pytest.raises(CommandError) as refused:
+                await asyncio.wait_for(tap.future, 5)
+            again = master._writes.new_item("tap", 5, Priority.CONTROL, 0.0)
+            assert link.put(again)
+            _answer(peer, (await asyncio.to_thread(_peer_requests, peer))[0])
+            sent = await asyncio.wait_for(again.future, 5)
+            return str(refused.value), sent, link.alive
+        finally:
+            link.close()
+            peer.close()
+
+    refused, sent, alive = asyncio.run(main())
+    assert "refused write to tap: exception code 2" in refused
+    assert sent > 0 and alive

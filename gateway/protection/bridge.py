@@ -57,7 +57,8 @@ class ProtectionBridge:
         self.commands_sent = 0
         self.command_failures = 0
         self.queue_latencies_s: deque[float] = deque(maxlen=100_000)
-        """Decoded sample → command queued at the breaker's adapter."""
+        """Decoded sample → command accepted by the breaker's adapter (on an idle Modbus TCP command
+        link it is already on the socket by then)."""
         self.wire_latencies_s: deque[float] = deque(maxlen=100_000)
         """Decoded sample → command handed to the breaker's transport (the socket)."""
         saved = store.load_snapshot(SNAPSHOT_KEY)

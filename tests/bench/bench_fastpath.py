@@ -126,7 +126,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
     print(f"fast path under load: {args.faults:,} injected faults in {elapsed:.0f} s; daemon meanwhile polled "
           f"{status['updates_applied']:,} values from 20 IEDs and uplinked {status['uplink']['acked']:,} messages "
           f"(process CPU {cpu / elapsed:.0%} of one core, backend {engine.backend_name})")
-    print(f"  decoded sample -> trip queued at the breaker's adapter : p50 {pct(queue, 0.5) * 1e6:7.1f} µs   "
+    print(f"  decoded sample -> trip accepted by the breaker's adapter: p50 {pct(queue, 0.5) * 1e6:7.1f} µs   "
           f"p99 {pct(queue, 0.99) * 1e6:7.1f} µs   max {max(queue) * 1e6:7.1f} µs")
     if lost:
         print(f"  trips that did not reach the socket: {lost} (see the errors logged above)")
