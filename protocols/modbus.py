@@ -417,6 +417,7 @@ class _ModbusMaster(PolledAdapter):
                     self.status.extra["skipped_cycles"] = self.status.extra.get("skipped_cycles", 0) + missed
                 next_poll += (missed + 1) * self._period
                 await self._poll_once()
+                self._after_poll()
                 continue
             await self._sleep_or_write(next_poll - now)
 
@@ -428,6 +429,9 @@ class _ModbusMaster(PolledAdapter):
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(max(delay, 0.0)):
                 await self._writes.wakeup.wait()
+
+    def _after_poll(self) -> None:
+        """Link upkeep between poll cycles (nothing to do for a single-link master)."""
 
     async def _poll_once(self) -> None:
         """Read every block; each block's values reach the sink as soon as it is decoded."""
@@ -708,9 +712,15 @@ class ModbusTcpMaster(_ModbusMaster):
     connection gets its writes on the polling link, between block reads.
     """
 
+    COMMAND_LINK_RETRY_S = 30.0
+    """How soon a lost command link is opened again (IEDs close idle or surplus connections)."""
+
     def __init__(self, cfg: ModbusTcpIed, sink: Sink, clock: Clock, logger: logging.Logger) -> None:
         self._tcp: AsyncModbusTcpClient | None = None
         self._cmd: _CommandLink | None = None
+        self._cmd_retry_at: float | None = None
+        self._cmd_opening: asyncio.Task[None] | None = None
+        self._single_link_logged = False
         super().__init__(cfg, sink, clock, logger)
 
     def _new_client(self) -> AsyncModbusTcpClient:
@@ -744,6 +754,7 @@ class ModbusTcpMaster(_ModbusMaster):
         self._log.warning("command link lost; writes go over the polling link",
                           extra={"ied": self.ied_id, "reason": why, "handed_back": len(items)})
         self.status.extra["command_link"] = False
+        self._cmd_retry_at = self._clock.monotonic() + self.COMMAND_LINK_RETRY_S
         link, self._cmd = self._cmd, None
         if link is not None:
             items = items + link.close()
@@ -756,14 +767,34 @@ class ModbusTcpMaster(_ModbusMaster):
             return
         try:
             sock = await asyncio.to_thread(socket.create_connection, (self.cfg.host, self.cfg.port), self._timeout)
-        except OSError:
-            self._log.info("IED takes one connection: writes share the polling link", extra={"ied": self.ied_id})
+        except OSError as exc:
+            self._cmd_retry_at = self._clock.monotonic() + self.COMMAND_LINK_RETRY_S
+            if not self._single_link_logged:
+                self._single_link_logged = True
+                self._log.info("IED takes one connection: writes share the polling link",
+                               extra={"ied": self.ied_id, "reason": str(exc)})
             return
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._cmd = _CommandLink(self, sock, asyncio.get_running_loop())
+        self._cmd_retry_at = None
+        self._single_link_logged = False
         self.status.extra["command_link"] = True
 
+    def _after_poll(self) -> None:
+        """Open the command link again some time after it was lost, without holding up polls."""
+        if (self._cmd is not None or self._cmd_retry_at is None or self._closing
+                or self._clock.monotonic() < self._cmd_retry_at
+                or (self._cmd_opening is not None and not self._cmd_opening.done())):
+            return
+        self._cmd_retry_at = self._clock.monotonic() + self.COMMAND_LINK_RETRY_S
+        self._cmd_opening = asyncio.get_running_loop().create_task(self._open_command_link())
+
     async def _close_command_link(self) -> None:
+        if self._cmd_opening is not None:
+            self._cmd_opening.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._cmd_opening
+            self._cmd_opening = None
         link, self._cmd = self._cmd, None
         if link is None:
             return

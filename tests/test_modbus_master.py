@@ -245,8 +245,9 @@ def test_rtu_two_devices_share_one_line(pty_pair: tuple[str, str]) -> None:
 def test_writes_use_the_command_link_and_fall_back_when_it_fails(server: ModbusTestServer) -> None:
     cfg = tcp_ied(server.port)
 
-    async def main() -> tuple[bool, bool, bool]:
+    async def main() -> tuple[bool, bool, bool, bool]:
         master = ModbusTcpMaster(cfg, Collector(), SystemClock(), log)
+        master.COMMAND_LINK_RETRY_S = 0.5
         task = asyncio.create_task(master.run())
         await until(lambda: master.status.state.value == "online" and master.status.extra.get("command_link"))
         await master.submit_write("trip", True, Priority.PROTECTION)
@@ -257,13 +258,18 @@ def test_writes_use_the_command_link_and_fall_back_when_it_fails(server: ModbusT
         master._cmd._sock.shutdown(socket.SHUT_RDWR)
         await asyncio.wait_for(master.submit_write("tap", 7, Priority.CONTROL), 10)
         fell_back = master.status.extra["command_link"] is False
+        # some time later the command link is opened again, and writes take it
+        await until(lambda: master._cmd is not None and master.status.extra["command_link"] is True)
+        assert master._cmd is not None
+        reopened = master._cmd
         await master.submit_write("trip", False, Priority.PROTECTION)
+        back_on_link = master._cmd is reopened and reopened.alive
         await master.close()
         task.cancel()
-        return on_link, fell_back, master.status.write_errors == 0
+        return on_link, fell_back, back_on_link, master.status.write_errors == 0
 
-    on_link, fell_back, no_errors = asyncio.run(main())
-    assert on_link and fell_back and no_errors
+    on_link, fell_back, back_on_link, no_errors = asyncio.run(main())
+    assert on_link and fell_back and back_on_link and no_errors
     assert server.get("holding", 100) == [7]
     assert server.get("coil", 0) == [False]
 
