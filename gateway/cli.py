@@ -91,6 +91,9 @@ def cmd_config_validate(args: argparse.Namespace) -> int:
     path = Path(args.file)
     try:
         site = load(path)
+        from gateway.commands import check_site
+
+        check_site(site, path.parent, str(path))
     except ConfigError as exc:
         if args.json:
             print(json.dumps({"valid": False, "file": str(path),
@@ -183,6 +186,70 @@ def cmd_points_watch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _breaker_lines(s: dict[str, Any]) -> list[str]:
+    pos = s.get("position") or {}
+    closed = pos.get("closed")
+    where = "unknown" if closed is None else ("CLOSED" if closed else "OPEN")
+    prot = s.get("protection") or {}
+    lines = [f"breaker {s['breaker']}: {where}" + (f" (quality {pos['quality']})" if pos.get("quality") not in
+                                                    (None, "good") else ""),
+             f"  agent state: {s.get('agent_state') or '-'}"]
+    if prot:
+        lines.append(f"  protection: reclose {prot.get('reclose_state')}, shot {prot.get('shot')}/{prot.get('shots')}"
+                     + (", LOCKED OUT" if prot.get("locked_out") else "")
+                     + (f", picked up {', '.join(prot['pickups'])}" if prot.get("pickups") else ""))
+    else:
+        lines.append("  protection: none (cannot be operated from the gateway)")
+    if s.get("selected_by"):
+        lines.append(f"  selected by {s['selected_by']} for another {s.get('select_expires_in_s')} s")
+    return lines
+
+
+def cmd_breaker_status(args: argparse.Namespace) -> int:
+    emit(args, call(runtime_dir(args), "breaker.status", breaker=args.breaker),
+         lambda s: "\n".join(_breaker_lines(s)))
+    return 0
+
+
+def _unix_user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:
+        return str(os.getuid())
+
+
+def cmd_breaker_operate(args: argparse.Namespace) -> int:
+    """Select, confirm, operate: the same select-before-operate engine SCADA goes through."""
+    rt, user, action = runtime_dir(args), _unix_user(), args.breaker_command
+    if not args.yes and not sys.stdin.isatty():
+        print("stima: refusing to operate a breaker without confirmation: no terminal to ask on; "
+              "pass --yes to confirm", file=sys.stderr)
+        return 1
+    selected = call(rt, "breaker.select", breaker=args.breaker, action=action, user=user,
+                    authorised=args.authorised)
+    select_id = selected["select_id"]
+    if not args.yes:
+        print("\n".join(_breaker_lines(selected["state"])))
+        print(f"selected {args.breaker} for {action} (select {select_id}, expires in "
+              f"{selected['expires_in_s']:g} s)")
+        try:
+            answer = input(f"{action.upper()} {args.breaker}{' (authorised)' if args.authorised else ''}? [y/N] ")
+        except EOFError:
+            answer = ""
+        if answer.strip().lower() not in ("y", "yes"):
+            call(rt, "breaker.cancel", select_id=select_id, user=user)
+            print("cancelled; the breaker was not operated", file=sys.stderr)
+            return 1
+    done = call(rt, "breaker.operate_selected", breaker=args.breaker, action=action, select_id=select_id,
+                user=user, authorised=args.authorised)
+    emit(args, done, lambda d: f"{action} of {args.breaker} sent through protection (select {select_id}); "
+         f"reclose {d['state'].get('reclose_state')}"
+         + (", LOCKED OUT" if d["state"].get("locked_out") else ""))
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -219,6 +286,21 @@ def build_parser() -> argparse.ArgumentParser:
     pwatch.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds")
     add_common(pwatch)
     pwatch.set_defaults(func=cmd_points_watch)
+
+    brk = sub.add_parser("breaker", help="operate a breaker (select, confirm, operate) or show its state")
+    brk_sub = brk.add_subparsers(dest="breaker_command", required=True, metavar="ACTION")
+    for action in ("open", "close"):
+        op = brk_sub.add_parser(action, help=f"{action} a breaker through protection, select before operate")
+        op.add_argument("breaker", metavar="BREAKER", help="breaker id, e.g. CB-045")
+        op.add_argument("--authorised", action="store_true",
+                        help="authorised close: re-arms a locked-out breaker (the fault must be cleared)")
+        op.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+        add_common(op)
+        op.set_defaults(func=cmd_breaker_operate)
+    bstat = brk_sub.add_parser("status", help="position, protection state and selection of a breaker")
+    bstat.add_argument("breaker", metavar="BREAKER")
+    add_common(bstat)
+    bstat.set_defaults(func=cmd_breaker_status)
 
     for name in _EXTENSIONS:
         try:

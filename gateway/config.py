@@ -255,6 +255,29 @@ class MeterGroupConfig(_Model):
 # --------------------------------------------------------------------------- uplink
 
 
+COMMAND_NAMES = ("breaker/select", "breaker/operate", "breaker/cancel", "agent/request")
+"""Commands a SCADA host may send on `<base>/cmd/<command>` (gateway/commands.py)."""
+
+
+class CommandsConfig(_Model):
+    """Remote control by SCADA over the uplink: off unless the site file turns it on."""
+
+    enabled: bool = False
+    key_file: Path | None = None
+    """Shared HMAC-SHA256 secret (at least 32 bytes, not readable by group or others)."""
+    max_age_s: float = Field(default=30.0, gt=0.0, le=3600.0)
+    """A command's `time` may differ from the gateway's clock by at most this (age or skew)."""
+    select_timeout_s: float = Field(default=30.0, gt=0.0, le=600.0)
+    allowed: list[Literal["breaker/select", "breaker/operate", "breaker/cancel", "agent/request"]] | None = None
+    """Command names accepted; absent means all of COMMAND_NAMES."""
+
+    @model_validator(mode="after")
+    def _check_key(self) -> CommandsConfig:
+        if self.enabled and self.key_file is None:
+            raise ValueError("enabled commands need key_file (the shared HMAC-SHA256 secret)")
+        return self
+
+
 class UplinkConfig(_Model):
     broker_host: str
     broker_port: int = Field(default=8883, ge=1, le=65535)
@@ -272,6 +295,7 @@ class UplinkConfig(_Model):
     """Point changes gathered into one telemetry message at most."""
     batch_window_ms: float = Field(default=5.0, ge=0.0, le=10_000)
     spool_max_messages: int = Field(default=1_000_000, ge=1000)
+    commands: CommandsConfig = CommandsConfig()
 
     @model_validator(mode="after")
     def _check_tls(self) -> UplinkConfig:

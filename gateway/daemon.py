@@ -23,7 +23,8 @@ from typing import Any
 
 from gateway import __version__, logs
 from gateway.clock import Clock, SystemClock
-from gateway.config import ConfigError, SiteConfig, load
+from gateway.commands import check_site
+from gateway.config import ConfigError, ConfigProblem, SiteConfig, load
 from gateway.control import ControlServer
 from gateway.points import Point, PointKind, PointUpdate, ProcessImage
 from gateway.sdnotify import Notifier
@@ -60,6 +61,7 @@ class Gateway:
         self._build_uplink()
         self._build_protection()
         self._build_agents()
+        self._build_commands()
 
     # ------------------------------------------------------------------ wiring
 
@@ -75,6 +77,7 @@ class Gateway:
             self.clock,
             logging.getLogger("stima.uplink"),
             base_dir=self.base_dir,
+            urgent_topics=("alarms", "events", "cmd_result"),
         )
         self.uplink.set_birth(
             [
@@ -116,6 +119,27 @@ class Gateway:
         )
         if self.protection is not None:
             self.protection.event_listeners.append(self.agents.on_protection_event)
+
+    def _build_commands(self) -> None:
+        """SCADA commands from the uplink and the operator's breaker commands: one SBO engine."""
+        from gateway.commands import CommandService, key_path, read_key
+
+        cfg = self.site.uplink.commands
+        path = key_path(cfg, self.base_dir)
+        key = None
+        if cfg.enabled and path is not None:
+            try:
+                key = read_key(path)
+            except ValueError as exc:
+                raise ConfigError(str(path), [ConfigProblem("uplink.commands.key_file", str(exc))]) from None
+        self.commands = CommandService(
+            cfg, key=key, substation=self.site.site.substation_id, nonces=self.store, plant=self,
+            publish=lambda suffix, payload: self.uplink.publish(suffix, payload, qos=1, retain=False),
+            audit=self.store.append_event, wall=self.clock.wall, monotonic=self.clock.monotonic,
+        )
+        self.uplink.on_command(self.commands.on_mqtt)
+        if not cfg.enabled:
+            log.info("remote commands are disabled in the site file (uplink.commands.enabled)")
 
     def _publish(self, suffix: str, payload: dict[str, Any], retain: bool = False) -> None:
         self.uplink.publish(suffix, payload, retain=retain)
@@ -255,6 +279,67 @@ class Gateway:
                 return f"{agent_id} is locked out: only an authorised manual close re-arms it"
         return None
 
+    # ------------------------------------------------------------------ breakers (gateway.commands.Plant)
+
+    def operate_breaker(self, breaker: str, action: str, authorised: bool, origin: str) -> dict[str, Any]:
+        """Operator or SCADA open/close through protection (so reclose blocking and lockout rules apply)."""
+        if self.protection is None or breaker not in self._protected_breakers:
+            raise KeyError(f"{breaker} has no protection scheme in the site file")
+        engine, now = self.protection.engine, self.clock.monotonic()
+        if action == "open":
+            actions = engine.manual_trip(breaker, now)
+        elif action == "close":
+            actions = engine.manual_close(breaker, now, authorised=bool(authorised))
+        else:
+            raise ValueError(f"action must be 'open' or 'close', not {action!r}")
+        self.protection.carry_out(actions)
+        log.warning("operator breaker command",
+                    extra={"breaker": breaker, "action": action, "authorised": authorised, "origin": origin})
+        return dict(engine.status(breaker))
+
+    def breaker_interlock(self, breaker: str, action: str, authorised: bool) -> str | None:
+        """Why `action` on `breaker` is refused now (None: allowed). Opening is always allowed."""
+        if self.protection is None or breaker not in self._protected_breakers:
+            return f"{breaker} has no protection scheme in the site file: it cannot be operated from here"
+        if action == "open":
+            return None
+        if self._agent_state(breaker) == "Maintenance":
+            return f"{breaker} is in maintenance: end the maintenance before closing it"
+        if self.protection.engine.status(breaker).get("locked_out") and not authorised:
+            return f"{breaker} is locked out: only an authorised close (authorised: true) re-arms it"
+        return None
+
+    def breaker_state(self, breaker: str) -> dict[str, Any]:
+        protected = self.protection is not None and breaker in self._protected_breakers
+        agent = next((a for a in self.site.agents if a.id == breaker), None)
+        if not protected and agent is None:
+            raise KeyError(f"no breaker {breaker} in the site file")
+        position: dict[str, Any] | None = None
+        point_id = agent.points.get("closed") if agent is not None else None
+        if point_id is not None and point_id in self.image:
+            p = self.image[point_id]
+            position = {"point": point_id, "closed": p.value, "quality": p.quality.validity.value}
+        return {"breaker": breaker, "protected": protected, "position": position,
+                "agent_state": self._agent_state(breaker),
+                "protection": self.protection.engine.status(breaker) if protected else None}
+
+    def _agent_state(self, agent_id: str) -> str | None:
+        runtime = self.agents.runtime
+        memory = runtime.memory.get(agent_id) if agent_id in runtime.agents else None
+        return None if memory is None else str(getattr(memory.state, "value", memory.state))
+
+    def agent_type(self, agent_id: str) -> str | None:
+        for agent in self.site.agents:
+            if agent.id == agent_id:
+                return str(agent.type.value)
+        for group in self.site.meter_groups:
+            if group.id == agent_id:
+                return "smart_meter"
+        return None
+
+    def agent_request(self, agent_id: str, request: str, args: dict[str, Any]) -> list[dict[str, Any]]:
+        return self.agents.request(agent_id, request, **args)
+
     # ------------------------------------------------------------------ status
 
     def status(self) -> dict[str, Any]:
@@ -277,6 +362,7 @@ class Gateway:
             "agents": {"count": len(self.site.agents), "meters": sum(g.count for g in self.site.meter_groups),
                        "actions": self.agents.actions_done, "control_refused": self.agents.control_refused},
             "ami": None if self.ami is None else self.ami.status(),
+            "commands": self.commands.status(),
         }
 
 
@@ -348,6 +434,7 @@ class Server:
         self.notifier.reloading()
         try:
             site = load(self.config_path)
+            check_site(site, self.config_path.parent, str(self.config_path))
         except ConfigError as exc:
             self.reload_failures += 1
             for problem in exc.problems:
@@ -398,6 +485,10 @@ class Server:
         c.register("events", self._op_events)
         c.register("protection.latency", self._op_protection_latency)
         c.register("breaker.operate", self._op_breaker_operate)
+        c.register("breaker.select", self._op_breaker_select)
+        c.register("breaker.operate_selected", self._op_breaker_operate_selected)
+        c.register("breaker.cancel", self._op_breaker_cancel)
+        c.register("breaker.status", self._op_breaker_status)
 
     def _gw(self) -> Gateway:
         if self.gateway is None:
@@ -430,20 +521,24 @@ class Server:
         return {"queue": list(bridge.queue_latencies_s), "wire": list(bridge.wire_latencies_s)}
 
     async def _op_breaker_operate(self, breaker: str, action: str, authorised: bool = False) -> dict[str, Any]:
-        """Operator open/close through protection (so reclose blocking and lockout rules apply)."""
-        gw = self._gw()
-        if gw.protection is None or breaker not in gw._protected_breakers:
-            raise KeyError(f"{breaker} has no protection scheme in the site file")
-        engine, now = gw.protection.engine, self.clock.monotonic()
-        if action == "open":
-            actions = engine.manual_trip(breaker, now)
-        elif action == "close":
-            actions = engine.manual_close(breaker, now, authorised=bool(authorised))
-        else:
-            raise ValueError(f"action must be 'open' or 'close', not {action!r}")
-        gw.protection.carry_out(actions)
-        log.warning("operator breaker command", extra={"breaker": breaker, "action": action, "authorised": authorised})
-        return engine.status(breaker)
+        """Direct operator open/close through protection, without select (commissioning, tests)."""
+        return self._gw().operate_breaker(breaker, action, bool(authorised), "local")
+
+    def _op_breaker_select(self, breaker: str, action: str, user: str, authorised: bool = False) -> dict[str, Any]:
+        return self._gw().commands.local("breaker/select", {"breaker": breaker, "action": action,
+                                                            "authorised": authorised}, _local_origin(user))
+
+    def _op_breaker_operate_selected(self, breaker: str, action: str, select_id: str, user: str,
+                                     authorised: bool = False) -> dict[str, Any]:
+        return self._gw().commands.local("breaker/operate", {"breaker": breaker, "action": action,
+                                                             "select_id": select_id, "authorised": authorised},
+                                         _local_origin(user))
+
+    def _op_breaker_cancel(self, select_id: str, user: str) -> dict[str, Any]:
+        return self._gw().commands.local("breaker/cancel", {"select_id": select_id}, _local_origin(user))
+
+    def _op_breaker_status(self, breaker: str) -> dict[str, Any]:
+        return self._gw().commands.breaker_status(breaker)
 
     def _op_points_list(self, pattern: str = "*", source: str | None = None) -> list[dict[str, Any]]:
         import fnmatch
@@ -489,6 +584,10 @@ class Server:
             gw.image.unsubscribe_all(listener)
 
 
+def _local_origin(user: str) -> str:
+    return "local:" + ("".join(c for c in str(user) if c.isalnum() or c in "._-")[:64] or "unknown")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="stima-gatewayd", description="Stima substation gateway daemon")
     parser.add_argument("--config", "-c", type=Path, default=Path("/etc/stima/site.toml"), help="site file (TOML)")
@@ -499,6 +598,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.setup(args.log_level)
     try:
         site = load(args.config)
+        check_site(site, args.config.parent, str(args.config))
     except ConfigError as exc:
         for problem in exc.problems:
             log.error("invalid site file", extra={"file": exc.source, "problem": str(problem)})

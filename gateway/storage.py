@@ -1,7 +1,8 @@
 """Durable state in one SQLite database (WAL) in the state directory.
 
-Three things live here: snapshots of agent and protection state (a locked-out breaker stays
-locked out across restarts), the sequence-of-events log, and the MQTT spool. Every write is
+Snapshots of agent and protection state (a locked-out breaker stays locked out across
+restarts), the sequence-of-events log, the MQTT spool, and the nonces of remote commands
+recently accepted (a replay stays refused across restarts). Every write is
 committed before it is acknowledged to the caller, so nothing acknowledged is lost on kill -9.
 """
 
@@ -29,6 +30,11 @@ CREATE TABLE IF NOT EXISTS events (
     payload BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_time ON events(time);
+CREATE TABLE IF NOT EXISTS command_nonces (
+    nonce TEXT PRIMARY KEY,
+    expires REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS command_nonces_expires ON command_nonces(expires);
 CREATE TABLE IF NOT EXISTS spool (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     topic TEXT NOT NULL,
@@ -79,6 +85,20 @@ class Store:
                 (prefix, prefix + "\U0010ffff"),
             ).fetchall()
         return {k: msgpack.unpackb(v, raw=False, strict_map_key=False) for k, v in rows}
+
+    # ------------------------------------------------------------------ command nonces
+
+    def remember_nonce(self, nonce: str, expires: float, now: float) -> bool:
+        """Record a remote command's nonce until `expires` (wall s); False if it is already known.
+
+        Kept in the database so a replay is refused across a daemon restart too; nonces whose
+        time has passed are forgotten here.
+        """
+        with self._lock:
+            self._db.execute("DELETE FROM command_nonces WHERE expires < ?", (now,))
+            cur = self._db.execute("INSERT OR IGNORE INTO command_nonces(nonce, expires) VALUES(?, ?)",
+                                   (nonce, expires))
+        return cur.rowcount == 1
 
     # ------------------------------------------------------------------ events
 

@@ -1,0 +1,634 @@
+"""Remote control by SCADA over the MQTT uplink: signed commands, replay protection and
+select-before-operate (SBO) for breakers.
+
+A host publishes a signed envelope (msgpack map) to `<base>/cmd/<command>`:
+
+    {id, time, nonce, origin, command, args, sig}   (+ `substation`, optional)
+
+`sig` is HMAC-SHA256 with the site's shared key over the *canonical* msgpack of the map without
+`sig`: every map, at every depth, with its keys in sorted order, packed with msgpack's
+`use_bin_type=True` (strings as str, bytes as bin, floats as float 64). The signed map names the
+command (and, optionally, the substation), so a captured command cannot be replayed on another
+topic or at another substation sharing the key. The gateway refuses a command whose signature
+is wrong, whose `time` is more than `max_age_s` away from its own clock, whose nonce it has seen
+(nonces are kept in the state database, so this holds across restarts), that the site file does
+not allow, or whose arguments are wrong; each refusal says why, in a result message on
+`<base>/cmd_result/<command>` and in the event log.
+
+Breakers are operated as IEC 61850 "select before operate with enhanced security": a select
+reserves the breaker for one origin until `select_timeout_s`; operate must name that select,
+with the same breaker, action and origin, in time, and consumes it. Interlocks are checked at
+select and again at operate. The local operator CLI goes through the same engine
+(origin `local:<user>`), so a local select blocks a remote one and the other way round.
+
+Everything that decides here is sans-IO: time comes in as arguments or injected callables,
+the state database, the uplink and the plant (protection, agents) are injected.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import logging
+import math
+import re
+import secrets
+import stat
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import msgpack
+
+from gateway.config import COMMAND_NAMES, CommandsConfig, ConfigError, ConfigProblem, SiteConfig
+
+log = logging.getLogger("stima.commands")
+
+MIN_KEY_BYTES = 32
+SIG_BYTES = 32
+DISABLED_MESSAGE = "commands are disabled in the site file"
+REQUIRED_FIELDS = ("id", "time", "nonce", "origin", "command", "args", "sig")
+OPTIONAL_FIELDS = ("substation",)
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+_ARG_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+BREAKER_ACTIONS = ("open", "close")
+
+
+class Reason(enum.Enum):
+    """Why a command was refused: the `reason` field of a result, stable for scripts."""
+
+    DISABLED = "disabled"
+    MALFORMED = "malformed"
+    BAD_SIGNATURE = "bad_signature"
+    WRONG_TARGET = "wrong_target"
+    STALE = "stale"
+    REPLAYED = "replayed"
+    UNKNOWN_COMMAND = "unknown_command"
+    NOT_ALLOWED = "not_allowed"
+    BAD_ARGS = "bad_args"
+    RESERVED = "reserved"
+    NOT_SELECTED = "not_selected"
+    INTERLOCK = "interlock"
+    FAILED = "failed"
+
+
+class CommandRefused(Exception):
+    """A command not carried out; `reason` says which check refused it, the message what and why."""
+
+    def __init__(self, reason: Reason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A command that passed every envelope check; `args` are validated for `name`."""
+
+    name: str
+    id: str
+    time: float
+    nonce: str
+    origin: str
+    args: dict[str, Any]
+
+
+# --------------------------------------------------------------------------- signing
+
+
+def _sorted(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        keys = list(obj)
+        if not all(isinstance(k, str) for k in keys):
+            raise TypeError("map keys must be strings")
+        return {k: _sorted(obj[k]) for k in sorted(keys)}
+    if isinstance(obj, list | tuple):
+        return [_sorted(v) for v in obj]
+    return obj
+
+
+def canonical(fields: Mapping[str, Any]) -> bytes:
+    """The bytes that are signed: msgpack of `fields` without `sig`, map keys sorted at every depth."""
+    return bytes(msgpack.packb(_sorted({k: v for k, v in fields.items() if k != "sig"}), use_bin_type=True))
+
+
+def signature(key: bytes, fields: Mapping[str, Any]) -> bytes:
+    return hmac.new(key, canonical(fields), hashlib.sha256).digest()
+
+
+def sign_command(key: bytes, command: str, args: Mapping[str, Any], origin: str, now: float, *,
+                 substation: str | None = None, command_id: str | None = None,
+                 nonce: str | None = None) -> dict[str, Any]:
+    """A signed envelope for `command`, ready to msgpack and publish to `<base>/cmd/<command>`.
+
+    `now` is the wall-clock time in seconds since the epoch; `id` and `nonce` are drawn at
+    random unless given (a nonce must never be reused with the same key).
+    """
+    envelope: dict[str, Any] = {
+        "id": command_id or secrets.token_hex(8),
+        "time": float(now),
+        "nonce": nonce or secrets.token_hex(16),
+        "origin": origin,
+        "command": command,
+        "args": dict(args),
+    }
+    if substation is not None:
+        envelope["substation"] = substation
+    envelope["sig"] = signature(key, envelope)
+    return envelope
+
+
+def read_key(path: Path) -> bytes:
+    """The shared secret in `path` (trailing whitespace removed); ValueError naming the file if unusable.
+
+    The file must hold at least 32 bytes and must not be readable or writable by group or
+    others: anyone who reads it can operate the substation's breakers.
+    """
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise ValueError(f"command key file {path} cannot be read: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"command key file {path} is not a regular file")
+    if st.st_mode & 0o077:
+        raise ValueError(f"command key file {path} is accessible by group or others (mode "
+                         f"{stat.S_IMODE(st.st_mode):04o}); expected 0600 or 0400 (chmod 600 {path})")
+    try:
+        key = path.read_bytes().rstrip()
+    except OSError as exc:
+        raise ValueError(f"command key file {path} cannot be read: {exc.strerror or exc}") from None
+    if len(key) < MIN_KEY_BYTES:
+        raise ValueError(f"command key file {path} holds {len(key)} bytes; expected at least {MIN_KEY_BYTES} "
+                         "(e.g. `openssl rand -hex 32`)")
+    return key
+
+
+def key_path(cfg: CommandsConfig, base_dir: Path) -> Path | None:
+    if cfg.key_file is None:
+        return None
+    return cfg.key_file if cfg.key_file.is_absolute() else base_dir / cfg.key_file
+
+
+def check_site(site: SiteConfig, base_dir: Path, source: str) -> None:
+    """Raise ConfigError when commands are enabled and the key file is unusable (the daemon refuses to start)."""
+    cfg = site.uplink.commands
+    path = key_path(cfg, base_dir)
+    if not cfg.enabled or path is None:
+        return
+    try:
+        read_key(path)
+    except ValueError as exc:
+        raise ConfigError(source, [ConfigProblem("uplink.commands.key_file", str(exc), str(cfg.key_file))]) from None
+
+
+# --------------------------------------------------------------------------- envelope checks
+
+
+class NonceBook(Protocol):
+    def remember_nonce(self, nonce: str, expires: float, now: float) -> bool:
+        """Record `nonce` until `expires`; False if it was already recorded."""
+        ...
+
+
+class MemoryNonces:
+    """A NonceBook in memory (tests, tools); the daemon uses its state database (gateway.storage.Store)."""
+
+    def __init__(self) -> None:
+        self._expires: dict[str, float] = {}
+
+    def remember_nonce(self, nonce: str, expires: float, now: float) -> bool:
+        self._expires = {n: t for n, t in self._expires.items() if t >= now}
+        if nonce in self._expires:
+            return False
+        self._expires[nonce] = expires
+        return True
+
+
+def _field(payload: Mapping[Any, Any], name: str, kind: type | tuple[type, ...], what: str,
+           ok: Callable[[Any], bool] = lambda _v: True) -> Any:
+    value = payload[name]
+    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+        ok_type = False
+    else:
+        ok_type = isinstance(value, kind)
+    if not ok_type or not ok(value):
+        raise CommandRefused(Reason.MALFORMED, f"field {name!r}: expected {what}, found {_show(value)}")
+    return value
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class Verifier:
+    """Checks an envelope: form, signature, target, age, nonce, permission, arguments. Sans-IO."""
+
+    def __init__(self, key: bytes, *, substation: str, max_age_s: float, nonces: NonceBook,
+                 allowed: Iterable[str] | None = None) -> None:
+        if len(key) < MIN_KEY_BYTES:
+            raise ValueError(f"the command key must hold at least {MIN_KEY_BYTES} bytes")
+        self._key = key
+        self.substation = substation
+        self.max_age_s = max_age_s
+        self.nonces = nonces
+        self.allowed = frozenset(COMMAND_NAMES if allowed is None else allowed)
+
+    def verify(self, command: str, payload: Any, now: float) -> Command:
+        """The checked command, or CommandRefused; never any other exception for any input."""
+        try:
+            return self._verify(command, payload, now)
+        except CommandRefused:
+            raise
+        except Exception as exc:  # defensive: bad input must only ever be refused
+            raise CommandRefused(Reason.MALFORMED, f"unreadable command: {type(exc).__name__}") from None
+
+    def _verify(self, command: str, payload: Any, now: float) -> Command:
+        if not isinstance(payload, Mapping):
+            raise CommandRefused(Reason.MALFORMED, f"the payload is a {type(payload).__name__}; expected a msgpack "
+                                 "map {id, time, nonce, origin, command, args, sig}")
+        unknown = sorted(_show(k) for k in payload if k not in REQUIRED_FIELDS and k not in OPTIONAL_FIELDS)
+        if unknown:
+            raise CommandRefused(Reason.MALFORMED, f"unknown field(s) {', '.join(unknown)}; expected "
+                                 f"{', '.join(REQUIRED_FIELDS + OPTIONAL_FIELDS)}")
+        missing = [k for k in REQUIRED_FIELDS if k not in payload]
+        if missing:
+            raise CommandRefused(Reason.MALFORMED, f"missing field(s) {', '.join(missing)}")
+        command_id = _field(payload, "id", str, "a string of 1-64 characters", lambda v: 0 < len(v) <= 64)
+        sent = _field(payload, "time", (int, float), "seconds since the epoch (a finite number)",
+                      lambda v: math.isfinite(v))
+        nonce = _field(payload, "nonce", str, "a string of 16-128 characters", lambda v: 16 <= len(v) <= 128)
+        origin = _field(payload, "origin", str, "a string of 1-128 characters", lambda v: 0 < len(v) <= 128)
+        named = _field(payload, "command", str, "the command name")
+        args = _field(payload, "args", dict, "a map")
+        sig = _field(payload, "sig", bytes, f"{SIG_BYTES} bytes (msgpack bin)", lambda v: len(v) == SIG_BYTES)
+        if "substation" in payload:
+            _field(payload, "substation", str, "a substation id")
+        try:
+            expected = signature(self._key, payload)
+        except (TypeError, ValueError, OverflowError):
+            raise CommandRefused(Reason.MALFORMED, "args hold a map whose keys are not strings") from None
+        if not hmac.compare_digest(expected, sig):
+            raise CommandRefused(Reason.BAD_SIGNATURE, "signature does not match (wrong key, or the command was "
+                                 "altered after signing)")
+        if named != command:
+            raise CommandRefused(Reason.WRONG_TARGET, f"signed for command {_show(named)} but published on "
+                                 f"cmd/{command}")
+        if "substation" in payload and payload["substation"] != self.substation:
+            raise CommandRefused(Reason.WRONG_TARGET, f"signed for substation {_show(payload['substation'])}, "
+                                 f"this is {self.substation}")
+        age_s = now - float(sent)
+        if abs(age_s) > self.max_age_s:
+            when = "old" if age_s > 0 else "in the future"
+            raise CommandRefused(Reason.STALE, f"time is {abs(age_s):.1f} s {when}; accepted within "
+                                 f"±{self.max_age_s:g} s of the gateway's clock")
+        # a nonce need only be known while a command carrying it could pass the age check
+        if not self.nonces.remember_nonce(nonce, now + 2.0 * self.max_age_s, now):
+            raise CommandRefused(Reason.REPLAYED, f"nonce {_show(nonce)} was already used: replayed command")
+        if command not in COMMAND_NAMES:
+            raise CommandRefused(Reason.UNKNOWN_COMMAND, f"unknown command {_show(command)}; expected one of "
+                                 f"{', '.join(COMMAND_NAMES)}")
+        if command not in self.allowed:
+            raise CommandRefused(Reason.NOT_ALLOWED, f"command {command} is not allowed by the site file "
+                                 f"(uplink.commands.allowed: {', '.join(sorted(self.allowed)) or 'none'})")
+        return Command(name=command, id=command_id, time=float(sent), nonce=nonce, origin=origin,
+                       args=validate_args(command, args))
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+def _arg(args: Mapping[str, Any], name: str, what: str, ok: Callable[[Any], bool]) -> Any:
+    if name not in args:
+        raise CommandRefused(Reason.BAD_ARGS, f"args.{name}: missing; expected {what}")
+    value = args[name]
+    if not ok(value):
+        raise CommandRefused(Reason.BAD_ARGS, f"args.{name}: expected {what}, found {_show(value)}")
+    return value
+
+
+def _is_id(v: Any) -> bool:
+    return isinstance(v, str) and bool(_ID_RE.match(v))
+
+
+def _is_action(v: Any) -> bool:
+    return v in BREAKER_ACTIONS and isinstance(v, str)
+
+
+_BREAKER_ARGS = {
+    "breaker/select": ("breaker", "action", "authorised"),
+    "breaker/operate": ("breaker", "action", "select_id", "authorised"),
+    "breaker/cancel": ("select_id",),
+}
+
+
+def validate_args(command: str, args: Mapping[str, Any]) -> dict[str, Any]:
+    """The arguments of `command`, checked (CommandRefused BAD_ARGS names the key, the value and what was expected)."""
+    if not isinstance(args, Mapping):
+        raise CommandRefused(Reason.BAD_ARGS, f"args: expected a map, found {_show(args)}")
+    bad_keys = [_show(k) for k in args if not isinstance(k, str)]
+    if bad_keys:
+        raise CommandRefused(Reason.BAD_ARGS, f"args: keys must be strings, found {', '.join(bad_keys)}")
+    out: dict[str, Any] = {}
+    if command in _BREAKER_ARGS:
+        known = _BREAKER_ARGS[command]
+        extra = sorted(k for k in args if k not in known)
+        if extra:
+            raise CommandRefused(Reason.BAD_ARGS, f"args: unknown key(s) {', '.join(extra)}; expected "
+                                 f"{', '.join(known)}")
+        if "breaker" in known:
+            out["breaker"] = _arg(args, "breaker", "a breaker id", _is_id)
+            out["action"] = _arg(args, "action", "'open' or 'close'", _is_action)
+            out["authorised"] = bool(_arg(args, "authorised", "true or false", lambda v: isinstance(v, bool))
+                                     if "authorised" in args else False)
+        if "select_id" in known:
+            out["select_id"] = _arg(args, "select_id", "the select_id a breaker/select returned", _is_id)
+        return out
+    if command == "agent/request":
+        out["agent"] = _arg(args, "agent", "an agent id", _is_id)
+        out["request"] = _arg(args, "request", "a request name (e.g. maintenance, curtail, reset)",
+                              lambda v: isinstance(v, str) and bool(_ARG_NAME_RE.match(v)))
+        passed: dict[str, Any] = {}
+        for k, v in args.items():
+            if k in ("agent", "request"):
+                continue
+            if not _ARG_NAME_RE.match(k):
+                raise CommandRefused(Reason.BAD_ARGS, f"args: key {_show(k)} is not a request argument name "
+                                     "(letters, digits, underscore)")
+            passed[k] = v
+        out["args"] = passed
+        return out
+    raise CommandRefused(Reason.UNKNOWN_COMMAND, f"unknown command {_show(command)}; expected one of "
+                         f"{', '.join(COMMAND_NAMES)}")
+
+
+# --------------------------------------------------------------------------- select before operate
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """A breaker reserved for one origin and one action until `expires_at` (monotonic s)."""
+
+    select_id: str
+    breaker: str
+    action: str
+    origin: str
+    authorised: bool
+    selected_at: float
+    expires_at: float
+
+
+class SelectBeforeOperate:
+    """Reservations of breakers (IEC 61850 SBO with enhanced security). Sans-IO: `now` is monotonic s."""
+
+    def __init__(self, timeout_s: float, new_id: Callable[[], str] | None = None) -> None:
+        self.timeout_s = timeout_s
+        self._new_id = new_id or (lambda: "sel-" + secrets.token_hex(8))
+        self._by_id: dict[str, Selection] = {}
+
+    def _expire(self, now: float) -> None:
+        for sid in [s.select_id for s in self._by_id.values() if s.expires_at <= now]:
+            del self._by_id[sid]
+
+    def holder(self, breaker: str, now: float) -> Selection | None:
+        self._expire(now)
+        for sel in self._by_id.values():
+            if sel.breaker == breaker:
+                return sel
+        return None
+
+    def select(self, breaker: str, action: str, origin: str, now: float, *, authorised: bool = False) -> Selection:
+        """Reserve `breaker`; a select by the origin already holding it replaces that select."""
+        held = self.holder(breaker, now)
+        if held is not None:
+            if held.origin != origin:
+                raise CommandRefused(Reason.RESERVED, f"{breaker} is selected by {held.origin} for another "
+                                     f"{held.expires_at - now:.1f} s")
+            del self._by_id[held.select_id]
+        sel = Selection(select_id=self._new_id(), breaker=breaker, action=action, origin=origin,
+                        authorised=authorised, selected_at=now, expires_at=now + self.timeout_s)
+        self._by_id[sel.select_id] = sel
+        return sel
+
+    def take(self, select_id: str, breaker: str, action: str, origin: str, now: float) -> Selection:
+        """Consume the select that allows this operate, or refuse (NOT_SELECTED)."""
+        self._expire(now)
+        sel = self._by_id.get(select_id)
+        if sel is None:
+            raise CommandRefused(Reason.NOT_SELECTED, f"no select {select_id} pending (never made, already "
+                                 f"operated, cancelled, or timed out after {self.timeout_s:g} s): select first")
+        if sel.origin != origin:
+            raise CommandRefused(Reason.NOT_SELECTED, f"select {select_id} belongs to {sel.origin}, not {origin}")
+        if (sel.breaker, sel.action) != (breaker, action):
+            del self._by_id[select_id]  # a confused client starts again from select
+            raise CommandRefused(Reason.NOT_SELECTED, f"select {select_id} was for {sel.action} of {sel.breaker}, "
+                                 f"not {action} of {breaker}; the select is cancelled")
+        del self._by_id[select_id]
+        return sel
+
+    def cancel(self, select_id: str, origin: str, now: float) -> Selection:
+        self._expire(now)
+        sel = self._by_id.get(select_id)
+        if sel is None:
+            raise CommandRefused(Reason.NOT_SELECTED, f"no select {select_id} pending")
+        if sel.origin != origin:
+            raise CommandRefused(Reason.NOT_SELECTED, f"select {select_id} belongs to {sel.origin}, not {origin}")
+        del self._by_id[select_id]
+        return sel
+
+
+# --------------------------------------------------------------------------- the service
+
+
+class Plant(Protocol):
+    """What the running gateway offers commands (gateway.daemon.Gateway implements it)."""
+
+    def breaker_interlock(self, breaker: str, action: str, authorised: bool) -> str | None:
+        """Why operating `breaker` now is refused, or None."""
+        ...
+
+    def operate_breaker(self, breaker: str, action: str, authorised: bool, origin: str) -> dict[str, Any]:
+        """Carry out open/close through protection; the breaker's protection state after it."""
+        ...
+
+    def breaker_state(self, breaker: str) -> dict[str, Any]:
+        ...
+
+    def agent_type(self, agent_id: str) -> str | None:
+        ...
+
+    def agent_request(self, agent_id: str, request: str, args: dict[str, Any]) -> list[dict[str, Any]]:
+        ...
+
+
+Publish = Callable[[str, dict[str, Any]], None]
+Audit = Callable[[float, str, str, dict[str, Any]], Any]
+
+
+class CommandService:
+    """Commands from SCADA (MQTT) and the local operator (control socket), checked, carried out, audited.
+
+    Call from one thread (the daemon's event loop). Never raises for bad input on the MQTT
+    path: every command gets exactly one result message.
+    """
+
+    def __init__(self, cfg: CommandsConfig, *, key: bytes | None, substation: str, nonces: NonceBook,
+                 plant: Plant, publish: Publish, audit: Audit, wall: Callable[[], float],
+                 monotonic: Callable[[], float]) -> None:
+        self.cfg = cfg
+        self.plant = plant
+        self.publish = publish
+        self.audit = audit
+        self.wall = wall
+        self.monotonic = monotonic
+        self.sbo = SelectBeforeOperate(cfg.select_timeout_s)
+        self.verifier = None if not cfg.enabled or key is None else Verifier(
+            key, substation=substation, max_age_s=cfg.max_age_s, nonces=nonces, allowed=cfg.allowed)
+        self.accepted = 0
+        self.refused = 0
+
+    # ------------------------------------------------------------------ entry points
+
+    def on_mqtt(self, command: str, payload: Any) -> None:
+        """The uplink's command callback (`MqttUplink.on_command`)."""
+        self.handle_mqtt(command, payload)
+
+    def handle_mqtt(self, command: str, payload: Any) -> dict[str, Any]:
+        """Check, carry out, publish the result on `cmd_result/<command>`, audit; the result."""
+        command_id = payload.get("id") if isinstance(payload, Mapping) else None
+        origin = payload.get("origin") if isinstance(payload, Mapping) else None
+        result: dict[str, Any] = {
+            "id": command_id if isinstance(command_id, str) else None,
+            "command": command,
+            "origin": origin if isinstance(origin, str) else None,
+        }
+        args: dict[str, Any] = {}
+        try:
+            if self.verifier is None:
+                raise CommandRefused(Reason.DISABLED, DISABLED_MESSAGE)
+            checked = self.verifier.verify(command, payload, self.wall())
+            args = checked.args
+            result.update(self._carry_out(checked.name, checked.args, checked.origin))
+            self._record(result, args, via="mqtt", error=None)
+        except CommandRefused as exc:
+            self._record(result, args, via="mqtt", error=exc)
+        except Exception as exc:  # a fault in the plant must not stop the uplink
+            log.exception("command failed", extra={"command": command})
+            self._record(result, args, via="mqtt", error=CommandRefused(Reason.FAILED, f"command failed: {exc}"))
+        try:
+            self.publish(f"cmd_result/{command}", result)
+        except Exception:
+            log.exception("command result could not be published", extra={"command": command})
+        return result
+
+    def local(self, command: str, args: Mapping[str, Any], origin: str) -> dict[str, Any]:
+        """A command from the local operator (already authenticated by the control socket's group).
+
+        Raises CommandRefused with the reason; audited either way.
+        """
+        result: dict[str, Any] = {"id": "local-" + secrets.token_hex(4), "command": command, "origin": origin}
+        checked: dict[str, Any] = {}
+        try:
+            checked = validate_args(command, args)
+            result.update(self._carry_out(command, checked, origin))
+        except CommandRefused as exc:
+            self._record(result, checked or dict(args), via="local", error=exc)
+            raise
+        except Exception as exc:
+            log.exception("command failed", extra={"command": command})
+            refused = CommandRefused(Reason.FAILED, f"command failed: {exc}")
+            self._record(result, checked or dict(args), via="local", error=refused)
+            raise refused from exc
+        self._record(result, checked, via="local", error=None)
+        return result
+
+    def breaker_status(self, breaker: str) -> dict[str, Any]:
+        state = dict(self.plant.breaker_state(breaker))
+        now = self.monotonic()
+        held = self.sbo.holder(breaker, now)
+        state["selected_by"] = None if held is None else held.origin
+        state["select_expires_in_s"] = None if held is None else round(held.expires_at - now, 3)
+        return state
+
+    # ------------------------------------------------------------------ carrying out
+
+    def _carry_out(self, command: str, args: dict[str, Any], origin: str) -> dict[str, Any]:
+        now = self.monotonic()
+        if command == "breaker/select":
+            breaker, action, authorised = args["breaker"], args["action"], args["authorised"]
+            self._interlock(breaker, action, authorised)
+            sel = self.sbo.select(breaker, action, origin, now, authorised=authorised)
+            return {"breaker": breaker, "action": action, "select_id": sel.select_id,
+                    "expires_in_s": self.sbo.timeout_s, "expires": self.wall() + self.sbo.timeout_s,
+                    "state": self.breaker_status(breaker)}
+        if command == "breaker/operate":
+            breaker, action, authorised = args["breaker"], args["action"], args["authorised"]
+            sel = self.sbo.take(args["select_id"], breaker, action, origin, now)
+            self._interlock(breaker, action, authorised)
+            state = self.plant.operate_breaker(breaker, action, authorised, origin)
+            return {"breaker": breaker, "action": action, "select_id": sel.select_id, "state": state}
+        if command == "breaker/cancel":
+            sel = self.sbo.cancel(args["select_id"], origin, now)
+            return {"breaker": sel.breaker, "action": sel.action, "select_id": sel.select_id}
+        if command == "agent/request":
+            agent, request = args["agent"], args["request"]
+            kind = self.plant.agent_type(agent)
+            if kind is None:
+                raise CommandRefused(Reason.BAD_ARGS, f"args.agent: no agent {agent} in the site file")
+            if kind == "circuit_breaker" and request in BREAKER_ACTIONS:
+                raise CommandRefused(Reason.INTERLOCK, f"{agent} is a breaker: operate it with breaker/select "
+                                     "and breaker/operate")
+            try:
+                actions = self.plant.agent_request(agent, request, dict(args["args"]))
+            except (KeyError, ValueError, TypeError, PermissionError) as exc:
+                raise CommandRefused(Reason.FAILED, f"{agent} refused {request}: {exc}") from None
+            return {"agent": agent, "request": request, "actions": actions}
+        raise CommandRefused(Reason.UNKNOWN_COMMAND, f"unknown command {command}")
+
+    def _interlock(self, breaker: str, action: str, authorised: bool) -> None:
+        why = self.plant.breaker_interlock(breaker, action, authorised)
+        if why:
+            raise CommandRefused(Reason.INTERLOCK, why)
+
+    def _record(self, result: dict[str, Any], args: Mapping[str, Any], *, via: str,
+                error: CommandRefused | None) -> None:
+        now = self.wall()
+        result["ok"] = error is None
+        result["error"] = None if error is None else error.message
+        result["reason"] = None if error is None else error.reason.value
+        result["time"] = now
+        source = str(args.get("breaker") or args.get("agent") or "gateway")
+        record = {"id": result.get("id"), "command": result.get("command"), "origin": result.get("origin"),
+                  "via": via, "args": _plain(args), "ok": result["ok"], "error": result["error"],
+                  "reason": result["reason"]}
+        if error is None:
+            self.accepted += 1
+            kind = "command.accepted"
+            log.warning("command accepted", extra={"command": result.get("command"), "command_id": result.get("id"),
+                                                   "origin": result.get("origin"), "via": via, "target": source})
+        else:
+            self.refused += 1
+            kind = "command.refused"
+            log.warning("command refused", extra={"command": result.get("command"), "command_id": result.get("id"),
+                                                  "origin": result.get("origin"), "via": via, "target": source,
+                                                  "reason": error.reason.value, "error": error.message})
+        try:
+            self.audit(now, source, kind, record)
+        except Exception:
+            log.exception("command audit could not be written", extra={"command": result.get("command")})
+
+    def status(self) -> dict[str, Any]:
+        return {"enabled": self.verifier is not None, "accepted": self.accepted, "refused": self.refused}
+
+
+def _plain(value: Any) -> Any:
+    """Arguments as stored in the event log (msgpack-able; anything odd as its repr)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, bool | int | float | str | bytes):
+        return value
+    return repr(value)
