@@ -54,6 +54,10 @@ OPTIONAL_FIELDS = ("substation",)
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 _ARG_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 BREAKER_ACTIONS = ("open", "close")
+UNTRUSTED_AUDIT_LIMIT = 60
+"""Refusals of unauthenticated commands written to the event log per UNTRUSTED_AUDIT_WINDOW_S at
+most; beyond that they are counted and summarised, so a flood of junk cannot fill the disk."""
+UNTRUSTED_AUDIT_WINDOW_S = 60.0
 
 
 class Reason(enum.Enum):
@@ -285,7 +289,11 @@ class Verifier:
             raise CommandRefused(Reason.STALE, f"time is {abs(age_s):.1f} s {when}; accepted within "
                                  f"±{self.max_age_s:g} s of the gateway's clock")
         # a nonce need only be known while a command carrying it could pass the age check
-        if not self.nonces.remember_nonce(nonce, now + 2.0 * self.max_age_s, now):
+        try:
+            fresh = self.nonces.remember_nonce(nonce, now + 2.0 * self.max_age_s, now)
+        except Exception as exc:  # cannot prove it is not a replay: refuse
+            raise CommandRefused(Reason.FAILED, f"the nonce could not be recorded: {exc}") from None
+        if not fresh:
             raise CommandRefused(Reason.REPLAYED, f"nonce {_show(nonce)} was already used: replayed command")
         if command not in COMMAND_NAMES:
             raise CommandRefused(Reason.UNKNOWN_COMMAND, f"unknown command {_show(command)}; expected one of "
@@ -488,6 +496,11 @@ class CommandService:
             key, substation=substation, max_age_s=cfg.max_age_s, nonces=nonces, allowed=cfg.allowed)
         self.accepted = 0
         self.refused = 0
+        self.suppressed = 0
+        """Unauthenticated refusals not written to the event log (flood limit), in total."""
+        self._untrusted_window_start = float("-inf")
+        self._untrusted_in_window = 0
+        self._untrusted_suppressed = 0
 
     # ------------------------------------------------------------------ entry points
 
@@ -611,6 +624,8 @@ class CommandService:
         else:
             self.refused += 1
             kind = "command.refused"
+            if error.reason in _UNTRUSTED and not self._untrusted_audit_allowed(now):
+                return
             log.warning("command refused", extra={"command": result.get("command"), "command_id": result.get("id"),
                                                   "origin": result.get("origin"), "via": via, "target": source,
                                                   "reason": error.reason.value, "error": error.message})
@@ -619,8 +634,35 @@ class CommandService:
         except Exception:
             log.exception("command audit could not be written", extra={"command": result.get("command")})
 
+    def _untrusted_audit_allowed(self, now: float) -> bool:
+        """Flood limit for refusals of commands that proved nothing (no valid signature)."""
+        if now - self._untrusted_window_start >= UNTRUSTED_AUDIT_WINDOW_S:
+            if self._untrusted_suppressed:
+                log.error("unauthenticated commands refused without an event-log entry (flood limit)",
+                          extra={"suppressed": self._untrusted_suppressed, "window_s": UNTRUSTED_AUDIT_WINDOW_S})
+                try:
+                    self.audit(now, "gateway", "command.refused",
+                               {"suppressed": self._untrusted_suppressed, "reason": "flood limit",
+                                "ok": False, "error": f"{self._untrusted_suppressed} more unauthenticated "
+                                "command(s) refused in the last window"})
+                except Exception:
+                    log.exception("command audit could not be written")
+            self._untrusted_window_start = now
+            self._untrusted_in_window = 0
+            self._untrusted_suppressed = 0
+        if self._untrusted_in_window < UNTRUSTED_AUDIT_LIMIT:
+            self._untrusted_in_window += 1
+            return True
+        self._untrusted_suppressed += 1
+        self.suppressed += 1
+        return False
+
     def status(self) -> dict[str, Any]:
-        return {"enabled": self.verifier is not None, "accepted": self.accepted, "refused": self.refused}
+        return {"enabled": self.verifier is not None, "accepted": self.accepted, "refused": self.refused,
+                "audit_suppressed": self.suppressed}
+
+
+_UNTRUSTED = frozenset({Reason.DISABLED, Reason.MALFORMED, Reason.BAD_SIGNATURE})
 
 
 def _plain(value: Any) -> Any:

@@ -395,6 +395,22 @@ def test_garbage_on_the_mqtt_path_never_raises() -> None:
     assert len(rec.published) == 5 and plant.operated == []
 
 
+def test_a_flood_of_unsigned_junk_is_answered_but_not_all_written_to_the_event_log() -> None:
+    from gateway.commands import UNTRUSTED_AUDIT_LIMIT, UNTRUSTED_AUDIT_WINDOW_S
+
+    svc, plant, rec = service()
+    for _ in range(UNTRUSTED_AUDIT_LIMIT + 40):
+        svc.handle_mqtt("breaker/select", {"id": "x"})
+    assert len(rec.published) == UNTRUSTED_AUDIT_LIMIT + 40
+    assert len(rec.events) == UNTRUSTED_AUDIT_LIMIT and svc.suppressed == 40
+    # signed commands are always audited
+    assert send(svc, "breaker/select", select_args())["ok"] and rec.events[-1][2] == "command.accepted"
+    rec.wall += UNTRUSTED_AUDIT_WINDOW_S
+    svc.handle_mqtt("breaker/select", b"junk")
+    summary, junk = rec.events[-2][3], rec.events[-1][3]
+    assert summary["suppressed"] == 40 and junk["reason"] == "malformed"
+
+
 # --------------------------------------------------------------------------- key file and site file
 
 
