@@ -452,6 +452,27 @@ def test_site_file_commands_section(tmp_path: Path) -> None:
     check_site(ok, tmp_path, "site.toml")
 
 
+def test_daemon_refuses_to_start_with_an_unusable_key_file(tmp_path: Path) -> None:
+    import tomli_w
+
+    from hil.rig import example_document
+
+    doc = example_document()
+    doc["uplink"]["commands"] = {"enabled": True, "key_file": "command.key"}
+    site = tmp_path / "site.toml"
+    site.write_text(tomli_w.dumps(doc))
+    key = tmp_path / "command.key"
+    key.write_bytes(b"q" * 64)
+    key.chmod(0o644)
+    r = subprocess.run([sys.executable, "-m", "gateway.daemon", "--config", str(site)], capture_output=True,
+                       text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert r.returncode == 2 and str(key) in r.stderr and "group or others" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "gateway.cli", "config", "validate", str(site)], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 1 and "uplink.commands.key_file" in r.stderr
+
+
 # --------------------------------------------------------------------------- end to end
 
 
@@ -530,6 +551,10 @@ def test_end_to_end_signed_sbo_opens_a_breaker_replays_refused_and_cli(rig: Any)
     rt = ["--runtime-dir", str(rig.runtime_dir)]
     r = subprocess.run([*cli, "close", cb, *rt], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert r.returncode == 1 and "--yes" in r.stderr
+    # on a terminal it shows the breaker and asks; anything but y cancels the select
+    out = _on_a_terminal([*cli, "close", cb, *rt], answer=b"n\n")
+    assert b"[y/N]" in out and b"not operated" in out and cb.encode() in out
+    assert breaker(rig, cb) == "open" and rig.daemon_call("breaker.status", breaker=cb)["selected_by"] is None
     r = subprocess.run([*cli, "close", cb, "--yes", "--json", *rt], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     rig.wait(lambda: breaker(rig, cb) == "closed", f"{cb} closed again in the simulator", 20)
@@ -537,3 +562,38 @@ def test_end_to_end_signed_sbo_opens_a_breaker_replays_refused_and_cli(rig: Any)
     assert r.returncode == 0 and cb in r.stdout and "protection" in r.stdout
     accepted = [e for e in rig.daemon_call("events", source=cb, limit=50) if e["kind"] == "command.accepted"]
     assert any(str(e.get("origin", "")).startswith("local:") for e in accepted), accepted
+
+
+def _on_a_terminal(argv: list[str], answer: bytes, timeout_s: float = 60.0) -> bytes:
+    """Run `argv` with a pseudo-terminal as stdin/stdout/stderr, type `answer` at the prompt; all it wrote."""
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+    os.close(slave)
+    out = b""
+    answered = False
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                out += chunk
+                if not answered and b"[y/N]" in out:
+                    os.write(master, answer)
+                    answered = True
+            elif proc.poll() is not None:
+                break
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        os.close(master)
+    return out
