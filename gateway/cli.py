@@ -211,24 +211,14 @@ def cmd_breaker_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _unix_user() -> str:
-    import getpass
-
-    try:
-        return getpass.getuser()
-    except Exception:
-        return str(os.getuid())
-
-
 def cmd_breaker_operate(args: argparse.Namespace) -> int:
     """Select, confirm, operate: the same select-before-operate engine SCADA goes through."""
-    rt, user, action = runtime_dir(args), _unix_user(), args.breaker_command
+    rt, action = runtime_dir(args), args.breaker_command
     if not args.yes and not sys.stdin.isatty():
         print("stima: refusing to operate a breaker without confirmation: no terminal to ask on; "
               "pass --yes to confirm", file=sys.stderr)
         return 1
-    selected = call(rt, "breaker.select", breaker=args.breaker, action=action, user=user,
-                    authorised=args.authorised)
+    selected = call(rt, "breaker.select", breaker=args.breaker, action=action, authorised=args.authorised)
     select_id = selected["select_id"]
     if not args.yes:
         print("\n".join(_breaker_lines(selected["state"])))
@@ -239,11 +229,11 @@ def cmd_breaker_operate(args: argparse.Namespace) -> int:
         except EOFError:
             answer = ""
         if answer.strip().lower() not in ("y", "yes"):
-            call(rt, "breaker.cancel", select_id=select_id, user=user)
+            call(rt, "breaker.cancel", select_id=select_id)
             print("cancelled; the breaker was not operated", file=sys.stderr)
             return 1
     done = call(rt, "breaker.operate_selected", breaker=args.breaker, action=action, select_id=select_id,
-                user=user, authorised=args.authorised)
+                authorised=args.authorised)
     emit(args, done, lambda d: f"{action} of {args.breaker} sent through protection (select {select_id}); "
          f"reclose {d['state'].get('reclose_state')}"
          + (", LOCKED OUT" if d["state"].get("locked_out") else ""))

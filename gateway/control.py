@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import grp
 import json
 import logging
 import os
+import pwd
 import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -92,6 +94,21 @@ def stream(runtime_dir: Path | str, op: str, **args: Any) -> Iterator[Any]:
 # --------------------------------------------------------------------------- server
 
 
+_PEER_UID: contextvars.ContextVar[int | None] = contextvars.ContextVar("stima_control_peer_uid", default=None)
+
+
+def peer_user() -> str:
+    """The unix user of the control client whose operation is running, from the socket's
+    peer credentials (never from what the client says)."""
+    uid = _PEER_UID.get()
+    if uid is None:
+        return "unknown"
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid{uid}"
+
+
 class ControlServer:
     def __init__(self, runtime_dir: Path, group: str = "stima") -> None:
         self.path = socket_path(runtime_dir)
@@ -126,6 +143,7 @@ class ControlServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         uid = _peer_uid(writer)
+        _PEER_UID.set(uid)  # this connection's task has a context of its own
         try:
             line = await asyncio.wait_for(reader.readline(), 10)
             if not line:

@@ -25,6 +25,7 @@ from gateway import __version__, logs
 from gateway.clock import Clock, SystemClock
 from gateway.commands import check_site
 from gateway.config import ConfigError, ConfigProblem, SiteConfig, load
+from gateway import control
 from gateway.control import ControlServer
 from gateway.points import Point, PointKind, PointUpdate, ProcessImage
 from gateway.sdnotify import Notifier
@@ -524,18 +525,21 @@ class Server:
         """Direct operator open/close through protection, without select (commissioning, tests)."""
         return self._gw().operate_breaker(breaker, action, bool(authorised), "local")
 
-    def _op_breaker_select(self, breaker: str, action: str, user: str, authorised: bool = False) -> dict[str, Any]:
-        return self._gw().commands.local("breaker/select", {"breaker": breaker, "action": action,
-                                                            "authorised": authorised}, _local_origin(user))
+    # The origin of a local command is the unix user on the other end of the control socket,
+    # from its peer credentials: a client cannot claim another operator's select.
 
-    def _op_breaker_operate_selected(self, breaker: str, action: str, select_id: str, user: str,
+    def _op_breaker_select(self, breaker: str, action: str, authorised: bool = False) -> dict[str, Any]:
+        return self._gw().commands.local("breaker/select", {"breaker": breaker, "action": action,
+                                                            "authorised": authorised}, _local_origin())
+
+    def _op_breaker_operate_selected(self, breaker: str, action: str, select_id: str,
                                      authorised: bool = False) -> dict[str, Any]:
         return self._gw().commands.local("breaker/operate", {"breaker": breaker, "action": action,
                                                              "select_id": select_id, "authorised": authorised},
-                                         _local_origin(user))
+                                         _local_origin())
 
-    def _op_breaker_cancel(self, select_id: str, user: str) -> dict[str, Any]:
-        return self._gw().commands.local("breaker/cancel", {"select_id": select_id}, _local_origin(user))
+    def _op_breaker_cancel(self, select_id: str) -> dict[str, Any]:
+        return self._gw().commands.local("breaker/cancel", {"select_id": select_id}, _local_origin())
 
     def _op_breaker_status(self, breaker: str) -> dict[str, Any]:
         return self._gw().commands.breaker_status(breaker)
@@ -584,8 +588,9 @@ class Server:
             gw.image.unsubscribe_all(listener)
 
 
-def _local_origin(user: str) -> str:
-    return "local:" + ("".join(c for c in str(user) if c.isalnum() or c in "._-")[:64] or "unknown")
+def _local_origin() -> str:
+    user = control.peer_user()
+    return "local:" + ("".join(c for c in user if c.isalnum() or c in "._-")[:64] or "unknown")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

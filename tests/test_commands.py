@@ -4,6 +4,7 @@ and end to end over a real broker against the real daemon and the simulated subs
 from __future__ import annotations
 
 import os
+import pwd
 import subprocess
 import sys
 import time
@@ -561,7 +562,9 @@ def test_end_to_end_signed_sbo_opens_a_breaker_replays_refused_and_cli(rig: Any)
     r = subprocess.run([*cli, "status", cb, *rt], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and cb in r.stdout and "protection" in r.stdout
     accepted = [e for e in rig.daemon_call("events", source=cb, limit=50) if e["kind"] == "command.accepted"]
-    assert any(str(e.get("origin", "")).startswith("local:") for e in accepted), accepted
+    # the origin is the peer's unix user, taken from the socket's credentials
+    me = "local:" + pwd.getpwuid(os.getuid()).pw_name
+    assert any(e.get("origin") == me for e in accepted), accepted
 
 
 def _on_a_terminal(argv: list[str], answer: bytes, timeout_s: float = 60.0) -> bytes:
