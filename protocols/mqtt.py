@@ -60,7 +60,8 @@ DEATH_ACK_TIMEOUT_S = 2.0
 CHECKPOINT_PERIOD_S = 1.0
 """How often the spool's write-ahead log is checkpointed off the event loop while data flows."""
 
-CommandCallback = Callable[[str, dict[str, Any]], None]
+CommandCallback = Callable[[str, Any], None]
+"""(command, payload): the decoded msgpack value, or the raw bytes when it was not msgpack."""
 
 
 class _PahoNoise(logging.Filter):
@@ -276,7 +277,8 @@ class MqttUplink:
         self._birth_listeners.append(listener)
 
     def on_command(self, callback: CommandCallback) -> None:
-        """Hand every decoded message on `<base>/cmd/#` to `callback(command, payload)`.
+        """Hand every message on `<base>/cmd/#` to `callback(command, payload)`, decoded when
+        it is msgpack and as raw bytes when it is not (the callback refuses what it cannot use).
 
         `command` is the topic below `cmd/` (e.g. "operate/CB-044"). `cmd/rebirth` is handled by
         the uplink itself. Validating commands (signature, nonce, authority) is the caller's job.
@@ -752,15 +754,13 @@ class MqttUplink:
                 self.log.info("rebirth requested by the host")
                 self._send_birth(session)
             return
+        payload: Any
         try:
             payload = msgpack.unpackb(raw, raw=False, strict_map_key=False)
         except Exception as exc:
-            self.log.warning("command is not msgpack; ignored", extra={"command": command, "error": str(exc)})
-            return
-        if not isinstance(payload, dict):
-            self.log.warning("command payload is not a map; ignored",
-                             extra={"command": command, "found": type(payload).__name__})
-            return
+            # handed on as it came, so the host gets a refusal that says what was wrong
+            self.log.warning("command is not msgpack", extra={"command": command, "error": str(exc)})
+            payload = bytes(raw)
         self.commands += 1
         for callback in self._command_callbacks:
             try:

@@ -542,10 +542,17 @@ def test_end_to_end_signed_sbo_opens_a_breaker_replays_refused_and_cli(rig: Any)
         again = [p for p in sub.on("cmd_result/breaker/select") if p.get("id") == sel_env["id"]][1]
         assert again["ok"] is False and again["reason"] == "replayed"
 
+        # a payload that is not msgpack at all still gets an answer saying so
+        sub.client.publish(f"{base}/cmd/breaker/select", b"\xc1 not msgpack", qos=1).wait_for_publish(10)
+        assert sub.wait_for(lambda _m: any(p.get("reason") == "malformed"
+                                           for p in sub.on("cmd_result/breaker/select")), 30)
+        garbage = next(p for p in sub.on("cmd_result/breaker/select") if p.get("reason") == "malformed")
+        assert garbage["ok"] is False and "bytes" in garbage["error"] and "msgpack" in garbage["error"]
+
     # audited: accepted ones under the breaker, refusals before the arguments were trusted under "gateway"
     assert [e["kind"] for e in rig.daemon_call("events", source=cb, limit=50)].count("command.accepted") == 2
     refusals = [e for e in rig.daemon_call("events", source="gateway", limit=50) if e["kind"] == "command.refused"]
-    assert [e["reason"] for e in refusals] == ["replayed", "replayed"]
+    assert sorted(e["reason"] for e in refusals) == ["malformed", "replayed", "replayed"]
 
     # the operator CLI: no terminal and no --yes is refused; --yes selects and operates
     cli = [sys.executable, "-m", "gateway.cli", "breaker"]
