@@ -240,6 +240,39 @@ def cmd_breaker_operate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _duration_s(text: str) -> float:
+    """'90', '90s', '15m', '2h', '1d' → seconds (for --since)."""
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+    raw = text.strip().lower()
+    factor = units.get(raw[-1:], None)
+    number = raw[:-1] if factor is not None else raw
+    try:
+        value = float(number) * (factor or 1.0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a duration such as 90s, 15m, 2h or 1d, found {text!r}") from None
+    if not (value >= 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a duration >= 0, found {text!r}")
+    return value
+
+
+def _event_detail(event: dict[str, Any]) -> str:
+    skip = {"seq", "time", "source", "kind", "monotonic"}
+    return " ".join(f"{k}={_fmt(v)}" for k, v in event.items()
+                    if k not in skip and v not in (None, "") and v != event.get("source"))
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    """The daemon's event log: protection operations, agent transitions, commands, alarms."""
+    since = time.time() - args.since
+    events = call(runtime_dir(args), "events", since=since, source=args.source, limit=args.limit)
+    if args.kind:
+        events = [e for e in events if str(e.get("kind", "")).startswith(args.kind)]
+    emit(args, events, lambda ev: table(
+        [(_when(e.get("time")), e.get("source"), e.get("kind"), _event_detail(e)) for e in ev],
+        ["TIME", "SOURCE", "KIND", "DETAIL"]) if ev else "no events in that period")
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -291,6 +324,15 @@ def build_parser() -> argparse.ArgumentParser:
     bstat.add_argument("breaker", metavar="BREAKER")
     add_common(bstat)
     bstat.set_defaults(func=cmd_breaker_status)
+
+    events = sub.add_parser("events", help="the event log: protection, agent transitions, commands")
+    events.add_argument("--since", type=_duration_s, default=3600.0, metavar="DURATION",
+                        help="how far back: 90s, 15m, 2h, 1d (default 1h)")
+    events.add_argument("--source", help="only events of this element, e.g. CB-045")
+    events.add_argument("--kind", help="only kinds starting with this, e.g. protection. or command.")
+    events.add_argument("--limit", type=int, default=200, help="at most this many, newest kept (default 200)")
+    add_common(events)
+    events.set_defaults(func=cmd_events)
 
     for name in _EXTENSIONS:
         try:

@@ -63,3 +63,25 @@ def test_lockout_survives_a_kill_of_the_daemon(rig: Rig) -> None:
     with pytest.raises(Exception, match="locked out"):
         rig.daemon_call("breaker.operate", breaker=cb, action="close", authorised=False)
     close_and_settle(rig, cb)
+
+
+def test_stima_events_shows_the_protection_sequence(rig: Rig) -> None:
+    """`stima events` lists what protection did, for people and for scripts."""
+    import json
+    import subprocess
+    import sys
+
+    base = [sys.executable, "-m", "gateway.cli", "events", "--runtime-dir", str(rig.runtime_dir)]
+    scripted = subprocess.run([*base, "--source", "CB-045", "--kind", "protection.", "--since", "1h", "--json"],
+                              capture_output=True, text=True, timeout=60)
+    assert scripted.returncode == 0, scripted.stderr
+    events = json.loads(scripted.stdout)
+    kinds = [e["kind"] for e in events]
+    assert "protection.trip" in kinds and "protection.lockout" in kinds  # from the faults above
+    assert all(e["source"] == "CB-045" and e["kind"].startswith("protection.") for e in events)
+    assert [e["seq"] for e in events] == sorted(e["seq"] for e in events)
+    human = subprocess.run([*base, "--source", "CB-045", "--limit", "5"], capture_output=True, text=True, timeout=60)
+    assert human.returncode == 0 and human.stdout.startswith("TIME") and "CB-045" in human.stdout
+    assert len(human.stdout.strip().splitlines()) == 2 + 5  # header, rule and the five newest
+    bad = subprocess.run([*base, "--since", "yesterday"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "expected a duration such as 90s" in bad.stderr
