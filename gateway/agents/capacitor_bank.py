@@ -1,12 +1,36 @@
-"""Capacitor Bank agent: step-by-step voltage control with the field controller's guards.
+"""Capacitor Bank agent: step-by-step switching by the field controller's modes and guards.
 
-Voltage mode on the 120 V base: below `setpoint − bandwidth/2` for `on_delay_s` close the next
-step; above `setpoint + bandwidth/2` for `off_delay_s` open the last one. One step per
-operation, then wait for the position feedback (Switching). A step that was opened may not
-close again before `discharge_time_s` (residual charge). At most `max_daily_operations`
-commands per calendar day (wall time comes in with the inputs). If more than
-`excessive_switching_count` operations fall inside `excessive_switching_window_s`, the
-deadband is widened by `deadband_widening_factor` and operators are told.
+Every automatic mode decides one thing per cycle: close the next step, open the last one, or
+hold; the condition must last the ON (`on_delay_s`) or OFF (`off_delay_s`) delay.
+
+- voltage (120 V base): close below `setpoint − bandwidth/2`, open above `setpoint +
+  bandwidth/2`. A `var_support` request (substation emergency) raises the close level to the set
+  point.
+- var: input `source_reactive_power_kvar`, the reactive power the source supplies past the
+  measuring point (lagging positive, i.e. drawn by the load; the feeder breaker's or bus IED's
+  reading, not the bank's own output `reactive_power_kvar`). Close above `var_on_kvar` (default
+  2/3 of a step), open below `var_off_kvar` (default −1/3 of a step, leading).
+- time: a daily window from `schedule_on` to `schedule_off` ("HH:MM" local time, where local
+  time is the wall time the runtime passes in plus the fixed `utc_offset_h`; no daylight-saving
+  rules). Inside the window steps come in one at a time, outside they go out one at a time.
+  Without wall time the schedule is unknown and the bank holds.
+- temperature: input `ambient_temp_c`; close above `temp_on_c` (air-conditioning load), open
+  below `temp_off_c`. Readings outside −60…70 °C are sensor faults and ignored.
+- manual: never switches on its own.
+
+Voltage override, in every automatic mode when the bus voltage is measured (and
+`voltage_override` is on): above `override_max_v` open a step, below `override_min_v` close one,
+whatever the mode says. The mode may not close a step that is expected to lift the voltage above
+`override_max_v`, nor open one expected to drop it below `override_min_v`; the expected change
+per step is learnt from the last confirmed operation, so mode and override do not hunt. A
+voltage outside 60…180 V (0.5…1.5 pu) is a dead bus or a decoding fault: no automatic switching.
+
+Guards, whatever the mode: one step per operation, then wait for the position feedback
+(Switching, Locked_Out on timeout). A step that was opened may not close again before
+`discharge_time_s` (residual charge). At most `max_daily_operations` commands per local
+calendar day. If more than `excessive_switching_count` operations fall inside
+`excessive_switching_window_s`, the voltage deadband is widened by `deadband_widening_factor`
+and operators are told.
 """
 
 from __future__ import annotations
@@ -66,10 +90,23 @@ TABLE: TransitionTable[CapacitorState, CapacitorEvent] = TransitionTable(
 )
 
 
+VOLTAGE_PLAUSIBLE_V120 = (60.0, 180.0)
+"""Bus voltages (120 V base) the controller acts on; outside is a dead bus or a decoding fault."""
+AMBIENT_PLAUSIBLE_C = (-60.0, 70.0)
+"""Ambient temperatures a sensor can really report; outside is a sensor fault."""
+MAX_STEP_CHANGE_V = 6.0
+"""Cap on the learnt voltage change per step (120 V base): a larger jump was something else."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CapacitorInputs:
     bus_voltage_kv: float | None = None
     reactive_power_kvar: float | None = None
+    """The bank's own output (shown, not used for control)."""
+    source_reactive_power_kvar: float | None = None
+    """Var mode: reactive power supplied by the source past the measuring point, lagging positive."""
+    ambient_temp_c: float | None = None
+    """Temperature mode."""
     steps_active: float | None = None
     wall_time: float | None = None
     """POSIX seconds, for the daily operation limit (monotonic `now` is used when absent)."""
@@ -77,15 +114,17 @@ class CapacitorInputs:
 
 @dataclass
 class CapacitorMemory(Memory):
-    TIME_FIELDS: ClassVar[tuple[str, ...]] = ("switching_since", "step_opened_at", "below_since", "above_since",
+    TIME_FIELDS: ClassVar[tuple[str, ...]] = ("switching_since", "step_opened_at", "close_since", "open_since",
                                               "recent_operations", "last_switched")
 
     steps_active: int = 0
     steps_commanded: int | None = None
     switching_since: float | None = None
     step_opened_at: list[float | None] = field(default_factory=list)
-    below_since: float | None = None
-    above_since: float | None = None
+    close_since: float | None = None
+    """Since when the mode (or the override) has asked for one more step."""
+    open_since: float | None = None
+    """Since when the mode (or the override) has asked for one step less."""
     day: int | None = None
     operations_today: int = 0
     recent_operations: list[float] = field(default_factory=list)
@@ -96,6 +135,13 @@ class CapacitorMemory(Memory):
     maintenance: bool = False
     limit_alerted: bool = False
     var_support: bool = False
+    source_kvar: float | None = None
+    ambient_c: float | None = None
+    voltage_before_v120: float | None = None
+    """Bus voltage when the pending step command went out (to learn the change per step)."""
+    step_change_v: float = 0.0
+    """Voltage change per step (120 V base) seen on the last confirmed operation."""
+    last_reason: str = ""
 
 
 class CapacitorBankAgent(Agent[CapacitorState, CapacitorEvent]):
@@ -129,7 +175,10 @@ class CapacitorBankAgent(Agent[CapacitorState, CapacitorEvent]):
         x = inputs
         a = self.attrs
         out: list[Action] = []
-        day = math.floor((x.wall_time if x.wall_time is not None else now) / 86400.0)
+        if len(m.step_opened_at) != a.num_steps:  # memory restored from a bank with another step count
+            m.step_opened_at = (m.step_opened_at + [None] * a.num_steps)[:a.num_steps]
+        wall = x.wall_time if x.wall_time is not None and math.isfinite(x.wall_time) else None
+        day = math.floor(((wall if wall is not None else now) + a.utc_offset_h * 3600.0) / 86400.0)
         if m.day != day:
             m.day, m.operations_today, m.limit_alerted = day, 0, False
         m.recent_operations = [t for t in m.recent_operations if now - t < a.excessive_switching_window_s]
@@ -137,10 +186,17 @@ class CapacitorBankAgent(Agent[CapacitorState, CapacitorEvent]):
             m.deadband_widened = False
             out.append(BusMessage(source=self.agent_id, topic=Topic.VOLTAGE_EVENTS, kind="deadband_restored",
                                   payload={"capacitor": self.agent_id, "bandwidth_v": a.bandwidth_v}))
-        if x.steps_active is not None:
+        if x.steps_active is not None and math.isfinite(x.steps_active):
             m.steps_active = min(max(int(round(x.steps_active)), 0), a.num_steps)
-        if x.bus_voltage_kv is not None:
-            m.voltage_v120 = x.bus_voltage_kv / a.voltage_level * 120.0
+        v = _finite(x.bus_voltage_kv)
+        v = v / a.voltage_level * 120.0 if v is not None else None
+        if v is not None:
+            m.voltage_v120 = v
+        if v is not None and not VOLTAGE_PLAUSIBLE_V120[0] <= v <= VOLTAGE_PLAUSIBLE_V120[1]:
+            v = None  # dead bus or a decoding fault: nothing to regulate on
+        m.source_kvar = _finite(x.source_reactive_power_kvar)
+        t = _finite(x.ambient_temp_c)
+        m.ambient_c = t if t is not None and AMBIENT_PLAUSIBLE_C[0] <= t <= AMBIENT_PLAUSIBLE_C[1] else None
 
         if m.maintenance:
             self.fire(m, _E.MAINTENANCE_START, "maintenance requested", now, out)
@@ -150,36 +206,92 @@ class CapacitorBankAgent(Agent[CapacitorState, CapacitorEvent]):
         if m.state is _S.SWITCHING:
             if m.steps_active == m.steps_commanded:
                 self.fire(m, self._feedback_event(m.steps_active), f"{m.steps_active} step(s) confirmed", now, out)
-                m.steps_commanded, m.switching_since = None, None
+                if v is not None and m.voltage_before_v120 is not None:
+                    m.step_change_v = min(abs(v - m.voltage_before_v120), MAX_STEP_CHANGE_V)
+                m.steps_commanded, m.switching_since, m.voltage_before_v120 = None, None, None
             elif m.switching_since is not None and now - m.switching_since >= a.switching_timeout_s:
                 self.fire(m, _E.SWITCH_FAILED, f"commanded {m.steps_commanded} step(s), feedback "
                           f"{m.steps_active} after {a.switching_timeout_s:.0f} s", now, out)
                 out.append(Alert(agent_id=self.agent_id, severity=Severity.MAJOR, time=now,
                                  message="capacitor switching failed: bank locked out until reset"))
-                m.steps_commanded, m.switching_since = None, None
+                m.steps_commanded, m.switching_since, m.voltage_before_v120 = None, None, None
         elif m.state in (_S.ALL_STEPS_OFF, _S.PARTIAL_ENERGIZATION, _S.FULLY_ENERGIZED):
             self.fire(m, self._feedback_event(m.steps_active), f"{m.steps_active} step(s) on", now, out)
-            if a.control_mode == "voltage" and m.voltage_v120 is not None:
-                self._voltage_control(m, now, out)
+            close_reason, open_reason = self.decide(m, v, wall)
+            self._control(m, v, close_reason, open_reason, now, out)
+        else:
+            m.close_since = m.open_since = None
         return m, out
 
-    def _voltage_control(self, m: CapacitorMemory, now: float, out: list[Action]) -> None:
+    def decide(self, m: CapacitorMemory, v: float | None, wall: float | None) -> tuple[str | None, str | None]:
+        """Why the bank wants one more step, or one less (at most one of the two); None for no."""
         a = self.attrs
-        v = m.voltage_v120
-        assert v is not None
-        half = self.bandwidth_v(m) / 2.0
-        v_on, v_off = a.voltage_setpoint_v - half, a.voltage_setpoint_v + half
-        if m.var_support:
-            v_on = a.voltage_setpoint_v  # maximum reactive support: close steps up to the set point
-        m.below_since = (m.below_since if m.below_since is not None else now) if v < v_on else None
-        m.above_since = (m.above_since if m.above_since is not None else now) if v > v_off else None
+        mode = a.control_mode
+        if mode == "manual":
+            return None, None
+        if a.voltage_override and v is not None:
+            if v > a.override_max_v:
+                return None, f"voltage override: bus {v:.1f} V above {a.override_max_v:.1f} V"
+            if v < a.override_min_v:
+                return f"voltage override: bus {v:.1f} V below {a.override_min_v:.1f} V", None
+        close_reason: str | None = None
+        open_reason: str | None = None
+        if mode == "voltage":
+            if v is not None:
+                half = self.bandwidth_v(m) / 2.0
+                v_on, v_off = a.voltage_setpoint_v - half, a.voltage_setpoint_v + half
+                if m.var_support:
+                    v_on = a.voltage_setpoint_v  # maximum reactive support: close steps up to the set point
+                if v < v_on:
+                    close_reason = f"bus voltage {v:.1f} V below {v_on:.1f} V"
+                elif v > v_off:
+                    open_reason = f"bus voltage {v:.1f} V above {v_off:.1f} V"
+        elif mode == "var":
+            q = m.source_kvar
+            if q is not None:
+                if q > a.var_on_threshold_kvar:
+                    close_reason = f"source supplies {q:.0f} kvar, above {a.var_on_threshold_kvar:.0f} kvar"
+                elif q < a.var_off_threshold_kvar:
+                    open_reason = f"source supplies {q:.0f} kvar, below {a.var_off_threshold_kvar:.0f} kvar"
+        elif mode == "time":
+            if wall is not None:
+                local = wall + a.utc_offset_h * 3600.0
+                minute = int(math.floor(local / 60.0)) % 1440
+                on, off = _minutes(a.schedule_on), _minutes(a.schedule_off)
+                inside = on <= minute < off if on < off else (minute >= on or minute < off)
+                if inside:
+                    close_reason = f"schedule: in from {a.schedule_on} to {a.schedule_off}"
+                else:
+                    open_reason = f"schedule: out from {a.schedule_off} to {a.schedule_on}"
+        elif mode == "temperature":
+            t = m.ambient_c
+            if t is not None:
+                if t > a.temp_on_c:
+                    close_reason = f"ambient {t:.1f} °C above {a.temp_on_c:.1f} °C"
+                elif t < a.temp_off_c:
+                    open_reason = f"ambient {t:.1f} °C below {a.temp_off_c:.1f} °C"
+        if a.voltage_override and v is not None and m.step_change_v > 0:
+            # the override would undo this operation: do not start it
+            if close_reason and v + m.step_change_v > a.override_max_v:
+                close_reason = None
+            if open_reason and v - m.step_change_v < a.override_min_v:
+                open_reason = None
+        return close_reason, open_reason
+
+    def _control(self, m: CapacitorMemory, v: float | None, close_reason: str | None, open_reason: str | None,
+                 now: float, out: list[Action]) -> None:
+        a = self.attrs
+        m.close_since = (m.close_since if m.close_since is not None else now) if close_reason else None
+        m.open_since = (m.open_since if m.open_since is not None else now) if open_reason else None
         target: int | None = None
-        if m.below_since is not None and now - m.below_since >= a.on_delay_s and m.steps_active < a.num_steps:
-            opened_at = m.step_opened_at[m.steps_active] if m.steps_active < len(m.step_opened_at) else None
+        reason = ""
+        if close_reason and m.close_since is not None and now - m.close_since >= a.on_delay_s \
+                and m.steps_active < a.num_steps:
+            opened_at = m.step_opened_at[m.steps_active]
             if opened_at is None or now - opened_at >= a.discharge_time_s:
-                target = m.steps_active + 1
-        elif m.above_since is not None and now - m.above_since >= a.off_delay_s and m.steps_active > 0:
-            target = m.steps_active - 1
+                target, reason = m.steps_active + 1, close_reason
+        elif open_reason and m.open_since is not None and now - m.open_since >= a.off_delay_s and m.steps_active > 0:
+            target, reason = m.steps_active - 1, open_reason
         if target is None:
             return
         if m.operations_today >= a.max_daily_operations:
@@ -187,21 +299,22 @@ class CapacitorBankAgent(Agent[CapacitorState, CapacitorEvent]):
                 m.limit_alerted = True
                 out.append(Alert(agent_id=self.agent_id, severity=Severity.WARNING, time=now,
                                  message=f"daily switching limit {a.max_daily_operations} reached; "
-                                         f"voltage {v:.1f} V left uncorrected"))
+                                         f"{reason} left uncorrected"))
             return
         if target < m.steps_active:
             m.step_opened_at[target] = now
         m.steps_commanded = target
         m.switching_since = now
+        m.voltage_before_v120 = v
         m.operations_today += 1
         m.switch_count += 1
         m.last_switched = now
+        m.last_reason = reason
         m.recent_operations.append(now)
-        m.below_since = m.above_since = None
-        out.append(ControlRequest(agent_id=self.agent_id, point_name="steps_cmd", value=float(target),
-                                  reason=f"bus voltage {v:.1f} V outside {v_on:.1f}-{v_off:.1f} V"))
-        self.fire(m, _E.STEP_COMMANDED, f"{'close' if target > m.steps_active else 'open'} step {max(target, m.steps_active)}"
-                  f" at {v:.1f} V", now, out)
+        m.close_since = m.open_since = None
+        out.append(ControlRequest(agent_id=self.agent_id, point_name="steps_cmd", value=float(target), reason=reason))
+        self.fire(m, _E.STEP_COMMANDED, f"{'close' if target > m.steps_active else 'open'} step "
+                  f"{max(target, m.steps_active)}: {reason}", now, out)
         if not self.has_feedback:
             m.steps_active = target
         if len(m.recent_operations) > a.excessive_switching_count and not m.deadband_widened:
@@ -238,5 +351,15 @@ class CapacitorBankAgent(Agent[CapacitorState, CapacitorEvent]):
             "current_steps_active": m.steps_active, "control_mode": a.control_mode, "switch_count": m.switch_count,
             "operations_today": m.operations_today, "last_switched": m.last_switched,
             "bus_voltage_v120": m.voltage_v120, "bandwidth_v": self.bandwidth_v(m), "deadband_widened": m.deadband_widened,
-            "var_support": m.var_support,
+            "var_support": m.var_support, "source_reactive_power_kvar": m.source_kvar,
+            "ambient_temp_c": m.ambient_c, "step_change_v": m.step_change_v, "last_reason": m.last_reason,
         }
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _minutes(hh_mm: str) -> int:
+    hours, minutes = hh_mm.split(":")
+    return int(hours) * 60 + int(minutes)

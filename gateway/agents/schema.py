@@ -8,9 +8,10 @@ defaults come from the grid reference sheet (OpenDSS / IEEE 1547 / C57.91 / C84.
 from __future__ import annotations
 
 import enum
+import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 
 class AgentType(enum.Enum):
@@ -210,11 +211,106 @@ class CapacitorBankAttributes(_Attrs):
     off_delay_s: float = Field(default=30.0, ge=0)
     discharge_time_s: float = Field(default=300.0, ge=0)
     """A step just opened may not close again for this long (capacitor discharge)."""
-    max_daily_operations: int = Field(default=4, ge=1)
+    max_daily_operations: int = Field(default=4, ge=1, validate_default=True)
+    """Step commands per local calendar day, every mode and the voltage override together."""
     switching_timeout_s: float = Field(default=10.0, gt=0)
     excessive_switching_count: int = Field(default=3, ge=1)
     excessive_switching_window_s: float = Field(default=3600.0, gt=0)
     deadband_widening_factor: float = Field(default=1.5, gt=1)
+    # var mode
+    var_on_kvar: float | None = Field(default=None, allow_inf_nan=False,
+                                      description="kvar drawn from the source (lagging positive)")
+    """Var mode: close the next step while the source supplies more than this (default 2/3 of one step)."""
+    var_off_kvar: float | None = Field(default=None, allow_inf_nan=False, validate_default=True,
+                                       description="kvar drawn from the source (leading negative)")
+    """Var mode: open the last step while the source supplies less than this (default −1/3 of one step)."""
+    # time mode
+    schedule_on: str = Field(default="07:00", description="HH:MM local time (UTC + utc_offset_h)")
+    """Time mode: steps come in, one per ON delay, from this time of day."""
+    schedule_off: str = Field(default="22:00", validate_default=True, description="HH:MM local time")
+    """Time mode: steps go out, one per OFF delay, from this time of day (may be past midnight)."""
+    utc_offset_h: float = Field(default=0.0, ge=-12, le=14, description="hours, local time − UTC")
+    """Fixed offset of the schedule's local time and of the daily operation counter's day (no daylight saving)."""
+    # temperature mode
+    temp_on_c: float = Field(default=30.0, ge=-60, le=70, description="°C ambient")
+    """Temperature mode: close steps while the ambient temperature is above this (air-conditioning load)."""
+    temp_off_c: float = Field(default=25.0, ge=-60, le=70, validate_default=True, description="°C ambient")
+    """Temperature mode: open steps while the ambient temperature is below this."""
+    # voltage override (every automatic mode)
+    voltage_override: bool = True
+    """Open a step above `override_max_v`, close one below `override_min_v`, whatever the mode says."""
+    override_min_v: float = Field(default=115.0, gt=60, lt=180, description="on the 120 V base")
+    override_max_v: float = Field(default=126.0, gt=60, lt=180, validate_default=True, description="on the 120 V base")
+
+    @property
+    def step_kvar(self) -> float:
+        """Reactive power of one step (kvar)."""
+        return self.rated_capacity * 1000.0 / self.num_steps
+
+    @property
+    def var_on_threshold_kvar(self) -> float:
+        return self.var_on_kvar if self.var_on_kvar is not None else self.step_kvar * 2.0 / 3.0
+
+    @property
+    def var_off_threshold_kvar(self) -> float:
+        return self.var_off_kvar if self.var_off_kvar is not None else -self.step_kvar / 3.0
+
+    @field_validator("schedule_on", "schedule_off")
+    @classmethod
+    def _hh_mm(cls, value: str) -> str:
+        if not _HH_MM.fullmatch(value):
+            raise ValueError(f"expected a 24-hour local time 'HH:MM' (e.g. '07:30'), found {value!r}")
+        return value
+
+    @field_validator("schedule_off")
+    @classmethod
+    def _schedule_differs(cls, value: str, info: ValidationInfo) -> str:
+        if info.data.get("schedule_on") == value:
+            raise ValueError(f"schedule_off equals schedule_on ({value}): the bank would never know whether to be in")
+        return value
+
+    @field_validator("var_off_kvar")
+    @classmethod
+    def _var_band(cls, value: float | None, info: ValidationInfo) -> float | None:
+        d = info.data
+        if not {"rated_capacity", "num_steps", "var_on_kvar"} <= d.keys():
+            return value  # an earlier field is already wrong and reported
+        step = d["rated_capacity"] * 1000.0 / d["num_steps"]
+        on = d["var_on_kvar"] if d["var_on_kvar"] is not None else step * 2.0 / 3.0
+        off = value if value is not None else -step / 3.0
+        if on - off < step * (1.0 - 1e-9):
+            raise ValueError(f"var_on_kvar − var_off_kvar = {on:.1f} − ({off:.1f}) = {on - off:.1f} kvar is less than "
+                             f"one step ({step:.1f} kvar): closing a step would bring the source below var_off_kvar "
+                             "and the bank would hunt; widen the band to at least one step")
+        return value
+
+    @field_validator("temp_off_c")
+    @classmethod
+    def _temperature_band(cls, value: float, info: ValidationInfo) -> float:
+        on = info.data.get("temp_on_c")
+        if on is not None and not value < on:
+            raise ValueError(f"temp_off_c ({value} °C) must be below temp_on_c ({on} °C) for hysteresis")
+        return value
+
+    @field_validator("override_max_v")
+    @classmethod
+    def _override_band(cls, value: float, info: ValidationInfo) -> float:
+        low = info.data.get("override_min_v")
+        if low is not None and not value > low:
+            raise ValueError(f"override_max_v ({value} V) must be above override_min_v ({low} V)")
+        return value
+
+    @field_validator("max_daily_operations")
+    @classmethod
+    def _enough_for_schedule(cls, value: int, info: ValidationInfo) -> int:
+        steps = info.data.get("num_steps")
+        if info.data.get("control_mode") == "time" and steps is not None and value < 2 * steps:
+            raise ValueError(f"time mode brings {steps} step(s) in and out every day: max_daily_operations must be "
+                             f"at least {2 * steps}, found {value}")
+        return value
+
+
+_HH_MM = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
 
 
 # --------------------------------------------------------------------------- renewable energy
