@@ -4,7 +4,9 @@ Starts, all on 127.0.0.1: mosquitto (TLS with client certificates for the uplink
 the AMI data concentrators), `stima-hil serve` with the example site SUB-003 and
 `stima-gatewayd` against it. Then shows a live view of key points read from the daemon and a
 count of the messages arriving on the broker, injects a transient fault on LINE-045 so the
-protection trips and recloses CB-045, and stops everything on Ctrl-C (or after --duration).
+protection trips and recloses CB-045, then plays regional SCADA: signed select-before-operate
+commands over MQTT open CB-044 and close it again. Stops everything on Ctrl-C (or after
+--duration).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 import msgpack
 import paho.mqtt.client as mqtt
 
+from gateway.commands import sign_command
 from gateway.control import ControlError, DaemonNotRunning
 from hil.broker import TlsFiles
 from hil.rig import Rig, example_document
@@ -44,6 +47,8 @@ class BrokerCounter:
         self.counts: Counter[str] = Counter()
         self.values = 0
         self.last_event = ""
+        self.results: dict[str, dict[str, Any]] = {}
+        """Command results by command id (what SCADA reads on cmd_result/#)."""
         self._lock = threading.Lock()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="stima-demo-viewer",
                                   protocol=mqtt.MQTTv5)
@@ -62,6 +67,8 @@ class BrokerCounter:
             except Exception:
                 return
             if isinstance(payload, dict):
+                if kind == "cmd_result" and isinstance(payload.get("id"), str):
+                    self.results[payload["id"]] = payload
                 values = payload.get("values") or payload.get("points") or payload.get("metrics")
                 if isinstance(values, list | dict):
                     self.values += len(values)
@@ -72,6 +79,49 @@ class BrokerCounter:
         self.client.loop_stop()
         with contextlib.suppress(Exception):
             self.client.disconnect()
+
+
+class Scada:
+    """Regional SCADA in miniature: opens then closes one breaker with signed select-before-operate
+    commands published on the broker, reading each result before the next step."""
+
+    def __init__(self, counter: BrokerCounter, key: bytes, base: str, substation: str, breaker: str) -> None:
+        self.counter, self.key, self.base, self.substation, self.breaker = counter, key, base, substation, breaker
+        self.plan = [("breaker/select", "open"), ("breaker/operate", "open"),
+                     ("breaker/select", "close"), ("breaker/operate", "close")]
+        self.waiting: str | None = None
+        self.select_id = ""
+        self.hold_until = 0.0
+        self.note = ""
+
+    def step(self, now: float) -> None:
+        """Advance by at most one command; called from the demo's refresh loop."""
+        if self.waiting is not None:
+            with self.counter._lock:
+                result = self.counter.results.get(self.waiting)
+            if result is None:
+                return
+            self.waiting = None
+            command, action = self.plan.pop(0)
+            if not result.get("ok"):
+                self.note = f"SCADA {command} {action} {self.breaker} refused: {result.get('error')}"
+                self.plan.clear()
+                return
+            if command == "breaker/select":
+                self.select_id = str(result.get("select_id", ""))
+                self.note = f"SCADA selected {self.breaker} for {action} (select {self.select_id})"
+            else:
+                self.note = f"SCADA operated: {action} {self.breaker} (signed command, result ok)"
+                self.hold_until = now + 8.0  # leave it open a while before closing again
+        if not self.plan or now < self.hold_until:
+            return
+        command, action = self.plan[0]
+        args: dict[str, Any] = {"breaker": self.breaker, "action": action}
+        if command == "breaker/operate":
+            args["select_id"] = self.select_id
+        envelope = sign_command(self.key, command, args, "demo-scada", time.time(), substation=self.substation)
+        self.counter.client.publish(f"{self.base}/cmd/{command}", msgpack.packb(envelope, use_bin_type=True), qos=1)
+        self.waiting = envelope["id"]
 
 
 def render(points: list[dict[str, Any]], counter: BrokerCounter, status: dict[str, Any], elapsed: float,
@@ -105,19 +155,31 @@ def render(points: list[dict[str, Any]], counter: BrokerCounter, status: dict[st
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hil.demo", description=__doc__)
     parser.add_argument("--duration", type=float, default=None,
-                        help="stop after this many seconds (default: until Ctrl-C on a terminal, 40 s otherwise)")
+                        help="stop after this many seconds (default: until Ctrl-C on a terminal, 50 s otherwise)")
     parser.add_argument("--workdir", type=Path, default=ROOT / ".run" / "demo")
     parser.add_argument("--fault-at", type=float, default=15.0, help="inject a transient fault on LINE-045 after N s (0: never)")
+    parser.add_argument("--scada-at", type=float, default=25.0,
+                        help="open and close CB-044 by signed MQTT commands after N s (0: never)")
     args = parser.parse_args(argv)
     interactive = sys.stdout.isatty()
-    duration = args.duration if args.duration is not None else (None if interactive else 40.0)
+    duration = args.duration if args.duration is not None else (None if interactive else 50.0)
     workdir: Path = args.workdir
     print(f"demo: starting broker, simulator and daemon in {workdir} (logs: {workdir}/*.log)", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with Rig(example_document(), workdir, hil_args=("--meters", "2000", "--ami-interval", "30s")) as rig:
+    doc = example_document()
+    workdir.mkdir(parents=True, exist_ok=True)
+    key_file = workdir / "command.key"
+    if not key_file.exists():
+        key_file.write_bytes(os.urandom(32).hex().encode())
+    key_file.chmod(0o600)
+    doc["uplink"]["commands"] = {**doc["uplink"].get("commands", {}), "enabled": True, "key_file": str(key_file)}
+    with Rig(doc, workdir, hil_args=("--meters", "2000", "--ami-interval", "30s")) as rig:
         counter = BrokerCounter(rig.tls, rig.tls_port, rig.doc["uplink"]["topic_prefix"])
+        site = rig.doc["site"]
+        base = f"{rig.doc['uplink']['topic_prefix']}/{site['region']}/{site['substation_id']}"
+        scada = Scada(counter, key_file.read_bytes().strip(), base, site["substation_id"], "CB-044")
         started = time.monotonic()
         fault_done = False
         note = "values flowing: IEDs → daemon → broker"
@@ -145,7 +207,13 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     sys.stdout.write(screen + "\n\n")
                 sys.stdout.flush()
-                stop.wait(1.0 if interactive else 5.0)
+                next_screen = time.monotonic() + (1.0 if interactive else 5.0)
+                while not stop.is_set() and time.monotonic() < next_screen:
+                    now = time.monotonic() - started
+                    if args.scada_at and now > args.scada_at:
+                        scada.step(now)
+                        note = scada.note or note
+                    stop.wait(0.2)
         finally:
             counter.stop()
     total = sum(counter.counts.values())
