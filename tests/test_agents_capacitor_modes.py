@@ -252,11 +252,39 @@ def test_manual_mode_never_switches_on_its_own() -> None:
     assert bank.run(601, 1200, bus_voltage_kv=kv(135.0), source_reactive_power_kvar=-5000.0) == []
 
 
+def test_operator_steps_in_manual_mode_under_the_guards() -> None:
+    bank = Bank(make("manual", max_daily_operations=1))
+    bank.step(0.0, bus_voltage_kv=kv(120.0))
+    bank.memory, actions = bank.agent.request(bank.memory, "close_step", {}, 1.0)
+    assert commands(actions) == [1.0]
+    assert bank.memory.state is CapacitorState.SWITCHING
+    with pytest.raises(ValueError, match="Switching"):
+        bank.agent.request(bank.memory, "close_step", {}, 1.5)
+    bank.steps = 1
+    bank.step(2.0)
+    bank.memory, actions = bank.agent.request(bank.memory, "open_step", {"reason": "feeder work"}, 3.0)
+    assert [a.reason for a in actions if isinstance(a, ControlRequest)] == ["feeder work"]
+    bank.steps = 0
+    bank.step(4.0)
+    with pytest.raises(ValueError, match="discharging; it may close in 299 s"):
+        bank.agent.request(bank.memory, "close_step", {}, 4.0)
+    with pytest.raises(ValueError, match="no step is on"):
+        bank.agent.request(bank.memory, "open_step", {}, 4.0)
+    bank.memory, actions = bank.agent.request(bank.memory, "close_step", {}, 303.0)
+    assert commands(actions) == [1.0]  # operators are not held to the automatic daily limit
+    assert bank.memory.operations_today == 3
+    with pytest.raises(ValueError, match="close_step, open_step"):
+        bank.agent.request(bank.memory, "step", {}, 304.0)
+
+
 # --------------------------------------------------------------------------- invariants
 
 
+Segment = tuple[float, int, dict[str, Any], bool, str | None]
+
+
 @st.composite
-def trajectories(draw: Any) -> tuple[str, dict[str, Any], list[tuple[float, int, dict[str, Any], bool]]]:
+def trajectories(draw: Any) -> tuple[str, dict[str, Any], list[Segment]]:
     mode = draw(st.sampled_from(["voltage", "var", "time", "temperature", "manual"]))
     steps = draw(st.integers(1, 4))
     limit = draw(st.integers(2 * steps if mode == "time" else 1, 12))
@@ -271,16 +299,19 @@ def trajectories(draw: Any) -> tuple[str, dict[str, Any], list[tuple[float, int,
         "source_reactive_power_kvar": st.one_of(st.sampled_from([-1500.0, 0.0, 1500.0]), st.floats(-3000, 3000)),
         "ambient_temp_c": st.one_of(st.sampled_from([10.0, 27.0, 40.0]), st.floats(-80, 90)),
     })
-    # segments: inputs held for `repeat` cycles `dt` apart; position feedback given or not
+    # segments: inputs held for `repeat` cycles `dt` apart; position feedback given or not; an operator's request
     items = draw(st.lists(st.tuples(st.sampled_from([1.0, 10.0, 61.0, 900.0, 7200.0]), st.integers(1, 40), sample,
-                                    st.booleans()), max_size=30))
+                                    st.booleans(), st.sampled_from([None, None, "close_step", "open_step"])),
+                          max_size=30))
     return mode, settings_, items
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(trajectories())
 def test_never_beyond_the_daily_limit_nor_closing_a_discharging_step(
-        case: tuple[str, dict[str, Any], list[tuple[float, int, dict[str, Any], bool]]]) -> None:
+        case: tuple[str, dict[str, Any], list[Segment]]) -> None:
+    """Automatic commands stay within the daily limit (operators' steps count towards it too);
+    no command of any origin closes a step within the discharge time after it was opened."""
     mode, kw, segments = case
     cap = make(mode, **kw)
     a = cap.attrs
@@ -288,19 +319,27 @@ def test_never_beyond_the_daily_limit_nor_closing_a_discharging_step(
     steps, now = 0, 0.0
     per_day: Counter[int] = Counter()
     opened_at: dict[int, float] = {}
-    items = [(dt, inputs, confirm) for dt, repeat, inputs, confirm in segments for _ in range(repeat)]
-    for dt, inputs, confirm in items:
+    items = [(dt, inputs, confirm, request if i == 0 else None)
+             for dt, repeat, inputs, confirm, request in segments for i in range(repeat)]
+    for dt, inputs, confirm, request in items:
         now += dt
         wall = MIDNIGHT + now
         memory, actions = cap.step(memory, CapacitorInputs(steps_active=steps, wall_time=wall, **inputs), now)
-        cmds = commands(actions)
+        cmds = [(c, False) for c in commands(actions)]
         assert len(cmds) <= 1
         if mode == "manual":
             assert cmds == []
-        for value in cmds:
+        if request and not cmds:
+            try:
+                memory, actions = cap.request(memory, request, {}, now)
+                cmds = [(c, True) for c in commands(actions)]
+            except ValueError as exc:
+                assert str(exc)
+        for value, by_operator in cmds:
             target = int(value)
             assert abs(target - steps) == 1  # one step per operation
-            per_day[math.floor((wall + a.utc_offset_h * 3600) / DAY_S)] += 1
+            if not by_operator:
+                per_day[math.floor((wall + a.utc_offset_h * 3600) / DAY_S)] += 1
             if target > steps:  # closing step index `steps`
                 assert now - opened_at.get(steps, -math.inf) >= a.discharge_time_s
             else:

@@ -16,7 +16,8 @@ hold; the condition must last the ON (`on_delay_s`) or OFF (`off_delay_s`) delay
   Without wall time the schedule is unknown and the bank holds.
 - temperature: input `ambient_temp_c`; close above `temp_on_c` (air-conditioning load), open
   below `temp_off_c`. Readings outside −60…70 °C are sensor faults and ignored.
-- manual: never switches on its own.
+- manual: never switches on its own; operators switch with the `close_step` / `open_step`
+  requests (in any mode), under the state and discharge guards.
 
 Voltage override, in every automatic mode when the bus voltage is measured (and
 `voltage_override` is on): above `override_max_v` open a step, below `override_min_v` close one,
@@ -301,6 +302,12 @@ class CapacitorBankAgent(Agent[CapacitorState, CapacitorEvent]):
                                  message=f"daily switching limit {a.max_daily_operations} reached; "
                                          f"{reason} left uncorrected"))
             return
+        self._operate(m, target, reason, v, now, out)
+
+    def _operate(self, m: CapacitorMemory, target: int, reason: str, v: float | None, now: float,
+                 out: list[Action]) -> None:
+        """Command one step in or out and count it (guards already checked by the caller)."""
+        a = self.attrs
         if target < m.steps_active:
             m.step_opened_at[target] = now
         m.steps_commanded = target
@@ -337,10 +344,38 @@ class CapacitorBankAgent(Agent[CapacitorState, CapacitorEvent]):
             self.fire(m, _E.RESET, "operator reset", now, out)
         elif request == "var_support":
             m.var_support = bool(args.get("on", True))
+        elif request in ("close_step", "open_step"):
+            self._operator_step(m, request == "close_step", str(args.get("reason", "") or "operator request"), now, out)
         else:
             raise ValueError(f"capacitor bank {self.agent_id}: unknown request {request!r} "
-                             "(expected maintenance, reset, var_support)")
+                             "(expected maintenance, reset, var_support, close_step, open_step)")
         return m, out
+
+    def _operator_step(self, m: CapacitorMemory, close: bool, reason: str, now: float, out: list[Action]) -> None:
+        """One step in or out by hand (the way to switch in manual mode), under the same guards.
+
+        The daily limit is for automatic operations: an operator's step is refused only by the
+        bank's state and the discharge lock-out, and is counted like any other.
+        """
+        a = self.attrs
+        if m.state not in (_S.ALL_STEPS_OFF, _S.PARTIAL_ENERGIZATION, _S.FULLY_ENERGIZED):
+            raise ValueError(f"capacitor bank {self.agent_id} is {m.state.value}: no step can be switched now")
+        if close:
+            if m.steps_active >= a.num_steps:
+                raise ValueError(f"capacitor bank {self.agent_id}: all {a.num_steps} steps are already on")
+            if len(m.step_opened_at) != a.num_steps:
+                m.step_opened_at = (m.step_opened_at + [None] * a.num_steps)[:a.num_steps]
+            opened_at = m.step_opened_at[m.steps_active]
+            if opened_at is not None and now - opened_at < a.discharge_time_s:
+                raise ValueError(f"capacitor bank {self.agent_id}: step {m.steps_active + 1} was opened "
+                                 f"{now - opened_at:.0f} s ago and is discharging; it may close in "
+                                 f"{a.discharge_time_s - (now - opened_at):.0f} s")
+            target = m.steps_active + 1
+        else:
+            if m.steps_active <= 0:
+                raise ValueError(f"capacitor bank {self.agent_id}: no step is on")
+            target = m.steps_active - 1
+        self._operate(m, target, reason, m.voltage_v120, now, out)
 
     def attributes(self, memory: Memory) -> dict[str, Any]:
         m = memory
