@@ -245,6 +245,22 @@ def test_mode_does_not_close_a_step_the_override_would_open_again() -> None:
     assert len(bank.log) == 2
 
 
+@pytest.mark.parametrize("mode,inputs", [
+    ("var", {"source_reactive_power_kvar": -2000.0}),
+    ("time", {}),
+    ("temperature", {"ambient_temp_c": 0.0}),
+])
+def test_var_support_keeps_steps_in_and_closes_up_to_the_set_point(mode: str, inputs: dict[str, Any]) -> None:
+    kw = {"schedule_on": "12:00", "schedule_off": "13:00"} if mode == "time" else {}
+    bank = Bank(make(mode, **kw))
+    bank.steps = 1
+    bank.memory, _ = bank.agent.request(bank.memory, "var_support", {"on": True}, 0.0)
+    bus = {"bus_voltage_kv": lambda _t, steps: kv(118.5 + 1.0 * steps)}
+    assert [c for _, c in bank.run(0, 200, **bus, **inputs)] == [2.0, 3.0]  # 121.5 V: at the set point, hold
+    bank.memory, _ = bank.agent.request(bank.memory, "var_support", {"on": False}, 201.0)
+    assert [c for _, c in bank.run(201, 240, bus_voltage_kv=kv(121.5), **inputs)] == [2.0]  # the mode again
+
+
 def test_manual_mode_never_switches_on_its_own() -> None:
     bank = Bank(make("manual", on_delay_s=0, off_delay_s=0))
     assert bank.run(0, 600, bus_voltage_kv=kv(100.0), source_reactive_power_kvar=5000.0, ambient_temp_c=45.0) == []

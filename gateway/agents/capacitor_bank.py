@@ -4,8 +4,7 @@ Every automatic mode decides one thing per cycle: close the next step, open the 
 hold; the condition must last the ON (`on_delay_s`) or OFF (`off_delay_s`) delay.
 
 - voltage (120 V base): close below `setpoint − bandwidth/2`, open above `setpoint +
-  bandwidth/2`. A `var_support` request (substation emergency) raises the close level to the set
-  point.
+  bandwidth/2`.
 - var: input `source_reactive_power_kvar`, the reactive power the source supplies past the
   measuring point (lagging positive, i.e. drawn by the load; the feeder breaker's or bus IED's
   reading, not the bank's own output `reactive_power_kvar`). Close above `var_on_kvar` (default
@@ -18,6 +17,9 @@ hold; the condition must last the ON (`on_delay_s`) or OFF (`off_delay_s`) delay
   below `temp_off_c`. Readings outside −60…70 °C are sensor faults and ignored.
 - manual: never switches on its own; operators switch with the `close_step` / `open_step`
   requests (in any mode), under the state and discharge guards.
+
+A `var_support` request (the substation's emergency "maximize var support") makes every
+automatic mode close steps while the bus is below `voltage_setpoint_v` and stop opening them.
 
 Voltage override, in every automatic mode when the bus voltage is measured (and
 `voltage_override` is on): above `override_max_v` open a step, below `override_min_v` close one,
@@ -271,6 +273,11 @@ class CapacitorBankAgent(Agent[CapacitorState, CapacitorEvent]):
                     close_reason = f"ambient {t:.1f} °C above {a.temp_on_c:.1f} °C"
                 elif t < a.temp_off_c:
                     open_reason = f"ambient {t:.1f} °C below {a.temp_off_c:.1f} °C"
+        if m.var_support and mode != "voltage":
+            # substation emergency: keep every step in, add more up to the voltage set point
+            open_reason = None
+            if close_reason is None and v is not None and v < a.voltage_setpoint_v:
+                close_reason = f"maximum reactive support: bus {v:.1f} V below {a.voltage_setpoint_v:.1f} V"
         if a.voltage_override and v is not None and m.step_change_v > 0:
             # the override would undo this operation: do not start it
             if close_reason and v + m.step_change_v > a.override_max_v:
