@@ -1,7 +1,8 @@
 """Capacitor Bank agent: step-by-step switching by the field controller's modes and guards.
 
 Every automatic mode decides one thing per cycle: close the next step, open the last one, or
-hold; the condition must last the ON (`on_delay_s`) or OFF (`off_delay_s`) delay.
+hold; the condition must last the ON (`on_delay_s`) or OFF (`off_delay_s`) delay. Decisions use
+this cycle's readings only: a missing or bad-quality reading holds the bank and restarts the delay.
 
 - voltage (120 V base): close below `setpoint − bandwidth/2`, open above `setpoint +
   bandwidth/2`.
@@ -30,8 +31,8 @@ voltage outside 60…180 V (0.5…1.5 pu) is a dead bus or a decoding fault: no 
 
 Guards, whatever the mode: one step per operation, then wait for the position feedback
 (Switching, Locked_Out on timeout). A step that was opened may not close again before
-`discharge_time_s` (residual charge). At most `max_daily_operations` commands per local
-calendar day. If more than `excessive_switching_count` operations fall inside
+`discharge_time_s` (residual charge). At most `max_daily_operations` automatic commands per
+local calendar day (operators' steps count towards it but are not refused by it). If more than `excessive_switching_count` operations fall inside
 `excessive_switching_window_s`, the voltage deadband is widened by `deadband_widening_factor`
 and operators are told.
 """
