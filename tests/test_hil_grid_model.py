@@ -44,6 +44,25 @@ def test_every_ied_point_is_produced(site: SiteConfig) -> None:
     assert all(isinstance(v, (bool, int, float)) and math.isfinite(float(v)) for v in values.values())
 
 
+def test_a_point_shared_by_two_agents_is_produced_by_the_agent_it_names(site: SiteConfig) -> None:
+    """A capacitor controller in var or temperature mode reads the feeder's kvar and a
+    transformer's ambient temperature: those points keep coming from the breaker and the
+    transformer, however many agents read them."""
+    agents = []
+    for agent in site.agents:
+        if agent.id == "CAP-301":
+            points = {**agent.points, "source_reactive_power_kvar": "CB-045.reactive_power_kvar",
+                      "ambient_temp_c": "XFMR-101.ambient_temp_c"}
+            agent = agent.model_copy(update={"points": points})
+        agents.append(agent)
+    shared = site.model_copy(update={"agents": agents})
+    plain, both = GridModel.from_site(site).point_values(), GridModel.from_site(shared).point_values()
+    assert both["CB-045.reactive_power_kvar"] == pytest.approx(plain["CB-045.reactive_power_kvar"])
+    assert both["XFMR-101.ambient_temp_c"] == pytest.approx(plain["XFMR-101.ambient_temp_c"])
+    assert both["CB-045.reactive_power_kvar"] != 0.0 and both["XFMR-101.ambient_temp_c"] > -50.0
+    assert sorted(both) == sorted(plain)
+
+
 def test_normal_state_is_plausible(site: SiteConfig) -> None:
     v = GridModel.from_site(site).point_values()
     assert 10.5 < v["SUB-003.bus_voltage_kv"] < 11.6

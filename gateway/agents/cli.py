@@ -210,7 +210,8 @@ def register(subparsers: Any) -> None:
     show.add_argument("id", metavar="ID")
     _common(show)
     show.set_defaults(func=cmd_agents_show)
-    req = sub.add_parser("request", help="ask an agent to do something (curtail, maintenance, cvr, reset, ...)")
+    req = sub.add_parser("request", help="ask an agent to do something (curtail, maintenance, cvr, reset, "
+                         "close_step/open_step on a capacitor bank, ...)")
     req.add_argument("id", metavar="ID")
     req.add_argument("request", metavar="REQUEST")
     req.add_argument("args", nargs="*", type=_kv, metavar="KEY=VALUE")

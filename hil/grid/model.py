@@ -581,13 +581,22 @@ class GridModel:
         self._meter_noise = SmoothNoise(self.seed, 4, n, self.settings.noise_period_s)
 
     def _build_points(self, site: SiteConfig) -> None:
-        breaker_first = sorted(site.agents, key=lambda a: a.type is AgentType.CIRCUIT_BREAKER)
+        # A point may feed several agents (a capacitor's controller reading the feeder's kvar);
+        # the model produces it as the agent that can produce it, preferring the agent its id
+        # names, then breakers (whose IEDs carry the feeder measurements).
+        breakers_last = sorted(site.agents, key=lambda a: a.type is AgentType.CIRCUIT_BREAKER)
         produced: dict[str, tuple[str, str]] = {}
-        for agent in breaker_first:
+        rank: dict[str, tuple[bool, bool]] = {}
+        for agent in breakers_last:
             if agent.id not in self._modelled():
                 continue
             for name, pid in agent.points.items():
+                mine = (name in _NAMES[agent.type], pid.split(".", 1)[0] == agent.id)
+                if pid in rank and mine < rank[pid]:
+                    continue
+                rank[pid] = mine
                 produced[pid] = (agent.id, name)
+                self._command_targets.pop(pid, None)
                 if name in _COMMANDS.get(agent.type, ()):
                     self._command_targets[pid] = (agent.id, name)
         for ied in site.ieds:
