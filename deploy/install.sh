@@ -25,7 +25,18 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 SRC=$(cd "$(dirname "$0")/.." && pwd)
-PY=$(command -v python3.11 || command -v python3)
+# The service runs as 'stima': its virtualenv must be built on an interpreter that user can run,
+# so the system's Python comes first (a per-user install such as pyenv under /root is not).
+PY=${PYTHON:-}
+for candidate in /usr/bin/python3.11 /usr/bin/python3 "$(command -v python3.11 || true)" "$(command -v python3 || true)"; do
+    if [ -z "$PY" ] && [ -n "$candidate" ] && [ -x "$candidate" ]; then
+        PY=$candidate
+    fi
+done
+if [ -z "$PY" ]; then
+    echo "install.sh: no python3 found; install Debian's python3 (>= 3.11) first" >&2
+    exit 1
+fi
 
 PYTHON=$PY bash "$SRC/deploy/system-deps.sh"
 
@@ -37,7 +48,16 @@ if ! getent passwd stima >/dev/null; then
         --shell /usr/sbin/nologin --comment "Stima substation gateway" stima
 fi
 
+if ! runuser -u stima -- "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    echo "install.sh: $PY is not a Python >= 3.11 the 'stima' user can run; set PYTHON=/usr/bin/python3.11" >&2
+    exit 1
+fi
+
 install -d -m 0755 "$PREFIX"
+if [ -x "$PREFIX/venv/bin/python" ] && ! runuser -u stima -- "$PREFIX/venv/bin/python" -c pass 2>/dev/null; then
+    echo "install.sh: $PREFIX/venv was built on an interpreter 'stima' cannot run; rebuilding it"
+    rm -rf "$PREFIX/venv"
+fi
 if [ ! -x "$PREFIX/venv/bin/python" ]; then
     "$PY" -m venv "$PREFIX/venv"
 fi
