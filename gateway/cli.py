@@ -255,6 +255,21 @@ def _duration_s(text: str) -> float:
     return value
 
 
+def _history_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no history in that period (buckets are written when their interval ends)"
+    return table([(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["bucket_start"])), r["min"], r["max"],
+                   r["mean"], r["last"], r["n"], f"{100.0 * r['good_fraction']:.0f}") for r in rows],
+                 ["TIME", "MIN", "MAX", "MEAN", "LAST", "N", "GOOD%"])
+
+
+def cmd_points_history(args: argparse.Namespace) -> int:
+    """Downsampled history of one point: min/max/mean/last per interval."""
+    rows = call(runtime_dir(args), "points.history", id=args.id, since=time.time() - args.since, limit=args.limit)
+    emit(args, rows, _history_table)
+    return 0
+
+
 def _event_detail(event: dict[str, Any]) -> str:
     skip = {"seq", "time", "source", "kind", "monotonic"}
     return " ".join(f"{k}={_fmt(v)}" for k, v in event.items()
@@ -309,6 +324,12 @@ def build_parser() -> argparse.ArgumentParser:
     pwatch.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds")
     add_common(pwatch)
     pwatch.set_defaults(func=cmd_points_watch)
+    phist = points_sub.add_parser("history", help="downsampled history of a point (min/max/mean per interval)")
+    phist.add_argument("id", metavar="POINT")
+    phist.add_argument("--since", type=_duration_s, default=86400.0, help="how far back (90s, 15m, 2h, 1d; 24h)")
+    phist.add_argument("--limit", type=int, default=10_000, help="at most this many buckets (the newest)")
+    add_common(phist)
+    phist.set_defaults(func=cmd_points_history)
 
     brk = sub.add_parser("breaker", help="operate a breaker (select, confirm, operate) or show its state")
     brk_sub = brk.add_subparsers(dest="breaker_command", required=True, metavar="ACTION")

@@ -321,6 +321,15 @@ class ControlConfig(_Model):
     socket_group: str = "stima"
 
 
+class HistoryConfig(_Model):
+    """Downsampled point history in the state database (min/max/mean/last per interval)."""
+
+    enabled: bool = True
+    interval_s: float = Field(default=60.0, ge=1.0, le=3600.0)
+    """10 s at least; shorter only in a site with a [simulation] section (tests, HIL)."""
+    retention_days: float = Field(default=30.0, ge=1.0, le=3650.0)
+
+
 # --------------------------------------------------------------------------- the site
 
 
@@ -333,6 +342,7 @@ class SiteConfig(_Model):
     protection: list[ProtectionScheme] = Field(default_factory=list)
     ami: AmiConfig | None = None
     control: ControlConfig = ControlConfig()
+    history: HistoryConfig = HistoryConfig()
     simulation: dict[str, Any] = Field(default_factory=dict)
     """Electrical data for the hardware-in-the-loop simulator; validated by `hil`, ignored here."""
 
@@ -493,6 +503,9 @@ def validate(data: dict[str, Any], source: str = "<site>") -> SiteConfig:
         problems += reference_problems(data)
         raise ConfigError(source, problems) from None
     problems = reference_problems(data)
+    if site.history.interval_s < 10.0 and not site.simulation:
+        problems.append(ConfigProblem("history.interval_s", "must be ≥ 10 s (shorter only in a site with a "
+                                      "[simulation] section)", site.history.interval_s))
     known_points = {p.id for ied in site.ieds for p in ied.points}
     for n, scheme in enumerate(site.protection):
         for pid in scheme.referenced_points():

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import math
 import os
 import signal
 import sys
@@ -40,6 +41,9 @@ AGENT_TICK_S = 1.0
 AGENT_SNAPSHOT_S = 60.0
 GIL_SWITCH_INTERVAL_S = 0.0002
 AGENT_DIRTY_SNAPSHOT_S = 2.0
+HISTORY_FLUSH_DELAY_S = 0.25
+"""After a history bucket's end, wait this long for its last samples before writing it."""
+HISTORY_PRUNE_PERIOD_S = 3600.0
 """Agent state changes reach the state database within this (protection state: at once)."""
 
 
@@ -63,6 +67,7 @@ class Gateway:
         self._build_protection()
         self._build_agents()
         self._build_commands()
+        self._build_history()
 
     # ------------------------------------------------------------------ wiring
 
@@ -142,6 +147,30 @@ class Gateway:
         if not cfg.enabled:
             log.info("remote commands are disabled in the site file (uplink.commands.enabled)")
 
+    def _build_history(self) -> None:
+        from gateway.history import HistoryAggregator
+
+        cfg = self.site.history
+        self.history = HistoryAggregator(cfg.interval_s) if cfg.enabled else None
+        if self.history is not None:
+            self.image.subscribe_all(self.history.on_point)
+
+    async def _history_loop(self) -> None:
+        """Write the buckets that closed, once per interval in one transaction, off the event loop."""
+        assert self.history is not None
+        hist, retention_s = self.history, self.site.history.retention_days * 86400.0
+        last_prune = -math.inf
+        while True:
+            now = self.clock.wall()
+            await asyncio.sleep(hist.bucket_start(now) + hist.interval_s - now + HISTORY_FLUSH_DELAY_S)
+            try:
+                await asyncio.to_thread(self.store.append_history, hist.take_closed(self.clock.wall()))
+                if self.clock.monotonic() - last_prune >= HISTORY_PRUNE_PERIOD_S:
+                    last_prune = self.clock.monotonic()
+                    await asyncio.to_thread(self.store.prune_history, self.clock.wall() - retention_s)
+            except Exception:
+                log.exception("history flush failed")
+
     def _publish(self, suffix: str, payload: dict[str, Any], retain: bool = False) -> None:
         self.uplink.publish(suffix, payload, retain=retain)
 
@@ -177,6 +206,8 @@ class Gateway:
         if self.protection is not None:
             self._tasks.append(asyncio.create_task(self._protection_clock(), name="protection"))
         self._tasks.append(asyncio.create_task(self._agent_loop(), name="agents"))
+        if self.history is not None:
+            self._tasks.append(asyncio.create_task(self._history_loop(), name="history"))
         if self.site.ami is not None and self.site.meter_groups:
             from protocols.ami import AmiSubscriber
 
@@ -253,6 +284,11 @@ class Gateway:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        if self.history is not None:
+            try:
+                self.store.append_history(self.history.take_all())
+            except Exception:
+                log.exception("history flush at stop failed")
 
     # ------------------------------------------------------------------ commands
 
@@ -484,6 +520,7 @@ class Server:
         c.register("agents.request", lambda id, request, **args: self._gw().agents.request(id, request, **args))
         c.register("reliability", self._op_reliability)
         c.register("events", self._op_events)
+        c.register("points.history", self._op_points_history)
         c.register("protection.latency", self._op_protection_latency)
         c.register("breaker.operate", self._op_breaker_operate)
         c.register("breaker.select", self._op_breaker_select)
@@ -552,6 +589,14 @@ class Server:
             for p in self._gw().image.points.values()
             if fnmatch.fnmatchcase(p.point_id, pattern) and (source is None or p.source == source)
         ]
+
+    def _op_points_history(self, id: str, since: float = 0.0, until: float | None = None,
+                           limit: int = 10_000) -> list[dict[str, Any]]:
+        rows = self.store.history(id, since=float(since), until=math.inf if until is None else float(until),
+                                  limit=min(int(limit), 100_000))
+        if not rows and id not in self._gw().image:
+            raise KeyError(f"no such point: {id}")
+        return rows
 
     def _op_points_read(self, ids: list[str]) -> list[dict[str, Any]]:
         image = self._gw().image

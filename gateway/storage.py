@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,40 @@ CREATE TABLE IF NOT EXISTS spool (
     qos INTEGER NOT NULL,
     created REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS history (
+    point_id TEXT NOT NULL,
+    bucket_start REAL NOT NULL,
+    interval_s REAL NOT NULL,
+    min REAL,
+    max REAL,
+    mean REAL,
+    last REAL,
+    n INTEGER NOT NULL,
+    good_fraction REAL NOT NULL,
+    PRIMARY KEY (point_id, bucket_start)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS history_start ON history(bucket_start);
 """
+
+# A bucket written twice (a partial one flushed at a clean stop, then completed after the restart)
+# is merged: extremes combined, mean and good fraction weighted by their sample counts.
+_HISTORY_UPSERT = """
+INSERT INTO history(point_id, bucket_start, interval_s, min, max, mean, last, n, good_fraction)
+VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT(point_id, bucket_start) DO UPDATE SET
+    min = min(coalesce(history.min, excluded.min), coalesce(excluded.min, history.min)),
+    max = max(coalesce(history.max, excluded.max), coalesce(excluded.max, history.max)),
+    mean = CASE
+        WHEN history.mean IS NULL THEN excluded.mean
+        WHEN excluded.mean IS NULL THEN history.mean
+        ELSE (history.mean * history.n * history.good_fraction + excluded.mean * excluded.n * excluded.good_fraction)
+             / (history.n * history.good_fraction + excluded.n * excluded.good_fraction) END,
+    last = coalesce(excluded.last, history.last),
+    good_fraction = (history.n * history.good_fraction + excluded.n * excluded.good_fraction)
+                    / (history.n + excluded.n),
+    n = history.n + excluded.n
+"""
+_HISTORY_COLUMNS = ("point_id", "bucket_start", "interval_s", "min", "max", "mean", "last", "n", "good_fraction")
 
 
 class Store:
@@ -261,6 +294,41 @@ class Store:
             cutoff = int(row[0])
             cur = self._db.execute("DELETE FROM spool WHERE seq <= ?", (cutoff,))
         return int(cur.rowcount), cutoff
+
+    # ------------------------------------------------------------------ history
+
+    def append_history(self, rows: Sequence[Any]) -> None:
+        """Closed history buckets (gateway.history.HistoryRow or same-shaped) in one transaction."""
+        if not rows:
+            return
+        params = [(r.point_id, r.bucket_start, r.interval_s, r.min, r.max, r.mean, r.last, r.n, r.good_fraction)
+                  for r in rows]
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany(_HISTORY_UPSERT, params)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def history(self, point_id: str, since: float = 0.0, until: float = float("inf"),
+                limit: int = 10_000) -> list[dict[str, Any]]:
+        """Buckets of one point starting in [since, until] (wall s), the newest `limit`, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM (SELECT point_id, bucket_start, interval_s, min, max, mean, last, n, good_fraction "
+                "FROM history WHERE point_id = ? AND bucket_start >= ? AND bucket_start <= ? "
+                "ORDER BY bucket_start DESC LIMIT ?) ORDER BY bucket_start",
+                (point_id, since, until if until != float("inf") else 1e18, int(limit)),
+            ).fetchall()
+        return [dict(zip(_HISTORY_COLUMNS, row, strict=True)) for row in rows]
+
+    def prune_history(self, before: float) -> int:
+        """Delete buckets that started before `before` (wall s); returns how many."""
+        with self._lock:
+            cur = self._db.execute("DELETE FROM history WHERE bucket_start < ?", (before,))
+        return int(cur.rowcount)
 
     def iter_spool(self, batch: int = 500) -> Iterator[tuple[int, str, bytes, int]]:
         after = 0
