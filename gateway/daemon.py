@@ -44,6 +44,10 @@ AGENT_DIRTY_SNAPSHOT_S = 2.0
 HISTORY_FLUSH_DELAY_S = 0.25
 """After a history bucket's end, wait this long for its last samples before writing it."""
 HISTORY_PRUNE_PERIOD_S = 3600.0
+HISTORY_WRITE_CHUNK = 200
+"""History rows per transaction (written or pruned): a protection snapshot never waits long for
+the store's lock (about a millisecond; see tests/bench/bench_history.py)."""
+HISTORY_PRUNE_MAX_CHUNKS = 10_000
 """Agent state changes reach the state database within this (protection state: at once)."""
 
 
@@ -156,7 +160,7 @@ class Gateway:
             self.image.subscribe_all(self.history.on_point)
 
     async def _history_loop(self) -> None:
-        """Write the buckets that closed, once per interval in one transaction, off the event loop."""
+        """Write the buckets that closed once per interval, off the event loop, in short transactions."""
         assert self.history is not None
         hist, retention_s = self.history, self.site.history.retention_days * 86400.0
         last_prune = -math.inf
@@ -164,10 +168,16 @@ class Gateway:
             now = self.clock.wall()
             await asyncio.sleep(hist.bucket_start(now) + hist.interval_s - now + HISTORY_FLUSH_DELAY_S)
             try:
-                await asyncio.to_thread(self.store.append_history, hist.take_closed(self.clock.wall()))
+                rows = hist.take_closed(self.clock.wall())
+                for i in range(0, len(rows), HISTORY_WRITE_CHUNK):  # the store's lock held a ms or two at a time
+                    await asyncio.to_thread(self.store.append_history, rows[i:i + HISTORY_WRITE_CHUNK])
                 if self.clock.monotonic() - last_prune >= HISTORY_PRUNE_PERIOD_S:
                     last_prune = self.clock.monotonic()
-                    await asyncio.to_thread(self.store.prune_history, self.clock.wall() - retention_s)
+                    before = self.clock.wall() - retention_s
+                    for _ in range(HISTORY_PRUNE_MAX_CHUNKS):
+                        if await asyncio.to_thread(self.store.prune_history, before, HISTORY_WRITE_CHUNK) \
+                                < HISTORY_WRITE_CHUNK:
+                            break
             except Exception:
                 log.exception("history flush failed")
 

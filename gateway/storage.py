@@ -324,10 +324,18 @@ class Store:
             ).fetchall()
         return [dict(zip(_HISTORY_COLUMNS, row, strict=True)) for row in rows]
 
-    def prune_history(self, before: float) -> int:
-        """Delete buckets that started before `before` (wall s); returns how many."""
+    def prune_history(self, before: float, limit: int | None = None) -> int:
+        """Delete buckets that started before `before` (wall s), at most `limit` of them; how many.
+
+        With a limit the lock is held briefly: call again until it returns less than the limit.
+        """
         with self._lock:
-            cur = self._db.execute("DELETE FROM history WHERE bucket_start < ?", (before,))
+            if limit is None:
+                cur = self._db.execute("DELETE FROM history WHERE bucket_start < ?", (before,))
+            else:
+                cur = self._db.execute(
+                    "DELETE FROM history WHERE (point_id, bucket_start) IN (SELECT point_id, bucket_start "
+                    "FROM history WHERE bucket_start < ? LIMIT ?)", (before, int(limit)))
         return int(cur.rowcount)
 
     def iter_spool(self, batch: int = 500) -> Iterator[tuple[int, str, bytes, int]]:

@@ -136,7 +136,9 @@ def test_storage_round_trip_limit_and_retention(tmp_path: Path) -> None:
                        "mean": 10.5, "last": 10.0, "n": 10, "good_fraction": 1.0}
     assert [r["bucket_start"] for r in store.history("P", limit=3)] == [5820.0, 5880.0, 5940.0]  # newest, in order
     assert store.history("Q")[0]["min"] is None
-    assert store.prune_history(before=60.0 * 50) == 51  # 50 of P, the one of Q
+    assert store.prune_history(before=60.0 * 10, limit=4) == 4  # a chunk at a time
+    assert store.prune_history(before=60.0 * 10, limit=100) == 7
+    assert store.prune_history(before=60.0 * 50) == 40  # the rest of P before 3000 s
     assert len(store.history("P")) == 50 and store.history("Q") == []
     store.close()
     reopened = Store(tmp_path / "stima.db")
