@@ -204,3 +204,17 @@ def test_daemon_answers_points_history(tmp_path: Path) -> None:
         unknown = subprocess.run([*cli[:5], "NO.SUCH.POINT", "--runtime-dir", str(rig.runtime_dir)],
                                  capture_output=True, text=True, timeout=60)
         assert unknown.returncode == 1 and "no such point" in unknown.stderr and "Traceback" not in unknown.stderr
+
+
+def test_a_clean_stop_writes_the_open_buckets(tmp_path: Path) -> None:
+    from hil.rig import Rig, example_document
+
+    doc = example_document()
+    doc["history"] = {"interval_s": 3600}
+    with Rig(doc, tmp_path, hil_args=("--no-ami",)) as rig:
+        point = next(p["id"] for p in rig.daemon_call("points.list") if p["kind"] == "analog")
+        rig.wait(lambda: rig.daemon_call("points.read", ids=[point])[0]["receive_time"], "a sample", 30.0, 0.1)
+        if rig.daemon_call("points.history", id=point) == []:  # unless the hour turned meanwhile
+            rig.restart_daemon()  # SIGTERM: the open hour is written as a partial bucket
+        [row] = rig.daemon_call("points.history", id=point)[-1:]
+        assert row["n"] >= 1 and row["interval_s"] == 3600.0 and row["bucket_start"] % 3600.0 == 0.0
