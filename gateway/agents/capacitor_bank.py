@@ -251,12 +251,8 @@ class CapacitorBankAgent(Agent[CapacitorState, CapacitorEvent]):
                 elif v > v_off:
                     open_reason = f"bus voltage {v:.1f} V above {v_off:.1f} V"
         elif mode == "var":
-            q = m.source_kvar
-            if q is not None:
-                if q > a.var_on_threshold_kvar:
-                    close_reason = f"source supplies {q:.0f} kvar, above {a.var_on_threshold_kvar:.0f} kvar"
-                elif q < a.var_off_threshold_kvar:
-                    open_reason = f"source supplies {q:.0f} kvar, below {a.var_off_threshold_kvar:.0f} kvar"
+            close_reason, open_reason = _above_closes(m.source_kvar, a.var_on_threshold_kvar,
+                                                      a.var_off_threshold_kvar, "source supplies", "kvar", 0)
         elif mode == "time":
             if wall is not None:
                 local = wall + a.utc_offset_h * 3600.0
@@ -268,12 +264,7 @@ class CapacitorBankAgent(Agent[CapacitorState, CapacitorEvent]):
                 else:
                     open_reason = f"schedule: out from {a.schedule_off} to {a.schedule_on}"
         elif mode == "temperature":
-            t = m.ambient_c
-            if t is not None:
-                if t > a.temp_on_c:
-                    close_reason = f"ambient {t:.1f} °C above {a.temp_on_c:.1f} °C"
-                elif t < a.temp_off_c:
-                    open_reason = f"ambient {t:.1f} °C below {a.temp_off_c:.1f} °C"
+            close_reason, open_reason = _above_closes(m.ambient_c, a.temp_on_c, a.temp_off_c, "ambient", "°C", 1)
         if m.var_support and mode != "voltage":
             # substation emergency: keep every step in, add more up to the voltage set point
             open_reason = None
@@ -406,3 +397,16 @@ def _finite(value: float | None) -> float | None:
 def _minutes(hh_mm: str) -> int:
     hours, minutes = hh_mm.split(":")
     return int(hours) * 60 + int(minutes)
+
+
+def _above_closes(x: float | None, on: float, off: float, what: str, unit: str,
+                  decimals: int) -> tuple[str | None, str | None]:
+    """(close reason, open reason) for a mode where a high reading asks for steps in: above `on`
+    close one, below `off` open one, inside the hysteresis band nothing."""
+    if x is None:
+        return None, None
+    if x > on:
+        return f"{what} {x:.{decimals}f} {unit}, above {on:.{decimals}f} {unit}", None
+    if x < off:
+        return None, f"{what} {x:.{decimals}f} {unit}, below {off:.{decimals}f} {unit}"
+    return None, None
