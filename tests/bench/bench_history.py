@@ -13,6 +13,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -82,45 +83,38 @@ def bench_flush() -> None:
         got = store.history("P1234", since=0.0)
         print(f"read back one point's {len(got)} buckets: {(time.perf_counter() - start) * 1000.0:.2f} ms")
 
-        # a write of the event loop during a flush in a worker thread: how long it waits for the lock
-        waits = []
-        for n in range(10, 20):
-            t = base + 60.0 * n
-            for i in range(POINTS):
-                agg.add(f"P{i}", float(i), True, t)
-            rows = agg.take_closed(t + 60.0)
-            worker = threading.Thread(target=store.append_history, args=(rows,))
-            worker.start()
-            time.sleep(0.0005)
-            start = time.perf_counter()
-            store.save_snapshot("protection/CB-045", {"state": "closed"}, t)
-            waits.append((time.perf_counter() - start) * 1000.0)
-            worker.join()
+        def snapshot_waits(first_cycle: int, write: Callable[[list[HistoryRow]], None]) -> list[float]:
+            """How long a write of the event loop waits for the store's lock while `write` flushes
+            a closed interval's buckets in a worker thread, over ten intervals."""
+            waits = []
+            for n in range(first_cycle, first_cycle + 10):
+                t = base + 60.0 * n
+                for i in range(POINTS):
+                    agg.add(f"P{i}", float(i), True, t)
+                worker = threading.Thread(target=write, args=(agg.take_closed(t + 60.0),))
+                worker.start()
+                time.sleep(0.0005)
+                start = time.perf_counter()
+                store.save_snapshot("protection/CB-045", {"state": "closed"}, t)
+                waits.append((time.perf_counter() - start) * 1000.0)
+                worker.join()
+            return waits
+
+        waits = snapshot_waits(10, store.append_history)
         print(f"snapshot write during a one-transaction flush: median {statistics.median(waits):.2f} ms, "
               f"max {max(waits):.2f} ms")
 
         # the daemon writes in transactions of HISTORY_WRITE_CHUNK rows, releasing the lock in between
-        chunk_ms, waits = [], []
-        for n in range(20, 30):
-            t = base + 60.0 * n
-            for i in range(POINTS):
-                agg.add(f"P{i}", float(i), True, t)
-            rows = agg.take_closed(t + 60.0)
+        chunk_ms: list[float] = []
 
-            def chunked(rows: list[HistoryRow] = rows) -> None:
-                for k in range(0, len(rows), HISTORY_WRITE_CHUNK):
-                    start = time.perf_counter()
-                    store.append_history(rows[k:k + HISTORY_WRITE_CHUNK])
-                    chunk_ms.append((time.perf_counter() - start) * 1000.0)
-                    time.sleep(0)
+        def chunked(rows: list[HistoryRow]) -> None:
+            for k in range(0, len(rows), HISTORY_WRITE_CHUNK):
+                start = time.perf_counter()
+                store.append_history(rows[k:k + HISTORY_WRITE_CHUNK])
+                chunk_ms.append((time.perf_counter() - start) * 1000.0)
+                time.sleep(0)
 
-            worker = threading.Thread(target=chunked)
-            worker.start()
-            time.sleep(0.0005)
-            start = time.perf_counter()
-            store.save_snapshot("protection/CB-045", {"state": "closed"}, t)
-            waits.append((time.perf_counter() - start) * 1000.0)
-            worker.join()
+        waits = snapshot_waits(20, chunked)
         print(f"one {HISTORY_WRITE_CHUNK}-row transaction: median {statistics.median(chunk_ms):.2f} ms, "
               f"max {max(chunk_ms):.2f} ms")
         print(f"snapshot write during a chunked flush: median {statistics.median(waits):.2f} ms, "
