@@ -1,0 +1,542 @@
+"""The feeder network as switching sees it: sources, sections and switching devices.
+
+Built once from the site file (sans-IO). Nodes are sources (the substation's bus; the far side
+of a tie to another substation) and *sections*: maximal stretches of line between switching
+devices, with the elements tapped on them. Edges are the switching devices (breakers,
+reclosers, load-break switches, ties) and fixed connections (a line fed straight from another
+line's end). A line carrying no in-series device is one section, `<LINE>/1`.
+
+Positions along a line come from the connection rules' `position_m`: a device tapped on line L
+at p cuts L there; elements tapped at a position > p lie beyond it, elements at p before it.
+
+Questions answered for a configuration (which devices are closed): what each source
+energises, whether a close would parallel two sources or energise a given section, and a
+power-flow estimate (backward/forward sweep at the sections' nominal voltage, loads lumped at
+each section) with every element's loading against its limit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.agents.schema import (
+    CircuitBreakerAttributes,
+    PowerLineAttributes,
+    SubstationAttributes,
+)
+from gateway.config import AgentConfig, CanonicalType, SiteConfig
+
+SQRT3 = math.sqrt(3.0)
+BREAKER, LINE, SUBSTATION = "circuit_breaker", "power_line", "substation"
+TAPPED = frozenset({"transformer", "capacitor_bank", "renewable_energy"})
+DEFAULT_POWER_FACTOR = 0.95
+PROTECTED_LOADING_LIMIT = 0.9
+"""A protected breaker may carry at most this share of its lowest phase-overcurrent pickup."""
+
+
+class NetworkError(ValueError):
+    """The site's topology cannot be turned into a switching network (names what and where)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    id: str
+    external: bool
+    capacity_kva: float | None
+    nominal_kv: float
+
+
+@dataclass(frozen=True, slots=True)
+class Section:
+    id: str
+    line: str
+    index: int
+    from_m: float
+    to_m: float
+    z_ohm: complex
+    """Series impedance of the stretch (positive sequence)."""
+    ampacity_a: float
+    nominal_kv: float
+    elements: tuple[str, ...]
+    """Agents tapped on this stretch (transformers, capacitor banks, DER)."""
+    meter_groups: tuple[str, ...]
+    customers: int
+    critical_customers: int
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """A switching device between two nodes. `a` is its source side in the normal
+    configuration (for a tie: the side of its first rule), `b` its load side."""
+
+    id: str
+    function: str
+    a: str
+    b: str
+    tie: bool
+    normally_open: bool
+    allow_parallel: bool
+    external_source: str | None
+    rated_current_a: float
+    interrupting_a: float
+    protected: bool
+    pickup_a: float | None
+    """Lowest phase-overcurrent pickup of its protection scheme (None: unprotected)."""
+    points: Mapping[str, str]
+
+    def other(self, node: str) -> str:
+        return self.b if node == self.a else self.a
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    element: str
+    quantity: str
+    value: float
+    limit: float
+
+    def __str__(self) -> str:
+        unit = {"current_a": "A", "voltage_pu": "pu", "load_kva": "kVA"}.get(self.quantity, "")
+        return f"{self.element} {self.quantity.split('_')[0]} {self.value:.3g} {unit} beyond its limit {self.limit:.3g} {unit}"
+
+
+@dataclass(frozen=True, slots=True)
+class FlowEstimate:
+    """One configuration's estimated flows. Dead nodes have no entry."""
+
+    voltage_pu: Mapping[str, float]
+    node_current_a: Mapping[str, float]
+    """Current entering each energised section through the edge that feeds it."""
+    device_current_a: Mapping[str, float]
+    source_load_kva: Mapping[str, float]
+    violations: tuple[Violation, ...]
+    parallel: tuple[str, ...]
+    """Devices that close a loop or join two sources (the estimate does not model meshes)."""
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations and not self.parallel
+
+
+@dataclass
+class Energisation:
+    """What each node is fed from in one configuration."""
+
+    source_of: dict[str, str]
+    """Energised node → the source feeding it."""
+    parent: dict[str, tuple[str, str | None]]
+    """Energised non-source node → (node it is fed from, device id or None for a fixed link)."""
+    loops: list[str] = field(default_factory=list)
+    """Closed devices that join two energised nodes already fed (a loop or two sources)."""
+    uncertain: set[str] = field(default_factory=set)
+    """Nodes that a device of unknown position might feed."""
+
+    def energised(self, node: str) -> bool:
+        return node in self.source_of
+
+
+class Network:
+    def __init__(self) -> None:
+        self.sources: dict[str, Source] = {}
+        self.sections: dict[str, Section] = {}
+        self.devices: dict[str, Device] = {}
+        self.fixed: list[tuple[str, str]] = []
+        self.line_sections: dict[str, list[str]] = {}
+        self.element_section: dict[str, str] = {}
+        self.element_points: dict[str, Mapping[str, str]] = {}
+        self.element_types: dict[str, str] = {}
+        self._adjacent: dict[str, list[tuple[str, str | None]]] = {}
+
+    # ------------------------------------------------------------------ building
+
+    @classmethod
+    def from_site(cls, site: SiteConfig) -> Network:
+        net = cls()
+        _Builder(site, net).build()
+        net._index()
+        return net
+
+    def _index(self) -> None:
+        adj: dict[str, list[tuple[str, str | None]]] = {n: [] for n in (*self.sources, *self.sections)}
+        for dev in self.devices.values():
+            adj.setdefault(dev.a, []).append((dev.b, dev.id))
+            adj.setdefault(dev.b, []).append((dev.a, dev.id))
+        for a, b in self.fixed:
+            adj.setdefault(a, []).append((b, None))
+            adj.setdefault(b, []).append((a, None))
+        self._adjacent = adj
+
+    # ------------------------------------------------------------------ questions
+
+    def nodes(self) -> list[str]:
+        return [*self.sources, *self.sections]
+
+    def adjacent(self, node: str) -> list[tuple[str, str | None]]:
+        return self._adjacent.get(node, [])
+
+    def devices_of(self, node: str) -> list[str]:
+        return [d for _, d in self._adjacent.get(node, []) if d is not None]
+
+    def customers(self, nodes: Iterable[str]) -> int:
+        return sum(self.sections[n].customers for n in nodes if n in self.sections)
+
+    def critical_customers(self, nodes: Iterable[str]) -> int:
+        return sum(self.sections[n].critical_customers for n in nodes if n in self.sections)
+
+    def normal_configuration(self) -> dict[str, bool]:
+        return {d.id: not d.normally_open for d in self.devices.values()}
+
+    def energise(self, closed: Mapping[str, bool | None]) -> Energisation:
+        """Walk from every source over closed devices and fixed links (breadth-first, stations
+        before external sources). A device whose position is unknown (None) feeds nothing, but
+        what it might feed is reported as uncertain."""
+        result = Energisation(source_of={s: s for s in self.sources}, parent={})
+        for src in sorted(self.sources.values(), key=lambda s: s.external):
+            queue = deque([src.id])
+            while queue:
+                node = queue.popleft()
+                for other, dev in self._adjacent.get(node, []):
+                    state = True if dev is None else closed.get(dev)
+                    if state is None:
+                        if other not in result.source_of:
+                            result.uncertain.add(other)
+                        continue
+                    if not state:
+                        continue
+                    if other in result.source_of:
+                        if result.parent.get(node) == (other, dev) or result.parent.get(other) == (node, dev):
+                            continue  # the edge this walk came through
+                        if dev is not None and dev not in result.loops:
+                            result.loops.append(dev)
+                        continue
+                    result.source_of[other] = src.id
+                    result.parent[other] = (node, dev)
+                    queue.append(other)
+        return result
+
+    def downstream(self, device: str, closed: Mapping[str, bool | None]) -> list[str]:
+        """Nodes fed through `device` in configuration `closed` (empty when it feeds nothing)."""
+        en = self.energise(closed)
+        dev = self.devices[device]
+        root = next((n for n in (dev.a, dev.b) if en.parent.get(n, (None, None))[1] == device), None)
+        if root is None:
+            return []
+        children: dict[str, list[str]] = {}
+        for node, (parent, _) in en.parent.items():
+            children.setdefault(parent, []).append(node)
+        out, queue = [], deque([root])
+        while queue:
+            node = queue.popleft()
+            out.append(node)
+            queue.extend(children.get(node, []))
+        return out
+
+    def zone(self, start: str, bounded_by: Iterable[str]) -> set[str]:
+        """Nodes reachable from `start` without crossing the devices `bounded_by` (or any source)."""
+        stop = set(bounded_by)
+        seen, queue = {start}, deque([start])
+        while queue:
+            node = queue.popleft()
+            for other, dev in self._adjacent.get(node, []):
+                if dev in stop or other in seen or other in self.sources:
+                    continue
+                seen.add(other)
+                queue.append(other)
+        return seen
+
+    def estimate(self, closed: Mapping[str, bool | None], loads_kva: Mapping[str, complex], *,
+                 source_voltage_pu: float = 1.0, min_voltage_pu: float = 0.95, max_voltage_pu: float = 1.05,
+                 iterations: int = 8) -> FlowEstimate:
+        """Backward/forward sweep over the radial configuration `closed`. `loads_kva` maps a
+        section to its load (P + jQ, kW and kvar), lumped at the section."""
+        en = self.energise(closed)
+        children: dict[str, list[str]] = {}
+        for node, (parent, _) in en.parent.items():
+            children.setdefault(parent, []).append(node)
+        order: list[str] = []
+        for src in self.sources:
+            if src in en.source_of:
+                queue = deque([src])
+                while queue:
+                    node = queue.popleft()
+                    order.append(node)
+                    queue.extend(children.get(node, []))
+        v: dict[str, complex] = {n: complex(source_voltage_pu) for n in order}
+        current: dict[str, complex] = {}
+        for _ in range(iterations):
+            current = {}
+            for node in reversed(order):
+                if node in self.sources:
+                    continue
+                sec = self.sections[node]
+                s = loads_kva.get(node, 0j)
+                v_kv = v[node] * sec.nominal_kv
+                i_load = (s / (SQRT3 * v_kv)).conjugate() if abs(v_kv) > 1e-9 else 0j
+                current[node] = i_load + sum((current[c] for c in children.get(node, [])), 0j)
+            for node in order:
+                if node in self.sources:
+                    continue
+                parent = en.parent[node][0]
+                sec = self.sections[node]
+                drop_kv = SQRT3 * sec.z_ohm * current[node] / 1000.0
+                v[node] = v[parent] - drop_kv / sec.nominal_kv
+        violations: list[Violation] = []
+        node_current = {n: abs(i) for n, i in current.items()}
+        device_current: dict[str, float] = {}
+        for node, (_, dev) in en.parent.items():
+            if dev is not None:
+                device_current[dev] = node_current.get(node, 0.0)
+        source_load: dict[str, float] = {}
+        for src_id, src in self.sources.items():
+            if src_id not in en.source_of:
+                continue
+            total = sum((current[c] for c in children.get(src_id, [])), 0j) * SQRT3 * src.nominal_kv
+            source_load[src_id] = abs(total)
+            if src.capacity_kva is not None and abs(total) > src.capacity_kva:
+                violations.append(Violation(src_id, "load_kva", abs(total), src.capacity_kva))
+        for node, amps in node_current.items():
+            sec = self.sections[node]
+            if amps > sec.ampacity_a:
+                violations.append(Violation(node, "current_a", amps, sec.ampacity_a))
+            vpu = abs(v[node])
+            if vpu < min_voltage_pu:
+                violations.append(Violation(node, "voltage_pu", vpu, min_voltage_pu))
+            elif vpu > max_voltage_pu:
+                violations.append(Violation(node, "voltage_pu", vpu, max_voltage_pu))
+        for dev_id, amps in device_current.items():
+            dev = self.devices[dev_id]
+            limit = dev.rated_current_a
+            if dev.pickup_a is not None:
+                limit = min(limit, PROTECTED_LOADING_LIMIT * dev.pickup_a)
+            if amps > limit:
+                violations.append(Violation(dev_id, "current_a", amps, limit))
+        return FlowEstimate(voltage_pu={n: abs(v[n]) for n in order if n in self.sections},
+                            node_current_a=node_current, device_current_a=device_current,
+                            source_load_kva=source_load, violations=tuple(violations), parallel=tuple(en.loops))
+
+    def describe(self) -> dict[str, Any]:
+        """The network as plain data (for `stima switching network` and the docs)."""
+        return {
+            "sources": [{"id": s.id, "external": s.external, "capacity_kva": s.capacity_kva} for s in self.sources.values()],
+            "sections": [{"id": s.id, "line": s.line, "from_m": s.from_m, "to_m": s.to_m, "elements": list(s.elements),
+                          "customers": s.customers, "critical_customers": s.critical_customers,
+                          "ampacity_a": s.ampacity_a} for s in self.sections.values()],
+            "devices": [{"id": d.id, "function": d.function, "between": [d.a, d.b], "tie": d.tie,
+                         "normally_open": d.normally_open, "protected": d.protected,
+                         "rated_current_a": d.rated_current_a} for d in self.devices.values()],
+        }
+
+
+# --------------------------------------------------------------------------- building from the site
+
+
+def _position(rule: Any) -> float | None:
+    value = getattr(rule, "position_m", None)
+    return None if value is None else float(value)
+
+
+class _Builder:
+    """Turns the agents' connection rules into sources, sections and devices."""
+
+    def __init__(self, site: SiteConfig, net: Network) -> None:
+        self.site = site
+        self.net = net
+        self.agents: dict[str, AgentConfig] = {a.id: a for a in site.agents}
+        self.types = {a.id: a.type.value for a in site.agents}
+        self.line_attrs = {a.id: PowerLineAttributes.model_validate(a.attributes)
+                           for a in site.agents if a.type.value == LINE}
+        self.schemes = {s.breaker: s for s in site.protection}
+
+    def build(self) -> None:
+        net = self.net
+        for a in self.site.agents:
+            if a.type.value == SUBSTATION:
+                attrs = SubstationAttributes.model_validate(a.attributes)
+                net.sources[a.id] = Source(a.id, False, attrs.rated_capacity * 1000.0, attrs.secondary_voltage)
+        # what hangs on each line, and where
+        taps: dict[str, list[tuple[str, float | None]]] = {line: [] for line in self.line_attrs}
+        feeds: dict[str, list[str]] = {}  # parent id -> children (supply edges, depends_on read backwards)
+        routes: dict[str, list[tuple[str, float | None, bool]]] = {}  # device -> (line, position, normally_open)
+        seen: set[tuple[str, str]] = set()
+        for a in self.site.agents:
+            for rule in a.connection_rules:
+                target = rule.target_id
+                if target not in self.agents:
+                    continue
+                kind = rule.canonical_type
+                if kind is CanonicalType.ROUTE:
+                    if self.types[a.id] == BREAKER and self.types[target] == LINE:
+                        routes.setdefault(a.id, []).append((target, _position(rule), rule.normally_open))
+                    elif self.types[target] == BREAKER and self.types[a.id] == LINE:
+                        routes.setdefault(target, []).append((a.id, _position(rule), rule.normally_open))
+                    continue
+                if kind is CanonicalType.SUPPLY:
+                    parent, child = a.id, target
+                elif kind is CanonicalType.DEPENDS_ON:
+                    parent, child = target, a.id
+                else:
+                    continue
+                if (parent, child) in seen:
+                    continue
+                seen.add((parent, child))
+                if self.types[parent] == LINE and self.types[child] != LINE:
+                    taps[parent].append((child, _position(rule)))
+                else:
+                    feeds.setdefault(parent, []).append(child)
+        self.taps, self.feeds, self.routes = taps, feeds, routes
+        tie_ids = set(routes)
+        in_series: dict[str, list[tuple[str, float]]] = {line: [] for line in taps}
+        for line, items in taps.items():
+            for child, pos in items:
+                if self.types[child] == BREAKER and child not in tie_ids:
+                    if pos is None:
+                        pos = self.line_attrs[line].length
+                    in_series[line].append((child, pos))
+        # sections of every line
+        for line, attrs in self.line_attrs.items():
+            cuts = sorted({p for _, p in in_series[line] if 0.0 < p < attrs.length})
+            bounds = [0.0, *cuts, attrs.length]
+            ids: list[str] = []
+            for k in range(len(bounds) - 1):
+                ids.append(f"{line}/{k + 1}")
+            net.line_sections[line] = ids
+        self._place_elements()
+        for line, attrs in self.line_attrs.items():
+            cuts = sorted({p for _, p in in_series[line] if 0.0 < p < attrs.length})
+            bounds = [0.0, *cuts, attrs.length]
+            for k, sid in enumerate(net.line_sections[line]):
+                lo, hi = bounds[k], bounds[k + 1]
+                elements = tuple(e for e, s in net.element_section.items() if s == sid)
+                groups = tuple(g.id for g in self.site.meter_groups if g.connected_transformer in elements)
+                imp = attrs.impedance
+                length_km = (hi - lo) / 1000.0
+                net.sections[sid] = Section(
+                    id=sid, line=line, index=k + 1, from_m=lo, to_m=hi,
+                    z_ohm=complex(imp.r_ohm_per_km, imp.x_ohm_per_km) * length_km,
+                    ampacity_a=attrs.ampacity, nominal_kv=attrs.voltage_rating, elements=elements,
+                    meter_groups=groups, customers=sum(g.count for g in self.site.meter_groups if g.id in groups),
+                    critical_customers=sum(len(getattr(g, "critical_meters", ()) or ())
+                                           for g in self.site.meter_groups if g.id in groups))
+        # devices in series on a line
+        for line, items in in_series.items():
+            attrs = self.line_attrs[line]
+            for dev_id, pos in items:
+                upstream = self.section_at(line, pos)
+                if pos < attrs.length:
+                    downstream = self.section_at(line, pos, beyond=True)
+                    self._device(dev_id, upstream, downstream)
+                else:
+                    self._device_feeding(dev_id, upstream)
+        # ties
+        for dev_id, ends in routes.items():
+            attrs = self._breaker_attrs(dev_id)
+            nodes = [self.section_at(line, pos if pos is not None else self.line_attrs[line].length)
+                     for line, pos, _ in ends]
+            if getattr(attrs, "external_source", None):
+                if len(nodes) != 1:
+                    raise NetworkError(f"agents.{dev_id}: a tie to another substation ({getattr(attrs, 'external_source', None)}) "
+                                       f"has one route rule to a local line, found {len(nodes)}")
+                ext = f"EXT:{dev_id}"
+                self.net.sources[ext] = Source(ext, True, None, self.net.sections[nodes[0]].nominal_kv)
+                nodes.append(ext)
+            if len(nodes) != 2:
+                raise NetworkError(f"agents.{dev_id}: a tie joins two lines (route rules), found {len(nodes)}")
+            normally_open = bool(getattr(attrs, "normally_open", False)) or any(no for _, _, no in ends)
+            self._add(dev_id, nodes[0], nodes[1], tie=True, normally_open=normally_open)
+        # breakers fed by the substation or by another element (not tapped on a line)
+        for parent, children in feeds.items():
+            for child in children:
+                if self.types[child] == BREAKER and child not in net.devices:
+                    self._device_feeding(child, self._node_of(parent))
+                elif self.types[child] == LINE and self.types[parent] in (LINE, SUBSTATION):
+                    net.fixed.append((self._node_of(parent), net.line_sections[child][0]))
+
+    def _breaker_attrs(self, dev_id: str) -> CircuitBreakerAttributes:
+        return CircuitBreakerAttributes.model_validate(self.agents[dev_id].attributes)
+
+    def _node_of(self, agent_id: str) -> str:
+        if self.types[agent_id] == SUBSTATION:
+            return agent_id
+        if self.types[agent_id] == LINE:
+            return self.net.line_sections[agent_id][-1]
+        if agent_id in self.net.element_section:
+            return self.net.element_section[agent_id]
+        raise NetworkError(f"agents.{agent_id}: a {self.types[agent_id]} cannot feed a switching device")
+
+    def _device_feeding(self, dev_id: str, upstream: str) -> None:
+        lines = [c for c in self.feeds.get(dev_id, []) if self.types[c] == LINE]
+        if len(lines) > 1:
+            raise NetworkError(f"agents.{dev_id}: a switching device feeds one line, found {', '.join(lines)}")
+        if lines:
+            self._device(dev_id, upstream, self.net.line_sections[lines[0]][0])
+
+    def _device(self, dev_id: str, a: str, b: str) -> None:
+        self._add(dev_id, a, b, tie=False, normally_open=bool(getattr(self._breaker_attrs(dev_id), "normally_open", False)))
+
+    def _add(self, dev_id: str, a: str, b: str, *, tie: bool, normally_open: bool) -> None:
+        attrs = self._breaker_attrs(dev_id)
+        function = getattr(attrs, "function", "breaker")
+        interrupting = attrs.interrupting_capacity * 1000.0
+        scheme = self.schemes.get(dev_id)
+        pickup = None
+        if scheme is not None:
+            p51 = getattr(scheme.elements, "p51", None)
+            p50 = getattr(scheme.elements, "p50", None)
+            pickups = [e.pickup_a for e in (p51, p50) if e is not None]
+            pickup = min(pickups) if pickups else None
+        self.net.devices[dev_id] = Device(
+            id=dev_id, function=function, a=a, b=b, tie=tie, normally_open=normally_open,
+            allow_parallel=bool(getattr(attrs, "allow_parallel", False)),
+            external_source=getattr(attrs, "external_source", None), rated_current_a=attrs.rated_current,
+            interrupting_a=interrupting, protected=scheme is not None, pickup_a=pickup,
+            points=dict(self.agents[dev_id].points))
+
+    def _place_elements(self) -> None:
+        net = self.net
+        for line, items in self.taps.items():
+            cut_lines = len(net.line_sections[line]) > 1
+            for child, pos in items:
+                if self.types[child] == BREAKER:
+                    continue
+                if pos is None:
+                    if cut_lines:
+                        raise NetworkError(f"agents.{child}: tapped on {line}, which has switching devices along it; "
+                                           "its connection rule needs position_m")
+                    pos = self.line_attrs[line].length
+                net.element_section[child] = self.section_at(line, pos)
+        for a in self.site.agents:
+            net.element_points[a.id] = dict(a.points)
+            net.element_types[a.id] = a.type.value
+        # elements fed by a tapped element (a DER behind a transformer) share its section
+        changed = True
+        while changed:
+            changed = False
+            for parent, children in self.feeds.items():
+                if parent in net.element_section:
+                    for child in children:
+                        if child not in net.element_section and self.types[child] in TAPPED:
+                            net.element_section[child] = net.element_section[parent]
+                            changed = True
+
+    def section_at(self, line: str, position_m: float, *, beyond: bool = False) -> str:
+        """The section of `line` holding `position_m` (at a cut: the one before it, or after it
+        with `beyond`)."""
+        ids = self.net.line_sections[line]
+        attrs = self.line_attrs[line]
+        if not 0.0 <= position_m <= attrs.length:
+            raise NetworkError(f"{line}: position {position_m:g} m is not on the line (0..{attrs.length:g} m)")
+        cuts = [self._cut(ids, k) for k in range(len(ids) - 1)]
+        for k, cut in enumerate(cuts):
+            if position_m < cut or (position_m == cut and not beyond):
+                return ids[k]
+        return ids[-1]
+
+    def _cut(self, ids: list[str], k: int) -> float:
+        line = ids[0].rsplit("/", 1)[0]
+        positions = sorted({p for c, p in self.taps[line] if p is not None and self.types[c] == BREAKER
+                            and c not in self.routes and 0.0 < p < self.line_attrs[line].length})
+        return positions[k]

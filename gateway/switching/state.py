@@ -1,0 +1,176 @@
+"""The plant as switching sees it now: device positions, indicators, modes and section loads.
+
+Fed from the process image (`on_point`), read by the authority, FLISR and sequence validation.
+A value whose quality is not good is unknown here (None): a switch whose position is stale is
+neither open nor closed, and whatever depends on it refuses.
+
+Section loads are estimated from what is measured on each section (transformer loads,
+capacitor and DER output) and, where the devices bounding a section measure current, from the
+current entering it minus the current leaving it; each energised section's estimate is kept
+for a few minutes so that FLISR can plan with the load a section carried before it lost supply.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from gateway.switching.network import DEFAULT_POWER_FACTOR, SQRT3, Network
+
+DEVICE_NAMES = frozenset({"closed", "fpi", "local", "ia", "ib", "ic", "voltage_kv"})
+LOAD_NAMES = {
+    "transformer": ("load_kw", "load_kvar"),
+    "capacitor_bank": (None, "reactive_power_kvar"),
+    "renewable_energy": ("active_power_kw", "reactive_power_kvar"),
+}
+LOAD_SIGN = {"transformer": 1.0, "capacitor_bank": -1.0, "renewable_energy": -1.0}
+KEEP_SAMPLES = 600
+
+
+@dataclass(frozen=True, slots=True)
+class LoadSample:
+    time: float
+    kva: complex
+    method: str
+
+
+class GridState:
+    def __init__(self, network: Network) -> None:
+        self.network = network
+        self._feeds: dict[str, list[tuple[str, str]]] = {}
+        for dev in network.devices.values():
+            for name, pid in dev.points.items():
+                if name in DEVICE_NAMES:
+                    self._feeds.setdefault(pid, []).append((dev.id, name))
+        for element, points in network.element_points.items():
+            names = LOAD_NAMES.get(network.element_types.get(element, ""), ())
+            for name in names:
+                if name and name in points:
+                    self._feeds.setdefault(points[name], []).append((element, name))
+        self._values: dict[tuple[str, str], float | bool | None] = {}
+        self._times: dict[tuple[str, str], float] = {}
+        self._history: dict[str, deque[LoadSample]] = {s: deque(maxlen=KEEP_SAMPLES) for s in network.sections}
+        self.position_changes = 0
+        """Bumped when a device position changes (so waiters know to look again)."""
+
+    @property
+    def points(self) -> list[str]:
+        """Point ids this state listens to."""
+        return list(self._feeds)
+
+    def on_point(self, point_id: str, value: float | bool | None, good: bool, now: float) -> None:
+        for key in self._feeds.get(point_id, ()):
+            if isinstance(value, float) and not math.isfinite(value):
+                good = False
+            new = value if good else None
+            if key[1] == "closed" and self._values.get(key) != new:
+                self.position_changes += 1
+            self._values[key] = new
+            self._times[key] = now
+
+    # ------------------------------------------------------------------ devices
+
+    def value(self, element: str, name: str) -> float | bool | None:
+        return self._values.get((element, name))
+
+    def position(self, device: str) -> bool | None:
+        """True closed, False open, None unknown (no point, not yet received, or not good)."""
+        value = self._values.get((device, "closed"))
+        return None if value is None else bool(value)
+
+    def fpi(self, device: str) -> bool | None:
+        if "fpi" not in self.network.devices[device].points:
+            return None
+        value = self._values.get((device, "fpi"))
+        return None if value is None else bool(value)
+
+    def local(self, device: str) -> bool | None:
+        """Whether the device is in local control; False when it has no such point."""
+        points = self.network.element_points.get(device, {})
+        if "local" not in points:
+            return False
+        value = self._values.get((device, "local"))
+        return None if value is None else bool(value)
+
+    def current_a(self, device: str) -> float | None:
+        phases = [self._values.get((device, n)) for n in ("ia", "ib", "ic")]
+        known = [abs(float(v)) for v in phases if isinstance(v, int | float) and not isinstance(v, bool)]
+        return max(known) if known else None
+
+    def configuration(self, assume: Mapping[str, bool] | None = None) -> dict[str, bool | None]:
+        """Every device's position (None when unknown), with `assume` laid over it."""
+        config = {d: self.position(d) for d in self.network.devices}
+        if assume:
+            config.update(assume)
+        return config
+
+    # ------------------------------------------------------------------ loads
+
+    def section_load(self, section: str) -> LoadSample | None:
+        """The section's load now (kW + j kvar), or None when nothing on it is measured."""
+        sec = self.network.sections[section]
+        total, measured = 0j, False
+        for element in sec.elements:
+            kind = self.network.element_types.get(element, "")
+            names = LOAD_NAMES.get(kind)
+            if names is None:
+                continue
+            p_name, q_name = names
+            p = self._values.get((element, p_name)) if p_name else 0.0
+            q = self._values.get((element, q_name)) if q_name else 0.0
+            if p is None and q is None:
+                continue
+            measured = True
+            total += LOAD_SIGN[kind] * complex(float(p or 0.0), float(q or 0.0))
+        by_current = self._current_balance(section)
+        if by_current is not None:
+            pf = abs(total.real) / abs(total) if measured and abs(total) > 1.0 else DEFAULT_POWER_FACTOR
+            s = SQRT3 * sec.nominal_kv * by_current
+            from_current = complex(s * pf, s * math.sqrt(max(0.0, 1.0 - pf * pf)))
+            if not measured or abs(from_current) > abs(total):
+                return LoadSample(0.0, from_current, "current balance")
+        if measured:
+            return LoadSample(0.0, total, "element measurements")
+        if not sec.elements and not sec.customers:
+            return LoadSample(0.0, 0j, "nothing connected")
+        return None
+
+    def _current_balance(self, section: str) -> float | None:
+        """Current into the section minus current out of it, when every device around it that is
+        closed measures its current (the feeding side is the one carrying more current)."""
+        currents = []
+        for dev in self.network.devices_of(section):
+            pos = self.position(dev)
+            if pos is False:
+                continue
+            amps = self.current_a(dev)
+            if amps is None:
+                return None
+            currents.append(amps)
+        if not currents:
+            return None
+        currents.sort(reverse=True)
+        return max(0.0, currents[0] - sum(currents[1:]))
+
+    def sample_loads(self, now: float, energised: Iterable[str], frozen: Iterable[str] = ()) -> None:
+        """Remember the present load of each energised section not in `frozen` (sections whose
+        feeder carries a fault now: their currents are fault currents, not load)."""
+        skip = set(frozen)
+        for section in energised:
+            if section in skip or section not in self._history:
+                continue
+            sample = self.section_load(section)
+            if sample is not None:
+                self._history[section].append(LoadSample(now, sample.kva, sample.method))
+
+    def load_before(self, section: str, time: float) -> LoadSample | None:
+        """The last load remembered for `section` at or before `time` (monotonic s)."""
+        best = None
+        for sample in self._history.get(section, ()):
+            if sample.time <= time:
+                best = sample
+            else:
+                break
+        return best
