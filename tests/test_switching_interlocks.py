@@ -281,10 +281,12 @@ def test_an_accepted_close_never_energises_a_fault_parallels_or_overloads(
         assert exc.refusals or exc.reason in ("bad_args", "reserved")
         assert all(r.code in ROWS for r in exc.refusals)
         return
+    before_config = dict(config)
     config[target] = True
     after = b.network.energise(config)
     newly = set(after.source_of) - set(before.source_of)
     assert not newly & fault_zone
     assert target not in after.loops
     if newly:
-        assert not b.network.estimate(config, b.authority.loads_kva(b.now)).violations
+        ld = b.authority.loads_kva(b.now)
+        assert not b.network.estimate(config, ld).worse_than(b.network.estimate(before_config, ld))

@@ -292,6 +292,7 @@ def _restore_islands(network: Network, islands: list[set[str]], zone: set[str], 
                     for ties in itertools.combinations(feeders, n_ties):
                         choices.append((opened, ties))
         options.append(choices)
+    base = network.estimate(config, loads_kva, min_voltage_pu=min_voltage_pu)
     total = math.prod(len(o) for o in options) if options else 1
     best: tuple[tuple[int, int, int], list[tuple[tuple[str, ...], tuple[str, ...]]], set[str]] | None = None
     if total <= MAX_COMBINATIONS:
@@ -306,7 +307,7 @@ def _restore_islands(network: Network, islands: list[set[str]], zone: set[str], 
             for d in ties:
                 trial[d] = True
         est = network.estimate(trial, loads_kva, min_voltage_pu=min_voltage_pu)
-        if not est.ok:
+        if est.parallel or est.worse_than(base):
             continue
         restored = {n for island in islands for n in island if n in est.voltage_pu}
         if restored & zone:

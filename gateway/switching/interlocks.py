@@ -177,10 +177,12 @@ def _overload(ctx: Context) -> str | None:
     config, newly = _after_close(ctx)
     if not newly:
         return None
-    estimate = ctx.network.estimate(config, ctx.loads_kva)
-    if estimate.violations:
+    before = dict(config)
+    before[ctx.device.id] = False
+    worse = ctx.network.estimate(config, ctx.loads_kva).worse_than(ctx.network.estimate(before, ctx.loads_kva))
+    if worse:
         return (f"closing {ctx.device.id} would pick up {', '.join(sorted(newly))} and load beyond limits: "
-                + "; ".join(str(v) for v in estimate.violations[:4]))
+                + "; ".join(str(v) for v in worse[:4]))
     return None
 
 

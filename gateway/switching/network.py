@@ -34,6 +34,8 @@ SQRT3 = math.sqrt(3.0)
 BREAKER, LINE, SUBSTATION = "circuit_breaker", "power_line", "substation"
 TAPPED = frozenset({"transformer", "capacitor_bank", "renewable_energy"})
 DEFAULT_POWER_FACTOR = 0.95
+VOLTAGE_WORSE_PU = 0.002
+LOADING_WORSE = 0.01
 PROTECTED_LOADING_LIMIT = 0.9
 """A protected breaker may carry at most this share of its lowest phase-overcurrent pickup."""
 
@@ -120,6 +122,21 @@ class FlowEstimate:
     @property
     def ok(self) -> bool:
         return not self.violations and not self.parallel
+
+    def worse_than(self, base: FlowEstimate) -> list[Violation]:
+        """Violations that `base` does not have, or has less (a limit already exceeded before an
+        operation is the operation's concern only where it makes it worse)."""
+        before = {(v.element, v.quantity): v.value for v in base.violations}
+        out = []
+        for v in self.violations:
+            old = before.get((v.element, v.quantity))
+            if old is None:
+                out.append(v)
+            elif v.quantity == "voltage_pu" and v.value < old - VOLTAGE_WORSE_PU:
+                out.append(v)
+            elif v.quantity != "voltage_pu" and v.value > old * (1.0 + LOADING_WORSE):
+                out.append(v)
+        return out
 
 
 @dataclass

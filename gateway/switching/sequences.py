@@ -230,10 +230,13 @@ def validate(seq: Sequence, network: Network, config: Mapping[str, bool | None],
                                 f"{faulted[hit[0]].id}")
             if step.device in after.loops and not dev.allow_parallel:
                 problems.append(f"{where}: would parallel two sources or close a loop")
+            undo = dict(trial)
+            undo[step.device] = False
             est = network.estimate(trial, loads_kva, min_voltage_pu=min_voltage_pu)
-            if est.violations:
+            worse = est.worse_than(network.estimate(undo, loads_kva, min_voltage_pu=min_voltage_pu))
+            if worse:
                 problems.append(f"{where}: beyond limits by the power-flow estimate: "
-                                + "; ".join(str(v) for v in est.violations[:4]))
+                                + "; ".join(str(v) for v in worse[:4]))
         for d, want in step.expect.items():
             if d not in network.devices:
                 problems.append(f"{where}: expects {d}, which is not a switching device")

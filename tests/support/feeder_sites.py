@@ -41,7 +41,7 @@ def _device_points(dev: str, *, breaker: bool) -> dict[str, str]:
     return {n: f"{dev}.{n}" for n in names}
 
 
-def feeder_site(n_feeders: int = 3, sections: int = 3, *, line_length_m: float = 6000.0, ampacity_a: float = 400.0,
+def feeder_site(n_feeders: int = 3, sections: int = 3, *, line_length_m: float = 4000.0, ampacity_a: float = 400.0,
                 section_load_kw: float | list[list[float]] = 900.0, customers: int = 200,
                 function: str = "load_break_switch", ties: str = "chain", critical: dict[str, int] | None = None,
                 external_tie: bool = False, port_base: int = 20000) -> dict[str, Any]:

@@ -56,6 +56,10 @@ class Bench:
     def refresh_currents(self) -> None:
         """Device currents from the estimate of the present configuration."""
         config = self.state.configuration()
+        for dev in self.network.devices.values():
+            for ph in ("ia", "ib", "ic"):
+                if ph in dev.points:
+                    self.set(dev.points[ph], None, good=False)
         loads = {s: (self.state.section_load(s).kva if self.state.section_load(s) else 0j)
                  for s in self.network.sections}
         est = self.network.estimate(config, loads)
