@@ -1,9 +1,9 @@
 """Carries the agents' decisions out: feeds them points, steps them, acts on what they return.
 
 Agents are sans-IO (gateway/agents/); this host is the only place their actions meet the
-world: control requests become writes through the IED adapters (after interlocks), alerts and
-state changes go to the event log and the uplink, and their state is snapshotted to the state
-database so it survives restarts.
+world: control requests become operations for the switching authority (its interlocks, its
+audit, its check-back; gateway/switching/), alerts and state changes go to the event log and
+the uplink, and their state is snapshotted to the state database so it survives restarts.
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ from gateway.agents.smart_meter import BulkStateChange
 from gateway.config import SiteConfig
 from gateway.points import Point, PointUpdate, ProcessImage
 from gateway.storage import Store
-from protocols.base import CommandError, Priority
+from gateway.switching.authority import Refused, kind_for_point
+from gateway.switching.model import Operation, Origin, Via
 
 log = logging.getLogger("stima.agents")
 
-Write = Callable[[str, Any, Priority], Any]
 Publish = Callable[..., None]
-Interlock = Callable[[str, str, Any], str | None]
-"""(agent_id, point name, value) → reason to refuse, or None to allow."""
+Operate = Callable[[Operation], Any]
+"""Hands an operation to the switching authority (raises Refused when it is refused)."""
 
 
 class AgentHost:
@@ -35,19 +35,18 @@ class AgentHost:
         image: ProcessImage,
         *,
         store: Store,
-        write: Write,
         publish: Publish,
         monotonic: Callable[[], float],
         wall: Callable[[], float],
-        interlock: Interlock | None = None,
+        operate: Operate | None = None,
     ) -> None:
         self.site = site
         self._store = store
-        self._write = write
         self._publish = publish
         self._monotonic = monotonic
         self._wall = wall
-        self._interlock = interlock
+        self.operate = operate
+        """The switching authority's entry point (set by the daemon once it is built)."""
         self.runtime = AgentRuntime(site, monotonic())
         try:
             if restore_from_store(store, self.runtime):
@@ -55,7 +54,6 @@ class AgentHost:
         except Exception:
             log.exception("agent snapshot could not be restored; starting from initial states")
         self._feeds: dict[str, list[tuple[str, str]]] = {}
-        self._agent_points: dict[str, Mapping[str, str]] = {a.id: a.points for a in site.agents}
         for agent in site.agents:
             for name, point_id in agent.points.items():
                 self._feeds.setdefault(point_id, []).append((agent.id, name))
@@ -82,21 +80,22 @@ class AgentHost:
     def tick(self) -> None:
         self.carry_out(self.runtime.tick(self._monotonic(), self._wall()))
 
-    def request(self, agent_id: str, request: str, **args: Any) -> list[dict[str, Any]]:
+    def request(self, agent_id: str, request: str, origin: Origin | None = None, **args: Any) -> list[dict[str, Any]]:
+        """An operator's request to an agent; what it asks of the plant carries `origin`."""
         actions = self.runtime.request(agent_id, request, self._monotonic(), **args)
-        self.carry_out(actions)
+        self.carry_out(actions, origin)
         return [_describe(a) for a in actions]
 
     def snapshot(self) -> None:
         save_to_store(self._store, self.runtime, self._wall())
         self.dirty = False
 
-    def carry_out(self, actions: Sequence[Any]) -> None:
+    def carry_out(self, actions: Sequence[Any], origin: Origin | None = None) -> None:
         changed = False
         for action in actions:
             self.actions_done += 1
             if isinstance(action, ControlRequest):
-                self._control(action)
+                self._control(action, origin)
             elif isinstance(action, StateChange):
                 changed = True
                 record: dict[str, Any] = {"agent_type": str(getattr(action.agent_type, "value", action.agent_type)),
@@ -125,39 +124,25 @@ class AgentHost:
         if changed:
             self.dirty = True
 
-    def _control(self, req: ControlRequest) -> None:
-        point_id = self._agent_points.get(req.agent_id, {}).get(req.point_name)
-        if point_id is None:
-            log.error("control request names no point of the agent",
-                      extra={"agent": req.agent_id, "point_name": req.point_name})
-            return
-        refusal = self._interlock(req.agent_id, req.point_name, req.value) if self._interlock else None
-        if refusal:
-            self.control_refused += 1
-            log.warning("control refused by interlock", extra={"agent": req.agent_id, "point": point_id, "reason": refusal})
-            self._store.append_event(self._wall(), req.agent_id, "control.refused",
-                                     {"point": point_id, "value": req.value, "reason": refusal})
-            self.runtime.on_command_result(req.agent_id, req.point_name, False, self._monotonic())
-            return
+    def _control(self, req: ControlRequest, origin: Origin | None) -> None:
+        """An agent's control request, as an operation of the agent (or of the operator whose
+        request it carries out) for the switching authority."""
+        who = origin or Origin(via=Via.AGENT, who=f"agent:{req.agent_id}")
         try:
-            future = self._write(point_id, req.value, Priority.CONTROL)
-        except CommandError as exc:
-            log.warning("control request failed", extra={"agent": req.agent_id, "point": point_id, "error": str(exc)})
+            kind = kind_for_point(req.point_name, req.value)
+            op = Operation(kind=kind, target=req.agent_id, origin=who, reason=req.reason,
+                           value=None if kind.switching else req.value, point=None if kind.switching else req.point_name)
+            if self.operate is None:
+                raise Refused("failed", "the switching authority is not running")
+            self.operate(op)
+        except (Refused, ValueError) as exc:
+            self.control_refused += 1
+            log.warning("control request refused", extra={"agent": req.agent_id, "point_name": req.point_name,
+                                                          "error": str(exc), "origin": who.who})
             self.runtime.on_command_result(req.agent_id, req.point_name, False, self._monotonic())
             return
-        self._store.append_event(self._wall(), req.agent_id, "control",
-                                 {"point": point_id, "value": req.value, "reason": req.reason})
-        log.info("control request", extra={"agent": req.agent_id, "point": point_id, "value": req.value,
-                                            "reason": req.reason})
-
-        def done(f: Any) -> None:
-            ok = not f.cancelled() and f.exception() is None
-            if not ok:
-                log.warning("control write failed", extra={"agent": req.agent_id, "point": point_id,
-                                                            "error": "cancelled" if f.cancelled() else str(f.exception())})
-            self.runtime.on_command_result(req.agent_id, req.point_name, ok, self._monotonic())
-
-        future.add_done_callback(done)
+        log.info("control request", extra={"agent": req.agent_id, "point_name": req.point_name, "value": req.value,
+                                            "reason": req.reason, "origin": who.who})
 
 
 def _name(state: Any) -> str:

@@ -24,7 +24,7 @@ DEFAULT_CONFIG = Path("/etc/stima/site.toml")
 DEFAULT_RUNTIME_DIR = Path("/run/stima")
 
 # Command groups contributed by other parts of the gateway: module with `register(subparsers)`.
-_EXTENSIONS = ("gateway.protection.cli", "gateway.agents.cli")
+_EXTENSIONS = ("gateway.protection.cli", "gateway.agents.cli", "gateway.switching.cli")
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:
@@ -187,19 +187,19 @@ def cmd_points_watch(args: argparse.Namespace) -> int:
 
 
 def _breaker_lines(s: dict[str, Any]) -> list[str]:
-    pos = s.get("position") or {}
-    closed = pos.get("closed")
-    where = "unknown" if closed is None else ("CLOSED" if closed else "OPEN")
     prot = s.get("protection") or {}
-    lines = [f"breaker {s['breaker']}: {where}" + (f" (quality {pos['quality']})" if pos.get("quality") not in
-                                                    (None, "good") else ""),
+    lines = [f"{s.get('function', 'device')} {s['device']}: {str(s.get('position', 'unknown')).upper()}"
+             + (" (LOCAL control)" if s.get("local") else "")
+             + (f", {s['current_a']:.0f} A" if isinstance(s.get("current_a"), int | float) else ""),
              f"  agent state: {s.get('agent_state') or '-'}"]
+    if s.get("fpi"):
+        lines.append("  fault-passage indicator: LATCHED")
     if prot:
         lines.append(f"  protection: reclose {prot.get('reclose_state')}, shot {prot.get('shot')}/{prot.get('shots')}"
                      + (", LOCKED OUT" if prot.get("locked_out") else "")
                      + (f", picked up {', '.join(prot['pickups'])}" if prot.get("pickups") else ""))
-    else:
-        lines.append("  protection: none (cannot be operated from the gateway)")
+    for tag in s.get("tags") or []:
+        lines.append(f"  TAGGED by {tag['who']}: {tag['reason']}")
     if s.get("selected_by"):
         lines.append(f"  selected by {s['selected_by']} for another {s.get('select_expires_in_s')} s")
     return lines
@@ -212,13 +212,22 @@ def cmd_breaker_status(args: argparse.Namespace) -> int:
 
 
 def cmd_breaker_operate(args: argparse.Namespace) -> int:
-    """Select, confirm, operate: the same select-before-operate engine SCADA goes through."""
+    """Select, confirm, operate: the same switching authority SCADA goes through."""
     rt, action = runtime_dir(args), args.breaker_command
     if not args.yes and not sys.stdin.isatty():
-        print("stima: refusing to operate a breaker without confirmation: no terminal to ask on; "
+        print("stima: refusing to operate a switching device without confirmation: no terminal to ask on; "
               "pass --yes to confirm", file=sys.stderr)
         return 1
-    selected = call(rt, "breaker.select", breaker=args.breaker, action=action, authorised=args.authorised)
+    if (args.authorised or args.override) and not args.reason:
+        print("stima: an authorised close or an override needs --reason (it is recorded with your role)",
+              file=sys.stderr)
+        return 2
+    extra: dict[str, Any] = {"authorised": args.authorised}
+    if args.reason:
+        extra["reason"] = args.reason
+    if args.override:
+        extra["override"] = list(args.override)
+    selected = call(rt, "breaker.select", breaker=args.breaker, action=action, **extra)
     select_id = selected["select_id"]
     if not args.yes:
         print("\n".join(_breaker_lines(selected["state"])))
@@ -230,13 +239,12 @@ def cmd_breaker_operate(args: argparse.Namespace) -> int:
             answer = ""
         if answer.strip().lower() not in ("y", "yes"):
             call(rt, "breaker.cancel", select_id=select_id)
-            print("cancelled; the breaker was not operated", file=sys.stderr)
+            print("cancelled; the device was not operated", file=sys.stderr)
             return 1
-    done = call(rt, "breaker.operate_selected", breaker=args.breaker, action=action, select_id=select_id,
-                authorised=args.authorised)
-    emit(args, done, lambda d: f"{action} of {args.breaker} sent through protection (select {select_id}); "
-         f"reclose {d['state'].get('reclose_state')}"
-         + (", LOCKED OUT" if d["state"].get("locked_out") else ""))
+    done = call(rt, "breaker.operate_selected", breaker=args.breaker, action=action, select_id=select_id, **extra)
+    over = ", ".join(o["interlock"] for o in done.get("overridden", []))
+    emit(args, done, lambda d: f"{action} of {args.breaker} accepted (select {select_id}, operation {d.get('op_id')})"
+         + (f"; overridden: {over}" if over else "") + "; now " + str(d["state"].get("position")))
     return 0
 
 
@@ -331,17 +339,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(phist)
     phist.set_defaults(func=cmd_points_history)
 
-    brk = sub.add_parser("breaker", help="operate a breaker (select, confirm, operate) or show its state")
+    brk = sub.add_parser("breaker", help="operate a breaker or switch (select, confirm, operate) or show its state")
     brk_sub = brk.add_subparsers(dest="breaker_command", required=True, metavar="ACTION")
     for action in ("open", "close"):
-        op = brk_sub.add_parser(action, help=f"{action} a breaker through protection, select before operate")
-        op.add_argument("breaker", metavar="BREAKER", help="breaker id, e.g. CB-045")
+        op = brk_sub.add_parser(action, help=f"{action} a switching device through the switching authority, "
+                                "select before operate")
+        op.add_argument("breaker", metavar="DEVICE", help="breaker, recloser or switch id, e.g. CB-045")
         op.add_argument("--authorised", action="store_true",
-                        help="authorised close: re-arms a locked-out breaker (the fault must be cleared)")
+                        help="authorised close: re-arms a locked-out breaker (needs --reason)")
+        op.add_argument("--override", action="append", metavar="INTERLOCK",
+                        help="override this interlock row (repeatable; needs --reason and the row's role)")
+        op.add_argument("--reason", help="why the authorised close or override is made (recorded)")
         op.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
         add_common(op)
         op.set_defaults(func=cmd_breaker_operate)
-    bstat = brk_sub.add_parser("status", help="position, protection state and selection of a breaker")
+    bstat = brk_sub.add_parser("status", help="position, indicator, protection state, tags and selection")
     bstat.add_argument("breaker", metavar="BREAKER")
     add_common(bstat)
     bstat.set_defaults(func=cmd_breaker_status)

@@ -43,6 +43,8 @@ from typing import Any, Protocol
 import msgpack
 
 from gateway.config import COMMAND_NAMES, CommandsConfig, ConfigError, ConfigProblem, SiteConfig
+from gateway.switching.authority import Accepted, Refused, Selection
+from gateway.switching.model import Kind, Operation, Origin, Override, Role, Via
 
 log = logging.getLogger("stima.commands")
 
@@ -79,12 +81,20 @@ class Reason(enum.Enum):
 
 
 class CommandRefused(Exception):
-    """A command not carried out; `reason` says which check refused it, the message what and why."""
+    """A command not carried out; `reason` says which check refused it, the message what and why;
+    `interlock` the code of the interlock row that refused it (the switching authority's table)."""
 
-    def __init__(self, reason: Reason, message: str) -> None:
-        super().__init__(message)
+    def __init__(self, reason: Reason, message: str, interlock: str | None = None,
+                 interlocks: list[dict[str, str]] | None = None) -> None:
+        super().__init__(f"refused ({interlock or reason.value}): {message}")
         self.reason = reason
         self.message = message
+        self.interlock = interlock
+        self.interlocks = interlocks or []
+
+    @classmethod
+    def from_refused(cls, exc: Refused) -> CommandRefused:
+        return cls(Reason(exc.reason), exc.message, exc.interlock, [r.as_dict() for r in exc.refusals])
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,10 +336,16 @@ def _is_action(v: Any) -> bool:
 
 
 _BREAKER_ARGS = {
-    "breaker/select": ("breaker", "action", "authorised"),
-    "breaker/operate": ("breaker", "action", "select_id", "authorised"),
+    "breaker/select": ("breaker", "action", "authorised", "override", "reason"),
+    "breaker/operate": ("breaker", "action", "select_id", "authorised", "override", "reason"),
     "breaker/cancel": ("select_id",),
 }
+_SEQUENCE_ARGS = ("sequence",)
+
+
+def _is_override(v: Any) -> bool:
+    return v is True or v is False or (isinstance(v, list) and 0 < len(v) <= 16
+                                       and all(isinstance(x, str) and _ARG_NAME_RE.match(x) for x in v))
 
 
 def validate_args(command: str, args: Mapping[str, Any]) -> dict[str, Any]:
@@ -351,8 +367,23 @@ def validate_args(command: str, args: Mapping[str, Any]) -> dict[str, Any]:
             out["action"] = _arg(args, "action", "'open' or 'close'", _is_action)
             out["authorised"] = bool(_arg(args, "authorised", "true or false", lambda v: isinstance(v, bool))
                                      if "authorised" in args else False)
+            if "override" in args:
+                out["override"] = _arg(args, "override", "true (every overridable row) or a list of interlock codes",
+                                       _is_override)
+            if "reason" in args:
+                out["reason"] = _arg(args, "reason", "the reason for the override (1-500 characters)",
+                                     lambda v: isinstance(v, str) and 0 < len(v.strip()) <= 500)
+            if (out["authorised"] or out.get("override")) and "reason" not in out:
+                raise CommandRefused(Reason.BAD_ARGS, "args.reason: missing; an authorised close or an override "
+                                     "needs the reason it is made (recorded with the operator's role)")
         if "select_id" in known:
             out["select_id"] = _arg(args, "select_id", "the select_id a breaker/select returned", _is_id)
+        return out
+    if command in ("switching/approve", "switching/abort"):
+        extra = sorted(k for k in args if k not in _SEQUENCE_ARGS)
+        if extra:
+            raise CommandRefused(Reason.BAD_ARGS, f"args: unknown key(s) {', '.join(extra)}; expected sequence")
+        out["sequence"] = _arg(args, "sequence", "a switching sequence id", _is_id)
         return out
     if command == "agent/request":
         out["agent"] = _arg(args, "agent", "an agent id", _is_id)
@@ -372,102 +403,35 @@ def validate_args(command: str, args: Mapping[str, Any]) -> dict[str, Any]:
                          f"{', '.join(COMMAND_NAMES)}")
 
 
-# --------------------------------------------------------------------------- select before operate
-
-
-@dataclass(frozen=True, slots=True)
-class Selection:
-    """A breaker reserved for one origin and one action until `expires_at` (monotonic s)."""
-
-    select_id: str
-    breaker: str
-    action: str
-    origin: str
-    authorised: bool
-    selected_at: float
-    expires_at: float
-
-
-class SelectBeforeOperate:
-    """Reservations of breakers (IEC 61850 SBO with enhanced security). Sans-IO: `now` is monotonic s."""
-
-    def __init__(self, timeout_s: float, new_id: Callable[[], str] | None = None) -> None:
-        self.timeout_s = timeout_s
-        self._new_id = new_id or (lambda: "sel-" + secrets.token_hex(8))
-        self._by_id: dict[str, Selection] = {}
-
-    def _expire(self, now: float) -> None:
-        for sid in [s.select_id for s in self._by_id.values() if s.expires_at <= now]:
-            del self._by_id[sid]
-
-    def holder(self, breaker: str, now: float) -> Selection | None:
-        self._expire(now)
-        for sel in self._by_id.values():
-            if sel.breaker == breaker:
-                return sel
-        return None
-
-    def select(self, breaker: str, action: str, origin: str, now: float, *, authorised: bool = False) -> Selection:
-        """Reserve `breaker`; a select by the origin already holding it replaces that select."""
-        held = self.holder(breaker, now)
-        if held is not None:
-            if held.origin != origin:
-                raise CommandRefused(Reason.RESERVED, f"{breaker} is selected by {held.origin} for another "
-                                     f"{held.expires_at - now:.1f} s")
-            del self._by_id[held.select_id]
-        sel = Selection(select_id=self._new_id(), breaker=breaker, action=action, origin=origin,
-                        authorised=authorised, selected_at=now, expires_at=now + self.timeout_s)
-        self._by_id[sel.select_id] = sel
-        return sel
-
-    def take(self, select_id: str, breaker: str, action: str, origin: str, now: float) -> Selection:
-        """Consume the select that allows this operate, or refuse (NOT_SELECTED)."""
-        self._expire(now)
-        sel = self._by_id.get(select_id)
-        if sel is None:
-            raise CommandRefused(Reason.NOT_SELECTED, f"no select {select_id} pending (never made, already "
-                                 f"operated, cancelled, or timed out after {self.timeout_s:g} s): select first")
-        if sel.origin != origin:
-            raise CommandRefused(Reason.NOT_SELECTED, f"select {select_id} belongs to {sel.origin}, not {origin}")
-        if (sel.breaker, sel.action) != (breaker, action):
-            del self._by_id[select_id]  # a confused client starts again from select
-            raise CommandRefused(Reason.NOT_SELECTED, f"select {select_id} was for {sel.action} of {sel.breaker}, "
-                                 f"not {action} of {breaker}; the select is cancelled")
-        del self._by_id[select_id]
-        return sel
-
-    def cancel(self, select_id: str, origin: str, now: float) -> Selection:
-        self._expire(now)
-        sel = self._by_id.get(select_id)
-        if sel is None:
-            raise CommandRefused(Reason.NOT_SELECTED, f"no select {select_id} pending")
-        if sel.origin != origin:
-            raise CommandRefused(Reason.NOT_SELECTED, f"select {select_id} belongs to {sel.origin}, not {origin}")
-        del self._by_id[select_id]
-        return sel
-
-
-# --------------------------------------------------------------------------- the service
+# --------------------------------------------------------------------------- the plant
 
 
 class Plant(Protocol):
-    """What the running gateway offers commands (gateway.daemon.Gateway implements it)."""
+    """What the running gateway offers commands (gateway.daemon.Gateway implements it): the
+    switching authority's service for every switching device, and the agents."""
 
-    def breaker_interlock(self, breaker: str, action: str, authorised: bool) -> str | None:
-        """Why operating `breaker` now is refused, or None."""
+    def select(self, op: Operation) -> Selection:
         ...
 
-    def operate_breaker(self, breaker: str, action: str, authorised: bool, origin: str) -> dict[str, Any]:
-        """Carry out open/close through protection; the breaker's protection state after it."""
+    def operate(self, op: Operation) -> Accepted:
         ...
 
-    def breaker_state(self, breaker: str) -> dict[str, Any]:
+    def cancel(self, select_id: str, origin: Origin) -> Selection:
+        ...
+
+    def device_status(self, device: str) -> dict[str, Any]:
+        ...
+
+    def approve(self, sequence: str, origin: Origin) -> Any:
+        ...
+
+    def abort(self, sequence: str, origin: Origin) -> Any:
         ...
 
     def agent_type(self, agent_id: str) -> str | None:
         ...
 
-    def agent_request(self, agent_id: str, request: str, args: dict[str, Any]) -> list[dict[str, Any]]:
+    def agent_request(self, agent_id: str, request: str, args: dict[str, Any], origin: Origin) -> list[dict[str, Any]]:
         ...
 
 
@@ -491,7 +455,8 @@ class CommandService:
         self.audit = audit
         self.wall = wall
         self.monotonic = monotonic
-        self.sbo = SelectBeforeOperate(cfg.select_timeout_s)
+        self.role = Role.parse(cfg.role)
+        """The role of a signed command (the shared key's holders)."""
         self.verifier = None if not cfg.enabled or key is None else Verifier(
             key, substation=substation, max_age_s=cfg.max_age_s, nonces=nonces, allowed=cfg.allowed)
         self.accepted = 0
@@ -523,7 +488,8 @@ class CommandService:
                 raise CommandRefused(Reason.DISABLED, DISABLED_MESSAGE)
             checked = self.verifier.verify(command, payload, self.wall())
             args = checked.args
-            result.update(self._carry_out(checked.name, checked.args, checked.origin))
+            who = Origin(via=Via.MQTT, who=f"scada:{checked.origin}", role=self.role)
+            result.update(self._carry_out(checked.name, checked.args, who))
             self._record(result, args, via="mqtt", error=None)
         except CommandRefused as exc:
             self._record(result, args, via="mqtt", error=exc)
@@ -536,12 +502,13 @@ class CommandService:
             log.exception("command result could not be published", extra={"command": command})
         return result
 
-    def local(self, command: str, args: Mapping[str, Any], origin: str) -> dict[str, Any]:
-        """A command from the local operator (already authenticated by the control socket's group).
+    def local(self, command: str, args: Mapping[str, Any], origin: Origin) -> dict[str, Any]:
+        """A command from the local operator (authenticated by the control socket's peer
+        credentials, with the role of their unix groups).
 
         Raises CommandRefused with the reason; audited either way.
         """
-        result: dict[str, Any] = {"id": "local-" + secrets.token_hex(4), "command": command, "origin": origin}
+        result: dict[str, Any] = {"id": "local-" + secrets.token_hex(4), "command": command, "origin": origin.who}
         checked: dict[str, Any] = {}
         try:
             checked = validate_args(command, args)
@@ -558,52 +525,70 @@ class CommandService:
         return result
 
     def breaker_status(self, breaker: str) -> dict[str, Any]:
-        state = dict(self.plant.breaker_state(breaker))
-        now = self.monotonic()
-        held = self.sbo.holder(breaker, now)
-        state["selected_by"] = None if held is None else held.origin
-        state["select_expires_in_s"] = None if held is None else round(held.expires_at - now, 3)
-        return state
+        try:
+            return dict(self.plant.device_status(breaker))
+        except KeyError:
+            raise CommandRefused(Reason.BAD_ARGS, f"no switching device {breaker!r} in the site file") from None
 
     # ------------------------------------------------------------------ carrying out
 
-    def _carry_out(self, command: str, args: dict[str, Any], origin: str) -> dict[str, Any]:
-        now = self.monotonic()
+    def _operation(self, args: dict[str, Any], origin: Origin, select_id: str | None = None) -> Operation:
+        override = None
+        if args.get("authorised") or args.get("override"):
+            rows: frozenset[str] = frozenset()
+            if isinstance(args.get("override"), list):
+                rows = frozenset(args["override"])
+            elif args.get("authorised") and not args.get("override"):
+                rows = frozenset({"protection_lockout", "agent_locked_out"})
+            override = Override(reason=str(args["reason"]).strip(), rows=rows)
+        return Operation(kind=Kind.OPEN if args["action"] == "open" else Kind.CLOSE, target=args["breaker"],
+                         origin=origin, override=override, select_id=select_id,
+                         reason=str(args.get("reason") or f"{args['action']} by {origin.who}"))
+
+    def _carry_out(self, command: str, args: dict[str, Any], origin: Origin) -> dict[str, Any]:
+        try:
+            return self._carry_out_checked(command, args, origin)
+        except Refused as exc:
+            raise CommandRefused.from_refused(exc) from None
+
+    def _carry_out_checked(self, command: str, args: dict[str, Any], origin: Origin) -> dict[str, Any]:
         if command == "breaker/select":
-            breaker, action, authorised = args["breaker"], args["action"], args["authorised"]
-            self._interlock(breaker, action, authorised)
-            sel = self.sbo.select(breaker, action, origin, now, authorised=authorised)
+            breaker, action = args["breaker"], args["action"]
+            sel = self.plant.select(self._operation(args, origin))
+            timeout = sel.expires_at - sel.selected_at
             return {"breaker": breaker, "action": action, "select_id": sel.select_id,
-                    "expires_in_s": self.sbo.timeout_s, "expires": self.wall() + self.sbo.timeout_s,
+                    "expires_in_s": timeout, "expires": self.wall() + timeout,
                     "state": self.breaker_status(breaker)}
         if command == "breaker/operate":
-            breaker, action, authorised = args["breaker"], args["action"], args["authorised"]
-            sel = self.sbo.take(args["select_id"], breaker, action, origin, now)
-            self._interlock(breaker, action, authorised)
-            state = self.plant.operate_breaker(breaker, action, authorised, origin)
-            return {"breaker": breaker, "action": action, "select_id": sel.select_id, "state": state}
+            breaker, action = args["breaker"], args["action"]
+            accepted = self.plant.operate(self._operation(args, origin, args["select_id"]))
+            return {"breaker": breaker, "action": action, "select_id": args["select_id"], "op_id": accepted.op_id,
+                    "overridden": [r.as_dict() for r in accepted.overridden], "state": self.breaker_status(breaker)}
         if command == "breaker/cancel":
-            sel = self.sbo.cancel(args["select_id"], origin, now)
-            return {"breaker": sel.breaker, "action": sel.action, "select_id": sel.select_id}
+            sel = self.plant.cancel(args["select_id"], origin)
+            return {"breaker": sel.target, "action": sel.action, "select_id": sel.select_id}
+        if command == "switching/approve":
+            seq = self.plant.approve(args["sequence"], origin)
+            return {"sequence": args["sequence"], "status": getattr(getattr(seq, "status", None), "value", None)}
+        if command == "switching/abort":
+            seq = self.plant.abort(args["sequence"], origin)
+            return {"sequence": args["sequence"], "status": getattr(getattr(seq, "status", None), "value", None)}
         if command == "agent/request":
             agent, request = args["agent"], args["request"]
             kind = self.plant.agent_type(agent)
             if kind is None:
                 raise CommandRefused(Reason.BAD_ARGS, f"args.agent: no agent {agent} in the site file")
             if kind == "circuit_breaker" and request in BREAKER_ACTIONS:
-                raise CommandRefused(Reason.INTERLOCK, f"{agent} is a breaker: operate it with breaker/select "
-                                     "and breaker/operate")
+                raise CommandRefused(Reason.BAD_ARGS, f"{agent} is a switching device: operate it with "
+                                     "breaker/select and breaker/operate")
             try:
-                actions = self.plant.agent_request(agent, request, dict(args["args"]))
+                actions = self.plant.agent_request(agent, request, dict(args["args"]), origin)
+            except Refused:
+                raise
             except (KeyError, ValueError, TypeError, PermissionError) as exc:
                 raise CommandRefused(Reason.FAILED, f"{agent} refused {request}: {exc}") from None
             return {"agent": agent, "request": request, "actions": actions}
         raise CommandRefused(Reason.UNKNOWN_COMMAND, f"unknown command {command}")
-
-    def _interlock(self, breaker: str, action: str, authorised: bool) -> None:
-        why = self.plant.breaker_interlock(breaker, action, authorised)
-        if why:
-            raise CommandRefused(Reason.INTERLOCK, why)
 
     def _record(self, result: dict[str, Any], args: Mapping[str, Any], *, via: str,
                 error: CommandRefused | None) -> None:
@@ -611,11 +596,14 @@ class CommandService:
         result["ok"] = error is None
         result["error"] = None if error is None else error.message
         result["reason"] = None if error is None else error.reason.value
+        if error is not None and error.interlock:
+            result["interlock"] = error.interlock
+            result["interlocks"] = error.interlocks
         result["time"] = now
-        source = str(args.get("breaker") or args.get("agent") or "gateway")
+        source = str(args.get("breaker") or args.get("agent") or args.get("sequence") or "gateway")
         record = {"id": result.get("id"), "command": result.get("command"), "origin": result.get("origin"),
                   "via": via, "args": _plain(args), "ok": result["ok"], "error": result["error"],
-                  "reason": result["reason"]}
+                  "reason": result["reason"], "interlock": result.get("interlock")}
         if error is None:
             self.accepted += 1
             kind = "command.accepted"

@@ -263,7 +263,8 @@ class MeterGroupConfig(_Model):
 # --------------------------------------------------------------------------- uplink
 
 
-COMMAND_NAMES = ("breaker/select", "breaker/operate", "breaker/cancel", "agent/request")
+COMMAND_NAMES = ("breaker/select", "breaker/operate", "breaker/cancel", "agent/request", "switching/approve",
+                 "switching/abort")
 """Commands a SCADA host may send on `<base>/cmd/<command>` (gateway/commands.py)."""
 
 
@@ -276,8 +277,11 @@ class CommandsConfig(_Model):
     max_age_s: float = Field(default=30.0, gt=0.0, le=3600.0)
     """A command's `time` may differ from the gateway's clock by at most this (age or skew)."""
     select_timeout_s: float = Field(default=30.0, gt=0.0, le=600.0)
-    allowed: list[Literal["breaker/select", "breaker/operate", "breaker/cancel", "agent/request"]] | None = None
+    allowed: list[Literal["breaker/select", "breaker/operate", "breaker/cancel", "agent/request",
+                          "switching/approve", "switching/abort"]] | None = None
     """Command names accepted; absent means all of COMMAND_NAMES."""
+    role: Literal["operator", "engineer"] = "operator"
+    """The role a signed command carries (overrides it may make: docs/switching.md)."""
 
     @model_validator(mode="after")
     def _check_key(self) -> CommandsConfig:
@@ -325,6 +329,20 @@ class AmiConfig(_Model):
     topic: str = "ami/+/readings"
 
 
+class FlisrConfig(_Model):
+    """Fault location, isolation and service restoration (docs/switching.md)."""
+
+    mode: Literal["automatic", "advisory", "off"] = "advisory"
+    """automatic: the plan runs at once; advisory: it is published and runs on a signed approval."""
+    settle_s: float = Field(default=1.0, ge=0.0, le=60.0)
+    """After a lockout, wait this long for indicators and positions before planning."""
+    step_timeout_s: float = Field(default=10.0, ge=0.5, le=600.0)
+    """Check-back time of each switching step."""
+    min_voltage_pu: float = Field(default=0.95, ge=0.8, le=1.0)
+    """Lowest voltage a restoration may leave any section at, by the power-flow estimate."""
+    max_replans: int = Field(default=2, ge=0, le=10)
+
+
 class ControlConfig(_Model):
     socket_group: str = "stima"
 
@@ -351,6 +369,7 @@ class SiteConfig(_Model):
     ami: AmiConfig | None = None
     control: ControlConfig = ControlConfig()
     history: HistoryConfig = HistoryConfig()
+    flisr: FlisrConfig = FlisrConfig()
     simulation: dict[str, Any] = Field(default_factory=dict)
     """Electrical data for the hardware-in-the-loop simulator; validated by `hil`, ignored here."""
 

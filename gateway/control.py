@@ -109,6 +109,13 @@ def peer_user() -> str:
         return f"uid{uid}"
 
 
+def peer_role() -> str:
+    """The role of the control client: root is an engineer, any other member of the socket's
+    group an operator."""
+    uid = _PEER_UID.get()
+    return "engineer" if uid == 0 else "operator"
+
+
 class ControlServer:
     def __init__(self, runtime_dir: Path, group: str = "stima") -> None:
         self.path = socket_path(runtime_dir)

@@ -18,7 +18,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from gateway.control import ControlServer
 from gateway.points import Point, PointKind, PointUpdate, ProcessImage
 from gateway.sdnotify import Notifier
 from gateway.storage import Store
+from gateway.switching.model import Origin, Role, Via
 from protocols.base import Adapter, CommandError, Priority, make_adapter
 
 log = logging.getLogger("stima.daemon")
@@ -70,6 +71,7 @@ class Gateway:
         self._build_uplink()
         self._build_protection()
         self._build_agents()
+        self._build_switching()
         self._build_commands()
         self._build_history()
 
@@ -124,11 +126,48 @@ class Gateway:
         from gateway.agent_host import AgentHost
 
         self.agents = AgentHost(
-            self.site, self.image, store=self.store, write=self.submit, publish=self._publish,
-            monotonic=self.clock.monotonic, wall=self.clock.wall, interlock=self.interlock,
+            self.site, self.image, store=self.store, publish=self._publish,
+            monotonic=self.clock.monotonic, wall=self.clock.wall,
         )
         if self.protection is not None:
             self.protection.event_listeners.append(self.agents.on_protection_event)
+
+    def _build_switching(self) -> None:
+        """The one switching authority every road to the plant goes through (gateway/switching/)."""
+        from gateway.switching.flisr import FlisrSettings
+        from gateway.switching.service import SwitchingService
+
+        self._switching_wake = asyncio.Event()
+        f = self.site.flisr
+        self.switching = SwitchingService(
+            self.site, image=self.image, store=self.store, publish=self._publish,
+            submit=lambda point, value: self.submit(point, value, Priority.CONTROL),
+            protection=self.protection, agents=self.agents, monotonic=self.clock.monotonic, wall=self.clock.wall,
+            wake=self._switching_wake.set,
+            flisr=FlisrSettings(mode=f.mode, settle_s=f.settle_s, step_timeout_s=f.step_timeout_s,
+                                min_voltage_pu=f.min_voltage_pu, max_replans=f.max_replans),
+            select_timeout_s=self.site.uplink.commands.select_timeout_s)
+        self.agents.operate = self.switching.operate
+        if self.protection is not None:
+            self.protection.event_listeners.append(self.switching.on_protection_event)
+            self.protection.command_listeners.append(self.switching.on_protection_command)
+
+    async def _switching_loop(self) -> None:
+        """Check-backs, sequence steps, FLISR and load samples: woken by position changes and
+        requests, and at the next deadline (once a second at least)."""
+        wake = self._switching_wake
+        while True:
+            due = self.switching.next_deadline()
+            delay = 1.0 if due is None else min(1.0, max(0.0, due - self.clock.monotonic()))
+            wake.clear()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await wake.wait()
+            try:
+                self.switching.tick()
+            except Exception:
+                log.exception("switching step failed")
 
     def _build_commands(self) -> None:
         """SCADA commands from the uplink and the operator's breaker commands: one SBO engine."""
@@ -216,6 +255,7 @@ class Gateway:
         if self.protection is not None:
             self._tasks.append(asyncio.create_task(self._protection_clock(), name="protection"))
         self._tasks.append(asyncio.create_task(self._agent_loop(), name="agents"))
+        self._tasks.append(asyncio.create_task(self._switching_loop(), name="switching"))
         if self.history is not None:
             self._tasks.append(asyncio.create_task(self._history_loop(), name="history"))
         if self.site.ami is not None and self.site.meter_groups:
@@ -312,68 +352,28 @@ class Gateway:
             raise CommandError(f"IED {ied_id} is disabled")
         return adapter.submit_write(point_id, value, priority)
 
-    async def write_point(self, point_id: str, value: float | int | bool, priority: Priority) -> None:
-        await self.submit(point_id, value, priority)
+    # ------------------------------------------------------------------ the plant (gateway.commands.Plant)
 
-    def interlock(self, agent_id: str, name: str, value: Any) -> str | None:
-        """Refuse unsafe operations: closing a locked-out breaker or onto an uncleared fault."""
-        if self.protection is None or not value:
-            return None
-        scheme = self.protection.engine
-        if name in ("close_cmd", "position_cmd") and agent_id in self._protected_breakers:
-            state = scheme.status(agent_id)
-            if state.get("locked_out"):
-                return f"{agent_id} is locked out: only an authorised manual close re-arms it"
-        return None
+    def select(self, op: Any) -> Any:
+        return self.switching.select(op)
 
-    # ------------------------------------------------------------------ breakers (gateway.commands.Plant)
+    def operate(self, op: Any) -> Any:
+        return self.switching.operate(op)
 
-    def operate_breaker(self, breaker: str, action: str, authorised: bool, origin: str) -> dict[str, Any]:
-        """Operator or SCADA open/close through protection (so reclose blocking and lockout rules apply)."""
-        if self.protection is None or breaker not in self._protected_breakers:
-            raise KeyError(f"{breaker} has no protection scheme in the site file")
-        engine, now = self.protection.engine, self.clock.monotonic()
-        if action == "open":
-            actions = engine.manual_trip(breaker, now)
-        elif action == "close":
-            actions = engine.manual_close(breaker, now, authorised=bool(authorised))
-        else:
-            raise ValueError(f"action must be 'open' or 'close', not {action!r}")
-        self.protection.carry_out(actions)
-        log.warning("operator breaker command",
-                    extra={"breaker": breaker, "action": action, "authorised": authorised, "origin": origin})
-        return dict(engine.status(breaker))
+    def cancel(self, select_id: str, origin: Any) -> Any:
+        return self.switching.cancel(select_id, origin)
 
-    def breaker_interlock(self, breaker: str, action: str, authorised: bool) -> str | None:
-        """Why `action` on `breaker` is refused now (None: allowed). Opening is always allowed."""
-        if self.protection is None or breaker not in self._protected_breakers:
-            return f"{breaker} has no protection scheme in the site file: it cannot be operated from here"
-        if action == "open":
-            return None
-        if self._agent_state(breaker) == "Maintenance":
-            return f"{breaker} is in maintenance: end the maintenance before closing it"
-        if self.protection.engine.status(breaker).get("locked_out") and not authorised:
-            return f"{breaker} is locked out: only an authorised close (authorised: true) re-arms it"
-        return None
+    def device_status(self, device: str) -> dict[str, Any]:
+        state = self.switching.device_status(device)
+        if self.protection is not None and device in self._protected_breakers:
+            state["protection"] = self.protection.engine.status(device)
+        return state
 
-    def breaker_state(self, breaker: str) -> dict[str, Any]:
-        protected = self.protection is not None and breaker in self._protected_breakers
-        agent = next((a for a in self.site.agents if a.id == breaker), None)
-        if not protected and agent is None:
-            raise KeyError(f"no breaker {breaker} in the site file")
-        position: dict[str, Any] | None = None
-        point_id = agent.points.get("closed") if agent is not None else None
-        if point_id is not None and point_id in self.image:
-            p = self.image[point_id]
-            position = {"point": point_id, "closed": p.value, "quality": p.quality.validity.value}
-        return {"breaker": breaker, "protected": protected, "position": position,
-                "agent_state": self._agent_state(breaker),
-                "protection": self.protection.engine.status(breaker) if protected else None}
+    def approve(self, sequence: str, origin: Any) -> Any:
+        return self.switching.approve(sequence, origin)
 
-    def _agent_state(self, agent_id: str) -> str | None:
-        runtime = self.agents.runtime
-        memory = runtime.memory.get(agent_id) if agent_id in runtime.agents else None
-        return None if memory is None else str(getattr(memory.state, "value", memory.state))
+    def abort(self, sequence: str, origin: Any) -> Any:
+        return self.switching.abort(sequence, origin)
 
     def agent_type(self, agent_id: str) -> str | None:
         for agent in self.site.agents:
@@ -384,8 +384,8 @@ class Gateway:
                 return "smart_meter"
         return None
 
-    def agent_request(self, agent_id: str, request: str, args: dict[str, Any]) -> list[dict[str, Any]]:
-        return self.agents.request(agent_id, request, **args)
+    def agent_request(self, agent_id: str, request: str, args: dict[str, Any], origin: Any) -> list[dict[str, Any]]:
+        return self.agents.request(agent_id, request, origin=origin, **args)
 
     # ------------------------------------------------------------------ status
 
@@ -410,6 +410,7 @@ class Gateway:
                        "actions": self.agents.actions_done, "control_refused": self.agents.control_refused},
             "ami": None if self.ami is None else self.ami.status(),
             "commands": self.commands.status(),
+            "switching": self.switching.status(),
         }
 
 
@@ -527,7 +528,8 @@ class Server:
         c.register_stream("points.watch", self._op_points_watch)
         c.register("agents.list", lambda: self._gw().agents.runtime.list_agents())
         c.register("agents.show", lambda id: self._gw().agents.runtime.show(id))
-        c.register("agents.request", lambda id, request, **args: self._gw().agents.request(id, request, **args))
+        c.register("agents.request", lambda id, request, **args: self._gw().agents.request(
+            id, request, origin=_local_origin(), **args))
         c.register("reliability", self._op_reliability)
         c.register("events", self._op_events)
         c.register("points.history", self._op_points_history)
@@ -537,6 +539,17 @@ class Server:
         c.register("breaker.operate_selected", self._op_breaker_operate_selected)
         c.register("breaker.cancel", self._op_breaker_cancel)
         c.register("breaker.status", self._op_breaker_status)
+        c.register("switching.list", lambda: self._gw().switching.sequences())
+        c.register("switching.show", self._op_switching_show)
+        c.register("switching.validate", self._op_switching_validate)
+        c.register("switching.submit", self._op_switching_submit)
+        c.register("switching.approve", lambda id: self._switching_call("approve", id))
+        c.register("switching.abort", lambda id: self._switching_call("abort", id))
+        c.register("switching.network", lambda: self._gw().switching.network.describe())
+        c.register("faults.list", lambda: self._gw().switching.fault_records())
+        c.register("faults.clear", self._op_faults_clear)
+        c.register("tags.add", self._op_tags_add)
+        c.register("tags.remove", self._op_tags_remove)
 
     def _gw(self) -> Gateway:
         if self.gateway is None:
@@ -568,28 +581,96 @@ class Server:
             return {"queue": [], "wire": []}
         return {"queue": list(bridge.queue_latencies_s), "wire": list(bridge.wire_latencies_s)}
 
-    async def _op_breaker_operate(self, breaker: str, action: str, authorised: bool = False) -> dict[str, Any]:
-        """Direct operator open/close through protection, without select (commissioning, tests)."""
-        return self._gw().operate_breaker(breaker, action, bool(authorised), "local")
+    def _op_breaker_operate(self, breaker: str, action: str, authorised: bool = False, reason: str | None = None,
+                            override: Any = None) -> dict[str, Any]:
+        """Select and operate in one request (commissioning, tests): the same authority, interlocks
+        and audit as any other road."""
+        args: dict[str, Any] = {"breaker": breaker, "action": action, "authorised": authorised}
+        if reason is not None:
+            args["reason"] = reason
+        if override is not None:
+            args["override"] = override
+        origin = _local_origin()
+        selected = self._gw().commands.local("breaker/select", args, origin)
+        return self._gw().commands.local("breaker/operate", {**args, "select_id": selected["select_id"]}, origin)
 
     # The origin of a local command is the unix user on the other end of the control socket,
     # from its peer credentials: a client cannot claim another operator's select.
 
-    def _op_breaker_select(self, breaker: str, action: str, authorised: bool = False) -> dict[str, Any]:
-        return self._gw().commands.local("breaker/select", {"breaker": breaker, "action": action,
-                                                            "authorised": authorised}, _local_origin())
+    def _op_breaker_select(self, breaker: str, action: str, authorised: bool = False, reason: str | None = None,
+                           override: Any = None) -> dict[str, Any]:
+        return self._gw().commands.local("breaker/select", _args(breaker=breaker, action=action, authorised=authorised,
+                                                                 reason=reason, override=override), _local_origin())
 
-    def _op_breaker_operate_selected(self, breaker: str, action: str, select_id: str,
-                                     authorised: bool = False) -> dict[str, Any]:
-        return self._gw().commands.local("breaker/operate", {"breaker": breaker, "action": action,
-                                                             "select_id": select_id, "authorised": authorised},
-                                         _local_origin())
+    def _op_breaker_operate_selected(self, breaker: str, action: str, select_id: str, authorised: bool = False,
+                                     reason: str | None = None, override: Any = None) -> dict[str, Any]:
+        return self._gw().commands.local("breaker/operate", _args(breaker=breaker, action=action, select_id=select_id,
+                                                                  authorised=authorised, reason=reason,
+                                                                  override=override), _local_origin())
 
     def _op_breaker_cancel(self, select_id: str) -> dict[str, Any]:
         return self._gw().commands.local("breaker/cancel", {"select_id": select_id}, _local_origin())
 
     def _op_breaker_status(self, breaker: str) -> dict[str, Any]:
         return self._gw().commands.breaker_status(breaker)
+
+    def _op_switching_show(self, id: str) -> dict[str, Any]:
+        return self._gw().switching.runner.get(id).to_dict()
+
+    def _parse_sequence(self, text: str, name: str) -> Any:
+        from gateway.switching.sequences import parse
+
+        if not isinstance(text, str) or len(text) > 256 * 1024:
+            raise ValueError("a sequence document is text of 256 KiB at most")
+        return parse(text, str(name)[:200], created_by=_local_origin().who, now_wall=self.clock.wall())
+
+    def _op_switching_validate(self, text: str, name: str = "sequence") -> dict[str, Any]:
+        seq = self._parse_sequence(text, name)
+        problems = self._gw().switching.validate_sequence(seq)
+        return {"name": seq.name, "valid": not problems, "problems": problems,
+                "steps": [s.to_dict() for s in seq.steps]}
+
+    def _op_switching_submit(self, text: str, name: str = "sequence", run: bool = False) -> dict[str, Any]:
+        seq = self._parse_sequence(text, name)
+        return self._switching_refusal(lambda: self._gw().switching.submit_sequence(seq, _local_origin(),
+                                                                                    run=bool(run)).to_dict())
+
+    def _switching_call(self, what: str, seq_id: str) -> dict[str, Any]:
+        gw = self._gw()
+        fn = gw.switching.approve if what == "approve" else gw.switching.abort
+        return self._switching_refusal(lambda: fn(seq_id, _local_origin()).to_dict())
+
+    def _op_faults_clear(self, id: str, reason: str) -> dict[str, Any]:
+        return self._switching_refusal(lambda: self._gw().switching.clear_fault(id, _local_origin(), str(reason))
+                                       .to_dict())
+
+    def _op_tags_add(self, target: str, reason: str) -> dict[str, Any]:
+        gw = self._gw()
+
+        def add() -> dict[str, Any]:
+            tag = gw.switching.authority.add_tag(target, _local_origin(), str(reason), self.clock.monotonic())
+            gw.switching.tick()
+            return {"target": tag.target, "who": tag.who, "reason": tag.reason, "time": tag.time}
+        return self._switching_refusal(add)
+
+    def _op_tags_remove(self, target: str, reason: str) -> dict[str, Any]:
+        gw = self._gw()
+
+        def remove() -> dict[str, Any]:
+            n = gw.switching.authority.remove_tags(target, _local_origin(), str(reason))
+            gw.switching.tick()
+            return {"target": target, "removed": n}
+        return self._switching_refusal(remove)
+
+    @staticmethod
+    def _switching_refusal(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """Refusals of the switching authority go back as errors that name their reason code."""
+        from gateway.switching.authority import Refused
+
+        try:
+            return fn()
+        except Refused as exc:
+            raise PermissionError(f"refused ({exc.interlock or exc.reason}): {exc.message}") from None
 
     def _op_points_list(self, pattern: str = "*", source: str | None = None) -> list[dict[str, Any]]:
         import fnmatch
@@ -643,9 +724,15 @@ class Server:
             gw.image.unsubscribe_all(listener)
 
 
-def _local_origin() -> str:
+def _local_origin() -> Origin:
+    """Who is calling on the control socket: the peer's unix user, with the role of its groups."""
     user = control.peer_user()
-    return "local:" + ("".join(c for c in user if c.isalnum() or c in "._-")[:64] or "unknown")
+    who = "local:" + ("".join(c for c in user if c.isalnum() or c in "._-")[:64] or "unknown")
+    return Origin(via=Via.LOCAL, who=who, role=Role.parse(control.peer_role()))
+
+
+def _args(**kw: Any) -> dict[str, Any]:
+    return {k: v for k, v in kw.items() if v is not None}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -23,7 +23,6 @@ from gateway.commands import (
     CommandService,
     MemoryNonces,
     Reason,
-    SelectBeforeOperate,
     Verifier,
     canonical,
     check_site,
@@ -32,6 +31,8 @@ from gateway.commands import (
 )
 from gateway.config import CommandsConfig, ConfigError, load, validate
 from gateway.storage import Store
+from gateway.switching.authority import Refused, SelectBeforeOperate
+from gateway.switching.model import Origin, Role, Via
 
 KEY = b"k" * 40
 NOW = 1_767_225_600.0
@@ -224,64 +225,33 @@ def test_property_random_maps_never_raise_anything_but_a_refusal(payload: dict[s
 # --------------------------------------------------------------------------- select before operate
 
 
+def sbo_refused(fn: Any, *args: Any) -> Refused:
+    with pytest.raises(Refused) as info:
+        fn(*args)
+    return info.value
+
+
 def test_sbo_reservation_operate_cancel_and_timeout() -> None:
     ids = iter(f"sel-{n}" for n in range(100))
     sbo = SelectBeforeOperate(30.0, new_id=lambda: next(ids))
     a = sbo.select("CB-044", "open", "scada-1", 0.0)
-    exc = refused(sbo.select, "CB-044", "close", "scada-2", 1.0)
-    assert exc.reason is Reason.RESERVED and "scada-1" in exc.message
-    assert refused(sbo.take, a.select_id, "CB-044", "open", "scada-2", 2.0).reason is Reason.NOT_SELECTED
+    exc = sbo_refused(sbo.select, "CB-044", "close", "scada-2", 1.0)
+    assert exc.reason == "reserved" and "scada-1" in exc.message
+    assert sbo_refused(sbo.take, a.select_id, "CB-044", "open", "scada-2", 2.0).reason == "not_selected"
     assert sbo.take(a.select_id, "CB-044", "open", "scada-1", 2.0) == a
-    assert refused(sbo.take, a.select_id, "CB-044", "open", "scada-1", 3.0).reason is Reason.NOT_SELECTED  # consumed
-    assert refused(sbo.take, "sel-never", "CB-044", "open", "scada-1", 3.0).reason is Reason.NOT_SELECTED
+    assert sbo_refused(sbo.take, a.select_id, "CB-044", "open", "scada-1", 3.0).reason == "not_selected"  # consumed
+    assert sbo_refused(sbo.take, "sel-never", "CB-044", "open", "scada-1", 3.0).reason == "not_selected"
     b = sbo.select("CB-044", "open", "scada-2", 4.0)  # free again
-    exc = refused(sbo.take, b.select_id, "CB-044", "open", "scada-2", 34.5)
-    assert exc.reason is Reason.NOT_SELECTED and "timed out" in exc.message
+    exc = sbo_refused(sbo.take, b.select_id, "CB-044", "open", "scada-2", 34.5)
+    assert exc.reason == "not_selected" and "timed out" in exc.message
     c = sbo.select("CB-044", "open", "scada-1", 40.0)
-    exc = refused(sbo.take, c.select_id, "CB-044", "close", "scada-1", 41.0)
-    assert exc.reason is Reason.NOT_SELECTED and "cancelled" in exc.message
+    exc = sbo_refused(sbo.take, c.select_id, "CB-044", "close", "scada-1", 41.0)
+    assert exc.reason == "not_selected" and "cancelled" in exc.message
     assert sbo.holder("CB-044", 41.0) is None
     d = sbo.select("CB-044", "close", "scada-1", 50.0)
-    assert refused(sbo.cancel, d.select_id, "scada-2", 51.0).reason is Reason.NOT_SELECTED
+    assert sbo_refused(sbo.cancel, d.select_id, "scada-2", 51.0).reason == "not_selected"
     assert sbo.cancel(d.select_id, "scada-1", 51.0) == d
     assert sbo.holder("CB-044", 51.0) is None
-
-
-class FakePlant:
-    def __init__(self) -> None:
-        self.locked_out = {"CB-044": False}
-        self.maintenance: set[str] = set()
-        self.operated: list[tuple[str, str, bool, str]] = []
-        self.requests: list[tuple[str, str, dict[str, Any]]] = []
-
-    def breaker_interlock(self, breaker: str, action: str, authorised: bool) -> str | None:
-        if breaker not in self.locked_out:
-            return f"{breaker} has no protection scheme in the site file"
-        if action == "open":
-            return None
-        if breaker in self.maintenance:
-            return f"{breaker} is in maintenance"
-        if self.locked_out[breaker] and not authorised:
-            return f"{breaker} is locked out"
-        return None
-
-    def operate_breaker(self, breaker: str, action: str, authorised: bool, origin: str) -> dict[str, Any]:
-        self.operated.append((breaker, action, authorised, origin))
-        if action == "close" and authorised:
-            self.locked_out[breaker] = False
-        return {"breaker": breaker, "locked_out": self.locked_out[breaker]}
-
-    def breaker_state(self, breaker: str) -> dict[str, Any]:
-        return {"breaker": breaker, "locked_out": self.locked_out.get(breaker)}
-
-    def agent_type(self, agent_id: str) -> str | None:
-        return {"CB-044": "circuit_breaker", "XFMR-101": "transformer"}.get(agent_id)
-
-    def agent_request(self, agent_id: str, request: str, args: dict[str, Any]) -> list[dict[str, Any]]:
-        if request == "explode":
-            raise ValueError("unknown request 'explode'")
-        self.requests.append((agent_id, request, args))
-        return [{"kind": "state"}]
 
 
 class Rec:
@@ -292,8 +262,57 @@ class Rec:
         self.mono = 100.0
 
 
-def service(enabled: bool = True, **cfg: Any) -> tuple[CommandService, FakePlant, Rec]:
-    plant, rec = FakePlant(), Rec()
+class BenchPlant:
+    """The example site's real switching authority, with the plant's state set by hand."""
+
+    def __init__(self, rec: Rec, select_timeout_s: float) -> None:
+        from hil.rig import example_document
+        from tests.support.switching import bench
+
+        self.rec = rec
+        self.b = bench(example_document())
+        self.b.authority.sbo.timeout_s = select_timeout_s
+        self.b.normal()
+        self.operated: list[tuple[str, str, bool, str]] = []
+        self.requests: list[tuple[str, str, dict[str, Any]]] = []
+
+    def select(self, op: Any) -> Any:
+        return self.b.authority.select(op, self.rec.mono)
+
+    def operate(self, op: Any) -> Any:
+        accepted = self.b.authority.request(op, self.rec.mono)
+        rearm = any(getattr(w, "authorised", False) for w in accepted.writes)
+        self.operated.append((op.target, op.action, rearm, op.origin.who))
+        if rearm:
+            self.b.lockouts.discard(op.target)
+        return accepted
+
+    def cancel(self, select_id: str, origin: Any) -> Any:
+        return self.b.authority.cancel(select_id, origin, self.rec.mono)
+
+    def device_status(self, device: str) -> dict[str, Any]:
+        if device not in self.b.network.devices:
+            raise KeyError(device)
+        return {"device": device, "locked_out": device in self.b.lockouts}
+
+    def approve(self, sequence: str, origin: Any) -> Any:
+        raise Refused("bad_args", f"no switching sequence {sequence!r}")
+
+    abort = approve
+
+    def agent_type(self, agent_id: str) -> str | None:
+        return {"CB-044": "circuit_breaker", "XFMR-101": "transformer"}.get(agent_id)
+
+    def agent_request(self, agent_id: str, request: str, args: dict[str, Any], origin: Any) -> list[dict[str, Any]]:
+        if request == "explode":
+            raise ValueError("unknown request 'explode'")
+        self.requests.append((agent_id, request, args))
+        return [{"kind": "state"}]
+
+
+def service(enabled: bool = True, **cfg: Any) -> tuple[CommandService, BenchPlant, Rec]:
+    rec = Rec()
+    plant = BenchPlant(rec, cfg.get("select_timeout_s", 30.0))
     svc = CommandService(CommandsConfig(enabled=enabled, key_file=Path("k") if enabled else None, **cfg),
                          key=KEY if enabled else None, substation=SUB, nonces=MemoryNonces(), plant=plant,
                          publish=lambda s, p: rec.published.append((s, p)),
@@ -306,13 +325,16 @@ def send(svc: CommandService, command: str, args: dict[str, Any], origin: str = 
     return svc.handle_mqtt(command, sign_command(KEY, command, args, origin, NOW))
 
 
+LOCAL = Origin(via=Via.LOCAL, who="local:op", role=Role.OPERATOR)
+
+
 def test_select_operate_through_the_service_with_results_and_audit() -> None:
     svc, plant, rec = service()
     sel = send(svc, "breaker/select", select_args())
     assert sel["ok"] and sel["select_id"] and sel["error"] is None and sel["origin"] == "scada-1"
     assert send(svc, "breaker/select", select_args(action="close"), "scada-2")["reason"] == "reserved"
     op = send(svc, "breaker/operate", select_args(select_id=sel["select_id"]))
-    assert op["ok"] and plant.operated == [("CB-044", "open", False, "scada-1")]
+    assert op["ok"] and plant.operated == [("CB-044", "open", False, "scada:scada-1")]
     again = send(svc, "breaker/operate", select_args(select_id=sel["select_id"]))
     assert again["reason"] == "not_selected" and len(plant.operated) == 1
     # one result per command, on cmd_result/<command>, never under cmd/
@@ -334,24 +356,31 @@ def test_operate_without_select_is_refused() -> None:
 
 def test_interlocks_at_select_and_at_operate() -> None:
     svc, plant, _ = service()
-    plant.locked_out["CB-044"] = True
+    plant.b.set_positions({"CB-044": False})
+    plant.b.lockouts.add("CB-044")
     r = send(svc, "breaker/select", select_args(action="close"))
-    assert r["reason"] == "interlock" and "locked out" in r["error"]
+    assert r["reason"] == "interlock" and r["interlock"] == "protection_lockout" and "locked out" in r["error"]
+    assert r["interlocks"][0]["override"] == "any"
     assert send(svc, "breaker/select", select_args(action="open"))["ok"]  # open always allowed
-    assert send(svc, "breaker/select", select_args("CB-099"))["reason"] == "interlock"  # no scheme
+    assert send(svc, "breaker/select", select_args("CB-099"))["reason"] == "bad_args"  # no such device
     # selected while allowed; the breaker goes into maintenance before the operate
-    plant.locked_out["CB-044"] = False
-    svc.sbo = SelectBeforeOperate(30.0)
+    plant.b.lockouts.clear()
+    plant.b.authority.sbo = SelectBeforeOperate(30.0)
     sel = send(svc, "breaker/select", select_args(action="close"))
-    plant.maintenance.add("CB-044")
+    plant.b.agent_states["CB-044"] = "Maintenance"
     r = send(svc, "breaker/operate", select_args(action="close", select_id=sel["select_id"]))
-    assert r["reason"] == "interlock" and "maintenance" in r["error"] and plant.operated == []
-    # an authorised close of a locked-out breaker goes on authorised (re-arming the recloser)
-    plant.maintenance.clear()
-    plant.locked_out["CB-044"] = True
-    sel = send(svc, "breaker/select", select_args(action="close", authorised=True))
-    r = send(svc, "breaker/operate", select_args(action="close", authorised=True, select_id=sel["select_id"]))
-    assert r["ok"] and plant.operated == [("CB-044", "close", True, "scada-1")] and not r["state"]["locked_out"]
+    assert r["reason"] == "interlock" and r["interlock"] == "maintenance" and plant.operated == []
+    # an authorised close of a locked-out breaker needs a reason, and then re-arms the recloser
+    plant.b.agent_states.clear()
+    plant.b.lockouts.add("CB-044")
+    r = send(svc, "breaker/select", select_args(action="close", authorised=True))
+    assert r["reason"] == "bad_args" and "args.reason" in r["error"]
+    sel = send(svc, "breaker/select", select_args(action="close", authorised=True, reason="line patrolled"))
+    assert sel["ok"], sel
+    r = send(svc, "breaker/operate", select_args(action="close", authorised=True, reason="line patrolled",
+                                                 select_id=sel["select_id"]))
+    assert r["ok"] and plant.operated == [("CB-044", "close", True, "scada:scada-1")]
+    assert r["overridden"][0]["interlock"] == "protection_lockout"
 
 
 def test_select_timeout_from_the_site_file() -> None:
@@ -371,7 +400,7 @@ def test_cancel_and_agent_requests() -> None:
     r = send(svc, "agent/request", {"agent": "XFMR-101", "request": "maintenance", "on": True})
     assert r["ok"] and plant.requests == [("XFMR-101", "maintenance", {"on": True})] and r["actions"]
     r = send(svc, "agent/request", {"agent": "CB-044", "request": "open"})
-    assert r["reason"] == "interlock" and "breaker/select" in r["error"]
+    assert r["reason"] == "bad_args" and "breaker/select" in r["error"]
     assert send(svc, "agent/request", {"agent": "NOPE", "request": "reset"})["reason"] == "bad_args"
     r = send(svc, "agent/request", {"agent": "XFMR-101", "request": "explode"})
     assert r["reason"] == "failed" and "explode" in r["error"]
@@ -384,8 +413,8 @@ def test_disabled_commands_get_a_result_and_change_nothing() -> None:
     assert rec.published[0][0] == "cmd_result/breaker/select"
     assert rec.events[0][2] == "command.refused" and plant.operated == []
     # the local operator path works whatever the remote setting
-    sel = svc.local("breaker/select", select_args(), "local:op")
-    assert svc.local("breaker/operate", select_args(select_id=sel["select_id"]), "local:op")["ok"]
+    sel = svc.local("breaker/select", select_args(), LOCAL)
+    assert svc.local("breaker/operate", select_args(select_id=sel["select_id"]), LOCAL)["ok"]
     assert plant.operated == [("CB-044", "open", False, "local:op")]
 
 
@@ -517,7 +546,7 @@ def test_end_to_end_signed_sbo_opens_a_breaker_replays_refused_and_cli(rig: Any)
         _publish(sub, base, "breaker/select", sel_env)
         sel = _result(sub, "breaker/select", sel_env["id"])
         assert sel["ok"], sel
-        assert "seq" in sel and sel["command"] == "breaker/select" and sel["state"]["breaker"] == cb
+        assert "seq" in sel and sel["command"] == "breaker/select" and sel["state"]["device"] == cb
         op_env = sign_command(KEY, "breaker/operate", {"breaker": cb, "action": "open", "select_id": sel["select_id"]},
                               "scada-test", time.time())
         _publish(sub, base, "breaker/operate", op_env)

@@ -54,6 +54,8 @@ class ProtectionBridge:
         self._defer = defer or (lambda fn: fn())
         """Runs bookkeeping (event log, uplink, snapshot) after the breaker command has gone."""
         self.event_listeners: list[EventListener] = []
+        self.command_listeners: list[Callable[[BreakerCommand], None]] = []
+        """Told of every breaker command after it went (the switching authority records them)."""
         self.commands_sent = 0
         self.command_failures = 0
         self.queue_latencies_s: deque[float] = deque(maxlen=100_000)
@@ -89,9 +91,9 @@ class ProtectionBridge:
             self._command(command, sample_monotonic)
         changed = bool(commands) or any(e.kind in ("trip", "reclose", "lockout", "reset") for e in events)
         if events or changed:
-            self._defer(lambda: self._record(events, changed))
+            self._defer(lambda: self._record(events, changed, commands))
 
-    def _record(self, events: list[ProtectionEvent], changed: bool) -> None:
+    def _record(self, events: list[ProtectionEvent], changed: bool, commands: list[BreakerCommand]) -> None:
         """Event log, uplink and snapshot for one evaluation, each in one write."""
         wall = self._wall()
         rows, messages = [], []
@@ -108,6 +110,12 @@ class ProtectionBridge:
             self._publish_many(messages)
         if changed:
             self._store.save_snapshot(SNAPSHOT_KEY, self.engine.snapshot(), wall)
+        for command in commands:
+            for command_listener in self.command_listeners:
+                try:
+                    command_listener(command)
+                except Exception:
+                    log.exception("protection command listener failed")
         for event in events:
             for listener in self.event_listeners:
                 try:

@@ -304,17 +304,17 @@ class Network:
         violations: list[Violation] = []
         node_current = {n: abs(i) for n, i in current.items()}
         device_current: dict[str, float] = {}
-        for node, (_, dev) in en.parent.items():
-            if dev is not None:
-                device_current[dev] = node_current.get(node, 0.0)
+        for node, (_, via) in en.parent.items():
+            if via is not None:
+                device_current[via] = node_current.get(node, 0.0)
         source_load: dict[str, float] = {}
-        for src_id, src in self.sources.items():
+        for src_id, source in self.sources.items():
             if src_id not in en.source_of:
                 continue
-            total = sum((current[c] for c in children.get(src_id, [])), 0j) * SQRT3 * src.nominal_kv
+            total = sum((current[c] for c in children.get(src_id, [])), 0j) * SQRT3 * source.nominal_kv
             source_load[src_id] = abs(total)
-            if src.capacity_kva is not None and abs(total) > src.capacity_kva:
-                violations.append(Violation(src_id, "load_kva", abs(total), src.capacity_kva))
+            if source.capacity_kva is not None and abs(total) > source.capacity_kva:
+                violations.append(Violation(src_id, "load_kva", abs(total), source.capacity_kva))
         for node, amps in node_current.items():
             sec = self.sections[node]
             if amps > sec.ampacity_a:
@@ -325,10 +325,10 @@ class Network:
             elif vpu > max_voltage_pu:
                 violations.append(Violation(node, "voltage_pu", vpu, max_voltage_pu))
         for dev_id, amps in device_current.items():
-            dev = self.devices[dev_id]
-            limit = dev.rated_current_a
-            if dev.pickup_a is not None:
-                limit = min(limit, PROTECTED_LOADING_LIMIT * dev.pickup_a)
+            device = self.devices[dev_id]
+            limit = device.rated_current_a
+            if device.pickup_a is not None:
+                limit = min(limit, PROTECTED_LOADING_LIMIT * device.pickup_a)
             if amps > limit:
                 violations.append(Violation(dev_id, "current_a", amps, limit))
         return FlowEstimate(voltage_pu={n: abs(v[n]) for n in order if n in self.sections},
@@ -372,8 +372,8 @@ class _Builder:
         net = self.net
         for a in self.site.agents:
             if a.type.value == SUBSTATION:
-                attrs = SubstationAttributes.model_validate(a.attributes)
-                net.sources[a.id] = Source(a.id, False, attrs.rated_capacity * 1000.0, attrs.secondary_voltage)
+                sub = SubstationAttributes.model_validate(a.attributes)
+                net.sources[a.id] = Source(a.id, False, sub.rated_capacity * 1000.0, sub.secondary_voltage)
         # what hangs on each line, and where
         taps: dict[str, list[tuple[str, float | None]]] = {line: [] for line in self.line_attrs}
         feeds: dict[str, list[str]] = {}  # parent id -> children (supply edges, depends_on read backwards)
@@ -408,11 +408,9 @@ class _Builder:
         tie_ids = set(routes)
         in_series: dict[str, list[tuple[str, float]]] = {line: [] for line in taps}
         for line, items in taps.items():
-            for child, pos in items:
+            for child, given in items:
                 if self.types[child] == BREAKER and child not in tie_ids:
-                    if pos is None:
-                        pos = self.line_attrs[line].length
-                    in_series[line].append((child, pos))
+                    in_series[line].append((child, self.line_attrs[line].length if given is None else given))
         # sections of every line
         for line, attrs in self.line_attrs.items():
             cuts = sorted({p for _, p in in_series[line] if 0.0 < p < attrs.length})
@@ -439,30 +437,30 @@ class _Builder:
                     critical_customers=sum(len(getattr(g, "critical_meters", ()) or ())
                                            for g in self.site.meter_groups if g.id in groups))
         # devices in series on a line
-        for line, items in in_series.items():
-            attrs = self.line_attrs[line]
-            for dev_id, pos in items:
+        for line, placed in in_series.items():
+            length = self.line_attrs[line].length
+            for dev_id, pos in placed:
                 upstream = self.section_at(line, pos)
-                if pos < attrs.length:
+                if pos < length:
                     downstream = self.section_at(line, pos, beyond=True)
                     self._device(dev_id, upstream, downstream)
                 else:
                     self._device_feeding(dev_id, upstream)
         # ties
         for dev_id, ends in routes.items():
-            attrs = self._breaker_attrs(dev_id)
-            nodes = [self.section_at(line, pos if pos is not None else self.line_attrs[line].length)
-                     for line, pos, _ in ends]
-            if getattr(attrs, "external_source", None):
+            tie = self._breaker_attrs(dev_id)
+            nodes = [self.section_at(line, at if at is not None else self.line_attrs[line].length)
+                     for line, at, _ in ends]
+            if tie.external_source:
                 if len(nodes) != 1:
-                    raise NetworkError(f"agents.{dev_id}: a tie to another substation ({getattr(attrs, 'external_source', None)}) "
+                    raise NetworkError(f"agents.{dev_id}: a tie to another substation ({tie.external_source}) "
                                        f"has one route rule to a local line, found {len(nodes)}")
                 ext = f"EXT:{dev_id}"
                 self.net.sources[ext] = Source(ext, True, None, self.net.sections[nodes[0]].nominal_kv)
                 nodes.append(ext)
             if len(nodes) != 2:
                 raise NetworkError(f"agents.{dev_id}: a tie joins two lines (route rules), found {len(nodes)}")
-            normally_open = bool(getattr(attrs, "normally_open", False)) or any(no for _, _, no in ends)
+            normally_open = tie.normally_open or any(no for _, _, no in ends)
             self._add(dev_id, nodes[0], nodes[1], tie=True, normally_open=normally_open)
         # breakers fed by the substation or by another element (not tapped on a line)
         for parent, children in feeds.items():
@@ -492,11 +490,11 @@ class _Builder:
             self._device(dev_id, upstream, self.net.line_sections[lines[0]][0])
 
     def _device(self, dev_id: str, a: str, b: str) -> None:
-        self._add(dev_id, a, b, tie=False, normally_open=bool(getattr(self._breaker_attrs(dev_id), "normally_open", False)))
+        self._add(dev_id, a, b, tie=False, normally_open=self._breaker_attrs(dev_id).normally_open)
 
     def _add(self, dev_id: str, a: str, b: str, *, tie: bool, normally_open: bool) -> None:
         attrs = self._breaker_attrs(dev_id)
-        function = getattr(attrs, "function", "breaker")
+        function = attrs.function
         interrupting = attrs.interrupting_capacity * 1000.0
         scheme = self.schemes.get(dev_id)
         pickup = None
@@ -507,8 +505,8 @@ class _Builder:
             pickup = min(pickups) if pickups else None
         self.net.devices[dev_id] = Device(
             id=dev_id, function=function, a=a, b=b, tie=tie, normally_open=normally_open,
-            allow_parallel=bool(getattr(attrs, "allow_parallel", False)),
-            external_source=getattr(attrs, "external_source", None), rated_current_a=attrs.rated_current,
+            allow_parallel=attrs.allow_parallel,
+            external_source=attrs.external_source, rated_current_a=attrs.rated_current,
             interrupting_a=interrupting, protected=scheme is not None, pickup_a=pickup,
             points=dict(self.agents[dev_id].points))
 

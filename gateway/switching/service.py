@@ -194,6 +194,8 @@ class SwitchingService:
             config = self.state.configuration()
             energised = self.network.energise(config).source_of
             frozen = {n for rec in self.faults.active() for n in rec.feeder}
+            for breaker in self._picked_up():
+                frozen.update(self.network.downstream(breaker, config))
             self.state.sample_loads(now, energised, frozen)
         self._flush()
 
@@ -392,6 +394,20 @@ class SwitchingService:
             return bool(self._protection.engine.status(breaker).get("locked_out"))
         except KeyError:
             return False
+
+    def _picked_up(self) -> list[str]:
+        """Protected breakers whose overcurrent elements are picked up now (a fault in progress)."""
+        if self._protection is None:
+            return []
+        out = []
+        for breaker in self._recloses:
+            try:
+                pickups = self._protection.engine.status(breaker).get("pickups", [])
+            except KeyError:
+                continue
+            if any(str(p).startswith(("50", "51")) for p in pickups):
+                out.append(breaker)
+        return out
 
     def _unusable(self, device: str) -> str | None:
         local = self.state.local(device)

@@ -27,6 +27,8 @@ LOAD_NAMES = {
 }
 LOAD_SIGN = {"transformer": 1.0, "capacitor_bank": -1.0, "renewable_energy": -1.0}
 KEEP_SAMPLES = 600
+PLAUSIBLE_LOAD = 1.5
+"""A section 'load' above this share of its line's ampacity is a fault current, not remembered."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,10 +47,9 @@ class GridState:
                 if name in DEVICE_NAMES:
                     self._feeds.setdefault(pid, []).append((dev.id, name))
         for element, points in network.element_points.items():
-            names = LOAD_NAMES.get(network.element_types.get(element, ""), ())
-            for name in names:
-                if name and name in points:
-                    self._feeds.setdefault(points[name], []).append((element, name))
+            for load_name in LOAD_NAMES.get(network.element_types.get(element, ""), ()):
+                if load_name and load_name in points:
+                    self._feeds.setdefault(points[load_name], []).append((element, load_name))
         self._values: dict[tuple[str, str], float | bool | None] = {}
         self._times: dict[tuple[str, str], float] = {}
         self._history: dict[str, deque[LoadSample]] = {s: deque(maxlen=KEEP_SAMPLES) for s in network.sections}
@@ -111,7 +112,7 @@ class GridState:
     def section_load(self, section: str) -> LoadSample | None:
         """The section's load now (kW + j kvar), or None when nothing on it is measured."""
         sec = self.network.sections[section]
-        total, measured = 0j, False
+        total, measured, generation = 0j, False, False
         for element in sec.elements:
             kind = self.network.element_types.get(element, "")
             names = LOAD_NAMES.get(kind)
@@ -123,8 +124,10 @@ class GridState:
             if p is None and q is None:
                 continue
             measured = True
+            generation |= kind == "renewable_energy"
             total += LOAD_SIGN[kind] * complex(float(p or 0.0), float(q or 0.0))
-        by_current = self._current_balance(section)
+        # currents are magnitudes: they cannot tell generation from load
+        by_current = None if generation else self._current_balance(section)
         if by_current is not None:
             pf = abs(total.real) / abs(total) if measured and abs(total) > 1.0 else DEFAULT_POWER_FACTOR
             s = SQRT3 * sec.nominal_kv * by_current
@@ -162,8 +165,13 @@ class GridState:
             if section in skip or section not in self._history:
                 continue
             sample = self.section_load(section)
-            if sample is not None:
-                self._history[section].append(LoadSample(now, sample.kva, sample.method))
+            if sample is None:
+                continue
+            sec = self.network.sections[section]
+            amps = abs(sample.kva) / (SQRT3 * sec.nominal_kv)
+            if amps > PLAUSIBLE_LOAD * sec.ampacity_a:
+                continue  # a fault current, not a load
+            self._history[section].append(LoadSample(now, sample.kva, sample.method))
 
     def load_before(self, section: str, time: float) -> LoadSample | None:
         """The last load remembered for `section` at or before `time` (monotonic s)."""

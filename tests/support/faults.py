@@ -41,12 +41,22 @@ def breaker(rig: Rig, breaker_id: str) -> str:
     return str(rig.hil_call("status")["breakers"][breaker_id])
 
 
+def clear_faults(rig: Rig, breaker_id: str) -> None:
+    """The crew repaired the line: the operator declares the breaker's fault records cleared."""
+    for record in rig.daemon_call("faults.list"):
+        if record["breaker"] == breaker_id and record["status"] in ("tripped", "permanent"):
+            rig.daemon_call("faults.clear", id=record["id"], reason="crew repaired the line")
+
+
 def close_and_settle(rig: Rig, breaker_id: str, timeout_s: float = 20.0) -> None:
-    """Operator close through the daemon (authorised: re-arms after lockout), then wait for it."""
+    """Operator close through the daemon after the crew cleared the fault (authorised: re-arms
+    after lockout), then wait for it."""
     position = f"{breaker_id}.closed"
     rig.wait(lambda: rig.daemon_call("points.read", ids=[position])[0]["value"] is False,
              f"the daemon to see {breaker_id} open", timeout_s)
-    state = rig.daemon_call("breaker.operate", breaker=breaker_id, action="close", authorised=True)
+    clear_faults(rig, breaker_id)
+    state = rig.daemon_call("breaker.operate", breaker=breaker_id, action="close", authorised=True,
+                            reason="fault cleared by the crew, line patrolled")
     try:
         rig.wait(lambda: breaker(rig, breaker_id) == "closed", f"{breaker_id} closed", timeout_s)
     except TimeoutError as exc:
