@@ -83,19 +83,25 @@ class AgentHost:
     def request(self, agent_id: str, request: str, origin: Origin | None = None, **args: Any) -> list[dict[str, Any]]:
         """An operator's request to an agent; what it asks of the plant carries `origin`."""
         actions = self.runtime.request(agent_id, request, self._monotonic(), **args)
-        self.carry_out(actions, origin)
+        refusals = self.carry_out(actions, origin)
+        if refusals:  # the operator hears why the plant was not operated
+            raise refusals[0]
         return [_describe(a) for a in actions]
 
     def snapshot(self) -> None:
         save_to_store(self._store, self.runtime, self._wall())
         self.dirty = False
 
-    def carry_out(self, actions: Sequence[Any], origin: Origin | None = None) -> None:
+    def carry_out(self, actions: Sequence[Any], origin: Origin | None = None) -> list[Refused]:
+        """Act on the agents' actions; the switching authority's refusals of their control requests."""
         changed = False
+        refusals: list[Refused] = []
         for action in actions:
             self.actions_done += 1
             if isinstance(action, ControlRequest):
-                self._control(action, origin)
+                refused = self._control(action, origin)
+                if refused is not None:
+                    refusals.append(refused)
             elif isinstance(action, StateChange):
                 changed = True
                 record: dict[str, Any] = {"agent_type": str(getattr(action.agent_type, "value", action.agent_type)),
@@ -123,8 +129,9 @@ class AgentHost:
                 log.debug("bus message", extra={"action": repr(action)})
         if changed:
             self.dirty = True
+        return refusals
 
-    def _control(self, req: ControlRequest, origin: Origin | None) -> None:
+    def _control(self, req: ControlRequest, origin: Origin | None) -> Refused | None:
         """An agent's control request, as an operation of the agent (or of the operator whose
         request it carries out) for the switching authority."""
         who = origin or Origin(via=Via.AGENT, who=f"agent:{req.agent_id}")
@@ -140,9 +147,10 @@ class AgentHost:
             log.warning("control request refused", extra={"agent": req.agent_id, "point_name": req.point_name,
                                                           "error": str(exc), "origin": who.who})
             self.runtime.on_command_result(req.agent_id, req.point_name, False, self._monotonic())
-            return
+            return exc if isinstance(exc, Refused) else Refused("bad_args", str(exc))
         log.info("control request", extra={"agent": req.agent_id, "point_name": req.point_name, "value": req.value,
                                             "reason": req.reason, "origin": who.who})
+        return None
 
 
 def _name(state: Any) -> str:

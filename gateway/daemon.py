@@ -528,8 +528,8 @@ class Server:
         c.register_stream("points.watch", self._op_points_watch)
         c.register("agents.list", lambda: self._gw().agents.runtime.list_agents())
         c.register("agents.show", lambda id: self._gw().agents.runtime.show(id))
-        c.register("agents.request", lambda id, request, **args: self._gw().agents.request(
-            id, request, origin=_local_origin(), **args))
+        c.register("agents.request", lambda id, request, **args: self._switching_refusal(
+            lambda: self._gw().agents.request(id, request, origin=_local_origin(), **args)))
         c.register("reliability", self._op_reliability)
         c.register("events", self._op_events)
         c.register("points.history", self._op_points_history)
@@ -663,7 +663,7 @@ class Server:
         return self._switching_refusal(remove)
 
     @staticmethod
-    def _switching_refusal(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    def _switching_refusal(fn: Callable[[], Any]) -> Any:
         """Refusals of the switching authority go back as errors that name their reason code."""
         from gateway.switching.authority import Refused
 
