@@ -7,6 +7,8 @@
     stima-hil inject temp XFMR-101 --delta 25 --over 600s
     stima-hil inject clear
     stima-hil status [--json]
+    stima-hil scenario run NAME [--json] [--seed N]
+    stima-hil scenario list
 """
 
 from __future__ import annotations
@@ -83,6 +85,14 @@ def _parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", parents=[common], help="breakers, faults and simulated time of the running simulator")
     status.add_argument("--json", action="store_true")
+
+    scenario = sub.add_parser("scenario", help="run a use-case scenario against the real daemon(s), with checks")
+    scenario_sub = scenario.add_subparsers(dest="scenario_command", required=True)
+    srun = scenario_sub.add_parser("run", help="run one scenario: timeline, result table; exit 0 when every check passes")
+    srun.add_argument("name", help="scenario name (stima-hil scenario list)")
+    srun.add_argument("--json", action="store_true", help="one JSON object: scenario, passed, checks, timeline, figures")
+    srun.add_argument("--seed", type=int, default=0, help="simulator seed (loads, noise)")
+    scenario_sub.add_parser("list", help="the scenarios there are")
     return parser
 
 
@@ -170,6 +180,10 @@ async def _serve(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "scenario":
+        from hil.scenarios import main as scenario_main
+
+        return scenario_main(args)
     if args.command == "serve":
         logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -54,7 +54,8 @@ def feeder_site(n_feeders: int = 3, sections: int = 3, *, line_length_m: float =
     sim_loads: dict[str, Any] = {}
     port = port_base
     agents.append({"id": "SUB-1", "type": "substation",
-                   "attributes": {"rated_capacity": 40.0, "secondary_voltage": 11.0, "num_feeders": n_feeders},
+                   "attributes": {"rated_capacity": max(40.0, 4.0 * n_feeders), "secondary_voltage": 11.0,
+                                  "num_feeders": n_feeders},
                    "connection_rules": [{"target_id": f"CB-{k}", "canonical_type": "supply"}
                                         for k in range(1, n_feeders + 1)]})
     step = line_length_m / sections
