@@ -33,6 +33,7 @@ from gateway.config import AgentConfig, CanonicalType, SiteConfig
 SQRT3 = math.sqrt(3.0)
 BREAKER, LINE, SUBSTATION = "circuit_breaker", "power_line", "substation"
 TAPPED = frozenset({"transformer", "capacitor_bank", "renewable_energy"})
+INJECTING = frozenset({"capacitor_bank", "renewable_energy"})
 DEFAULT_POWER_FACTOR = 0.95
 VOLTAGE_WORSE_PU = 0.002
 LOADING_WORSE = 0.01
@@ -374,11 +375,10 @@ class _Builder:
             if a.type.value == SUBSTATION:
                 sub = SubstationAttributes.model_validate(a.attributes)
                 net.sources[a.id] = Source(a.id, False, sub.rated_capacity * 1000.0, sub.secondary_voltage)
-        # what hangs on each line, and where
-        taps: dict[str, list[tuple[str, float | None]]] = {line: [] for line in self.line_attrs}
+        # what hangs on each line, and where (a tap named by both ends keeps the position either gives)
+        tap_at: dict[str, dict[str, float | None]] = {line: {} for line in self.line_attrs}
         feeds: dict[str, list[str]] = {}  # parent id -> children (supply edges, depends_on read backwards)
         routes: dict[str, list[tuple[str, float | None, bool]]] = {}  # device -> (line, position, normally_open)
-        seen: set[tuple[str, str]] = set()
         for a in self.site.agents:
             for rule in a.connection_rules:
                 target = rule.target_id
@@ -391,19 +391,21 @@ class _Builder:
                     elif self.types[target] == BREAKER and self.types[a.id] == LINE:
                         routes.setdefault(target, []).append((a.id, _position(rule), rule.normally_open))
                     continue
-                if kind is CanonicalType.SUPPLY:
+                if kind is CanonicalType.SUPPLY and self.types[target] == LINE and self.types[a.id] in INJECTING:
+                    parent, child = target, a.id  # a DER or capacitor bank feeding into the line is tapped on it
+                elif kind is CanonicalType.SUPPLY:
                     parent, child = a.id, target
                 elif kind is CanonicalType.DEPENDS_ON:
                     parent, child = target, a.id
                 else:
                     continue
-                if (parent, child) in seen:
-                    continue
-                seen.add((parent, child))
                 if self.types[parent] == LINE and self.types[child] != LINE:
-                    taps[parent].append((child, _position(rule)))
-                else:
+                    given = _position(rule)
+                    if tap_at[parent].get(child) is None:
+                        tap_at[parent][child] = given
+                elif child not in feeds.get(parent, []):
                     feeds.setdefault(parent, []).append(child)
+        taps = {line: list(children.items()) for line, children in tap_at.items()}
         self.taps, self.feeds, self.routes = taps, feeds, routes
         tie_ids = set(routes)
         in_series: dict[str, list[tuple[str, float]]] = {line: [] for line in taps}

@@ -285,6 +285,23 @@ class SwitchingService:
                         + (f" (sequence {seq.id} stopped)" if seq is not None else ""))
         if seq is not None and seq.status is Status.FAILED:
             self._sequence_failed(seq, outcome.target, self._monotonic())
+        if seq is not None and seq.status is Status.DONE and seq.source == "flisr":
+            self._reset_indicators(seq)
+
+    def _reset_indicators(self, seq: Sequence) -> None:
+        """After a FLISR sequence, reset the fault-passage indicators that latched on its feeder, so
+        the next fault is located by fresh ones."""
+        nodes = set(seq.plan.get("isolated_zone", [])) | set(seq.plan.get("restored_upstream", [])) \
+            | set(seq.plan.get("restored_downstream", [])) | set(seq.plan.get("left_out", []))
+        devices = {d for n in nodes for d in self.network.devices_of(n)}
+        for dev in sorted(devices):
+            if self.state.fpi(dev) and "fpi_reset" in self.network.devices[dev].points:
+                op = Operation(kind=Kind.INDICATOR_RESET, target=dev, origin=FLISR_ORIGIN, point="fpi_reset",
+                               value=True, reason=f"{seq.name}: done; indicator reset for the next fault")
+                try:
+                    self.operate(op)
+                except Refused as exc:
+                    log.warning("indicator not reset", extra={"device": dev, "error": exc.message})
 
     def _sequence_failed(self, seq: Sequence, device: str, now: float) -> None:
         log.error("switching sequence stopped", extra={"sequence": seq.id, "device": device,
