@@ -221,6 +221,9 @@ class ConnectionRule(_Model):
     directionality: Directionality = Directionality.DIRECTED
     normally_open: bool = False
     """A tie that can carry load when closed (used for alternative supply paths)."""
+    position_m: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    """Metres from the sending end of the power line at the other end of the rule, where the
+    element is tapped (checked against the line's length with the other cross-references)."""
 
 
 class AgentConfig(_Model):
@@ -235,7 +238,12 @@ class AgentConfig(_Model):
     def _check_attributes(self) -> AgentConfig:
         model = AGENT_ATTRIBUTE_MODELS.get(self.type)
         if model is not None:
-            model.model_validate(self.attributes)
+            try:
+                model.model_validate(self.attributes)
+            except ValidationError as exc:  # report under `attributes.<key>`, where the file has it
+                details: list[Any] = [{"type": e["type"], "loc": ("attributes", *e["loc"]), "input": e["input"],
+                                       **({"ctx": e["ctx"]} if "ctx" in e else {})} for e in exc.errors()]
+                raise ValidationError.from_exception_data(exc.title, details) from None
         return self
 
 
@@ -406,6 +414,7 @@ def reference_problems(data: dict[str, Any]) -> list[ConfigProblem]:
         breaker = scheme.get("breaker")
         if breaker is not None and breaker not in known_agents:
             out.append(ConfigProblem(f"protection[{n}].breaker", "is not an agent id", breaker))
+    out += feeder_layout_problems(agents)
     rtu: dict[str, dict[str, Any]] = {}
     for n, ied in enumerate(ieds):
         if ied.get("protocol") != "modbus_rtu" or not isinstance(ied.get("serial_port"), str):
@@ -416,6 +425,128 @@ def reference_problems(data: dict[str, Any]) -> list[ConfigProblem]:
             out.append(ConfigProblem(f"ieds[{n}:{ied.get('id', '?')}]",
                                      f"shares serial line {ied['serial_port']} with {first.get('id')} "
                                      "but its baudrate/parity/stopbits differ"))
+    return out
+
+
+_TAP_TYPES = ("supply", "depends_on", "route")
+_INJECTING = ("renewable_energy", "capacitor_bank")
+
+
+def _attributes(agent: dict[str, Any]) -> dict[str, Any]:
+    attrs = agent.get("attributes")
+    return attrs if isinstance(attrs, dict) else {}
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def feeder_layout_problems(agents: list[dict[str, Any]]) -> list[ConfigProblem]:
+    """Positions along lines, in-series switching devices and ties (the switching-devices contract).
+
+    A rule's `position_m` is measured along the power line at one end of it; a switching device
+    tapped on a line at a position (not a tie, not normally open) is in series and splits the
+    line there, so every element tapped on that line must then say where it is.
+    """
+    out: list[ConfigProblem] = []
+    by_id = {a["id"]: a for a in agents if isinstance(a.get("id"), str)}
+    kind = {i: a.get("type") for i, a in by_id.items()}
+    where_of = {a["id"]: f"agents[{n}:{a['id']}]" for n, a in enumerate(agents) if isinstance(a.get("id"), str)}
+
+    def is_line(agent_id: Any) -> bool:
+        return kind.get(agent_id) == "power_line"
+
+    # ties: circuit breakers with route rules (or an external source)
+    ties: set[str] = set()
+    for agent_id, agent in by_id.items():
+        if kind[agent_id] != "circuit_breaker":
+            continue
+        attrs = _attributes(agent)
+        routes = [(k, r) for k, r in enumerate(_items(agent, "connection_rules")) if r.get("canonical_type") == "route"]
+        external = attrs.get("external_source")
+        if not routes and external is None:
+            for key in ("allow_parallel", "normally_open"):
+                if attrs.get(key) is True:
+                    out.append(ConfigProblem(f"{where_of[agent_id]}.attributes.{key}",
+                                             "is for a tie: a switching device with route rules to two different "
+                                             "power lines, or to one line and an external_source", True))
+            continue
+        ties.add(agent_id)
+        targets = [r.get("target_id") for _, r in routes]
+        for k, r in routes:
+            if r.get("target_id") in by_id and not is_line(r.get("target_id")):
+                out.append(ConfigProblem(f"{where_of[agent_id]}.connection_rules[{k}].target_id",
+                                         "a tie's route rule must name a power_line", r.get("target_id")))
+        lines = [t for t in targets if is_line(t)]
+        if external is not None:
+            if len(routes) != 1:
+                out.append(ConfigProblem(f"{where_of[agent_id]}.connection_rules",
+                                         f"a tie to external_source {external!r} needs exactly one route rule, "
+                                         "to the local power line", targets))
+        elif len(routes) != 2 or (len(lines) == 2 and lines[0] == lines[1]):
+            out.append(ConfigProblem(f"{where_of[agent_id]}.connection_rules",
+                                     "a tie's route rules must name two different power lines "
+                                     "(or one line, with attributes.external_source for a neighbour's feeder)",
+                                     targets))
+
+    # taps: (element, line) -> [(rule path, position or None)]
+    taps: dict[tuple[str, str], list[tuple[str, float | None]]] = {}
+    for agent_id, agent in by_id.items():
+        for k, rule in enumerate(_items(agent, "connection_rules")):
+            target = rule.get("target_id")
+            path = f"{where_of[agent_id]}.connection_rules[{k}]"
+            ctype = rule.get("canonical_type")
+            raw = rule.get("position_m")
+            position = _number(raw)
+            if target not in by_id:
+                continue
+            line: str | None = None
+            element: str | None = None
+            if ctype == "supply" and is_line(agent_id):
+                line, element = agent_id, target
+            elif ctype in ("depends_on", "route") and is_line(target):
+                line, element = target, agent_id
+            elif ctype == "supply" and is_line(target) and kind.get(agent_id) in _INJECTING:
+                line, element = target, agent_id
+            if raw is None:
+                if line is not None and element is not None and (ctype != "route" or element in ties):
+                    taps.setdefault((element, line), []).append((path, None))
+                continue
+            if ctype not in _TAP_TYPES:
+                out.append(ConfigProblem(f"{path}.position_m", "is only for supply, depends_on and route rules "
+                                         "(where an element is tapped on a power line)", raw))
+                continue
+            if ctype == "route" and is_line(agent_id) and is_line(target):
+                out.append(ConfigProblem(f"{path}.position_m", "a route rule between two power lines has no "
+                                         "position: to tie two lines mid-way, use a tie switch (a circuit_breaker "
+                                         "with route rules to both lines)", raw))
+                continue
+            if line is None or element is None:
+                out.append(ConfigProblem(f"{path}.position_m", "is measured along a power line: the other end "
+                                         f"of the rule must be a power_line ({agent_id} → {target})", raw))
+                continue
+            length = _number(_attributes(by_id[line]).get("length", 5000.0))
+            if position is not None and length is not None and position > length:  # < 0: a type error
+                out.append(ConfigProblem(f"{path}.position_m", f"must be within 0..{length:g} m, the length "
+                                         f"of {line}", raw))
+            taps.setdefault((element, line), []).append((path, position))
+
+    in_series: dict[str, list[str]] = {}
+    for (element, line), found in taps.items():
+        given = {p for _, p in found if p is not None}
+        if len(given) > 1:
+            out.append(ConfigProblem(found[0][0] + ".position_m", f"{element} is tapped on {line} at different "
+                                     f"positions by its rules: {sorted(given)}"))
+        if (kind.get(element) == "circuit_breaker" and element not in ties and given
+                and _attributes(by_id[element]).get("normally_open") is not True):
+            in_series.setdefault(line, []).append(element)
+    for (element, line), found in taps.items():
+        devices = in_series.get(line)
+        if not devices or element in ties or any(p is not None for _, p in found):
+            continue
+        out.append(ConfigProblem(found[0][0] + ".position_m", f"{element} is tapped on {line}, which carries "
+                                 f"in-series switching devices ({', '.join(sorted(devices))}): give where it is "
+                                 f"tapped (metres from the sending end of {line})"))
     return out
 
 

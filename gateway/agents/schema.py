@@ -144,11 +144,29 @@ class SmartMeterAttributes(_Attrs):
 # --------------------------------------------------------------------------- circuit breaker
 
 
+SwitchingFunction = Literal["breaker", "recloser", "load_break_switch"]
+
+
 class CircuitBreakerAttributes(_Attrs):
+    """A switching device: a station or feeder breaker, a pole-mounted recloser, or a
+    load-break switch (sectionaliser or tie)."""
+
+    function: SwitchingFunction = "breaker"
+    """A load-break switch breaks load current only, never fault current."""
     breaker_type: Literal["vacuum", "SF6", "oil", "air_blast", "MCB", "MCCB"] = "vacuum"
     rated_voltage: float = Field(default=12.0, gt=0, description="kV")
     rated_current: float = Field(default=630.0, gt=0, description="A")
     interrupting_capacity: float = Field(default=25.0, gt=0, description="kA")
+    """Default 25 kA; for a load-break switch, its rated current (rated_current / 1000 kA)."""
+    normally_open: bool = False
+    """An open point in the normal configuration (a tie)."""
+    fpi_pickup_a: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    """Fault-passage indicator pickup (A): the indicator latches above this current."""
+    allow_parallel: bool = False
+    """A tie that the site allows to close with both sides energised (closed-loop operation)."""
+    external_source: str | None = Field(default=None, min_length=1, max_length=128,
+                                        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*(/[A-Za-z0-9][A-Za-z0-9_.\-]*)*$")
+    """A tie whose far side is a feeder of another substation, by its name there ('SUB-006/LINE-061')."""
     coordination_group: str = ""
     operating_mechanism: Literal["spring", "solenoid", "motor"] = "spring"
     maintenance_interval: float = Field(default=365.0, gt=0, description="days")
@@ -162,6 +180,17 @@ class CircuitBreakerAttributes(_Attrs):
     """Arcing time used for contact wear (I²t) per interruption."""
     contact_wear_limit_ka2s: float = Field(default=500.0, gt=0)
     maintenance_operations: int = Field(default=2000, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _load_break_switch_rating(cls, data: object) -> object:
+        """A load-break switch interrupts no more than its rated current unless told otherwise."""
+        if (isinstance(data, dict) and data.get("function") == "load_break_switch"
+                and "interrupting_capacity" not in data):
+            rated = data.get("rated_current", 630.0)
+            if isinstance(rated, int | float) and not isinstance(rated, bool) and rated > 0:
+                return {**data, "interrupting_capacity": float(rated) / 1000.0}
+        return data
 
 
 # --------------------------------------------------------------------------- substation
