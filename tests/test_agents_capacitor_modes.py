@@ -412,7 +412,7 @@ def test_site_file_error_gives_the_key_path() -> None:
     with pytest.raises(ConfigError) as info:
         validate(_site_with_cap(control_mode="var", var_on_kvar=50.0, var_off_kvar=0.0))
     text = str(info.value)
-    assert "CAP-301].var_off_kvar" in text and "one step (300.0 kvar)" in text
+    assert "CAP-301].attributes.var_off_kvar" in text and "one step (300.0 kvar)" in text
 
 
 def test_runtime_feeds_the_mode_inputs_from_their_points() -> None:
