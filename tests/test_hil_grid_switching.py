@@ -125,6 +125,21 @@ def test_a_transferred_section_is_fed_backwards(site: SiteConfig, via: str) -> N
     assert model.point_values()["XFMR-101.secondary_voltage_v"] > 380.0
 
 
+@pytest.mark.parametrize(("via", "donor", "ampacity_a"), [("TIE-044-045", "CB-044", 400.0),
+                                                          ("TIE-045-046", "CB-046", 400.0)])
+def test_capacity_matters_for_a_transfer(site: SiteConfig, via: str, donor: str, ampacity_a: float) -> None:
+    """The example's loads: at noon a neighbour carries LINE-045 beyond SW-045-1 within its
+    ampacity; with every load at its daily peak, after sunset, it cannot."""
+    noon = _model(site)
+    _transfer(noon, via)
+    assert noon.agent_values(donor)["ia"] < 0.9 * ampacity_a
+    peaks = {k: {**v, "profile": "flat"} for k, v in site.simulation["loads"].items()}
+    evening = _model(site, start_hour=20.0, loads=peaks)
+    assert evening.agent_values(donor)["ia"] < 0.8 * ampacity_a  # on its own it is fine
+    _transfer(evening, via)
+    assert evening.agent_values(donor)["ia"] > 1.1 * ampacity_a
+
+
 def _pandapower_net(model: GridModel) -> tuple[Any, list[int]]:
     """The model's network as pandapower elements, sources as external grids."""
     pp = pytest.importorskip("pandapower")
