@@ -58,6 +58,7 @@ from gateway.agents.schema import (
 )
 from gateway.config import AgentConfig, CanonicalType, SiteConfig
 from hil.grid.faults import A_OP, FaultInfo, FaultKind, SequenceCurrents, parse_kind, sequence_currents
+from hil.grid.flows import branch_flow, nearest_upstream, top_node, walked_forward
 from hil.grid.layout import SiteLayout, site_layout
 from hil.grid.network import BranchKind, Loop, Network, RadialTree, closed_loops
 from hil.grid.powerflow import PowerFlowDiverged, PowerFlowResult, solve, solve_impedance
@@ -408,6 +409,9 @@ class GridModel:
                 raise ValueError(f"simulation.external_sources.{key}: not an external tie (a circuit_breaker with "
                                  f"attributes.external_source); external ties: {', '.join(external) or 'none'}")
         self._build_ties()
+        self._sections = [section for line in self.lines.values()
+                          for section in line_sections(line.id, line.start_bus, line.attrs.length, line.segments,
+                                                       line.breaks, line.taps)]
         self._build_loads(site, meters)
         self._build_points(site)
         n_bus = len(net.buses)
@@ -533,9 +537,6 @@ class GridModel:
             if tie.device in self.breakers:
                 for end in tie.ends:
                     self.lines[end.line].taps[tie.device] = end.position_m
-        self._sections = [section for line in self.lines.values()
-                          for section in line_sections(line.id, line.start_bus, line.attrs.length, line.segments,
-                                                       line.breaks, line.taps)]
 
     def _build_transformer(self, agent: AgentConfig, primary_bus: int) -> None:
         attrs = TransformerAttributes.model_validate(agent.attributes)
@@ -996,10 +997,9 @@ class GridModel:
             nodes = tree.nodes
             self._i_abc[nodes[on_path]] += np.array([ia, ib, ic])
             self._i1[nodes[on_path]] += seq.i1
-            on_branches = set(tree.feeder_branch[on_path].tolist())
             for device in self.breakers.values():
-                if device.branch in on_branches:
-                    forward = nodes[on_path][tree.feeder_branch[on_path] == device.branch][0] == device.bus
+                forward = walked_forward(tree, on_path, device.branch, device.bus)
+                if forward is not None:
                     self._fault_directions[device.id] = "forward" if forward else "reverse"
             # positive-sequence sag: each bus loses Z_common · I1
             z1_cum = self._z1_cumulative()
@@ -1296,29 +1296,6 @@ class GridModel:
         """True while an energised closed loop exists (not modelled: see `parallel_loops`)."""
         return any(loop["energised"] for loop in self.parallel_loops)
 
-    def _source_of(self, bus: int) -> str | None:
-        tree = self._tree
-        assert tree is not None
-        pos = tree.position.get(bus)
-        if pos is None:
-            return None
-        while tree.parent_pos[pos] >= 0:
-            pos = int(tree.parent_pos[pos])
-        return self._source_names.get(int(tree.nodes[pos]))
-
-    def _feeding_device(self, bus: int) -> str | None:
-        """The nearest switching device between the source and `bus`."""
-        tree = self._tree
-        assert tree is not None
-        by_branch = {d.branch: d.id for d in self.breakers.values()}
-        pos = tree.position.get(bus, -1)
-        while pos >= 0:
-            device = by_branch.get(int(tree.feeder_branch[pos]))
-            if device is not None:
-                return device
-            pos = int(tree.parent_pos[pos])
-        return None
-
     def device_state(self, device_id: str) -> dict[str, Any]:
         """A switching device's position, indicator, mode and failure, and what flows through it."""
         device = self._switching_device(device_id)
@@ -1347,12 +1324,16 @@ class GridModel:
         device, and what is tapped on it."""
         if self._dirty:
             self._solve(self._now)
+        tree = self._tree
+        assert tree is not None
+        device_of = {d.branch: d.id for d in self.breakers.values()}
         out = {}
         for sec in self._sections:
             live = [b for b in sec.buses if self._energised[b]]
+            top = top_node(tree, live[0]) if live else None
             out[sec.id] = {"line": sec.line, "from_m": sec.from_m, "to_m": sec.to_m, "energised": bool(live),
-                           "source": self._source_of(live[0]) if live else None,
-                           "fed_through": self._feeding_device(live[0]) if live else None,
+                           "source": None if top is None else self._source_names.get(top),
+                           "fed_through": nearest_upstream(tree, live[0], device_of) if live else None,
                            "elements": list(sec.elements), "upstream_device": sec.upstream_device,
                            "downstream_device": sec.downstream_device}
         return out
@@ -1387,20 +1368,11 @@ class GridModel:
         return float(abs(self._v[bus]) * self.net.buses[bus].base_kv)
 
     def _flow(self, branch: int) -> tuple[npt.NDArray[np.complex128], complex, int]:
-        """Phase currents through a branch (pu), the complex power (kW + j kvar) it carries in its
-        from → to direction at the sending end, and the direction: +1 from → to, −1 to → from
-        (fed from its load side), 0 when it carries nothing (open, dead, or cut out of a loop)."""
-        tree = self._tree
-        assert tree is not None
-        br = self.net.branches[branch]
-        for node, sign in ((br.to_bus, 1), (br.from_bus, -1)):
-            pos = tree.position.get(node)
-            if pos is not None and tree.feeder_branch[pos] == branch:
-                parent_pos = tree.parent_pos[pos]
-                parent_bus = tree.nodes[parent_pos] if parent_pos >= 0 else tree.root
-                s = self._v[parent_bus] * np.conj(self._i1[node] * tree.ratio[pos])
-                return self._i_abc[node], sign * complex(s) * self.net.base_mva * 1000.0, sign
-        return np.zeros(3, dtype=np.complex128), 0j, 0
+        """Phase currents through a branch (pu), the power (kW + j kvar) it carries in its from → to
+        direction, and the direction (+1, −1 when fed from its `to` side, 0 when carrying nothing)."""
+        assert self._tree is not None
+        flow = branch_flow(self._tree, branch, self.net.branches[branch], self._v, self._i1, self._i_abc)
+        return flow.currents_pu, flow.power_pu * self.net.base_mva * 1000.0, flow.direction
 
     def _device_voltage_bus(self, device: SwitchingDevice) -> int:
         """Where a device measures its voltage: closed, on the side its supply comes from; open,
