@@ -129,15 +129,23 @@ def test_a_transferred_section_is_fed_backwards(site: SiteConfig, via: str) -> N
                                                           ("TIE-045-046", "CB-046", 400.0)])
 def test_capacity_matters_for_a_transfer(site: SiteConfig, via: str, donor: str, ampacity_a: float) -> None:
     """The example's loads: at noon a neighbour carries LINE-045 beyond SW-045-1 within its
-    ampacity; with every load at its daily peak, after sunset, it cannot."""
+    ampacity and with every section at 0.95 pu or more; with every load at its daily peak,
+    after sunset, it cannot."""
     noon = _model(site)
     _transfer(noon, via)
-    assert noon.agent_values(donor)["ia"] < 0.9 * ampacity_a
+    assert noon.agent_values(donor)["ia"] < 0.9 * ampacity_a and _lowest_line_voltage_pu(noon) >= 0.95
     peaks = {k: {**v, "profile": "flat"} for k, v in site.simulation["loads"].items()}
     evening = _model(site, start_hour=20.0, loads=peaks)
     assert evening.agent_values(donor)["ia"] < 0.8 * ampacity_a  # on its own it is fine
+    assert _lowest_line_voltage_pu(evening) >= 0.95
     _transfer(evening, via)
-    assert evening.agent_values(donor)["ia"] > 1.1 * ampacity_a
+    assert evening.agent_values(donor)["ia"] > 1.05 * ampacity_a and _lowest_line_voltage_pu(evening) < 0.95
+
+
+def _lowest_line_voltage_pu(model: GridModel) -> float:
+    """The lowest voltage along any energised line, per unit of its nominal voltage."""
+    return min(abs(model._v[seg[3]]) for line in model.lines.values() for seg in line.segments
+               if model._energised[seg[3]])
 
 
 def _pandapower_net(model: GridModel) -> tuple[Any, list[int]]:
