@@ -319,6 +319,8 @@ class HilRuntime:
         self._lose_tasks: dict[str, asyncio.Task[Any]] = {}
         self._stopping = asyncio.Event()
         self._started = False
+        self.ready = False
+        """Every IED server listening (status `ready`): a daemon started now finds them all."""
         self._pending: set[asyncio.Task[Any]] = set()
         self._next_ami_s: float | None = None
         self._origin_s: float | None = None
@@ -398,8 +400,14 @@ class HilRuntime:
         for child in self.iec_children:
             child.set_local(local)
             await child.update(values)
+        for child in self.iec_children:
+            try:
+                await wait_listening("127.0.0.1", child.port, timeout_s=30.0)
+            except OSError as exc:
+                log.warning("%s: IEC 61850 server not listening on port %d: %s", child.ied.id, child.port, exc)
         if self.options.ami and self.site.ami is not None:
             await self._start_ami()
+        self.ready = True
         log.info("simulator running: %d Modbus endpoint(s), %d IEC 61850 IED(s), speed %s, step %.3f s",
                  len(self.endpoints), len(self.iec_children), self.options.speed or "max", self.options.step_s)
 
@@ -453,6 +461,7 @@ class HilRuntime:
         self._endpoint_of.clear()
         self.ami = None
         self._started = False
+        self.ready = False
 
     def request_stop(self) -> None:
         self._stopping.set()
@@ -740,6 +749,7 @@ class HilRuntime:
             faults = faults()
         return {
             "substation_id": self.site.site.substation_id,
+            "ready": self.ready,
             "sim_time_s": round(now_s, 6),
             "sim_wall_time": self.clock.wall(),
             "speed": self.options.speed,
