@@ -5,6 +5,10 @@
     stima-hil inject commloss IED-CB-045 --for 30s
     stima-hil inject loadstep XFMR-101 --factor 1.3
     stima-hil inject temp XFMR-101 --delta 25 --over 600s
+    stima-hil inject failure SW-045-1 --mode stuck|slow|none [--delay 5s]
+    stima-hil inject local SW-045-1 [--remote]
+    stima-hil inject operate SW-045-1 open|close
+    stima-hil inject external TIE-046-061 --dead|--live
     stima-hil inject clear
     stima-hil status [--json]
     stima-hil scenario run NAME [--json] [--seed N]
@@ -81,6 +85,24 @@ def _parser() -> argparse.ArgumentParser:
     temp.add_argument("transformer")
     temp.add_argument("--delta", required=True, help="degrees C, e.g. 25")
     temp.add_argument("--over", default="0s", help="ramp duration, e.g. 600s or 10min (default: a step)")
+    failure = kinds.add_parser("failure", parents=[common], help="a switching device fails to operate")
+    failure.add_argument("device")
+    failure.add_argument("--mode", required=True, choices=("stuck", "slow", "none"),
+                         help="stuck: never moves; slow: moves after --delay; none: healthy again")
+    failure.add_argument("--delay", default=None, help="for --mode slow: time before it moves, e.g. 5s")
+    local = kinds.add_parser("local", parents=[common],
+                             help="put a switching device in local control (it refuses remote commands)")
+    local.add_argument("device")
+    local.add_argument("--remote", action="store_true", help="back to remote control")
+    operate = kinds.add_parser("operate", parents=[common], help="open or close a switching device by hand")
+    operate.add_argument("device")
+    operate.add_argument("action", choices=("open", "close"))
+    external = kinds.add_parser("external", parents=[common],
+                                help="the neighbouring feeder behind an external tie goes dead or comes back")
+    external.add_argument("tie")
+    state = external.add_mutually_exclusive_group(required=True)
+    state.add_argument("--dead", action="store_true")
+    state.add_argument("--live", action="store_true")
     kinds.add_parser("clear", parents=[common], help="clear every fault")
 
     status = sub.add_parser("status", parents=[common], help="breakers, faults and simulated time of the running simulator")
@@ -115,6 +137,19 @@ def build_request(args: argparse.Namespace) -> dict[str, Any]:
         over = 0.0 if str(args.over).strip() in ("0", "0s") else parse_duration_s(args.over)
         return {"op": "temp", "transformer": args.transformer, "delta_c": parse_temperature_delta_c(args.delta),
                 "duration_s": over}
+    if args.kind == "failure":
+        if args.mode == "slow" and args.delay is None:
+            raise UnitError("--mode slow needs --delay, e.g. --delay 5s")
+        if args.mode != "slow" and args.delay is not None:
+            raise UnitError(f"--delay is only for --mode slow (found --mode {args.mode})")
+        return {"op": "failure", "device": args.device, "mode": args.mode,
+                "delay_s": parse_duration_s(args.delay) if args.delay is not None else 0.0}
+    if args.kind == "local":
+        return {"op": "local", "device": args.device, "on": not args.remote}
+    if args.kind == "operate":
+        return {"op": "operate", "device": args.device, "action": args.action}
+    if args.kind == "external":
+        return {"op": "external", "tie": args.tie, "live": bool(args.live)}
     if args.kind == "clear":
         return {"op": "clear"}
     raise UnitError(f"unknown injection {args.kind!r}")
@@ -123,8 +158,28 @@ def build_request(args: argparse.Namespace) -> dict[str, Any]:
 def _print_status(status: dict[str, Any]) -> None:
     print(f"{status.get('substation_id')}  sim time {status.get('sim_time_s', 0):.2f} s  "
           f"speed {status.get('speed')}  steps {status.get('steps')}  mean step {status.get('mean_step_ms')} ms")
+    devices = status.get("devices") or {}
     for breaker, state in sorted((status.get("breakers") or {}).items()):
-        print(f"  breaker {breaker:<12} {state}")
+        d = devices.get(breaker) or {}
+        extra = []
+        if d.get("fpi"):
+            extra.append("FPI")
+        if d.get("local"):
+            extra.append("local")
+        if d.get("failure"):
+            extra.append(f"failure={d['failure'].get('mode')}")
+        if d.get("direction") == "reverse":
+            extra.append("fed backwards")
+        if d:
+            extra.append(f"{d.get('current_a', 0.0):.0f} A")
+        print(f"  breaker {breaker:<12} {state:<7} {' '.join(extra)}".rstrip())
+    for section, sec in sorted((status.get("sections") or {}).items()):
+        via = f" from {sec.get('source')} through {sec.get('fed_through')}" if sec.get("energised") else ""
+        print(f"  section {section:<12} {'live' if sec.get('energised') else 'dead'}{via}")
+    for loop in status.get("parallel_loops") or []:
+        if loop.get("energised"):
+            print(f"  PARALLEL: {loop.get('closing')} closes a loop through {', '.join(loop.get('devices', [])[1:])}"
+                  " (not modelled: it carries no current)")
     faults = status.get("faults") or []
     if not faults:
         print("  faults: none")

@@ -2,7 +2,9 @@
 
 A request is one JSON object on one line, `{"op": "...", ...}`; the answer is one line,
 `{"ok": true, "result": {...}}` or `{"ok": false, "error": "..."}`. Operations: `status`,
-`fault`, `clear`, `commloss`, `loadstep`, `temp`.
+`fault`, `clear`, `clearings`, `commloss`, `loadstep`, `temp`, and for switching devices
+`failure` (stuck, slow, none), `local` (local/remote control), `operate` (by hand at the
+device) and `external` (the neighbour's feeder behind an external tie live or dead).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 DEFAULT_SOCKET = Path(".run/hil.sock")
+OPS = ("status", "fault", "clear", "clearings", "commloss", "loadstep", "temp", "failure", "local", "operate",
+       "external")
 MAX_REQUEST_BYTES = 64 * 1024
 
 _NUMBER = r"([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)"
@@ -109,8 +113,17 @@ def dispatch(runtime: Any, request: Any) -> dict[str, Any]:
         elif op == "temp":
             result = runtime.temperature_ramp(_required(request, "transformer"), _required(request, "delta_c"),
                                               request.get("duration_s", 0.0))
+        elif op == "failure":
+            result = runtime.inject_device_failure(_required(request, "device"), _required(request, "mode"),
+                                                   request.get("delay_s", 0.0))
+        elif op == "local":
+            result = runtime.set_local(_required(request, "device"), _required(request, "on"))
+        elif op == "operate":
+            result = runtime.operate_device(_required(request, "device"), _required(request, "action"))
+        elif op == "external":
+            result = runtime.set_external_source(_required(request, "tie"), _required(request, "live"))
         else:
-            return {"ok": False, "error": f"unknown op {op!r}; expected status, fault, clear, clearings, commloss, loadstep, temp"}
+            return {"ok": False, "error": f"unknown op {op!r}; expected {', '.join(OPS)}"}
     except ValueError as exc:  # InjectionError and bad values
         return {"ok": False, "error": str(exc)}
     except Exception as exc:

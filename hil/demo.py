@@ -47,6 +47,8 @@ class BrokerCounter:
         self.counts: Counter[str] = Counter()
         self.values = 0
         self.last_event = ""
+        self.last_protection = ""
+        """The last protection event (trip, reclose, lockout): agents' events follow it within a second."""
         self.results: dict[str, dict[str, Any]] = {}
         """Command results by command id (what SCADA reads on cmd_result/#)."""
         self._lock = threading.Lock()
@@ -74,6 +76,8 @@ class BrokerCounter:
                     self.values += len(values)
                 if kind in ("events", "alarms"):
                     self.last_event = f"{payload.get('source', '?')}: {payload.get('kind') or payload.get('message', '')}"
+                    if str(payload.get("kind", "")).startswith("protection."):
+                        self.last_protection = f"{payload.get('source', '?')}: {payload['kind']}"
 
     def stop(self) -> None:
         self.client.loop_stop()
@@ -140,6 +144,7 @@ def render(points: list[dict[str, Any]], counter: BrokerCounter, status: dict[st
         counts = dict(counter.counts)
         values = counter.values
         last_event = counter.last_event
+        last_protection = counter.last_protection
     lines += [
         "",
         f"  IEDs online {online}/{len(ieds)}   points good {pts.get('good', 0)}/{pts.get('total', 0)}   "
@@ -147,6 +152,7 @@ def render(points: list[dict[str, Any]], counter: BrokerCounter, status: dict[st
         f"  broker: {sum(counts.values())} messages ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}), "
         f"{values} values",
         f"  last event: {last_event or '-'}",
+        f"  last protection event: {last_protection or '-'}",
         f"  {note}",
     ]
     return "\n".join(lines)
@@ -175,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         key_file.write_bytes(os.urandom(32).hex().encode())
     key_file.chmod(0o600)
     doc["uplink"]["commands"] = {**doc["uplink"].get("commands", {}), "enabled": True, "key_file": str(key_file)}
-    with Rig(doc, workdir, hil_args=("--meters", "2000", "--ami-interval", "30s")) as rig:
+    with Rig(doc, workdir, hil_args=("--ami-interval", "30s")) as rig:
         counter = BrokerCounter(rig.tls, rig.tls_port, rig.doc["uplink"]["topic_prefix"])
         site = rig.doc["site"]
         base = f"{rig.doc['uplink']['topic_prefix']}/{site['region']}/{site['substation_id']}"

@@ -20,7 +20,10 @@ Process protocol (one JSON object per line; the parent is `hil.runtime`):
   quality; `null` marks the point invalid and keeps the last value;
   `{"interlock": {"point_id": ..., "blocked": true, "reason": "..."}}` sets or clears the
   fault/interlock flag: on a control point it blocks that control, on any other id of this IED
-  (a status point or the IED id) it blocks every control of the IED.
+  (a status point or the IED id) it blocks every control of the IED;
+  `{"local": {"point_id": ..., "on": true}}` puts a control point's device in local control
+  (or, on the IED id, every control): select and operate, open or close, are then refused with
+  add cause "blocked-by-switching-hierarchy", as a bay in local refuses remote control.
 - stdout `{"command": {"point_id": ..., "value": ...}}` each time a control is operated.
 
 The server runs in its own process, never in the gateway's: control handlers run on
@@ -89,6 +92,7 @@ class _Control:
     do: Any = None
     blocked: bool = False
     reason: str = ""
+    local: bool = False
     selected: bool = False
     callbacks: list[Any] = field(default_factory=list)
 
@@ -337,9 +341,14 @@ class BayServer:
         value = bool(c.lib.MmsValue_getBoolean(ctl_val))
         is_select = bool(c.lib.ControlAction_isSelect(action))
         with self._ctl_lock:
-            blocked, reason, selected = control.blocked, control.reason, control.selected
+            blocked, reason, selected, local = control.blocked, control.reason, control.selected, control.local
             if not is_select:
                 control.selected = False
+        if local:
+            log.warning("refused %s of %s: the device is in local control", "select" if is_select else "operate",
+                        control.point.id)
+            c.lib.ControlAction_setAddCause(action, c.ADD_CAUSE_BLOCKED_BY_SWITCHING_HIERARCHY)
+            return c.CONTROL_OBJECT_ACCESS_DENIED
         if value and blocked:
             log.warning("refused to close %s: %s", control.point.id, reason or "blocked")
             c.lib.ControlAction_setAddCause(action, c.ADD_CAUSE_BLOCKED_BY_INTERLOCKING)
@@ -386,9 +395,11 @@ class BayServer:
         if not isinstance(message, dict):
             log.warning("ignored a line that is not a JSON object: %.120s", line)
             return
-        known = {"values", "interlock"}
+        known = {"values", "interlock", "local"}
         for key in message.keys() - known:
             log.warning("ignored unknown key %r (expected one of %s)", key, sorted(known))
+        if "local" in message:
+            self._apply_local(message["local"])
         if "values" in message:
             self._apply_values(message["values"])
         if "interlock" in message:
@@ -450,6 +461,23 @@ class BayServer:
             self._update(binding, value, int(time.time() * 1000))
         finally:
             c.lib.IedServer_unlockDataModel(self.server)
+
+    def _apply_local(self, spec: Any) -> None:
+        if not isinstance(spec, dict) or not isinstance(spec.get("point_id"), str) or not isinstance(spec.get("on"), bool):
+            log.warning('\'local\' must be {"point_id": str, "on": bool}, found %r', spec)
+            return
+        point_id = spec["point_id"]
+        if point_id in self.model.controls:
+            targets = [self.model.controls[point_id]]
+        elif point_id == self.model.ied.id:
+            targets = list(self.model.controls.values())
+        else:
+            log.warning("local: %r is neither a control point nor the id of %s", point_id, self.model.ied.id)
+            return
+        with self._ctl_lock:
+            for control in targets:
+                control.local = spec["on"]
+        log.info("%s control: %s", "local" if spec["on"] else "remote", ", ".join(t.point.id for t in targets))
 
     def _apply_interlock(self, spec: Any) -> None:
         if not isinstance(spec, dict) or not isinstance(spec.get("point_id"), str):

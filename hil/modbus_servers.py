@@ -32,11 +32,14 @@ from pymodbus.simulator import DataType as SimType
 from pymodbus.simulator import SimData, SimDevice
 
 from gateway.config import DataType, ModbusPoint, ModbusRtuIed, ModbusTcpIed, RegisterFunction
+from hil.grid.switching import CommandRefused
 
 log = logging.getLogger(__name__)
 
 WriteHandler = Callable[[str, float | int | bool], None]
-"""Called with (point_id, engineering value) for every gateway write; raise ValueError to refuse."""
+"""Called with (point_id, engineering value) for every gateway write; raise ValueError to refuse
+(answered "illegal value"), CommandRefused when the device's state refuses it (local control:
+answered "illegal function", the server being in the wrong state for the request)."""
 
 # Modbus function codes: reads (used by the simulator to update its own tables) and writes.
 FC_READ = {
@@ -285,6 +288,10 @@ class ModbusEndpoint:
             for point_id, value in hits:
                 try:
                     self.on_write(point_id, value)
+                except CommandRefused as exc:
+                    self.refused_writes += 1
+                    log.info("%s: write %s=%r refused: %s", ied_id, point_id, value, exc)
+                    return ExcCodes.ILLEGAL_FUNCTION
                 except ValueError as exc:
                     self.refused_writes += 1
                     log.info("%s: write %s=%r refused by the model: %s", ied_id, point_id, value, exc)

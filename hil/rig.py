@@ -96,8 +96,17 @@ class Rig:
         py = sys.executable
         self.hil = self._spawn("hil", [py, "-m", "hil", "serve", "--config", str(self.site_path),
                                        "--control", str(self.hil_socket), *self._hil_args])
-        self.daemon = self._spawn("gatewayd", [py, "-m", "gateway.daemon", "--config", str(self.site_path)])
         deadline = time.monotonic() + timeout_s
+        # the daemon starts once every IED server listens: its first connections then succeed
+        # instead of waiting out a reconnect backoff
+        while not self._hil_ready():
+            if self.hil.poll() is not None:
+                log = (self.workdir / "hil.log").read_text(errors="replace")
+                raise RuntimeError(f"stima-hil exited with {self.hil.returncode}:\n{log[-3000:]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError("the simulator did not come up (every IED server listening) in time")
+            time.sleep(0.1)
+        self.daemon = self._spawn("gatewayd", [py, "-m", "gateway.daemon", "--config", str(self.site_path)])
         while True:
             for name, proc in (("stima-hil", self.hil), ("stima-gatewayd", self.daemon)):
                 if proc.poll() is not None:
@@ -112,6 +121,12 @@ class Rig:
             if time.monotonic() > deadline:
                 raise TimeoutError("the rig did not come up (IEDs online, uplink connected) in time")
             time.sleep(0.2)
+
+    def _hil_ready(self) -> bool:
+        try:
+            return bool(self.hil_call("status").get("ready"))
+        except (hil_control.ControlError, OSError):
+            return False
 
     def restart_daemon(self, *, hard: bool = False, timeout_s: float = 60.0) -> None:
         """Stop the daemon (SIGTERM, or SIGKILL when `hard`) and start it again on the same site."""

@@ -10,8 +10,10 @@ IEDs are served as the site file describes them: Modbus TCP on their host:port, 
 a socat pty pair whose gateway-side end is linked at the IED's `serial_port`, IEC 61850 by a
 child process (`python -m hil.iec61850_server`) fed with JSON lines.
 
-Injections (faults, lost links, load steps, temperature ramps) are methods here; the control
-socket (`hil.control`) and scenario scripts call them.
+Injections (faults, lost links, load steps, temperature ramps, switching-device failures and
+local control) are methods here; the control socket (`hil.control`) and scenario scripts call
+them. A device in local control refuses gateway commands: the Modbus server answers exception
+01, the IEC 61850 server refuses the control (told by a `{"local": ...}` line).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from typing import Any
 from gateway.agents.schema import AgentType
 from gateway.clock import SimClock, SystemClock
 from gateway.config import Iec61850Ied, SiteConfig
+from hil.grid.switching import CommandRefused
 from hil.modbus_servers import ModbusEndpoint, group_endpoints, wait_listening
 
 log = logging.getLogger(__name__)
@@ -174,8 +177,10 @@ class Iec61850Child:
         self.port = port
         self.on_command = on_command
         self.point_ids = [p.id for p in ied.points]
+        self.control_ids = {p.id for p in ied.points if p.control}
         self.process: asyncio.subprocess.Process | None = None
         self._last: dict[str, Any] = {}
+        self._local: dict[str, bool] = {}
         self._reader: asyncio.Task[None] | None = None
         self.commands = 0
         self.silent = False
@@ -187,6 +192,7 @@ class Iec61850Child:
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         )
         self._last.clear()
+        self._local.clear()
         self._reader = asyncio.get_running_loop().create_task(self._read_commands())
         log.info("serving %s (IEC 61850) on port %d, pid %d", self.ied.id, self.port, self.process.pid)
 
@@ -213,6 +219,22 @@ class Iec61850Child:
         if process is not None:
             await process.wait()
             log.warning("%s: IEC 61850 server process ended (exit code %s)", self.ied.id, process.returncode)
+
+    def set_local(self, flags: dict[str, bool]) -> None:
+        """Tell the server which of its controls belong to a device in local control (it refuses
+        them itself); written before the next values, so a client that reads the device's `Loc`
+        as true will be refused."""
+        process = self.process
+        if process is None or process.stdin is None or process.returncode is not None:
+            return
+        for pid in sorted(self.control_ids & flags.keys()):
+            if self._local.get(pid, False) != flags[pid]:
+                self._local[pid] = flags[pid]
+                try:
+                    process.stdin.write((json.dumps({"local": {"point_id": pid, "on": flags[pid]}}) + "\n").encode())
+                except (ConnectionError, BrokenPipeError):
+                    log.warning("%s: IEC 61850 server process is gone", self.ied.id)
+                    return
 
     async def update(self, values: dict[str, Any]) -> None:
         process = self.process
@@ -297,6 +319,8 @@ class HilRuntime:
         self._lose_tasks: dict[str, asyncio.Task[Any]] = {}
         self._stopping = asyncio.Event()
         self._started = False
+        self.ready = False
+        """Every IED server listening (status `ready`): a daemon started now finds them all."""
         self._pending: set[asyncio.Task[Any]] = set()
         self._next_ami_s: float | None = None
         self._origin_s: float | None = None
@@ -306,6 +330,8 @@ class HilRuntime:
         """Real seconds spent in model steps and server updates, in total."""
         self.commands: list[tuple[float, str, Any]] = []
         """(sim time, point id, value) of the last gateway commands, most recent last."""
+        self.refusals: list[dict[str, Any]] = []
+        """Gateway commands a device refused (local control), most recent last (the last 100)."""
         self._agents = {a.id: a for a in site.agents}
         self._ieds = {i.id: i for i in site.ieds}
         self._real = SystemClock()
@@ -319,7 +345,14 @@ class HilRuntime:
     def _apply_command(self, point_id: str, value: Any) -> None:
         """A write or operate from the gateway: straight into the model, now."""
         now_s = self.clock.monotonic()
-        self.model.apply_command(point_id, value, now_s)
+        try:
+            self.model.apply_command(point_id, value, now_s)
+        except CommandRefused as exc:
+            self.refusals.append({"sim_time_s": now_s, "point": point_id, "value": value, "device": exc.device_id,
+                                  "reason": exc.reason})
+            del self.refusals[:-100]
+            log.warning("command %s=%r refused at sim %.3f s: %s", point_id, value, now_s, exc)
+            raise
         if self._fault_started is not None:
             self._note_clearing()
         self.commands.append((now_s, point_id, value))
@@ -363,10 +396,18 @@ class HilRuntime:
             await endpoint.update(values)
             self._add_endpoint(endpoint)
         await self._start_iec61850()
+        local = self._local_flags()
         for child in self.iec_children:
+            child.set_local(local)
             await child.update(values)
+        for child in self.iec_children:
+            try:
+                await wait_listening("127.0.0.1", child.port, timeout_s=30.0)
+            except OSError as exc:
+                log.warning("%s: IEC 61850 server not listening on port %d: %s", child.ied.id, child.port, exc)
         if self.options.ami and self.site.ami is not None:
             await self._start_ami()
+        self.ready = True
         log.info("simulator running: %d Modbus endpoint(s), %d IEC 61850 IED(s), speed %s, step %.3f s",
                  len(self.endpoints), len(self.iec_children), self.options.speed or "max", self.options.step_s)
 
@@ -420,6 +461,7 @@ class HilRuntime:
         self._endpoint_of.clear()
         self.ami = None
         self._started = False
+        self.ready = False
 
     def request_stop(self) -> None:
         self._stopping.set()
@@ -475,7 +517,9 @@ class HilRuntime:
         values = self.model.point_values()
         for endpoint in self.endpoints:
             await endpoint.update(values)
+        local = self._local_flags() if self.iec_children else {}
         for child in self.iec_children:
+            child.set_local(local)
             await child.update(values)
         if self.ami is not None and self._next_ami_s is not None and now_s >= self._next_ami_s:
             self._next_ami_s += self.options.ami_interval_s
@@ -487,6 +531,10 @@ class HilRuntime:
         took = time.perf_counter() - t0
         self.step_time_s += took
         self.max_step_s = max(self.max_step_s, took)
+
+    def _local_flags(self) -> dict[str, bool]:
+        flags = getattr(self.model, "local_command_points", None)
+        return flags() if callable(flags) else {}
 
     # ------------------------------------------------------------------ injections
 
@@ -566,6 +614,53 @@ class HilRuntime:
         log.warning("temperature ramp %+.1f C over %.0f s on %s, sim %.3f s", delta, duration, xfmr, now_s)
         return {"transformer": xfmr, "delta_c": delta, "duration_s": duration, "sim_time_s": now_s}
 
+    def _device_id(self, device_id: str) -> str:
+        self._agent(device_id, AgentType.CIRCUIT_BREAKER)
+        return device_id
+
+    def inject_device_failure(self, device_id: str, mode: str, delay_s: float = 0.0) -> dict[str, Any]:
+        """A switching device fails to operate: 'stuck' (never moves on a command), 'slow' (moves
+        `delay_s` after it), 'none' (healthy again)."""
+        self._device_id(device_id)
+        delay = self._finite("delay_s", delay_s, low=0.0)
+        self._model_call(f"failure of {device_id}", lambda: self.model.set_device_failure(device_id, mode, delay))
+        log.warning("device %s failure %s%s, sim %.3f s", device_id, mode, f" ({delay:g} s)" if delay else "",
+                    self.clock.monotonic())
+        return {"device": device_id, **self.model.device_state(device_id), "sim_time_s": self.clock.monotonic()}
+
+    def set_local(self, device_id: str, on: bool) -> dict[str, Any]:
+        """Put a switching device in local control (it refuses remote commands) or back in remote."""
+        self._device_id(device_id)
+        if not isinstance(on, bool):
+            raise InjectionError(f"on must be true or false, found {on!r}")
+        self._model_call(f"local control of {device_id}", lambda: self.model.set_local(device_id, on))
+        local = self._local_flags()
+        for child in self.iec_children:
+            child.set_local(local)
+        return {"device": device_id, "local": on, "sim_time_s": self.clock.monotonic()}
+
+    def operate_device(self, device_id: str, action: str) -> dict[str, Any]:
+        """An operator at the device opens or closes it (allowed in local control; a failed
+        device still fails)."""
+        self._device_id(device_id)
+        if action not in ("open", "close"):
+            raise InjectionError(f"action must be 'open' or 'close', found {action!r}")
+        now_s = self.clock.monotonic()
+        self._model_call(f"operate {device_id}",
+                         lambda: self.model.operate_breaker(device_id, action == "close", now_s))
+        log.warning("device %s operated locally: %s, sim %.3f s", device_id, action, now_s)
+        return {"device": device_id, "action": action, **self.model.device_state(device_id), "sim_time_s": now_s}
+
+    def set_external_source(self, tie_id: str, live: bool) -> dict[str, Any]:
+        """The neighbouring substation's feeder behind an external tie goes dead, or comes back."""
+        self._device_id(tie_id)
+        if not isinstance(live, bool):
+            raise InjectionError(f"live must be true or false, found {live!r}")
+        now_s = self.clock.monotonic()
+        self._model_call(f"external source of {tie_id}", lambda: self.model.set_external_source(tie_id, live, now_s))
+        log.warning("external source behind %s %s, sim %.3f s", tie_id, "live" if live else "dead", now_s)
+        return {"tie": tie_id, "live": live, "sim_time_s": now_s}
+
     def inject_commloss(self, ied_id: str, duration_s: float) -> dict[str, Any]:
         """The IED stops answering for `duration_s` of simulated time, then comes back.
 
@@ -637,6 +732,16 @@ class HilRuntime:
                     out[agent.id] = "unknown"
         return out
 
+    def _switching_status(self) -> dict[str, Any]:
+        """Switching devices, sections, the energised map and closed loops (when the model has them)."""
+        model = self.model
+        if not hasattr(model, "device_states"):
+            return {}
+        loops = model.parallel_loops
+        return {"devices": _jsonable(model.device_states()), "sections": _jsonable(model.section_states()),
+                "energised": model.energised_elements(), "parallel": any(lp["energised"] for lp in loops),
+                "parallel_loops": _jsonable(loops)}
+
     def status(self) -> dict[str, Any]:
         now_s = self.clock.monotonic()
         faults = getattr(self.model, "active_faults", [])
@@ -644,6 +749,7 @@ class HilRuntime:
             faults = faults()
         return {
             "substation_id": self.site.site.substation_id,
+            "ready": self.ready,
             "sim_time_s": round(now_s, 6),
             "sim_wall_time": self.clock.wall(),
             "speed": self.options.speed,
@@ -653,6 +759,7 @@ class HilRuntime:
             "max_step_ms": round(1e3 * self.max_step_s, 3),
             "lag_resets": self.lag_resets,
             "breakers": self.breakers(),
+            **self._switching_status(),
             "faults": _jsonable(list(faults) if not isinstance(faults, dict) else faults),
             "commloss": {k: round(v - now_s, 3) for k, v in self._commloss_until.items()},
             "endpoints": [e.status() for e in self.endpoints],
@@ -661,5 +768,6 @@ class HilRuntime:
             "clearings": len(self.clearings),
             "last_clearing": self.clearings[-1] if self.clearings else None,
             "last_commands": [{"sim_time_s": t, "point": p, "value": _jsonable(v)} for t, p, v in self.commands[-10:]],
+            "last_refusals": _jsonable(self.refusals[-10:]),
             "pid": os.getpid(),
         }

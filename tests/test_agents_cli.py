@@ -111,9 +111,13 @@ def test_reliability(served, capsys) -> None:  # type: ignore[no-untyped-def]
     code, out = run_cli(capsys, "reliability", "--since", str(WALL0), "--until", str(WALL0 + 3600), "--json",
                         "--runtime-dir", str(runtime_dir))
     r = json.loads(out)
-    assert r["sustained_interruptions"] == 2000 and r["customers_served"] == 2000
-    assert r["saifi"] == pytest.approx(1.0)
-    assert r["saidi_min"] == pytest.approx((901 - 11) / 60)  # out at 11 s, restored by the close at 901 s
+    site = load(SITE)
+    served_total = sum(g.count for g in site.meter_groups)
+    behind_045 = sum(g.count for g in site.meter_groups if g.id in ("MTR-GRP-101", "MTR-GRP-102", "MTR-GRP-103"))
+    assert r["sustained_interruptions"] == behind_045 and r["customers_served"] == served_total
+    assert r["saifi"] == pytest.approx(behind_045 / served_total)
+    # out at 11 s, restored by the close at 901 s
+    assert r["saidi_min"] == pytest.approx((901 - 11) / 60 * behind_045 / served_total)
     code, out = run_cli(capsys, "reliability", "--since", str(WALL0), "--until", str(WALL0 + 3600),
                         "--runtime-dir", str(runtime_dir))
     assert "SAIFI" in out and "ASAI" in out

@@ -87,7 +87,7 @@ def test_quiet_grid_then_fault_isolation_and_restoration() -> None:
     assert states["SUB-003"] == "Feeder_Fault" and states["XFMR-101"] == "Offline"
     assert sim.rt.show("MTR-GRP-101")["states"] == {"Outage": 1250}
     plan = next(a for a in sim.log if isinstance(a, BusMessage) and a.kind == "feeder_fault_response")
-    assert plan.payload["customers_affected"] == 2000
+    assert plan.payload["customers_affected"] == 2500  # MTR-GRP-101, -102 and -103 behind LINE-045
     assert not any(isinstance(a, StateChange) and a.agent_id == "SUB-003" and a.new == "Emergency_Mode"
                    for a in sim.log)  # fault current is not load
 
@@ -102,4 +102,4 @@ def test_quiet_grid_then_fault_isolation_and_restoration() -> None:
     assert sim.changes("CB-045") == [("Closed_Normal", "Closed_High_Current"), ("Closed_High_Current", "Tripped"),
                                      ("Tripped", "Reclosing"), ("Reclosing", "Closed_Normal")]
     r = sim.rt.reliability(0.0, sim.t)
-    assert r["momentary_interruptions"] == 2000 and r["sustained_interruptions"] == 0
+    assert r["momentary_interruptions"] == 2500 and r["sustained_interruptions"] == 0

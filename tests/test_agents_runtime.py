@@ -57,8 +57,8 @@ def test_fault_scenario_trip_outage_reclose_restoration(site) -> None:  # type: 
     first = actions[0]
     assert isinstance(first, BusMessage) and first.urgent
     plan = next(a for a in actions if isinstance(a, BusMessage) and a.kind == "feeder_fault_response")
-    assert plan.payload["customers_affected"] == 2000
-    assert {o["via"] for o in plan.payload["reroute_options"]} == {"LINE-044", "LINE-046"}
+    assert plan.payload["customers_affected"] == 2500  # MTR-GRP-101, -102 and -103 behind LINE-045
+    assert {o["via"] for o in plan.payload["reroute_options"]} == {"TIE-044-045", "TIE-045-046"}
     assert any(isinstance(a, BulkStateChange) and a.new == "Outage" for a in actions)
     assert rt.messages_received["CB-045"] >= 1
 
@@ -73,8 +73,8 @@ def test_fault_scenario_trip_outage_reclose_restoration(site) -> None:  # type: 
     assert rt.show("MTR-GRP-101")["states"] == {"Active": 1250}
     restored = [a for a in actions + rt.tick(133.0) if isinstance(a, BusMessage) and a.kind == "service_restored"]
     r = rt.reliability(0.0, 3600.0)
-    assert r["momentary_interruptions"] == 2000 and r["sustained_interruptions"] == 0
-    assert r["maifi"] == pytest.approx(1.0)
+    assert r["momentary_interruptions"] == 2500 and r["sustained_interruptions"] == 0
+    assert r["maifi"] == pytest.approx(2500 / sum(g.count for g in site.meter_groups))
     transitions = rt.show("CB-045")["last_transitions"]
     assert [t["new"] for t in transitions] == ["Closed_High_Current", "Tripped", "Reclosing", "Closed_Normal"]
     assert all("cause" in t and "time" in t for t in transitions)

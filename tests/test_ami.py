@@ -173,7 +173,9 @@ def test_feed_arrives_through_mosquitto_and_bad_messages_are_dropped(tmp_path: P
 
         async def scenario() -> None:
             sink = Collector()
-            sink.want = 2000
+            meters = sum(g.count for g in site.meter_groups)
+            batches = sum(-(-g.count // 300) for g in site.meter_groups)  # ceil(count / 300) per group
+            sink.want = meters
             sub = AmiSubscriber(ami_cfg, "SUB-003", sink, SimClock(), client_id="test-ami-sub")
             task = asyncio.create_task(sub.run())
             await _until(lambda: sub.connected)
@@ -182,7 +184,7 @@ def test_feed_arrives_through_mosquitto_and_bad_messages_are_dropped(tmp_path: P
             await pub.start()
             try:
                 readings = model.meter_readings(0.0)
-                assert pub.publish(readings, 1_767_225_600.0) == 5 + 3  # 1250/300 and 750/300
+                assert pub.publish(readings, 1_767_225_600.0) == batches  # one group per message at most
                 await asyncio.wait_for(sink.event.wait(), 10)
                 assert sorted(sink.ids) == sorted(readings.ids)
                 voltage = np.concatenate([c["voltage_v"] for c in sink.columns])
@@ -202,11 +204,12 @@ def test_feed_arrives_through_mosquitto_and_bad_messages_are_dropped(tmp_path: P
                 raw.loop_stop()
                 await _until(lambda: sub.bad_messages == 3)
                 pub.publish(readings, 1_767_226_500.0)
-                sink.want = 4000
+                sink.want = 2 * meters
                 sink.event.clear()
                 await asyncio.wait_for(sink.event.wait(), 10)
                 status = sub.status()
-                assert status["batches"] == 16 and status["readings"] == 4000 and status["seq_gaps"] == 0
+                assert status["batches"] == 2 * batches and status["readings"] == 2 * meters
+                assert status["seq_gaps"] == 0
                 assert status["bad_messages"] == 3 and "SUB-999" in status["last_error"]
             finally:
                 await pub.close()

@@ -17,8 +17,8 @@ def test_demo_runs_the_whole_story(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=240, cwd=ROOT, stdin=subprocess.DEVNULL)
     out = result.stdout
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "IEDs online 8/8" in out and "points good 65/65" in out and "uplink connected" in out
-    assert "last event: CB-045: protection.reclose" in out
+    assert "IEDs online 17/17" in out and "points good 185/185" in out and "uplink connected" in out
+    assert "last protection event: CB-045: protection.reclose" in out
     assert "SCADA operated: open CB-044 (signed command, result ok)" in out
     assert "SCADA operated: close CB-044 (signed command, result ok)" in out
     screens = out.split("Stima demo")

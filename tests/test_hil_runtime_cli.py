@@ -147,3 +147,68 @@ def test_cli_against_a_running_simulator(tmp_path: Path, capsys: pytest.CaptureF
     finally:
         done.set()
         thread.join(20)
+
+
+def test_switching_device_requests_from_the_command_line() -> None:
+    assert build_request(_args("inject", "failure", "SW-045-1", "--mode", "stuck")) == {
+        "op": "failure", "device": "SW-045-1", "mode": "stuck", "delay_s": 0.0}
+    assert build_request(_args("inject", "failure", "SW-045-1", "--mode", "slow", "--delay", "5s")) == {
+        "op": "failure", "device": "SW-045-1", "mode": "slow", "delay_s": 5.0}
+    assert build_request(_args("inject", "local", "SW-046-1")) == {"op": "local", "device": "SW-046-1", "on": True}
+    assert build_request(_args("inject", "local", "SW-046-1", "--remote")) == {
+        "op": "local", "device": "SW-046-1", "on": False}
+    assert build_request(_args("inject", "operate", "TIE-044-045", "close")) == {
+        "op": "operate", "device": "TIE-044-045", "action": "close"}
+    assert build_request(_args("inject", "external", "TIE-046-061", "--dead")) == {
+        "op": "external", "tie": "TIE-046-061", "live": False}
+    with pytest.raises(UnitError, match="--mode slow needs --delay"):
+        build_request(_args("inject", "failure", "SW-045-1", "--mode", "slow"))
+    with pytest.raises(UnitError, match="only for --mode slow"):
+        build_request(_args("inject", "failure", "SW-045-1", "--mode", "stuck", "--delay", "5s"))
+    with pytest.raises(SystemExit):
+        _args("inject", "failure", "SW-045-1", "--mode", "jammed")
+
+
+def test_cli_operates_switching_devices_of_the_real_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from hil.runtime import build_model
+
+    site = make_site(tmp_path)
+    sock = tmp_path / "hil.sock"
+    ready = threading.Event()
+    done = threading.Event()
+    holder: dict[str, HilRuntime] = {}
+
+    async def serve() -> None:
+        runtime = HilRuntime(site, build_model(site), RuntimeOptions(speed=0, ami=False, iec61850=False))
+        holder["rt"] = runtime
+        control = ControlServer(runtime, sock)
+        await control.start()
+        await runtime.step()
+        ready.set()
+        try:
+            while not done.is_set():
+                await asyncio.sleep(0.01)
+        finally:
+            await control.close()
+
+    thread = threading.Thread(target=lambda: asyncio.run(asyncio.wait_for(serve(), 60)), daemon=True)
+    thread.start()
+    try:
+        assert ready.wait(20)
+        model = holder["rt"].model
+        assert main(["inject", "--control", str(sock), "local", "SW-045-1"]) == 0
+        assert model.device_state("SW-045-1")["local"] is True
+        assert main(["inject", "--control", str(sock), "failure", "SW-045-2", "--mode", "slow", "--delay", "3s"]) == 0
+        assert model.device_state("SW-045-2")["failure"] == {"mode": "slow", "delay_s": 3.0}
+        assert main(["inject", "--control", str(sock), "operate", "SW-045-1", "open"]) == 0
+        assert model.device_state("SW-045-1")["closed"] is False
+        assert main(["inject", "--control", str(sock), "operate", "TIE-044-045", "close"]) == 0
+        assert main(["inject", "--control", str(sock), "failure", "XFMR-101", "--mode", "stuck"]) == 1
+        assert "unknown circuit_breaker 'XFMR-101'" in capsys.readouterr().err
+        assert main(["status", "--control", str(sock)]) == 0
+        out = capsys.readouterr().out
+        assert "breaker SW-045-1     open    local" in out
+        assert "failure=slow" in out and "section LINE-045/2" in out and "through TIE-044-045" in out
+    finally:
+        done.set()
+        thread.join(20)

@@ -52,9 +52,12 @@ def test_serve_the_example_site_with_the_grid_model(tmp_path: Path) -> None:
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     cb = next(i for i in data["ieds"] if i["id"] == "IED-CB-044")
     try:
-        for _ in range(300):
-            if sock.exists() and _cli(sock, "status").returncode == 0:
-                break
+        for _ in range(300):  # every server listening, and time running
+            answer = _cli(sock, "status", "--json") if sock.exists() else None
+            if answer is not None and answer.returncode == 0:
+                up = json.loads(answer.stdout)
+                if up["ready"] and up["sim_time_s"] > 0:
+                    break
             assert proc.poll() is None, (tmp_path / "hil.log").read_text()
             time.sleep(0.05)
         status = json.loads(_cli(sock, "status", "--json").stdout)

@@ -20,19 +20,20 @@ def topo() -> Topology:
 @pytest.mark.parametrize(("element", "breaker"), [
     ("LINE-045", "CB-045"), ("XFMR-101", "CB-045"), ("CAP-301", "CB-045"), ("MTR-GRP-102", "CB-045"),
     ("LINE-044", "CB-044"), ("SOLAR-201", "CB-046"), ("SUB-003", None), ("CB-045", None),
+    ("SW-045-1", "CB-045"), ("XFMR-103", "CB-045"), ("XFMR-143", "CB-044"),
 ])
 def test_protecting_breaker(topo: Topology, element: str, breaker: str | None) -> None:
     assert topo.protecting_breaker(element) == breaker
 
 
 def test_meters_downstream_of_a_switch(topo: Topology) -> None:
-    assert topo.meter_groups_downstream("CB-045") == ["MTR-GRP-101", "MTR-GRP-102"]
-    assert topo.meters_downstream("CB-045") == 2000
+    assert topo.meter_groups_downstream("CB-045") == ["MTR-GRP-101", "MTR-GRP-102", "MTR-GRP-103"]
+    assert topo.meters_downstream("CB-045") == 1250 + 750 + 500
     assert topo.meters_downstream("XFMR-102") == 750
-    assert topo.meters_downstream("CB-044") == 0
-    assert topo.meters_downstream("SUB-003") == 2000
+    assert topo.meters_downstream("CB-044") == 300 + 250 + 400
+    assert topo.meters_downstream("SUB-003") == 3670
     # an open switch on the way stops the walk
-    assert topo.meters_downstream("SUB-003", open_switches=["CB-045"]) == 0
+    assert topo.meters_downstream("SUB-003", open_switches=["CB-045"]) == 3670 - 2500
 
 
 def test_normally_open_ties_are_not_supply_paths(topo: Topology) -> None:
@@ -41,12 +42,11 @@ def test_normally_open_ties_are_not_supply_paths(topo: Topology) -> None:
 
 
 def test_alternative_supply_paths_through_ties(topo: Topology) -> None:
+    """The example's ties are tie switches (devices): LINE-045 can be fed through either."""
     options = {o.via: o for o in topo.alternative_supply_paths("LINE-045")}
-    assert set(options) == {"LINE-044", "LINE-046"}
-    assert options["LINE-044"].source_breaker == "CB-044"
-    assert options["LINE-044"].path == ("SUB-003", "CB-044", "LINE-044", "LINE-045")
-    assert options["LINE-046"].tie == ("LINE-046", "LINE-045")
-    assert {o.via for o in topo.alternative_supply_paths("LINE-044")} == {"LINE-045"}
+    assert set(options) == {"TIE-044-045", "TIE-045-046"}
+    assert options["TIE-045-046"].tie == ("TIE-045-046", "LINE-045")
+    assert {o.via for o in topo.alternative_supply_paths("LINE-044")} == {"TIE-044-045"}
 
 
 def test_directed_tie_feeds_one_way_only() -> None:
@@ -65,7 +65,7 @@ def test_unknown_node_in_an_edge_is_refused() -> None:
 
 
 def test_neighbours_and_export(topo: Topology) -> None:
-    assert set(topo.neighbours("LINE-045", "power_line")) == {"LINE-044", "LINE-046"}
+    assert {"TIE-044-045", "TIE-045-046", "SW-045-1", "SW-045-2"} <= set(topo.neighbours("LINE-045", "circuit_breaker"))
     data = topo.to_dict()
     assert data["nodes"]["MTR-GRP-101"] == "meter_group"
     assert any(e["normally_open"] for e in data["edges"])

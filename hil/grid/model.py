@@ -10,10 +10,19 @@ Electrical picture (one positive-sequence network, complex per unit, `hil.grid.n
                                                                    └ capacitor banks, DER, ties
 
 Topology comes from the agents' `connection_rules` (supply edges, and depends_on edges read
-backwards); a line's children are tapped along it (positions from `[simulation].positions_m`,
-else spread evenly with the last at the far end); normally-open `route` rules are tie switches
-between the far ends of two lines. Loads follow daily profiles with seeded smooth noise; a
-line with nothing modelled downstream carries a lumped load at its end.
+backwards); a line's children are tapped along it (positions from the rules' `position_m`,
+else `[simulation].positions_m`, else spread evenly with the last at the far end). Switching
+devices tapped at a position split their line there (in series); tie switches join two lines,
+or a line and an external source (a neighbouring substation's feeder, `hil.grid.layout`);
+device-less normally-open `route` rules are ties between the far ends of two lines. Device
+behaviour (operating times, failures, local control, fault-passage indicators) is
+`hil.grid.switching`. Loads follow daily profiles with seeded smooth noise; a line with
+nothing modelled downstream carries a lumped load at its end.
+
+Any radial configuration the switches make is solved: the tree is walked from the sources, so
+a section fed backwards through a tie has its currents, voltages, powers and fault currents
+from that side, and each device reports the direction of the flow through it (power in its
+from → to direction, negative when fed from its load side).
 
 Faults use the Thevenin sequence impedances at the fault (source + series branches on the
 energised path) and are superposed on the pre-fault solution: the fault's phase currents are
@@ -22,7 +31,9 @@ Z_common·I1 (Z_common: the impedance shared by the bus's path and the fault's p
 their pre-fault power during the fault (it lasts until protection acts); inverter-based DER add
 no fault current (current-limited near their rating, small beside the grid's kiloamps); voltage
 points report the positive-sequence magnitude. Meshed operation (a tie closed between two live
-feeders) is not modelled: the loop-closing switch carries no current and a warning is logged.
+feeders, or an external tie closed with the local side live) is not modelled: the switch
+closed last in each loop carries no current, a warning is logged and `parallel_loops` names
+the loop's branches.
 """
 
 from __future__ import annotations
@@ -39,6 +50,7 @@ import numpy.typing as npt
 from gateway.agents.schema import (
     AgentType,
     CapacitorBankAttributes,
+    CircuitBreakerAttributes,
     PowerLineAttributes,
     RenewableEnergyAttributes,
     SubstationAttributes,
@@ -46,7 +58,9 @@ from gateway.agents.schema import (
 )
 from gateway.config import AgentConfig, CanonicalType, SiteConfig
 from hil.grid.faults import A_OP, FaultInfo, FaultKind, SequenceCurrents, parse_kind, sequence_currents
-from hil.grid.network import BranchKind, Network, RadialTree
+from hil.grid.flows import branch_flow, nearest_upstream, top_node, walked_forward
+from hil.grid.layout import SiteLayout, site_layout
+from hil.grid.network import BranchKind, Loop, Network, RadialTree, closed_loops
 from hil.grid.powerflow import PowerFlowDiverged, PowerFlowResult, solve, solve_impedance
 from hil.grid.profiles import (
     DAILY_SHAPES,
@@ -57,7 +71,15 @@ from hil.grid.profiles import (
     shape_at,
     shape_matrix,
 )
-from hil.grid.settings import LoadProfileName, LoadSettings, SimulationSettings, load_settings
+from hil.grid.sections import Section, line_sections
+from hil.grid.settings import (
+    ExternalSourceSettings,
+    LoadProfileName,
+    LoadSettings,
+    SimulationSettings,
+    load_settings,
+)
+from hil.grid.switching import DeviceRole, SwitchingDevice
 
 log = logging.getLogger(__name__)
 
@@ -95,36 +117,30 @@ class MeterReadings:
 
 
 @dataclass(slots=True)
-class _Breaker:
-    id: str
-    branch: int
-    bus: int
-    closed: bool = True
-    operations: int = 0
-    """Mechanical operations: each opening and each closing counts one."""
-    trip_cmd: bool = False
-    close_cmd: bool = False
-    position_cmd: bool = True
-
-
-@dataclass(slots=True)
 class _Line:
     id: str
     attrs: PowerLineAttributes
     start_bus: int
-    sections: list[tuple[float, int]]
-    """(distance from the start in m, bus) at each section end, increasing; the last is the far end."""
+    segments: list[tuple[float, float, int, int, int]]
+    """(from m, to m, from bus, to bus, branch) of each stretch of conductor, from the sending
+    end; an in-series device sits between two of them."""
     z1_ohm_per_m: complex
     z0_ohm_per_m: complex
     breaker_id: str | None
+    at_bus: dict[float, int] = field(default_factory=dict)
+    """Position (m) → the bus there, on the source side of a device at that position."""
+    breaks: list[tuple[float, str]] = field(default_factory=list)
+    """In-series devices on it, (position, id), from the sending end: the section boundaries."""
+    taps: dict[str, float] = field(default_factory=dict)
+    """Element id → where it is tapped (m); ties included."""
 
     @property
     def end_bus(self) -> int:
-        return self.sections[-1][1]
+        return self.segments[-1][3]
 
     @property
     def first_bus(self) -> int:
-        return self.sections[0][1]
+        return self.segments[0][3]
 
 
 @dataclass(slots=True)
@@ -235,7 +251,19 @@ class GridModel:
         self.source_bus = 0
         self._agent_types: dict[str, AgentType] = {}
         self._agents: dict[str, AgentConfig] = {}
-        self.breakers: dict[str, _Breaker] = {}
+        self.breakers: dict[str, SwitchingDevice] = {}
+        """Every switching device by id: feeder breakers, in-series devices, ties."""
+        self._device_attrs: dict[str, CircuitBreakerAttributes] = {}
+        self._layout = SiteLayout()
+        self._external: dict[str, tuple[int, int, int]] = {}
+        """External tie id → (its source's EMF bus, the bus behind its impedance, the EMF branch)."""
+        self._source_names: dict[int, str] = {}
+        """Top-level bus under the reference → the name of the source it is (for `sections`)."""
+        self._closed_order: dict[int, int] = {}
+        self._closed_seq = 0
+        self._loops: list[Loop] = []
+        self._fault_directions: dict[str, str] = {}
+        self._sections: list[Section] = []
         self.lines: dict[str, _Line] = {}
         self.transformers: dict[str, _Transformer] = {}
         self.capacitors: dict[str, _Capacitor] = {}
@@ -282,6 +310,9 @@ class GridModel:
             raise ValueError(f"the simulator needs exactly one substation agent, found {len(subs)}")
         sub = subs[0]
         self.substation_id = sub.id
+        self._layout = layout = site_layout(site)
+        self._device_attrs = {a.id: CircuitBreakerAttributes.model_validate(a.attributes)
+                              for a in site.agents if a.type is AgentType.CIRCUIT_BREAKER}
         sub_attrs = SubstationAttributes.model_validate(sub.attributes)
         kv = s.nominal_kv or sub_attrs.secondary_voltage
         net = self.net
@@ -292,6 +323,7 @@ class GridModel:
         z_src = complex(r, r * s.source_x_r)
         net.add_branch("source", self.source_bus, self.station_bus, z_src, kind=BranchKind.SOURCE,
                        z0_ohm=z_src * s.source_z0_z1)
+        self._source_names[self.station_bus] = sub.id
 
         children: dict[str, list[str]] = {a.id: [] for a in site.agents}
         ties: list[tuple[str, str]] = []
@@ -304,6 +336,8 @@ class GridModel:
                 elif rule.canonical_type is CanonicalType.DEPENDS_ON:
                     children[rule.target_id].append(a.id)
                 elif rule.canonical_type is CanonicalType.ROUTE:
+                    if a.id in layout.ties or rule.target_id in layout.ties:
+                        continue  # a tie switch: built with its own branch below
                     pair = tuple(sorted((a.id, rule.target_id)))
                     if (pair[0], pair[1]) not in ties:
                         ties.append((pair[0], pair[1]))
@@ -327,7 +361,7 @@ class GridModel:
                 line = self.lines[parent_id]
                 positions = self._child_positions(parent, kids, line)
                 for k in kids:
-                    attach[k] = self._section_bus(line, positions[k])
+                    attach[k] = line.at_bus[positions[k]]
             else:
                 bus = self._element_bus(parent_id, attach)
                 for k in kids:
@@ -349,7 +383,7 @@ class GridModel:
             elif agent.type is AgentType.RENEWABLE_ENERGY:
                 attrs_r = RenewableEnergyAttributes.model_validate(agent.attributes)
                 self.ders[agent_id] = _Der(agent_id, attrs_r, attach[agent_id])
-        unreached = [a.id for a in site.agents if a.id not in visited
+        unreached = [a.id for a in site.agents if a.id not in visited and a.id not in layout.ties
                      and a.type is not AgentType.SMART_METER]
         if unreached:
             log.warning("agents not reachable from %s by supply edges, left out of the model: %s",
@@ -369,6 +403,15 @@ class GridModel:
         for key in s.capacitor_steps:
             if key not in self.capacitors:
                 raise ValueError(f"simulation.capacitor_steps.{key}: not a capacitor bank id")
+        external = sorted(t.device for t in layout.ties.values() if t.external_source is not None)
+        for key in s.external_sources:
+            if key not in external:
+                raise ValueError(f"simulation.external_sources.{key}: not an external tie (a circuit_breaker with "
+                                 f"attributes.external_source); external ties: {', '.join(external) or 'none'}")
+        self._build_ties()
+        self._sections = [section for line in self.lines.values()
+                          for section in line_sections(line.id, line.start_bus, line.attrs.length, line.segments,
+                                                       line.breaks, line.taps)]
         self._build_loads(site, meters)
         self._build_points(site)
         n_bus = len(net.buses)
@@ -379,15 +422,27 @@ class GridModel:
         self._bus_load_kw = np.zeros(n_bus)
         self._bus_load_kvar = np.zeros(n_bus)
 
+    def _device(self, device_id: str, from_bus: int, role: DeviceRole, *, to_bus: int | None = None,
+                line: str | None = None, position_m: float | None = None) -> SwitchingDevice:
+        """Build a switching device's branch (and its load-side bus unless given)."""
+        attrs = self._device_attrs[device_id]
+        if to_bus is None:
+            to_bus = self.net.add_bus(device_id, self.net.buses[from_bus].base_kv)
+        closed = not attrs.normally_open if role in (DeviceRole.TIE, DeviceRole.EXTERNAL_TIE) else True
+        branch = self.net.add_branch(device_id, from_bus, to_bus, 0j, closed=closed, kind=BranchKind.SWITCH)
+        device = SwitchingDevice(device_id, branch, from_bus, to_bus, role=role, function=attrs.function,
+                                 line=line, position_m=position_m, closed=closed,
+                                 normally_open=attrs.normally_open, position_cmd=closed,
+                                 fpi_pickup_a=attrs.fpi_pickup_a)
+        self.breakers[device_id] = device
+        return device
+
     def _element_bus(self, agent_id: str, attach: dict[str, int]) -> int:
         """The bus an element's children hang from (building the element if it has one)."""
         agent = self._agents[agent_id]
         if agent.type is AgentType.CIRCUIT_BREAKER:
             if agent_id not in self.breakers:
-                parent_bus = attach[agent_id]
-                bus = self.net.add_bus(agent_id, self.net.buses[parent_bus].base_kv)
-                branch = self.net.add_branch(agent_id, parent_bus, bus, 0j, kind=BranchKind.SWITCH)
-                self.breakers[agent_id] = _Breaker(agent_id, branch, bus)
+                self._device(agent_id, attach[agent_id], DeviceRole.FEEDER)
             return self.breakers[agent_id].bus
         if agent.type is AgentType.TRANSFORMER:
             if agent_id not in self.transformers:
@@ -404,6 +459,8 @@ class GridModel:
             complex(imp.r0_ohm_per_km, imp.x0_ohm_per_km) / 1000.0, breaker_id)
 
     def _child_positions(self, agent: AgentConfig, kids: list[str], line: _Line) -> dict[str, float]:
+        """Where each child is tapped; builds the line's conductor segments between the taps and
+        its in-series devices (elements at a device's position are on its source side)."""
         length = line.attrs.length
         tapped = [k for k in kids if self._agent_types[k] in
                   (AgentType.TRANSFORMER, AgentType.CAPACITOR_BANK, AgentType.RENEWABLE_ENERGY)]
@@ -419,25 +476,67 @@ class GridModel:
                 if not 0 <= p <= length:
                     raise ValueError(f"simulation.positions_m.{k}: {p} m is not on {agent.id} (0..{length} m)")
                 positions[k] = p
+        given = self._layout.positions.get(agent.id, {})
+        for k in kids:
+            if k in given:
+                positions[k] = given[k]
+        series = [(p, d) for p, d in self._layout.in_series.get(agent.id, []) if d in kids]
+        ties = [p for p in self._layout.tie_positions(agent.id) if 0 < p <= length]
         base_kv = self.net.buses[line.start_bus].base_kv
         previous_m, previous_bus = 0.0, line.start_bus
-        for p in sorted({p for p in positions.values() if p > 0} | {length}):
-            bus = self.net.add_bus(f"{agent.id}@{p:g}m", base_kv)
-            seg = p - previous_m
-            self.net.add_branch(f"{agent.id}:{previous_m:g}-{p:g}", previous_bus, bus, line.z1_ohm_per_m * seg,
-                                kind=BranchKind.LINE, z0_ohm=line.z0_ohm_per_m * seg)
-            line.sections.append((p, bus))
-            previous_m, previous_bus = p, bus
+        line.at_bus[0.0] = line.start_bus
+        for p in sorted({p for p in positions.values() if p > 0} | {length} | set(ties) | {p for p, _ in series}):
+            if p > previous_m:
+                bus = self.net.add_bus(f"{agent.id}@{p:g}m", base_kv)
+                seg = p - previous_m
+                branch = self.net.add_branch(f"{agent.id}:{previous_m:g}-{p:g}", previous_bus, bus,
+                                             line.z1_ohm_per_m * seg, kind=BranchKind.LINE,
+                                             z0_ohm=line.z0_ohm_per_m * seg)
+                line.segments.append((previous_m, p, previous_bus, bus, branch))
+                previous_m, previous_bus = p, bus
+            line.at_bus.setdefault(p, previous_bus)
+            for at, device_id in series:
+                if at == p:
+                    previous_bus = self._device(device_id, previous_bus, DeviceRole.SERIES, line=agent.id,
+                                                position_m=p).bus
+                    line.breaks.append((p, device_id))
+        line.taps.update(positions)
         return positions
 
-    @staticmethod
-    def _section_bus(line: _Line, position_m: float) -> int:
-        if position_m <= 0:
-            return line.start_bus
-        for p, bus in line.sections:
-            if p >= position_m:
-                return bus
-        return line.end_bus
+    def _build_ties(self) -> None:
+        """Tie switches between two lines, and external ties to a neighbour's feeder (a source
+        behind its fault level, tied to the reference by an ideal ratio so one tree holds both)."""
+        s = self.settings
+        for tie in self._layout.ties.values():
+            missing = [e.line for e in tie.ends if e.line not in self.lines]
+            if missing or not tie.ends:
+                log.warning("tie %s: line(s) %s not in the model, tie left out", tie.device, ", ".join(missing))
+                continue
+            first = self.lines[tie.ends[0].line]
+            bus1 = first.at_bus[tie.ends[0].position_m]
+            if tie.external_source is None:
+                second = tie.ends[1]
+                self._device(tie.device, bus1, DeviceRole.TIE, to_bus=self.lines[second.line].at_bus[second.position_m],
+                             line=first.id, position_m=tie.ends[0].position_m)
+                continue
+            ext = s.external_sources.get(tie.device, ExternalSourceSettings())
+            kv = self.net.buses[bus1].base_kv
+            emf = self.net.add_bus(f"{tie.device}/source", kv)
+            emf_branch = self.net.add_branch(f"{tie.device}/emf", self.source_bus, emf, 0j,
+                                             ratio=ext.voltage_pu / s.source_voltage_pu, kind=BranchKind.IDEAL)
+            far = self.net.add_bus(f"{tie.device}/{tie.external_source}", kv)
+            z_abs = kv ** 2 / ext.sc_mva
+            r = z_abs / math.sqrt(1.0 + ext.x_r ** 2)
+            z = complex(r, r * ext.x_r)
+            self.net.add_branch(f"{tie.device}/grid", emf, far, z, kind=BranchKind.SOURCE, z0_ohm=z * ext.z0_z1)
+            self._device(tie.device, bus1, DeviceRole.EXTERNAL_TIE, to_bus=far, line=first.id,
+                         position_m=tie.ends[0].position_m)
+            self._external[tie.device] = (emf, far, emf_branch)
+            self._source_names[emf] = tie.external_source
+        for tie in self._layout.ties.values():
+            if tie.device in self.breakers:
+                for end in tie.ends:
+                    self.lines[end.line].taps[tie.device] = end.position_m
 
     def _build_transformer(self, agent: AgentConfig, primary_bus: int) -> None:
         attrs = TransformerAttributes.model_validate(agent.attributes)
@@ -541,8 +640,11 @@ class GridModel:
         """Lines, breakers and the substation upstream of `bus` in the as-built (normal) topology."""
         owners = {self.substation_id}
         parents: dict[int, tuple[int, str, BranchKind]] = {}
+        ties = (DeviceRole.TIE, DeviceRole.EXTERNAL_TIE)
         for br in self.net.branches:
-            if br.kind is not BranchKind.SWITCH or br.name in self.breakers:
+            if br.kind in (BranchKind.IDEAL, BranchKind.SOURCE) and br.name != "source":
+                continue
+            if br.kind is not BranchKind.SWITCH or (br.name in self.breakers and self.breakers[br.name].role not in ties):
                 parents[br.to_bus] = (br.from_bus, br.name, br.kind)
         line_of_branch_prefix = set(self.lines)
         while bus in parents:
@@ -633,6 +735,11 @@ class GridModel:
         self._run_events(now_s)
         self._now = max(self._now, now_s)
         self._move_taps(self._now)
+        for device in self.breakers.values():
+            if device.fpi and device.reset_if_due(self._now, self.settings.fpi_reset_delay_s):
+                log.info("%s: fault-passage indicator reset (voltage present %.0f s)", device.id,
+                         self.settings.fpi_reset_delay_s)
+                self._point_cache = None
         if (self._dirty or self._last_solve_s is None
                 or self._now - self._last_solve_s >= self.settings.solve_period_s):
             self._solve(self._now)
@@ -662,6 +769,9 @@ class GridModel:
         cb.closed = close
         cb.operations += 1
         self.net.branches[cb.branch].closed = close
+        if close:
+            self._closed_seq += 1
+            self._closed_order[cb.branch] = self._closed_seq
         self._topology_dirty = True
         self._dirty = True
         log.info("%s %s at %.3f s", breaker_id, "closed" if close else "opened", now_s)
@@ -669,9 +779,14 @@ class GridModel:
             self._solve(now_s)  # find what lost supply, so transient faults there clear
 
     def _schedule(self, breaker_id: str, close: bool, now_s: float) -> None:
-        delay_ms = self.settings.breaker_closing_time_ms if close else self.settings.breaker_opening_time_ms
+        s = self.settings
+        device = self.breakers[breaker_id]
+        delay_s = device.operating_delay_s(close, s.breaker_opening_time_ms, s.breaker_closing_time_ms)
+        if delay_s is None:
+            log.warning("%s is stuck: the command to %s is not carried out", breaker_id, "close" if close else "open")
+            return
         self._event_seq += 1
-        self._pending.append((now_s + delay_ms / 1000.0, self._event_seq, breaker_id, close))
+        self._pending.append((now_s + delay_s, self._event_seq, breaker_id, close))
         self._run_events(max(now_s, self._now))
 
     def _move_taps(self, now_s: float) -> None:
@@ -693,12 +808,12 @@ class GridModel:
         s = self.settings
         dt = 0.0 if self._last_solve_s is None else max(0.0, now_s - self._last_solve_s)
         if self._topology_dirty or self._tree is None:
-            self._tree = self.net.radial_tree(self.source_bus)
+            loops = closed_loops(self.net, self._closed_order)
+            self._tree = self.net.radial_tree(self.source_bus, {loop.closing_branch for loop in loops})
             self._topology_dirty = False
-            if self._tree.loop_branches:
-                names = [self.net.branches[b].name for b in self._tree.loop_branches]
-                log.warning("closed switches make a loop (%s): meshed operation is not modelled, "
-                            "the loop-closing branch carries no current", ", ".join(names))
+            if [lp.closing_branch for lp in loops] != [lp.closing_branch for lp in self._loops]:
+                self._log_loops(loops)
+            self._loops = loops
         tree = self._tree
         energised = tree.energised
         hour = hour_of_day(now_s, s.start_hour)
@@ -780,9 +895,37 @@ class GridModel:
         self._v = result.voltage_pu.copy()
         self._thermal(dt, now_s)
         self._apply_faults(now_s)
+        self._update_indicators(now_s)
         self._last_solve_s = now_s
         self._dirty = False
         self._point_cache = None
+
+    def _log_loops(self, loops: list[Loop]) -> None:
+        known = {lp.closing_branch for lp in self._loops}
+        for loop in loops:
+            if loop.closing_branch in known:
+                continue
+            names = [self.net.branches[b].name for b in loop.branches]
+            closing = names[0]
+            devices = [n for n in names if n in self.breakers]
+            log.warning("closed loop: %s closes a loop through %s (closed-loop operation: %s); parallel operation "
+                        "is not modelled, %s carries no current", closing, ", ".join(devices[1:]) or "the network",
+                        " → ".join(names), closing)
+        if not loops and self._loops:
+            log.info("no closed loop any more: radial operation")
+
+    def _update_indicators(self, now_s: float) -> None:
+        """Fault-passage indicators see the current through their device after each solve."""
+        for device in self.breakers.values():
+            if device.fpi_pickup_a is None:
+                continue
+            i_abc, _, _ = self._flow(device.branch)
+            current_a = float(np.max(np.abs(i_abc))) * self.net.i_base_a(device.from_bus)
+            v_bus = self._device_voltage_bus(device)
+            present = bool(abs(self._v[v_bus]) > 0.5)
+            if device.update_indicator(current_a, present, now_s, self.settings.fpi_reset_delay_s):
+                log.info("%s: fault-passage indicator %s (%.0f A)", device.id,
+                         "latched" if device.fpi else "reset", current_a)
 
     def _thermal(self, dt: float, now_s: float) -> None:
         """IEEE C57.91 clause 7 top-oil rise, first order, exact over each interval."""
@@ -817,12 +960,8 @@ class GridModel:
         tree = self._tree
         assert tree is not None
         line = self.lines[f.line_id]
-        previous_m, previous_bus = 0.0, line.start_bus
-        for p, bus in line.sections:
-            if p >= f.distance_m or bus == line.end_bus:
-                break
-            previous_m, previous_bus = p, bus
-        seg_bus = bus
+        previous_m, p, previous_bus, seg_bus, _ = next(
+            (seg for seg in line.segments if seg[1] >= f.distance_m), line.segments[-1])
         if not (tree.energised[previous_bus] and tree.energised[seg_bus]):
             return None
         pos_prev, pos_seg = tree.position.get(previous_bus), tree.position.get(seg_bus)
@@ -834,6 +973,7 @@ class GridModel:
         tree = self._tree
         assert tree is not None
         keep: list[_Fault] = []
+        self._fault_directions = {}
         for f in self._faults:
             where = self._fault_location(f)
             if where is None and f.transient:
@@ -857,6 +997,10 @@ class GridModel:
             nodes = tree.nodes
             self._i_abc[nodes[on_path]] += np.array([ia, ib, ic])
             self._i1[nodes[on_path]] += seq.i1
+            for device in self.breakers.values():
+                forward = walked_forward(tree, on_path, device.branch, device.bus)
+                if forward is not None:
+                    self._fault_directions[device.id] = "forward" if forward else "reverse"
             # positive-sequence sag: each bus loses Z_common · I1
             z1_cum = self._z1_cumulative()
             path_mask = np.zeros(len(nodes), dtype=bool)
@@ -897,20 +1041,20 @@ class GridModel:
         return z1, z0
 
     def _breaker_for(self, f: _Fault) -> str | None:
-        """The nearest closed breaker between the source and the fault."""
+        """The nearest closed device between the source and the fault that can interrupt fault
+        current (a breaker or recloser, not a load-break switch)."""
         tree = self._tree
         assert tree is not None
         where = self._fault_location(f)
         if where is None:
             return self.lines[f.line_id].breaker_id
         path = tree.ancestors(tree.position[where[1]])
-        buses = set(tree.nodes[path].tolist())
+        depth_of = {int(tree.feeder_branch[k]): int(np.count_nonzero(tree.path[:, k])) for k in path}
         best: tuple[int, str] | None = None
         for cb in self.breakers.values():
-            if cb.bus in buses:
-                depth = int(np.count_nonzero(tree.path[:, tree.position[cb.bus]]))
-                if best is None or depth > best[0]:
-                    best = (depth, cb.id)
+            depth = depth_of.get(cb.branch)
+            if depth is not None and cb.interrupts_fault_current and (best is None or depth > best[0]):
+                best = (depth, cb.id)
         return best[1] if best else None
 
     def _fault_info(self, f: _Fault, seq: SequenceCurrents | None, breaker_id: str | None,
@@ -1003,11 +1147,18 @@ class GridModel:
         agent_id, name = target
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"{point_id}: value must be finite, found {value!r}")
+        if agent_id in self.breakers:
+            self.breakers[agent_id].check_remote(point_id)  # local control: refused, nothing changes
         at = self._catch_up(now_s)
         if agent_id in self.breakers:
             cb = self.breakers[agent_id]
             flag = bool(value)
-            if name == "trip_cmd":
+            if name == "fpi_reset":
+                cb.fpi_reset = flag
+                if flag and cb.fpi:
+                    cb.reset_indicator()
+                    log.info("%s: fault-passage indicator reset by command", agent_id)
+            elif name == "trip_cmd":
                 cb.trip_cmd = flag
                 if flag:
                     self._schedule(agent_id, False, at)
@@ -1054,15 +1205,63 @@ class GridModel:
         self._solve(self._now)
 
     def set_tie(self, tie_id: str, closed: bool, now_s: float) -> None:
-        """Open or close a tie switch (ids `TIE-<line>-<line>`, see `ties`)."""
+        """Open or close a tie at once: a device-less tie (`TIE-<line>-<line>`, see `ties`) or a
+        tie switch device (use `operate_breaker` for one that moves after its operating time)."""
+        device = self.breakers.get(tie_id)
+        if device is not None and device.role in (DeviceRole.TIE, DeviceRole.EXTERNAL_TIE):
+            self._catch_up(now_s)
+            self._switch(tie_id, bool(closed), self._now)
+            device.position_cmd = bool(closed)
+            self._dirty = True
+            self._solve(self._now)
+            return
         branch = self.ties.get(tie_id)
         if branch is None:
-            raise KeyError(f"{tie_id!r} is not a tie switch; known: {', '.join(sorted(self.ties)) or 'none'}")
+            known = sorted(self.ties) + sorted(d.id for d in self.breakers.values()
+                                               if d.role in (DeviceRole.TIE, DeviceRole.EXTERNAL_TIE))
+            raise KeyError(f"{tie_id!r} is not a tie switch; known: {', '.join(known) or 'none'}")
         self._catch_up(now_s)
+        if closed and not self.net.branches[branch].closed:
+            self._closed_seq += 1
+            self._closed_order[branch] = self._closed_seq
         self.net.branches[branch].closed = bool(closed)
         self._topology_dirty = True
         self._dirty = True
         self._solve(self._now)
+
+    def set_external_source(self, tie_id: str, live: bool, now_s: float) -> None:
+        """The neighbouring substation's feeder behind an external tie goes dead (or comes back)."""
+        if tie_id not in self._external:
+            raise KeyError(f"{tie_id!r} is not an external tie; known: {', '.join(sorted(self._external)) or 'none'}")
+        self._catch_up(now_s)
+        self.net.branches[self._external[tie_id][2]].closed = bool(live)
+        self._topology_dirty = True
+        self._dirty = True
+        self._solve(self._now)
+
+    def _switching_device(self, device_id: str) -> SwitchingDevice:
+        try:
+            return self.breakers[device_id]
+        except KeyError:
+            raise KeyError(f"{device_id!r} is not a modelled switching device; "
+                           f"known: {', '.join(sorted(self.breakers)) or 'none'}") from None
+
+    def set_device_failure(self, device_id: str, mode: str | None, delay_s: float = 0.0) -> None:
+        """Make a device fail to operate: 'stuck' (never moves), 'slow' (moves `delay_s` after a
+        command instead of its operating time), or 'none' (healthy again). Moves already under
+        way keep their time."""
+        device = self._switching_device(device_id)
+        device.set_failure(mode, delay_s)
+        self._point_cache = None
+        log.warning("%s: %s", device_id, "healthy" if device.failure is None else
+                    f"{device.failure.value}" + (f" ({delay_s:g} s)" if device.slow_delay_s else ""))
+
+    def set_local(self, device_id: str, on: bool) -> None:
+        """Put a device in local control (it refuses remote commands) or back in remote."""
+        device = self._switching_device(device_id)
+        device.local = bool(on)
+        self._point_cache = None
+        log.warning("%s: %s control", device_id, "local" if on else "remote")
 
     def breaker_closed(self, breaker_id: str) -> bool:
         try:
@@ -1070,22 +1269,121 @@ class GridModel:
         except KeyError:
             raise KeyError(f"{breaker_id!r} is not a modelled breaker; known: {', '.join(sorted(self.breakers))}") from None
 
+    # ------------------------------------------------------------------ switching state
+
+    @property
+    def devices(self) -> dict[str, SwitchingDevice]:
+        """Every switching device by id (the same objects as `breakers`)."""
+        return self.breakers
+
+    @property
+    def parallel_loops(self) -> list[dict[str, Any]]:
+        """Closed loops of the present configuration: the switch that closes each (it carries no
+        current here), every branch around it, the switching devices among them, and whether
+        the loop is energised (two sources, or one source twice, in parallel)."""
+        if self._dirty:
+            self._solve(self._now)
+        out = []
+        for loop in self._loops:
+            names = [self.net.branches[b].name for b in loop.branches]
+            out.append({"closing": names[0], "branches": names,
+                        "devices": [n for n in names if n in self.breakers],
+                        "energised": bool(self._energised[self.net.branches[loop.closing_branch].from_bus])})
+        return out
+
+    @property
+    def parallel(self) -> bool:
+        """True while an energised closed loop exists (not modelled: see `parallel_loops`)."""
+        return any(loop["energised"] for loop in self.parallel_loops)
+
+    def device_state(self, device_id: str) -> dict[str, Any]:
+        """A switching device's position, indicator, mode and failure, and what flows through it."""
+        device = self._switching_device(device_id)
+        if self._dirty:
+            self._solve(self._now)
+        i_abc, s, direction = self._flow(device.branch)
+        i_base = self.net.i_base_a(device.from_bus)
+        phases = [float(abs(x)) * i_base for x in i_abc]
+        pending = [(due, close) for due, _, d, close in sorted(self._pending) if d == device_id]
+        return {**device.state(),
+                "current_a": max(phases), "ia_a": phases[0], "ib_a": phases[1], "ic_a": phases[2],
+                "in_a": float(abs(i_abc.sum())) * i_base, "active_power_kw": s.real, "reactive_power_kvar": s.imag,
+                "direction": {1: "forward", -1: "reverse"}.get(direction),
+                "fault_direction": self._fault_directions.get(device_id),
+                "voltage_kv": self._kv(self._device_voltage_bus(device)),
+                "side_voltage_kv": [self._kv(device.from_bus), self._kv(device.bus)],
+                "side_energised": [bool(self._energised[device.from_bus]), bool(self._energised[device.bus])],
+                "moving_to": None if not pending else ("closed" if pending[0][1] else "open"),
+                "moves_at_s": None if not pending else pending[0][0]}
+
+    def device_states(self) -> dict[str, dict[str, Any]]:
+        return {device_id: self.device_state(device_id) for device_id in self.breakers}
+
+    def section_states(self) -> dict[str, dict[str, Any]]:
+        """Each line section (`<LINE>/<n>`): energised or not, from which source, through which
+        device, and what is tapped on it."""
+        if self._dirty:
+            self._solve(self._now)
+        tree = self._tree
+        assert tree is not None
+        device_of = {d.branch: d.id for d in self.breakers.values()}
+        out = {}
+        for sec in self._sections:
+            live = [b for b in sec.buses if self._energised[b]]
+            top = top_node(tree, live[0]) if live else None
+            out[sec.id] = {"line": sec.line, "from_m": sec.from_m, "to_m": sec.to_m, "energised": bool(live),
+                           "source": None if top is None else self._source_names.get(top),
+                           "fed_through": nearest_upstream(tree, live[0], device_of) if live else None,
+                           "elements": list(sec.elements), "upstream_device": sec.upstream_device,
+                           "downstream_device": sec.downstream_device}
+        return out
+
+    def energised_elements(self) -> dict[str, bool]:
+        """Every modelled element → whether it has supply (a line or device: any part of it)."""
+        if self._dirty:
+            self._solve(self._now)
+        e = self._energised
+        out = {self.substation_id: bool(e[self.station_bus])}
+        for line in self.lines.values():
+            out[line.id] = bool(e[line.start_bus] or any(e[seg[3]] for seg in line.segments))
+        for device in self.breakers.values():
+            out[device.id] = bool(e[device.from_bus] or e[device.bus])
+        for t in self.transformers.values():
+            out[t.id] = bool(e[t.bus])
+        for cap in self.capacitors.values():
+            out[cap.id] = bool(e[cap.bus])
+        for der in self.ders.values():
+            out[der.id] = bool(e[der.bus])
+        return out
+
+    def local_command_points(self) -> dict[str, bool]:
+        """Every command point of a switching device → whether its device is in local control
+        (an IEC 61850 server refuses those controls itself)."""
+        return {pid: self.breakers[agent_id].local for pid, (agent_id, _) in self._command_targets.items()
+                if agent_id in self.breakers}
+
     # ------------------------------------------------------------------ outputs
 
     def _kv(self, bus: int) -> float:
         return float(abs(self._v[bus]) * self.net.buses[bus].base_kv)
 
-    def _branch_power_kw(self, bus: int) -> complex:
-        """Complex power (kW + j kvar) entering the branch feeding `bus`, at its sending end."""
-        tree = self._tree
-        assert tree is not None
-        pos = tree.position.get(bus)
-        if pos is None:
-            return 0j
-        parent_pos = tree.parent_pos[pos]
-        parent_bus = tree.nodes[parent_pos] if parent_pos >= 0 else tree.root
-        s = self._v[parent_bus] * np.conj(self._i1[bus] * tree.ratio[pos])
-        return complex(s) * self.net.base_mva * 1000.0
+    def _flow(self, branch: int) -> tuple[npt.NDArray[np.complex128], complex, int]:
+        """Phase currents through a branch (pu), the power (kW + j kvar) it carries in its from → to
+        direction, and the direction (+1, −1 when fed from its `to` side, 0 when carrying nothing)."""
+        assert self._tree is not None
+        flow = branch_flow(self._tree, branch, self.net.branches[branch], self._v, self._i1, self._i_abc)
+        return flow.currents_pu, flow.power_pu * self.net.base_mva * 1000.0, flow.direction
+
+    def _device_voltage_bus(self, device: SwitchingDevice) -> int:
+        """Where a device measures its voltage: closed, on the side its supply comes from; open,
+        on its load side (a feeder breaker's line side, an in-series device's downstream side,
+        a tie's second line or external source)."""
+        if device.closed:
+            _, _, direction = self._flow(device.branch)
+            if direction < 0 or (direction == 0 and not self._energised[device.from_bus]):
+                return device.bus
+            return device.from_bus
+        return device.bus
 
     def _agent_values(self, agent_id: str) -> dict[str, float | int | bool]:
         kind = self._agent_types[agent_id]
@@ -1098,18 +1396,19 @@ class GridModel:
         if kind is AgentType.CIRCUIT_BREAKER:
             cb = self.breakers[agent_id]
             i_base = self.net.i_base_a(cb.bus)
-            ia, ib, ic = (abs(x) * i_base for x in self._i_abc[cb.bus])
-            i_n = abs(self._i_abc[cb.bus].sum()) * i_base
-            s = self._branch_power_kw(cb.bus)
+            i_abc, s, _ = self._flow(cb.branch)
+            ia, ib, ic = (float(abs(x)) * i_base for x in i_abc)
+            i_n = float(abs(i_abc.sum())) * i_base
             return {"ia": ia, "ib": ib, "ic": ic, "in": i_n, "closed": cb.closed, "operations": cb.operations,
-                    "voltage_kv": self._kv(cb.bus), "frequency_hz": self._frequency_hz,
+                    "voltage_kv": self._kv(self._device_voltage_bus(cb)), "frequency_hz": self._frequency_hz,
                     "active_power_kw": s.real, "reactive_power_kvar": s.imag,
-                    "trip_cmd": cb.trip_cmd, "close_cmd": cb.close_cmd, "position_cmd": cb.position_cmd}
+                    "trip_cmd": cb.trip_cmd, "close_cmd": cb.close_cmd, "position_cmd": cb.position_cmd,
+                    "fpi": cb.fpi, "fpi_reset": cb.fpi_reset, "local": cb.local}
         if kind is AgentType.POWER_LINE:
             line = self.lines[agent_id]
             first = line.first_bus
-            s = self._branch_power_kw(first)
-            return {"current_a": abs(self._i_abc[first][0]) * self.net.i_base_a(first),
+            i_abc, s, _ = self._flow(line.segments[0][4])
+            return {"current_a": float(abs(i_abc[0])) * self.net.i_base_a(first),
                     "voltage_kv": self._kv(line.start_bus), "active_power_kw": s.real,
                     "reactive_power_kvar": s.imag, "end_voltage_kv": self._kv(line.end_bus)}
         if kind is AgentType.TRANSFORMER:
@@ -1205,7 +1504,7 @@ _NAMES: dict[AgentType, frozenset[str]] = {
     AgentType.SUBSTATION: frozenset({"bus_voltage_kv", "total_load_kw", "total_load_kvar", "frequency_hz"}),
     AgentType.CIRCUIT_BREAKER: frozenset({"ia", "ib", "ic", "in", "closed", "operations", "voltage_kv",
                                           "frequency_hz", "active_power_kw", "reactive_power_kvar",
-                                          "trip_cmd", "close_cmd", "position_cmd"}),
+                                          "trip_cmd", "close_cmd", "position_cmd", "fpi", "fpi_reset", "local"}),
     AgentType.POWER_LINE: frozenset({"current_a", "voltage_kv", "active_power_kw", "reactive_power_kvar",
                                      "end_voltage_kv"}),
     AgentType.TRANSFORMER: frozenset({"load_kw", "load_kvar", "top_oil_temp_c", "ambient_temp_c",
@@ -1217,7 +1516,7 @@ _NAMES: dict[AgentType, frozenset[str]] = {
     AgentType.SMART_METER: frozenset(),
 }
 _COMMANDS: dict[AgentType, frozenset[str]] = {
-    AgentType.CIRCUIT_BREAKER: frozenset({"trip_cmd", "close_cmd", "position_cmd"}),
+    AgentType.CIRCUIT_BREAKER: frozenset({"trip_cmd", "close_cmd", "position_cmd", "fpi_reset"}),
     AgentType.TRANSFORMER: frozenset({"tap_setpoint"}),
     AgentType.CAPACITOR_BANK: frozenset({"steps_cmd"}),
     AgentType.RENEWABLE_ENERGY: frozenset({"p_limit_pct", "q_setpoint_kvar", "connect_cmd"}),

@@ -5,10 +5,11 @@ bus (its nominal line-to-line kV). Series impedances are given in ohms, referred
 branch's `from` side, and converted with that side's base. A branch may carry an ideal
 off-nominal ratio `ratio` on its `to` side (transformer taps): V_to = ratio · (V_from − Z·I_from).
 
-Topology is plain data: which branches exist and whether they are closed. `radial_tree`
-walks the closed branches from the source and returns the energised tree the sweep works on;
-a closed branch that would close a loop is reported and left out (meshed operation is not
-modelled: a tie closed between two energised feeders carries no current here).
+Topology is plain data: which branches exist and whether they are closed. `closed_loops`
+finds the closed switches that close a loop (two sources in parallel, or a ring), choosing in
+each loop the switch closed last; `radial_tree` walks the closed branches from the source,
+leaving those out, and returns the energised tree the sweep works on. Meshed operation is not
+modelled: the loop-closing switch carries no current here.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ class BranchKind(enum.Enum):
     SWITCH = "switch"
     """Zero-impedance switching device (breaker, tie switch)."""
     TRANSFORMER = "transformer"
+    IDEAL = "ideal"
+    """Zero-impedance ideal ratio from the reference source to another source's EMF (a
+    neighbouring substation's feeder behind an external tie), so one tree holds both."""
 
 
 @dataclass(slots=True)
@@ -90,8 +94,74 @@ class Network:
         """Line current base at a bus: S_base / (√3 · V_base)."""
         return self.base_mva * 1e3 / (np.sqrt(3.0) * self.buses[bus].base_kv)
 
-    def radial_tree(self, root: int = 0) -> RadialTree:
-        return RadialTree.build(self, root)
+    def radial_tree(self, root: int = 0, skip: frozenset[int] | set[int] = frozenset()) -> RadialTree:
+        return RadialTree.build(self, root, skip)
+
+
+@dataclass(frozen=True, slots=True)
+class Loop:
+    """A closed loop: the switch that closes it and every branch around it (that switch first)."""
+
+    closing_branch: int
+    branches: tuple[int, ...]
+
+
+def closed_loops(net: Network, closed_order: dict[int, int] | None = None) -> list[Loop]:
+    """Loops of closed branches, each cut at the switch closed last (`closed_order`: branch →
+    sequence number of its last closing; absent counts as closed from the start).
+
+    Non-switch branches (lines, transformers, sources) are taken first, so a loop is always cut
+    at a switch; among switches the earlier-closed are kept, so closing a tie between two live
+    feeders leaves both as they were and the tie carries nothing.
+    """
+    order = closed_order or {}
+    parent = list(range(len(net.buses)))
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    def key(b: int) -> tuple[int, int, int]:
+        switch = net.branches[b].kind is BranchKind.SWITCH
+        return (1 if switch else 0, order.get(b, 0) if switch else 0, b)
+
+    kept: list[int] = []
+    cut: list[int] = []
+    for b in sorted((b for b, br in enumerate(net.branches) if br.closed), key=key):
+        br = net.branches[b]
+        ra, rb = find(br.from_bus), find(br.to_bus)
+        if ra == rb:
+            cut.append(b)
+        else:
+            parent[ra] = rb
+            kept.append(b)
+    if not cut:
+        return []
+    adjacency: list[list[tuple[int, int]]] = [[] for _ in net.buses]
+    for b in kept:
+        br = net.branches[b]
+        adjacency[br.from_bus].append((b, br.to_bus))
+        adjacency[br.to_bus].append((b, br.from_bus))
+    loops = []
+    for b in cut:
+        br = net.branches[b]
+        via: dict[int, tuple[int, int]] = {br.from_bus: (-1, -1)}
+        queue = deque([br.from_bus])
+        while queue and br.to_bus not in via:
+            bus = queue.popleft()
+            for edge, other in adjacency[bus]:
+                if other not in via:
+                    via[other] = (edge, bus)
+                    queue.append(other)
+        path: list[int] = []
+        bus = br.to_bus
+        while bus != br.from_bus:
+            edge, bus = via[bus]
+            path.append(edge)
+        loops.append(Loop(b, (b, *reversed(path))))
+    return loops
 
 
 @dataclass(slots=True)
@@ -129,11 +199,12 @@ class RadialTree:
     _anc_starts: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @classmethod
-    def build(cls, net: Network, root: int = 0) -> RadialTree:
+    def build(cls, net: Network, root: int = 0, skip: frozenset[int] | set[int] = frozenset()) -> RadialTree:
+        """The tree of closed branches reachable from `root`, leaving out the `skip` branches."""
         n_bus = len(net.buses)
         adjacency: list[list[tuple[int, int]]] = [[] for _ in range(n_bus)]
         for b, br in enumerate(net.branches):
-            if br.closed:
+            if br.closed and b not in skip:
                 adjacency[br.from_bus].append((b, br.to_bus))
                 adjacency[br.to_bus].append((b, br.from_bus))
         seen = np.zeros(n_bus, dtype=bool)

@@ -53,6 +53,17 @@ class IrradianceSettings(_Model):
         return self
 
 
+class ExternalSourceSettings(_Model):
+    """The far side of an external tie: a neighbouring substation's feeder, as an ideal source
+    behind its fault level."""
+
+    sc_mva: float = Field(default=150.0, gt=0)
+    """Three-phase short-circuit power at the tie."""
+    x_r: float = Field(default=8.0, gt=0)
+    z0_z1: float = Field(default=1.0, gt=0)
+    voltage_pu: float = Field(default=1.0, gt=0.5, lt=1.5)
+
+
 class SimulationSettings(_Model):
     nominal_kv: float | None = Field(default=None, gt=0)
     """Station bus voltage, line to line (default: the substation's `secondary_voltage`, else 11)."""
@@ -91,6 +102,10 @@ class SimulationSettings(_Model):
     """Per transformer, meter group or line id."""
     positions_m: dict[str, float] = Field(default_factory=dict)
     """Element id → distance along its supplying line (default: spread evenly, the last at the end)."""
+    external_sources: dict[str, ExternalSourceSettings] = Field(default_factory=dict)
+    """External tie id → the source behind it (default: 150 MVA, X/R 8, 1.0 pu)."""
+    fpi_reset_delay_s: float = Field(default=10.0, ge=0, le=86_400)
+    """A fault-passage indicator resets by itself once voltage has been present this long."""
     capacitor_steps: dict[str, int] = Field(default_factory=dict)
     """Capacitor bank id → steps in service at start (default 0)."""
     irradiance: IrradianceSettings = IrradianceSettings()
