@@ -214,3 +214,41 @@ def test_flisr_invariants(fault_feeder: int, fault_section: int, kw: list[float]
     feeder = set(feeder_tree(b.network, breaker, config)[0])
     zone = set(result.zone)
     assert result.customers_restored == oracle(b.network, config, zone, feeder, ld, set(broken))
+
+
+def test_an_indicator_latched_by_an_earlier_event_is_not_evidence() -> None:
+    from gateway.switching.flisr import FlisrController, FlisrSettings
+
+    b = bench(n_feeders=2, sections=3)
+    b.normal()
+    b.remember_loads()
+    b.set("SW-1-1.fpi", True)  # left latched by a transient fault beyond SW-1-1
+    b.now += 30.0
+    config = b.state.configuration({"CB-1": False})
+    feeder = b.network.downstream("CB-1", {**config, "CB-1": True})
+    b.set_positions({"CB-1": False})
+    record = b.faults.on_trip("CB-1", "51P", 3000.0, None, feeder, b.now, 1e9, recloses=False)
+    assert record is not None
+    flisr = FlisrController(b.network, b.state, b.faults, FlisrSettings(settle_s=0.0), unusable=lambda _d: None)
+    flisr.on_lockout("CB-1", b.now)
+    [seq] = flisr.tick(b.now, 1e9)
+    # the stale indicator does not move the fault beyond SW-1-1: the first section stays suspect
+    assert "LINE-1/1" in seq.plan["located_zone"]
+    assert not any(s.device == "CB-1" and s.action == "close" for s in seq.steps)
+
+
+def test_a_breaker_that_trips_again_after_flisr_stops_automatic_restoration() -> None:
+    from gateway.switching.flisr import FlisrController, FlisrSettings
+
+    b = bench(n_feeders=2, sections=3)
+    b.normal()
+    b.remember_loads()
+    config, record_id = lockout(b, "CB-1", "LINE-1/2")
+    flisr = FlisrController(b.network, b.state, b.faults, FlisrSettings(settle_s=0.0), unusable=lambda _d: None)
+    assert flisr.on_lockout("CB-1", b.now) is None
+    [seq] = flisr.tick(b.now, 1e9)
+    assert b.faults.get(record_id).zone == ("LINE-1/2",)
+    message = flisr.on_lockout("CB-1", b.now + 5, 1e9)
+    assert message is not None and "tripped again" in message
+    assert set(b.faults.get(record_id).zone) == {"LINE-1/1", "LINE-1/2", "LINE-1/3"}
+    assert flisr.tick(b.now + 10, 1e9) == []

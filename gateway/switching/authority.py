@@ -398,7 +398,8 @@ class SwitchingAuthority:
         return Context(op=op, device=device, network=self.network, state=self.state, faults=self.faults,
                        agent_state=self.hooks.agent_state(op.target), locked_out=locked,
                        tags=tuple(self.tags.get(op.target, ())), selected=selected,
-                       loads_kva=self.loads_kva(now) if op.kind is Kind.CLOSE else {})
+                       loads_kva=self.loads_kva(now) if op.kind is Kind.CLOSE else {},
+                       source_voltage_pu=self.state.source_voltages())
 
     def _target(self, op: Operation) -> None:
         points = self.network.element_points.get(op.target)

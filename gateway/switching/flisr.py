@@ -35,6 +35,8 @@ MAX_COMBINATIONS = 4096
 DISTANCE_TOLERANCE = 0.3
 """Relative tolerance of the distance estimated from the fault current (magnitudes only)."""
 MIN_DISTANCE_TOLERANCE_M = 300.0
+FPI_WINDOW_S = 2.0
+"""An indicator counts for a fault when it latched at most this long before the fault's first trip."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,7 +190,7 @@ class Unusable:
 
 def plan(network: Network, breaker: str, config: Mapping[str, bool | None], location: Location,
          loads_kva: Mapping[str, complex], *, unusable: Mapping[str, str] | None = None,
-         min_voltage_pu: float = 0.95) -> Plan:
+         min_voltage_pu: float = 0.95, source_voltage_pu: Mapping[str, float] | None = None) -> Plan:
     """The switching that isolates `location` and restores what the network can carry.
 
     `config`: every device's position now (the locked-out breaker open). `loads_kva`: each
@@ -234,7 +236,8 @@ def plan(network: Network, breaker: str, config: Mapping[str, bool | None], loca
     # 3. downstream islands through ties (or other open devices with a live far side)
     dead = feeder - zone - upstream
     islands = _components(network, dead, after)
-    best_steps, restored, ok = _restore_islands(network, islands, zone, after, loads_kva, bad, min_voltage_pu)
+    best_steps, restored, ok = _restore_islands(network, islands, zone, after, loads_kva, bad, min_voltage_pu,
+                                                source_voltage_pu or {})
     steps += best_steps
     restored_down = set(restored)
     served = upstream | restored_down
@@ -276,7 +279,7 @@ def _components(network: Network, nodes: set[str], config: Mapping[str, bool | N
 
 def _restore_islands(network: Network, islands: list[set[str]], zone: set[str], config: Mapping[str, bool | None],
                      loads_kva: Mapping[str, complex], bad: Mapping[str, str],
-                     min_voltage_pu: float) -> tuple[list[PlannedStep], set[str], bool]:
+                     min_voltage_pu: float, voltages: Mapping[str, float]) -> tuple[list[PlannedStep], set[str], bool]:
     """Choose splits and ties for every island at once (they may lean on the same neighbour)."""
     options: list[list[tuple[tuple[str, ...], tuple[str, ...]]]] = []  # per island: (devices to open, ties to close)
     for island in islands:
@@ -292,7 +295,7 @@ def _restore_islands(network: Network, islands: list[set[str]], zone: set[str], 
                     for ties in itertools.combinations(feeders, n_ties):
                         choices.append((opened, ties))
         options.append(choices)
-    base = network.estimate(config, loads_kva, min_voltage_pu=min_voltage_pu)
+    base = network.estimate(config, loads_kva, min_voltage_pu=min_voltage_pu, source_voltage_pu=voltages)
     total = math.prod(len(o) for o in options) if options else 1
     best: tuple[tuple[int, int, int], list[tuple[tuple[str, ...], tuple[str, ...]]], set[str]] | None = None
     if total <= MAX_COMBINATIONS:
@@ -306,7 +309,7 @@ def _restore_islands(network: Network, islands: list[set[str]], zone: set[str], 
                 trial[d] = False
             for d in ties:
                 trial[d] = True
-        est = network.estimate(trial, loads_kva, min_voltage_pu=min_voltage_pu)
+        est = network.estimate(trial, loads_kva, min_voltage_pu=min_voltage_pu, source_voltage_pu=voltages)
         if est.parallel or est.worse_than(base):
             continue
         restored = {n for island in islands for n in island if n in est.voltage_pu}
@@ -372,13 +375,23 @@ class FlisrController:
         self.plans: dict[str, Plan] = {}
         self.decision_times_s: list[float] = []
 
-    def on_lockout(self, breaker: str, now: float) -> None:
+    def on_lockout(self, breaker: str, now: float, wall: float = 0.0) -> str | None:
+        """Plan for this lockout after the settle time. A breaker that locks out again after FLISR
+        restored through it means the location was wrong: the zone becomes the whole feeder, no
+        further automatic action, and the returned text says so (for an alarm)."""
         if self.settings.mode == "off" or breaker not in self.network.devices:
-            return
+            return None
         record = self.faults.active_for(breaker)
         if record is None:
-            return
+            return None
+        if record.id in self.plans:
+            self._due.pop(breaker, None)
+            self.faults.locate(record.id, record.feeder, "FLISR's restoration tripped again: the whole feeder",
+                               wall, distance_m=record.distance_m)
+            return (f"{breaker} tripped again after FLISR restored through it: the fault was not where it was "
+                    f"located; automatic restoration stops, the whole feeder is taken as faulted")
         self._due[breaker] = (record.id, now + self.settings.settle_s)
+        return None
 
     def next_deadline(self) -> float | None:
         return min((t for _, t in self._due.values()), default=None)
@@ -426,7 +439,8 @@ class FlisrController:
         config = self.state.configuration()
         config[breaker] = False
         feeder_nodes, _ = feeder_tree(self.network, breaker, config)
-        indicators = {d: self.state.fpi(d) for d in self.network.devices}
+        # an indicator latched well before this fault's first trip tells of an earlier event
+        indicators = {d: self.state.fpi_since(d, record.started - FPI_WINDOW_S) for d in self.network.devices}
         distance = estimate_distance_m(self.network, breaker, record.current_a, record.voltage_kv)
         if record.located_by is None:
             location = locate(self.network, breaker, config, indicators, distance_m=distance)
@@ -455,7 +469,7 @@ class FlisrController:
                 if self.network.devices[d].tie and d not in unusable:
                     unusable[d] = unusable_note
         result = plan(self.network, breaker, config, location, loads, unusable=unusable,
-                      min_voltage_pu=self.settings.min_voltage_pu)
+                      min_voltage_pu=self.settings.min_voltage_pu, source_voltage_pu=self.state.source_voltages())
         self.plans[record_id] = result
         if not result.steps:
             return result, {}

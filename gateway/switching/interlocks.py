@@ -16,7 +16,7 @@ command result, the CLI and the event log all show that code and the same messag
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from gateway.switching.faults import FaultBook
@@ -60,6 +60,8 @@ class Context:
     """A valid select by this origin precedes the operate (select-before-operate)."""
     loads_kva: Mapping[str, complex]
     """Section loads to estimate with (live where energised, remembered where not)."""
+    source_voltage_pu: Mapping[str, float] = field(default_factory=dict)
+    """The sources' measured voltages."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +181,9 @@ def _overload(ctx: Context) -> str | None:
         return None
     before = dict(config)
     before[ctx.device.id] = False
-    worse = ctx.network.estimate(config, ctx.loads_kva).worse_than(ctx.network.estimate(before, ctx.loads_kva))
+    v = ctx.source_voltage_pu
+    worse = ctx.network.estimate(config, ctx.loads_kva, source_voltage_pu=v).worse_than(
+        ctx.network.estimate(before, ctx.loads_kva, source_voltage_pu=v))
     if worse:
         return (f"closing {ctx.device.id} would pick up {', '.join(sorted(newly))} and load beyond limits: "
                 + "; ".join(str(v) for v in worse[:4]))

@@ -267,10 +267,11 @@ class Network:
         return seen
 
     def estimate(self, closed: Mapping[str, bool | None], loads_kva: Mapping[str, complex], *,
-                 source_voltage_pu: float = 1.0, min_voltage_pu: float = 0.95, max_voltage_pu: float = 1.05,
-                 iterations: int = 8) -> FlowEstimate:
+                 source_voltage_pu: float | Mapping[str, float] | None = None, min_voltage_pu: float = 0.95,
+                 max_voltage_pu: float = 1.05, iterations: int = 8) -> FlowEstimate:
         """Backward/forward sweep over the radial configuration `closed`. `loads_kva` maps a
-        section to its load (P + jQ, kW and kvar), lumped at the section."""
+        section to its load (P + jQ, kW and kvar), lumped at the section; `source_voltage_pu`
+        the sources' voltages as measured (1.0 pu where not given)."""
         en = self.energise(closed)
         children: dict[str, list[str]] = {}
         for node, (parent, _) in en.parent.items():
@@ -283,7 +284,11 @@ class Network:
                     node = queue.popleft()
                     order.append(node)
                     queue.extend(children.get(node, []))
-        v: dict[str, complex] = {n: complex(source_voltage_pu) for n in order}
+        if isinstance(source_voltage_pu, Mapping):
+            v_src = {s: float(source_voltage_pu.get(s, 1.0)) for s in self.sources}
+        else:
+            v_src = {s: 1.0 if source_voltage_pu is None else float(source_voltage_pu) for s in self.sources}
+        v: dict[str, complex] = {n: complex(v_src.get(en.source_of.get(n, n), 1.0)) for n in order}
         current: dict[str, complex] = {}
         for _ in range(iterations):
             current = {}

@@ -66,16 +66,22 @@ class Step:
     timeout_s: float = DEFAULT_STEP_TIMEOUT_S
     purpose: str = ""
     override_reason: str | None = None
-    """Automatic sequences: the reason recorded when the step overrides a lockout row."""
+    """The reason recorded when the step overrides interlock rows (FLISR: the lockout rows)."""
+    override: tuple[str, ...] = ()
+    """Interlock rows an operator's step overrides (with `override_reason`, in the runner's role)."""
 
     def expected(self) -> dict[str, bool]:
         return {self.device: self.action == "close", **self.expect}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"device": self.device, "action": self.action,
-                "require": {d: _pos(v) for d, v in self.require.items()},
-                "expect": {d: _pos(v) for d, v in self.expected().items()},
-                "timeout_s": self.timeout_s, "purpose": self.purpose}
+        out: dict[str, Any] = {"device": self.device, "action": self.action,
+                               "require": {d: _pos(v) for d, v in self.require.items()},
+                               "expect": {d: _pos(v) for d, v in self.expected().items()},
+                               "timeout_s": self.timeout_s, "purpose": self.purpose}
+        if self.override:
+            out["override"] = list(self.override)
+            out["reason"] = self.override_reason
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,10 +167,11 @@ def from_document(doc: Any, source: str, *, created_by: str, now_wall: float) ->
 def _step(item: Any, where: str) -> Step:
     if not isinstance(item, dict):
         raise SequenceError(f"{where}: expected a table with device and action")
-    unknown = sorted(set(item) - {"device", "action", "require", "expect", "timeout_s", "purpose"})
+    unknown = sorted(set(item) - {"device", "action", "require", "expect", "timeout_s", "purpose", "override",
+                                  "reason"})
     if unknown:
         raise SequenceError(f"{where}: unknown key(s) {', '.join(unknown)}; expected device, action, require, "
-                            "expect, timeout_s, purpose")
+                            "expect, timeout_s, purpose, override, reason")
     device = item.get("device")
     if not isinstance(device, str) or not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$", device):
         raise SequenceError(f"{where}.device: expected a device id, found {device!r:.60}")
@@ -178,9 +185,16 @@ def _step(item: Any, where: str) -> Step:
     purpose = item.get("purpose", "")
     if not isinstance(purpose, str) or len(purpose) > 200:
         raise SequenceError(f"{where}.purpose: expected text of 200 characters at most")
+    override = item.get("override", [])
+    if not isinstance(override, list) or not all(isinstance(o, str) and re.match(r"^[a-z_]{1,40}$", o)
+                                                 for o in override):
+        raise SequenceError(f"{where}.override: expected a list of interlock codes, found {override!r:.60}")
+    reason = item.get("reason")
+    if override and (not isinstance(reason, str) or not reason.strip() or len(reason) > 500):
+        raise SequenceError(f"{where}.reason: a step that overrides interlocks needs the reason (1-500 characters)")
     return Step(device=device, action=action, require=_positions(item.get("require", {}), f"{where}.require"),
                 expect=_positions(item.get("expect", {}), f"{where}.expect"), timeout_s=float(timeout),
-                purpose=purpose)
+                purpose=purpose, override=tuple(override), override_reason=reason if override else None)
 
 
 def _positions(raw: Any, where: str) -> dict[str, bool]:
@@ -199,7 +213,7 @@ def _positions(raw: Any, where: str) -> dict[str, bool]:
 
 def validate(seq: Sequence, network: Network, config: Mapping[str, bool | None], faults: FaultBook,
              loads_kva: Mapping[str, complex], *, min_voltage_pu: float = 0.95,
-             start: int = 0) -> list[str]:
+             start: int = 0, source_voltage_pu: Mapping[str, float] | None = None) -> list[str]:
     """Problems found by playing the sequence (from step `start`) on the model; empty when valid."""
     problems: list[str] = []
     trial = dict(config)
@@ -232,8 +246,10 @@ def validate(seq: Sequence, network: Network, config: Mapping[str, bool | None],
                 problems.append(f"{where}: would parallel two sources or close a loop")
             undo = dict(trial)
             undo[step.device] = False
-            est = network.estimate(trial, loads_kva, min_voltage_pu=min_voltage_pu)
-            worse = est.worse_than(network.estimate(undo, loads_kva, min_voltage_pu=min_voltage_pu))
+            v = source_voltage_pu
+            est = network.estimate(trial, loads_kva, min_voltage_pu=min_voltage_pu, source_voltage_pu=v)
+            worse = est.worse_than(network.estimate(undo, loads_kva, min_voltage_pu=min_voltage_pu,
+                                                    source_voltage_pu=v))
             if worse:
                 problems.append(f"{where}: beyond limits by the power-flow estimate: "
                                 + "; ".join(str(v) for v in worse[:4]))

@@ -108,14 +108,23 @@ class SwitchingService:
                                 recloses=self._recloses.get(breaker, False))
             rec = self.faults.active_for(breaker)
             if rec is not None and rec.status.value == "permanent":
-                self.flisr.on_lockout(breaker, now)
+                self._flisr_lockout(breaker, now, wall)
         elif event.kind == "lockout":
             self.faults.on_lockout(breaker, wall)
-            self.flisr.on_lockout(breaker, now)
+            self._flisr_lockout(breaker, now, wall)
         elif event.kind == "reset":
             self.faults.on_reset(breaker, wall)
         self._flush()
         self._wake()
+
+    def _flisr_lockout(self, breaker: str, now: float, wall: float) -> None:
+        stopped = self.flisr.on_lockout(breaker, now, wall)
+        if stopped:
+            for seq in self.runner.sequences.values():
+                if seq.source == "flisr" and seq.status is Status.RUNNING and seq.fault == getattr(
+                        self.faults.active_for(breaker), "id", None):
+                    self.runner.abort(seq.id, "flisr (the breaker tripped again)", wall)
+            self._alarm(breaker, "critical", stopped)
 
     def on_protection_command(self, command: Any) -> None:
         action = "open" if command.reason in ("trip", "retrip", "backup_trip") else "close"
@@ -210,7 +219,8 @@ class SwitchingService:
             self.runner.add(replace(seq, status=Status.DONE, finished=self._wall()))
             log.warning("FLISR found nothing to switch", extra={"sequence": seq.id, "plan": dict(seq.plan)})
             return
-        problems = validate(seq, self.network, self._planning_config(seq), self.faults, self._loads(seq))
+        problems = validate(seq, self.network, self._planning_config(seq), self.faults, self._loads(seq),
+                            source_voltage_pu=self.state.source_voltages())
         self.runner.add(with_validation(seq, problems))
         if problems:
             log.error("FLISR plan failed validation", extra={"sequence": seq.id, "problems": problems})
@@ -251,9 +261,9 @@ class SwitchingService:
             origin = FLISR_ORIGIN if seq.approved_by == "flisr (automatic)" else self._approver(seq)
             override = None
             if step.override_reason:
+                rows = frozenset(step.override) or LOCKOUT_ROWS
                 override = Override(reason=step.override_reason if origin.via is Via.FLISR
-                                    else f"{step.override_reason}; plan approved by {seq.approved_by}",
-                                    rows=LOCKOUT_ROWS)
+                                    else f"{step.override_reason}; approved by {seq.approved_by}", rows=rows)
             op = Operation(kind=Kind.CLOSE if step.action == "close" else Kind.OPEN, target=step.device,
                            origin=origin, reason=f"{seq.name}, step {due.index + 1}: {step.purpose}".strip(),
                            override=override, sequence=seq.id)
@@ -323,7 +333,8 @@ class SwitchingService:
         seq = self.runner.get(seq_id)
         if seq.status is not Status.PROPOSED:
             raise Refused("bad_args", f"sequence {seq_id} is {seq.status.value}; only a proposed one can run")
-        problems = validate(seq, self.network, self._planning_config(seq), self.faults, self._loads(seq))
+        problems = validate(seq, self.network, self._planning_config(seq), self.faults, self._loads(seq),
+                            source_voltage_pu=self.state.source_voltages())
         if problems:
             self.runner.add(with_validation(seq, problems))
             self._flush()
@@ -335,8 +346,7 @@ class SwitchingService:
 
     def submit_sequence(self, seq: Sequence, origin: Origin, *, run: bool) -> Sequence:
         """An operator's sequence: validated now, kept as proposed (or run at once with `run`)."""
-        problems = validate(seq, self.network, self.state.configuration(), self.faults,
-                            self.authority.loads_kva(self._monotonic()))
+        problems = self.validate_sequence(seq)
         seq = self.runner.add(with_validation(seq, problems))
         self._flush()
         if problems or not run:
@@ -345,7 +355,7 @@ class SwitchingService:
 
     def validate_sequence(self, seq: Sequence) -> list[str]:
         return validate(seq, self.network, self.state.configuration(), self.faults,
-                        self.authority.loads_kva(self._monotonic()))
+                        self.authority.loads_kva(self._monotonic()), source_voltage_pu=self.state.source_voltages())
 
     def abort(self, seq_id: str, origin: Origin) -> Sequence:
         seq = self.runner.abort(seq_id, origin.who, self._wall())

@@ -50,6 +50,11 @@ class GridState:
             for load_name in LOAD_NAMES.get(network.element_types.get(element, ""), ()):
                 if load_name and load_name in points:
                     self._feeds.setdefault(points[load_name], []).append((element, load_name))
+        for src in network.sources:
+            point = network.element_points.get(src, {}).get("bus_voltage_kv")
+            if point:
+                self._feeds.setdefault(point, []).append((src, "bus_voltage_kv"))
+        self._fpi_since: dict[str, float] = {}
         self._values: dict[tuple[str, str], float | bool | None] = {}
         self._times: dict[tuple[str, str], float] = {}
         self._history: dict[str, deque[LoadSample]] = {s: deque(maxlen=KEEP_SAMPLES) for s in network.sections}
@@ -68,6 +73,11 @@ class GridState:
             new = value if good else None
             if key[1] == "closed" and self._values.get(key) != new:
                 self.position_changes += 1
+            if key[1] == "fpi":
+                if new and not self._values.get(key):
+                    self._fpi_since[key[0]] = now
+                elif new is not None and not new:
+                    self._fpi_since.pop(key[0], None)
             self._values[key] = new
             self._times[key] = now
 
@@ -86,6 +96,25 @@ class GridState:
             return None
         value = self._values.get((device, "fpi"))
         return None if value is None else bool(value)
+
+    def fpi_since(self, device: str, since: float) -> bool | None:
+        """The indicator as evidence about a fault that started at `since`: True when it latched
+        at or after then, False when it is reset, None when unknown or latched before (by an
+        earlier event)."""
+        latched = self.fpi(device)
+        if latched is None or not latched:
+            return latched
+        at = self._fpi_since.get(device)
+        return True if at is not None and at >= since else None
+
+    def source_voltages(self) -> dict[str, float]:
+        """Each source's measured voltage in pu (the substation bus), where it is known."""
+        out = {}
+        for src_id, src in self.network.sources.items():
+            kv = self._values.get((src_id, "bus_voltage_kv"))
+            if isinstance(kv, int | float) and not isinstance(kv, bool) and kv > 0 and src.nominal_kv > 0:
+                out[src_id] = float(kv) / src.nominal_kv
+        return out
 
     def local(self, device: str) -> bool | None:
         """Whether the device is in local control; False when it has no such point."""

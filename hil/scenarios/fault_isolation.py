@@ -27,6 +27,7 @@ BREAKER = "CB-045"
 NOMINAL_KV = 11.0
 MIN_VOLTAGE_PU = 0.95
 RESTORE_AIM_S = 10.0
+RECLAIM_S = 3.0
 
 
 def site() -> dict[str, Any]:
@@ -35,7 +36,7 @@ def site() -> dict[str, Any]:
     for scheme in doc["protection"]:
         if scheme["breaker"] == BREAKER:
             scheme["reclose"] = {"shots": 2, "dead_times_s": [0.5, 1.0], "trip_curves": ["fast", "delayed", "delayed"],
-                                 "reclaim_s": 3.0}
+                                 "reclaim_s": RECLAIM_S}
     return doc
 
 
@@ -86,7 +87,7 @@ def _events(rig: Rig, since_wall: float) -> list[dict[str, Any]]:
     return [e for e in rig.daemon_call("events", since=since_wall, limit=5000)]
 
 
-def _transient(rig: Rig, rec: Recorder) -> None:
+def _transient(rig: Rig, rec: Recorder, normal: dict[str, bool]) -> None:
     before = rig.daemon_call("reliability")
     start = time.time()
     rig.hil_call("fault", line=FEEDER, distance_m=2700.0, kind="3ph", transient=True)
@@ -109,6 +110,7 @@ def _transient(rig: Rig, rec: Recorder) -> None:
               f"{momentary} momentary interruptions for {customers} customers")
     rec.check("transient: no FLISR sequence", not any(e["kind"] == "switching.sequence" for e in events))
     rec.figures["transient_momentary_interruptions"] = momentary
+    _settle(rig, normal)
 
 
 def _permanent(rig: Rig, rec: Recorder, section: dict[str, Any], normal: dict[str, bool],
@@ -178,7 +180,11 @@ def _permanent(rig: Rig, rec: Recorder, section: dict[str, Any], normal: dict[st
     rig.daemon_call("faults.clear", id=record["id"], reason="crew repaired the line")
     devices = _hil(rig)["devices"]
     steps = [{"device": d, "action": "open"} for d, closed in normal.items() if not closed and devices[d]["closed"]]
-    steps += [{"device": d, "action": "close"} for d, closed in normal.items() if closed and not devices[d]["closed"]]
+    steps += [{"device": d, "action": "close"} for d, closed in normal.items() if closed and not devices[d]["closed"]
+              and d != BREAKER]
+    if not devices[BREAKER]["closed"]:  # still locked out: the operator's authorised close, with its reason
+        steps.append({"device": BREAKER, "action": "close", "override": ["protection_lockout", "agent_locked_out"],
+                      "reason": "fault repaired and cleared; feeder back to normal"})
     import json
 
     back = rig.daemon_call("switching.submit", text=json.dumps({"name": f"back to normal after {sec_id}",
@@ -191,7 +197,14 @@ def _permanent(rig: Rig, rec: Recorder, section: dict[str, Any], normal: dict[st
     rec.check(f"{sec_id}: back to normal", done["status"] == "done",
               "; ".join(r["message"] for r in done["results"] if not r["ok"]) or f"{len(done['results'])} steps")
     rec.note("operator", f"back to normal ({len(steps)} steps)", done["finished"])
+    _settle(rig, normal)
+
+
+def _settle(rig: Rig, normal: dict[str, bool]) -> None:
+    """Back to normal, indicators reset (they reset by themselves after voltage returns), and the
+    breaker's switch-onto-fault window after its last close over."""
     _wait(rig, lambda: _normal(rig, normal), "the normal configuration, indicators reset and protection ready", 40.0)
+    time.sleep(RECLAIM_S + 0.5)
 
 
 def run(rec: Recorder) -> None:
@@ -201,7 +214,7 @@ def run(rec: Recorder) -> None:
         network = rig.daemon_call("switching.network")
         normal = {d["id"]: not d["normally_open"] for d in network["devices"]}
         _wait(rig, lambda: _normal(rig, normal), "the normal configuration")
-        _transient(rig, rec)
+        _transient(rig, rec, normal)
         totals: dict[str, Any] = {"customers_interrupted": 0, "customers_restored": 0, "customers_left_out": 0,
                                   "seconds_lockout_to_restored": {}, "closed_onto_fault": 0,
                                   "overloaded_elements": []}
