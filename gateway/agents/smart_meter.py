@@ -131,6 +131,10 @@ class MeterFleet:
         self.ids: list[str] = [f"{g.config.prefix}-{i:05d}" for g in self.groups
                                for i in range(g.config.first, g.config.first + g.config.count)]
         self.index: dict[str, int] = {mid: i for i, mid in enumerate(self.ids)}
+        self.critical = np.zeros(n, dtype=bool)
+        """Meters of critical customers (hospitals, water works), from the groups' `critical_meters`."""
+        for g in self.groups:
+            self.critical[[self.index[m] for m in g.config.critical_meters]] = True
         self.nominal_v = np.empty(n, dtype=np.float32)
         self.timeout_s = np.empty(n, dtype=np.float32)
         for g in self.groups:
