@@ -87,7 +87,7 @@ class Gateway:
             self.clock,
             logging.getLogger("stima.uplink"),
             base_dir=self.base_dir,
-            urgent_topics=("alarms", "events", "cmd_result"),
+            urgent_topics=("alarms", "events", "notices", "cmd_result"),
         )
         self.uplink.set_birth(
             [
@@ -126,6 +126,7 @@ class Gateway:
         self.agents = AgentHost(
             self.site, self.image, store=self.store, write=self.submit, publish=self._publish,
             monotonic=self.clock.monotonic, wall=self.clock.wall, interlock=self.interlock,
+            defer=asyncio.get_running_loop().call_soon,
         )
         if self.protection is not None:
             self.protection.event_listeners.append(self.agents.on_protection_event)
@@ -340,6 +341,7 @@ class Gateway:
         else:
             raise ValueError(f"action must be 'open' or 'close', not {action!r}")
         self.protection.carry_out(actions)
+        self.agents.on_switching(breaker, action, origin, now)
         log.warning("operator breaker command",
                     extra={"breaker": breaker, "action": action, "authorised": authorised, "origin": origin})
         return dict(engine.status(breaker))
@@ -407,7 +409,8 @@ class Gateway:
                 "breakers": {b: self.protection.engine.status(b) for b in sorted(self._protected_breakers)},
             },
             "agents": {"count": len(self.site.agents), "meters": sum(g.count for g in self.site.meter_groups),
-                       "actions": self.agents.actions_done, "control_refused": self.agents.control_refused},
+                       "actions": self.agents.actions_done, "control_refused": self.agents.control_refused,
+                       "notices": self.agents.notices_published},
             "ami": None if self.ami is None else self.ami.status(),
             "commands": self.commands.status(),
         }
