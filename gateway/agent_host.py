@@ -75,15 +75,22 @@ class AgentHost:
         self.actions_done = 0
         self.control_refused = 0
         self.notices_published = 0
+        self._position_step_due = False
         self.dirty = False
         """Agent states changed since the last snapshot (saved by the daemon's agent loop)."""
 
     def _on_point(self, point: Point, update: PointUpdate) -> None:
         for agent_id, name in self._feeds.get(point.point_id, ()):
-            actions = self.runtime.on_point(agent_id, name, update.value, update.quality.good,
-                                            update.receive_monotonic)
-            if actions:  # a breaker's position changed: its agents have stepped
-                self._defer(lambda a=actions: self.carry_out(a))  # type: ignore[misc]
+            self.runtime.on_point(agent_id, name, update.value, update.quality.good, update.receive_monotonic,
+                                  step=False)
+        if self.runtime.position_changes and not self._position_step_due:
+            # a breaker moved: step its agents once the rest of this batch of readings is in
+            self._position_step_due = True
+            self._defer(self._step_position_changes)
+
+    def _step_position_changes(self) -> None:
+        self._position_step_due = False
+        self.carry_out(self.runtime.step_position_changes())
 
     def on_protection_event(self, event: Any) -> None:
         self.carry_out(self.runtime.on_protection_event(

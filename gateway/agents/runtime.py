@@ -115,6 +115,8 @@ class AgentRuntime:
         self._lost_since: dict[str, float] = {}
         self._reclose_sequences: dict[str, float] = {}
         """Breakers between a protection trip and the end of their reclose sequence → last event time."""
+        self.position_changes: dict[str, float] = {}
+        """Breakers whose measured position changed, not yet stepped (see `on_point`)."""
         self._reclaim_s = {sc.breaker: sc.reclose.reclaim_s for sc in site.protection if sc.reclose is not None}
         self._last_meter_eval: float | None = None
         self.wall_offset: float | None = None
@@ -219,9 +221,13 @@ class AgentRuntime:
 
     # ------------------------------------------------------------------ inputs from the daemon
 
-    def on_point(self, agent_id: str, name: str, value: float | bool | None, good: bool, now: float
-                 ) -> list[Action | BulkStateChange]:
-        """Store a reading; a breaker's position change steps it and what it feeds at once (actions returned)."""
+    def on_point(self, agent_id: str, name: str, value: float | bool | None, good: bool, now: float,
+                 *, step: bool = True) -> list[Action | BulkStateChange]:
+        """Store a reading; a breaker's position change steps it and what it feeds at once (actions returned).
+
+        With `step=False` the change is only noted, for `step_position_changes` once the rest of
+        the batch of readings is in.
+        """
         values = self.readings.get(agent_id)
         if values is None:
             return []
@@ -231,8 +237,18 @@ class AgentRuntime:
         values[name] = value if good else None
         if name == "closed" and good and value is not None and previous is not None \
                 and bool(value) != bool(previous) and self.types[agent_id] is AgentType.CIRCUIT_BREAKER:
-            return self._step_now(self._affected_by(agent_id), now)
+            if step:
+                return self._step_now(self._affected_by(agent_id), now)
+            self.position_changes.setdefault(agent_id, now)
         return []
+
+    def step_position_changes(self) -> list[Action | BulkStateChange]:
+        """Step what the breakers whose position changed (noted by `on_point(step=False)`) concern."""
+        changes, self.position_changes = self.position_changes, {}
+        out: list[Action | BulkStateChange] = []
+        for breaker, now in changes.items():
+            out += self._step_now(self._affected_by(breaker), now)
+        return out
 
     def on_protection_event(self, kind: str, breaker: str, element: str, phase: str, current_a: float,
                             now: float) -> list[Action | BulkStateChange]:
