@@ -529,3 +529,12 @@ def test_transformer_asks_for_maintenance_after_a_day_of_fast_aging() -> None:
     assert len(msgs) == 1
     assert msgs[0].payload["equivalent_aging_factor"] == pytest.approx(1.85446, rel=2e-3)
     assert msgs[0].payload["loss_of_life_percent_day"] == pytest.approx(0.0247262, rel=2e-3)
+
+
+def test_substation_emergency_from_an_overheated_transformer_says_so() -> None:
+    sub = make_sub()
+    m, actions = sub.step(sub.initial_memory(0), SubstationInputs(total_load_kw=12_000,
+                                                                  overheated_transformers=("X-1",)), 0)
+    assert m.state is SubstationState.EMERGENCY_MODE
+    (alert,) = [a for a in actions if isinstance(a, Alert)]
+    assert alert.message == "Emergency: transformer(s) above critical temperature: X-1; load 40 % of 30 MVA"

@@ -117,3 +117,25 @@ def test_a_reclose_sequence_is_one_interruption(site, close_at: float, momentary
     assert set(starts) == {100.2} and set(ends) == {close_at + 0.1}  # from the first trip to the operator's close
     if sustained:
         assert r["customer_minutes_interrupted"] == pytest.approx(2000 * (close_at + 0.1 - 100.2) / 60)
+
+
+@pytest.mark.parametrize(("element", "current_a", "words"), [
+    ("51P", 620.0, "CB-045 tripped on overload (51P phase A, 620 A) on load current, below the fault level 1800 A"),
+    ("49", 560.0, "CB-045 tripped on thermal overload (49 phase A, 560 A)"),
+    ("81U", 180.0, "CB-045 tripped on underfrequency (81U phase A, 180 A)"),
+])
+def test_a_trip_that_is_not_a_fault_is_not_called_one(site, element: str, current_a: float,  # type: ignore[no-untyped-def]
+                                                      words: str) -> None:
+    rt = AgentRuntime(site, now=0.0)
+    healthy(rt, 0.0)
+    run_ticks(rt, 0.0, 10.0)
+    actions = rt.on_protection_event("trip", "CB-045", element, "A", current_a, 10.2)
+    actions += rt.on_point("CB-045", "closed", False, True, 10.25)
+    actions += run_ticks(rt, 11.0, 13.0)
+    alerts = [a.message for a in actions if hasattr(a, "message")]
+    assert alerts == [words]  # no "fault" from the line or the substation
+    assert rt.show("LINE-045")["state"] == "De-energized" and rt.show("SUB-003")["state"] != "Feeder_Fault"
+    cause = rt.show("LINE-045")["last_transitions"][-1]["cause"]
+    assert cause == f"CB-045 tripped on {words.split('tripped on ')[1].split(' on load')[0]}"
+    trip = next(a for a in actions if isinstance(a, BusMessage) and a.kind == "breaker_trip")
+    assert trip.payload["cause"] in ("overload", "thermal_overload", "underfrequency")

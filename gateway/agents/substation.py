@@ -228,8 +228,11 @@ class SubstationAgent(Agent[SubstationState, SubstationEvent]):
             m.transfer_requested = True
             m.shedding_plan = self.shedding_plan(load_kva, x.feeder_loads_kw)
             severity = Severity.CRITICAL if m.state is _S.EMERGENCY_MODE else Severity.MAJOR
+            hot = ", ".join(x.overheated_transformers)
+            why = (f"Emergency: transformer(s) above critical temperature: {hot}; " if hot and not emergency
+                   else "Capacity constraint: ")
             out.append(Alert(agent_id=me, severity=severity, time=now,
-                             message=f"Capacity constraint: load {m.load_percent:.0f} % of {a.rated_capacity:.0f} MVA"
+                             message=f"{why}load {m.load_percent:.0f} % of {a.rated_capacity:.0f} MVA"
                                      + (f", capacity exceeded in {m.time_to_capacity_s / 60:.0f} min"
                                         if m.time_to_capacity_s else "")))
             options = [o for f in self.feeders.values() for o in f.transfer_options]
