@@ -246,3 +246,19 @@ def test_the_agent_agrees_with_the_plant_or_says_why_not(steps: list[tuple[str, 
         else:
             now += arg
     assert position is None or m.closed == position
+
+
+def test_one_operation_announced_twice_is_expected_once() -> None:
+    """Protection's trip and the switching record of the same trip: after it, an open is a discrepancy again."""
+    cb = breaker()
+    m = cb.initial_memory(0)
+    m, _ = cb.step(m, BreakerInputs(closed=True), 0)
+    m, _ = cb.on_protection_event(m, "trip", "51P", "A", 3000, 1.0)
+    m = cb.expect_operation(m, "open", "protection", 1.0)
+    assert [e[1] for e in m.expected_operations] == ["open"]
+    m, _ = cb.step(m, BreakerInputs(closed=False), 1.1)
+    m, _ = cb.on_protection_event(m, "reclose", "79", "", 0, 1.5)
+    m, _ = cb.step(m, BreakerInputs(closed=True, ia=100), 1.6)
+    assert m.state is BreakerState.CLOSED_NORMAL and m.expected_operations == []
+    m, actions = cb.step(m, BreakerInputs(closed=False), 2.0)
+    assert m.state is BreakerState.TRIPPED and [a.severity for a in alerts(actions)] == [Severity.MAJOR]

@@ -204,7 +204,10 @@ class CircuitBreakerAgent(Agent[BreakerState, BreakerEvent]):
 
     def _expect(self, m: BreakerMemory, action: str, origin: str, now: float) -> None:
         window = self.attrs.position_confirm_timeout_s
-        m.expected_operations = [e for e in m.expected_operations if now - e[0] <= window][-7:] + [[now, action, origin]]
+        pending = [e for e in m.expected_operations if now - e[0] <= window]
+        if pending and pending[-1][1] == action:
+            pending.pop()  # the same operation announced twice (e.g. by protection and by the switching record)
+        m.expected_operations = pending[-7:] + [[now, action, origin]]
 
     def _pending(self, m: BreakerMemory, action: str, now: float) -> int | None:
         """Index of the oldest pending `action` still inside the confirm window, or None."""
