@@ -538,3 +538,20 @@ def test_substation_emergency_from_an_overheated_transformer_says_so() -> None:
     assert m.state is SubstationState.EMERGENCY_MODE
     (alert,) = [a for a in actions if isinstance(a, Alert)]
     assert alert.message == "Emergency: transformer(s) above critical temperature: X-1; load 40 % of 30 MVA"
+
+
+def test_only_overcurrent_pickups_mean_high_current() -> None:
+    cb = make_breaker()
+    m, _ = cb.step(cb.initial_memory(0), BreakerInputs(closed=True, ia=100), 0)
+    for element in ("27", "59", "81U"):
+        m, _ = cb.on_protection_event(m, "pickup", element, "", 0, 1)
+        m, _ = cb.step(m, BreakerInputs(closed=True, ia=100), 1.1)
+        assert m.state is BreakerState.CLOSED_NORMAL, element
+    m, _ = cb.on_protection_event(m, "pickup", "51P", "A", 700, 2)
+    assert m.state is BreakerState.CLOSED_HIGH_CURRENT
+    m, _ = cb.on_protection_event(m, "dropout", "27", "", 0, 2.1)  # another element's dropout changes nothing
+    m, _ = cb.step(m, BreakerInputs(closed=True, ia=100), 2.2)
+    assert m.state is BreakerState.CLOSED_HIGH_CURRENT
+    m, _ = cb.on_protection_event(m, "dropout", "51P", "A", 100, 3)
+    m, _ = cb.step(m, BreakerInputs(closed=True, ia=100), 3.1)
+    assert m.state is BreakerState.CLOSED_NORMAL

@@ -57,7 +57,8 @@ def test_transient_fault_is_seen_by_the_agents_and_counted_as_momentary(tmp_path
         sub = Subscriber(rig.broker, f"{base}/#").start()
         try:
             rig.wait(lambda: rig.daemon_call("status")["ami"]["readings"] >= 2000, "a full AMI reading", 30, 0.2)
-            rig.wait(lambda: rig.daemon_call("agents.show", id="LINE-045")["state"] == "Operational",
+            rig.wait(lambda: rig.daemon_call("agents.show", id="LINE-045")["state"] == "Operational"
+                     and rig.daemon_call("agents.show", id="CB-045")["attributes"]["position"] == "closed",
                      "LINE-045 in service", 30, 0.2)
             before = rig.daemon_call("reliability")
             assert before["momentary_interruptions"] == 0 and before["sustained_interruptions"] == 0

@@ -89,6 +89,8 @@ TABLE: TransitionTable[BreakerState, BreakerEvent] = TransitionTable(
 )
 
 CLOSED_STATES = frozenset({_S.CLOSED_NORMAL, _S.CLOSED_HIGH_CURRENT})
+OVERCURRENT_ELEMENTS = ("50", "51", "49", "67")
+"""Elements whose pickup means high current through the breaker (not 27/59/81)."""
 
 TRIP_CAUSES = {
     "phase_fault": "phase fault", "ground_fault": "ground fault", "overload": "overload",
@@ -329,12 +331,15 @@ class CircuitBreakerAgent(Agent[BreakerState, BreakerEvent]):
         out: list[Action] = []
         a = self.attrs
         me = self.agent_id
+        overcurrent = element.upper().startswith(OVERCURRENT_ELEMENTS)
         if kind == "pickup":
-            m.pickup = True
-            if m.state is _S.CLOSED_NORMAL:
-                self.fire(m, _E.HIGH_CURRENT, f"protection pickup {element} phase {phase}", now, out)
+            if overcurrent:  # an undervoltage or frequency pickup is no high current
+                m.pickup = True
+                if m.state is _S.CLOSED_NORMAL:
+                    self.fire(m, _E.HIGH_CURRENT, f"protection pickup {element} phase {phase}", now, out)
         elif kind == "dropout":
-            m.pickup = False
+            if overcurrent:
+                m.pickup = False
         elif kind == "trip":
             m.pickup = False
             cause = trip_cause(element, phase, current_a, self.fault_level_a)
