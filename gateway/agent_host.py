@@ -3,7 +3,14 @@
 Agents are sans-IO (gateway/agents/); this host is the only place their actions meet the
 world: control requests become operations for the switching authority (its interlocks, its
 audit, its check-back; gateway/switching/), alerts and state changes go to the event log and
-the uplink, and their state is snapshotted to the state database so it survives restarts.
+the uplink, the bus messages people outside need are published as notices (`notices/<kind>`,
+gateway/agents/notices.py) and logged, and their state is snapshotted to the state database so
+it survives restarts.
+
+Fast events reach the agents when they happen: protection events (from the protection bridge's
+bookkeeping) and breaker position changes step the agents concerned at once, and the switching
+the gateway carries out is announced with `on_switching` so the agents can tell it from a
+position discrepancy.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from gateway.agents.actions import Alert, BusMessage, ControlRequest, StateChange
+from gateway.agents.notices import notices
 from gateway.agents.runtime import AgentRuntime, restore_from_store, save_to_store
 from gateway.agents.smart_meter import BulkStateChange
 from gateway.config import SiteConfig
@@ -39,8 +47,11 @@ class AgentHost:
         monotonic: Callable[[], float],
         wall: Callable[[], float],
         operate: Operate | None = None,
+        defer: Callable[[Callable[[], None]], Any] | None = None,
     ) -> None:
         self.site = site
+        self._defer = defer or (lambda fn: fn())
+        """Runs what a point update set off after the update's other listeners (protection first)."""
         self._store = store
         self._publish = publish
         self._monotonic = monotonic
@@ -62,17 +73,33 @@ class AgentHost:
                 image.subscribe(point_id, self._on_point)
         self.actions_done = 0
         self.control_refused = 0
+        self.notices_published = 0
+        self._position_step_due = False
         self.dirty = False
         """Agent states changed since the last snapshot (saved by the daemon's agent loop)."""
 
     def _on_point(self, point: Point, update: PointUpdate) -> None:
         for agent_id, name in self._feeds.get(point.point_id, ()):
-            self.runtime.on_point(agent_id, name, update.value, update.quality.good, update.receive_monotonic)
+            self.runtime.on_point(agent_id, name, update.value, update.quality.good, update.receive_monotonic,
+                                  step=False)
+        if self.runtime.position_changes and not self._position_step_due:
+            # a breaker moved: step its agents once the rest of this batch of readings is in
+            self._position_step_due = True
+            self._defer(self._step_position_changes)
+
+    def _step_position_changes(self) -> None:
+        self._position_step_due = False
+        self.carry_out(self.runtime.step_position_changes())
 
     def on_protection_event(self, event: Any) -> None:
-        self.runtime.on_protection_event(
+        self.carry_out(self.runtime.on_protection_event(
             event.kind, event.breaker, event.element, event.phase, float(event.current_a or 0.0), event.time
-        )
+        ))
+
+    def on_switching(self, agent_id: str, action: str, origin: str, now: float | None = None) -> None:
+        """The gateway is carrying out `action` ("open"/"close") on `agent_id` for `origin`; call it
+        when the operation is issued (AgentRuntime.on_switching)."""
+        self.runtime.on_switching(agent_id, action, origin, self._monotonic() if now is None else now)
 
     def ingest_meters(self, meter_ids: Sequence[str], columns: Mapping[str, Any], _reading_time: float) -> None:
         self.runtime.ingest_meter_batch(meter_ids, columns, self._monotonic())
@@ -96,6 +123,7 @@ class AgentHost:
         """Act on the agents' actions; the switching authority's refusals of their control requests."""
         changed = False
         refusals: list[Refused] = []
+        messages: list[BusMessage] = []
         for action in actions:
             self.actions_done += 1
             if isinstance(action, ControlRequest):
@@ -126,10 +154,25 @@ class AgentHost:
                 log.warning("agent alert", extra={"agent": action.agent_id, "severity": record["severity"],
                                                   "alert": action.message})
             elif isinstance(action, BusMessage):
-                log.debug("bus message", extra={"action": repr(action)})
+                messages.append(action)
+        if messages:
+            self._notify(messages)
         if changed:
             self.dirty = True
         return refusals
+
+    def _notify(self, messages: list[BusMessage]) -> None:
+        """Publish the notices among this batch's bus messages (QoS 1, not retained) and log them."""
+        wall = self._wall()
+        published, unknown = notices(messages, wall)
+        for kind in unknown:
+            log.error("agent message kind missing from the notices table; published with its raw payload",
+                      extra={"kind": kind})
+        for suffix, payload in published:
+            self._store.append_event(wall, payload["source"], f"notice.{payload['kind']}",
+                                     {k: v for k, v in payload.items() if k not in ("time", "source", "kind")})
+            self._publish(suffix, payload)
+        self.notices_published += len(published)
 
     def _control(self, req: ControlRequest, origin: Origin | None) -> Refused | None:
         """An agent's control request, as an operation of the agent (or of the operator whose

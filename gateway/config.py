@@ -18,6 +18,8 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 
@@ -258,6 +260,30 @@ class MeterGroupConfig(_Model):
     meter_type: Literal["residential", "commercial", "industrial"] = "residential"
     nominal_voltage_v: float = Field(default=230.0, gt=0)
     reading_timeout_s: float = Field(default=900.0, gt=0)
+    critical_meters: list[str] = Field(default_factory=list)
+    """Meters of customers whose loss of supply matters most (a hospital, a water works): counted
+    apart in every customer-impact summary."""
+
+    def meter_id(self, n: int) -> str:
+        return f"{self.prefix}-{n:05d}"
+
+    @field_validator("critical_meters")
+    @classmethod
+    def _check_critical(cls, ids: list[str], info: ValidationInfo) -> list[str]:
+        prefix, first, count = info.data.get("prefix"), info.data.get("first"), info.data.get("count")
+        if prefix is None or first is None or count is None:
+            return ids  # the group's own fields are wrong; those problems are reported instead
+        seen: set[str] = set()
+        for k, meter in enumerate(ids):
+            number = meter[len(prefix) + 1:] if meter.startswith(prefix + "-") else ""
+            n = int(number) if number.isdigit() else -1
+            if not first <= n < first + count or f"{prefix}-{n:05d}" != meter:
+                raise ValueError(f"critical_meters[{k}] {meter!r} is not a meter of this group "
+                                 f"(expected an id from {prefix}-{first:05d} to {prefix}-{first + count - 1:05d})")
+            if meter in seen:
+                raise ValueError(f"critical_meters[{k}] {meter!r} is listed twice")
+            seen.add(meter)
+        return ids
 
 
 # --------------------------------------------------------------------------- uplink

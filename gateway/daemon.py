@@ -89,7 +89,7 @@ class Gateway:
             self.clock,
             logging.getLogger("stima.uplink"),
             base_dir=self.base_dir,
-            urgent_topics=("alarms", "events", "cmd_result"),
+            urgent_topics=("alarms", "events", "notices", "cmd_result"),
         )
         self.uplink.set_birth(
             [
@@ -127,7 +127,7 @@ class Gateway:
 
         self.agents = AgentHost(
             self.site, self.image, store=self.store, publish=self._publish,
-            monotonic=self.clock.monotonic, wall=self.clock.wall,
+            monotonic=self.clock.monotonic, wall=self.clock.wall, defer=asyncio.get_running_loop().call_soon,
         )
         if self.protection is not None:
             self.protection.event_listeners.append(self.agents.on_protection_event)
@@ -407,7 +407,8 @@ class Gateway:
                 "breakers": {b: self.protection.engine.status(b) for b in sorted(self._protected_breakers)},
             },
             "agents": {"count": len(self.site.agents), "meters": sum(g.count for g in self.site.meter_groups),
-                       "actions": self.agents.actions_done, "control_refused": self.agents.control_refused},
+                       "actions": self.agents.actions_done, "control_refused": self.agents.control_refused,
+                       "notices": self.agents.notices_published},
             "ami": None if self.ami is None else self.ami.status(),
             "commands": self.commands.status(),
             "switching": self.switching.status(),

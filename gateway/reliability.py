@@ -79,12 +79,13 @@ class OutageLedger:
         self._end: list[np.ndarray] = []
         self._last_start = np.full(customers, np.nan)
 
-    def record(self, meters: np.ndarray, starts: np.ndarray, end: float) -> None:
+    def record(self, meters: np.ndarray, starts: np.ndarray, end: float | np.ndarray) -> None:
+        """One interruption per meter, from its start to `end` (one time for all, or one each)."""
         meters = np.asarray(meters, dtype=np.int32)
         starts = np.asarray(starts, dtype=np.float64)
         self._meter.append(meters.copy())
         self._start.append(starts.copy())
-        self._end.append(np.full(meters.size, end, dtype=np.float64))
+        self._end.append(np.broadcast_to(np.asarray(end, dtype=np.float64), meters.shape).copy())
         self._last_start[meters] = starts
 
     def last_starts(self, meters: np.ndarray) -> np.ndarray:
@@ -103,12 +104,17 @@ class OutageLedger:
         return sum(m.size for m in self._meter)
 
     def indices(self, since: float, until: float, ongoing_starts: np.ndarray | None = None,
-                momentary_threshold_s: float = MOMENTARY_THRESHOLD_S) -> ReliabilityIndices:
+                momentary_threshold_s: float = MOMENTARY_THRESHOLD_S,
+                ongoing_ends: np.ndarray | None = None) -> ReliabilityIndices:
+        """Indices over the records, plus the interruptions not yet recorded: `ongoing_starts` per
+        meter (NaN: none), each still open or, where `ongoing_ends` has a time, ended then."""
         _, starts, ends = self.columns()
         if ongoing_starts is not None:
-            open_starts = ongoing_starts[~np.isnan(ongoing_starts)]
+            has = ~np.isnan(ongoing_starts)
+            open_starts = ongoing_starts[has]
+            open_ends = ongoing_ends[has] if ongoing_ends is not None else np.full(open_starts.size, np.nan)
             starts = np.concatenate([starts, open_starts])
-            ends = np.concatenate([ends, np.full(open_starts.size, np.nan)])
+            ends = np.concatenate([ends, open_ends])
         return indices(starts, ends, self.customers, since, until, momentary_threshold_s)
 
     def shift_times(self, delta_s: float) -> None:

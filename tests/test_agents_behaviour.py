@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.agents.actions import Alert, BusMessage, ControlRequest, StateChange, Topic
+from gateway.agents.actions import Alert, BusMessage, ControlRequest, Severity, StateChange, Topic
 from gateway.agents.base import Links
 from gateway.agents.capacitor_bank import CapacitorBankAgent, CapacitorInputs, CapacitorState
 from gateway.agents.circuit_breaker import BreakerInputs, BreakerState, CircuitBreakerAgent
@@ -86,8 +86,13 @@ def test_line_fault_until_breaker_recloses() -> None:
     m, actions = line.step(line.initial_memory(0), LineInputs(current_a=8500, breaker_closed=True), 0)
     assert m.state is LineState.FAULTED
     urgent = [a for a in actions if isinstance(a, BusMessage) and a.urgent]
-    assert {a.target for a in urgent if a.target} >= {"CB-1", "X-1", "X-2", "L-2", "SUB"}
-    assert any(a.topic is Topic.FAULT_ALERTS for a in urgent)
+    # transformers and neighbours directly; the breaker and the substation hear it on fault_alerts
+    assert {(a.target, a.kind) for a in urgent if a.target} == {
+        ("X-1", "prepare_for_power_loss"), ("X-2", "prepare_for_power_loss"), ("L-2", "standby_for_load_transfer")}
+    fault = next(a for a in urgent if a.topic is Topic.FAULT_ALERTS)
+    assert fault.kind == "line_fault" and fault.payload["cause"] == "fault_current"
+    alert = next(a for a in actions if isinstance(a, Alert))
+    assert alert.message == "L-1 fault: fault current 8500 A at or above the fault level 1600 A"
     m, _ = line.step(m, LineInputs(current_a=0, breaker_closed=False, fault_reported=True), 1)
     assert m.state is LineState.FAULTED
     m, _ = line.step(m, LineInputs(current_a=200, voltage_kv=11, breaker_closed=True), 31)
@@ -126,8 +131,9 @@ def test_transformer_capacity_notice_once_above_90_percent() -> None:
     m, a1 = x.step(m, TransformerInputs(load_kw=950, load_kvar=0), 0)
     m, a2 = x.step(m, TransformerInputs(load_kw=960, load_kvar=0), 1)
     notices = [a for a in a1 if isinstance(a, BusMessage)]
-    assert {(a.target, a.kind) for a in notices if a.target} == {("SUB", "capacity_constraint"),
-                                                                 ("X-2", "load_transfer_request")}
+    # the neighbour directly; the substation hears the constraint on load_changes
+    assert {(a.target, a.kind) for a in notices if a.target} == {("X-2", "load_transfer_request")}
+    assert {(a.topic, a.kind) for a in notices if a.topic} == {(Topic.LOAD_CHANGES, "capacity_constraint")}
     assert not [a for a in a2 if isinstance(a, BusMessage)]
 
 
@@ -203,7 +209,10 @@ def test_breaker_trip_reclose_close_cycle_counts_trips_and_wear() -> None:
     assert m.state is BreakerState.TRIPPED
     assert m.trip_count == 1 and m.trip_reason == "overcurrent"
     assert m.contact_wear_ka2s == pytest.approx(8.5**2 * 0.05)
-    assert {a.target for a in actions if isinstance(a, BusMessage) and a.target} == {"CB-0", "SUB"}
+    # the upstream breaker directly; the substation and the other breakers through fault_alerts
+    assert {a.target for a in actions if isinstance(a, BusMessage) and a.target} == {"CB-0"}
+    trip = next(a for a in actions if isinstance(a, BusMessage) and a.kind == "breaker_trip")
+    assert trip.topic is Topic.FAULT_ALERTS and trip.payload["cause"] == "phase_fault"
     m, _ = cb.step(m, BreakerInputs(closed=False), 2.1)
     assert m.state is BreakerState.TRIPPED  # opening after a trip is not a manual open
     m, _ = cb.on_protection_event(m, "reclose", "79", "", 0, 32)
@@ -218,9 +227,13 @@ def test_breaker_locks_out_on_repeated_trips_and_needs_reset() -> None:
     for i in range(3):
         m, actions = cb.on_protection_event(m, "trip", "51N", "N", 2000, 10 + 60 * i)
         if i < 2:
-            m, _ = cb.step(m, BreakerInputs(closed=True), 20 + 60 * i)
+            m, _ = cb.step(m, BreakerInputs(closed=False), 10.1 + 60 * i)
+            m, _ = cb.on_protection_event(m, "reclose", "79", "", 0, 20 + 60 * i)
+            m, _ = cb.step(m, BreakerInputs(closed=True), 20.1 + 60 * i)
+            assert m.state is BreakerState.CLOSED_NORMAL
     assert m.state is BreakerState.LOCKED_OUT
-    assert any(isinstance(a, Alert) and "Persistent fault" in a.message for a in actions)
+    lockout = next(a for a in actions if isinstance(a, Alert) and a.severity is Severity.CRITICAL)
+    assert lockout.message.startswith("CB-1 locked out after 3 trip(s) within 600 s") and "ground fault" in lockout.message
     assert m.trip_reason == "ground_fault"
     with pytest.raises(ValueError, match="Locked_Out"):
         cb.request(m, "close", {}, 200)
@@ -305,7 +318,7 @@ def test_substation_coordinates_a_feeder_fault_once() -> None:
     sub = make_sub()
     m, actions = sub.step(sub.initial_memory(0), SubstationInputs(total_load_kw=10_000, faulted_feeders=("L-1",)), 0)
     assert m.state is SubstationState.FEEDER_FAULT
-    plan = next(a for a in actions if isinstance(a, BusMessage) and a.kind == "feeder_fault_response")
+    plan = next(a for a in actions if isinstance(a, BusMessage) and a.kind == "reroute_plan")
     assert plan.urgent and plan.payload["customers_affected"] == 1250 and plan.payload["isolate_with"] == "CB-1"
     m, again = sub.step(m, SubstationInputs(total_load_kw=10_000, faulted_feeders=("L-1",)), 1)
     assert not [a for a in again if isinstance(a, BusMessage)]
@@ -516,3 +529,29 @@ def test_transformer_asks_for_maintenance_after_a_day_of_fast_aging() -> None:
     assert len(msgs) == 1
     assert msgs[0].payload["equivalent_aging_factor"] == pytest.approx(1.85446, rel=2e-3)
     assert msgs[0].payload["loss_of_life_percent_day"] == pytest.approx(0.0247262, rel=2e-3)
+
+
+def test_substation_emergency_from_an_overheated_transformer_says_so() -> None:
+    sub = make_sub()
+    m, actions = sub.step(sub.initial_memory(0), SubstationInputs(total_load_kw=12_000,
+                                                                  overheated_transformers=("X-1",)), 0)
+    assert m.state is SubstationState.EMERGENCY_MODE
+    (alert,) = [a for a in actions if isinstance(a, Alert)]
+    assert alert.message == "Emergency: transformer(s) above critical temperature: X-1; load 40 % of 30 MVA"
+
+
+def test_only_overcurrent_pickups_mean_high_current() -> None:
+    cb = make_breaker()
+    m, _ = cb.step(cb.initial_memory(0), BreakerInputs(closed=True, ia=100), 0)
+    for element in ("27", "59", "81U"):
+        m, _ = cb.on_protection_event(m, "pickup", element, "", 0, 1)
+        m, _ = cb.step(m, BreakerInputs(closed=True, ia=100), 1.1)
+        assert m.state is BreakerState.CLOSED_NORMAL, element
+    m, _ = cb.on_protection_event(m, "pickup", "51P", "A", 700, 2)
+    assert m.state is BreakerState.CLOSED_HIGH_CURRENT
+    m, _ = cb.on_protection_event(m, "dropout", "27", "", 0, 2.1)  # another element's dropout changes nothing
+    m, _ = cb.step(m, BreakerInputs(closed=True, ia=100), 2.2)
+    assert m.state is BreakerState.CLOSED_HIGH_CURRENT
+    m, _ = cb.on_protection_event(m, "dropout", "51P", "A", 100, 3)
+    m, _ = cb.step(m, BreakerInputs(closed=True, ia=100), 3.1)
+    assert m.state is BreakerState.CLOSED_NORMAL

@@ -42,16 +42,22 @@ class CoSim:
         self.model.advance(T0 + t)
         for pid, value in self.model.point_values().items():
             for agent_id, name in self.feeds.get(pid, ()):
-                self.rt.on_point(agent_id, name, value, True, t)
+                self.carry_out(self.rt.on_point(agent_id, name, value, True, t))
         if int(t) % 60 == 0:
             r = self.model.meter_readings(T0 + t)
             self.rt.ingest_meter_batch(r.ids, {"voltage_v": r.voltage_v, "demand_kw": r.demand_kw,
                                                "thd_pct": r.thd_pct, "tamper": r.tamper}, t)
-        for action in self.rt.tick(t, wall=1.79e9 + t):
+        self.carry_out(self.rt.tick(t, wall=1.79e9 + t))
+        self.t += dt
+
+    def carry_out(self, actions: list[Any]) -> None:
+        for action in actions:
             self.log.append(action)
             if isinstance(action, ControlRequest):
-                self.model.apply_command(self.points[action.agent_id][action.point_name], action.value, T0 + t)
-        self.t += dt
+                self.model.apply_command(self.points[action.agent_id][action.point_name], action.value, T0 + self.t)
+
+    def protection(self, kind: str, breaker: str, element: str, phase: str, current_a: float) -> None:
+        self.carry_out(self.rt.on_protection_event(kind, breaker, element, phase, current_a, self.t))
 
     def run(self, seconds: float) -> None:
         end = self.t + seconds
@@ -79,20 +85,20 @@ def test_quiet_grid_then_fault_isolation_and_restoration() -> None:
     sim.step(0.05)
     current = float(sim.model.agent_values("CB-045")["ia"])
     assert current > 1000
-    sim.rt.on_protection_event("trip", "CB-045", "51", "A", current, sim.t)
+    sim.protection("trip", "CB-045", "51P", "A", current)
     sim.model.apply_command("CB-045.trip_cmd", True, T0 + sim.t)
     sim.run(30)
     states = {r["id"]: r["state"] for r in sim.rt.list_agents()}
     assert states["LINE-045"] == "Faulted" and states["CB-045"] == "Tripped"
     assert states["SUB-003"] == "Feeder_Fault" and states["XFMR-101"] == "Offline"
     assert sim.rt.show("MTR-GRP-101")["states"] == {"Outage": 1250}
-    plan = next(a for a in sim.log if isinstance(a, BusMessage) and a.kind == "feeder_fault_response")
+    plan = next(a for a in sim.log if isinstance(a, BusMessage) and a.kind == "reroute_plan")
     assert plan.payload["customers_affected"] == 2500  # MTR-GRP-101, -102 and -103 behind LINE-045
     assert not any(isinstance(a, StateChange) and a.agent_id == "SUB-003" and a.new == "Emergency_Mode"
                    for a in sim.log)  # fault current is not load
 
     sim.model.clear_faults(T0 + sim.t)
-    sim.rt.on_protection_event("reclose", "CB-045", "79", "", 0.0, sim.t)
+    sim.protection("reclose", "CB-045", "79", "", 0.0)
     sim.model.apply_command("CB-045.close_cmd", True, T0 + sim.t)
     sim.run(120)
     states = {r["id"]: r["state"] for r in sim.rt.list_agents()}

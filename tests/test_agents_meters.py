@@ -110,3 +110,12 @@ def test_snapshot_round_trip() -> None:
     assert g.restore(f.snapshot())
     assert g.counts() == f.counts()
     assert not fleet(count=3).restore(f.snapshot())
+
+
+def test_critical_meters_are_carried_to_the_fleet() -> None:
+    groups = [MeterGroupConfig(id="G1", prefix="M1", count=5, connected_transformer="X-1",
+                               critical_meters=["M1-00002"]),
+              MeterGroupConfig(id="G2", prefix="M2", first=10, count=5, connected_transformer="X-2",
+                               critical_meters=["M2-00014", "M2-00010"])]
+    f = MeterFleet(groups, now=0.0)
+    assert [f.ids[i] for i in np.flatnonzero(f.critical)] == ["M1-00002", "M2-00010", "M2-00014"]

@@ -42,28 +42,42 @@ def test_fault_scenario_trip_outage_reclose_restoration(site) -> None:  # type: 
     feed_normal(rt, 0.0)
     rt.tick(0.0)
     assert states(rt)["LINE-045"] == "Operational"
+    rt.tick(99.9)  # the agents have stepped just before the fault, as they do every second
 
     rt.on_point("LINE-045", "current_a", 8500.0, True, 100.0)
-    rt.on_protection_event("pickup", "CB-045", "51", "A", 8500.0, 100.0)
-    rt.on_protection_event("trip", "CB-045", "51", "A", 8500.0, 100.05)
-    rt.on_point("CB-045", "closed", False, True, 100.1)
-    rt.on_point("LINE-045", "current_a", 0.0, True, 100.1)
-    actions = rt.tick(101.0)
+    rt.on_protection_event("pickup", "CB-045", "51P", "A", 8500.0, 100.0)
+    # the trip steps the breaker, its line, transformers and the substation at once
+    actions = rt.on_protection_event("trip", "CB-045", "51P", "A", 8500.0, 100.05)
     s = states(rt)
     assert s["CB-045"] == "Tripped" and s["LINE-045"] == "Faulted" and s["SUB-003"] == "Feeder_Fault"
     assert s["XFMR-101"] == "Offline"
+    rt.on_point("CB-045", "closed", False, True, 100.1)
+    rt.on_point("LINE-045", "current_a", 0.0, True, 100.1)
+    actions += rt.tick(101.0)
     assert rt.show("MTR-GRP-101")["states"] == {"Outage": 1250}
     # fault traffic first, and the substation's coordinated response names the customers and ties
     first = actions[0]
     assert isinstance(first, BusMessage) and first.urgent
-    plan = next(a for a in actions if isinstance(a, BusMessage) and a.kind == "feeder_fault_response")
-    assert plan.payload["customers_affected"] == 2500  # MTR-GRP-101, -102 and -103 behind LINE-045
-    assert {o["via"] for o in plan.payload["reroute_options"]} == {"TIE-044-045", "TIE-045-046"}
+    alerts = [a.message for a in actions if isinstance(a, Alert)]
+    assert "LINE-045 fault: phase fault (51P phase A, 8500 A), tripped by CB-045" in alerts
+    assert ("Feeder LINE-045 fault (phase fault (51P phase A, 8500 A), tripped by CB-045): 2500 customers "
+            "(3 critical) affected; 2 reroute option(s)") in alerts
+    impact = next(a for a in actions if isinstance(a, BusMessage) and a.kind == "customer_impact")
+    assert impact.payload["event"] == "supply_lost" and impact.payload["customers"] == 2500
+    assert impact.payload["critical_customers"] == 3
+    assert impact.payload["breakers"] == [{"breaker": "CB-045", "state": "Tripped", "cause": "phase_fault"}]
+    assert {t["transformer"]: t["critical_customers"] for t in impact.payload["by_transformer"]} == {
+        "XFMR-101": 1, "XFMR-102": 2, "XFMR-103": 0}
+    assert impact.payload["by_line"] == [{"line": "LINE-045", "breaker": "CB-045", "customers": 2500,
+                                          "critical_customers": 3}]
+    plan = next(a for a in actions if isinstance(a, BusMessage) and a.kind == "reroute_plan")
+    assert plan.payload["customers_affected"] == 2500
+    assert {o["via"] for o in plan.payload["reroute_options"]} == {"LINE-044", "LINE-046"}
     assert any(isinstance(a, BulkStateChange) and a.new == "Outage" for a in actions)
     assert rt.messages_received["CB-045"] >= 1
 
     # the reclose 30 s later succeeds
-    rt.on_protection_event("reclose", "CB-045", "79", "", 0.0, 130.0)
+    actions = rt.on_protection_event("reclose", "CB-045", "79", "", 0.0, 130.0)
     rt.on_point("CB-045", "closed", True, True, 130.1)
     rt.on_point("LINE-045", "current_a", 170.0, True, 130.1)
     rt.tick(131.0)
@@ -113,10 +127,12 @@ def test_state_survives_restart_through_sqlite(site, tmp_path: Path) -> None:  #
     rt = AgentRuntime(site, now=0.0, meter_period_s=1.0)
     feed_normal(rt, 0.0)
     rt.tick(0.0)
-    for i in range(4):  # persistent fault: locks out
+    for i in range(4):  # persistent fault: three recloses, then the agent locks it out
         rt.on_protection_event("trip", "CB-044", "51", "B", 4000.0, 10.0 + i)
-        rt.on_protection_event("reclose", "CB-044", "79", "", 0.0, 10.5 + i)
-        rt.on_point("CB-044", "closed", True, True, 10.6 + i)
+        rt.on_point("CB-044", "closed", False, True, 10.1 + i)
+        if i < 3:
+            rt.on_protection_event("reclose", "CB-044", "79", "", 0.0, 10.5 + i)
+            rt.on_point("CB-044", "closed", True, True, 10.6 + i)
         rt.tick(10.7 + i)
     rt.on_point("XFMR-101", "load_kw", 900.0, True, 20.0)
     rt.on_point("XFMR-101", "top_oil_temp_c", 85.0, True, 20.0)

@@ -322,3 +322,21 @@ def test_switching_device_attributes_are_checked(attributes: dict[str, Any], key
     data["agents"][1]["attributes"] = attributes
     problems = problems_of(data)
     assert any(p.startswith(f"agents[1:CB-1].attributes.{key}:") and words in p for p in problems), problems
+
+
+def test_critical_meters_are_meters_of_their_group() -> None:
+    site = validate(example(), "site.toml")
+    hospital = next(g for g in site.meter_groups if g.id == "MTR-GRP-102")
+    assert "MTR-102-00017" in hospital.critical_meters
+    data = example()
+    data["meter_groups"][0]["critical_meters"] = ["MTR-101-00420", "MTR-102-00017"]
+    data["meter_groups"][1]["critical_meters"] = ["MTR-102-00751"]
+    problems = problems_of(data)
+    assert any(p.startswith("meter_groups[0:MTR-GRP-101].critical_meters:") and "critical_meters[1]"
+               in p and "'MTR-102-00017'" in p and "MTR-101-00001 to MTR-101-01250" in p for p in problems)
+    assert any(p.startswith("meter_groups[1:MTR-GRP-102].critical_meters:") and "'MTR-102-00751'" in p
+               for p in problems)
+    data = example()
+    data["meter_groups"][0]["critical_meters"] = ["MTR-101-00420", "MTR-101-00420"]
+    (p,) = problems_of(data)
+    assert "listed twice" in p

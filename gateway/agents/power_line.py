@@ -3,8 +3,14 @@
 Load states follow the current: Loaded above `loaded_percent` of ampacity, Overloaded only
 when the current has stayed above ampacity for `overload_persistence_s` (use case: 5 minutes),
 Emergency above `emergency_percent` or when the thermal replica reaches its trip level.
-Faults come from protection (a trip of the protecting breaker) or from a current no load can
-draw; the line stays Faulted until its breaker is closed again with normal current.
+Faults come from protection (a fault trip of the protecting breaker: phase or ground fault,
+breaker failure) or from a current no load can draw; the line stays Faulted until its breaker
+is closed again with normal current. A trip on overload, voltage or frequency de-energises the
+line without making it Faulted, and the cause says which.
+
+On a fault the line publishes `line_fault` on `fault_alerts`, where its breaker(s) and the
+substation hear it ("fault current detected", "feeder fault"), and tells its transformers to
+prepare for power loss and its neighbours to stand by for load transfer.
 """
 
 from __future__ import annotations
@@ -67,11 +73,15 @@ class LineInputs:
     breaker_closed: bool | None = None
     fault_reported: bool = False
     """The protecting breaker tripped on a fault and has not been closed since."""
+    trip_cause: str | None = None
+    """Code of the protecting breaker's last trip (circuit_breaker.TRIP_CAUSES), while it is open after it."""
+    breaker_trip: str | None = None
+    """What the protecting breaker's last trip says, while it is open after it (e.g. "overload (51P phase A, 620 A)")."""
 
 
 @dataclass
 class LineMemory(Memory):
-    TIME_FIELDS: ClassVar[tuple[str, ...]] = ("overload_since", "last_time")
+    TIME_FIELDS: ClassVar[tuple[str, ...]] = ("overload_since", "last_time", "fault_since")
 
     overload_since: float | None = None
     thermal_level: float = 0.0
@@ -81,6 +91,11 @@ class LineMemory(Memory):
     energy_loss_kwh: float = 0.0
     peak_current_a: float = 0.0
     maintenance: bool = False
+    fault_description: str | None = None
+    """Why the line is Faulted, in words (for alarms and the substation)."""
+    fault_cause: str | None = None
+    """Code of the fault: the protecting breaker's trip cause (phase_fault, ground_fault, ...) or fault_current."""
+    fault_since: float | None = None
 
 
 class PowerLineAgent(Agent[LineState, LineEvent]):
@@ -101,10 +116,11 @@ class PowerLineAgent(Agent[LineState, LineEvent]):
     def classify(self, m: LineMemory, x: LineInputs, now: float) -> tuple[LineEvent, str]:
         a = self.attrs
         current = abs(x.current_a) if x.current_a is not None else m.current_a
+        breaker = self.links.upstream_breaker or "its breaker"
         if x.fault_reported:
-            return _E.FAULT_DETECTED, "protection trip of the protecting breaker"
+            return _E.FAULT_DETECTED, f"{x.breaker_trip or 'fault'}, tripped by {breaker}"
         if current >= self.fault_current_a:
-            return _E.FAULT_DETECTED, f"current {current:.0f} A ≥ fault level {self.fault_current_a:.0f} A"
+            return _E.FAULT_DETECTED, f"fault current {current:.0f} A at or above the fault level {self.fault_current_a:.0f} A"
         if m.maintenance and m.state is not _S.FAULTED:
             return _E.DEENERGIZED, "taken out for maintenance"
         dead = x.breaker_closed is False or (x.voltage_kv is not None and x.voltage_kv < 0.1 * a.voltage_rating)
@@ -113,7 +129,9 @@ class PowerLineAgent(Agent[LineState, LineEvent]):
                 return _E.FAULT_CLEARED, "breaker closed with normal current"
             return _E.FAULT_DETECTED, "fault not yet cleared"
         if dead:
-            return _E.DEENERGIZED, "breaker open" if x.breaker_closed is False else "no voltage"
+            if x.breaker_closed is False:
+                return _E.DEENERGIZED, f"{breaker} tripped on {x.breaker_trip}" if x.breaker_trip else f"{breaker} open"
+            return _E.DEENERGIZED, "no voltage"
         if m.state is _S.DE_ENERGIZED:
             return _E.ENERGIZED, "voltage restored"
         pct = 100.0 * current / a.ampacity
@@ -145,6 +163,10 @@ class PowerLineAgent(Agent[LineState, LineEvent]):
             m.overload_since = None
         event, cause = self.classify(m, inputs, now)
         old = m.state
+        if event is _E.FAULT_DETECTED and m.state is not _S.FAULTED:
+            m.fault_description = cause
+            m.fault_cause = (inputs.trip_cause or "fault") if inputs.fault_reported else "fault_current"
+            m.fault_since = now
         if self.fire(m, event, cause, now, actions):
             actions += self._on_enter(m, old, now)
         return m, actions
@@ -153,38 +175,50 @@ class PowerLineAgent(Agent[LineState, LineEvent]):
         links = self.links
         out: list[Action] = []
         me = self.agent_id
+        a = self.attrs
+        load = {"line": me, "current_a": m.current_a, "ampacity": a.ampacity,
+                "loading_percent": 100.0 * m.current_a / a.ampacity, "thermal_level": m.thermal_level,
+                "customers": links.customers_downstream}
         if m.state is _S.OVERLOADED:
             out.append(Alert(agent_id=me, severity=Severity.MAJOR, time=now,
-                             message=f"Line overload detected: {m.current_a:.0f} A on {self.attrs.ampacity:.0f} A ampacity"))
+                             message=f"{me} overloaded: {m.current_a:.0f} A on {a.ampacity:.0f} A ampacity "
+                                     f"for {a.overload_persistence_s:.0f} s"))
             out += [BusMessage(source=me, target=t, kind="reduce_load", payload={"line": me}) for t in links.transformers]
-            out += [BusMessage(source=me, target=b, kind="prepare_for_trip", payload={"line": me}) for b in links.breakers]
+            out += [BusMessage(source=me, target=b, kind="prepare_for_trip",
+                               payload={**load, "state": m.state.value, "breakers": list(links.breakers)})
+                    for b in links.breakers]
             out.append(BusMessage(source=me, topic=Topic.LOAD_CHANGES, kind="line_overload",
-                                  payload={"line": me, "current_a": m.current_a,
-                                           "transfer_options": list(links.transfer_options)}))
+                                  payload={**load, "transfer_options": list(links.transfer_options)}))
         elif m.state is _S.EMERGENCY:
             out.append(Alert(agent_id=me, severity=Severity.CRITICAL, time=now,
-                             message=f"Line in emergency: {m.current_a:.0f} A, thermal level {m.thermal_level:.2f}"))
-            out += [BusMessage(source=me, target=b, kind="prepare_for_trip", payload={"line": me}, urgent=True)
+                             message=f"{me} in emergency: {m.current_a:.0f} A on {a.ampacity:.0f} A ampacity, "
+                                     f"thermal level {m.thermal_level:.2f}"))
+            out += [BusMessage(source=me, target=b, kind="prepare_for_trip", urgent=True,
+                               payload={**load, "state": m.state.value, "breakers": list(links.breakers)})
                     for b in links.breakers]
             if links.substation:
-                out.append(BusMessage(source=me, target=links.substation, kind="line_emergency",
-                                      payload={"line": me, "current_a": m.current_a}, urgent=True))
+                out.append(BusMessage(source=me, target=links.substation, kind="line_emergency", payload=load,
+                                      urgent=True))
         elif m.state is _S.FAULTED:
-            out.append(Alert(agent_id=me, severity=Severity.CRITICAL, time=now, message="Line fault detected"))
-            payload = {"line": me, "current_a": m.current_a, "peak_current_a": m.peak_current_a}
+            out.append(Alert(agent_id=me, severity=Severity.CRITICAL, time=now,
+                             message=f"{me} fault: {m.fault_description}"))
+            payload = {"line": me, "breaker": links.upstream_breaker, "cause": m.fault_cause,
+                       "description": m.fault_description,
+                       "current_a": m.current_a, "peak_current_a": m.peak_current_a,
+                       "customers": links.customers_downstream, "transfer_options": list(links.transfer_options)}
             out.append(BusMessage(source=me, topic=Topic.FAULT_ALERTS, kind="line_fault", payload=payload, urgent=True))
-            out += [BusMessage(source=me, target=b, kind="fault_current_detected", payload=payload, urgent=True)
-                    for b in links.breakers]
-            out += [BusMessage(source=me, target=t, kind="prepare_for_power_loss", payload=payload, urgent=True)
-                    for t in links.transformers]
-            out += [BusMessage(source=me, target=ln, kind="standby_for_load_transfer", payload=payload, urgent=True)
-                    for ln in links.adjacent_lines]
-            if links.substation:
-                out.append(BusMessage(source=me, target=links.substation, kind="feeder_fault",
-                                      payload={**payload, "breaker": links.upstream_breaker}, urgent=True))
+            out += [BusMessage(source=me, target=t, kind="prepare_for_power_loss", urgent=True,
+                               payload={"line": me, "transformers": list(links.transformers),
+                                        "description": m.fault_description,
+                                        "customers": links.customers_downstream}) for t in links.transformers]
+            out += [BusMessage(source=me, target=ln, kind="standby_for_load_transfer", urgent=True,
+                               payload={"line": me, "adjacent_lines": list(links.adjacent_lines),
+                                        "transfer_options": list(links.transfer_options),
+                                        "customers": links.customers_downstream}) for ln in links.adjacent_lines]
         elif old is _S.FAULTED:
-            out.append(BusMessage(source=me, topic=Topic.FAULT_ALERTS, kind="line_fault_cleared",
-                                  payload={"line": me}, urgent=True))
+            out.append(BusMessage(source=me, topic=Topic.FAULT_ALERTS, kind="line_fault_cleared", urgent=True,
+                                  payload={"line": me, "cause": m.fault_cause, "description": m.fault_description,
+                                           "fault_duration_s": now - m.fault_since if m.fault_since is not None else None}))
         if m.state is _S.OPERATIONAL:
             m.peak_current_a = m.current_a
         return out
@@ -198,7 +232,8 @@ class PowerLineAgent(Agent[LineState, LineEvent]):
         out: list[Action] = []
         if m.maintenance:
             out.append(BusMessage(source=self.agent_id, topic=Topic.MAINTENANCE_SCHEDULED, kind="line_maintenance",
-                                  payload={"line": self.agent_id, "customers": self.links.customers_downstream}))
+                                  payload={"line": self.agent_id, "customers": self.links.customers_downstream,
+                                           "transfer_options": list(self.links.transfer_options)}))
         return m, out
 
     def attributes(self, memory: Memory) -> dict[str, Any]:

@@ -101,6 +101,7 @@ class DerMemory(Memory):
     reconnect_commanded: bool = False
     maintenance: bool = False
     fault: bool = False
+    voltage_support_notified: bool = False
 
 
 class RenewableEnergyAgent(Agent[DerState, DerEvent]):
@@ -186,7 +187,8 @@ class RenewableEnergyAgent(Agent[DerState, DerEvent]):
                 out.append(Alert(agent_id=me, severity=Severity.MAJOR, time=now,
                                  message="grid lost: disconnecting (anti-islanding), waiting for grid restoration"))
                 out.append(BusMessage(source=me, topic=Topic.FAULT_ALERTS, kind="der_disconnected",
-                                      payload={"der": me, "reason": "anti_islanding"}, urgent=True))
+                                      payload={"der": me, "reason": "anti_islanding",
+                                               "generation_kw": m.generation_kw}, urgent=True))
             m.grid_ok_since = None
             return m, out
         if not m.connected:
@@ -214,10 +216,12 @@ class RenewableEnergyAgent(Agent[DerState, DerEvent]):
             self.fire(m, _E.PRODUCING, f"generating {m.generation_kw:.0f} kW", now, out)
         else:
             self.fire(m, _E.IDLE, f"output {m.generation_kw:.1f} kW", now, out)
-        if limit < 100.0 and m.voltage_pu is not None and m.voltage_pu > 1.06 and m.state is not _S.CURTAILED:
+        supporting = limit < 100.0 and m.voltage_pu is not None and m.voltage_pu > 1.06 and m.state is not _S.CURTAILED
+        if supporting and not m.voltage_support_notified:  # once per episode, not once a step
             out.append(BusMessage(source=me, topic=Topic.VOLTAGE_EVENTS, kind="voltage_support",
                                   payload={"der": me, "voltage_pu": m.voltage_pu, "p_limit_pct": limit,
                                            "q_kvar": m.q_target_kvar}))
+        m.voltage_support_notified = supporting
         return m, out
 
     def _grid_support(self, m: DerMemory, dt: float) -> list[Action]:

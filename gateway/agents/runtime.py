@@ -1,11 +1,20 @@
 """AgentRuntime: every agent of one site, the topology, the bus and the meter fleet.
 
-Sans-IO. The daemon feeds it point values, protection events, command results and meter
-batches, calls `tick(now)` at its cadence, and carries out the returned actions:
-`ControlRequest` (write the agent's command point through the IED adapter, with interlocks),
-`Alert`, `BusMessage` (already delivered inside; forward to the uplink if wanted),
-`StateChange` and `BulkStateChange` (append to the event log). Actions produced by
-`on_protection_event` and `on_command_result` are queued and returned by the next `tick`.
+Sans-IO. The daemon feeds it point values, protection events, switching operations, command
+results and meter batches, calls `tick(now)` at its cadence, and carries out the returned
+actions: `ControlRequest` (write the agent's command point through the IED adapter, with
+interlocks), `Alert`, `BusMessage` (already delivered inside; the ones people outside need are
+published as notices, gateway/agents/notices.py), `StateChange` and `BulkStateChange` (append
+to the event log).
+
+Fast events are not left for the next tick: a protection event (trip, reclose, lockout, reset)
+or a breaker's measured position change steps that breaker, everything it feeds and the
+substation at once, and `on_protection_event` / `on_point` return the actions to carry out
+now. Actions from `on_command_result` are queued and returned by the next `tick`.
+
+Interruptions: the breakers tell at once which meter groups lose and regain supply; the meter
+fleet turns that into interruption records (a return by auto-reclose held pending until the
+reclose sequence is over) and a `customer_impact` notice says who is affected.
 
 Persistence: `snapshot()` gives a msgpack-able dict, `restore()` takes it back; see
 `save_to_store` / `restore_from_store` for the SQLite store.
@@ -24,7 +33,13 @@ import numpy as np
 from gateway.agents.actions import Action, Alert, BusMessage, Severity, Topic
 from gateway.agents.base import Agent, Links, Memory
 from gateway.agents.capacitor_bank import CapacitorBankAgent, CapacitorInputs, CapacitorState
-from gateway.agents.circuit_breaker import BreakerInputs, BreakerState, CircuitBreakerAgent
+from gateway.agents.circuit_breaker import (
+    FAULT_CAUSES,
+    BreakerInputs,
+    BreakerMemory,
+    BreakerState,
+    CircuitBreakerAgent,
+)
 from gateway.agents.power_line import LineInputs, LineState, PowerLineAgent
 from gateway.agents.renewable import DerInputs, RenewableEnergyAgent
 from gateway.agents.schema import (
@@ -44,13 +59,16 @@ from gateway.agents.transformer import TransformerAgent, TransformerInputs, Tran
 from gateway.bus import Bus
 from gateway.config import SiteConfig
 from gateway.reliability import MOMENTARY_THRESHOLD_S
-from gateway.topology import Topology
+from gateway.topology import METER_GROUP, Topology
 
 log = logging.getLogger(__name__)
 
 # No quantity an agent reads (amperes, kilowatts, volts, degrees, operation counts) comes near this;
 # a reading beyond it is a decoding fault, not a measurement.
 MAX_MAGNITUDE = 1e12
+
+RECLOSE_SEQUENCE_MARGIN_S = 5.0
+"""A reclose sequence not reported over by protection ends this long after its reclaim time."""
 
 SNAPSHOT_KEY = "agents"
 SNAPSHOT_VERSION = 1
@@ -94,6 +112,12 @@ class AgentRuntime:
         self.failed: set[str] = set()
         self._pending: list[Action] = []
         self._lost_groups: set[str] = set()
+        self._lost_since: dict[str, float] = {}
+        self._reclose_sequences: dict[str, float] = {}
+        """Breakers between a protection trip and the end of their reclose sequence → last event time."""
+        self.position_changes: dict[str, float] = {}
+        """Breakers whose measured position changed, not yet stepped (see `on_point`)."""
+        self._reclaim_s = {sc.breaker: sc.reclose.reclaim_s for sc in site.protection if sc.reclose is not None}
         self._last_meter_eval: float | None = None
         self.wall_offset: float | None = None
         """wall − monotonic, learnt from `tick(now, wall)`; used to move restored times."""
@@ -131,6 +155,14 @@ class AgentRuntime:
     def _first_upstream(self, node: str, node_type: str) -> str | None:
         return next((u for u in self.topology.upstream(node) if self.topology.type_of(u) == node_type), None)
 
+    def _line_fault_level_a(self, line: str) -> float:
+        attrs = PowerLineAttributes.model_validate(self.site.agent(line).attributes)
+        return attrs.fault_current_a or 4.0 * attrs.ampacity
+
+    def _critical_downstream(self, node: str) -> int:
+        groups = set(self.topology.meter_groups_downstream(node))
+        return sum(len(g.critical_meters) for g in self.site.meter_groups if g.id in groups)
+
     def _build(self, agent_id: str, agent_type: AgentType, attrs: Any, points: set[str]) -> Agent[Any, Any]:
         topo = self.topology
         sub = self._first_upstream(agent_id, AgentType.SUBSTATION.value)
@@ -140,7 +172,7 @@ class AgentRuntime:
             links = Links(upstream_breaker=breaker,
                           breakers=tuple(dict.fromkeys([b for b in [breaker, *topo.controllers(agent_id)] if b])),
                           transformers=tuple(n for n in down if topo.type_of(n) == AgentType.TRANSFORMER.value),
-                          substation=sub, adjacent_lines=tuple(topo.neighbours(agent_id, AgentType.POWER_LINE.value)),
+                          substation=sub, adjacent_lines=tuple(topo.adjacent_lines(agent_id)),
                           transfer_options=tuple(o.to_dict() for o in topo.alternative_supply_paths(agent_id)),
                           customers_downstream=topo.meters_downstream(agent_id))
             assert isinstance(attrs, PowerLineAttributes)
@@ -160,14 +192,17 @@ class AgentRuntime:
                           customers_downstream=topo.meters_downstream(agent_id))
             assert isinstance(attrs, CircuitBreakerAttributes)
             cmds = ("position_cmd",) if "position_cmd" in points else ("trip_cmd", "close_cmd")
-            return CircuitBreakerAgent(agent_id, attrs, links, command_points=cmds)
+            levels = [self._line_fault_level_a(ln) for ln in lines]
+            return CircuitBreakerAgent(agent_id, attrs, links, command_points=cmds,
+                                       fault_level_a=min(levels) if levels else None)
         if agent_type is AgentType.SUBSTATION:
             down = topo.downstream(agent_id)
             feeders = []
             for n in down:
                 if topo.type_of(n) == AgentType.POWER_LINE.value:
                     feeders.append(FeederInfo(n, topo.protecting_breaker(n), topo.meters_downstream(n),
-                                              tuple(o.to_dict() for o in topo.alternative_supply_paths(n))))
+                                              tuple(o.to_dict() for o in topo.alternative_supply_paths(n)),
+                                              critical_customers=self._critical_downstream(n)))
             links = Links(transformers=tuple(n for n in down if topo.type_of(n) == AgentType.TRANSFORMER.value),
                           capacitors=tuple(n for n in down if topo.type_of(n) == AgentType.CAPACITOR_BANK.value),
                           breakers=tuple(n for n in down if topo.type_of(n) == AgentType.CIRCUIT_BREAKER.value),
@@ -186,26 +221,76 @@ class AgentRuntime:
 
     # ------------------------------------------------------------------ inputs from the daemon
 
-    def on_point(self, agent_id: str, name: str, value: float | bool | None, good: bool, now: float) -> None:
+    def on_point(self, agent_id: str, name: str, value: float | bool | None, good: bool, now: float,
+                 *, step: bool = True) -> list[Action | BulkStateChange]:
+        """Store a reading; a breaker's position change steps it and what it feeds at once (actions returned).
+
+        With `step=False` the change is only noted, for `step_position_changes` once the rest of
+        the batch of readings is in.
+        """
         values = self.readings.get(agent_id)
         if values is None:
-            return
+            return []
         if isinstance(value, (int, float)) and not isinstance(value, bool) and not abs(value) <= MAX_MAGNITUDE:
             good = False  # NaN, infinity and absurd magnitudes are never measurements
+        previous = values.get(name)
         values[name] = value if good else None
+        if name == "closed" and good and value is not None and previous is not None \
+                and bool(value) != bool(previous) and self.types[agent_id] is AgentType.CIRCUIT_BREAKER:
+            if step:
+                return self._step_now(self._affected_by(agent_id), now)
+            self.position_changes.setdefault(agent_id, now)
+        return []
+
+    def step_position_changes(self) -> list[Action | BulkStateChange]:
+        """Step what the breakers whose position changed (noted by `on_point(step=False)`) concern."""
+        changes, self.position_changes = self.position_changes, {}
+        out: list[Action | BulkStateChange] = []
+        for breaker, now in changes.items():
+            out += self._step_now(self._affected_by(breaker), now)
+        return out
 
     def on_protection_event(self, kind: str, breaker: str, element: str, phase: str, current_a: float,
-                            now: float) -> None:
+                            now: float) -> list[Action | BulkStateChange]:
+        """A protection event for `breaker`; trips, recloses, lockouts and resets step it and what it feeds at once."""
         agent = self.agents.get(breaker)
         if not isinstance(agent, CircuitBreakerAgent):
             log.warning("protection event %s for %r, which is not a breaker agent", kind, breaker)
-            return
+            return []
         memory, actions = agent.on_protection_event(self.memory[breaker], kind, element, phase, current_a, now)  # type: ignore[arg-type]
         self.memory[breaker] = memory
+        out: list[Action | BulkStateChange] = list(actions)
         if kind == "trip":
-            self.fault_pending.add(breaker)
-        self._pending += actions
-        self._update_supply(now)
+            if memory.trip_cause in FAULT_CAUSES:
+                self.fault_pending.add(breaker)
+            if breaker in self._reclaim_s:
+                self._reclose_sequences[breaker] = now
+        elif kind == "reclose" and breaker in self._reclose_sequences:
+            self._reclose_sequences[breaker] = now
+        elif kind in ("lockout", "reset"):
+            self._end_reclose_sequence(breaker)
+        if kind in ("trip", "reclose", "lockout", "reset"):
+            out += self._step_now(self._affected_by(breaker), now, delivered=actions)
+            out.sort(key=lambda a: 0 if isinstance(a, BusMessage) and a.urgent else 1)  # fault traffic first
+        return out
+
+    def on_switching(self, agent_id: str, action: str, origin: str, now: float) -> None:
+        """The gateway is carrying out `action` ("open"/"close") on `agent_id` for `origin` (e.g.
+        "local:alice", "scada:host1", "flisr", "protection"): its position change is expected.
+
+        Call it when the operation is issued; a position change within the agent's confirm window
+        is then that operation, not a discrepancy. Elements without an agent that tracks its
+        position (a switch with no agent) are left alone.
+        """
+        if action not in ("open", "close"):
+            raise ValueError(f"switching action must be 'open' or 'close', not {action!r}")
+        agent = self.agents.get(agent_id)
+        expect = getattr(agent, "expect_operation", None)
+        if expect is None:
+            return
+        self.memory[agent_id] = expect(self.memory[agent_id], action, origin, now)
+        if action == "close":
+            self._end_reclose_sequence(agent_id)  # a close by an operator or a plan starts afresh
 
     def on_command_result(self, agent_id: str, name: str, ok: bool, now: float) -> None:
         if not ok:
@@ -226,23 +311,91 @@ class AgentRuntime:
             return True
         if closed is not None:
             return not closed
-        return False
+        # no position read yet: a normally-open device (a tie) is taken as open
+        return bool(getattr(getattr(self.agents[breaker], "attrs", None), "normally_open", False))
 
     def open_breakers(self) -> set[str]:
         return {b for b, t in self.types.items() if t is AgentType.CIRCUIT_BREAKER and self.breaker_is_open(b)}
 
-    def _update_supply(self, now: float) -> None:
+    def _update_supply(self, now: float) -> list[Action]:
+        """Which meter groups have lost supply (no closed path from the substation, ties included):
+        tell the fleet, and say who is affected."""
         open_ = self.open_breakers()
-        lost: set[str] = set()
-        for b in open_:
-            lost.update(self.topology.meter_groups_downstream(b))
-        if lost != self._lost_groups:
-            newly_lost, back = lost - self._lost_groups, self._lost_groups - lost
-            if newly_lost:
-                self.fleet.set_supply(sorted(newly_lost), True, now)
-            if back:
-                self.fleet.set_supply(sorted(back), False, now)
-            self._lost_groups = lost
+        unfed = self.topology.unfed(open_)
+        lost = {g for g, t in self.topology.node_types.items() if t == METER_GROUP and g in unfed}
+        if lost == self._lost_groups:
+            return []
+        out: list[Action] = []
+        newly_lost, back = sorted(lost - self._lost_groups), sorted(self._lost_groups - lost)
+        if newly_lost:
+            self.fleet.set_supply(newly_lost, True, now)
+            self.fleet.interruption_started(newly_lost, now)
+            for g in newly_lost:
+                self._lost_since[g] = now
+            out.append(self._customer_impact("supply_lost", newly_lost, open_, now))
+        if back:
+            self.fleet.set_supply(back, False, now)
+            reclosing = {g for b in self._reclose_sequences for g in self.topology.meter_groups_downstream(b)}
+            pending = [g for g in back if g in reclosing]
+            self.fleet.interruption_ended(pending, now, pending=True)
+            self.fleet.interruption_ended([g for g in back if g not in reclosing], now, pending=False)
+            out.append(self._customer_impact("supply_restored", back, open_, now))
+            for g in back:
+                self._lost_since.pop(g, None)
+        self._lost_groups = lost
+        return out
+
+    def _customer_impact(self, event: str, groups: list[str], open_breakers: set[str], now: float) -> BusMessage:
+        """Who lost (or got back) supply: customers and critical customers by line section and transformer."""
+        fleet, topo = self.fleet, self.topology
+        by_line: dict[str, dict[str, Any]] = {}
+        by_transformer: list[dict[str, Any]] = []
+        critical_ids: list[str] = []
+        for gid in groups:
+            cfg = next(g.config for g in fleet.groups if g.config.id == gid)
+            xfmr = cfg.connected_transformer
+            line = self._first_upstream(xfmr, AgentType.POWER_LINE.value) if xfmr in topo.node_types else None
+            critical_ids += cfg.critical_meters
+            n, c = cfg.count, len(cfg.critical_meters)
+            by_transformer.append({"transformer": xfmr, "line": line, "group": gid, "customers": n,
+                                   "critical_customers": c})
+            entry = by_line.setdefault(line or "", {"line": line, "breaker": topo.protecting_breaker(line) if line
+                                                    else None, "customers": 0, "critical_customers": 0})
+            entry["customers"] += n
+            entry["critical_customers"] += c
+        # the open breakers this loss (or what is still open) is behind, and why each is open
+        behind = [b for b in sorted(open_breakers)
+                  if set(topo.meter_groups_downstream(b)) & set(groups)] if event == "supply_lost" else []
+        causes = []
+        for b in behind:
+            m = self.memory[b]
+            causes.append({"breaker": b, "state": m.state.value, "cause": getattr(m, "trip_cause", None)
+                           if m.state in (BreakerState.TRIPPED, BreakerState.RECLOSING, BreakerState.LOCKED_OUT)
+                           else None})
+        since = [self._lost_since[g] for g in groups if g in self._lost_since]
+        payload = {"event": event, "breakers": causes, "customers": sum(t["customers"] for t in by_transformer),
+                   "critical_customers": len(critical_ids), "critical_meters": critical_ids,
+                   "by_line": list(by_line.values()), "by_transformer": by_transformer,
+                   "interruption_s": (now - min(since)) if event == "supply_restored" and since else None,
+                   "reclose_pending": event == "supply_restored" and any(
+                       g in {x for b in self._reclose_sequences for x in topo.meter_groups_downstream(b)}
+                       for g in groups)}
+        source = next((a for a, t in self.types.items() if t is AgentType.SUBSTATION), self.site.site.substation_id)
+        return BusMessage(source=source, topic=Topic.FAULT_ALERTS if event == "supply_lost" else Topic.LOAD_CHANGES,
+                          kind="customer_impact", payload=payload, urgent=event == "supply_lost")
+
+    def _end_reclose_sequence(self, breaker: str) -> None:
+        """The reclose sequence of `breaker` is over: returns of supply it made are final."""
+        if self._reclose_sequences.pop(breaker, None) is not None:
+            self.fleet.confirm_restorations(self.topology.meter_groups_downstream(breaker))
+
+    def _affected_by(self, breaker: str) -> list[str]:
+        """The agents a switching of `breaker` concerns: itself, everything it feeds, its substation."""
+        out = [breaker] + [n for n in self.topology.downstream(breaker) if n in self.agents]
+        sub = self.agents[breaker].links.substation
+        if sub and sub not in out:
+            out.append(sub)
+        return out
 
     def _inputs(self, agent_id: str, agent_type: AgentType, wall: float | None) -> Any:
         values = self.readings[agent_id]
@@ -260,6 +413,13 @@ class AgentRuntime:
             if upstream:
                 kw["breaker_closed"] = None if upstream_open is None else not upstream_open
                 kw["fault_reported"] = upstream in self.fault_pending
+                bm = self.memory[upstream]
+                breaker = self.agents[upstream]
+                if bm.state in (BreakerState.TRIPPED, BreakerState.RECLOSING, BreakerState.LOCKED_OUT) \
+                        and isinstance(breaker, CircuitBreakerAgent) and isinstance(bm, BreakerMemory) \
+                        and bm.trip_cause:
+                    kw["trip_cause"] = bm.trip_cause
+                    kw["breaker_trip"] = breaker.describe_trip(bm)
         elif agent_type is AgentType.TRANSFORMER:
             if upstream_open:
                 kw["energized"] = False
@@ -278,6 +438,8 @@ class AgentRuntime:
             kw["feeder_loads_kw"] = loads
             kw["faulted_feeders"] = tuple(sorted(ln for ln in agent.links.lines
                                                  if self.memory[ln].state is LineState.FAULTED))
+            kw["fault_descriptions"] = {ln: getattr(self.memory[ln], "fault_description", None) or ""
+                                        for ln in kw["faulted_feeders"]}
             xfmrs = agent.links.transformers
             kw["faulted_transformers"] = tuple(t for t in xfmrs if self.memory[t].state is TransformerState.FAULTED)
             kw["overheated_transformers"] = tuple(t for t in xfmrs if getattr(self.memory[t], "critical_alerted", False))
@@ -295,7 +457,11 @@ class AgentRuntime:
                 self._restored_offset = None
         out: list[Action | BulkStateChange] = list(self._pending)
         self._pending = []
-        self._update_supply(now)
+        for breaker, event_time in list(self._reclose_sequences.items()):
+            # a sequence whose end protection never reported (a restart in between): over after its reclaim time
+            if now - event_time > self._reclaim_s.get(breaker, 0.0) + RECLOSE_SEQUENCE_MARGIN_S:
+                self._end_reclose_sequence(breaker)
+        out += self._update_supply(now)
         for agent_type in _ORDER:
             for agent_id, t in self.types.items():
                 if t is not agent_type:
@@ -304,29 +470,56 @@ class AgentRuntime:
                 if last is not None and now - last < self.infrastructure_period_s:
                     continue
                 self.last_step[agent_id] = now
-                agent = self.agents[agent_id]
-                try:
-                    memory, actions = agent.step(self.memory[agent_id], self._inputs(agent_id, t, wall), now)  # type: ignore[attr-defined]
-                except Exception as exc:  # one agent's failure must not stop the others
-                    log.exception("agent %s step failed", agent_id)
-                    if agent_id not in self.failed:
-                        out.append(Alert(agent_id=agent_id, severity=Severity.MAJOR, time=now,
-                                         message=f"agent logic failed and is skipped until it recovers: {exc}"))
-                    self.failed.add(agent_id)
-                    continue
-                self.failed.discard(agent_id)
-                self.memory[agent_id] = memory
-                out += actions
-                if t is AgentType.CIRCUIT_BREAKER and agent_id in self.fault_pending and \
-                        memory.state in (BreakerState.CLOSED_NORMAL, BreakerState.CLOSED_HIGH_CURRENT):
-                    self.fault_pending.discard(agent_id)
-        self._update_supply(now)
+                out += self._step_agent(agent_id, now, wall)
+        out += self._update_supply(now)
         if self._last_meter_eval is None or now - self._last_meter_eval >= self.meter_period_s:
             self._last_meter_eval = now
             changes, actions = self.fleet.evaluate(now)
             out += changes
             out += actions
         out += self._deliver(out, now)
+        out.sort(key=lambda a: 0 if isinstance(a, BusMessage) and a.urgent else 1)
+        return out
+
+    def _step_agent(self, agent_id: str, now: float, wall: float | None) -> list[Action]:
+        """One step of one agent; a failing agent is skipped (and alarmed once), the others go on."""
+        t = self.types[agent_id]
+        agent = self.agents[agent_id]
+        try:
+            memory, actions = agent.step(self.memory[agent_id], self._inputs(agent_id, t, wall), now)  # type: ignore[attr-defined]
+        except Exception as exc:  # one agent's failure must not stop the others
+            log.exception("agent %s step failed", agent_id)
+            alerts: list[Action] = []
+            if agent_id not in self.failed:
+                alerts.append(Alert(agent_id=agent_id, severity=Severity.MAJOR, time=now,
+                                    message=f"agent logic failed and is skipped until it recovers: {exc}"))
+            self.failed.add(agent_id)
+            return alerts
+        self.failed.discard(agent_id)
+        self.memory[agent_id] = memory
+        if t is AgentType.CIRCUIT_BREAKER and agent_id in self.fault_pending and \
+                memory.state in (BreakerState.CLOSED_NORMAL, BreakerState.CLOSED_HIGH_CURRENT):
+            self.fault_pending.discard(agent_id)
+        return list(actions)
+
+    def _step_now(self, agent_ids: Sequence[str], now: float,
+                  delivered: Sequence[Action] = ()) -> list[Action | BulkStateChange]:
+        """Step these agents at once (in the usual order), outside the tick cadence, and deliver what they say.
+
+        `delivered`: actions already produced by the event itself, whose bus messages go out with these.
+        """
+        wall = None if self.wall_offset is None else now + self.wall_offset
+        wanted = set(agent_ids)
+        out: list[Action | BulkStateChange] = []
+        out += self._update_supply(now)
+        for agent_type in _ORDER:
+            for agent_id, t in self.types.items():
+                if t is agent_type and agent_id in wanted:
+                    out += self._step_agent(agent_id, now, wall)
+                    if t is AgentType.CIRCUIT_BREAKER:
+                        out += self._update_supply(now)  # what the breaker's new state feeds, before its line steps
+        out += self._update_supply(now)
+        out += self._deliver([*delivered, *out], now)
         out.sort(key=lambda a: 0 if isinstance(a, BusMessage) and a.urgent else 1)
         return out
 
@@ -350,7 +543,12 @@ class AgentRuntime:
             return self.request(agent_id, "cvr", now, on=True)
         if t is AgentType.CAPACITOR_BANK and message.kind == "maximize_var_support":
             return self.request(agent_id, "var_support", now, on=bool(message.payload.get("on", True)))
-        return []
+        handler = getattr(self.agents[agent_id], "on_message", None)
+        if handler is None:
+            return []
+        memory, actions = handler(self.memory[agent_id], message, now)
+        self.memory[agent_id] = memory
+        return list(actions)
 
     # ------------------------------------------------------------------ operator requests
 
@@ -428,7 +626,9 @@ class AgentRuntime:
     def reliability(self, since: float | None = None, until: float | None = None) -> dict[str, Any]:
         since = self.started if since is None else since
         until = max(self.last_time, since + 1e-9) if until is None else until
+        # interruptions not recorded yet: open ones, and returns by auto-reclose still pending
         result = self.fleet.ledger.indices(since, until, ongoing_starts=self.fleet.outage_start,
+                                           ongoing_ends=self.fleet.restore_pending,
                                            momentary_threshold_s=self.momentary_threshold_s)
         return result.to_dict()
 
@@ -484,6 +684,8 @@ class AgentRuntime:
         if "fleet" in snapshot and not self.fleet.restore(snapshot["fleet"]):
             log.warning("snapshot: the meter population changed; meter states start fresh")
         self._lost_groups = set()
+        self._lost_since = {}
+        self.fleet.confirm_restorations()  # no reclose sequence survives a restart
         self._restored_offset = snapshot.get("wall_offset")
 
 

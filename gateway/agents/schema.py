@@ -180,6 +180,10 @@ class CircuitBreakerAttributes(_Attrs):
     """Arcing time used for contact wear (I²t) per interruption."""
     contact_wear_limit_ka2s: float = Field(default=500.0, gt=0)
     maintenance_operations: int = Field(default=2000, ge=1)
+    position_confirm_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    """A position change within this time of an operation the gateway knows of (its command, a
+    protection trip or reclose, a switching operation it was told about) is that operation;
+    any other change is a position discrepancy."""
 
     @model_validator(mode="before")
     @classmethod

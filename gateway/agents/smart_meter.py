@@ -2,8 +2,16 @@
 
 100 000 meters are not 100 000 objects. Each evaluation classifies every meter into one event
 (vectorised, in priority order) and moves all of them through the same transition table at
-once, using the table compiled to a (state × event) array. Outage starts and restorations are
-written to the reliability ledger; transitions are reported per group as bulk events.
+once, using the table compiled to a (state × event) array. Transitions are reported per group
+as bulk events.
+
+Interruptions go to the reliability ledger, one record per meter from the start of supply loss
+to its return. Two witnesses feed it: the meters themselves (an Outage and its end, at the
+fleet's evaluation cadence) and the runtime, which knows from the breakers at once when a
+group loses and regains supply (`interruption_started` / `interruption_ended`), so a 0.5 s
+reclose between two meter readings is still counted. A return of supply by an auto-reclose is
+held as pending until the reclose sequence is over (`confirm_restorations`): a trip meanwhile
+continues the same interruption, as IEEE 1366 counts a reclose sequence as one event.
 """
 
 from __future__ import annotations
@@ -131,6 +139,10 @@ class MeterFleet:
         self.ids: list[str] = [f"{g.config.prefix}-{i:05d}" for g in self.groups
                                for i in range(g.config.first, g.config.first + g.config.count)]
         self.index: dict[str, int] = {mid: i for i, mid in enumerate(self.ids)}
+        self.critical = np.zeros(n, dtype=bool)
+        """Meters of critical customers (hospitals, water works), from the groups' `critical_meters`."""
+        for g in self.groups:
+            self.critical[[self.index[m] for m in g.config.critical_meters]] = True
         self.nominal_v = np.empty(n, dtype=np.float32)
         self.timeout_s = np.empty(n, dtype=np.float32)
         for g in self.groups:
@@ -149,6 +161,9 @@ class MeterFleet:
         """Counted from start-up, so a silent meter reaches Communication_Loss after its timeout."""
         self.since = np.full(n, now, dtype=np.float64)
         self.outage_start = np.full(n, np.nan, dtype=np.float64)
+        """Start of the meter's open interruption (NaN: none)."""
+        self.restore_pending = np.full(n, np.nan, dtype=np.float64)
+        """When supply came back by an auto-reclose whose sequence is not over yet (NaN: none)."""
         self.state = np.zeros(n, dtype=np.int8)
         self.tamper = np.zeros(n, dtype=bool)
         self.supply_lost = np.zeros(n, dtype=bool)
@@ -221,6 +236,41 @@ class MeterFleet:
                     last = self.last_reading[sl]
                     last[was] = np.maximum(last[was], now)
 
+    def interruption_started(self, group_ids: Sequence[str], now: float) -> None:
+        """These groups lost supply at `now` (known from the breakers): open an interruption, or go on with one."""
+        for gid in group_ids:
+            sl = self.group_slice(gid)
+            start = self.outage_start[sl]
+            start[np.isnan(start)] = now
+            self.restore_pending[sl] = np.nan
+
+    def interruption_ended(self, group_ids: Sequence[str], now: float, pending: bool) -> None:
+        """Supply came back to these groups at `now`: record their interruptions, or hold them as pending."""
+        for gid in group_ids:
+            sl = self.group_slice(gid)
+            idx = np.arange(sl.start, sl.stop)[~np.isnan(self.outage_start[sl])]
+            if pending:
+                self.restore_pending[idx] = now
+            else:
+                self._record(idx, now)
+
+    def confirm_restorations(self, group_ids: Sequence[str] | None = None) -> int:
+        """The reclose sequence is over: pending returns of supply end their interruptions. Returns how many."""
+        slices = [slice(0, self.n)] if group_ids is None else [self.group_slice(g) for g in group_ids]
+        count = 0
+        for sl in slices:
+            idx = np.arange(sl.start, sl.stop)[~np.isnan(self.restore_pending[sl]) & ~np.isnan(self.outage_start[sl])]
+            self._record(idx, self.restore_pending[idx])
+            self.restore_pending[sl] = np.nan
+            count += idx.size
+        return count
+
+    def _record(self, idx: np.ndarray, end: float | np.ndarray) -> None:
+        if idx.size:
+            self.ledger.record(idx, self.outage_start[idx], end)
+            self.outage_start[idx] = np.nan
+            self.restore_pending[idx] = np.nan
+
     def clear_tamper(self, meter_ids: Sequence[str]) -> int:
         idx = [self.index[m] for m in meter_ids if m in self.index]
         self.tamper[idx] = False
@@ -261,11 +311,15 @@ class MeterFleet:
         old_c, new_c, ev_c = old[changed], new[changed], events[changed]
         went_out = changed[new_c == _OUTAGE]
         restored = changed[(old_c == _OUTAGE) & (new_c != _OUTAGE)]
+        starts = self.outage_start.copy()  # for the restoration notices: how long each was out
         if went_out.size:
-            self.outage_start[went_out] = now
+            # an interruption already opened by the breakers keeps its earlier start
+            self.outage_start[went_out] = np.where(np.isnan(starts[went_out]), now, starts[went_out])
+            self.restore_pending[went_out] = np.nan
         if restored.size:
-            self.ledger.record(restored, self.outage_start[restored], now)
-            self.outage_start[restored] = np.nan
+            # a return held pending by an auto-reclose is recorded when the sequence is over
+            self._record(restored[~np.isnan(self.outage_start[restored]) & np.isnan(self.restore_pending[restored])],
+                         now)
         self.state = new
         self.since[changed] = now
         for g in self.groups:
@@ -279,33 +333,43 @@ class MeterFleet:
                 o, nw, e = STATES[key // 64], STATES[(key // 8) % 8], EVENTS[key % 8]
                 changes.append(BulkStateChange(group_id=g.config.id, old=o.value, new=nw.value, cause=_CAUSES[e],
                                                time=now, meter_ids=tuple(self.ids[i] for i in sel)))
-            actions += self._group_notices(g, changed[in_group], old_c[in_group], new_c[in_group], now)
+            actions += self._group_notices(g, changed[in_group], old_c[in_group], new_c[in_group], starts, now)
+        # a meter still out whose interruption was closed when its supply came back (a reading taken
+        # while it was dead, or a fault behind it): its interruption goes on from now
+        stuck = (self.state == _OUTAGE) & np.isnan(self.outage_start)
+        self.outage_start[stuck] = now
         return changes, actions
 
-    def _group_notices(self, g: _Group, idx: np.ndarray, old: np.ndarray, new: np.ndarray, now: float) -> list[Action]:
+    def _group_notices(self, g: _Group, idx: np.ndarray, old: np.ndarray, new: np.ndarray, starts: np.ndarray,
+                       now: float) -> list[Action]:
         out: list[Action] = []
-        xfmr = g.config.connected_transformer
-        n_out = int((new == _OUTAGE).sum())
-        n_back = int(((old == _OUTAGE) & (new != _OUTAGE)).sum())
+        gid, xfmr = g.config.id, g.config.connected_transformer
+        went_out = idx[new == _OUTAGE]
+        back = idx[(old == _OUTAGE) & (new != _OUTAGE)]
         n_low = int((new == STATE_CODE[_S.LOW_VOLTAGE]).sum())
         n_tamper = int((new == STATE_CODE[_S.TAMPERED]).sum())
-        if n_out:
-            out.append(BusMessage(source=g.config.id, topic=Topic.FAULT_ALERTS, kind="meter_outage", urgent=True,
-                                  payload={"group": g.config.id, "transformer": xfmr, "meters": n_out}))
-        if n_back:
-            back = idx[(old == _OUTAGE) & (new != _OUTAGE)]
-            durations = now - self.ledger.last_starts(back)
-            out.append(BusMessage(source=g.config.id, topic=Topic.LOAD_CHANGES, kind="service_restored",
-                                  payload={"group": g.config.id, "transformer": xfmr, "meters": n_back,
-                                           "mean_outage_s": float(np.nanmean(durations)) if durations.size else 0.0}))
+        if went_out.size:
+            out.append(BusMessage(source=gid, topic=Topic.FAULT_ALERTS, kind="meter_outage", urgent=True,
+                                  payload={"group": gid, "transformer": xfmr, "meters": int(went_out.size),
+                                           "critical_meters": [self.ids[i] for i in went_out[self.critical[went_out]]]}))
+        if back.size:
+            durations = now - starts[back]
+            durations = durations[~np.isnan(durations)]
+            out.append(BusMessage(source=gid, topic=Topic.LOAD_CHANGES, kind="service_restored",
+                                  payload={"group": gid, "transformer": xfmr, "meters": int(back.size),
+                                           "critical_meters": [self.ids[i] for i in back[self.critical[back]]],
+                                           "mean_outage_s": float(durations.mean()) if durations.size else 0.0}))
         if n_low:
-            out.append(BusMessage(source=g.config.id, target=xfmr, kind="low_voltage_at_customer",
-                                  payload={"group": g.config.id, "meters": n_low}))
-            out.append(BusMessage(source=g.config.id, topic=Topic.VOLTAGE_EVENTS, kind="low_voltage",
-                                  payload={"group": g.config.id, "transformer": xfmr, "meters": n_low}))
+            low = idx[new == STATE_CODE[_S.LOW_VOLTAGE]]
+            out.append(BusMessage(source=gid, target=xfmr, kind="low_voltage_at_customer",
+                                  payload={"group": gid, "transformer": xfmr, "meters": n_low,
+                                           "critical_meters": [self.ids[i] for i in low[self.critical[low]]],
+                                           "lowest_voltage_v": float(np.nanmin(self.voltage_v[low]))
+                                           if np.isfinite(self.voltage_v[low]).any() else None,
+                                           "nominal_voltage_v": g.config.nominal_voltage_v}))
         if n_tamper:
-            out.append(Alert(agent_id=g.config.id, severity=Severity.MAJOR, time=now,
-                             message=f"tampering suspected at {n_tamper} meter(s) of {g.config.id}"))
+            out.append(Alert(agent_id=gid, severity=Severity.MAJOR, time=now,
+                             message=f"tampering suspected at {n_tamper} meter(s) of {gid}"))
         return out
 
     # ------------------------------------------------------------------ views and persistence
@@ -336,9 +400,11 @@ class MeterFleet:
         """The monotonic clock's origin moved (restart after reboot): move every stored time."""
         self.since += delta_s
         self.outage_start += delta_s
+        self.restore_pending += delta_s
         self.ledger.shift_times(delta_s)
 
-    _PERSISTED = ("state", "since", "outage_start", "tamper", "energy_kwh", "peak_kw", "typical_kw", "supply_lost")
+    _PERSISTED = ("state", "since", "outage_start", "restore_pending", "tamper", "energy_kwh", "peak_kw", "typical_kw",
+                  "supply_lost")
 
     def snapshot(self) -> dict[str, Any]:
         data: dict[str, Any] = {"n": self.n}
@@ -353,7 +419,9 @@ class MeterFleet:
         if data.get("n") != self.n:
             return False
         for name in self._PERSISTED:
-            col = data[name]
+            col = data.get(name)
+            if col is None:
+                continue  # a snapshot from before this column existed: it starts empty
             setattr(self, name, np.frombuffer(col["data"], dtype=np.dtype(col["dtype"])).copy())
         self.ledger.restore(data["ledger"])
         return True

@@ -3,9 +3,10 @@
 The forecast is a least-squares line through the recent load (`forecast_window_s`); the agent
 reports the time until the load would exceed rated capacity. Above `high_load_percent` it asks
 for load transfer and prepares a load-shedding plan (least critical feeders first, until the
-load is back under `shed_target_percent`); the plan is published, never executed on its own.
-On a feeder fault it counts the customers affected (from the topology) and publishes the
-isolation and reroute plan through the feeder's normally-open ties.
+load is back under `shed_target_percent`); the plan is published (`load_shedding_plan`) and
+carried out only on an operator's `shed` request. On a feeder fault it counts the customers
+affected, critical ones apart (from the topology), and publishes the isolation and reroute plan
+through the feeder's normally-open ties (`reroute_plan`).
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ class FeederInfo:
     breaker: str | None
     customers: int
     transfer_options: tuple[dict[str, Any], ...] = ()
+    critical_customers: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -87,6 +89,8 @@ class SubstationInputs:
     frequency_hz: float | None = None
     feeder_loads_kw: Mapping[str, float] = field(default_factory=dict)
     faulted_feeders: tuple[str, ...] = ()
+    fault_descriptions: Mapping[str, str] = field(default_factory=dict)
+    """Faulted feeder → what its line says the fault is."""
     faulted_transformers: tuple[str, ...] = ()
     regulating: tuple[str, ...] = ()
     overheated_transformers: tuple[str, ...] = ()
@@ -158,7 +162,8 @@ class SubstationAgent(Agent[SubstationState, SubstationEvent]):
                 continue
             info = self.feeders.get(feeder)
             plan.append({"feeder": feeder, "breaker": info.breaker if info else None, "load_kw": kw,
-                         "customers": info.customers if info else 0})
+                         "customers": info.customers if info else 0,
+                         "critical_customers": info.critical_customers if info else 0})
             excess -= kw
         return plan
 
@@ -189,7 +194,7 @@ class SubstationAgent(Agent[SubstationState, SubstationEvent]):
         new_faults = [f for f in x.faulted_feeders if f not in m.handled_faults]
         m.handled_faults = [f for f in m.handled_faults if f in x.faulted_feeders] + new_faults
         for feeder in new_faults:
-            out += self._feeder_fault_response(feeder, now)
+            out += self._feeder_fault_response(feeder, x.fault_descriptions.get(feeder), now)
 
         # a feeder fault draws fault current, not load: load thresholds count only when it has
         # lasted `load_persistence_s` with no fault present
@@ -223,14 +228,28 @@ class SubstationAgent(Agent[SubstationState, SubstationEvent]):
             m.transfer_requested = True
             m.shedding_plan = self.shedding_plan(load_kva, x.feeder_loads_kw)
             severity = Severity.CRITICAL if m.state is _S.EMERGENCY_MODE else Severity.MAJOR
+            hot = ", ".join(x.overheated_transformers)
+            why = (f"Emergency: transformer(s) above critical temperature: {hot}; " if hot and not emergency
+                   else "Capacity constraint: ")
             out.append(Alert(agent_id=me, severity=severity, time=now,
-                             message=f"Capacity constraint: load {m.load_percent:.0f} % of {a.rated_capacity:.0f} MVA"
+                             message=f"{why}load {m.load_percent:.0f} % of {a.rated_capacity:.0f} MVA"
                                      + (f", capacity exceeded in {m.time_to_capacity_s / 60:.0f} min"
                                         if m.time_to_capacity_s else "")))
+            options = [o for f in self.feeders.values() for o in f.transfer_options]
             out.append(BusMessage(source=me, topic=Topic.LOAD_CHANGES, kind="load_transfer_request",
-                                  payload={"substation": me, "load_percent": m.load_percent,
+                                  payload={"element": me, "element_type": self.agent_type,
+                                           "load_percent": m.load_percent,
+                                           "available_kva": max(0.0, self.capacity_kva - load_kva),
                                            "time_to_capacity_s": m.time_to_capacity_s,
-                                           "load_shedding_plan": m.shedding_plan}))
+                                           "transfer_options": options}))
+            if m.shedding_plan:
+                out.append(BusMessage(source=me, topic=Topic.LOAD_CHANGES, kind="load_shedding_plan",
+                                      payload={"substation": me, "state": m.state.value,
+                                               "load_percent": m.load_percent,
+                                               "target_percent": a.shed_target_percent, "plan": m.shedding_plan,
+                                               "customers": sum(p["customers"] for p in m.shedding_plan),
+                                               "critical_customers": sum(p["critical_customers"]
+                                                                         for p in m.shedding_plan)}))
             out += [BusMessage(source=me, target=t, kind="optimize_taps", payload={"cvr": True})
                     for t in self.links.transformers]
             out += [BusMessage(source=me, target=c, kind="maximize_var_support", payload={"on": True})
@@ -245,15 +264,18 @@ class SubstationAgent(Agent[SubstationState, SubstationEvent]):
             m.shedding_plan = []
         return m, out
 
-    def _feeder_fault_response(self, feeder: str, now: float) -> list[Action]:
+    def _feeder_fault_response(self, feeder: str, description: str | None, now: float) -> list[Action]:
         info = self.feeders.get(feeder, FeederInfo(feeder, None, 0))
-        plan = {"feeder": feeder, "isolate_with": info.breaker, "customers_affected": info.customers,
+        plan = {"feeder": feeder, "isolate_with": info.breaker, "description": description,
+                "customers_affected": info.customers, "critical_customers_affected": info.critical_customers,
                 "reroute_options": list(info.transfer_options)}
+        critical = f" ({info.critical_customers} critical)" if info.critical_customers else ""
         return [
             Alert(agent_id=self.agent_id, severity=Severity.CRITICAL, time=now,
-                  message=f"Feeder {feeder} fault: {info.customers} customers affected; "
+                  message=f"Feeder {feeder} fault" + (f" ({description})" if description else "")
+                          + f": {info.customers} customers{critical} affected; "
                           f"{len(info.transfer_options)} reroute option(s)"),
-            BusMessage(source=self.agent_id, topic=Topic.FAULT_ALERTS, kind="feeder_fault_response", payload=plan,
+            BusMessage(source=self.agent_id, topic=Topic.FAULT_ALERTS, kind="reroute_plan", payload=plan,
                        urgent=True),
         ]
 

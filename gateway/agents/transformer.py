@@ -214,7 +214,9 @@ class TransformerAgent(Agent[TransformerState, TransformerEvent]):
                 out.append(Alert(agent_id=self.agent_id, severity=Severity.WARNING, time=now,
                                  message=f"tap limit {target} reached; control voltage {v_ctrl:.1f} V still out of band"))
                 out.append(BusMessage(source=self.agent_id, topic=Topic.VOLTAGE_EVENTS, kind="tap_limit",
-                                      payload={"transformer": self.agent_id, "control_voltage_v": v_ctrl}))
+                                      payload={"transformer": self.agent_id, "tap_position": target,
+                                               "control_voltage_v": v_ctrl,
+                                               "regulated_voltage_v": self.regulated_voltage_v(m)}))
             return False
         m.tap_position = target
         m.last_tap_time = now
@@ -296,10 +298,11 @@ class TransformerAgent(Agent[TransformerState, TransformerEvent]):
                                      "load reduction needed, maintenance team notified"))
             if self.links.substation:
                 out.append(BusMessage(source=self.agent_id, target=self.links.substation, kind="emergency_load_reduction",
-                                      payload={"transformer": self.agent_id, "hot_spot_c": m.hot_spot_c}, urgent=True))
-            out.append(BusMessage(source=self.agent_id, topic=Topic.MAINTENANCE_SCHEDULED, kind="maintenance_request",
-                                  payload={"transformer": self.agent_id, "reason": "hot spot above critical",
-                                           "hot_spot_c": m.hot_spot_c, "loss_of_life_percent": m.loss_of_life_percent}))
+                                      payload={"transformer": self.agent_id, "hot_spot_c": m.hot_spot_c,
+                                               "hot_spot_critical_c": a.hot_spot_critical_c,
+                                               "load_percent": m.load_percent,
+                                               "customers": self.links.customers_downstream}, urgent=True))
+            out.append(self._maintenance_request(m, "hot spot above critical"))
         elif m.hot_spot_c < a.hot_spot_alarm_c:
             m.critical_alerted = False
 
@@ -315,25 +318,33 @@ class TransformerAgent(Agent[TransformerState, TransformerEvent]):
             out.append(Alert(agent_id=self.agent_id, severity=Severity.WARNING, time=now,
                              message=f"insulation aged {f_eqa:.2f}x normal over the last day "
                                      f"({lol_day:.4f} % loss of life): maintenance recommended"))
-            out.append(BusMessage(source=self.agent_id, topic=Topic.MAINTENANCE_SCHEDULED, kind="maintenance_request",
-                                  payload={"transformer": self.agent_id, "reason": "accelerated insulation aging",
-                                           "equivalent_aging_factor": f_eqa, "loss_of_life_percent_day": lol_day,
-                                           "loss_of_life_percent": m.loss_of_life_percent,
-                                           "customers": self.links.customers_downstream}))
+            out.append(self._maintenance_request(m, "accelerated insulation aging", equivalent_aging_factor=f_eqa,
+                                                 loss_of_life_percent_day=lol_day))
+
+    def _maintenance_request(self, m: TransformerMemory, reason: str, **extra: float) -> BusMessage:
+        return BusMessage(source=self.agent_id, topic=Topic.MAINTENANCE_SCHEDULED, kind="maintenance_request",
+                          payload={"element": self.agent_id, "element_type": self.agent_type, "reason": reason,
+                                   "hot_spot_c": m.hot_spot_c, "top_oil_c": m.top_oil_c,
+                                   "loss_of_life_percent": m.loss_of_life_percent,
+                                   "equivalent_aging_factor": extra.get("equivalent_aging_factor"),
+                                   "loss_of_life_percent_day": extra.get("loss_of_life_percent_day"),
+                                   "customers": self.links.customers_downstream})
 
     def _capacity_notice(self, m: TransformerMemory, now: float, out: list[Action]) -> None:
         a = self.attrs
         if m.load_percent > a.capacity_notice_percent and not m.capacity_notice_sent:
             m.capacity_notice_sent = True
-            payload = {"transformer": self.agent_id, "load_percent": m.load_percent,
-                       "available_kva": max(0.0, a.rated_capacity * (1 - m.load_percent / 100.0))}
-            if self.links.substation:
-                out.append(BusMessage(source=self.agent_id, target=self.links.substation, kind="capacity_constraint",
-                                      payload=payload))
-            out += [BusMessage(source=self.agent_id, target=t, kind="load_transfer_request", payload=payload)
-                    for t in self.links.adjacent_transformers]
+            available = max(0.0, a.rated_capacity * (1 - m.load_percent / 100.0))
+            payload = {"transformer": self.agent_id, "load_percent": m.load_percent, "available_kva": available,
+                       "customers": self.links.customers_downstream}
+            # the substation hears it on load_changes
             out.append(BusMessage(source=self.agent_id, topic=Topic.LOAD_CHANGES, kind="capacity_constraint",
                                   payload=payload))
+            request = {"element": self.agent_id, "element_type": self.agent_type, "load_percent": m.load_percent,
+                       "available_kva": available, "time_to_capacity_s": None,
+                       "transfer_options": list(self.links.transfer_options)}
+            out += [BusMessage(source=self.agent_id, target=t, kind="load_transfer_request", payload=request)
+                    for t in self.links.adjacent_transformers]
         elif m.load_percent < a.capacity_notice_percent - 5.0:
             m.capacity_notice_sent = False
 
@@ -346,6 +357,7 @@ class TransformerAgent(Agent[TransformerState, TransformerEvent]):
             m.maintenance = bool(args.get("on", True))
         elif request == "cvr":
             m.cvr_active = bool(args.get("on", True))
+
         elif request == "fault":
             m.fault = True
         elif request == "return_to_service":
@@ -355,6 +367,18 @@ class TransformerAgent(Agent[TransformerState, TransformerEvent]):
             raise ValueError(f"transformer {self.agent_id}: unknown request {request!r} "
                              "(expected maintenance, cvr, fault, return_to_service)")
         return m, []
+
+    def on_message(self, memory: TransformerMemory, message: BusMessage, now: float
+                   ) -> tuple[TransformerMemory, list[Action]]:
+        """Customers below the voltage range: conservation voltage reduction must not go on lowering it."""
+        if message.kind != "low_voltage_at_customer" or not memory.cvr_active:
+            return memory, []
+        m = copy.deepcopy(memory)
+        m.cvr_active = False
+        p = message.payload
+        return m, [Alert(agent_id=self.agent_id, severity=Severity.WARNING, time=now,
+                         message=f"{self.agent_id}: {p.get('meters', 0)} customer(s) of {p.get('group', 'its meters')} "
+                                 "below the voltage range: conservation voltage reduction off")]
 
     def attributes(self, memory: Memory) -> dict[str, Any]:
         m = memory

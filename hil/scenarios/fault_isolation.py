@@ -14,6 +14,7 @@ FLISR logic does not depend on it.
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -179,14 +180,13 @@ def _permanent(rig: Rig, rec: Recorder, section: dict[str, Any], normal: dict[st
     [record] = [f for f in rig.daemon_call("faults.list") if f["status"] == "permanent"]
     rig.daemon_call("faults.clear", id=record["id"], reason="crew repaired the line")
     devices = _hil(rig)["devices"]
-    steps = [{"device": d, "action": "open"} for d, closed in normal.items() if not closed and devices[d]["closed"]]
+    steps: list[dict[str, Any]] = [{"device": d, "action": "open"} for d, closed in normal.items()
+                                   if not closed and devices[d]["closed"]]
     steps += [{"device": d, "action": "close"} for d, closed in normal.items() if closed and not devices[d]["closed"]
               and d != BREAKER]
     if not devices[BREAKER]["closed"]:  # still locked out: the operator's authorised close, with its reason
         steps.append({"device": BREAKER, "action": "close", "override": ["protection_lockout", "agent_locked_out"],
                       "reason": "fault repaired and cleared; feeder back to normal"})
-    import json
-
     back = rig.daemon_call("switching.submit", text=json.dumps({"name": f"back to normal after {sec_id}",
                                                                 "steps": steps}),
                            name="back-to-normal.json", run=True)

@@ -96,6 +96,11 @@ class Subscriber:
         with self._cond:
             return bool(predicate(self.messages))
 
+    def on_prefix(self, below_base: str) -> list[Any]:
+        """Payloads of the messages whose topic has `/below_base` in it (e.g. "notices/"), in arrival order."""
+        with self._cond:
+            return [p for t, p, _ in self.messages if "/" + below_base in t]
+
     def on(self, topic_end: str) -> list[Any]:
         """Payloads of the messages whose topic ends with `/topic_end`, in arrival order."""
         with self._cond:
