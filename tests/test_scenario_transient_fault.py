@@ -93,18 +93,18 @@ def test_transient_fault_is_seen_by_the_agents_and_counted_as_momentary(tmp_path
             assert 0.0 < line["Operational"] - events["protection.reclose"] < 1.5
 
             indices = rig.daemon_call("reliability")
-            assert indices["customers_served"] == 2000
-            assert indices["momentary_interruptions"] == 2000 and indices["sustained_interruptions"] == 0
-            assert indices["maifi"] == pytest.approx(1.0) and indices["saifi"] == 0.0
+            assert indices["customers_served"] == 3670  # every meter group of the site
+            assert indices["momentary_interruptions"] == 2500 and indices["sustained_interruptions"] == 0
+            assert indices["maifi"] == pytest.approx(2500 / 3670) and indices["saifi"] == 0.0
 
             # SCADA saw it: the trip and its cause, the line fault, who lost supply and got it back
             assert sub.wait_for(lambda _m: {"breaker_trip", "line_fault", "customer_impact", "line_fault_cleared"}
                                 <= {p["kind"] for p in sub.on_prefix("notices/")}, 20)
             trip = next(p for p in sub.on_prefix("notices/") if p["kind"] == "breaker_trip")
-            assert trip["breaker"] == "CB-045" and trip["cause"] == "phase_fault" and trip["customers"] == 2000
+            assert trip["breaker"] == "CB-045" and trip["cause"] == "phase_fault" and trip["customers"] == 2500
             impact = [(p["event"], p["customers"], p["critical_customers"]) for p in sub.on_prefix("notices/")
                       if p["kind"] == "customer_impact"]
-            assert impact[:2] == [("supply_lost", 2000, 3), ("supply_restored", 2000, 3)]
+            assert impact[:2] == [("supply_lost", 2500, 3), ("supply_restored", 2500, 3)]
             alarms = [p["message"] for p in sub.on("alarms")]
             assert any(a.startswith("LINE-045 fault: phase fault (") and a.endswith("tripped by CB-045")
                        for a in alarms), alarms
