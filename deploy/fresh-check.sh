@@ -99,7 +99,7 @@ t1=$(date +%s)
 mount --rbind /dev "$root/dev"
 mount --make-rslave "$root/dev"
 set +e
-env -i PYTEST_ARGS="${PYTEST_ARGS:-}" DEMO_ARGS="$demo_args" CI=true \
+env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin PYTEST_ARGS="${PYTEST_ARGS:-}" DEMO_ARGS="$demo_args" CI=true \
     unshare --pid --fork --mount --propagation private \
     chroot "$root" /bin/bash -c "$inner" </dev/null >"$log" 2>&1
 set -e
