@@ -26,7 +26,7 @@ from gateway import __version__, logs
 from gateway.clock import Clock, SystemClock
 from gateway.commands import check_site
 from gateway.config import ConfigError, ConfigProblem, SiteConfig, load
-from gateway import control
+from gateway import control, reload
 from gateway.control import ControlServer
 from gateway.points import Point, PointKind, PointUpdate, ProcessImage
 from gateway.sdnotify import Notifier
@@ -64,6 +64,8 @@ class Gateway:
             for p in ied.points:
                 self.image.define(p.id, PointKind(p.point_kind.value), unit=p.unit, source=ied.id)
         self.adapters: dict[str, Adapter] = {}
+        self.running_adapters: set[str] = set()
+        """Adapters already polling when handed over by the configuration this one replaces."""
         self._tasks: list[asyncio.Task[Any]] = []
         self.started_at = clock.wall()
         self.updates_applied = 0
@@ -205,12 +207,10 @@ class Gateway:
         # The uplink's network thread must not hold the interpreter for the default 5 ms
         # when the event loop has a trip to send.
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-        enabled = [ied for ied in self.site.ieds if ied.enabled]
-        for n, ied in enumerate(enabled):
-            adapter = make_adapter(ied, self._sink, self.clock, logging.getLogger("stima.ied"))
-            adapter.poll_phase = n / len(enabled)
-            self.adapters[ied.id] = adapter
-            self._tasks.append(asyncio.create_task(adapter.run(), name=f"ied-{ied.id}"))
+        self.build_adapters()
+        for ied_id, adapter in self.adapters.items():
+            if ied_id not in self.running_adapters:
+                self._tasks.append(asyncio.create_task(adapter.run(), name=f"ied-{ied_id}"))
         self._tasks.append(asyncio.create_task(self.uplink.run(), name="uplink"))
         self._tasks.append(asyncio.create_task(self._telemetry_loop(), name="telemetry"))
         if self.protection is not None:
@@ -226,6 +226,15 @@ class Gateway:
             self._tasks.append(asyncio.create_task(self.ami.run(), name="ami"))
         else:
             self.ami = None
+
+    def build_adapters(self) -> None:
+        """Construct the adapter of every enabled IED (no I/O yet) unless already there (handed over)."""
+        enabled = [ied for ied in self.site.ieds if ied.enabled]
+        for n, ied in enumerate(enabled):
+            if ied.id not in self.adapters:
+                adapter = make_adapter(ied, self._sink, self.clock, logging.getLogger("stima.ied"))
+                adapter.poll_phase = n / len(enabled)
+                self.adapters[ied.id] = adapter
 
     async def _protection_clock(self) -> None:
         """Advance protection timers (reclose dead times, 50BF, reset) between samples."""
@@ -425,6 +434,7 @@ class Server:
         self._reload = asyncio.Event()
         self.reloads = 0
         self.reload_failures = 0
+        self.last_reload: reload.ReloadReport | None = None
 
     async def serve(self, site: SiteConfig) -> int:
         env = os.environ
@@ -478,27 +488,71 @@ class Server:
         return 0
 
     async def _do_reload(self) -> None:
+        """Build the new configuration beside the running one, then hand over (gateway.reload).
+
+        Any error before the hand-over leaves the running configuration untouched; each is
+        logged, counted in `reload_failures` and shown in the systemd status.
+        """
         self.notifier.reloading()
+        old = self.gateway
+        assert old is not None
+        report = reload.ReloadReport(started_wall=self.clock.wall())
+        self.last_reload = report
+        started = time.monotonic()
+        if old.protection is not None:
+            old.protection.engine.watch_gaps()
         try:
-            site = load(self.config_path)
-            check_site(site, self.config_path.parent, str(self.config_path))
+            new = reload.build(self.config_path, clock=self.clock, store=self.store, gateway_class=Gateway)
         except ConfigError as exc:
-            self.reload_failures += 1
             for problem in exc.problems:
                 log.error("reload refused: invalid site file", extra={"file": exc.source, "problem": str(problem)})
-            log.error(
-                "reload refused; the running configuration is kept",
-                extra={"file": exc.source, "problems": len(exc.problems)},
-            )
-            self.notifier.ready(self._status_line())
+            self._reload_refused(report, "validate", f"{len(exc.problems)} problem(s) in {exc.source}: "
+                                 + "; ".join(str(p) for p in exc.problems[:3]))
             return
-        assert self.gateway is not None
-        await self.gateway.stop()
-        self.gateway = Gateway(site, base_dir=self.config_path.parent, clock=self.clock, store=self.store)
-        await self.gateway.start()
+        except Exception as exc:
+            log.exception("reload refused: the new configuration could not be built",
+                          extra={"file": str(self.config_path)})
+            self._reload_refused(report, "build", f"{type(exc).__name__}: {exc}")
+            return
+        report.stage = "retire"
+        keep = reload.unchanged_ieds(old, new)
+        relay: list[tuple[str, dict[str, Any]]] = []
+        await reload.retire(old, keep, relay)
+        report.stage = "hand_over"
+        reload.hand_over(old, new, keep, report)
+        self.gateway = new
+        await new.start()
+        if relay:
+            report.protection_events_relayed = len(relay)
+            try:
+                new.uplink.publish_many(relay)
+            except Exception:
+                log.exception("protection messages of the reload could not be spooled", extra={"count": len(relay)})
+        report.ok, report.stage = True, "done"
+        report.duration_s = time.monotonic() - started
+        if new.protection is not None:
+            engine = new.protection.engine
+
+            def close_gap_window() -> None:
+                report.protection_longest_gap_s = engine.longest_gap_s
+                engine.watch_gaps(False)
+
+            asyncio.get_running_loop().call_later(reload.GAP_WINDOW_S, close_gap_window)
         self.reloads += 1
-        log.info("site file reloaded", extra={"file": str(self.config_path), "points": len(self.gateway.image)})
+        log.info("site file reloaded", extra={"file": str(self.config_path), "points": len(new.image),
+                                              "ieds_kept_running": len(keep),
+                                              "breakers_handed_over": len(report.breakers_handed_over)})
         self.notifier.ready(self._status_line())
+
+    def _reload_refused(self, report: reload.ReloadReport, stage: str, error: str) -> None:
+        self.reload_failures += 1
+        report.stage, report.error = stage, error
+        log.error("reload refused; the running configuration is kept",
+                  extra={"file": str(self.config_path), "stage": stage, "error": error})
+        self.notifier.ready(f"reload refused ({stage}): {error[:200]}; running the previous configuration")
+
+    def _reload_status(self) -> dict[str, Any] | None:
+        return None if self.last_reload is None else self.last_reload.as_dict()
 
     def _status_line(self) -> str:
         gw = self.gateway
@@ -546,7 +600,8 @@ class Server:
     def _op_status(self) -> dict[str, Any]:
         status = self._gw().status()
         status.update({"state": "running", "pid": os.getpid(), "config": str(self.config_path),
-                       "reloads": self.reloads, "reload_failures": self.reload_failures})
+                       "reloads": self.reloads, "reload_failures": self.reload_failures,
+                       "last_reload": self._reload_status()})
         return status
 
     def _op_reliability(self, since: float | None = None, until: float | None = None) -> dict[str, Any]:
