@@ -16,7 +16,8 @@
 # Needs root, debootstrap (apt-get install debootstrap) and a kernel with overlayfs.
 # Options (environment): FRESH_CACHE (default /var/cache/stima-fresh), FRESH_REBUILD=1 to
 # rebuild the cached root, FRESH_KEEP=1 to keep the scratch root, DEMO_ARGS, PYTEST_ARGS.
-# Exit status: 0 when both passed. Uncommitted changes are not part of the check (it clones).
+# Exit status: 0 when both passed, 1 when either failed, 3 when the root could not be built
+# (no debootstrap, no mirror). Uncommitted changes are not part of the check (it clones).
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -28,7 +29,11 @@ demo_args=${DEMO_ARGS:---duration 40 --fault-at 5 --scada-at 10}
 
 say() { printf 'fresh-check: %s\n' "$*" >&2; }
 [ "$(id -u)" -eq 0 ] || { say "run as root (it builds a chroot and mounts into it)"; exit 2; }
-command -v debootstrap >/dev/null || { say "debootstrap is missing: apt-get install debootstrap"; exit 2; }
+if ! command -v debootstrap >/dev/null; then
+    say "installing debootstrap"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null; } \
+        || { say "debootstrap is missing and could not be installed"; exit 3; }
+fi
 
 sha=$(git -C "$repo" rev-parse HEAD)
 if [ -n "$(git -C "$repo" status --porcelain --untracked-files=no)" ]; then
@@ -42,7 +47,7 @@ if [ "${FRESH_REBUILD:-0}" = 1 ] || [ ! -e "$base/.stima-fresh-ok" ]; then
     mkdir -p "$cache"
     debootstrap --variant=minbase --include=python3,python3-venv,python3-dev,gcc,make,git \
         "$suite" "$base.new" "$mirror" >"$cache/debootstrap.log" 2>&1 \
-        || { say "debootstrap failed: see $cache/debootstrap.log"; exit 1; }
+        || { say "debootstrap failed: see $cache/debootstrap.log"; tail -n 5 "$cache/debootstrap.log" >&2; exit 3; }
     rm -rf "$base"
     mv "$base.new" "$base"
     touch "$base/.stima-fresh-ok"
@@ -100,6 +105,7 @@ mount --rbind /dev "$root/dev"
 mount --make-rslave "$root/dev"
 set +e
 env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin PYTEST_ARGS="${PYTEST_ARGS:-}" DEMO_ARGS="$demo_args" CI=true \
+    timeout --kill-after=60 "${FRESH_TIMEOUT_S:-2400}" \
     unshare --pid --fork --mount --propagation private \
     chroot "$root" /bin/bash -c "$inner" </dev/null >"$log" 2>&1
 set -e
@@ -113,6 +119,11 @@ if [ -z "$result" ]; then
 fi
 eval "${result#FRESH-RESULT }"
 summary=$(grep -E '^[0-9]+ (passed|failed)|^=+ .*(passed|failed)' "$log" | tail -1 || true)
+if [ "$test_rc" -ne 0 ]; then
+    sed -n '/short test summary info/,/^[0-9]* \(passed\|failed\)/p' "$log" >&2 || true
+fi
+# pytest's closing line of the run inside, alone on its line (CI reads it)
+[ -n "$summary" ] && echo "$summary"
 say "base root: ${t_base} s (0 when cached); inside: ${t_run} s — make test ${test_s} s (exit $test_rc: ${summary:-no summary}), make demo ${demo_s} s (exit $demo_rc)"
 if [ "$test_rc" -ne 0 ] || [ "$demo_rc" -ne 0 ]; then
     say "FAILED (log: $log)"
