@@ -503,6 +503,7 @@ class Server:
             old.protection.engine.watch_gaps()
         try:
             new = reload.build(self.config_path, clock=self.clock, store=self.store, gateway_class=Gateway)
+            report.build_s = time.monotonic() - started
         except ConfigError as exc:
             for problem in exc.problems:
                 log.error("reload refused: invalid site file", extra={"file": exc.source, "problem": str(problem)})
@@ -519,9 +520,11 @@ class Server:
         relay: list[tuple[str, dict[str, Any]]] = []
         await reload.retire(old, keep, relay)
         report.stage = "hand_over"
+        handing_over = time.monotonic()
         reload.hand_over(old, new, keep, report)
         self.gateway = new
         await new.start()
+        report.hand_over_s = time.monotonic() - handing_over
         if relay:
             report.protection_events_relayed = len(relay)
             try:

@@ -61,6 +61,10 @@ class ReloadReport:
     breakers_handed_over: list[str] = field(default_factory=list)
     breakers_restored: list[str] = field(default_factory=list)
     protection_events_relayed: int = 0
+    build_s: float | None = None
+    """Time the event loop spent building the new configuration (the old one evaluates between samples only)."""
+    hand_over_s: float | None = None
+    """Time from the old protection's clock stopping to the new gateway started (no evaluation then)."""
     protection_longest_gap_s: float | None = None
     """Longest interval between two protection evaluations from the reload's start until
     GAP_WINDOW_S after the new configuration started (None until then)."""
