@@ -442,7 +442,8 @@ class Server:
         runtime_dir = Path(env.get("RUNTIME_DIRECTORY", "").split(":")[0] or site.site.runtime_dir)
         self.runtime_dir = runtime_dir
         self.store = Store(state_dir / "stima.db")
-        self.control = ControlServer(runtime_dir, site.control.socket_group)
+        self.control = ControlServer(runtime_dir, site.control.socket_group,
+                                     access=control.AccessPolicy.from_config(site.control))
         self._register_ops()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
@@ -577,23 +578,26 @@ class Server:
     # ------------------------------------------------------------------ control operations
 
     def _register_ops(self) -> None:
-        c = self.control
-        c.register("status", self._op_status)
-        c.register("points.list", self._op_points_list)
-        c.register("points.read", self._op_points_read)
-        c.register_stream("points.watch", self._op_points_watch)
-        c.register("agents.list", lambda: self._gw().agents.runtime.list_agents())
-        c.register("agents.show", lambda id: self._gw().agents.runtime.show(id))
-        c.register("agents.request", lambda id, request, **args: self._gw().agents.request(id, request, **args))
-        c.register("reliability", self._op_reliability)
-        c.register("events", self._op_events)
-        c.register("points.history", self._op_points_history)
-        c.register("protection.latency", self._op_protection_latency)
-        c.register("breaker.operate", self._op_breaker_operate)
-        c.register("breaker.select", self._op_breaker_select)
-        c.register("breaker.operate_selected", self._op_breaker_operate_selected)
-        c.register("breaker.cancel", self._op_breaker_cancel)
-        c.register("breaker.status", self._op_breaker_status)
+        """Every operation with the role it needs: viewers read, operators switch, engineers
+        change settings (no settings operation on the socket yet)."""
+        c, viewer, operator = self.control, control.Role.VIEWER, control.Role.OPERATOR
+        c.register("status", self._op_status, viewer)
+        c.register("points.list", self._op_points_list, viewer)
+        c.register("points.read", self._op_points_read, viewer)
+        c.register_stream("points.watch", self._op_points_watch, viewer)
+        c.register("agents.list", lambda: self._gw().agents.runtime.list_agents(), viewer)
+        c.register("agents.show", lambda id: self._gw().agents.runtime.show(id), viewer)
+        c.register("agents.request", lambda id, request, **args: self._gw().agents.request(id, request, **args),
+                   operator)
+        c.register("reliability", self._op_reliability, viewer)
+        c.register("events", self._op_events, viewer)
+        c.register("points.history", self._op_points_history, viewer)
+        c.register("protection.latency", self._op_protection_latency, viewer)
+        c.register("breaker.operate", self._op_breaker_operate, operator)
+        c.register("breaker.select", self._op_breaker_select, operator)
+        c.register("breaker.operate_selected", self._op_breaker_operate_selected, operator)
+        c.register("breaker.cancel", self._op_breaker_cancel, operator)
+        c.register("breaker.status", self._op_breaker_status, viewer)
 
     def _gw(self) -> Gateway:
         if self.gateway is None:
@@ -628,7 +632,7 @@ class Server:
 
     async def _op_breaker_operate(self, breaker: str, action: str, authorised: bool = False) -> dict[str, Any]:
         """Direct operator open/close through protection, without select (commissioning, tests)."""
-        return self._gw().operate_breaker(breaker, action, bool(authorised), "local")
+        return self._gw().operate_breaker(breaker, action, bool(authorised), _local_origin())
 
     # The origin of a local command is the unix user on the other end of the control socket,
     # from its peer credentials: a client cannot claim another operator's select.
