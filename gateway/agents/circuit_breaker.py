@@ -171,7 +171,9 @@ class CircuitBreakerAgent(Agent[BreakerState, BreakerEvent]):
                 m.last_fault_current_a = current_a
                 m.trip_reason = "ground_fault" if element.upper().endswith("N") or phase.upper() in ("N", "G") else "overcurrent"
                 m.contact_wear_ka2s += (current_a / 1000.0) ** 2 * a.interrupt_time_s
-                m.recent_trips = [t for t in m.recent_trips if now - t < a.trip_count_period_s] + [now]
+                # bounded: one more than the limit decides the lockout, older trips add nothing
+                m.recent_trips = ([t for t in m.recent_trips if now - t < a.trip_count_period_s]
+                                  + [now])[-(a.max_trips_in_period + 1):]
                 payload = {"breaker": me, "element": element, "phase": phase, "fault_current_a": current_a,
                            "trip_count": m.trip_count, "line": self.links.lines[0] if self.links.lines else None}
                 out.append(BusMessage(source=me, topic=Topic.FAULT_ALERTS, kind="breaker_trip", payload=payload,
