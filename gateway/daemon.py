@@ -522,7 +522,14 @@ class Server:
         await reload.retire(old, keep, relay)
         report.stage = "hand_over"
         handing_over = time.monotonic()
-        reload.hand_over(old, new, keep, report)
+        try:
+            reload.hand_over(old, new, keep, report)
+        except Exception as exc:  # a fault here must not end the process: start from the saved state
+            log.exception("protection hand-over failed; the new configuration starts from the saved state")
+            report.error = f"hand-over failed ({type(exc).__name__}: {exc}); started from the saved state"
+            await reload.retire(old, set(), relay)
+            for task in old._tasks:
+                task.cancel()
         self.gateway = new
         await new.start()
         report.hand_over_s = time.monotonic() - handing_over
