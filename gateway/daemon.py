@@ -557,6 +557,9 @@ class Server:
 
     def _reload_refused(self, report: reload.ReloadReport, stage: str, error: str) -> None:
         self.reload_failures += 1
+        gw = self.gateway
+        if gw is not None and gw.protection is not None:
+            gw.protection.engine.watch_gaps(False)
         report.stage, report.error = stage, error
         log.error("reload refused; the running configuration is kept",
                   extra={"file": str(self.config_path), "stage": stage, "error": error})
@@ -600,6 +603,7 @@ class Server:
         c.register("events", self._op_events, viewer)
         c.register("points.history", self._op_points_history, viewer)
         c.register("protection.latency", self._op_protection_latency, viewer)
+        c.register("protection.gaps", self._op_protection_gaps, viewer)
         c.register("breaker.operate", self._op_breaker_operate, operator)
         c.register("breaker.select", self._op_breaker_select, operator)
         c.register("breaker.operate_selected", self._op_breaker_operate_selected, operator)
@@ -636,6 +640,21 @@ class Server:
         if bridge is None:
             return {"queue": [], "wire": []}
         return {"queue": list(bridge.queue_latencies_s), "wire": list(bridge.wire_latencies_s)}
+
+    async def _op_protection_gaps(self, window_s: float = 5.0) -> dict[str, Any]:
+        """The longest interval between two protection evaluations over the next `window_s`
+        (1-60 s) of normal running: the yardstick for a reload's gap (status.last_reload)."""
+        window_s = min(max(float(window_s), 1.0), 60.0)
+        bridge = self._gw().protection
+        if bridge is None:
+            raise KeyError("no protection scheme in the site file")
+        engine = bridge.engine
+        engine.watch_gaps()
+        try:
+            await asyncio.sleep(window_s)
+        finally:
+            engine.watch_gaps(False)
+        return {"window_s": window_s, "longest_gap_s": engine.longest_gap_s}
 
     async def _op_breaker_operate(self, breaker: str, action: str, authorised: bool = False) -> dict[str, Any]:
         """Direct operator open/close through protection, without select (commissioning, tests)."""
