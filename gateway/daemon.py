@@ -530,6 +530,7 @@ class Server:
             await reload.retire(old, set(), relay)
             for task in old._tasks:
                 task.cancel()
+        new.uplink.resync_spool()  # the old uplink spooled and sent until it closed
         self.gateway = new
         await new.start()
         report.hand_over_s = time.monotonic() - handing_over

@@ -15,8 +15,9 @@ protection keeps evaluating throughout:
 3. `hand_over()`: in one go, without yielding to the event loop: stop the old protection
    clock, move the unchanged IEDs' adapters (link, queued writes and all) to the new gateway,
    carry the protection engine's live state over for every breaker whose scheme is unchanged
-   (`ProtectionEngine.take_over`), re-read the agents' and uplink's state from the store,
-   and start the new gateway.
+   (`ProtectionEngine.take_over`) and re-read the agents' state from the store; then the
+   daemon re-reads the uplink's spool position (`MqttUplink.resync_spool`) and starts the new
+   gateway. SBO selects pending at the reload are not carried over (the operator selects again).
 
 The longest interval between two protection evaluations from the reload's start until
 GAP_WINDOW_S after the hand-over is reported in `status` as `last_reload.protection_longest_gap_s`;
@@ -169,4 +170,3 @@ def hand_over(old: Gateway, new: Gateway, keep: set[str], report: ReloadReport) 
             report.breakers_handed_over = engine.take_over(old.protection.engine)
         report.breakers_restored = sorted(set(engine.schemes) - set(report.breakers_handed_over))
         new.protection.save_snapshot()
-    new.uplink.resync_spool()
