@@ -1,11 +1,11 @@
-# Stima — make demo | make test | make bench
+# Stima — make demo | make test | make bench | make fresh-check
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint deps clean
+.PHONY: demo test bench lint deps clean fresh-check
 
 deps: $(STAMP)
 
@@ -25,6 +25,10 @@ test: deps
 bench: deps
 	@failed=""; for b in tests/bench/bench_*.py; do echo "=== $$b"; $(PY) $$b || failed="$$failed $$b"; done; \
 	if [ -n "$$failed" ]; then echo "benchmarks that failed:$$failed"; exit 1; fi
+
+# a fresh minimal Debian 12 root (debootstrap, cached): make test and a short make demo inside, as root
+fresh-check:
+	@bash deploy/fresh-check.sh
 
 lint: deps
 	@$(PY) -m ruff check gateway protocols hil tests native && $(PY) -m mypy gateway protocols hil

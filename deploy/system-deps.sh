@@ -9,6 +9,9 @@ command -v gcc >/dev/null 2>&1 || missing+=(gcc)
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
 command -v socat >/dev/null 2>&1 || missing+=(socat)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# the unit's ExecReload runs /bin/kill; tests check the unit with systemd-analyze verify
+[ -x /bin/kill ] || missing+=(procps)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 if ! "$PY" -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' 2>/dev/null; then
     missing+=(python3-dev)
 fi

@@ -370,7 +370,20 @@ class FlisrConfig(_Model):
 
 
 class ControlConfig(_Model):
+    """The local control socket (`stima` CLI) and who may do what through it.
+
+    Roles, each including the ones before it: viewer (read status, points, events, history),
+    operator (switch: breaker select/operate/cancel, agent requests), engineer (settings).
+    A peer's role comes from its unix groups in the system's group database; root, and the
+    daemon's own user, are engineers. The defaults are safe: members of the socket's group
+    may only read until an administrator creates the operator and engineer groups and puts
+    people in them; a user in none of the groups gets nothing.
+    """
+
     socket_group: str = "stima"
+    viewer_group: str = "stima"
+    operator_group: str = "stima-operator"
+    engineer_group: str = "stima-engineer"
 
 
 class HistoryConfig(_Model):

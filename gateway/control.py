@@ -5,6 +5,12 @@ JSON lines over a unix socket in the runtime directory. A request is
 `{"ok": false, "error": "..."}`. Streaming operations (`points.watch`) answer with one line per
 update until the client hangs up. The socket belongs to the `stima` group (mode 0660); every
 operation is logged with the peer's uid.
+
+Every operation is registered with the role it needs (`Role`: viewer reads, operator switches,
+engineer changes settings). The peer's role comes from its credentials on the socket
+(SO_PEERCRED, never from what it says) through an `AccessPolicy` built from the site file's
+`[control]` groups; a refusal is answered and logged with the peer's uid and the operation.
+Handlers learn who is calling with `peer_identity()`.
 """
 
 from __future__ import annotations
@@ -20,8 +26,11 @@ import pwd
 import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from gateway.switching.model import Role
 
 log = logging.getLogger(__name__)
 
@@ -94,41 +103,107 @@ def stream(runtime_dir: Path | str, op: str, **args: Any) -> Iterator[Any]:
 # --------------------------------------------------------------------------- server
 
 
-_PEER_UID: contextvars.ContextVar[int | None] = contextvars.ContextVar("stima_control_peer_uid", default=None)
+@dataclass(frozen=True, slots=True)
+class PeerIdentity:
+    """The unix user on the other end of the control socket, and its role."""
+
+    user: str
+    uid: int | None
+    role: Role
+
+
+UNKNOWN_PEER = PeerIdentity("unknown", None, Role.NONE)
+
+
+class AccessPolicy:
+    """Maps a peer's uid and gid to a role, from the group database (like sudo, not from the
+    peer process's session): root and the daemon's own user are engineers; otherwise the
+    highest role whose group holds the user, as primary or supplementary group."""
+
+    def __init__(self, *, viewer_group: str = "stima", operator_group: str = "stima-operator",
+                 engineer_group: str = "stima-engineer", engineer_uids: frozenset[int] | None = None,
+                 user_name: Callable[[int], str | None] | None = None,
+                 group_ids: Callable[[str, int], list[int]] | None = None,
+                 group_id: Callable[[str], int | None] | None = None) -> None:
+        self.groups = {Role.ENGINEER: engineer_group, Role.OPERATOR: operator_group, Role.VIEWER: viewer_group}
+        self.engineer_uids = frozenset({0, os.getuid()}) if engineer_uids is None else engineer_uids
+        """Engineers whatever their groups: root and the daemon's own user (default)."""
+        self._user_name = user_name or _user_name
+        self._group_ids = group_ids or os.getgrouplist
+        self._group_id = group_id or _group_id
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> AccessPolicy:
+        """From the site file's `[control]` section (gateway.config.ControlConfig)."""
+        return cls(viewer_group=cfg.viewer_group, operator_group=cfg.operator_group,
+                   engineer_group=cfg.engineer_group)
+
+    def identify(self, uid: int | None, gid: int | None) -> PeerIdentity:
+        if uid is None:
+            return UNKNOWN_PEER
+        name = self._user_name(uid)
+        user = name if name is not None else f"uid{uid}"
+        if uid in self.engineer_uids:
+            return PeerIdentity(user, uid, Role.ENGINEER)
+        member_of: set[int] = set() if gid is None else {gid}
+        if name is not None:  # supplementary groups of a user the user database knows
+            with contextlib.suppress(OSError, KeyError):
+                member_of.update(self._group_ids(name, gid if gid is not None else 65534))
+        for role in (Role.ENGINEER, Role.OPERATOR, Role.VIEWER):
+            group = self._group_id(self.groups[role])
+            if group is not None and group in member_of:
+                return PeerIdentity(user, uid, role)
+        return PeerIdentity(user, uid, Role.NONE)
+
+
+def _user_name(uid: int) -> str | None:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None
+
+
+def _group_id(name: str) -> int | None:
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        return None
+
+
+_PEER: contextvars.ContextVar[PeerIdentity] = contextvars.ContextVar("stima_control_peer", default=UNKNOWN_PEER)
+
+
+def peer_identity() -> PeerIdentity:
+    """Who sent the control request being served (user name, uid, role), from the socket's
+    peer credentials; `UNKNOWN_PEER` outside a request."""
+    return _PEER.get()
 
 
 def peer_user() -> str:
     """The unix user of the control client whose operation is running, from the socket's
     peer credentials (never from what the client says)."""
-    uid = _PEER_UID.get()
-    if uid is None:
-        return "unknown"
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return f"uid{uid}"
-
-
-def peer_role() -> str:
-    """The role of the control client: root is an engineer, any other member of the socket's
-    group an operator."""
-    uid = _PEER_UID.get()
-    return "engineer" if uid == 0 else "operator"
+    return _PEER.get().user
 
 
 class ControlServer:
-    def __init__(self, runtime_dir: Path, group: str = "stima") -> None:
+    def __init__(self, runtime_dir: Path, group: str = "stima", access: AccessPolicy | None = None) -> None:
         self.path = socket_path(runtime_dir)
         self._group = group
+        self.access = access or AccessPolicy(viewer_group=group)
         self._ops: dict[str, Handler] = {}
         self._streams: dict[str, StreamHandler] = {}
+        self.roles: dict[str, Role] = {}
+        """The role each operation needs."""
         self._server: asyncio.AbstractServer | None = None
 
-    def register(self, op: str, handler: Handler) -> None:
+    def register(self, op: str, handler: Handler, role: Role = Role.ENGINEER) -> None:
+        """Serve `op` to peers with `role` or above (unless told otherwise: engineers only)."""
         self._ops[op] = handler
+        self.roles[op] = role
 
-    def register_stream(self, op: str, handler: StreamHandler) -> None:
+    def register_stream(self, op: str, handler: StreamHandler, role: Role = Role.ENGINEER) -> None:
         self._streams[op] = handler
+        self.roles[op] = role
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -149,8 +224,13 @@ class ControlServer:
             self.path.unlink()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        uid = _peer_uid(writer)
-        _PEER_UID.set(uid)  # this connection's task has a context of its own
+        uid, gid = _peer_credentials(writer)
+        try:
+            peer = self.access.identify(uid, gid)
+        except Exception:
+            log.exception("control peer could not be identified", extra={"peer_uid": uid})
+            peer = PeerIdentity(f"uid{uid}", uid, Role.NONE)
+        _PEER.set(peer)  # this connection's task has a context of its own
         try:
             line = await asyncio.wait_for(reader.readline(), 10)
             if not line:
@@ -164,7 +244,18 @@ class ControlServer:
             except (ValueError, KeyError, TypeError) as exc:
                 await _send(writer, {"ok": False, "error": f"bad request: {exc}"})
                 return
-            log.info("control operation", extra={"op": op, "peer_uid": uid})
+            needed = self.roles.get(op)
+            if needed is not None and peer.role < needed:
+                log.warning("control operation refused", extra={
+                    "op": op, "peer_uid": uid, "peer_user": peer.user, "role": peer.role.label,
+                    "needed": needed.label})
+                await _send(writer, {"ok": False, "error": (
+                    f"permission denied: {op} needs the {needed.label} role; {peer.user} (uid {uid}) has "
+                    f"{peer.role.label if peer.role else 'no role'} (groups: viewer "
+                    f"{self.access.groups[Role.VIEWER]}, operator {self.access.groups[Role.OPERATOR]}, "
+                    f"engineer {self.access.groups[Role.ENGINEER]})")})
+                return
+            log.info("control operation", extra={"op": op, "peer_uid": uid, "role": peer.role.label})
             if op in self._streams:
                 try:
                     async for item in self._streams[op](**args):
@@ -203,13 +294,14 @@ async def _send(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
     await writer.drain()
 
 
-def _peer_uid(writer: asyncio.StreamWriter) -> int | None:
+def _peer_credentials(writer: asyncio.StreamWriter) -> tuple[int | None, int | None]:
+    """The peer's uid and gid from the kernel (SO_PEERCRED); (None, None) if unavailable."""
     sock = writer.get_extra_info("socket")
     if sock is None:
-        return None
+        return None, None
     try:
         creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        _pid, uid, _gid = struct.unpack("3i", creds)
-        return int(uid)
+        _pid, uid, gid = struct.unpack("3i", creds)
+        return int(uid), int(gid)
     except OSError:
-        return None
+        return None, None

@@ -26,12 +26,12 @@ from gateway import __version__, logs
 from gateway.clock import Clock, SystemClock
 from gateway.commands import check_site
 from gateway.config import ConfigError, ConfigProblem, SiteConfig, load
-from gateway import control
+from gateway import control, reload
 from gateway.control import ControlServer
 from gateway.points import Point, PointKind, PointUpdate, ProcessImage
 from gateway.sdnotify import Notifier
 from gateway.storage import Store
-from gateway.switching.model import Origin, Role, Via
+from gateway.switching.model import Origin, Via
 from protocols.base import Adapter, CommandError, Priority, make_adapter
 
 log = logging.getLogger("stima.daemon")
@@ -65,6 +65,8 @@ class Gateway:
             for p in ied.points:
                 self.image.define(p.id, PointKind(p.point_kind.value), unit=p.unit, source=ied.id)
         self.adapters: dict[str, Adapter] = {}
+        self.running_adapters: set[str] = set()
+        """Adapters already polling when handed over by the configuration this one replaces."""
         self._tasks: list[asyncio.Task[Any]] = []
         self.started_at = clock.wall()
         self.updates_applied = 0
@@ -244,12 +246,10 @@ class Gateway:
         # The uplink's network thread must not hold the interpreter for the default 5 ms
         # when the event loop has a trip to send.
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-        enabled = [ied for ied in self.site.ieds if ied.enabled]
-        for n, ied in enumerate(enabled):
-            adapter = make_adapter(ied, self._sink, self.clock, logging.getLogger("stima.ied"))
-            adapter.poll_phase = n / len(enabled)
-            self.adapters[ied.id] = adapter
-            self._tasks.append(asyncio.create_task(adapter.run(), name=f"ied-{ied.id}"))
+        self.build_adapters()
+        for ied_id, adapter in self.adapters.items():
+            if ied_id not in self.running_adapters:
+                self._tasks.append(asyncio.create_task(adapter.run(), name=f"ied-{ied_id}"))
         self._tasks.append(asyncio.create_task(self.uplink.run(), name="uplink"))
         self._tasks.append(asyncio.create_task(self._telemetry_loop(), name="telemetry"))
         if self.protection is not None:
@@ -266,6 +266,15 @@ class Gateway:
             self._tasks.append(asyncio.create_task(self.ami.run(), name="ami"))
         else:
             self.ami = None
+
+    def build_adapters(self) -> None:
+        """Construct the adapter of every enabled IED (no I/O yet) unless already there (handed over)."""
+        enabled = [ied for ied in self.site.ieds if ied.enabled]
+        for n, ied in enumerate(enabled):
+            if ied.id not in self.adapters:
+                adapter = make_adapter(ied, self._sink, self.clock, logging.getLogger("stima.ied"))
+                adapter.poll_phase = n / len(enabled)
+                self.adapters[ied.id] = adapter
 
     async def _protection_clock(self) -> None:
         """Advance protection timers (reclose dead times, 50BF, reset) between samples."""
@@ -427,6 +436,7 @@ class Server:
         self._reload = asyncio.Event()
         self.reloads = 0
         self.reload_failures = 0
+        self.last_reload: reload.ReloadReport | None = None
 
     async def serve(self, site: SiteConfig) -> int:
         env = os.environ
@@ -434,7 +444,8 @@ class Server:
         runtime_dir = Path(env.get("RUNTIME_DIRECTORY", "").split(":")[0] or site.site.runtime_dir)
         self.runtime_dir = runtime_dir
         self.store = Store(state_dir / "stima.db")
-        self.control = ControlServer(runtime_dir, site.control.socket_group)
+        self.control = ControlServer(runtime_dir, site.control.socket_group,
+                                     access=control.AccessPolicy.from_config(site.control))
         self._register_ops()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
@@ -480,27 +491,85 @@ class Server:
         return 0
 
     async def _do_reload(self) -> None:
+        """Build the new configuration beside the running one, then hand over (gateway.reload).
+
+        Any error before the hand-over leaves the running configuration untouched; each is
+        logged, counted in `reload_failures` and shown in the systemd status.
+        """
         self.notifier.reloading()
+        old = self.gateway
+        assert old is not None
+        report = reload.ReloadReport(started_wall=self.clock.wall())
+        self.last_reload = report
+        started = time.monotonic()
+        if old.protection is not None:
+            old.protection.engine.watch_gaps()
         try:
-            site = load(self.config_path)
-            check_site(site, self.config_path.parent, str(self.config_path))
+            new = reload.build(self.config_path, clock=self.clock, store=self.store, gateway_class=Gateway)
+            report.build_s = time.monotonic() - started
         except ConfigError as exc:
-            self.reload_failures += 1
             for problem in exc.problems:
                 log.error("reload refused: invalid site file", extra={"file": exc.source, "problem": str(problem)})
-            log.error(
-                "reload refused; the running configuration is kept",
-                extra={"file": exc.source, "problems": len(exc.problems)},
-            )
-            self.notifier.ready(self._status_line())
+            self._reload_refused(report, "validate", f"{len(exc.problems)} problem(s) in {exc.source}: "
+                                 + "; ".join(str(p) for p in exc.problems[:3]))
             return
-        assert self.gateway is not None
-        await self.gateway.stop()
-        self.gateway = Gateway(site, base_dir=self.config_path.parent, clock=self.clock, store=self.store)
-        await self.gateway.start()
+        except Exception as exc:
+            log.exception("reload refused: the new configuration could not be built",
+                          extra={"file": str(self.config_path)})
+            self._reload_refused(report, "build", f"{type(exc).__name__}: {exc}")
+            return
+        report.stage = "retire"
+        keep = reload.unchanged_ieds(old, new)
+        relay: list[tuple[str, dict[str, Any]]] = []
+        await reload.retire(old, keep, relay)
+        report.stage = "hand_over"
+        handing_over = time.monotonic()
+        try:
+            reload.hand_over(old, new, keep, report)
+        except Exception as exc:  # a fault here must not end the process: start from the saved state
+            log.exception("protection hand-over failed; the new configuration starts from the saved state")
+            report.error = f"hand-over failed ({type(exc).__name__}: {exc}); started from the saved state"
+            await reload.retire(old, set(), relay)
+            for task in old._tasks:
+                task.cancel()
+        new.uplink.resync_spool()  # the old uplink spooled and sent until it closed
+        self.gateway = new
+        await new.start()
+        report.hand_over_s = time.monotonic() - handing_over
+        if relay:
+            report.protection_events_relayed = len(relay)
+            try:
+                new.uplink.publish_many(relay)
+            except Exception:
+                log.exception("protection messages of the reload could not be spooled", extra={"count": len(relay)})
+        report.ok, report.stage = True, "done"
+        report.duration_s = time.monotonic() - started
+        if new.protection is not None:
+            engine = new.protection.engine
+
+            def close_gap_window() -> None:
+                report.protection_longest_gap_s = engine.longest_gap_s
+                engine.watch_gaps(False)
+
+            asyncio.get_running_loop().call_later(reload.GAP_WINDOW_S, close_gap_window)
         self.reloads += 1
-        log.info("site file reloaded", extra={"file": str(self.config_path), "points": len(self.gateway.image)})
+        log.info("site file reloaded", extra={"file": str(self.config_path), "points": len(new.image),
+                                              "ieds_kept_running": len(keep),
+                                              "breakers_handed_over": len(report.breakers_handed_over)})
         self.notifier.ready(self._status_line())
+
+    def _reload_refused(self, report: reload.ReloadReport, stage: str, error: str) -> None:
+        self.reload_failures += 1
+        gw = self.gateway
+        if gw is not None and gw.protection is not None:
+            gw.protection.engine.watch_gaps(False)
+        report.stage, report.error = stage, error
+        log.error("reload refused; the running configuration is kept",
+                  extra={"file": str(self.config_path), "stage": stage, "error": error})
+        self.notifier.ready(f"reload refused ({stage}): {error[:200]}; running the previous configuration")
+
+    def _reload_status(self) -> dict[str, Any] | None:
+        return None if self.last_reload is None else self.last_reload.as_dict()
 
     def _status_line(self) -> str:
         gw = self.gateway
@@ -522,35 +591,38 @@ class Server:
     # ------------------------------------------------------------------ control operations
 
     def _register_ops(self) -> None:
-        c = self.control
-        c.register("status", self._op_status)
-        c.register("points.list", self._op_points_list)
-        c.register("points.read", self._op_points_read)
-        c.register_stream("points.watch", self._op_points_watch)
-        c.register("agents.list", lambda: self._gw().agents.runtime.list_agents())
-        c.register("agents.show", lambda id: self._gw().agents.runtime.show(id))
+        """Every operation with the role it needs: viewers read, operators switch, engineers
+        change settings (no settings operation on the socket yet)."""
+        c, viewer, operator = self.control, control.Role.VIEWER, control.Role.OPERATOR
+        c.register("status", self._op_status, viewer)
+        c.register("points.list", self._op_points_list, viewer)
+        c.register("points.read", self._op_points_read, viewer)
+        c.register_stream("points.watch", self._op_points_watch, viewer)
+        c.register("agents.list", lambda: self._gw().agents.runtime.list_agents(), viewer)
+        c.register("agents.show", lambda id: self._gw().agents.runtime.show(id), viewer)
         c.register("agents.request", lambda id, request, **args: self._switching_refusal(
-            lambda: self._gw().agents.request(id, request, origin=_local_origin(), **args)))
-        c.register("reliability", self._op_reliability)
-        c.register("events", self._op_events)
-        c.register("points.history", self._op_points_history)
-        c.register("protection.latency", self._op_protection_latency)
-        c.register("breaker.operate", self._op_breaker_operate)
-        c.register("breaker.select", self._op_breaker_select)
-        c.register("breaker.operate_selected", self._op_breaker_operate_selected)
-        c.register("breaker.cancel", self._op_breaker_cancel)
-        c.register("breaker.status", self._op_breaker_status)
-        c.register("switching.list", lambda: self._gw().switching.sequences())
-        c.register("switching.show", self._op_switching_show)
-        c.register("switching.validate", self._op_switching_validate)
-        c.register("switching.submit", self._op_switching_submit)
-        c.register("switching.approve", lambda id: self._switching_call("approve", id))
-        c.register("switching.abort", lambda id: self._switching_call("abort", id))
-        c.register("switching.network", lambda: self._gw().switching.network.describe())
-        c.register("faults.list", lambda: self._gw().switching.fault_records())
-        c.register("faults.clear", self._op_faults_clear)
-        c.register("tags.add", self._op_tags_add)
-        c.register("tags.remove", self._op_tags_remove)
+            lambda: self._gw().agents.request(id, request, origin=_local_origin(), **args)), operator)
+        c.register("reliability", self._op_reliability, viewer)
+        c.register("events", self._op_events, viewer)
+        c.register("points.history", self._op_points_history, viewer)
+        c.register("protection.latency", self._op_protection_latency, viewer)
+        c.register("protection.gaps", self._op_protection_gaps, viewer)
+        c.register("breaker.operate", self._op_breaker_operate, operator)
+        c.register("breaker.select", self._op_breaker_select, operator)
+        c.register("breaker.operate_selected", self._op_breaker_operate_selected, operator)
+        c.register("breaker.cancel", self._op_breaker_cancel, operator)
+        c.register("breaker.status", self._op_breaker_status, viewer)
+        c.register("switching.list", lambda: self._gw().switching.sequences(), viewer)
+        c.register("switching.show", self._op_switching_show, viewer)
+        c.register("switching.validate", self._op_switching_validate, viewer)
+        c.register("switching.network", lambda: self._gw().switching.network.describe(), viewer)
+        c.register("switching.submit", self._op_switching_submit, operator)
+        c.register("switching.approve", lambda id: self._switching_call("approve", id), operator)
+        c.register("switching.abort", lambda id: self._switching_call("abort", id), operator)
+        c.register("faults.list", lambda: self._gw().switching.fault_records(), viewer)
+        c.register("faults.clear", self._op_faults_clear, operator)
+        c.register("tags.add", self._op_tags_add, operator)
+        c.register("tags.remove", self._op_tags_remove, operator)
 
     def _gw(self) -> Gateway:
         if self.gateway is None:
@@ -560,7 +632,8 @@ class Server:
     def _op_status(self) -> dict[str, Any]:
         status = self._gw().status()
         status.update({"state": "running", "pid": os.getpid(), "config": str(self.config_path),
-                       "reloads": self.reloads, "reload_failures": self.reload_failures})
+                       "reloads": self.reloads, "reload_failures": self.reload_failures,
+                       "last_reload": self._reload_status()})
         return status
 
     def _op_reliability(self, since: float | None = None, until: float | None = None) -> dict[str, Any]:
@@ -581,6 +654,21 @@ class Server:
         if bridge is None:
             return {"queue": [], "wire": []}
         return {"queue": list(bridge.queue_latencies_s), "wire": list(bridge.wire_latencies_s)}
+
+    async def _op_protection_gaps(self, window_s: float = 5.0) -> dict[str, Any]:
+        """The longest interval between two protection evaluations over the next `window_s`
+        (1-60 s) of normal running: the yardstick for a reload's gap (status.last_reload)."""
+        window_s = min(max(float(window_s), 1.0), 60.0)
+        bridge = self._gw().protection
+        if bridge is None:
+            raise KeyError("no protection scheme in the site file")
+        engine = bridge.engine
+        engine.watch_gaps()
+        try:
+            await asyncio.sleep(window_s)
+        finally:
+            engine.watch_gaps(False)
+        return {"window_s": window_s, "longest_gap_s": engine.longest_gap_s}
 
     def _op_breaker_operate(self, breaker: str, action: str, authorised: bool = False, reason: str | None = None,
                             override: Any = None) -> dict[str, Any]:
@@ -729,7 +817,7 @@ def _local_origin() -> Origin:
     """Who is calling on the control socket: the peer's unix user, with the role of its groups."""
     user = control.peer_user()
     who = "local:" + ("".join(c for c in user if c.isalnum() or c in "._-")[:64] or "unknown")
-    return Origin(via=Via.LOCAL, who=who, role=Role.parse(control.peer_role()))
+    return Origin(via=Via.LOCAL, who=who, role=control.peer_identity().role)
 
 
 def _args(**kw: Any) -> dict[str, Any]:

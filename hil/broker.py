@@ -21,16 +21,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hil.ports import reserve_port
+
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 OPENSSL = shutil.which("openssl") or "/usr/bin/openssl"
 _START_TIMEOUT_S = 10.0
+_BIND_TRIES = 3
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback TCP port reserved for this process (see `hil.ports`): no other caller gets it."""
+    return reserve_port()
+
+
+class BindFailed(RuntimeError):
+    """mosquitto could not bind its port (something outside our reservations holds it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +131,7 @@ class Broker:
     def start(self) -> None:
         if self.running:
             return
+        log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         self.process = subprocess.Popen(
             [MOSQUITTO, "-c", str(self.config_path)],
             stdout=subprocess.DEVNULL,
@@ -135,9 +141,13 @@ class Broker:
         for _ in range(2000):
             if self.process.poll() is not None:
                 err = self.process.stderr.read().decode() if self.process.stderr else ""
-                raise RuntimeError(f"mosquitto exited with {self.process.returncode}: {err}{self.log()}")
-            with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), timeout=0.2):
-                return
+                text = f"mosquitto exited with {self.process.returncode}: {err}{self.log()}"
+                self.stop()
+                raise (BindFailed if "Address already in use" in text else RuntimeError)(text)
+            # mosquitto says "running" once every listener is bound: only then is the port ours
+            if " running" in self.log()[log_offset:]:
+                with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), timeout=0.2):
+                    return
             if time.monotonic() > deadline:
                 break
             time.sleep(0.01)
@@ -159,8 +169,16 @@ class Broker:
             proc.stderr.close()
 
     def restart(self) -> None:
+        """Stop and start on the same port (an outage); a failed bind is retried a few times."""
         self.stop()
-        self.start()
+        for attempt in range(_BIND_TRIES):
+            try:
+                self.start()
+                return
+            except BindFailed:
+                if attempt == _BIND_TRIES - 1:
+                    raise
+                time.sleep(0.5)
 
     def log(self) -> str:
         try:
@@ -189,8 +207,14 @@ def run_mosquitto(
     `persistent=True` keeps sessions and queued messages across `restart()` (mosquitto writes
     its database on a clean stop), as a production broker would.
     """
-    broker = Broker(Path(tmp_path), port or free_port(), tls, extra_config, persistent)
-    broker.start()
+    for attempt in range(_BIND_TRIES):
+        broker = Broker(Path(tmp_path), port or free_port(), tls, extra_config, persistent)
+        try:
+            broker.start()
+            break
+        except BindFailed:
+            if port is not None or attempt == _BIND_TRIES - 1:
+                raise
     try:
         yield broker
     finally:

@@ -49,6 +49,8 @@ class BrokerCounter:
         self.last_event = ""
         self.last_protection = ""
         """The last protection event (trip, reclose, lockout): agents' events follow it within a second."""
+        self.events: Counter[str] = Counter()
+        """Every event and alarm seen, as "<source> <kind>" (the summary at the end lists them)."""
         self.results: dict[str, dict[str, Any]] = {}
         """Command results by command id (what SCADA reads on cmd_result/#)."""
         self._lock = threading.Lock()
@@ -75,7 +77,9 @@ class BrokerCounter:
                 if isinstance(values, list | dict):
                     self.values += len(values)
                 if kind in ("events", "alarms"):
-                    self.last_event = f"{payload.get('source', '?')}: {payload.get('kind') or payload.get('message', '')}"
+                    what = payload.get('kind') or payload.get('message', '')
+                    self.last_event = f"{payload.get('source', '?')}: {what}"
+                    self.events[f"{payload.get('source', '?')} {what}"] += 1
                     if str(payload.get("kind", "")).startswith("protection."):
                         self.last_protection = f"{payload.get('source', '?')}: {payload['kind']}"
 
@@ -97,6 +101,8 @@ class Scada:
         self.select_id = ""
         self.hold_until = 0.0
         self.note = ""
+        self.done: list[str] = []
+        """Operations carried out, as "<action> <breaker> ok" or "... refused: why"."""
 
     def step(self, now: float) -> None:
         """Advance by at most one command; called from the demo's refresh loop."""
@@ -109,6 +115,7 @@ class Scada:
             command, action = self.plan.pop(0)
             if not result.get("ok"):
                 self.note = f"SCADA {command} {action} {self.breaker} refused: {result.get('error')}"
+                self.done.append(f"{command} {action} {self.breaker} refused: {result.get('error')}")
                 self.plan.clear()
                 return
             if command == "breaker/select":
@@ -116,6 +123,7 @@ class Scada:
                 self.note = f"SCADA selected {self.breaker} for {action} (select {self.select_id})"
             else:
                 self.note = f"SCADA operated: {action} {self.breaker} (signed command, result ok)"
+                self.done.append(f"{action} {self.breaker} ok")
                 self.hold_until = now + 8.0  # leave it open a while before closing again
         if not self.plan or now < self.hold_until:
             return
@@ -158,6 +166,30 @@ def render(points: list[dict[str, Any]], counter: BrokerCounter, status: dict[st
     return "\n".join(lines)
 
 
+def summary(rig: Rig, counter: BrokerCounter, scada: Scada, positions_seen: set[object]) -> list[str]:
+    """What the demo showed, in a few lines printed at the end (what a reader, or a test, checks)."""
+    with counter._lock:
+        events = sorted(counter.events.items())
+    lines = ["demo: events on the broker: " + (", ".join(f"{e} x{n}" for e, n in events) or "none")]
+    lines.append("demo: SCADA: " + (", ".join(scada.done) or "no command carried out"))
+    seen = sorted("open" if v is False else "closed" if v is True else str(v) for v in positions_seen if v is not None)
+    lines.append(f"demo: {scada.breaker} positions seen: {', '.join(seen) or 'none'}")
+    try:
+        status = rig.daemon_call("status")
+        points = {p["id"]: p["value"] for p in rig.daemon_call("points.read", ids=WATCHED)}
+    except (DaemonNotRunning, ControlError, OSError, json.JSONDecodeError) as exc:
+        lines.append(f"demo: at the end: the daemon did not answer ({exc})")
+        return lines
+    ieds = status.get("ieds", [])
+    pts = status.get("points", {})
+    breakers = ", ".join(f"{b} {'closed' if points.get(f'{b}.closed') else 'open'}"
+                         for b in ("CB-044", "CB-045", "CB-046"))
+    lines.append(
+        f"demo: at the end: {breakers}; IEDs online {sum(1 for i in ieds if i['state'] == 'online')}/{len(ieds)}, "
+        f"points good {pts.get('good', 0)}/{pts.get('total', 0)}, uplink {status.get('uplink', {}).get('state', '?')}")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hil.demo", description=__doc__)
     parser.add_argument("--duration", type=float, default=None,
@@ -188,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
         scada = Scada(counter, key_file.read_bytes().strip(), base, site["substation_id"], "CB-044")
         started = time.monotonic()
         fault_done = False
+        positions_seen: set[object] = set()
+        """Every position of the SCADA breaker read while the demo ran (it must be seen open)."""
+        final: list[str] = []
         note = "values flowing: IEDs → daemon → broker"
         try:
             while not stop.is_set():
@@ -207,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
                 except (DaemonNotRunning, ControlError, OSError, json.JSONDecodeError):
                     stop.wait(0.5)
                     continue
+                positions_seen.update(p["value"] for p in points if p["id"] == f"{scada.breaker}.closed")
                 screen = render(points, counter, status, elapsed, note)
                 if interactive:
                     sys.stdout.write("\x1b[H\x1b[2J" + screen + "\n")
@@ -219,10 +255,17 @@ def main(argv: list[str] | None = None) -> int:
                     if args.scada_at and now > args.scada_at:
                         scada.step(now)
                         note = scada.note or note
+                        if scada.done and len(scada.done) < 2:  # between the open and the close
+                            with contextlib.suppress(DaemonNotRunning, ControlError, OSError, json.JSONDecodeError):
+                                read = rig.daemon_call("points.read", ids=[f"{scada.breaker}.closed"])
+                                positions_seen.update(p["value"] for p in read)
                     stop.wait(0.2)
+            final = summary(rig, counter, scada, positions_seen)
         finally:
             counter.stop()
     total = sum(counter.counts.values())
+    for line in final:
+        print(line, flush=True)
     print(f"demo: stopped. {total} messages arrived on the broker ({counter.values} values).", flush=True)
     return 0 if total > 0 else 1
 

@@ -23,7 +23,7 @@ import tomli_w
 
 from gateway.control import ControlError, DaemonNotRunning, call
 from hil import control as hil_control
-from hil.broker import Broker, TlsFiles, free_port, make_tls_files
+from hil.broker import BindFailed, Broker, TlsFiles, free_port, make_tls_files
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "deploy" / "examples" / "sub-003.toml"
@@ -91,8 +91,16 @@ class Rig:
         broker_dir = self.workdir / "broker"
         broker_dir.mkdir(exist_ok=True)
         # the uplink's TLS listener, and a plain one on loopback for the AMI data concentrators
-        self.broker = Broker(broker_dir, self.tls_port, self.tls, extra_config=f"set_tcp_nodelay true\nlistener {self.ami_port} 127.0.0.1")
-        self.broker.start()
+        for attempt in range(3):
+            self.broker = Broker(broker_dir, self.tls_port, self.tls,
+                                 extra_config=f"set_tcp_nodelay true\nlistener {self.ami_port} 127.0.0.1")
+            try:
+                self.broker.start()
+                break
+            except BindFailed:
+                if attempt == 2:
+                    raise
+                self._move_broker_ports()
         py = sys.executable
         self.hil = self._spawn("hil", [py, "-m", "hil", "serve", "--config", str(self.site_path),
                                        "--control", str(self.hil_socket), *self._hil_args])
@@ -127,6 +135,14 @@ class Rig:
             return bool(self.hil_call("status").get("ready"))
         except (hil_control.ControlError, OSError):
             return False
+
+    def _move_broker_ports(self) -> None:
+        """mosquitto could not bind: take fresh ports and rewrite the site file before anything read it."""
+        self.tls_port, self.ami_port = free_port(), free_port()
+        self.doc["uplink"]["broker_port"] = self.tls_port
+        if "ami" in self.doc:
+            self.doc["ami"]["broker_port"] = self.ami_port
+        self.site_path.write_text(tomli_w.dumps(self.doc))
 
     def restart_daemon(self, *, hard: bool = False, timeout_s: float = 60.0) -> None:
         """Stop the daemon (SIGTERM, or SIGKILL when `hard`) and start it again on the same site."""

@@ -94,6 +94,9 @@ class Adapter(Protocol):
     async def close(self) -> None:
         """Drop the link and fail any queued writes."""
 
+    def set_sink(self, sink: Sink) -> None:
+        """Deliver decoded updates to `sink` from now on (reload hand-over)."""
+
 
 @dataclass(order=True)
 class QueuedWrite:
@@ -167,6 +170,11 @@ class PolledAdapter:
     poll_phase: float = 0.0
     """Fraction of the poll period by which this IED's polls are shifted. The daemon spreads
     its IEDs over the period so their answers do not all land in one burst."""
+
+    def set_sink(self, sink: Sink) -> None:
+        """Deliver decoded updates to `sink` from now on: a reload hands a running adapter, link
+        and queued writes included, to the new configuration when its IED is unchanged."""
+        self._sink = sink
 
     def _init_health(self) -> None:
         self._period = self.cfg.poll_period_ms / 1000.0

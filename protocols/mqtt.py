@@ -266,6 +266,31 @@ class MqttUplink:
 
     # ------------------------------------------------------------------ public API
 
+    def check(self) -> None:
+        """Raise now what would make every connection fail: unreadable or mismatched TLS files
+        (ValueError naming the file). No I/O beyond reading those files."""
+        if self.cfg.transport != "tls":
+            return
+        try:
+            self._tls_context()
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"uplink TLS files (ca_file {self.cfg.ca_file}, cert_file {self.cfg.cert_file}, "
+                             f"key_file {self.cfg.key_file}) cannot be used: {exc}") from None
+
+    def resync_spool(self) -> None:
+        """Re-read the spool's depth, last id and birth/death sequence from the store.
+
+        For an uplink built while another (the configuration it replaces) still spooled and
+        sent: call it after that one closed and before `run()`.
+        """
+        if self._loop is not None:
+            raise RuntimeError("resync_spool() is for an uplink that has not started")
+        self._depth = self.store.spool_depth()
+        self._depth_at_start = self._depth
+        self._last_id = self.store.spool_last_id()
+        last_bdseq = self.store.load_snapshot(BDSEQ_SNAPSHOT)
+        self._bdseq = int(last_bdseq) if isinstance(last_bdseq, int) else -1
+
     def set_birth(self, metrics: list[dict[str, Any]]) -> None:
         """The metric list sent in every birth (id, kind, unit, ...); re-sent now if connected."""
         self._birth_metrics = [dict(m) for m in metrics]

@@ -243,6 +243,23 @@ def test_breaker_locks_out_on_repeated_trips_and_needs_reset() -> None:
     assert actions == [ControlRequest(agent_id="CB-1", point_name="close_cmd", value=True, reason="operator close")]
 
 
+def test_breaker_remembers_only_the_trips_that_decide_its_lockout() -> None:
+    """A storm of trips with resets between them (e.g. a test set or a bench) keeps the
+    memory bounded; the lockout still comes on the trip past the limit."""
+    cb = make_breaker(max_trips_in_period=3, trip_count_period_s=86_400)
+    m = cb.initial_memory(0)
+    lockouts = 0
+    for i in range(500):
+        m, _ = cb.step(m, BreakerInputs(closed=True), 10.0 * i)
+        m, _ = cb.on_protection_event(m, "trip", "50", "A", 9000, 10.0 * i + 1)
+        assert len(m.recent_trips) <= 4
+        if m.state is BreakerState.LOCKED_OUT:
+            lockouts += 1
+            assert len(m.recent_trips) == 4
+            m, _ = cb.request(m, "reset", {}, 10.0 * i + 2)
+    assert m.trip_count == 500 and lockouts == 500 // 4
+
+
 def test_breaker_manual_open_and_maintenance() -> None:
     cb = CircuitBreakerAgent("CB-6", CircuitBreakerAttributes(), command_points=("position_cmd",))
     m, actions = cb.request(cb.initial_memory(0), "open", {}, 1)

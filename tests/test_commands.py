@@ -222,6 +222,26 @@ def test_property_random_maps_never_raise_anything_but_a_refusal(payload: dict[s
         pass
 
 
+def test_a_fault_inside_a_check_is_not_passed_off_as_a_refusal(monkeypatch: pytest.MonkeyPatch,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """The fuzz tests above can fail: a crash in a parser escapes `verify` instead of becoming a
+    refusal. On the MQTT path the service still answers (`failed`) and logs the traceback."""
+    import gateway.commands as commands
+
+    def broken(_command: str, _args: Any) -> dict[str, Any]:
+        raise ZeroDivisionError("a parser bug")
+
+    monkeypatch.setattr(commands, "validate_args", broken)
+    env = sign_command(KEY, "breaker/select", select_args(), "scada-1", NOW)
+    with pytest.raises(ZeroDivisionError):
+        verifier().verify("breaker/select", env, NOW)
+    svc, plant, rec = service()
+    result = svc.handle_mqtt("breaker/select", sign_command(KEY, "breaker/select", select_args(), "scada-1", NOW))
+    assert result["ok"] is False and result["reason"] == "failed" and "a parser bug" in result["error"]
+    assert plant.operated == [] and [t for t, _ in rec.published] == ["cmd_result/breaker/select"]
+    assert any(r.exc_info and r.exc_info[0] is ZeroDivisionError for r in caplog.records)
+
+
 # --------------------------------------------------------------------------- select before operate
 
 

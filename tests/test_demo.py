@@ -1,8 +1,14 @@
 """`make demo` end to end: broker, simulator and daemon come up, values flow, the fault is
-cleared by reclosing, and regional SCADA opens and closes a breaker with signed commands."""
+cleared by reclosing, and regional SCADA opens and closes a breaker with signed commands.
+
+The assertions read the demo's closing summary (every event that reached the broker, the SCADA
+operations, the positions seen and the state at the end), not one screen: a screen shows only
+the last event, and the 27 element's pickup and dropout right after the reclose usually hide it.
+"""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,10 +24,14 @@ def test_demo_runs_the_whole_story(tmp_path: Path) -> None:
     out = result.stdout
     assert result.returncode == 0, result.stderr[-3000:]
     assert "IEDs online 17/17" in out and "points good 185/185" in out and "uplink connected" in out
-    assert "last protection event: CB-045: protection.reclose" in out
-    assert "SCADA operated: open CB-044 (signed command, result ok)" in out
-    assert "SCADA operated: close CB-044 (signed command, result ok)" in out
-    screens = out.split("Stima demo")
-    assert "CB-044.closed                   False" in "".join(screens), "CB-044 was never seen open"
-    assert screens[-1].count("CB-044.closed                    True") == 1, "CB-044 not closed again at the end"
+    summary = {line.split(":", 1)[1].split(":", 1)[0].strip(): line.split(":", 2)[2].strip()
+               for line in out.splitlines() if re.match(r"demo: [^:]+: ", line)}
+    events = summary["events on the broker"]
+    assert re.search(r"CB-045 protection\.trip x\d", events), events
+    assert re.search(r"CB-045 protection\.reclose x1\b", events), events
+    assert "CB-045 protection.lockout" not in events, "a transient fault must not lock the breaker out"
+    assert summary["SCADA"] == "open CB-044 ok, close CB-044 ok"
+    assert summary["CB-044 positions seen"] == "closed, open", "CB-044 was never seen open"
+    assert summary["at the end"] == ("CB-044 closed, CB-045 closed, CB-046 closed; IEDs online 17/17, "
+                                     "points good 185/185, uplink connected")
     assert "messages arrived on the broker" in out

@@ -11,7 +11,6 @@ import contextlib
 import functools
 import logging
 import signal
-import socket
 import sys
 import threading
 import time
@@ -25,6 +24,7 @@ from gateway.clock import SystemClock
 from gateway.config import Iec61850Ied, load
 from gateway.points import PointUpdate, QualityReason, Validity
 from hil.iec61850_server import BayServerProcess
+from hil.ports import reserve_port as free_port
 from protocols import _iec61850_ffi as c
 from protocols.base import CommandError, LinkState
 from protocols.iec61850 import Iec61850Client
@@ -45,12 +45,6 @@ MEASUREMENTS = {
     CMD: True,
 }
 WAIT_S = 15.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

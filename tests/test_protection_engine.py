@@ -458,3 +458,26 @@ def test_any_scheme_either_validates_and_builds_or_is_refused_clearly(reclose, p
         return
     engine = ProtectionEngine([s], backend="native" if "native" in BACKENDS else "reference")
     assert engine.status("CB-1")["reclose_state"] == "ready"
+
+
+def test_reload_hand_over_continues_the_dead_time_and_keeps_changed_schemes_apart(backend: str) -> None:
+    """A live hand-over (same clock), unlike a restart: the dead time in progress ends in its
+    reclose on time; a breaker whose scheme changed is not taken over; the gap is measured."""
+    two = [scheme(), scheme(breaker="CB-2")]
+    engine = ProtectionEngine(two, backend=backend)
+    engine.watch_gaps()
+    feeder = Feeder(engine)
+    feeder.fault_a = 2000.0
+    feeder.run(0.3)
+    assert engine.status("CB-1")["reclose_state"] == "dead_time"
+    remaining = engine.status("CB-1")["timer_remaining_s"]
+    changed = [scheme(), scheme(breaker="CB-2", reclose={"shots": 1, "dead_times_s": [1.0], "reclaim_s": 10.0})]
+    new = ProtectionEngine(changed, backend=backend)
+    assert new.take_over(engine) == ["CB-1"]
+    assert new.status("CB-1")["reclose_state"] == "dead_time" and new.status("CB-1")["shot"] == 1
+    assert new.status("CB-2")["reclose_state"] == "ready"
+    feeder.engine, feeder.fault_a = new, 0.0
+    actions = feeder.run(0.3 + remaining + 0.05)
+    assert [c.reason for c in commands(actions)] == ["reclose"]
+    assert feeder.closed and new.status("CB-1")["reclose_state"] == "reclaim"
+    assert new.longest_gap_s == pytest.approx(0.01, abs=1e-6)  # one sample period: no gap of its own

@@ -357,7 +357,9 @@ class CircuitBreakerAgent(Agent[BreakerState, BreakerEvent]):
                     "overcurrent" if cause in ("phase_fault", "overload", "thermal_overload", "breaker_failure")
                     else cause)
                 m.contact_wear_ka2s += (current_a / 1000.0) ** 2 * a.interrupt_time_s
-                m.recent_trips = [t for t in m.recent_trips if now - t < a.trip_count_period_s] + [now]
+                # bounded: one more than the limit decides the lockout, older trips add nothing
+                m.recent_trips = ([t for t in m.recent_trips if now - t < a.trip_count_period_s]
+                                  + [now])[-(a.max_trips_in_period + 1):]
                 payload = {"breaker": me, "line": self.links.lines[0] if self.links.lines else None,
                            "cause": cause, "element": element, "phase": phase, "fault_current_a": current_a,
                            "trip_count": m.trip_count, "sequence_trips": m.sequence_trips,

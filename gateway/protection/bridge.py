@@ -71,6 +71,10 @@ class ProtectionBridge:
             if point_id in image:
                 image.subscribe(point_id, self._on_sample)
 
+    def save_snapshot(self) -> None:
+        """Write the engine's reclose / lockout / thermal state to the state database now."""
+        self._store.save_snapshot(SNAPSHOT_KEY, self.engine.snapshot(), self._wall())
+
     def _on_sample(self, point: Point, update: PointUpdate) -> None:
         value = update.value
         actions = self.engine.on_sample(point.point_id, value, update.quality.good, update.receive_monotonic)

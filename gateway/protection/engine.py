@@ -148,6 +148,9 @@ class ProtectionEngine:
         """Relays restored mid-timer: remaining seconds, re-based at the next evaluation."""
         self._stale: dict[int, tuple[int, float]] = {}
         """Input slots held not good since a close: slot -> (quality to give back, until)."""
+        self.longest_gap_s = 0.0
+        """Longest time between two evaluations since `watch_gaps()` (a reload is measured so)."""
+        self._watching = False
 
     # ------------------------------------------------------------------ fast path
 
@@ -174,6 +177,8 @@ class ProtectionEngine:
         return self._evaluate(now)
 
     def _evaluate(self, now: float) -> list[ProtectionAction]:
+        if self._watching and self._last_now is not None and now - self._last_now > self.longest_gap_s:
+            self.longest_gap_s = now - self._last_now
         if self._rebase:
             self._apply_rebase(now)
         if self._stale:
@@ -311,6 +316,49 @@ class ProtectionEngine:
                         est = self._core.element_state(idx)
                         est.accumulator = [float(t) for t in theta]
                         self._core.set_element_state(idx, est)
+
+    def watch_gaps(self, on: bool = True) -> None:
+        """From now on (until called with False), keep the longest interval between two
+        evaluations in `longest_gap_s`."""
+        if on:
+            self.longest_gap_s = 0.0
+        self._watching = on
+
+    def take_over(self, old: ProtectionEngine) -> list[str]:
+        """Continue the live state of `old` (same monotonic clock) for every breaker whose scheme
+        is unchanged: reclose sequence and its deadline (a dead time in progress recloses on
+        time), lockout, latches, 50BF, every element's accumulators and timers (51 integration,
+        49 thermal levels), and the latest samples. Breakers with a new or changed scheme keep
+        what `restore()` gave them. Returns the breakers taken over. Sans-IO: call it between
+        the old engine's last evaluation and this one's first."""
+        taken: list[str] = []
+        for breaker, scheme in self.schemes.items():
+            if old.schemes.get(breaker) != scheme:
+                continue
+            mine, theirs = self._relay_of[breaker], old._relay_of[breaker]
+            self._core.set_relay_state(mine, old._core.relay_state(theirs))
+            old_elements = {old._element_names[i]: i for i, es in enumerate(old.settings.elements)
+                            if es.relay == theirs}
+            for idx, es in enumerate(self.settings.elements):
+                if es.relay == mine and self._element_names[idx] in old_elements:
+                    self._core.set_element_state(idx, old._core.element_state(old_elements[self._element_names[idx]]))
+            for channel in range(CHANNELS):
+                self._samples[mine * CHANNELS + channel] = old._samples[theirs * CHANNELS + channel]
+                self._quality[mine * CHANNELS + channel] = old._quality[theirs * CHANNELS + channel]
+            self._rebase.pop(mine, None)
+            if theirs in old._rebase:
+                self._rebase[mine] = old._rebase[theirs]
+            for slot in [s for s in self._stale if s // CHANNELS == mine]:
+                del self._stale[slot]
+            for slot, held in old._stale.items():
+                if slot // CHANNELS == theirs:
+                    self._stale[mine * CHANNELS + slot % CHANNELS] = held
+            taken.append(breaker)
+        if old._last_now is not None:
+            self._last_now = old._last_now  # the first evaluation here measures the hand-over's gap
+        if old._watching:
+            self.longest_gap_s, self._watching = old.longest_gap_s, True
+        return taken
 
     # ------------------------------------------------------------------ internals
 

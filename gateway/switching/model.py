@@ -12,11 +12,17 @@ from dataclasses import dataclass, field
 
 
 class Role(enum.IntEnum):
-    """What an origin may do. Ordered: a higher role may do what a lower one may."""
+    """What an origin may do (through the control socket, SCADA, the HMI). Ordered: a higher
+    role may do what a lower one may; NONE may do nothing."""
 
+    NONE = 0
     VIEWER = 1
     OPERATOR = 2
     ENGINEER = 3
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
 
     @classmethod
     def parse(cls, text: str) -> Role:

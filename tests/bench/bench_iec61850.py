@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
 import sys
 import threading
 import time
@@ -27,6 +26,7 @@ from gateway.clock import SystemClock
 from gateway.config import Iec61850Ied, load
 from gateway.points import PointUpdate
 from hil.iec61850_server import BayServerProcess
+from hil.ports import reserve_port as free_port
 from protocols._iec61850_ffi import FC, ffi, lib
 from protocols.iec61850 import Iec61850Client
 
@@ -37,12 +37,6 @@ LATENCY_SAMPLES = 1000
 BURST_LINES = 5000
 OPERATES = 500
 POLL_READS = 2000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def pct(samples: Sequence[float], q: float) -> float:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import threading
 import warnings
 from collections.abc import Iterator, Sequence
@@ -13,13 +12,14 @@ from typing import Any
 from pymodbus.datastore import ModbusDeviceContext, ModbusSequentialDataBlock, ModbusServerContext
 from pymodbus.server import ModbusTcpServer
 
+from hil.ports import reserve_port
+
 _FC = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port reserved for this process (hil.ports): no other server of the run gets it."""
+    return reserve_port()
 
 
 class ModbusTestServer:
