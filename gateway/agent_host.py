@@ -91,6 +91,13 @@ class AgentHost:
         self._position_step_due = False
         self.carry_out(self.runtime.step_position_changes())
 
+    def resync(self, points: Sequence[Point]) -> None:
+        """Readings carried over from a previous configuration (a reload), without stepping."""
+        for point in points:
+            for agent_id, name in self._feeds.get(point.point_id, ()):
+                self.runtime.on_point(agent_id, name, point.value, point.quality.good,
+                                      point.receive_monotonic or self._monotonic(), step=False)
+
     def on_protection_event(self, event: Any) -> None:
         self.carry_out(self.runtime.on_protection_event(
             event.kind, event.breaker, event.element, event.phase, float(event.current_a or 0.0), event.time

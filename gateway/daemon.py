@@ -615,7 +615,7 @@ class Server:
         c.register("switching.list", lambda: self._gw().switching.sequences(), viewer)
         c.register("switching.show", self._op_switching_show, viewer)
         c.register("switching.validate", self._op_switching_validate, viewer)
-        c.register("switching.network", lambda: self._gw().switching.network.describe(), viewer)
+        c.register("switching.network", lambda: self._gw().switching.network_view(), viewer)
         c.register("switching.submit", self._op_switching_submit, operator)
         c.register("switching.approve", lambda id: self._switching_call("approve", id), operator)
         c.register("switching.abort", lambda id: self._switching_call("abort", id), operator)

@@ -162,6 +162,17 @@ class ProcessImage:
             listener(point, update)
         return point
 
+    def carry(self, old: Point) -> bool:
+        """Take over another image's last state of the same point, telling no listener (a reload
+        keeps an IED running: what it said before is still what it says, and an IED that reports
+        by exception may not say it again). False when this image has no such point."""
+        point = self.points.get(old.point_id)
+        if point is None or old.receive_monotonic is None:
+            return False
+        point.value, point.quality, point.source_time = old.value, old.quality, old.source_time
+        point.receive_time, point.receive_monotonic, point.updates = old.receive_time, old.receive_monotonic, old.updates
+        return True
+
     def apply_many(self, updates: Iterable[PointUpdate]) -> None:
         for update in updates:
             self.apply(update)

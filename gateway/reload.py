@@ -149,6 +149,10 @@ def hand_over(old: Gateway, new: Gateway, keep: set[str], report: ReloadReport) 
         task = next(t for t in old._tasks if t.get_name() == f"ied-{ied_id}")
         old._tasks.remove(task)
         new._tasks.append(task)
+    # what the kept IEDs last said (an IED reporting by exception may not say it again)
+    carried = [p for p in old.image.points.values() if p.source in keep and new.image.carry(p)]
+    new.switching.resync()
+    new.agents.resync(carried)
     report.ieds_kept_running = sorted(keep)
     report.ieds_restarted = sorted(set(new.adapters) - keep)
     from gateway.agents.runtime import restore_from_store

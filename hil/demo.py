@@ -5,8 +5,11 @@ the AMI data concentrators), `stima-hil serve` with the example site SUB-003 and
 `stima-gatewayd` against it. Then shows a live view of key points read from the daemon and a
 count of the messages arriving on the broker, injects a transient fault on LINE-045 so the
 protection trips and recloses CB-045, then plays regional SCADA: signed select-before-operate
-commands over MQTT open CB-044 and close it again. Stops everything on Ctrl-C (or after
---duration).
+commands over MQTT open CB-044 and close it again. Last, a permanent fault in the middle
+section of LINE-045: CB-045 recloses twice and locks out, and FLISR (automatic here) locates
+the fault from the switches' fault-passage indicators, opens the switches around it, closes
+CB-045 again for the first section and picks up the last one through the tie to LINE-046.
+Stops everything on Ctrl-C (or after --duration).
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ import paho.mqtt.client as mqtt
 from gateway.commands import sign_command
 from gateway.control import ControlError, DaemonNotRunning
 from hil.broker import TlsFiles
-from hil.rig import Rig, example_document
+from hil.rig import Rig
+from hil.scenarios.fault_isolation import site as fault_isolation_site
 
 ROOT = Path(__file__).resolve().parents[1]
 WATCHED = [
@@ -37,6 +41,7 @@ WATCHED = [
     "CB-044.ia", "CB-044.closed", "CB-045.ia", "CB-045.closed", "CB-046.ia", "CB-046.closed",
     "XFMR-101.load_kw", "XFMR-101.top_oil_temp_c", "XFMR-101.tap_position",
     "CAP-301.bus_voltage_kv", "CAP-301.steps_active", "SOLAR-201.active_power_kw",
+    "SW-045-1.closed", "SW-045-2.closed", "TIE-045-046.closed",
 ]
 
 
@@ -166,7 +171,22 @@ def render(points: list[dict[str, Any]], counter: BrokerCounter, status: dict[st
     return "\n".join(lines)
 
 
-def summary(rig: Rig, counter: BrokerCounter, scada: Scada, positions_seen: set[object]) -> list[str]:
+def flisr_note(rig: Rig) -> tuple[str | None, dict[str, Any] | None]:
+    """What FLISR is doing now (the latest FLISR sequence), and the sequence once it is over."""
+    seqs = [s for s in rig.daemon_call("switching.list") if s["source"] == "flisr"]
+    if not seqs:
+        return None, None
+    seq = seqs[-1]
+    steps = ", ".join(f"{s['action']} {s['device']}" for s in seq["steps"][:len(seq["results"])])
+    plan = seq["plan"]
+    text = (f"FLISR {seq['status']}: fault located in {', '.join(plan['located_zone'])} by {plan['located_by']}; "
+            f"{steps or 'planning'}; {plan['customers_restored']} of {plan['customers_interrupted']} customers "
+            "restored")
+    return text, seq if seq["status"] in ("done", "failed", "invalid") else None
+
+
+def summary(rig: Rig, counter: BrokerCounter, scada: Scada, positions_seen: set[object],
+            flisr: dict[str, Any] | None = None) -> list[str]:
     """What the demo showed, in a few lines printed at the end (what a reader, or a test, checks)."""
     with counter._lock:
         events = sorted(counter.events.items())
@@ -174,6 +194,12 @@ def summary(rig: Rig, counter: BrokerCounter, scada: Scada, positions_seen: set[
     lines.append("demo: SCADA: " + (", ".join(scada.done) or "no command carried out"))
     seen = sorted("open" if v is False else "closed" if v is True else str(v) for v in positions_seen if v is not None)
     lines.append(f"demo: {scada.breaker} positions seen: {', '.join(seen) or 'none'}")
+    if flisr is not None:
+        plan = flisr["plan"]
+        lines.append(f"demo: FLISR: {flisr['status']}; located {', '.join(plan['located_zone'])}; "
+                     + ", ".join(f"{s['action']} {s['device']}" for s in flisr["steps"])
+                     + f"; {plan['customers_restored']} of {plan['customers_interrupted']} customers restored, "
+                     f"{plan['customers_left_out']} left out")
     try:
         status = rig.daemon_call("status")
         points = {p["id"]: p["value"] for p in rig.daemon_call("points.read", ids=WATCHED)}
@@ -183,7 +209,7 @@ def summary(rig: Rig, counter: BrokerCounter, scada: Scada, positions_seen: set[
     ieds = status.get("ieds", [])
     pts = status.get("points", {})
     breakers = ", ".join(f"{b} {'closed' if points.get(f'{b}.closed') else 'open'}"
-                         for b in ("CB-044", "CB-045", "CB-046"))
+                         for b in ("CB-044", "CB-045", "CB-046", "SW-045-1", "SW-045-2", "TIE-045-046"))
     lines.append(
         f"demo: at the end: {breakers}; IEDs online {sum(1 for i in ieds if i['state'] == 'online')}/{len(ieds)}, "
         f"points good {pts.get('good', 0)}/{pts.get('total', 0)}, uplink {status.get('uplink', {}).get('state', '?')}")
@@ -193,20 +219,22 @@ def summary(rig: Rig, counter: BrokerCounter, scada: Scada, positions_seen: set[
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hil.demo", description=__doc__)
     parser.add_argument("--duration", type=float, default=None,
-                        help="stop after this many seconds (default: until Ctrl-C on a terminal, 50 s otherwise)")
+                        help="stop after this many seconds (default: until Ctrl-C on a terminal, 55 s otherwise)")
     parser.add_argument("--workdir", type=Path, default=ROOT / ".run" / "demo")
     parser.add_argument("--fault-at", type=float, default=15.0, help="inject a transient fault on LINE-045 after N s (0: never)")
     parser.add_argument("--scada-at", type=float, default=25.0,
                         help="open and close CB-044 by signed MQTT commands after N s (0: never)")
+    parser.add_argument("--flisr-at", type=float, default=40.0,
+                        help="a permanent fault in LINE-045's middle section after N s, for FLISR (0: never)")
     args = parser.parse_args(argv)
     interactive = sys.stdout.isatty()
-    duration = args.duration if args.duration is not None else (None if interactive else 50.0)
+    duration = args.duration if args.duration is not None else (None if interactive else 55.0)
     workdir: Path = args.workdir
     print(f"demo: starting broker, simulator and daemon in {workdir} (logs: {workdir}/*.log)", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    doc = example_document()
+    doc = fault_isolation_site()  # the example site, FLISR automatic, CB-045's reclose dead times 0.5 s and 1 s
     workdir.mkdir(parents=True, exist_ok=True)
     key_file = workdir / "command.key"
     if not key_file.exists():
@@ -220,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         scada = Scada(counter, key_file.read_bytes().strip(), base, site["substation_id"], "CB-044")
         started = time.monotonic()
         fault_done = False
+        flisr_fault_done = False
+        flisr_seq: dict[str, Any] | None = None
         positions_seen: set[object] = set()
         """Every position of the SCADA breaker read while the demo ran (it must be seen open)."""
         final: list[str] = []
@@ -236,6 +266,18 @@ def main(argv: list[str] | None = None) -> int:
                         note = "injected a transient 3-phase fault on LINE-045 at 2.3 km: watch CB-045 trip and reclose"
                     except Exception as exc:
                         note = f"fault injection failed: {exc}"
+                if args.flisr_at and not flisr_fault_done and elapsed > args.flisr_at:
+                    flisr_fault_done = True
+                    try:
+                        rig.hil_call("fault", line="LINE-045", distance_m=2700.0, kind="3ph", transient=False)
+                        note = ("injected a permanent 3-phase fault on LINE-045 at 2.7 km (section 2 of 3): "
+                                "watch CB-045 lock out and FLISR restore around it")
+                    except Exception as exc:
+                        note = f"fault injection failed: {exc}"
+                if flisr_fault_done and flisr_seq is None:
+                    with contextlib.suppress(DaemonNotRunning, ControlError, OSError, json.JSONDecodeError):
+                        text, flisr_seq = flisr_note(rig)
+                        note = text or note
                 try:
                     points = rig.daemon_call("points.read", ids=WATCHED)
                     status = rig.daemon_call("status")
@@ -260,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
                                 read = rig.daemon_call("points.read", ids=[f"{scada.breaker}.closed"])
                                 positions_seen.update(p["value"] for p in read)
                     stop.wait(0.2)
-            final = summary(rig, counter, scada, positions_seen)
+            final = summary(rig, counter, scada, positions_seen, flisr_seq)
         finally:
             counter.stop()
     total = sum(counter.counts.values())

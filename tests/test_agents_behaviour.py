@@ -250,7 +250,11 @@ def test_breaker_remembers_only_the_trips_that_decide_its_lockout() -> None:
     m = cb.initial_memory(0)
     lockouts = 0
     for i in range(500):
-        m, _ = cb.step(m, BreakerInputs(closed=True), 10.0 * i)
+        if m.state is not BreakerState.OPEN_MANUAL:  # reclosed by protection after the last trip
+            m, _ = cb.on_protection_event(m, "reclose", "79", "", 0.0, 10.0 * i)
+        else:  # reset after the lockout: closed by the operator
+            m = cb.expect_operation(m, "close", "local:op", 10.0 * i)
+        m, _ = cb.step(m, BreakerInputs(closed=True), 10.0 * i + 0.5)
         m, _ = cb.on_protection_event(m, "trip", "50", "A", 9000, 10.0 * i + 1)
         assert len(m.recent_trips) <= 4
         if m.state is BreakerState.LOCKED_OUT:

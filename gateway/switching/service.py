@@ -78,11 +78,17 @@ class SwitchingService:
         for point_id in self.state.points:
             if point_id in image:
                 image.subscribe(point_id, self._on_point)
-                p = image[point_id]
-                if p.receive_monotonic is not None:
-                    self.state.on_point(point_id, p.value, p.quality.good, p.receive_monotonic)
+        self.resync()
 
     # ------------------------------------------------------------------ inputs
+
+    def resync(self) -> None:
+        """Read the image's present values again (after a reload carried points over)."""
+        for point_id in self.state.points:
+            if point_id in self._image:
+                p = self._image[point_id]
+                if p.receive_monotonic is not None:
+                    self.state.on_point(point_id, p.value, p.quality.good, p.receive_monotonic)
 
     def _on_point(self, point: Any, update: Any) -> None:
         self.state.on_point(point.point_id, update.value, update.quality.good, update.receive_monotonic)
@@ -378,6 +384,27 @@ class SwitchingService:
         return record
 
     # ------------------------------------------------------------------ views
+
+    def network_view(self) -> dict[str, Any]:
+        """The network with each section's energisation and load (live, and the last remembered)."""
+        now = self._monotonic()
+        view = self.network.describe()
+        en = self.network.energise(self.state.configuration())
+        for sec in view["sections"]:
+            live = self.state.section_load(sec["id"])
+            kept = self.state.load_before(sec["id"], now)
+            sec["energised"] = en.energised(sec["id"])
+            sec["load_kw"] = None if live is None else round(live.kva.real, 1)
+            sec["load_kvar"] = None if live is None else round(live.kva.imag, 1)
+            sec["load_method"] = None if live is None else live.method
+            sec["remembered_kw"] = None if kept is None else round(kept.kva.real, 1)
+            sec["remembered_age_s"] = None if kept is None else round(now - kept.time, 1)
+        for dev in view["devices"]:
+            position = self.state.position(dev["id"])
+            dev["position"] = {None: "unknown", True: "closed", False: "open"}[position]
+            dev["current_a"] = self.state.current_a(dev["id"])
+        view["source_voltage_pu"] = self.state.source_voltages()
+        return view
 
     def sequences(self) -> list[dict[str, Any]]:
         return [s.to_dict() for s in sorted(self.runner.sequences.values(), key=lambda s: s.created)]

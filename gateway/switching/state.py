@@ -27,6 +27,7 @@ LOAD_NAMES = {
 }
 LOAD_SIGN = {"transformer": 1.0, "capacitor_bank": -1.0, "renewable_energy": -1.0}
 KEEP_SAMPLES = 600
+SOURCE_PU_RANGE = (0.9, 1.1)
 PLAUSIBLE_LOAD = 1.5
 """A section 'load' above this share of its line's ampacity is a fault current, not remembered."""
 
@@ -108,12 +109,15 @@ class GridState:
         return True if at is not None and at >= since else None
 
     def source_voltages(self) -> dict[str, float]:
-        """Each source's measured voltage in pu (the substation bus), where it is known."""
+        """Each source's measured voltage in pu (the substation bus), where it is known and in its
+        regulated range (a bus sagging under a fault is no basis for an estimate of normal flows)."""
         out = {}
         for src_id, src in self.network.sources.items():
             kv = self._values.get((src_id, "bus_voltage_kv"))
-            if isinstance(kv, int | float) and not isinstance(kv, bool) and kv > 0 and src.nominal_kv > 0:
-                out[src_id] = float(kv) / src.nominal_kv
+            if isinstance(kv, int | float) and not isinstance(kv, bool) and src.nominal_kv > 0:
+                pu = float(kv) / src.nominal_kv
+                if SOURCE_PU_RANGE[0] <= pu <= SOURCE_PU_RANGE[1]:
+                    out[src_id] = pu
         return out
 
     def local(self, device: str) -> bool | None:
