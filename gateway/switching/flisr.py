@@ -190,15 +190,18 @@ class Unusable:
 
 def plan(network: Network, breaker: str, config: Mapping[str, bool | None], location: Location,
          loads_kva: Mapping[str, complex], *, unusable: Mapping[str, str] | None = None,
-         min_voltage_pu: float = 0.95, source_voltage_pu: Mapping[str, float] | None = None) -> Plan:
+         min_voltage_pu: float = 0.95, source_voltage_pu: Mapping[str, float] | None = None,
+         feeder: Iterable[str] | None = None) -> Plan:
     """The switching that isolates `location` and restores what the network can carry.
 
     `config`: every device's position now (the locked-out breaker open). `loads_kva`: each
     section's load before the interruption (and the live load of the others). `unusable`:
-    devices that must not be operated, with why.
+    devices that must not be operated, with why. `feeder`: the nodes the breaker fed when it
+    tripped (default: what it feeds in `config`); a plan made again after a failed step passes
+    it, since its own isolating opens have cut the feeder since.
     """
     bad = dict(unusable or {})
-    order, parent = feeder_tree(network, breaker, config)
+    order = list(feeder) if feeder is not None else feeder_tree(network, breaker, config)[0]
     feeder = set(order)
     notes: list[str] = []
 
@@ -438,7 +441,7 @@ class FlisrController:
             return None
         config = self.state.configuration()
         config[breaker] = False
-        feeder_nodes, _ = feeder_tree(self.network, breaker, config)
+        feeder_nodes = list(record.feeder)  # what the breaker fed when it tripped
         # an indicator latched well before this fault's first trip tells of an earlier event
         indicators = {d: self.state.fpi_since(d, record.started - FPI_WINDOW_S) for d in self.network.devices}
         distance = estimate_distance_m(self.network, breaker, record.current_a, record.voltage_kv)
@@ -469,7 +472,8 @@ class FlisrController:
                 if self.network.devices[d].tie and d not in unusable:
                     unusable[d] = unusable_note
         result = plan(self.network, breaker, config, location, loads, unusable=unusable,
-                      min_voltage_pu=self.settings.min_voltage_pu, source_voltage_pu=self.state.source_voltages())
+                      min_voltage_pu=self.settings.min_voltage_pu, source_voltage_pu=self.state.source_voltages(),
+                      feeder=record.feeder)
         self.plans[record_id] = result
         if not result.steps:
             return result, {}
