@@ -121,8 +121,8 @@ def _permanent(rig: Rig, rec: Recorder, section: dict[str, Any], normal: dict[st
     start = time.time()
     rig.hil_call("fault", line=FEEDER, distance_m=distance, kind="3ph", transient=False)
     rec.note("simulator", f"permanent 3-phase fault on {FEEDER} at {distance:.0f} m ({sec_id})")
-    _wait(rig, lambda: _protection(rig)["locked_out"], f"{BREAKER} lockout")
-    lockout = next(e for e in _events(rig, start) if e["kind"] == "protection.lockout")
+    lockout = _wait(rig, lambda: next((e for e in _events(rig, start) if e["kind"] == "protection.lockout"), None),
+                    f"{BREAKER} lockout (its event)")
     rec.note(BREAKER, "locked out", lockout["time"])
 
     def flisr_done() -> dict[str, Any] | None:

@@ -38,6 +38,9 @@ def bench_site() -> dict[str, Any]:
         if scheme["breaker"] == BREAKER:
             scheme["reclose"] = {"shots": 1, "dead_times_s": [0.2], "trip_curves": ["fast", "delayed"],
                                  "reclaim_s": RECLAIM_S}
+            # fifty faults back to back heat the thermal replica until it trips on every close, as
+            # it should; a timing run leaves it out
+            scheme["elements"].pop("49", None)
     for ied in doc["ieds"]:
         ied["poll_period_ms"] = 100
     return doc
@@ -52,8 +55,8 @@ def one_run(rig: Rig, section: dict[str, Any], normal: dict[str, bool]) -> tuple
     start = time.time()
     rig.hil_call("fault", line=FEEDER, distance_m=(section["from_m"] + section["to_m"]) / 2, kind="3ph",
                  transient=False)
-    rig.wait(lambda: rig.daemon_call("status")["protection"]["breakers"][BREAKER]["locked_out"], "lockout", 30, 0.02)
-    lockout = next(e for e in rig.daemon_call("events", since=start, limit=500) if e["kind"] == "protection.lockout")
+    lockout = rig.wait(lambda: next((e for e in rig.daemon_call("events", since=start, limit=500)
+                                     if e["kind"] == "protection.lockout"), None), "the lockout event", 30, 0.02)
 
     def done() -> dict[str, Any] | None:
         return next((s for s in rig.daemon_call("switching.list") if s["source"] == "flisr"
@@ -96,7 +99,14 @@ def main() -> None:
         time.sleep(3.0)  # loads remembered before the first fault
         checked, energised = [], []
         for n in range(args.runs):
-            a, b = one_run(rig, sections[n % len(sections)], normal)
+            try:
+                a, b = one_run(rig, sections[n % len(sections)], normal)
+            except (TimeoutError, RuntimeError) as exc:
+                events = [(round(e["time"] % 1000, 2), e["source"], e["kind"])
+                          for e in rig.daemon_call("events", since=time.time() - 60, limit=60)]
+                raise RuntimeError(f"run {n + 1}: {exc}; protection "
+                                   f"{rig.daemon_call('status')['protection']['breakers'][BREAKER]}; "
+                                   f"events {events}") from exc
             checked.append(a)
             energised.append(b)
     for name, values in (("lockout → sequence done (checked back)", checked),
