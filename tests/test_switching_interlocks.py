@@ -290,3 +290,13 @@ def test_an_accepted_close_never_energises_a_fault_parallels_or_overloads(
     if newly:
         ld = b.authority.loads_kva(b.now)
         assert not b.network.estimate(config, ld).worse_than(b.network.estimate(before_config, ld))
+
+
+def test_a_far_side_live_that_the_model_cannot_explain_is_a_source_it_does_not_know(b: Bench) -> None:
+    # SW-1-2 open: LINE-1/3 is dead by the model, but SW-1-2 measures 11 kV beyond it (a
+    # neighbour's tie closed onto it): closing would parallel that source
+    b.set_positions({"SW-1-2": False})
+    b.set("SW-1-2.voltage_kv", 11.1)
+    assert refusal(b, op(Kind.CLOSE, "SW-1-2", LOCAL_ENG, override=Override(reason="x"))) == "parallel"
+    b.set("SW-1-2.voltage_kv", 0.02)
+    assert b.authority.request(op(Kind.CLOSE, "SW-1-2"), b.now)

@@ -30,6 +30,8 @@ CLOSE = frozenset({Kind.CLOSE})
 OPEN = frozenset({Kind.OPEN})
 EVERY = frozenset(Kind)
 MAINTENANCE_STATES = frozenset({"Maintenance", "Maintenance_Mode"})
+LIVE_FRACTION = 0.5
+"""A far side measuring more than this share of its nominal voltage is live."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +172,14 @@ def _parallel(ctx: Context) -> str | None:
         what = "two sources" if a != b else "a loop on one source"
         return (f"closing {dev.id} would parallel {what} ({dev.a} fed from {a}, {dev.b} fed from {b}); "
                 "the site file does not allow it for this device")
+    # an open device measures its far side: voltage there that the model cannot explain is a
+    # source it does not know (a neighbour's tie closed, a generator): closing would parallel it
+    far_kv = ctx.state.value(dev.id, "voltage_kv") if ctx.state.position(dev.id) is False else None
+    nominal = ctx.network.sections[dev.b].nominal_kv if dev.b in ctx.network.sections else None
+    if a is not None and b is None and isinstance(far_kv, int | float) and nominal \
+            and far_kv > LIVE_FRACTION * nominal:
+        return (f"{dev.id} measures {far_kv:.2f} kV on its far side ({dev.b}), which nothing known feeds: "
+                "closing would parallel an unknown source")
     return None
 
 
