@@ -355,6 +355,20 @@ class AmiConfig(_Model):
     topic: str = "ami/+/readings"
 
 
+class ForecastConfig(_Model):
+    """The substation's load forecast from the point history (gateway/agents/forecast.py)."""
+
+    enabled: bool = True
+    period_s: float = Field(default=60.0, ge=1.0, le=3600.0)
+    """How often the forecast is made (and published on `…/forecast`)."""
+    horizon_s: float = Field(default=4 * 3600.0, ge=300.0, le=7 * 86400.0)
+    history_days: int = Field(default=7, ge=1, le=60)
+    utc_offset_h: float = Field(default=0.0, ge=-14.0, le=14.0)
+    """The substation's local time (the daily shape is by local time of day)."""
+    trend_window_s: float = Field(default=2 * 3600.0, ge=60.0, le=86400.0)
+    trend_fade_s: float = Field(default=6 * 3600.0, ge=0.0, le=7 * 86400.0)
+
+
 class FlisrConfig(_Model):
     """Fault location, isolation and service restoration (docs/switching.md)."""
 
@@ -409,6 +423,7 @@ class SiteConfig(_Model):
     control: ControlConfig = ControlConfig()
     history: HistoryConfig = HistoryConfig()
     flisr: FlisrConfig = FlisrConfig()
+    forecast: ForecastConfig = ForecastConfig()
     simulation: dict[str, Any] = Field(default_factory=dict)
     """Electrical data for the hardware-in-the-loop simulator; validated by `hil`, ignored here."""
 

@@ -154,6 +154,41 @@ class Gateway:
             self.protection.event_listeners.append(self.switching.on_protection_event)
             self.protection.command_listeners.append(self.switching.on_protection_command)
 
+    async def _forecast_loop(self) -> None:
+        """The substation's load forecast from the point history, once a period: to the substation
+        agent (it acts on a forecast crossing of its high-load level) and on `…/forecast/<id>`."""
+        from gateway.agents.forecast import ForecastSettings, forecast
+        from gateway.agents.schema import SubstationAttributes
+
+        cfg = self.site.forecast
+        settings = ForecastSettings(horizon_s=cfg.horizon_s, days=cfg.history_days, utc_offset_h=cfg.utc_offset_h,
+                                    trend_window_s=cfg.trend_window_s, trend_fade_s=cfg.trend_fade_s)
+        subs = [(a.id, a.points.get("total_load_kw"), SubstationAttributes.model_validate(a.attributes))
+                for a in self.site.agents if a.type.value == "substation"]
+        while True:
+            await asyncio.sleep(cfg.period_s)
+            for sub_id, point, attrs in subs:
+                if not point or point not in self.image:
+                    continue
+                try:
+                    now = self.clock.wall()
+                    rows = await asyncio.to_thread(self.store.history, point, now - cfg.history_days * 86400.0,
+                                                   float("inf"), 200_000)
+                    history = [(r["bucket_start"] + r["interval_s"] / 2.0, r["mean"]) for r in rows
+                               if r["mean"] is not None]
+                    live = self.image[point]
+                    if live.quality.good and isinstance(live.value, int | float):
+                        history.append((now, float(live.value)))
+                    if len(history) < 3:
+                        continue
+                    limit_kw = attrs.high_load_percent / 100.0 * attrs.rated_capacity * 1000.0
+                    made = forecast(history, now, limit_kw=limit_kw, settings=settings)
+                    self.agents.runtime.on_forecast(sub_id, made.crossing_s, made.peak_kw, self.clock.monotonic())
+                    self._publish(f"forecast/{sub_id}", {"time": now, "substation": sub_id, **made.to_dict()},
+                                  retain=True)
+                except Exception:
+                    log.exception("load forecast failed", extra={"substation": sub_id})
+
     async def _switching_loop(self) -> None:
         """Check-backs, sequence steps, FLISR and load samples: woken by position changes and
         requests, and at the next deadline (once a second at least)."""
@@ -256,6 +291,8 @@ class Gateway:
             self._tasks.append(asyncio.create_task(self._protection_clock(), name="protection"))
         self._tasks.append(asyncio.create_task(self._agent_loop(), name="agents"))
         self._tasks.append(asyncio.create_task(self._switching_loop(), name="switching"))
+        if self.site.forecast.enabled:
+            self._tasks.append(asyncio.create_task(self._forecast_loop(), name="forecast"))
         if self.history is not None:
             self._tasks.append(asyncio.create_task(self._history_loop(), name="history"))
         if self.site.ami is not None and self.site.meter_groups:

@@ -303,6 +303,25 @@ def test_substation_forecast_time_to_capacity() -> None:
     assert m.time_to_capacity_s == pytest.approx(3 * 3600, rel=1e-3)
 
 
+def test_substation_acts_on_the_forecast_crossing_before_the_load_gets_there() -> None:
+    sub = make_sub(forecast_lead_s=3600)
+    m, _ = sub.step(sub.initial_memory(0), SubstationInputs(total_load_kw=25_000, total_load_kvar=0), 0)
+    assert m.state is SubstationState.NORMAL_OPERATION
+    # the forecast crosses 90 % (27 MW) in 2 h: not yet
+    m = sub.on_forecast(m, 7200.0, 28_000.0, 10)
+    m, _ = sub.step(m, SubstationInputs(total_load_kw=25_000, total_load_kvar=0), 11)
+    assert m.state is SubstationState.NORMAL_OPERATION
+    # in 40 minutes: the substation asks for transfer and plans now, at 83 % of capacity
+    m = sub.on_forecast(m, 2400.0, 28_000.0, 20)
+    m, actions = sub.step(m, SubstationInputs(total_load_kw=25_000, total_load_kvar=0), 21)
+    assert m.state is SubstationState.HIGH_LOAD and "forecast" in m.history[-1]["cause"]
+    assert any(isinstance(a, BusMessage) and a.kind == "load_transfer_request" for a in actions)
+    # the forecast no longer crosses: the present value decides again
+    m = sub.on_forecast(m, None, 25_500.0, 30)
+    m, _ = sub.step(m, SubstationInputs(total_load_kw=20_000, total_load_kvar=0), 31)
+    assert m.state is SubstationState.NORMAL_OPERATION
+
+
 def test_substation_high_load_plans_shedding_least_critical_first() -> None:
     sub = make_sub(feeder_priority=["L-1", "L-2"], shed_target_percent=80)
     m, actions = sub.step(sub.initial_memory(0), SubstationInputs(total_load_kw=28_500, feeder_loads_kw={

@@ -552,6 +552,12 @@ class AgentRuntime:
 
     # ------------------------------------------------------------------ operator requests
 
+    def on_forecast(self, substation: str, crossing_s: float | None, peak_kw: float, now: float) -> None:
+        """The gateway's load forecast for `substation` (when it crosses its high-load level)."""
+        agent = self.agents.get(substation)
+        if isinstance(agent, SubstationAgent):
+            self.memory[substation] = agent.on_forecast(self.memory[substation], crossing_s, peak_kw, now)  # type: ignore[arg-type]
+
     def request(self, agent_id: str, request: str, now: float, **args: Any) -> list[Action]:
         if agent_id not in self.agents:
             if request == "clear_tamper":

@@ -216,6 +216,9 @@ class SubstationAttributes(_Attrs):
     load_persistence_s: float = Field(default=60.0, ge=0)
     """Load must stay above a threshold this long to count (fault currents are not load)."""
     forecast_window_s: float = Field(default=1800.0, gt=0)
+    forecast_lead_s: float = Field(default=3600.0, ge=0)
+    """Act (High_Load: transfer request, shedding plan, CVR, var support) when the gateway's load
+    forecast crosses `high_load_percent` within this long."""
     """Load history used for the short-horizon forecast (linear trend)."""
     forecast_horizon_s: float = Field(default=3600.0, gt=0)
     voltage_band_pu: tuple[float, float] = (0.975, 1.05)

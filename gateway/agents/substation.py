@@ -98,7 +98,8 @@ class SubstationInputs:
 
 @dataclass
 class SubstationMemory(Memory):
-    TIME_FIELDS: ClassVar[tuple[str, ...]] = ("load_history", "high_load_since", "emergency_load_since")
+    TIME_FIELDS: ClassVar[tuple[str, ...]] = ("load_history", "high_load_since", "emergency_load_since",
+                                              "forecast_made")
 
     load_kw: float = 0.0
     load_kvar: float = 0.0
@@ -113,6 +114,10 @@ class SubstationMemory(Memory):
     transfer_requested: bool = False
     high_load_since: float | None = None
     emergency_load_since: float | None = None
+    forecast_crossing_s: float | None = None
+    """Seconds from the last forecast until the load exceeds `high_load_percent` (None: not within its horizon)."""
+    forecast_peak_kw: float | None = None
+    forecast_made: float | None = None
 
 
 class SubstationAgent(Agent[SubstationState, SubstationEvent]):
@@ -204,6 +209,10 @@ class SubstationAgent(Agent[SubstationState, SubstationEvent]):
         m.emergency_load_since = None if faulted or m.load_percent <= a.emergency_load_percent else (
             m.emergency_load_since if m.emergency_load_since is not None else now)
         high = m.high_load_since is not None and now - m.high_load_since >= a.load_persistence_s
+        # the forecast sees the limit coming: act before the load gets there
+        coming = (not faulted and m.forecast_crossing_s is not None and m.forecast_made is not None
+                  and m.forecast_made + m.forecast_crossing_s - now <= a.forecast_lead_s)
+        high = high or coming
         emergency = m.emergency_load_since is not None and now - m.emergency_load_since >= a.load_persistence_s
         if m.maintenance:
             event, cause = _E.MAINTENANCE_START, "maintenance mode requested"
@@ -215,7 +224,9 @@ class SubstationAgent(Agent[SubstationState, SubstationEvent]):
         elif x.faulted_feeders:
             event, cause = _E.FEEDER_FAULT, f"feeder fault: {', '.join(x.faulted_feeders)}"
         elif high:
-            event, cause = _E.HIGH_LOAD, f"load {m.load_percent:.0f} % of capacity"
+            event, cause = _E.HIGH_LOAD, (f"load {m.load_percent:.0f} % of capacity" if m.high_load_since is not None
+                                          else f"forecast: load above {a.high_load_percent:.0f} % of capacity in "
+                                               f"{max(0.0, (m.forecast_made or now) + (m.forecast_crossing_s or 0.0) - now) / 60:.0f} min")
         elif x.regulating:
             event, cause = _E.REGULATING, f"voltage regulation by {', '.join(x.regulating)}"
         else:
@@ -279,6 +290,13 @@ class SubstationAgent(Agent[SubstationState, SubstationEvent]):
                        urgent=True),
         ]
 
+    def on_forecast(self, memory: SubstationMemory, crossing_s: float | None, peak_kw: float, now: float
+                    ) -> SubstationMemory:
+        """The gateway's load forecast: when the load crosses `high_load_percent`, and its peak."""
+        m = copy.deepcopy(memory)
+        m.forecast_crossing_s, m.forecast_peak_kw, m.forecast_made = crossing_s, peak_kw, now
+        return m
+
     def request(self, memory: SubstationMemory, request: str, args: dict[str, Any], now: float
                 ) -> tuple[SubstationMemory, list[Action]]:
         m = copy.deepcopy(memory)
@@ -295,5 +313,6 @@ class SubstationAgent(Agent[SubstationState, SubstationEvent]):
             "rated_capacity": a.rated_capacity, "current_load": m.load_kw / 1000.0, "load_percentage": m.load_percent,
             "bus_voltage_kv": m.bus_voltage_kv, "load_trend_kw_per_h": m.trend_kw_per_h,
             "time_to_capacity_s": m.time_to_capacity_s, "load_shedding_plan": m.shedding_plan,
+            "forecast_peak_kw": m.forecast_peak_kw, "forecast_crossing_s": m.forecast_crossing_s,
             "num_feeders": a.num_feeders or len(self.feeders), "feeder_agents": sorted(self.feeders),
         }

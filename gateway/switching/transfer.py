@@ -43,7 +43,7 @@ import math
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeGuard
 
 MESSAGE_KINDS = ("request", "offer", "refuse", "accept", "execute", "confirm", "abort")
 REPLY_TIMEOUT_S = 10.0
@@ -358,13 +358,13 @@ class TransferCoordinator:
     def _on_request(self, msg: Message, now: float) -> list[Action]:
         body = msg.body
         tie, load_kw = body.get("tie"), body.get("load_kw")
-        info = self.ties.get(tie) if isinstance(tie, str) else None
         reply = self._send_to
-        if info is None or info.neighbour != msg.sender:
+        info = self.ties.get(tie) if isinstance(tie, str) else None
+        if not isinstance(tie, str) or info is None or info.neighbour != msg.sender:
             return [reply(msg.sender, msg.xid, "refuse", {"reason": f"{tie!r} is not a tie of {self.substation} "
                                                                     f"to {msg.sender}"})]
         if not _number(load_kw) or load_kw <= 0:
-            return [reply(msg.sender, msg.xid, "refuse", {"reason": f"load_kw must be a positive number"})]
+            return [reply(msg.sender, msg.xid, "refuse", {"reason": "load_kw must be a positive number"})]
         if self._busy(tie):
             return [reply(msg.sender, msg.xid, "refuse", {"reason": f"an exchange on {tie} is already under way"})]
         kw, why = self._headroom(tie, float(load_kw))
@@ -465,5 +465,5 @@ class TransferCoordinator:
         return out
 
 
-def _number(value: Any) -> bool:
+def _number(value: Any) -> TypeGuard[float]:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
