@@ -20,8 +20,9 @@ back with `on_result` when an action could not be started at all (nothing to do,
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 ORDER = ("cvr", "capacitors", "demand_response", "der", "transfer", "shed")
 
@@ -152,19 +153,22 @@ class PeakManager:
         return {name: round(self.contributions.get(name, 0.0), 1) for name in ORDER}
 
 
-def shedding_order(feeders: Sequence[dict[str, object]], need_kw: float) -> list[dict[str, object]]:
-    """Feeders to open, fewest customers affected first, until `need_kw` is found. A feeder whose
-    net load is negative (its DER export) never helps; a feeder with a critical customer only
-    when nothing else is left."""
-    usable = [f for f in feeders if float(f.get("load_kw", 0.0)) > 0.0]  # type: ignore[arg-type]
+def shedding_order(feeders: Sequence[Mapping[str, Any]], need_kw: float) -> list[Mapping[str, Any]]:
+    """Feeders to open, fewest customers per kW first, until `need_kw` is found. A feeder whose net
+    load is negative (its DER export) never helps; a feeder with a critical customer only when
+    nothing else is left."""
+    def kw(f: Mapping[str, Any]) -> float:
+        return float(f.get("load_kw", 0.0))
+
+    usable = [f for f in feeders if kw(f) > 0.0]
     plain = [f for f in usable if not f.get("critical_customers")]
     critical = [f for f in usable if f.get("critical_customers")]
-    out: list[dict[str, object]] = []
+    out: list[Mapping[str, Any]] = []
     found = 0.0
     for group in (plain, critical):
-        for f in sorted(group, key=lambda f: (int(f.get("customers", 0)) / max(float(f.get("load_kw", 1.0)), 1.0))):  # type: ignore[arg-type]
+        for f in sorted(group, key=lambda f: int(f.get("customers", 0)) / max(kw(f), 1.0)):
             if found >= need_kw:
                 return out
             out.append(f)
-            found += float(f.get("load_kw", 0.0))  # type: ignore[arg-type]
+            found += kw(f)
     return out
