@@ -46,6 +46,8 @@ class Via(enum.Enum):
     AGENT = "agent"
     """An agent's own decision (tap changer, capacitor controller, DER, shedding)."""
     FLISR = "flisr"
+    TRANSFER = "transfer"
+    """A load transfer agreed with a neighbouring substation (gateway/switching/transfer.py)."""
     PROTECTION = "protection"
 
     @property
@@ -55,7 +57,7 @@ class Via(enum.Enum):
 
     @property
     def automatic(self) -> bool:
-        return self in (Via.AGENT, Via.FLISR, Via.PROTECTION)
+        return self in (Via.AGENT, Via.FLISR, Via.TRANSFER, Via.PROTECTION)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -211,9 +211,12 @@ class Network:
     def energise(self, closed: Mapping[str, bool | None]) -> Energisation:
         """Walk from every source over closed devices and fixed links (breadth-first, stations
         before external sources). A device whose position is unknown (None) feeds nothing, but
-        what it might feed is reported as uncertain."""
-        result = Energisation(source_of={s: s for s in self.sources}, parent={})
-        for src in sorted(self.sources.values(), key=lambda s: s.external):
+        what it might feed is reported as uncertain. An external source mapped to False in
+        `closed` is dead (its tie measures no voltage on that side): it feeds nothing and can be
+        fed."""
+        live = [s for s in self.sources.values() if closed.get(s.id) is not False]
+        result = Energisation(source_of={s.id: s.id for s in live}, parent={})
+        for src in sorted(live, key=lambda s: s.external):
             queue = deque([src.id])
             while queue:
                 node = queue.popleft()
@@ -290,21 +293,22 @@ class Network:
             v_src = {s: 1.0 if source_voltage_pu is None else float(source_voltage_pu) for s in self.sources}
         v: dict[str, complex] = {n: complex(v_src.get(en.source_of.get(n, n), 1.0)) for n in order}
         current: dict[str, complex] = {}
+        fed = [n for n in order if n in en.parent]  # every node but the live sources themselves
         for _ in range(iterations):
             current = {}
-            for node in reversed(order):
-                if node in self.sources:
-                    continue
-                sec = self.sections[node]
+            for node in reversed(fed):
+                # a dead external source fed through its tie is a node with no load and no impedance
+                nominal = self.sections[node].nominal_kv if node in self.sections else self.sources[node].nominal_kv
                 s = loads_kva.get(node, 0j)
-                v_kv = v[node] * sec.nominal_kv
+                v_kv = v[node] * nominal
                 i_load = (s / (SQRT3 * v_kv)).conjugate() if abs(v_kv) > 1e-9 else 0j
                 current[node] = i_load + sum((current[c] for c in children.get(node, [])), 0j)
-            for node in order:
-                if node in self.sources:
-                    continue
+            for node in fed:
                 parent = en.parent[node][0]
-                sec = self.sections[node]
+                sec = self.sections.get(node)
+                if sec is None:
+                    v[node] = v[parent]
+                    continue
                 drop_kv = SQRT3 * sec.z_ohm * current[node] / 1000.0
                 v[node] = v[parent] - drop_kv / sec.nominal_kv
         violations: list[Violation] = []
@@ -315,14 +319,16 @@ class Network:
                 device_current[via] = node_current.get(node, 0.0)
         source_load: dict[str, float] = {}
         for src_id, source in self.sources.items():
-            if src_id not in en.source_of:
+            if src_id not in en.source_of or src_id in en.parent:
                 continue
             total = sum((current[c] for c in children.get(src_id, [])), 0j) * SQRT3 * source.nominal_kv
             source_load[src_id] = abs(total)
             if source.capacity_kva is not None and abs(total) > source.capacity_kva:
                 violations.append(Violation(src_id, "load_kva", abs(total), source.capacity_kva))
         for node, amps in node_current.items():
-            sec = self.sections[node]
+            sec = self.sections.get(node)
+            if sec is None:
+                continue
             if amps > sec.ampacity_a:
                 violations.append(Violation(node, "current_a", amps, sec.ampacity_a))
             vpu = abs(v[node])

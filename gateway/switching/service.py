@@ -72,6 +72,8 @@ class SwitchingService:
         self._recloses = {s.breaker: s.reclose is not None for s in site.protection}
         self._voltage_point = {s.breaker: s.point("voltage_kv") for s in site.protection}
         self._image = image
+        self.outcome_listeners: list[Callable[[Outcome], None]] = []
+        """Told of every operation's check-back (the load-transfer exchange follows its own)."""
         self._last_sample = -1e18
         self._positions_seen = 0
         self._restore()
@@ -294,6 +296,11 @@ class SwitchingService:
     def _outcome(self, outcome: Outcome | None) -> None:
         if outcome is None:
             return
+        for listener in self.outcome_listeners:
+            try:
+                listener(outcome)
+            except Exception:
+                log.exception("switching outcome listener failed", extra={"op_id": outcome.op_id})
         seq = self.runner.outcome(outcome.op_id, outcome.ok, outcome.message, outcome.elapsed_s, self._wall())
         if not outcome.ok:
             self._alarm(outcome.target, "critical" if seq is not None else "major",

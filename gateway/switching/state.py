@@ -27,6 +27,8 @@ LOAD_NAMES = {
 }
 LOAD_SIGN = {"transformer": 1.0, "capacitor_bank": -1.0, "renewable_energy": -1.0}
 KEEP_SAMPLES = 600
+DEAD_FRACTION = 0.1
+"""Below this share of its nominal voltage a side is dead."""
 SOURCE_PU_RANGE = (0.9, 1.1)
 PLAUSIBLE_LOAD = 1.5
 """A section 'load' above this share of its line's ampacity is a fault current, not remembered."""
@@ -134,8 +136,15 @@ class GridState:
         return max(known) if known else None
 
     def configuration(self, assume: Mapping[str, bool] | None = None) -> dict[str, bool | None]:
-        """Every device's position (None when unknown), with `assume` laid over it."""
-        config = {d: self.position(d) for d in self.network.devices}
+        """Every device's position (None when unknown), with `assume` laid over it; an external
+        source whose open tie measures no voltage on its side is dead (`EXT:<tie>` → False)."""
+        config: dict[str, bool | None] = {d: self.position(d) for d in self.network.devices}
+        for dev in self.network.devices.values():
+            ext = f"EXT:{dev.id}"
+            if dev.external_source and ext in self.network.sources and config.get(dev.id) is False:
+                kv = self._values.get((dev.id, "voltage_kv"))
+                if isinstance(kv, int | float) and kv < DEAD_FRACTION * self.network.sources[ext].nominal_kv:
+                    config[ext] = False
         if assume:
             config.update(assume)
         return config

@@ -44,7 +44,8 @@ def _device_points(dev: str, *, breaker: bool) -> dict[str, str]:
 def feeder_site(n_feeders: int = 3, sections: int = 3, *, line_length_m: float = 4000.0, ampacity_a: float = 400.0,
                 section_load_kw: float | list[list[float]] = 900.0, customers: int = 200,
                 function: str = "load_break_switch", ties: str = "chain", critical: dict[str, int] | None = None,
-                external_tie: bool = False, port_base: int = 20000) -> dict[str, Any]:
+                external_tie: bool = False, port_base: int = 20000, substation: str = "SUB-1",
+                external_source: str = "SUB-9/LINE-91", external_tie_points: bool = True) -> dict[str, Any]:
     """A site document (validate with `site_config`). Ids: `CB-<k>`, `LINE-<k>`, `SW-<k>-<s>`
     (before section s+1), `XFMR-<k>-<s>`, `MTR-<k>-<s>`, `TIE-<k>-<k+1>`; k from 1."""
     ieds: list[dict[str, Any]] = []
@@ -53,7 +54,7 @@ def feeder_site(n_feeders: int = 3, sections: int = 3, *, line_length_m: float =
     protection: list[dict[str, Any]] = []
     sim_loads: dict[str, Any] = {}
     port = port_base
-    agents.append({"id": "SUB-1", "type": "substation",
+    agents.append({"id": substation, "type": "substation",
                    "attributes": {"rated_capacity": max(40.0, 4.0 * n_feeders), "secondary_voltage": 11.0,
                                   "num_feeders": n_feeders},
                    "connection_rules": [{"target_id": f"CB-{k}", "canonical_type": "supply"}
@@ -115,13 +116,16 @@ def feeder_site(n_feeders: int = 3, sections: int = 3, *, line_length_m: float =
     if external_tie:
         tie = "TIE-EXT"
         ieds.append(_ied(tie, port, breaker=False))
+        points = _device_points(tie, breaker=False)
+        if not external_tie_points:  # the neighbour operates it: this site only reads it
+            points = {n: p for n, p in points.items() if n in ("closed", "voltage_kv", "ia", "ib", "ic")}
         agents.append({"id": tie, "type": "circuit_breaker",
                        "attributes": {"function": "load_break_switch", "normally_open": True,
-                                      "external_source": "SUB-9/LINE-91"},
-                       "points": _device_points(tie, breaker=False),
+                                      "external_source": external_source},
+                       "points": points,
                        "connection_rules": [{"target_id": f"LINE-{n_feeders}", "canonical_type": "route",
                                              "position_m": line_length_m}]})
-    return {"site": {"region": "test", "substation_id": "SUB-1", "state_dir": "/tmp/stima-test",
+    return {"site": {"region": "test", "substation_id": substation, "state_dir": "/tmp/stima-test",
                      "runtime_dir": "/tmp/stima-test-run"},
             "uplink": {"broker_host": "127.0.0.1", "transport": "tcp"},
             "ieds": ieds, "agents": agents, "meter_groups": groups, "protection": protection,
