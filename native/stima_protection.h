@@ -148,7 +148,8 @@ typedef struct {
     int32_t state;             /* ProtRecloseState */
     int32_t trips;             /* trips in the present sequence */
     double deadline;           /* dead time / reclaim expiry, monotonic s (the reclaim expiry
-                                  moves on every step an element of the relay is picked up) */
+                                  is now + reclaim_s on every step an element of the relay is
+                                  picked up or drops out) */
     double close_onto_fault_until;
     int32_t latched;           /* a trip was issued and its cause has not dropped out */
     int32_t bf_armed;
