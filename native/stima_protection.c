@@ -24,6 +24,9 @@ typedef struct {
     int32_t configured;
     int32_t operated_count;  /* (element, slot) pairs operated after this step's update */
     int32_t operating_good;  /* of which the sample was good on this step */
+    int32_t picked_slots;    /* (element, slot) pairs of the relay picked up now; kept up to
+                                date on every pickup and dropout, so no step has to count */
+    int32_t dropped;         /* a slot of the relay dropped out on this step */
 } Relay;
 
 struct sProtCore {
@@ -259,18 +262,33 @@ static int relay_fast(const Relay* r)
     return (int)((r->s.fast_mask >> (uint32_t)r->st.trips) & 1u);
 }
 
+/* Pickup and dropout of a slot, counted on its relay (the 79 reclaim time runs only while none
+   of the relay's slots is picked up, and not on the step one drops out). */
+static void slot_picks_up(Relay* r, ProtElementState* st, int32_t slot)
+{
+    st->picked[slot] = 1;
+    r->picked_slots++;
+}
+
+static void slot_drops_out(Relay* r, ProtElementState* st, int32_t slot)
+{
+    st->picked[slot] = 0;
+    r->picked_slots--;
+    r->dropped = 1;
+}
+
 /* Definite-time pickup / dropout / operate of one slot: `operate` is the pickup condition,
    `release` the dropout condition (hysteresis between them). */
-static void definite_slot(Sink* sink, Element* e, int32_t idx, int32_t slot, int32_t phase,
-                          double now, double x, int operate, int release)
+static void definite_slot(Sink* sink, Relay* r, Element* e, int32_t idx, int32_t slot,
+                          int32_t phase, double now, double x, int operate, int release)
 {
     ProtElementState* st = &e->st;
     if (!st->picked[slot] && operate) {
-        st->picked[slot] = 1;
+        slot_picks_up(r, st, slot);
         st->since[slot] = now;
         emit(sink, now, e->s.relay, idx, PROT_EV_PICKUP, phase, x);
     } else if (st->picked[slot] && release) {
-        st->picked[slot] = 0;
+        slot_drops_out(r, st, slot);
         st->operated[slot] = 0;
         emit(sink, now, e->s.relay, idx, PROT_EV_DROPOUT, phase, x);
     }
@@ -279,8 +297,8 @@ static void definite_slot(Sink* sink, Element* e, int32_t idx, int32_t slot, int
     }
 }
 
-static void inverse_slot(Sink* sink, Element* e, int32_t idx, int32_t slot, int32_t phase,
-                         double now, double dt, double x, int fast)
+static void inverse_slot(Sink* sink, Relay* r, Element* e, int32_t idx, int32_t slot,
+                         int32_t phase, double now, double dt, double x, int fast)
 {
     const ProtElementSettings* s = &e->s;
     ProtElementState* st = &e->st;
@@ -288,10 +306,10 @@ static void inverse_slot(Sink* sink, Element* e, int32_t idx, int32_t slot, int3
     double tms = fast ? s->fast_tms : s->tms;
     double m = x / s->pickup;
     if (!st->picked[slot] && m > s->start_factor) {
-        st->picked[slot] = 1;
+        slot_picks_up(r, st, slot);
         emit(sink, now, s->relay, idx, PROT_EV_PICKUP, phase, x);
     } else if (st->picked[slot] && m < s->dropout_ratio * s->start_factor) {
-        st->picked[slot] = 0;
+        slot_drops_out(r, st, slot);
         st->operated[slot] = 0;
         emit(sink, now, s->relay, idx, PROT_EV_DROPOUT, phase, x);
     }
@@ -327,8 +345,8 @@ static void inverse_slot(Sink* sink, Element* e, int32_t idx, int32_t slot, int3
     }
 }
 
-static void thermal_slot(Sink* sink, Element* e, int32_t idx, int32_t slot, int32_t phase,
-                         double now, double dt, double x)
+static void thermal_slot(Sink* sink, Relay* r, Element* e, int32_t idx, int32_t slot,
+                         int32_t phase, double now, double dt, double x)
 {
     const ProtElementSettings* s = &e->s;
     ProtElementState* st = &e->st;
@@ -337,10 +355,10 @@ static void thermal_slot(Sink* sink, Element* e, int32_t idx, int32_t slot, int3
     double theta = st->accumulator[slot];
     double tau = theta_inf >= theta ? s->tau_s : s->cooling_tau_s;
     if (!st->picked[slot] && x > s->pickup) {
-        st->picked[slot] = 1;
+        slot_picks_up(r, st, slot);
         emit(sink, now, s->relay, idx, PROT_EV_PICKUP, phase, x);
     } else if (st->picked[slot] && x < s->dropout_ratio * s->pickup) {
-        st->picked[slot] = 0;
+        slot_drops_out(r, st, slot);
         emit(sink, now, s->relay, idx, PROT_EV_DROPOUT, phase, x);
     }
     theta = theta_inf + (theta - theta_inf) * exp(-dt / tau);
@@ -397,13 +415,13 @@ static void update_element(Sink* sink, ProtCore self, int32_t idx, double now, d
         case PROT_ELEM_50P:
         case PROT_ELEM_50N: {
             int active = !s->fast_only || fast;
-            definite_slot(sink, e, idx, slot, phase, now, x, active && x > s->pickup,
+            definite_slot(sink, r, e, idx, slot, phase, now, x, active && x > s->pickup,
                           !active || x < s->pickup * s->dropout_ratio);
             break;
         }
         case PROT_ELEM_51P:
         case PROT_ELEM_51N:
-            inverse_slot(sink, e, idx, slot, phase, now, dt_slot, x, fast);
+            inverse_slot(sink, r, e, idx, slot, phase, now, dt_slot, x, fast);
             break;
         case PROT_ELEM_27: {
             /* Supervised by the breaker position: a dead line behind an open breaker is no
@@ -411,13 +429,13 @@ static void update_element(Sink* sink, ProtCore self, int32_t idx, double now, d
             double pu = x / r->s.nominal_kv;
             int open = sample_good(samples, quality, s->relay, PROT_CH_CLOSED) &&
                        sample(samples, s->relay, PROT_CH_CLOSED) < 0.5;
-            definite_slot(sink, e, idx, slot, phase, now, x, !open && pu < s->pickup,
+            definite_slot(sink, r, e, idx, slot, phase, now, x, !open && pu < s->pickup,
                           open || pu > s->pickup * s->dropout_ratio);
             break;
         }
         case PROT_ELEM_59: {
             double pu = x / r->s.nominal_kv;
-            definite_slot(sink, e, idx, slot, phase, now, x, pu > s->pickup,
+            definite_slot(sink, r, e, idx, slot, phase, now, x, pu > s->pickup,
                           pu < s->pickup * s->dropout_ratio);
             break;
         }
@@ -435,11 +453,11 @@ static void update_element(Sink* sink, ProtCore self, int32_t idx, double now, d
                 operate = !blocked && x > s->pickup;
                 release = blocked || x < s->pickup - s->dropout_ratio;
             }
-            definite_slot(sink, e, idx, slot, phase, now, x, operate, release);
+            definite_slot(sink, r, e, idx, slot, phase, now, x, operate, release);
             break;
         }
         default:
-            thermal_slot(sink, e, idx, slot, phase, now, dt_slot, x);
+            thermal_slot(sink, r, e, idx, slot, phase, now, dt_slot, x);
             break;
         }
         if (e->st.operated[slot]) {
@@ -556,6 +574,11 @@ static void update_relay(Sink* sink, ProtCore self, int32_t relay, double now,
         r->st.deadline = now + r->s.reclaim_s;
         r->st.latched = 0;
         emit(sink, now, relay, -1, PROT_EV_RECLOSE, PROT_PHASE_NONE, i_max);
+    } else if (r->st.state == PROT_AR_RECLAIM && (r->picked_slots > 0 || r->dropped)) {
+        /* A fault is present: the reclaim time restarts in full and runs only from the step
+           on which the last element of the relay dropped out, so a trip on a fault that
+           persists through the reclaim time counts as the next shot of the same sequence. */
+        r->st.deadline = now + r->s.reclaim_s;
     } else if (r->st.state == PROT_AR_RECLAIM && now >= r->st.deadline) {
         r->st.state = PROT_AR_READY;
         r->st.trips = 0;
@@ -594,6 +617,7 @@ ProtStatus ProtCore_step(ProtCore self, double now, const double* samples,
     for (i = 0; i < self->relay_count; i++) {
         self->relays[i].operated_count = 0;
         self->relays[i].operating_good = 0;
+        self->relays[i].dropped = 0;
     }
     for (i = 0; i < self->element_count; i++) {
         update_element(&sink, self, i, now, dt, samples, quality);
@@ -697,13 +721,25 @@ ProtStatus ProtCore_getElementState(ProtCore self, int32_t element, ProtElementS
 
 ProtStatus ProtCore_setElementState(ProtCore self, int32_t element, const ProtElementState* state)
 {
-    int i;
+    int32_t i;
+    Element* e;
+    Relay* r;
     if (self == NULL || state == NULL || element < 0 || element >= self->element_count) {
         return PROT_ERR_ARGUMENT;
     }
     for (i = 0; i < 3; i++) {
         if (!non_negative(state->accumulator[i])) {
             return PROT_ERR_ARGUMENT;
+        }
+    }
+    e = &self->elements[element];
+    r = &self->relays[e->s.relay];
+    for (i = 0; i < slot_count(e->s.kind); i++) {
+        if (e->st.picked[i]) {
+            r->picked_slots--;
+        }
+        if (state->picked[i]) {
+            r->picked_slots++;
         }
     }
     self->elements[element].st = *state;

@@ -21,6 +21,12 @@
  *  - A relay trips (PROT_EV_TRIP per operated element and phase) when an element operates on a
  *    good sample, no earlier trip is still latched and the breaker is not known open; the trip
  *    starts 50BF and the 79 sequence. Every trip of a sequence counts one shot.
+ *  - Reclaim: after a reclosure the sequence resets (shot counter 0) only once the reclaim time
+ *    has run without a break while no element of the relay is picked up: every step on which an
+ *    element is picked up or drops out restarts it in full. A fault still present when the
+ *    reclaim time would have run out thus trips as the next shot (and locks out after the
+ *    last), never as the first trip of a new sequence. The close-onto-fault window after a
+ *    manual close is a fixed time from the close.
  *  - Not thread-safe: one thread per ProtCore.
  *
  * The block between CDEF-BEGIN and CDEF-END is read by the cffi build script: no preprocessor
@@ -85,7 +91,8 @@ typedef enum {
 typedef enum {
     PROT_AR_READY = 0,      /* closed, shot counter 0 */
     PROT_AR_DEAD_TIME = 1,  /* tripped, waiting to reclose */
-    PROT_AR_RECLAIM = 2,    /* reclosed, waiting for the reclaim time to expire */
+    PROT_AR_RECLAIM = 2,    /* reclosed, waiting for the reclaim time to expire (it runs only
+                               while no element of the relay is picked up) */
     PROT_AR_LOCKOUT = 3,    /* 86 latched: only an authorised close re-arms */
     PROT_AR_OPEN = 4        /* opened by hand: no reclose, an ordinary close re-arms */
 } ProtRecloseState;
@@ -104,7 +111,8 @@ typedef struct {
     int32_t shots;                  /* reclosures 0..4; 0 = every trip locks out */
     double dead_time_s[4];          /* dead time before reclosure n+1 */
     uint32_t fast_mask;             /* bit n set: trip n+1 of a sequence on the fast curve */
-    double reclaim_s;               /* reclaim (reset) time after a reclosure */
+    double reclaim_s;               /* reclaim (reset) time after a reclosure, timed without a
+                                       break while no element of the relay is picked up */
     double high_current_lockout_a;  /* trip above this current locks out at once; 0 = off */
     double close_onto_fault_s;      /* a trip this soon after a manual close locks out */
     int32_t bf_enabled;             /* 50BF */
@@ -139,7 +147,9 @@ typedef struct {
 typedef struct {
     int32_t state;             /* ProtRecloseState */
     int32_t trips;             /* trips in the present sequence */
-    double deadline;           /* dead time / reclaim expiry, monotonic s */
+    double deadline;           /* dead time / reclaim expiry, monotonic s (the reclaim expiry
+                                  is now + reclaim_s on every step an element of the relay is
+                                  picked up or drops out) */
     double close_onto_fault_until;
     int32_t latched;           /* a trip was issued and its cause has not dropped out */
     int32_t bf_armed;

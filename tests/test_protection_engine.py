@@ -146,6 +146,29 @@ def test_transient_fault_recloses_and_resets_after_reclaim(backend: str) -> None
     assert engine.status("CB-1")["reclose_state"] == "ready"
 
 
+
+def test_permanent_fault_with_a_reclaim_shorter_than_the_trip_locks_out(backend: str) -> None:
+    """reclaim_s 0.2 s, delayed trips 0.43 s: while the 51 is picked up after a reclose the
+    reclaim time is held at its full value, so the sequence goes on to lockout after
+    shots + 1 trips instead of starting over on every trip."""
+    engine = ProtectionEngine([scheme(reclose={"shots": 2, "dead_times_s": [0.5, 1.0],
+                                               "reclaim_s": 0.2})], backend=backend)
+    feeder = Feeder(engine)
+    feeder.run(1.0)
+    feeder.fault_a = 2000.0  # M = 5: fast 0.214 s, delayed 0.428 s
+    first = feeder.run(2.0)
+    assert [c.reason for c in commands(first)] == ["trip", "reclose"]
+    reclose_t = commands(first)[1].time
+    assert feeder.t - reclose_t > 0.2  # past the reclaim time, the fault still there
+    status = engine.status("CB-1")
+    assert status["reclose_state"] == "reclaim" and status["shot"] == 1
+    assert status["timer_remaining_s"] == pytest.approx(0.2)
+    actions = first + feeder.run(30.0)
+    assert [c.reason for c in commands(actions)] == ["trip", "reclose", "trip", "reclose", "trip"]
+    assert len(events(actions, "lockout")) == 1 and not events(actions, "reset")
+    status = engine.status("CB-1")
+    assert status["locked_out"] and status["shot"] == 3
+
 def test_fast_only_instantaneous_on_first_trip_only(backend: str) -> None:
     engine = ProtectionEngine([scheme()], backend=backend)
     feeder = Feeder(engine)

@@ -17,6 +17,13 @@ Step semantics, per element slot (phase):
   theta >= 1, clears below `reset_theta`.
 Per relay, after every element: a relay trips when an element slot is operated on a good sample,
 no trip is latched and the breaker is not known open; then 50BF and the 79 timers run.
+The reclaim time after a reclosure runs only while no element slot of the relay is picked up (a
+slot whose sample is not good keeps its pickup): every step on which a slot is picked up, or
+drops out, restarts it in full, so the sequence resets only `reclaim_s` after the last dropout,
+and a fault that outlasts the reclaim time trips as the next shot. Restarting rather than
+pausing, as numerical relays do: a fault that comes and goes (arcing, intermittent) must be
+absent for the whole reclaim time before the shot counter is cleared. The close-onto-fault
+window is a fixed time from the manual close.
 """
 
 from __future__ import annotations
@@ -122,13 +129,17 @@ class _Element:
 
 
 class _Relay:
-    __slots__ = ("operated_count", "operating_good", "s", "st")
+    __slots__ = ("dropped", "operated_count", "operating_good", "picked_slots", "s", "st")
 
     def __init__(self, s: RelaySettings) -> None:
         self.s = s
         self.st = RelayState()
         self.operated_count = 0
         self.operating_good = 0
+        # Slots of the relay picked up now, kept up to date on every pickup and dropout (the 79
+        # reclaim time runs only while there is none, and not on the step one drops out).
+        self.picked_slots = 0
+        self.dropped = False
 
 
 class ReferenceCore:
@@ -165,6 +176,7 @@ class ReferenceCore:
         for r in self.relays:
             r.operated_count = 0
             r.operating_good = 0
+            r.dropped = False
         for idx, e in enumerate(self.elements):
             self._update_element(out, idx, e, now, dt, x, good)
         for i, r in enumerate(self.relays):
@@ -213,6 +225,9 @@ class ReferenceCore:
         if not all(_non_negative(a) for a in state.accumulator):
             raise CoreError(f"accumulators must be finite and >= 0: {state.accumulator}")
         e = self.elements[element]
+        r = self.relays[e.s.relay]
+        for slot in range(slot_count(e.s.kind)):
+            r.picked_slots += int(bool(state.picked[slot])) - int(e.st.picked[slot])
         e.st = ElementState(list(state.accumulator), list(state.since),
                             [bool(p) for p in state.picked], [bool(o) for o in state.operated])
         e.was_good = [False, False, False]
@@ -253,20 +268,20 @@ class ReferenceCore:
             kind = s.kind
             if kind in (ElementKind.P50, ElementKind.N50):
                 active = (not s.fast_only) or fast
-                self._definite(out, e, idx, slot, phase, now, v, active and v > s.pickup,
+                self._definite(out, r, e, idx, slot, phase, now, v, active and v > s.pickup,
                                (not active) or v < s.pickup * s.dropout_ratio)
             elif kind in (ElementKind.P51, ElementKind.N51):
-                self._inverse(out, e, idx, slot, phase, now, dt_slot, v, fast)
+                self._inverse(out, r, e, idx, slot, phase, now, dt_slot, v, fast)
             elif kind == ElementKind.UV27:
                 # Supervised by the breaker position: a dead line behind an open breaker is no
                 # undervoltage (and must not trip the breaker the moment it closes).
                 pu = v / r.s.nominal_kv
                 is_open = good[base + Channel.CLOSED] and x[base + Channel.CLOSED] < 0.5
-                self._definite(out, e, idx, slot, phase, now, v, (not is_open) and pu < s.pickup,
+                self._definite(out, r, e, idx, slot, phase, now, v, (not is_open) and pu < s.pickup,
                                is_open or pu > s.pickup * s.dropout_ratio)
             elif kind == ElementKind.OV59:
                 pu = v / r.s.nominal_kv
-                self._definite(out, e, idx, slot, phase, now, v, pu > s.pickup,
+                self._definite(out, r, e, idx, slot, phase, now, v, pu > s.pickup,
                                pu < s.pickup * s.dropout_ratio)
             elif kind in _FREQUENCY:
                 blocked = s.block_below_pu > 0.0 and \
@@ -277,40 +292,51 @@ class ReferenceCore:
                 else:
                     operate = (not blocked) and v > s.pickup
                     release = blocked or v < s.pickup - s.dropout_ratio
-                self._definite(out, e, idx, slot, phase, now, v, operate, release)
+                self._definite(out, r, e, idx, slot, phase, now, v, operate, release)
             else:
-                self._thermal(out, e, idx, slot, phase, now, dt_slot, v)
+                self._thermal(out, r, e, idx, slot, phase, now, dt_slot, v)
             if e.st.operated[slot]:
                 r.operated_count += 1
                 r.operating_good += 1
 
     @staticmethod
-    def _definite(out: list[RawEvent], e: _Element, idx: int, slot: int, phase: Phase, now: float,
-                  v: float, operate: bool, release: bool) -> None:
+    def _picks_up(r: _Relay, st: ElementState, slot: int) -> None:
+        st.picked[slot] = True
+        r.picked_slots += 1
+
+    @staticmethod
+    def _drops_out(r: _Relay, st: ElementState, slot: int) -> None:
+        st.picked[slot] = False
+        r.picked_slots -= 1
+        r.dropped = True
+
+    @classmethod
+    def _definite(cls, out: list[RawEvent], r: _Relay, e: _Element, idx: int, slot: int,
+                  phase: Phase, now: float, v: float, operate: bool, release: bool) -> None:
         st = e.st
         if not st.picked[slot] and operate:
-            st.picked[slot] = True
+            cls._picks_up(r, st, slot)
             st.since[slot] = now
             out.append(RawEvent(now, e.s.relay, idx, EventKind.PICKUP, phase, v))
         elif st.picked[slot] and release:
-            st.picked[slot] = False
+            cls._drops_out(r, st, slot)
             st.operated[slot] = False
             out.append(RawEvent(now, e.s.relay, idx, EventKind.DROPOUT, phase, v))
         if st.picked[slot] and not st.operated[slot] and now - st.since[slot] >= e.s.delay_s:
             st.operated[slot] = True
 
-    @staticmethod
-    def _inverse(out: list[RawEvent], e: _Element, idx: int, slot: int, phase: Phase, now: float,
-                 dt: float, v: float, fast: bool) -> None:
+    @classmethod
+    def _inverse(cls, out: list[RawEvent], r: _Relay, e: _Element, idx: int, slot: int,
+                 phase: Phase, now: float, dt: float, v: float, fast: bool) -> None:
         s, st = e.s, e.st
         curve = s.fast_curve if fast else s.curve
         tms = s.fast_tms if fast else s.tms
         m = v / s.pickup
         if not st.picked[slot] and m > s.start_factor:
-            st.picked[slot] = True
+            cls._picks_up(r, st, slot)
             out.append(RawEvent(now, s.relay, idx, EventKind.PICKUP, phase, v))
         elif st.picked[slot] and m < s.dropout_ratio * s.start_factor:
-            st.picked[slot] = False
+            cls._drops_out(r, st, slot)
             st.operated[slot] = False
             out.append(RawEvent(now, s.relay, idx, EventKind.DROPOUT, phase, v))
         acc = st.accumulator
@@ -337,19 +363,19 @@ class ReferenceCore:
             if st.picked[slot]:
                 st.operated[slot] = True
 
-    @staticmethod
-    def _thermal(out: list[RawEvent], e: _Element, idx: int, slot: int, phase: Phase, now: float,
-                 dt: float, v: float) -> None:
+    @classmethod
+    def _thermal(cls, out: list[RawEvent], r: _Relay, e: _Element, idx: int, slot: int,
+                 phase: Phase, now: float, dt: float, v: float) -> None:
         s, st = e.s, e.st
         ratio = v / s.pickup
         theta_inf = ratio * ratio
         theta = st.accumulator[slot]
         tau = s.tau_s if theta_inf >= theta else s.cooling_tau_s
         if not st.picked[slot] and v > s.pickup:
-            st.picked[slot] = True
+            cls._picks_up(r, st, slot)
             out.append(RawEvent(now, s.relay, idx, EventKind.PICKUP, phase, v))
         elif st.picked[slot] and v < s.dropout_ratio * s.pickup:
-            st.picked[slot] = False
+            cls._drops_out(r, st, slot)
             out.append(RawEvent(now, s.relay, idx, EventKind.DROPOUT, phase, v))
         theta = theta_inf + (theta - theta_inf) * math.exp(-dt / tau)
         st.accumulator[slot] = theta
@@ -391,6 +417,11 @@ class ReferenceCore:
             st.deadline = now + r.s.reclaim_s
             st.latched = False
             out.append(RawEvent(now, i, -1, EventKind.RECLOSE, Phase.NONE, i_max))
+        elif st.state == RecloseState.RECLAIM and (r.picked_slots > 0 or r.dropped):
+            # A fault is present: the reclaim time restarts in full and runs only from the step
+            # on which the last element of the relay dropped out, so a trip on a fault that
+            # persists through the reclaim time counts as the next shot of the same sequence.
+            st.deadline = now + r.s.reclaim_s
         elif st.state == RecloseState.RECLAIM and now >= st.deadline:
             st.state = RecloseState.READY
             st.trips = 0

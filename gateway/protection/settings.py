@@ -171,6 +171,8 @@ class Reclose79(_Strict):
     trip_curves: list[Literal["fast", "delayed"]] | None = None
     """Curve per trip of a sequence; default: first trip fast, the rest delayed."""
     reclaim_s: float = Field(default=30.0, gt=0, le=600)
+    """After a reclose, the sequence resets once this long has passed with no element of the
+    breaker picked up (a pickup restarts it): a fault present through it trips the next shot."""
     high_current_lockout_a: float | None = Field(default=None, gt=0)
     close_onto_fault_s: float | None = Field(default=None, ge=0, le=600)
     """A trip this soon after a manual close locks out; default: the reclaim time."""
