@@ -385,7 +385,7 @@ class SwitchingAuthority:
         out: dict[str, complex] = {}
         for section in self.network.sections:
             live = self.state.section_load(section)
-            if live is not None and abs(live.kva) > 0.0:
+            if live is not None and abs(live.kva) > 0.0 and self.state.plausible_load(section, live.kva):
                 out[section] = live.kva
                 continue
             remembered = self.state.load_before(section, now)

@@ -207,13 +207,14 @@ class GridState:
             if section in skip or section not in self._history:
                 continue
             sample = self.section_load(section)
-            if sample is None:
-                continue
-            sec = self.network.sections[section]
-            amps = abs(sample.kva) / (SQRT3 * sec.nominal_kv)
-            if amps > PLAUSIBLE_LOAD * sec.ampacity_a:
+            if sample is None or not self.plausible_load(section, sample.kva):
                 continue  # a fault current, not a load
             self._history[section].append(LoadSample(now, sample.kva, sample.method))
+
+    def plausible_load(self, section: str, kva: complex) -> bool:
+        """Whether `kva` can be the section's load (far beyond its line's ampacity it is a fault)."""
+        sec = self.network.sections[section]
+        return abs(kva) / (SQRT3 * sec.nominal_kv) <= PLAUSIBLE_LOAD * sec.ampacity_a
 
     def load_before(self, section: str, time: float) -> LoadSample | None:
         """The last load remembered for `section` at or before `time` (monotonic s)."""
