@@ -152,6 +152,7 @@ def hand_over(old: Gateway, new: Gateway, keep: set[str], report: ReloadReport) 
     # what the kept IEDs last said (an IED reporting by exception may not say it again)
     carried = [p for p in old.image.points.values() if p.source in keep and new.image.carry(p)]
     new.switching.resync()
+    new.switching.take_over(old.switching)
     new.agents.resync(carried)
     report.ieds_kept_running = sorted(keep)
     report.ieds_restarted = sorted(set(new.adapters) - keep)

@@ -84,6 +84,29 @@ class SwitchingService:
 
     # ------------------------------------------------------------------ inputs
 
+    def take_over(self, old: SwitchingService) -> None:
+        """A reload: carry over what is in flight in the running configuration — sequences,
+        pending check-backs, selections and FLISR's plans — where the devices they name still
+        exist (fault records and tags come back from the state database anyway)."""
+        known = set(self.network.devices)
+        keep = {sid: seq for sid, seq in old.runner.sequences.items()
+                if all(step.device in known for step in seq.steps)}
+        self.runner.sequences.update(keep)
+        self.runner._in_flight.update({op: e for op, e in old.runner._in_flight.items() if e[0] in keep})
+        self.runner._busy |= {sid for sid in old.runner._busy if sid in keep}
+        self.authority._pending.update({op: p for op, p in old.authority._pending.items()
+                                        if p.accepted.operation.target in known})
+        self.authority.sbo = old.authority.sbo
+        self.flisr.plans.update(old.flisr.plans)
+        self.flisr._due.update({b: d for b, d in old.flisr._due.items() if b in known})
+        self.flisr._attempts.update(old.flisr._attempts)
+        self.flisr._failed.update(old.flisr._failed)
+        dropped = len(old.runner.sequences) - len(keep)
+        if dropped:
+            log.warning("sequences naming devices the new site file no longer has were not carried over",
+                        extra={"dropped": dropped})
+        self._wake()
+
     def resync(self) -> None:
         """Read the image's present values again (after a reload carried points over)."""
         for point_id in self.state.points:
