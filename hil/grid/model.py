@@ -247,7 +247,12 @@ class GridModel:
         self._pending: list[tuple[float, int, str, bool]] = []
         self._event_seq = 0
         self.substation_id = ""
+        """The first substation (the one a single-site model has)."""
+        self.substation_ids: list[str] = []
+        self._station_bus_of: dict[str, int] = {}
         self.station_bus = 0
+        self._reference_pu = settings.source_voltage_pu
+        """EMF of the first substation's grid: the root of the one tree holding every source."""
         self.source_bus = 0
         self._agent_types: dict[str, AgentType] = {}
         self._agents: dict[str, AgentConfig] = {}
@@ -306,24 +311,38 @@ class GridModel:
         self._agents = agents
         self._agent_types = {a.id: a.type for a in site.agents}
         subs = [a for a in site.agents if a.type is AgentType.SUBSTATION]
-        if len(subs) != 1:
-            raise ValueError(f"the simulator needs exactly one substation agent, found {len(subs)}")
-        sub = subs[0]
-        self.substation_id = sub.id
+        if not subs:
+            raise ValueError("the simulator needs a substation agent, found none")
+        self.substation_id = subs[0].id
+        self.substation_ids = [sub.id for sub in subs]
         self._layout = layout = site_layout(site)
         self._device_attrs = {a.id: CircuitBreakerAttributes.model_validate(a.attributes)
                               for a in site.agents if a.type is AgentType.CIRCUIT_BREAKER}
-        sub_attrs = SubstationAttributes.model_validate(sub.attributes)
-        kv = s.nominal_kv or sub_attrs.secondary_voltage
         net = self.net
-        self.source_bus = net.add_bus("source", kv)
-        self.station_bus = net.add_bus(sub.id, kv)
-        z_abs = kv ** 2 / s.source_sc_mva
-        r = z_abs / math.sqrt(1.0 + s.source_x_r ** 2)
-        z_src = complex(r, r * s.source_x_r)
-        net.add_branch("source", self.source_bus, self.station_bus, z_src, kind=BranchKind.SOURCE,
-                       z0_ohm=z_src * s.source_z0_z1)
-        self._source_names[self.station_bus] = sub.id
+        first_pu = 1.0
+        for n, sub in enumerate(subs):
+            # each substation: its grid's EMF behind its fault level; the first is the reference,
+            # the others hang from it by an ideal ratio (as external sources do), so one tree holds all
+            src = s.source(sub.id)
+            kv = src.nominal_kv or SubstationAttributes.model_validate(sub.attributes).secondary_voltage
+            if n == 0:
+                self.source_bus = emf = net.add_bus("source", kv)
+                first_pu = src.source_voltage_pu
+                name = "source"
+            else:
+                emf = net.add_bus(f"{sub.id}/source", kv)
+                net.add_branch(f"{sub.id}/emf", self.source_bus, emf, 0j, ratio=src.source_voltage_pu / first_pu,
+                               kind=BranchKind.IDEAL)
+                name = f"{sub.id}/grid"
+            station = net.add_bus(sub.id, kv)
+            z_abs = kv ** 2 / src.source_sc_mva
+            r = z_abs / math.sqrt(1.0 + src.source_x_r ** 2)
+            z_src = complex(r, r * src.source_x_r)
+            net.add_branch(name, emf, station, z_src, kind=BranchKind.SOURCE, z0_ohm=z_src * src.source_z0_z1)
+            self._station_bus_of[sub.id] = station
+            self._source_names[station if n == 0 else emf] = sub.id
+        self.station_bus = self._station_bus_of[subs[0].id]
+        self._reference_pu = first_pu
 
         children: dict[str, list[str]] = {a.id: [] for a in site.agents}
         ties: list[tuple[str, str]] = []
@@ -345,10 +364,10 @@ class GridModel:
                          for r in a.connection_rules
                          if r.canonical_type is CanonicalType.ROUTE and r.normally_open}
 
-        attach: dict[str, int] = {sub.id: self.station_bus}
-        upstream_switch: dict[str, str | None] = {sub.id: None}
-        visited = {sub.id}
-        queue = deque([sub.id])
+        attach: dict[str, int] = dict(self._station_bus_of)
+        upstream_switch: dict[str, str | None] = {sid: None for sid in self.substation_ids}
+        visited = set(self.substation_ids)
+        queue = deque(self.substation_ids)
         order: list[str] = []
         while queue:
             parent_id = queue.popleft()
@@ -387,7 +406,7 @@ class GridModel:
                      and a.type is not AgentType.SMART_METER]
         if unreached:
             log.warning("agents not reachable from %s by supply edges, left out of the model: %s",
-                        sub.id, ", ".join(unreached))
+                        ", ".join(self.substation_ids), ", ".join(unreached))
         for line_a, line_b in ties:
             if line_a in self.lines and line_b in self.lines:
                 tie_id = f"TIE-{line_a}-{line_b}"
@@ -523,7 +542,7 @@ class GridModel:
             kv = self.net.buses[bus1].base_kv
             emf = self.net.add_bus(f"{tie.device}/source", kv)
             emf_branch = self.net.add_branch(f"{tie.device}/emf", self.source_bus, emf, 0j,
-                                             ratio=ext.voltage_pu / s.source_voltage_pu, kind=BranchKind.IDEAL)
+                                             ratio=ext.voltage_pu / self._reference_pu, kind=BranchKind.IDEAL)
             far = self.net.add_bus(f"{tie.device}/{tie.external_source}", kv)
             z_abs = kv ** 2 / ext.sc_mva
             r = z_abs / math.sqrt(1.0 + ext.x_r ** 2)
@@ -589,10 +608,14 @@ class GridModel:
             scaled[-1] += meters - sum(scaled)
             counts = dict(zip(ids, scaled, strict=True))
 
+        feeding = {t.id for t in self.transformers.values()
+                   if any(t.bus in (br.from_bus, br.to_bus) and br.name != t.id for br in self.net.branches)}
         for t in self.transformers.values():
             groups = groups_by_xfmr.get(t.id, [])
             own = s.loads.get(t.id, LoadSettings())
             default_peak = 0.6 * t.rated_kva * own.power_factor
+            if not groups and t.id in feeding and t.id not in s.loads:
+                continue  # a station transformer: the loads of what it feeds stand for it
             if not groups:
                 self._loads.append(_Load(t.id, t.bus, own.peak_kw if own.peak_kw is not None else default_peak,
                                          own.power_factor, shape_for(own, LoadProfileName.RESIDENTIAL),
@@ -638,7 +661,8 @@ class GridModel:
 
     def _owners(self, bus: int) -> set[str]:
         """Lines, breakers and the substation upstream of `bus` in the as-built (normal) topology."""
-        owners = {self.substation_id}
+        owners: set[str] = set()
+        station_of = {b: sid for sid, b in self._station_bus_of.items()}
         parents: dict[int, tuple[int, str, BranchKind]] = {}
         ties = (DeviceRole.TIE, DeviceRole.EXTERNAL_TIE)
         for br in self.net.branches:
@@ -647,12 +671,18 @@ class GridModel:
             if br.kind is not BranchKind.SWITCH or (br.name in self.breakers and self.breakers[br.name].role not in ties):
                 parents[br.to_bus] = (br.from_bus, br.name, br.kind)
         line_of_branch_prefix = set(self.lines)
-        while bus in parents:
+        while True:
+            if bus in station_of:
+                owners.add(station_of[bus])
+            if bus not in parents:
+                break
             parent, name, kind = parents[bus]
             base = name.split(":", 1)[0]
             if base in line_of_branch_prefix or name in self.breakers or kind is BranchKind.TRANSFORMER:
                 owners.add(base)
             bus = parent
+        if not owners & set(self.substation_ids):
+            owners.add(self.substation_id)
         return owners
 
     def _build_meters(self) -> None:
@@ -713,7 +743,7 @@ class GridModel:
         self._point_sources = [(pid, a, n) for pid, (a, n) in produced.items()]
 
     def _modelled(self) -> set[str]:
-        return ({self.substation_id} | set(self.breakers) | set(self.lines) | set(self.transformers)
+        return (set(self.substation_ids) | set(self.breakers) | set(self.lines) | set(self.transformers)
                 | set(self.capacitors) | set(self.ders))
 
     # ------------------------------------------------------------------ time
@@ -868,7 +898,7 @@ class GridModel:
             v_ratio = self.net.buses[cap.bus].base_kv / cap.attrs.voltage_level
             y_pu[cap.bus] += 1j * q_mvar * v_ratio ** 2 / self.net.base_mva
 
-        v0 = complex(s.source_voltage_pu)
+        v0 = complex(self._reference_pu)
         start = self._result.voltage_pu if self._result is not None else None
         try:
             result = solve(tree, s_pu, y_pu, v0, tolerance_pu=s.tolerance_pu, v_start_pu=start)
@@ -1343,7 +1373,7 @@ class GridModel:
         if self._dirty:
             self._solve(self._now)
         e = self._energised
-        out = {self.substation_id: bool(e[self.station_bus])}
+        out = {sid: bool(e[bus]) for sid, bus in self._station_bus_of.items()}
         for line in self.lines.values():
             out[line.id] = bool(e[line.start_bus] or any(e[seg[3]] for seg in line.segments))
         for device in self.breakers.values():
@@ -1389,9 +1419,9 @@ class GridModel:
         kind = self._agent_types[agent_id]
         if kind is AgentType.SUBSTATION:
             # the incomer meter sits on the station bus, after the grid's source impedance
-            bus = self.station_bus
+            bus = self._station_bus_of[agent_id]
             s = complex(self._v[bus] * np.conj(self._i1[bus])) * self.net.base_mva * 1000.0
-            return {"bus_voltage_kv": self._kv(self.station_bus), "total_load_kw": s.real,
+            return {"bus_voltage_kv": self._kv(bus), "total_load_kw": s.real,
                     "total_load_kvar": s.imag, "frequency_hz": self._frequency_hz}
         if kind is AgentType.CIRCUIT_BREAKER:
             cb = self.breakers[agent_id]
