@@ -1,6 +1,6 @@
 """`stima-hil`: run the simulated substation, and inject events into a running one.
 
-    stima-hil serve --config SITE.toml [--speed 1.0] [--seed 0] [--meters N] [--control PATH]
+    stima-hil serve --config SITE.toml [--config NEIGHBOUR.toml ...] [--speed 1.0] [--seed 0] [--meters N] [--control PATH]
     stima-hil inject fault LINE-045 --distance 2300m --type 3ph [--transient] [--impedance 0.5]
     stima-hil inject commloss IED-CB-045 --for 30s
     stima-hil inject loadstep XFMR-101 --factor 1.3
@@ -52,7 +52,9 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", parents=[common],
                            help="serve every IED of a site file from the simulated substation")
-    serve.add_argument("--config", required=True, type=Path, help="site file (TOML)")
+    serve.add_argument("--config", required=True, type=Path, action="append",
+                       help="site file (TOML); give it once per substation to serve neighbouring substations "
+                            "from one model (their shared ties joined)")
     serve.add_argument("--speed", type=float, default=1.0,
                        help="simulated seconds per real second; 0 = as fast as possible (default 1)")
     serve.add_argument("--seed", type=int, default=0)
@@ -209,7 +211,14 @@ async def _serve(args: argparse.Namespace) -> int:
     from hil.control import ControlServer
     from hil.runtime import HilRuntime, RuntimeOptions, build_model
 
-    site = config.load(args.config)
+    from hil.grid.multisite import merge_sites
+
+    paths = list(args.config)
+    sites = [config.load(p) for p in paths]
+    site, joined = merge_sites(sites, [str(p) for p in paths])
+    for tie in joined:
+        log.info("tie %s joins %s (owned by %s)", tie.device, " and ".join(f"{s}/{line}" for s, line in tie.ends),
+                 tie.owner)
     options = RuntimeOptions(
         step_s=parse_duration_s(args.step), speed=args.speed, seed=args.seed, meters=args.meters,
         ami_interval_s=parse_duration_s(args.ami_interval), ami_batch_size=args.ami_batch,
@@ -217,7 +226,7 @@ async def _serve(args: argparse.Namespace) -> int:
     )
     duration = parse_duration_s(args.duration) if args.duration else None
     model = build_model(site, seed=args.seed, meters=args.meters)
-    runtime = HilRuntime(site, model, options, site_path=args.config)
+    runtime = HilRuntime(site, model, options, site_path=paths[0], sites=list(zip(sites, paths, strict=True)))
     control = ControlServer(runtime, args.control)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -53,6 +53,10 @@ class AmiPublisher:
         self.client_id = client_id or f"stima-hil-dc-{self.substation_id}"
         self.max_inflight = max_inflight
         self._prefixes = {g.prefix: g.id for g in site.meter_groups}
+        self._own_groups = {g.id for g in site.meter_groups}
+        self._own_key: tuple[Any, ...] | None = None
+        self._own: np.ndarray | None = None
+        """Indices of this substation's meters in the model's readings (None: all of them)."""
         self._plan_key: tuple[Any, ...] | None = None
         self._plan: list[tuple[str, np.ndarray]] = []
         self._seq: dict[str, int] = {}
@@ -127,9 +131,25 @@ class AmiPublisher:
         self._plan_key = key
         return self._plan
 
-    def prepare(self, meter_ids: list[str]) -> None:
+    def _own_meters(self, ids: list[str], group_ids: Any) -> np.ndarray | None:
+        """Indices of this site's meters when the readings hold other substations' too (one model
+        serving several substations), cached while the readings keep their shape."""
+        key = (len(ids), ids[0] if ids else None, ids[-1] if ids else None)
+        if key != self._own_key:
+            self._own_key = key
+            groups = np.asarray(list(group_ids) if group_ids is not None else [], dtype=object)
+            if group_ids is None or all(g in self._own_groups for g in set(groups.tolist())):
+                self._own = None
+            else:
+                self._own = np.flatnonzero(np.isin(groups, list(self._own_groups)))
+        return self._own
+
+    def prepare(self, meter_ids: list[str], group_ids: Any = None) -> None:
         """Work out which concentrator reports which meter ahead of the first reading."""
         ids = list(meter_ids)
+        own = self._own_meters(ids, group_ids)
+        if own is not None:
+            ids = [ids[i] for i in own]
         self._concentrators(ids[: self.meters] if self.meters is not None else ids)
 
     def publish(self, readings: Any, reading_time: float, *, spread: bool = False) -> int:
@@ -144,11 +164,16 @@ class AmiPublisher:
             return 0
         t0 = time.perf_counter()
         ids = list(readings.ids)
+        own = self._own_meters(ids, getattr(readings, "group_ids", None))
+        columns_all = {name: np.asarray(getattr(readings, name))
+                       for name in STANDARD_COLUMNS if hasattr(readings, name)}
+        if own is not None:
+            ids = [ids[i] for i in own]
+            columns_all = {name: values[own] for name, values in columns_all.items()}
         if self.meters is not None:
             ids = ids[: self.meters]
         n_all = len(ids)
-        columns_all = {name: np.asarray(getattr(readings, name))[:n_all]
-                       for name in STANDARD_COLUMNS if hasattr(readings, name)}
+        columns_all = {name: values[:n_all] for name, values in columns_all.items()}
         planned = 0
         for concentrator, index in self._concentrators(ids):
             parts = max(1, -(-len(index) // self.batch_size))

@@ -51,6 +51,21 @@ def localise(doc: dict[str, Any], workdir: Path, tls: TlsFiles, tls_port: int, a
     return doc
 
 
+def localise_ieds(docs: list[dict[str, Any]], workdir: Path) -> list[dict[str, Any]]:
+    """Copies of several site documents with every IED on a free loopback port (serial lines under
+    `workdir`); an IED in more than one document (a tie's RTU both gateways poll) gets one port."""
+    out = [tomllib.loads(tomli_w.dumps(doc)) for doc in docs]  # deep copies
+    ports: dict[str, int] = {}
+    for doc in out:
+        for ied in doc.get("ieds", []):
+            if ied["protocol"] in ("modbus_tcp", "iec61850"):
+                ied["host"] = "127.0.0.1"
+                ied["port"] = ports.setdefault(ied["id"], free_port())
+            elif ied["protocol"] == "modbus_rtu":
+                ied["serial_port"] = str(workdir / "tty" / Path(ied["serial_port"]).name)
+    return out
+
+
 class Rig:
     def __init__(self, doc: dict[str, Any], workdir: Path, *, hil_args: tuple[str, ...] = (),
                  fresh_state: bool = True) -> None:

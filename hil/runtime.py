@@ -30,7 +30,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -303,11 +303,17 @@ class HilRuntime:
         *,
         site_path: str | Path | None = None,
         clock: SimClock | None = None,
+        sites: Sequence[tuple[SiteConfig, str | Path | None]] | None = None,
     ) -> None:
         self.site = site
         self.model = model
         self.options = options
         self.site_path = Path(site_path) if site_path is not None else None
+        self.sites: list[tuple[SiteConfig, Path | None]] = (
+            [(s, Path(p) if p is not None else None) for s, p in sites] if sites else [(site, self.site_path)])
+        """Each substation's own site file (several when one model serves neighbouring substations;
+        `site` is then their merge): its AMI feed and the path its IEC 61850 servers load."""
+        self.amis: list[Any] = []
         self.clock = clock or SimClock()
         self.steps = 0
         self.endpoints: list[ModbusEndpoint] = []
@@ -405,7 +411,7 @@ class HilRuntime:
                 await wait_listening("127.0.0.1", child.port, timeout_s=30.0)
             except OSError as exc:
                 log.warning("%s: IEC 61850 server not listening on port %d: %s", child.ied.id, child.port, exc)
-        if self.options.ami and self.site.ami is not None:
+        if self.options.ami and any(site.ami is not None for site, _ in self.sites):
             await self._start_ami()
         self.ready = True
         log.info("simulator running: %d Modbus endpoint(s), %d IEC 61850 IED(s), speed %s, step %.3f s",
@@ -424,23 +430,30 @@ class HilRuntime:
             log.warning("hil.iec61850_server is not available: IEC 61850 IEDs %s are not served",
                         ", ".join(i.id for i in ieds))
             return
-        if self.site_path is None:
-            log.warning("no site file path given: IEC 61850 IEDs %s are not served",
-                        ", ".join(i.id for i in ieds))
-            return
+        path_of = {i.id: p for site, p in self.sites for i in site.ieds if p is not None}
+        missing = [i.id for i in ieds if i.id not in path_of]
+        if missing:
+            log.warning("no site file path given: IEC 61850 IEDs %s are not served", ", ".join(missing))
         for ied in ieds:
-            child = Iec61850Child(ied, self.site_path, ied.port, self._apply_command)
+            if ied.id not in path_of:
+                continue
+            child = Iec61850Child(ied, path_of[ied.id], ied.port, self._apply_command)
             await child.start()
             self.iec_children.append(child)
 
     async def _start_ami(self) -> None:
         from hil.ami import AmiPublisher
 
-        assert self.site.ami is not None
-        self.ami = AmiPublisher(self.site, batch_size=self.options.ami_batch_size,
-                                interval_s=self.options.ami_interval_s, meters=self.options.meters)
-        await self.ami.start()
-        self.ami.prepare(self.model.meter_readings(self.clock.monotonic()).ids)
+        readings = self.model.meter_readings(self.clock.monotonic())
+        for site, _ in self.sites:
+            if site.ami is None:
+                continue
+            publisher = AmiPublisher(site, batch_size=self.options.ami_batch_size,
+                                     interval_s=self.options.ami_interval_s, meters=self.options.meters)
+            await publisher.start()
+            publisher.prepare(readings.ids, getattr(readings, "group_ids", None))
+            self.amis.append(publisher)
+        self.ami = self.amis[0] if self.amis else None
         self._next_ami_s = self.clock.monotonic() + min(self.options.ami_first_reading_s, self.options.ami_interval_s)
 
     async def stop(self) -> None:
@@ -453,8 +466,9 @@ class HilRuntime:
             await line.stop()
         for child in self.iec_children:
             await child.stop()
-        if self.ami is not None:
-            await self.ami.close()
+        for publisher in self.amis:
+            await publisher.close()
+        self.amis.clear()
         self.endpoints.clear()
         self.serial_lines.clear()
         self.iec_children.clear()
@@ -525,9 +539,12 @@ class HilRuntime:
             self._next_ami_s += self.options.ami_interval_s
             if self._next_ami_s <= now_s:  # far behind (huge step): skip, do not burst
                 self._next_ami_s = now_s + self.options.ami_interval_s
-            self.ami.publish(self.model.meter_readings(now_s), self.clock.wall(), spread=True)
-        if self.ami is not None and self.ami.pending:
-            self.ami.pump(self.options.ami_messages_per_step)
+            readings = self.model.meter_readings(now_s)
+            for publisher in self.amis:
+                publisher.publish(readings, self.clock.wall(), spread=True)
+        for publisher in self.amis:
+            if publisher.pending:
+                publisher.pump(self.options.ami_messages_per_step)
         took = time.perf_counter() - t0
         self.step_time_s += took
         self.max_step_s = max(self.max_step_s, took)
@@ -749,6 +766,7 @@ class HilRuntime:
             faults = faults()
         return {
             "substation_id": self.site.site.substation_id,
+            "substation_ids": [site.site.substation_id for site, _ in self.sites],
             "ready": self.ready,
             "sim_time_s": round(now_s, 6),
             "sim_wall_time": self.clock.wall(),
@@ -765,6 +783,7 @@ class HilRuntime:
             "endpoints": [e.status() for e in self.endpoints],
             "iec61850": [c.status() for c in self.iec_children],
             "ami": self.ami.status() if self.ami is not None else None,
+            "ami_feeds": {p.substation_id: p.status() for p in self.amis},
             "clearings": len(self.clearings),
             "last_clearing": self.clearings[-1] if self.clearings else None,
             "last_commands": [{"sim_time_s": t, "point": p, "value": _jsonable(v)} for t, p, v in self.commands[-10:]],
