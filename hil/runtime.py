@@ -387,8 +387,14 @@ class HilRuntime:
         self.model.advance(self.clock.monotonic())
         values = self.model.point_values()
         tcp, rtu = group_endpoints(self.site.ieds)
+        special: dict[str, Any] = {}
+        if (self.site.simulation or {}).get("sunspec"):
+            from hil.sunspec import sunspec_maps
+
+            special = sunspec_maps(self.site, self.model)
         for (host, port), ieds in tcp.items():
-            endpoint = ModbusEndpoint(ieds, self._apply_command, bind_host=self.options.bind_host)
+            endpoint = ModbusEndpoint(ieds, self._apply_command, bind_host=self.options.bind_host,
+                                      special_maps=special)
             await endpoint.start()
             await endpoint.update(values)
             self._add_endpoint(endpoint)

@@ -228,3 +228,114 @@ class SunSpecImage:
         point = self.models[model_id].points[name]
         value = point.cvalue
         return value if value is not None else None
+
+
+# --------------------------------------------------------------------------- served by a Modbus endpoint
+
+class SunSpecMap:
+    """One SunSpec IED behind a `hil.modbus_servers.ModbusEndpoint`: the image as its holding
+    registers, refreshed from the DER's model values; writes decoded by pysunspec2 and handed on
+    as the DER's set-points (`<der>.p_limit_pct`, `<der>.p_setpoint_kw`, `<der>.q_setpoint_kvar`)."""
+
+    def __init__(self, ied: Any, der_id: str, image: SunSpecImage, values: Any) -> None:
+        from gateway.config import RegisterFunction
+
+        self.ied = ied
+        self.der_id = der_id
+        self.image = image
+        self._values = values
+        """Callable → the DER's model values by name (`GridModel.agent_values`)."""
+        self.tables = {RegisterFunction.HOLDING: None}
+        self._last: list[int] | None = None
+
+    def sim_device(self, action: Any) -> Any:
+        from pymodbus.simulator import DataType as SimType
+        from pymodbus.simulator import SimData, SimDevice
+
+        return SimDevice(self.ied.unit_id, simdata=(
+            [SimData(0, count=1, values=False, datatype=SimType.BITS)],
+            [SimData(0, count=1, values=False, datatype=SimType.BITS)],
+            [SimData(BASE_ADDRESS, count=self.image.length(), values=0, datatype=SimType.REGISTERS)],
+            [SimData(0, datatype=SimType.INVALID)]), action=action)
+
+    def refresh(self) -> None:
+        v = self._values()
+        self.image.update(p_kw=float(v["active_power_kw"]), q_kvar=float(v["reactive_power_kvar"]),
+                          voltage_pu=float(v["voltage_pu"]), frequency_hz=float(v.get("frequency_hz", 50.0)),
+                          connected=bool(v["connected"]), energy_kwh=float(v.get("energy_kwh", 0.0)),
+                          limit_pct=float(v["p_limit_pct"]), throttled=float(v["p_limit_pct"]) < 100.0,
+                          ambient_c=float(v.get("ambient_temp_c", 25.0)), soc_pct=v.get("soc_pct"))
+
+    def changed_words(self, _values: dict[str, Any]) -> list[tuple[int, int, list[int]]]:
+        self.refresh()
+        words = self.image.words()
+        if words == self._last:
+            return []
+        self._last = words
+        return [(3, BASE_ADDRESS, words)]
+
+    def forget(self) -> None:
+        self._last = None
+
+    def decode_write(self, function_code: int, address: int, written: Sequence[int] | Sequence[bool],
+                     current: Sequence[int], start_address: int) -> Any:
+        from pymodbus.constants import ExcCodes
+
+        if function_code not in (6, 16, 23):
+            return ExcCodes.ILLEGAL_ADDRESS
+        try:
+            changed = self.image.write(address, [int(w) for w in written])
+        except SunSpecWriteRefused:
+            return ExcCodes.ILLEGAL_ADDRESS
+        hits: list[tuple[str, float | int | bool]] = []
+        setting = self.image.setting
+        for (mid, name), value in changed.items():
+            if mid != 704 or (mid, name) not in WRITABLE:
+                continue
+            if name in ("WMaxLimPct", "WMaxLimPctEna"):
+                enabled = bool(setting(704, "WMaxLimPctEna"))
+                pct = float(setting(704, "WMaxLimPct") or 100.0) if enabled else 100.0
+                if not 0.0 <= pct <= 100.0:
+                    return ExcCodes.ILLEGAL_VALUE
+                hits.append((f"{self.der_id}.p_limit_pct", pct))
+            elif name in ("WSet", "WSetEna", "WSetMod") and self.image.storage:
+                enabled = bool(setting(704, "WSetEna"))
+                hits.append((f"{self.der_id}.p_setpoint_kw", float(setting(704, "WSet") or 0.0) / 1e3 if enabled else 0.0))
+            elif name in ("VarSet", "VarSetEna"):
+                enabled = bool(setting(704, "VarSetEna"))
+                hits.append((f"{self.der_id}.q_setpoint_kvar",
+                             float(setting(704, "VarSet") or 0.0) / 1e3 if enabled else 0.0))
+            del value
+        return hits
+
+
+def sunspec_maps(site: Any, model: Any) -> dict[str, SunSpecMap]:
+    """The SunSpec IEDs `[simulation] sunspec` names (IED id → DER id), as register maps."""
+    from gateway.agents.schema import AgentType, RenewableEnergyAttributes
+    from gateway.config import ModbusTcpIed
+
+    named = dict((site.simulation or {}).get("sunspec") or {})
+    out: dict[str, SunSpecMap] = {}
+    ieds = {i.id: i for i in site.ieds}
+    agents = {a.id: a for a in site.agents}
+    for ied_id, der_id in named.items():
+        ied = ieds.get(ied_id)
+        if not isinstance(ied, ModbusTcpIed):
+            raise ValueError(f"simulation.sunspec.{ied_id}: not a Modbus TCP IED of the site")
+        agent = agents.get(der_id)
+        if agent is None or agent.type is not AgentType.RENEWABLE_ENERGY:
+            raise ValueError(f"simulation.sunspec.{ied_id}: {der_id!r} is not a renewable_energy agent")
+        attrs = RenewableEnergyAttributes.model_validate(agent.attributes)
+        storage = attrs.energy_capacity_kwh if attrs.resource_type == "battery_storage" else None
+        ratings = DerRatings(attrs.rated_capacity, attrs.rated_apparent_power_kva or attrs.rated_capacity * 1.1,
+                             storage, attrs.max_charge_kw)
+        image = SunSpecImage(ratings, unit_id=ied.unit_id, serial=f"{der_id}-{ied.unit_id:03d}",
+                             model_name=("BESS-" if storage else "PV-") + f"{attrs.rated_capacity:g}kW")
+
+        def values(der: str = der_id) -> dict[str, Any]:
+            out_v = dict(model.agent_values(der))
+            out_v.setdefault("frequency_hz", getattr(model, "_frequency_hz", 50.0))
+            return out_v
+
+        out[ied_id] = SunSpecMap(ied, der_id, image, values)
+    return out
