@@ -71,11 +71,45 @@ class AmiPublisher:
         self.last_meter_count = 0
         self.dropped_messages = 0
         self._queue: collections.deque[tuple[Any, ...]] = collections.deque()
+        self.on_dr_event: Any = None
+        """Called on the simulator's loop with each valid `DrEvent` (set before `start`)."""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.dr_events = 0
+        self.dr_rejected = 0
 
-    def _on_connect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+    def _on_connect(self, client: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         self.connected = not getattr(reason, "is_failure", False)
         if self.connected:
             log.info("AMI: connected to %s:%d", self.cfg.broker_host, self.cfg.broker_port)
+            if self.on_dr_event is not None:
+                client.subscribe(self.cfg.dr_event_topic, qos=1)
+
+    def _on_message(self, _c: Any, _u: Any, message: Any) -> None:
+        """A demand-response event for one of our concentrators (paho's thread): decoded here,
+        handled on the simulator's loop."""
+        from protocols.demand_response import DrPayloadError, concentrator_of, decode_event
+
+        concentrator = concentrator_of(self.cfg.dr_event_topic, message.topic)
+        try:
+            event = decode_event(message.payload)
+        except DrPayloadError as exc:
+            self.dr_rejected += 1
+            log.warning("AMI: demand-response event on %s refused: %s", message.topic, exc)
+            return
+        if concentrator is not None and concentrator != event.concentrator_id:
+            self.dr_rejected += 1
+            log.warning("AMI: demand-response event for %s arrived on %s's topic", event.concentrator_id, concentrator)
+            return
+        loop, handler = self._loop, self.on_dr_event
+        if loop is not None and handler is not None:
+            loop.call_soon_threadsafe(handler, event)
+
+    def publish_raw(self, topic: str, payload: bytes, *, retain: bool = False) -> bool:
+        client = self._client
+        if client is None or not self.connected:
+            return False
+        client.publish(topic, payload, qos=1, retain=retain)
+        return True
 
     def _on_disconnect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         if self.connected and self._client is not None:
@@ -87,6 +121,8 @@ class AmiPublisher:
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        self._loop = asyncio.get_running_loop()
         client.max_inflight_messages_set(self.max_inflight)
         client.reconnect_delay_set(1, 10)
         self._client = client
@@ -231,4 +267,6 @@ class AmiPublisher:
             "readings": self.readings_published,
             "bytes": self.bytes,
             "last_publish_ms": round(self.last_publish_ms, 2),
+            "dr_events": self.dr_events,
+            "dr_rejected": self.dr_rejected,
         }
