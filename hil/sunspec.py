@@ -247,6 +247,7 @@ class SunSpecMap:
         """Callable → the DER's model values by name (`GridModel.agent_values`)."""
         self.tables = {RegisterFunction.HOLDING: None}
         self._last: list[int] | None = None
+        self._key: tuple[Any, ...] | None = None
 
     def sim_device(self, action: Any) -> Any:
         from pymodbus.simulator import DataType as SimType
@@ -258,16 +259,27 @@ class SunSpecMap:
             [SimData(BASE_ADDRESS, count=self.image.length(), values=0, datatype=SimType.REGISTERS)],
             [SimData(0, datatype=SimType.INVALID)]), action=action)
 
-    def refresh(self) -> None:
+    def refresh(self) -> bool:
+        """Re-encode the image when a value changed at the registers' resolution (pysunspec2's
+        encoding costs milliseconds: not at every model step)."""
         v = self._values()
+        key = (round(float(v["active_power_kw"]), 1), round(float(v["reactive_power_kvar"]), 1),
+               round(float(v["voltage_pu"]), 4), round(float(v.get("frequency_hz", 50.0)), 2), bool(v["connected"]),
+               int(float(v.get("energy_kwh", 0.0))), round(float(v["p_limit_pct"]), 1),
+               round(float(v.get("ambient_temp_c", 25.0))), None if v.get("soc_pct") is None else round(float(v["soc_pct"]), 1))
+        if key == self._key:
+            return False
+        self._key = key
         self.image.update(p_kw=float(v["active_power_kw"]), q_kvar=float(v["reactive_power_kvar"]),
                           voltage_pu=float(v["voltage_pu"]), frequency_hz=float(v.get("frequency_hz", 50.0)),
                           connected=bool(v["connected"]), energy_kwh=float(v.get("energy_kwh", 0.0)),
                           limit_pct=float(v["p_limit_pct"]), throttled=float(v["p_limit_pct"]) < 100.0,
                           ambient_c=float(v.get("ambient_temp_c", 25.0)), soc_pct=v.get("soc_pct"))
+        return True
 
     def changed_words(self, _values: dict[str, Any]) -> list[tuple[int, int, list[int]]]:
-        self.refresh()
+        if not self.refresh() and self._last is not None:
+            return []
         words = self.image.words()
         if words == self._last:
             return []
@@ -276,6 +288,7 @@ class SunSpecMap:
 
     def forget(self) -> None:
         self._last = None
+        self._key = None
 
     def decode_write(self, function_code: int, address: int, written: Sequence[int] | Sequence[bool],
                      current: Sequence[int], start_address: int) -> Any:

@@ -311,6 +311,7 @@ class GridModel:
         """Substation id → (start s, underlying demand at start kW, kW per hour): a load ramp."""
         self._ambient_override_c: dict[str, float] = {}
         """Substation id → the ambient temperature its transformers see (a heat-wave injection)."""
+        self._sub_of_bus: dict[int, str] = {}
 
     # ------------------------------------------------------------------ building
 
@@ -1083,7 +1084,7 @@ class GridModel:
         base = ambient_temperature_c(s.ambient_temp_c, s.ambient_swing_c, hour_of_day(now_s, s.start_hour))
         sub = substation_id
         if t is not None and self._ambient_override_c:
-            sub = next(iter(sorted(self._owners(t.primary_bus) & set(self.substation_ids))), None)
+            sub = self._substation_of_bus(t.primary_bus)
         if sub is not None and sub in self._ambient_override_c:
             base = self._ambient_override_c[sub]
         if t is None:
@@ -1696,7 +1697,11 @@ class GridModel:
         return out
 
     def _substation_of_bus(self, bus: int) -> str:
-        return next(iter(sorted(self._owners(bus) & set(self.substation_ids))), self.substation_id)
+        found = self._sub_of_bus.get(bus)
+        if found is None:
+            found = self._sub_of_bus[bus] = next(iter(sorted(self._owners(bus) & set(self.substation_ids))),
+                                                 self.substation_id)
+        return found
 
     def point_values(self) -> dict[str, float | int | bool]:
         """Every IED point id the model produces → engineering value (commands: last commanded)."""
