@@ -263,6 +263,12 @@ class MeterGroupConfig(_Model):
     critical_meters: list[str] = Field(default_factory=list)
     """Meters of customers whose loss of supply matters most (a hospital, a water works): counted
     apart in every customer-impact summary."""
+    critical: bool = False
+    """The whole group serves critical customers (a hospital campus): never curtailed by demand
+    response, shed only when nothing else is left."""
+    dr_programs: list[_ID] = Field(default_factory=list)
+    """Demand-response programs (`[[demand_response.programs]]` ids) the group's meters are
+    enrolled in; critical meters of the group never take part."""
 
     def meter_id(self, n: int) -> str:
         return f"{self.prefix}-{n:05d}"
@@ -284,6 +290,44 @@ class MeterGroupConfig(_Model):
                 raise ValueError(f"critical_meters[{k}] {meter!r} is listed twice")
             seen.add(meter)
         return ids
+
+
+# --------------------------------------------------------------------------- demand response
+
+
+class DemandResponseProgram(_Model):
+    """A utility demand-response program meters may be enrolled in (docs/ami.md#demand-response)."""
+
+    id: _ID
+    kind: Literal["curtail", "shift"]
+    """curtail: enrolled load drops by `reduction_pct` for the event (HVAC set-back); shift: the
+    deferrable part, `reduction_pct`, moves `shift_h` later (industrial process loads)."""
+    reduction_pct: float = Field(gt=0, le=100)
+    """Share of an enrolled meter's demand the program asks for."""
+    shift_h: float = Field(default=0.0, ge=0, le=24)
+    """For `shift`: how much later the deferred load comes back."""
+    max_duration_s: float = Field(default=4 * 3600.0, gt=0, le=86_400)
+    """Longest event the program's contract allows."""
+    notice_s: float = Field(default=0.0, ge=0, le=86_400)
+    """Least notice the contract asks between the event's dispatch and its start."""
+    incentive_per_kwh: float = Field(default=0.0, ge=0)
+    """Credit per kWh of confirmed reduction, in the utility's currency."""
+
+    @model_validator(mode="after")
+    def _check_shift(self) -> DemandResponseProgram:
+        if self.kind == "shift" and self.shift_h <= 0:
+            raise ValueError("a 'shift' program needs shift_h > 0 (hours the deferred load moves)")
+        return self
+
+
+class DemandResponseConfig(_Model):
+    programs: list[DemandResponseProgram] = Field(default_factory=list)
+
+    def program(self, program_id: str) -> DemandResponseProgram:
+        for program in self.programs:
+            if program.id == program_id:
+                return program
+        raise KeyError(program_id)
 
 
 # --------------------------------------------------------------------------- uplink
@@ -353,6 +397,10 @@ class AmiConfig(_Model):
     broker_host: str = "127.0.0.1"
     broker_port: int = Field(default=1883, ge=1, le=65535)
     topic: str = "ami/+/readings"
+    dr_event_topic: str = "ami/+/dr/events"
+    """Demand-response events to the data concentrators (`+`: the concentrator id)."""
+    dr_confirm_topic: str = "ami/+/dr/confirmations"
+    """The concentrators' confirmations, per meter, of the events they received."""
 
 
 class ForecastConfig(_Model):
@@ -424,6 +472,7 @@ class SiteConfig(_Model):
     history: HistoryConfig = HistoryConfig()
     flisr: FlisrConfig = FlisrConfig()
     forecast: ForecastConfig = ForecastConfig()
+    demand_response: DemandResponseConfig = DemandResponseConfig()
     simulation: dict[str, Any] = Field(default_factory=dict)
     """Electrical data for the hardware-in-the-loop simulator; validated by `hil`, ignored here."""
 
@@ -483,6 +532,20 @@ def reference_problems(data: dict[str, Any]) -> list[ConfigProblem]:
         if xfmr is not None and xfmr not in known_agents:
             out.append(ConfigProblem(f"meter_groups[{n}:{group.get('id', '?')}].connected_transformer",
                                      "is not an agent id", xfmr))
+    dr = data.get("demand_response")
+    programs = _ids(_items(dr, "programs")) if isinstance(dr, dict) else []
+    for dup in _dupes(programs):
+        out.append(ConfigProblem("demand_response.programs", "program id is used more than once", dup))
+    for n, group in enumerate(groups):
+        enrolled = group.get("dr_programs")
+        for k, program in enumerate(enrolled if isinstance(enrolled, list) else []):
+            if isinstance(program, str) and program not in programs:
+                out.append(ConfigProblem(f"meter_groups[{n}:{group.get('id', '?')}].dr_programs[{k}]",
+                                         "is not a [[demand_response.programs]] id", program))
+        if group.get("critical") is True and enrolled:
+            out.append(ConfigProblem(f"meter_groups[{n}:{group.get('id', '?')}].dr_programs",
+                                     "a critical group is never curtailed: it cannot be enrolled in demand response",
+                                     enrolled))
     for n, scheme in enumerate(_items(data, "protection")):
         breaker = scheme.get("breaker")
         if breaker is not None and breaker not in known_agents:

@@ -1,6 +1,6 @@
 """`stima-hil`: run the simulated substation, and inject events into a running one.
 
-    stima-hil serve --config SITE.toml [--speed 1.0] [--seed 0] [--meters N] [--control PATH]
+    stima-hil serve --config SITE.toml [--config NEIGHBOUR.toml ...] [--speed 1.0] [--seed 0] [--meters N] [--control PATH]
     stima-hil inject fault LINE-045 --distance 2300m --type 3ph [--transient] [--impedance 0.5]
     stima-hil inject commloss IED-CB-045 --for 30s
     stima-hil inject loadstep XFMR-101 --factor 1.3
@@ -9,6 +9,7 @@
     stima-hil inject local SW-045-1 [--remote]
     stima-hil inject operate SW-045-1 open|close
     stima-hil inject external TIE-046-061 --dead|--live
+    stima-hil inject ramp SUB-007 --rate 0.5MW/h [--from 28.5MW] [--ambient 35]
     stima-hil inject clear
     stima-hil status [--json]
     stima-hil scenario run NAME [--json] [--seed N]
@@ -52,7 +53,9 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", parents=[common],
                            help="serve every IED of a site file from the simulated substation")
-    serve.add_argument("--config", required=True, type=Path, help="site file (TOML)")
+    serve.add_argument("--config", required=True, type=Path, action="append",
+                       help="site file (TOML); give it once per substation to serve neighbouring substations "
+                            "from one model (their shared ties joined)")
     serve.add_argument("--speed", type=float, default=1.0,
                        help="simulated seconds per real second; 0 = as fast as possible (default 1)")
     serve.add_argument("--seed", type=int, default=0)
@@ -103,6 +106,12 @@ def _parser() -> argparse.ArgumentParser:
     state = external.add_mutually_exclusive_group(required=True)
     state.add_argument("--dead", action="store_true")
     state.add_argument("--live", action="store_true")
+    ramp = kinds.add_parser("ramp", parents=[common],
+                            help="the demand behind a substation rises along a ramp (simulated time)")
+    ramp.add_argument("substation")
+    ramp.add_argument("--rate", required=True, help="e.g. 0.5MW/h, 500kW/h or -200kW/h")
+    ramp.add_argument("--from", dest="start", default=None, help="its total load now, e.g. 28.5MW (default: as is)")
+    ramp.add_argument("--ambient", default=None, help="ambient temperature held at its transformers, e.g. 35")
     kinds.add_parser("clear", parents=[common], help="clear every fault")
 
     status = sub.add_parser("status", parents=[common], help="breakers, faults and simulated time of the running simulator")
@@ -116,6 +125,32 @@ def _parser() -> argparse.ArgumentParser:
     srun.add_argument("--seed", type=int, default=0, help="simulator seed (loads, noise)")
     scenario_sub.add_parser("list", help="the scenarios there are")
     return parser
+
+
+def parse_power_kw(text: str) -> float:
+    """`28.5MW`, `500kW` or plain kW → kW."""
+    raw = str(text).strip().lower().replace(" ", "")
+    for suffix, factor in (("mw", 1000.0), ("kw", 1.0), ("", 1.0)):
+        if raw.endswith(suffix):
+            try:
+                value = float(raw[: len(raw) - len(suffix)] if suffix else raw) * factor
+            except ValueError:
+                break
+            if value != value or value in (float("inf"), float("-inf")):
+                break
+            return value
+    raise UnitError(f"bad power {text!r}: expected e.g. 28.5MW or 500kW")
+
+
+def parse_rate_kw_per_h(text: str) -> float:
+    """`0.5MW/h`, `500kW/h` (per hour of simulated time) → kW/h."""
+    raw = str(text).strip().lower().replace(" ", "")
+    if not raw.endswith("/h"):
+        raise UnitError(f"bad rate {text!r}: expected a power per hour, e.g. 0.5MW/h or 500kW/h")
+    try:
+        return parse_power_kw(raw[:-2])
+    except UnitError:
+        raise UnitError(f"bad rate {text!r}: expected a power per hour, e.g. 0.5MW/h or 500kW/h") from None
 
 
 def build_request(args: argparse.Namespace) -> dict[str, Any]:
@@ -150,6 +185,13 @@ def build_request(args: argparse.Namespace) -> dict[str, Any]:
         return {"op": "operate", "device": args.device, "action": args.action}
     if args.kind == "external":
         return {"op": "external", "tie": args.tie, "live": bool(args.live)}
+    if args.kind == "ramp":
+        out: dict[str, Any] = {"op": "ramp", "substation": args.substation, "rate_kw_per_h": parse_rate_kw_per_h(args.rate)}
+        if args.start is not None:
+            out["start_kw"] = parse_power_kw(args.start)
+        if args.ambient is not None:
+            out["ambient_c"] = parse_temperature_delta_c(args.ambient)
+        return out
     if args.kind == "clear":
         return {"op": "clear"}
     raise UnitError(f"unknown injection {args.kind!r}")
@@ -209,7 +251,14 @@ async def _serve(args: argparse.Namespace) -> int:
     from hil.control import ControlServer
     from hil.runtime import HilRuntime, RuntimeOptions, build_model
 
-    site = config.load(args.config)
+    from hil.grid.multisite import merge_sites
+
+    paths = list(args.config)
+    sites = [config.load(p) for p in paths]
+    site, joined = merge_sites(sites, [str(p) for p in paths])
+    for tie in joined:
+        log.info("tie %s joins %s (owned by %s)", tie.device, " and ".join(f"{s}/{line}" for s, line in tie.ends),
+                 tie.owner)
     options = RuntimeOptions(
         step_s=parse_duration_s(args.step), speed=args.speed, seed=args.seed, meters=args.meters,
         ami_interval_s=parse_duration_s(args.ami_interval), ami_batch_size=args.ami_batch,
@@ -217,7 +266,7 @@ async def _serve(args: argparse.Namespace) -> int:
     )
     duration = parse_duration_s(args.duration) if args.duration else None
     model = build_model(site, seed=args.seed, meters=args.meters)
-    runtime = HilRuntime(site, model, options, site_path=args.config)
+    runtime = HilRuntime(site, model, options, site_path=paths[0], sites=list(zip(sites, paths, strict=True)))
     control = ControlServer(runtime, args.control)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

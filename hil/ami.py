@@ -53,6 +53,10 @@ class AmiPublisher:
         self.client_id = client_id or f"stima-hil-dc-{self.substation_id}"
         self.max_inflight = max_inflight
         self._prefixes = {g.prefix: g.id for g in site.meter_groups}
+        self._own_groups = {g.id for g in site.meter_groups}
+        self._own_key: tuple[Any, ...] | None = None
+        self._own: np.ndarray | None = None
+        """Indices of this substation's meters in the model's readings (None: all of them)."""
         self._plan_key: tuple[Any, ...] | None = None
         self._plan: list[tuple[str, np.ndarray]] = []
         self._seq: dict[str, int] = {}
@@ -67,11 +71,45 @@ class AmiPublisher:
         self.last_meter_count = 0
         self.dropped_messages = 0
         self._queue: collections.deque[tuple[Any, ...]] = collections.deque()
+        self.on_dr_event: Any = None
+        """Called on the simulator's loop with each valid `DrEvent` (set before `start`)."""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.dr_events = 0
+        self.dr_rejected = 0
 
-    def _on_connect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+    def _on_connect(self, client: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         self.connected = not getattr(reason, "is_failure", False)
         if self.connected:
             log.info("AMI: connected to %s:%d", self.cfg.broker_host, self.cfg.broker_port)
+            if self.on_dr_event is not None:
+                client.subscribe(self.cfg.dr_event_topic, qos=1)
+
+    def _on_message(self, _c: Any, _u: Any, message: Any) -> None:
+        """A demand-response event for one of our concentrators (paho's thread): decoded here,
+        handled on the simulator's loop."""
+        from protocols.demand_response import DrPayloadError, concentrator_of, decode_event
+
+        concentrator = concentrator_of(self.cfg.dr_event_topic, message.topic)
+        try:
+            event = decode_event(message.payload)
+        except DrPayloadError as exc:
+            self.dr_rejected += 1
+            log.warning("AMI: demand-response event on %s refused: %s", message.topic, exc)
+            return
+        if concentrator is not None and concentrator != event.concentrator_id:
+            self.dr_rejected += 1
+            log.warning("AMI: demand-response event for %s arrived on %s's topic", event.concentrator_id, concentrator)
+            return
+        loop, handler = self._loop, self.on_dr_event
+        if loop is not None and handler is not None:
+            loop.call_soon_threadsafe(handler, event)
+
+    def publish_raw(self, topic: str, payload: bytes, *, retain: bool = False) -> bool:
+        client = self._client
+        if client is None or not self.connected:
+            return False
+        client.publish(topic, payload, qos=1, retain=retain)
+        return True
 
     def _on_disconnect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         if self.connected and self._client is not None:
@@ -83,6 +121,8 @@ class AmiPublisher:
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        self._loop = asyncio.get_running_loop()
         client.max_inflight_messages_set(self.max_inflight)
         client.reconnect_delay_set(1, 10)
         self._client = client
@@ -127,9 +167,25 @@ class AmiPublisher:
         self._plan_key = key
         return self._plan
 
-    def prepare(self, meter_ids: list[str]) -> None:
+    def _own_meters(self, ids: list[str], group_ids: Any) -> np.ndarray | None:
+        """Indices of this site's meters when the readings hold other substations' too (one model
+        serving several substations), cached while the readings keep their shape."""
+        key = (len(ids), ids[0] if ids else None, ids[-1] if ids else None)
+        if key != self._own_key:
+            self._own_key = key
+            groups = np.asarray(list(group_ids) if group_ids is not None else [], dtype=object)
+            if group_ids is None or all(g in self._own_groups for g in set(groups.tolist())):
+                self._own = None
+            else:
+                self._own = np.flatnonzero(np.isin(groups, list(self._own_groups)))
+        return self._own
+
+    def prepare(self, meter_ids: list[str], group_ids: Any = None) -> None:
         """Work out which concentrator reports which meter ahead of the first reading."""
         ids = list(meter_ids)
+        own = self._own_meters(ids, group_ids)
+        if own is not None:
+            ids = [ids[i] for i in own]
         self._concentrators(ids[: self.meters] if self.meters is not None else ids)
 
     def publish(self, readings: Any, reading_time: float, *, spread: bool = False) -> int:
@@ -144,11 +200,16 @@ class AmiPublisher:
             return 0
         t0 = time.perf_counter()
         ids = list(readings.ids)
+        own = self._own_meters(ids, getattr(readings, "group_ids", None))
+        columns_all = {name: np.asarray(getattr(readings, name))
+                       for name in STANDARD_COLUMNS if hasattr(readings, name)}
+        if own is not None:
+            ids = [ids[i] for i in own]
+            columns_all = {name: values[own] for name, values in columns_all.items()}
         if self.meters is not None:
             ids = ids[: self.meters]
         n_all = len(ids)
-        columns_all = {name: np.asarray(getattr(readings, name))[:n_all]
-                       for name in STANDARD_COLUMNS if hasattr(readings, name)}
+        columns_all = {name: values[:n_all] for name, values in columns_all.items()}
         planned = 0
         for concentrator, index in self._concentrators(ids):
             parts = max(1, -(-len(index) // self.batch_size))
@@ -206,4 +267,6 @@ class AmiPublisher:
             "readings": self.readings_published,
             "bytes": self.bytes,
             "last_publish_ms": round(self.last_publish_ms, 2),
+            "dr_events": self.dr_events,
+            "dr_rejected": self.dr_rejected,
         }

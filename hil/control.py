@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SOCKET = Path(".run/hil.sock")
 OPS = ("status", "fault", "clear", "clearings", "commloss", "loadstep", "temp", "failure", "local", "operate",
-       "external")
+       "external", "ramp")
 MAX_REQUEST_BYTES = 64 * 1024
 
 _NUMBER = r"([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)"
@@ -122,6 +122,9 @@ def dispatch(runtime: Any, request: Any) -> dict[str, Any]:
             result = runtime.operate_device(_required(request, "device"), _required(request, "action"))
         elif op == "external":
             result = runtime.set_external_source(_required(request, "tie"), _required(request, "live"))
+        elif op == "ramp":
+            result = runtime.load_ramp(_required(request, "substation"), _required(request, "rate_kw_per_h"),
+                                       start_kw=request.get("start_kw"), ambient_c=request.get("ambient_c"))
         else:
             return {"ok": False, "error": f"unknown op {op!r}; expected {', '.join(OPS)}"}
     except ValueError as exc:  # InjectionError and bad values

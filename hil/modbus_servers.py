@@ -229,11 +229,14 @@ class ModbusEndpoint:
         *,
         bind_host: str | None = None,
         serial_path: str | None = None,
+        special_maps: dict[str, Any] | None = None,
     ) -> None:
         if not ieds:
             raise ValueError("an endpoint serves at least one IED")
         self.ieds = list(ieds)
-        self.maps = {ied.unit_id: RegisterMap(ied) for ied in ieds}
+        special = special_maps or {}
+        # an IED with a register map of its own (a SunSpec inverter: `hil.sunspec.SunSpecMap`)
+        self.maps: dict[int, Any] = {ied.unit_id: special.get(ied.id) or RegisterMap(ied) for ied in ieds}
         if len(self.maps) != len(self.ieds):
             ids = ", ".join(i.id for i in ieds)
             raise ValueError(f"IEDs {ids} share one endpoint and one unit id")

@@ -30,7 +30,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,6 +75,10 @@ class RuntimeOptions:
     ami_messages_per_step: int = 4
     """AMI messages encoded and sent per model step at most (100 messages: 25 steps)."""
     ami: bool = True
+    weather_interval_s: float = 900.0
+    """Simulated seconds between two weather forecasts on the AMI broker (0: none)."""
+    weather_horizon_s: float = 6 * 3600.0
+    weather_step_s: float = 900.0
     bind_host: str | None = None
     """Listen on this address instead of each TCP IED's configured host (e.g. 0.0.0.0 on a rig)."""
     iec61850: bool = True
@@ -303,11 +307,17 @@ class HilRuntime:
         *,
         site_path: str | Path | None = None,
         clock: SimClock | None = None,
+        sites: Sequence[tuple[SiteConfig, str | Path | None]] | None = None,
     ) -> None:
         self.site = site
         self.model = model
         self.options = options
         self.site_path = Path(site_path) if site_path is not None else None
+        self.sites: list[tuple[SiteConfig, Path | None]] = (
+            [(s, Path(p) if p is not None else None) for s, p in sites] if sites else [(site, self.site_path)])
+        """Each substation's own site file (several when one model serves neighbouring substations;
+        `site` is then their merge): its AMI feed and the path its IEC 61850 servers load."""
+        self.amis: list[Any] = []
         self.clock = clock or SimClock()
         self.steps = 0
         self.endpoints: list[ModbusEndpoint] = []
@@ -323,6 +333,7 @@ class HilRuntime:
         """Every IED server listening (status `ready`): a daemon started now finds them all."""
         self._pending: set[asyncio.Task[Any]] = set()
         self._next_ami_s: float | None = None
+        self._next_weather_s: float | None = None
         self._origin_s: float | None = None
         self.lag_resets = 0
         self.step_time_s = 0.0
@@ -381,8 +392,14 @@ class HilRuntime:
         self.model.advance(self.clock.monotonic())
         values = self.model.point_values()
         tcp, rtu = group_endpoints(self.site.ieds)
+        special: dict[str, Any] = {}
+        if (self.site.simulation or {}).get("sunspec"):
+            from hil.sunspec import sunspec_maps
+
+            special = sunspec_maps(self.site, self.model)
         for (host, port), ieds in tcp.items():
-            endpoint = ModbusEndpoint(ieds, self._apply_command, bind_host=self.options.bind_host)
+            endpoint = ModbusEndpoint(ieds, self._apply_command, bind_host=self.options.bind_host,
+                                      special_maps=special)
             await endpoint.start()
             await endpoint.update(values)
             self._add_endpoint(endpoint)
@@ -405,7 +422,7 @@ class HilRuntime:
                 await wait_listening("127.0.0.1", child.port, timeout_s=30.0)
             except OSError as exc:
                 log.warning("%s: IEC 61850 server not listening on port %d: %s", child.ied.id, child.port, exc)
-        if self.options.ami and self.site.ami is not None:
+        if self.options.ami and any(site.ami is not None for site, _ in self.sites):
             await self._start_ami()
         self.ready = True
         log.info("simulator running: %d Modbus endpoint(s), %d IEC 61850 IED(s), speed %s, step %.3f s",
@@ -424,23 +441,33 @@ class HilRuntime:
             log.warning("hil.iec61850_server is not available: IEC 61850 IEDs %s are not served",
                         ", ".join(i.id for i in ieds))
             return
-        if self.site_path is None:
-            log.warning("no site file path given: IEC 61850 IEDs %s are not served",
-                        ", ".join(i.id for i in ieds))
-            return
+        path_of = {i.id: p for site, p in self.sites for i in site.ieds if p is not None}
+        missing = [i.id for i in ieds if i.id not in path_of]
+        if missing:
+            log.warning("no site file path given: IEC 61850 IEDs %s are not served", ", ".join(missing))
         for ied in ieds:
-            child = Iec61850Child(ied, self.site_path, ied.port, self._apply_command)
+            if ied.id not in path_of:
+                continue
+            child = Iec61850Child(ied, path_of[ied.id], ied.port, self._apply_command)
             await child.start()
             self.iec_children.append(child)
 
     async def _start_ami(self) -> None:
         from hil.ami import AmiPublisher
 
-        assert self.site.ami is not None
-        self.ami = AmiPublisher(self.site, batch_size=self.options.ami_batch_size,
-                                interval_s=self.options.ami_interval_s, meters=self.options.meters)
-        await self.ami.start()
-        self.ami.prepare(self.model.meter_readings(self.clock.monotonic()).ids)
+        readings = self.model.meter_readings(self.clock.monotonic())
+        for site, _ in self.sites:
+            if site.ami is None:
+                continue
+            publisher = AmiPublisher(site, batch_size=self.options.ami_batch_size,
+                                     interval_s=self.options.ami_interval_s, meters=self.options.meters)
+            if hasattr(self.model, "dr_event"):
+                publisher.on_dr_event = lambda event, p=publisher: self._demand_response(p, event)
+            await publisher.start()
+            publisher.prepare(readings.ids, getattr(readings, "group_ids", None))
+            self.amis.append(publisher)
+        self.ami = self.amis[0] if self.amis else None
+        self._next_weather_s = self.clock.monotonic() + min(self.options.ami_first_reading_s, 1.0)
         self._next_ami_s = self.clock.monotonic() + min(self.options.ami_first_reading_s, self.options.ami_interval_s)
 
     async def stop(self) -> None:
@@ -453,8 +480,9 @@ class HilRuntime:
             await line.stop()
         for child in self.iec_children:
             await child.stop()
-        if self.ami is not None:
-            await self.ami.close()
+        for publisher in self.amis:
+            await publisher.close()
+        self.amis.clear()
         self.endpoints.clear()
         self.serial_lines.clear()
         self.iec_children.clear()
@@ -525,12 +553,81 @@ class HilRuntime:
             self._next_ami_s += self.options.ami_interval_s
             if self._next_ami_s <= now_s:  # far behind (huge step): skip, do not burst
                 self._next_ami_s = now_s + self.options.ami_interval_s
-            self.ami.publish(self.model.meter_readings(now_s), self.clock.wall(), spread=True)
-        if self.ami is not None and self.ami.pending:
-            self.ami.pump(self.options.ami_messages_per_step)
+            readings = self.model.meter_readings(now_s)
+            for publisher in self.amis:
+                publisher.publish(readings, self.clock.wall(), spread=True)
+        for publisher in self.amis:
+            if publisher.pending:
+                publisher.pump(self.options.ami_messages_per_step)
+        if (self.amis and self.options.weather_interval_s > 0 and self._next_weather_s is not None
+                and now_s >= self._next_weather_s and hasattr(self.model, "weather_forecast")):
+            self._next_weather_s = now_s + self.options.weather_interval_s
+            for publisher in self.amis:
+                self.publish_weather(publisher)
         took = time.perf_counter() - t0
         self.step_time_s += took
         self.max_step_s = max(self.max_step_s, took)
+
+    # ------------------------------------------------------------------ weather and demand response
+
+    def weather_payload(self, substation_id: str) -> dict[str, Any]:
+        """The forecast of the sky and the air over the next hours (docs/hil.md#weather-feed)."""
+        now_s = self.clock.monotonic()
+        wall = self.clock.wall()
+        points = self.model.weather_forecast(now_s, self.options.weather_horizon_s, self.options.weather_step_s,
+                                             substation_id)
+        return {"v": 1, "substation_id": substation_id, "issued_at": wall, "step_s": self.options.weather_step_s,
+                "forecast": [{"time": wall + dt, "irradiance_w_m2": round(g, 2), "temperature_c": round(t, 2)}
+                             for dt, g, t in points]}
+
+    def publish_weather(self, publisher: Any) -> None:
+        payload = self.weather_payload(publisher.substation_id)
+        publisher.publish_raw(f"weather/{publisher.substation_id}/forecast", json.dumps(payload).encode(), retain=True)
+
+    def _demand_response(self, publisher: Any, event: Any) -> None:
+        """A DR event a concentrator received: the meters answer, and the concentrator confirms."""
+        from protocols.demand_response import DrConfirmation, encode_confirmation, topic_for
+
+        now_s = self.clock.monotonic()
+        start_s = now_s + (event.start - self.clock.wall())
+        publisher.dr_events += 1
+        try:
+            result = self.model.dr_event(event.event_id, event.program, now_s, group_id=event.concentrator_id,
+                                         meter_ids=list(event.meters) if event.meters is not None else None,
+                                         start_s=start_s, duration_s=event.duration_s,
+                                         reduction_pct=event.reduction_pct)
+            answered = [(m, a, d) for m, a, d in zip(result["meters"], result["answers"], result["demand_kw"],
+                                                     strict=True) if a != "silent"]
+            conf = DrConfirmation(event_id=event.event_id, substation_id=publisher.substation_id,
+                                  concentrator_id=event.concentrator_id, time=self.clock.wall(),
+                                  meters=tuple(m for m, _, _ in answered), answers=tuple(a for _, a, _ in answered),
+                                  demand_kw=tuple(round(d, 4) for _, _, d in answered))
+            log.info("demand response %s (%s) at %s: %d meters, %d accepted", event.event_id, event.program,
+                     event.concentrator_id, len(result["meters"]), sum(a == "accepted" for a in result["answers"]))
+        except (KeyError, ValueError) as exc:
+            publisher.dr_rejected += 1
+            log.warning("demand response %s refused: %s", event.event_id, exc)
+            conf = DrConfirmation(event_id=event.event_id, substation_id=publisher.substation_id,
+                                  concentrator_id=event.concentrator_id, time=self.clock.wall(), meters=(),
+                                  answers=(), demand_kw=(), error=str(exc).strip("'\""))
+        publisher.publish_raw(topic_for(publisher.cfg.dr_confirm_topic, event.concentrator_id),
+                              encode_confirmation(conf))
+
+    def load_ramp(self, substation_id: str, rate_kw_per_h: float, *, start_kw: float | None = None,
+                  ambient_c: float | None = None) -> dict[str, Any]:
+        """The evening ramp: the demand behind a substation rises at `rate_kw_per_h` (simulated time)."""
+        rate = self._finite("rate_kw_per_h", rate_kw_per_h)
+        start = None if start_kw is None else self._finite("start_kw", start_kw, low=0.0, low_open=True)
+        ambient = None if ambient_c is None else self._finite("ambient_c", ambient_c)
+        now_s = self.clock.monotonic()
+        result = self._model_call(f"ramp on {substation_id}", lambda: self.model.load_ramp(
+            substation_id, rate, now_s, start_kw=start, ambient_c=ambient))
+        log.warning("load ramp on %s: %+.0f kW/h from %.0f kW%s, sim %.3f s", substation_id, rate,
+                    result["total_load_kw"], f", ambient {ambient:g} C" if ambient is not None else "", now_s)
+        if ambient is not None:
+            for publisher in self.amis:
+                self.publish_weather(publisher)
+        return {"substation": substation_id, **result, "sim_time_s": now_s}
 
     def _local_flags(self) -> dict[str, bool]:
         flags = getattr(self.model, "local_command_points", None)
@@ -749,6 +846,7 @@ class HilRuntime:
             faults = faults()
         return {
             "substation_id": self.site.site.substation_id,
+            "substation_ids": [site.site.substation_id for site, _ in self.sites],
             "ready": self.ready,
             "sim_time_s": round(now_s, 6),
             "sim_wall_time": self.clock.wall(),
@@ -765,6 +863,7 @@ class HilRuntime:
             "endpoints": [e.status() for e in self.endpoints],
             "iec61850": [c.status() for c in self.iec_children],
             "ami": self.ami.status() if self.ami is not None else None,
+            "ami_feeds": {p.substation_id: p.status() for p in self.amis},
             "clearings": len(self.clearings),
             "last_clearing": self.clearings[-1] if self.clearings else None,
             "last_commands": [{"sim_time_s": t, "point": p, "value": _jsonable(v)} for t, p, v in self.commands[-10:]],

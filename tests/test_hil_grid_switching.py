@@ -139,7 +139,8 @@ def test_capacity_matters_for_a_transfer(site: SiteConfig, via: str, donor: str,
     assert evening.agent_values(donor)["ia"] < 0.8 * ampacity_a  # on its own it is fine
     assert _lowest_line_voltage_pu(evening) >= 0.95
     _transfer(evening, via)
-    assert evening.agent_values(donor)["ia"] > 1.05 * ampacity_a and _lowest_line_voltage_pu(evening) < 0.95
+    # over its ampacity (a little less than at constant power: the sagging loads draw less)
+    assert evening.agent_values(donor)["ia"] > ampacity_a and _lowest_line_voltage_pu(evening) < 0.95
 
 
 def _lowest_line_voltage_pu(model: GridModel) -> float:

@@ -368,6 +368,23 @@ class RenewableEnergyAttributes(_Attrs):
     min_generation_kw: float | None = Field(default=None, ge=0)
     """Below this output the unit is in Standby (default 1 % of rating)."""
     q_update_deadband_kvar: float | None = Field(default=None, ge=0)
+    # storage (resource_type battery_storage)
+    energy_capacity_kwh: float | None = Field(default=None, gt=0)
+    """Usable energy of a battery at 100 % state of charge."""
+    max_charge_kw: float | None = Field(default=None, gt=0)
+    """Largest charging power (default: rated_capacity)."""
+    soc_min_pct: float = Field(default=10.0, ge=0, lt=100)
+    """Reserve kept for the site: the battery stops discharging here."""
+    soc_max_pct: float = Field(default=95.0, gt=0, le=100)
+    """The battery stops charging here."""
+
+    @model_validator(mode="after")
+    def _check_storage(self) -> RenewableEnergyAttributes:
+        if self.soc_min_pct >= self.soc_max_pct:
+            raise ValueError(f"soc_min_pct ({self.soc_min_pct}) must be below soc_max_pct ({self.soc_max_pct})")
+        if self.resource_type == "battery_storage" and self.energy_capacity_kwh is None:
+            raise ValueError("a battery_storage needs energy_capacity_kwh")
+        return self
 
 
 AGENT_ATTRIBUTE_MODELS: dict[AgentType, type[BaseModel]] = {

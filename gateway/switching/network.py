@@ -493,6 +493,16 @@ class _Builder:
             return self.net.line_sections[agent_id][-1]
         if agent_id in self.net.element_section:
             return self.net.element_section[agent_id]
+        # an element between the substation and its feeder breakers (the station transformer)
+        # is part of the station: what it feeds hangs from the substation's node
+        parent, seen = agent_id, {agent_id}
+        while True:
+            parent = next((p for p, kids in self.feeds.items() if parent in kids), "")
+            if not parent or parent in seen or self.types.get(parent) == LINE:
+                break
+            if self.types.get(parent) == SUBSTATION:
+                return parent
+            seen.add(parent)
         raise NetworkError(f"agents.{agent_id}: a {self.types[agent_id]} cannot feed a switching device")
 
     def _device_feeding(self, dev_id: str, upstream: str) -> None:

@@ -38,6 +38,7 @@ the loop's branches.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections import deque
@@ -61,7 +62,8 @@ from hil.grid.faults import A_OP, FaultInfo, FaultKind, SequenceCurrents, parse_
 from hil.grid.flows import branch_flow, nearest_upstream, top_node, walked_forward
 from hil.grid.layout import SiteLayout, site_layout
 from hil.grid.network import BranchKind, Loop, Network, RadialTree, closed_loops
-from hil.grid.powerflow import PowerFlowDiverged, PowerFlowResult, solve, solve_impedance
+from hil.grid.demand_response import DemandResponse, ProgramTerms
+from hil.grid.powerflow import PowerFlowDiverged, PowerFlowResult, VoltageDependentLoads, solve, solve_impedance
 from hil.grid.profiles import (
     DAILY_SHAPES,
     SmoothNoise,
@@ -72,6 +74,7 @@ from hil.grid.profiles import (
     shape_matrix,
 )
 from hil.grid.sections import Section, line_sections
+from hil.grid.storage import battery_power_kw, soc_after_pct
 from hil.grid.settings import (
     ExternalSourceSettings,
     LoadProfileName,
@@ -183,6 +186,13 @@ class _Der:
     p_kw: float = 0.0
     q_kvar: float = 0.0
     irradiance_w_m2: float = 0.0
+    energy_kwh: float = 0.0
+    """Delivered to the grid since start (inverters count it; SunSpec TotWhInj)."""
+    soc_pct: float | None = None
+    """State of charge of a battery (None for other DER)."""
+    p_setpoint_kw: float = 0.0
+    """A battery's active-power set-point: + discharge into the grid, − charge."""
+    efficiency: float = 0.95
 
 
 @dataclass(slots=True)
@@ -196,6 +206,8 @@ class _Load:
     shape: int
     owners: frozenset[str]
     """Ids a load step may name to scale this component (itself, its transformer, its line...)."""
+    load_class: str = "residential"
+    """Voltage dependence (`[simulation] load_models`): residential, commercial, industrial or flat."""
     factor: float = 1.0
     kw: float = 0.0
     kvar: float = 0.0
@@ -214,6 +226,9 @@ class _MeterGroup:
     prefix: str
     first: int
     meter_type: str
+    critical: bool = False
+    programs: frozenset[str] = frozenset()
+    critical_meters: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -247,7 +262,12 @@ class GridModel:
         self._pending: list[tuple[float, int, str, bool]] = []
         self._event_seq = 0
         self.substation_id = ""
+        """The first substation (the one a single-site model has)."""
+        self.substation_ids: list[str] = []
+        self._station_bus_of: dict[str, int] = {}
         self.station_bus = 0
+        self._reference_pu = settings.source_voltage_pu
+        """EMF of the first substation's grid: the root of the one tree holding every source."""
         self.source_bus = 0
         self._agent_types: dict[str, AgentType] = {}
         self._agents: dict[str, AgentConfig] = {}
@@ -287,6 +307,11 @@ class GridModel:
         self._collapsed = False
         self._point_cache: dict[str, float | int | bool] | None = None
         """Point values of the last solve; every state change goes through a solve."""
+        self._ramps: dict[str, tuple[float, float, float]] = {}
+        """Substation id → (start s, underlying demand at start kW, kW per hour): a load ramp."""
+        self._ambient_override_c: dict[str, float] = {}
+        """Substation id → the ambient temperature its transformers see (a heat-wave injection)."""
+        self._sub_of_bus: dict[int, str] = {}
 
     # ------------------------------------------------------------------ building
 
@@ -306,24 +331,38 @@ class GridModel:
         self._agents = agents
         self._agent_types = {a.id: a.type for a in site.agents}
         subs = [a for a in site.agents if a.type is AgentType.SUBSTATION]
-        if len(subs) != 1:
-            raise ValueError(f"the simulator needs exactly one substation agent, found {len(subs)}")
-        sub = subs[0]
-        self.substation_id = sub.id
+        if not subs:
+            raise ValueError("the simulator needs a substation agent, found none")
+        self.substation_id = subs[0].id
+        self.substation_ids = [sub.id for sub in subs]
         self._layout = layout = site_layout(site)
         self._device_attrs = {a.id: CircuitBreakerAttributes.model_validate(a.attributes)
                               for a in site.agents if a.type is AgentType.CIRCUIT_BREAKER}
-        sub_attrs = SubstationAttributes.model_validate(sub.attributes)
-        kv = s.nominal_kv or sub_attrs.secondary_voltage
         net = self.net
-        self.source_bus = net.add_bus("source", kv)
-        self.station_bus = net.add_bus(sub.id, kv)
-        z_abs = kv ** 2 / s.source_sc_mva
-        r = z_abs / math.sqrt(1.0 + s.source_x_r ** 2)
-        z_src = complex(r, r * s.source_x_r)
-        net.add_branch("source", self.source_bus, self.station_bus, z_src, kind=BranchKind.SOURCE,
-                       z0_ohm=z_src * s.source_z0_z1)
-        self._source_names[self.station_bus] = sub.id
+        first_pu = 1.0
+        for n, sub in enumerate(subs):
+            # each substation: its grid's EMF behind its fault level; the first is the reference,
+            # the others hang from it by an ideal ratio (as external sources do), so one tree holds all
+            src = s.source(sub.id)
+            kv = src.nominal_kv or SubstationAttributes.model_validate(sub.attributes).secondary_voltage
+            if n == 0:
+                self.source_bus = emf = net.add_bus("source", kv)
+                first_pu = src.source_voltage_pu
+                name = "source"
+            else:
+                emf = net.add_bus(f"{sub.id}/source", kv)
+                net.add_branch(f"{sub.id}/emf", self.source_bus, emf, 0j, ratio=src.source_voltage_pu / first_pu,
+                               kind=BranchKind.IDEAL)
+                name = f"{sub.id}/grid"
+            station = net.add_bus(sub.id, kv)
+            z_abs = kv ** 2 / src.source_sc_mva
+            r = z_abs / math.sqrt(1.0 + src.source_x_r ** 2)
+            z_src = complex(r, r * src.source_x_r)
+            net.add_branch(name, emf, station, z_src, kind=BranchKind.SOURCE, z0_ohm=z_src * src.source_z0_z1)
+            self._station_bus_of[sub.id] = station
+            self._source_names[station if n == 0 else emf] = sub.id
+        self.station_bus = self._station_bus_of[subs[0].id]
+        self._reference_pu = first_pu
 
         children: dict[str, list[str]] = {a.id: [] for a in site.agents}
         ties: list[tuple[str, str]] = []
@@ -345,10 +384,10 @@ class GridModel:
                          for r in a.connection_rules
                          if r.canonical_type is CanonicalType.ROUTE and r.normally_open}
 
-        attach: dict[str, int] = {sub.id: self.station_bus}
-        upstream_switch: dict[str, str | None] = {sub.id: None}
-        visited = {sub.id}
-        queue = deque([sub.id])
+        attach: dict[str, int] = dict(self._station_bus_of)
+        upstream_switch: dict[str, str | None] = {sid: None for sid in self.substation_ids}
+        visited = set(self.substation_ids)
+        queue = deque(self.substation_ids)
         order: list[str] = []
         while queue:
             parent_id = queue.popleft()
@@ -382,12 +421,17 @@ class GridModel:
                 self.capacitors[agent_id] = _Capacitor(agent_id, attrs, attach[agent_id], steps, steps)
             elif agent.type is AgentType.RENEWABLE_ENERGY:
                 attrs_r = RenewableEnergyAttributes.model_validate(agent.attributes)
-                self.ders[agent_id] = _Der(agent_id, attrs_r, attach[agent_id])
+                der = _Der(agent_id, attrs_r, attach[agent_id])
+                if attrs_r.resource_type == "battery_storage":
+                    start = s.storage.get(agent_id)
+                    der.soc_pct = start.soc_pct if start is not None else 50.0
+                    der.efficiency = (start.efficiency_pct if start is not None else 95.0) / 100.0
+                self.ders[agent_id] = der
         unreached = [a.id for a in site.agents if a.id not in visited and a.id not in layout.ties
                      and a.type is not AgentType.SMART_METER]
         if unreached:
             log.warning("agents not reachable from %s by supply edges, left out of the model: %s",
-                        sub.id, ", ".join(unreached))
+                        ", ".join(self.substation_ids), ", ".join(unreached))
         for line_a, line_b in ties:
             if line_a in self.lines and line_b in self.lines:
                 tie_id = f"TIE-{line_a}-{line_b}"
@@ -523,7 +567,7 @@ class GridModel:
             kv = self.net.buses[bus1].base_kv
             emf = self.net.add_bus(f"{tie.device}/source", kv)
             emf_branch = self.net.add_branch(f"{tie.device}/emf", self.source_bus, emf, 0j,
-                                             ratio=ext.voltage_pu / s.source_voltage_pu, kind=BranchKind.IDEAL)
+                                             ratio=ext.voltage_pu / self._reference_pu, kind=BranchKind.IDEAL)
             far = self.net.add_bus(f"{tie.device}/{tie.external_source}", kv)
             z_abs = kv ** 2 / ext.sc_mva
             r = z_abs / math.sqrt(1.0 + ext.x_r ** 2)
@@ -589,14 +633,19 @@ class GridModel:
             scaled[-1] += meters - sum(scaled)
             counts = dict(zip(ids, scaled, strict=True))
 
+        feeding = {t.id for t in self.transformers.values()
+                   if any(t.bus in (br.from_bus, br.to_bus) and br.name != t.id for br in self.net.branches)}
         for t in self.transformers.values():
             groups = groups_by_xfmr.get(t.id, [])
             own = s.loads.get(t.id, LoadSettings())
             default_peak = 0.6 * t.rated_kva * own.power_factor
+            if not groups and t.id in feeding and t.id not in s.loads:
+                continue  # a station transformer: the loads of what it feeds stand for it
             if not groups:
                 self._loads.append(_Load(t.id, t.bus, own.peak_kw if own.peak_kw is not None else default_peak,
                                          own.power_factor, shape_for(own, LoadProfileName.RESIDENTIAL),
-                                         frozenset(owners_of_xfmr[t.id])))
+                                         frozenset(owners_of_xfmr[t.id]),
+                                         (own.profile or LoadProfileName.RESIDENTIAL).value))
                 continue
             total_count = sum(g.count for g in groups)
             xfmr_peak = own.peak_kw if own.peak_kw is not None else default_peak
@@ -605,11 +654,13 @@ class GridModel:
                 peak = cfg.peak_kw if cfg.peak_kw is not None else xfmr_peak * g.count / total_count
                 self._loads.append(_Load(g.id, t.bus, peak, cfg.power_factor,
                                          shape_for(cfg, LoadProfileName(g.meter_type)),
-                                         frozenset(owners_of_xfmr[t.id] | {g.id})))
+                                         frozenset(owners_of_xfmr[t.id] | {g.id}), g.meter_type))
                 n = counts[g.id]
                 start = self._groups[-1].stop if self._groups else 0
                 self._groups.append(_MeterGroup(g.id, len(self._loads) - 1, t.id, g.nominal_voltage_v,
-                                                start, start + n, g.prefix, g.first, g.meter_type))
+                                                start, start + n, g.prefix, g.first, g.meter_type,
+                                                critical=g.critical, programs=frozenset(g.dr_programs),
+                                                critical_meters=tuple(g.critical_meters)))
 
         fed: set[str] = set()
         for t in self.transformers.values():
@@ -626,19 +677,27 @@ class GridModel:
             self._loads.append(_Load(line.id, line.end_bus,
                                      line_cfg.peak_kw if line_cfg.peak_kw is not None else default_peak,
                                      line_cfg.power_factor, shape_for(line_cfg, LoadProfileName.COMMERCIAL),
-                                     frozenset(self._owners(line.end_bus) | {line.id})))
+                                     frozenset(self._owners(line.end_bus) | {line.id}),
+                                     (line_cfg.profile or LoadProfileName.COMMERCIAL).value))
         self._shapes = shape_matrix(shapes) if shapes else np.zeros((0, 25))
         self._load_shape = np.array([ld.shape for ld in self._loads], dtype=np.int64)
         self._load_peak_kw = np.array([ld.peak_kw for ld in self._loads])
         self._load_tan_phi = np.array([math.tan(math.acos(ld.power_factor)) for ld in self._loads])
         self._load_bus = np.array([ld.bus for ld in self._loads], dtype=np.int64)
+        terms = [(k, *term) for k, ld in enumerate(self._loads) for term in s.load_model(ld.load_class).components()]
+        self._term_load = np.array([t[0] for t in terms], dtype=np.int64)
+        self._term_share = np.array([(t[1], t[3]) for t in terms], dtype=np.float64).reshape(-1, 2)
+        self._term_exp = np.array([(t[2], t[4]) for t in terms], dtype=np.float64).reshape(-1, 2)
+        self._load_group = np.full(len(self._loads), -1, dtype=np.int64)
+        self._dr_programs = {p.id: p for p in site.demand_response.programs}
         self._load_noise = SmoothNoise(self.seed, 1, len(self._loads), s.noise_period_s)
         self._weather_noise = SmoothNoise(self.seed, 2, 2, s.noise_period_s)
         self._build_meters()
 
     def _owners(self, bus: int) -> set[str]:
         """Lines, breakers and the substation upstream of `bus` in the as-built (normal) topology."""
-        owners = {self.substation_id}
+        owners: set[str] = set()
+        station_of = {b: sid for sid, b in self._station_bus_of.items()}
         parents: dict[int, tuple[int, str, BranchKind]] = {}
         ties = (DeviceRole.TIE, DeviceRole.EXTERNAL_TIE)
         for br in self.net.branches:
@@ -647,13 +706,47 @@ class GridModel:
             if br.kind is not BranchKind.SWITCH or (br.name in self.breakers and self.breakers[br.name].role not in ties):
                 parents[br.to_bus] = (br.from_bus, br.name, br.kind)
         line_of_branch_prefix = set(self.lines)
-        while bus in parents:
+        while True:
+            if bus in station_of:
+                owners.add(station_of[bus])
+            if bus not in parents:
+                break
             parent, name, kind = parents[bus]
             base = name.split(":", 1)[0]
             if base in line_of_branch_prefix or name in self.breakers or kind is BranchKind.TRANSFORMER:
                 owners.add(base)
             bus = parent
+        if not owners & set(self.substation_ids):
+            owners.add(self.substation_id)
         return owners
+
+    def _substation_of_load(self) -> list[str]:
+        subs = set(self.substation_ids)
+        return [next(iter(sorted(ld.owners & subs)), self.substation_id) for ld in self._loads]
+
+    def _ramped(self, kw: npt.NDArray[np.float64], now_s: float) -> npt.NDArray[np.float64]:
+        """Loads behind a substation under a ramp, scaled so that their underlying demand (at 1 pu,
+        before demand response) follows the ramp's line whatever the daily profile does."""
+        if not self._ramps:
+            return kw
+        out = kw.copy()
+        for sub_id, (t0, start_kw, rate_kw_h) in self._ramps.items():
+            mask = self._ramp_mask[sub_id]
+            total = float(kw[mask].sum())
+            if total > 0:
+                out[mask] *= (start_kw + rate_kw_h * max(0.0, now_s - t0) / 3600.0) / total
+        return out
+
+    def _dr_factors(self, now_s: float) -> npt.NDArray[np.float64]:
+        """Each load's demand-response multiplier: its meters' multipliers, weighted by their share."""
+        out = np.ones(len(self._loads))
+        if not len(self._meter_ids):
+            return out
+        self._meter_dr = self.dr.factors(now_s)
+        for g in self._groups:
+            sl = slice(g.start, g.stop)
+            out[g.load] = float(np.dot(self._meter_weight[sl], self._meter_dr[sl])) if g.stop > g.start else 1.0
+        return out
 
     def _build_meters(self) -> None:
         n = self._groups[-1].stop if self._groups else 0
@@ -681,6 +774,23 @@ class GridModel:
             self._meter_energy0[sl] = rng.uniform(0.0, 2000.0, count) * typical
             self._meter_nominal_v[sl] = g.nominal_v
         self._meter_noise = SmoothNoise(self.seed, 4, n, self.settings.noise_period_s)
+        group_of_meter = np.zeros(n, dtype=np.int64)
+        critical = np.zeros(n, dtype=bool)
+        index = {mid: k for k, mid in enumerate(self._meter_ids)}
+        for gi, g in enumerate(self._groups):
+            group_of_meter[g.start:g.stop] = gi
+            self._load_group[g.load] = gi
+            critical[g.start:g.stop] = g.critical
+            for meter in g.critical_meters:
+                if meter in index:
+                    critical[index[meter]] = True
+        self._meter_index = index
+        self.dr = DemandResponse.build(group_of_meter, [g.programs for g in self._groups], critical,
+                                       self.settings.demand_response.responders_pct, self.seed)
+        self._meter_dr = np.ones(n)
+        """Each meter's demand-response multiplier at the last solve."""
+        owner_sub = self._substation_of_load()
+        self._ramp_mask = {sid: np.array([o == sid for o in owner_sub], dtype=bool) for sid in self.substation_ids}
 
     def _build_points(self, site: SiteConfig) -> None:
         # A point may feed several agents (a capacitor's controller reading the feeder's kvar);
@@ -713,7 +823,7 @@ class GridModel:
         self._point_sources = [(pid, a, n) for pid, (a, n) in produced.items()]
 
     def _modelled(self) -> set[str]:
-        return ({self.substation_id} | set(self.breakers) | set(self.lines) | set(self.transformers)
+        return (set(self.substation_ids) | set(self.breakers) | set(self.lines) | set(self.transformers)
                 | set(self.capacitors) | set(self.ders))
 
     # ------------------------------------------------------------------ time
@@ -824,19 +934,23 @@ class GridModel:
         noise = 1.0 + s.load_noise_pct / 100.0 * self._load_noise.at(now_s)
         factors = np.array([ld.factor for ld in self._loads])
         kw = self._load_peak_kw * shape * np.clip(noise, 0.0, None) * factors
+        kw = self._ramped(kw, now_s)
+        kw = kw * self._dr_factors(now_s)
         kvar = kw * self._load_tan_phi
         served = energised[self._load_bus] if len(self._loads) else np.zeros(0, dtype=bool)
-        for ld, p, q, on in zip(self._loads, kw, kvar, served, strict=True):
+        for ld in self._loads:
             ld.energy_kwh += ld.kw * dt / 3600.0  # rectangle rule over the last interval
-            ld.kw, ld.kvar = (float(p), float(q)) if on else (0.0, 0.0)
         s_pu = np.zeros(len(self.net.buses), dtype=np.complex128)
-        np.add.at(s_pu, self._load_bus, (kw + 1j * kvar) / base_kw)
+        # voltage-dependent loads: their demand at 1 pu, split in the terms of their class's model
+        term_kw = np.where(served[self._term_load], kw[self._term_load], 0.0) if len(self._loads) else np.zeros(0)
+        term_kvar = np.where(served[self._term_load], kvar[self._term_load], 0.0) if len(self._loads) else np.zeros(0)
+        dependent = VoltageDependentLoads(
+            bus=self._load_bus[self._term_load], p_pu=term_kw * self._term_share[:, 0] / base_kw,
+            q_pu=term_kvar * self._term_share[:, 1] / base_kw, np_=self._term_exp[:, 0], nq=self._term_exp[:, 1])
 
         # weather and DER
         weather = self._weather_noise.at(now_s)
-        clear = clear_sky_irradiance_w_m2(s.irradiance, hour)
-        dimming = 1.0 - abs(weather[0]) * s.irradiance.cloud_noise_pct / 100.0
-        self._irradiance_w_m2 = max(0.0, clear * dimming)
+        self._irradiance_w_m2 = self.irradiance_at(now_s)
         self._frequency_hz = s.frequency_hz + s.frequency_noise_hz * float(weather[1])
         for der in self.ders.values():
             der.irradiance_w_m2 = self._irradiance_w_m2
@@ -850,7 +964,20 @@ class GridModel:
                     der.ready_s = now_s + (der.attrs.enter_service_delay_s if s.der_enter_service_delay else 0.0)
                 der.connected = der.connect_cmd and now_s >= der.ready_s
             rated = der.attrs.rated_capacity
-            if der.connected:
+            der.energy_kwh += max(der.p_kw, 0.0) * dt / 3600.0
+            if der.soc_pct is not None:
+                assert der.attrs.energy_capacity_kwh is not None
+                der.soc_pct = soc_after_pct(der.soc_pct, der.p_kw, dt, capacity_kwh=der.attrs.energy_capacity_kwh,
+                                            efficiency=der.efficiency)
+            if der.connected and der.soc_pct is not None:
+                der.p_kw = battery_power_kw(der.p_setpoint_kw, rated_kw=rated,
+                                            max_charge_kw=der.attrs.max_charge_kw or rated,
+                                            limit_pct=der.p_limit_pct, soc_pct=der.soc_pct,
+                                            soc_min_pct=der.attrs.soc_min_pct, soc_max_pct=der.attrs.soc_max_pct)
+                s_max = der.attrs.rated_apparent_power_kva or rated * 1.1
+                q_max = math.sqrt(max(s_max ** 2 - der.p_kw ** 2, 0.0))
+                der.q_kvar = max(-q_max, min(q_max, der.q_setpoint_kvar))
+            elif der.connected:
                 available = rated * self._irradiance_w_m2 / 1000.0
                 der.p_kw = min(available, rated * der.p_limit_pct / 100.0)
                 s_max = der.attrs.rated_apparent_power_kva or rated * 1.1
@@ -868,10 +995,10 @@ class GridModel:
             v_ratio = self.net.buses[cap.bus].base_kv / cap.attrs.voltage_level
             y_pu[cap.bus] += 1j * q_mvar * v_ratio ** 2 / self.net.base_mva
 
-        v0 = complex(s.source_voltage_pu)
+        v0 = complex(self._reference_pu)
         start = self._result.voltage_pu if self._result is not None else None
         try:
-            result = solve(tree, s_pu, y_pu, v0, tolerance_pu=s.tolerance_pu, v_start_pu=start)
+            result = solve(tree, s_pu, y_pu, v0, tolerance_pu=s.tolerance_pu, v_start_pu=start, dependent=dependent)
         except PowerFlowDiverged:
             # past the nose of the P-V curve: loads stop drawing constant power when the voltage
             # collapses, so solve them as the impedances they become
@@ -879,13 +1006,24 @@ class GridModel:
                 log.warning("voltage collapse at %.1f s: constant-power loads beyond what the network "
                             "can carry; loads solved as constant impedance", now_s)
             self._collapsed = True
-            result = solve_impedance(tree, y_pu + np.conj(s_pu), v0)
+            nominal = dependent.at_nominal_pu(len(self.net.buses))
+            result = solve_impedance(tree, y_pu + np.conj(s_pu + nominal), v0)
+            vm = np.abs(result.voltage_pu[dependent.bus])
+            result = dataclasses.replace(result, dependent_s_pu=(dependent.p_pu + 1j * dependent.q_pu) * vm ** 2)
         else:
             self._collapsed = False
         self._result = result
         self._energised = energised.copy()
-        self._bus_load_kw = s_pu.real * base_kw
-        self._bus_load_kvar = s_pu.imag * base_kw
+        drawn = np.zeros(len(self._loads), dtype=np.complex128)
+        if result.dependent_s_pu is not None and len(self._loads):
+            np.add.at(drawn, self._term_load, result.dependent_s_pu * base_kw)
+        for ld, d in zip(self._loads, drawn, strict=True):
+            ld.kw, ld.kvar = float(d.real), float(d.imag)
+        bus_load = s_pu * base_kw
+        if len(self._loads):
+            np.add.at(bus_load, self._load_bus, drawn)
+        self._bus_load_kw = bus_load.real
+        self._bus_load_kvar = bus_load.imag
 
         # balanced phase currents with the configured unbalance, then faults on top
         u = s.unbalance_pct / 100.0
@@ -941,9 +1079,14 @@ class GridModel:
             tau_s = (a.top_oil_time_constant_min or 180.0) * 60.0
             t.top_oil_rise_c = ultimate + (t.top_oil_rise_c - ultimate) * math.exp(-dt / tau_s)
 
-    def _ambient_c(self, t: _Transformer | None, now_s: float) -> float:
+    def _ambient_c(self, t: _Transformer | None, now_s: float, substation_id: str | None = None) -> float:
         s = self.settings
         base = ambient_temperature_c(s.ambient_temp_c, s.ambient_swing_c, hour_of_day(now_s, s.start_hour))
+        sub = substation_id
+        if t is not None and self._ambient_override_c:
+            sub = self._substation_of_bus(t.primary_bus)
+        if sub is not None and sub in self._ambient_override_c:
+            base = self._ambient_override_c[sub]
         if t is None:
             return base
         for start, duration, delta in t.ramps:
@@ -1127,6 +1270,111 @@ class GridModel:
         self._dirty = True
         self._solve(self._now)
 
+    def underlying_demand_kw(self, substation_id: str) -> float:
+        """What a substation's loads would draw now at 1 pu and without demand response."""
+        if substation_id not in self._ramp_mask:
+            raise KeyError(f"{substation_id!r} is not a modelled substation; known: {', '.join(self.substation_ids)}")
+        hour = hour_of_day(self._now, self.settings.start_hour)
+        shape = shape_at(self._shapes, hour)[self._load_shape] if len(self._loads) else np.zeros(0)
+        noise = 1.0 + self.settings.load_noise_pct / 100.0 * self._load_noise.at(self._now)
+        factors = np.array([ld.factor for ld in self._loads])
+        kw = self._ramped(self._load_peak_kw * shape * np.clip(noise, 0.0, None) * factors, self._now)
+        return float(kw[self._ramp_mask[substation_id]].sum())
+
+    def load_ramp(self, substation_id: str, rate_kw_per_h: float, now_s: float, *, start_kw: float | None = None,
+                  ambient_c: float | None = None) -> dict[str, float]:
+        """From now on, the demand behind `substation_id` rises (or falls) by `rate_kw_per_h`, from
+        `start_kw` (its measured total load now, default as it is), whatever the daily profiles do;
+        `ambient_c` holds its transformers' ambient temperature there (a hot evening). A rate of 0
+        with no start holds the demand where it is; `clear_ramp` hands it back to the profiles."""
+        if substation_id not in self._station_bus_of:
+            raise KeyError(f"{substation_id!r} is not a modelled substation; known: {', '.join(self.substation_ids)}")
+        if not math.isfinite(rate_kw_per_h) or abs(rate_kw_per_h) > 1e6:
+            raise ValueError(f"rate must be a finite kW/h within ±1e6, found {rate_kw_per_h!r}")
+        if ambient_c is not None and not (math.isfinite(ambient_c) and -50 <= ambient_c <= 60):
+            raise ValueError(f"ambient must be within -50..60 degC, found {ambient_c!r}")
+        at = self._catch_up(now_s)
+        underlying = self.underlying_demand_kw(substation_id)
+        measured = self.agent_values(substation_id)["total_load_kw"]
+        if start_kw is not None:
+            if not (math.isfinite(start_kw) and start_kw > 0):
+                raise ValueError(f"start must be a positive load in kW, found {start_kw!r}")
+            # the underlying demand that makes the measured load `start_kw` (voltage effects, losses
+            # and DER scale about in proportion)
+            underlying *= start_kw / measured if measured > 0 else 1.0
+        self._ramps[substation_id] = (at, underlying, float(rate_kw_per_h))
+        if ambient_c is not None:
+            self._ambient_override_c[substation_id] = float(ambient_c)
+        self._dirty = True
+        self._solve(self._now)
+        return {"start_s": at, "underlying_kw": underlying, "rate_kw_per_h": float(rate_kw_per_h),
+                "total_load_kw": self.agent_values(substation_id)["total_load_kw"]}
+
+    def clear_ramp(self, substation_id: str, now_s: float) -> None:
+        self._catch_up(now_s)
+        self._ramps.pop(substation_id, None)
+        self._ambient_override_c.pop(substation_id, None)
+        self._dirty = True
+        self._solve(self._now)
+
+    def dr_event(self, event_id: str, program_id: str, now_s: float, *, group_id: str | None = None,
+                 meter_ids: list[str] | None = None, start_s: float, duration_s: float,
+                 reduction_pct: float | None = None) -> dict[str, Any]:
+        """A demand-response event reaching the meters of a group (or a list): each meter's answer
+        (`hil.grid.demand_response`) and the demand it had when it answered."""
+        program = self._dr_programs.get(program_id)
+        if program is None:
+            raise KeyError(f"unknown demand-response program {program_id!r}; known: "
+                           f"{', '.join(sorted(self._dr_programs)) or 'none'}")
+        if not (math.isfinite(start_s) and math.isfinite(duration_s) and duration_s > 0):
+            raise ValueError(f"start and duration must be finite, duration > 0 (found {start_s!r}, {duration_s!r})")
+        if duration_s > program.max_duration_s:
+            raise ValueError(f"duration {duration_s:g} s exceeds program {program_id}'s {program.max_duration_s:g} s")
+        reduction = program.reduction_pct if reduction_pct is None else float(reduction_pct)
+        if not 0 < reduction <= 100:
+            raise ValueError(f"reduction_pct must be in (0, 100], found {reduction_pct!r}")
+        if group_id is not None:
+            group = next((g for g in self._groups if g.id == group_id), None)
+            if group is None:
+                raise KeyError(f"unknown meter group {group_id!r}")
+            index = np.arange(group.start, group.stop, dtype=np.int64)
+            if meter_ids is not None:
+                wanted = {self._meter_index[m] for m in meter_ids if m in self._meter_index}
+                unknown = [m for m in meter_ids if m not in self._meter_index]
+                if unknown:
+                    raise KeyError(f"unknown meters {', '.join(unknown[:5])}")
+                index = np.array([k for k in index if k in wanted], dtype=np.int64)
+        elif meter_ids is not None:
+            unknown = [m for m in meter_ids if m not in self._meter_index]
+            if unknown:
+                raise KeyError(f"unknown meters {', '.join(unknown[:5])}")
+            index = np.array([self._meter_index[m] for m in meter_ids], dtype=np.int64)
+        else:
+            raise ValueError("a demand-response event names a meter group or meters")
+        self._catch_up(now_s)
+        demand = self.meter_readings(self._now).demand_kw[index]
+        answers = self.dr.dispatch(event_id, ProgramTerms(program.id, program.kind, program.shift_h * 3600.0),
+                                   index, float(start_s), float(duration_s), reduction)
+        self._dirty = True
+        self._solve(self._now)
+        return {"meters": [self._meter_ids[k] for k in index], "answers": answers,
+                "demand_kw": [float(d) for d in demand], "reduction_pct": reduction}
+
+    def irradiance_at(self, now_s: float) -> float:
+        """The sun on the PV plants at `now_s` (clear sky dimmed by the seeded cloud noise): what the
+        model will use then, so a forecast built from it is what the plants will see."""
+        s = self.settings
+        weather = self._weather_noise.at(now_s)
+        clear = clear_sky_irradiance_w_m2(s.irradiance, hour_of_day(now_s, s.start_hour))
+        return max(0.0, clear * (1.0 - abs(float(weather[0])) * s.irradiance.cloud_noise_pct / 100.0))
+
+    def weather_forecast(self, now_s: float, horizon_s: float, step_s: float,
+                         substation_id: str | None = None) -> list[tuple[float, float, float]]:
+        """(seconds from now, irradiance W/m², ambient °C) from now over `horizon_s`, every `step_s`."""
+        n = int(horizon_s // step_s) + 1
+        return [(k * step_s, self.irradiance_at(now_s + k * step_s),
+                 self._ambient_c(None, now_s + k * step_s, substation_id)) for k in range(n)]
+
     def temperature_ramp(self, transformer_id: str, delta_c: float, duration_s: float, now_s: float) -> None:
         """Ambient around one transformer changes by `delta_c` over `duration_s` (its oil follows)."""
         t = self.transformers.get(transformer_id)
@@ -1141,6 +1389,11 @@ class GridModel:
     def apply_command(self, point_id: str, value: float | int | bool, now_s: float) -> None:
         """A write from the gateway to an IED point of the simulated grid."""
         target = self._command_targets.get(point_id)
+        if target is None and "." in point_id:
+            # a DER set-point written through a device's own register map (a SunSpec inverter)
+            der_id, name = point_id.split(".", 1)
+            if der_id in self.ders and name in _COMMANDS[AgentType.RENEWABLE_ENERGY]:
+                target = (der_id, name)
         if target is None:
             raise KeyError(f"{point_id!r} is not a command point of the simulated grid; "
                            f"command points: {', '.join(sorted(self._command_targets))}")
@@ -1191,6 +1444,10 @@ class GridModel:
                 der.q_setpoint_kvar = float(value)
             elif name == "connect_cmd":
                 der.connect_cmd = bool(value)
+            elif name == "p_setpoint_kw":
+                if der.soc_pct is None:
+                    raise ValueError(f"{agent_id} is not a battery: it has no charge/discharge set-point")
+                der.p_setpoint_kw = float(value)
         self._dirty = True
         self._solve(self._now)
 
@@ -1343,7 +1600,7 @@ class GridModel:
         if self._dirty:
             self._solve(self._now)
         e = self._energised
-        out = {self.substation_id: bool(e[self.station_bus])}
+        out = {sid: bool(e[bus]) for sid, bus in self._station_bus_of.items()}
         for line in self.lines.values():
             out[line.id] = bool(e[line.start_bus] or any(e[seg[3]] for seg in line.segments))
         for device in self.breakers.values():
@@ -1389,9 +1646,9 @@ class GridModel:
         kind = self._agent_types[agent_id]
         if kind is AgentType.SUBSTATION:
             # the incomer meter sits on the station bus, after the grid's source impedance
-            bus = self.station_bus
+            bus = self._station_bus_of[agent_id]
             s = complex(self._v[bus] * np.conj(self._i1[bus])) * self.net.base_mva * 1000.0
-            return {"bus_voltage_kv": self._kv(self.station_bus), "total_load_kw": s.real,
+            return {"bus_voltage_kv": self._kv(bus), "total_load_kw": s.real,
                     "total_load_kvar": s.imag, "frequency_hz": self._frequency_hz}
         if kind is AgentType.CIRCUIT_BREAKER:
             cb = self.breakers[agent_id]
@@ -1427,10 +1684,24 @@ class GridModel:
             return {"bus_voltage_kv": self._kv(cap.bus), "reactive_power_kvar": q,
                     "steps_active": cap.steps_active, "steps_cmd": cap.steps_cmd}
         der = self.ders[agent_id]
-        return {"active_power_kw": der.p_kw, "reactive_power_kvar": der.q_kvar,
-                "voltage_pu": float(abs(self._v[der.bus])), "irradiance_w_m2": der.irradiance_w_m2,
-                "p_limit_pct": der.p_limit_pct, "q_setpoint_kvar": der.q_setpoint_kvar,
-                "connected": der.connected, "connect_cmd": der.connect_cmd}
+        out: dict[str, float | int | bool] = {
+            "active_power_kw": der.p_kw, "reactive_power_kvar": der.q_kvar,
+            "voltage_pu": float(abs(self._v[der.bus])), "irradiance_w_m2": der.irradiance_w_m2,
+            "p_limit_pct": der.p_limit_pct, "q_setpoint_kvar": der.q_setpoint_kvar,
+            "connected": der.connected, "connect_cmd": der.connect_cmd, "energy_kwh": der.energy_kwh,
+            "ambient_temp_c": self._ambient_c(None, self._now, self._substation_of_bus(der.bus))}
+        if der.soc_pct is not None:
+            assert der.attrs.energy_capacity_kwh is not None
+            out.update(soc_pct=der.soc_pct, p_setpoint_kw=der.p_setpoint_kw,
+                       energy_available_kwh=der.attrs.energy_capacity_kwh * der.soc_pct / 100.0)
+        return out
+
+    def _substation_of_bus(self, bus: int) -> str:
+        found = self._sub_of_bus.get(bus)
+        if found is None:
+            found = self._sub_of_bus[bus] = next(iter(sorted(self._owners(bus) & set(self.substation_ids))),
+                                                 self.substation_id)
+        return found
 
     def point_values(self) -> dict[str, float | int | bool]:
         """Every IED point id the model produces → engineering value (commands: last commanded)."""
@@ -1472,7 +1743,9 @@ class GridModel:
             t = self.transformers[g.transformer]
             v_ln = abs(self._v[t.bus]) * self.net.buses[t.bus].base_kv * 1000.0 / SQRT3
             typical = w * load.peak_kw
-            d = w * load.kw * np.clip(noise[sl], 0.0, None)
+            # the group's load already carries its meters' demand response, weighted by their share
+            group_dr = float(np.dot(w, self._meter_dr[sl])) if g.stop > g.start else 1.0
+            d = w * self._meter_dr[sl] * (load.kw / group_dr if group_dr > 0 else 0.0) * np.clip(noise[sl], 0.0, None)
             demand[sl] = d
             energy[sl] = self._meter_energy0[sl] + w * (load.energy_kwh + load.kw * since / 3600.0)
             voltage[sl] = v_ln * (1.0 - self._meter_drop[sl] * np.divide(d, typical, out=np.zeros_like(d),
@@ -1512,12 +1785,13 @@ _NAMES: dict[AgentType, frozenset[str]] = {
     AgentType.CAPACITOR_BANK: frozenset({"bus_voltage_kv", "reactive_power_kvar", "steps_active", "steps_cmd"}),
     AgentType.RENEWABLE_ENERGY: frozenset({"active_power_kw", "reactive_power_kvar", "voltage_pu",
                                            "irradiance_w_m2", "p_limit_pct", "q_setpoint_kvar", "connected",
-                                           "connect_cmd"}),
+                                           "connect_cmd", "soc_pct", "p_setpoint_kw", "energy_available_kwh",
+                                           "energy_kwh", "ambient_temp_c"}),
     AgentType.SMART_METER: frozenset(),
 }
 _COMMANDS: dict[AgentType, frozenset[str]] = {
     AgentType.CIRCUIT_BREAKER: frozenset({"trip_cmd", "close_cmd", "position_cmd", "fpi_reset"}),
     AgentType.TRANSFORMER: frozenset({"tap_setpoint"}),
     AgentType.CAPACITOR_BANK: frozenset({"steps_cmd"}),
-    AgentType.RENEWABLE_ENERGY: frozenset({"p_limit_pct", "q_setpoint_kvar", "connect_cmd"}),
+    AgentType.RENEWABLE_ENERGY: frozenset({"p_limit_pct", "q_setpoint_kvar", "connect_cmd", "p_setpoint_kw"}),
 }

@@ -64,6 +64,73 @@ class ExternalSourceSettings(_Model):
     voltage_pu: float = Field(default=1.0, gt=0.5, lt=1.5)
 
 
+class LoadModelSettings(_Model):
+    """Voltage dependence of one load class, about the nominal voltage V0 = 1 pu.
+
+    Exponential: P = P0·(V/V0)^np, Q = Q0·(V/V0)^nq. ZIP: P = P0·(Z·(V/V0)² + I·(V/V0) + P), the
+    three shares summing to 1 (the same for Q with `zip_q`). Near V0 a ZIP load's CVR factor
+    (ΔP/P)/(ΔV/V) is 2Z + I; an exponential load's is np at every voltage.
+    """
+
+    np: float | None = Field(default=None, ge=0, le=5)
+    nq: float | None = Field(default=None, ge=0, le=10)
+    zip_p: tuple[float, float, float] | None = None
+    zip_q: tuple[float, float, float] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> LoadModelSettings:
+        for name, exp, zip_ in (("p", self.np, self.zip_p), ("q", self.nq, self.zip_q)):
+            if (exp is None) == (zip_ is None):
+                raise ValueError(f"give either n{name} (exponential) or zip_{name} (ZIP shares), not "
+                                 f"{'both' if exp is not None else 'neither'}")
+            if zip_ is not None and (min(zip_) < 0 or abs(sum(zip_) - 1.0) > 1e-6):
+                raise ValueError(f"zip_{name} shares must be >= 0 and sum to 1, found {list(zip_)}")
+        return self
+
+    def components(self) -> list[tuple[float, float, float, float]]:
+        """(share of P0, exponent of P, share of Q0, exponent of Q) terms adding up to the load."""
+        p = [(1.0, self.np)] if self.np is not None else list(zip(self.zip_p or (), (2.0, 1.0, 0.0)))
+        q = [(1.0, self.nq)] if self.nq is not None else list(zip(self.zip_q or (), (2.0, 1.0, 0.0)))
+        out = [(share, exp, 0.0, 0.0) for share, exp in p if share > 0]
+        out += [(0.0, 0.0, share, exp) for share, exp in q if share > 0]
+        return out
+
+
+DEFAULT_LOAD_MODELS: dict[str, LoadModelSettings] = {
+    # np: the CVR factor the grid reference quotes for demand (0.7-0.8, §6.4), higher where
+    # resistive loads dominate (homes), lower where motors and drives hold their power (shops,
+    # offices, plants). nq: reactive power as a constant impedance (magnetising current and
+    # capacitors) - not in the reference; a common planning assumption.
+    "residential": LoadModelSettings(np=0.8, nq=2.0),
+    "commercial": LoadModelSettings(np=0.7, nq=2.0),
+    "industrial": LoadModelSettings(np=0.7, nq=2.0),
+    "flat": LoadModelSettings(np=0.8, nq=2.0),
+}
+
+
+class SourceSettings(_Model):
+    """The grid behind one substation (the `[simulation]` keys of its own site file)."""
+
+    nominal_kv: float | None = Field(default=None, gt=0)
+    source_sc_mva: float = Field(default=250.0, gt=0)
+    source_x_r: float = Field(default=10.0, gt=0)
+    source_z0_z1: float = Field(default=1.0, gt=0)
+    source_voltage_pu: float = Field(default=1.02, gt=0.5, lt=1.5)
+
+
+class StorageSettings(_Model):
+    soc_pct: float = Field(default=50.0, ge=0, le=100)
+    """State of charge at start."""
+    efficiency_pct: float = Field(default=95.0, gt=50, le=100)
+    """One-way (charge or discharge) efficiency."""
+
+
+class DemandResponseSettings(_Model):
+    responders_pct: float = Field(default=90.0, ge=0, le=100)
+    """Share of enrolled (non-critical) meters that follow an event; the rest do not, drawn from
+    the seed per meter (the same meters every event of a run)."""
+
+
 class SimulationSettings(_Model):
     nominal_kv: float | None = Field(default=None, gt=0)
     """Station bus voltage, line to line (default: the substation's `secondary_voltage`, else 11)."""
@@ -112,6 +179,35 @@ class SimulationSettings(_Model):
     seed: int | None = None
     """Overrides the seed given on the command line."""
     tolerance_pu: float = Field(default=1e-8, gt=0, le=1e-3)
+    load_models: dict[str, LoadModelSettings] = Field(default_factory=dict)
+    """Voltage dependence per load class (residential, commercial, industrial, flat); classes not
+    given keep `DEFAULT_LOAD_MODELS`. `{ np = 0, nq = 0 }` makes a class constant power."""
+    sources: dict[str, SourceSettings] = Field(default_factory=dict)
+    """Substation id → the grid behind it, when one model holds several substations (filled from
+    each site file's own source keys); a substation not listed uses the keys above."""
+    sunspec: dict[str, str] = Field(default_factory=dict)
+    """IED id → the renewable_energy agent it is the inverter of, served as a SunSpec device."""
+    storage: dict[str, StorageSettings] = Field(default_factory=dict)
+    """Battery (renewable_energy agent with resource_type battery_storage) id → its start state."""
+    demand_response: DemandResponseSettings = DemandResponseSettings()
+
+    @model_validator(mode="after")
+    def _check_classes(self) -> SimulationSettings:
+        unknown = sorted(set(self.load_models) - set(DEFAULT_LOAD_MODELS))
+        if unknown:
+            raise ValueError(f"load_models: unknown load class {', '.join(unknown)}; expected "
+                             f"{', '.join(DEFAULT_LOAD_MODELS)}")
+        return self
+
+    def load_model(self, load_class: str) -> LoadModelSettings:
+        return self.load_models.get(load_class) or DEFAULT_LOAD_MODELS.get(load_class) or DEFAULT_LOAD_MODELS["flat"]
+
+    def source(self, substation_id: str) -> SourceSettings:
+        given = self.sources.get(substation_id)
+        if given is not None:
+            return given
+        return SourceSettings(nominal_kv=self.nominal_kv, source_sc_mva=self.source_sc_mva, source_x_r=self.source_x_r,
+                              source_z0_z1=self.source_z0_z1, source_voltage_pu=self.source_voltage_pu)
 
 
 def load_settings(raw: dict[str, Any] | None) -> SimulationSettings:
