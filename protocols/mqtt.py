@@ -248,6 +248,7 @@ class MqttUplink:
         self._birth_metrics: list[dict[str, Any]] = []
         self._birth_listeners: list[Callable[[], None]] = []
         self._command_callbacks: list[CommandCallback] = []
+        self._external: list[tuple[str, Callable[[str, Any, bool], None]]] = []
         self._session: _Session | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
@@ -309,6 +310,15 @@ class MqttUplink:
         the uplink itself. Validating commands (signature, nonce, authority) is the caller's job.
         """
         self._command_callbacks.append(callback)
+
+    def on_external(self, topic_filter: str, callback: Callable[[str, Any, bool], None]) -> None:
+        """Subscribe (at every connect) to `topic_filter` outside the gateway's own subtree and
+        hand each message to `callback(topic, payload, retained)`, msgpack decoded when it can
+        be (raw bytes otherwise). Used for the neighbours' coordination messages and deaths."""
+        self._external.append((topic_filter, callback))
+        session = self._session
+        if session is not None and session.up:
+            session.client.subscribe(topic_filter, qos=1)
 
     def publish(self, topic_suffix: str, payload: dict[str, Any], *, qos: int | None = None,
                 retain: bool = False) -> None:
@@ -630,6 +640,8 @@ class MqttUplink:
             extra={"endpoint": self.endpoint, "bdseq": session.bdseq, "spool_depth": self._depth},
         )
         session.client.subscribe(self._topic("cmd/#"), qos=1)
+        for topic_filter, _ in self._external:
+            session.client.subscribe(topic_filter, qos=1)
         self._send_birth(session)
         self._kick()
 
@@ -768,6 +780,7 @@ class MqttUplink:
     def _on_message(self, session: _Session, topic: str, raw: bytes, retained: bool) -> None:
         prefix = self._topic("cmd/")
         if not topic.startswith(prefix):
+            self._on_external(topic, raw, retained)
             return
         command = topic[len(prefix):]
         if retained:
@@ -792,6 +805,20 @@ class MqttUplink:
                 callback(command, payload)
             except Exception:
                 self.log.exception("command callback failed", extra={"command": command})
+
+    def _on_external(self, topic: str, raw: bytes, retained: bool) -> None:
+        for topic_filter, callback in self._external:
+            if not mqtt.topic_matches_sub(topic_filter, topic):
+                continue
+            payload: Any
+            try:
+                payload = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+            except Exception:
+                payload = bytes(raw)
+            try:
+                callback(topic, payload, retained)
+            except Exception:
+                self.log.exception("subscription callback failed", extra={"topic": topic})
 
     # ------------------------------------------------------------------ sending
 
