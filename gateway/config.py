@@ -401,6 +401,16 @@ class AmiConfig(_Model):
     """Demand-response events to the data concentrators (`+`: the concentrator id)."""
     dr_confirm_topic: str = "ami/+/dr/confirmations"
     """The concentrators' confirmations, per meter, of the events they received."""
+    weather_topic: str | None = None
+    """The weather service's forecast for this substation (irradiance and temperature, JSON,
+    retained; docs/ami.md#weather), e.g. `weather/SUB-007/forecast`: solar output is planned on it."""
+
+    @field_validator("weather_topic")
+    @classmethod
+    def _no_wildcards(cls, topic: str | None) -> str | None:
+        if topic is not None and (not topic or "+" in topic or "#" in topic):
+            raise ValueError(f"expected one topic without wildcards, found {topic!r}")
+        return topic
 
 
 class ForecastConfig(_Model):
@@ -410,11 +420,52 @@ class ForecastConfig(_Model):
     period_s: float = Field(default=60.0, ge=1.0, le=3600.0)
     """How often the forecast is made (and published on `…/forecast`)."""
     horizon_s: float = Field(default=4 * 3600.0, ge=300.0, le=7 * 86400.0)
+    step_s: float = Field(default=300.0, ge=1.0, le=3600.0)
+    """Spacing of the forecast's points (its crossing time is this precise)."""
     history_days: int = Field(default=7, ge=1, le=60)
     utc_offset_h: float = Field(default=0.0, ge=-14.0, le=14.0)
     """The substation's local time (the daily shape is by local time of day)."""
     trend_window_s: float = Field(default=2 * 3600.0, ge=60.0, le=86400.0)
+    """The trend (Theil–Sen) and the level are taken over this much of the latest history."""
     trend_fade_s: float = Field(default=6 * 3600.0, ge=0.0, le=7 * 86400.0)
+
+
+PeakAction = Literal["cvr", "capacitors", "demand_response", "der", "transfer", "shed"]
+PEAK_ACTIONS: tuple[PeakAction, ...] = ("cvr", "capacitors", "demand_response", "der", "transfer", "shed")
+
+
+class PeakConfig(_Model):
+    """Peak demand: the substation's actions in order of least customer impact, each measured
+    (gateway/switching/peak.py, docs/peak.md). Off unless the site file turns it on."""
+
+    enabled: bool = False
+    target_percent: float = Field(default=90.0, gt=10.0, le=120.0)
+    """Keep the forecast peak under this share of the substation's rated capacity."""
+    basis: Literal["apparent", "active"] = "apparent"
+    """apparent: loading in kVA against the rating (capacitors count); active: kW only."""
+    actions: list[PeakAction] = Field(default_factory=lambda: list(PEAK_ACTIONS))
+    """Which actions may be used; always taken in the order of PEAK_ACTIONS."""
+    settle_s: float = Field(default=120.0, ge=1.0, le=3600.0)
+    """After an action is in force, wait this long before measuring what it brought."""
+    window_s: float = Field(default=3 * 3600.0, ge=60.0, le=86400.0)
+    """How long demand-response events, battery discharge and load transfers are asked for."""
+    release_margin_percent: float = Field(default=5.0, ge=0.0, le=50.0)
+    shed: Literal["automatic", "advisory"] = "advisory"
+    """automatic: the last action opens feeders through the switching authority; advisory: the
+    shedding plan is published for the operator and nothing is opened."""
+
+
+class CoordinationConfig(_Model):
+    """Load transfer with neighbouring substations over the regional broker (docs/mqtt.md,
+    "Between substations"): who the neighbours are and the public keys their messages carry."""
+
+    enabled: bool = True
+    """With external ties in the site and neighbours listed here."""
+    neighbours: dict[_ID, str] = Field(default_factory=dict)
+    """Neighbouring substation id → its gateway's Ed25519 public key (64 hex digits or base64)
+    or a file holding it (relative to the site file)."""
+    max_age_s: float = Field(default=30.0, ge=1.0, le=600.0)
+    """A coordination message older (or newer) than this by this gateway's clock is dropped."""
 
 
 class FlisrConfig(_Model):
@@ -472,9 +523,24 @@ class SiteConfig(_Model):
     history: HistoryConfig = HistoryConfig()
     flisr: FlisrConfig = FlisrConfig()
     forecast: ForecastConfig = ForecastConfig()
+    peak: PeakConfig = PeakConfig()
+    coordination: CoordinationConfig = CoordinationConfig()
     demand_response: DemandResponseConfig = DemandResponseConfig()
     simulation: dict[str, Any] = Field(default_factory=dict)
     """Electrical data for the hardware-in-the-loop simulator; validated by `hil`, ignored here."""
+
+    @model_validator(mode="after")
+    def _peak_orders_the_substation(self) -> SiteConfig:
+        """With `[peak]` on, the substation agent leaves CVR and var support to the peak manager,
+        which takes them one at a time and measures each."""
+        if self.peak.enabled:
+            for agent in self.agents:
+                if agent.type is AgentType.SUBSTATION:
+                    if agent.attributes.get("peak_actions", "ordered") != "ordered":
+                        raise ValueError(f"agents[{agent.id}].attributes.peak_actions: [peak] is enabled, so the "
+                                         f"substation's actions are ordered by it; remove the key or set 'ordered'")
+                    agent.attributes["peak_actions"] = "ordered"
+        return self
 
     def ied(self, ied_id: str) -> ModbusTcpIed | ModbusRtuIed | Iec61850Ied:
         for ied in self.ieds:

@@ -74,6 +74,9 @@ class Gateway:
         self._build_protection()
         self._build_agents()
         self._build_switching()
+        self._build_ami()
+        self._build_coordination()
+        self._build_peak()
         self._build_commands()
         self._build_history()
 
@@ -154,6 +157,121 @@ class Gateway:
             self.protection.event_listeners.append(self.switching.on_protection_event)
             self.protection.command_listeners.append(self.switching.on_protection_command)
 
+    def _build_ami(self) -> None:
+        """The AMI feed's client (connects in `start`): readings to the agents (and to demand
+        response's tallies), demand-response events out, confirmations and weather in."""
+        self.ami: Any = None
+        if self.site.ami is not None and self.site.meter_groups:
+            from protocols.ami import AmiSubscriber
+
+            self.ami = AmiSubscriber(self.site.ami, self.site.site.substation_id, self._ingest_meters,
+                                     self.clock, logging.getLogger("stima.ami"))
+
+    def _ingest_meters(self, meter_ids: Sequence[str], columns: Any, reading_time: float) -> None:
+        self.agents.ingest_meters(meter_ids, columns, reading_time)
+        if self.peak is not None:
+            self.peak.on_readings(meter_ids, columns, reading_time)
+
+    def _build_coordination(self) -> None:
+        """Load transfer with the neighbouring substations over the regional broker, signed with
+        this gateway's own key (gateway/switching/exchange.py)."""
+        from gateway.switching.exchange import ExchangeService, neighbour_ties
+
+        self.exchange: Any = None
+        cfg = self.site.coordination
+        ties = neighbour_ties(self.switching)
+        if not cfg.enabled or not ties:
+            return
+        neighbours = {t.neighbour for t in ties.values()}
+        public = self._neighbour_keys(neighbours)
+        if not public:
+            log.error("external ties but no neighbour's public key in [coordination] neighbours: "
+                      "load transfer is off", extra={"neighbours": sorted(neighbours)})
+            return
+        import gateway.keys as keys
+
+        own = keys.load_or_create_keypair(self.store.path.parent, f"gw-{self.site.site.substation_id}")
+
+        from protocols.mqtt import RESERVED_KEYS
+
+        def verify(envelope: dict[str, Any], sender: str) -> dict[str, Any]:
+            key = public.get(sender)
+            if key is None:
+                raise ValueError(f"{sender} is not a neighbour with a known key")
+            # the sender's uplink adds its per-message fields (seq, msg_id...) after signing
+            signed = {k: v for k, v in envelope.items() if k not in RESERVED_KEYS}
+            try:
+                return keys.verify(signed, key)
+            except keys.KeyRefused as exc:
+                raise ValueError(f"{exc.reason}: {exc.message}") from None
+
+        up = self.site.uplink
+        region_base = f"{up.topic_prefix}/{self.site.site.region}"
+        self.exchange = ExchangeService(
+            self.site.site.substation_id, region_base, switching=self.switching, publish=self._publish,
+            sign=own.sign, verify=verify, headroom=self._headroom, monotonic=self.clock.monotonic,
+            wall=self.clock.wall, alarm=self._transfer_alarm, max_age_s=cfg.max_age_s)
+        self.uplink.on_external(self.exchange.inbox_filter, self.exchange.on_mqtt)
+        for topic in self.exchange.death_topics():
+            self.uplink.on_external(topic, self.exchange.on_mqtt)
+
+    def _neighbour_keys(self, neighbours: set[str]) -> dict[str, bytes]:
+        import gateway.keys as keys
+
+        out = {}
+        for name, text in self.site.coordination.neighbours.items():
+            if name not in neighbours:
+                log.warning("[coordination] neighbour without a tie to it", extra={"neighbour": name})
+            try:
+                try:
+                    out[name] = keys.parse_public_key(text)
+                except ValueError:
+                    path = self.base_dir / text
+                    if not path.is_file():
+                        raise
+                    out[name] = keys.parse_public_key(path.read_text().strip())
+            except (OSError, ValueError) as exc:
+                log.error("[coordination] neighbour key unusable: load transfer with it is off",
+                          extra={"neighbour": name, "error": str(exc)})
+        return out
+
+    def _headroom(self, tie: str, kw: float) -> tuple[float, str]:
+        if self.peak is None:
+            return 0.0, "this substation does not manage its peak ([peak] is off): no headroom known"
+        return self.peak.headroom(tie, kw)
+
+    def _transfer_alarm(self, xid: str, severity: str, message: str) -> None:
+        self.store.append_event(self.clock.wall(), f"transfer:{xid}", "alert", {"severity": severity,
+                                                                                "message": message})
+        self._publish("alarms", {"time": self.clock.wall(), "source": f"transfer:{xid}", "severity": severity,
+                                 "message": message})
+
+    def _build_peak(self) -> None:
+        self.peak: Any = None
+        if not self.site.peak.enabled:
+            return
+        from gateway.peak_service import PeakService
+
+        self.peak = PeakService(self.site, switching=self.switching, agents=self.agents, image=self.image,
+                                store=self.store, publish=self._publish, monotonic=self.clock.monotonic,
+                                wall=self.clock.wall, exchange=self.exchange, ami=self.ami)
+
+    async def _peak_loop(self) -> None:
+        """The peak manager, once a second, and the load-transfer exchanges' timers (five times a
+        second while an exchange is under way: a tie owner waits for its far side to go dead)."""
+        last_peak = self.clock.monotonic()
+        while True:
+            busy = self.exchange is not None and self.exchange.next_deadline() is not None
+            await asyncio.sleep(0.2 if busy else 1.0)
+            try:
+                if self.exchange is not None:
+                    self.exchange.tick()
+                if self.peak is not None and self.clock.monotonic() - last_peak >= 0.95:
+                    last_peak = self.clock.monotonic()
+                    self.peak.tick()
+            except Exception:
+                log.exception("peak step failed")
+
     async def _forecast_loop(self) -> None:
         """The substation's load forecast from the point history, once a period: to the substation
         agent (it acts on a forecast crossing of its high-load level) and on `…/forecast/<id>`."""
@@ -161,7 +279,7 @@ class Gateway:
         from gateway.agents.schema import SubstationAttributes
 
         cfg = self.site.forecast
-        settings = ForecastSettings(horizon_s=cfg.horizon_s, days=cfg.history_days, utc_offset_h=cfg.utc_offset_h,
+        settings = ForecastSettings(horizon_s=cfg.horizon_s, step_s=min(cfg.step_s, cfg.horizon_s), days=cfg.history_days, utc_offset_h=cfg.utc_offset_h,
                                     trend_window_s=cfg.trend_window_s, trend_fade_s=cfg.trend_fade_s)
         subs = [(a.id, a.points.get("total_load_kw"), SubstationAttributes.model_validate(a.attributes))
                 for a in self.site.agents if a.type.value == "substation"]
@@ -179,11 +297,13 @@ class Gateway:
                     live = self.image[point]
                     if live.quality.good and isinstance(live.value, int | float):
                         history.append((now, float(live.value)))
-                    if len(history) < 3:
-                        continue
+                    if len(history) < 5 or now - history[0][0] < cfg.trend_window_s / 2.0:
+                        continue  # not enough history for a trend: no forecast rather than a wild one
                     limit_kw = attrs.high_load_percent / 100.0 * attrs.rated_capacity * 1000.0
                     made = forecast(history, now, limit_kw=limit_kw, settings=settings)
                     self.agents.runtime.on_forecast(sub_id, made.crossing_s, made.peak_kw, self.clock.monotonic())
+                    if self.peak is not None and sub_id == self.peak.sub.id:
+                        self.peak.on_forecast(made)
                     self._publish(f"forecast/{sub_id}", {"time": now, "substation": sub_id, **made.to_dict()},
                                   retain=True)
                 except Exception:
@@ -295,14 +415,10 @@ class Gateway:
             self._tasks.append(asyncio.create_task(self._forecast_loop(), name="forecast"))
         if self.history is not None:
             self._tasks.append(asyncio.create_task(self._history_loop(), name="history"))
-        if self.site.ami is not None and self.site.meter_groups:
-            from protocols.ami import AmiSubscriber
-
-            self.ami: Any = AmiSubscriber(self.site.ami, self.site.site.substation_id, self.agents.ingest_meters,
-                                          self.clock, logging.getLogger("stima.ami"))
+        if self.ami is not None:
             self._tasks.append(asyncio.create_task(self.ami.run(), name="ami"))
-        else:
-            self.ami = None
+        if self.exchange is not None or self.peak is not None:
+            self._tasks.append(asyncio.create_task(self._peak_loop(), name="peak"))
 
     def build_adapters(self) -> None:
         """Construct the adapter of every enabled IED (no I/O yet) unless already there (handed over)."""
@@ -458,6 +574,8 @@ class Gateway:
             "ami": None if self.ami is None else self.ami.status(),
             "commands": self.commands.status(),
             "switching": self.switching.status(),
+            "peak": None if self.peak is None else self.peak.status(),
+            "transfer": None if self.exchange is None else self.exchange.status(),
         }
 
 
@@ -660,6 +778,10 @@ class Server:
         c.register("faults.clear", self._op_faults_clear, operator)
         c.register("tags.add", self._op_tags_add, operator)
         c.register("tags.remove", self._op_tags_remove, operator)
+        c.register("peak.status", lambda: None if self._gw().peak is None else self._gw().peak.status(), viewer)
+        c.register("transfer.status",
+                   lambda: None if self._gw().exchange is None else self._gw().exchange.status(), viewer)
+        c.register("transfer.request", self._op_transfer_request, operator)
 
     def _gw(self) -> Gateway:
         if self.gateway is None:
@@ -739,6 +861,29 @@ class Server:
 
     def _op_breaker_status(self, breaker: str) -> dict[str, Any]:
         return self._gw().commands.breaker_status(breaker)
+
+    def _op_transfer_request(self, tie: str, part: str, load_kw: float | None = None,
+                             window_s: float = 3600.0) -> dict[str, Any]:
+        """An operator asks the neighbour beyond `tie` to take the part beyond `part` (its
+        measured load unless given); the exchange then runs as the peak manager's would."""
+        from gateway.switching.exchange import part_load_kw
+        from gateway.switching.transfer import TransferError
+
+        gw = self._gw()
+        if gw.exchange is None:
+            raise ValueError("no load transfer with neighbours here (no external tie, or no neighbour key in "
+                             "[coordination])")
+        if part not in gw.switching.network.devices:
+            raise ValueError(f"{part!r} is not a switching device of this site")
+        kw = part_load_kw(gw.switching, part) if load_kw is None else float(load_kw)
+        try:
+            xid = gw.exchange.request(str(tie), part, kw, window_s=float(window_s))
+        except TransferError as exc:
+            raise ValueError(f"refused: {exc}") from None
+        who = _local_origin().who
+        self.store.append_event(self.clock.wall(), f"transfer:{xid}", "transfer.request",
+                                {"tie": tie, "part": part, "load_kw": kw, "by": who})
+        return {"xid": xid, "tie": tie, "part": part, "load_kw": round(kw, 1)}
 
     def _op_switching_show(self, id: str) -> dict[str, Any]:
         return self._gw().switching.runner.get(id).to_dict()

@@ -219,10 +219,11 @@ topic readwrite {prefix}/#
 
 # Every other client is a gateway whose CN is its substation id: it writes its own subtree only
 # (its messages to a neighbour go to {prefix}/{region}/<itself>/coord/<neighbour>), reads what its
-# neighbours address to it and their death certificates (load-transfer exchanges, docs/mqtt.md).
+# neighbours address to it and their births and deaths (load-transfer exchanges, docs/mqtt.md).
 pattern readwrite {prefix}/{region}/%u/#
 pattern read {prefix}/{region}/+/coord/%u
 pattern read {prefix}/{region}/+/death
+pattern read {prefix}/{region}/+/birth
 """
 
 
@@ -260,7 +261,7 @@ class TwoRig:
     bridge."""
 
     def __init__(self, docs: list[dict[str, Any]], workdir: Path, *, bridged: bool = False,
-                 hil_args: tuple[str, ...] = ()) -> None:
+                 hil_args: tuple[str, ...] = (), coordinate: bool = True) -> None:
         from hil.broker import _issue
 
         self.workdir = workdir
@@ -279,9 +280,14 @@ class TwoRig:
         self.broker_of = {sub: ("central" if bridged and n == 0 else "regional") for n, sub in enumerate(self.subs)}
         self.docs = localise_ieds(docs, workdir)
         self.paths: dict[str, Path] = {}
+        self.public_keys = self._key_pairs() if coordinate else {}
         for doc in self.docs:
             sub = doc["site"]["substation_id"]
             home = workdir / sub
+            if coordinate:
+                # each gateway knows its neighbours' public keys, as commissioning would enter them
+                doc.setdefault("coordination", {})["neighbours"] = {
+                    other: key for other, key in self.public_keys.items() if other != sub}
             doc["site"]["state_dir"] = str(home / "state")
             doc["site"]["runtime_dir"] = str(home / "run")
             cert, key = self.certs[sub]
@@ -298,6 +304,14 @@ class TwoRig:
         self.brokers: dict[str, Broker] = {}
         self.hil: subprocess.Popen[bytes] | None = None
         self.daemons: dict[str, subprocess.Popen[bytes]] = {}
+
+    def _key_pairs(self) -> dict[str, str]:
+        """Each gateway's own Ed25519 key pair made in its state directory (the daemon uses it
+        from there); substation → public key in hex."""
+        from gateway.keys import load_or_create_keypair
+
+        return {sub: load_or_create_keypair(self.workdir / sub / "state", f"gw-{sub}").public.hex()
+                for sub in self.subs}
 
     def __enter__(self) -> TwoRig:
         try:
@@ -348,6 +362,16 @@ class TwoRig:
         for sub in self.subs:
             self.wait(lambda s=sub: self._daemon_up(s), f"{sub}'s daemon up (IEDs online, uplink connected)",
                       max(1.0, deadline - time.monotonic()), interval_s=0.2)
+
+    def restart_daemon(self, sub: str, timeout_s: float = 60.0) -> None:
+        """Start `sub`'s daemon again (after a test stopped it) and wait until it is up."""
+        proc = self.daemons.get(sub)
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            proc.wait(30)
+        self.daemons[sub] = self._spawn(f"gatewayd-{sub}", [sys.executable, "-m", "gateway.daemon", "--config",
+                                                           str(self.paths[sub])])
+        self.wait(lambda: self._daemon_up(sub), f"{sub}'s daemon up again", timeout_s, interval_s=0.2)
 
     def _daemon_up(self, sub: str) -> bool:
         proc = self.daemons[sub]

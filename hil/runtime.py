@@ -555,7 +555,7 @@ class HilRuntime:
                 self._next_ami_s = now_s + self.options.ami_interval_s
             readings = self.model.meter_readings(now_s)
             for publisher in self.amis:
-                publisher.publish(readings, self.clock.wall(), spread=True)
+                publisher.publish(readings, self.gateway_wall(), spread=True)
         for publisher in self.amis:
             if publisher.pending:
                 publisher.pump(self.options.ami_messages_per_step)
@@ -570,14 +570,37 @@ class HilRuntime:
 
     # ------------------------------------------------------------------ weather and demand response
 
+    # The gateways run on the real clock. When the simulator is paced (speed > 0), the times it puts
+    # in messages to them (readings, weather, confirmations) are in their clock, and the times they
+    # send (demand-response events) are brought back to the simulated clock: a simulated span of
+    # `speed` seconds is one second to them. Unpaced (speed 0, tests driving the model) both are
+    # the simulated clock.
+
+    def gateway_wall(self, sim_wall: float | None = None) -> float:
+        """A simulated wall time as the gateways' clocks see it."""
+        sim = self.clock.wall() if sim_wall is None else sim_wall
+        if self.options.speed <= 0:
+            return sim
+        return time.time() + (sim - self.clock.wall()) / self.options.speed
+
+    def sim_wall(self, gateway_wall: float) -> float:
+        """A gateway's wall time on the simulated clock."""
+        if self.options.speed <= 0:
+            return gateway_wall
+        return self.clock.wall() + (gateway_wall - time.time()) * self.options.speed
+
+    def sim_span_s(self, gateway_span_s: float) -> float:
+        return gateway_span_s * self.options.speed if self.options.speed > 0 else gateway_span_s
+
     def weather_payload(self, substation_id: str) -> dict[str, Any]:
         """The forecast of the sky and the air over the next hours (docs/hil.md#weather-feed)."""
         now_s = self.clock.monotonic()
         wall = self.clock.wall()
         points = self.model.weather_forecast(now_s, self.options.weather_horizon_s, self.options.weather_step_s,
                                              substation_id)
-        return {"v": 1, "substation_id": substation_id, "issued_at": wall, "step_s": self.options.weather_step_s,
-                "forecast": [{"time": wall + dt, "irradiance_w_m2": round(g, 2), "temperature_c": round(t, 2)}
+        at = self.gateway_wall
+        return {"v": 1, "substation_id": substation_id, "issued_at": at(wall), "step_s": self.options.weather_step_s,
+                "forecast": [{"time": at(wall + dt), "irradiance_w_m2": round(g, 2), "temperature_c": round(t, 2)}
                              for dt, g, t in points]}
 
     def publish_weather(self, publisher: Any) -> None:
@@ -589,17 +612,17 @@ class HilRuntime:
         from protocols.demand_response import DrConfirmation, encode_confirmation, topic_for
 
         now_s = self.clock.monotonic()
-        start_s = now_s + (event.start - self.clock.wall())
+        start_s = now_s + (self.sim_wall(event.start) - self.clock.wall())
         publisher.dr_events += 1
         try:
             result = self.model.dr_event(event.event_id, event.program, now_s, group_id=event.concentrator_id,
                                          meter_ids=list(event.meters) if event.meters is not None else None,
-                                         start_s=start_s, duration_s=event.duration_s,
+                                         start_s=start_s, duration_s=self.sim_span_s(event.duration_s),
                                          reduction_pct=event.reduction_pct)
             answered = [(m, a, d) for m, a, d in zip(result["meters"], result["answers"], result["demand_kw"],
                                                      strict=True) if a != "silent"]
             conf = DrConfirmation(event_id=event.event_id, substation_id=publisher.substation_id,
-                                  concentrator_id=event.concentrator_id, time=self.clock.wall(),
+                                  concentrator_id=event.concentrator_id, time=self.gateway_wall(),
                                   meters=tuple(m for m, _, _ in answered), answers=tuple(a for _, a, _ in answered),
                                   demand_kw=tuple(round(d, 4) for _, _, d in answered))
             log.info("demand response %s (%s) at %s: %d meters, %d accepted", event.event_id, event.program,
@@ -608,7 +631,7 @@ class HilRuntime:
             publisher.dr_rejected += 1
             log.warning("demand response %s refused: %s", event.event_id, exc)
             conf = DrConfirmation(event_id=event.event_id, substation_id=publisher.substation_id,
-                                  concentrator_id=event.concentrator_id, time=self.clock.wall(), meters=(),
+                                  concentrator_id=event.concentrator_id, time=self.gateway_wall(), meters=(),
                                   answers=(), demand_kw=(), error=str(exc).strip("'\""))
         publisher.publish_raw(topic_for(publisher.cfg.dr_confirm_topic, event.concentrator_id),
                               encode_confirmation(conf))
@@ -829,6 +852,17 @@ class HilRuntime:
                     out[agent.id] = "unknown"
         return out
 
+    def _substation_loads(self) -> dict[str, dict[str, Any]]:
+        """Each substation's measured values as the model computes them (its load, voltage)."""
+        out = {}
+        for site, _ in self.sites:
+            sub = site.site.substation_id
+            try:
+                out[sub] = _jsonable(self.model.agent_values(sub))
+            except (KeyError, AttributeError):
+                continue
+        return out
+
     def _switching_status(self) -> dict[str, Any]:
         """Switching devices, sections, the energised map and closed loops (when the model has them)."""
         model = self.model
@@ -857,6 +891,7 @@ class HilRuntime:
             "max_step_ms": round(1e3 * self.max_step_s, 3),
             "lag_resets": self.lag_resets,
             "breakers": self.breakers(),
+            "substations": self._substation_loads(),
             **self._switching_status(),
             "faults": _jsonable(list(faults) if not isinstance(faults, dict) else faults),
             "commloss": {k: round(v - now_s, 3) for k, v in self._commloss_until.items()},

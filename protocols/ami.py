@@ -247,6 +247,28 @@ class AmiSubscriber:
         self.last_error = ""
         self.last_batch_monotonic: float | None = None
         self.last_reading_time: float | None = None
+        self._other: list[tuple[str, Callable[[str, bytes, bool], None]]] = []
+        self.published = 0
+        self.publish_failures = 0
+
+    def on_topic(self, topic_filter: str, callback: Callable[[str, bytes, bool], None]) -> None:
+        """Also deliver what arrives on `topic_filter` (demand-response confirmations, the weather
+        forecast) to `callback(topic, payload, retained)`, on the event loop. Call before `run`."""
+        self._other.append((topic_filter, callback))
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1) -> bool:
+        """Queue a message to the AMI broker (a demand-response event); False when not connected
+        (paho keeps nothing for a client that has never connected)."""
+        client = self._client
+        if client is None or not self.connected:
+            self.publish_failures += 1
+            return False
+        info = client.publish(topic, payload, qos=qos)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            self.publish_failures += 1
+            return False
+        self.published += 1
+        return True
 
     # paho's thread ------------------------------------------------------------
 
@@ -258,7 +280,7 @@ class AmiSubscriber:
             return
         self.connected = True
         self.connects += 1
-        client.subscribe(self.cfg.topic, qos=1)
+        client.subscribe([(self.cfg.topic, 1), *((f, 1) for f, _ in self._other)])
         self.log.info("AMI feed: subscribed to %s on %s:%d", self.cfg.topic, self.cfg.broker_host,
                       self.cfg.broker_port)
 
@@ -268,6 +290,14 @@ class AmiSubscriber:
         self.connected = False
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        for topic_filter, callback in self._other:
+            if mqtt.topic_matches_sub(topic_filter, msg.topic):
+                loop = self._loop
+                if loop is not None and not loop.is_closed():
+                    with contextlib.suppress(RuntimeError):
+                        loop.call_soon_threadsafe(self._deliver_other, callback, msg.topic, bytes(msg.payload),
+                                                  bool(msg.retain))
+                return
         self.messages += 1
         try:
             batch = decode_batch(msg.payload)
@@ -326,6 +356,14 @@ class AmiSubscriber:
         except Exception:
             self.sink_errors += 1
             self.log.exception("AMI feed: the sink failed on a batch from %s", batch.concentrator_id)
+
+    def _deliver_other(self, callback: Callable[[str, bytes, bool], None], topic: str, payload: bytes,
+                       retained: bool) -> None:
+        try:
+            callback(topic, payload, retained)
+        except Exception:
+            self.sink_errors += 1
+            self.log.exception("AMI feed: the handler of %s failed", topic)
 
     def _sink_done(self, task: asyncio.Future[Any]) -> None:
         if not task.cancelled() and task.exception() is not None:

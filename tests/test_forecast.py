@@ -70,3 +70,38 @@ def test_a_steady_line_is_forecast_as_that_line(level: float, slope: float) -> N
     f = forecast(history(0.1, now, line), now, settings=ForecastSettings(trend_fade_s=0.0, horizon_s=3600.0))
     for t, v in zip(f.times, f.values_kw, strict=True):
         assert v == pytest.approx(line(t), rel=1e-6, abs=1e-3)
+
+
+def test_a_switching_step_is_not_carried_forward_as_a_trend() -> None:
+    """A part of the load transferred away (a 2.4 MW step down) during a 0.5 MW/h ramp: the trend
+    stays the ramp's, and once the step has lasted a quarter of the trend window the level is the
+    new one; a least-squares line would have forecast a fall of several MW an hour."""
+    now = T0 + 10 * 3600.0
+
+    def load(t: float) -> float:
+        return 28_500.0 + 500.0 * (t - now) / 3600.0 - (2_400.0 if t > now - 40 * 60.0 else 0.0)
+
+    f = forecast(history(0.2, now, load), now, limit_kw=30_000.0, settings=ForecastSettings(trend_fade_s=0.0))
+    assert f.slope_kw_per_h == pytest.approx(500.0, rel=0.02)
+    assert f.level_kw == pytest.approx(load(now), abs=30.0)
+    assert f.values_kw[0] == pytest.approx(load(now) + 500.0 * 300.0 / 3600.0, abs=40.0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(step_kw=st.floats(-5_000.0, 5_000.0), at_min=st.floats(1.0, 30.0), noise_seed=st.integers(0, 1000))
+def test_one_step_in_the_latest_quarter_window_moves_the_trend_less_than_a_least_squares_line(
+        step_kw: float, at_min: float, noise_seed: int) -> None:
+    """A single step in the last quarter of a two-hour trend window, on a noisy 0.5 MW/h ramp: the
+    trend moves by at most half what a least-squares line moves (plus what the noise allows).
+    Further back, a step biases any trend fitted over the window until it leaves the window."""
+    import random
+
+    import numpy as np
+
+    rng = random.Random(noise_seed)
+    now = T0 + 10 * 3600.0
+    pts = [(now - k * 60.0, 28_500.0 - 500.0 * k / 60.0 + rng.gauss(0.0, 100.0)
+            + (step_kw if k < at_min else 0.0)) for k in range(120, -1, -1)]
+    f = forecast(pts, now, settings=ForecastSettings(trend_window_s=7200.0, trend_fade_s=0.0))
+    lsq = float(np.polyfit([t - now for t, _ in pts], [v for _, v in pts], 1)[0]) * 3600.0
+    assert abs(f.slope_kw_per_h - 500.0) <= 0.5 * abs(lsq - 500.0) + 150.0

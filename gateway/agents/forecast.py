@@ -8,11 +8,15 @@ calls a ramp and what every distribution load has, a daily shape:
    time of day is the mean of the history at that time of day (slots of `slot_s`, in local time
    by `utc_offset_h`) over the previous days (up to `days`). Without that much history the shape
    is flat (the method falls back to the trend alone).
-2. **Level.** Today differs from the usual day: the residual (actual − shape) averaged over the
-   last `level_window_s` shifts the whole forecast.
-3. **Trend.** A least-squares line through the residuals of the last `trend_window_s` carries a
-   ramp forward (e.g. a heat wave adding 0.5 MW an hour), damped to zero over `trend_fade_s` so a
-   short-lived slope is not extrapolated for a whole day.
+2. **Trend.** The slope of the residuals (actual − shape) over the last `trend_window_s` is the
+   Theil–Sen estimate (the median of the slopes between pairs of points), so a recent step in the
+   load (a feeder switched away, a transfer, CVR taking effect) is not carried forward as a trend
+   the way a least-squares line would carry it; the ramp is. (Once a step is further back than
+   about a quarter of the window it biases the trend, as it would any fit over the window, until it
+   leaves the window.) The trend is damped to zero over
+   `trend_fade_s` so a short-lived slope is not extrapolated for a whole day.
+3. **Level.** Where the residuals stand now: the median of residual − slope × age over the last
+   `level_fraction` of the trend window (a step is in the level once it has lasted that long).
 
     forecast(t + h) = shape(t + h) + level + slope · fade(h) · h
 
@@ -37,7 +41,7 @@ class ForecastSettings:
     step_s: float = 300.0
     slot_s: float = SLOT_S
     days: int = 7
-    level_window_s: float = 3600.0
+    level_fraction: float = 0.25
     trend_window_s: float = 2 * 3600.0
     trend_fade_s: float = 6 * 3600.0
     utc_offset_h: float = 0.0
@@ -72,17 +76,34 @@ def _slot(t: float, s: ForecastSettings) -> int:
     return int((local % DAY_S) // s.slot_s)
 
 
-def _fit_line(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
-    """(intercept at x = 0, slope) of the least-squares line; slope 0 for fewer than two points."""
+MAX_TREND_POINTS = 240
+"""Points the Theil–Sen slope is taken over (evenly thinned beyond): at most ~29,000 pairs."""
+
+
+def _median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    n = len(ordered)
+    mid = n // 2
+    return ordered[mid] if n % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
+
+
+def _fit_line(xs: Sequence[float], ys: Sequence[float], level_fraction: float = 0.25) -> tuple[float, float]:
+    """(level at x = 0, slope): the Theil–Sen slope, and the median of y − slope·x over the points
+    of the last `level_fraction` of the x span (x ≤ 0 is the past, 0 is now). Slope 0 for fewer
+    than two distinct x."""
     n = len(xs)
     if n == 0:
         return 0.0, 0.0
-    mx, my = sum(xs) / n, sum(ys) / n
-    sxx = sum((x - mx) ** 2 for x in xs)
-    if n < 2 or sxx <= 0:
-        return my, 0.0
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
-    return my - slope * mx, slope
+    if n > MAX_TREND_POINTS:
+        keep = [round(k * (n - 1) / (MAX_TREND_POINTS - 1)) for k in range(MAX_TREND_POINTS)]
+        xs, ys = [xs[k] for k in keep], [ys[k] for k in keep]
+        n = len(xs)
+    slopes = [(ys[j] - ys[i]) / (xs[j] - xs[i]) for i in range(n) for j in range(i + 1, n) if xs[j] != xs[i]]
+    slope = _median(slopes) if slopes else 0.0
+    first, last = min(xs), max(xs)
+    cut = last - level_fraction * (last - first)
+    recent = [y - slope * x for x, y in zip(xs, ys, strict=True) if x >= cut]
+    return _median(recent), slope
 
 
 def forecast(history: Sequence[tuple[float, float]], now: float, *, limit_kw: float | None = None,
@@ -114,11 +135,11 @@ def forecast(history: Sequence[tuple[float, float]], now: float, *, limit_kw: fl
         nearest = min(shape, key=lambda j: min(abs(j - k), len(shape) - abs(j - k)))
         return shape[nearest]
 
-    recent = [(t, v - expected(t)) for t, v in points if t >= now - max(s.trend_window_s, s.level_window_s)]
+    recent = [(t, v - expected(t)) for t, v in points if t >= now - s.trend_window_s]
     if not recent:
         recent = [(points[-1][0], points[-1][1] - expected(points[-1][0]))]
     trend = [(t - now, r) for t, r in recent if t >= now - s.trend_window_s]
-    intercept, slope = _fit_line([x for x, _ in trend], [y for _, y in trend])
+    intercept, slope = _fit_line([x for x, _ in trend], [y for _, y in trend], s.level_fraction)
     if use_shape:
         # the level is where the residual line stands now (a ramp is not averaged away)
         level = intercept

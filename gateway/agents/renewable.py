@@ -102,6 +102,8 @@ class DerMemory(Memory):
     maintenance: bool = False
     fault: bool = False
     voltage_support_notified: bool = False
+    dispatch_kw: float | None = None
+    """A battery's commanded active power (+ discharge, − charge); None: not dispatched."""
 
 
 class RenewableEnergyAgent(Agent[DerState, DerEvent]):
@@ -255,13 +257,36 @@ class RenewableEnergyAgent(Agent[DerState, DerEvent]):
             if pct is not None and not 0.0 <= float(pct) <= 100.0:
                 raise ValueError(f"DER {self.agent_id}: curtail pct must be within 0-100 (found {pct!r})")
             m.curtail_pct = None if pct is None or float(pct) >= 100.0 else float(pct)
+        elif request == "dispatch":
+            return m, self._dispatch(m, args)
         elif request == "maintenance":
             m.maintenance = bool(args.get("on", True))
         elif request == "fault":
             m.fault = bool(args.get("on", True))
         else:
-            raise ValueError(f"DER {self.agent_id}: unknown request {request!r} (expected curtail, maintenance, fault)")
+            raise ValueError(f"DER {self.agent_id}: unknown request {request!r} "
+                             "(expected curtail, dispatch, maintenance, fault)")
         return m, []
+
+    def _dispatch(self, m: DerMemory, args: dict[str, Any]) -> list[Action]:
+        """A battery's set-point: `kw` > 0 discharges, < 0 charges, 0 (or none) ends the dispatch.
+        Within the inverter's rating and the battery's charge rate; the inverter itself stops at
+        the state-of-charge limits."""
+        a = self.attrs
+        if a.resource_type != "battery_storage":
+            raise ValueError(f"DER {self.agent_id} is {a.resource_type}: only a battery takes a dispatch set-point")
+        kw = args.get("kw", 0.0)
+        if isinstance(kw, bool) or not isinstance(kw, int | float) or not math.isfinite(kw):
+            raise ValueError(f"DER {self.agent_id}: dispatch kw must be a number, found {kw!r}")
+        low = -(a.max_charge_kw if a.max_charge_kw is not None else a.rated_capacity)
+        if not low <= kw <= a.rated_capacity:
+            raise ValueError(f"DER {self.agent_id}: dispatch kw must be within {low:g}..{a.rated_capacity:g}, found {kw!r}")
+        if m.state in (_S.FAULTED, _S.MAINTENANCE, _S.ISLANDED):
+            raise ValueError(f"DER {self.agent_id} is {m.state.value}: it cannot be dispatched")
+        m.dispatch_kw = float(kw) or None
+        why = (f"dispatch: {'discharge' if kw > 0 else 'charge'} {abs(kw):.0f} kW"
+               + (f" ({args['reason']})" if args.get("reason") else "")) if kw else "dispatch ended"
+        return [ControlRequest(agent_id=self.agent_id, point_name="p_setpoint_kw", value=round(float(kw), 1), reason=why)]
 
     def attributes(self, memory: Memory) -> dict[str, Any]:
         m = memory
@@ -275,5 +300,5 @@ class RenewableEnergyAgent(Agent[DerState, DerEvent]):
             "grid_connection_status": "connected" if m.connected else ("islanded" if m.state is _S.ISLANDED else "disconnected"),
             "energy_exported": m.energy_exported_kwh, "energy_imported": m.energy_imported_kwh,
             "reactive_power_mode": a.reactive_power_mode, "voltage_pu": m.voltage_pu, "q_setpoint_kvar": m.q_command_kvar,
-            "p_limit_pct": m.p_limit_command_pct, "curtail_pct": m.curtail_pct,
+            "p_limit_pct": m.p_limit_command_pct, "curtail_pct": m.curtail_pct, "dispatch_kw": m.dispatch_kw,
         }

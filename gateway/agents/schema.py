@@ -216,10 +216,14 @@ class SubstationAttributes(_Attrs):
     load_persistence_s: float = Field(default=60.0, ge=0)
     """Load must stay above a threshold this long to count (fault currents are not load)."""
     forecast_window_s: float = Field(default=1800.0, gt=0)
+    """Load history used for the short-horizon forecast (linear trend)."""
     forecast_lead_s: float = Field(default=3600.0, ge=0)
     """Act (High_Load: transfer request, shedding plan, CVR, var support) when the gateway's load
     forecast crosses `high_load_percent` within this long."""
-    """Load history used for the short-horizon forecast (linear trend)."""
+    peak_actions: Literal["immediate", "ordered"] = "immediate"
+    """immediate: on High_Load the agent turns CVR and maximum var support on at once; ordered:
+    the gateway's peak manager (`[peak]` in the site file) takes the actions one at a time, least
+    customer impact first, each measured (set by the site file when `[peak]` is on)."""
     forecast_horizon_s: float = Field(default=3600.0, gt=0)
     voltage_band_pu: tuple[float, float] = (0.975, 1.05)
     feeder_priority: list[str] = Field(default_factory=list)

@@ -261,12 +261,13 @@ class SubstationAgent(Agent[SubstationState, SubstationEvent]):
                                                "customers": sum(p["customers"] for p in m.shedding_plan),
                                                "critical_customers": sum(p["critical_customers"]
                                                                          for p in m.shedding_plan)}))
-            out += [BusMessage(source=me, target=t, kind="optimize_taps", payload={"cvr": True})
-                    for t in self.links.transformers]
-            out += [BusMessage(source=me, target=c, kind="maximize_var_support", payload={"on": True})
-                    for c in self.links.capacitors]
+            if a.peak_actions == "immediate":
+                out += [BusMessage(source=me, target=t, kind="optimize_taps", payload={"cvr": True})
+                        for t in self.links.transformers]
+                out += [BusMessage(source=me, target=c, kind="maximize_var_support", payload={"on": True})
+                        for c in self.links.capacitors]
         elif m.state not in (_S.HIGH_LOAD, _S.EMERGENCY_MODE) and m.load_percent < a.high_load_percent - 5.0:
-            if m.transfer_requested:
+            if m.transfer_requested and a.peak_actions == "immediate":
                 out += [BusMessage(source=me, target=t, kind="optimize_taps", payload={"cvr": False})
                         for t in self.links.transformers]
                 out += [BusMessage(source=me, target=c, kind="maximize_var_support", payload={"on": False})

@@ -77,6 +77,8 @@ class ExchangeService:
         self.coordinator = TransferCoordinator(substation, neighbour_ties(switching), headroom=headroom,
                                                far_side_dead=self._far_side_dead)
         self.dropped = 0
+        self.listeners: list[Callable[[Any], None]] = []
+        """Called with each exchange that changed (gateway/peak_service.py follows its own)."""
         switching.outcome_listeners.append(self._on_outcome)
 
     # ------------------------------------------------------------------ topics
@@ -86,17 +88,20 @@ class ExchangeService:
         return f"{self.region_base}/+/coord/{self.substation}"
 
     def death_topics(self) -> list[str]:
-        return sorted({f"{self.region_base}/{t.neighbour}/death" for t in self.coordinator.ties.values()})
+        """The neighbours' deaths and births (a birth after a death: the neighbour is back)."""
+        return sorted({f"{self.region_base}/{t.neighbour}/{kind}" for t in self.coordinator.ties.values()
+                       for kind in ("death", "birth")})
 
     # ------------------------------------------------------------------ inputs
 
     def on_mqtt(self, topic: str, payload: Any, retained: bool) -> None:
         now = self._monotonic()
-        if topic.endswith("/death"):
-            if retained:
-                return  # a stale death left on the broker; the live one counts
+        if topic.endswith("/death") or topic.endswith("/birth"):
             neighbour = topic[len(self.region_base) + 1:].split("/", 1)[0]
-            self._act(self.coordinator.on_neighbour_death(neighbour, now))
+            if topic.endswith("/birth"):
+                self.coordinator.on_neighbour_birth(neighbour)
+            elif not retained:  # a retained death is a stale one left on the broker; the live one counts
+                self._act(self.coordinator.on_neighbour_death(neighbour, now))
             return
         try:
             message = self._check(topic, payload, retained)
@@ -167,10 +172,19 @@ class ExchangeService:
                     log.info("load transfer", extra={"xid": action.xid, "text": action.text})
         for ex in self.coordinator.take_changed():
             self._publish("transfer", {"time": self._wall(), "substation": self.substation, **ex.to_dict()})
+            for listener in self.listeners:
+                try:
+                    listener(ex)
+                except Exception:
+                    log.exception("load-transfer listener failed", extra={"xid": ex.xid})
 
     def _send(self, message: Message) -> None:
+        wall = self._wall()
+        # `timestamp` (ms) as every uplink message carries it, so the uplink adds nothing to what is
+        # signed but its per-message fields (seq, msg_id, historical), which the receiver strips
         envelope = {"kind": message.kind, "xid": message.xid, "from": message.sender, "to": message.recipient,
-                    "time": self._wall(), "nonce": secrets.token_hex(16), "body": dict(message.body)}
+                    "time": wall, "timestamp": round(wall * 1000.0), "nonce": secrets.token_hex(16),
+                    "body": dict(message.body)}
         self._publish(f"coord/{message.recipient}", self._sign(envelope))
 
     def _operate(self, action: Operate) -> None:
@@ -210,6 +224,17 @@ class ExchangeService:
     def status(self) -> dict[str, Any]:
         return {"ties": {t: {"neighbour": i.neighbour, "owned": i.owned} for t, i in self.coordinator.ties.items()},
                 "exchanges": [ex.to_dict() for ex in self.coordinator.exchanges.values()], "dropped": self.dropped}
+
+
+def part_load_kw(switching: Any, part: str) -> float:
+    """The load (kW) of the part of the network `part` feeds now, from the sections' measured loads."""
+    state = switching.state
+    closed = state.configuration()
+    total = 0.0
+    for node in switching.network.downstream(part, closed):
+        sample = state.section_load(node)
+        total += sample.kva.real if sample is not None else 0.0
+    return total
 
 
 def headroom_from_forecast(capacity_kw: float, target_percent: float,

@@ -49,6 +49,8 @@ MESSAGE_KINDS = ("request", "offer", "refuse", "accept", "execute", "confirm", "
 REPLY_TIMEOUT_S = 10.0
 """A request or accept unanswered this long ends the exchange."""
 OFFER_VALID_S = 30.0
+DEAD_PROOF_S = 5.0
+"""How long the tie owner waits for the far side of the tie to measure dead before it gives up."""
 CONFIRM_MARGIN_S = 10.0
 """After its offer's validity, the requester waits this much longer for the provider's CONFIRM."""
 
@@ -73,6 +75,9 @@ class Phase(enum.Enum):
     """Requester: execute sent, waiting for confirm. Provider: closing the tie."""
     CLOSING = "closing"
     """Requester (owning the tie): closing it after the provider's ready."""
+    VERIFYING = "verifying"
+    """Tie owner: about to close the tie, waiting (at most DEAD_PROOF_S) for its far side to
+    measure dead (the other gateway's switch has opened; this gateway's poll may not show it yet)."""
     CONFIRMING = "confirming"
     """Provider: tie closed and confirmed, waiting for the requester's confirm."""
     ROLLING_BACK = "rolling_back"
@@ -304,9 +309,29 @@ class TransferCoordinator:
                 out += self._timeout(ex, now, f"{neighbour} went offline")
         return out
 
+    def on_neighbour_birth(self, neighbour: str) -> None:
+        """The neighbour is back (its birth message): it may be asked again."""
+        self._dead_neighbours.discard(neighbour)
+
+    def _close_if_dead(self, ex: Exchange, now: float) -> list[Action]:
+        """The tie owner closes the tie once the part it feeds is proven dead (VERIFYING)."""
+        device = ex.tie if ex.role is Role.PROVIDER else ex.part
+        if self._far_side_dead(device) is not True:
+            return []  # not yet: `tick` looks again until the deadline
+        if ex.role is Role.PROVIDER:
+            ex = replace(ex, phase=Phase.EXECUTING, deadline=now + REPLY_TIMEOUT_S)
+            self._put(self._note(ex, now, f"closing {ex.tie}"))
+            return [Operate(ex.xid, ex.tie, "close", f"feed {ex.neighbour}'s part")]
+        ex = replace(ex, phase=Phase.CLOSING, deadline=now + REPLY_TIMEOUT_S)
+        self._put(self._note(ex, now, f"closing {ex.tie}"))
+        return [Operate(ex.xid, ex.tie, "close", "take the neighbour's supply")]
+
     def tick(self, now: float) -> list[Action]:
         out: list[Action] = []
         for ex in list(self.exchanges.values()):
+            if ex.phase is Phase.VERIFYING and now < ex.deadline:
+                out += self._close_if_dead(ex, now)
+                continue
             if not ex.phase.final and now >= ex.deadline:
                 out += self._timeout(ex, now, f"no answer from {ex.neighbour} in time")
         return out
@@ -337,12 +362,10 @@ class TransferCoordinator:
             if ex.tie_owned:  # the provider is ready: we close the tie ourselves
                 if not msg.body.get("ready"):
                     return self._abort(ex, now, "the provider's confirm did not say it is ready")
-                if self._far_side_dead(ex.part) is not True:
-                    return self._abort(ex, now, f"the part beyond {ex.part} is not proven dead: not closing "
-                                       f"{ex.tie} onto it", alarm="major")
-                ex = replace(ex, phase=Phase.CLOSING, confirmed_by_them=True, deadline=now + REPLY_TIMEOUT_S)
-                self._put(self._note(ex, now, f"{ex.neighbour} ready: closing {ex.tie}"))
-                return [Operate(ex.xid, ex.tie, "close", "take the neighbour's supply")]
+                ex = replace(ex, phase=Phase.VERIFYING, confirmed_by_them=True, deadline=now + DEAD_PROOF_S)
+                self._put(self._note(ex, now, f"{ex.neighbour} ready: waiting for the part beyond {ex.part} to "
+                                              "measure dead"))
+                return self._close_if_dead(ex, now)
             if not msg.body.get("tie_closed"):
                 return self._abort(ex, now, "the provider's confirm did not say the tie is closed")
             ex = replace(ex, tie_closed=True, confirmed_by_them=True, confirmed_by_us=True, phase=Phase.DONE)
@@ -387,12 +410,9 @@ class TransferCoordinator:
             if ex.offer_until is not None and now > ex.offer_until:
                 return self._abort(ex, now, "execute after the offer expired")
             if ex.tie_owned:
-                if self._far_side_dead(ex.tie) is not True:
-                    return self._abort(ex, now, f"{ex.tie}'s far side is not proven dead: not closing onto it",
-                                       alarm="major")
-                ex = replace(ex, phase=Phase.EXECUTING, deadline=now + REPLY_TIMEOUT_S)
-                self._put(self._note(ex, now, f"closing {ex.tie}"))
-                return [Operate(ex.xid, ex.tie, "close", f"feed {ex.neighbour}'s part")]
+                ex = replace(ex, phase=Phase.VERIFYING, deadline=now + DEAD_PROOF_S)
+                self._put(self._note(ex, now, f"execute: waiting for {ex.tie}'s far side to measure dead"))
+                return self._close_if_dead(ex, now)
             ex = replace(ex, phase=Phase.CONFIRMING, deadline=now + 2 * REPLY_TIMEOUT_S)
             self._put(self._note(ex, now, f"ready: {ex.neighbour} closes {ex.tie}"))
             return [self._send(ex, "confirm", {"ready": True})]
@@ -409,6 +429,9 @@ class TransferCoordinator:
     # ------------------------------------------------------------------ endings
 
     def _timeout(self, ex: Exchange, now: float, why: str) -> list[Action]:
+        if ex.phase is Phase.VERIFYING:
+            side = ex.tie if ex.role is Role.PROVIDER else ex.part
+            why = f"{side}'s far side not proven dead within {DEAD_PROOF_S:g} s: not closing {ex.tie} onto it"
         if ex.role is Role.PROVIDER and ex.phase is Phase.CONFIRMING and ex.tie_closed:
             # the part is fed; only the requester's word is missing: leave the tie as it is
             ex = replace(ex, phase=Phase.UNCONFIRMED, reason=f"tie closed; {why}")

@@ -23,6 +23,9 @@ SCENARIOS: dict[str, tuple[str, str]] = {
     "fault-isolation": ("hil.scenarios.fault_isolation",
                         "use case scenario 1: a transient fault, then a permanent fault in each section of LINE-045 "
                         "located, isolated and restored by FLISR"),
+    "peak-demand": ("hil.scenarios.peak_demand",
+                    "use case scenario 2: SUB-007's evening peak met by CVR, capacitors, demand response, DER and a "
+                    "load transfer to SUB-006 over the regional broker; refusal, offline and broker-outage variants"),
 }
 
 
