@@ -273,6 +273,17 @@ class MeterGroupConfig(_Model):
     def meter_id(self, n: int) -> str:
         return f"{self.prefix}-{n:05d}"
 
+    @property
+    def critical_count(self) -> int:
+        """Critical customers in the group: all of them for a critical group."""
+        return self.count if self.critical else len(self.critical_meters)
+
+    def critical_ids(self) -> list[str]:
+        """The critical customers' meters: every meter of a critical group."""
+        if self.critical:
+            return [self.meter_id(n) for n in range(self.first, self.first + self.count)]
+        return list(self.critical_meters)
+
     @field_validator("critical_meters")
     @classmethod
     def _check_critical(cls, ids: list[str], info: ValidationInfo) -> list[str]:

@@ -161,7 +161,7 @@ class AgentRuntime:
 
     def _critical_downstream(self, node: str) -> int:
         groups = set(self.topology.meter_groups_downstream(node))
-        return sum(len(g.critical_meters) for g in self.site.meter_groups if g.id in groups)
+        return sum(g.critical_count for g in self.site.meter_groups if g.id in groups)
 
     def _build(self, agent_id: str, agent_type: AgentType, attrs: Any, points: set[str]) -> Agent[Any, Any]:
         topo = self.topology
@@ -355,8 +355,8 @@ class AgentRuntime:
             cfg = next(g.config for g in fleet.groups if g.config.id == gid)
             xfmr = cfg.connected_transformer
             line = self._first_upstream(xfmr, AgentType.POWER_LINE.value) if xfmr in topo.node_types else None
-            critical_ids += cfg.critical_meters
-            n, c = cfg.count, len(cfg.critical_meters)
+            critical_ids += cfg.critical_ids()
+            n, c = cfg.count, cfg.critical_count
             by_transformer.append({"transformer": xfmr, "line": line, "group": gid, "customers": n,
                                    "critical_customers": c})
             entry = by_line.setdefault(line or "", {"line": line, "breaker": topo.protecting_breaker(line) if line

@@ -140,9 +140,10 @@ class MeterFleet:
                                for i in range(g.config.first, g.config.first + g.config.count)]
         self.index: dict[str, int] = {mid: i for i, mid in enumerate(self.ids)}
         self.critical = np.zeros(n, dtype=bool)
-        """Meters of critical customers (hospitals, water works), from the groups' `critical_meters`."""
+        """Meters of critical customers (hospitals, water works): the groups' `critical_meters`, every
+        meter of a `critical` group."""
         for g in self.groups:
-            self.critical[[self.index[m] for m in g.config.critical_meters]] = True
+            self.critical[[self.index[m] for m in g.config.critical_ids()]] = True
         self.nominal_v = np.empty(n, dtype=np.float32)
         self.timeout_s = np.empty(n, dtype=np.float32)
         for g in self.groups:

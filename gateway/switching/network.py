@@ -447,8 +447,7 @@ class _Builder:
                     z_ohm=complex(imp.r_ohm_per_km, imp.x_ohm_per_km) * length_km,
                     ampacity_a=attrs.ampacity, nominal_kv=attrs.voltage_rating, elements=elements,
                     meter_groups=groups, customers=sum(g.count for g in self.site.meter_groups if g.id in groups),
-                    critical_customers=sum(len(getattr(g, "critical_meters", ()) or ())
-                                           for g in self.site.meter_groups if g.id in groups))
+                    critical_customers=sum(g.critical_count for g in self.site.meter_groups if g.id in groups))
         # devices in series on a line
         for line, placed in in_series.items():
             length = self.line_attrs[line].length

@@ -42,6 +42,8 @@ TARGET_PERCENT = 90.0
 CAPACITY_KVA = 30_000.0
 ACTIONS = ("cvr", "capacitors", "demand_response", "der", "transfer", "shed")
 SETTLE_S = 12.0
+SUB_006_SETTLED_KW = 23_000.0
+"""SUB-006's own evening load is about 22 MW: above this its forecast still remembers the part it fed."""
 
 
 def _scaled(attrs: dict[str, Any], **keys: float) -> None:
@@ -250,6 +252,9 @@ def _variant_offline(rig: TwoRig, rec: Recorder) -> None:
     rec.check("neighbour offline: no tie operated, the part stays on its feeder", ok and not isolated,
               f"{outcome}; {detail}")
     rig.restart_daemon(PROVIDER)
+    # its forecast again, settled after the load it carried for a while went back (headroom for the part)
+    rig.wait(lambda: (_peak(rig, PROVIDER)["forecast_peak_kw"] or 1e9) < SUB_006_SETTLED_KW,
+             "SUB-006's forecast after its restart", 180.0, 0.5)
 
 
 def _variant_broker_outage(rig: TwoRig, rec: Recorder) -> None:
@@ -258,8 +263,14 @@ def _variant_broker_outage(rig: TwoRig, rec: Recorder) -> None:
     rig.hil_call("failure", device=PART, mode="slow", delay_s=60.0 * SPEED / 30.0)
     asked = rig.daemon_call(REQUESTER, "transfer.request", tie=TIE, part=PART)
     xid = asked["xid"]
-    rig.wait(lambda: any(e["xid"] == xid and e["phase"] == "preparing" for e in _exchanges(rig, REQUESTER)),
-             "SUB-007 isolating the part", 20.0, 0.01)
+    phase = rig.wait(lambda: next((e["phase"] for e in _exchanges(rig, REQUESTER) if e["xid"] == xid
+                                   and e["phase"] not in ("requested",)), None), "SUB-007 accepting an offer", 20.0, 0.01)
+    if phase != "preparing":
+        rig.hil_call("failure", device=PART, mode="none")
+        ex = _wait_final(rig, REQUESTER, xid, 60.0)
+        rec.check("broker outage mid-exchange ends in a safe state", False,
+                  f"the exchange did not reach the isolation step ({ex['phase']}: {ex['reason']})")
+        return
     broker = rig.brokers["regional"]
     broker.stop()
     rec.note("variant", "regional broker stopped while SUB-007 isolates the part")
