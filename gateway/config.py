@@ -676,6 +676,11 @@ def _path_of(loc: tuple[Any, ...], data: Any) -> tuple[str, Any]:
 
 def validate(data: dict[str, Any], source: str = "<site>") -> SiteConfig:
     """Validate parsed TOML; raise ConfigError listing every problem."""
+    if not isinstance(data, dict):
+        raise ConfigError(source, [ConfigProblem("", "a site file is a table of sections", type(data).__name__)])
+    too_deep = nesting_problem(data)
+    if too_deep is not None:
+        raise ConfigError(source, [too_deep])
     try:
         site = SiteConfig.model_validate(data)
     except ValidationError as exc:
@@ -718,5 +723,27 @@ def load(path: str | Path) -> SiteConfig:
         raise ConfigError(str(path), [ConfigProblem("", f"not UTF-8 text: {exc}")]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), [ConfigProblem("", f"not valid TOML: {exc}")]) from None
+    except RecursionError:
+        raise ConfigError(str(path), [ConfigProblem(
+            "", f"arrays or tables nested too deeply to read (a site file needs at most {MAX_NESTING} levels)")]) from None
     return validate(data, str(path))
+
+
+MAX_NESTING = 32
+"""Deepest nesting of tables and arrays a site file may have; the real schema needs fewer than 8."""
+
+
+def nesting_problem(data: Any) -> ConfigProblem | None:
+    """The first value nested deeper than MAX_NESTING, found without recursion (a crafted file
+    must get an answer, not a crash)."""
+    stack: list[tuple[Any, int, str]] = [(data, 0, "")]
+    while stack:
+        node, depth, where = stack.pop()
+        if depth > MAX_NESTING:
+            return ConfigProblem(where, f"nested more than {MAX_NESTING} levels deep")
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1, f"{where}.{k}" if where else str(k)) for k, v in node.items())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1, f"{where}[{n}]") for n, v in enumerate(node))
+    return None
 

@@ -35,6 +35,8 @@ from gateway.switching.model import Role
 log = logging.getLogger(__name__)
 
 SOCKET_NAME = "control.sock"
+MAX_REQUEST_BYTES = 64 * 1024
+"""Longest request line the daemon reads; a longer one is answered with a refusal."""
 
 Handler = Callable[..., Awaitable[Any] | Any]
 StreamHandler = Callable[..., AsyncIterator[Any]]
@@ -209,7 +211,7 @@ class ControlServer:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
-        self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))
+        self._server = await asyncio.start_unix_server(self._serve, path=str(self.path), limit=MAX_REQUEST_BYTES)
         os.chmod(self.path, 0o660)
         with contextlib.suppress(KeyError, PermissionError):
             os.chown(self.path, -1, grp.getgrnam(self._group).gr_gid)
@@ -232,15 +234,28 @@ class ControlServer:
             peer = PeerIdentity(f"uid{uid}", uid, Role.NONE)
         _PEER.set(peer)  # this connection's task has a context of its own
         try:
-            line = await asyncio.wait_for(reader.readline(), 10)
+            try:
+                line = await asyncio.wait_for(reader.readline(), 10)
+            except ValueError:  # the line outgrew the reader's limit
+                log.warning("control request refused: longer than %d bytes", MAX_REQUEST_BYTES,
+                            extra={"peer_uid": uid})
+                await _send(writer, {"ok": False, "error": (
+                    f"bad request: longer than {MAX_REQUEST_BYTES // 1024} KiB (one JSON object on one line)")})
+                return
             if not line:
                 return
             try:
                 request = json.loads(line)
+                if not isinstance(request, dict):
+                    raise TypeError("a request is a JSON object")
                 op = str(request["op"])
                 args = request.get("args") or {}
                 if not isinstance(args, dict):
                     raise TypeError("args must be an object")
+            except RecursionError:
+                log.warning("control request refused: JSON nested too deeply", extra={"peer_uid": uid})
+                await _send(writer, {"ok": False, "error": "bad request: JSON nested too deeply"})
+                return
             except (ValueError, KeyError, TypeError) as exc:
                 await _send(writer, {"ok": False, "error": f"bad request: {exc}"})
                 return
