@@ -434,6 +434,11 @@ def _ids(items: list[dict[str, Any]]) -> list[str]:
     return [i["id"] for i in items if isinstance(i.get("id"), str)]
 
 
+def _dangling(reference: Any, known: set[str]) -> bool:
+    """A reference naming nothing known; one that is not a string is the schema's type error."""
+    return isinstance(reference, str) and reference not in known
+
+
 def reference_problems(data: dict[str, Any]) -> list[ConfigProblem]:
     """Cross-references between sections: unique ids, and every reference names something real.
 
@@ -450,29 +455,32 @@ def reference_problems(data: dict[str, Any]) -> list[ConfigProblem]:
         out.append(ConfigProblem("ieds[].points", "point id is used more than once", dup))
     for dup in _dupes(_ids(agents) + _ids(groups)):
         out.append(ConfigProblem("agents", "agent id is used more than once", dup))
-    known_points = {p.get("id") for _, _, p in points}
+    known_points = {p["id"] for _, _, p in points if isinstance(p.get("id"), str)}
     known_agents = set(_ids(agents)) | set(_ids(groups))
     for n, agent in enumerate(agents):
         where = f"agents[{n}:{agent.get('id', '?')}]"
         agent_points = agent.get("points")
         if isinstance(agent_points, dict):
             for name, pid in agent_points.items():
-                if pid not in known_points:
+                if _dangling(pid, known_points):
                     out.append(ConfigProblem(f"{where}.points.{name}", "is not a point of any IED", pid))
         for k, rule in enumerate(_items(agent, "connection_rules")):
             target = rule.get("target_id")
-            if target is not None and target not in known_agents:
+            if _dangling(target, known_agents):
                 out.append(ConfigProblem(f"{where}.connection_rules[{k}].target_id", "is not an agent id", target))
     for n, group in enumerate(groups):
         xfmr = group.get("connected_transformer")
-        if xfmr is not None and xfmr not in known_agents:
+        if _dangling(xfmr, known_agents):
             out.append(ConfigProblem(f"meter_groups[{n}:{group.get('id', '?')}].connected_transformer",
                                      "is not an agent id", xfmr))
     for n, scheme in enumerate(_items(data, "protection")):
         breaker = scheme.get("breaker")
-        if breaker is not None and breaker not in known_agents:
+        if _dangling(breaker, known_agents):
             out.append(ConfigProblem(f"protection[{n}].breaker", "is not an agent id", breaker))
-    out += feeder_layout_problems(agents)
+    # a rule whose target is not a string is the schema's type error; the layout checks skip it
+    out += feeder_layout_problems([
+        {**a, "connection_rules": [r for r in _items(a, "connection_rules") if isinstance(r.get("target_id"), str)]}
+        for a in agents])
     rtu: dict[str, dict[str, Any]] = {}
     for n, ied in enumerate(ieds):
         if ied.get("protocol") != "modbus_rtu" or not isinstance(ied.get("serial_port"), str):
@@ -717,16 +725,21 @@ def load(path: str | Path) -> SiteConfig:
         raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(str(path), [ConfigProblem("", f"cannot read the file: {exc.strerror}")]) from None
+    return loads(raw, str(path))
+
+
+def loads(raw: bytes, source: str = "<site>") -> SiteConfig:
+    """A site file's bytes → the validated configuration, or ConfigError naming every problem."""
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
-        raise ConfigError(str(path), [ConfigProblem("", f"not UTF-8 text: {exc}")]) from None
+        raise ConfigError(source, [ConfigProblem("", f"not UTF-8 text: {exc}")]) from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(str(path), [ConfigProblem("", f"not valid TOML: {exc}")]) from None
+        raise ConfigError(source, [ConfigProblem("", f"not valid TOML: {exc}")]) from None
     except RecursionError:
-        raise ConfigError(str(path), [ConfigProblem(
+        raise ConfigError(source, [ConfigProblem(
             "", f"arrays or tables nested too deeply to read (a site file needs at most {MAX_NESTING} levels)")]) from None
-    return validate(data, str(path))
+    return validate(data, source)
 
 
 MAX_NESTING = 32

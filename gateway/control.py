@@ -245,19 +245,10 @@ class ControlServer:
             if not line:
                 return
             try:
-                request = json.loads(line)
-                if not isinstance(request, dict):
-                    raise TypeError("a request is a JSON object")
-                op = str(request["op"])
-                args = request.get("args") or {}
-                if not isinstance(args, dict):
-                    raise TypeError("args must be an object")
-            except RecursionError:
-                log.warning("control request refused: JSON nested too deeply", extra={"peer_uid": uid})
-                await _send(writer, {"ok": False, "error": "bad request: JSON nested too deeply"})
-                return
-            except (ValueError, KeyError, TypeError) as exc:
-                await _send(writer, {"ok": False, "error": f"bad request: {exc}"})
+                op, args = parse_request(line)
+            except BadRequest as exc:
+                log.warning("control request refused: %s", exc, extra={"peer_uid": uid})
+                await _send(writer, {"ok": False, "error": str(exc)})
                 return
             needed = self.roles.get(op)
             if needed is not None and peer.role < needed:
@@ -302,6 +293,29 @@ class ControlServer:
             with contextlib.suppress(Exception):
                 writer.close()
                 await writer.wait_closed()
+
+
+class BadRequest(ValueError):
+    """A request line that is not `{"op": "...", "args": {...}}`; the message says why."""
+
+
+def parse_request(line: bytes) -> tuple[str, dict[str, Any]]:
+    """One request line → (operation, arguments), or BadRequest."""
+    try:
+        request = json.loads(line)
+    except RecursionError:
+        raise BadRequest("bad request: JSON nested too deeply") from None
+    except ValueError as exc:  # also UnicodeDecodeError
+        raise BadRequest(f"bad request: {exc}") from None
+    if not isinstance(request, dict):
+        raise BadRequest(f"bad request: a request is a JSON object, found {type(request).__name__}")
+    op = request.get("op")
+    if not isinstance(op, str):
+        raise BadRequest('bad request: "op" must be a string naming the operation')
+    args = request.get("args") or {}
+    if not isinstance(args, dict):
+        raise BadRequest('bad request: "args" must be an object')
+    return op, args
 
 
 async def _send(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
