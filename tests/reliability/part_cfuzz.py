@@ -11,7 +11,7 @@ from tests.reliability.common import Report, part_main
 
 TITLE = "C core fuzzing (libFuzzer + ASan/UBSan)"
 BUDGET_S = 420
-RUNS = 2_000_000
+RUNS = 1_000_000
 METHOD = f"""
 `native/fuzz/fuzz_protection.c` drives the protection core's whole public API from any bytes:
 relay and element settings as raw structs (NaN, infinities and absurd values included), then
@@ -20,7 +20,7 @@ relay and element states written back raw, and curve evaluations. It is built wi
 libFuzzer (Debian's `clang`) and AddressSanitizer + UndefinedBehaviorSanitizer, every UB
 finding fatal; besides memory and UB errors the harness aborts when a status is not a
 ProtStatus, more events are written than the buffer holds, or an event names a relay that does
-not exist. {RUNS:,} runs (or 5 minutes). Without clang it falls back to gcc with the same
+not exist. {RUNS:,} runs (or 4 minutes). Without clang it falls back to gcc with the same
 sanitizers and a random driver. A build with a planted out-of-bounds write must be caught, so the
 harness can fail.
 """
@@ -64,7 +64,7 @@ def run(report: Report, workdir: Path, quick: bool) -> None:
     binary, engine = _build(workdir, canary=False)
     report.row("engine", engine)
     runs = 200_000 if quick else RUNS
-    result = _fuzz(binary, workdir, runs, 300, libfuzzer)
+    result = _fuzz(binary, workdir, runs, 240, libfuzzer)
     text = result.stdout + result.stderr
     done = re.search(r"Done (\d+) runs", text)
     executed = int(done.group(1)) if done else 0
