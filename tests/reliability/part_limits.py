@@ -1,0 +1,202 @@
+"""Resource limits: the state directory full or read-only, and the wall clock jumping."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from hil.rig import Rig
+from tests.reliability.common import Report, is_root, part_main
+from tests.reliability.rig_tools import BrokerLog, base_topic, example_with_commands
+
+TITLE = "Resource limits (disk full, read-only state, clock jumps)"
+BUDGET_S = 480
+FAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"
+METHOD = """
+The whole rig as in the kill -9 part, with the daemon's state directory on a 16 MiB tmpfs of its
+own (root: `mount -t tmpfs`). **Disk full:** a file fills the tmpfs to the last byte while the
+daemon runs; then a fault is injected on LINE-044. **Read-only:** the state directory is
+remounted read-only while the daemon runs, and the same fault injected again. In both the
+protection must trip and reclose CB-044 as usual, the daemon keep serving, every message
+accepted before the limit still reach SCADA (no gap in `msg_id` among them), and messages that
+could not be spooled are counted (`stima status`: uplink `lost`) and logged, never claimed as
+sent; when space or write access returns, new messages flow again. **Clock jumps:** the daemon
+runs under libfaketime (Debian's `faketime`; monotonic time left alone) and its wall clock jumps
+forward by an hour, then back by an hour, with a fault injected after each jump: protection
+runs on monotonic time and must trip all the same; the uplink must stay connected with no
+message lost. Without root the tmpfs cannot be mounted and the first two are skipped, saying so.
+"""
+
+
+def _df_free(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def _fault_trips(rig: Rig, line: str, breaker: str) -> tuple[bool, bool]:
+    """Inject a transient fault; True if the breaker opened, True if it closed again."""
+    before = rig.daemon_call("breaker.status", breaker=breaker)
+    rig.hil_call("fault", line=line, distance_m=800, kind="3ph", transient=True)
+    opened = closed = False
+    end = time.monotonic() + 30
+    while time.monotonic() < end:
+        pos = rig.hil_call("status")["breakers"].get(breaker)
+        if pos == "open":
+            opened = True
+        if opened and pos == "closed":
+            closed = True
+            break
+        time.sleep(0.02)
+    rig.hil_call("clear")
+    time.sleep(1.0)
+    _ = before
+    return opened, closed
+
+
+def _ids(log: BrokerLog) -> list[int]:
+    return [m[2]["msg_id"] for m in log.spooled()]
+
+
+def _gaps(ids: list[int], upto: int) -> list[int]:
+    seen = set(ids)
+    low = min(ids) if ids else 0
+    return [i for i in range(low, upto + 1) if i not in seen]
+
+
+def _spawn_daemon(rig: Rig, env_extra: dict[str, str]) -> None:
+    log_path = rig.workdir / "gatewayd.log"
+    with log_path.open("ab") as out:
+        rig.daemon = subprocess.Popen([sys.executable, "-m", "gateway.daemon", "--config", str(rig.site_path)],
+                                      stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                      start_new_session=True, cwd=Path(__file__).resolve().parents[2],
+                                      env={**os.environ, **env_extra})
+    rig.wait(lambda: rig.daemon_call("status")["uplink"]["state"] == "connected", "the daemon up", 90, interval_s=0.1)
+
+
+def _limits(report: Report, rig: Rig, log: BrokerLog, state: Path) -> None:
+    # ---- disk full
+    filler = state / "filler"
+    subprocess.run(["fallocate", "-l", str(max(0, _df_free(state) - 4096)), str(filler)], check=False)
+    try:
+        with filler.open("ab", buffering=0) as f:  # the last blocks
+            while True:
+                f.write(b"\0" * 512)
+    except OSError:
+        pass
+    free_after = _df_free(state)
+    last_before = rig.daemon_call("status")["uplink"]
+    opened, closed = _fault_trips(rig, "LINE-044", "CB-044")
+    time.sleep(3)
+    status = rig.daemon_call("status")
+    report.check("disk full: CB-044 trips and recloses on a fault", f"opened {opened}, reclosed {closed}",
+                 "both", opened and closed)
+    report.check("disk full: daemon serving, messages not spooled counted as lost",
+                 f"status answers; uplink lost {status['uplink']['lost']} (free bytes {free_after})", "lost > 0, counted",
+                 status["uplink"]["lost"] > last_before["lost"])
+    filler.unlink()
+    time.sleep(4)
+    published = rig.daemon_call("status")["uplink"]["published"]
+    time.sleep(3)
+    resumed = rig.daemon_call("status")["uplink"]["published"] > published
+    report.check("disk full: spooling resumes once space is freed", "yes" if resumed else "NO", "yes", resumed)
+    # ---- read-only
+    ro = subprocess.run(["mount", "-o", "remount,ro", str(state)], capture_output=True, text=True)
+    if ro.returncode != 0:
+        report.note(f"read-only remount failed: {ro.stderr.strip()}")
+    else:
+        lost0 = rig.daemon_call("status")["uplink"]["lost"]
+        opened, closed = _fault_trips(rig, "LINE-044", "CB-044")
+        time.sleep(3)
+        status = rig.daemon_call("status")
+        report.check("read-only: CB-044 trips and recloses on a fault", f"opened {opened}, reclosed {closed}",
+                     "both", opened and closed)
+        report.check("read-only: daemon serving, messages not spooled counted as lost",
+                     f"uplink lost +{status['uplink']['lost'] - lost0}", "counted", status["uplink"]["lost"] > lost0)
+        subprocess.run(["mount", "-o", "remount,rw", str(state)], check=True)
+        time.sleep(4)
+        published = rig.daemon_call("status")["uplink"]["published"]
+        time.sleep(3)
+        resumed = rig.daemon_call("status")["uplink"]["published"] > published
+        report.check("read-only: spooling resumes once writable", "yes" if resumed else "NO", "yes", resumed)
+    try:
+        rig.wait(lambda: rig.daemon_call("status")["uplink"]["spool_depth"] == 0, "the spool drained", 60)
+    except TimeoutError:
+        uplink = rig.daemon_call("status")["uplink"]
+        report.check("spool drains after the limits", f"NOT in 60 s: {uplink}", "drained", False)
+    time.sleep(2)
+    ids = _ids(log)
+    gaps = _gaps(ids, max(ids))
+    lost_total = rig.daemon_call("status")["uplink"]["lost"]
+    report.check("accepted messages lost (gaps in msg_id)", f"{len(gaps)}", "0", not gaps)
+    report.row("messages refused at the spool while full or read-only (never acknowledged)", lost_total)
+
+
+def _clock(report: Report, rig: Rig, log: BrokerLog, workdir: Path) -> None:
+    if not Path(FAKETIME).exists():
+        report.note("clock jumps skipped: libfaketime is not installed (Debian package 'faketime')")
+        return
+    stamp = workdir / "faketime.rc"
+    stamp.write_text("+0\n")
+    assert rig.daemon is not None
+    rig.daemon.terminate()
+    rig.daemon.wait(30)
+    _spawn_daemon(rig, {"LD_PRELOAD": FAKETIME, "FAKETIME_TIMESTAMP_FILE": str(stamp), "FAKETIME_NO_CACHE": "1",
+                        "DONT_FAKE_MONOTONIC": "1"})
+    results: Counter[str] = Counter()
+    for offset in ("+1h", "+0"):
+        stamp.write_text(f"{offset}\n")
+        time.sleep(2)
+        wall = rig.daemon_call("status")["uptime_s"]
+        opened, closed = _fault_trips(rig, "LINE-044", "CB-044")
+        up = rig.daemon_call("status")["uplink"]["state"]
+        jump = "forward 1 h" if offset == "+1h" else "back 1 h"
+        report.check(f"clock {jump}: CB-044 trips and recloses, uplink", f"opened {opened}, reclosed {closed}, "
+                     f"uplink {up}, uptime shown {wall:.0f} s", "trips, recloses, connected",
+                     opened and closed and up == "connected")
+        results[jump] += 1
+    rig.wait(lambda: rig.daemon_call("status")["uplink"]["spool_depth"] == 0, "the spool drained", 60)
+    time.sleep(2)
+    ids = _ids(log)
+    gaps = _gaps(ids, max(ids))
+    report.check("clock jumps: accepted messages lost", len(gaps), "0", not gaps)
+    report.note("Wall time only stamps records: after a jump, timestamps, history buckets and the age check of "
+                "signed commands follow the new wall clock (a command signed by a SCADA host whose clock "
+                "disagrees by more than `max_age_s` is refused as stale, which is the point of the check); "
+                "protection, timers and reconnects run on monotonic time and do not notice.")
+
+
+def run(report: Report, workdir: Path, quick: bool) -> None:
+    doc, _key = example_with_commands(workdir)
+    state = workdir / "state"
+    mounted = False
+    if is_root() and shutil.which("mount"):
+        shutil.rmtree(state, ignore_errors=True)
+        state.mkdir(parents=True)
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(state)],
+                                 capture_output=True).returncode == 0
+    if not mounted:
+        report.skip("disk full and read-only state need root (a tmpfs and a read-only remount); " +
+                    ("not root" if not is_root() else "mount failed (no mount namespace rights?)"))
+    try:
+        with Rig(doc, workdir, fresh_state=not mounted) as rig:
+            log = BrokerLog(rig.tls, rig.tls_port, base_topic(rig), client_id="reliability-limits")
+            time.sleep(3)
+            try:
+                if mounted:
+                    _limits(report, rig, log, state)
+                _clock(report, rig, log, workdir)
+            finally:
+                log.stop()
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(state)], check=False)
+
+
+if __name__ == "__main__":
+    part_main("limits", TITLE, run)
