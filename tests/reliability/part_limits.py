@@ -9,7 +9,6 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 from hil.rig import Rig
 from tests.reliability.common import Report, is_root, part_main
