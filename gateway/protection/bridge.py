@@ -10,6 +10,7 @@ out before a restart is still locked out after it.
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -109,11 +110,19 @@ class ProtectionBridge:
             messages.append(("events", {"time": wall, "source": event.breaker, "kind": kind, **record}))
             level = logging.WARNING if event.kind in ("trip", "lockout") else logging.INFO
             log.log(level, f"protection {event.kind}", extra=record)
-        self._store.append_events(rows)
+        # a full or read-only disk loses the records, never the decisions: the listeners below
+        # (fault records, FLISR, the switching authority) still hear of every trip
+        try:
+            self._store.append_events(rows)
+        except sqlite3.Error as exc:
+            log.error("protection events not written to the event log", extra={"events": len(rows), "error": str(exc)})
         if messages:
             self._publish_many(messages)
         if changed:
-            self._store.save_snapshot(SNAPSHOT_KEY, self.engine.snapshot(), wall)
+            try:
+                self._store.save_snapshot(SNAPSHOT_KEY, self.engine.snapshot(), wall)
+            except sqlite3.Error as exc:
+                log.error("protection state not saved", extra={"error": str(exc)})
         for command in commands:
             for command_listener in self.command_listeners:
                 try:
