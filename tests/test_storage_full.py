@@ -35,3 +35,26 @@ def test_writes_on_a_full_disk_fail_cleanly_and_the_store_recovers(tmp_path: Pat
     more = store.spool_append(big)  # room again: the same connection works
     assert len(more) == 50 and store.spool_depth() == 55
     assert store._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_the_daemon_will_not_start_without_a_usable_state_directory(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import tomllib
+
+    import tomli_w
+
+    doc = tomllib.loads((Path(__file__).resolve().parents[1] / "deploy" / "examples" / "sub-003.toml").read_text())
+    blocker = tmp_path / "state"
+    blocker.write_text("a file where the state directory should be")
+    doc["site"]["state_dir"] = str(blocker)
+    doc["site"]["runtime_dir"] = str(tmp_path / "run")
+    doc["uplink"].update(transport="tcp", ca_file=None, cert_file=None, key_file=None)
+    doc["uplink"] = {k: v for k, v in doc["uplink"].items() if v is not None}
+    site = tmp_path / "site.toml"
+    site.write_text(tomli_w.dumps(doc))
+    out = subprocess.run([sys.executable, "-m", "gateway.daemon", "--config", str(site)], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert f"state directory {blocker} is unusable" in out.stderr
+    assert "Traceback" not in out.stderr + out.stdout
