@@ -18,10 +18,14 @@ TITLE = "Resource limits (disk full, read-only state, clock jumps)"
 BUDGET_S = 480
 FAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"
 METHOD = """
-The whole rig as in the kill -9 part, with the daemon's state directory on a 16 MiB tmpfs of its
-own (root: `mount -t tmpfs`). **Disk full:** a file fills the tmpfs to the last byte while the
-daemon runs; then a fault is injected on LINE-044. **Read-only:** the state directory is
-remounted read-only while the daemon runs, and the same fault injected again. In both the
+The whole rig as in the kill -9 part, with the daemon's state directory on a 32 MiB ext4 file
+system of its own (root: a loop device, `errors=remount-ro`). **Disk full:** a file fills it to
+the last byte while the daemon runs; then a fault is injected on LINE-044. **Read-only:** the
+kernel is told the file system has an error (`/sys/fs/ext4/<dev>/trigger_fs_error`), so ext4
+remounts it read-only under the running daemon, as it would on a failing card, and the same
+fault is injected again; the daemon is then stopped, must refuse to start on the read-only
+directory with a clear error, and must start again once the file system is repaired (e2fsck)
+and mounted. In both the
 protection must trip and reclose CB-044 as usual, the daemon keep serving, every message
 accepted before the limit still reach SCADA (no gap in `msg_id` among them), and messages that
 could not be spooled are counted (`stima status`: uplink `lost`) and logged, never claimed as
@@ -29,7 +33,8 @@ sent; when space or write access returns, new messages flow again. **Clock jumps
 runs under libfaketime (Debian's `faketime`; monotonic time left alone) and its wall clock jumps
 forward by an hour, then back by an hour, with a fault injected after each jump: protection
 runs on monotonic time and must trip all the same; the uplink must stay connected with no
-message lost. Without root the tmpfs cannot be mounted and the first two are skipped, saying so.
+message lost. Without root the file system cannot be mounted and the first two are skipped,
+saying so.
 """
 
 
@@ -104,25 +109,47 @@ def _limits(report: Report, rig: Rig, log: BrokerLog, state: Path) -> None:
     time.sleep(3)
     resumed = rig.daemon_call("status")["uplink"]["published"] > published
     report.check("disk full: spooling resumes once space is freed", "yes" if resumed else "NO", "yes", resumed)
-    # ---- read-only
-    ro = subprocess.run(["mount", "-o", "remount,ro", str(state)], capture_output=True, text=True)
-    if ro.returncode != 0:
-        report.note(f"read-only remount failed: {ro.stderr.strip()}")
+    # ---- the file system goes read-only under the running daemon (ext4 errors=remount-ro)
+    device = Path(subprocess.run(["findmnt", "-n", "-o", "SOURCE", str(state)], capture_output=True,
+                                 text=True).stdout.strip()).name
+    trigger = Path("/sys/fs/ext4") / device / "trigger_fs_error"
+    if not trigger.exists():
+        report.note(f"read-only while running not measured: no {trigger} (kernel without ext4 error injection)")
     else:
         lost0 = rig.daemon_call("status")["uplink"]["lost"]
+        trigger.write_text("1\n")
+        time.sleep(1)
         opened, closed = _fault_trips(rig, "LINE-044", "CB-044")
         time.sleep(3)
         status = rig.daemon_call("status")
-        report.check("read-only: CB-044 trips and recloses on a fault", f"opened {opened}, reclosed {closed}",
-                     "both", opened and closed)
+        report.check("read-only (ext4 remounted read-only on error): CB-044 trips and recloses on a fault",
+                     f"opened {opened}, reclosed {closed}", "both", opened and closed)
         report.check("read-only: daemon serving, messages not spooled counted as lost",
-                     f"uplink lost +{status['uplink']['lost'] - lost0}", "counted", status["uplink"]["lost"] > lost0)
-        subprocess.run(["mount", "-o", "remount,rw", str(state)], check=True)
-        time.sleep(4)
-        published = rig.daemon_call("status")["uplink"]["published"]
-        time.sleep(3)
-        resumed = rig.daemon_call("status")["uplink"]["published"] > published
-        report.check("read-only: spooling resumes once writable", "yes" if resumed else "NO", "yes", resumed)
+                     f"status answers; uplink lost +{status['uplink']['lost'] - lost0}", "counted",
+                     status["uplink"]["lost"] > lost0)
+        assert rig.daemon is not None
+        t0 = time.monotonic()
+        rig.daemon.terminate()
+        code = rig.daemon.wait(60)
+        report.check("read-only: SIGTERM stops the daemon", f"exit {code} in {time.monotonic() - t0:.1f} s",
+                     "exits within TimeoutStopSec (20 s)", time.monotonic() - t0 < 20)
+        start = subprocess.run([sys.executable, "-m", "gateway.daemon", "--config", str(rig.site_path)],
+                               capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
+        clear = start.returncode != 0 and "is unusable" in start.stderr and "Traceback" not in start.stderr
+        report.check("read-only at start: the daemon refuses with a clear error",
+                     f"exit {start.returncode}: {start.stderr.strip().splitlines()[-1][:160] if start.stderr else ''}",
+                     "refuses, names the directory, no traceback", clear)
+        image = Path(subprocess.run(["findmnt", "-n", "-o", "SOURCE", str(state)], capture_output=True,
+                                    text=True).stdout.strip())
+        backing = subprocess.run(["losetup", "-n", "-O", "BACK-FILE", str(image)], capture_output=True,
+                                 text=True).stdout.strip()
+        subprocess.run(["umount", str(state)], check=True)
+        subprocess.run(["e2fsck", "-fy", backing], capture_output=True)
+        subprocess.run(["mount", "-o", "loop,errors=remount-ro", backing, str(state)], check=True)
+        t0 = time.monotonic()
+        _spawn_daemon(rig, {})
+        report.check("after repair: the daemon starts and the uplink reconnects", f"in {time.monotonic() - t0:.1f} s",
+                     "starts", True)
     try:
         rig.wait(lambda: rig.daemon_call("status")["uplink"]["spool_depth"] == 0, "the spool drained", 60)
     except TimeoutError:
@@ -177,10 +204,13 @@ def run(report: Report, workdir: Path, quick: bool) -> None:
     if is_root() and shutil.which("mount"):
         shutil.rmtree(state, ignore_errors=True)
         state.mkdir(parents=True)
-        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(state)],
+        image = workdir / "state.img"
+        subprocess.run(["truncate", "-s", "32M", str(image)], check=True)
+        subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True, capture_output=True)
+        mounted = subprocess.run(["mount", "-o", "loop,errors=remount-ro", str(image), str(state)],
                                  capture_output=True).returncode == 0
     if not mounted:
-        report.skip("disk full and read-only state need root (a tmpfs and a read-only remount); " +
+        report.skip("disk full and read-only state need root (an ext4 image on a loop device); " +
                     ("not root" if not is_root() else "mount failed (no mount namespace rights?)"))
     try:
         with Rig(doc, workdir, fresh_state=not mounted) as rig:
