@@ -24,7 +24,7 @@ from pathlib import Path
 from tests.reliability.common import PASS, SKIPPED, Report
 
 ROOT = Path(__file__).resolve().parents[2]
-PARTS = ["kill9", "broker", "fuzz", "cfuzz", "limits", "sandbox"]
+PARTS = ["kill9", "broker", "ied_faults", "fuzz", "cfuzz", "limits", "sandbox"]
 DOC = ROOT / "docs" / "reliability.md"
 NOT_MEASURED = [
     "IED faults (a silent, slow or garbling device, every exception code, a connection reset mid-poll, RTU "
