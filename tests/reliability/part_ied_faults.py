@@ -37,8 +37,11 @@ second, 500 ms timeout) through a relay that can misbehave as a device does, and
 **silent** (requests swallowed), **slow** (every answer 0.8 s late, after the timeout), **garbage**
 (random bytes instead of an answer), **exception N** for every Modbus exception code
 {", ".join(map(str, EXCEPTION_CODES))} (the answer rewritten into that exception), **reset** (the connection
-reset as soon as a request arrives), and on the RTU line **noise** (one bit in about every twentieth
-byte flipped, both ways). For each: the time from the fault to every point of the IED invalid, with
+reset as soon as a request arrives); on the RTU line **noise** (one bit in about every twentieth
+byte flipped, both ways) and a unit that falls **silent** (the simulator answers nothing for it, as
+an absent unit on RS-485 does: no exception 4); and a tap set-point out of the transformer's
+range written straight to the simulated IED, which must answer exception 3 and keep its
+set-point (as a real controller does, never clamping). For each: the time from the fault to every point of the IED invalid, with
 the reason the daemon gives; that points of other IEDs stay good and keep updating; and the time
 from the fault's end to every point good again, with no action from anyone. Goal: invalid within
 two poll periods (2 s) of the fault, the reason right (communication failure for silence, late
@@ -187,6 +190,21 @@ class RtuNoiseRelay:
         self._socat.terminate()
 
 
+async def _write_out_of_range(port: int) -> tuple[int | None, int | None]:
+    from pymodbus.client import AsyncModbusTcpClient
+
+    client = AsyncModbusTcpClient("127.0.0.1", port=port, timeout=2, retries=0)
+    await client.connect()
+    try:
+        answer = await client.write_register(100, 99, device_id=1)
+        back = await client.read_holding_registers(100, count=1, device_id=1)
+        code = answer.exception_code if answer.isError() else None
+        value = None if back.isError() else back.registers[0]
+        return code, value
+    finally:
+        client.close()
+
+
 class FaultRig(Rig):
     """A rig whose daemon reads its own copy of the site file (two IEDs behind relays)."""
 
@@ -302,6 +320,25 @@ def run(report: Report, workdir: Path, quick: bool) -> None:
                      f"value: {wrong_values}; others good: {others}; good again {back if back is None else round(back, 2)} s after",
                      "no corrupted value accepted (CRC), others unaffected, recovers",
                      wrong_values == 0 and others and back is not None)
+        # a unit that stops answering on the RS-485 line (the simulator silences it as an absent unit is)
+        before = {p["id"]: p["receive_time"] or 0 for p in _read(rig, WATCHED)}
+        rig.hil_call("commloss", ied=RTU_IED, duration_s=6.0)
+        rtu_period_s = float(rtu_cfg.get("poll_period_ms", 1000)) / 1000.0
+        took, reasons = _watch(rig, rtu_points, want_good=False, timeout_s=15)
+        others = _others_fine(rig, before)
+        back, _ = _watch(rig, rtu_points, want_good=True, timeout_s=60)
+        report.check(f"{RTU_IED} silent on the RS-485 line for 6 s",
+                     f"invalid in {took:.2f} s ({', '.join(sorted(reasons))}); others good: {others}; good again "
+                     f"{back:.2f} s later (the silence lasts 6 s)" if took is not None and back is not None else
+                     f"invalid: {took}, reasons {sorted(reasons)}, others: {others}, recovered: {back}",
+                     f"≤ {2 * rtu_period_s:.1f} s (+0.3 s), communication_failure, recovers",
+                     took is not None and took <= 2 * rtu_period_s + 0.3 and reasons == {"communication_failure"}
+                     and others and back is not None)
+        # an out-of-range set-point written straight to the simulated transformer: refused, not clamped
+        refused, tap_after = asyncio.run(_write_out_of_range(int(tcp_cfg["port"])))
+        report.check(f"{TCP_IED}: tap set-point 99 written directly (range -16..16)",
+                     f"answer: exception {refused}; set-point read back {tap_after}", "exception 3, unchanged",
+                     refused == 3 and tap_after != 99)
         report.row("median time to invalid / to good again (TCP faults)",
                    f"{median(invalid_times):.2f} s / {median(recover_times):.2f} s")
         report.note("Exception codes are answered per block read: only the points of the blocks that got one go "
