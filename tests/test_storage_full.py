@@ -5,6 +5,7 @@ leaves the store usable once there is room again."""
 from __future__ import annotations
 
 import sqlite3
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
@@ -58,3 +59,52 @@ def test_the_daemon_will_not_start_without_a_usable_state_directory(tmp_path: Pa
     assert out.returncode == 1, out.stderr[-2000:]
     assert f"state directory {blocker} is unusable" in out.stderr
     assert "Traceback" not in out.stderr + out.stdout
+
+
+class _FullDisk(Store):
+    """The state database on a disk that is full while `full` is set (snapshot writes fail as
+    SQLite fails them: "database or disk is full")."""
+
+    full = False
+
+    def save_snapshot(self, key: str, value: object, now: float) -> None:
+        if self.full:
+            raise sqlite3.OperationalError("database or disk is full")
+        super().save_snapshot(key, value, now)
+
+
+def test_a_protection_state_the_disk_refused_is_saved_once_it_has_room(tmp_path: Path) -> None:
+    """A trip's dead-time state that the disk refused would leave the state of before in the
+    database: the bridge writes the present state again as soon as the disk takes it."""
+    from gateway.config import load
+    from gateway.points import ProcessImage
+    from gateway.protection.bridge import SNAPSHOT_KEY, ProtectionBridge
+    from gateway.protection.engine import ProtectionEngine
+
+    site = load(Path(__file__).resolve().parents[1] / "deploy" / "examples" / "sub-003.toml")
+    store = _FullDisk(tmp_path / "stima.db")
+    engine = ProtectionEngine(site.protection, backend="reference")
+    written: list[str] = []
+
+    def submit(point_id: str, *_: object) -> Future[None]:
+        written.append(point_id)
+        done: Future[None] = Future()
+        done.set_result(None)
+        return done
+
+    bridge = ProtectionBridge(engine, ProcessImage(), submit=submit, store=store,
+                              publish=lambda *a, **k: None, publish_many=lambda m: None, wall=lambda: 1.7e9,
+                              monotonic=lambda: 0.0)
+    before = engine.snapshot()
+    store.save_snapshot(SNAPSHOT_KEY, before, 1.0)
+    store.full = True
+    cb = site.protection[0].breaker
+    bridge.carry_out(engine.manual_trip(cb, 10.0))  # an operator open: the state changes
+    assert written, "the breaker command went out although the disk is full"
+    changed = engine.snapshot()
+    assert changed != before and store.load_snapshot(SNAPSHOT_KEY) == before
+    bridge.step(11.0)  # still full: nothing written, no error
+    assert store.load_snapshot(SNAPSHOT_KEY) == before
+    store.full = False
+    bridge.step(14.0)
+    assert store.load_snapshot(SNAPSHOT_KEY) == changed

@@ -66,10 +66,13 @@ def _cell(text: str) -> str:
 def _headline(report: Report) -> str:
     if report.error:
         return report.error.splitlines()[0][:110]
+    if report.headline and report.verdict != SKIPPED:
+        return report.headline
     if report.verdict == SKIPPED:
         return f"skipped: {report.skipped}"[:110]
-    first = [r for r in report.rows if r.met is not None][:3] or report.rows[:3]
-    return "; ".join(f"{r.what}: {r.figure}" for r in first)[:150]
+    first = [r for r in report.rows if r.met is not None][:2] or report.rows[:2]
+    text = "; ".join(f"{r.what}: {r.figure}" for r in first)
+    return text if len(text) <= 170 else text[:169] + "…"
 
 
 def print_table(reports: list[Report]) -> None:

@@ -38,6 +38,8 @@ class Report:
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     skipped: str | None = None
+    headline: str = ""
+    """One line for the summary table (the first figures when empty)."""
     error: str | None = None
     seconds: float = 0.0
     data: dict[str, Any] = field(default_factory=dict)

@@ -221,6 +221,9 @@ async def _scenario(report: Report, workdir: Path, quick: bool) -> None:
         with sub.lock:
             received = list(sub.received)
         _check(report, "outage", accepted, received)
+        outage_lost = len({a[0] for a in accepted} - {p["msg_id"] for _, _, p in received})
+        report.headline = (f"{outage_s // 60} min outage: {outage_lost} of {len(accepted):,} lost, backlog at SCADA "
+                           f"in {at_scada_s:.0f} s")
         # --- flapping
         accepted.clear()
         with sub.lock:
@@ -251,6 +254,8 @@ async def _scenario(report: Report, workdir: Path, quick: bool) -> None:
         with sub.lock:
             received = list(sub.received)
         _check(report, "flapping", accepted, received)
+        flap_lost = len({a[0] for a in accepted} - {p["msg_id"] for _, _, p in received})
+        report.headline += f"; flapping ({cuts} cuts): {flap_lost} of {len(accepted):,} lost"
         report.note("While the link is down the uplink cannot tell which messages the broker saw: those in flight "
                     "at a cut are sent again after the reconnect with the same msg_id and historical=true "
                     "(docs/mqtt.md: at-least-once delivery); SCADA drops a msg_id it has already stored.")

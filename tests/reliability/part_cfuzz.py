@@ -81,6 +81,8 @@ def run(report: Report, workdir: Path, quick: bool) -> None:
         _fuzz(canary_bin, workdir, 2_000_000, 60, False)
     caught = canary.returncode != 0 and "Sanitizer" in canary.stdout + canary.stderr
     report.check("planted out-of-bounds write found", "yes" if caught else "no", "yes (the harness can fail)", caught)
+    report.headline = (f"{executed:,} runs, {'no' if not crashed else 'a'} sanitizer finding; planted bug caught: "
+                       f"{'yes' if caught else 'NO'}")
     report.data = {"runs": executed, "returncode": result.returncode}
 
 

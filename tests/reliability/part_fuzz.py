@@ -64,6 +64,9 @@ def run(report: Report, workdir: Path, quick: bool) -> None:
             report.note(f"{result['target']}: {crash.get('type')}: {crash.get('error', '')} — input "
                         f"{crash.get('input_hex', '')[:120]}")
     report.row("inputs in all", f"{total:,}")
+    crashes = sum(r["crashes"] + r["hangs"] + r["unclear_refusals"] for r in results)
+    report.headline = (f"{len(results)} parsers, {total:,} inputs (≥ {inputs:,} each): {crashes} crashes or hangs; "
+                       f"canary caught: {'yes' if canary['crashes'] else 'NO'}")
     report.data = {"targets": results, "canary": canary}
     report.note("Found and fixed by these runs: an AMI batch whose column dtype was a map or list, and a site "
                 "file whose point or agent reference was a list, raised TypeError instead of a refusal.")

@@ -339,6 +339,9 @@ def run(report: Report, workdir: Path, quick: bool) -> None:
         report.check(f"{TCP_IED}: tap set-point 99 written directly (range -16..16)",
                      f"answer: exception {refused}; set-point read back {tap_after}", "exception 3, unchanged",
                      refused == 3 and tap_after != 99)
+        report.headline = (f"{len(modes) + 2} faults: points invalid in median {median(invalid_times):.1f} s with "
+                           f"the reason, good again in median {median(recover_times):.1f} s; noise: "
+                           f"{wrong_values} corrupted values accepted")
         report.row("median time to invalid / to good again (TCP faults)",
                    f"{median(invalid_times):.2f} s / {median(recover_times):.2f} s")
         report.note("Exception codes are answered per block read: only the points of the blocks that got one go "

@@ -45,10 +45,17 @@ def _df_free(path: Path) -> int:
 
 def _fault_trips(rig: Rig, line: str, breaker: str) -> tuple[bool, bool]:
     """Inject a transient fault; True if the breaker opened, True if it closed again."""
+    # the auto-recloser ready again (its reclaim time over), so each fault is a first shot
+    try:
+        rig.wait(lambda: rig.daemon_call("breaker.status", breaker=breaker)["protection"]["reclose_state"] == "ready",
+                 f"{breaker}'s auto-recloser ready", 90, interval_s=0.2)
+    except TimeoutError:
+        raise TimeoutError(f"{breaker}'s auto-recloser not ready in 90 s: "
+                           f"{rig.daemon_call('breaker.status', breaker=breaker)}") from None
     before = rig.daemon_call("breaker.status", breaker=breaker)
     rig.hil_call("fault", line=line, distance_m=800, kind="3ph", transient=True)
     opened = closed = False
-    end = time.monotonic() + 30
+    end = time.monotonic() + 60
     while time.monotonic() < end:
         pos = rig.hil_call("status")["breakers"].get(breaker)
         if pos == "open":
@@ -158,9 +165,7 @@ def _limits(report: Report, rig: Rig, log: BrokerLog, state: Path) -> None:
     time.sleep(2)
     ids = _ids(log)
     gaps = _gaps(ids, max(ids))
-    lost_total = rig.daemon_call("status")["uplink"]["lost"]
     report.check("accepted messages lost (gaps in msg_id)", f"{len(gaps)}", "0", not gaps)
-    report.row("messages refused at the spool while full or read-only (never acknowledged)", lost_total)
 
 
 def _clock(report: Report, rig: Rig, log: BrokerLog, workdir: Path) -> None:
@@ -225,6 +230,10 @@ def run(report: Report, workdir: Path, quick: bool) -> None:
     finally:
         if mounted:
             subprocess.run(["umount", "-l", str(state)], check=False)
+    checked = [r for r in report.rows if r.met is not None]
+    trips = [r for r in checked if "trips and recloses" in r.what]
+    report.headline = (f"{sum(r.met is True for r in checked)}/{len(checked)} checks met; protection tripped and "
+                       f"reclosed in {sum(r.met is True for r in trips)} of {len(trips)} faults under the limits")
 
 
 if __name__ == "__main__":

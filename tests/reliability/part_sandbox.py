@@ -66,6 +66,7 @@ def run(report: Report, workdir: Path, quick: bool) -> None:
     report.check("remaining exposures without a reason", len(unexplained), "0", not unexplained)
     for setting, weight in exposures:
         report.row(f"exposure {setting}", f"+{weight}" if weight else "-", WHY.get(setting, "NOT EXPLAINED"))
+    report.headline = f"exposure {value:.1f} (goal ≤ 2.0), {len(exposures)} remaining exposures each justified"
     report.data = {"score": value, "exposures": exposures}
 
 

@@ -240,6 +240,8 @@ async def _soak(report: Report, workdir: Path, quick: bool) -> None:
                 f"time limit: {end['rows']['events'] - warm['rows']['events']:,} rows in 22 simulated hours "
                 f"({(end['db_bytes'] - warm['db_bytes']) / 1e6:.1f} MB of database growth with history).")
     _ = per_day
+    report.headline = (f"{sim_s / 3600:.0f} h in {real_s / 60:.0f} min: RSS {growth:+.1f} %, fds {warm['fds']}→"
+                       f"{end['fds']}, {counts['trips']} faults, {counts['cuts']} link cuts, {counts['reloads']} reloads")
     report.data = {"warm": warm, "end": end, "counts": counts}
 
 
