@@ -303,11 +303,14 @@ def modbus_target(framing: str) -> Target:
             pdu = bytes([fc]) + rng.randbytes(rng.randrange(0, 8))
         return frame(pdu, rng)
 
+    class FrameDiscarded(ModbusException):
+        """No frame in the bytes (bad CRC, short, unknown): the master drops them and times out."""
+
     def call(data: bytes) -> Any:
         framer = framer_type(DecodePDU(False))
         _used, pdu = framer.handleFrame(data, 0, 0)
         if pdu is None:
-            return None
+            raise FrameDiscarded("no complete frame: the bytes are dropped and the request times out")
         words = getattr(pdu, "registers", None) or getattr(pdu, "bits", None)
         if words:
             for block in blocks:

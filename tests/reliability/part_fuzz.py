@@ -27,7 +27,11 @@ error carrying a message; any other exception is a crash, an input over 1 s a ha
 Nothing catches `Exception` on the way, and a canary parser with a planted bug must be
 reported as crashing, so these fuzz runs can fail. The gateway reads no SCL file (IEDs are
 described in the site file) and DER values arrive as Modbus or IEC 61850 points, which the
-targets above cover. The C protection core is fuzzed separately (next part).
+targets above cover. The C protection core is fuzzed separately (next part). Then the same
+kinds of bad input go to a running daemon on the rig: 2,000 bad control-socket requests (and one
+over 64 KiB, one nested 30,000 deep), 2,000 bad MQTT commands signed and unsigned on its command
+topics, 1,000 bad AMI batches on the AMI broker; the daemon must answer every request, keep every
+IED online and the uplink connected, and log no traceback.
 """
 
 
@@ -37,6 +41,81 @@ def _fuzz_one(index: int, inputs: int) -> dict[str, Any]:
 
     target = all_targets()[index]
     return run_target(target, inputs, seed=1000 + index).summary()
+
+
+def _live(report: Report, workdir: Path, quick: bool) -> None:
+    """The same kinds of bad input sent to a running daemon: it must answer and keep serving."""
+    import random
+    import socket
+    import time
+
+    import msgpack
+    import paho.mqtt.client as mqtt
+
+    from hil.rig import Rig
+    from tests.reliability.fuzzing import command_targets, control_request_target, mutate, random_value
+    from tests.reliability.rig_tools import BrokerLog, base_topic, example_with_commands
+
+    doc, _key = example_with_commands(workdir)
+    n = 300 if quick else 2000
+    rng = random.Random(21)
+    with Rig(doc, workdir) as rig:
+        log_path = rig.workdir / "gatewayd.log"
+        tracebacks_before = log_path.read_text(errors="replace").count('"exc":')
+        broker_log = BrokerLog(rig.tls, rig.tls_port, base_topic(rig), client_id="reliability-fuzz")
+        control = control_request_target()
+        sock_path = str(rig.runtime_dir / "control.sock")
+        answered = 0
+        extreme = [b'{"op": "status", "args": {"x": "' + b"a" * 100_000 + b'"}}\n',
+                   b"[" * 30_000 + b"]" * 30_000 + b"\n", b"\xff\xfe\x00garbage\n"]
+        for i in range(n + len(extreme)):
+            data = extreme[i - n] if i >= n else (control.generate(rng) if control.generate and rng.random() < 0.5
+                                                  else mutate(rng.choice(control.seeds), rng, control.seeds))
+            if not data.endswith(b"\n"):
+                data += b"\n"
+            with socket.socket(socket.AF_UNIX) as s:
+                s.settimeout(10)
+                s.connect(sock_path)
+                try:
+                    s.sendall(data)
+                    answered += bool(s.makefile("rb").readline())
+                except OSError:
+                    pass
+        report.check("control socket: bad requests answered (of which oversized and 30,000 deep)",
+                     f"{answered} of {n + len(extreme)}", "all", answered == n + len(extreme))
+        unsigned, signed = command_targets()
+        base = base_topic(rig)
+        for i in range(n):
+            target = unsigned if i % 2 else signed
+            data = target.generate(rng) if target.generate else rng.choice(target.seeds)
+            if target is signed:
+                name, _, body = data.partition(b"\0")
+                topic = f"{base}/cmd/{name.decode(errors='replace') or 'x'}"
+            else:
+                topic, body = f"{base}/cmd/{rng.choice(['breaker/select', 'breaker/operate', 'x'])}", data
+            broker_log.client.publish(topic.replace("#", "").replace("+", ""), body, qos=1)
+            if i % 100 == 0:
+                time.sleep(0.05)
+        ami = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="reliability-ami-fuzz", protocol=mqtt.MQTTv5)
+        ami.connect("127.0.0.1", rig.ami_port)
+        ami.loop_start()
+        ami_topic = rig.doc["ami"]["topic"].replace("+", "DC-FUZZ")
+        for _ in range(n // 2):
+            ami.publish(ami_topic, msgpack.packb(random_value(rng), use_bin_type=True) if rng.random() < 0.5
+                        else rng.randbytes(rng.randrange(0, 300)), qos=1)
+        time.sleep(3)
+        ami.loop_stop()
+        ami.disconnect()
+        status = rig.daemon_call("status")
+        online = sum(i["state"] == "online" for i in status["ieds"])
+        report.check("after the bad input: daemon serving", f"status answers; uplink {status['uplink']['state']}; "
+                     f"{online}/{len(status['ieds'])} IEDs online; {status['uplink']['commands']} commands received",
+                     "serving, connected, every IED online",
+                     status["uplink"]["state"] == "connected" and online == len(status["ieds"]))
+        time.sleep(1)
+        tracebacks = log_path.read_text(errors="replace").count('"exc":') - tracebacks_before
+        report.check("tracebacks logged by the daemon during the bad input", tracebacks, "0", tracebacks == 0)
+        broker_log.stop()
 
 
 def run(report: Report, workdir: Path, quick: bool) -> None:
@@ -64,6 +143,7 @@ def run(report: Report, workdir: Path, quick: bool) -> None:
             report.note(f"{result['target']}: {crash.get('type')}: {crash.get('error', '')} — input "
                         f"{crash.get('input_hex', '')[:120]}")
     report.row("inputs in all", f"{total:,}")
+    _live(report, workdir, quick)
     crashes = sum(r["crashes"] + r["hangs"] + r["unclear_refusals"] for r in results)
     report.headline = (f"{len(results)} parsers, {total:,} inputs (≥ {inputs:,} each): {crashes} crashes or hangs; "
                        f"canary caught: {'yes' if canary['crashes'] else 'NO'}")
