@@ -1,4 +1,4 @@
-# Stima — make demo | make test | make bench | make fresh-check
+# Stima — make demo | make test | make bench | make reliability | make fresh-check
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
