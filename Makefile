@@ -1,11 +1,11 @@
-# Stima — make demo | make test | make bench | make fresh-check
+# Stima — make demo | make test | make bench | make reliability | make fresh-check
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint deps clean fresh-check
+.PHONY: demo test bench lint deps clean fresh-check reliability
 
 deps: $(STAMP)
 
@@ -25,6 +25,13 @@ test: deps
 bench: deps
 	@failed=""; for b in tests/bench/bench_*.py; do echo "=== $$b"; $(PY) $$b || failed="$$failed $$b"; done; \
 	if [ -n "$$failed" ]; then echo "benchmarks that failed:$$failed"; exit 1; fi
+
+# what the daemon survives, measured (about 25 minutes; not part of make test): prints a table and
+# writes docs/reliability.md from the same run. RELIABILITY_ARGS="fuzz sandbox" runs some parts.
+reliability: deps
+	@command -v clang >/dev/null || { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -q clang >/dev/null; } || \
+		echo "reliability: no clang (Debian package 'clang'): the C core is fuzzed with gcc's sanitizers and a random driver"
+	@$(PY) -m tests.reliability $(RELIABILITY_ARGS)
 
 # a fresh minimal Debian 12 root (debootstrap, cached): make test and a short make demo inside, as root
 fresh-check:

@@ -16,6 +16,7 @@ position discrepancy.
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -141,7 +142,7 @@ class AgentHost:
                 changed = True
                 record: dict[str, Any] = {"agent_type": str(getattr(action.agent_type, "value", action.agent_type)),
                           "old": _name(action.old), "new": _name(action.new), "cause": action.cause}
-                self._store.append_event(self._wall(), action.agent_id, "state", record)
+                self._log_event(self._wall(), action.agent_id, "state", record)
                 self._publish(f"state/{action.agent_id}", {"time": self._wall(), "agent": action.agent_id, **record},
                               retain=True)
                 log.info("agent state", extra={"agent": action.agent_id, **record})
@@ -149,14 +150,14 @@ class AgentHost:
                 changed = True
                 record = {"agent_type": action.agent_type, "old": action.old, "new": action.new,
                                           "cause": action.cause, "count": len(action.meter_ids)}
-                self._store.append_event(self._wall(), action.group_id, "state",
+                self._log_event(self._wall(), action.group_id, "state",
                                          {**record, "meters": list(action.meter_ids)})
                 self._publish("events", {"time": self._wall(), "source": action.group_id, "kind": "meters.state",
                                          **record, "meters": list(action.meter_ids[:1000])})
                 log.info("meter states", extra={"group": action.group_id, **record})
             elif isinstance(action, Alert):
                 record = {"severity": _name(action.severity), "message": action.message}
-                self._store.append_event(self._wall(), action.agent_id, "alert", record)
+                self._log_event(self._wall(), action.agent_id, "alert", record)
                 self._publish("alarms", {"time": self._wall(), "source": action.agent_id, **record})
                 log.warning("agent alert", extra={"agent": action.agent_id, "severity": record["severity"],
                                                   "alert": action.message})
@@ -168,6 +169,15 @@ class AgentHost:
             self.dirty = True
         return refusals
 
+    def _log_event(self, time: float, source: str, kind: str, record: dict[str, Any]) -> None:
+        """The event log, when the disk allows: a full or read-only state directory loses the record
+        (logged), never the agents' decisions or what they publish."""
+        try:
+            self._store.append_event(time, source, kind, record)
+        except sqlite3.Error as exc:
+            log.error("agent event not written to the event log", extra={"source": source, "kind": kind,
+                                                                          "error": str(exc)})
+
     def _notify(self, messages: list[BusMessage]) -> None:
         """Publish the notices among this batch's bus messages (QoS 1, not retained) and log them."""
         wall = self._wall()
@@ -176,7 +186,7 @@ class AgentHost:
             log.error("agent message kind missing from the notices table; published with its raw payload",
                       extra={"kind": kind})
         for suffix, payload in published:
-            self._store.append_event(wall, payload["source"], f"notice.{payload['kind']}",
+            self._log_event(wall, payload["source"], f"notice.{payload['kind']}",
                                      {k: v for k, v in payload.items() if k not in ("time", "source", "kind")})
             self._publish(suffix, payload)
         self.notices_published += len(published)

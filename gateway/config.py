@@ -575,6 +575,11 @@ def _ids(items: list[dict[str, Any]]) -> list[str]:
     return [i["id"] for i in items if isinstance(i.get("id"), str)]
 
 
+def _dangling(reference: Any, known: set[str]) -> bool:
+    """A reference naming nothing known; one that is not a string is the schema's type error."""
+    return isinstance(reference, str) and reference not in known
+
+
 def reference_problems(data: dict[str, Any]) -> list[ConfigProblem]:
     """Cross-references between sections: unique ids, and every reference names something real.
 
@@ -591,22 +596,22 @@ def reference_problems(data: dict[str, Any]) -> list[ConfigProblem]:
         out.append(ConfigProblem("ieds[].points", "point id is used more than once", dup))
     for dup in _dupes(_ids(agents) + _ids(groups)):
         out.append(ConfigProblem("agents", "agent id is used more than once", dup))
-    known_points = {p.get("id") for _, _, p in points}
+    known_points = {p["id"] for _, _, p in points if isinstance(p.get("id"), str)}
     known_agents = set(_ids(agents)) | set(_ids(groups))
     for n, agent in enumerate(agents):
         where = f"agents[{n}:{agent.get('id', '?')}]"
         agent_points = agent.get("points")
         if isinstance(agent_points, dict):
             for name, pid in agent_points.items():
-                if pid not in known_points:
+                if _dangling(pid, known_points):
                     out.append(ConfigProblem(f"{where}.points.{name}", "is not a point of any IED", pid))
         for k, rule in enumerate(_items(agent, "connection_rules")):
             target = rule.get("target_id")
-            if target is not None and target not in known_agents:
+            if _dangling(target, known_agents):
                 out.append(ConfigProblem(f"{where}.connection_rules[{k}].target_id", "is not an agent id", target))
     for n, group in enumerate(groups):
         xfmr = group.get("connected_transformer")
-        if xfmr is not None and xfmr not in known_agents:
+        if _dangling(xfmr, known_agents):
             out.append(ConfigProblem(f"meter_groups[{n}:{group.get('id', '?')}].connected_transformer",
                                      "is not an agent id", xfmr))
     dr = data.get("demand_response")
@@ -625,9 +630,12 @@ def reference_problems(data: dict[str, Any]) -> list[ConfigProblem]:
                                      enrolled))
     for n, scheme in enumerate(_items(data, "protection")):
         breaker = scheme.get("breaker")
-        if breaker is not None and breaker not in known_agents:
+        if _dangling(breaker, known_agents):
             out.append(ConfigProblem(f"protection[{n}].breaker", "is not an agent id", breaker))
-    out += feeder_layout_problems(agents)
+    # a rule whose target is not a string is the schema's type error; the layout checks skip it
+    out += feeder_layout_problems([
+        {**a, "connection_rules": [r for r in _items(a, "connection_rules") if isinstance(r.get("target_id"), str)]}
+        for a in agents])
     rtu: dict[str, dict[str, Any]] = {}
     for n, ied in enumerate(ieds):
         if ied.get("protocol") != "modbus_rtu" or not isinstance(ied.get("serial_port"), str):
@@ -831,6 +839,11 @@ def _path_of(loc: tuple[Any, ...], data: Any) -> tuple[str, Any]:
 
 def validate(data: dict[str, Any], source: str = "<site>") -> SiteConfig:
     """Validate parsed TOML; raise ConfigError listing every problem."""
+    if not isinstance(data, dict):
+        raise ConfigError(source, [ConfigProblem("", "a site file is a table of sections", type(data).__name__)])
+    too_deep = nesting_problem(data)
+    if too_deep is not None:
+        raise ConfigError(source, [too_deep])
     try:
         site = SiteConfig.model_validate(data)
     except ValidationError as exc:
@@ -867,11 +880,38 @@ def load(path: str | Path) -> SiteConfig:
         raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(str(path), [ConfigProblem("", f"cannot read the file: {exc.strerror}")]) from None
+    return loads(raw, str(path))
+
+
+def loads(raw: bytes, source: str = "<site>") -> SiteConfig:
+    """A site file's bytes → the validated configuration, or ConfigError naming every problem."""
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
-        raise ConfigError(str(path), [ConfigProblem("", f"not UTF-8 text: {exc}")]) from None
+        raise ConfigError(source, [ConfigProblem("", f"not UTF-8 text: {exc}")]) from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(str(path), [ConfigProblem("", f"not valid TOML: {exc}")]) from None
-    return validate(data, str(path))
+        raise ConfigError(source, [ConfigProblem("", f"not valid TOML: {exc}")]) from None
+    except RecursionError:
+        raise ConfigError(source, [ConfigProblem(
+            "", f"arrays or tables nested too deeply to read (a site file needs at most {MAX_NESTING} levels)")]) from None
+    return validate(data, source)
+
+
+MAX_NESTING = 32
+"""Deepest nesting of tables and arrays a site file may have; the real schema needs fewer than 8."""
+
+
+def nesting_problem(data: Any) -> ConfigProblem | None:
+    """The first value nested deeper than MAX_NESTING, found without recursion (a crafted file
+    must get an answer, not a crash)."""
+    stack: list[tuple[Any, int, str]] = [(data, 0, "")]
+    while stack:
+        node, depth, where = stack.pop()
+        if depth > MAX_NESTING:
+            return ConfigProblem(where, f"nested more than {MAX_NESTING} levels deep")
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1, f"{where}.{k}" if where else str(k)) for k, v in node.items())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1, f"{where}[{n}]") for n, v in enumerate(node))
+    return None
 

@@ -35,6 +35,8 @@ from gateway.switching.model import Role
 log = logging.getLogger(__name__)
 
 SOCKET_NAME = "control.sock"
+MAX_REQUEST_BYTES = 64 * 1024
+"""Longest request line the daemon reads; a longer one is answered with a refusal."""
 
 Handler = Callable[..., Awaitable[Any] | Any]
 StreamHandler = Callable[..., AsyncIterator[Any]]
@@ -209,7 +211,7 @@ class ControlServer:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
-        self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))
+        self._server = await asyncio.start_unix_server(self._serve, path=str(self.path), limit=MAX_REQUEST_BYTES)
         os.chmod(self.path, 0o660)
         with contextlib.suppress(KeyError, PermissionError):
             os.chown(self.path, -1, grp.getgrnam(self._group).gr_gid)
@@ -232,17 +234,21 @@ class ControlServer:
             peer = PeerIdentity(f"uid{uid}", uid, Role.NONE)
         _PEER.set(peer)  # this connection's task has a context of its own
         try:
-            line = await asyncio.wait_for(reader.readline(), 10)
+            try:
+                line = await asyncio.wait_for(reader.readline(), 10)
+            except ValueError:  # the line outgrew the reader's limit
+                log.warning("control request refused: longer than %d bytes", MAX_REQUEST_BYTES,
+                            extra={"peer_uid": uid})
+                await _send(writer, {"ok": False, "error": (
+                    f"bad request: longer than {MAX_REQUEST_BYTES // 1024} KiB (one JSON object on one line)")})
+                return
             if not line:
                 return
             try:
-                request = json.loads(line)
-                op = str(request["op"])
-                args = request.get("args") or {}
-                if not isinstance(args, dict):
-                    raise TypeError("args must be an object")
-            except (ValueError, KeyError, TypeError) as exc:
-                await _send(writer, {"ok": False, "error": f"bad request: {exc}"})
+                op, args = parse_request(line)
+            except BadRequest as exc:
+                log.warning("control request refused: %s", exc, extra={"peer_uid": uid})
+                await _send(writer, {"ok": False, "error": str(exc)})
                 return
             needed = self.roles.get(op)
             if needed is not None and peer.role < needed:
@@ -287,6 +293,29 @@ class ControlServer:
             with contextlib.suppress(Exception):
                 writer.close()
                 await writer.wait_closed()
+
+
+class BadRequest(ValueError):
+    """A request line that is not `{"op": "...", "args": {...}}`; the message says why."""
+
+
+def parse_request(line: bytes) -> tuple[str, dict[str, Any]]:
+    """One request line → (operation, arguments), or BadRequest."""
+    try:
+        request = json.loads(line)
+    except RecursionError:
+        raise BadRequest("bad request: JSON nested too deeply") from None
+    except ValueError as exc:  # also UnicodeDecodeError
+        raise BadRequest(f"bad request: {exc}") from None
+    if not isinstance(request, dict):
+        raise BadRequest(f"bad request: a request is a JSON object, found {type(request).__name__}")
+    op = request.get("op")
+    if not isinstance(op, str):
+        raise BadRequest('bad request: "op" must be a string naming the operation')
+    args = request.get("args") or {}
+    if not isinstance(args, dict):
+        raise BadRequest('bad request: "args" must be an object')
+    return op, args
 
 
 async def _send(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:

@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import signal
+import sqlite3
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -598,6 +599,13 @@ class Server:
         state_dir = Path(env.get("STATE_DIRECTORY", "").split(":")[0] or site.site.state_dir)
         runtime_dir = Path(env.get("RUNTIME_DIRECTORY", "").split(":")[0] or site.site.runtime_dir)
         self.runtime_dir = runtime_dir
+        problem = state_dir_problem(state_dir)
+        if problem is not None:
+            log.error("cannot start: state directory unusable", extra={"state_dir": str(state_dir), "error": problem})
+            print(f"stima-gatewayd: state directory {state_dir} is unusable: {problem}; lockouts, command nonces "
+                  "and the uplink spool must survive a restart, so the daemon does not run without it",
+                  file=sys.stderr)
+            return 1
         self.store = Store(state_dir / "stima.db")
         self.control = ControlServer(runtime_dir, site.control.socket_group,
                                      access=control.AccessPolicy.from_config(site.control))
@@ -1004,6 +1012,20 @@ def _local_origin() -> Origin:
 
 def _args(**kw: Any) -> dict[str, Any]:
     return {k: v for k, v in kw.items() if v is not None}
+
+
+def state_dir_problem(state_dir: Path) -> str | None:
+    """Why the state directory cannot hold the state database (missing and not creatable,
+    read-only, full, or a database that will not open), or None when it can."""
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        probe = state_dir / ".stima-write-probe"
+        probe.write_bytes(b"x")
+        probe.unlink()
+        Store(state_dir / "stima.db").close()
+    except (OSError, sqlite3.Error) as exc:
+        return getattr(exc, "strerror", None) or str(exc)
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,6 +8,7 @@ committed before it is acknowledged to the caller, so nothing acknowledged is lo
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -95,6 +96,24 @@ class Store:
         with self._lock:
             self._db.close()
 
+    @contextlib.contextmanager
+    def _transaction(self, begin: str = "BEGIN") -> Iterator[None]:
+        """One transaction, committed or rolled back; the caller holds the lock.
+
+        When the disk is full SQLite may already have rolled the transaction back itself, and a
+        COMMIT can fail too: the rollback is only asked for while one is open, so the original
+        error (e.g. "database or disk is full") is the one raised and the connection is left
+        with no transaction, usable again once there is room."""
+        self._db.execute(begin)
+        try:
+            yield
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+            raise
+
     # ------------------------------------------------------------------ snapshots
 
     def save_snapshot(self, key: str, value: Any, now: float) -> None:
@@ -149,14 +168,8 @@ class Store:
         if not rows:
             return
         packed = [(t, src, kind, msgpack.packb(payload, use_bin_type=True)) for t, src, kind, payload in rows]
-        with self._lock:
-            self._db.execute("BEGIN")
-            try:
-                self._db.executemany("INSERT INTO events(time, source, kind, payload) VALUES(?, ?, ?, ?)", packed)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self._lock, self._transaction():
+            self._db.executemany("INSERT INTO events(time, source, kind, payload) VALUES(?, ?, ?, ?)", packed)
 
     def events(
         self, since: float = 0.0, until: float = float("inf"), source: str | None = None, limit: int = 1000
@@ -186,15 +199,13 @@ class Store:
         return int(cur.lastrowid or 0)
 
     def spool_put_many(self, rows: list[tuple[str, bytes, int, float]]) -> list[int]:
-        with self._lock:
-            self._db.execute("BEGIN")
+        with self._lock, self._transaction():
             ids = []
             for row in rows:
                 cur = self._db.execute(
                     "INSERT INTO spool(topic, payload, qos, created) VALUES(?, ?, ?, ?)", row
                 )
                 ids.append(int(cur.lastrowid or 0))
-            self._db.execute("COMMIT")
         return ids
 
     def spool_peek(self, after: int = 0, limit: int = 100) -> list[tuple[int, str, bytes, int]]:
@@ -230,15 +241,9 @@ class Store:
         """Insert (topic, payload, qos, created) rows in one transaction, all or none; their ids."""
         if not rows:
             return []
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.executemany("INSERT INTO spool(topic, payload, qos, created) VALUES(?, ?, ?, ?)", rows)
-                last = int(self._db.execute("SELECT last_insert_rowid()").fetchone()[0])
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._lock, self._transaction("BEGIN IMMEDIATE"):
+            self._db.executemany("INSERT INTO spool(topic, payload, qos, created) VALUES(?, ?, ?, ?)", rows)
+            last = int(self._db.execute("SELECT last_insert_rowid()").fetchone()[0])
         # one writer inside one immediate transaction: the ids are consecutive
         return list(range(last - len(rows) + 1, last + 1))
 
@@ -268,15 +273,9 @@ class Store:
         """Delete acknowledged messages in one transaction; returns how many were still there."""
         if not seqs:
             return 0
-        with self._lock:
-            self._db.execute("BEGIN")
-            try:
-                cur = self._db.executemany("DELETE FROM spool WHERE seq = ?", [(s,) for s in seqs])
-                removed = cur.rowcount
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._lock, self._transaction():
+            cur = self._db.executemany("DELETE FROM spool WHERE seq = ?", [(s,) for s in seqs])
+            removed = cur.rowcount
         return int(removed)
 
     def spool_drop_oldest(self, count: int) -> tuple[int, int]:
@@ -303,14 +302,8 @@ class Store:
             return
         params = [(r.point_id, r.bucket_start, r.interval_s, r.min, r.max, r.mean, r.last, r.n, r.good_fraction)
                   for r in rows]
-        with self._lock:
-            self._db.execute("BEGIN")
-            try:
-                self._db.executemany(_HISTORY_UPSERT, params)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self._lock, self._transaction():
+            self._db.executemany(_HISTORY_UPSERT, params)
 
     def history(self, point_id: str, since: float = 0.0, until: float = float("inf"),
                 limit: int = 10_000) -> list[dict[str, Any]]:

@@ -252,6 +252,7 @@ class ModbusEndpoint:
         self.writes = 0
         self.refused_writes = 0
         self.ignored = 0
+        self.absent_unit_requests = 0
 
     @property
     def name(self) -> str:
@@ -309,7 +310,32 @@ class ModbusEndpoint:
         return action
 
     def _devices(self) -> list[SimDevice]:
-        return [m.sim_device(self._action(uid)) for uid, m in self.maps.items()]
+        devices = [m.sim_device(self._action(uid)) for uid, m in self.maps.items()]
+        if 0 not in self.maps:
+            devices.append(self._absent_unit())
+        return devices
+
+    def _absent_unit(self) -> SimDevice:
+        """What answers for a unit id no IED of this endpoint has (pymodbus hands such requests to
+        device 0). On an RS-485 line no device recognises the address, so nothing answers and the
+        master times out; a Modbus TCP endpoint answers as a gateway whose target did not respond
+        (exception 11). Either way never exception 4, which would claim a device is there."""
+
+        async def action(function_code: int, start_address: int, address: int, count: int,
+                         current: list[int], written: list[int] | list[bool] | None) -> ExcCodes | None:
+            if function_code in FC_READ.values() and written is not None:
+                return None  # the simulator's own table access
+            self.requests += 1
+            self.absent_unit_requests += 1
+            if self.serial:
+                raise NoSuchIdException("no such unit on this line")
+            return ExcCodes.GATEWAY_NO_RESPONSE
+
+        blocks = ([SimData(0, count=1, values=False, datatype=SimType.BITS)],
+                  [SimData(0, count=1, values=False, datatype=SimType.BITS)],
+                  [SimData(0, count=1, values=0, datatype=SimType.REGISTERS)],
+                  [SimData(0, count=1, values=0, datatype=SimType.REGISTERS)])
+        return SimDevice(0, simdata=blocks, action=action)
 
     async def start(self) -> None:
         """Listen (TCP) or open the serial line; the tables are filled by the next `update`."""
@@ -374,6 +400,7 @@ class ModbusEndpoint:
             "writes": self.writes,
             "refused_writes": self.refused_writes,
             "ignored": self.ignored,
+            "absent_unit_requests": self.absent_unit_requests,
         }
 
 

@@ -348,6 +348,8 @@ class HilRuntime:
         self._real = SystemClock()
         """Real time, only to measure how fast the gateway clears an injected fault."""
         self._fault_started: tuple[str, float, dict[str, bool]] | None = None
+        self.command_counts: dict[str, int] = {}
+        """Every write or operate the model accepted, per point, since the simulator started."""
         self.clearings: list[dict[str, Any]] = []
         """Injected fault → first breaker opening, in real seconds (the last 10,000)."""
 
@@ -366,6 +368,7 @@ class HilRuntime:
             raise
         if self._fault_started is not None:
             self._note_clearing()
+        self.command_counts[point_id] = self.command_counts.get(point_id, 0) + 1
         self.commands.append((now_s, point_id, value))
         del self.commands[:-100]
         log.info("command %s=%r at sim %.3f s", point_id, value, now_s)
@@ -903,5 +906,6 @@ class HilRuntime:
             "last_clearing": self.clearings[-1] if self.clearings else None,
             "last_commands": [{"sim_time_s": t, "point": p, "value": _jsonable(v)} for t, p, v in self.commands[-10:]],
             "last_refusals": _jsonable(self.refusals[-10:]),
+            "command_counts": dict(self.command_counts),
             "pid": os.getpid(),
         }

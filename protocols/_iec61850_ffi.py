@@ -112,6 +112,7 @@ MmsValue* MmsValue_newBoolean(bool boolean);      /* caller owns */
 MmsValue* MmsValue_newFloat(float value);         /* caller owns */
 MmsValue* MmsValue_newIntegerFromInt32(int32_t value); /* caller owns */
 void MmsValue_delete(MmsValue* self);
+MmsValue* MmsValue_decodeMmsData(uint8_t* buffer, int bufPos, int bufferLength, int* endBufPos); /* caller owns; NULL if undecodable */
 uint16_t Quality_fromMmsValue(const MmsValue* mmsValue);
 MmsValue* MmsVariableSpecification_getChildValue(MmsVariableSpecification* self, MmsValue* value,
         const char* childId);                     /* borrowed from value */

@@ -95,7 +95,7 @@ def encode_batch(
         if array.shape != (n,):
             raise ValueError(f"column {name!r} has shape {array.shape}, expected ({n},)")
         dtype = STANDARD_COLUMNS.get(name) or array.dtype.newbyteorder("<").str
-        if dtype not in ALLOWED_DTYPES:
+        if not isinstance(dtype, str) or dtype not in ALLOWED_DTYPES:
             raise ValueError(f"column {name!r}: dtype {dtype} is not one of {sorted(ALLOWED_DTYPES)}")
         wire[name] = {"dtype": dtype, "data": np.ascontiguousarray(array, dtype=np.dtype(dtype)).tobytes()}
     message = {
@@ -164,13 +164,13 @@ def decode_batch(payload: bytes | bytearray) -> AmiBatch:
         raise AmiPayloadError("field 'columns' is empty")
     columns: dict[str, np.ndarray] = {}
     for name, column in raw_columns.items():
-        if not _COLUMN_NAME.match(name):
+        if not isinstance(name, str) or not _COLUMN_NAME.match(name):
             raise AmiPayloadError(f"column name {name!r} is not a lower-case identifier")
         if not isinstance(column, dict):
             raise AmiPayloadError(f"column {name!r} must be a map with dtype and data")
         dtype = column.get("dtype")
         data = column.get("data")
-        if dtype not in ALLOWED_DTYPES:
+        if not isinstance(dtype, str) or dtype not in ALLOWED_DTYPES:
             raise AmiPayloadError(f"column {name!r}: dtype {dtype!r} is not one of {sorted(ALLOWED_DTYPES)}")
         if not isinstance(data, bytes):
             raise AmiPayloadError(f"column {name!r}: data must be bytes, found {type(data).__name__}")

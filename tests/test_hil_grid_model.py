@@ -165,8 +165,11 @@ def test_tap_changer_moves_secondary_voltage(site: SiteConfig) -> None:
     v = model.point_values()
     assert v["XFMR-101.tap_position"] == 4
     assert v["XFMR-101.secondary_voltage_v"] == pytest.approx(v0 * 1.025, rel=0.01)
-    model.apply_command("XFMR-101.tap_setpoint", 99, 10.0)  # held at the tap changer's end stop
-    assert model.point_values()["XFMR-101.tap_setpoint"] == 16
+    with pytest.raises(ValueError, match="outside the device's range"):  # refused, not clamped
+        model.apply_command("XFMR-101.tap_setpoint", 99, 10.0)
+    assert model.point_values()["XFMR-101.tap_setpoint"] == 4
+    with pytest.raises(ValueError, match="outside the device's range"):
+        model.apply_command("CAP-301.steps_cmd", 99, 10.0)
 
 
 def test_capacitor_steps_raise_voltage_and_supply_vars(site: SiteConfig) -> None:

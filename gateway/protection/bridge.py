@@ -10,6 +10,8 @@ out before a restart is still locked out after it.
 from __future__ import annotations
 
 import logging
+import math
+import sqlite3
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -22,6 +24,8 @@ from protocols.base import CommandError, Priority
 log = logging.getLogger("stima.protection")
 
 SNAPSHOT_KEY = "protection"
+SNAPSHOT_RETRY_S = 2.0
+"""How often a protection state the disk refused is written again."""
 
 Submit = Callable[[str, Any, Priority], Any]
 """Hands a write to the breaker's adapter; returns a future (add_done_callback, result)."""
@@ -61,6 +65,9 @@ class ProtectionBridge:
         self.queue_latencies_s: deque[float] = deque(maxlen=100_000)
         """Decoded sample → command accepted by the breaker's adapter (on an idle Modbus TCP command
         link it is already on the socket by then)."""
+        self._snapshot_pending = False
+        """The last state could not be saved (disk full or read-only): saved again by `step`."""
+        self._snapshot_retry_at = -math.inf
         self.wire_latencies_s: deque[float] = deque(maxlen=100_000)
         """Decoded sample → command handed to the breaker's transport (the socket)."""
         saved = store.load_snapshot(SNAPSHOT_KEY)
@@ -85,6 +92,19 @@ class ProtectionBridge:
         actions = self.engine.step(now)
         if actions:
             self.carry_out(actions)
+        if self._snapshot_pending and now >= self._snapshot_retry_at:
+            self._snapshot_retry_at = now + SNAPSHOT_RETRY_S
+            self._defer(self._save_pending_snapshot)
+
+    def _save_pending_snapshot(self) -> None:
+        """A state the disk refused (e.g. a reclose in its dead time) must not be the one a restart
+        finds: write the present state as soon as the disk takes it."""
+        try:
+            self._store.save_snapshot(SNAPSHOT_KEY, self.engine.snapshot(), self._wall())
+        except sqlite3.Error:
+            return
+        self._snapshot_pending = False
+        log.warning("protection state saved again after a failed write")
 
     def carry_out(self, actions: Iterable[Any], sample_monotonic: float | None = None) -> None:
         """Breaker commands first and at once; the bookkeeping after them."""
@@ -109,11 +129,20 @@ class ProtectionBridge:
             messages.append(("events", {"time": wall, "source": event.breaker, "kind": kind, **record}))
             level = logging.WARNING if event.kind in ("trip", "lockout") else logging.INFO
             log.log(level, f"protection {event.kind}", extra=record)
-        self._store.append_events(rows)
+        # a full or read-only disk loses the records, never the decisions: the listeners below
+        # (fault records, FLISR, the switching authority) still hear of every trip
+        try:
+            self._store.append_events(rows)
+        except sqlite3.Error as exc:
+            log.error("protection events not written to the event log", extra={"events": len(rows), "error": str(exc)})
         if messages:
             self._publish_many(messages)
         if changed:
-            self._store.save_snapshot(SNAPSHOT_KEY, self.engine.snapshot(), wall)
+            try:
+                self._store.save_snapshot(SNAPSHOT_KEY, self.engine.snapshot(), wall)
+            except sqlite3.Error as exc:
+                self._snapshot_pending = True
+                log.error("protection state not saved; retried every few seconds", extra={"error": str(exc)})
         for command in commands:
             for command_listener in self.command_listeners:
                 try:

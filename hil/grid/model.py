@@ -1402,6 +1402,7 @@ class GridModel:
             raise ValueError(f"{point_id}: value must be finite, found {value!r}")
         if agent_id in self.breakers:
             self.breakers[agent_id].check_remote(point_id)  # local control: refused, nothing changes
+        self._check_range(point_id, agent_id, name, value)
         at = self._catch_up(now_s)
         if agent_id in self.breakers:
             cb = self.breakers[agent_id]
@@ -1424,22 +1425,16 @@ class GridModel:
                 self._schedule(agent_id, flag, at)
         elif agent_id in self.transformers:
             t = self.transformers[agent_id]
-            tap = int(round(float(value)))
-            clamped = max(t.attrs.tap_min, min(t.attrs.tap_max, tap))
-            if clamped != tap:
-                log.warning("%s: tap setpoint %d outside %d..%d, held at %d", agent_id, tap,
-                            t.attrs.tap_min, t.attrs.tap_max, clamped)
-            t.tap_setpoint = clamped
+            t.tap_setpoint = int(round(float(value)))
             t.next_tap_s = at + self.settings.tap_change_time_s
             self._move_taps(at)
         elif agent_id in self.capacitors:
             cap = self.capacitors[agent_id]
-            steps = int(round(float(value)))
-            cap.steps_cmd = max(0, min(cap.attrs.num_steps, steps))
+            cap.steps_cmd = int(round(float(value)))
         elif agent_id in self.ders:
             der = self.ders[agent_id]
             if name == "p_limit_pct":
-                der.p_limit_pct = max(0.0, min(100.0, float(value)))
+                der.p_limit_pct = float(value)
             elif name == "q_setpoint_kvar":
                 der.q_setpoint_kvar = float(value)
             elif name == "connect_cmd":
@@ -1450,6 +1445,24 @@ class GridModel:
                 der.p_setpoint_kw = float(value)
         self._dirty = True
         self._solve(self._now)
+
+    def _check_range(self, point_id: str, agent_id: str, name: str, value: float | int | bool) -> None:
+        """Refuse a set-point the device cannot take, as a real controller does (Modbus exception 3,
+        illegal data value) rather than clamping it: the master must learn its write did not happen."""
+        low: float | None = None
+        high: float | None = None
+        if agent_id in self.transformers:
+            low, high = self.transformers[agent_id].attrs.tap_min, self.transformers[agent_id].attrs.tap_max
+        elif agent_id in self.capacitors:
+            low, high = 0, self.capacitors[agent_id].attrs.num_steps
+        elif agent_id in self.ders and name == "p_limit_pct":
+            low, high = 0.0, 100.0
+        if low is None or high is None:
+            return
+        number = float(value)
+        rounded = round(number) if agent_id not in self.ders else number
+        if not low <= rounded <= high:
+            raise ValueError(f"{point_id}: {value!r} is outside the device's range {low}..{high}")
 
     def operate_breaker(self, breaker_id: str, close: bool, now_s: float) -> None:
         """Open or close a breaker directly (a breaker without IED points, or a scenario step);

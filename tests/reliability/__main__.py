@@ -1,0 +1,183 @@
+"""`make reliability`: every part in its own process, bounded in time; one table on the
+terminal and docs/reliability.md written from the same run.
+
+    python -m tests.reliability                 # every part, then docs/reliability.md
+    python -m tests.reliability fuzz sandbox    # some parts (the document is written only
+                                                # for a whole run, unless --doc is given)
+    python -m tests.reliability --quick         # smaller counts, for trying the harness
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.reliability.common import PASS, SKIPPED, Report
+
+ROOT = Path(__file__).resolve().parents[2]
+PARTS = ["kill9", "broker", "ied_faults", "fuzz", "cfuzz", "limits", "soak", "sandbox"]
+DOC = ROOT / "docs" / "reliability.md"
+NOT_MEASURED: list[str] = []
+"""Promises this run does not measure (listed in the document when there are any)."""
+
+
+def _run_part(name: str, workdir: Path, quick: bool) -> Report:
+    module = importlib.import_module(f"tests.reliability.part_{name}")
+    out = workdir / f"{name}.json"
+    out.unlink(missing_ok=True)
+    bound_s = float(module.BUDGET_S) * (0.5 if quick else 1.0) + 60.0
+    argv = [sys.executable, "-m", f"tests.reliability.part_{name}", "--out", str(out),
+            "--workdir", str(workdir / name)] + (["--quick"] if quick else [])
+    log_path = workdir / f"{name}.log"
+    start = time.monotonic()
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+        try:
+            proc.wait(bound_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    took = round(time.monotonic() - start, 1)
+    if out.exists():
+        report = Report.from_json(json.loads(out.read_text()))
+    else:
+        report = Report(name, module.TITLE)
+        tail = log_path.read_text(errors="replace")[-2000:]
+        report.error = (f"did not finish within its bound of {bound_s:.0f} s" if proc.returncode in (None, -9)
+                        else f"exited with {proc.returncode} and no report") + f"; log {log_path}:\n{tail}"
+    report.seconds = took
+    return report
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _headline(report: Report) -> str:
+    if report.error:
+        return report.error.splitlines()[0][:110]
+    if report.headline and report.verdict != SKIPPED:
+        return report.headline
+    if report.verdict == SKIPPED:
+        return f"skipped: {report.skipped}"[:110]
+    first = [r for r in report.rows if r.met is not None][:2] or report.rows[:2]
+    text = "; ".join(f"{r.what}: {r.figure}" for r in first)
+    return text if len(text) <= 170 else text[:169] + "…"
+
+
+def print_table(reports: list[Report]) -> None:
+    width = max(len(r.title) for r in reports)
+    print()
+    print(f"{'part'.ljust(width)}  verdict  seconds  figures")
+    print(f"{'-' * width}  -------  -------  -------")
+    for r in reports:
+        print(f"{r.title.ljust(width)}  {r.verdict.ljust(7)}  {r.seconds:7.0f}  {_headline(r)}")
+    for r in reports:
+        failed = [row for row in r.rows if row.met is False]
+        for row in failed:
+            print(f"  FAIL {r.title}: {row.what}: {row.figure} (goal {row.goal})")
+        if r.error:
+            print(f"  ERROR {r.title}: {r.error[:1500]}")
+    print()
+
+
+def write_doc(reports: list[Report], started: datetime.datetime, total_s: float, quick: bool) -> None:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+                           text=True).stdout.strip()
+    load = os.getloadavg()
+    lines = [
+        "# Reliability: what Stima survives, measured",
+        "",
+        "Written by `make reliability` (`python -m tests.reliability`) from one run: every figure below",
+        "comes from that run, and the table it printed on the terminal is the summary here. Rerun it to",
+        "check any of them; each part is bounded in time and says when it skipped something and why.",
+        "",
+        f"- run: {started:%Y-%m-%d %H:%M} UTC, {total_s / 60:.1f} minutes, commit {commit}"
+        f"{' with local changes' if dirty else ''}{', QUICK (reduced counts)' if quick else ''}",
+        f"- machine: {platform.machine()}, {os.cpu_count()} cores shared with other work (load average "
+        f"{load[0]:.1f} at the end), Python {platform.python_version()}, {platform.platform(terse=True)},"
+        f" running as {'root' if os.geteuid() == 0 else 'a normal user'}",
+        "- medians are given where a figure varies from one repetition to the next",
+        "",
+        "## Summary",
+        "",
+        "| part | verdict | time (s) | headline figures |",
+        "| --- | --- | --- | --- |",
+    ]
+    for r in reports:
+        lines.append(f"| [{r.title}](#{r.part}) | {r.verdict} | {r.seconds:.0f} | {_cell(_headline(r))} |")
+    if NOT_MEASURED:
+        lines += ["", "Not measured by this run:", ""] + [f"- {text}" for text in NOT_MEASURED]
+    for r in reports:
+        module = importlib.import_module(f"tests.reliability.part_{r.part}")
+        lines += ["", f"<a id=\"{r.part}\"></a>", f"## {r.title}", "", module.METHOD.strip(), ""]
+        if r.skipped:
+            lines += [f"**Skipped:** {r.skipped}", ""]
+        if r.error:
+            lines += ["**The part failed to run:**", "", "```", r.error.strip()[:3000], "```", ""]
+        if r.rows:
+            lines += ["| what | figure | goal | met |", "| --- | --- | --- | --- |"]
+            for row in r.rows:
+                met = "" if row.met is None else ("yes" if row.met else "**NO**")
+                lines.append(f"| {_cell(row.what)} | {_cell(row.figure)} | {_cell(row.goal)} | {met} |")
+            lines.append("")
+        for note in r.notes:
+            lines += [f"- {note}"]
+        lines.append(f"\n_Time: {r.seconds:.0f} s (bound {importlib.import_module(f'tests.reliability.part_{r.part}').BUDGET_S} s)._")
+    DOC.write_text("\n".join(lines).rstrip() + "\n")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="make reliability")
+    parser.add_argument("parts", nargs="*", help=f"parts to run (default: all of {', '.join(PARTS)})")
+    parser.add_argument("--quick", action="store_true", help="reduced counts (for trying the harness)")
+    parser.add_argument("--doc", action="store_true", help="write docs/reliability.md even for some parts")
+    parser.add_argument("--workdir", default=str(ROOT / ".run" / "reliability"))
+    parser.add_argument("--doc-from", metavar="RESULTS", help="only write docs/reliability.md again from a "
+                        "finished run's results.json (its figures, unchanged)")
+    args = parser.parse_args()
+    if args.doc_from:
+        results = Path(args.doc_from)
+        reports = [Report.from_json(r) for r in json.loads(results.read_text())]
+        meta = json.loads((results.parent / "run.json").read_text())
+        write_doc(reports, datetime.datetime.fromisoformat(meta["started"]), meta["seconds"], meta["quick"])
+        print_table(reports)
+        return 0
+    unknown = [p for p in args.parts if p not in PARTS]
+    if unknown:
+        parser.error(f"unknown part(s) {', '.join(unknown)}; parts: {', '.join(PARTS)}")
+    parts = args.parts or PARTS
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    started = datetime.datetime.now(datetime.timezone.utc)
+    t0 = time.monotonic()
+    reports: list[Report] = []
+    for name in parts:
+        print(f"=== {name} ...", flush=True)
+        report = _run_part(name, workdir, args.quick)
+        reports.append(report)
+        print(f"=== {name}: {report.verdict} in {report.seconds:.0f} s — {_headline(report)}", flush=True)
+        (workdir / "results.json").write_text(json.dumps([r.to_json() for r in reports], indent=1, default=str))
+    total = time.monotonic() - t0
+    (workdir / "run.json").write_text(json.dumps({"started": started.isoformat(), "seconds": total,
+                                                  "quick": args.quick}))
+    print_table(reports)
+    if not args.parts or args.doc:
+        write_doc(reports, started, total, args.quick)
+        print(f"wrote {DOC.relative_to(ROOT)}")
+    return 0 if all(r.verdict in (PASS, SKIPPED) for r in reports) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
