@@ -151,11 +151,7 @@ class BayModel:
             self._lds[ld_name] = c.lib.LogicalDevice_create(
                 self._split_ld(ld_name)[1].encode(), self.model
             )
-            lln0 = c.lib.LogicalNode_create(b"LLN0", self._lds[ld_name])
-            self._lns[(ld_name, "LLN0")] = lln0
-            # LLN0 carries Beh, as every logical node must carry a data object (IEC 61850-6
-            # LNodeType); hil.scl_export writes the same model
-            c.lib.CDC_INS_create(b"Beh", self._parent(lln0), 0)
+            self._lns[(ld_name, "LLN0")] = c.lib.LogicalNode_create(b"LLN0", self._lds[ld_name])
             self._dataset_entries[ld_name] = []
         return self._lds[ld_name]
 

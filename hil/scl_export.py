@@ -168,6 +168,8 @@ def export_ied(ied: Iec61850Ied, root: etree._Element | None = None) -> etree._E
     for ld_name in sorted(lds):
         ld_el = _el(server, "LDevice", inst=split_ld(ld_name)[1])
         lns = lds[ld_name]
+        # an LNodeType needs one data object at least (IEC 61850-6): LLN0 is written with Beh,
+        # which the simulated server does not hold (nothing reads it)
         ln0 = _el(ld_el, "LN0", lnClass="LLN0", inst="", lnType=types.lnode("LLN0", {"Beh": _Do("INS")}))
         if entries[ld_name]:
             ds = _el(ln0, "DataSet", name=DATA_SET_NAME)
