@@ -109,6 +109,166 @@ def cmd_scl_import(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- discover
+
+
+def host_port(text: str, default_port: int) -> tuple[str, int]:
+    """'HOST', 'HOST:PORT' or '[v6]:PORT' → (host, port)."""
+    text = text.strip()
+    host, port = text, default_port
+    if text.startswith("["):
+        inner, _, rest = text[1:].partition("]")
+        host = inner
+        if rest.startswith(":"):
+            port = _port(rest[1:], text)
+    elif text.count(":") == 1:
+        host, _, raw = text.partition(":")
+        port = _port(raw, text)
+    if not host:
+        raise UsageError(f"expected HOST or HOST:PORT, found {text!r}")
+    return host, port
+
+
+def _port(raw: str, text: str) -> int:
+    if not raw.isdigit() or not 1 <= int(raw) <= 65535:
+        raise UsageError(f"{text!r}: the port must be 1..65535")
+    return int(raw)
+
+
+def _ranges(ranges: list[list[int]]) -> str:
+    return ", ".join(f"{a}-{b}" if b > a else str(a) for a, b in ranges)
+
+
+def _modbus_human(scan: dict[str, Any], show_map: bool) -> str:
+    lines = [f"Modbus TCP {scan['host']}:{scan['port']}: {len(scan['units_probed'])} unit id(s) probed in "
+             f"{scan['duration_s']:.1f} s, {scan['requests']} requests ({scan['rate_per_s']:g}/s at most, "
+             f"sampled every {scan['stride']} addresses up to {scan['max_address']}), nothing written"]
+    if scan["stopped"]:
+        lines.append(f"STOPPED EARLY: {scan['stopped']}")
+    names = {"coil": "coils (FC 1)", "discrete": "discrete inputs (FC 2)", "holding": "holding registers (FC 3)",
+             "input": "input registers (FC 4)"}
+    for unit in scan["units"]:
+        if not unit["alive"]:
+            lines.append(f"unit {unit['unit_id']}: absent ({unit['answer']})")
+            continue
+        ident = unit.get("identification")
+        lines.append(f"unit {unit['unit_id']}: present (answers {unit['answer']})"
+                     + (f"; identification: {', '.join(f'{k}={v}' for k, v in ident.items())}" if ident else ""))
+        for table in unit["tables"]:
+            if table["supported"] is False:
+                state = "not supported (illegal function)"
+            elif table["supported"] is None:
+                state = "no answer"
+            elif table["ranges"]:
+                state = f"readable {_ranges(table['ranges'])}"
+            else:
+                state = "nothing readable"
+            refused = "; ".join(f"{code} ×{n}" for code, n in table["exceptions"].items())
+            lines.append(f"  {names[table['table']]:<26} {state}" + (f"  [exceptions: {refused}]" if refused else ""))
+            if show_map and table.get("values"):
+                lines += _register_map(table)
+    return "\n".join(lines)
+
+
+def _register_map(table: dict[str, Any]) -> list[str]:
+    import struct
+
+    values = {int(k): v for k, v in table["values"].items()}
+    out = []
+    if table["table"] in ("coil", "discrete"):
+        for start in range(min(values), max(values) + 1, 16):
+            bits = "".join("1" if values.get(a) else "0" if a in values else "." for a in range(start, start + 16))
+            out.append(f"    {start:5d}: {bits}")
+        return out
+    out.append("    ADDRESS   HEX      UINT16   INT16   FLOAT32(this+next, big-endian)")
+    for address in sorted(values):
+        word = int(values[address]) & 0xFFFF
+        signed = word - 0x10000 if word >= 0x8000 else word
+        nxt = values.get(address + 1)
+        f32 = ""
+        if nxt is not None:
+            f32 = f"{struct.unpack('>f', struct.pack('>HH', word, int(nxt) & 0xFFFF))[0]:.6g}"
+        out.append(f"    {address:7d}   0x{word:04X}   {word:6d}  {signed:6d}   {f32}")
+    return out
+
+
+def cmd_discover_modbus(args: argparse.Namespace) -> int:
+    import logging
+
+    from protocols.modbus_discovery import DiscoveryError, ModbusScanSettings, parse_units, scan
+
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # a scan provokes refusals by design
+    try:
+        host, port = host_port(args.target, 502)
+        settings = ModbusScanSettings(units=parse_units(args.units), timeout_s=args.timeout, rate_per_s=args.rate,
+                                      max_address=args.max_address, stride=args.stride, deadline_s=args.deadline,
+                                      max_requests=args.max_requests, read_map=args.map)
+        result = scan(host, port, settings, progress=None if args.json else
+                      (lambda m: print(f"scanning {m} ...", file=sys.stderr)))
+    except (UsageError, DiscoveryError) as exc:
+        print(f"stima discover modbus: {exc}", file=sys.stderr)
+        return 2
+    data = result.to_dict()
+    print(json.dumps(data, indent=2) if args.json else _modbus_human(data, args.map))
+    return 0 if data["live_units"] else 1
+
+
+def _browse_human(data: dict[str, Any]) -> str:
+    lines = [f"IEC 61850 {data['host']}:{data['port']}: {len(data['logical_devices'])} logical device(s), "
+             f"{data['requests']} requests in {data['duration_s']:.2f} s (read services only)"]
+    if data["stopped"]:
+        lines.append(f"STOPPED EARLY: {data['stopped']}")
+    for ld in data["logical_devices"]:
+        lines.append(f"{ld['name']}")
+        for ln in ld["logical_nodes"]:
+            lines.append(f"  {ln['name']}")
+            for do in ln["data_objects"]:
+                ctl = f"  (control: {do['ctl_model']})" if do["ctl_model"] else ""
+                shown = [a for a in do["attributes"] if a.split("[")[0].split(".")[0] not in (
+                    "SBOw", "Oper", "Cancel", "origin", "ctlNum")]
+                lines.append(f"    {do['name']}{ctl}: {', '.join(shown)}")
+            for ds in ln["data_sets"]:
+                lines.append(f"    data set {ds['name']}: {', '.join(ds['members'])}")
+            for rcb in ln["report_control_blocks"]:
+                lines.append(f"    {'buffered' if rcb['buffered'] else 'unbuffered'} report block {rcb['name']} "
+                             f"on {rcb['data_set'] or '-'}, IntgPd {rcb['intg_pd_ms']} ms, trigger "
+                             f"{'+'.join(rcb['trigger_options']) or '-'}")
+    for refusal in data["refusals"]:
+        lines.append(f"refused: {refusal}")
+    return "\n".join(lines)
+
+
+def cmd_discover_iec61850(args: argparse.Namespace) -> int:
+    from protocols.iec61850_discovery import BrowseError, browse
+
+    try:
+        host, port = host_port(args.target, 102)
+        result = browse(host, port, timeout_s=args.timeout, deadline_s=args.deadline, max_requests=args.max_requests)
+    except (UsageError, BrowseError) as exc:
+        print(f"stima discover iec61850: {exc}", file=sys.stderr)
+        return 2
+    data = result.to_dict()
+    fragment = None
+    if (args.write or args.fragment) and result.ied is not None:
+        try:
+            made = site_fragment(result.ied, ied_id=args.id, prefix=args.prefix, host=host, port=port)
+        except ValueError as exc:
+            print(f"stima discover iec61850: {exc}", file=sys.stderr)
+            return 1
+        fragment = fragment_text([made], f"{host}:{port} (browsed)")
+        data["site_fragment"] = made.ied
+        if args.write:
+            Path(args.write).write_text(fragment, encoding="utf-8")
+            print(f"site-file fragment written to {args.write} ({len(made.ied['points'])} points)", file=sys.stderr)
+    if args.json:
+        print(json.dumps(data, indent=2))
+    elif args.fragment and fragment is not None:
+        print(fragment, end="")
+    else:
+        print(_browse_human(data))
+    return 0 if data["logical_devices"] else 1
+
+
 # --------------------------------------------------------------------------- registration
 
 
@@ -130,3 +290,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     imp.add_argument("--json", action="store_true", help="the whole model: entries, attributes, data sets, "
                      "report control blocks, controls")
     imp.set_defaults(func=cmd_scl_import)
+
+    disc = subparsers.add_parser("discover", help="find what is on the network: Modbus unit ids and registers, "
+                                 "IEC 61850 models (read-only, bounded in time)")
+    disc_sub = disc.add_subparsers(dest="discover_command", required=True, metavar="PROTOCOL")
+    mb = disc_sub.add_parser("modbus", help="live unit ids, function codes and readable ranges (reads only)")
+    mb.add_argument("target", metavar="HOST[:PORT]", help="Modbus TCP device or gateway (port 502 by default)")
+    mb.add_argument("--units", default="1", help="unit ids to probe, e.g. 1-247 or 1,3,10-12 (default 1)")
+    mb.add_argument("--map", action="store_true", help="read and print the values of every readable range")
+    mb.add_argument("--rate", type=float, default=50.0, help="requests per second at most (default 50)")
+    mb.add_argument("--timeout", type=float, default=0.5, help="seconds to wait for each answer (default 0.5)")
+    mb.add_argument("--max-address", type=int, default=999, help="highest address looked at (default 999)")
+    mb.add_argument("--stride", type=int, default=8, help="sample every N addresses; 1 is exhaustive (default 8)")
+    mb.add_argument("--deadline", type=float, default=120.0, help="stop after this many seconds (default 120)")
+    mb.add_argument("--max-requests", type=int, default=20_000, help="stop after this many requests")
+    mb.add_argument("--json", action="store_true", help="machine-readable output")
+    mb.set_defaults(func=cmd_discover_modbus)
+    iec = disc_sub.add_parser("iec61850", help="browse logical devices, nodes, data objects, data sets and "
+                              "report control blocks (read services only)")
+    iec.add_argument("target", metavar="HOST[:PORT]", help="the IED (port 102 by default)")
+    iec.add_argument("--timeout", type=float, default=2.0, help="seconds per request (default 2)")
+    iec.add_argument("--deadline", type=float, default=120.0, help="stop after this many seconds (default 120)")
+    iec.add_argument("--max-requests", type=int, default=20_000, help="stop after this many requests")
+    iec.add_argument("--fragment", action="store_true", help="print the site-file entry instead of the tree")
+    iec.add_argument("--write", metavar="FILE", help="write the site-file entry (TOML) to FILE")
+    iec.add_argument("--id", help="the IED's id in the entry (default IED-<name>)")
+    iec.add_argument("--prefix", help="point id prefix (default: the IED's name)")
+    iec.add_argument("--json", action="store_true", help="machine-readable output")
+    iec.set_defaults(func=cmd_discover_iec61850)

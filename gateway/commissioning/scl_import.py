@@ -185,10 +185,14 @@ def site_fragment(ied: SclIed, *, ied_id: str | None = None, prefix: str | None 
         by_reference[(reference, attr.fc)] = point["id"]
 
     for ld, ln, do in _data_objects(ied):
-        if do.ctl_model is None or not do.controllable:
+        if not do.controllable:
+            continue
+        if do.ctl_model is None:
+            result.notes.append(f"{ld.name}/{ln.name}.{do.name} can be operated but its control model is not known "
+                                "(ctlModel not readable): not proposed as a control; check it at the IED")
             continue
         reference = f"{ld.name}/{ln.name}.{do.name}"
-        control = {"reference": reference, "cdc": do.cdc, "ctl_model": do.ctl_model}
+        control: dict[str, Any] = {"reference": reference, "cdc": do.cdc, "ctl_model": do.ctl_model}
         result.controls.append(control)
         if do.ctl_model == "status-only":
             continue
