@@ -366,6 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     events.add_argument("--limit", type=int, default=200, help="at most this many, newest kept (default 200)")
     add_common(events)
     events.set_defaults(func=cmd_events)
+    from gateway.commissioning.cli import register_events_export
+
+    register_events_export(events.add_subparsers(dest="events_command", metavar="ACTION"))
 
     for name in _EXTENSIONS:
         try:

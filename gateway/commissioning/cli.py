@@ -269,6 +269,126 @@ def cmd_discover_iec61850(args: argparse.Namespace) -> int:
     return 0 if data["logical_devices"] else 1
 
 
+# --------------------------------------------------------------------------- disturbance records
+
+
+def _records_table(rows: list[dict[str, Any]]) -> str:
+    from gateway.cli import table
+    from gateway.commissioning.soe import iso_ms
+
+    if not rows:
+        return "no disturbance records"
+    out = []
+    for r in rows:
+        loc = r.get("fault_location") or {}
+        where = "-" if not loc else f"{loc['distance_m'] / 1000:.2f} km" + (f" ({loc['section']})"
+                                                                           if loc.get("section") else "")
+        out.append((r["record_id"], iso_ms(float(r["trigger_time"])), r["breaker"],
+                    f"{r.get('element') or '-'}/{r.get('phase') or '-'}", r.get("trips"),
+                    "yes" if r.get("lockout") else "no", r.get("samples"), where, r.get("format")))
+    return table(out, ["RECORD", "TRIGGER (UTC)", "BAY", "ELEMENT", "TRIPS", "LOCKOUT", "SAMPLES", "FAULT AT",
+                       "FORMAT"])
+
+
+def cmd_records_list(args: argparse.Namespace) -> int:
+    import time
+
+    from gateway.cli import emit, runtime_dir
+    from gateway.control import call
+
+    since = None if args.since is None else time.time() - args.since
+    rows = call(runtime_dir(args), "records.list", breaker=args.breaker, since=since)
+    emit(args, rows, _records_table)
+    return 0
+
+
+def cmd_records_get(args: argparse.Namespace) -> int:
+    import base64
+
+    from gateway.cli import runtime_dir
+    from gateway.control import call
+
+    data = call(runtime_dir(args), "records.get", id=args.id, timeout=60)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, content in data["files"].items():
+        if "/" in name or name.startswith("."):
+            raise UsageError(f"the daemon sent an unsafe file name {name!r}")
+        (out / name).write_bytes(base64.b64decode(content))
+        written.append(str(out / name))
+    if args.json:
+        print(json.dumps({"summary": data["summary"], "files": written}, indent=2))
+    else:
+        print("\n".join(written))
+    return 0
+
+
+# --------------------------------------------------------------------------- sequence of events
+
+EXPORT_PAGE = 5000
+EXPORT_MAX_PAGES = 2000
+EXPORT_MARGIN_S = 300.0
+"""Events are fetched by the time they were logged; an IED's own time stamp precedes it by the
+poll or report delay: the window is widened by this, then filtered on the best time."""
+
+
+def cmd_events_export(args: argparse.Namespace) -> int:
+    import time
+
+    from gateway.cli import runtime_dir
+    from gateway.commissioning.soe import Filter, parse_time, select, to_csv, to_json
+    from gateway.control import call
+
+    now = time.time()
+    try:
+        since = parse_time(args.since, now)
+        until = parse_time(args.until, now) if args.until else now
+    except ValueError as exc:
+        print(f"stima events export: {exc}", file=sys.stderr)
+        return 2
+    if until < since:
+        print("stima events export: --until is before --since", file=sys.stderr)
+        return 2
+    events: list[dict[str, Any]] = []
+    after = 0
+    rt = runtime_dir(args)
+    for _ in range(EXPORT_MAX_PAGES):
+        page = call(rt, "events.page", since=since - EXPORT_MARGIN_S, until=until + EXPORT_MARGIN_S,
+                    after_seq=after, limit=EXPORT_PAGE)
+        events += page
+        if len(page) < EXPORT_PAGE:
+            break
+        after = int(page[-1]["seq"])
+    else:
+        print(f"stima events export: stopped after {EXPORT_MAX_PAGES * EXPORT_PAGE} events; narrow the period",
+              file=sys.stderr)
+    rows = select(events, Filter(since=since, until=until, source=args.source or "*", kind=args.kind or ""))
+    text = to_csv(rows) if args.format == "csv" else to_json(rows) + "\n"
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8", newline="")
+        print(f"{len(rows)} events written to {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def register_events_export(events_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """`stima events export` (under the existing `stima events`)."""
+    from gateway.cli import add_common
+
+    exp = events_sub.add_parser("export", help="sequence of events as CSV or JSON, with millisecond source times")
+    exp.add_argument("--since", default="1h", help="start: 90s, 15m, 2h, 1d ago, an ISO date-time (UTC) or POSIX "
+                     "seconds (default 1h)")
+    exp.add_argument("--until", default=None, help="end, same forms (default now)")
+    exp.add_argument("--format", choices=["csv", "json"], default="csv")
+    exp.add_argument("--source", help="only sources matching this glob, e.g. CB-04*")
+    exp.add_argument("--kind", help="only kinds starting with this, e.g. protection. or status.")
+    exp.add_argument("--out", help="write to this file instead of standard output")
+    add_common(exp)
+    exp.set_defaults(func=cmd_events_export)
+
+
 # --------------------------------------------------------------------------- registration
 
 
@@ -318,3 +438,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     iec.add_argument("--prefix", help="point id prefix (default: the IED's name)")
     iec.add_argument("--json", action="store_true", help="machine-readable output")
     iec.set_defaults(func=cmd_discover_iec61850)
+
+    rec = subparsers.add_parser("records", help="disturbance records (COMTRADE) written at protection trips")
+    rec_sub = rec.add_subparsers(dest="records_command", required=True, metavar="ACTION")
+    rl = rec_sub.add_parser("list", help="the records kept, oldest first")
+    rl.add_argument("--breaker", help="only this bay's records")
+    rl.add_argument("--since", type=_duration, default=None, metavar="DURATION", help="only the last 90s, 15m, 2h, 1d")
+    _common(rl)
+    rl.set_defaults(func=cmd_records_list)
+    rg = rec_sub.add_parser("get", help="copy a record's files (.cfg, .dat, .hdr, .json) here or to --out")
+    rg.add_argument("id", metavar="RECORD", help="record id from `stima records list`")
+    rg.add_argument("--out", default=".", help="directory to write to (default: the current one)")
+    _common(rg)
+    rg.set_defaults(func=cmd_records_get)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    from gateway.cli import add_common
+
+    add_common(parser)
+
+
+def _duration(text: str) -> float:
+    from gateway.cli import _duration_s
+
+    return _duration_s(text)
