@@ -143,7 +143,7 @@ def test_retention_keeps_the_newest_records(rig: Rig) -> None:
         start = time.time()
         rig.hil_call("fault", line="LINE-045", distance_m=900.0, kind="3ph", transient=False)
         rig.wait(lambda: rig.daemon_call("status")["protection"]["breakers"]["CB-045"]["locked_out"], "lockout", 30)
-        rig.wait(lambda: any(r["trigger_time"] >= start - 1 for r in rig.daemon_call("records.list")),
+        rig.wait(lambda t=start: any(r["trigger_time"] >= t - 1 for r in rig.daemon_call("records.list")),
                  "its record", 30)
         rig.hil_call("clear")
     records = rig.daemon_call("records.list")
