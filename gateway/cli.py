@@ -24,7 +24,8 @@ DEFAULT_CONFIG = Path("/etc/stima/site.toml")
 DEFAULT_RUNTIME_DIR = Path("/run/stima")
 
 # Command groups contributed by other parts of the gateway: module with `register(subparsers)`.
-_EXTENSIONS = ("gateway.protection.cli", "gateway.agents.cli", "gateway.switching.cli", "gateway.peak_cli")
+_EXTENSIONS = ("gateway.protection.cli", "gateway.agents.cli", "gateway.switching.cli", "gateway.peak_cli",
+               "gateway.commissioning.cli")
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:
@@ -366,6 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     events.add_argument("--limit", type=int, default=200, help="at most this many, newest kept (default 200)")
     add_common(events)
     events.set_defaults(func=cmd_events)
+    from gateway.commissioning.cli import register_events_export
+
+    register_events_export(events.add_subparsers(dest="events_command", metavar="ACTION"))
 
     for name in _EXTENSIONS:
         try:

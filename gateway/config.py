@@ -519,6 +519,25 @@ class HistoryConfig(_Model):
     retention_days: float = Field(default=30.0, ge=1.0, le=3650.0)
 
 
+class RecordsConfig(_Model):
+    """Disturbance records (COMTRADE) at every protection trip, and the status changes logged for
+    the sequence-of-events export (docs/commissioning.md)."""
+
+    enabled: bool = True
+    directory: Path | None = None
+    """Where the records are kept; default `<state_dir>/records`."""
+    format: Literal["binary", "ascii", "float32"] = "binary"
+    pre_fault_s: float = Field(default=2.0, ge=0.0, le=60.0)
+    post_fault_s: float = Field(default=3.0, gt=0.0, le=300.0)
+    """After the last trip, reclose or lockout, record this long."""
+    max_record_s: float = Field(default=30.0, gt=0.0, le=600.0)
+    max_records: int = Field(default=200, ge=1, le=100_000)
+    """Retention: the oldest records go when there are more, or when they take more than max_total_mb."""
+    max_total_mb: float = Field(default=256.0, gt=0.0, le=100_000.0)
+    log_status_changes: bool = True
+    """Log every change of a binary point (breaker positions, indicators) with its source time."""
+
+
 # --------------------------------------------------------------------------- the site
 
 
@@ -537,6 +556,7 @@ class SiteConfig(_Model):
     peak: PeakConfig = PeakConfig()
     coordination: CoordinationConfig = CoordinationConfig()
     demand_response: DemandResponseConfig = DemandResponseConfig()
+    records: RecordsConfig = RecordsConfig()
     simulation: dict[str, Any] = Field(default_factory=dict)
     """Electrical data for the hardware-in-the-loop simulator; validated by `hil`, ignored here."""
 

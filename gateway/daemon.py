@@ -78,6 +78,7 @@ class Gateway:
         self._build_ami()
         self._build_coordination()
         self._build_peak()
+        self._build_recording()
         self._build_commands()
         self._build_history()
 
@@ -272,6 +273,15 @@ class Gateway:
                     self.peak.tick()
             except Exception:
                 log.exception("peak step failed")
+    def _build_recording(self) -> None:
+        """Disturbance records (COMTRADE) and the status-change log (gateway/recording.py)."""
+        from gateway.recording import Recording
+
+        self.recording = Recording(self.site, image=self.image, network=self.switching.network, store=self.store,
+                                   publish=self._publish, monotonic=self.clock.monotonic, wall=self.clock.wall)
+        if self.protection is not None:  # first: a trip's fault location is ready when its fault record opens
+            self.protection.event_listeners.insert(0, self.recording.on_protection_event)
+        self.switching.fault_locator = self.recording.latest_estimate
 
     async def _forecast_loop(self) -> None:
         """The substation's load forecast from the point history, once a period: to the substation
@@ -412,6 +422,7 @@ class Gateway:
             self._tasks.append(asyncio.create_task(self._protection_clock(), name="protection"))
         self._tasks.append(asyncio.create_task(self._agent_loop(), name="agents"))
         self._tasks.append(asyncio.create_task(self._switching_loop(), name="switching"))
+        self._tasks.append(asyncio.create_task(self.recording.run(), name="records"))
         if self.site.forecast.enabled:
             self._tasks.append(asyncio.create_task(self._forecast_loop(), name="forecast"))
         if self.history is not None:
@@ -489,6 +500,8 @@ class Gateway:
         for adapter in self.adapters.values():
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(adapter.close(), max(end - time.monotonic(), 0.1))
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.recording.stop(), max(min(end - time.monotonic(), 5.0), 0.1))
         with contextlib.suppress(Exception):
             self.uplink.publish_many(self.telemetry.flush(self.clock.monotonic(), self.clock.wall()))
         with contextlib.suppress(Exception):
@@ -577,6 +590,7 @@ class Gateway:
             "switching": self.switching.status(),
             "peak": None if self.peak is None else self.peak.status(),
             "transfer": None if self.exchange is None else self.exchange.status(),
+            "records": self.recording.status(),
         }
 
 
@@ -790,6 +804,11 @@ class Server:
         c.register("transfer.status",
                    lambda: None if self._gw().exchange is None else self._gw().exchange.status(), viewer)
         c.register("transfer.request", self._op_transfer_request, operator)
+        c.register("events.page", lambda since=0.0, until=None, after_seq=0, limit=1000: self.store.events_page(
+            float(since), float("inf") if until is None else float(until), int(after_seq), min(int(limit), 10_000)),
+            viewer)
+        c.register("records.list", lambda breaker=None, since=None: self._gw().recording.list(breaker, since), viewer)
+        c.register("records.get", lambda id: self._gw().recording.get(str(id)), viewer)
 
     def _gw(self) -> Gateway:
         if self.gateway is None:

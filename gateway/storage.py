@@ -188,6 +188,16 @@ class Store:
             for s, t, src, k, p in reversed(rows)
         ]
 
+    def events_page(self, since: float, until: float, after_seq: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+        """Events logged in [since, until], oldest first, after sequence number `after_seq`: pages
+        through a period of any length (the sequence-of-events export)."""
+        query = ("SELECT seq, time, source, kind, payload FROM events WHERE time >= ? AND time <= ? AND seq > ? "
+                 "ORDER BY seq ASC LIMIT ?")
+        with self._lock:
+            rows = self._db.execute(query, (since, min(until, 1e18), after_seq, limit)).fetchall()
+        return [{"seq": s, "time": t, "source": src, "kind": k, **msgpack.unpackb(p, raw=False)}
+                for s, t, src, k, p in rows]
+
     # ------------------------------------------------------------------ spool
 
     def spool_put(self, topic: str, payload: bytes, qos: int, now: float) -> int:

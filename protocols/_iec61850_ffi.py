@@ -159,6 +159,27 @@ MmsValue* ClientReport_getDataSetValues(ClientReport self);  /* borrowed */
 int ClientReport_getReasonForInclusion(ClientReport self, int elementIndex);
 const char* ClientReport_getRcbReference(ClientReport self);
 
+/* ---- discovery (browse) ---- */
+LinkedList IedConnection_getLogicalDeviceList(IedConnection self, int* error);      /* caller owns */
+LinkedList IedConnection_getLogicalDeviceDirectory(IedConnection self, int* error,
+        const char* logicalDeviceName);           /* caller owns */
+LinkedList IedConnection_getLogicalNodeDirectory(IedConnection self, int* error,
+        const char* logicalNodeReference, int acsiClass);  /* caller owns */
+int MmsVariableSpecification_getType(MmsVariableSpecification* self);
+const char* MmsVariableSpecification_getName(MmsVariableSpecification* self);  /* borrowed */
+int MmsVariableSpecification_getSize(MmsVariableSpecification* self);
+MmsVariableSpecification* MmsVariableSpecification_getChildSpecificationByIndex(MmsVariableSpecification* self,
+        int index);                               /* borrowed from self */
+int ClientReportControlBlock_getTrgOps(ClientReportControlBlock self);
+uint32_t ClientReportControlBlock_getIntgPd(ClientReportControlBlock self);
+int ClientReportControlBlock_getOptFlds(ClientReportControlBlock self);
+uint32_t ClientReportControlBlock_getConfRev(ClientReportControlBlock self);
+uint32_t ClientReportControlBlock_getBufTm(ClientReportControlBlock self);
+
+typedef int (*ReadAccessHandler)(LogicalDevice* ld, LogicalNode* ln, DataObject* dataObject, int fc,
+        void* connection, void* parameter);
+void IedServer_setReadAccessHandler(IedServer self, ReadAccessHandler handler, void* parameter);
+
 ControlObjectClient ControlObjectClient_create(const char* objectReference, IedConnection connection);
 void ControlObjectClient_destroy(ControlObjectClient self);
 int ControlObjectClient_getControlModel(ControlObjectClient self);
@@ -240,6 +261,13 @@ IED_ERRORS = {
 }
 LINK_ERRORS = frozenset({1, 3, 20})
 """Errors that mean the association is gone or not answering (reconnect), not a refusal."""
+
+# ACSIClass (LN directory)
+ACSI_CLASS_DATA_OBJECT, ACSI_CLASS_DATA_SET, ACSI_CLASS_BRCB, ACSI_CLASS_URCB = 0, 1, 2, 3
+MMS_OCTET_STRING, MMS_VISIBLE_STRING, MMS_STRING = 7, 8, 13
+
+# MmsDataAccessError (server read access handler)
+DATA_ACCESS_ERROR_SUCCESS, DATA_ACCESS_ERROR_OBJECT_ACCESS_DENIED = -1, 3
 
 # IedConnectionState
 IED_STATE_CONNECTED = 2

@@ -120,10 +120,13 @@ class ProtectionBridge:
     def _record(self, events: list[ProtectionEvent], changed: bool, commands: list[BreakerCommand]) -> None:
         """Event log, uplink and snapshot for one evaluation, each in one write."""
         wall = self._wall()
+        now = self._monotonic()
         rows, messages = [], []
         for event in events:
+            # when the decision was taken: the time of the sample it was taken on, on the wall clock
+            decision_time = wall - max(0.0, now - event.time)
             record = {"breaker": event.breaker, "element": event.element, "phase": event.phase,
-                      "current_a": event.current_a, "monotonic": event.time}
+                      "current_a": event.current_a, "monotonic": event.time, "decision_time": decision_time}
             kind = f"protection.{event.kind}"
             rows.append((wall, event.breaker, kind, record))
             messages.append(("events", {"time": wall, "source": event.breaker, "kind": kind, **record}))

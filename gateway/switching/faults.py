@@ -65,6 +65,9 @@ class FaultRecord:
     isolated_by: tuple[str, ...] = ()
     """Open devices that bound the zone (checked back)."""
     distance_m: float | None = None
+    location: dict[str, Any] | None = None
+    """The distance estimate from the relay's measurements at the first trip (gateway.fault_location):
+    distance_m, distance_km, section, method, loop, fault type."""
     cleared_by: str | None = None
     cleared_reason: str | None = None
     history: tuple[tuple[float, str], ...] = field(default=())
@@ -89,8 +92,16 @@ class FaultRecord:
                    feeder=tuple(data["feeder"]), zone=tuple(data["zone"]), trips=int(data.get("trips", 1)),
                    located_by=data.get("located_by"), isolated_by=tuple(data.get("isolated_by", ())),
                    distance_m=None if data.get("distance_m") is None else float(data["distance_m"]),
+                   location=dict(data["location"]) if isinstance(data.get("location"), dict) else None,
                    cleared_by=data.get("cleared_by"), cleared_reason=data.get("cleared_reason"),
                    history=tuple((float(t), str(w)) for t, w in data.get("history", ())))
+
+
+def _where(location: dict[str, Any] | None) -> str:
+    if not location:
+        return ""
+    section = f" in {location['section']}" if location.get("section") else ""
+    return f"; fault at {float(location['distance_m']):.0f} m{section} ({location.get('method')})"
 
 
 class UnknownFault(KeyError):
@@ -111,9 +122,12 @@ class FaultBook:
     # ------------------------------------------------------------------ protection
 
     def on_trip(self, breaker: str, element: str, current_a: float, voltage_kv: float | None, feeder: Iterable[str],
-                now: float, wall: float, *, recloses: bool) -> FaultRecord | None:
+                now: float, wall: float, *, recloses: bool, location: dict[str, Any] | None = None
+                ) -> FaultRecord | None:
         """A protection trip. Opens a record for a fault trip (or counts another trip of the active
-        one). `recloses` false: no auto-reclose will follow, the fault is taken as permanent."""
+        one). `recloses` false: no auto-reclose will follow, the fault is taken as permanent.
+        `location`: the distance estimate from the relay's measurements (kept from the first trip
+        that has one)."""
         if not is_fault_element(element):
             return None
         current = self.active_for(breaker)
@@ -121,14 +135,18 @@ class FaultBook:
             updated = replace(current, trips=current.trips + 1, current_a=max(current.current_a, current_a),
                               status=current.status if recloses else FaultStatus.PERMANENT,
                               history=current.history + ((wall, f"trip {current.trips + 1} by {element}"),))
+            if updated.location is None and location is not None:
+                updated = replace(updated, location=location, distance_m=location.get("distance_m"))
             return self._put(updated)
         self._seq += 1
         nodes = tuple(feeder)
         record = FaultRecord(id=f"F-{int(wall)}-{self._seq}", breaker=breaker,
                              status=FaultStatus.TRIPPED if recloses else FaultStatus.PERMANENT,
                              started=now, started_wall=wall, element=element, current_a=current_a,
-                             voltage_kv=voltage_kv, feeder=nodes, zone=nodes,
-                             history=((wall, f"{element} trip of {breaker}, {current_a:.0f} A"),))
+                             voltage_kv=voltage_kv, feeder=nodes, zone=nodes, location=location,
+                             distance_m=None if location is None else location.get("distance_m"),
+                             history=((wall, f"{element} trip of {breaker}, {current_a:.0f} A"
+                                       + _where(location)),))
         return self._put(record)
 
     def on_lockout(self, breaker: str, wall: float) -> FaultRecord | None:

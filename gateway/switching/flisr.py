@@ -25,7 +25,7 @@ import itertools
 import math
 from collections import deque
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gateway.switching.network import SQRT3, Network
@@ -46,6 +46,9 @@ class Location:
     distance_m: float | None = None
     contradictions: int = 0
     """Indicators that disagree with the chosen zone (a failed indicator, or a meshed feed)."""
+    distance_method: str | None = None
+    """How the distance was estimated: the relay's loop impedance (takagi, reactance, ...) or the
+    fault current's magnitude."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +85,8 @@ class Plan:
     def to_dict(self) -> dict[str, Any]:
         return {
             "breaker": self.breaker, "located_zone": list(self.location.zone), "located_by": self.location.method,
-            "distance_m": self.location.distance_m, "isolated_zone": list(self.zone),
+            "distance_m": self.location.distance_m, "distance_method": self.location.distance_method,
+            "isolated_zone": list(self.zone),
             "steps": [{"device": s.device, "action": s.action, "purpose": s.purpose, "note": s.note} for s in self.steps],
             "restored_upstream": list(self.restored_upstream), "restored_downstream": list(self.restored_downstream),
             "left_out": list(self.left_out), "customers_interrupted": self.customers_interrupted,
@@ -444,15 +448,25 @@ class FlisrController:
         feeder_nodes = list(record.feeder)  # what the breaker fed when it tripped
         # an indicator latched well before this fault's first trip tells of an earlier event
         indicators = {d: self.state.fpi_since(d, record.started - FPI_WINDOW_S) for d in self.network.devices}
-        distance = estimate_distance_m(self.network, breaker, record.current_a, record.voltage_kv)
+        measured = record.location or {}
+        distance: float | None
+        distance_method: str | None
+        if isinstance(measured.get("distance_m"), int | float):
+            # the relay's loop impedance (gateway.fault_location), better than the current's magnitude
+            distance, distance_method = float(measured["distance_m"]), f"{measured.get('method')} (relay)"
+        else:
+            distance = estimate_distance_m(self.network, breaker, record.current_a, record.voltage_kv)
+            distance_method = None if distance is None else "fault current magnitude"
         if record.located_by is None:
             location = locate(self.network, breaker, config, indicators, distance_m=distance)
             if location.contradictions:
                 location = Location(zone=tuple(feeder_nodes), method=f"indicators disagree ({location.contradictions}):"
                                     " the whole feeder", distance_m=distance, contradictions=location.contradictions)
+            location = replace(location, distance_method=distance_method)
             self.faults.locate(record_id, location.zone, location.method, wall, distance_m=distance)
         else:
-            location = Location(zone=record.zone, method=record.located_by, distance_m=record.distance_m)
+            location = Location(zone=record.zone, method=record.located_by, distance_m=record.distance_m,
+                                distance_method=distance_method)
         unusable = {d: why for d in self.network.devices if (why := self._unusable(d))}
         for d in self._failed.get(record_id, ()):
             unusable[d] = "a FLISR step on it failed"

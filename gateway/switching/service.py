@@ -74,6 +74,8 @@ class SwitchingService:
         self._image = image
         self.outcome_listeners: list[Callable[[Outcome], None]] = []
         """Told of every operation's check-back (the load-transfer exchange follows its own)."""
+        self.fault_locator: Callable[[str], dict[str, Any] | None] | None = None
+        """Breaker → the distance estimate of its latest trip (the disturbance recorder's)."""
         self._last_sample = -1e18
         self._positions_seen = 0
         self._restore()
@@ -135,8 +137,14 @@ class SwitchingService:
             voltage = None
             if point and point in self._image and self._image[point].quality.good:
                 voltage = float(self._image[point].value)
+            location = None
+            if self.fault_locator is not None:
+                try:
+                    location = self.fault_locator(breaker)
+                except Exception:
+                    log.exception("fault location failed", extra={"breaker": breaker})
             self.faults.on_trip(breaker, event.element, float(event.current_a or 0.0), voltage, feeder, now, wall,
-                                recloses=self._recloses.get(breaker, False))
+                                recloses=self._recloses.get(breaker, False), location=location)
             rec = self.faults.active_for(breaker)
             if rec is not None and rec.status.value == "permanent":
                 self._flisr_lockout(breaker, now, wall)

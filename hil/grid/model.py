@@ -38,6 +38,7 @@ the loop's branches.
 
 from __future__ import annotations
 
+import cmath
 import dataclasses
 import logging
 import math
@@ -460,6 +461,8 @@ class GridModel:
         self._build_points(site)
         n_bus = len(net.buses)
         self._v = np.zeros(n_bus, dtype=np.complex128)
+        self._v2 = np.zeros(n_bus, dtype=np.complex128)
+        self._v0 = np.zeros(n_bus, dtype=np.complex128)
         self._i_abc = np.zeros((n_bus, 3), dtype=np.complex128)
         self._i1 = np.zeros(n_bus, dtype=np.complex128)
         self._energised = np.zeros(n_bus, dtype=bool)
@@ -1031,6 +1034,8 @@ class GridModel:
         self._i1 = j.copy()
         self._i_abc = np.stack([j * (1 + u), j * (A_OP ** 2), j * A_OP * (1 - u)], axis=1)
         self._v = result.voltage_pu.copy()
+        self._v2 = np.zeros_like(self._v)
+        self._v0 = np.zeros_like(self._v)
         self._thermal(dt, now_s)
         self._apply_faults(now_s)
         self._update_indicators(now_s)
@@ -1132,10 +1137,13 @@ class GridModel:
             z1_th, z0_th = self._thevenin_pu(up_bus)
             z1 = z1_th + line.z1_ohm_per_m * ohms_in / z_base
             z0 = z0_th + line.z0_ohm_per_m * ohms_in / z_base
+            pos_down = tree.position[down_bus]
+            # the Thevenin EMF is the pre-fault voltage at the fault itself: the up bus's, less the
+            # drop of the segment's load current over the part of the segment before the fault
             e = self._v[up_bus] if self._v[up_bus] != 0 else complex(self.settings.source_voltage_pu)
+            e -= line.z1_ohm_per_m * ohms_in / z_base * self._i1[down_bus]
             seq = sequence_currents(f.kind, e, z1, z1, z0, f.impedance_ohm / z_base)
             ia, ib, ic = seq.phases()
-            pos_down = tree.position[down_bus]
             on_path = tree.ancestors(pos_down)
             nodes = tree.nodes
             self._i_abc[nodes[on_path]] += np.array([ia, ib, ic])
@@ -1155,6 +1163,12 @@ class GridModel:
             beyond = tree.subtree(pos_down)
             z_common[beyond] = z1
             self._v[nodes] -= z_common * seq.i1
+            # negative and zero sequence: the same shared-path rule (Z2 = Z1; Z0 restarts at a
+            # transformer), so the phase voltages a relay measures satisfy the fault loop's equation
+            self._v2[nodes] -= z_common * seq.i2
+            z0_common = np.where(anc.any(axis=0), self._z0_cumulative()[deepest], 0.0)
+            z0_common[beyond] = z0
+            self._v0[nodes] -= z0_common * seq.i0
             f.info = self._fault_info(f, seq, self._breaker_for(f), (z1 * z_base, z0 * z_base))
         self._faults = keep
 
@@ -1163,6 +1177,26 @@ class GridModel:
         tree = self._tree
         assert tree is not None
         return tree.sum_ancestors(tree.z_pu, weighted=False)
+
+    def _z0_cumulative(self) -> npt.NDArray[np.complex128]:
+        """Zero-sequence impedance from the source (or the nearest transformer above: its delta
+        winding blocks zero sequence) to each tree node, per unit."""
+        tree = self._tree
+        assert tree is not None
+        out = np.zeros(len(tree.nodes), dtype=np.complex128)
+        for k in range(len(tree.nodes)):
+            br = self.net.branches[int(tree.feeder_branch[k])]
+            z0 = br.z0_ohm / self.net.z_base_ohm(br.from_bus)
+            parent = int(tree.parent_pos[k])
+            out[k] = z0 if br.kind is BranchKind.TRANSFORMER or parent < 0 else out[parent] + z0
+        return out
+
+    def _phase_voltages_pu(self, bus: int) -> tuple[complex, complex, complex]:
+        """Phase-to-neutral voltages at `bus` from its sequence voltages (per unit, angles against
+        the substation's source EMF of phase A)."""
+        v0, v1, v2 = complex(self._v0[bus]), complex(self._v[bus]), complex(self._v2[bus])
+        a, a2 = A_OP, A_OP * A_OP
+        return v0 + v1 + v2, v0 + a2 * v1 + a * v2, v0 + a * v1 + a2 * v2
 
     def _thevenin_pu(self, bus: int) -> tuple[complex, complex]:
         tree = self._tree
@@ -1666,10 +1700,20 @@ class GridModel:
         if kind is AgentType.CIRCUIT_BREAKER:
             cb = self.breakers[agent_id]
             i_base = self.net.i_base_a(cb.bus)
-            i_abc, s, _ = self._flow(cb.branch)
+            i_abc, s, direction = self._flow(cb.branch)
             ia, ib, ic = (float(abs(x)) * i_base for x in i_abc)
             i_n = float(abs(i_abc.sum())) * i_base
-            return {"ia": ia, "ib": ib, "ic": ic, "in": i_n, "closed": cb.closed, "operations": cb.operations,
+            v_bus = self._device_voltage_bus(cb)
+            phase_kv = self.net.buses[v_bus].base_kv / SQRT3
+            va, vb, vc = self._phase_voltages_pu(v_bus)
+            sign = -1.0 if direction < 0 else 1.0
+            phasors = {
+                "va_kv": abs(va) * phase_kv, "vb_kv": abs(vb) * phase_kv, "vc_kv": abs(vc) * phase_kv,
+                "va_deg": _degrees(va), "vb_deg": _degrees(vb), "vc_deg": _degrees(vc),
+                "ia_deg": _degrees(sign * i_abc[0]), "ib_deg": _degrees(sign * i_abc[1]),
+                "ic_deg": _degrees(sign * i_abc[2]),
+            }
+            return {**phasors, "ia": ia, "ib": ib, "ic": ic, "in": i_n, "closed": cb.closed, "operations": cb.operations,
                     "voltage_kv": self._kv(self._device_voltage_bus(cb)), "frequency_hz": self._frequency_hz,
                     "active_power_kw": s.real, "reactive_power_kvar": s.imag,
                     "trip_cmd": cb.trip_cmd, "close_cmd": cb.close_cmd, "position_cmd": cb.position_cmd,
@@ -1786,11 +1830,23 @@ class GridModel:
         return self._now
 
 
+PHASOR_NAMES = ("va_kv", "vb_kv", "vc_kv", "va_deg", "vb_deg", "vc_deg", "ia_deg", "ib_deg", "ic_deg")
+"""What a switching device's relay measures as phasors: phase-to-neutral voltage magnitudes (kV) and
+the angles of the phase voltages and currents (degrees, against the source EMF of phase A, as a
+synchrophasor would be: the model has one reference and no frequency drift)."""
+
+
+def _degrees(z: complex) -> float:
+    """Angle in degrees, 0 for a phasor too small to have one."""
+    return 0.0 if abs(z) < 1e-9 else math.degrees(cmath.phase(z))
+
+
 _NAMES: dict[AgentType, frozenset[str]] = {
     AgentType.SUBSTATION: frozenset({"bus_voltage_kv", "total_load_kw", "total_load_kvar", "frequency_hz"}),
     AgentType.CIRCUIT_BREAKER: frozenset({"ia", "ib", "ic", "in", "closed", "operations", "voltage_kv",
                                           "frequency_hz", "active_power_kw", "reactive_power_kvar",
-                                          "trip_cmd", "close_cmd", "position_cmd", "fpi", "fpi_reset", "local"}),
+                                          "trip_cmd", "close_cmd", "position_cmd", "fpi", "fpi_reset", "local",
+                                          *PHASOR_NAMES}),
     AgentType.POWER_LINE: frozenset({"current_a", "voltage_kv", "active_power_kw", "reactive_power_kvar",
                                      "end_voltage_kv"}),
     AgentType.TRANSFORMER: frozenset({"load_kw", "load_kvar", "top_oil_temp_c", "ambient_temp_c",
