@@ -273,6 +273,7 @@ class Gateway:
                     self.peak.tick()
             except Exception:
                 log.exception("peak step failed")
+
     def _build_recording(self) -> None:
         """Disturbance records (COMTRADE) and the status-change log (gateway/recording.py)."""
         from gateway.recording import Recording
