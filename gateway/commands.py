@@ -187,6 +187,13 @@ def key_path(cfg: CommandsConfig, base_dir: Path) -> Path | None:
 
 def check_site(site: SiteConfig, base_dir: Path, source: str) -> None:
     """Raise ConfigError when commands are enabled and the key file is unusable (the daemon refuses to start)."""
+    if site.iec104.enabled:
+        from gateway.iec104 import MapError, build_map
+
+        try:
+            build_map(site)
+        except MapError as exc:
+            raise ConfigError(source, [ConfigProblem("iec104", str(exc))]) from None
     cfg = site.uplink.commands
     path = key_path(cfg, base_dir)
     if not cfg.enabled or path is None:

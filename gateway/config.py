@@ -398,6 +398,83 @@ class HistoryConfig(_Model):
 # --------------------------------------------------------------------------- the site
 
 
+class Iec104PointOverride(_Model):
+    """One monitored point's entry in the IEC 104 map, where the generated one will not do."""
+
+    id: _ID
+    """The point id (as in `ieds[].points[].id`)."""
+    ioa: int | None = Field(default=None, ge=1, le=16_777_215)
+    type: Literal["M_ME_NC_1", "M_ME_TF_1", "M_SP_NA_1", "M_SP_TB_1", "M_DP_NA_1", "M_DP_TB_1",
+                  "M_IT_NA_1", "M_IT_TB_1"] | None = None
+    deadband: float | None = Field(default=None, ge=0.0)
+    """Analog dead-band for spontaneous transmission (engineering units); default the point's own."""
+    exclude: bool = False
+
+
+class Iec104CommandOverride(_Model):
+    target: _ID
+    """A switching device (double command) or `<agent>.<set-point name>` (set-point command)."""
+    ioa: int = Field(ge=1, le=16_777_215)
+
+
+class Iec104RedundancyGroup(_Model):
+    name: _ID
+    masters: list[str] = Field(min_length=1, max_length=8)
+    """IP addresses of the masters of this group: one is active (STARTDT) at a time, the others
+    stand by and take over the group's event queue."""
+
+
+class Iec104Tls(_Model):
+    """TLS per IEC 62351-3: the outstation's certificate and the CA that signed the masters'."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+
+class Iec104Config(_Model):
+    """The IEC 60870-5-104 outstation (controlled station) for utility SCADA masters (docs/iec104.md)."""
+
+    enabled: bool = False
+    bind: str = "0.0.0.0"
+    port: int = Field(default=2404, ge=1, le=65535)
+    common_address: int = Field(default=1, ge=1, le=65534)
+    masters: list[str] = Field(default_factory=list)
+    """IP addresses allowed to connect; empty: any (the network's firewall decides)."""
+    max_connections: int = Field(default=2, ge=1, le=8)
+    redundancy_groups: list[Iec104RedundancyGroup] = Field(default_factory=list, max_length=2)
+    """Empty: every connection is its own group (each master gets every event). Else up to two groups."""
+    role: Literal["operator", "engineer"] = "operator"
+    """The role of a command from a master (overrides it may make: docs/switching.md)."""
+    clock_sync: Literal["accept", "refuse"] = "accept"
+    """C_CS_NA_1: confirmed and logged (the gateway's clock stays NTP's), or refused."""
+    time_tags: bool = True
+    """Generated types carry CP56Time2a (M_ME_TF_1, M_SP_TB_1, M_DP_TB_1, M_IT_TB_1)."""
+    monitor_ioa_start: int = Field(default=1001, ge=1, le=16_000_000)
+    command_ioa_start: int = Field(default=5001, ge=1, le=16_000_000)
+    setpoint_ioa_start: int = Field(default=6001, ge=1, le=16_000_000)
+    points: list[Iec104PointOverride] = Field(default_factory=list)
+    commands: list[Iec104CommandOverride] = Field(default_factory=list)
+    k: int = Field(default=12, ge=1, le=32767)
+    w: int = Field(default=8, ge=1, le=32767)
+    t0_s: int = Field(default=30, ge=1, le=255)
+    t1_s: int = Field(default=15, ge=1, le=255)
+    t2_s: int = Field(default=10, ge=1, le=255)
+    t3_s: int = Field(default=20, ge=1, le=172_800)
+    tls: Iec104Tls | None = None
+    command_timeout_s: float = Field(default=5.0, gt=0.0, le=60.0)
+    """How long a master's command may wait for the gateway's answer before it is refused."""
+
+    @model_validator(mode="after")
+    def _check(self) -> Iec104Config:
+        if self.w > self.k:
+            raise ValueError(f"w ({self.w}) must not exceed k ({self.k}): the master acknowledges before "
+                             "the outstation's window is full (IEC 60870-5-104 recommends w = 2/3 k)")
+        if not self.t2_s < self.t1_s:
+            raise ValueError(f"t2_s ({self.t2_s}) must be less than t1_s ({self.t1_s})")
+        return self
+
+
 class SiteConfig(_Model):
     site: SiteIdentity
     uplink: UplinkConfig
@@ -409,6 +486,7 @@ class SiteConfig(_Model):
     control: ControlConfig = ControlConfig()
     history: HistoryConfig = HistoryConfig()
     flisr: FlisrConfig = FlisrConfig()
+    iec104: Iec104Config = Iec104Config()
     simulation: dict[str, Any] = Field(default_factory=dict)
     """Electrical data for the hardware-in-the-loop simulator; validated by `hil`, ignored here."""
 

@@ -76,6 +76,7 @@ class Gateway:
         self._build_switching()
         self._build_commands()
         self._build_history()
+        self._build_iec104()
 
     # ------------------------------------------------------------------ wiring
 
@@ -192,6 +193,29 @@ class Gateway:
         if not cfg.enabled:
             log.info("remote commands are disabled in the site file (uplink.commands.enabled)")
 
+    def _build_iec104(self) -> None:
+        """The IEC 60870-5-104 outstation: the same image, commands through the same authority."""
+        self.iec104: Any = None
+        cfg = self.site.iec104
+        if not cfg.enabled:
+            return
+        from gateway.iec104 import CommandHandler, MapError, Reporter, build_map
+        from gateway.switching.model import Role
+        from protocols.iec104 import Iec104Outstation
+
+        try:
+            point_map = build_map(self.site, self.switching.network)
+        except MapError as exc:
+            raise ConfigError("site file", [ConfigProblem("iec104", str(exc))]) from None
+        devices = self.switching.network.devices
+        reporter = Reporter(point_map)
+        handler = CommandHandler(point_map, self, Role.parse(cfg.role),
+                                 position_point=lambda d: devices[d].points.get("closed") if d in devices else None,
+                                 on_return=lambda p: self.iec104.expect_return(p))
+        self.iec104 = Iec104Outstation(cfg, point_map, self.image, handler, reporter, self.clock,
+                                       logging.getLogger("stima.iec104"), base_dir=self.base_dir)
+        self.iec104.audit = self.store.append_event
+
     def _build_history(self) -> None:
         from gateway.history import HistoryAggregator
 
@@ -258,6 +282,8 @@ class Gateway:
         self._tasks.append(asyncio.create_task(self._switching_loop(), name="switching"))
         if self.history is not None:
             self._tasks.append(asyncio.create_task(self._history_loop(), name="history"))
+        if self.iec104 is not None:
+            await self.iec104.start()
         if self.site.ami is not None and self.site.meter_groups:
             from protocols.ami import AmiSubscriber
 
@@ -332,6 +358,9 @@ class Gateway:
         if self.ami is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.ami.close(), 2.0)
+        if self.iec104 is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.iec104.close(), max(end - time.monotonic(), 0.1))
         for adapter in self.adapters.values():
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(adapter.close(), max(end - time.monotonic(), 0.1))
@@ -421,6 +450,7 @@ class Gateway:
             "ami": None if self.ami is None else self.ami.status(),
             "commands": self.commands.status(),
             "switching": self.switching.status(),
+            "iec104": None if self.iec104 is None else self.iec104.status(),
         }
 
 
@@ -623,6 +653,14 @@ class Server:
         c.register("faults.clear", self._op_faults_clear, operator)
         c.register("tags.add", self._op_tags_add, operator)
         c.register("tags.remove", self._op_tags_remove, operator)
+        c.register("iec104.map", self._op_iec104_map, viewer)
+
+    def _op_iec104_map(self) -> list[dict[str, Any]]:
+        """The IEC 104 information object addresses of this site (as the outstation serves them)."""
+        gw = self._gw()
+        if gw.iec104 is None:
+            raise KeyError("the IEC 104 outstation is not enabled in the site file (iec104.enabled)")
+        return gw.iec104.map.describe()
 
     def _gw(self) -> Gateway:
         if self.gateway is None:
