@@ -298,8 +298,12 @@ class CommandsConfig(_Model):
     """Remote control by SCADA over the uplink: off unless the site file turns it on."""
 
     enabled: bool = False
+    scheme: Literal["ed25519", "hmac"] = "ed25519"
+    """`ed25519`: every SCADA host or operator signs with its own key; the gateway holds only their
+    public keys, each with a role (`stima keys …`). `hmac`: a secret shared with SCADA, a
+    compatibility mode that must be chosen explicitly."""
     key_file: Path | None = None
-    """Shared HMAC-SHA256 secret (at least 32 bytes, not readable by group or others)."""
+    """The `hmac` scheme's shared secret (at least 32 bytes, not readable by group or others)."""
     max_age_s: float = Field(default=30.0, gt=0.0, le=3600.0)
     """A command's `time` may differ from the gateway's clock by at most this (age or skew)."""
     select_timeout_s: float = Field(default=30.0, gt=0.0, le=600.0)
@@ -307,12 +311,16 @@ class CommandsConfig(_Model):
                           "switching/approve", "switching/abort"]] | None = None
     """Command names accepted; absent means all of COMMAND_NAMES."""
     role: Literal["operator", "engineer"] = "operator"
-    """The role a signed command carries (overrides it may make: docs/switching.md)."""
+    """The role of an `hmac` command (an Ed25519 command carries its key's role)."""
 
     @model_validator(mode="after")
     def _check_key(self) -> CommandsConfig:
-        if self.enabled and self.key_file is None:
-            raise ValueError("enabled commands need key_file (the shared HMAC-SHA256 secret)")
+        if self.scheme == "hmac" and self.enabled and self.key_file is None:
+            raise ValueError("scheme 'hmac' needs key_file (the shared HMAC-SHA256 secret)")
+        if self.scheme == "ed25519" and self.key_file is not None:
+            raise ValueError("key_file is the shared secret of scheme 'hmac', a compatibility mode: set "
+                             "scheme = 'hmac' to use it, or drop key_file and add each SCADA host's public "
+                             "key with `stima keys add`")
         return self
 
 

@@ -176,10 +176,18 @@ class Gateway:
         """SCADA commands from the uplink and the operator's breaker commands: one SBO engine."""
         from gateway.commands import CommandService, key_path, read_key
 
+        from gateway.keys import SNAPSHOT_KEY, KeyBook
+
         cfg = self.site.uplink.commands
         path = key_path(cfg, self.base_dir)
         key = None
-        if cfg.enabled and path is not None:
+        try:
+            self.keys = KeyBook.restore(self.store.load_snapshot(SNAPSHOT_KEY))
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("the key book could not be read: no Ed25519 key is trusted until it is repaired",
+                      extra={"error": str(exc)})
+            self.keys = KeyBook()
+        if cfg.enabled and cfg.scheme == "hmac" and path is not None:
             try:
                 key = read_key(path)
             except ValueError as exc:
@@ -187,9 +195,12 @@ class Gateway:
         self.commands = CommandService(
             cfg, key=key, substation=self.site.site.substation_id, nonces=self.store, plant=self,
             publish=lambda suffix, payload: self.uplink.publish(suffix, payload, qos=1, retain=False),
-            audit=self.store.append_event, wall=self.clock.wall, monotonic=self.clock.monotonic,
+            audit=self.store.append_event, wall=self.clock.wall, monotonic=self.clock.monotonic, keys=self.keys,
         )
         self.uplink.on_command(self.commands.on_mqtt)
+        if cfg.enabled and cfg.scheme == "hmac":
+            log.warning("remote commands use the shared-secret (hmac) compatibility scheme: whoever reads the "
+                        "key file can sign commands; prefer Ed25519 keys (scheme = 'ed25519', stima keys add)")
         if not cfg.enabled:
             log.info("remote commands are disabled in the site file (uplink.commands.enabled)")
 
@@ -654,6 +665,46 @@ class Server:
         c.register("tags.add", self._op_tags_add, operator)
         c.register("tags.remove", self._op_tags_remove, operator)
         c.register("iec104.map", self._op_iec104_map, viewer)
+        c.register("keys.list", self._op_keys_list, viewer)
+        c.register("keys.add", self._op_keys_add, control.Role.ENGINEER)
+        c.register("keys.revoke", self._op_keys_revoke, control.Role.ENGINEER)
+
+    def _op_keys_list(self) -> list[dict[str, Any]]:
+        now = self.clock.wall()
+        out = []
+        for entry in self._gw().keys.entries():
+            row = entry.as_dict()
+            row["state"] = ("revoked" if entry.revoked is not None else
+                            "expired" if entry.expires is not None and now >= entry.expires else "valid")
+            out.append(row)
+        return out
+
+    def _op_keys_add(self, name: str, public_key: str, role: str, expires: float | None = None) -> dict[str, Any]:
+        """Trust a SCADA host's or an operator's Ed25519 public key with a role (engineer only; audited)."""
+        from gateway.keys import parse_public_key
+        from gateway.switching.model import Role as SwitchingRole
+
+        gw = self._gw()
+        entry = gw.keys.add(str(name), parse_public_key(str(public_key)), SwitchingRole.parse(str(role)),
+                            expires=None if expires is None else float(expires), who=_local_origin().who,
+                            now=self.clock.wall())
+        self._save_keys(gw)
+        return entry.as_dict()
+
+    def _op_keys_revoke(self, name: str, reason: str) -> dict[str, Any]:
+        gw = self._gw()
+        entry = gw.keys.revoke(str(name), who=_local_origin().who, reason=str(reason), now=self.clock.wall())
+        self._save_keys(gw)
+        return entry.as_dict()
+
+    def _save_keys(self, gw: Gateway) -> None:
+        from gateway.keys import SNAPSHOT_KEY
+
+        now = self.clock.wall()
+        self.store.save_snapshot(SNAPSHOT_KEY, gw.keys.snapshot(), now)
+        for kind, record in gw.keys.take_audit():
+            self.store.append_event(now, "keys", kind, record)
+            log.warning(kind.replace(".", " "), extra={"key": record.get("key"), "origin": record.get("origin")})
 
     def _op_iec104_map(self) -> list[dict[str, Any]]:
         """The IEC 104 information object addresses of this site (as the outstation serves them)."""

@@ -43,6 +43,7 @@ import msgpack
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from gateway.clock import Clock
 from gateway.config import SiteIdentity, UplinkConfig
@@ -60,7 +61,8 @@ DEATH_ACK_TIMEOUT_S = 2.0
 CHECKPOINT_PERIOD_S = 1.0
 """How often the spool's write-ahead log is checkpointed off the event loop while data flows."""
 
-CommandCallback = Callable[[str, Any], None]
+CommandCallback = Callable[..., None]
+"""`callback(command, payload, retained=...)`."""
 """(command, payload): the decoded msgpack value, or the raw bytes when it was not msgpack."""
 
 
@@ -302,8 +304,11 @@ class MqttUplink:
         self._birth_listeners.append(listener)
 
     def on_command(self, callback: CommandCallback) -> None:
-        """Hand every message on `<base>/cmd/#` to `callback(command, payload)`, decoded when
-        it is msgpack and as raw bytes when it is not (the callback refuses what it cannot use).
+        """Hand every message on `<base>/cmd/#` to `callback(command, payload, retained=...)`, decoded
+        when it is msgpack and as raw bytes when it is not (the callback refuses what it cannot use).
+        `retained` is the publisher's retain flag (the subscription asks for retain-as-published),
+        or a retained copy delivered at subscription: such a command must never be carried out.
+        An empty retained message (one that clears a retained command) is dropped quietly.
 
         `command` is the topic below `cmd/` (e.g. "operate/CB-044"). `cmd/rebirth` is handled by
         the uplink itself. Validating commands (signature, nonce, authority) is the caller's job.
@@ -629,7 +634,9 @@ class MqttUplink:
             "uplink connected",
             extra={"endpoint": self.endpoint, "bdseq": session.bdseq, "spool_depth": self._depth},
         )
-        session.client.subscribe(self._topic("cmd/#"), qos=1)
+        # retain-as-published: a command published with the retain flag arrives with it, also to a
+        # subscriber that is connected already, so it can be refused instead of carried out
+        session.client.subscribe(self._topic("cmd/#"), options=SubscribeOptions(qos=1, retainAsPublished=True))
         self._send_birth(session)
         self._kick()
 
@@ -770,11 +777,15 @@ class MqttUplink:
         if not topic.startswith(prefix):
             return
         command = topic[len(prefix):]
-        if retained:
-            # a retained command would run again at every connect: never act on one
-            self.log.warning("retained command ignored", extra={"command": command})
+        if retained and not raw:
+            self.log.debug("empty retained message (clearing a retained command) ignored", extra={"command": command})
             return
+        if retained:
+            # a retained command would run again at every connect: refused, never carried out
+            self.log.warning("retained command refused", extra={"command": command})
         if command == "rebirth":
+            if retained:
+                return
             if session.up and session is self._session:
                 self.log.info("rebirth requested by the host")
                 self._send_birth(session)
@@ -789,7 +800,7 @@ class MqttUplink:
         self.commands += 1
         for callback in self._command_callbacks:
             try:
-                callback(command, payload)
+                callback(command, payload, retained=retained)
             except Exception:
                 self.log.exception("command callback failed", extra={"command": command})
 
