@@ -42,7 +42,7 @@ def _expiry(text: str | None) -> float | None:
     try:
         when = dt.datetime.fromisoformat(text)
     except ValueError:
-        raise SystemExit(f"stima: --expires {text!r}: expected an ISO date (2027-06-30) or a number of days (90d)")
+        raise SystemExit(f"stima: --expires {text!r}: expected an ISO date (2027-06-30) or a number of days (90d)") from None
     return (when if when.tzinfo else when.replace(tzinfo=dt.UTC)).timestamp()
 
 

@@ -382,6 +382,7 @@ class Iec104Outstation:
             lib.IMasterConnection_sendACT_CON(connection, asdu, True)
             return True
         io = lib.CS101_ASDU_getElement(asdu, 0)
+        value: float | int
         try:
             ioa = lib.InformationObject_getObjectAddress(io)
             if type_id in (TypeId.C_DC_NA_1, TypeId.C_DC_TA_1):

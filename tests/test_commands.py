@@ -32,7 +32,7 @@ from gateway.commands import (
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.config import CommandsConfig, ConfigError, load, validate
-from gateway.keys import KeyBook, public_bytes
+from gateway.keys import public_bytes
 from gateway.storage import Store
 from gateway.switching.authority import Refused, SelectBeforeOperate
 from gateway.switching.model import Origin, Role, Via
