@@ -50,6 +50,8 @@ HISTORY_WRITE_CHUNK = 200
 the store's lock (about a millisecond; see tests/bench/bench_history.py)."""
 HISTORY_PRUNE_MAX_CHUNKS = 10_000
 """Agent state changes reach the state database within this (protection state: at once)."""
+STATE_TOPICS_SNAPSHOT = "uplink.state_topics"
+"""The agents whose `state/<agent>` this gateway has retained on the broker."""
 
 
 class Gateway:
@@ -102,6 +104,7 @@ class Gateway:
         )
         self._telemetry_wake = asyncio.Event()
         self.uplink.on_birth(self._request_integrity)
+        self.uplink.on_birth(self._publish_states)
         self.image.subscribe_all(self._on_point_for_uplink)
 
     def _build_protection(self) -> None:
@@ -281,6 +284,7 @@ class Gateway:
         # The uplink's network thread must not hold the interpreter for the default 5 ms
         # when the event loop has a trip to send.
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+        self._clear_removed_states()
         self.build_adapters()
         for ied_id, adapter in self.adapters.items():
             if ied_id not in self.running_adapters:
@@ -335,6 +339,28 @@ class Gateway:
                     last_snapshot = self.clock.monotonic()
             except Exception:
                 log.exception("agent step failed")
+
+    def _publish_states(self) -> None:
+        """Every agent's current state, retained, after each birth (a broker that lost its retained
+        messages has them again)."""
+        try:
+            self.uplink.publish_many(self.agents.current_states(), retain=True)
+        except Exception:
+            log.exception("agent states could not be published")
+
+    def _clear_removed_states(self) -> None:
+        """The retained `state/<agent>` of agents no longer in the site file are cleared (an empty
+        retained message each), once, when this configuration starts."""
+        current = sorted(a.id for a in self.site.agents)
+        try:
+            known = self.store.load_snapshot(STATE_TOPICS_SNAPSHOT) or []
+            gone = sorted(set(known) - set(current))
+            if gone:
+                self.uplink.clear_retained([f"state/{a}" for a in gone])
+                log.warning("retained states of agents removed from the site file cleared", extra={"agents": gone})
+            self.store.save_snapshot(STATE_TOPICS_SNAPSHOT, current, self.clock.wall())
+        except Exception:
+            log.exception("retained agent states could not be checked against the site file")
 
     def _request_integrity(self) -> None:
         self.telemetry.request_integrity()

@@ -324,6 +324,11 @@ class MqttUplink:
         """
         self.publish_many([(topic_suffix, payload)], qos=qos, retain=retain)
 
+    def clear_retained(self, topic_suffixes: Iterable[str]) -> None:
+        """Clear retained topics (an empty retained message each, spooled in order like any other):
+        e.g. the `state/<agent>` of agents removed from the site file. They carry no `seq`."""
+        self._spool([(suffix, b"", 1 | RETAIN_FLAG) for suffix in topic_suffixes], retain=True)
+
     def publish_many(self, messages: Iterable[tuple[str, dict[str, Any]]], *, qos: int | None = None,
                      retain: bool = False) -> None:
         """Accept several messages in one spool transaction (cheaper per message)."""
@@ -348,6 +353,16 @@ class MqttUplink:
                 blob = msgpack.packb(body, use_bin_type=True, default=_to_wire)
             except (TypeError, ValueError, OverflowError) as exc:
                 raise TypeError(f"payload for {topic_suffix!r} cannot be encoded: {exc}") from None
+            rows.append((topic_suffix, blob, flags, wall))
+        self._spool([(t, b, f) for t, b, f, _w in rows], retain=retain)
+
+    def _spool(self, messages: list[tuple[str, bytes, int]], *, retain: bool) -> None:
+        if self._closed:
+            raise RuntimeError("the uplink is closed")
+        wall = self.clock.wall()
+        rows = []
+        for topic_suffix, blob, flags in messages:
+            _check_suffix(topic_suffix)
             rows.append((topic_suffix, blob, flags, wall))
         if not rows:
             return
@@ -862,8 +877,11 @@ class MqttUplink:
                     break
                 lane = queue
             row = lane[0]
-            seq = (session.seq + 1) % 256
-            wire = envelope(row.body, seq, row.spool_id < session.start_id, row.spool_id)
+            if row.body:
+                seq = (session.seq + 1) % 256
+                wire = envelope(row.body, seq, row.spool_id < session.start_id, row.spool_id)
+            else:  # clears a retained topic: not part of the sequence
+                seq, wire = session.seq, b""
             info = client.publish(f"{self.base_topic}/{row.topic}", wire, qos=row.qos, retain=row.retain)
             if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS and info.rc != MQTTErrorCode.MQTT_ERR_NO_CONN:
                 self._error(f"publish failed: {mqtt.error_string(info.rc)}")

@@ -1,0 +1,142 @@
+"""The MQTT contract as a host adopting it from docs/mqtt.md meets it, on the real rig: a late
+joiner reads every agent's state at once; a state of an agent removed from the site file is
+cleared; the sequence rule (retained deliveries are not part of the sequence) finds no false gap;
+a retained command is refused with its own reason and never carried out, and the message that
+clears it is ignored quietly; breaker operations (SCADA, local, protection) are events."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from gateway.commands import sign_command
+from gateway.keys import public_bytes
+from gateway.storage import Store
+from hil.rig import Rig
+from tests.support.broker import subscriber
+from tests.support.faults import breaker, clear_faults, fault_site
+
+SCADA = Ed25519PrivateKey.generate()
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+    workdir: Path = tmp_path_factory.mktemp("contract")
+    doc = fault_site(reclose=True, relay_poll_ms=20)
+    doc["uplink"]["commands"] = {"enabled": True, "max_age_s": 120.0}
+    with Rig(doc, workdir, hil_args=("--no-ami",)) as r:
+        r.daemon_call("keys.add", name="ncc-1", public_key=public_bytes(SCADA.public_key()).hex(), role="operator")
+        yield r
+
+
+def _base(rig: Rig) -> str:
+    return f"stima/{rig.doc['site']['region']}/{rig.doc['site']['substation_id']}"
+
+
+def _command(rig: Rig, sub: Any, command: str, args: dict[str, Any], *, retain: bool = False) -> dict[str, Any]:
+    env = sign_command(SCADA, command, args, "ncc-1", time.time(), key_name="ncc-1")
+    sub.client.publish(f"{_base(rig)}/cmd/{command}", msgpack.packb(env, use_bin_type=True), qos=1,
+                       retain=retain).wait_for_publish(10)
+    assert sub.wait_for(lambda _m: any(p.get("id") == env["id"] for p in sub.on(f"cmd_result/{command}")), 30)
+    return next(p for p in sub.on(f"cmd_result/{command}") if p.get("id") == env["id"])
+
+
+def test_a_late_joiner_reads_every_agents_state_and_no_false_gap(rig: Rig) -> None:
+    assert rig.broker is not None
+    agents = {a["id"]: a["type"] for a in rig.doc["agents"]}
+    base = _base(rig)
+    time.sleep(1.0)
+    with subscriber(rig.broker, f"{base}/#") as sub:
+        assert sub.wait_for(lambda m: len({t for t, _p, r in m if "/state/" in t and r}) == len(agents), 20)
+        states = {p["agent"]: p for t, p, r in sub.messages if "/state/" in t and r}
+        assert set(states) == set(agents)
+        assert all(p["agent_type"] == agents[a] and isinstance(p["new"], str) for a, p in states.items())
+        assert states["CB-045"]["new"] == "Closed_Normal"
+        # the sequence rule: messages delivered with the retain flag (birth, death, states) are not
+        # part of the sequence; every other message follows the previous one by 1 (mod 256)
+        sub.wait_for(lambda m: sum(1 for t, _p, r in m if not r) >= 30, 30)
+        live = [p["seq"] for _t, p, r in list(sub.messages) if not r and isinstance(p, dict)]
+        assert len(live) >= 30
+        assert all((b - a) % 256 == 1 for a, b in zip(live, live[1:])), live
+        retained_seqs = [p["seq"] for t, p, r in sub.messages if r and "/state/" in t]
+        assert retained_seqs and any((s - live[0]) % 256 != 255 for s in retained_seqs)  # counting them would gap
+
+
+def test_the_retained_state_of_an_agent_removed_from_the_site_file_is_cleared(rig: Rig) -> None:
+    assert rig.broker is not None and rig.daemon is not None
+    base = _base(rig)
+    with subscriber(rig.broker, f"{base}/state/#") as host:
+        host.client.publish(f"{base}/state/XFMR-OLD", msgpack.packb({"agent": "XFMR-OLD", "new": "Normal"}), qos=1,
+                            retain=True).wait_for_publish(10)
+    # this gateway once had XFMR-OLD in its site file
+    rig.daemon.send_signal(signal.SIGTERM)
+    rig.daemon.wait(30)
+    store = Store(rig.workdir / "state" / "stima.db")
+    try:
+        known = store.load_snapshot("uplink.state_topics")
+        assert "CB-045" in known
+        store.save_snapshot("uplink.state_topics", [*known, "XFMR-OLD"], time.time())
+    finally:
+        store.close()
+    rig.daemon = rig._spawn("gatewayd", [sys.executable, "-m", "gateway.daemon", "--config", str(rig.site_path)])
+    rig.wait(lambda: rig.daemon_call("status")["uplink"]["state"] == "connected", "the daemon back", 60, 0.2)
+    rig.wait(lambda: rig.daemon_call("status")["uplink"]["spool_depth"] == 0, "the spool sent", 30, 0.2)
+    with subscriber(rig.broker, f"{base}/state/#") as late:
+        assert late.wait_for(lambda m: len(m) >= len(rig.doc["agents"]), 20)
+        time.sleep(0.5)
+        assert not [t for t, _p, _r in late.messages if t.endswith("/XFMR-OLD")]
+        assert len({t for t, _p, r in late.messages if r}) == len(rig.doc["agents"])
+
+
+def test_a_retained_command_is_refused_and_never_carried_out(rig: Rig) -> None:
+    assert rig.broker is not None
+    base = _base(rig)
+    with subscriber(rig.broker, f"{base}/cmd_result/#") as sub:
+        result = _command(rig, sub, "breaker/select", {"breaker": "CB-044", "action": "open"}, retain=True)
+        assert result["ok"] is False and result["reason"] == "retained"
+        assert rig.daemon_call("breaker.status", breaker="CB-044")["selected_by"] is None
+        # the message that clears it gets no answer at all; an unknown device is bad_args
+        sub.client.publish(f"{base}/cmd/breaker/select", b"", qos=1, retain=True).wait_for_publish(10)
+        unknown = _command(rig, sub, "breaker/select", {"breaker": "CB-999", "action": "open"})
+        assert unknown["reason"] == "bad_args" and "CB-999" in unknown["error"]
+        assert len(sub.on("cmd_result/breaker/select")) == 2
+    refused = [e for e in rig.daemon_call("events", source="gateway", limit=100) if e["kind"] == "command.refused"]
+    assert any(e["reason"] == "retained" for e in refused)
+
+
+def test_breaker_operations_are_events_whoever_made_them(rig: Rig) -> None:
+    assert rig.broker is not None
+    base = _base(rig)
+    with subscriber(rig.broker, f"{base}/#") as sub:
+        sel = _command(rig, sub, "breaker/select", {"breaker": "CB-044", "action": "open"})
+        op = _command(rig, sub, "breaker/operate", {"breaker": "CB-044", "action": "open",
+                                                    "select_id": sel["select_id"]})
+        assert op["ok"] and op["key"] == "ncc-1", op
+        rig.wait(lambda: rig.daemon_call("breaker.status", breaker="CB-044")["position"] == "open", "CB-044 open", 20)
+        rig.daemon_call("breaker.operate", breaker="CB-044", action="close")
+        rig.wait(lambda: breaker(rig, "CB-044") == "closed", "CB-044 closed", 20)
+        rig.hil_call("fault", line="LINE-045", distance_m=2300.0, kind="3ph", transient=True)
+
+        def kinds(m: Any) -> list[tuple[str, str, str]]:
+            return [(p.get("kind"), p.get("via"), p.get("action")) for p in sub.on("events")
+                    if p.get("source") in ("CB-044", "CB-045")]
+
+        assert sub.wait_for(lambda m: {("switching.accepted", "mqtt", "open"), ("switching.done", None, "open"),
+                                       ("switching.accepted", "local", "close"), ("switching.done", None, "close"),
+                                       ("switching.protection", "protection", "open")} <= set(kinds(m)), 30), \
+            "; ".join(map(str, sorted(set(kinds(0)), key=str)))
+        done = [p for p in sub.on("events") if p.get("kind") == "switching.done" and p.get("source") == "CB-044"]
+        assert {p["origin"] for p in done} >= {"scada:ncc-1"}
+        trip = next(p for p in sub.on("events") if p.get("kind") == "protection.trip" and p["source"] == "CB-045")
+        assert trip["current_a"] > 500.0
+    rig.wait(lambda: breaker(rig, "CB-045") == "closed", "CB-045 reclosed after the transient fault", 30)
+    rig.hil_call("clear")
+    clear_faults(rig, "CB-045")
