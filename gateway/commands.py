@@ -412,6 +412,12 @@ def validate_args(command: str, args: Mapping[str, Any]) -> dict[str, Any]:
             raise CommandRefused(Reason.BAD_ARGS, f"args: unknown key(s) {', '.join(extra)}; expected sequence")
         out["sequence"] = _arg(args, "sequence", "a switching sequence id", _is_id)
         return out
+    if command == "alarm/acknowledge":
+        extra = sorted(k for k in args if k != "alarm")
+        if extra:
+            raise CommandRefused(Reason.BAD_ARGS, f"args: unknown key(s) {', '.join(extra)}; expected alarm")
+        out["alarm"] = _arg(args, "alarm", "an alarm id (alm-<n>, as on …/alarms)", _is_id)
+        return out
     if command == "agent/request":
         out["agent"] = _arg(args, "agent", "an agent id", _is_id)
         out["request"] = _arg(args, "request", "a request name (e.g. maintenance, curtail, reset)",
@@ -459,6 +465,9 @@ class Plant(Protocol):
         ...
 
     def agent_request(self, agent_id: str, request: str, args: dict[str, Any], origin: Origin) -> list[dict[str, Any]]:
+        ...
+
+    def acknowledge_alarm(self, alarm_id: str, origin: Origin) -> dict[str, Any]:
         ...
 
 
@@ -610,6 +619,12 @@ class CommandService:
         if command == "switching/abort":
             seq = self.plant.abort(args["sequence"], origin)
             return {"sequence": args["sequence"], "status": getattr(getattr(seq, "status", None), "value", None)}
+        if command == "alarm/acknowledge":
+            try:
+                alarm = self.plant.acknowledge_alarm(args["alarm"], origin)
+            except KeyError as exc:
+                raise CommandRefused(Reason.BAD_ARGS, f"args.alarm: {exc.args[0] if exc.args else exc}") from None
+            return {"alarm": alarm}
         if command == "agent/request":
             agent, request = args["agent"], args["request"]
             kind = self.plant.agent_type(agent)
@@ -637,7 +652,7 @@ class CommandService:
             result["interlock"] = error.interlock
             result["interlocks"] = error.interlocks
         result["time"] = now
-        source = str(args.get("breaker") or args.get("agent") or args.get("sequence") or "gateway")
+        source = str(args.get("breaker") or args.get("agent") or args.get("sequence") or args.get("alarm") or "gateway")
         record = {"id": result.get("id"), "command": result.get("command"), "origin": result.get("origin"),
                   "via": via, "args": _plain(args), "ok": result["ok"], "error": result["error"],
                   "reason": result["reason"], "interlock": result.get("interlock"), "key": result.get("key")}

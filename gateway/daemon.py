@@ -72,6 +72,7 @@ class Gateway:
         self._tasks: list[asyncio.Task[Any]] = []
         self.started_at = clock.wall()
         self.updates_applied = 0
+        self._build_alarms()
         self._build_uplink()
         self._build_protection()
         self._build_agents()
@@ -81,6 +82,15 @@ class Gateway:
         self._build_iec104()
 
     # ------------------------------------------------------------------ wiring
+
+    def _build_alarms(self) -> None:
+        from gateway.alarms import SNAPSHOT_KEY, AlarmBook
+
+        self.alarms = AlarmBook(a.id for a in self.site.agents)
+        try:
+            self.alarms.restore(self.store.load_snapshot(SNAPSHOT_KEY))
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("active alarms could not be restored", extra={"error": str(exc)})
 
     def _build_uplink(self) -> None:
         from gateway.telemetry import Telemetry
@@ -261,7 +271,40 @@ class Gateway:
                 log.exception("history flush failed")
 
     def _publish(self, suffix: str, payload: dict[str, Any], retain: bool = False) -> None:
+        if suffix == "alarms":  # every alarm, whoever raises it, goes through the alarm book
+            self.alarms.raise_alarm(str(payload.get("source", "gateway")), str(payload.get("severity", "major")),
+                                    str(payload.get("message", "")), float(payload.get("time", self.clock.wall())))
+            self._flush_alarms()
+            return
         self.uplink.publish(suffix, payload, retain=retain)
+        if suffix.startswith("state/") and isinstance(payload.get("new"), str):
+            if self.alarms.on_state(str(payload.get("agent")), payload["new"], self.clock.wall()):
+                self._flush_alarms()
+
+    def _flush_alarms(self) -> None:
+        """Each change of an alarm on `alarms`, then the retained list of active alarms on
+        `alarms/active`; the list is kept in the state database."""
+        from gateway.alarms import SNAPSHOT_KEY
+
+        changes = self.alarms.take_changes()
+        if not changes:
+            return
+        try:
+            self.uplink.publish_many([("alarms", {"time": self.clock.wall(), "state": state, **alarm.as_dict()})
+                                      for state, alarm in changes])
+            self.uplink.publish("alarms/active", {"time": self.clock.wall(),
+                                                  "alarms": [a.as_dict() for a in self.alarms.active()]}, retain=True)
+            self.store.save_snapshot(SNAPSHOT_KEY, self.alarms.snapshot(), self.clock.wall())
+        except Exception:
+            log.exception("alarms could not be published")
+
+    def acknowledge_alarm(self, alarm_id: str, origin: Any) -> dict[str, Any]:
+        """An operator acknowledged an alarm (SCADA command or control socket); audited."""
+        alarm = self.alarms.acknowledge(alarm_id, origin.who, self.clock.wall())
+        self.store.append_event(self.clock.wall(), alarm.source, "alarm.acknowledged",
+                                {"id": alarm.id, "origin": origin.who, "message": alarm.message})
+        self._flush_alarms()
+        return alarm.as_dict()
 
     def _on_point_for_uplink(self, point: Point, update: PointUpdate) -> None:
         self.updates_applied += 1
@@ -341,10 +384,12 @@ class Gateway:
                 log.exception("agent step failed")
 
     def _publish_states(self) -> None:
-        """Every agent's current state, retained, after each birth (a broker that lost its retained
-        messages has them again)."""
+        """Every agent's current state and the active alarms, retained, after each birth (a broker
+        that lost its retained messages has them again)."""
         try:
             self.uplink.publish_many(self.agents.current_states(), retain=True)
+            self.uplink.publish("alarms/active", {"time": self.clock.wall(),
+                                                  "alarms": [a.as_dict() for a in self.alarms.active()]}, retain=True)
         except Exception:
             log.exception("agent states could not be published")
 
@@ -691,6 +736,8 @@ class Server:
         c.register("tags.add", self._op_tags_add, operator)
         c.register("tags.remove", self._op_tags_remove, operator)
         c.register("iec104.map", self._op_iec104_map, viewer)
+        c.register("alarms.list", lambda: [a.as_dict() for a in self._gw().alarms.active()], viewer)
+        c.register("alarms.ack", lambda id: self._gw().acknowledge_alarm(str(id), _local_origin()), operator)
         c.register("keys.list", self._op_keys_list, viewer)
         c.register("keys.add", self._op_keys_add, control.Role.ENGINEER)
         c.register("keys.revoke", self._op_keys_revoke, control.Role.ENGINEER)

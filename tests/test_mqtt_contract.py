@@ -140,3 +140,36 @@ def test_breaker_operations_are_events_whoever_made_them(rig: Rig) -> None:
     rig.wait(lambda: breaker(rig, "CB-045") == "closed", "CB-045 reclosed after the transient fault", 30)
     rig.hil_call("clear")
     clear_faults(rig, "CB-045")
+
+
+def test_alarms_are_raised_acknowledged_cleared_and_listed(rig: Rig) -> None:
+    assert rig.broker is not None
+    base = _base(rig)
+    with subscriber(rig.broker, f"{base}/#") as sub:
+        rig.hil_call("fault", line="LINE-045", distance_m=2300.0, kind="3ph", transient=False)
+        assert sub.wait_for(lambda m: any(p.get("source") == "CB-045" and p.get("state") == "raised"
+                                          and "locked out" in p.get("message", "") for p in sub.on("alarms")), 30)
+        lockout = next(p for p in sub.on("alarms") if p.get("source") == "CB-045" and "locked out" in p["message"])
+        assert lockout["severity"] == "critical" and lockout["active"] and lockout["cleared"] is None
+        result = _command(rig, sub, "alarm/acknowledge", {"alarm": lockout["id"]})
+        assert result["ok"] and result["alarm"]["acknowledged_by"] == "scada:ncc-1", result
+        unknown = _command(rig, sub, "alarm/acknowledge", {"alarm": "alm-99999"})
+        assert unknown["reason"] == "bad_args"
+    # a host that joins now reads the active list, with the lockout acknowledged and standing
+    with subscriber(rig.broker, f"{base}/alarms/active") as late:
+        assert late.wait_for(lambda m: bool(m), 10)
+        [(_t, active, retained)] = late.messages[:1]
+        row = next(a for a in active["alarms"] if a["id"] == lockout["id"])
+        assert retained and row["acknowledged_by"] == "scada:ncc-1" and row["cleared"] is None
+    # repaired and closed: the breaker is normal again, the alarm clears and leaves the list
+    with subscriber(rig.broker, f"{base}/alarms/#") as sub:
+        rig.hil_call("clear")
+        clear_faults(rig, "CB-045")
+        rig.daemon_call("breaker.operate", breaker="CB-045", action="close", authorised=True, reason="repaired")
+        assert sub.wait_for(lambda m: any(p.get("id") == lockout["id"] and p.get("state") == "cleared"
+                                          for p in sub.on("alarms")), 30)
+        assert sub.wait_for(lambda m: any(t.endswith("/alarms/active") and lockout["id"] not in
+                                          [a["id"] for a in p["alarms"]] for t, p, _r in m), 10)
+    assert lockout["id"] not in [a["id"] for a in rig.daemon_call("alarms.list")]
+    acked = [e for e in rig.daemon_call("events", source="CB-045", limit=500) if e["kind"] == "alarm.acknowledged"]
+    assert acked and acked[-1]["origin"] == "scada:ncc-1"
