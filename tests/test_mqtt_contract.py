@@ -6,6 +6,7 @@ clears it is ignored quietly; breaker operations (SCADA, local, protection) are 
 
 from __future__ import annotations
 
+import re
 import signal
 import sys
 import time
@@ -137,6 +138,13 @@ def test_breaker_operations_are_events_whoever_made_them(rig: Rig) -> None:
         assert {p["origin"] for p in done} >= {"scada:ncc-1"}
         trip = next(p for p in sub.on("events") if p.get("kind") == "protection.trip" and p["source"] == "CB-045")
         assert trip["current_a"] > 500.0
+        # every kind a host met is in the page's table of event kinds
+        doc = (Path(__file__).resolve().parents[1] / "docs" / "mqtt.md").read_text()
+        table = doc[doc.index("Event kinds:"):doc.index("Every breaker operation is therefore an event")]
+        documented = {k for row in table.splitlines() if row.startswith("| `")
+                      for k in re.findall(r"`([a-z_.]+)`", row.split("|")[1])}
+        seen = {p.get("kind") for p in sub.on("events")}
+        assert seen <= documented, seen - documented
     rig.wait(lambda: breaker(rig, "CB-045") == "closed", "CB-045 reclosed after the transient fault", 30)
     rig.hil_call("clear")
     clear_faults(rig, "CB-045")
