@@ -242,3 +242,119 @@ def test_clock_synchronisation_is_confirmed_or_refused_by_setting() -> None:
     assert ok.accepted and ok.offset_s == pytest.approx(100.0)
     no = clock_sync("refuse", 1_700_000_100_000, 1_700_000_000.0)
     assert not no.accepted and "refused" in no.message
+
+
+# --------------------------------------------------------------------------- the adapter in-process
+
+
+class _Outstation:
+    """The real adapter (lib60870 and its threads) on a loop of its own, with a small image."""
+
+    def __init__(self, **cfg: Any) -> None:
+        import asyncio
+        import logging
+        import threading
+        import time as _time
+
+        from gateway.clock import SystemClock
+        from gateway.config import Iec104Config
+        from gateway.iec104 import MonitorPoint, PointMap
+        from gateway.points import PointUpdate, ProcessImage
+        from hil.broker import free_port
+        from protocols.iec104 import Iec104Outstation
+
+        self.image = ProcessImage()
+        monitored = []
+        for n in range(3):
+            pid = f"P{n}.value"
+            self.image.define(pid, PointKind.ANALOG)
+            self.image.apply(PointUpdate(point_id=pid, value=float(n), quality=GOOD,
+                                         receive_monotonic=_time.monotonic(), receive_time=_time.time()))
+            monitored.append(MonitorPoint(pid, 100 + n, TypeId.M_ME_TF_1, 0.0, PointKind.ANALOG))
+        pmap = PointMap(1, tuple(monitored), (), {m.point_id: m for m in monitored}, {})
+        self.port = free_port()
+        self.cfg = Iec104Config(enabled=True, bind="127.0.0.1", port=self.port, **cfg)
+        self.outstation = Iec104Outstation(self.cfg, pmap, self.image, CommandHandler(pmap, _Plant(bench()),
+                                           Role.OPERATOR), Reporter(pmap), SystemClock(), logging.getLogger("t104"))
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            self.loop.run_until_complete(self.outstation.start())
+            ready.set()
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        assert ready.wait(10)
+
+    def update(self, point_id: str, value: float) -> None:
+        import time as _time
+
+        from gateway.points import PointUpdate
+
+        self.loop.call_soon_threadsafe(self.image.apply, PointUpdate(
+            point_id=point_id, value=value, quality=GOOD, receive_monotonic=_time.monotonic(), receive_time=_time.time()))
+
+    def close(self) -> None:
+        import asyncio
+
+        asyncio.run_coroutine_threadsafe(self.outstation.close(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def test_tls_per_62351_3_with_a_master_certificate_from_the_ca(tmp_path: Any) -> None:
+    import ssl
+
+    from hil.broker import make_tls_files
+    from tests.support.iec104_master import Master
+
+    tls = make_tls_files(tmp_path)
+    station = _Outstation(tls={"ca_file": str(tls.ca_file), "cert_file": str(tls.server_cert),
+                               "key_file": str(tls.server_key)})
+    try:
+        ctx = ssl.create_default_context(cafile=str(tls.ca_file))
+        ctx.load_cert_chain(str(tls.client_cert), str(tls.client_key))
+        with Master("127.0.0.1", station.port, common_address=1, ssl_context=ctx).connect() as m:
+            assert sorted(o.ioa for a in m.interrogate() for o in a.objects) == [100, 101, 102]
+        # a master that speaks plain TCP to the TLS port gets nowhere
+        plain = Master("127.0.0.1", station.port, common_address=1, timeout_s=3.0)
+        with pytest.raises((TimeoutError, OSError)):
+            plain.connect()
+        plain.close()
+        # nor one without a certificate the CA signed
+        anonymous = ssl.create_default_context(cafile=str(tls.ca_file))
+        with pytest.raises((TimeoutError, OSError, ssl.SSLError)):
+            with Master("127.0.0.1", station.port, common_address=1, ssl_context=anonymous, timeout_s=3.0).connect() as m:
+                m.interrogate(timeout_s=3.0)
+    finally:
+        station.close()
+
+
+def test_clock_sync_refused_by_setting_and_a_redundancy_group_shares_one_active_master() -> None:
+    import datetime as dt
+
+    from tests.support import iec104_master as m104
+    from tests.support.iec104_master import Master
+
+    station = _Outstation(clock_sync="refuse", redundancy_groups=[{"name": "ncc", "masters": ["127.0.0.1"]}],
+                          max_connections=3)
+    try:
+        with Master("127.0.0.1", station.port, common_address=1).connect() as active, \
+                Master("127.0.0.1", station.port, common_address=1).connect(start=False) as standby:
+            con = active.clock_sync(dt.datetime.utcnow())
+            assert con.cot == m104.COT_ACT_CON and con.negative
+            station.update("P1.value", 42.0)
+            active.wait_for(lambda a: a.cot == m104.COT_SPONTANEOUS and a.objects[0].value == 42.0, "the change")
+            assert standby.received == []  # stands by: no STARTDT, no data
+            active.close()
+            # the standby takes over: STARTDT, and the group's events flow to it
+            standby._send_u(m104.STARTDT_ACT)
+            standby.wait_u(m104.STARTDT_CON)
+            station.update("P2.value", 7.0)
+            standby.wait_for(lambda a: a.cot == m104.COT_SPONTANEOUS and any(
+                o.ioa == 102 and o.value == 7.0 for o in a.objects), "the change at the new active master")
+    finally:
+        station.close()

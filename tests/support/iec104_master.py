@@ -175,9 +175,11 @@ class Master:
     """One connection to an outstation. Receives on a thread; the test waits on `wait_for`."""
 
     def __init__(self, host: str, port: int, *, originator: int = 0, common_address: int = 1,
-                 timeout_s: float = 10.0, w: int = 8, source: str | None = None) -> None:
+                 timeout_s: float = 10.0, w: int = 8, source: str | None = None,
+                 ssl_context: Any = None) -> None:
         self.host, self.port = host, port
         self.source = source
+        self.ssl_context = ssl_context
         self.originator = originator
         self.common_address = common_address
         self.timeout_s = timeout_s
@@ -199,6 +201,8 @@ class Master:
     def connect(self, *, start: bool = True) -> Master:
         self._sock = socket.create_connection((self.host, self.port), timeout=self.timeout_s,
                                               source_address=(self.source, 0) if self.source else None)
+        if self.ssl_context is not None:
+            self._sock = self.ssl_context.wrap_socket(self._sock, server_hostname=self.host)
         self._sock.settimeout(None)
         self._thread = threading.Thread(target=self._reader, name="iec104-master", daemon=True)
         self._thread.start()
