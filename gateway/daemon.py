@@ -189,8 +189,15 @@ class Gateway:
         """SCADA commands from the uplink and the operator's breaker commands: one SBO engine."""
         from gateway.commands import CommandService, key_path, read_key
 
-        from gateway.keys import SNAPSHOT_KEY, KeyBook
+        from gateway.keys import SNAPSHOT_KEY, KeyBook, load_or_create_keypair
 
+        self.own_key: Any = None
+        """The gateway's own Ed25519 key pair (its messages to neighbouring gateways), in the state directory."""
+        if str(self.store.path) != ":memory:":
+            try:
+                self.own_key = load_or_create_keypair(self.store.path.parent, f"gw-{self.site.site.substation_id}")
+            except (ValueError, OSError) as exc:
+                log.error("the gateway's own key pair could not be read or made", extra={"error": str(exc)})
         cfg = self.site.uplink.commands
         path = key_path(cfg, self.base_dir)
         key = None
@@ -533,6 +540,8 @@ class Gateway:
             "commands": self.commands.status(),
             "switching": self.switching.status(),
             "iec104": None if self.iec104 is None else self.iec104.status(),
+            "own_key": None if self.own_key is None else {"name": self.own_key.name,
+                                                          "public_key": self.own_key.public.hex()},
         }
 
 

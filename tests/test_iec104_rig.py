@@ -9,6 +9,7 @@ two masters at once."""
 from __future__ import annotations
 
 import datetime as dt
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from gateway.control import ControlError
 from hil.broker import free_port
 from hil.rig import Rig
 from tests.support import iec104_master as m104
@@ -148,6 +150,11 @@ def test_a_close_of_a_locked_out_breaker_is_refused_with_its_cause(rig: Rig) -> 
         refused = [e for e in _events(rig, start, "switching.refused") if e["source"] == "CB-045"]
         assert [(e["via"], e["stage"], e["interlock"]) for e in refused] == [
             ("iec104", "select", "protection_lockout"), ("iec104", "operate", "not_selected")]
+        # the operator's road is refused with the same code
+        with pytest.raises(ControlError, match=r"refused \(protection_lockout\)"):
+            rig.daemon_call("breaker.operate", breaker="CB-045", action="close")
+        local = [e for e in _events(rig, start, "switching.refused") if e["via"] == "local"]
+        assert local and local[0]["interlock"] == refused[0]["interlock"]
         assert breaker(rig, "CB-045") == "open"
     finally:
         rig.hil_call("clear")
@@ -196,14 +203,24 @@ def test_two_masters_and_reconnection(rig: Rig) -> None:
     # reconnection: a new connection is served at once, with a full GI
     with _master(rig) as again:
         assert len(again.interrogate()) > 0
+    # after a reload of the site file (SIGHUP): the old outstation closes, the new one listens
+    assert rig.daemon is not None
+    reloads = rig.daemon_call("status")["reloads"]
+    rig.daemon.send_signal(signal.SIGHUP)
+    rig.wait(lambda: rig.daemon_call("status")["reloads"] == reloads + 1, "the reload", 60)
+    _interrogate_when_back(rig)
     # and after the daemon restarts
     rig.restart_daemon()
+    _interrogate_when_back(rig)
+
+
+def _interrogate_when_back(rig: Rig) -> None:
     deadline = time.monotonic() + 30
     while True:
         try:
             with _master(rig) as after:
                 assert after.interrogate()
-                break
+                return
         except (OSError, TimeoutError):
             if time.monotonic() > deadline:
                 raise

@@ -97,6 +97,17 @@ def test_the_retained_state_of_an_agent_removed_from_the_site_file_is_cleared(ri
         assert len({t for t, _p, r in late.messages if r}) == len(rig.doc["agents"])
 
 
+def test_the_gateway_has_its_own_key_pair_in_its_state_directory(rig: Rig) -> None:
+    own = rig.daemon_call("status")["own_key"]
+    path = rig.workdir / "state" / "gateway-ed25519.key"
+    assert own["name"] == f"gw-{rig.doc['site']['substation_id']}" and len(bytes.fromhex(own["public_key"])) == 32
+    assert path.stat().st_mode & 0o777 == 0o600
+    from gateway.keys import load_or_create_keypair, verify
+
+    pair = load_or_create_keypair(path.parent, own["name"])
+    assert verify(pair.sign({"kind": "load_transfer.request", "kw": 800.0}), bytes.fromhex(own["public_key"]))
+
+
 def test_a_retained_command_is_refused_and_never_carried_out(rig: Rig) -> None:
     assert rig.broker is not None
     base = _base(rig)
