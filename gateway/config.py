@@ -324,6 +324,17 @@ class CommandsConfig(_Model):
         return self
 
 
+class SparkplugConfig(_Model):
+    """Sparkplug B 3.0 identities (docs/mqtt.md, Sparkplug B payloads)."""
+
+    group_id: _ID | None = None
+    """Default: the site's region."""
+    edge_node_id: _ID | None = None
+    """Default: the substation id."""
+    primary_host_id: _ID | None = None
+    """When set, the gateway publishes only while this host application's STATE says online."""
+
+
 class UplinkConfig(_Model):
     broker_host: str
     broker_port: int = Field(default=8883, ge=1, le=65535)
@@ -341,6 +352,9 @@ class UplinkConfig(_Model):
     """Point changes gathered into one telemetry message at most."""
     batch_window_ms: float = Field(default=5.0, ge=0.0, le=10_000)
     spool_max_messages: int = Field(default=1_000_000, ge=1000)
+    payload: Literal["msgpack", "sparkplug_b"] = "msgpack"
+    """msgpack in Stima's namespace (default), or Sparkplug B 3.0 protobuf in spBv1.0/…"""
+    sparkplug: SparkplugConfig = SparkplugConfig()
     commands: CommandsConfig = CommandsConfig()
 
     @model_validator(mode="after")

@@ -106,11 +106,18 @@ class Gateway:
             base_dir=self.base_dir,
             urgent_topics=("alarms", "events", "notices", "cmd_result"),
         )
+        from gateway.agents.notices import KINDS, Disposition
+        from gateway.config import COMMAND_NAMES
+
         self.uplink.set_birth(
             [
                 {"id": p.point_id, "kind": p.kind.value, "unit": p.unit, "source": p.source}
                 for p in self.image.points.values()
-            ]
+            ],
+            # what the gateway's records may fill, declared in a Sparkplug NBIRTH
+            node_metrics=[f"Agents/{a.id}/State" for a in self.site.agents]
+            + [f"Notices/{k.kind}" for k in KINDS if k.disposition is not Disposition.HANDLED]
+            + [f"Command Results/{c}" for c in COMMAND_NAMES],
         )
         self._telemetry_wake = asyncio.Event()
         self.uplink.on_birth(self._request_integrity)
