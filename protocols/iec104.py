@@ -46,6 +46,8 @@ from protocols import _lib60870_ffi as c
 RETURN_INFO_WINDOW_S = 15.0
 LOW_PRIORITY_QUEUE = 10_000
 """Spontaneous ASDUs a redundancy group's queue holds while no master is active."""
+MAX_GROUP = 10_000_000
+"""Samples of one type and cause in a row, before they are split into ASDUs."""
 HIGH_PRIORITY_QUEUE = 2_048
 """ASDUs one connection can have waiting beyond its k window: a GI of 10,000 short floats is 625."""
 
@@ -74,6 +76,8 @@ class Iec104Outstation:
         self._lock = threading.Lock()
         self.state = "stopped"
         self.last_error = ""
+        self.audit: Callable[[float, str, str, dict[str, Any]], Any] | None = None
+        """The event log's append (clock synchronisations are written there)."""
         self.counters = {"connections": 0, "gi": 0, "ci": 0, "clock_sync": 0, "commands": 0, "refused": 0,
                          "spontaneous": 0, "queue_full": 0}
 
@@ -370,8 +374,6 @@ class Iec104Outstation:
                        {"origin": f"iec104:{peer}", "accepted": accepted, "offset_s": round(offset_s, 3),
                         "message": message})
 
-    audit: Callable[[float, str, str, dict[str, Any]], Any] | None = None
-
     def _on_asdu(self, _param: Any, connection: Any, asdu: Any) -> bool:
         lib = self._lib
         type_id = lib.CS101_ASDU_getTypeID(asdu)
@@ -420,5 +422,3 @@ class Iec104Outstation:
             lib.IMasterConnection_sendASDU(connection, asdu)
         return True
 
-
-MAX_GROUP = 10_000_000
