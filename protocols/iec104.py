@@ -119,13 +119,14 @@ class Iec104Outstation:
                                             ffi.NULL)
         lib.CS104_Slave_setASDUHandler(s, cb("CS101_ASDUHandler", self._on_asdu, False), ffi.NULL)
         self._al = lib.CS104_Slave_getAppLayerParameters(s)
-        self.image.subscribe_all(self._on_point)
         await asyncio.to_thread(lib.CS104_Slave_start, s)
         if not lib.CS104_Slave_isRunning(s):
             self.state, self.last_error = "failed", f"cannot listen on {self.cfg.bind}:{self.cfg.port} (in use?)"
             self.log.error("IEC 104 outstation could not start", extra={"bind": self.cfg.bind, "port": self.cfg.port})
             return
         self.state = "listening"
+        # only now: lib60870 must not be handed events before its server runs
+        self.image.subscribe_all(self._on_point)
         self.log.info("IEC 104 outstation listening", extra={"bind": self.cfg.bind, "port": self.cfg.port,
                                                              "common_address": self.map.common_address,
                                                              "objects": len(self.map.monitored) + len(self.map.commands),
@@ -136,6 +137,7 @@ class Iec104Outstation:
         if self._slave is None:
             return
         slave, self._slave = self._slave, None
+        self.state = "stopping"
         await asyncio.to_thread(self._lib.CS104_Slave_stop, slave)
         self._lib.CS104_Slave_destroy(slave)
         self.state = "stopped"
@@ -196,7 +198,7 @@ class Iec104Outstation:
         return future.result(self.cfg.command_timeout_s)
 
     def _on_point(self, point: Point, update: PointUpdate) -> None:
-        if self._slave is None:
+        if self._slave is None or self.state != "listening":
             return
         sample = self.reporter.on_update(point.point_id, update.value, update.quality,
                                          update.source_time if update.source_time is not None else update.receive_time,
@@ -213,7 +215,7 @@ class Iec104Outstation:
         """Queue the changes gathered in this turn of the loop, packed by type, in order."""
         self._flush_scheduled = False
         samples, self._pending = self._pending, []
-        if self._slave is None:
+        if self._slave is None or self.state != "listening":
             return
         self.counters["spontaneous"] += len(samples)
         for asdu in self._encode(samples):
