@@ -358,3 +358,18 @@ def test_clock_sync_refused_by_setting_and_a_redundancy_group_shares_one_active_
                 o.ioa == 102 and o.value == 7.0 for o in a.objects), "the change at the new active master")
     finally:
         station.close()
+
+
+def test_only_the_configured_masters_may_connect() -> None:
+    from tests.support.iec104_master import Master
+
+    station = _Outstation(masters=["127.0.0.2"])
+    try:
+        with Master("127.0.0.1", station.port, common_address=1, source="127.0.0.2").connect() as allowed:
+            assert allowed.interrogate()
+        refused = Master("127.0.0.1", station.port, common_address=1, timeout_s=3.0)
+        with pytest.raises((TimeoutError, OSError)):
+            refused.connect()
+        refused.close()
+    finally:
+        station.close()

@@ -225,3 +225,25 @@ def _interrogate_when_back(rig: Rig) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
+
+
+def test_a_set_point_selected_and_executed_reaches_the_der(rig: Rig) -> None:
+    rows = rig.daemon_call("iec104.map")
+    cmd = _row(rows, target="SOLAR-201", setpoint="p_limit_pct")["ioa"]
+    readback = _row(rows, point="SOLAR-201.p_limit_pct")["ioa"]
+    start = time.time()
+    with _master(rig) as master:
+        master.interrogate()
+        mark = master.mark()
+        sel = master.setpoint(cmd, 40.0, select=True)
+        assert sel.cot == m104.COT_ACT_CON and not sel.negative, sel
+        exe = master.setpoint(cmd, 40.0, select=False)
+        assert exe.cot == m104.COT_ACT_CON and not exe.negative, exe
+        master.wait_for(lambda a: any(o.ioa == readback and o.value == pytest.approx(40.0) for o in a.objects),
+                        "the DER's limit read back at 40 %", 30, start=mark)
+        # an execute without its own select is refused (select-before-operate)
+        bad = master.setpoint(cmd, 40.0, select=False)
+        assert bad.cot == m104.COT_ACT_CON and bad.negative
+    accepted = [e for e in _events(rig, start, "switching.accepted") if e["source"] == "SOLAR-201"]
+    assert accepted and accepted[0]["action"] == "der_setpoint" and accepted[0]["value"] == 40.0
+    assert accepted[0]["via"] == "iec104" and accepted[0]["point"] == "p_limit_pct"
