@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml $(wildcard setup.py) $(wildcard native/*.c native/*.h n
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip
 	@$(PY) -m pip install -q -e '.[test]'
+	@# a Sparkplug B host for the tests (pysparkplug needs paho-mqtt 1.x): a folder of its own, on PYTHONPATH only in that process
+	@$(PY) -m pip install -q --upgrade --target $(VENV)/sparkplug-host 'pysparkplug==0.6.1' >$(VENV)/sparkplug-host.log 2>&1 \
+		|| { cat $(VENV)/sparkplug-host.log; echo "make deps: the tests' Sparkplug host (pysparkplug) did not install"; exit 1; }
 	@touch $(STAMP)
 
 demo: deps

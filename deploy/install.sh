@@ -72,15 +72,9 @@ if [ ! -e /etc/stima/site.toml ]; then
     install -m 0640 -o root -g stima "$SRC/deploy/examples/sub-003.toml" /etc/stima/site.toml
     echo "install.sh: example site installed as /etc/stima/site.toml — edit it for this substation"
 fi
-# The shared key for signed SCADA commands (off until the site file enables them): readable by
-# the daemon's user only. Give regional SCADA the same key over a secure channel.
+# Signed SCADA commands use Ed25519 keys (public keys in the gateway's key book, `stima keys add`);
+# this folder is for a shared secret only if the site file chooses the hmac compatibility scheme.
 install -d -m 0750 -o root -g stima /etc/stima/keys
-if [ ! -e /etc/stima/keys/command.key ]; then
-    (umask 077; openssl rand -hex 32 > /etc/stima/keys/command.key)
-    chown stima:stima /etc/stima/keys/command.key
-    chmod 0600 /etc/stima/keys/command.key
-    echo "install.sh: command key created in /etc/stima/keys/command.key (commands stay off until [uplink.commands] enabled = true)"
-fi
 install -d -m 0755 /etc/stima/examples
 install -m 0644 "$SRC"/deploy/examples/*.toml /etc/stima/examples/
 

@@ -123,6 +123,19 @@ class AgentHost:
             raise refusals[0]
         return [_describe(a) for a in actions]
 
+    def current_states(self) -> list[tuple[str, dict[str, Any]]]:
+        """`state/<agent>` of every agent of the site file as it is now (retained: a host that joins
+        reads each agent's state at once, not only those that changed since it last connected)."""
+        out: list[tuple[str, dict[str, Any]]] = []
+        for agent in self.site.agents:
+            memory = self.runtime.memory.get(agent.id)
+            if memory is None:
+                continue
+            out.append((f"state/{agent.id}", {"time": self._wall(), "agent": agent.id,
+                                              "agent_type": str(agent.type.value), "old": None,
+                                              "new": _name(memory.state), "cause": "current state"}))
+        return out
+
     def snapshot(self) -> None:
         save_to_store(self._store, self.runtime, self._wall())
         self.dirty = False

@@ -3,11 +3,12 @@ select-before-operate (SBO) for breakers.
 
 A host publishes a signed envelope (msgpack map) to `<base>/cmd/<command>`:
 
-    {id, time, nonce, origin, command, args, sig}   (+ `substation`, optional)
+    {id, time, nonce, origin, command, args, key, sig}   (+ `substation`, optional)
 
-`sig` is HMAC-SHA256 with the site's shared key over the *canonical* msgpack of the map without
-`sig`: every map, at every depth, with its keys in sorted order, packed with msgpack's
-`use_bin_type=True` (strings as str, bytes as bin, floats as float 64). The signed map names the
+`sig` is an Ed25519 signature by the key named `key` (one of the gateway's key book, with its
+role) over the *canonical* form of the map without `sig` (gateway.keys.canonical). In the `hmac`
+compatibility scheme there is no `key`, and `sig` is HMAC-SHA256 with the site's shared secret
+over the same canonical form. The signed map names the
 command (and, optionally, the substation), so a captured command cannot be replayed on another
 topic or at another substation sharing the key. The gateway refuses a command whose signature
 is wrong, whose `time` is more than `max_age_s` away from its own clock, whose nonce it has seen
@@ -40,9 +41,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import msgpack
 
 from gateway.config import COMMAND_NAMES, CommandsConfig, ConfigError, ConfigProblem, SiteConfig
+from gateway.keys import SIG_BYTES as ED25519_SIG_BYTES
+from gateway.keys import KeyBook, KeyRefused, canonical
 from gateway.switching.authority import Accepted, Refused, Selection
 from gateway.switching.model import Kind, Operation, Origin, Override, Role, Via
 
@@ -71,6 +73,10 @@ class Reason(enum.Enum):
     WRONG_TARGET = "wrong_target"
     STALE = "stale"
     REPLAYED = "replayed"
+    UNKNOWN_KEY = "unknown_key"
+    KEY_REVOKED = "key_revoked"
+    KEY_EXPIRED = "key_expired"
+    RETAINED = "retained"
     UNKNOWN_COMMAND = "unknown_command"
     NOT_ALLOWED = "not_allowed"
     BAD_ARGS = "bad_args"
@@ -107,38 +113,28 @@ class Command:
     nonce: str
     origin: str
     args: dict[str, Any]
+    key: str = "hmac"
+    """The key that signed (its name in the key book; `hmac` for the shared secret)."""
+    role: Role | None = None
+    """The key's role (None: the `hmac` scheme's configured role)."""
 
 
 # --------------------------------------------------------------------------- signing
-
-
-def _sorted(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        keys = list(obj)
-        if not all(isinstance(k, str) for k in keys):
-            raise TypeError("map keys must be strings")
-        return {k: _sorted(obj[k]) for k in sorted(keys)}
-    if isinstance(obj, list | tuple):
-        return [_sorted(v) for v in obj]
-    return obj
-
-
-def canonical(fields: Mapping[str, Any]) -> bytes:
-    """The bytes that are signed: msgpack of `fields` without `sig`, map keys sorted at every depth."""
-    return bytes(msgpack.packb(_sorted({k: v for k, v in fields.items() if k != "sig"}), use_bin_type=True))
 
 
 def signature(key: bytes, fields: Mapping[str, Any]) -> bytes:
     return hmac.new(key, canonical(fields), hashlib.sha256).digest()
 
 
-def sign_command(key: bytes, command: str, args: Mapping[str, Any], origin: str, now: float, *,
+def sign_command(key: Any, command: str, args: Mapping[str, Any], origin: str, now: float, *,
                  substation: str | None = None, command_id: str | None = None,
-                 nonce: str | None = None) -> dict[str, Any]:
+                 nonce: str | None = None, key_name: str | None = None) -> dict[str, Any]:
     """A signed envelope for `command`, ready to msgpack and publish to `<base>/cmd/<command>`.
 
-    `now` is the wall-clock time in seconds since the epoch; `id` and `nonce` are drawn at
-    random unless given (a nonce must never be reused with the same key).
+    `key` is an Ed25519 private key (with `key_name`, its name in the gateway's key book) or, in
+    the `hmac` compatibility scheme, the shared secret's bytes. `now` is the wall-clock time in
+    seconds since the epoch; `id` and `nonce` are drawn at random unless given (a nonce must
+    never be reused with the same key).
     """
     envelope: dict[str, Any] = {
         "id": command_id or secrets.token_hex(8),
@@ -150,8 +146,14 @@ def sign_command(key: bytes, command: str, args: Mapping[str, Any], origin: str,
     }
     if substation is not None:
         envelope["substation"] = substation
-    envelope["sig"] = signature(key, envelope)
-    return envelope
+    if isinstance(key, bytes | bytearray):
+        envelope["sig"] = signature(bytes(key), envelope)
+        return envelope
+    from gateway.keys import sign
+
+    if not key_name:
+        raise ValueError("an Ed25519 signature names its key (key_name)")
+    return sign(envelope, key, key_name)
 
 
 def read_key(path: Path) -> bytes:
@@ -187,9 +189,16 @@ def key_path(cfg: CommandsConfig, base_dir: Path) -> Path | None:
 
 def check_site(site: SiteConfig, base_dir: Path, source: str) -> None:
     """Raise ConfigError when commands are enabled and the key file is unusable (the daemon refuses to start)."""
+    if site.iec104.enabled:
+        from gateway.iec104 import MapError, build_map
+
+        try:
+            build_map(site)
+        except MapError as exc:
+            raise ConfigError(source, [ConfigProblem("iec104", str(exc))]) from None
     cfg = site.uplink.commands
     path = key_path(cfg, base_dir)
-    if not cfg.enabled or path is None:
+    if not cfg.enabled or cfg.scheme != "hmac" or path is None:
         return
     try:
         read_key(path)
@@ -237,14 +246,23 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-class Verifier:
-    """Checks an envelope: form, signature, target, age, nonce, permission, arguments. Sans-IO."""
+_KEY_REASONS = {"malformed": Reason.MALFORMED, "bad_signature": Reason.BAD_SIGNATURE,
+                "unknown_key": Reason.UNKNOWN_KEY, "key_revoked": Reason.KEY_REVOKED,
+                "key_expired": Reason.KEY_EXPIRED}
 
-    def __init__(self, key: bytes, *, substation: str, max_age_s: float, nonces: NonceBook,
-                 allowed: Iterable[str] | None = None) -> None:
-        if len(key) < MIN_KEY_BYTES:
+
+class Verifier:
+    """Checks an envelope: form, signature, target, age, nonce, permission, arguments. Sans-IO.
+
+    With `keys` (the Ed25519 scheme) a command names its key and carries that key's role; with
+    `key` (the `hmac` compatibility scheme) it is signed with the shared secret."""
+
+    def __init__(self, key: bytes | None = None, *, substation: str, max_age_s: float, nonces: NonceBook,
+                 allowed: Iterable[str] | None = None, keys: KeyBook | None = None) -> None:
+        if keys is None and (key is None or len(key) < MIN_KEY_BYTES):
             raise ValueError(f"the command key must hold at least {MIN_KEY_BYTES} bytes")
         self._key = key
+        self.keys = keys
         self.substation = substation
         self.max_age_s = max_age_s
         self.nonces = nonces
@@ -260,11 +278,12 @@ class Verifier:
         if not isinstance(payload, Mapping):
             raise CommandRefused(Reason.MALFORMED, f"the payload is a {type(payload).__name__}; expected a msgpack "
                                  "map {id, time, nonce, origin, command, args, sig}")
-        unknown = sorted(_show(k) for k in payload if k not in REQUIRED_FIELDS and k not in OPTIONAL_FIELDS)
+        required = REQUIRED_FIELDS + (("key",) if self.keys is not None else ())
+        unknown = sorted(_show(k) for k in payload if k not in required and k not in OPTIONAL_FIELDS)
         if unknown:
             raise CommandRefused(Reason.MALFORMED, f"unknown field(s) {', '.join(unknown)}; expected "
-                                 f"{', '.join(REQUIRED_FIELDS + OPTIONAL_FIELDS)}")
-        missing = [k for k in REQUIRED_FIELDS if k not in payload]
+                                 f"{', '.join(required + OPTIONAL_FIELDS)}")
+        missing = [k for k in required if k not in payload]
         if missing:
             raise CommandRefused(Reason.MALFORMED, f"missing field(s) {', '.join(missing)}")
         command_id = _field(payload, "id", str, "a string of 1-64 characters", lambda v: 0 < len(v) <= 64)
@@ -274,16 +293,27 @@ class Verifier:
         origin = _field(payload, "origin", str, "a string of 1-128 characters", lambda v: 0 < len(v) <= 128)
         named = _field(payload, "command", str, "the command name")
         args = _field(payload, "args", dict, "a map")
-        sig = _field(payload, "sig", bytes, f"{SIG_BYTES} bytes (msgpack bin)", lambda v: len(v) == SIG_BYTES)
+        sig_bytes = SIG_BYTES if self.keys is None else ED25519_SIG_BYTES
+        sig = _field(payload, "sig", bytes, f"{sig_bytes} bytes (msgpack bin)", lambda v: len(v) == sig_bytes)
         if "substation" in payload:
             _field(payload, "substation", str, "a substation id")
-        try:
-            expected = signature(self._key, payload)
-        except (TypeError, ValueError, OverflowError):
-            raise CommandRefused(Reason.MALFORMED, "args hold a map whose keys are not strings") from None
-        if not hmac.compare_digest(expected, sig):
-            raise CommandRefused(Reason.BAD_SIGNATURE, "signature does not match (wrong key, or the command was "
-                                 "altered after signing)")
+        key_name, role = "hmac", None
+        if self.keys is not None:
+            _field(payload, "key", str, "the name of the signing key (1-64 characters)", lambda v: 0 < len(v) <= 64)
+            try:
+                _checked, entry = self.keys.verify(payload, now)
+            except KeyRefused as exc:
+                raise CommandRefused(_KEY_REASONS[exc.reason], exc.message) from None
+            key_name, role = entry.name, entry.role
+        else:
+            assert self._key is not None
+            try:
+                expected = signature(self._key, payload)
+            except (TypeError, ValueError, OverflowError):
+                raise CommandRefused(Reason.MALFORMED, "args hold a map whose keys are not strings") from None
+            if not hmac.compare_digest(expected, sig):
+                raise CommandRefused(Reason.BAD_SIGNATURE, "signature does not match (wrong key, or the command was "
+                                     "altered after signing)")
         if named != command:
             raise CommandRefused(Reason.WRONG_TARGET, f"signed for command {_show(named)} but published on "
                                  f"cmd/{command}")
@@ -309,7 +339,7 @@ class Verifier:
             raise CommandRefused(Reason.NOT_ALLOWED, f"command {command} is not allowed by the site file "
                                  f"(uplink.commands.allowed: {', '.join(sorted(self.allowed)) or 'none'})")
         return Command(name=command, id=command_id, time=float(sent), nonce=nonce, origin=origin,
-                       args=validate_args(command, args))
+                       args=validate_args(command, args), key=key_name, role=role)
 
 
 # --------------------------------------------------------------------------- arguments
@@ -382,6 +412,12 @@ def validate_args(command: str, args: Mapping[str, Any]) -> dict[str, Any]:
             raise CommandRefused(Reason.BAD_ARGS, f"args: unknown key(s) {', '.join(extra)}; expected sequence")
         out["sequence"] = _arg(args, "sequence", "a switching sequence id", _is_id)
         return out
+    if command == "alarm/acknowledge":
+        extra = sorted(k for k in args if k != "alarm")
+        if extra:
+            raise CommandRefused(Reason.BAD_ARGS, f"args: unknown key(s) {', '.join(extra)}; expected alarm")
+        out["alarm"] = _arg(args, "alarm", "an alarm id (alm-<n>, as on …/alarms)", _is_id)
+        return out
     if command == "agent/request":
         out["agent"] = _arg(args, "agent", "an agent id", _is_id)
         out["request"] = _arg(args, "request", "a request name (e.g. maintenance, curtail, reset)",
@@ -431,6 +467,9 @@ class Plant(Protocol):
     def agent_request(self, agent_id: str, request: str, args: dict[str, Any], origin: Origin) -> list[dict[str, Any]]:
         ...
 
+    def acknowledge_alarm(self, alarm_id: str, origin: Origin) -> dict[str, Any]:
+        ...
+
 
 Publish = Callable[[str, dict[str, Any]], None]
 Audit = Callable[[float, str, str, dict[str, Any]], Any]
@@ -445,7 +484,7 @@ class CommandService:
 
     def __init__(self, cfg: CommandsConfig, *, key: bytes | None, substation: str, nonces: NonceBook,
                  plant: Plant, publish: Publish, audit: Audit, wall: Callable[[], float],
-                 monotonic: Callable[[], float]) -> None:
+                 monotonic: Callable[[], float], keys: KeyBook | None = None) -> None:
         self.cfg = cfg
         self.plant = plant
         self.publish = publish
@@ -453,9 +492,14 @@ class CommandService:
         self.wall = wall
         self.monotonic = monotonic
         self.role = Role.parse(cfg.role)
-        """The role of a signed command (the shared key's holders)."""
-        self.verifier = None if not cfg.enabled or key is None else Verifier(
-            key, substation=substation, max_age_s=cfg.max_age_s, nonces=nonces, allowed=cfg.allowed)
+        """The role of an `hmac` command (the shared key's holders); Ed25519 keys carry their own."""
+        self.verifier: Verifier | None = None
+        if cfg.enabled and cfg.scheme == "hmac" and key is not None:
+            self.verifier = Verifier(key, substation=substation, max_age_s=cfg.max_age_s, nonces=nonces,
+                                     allowed=cfg.allowed)
+        elif cfg.enabled and cfg.scheme == "ed25519":
+            self.verifier = Verifier(substation=substation, max_age_s=cfg.max_age_s, nonces=nonces,
+                                     allowed=cfg.allowed, keys=keys if keys is not None else KeyBook())
         self.accepted = 0
         self.refused = 0
         self.suppressed = 0
@@ -466,11 +510,11 @@ class CommandService:
 
     # ------------------------------------------------------------------ entry points
 
-    def on_mqtt(self, command: str, payload: Any) -> None:
+    def on_mqtt(self, command: str, payload: Any, retained: bool = False) -> None:
         """The uplink's command callback (`MqttUplink.on_command`)."""
-        self.handle_mqtt(command, payload)
+        self.handle_mqtt(command, payload, retained=retained)
 
-    def handle_mqtt(self, command: str, payload: Any) -> dict[str, Any]:
+    def handle_mqtt(self, command: str, payload: Any, *, retained: bool = False) -> dict[str, Any]:
         """Check, carry out, publish the result on `cmd_result/<command>`, audit; the result."""
         command_id = payload.get("id") if isinstance(payload, Mapping) else None
         origin = payload.get("origin") if isinstance(payload, Mapping) else None
@@ -481,11 +525,16 @@ class CommandService:
         }
         args: dict[str, Any] = {}
         try:
+            if retained:
+                raise CommandRefused(Reason.RETAINED, "a command published with the retain flag is never carried "
+                                     "out (a retained copy would be delivered again at every connect): publish "
+                                     "with retain false, and clear the retained copy with an empty retained message")
             if self.verifier is None:
                 raise CommandRefused(Reason.DISABLED, DISABLED_MESSAGE)
             checked = self.verifier.verify(command, payload, self.wall())
             args = checked.args
-            who = Origin(via=Via.MQTT, who=f"scada:{checked.origin}", role=self.role)
+            result["key"] = checked.key
+            who = Origin(via=Via.MQTT, who=f"scada:{checked.origin}", role=checked.role or self.role)
             result.update(self._carry_out(checked.name, checked.args, who))
             self._record(result, args, via="mqtt", error=None)
         except CommandRefused as exc:
@@ -570,6 +619,12 @@ class CommandService:
         if command == "switching/abort":
             seq = self.plant.abort(args["sequence"], origin)
             return {"sequence": args["sequence"], "status": getattr(getattr(seq, "status", None), "value", None)}
+        if command == "alarm/acknowledge":
+            try:
+                alarm = self.plant.acknowledge_alarm(args["alarm"], origin)
+            except KeyError as exc:
+                raise CommandRefused(Reason.BAD_ARGS, f"args.alarm: {exc.args[0] if exc.args else exc}") from None
+            return {"alarm": alarm}
         if command == "agent/request":
             agent, request = args["agent"], args["request"]
             kind = self.plant.agent_type(agent)
@@ -597,10 +652,10 @@ class CommandService:
             result["interlock"] = error.interlock
             result["interlocks"] = error.interlocks
         result["time"] = now
-        source = str(args.get("breaker") or args.get("agent") or args.get("sequence") or "gateway")
+        source = str(args.get("breaker") or args.get("agent") or args.get("sequence") or args.get("alarm") or "gateway")
         record = {"id": result.get("id"), "command": result.get("command"), "origin": result.get("origin"),
                   "via": via, "args": _plain(args), "ok": result["ok"], "error": result["error"],
-                  "reason": result["reason"], "interlock": result.get("interlock")}
+                  "reason": result["reason"], "interlock": result.get("interlock"), "key": result.get("key")}
         if error is None:
             self.accepted += 1
             kind = "command.accepted"
@@ -647,7 +702,8 @@ class CommandService:
                 "audit_suppressed": self.suppressed}
 
 
-_UNTRUSTED = frozenset({Reason.DISABLED, Reason.MALFORMED, Reason.BAD_SIGNATURE})
+_UNTRUSTED = frozenset({Reason.DISABLED, Reason.MALFORMED, Reason.BAD_SIGNATURE, Reason.UNKNOWN_KEY,
+                        Reason.KEY_REVOKED, Reason.KEY_EXPIRED, Reason.RETAINED})
 
 
 def _plain(value: Any) -> Any:

@@ -345,7 +345,7 @@ class DemandResponseConfig(_Model):
 
 
 COMMAND_NAMES = ("breaker/select", "breaker/operate", "breaker/cancel", "agent/request", "switching/approve",
-                 "switching/abort")
+                 "switching/abort", "alarm/acknowledge")
 """Commands a SCADA host may send on `<base>/cmd/<command>` (gateway/commands.py)."""
 
 
@@ -353,22 +353,41 @@ class CommandsConfig(_Model):
     """Remote control by SCADA over the uplink: off unless the site file turns it on."""
 
     enabled: bool = False
+    scheme: Literal["ed25519", "hmac"] = "ed25519"
+    """`ed25519`: every SCADA host or operator signs with its own key; the gateway holds only their
+    public keys, each with a role (`stima keys …`). `hmac`: a secret shared with SCADA, a
+    compatibility mode that must be chosen explicitly."""
     key_file: Path | None = None
-    """Shared HMAC-SHA256 secret (at least 32 bytes, not readable by group or others)."""
+    """The `hmac` scheme's shared secret (at least 32 bytes, not readable by group or others)."""
     max_age_s: float = Field(default=30.0, gt=0.0, le=3600.0)
     """A command's `time` may differ from the gateway's clock by at most this (age or skew)."""
     select_timeout_s: float = Field(default=30.0, gt=0.0, le=600.0)
     allowed: list[Literal["breaker/select", "breaker/operate", "breaker/cancel", "agent/request",
-                          "switching/approve", "switching/abort"]] | None = None
+                          "switching/approve", "switching/abort", "alarm/acknowledge"]] | None = None
     """Command names accepted; absent means all of COMMAND_NAMES."""
     role: Literal["operator", "engineer"] = "operator"
-    """The role a signed command carries (overrides it may make: docs/switching.md)."""
+    """The role of an `hmac` command (an Ed25519 command carries its key's role)."""
 
     @model_validator(mode="after")
     def _check_key(self) -> CommandsConfig:
-        if self.enabled and self.key_file is None:
-            raise ValueError("enabled commands need key_file (the shared HMAC-SHA256 secret)")
+        if self.scheme == "hmac" and self.enabled and self.key_file is None:
+            raise ValueError("scheme 'hmac' needs key_file (the shared HMAC-SHA256 secret)")
+        if self.scheme == "ed25519" and self.key_file is not None:
+            raise ValueError("key_file is the shared secret of scheme 'hmac', a compatibility mode: set "
+                             "scheme = 'hmac' to use it, or drop key_file and add each SCADA host's public "
+                             "key with `stima keys add`")
         return self
+
+
+class SparkplugConfig(_Model):
+    """Sparkplug B 3.0 identities (docs/mqtt.md, Sparkplug B payloads)."""
+
+    group_id: _ID | None = None
+    """Default: the site's region."""
+    edge_node_id: _ID | None = None
+    """Default: the substation id."""
+    primary_host_id: _ID | None = None
+    """When set, the gateway publishes only while this host application's STATE says online."""
 
 
 class UplinkConfig(_Model):
@@ -388,6 +407,9 @@ class UplinkConfig(_Model):
     """Point changes gathered into one telemetry message at most."""
     batch_window_ms: float = Field(default=5.0, ge=0.0, le=10_000)
     spool_max_messages: int = Field(default=1_000_000, ge=1000)
+    payload: Literal["msgpack", "sparkplug_b"] = "msgpack"
+    """msgpack in Stima's namespace (default), or Sparkplug B 3.0 protobuf in spBv1.0/…"""
+    sparkplug: SparkplugConfig = SparkplugConfig()
     commands: CommandsConfig = CommandsConfig()
 
     @model_validator(mode="after")
@@ -541,6 +563,83 @@ class RecordsConfig(_Model):
 # --------------------------------------------------------------------------- the site
 
 
+class Iec104PointOverride(_Model):
+    """One monitored point's entry in the IEC 104 map, where the generated one will not do."""
+
+    id: _ID
+    """The point id (as in `ieds[].points[].id`)."""
+    ioa: int | None = Field(default=None, ge=1, le=16_777_215)
+    type: Literal["M_ME_NC_1", "M_ME_TF_1", "M_SP_NA_1", "M_SP_TB_1", "M_DP_NA_1", "M_DP_TB_1",
+                  "M_IT_NA_1", "M_IT_TB_1"] | None = None
+    deadband: float | None = Field(default=None, ge=0.0)
+    """Analog dead-band for spontaneous transmission (engineering units); default the point's own."""
+    exclude: bool = False
+
+
+class Iec104CommandOverride(_Model):
+    target: _ID
+    """A switching device (double command) or `<agent>.<set-point name>` (set-point command)."""
+    ioa: int = Field(ge=1, le=16_777_215)
+
+
+class Iec104RedundancyGroup(_Model):
+    name: _ID
+    masters: list[str] = Field(min_length=1, max_length=8)
+    """IP addresses of the masters of this group: one is active (STARTDT) at a time, the others
+    stand by and take over the group's event queue."""
+
+
+class Iec104Tls(_Model):
+    """TLS per IEC 62351-3: the outstation's certificate and the CA that signed the masters'."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+
+class Iec104Config(_Model):
+    """The IEC 60870-5-104 outstation (controlled station) for utility SCADA masters (docs/iec104.md)."""
+
+    enabled: bool = False
+    bind: str = "0.0.0.0"
+    port: int = Field(default=2404, ge=1, le=65535)
+    common_address: int = Field(default=1, ge=1, le=65534)
+    masters: list[str] = Field(default_factory=list)
+    """IP addresses allowed to connect; empty: any (the network's firewall decides)."""
+    max_connections: int = Field(default=2, ge=1, le=8)
+    redundancy_groups: list[Iec104RedundancyGroup] = Field(default_factory=list, max_length=2)
+    """Empty: every connection is its own group (each master gets every event). Else up to two groups."""
+    role: Literal["operator", "engineer"] = "operator"
+    """The role of a command from a master (overrides it may make: docs/switching.md)."""
+    clock_sync: Literal["accept", "refuse"] = "accept"
+    """C_CS_NA_1: confirmed and logged (the gateway's clock stays NTP's), or refused."""
+    time_tags: bool = True
+    """Generated types carry CP56Time2a (M_ME_TF_1, M_SP_TB_1, M_DP_TB_1, M_IT_TB_1)."""
+    monitor_ioa_start: int = Field(default=1001, ge=1, le=16_000_000)
+    command_ioa_start: int = Field(default=5001, ge=1, le=16_000_000)
+    setpoint_ioa_start: int = Field(default=6001, ge=1, le=16_000_000)
+    points: list[Iec104PointOverride] = Field(default_factory=list)
+    commands: list[Iec104CommandOverride] = Field(default_factory=list)
+    k: int = Field(default=12, ge=1, le=32767)
+    w: int = Field(default=8, ge=1, le=32767)
+    t0_s: int = Field(default=30, ge=1, le=255)
+    t1_s: int = Field(default=15, ge=1, le=255)
+    t2_s: int = Field(default=10, ge=1, le=255)
+    t3_s: int = Field(default=20, ge=1, le=172_800)
+    tls: Iec104Tls | None = None
+    command_timeout_s: float = Field(default=5.0, gt=0.0, le=60.0)
+    """How long a master's command may wait for the gateway's answer before it is refused."""
+
+    @model_validator(mode="after")
+    def _check(self) -> Iec104Config:
+        if self.w > self.k:
+            raise ValueError(f"w ({self.w}) must not exceed k ({self.k}): the master acknowledges before "
+                             "the outstation's window is full (IEC 60870-5-104 recommends w = 2/3 k)")
+        if not self.t2_s < self.t1_s:
+            raise ValueError(f"t2_s ({self.t2_s}) must be less than t1_s ({self.t1_s})")
+        return self
+
+
 class SiteConfig(_Model):
     site: SiteIdentity
     uplink: UplinkConfig
@@ -557,6 +656,7 @@ class SiteConfig(_Model):
     coordination: CoordinationConfig = CoordinationConfig()
     demand_response: DemandResponseConfig = DemandResponseConfig()
     records: RecordsConfig = RecordsConfig()
+    iec104: Iec104Config = Iec104Config()
     simulation: dict[str, Any] = Field(default_factory=dict)
     """Electrical data for the hardware-in-the-loop simulator; validated by `hil`, ignored here."""
 

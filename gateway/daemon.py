@@ -51,6 +51,8 @@ HISTORY_WRITE_CHUNK = 200
 the store's lock (about a millisecond; see tests/bench/bench_history.py)."""
 HISTORY_PRUNE_MAX_CHUNKS = 10_000
 """Agent state changes reach the state database within this (protection state: at once)."""
+STATE_TOPICS_SNAPSHOT = "uplink.state_topics"
+"""The agents whose `state/<agent>` this gateway has retained on the broker."""
 
 
 class Gateway:
@@ -71,6 +73,7 @@ class Gateway:
         self._tasks: list[asyncio.Task[Any]] = []
         self.started_at = clock.wall()
         self.updates_applied = 0
+        self._build_alarms()
         self._build_uplink()
         self._build_protection()
         self._build_agents()
@@ -81,8 +84,18 @@ class Gateway:
         self._build_recording()
         self._build_commands()
         self._build_history()
+        self._build_iec104()
 
     # ------------------------------------------------------------------ wiring
+
+    def _build_alarms(self) -> None:
+        from gateway.alarms import SNAPSHOT_KEY, AlarmBook
+
+        self.alarms = AlarmBook(a.id for a in self.site.agents)
+        try:
+            self.alarms.restore(self.store.load_snapshot(SNAPSHOT_KEY))
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("active alarms could not be restored", extra={"error": str(exc)})
 
     def _build_uplink(self) -> None:
         from gateway.telemetry import Telemetry
@@ -98,14 +111,22 @@ class Gateway:
             base_dir=self.base_dir,
             urgent_topics=("alarms", "events", "notices", "cmd_result"),
         )
+        from gateway.agents.notices import KINDS, Disposition
+        from gateway.config import COMMAND_NAMES
+
         self.uplink.set_birth(
             [
                 {"id": p.point_id, "kind": p.kind.value, "unit": p.unit, "source": p.source}
                 for p in self.image.points.values()
-            ]
+            ],
+            # what the gateway's records may fill, declared in a Sparkplug NBIRTH
+            node_metrics=[f"Agents/{a.id}/State" for a in self.site.agents]
+            + [f"Notices/{k.kind}" for k in KINDS if k.disposition is not Disposition.HANDLED]
+            + [f"Command Results/{c}" for c in COMMAND_NAMES],
         )
         self._telemetry_wake = asyncio.Event()
         self.uplink.on_birth(self._request_integrity)
+        self.uplink.on_birth(self._publish_states)
         self.image.subscribe_all(self._on_point_for_uplink)
 
     def _build_protection(self) -> None:
@@ -342,10 +363,25 @@ class Gateway:
         """SCADA commands from the uplink and the operator's breaker commands: one SBO engine."""
         from gateway.commands import CommandService, key_path, read_key
 
+        from gateway.keys import SNAPSHOT_KEY, KeyBook, load_or_create_keypair
+
+        self.own_key: Any = None
+        """The gateway's own Ed25519 key pair (its messages to neighbouring gateways), in the state directory."""
+        if str(self.store.path) != ":memory:":
+            try:
+                self.own_key = load_or_create_keypair(self.store.path.parent, f"gw-{self.site.site.substation_id}")
+            except (ValueError, OSError) as exc:
+                log.error("the gateway's own key pair could not be read or made", extra={"error": str(exc)})
         cfg = self.site.uplink.commands
         path = key_path(cfg, self.base_dir)
         key = None
-        if cfg.enabled and path is not None:
+        try:
+            self.keys = KeyBook.restore(self.store.load_snapshot(SNAPSHOT_KEY))
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("the key book could not be read: no Ed25519 key is trusted until it is repaired",
+                      extra={"error": str(exc)})
+            self.keys = KeyBook()
+        if cfg.enabled and cfg.scheme == "hmac" and path is not None:
             try:
                 key = read_key(path)
             except ValueError as exc:
@@ -353,11 +389,37 @@ class Gateway:
         self.commands = CommandService(
             cfg, key=key, substation=self.site.site.substation_id, nonces=self.store, plant=self,
             publish=lambda suffix, payload: self.uplink.publish(suffix, payload, qos=1, retain=False),
-            audit=self.store.append_event, wall=self.clock.wall, monotonic=self.clock.monotonic,
+            audit=self.store.append_event, wall=self.clock.wall, monotonic=self.clock.monotonic, keys=self.keys,
         )
         self.uplink.on_command(self.commands.on_mqtt)
+        if cfg.enabled and cfg.scheme == "hmac":
+            log.warning("remote commands use the shared-secret (hmac) compatibility scheme: whoever reads the "
+                        "key file can sign commands; prefer Ed25519 keys (scheme = 'ed25519', stima keys add)")
         if not cfg.enabled:
             log.info("remote commands are disabled in the site file (uplink.commands.enabled)")
+
+    def _build_iec104(self) -> None:
+        """The IEC 60870-5-104 outstation: the same image, commands through the same authority."""
+        self.iec104: Any = None
+        cfg = self.site.iec104
+        if not cfg.enabled:
+            return
+        from gateway.iec104 import CommandHandler, MapError, Reporter, build_map
+        from gateway.switching.model import Role
+        from protocols.iec104 import Iec104Outstation
+
+        try:
+            point_map = build_map(self.site, self.switching.network)
+        except MapError as exc:
+            raise ConfigError("site file", [ConfigProblem("iec104", str(exc))]) from None
+        devices = self.switching.network.devices
+        reporter = Reporter(point_map)
+        handler = CommandHandler(point_map, self, Role.parse(cfg.role),
+                                 position_point=lambda d: devices[d].points.get("closed") if d in devices else None,
+                                 on_return=lambda p: self.iec104.expect_return(p))
+        self.iec104 = Iec104Outstation(cfg, point_map, self.image, handler, reporter, self.clock,
+                                       logging.getLogger("stima.iec104"), base_dir=self.base_dir)
+        self.iec104.audit = self.store.append_event
 
     def _build_history(self) -> None:
         from gateway.history import HistoryAggregator
@@ -390,7 +452,40 @@ class Gateway:
                 log.exception("history flush failed")
 
     def _publish(self, suffix: str, payload: dict[str, Any], retain: bool = False) -> None:
+        if suffix == "alarms":  # every alarm, whoever raises it, goes through the alarm book
+            self.alarms.raise_alarm(str(payload.get("source", "gateway")), str(payload.get("severity", "major")),
+                                    str(payload.get("message", "")), float(payload.get("time", self.clock.wall())))
+            self._flush_alarms()
+            return
         self.uplink.publish(suffix, payload, retain=retain)
+        if suffix.startswith("state/") and isinstance(payload.get("new"), str):
+            if self.alarms.on_state(str(payload.get("agent")), payload["new"], self.clock.wall()):
+                self._flush_alarms()
+
+    def _flush_alarms(self) -> None:
+        """Each change of an alarm on `alarms`, then the retained list of active alarms on
+        `alarms/active`; the list is kept in the state database."""
+        from gateway.alarms import SNAPSHOT_KEY
+
+        changes = self.alarms.take_changes()
+        if not changes:
+            return
+        try:
+            self.uplink.publish_many([("alarms", {"time": self.clock.wall(), "state": state, **alarm.as_dict()})
+                                      for state, alarm in changes])
+            self.uplink.publish("alarms/active", {"time": self.clock.wall(),
+                                                  "alarms": [a.as_dict() for a in self.alarms.active()]}, retain=True)
+            self.store.save_snapshot(SNAPSHOT_KEY, self.alarms.snapshot(), self.clock.wall())
+        except Exception:
+            log.exception("alarms could not be published")
+
+    def acknowledge_alarm(self, alarm_id: str, origin: Any) -> dict[str, Any]:
+        """An operator acknowledged an alarm (SCADA command or control socket); audited."""
+        alarm = self.alarms.acknowledge(alarm_id, origin.who, self.clock.wall())
+        self.store.append_event(self.clock.wall(), alarm.source, "alarm.acknowledged",
+                                {"id": alarm.id, "origin": origin.who, "message": alarm.message})
+        self._flush_alarms()
+        return alarm.as_dict()
 
     def _on_point_for_uplink(self, point: Point, update: PointUpdate) -> None:
         self.updates_applied += 1
@@ -413,6 +508,7 @@ class Gateway:
         # The uplink's network thread must not hold the interpreter for the default 5 ms
         # when the event loop has a trip to send.
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+        self._clear_removed_states()
         self.build_adapters()
         for ied_id, adapter in self.adapters.items():
             if ied_id not in self.running_adapters:
@@ -428,6 +524,8 @@ class Gateway:
             self._tasks.append(asyncio.create_task(self._forecast_loop(), name="forecast"))
         if self.history is not None:
             self._tasks.append(asyncio.create_task(self._history_loop(), name="history"))
+        if self.iec104 is not None:
+            await self.iec104.start()
         if self.ami is not None:
             self._tasks.append(asyncio.create_task(self.ami.run(), name="ami"))
         if self.exchange is not None or self.peak is not None:
@@ -465,6 +563,30 @@ class Gateway:
             except Exception:
                 log.exception("agent step failed")
 
+    def _publish_states(self) -> None:
+        """Every agent's current state and the active alarms, retained, after each birth (a broker
+        that lost its retained messages has them again)."""
+        try:
+            self.uplink.publish_many(self.agents.current_states(), retain=True)
+            self.uplink.publish("alarms/active", {"time": self.clock.wall(),
+                                                  "alarms": [a.as_dict() for a in self.alarms.active()]}, retain=True)
+        except Exception:
+            log.exception("agent states could not be published")
+
+    def _clear_removed_states(self) -> None:
+        """The retained `state/<agent>` of agents no longer in the site file are cleared (an empty
+        retained message each), once, when this configuration starts."""
+        current = sorted(a.id for a in self.site.agents)
+        try:
+            known = self.store.load_snapshot(STATE_TOPICS_SNAPSHOT) or []
+            gone = sorted(set(known) - set(current))
+            if gone:
+                self.uplink.clear_retained([f"state/{a}" for a in gone])
+                log.warning("retained states of agents removed from the site file cleared", extra={"agents": gone})
+            self.store.save_snapshot(STATE_TOPICS_SNAPSHOT, current, self.clock.wall())
+        except Exception:
+            log.exception("retained agent states could not be checked against the site file")
+
     def _request_integrity(self) -> None:
         self.telemetry.request_integrity()
         self._telemetry_wake.set()
@@ -498,6 +620,9 @@ class Gateway:
         if self.ami is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.ami.close(), 2.0)
+        if self.iec104 is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.iec104.close(), max(end - time.monotonic(), 0.1))
         for adapter in self.adapters.values():
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(adapter.close(), max(end - time.monotonic(), 0.1))
@@ -592,6 +717,9 @@ class Gateway:
             "peak": None if self.peak is None else self.peak.status(),
             "transfer": None if self.exchange is None else self.exchange.status(),
             "records": self.recording.status(),
+            "iec104": None if self.iec104 is None else self.iec104.status(),
+            "own_key": None if self.own_key is None else {"name": self.own_key.name,
+                                                          "public_key": self.own_key.public.hex()},
         }
 
 
@@ -810,6 +938,56 @@ class Server:
             viewer)
         c.register("records.list", lambda breaker=None, since=None: self._gw().recording.list(breaker, since), viewer)
         c.register("records.get", lambda id: self._gw().recording.get(str(id)), viewer)
+        c.register("iec104.map", self._op_iec104_map, viewer)
+        c.register("alarms.list", lambda: [a.as_dict() for a in self._gw().alarms.active()], viewer)
+        c.register("alarms.ack", lambda id: self._gw().acknowledge_alarm(str(id), _local_origin()), operator)
+        c.register("keys.list", self._op_keys_list, viewer)
+        c.register("keys.add", self._op_keys_add, control.Role.ENGINEER)
+        c.register("keys.revoke", self._op_keys_revoke, control.Role.ENGINEER)
+
+    def _op_keys_list(self) -> list[dict[str, Any]]:
+        now = self.clock.wall()
+        out = []
+        for entry in self._gw().keys.entries():
+            row = entry.as_dict()
+            row["state"] = ("revoked" if entry.revoked is not None else
+                            "expired" if entry.expires is not None and now >= entry.expires else "valid")
+            out.append(row)
+        return out
+
+    def _op_keys_add(self, name: str, public_key: str, role: str, expires: float | None = None) -> dict[str, Any]:
+        """Trust a SCADA host's or an operator's Ed25519 public key with a role (engineer only; audited)."""
+        from gateway.keys import parse_public_key
+        from gateway.switching.model import Role as SwitchingRole
+
+        gw = self._gw()
+        entry = gw.keys.add(str(name), parse_public_key(str(public_key)), SwitchingRole.parse(str(role)),
+                            expires=None if expires is None else float(expires), who=_local_origin().who,
+                            now=self.clock.wall())
+        self._save_keys(gw)
+        return entry.as_dict()
+
+    def _op_keys_revoke(self, name: str, reason: str) -> dict[str, Any]:
+        gw = self._gw()
+        entry = gw.keys.revoke(str(name), who=_local_origin().who, reason=str(reason), now=self.clock.wall())
+        self._save_keys(gw)
+        return entry.as_dict()
+
+    def _save_keys(self, gw: Gateway) -> None:
+        from gateway.keys import SNAPSHOT_KEY
+
+        now = self.clock.wall()
+        self.store.save_snapshot(SNAPSHOT_KEY, gw.keys.snapshot(), now)
+        for kind, record in gw.keys.take_audit():
+            self.store.append_event(now, "keys", kind, record)
+            log.warning(kind.replace(".", " "), extra={"key": record.get("key"), "origin": record.get("origin")})
+
+    def _op_iec104_map(self) -> list[dict[str, Any]]:
+        """The IEC 104 information object addresses of this site (as the outstation serves them)."""
+        gw = self._gw()
+        if gw.iec104 is None:
+            raise KeyError("the IEC 104 outstation is not enabled in the site file (iec104.enabled)")
+        return gw.iec104.map.describe()
 
     def _gw(self) -> Gateway:
         if self.gateway is None:

@@ -115,6 +115,9 @@ async def retire(old: Gateway, keep: set[str], relay: list[tuple[str, dict[str, 
     if old.ami is not None:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(old.ami.close(), 2.0)
+    if old.iec104 is not None:  # the new outstation listens on the same port
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(old.iec104.close(), max(end - time.monotonic(), 0.1))
     for ied_id, adapter in old.adapters.items():
         if ied_id not in keep:
             with contextlib.suppress(Exception):

@@ -29,7 +29,10 @@ from typing import Any
 import msgpack
 import paho.mqtt.client as mqtt
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from gateway.commands import sign_command
+from gateway.keys import public_bytes
 from gateway.control import ControlError, DaemonNotRunning
 from hil.broker import TlsFiles
 from hil.rig import Rig
@@ -98,8 +101,11 @@ class Scada:
     """Regional SCADA in miniature: opens then closes one breaker with signed select-before-operate
     commands published on the broker, reading each result before the next step."""
 
-    def __init__(self, counter: BrokerCounter, key: bytes, base: str, substation: str, breaker: str) -> None:
+    def __init__(self, counter: BrokerCounter, key: Any, key_name: str, base: str, substation: str,
+                 breaker: str) -> None:
         self.counter, self.key, self.base, self.substation, self.breaker = counter, key, base, substation, breaker
+        self.key_name = key_name
+        """The SCADA host's own Ed25519 key and its name in the gateway's key book."""
         self.plan = [("breaker/select", "open"), ("breaker/operate", "open"),
                      ("breaker/select", "close"), ("breaker/operate", "close")]
         self.waiting: str | None = None
@@ -136,7 +142,8 @@ class Scada:
         args: dict[str, Any] = {"breaker": self.breaker, "action": action}
         if command == "breaker/operate":
             args["select_id"] = self.select_id
-        envelope = sign_command(self.key, command, args, "demo-scada", time.time(), substation=self.substation)
+        envelope = sign_command(self.key, command, args, "demo-scada", time.time(), substation=self.substation,
+                                key_name=self.key_name)
         self.counter.client.publish(f"{self.base}/cmd/{command}", msgpack.packb(envelope, use_bin_type=True), qos=1)
         self.waiting = envelope["id"]
 
@@ -236,16 +243,16 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     doc = fault_isolation_site()  # the example site, FLISR automatic, CB-045's reclose dead times 0.5 s and 1 s
     workdir.mkdir(parents=True, exist_ok=True)
-    key_file = workdir / "command.key"
-    if not key_file.exists():
-        key_file.write_bytes(os.urandom(32).hex().encode())
-    key_file.chmod(0o600)
-    doc["uplink"]["commands"] = {**doc["uplink"].get("commands", {}), "enabled": True, "key_file": str(key_file)}
+    # the SCADA host's own key pair: the gateway is given only its public key, with the operator role
+    scada_key = Ed25519PrivateKey.generate()
+    doc["uplink"]["commands"] = {**doc["uplink"].get("commands", {}), "enabled": True, "scheme": "ed25519"}
     with Rig(doc, workdir, hil_args=("--ami-interval", "30s")) as rig:
+        rig.daemon_call("keys.add", name="demo-scada", public_key=public_bytes(scada_key.public_key()).hex(),
+                        role="operator")
         counter = BrokerCounter(rig.tls, rig.tls_port, rig.doc["uplink"]["topic_prefix"])
         site = rig.doc["site"]
         base = f"{rig.doc['uplink']['topic_prefix']}/{site['region']}/{site['substation_id']}"
-        scada = Scada(counter, key_file.read_bytes().strip(), base, site["substation_id"], "CB-044")
+        scada = Scada(counter, scada_key, "demo-scada", base, site["substation_id"], "CB-044")
         started = time.monotonic()
         fault_done = False
         flisr_fault_done = False

@@ -43,6 +43,8 @@ def localise(doc: dict[str, Any], workdir: Path, tls: TlsFiles, tls_port: int, a
                          ca_file=str(tls.ca_file), cert_file=str(tls.client_cert), key_file=str(tls.client_key))
     if "ami" in doc:
         doc["ami"].update(broker_host="127.0.0.1", broker_port=ami_port)
+    if doc.get("iec104", {}).get("enabled"):
+        doc["iec104"].update(bind="127.0.0.1", port=free_port())
     for ied in doc["ieds"]:
         if ied["protocol"] in ("modbus_tcp", "iec61850"):
             ied["host"] = "127.0.0.1"

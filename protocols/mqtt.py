@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
 import enum
 import logging
 import random
@@ -43,6 +44,7 @@ import msgpack
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from gateway.clock import Clock
 from gateway.config import SiteIdentity, UplinkConfig
@@ -60,7 +62,8 @@ DEATH_ACK_TIMEOUT_S = 2.0
 CHECKPOINT_PERIOD_S = 1.0
 """How often the spool's write-ahead log is checkpointed off the event loop while data flows."""
 
-CommandCallback = Callable[[str, Any], None]
+CommandCallback = Callable[..., None]
+"""`callback(command, payload, retained=...)`."""
 """(command, payload): the decoded msgpack value, or the raw bytes when it was not msgpack."""
 
 
@@ -185,6 +188,10 @@ class _Session:
         """Spool ids below this were accepted before this connection came up: historical."""
         self.death_mid: int | None = None
         self.death_acked = asyncio.Event()
+        self.parts: dict[int, int] = {}
+        """Spool id → publishes of it not yet acknowledged, when one message went as several."""
+        self.hold = False
+        """Connected, waiting for the primary host (Sparkplug STATE) before the birth."""
 
 
 # ---------------------------------------------------------------------- the uplink
@@ -264,6 +271,14 @@ class MqttUplink:
         self._drop_logged_at = float("-inf")
         self._spool_writes = 0
         """Spool rows written or deleted since the last checkpoint."""
+        self._codec: Any = None
+        self._node_metrics: list[str] = []
+        self._primary_online = False
+        if cfg.payload == "sparkplug_b":
+            from protocols.sparkplug import SparkplugCodec
+
+            self._codec = SparkplugCodec(cfg.sparkplug.group_id or site.region,
+                                         cfg.sparkplug.edge_node_id or site.substation_id)
 
     # ------------------------------------------------------------------ public API
 
@@ -292,10 +307,14 @@ class MqttUplink:
         last_bdseq = self.store.load_snapshot(BDSEQ_SNAPSHOT)
         self._bdseq = int(last_bdseq) if isinstance(last_bdseq, int) else -1
 
-    def set_birth(self, metrics: list[dict[str, Any]]) -> None:
-        """The metric list sent in every birth (id, kind, unit, ...); re-sent now if connected."""
+    def set_birth(self, metrics: list[dict[str, Any]], node_metrics: Iterable[str] = ()) -> None:
+        """The metric list sent in every birth (id, kind, unit, ...); re-sent now if connected.
+        `node_metrics`: the Sparkplug node metrics the gateway's records may fill (NBIRTH declares them)."""
         self._birth_metrics = [dict(m) for m in metrics]
-        if self._session is not None and self._session.up:
+        self._node_metrics = list(node_metrics)
+        if self._codec is not None:
+            self._codec.set_metrics(self._birth_metrics, self._node_metrics)
+        if self._session is not None and self._session.up and not self._session.hold:
             self._send_birth(self._session)
 
     def on_birth(self, listener: Callable[[], None]) -> None:
@@ -303,8 +322,11 @@ class MqttUplink:
         self._birth_listeners.append(listener)
 
     def on_command(self, callback: CommandCallback) -> None:
-        """Hand every message on `<base>/cmd/#` to `callback(command, payload)`, decoded when
-        it is msgpack and as raw bytes when it is not (the callback refuses what it cannot use).
+        """Hand every message on `<base>/cmd/#` to `callback(command, payload, retained=...)`, decoded
+        when it is msgpack and as raw bytes when it is not (the callback refuses what it cannot use).
+        `retained` is the publisher's retain flag (the subscription asks for retain-as-published),
+        or a retained copy delivered at subscription: such a command must never be carried out.
+        An empty retained message (one that clears a retained command) is dropped quietly.
 
         `command` is the topic below `cmd/` (e.g. "operate/CB-044"). `cmd/rebirth` is handled by
         the uplink itself. Validating commands (signature, nonce, authority) is the caller's job.
@@ -328,6 +350,11 @@ class MqttUplink:
         spooled there and the event loop is told to send it).
         """
         self.publish_many([(topic_suffix, payload)], qos=qos, retain=retain)
+
+    def clear_retained(self, topic_suffixes: Iterable[str]) -> None:
+        """Clear retained topics (an empty retained message each, spooled in order like any other):
+        e.g. the `state/<agent>` of agents removed from the site file. They carry no `seq`."""
+        self._spool([(suffix, b"", 1 | RETAIN_FLAG) for suffix in topic_suffixes], retain=True)
 
     def publish_many(self, messages: Iterable[tuple[str, dict[str, Any]]], *, qos: int | None = None,
                      retain: bool = False) -> None:
@@ -353,6 +380,16 @@ class MqttUplink:
                 blob = msgpack.packb(body, use_bin_type=True, default=_to_wire)
             except (TypeError, ValueError, OverflowError) as exc:
                 raise TypeError(f"payload for {topic_suffix!r} cannot be encoded: {exc}") from None
+            rows.append((topic_suffix, blob, flags, wall))
+        self._spool([(t, b, f) for t, b, f, _w in rows], retain=retain)
+
+    def _spool(self, messages: list[tuple[str, bytes, int]], *, retain: bool) -> None:
+        if self._closed:
+            raise RuntimeError("the uplink is closed")
+        wall = self.clock.wall()
+        rows = []
+        for topic_suffix, blob, flags in messages:
+            _check_suffix(topic_suffix)
             rows.append((topic_suffix, blob, flags, wall))
         if not rows:
             return
@@ -509,8 +546,8 @@ class MqttUplink:
                     await asyncio.wait_for(self._progress.wait(), max(0.001, deadline - loop.time()))
             self._flush_acks()
             if not session.ended.is_set():
-                info = session.client.publish(self._topic("death"), self._death_payload(session.bdseq),
-                                              qos=1, retain=True)
+                topic, death = self._death(session.bdseq)
+                info = session.client.publish(topic, death, qos=1, retain=self._codec is None)
                 session.death_mid = info.mid
                 session.inflight[info.mid] = None
                 wait_s = max(0.05, min(DEATH_ACK_TIMEOUT_S, deadline - loop.time()))
@@ -553,6 +590,12 @@ class MqttUplink:
     def _death_payload(self, bdseq: int) -> bytes:
         return msgpack.packb({"timestamp": round(self.clock.wall() * 1000.0), "bdSeq": bdseq})
 
+    def _death(self, bdseq: int) -> tuple[str, bytes]:
+        """The death's topic and payload: msgpack `death` (retained), or Sparkplug NDEATH (not retained)."""
+        if self._codec is not None:
+            return self._codec.death(bdseq, round(self.clock.wall() * 1000.0))
+        return self._topic("death"), self._death_payload(bdseq)
+
     def _tls_context(self) -> ssl.SSLContext:
         def path(p: Path | None) -> str:
             assert p is not None
@@ -583,7 +626,8 @@ class MqttUplink:
         client.max_queued_messages_set(0)
         if self.cfg.transport == "tls":
             client.tls_set_context(self._tls_context())
-        client.will_set(self._topic("death"), self._death_payload(bdseq), qos=1, retain=True)
+        topic, death = self._death(bdseq)
+        client.will_set(topic, death, qos=1, retain=self._codec is None)
         return client
 
     async def _connect(self) -> _Session | None:
@@ -639,13 +683,33 @@ class MqttUplink:
             "uplink connected",
             extra={"endpoint": self.endpoint, "bdseq": session.bdseq, "spool_depth": self._depth},
         )
-        session.client.subscribe(self._topic("cmd/#"), qos=1)
+        # retain-as-published: a command published with the retain flag arrives with it, also to a
+        # subscriber that is connected already, so it can be refused instead of carried out
+        session.client.subscribe(self._topic("cmd/#"), options=SubscribeOptions(qos=1, retainAsPublished=True))
         for topic_filter, _ in self._external:
             session.client.subscribe(topic_filter, qos=1)
+        if self._codec is not None:
+            session.client.subscribe(self._codec.ncmd_topic, qos=1)
+            host = self.cfg.sparkplug.primary_host_id
+            if host is not None and not self._primary_online:
+                session.hold = True
+                session.client.subscribe(self._codec.state_topic(host), qos=1)
+                self.log.info("waiting for the primary host application to be online", extra={"host": host})
+                return
+            if host is not None:
+                session.client.subscribe(self._codec.state_topic(host), qos=1)
         self._send_birth(session)
         self._kick()
 
     def _send_birth(self, session: _Session) -> None:
+        if self._codec is not None:
+            births = self._codec.births(session.bdseq, round(self.clock.wall() * 1000.0))
+            for topic, payload in births:  # Sparkplug: births are QoS 0 and never retained
+                info = session.client.publish(topic, payload, qos=0, retain=False)
+                session.inflight[info.mid] = None
+            session.seq = (len(births) - 1) % 256
+            self._birth_done()
+            return
         session.seq = 0
         payload = {
             "timestamp": round(self.clock.wall() * 1000.0),
@@ -657,6 +721,9 @@ class MqttUplink:
         info = session.client.publish(self._topic("birth"), msgpack.packb(payload, use_bin_type=True),
                                       qos=1, retain=True)
         session.inflight[info.mid] = None
+        self._birth_done()
+
+    def _birth_done(self) -> None:
         for listener in self._birth_listeners:
             try:
                 listener()
@@ -763,6 +830,12 @@ class MqttUplink:
             return
         if spool_id is None:
             return
+        left = session.parts.get(spool_id)
+        if left is not None:
+            if left > 1:
+                session.parts[spool_id] = left - 1
+                return
+            del session.parts[spool_id]
         if rc is not None and rc.is_failure:
             self.rejected += 1
             self.log.error("broker refused a message; it is dropped",
@@ -778,16 +851,23 @@ class MqttUplink:
             self._depth -= self.store.spool_remove(acks)
 
     def _on_message(self, session: _Session, topic: str, raw: bytes, retained: bool) -> None:
+        if self._codec is not None and topic.startswith(f"{self._codec.ncmd_topic[:7]}/"):
+            self._on_sparkplug(session, topic, raw)
+            return
         prefix = self._topic("cmd/")
         if not topic.startswith(prefix):
             self._on_external(topic, raw, retained)
             return
         command = topic[len(prefix):]
-        if retained:
-            # a retained command would run again at every connect: never act on one
-            self.log.warning("retained command ignored", extra={"command": command})
+        if retained and not raw:
+            self.log.debug("empty retained message (clearing a retained command) ignored", extra={"command": command})
             return
+        if retained:
+            # a retained command would run again at every connect: refused, never carried out
+            self.log.warning("retained command refused", extra={"command": command})
         if command == "rebirth":
+            if retained:
+                return
             if session.up and session is self._session:
                 self.log.info("rebirth requested by the host")
                 self._send_birth(session)
@@ -802,7 +882,7 @@ class MqttUplink:
         self.commands += 1
         for callback in self._command_callbacks:
             try:
-                callback(command, payload)
+                callback(command, payload, retained=retained)
             except Exception:
                 self.log.exception("command callback failed", extra={"command": command})
 
@@ -820,6 +900,46 @@ class MqttUplink:
             except Exception:
                 self.log.exception("subscription callback failed", extra={"topic": topic})
 
+    def _on_sparkplug(self, session: _Session, topic: str, raw: bytes) -> None:
+        """NCMD `Node Control/Rebirth`, and the primary host's STATE."""
+        from protocols.sparkplug import REBIRTH, decode_metrics
+
+        codec = self._codec
+        host = self.cfg.sparkplug.primary_host_id
+        if host is not None and topic == codec.state_topic(host):
+            try:
+                state = json.loads(raw.decode("utf-8")) if raw else {}
+                online = bool(state.get("online")) if isinstance(state, dict) else False
+            except (ValueError, UnicodeDecodeError):
+                self.log.warning("primary host STATE is not JSON; taken as offline", extra={"host": host})
+                online = False
+            was, self._primary_online = self._primary_online, online
+            if online and session.up and session.hold:
+                session.hold = False
+                self.log.info("primary host application online: birth", extra={"host": host})
+                self._send_birth(session)
+                self._kick()
+            elif not online and was and session.up and not session.hold:
+                # the host that must see everything is gone: die (the will) and wait for it again
+                self.log.warning("primary host application offline: disconnecting", extra={"host": host})
+                session.client.disconnect(ReasonCode(mqtt.PacketTypes.DISCONNECT, "Disconnect with will message"))
+            return
+        if topic != codec.ncmd_topic:
+            return
+        try:
+            metrics = decode_metrics(raw)
+        except ValueError as exc:
+            self.log.warning("NCMD payload is not a Sparkplug payload", extra={"error": str(exc)})
+            return
+        if any(name == REBIRTH and value for name, _alias, value in metrics):
+            if session.up and not session.hold and session is self._session:
+                self.log.info("rebirth requested by a Sparkplug host (NCMD)")
+                self._send_birth(session)
+                self._kick()
+        else:
+            self.log.warning("NCMD without a rebirth request ignored (commands are signed, on cmd/…)",
+                             extra={"metrics": [m[0] for m in metrics][:10]})
+
     # ------------------------------------------------------------------ sending
 
     def _drained(self) -> bool:
@@ -829,7 +949,8 @@ class MqttUplink:
 
     def _kick(self) -> None:
         loop = self._loop
-        if loop is None or self._pump_scheduled or self._session is None or not self._session.up:
+        if loop is None or self._pump_scheduled or self._session is None or not self._session.up \
+                or self._session.hold:
             return
         self._pump_scheduled = True
         loop.call_soon(self._pump)
@@ -861,7 +982,7 @@ class MqttUplink:
     def _pump(self) -> None:
         self._pump_scheduled = False
         session = self._session
-        if session is None or not session.up or session.ended.is_set():
+        if session is None or not session.up or session.ended.is_set() or session.hold:
             return
         client = session.client
         limit = self.cfg.max_inflight
@@ -878,8 +999,15 @@ class MqttUplink:
                     break
                 lane = queue
             row = lane[0]
-            seq = (session.seq + 1) % 256
-            wire = envelope(row.body, seq, row.spool_id < session.start_id, row.spool_id)
+            if self._codec is not None:
+                if not self._pump_sparkplug(session, lane, row):
+                    break
+                continue
+            if row.body:
+                seq = (session.seq + 1) % 256
+                wire = envelope(row.body, seq, row.spool_id < session.start_id, row.spool_id)
+            else:  # clears a retained topic: not part of the sequence
+                seq, wire = session.seq, b""
             info = client.publish(f"{self.base_topic}/{row.topic}", wire, qos=row.qos, retain=row.retain)
             if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS and info.rc != MQTTErrorCode.MQTT_ERR_NO_CONN:
                 self._error(f"publish failed: {mqtt.error_string(info.rc)}")
@@ -888,6 +1016,31 @@ class MqttUplink:
             session.seq = seq
             inflight[info.mid] = row.spool_id
             self.sent += 1
+
+    def _pump_sparkplug(self, session: _Session, lane: collections.deque[_Row], row: _Row) -> bool:
+        """Send one spooled message as its Sparkplug messages; False to stop pumping for now."""
+        try:
+            parts, seq = self._codec.encode_row(row.topic, row.body, row.spool_id < session.start_id, session.seq,
+                                                round(self.clock.wall() * 1000.0))
+        except Exception as exc:  # a message the codec cannot read must not block the spool
+            self.log.error("message not sent as Sparkplug B; dropped", extra={"topic": row.topic, "error": str(exc)})
+            parts, seq = [], session.seq
+        if parts and session.inflight and len(session.inflight) + len(parts) > self.cfg.max_inflight:
+            return False
+        lane.popleft()
+        if not parts:
+            self._acks.append(row.spool_id)
+            return True
+        for topic, wire in parts:
+            info = session.client.publish(topic, wire, qos=row.qos, retain=False)
+            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS and info.rc != MQTTErrorCode.MQTT_ERR_NO_CONN:
+                self._error(f"publish failed: {mqtt.error_string(info.rc)}")
+            session.inflight[info.mid] = row.spool_id
+        if len(parts) > 1:
+            session.parts[row.spool_id] = len(parts)
+        session.seq = seq
+        self.sent += 1
+        return True
 
     def _trim(self) -> None:
         excess = self._depth - self.cfg.spool_max_messages

@@ -29,12 +29,16 @@ from gateway.commands import (
     read_key,
     sign_command,
 )
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from gateway.config import CommandsConfig, ConfigError, load, validate
+from gateway.keys import public_bytes
 from gateway.storage import Store
 from gateway.switching.authority import Refused, SelectBeforeOperate
 from gateway.switching.model import Origin, Role, Via
 
 KEY = b"k" * 40
+SCADA = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 NOW = 1_767_225_600.0
 SUB = "SUB-003"
 
@@ -333,7 +337,7 @@ class BenchPlant:
 def service(enabled: bool = True, **cfg: Any) -> tuple[CommandService, BenchPlant, Rec]:
     rec = Rec()
     plant = BenchPlant(rec, cfg.get("select_timeout_s", 30.0))
-    svc = CommandService(CommandsConfig(enabled=enabled, key_file=Path("k") if enabled else None, **cfg),
+    svc = CommandService(CommandsConfig(enabled=enabled, scheme="hmac", key_file=Path("k") if enabled else None, **cfg),
                          key=KEY if enabled else None, substation=SUB, nonces=MemoryNonces(), plant=plant,
                          publish=lambda s, p: rec.published.append((s, p)),
                          audit=lambda t, src, kind, rec_: rec.events.append((t, src, kind, rec_)),
@@ -485,15 +489,20 @@ def test_site_file_commands_section(tmp_path: Path) -> None:
     assert site.uplink.commands.enabled is False and site.uplink.commands.max_age_s == 30.0
     doc = {"site": {"region": "r", "substation_id": "S"},
            "uplink": {"broker_host": "h", "transport": "tcp", "commands": {"enabled": True}}}
-    with pytest.raises(ConfigError, match="uplink.commands: enabled commands need key_file"):
+    assert validate(doc).uplink.commands.scheme == "ed25519"  # keys in the key book, no file
+    doc["uplink"]["commands"] = {"enabled": True, "key_file": "command.key"}
+    with pytest.raises(ConfigError, match="uplink.commands: key_file is the shared secret of scheme 'hmac'"):
         validate(doc)
-    doc["uplink"]["commands"] = {"enabled": True, "key_file": "command.key", "allowed": ["breaker/explode"]}
+    doc["uplink"]["commands"] = {"enabled": True, "scheme": "hmac"}
+    with pytest.raises(ConfigError, match="uplink.commands: scheme 'hmac' needs key_file"):
+        validate(doc)
+    doc["uplink"]["commands"] = {"enabled": True, "allowed": ["breaker/explode"]}
     with pytest.raises(ConfigError, match=r"uplink.commands.allowed\[0\]"):
         validate(doc)
-    doc["uplink"]["commands"] = {"enabled": True, "key_file": "command.key", "max_age_s": -1}
+    doc["uplink"]["commands"] = {"enabled": True, "max_age_s": -1}
     with pytest.raises(ConfigError, match="uplink.commands.max_age_s"):
         validate(doc)
-    doc["uplink"]["commands"] = {"enabled": True, "key_file": "command.key"}
+    doc["uplink"]["commands"] = {"enabled": True, "scheme": "hmac", "key_file": "command.key"}
     ok = validate(doc)
     with pytest.raises(ConfigError, match=r"uplink.commands.key_file: command key file .*command.key cannot be read"):
         check_site(ok, tmp_path, "site.toml")
@@ -508,7 +517,7 @@ def test_daemon_refuses_to_start_with_an_unusable_key_file(tmp_path: Path) -> No
     from hil.rig import example_document
 
     doc = example_document()
-    doc["uplink"]["commands"] = {"enabled": True, "key_file": "command.key"}
+    doc["uplink"]["commands"] = {"enabled": True, "scheme": "hmac", "key_file": "command.key"}
     site = tmp_path / "site.toml"
     site.write_text(tomli_w.dumps(doc))
     key = tmp_path / "command.key"
@@ -531,12 +540,11 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from hil.rig import Rig, example_document
 
     workdir: Path = tmp_path_factory.mktemp("cmdrig")
-    key = workdir / "command.key"
-    key.write_bytes(KEY)
-    key.chmod(0o600)
     doc = example_document()
-    doc["uplink"]["commands"] = {"enabled": True, "key_file": str(key), "max_age_s": 120.0}
+    doc["uplink"]["commands"] = {"enabled": True, "max_age_s": 120.0}
     with Rig(doc, workdir, hil_args=("--no-ami",)) as r:
+        r.daemon_call("keys.add", name="scada-test", public_key=public_bytes(SCADA.public_key()).hex(),
+                      role="operator")
         yield r
 
 
@@ -562,13 +570,19 @@ def test_end_to_end_signed_sbo_opens_a_breaker_replays_refused_and_cli(rig: Any)
     assert breaker(rig, cb) == "closed"
     assert rig.broker is not None
     with subscriber(rig.broker, f"{base}/cmd_result/#") as sub:
-        sel_env = sign_command(KEY, "breaker/select", {"breaker": cb, "action": "open"}, "scada-test", time.time())
+        # a key the gateway does not hold is refused before anything else is trusted
+        stranger = sign_command(Ed25519PrivateKey.generate(), "breaker/select", {"breaker": cb, "action": "open"},
+                                "scada-test", time.time(), key_name="scada-test")
+        _publish(sub, base, "breaker/select", stranger)
+        assert _result(sub, "breaker/select", stranger["id"])["reason"] == "bad_signature"
+        sel_env = sign_command(SCADA, "breaker/select", {"breaker": cb, "action": "open"}, "scada-test", time.time(),
+                               key_name="scada-test")
         _publish(sub, base, "breaker/select", sel_env)
         sel = _result(sub, "breaker/select", sel_env["id"])
-        assert sel["ok"], sel
+        assert sel["ok"] and sel["key"] == "scada-test", sel
         assert "seq" in sel and sel["command"] == "breaker/select" and sel["state"]["device"] == cb
-        op_env = sign_command(KEY, "breaker/operate", {"breaker": cb, "action": "open", "select_id": sel["select_id"]},
-                              "scada-test", time.time())
+        op_env = sign_command(SCADA, "breaker/operate", {"breaker": cb, "action": "open", "select_id": sel["select_id"]},
+                              "scada-test", time.time(), key_name="scada-test")
         _publish(sub, base, "breaker/operate", op_env)
         op = _result(sub, "breaker/operate", op_env["id"])
         assert op["ok"], op
@@ -601,11 +615,23 @@ def test_end_to_end_signed_sbo_opens_a_breaker_replays_refused_and_cli(rig: Any)
     # audited: accepted ones under the breaker, refusals before the arguments were trusted under "gateway"
     assert [e["kind"] for e in rig.daemon_call("events", source=cb, limit=50)].count("command.accepted") == 2
     refusals = [e for e in rig.daemon_call("events", source="gateway", limit=50) if e["kind"] == "command.refused"]
-    assert sorted(e["reason"] for e in refusals) == ["malformed", "replayed", "replayed"]
+    assert sorted(e["reason"] for e in refusals) == ["bad_signature", "malformed", "replayed", "replayed"]
+    # the key that signed is in the audit, with its role as the origin's
+    accepted = [e for e in rig.daemon_call("events", source=cb, limit=50) if e["kind"] == "command.accepted"]
+    assert {e["key"] for e in accepted} == {"scada-test"}
+    # revoked: refused as such, and the revocation is audited
+    rig.daemon_call("keys.revoke", name="scada-test", reason="host decommissioned")
+    with subscriber(rig.broker, f"{base}/cmd_result/#") as sub:
+        env = sign_command(SCADA, "breaker/select", {"breaker": cb, "action": "open"}, "scada-test", time.time(),
+                           key_name="scada-test")
+        _publish(sub, base, "breaker/select", env)
+        assert _result(sub, "breaker/select", env["id"])["reason"] == "key_revoked"
+    assert [e["kind"] for e in rig.daemon_call("events", source="keys", limit=50)] == ["keys.added", "keys.revoked"]
 
     # the operator CLI: no terminal and no --yes is refused; --yes selects and operates
     cli = [sys.executable, "-m", "gateway.cli", "breaker"]
     rt = ["--runtime-dir", str(rig.runtime_dir)]
+    rig.wait(lambda: rig.daemon_call("breaker.status", breaker=cb)["position"] == "open", f"{cb}'s position read", 30)
     r = subprocess.run([*cli, "close", cb, *rt], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert r.returncode == 1 and "--yes" in r.stderr
     # on a terminal it shows the breaker and asks; anything but y cancels the select

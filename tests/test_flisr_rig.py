@@ -33,7 +33,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     key.chmod(0o600)
     doc = site()
     doc["flisr"] = {"mode": "advisory", "settle_s": 0.5}
-    doc["uplink"]["commands"] = {"enabled": True, "key_file": str(key), "max_age_s": 120.0}
+    doc["uplink"]["commands"] = {"enabled": True, "scheme": "hmac", "key_file": str(key), "max_age_s": 120.0}
     with Rig(doc, workdir, hil_args=("--no-ami",)) as r:
         time.sleep(3.0)  # a few load samples before the first fault
         yield r

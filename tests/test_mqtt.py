@@ -299,8 +299,8 @@ def test_commands_are_decoded_and_rebirth_resends_the_birth(tmp_path: Path) -> N
                 up.set_birth([{"id": "P", "kind": "analog", "unit": "kV"}])
                 births: list[int] = []
                 up.on_birth(lambda: births.append(1))
-                got: list[tuple[str, Any]] = []
-                up.on_command(lambda command, payload: got.append((command, payload)))
+                got: list[tuple[str, Any, bool]] = []
+                up.on_command(lambda command, payload, retained=False: got.append((command, payload, retained)))
                 task = asyncio.create_task(up.run())
                 assert await until(lambda: up.status()["state"] == "connected")
                 assert await sub.until(lambda m: len(sub.on("birth")) == 1, 20)
@@ -310,18 +310,28 @@ def test_commands_are_decoded_and_rebirth_resends_the_birth(tmp_path: Path) -> N
                 host.publish(f"{BASE}/cmd/operate/CB-044", msgpack.packb({"value": "open", "nonce": 7}), qos=1)
                 host.publish(f"{BASE}/cmd/operate/CB-045", b"\xc1 not msgpack", qos=1)
                 host.publish(f"{BASE}/cmd/operate/CB-047", msgpack.packb([1, 2]), qos=1)
+                # published retained while the gateway is connected: it arrives flagged, to be refused
+                host.publish(f"{BASE}/cmd/operate/CB-048", msgpack.packb({"value": "open"}), qos=1,
+                             retain=True).wait_for_publish(5)
                 host.publish(f"{BASE}/cmd/rebirth", b"", qos=1).wait_for_publish(5)
                 assert await sub.until(lambda m: len(sub.on("birth")) == 2, 20)
-                assert await until(lambda: len(got) >= 3 and len(births) == 2)
+                assert await until(lambda: len(got) >= 5 and len(births) == 2)
+                # the messages that clear retained commands are dropped quietly
+                for dev in ("CB-046", "CB-048"):
+                    host.publish(f"{BASE}/cmd/operate/{dev}", b"", qos=1, retain=True).wait_for_publish(5)
+                host.publish(f"{BASE}/cmd/operate/CB-049", msgpack.packb([3]), qos=1).wait_for_publish(5)
+                assert await until(lambda: len(got) >= 6)
             finally:
                 host.publish(f"{BASE}/cmd/operate/CB-046", b"", qos=1, retain=True).wait_for_publish(5)
                 host.disconnect()
                 host.loop_stop()
-            # the retained one never reached the handler; the garbage and the non-map did, as
-            # they came, for the handler to refuse with a reason the host can read
-            assert got == [("operate/CB-044", {"value": "open", "nonce": 7}),
-                           ("operate/CB-045", b"\xc1 not msgpack"), ("operate/CB-047", [1, 2])]
-            assert up.status()["commands"] == 3
+            # the retained ones reached the handler flagged (the one waiting at connect, and the one
+            # published retained meanwhile), for it to refuse; the garbage and the non-map as they came
+            assert got[0] == ("operate/CB-046", {"value": "close"}, True)
+            assert got[1:] == [("operate/CB-044", {"value": "open", "nonce": 7}, False),
+                               ("operate/CB-045", b"\xc1 not msgpack", False), ("operate/CB-047", [1, 2], False),
+                               ("operate/CB-048", {"value": "open"}, True), ("operate/CB-049", [3], False)]
+            assert up.status()["commands"] == 6
             first, second = sub.on("birth")
             assert second["bdSeq"] == first["bdSeq"] and second["seq"] == 0
             up.publish("telemetry", {"n": 2})

@@ -504,3 +504,28 @@ def test_reload_hand_over_continues_the_dead_time_and_keeps_changed_schemes_apar
     assert [c.reason for c in commands(actions)] == ["reclose"]
     assert feeder.closed and new.status("CB-1")["reclose_state"] == "reclaim"
     assert new.longest_gap_s == pytest.approx(0.01, abs=1e-6)  # one sample period: no gap of its own
+
+
+def test_voltage_and_frequency_trips_carry_what_they_measured_in_the_event_record(site, backend: str) -> None:
+    """The events topic and the event log say which voltage or frequency a 27/59/81 acted on."""
+    from gateway.protection.bridge import event_record
+
+    engine = ProtectionEngine(site.protection, backend=backend)
+    feeder = Feeder(engine, breaker="CB-045")
+    feeder.run(1.0)
+    feeder.voltage_kv = 0.7 * 11.0
+    [trip] = events(feeder.run(10.0), "trip")
+    record = event_record(trip)
+    assert record["element"] == "27" and record["voltage_kv"] == pytest.approx(7.7) and "frequency_hz" not in record
+    engine = ProtectionEngine(site.protection, backend=backend)
+    feeder = Feeder(engine, breaker="CB-045")
+    feeder.run(1.0)
+    feeder.frequency_hz = 47.0
+    trips = [e for e in events(feeder.run(3.0), "trip") if e.element == "81U"]
+    assert trips and event_record(trips[0])["frequency_hz"] == pytest.approx(47.0)
+    overcurrent = ProtectionEngine([scheme()], backend=backend)
+    fault = Feeder(overcurrent)
+    fault.fault_a = 2000.0
+    [first, *_] = events(fault.run(0.45), "trip")
+    assert event_record(first)["current_a"] == pytest.approx(2000.0, rel=0.05)
+    assert "voltage_kv" not in event_record(first)

@@ -49,7 +49,8 @@ def test_operations_behind_the_gateways_back_are_discrepancies(tmp_path: Path) -
         sub = Subscriber(rig.broker, f"{base}/alarms").start()
 
         def alarms(word: str) -> list[dict[str, Any]]:
-            return [p for p in sub.on("alarms") if p["source"] == "CB-045" and word in p["message"]]
+            return [p for p in sub.on("alarms") if p["source"] == "CB-045" and word in p["message"]
+                    and p["state"] == "raised"]  # each alarm raised once (then cleared, acknowledged)
 
         try:
             rig.wait(lambda: rig.daemon_call("agents.show", id="CB-045")["attributes"]["position"] == "closed",

@@ -31,7 +31,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     key.write_bytes(KEY)
     key.chmod(0o600)
     doc = fault_site(reclose=True, relay_poll_ms=20)
-    doc["uplink"]["commands"] = {"enabled": True, "key_file": str(key), "max_age_s": 120.0}
+    doc["uplink"]["commands"] = {"enabled": True, "scheme": "hmac", "key_file": str(key), "max_age_s": 120.0}
     with Rig(doc, workdir, hil_args=("--no-ami",)) as r:
         yield r
 

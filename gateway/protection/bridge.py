@@ -33,6 +33,18 @@ Publish = Callable[[str, dict[str, Any]], None]
 EventListener = Callable[[ProtectionEvent], None]
 
 
+def event_record(event: ProtectionEvent) -> dict[str, Any]:
+    """A protection event as the event log and the uplink's `events` carry it: the current the
+    element measured, or for 27/59 the voltage (`voltage_kv`) and for 81 the frequency
+    (`frequency_hz`) it acted on."""
+    record: dict[str, Any] = {"breaker": event.breaker, "element": event.element, "phase": event.phase,
+                              "current_a": event.current_a, "monotonic": event.time}
+    if event.measured is not None:
+        key = "frequency_hz" if event.element.startswith("81") else "voltage_kv"
+        record[key] = round(float(event.measured), 4)
+    return record
+
+
 class ProtectionBridge:
     def __init__(
         self,
@@ -123,10 +135,9 @@ class ProtectionBridge:
         now = self._monotonic()
         rows, messages = [], []
         for event in events:
+            record = event_record(event)
             # when the decision was taken: the time of the sample it was taken on, on the wall clock
-            decision_time = wall - max(0.0, now - event.time)
-            record = {"breaker": event.breaker, "element": event.element, "phase": event.phase,
-                      "current_a": event.current_a, "monotonic": event.time, "decision_time": decision_time}
+            record["decision_time"] = wall - max(0.0, now - event.time)
             kind = f"protection.{event.kind}"
             rows.append((wall, event.breaker, kind, record))
             messages.append(("events", {"time": wall, "source": event.breaker, "kind": kind, **record}))
