@@ -131,15 +131,20 @@ class RevenueGuard:
         b.last = (now, kw)
 
     def evaluate(self, now: float, energy_kwh: npt.NDArray[np.float64], last_reading: npt.NDArray[np.float64],
-                 supplied: Mapping[str, bool] | None = None) -> list[Finding]:
-        """Close the windows that are due; the findings to report (at most one per episode)."""
+                 known: npt.NDArray[np.bool_] | None = None, supplied: Mapping[str, bool] | None = None
+                 ) -> list[Finding]:
+        """Close the windows that are due; the findings to report (at most one per episode).
+
+        `known`: meters whose energy register has been read at least once (a window opens only
+        when all of a transformer's meters are known)."""
         out = []
         s = self.settings
         for xfmr, b in self._balances.items():
             if supplied is not None and not supplied.get(xfmr, True):
                 b.dead = True
             if b.start is None:
-                self._open(b, now, energy_kwh, last_reading)
+                if known is None or bool(known[b.index].all()):
+                    self._open(b, now, energy_kwh, last_reading)
                 continue
             if now - b.start < s.window_s:
                 continue
