@@ -290,7 +290,7 @@ class MeterGroupConfig(_Model):
 
 
 COMMAND_NAMES = ("breaker/select", "breaker/operate", "breaker/cancel", "agent/request", "switching/approve",
-                 "switching/abort")
+                 "switching/abort", "maintenance/accept", "maintenance/reschedule", "maintenance/close")
 """Commands a SCADA host may send on `<base>/cmd/<command>` (gateway/commands.py)."""
 
 
@@ -304,7 +304,8 @@ class CommandsConfig(_Model):
     """A command's `time` may differ from the gateway's clock by at most this (age or skew)."""
     select_timeout_s: float = Field(default=30.0, gt=0.0, le=600.0)
     allowed: list[Literal["breaker/select", "breaker/operate", "breaker/cancel", "agent/request",
-                          "switching/approve", "switching/abort"]] | None = None
+                          "switching/approve", "switching/abort", "maintenance/accept", "maintenance/reschedule",
+                          "maintenance/close"]] | None = None
     """Command names accepted; absent means all of COMMAND_NAMES."""
     role: Literal["operator", "engineer"] = "operator"
     """The role a signed command carries (overrides it may make: docs/switching.md)."""

@@ -74,7 +74,7 @@ def test_the_trend_compares_like_with_like_a_load_that_grows_is_no_trend() -> No
     for name in ("load_kw", "load_kvar"):
         for r in rs[name]:
             r["mean"] *= factor[r["bucket_start"]]
-    for r, a in zip(rs["top_oil_temp_c"], rs["ambient_temp_c"], strict=True):
+    for r in rs["top_oil_temp_c"]:
         k = 0.7 * factor[r["bucket_start"]]
         r["mean"] += ultimate_top_oil_rise_c(k, 50, 4.5, 0.9) - ultimate_top_oil_rise_c(0.7, 50, 4.5, 0.9)
     h = health.evaluate("X", rs, DATA, NOW)

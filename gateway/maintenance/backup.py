@@ -285,7 +285,7 @@ def plan_backup(network: Network, config: Mapping[str, bool | None], loads_kva: 
     # A: this substation only (ties to other substations stay as they are, open)
     no_tie = with_capacities(network, {f"EXT:{d}": 0.0 for d in external})
     a = ctx.search(no_tie, fixed={d: config.get(d) for d in external})
-    plan_a = _plan("A", f"transfer to the adjacent transformer through this substation's ties", ctx, no_tie, a,
+    plan_a = _plan("A", "transfer to the adjacent transformer through this substation's ties", ctx, no_tie, a,
                    config, loads_kva, required, transformer, faults, s, created, source_voltage_pu)
 
     # B: ask the neighbour for the gap
@@ -348,7 +348,7 @@ def _candidates(network: Network, interrupted: list[str], out_devices: list[str]
     area = set(interrupted)
     ring: list[str] = []
     for n in interrupted:
-        for other, d in network.adjacent(n):
+        for other, _dev in network.adjacent(n):
             if other not in area and other in network.sections and other not in ring:
                 ring.append(other)
     order: list[str] = []

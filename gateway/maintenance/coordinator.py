@@ -320,7 +320,7 @@ def _evidence(health: Mapping[str, Any], request: Mapping[str, Any], rated_kva: 
     eff = health.get("efficiency") or {}
     duty = health.get("cooling_duty") or {}
     dga = health.get("dga") or {}
-    c2h2 = next((g for g in dga.get("gases", []) if g.get("gas") == "C2H2"), {})
+    c2h2: Mapping[str, Any] = next((g for g in dga.get("gases", []) if g.get("gas") == "C2H2"), {})
     hours, interval = health.get("operating_hours"), health.get("maintenance_interval_h")
     top, normal = health.get("top_oil_recent_c"), health.get("normal_top_oil_max_c")
     return Evidence(

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from gateway.agents.physics import COOLING_EXPONENTS, aging_acceleration_factor
+from gateway.agents.physics import COOLING_EXPONENTS
 from gateway.maintenance import dga
 from gateway.maintenance.dga import GASES, Gas
 

@@ -86,9 +86,9 @@ def weekly_forecast(times: Sequence[float], values_kw: Sequence[float], now: flo
     filled = int(np.isnan(profile).sum())
     if filled:
         hod = how % 24
-        for h in np.flatnonzero(np.isnan(profile)):
-            sel = v[hod == h % 24]
-            profile[h] = sel.max() if len(sel) else float(v.max())
+        for gap in np.flatnonzero(np.isnan(profile)).tolist():
+            sel = v[hod == gap % 24]
+            profile[gap] = sel.max() if len(sel) else float(v.max())
     span_weeks = (float(t[-1]) - float(t[0])) / (WEEK_H * HOUR_S)
     return LoadForecast(tuple(float(x) for x in profile), utc_offset_h, round(span_weeks, 2), filled)
 
