@@ -15,6 +15,7 @@ PRIMARY = {AGED: "CB-234P", TWIN: "CB-235P"}
 FEEDERS = {AGED: ("CB-045",), TWIN: ("CB-044", "CB-046")}
 REVENUE_XFMR, REVENUE_GROUP = "XFMR-164", "MTR-GRP-164"
 GASES = ("h2", "ch4", "c2h6", "c2h4", "c2h2", "co", "co2")
+AGEING_MONTHS = 6.0
 
 
 def _breaker_ied(dev: str, port: int) -> dict[str, Any]:
@@ -65,7 +66,7 @@ def _dga_ied(xfmr: str, port: int) -> dict[str, Any]:
             "timeout_ms": 500, "points": points}
 
 
-def _station_transformer(xfmr: str, feeds: tuple[str, ...], *, hours: float, installed: str) -> dict[str, Any]:
+def _station_transformer(xfmr: str, feeds: tuple[str, ...], *, installed: str) -> dict[str, Any]:
     names = ["load_kw", "load_kvar", "primary_power_kw", "top_oil_temp_c", "ambient_temp_c", "operating_hours",
              "fans_running", "secondary_voltage_v", "tap_position", "tap_setpoint"] + [f"{g}_ppm" for g in GASES]
     return {"id": xfmr, "type": "transformer",
@@ -74,8 +75,8 @@ def _station_transformer(xfmr: str, feeds: tuple[str, ...], *, hours: float, ins
                            "rated_top_oil_rise_c": 50.0, "rated_hot_spot_rise_c": 20.0, "loss_ratio": 5.0,
                            "regulation_enabled": True, "voltage_setpoint_v": 122.0, "bandwidth_v": 1.5,
                            "time_delay_s": 10.0, "inter_tap_delay_s": 2.0, "maintenance_interval_h": 90_000.0,
-                           "operating_hours_at_commissioning": hours, "normal_top_oil_max_c": 75.0,
-                           "oil_preservation": "sealed", "prior_loss_of_life_percent": 18.0,
+                           "normal_top_oil_max_c": 62.0,
+                           "oil_preservation": "sealed", "prior_loss_of_life_percent": 25.0,
                            "installation_date": installed, "high_load_percent": 95.0,
                            "capacity_notice_percent": 100.0, "location": "SUB-003 transformer bay"},
             "points": {n: f"{xfmr}.{n}" for n in names},
@@ -97,11 +98,11 @@ def site() -> dict[str, Any]:
                                       "location": f"{xfmr} 66 kV bay"},
                        "points": {n: f"{dev}.{n}" for n in ("ia", "ib", "ic", "closed", "trip_cmd", "close_cmd")},
                        "connection_rules": [{"target_id": xfmr, "canonical_type": "supply"}]})
-    agents.append(_station_transformer(AGED, FEEDERS[AGED], hours=87_500.0 - 24 * 180, installed="2006-03-01"))
-    agents.append(_station_transformer(TWIN, FEEDERS[TWIN], hours=87_500.0 - 24 * 180, installed="2006-03-01"))
+    agents.append(_station_transformer(AGED, FEEDERS[AGED], installed="2006-03-01"))
+    agents.append(_station_transformer(TWIN, FEEDERS[TWIN], installed="2006-03-01"))
     for a in agents:
         if a["id"] == "TIE-046-061":
-            a["attributes"]["external_capacity_kva"] = 1500.0
+            a["attributes"]["external_capacity_kva"] = 1000.0
         if a["id"] == "LINE-046":
             a["connection_rules"].append({"target_id": REVENUE_XFMR, "canonical_type": "supply"})
     agents.append({"id": REVENUE_XFMR, "type": "transformer",
@@ -125,14 +126,23 @@ def site() -> dict[str, Any]:
                                     "type": "float32", "unit": "kvar", "deadband": 0.1}]})
     sim = doc.setdefault("simulation", {})
     sim.update(nominal_kv=66.0, source_sc_mva=1500.0, source_x_r=15.0, transformer_x_r=8.0)
+    hours_before = 87_500.0 - AGEING_MONTHS * 30.44 * 24
+    sim["ageing"] = {AGED: {"profile": "scenario-3", "operating_hours": hours_before},
+                     TWIN: {"profile": "healthy", "operating_hours": hours_before}}
+    # LINE-045 behind XFMR-234 about 85 % of its rating at the evening peak, half at night; XFMR-235
+    # about two thirds loaded at night (a process plant runs round the clock on LINE-046)
     sim.setdefault("loads", {}).update({
         AGED: {"peak_kw": 0.0}, TWIN: {"peak_kw": 0.0},
+        "MTR-GRP-101": {"peak_kw": 2000.0, "power_factor": 0.95, "profile": "residential"},
+        "MTR-GRP-102": {"peak_kw": 1500.0, "power_factor": 0.92, "profile": "industrial"},
+        "MTR-GRP-103": {"peak_kw": 1250.0, "power_factor": 0.95, "profile": "flat"},
+        "MTR-GRP-141": {"peak_kw": 500.0, "power_factor": 0.93},
+        "MTR-GRP-142": {"peak_kw": 500.0, "power_factor": 0.93},
+        "MTR-GRP-143": {"peak_kw": 600.0, "power_factor": 0.95},
+        "MTR-GRP-161": {"peak_kw": 2200.0, "power_factor": 0.9, "profile": "flat"},
+        "MTR-GRP-162": {"peak_kw": 900.0, "power_factor": 0.9, "profile": "industrial"},
+        "MTR-GRP-163": {"peak_kw": 500.0, "power_factor": 0.92},
         REVENUE_GROUP: {"peak_kw": 45.0, "power_factor": 0.95},
-        "MTR-GRP-101": {"peak_kw": 900.0, "power_factor": 0.95},
-        "MTR-GRP-102": {"peak_kw": 1100.0, "power_factor": 0.92, "profile": "industrial"},
-        "MTR-GRP-103": {"peak_kw": 1800.0, "power_factor": 0.95, "profile": "industrial"},
-        "MTR-GRP-161": {"peak_kw": 2000.0, "power_factor": 0.9},
-        "MTR-GRP-162": {"peak_kw": 1800.0, "power_factor": 0.9},
     })
     doc["maintenance"] = {"utc_offset_h": 3.0, "evaluation_period_s": 3600.0, "window_hours": 6,
                           "critical_notice_h": 72.0, "customer_notice_h": 48.0, "step_time_s": 90.0,
