@@ -180,9 +180,10 @@ class ControlServer:
                     answer = {"ok": False, "error": f"not JSON: {exc}"}
                 else:
                     answer = dispatch(self.runtime, request)
-                    if inspect.isawaitable(answer.get("result")):  # long work (ageing) off the loop's step
+                    pending = answer.get("result")
+                    if inspect.isawaitable(pending):  # long work (ageing) off the loop's step
                         try:
-                            answer = {"ok": True, "result": await answer["result"]}
+                            answer = {"ok": True, "result": await pending}
                         except ValueError as exc:
                             answer = {"ok": False, "error": str(exc)}
                         except Exception as exc:

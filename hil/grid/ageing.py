@@ -100,7 +100,7 @@ class Condition:
         p = self.profile
         return p.efficiency_start_pct + (p.efficiency_end_pct - p.efficiency_start_pct) * self._progress()
 
-    def gases_ppm(self, noise: Sequence[float] | None = None) -> dict[str, float]:
+    def gases_ppm(self, noise: Sequence[float] | np.ndarray | None = None) -> dict[str, float]:
         p = self.profile
         x = self._progress()
         shape = (math.exp(3.0 * x) - 1.0) / (math.exp(3.0) - 1.0) if p.exponential else x
@@ -144,7 +144,7 @@ class Condition:
 def conditions(settings: Mapping[str, Any], transformers: Iterable[str], seed: int) -> dict[str, Condition]:
     """The `[simulation.ageing]` table to conditions (ValueError names the key and what was expected)."""
     known = set(transformers)
-    out = {}
+    out: dict[str, Condition] = {}
     for xfmr, cfg in settings.items():
         if xfmr not in known:
             raise ValueError(f"simulation.ageing.{xfmr}: not a modelled transformer; "
