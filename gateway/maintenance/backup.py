@@ -146,8 +146,8 @@ def declared_capacity(network: Network, *, offered_by: str = "site file (declare
         source = network.sources.get(f"EXT:{request.tie}")
         if source is None or source.capacity_kva is None:
             return None
-        return TransferOffer(request.request_id, request.tie, min(source.capacity_kva, max(request.kva_requested, 0.0))
-                             if request.kva_requested > 0 else source.capacity_kva, request.window_end, offered_by,
+        # the whole declared capacity: moving a section onto the tie may take more than the gap
+        return TransferOffer(request.request_id, request.tie, source.capacity_kva, request.window_end, offered_by,
                              f"declared capacity {source.capacity_kva:.0f} kVA")
 
     return ask
@@ -172,6 +172,10 @@ class BackupSettings:
     """Time per switching step (select, operate, check-back and the operator's confirmation)."""
     max_devices: int = 14
     """Devices whose positions the search varies (2^n configurations); beyond it, the nearest."""
+    voltage_margin_pu: float = 0.01
+    """Plans are searched this far inside the voltage band (the estimate lumps each section's load
+    and takes a tap changer at the low edge of its band: a plan at the very limit would not hold);
+    their sequences are validated against the band itself."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +209,8 @@ class BackupPlan:
     """Sections outside the transformer's own that change supply during the switching."""
     loading: dict[str, float] = field(default_factory=dict)
     """Highest loading of each kind of element after the switching (share of its limit)."""
+    window_loads_kva: dict[str, float] = field(default_factory=dict)
+    """The load each of the transformer's sections is planned for (the window's forecast)."""
     min_voltage_pu: float | None = None
     validation: list[str] = field(default_factory=list)
     validated: bool = False
@@ -235,6 +241,7 @@ class BackupPlan:
             "critical_total": self.critical_total, "critical_restored": self.critical_restored,
             "brief_interruption_sections": list(self.brief_interruption),
             "highest_loading": {k: round(v, 3) for k, v in self.loading.items()},
+            "window_loads_kva": {k: round(v, 1) for k, v in self.window_loads_kva.items()},
             "min_voltage_pu": None if self.min_voltage_pu is None else round(self.min_voltage_pu, 4),
             "validated": self.validated, "validation": list(self.validation),
             "switching_time_s": self.switching_time_s, "switching_time_min": round(self.switching_time_s / 60.0, 1),
@@ -386,8 +393,9 @@ class _Search:
         return out
 
     def _ok(self, net: Network, config: dict[str, bool | None], loads: Mapping[str, complex]) -> FlowEstimate | None:
-        est = net.estimate(config, loads, min_voltage_pu=self.s.min_voltage_pu, max_voltage_pu=self.s.max_voltage_pu,
-                           source_voltage_pu=self.voltages)
+        margin = self.s.voltage_margin_pu
+        est = net.estimate(config, loads, min_voltage_pu=self.s.min_voltage_pu + margin,
+                           max_voltage_pu=self.s.max_voltage_pu - margin, source_voltage_pu=self.voltages)
         if est.parallel or est.worse_than(self.base_est):
             return None
         return est
@@ -486,7 +494,8 @@ def _plan(name: str, title: str, ctx: _Search, net: Network, choice: _Choice, co
         critical_total=network.critical_customers(ctx.interrupted),
         critical_restored=network.critical_customers(restored), brief_interruption=_moved(network, config, choice.config,
                                                                                            ctx.interrupted),
-        switching_time_s=len(steps) * s.step_time_s)
+        switching_time_s=len(steps) * s.step_time_s,
+        window_loads_kva={n: abs(loads.get(n, 0j)) for n in ctx.interrupted})
     est = choice.estimate
     plan.min_voltage_pu = min(est.voltage_pu.values()) if est.voltage_pu else None
     plan.loading = _loading(net, est)

@@ -110,7 +110,9 @@ class MaintenanceCoordinator:
         chosen = choose_window(forecast, wall, duration_h=s.window_hours, notice_h=s.critical_notice_h if critical
                                else s.customer_notice_h, lead_days=lead)
         wo_id = workorder.work_order_id(s.work_order_prefix, asset, wall, s.utc_offset_h, tuple(self.work_orders))
-        window = {**chosen.to_dict(), "lead_time_days": round(lead, 1)}
+        window = {**chosen.to_dict(), "lead_time_days": round(lead, 1),
+                  "load_factors": {k: round(v, 4) for k, v in self.load_factors(chosen.start, chosen.end,
+                                                                                 forecasts).items()}}
         plans, recommended = self._plans(asset, chosen.start, chosen.end, forecasts, grid, wall, wo_id)
         health = request.get("health") or {}
         evidence = _evidence(health, request, self._rated_kva(asset))
@@ -181,7 +183,8 @@ class MaintenanceCoordinator:
                   "label": f"{local_label(start, off)} to {local_label(end, off)[-5:]} "
                            f"(UTC{'+' if off >= 0 else '-'}{abs(off):g})",
                   "forecast_peak_kw": round(peak, 1), "forecast_energy_kwh": round(energy, 1),
-                  "reasons": [f"rescheduled by {who}"]}
+                  "reasons": [f"rescheduled by {who}"],
+                  "load_factors": {k: round(v, 4) for k, v in self.load_factors(start, end, forecasts).items()}}
         chosen_plan = next((p for p in plans if p.name == recommended), None)
         notes = customers.notifications(self.site.meter_groups, self._section_groups(),
                                         chosen_plan.to_dict() if chosen_plan else {}, window, work_order=wo_id,
@@ -262,9 +265,9 @@ class MaintenanceCoordinator:
                                      plan={**p.to_dict(), "work_order": wo_id})
         return plans, _recommend(plans)
 
-    def _window_loads(self, asset: str, start: float, end: float, forecasts: Forecasts,
-                      grid: GridInputs) -> dict[str, complex]:
-        """Each section's load now, scaled by the forecast of the station transformer feeding it."""
+    @staticmethod
+    def load_factors(start: float, end: float, forecasts: Forecasts) -> dict[str, float]:
+        """Each station transformer's forecast peak in the window over its load now."""
         hours = max(1, int(round((end - start) / HOUR_S)))
         ratios: dict[str, float] = {}
         for xfmr, f in forecasts.by_transformer.items():
@@ -273,6 +276,12 @@ class MaintenanceCoordinator:
                 continue
             peak, _ = f.over(start, hours)
             ratios[xfmr] = min(max(peak / now_kw, RATIO_LIMITS[0]), RATIO_LIMITS[1])
+        return ratios
+
+    def _window_loads(self, asset: str, start: float, end: float, forecasts: Forecasts,
+                      grid: GridInputs) -> dict[str, complex]:
+        """Each section's load now, scaled by the forecast of the station transformer feeding it."""
+        ratios = self.load_factors(start, end, forecasts)
         default = ratios.get(asset, 1.0)
         en = self.network.energise(grid.config)
         out: dict[str, complex] = {}

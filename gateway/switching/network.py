@@ -520,7 +520,8 @@ class _Builder:
                 critical_customers=sum(len(g.critical_meters) for g in groups))
             net.station_nodes[agent_id] = agent_id
             if attrs.regulation_enabled and "tap_setpoint" in self.agents[agent_id].points:
-                net.regulated_pu[agent_id] = attrs.voltage_setpoint_v / 120.0
+                # the low edge of its band: the bus may settle anywhere inside it
+                net.regulated_pu[agent_id] = (attrs.voltage_setpoint_v - attrs.bandwidth_v / 2.0) / 120.0
 
     def _node_of(self, agent_id: str) -> str:
         if self.types[agent_id] == SUBSTATION:

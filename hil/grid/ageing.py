@@ -47,7 +47,8 @@ CONDITION_NAMES = frozenset({"primary_power_kw", "fans_running", "operating_hour
 """Point names a transformer with a condition adds (its monitor and its DGA monitor)."""
 OIL_EXPONENT = {"ONAN": 0.8, "oil_filled": 0.8, "dry_type": 0.8, "ONAF": 0.9, "OFAF": 1.0, "ODAF": 1.0}
 WEEKLY = (1.0, 1.0, 1.0, 1.0, 1.0, 0.85, 0.8)
-"""Load by day of the week (Monday first): lighter at weekends."""
+"""Load by day of the week (Monday first): lighter at weekends — except a load with no daily
+cycle (a process plant running round the clock), which has no weekly one either."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +205,7 @@ def monitor_log(condition: Condition, loads: Sequence[LoadComponent], *, rated_k
     first = (math.floor(end_wall / HOUR_S) - hours) * HOUR_S
     shapes = np.array([comp.shape for comp in loads]) if loads else np.zeros((0, 24))
     peaks = np.array([comp.peak_kw for comp in loads])
+    cycling = np.array([max(comp.shape) > min(comp.shape) for comp in loads], dtype=bool)
     tans = np.array([math.tan(math.acos(comp.power_factor)) for comp in loads])
     load_noise = rng.normal(0.0, 0.03, hours)
     gas_noise = rng.normal(0.0, 1.0, (hours, len(GASES)))
@@ -221,7 +223,7 @@ def monitor_log(condition: Condition, loads: Sequence[LoadComponent], *, rated_k
         local_h = (wall / HOUR_S + utc_offset_h) % 24.0
         day = int(((wall / HOUR_S + utc_offset_h) // 24 + 3) % 7)  # 1970-01-01 was a Thursday
         hour = int(local_h)
-        factor = WEEKLY[day] * (1.0 + load_noise[h])
+        factor = np.where(cycling, WEEKLY[day], 1.0) * (1.0 + load_noise[h])
         kw_parts = peaks * shapes[:, hour] * factor if len(loads) else np.zeros(0)
         kw = float(kw_parts.sum())
         kvar = float((kw_parts * tans).sum())

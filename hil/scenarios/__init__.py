@@ -23,6 +23,10 @@ SCENARIOS: dict[str, tuple[str, str]] = {
     "fault-isolation": ("hil.scenarios.fault_isolation",
                         "use case scenario 1: a transient fault, then a permanent fault in each section of LINE-045 "
                         "located, isolated and restored by FLISR"),
+    "predictive-maintenance": ("hil.scenarios.predictive_maintenance",
+                               "use case scenario 3: an ageing station transformer's health, failure probability, "
+                               "work order, backup plans A/B/C run in simulation, customer notices; its healthy "
+                               "twin raises nothing; a bypassed meter found"),
 }
 
 
