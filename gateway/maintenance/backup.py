@@ -176,6 +176,8 @@ class BackupSettings:
     """Plans are searched this far inside the voltage band (the estimate lumps each section's load
     and takes a tap changer at the low edge of its band: a plan at the very limit would not hold);
     their sequences are validated against the band itself."""
+    load_margin: float = 0.03
+    """…and for this much more load than forecast, so no element is planned to its very limit."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -394,6 +396,8 @@ class _Search:
 
     def _ok(self, net: Network, config: dict[str, bool | None], loads: Mapping[str, complex]) -> FlowEstimate | None:
         margin = self.s.voltage_margin_pu
+        if self.s.load_margin:
+            loads = {k: v * (1.0 + self.s.load_margin) for k, v in loads.items()}
         est = net.estimate(config, loads, min_voltage_pu=self.s.min_voltage_pu + margin,
                            max_voltage_pu=self.s.max_voltage_pu - margin, source_voltage_pu=self.voltages)
         if est.parallel or est.worse_than(self.base_est):

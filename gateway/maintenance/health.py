@@ -116,16 +116,25 @@ def series(rows: Sequence[Mapping[str, Any]]) -> Series:
 
 def _align(*parts: Series) -> tuple[Array, ...]:
     """Common times of several series (to the hour), and each one's values there."""
-    keys = [np.round(p[0] / HOUR_S).astype(np.int64) for p in parts]
+    keys = []
+    for t, _ in parts:
+        k = np.round(t / HOUR_S).astype(np.int64)
+        keys.append(k)
     common = keys[0]
     for k in keys[1:]:
         common = np.intersect1d(common, k)
     out: list[Array] = [common.astype(np.float64) * HOUR_S]
-    for p, k in zip(parts, keys, strict=True):
-        _, first = np.unique(k, return_index=True)
-        lookup = dict(zip(k[np.sort(first)].tolist(), p[1][np.sort(first)].tolist(), strict=True))
-        out.append(np.asarray([lookup[c] for c in common.tolist()], dtype=np.float64))
+    for (_, v), k in zip(parts, keys, strict=True):
+        uniq, first = np.unique(k, return_index=True)
+        out.append(v[first[np.searchsorted(uniq, common)]].astype(np.float64))
     return tuple(out)
+
+
+def _daily_means(t: Array, v: Array) -> tuple[Array, Array]:
+    """(day numbers, mean of each day's values)."""
+    days = np.floor(t / DAY_S)
+    uniq, inverse = np.unique(days, return_inverse=True)
+    return uniq, np.bincount(inverse, weights=v) / np.bincount(inverse)
 
 
 # --------------------------------------------------------------------------- settings and results
@@ -254,10 +263,17 @@ def evaluate(transformer: str, rows: Mapping[str, Sequence[Mapping[str, Any]]], 
              settings: HealthSettings | None = None) -> HealthInputs:
     """Health inputs of one transformer from its hourly history rows, keyed by point name."""
     s = settings or HealthSettings()
+    oldest = now - (s.trend_window_days + s.rate_window_days) * DAY_S
+    return evaluate_series(transformer, {name: series([r for r in rs if float(r["bucket_start"]) >= oldest])
+                                         for name, rs in rows.items()}, data, now, s)
+
+
+def evaluate_series(transformer: str, got: Mapping[str, Series], data: TransformerData, now: float,
+                    settings: HealthSettings | None = None) -> HealthInputs:
+    """`evaluate` on series already made (sorted wall times and values per point name)."""
+    s = settings or HealthSettings()
     notes: list[str] = []
     since = now - s.trend_window_days * DAY_S
-    got = {name: series([r for r in rs if float(r["bucket_start"]) >= since - s.rate_window_days * DAY_S])
-           for name, rs in rows.items()}
 
     def get(name: str, window_start: float = since) -> Series:
         t, v = got.get(name, (np.zeros(0), np.zeros(0)))
@@ -316,12 +332,10 @@ def _top_oil(top: Series, ambient: Series, load: Series, data: TransformerData, 
         _ultimate_ratio(k, data.loss_ratio, n_exp), 1e-6)
     recent = t >= now - s.recent_days * DAY_S
     top_recent = float(oil[recent].mean()) if recent.any() else None
-    days = np.floor(t / DAY_S)
-    unique_days = np.unique(days)
+    unique_days, daily = _daily_means(t, rise)
     if len(unique_days) < s.min_trend_days:
         notes.append(f"no top-oil trend: {len(unique_days)} days with comparable load, {s.min_trend_days} needed")
         return None, top_recent, t
-    daily = np.asarray([rise[days == d].mean() for d in unique_days])
     x = (unique_days - unique_days[0]) / MONTH_DAYS
     fit = linear_fit(x, daily)
     if fit is None:
@@ -404,10 +418,9 @@ def _dga(got: Mapping[str, Series], data: TransformerData, s: HealthSettings, no
         latest[gas] = float(v[day].mean()) if day.any() else float(v[-1])
         window = t >= now - s.rate_window_days * DAY_S
         if window.any() and (t[window][-1] - t[window][0]) >= s.min_rate_days * DAY_S:
-            days = np.floor(t[window] / DAY_S)
-            unique = np.unique(days)
-            daily = np.asarray([v[window][days == d].mean() for d in unique])
-            rate = dga.rate_per_year((unique * DAY_S).tolist(), daily.tolist())
+            unique, daily = _daily_means(t[window], v[window])
+            fit = linear_fit(unique * DAY_S, daily)
+            rate = None if fit is None else fit.slope * 365.25 * DAY_S
             if rate is not None:
                 rates[gas] = rate
         before = (t >= now - (s.delta_days + 1) * DAY_S) & (t < now - s.delta_days * DAY_S)
