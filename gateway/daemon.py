@@ -233,8 +233,8 @@ class Gateway:
         svc = self.maintenance_service
         done = []
         while svc.pending:
+            request = svc.pending.pop(0)  # taken before the await: another caller may be draining too
             forecasts = await asyncio.to_thread(svc.forecasts, self.clock.wall())
-            request = svc.pending.pop(0)
             planned = svc.process(request, forecasts)
             done.append(planned.work_order.to_dict())
         return done
