@@ -72,6 +72,8 @@ class AgentHost:
         for point_id in self._feeds:
             if point_id in image:
                 image.subscribe(point_id, self._on_point)
+        self.message_listeners: list[Callable[[BusMessage], None]] = []
+        """Called with every bus message the agents say (the maintenance service hears its requests)."""
         self.actions_done = 0
         self.control_refused = 0
         self.notices_published = 0
@@ -178,6 +180,12 @@ class AgentHost:
                 messages.append(action)
         if messages:
             self._notify(messages)
+            for listener in self.message_listeners:
+                for message in messages:
+                    try:
+                        listener(message)
+                    except Exception:
+                        log.exception("bus message listener failed", extra={"kind": message.kind})
         if changed:
             self.dirty = True
         return refusals

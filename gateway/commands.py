@@ -368,6 +368,9 @@ _BREAKER_ARGS = {
     "breaker/cancel": ("select_id",),
 }
 _SEQUENCE_ARGS = ("sequence",)
+_MAINTENANCE_ARGS = {"maintenance/accept": ("work_order", "external_id", "note"),
+                     "maintenance/reschedule": ("work_order", "start", "note"),
+                     "maintenance/close": ("work_order", "note")}
 
 
 def _is_override(v: Any) -> bool:
@@ -417,6 +420,23 @@ def validate_args(command: str, args: Mapping[str, Any]) -> dict[str, Any]:
         if extra:
             raise CommandRefused(Reason.BAD_ARGS, f"args: unknown key(s) {', '.join(extra)}; expected alarm")
         out["alarm"] = _arg(args, "alarm", "an alarm id (alm-<n>, as on …/alarms)", _is_id)
+    if command in _MAINTENANCE_ARGS:
+        known = _MAINTENANCE_ARGS[command]
+        extra = sorted(k for k in args if k not in known)
+        if extra:
+            raise CommandRefused(Reason.BAD_ARGS, f"args: unknown key(s) {', '.join(extra)}; expected "
+                                 f"{', '.join(known)}")
+        out["work_order"] = _arg(args, "work_order", "a work order id", _is_id)
+        if command == "maintenance/reschedule":
+            out["start"] = float(_arg(args, "start", "the new window's start (POSIX seconds)",
+                                      lambda v: isinstance(v, int | float) and not isinstance(v, bool)
+                                      and math.isfinite(v) and v > 0))
+        if "external_id" in args:
+            out["external_id"] = _arg(args, "external_id", "the asset system's own number (1-64 characters)",
+                                      lambda v: isinstance(v, str) and bool(_ID_RE.match(v)))
+        if "note" in args:
+            out["note"] = _arg(args, "note", "text of 500 characters at most",
+                               lambda v: isinstance(v, str) and len(v) <= 500)
         return out
     if command == "agent/request":
         out["agent"] = _arg(args, "agent", "an agent id", _is_id)
@@ -463,6 +483,9 @@ class Plant(Protocol):
 
     def agent_type(self, agent_id: str) -> str | None:
         ...
+
+    def maintenance(self, action: str, args: dict[str, Any], origin: Origin) -> dict[str, Any]:
+        """accept, reschedule or close a work order (gateway/maintenance/service.py)."""
 
     def agent_request(self, agent_id: str, request: str, args: dict[str, Any], origin: Origin) -> list[dict[str, Any]]:
         ...
@@ -625,6 +648,12 @@ class CommandService:
             except KeyError as exc:
                 raise CommandRefused(Reason.BAD_ARGS, f"args.alarm: {exc.args[0] if exc.args else exc}") from None
             return {"alarm": alarm}
+        if command.startswith("maintenance/"):
+            try:
+                order = self.plant.maintenance(command.split("/", 1)[1], dict(args), origin)
+            except (KeyError, ValueError) as exc:
+                raise CommandRefused(Reason.FAILED, f"{args['work_order']}: {exc}") from None
+            return {"work_order": args["work_order"], "status": order.get("status"), "window": order.get("window")}
         if command == "agent/request":
             agent, request = args["agent"], args["request"]
             kind = self.plant.agent_type(agent)
@@ -652,7 +681,8 @@ class CommandService:
             result["interlock"] = error.interlock
             result["interlocks"] = error.interlocks
         result["time"] = now
-        source = str(args.get("breaker") or args.get("agent") or args.get("sequence") or args.get("alarm") or "gateway")
+        source = str(args.get("breaker") or args.get("agent") or args.get("sequence") or args.get("alarm")
+                     or args.get("work_order") or "gateway")
         record = {"id": result.get("id"), "command": result.get("command"), "origin": result.get("origin"),
                   "via": via, "args": _plain(args), "ok": result["ok"], "error": result["error"],
                   "reason": result["reason"], "interlock": result.get("interlock"), "key": result.get("key")}

@@ -345,7 +345,8 @@ class DemandResponseConfig(_Model):
 
 
 COMMAND_NAMES = ("breaker/select", "breaker/operate", "breaker/cancel", "agent/request", "switching/approve",
-                 "switching/abort", "alarm/acknowledge")
+                 "switching/abort", "alarm/acknowledge", "maintenance/accept", "maintenance/reschedule",
+                 "maintenance/close")
 """Commands a SCADA host may send on `<base>/cmd/<command>` (gateway/commands.py)."""
 
 
@@ -363,7 +364,8 @@ class CommandsConfig(_Model):
     """A command's `time` may differ from the gateway's clock by at most this (age or skew)."""
     select_timeout_s: float = Field(default=30.0, gt=0.0, le=600.0)
     allowed: list[Literal["breaker/select", "breaker/operate", "breaker/cancel", "agent/request",
-                          "switching/approve", "switching/abort", "alarm/acknowledge"]] | None = None
+                          "switching/approve", "switching/abort", "alarm/acknowledge", "maintenance/accept",
+                          "maintenance/reschedule", "maintenance/close"]] | None = None
     """Command names accepted; absent means all of COMMAND_NAMES."""
     role: Literal["operator", "engineer"] = "operator"
     """The role of an `hmac` command (an Ed25519 command carries its key's role)."""
@@ -515,6 +517,55 @@ class FlisrConfig(_Model):
     max_replans: int = Field(default=2, ge=0, le=10)
 
 
+class RevenueConfig(_Model):
+    """Revenue protection: each metered transformer's energy against its meters' (docs/maintenance.md)."""
+
+    enabled: bool = True
+    window_s: float = Field(default=3600.0, ge=10.0, le=7 * 86400.0)
+    """The energy balance is drawn over windows this long."""
+    threshold_percent: float = Field(default=5.0, gt=0.0, le=100.0)
+    """A gap above this share of the transformer's energy (after losses) is unexplained."""
+    technical_loss_percent: float = Field(default=2.0, ge=0.0, le=30.0)
+    """Modelled losses of the low-voltage network between the transformer and the meters."""
+    persistence: int = Field(default=2, ge=1, le=100)
+    """Consecutive windows over the threshold before a notice (one heavy hour is not theft)."""
+    baseline_windows: int = Field(default=6, ge=1, le=1000)
+    """Windows of each meter's own consumption its recent pattern is compared with."""
+
+
+class MaintenanceConfig(_Model):
+    """Predictive maintenance: transformer health, failure probability, work orders, backup plans
+    and customer notices (docs/maintenance.md)."""
+
+    enabled: bool = True
+    evaluation_period_s: float = Field(default=3600.0, ge=1.0, le=7 * 86400.0)
+    """How often each monitored transformer's health is computed from the history."""
+    horizon_days: float = Field(default=60.0, gt=0.0, le=365.0)
+    probability_threshold: float = Field(default=0.2, gt=0.0, lt=1.0)
+    """A maintenance request (and a work order) when the probability of failure within the
+    horizon reaches this, or the DGA status is 3."""
+    acceptable_risk: float = Field(default=0.25, gt=0.0, lt=1.0)
+    """Maintenance is recommended before the probability of failure reaches this."""
+    trend_window_days: float = Field(default=180.0, ge=7.0, le=3650.0)
+    baseline_days: float = Field(default=30.0, ge=1.0, le=365.0)
+    recent_days: float = Field(default=14.0, ge=1.0, le=365.0)
+    load_band_pu: float = Field(default=0.1, gt=0.0, le=1.0)
+    trend_threshold_c_per_month: float = Field(default=0.5, ge=0.0, le=10.0)
+    min_lead_time_days: float = Field(default=3.0, ge=0.0, le=365.0)
+    max_lead_time_days: float = Field(default=90.0, gt=0.0, le=365.0)
+    window_hours: int = Field(default=6, ge=1, le=72)
+    critical_notice_h: float = Field(default=72.0, ge=0.0, le=720.0)
+    customer_notice_h: float = Field(default=48.0, ge=0.0, le=720.0)
+    utc_offset_h: float = Field(default=0.0, ge=-12.0, le=14.0)
+    """Local time of the site (for the outage window and its label)."""
+    forecast_weeks: int = Field(default=4, ge=1, le=52)
+    step_time_s: float = Field(default=90.0, gt=0.0, le=3600.0)
+    """Switching time per step of a backup plan (select, operate, check-back, confirmation)."""
+    work_order_prefix: str = Field(default="PM", pattern=r"^[A-Z][A-Z0-9]{0,7}$")
+    crew: str = Field(default="transformer specialists", min_length=1, max_length=120)
+    revenue: RevenueConfig = RevenueConfig()
+
+
 class ControlConfig(_Model):
     """The local control socket (`stima` CLI) and who may do what through it.
 
@@ -657,6 +708,7 @@ class SiteConfig(_Model):
     demand_response: DemandResponseConfig = DemandResponseConfig()
     records: RecordsConfig = RecordsConfig()
     iec104: Iec104Config = Iec104Config()
+    maintenance: MaintenanceConfig = MaintenanceConfig()
     simulation: dict[str, Any] = Field(default_factory=dict)
     """Electrical data for the hardware-in-the-loop simulator; validated by `hil`, ignored here."""
 

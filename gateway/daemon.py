@@ -82,6 +82,7 @@ class Gateway:
         self._build_coordination()
         self._build_peak()
         self._build_recording()
+        self._build_maintenance()
         self._build_commands()
         self._build_history()
         self._build_iec104()
@@ -359,6 +360,73 @@ class Gateway:
             except Exception:
                 log.exception("switching step failed")
 
+    def _build_maintenance(self) -> None:
+        """Predictive maintenance: health from the history, work orders, backup plans (gateway/maintenance/)."""
+        from gateway.maintenance.service import MaintenanceService
+
+        self._maintenance_wake = asyncio.Event()
+        self.maintenance_service: Any = None
+        if self.site.maintenance.enabled:
+            self.maintenance_service = MaintenanceService(
+                self.site, store=self.store, agents=self.agents, switching=self.switching, publish=self._publish,
+                wall=self.clock.wall, monotonic=self.clock.monotonic)
+            self.agents.message_listeners.append(self._maintenance_heard)
+
+    def _maintenance_heard(self, message: Any) -> None:
+        if message.kind == "maintenance_request":
+            self._maintenance_wake.set()
+
+    async def _maintenance_loop(self) -> None:
+        """Health evaluations every evaluation_period_s (the first a minute after start, once the
+        history has its first buckets), and the maintenance requests as they come."""
+        period = self.site.maintenance.evaluation_period_s
+        next_evaluation = self.clock.monotonic() + min(60.0, period)
+        while True:
+            delay = max(0.0, next_evaluation - self.clock.monotonic())
+            self._maintenance_wake.clear()
+            if not self.maintenance_service.pending:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._maintenance_wake.wait()
+            try:
+                if self.clock.monotonic() >= next_evaluation:
+                    next_evaluation = self.clock.monotonic() + period
+                    await self.maintenance_evaluate()
+                await self.maintenance_requests()
+            except Exception:
+                self.maintenance_service.stats.errors += 1
+                log.exception("maintenance step failed")
+
+    async def maintenance_evaluate(self, only: str | None = None) -> list[dict[str, Any]]:
+        """Evaluate the monitored transformers now (the history read and the numbers off the loop)."""
+        svc = self.maintenance_service
+        if svc is None:
+            raise RuntimeError("maintenance is off in the site file ([maintenance] enabled = false)")
+        targets = [only] if only is not None else sorted(svc.monitored)
+        unknown = [t for t in targets if t not in svc.monitored]
+        if unknown:
+            raise KeyError(f"not a monitored transformer: {', '.join(unknown)} (monitored: "
+                           f"{', '.join(sorted(svc.monitored)) or 'none'})")
+        out = []
+        for xfmr in targets:
+            evaluation = await asyncio.to_thread(svc.evaluate, xfmr, self.clock.wall())
+            svc.apply(evaluation)
+            memory = self.agents.runtime.memory[xfmr]
+            out.append({"transformer": xfmr, "seconds": round(evaluation.seconds, 4),
+                        **(getattr(memory, "health", None) or {})})
+        await self.maintenance_requests()
+        return out
+
+    async def maintenance_requests(self) -> list[dict[str, Any]]:
+        svc = self.maintenance_service
+        done = []
+        while svc.pending:
+            request = svc.pending.pop(0)  # taken before the await: another caller may be draining too
+            forecasts = await asyncio.to_thread(svc.forecasts, self.clock.wall())
+            planned = svc.process(request, forecasts)
+            done.append(planned.work_order.to_dict())
+        return done
+
     def _build_commands(self) -> None:
         """SCADA commands from the uplink and the operator's breaker commands: one SBO engine."""
         from gateway.commands import CommandService, key_path, read_key
@@ -522,6 +590,8 @@ class Gateway:
         self._tasks.append(asyncio.create_task(self.recording.run(), name="records"))
         if self.site.forecast.enabled:
             self._tasks.append(asyncio.create_task(self._forecast_loop(), name="forecast"))
+        if self.maintenance_service is not None:
+            self._tasks.append(asyncio.create_task(self._maintenance_loop(), name="maintenance"))
         if self.history is not None:
             self._tasks.append(asyncio.create_task(self._history_loop(), name="history"))
         if self.iec104 is not None:
@@ -689,6 +759,11 @@ class Gateway:
     def agent_request(self, agent_id: str, request: str, args: dict[str, Any], origin: Any) -> list[dict[str, Any]]:
         return self.agents.request(agent_id, request, origin=origin, **args)
 
+    def maintenance(self, action: str, args: dict[str, Any], origin: Any) -> dict[str, Any]:
+        if self.maintenance_service is None:
+            raise ValueError("maintenance is off in the site file ([maintenance] enabled = false)")
+        return dict(self.maintenance_service.command(action, args, origin.who).to_dict())
+
     # ------------------------------------------------------------------ status
 
     def status(self) -> dict[str, Any]:
@@ -720,6 +795,7 @@ class Gateway:
             "iec104": None if self.iec104 is None else self.iec104.status(),
             "own_key": None if self.own_key is None else {"name": self.own_key.name,
                                                           "public_key": self.own_key.public.hex()},
+            "maintenance": None if self.maintenance_service is None else self.maintenance_service.status(),
         }
 
 
@@ -899,7 +975,7 @@ class Server:
     def _register_ops(self) -> None:
         """Every operation with the role it needs: viewers read, operators switch, engineers
         change settings (no settings operation on the socket yet)."""
-        c, viewer, operator = self.control, control.Role.VIEWER, control.Role.OPERATOR
+        c, viewer, operator, engineer = self.control, control.Role.VIEWER, control.Role.OPERATOR, control.Role.ENGINEER
         c.register("status", self._op_status, viewer)
         c.register("points.list", self._op_points_list, viewer)
         c.register("points.read", self._op_points_read, viewer)
@@ -944,6 +1020,16 @@ class Server:
         c.register("keys.list", self._op_keys_list, viewer)
         c.register("keys.add", self._op_keys_add, control.Role.ENGINEER)
         c.register("keys.revoke", self._op_keys_revoke, control.Role.ENGINEER)
+        c.register("maintenance.list", lambda: self._maintenance().work_orders(), viewer)
+        c.register("maintenance.show", lambda id: self._maintenance().show(str(id)), viewer)
+        c.register("maintenance.evaluate", self._op_maintenance_evaluate, operator)
+        c.register("maintenance.accept", lambda id, external_id=None: self._maintenance_command(
+            "accept", work_order=id, **({"external_id": external_id} if external_id else {})), operator)
+        c.register("maintenance.reschedule", lambda id, start: self._maintenance_command(
+            "reschedule", work_order=id, start=float(start)), operator)
+        c.register("maintenance.close", lambda id, note="": self._maintenance_command(
+            "close", work_order=id, note=str(note)[:500]), operator)
+        c.register("history.import", self._op_history_import, engineer)
 
     def _op_keys_list(self) -> list[dict[str, Any]]:
         now = self.clock.wall()
@@ -988,6 +1074,38 @@ class Server:
         if gw.iec104 is None:
             raise KeyError("the IEC 104 outstation is not enabled in the site file (iec104.enabled)")
         return gw.iec104.map.describe()
+
+    def _maintenance(self) -> Any:
+        svc = self._gw().maintenance_service
+        if svc is None:
+            raise RuntimeError("maintenance is off in the site file ([maintenance] enabled = false)")
+        return svc
+
+    async def _op_maintenance_evaluate(self, transformer: str | None = None) -> list[dict[str, Any]]:
+        """Evaluate the monitored transformers' health now (and make work orders of what they ask)."""
+        return await self._gw().maintenance_evaluate(transformer)
+
+    def _maintenance_command(self, action: str, **args: Any) -> dict[str, Any]:
+        from gateway.maintenance.workorder import WorkOrderError
+
+        try:
+            return dict(self._maintenance().command(action, args, _local_origin().who).to_dict())
+        except WorkOrderError as exc:
+            raise ValueError(str(exc)) from None
+
+    async def _op_history_import(self, path: str) -> dict[str, Any]:
+        """Buckets of another historian (or an IED's own log) into the history, from a CSV file on
+        this machine: point_id, bucket_start, interval_s, mean[, min, max, last, n]."""
+        gw = self._gw()
+        svc = gw.maintenance_service
+        known = set(gw.image.points)
+        if svc is not None:
+            return dict(await asyncio.to_thread(svc.import_history, str(path), known))
+        from gateway.history import parse_import
+
+        rows = await asyncio.to_thread(lambda: parse_import(Path(path).read_text(encoding="utf-8"), str(path), known))
+        await asyncio.to_thread(self.store.append_history, rows)
+        return {"rows": len(rows), "points": sorted({r.point_id for r in rows})}
 
     def _gw(self) -> Gateway:
         if self.gateway is None:

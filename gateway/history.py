@@ -145,3 +145,94 @@ class HistoryAggregator:
 
     def open_count(self) -> int:
         return len(self._open)
+
+
+# --------------------------------------------------------------------------- import
+
+IMPORT_COLUMNS = ("point_id", "bucket_start", "interval_s", "mean", "min", "max", "last", "n")
+"""CSV columns of a history import; `point_id`, `bucket_start`, `interval_s` and `mean` are required."""
+MAX_IMPORT_ROWS = 2_000_000
+
+
+class HistoryImportError(ValueError):
+    """A history file that cannot be imported: names the line, the column and what was expected."""
+
+
+def parse_import(text: str, source: str, known_points: set[str] | frozenset[str]) -> list[HistoryRow]:
+    """Rows of a history CSV (another historian's export, a monitor's log) to write into the store.
+
+    The first line names the columns (any order, `IMPORT_COLUMNS`); every row must name a point
+    of the site, a bucket start in wall seconds, an interval of 1 s to 1 day and finite numbers.
+    Nothing is imported when any line is wrong: the first problems are reported together.
+    """
+    import csv
+    import io
+
+    reader = csv.reader(io.StringIO(text))
+    try:
+        header = [h.strip() for h in next(reader)]
+    except StopIteration:
+        raise HistoryImportError(f"{source}: empty file; expected a header line with "
+                                 f"{', '.join(IMPORT_COLUMNS)}") from None
+    unknown = [h for h in header if h not in IMPORT_COLUMNS]
+    missing = [h for h in IMPORT_COLUMNS[:4] if h not in header]
+    if unknown or missing:
+        raise HistoryImportError(f"{source}: line 1: " + "; ".join(
+            ([f"unknown column(s) {', '.join(unknown)}"] if unknown else [])
+            + ([f"missing column(s) {', '.join(missing)}"] if missing else []))
+            + f" (expected {', '.join(IMPORT_COLUMNS)})")
+    col = {h: k for k, h in enumerate(header)}
+    rows: list[HistoryRow] = []
+    problems: list[str] = []
+    for line_no, cells in enumerate(reader, start=2):
+        if not cells or all(not c.strip() for c in cells):
+            continue
+        if len(rows) >= MAX_IMPORT_ROWS:
+            problems.append(f"line {line_no}: more than {MAX_IMPORT_ROWS} rows; split the file")
+            break
+        if len(cells) != len(header):
+            problems.append(f"line {line_no}: {len(cells)} values for {len(header)} columns")
+            continue
+
+        def num(name: str, default: float | None = None, *, line: int = line_no,
+                row: list[str] = cells) -> float | None:
+            if name not in col:
+                return default
+            raw = row[col[name]].strip()
+            if raw == "" and default is not None:
+                return default
+            try:
+                value = float(raw)
+            except ValueError:
+                problems.append(f"line {line}: {name}: expected a number, found {raw[:40]!r}")
+                return None
+            if not math.isfinite(value):
+                problems.append(f"line {line}: {name}: expected a finite number, found {raw[:40]!r}")
+                return None
+            return value
+
+        point = cells[col["point_id"]].strip()
+        if point not in known_points:
+            problems.append(f"line {line_no}: point_id: {point[:60]!r} is not a point of this site")
+            continue
+        start, interval, mean = num("bucket_start"), num("interval_s"), num("mean")
+        if start is None or interval is None or mean is None:
+            continue
+        if not 1.0 <= interval <= 86400.0:
+            problems.append(f"line {line_no}: interval_s: expected 1..86400 s, found {interval:g}")
+            continue
+        if start < 0:
+            problems.append(f"line {line_no}: bucket_start: expected wall seconds ≥ 0, found {start:g}")
+            continue
+        lo, hi, last, n = num("min", mean), num("max", mean), num("last", mean), num("n", 1.0)
+        if lo is None or hi is None or last is None or n is None:
+            continue
+        if n < 1 or n != int(n):
+            problems.append(f"line {line_no}: n: expected a whole number ≥ 1, found {n:g}")
+            continue
+        rows.append(HistoryRow(point, start, interval, lo, hi, mean, last, int(n), 1.0))
+        if len(problems) >= 10:
+            break
+    if problems:
+        raise HistoryImportError(f"{source}: nothing imported; " + "; ".join(problems[:10]))
+    return rows

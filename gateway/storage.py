@@ -327,6 +327,24 @@ class Store:
             ).fetchall()
         return [dict(zip(_HISTORY_COLUMNS, row, strict=True)) for row in rows]
 
+    def history_aggregated(self, point_id: str, since: float, until: float,
+                           interval_s: float = 3600.0) -> list[dict[str, Any]]:
+        """Buckets of one point merged into `interval_s` buckets (hourly by default) for [since, until):
+        means weighted by good samples, extremes combined. For trends over months without reading
+        every minute bucket."""
+        step = float(interval_s)
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT CAST(bucket_start / ? AS INTEGER) AS k, "
+                "SUM(mean * n * good_fraction) / SUM(n * good_fraction), MIN(min), MAX(max), SUM(n), "
+                "SUM(n * good_fraction) / SUM(n) "
+                "FROM history WHERE point_id = ? AND bucket_start >= ? AND bucket_start < ? AND mean IS NOT NULL "
+                "AND n > 0 AND good_fraction > 0 GROUP BY k ORDER BY k",
+                (step, point_id, since, until if until != float("inf") else 1e18),
+            ).fetchall()
+        return [{"point_id": point_id, "bucket_start": k * step, "interval_s": step, "mean": mean, "min": lo,
+                 "max": hi, "n": int(n), "good_fraction": gf} for k, mean, lo, hi, n, gf in rows]
+
     def prune_history(self, before: float, limit: int | None = None) -> int:
         """Delete buckets that started before `before` (wall s), at most `limit` of them; how many.
 

@@ -295,7 +295,8 @@ def _sectioned(net: Any, types: dict[str, str], edges: list[Edge]) -> list[Edge]
     for dev in net.devices.values():
         for end in (dev.a, dev.b):
             sec = net.sections.get(end)
-            if sec is not None and sec.line in touched and (dev.tie or dev.a in net.sections):
+            if sec is not None and sec.line in touched and (dev.tie or (dev.a in net.sections
+                                                                        and dev.a not in net.station_nodes)):
                 on_line.setdefault(dev.id, set()).add(sec.line)
     kept = []
     for e in edges:

@@ -113,6 +113,14 @@ def _parser() -> argparse.ArgumentParser:
     ramp.add_argument("--from", dest="start", default=None, help="its total load now, e.g. 28.5MW (default: as is)")
     ramp.add_argument("--ambient", default=None, help="ambient temperature held at its transformers, e.g. 35")
     kinds.add_parser("clear", parents=[common], help="clear every fault")
+    age = kinds.add_parser("age", parents=[common],
+                           help="age a transformer months in seconds and write its monitors' log (CSV)")
+    age.add_argument("transformer")
+    age.add_argument("--months", type=float, required=True)
+    age.add_argument("--log", required=True, help="CSV file for `stima history import`")
+    bypass = kinds.add_parser("bypass", parents=[common], help="a meter registers only part of its consumption")
+    bypass.add_argument("meter")
+    bypass.add_argument("--registered", default="0%", help="share it registers: 0%% (a full bypass) .. 100%% (repaired)")
 
     status = sub.add_parser("status", parents=[common], help="breakers, faults and simulated time of the running simulator")
     status.add_argument("--json", action="store_true")
@@ -194,6 +202,20 @@ def build_request(args: argparse.Namespace) -> dict[str, Any]:
         return out
     if args.kind == "clear":
         return {"op": "clear"}
+    if args.kind == "age":
+        if not 0 < args.months <= 120:
+            raise UnitError(f"bad --months {args.months!r}: expected 0 < months ≤ 120")
+        return {"op": "age", "transformer": args.transformer, "months": args.months,
+                "path": str(Path(args.log).resolve())}
+    if args.kind == "bypass":
+        raw = str(args.registered).strip()
+        try:
+            share = float(raw.rstrip("%")) / (100.0 if raw.endswith("%") else 1.0)
+        except ValueError:
+            raise UnitError(f"bad --registered {raw!r}: expected a share such as 0%, 20% or 0.2") from None
+        if not 0.0 <= share <= 1.0:
+            raise UnitError(f"bad --registered {raw!r}: must be between 0% and 100%")
+        return {"op": "bypass", "meter": args.meter, "registered": share}
     raise UnitError(f"unknown injection {args.kind!r}")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import logging
 import math
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SOCKET = Path(".run/hil.sock")
 OPS = ("status", "fault", "clear", "clearings", "commloss", "loadstep", "temp", "failure", "local", "operate",
-       "external", "ramp")
+       "external", "ramp", "age", "bypass")
 MAX_REQUEST_BYTES = 64 * 1024
 
 _NUMBER = r"([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)"
@@ -125,6 +126,11 @@ def dispatch(runtime: Any, request: Any) -> dict[str, Any]:
         elif op == "ramp":
             result = runtime.load_ramp(_required(request, "substation"), _required(request, "rate_kw_per_h"),
                                        start_kw=request.get("start_kw"), ambient_c=request.get("ambient_c"))
+        elif op == "age":
+            result = runtime.age(_required(request, "transformer"), _required(request, "months"),
+                                 _required(request, "path"), request.get("seed"))
+        elif op == "bypass":
+            result = runtime.bypass_meter(_required(request, "meter"), request.get("registered", 0.0))
         else:
             return {"ok": False, "error": f"unknown op {op!r}; expected {', '.join(OPS)}"}
     except ValueError as exc:  # InjectionError and bad values
@@ -177,6 +183,15 @@ class ControlServer:
                     answer = {"ok": False, "error": f"not JSON: {exc}"}
                 else:
                     answer = dispatch(self.runtime, request)
+                    pending = answer.get("result")
+                    if inspect.isawaitable(pending):  # long work (ageing) off the loop's step
+                        try:
+                            answer = {"ok": True, "result": await pending}
+                        except ValueError as exc:
+                            answer = {"ok": False, "error": str(exc)}
+                        except Exception as exc:
+                            log.exception("control request failed")
+                            answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
                 writer.write((json.dumps(answer, default=str) + "\n").encode())
                 await writer.drain()
         except ConnectionError:

@@ -737,6 +737,60 @@ class HilRuntime:
         log.warning("temperature ramp %+.1f C over %.0f s on %s, sim %.3f s", delta, duration, xfmr, now_s)
         return {"transformer": xfmr, "delta_c": delta, "duration_s": duration, "sim_time_s": now_s}
 
+    async def age(self, xfmr: str, months: float, path: str, seed: int | None = None) -> dict[str, Any]:
+        """Run a transformer with a condition through `months` of hourly operation ending now (the
+        real wall clock, whole hours) and write what its monitors logged to `path` (CSV, for
+        `stima history import`); the transformer carries on from the aged condition."""
+        import copy
+
+        from gateway.agents.schema import TransformerAttributes
+        from hil.grid.ageing import Climate, monitor_log, write_csv
+
+        agent = self._agent(xfmr, AgentType.TRANSFORMER)
+        condition = getattr(self.model, "conditions", {}).get(xfmr)
+        if condition is None:
+            raise InjectionError(f"{xfmr} has no condition to age: name it in [simulation.ageing]")
+        span = self._finite("months", months, low=0.0, low_open=True)
+        if span > 120:
+            raise InjectionError(f"months must be at most 120, found {span:g}")
+        attrs = TransformerAttributes.model_validate(agent.attributes)
+        settings = self.model.settings
+        trial = copy.deepcopy(condition)
+        loads = self.model.loads_behind(xfmr)
+        end_wall = self._real.wall()
+
+        def run() -> tuple[int, list[dict[str, Any]]]:
+            rows = monitor_log(trial, loads, rated_kva=attrs.rated_capacity, rated_rise_c=attrs.rated_top_oil_rise_c,
+                               loss_ratio=attrs.loss_ratio, cooling_type=attrs.cooling_type,
+                               tau_min=attrs.top_oil_time_constant_min, months=span, end_wall=end_wall,
+                               utc_offset_h=self.site.maintenance.utc_offset_h,
+                               climate=Climate(mean_c=settings.ambient_temp_c, swing_c=settings.ambient_swing_c),
+                               seed=self.model.seed if seed is None else int(seed))
+            return write_csv(rows, path), rows[-14:]
+        n, last = await asyncio.to_thread(run)
+        condition.age_months, condition.operating_hours = trial.age_months, trial.operating_hours
+        condition.fans_on = trial.fans_on
+        log.warning("%s aged %.1f months (%d rows logged to %s)", xfmr, span, n, path)
+        return {"transformer": xfmr, "months": span, "rows": n, "path": str(path),
+                "age_months": round(condition.age_months, 3), "end_wall": end_wall,
+                "efficiency_pct": round(condition.efficiency_pct(), 3), "drift_c": round(condition.drift_c(), 2),
+                "fans_on": condition.fans_on, "gases_ppm": {k: round(v, 2) for k, v in condition.gases_ppm().items()},
+                "last_logged": {r["point_id"].split(".", 1)[1]: r["mean"] for r in last}}
+
+    def bypass_meter(self, meter: str, registered: float = 0.0) -> dict[str, Any]:
+        """A meter bypassed (or tampered) so it registers `registered` (0..1) of its consumption."""
+        share = self._finite("registered", registered, low=0.0)
+        if share > 1.0:
+            raise InjectionError(f"registered must be a share in 0..1, found {registered!r}")
+        ids = self.model.meter_readings(self.clock.monotonic()).ids
+        try:
+            index = ids.index(meter)
+        except ValueError:
+            raise InjectionError(f"{meter!r} is not a simulated meter") from None
+        self.model.bypass.set(index, share)
+        log.warning("meter %s bypassed: registers %.0f %% of its consumption", meter, 100 * share)
+        return {"meter": meter, "registered": share, "sim_time_s": self.clock.monotonic()}
+
     def _device_id(self, device_id: str) -> str:
         self._agent(device_id, AgentType.CIRCUIT_BREAKER)
         return device_id

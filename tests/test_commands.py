@@ -158,6 +158,14 @@ def test_nonces_survive_a_restart_in_the_state_database(tmp_path: Path) -> None:
     store.close()
 
 
+def test_maintenance_commands_pass_their_arguments_checked() -> None:
+    for command, args in (("maintenance/accept", {"work_order": "PM-2025-1024-234", "external_id": "MX-1"}),
+                          ("maintenance/reschedule", {"work_order": "PM-2025-1024-234", "start": NOW + 86400}),
+                          ("maintenance/close", {"work_order": "PM-2025-1024-234", "note": "all tests passed"})):
+        cmd = verifier().verify(command, sign_command(KEY, command, args, "maximo", NOW), NOW)
+        assert cmd.args == args
+
+
 def test_unknown_and_not_allowed_commands() -> None:
     env = sign_command(KEY, "breaker/explode", {}, "scada-1", NOW)
     assert refused(verifier().verify, "breaker/explode", env, NOW).reason is Reason.UNKNOWN_COMMAND
@@ -176,6 +184,11 @@ def test_unknown_and_not_allowed_commands() -> None:
     ("breaker/cancel", {}, "args.select_id: missing"),
     ("agent/request", {"agent": "XFMR-101"}, "args.request: missing"),
     ("agent/request", {"agent": "XFMR-101", "request": "x", "bad key": 1}, "not a request argument name"),
+    ("maintenance/accept", {}, "args.work_order: missing"),
+    ("maintenance/accept", {"work_order": "PM-1", "external_id": "bad id!"}, "args.external_id"),
+    ("maintenance/reschedule", {"work_order": "PM-1"}, "args.start: missing"),
+    ("maintenance/reschedule", {"work_order": "PM-1", "start": "sunday"}, "args.start: expected the new window"),
+    ("maintenance/close", {"work_order": "PM-1", "window": 3}, "unknown key(s) window"),
 ])
 def test_bad_args_name_the_key_and_what_was_expected(command: str, args: dict[str, Any], expect: str) -> None:
     env = sign_command(KEY, command, args, "scada-1", NOW)

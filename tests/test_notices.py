@@ -164,9 +164,27 @@ def runtime_messages(site) -> list[BusMessage]:  # type: ignore[no-untyped-def]
     return bus(out)
 
 
+def revenue_messages(site) -> list[BusMessage]:  # type: ignore[no-untyped-def]
+    """XFMR-101 delivers 500 kW; its meters register all of it, then only 80 %."""
+    revenue = site.maintenance.revenue.model_copy(update={"window_s": 60.0, "persistence": 1})
+    site = site.model_copy(update={"maintenance": site.maintenance.model_copy(update={"revenue": revenue})})
+    rt = AgentRuntime(site, now=0.0, meter_period_s=1.0)
+    sl = rt.fleet.group_slice("MTR-GRP-101")
+    ids = rt.fleet.ids[sl]
+    out: list[Any] = []
+    energy = np.zeros(len(ids))
+    for t in range(0, 301, 5):
+        registered = 1.0 if t < 120 else 0.8
+        energy += registered * 500.0 / len(ids) * 5 / 3600
+        rt.on_point("XFMR-101", "load_kw", 500.0, True, float(t))
+        rt.ingest_meter_batch(ids, {"energy_kwh": energy.copy(), "voltage_v": np.full(len(ids), 230.0)}, float(t))
+        out += rt.tick(float(t))
+    return bus(out)
+
+
 def all_messages(site) -> list[BusMessage]:  # type: ignore[no-untyped-def]
     return (breaker_messages() + line_messages() + transformer_messages() + capacitor_messages() + der_messages()
-            + runtime_messages(site))
+            + runtime_messages(site) + revenue_messages(site))
 
 
 def kinds_in_code() -> set[str]:

@@ -82,6 +82,7 @@ class Links:
     upstream_line: str | None = None
     transfer_options: tuple[dict[str, Any], ...] = ()
     customers_downstream: int = 0
+    critical_customers_downstream: int = 0
     capacitors: tuple[str, ...] = ()
 
 

@@ -124,10 +124,16 @@ KINDS: tuple[MessageKind, ...] = (
     MessageKind("emergency_load_reduction", _N, ("transformer",),
                 ("transformer", "hot_spot_c", "hot_spot_critical_c", "load_percent", "customers"),
                 "hot spot above critical: the transformer's load must come down"),
-    MessageKind("maintenance_request", _N, ("transformer",),
+    MessageKind("maintenance_request", _B, ("transformer",),
                 ("element", "element_type", "reason", "hot_spot_c", "top_oil_c", "loss_of_life_percent",
-                 "equivalent_aging_factor", "loss_of_life_percent_day", "customers"),
-                "a transformer asks for maintenance (hot spot above critical, or accelerated insulation aging)"),
+                 "equivalent_aging_factor", "loss_of_life_percent_day", "failure_probability", "horizon_days",
+                 "failure_mode", "failure_mode_key", "recommended_within_days", "contributions", "dga_status",
+                 "duval_zone", "health", "customers", "critical_customers"),
+                "a transformer asks for maintenance: its probability of failure within the horizon reached the site's "
+                "threshold, its dissolved gases are at C57.104 status 3, its hot spot is above critical, or its "
+                "insulation aged fast",
+                "the gateway's maintenance coordinator makes a work order of it (window, backup plans, customer "
+                "notices; docs/maintenance.md)"),
     MessageKind("capacity_constraint", _N, ("transformer",), ("transformer", "load_percent", "available_kva", "customers"),
                 "a transformer above its capacity notice level"),
     # capacitor bank
@@ -146,6 +152,12 @@ KINDS: tuple[MessageKind, ...] = (
     MessageKind("service_restored", _N, ("smart_meter",),
                 ("group", "transformer", "meters", "critical_meters", "mean_outage_s"),
                 "meters report power again after an outage"),
+    MessageKind("revenue_protection", _N, ("runtime",),
+                ("transformer", "groups", "finding", "window_s", "transformer_kwh", "metered_kwh", "losses_kwh",
+                 "gap_kwh", "gap_percent", "threshold_percent", "windows_over", "suspects"),
+                "a transformer's energy and its meters' disagree beyond the threshold for several windows: "
+                "unexplained energy (theft, a bypassed meter) or over-registration (a faulty meter), with the "
+                "suspected meters ranked"),
     MessageKind("low_voltage_at_customer", _B, ("smart_meter",),
                 ("group", "transformer", "meters", "critical_meters", "lowest_voltage_v", "nominal_voltage_v"),
                 "customers below the voltage range",

@@ -58,6 +58,8 @@ from gateway.agents.substation import FeederInfo, SubstationAgent, SubstationInp
 from gateway.agents.transformer import TransformerAgent, TransformerInputs, TransformerState
 from gateway.bus import Bus
 from gateway.config import SiteConfig
+from gateway.maintenance.health import HealthInputs
+from gateway.maintenance.revenue import RevenueGuard, RevenueSettings
 from gateway.reliability import MOMENTARY_THRESHOLD_S
 from gateway.topology import METER_GROUP, Topology
 
@@ -136,6 +138,7 @@ class AgentRuntime:
             self.memory[cfg.id] = agent.initial_memory(now)
             self.readings[cfg.id] = {}
         self.fleet = MeterFleet(site.meter_groups, now, meter_attributes)
+        self.revenue = self._revenue_guard()
         if momentary_threshold_s is None:
             subs = [a for a in self.agents.values() if isinstance(a, SubstationAgent)]
             momentary_threshold_s = (subs[0].attrs.momentary_interruption_threshold_s if subs
@@ -183,6 +186,7 @@ class AgentRuntime:
                         and topo.type_of(n) == AgentType.TRANSFORMER.value]
             links = Links(upstream_breaker=breaker, upstream_line=line, substation=sub,
                           adjacent_transformers=tuple(siblings), customers_downstream=topo.meters_downstream(agent_id),
+                          critical_customers_downstream=self._critical_downstream(agent_id),
                           transfer_options=tuple(o.to_dict() for o in topo.alternative_supply_paths(line)) if line else ())
             assert isinstance(attrs, TransformerAttributes)
             return TransformerAgent(agent_id, attrs, links)
@@ -218,6 +222,25 @@ class AgentRuntime:
             return RenewableEnergyAgent(agent_id, attrs, Links(upstream_breaker=breaker, substation=sub),
                                         has_connection_feedback="connected" in points)
         raise ValueError(f"agent {agent_id}: no runtime for type {agent_type.value}")
+
+    def _revenue_guard(self) -> RevenueGuard | None:
+        """Energy balances of the transformers that measure their load and have meters behind them."""
+        cfg = self.site.maintenance.revenue
+        if not cfg.enabled:
+            return None
+        meters: dict[str, tuple[tuple[str, ...], np.ndarray, list[str]]] = {}
+        for g in self.fleet.groups:
+            xfmr = g.config.connected_transformer
+            if self.types.get(xfmr) is not AgentType.TRANSFORMER or "load_kw" not in self.site.agent(xfmr).points:
+                continue
+            groups, idx, ids = meters.get(xfmr, ((), np.zeros(0, dtype=np.int64), []))
+            meters[xfmr] = (groups + (g.config.id,), np.concatenate([idx, np.arange(g.start, g.stop)]),
+                            ids + self.fleet.ids[g.start:g.stop])
+        if not meters:
+            return None
+        return RevenueGuard(meters, RevenueSettings(window_s=cfg.window_s, threshold_percent=cfg.threshold_percent,
+                                                    technical_loss_percent=cfg.technical_loss_percent,
+                                                    persistence=cfg.persistence, baseline_windows=cfg.baseline_windows))
 
     # ------------------------------------------------------------------ inputs from the daemon
 
@@ -291,6 +314,17 @@ class AgentRuntime:
         self.memory[agent_id] = expect(self.memory[agent_id], action, origin, now)
         if action == "close":
             self._end_reclose_sequence(agent_id)  # a close by an operator or a plan starts afresh
+
+    def on_health(self, agent_id: str, health: HealthInputs, now: float, *, horizon_days: float = 60.0,
+                  threshold: float = 0.2, acceptable_risk: float = 0.25) -> list[Action]:
+        """A transformer's health evaluation (from the daemon's history); what its agent says of it."""
+        agent = self.agents.get(agent_id)
+        if not isinstance(agent, TransformerAgent):
+            raise UnknownAgent(agent_id)
+        memory, actions = agent.on_health(self.memory[agent_id], health, now, horizon_days=horizon_days,  # type: ignore[arg-type]
+                                          threshold=threshold, acceptable_risk=acceptable_risk)
+        self.memory[agent_id] = memory
+        return list(actions) + self._deliver(actions, now)
 
     def on_command_result(self, agent_id: str, name: str, ok: bool, now: float) -> None:
         if not ok:
@@ -477,8 +511,33 @@ class AgentRuntime:
             changes, actions = self.fleet.evaluate(now)
             out += changes
             out += actions
+        out += self._revenue(now)
         out += self._deliver(out, now)
         out.sort(key=lambda a: 0 if isinstance(a, BusMessage) and a.urgent else 1)
+        return out
+
+    def _revenue(self, now: float) -> list[Action]:
+        """Revenue protection: integrate each metered transformer's load, close its balances."""
+        guard = self.revenue
+        if guard is None:
+            return []
+        supplied = {}
+        for xfmr in guard.transformers:
+            value = self.readings[xfmr].get("load_kw")
+            live = self.memory[xfmr].state not in (TransformerState.OFFLINE, TransformerState.FAULTED)
+            supplied[xfmr] = live
+            guard.on_load(xfmr, float(value) if isinstance(value, int | float) and live else None, now)
+        out: list[Action] = []
+        for f in guard.evaluate(now, self.fleet.energy_kwh, self.fleet.last_reading, self.fleet.energy_known,
+                                supplied):
+            what = ("unexplained energy (theft, a bypassed meter or an illegal connection)"
+                    if f.kind == "unexplained_energy" else "meters registering more than was delivered")
+            out.append(Alert(agent_id=f.transformer, severity=Severity.WARNING, time=now,
+                             message=f"{f.transformer}: {what}: {f.gap_percent:+.1f} % of {f.transformer_kwh:.1f} kWh "
+                                     f"over {f.windows_over} windows; first suspect {f.suspects[0].meter}"
+                             if f.suspects else f"{f.transformer}: {what}: {f.gap_percent:+.1f} %"))
+            out.append(BusMessage(source=f.transformer, topic=Topic.MAINTENANCE_SCHEDULED, kind="revenue_protection",
+                                  payload=f.to_dict()))
         return out
 
     def _step_agent(self, agent_id: str, now: float, wall: float | None) -> list[Action]:

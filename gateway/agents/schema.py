@@ -113,6 +113,17 @@ class TransformerAttributes(_Attrs):
     normal_insulation_life_h: float = Field(default=180_000.0, gt=0)
     aging_alarm_factor: float = Field(default=2.0, gt=0)
     """Predictive maintenance: ask for it when a day's equivalent aging factor F_EQA exceeds this."""
+    # asset data for the health model (docs/maintenance.md)
+    maintenance_interval_h: float | None = Field(default=None, gt=0)
+    """Operating hours between major maintenance (the use case's unit: 90 000 h)."""
+    operating_hours_at_commissioning: float | None = Field(default=None, ge=0)
+    """Hours in service before the gateway's history began, when no `operating_hours` point counts them."""
+    normal_top_oil_max_c: float | None = Field(default=None, gt=0, lt=150)
+    """The unit's normal operating maximum of top oil at its usual load (the use case's: 75 °C)."""
+    oil_preservation: Literal["sealed", "free_breathing"] = "sealed"
+    """Sealed (nitrogen blanket, membrane: O2/N2 ≤ 0.2) or free-breathing: which C57.104 norms apply."""
+    prior_loss_of_life_percent: float = Field(default=0.0, ge=0, le=1000)
+    """C57.91 loss of life before the gateway's history began (from the asset record)."""
 
     @model_validator(mode="after")
     def _check(self) -> TransformerAttributes:
@@ -167,6 +178,9 @@ class CircuitBreakerAttributes(_Attrs):
     external_source: str | None = Field(default=None, min_length=1, max_length=128,
                                         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*(/[A-Za-z0-9][A-Za-z0-9_.\-]*)*$")
     """A tie whose far side is a feeder of another substation, by its name there ('SUB-006/LINE-061')."""
+    external_capacity_kva: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    """What the other substation has declared this tie may carry into this one (kVA); the limit of
+    the far side in every power-flow estimate, until the neighbour answers for itself."""
     coordination_group: str = ""
     operating_mechanism: Literal["spring", "solenoid", "motor"] = "spring"
     maintenance_interval: float = Field(default=365.0, gt=0, description="days")

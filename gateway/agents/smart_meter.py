@@ -158,6 +158,8 @@ class MeterFleet:
         self.typical_kw = nan32.copy()
         self.peak_kw = np.zeros(n, dtype=np.float32)
         self.energy_kwh = np.zeros(n, dtype=np.float64)
+        self.energy_known = np.zeros(n, dtype=bool)
+        """Meters whose energy register has been read (zero until then is not a reading)."""
         self.last_reading = np.full(n, now, dtype=np.float64)
         """Counted from start-up, so a silent meter reaches Communication_Loss after its timeout."""
         self.since = np.full(n, now, dtype=np.float64)
@@ -210,6 +212,7 @@ class MeterFleet:
                 self.demand_kw[idx] = demand
             elif name == "energy_kwh":
                 self.energy_kwh[idx] = col
+                self.energy_known[idx] = True
             else:
                 getattr(self, name)[idx] = col
         if "powered" in columns:

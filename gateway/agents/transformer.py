@@ -6,6 +6,12 @@ loss of life against a 180 000 h normal life. Above `capacity_notice_percent` th
 its substation (capacity constraint) and its neighbours (load-transfer request) once per
 crossing.
 
+Health: `on_health` takes the health inputs the daemon computed from months of history
+(gateway/maintenance/health.py), predicts the probability of failure within the site's horizon
+(gateway/maintenance/failure.py) and asks for maintenance — once per crossing — when it reaches
+the site's threshold or the dissolved gases are at IEEE C57.104 status 3. A top-oil trend found
+at comparable load is said once, as a warning, when it is first found.
+
 Tap changer (ANSI 90 logic on the 120 V base): no action inside the band; outside it, wait
 `time_delay_s`, then move one tap, re-evaluate, and move again after `inter_tap_delay_s`.
 Line-drop compensation uses R/X volts at CT primary current. CVR lowers the regulated voltage
@@ -33,6 +39,8 @@ from gateway.agents.physics import (
     thermal_step,
 )
 from gateway.agents.schema import TransformerAttributes
+from gateway.maintenance import failure
+from gateway.maintenance.health import HealthInputs
 
 
 class TransformerState(enum.Enum):
@@ -89,6 +97,17 @@ class TransformerInputs:
     tap_position: float | None = None
     energized: bool | None = None
     """False when the feeding line is dead (from topology); None when unknown."""
+    # monitored for health only (the history holds them; the step shows the last reading)
+    primary_power_kw: float | None = None
+    fans_running: float | None = None
+    operating_hours: float | None = None
+    h2_ppm: float | None = None
+    ch4_ppm: float | None = None
+    c2h6_ppm: float | None = None
+    c2h4_ppm: float | None = None
+    c2h2_ppm: float | None = None
+    co_ppm: float | None = None
+    co2_ppm: float | None = None
 
 
 @dataclass
@@ -122,6 +141,10 @@ class TransformerMemory(Memory):
     window_aging_h: float = 0.0
     window_h: float = 0.0
     last_daily_faa: float | None = None
+    health: dict[str, Any] | None = None
+    """The last health evaluation (inputs and prediction), as plain data."""
+    health_request_sent: bool = False
+    trend_alerted: bool = False
 
 
 MAX_MODEL_LOAD_PU = 10.0
@@ -321,14 +344,29 @@ class TransformerAgent(Agent[TransformerState, TransformerEvent]):
             out.append(self._maintenance_request(m, "accelerated insulation aging", equivalent_aging_factor=f_eqa,
                                                  loss_of_life_percent_day=lol_day))
 
-    def _maintenance_request(self, m: TransformerMemory, reason: str, **extra: float) -> BusMessage:
+    def _maintenance_request(self, m: TransformerMemory, reason: str, *, prediction: failure.FailurePrediction | None
+                             = None, health: HealthInputs | None = None, **extra: float) -> BusMessage:
+        p = prediction
+        dga = health.dga if health is not None else None
         return BusMessage(source=self.agent_id, topic=Topic.MAINTENANCE_SCHEDULED, kind="maintenance_request",
                           payload={"element": self.agent_id, "element_type": self.agent_type, "reason": reason,
                                    "hot_spot_c": m.hot_spot_c, "top_oil_c": m.top_oil_c,
-                                   "loss_of_life_percent": m.loss_of_life_percent,
+                                   "loss_of_life_percent": (health.loss_of_life_percent if health is not None
+                                                            and health.loss_of_life_percent is not None
+                                                            else m.loss_of_life_percent),
                                    "equivalent_aging_factor": extra.get("equivalent_aging_factor"),
                                    "loss_of_life_percent_day": extra.get("loss_of_life_percent_day"),
-                                   "customers": self.links.customers_downstream})
+                                   "failure_probability": None if p is None else p.probability,
+                                   "horizon_days": None if p is None else p.horizon_days,
+                                   "failure_mode": None if p is None else p.mode,
+                                   "failure_mode_key": None if p is None else p.mode_key,
+                                   "recommended_within_days": None if p is None else p.recommended_within_days,
+                                   "contributions": [] if p is None else [c.to_dict() for c in p.contributions],
+                                   "dga_status": None if dga is None else dga.status,
+                                   "duval_zone": None if dga is None or dga.duval is None else dga.duval.zone.value,
+                                   "health": None if health is None else health.to_dict(),
+                                   "customers": self.links.customers_downstream,
+                                   "critical_customers": self.links.critical_customers_downstream})
 
     def _capacity_notice(self, m: TransformerMemory, now: float, out: list[Action]) -> None:
         a = self.attrs
@@ -347,6 +385,39 @@ class TransformerAgent(Agent[TransformerState, TransformerEvent]):
                     for t in self.links.adjacent_transformers]
         elif m.load_percent < a.capacity_notice_percent - 5.0:
             m.capacity_notice_sent = False
+
+    # ------------------------------------------------------------------ health
+
+    def on_health(self, memory: TransformerMemory, health: HealthInputs, now: float, *, horizon_days: float = 60.0,
+                  threshold: float = 0.2, acceptable_risk: float = 0.25) -> tuple[TransformerMemory, list[Action]]:
+        """A health evaluation: predict, keep it, and ask for maintenance once per crossing."""
+        m = copy.deepcopy(memory)
+        out: list[Action] = []
+        prediction = failure.predict(health, horizon_days=horizon_days, acceptable_risk=acceptable_risk)
+        m.health = {"inputs": health.to_dict(), "prediction": prediction.to_dict()}
+        trend = health.top_oil
+        if trend is not None and trend.detected and not m.trend_alerted:
+            m.trend_alerted = True
+            out.append(Alert(agent_id=self.agent_id, severity=Severity.WARNING, time=now,
+                             message=f"top-oil temperature trending up {trend.slope_c_per_month:+.1f} °C a month at "
+                                     f"comparable load ({trend.reference_load_pu:.0%}; 95 % interval "
+                                     f"{trend.low_c_per_month:+.1f} to {trend.slope_c_per_month + trend.ci95_c_per_month:+.1f}"
+                                     f", {trend.days} days)"))
+        elif trend is not None and not trend.detected:
+            m.trend_alerted = False
+        status = health.dga.status if health.dga is not None else 1
+        crossing = prediction.probability >= threshold or status >= 3
+        if crossing and not m.health_request_sent:
+            m.health_request_sent = True
+            reason = (f"{prediction.probability:.0%} chance of failure within {horizon_days:g} days "
+                      f"({prediction.mode}); maintenance recommended within {prediction.recommended_within_days:.0f} days")
+            if prediction.probability < threshold:
+                reason = f"dissolved gases at IEEE C57.104-2019 status {status}; " + reason
+            out.append(Alert(agent_id=self.agent_id, severity=Severity.MAJOR, time=now, message=reason))
+            out.append(self._maintenance_request(m, reason, prediction=prediction, health=health))
+        elif not crossing and prediction.probability < 0.5 * threshold:
+            m.health_request_sent = False  # well back below: a later crossing is a new request
+        return m, out
 
     # ------------------------------------------------------------------ requests
 
@@ -393,4 +464,8 @@ class TransformerAgent(Agent[TransformerState, TransformerEvent]):
             "loss_of_life_percent": m.loss_of_life_percent, "tap_position": m.tap_position,
             "tap_operations": m.tap_operations, "control_voltage_v": m.control_voltage_v,
             "regulated_voltage_v": self.regulated_voltage_v(m), "cvr_active": m.cvr_active,
+            "failure_probability": None if not m.health else m.health["prediction"]["probability"],
+            "failure_horizon_days": None if not m.health else m.health["prediction"]["horizon_days"],
+            "failure_mode": None if not m.health else m.health["prediction"]["failure_mode"],
+            "health": m.health,
         }

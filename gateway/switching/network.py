@@ -1,8 +1,13 @@
 """The feeder network as switching sees it: sources, sections and switching devices.
 
 Built once from the site file (sans-IO). Nodes are sources (the substation's bus; the far side
-of a tie to another substation) and *sections*: maximal stretches of line between switching
-devices, with the elements tapped on them. Edges are the switching devices (breakers,
+of a tie to another substation, limited to the capacity that substation declared for it,
+`external_capacity_kva`) and *sections*: maximal stretches of line between switching
+devices, with the elements tapped on them. A station transformer (a transformer the substation
+or a breaker feeds, which feeds breakers or lines itself, not tapped on a line) is a node of its
+own, named after it: its impedance is in series and its rated current is its limit, so taking
+it out and carrying its feeders elsewhere is a question the estimate answers. One that
+regulates its voltage (a tap changer it commands) holds its bus at its set point. Edges are the switching devices (breakers,
 reclosers, load-break switches, ties) and fixed connections (a line fed straight from another
 line's end). A line carrying no in-series device is one section, `<LINE>/1`.
 
@@ -27,6 +32,7 @@ from gateway.agents.schema import (
     CircuitBreakerAttributes,
     PowerLineAttributes,
     SubstationAttributes,
+    TransformerAttributes,
 )
 from gateway.config import AgentConfig, CanonicalType, SiteConfig
 
@@ -39,6 +45,8 @@ VOLTAGE_WORSE_PU = 0.002
 LOADING_WORSE = 0.01
 PROTECTED_LOADING_LIMIT = 0.9
 """A protected breaker may carry at most this share of its lowest phase-overcurrent pickup."""
+STATION_TRANSFORMER_X_R = 8.0
+"""X/R of a station transformer's impedance (typical of 5-20 MVA units); only the voltage drop uses it."""
 
 
 class NetworkError(ValueError):
@@ -167,6 +175,10 @@ class Network:
         self.element_section: dict[str, str] = {}
         self.element_points: dict[str, Mapping[str, str]] = {}
         self.element_types: dict[str, str] = {}
+        self.station_nodes: dict[str, str] = {}
+        """Station transformer → its node (the same id)."""
+        self.regulated_pu: dict[str, float] = {}
+        """Station nodes whose tap changer holds the bus voltage → the voltage it holds (pu)."""
         self._adjacent: dict[str, list[tuple[str, str | None]]] = {}
 
     # ------------------------------------------------------------------ building
@@ -311,6 +323,8 @@ class Network:
                     continue
                 drop_kv = SQRT3 * sec.z_ohm * current[node] / 1000.0
                 v[node] = v[parent] - drop_kv / sec.nominal_kv
+                if node in self.regulated_pu:  # the tap changer brings the bus back to its set point
+                    v[node] = v[node] / abs(v[node]) * self.regulated_pu[node] if abs(v[node]) > 0 else v[node]
         violations: list[Violation] = []
         node_current = {n: abs(i) for n, i in current.items()}
         device_current: dict[str, float] = {}
@@ -448,6 +462,7 @@ class _Builder:
                     ampacity_a=attrs.ampacity, nominal_kv=attrs.voltage_rating, elements=elements,
                     meter_groups=groups, customers=sum(g.count for g in self.site.meter_groups if g.id in groups),
                     critical_customers=sum(g.critical_count for g in self.site.meter_groups if g.id in groups))
+        self._station_transformers()
         # devices in series on a line
         for line, placed in in_series.items():
             length = self.line_attrs[line].length
@@ -468,7 +483,8 @@ class _Builder:
                     raise NetworkError(f"agents.{dev_id}: a tie to another substation ({tie.external_source}) "
                                        f"has one route rule to a local line, found {len(nodes)}")
                 ext = f"EXT:{dev_id}"
-                self.net.sources[ext] = Source(ext, True, None, self.net.sections[nodes[0]].nominal_kv)
+                self.net.sources[ext] = Source(ext, True, tie.external_capacity_kva,
+                                               self.net.sections[nodes[0]].nominal_kv)
                 nodes.append(ext)
             if len(nodes) != 2:
                 raise NetworkError(f"agents.{dev_id}: a tie joins two lines (route rules), found {len(nodes)}")
@@ -479,15 +495,44 @@ class _Builder:
             for child in children:
                 if self.types[child] == BREAKER and child not in net.devices:
                     self._device_feeding(child, self._node_of(parent))
-                elif self.types[child] == LINE and self.types[parent] in (LINE, SUBSTATION):
+                elif self.types[child] == LINE and (self.types[parent] in (LINE, SUBSTATION)
+                                                    or parent in net.station_nodes):
                     net.fixed.append((self._node_of(parent), net.line_sections[child][0]))
+                elif child in net.station_nodes and self.types[parent] == SUBSTATION:
+                    net.fixed.append((parent, net.station_nodes[child]))
 
     def _breaker_attrs(self, dev_id: str) -> CircuitBreakerAttributes:
         return CircuitBreakerAttributes.model_validate(self.agents[dev_id].attributes)
 
+    def _station_transformers(self) -> None:
+        """Transformers fed by the substation or a breaker that feed breakers or lines: nodes."""
+        net = self.net
+        fed = {c for p, cs in self.feeds.items() if self.types[p] in (SUBSTATION, BREAKER) for c in cs}
+        for agent_id, kind in self.types.items():
+            if kind != "transformer" or agent_id in net.element_section or agent_id not in fed:
+                continue
+            if not any(self.types[c] in (BREAKER, LINE) for c in self.feeds.get(agent_id, [])):
+                continue
+            attrs = TransformerAttributes.model_validate(self.agents[agent_id].attributes)
+            kv = attrs.secondary_voltage / 1000.0
+            z_abs = attrs.impedance_percent / 100.0 * kv * kv / (attrs.rated_capacity / 1000.0)
+            r = z_abs / math.sqrt(1.0 + STATION_TRANSFORMER_X_R ** 2)
+            groups = [g for g in self.site.meter_groups if g.connected_transformer == agent_id]
+            net.sections[agent_id] = Section(
+                id=agent_id, line=agent_id, index=1, from_m=0.0, to_m=0.0, z_ohm=complex(r, r * STATION_TRANSFORMER_X_R),
+                ampacity_a=attrs.rated_capacity / (SQRT3 * kv), nominal_kv=kv, elements=(),
+                meter_groups=tuple(g.id for g in groups), customers=sum(g.count for g in groups),
+                critical_customers=sum(len(g.critical_meters) for g in groups))
+            net.station_nodes[agent_id] = agent_id
+            if attrs.regulation_enabled and "tap_setpoint" in self.agents[agent_id].points:
+                # the low edge of its band: the bus may settle anywhere inside it
+                net.regulated_pu[agent_id] = (attrs.voltage_setpoint_v - attrs.bandwidth_v / 2.0) / 120.0
+
     def _node_of(self, agent_id: str) -> str:
         if self.types[agent_id] == SUBSTATION:
             return agent_id
+        if agent_id in self.net.station_nodes:
+            return self.net.station_nodes[agent_id]
         if self.types[agent_id] == LINE:
             return self.net.line_sections[agent_id][-1]
         if agent_id in self.net.element_section:
@@ -506,10 +551,14 @@ class _Builder:
 
     def _device_feeding(self, dev_id: str, upstream: str) -> None:
         lines = [c for c in self.feeds.get(dev_id, []) if self.types[c] == LINE]
-        if len(lines) > 1:
-            raise NetworkError(f"agents.{dev_id}: a switching device feeds one line, found {', '.join(lines)}")
+        stations = [c for c in self.feeds.get(dev_id, []) if c in self.net.station_nodes]
+        if len(lines) + len(stations) > 1:
+            raise NetworkError(f"agents.{dev_id}: a switching device feeds one line or one transformer, found "
+                               f"{', '.join(lines + stations)}")
         if lines:
             self._device(dev_id, upstream, self.net.line_sections[lines[0]][0])
+        elif stations:
+            self._device(dev_id, upstream, self.net.station_nodes[stations[0]])
 
     def _device(self, dev_id: str, a: str, b: str) -> None:
         self._add(dev_id, a, b, tie=False, normally_open=self._breaker_attrs(dev_id).normally_open)

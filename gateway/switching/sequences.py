@@ -104,7 +104,7 @@ class Sequence:
     """Wall time."""
     status: Status = Status.PROPOSED
     source: str = "operator"
-    """operator, flisr."""
+    """operator, flisr, maintenance (a backup plan for a planned outage)."""
     fault: str | None = None
     plan: Mapping[str, Any] = field(default_factory=dict)
     results: tuple[StepResult, ...] = ()

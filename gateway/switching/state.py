@@ -30,6 +30,8 @@ KEEP_SAMPLES = 600
 DEAD_FRACTION = 0.1
 """Below this share of its nominal voltage a side is dead."""
 SOURCE_PU_RANGE = (0.9, 1.1)
+IDLE_GENERATION_KVA = 1.0
+"""A DER putting out less than this is at rest: it does not hide the load from the current balance."""
 PLAUSIBLE_LOAD = 1.5
 """A section 'load' above this share of its line's ampacity is a fault current, not remembered."""
 
@@ -154,6 +156,10 @@ class GridState:
     def section_load(self, section: str) -> LoadSample | None:
         """The section's load now (kW + j kvar), or None when nothing on it is measured."""
         sec = self.network.sections[section]
+        if section in self.network.station_nodes:
+            # a station transformer's bus: its devices measure on two voltage levels, and what it
+            # carries is its feeders' load (its own losses are left out)
+            return LoadSample(0.0, 0j, "station transformer")
         total, measured, generation = 0j, False, False
         for element in sec.elements:
             kind = self.network.element_types.get(element, "")
@@ -166,8 +172,10 @@ class GridState:
             if p is None and q is None:
                 continue
             measured = True
-            generation |= kind == "renewable_energy"
-            total += LOAD_SIGN[kind] * complex(float(p or 0.0), float(q or 0.0))
+            value = complex(float(p or 0.0), float(q or 0.0))
+            # a generator at rest (PV at night) leaves the currents telling the load
+            generation |= kind == "renewable_energy" and abs(value) >= IDLE_GENERATION_KVA
+            total += LOAD_SIGN[kind] * value
         # currents are magnitudes: they cannot tell generation from load
         by_current = None if generation else self._current_balance(section)
         if by_current is not None:

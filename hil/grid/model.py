@@ -59,9 +59,11 @@ from gateway.agents.schema import (
     TransformerAttributes,
 )
 from gateway.config import AgentConfig, CanonicalType, SiteConfig
+from hil.grid.ageing import CONDITION_NAMES, Condition, LoadComponent, conditions, top_oil_rise_step
 from hil.grid.faults import A_OP, FaultInfo, FaultKind, SequenceCurrents, parse_kind, sequence_currents
 from hil.grid.flows import branch_flow, nearest_upstream, top_node, walked_forward
 from hil.grid.layout import SiteLayout, site_layout
+from hil.grid.meters import MeterBypass
 from hil.grid.network import BranchKind, Loop, Network, RadialTree, closed_loops
 from hil.grid.demand_response import DemandResponse, ProgramTerms
 from hil.grid.powerflow import PowerFlowDiverged, PowerFlowResult, VoltageDependentLoads, solve, solve_impedance
@@ -89,7 +91,6 @@ log = logging.getLogger(__name__)
 
 SQRT3 = math.sqrt(3.0)
 _MAX_SOLVE_GAP_S = 300.0
-_OIL_EXPONENT = {"ONAN": 0.8, "oil_filled": 0.8, "dry_type": 0.8, "ONAF": 0.9, "OFAF": 1.0, "ODAF": 1.0}
 _TYPICAL_PEAK_PER_METER_KW = {"residential": 1.2, "commercial": 6.0, "industrial": 40.0}
 
 
@@ -458,6 +459,7 @@ class GridModel:
                           for section in line_sections(line.id, line.start_bus, line.attrs.length, line.segments,
                                                        line.breaks, line.taps)]
         self._build_loads(site, meters)
+        self.conditions: dict[str, Condition] = conditions(s.ageing, self.transformers, self.seed)
         self._build_points(site)
         n_bus = len(net.buses)
         self._v = np.zeros(n_bus, dtype=np.complex128)
@@ -763,6 +765,7 @@ class GridModel:
         self._meter_energy0 = np.zeros(n)
         self._meter_nominal_v = np.zeros(n)
         self._meter_tamper = np.zeros(n, dtype=bool)
+        self.bypass = MeterBypass(n)
         for g in self._groups:
             sl = slice(g.start, g.stop)
             count, meter_type = g.stop - g.start, g.meter_type
@@ -1071,18 +1074,15 @@ class GridModel:
                          "latched" if device.fpi else "reset", current_a)
 
     def _thermal(self, dt: float, now_s: float) -> None:
-        """IEEE C57.91 clause 7 top-oil rise, first order, exact over each interval."""
+        """IEEE C57.91 top-oil rise of each transformer at the power it passes (hil/grid/ageing.py)."""
+        base_kva = self.net.base_mva * 1000.0
         for t in self.transformers.values():
-            a = t.attrs
-            s_kva = abs(complex(self._bus_load_kw[t.bus], self._bus_load_kvar[t.bus]))
+            s_kva = abs(complex(self._v[t.bus] * np.conj(self._i1[t.bus]))) * base_kva
             k = s_kva / t.rated_kva if self._energised[t.bus] else 0.0
-            n = _OIL_EXPONENT.get(a.cooling_type, 0.8)
-            ultimate = a.rated_top_oil_rise_c * ((k * k * a.loss_ratio + 1) / (a.loss_ratio + 1)) ** n
-            if t.top_oil_rise_c is None:
-                t.top_oil_rise_c = ultimate
-                continue
-            tau_s = (a.top_oil_time_constant_min or 180.0) * 60.0
-            t.top_oil_rise_c = ultimate + (t.top_oil_rise_c - ultimate) * math.exp(-dt / tau_s)
+            a = t.attrs
+            t.top_oil_rise_c = top_oil_rise_step(t.top_oil_rise_c, k, dt, rated_rise_c=a.rated_top_oil_rise_c,
+                                                 loss_ratio=a.loss_ratio, cooling_type=a.cooling_type,
+                                                 tau_min=a.top_oil_time_constant_min)
 
     def _ambient_c(self, t: _Transformer | None, now_s: float, substation_id: str | None = None) -> float:
         s = self.settings
@@ -1729,11 +1729,14 @@ class GridModel:
             t = self.transformers[agent_id]
             s_sec = self._v[t.bus] * np.conj(self._i1[t.bus]) * self.net.base_mva * 1000.0
             ambient = self._ambient_c(t, self._now)
-            return {"load_kw": float(s_sec.real), "load_kvar": float(s_sec.imag),
-                    "top_oil_temp_c": ambient + (t.top_oil_rise_c or 0.0), "ambient_temp_c": ambient,
-                    "secondary_voltage_v": self._kv(t.bus) * 1000.0,
-                    "current_a": float(abs(self._i1[t.bus]) * self.net.i_base_a(t.bus)),
-                    "tap_position": t.tap_position, "tap_setpoint": t.tap_setpoint}
+            values: dict[str, float | int | bool] = {
+                "load_kw": float(s_sec.real), "load_kvar": float(s_sec.imag),
+                "top_oil_temp_c": ambient + (t.top_oil_rise_c or 0.0), "ambient_temp_c": ambient,
+                "secondary_voltage_v": self._kv(t.bus) * 1000.0,
+                "current_a": float(abs(self._i1[t.bus]) * self.net.i_base_a(t.bus)),
+                "tap_position": t.tap_position, "tap_setpoint": t.tap_setpoint}
+            condition = self.conditions.get(agent_id)
+            return condition.live(values, self._now) if condition is not None else values
         if kind is AgentType.CAPACITOR_BANK:
             cap = self.capacitors[agent_id]
             v_pu_rated = abs(self._v[cap.bus]) * self.net.buses[cap.bus].base_kv / cap.attrs.voltage_level
@@ -1812,10 +1815,10 @@ class GridModel:
         voltage = np.where(powered, voltage, np.where(voltage > 0, voltage, 0.0))
         current = np.divide(demand * 1000.0, voltage * self._meter_pf, out=np.zeros(n), where=powered)
         thd = np.where(powered, self._meter_thd, 0.0)
-        return MeterReadings(time_s=self._now, ids=self._meter_ids, group_ids=self._meter_group_ids,
-                             voltage_v=voltage, current_a=current, demand_kw=demand, energy_kwh=energy,
-                             power_factor=self._meter_pf.copy(), thd_pct=thd, powered=powered,
-                             tamper=self._meter_tamper.copy())
+        return self.bypass.apply(MeterReadings(time_s=self._now, ids=self._meter_ids, group_ids=self._meter_group_ids,
+                                               voltage_v=voltage, current_a=current, demand_kw=demand,
+                                               energy_kwh=energy, power_factor=self._meter_pf.copy(), thd_pct=thd,
+                                               powered=powered, tamper=self._meter_tamper.copy()))
 
     def set_tamper(self, meter_id: str, tampered: bool = True) -> None:
         """Flag a meter's tamper switch (a scenario injection)."""
@@ -1824,6 +1827,11 @@ class GridModel:
         except ValueError:
             raise KeyError(f"{meter_id!r} is not a simulated meter") from None
         self._meter_tamper[k] = tampered
+
+    def loads_behind(self, target: str) -> list[LoadComponent]:
+        """The load components `target` supplies in the normal configuration (peaks and daily shapes)."""
+        return [LoadComponent(ld.peak_kw * ld.factor, ld.power_factor, tuple(float(x) for x in self._shapes[ld.shape][:24]))
+                for ld in self._loads if target in ld.owners]
 
     @property
     def now_s(self) -> float:
@@ -1850,7 +1858,8 @@ _NAMES: dict[AgentType, frozenset[str]] = {
     AgentType.POWER_LINE: frozenset({"current_a", "voltage_kv", "active_power_kw", "reactive_power_kvar",
                                      "end_voltage_kv"}),
     AgentType.TRANSFORMER: frozenset({"load_kw", "load_kvar", "top_oil_temp_c", "ambient_temp_c",
-                                      "secondary_voltage_v", "current_a", "tap_position", "tap_setpoint"}),
+                                      "secondary_voltage_v", "current_a", "tap_position", "tap_setpoint"})
+    | CONDITION_NAMES,
     AgentType.CAPACITOR_BANK: frozenset({"bus_voltage_kv", "reactive_power_kvar", "steps_active", "steps_cmd"}),
     AgentType.RENEWABLE_ENERGY: frozenset({"active_power_kw", "reactive_power_kvar", "voltage_pu",
                                            "irradiance_w_m2", "p_limit_pct", "q_setpoint_kvar", "connected",

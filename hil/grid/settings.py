@@ -130,6 +130,26 @@ class DemandResponseSettings(_Model):
     """Share of enrolled (non-critical) meters that follow an event; the rest do not, drawn from
     the seed per meter (the same meters every event of a run)."""
 
+class AgeingSettings(_Model):
+    """A transformer's condition (hil/grid/ageing.py): which profile it follows and where it stands."""
+
+    profile: str
+    """scenario-3 (the use case's ageing unit) or healthy (its twin)."""
+    operating_hours: float = Field(default=0.0, ge=0)
+    """The monitor's hour counter at simulated time 0."""
+    age_months: float = Field(default=0.0, ge=0, le=600)
+    """How far along its profile the unit is at simulated time 0."""
+    fan_on_c: float = Field(default=60.0, gt=0, lt=150)
+    fan_off_c: float = Field(default=52.0, gt=0, lt=150)
+    onan_rise_factor: float = Field(default=1.25, ge=1.0, le=3.0)
+    """Top-oil rise with the fans off against with them on, at the same load."""
+
+    @model_validator(mode="after")
+    def _check(self) -> AgeingSettings:
+        if self.fan_off_c >= self.fan_on_c:
+            raise ValueError(f"fan_off_c ({self.fan_off_c}) must be below fan_on_c ({self.fan_on_c})")
+        return self
+
 
 class SimulationSettings(_Model):
     nominal_kv: float | None = Field(default=None, gt=0)
@@ -176,6 +196,8 @@ class SimulationSettings(_Model):
     capacitor_steps: dict[str, int] = Field(default_factory=dict)
     """Capacitor bank id → steps in service at start (default 0)."""
     irradiance: IrradianceSettings = IrradianceSettings()
+    ageing: dict[str, AgeingSettings] = Field(default_factory=dict)
+    """Transformer id → its condition (thermal drift, efficiency, fans, dissolved gases)."""
     seed: int | None = None
     """Overrides the seed given on the command line."""
     tolerance_pu: float = Field(default=1e-8, gt=0, le=1e-3)

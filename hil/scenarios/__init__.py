@@ -26,6 +26,10 @@ SCENARIOS: dict[str, tuple[str, str]] = {
     "peak-demand": ("hil.scenarios.peak_demand",
                     "use case scenario 2: SUB-007's evening peak met by CVR, capacitors, demand response, DER and a "
                     "load transfer to SUB-006 over the regional broker; refusal, offline and broker-outage variants"),
+    "predictive-maintenance": ("hil.scenarios.predictive_maintenance",
+                               "use case scenario 3: an ageing station transformer's health, failure probability, "
+                               "work order, backup plans A/B/C run in simulation, customer notices; its healthy "
+                               "twin raises nothing; a bypassed meter found"),
 }
 
 
