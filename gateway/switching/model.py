@@ -47,11 +47,14 @@ class Via(enum.Enum):
     """An agent's own decision (tap changer, capacitor controller, DER, shedding)."""
     FLISR = "flisr"
     PROTECTION = "protection"
+    HMI = "hmi"
+    """The web HMI: a logged-in user over the management network (never `local` for overrides)."""
 
     @property
     def remote(self) -> bool:
-        """Requests from the control centre: select-before-operate applies."""
-        return self in (Via.MQTT, Via.IEC104)
+        """Requests that reach the gateway over a network (the control centre, the web HMI):
+        select-before-operate applies."""
+        return self in (Via.MQTT, Via.IEC104, Via.HMI)
 
     @property
     def automatic(self) -> bool:
