@@ -24,7 +24,7 @@ DEFAULT_CONFIG = Path("/etc/stima/site.toml")
 DEFAULT_RUNTIME_DIR = Path("/run/stima")
 
 # Command groups contributed by other parts of the gateway: module with `register(subparsers)`.
-_EXTENSIONS = ("gateway.protection.cli", "gateway.agents.cli", "gateway.switching.cli")
+_EXTENSIONS = ("gateway.protection.cli", "gateway.agents.cli", "gateway.switching.cli", "gateway.hmi.cli")
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:
