@@ -50,6 +50,7 @@ HISTORY_WRITE_CHUNK = 200
 the store's lock (about a millisecond; see tests/bench/bench_history.py)."""
 HISTORY_PRUNE_MAX_CHUNKS = 10_000
 """Agent state changes reach the state database within this (protection state: at once)."""
+ALARMS_SNAPSHOT_KEY = "alarms"
 
 
 class Gateway:
@@ -70,6 +71,7 @@ class Gateway:
         self._tasks: list[asyncio.Task[Any]] = []
         self.started_at = clock.wall()
         self.updates_applied = 0
+        self._build_alarms()
         self._build_uplink()
         self._build_protection()
         self._build_agents()
@@ -78,6 +80,40 @@ class Gateway:
         self._build_history()
 
     # ------------------------------------------------------------------ wiring
+
+    def _build_alarms(self) -> None:
+        """The active alarm list (gateway/alarms.py), restored from the state database."""
+        from gateway.alarms import AlarmBook
+
+        self.alarms = AlarmBook()
+        try:
+            saved = self.store.load_snapshot(ALARMS_SNAPSHOT_KEY)
+            if saved:
+                self.alarms.restore(saved)
+        except Exception:
+            log.exception("alarm list could not be restored; starting with none")
+        self.alarms.dirty = False
+
+    def save_alarms(self) -> None:
+        if self.alarms.dirty:
+            self.alarms.dirty = False
+            try:
+                self.store.save_snapshot(ALARMS_SNAPSHOT_KEY, self.alarms.snapshot(), self.clock.wall())
+            except Exception:
+                log.exception("alarm list could not be saved")
+
+    def acknowledge_alarm(self, alarm_id: str, who: str) -> dict[str, Any]:
+        """Take an alarm off the active list for `who` (KeyError when it is not there); audited."""
+        wall = self.clock.wall()
+        alarm = self.alarms.acknowledge(alarm_id, who, wall)
+        record = {"alarm": alarm.id, "severity": alarm.severity, "message": alarm.message, "who": who,
+                  "raised": alarm.time, "count": alarm.count}
+        self.store.append_event(wall, alarm.source, "alarm.acknowledged", record)
+        self.uplink.publish("events", {"time": wall, "source": alarm.source, "kind": "alarm.acknowledged", **record},
+                            retain=False)
+        log.info("alarm acknowledged", extra={"alarm": alarm.id, "source": alarm.source, "who": who})
+        self.save_alarms()
+        return alarm.to_dict()
 
     def _build_uplink(self) -> None:
         from gateway.telemetry import Telemetry
@@ -258,6 +294,12 @@ class Gateway:
                 log.exception("history flush failed")
 
     def _publish(self, suffix: str, payload: dict[str, Any], retain: bool = False) -> None:
+        if suffix == "alarms":
+            try:
+                self.alarms.raise_alarm(float(payload.get("time") or self.clock.wall()), str(payload.get("source", "")),
+                                        str(payload.get("severity", "warning")), str(payload.get("message", "")))
+            except Exception:
+                log.exception("alarm could not be listed")
         self.uplink.publish(suffix, payload, retain=retain)
 
     def _on_point_for_uplink(self, point: Point, update: PointUpdate) -> None:
@@ -333,6 +375,7 @@ class Gateway:
                 if (self.agents.dirty and since >= AGENT_DIRTY_SNAPSHOT_S) or since > AGENT_SNAPSHOT_S:
                     self.agents.snapshot()
                     last_snapshot = self.clock.monotonic()
+                self.save_alarms()
             except Exception:
                 log.exception("agent step failed")
 
@@ -366,6 +409,7 @@ class Gateway:
         end = time.monotonic() + deadline_s
         with contextlib.suppress(Exception):
             self.agents.snapshot()
+        self.save_alarms()
         if self.ami is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.ami.close(), 2.0)

@@ -153,6 +153,7 @@ def hand_over(old: Gateway, new: Gateway, keep: set[str], report: ReloadReport) 
     carried = [p for p in old.image.points.values() if p.source in keep and new.image.carry(p)]
     new.switching.resync()
     new.agents.resync(carried)
+    new.alarms = old.alarms  # the live list, with what was raised or acknowledged since its last save
     report.ieds_kept_running = sorted(keep)
     report.ieds_restarted = sorted(set(new.adapters) - keep)
     from gateway.agents.runtime import restore_from_store
