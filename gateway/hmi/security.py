@@ -91,6 +91,9 @@ class SessionBook:
     def users(self) -> set[str]:
         return {s.user for s in self._sessions.values()}
 
+    def roles_of(self, user: str) -> set[Role]:
+        return {s.role for s in self._sessions.values() if s.user == user}
+
     def prune(self, now: float) -> int:
         dead = [s.id for s in self._sessions.values() if self.expired(s, now)]
         for sid in dead:
