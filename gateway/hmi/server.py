@@ -399,6 +399,10 @@ class Hmi:
         if cfg is not None:
             shown["configured"] = self.view().configured.get(aid, {})
             shown["points"] = {name: gw.image[pid].as_dict() for name, pid in cfg.points.items() if pid in gw.image}
+        groups = self.view().groups_of.get(aid)
+        if groups:  # a transformer's meters: counts by state per group, never meter by meter
+            states = gw.agents.runtime.meter_states()
+            shown["meters"] = {gid: {"count": n, "states": states.get(gid, {})} for gid, n in groups}
         shown["events"] = await asyncio.to_thread(self.store.events, 0.0, math.inf, aid, 50)
         return reply(shown)
 

@@ -272,6 +272,9 @@ async function openDetails(agentId, drawnId, isDevice) {
   if (a.visualization_metadata) body.append(el("h3", {}, "Display"), table(a.visualization_metadata));
   if (a.attributes) body.append(el("h3", {}, "Attributes (live)"), table(a.attributes));
   if (a.states) body.append(el("h3", {}, "Meters by state"), table(a.states));
+  if (a.meters) {
+    for (const [gid, m] of Object.entries(a.meters)) body.append(el("h3", {}, `Meters of ${gid} (${m.count})`), table(m.states));
+  }
   if (a.points) {
     const rows = {};
     for (const [name, p] of Object.entries(a.points)) rows[name] = `${fmt(p.value)} ${p.unit || ""} (${p.quality})`;
