@@ -341,7 +341,7 @@ class Gateway:
         if self.site.ami is not None and self.site.meter_groups:
             from protocols.ami import AmiSubscriber
 
-            self.ami: Any = AmiSubscriber(self.site.ami, self.site.site.substation_id, self.agents.ingest_meters,
+            self.ami = AmiSubscriber(self.site.ami, self.site.site.substation_id, self.agents.ingest_meters,
                                           self.clock, logging.getLogger("stima.ami"))
             self._tasks.append(asyncio.create_task(self.ami.run(), name="ami"))
         else:

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import geojson
 import pytest
 from openapi_spec_validator import validate as validate_openapi
@@ -266,8 +267,9 @@ def test_the_stream_sends_a_snapshot_then_changes(tmp_path: Path) -> None:
         async with served(example_document(), tmp_path) as (gw, _hmi, client):
             apply(gw, normal_positions(gw))
             await login(client, "bob")
-            with pytest.raises(Exception):  # not from a page of this HMI: no Origin
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:  # not from a page of this HMI
                 await client.ws_connect("/api/stream")
+            assert refused.value.status == 403
             ws = await client.ws_connect("/api/stream", headers={"Origin": origin(client)})
             first = json.loads((await ws.receive(timeout=10)).data)
             assert first["type"] == "snapshot"

@@ -27,7 +27,7 @@ import time
 from collections.abc import Awaitable, Callable
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import WSMsgType, web
 
@@ -70,9 +70,12 @@ def session_of(_request: web.Request) -> security.Session:
     return _SESSION.get()
 
 
-def needs(role: Role) -> Callable[[Handler], Handler]:
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def needs(role: Role) -> Callable[[_F], _F]:
     """The role a route needs (viewer when not marked)."""
-    def mark(fn: Handler) -> Handler:
+    def mark(fn: _F) -> _F:
         fn._stima_role = role  # type: ignore[attr-defined]
         return fn
     return mark
