@@ -686,7 +686,7 @@ class Stream:
                     now = time.monotonic()
                     if now >= next_state:
                         next_state = now + STATE_PERIOD_S
-                        self._send_state(gw)
+                        await self._send_state(gw)
                         await self._send_events()
                         self.hmi.user_sessions_check()
                 except Exception:
@@ -719,8 +719,8 @@ class Stream:
             if mine and not client.send(dumps({"type": "points", "points": mine[:5000]})):
                 self._drop(client, "too slow")
 
-    def _send_state(self, gw: Any) -> None:
-        state = self.hmi.view().state()
+    async def _send_state(self, gw: Any) -> None:
+        state = await self.hmi.view().state_async()
         changes: dict[str, Any] = {}
         for part in ("sections", "devices", "elements", "buses"):
             before = self._last.get(part, {})

@@ -9,10 +9,14 @@ the meter groups behind it (`AgentRuntime.meter_states`, bulk over the fleet's c
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 from gateway.agents import visualization as viz
 from gateway.hmi.layout import Diagram, layout
+
+
+_POSITION = {None: "unknown", True: "closed", False: "open"}
 
 
 class View:
@@ -35,6 +39,7 @@ class View:
         self.diagram: Diagram = layout(net, element_types=dict(net.element_types),
                                        meters_by_transformer=self.groups_of)
         self._line_of_section = {s.id: s.line for s in net.sections.values()}
+        self._built: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ static
 
@@ -60,6 +65,21 @@ class View:
 
     def state(self) -> dict[str, Any]:
         """The diagram's live state: one entry per section, device, element and bus."""
+        steps = self.state_steps()
+        for _ in steps:
+            pass
+        return self._built
+
+    async def state_async(self) -> dict[str, Any]:
+        """The same, letting the event loop run (protection first) between its parts."""
+        import asyncio
+
+        for _ in self.state_steps():
+            await asyncio.sleep(0)
+        return self._built
+
+    def state_steps(self) -> Iterator[None]:
+        """Builds `self._built` part by part (a millisecond or two each at 30 feeders)."""
         gw = self.gateway
         sw = gw.switching
         en = self.net.energise(sw.state.configuration())
@@ -77,16 +97,21 @@ class View:
                              "width": meta["width"], "style": meta["style"],
                              "flow": bool(meta["power_flow_animation"]) and energised,
                              "load_kw": None if load is None else _round(load.kva.real)}
+        yield
         devices: dict[str, Any] = {}
+        memory = gw.agents.runtime.memory
+        tags = sw.authority.tags
         for dev_id, dev in self.net.devices.items():
-            position = {None: "unknown", True: "closed", False: "open"}[sw.state.position(dev_id)]
+            position = _POSITION[sw.state.position(dev_id)]
             meta = viz.switch_metadata(self.configured.get(dev_id, {}), position)
-            _, state = self._live(dev_id)
+            m = memory.get(dev_id)
             devices[dev_id] = {"position": position, "color": meta["color"], "filled": meta["filled"],
-                               "state": state, "locked_out": bool(sw._locked_out(dev_id)) if dev.protected else False,
-                               "tagged": bool(sw.authority.tags.get(dev_id)), "fpi": sw.state.fpi(dev_id),
-                               "local": sw.state.local(dev_id), "current_a": _round(sw.state.current_a(dev_id)),
+                               "state": None if m is None else m.state.value,
+                               "locked_out": bool(sw._locked_out(dev_id)) if dev.protected else False,
+                               "tagged": bool(tags.get(dev_id)), "fpi": sw.state.fpi(dev_id),
+                               "local": sw.state.local(dev_id),
                                "energised": en.energised(dev.a) or en.energised(dev.b)}
+        yield
         meter_states = gw.agents.runtime.meter_states()
         elements: dict[str, Any] = {}
         for element, sid in self.net.element_section.items():
@@ -113,8 +138,8 @@ class View:
         buses = {src: {"energised": True, "voltage_pu": _round(sw.state.source_voltages().get(src))}
                  for src in self.net.sources}
         alarms = gw.alarms
-        return {"time": gw.clock.wall(), "sections": sections, "devices": devices, "elements": elements,
-                "buses": buses, "alarms": {"active": len(alarms.active()), "version": alarms.version}}
+        self._built = {"time": gw.clock.wall(), "sections": sections, "devices": devices, "elements": elements,
+                       "buses": buses, "alarms": {"active": len(alarms.active()), "version": alarms.version}}
 
     # ------------------------------------------------------------------ GIS
 
