@@ -314,3 +314,41 @@ def test_a_hundred_thousand_meters_travel_as_counts_per_transformer(tmp_path: Pa
             agents = await (await client.get("/api/agents")).json()
             assert len(agents) < 400  # groups, not meters
     run(go)
+
+
+def test_removing_a_user_or_changing_their_role_ends_their_sessions(tmp_path: Path) -> None:
+    from gateway.hmi import users as users_mod
+    from gateway.switching.model import Role
+
+    async def go() -> None:
+        async with served(example_document(), tmp_path) as (_gw, hmi, client):
+            assert (await login(client, "ada"))["status"] == 200
+            assert (await client.get("/api/alarms")).status == 200
+            path = tmp_path / "hmi-users"
+            found = users_mod.load(path)
+            found["ada"] = users_mod.User("ada", Role.VIEWER, found["ada"].password_hash)
+            users_mod.save(path, found, group=None)
+            assert (await client.get("/api/alarms")).status == 401
+            assert (await login(client, "ada"))["role"] == "viewer"
+            del found["ada"]
+            users_mod.save(path, found, group=None)
+            assert (await client.get("/api/alarms")).status == 401 and not len(hmi.sessions)
+            assert (await login(client, "ada"))["status"] == 401
+    run(go)
+
+
+def test_the_stream_closes_when_its_session_expires(tmp_path: Path) -> None:
+    async def go() -> None:
+        clock = FakeClock()
+        async with served(example_document(), tmp_path, clock=clock, session_idle_s=600) as (_gw, _hmi, client):
+            await login(client, "bob")
+            ws = await client.ws_connect("/api/stream", headers={"Origin": origin(client)})
+            assert json.loads((await ws.receive(timeout=10)).data)["type"] == "snapshot"
+            clock.now += 601
+            for _ in range(50):
+                msg = await ws.receive(timeout=10)
+                if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
+                    break
+            assert ws.close_code == 4401
+            assert (await client.get("/api/alarms")).status == 401
+    run(go)

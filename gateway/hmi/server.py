@@ -241,6 +241,8 @@ class Hmi:
                                     touch=path != "/api/stream")
         if session is None:
             return problem(401, "login needed (no session, or it expired)")
+        if not self._still_valid(session):
+            return problem(401, "login needed (the user was removed or given another role)")
         needed = getattr(handler, "_stima_role", Role.VIEWER)
         if session.role < needed:
             return problem(403, f"{path} needs the {needed.label} role; {session.user} is {session.role.label}")
@@ -338,6 +340,20 @@ class Hmi:
         except Exception:
             log.exception("HMI audit could not be written")
         log.info("HMI %s", kind, extra={"user": user, **record})
+
+    def _still_valid(self, session: security.Session) -> bool:
+        """The session's user is still in the users file with the same role (read again when it
+        changed); otherwise every session of that user ends."""
+        try:
+            known = self.users.refresh().get(session.user)
+        except UsersFileError:
+            known = self.users.get(session.user)  # an unreadable file keeps the users last read
+        if known is None or known.role != session.role:
+            ended = self.sessions.end_user(session.user)
+            log.warning("HMI sessions ended: the user was removed or given another role",
+                        extra={"user": session.user, "sessions": ended})
+            return False
+        return True
 
     def user_sessions_check(self) -> None:
         """End the sessions of users removed from the users file, or whose role changed."""
