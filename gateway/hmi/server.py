@@ -646,7 +646,6 @@ class Stream:
                     continue
         finally:
             self.clients.discard(client)
-            client.queue.put_nowait(None) if not client.queue.full() else None
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await sender
