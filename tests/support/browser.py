@@ -89,8 +89,15 @@ class Browser:
 
 @contextlib.contextmanager
 def chromium(workdir: Path) -> Iterator[Browser]:
+    """A headless Chromium session. ChromeDriver is started here on a free loopback port and
+    reached by address (127.0.0.1), so nothing depends on the name `localhost` resolving (a
+    minimal root has no /etc/hosts)."""
+    import socket
+    import subprocess
+
     from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+
+    from hil.broker import free_port
 
     os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager must not try to download anything
     profile = workdir / "chromium-profile"
@@ -100,12 +107,29 @@ def chromium(workdir: Path) -> Iterator[Browser]:
     for flag in FLAGS:
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={profile}")
-    service = Service(executable_path=CHROMEDRIVER, log_output=str(workdir / "chromedriver.log"))
-    driver = webdriver.Chrome(options=options, service=service)
-    driver.set_page_load_timeout(30)
-    browser = Browser(driver, workdir / "screenshots")
+    port = free_port()
+    with (workdir / "chromedriver.log").open("ab") as log:
+        driver_proc = subprocess.Popen([CHROMEDRIVER, f"--port={port}"], stdout=log, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL, start_new_session=True)
+    driver: Any = None
     try:
-        yield browser
+        deadline = time.monotonic() + 30.0
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1.0):
+                break
+            if driver_proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"chromedriver did not listen on 127.0.0.1:{port} (see {workdir}/chromedriver.log)")
+            time.sleep(0.1)
+        driver = webdriver.Remote(command_executor=f"http://127.0.0.1:{port}", options=options)
+        driver.set_page_load_timeout(30)
+        yield Browser(driver, workdir / "screenshots")
     finally:
-        with contextlib.suppress(Exception):
-            driver.quit()
+        if driver is not None:
+            with contextlib.suppress(Exception):
+                driver.quit()
+        driver_proc.terminate()
+        try:
+            driver_proc.wait(10)
+        except subprocess.TimeoutExpired:
+            driver_proc.kill()
+            driver_proc.wait(5)
