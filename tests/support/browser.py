@@ -120,7 +120,11 @@ def chromium(workdir: Path) -> Iterator[Browser]:
             if driver_proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"chromedriver did not listen on 127.0.0.1:{port} (see {workdir}/chromedriver.log)")
             time.sleep(0.1)
-        driver = webdriver.Remote(command_executor=f"http://127.0.0.1:{port}", options=options)
+        try:
+            driver = webdriver.Remote(command_executor=f"http://127.0.0.1:{port}", options=options)
+        except Exception as exc:
+            tail = (workdir / "chromedriver.log").read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"Chromium did not start through ChromeDriver: {exc}\nchromedriver.log:\n{tail}") from exc
         driver.set_page_load_timeout(30)
         yield Browser(driver, workdir / "screenshots")
     finally:
