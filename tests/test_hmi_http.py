@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -351,4 +352,57 @@ def test_the_stream_closes_when_its_session_expires(tmp_path: Path) -> None:
                     break
             assert ws.close_code == 4401
             assert (await client.get("/api/alarms")).status == 401
+    run(go)
+
+
+def test_disturbance_records_are_listed_and_downloaded_as_comtrade(tmp_path: Path) -> None:
+    """A real trip (protection on fault currents) gives a COMTRADE record: listed with its links,
+    its files downloaded by a viewer and read back by an independent reader; only a record's own
+    file names are served, only from the records directory."""
+    import comtrade
+
+    async def go() -> None:
+        async with served(example_document(), tmp_path) as (gw, _hmi, client):
+            apply(gw, normal_positions(gw))
+            assert (await client.get("/api/records")).status == 401
+            await login(client, "bob")
+            assert await (await client.get("/api/records")).json() == []
+            recorder = gw.recording.recorders["CB-045"]
+            for k in range(200):  # load, then a fault until protection trips and the record's window opens
+                apply(gw, {f"CB-045.{p}": 60.0 if k < 5 else 3000.0 for p in ("ia", "ib", "ic")})
+                await asyncio.sleep(0.02)
+                if k > 5 and recorder.next_deadline() is not None:
+                    break
+            deadline = recorder.next_deadline()
+            assert deadline is not None, "no trip"
+            apply(gw, {f"CB-045.{p}": 0.0 for p in ("ia", "ib", "ic")})
+            assert [s["breaker"] for s in await gw.recording.flush(deadline + 0.01)] == ["CB-045"]
+
+            listed = await (await client.get("/api/records", params={"breaker": "CB-045"})).json()
+            assert len(listed) == 1 and listed[0]["trips"] >= 1 and listed[0]["element"] == "51P", listed
+            rid = listed[0]["record_id"]
+            assert set(listed[0]["links"]) == {"cfg", "dat", "hdr", "json"}
+            assert await (await client.get("/api/records", params={"breaker": "CB-044"})).json() == []
+            for kind in ("cfg", "dat", "hdr"):
+                got = await client.get(listed[0]["links"][kind])
+                assert got.status == 200, await got.text()
+                assert got.headers["Content-Disposition"] == f'attachment; filename="{rid}.{kind}"'
+                (tmp_path / f"{rid}.{kind}").write_bytes(await got.read())
+            data = comtrade.load(str(tmp_path / f"{rid}.cfg"), str(tmp_path / f"{rid}.dat"))
+            ia = [v for v in data.analog[data.analog_channel_ids.index("ia")] if math.isfinite(v)]  # NaN: no reading
+            # load, fault, then the currents gone (to the binary format's resolution)
+            assert max(ia) == pytest.approx(3000.0, rel=1e-3) and min(ia) == pytest.approx(0.0, abs=1.0)
+            assert any(abs(v - 60.0) < 1.0 for v in ia)
+            assert "51P" in (tmp_path / f"{rid}.hdr").read_text()
+
+            # only a record's own files, only from its directory
+            outside = tmp_path / "outside.cfg"
+            outside.write_text("not a record")
+            (gw.recording.directory / "LINKED.cfg").symlink_to(outside)
+            for path, status in ((f"/api/records/{rid}/{rid}.sh", 400), (f"/api/records/{rid}/other.cfg", 400),
+                                 (f"/api/records/{rid}/{rid}", 400), ("/api/records/.x/.x.cfg", 400),
+                                 ("/api/records/LINKED/LINKED.cfg", 404), ("/api/records/CB-045-1-1/CB-045-1-1.cfg", 404),
+                                 ("/api/records/x/..%2F..%2Fstima.db", 400)):
+                got = await client.get(path)
+                assert got.status == status, (path, got.status, await got.text())
     run(go)

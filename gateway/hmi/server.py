@@ -21,6 +21,7 @@ import fnmatch
 import json
 import logging
 import math
+import re
 import secrets
 import ssl
 import time
@@ -52,6 +53,10 @@ MAX_HISTORY_POINTS = 2000
 CLIENT_QUEUE = 64
 """Messages waiting for one stream client; a client that falls further behind is closed."""
 PUBLIC_PATHS = frozenset({"/", "/index.html", "/api/session", "/api/login", "/favicon.ico"})
+RECORD_FILES = {".cfg": "text/plain; charset=utf-8", ".dat": "application/octet-stream",
+                ".hdr": "text/plain; charset=utf-8", ".json": "application/json"}
+"""The files of a disturbance record (COMTRADE configuration, data and header; the summary)."""
+RECORD_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,127}")
 STATIC_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml",
                 ".json": "application/json"}
 
@@ -171,6 +176,8 @@ class Hmi:
         r.add_get("/api/state", self.state)
         r.add_get("/api/sequences", self.sequences)
         r.add_get("/api/faults", self.faults)
+        r.add_get("/api/records", self.records)
+        r.add_get("/api/records/{id}/{file}", self.record_file)
         r.add_get("/topology.geojson", self.geojson)
         r.add_get("/api/stream", self.stream.handle)
         r.add_post("/api/control/select", self.select)
@@ -465,6 +472,41 @@ class Hmi:
 
     async def faults(self, _request: web.Request) -> web.StreamResponse:
         return reply(self.gateway().switching.fault_records())
+
+    async def records(self, request: web.Request) -> web.StreamResponse:
+        """Disturbance records (COMTRADE) on disk, newest first, each with its files' links."""
+        recording = getattr(self.gateway(), "recording", None)
+        if recording is None:
+            return reply([])
+        breaker = request.query.get("breaker") or None
+        try:
+            since = float(request.query["since"]) if "since" in request.query else None
+            limit = max(1, min(int(request.query.get("limit", 100)), 1000))
+        except ValueError:
+            return problem(400, "since is wall-clock seconds, limit a whole number")
+        rows = await asyncio.to_thread(recording.list, breaker, since)
+        out = []
+        for summary in reversed(rows[-limit:]):
+            rid = str(summary["record_id"])
+            files = [f for f in summary.get("files", []) if isinstance(f, str) and Path(f).suffix in RECORD_FILES]
+            out.append({**summary, "links": {Path(f).suffix[1:]: f"/api/records/{rid}/{f}" for f in files}})
+        return reply(out)
+
+    async def record_file(self, request: web.Request) -> web.StreamResponse:
+        """One file of a record, as a download: only a record's own file names, only from the records directory."""
+        recording = getattr(self.gateway(), "recording", None)
+        if recording is None:
+            return problem(404, "this gateway keeps no disturbance records")
+        rid, name = request.match_info["id"], request.match_info["file"]
+        suffix = Path(name).suffix
+        if not RECORD_ID.fullmatch(rid) or name != rid + suffix or suffix not in RECORD_FILES:
+            return problem(400, f"expected /api/records/<record id>/<record id>{{{','.join(RECORD_FILES)}}}")
+        directory = Path(recording.directory)
+        path = directory / name
+        if not await asyncio.to_thread(lambda: path.is_file() and path.resolve().parent == directory.resolve()):
+            return problem(404, f"no file {name!r} in the disturbance records")
+        return web.FileResponse(path, headers={"Content-Type": RECORD_FILES[suffix],
+                                               "Content-Disposition": f'attachment; filename="{name}"'})
 
     async def geojson(self, _request: web.Request) -> web.StreamResponse:
         return web.Response(text=dumps(self.view().geojson()), content_type="application/geo+json")

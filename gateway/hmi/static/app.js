@@ -110,7 +110,7 @@ for (const b of document.querySelectorAll("header .tab")) {
 function showTab(name) {
   for (const b of document.querySelectorAll("header .tab")) b.classList.toggle("active", b.dataset.tab === name);
   for (const p of document.querySelectorAll(".tab-page")) p.hidden = p.id !== `tab-${name}`;
-  if (name === "events") loadEvents();
+  if (name === "events") { loadEvents(); loadRecords(); }
   if (name === "alarms") loadAlarms();
   if (name === "trends") loadPointList();
 }
@@ -435,6 +435,28 @@ for (const b of document.querySelectorAll("#events-form [data-preset]")) {
   b.addEventListener("click", () => { $("#ev-kind").value = b.dataset.preset; loadEvents(); });
 }
 
+async function loadRecords() {
+  const r = await api("/api/records?limit=50");
+  const body = $("#records-table tbody");
+  if (!r.ok) { $("#records-info").textContent = (r.data && r.data.error) || "no disturbance records"; return; }
+  $("#records-info").textContent = r.data.length ? "" : "No disturbance record yet: one is written at every protection trip.";
+  body.replaceChildren();
+  for (const rec of r.data) {
+    const tr = el("tr", { "data-record": rec.record_id, "data-breaker": rec.breaker });
+    const loc = rec.fault_location;
+    const where = loc ? `${loc.section || ""} ${loc.distance_m !== undefined ? Math.round(loc.distance_m) + " m" : ""} ${loc.method || ""}`.trim() : "-";
+    const files = el("td");
+    for (const [kind, href] of Object.entries(rec.links || {})) {
+      if (kind === "json") continue;
+      const a = el("a", { href, download: href.split("/").pop(), class: `record-${kind}` }, `.${kind}`);
+      files.append(a, document.createTextNode(" "));
+    }
+    tr.append(el("td", {}, when(rec.trigger_time)), el("td", {}, rec.breaker), el("td", {}, fmt(rec.element)),
+              el("td", {}, fmt(rec.trips)), el("td", {}, rec.lockout ? "yes" : "no"), el("td", {}, where), files);
+    body.append(tr);
+  }
+}
+
 // ------------------------------------------------------------------ trends
 
 async function loadPointList() {
@@ -536,7 +558,9 @@ function onPoints(points) {
 }
 
 function onEvents(events) {
-  if ($("#tab-events").hidden || $("#ev-source").value || $("#ev-kind").value) return;
+  if ($("#tab-events").hidden) return;
+  if (events.some((e) => e.kind === "record.written")) loadRecords();
+  if ($("#ev-source").value || $("#ev-kind").value) return;
   const body = $("#events-table tbody");
   for (const e of events) body.prepend(eventRow(e));
 }
