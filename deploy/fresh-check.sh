@@ -72,6 +72,8 @@ if [ -f /etc/ssl/certs/ca-certificates.crt ]; then
     cp -L /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/host-ca.crt"
     printf '[global]\ncert = /etc/ssl/certs/host-ca.crt\n' >"$root/etc/pip.conf"
 fi
+# debootstrap writes no /etc/hosts; every installed system and container has one (localhost)
+[ -e "$root/etc/hosts" ] || printf '127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' >"$root/etc/hosts"
 printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d"
 chmod 755 "$root/usr/sbin/policy-rc.d"
 

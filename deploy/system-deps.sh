@@ -12,6 +12,10 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 # the unit's ExecReload runs /bin/kill; tests check the unit with systemd-analyze verify
 [ -x /bin/kill ] || missing+=(procps)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+# the HMI's browser tests drive Debian's headless Chromium through its ChromeDriver
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
+[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing+=(fonts-dejavu-core)
 if ! "$PY" -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' 2>/dev/null; then
     missing+=(python3-dev)
 fi

@@ -13,6 +13,7 @@ persists `snapshot()`.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -28,6 +29,8 @@ NORMAL_STATES = frozenset({
 })
 """Agent states in which no condition stands: the agent's active alarms clear on entering one."""
 SNAPSHOT_KEY = "alarms"
+DEFAULT_LIMIT = 1000
+RECENT = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,13 +52,21 @@ class Alarm:
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "active": self.active}
 
+    to_dict = as_dict
+
 
 class AlarmBook:
-    def __init__(self, agents: Iterable[str] = ()) -> None:
+    def __init__(self, agents: Iterable[str] = (), limit: int = DEFAULT_LIMIT) -> None:
         self.agents = frozenset(agents)
+        self.limit = limit
         self._alarms: dict[str, Alarm] = {}
+        self._recent: deque[Alarm] = deque(maxlen=RECENT)
         self._next = 1
         self._changes: list[tuple[str, Alarm]] = []
+        self.dropped = 0
+        """Alarms pushed off a full list (the oldest cleared ones first), counted."""
+        self.version = 0
+        """Counts changes: a view redraws when it moves."""
 
     def raise_alarm(self, source: str, severity: str, message: str, now: float) -> Alarm:
         """A new alarm; standing while `source` is an agent not in a normal state, else cleared at once."""
@@ -66,6 +77,11 @@ class AlarmBook:
         self._next += 1
         self._alarms[alarm.id] = alarm
         self._changes.append(("raised", alarm))
+        self.version += 1
+        while len(self._alarms) > self.limit:
+            oldest = next((a for a in self._alarms.values() if a.cleared is not None), None)
+            del self._alarms[(oldest or next(iter(self._alarms.values()))).id]
+            self.dropped += 1
         return alarm
 
     def on_state(self, agent: str, state: str, now: float) -> list[Alarm]:
@@ -96,15 +112,24 @@ class AlarmBook:
     def active(self) -> list[Alarm]:
         return sorted(self._alarms.values(), key=lambda a: (a.raised, int(a.id.split("-")[1])))
 
+    def recent(self) -> list[Alarm]:
+        """The latest alarms that left the active list (cleared and acknowledged), newest first."""
+        return list(self._recent)
+
+    def get(self, alarm_id: str) -> Alarm | None:
+        return self._alarms.get(alarm_id) or next((a for a in self._recent if a.id == alarm_id), None)
+
     def take_changes(self) -> list[tuple[str, Alarm]]:
         out, self._changes = self._changes, []
         return out
 
     def _store(self, alarm: Alarm) -> None:
+        self.version += 1
         if alarm.active:
             self._alarms[alarm.id] = alarm
         else:
             self._alarms.pop(alarm.id, None)
+            self._recent.appendleft(alarm)
 
     def snapshot(self) -> dict[str, Any]:
         return {"version": 1, "next": self._next, "alarms": [asdict(a) for a in self.active()]}
@@ -116,3 +141,4 @@ class AlarmBook:
             raise ValueError("alarm snapshot: expected a map with version 1")
         self._next = int(data["next"])
         self._alarms = {str(a["id"]): Alarm(**a) for a in data.get("alarms", [])}
+        self.version += 1

@@ -25,7 +25,8 @@ DEFAULT_RUNTIME_DIR = Path("/run/stima")
 
 # Command groups contributed by other parts of the gateway: module with `register(subparsers)`.
 _EXTENSIONS = ("gateway.protection.cli", "gateway.agents.cli", "gateway.switching.cli", "gateway.peak_cli",
-               "gateway.commissioning.cli", "gateway.keys_cli", "gateway.alarms_cli", "gateway.maintenance.cli")
+               "gateway.commissioning.cli", "gateway.keys_cli", "gateway.alarms_cli", "gateway.maintenance.cli",
+               "gateway.hmi.cli")
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:

@@ -611,6 +611,58 @@ class RecordsConfig(_Model):
     """Log every change of a binary point (breaker positions, indicators) with its source time."""
 
 
+class HmiConfig(_Model):
+    """The local web HMI (docs/hmi.md): off unless the site file turns it on.
+
+    Served by the daemon on a management address; HTTPS with `cert_file` and `key_file`. Users
+    and their roles are in `users_file` (made with `stima hmi user add`); there is no default
+    user and no default password.
+    """
+
+    enabled: bool = False
+    address: str = Field(default="127.0.0.1", min_length=1, max_length=253)
+    """The management address to bind (an IP address of this machine; default loopback only)."""
+    port: int = Field(default=8443, ge=1, le=65535)
+    cert_file: Path | None = None
+    """PEM certificate (chain) for HTTPS; with `key_file`."""
+    key_file: Path | None = None
+    users_file: Path = Path("/etc/stima/hmi-users")
+    """Users, roles and password hashes (scrypt); relative paths are from the site file's folder."""
+    insecure_http: bool = False
+    """Serve plain HTTP on a non-loopback address (passwords in clear on the network): only
+    with this set; a warning at every start."""
+    session_idle_s: float = Field(default=900.0, ge=60.0, le=86400.0)
+    """A session unused this long ends (the user logs in again)."""
+    session_max_s: float = Field(default=8 * 3600.0, ge=300.0, le=7 * 86400.0)
+    """A session ends this long after its login, however busy."""
+    login_failures: int = Field(default=5, ge=1, le=100)
+    """Failed logins allowed per client address, and per user name, within `login_window_s`."""
+    login_window_s: float = Field(default=300.0, ge=10.0, le=86400.0)
+    max_clients: int = Field(default=32, ge=1, le=1000)
+    """Live streams (WebSocket) served at once."""
+
+    @model_validator(mode="after")
+    def _check(self) -> HmiConfig:
+        import ipaddress
+
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("HTTPS needs both cert_file and key_file (or neither, for plain HTTP on loopback)")
+        try:
+            addr = ipaddress.ip_address(self.address)
+        except ValueError:
+            raise ValueError(f"address must be an IP address of this machine, found {self.address!r}") from None
+        if self.enabled and self.cert_file is None and not addr.is_loopback and not self.insecure_http:
+            raise ValueError(f"plain HTTP on {self.address} would send passwords in clear over the network: set "
+                             "cert_file and key_file (HTTPS), or insecure_http = true on a trusted network")
+        if self.session_idle_s > self.session_max_s:
+            raise ValueError("session_idle_s must not exceed session_max_s")
+        return self
+
+    @property
+    def https(self) -> bool:
+        return self.cert_file is not None
+
+
 # --------------------------------------------------------------------------- the site
 
 
@@ -709,6 +761,7 @@ class SiteConfig(_Model):
     records: RecordsConfig = RecordsConfig()
     iec104: Iec104Config = Iec104Config()
     maintenance: MaintenanceConfig = MaintenanceConfig()
+    hmi: HmiConfig = HmiConfig()
     simulation: dict[str, Any] = Field(default_factory=dict)
     """Electrical data for the hardware-in-the-loop simulator; validated by `hil`, ignored here."""
 

@@ -548,10 +548,12 @@ class Gateway:
             log.exception("alarms could not be published")
 
     def acknowledge_alarm(self, alarm_id: str, origin: Any) -> dict[str, Any]:
-        """An operator acknowledged an alarm (SCADA command or control socket); audited."""
-        alarm = self.alarms.acknowledge(alarm_id, origin.who, self.clock.wall())
+        """An operator acknowledged an alarm (SCADA command, control socket, or the HMI's user
+        name as `hmi:<user>`); audited."""
+        who = origin if isinstance(origin, str) else origin.who
+        alarm = self.alarms.acknowledge(alarm_id, who, self.clock.wall())
         self.store.append_event(self.clock.wall(), alarm.source, "alarm.acknowledged",
-                                {"id": alarm.id, "origin": origin.who, "message": alarm.message})
+                                {"id": alarm.id, "origin": who, "message": alarm.message})
         self._flush_alarms()
         return alarm.as_dict()
 
@@ -812,6 +814,8 @@ class Server:
         self.reloads = 0
         self.reload_failures = 0
         self.last_reload: reload.ReloadReport | None = None
+        self.hmi: Any = None
+        self.hmi_config: Any = None
 
     async def serve(self, site: SiteConfig) -> int:
         env = os.environ
@@ -837,6 +841,7 @@ class Server:
             self.gateway = Gateway(site, base_dir=self.config_path.parent, clock=self.clock, store=self.store)
             await self.gateway.start()
             await self.control.start()
+            await self._start_hmi(site)
             log.info(
                 "gateway started",
                 extra={
@@ -863,6 +868,7 @@ class Server:
             log.info("shutting down", extra={"deadline_s": SHUTDOWN_DEADLINE_S})
             self.notifier.stopping()
         finally:
+            await self._stop_hmi()
             await self.control.close()
             if self.gateway is not None:
                 await self.gateway.stop()
@@ -871,6 +877,31 @@ class Server:
                 loop.remove_signal_handler(sig)
         log.info("stopped")
         return 0
+
+    async def _start_hmi(self, site: SiteConfig) -> None:
+        """The web HMI, when the site file turns it on. A failure to start it (port taken,
+        certificate unreadable) is logged and the gateway runs on without it."""
+        self.hmi_config = site.hmi
+        if not site.hmi.enabled:
+            return
+        from gateway.hmi.server import Hmi
+
+        hmi = Hmi(site.hmi, base_dir=self.config_path.parent, gateway=lambda: self.gateway, store=self.store,
+                  monotonic=self.clock.monotonic, wall=self.clock.wall)
+        try:
+            await hmi.start()
+        except Exception as exc:
+            log.error("the HMI could not start; the gateway runs without it",
+                      extra={"address": site.hmi.address, "port": site.hmi.port, "error": f"{type(exc).__name__}: {exc}"})
+            await hmi.close()
+            return
+        self.hmi = hmi
+
+    async def _stop_hmi(self) -> None:
+        if self.hmi is not None:
+            with contextlib.suppress(Exception):
+                await self.hmi.close()
+            self.hmi = None
 
     async def _do_reload(self) -> None:
         """Build the new configuration beside the running one, then hand over (gateway.reload).
@@ -935,6 +966,9 @@ class Server:
 
             asyncio.get_running_loop().call_later(reload.GAP_WINDOW_S, close_gap_window)
         self.reloads += 1
+        if new.site.hmi != self.hmi_config:  # the HMI's own settings changed: serve them (sessions end)
+            await self._stop_hmi()
+            await self._start_hmi(new.site)
         log.info("site file reloaded", extra={"file": str(self.config_path), "points": len(new.image),
                                               "ieds_kept_running": len(keep),
                                               "breakers_handed_over": len(report.breakers_handed_over)})
@@ -1114,6 +1148,10 @@ class Server:
 
     def _op_status(self) -> dict[str, Any]:
         status = self._gw().status()
+        status["hmi"] = None if self.hmi is None else {"address": self.hmi.cfg.address, "port": self.hmi.port,
+                                                        "https": self.hmi.cfg.https,
+                                                        "sessions": len(self.hmi.sessions),
+                                                        "streams": len(self.hmi.stream.clients)}
         status.update({"state": "running", "pid": os.getpid(), "config": str(self.config_path),
                        "reloads": self.reloads, "reload_failures": self.reload_failures,
                        "last_reload": self._reload_status()})

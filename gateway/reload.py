@@ -157,6 +157,7 @@ def hand_over(old: Gateway, new: Gateway, keep: set[str], report: ReloadReport) 
     new.switching.resync()
     new.switching.take_over(old.switching)
     new.agents.resync(carried)
+    new.alarms = old.alarms  # the live list, with what was raised or acknowledged since its last save
     report.ieds_kept_running = sorted(keep)
     report.ieds_restarted = sorted(set(new.adapters) - keep)
     from gateway.agents.runtime import restore_from_store

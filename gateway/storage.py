@@ -172,13 +172,20 @@ class Store:
             self._db.executemany("INSERT INTO events(time, source, kind, payload) VALUES(?, ?, ?, ?)", packed)
 
     def events(
-        self, since: float = 0.0, until: float = float("inf"), source: str | None = None, limit: int = 1000
+        self, since: float = 0.0, until: float = float("inf"), source: str | None = None, limit: int = 1000,
+        kinds: Sequence[str] = (),
     ) -> list[dict[str, Any]]:
+        """Events in [since, until] (wall s), the newest `limit`, oldest first; `kinds` keeps those
+        whose kind starts with one of the prefixes given."""
         query = "SELECT seq, time, source, kind, payload FROM events WHERE time >= ? AND time <= ?"
         args: list[Any] = [since, until if until != float("inf") else 1e18]
         if source is not None:
             query += " AND source = ?"
             args.append(source)
+        if kinds:
+            query += " AND (" + " OR ".join("substr(kind, 1, ?) = ?" for _ in kinds) + ")"
+            for prefix in kinds:
+                args += [len(prefix), prefix]
         query += " ORDER BY seq DESC LIMIT ?"
         args.append(limit)
         with self._lock:
@@ -197,6 +204,19 @@ class Store:
             rows = self._db.execute(query, (since, min(until, 1e18), after_seq, limit)).fetchall()
         return [{"seq": s, "time": t, "source": src, "kind": k, **msgpack.unpackb(p, raw=False)}
                 for s, t, src, k, p in rows]
+
+    def events_after(self, seq: int, limit: int = 500) -> list[dict[str, Any]]:
+        """Events appended after `seq` (oldest first, at most `limit`): what a live view has not seen."""
+        with self._lock:
+            rows = self._db.execute("SELECT seq, time, source, kind, payload FROM events WHERE seq > ? "
+                                    "ORDER BY seq LIMIT ?", (int(seq), int(limit))).fetchall()
+        return [{"seq": s, "time": t, "source": src, "kind": k, **msgpack.unpackb(p, raw=False)}
+                for s, t, src, k, p in rows]
+
+    def last_event_seq(self) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT MAX(seq) FROM events").fetchone()
+        return int(row[0] or 0)
 
     # ------------------------------------------------------------------ spool
 

@@ -45,6 +45,10 @@ def localise(doc: dict[str, Any], workdir: Path, tls: TlsFiles, tls_port: int, a
         doc["ami"].update(broker_host="127.0.0.1", broker_port=ami_port)
     if doc.get("iec104", {}).get("enabled"):
         doc["iec104"].update(bind="127.0.0.1", port=free_port())
+    if "hmi" in doc:
+        doc["hmi"].update(address="127.0.0.1", port=free_port())
+        users_file = Path(doc["hmi"].get("users_file", "hmi-users"))
+        doc["hmi"]["users_file"] = str(users_file if users_file.is_absolute() else workdir / users_file)
     for ied in doc["ieds"]:
         if ied["protocol"] in ("modbus_tcp", "iec61850"):
             ied["host"] = "127.0.0.1"
@@ -188,6 +192,12 @@ class Rig:
                 proc.wait(5)
         if self.broker is not None:
             self.broker.stop()
+
+    @property
+    def hmi_url(self) -> str:
+        """The daemon's web HMI (the site document has an [hmi] section)."""
+        hmi = self.doc["hmi"]
+        return f"{'https' if hmi.get('cert_file') else 'http'}://{hmi['address']}:{hmi['port']}"
 
     def daemon_call(self, op: str, **args: Any) -> Any:
         return call(self.runtime_dir, op, timeout=10, **args)

@@ -55,6 +55,8 @@ from gateway.agents.schema import (
 )
 from gateway.agents.smart_meter import BulkStateChange, MeterFleet
 from gateway.agents.substation import FeederInfo, SubstationAgent, SubstationInputs
+from gateway.agents.visualization import meters_metadata
+from gateway.agents.visualization import metadata as visualization_metadata
 from gateway.agents.transformer import TransformerAgent, TransformerInputs, TransformerState
 from gateway.bus import Bus
 from gateway.config import SiteConfig
@@ -667,18 +669,21 @@ class AgentRuntime:
         if agent_id in self.agents:
             agent, m = self.agents[agent_id], self.memory[agent_id]
             links = {f.name: getattr(agent.links, f.name) for f in fields(agent.links)}
+            live = agent.attributes(m)
             return {"id": agent_id, "type": self.types[agent_id].value, "state": m.state.value, "since": m.since,
                     "since_wall": self.to_wall(m.since), "wall_offset": self.wall_offset,
-                    "attributes": _plain(self._wall_times(agent.attributes(m))), "last_transitions": list(m.history),
+                    "attributes": _plain(self._wall_times(live)), "last_transitions": list(m.history),
+                    "visualization_metadata": self.visualization(agent_id, live),
                     "links": _plain({k: v for k, v in links.items() if v not in (None, (), 0)}),
                     "readings": _plain(self.readings[agent_id]),
                     "messages_received": self.messages_received.get(agent_id, 0)}
         for g in self.fleet.groups:
             if g.config.id == agent_id:
                 sl = slice(g.start, g.stop)
+                counts = self.fleet.counts(sl)
                 return {"id": agent_id, "type": AgentType.SMART_METER.value, "meters": g.config.count,
                         "connected_transformer": g.config.connected_transformer, "meter_type": g.config.meter_type,
-                        "states": self.fleet.counts(sl),
+                        "states": counts, "visualization_metadata": meters_metadata(g.config.meter_type, counts),
                         "attributes": {"total_demand_kw": float(np.nansum(self.fleet.demand_kw[sl])),
                                        "energy_consumed": float(self.fleet.energy_kwh[sl].sum())}}
         if agent_id in self.fleet.index:
@@ -687,6 +692,18 @@ class AgentRuntime:
                     "since": meter["since"], "since_wall": self.to_wall(meter.pop("since")),
                     "attributes": _plain(self._wall_times(meter))}
         raise UnknownAgent(agent_id)
+
+    def visualization(self, agent_id: str, live: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The use case's `visualization_metadata` of an agent now (gateway/agents/visualization.py)."""
+        agent, m = self.agents[agent_id], self.memory[agent_id]
+        attrs = getattr(agent, "attrs", None)
+        configured = attrs.model_dump() if attrs is not None else {}
+        return visualization_metadata(self.types[agent_id].value, configured,
+                                      agent.attributes(m) if live is None else live, m.state.value)
+
+    def meter_states(self) -> dict[str, dict[str, int]]:
+        """Meter counts by state for each meter group (bulk, from the fleet's columns)."""
+        return {g.config.id: self.fleet.counts(slice(g.start, g.stop)) for g in self.fleet.groups}
 
     def reliability(self, since: float | None = None, until: float | None = None) -> dict[str, Any]:
         since = self.started if since is None else since

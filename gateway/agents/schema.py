@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -31,7 +31,9 @@ class _Attrs(BaseModel):
     installation_date: str = ""
 
 
-Coordinate = tuple[float, float]
+Coordinate = tuple[Annotated[float, Field(ge=-90.0, le=90.0, allow_inf_nan=False)],
+                   Annotated[float, Field(ge=-180.0, le=180.0, allow_inf_nan=False)]]
+"""GPS position [latitude, longitude] in degrees (WGS 84), as the use case writes it."""
 
 
 # --------------------------------------------------------------------------- power line
@@ -182,6 +184,7 @@ class CircuitBreakerAttributes(_Attrs):
     """What the other substation has declared this tie may carry into this one (kVA); the limit of
     the far side in every power-flow estimate, until the neighbour answers for itself."""
     coordination_group: str = ""
+    coordinates: Coordinate | None = None
     operating_mechanism: Literal["spring", "solenoid", "motor"] = "spring"
     maintenance_interval: float = Field(default=365.0, gt=0, description="days")
     condition_score: float = Field(default=100.0, ge=0, le=100)
@@ -216,6 +219,7 @@ class CircuitBreakerAttributes(_Attrs):
 
 class SubstationAttributes(_Attrs):
     substation_type: Literal["transmission", "distribution", "collector"] = "distribution"
+    coordinates: Coordinate | None = None
     primary_voltage: float = Field(default=66.0, gt=0, description="kV")
     secondary_voltage: float = Field(default=11.0, gt=0, description="kV")
     rated_capacity: float = Field(default=20.0, gt=0, description="MVA")
@@ -256,6 +260,7 @@ class CapacitorBankAttributes(_Attrs):
     control_mode: Literal["voltage", "time", "temperature", "var", "manual"] = "voltage"
     switching_device: Literal["breaker", "contactor", "vacuum_switch"] = "vacuum_switch"
     connected_bus: str = ""
+    coordinates: Coordinate | None = None
     maintenance_interval: float = Field(default=365.0, gt=0, description="days")
     condition_score: float = Field(default=100.0, ge=0, le=100)
     voltage_setpoint_v: float = Field(default=121.0, gt=100, lt=140, description="on the 120 V base")
@@ -374,6 +379,7 @@ class RenewableEnergyAttributes(_Attrs):
     resource_type: Literal["solar_pv", "wind_turbine", "battery_storage", "microgrid"] = "solar_pv"
     rated_capacity: float = Field(default=500.0, gt=0, description="kW")
     rated_apparent_power_kva: float | None = Field(default=None, gt=0)
+    coordinates: Coordinate | None = None
     connected_meter: str = ""
     connected_transformer: str = ""
     reactive_power_mode: Literal["fixed", "volt-var", "volt-watt", "volt-var+volt-watt"] = "volt-var+volt-watt"

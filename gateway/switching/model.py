@@ -49,11 +49,14 @@ class Via(enum.Enum):
     TRANSFER = "transfer"
     """A load transfer agreed with a neighbouring substation (gateway/switching/transfer.py)."""
     PROTECTION = "protection"
+    HMI = "hmi"
+    """The web HMI: a logged-in user over the management network (never `local` for overrides)."""
 
     @property
     def remote(self) -> bool:
-        """Requests from the control centre: select-before-operate applies."""
-        return self in (Via.MQTT, Via.IEC104)
+        """Requests that reach the gateway over a network (the control centre, the web HMI):
+        select-before-operate applies."""
+        return self in (Via.MQTT, Via.IEC104, Via.HMI)
 
     @property
     def automatic(self) -> bool:

@@ -321,7 +321,7 @@ class SwitchingService:
 
     def _approver(self, seq: Sequence) -> Origin:
         who = seq.approved_by or "unknown"
-        via = Via.MQTT if who.startswith("scada:") else Via.LOCAL
+        via = Via.MQTT if who.startswith("scada:") else Via.HMI if who.startswith("hmi:") else Via.LOCAL
         return Origin(via=via, who=who, role=Role.OPERATOR)
 
     def _outcome(self, outcome: Outcome | None) -> None:
