@@ -180,6 +180,26 @@ def test_a_close_of_a_locked_out_breaker_is_refused_with_its_cause(rig: Rig) -> 
         rig.wait(lambda: breaker(rig, "CB-045") == "closed", "CB-045 closed again", 30)
 
 
+def test_a_command_held_back_beyond_the_maximum_delay_is_refused(rig: Rig) -> None:
+    rows = rig.daemon_call("iec104.map")
+    cmd = _row(rows, target="CB-045")["ioa"]
+    _position_known(rig, "CB-045")
+    with _master(rig) as master:
+        # a select whose time tag is two minutes old (iec104.command_max_delay_s is 30 s)
+        late = master.double_command(cmd, m104.DP_OFF, select=True,
+                                     time_tag=dt.datetime.utcnow() - dt.timedelta(minutes=2))
+        assert late.cot == m104.COT_ACT_CON and late.negative
+        assert rig.daemon_call("breaker.status", breaker="CB-045")["selected_by"] is None
+        # the same select sent now is taken, and cancelled again
+        fresh = master.double_command(cmd, m104.DP_OFF, select=True, time_tag=dt.datetime.utcnow())
+        assert not fresh.negative
+        assert rig.daemon_call("breaker.status", breaker="CB-045")["selected_by"] == "iec104:127.0.0.1"
+        mark = master.mark()
+        master.send_asdu(m104.encode_asdu(m104.C_DC_NA_1, m104.COT_DEACT, CA, cmd, bytes([0x81])))
+        assert not master.wait_for(lambda x: x.cot == m104.COT_DEACT_CON, "deactivation confirmed", start=mark).negative
+    assert breaker(rig, "CB-045") == "closed"
+
+
 def test_clock_synchronisation_is_confirmed_and_logged(rig: Rig) -> None:
     start = time.time()
     with _master(rig) as master:
