@@ -441,6 +441,10 @@ class CommandHandler:
                                 f"not type {req.type_id}")
         if req.cot not in (Cot.ACTIVATION, Cot.DEACTIVATION):
             return self._reject(Cot.UNKNOWN_COT, f"a command comes with activation or deactivation, not COT {req.cot}")
+        if req.test:
+            # T = 1: generated under test conditions, not meant to control the process (IEC 60870-5-101 §7.2.3)
+            con = Cot.DEACTIVATION_CON if req.cot == Cot.DEACTIVATION else Cot.ACTIVATION_CON
+            return self._done(con, True, f"IOA {req.ioa}: a command with the test bit set is not carried out")
         origin = self.origin(req.master)
         key = (req.master, req.ioa)
         if req.cot == Cot.DEACTIVATION:

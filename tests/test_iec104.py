@@ -251,6 +251,23 @@ def test_the_delay_check_spares_untagged_commands_and_refuses_an_invalid_time_ta
     assert not h.handle(old, 1_796_000_000.0).negative
 
 
+def test_a_command_with_the_test_bit_is_answered_but_never_carried_out() -> None:
+    b, h, ioa = _handler()
+    for select in (True, False):
+        req = CommandRequest(type_id=TypeId.C_DC_NA_1, cot=Cot.ACTIVATION, common_address=3, ioa=ioa,
+                             select=select, value=DP_OFF, master="10.0.0.1", test=True)
+        r = h.handle(req)
+        assert (r.cot, r.negative) == (Cot.ACTIVATION_CON, True) and "test bit" in r.message
+    assert b.authority.sbo.holder("SW-1-1", b.now) is None and b.authority.take_audit() == []
+    # nor does a test deactivation cancel a real select
+    assert not h.handle(_req(ioa, DP_OFF, select=True)).negative
+    test_cancel = CommandRequest(type_id=TypeId.C_DC_NA_1, cot=Cot.DEACTIVATION, common_address=3, ioa=ioa,
+                                 select=True, value=DP_OFF, master="10.0.0.1", test=True)
+    d = h.handle(test_cancel)
+    assert (d.cot, d.negative) == (Cot.DEACTIVATION_CON, True)
+    assert b.authority.sbo.holder("SW-1-1", b.now) is not None
+
+
 def test_a_setpoint_is_only_mapped_where_the_point_is_writable_and_gets_its_kind() -> None:
     doc = feeder_site(1, 1)
     doc["ieds"].append({"id": "IED-DER", "protocol": "modbus_tcp", "host": "127.0.0.1", "port": 30001, "points": [

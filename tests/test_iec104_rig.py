@@ -180,7 +180,7 @@ def test_a_close_of_a_locked_out_breaker_is_refused_with_its_cause(rig: Rig) -> 
         rig.wait(lambda: breaker(rig, "CB-045") == "closed", "CB-045 closed again", 30)
 
 
-def test_a_command_held_back_beyond_the_maximum_delay_is_refused(rig: Rig) -> None:
+def test_a_command_held_back_beyond_the_maximum_delay_or_with_the_test_bit_is_refused(rig: Rig) -> None:
     rows = rig.daemon_call("iec104.map")
     cmd = _row(rows, target="CB-045")["ioa"]
     _position_known(rig, "CB-045")
@@ -189,6 +189,13 @@ def test_a_command_held_back_beyond_the_maximum_delay_is_refused(rig: Rig) -> No
         late = master.double_command(cmd, m104.DP_OFF, select=True,
                                      time_tag=dt.datetime.utcnow() - dt.timedelta(minutes=2))
         assert late.cot == m104.COT_ACT_CON and late.negative
+        assert rig.daemon_call("breaker.status", breaker="CB-045")["selected_by"] is None
+        # a select with the test bit (T = 1) is answered, mirrored, and not carried out
+        mark = master.mark()
+        master.send_asdu(m104.encode_asdu(m104.C_DC_NA_1, m104.COT_ACT, CA, cmd, bytes([0x81]), test=True))
+        test = master.wait_for(lambda x: x.type_id == m104.C_DC_NA_1 and x.cot == m104.COT_ACT_CON,
+                               "the test command's confirmation", start=mark)
+        assert test.negative and test.test
         assert rig.daemon_call("breaker.status", breaker="CB-045")["selected_by"] is None
         # the same select sent now is taken, and cancelled again
         fresh = master.double_command(cmd, m104.DP_OFF, select=True, time_tag=dt.datetime.utcnow())
