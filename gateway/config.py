@@ -732,6 +732,9 @@ class Iec104Config(_Model):
     tls: Iec104Tls | None = None
     command_timeout_s: float = Field(default=5.0, gt=0.0, le=60.0)
     """How long a master's command may wait for the gateway's answer before it is refused."""
+    command_max_delay_s: float = Field(default=30.0, ge=0.0, le=3600.0)
+    """A time-tagged command (C_DC_TA_1, C_SE_TC_1) whose time tag is further than this from the
+    gateway's clock is refused (IEC 60870-5-104 §9: maximum delay in command direction); 0: not checked."""
 
     @model_validator(mode="after")
     def _check(self) -> Iec104Config:

@@ -484,7 +484,8 @@ class Gateway:
         reporter = Reporter(point_map)
         handler = CommandHandler(point_map, self, Role.parse(cfg.role),
                                  position_point=lambda d: devices[d].points.get("closed") if d in devices else None,
-                                 on_return=lambda p: self.iec104.expect_return(p))
+                                 on_return=lambda p: self.iec104.expect_return(p),
+                                 max_delay_s=cfg.command_max_delay_s)
         self.iec104 = Iec104Outstation(cfg, point_map, self.image, handler, reporter, self.clock,
                                        logging.getLogger("stima.iec104"), base_dir=self.base_dir)
         self.iec104.audit = self.store.append_event

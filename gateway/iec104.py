@@ -384,6 +384,12 @@ class CommandRequest:
     master: str
     """The master's IP address (the origin is `iec104:<address>`)."""
     test: bool = False
+    time_ms: int | None = None
+    """The CP56Time2a of a time-tagged command (C_DC_TA_1, C_SE_TC_1) in ms since the epoch (UTC);
+    None without a time tag or when the master marked it invalid (IV)."""
+
+
+TIME_TAGGED_COMMANDS = frozenset({TypeId.C_DC_TA_1, TypeId.C_SE_TC_1})
 
 
 @dataclass(frozen=True, slots=True)
@@ -405,10 +411,13 @@ class CommandHandler:
 
     def __init__(self, point_map: PointMap, plant: Plant, role: Role, *,
                  position_point: Callable[[str], str | None] = lambda _d: None,
-                 on_return: Callable[[str], None] = lambda _p: None) -> None:
+                 on_return: Callable[[str], None] = lambda _p: None, max_delay_s: float = 0.0) -> None:
         self.map = point_map
         self.plant = plant
         self.role = role
+        self.max_delay_s = max_delay_s
+        """Supervision of the maximum delay in command direction: a time-tagged activation further
+        than this from the gateway's clock is refused (0: not checked)."""
         self._position_point = position_point
         self._on_return = on_return
         self._selects: dict[tuple[str, int], tuple[str, Kind, float | None]] = {}
@@ -418,7 +427,9 @@ class CommandHandler:
     def origin(self, master: str) -> Origin:
         return Origin(via=Via.IEC104, who=f"iec104:{master}", role=self.role)
 
-    def handle(self, req: CommandRequest) -> CommandReply:
+    def handle(self, req: CommandRequest, now_wall_s: float | None = None) -> CommandReply:
+        """The answer to one command ASDU; `now_wall_s` (the gateway's UTC clock) checks a
+        time-tagged command's delay."""
         if req.common_address != self.map.common_address:
             return self._reject(Cot.UNKNOWN_CA, f"common address {req.common_address} is not this station's "
                                 f"({self.map.common_address})")
@@ -430,6 +441,10 @@ class CommandHandler:
                                 f"not type {req.type_id}")
         if req.cot not in (Cot.ACTIVATION, Cot.DEACTIVATION):
             return self._reject(Cot.UNKNOWN_COT, f"a command comes with activation or deactivation, not COT {req.cot}")
+        if req.test:
+            # T = 1: generated under test conditions, not meant to control the process (IEC 60870-5-101 §7.2.3)
+            con = Cot.DEACTIVATION_CON if req.cot == Cot.DEACTIVATION else Cot.ACTIVATION_CON
+            return self._done(con, True, f"IOA {req.ioa}: a command with the test bit set is not carried out")
         origin = self.origin(req.master)
         key = (req.master, req.ioa)
         if req.cot == Cot.DEACTIVATION:
@@ -441,6 +456,9 @@ class CommandHandler:
             except Refused as exc:
                 return self._done(Cot.DEACTIVATION_CON, True, exc.message, refusal=exc)
             return self._done(Cot.DEACTIVATION_CON, False, f"select of {cp.target} cancelled")
+        late = self._too_late(req, now_wall_s)
+        if late is not None:
+            return self._done(Cot.ACTIVATION_CON, True, late)
         try:
             kind, value = self._meaning(cp, req)
         except ValueError as exc:
@@ -474,6 +492,23 @@ class CommandHandler:
         """A master's connection closed: its pending selects lapse in the authority by time-out."""
         for key in [k for k in self._selects if k[0] == master]:
             del self._selects[key]
+
+    def _too_late(self, req: CommandRequest, now_wall_s: float | None) -> str | None:
+        """Why a time-tagged activation may not be carried out: it waited in the network longer
+        than `max_delay_s` (or its time cannot be checked), so the situation it was sent for may
+        have changed. A select or execute held back that long is refused, never acted on late."""
+        if self.max_delay_s <= 0 or req.type_id not in TIME_TAGGED_COMMANDS:
+            return None
+        if req.time_ms is None:
+            return "the command's time tag is marked invalid: its delay cannot be checked"
+        if now_wall_s is None or not math.isfinite(now_wall_s):
+            return "the gateway has no clock to check the command's time tag against"
+        delay_s = now_wall_s - req.time_ms / 1000.0
+        if abs(delay_s) > self.max_delay_s:
+            when = "old" if delay_s > 0 else "ahead of the gateway's clock"
+            return (f"the command's time tag is {abs(delay_s):.1f} s {when}, beyond the maximum delay "
+                    f"of {self.max_delay_s:g} s (iec104.command_max_delay_s)")
+        return None
 
     @staticmethod
     def _meaning(cp: CommandPoint, req: CommandRequest) -> tuple[Kind, float | None]:

@@ -124,6 +124,8 @@ bool DoubleCommand_isSelect(InformationObject self);
 int DoubleCommand_getQU(InformationObject self);
 float SetpointCommandShort_getValue(InformationObject self);
 bool SetpointCommandShort_isSelect(InformationObject self);
+CP56Time2a DoubleCommandWithCP56Time2a_getTimestamp(InformationObject self);
+CP56Time2a SetpointCommandShortWithCP56Time2a_getTimestamp(InformationObject self);
 
 /* ---- time ---- */
 void CP56Time2a_setFromMsTimestamp(CP56Time2a self, uint64_t timestamp);

@@ -387,19 +387,25 @@ class Iec104Outstation:
             return True
         io = lib.CS101_ASDU_getElement(asdu, 0)
         value: float | int
+        time_ms: int | None = None
         try:
             ioa = lib.InformationObject_getObjectAddress(io)
             if type_id in (TypeId.C_DC_NA_1, TypeId.C_DC_TA_1):
                 select, value = bool(lib.DoubleCommand_isSelect(io)), int(lib.DoubleCommand_getState(io))
             else:
                 select, value = bool(lib.SetpointCommandShort_isSelect(io)), float(lib.SetpointCommandShort_getValue(io))
+            if type_id in (TypeId.C_DC_TA_1, TypeId.C_SE_TC_1):
+                tag = (lib.DoubleCommandWithCP56Time2a_getTimestamp(io) if type_id == TypeId.C_DC_TA_1
+                       else lib.SetpointCommandShortWithCP56Time2a_getTimestamp(io))
+                if not lib.CP56Time2a_isInvalid(tag):
+                    time_ms = int(lib.CP56Time2a_toMsTimestamp(tag))
         finally:
             lib.InformationObject_destroy(io)
         request = CommandRequest(type_id=type_id, cot=lib.CS101_ASDU_getCOT(asdu), common_address=lib.CS101_ASDU_getCA(asdu),
                                  ioa=ioa, select=select, value=value, master=self._peer(connection),
-                                 test=bool(lib.CS101_ASDU_isTest(asdu)))
+                                 test=bool(lib.CS101_ASDU_isTest(asdu)), time_ms=time_ms)
         try:
-            reply = self._in_loop(lambda: self.commands.handle(request))
+            reply = self._in_loop(lambda: self.commands.handle(request, self.clock.wall()))
         except Exception as exc:
             self.counters["refused"] += 1
             self.log.error("IEC 104 command not answered in time: refused", extra={"ioa": ioa, "error": str(exc)})

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.config import SiteConfig
@@ -209,6 +209,63 @@ def test_refusals_answer_with_their_cause_and_the_authoritys_code() -> None:
     refused = [e.record for e in b.authority.take_audit() if e.kind == "switching.refused"]
     assert [r["interlock"] for r in refused] == ["not_selected", "local_mode", None]
     assert all(r["via"] == "iec104" for r in refused)
+
+
+@settings(max_examples=40, deadline=None)
+@given(delay_s=st.floats(min_value=-600.0, max_value=600.0, allow_nan=False))
+def test_a_time_tagged_command_held_back_beyond_the_maximum_delay_is_refused_and_changes_nothing(
+        delay_s: float) -> None:
+    b, h, ioa = _handler()
+    h.max_delay_s = 30.0
+    now_s = 1_796_000_000.0
+    tagged = CommandRequest(type_id=TypeId.C_DC_TA_1, cot=Cot.ACTIVATION, common_address=3, ioa=ioa, select=True,
+                            value=DP_OFF, master="10.0.0.1", time_ms=round((now_s - delay_s) * 1000))
+    r = h.handle(tagged, now_s)
+    held = b.authority.sbo.holder("SW-1-1", b.now)
+    if abs(delay_s) > 30.0 + 0.01:
+        assert (r.cot, r.negative, r.refusal) == (Cot.ACTIVATION_CON, True, None)
+        assert "maximum delay" in r.message and "command_max_delay_s" in r.message
+        assert held is None
+    elif abs(delay_s) < 30.0 - 0.01:
+        assert not r.negative and held is not None and held.origin == "iec104:10.0.0.1"
+
+
+def test_the_delay_check_spares_untagged_commands_and_refuses_an_invalid_time_tag() -> None:
+    b, h, ioa = _handler()
+    h.max_delay_s = 30.0
+    invalid = CommandRequest(type_id=TypeId.C_DC_TA_1, cot=Cot.ACTIVATION, common_address=3, ioa=ioa, select=True,
+                             value=DP_OFF, master="10.0.0.1", time_ms=None)
+    r = h.handle(invalid, 1_796_000_000.0)
+    assert r.negative and "invalid" in r.message and b.authority.sbo.holder("SW-1-1", b.now) is None
+    # C_DC_NA_1 carries no time: not checked
+    assert not h.handle(_req(ioa, DP_OFF, select=True), 1_796_000_000.0).negative
+    # a deactivation is never held back: a late cancel only makes the device free sooner
+    late_cancel = CommandRequest(type_id=TypeId.C_DC_TA_1, cot=Cot.DEACTIVATION, common_address=3, ioa=ioa,
+                                 select=True, value=DP_OFF, master="10.0.0.1", time_ms=0)
+    d = h.handle(late_cancel, 1_796_000_000.0)
+    assert (d.cot, d.negative) == (Cot.DEACTIVATION_CON, False) and b.authority.sbo.holder("SW-1-1", b.now) is None
+    # with the check off (0) an old time tag is carried out
+    h.max_delay_s = 0.0
+    old = CommandRequest(type_id=TypeId.C_DC_TA_1, cot=Cot.ACTIVATION, common_address=3, ioa=ioa, select=True,
+                         value=DP_OFF, master="10.0.0.1", time_ms=0)
+    assert not h.handle(old, 1_796_000_000.0).negative
+
+
+def test_a_command_with_the_test_bit_is_answered_but_never_carried_out() -> None:
+    b, h, ioa = _handler()
+    for select in (True, False):
+        req = CommandRequest(type_id=TypeId.C_DC_NA_1, cot=Cot.ACTIVATION, common_address=3, ioa=ioa,
+                             select=select, value=DP_OFF, master="10.0.0.1", test=True)
+        r = h.handle(req)
+        assert (r.cot, r.negative) == (Cot.ACTIVATION_CON, True) and "test bit" in r.message
+    assert b.authority.sbo.holder("SW-1-1", b.now) is None and b.authority.take_audit() == []
+    # nor does a test deactivation cancel a real select
+    assert not h.handle(_req(ioa, DP_OFF, select=True)).negative
+    test_cancel = CommandRequest(type_id=TypeId.C_DC_NA_1, cot=Cot.DEACTIVATION, common_address=3, ioa=ioa,
+                                 select=True, value=DP_OFF, master="10.0.0.1", test=True)
+    d = h.handle(test_cancel)
+    assert (d.cot, d.negative) == (Cot.DEACTIVATION_CON, True)
+    assert b.authority.sbo.holder("SW-1-1", b.now) is not None
 
 
 def test_a_setpoint_is_only_mapped_where_the_point_is_writable_and_gets_its_kind() -> None:

@@ -165,8 +165,8 @@ def decode_asdu(raw: bytes) -> Asdu:
 
 
 def encode_asdu(type_id: int, cot: int, common_address: int, ioa: int, element: bytes, *,
-                originator: int = 0, negative: bool = False) -> bytes:
-    cot_byte = cot | (0x40 if negative else 0)
+                originator: int = 0, negative: bool = False, test: bool = False) -> bytes:
+    cot_byte = cot | (0x40 if negative else 0) | (0x80 if test else 0)
     return (bytes([type_id, 0x01, cot_byte, originator]) + struct.pack("<H", common_address)
             + ioa.to_bytes(3, "little") + element)
 
