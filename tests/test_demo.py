@@ -24,7 +24,9 @@ def test_demo_runs_the_whole_story(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=240, cwd=ROOT, stdin=subprocess.DEVNULL)
     out = result.stdout
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "IEDs online 17/17" in out and "points good 185/185" in out and "uplink connected" in out
+    # every IED online and every point good (as many as the example site has)
+    assert re.search(r"IEDs online (\d+)/\1\b", out) and re.search(r"points good (\d+)/\1\b", out), out[-2000:]
+    assert "uplink connected" in out
     summary = {line.split(":", 1)[1].split(":", 1)[0].strip(): line.split(":", 2)[2].strip()
                for line in out.splitlines() if re.match(r"demo: [^:]+: ", line)}
     events = summary["events on the broker"]

@@ -153,7 +153,10 @@ def test_an_operator_sequence_validated_and_run_from_the_cli(rig: Rig, tmp_path:
                     '[[steps]]\ndevice = "SW-045-2"\naction = "close"\n')
     r = subprocess.run([*cli, "run", str(back), "--yes", "--json", *rt], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
-    rig.wait(lambda: rig.daemon_call("switching.show", id=json.loads(r.stdout)["id"])["status"] == "done", "back", 30)
+    back_id = json.loads(r.stdout)["id"]
+    done = rig.wait(lambda: (s := rig.daemon_call("switching.show", id=back_id))["status"] in ("done", "failed") and s,
+                    "back", 30)
+    assert done["status"] == "done", done["results"]
 
 
 def test_the_fault_isolation_scenario_command(tmp_path: Path) -> None:

@@ -158,7 +158,9 @@ def _permanent(rig: Rig, rec: Recorder, section: dict[str, Any], normal: dict[st
               all(sections[s]["energised"] for s in downstream) and (bool(ties) or not downstream),
               (", ".join(downstream) + f" via {', '.join(ties)}") if downstream else "none after it")
     rec.check(f"{sec_id}: nothing closed onto the fault", not trips_after,
-              f"{len(trips_after)} trip(s) after the lockout")
+              f"{len(trips_after)} trip(s) after the lockout" + "".join(
+                  f"; {e.get('source')} {e.get('element')} {e.get('current_a')} A at +{e['time'] - lockout['time']:.3f} s"
+                  for e in trips_after))
     rec.check(f"{sec_id}: no element beyond its limit", not overloaded and not status["parallel"],
               "; ".join(overloaded) or "none")
     rec.check(f"{sec_id}: restored within {RESTORE_AIM_S:g} s of the lockout", seconds <= RESTORE_AIM_S,
