@@ -242,9 +242,13 @@ def test_hmi_on_the_rig(tmp_path: Path) -> None:
         b.log_in(url, "bob", PASSWORDS["bob"])
         b.wait(lambda: b.find("#who").text == "bob (viewer)", "the viewer logged in")
         b.wait(lambda: _position(b, "CB-045") == "open", "the diagram for the viewer")
-        b.click('#diagram g.device[data-id="CB-044"]')
-        b.wait(lambda: "Switching" in b.find("#details-body").text, "CB-044's details")
+        b.click('#diagram g.device[data-id="CB-045"]')
+        b.wait(lambda: b.finds(f'#details-records tr[data-record="{rid}"] a.record-cfg'),
+               "CB-045's details with its disturbance record")
+        assert "Switching" in b.find("#details-body").text
         assert not b.find("#control").is_displayed()
+        b.js("arguments[0].scrollIntoView()", b.find("#details-records"))
+        b.shot("viewer-breaker-details")
         b.click('header .tab[data-tab="alarms"]')
         assert not b.finds("#alarms-table button.ack")
         b.shot("viewer")

@@ -291,6 +291,22 @@ async function openDetails(agentId, drawnId, isDevice) {
     body.append(el("h3", {}, "Events"), table(rows));
   }
   if (a.configured) body.append(el("h3", {}, "Configured"), table(a.configured));
+  if (isDevice) {
+    const rec = await api(`/api/records?breaker=${encodeURIComponent(agentId)}&limit=5`);
+    if (rec.ok && rec.data.length) {
+      const t = el("table", { id: "details-records" });
+      for (const x of rec.data) {
+        const tr = el("tr", { "data-record": x.record_id });
+        const files = el("td");
+        for (const [kind, href] of Object.entries(x.links || {})) {
+          if (kind !== "json") files.append(el("a", { href, download: href.split("/").pop(), class: `record-${kind}` }, `.${kind}`), document.createTextNode(" "));
+        }
+        tr.append(el("td", {}, `${when(x.trigger_time)} · ${x.trips} trip(s)${x.lockout ? ", lockout" : ""}`), files);
+        t.append(tr);
+      }
+      body.append(el("h3", {}, "Disturbance records (COMTRADE)"), t);
+    }
+  }
 }
 
 function refreshDetailsLive() { /* the panel is re-read on click; the diagram itself is live */ }
