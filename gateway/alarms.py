@@ -1,116 +1,118 @@
-"""The active alarm list: every alarm the gateway raises, held until someone acknowledges it.
+"""Alarms with a life cycle: raised, cleared when their condition is gone, acknowledged by an
+operator (after ISA-18.2, simplified), and the list of active alarms a host can read at any time.
 
-Alarms are what the agents, the switching authority and protection publish on the uplink's
-`alarms` topic (the daemon feeds each one here as it is published). One alarm stays on the list
-until an operator acknowledges it (the HMI, with their user name; the event log keeps who and
-when); the same alarm raised again while unacknowledged counts up instead of filling the list.
-The list is bounded: beyond `limit` the oldest unacknowledged alarm is dropped and counted.
+An alarm from an agent (a breaker locked out, a position discrepancy, an overloaded line, a
+switching operation that failed on a device) stands while its agent is not back in a normal
+state; it clears when the agent's state becomes normal again. An alarm with no such agent (a
+sequence that stopped, FLISR) is an event: it is cleared when raised. An alarm stays in the
+active list until it is both cleared and acknowledged.
 
-Sans-IO: times come in as arguments (wall seconds); the daemon saves `snapshot()` in the state
-database so unacknowledged alarms survive a restart.
+Sans-IO: times come in as arguments; the daemon publishes what `take_changes()` returns and
+persists `snapshot()`.
 """
 
 from __future__ import annotations
 
-from collections import deque
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-DEFAULT_LIMIT = 1000
-RECENT_ACKNOWLEDGED = 100
-SEVERITIES = ("critical", "major", "warning", "minor", "info")
+SEVERITIES = ("info", "warning", "major", "critical")
+NORMAL_STATES = frozenset({
+    "Closed_Normal", "Open_Manual",                                   # circuit breaker
+    "Operational", "Loaded",                                          # power line
+    "Normal_Operation",                                               # transformer, substation
+    "Generating", "Standby", "Curtailed",                             # renewable energy
+    "All_Steps_Off", "Partial_Energization", "Fully_Energized",       # capacitor bank
+    "Active",                                                         # smart meters
+})
+"""Agent states in which no condition stands: the agent's active alarms clear on entering one."""
+SNAPSHOT_KEY = "alarms"
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Alarm:
     id: str
-    time: float
-    """Wall time it was first raised."""
-    last_time: float
     source: str
     severity: str
     message: str
-    count: int = 1
+    raised: float
+    cleared: float | None = None
+    acknowledged: float | None = None
     acknowledged_by: str | None = None
-    acknowledged_at: float | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    @property
+    def active(self) -> bool:
+        """In the active list: not yet both cleared and acknowledged."""
+        return self.cleared is None or self.acknowledged is None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "active": self.active}
 
 
 class AlarmBook:
-    def __init__(self, limit: int = DEFAULT_LIMIT) -> None:
-        self.limit = limit
-        self._active: dict[str, Alarm] = {}
-        self._recent: deque[Alarm] = deque(maxlen=RECENT_ACKNOWLEDGED)
+    def __init__(self, agents: Iterable[str] = ()) -> None:
+        self.agents = frozenset(agents)
+        self._alarms: dict[str, Alarm] = {}
         self._next = 1
-        self.dropped = 0
-        self.version = 0
-        """Counts changes (raised, repeated, acknowledged): a view redraws when it moves."""
-        self.dirty = False
+        self._changes: list[tuple[str, Alarm]] = []
 
-    def raise_alarm(self, time: float, source: str, severity: str, message: str) -> Alarm:
-        severity = severity if severity in SEVERITIES else "warning"
-        for alarm in self._active.values():
-            if alarm.source == source and alarm.message == message:
-                alarm.count += 1
-                alarm.last_time = time
-                alarm.severity = _worse(alarm.severity, severity)
-                self._changed()
-                return alarm
-        alarm = Alarm(id=f"A{self._next}", time=time, last_time=time, source=source[:128], severity=severity,
-                      message=message[:1000])
+    def raise_alarm(self, source: str, severity: str, message: str, now: float) -> Alarm:
+        """A new alarm; standing while `source` is an agent not in a normal state, else cleared at once."""
+        if severity not in SEVERITIES:
+            severity = "major"
+        alarm = Alarm(id=f"alm-{self._next}", source=source, severity=severity, message=message, raised=now,
+                      cleared=None if source in self.agents else now)
         self._next += 1
-        self._active[alarm.id] = alarm
-        while len(self._active) > self.limit:
-            del self._active[next(iter(self._active))]
-            self.dropped += 1
-        self._changed()
+        self._alarms[alarm.id] = alarm
+        self._changes.append(("raised", alarm))
         return alarm
 
-    def acknowledge(self, alarm_id: str, who: str, time: float) -> Alarm:
-        """Take `alarm_id` off the active list (KeyError if it is not there: unknown, or
-        acknowledged already)."""
-        alarm = self._active.pop(alarm_id, None)
+    def on_state(self, agent: str, state: str, now: float) -> list[Alarm]:
+        """An agent's new state: in a normal one, its standing alarms clear."""
+        if state not in NORMAL_STATES:
+            return []
+        out = []
+        for alarm in list(self._alarms.values()):
+            if alarm.source == agent and alarm.cleared is None:
+                cleared = replace(alarm, cleared=now)
+                self._store(cleared)
+                self._changes.append(("cleared", cleared))
+                out.append(cleared)
+        return out
+
+    def acknowledge(self, alarm_id: str, who: str, now: float) -> Alarm:
+        """An operator saw it. KeyError when no such alarm is active; acknowledging twice is a no-op."""
+        alarm = self._alarms.get(alarm_id)
         if alarm is None:
-            done = next((a for a in self._recent if a.id == alarm_id), None)
-            if done is not None:
-                raise KeyError(f"alarm {alarm_id} was acknowledged by {done.acknowledged_by}")
-            raise KeyError(f"no active alarm {alarm_id}")
-        alarm.acknowledged_by, alarm.acknowledged_at = who, time
-        self._recent.appendleft(alarm)
-        self._changed()
-        return alarm
+            raise KeyError(f"no active alarm {alarm_id!r}")
+        if alarm.acknowledged is not None:
+            return alarm
+        acked = replace(alarm, acknowledged=now, acknowledged_by=who)
+        self._store(acked)
+        self._changes.append(("acknowledged", acked))
+        return acked
 
     def active(self) -> list[Alarm]:
-        """Unacknowledged alarms, most severe first, then newest first."""
-        rank = {s: n for n, s in enumerate(SEVERITIES)}
-        return sorted(self._active.values(), key=lambda a: (rank.get(a.severity, 9), -a.last_time))
+        return sorted(self._alarms.values(), key=lambda a: (a.raised, int(a.id.split("-")[1])))
 
-    def recent(self) -> list[Alarm]:
-        return list(self._recent)
+    def take_changes(self) -> list[tuple[str, Alarm]]:
+        out, self._changes = self._changes, []
+        return out
 
-    def get(self, alarm_id: str) -> Alarm | None:
-        return self._active.get(alarm_id) or next((a for a in self._recent if a.id == alarm_id), None)
-
-    def _changed(self) -> None:
-        self.version += 1
-        self.dirty = True
+    def _store(self, alarm: Alarm) -> None:
+        if alarm.active:
+            self._alarms[alarm.id] = alarm
+        else:
+            self._alarms.pop(alarm.id, None)
 
     def snapshot(self) -> dict[str, Any]:
-        return {"version": 1, "next": self._next, "dropped": self.dropped,
-                "active": [a.to_dict() for a in self._active.values()],
-                "recent": [a.to_dict() for a in self._recent]}
+        return {"version": 1, "next": self._next, "alarms": [asdict(a) for a in self.active()]}
 
-    def restore(self, data: dict[str, Any]) -> None:
-        if not isinstance(data, dict) or data.get("version") != 1:
-            raise ValueError("alarm snapshot: expected a dict with version 1")
-        self._active = {a["id"]: Alarm(**a) for a in data.get("active", [])}
-        self._recent = deque((Alarm(**a) for a in data.get("recent", [])), maxlen=RECENT_ACKNOWLEDGED)
-        self._next = int(data.get("next", len(self._active) + 1))
-        self.dropped = int(data.get("dropped", 0))
-        self.version += 1
-
-
-def _worse(a: str, b: str) -> str:
-    return a if SEVERITIES.index(a) <= SEVERITIES.index(b) else b
+    def restore(self, data: Any) -> None:
+        if not data:
+            return
+        if not isinstance(data, Mapping) or data.get("version") != 1:
+            raise ValueError("alarm snapshot: expected a map with version 1")
+        self._next = int(data["next"])
+        self._alarms = {str(a["id"]): Alarm(**a) for a in data.get("alarms", [])}

@@ -50,7 +50,6 @@ HISTORY_WRITE_CHUNK = 200
 the store's lock (about a millisecond; see tests/bench/bench_history.py)."""
 HISTORY_PRUNE_MAX_CHUNKS = 10_000
 """Agent state changes reach the state database within this (protection state: at once)."""
-ALARMS_SNAPSHOT_KEY = "alarms"
 
 
 class Gateway:
@@ -83,38 +82,13 @@ class Gateway:
     # ------------------------------------------------------------------ wiring
 
     def _build_alarms(self) -> None:
-        """The active alarm list (gateway/alarms.py), restored from the state database."""
-        from gateway.alarms import AlarmBook
+        from gateway.alarms import SNAPSHOT_KEY, AlarmBook
 
-        self.alarms = AlarmBook()
+        self.alarms = AlarmBook(a.id for a in self.site.agents)
         try:
-            saved = self.store.load_snapshot(ALARMS_SNAPSHOT_KEY)
-            if saved:
-                self.alarms.restore(saved)
-        except Exception:
-            log.exception("alarm list could not be restored; starting with none")
-        self.alarms.dirty = False
-
-    def save_alarms(self) -> None:
-        if self.alarms.dirty:
-            self.alarms.dirty = False
-            try:
-                self.store.save_snapshot(ALARMS_SNAPSHOT_KEY, self.alarms.snapshot(), self.clock.wall())
-            except Exception:
-                log.exception("alarm list could not be saved")
-
-    def acknowledge_alarm(self, alarm_id: str, who: str) -> dict[str, Any]:
-        """Take an alarm off the active list for `who` (KeyError when it is not there); audited."""
-        wall = self.clock.wall()
-        alarm = self.alarms.acknowledge(alarm_id, who, wall)
-        record = {"alarm": alarm.id, "severity": alarm.severity, "message": alarm.message, "who": who,
-                  "raised": alarm.time, "count": alarm.count}
-        self.store.append_event(wall, alarm.source, "alarm.acknowledged", record)
-        self.uplink.publish("events", {"time": wall, "source": alarm.source, "kind": "alarm.acknowledged", **record},
-                            retain=False)
-        log.info("alarm acknowledged", extra={"alarm": alarm.id, "source": alarm.source, "who": who})
-        self.save_alarms()
-        return alarm.to_dict()
+            self.alarms.restore(self.store.load_snapshot(SNAPSHOT_KEY))
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("active alarms could not be restored", extra={"error": str(exc)})
 
     def _build_uplink(self) -> None:
         from gateway.telemetry import Telemetry
@@ -295,13 +269,40 @@ class Gateway:
                 log.exception("history flush failed")
 
     def _publish(self, suffix: str, payload: dict[str, Any], retain: bool = False) -> None:
-        if suffix == "alarms":
-            try:
-                self.alarms.raise_alarm(float(payload.get("time") or self.clock.wall()), str(payload.get("source", "")),
-                                        str(payload.get("severity", "warning")), str(payload.get("message", "")))
-            except Exception:
-                log.exception("alarm could not be listed")
+        if suffix == "alarms":  # every alarm, whoever raises it, goes through the alarm book
+            self.alarms.raise_alarm(str(payload.get("source", "gateway")), str(payload.get("severity", "major")),
+                                    str(payload.get("message", "")), float(payload.get("time", self.clock.wall())))
+            self._flush_alarms()
+            return
         self.uplink.publish(suffix, payload, retain=retain)
+        if suffix.startswith("state/") and isinstance(payload.get("new"), str):
+            if self.alarms.on_state(str(payload.get("agent")), payload["new"], self.clock.wall()):
+                self._flush_alarms()
+
+    def _flush_alarms(self) -> None:
+        """Each change of an alarm on `alarms`, then the retained list of active alarms on
+        `alarms/active`; the list is kept in the state database."""
+        from gateway.alarms import SNAPSHOT_KEY
+
+        changes = self.alarms.take_changes()
+        if not changes:
+            return
+        try:
+            self.uplink.publish_many([("alarms", {"time": self.clock.wall(), "state": state, **alarm.as_dict()})
+                                      for state, alarm in changes])
+            self.uplink.publish("alarms/active", {"time": self.clock.wall(),
+                                                  "alarms": [a.as_dict() for a in self.alarms.active()]}, retain=True)
+            self.store.save_snapshot(SNAPSHOT_KEY, self.alarms.snapshot(), self.clock.wall())
+        except Exception:
+            log.exception("alarms could not be published")
+
+    def acknowledge_alarm(self, alarm_id: str, origin: Any) -> dict[str, Any]:
+        """An operator acknowledged an alarm (SCADA command or control socket); audited."""
+        alarm = self.alarms.acknowledge(alarm_id, origin.who, self.clock.wall())
+        self.store.append_event(self.clock.wall(), alarm.source, "alarm.acknowledged",
+                                {"id": alarm.id, "origin": origin.who, "message": alarm.message})
+        self._flush_alarms()
+        return alarm.as_dict()
 
     def _on_point_for_uplink(self, point: Point, update: PointUpdate) -> None:
         self.updates_applied += 1
@@ -376,7 +377,6 @@ class Gateway:
                 if (self.agents.dirty and since >= AGENT_DIRTY_SNAPSHOT_S) or since > AGENT_SNAPSHOT_S:
                     self.agents.snapshot()
                     last_snapshot = self.clock.monotonic()
-                self.save_alarms()
             except Exception:
                 log.exception("agent step failed")
 
@@ -410,7 +410,6 @@ class Gateway:
         end = time.monotonic() + deadline_s
         with contextlib.suppress(Exception):
             self.agents.snapshot()
-        self.save_alarms()
         if self.ami is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.ami.close(), 2.0)

@@ -1,41 +1,43 @@
-"""The active alarm list: raised, repeated, acknowledged, bounded, kept across a restart."""
+"""Alarms with a life cycle: standing while their agent is not back to normal, events cleared at
+once, acknowledged by an operator, in the active list until both; kept across restarts."""
 
 from __future__ import annotations
 
 import pytest
 
-from gateway.alarms import AlarmBook
+from gateway.alarms import NORMAL_STATES, AlarmBook
 
 
-def test_an_alarm_stays_until_acknowledged_and_repeats_count_up() -> None:
-    book = AlarmBook()
-    a = book.raise_alarm(10.0, "LINE-045", "major", "LINE-045 fault: phase fault")
-    again = book.raise_alarm(12.0, "LINE-045", "critical", "LINE-045 fault: phase fault")
-    assert again is a and a.count == 2 and a.last_time == 12.0 and a.severity == "critical"
-    b = book.raise_alarm(11.0, "CB-045", "warning", "CB-045 tripped")
-    assert [x.id for x in book.active()] == [a.id, b.id]  # most severe first
-    done = book.acknowledge(a.id, "hmi:ada", 20.0)
-    assert done.acknowledged_by == "hmi:ada" and done.acknowledged_at == 20.0
-    assert [x.id for x in book.active()] == [b.id] and book.recent()[0] is a
-    with pytest.raises(KeyError, match="acknowledged by hmi:ada"):
-        book.acknowledge(a.id, "hmi:bob", 21.0)
-    with pytest.raises(KeyError, match="no active alarm"):
-        book.acknowledge("A999", "hmi:bob", 21.0)
-    # raised again after the acknowledgement: a new alarm
-    c = book.raise_alarm(30.0, "LINE-045", "major", "LINE-045 fault: phase fault")
-    assert c.id != a.id and c.count == 1
+def test_an_agents_alarm_stands_until_the_agent_is_normal_and_acknowledged() -> None:
+    book = AlarmBook(["CB-045", "LINE-045"])
+    a = book.raise_alarm("CB-045", "critical", "CB-045 locked out", 10.0)
+    line = book.raise_alarm("LINE-045", "critical", "LINE-045 fault", 10.0)
+    assert a.cleared is None and a.active and [x.id for x in book.active()] == [a.id, line.id]
+    assert book.on_state("CB-045", "Locked_Out", 11.0) == []  # not normal: still standing
+    acked = book.acknowledge(a.id, "scada:ncc-1", 12.0)
+    assert acked.acknowledged_by == "scada:ncc-1" and acked.active  # acknowledged but not cleared
+    [cleared] = book.on_state("CB-045", "Closed_Normal", 13.0)
+    assert cleared.cleared == 13.0 and not cleared.active
+    assert [x.id for x in book.active()] == [line.id]
+    assert [s for s, _ in book.take_changes()] == ["raised", "raised", "acknowledged", "cleared"]
+    with pytest.raises(KeyError):
+        book.acknowledge(a.id, "x", 14.0)  # no longer active
 
 
-def test_the_list_is_bounded_and_survives_a_snapshot() -> None:
-    book = AlarmBook(limit=3)
-    for n in range(5):
-        book.raise_alarm(float(n), f"S{n}", "warning", f"alarm {n}")
-    assert [a.source for a in book.active()] == ["S4", "S3", "S2"] and book.dropped == 2
-    book.acknowledge(book.active()[0].id, "local:ops", 9.0)
-    again = AlarmBook(limit=3)
+def test_an_alarm_without_an_agent_is_an_event_that_waits_only_for_acknowledgement() -> None:
+    book = AlarmBook(["CB-045"])
+    a = book.raise_alarm("flisr-seq-3", "major", "sequence stopped", 5.0)
+    assert a.cleared == 5.0 and a.active
+    assert book.acknowledge(a.id, "local:op", 6.0).active is False
+    assert book.active() == []
+    assert book.raise_alarm("CB-045", "bogus", "x", 7.0).severity == "major"
+
+
+def test_the_active_list_survives_a_restart() -> None:
+    book = AlarmBook(["CB-045"])
+    book.raise_alarm("CB-045", "critical", "locked out", 1.0)
+    again = AlarmBook(["CB-045"])
     again.restore(book.snapshot())
-    assert [a.to_dict() for a in again.active()] == [a.to_dict() for a in book.active()]
-    assert again.recent()[0].acknowledged_by == "local:ops" and again.dropped == 2
-    assert again.raise_alarm(10.0, "S9", "info", "new").id == "A6"
-    with pytest.raises(ValueError):
-        again.restore({"version": 7})
+    assert [a.as_dict() for a in again.active()] == [a.as_dict() for a in book.active()]
+    assert again.raise_alarm("CB-045", "info", "next", 2.0).id == "alm-2"
+    assert "Closed_Normal" in NORMAL_STATES and "Locked_Out" not in NORMAL_STATES
