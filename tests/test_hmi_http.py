@@ -73,9 +73,23 @@ def test_a_write_without_the_csrf_token_is_refused_and_changes_nothing(tmp_path:
             fetch_cross = await client.post(path, json={}, headers={**write_headers(client, me["csrf"]),
                                                                     "Sec-Fetch-Site": "cross-site"})
             assert [r.status for r in (no_token, wrong, other_site, fetch_cross)] == [403, 403, 403, 403]
-            assert [a.id for a in gw.alarms.active()] == [alarm]  # still active
+            assert [(a.id, a.acknowledged) for a in gw.alarms.active()] == [(alarm, None)]  # not acknowledged
             ok = await client.post(path, json={}, headers=write_headers(client, me["csrf"]))
-            assert ok.status == 200 and not gw.alarms.active()
+            assert ok.status == 200
+            [acked] = gw.alarms.active()  # CB-045 is not back to normal: the alarm stands, acknowledged
+            assert acked.id == alarm and acked.acknowledged_by == "hmi:ada"
+            listed = await (await client.get("/api/alarms")).json()
+            assert listed["unacknowledged"] == 0 and listed["active"][0]["acknowledged_by"] == "hmi:ada"
+            assert [(e["id"], e["origin"]) for e in listed["acknowledged"]] == [(alarm, "hmi:ada")]
+            # an alarm with no agent behind it is over once acknowledged
+            gw._publish("alarms", {"time": 2.0, "source": "flisr", "severity": "major", "message": "sequence stopped"})
+            event = next(a for a in gw.alarms.active() if a.source == "flisr")
+            ok = await client.post(f"/api/alarms/{event.id}/acknowledge", json={},
+                                   headers=write_headers(client, me["csrf"]))
+            assert ok.status == 200 and [a.id for a in gw.alarms.active()] == [alarm]
+            again = await client.post(f"/api/alarms/{event.id}/acknowledge", json={},
+                                      headers=write_headers(client, me["csrf"]))
+            assert again.status == 404
     run(go)
 
 
@@ -145,7 +159,7 @@ def test_viewers_read_only(tmp_path: Path) -> None:
             sel = await client.post("/api/control/select", json={"device": "CB-044", "action": "open"}, headers=h)
             assert (ack.status, sel.status) == (403, 403)
             assert "needs the operator role" in (await sel.json())["error"]
-            assert gw.alarms.active() and gw.switching.authority.sbo.holder("CB-044", 0.0) is None
+            assert gw.alarms.active()[0].acknowledged is None and gw.switching.authority.sbo.holder("CB-044", 0.0) is None
     run(go)
 
 

@@ -48,6 +48,8 @@ STATE_PERIOD_S = 1.0
 """The diagram's live state is rebuilt and its changes sent at most this often."""
 POINTS_PERIOD_S = 0.25
 MAX_BODY_BYTES = 64 * 1024
+MAX_ALARMS_SENT = 500
+RECENT_ACKNOWLEDGEMENTS = 20
 MAX_HISTORY_POINTS = 2000
 """A trend gets at most this many buckets (longer windows are merged server-side)."""
 CLIENT_QUEUE = 64
@@ -439,9 +441,12 @@ class Hmi:
             return problem(404, str(exc).strip("'\""))
 
     async def alarms(self, _request: web.Request) -> web.StreamResponse:
-        book = self.gateway().alarms
-        return reply({"active": [a.to_dict() for a in book.active()], "recent": [a.to_dict() for a in book.recent()],
-                      "dropped": book.dropped, "version": book.version})
+        """The active alarms (gateway/alarms.py: in the list until both cleared and acknowledged)
+        and the latest acknowledgements from the event log (who and when, also of alarms gone)."""
+        gw = self.gateway()
+        acknowledged = await asyncio.to_thread(self.store.events, 0.0, math.inf, None, RECENT_ACKNOWLEDGEMENTS,
+                                               ("alarm.acknowledged",))
+        return reply({**_alarms(gw), "acknowledged": acknowledged[::-1]})
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         q = request.query
@@ -517,7 +522,8 @@ class Hmi:
     async def acknowledge(self, request: web.Request) -> web.StreamResponse:
         session = session_of(request)
         try:
-            alarm = self.gateway().acknowledge_alarm(request.match_info["id"], f"hmi:{session.user}")
+            origin = Origin(via=Via.HMI, who=f"hmi:{session.user}", role=session.role)
+            alarm = self.gateway().acknowledge_alarm(request.match_info["id"], origin)
         except KeyError as exc:
             return problem(404, str(exc).strip("'\""))
         return reply({"ok": True, "alarm": alarm})
@@ -652,7 +658,7 @@ class Stream:
         self.clients: set[Client] = set()
         self._task: asyncio.Task[None] | None = None
         self._last: dict[str, Any] = {}
-        self._alarms_version = -1
+        self._alarms_mark: Any = None
         self._event_seq = 0
         self._changed_points: dict[str, Any] = {}
         self._subscribed_to: Any = None
@@ -707,7 +713,7 @@ class Stream:
         self._subscribe(gw)
         if self._task is None or self._task.done():
             self._last = {}
-            self._alarms_version = gw.alarms.version
+            self._alarms_mark = _alarms_mark(gw)
             self._event_seq = self.hmi.store.last_event_seq()
             self._task = asyncio.create_task(self._run(), name="hmi-stream")
 
@@ -787,8 +793,9 @@ class Stream:
         self._last = state
         if changes:
             self._broadcast(dumps({"type": "state", "time": state["time"], "changes": changes}))
-        if gw.alarms.version != self._alarms_version:
-            self._alarms_version = gw.alarms.version
+        mark = _alarms_mark(gw)
+        if mark != self._alarms_mark:
+            self._alarms_mark = mark
             self._broadcast(dumps({"type": "alarms", **_alarms(gw)}))
 
     async def _send_events(self) -> None:
@@ -816,6 +823,12 @@ class Stream:
 
 
 def _alarms(gw: Any) -> dict[str, Any]:
-    book = gw.alarms
-    return {"active": [a.to_dict() for a in book.active()[:500]], "recent": [a.to_dict() for a in book.recent()[:20]],
-            "dropped": book.dropped, "version": book.version}
+    """The active list as pages and tools get it: newest first, at most MAX_ALARMS_SENT."""
+    active = gw.alarms.active()
+    return {"active": [a.as_dict() for a in active[::-1][:MAX_ALARMS_SENT]], "count": len(active),
+            "unacknowledged": sum(1 for a in active if a.acknowledged is None)}
+
+
+def _alarms_mark(gw: Any) -> tuple[tuple[str, float | None, float | None], ...]:
+    """What changes when an alarm is raised, cleared or acknowledged."""
+    return tuple((a.id, a.cleared, a.acknowledged) for a in gw.alarms.active())

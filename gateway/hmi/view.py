@@ -137,9 +137,10 @@ class View:
             elements[element] = entry
         buses = {src: {"energised": True, "voltage_pu": _round(sw.state.source_voltages().get(src))}
                  for src in self.net.sources}
-        alarms = gw.alarms
+        active = gw.alarms.active()
         self._built = {"time": gw.clock.wall(), "sections": sections, "devices": devices, "elements": elements,
-                       "buses": buses, "alarms": {"active": len(alarms.active()), "version": alarms.version}}
+                       "buses": buses, "alarms": {"active": len(active),
+                                                  "unacknowledged": sum(1 for a in active if a.acknowledged is None)}}
 
     # ------------------------------------------------------------------ GIS
 

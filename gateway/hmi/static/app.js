@@ -6,7 +6,7 @@
 const SVG = "http://www.w3.org/2000/svg";
 const $ = (sel) => document.querySelector(sel);
 const S = { session: null, diagram: null, state: null, ws: null, selected: null, sel: null, trend: null,
-            alarms: { active: [], recent: [] }, pointsWanted: [], retry: 0 };
+            alarms: { active: [], unacknowledged: 0 }, pointsWanted: [], retry: 0 };
 
 // ------------------------------------------------------------------ http
 
@@ -291,6 +291,22 @@ async function openDetails(agentId, drawnId, isDevice) {
     body.append(el("h3", {}, "Events"), table(rows));
   }
   if (a.configured) body.append(el("h3", {}, "Configured"), table(a.configured));
+  if (isDevice) {
+    const rec = await api(`/api/records?breaker=${encodeURIComponent(agentId)}&limit=5`);
+    if (rec.ok && rec.data.length) {
+      const t = el("table", { id: "details-records" });
+      for (const x of rec.data) {
+        const tr = el("tr", { "data-record": x.record_id });
+        const files = el("td");
+        for (const [kind, href] of Object.entries(x.links || {})) {
+          if (kind !== "json") files.append(el("a", { href, download: href.split("/").pop(), class: `record-${kind}` }, `.${kind}`), document.createTextNode(" "));
+        }
+        tr.append(el("td", {}, `${when(x.trigger_time)} · ${x.trips} trip(s)${x.lockout ? ", lockout" : ""}`), files);
+        t.append(tr);
+      }
+      body.append(el("h3", {}, "Disturbance records (COMTRADE)"), t);
+    }
+  }
 }
 
 function refreshDetailsLive() { /* the panel is re-read on click; the diagram itself is live */ }
@@ -372,21 +388,21 @@ async function loadAlarms() {
 }
 
 function drawAlarms(a) {
+  // An alarm is in the list until its condition has cleared and someone acknowledged it.
   S.alarms = a;
-  const n = a.active.length;
+  const n = a.unacknowledged;
   $("#alarm-count").textContent = n;
   $("#alarm-count").classList.toggle("hot", n > 0);
   const body = $("#alarms-table tbody");
   body.replaceChildren();
   const operator = S.session && (S.session.role === "operator" || S.session.role === "engineer");
   for (const x of a.active) {
-    const tr = el("tr", { "data-alarm": x.id, class: x.severity });
-    const state = (x.cleared == null ? "standing" : "cleared") +
-                  (x.acknowledged_by ? `, acknowledged by ${x.acknowledged_by}` : "");
-    tr.append(el("td", {}, when(x.raised)), el("td", {}, x.severity), el("td", {}, x.source),
-              el("td", {}, x.message), el("td", {}, state));
-    const td = el("td");
-    if (operator && !x.acknowledged_by) {
+    const tr = el("tr", { "data-alarm": x.id, class: `${x.severity}${x.acknowledged ? " acknowledged" : ""}` });
+    tr.append(el("td", {}, when(x.raised)), el("td", {}, x.severity), el("td", {}, x.source), el("td", {}, x.message),
+              el("td", { class: "condition" }, x.cleared ? `cleared ${when(x.cleared)}` : "standing"));
+    const td = el("td", { class: "ack-state" });
+    if (x.acknowledged) td.textContent = `${x.acknowledged_by} at ${when(x.acknowledged)}`;
+    else if (operator) {
       const b = el("button", { class: "ack", "data-alarm": x.id }, "Acknowledge");
       b.addEventListener("click", async () => {
         b.disabled = true;
@@ -395,16 +411,16 @@ function drawAlarms(a) {
         loadAlarms();
       });
       td.append(b);
-    }
+    } else td.textContent = "not yet";
     tr.append(td);
     body.append(tr);
   }
+  if (!a.acknowledged) { if (!$("#tab-alarms").hidden) loadAlarms(); return; }  // a change from the stream
   const acked = $("#acked-table tbody");
   acked.replaceChildren();
-  for (const x of a.recent) {
-    const tr = el("tr", { "data-acked": x.id });
-    tr.append(el("td", {}, when(x.raised)), el("td", {}, x.source), el("td", {}, x.message),
-              el("td", {}, `${x.acknowledged_by} at ${when(x.acknowledged)}`));
+  for (const e of a.acknowledged) {
+    const tr = el("tr", { "data-acked": e.id });
+    tr.append(el("td", {}, when(e.time)), el("td", {}, e.source), el("td", {}, e.message), el("td", {}, e.origin));
     acked.append(tr);
   }
 }
