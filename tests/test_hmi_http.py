@@ -62,8 +62,7 @@ def test_a_write_without_the_csrf_token_is_refused_and_changes_nothing(tmp_path:
     async def go() -> None:
         async with served(example_document(), tmp_path) as (gw, _hmi, client):
             me = await login(client, "ada")
-            # an alarm with no agent behind it: cleared when raised, off the list once acknowledged
-            gw._publish("alarms", {"time": 1.0, "source": "flisr", "severity": "major", "message": "test alarm"})
+            gw._publish("alarms", {"time": 1.0, "source": "CB-045", "severity": "major", "message": "test alarm"})
             alarm = gw.alarms.active()[0].id
             path = f"/api/alarms/{alarm}/acknowledge"
             no_token = await client.post(path, json={}, headers={"Origin": origin(client)})
