@@ -39,6 +39,7 @@ from gateway.agents.schema import AgentType
 from gateway.clock import SimClock, SystemClock
 from gateway.config import Iec61850Ied, SiteConfig
 from hil.grid.switching import CommandRefused
+from hil.injection import QUANTITIES, SecondaryInjection, check_states
 from hil.modbus_servers import ModbusEndpoint, group_endpoints, wait_listening
 
 log = logging.getLogger(__name__)
@@ -350,6 +351,8 @@ class HilRuntime:
         self._fault_started: tuple[str, float, dict[str, bool]] | None = None
         self.clearings: list[dict[str, Any]] = []
         """Injected fault → first breaker opening, in real seconds (the last 10,000)."""
+        self.injection: SecondaryInjection | None = None
+        """The relay test set's sequence, playing or played last."""
 
     # ------------------------------------------------------------------ commands from IEDs
 
@@ -366,6 +369,8 @@ class HilRuntime:
             raise
         if self._fault_started is not None:
             self._note_clearing()
+        if self.injection is not None:
+            self.injection.on_command(now_s, point_id, value)
         self.commands.append((now_s, point_id, value))
         del self.commands[:-100]
         log.info("command %s=%r at sim %.3f s", point_id, value, now_s)
@@ -543,6 +548,8 @@ class HilRuntime:
                 del self._commloss_until[ied_id]
                 await self._restore_link(ied_id)
         values = self.model.point_values()
+        if self.injection is not None and self.injection.running:
+            self.injection.serve(now_s, values, self.breakers().get(self.injection.breaker) == "closed")
         for endpoint in self.endpoints:
             await endpoint.update(values)
         local = self._local_flags() if self.iec_children else {}
@@ -683,6 +690,28 @@ class HilRuntime:
                     " transient" if transient else "", line_id, distance, impedance, now_s)
         return {"line": line_id, "distance_m": distance, "kind": canonical, "transient": bool(transient),
                 "impedance_ohm": impedance, "sim_time_s": now_s, "fault": _jsonable(result)}
+
+    def secondary_injection(self, breaker: str, states: Any) -> dict[str, Any]:
+        """A relay test set on `breaker`'s measurement inputs plays `states` from the next step."""
+        self._agent(breaker, AgentType.CIRCUIT_BREAKER)
+        scheme = next((p for p in self.site.protection if p.breaker == breaker), None)
+        if scheme is None:
+            raise InjectionError(f"{breaker} has no protection scheme in the site file: nothing to test")
+        if self.injection is not None and self.injection.running:
+            raise InjectionError(f"a sequence is already playing on {self.injection.breaker}")
+        checked = check_states(states)
+        points = {q: scheme.point(q) for q in QUANTITIES}
+        trip, close = scheme.trip_target(), scheme.close_target()
+        self.injection = SecondaryInjection(breaker, points, (trip.point, trip.value), (close.point, close.value),
+                                            checked)
+        log.warning("secondary injection on %s: %d state(s), %.3f s", breaker, len(checked),
+                    self.injection.duration_s)
+        return self.injection.status()
+
+    def injection_status(self) -> dict[str, Any]:
+        if self.injection is None:
+            raise InjectionError("no sequence has been played")
+        return self.injection.status()
 
     def clear_faults(self) -> dict[str, Any]:
         now_s = self.clock.monotonic()

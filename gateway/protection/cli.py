@@ -14,6 +14,18 @@ from pathlib import Path
 from typing import Any
 
 from gateway.protection.core import ElementKind, operate_time_s, thermal_trip_time_s
+from gateway.protection.sequence import (
+    InjectionState,
+    SequenceError,
+    SequenceEvent,
+    compare,
+    describe_scheme,
+    integrating_elements,
+    load_sequence,
+    parse_sequence,
+    play,
+    state_inputs,
+)
 from gateway.protection.settings import (
     CURVES_BY_NAME,
     ELEMENT_FIELDS,
@@ -193,8 +205,185 @@ def _fmt_time(t: float) -> str:
     return "does not operate" if not math.isfinite(t) else f"{t:.4f} s"
 
 
-def cmd_test(args: argparse.Namespace) -> int:
+def _grouped(events: list[SequenceEvent]) -> list[tuple[str, SequenceEvent]]:
+    """Per-phase events of one instant shown as one line: ('51P pickup ABC', first event)."""
+    out: list[tuple[str, SequenceEvent]] = []
+    open_groups: dict[tuple[str, str], int] = {}
+    instant: float | None = None
+    for e in events:
+        if e.time_s != instant:
+            instant, open_groups = e.time_s, {}
+        key = (e.kind, e.element)
+        if e.phase and key in open_groups:
+            k = open_groups[key]
+            out[k] = (out[k][0] + e.phase, out[k][1])
+            continue
+        if e.phase:
+            open_groups[key] = len(out)
+        out.append((e.label(), e))
+    return out
+
+
+def _sequence_states(args: argparse.Namespace) -> list[InjectionState]:
+    if args.seq and args.seq_file:
+        raise UsageError("give the sequence with --seq or --seq-file, not both")
     try:
+        return load_sequence(Path(args.seq_file)) if args.seq_file else parse_sequence(args.seq, "--seq")
+    except SequenceError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def cmd_test_sequence(args: argparse.Namespace) -> int:
+    """Play a sequence of states on both backends and show what each did, side by side."""
+    try:
+        scheme = _site_scheme(args)
+        states = _sequence_states(args)
+        if args.element is not None:
+            scheme = _single_element_scheme(scheme, args.element, args.fast)
+        elif args.fast:
+            raise UsageError("--fast selects one 51 element's fast curve: give --element 51P or 51N with it")
+        sample_s = args.step if args.step is not None else 0.001
+        runs = []
+        backends = ["native", "reference"] if args.backend == "auto" else [args.backend]
+        for backend in backends:
+            try:
+                runs.append(play(scheme, states, backend=backend, sample_s=sample_s, element=args.element))
+            except RuntimeError as exc:  # the native core is not built
+                print(f"stima protection test: {exc}")
+        if not runs:
+            return 2
+        live = _live(args, scheme, states, runs[0].trip_s) if args.live else None
+    except (UsageError, SequenceError) as exc:
+        print(f"stima protection test: {exc}")
+        return 2
+    problems = compare(runs[0], runs[1]) if len(runs) == 2 else []
+    live_ok = live is None or live.get("agree", False)
+    what = f"{args.element} alone" if args.element else f"the whole scheme ({describe_scheme(scheme)})"
+    if args.json:
+        print(json.dumps({"breaker": scheme.breaker, "tested": what, "states": [s.as_dict() for s in states],
+                          "runs": [r.as_dict() for r in runs], "agree": not problems, "differences": problems,
+                          "live": live}, indent=2))
+        return 0 if not problems and live_ok else 1
+    from gateway.cli import table
+
+    print(f"{scheme.breaker}: {what}; sample period {sample_s * 1000:g} ms")
+    start = 0.0
+    rows = []
+    for k, state in enumerate(states, start=1):
+        v = state_inputs(scheme, state, args.element in ("50N", "51N"))
+        rows.append((k, f"{start:.3f}", f"{state.duration_s:g}", f"{v['ia']:g}", f"{v['in']:g}",
+                     f"{v['voltage_kv']:.4g}", f"{v['frequency_hz']:g}"))
+        start += state.duration_s
+    print(table(rows, ["STATE", "START_S", "DURATION_S", "I_A", "IN_A", "V_KV", "F_HZ"]))
+    print()
+    columns = [_grouped(r.events) for r in runs]
+    event_rows = []
+    for k in range(max(len(c) for c in columns)):
+        cells = [c[k] if k < len(c) else None for c in columns]
+        label = next(cell[0] for cell in cells if cell is not None)
+        first = next(cell[1] for cell in cells if cell is not None)
+        event_rows.append((label, first.state, *[f"{cell[1].time_s:.4f}" if cell else "-" for cell in cells]))
+    print(table(event_rows, ["EVENT", "STATE", *[f"{r.backend.upper()}_S" for r in runs]]) if event_rows
+          else "no pickup, no trip")
+    integrating = integrating_elements(scheme)
+    if integrating:
+        print()
+        int_rows = []
+        for k in range(len(states)):
+            for name in integrating:
+                shown = [f"{100 * r.integrated[k][name]:.2f} %" if name != "49" else f"theta {r.integrated[k][name]:.4f}"
+                         for r in runs]
+                int_rows.append((k + 1, name, *shown))
+        print("integrated at the end of each state (51: share of the operate time; 49: thermal level)")
+        print(table(int_rows, ["STATE", "ELEMENT", *[r.backend.upper() for r in runs]]))
+    print()
+    for r in runs:
+        trip = r.trip_s
+        print(f"trip time ({r.backend}): " + ("no trip" if trip is None else f"{trip:.4f} s from the start"))
+    if len(runs) == 2:
+        print("the C core and the Python reference agree" if not problems
+              else "MISMATCH between the C core and the Python reference:\n  " + "\n  ".join(problems))
+    if live is not None:
+        print(_live_text(live))
+    return 0 if not problems and live_ok else 1
+
+
+def _relay_poll_s(args: argparse.Namespace, scheme: ProtectionScheme) -> float:
+    """Poll period of the IED that serves the bay's phase current (0 when reported, not polled)."""
+    from gateway.cli import config_path
+    from gateway.config import load
+
+    point = scheme.point("ia")
+    for ied in load(config_path(args)).ieds:
+        if any(p.id == point for p in ied.points):
+            return ied.poll_period_ms / 1000.0
+    return 0.0
+
+
+def _live(args: argparse.Namespace, scheme: ProtectionScheme, states: list[InjectionState],
+          expected_s: float | None) -> dict[str, Any]:
+    """Play `states` on the simulator's relay of the breaker; the daemon's protection, polling it
+    through the real protocols, trips the simulated breaker; compare the trip time measured at
+    the breaker with `expected_s` from the core offline."""
+    import time
+
+    from hil.control import DEFAULT_SOCKET, ControlError, request
+
+    if args.element is not None:
+        raise UsageError("--live tests the whole scheme as the daemon runs it: leave out --element")
+    socket_path = args.hil_socket or DEFAULT_SOCKET
+    payload = []
+    for state in states:
+        values = state_inputs(scheme, state, False)
+        payload.append({"duration_s": state.duration_s, **values})
+    total = sum(s.duration_s for s in states)
+    try:
+        request(socket_path, {"op": "inject", "breaker": scheme.breaker, "states": payload})
+        deadline = time.monotonic() + total + 30.0
+        while True:
+            status = request(socket_path, {"op": "injection"})
+            if not status.get("running", True) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    except ControlError as exc:
+        raise UsageError(f"--live: {exc}") from None
+    poll_s = _relay_poll_s(args, scheme)
+    tolerance = poll_s + args.live_tolerance
+    measured = status.get("trip_s")
+    agree = not status.get("running") and (
+        (measured is None and expected_s is None)
+        or (measured is not None and expected_s is not None and abs(measured - expected_s) <= tolerance))
+    return {"breaker": scheme.breaker, "measured_trip_s": measured, "expected_trip_s": expected_s,
+            "difference_s": None if measured is None or expected_s is None else measured - expected_s,
+            "tolerance_s": tolerance, "relay_poll_s": poll_s, "finished": not status.get("running"),
+            "commands": status.get("commands", []), "state_starts_s": status.get("state_starts_s", []),
+            "agree": agree}
+
+
+def _live_text(live: dict[str, Any]) -> str:
+    lines = [f"live on the simulator ({live['breaker']}'s relay polled every {live['relay_poll_s'] * 1000:g} ms):"]
+    if not live["finished"]:
+        lines.append("  the sequence did not finish in time")
+    for c in live["commands"]:
+        lines.append(f"  {c['kind']} command at the breaker: {c['time_s']:.4f} s (state {c['state']})")
+    measured, expected = live["measured_trip_s"], live["expected_trip_s"]
+    lines.append(f"  trip time: measured {_fmt_time(measured if measured is not None else math.inf)}, "
+                 f"core {_fmt_time(expected if expected is not None else math.inf)}"
+                 + (f", difference {1000 * live['difference_s']:+.1f} ms" if live["difference_s"] is not None else ""))
+    lines.append(f"  {'within' if live['agree'] else 'OUTSIDE'} {1000 * live['tolerance_s']:g} ms "
+                 "(one poll period and the transport allowance)")
+    return "\n".join(lines)
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    if args.seq is not None or args.seq_file is not None:
+        return cmd_test_sequence(args)
+    if args.live:
+        print("stima protection test: --live plays a sequence: give --seq or --seq-file")
+        return 2
+    try:
+        if args.element is None:
+            raise UsageError("give --element (or a sequence with --seq or --seq-file to test the whole scheme)")
         scheme = _site_scheme(args)
         e = _element(scheme, args.element)
         if isinstance(e, Undervoltage27 | Overvoltage59):
@@ -321,10 +510,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     prot = subparsers.add_parser("protection", help="protection settings: test an element, show its curve")
     sub = prot.add_subparsers(dest="protection_command", required=True, metavar="ACTION")
 
-    def common(p: argparse.ArgumentParser) -> None:
+    def common(p: argparse.ArgumentParser, required: bool = True) -> None:
         p.add_argument("breaker", metavar="BREAKER", help="breaker id, e.g. CB-045")
-        p.add_argument("--element", required=True, choices=list(ELEMENT_FIELDS), metavar="ELEMENT",
-                       help=f"one of {', '.join(ELEMENT_FIELDS)}")
+        p.add_argument("--element", required=required, choices=list(ELEMENT_FIELDS), metavar="ELEMENT",
+                       help=f"one of {', '.join(ELEMENT_FIELDS)}" + ("" if required else
+                                                                        " (a sequence without it: the whole scheme)"))
         p.add_argument("--config", "-c", type=Path, default=None,
                        help="site file (default: $STIMA_CONFIG or /etc/stima/site.toml)")
         p.add_argument("--fast", action="store_true", help="51: use the fast (first-trip) curve")
@@ -332,11 +522,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         p.add_argument("--json", action="store_true", help="machine-readable output")
 
     test = sub.add_parser("test", help="expected operate time from the formula vs the core on a "
-                                       "simulated injection")
-    common(test)
+                                       "simulated injection, or a sequence of states")
+    common(test, required=False)
     test.add_argument("--current", help="injected current, e.g. 2400A or 2.4kA")
     test.add_argument("--voltage", help="27/59: injected voltage, e.g. 7.7kV or 0.7pu")
     test.add_argument("--frequency", help="81U/81O: injected frequency, e.g. 48.2Hz")
+    test.add_argument("--seq", metavar="STATES", help="a sequence of states, e.g. '1s 300A; 2s 2400A; 1s 800A; "
+                      "2s 0A' (a state: duration, then any of current, In=current, voltage, frequency)")
+    test.add_argument("--seq-file", metavar="FILE", help="the sequence from a file: one state per line as in "
+                      "--seq, or CSV with duration_s,current_a,neutral_a,voltage_kv,frequency_hz")
+    test.add_argument("--live", action="store_true", help="also play the sequence on the running simulator's "
+                      "relay, through the daemon, and compare the measured trip time")
+    test.add_argument("--hil-socket", type=Path, default=None,
+                      help="the simulator's control socket (default: .run/hil.sock)")
+    test.add_argument("--live-tolerance", type=float, default=0.1, metavar="SECONDS",
+                      help="--live: allowed difference beyond one poll period of the relay (default 0.1 s)")
     test.add_argument("--step", type=float, default=None, help="sample period of the simulation (s)")
     test.add_argument("--backend", choices=["auto", "native", "reference"], default="auto")
     test.set_defaults(func=cmd_test)
