@@ -43,7 +43,9 @@ def test_a_trip_records_the_pre_fault_buffer_and_the_post_fault_window() -> None
     rec.on_decision("trip", "51P", "A", 2400.0, 5.3, T0 + 5.3)
     for k in range(1, 40):
         _poll(rec, 5.3 + k * 0.1, 0.0, closed=False)
-        assert not rec.poll(5.3 + k * 0.1) or k * 0.1 >= 2.0
+        if k == 1:  # the breaker opened: the element drops out on the next poll
+            rec.on_decision("dropout", "51P", "A", 0.0, 5.4, T0 + 5.4)
+        assert not rec.poll(5.3 + k * 0.1) or k * 0.1 >= 2.1
     assert rec.next_deadline() is None  # finished
     rec2 = _recorder(pre_fault_s=1.0, post_fault_s=2.0)
     for k in range(50):
@@ -52,13 +54,15 @@ def test_a_trip_records_the_pre_fault_buffer_and_the_post_fault_window() -> None
     rec2.on_decision("trip", "51P", "A", 2400.0, 5.3, T0 + 5.3)
     for k in range(1, 19):
         _poll(rec2, 5.3 + k * 0.1, 0.0, closed=False)
-    assert rec2.poll(7.2) == []
-    (record,) = rec2.poll(7.31)
+        if k == 1:
+            rec2.on_decision("dropout", "51P", "A", 0.0, 5.4, T0 + 5.4)
+    assert rec2.poll(7.3) == []
+    (record,) = rec2.poll(7.41)
     times = [r.monotonic for r in record.rows]
     assert times == sorted(times)
     assert times[0] >= 4.3 - 1e-9 and times[0] <= 4.4  # one second of pre-fault samples
-    assert times[-1] <= 7.3 + 1e-9
-    assert [d["kind"] for d in record.decisions] == ["pickup", "trip"]  # the pickup before the trip is kept
+    assert times[-1] <= 7.4 + 1e-9
+    assert [d["kind"] for d in record.decisions] == ["pickup", "trip", "dropout"]  # the pickup before is kept
     trip_row = next(r for r in record.rows if r.source.startswith("trip"))
     names = CHANNELS.digital_names
     assert trip_row.digital[names.index("trip")] == 1 and trip_row.digital[names.index("51P pickup")] == 1
@@ -76,6 +80,29 @@ def test_recloses_extend_the_record_up_to_its_maximum() -> None:
     assert rec.next_deadline() == pytest.approx(3.1)  # the maximum from the first trip
     (record,) = rec.poll(3.2)
     assert sum(1 for d in record.decisions if d["kind"] == "trip") == 2
+
+
+def test_the_record_lasts_while_an_element_is_picked_up() -> None:
+    """A reclose onto the fault picks up again and the next trip comes late (a slow curve, a
+    slow poll): the record waits for it, and ends post_fault_s after the last dropout."""
+    rec = _recorder(pre_fault_s=0.5, post_fault_s=1.0, max_record_s=20.0)
+    _poll(rec, 0.0, 100.0)
+    rec.on_decision("pickup", "51P", "A", 900.0, 0.1, T0 + 0.1)
+    rec.on_decision("trip", "51P", "A", 900.0, 0.5, T0 + 0.5)
+    rec.on_decision("dropout", "51P", "A", 0.0, 0.6, T0 + 0.6)
+    rec.on_decision("reclose", "79", "", 0.0, 1.0, T0 + 1.0)
+    rec.on_decision("pickup", "51P", "A", 900.0, 1.1, T0 + 1.1)
+    assert rec.poll(5.0) == [] and rec.next_deadline() == pytest.approx(20.5)  # picked up: up to the maximum
+    rec.on_decision("trip", "51P", "A", 900.0, 6.0, T0 + 6.0)
+    rec.on_decision("dropout", "51P", "A", 0.0, 6.1, T0 + 6.1)
+    assert rec.next_deadline() == pytest.approx(7.1)
+    (record,) = rec.poll(7.2)
+    assert [d["kind"] for d in record.decisions].count("trip") == 2
+    stuck = _recorder(pre_fault_s=0.5, post_fault_s=1.0, max_record_s=3.0)
+    stuck.on_decision("pickup", "51P", "A", 900.0, 0.1, T0 + 0.1)
+    stuck.on_decision("trip", "51P", "A", 900.0, 0.5, T0 + 0.5)
+    assert stuck.poll(3.4) == []
+    assert len(stuck.poll(3.5)) == 1  # never longer than max_record_s
 
 
 def test_the_trip_is_located_from_the_fault_sample_and_the_one_before_the_pickup() -> None:
