@@ -1,7 +1,8 @@
-"""`stima protection test|curve`: commissioning checks of a breaker's protection settings.
+"""`stima protection test|curve|settings`: commissioning checks of a breaker's protection settings.
 
-Offline: both commands read the site file and run the protection core in-process on a
-simulated injection; they do not talk to the daemon or to any IED.
+`test` and `curve` are offline: they read the site file and run the protection core in-process
+on a simulated injection (`test --live` also plays the injection into the simulator's relay).
+`settings export|diff` read the running settings from the daemon; `settings check` is offline.
 """
 
 from __future__ import annotations
@@ -26,6 +27,14 @@ from gateway.protection.sequence import (
     play,
     state_inputs,
 )
+from gateway.protection.settings_files import (
+    SettingsFileError,
+    check_against_site,
+    diff,
+    digest,
+    export_text,
+)
+from gateway.protection.settings_files import read as read_settings
 from gateway.protection.settings import (
     CURVES_BY_NAME,
     ELEMENT_FIELDS,
@@ -506,7 +515,125 @@ def _plot(scheme: ProtectionScheme, name: str, fast: bool, preload: float, path:
     return 0
 
 
+# ------------------------------------------------------------------ settings as files
+
+
+def _running_settings(args: argparse.Namespace) -> dict[str, Any]:
+    from gateway.cli import runtime_dir
+    from gateway.control import call
+
+    running: dict[str, Any] = call(runtime_dir(args), "protection.settings")
+    return running
+
+
+def _running_schemes(running: dict[str, Any]) -> list[ProtectionScheme]:
+    return [ProtectionScheme.model_validate(d) for d in running["schemes"]]
+
+
+def _only_breaker(schemes: list[ProtectionScheme], breaker: str | None) -> list[ProtectionScheme]:
+    if breaker is None:
+        return schemes
+    chosen = [s for s in schemes if s.breaker == breaker]
+    if not chosen:
+        raise UsageError(f"no protection scheme for {breaker} (have: {', '.join(s.breaker for s in schemes) or 'none'})")
+    return chosen
+
+
+def cmd_settings_export(args: argparse.Namespace) -> int:
+    """The running settings as a settings file (to review, edit and check)."""
+    import time
+
+    try:
+        running = _running_settings(args)
+        schemes = _only_breaker(_running_schemes(running), args.breaker)
+    except UsageError as exc:
+        print(f"stima protection settings export: {exc}")
+        return 2
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    text = export_text(schemes, f"protection settings of {running['site']}, running in stima-gatewayd "
+                                f"(site file {running['config']}), exported {stamp}")
+    if args.out:
+        try:
+            Path(args.out).write_text(text)
+        except OSError as exc:
+            print(f"stima protection settings export: cannot write {args.out}: {exc.strerror or exc}")
+            return 2
+        print(f"{len(schemes)} scheme(s) written to {args.out}; settings digest {digest(schemes)}")
+    else:
+        print(text, end="")
+    return 0
+
+
+def _value(v: Any) -> str:
+    return "(absent)" if v is None else json.dumps(v)
+
+
+def cmd_settings_diff(args: argparse.Namespace) -> int:
+    """The running settings against a file: exit 0 when they are the same, 1 when not."""
+    try:
+        proposed = _only_breaker(read_settings(Path(args.file)), args.breaker)
+        running = _only_breaker(_running_schemes(_running_settings(args)), args.breaker)
+    except (UsageError, SettingsFileError) as exc:
+        print(f"stima protection settings diff: {exc}")
+        return 2
+    changes = diff(running, proposed)
+    result = {"running_digest": digest(running), "file_digest": digest(proposed),
+              "changes": [c.as_dict() for c in changes]}
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 1 if changes else 0
+    from gateway.cli import table
+
+    print(f"running  {result['running_digest']}\n{args.file}  {result['file_digest']}")
+    if not changes:
+        print("no difference: the file holds the running settings")
+        return 0
+    rows = []
+    for c in changes:
+        if not c.key:
+            rows.append((c.breaker, "(whole scheme)", "(absent)" if c.old is None else "present",
+                         "(absent)" if c.new is None else "present"))
+        else:
+            rows.append((c.breaker, c.key, _value(c.old), _value(c.new)))
+    print(table(rows, ["BREAKER", "SETTING", "RUNNING", "FILE"]))
+    print(f"{len(changes)} difference(s)")
+    return 1
+
+
+def cmd_settings_check(args: argparse.Namespace) -> int:
+    """A settings file against the site file it is meant for, before it goes in and is reloaded."""
+    import tomllib
+
+    from gateway.cli import config_path
+
+    site_path = config_path(args)
+    try:
+        proposed = read_settings(Path(args.file))
+        site_data = tomllib.loads(site_path.read_text())
+    except SettingsFileError as exc:
+        problems = exc.problems
+        proposed = []
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        print(f"stima protection settings check: cannot read the site file {site_path}: {exc}")
+        return 2
+    else:
+        problems = check_against_site(proposed, site_data, f"{site_path} with the settings of {args.file}")
+    result = {"file": args.file, "site_file": str(site_path), "schemes": [s.breaker for s in proposed],
+              "digest": digest(proposed) if proposed else None, "problems": problems}
+    if args.json:
+        print(json.dumps(result, indent=2))
+    elif problems:
+        print(f"{args.file}: {len(problems)} problem(s); not fit to load:")
+        print("\n".join(f"  {p}" for p in problems))
+    else:
+        print(f"{args.file}: {len(proposed)} scheme(s) ({', '.join(result['schemes'])}) fit {site_path}; "
+              f"both protection cores accept them\nsettings digest {result['digest']}")
+    return 1 if problems else 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from gateway.cli import add_common
+
     prot = subparsers.add_parser("protection", help="protection settings: test an element, show its curve")
     sub = prot.add_subparsers(dest="protection_command", required=True, metavar="ACTION")
 
@@ -545,4 +672,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     common(curve)
     curve.add_argument("--plot", metavar="FILE", help="write the curve as a PNG (needs matplotlib)")
     curve.set_defaults(func=cmd_curve)
+
+    settings = sub.add_parser("settings", help="the running settings as a file: export, diff against a file, "
+                                               "check a file before a reload")
+    settings_sub = settings.add_subparsers(dest="settings_command", required=True, metavar="ACTION")
+    export = settings_sub.add_parser("export", help="the daemon's running protection settings, in full, as TOML")
+    export.add_argument("--out", metavar="FILE", help="write to FILE (default: standard output)")
+    export.add_argument("--breaker", help="only this breaker's scheme")
+    add_common(export)
+    export.set_defaults(func=cmd_settings_export)
+    dif = settings_sub.add_parser("diff", help="every setting where a file differs from the running ones "
+                                               "(exit 1 when any)")
+    dif.add_argument("file", metavar="FILE", help="settings file (or a site file)")
+    dif.add_argument("--breaker", help="only this breaker's scheme")
+    add_common(dif)
+    dif.set_defaults(func=cmd_settings_diff)
+    chk = settings_sub.add_parser("check", help="would the site file load with these settings, and would both "
+                                                "protection cores take them (exit 1 when not)")
+    chk.add_argument("file", metavar="FILE", help="settings file (checked against the site file of --config)")
+    add_common(chk)
+    chk.set_defaults(func=cmd_settings_check)
 

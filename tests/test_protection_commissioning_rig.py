@@ -1,18 +1,26 @@
-"""`stima protection test --seq ... --live` on the real rig: the simulator's relay of CB-045
-plays the states, the daemon polls it over Modbus TCP, its protection trips the simulated
-breaker, and the trip time measured at the breaker is compared with the core's."""
+"""Protection commissioning on the real rig.
+
+`stima protection test --seq ... --live`: the simulator's relay of CB-045 plays the states, the
+daemon polls it over Modbus TCP, its protection trips the simulated breaker, and the trip time
+measured at the breaker is compared with the core's. `stima protection settings
+export|check|diff`: the running settings exported, edited, checked, compared, reloaded, and
+the running digest is then the one signed off."""
 
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import tomli_w
 
+from gateway.protection.settings_files import digest, parse
 from hil.rig import Rig
 from tests.support.faults import close_and_settle, fault_site
 
@@ -81,3 +89,44 @@ def test_a_second_sequence_while_one_plays_is_refused(rig: Rig) -> None:
     bad = subprocess.run([sys.executable, "-m", "hil", "status", "--control", str(rig.hil_socket)],
                          capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert bad.returncode == 0  # the simulator keeps running
+
+
+def settings_cmd(rig: Rig, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway.cli", "protection", "settings", *argv,
+                           "--runtime-dir", str(rig.runtime_dir), "--config", str(rig.site_path)],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT, stdin=subprocess.DEVNULL)
+
+
+def test_settings_exported_edited_checked_compared_and_reloaded(rig: Rig, tmp_path: Path) -> None:
+    exported = tmp_path / "running.toml"
+    r = settings_cmd(rig, "export", "--out", str(exported))
+    assert r.returncode == 0, r.stdout + r.stderr
+    running = parse(exported.read_text(), "running.toml")
+    assert digest(running) in r.stdout and {s.breaker for s in running} >= {"CB-045", "CB-046"}
+    r = settings_cmd(rig, "diff", str(exported))
+    assert r.returncode == 0 and "no difference" in r.stdout, r.stdout + r.stderr
+    # the engineer slows CB-045's 51P: checked against the site, compared with the running settings
+    data = tomllib.loads(exported.read_text())
+    cb045 = next(t for t in data["protection"] if t["breaker"] == "CB-045")
+    old_tms = cb045["elements"]["51P"]["tms"]
+    cb045["elements"]["51P"]["tms"] = round(old_tms * 1.2, 4)
+    proposed = tmp_path / "proposed.toml"
+    proposed.write_text(tomli_w.dumps(data))
+    signed = digest(parse(proposed.read_text(), "proposed.toml"))
+    r = settings_cmd(rig, "check", str(proposed))
+    assert r.returncode == 0 and signed in r.stdout, r.stdout + r.stderr
+    r = settings_cmd(rig, "diff", str(proposed), "--json")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert json.loads(r.stdout)["changes"] == [{"breaker": "CB-045", "key": "elements.51P.tms", "old": old_tms,
+                                                "new": cb045["elements"]["51P"]["tms"]}]
+    # signed off: into the site file, reloaded; the running settings are now the file's
+    site = tomllib.loads(rig.site_path.read_text())
+    site["protection"] = data["protection"]
+    before = rig.daemon_call("status")
+    rig.site_path.write_text(tomli_w.dumps(site))
+    assert rig.daemon is not None
+    rig.daemon.send_signal(signal.SIGHUP)
+    rig.wait(lambda: rig.daemon_call("status")["reloads"] > before["reloads"], "the reload", 60)
+    assert rig.daemon_call("protection.settings")["digest"] == signed
+    r = settings_cmd(rig, "diff", str(proposed))
+    assert r.returncode == 0 and "no difference" in r.stdout, r.stdout + r.stderr
