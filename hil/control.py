@@ -127,7 +127,7 @@ def dispatch(runtime: Any, request: Any) -> dict[str, Any]:
         elif op == "inject":
             result = runtime.secondary_injection(_required(request, "breaker"), _required(request, "states"))
         elif op == "injection":
-            result = runtime.injection_status()
+            result = runtime.injection_status(bool(request.get("stop", False)))
         elif op == "ramp":
             result = runtime.load_ramp(_required(request, "substation"), _required(request, "rate_kw_per_h"),
                                        start_kw=request.get("start_kw"), ambient_c=request.get("ambient_c"))

@@ -4,9 +4,10 @@ the breaker.
 
 Sans-IO: the runtime calls `serve` with each step's served values (the set's states replace the
 bay's currents, voltage and frequency) and `on_command` with each gateway command. While the
-breaker is open no current flows (the set's breaker simulator); the voltage stays. Times are the
-simulator's clock: a state starts when it is first served, the measured times count from the
-first state's start.
+breaker is open no current flows (the set's breaker simulator); the voltage stays. Times are
+real seconds, as a test set's own clock, not the simulator's (which runs ahead to catch up
+after a lag): a state starts at the first step served after its start time, the measured times
+count from the first state's start.
 """
 
 from __future__ import annotations
@@ -104,6 +105,11 @@ class SecondaryInjection:
         for quantity, point in self.points.items():
             if quantity in state:
                 values[point] = 0.0 if quantity in CURRENTS and not breaker_closed else state[quantity]
+
+    def stop(self, now_s: float) -> None:
+        """The test set's stop: the bay's own values are served again from the next step."""
+        if self.running:
+            self.finished_s = 0.0 if self.started_s is None else now_s - self.started_s
 
     def on_command(self, now_s: float, point_id: str, value: Any) -> None:
         """Note a gateway command to the breaker under test."""

@@ -369,8 +369,8 @@ class HilRuntime:
             raise
         if self._fault_started is not None:
             self._note_clearing()
-        if self.injection is not None:
-            self.injection.on_command(now_s, point_id, value)
+        if self.injection is not None:  # timed in real seconds, as a test set's own clock does
+            self.injection.on_command(self._real.monotonic(), point_id, value)
         self.commands.append((now_s, point_id, value))
         del self.commands[:-100]
         log.info("command %s=%r at sim %.3f s", point_id, value, now_s)
@@ -549,7 +549,8 @@ class HilRuntime:
                 await self._restore_link(ied_id)
         values = self.model.point_values()
         if self.injection is not None and self.injection.running:
-            self.injection.serve(now_s, values, self.breakers().get(self.injection.breaker) == "closed")
+            self.injection.serve(self._real.monotonic(), values,
+                                 self.breakers().get(self.injection.breaker) == "closed")
         for endpoint in self.endpoints:
             await endpoint.update(values)
         local = self._local_flags() if self.iec_children else {}
@@ -708,9 +709,13 @@ class HilRuntime:
                     self.injection.duration_s)
         return self.injection.status()
 
-    def injection_status(self) -> dict[str, Any]:
+    def injection_status(self, stop: bool = False) -> dict[str, Any]:
+        """The sequence's progress and the commands timed so far; `stop` ends it now."""
         if self.injection is None:
             raise InjectionError("no sequence has been played")
+        if stop:
+            self.injection.stop(self._real.monotonic())
+            log.warning("secondary injection on %s stopped", self.injection.breaker)
         return self.injection.status()
 
     def clear_faults(self) -> dict[str, Any]:

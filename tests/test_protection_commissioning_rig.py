@@ -82,10 +82,13 @@ def test_a_sequence_below_pickup_does_not_trip_and_says_so(rig: Rig) -> None:
 
 
 def test_a_second_sequence_while_one_plays_is_refused(rig: Rig) -> None:
-    rig.hil_call("inject", breaker="CB-045", states=[{"duration_s": 2.0, "ia": 100.0, "ib": 100.0, "ic": 100.0}])
+    rig.hil_call("inject", breaker="CB-045", states=[{"duration_s": 600.0, "ia": 100.0, "ib": 100.0, "ic": 100.0}])
     r = live(rig, "--seq", "1s 100A")
     assert r.returncode == 2 and "already playing" in r.stdout
-    rig.wait(lambda: not rig.hil_call("injection")["running"], "the first sequence to end", 20)
+    stopped = rig.hil_call("injection", stop=True)
+    assert not stopped["running"] and stopped["finished_s"] < 600.0
+    rig.wait(lambda: rig.daemon_call("points.read", ids=["CB-045.ia"])[0]["value"] != 100.0,
+             "the bay's own current served again", 20)
     bad = subprocess.run([sys.executable, "-m", "hil", "status", "--control", str(rig.hil_socket)],
                          capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert bad.returncode == 0  # the simulator keeps running

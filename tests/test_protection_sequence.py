@@ -263,9 +263,24 @@ def test_the_test_set_serves_its_states_and_times_the_commands() -> None:
     inj.on_command(101.9, "CB-1.pos", True)
     inj.serve(103.0, values, True)
     assert not inj.running
+    values["CB-1.ia"] = 5.0
+    inj.serve(103.1, values, True)
+    assert values["CB-1.ia"] == 5.0  # finished: the bay's own values
     status = inj.status()
     assert status["trip_s"] == pytest.approx(1.43)
     assert [(c["kind"], c["state"]) for c in status["commands"]] == [("trip", 2), ("close", 2)]
+
+
+def test_the_test_set_stops_on_request() -> None:
+    inj = SecondaryInjection("CB-1", {"ia": "CB-1.ia"}, ("CB-1.trip", True), ("CB-1.close", True),
+                             check_states([{"duration_s": 60.0, "ia": 100.0}]))
+    values: dict[str, object] = {"CB-1.ia": 5.0}
+    inj.serve(10.0, values, True)
+    inj.stop(12.5)
+    assert not inj.running and inj.finished_s == pytest.approx(2.5)
+    values["CB-1.ia"] = 5.0
+    inj.serve(12.6, values, True)
+    assert values["CB-1.ia"] == 5.0
 
 
 @pytest.mark.parametrize("states", [[], {"duration_s": 1}, [{"duration_s": 0, "ia": 1}], [{"duration_s": 1, "ia": -1}],
