@@ -26,6 +26,12 @@ from tests.support.faults import close_and_settle, fault_site
 
 ROOT = Path(__file__).resolve().parents[1]
 POLL_MS = 20
+ALLOWANCE_S = 0.3
+"""Transport allowance beyond one poll period. On a quiet machine the live trip comes 20-60 ms
+after the core's (docs/commissioning.md); the tests run on a shared machine, so they check what
+the relay did (which state, which curve: fast and delayed differ by 0.43 s here) rather than
+how fast the machine was."""
+BAND_S = POLL_MS / 1000 + ALLOWANCE_S
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +43,8 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
 
 def live(rig: Rig, *argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "gateway.cli", "protection", "test", "CB-045", *argv, "--live",
-                           "--hil-socket", str(rig.hil_socket), "--config", str(rig.site_path)],
+                           "--hil-socket", str(rig.hil_socket), "--config", str(rig.site_path),
+                           "--runtime-dir", str(rig.runtime_dir)],
                           capture_output=True, text=True, timeout=300, cwd=ROOT, stdin=subprocess.DEVNULL)
 
 
@@ -46,7 +53,8 @@ def test_a_stepped_sequence_trips_the_simulated_breaker_when_the_core_says(rig: 
     trip on the fast curve, at the time the core predicts within one poll period and the
     transport allowance; the 79 recloses onto the injected current and trips again."""
     start = time.time()
-    r = live(rig, "--seq", "1s 200A; 0.2s 1200A; 0.3s 300A; 2s 1200A; 1.5s 0A", "--json")
+    r = live(rig, "--seq", "1s 200A; 0.2s 1200A; 0.3s 300A; 4s 1200A; 1.5s 0A", "--json",
+             "--live-tolerance", str(ALLOWANCE_S))
     data = json.loads(r.stdout)
     result = data["live"]
     assert r.returncode == 0, r.stdout + r.stderr
@@ -54,16 +62,19 @@ def test_a_stepped_sequence_trips_the_simulated_breaker_when_the_core_says(rig: 
     expected = data["runs"][0]["trip_s"]
     assert expected is not None and 1.5 < expected < 3.5
     assert result["expected_trip_s"] == expected
-    assert abs(result["measured_trip_s"] - expected) <= POLL_MS / 1000 + 0.1
+    assert -BAND_S <= result["measured_trip_s"] - expected <= BAND_S
     commands = result["commands"]
     assert commands[0]["kind"] == "trip" and commands[0]["state"] == 4
     # the 79 recloses onto the injected current and the delayed curve trips again, when the
     # core says (a 50BF retrip may come between: the breaker is seen open one poll later)
     reclose = next(c for c in commands if c["kind"] == "close")
     again = next(c for c in commands if c["kind"] == "trip" and c["time_s"] > reclose["time_s"])
-    offline = sorted({e["time_s"] for e in data["runs"][0]["events"] if e["kind"] == "trip"})
-    assert len(offline) >= 2
-    assert abs(again["time_s"] - offline[1]) <= 2 * (POLL_MS / 1000 + 0.1)
+    events = data["runs"][0]["events"]
+    offline_trips = sorted({e["time_s"] for e in events if e["kind"] == "trip"})
+    offline_reclose = next(e["time_s"] for e in events if e["kind"] == "reclose")
+    assert len(offline_trips) >= 2
+    delayed_s = offline_trips[1] - offline_reclose  # the delayed curve's time, from the reclose
+    assert -BAND_S <= (again["time_s"] - reclose["time_s"]) - delayed_s <= BAND_S
     # the daemon saw it as protection: its own log has the trips
     trips = [e for e in rig.daemon_call("events", since=start - 1, source="CB-045", limit=200)
              if e["kind"] == "protection.trip"]
@@ -81,10 +92,19 @@ def test_a_sequence_below_pickup_does_not_trip_and_says_so(rig: Rig) -> None:
     assert "within" in r.stdout
 
 
-def test_a_second_sequence_while_one_plays_is_refused(rig: Rig) -> None:
+def test_a_second_sequence_while_one_plays_or_with_other_settings_is_refused(rig: Rig, tmp_path: Path) -> None:
     rig.hil_call("inject", breaker="CB-045", states=[{"duration_s": 600.0, "ia": 100.0, "ib": 100.0, "ic": 100.0}])
     r = live(rig, "--seq", "1s 100A")
     assert r.returncode == 2 and "already playing" in r.stdout
+    other = tmp_path / "other.toml"  # CB-045's 51P set otherwise than the daemon runs it
+    doc = tomllib.loads(rig.site_path.read_text())
+    next(p for p in doc["protection"] if p["breaker"] == "CB-045")["elements"]["51P"]["tms"] = 0.3
+    other.write_text(tomli_w.dumps(doc))
+    r = subprocess.run([sys.executable, "-m", "gateway.cli", "protection", "test", "CB-045", "--seq", "1s 100A",
+                        "--live", "--hil-socket", str(rig.hil_socket), "--config", str(other),
+                        "--runtime-dir", str(rig.runtime_dir)],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT, stdin=subprocess.DEVNULL)
+    assert r.returncode == 2 and "the daemon runs other protection settings for CB-045" in r.stdout
     stopped = rig.hil_call("injection", stop=True)
     assert not stopped["running"] and stopped["finished_s"] < 600.0
     rig.wait(lambda: rig.daemon_call("points.read", ids=["CB-045.ia"])[0]["value"] != 100.0,

@@ -329,6 +329,25 @@ def _relay_poll_s(args: argparse.Namespace, scheme: ProtectionScheme) -> float:
     return 0.0
 
 
+def _daemon_runs(args: argparse.Namespace, scheme: ProtectionScheme) -> None:
+    """The daemon is up and runs `scheme` as the site file has it: else the live trip time
+    would be compared with a prediction for other settings (or nothing would trip)."""
+    from gateway.cli import config_path, runtime_dir
+    from gateway.control import ControlError, DaemonNotRunning, call
+
+    try:
+        running = call(runtime_dir(args), "protection.settings")
+    except DaemonNotRunning as exc:
+        raise UsageError(f"--live needs the running daemon, which trips the breaker: {exc}") from None
+    except ControlError as exc:
+        raise UsageError(f"--live: the daemon refused to give its protection settings: {exc}") from None
+    theirs = next((d for d in running["schemes"] if d.get("breaker") == scheme.breaker), None)
+    if theirs is None or digest([ProtectionScheme.model_validate(theirs)]) != digest([scheme]):
+        raise UsageError(f"the daemon runs other protection settings for {scheme.breaker} than {config_path(args)}"
+                         f" (see stima protection settings diff {config_path(args)}): the comparison would "
+                         "be meaningless")
+
+
 def _live(args: argparse.Namespace, scheme: ProtectionScheme, states: list[InjectionState],
           expected_s: float | None) -> dict[str, Any]:
     """Play `states` on the simulator's relay of the breaker; the daemon's protection, polling it
@@ -340,6 +359,7 @@ def _live(args: argparse.Namespace, scheme: ProtectionScheme, states: list[Injec
 
     if args.element is not None:
         raise UsageError("--live tests the whole scheme as the daemon runs it: leave out --element")
+    _daemon_runs(args, scheme)
     socket_path = args.hil_socket or DEFAULT_SOCKET
     payload = []
     for state in states:
@@ -662,6 +682,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                       "relay, through the daemon, and compare the measured trip time")
     test.add_argument("--hil-socket", type=Path, default=None,
                       help="the simulator's control socket (default: .run/hil.sock)")
+    test.add_argument("--runtime-dir", type=Path, default=None,
+                      help="--live: the daemon's runtime directory (default: the site file's runtime_dir)")
     test.add_argument("--live-tolerance", type=float, default=0.1, metavar="SECONDS",
                       help="--live: allowed difference beyond one poll period of the relay (default 0.1 s)")
     test.add_argument("--step", type=float, default=None, help="sample period of the simulation (s)")
