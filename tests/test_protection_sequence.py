@@ -150,6 +150,28 @@ def test_definite_time_pickup_dropout_and_trip(backend: str) -> None:
     assert drops[3:] == pytest.approx([run.trip_s] * 3)
 
 
+@pytest.mark.parametrize(("element", "text", "trip_s"), [
+    ("51N", "1s 0A; 5s 300A", None),  # to the residual input: the 51N curve
+    ("51N", "1s 0A; 5s 300A In=0A", math.inf),  # phase current only: no residual, no trip
+    ("27", "1s; 1s 0.7pu; 1s; 3s 7kV", 3.0 + 2.0),  # a 1 s sag resets; the next one trips after 2 s
+    ("59", "1s; 3s 12.5kV", 1.0 + 2.0),
+    ("81U", "1s; 0.3s 48Hz; 0.2s; 2s 48.2Hz", 1.5 + 0.5),
+])
+def test_residual_voltage_and_frequency_states_reach_their_elements(element: str, text: str,
+                                                                    trip_s: float | None) -> None:
+    scheme = _only(_scheme(), element)
+    if trip_s is None:
+        e = scheme.elements.n51
+        assert e is not None
+        trip_s = 1.0 + operate_time_s(CURVES_BY_NAME[e.curve], e.tms, 300.0 / e.pickup_a)
+    for backend in ("native", "reference"):
+        run = play(scheme, parse_sequence(text), backend=backend, element=element)
+        if math.isinf(trip_s):
+            assert run.trip_s is None
+        else:
+            assert run.trip_s == pytest.approx(trip_s, abs=0.001 + 1e-9), backend
+
+
 def test_a_permanent_fault_plays_the_reclose_sequence_to_lockout() -> None:
     """The whole CB-045 scheme: the first trip on the fast curve, then the delayed ones after
     each dead time, lockout after the last shot; the breaker stays open."""
