@@ -194,6 +194,22 @@ def test_a_permanent_fault_plays_the_reclose_sequence_to_lockout() -> None:
     assert [ev.kind for ev in run.events if ev.kind.startswith("breaker")][-1] == "breaker open"
 
 
+def test_a_breaker_that_does_not_open_gives_the_50bf_retrip_and_backup_trip() -> None:
+    scheme = _scheme()
+    bf = scheme.breaker_failure
+    assert bf is not None and bf.current_a < 1200.0
+    runs = [play(scheme, parse_sequence("1s 200A; 3s 1200A"), backend=b, breaker_fails=True) for b in
+            ("native", "reference")]
+    assert compare(*runs) == []
+    run = runs[0]
+    trip = run.trip_s
+    assert trip is not None
+    assert not any(e.kind == "breaker open" for e in run.events)
+    assert run.first("retrip") == pytest.approx(trip + bf.retrip_s, abs=0.0011)
+    assert run.first("backup trip") == pytest.approx(trip + bf.backup_s, abs=0.0011)
+    assert run.first("lockout") is not None
+
+
 states_strategy = st.lists(st.builds(
     InjectionState,
     duration_s=st.floats(0.005, 1.5),

@@ -256,7 +256,8 @@ def cmd_test_sequence(args: argparse.Namespace) -> int:
         backends = ["native", "reference"] if args.backend == "auto" else [args.backend]
         for backend in backends:
             try:
-                runs.append(play(scheme, states, backend=backend, sample_s=sample_s, element=args.element))
+                runs.append(play(scheme, states, backend=backend, sample_s=sample_s, element=args.element,
+                                 breaker_fails=args.breaker_fails))
             except RuntimeError as exc:  # the native core is not built
                 print(f"stima protection test: {exc}")
         if not runs:
@@ -359,6 +360,9 @@ def _live(args: argparse.Namespace, scheme: ProtectionScheme, states: list[Injec
 
     if args.element is not None:
         raise UsageError("--live tests the whole scheme as the daemon runs it: leave out --element")
+    if args.breaker_fails:
+        raise UsageError("--live: the simulator's breaker opens on a trip; --breaker-fails is offline only "
+                         "(stima-hil inject failure CB-... --mode stuck makes it fail)")
     _daemon_runs(args, scheme)
     socket_path = args.hil_socket or DEFAULT_SOCKET
     payload = []
@@ -678,6 +682,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                       "2s 0A' (a state: duration, then any of current, In=current, voltage, frequency)")
     test.add_argument("--seq-file", metavar="FILE", help="the sequence from a file: one state per line as in "
                       "--seq, or CSV with duration_s,current_a,neutral_a,voltage_kv,frequency_hz")
+    test.add_argument("--breaker-fails", action="store_true", help="the simulated breaker does not open on a "
+                      "trip: the 50BF retrip and backup trip")
     test.add_argument("--live", action="store_true", help="also play the sequence on the running simulator's "
                       "relay, through the daemon, and compare the measured trip time")
     test.add_argument("--hil-socket", type=Path, default=None,

@@ -194,7 +194,8 @@ class SequenceEvent:
     time_s: float
     """From the start of the sequence."""
     kind: str
-    """pickup, dropout, trip, reclose, lockout, reset, breaker open, breaker closed."""
+    """pickup, dropout, trip, reclose, lockout, reset, breaker open, breaker closed, retrip,
+    backup trip."""
     element: str = ""
     phase: str = ""
     value: float | None = None
@@ -255,9 +256,10 @@ def state_inputs(scheme: ProtectionScheme, state: InjectionState, neutral_elemen
 
 
 def play(scheme: ProtectionScheme, states: Iterable[InjectionState], *, backend: str = "auto",
-         sample_s: float = 0.001, element: str | None = None) -> SequenceRun:
+         sample_s: float = 0.001, element: str | None = None, breaker_fails: bool = False) -> SequenceRun:
     """Play `states` into `scheme` (or its one element `element`, as the test command builds it)
-    on `backend`, evaluating every `sample_s` and at every state change."""
+    on `backend`, evaluating every `sample_s` and at every state change. `breaker_fails`: the
+    simulated breaker does not open (the 50BF test)."""
     from gateway.protection.engine import BreakerCommand, ProtectionEngine, ProtectionEvent
 
     states = list(states)
@@ -286,8 +288,13 @@ def play(scheme: ProtectionScheme, states: Iterable[InjectionState], *, backend:
                 value = action.measured if action.measured is not None else action.current_a
                 run.events.append(SequenceEvent(now, action.kind, action.element, action.phase, value, state_no))
             elif isinstance(action, BreakerCommand):
+                if action.reason == "backup_trip":  # the upstream breaker's, not this one's
+                    run.events.append(SequenceEvent(now, "backup trip", action.element, "", None, state_no))
+                    continue
+                if action.reason == "retrip":
+                    run.events.append(SequenceEvent(now, "retrip", action.element, "", None, state_no))
                 closing = action.reason in ("reclose", "close")
-                if closing == closed:
+                if closing == closed or (breaker_fails and not closing):
                     continue
                 closed = closing
                 run.events.append(SequenceEvent(now, "breaker closed" if closing else "breaker open",
