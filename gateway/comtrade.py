@@ -75,6 +75,8 @@ class Record:
 def _text(value: str, what: str) -> str:
     if any(c in value for c in _FORBIDDEN) or not value.isascii():
         raise ComtradeError(f"{what} {value!r}: COMTRADE fields are ASCII without commas or line breaks")
+    if value != value.strip():
+        raise ComtradeError(f"{what} {value!r}: leading or trailing spaces are lost by COMTRADE readers")
     return value
 
 

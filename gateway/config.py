@@ -602,7 +602,8 @@ class RecordsConfig(_Model):
     format: Literal["binary", "ascii", "float32"] = "binary"
     pre_fault_s: float = Field(default=2.0, ge=0.0, le=60.0)
     post_fault_s: float = Field(default=3.0, gt=0.0, le=300.0)
-    """After the last trip, reclose or lockout, record this long."""
+    """After the last trip, reclose, lockout, pickup or dropout, record this long (and on while an
+    element is picked up, up to max_record_s)."""
     max_record_s: float = Field(default=30.0, gt=0.0, le=600.0)
     max_records: int = Field(default=200, ge=1, le=100_000)
     """Retention: the oldest records go when there are more, or when they take more than max_total_mb."""

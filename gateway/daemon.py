@@ -1024,6 +1024,7 @@ class Server:
         c.register("points.history", self._op_points_history, viewer)
         c.register("protection.latency", self._op_protection_latency, viewer)
         c.register("protection.gaps", self._op_protection_gaps, viewer)
+        c.register("protection.settings", self._op_protection_settings, viewer)
         c.register("breaker.operate", self._op_breaker_operate, operator)
         c.register("breaker.select", self._op_breaker_select, operator)
         c.register("breaker.operate_selected", self._op_breaker_operate_selected, operator)
@@ -1176,6 +1177,16 @@ class Server:
         if bridge is None:
             return {"queue": [], "wire": []}
         return {"queue": list(bridge.queue_latencies_s), "wire": list(bridge.wire_latencies_s)}
+
+    def _op_protection_settings(self) -> dict[str, Any]:
+        """The protection settings the running engine holds (after any reload), in full."""
+        from gateway.protection.settings_files import digest, dump
+
+        bridge = self._gw().protection
+        schemes = list(bridge.engine.schemes.values()) if bridge is not None else []
+        return {"site": self._gw().site.site.substation_id, "config": str(self.config_path),
+                "backend": bridge.engine.backend_name if bridge is not None else None,
+                "schemes": [dump(s) for s in schemes], "digest": digest(schemes)}
 
     async def _op_protection_gaps(self, window_s: float = 5.0) -> dict[str, Any]:
         """The longest interval between two protection evaluations over the next `window_s`

@@ -151,7 +151,7 @@ class Recording:
             return
         wall = self._wall() - max(0.0, self._monotonic() - event.time)
         recorder.on_decision(event.kind, event.element, event.phase, event.current_a, event.time, wall)
-        if event.kind == "trip":
+        if event.kind in ("trip", "dropout"):  # a record opens, or its end moves
             self._wake.set()
 
     def latest_estimate(self, breaker: str) -> dict[str, Any] | None:

@@ -9,7 +9,8 @@ the samples arrive; protection decisions add a row at their own time. Rows older
 pre-fault window are dropped.
 
 A trip starts a record: it takes the buffered pre-fault rows and goes on for `post_fault_s`
-after the last trip, reclose or lockout, `max_record_s` at most, then `poll()` hands it over
+after the last trip, reclose, lockout, pickup or dropout, and while any element is picked up (a
+disturbance that lasts), `max_record_s` at most, then `poll()` hands it over
 (the daemon writes the files). At the first trip the fault is located from the sample the trip
 was decided on and the last one before the first pickup (`gateway.fault_location`).
 
@@ -181,7 +182,7 @@ class BayRecorder:
             self._triggered(monotonic, wall)
         if self._active is None:
             self._recent.append(decision)
-        if self._active is not None and kind in ("trip", "reclose", "lockout", "pickup"):
+        if self._active is not None and kind in ("trip", "reclose", "lockout", "pickup", "dropout"):
             self._active.decisions.append(decision)
             self._until = min(monotonic + self.settings.post_fault_s,
                               self._active.trigger_monotonic + self.settings.max_record_s)
@@ -192,7 +193,8 @@ class BayRecorder:
 
     def poll(self, monotonic: float) -> list[DisturbanceRecord]:
         """Records whose post-fault window has ended (and any finished before)."""
-        if self._active is not None and monotonic >= self._until:
+        if self._active is not None and monotonic >= self._until and (
+                not self._picked_up() or monotonic >= self._active.trigger_monotonic + self.settings.max_record_s):
             # decisions reach the recorder just after the sample they were taken on: time order,
             # and one clock (the trigger's wall time plus monotonic differences) for every row
             active = self._active
@@ -207,7 +209,14 @@ class BayRecorder:
         return done
 
     def next_deadline(self) -> float | None:
-        return None if self._active is None else self._until
+        if self._active is None:
+            return None
+        if self._picked_up():  # the disturbance lasts: until the dropout, or the maximum
+            return max(self._until, self._active.trigger_monotonic + self.settings.max_record_s)
+        return self._until
+
+    def _picked_up(self) -> bool:
+        return any(self._digital[: len(self._pickup_index)])
 
     # ------------------------------------------------------------------ internals
 

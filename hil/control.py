@@ -4,7 +4,9 @@ A request is one JSON object on one line, `{"op": "...", ...}`; the answer is on
 `{"ok": true, "result": {...}}` or `{"ok": false, "error": "..."}`. Operations: `status`,
 `fault`, `clear`, `clearings`, `commloss`, `loadstep`, `temp`, and for switching devices
 `failure` (stuck, slow, none), `local` (local/remote control), `operate` (by hand at the
-device) and `external` (the neighbour's feeder behind an external tie live or dead).
+device) and `external` (the neighbour's feeder behind an external tie live or dead); `inject`
+plays a relay test set's sequence of states into a bay's measurements and `injection` reports
+when the gateway's trip and close commands arrived.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SOCKET = Path(".run/hil.sock")
 OPS = ("status", "fault", "clear", "clearings", "commloss", "loadstep", "temp", "failure", "local", "operate",
-       "external", "ramp", "age", "bypass")
+       "external", "ramp", "age", "bypass", "inject", "injection")
 MAX_REQUEST_BYTES = 64 * 1024
 
 _NUMBER = r"([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)"
@@ -123,6 +125,10 @@ def dispatch(runtime: Any, request: Any) -> dict[str, Any]:
             result = runtime.operate_device(_required(request, "device"), _required(request, "action"))
         elif op == "external":
             result = runtime.set_external_source(_required(request, "tie"), _required(request, "live"))
+        elif op == "inject":
+            result = runtime.secondary_injection(_required(request, "breaker"), _required(request, "states"))
+        elif op == "injection":
+            result = runtime.injection_status(bool(request.get("stop", False)))
         elif op == "ramp":
             result = runtime.load_ramp(_required(request, "substation"), _required(request, "rate_kw_per_h"),
                                        start_kw=request.get("start_kw"), ambient_c=request.get("ambient_c"))

@@ -39,6 +39,7 @@ from gateway.agents.schema import AgentType
 from gateway.clock import SimClock, SystemClock
 from gateway.config import Iec61850Ied, SiteConfig
 from hil.grid.switching import CommandRefused
+from hil.injection import QUANTITIES, SecondaryInjection, check_states
 from hil.modbus_servers import ModbusEndpoint, group_endpoints, wait_listening
 
 log = logging.getLogger(__name__)
@@ -352,6 +353,8 @@ class HilRuntime:
         """Every write or operate the model accepted, per point, since the simulator started."""
         self.clearings: list[dict[str, Any]] = []
         """Injected fault → first breaker opening, in real seconds (the last 10,000)."""
+        self.injection: SecondaryInjection | None = None
+        """The relay test set's sequence, playing or played last."""
 
     # ------------------------------------------------------------------ commands from IEDs
 
@@ -369,6 +372,8 @@ class HilRuntime:
         if self._fault_started is not None:
             self._note_clearing()
         self.command_counts[point_id] = self.command_counts.get(point_id, 0) + 1
+        if self.injection is not None:  # timed in real seconds, as a test set's own clock does
+            self.injection.on_command(self._real.monotonic(), point_id, value)
         self.commands.append((now_s, point_id, value))
         del self.commands[:-100]
         log.info("command %s=%r at sim %.3f s", point_id, value, now_s)
@@ -546,6 +551,9 @@ class HilRuntime:
                 del self._commloss_until[ied_id]
                 await self._restore_link(ied_id)
         values = self.model.point_values()
+        if self.injection is not None and self.injection.running:
+            self.injection.serve(self._real.monotonic(), values,
+                                 self.breakers().get(self.injection.breaker) == "closed")
         for endpoint in self.endpoints:
             await endpoint.update(values)
         local = self._local_flags() if self.iec_children else {}
@@ -709,6 +717,32 @@ class HilRuntime:
                     " transient" if transient else "", line_id, distance, impedance, now_s)
         return {"line": line_id, "distance_m": distance, "kind": canonical, "transient": bool(transient),
                 "impedance_ohm": impedance, "sim_time_s": now_s, "fault": _jsonable(result)}
+
+    def secondary_injection(self, breaker: str, states: Any) -> dict[str, Any]:
+        """A relay test set on `breaker`'s measurement inputs plays `states` from the next step."""
+        self._agent(breaker, AgentType.CIRCUIT_BREAKER)
+        scheme = next((p for p in self.site.protection if p.breaker == breaker), None)
+        if scheme is None:
+            raise InjectionError(f"{breaker} has no protection scheme in the site file: nothing to test")
+        if self.injection is not None and self.injection.running:
+            raise InjectionError(f"a sequence is already playing on {self.injection.breaker}")
+        checked = check_states(states)
+        points = {q: scheme.point(q) for q in QUANTITIES}
+        trip, close = scheme.trip_target(), scheme.close_target()
+        self.injection = SecondaryInjection(breaker, points, (trip.point, trip.value), (close.point, close.value),
+                                            checked)
+        log.warning("secondary injection on %s: %d state(s), %.3f s", breaker, len(checked),
+                    self.injection.duration_s)
+        return self.injection.status()
+
+    def injection_status(self, stop: bool = False) -> dict[str, Any]:
+        """The sequence's progress and the commands timed so far; `stop` ends it now."""
+        if self.injection is None:
+            raise InjectionError("no sequence has been played")
+        if stop:
+            self.injection.stop(self._real.monotonic())
+            log.warning("secondary injection on %s stopped", self.injection.breaker)
+        return self.injection.status()
 
     def clear_faults(self) -> dict[str, Any]:
         now_s = self.clock.monotonic()

@@ -1,7 +1,8 @@
-"""`stima protection test|curve`: commissioning checks of a breaker's protection settings.
+"""`stima protection test|curve|settings`: commissioning checks of a breaker's protection settings.
 
-Offline: both commands read the site file and run the protection core in-process on a
-simulated injection; they do not talk to the daemon or to any IED.
+`test` and `curve` are offline: they read the site file and run the protection core in-process
+on a simulated injection (`test --live` also plays the injection into the simulator's relay).
+`settings export|diff` read the running settings from the daemon; `settings check` is offline.
 """
 
 from __future__ import annotations
@@ -14,6 +15,26 @@ from pathlib import Path
 from typing import Any
 
 from gateway.protection.core import ElementKind, operate_time_s, thermal_trip_time_s
+from gateway.protection.sequence import (
+    InjectionState,
+    SequenceError,
+    SequenceEvent,
+    compare,
+    describe_scheme,
+    integrating_elements,
+    load_sequence,
+    parse_sequence,
+    play,
+    state_inputs,
+)
+from gateway.protection.settings_files import (
+    SettingsFileError,
+    check_against_site,
+    diff,
+    digest,
+    export_text,
+)
+from gateway.protection.settings_files import read as read_settings
 from gateway.protection.settings import (
     CURVES_BY_NAME,
     ELEMENT_FIELDS,
@@ -193,8 +214,209 @@ def _fmt_time(t: float) -> str:
     return "does not operate" if not math.isfinite(t) else f"{t:.4f} s"
 
 
-def cmd_test(args: argparse.Namespace) -> int:
+def _grouped(events: list[SequenceEvent]) -> list[tuple[str, SequenceEvent]]:
+    """Per-phase events of one instant shown as one line: ('51P pickup ABC', first event)."""
+    out: list[tuple[str, SequenceEvent]] = []
+    open_groups: dict[tuple[str, str], int] = {}
+    instant: float | None = None
+    for e in events:
+        if e.time_s != instant:
+            instant, open_groups = e.time_s, {}
+        key = (e.kind, e.element)
+        if e.phase and key in open_groups:
+            k = open_groups[key]
+            out[k] = (out[k][0] + e.phase, out[k][1])
+            continue
+        if e.phase:
+            open_groups[key] = len(out)
+        out.append((e.label(), e))
+    return out
+
+
+def _sequence_states(args: argparse.Namespace) -> list[InjectionState]:
+    if args.seq and args.seq_file:
+        raise UsageError("give the sequence with --seq or --seq-file, not both")
     try:
+        return load_sequence(Path(args.seq_file)) if args.seq_file else parse_sequence(args.seq, "--seq")
+    except SequenceError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def cmd_test_sequence(args: argparse.Namespace) -> int:
+    """Play a sequence of states on both backends and show what each did, side by side."""
+    try:
+        scheme = _site_scheme(args)
+        states = _sequence_states(args)
+        if args.element is not None:
+            scheme = _single_element_scheme(scheme, args.element, args.fast)
+        elif args.fast:
+            raise UsageError("--fast selects one 51 element's fast curve: give --element 51P or 51N with it")
+        sample_s = args.step if args.step is not None else 0.001
+        runs = []
+        backends = ["native", "reference"] if args.backend == "auto" else [args.backend]
+        for backend in backends:
+            try:
+                runs.append(play(scheme, states, backend=backend, sample_s=sample_s, element=args.element,
+                                 breaker_fails=args.breaker_fails))
+            except RuntimeError as exc:  # the native core is not built
+                print(f"stima protection test: {exc}")
+        if not runs:
+            return 2
+        live = _live(args, scheme, states, runs[0].trip_s) if args.live else None
+    except (UsageError, SequenceError) as exc:
+        print(f"stima protection test: {exc}")
+        return 2
+    problems = compare(runs[0], runs[1]) if len(runs) == 2 else []
+    live_ok = live is None or live.get("agree", False)
+    what = f"{args.element} alone" if args.element else f"the whole scheme ({describe_scheme(scheme)})"
+    if args.json:
+        print(json.dumps({"breaker": scheme.breaker, "tested": what, "states": [s.as_dict() for s in states],
+                          "runs": [r.as_dict() for r in runs], "agree": not problems, "differences": problems,
+                          "live": live}, indent=2))
+        return 0 if not problems and live_ok else 1
+    from gateway.cli import table
+
+    print(f"{scheme.breaker}: {what}; sample period {sample_s * 1000:g} ms")
+    start = 0.0
+    rows = []
+    for k, state in enumerate(states, start=1):
+        v = state_inputs(scheme, state, args.element in ("50N", "51N"))
+        rows.append((k, f"{start:.3f}", f"{state.duration_s:g}", f"{v['ia']:g}", f"{v['in']:g}",
+                     f"{v['voltage_kv']:.4g}", f"{v['frequency_hz']:g}"))
+        start += state.duration_s
+    print(table(rows, ["STATE", "START_S", "DURATION_S", "I_A", "IN_A", "V_KV", "F_HZ"]))
+    print()
+    columns = [_grouped(r.events) for r in runs]
+    event_rows = []
+    for k in range(max(len(c) for c in columns)):
+        cells = [c[k] if k < len(c) else None for c in columns]
+        label = next(cell[0] for cell in cells if cell is not None)
+        first = next(cell[1] for cell in cells if cell is not None)
+        event_rows.append((label, first.state, *[f"{cell[1].time_s:.4f}" if cell else "-" for cell in cells]))
+    print(table(event_rows, ["EVENT", "STATE", *[f"{r.backend.upper()}_S" for r in runs]]) if event_rows
+          else "no pickup, no trip")
+    integrating = integrating_elements(scheme)
+    if integrating:
+        print()
+        int_rows = []
+        for k in range(len(states)):
+            for name in integrating:
+                shown = [f"{100 * r.integrated[k][name]:.2f} %" if name != "49" else f"theta {r.integrated[k][name]:.4f}"
+                         for r in runs]
+                int_rows.append((k + 1, name, *shown))
+        print("integrated at the end of each state (51: share of the operate time; 49: thermal level)")
+        print(table(int_rows, ["STATE", "ELEMENT", *[r.backend.upper() for r in runs]]))
+    print()
+    for r in runs:
+        trip = r.trip_s
+        print(f"trip time ({r.backend}): " + ("no trip" if trip is None else f"{trip:.4f} s from the start"))
+    if len(runs) == 2:
+        print("the C core and the Python reference agree" if not problems
+              else "MISMATCH between the C core and the Python reference:\n  " + "\n  ".join(problems))
+    if live is not None:
+        print(_live_text(live))
+    return 0 if not problems and live_ok else 1
+
+
+def _relay_poll_s(args: argparse.Namespace, scheme: ProtectionScheme) -> float:
+    """Poll period of the IED that serves the bay's phase current (0 when reported, not polled)."""
+    from gateway.cli import config_path
+    from gateway.config import load
+
+    point = scheme.point("ia")
+    for ied in load(config_path(args)).ieds:
+        if any(p.id == point for p in ied.points):
+            return ied.poll_period_ms / 1000.0
+    return 0.0
+
+
+def _daemon_runs(args: argparse.Namespace, scheme: ProtectionScheme) -> None:
+    """The daemon is up and runs `scheme` as the site file has it: else the live trip time
+    would be compared with a prediction for other settings (or nothing would trip)."""
+    from gateway.cli import config_path, runtime_dir
+    from gateway.control import ControlError, DaemonNotRunning, call
+
+    try:
+        running = call(runtime_dir(args), "protection.settings")
+    except DaemonNotRunning as exc:
+        raise UsageError(f"--live needs the running daemon, which trips the breaker: {exc}") from None
+    except ControlError as exc:
+        raise UsageError(f"--live: the daemon refused to give its protection settings: {exc}") from None
+    theirs = next((d for d in running["schemes"] if d.get("breaker") == scheme.breaker), None)
+    if theirs is None or digest([ProtectionScheme.model_validate(theirs)]) != digest([scheme]):
+        raise UsageError(f"the daemon runs other protection settings for {scheme.breaker} than {config_path(args)}"
+                         f" (see stima protection settings diff {config_path(args)}): the comparison would "
+                         "be meaningless")
+
+
+def _live(args: argparse.Namespace, scheme: ProtectionScheme, states: list[InjectionState],
+          expected_s: float | None) -> dict[str, Any]:
+    """Play `states` on the simulator's relay of the breaker; the daemon's protection, polling it
+    through the real protocols, trips the simulated breaker; compare the trip time measured at
+    the breaker with `expected_s` from the core offline."""
+    import time
+
+    from hil.control import DEFAULT_SOCKET, ControlError, request
+
+    if args.element is not None:
+        raise UsageError("--live tests the whole scheme as the daemon runs it: leave out --element")
+    if args.breaker_fails:
+        raise UsageError("--live: the simulator's breaker opens on a trip; --breaker-fails is offline only "
+                         "(stima-hil inject failure CB-... --mode stuck makes it fail)")
+    _daemon_runs(args, scheme)
+    socket_path = args.hil_socket or DEFAULT_SOCKET
+    payload = []
+    for state in states:
+        values = state_inputs(scheme, state, False)
+        payload.append({"duration_s": state.duration_s, **values})
+    total = sum(s.duration_s for s in states)
+    try:
+        request(socket_path, {"op": "inject", "breaker": scheme.breaker, "states": payload})
+        deadline = time.monotonic() + total + 30.0
+        while True:
+            status = request(socket_path, {"op": "injection"})
+            if not status.get("running", True) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    except ControlError as exc:
+        raise UsageError(f"--live: {exc}") from None
+    poll_s = _relay_poll_s(args, scheme)
+    tolerance = poll_s + args.live_tolerance
+    measured = status.get("trip_s")
+    agree = not status.get("running") and (
+        (measured is None and expected_s is None)
+        or (measured is not None and expected_s is not None and abs(measured - expected_s) <= tolerance))
+    return {"breaker": scheme.breaker, "measured_trip_s": measured, "expected_trip_s": expected_s,
+            "difference_s": None if measured is None or expected_s is None else measured - expected_s,
+            "tolerance_s": tolerance, "relay_poll_s": poll_s, "finished": not status.get("running"),
+            "commands": status.get("commands", []), "state_starts_s": status.get("state_starts_s", []),
+            "agree": agree}
+
+
+def _live_text(live: dict[str, Any]) -> str:
+    lines = [f"live on the simulator ({live['breaker']}'s relay polled every {live['relay_poll_s'] * 1000:g} ms):"]
+    if not live["finished"]:
+        lines.append("  the sequence did not finish in time")
+    for c in live["commands"]:
+        lines.append(f"  {c['kind']} command at the breaker: {c['time_s']:.4f} s (state {c['state']})")
+    measured, expected = live["measured_trip_s"], live["expected_trip_s"]
+    lines.append(f"  trip time: measured {_fmt_time(measured if measured is not None else math.inf)}, "
+                 f"core {_fmt_time(expected if expected is not None else math.inf)}"
+                 + (f", difference {1000 * live['difference_s']:+.1f} ms" if live["difference_s"] is not None else ""))
+    lines.append(f"  {'within' if live['agree'] else 'OUTSIDE'} {1000 * live['tolerance_s']:g} ms "
+                 "(one poll period and the transport allowance)")
+    return "\n".join(lines)
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    if args.seq is not None or args.seq_file is not None:
+        return cmd_test_sequence(args)
+    if args.live:
+        print("stima protection test: --live plays a sequence: give --seq or --seq-file")
+        return 2
+    try:
+        if args.element is None:
+            raise UsageError("give --element (or a sequence with --seq or --seq-file to test the whole scheme)")
         scheme = _site_scheme(args)
         e = _element(scheme, args.element)
         if isinstance(e, Undervoltage27 | Overvoltage59):
@@ -317,14 +539,133 @@ def _plot(scheme: ProtectionScheme, name: str, fast: bool, preload: float, path:
     return 0
 
 
+# ------------------------------------------------------------------ settings as files
+
+
+def _running_settings(args: argparse.Namespace) -> dict[str, Any]:
+    from gateway.cli import runtime_dir
+    from gateway.control import call
+
+    running: dict[str, Any] = call(runtime_dir(args), "protection.settings")
+    return running
+
+
+def _running_schemes(running: dict[str, Any]) -> list[ProtectionScheme]:
+    return [ProtectionScheme.model_validate(d) for d in running["schemes"]]
+
+
+def _only_breaker(schemes: list[ProtectionScheme], breaker: str | None) -> list[ProtectionScheme]:
+    if breaker is None:
+        return schemes
+    chosen = [s for s in schemes if s.breaker == breaker]
+    if not chosen:
+        raise UsageError(f"no protection scheme for {breaker} (have: {', '.join(s.breaker for s in schemes) or 'none'})")
+    return chosen
+
+
+def cmd_settings_export(args: argparse.Namespace) -> int:
+    """The running settings as a settings file (to review, edit and check)."""
+    import time
+
+    try:
+        running = _running_settings(args)
+        schemes = _only_breaker(_running_schemes(running), args.breaker)
+    except UsageError as exc:
+        print(f"stima protection settings export: {exc}")
+        return 2
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    text = export_text(schemes, f"protection settings of {running['site']}, running in stima-gatewayd "
+                                f"(site file {running['config']}), exported {stamp}")
+    if args.out:
+        try:
+            Path(args.out).write_text(text)
+        except OSError as exc:
+            print(f"stima protection settings export: cannot write {args.out}: {exc.strerror or exc}")
+            return 2
+        print(f"{len(schemes)} scheme(s) written to {args.out}; settings digest {digest(schemes)}")
+    else:
+        print(text, end="")
+    return 0
+
+
+def _value(v: Any) -> str:
+    return "(absent)" if v is None else json.dumps(v)
+
+
+def cmd_settings_diff(args: argparse.Namespace) -> int:
+    """The running settings against a file: exit 0 when they are the same, 1 when not."""
+    try:
+        proposed = _only_breaker(read_settings(Path(args.file)), args.breaker)
+        running = _only_breaker(_running_schemes(_running_settings(args)), args.breaker)
+    except (UsageError, SettingsFileError) as exc:
+        print(f"stima protection settings diff: {exc}")
+        return 2
+    changes = diff(running, proposed)
+    result = {"running_digest": digest(running), "file_digest": digest(proposed),
+              "changes": [c.as_dict() for c in changes]}
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 1 if changes else 0
+    from gateway.cli import table
+
+    print(f"running  {result['running_digest']}\n{args.file}  {result['file_digest']}")
+    if not changes:
+        print("no difference: the file holds the running settings")
+        return 0
+    rows = []
+    for c in changes:
+        if not c.key:
+            rows.append((c.breaker, "(whole scheme)", "(absent)" if c.old is None else "present",
+                         "(absent)" if c.new is None else "present"))
+        else:
+            rows.append((c.breaker, c.key, _value(c.old), _value(c.new)))
+    print(table(rows, ["BREAKER", "SETTING", "RUNNING", "FILE"]))
+    print(f"{len(changes)} difference(s)")
+    return 1
+
+
+def cmd_settings_check(args: argparse.Namespace) -> int:
+    """A settings file against the site file it is meant for, before it goes in and is reloaded."""
+    import tomllib
+
+    from gateway.cli import config_path
+
+    site_path = config_path(args)
+    try:
+        proposed = read_settings(Path(args.file))
+        site_data = tomllib.loads(site_path.read_text())
+    except SettingsFileError as exc:
+        problems = exc.problems
+        proposed = []
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        print(f"stima protection settings check: cannot read the site file {site_path}: {exc}")
+        return 2
+    else:
+        problems = check_against_site(proposed, site_data, f"{site_path} with the settings of {args.file}")
+    result = {"file": args.file, "site_file": str(site_path), "schemes": [s.breaker for s in proposed],
+              "digest": digest(proposed) if proposed else None, "problems": problems}
+    if args.json:
+        print(json.dumps(result, indent=2))
+    elif problems:
+        print(f"{args.file}: {len(problems)} problem(s); not fit to load:")
+        print("\n".join(f"  {p}" for p in problems))
+    else:
+        print(f"{args.file}: {len(proposed)} scheme(s) ({', '.join(result['schemes'])}) fit {site_path}; "
+              f"both protection cores accept them\nsettings digest {result['digest']}")
+    return 1 if problems else 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from gateway.cli import add_common
+
     prot = subparsers.add_parser("protection", help="protection settings: test an element, show its curve")
     sub = prot.add_subparsers(dest="protection_command", required=True, metavar="ACTION")
 
-    def common(p: argparse.ArgumentParser) -> None:
+    def common(p: argparse.ArgumentParser, required: bool = True) -> None:
         p.add_argument("breaker", metavar="BREAKER", help="breaker id, e.g. CB-045")
-        p.add_argument("--element", required=True, choices=list(ELEMENT_FIELDS), metavar="ELEMENT",
-                       help=f"one of {', '.join(ELEMENT_FIELDS)}")
+        p.add_argument("--element", required=required, choices=list(ELEMENT_FIELDS), metavar="ELEMENT",
+                       help=f"one of {', '.join(ELEMENT_FIELDS)}" + ("" if required else
+                                                                        " (a sequence without it: the whole scheme)"))
         p.add_argument("--config", "-c", type=Path, default=None,
                        help="site file (default: $STIMA_CONFIG or /etc/stima/site.toml)")
         p.add_argument("--fast", action="store_true", help="51: use the fast (first-trip) curve")
@@ -332,11 +673,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         p.add_argument("--json", action="store_true", help="machine-readable output")
 
     test = sub.add_parser("test", help="expected operate time from the formula vs the core on a "
-                                       "simulated injection")
-    common(test)
+                                       "simulated injection, or a sequence of states")
+    common(test, required=False)
     test.add_argument("--current", help="injected current, e.g. 2400A or 2.4kA")
     test.add_argument("--voltage", help="27/59: injected voltage, e.g. 7.7kV or 0.7pu")
     test.add_argument("--frequency", help="81U/81O: injected frequency, e.g. 48.2Hz")
+    test.add_argument("--seq", metavar="STATES", help="a sequence of states, e.g. '1s 300A; 2s 2400A; 1s 800A; "
+                      "2s 0A' (a state: duration, then any of current, In=current, voltage, frequency)")
+    test.add_argument("--seq-file", metavar="FILE", help="the sequence from a file: one state per line as in "
+                      "--seq, or CSV with duration_s,current_a,neutral_a,voltage_kv,frequency_hz")
+    test.add_argument("--breaker-fails", action="store_true", help="the simulated breaker does not open on a "
+                      "trip: the 50BF retrip and backup trip")
+    test.add_argument("--live", action="store_true", help="also play the sequence on the running simulator's "
+                      "relay, through the daemon, and compare the measured trip time")
+    test.add_argument("--hil-socket", type=Path, default=None,
+                      help="the simulator's control socket (default: .run/hil.sock)")
+    test.add_argument("--runtime-dir", type=Path, default=None,
+                      help="--live: the daemon's runtime directory (default: the site file's runtime_dir)")
+    test.add_argument("--live-tolerance", type=float, default=0.1, metavar="SECONDS",
+                      help="--live: allowed difference beyond one poll period of the relay (default 0.1 s)")
     test.add_argument("--step", type=float, default=None, help="sample period of the simulation (s)")
     test.add_argument("--backend", choices=["auto", "native", "reference"], default="auto")
     test.set_defaults(func=cmd_test)
@@ -345,4 +700,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     common(curve)
     curve.add_argument("--plot", metavar="FILE", help="write the curve as a PNG (needs matplotlib)")
     curve.set_defaults(func=cmd_curve)
+
+    settings = sub.add_parser("settings", help="the running settings as a file: export, diff against a file, "
+                                               "check a file before a reload")
+    settings_sub = settings.add_subparsers(dest="settings_command", required=True, metavar="ACTION")
+    export = settings_sub.add_parser("export", help="the daemon's running protection settings, in full, as TOML")
+    export.add_argument("--out", metavar="FILE", help="write to FILE (default: standard output)")
+    export.add_argument("--breaker", help="only this breaker's scheme")
+    add_common(export)
+    export.set_defaults(func=cmd_settings_export)
+    dif = settings_sub.add_parser("diff", help="every setting where a file differs from the running ones "
+                                               "(exit 1 when any)")
+    dif.add_argument("file", metavar="FILE", help="settings file (or a site file)")
+    dif.add_argument("--breaker", help="only this breaker's scheme")
+    add_common(dif)
+    dif.set_defaults(func=cmd_settings_diff)
+    chk = settings_sub.add_parser("check", help="would the site file load with these settings, and would both "
+                                                "protection cores take them (exit 1 when not)")
+    chk.add_argument("file", metavar="FILE", help="settings file (checked against the site file of --config)")
+    add_common(chk)
+    chk.set_defaults(func=cmd_settings_check)
 

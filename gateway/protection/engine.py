@@ -251,6 +251,17 @@ class ProtectionEngine:
             "thermal_theta": thermal,
         }
 
+    def accumulators(self, breaker: str) -> dict[str, float]:
+        """Per 51/49 element of `breaker`, its largest slot accumulator: the share of the
+        operate time integrated so far (51, 1 = operate) or the thermal level theta (49)."""
+        relay = self._relay(breaker)
+        out: dict[str, float] = {}
+        for idx, es in enumerate(self.settings.elements):
+            if es.relay == relay and es.kind in (ElementKind.P51, ElementKind.N51, ElementKind.TH49):
+                acc = self._core.element_state(idx).accumulator
+                out[self._element_names[idx]] = max(acc[: slot_count(es.kind)])
+        return out
+
     def snapshot(self) -> dict[str, Any]:
         """Reclose / lockout state and thermal levels per breaker (msgpack-able, clock-free)."""
         breakers: dict[str, Any] = {}
