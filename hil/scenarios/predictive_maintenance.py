@@ -329,7 +329,6 @@ def _validate_on_the_rig(rig: Rig, rec: Recorder, order: dict[str, Any], sequenc
                           + (f"; {plan['customers_shed']} customers' load taken off as the AMI head-end would"
                              if plan["shed"] else ""))
     time.sleep(4.0)  # the gateway's section loads follow the devices' currents
-    normal = {d["id"]: not d["normally_open"] for d in rig.daemon_call("switching.network")["devices"]}
     started = time.time()
     rig.daemon_call("switching.approve", id=sequence_id)
     done = rig.wait(lambda: (s := rig.daemon_call("switching.show", id=sequence_id))["status"] in
@@ -346,21 +345,25 @@ def _validate_on_the_rig(rig: Rig, rec: Recorder, order: dict[str, Any], sequenc
            "aged_deenergised": not status["devices"][PRIMARY[AGED]]["closed"],
            "restored_energised": all(sections[s]["energised"] for s in plan["restored_sections"]),
            "tie_kva": None}
+    if done["status"] != "done":
+        out["detail"] = [r for r in done.get("results", []) if not r.get("ok")] or done.get("validation") or done
     tie = status["devices"].get("TIE-046-061", {})
     if tie.get("closed"):
         out["tie_kva"] = round(math.sqrt(3) * NOMINAL_KV * float(tie.get("current_a", 0.0)), 1)
-    # back to normal: the transformer first, then the ties opened before their feeders close again
-    devices = status["devices"]
-    steps: list[dict[str, Any]] = [{"device": PRIMARY[AGED], "action": "close"}] if not devices[PRIMARY[AGED]]["closed"] \
-        else []
-    steps += [{"device": d, "action": "open"} for d, closed in normal.items() if not closed and devices[d]["closed"]]
-    steps += [{"device": d, "action": "close"} for d, closed in normal.items() if closed and not devices[d]["closed"]
-              and d != PRIMARY[AGED]]
+    # back to normal by the plan's own way back (validated with it): the transformer first, then
+    # each transferred part, its tie opened before its normal supply closes
+    steps = [{"device": st["device"], "action": st["action"]} for st in plan["return_steps"]]
     back = rig.daemon_call("switching.submit", text=json.dumps({"name": "maintenance over: back to normal",
                                                                 "steps": steps}), name="back.json", run=True)
     back_done = rig.wait(lambda: (s := rig.daemon_call("switching.show", id=back["id"]))["status"] in
                          ("done", "failed", "aborted", "invalid") and s, "the sequence back to normal", 60, 0.2)
     out["back_to_normal"] = back_done["status"]
+    normal = {d["id"]: not d["normally_open"] for d in rig.daemon_call("switching.network")["devices"]}
+    final = _hil(rig)["devices"]
+    out["not_normal"] = sorted(d for d, closed in normal.items() if d in final and bool(final[d]["closed"]) != closed)
+    if back_done["status"] != "done":
+        out["back_to_normal_detail"] = [r for r in back_done.get("results", []) if not r.get("ok")] \
+            or back_done.get("validation") or back_done
     for target in (AGED, TWIN, *groups):
         with contextlib.suppress(Exception):
             rig.hil_call("loadstep", target=target, factor=1.0)
@@ -511,7 +514,9 @@ def _scenario(rig: Rig, rec: Recorder, workdir: Path, key_file: Path, listener: 
                                "validated": pl["validated"], "validation": pl["validation"],
                                "customers_shed": pl["customers_shed"], "critical_restored": pl["critical_restored"],
                                "critical_total": pl["critical_total"], "switching_time_min": pl["switching_time_min"],
-                               "steps": len(pl["steps"]), "neighbour_offer_kva": (pl["offer"] or {}).get("kva_offered")}
+                               "steps": len(pl["steps"]),
+                               "sequence": [f"{st['action']} {st['device']}" for st in pl["steps"]],
+                               "neighbour_offer_kva": (pl["offer"] or {}).get("kva_offered")}
                   for pl in order["plans"]},
         "customers_notified": notes["customers_notified"], "critical_notified": notes["critical_notified"],
         "simulation": sim, "evaluation_s": round(evaluate_s, 3),
@@ -608,7 +613,7 @@ def checks_simulation(rec: Recorder, order: dict[str, Any], sim: dict[str, Any])
     plan = next(p for p in order["plans"] if p["plan"] == order["recommended_plan"])
     rec.check(f"plan {plan['plan']} runs on the simulated substation: XFMR-234 de-energised, its customers supplied",
               sim["status"] == "done" and sim["aged_deenergised"] and sim["restored_energised"],
-              f"{sim['status']} in {sim['seconds']} s")
+              f"{sim['status']} in {sim['seconds']} s" + (f": {sim['detail']}" if sim.get("detail") else ""))
     rec.check("in simulation nothing beyond its limit: lines, devices, XFMR-235's rating, 0.95 pu",
               not sim["overloaded"] and sim["twin_kva"] <= 6000.0,
               "; ".join(sim["overloaded"]) or f"XFMR-235 at {sim['twin_kva']:.0f} kVA")
@@ -616,5 +621,7 @@ def checks_simulation(rec: Recorder, order: dict[str, Any], sim: dict[str, Any])
         offer = (plan.get("offer") or {}).get("kva_offered") or 0
         rec.check("in simulation the neighbour carries no more than it offered", sim["tie_kva"] <= offer * 1.05,
                   f"{sim['tie_kva']:.0f} kVA through TIE-046-061 of {offer:.0f} kVA offered")
-    rec.check("back to the normal configuration after the window", sim["back_to_normal"] == "done",
-              sim["back_to_normal"])
+    rec.check("back to the normal configuration after the window by the plan's validated way back, every device "
+              "in its normal position", sim["back_to_normal"] == "done" and not sim["not_normal"],
+              f"{sim['back_to_normal']}; not in normal position: {sim['not_normal'] or 'none'}"
+              if sim["back_to_normal"] == "done" else f"{sim['back_to_normal']}: {sim.get('back_to_normal_detail')}")
