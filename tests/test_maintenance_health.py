@@ -109,6 +109,10 @@ def test_the_hour_counter_is_read_at_the_end_of_its_last_bucket_not_averaged_ove
     imported = [{k: v for k, v in r.items() if k not in ("min", "max")} for r in history(days=60)["operating_hours"]]
     assert health.evaluate("X", {**h, "operating_hours": imported}, DATA, NOW).operating_hours == \
         pytest.approx(87_500 - 1, abs=1)  # rows with a mean only (an imported log) read as before
+    # live readings from before the log was imported, in a later bucket than the log's last
+    stale = [*imported[:-1], {**imported[-1], "mean": 83_000.0, "max": 83_000.0}]
+    assert health.evaluate("X", {**h, "operating_hours": stale}, DATA, NOW).operating_hours == \
+        pytest.approx(87_500 - 2, abs=1)
 
 
 def test_loss_of_life_is_the_sum_of_equivalent_hours() -> None:

@@ -391,8 +391,10 @@ def _duty(fans: Series, s: HealthSettings, now: float, since: float, notes: list
 
 
 def _hours(counter: Series, load: Series, data: TransformerData, notes: list[str]) -> float | None:
+    """The hour counter's highest reading: it only counts up, so a lower one after it is a stale
+    value (or an older historian's export laid over newer readings), not fewer hours."""
     if len(counter[0]):
-        return float(counter[1][-1])
+        return float(counter[1].max())
     if data.operating_hours_at_commissioning is not None:
         energised = float((load[1] > 0).sum()) if len(load[0]) else 0.0
         return data.operating_hours_at_commissioning + energised

@@ -329,6 +329,7 @@ def _validate_on_the_rig(rig: Rig, rec: Recorder, order: dict[str, Any], sequenc
                           + (f"; {plan['customers_shed']} customers' load taken off as the AMI head-end would"
                              if plan["shed"] else ""))
     time.sleep(4.0)  # the gateway's section loads follow the devices' currents
+    _positions_known(rig, [st["device"] for st in plan["steps"]])
     started = time.time()
     rig.daemon_call("switching.approve", id=sequence_id)
     done = rig.wait(lambda: (s := rig.daemon_call("switching.show", id=sequence_id))["status"] in
@@ -353,6 +354,7 @@ def _validate_on_the_rig(rig: Rig, rec: Recorder, order: dict[str, Any], sequenc
     # back to normal by the plan's own way back (validated with it): the transformer first, then
     # each transferred part, its tie opened before its normal supply closes
     steps = [{"device": st["device"], "action": st["action"]} for st in plan["return_steps"]]
+    _positions_known(rig, [st["device"] for st in steps])
     back = rig.daemon_call("switching.submit", text=json.dumps({"name": "maintenance over: back to normal",
                                                                 "steps": steps}), name="back.json", run=True)
     back_done = rig.wait(lambda: (s := rig.daemon_call("switching.show", id=back["id"]))["status"] in
@@ -369,6 +371,14 @@ def _validate_on_the_rig(rig: Rig, rec: Recorder, order: dict[str, Any], sequenc
             rig.hil_call("loadstep", target=target, factor=1.0)
     rec.note("switching", f"back to normal ({len(steps)} steps): {back_done['status']}", back_done.get("finished"))
     return out
+
+
+def _positions_known(rig: Rig, devices: list[str]) -> None:
+    """A sequence is validated on the positions the gateway knows when it starts: wait until the
+    polls of its devices are good (a poll that timed out leaves a position unknown, and the
+    sequence is rightly refused)."""
+    rig.wait(lambda: all(d["position"] != "unknown" for d in rig.daemon_call("switching.network")["devices"]
+                         if d["id"] in devices), f"the positions of {', '.join(devices)} known", 30, 0.2)
 
 
 def _settle_taps(rig: Rig, timeout_s: float = 60.0) -> None:
@@ -429,6 +439,11 @@ def _scenario(rig: Rig, rec: Recorder, workdir: Path, key_file: Path, listener: 
     rig.wait(lambda: all(p["quality"] == "good" for p in rig.daemon_call(
         "points.read", ids=[f"{x}.{g}_ppm" for x in (AGED, TWIN) for g in GASES])), "the DGA monitors read", 30, 0.2)
     rig.wait(lambda: rig.daemon_call("status")["ami"]["readings"] >= 3682, "a full AMI reading", 60, 0.5)
+    # the plans are made on the plant as the gateway sees it: every position known, every section's load
+    rig.wait(lambda: (n := rig.daemon_call("switching.network")) and all(
+        d["position"] != "unknown" for d in n["devices"]) and all(
+        s.get("load_kw") is not None or s.get("remembered_kw") is not None for s in n["sections"]),
+        "every device position and section load known", 60, 0.5)
     since = time.time()
     started = time.monotonic()
     evaluations = _call(rig, "maintenance.evaluate", timeout=120)
@@ -516,6 +531,8 @@ def _scenario(rig: Rig, rec: Recorder, workdir: Path, key_file: Path, listener: 
                                "critical_total": pl["critical_total"], "switching_time_min": pl["switching_time_min"],
                                "steps": len(pl["steps"]),
                                "sequence": [f"{st['action']} {st['device']}" for st in pl["steps"]],
+                               "way_back": [f"{st['action']} {st['device']}" for st in pl["return_steps"]],
+                               "way_back_validated": pl["return_validated"],
                                "neighbour_offer_kva": (pl["offer"] or {}).get("kva_offered")}
                   for pl in order["plans"]},
         "customers_notified": notes["customers_notified"], "critical_notified": notes["critical_notified"],
@@ -579,14 +596,17 @@ def checks_work_order(rec: Recorder, order: dict[str, Any], listener: _Listener)
               + float(w["lead_time_days"]) * 86400 + 1 and w["forecast_peak_kw"] <= w["median_candidate_peak_kw"],
               f"{w['label']}: {w['reasons'][0]}")
     plans = {p["plan"]: p for p in order["plans"]}
-    rec.check("plans A, B, C each checked by the power flow and validated as a sequence",
-              set(plans) == {"A", "B", "C"} and all(p["validated"] for p in plans.values()),
-              "; ".join(f"{k}: {'ok' if p['validated'] else p['validation'][:1]}" for k, p in sorted(plans.items())))
+    rec.check("plans A, B, C each checked by the power flow and validated as a sequence, and their ways back",
+              set(plans) == {"A", "B", "C"} and all(p["validated"] and p["return_validated"] for p in plans.values()),
+              "; ".join(f"{k}: {'ok' if p['validated'] else p['validation'][:1]}, way back "
+                        f"{'ok' if p['return_validated'] else p['return_validation'][:1]}"
+                        for k, p in sorted(plans.items())))
     a, b, c = plans["A"], plans["B"], plans["C"]
     rec.check("plan A: the adjacent transformer takes what it can, within its rating",
               0 < a["mva_covered"] <= a["required_mva"] and a["highest_loading"].get("transformer", 0) <= 1.0
               and not any(s["device"] == "TIE-046-061" for s in a["steps"]),
-              f"{a['mva_covered']} MVA, XFMR-235 at {a['highest_loading'].get('transformer', 0):.0%}")
+              f"{a['mva_covered']} MVA, XFMR-235 at {a['highest_loading'].get('transformer', 0):.0%}"
+              + ("" if a["mva_covered"] > 0 else f"; notes {a['notes']}; window loads {a['window_loads_kva']}"))
     gap_kva = 1000.0 * (a["required_mva"] - a["mva_covered"])
     asked = b["request"] is not None and abs(b["request"]["kva_requested"] - gap_kva) <= 1.0
     rec.check("plan B: the neighbouring substation asked for the gap A leaves, its offer never exceeded",
@@ -606,7 +626,11 @@ def checks_work_order(rec: Recorder, order: dict[str, Any], listener: _Listener)
     notices = listener.on(f"maintenance/notifications/{order['id']}")
     rec.check("work order and notices published on their documented topics",
               bool(published) and bool(notices) and published[-1]["window"]["label"] == w["label"]
-              and notices[-1]["critical_notified"] == 3, f"{len(published)} order, {len(notices)} notice message(s)")
+              and notices[-1]["critical_notified"] == 3,
+              f"{len(published)} order, {len(notices)} notice message(s)"
+              + ("" if not published or published[-1]["window"]["label"] == w["label"] else
+                 f"; the last published window {published[-1]['window']['label']!r} (history "
+                 f"{[h.get('event') for h in published[-1].get('history', [])]}) is not {w['label']!r}"))
 
 
 def checks_simulation(rec: Recorder, order: dict[str, Any], sim: dict[str, Any]) -> None:
