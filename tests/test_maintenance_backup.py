@@ -215,3 +215,12 @@ def test_a_way_back_through_an_overloaded_normal_configuration_says_so(network: 
     heavy = {k: v * 1.4 for k, v in NIGHT.items()}
     b = plans(network, offering(1000), loads=heavy)["B"]
     assert b.return_validation and "normal configuration itself is beyond limits" in b.return_validation[-1]
+
+
+def test_a_transformer_whose_feeder_is_already_open_says_there_is_nothing_to_back_up(network: Network) -> None:
+    config = dict(network.normal_configuration())
+    config["CB-045"] = None  # its poll timed out: the position is unknown
+    p = plans(network, offering(1000), config=config)
+    for plan in p.values():
+        assert plan.required_kva == 0 and plan.restored == []
+        assert any("supplies no section" in n and "CB-045 unknown" in n for n in plan.notes), plan.notes

@@ -335,11 +335,22 @@ def plan_backup(network: Network, config: Mapping[str, bool | None], loads_kva: 
                    config, loads_kva, required, transformer, faults, s, created, source_voltage_pu,
                    sheddable=set(c.restored) - set(b.restored))
     plan_c.request, plan_c.offer = request, offer
+    if not interrupted:
+        idle = [f"{d} {'unknown' if config.get(d) is None else 'open'}" for d in out_devices
+                if d not in upstream_of(network, node) and not config.get(d)]
+        for plan in (plan_a, plan_b, plan_c):
+            plan.notes.append(f"{transformer} supplies no section in the present configuration"
+                              + (f" ({', '.join(idle)})" if idle else "") + ": nothing to back up")
     for plan in (plan_a, plan_b, plan_c):
         if plan.critical_restored < plan.critical_total:
             plan.notes.append(f"{plan.critical_total - plan.critical_restored} critical customer(s) without supply in "
                               "this plan: they need a dedicated source")
     return [plan_a, plan_b, plan_c]
+
+
+def upstream_of(network: Network, node: str) -> set[str]:
+    """The devices that feed a station transformer's node (its primary breaker)."""
+    return {d for d in network.devices_of(node) if network.devices[d].b == node}
 
 
 def _no_switching(network: Network, transformer: str, loads_kva: Mapping[str, complex]) -> list[BackupPlan]:

@@ -314,6 +314,7 @@ def _validate_on_the_rig(rig: Rig, rec: Recorder, order: dict[str, Any], sequenc
     simulator's own power flow, and go back to the normal configuration."""
     plan = next(p for p in order["plans"] if p["plan"] == order["recommended_plan"])
     factors = order["window"]["load_factors"]
+    before_kw = _station_kw(rig)
     for xfmr, factor in factors.items():
         rig.hil_call("loadstep", target=xfmr, factor=factor)
     section_groups = {s["id"]: s for s in rig.daemon_call("switching.network")["sections"]}
@@ -328,7 +329,7 @@ def _validate_on_the_rig(rig: Rig, rec: Recorder, order: dict[str, Any], sequenc
     rec.note("simulator", f"loads set to the window's forecast ({', '.join(f'{x} ×{f:.2f}' for x, f in factors.items())})"
                           + (f"; {plan['customers_shed']} customers' load taken off as the AMI head-end would"
                              if plan["shed"] else ""))
-    time.sleep(4.0)  # the gateway's section loads follow the devices' currents
+    _window_loads_seen(rig, before_kw, factors)
     _positions_known(rig, [st["device"] for st in plan["steps"]])
     started = time.time()
     rig.daemon_call("switching.approve", id=sequence_id)
@@ -371,6 +372,28 @@ def _validate_on_the_rig(rig: Rig, rec: Recorder, order: dict[str, Any], sequenc
             rig.hil_call("loadstep", target=target, factor=1.0)
     rec.note("switching", f"back to normal ({len(steps)} steps): {back_done['status']}", back_done.get("finished"))
     return out
+
+
+def _station_kw(rig: Rig) -> dict[str, float]:
+    return {p["id"].split(".")[0]: abs(float(p["value"] or 0.0)) for p in rig.daemon_call(
+        "points.read", ids=[f"{x}.load_kw" for x in (AGED, TWIN)])}
+
+
+def _window_loads_seen(rig: Rig, before_kw: dict[str, float], factors: dict[str, float]) -> None:
+    """The sequence is validated again on the loads the gateway measures when it starts: wait
+    until the station transformers read the window's loads (within 5 % of the step) and the
+    sections' loads, from the devices' currents, add up to no more than they carry."""
+    def seen() -> bool:
+        now_kw = _station_kw(rig)
+        for x, factor in factors.items():
+            if now_kw[x] > before_kw[x] * (factor + 0.05) + 20.0:
+                return False
+        sections = [s for s in rig.daemon_call("switching.network")["sections"]
+                    if s["energised"] and s["id"] not in (AGED, TWIN)]
+        total = sum(abs(float(s.get("load_kw") or s.get("remembered_kw") or 0.0)) for s in sections)
+        return total <= 1.05 * sum(now_kw.values()) + 50.0
+    rig.wait(seen, "the window's loads measured by the gateway", 60, 0.5)
+    time.sleep(1.0)  # one more poll of every device's current
 
 
 def _positions_known(rig: Rig, devices: list[str]) -> None:
@@ -466,6 +489,13 @@ def _scenario(rig: Rig, rec: Recorder, workdir: Path, key_file: Path, listener: 
     orders = rig.daemon_call("maintenance.list")
     order = next((o for o in orders if o["asset"] == AGED), None)
     checks_health(rec, aged, twin, requests, events, orders)
+    trips = [f"{e['source']} {e['kind']} {e.get('element') or e.get('message') or ''} at {e['time'] - since:+.1f} s"
+             for b in FEEDERS[AGED] + FEEDERS[TWIN] + tuple(PRIMARY.values())
+             for e in rig.daemon_call("events", since=0, source=b, limit=10_000)
+             if e["kind"] in ("protection.trip", "protection.lockout", "switching.operation", "position_change")
+             or "open" in str(e.get("message", ""))]
+    rec.check("nothing tripped before the work order (the plans start from the normal configuration)", not trips,
+              "; ".join(trips) or "no trip")
     if order is None:
         rec.check("work order made", False, "no work order for XFMR-234")
         return
