@@ -12,6 +12,8 @@ from gateway.maintenance import backup
 from gateway.maintenance.backup import BackupSettings, MessageError, TransferOffer, TransferRequest
 from gateway.switching.faults import FaultBook
 from gateway.switching.network import Network
+from gateway.switching.sequences import Sequence, Step
+from gateway.switching.sequences import validate as validate_sequence
 from hil.scenarios.predictive_maintenance import site
 
 # night loads of each section (kW + j kvar), close to what the simulator gives at 02:00
@@ -179,3 +181,46 @@ def test_the_declared_capacity_answers_for_a_neighbour_not_yet_connected(network
     offer = ask(req)
     assert offer is not None and offer.kva_offered == 1000.0  # what the site file declares, whatever was asked
     assert ask(TransferRequest("XFER-3", "SUB-003", "NO-SUCH-TIE", "SUB-009/L", 0.0, 1.0, 10.0)) is None
+
+
+def test_every_plan_has_a_validated_way_back_to_the_normal_configuration(network: Network) -> None:
+    normal = network.normal_configuration()
+    for plan in plans(network, offering(1000)).values():
+        assert plan.return_steps[0] == backup.PlanStep("CB-234P", "close", "re-energise the transformer")
+        config = final_config(network, plan)
+        for step in plan.return_steps:
+            config[step.device] = step.action == "close"
+            assert not network.energise(config).loops, (plan.name, step)  # break before make, always
+        assert {d: bool(v) for d, v in config.items()} == {d: bool(v) for d, v in normal.items()}, plan.name
+        assert plan.return_validation == [], (plan.name, plan.return_validation)
+        assert plan.to_dict()["return_validated"] is True
+
+
+def test_the_way_back_relieves_the_adjacent_transformer_before_it_takes_its_own_load_back(network: Network) -> None:
+    """Plan C leaves XFMR-235 carrying part of LINE-045 and the neighbour LINE-046/3: giving
+    LINE-046/3 back first would put XFMR-235 beyond its rating, so LINE-045 goes home first."""
+    c = plans(network, offering(1000))["C"]
+    order = [(s.action, s.device) for s in c.return_steps]
+    assert order.index(("open", "TIE-044-045")) < order.index(("close", "CB-045")) \
+        < order.index(("open", "TIE-046-061")) < order.index(("close", "SW-046-2"))
+    wrong = ["close CB-234P", "open TIE-046-061", "close SW-046-2", "open TIE-045-046", "open TIE-044-045",
+             "close CB-045", "close SW-045-2"]
+    seq = Sequence(id="wrong", name="wrong order", created_by="test", created=0.0,
+                   steps=tuple(Step(device=w.split()[1], action=w.split()[0]) for w in wrong))
+    problems = validate_sequence(seq, network, final_config(network, c), FaultBook(), NIGHT)
+    assert problems and "XFMR-235" in problems[0] and "close SW-046-2" in problems[0]
+
+
+def test_a_way_back_through_an_overloaded_normal_configuration_says_so(network: Network) -> None:
+    heavy = {k: v * 1.4 for k, v in NIGHT.items()}
+    b = plans(network, offering(1000), loads=heavy)["B"]
+    assert b.return_validation and "normal configuration itself is beyond limits" in b.return_validation[-1]
+
+
+def test_a_transformer_whose_feeder_is_already_open_says_there_is_nothing_to_back_up(network: Network) -> None:
+    config = dict(network.normal_configuration())
+    config["CB-045"] = None  # its poll timed out: the position is unknown
+    p = plans(network, offering(1000), config=config)
+    for plan in p.values():
+        assert plan.required_kva == 0 and plan.restored == []
+        assert any("supplies no section" in n and "CB-045 unknown" in n for n in plan.notes), plan.notes

@@ -98,6 +98,23 @@ def test_operating_hours_from_the_counter_and_loss_of_life_from_the_hot_spot() -
     assert h.loss_of_life_percent is not None and 0 < h.loss_of_life_percent < 1
 
 
+def test_the_hour_counter_is_read_at_the_end_of_its_last_bucket_not_averaged_over_it() -> None:
+    """The live hour's bucket holds the counter's readings so far: after the monitor's log is
+    imported (a jump of months), its mean lies between the old and the new reading."""
+    h = history(days=60)
+    last = dict(h["operating_hours"][-1])
+    last.update(mean=85_000.0, min=83_000.0, max=87_499.0)
+    h["operating_hours"] = [*h["operating_hours"][:-1], last]
+    assert health.evaluate("X", h, DATA, NOW).operating_hours == pytest.approx(87_499.0)
+    imported = [{k: v for k, v in r.items() if k not in ("min", "max")} for r in history(days=60)["operating_hours"]]
+    assert health.evaluate("X", {**h, "operating_hours": imported}, DATA, NOW).operating_hours == \
+        pytest.approx(87_500 - 1, abs=1)  # rows with a mean only (an imported log) read as before
+    # live readings from before the log was imported, in a later bucket than the log's last
+    stale = [*imported[:-1], {**imported[-1], "mean": 83_000.0, "max": 83_000.0}]
+    assert health.evaluate("X", {**h, "operating_hours": stale}, DATA, NOW).operating_hours == \
+        pytest.approx(87_500 - 2, abs=1)
+
+
 def test_loss_of_life_is_the_sum_of_equivalent_hours() -> None:
     """A flat day at the rated point (hot spot 110 °C: F_AA = 1) ages the paper 24 equivalent hours."""
     t = NOW - np.arange(24, 0, -1) * 3600.0

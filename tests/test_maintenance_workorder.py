@@ -155,3 +155,15 @@ def test_snapshot_and_restore_keep_the_orders(coordinator: MaintenanceCoordinato
     other.restore(coordinator.snapshot())
     assert other.get(wo.id) == wo
     assert other.open_for("XFMR-234") == wo
+
+
+def test_the_work_order_shows_its_plan_and_the_validated_way_back(coordinator: MaintenanceCoordinator) -> None:
+    from gateway.maintenance.cli import _order_lines
+
+    forecasts, grid = inputs(coordinator)
+    wo = coordinator.on_request(request(), wall=NOW + 1, forecasts=forecasts, grid=grid).work_order.to_dict()
+    chosen = next(p for p in wo["plans"] if p["plan"] == wo["recommended_plan"])
+    assert chosen["return_validated"] and chosen["return_steps"][0]["device"] == "CB-234P"
+    text = "\n".join(_order_lines(wo))
+    assert f"plan {chosen['plan']} steps: open CB-045" in text
+    assert "way back after the window (validated): close CB-234P" in text

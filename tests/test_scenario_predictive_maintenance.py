@@ -25,6 +25,7 @@ def test_predictive_maintenance_scenario_passes_with_its_figures() -> None:
     assert set(f["plans"]) == {"A", "B", "C"}
     for plan in f["plans"].values():
         assert plan["validated"] is True and plan["mva_covered"] > 0
+        assert plan["way_back_validated"] is True and plan["way_back"][0] == "close CB-234P"
     assert f["critical_notified"] == 3 and f["customers_notified"] >= 2500
     assert f["twin_failure_probability"] < 0.02
     kinds = [m["source"] for m in result["timeline"]]

@@ -221,6 +221,9 @@ class BackupPlan:
     request: TransferRequest | None = None
     notes: list[str] = field(default_factory=list)
     sequence: Sequence | None = None
+    return_steps: list[PlanStep] = field(default_factory=list)
+    """Back to the normal configuration after the window, validated like the plan itself."""
+    return_validation: list[str] = field(default_factory=list)
 
     @property
     def customers_shed(self) -> int:
@@ -250,6 +253,8 @@ class BackupPlan:
             "request": None if self.request is None else self.request.to_dict(),
             "offer": None if self.offer is None else self.offer.to_dict(),
             "sequence_id": None if self.sequence is None else self.sequence.id, "notes": list(self.notes),
+            "return_steps": [s.to_dict() for s in self.return_steps],
+            "return_validated": not self.return_validation, "return_validation": list(self.return_validation),
         }
 
 
@@ -330,11 +335,22 @@ def plan_backup(network: Network, config: Mapping[str, bool | None], loads_kva: 
                    config, loads_kva, required, transformer, faults, s, created, source_voltage_pu,
                    sheddable=set(c.restored) - set(b.restored))
     plan_c.request, plan_c.offer = request, offer
+    if not interrupted:
+        idle = [f"{d} {'unknown' if config.get(d) is None else 'open'}" for d in out_devices
+                if d not in upstream_of(network, node) and not config.get(d)]
+        for plan in (plan_a, plan_b, plan_c):
+            plan.notes.append(f"{transformer} supplies no section in the present configuration"
+                              + (f" ({', '.join(idle)})" if idle else "") + ": nothing to back up")
     for plan in (plan_a, plan_b, plan_c):
         if plan.critical_restored < plan.critical_total:
             plan.notes.append(f"{plan.critical_total - plan.critical_restored} critical customer(s) without supply in "
                               "this plan: they need a dedicated source")
     return [plan_a, plan_b, plan_c]
+
+
+def upstream_of(network: Network, node: str) -> set[str]:
+    """The devices that feed a station transformer's node (its primary breaker)."""
+    return {d for d in network.devices_of(node) if network.devices[d].b == node}
 
 
 def _no_switching(network: Network, transformer: str, loads_kva: Mapping[str, complex]) -> list[BackupPlan]:
@@ -516,7 +532,101 @@ def _plan(name: str, title: str, ctx: _Search, net: Network, choice: _Choice, co
     plan.validation = problems
     plan.validated = not problems
     plan.sequence = seq
+    if steps:
+        plan.return_steps, plan.return_validation = _return_steps(network, net, choice.config, config, ctx.node,
+                                                                  applied, faults, s, voltages)
     return plan
+
+
+def _return_steps(network: Network, net: Network, plan_config: Mapping[str, bool | None],
+                  normal: Mapping[str, bool | None], node: str, loads: Mapping[str, complex], faults: FaultBook,
+                  s: BackupSettings, voltages: Mapping[str, float] | None) -> tuple[list[PlanStep], list[str]]:
+    """The way back after the window: the transformer re-energised first (its feeders still open),
+    then each transferred part in turn, its tie opened before its normal supply closes (break
+    before make). The parts' order is the first that keeps every step within limits at the
+    window's loads (the shed customers are reconnected once the normal configuration is back):
+    parts returning to the transformer first, so the adjacent one is relieved before it takes
+    its own load back. Returns the steps and the problems validation found (none when sound)."""
+    around = set(network.devices_of(node))
+    opens = [d for d, v in plan_config.items() if v is True and normal.get(d) is False]
+    closes = [d for d, v in plan_config.items() if v is False and normal.get(d) is True]
+    first = [d for d in closes if d in around and network.devices[d].b == node]
+    home = network.energise(normal)
+    rest = [d for d in closes if d not in first]
+
+    def build(order: tuple[str, ...]) -> list[PlanStep]:
+        trial = dict(plan_config)
+        steps = []
+        for d in first:
+            trial[d] = True
+            steps.append(PlanStep(d, "close", "re-energise the transformer"))
+        pending = list(rest)
+        for tie in order:
+            trial[tie] = False
+            steps.append(PlanStep(tie, "open", "end the transfer"))
+            progress = True
+            while progress:
+                progress = False
+                en = network.energise(trial)
+                for d in pending:
+                    dev = network.devices[d]
+                    if en.energised(dev.a) == en.energised(dev.b):
+                        continue
+                    trial[d] = True
+                    after = network.energise(trial)
+                    # only what comes back the way it is normally fed (no back-feeding a dead
+                    # section from the far side)
+                    newly = [n for n in after.source_of if n not in en.source_of]
+                    if after.loops or any(after.parent.get(n) != home.parent.get(n) for n in newly):
+                        trial[d] = False
+                        continue
+                    steps.append(PlanStep(d, "close", "back to the normal supply"))
+                    pending.remove(d)
+                    progress = True
+                    break
+        steps += [PlanStep(d, "close", "back to the normal supply") for d in pending]
+        return steps
+
+    def check(steps: list[PlanStep]) -> list[str]:
+        seq = Sequence(id="return", name="back to normal", created_by="maintenance", created=0.0,
+                       steps=tuple(Step(device=st.device, action=st.action, purpose=st.purpose) for st in steps))
+        return validate(seq, net, dict(plan_config), faults, loads, min_voltage_pu=s.min_voltage_pu,
+                        source_voltage_pu=voltages)
+
+    def to_transformer(tie: str) -> int:
+        """0 when opening `tie` cuts off sections whose normal supply is the transformer."""
+        trial = dict(plan_config)
+        trial[tie] = False
+        cut = set(network.energise(plan_config).source_of) - set(network.energise(trial).source_of)
+        return 0 if any(_supplied_through(home, n, node) for n in cut) else 1
+
+    orders = sorted(itertools.permutations(opens), key=lambda o: [to_transformer(t) for t in o])
+    best: tuple[list[PlanStep], list[str]] | None = None
+    for order in orders[:120]:
+        steps = build(order)
+        problems = check(steps)
+        if not problems:
+            return steps, []
+        if best is None:
+            best = (steps, problems)
+    if best is None:
+        return [], []
+    own = network.estimate(normal, loads, min_voltage_pu=s.min_voltage_pu, source_voltage_pu=voltages).violations
+    if own:
+        best[1].append("the normal configuration itself is beyond limits at the window's loads: "
+                       + "; ".join(str(v) for v in own[:3]))
+    return best
+
+
+def _supplied_through(en: Any, node: str, via: str) -> bool:
+    """Whether `node` is fed through `via` in the energisation `en`."""
+    k, hops = node, 0
+    while k in en.parent and hops < 10_000:
+        k = en.parent[k][0]
+        if k == via:
+            return True
+        hops += 1
+    return False
 
 
 def _steps(network: Network, before: Mapping[str, bool | None], after: Mapping[str, bool | None],

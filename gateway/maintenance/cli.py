@@ -41,6 +41,15 @@ def _order_lines(wo: dict[str, Any]) -> list[str]:
                      f"({plan['critical_restored']}/{plan['critical_total']} critical), {plan['customers_shed']} shed, "
                      f"{len(plan['steps'])} steps ~{plan['switching_time_min']:g} min, "
                      f"{'validated' if plan['validated'] else 'NOT valid'}")
+    chosen = next((pl for pl in wo.get("plans", []) if pl["plan"] == wo.get("recommended_plan")), None)
+    if chosen and chosen.get("steps"):
+        lines.append(f"  plan {chosen['plan']} steps: " + ", ".join(f"{st['action']} {st['device']}"
+                                                                   for st in chosen["steps"]))
+    if chosen and chosen.get("return_steps"):
+        lines.append("  way back after the window"
+                     + (" (validated): " if chosen.get("return_validated") else
+                        f" (NOT valid: {'; '.join(chosen.get('return_validation', [])[:2])}): ")
+                     + ", ".join(f"{st['action']} {st['device']}" for st in chosen["return_steps"]))
     if wo.get("backup_sequence"):
         lines.append(f"  switching sequence proposed: {wo['backup_sequence']} (stima switching approve ...)")
     return lines

@@ -47,6 +47,8 @@ from gateway.agents.physics import COOLING_EXPONENTS
 from gateway.maintenance import dga
 from gateway.maintenance.dga import GASES, Gas
 
+COUNTERS = frozenset({"operating_hours"})
+"""Points that count up: read at the end of each bucket, not averaged over it."""
 DAY_S = 86400.0
 MONTH_DAYS = 30.44
 HOUR_S = 3600.0
@@ -104,10 +106,16 @@ def linear_fit(x: Sequence[float] | Array, y: Sequence[float] | Array) -> Linear
     return LinearFit(slope, intercept, stderr, n, r2)
 
 
-def series(rows: Sequence[Mapping[str, Any]]) -> Series:
-    """History rows (`bucket_start`, `mean`) to a series; rows without a good mean are left out."""
-    pairs = sorted((float(r["bucket_start"]), float(r["mean"])) for r in rows
-                   if r.get("mean") is not None and math.isfinite(float(r["mean"])))
+def series(rows: Sequence[Mapping[str, Any]], value: str = "mean") -> Series:
+    """History rows (`bucket_start`, `mean`) to a series; rows without a good value are left out.
+    `value="max"` for a counter (its mean over a bucket is a time it never showed; the bucket's
+    maximum is its reading at the bucket's end), the mean where a row has no maximum."""
+    def pick(r: Mapping[str, Any]) -> Any:
+        v = r.get(value)
+        return r.get("mean") if v is None else v
+
+    pairs = sorted((float(r["bucket_start"]), float(pick(r))) for r in rows
+                   if pick(r) is not None and math.isfinite(float(pick(r))))
     if not pairs:
         return np.zeros(0), np.zeros(0)
     t, v = zip(*pairs, strict=True)
@@ -264,7 +272,8 @@ def evaluate(transformer: str, rows: Mapping[str, Sequence[Mapping[str, Any]]], 
     """Health inputs of one transformer from its hourly history rows, keyed by point name."""
     s = settings or HealthSettings()
     oldest = now - (s.trend_window_days + s.rate_window_days) * DAY_S
-    return evaluate_series(transformer, {name: series([r for r in rs if float(r["bucket_start"]) >= oldest])
+    return evaluate_series(transformer, {name: series([r for r in rs if float(r["bucket_start"]) >= oldest],
+                                                      "max" if name in COUNTERS else "mean")
                                          for name, rs in rows.items()}, data, now, s)
 
 
@@ -382,8 +391,10 @@ def _duty(fans: Series, s: HealthSettings, now: float, since: float, notes: list
 
 
 def _hours(counter: Series, load: Series, data: TransformerData, notes: list[str]) -> float | None:
+    """The hour counter's highest reading: it only counts up, so a lower one after it is a stale
+    value (or an older historian's export laid over newer readings), not fewer hours."""
     if len(counter[0]):
-        return float(counter[1][-1])
+        return float(counter[1].max())
     if data.operating_hours_at_commissioning is not None:
         energised = float((load[1] > 0).sum()) if len(load[0]) else 0.0
         return data.operating_hours_at_commissioning + energised

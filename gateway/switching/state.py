@@ -63,6 +63,8 @@ class GridState:
         self._values: dict[tuple[str, str], float | bool | None] = {}
         self._times: dict[tuple[str, str], float] = {}
         self._history: dict[str, deque[LoadSample]] = {s: deque(maxlen=KEEP_SAMPLES) for s in network.sections}
+        self._moved_at: dict[str, float] = {}
+        """Device → when its position last changed (monotonic s)."""
         self.position_changes = 0
         """Bumped when a device position changes (so waiters know to look again)."""
 
@@ -78,6 +80,7 @@ class GridState:
             new = value if good else None
             if key[1] == "closed" and self._values.get(key) != new:
                 self.position_changes += 1
+                self._moved_at[key[0]] = now
             if key[1] == "fpi":
                 if new and not self._values.get(key):
                     self._fpi_since[key[0]] = now
@@ -192,14 +195,21 @@ class GridState:
 
     def _current_balance(self, section: str) -> float | None:
         """Current into the section minus current out of it, when every device around it that is
-        closed measures its current (the feeding side is the one carrying more current)."""
+        closed measures its current (the feeding side is the one carrying more current), and has
+        measured it since the last switching around the section: a current read before a device
+        around it opened still carries what flowed through that device."""
+        around = self.network.devices_of(section)
+        moved = max((self._moved_at.get(d, -math.inf) for d in around), default=-math.inf)
         currents = []
-        for dev in self.network.devices_of(section):
+        for dev in around:
             pos = self.position(dev)
             if pos is False:
                 continue
             amps = self.current_a(dev)
             if amps is None:
+                return None
+            if min(self._times.get((dev, n), -math.inf) for n in ("ia", "ib", "ic")
+                   if (dev, n) in self._times) < moved:
                 return None
             currents.append(amps)
         if not currents:

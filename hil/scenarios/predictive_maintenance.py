@@ -314,6 +314,7 @@ def _validate_on_the_rig(rig: Rig, rec: Recorder, order: dict[str, Any], sequenc
     simulator's own power flow, and go back to the normal configuration."""
     plan = next(p for p in order["plans"] if p["plan"] == order["recommended_plan"])
     factors = order["window"]["load_factors"]
+    before_kw = _station_kw(rig)
     for xfmr, factor in factors.items():
         rig.hil_call("loadstep", target=xfmr, factor=factor)
     section_groups = {s["id"]: s for s in rig.daemon_call("switching.network")["sections"]}
@@ -328,8 +329,8 @@ def _validate_on_the_rig(rig: Rig, rec: Recorder, order: dict[str, Any], sequenc
     rec.note("simulator", f"loads set to the window's forecast ({', '.join(f'{x} ×{f:.2f}' for x, f in factors.items())})"
                           + (f"; {plan['customers_shed']} customers' load taken off as the AMI head-end would"
                              if plan["shed"] else ""))
-    time.sleep(4.0)  # the gateway's section loads follow the devices' currents
-    normal = {d["id"]: not d["normally_open"] for d in rig.daemon_call("switching.network")["devices"]}
+    _window_loads_seen(rig, before_kw, factors)
+    _positions_known(rig, [st["device"] for st in plan["steps"]])
     started = time.time()
     rig.daemon_call("switching.approve", id=sequence_id)
     done = rig.wait(lambda: (s := rig.daemon_call("switching.show", id=sequence_id))["status"] in
@@ -346,26 +347,61 @@ def _validate_on_the_rig(rig: Rig, rec: Recorder, order: dict[str, Any], sequenc
            "aged_deenergised": not status["devices"][PRIMARY[AGED]]["closed"],
            "restored_energised": all(sections[s]["energised"] for s in plan["restored_sections"]),
            "tie_kva": None}
+    if done["status"] != "done":
+        out["detail"] = [r for r in done.get("results", []) if not r.get("ok")] or done.get("validation") or done
     tie = status["devices"].get("TIE-046-061", {})
     if tie.get("closed"):
         out["tie_kva"] = round(math.sqrt(3) * NOMINAL_KV * float(tie.get("current_a", 0.0)), 1)
-    # back to normal: the transformer first, then the ties opened before their feeders close again
-    devices = status["devices"]
-    steps: list[dict[str, Any]] = [{"device": PRIMARY[AGED], "action": "close"}] if not devices[PRIMARY[AGED]]["closed"] \
-        else []
-    steps += [{"device": d, "action": "open"} for d, closed in normal.items() if not closed and devices[d]["closed"]]
-    steps += [{"device": d, "action": "close"} for d, closed in normal.items() if closed and not devices[d]["closed"]
-              and d != PRIMARY[AGED]]
+    # back to normal by the plan's own way back (validated with it): the transformer first, then
+    # each transferred part, its tie opened before its normal supply closes
+    steps = [{"device": st["device"], "action": st["action"]} for st in plan["return_steps"]]
+    _positions_known(rig, [st["device"] for st in steps])
     back = rig.daemon_call("switching.submit", text=json.dumps({"name": "maintenance over: back to normal",
                                                                 "steps": steps}), name="back.json", run=True)
     back_done = rig.wait(lambda: (s := rig.daemon_call("switching.show", id=back["id"]))["status"] in
                          ("done", "failed", "aborted", "invalid") and s, "the sequence back to normal", 60, 0.2)
     out["back_to_normal"] = back_done["status"]
+    normal = {d["id"]: not d["normally_open"] for d in rig.daemon_call("switching.network")["devices"]}
+    final = _hil(rig)["devices"]
+    out["not_normal"] = sorted(d for d, closed in normal.items() if d in final and bool(final[d]["closed"]) != closed)
+    if back_done["status"] != "done":
+        out["back_to_normal_detail"] = [r for r in back_done.get("results", []) if not r.get("ok")] \
+            or back_done.get("validation") or back_done
     for target in (AGED, TWIN, *groups):
         with contextlib.suppress(Exception):
             rig.hil_call("loadstep", target=target, factor=1.0)
     rec.note("switching", f"back to normal ({len(steps)} steps): {back_done['status']}", back_done.get("finished"))
     return out
+
+
+def _station_kw(rig: Rig) -> dict[str, float]:
+    return {p["id"].split(".")[0]: abs(float(p["value"] or 0.0)) for p in rig.daemon_call(
+        "points.read", ids=[f"{x}.load_kw" for x in (AGED, TWIN)])}
+
+
+def _window_loads_seen(rig: Rig, before_kw: dict[str, float], factors: dict[str, float]) -> None:
+    """The sequence is validated again on the loads the gateway measures when it starts: wait
+    until the station transformers read the window's loads (within 5 % of the step) and the
+    sections' loads, from the devices' currents, add up to no more than they carry."""
+    def seen() -> bool:
+        now_kw = _station_kw(rig)
+        for x, factor in factors.items():
+            if now_kw[x] > before_kw[x] * (factor + 0.05) + 20.0:
+                return False
+        sections = [s for s in rig.daemon_call("switching.network")["sections"]
+                    if s["energised"] and s["id"] not in (AGED, TWIN)]
+        total = sum(abs(float(s.get("load_kw") or s.get("remembered_kw") or 0.0)) for s in sections)
+        return total <= 1.05 * sum(now_kw.values()) + 50.0
+    rig.wait(seen, "the window's loads measured by the gateway", 60, 0.5)
+    time.sleep(1.0)  # one more poll of every device's current
+
+
+def _positions_known(rig: Rig, devices: list[str]) -> None:
+    """A sequence is validated on the positions the gateway knows when it starts: wait until the
+    polls of its devices are good (a poll that timed out leaves a position unknown, and the
+    sequence is rightly refused)."""
+    rig.wait(lambda: all(d["position"] != "unknown" for d in rig.daemon_call("switching.network")["devices"]
+                         if d["id"] in devices), f"the positions of {', '.join(devices)} known", 30, 0.2)
 
 
 def _settle_taps(rig: Rig, timeout_s: float = 60.0) -> None:
@@ -426,6 +462,11 @@ def _scenario(rig: Rig, rec: Recorder, workdir: Path, key_file: Path, listener: 
     rig.wait(lambda: all(p["quality"] == "good" for p in rig.daemon_call(
         "points.read", ids=[f"{x}.{g}_ppm" for x in (AGED, TWIN) for g in GASES])), "the DGA monitors read", 30, 0.2)
     rig.wait(lambda: rig.daemon_call("status")["ami"]["readings"] >= 3682, "a full AMI reading", 60, 0.5)
+    # the plans are made on the plant as the gateway sees it: every position known, every section's load
+    rig.wait(lambda: (n := rig.daemon_call("switching.network")) and all(
+        d["position"] != "unknown" for d in n["devices"]) and all(
+        s.get("load_kw") is not None or s.get("remembered_kw") is not None for s in n["sections"]),
+        "every device position and section load known", 60, 0.5)
     since = time.time()
     started = time.monotonic()
     evaluations = _call(rig, "maintenance.evaluate", timeout=120)
@@ -448,6 +489,13 @@ def _scenario(rig: Rig, rec: Recorder, workdir: Path, key_file: Path, listener: 
     orders = rig.daemon_call("maintenance.list")
     order = next((o for o in orders if o["asset"] == AGED), None)
     checks_health(rec, aged, twin, requests, events, orders)
+    trips = [f"{e['source']} {e['kind']} {e.get('element') or e.get('message') or ''} at {e['time'] - since:+.1f} s"
+             for b in FEEDERS[AGED] + FEEDERS[TWIN] + tuple(PRIMARY.values())
+             for e in rig.daemon_call("events", since=0, source=b, limit=10_000)
+             if e["kind"] in ("protection.trip", "protection.lockout", "switching.operation", "position_change")
+             or "open" in str(e.get("message", ""))]
+    rec.check("nothing tripped before the work order (the plans start from the normal configuration)", not trips,
+              "; ".join(trips) or "no trip")
     if order is None:
         rec.check("work order made", False, "no work order for XFMR-234")
         return
@@ -511,7 +559,11 @@ def _scenario(rig: Rig, rec: Recorder, workdir: Path, key_file: Path, listener: 
                                "validated": pl["validated"], "validation": pl["validation"],
                                "customers_shed": pl["customers_shed"], "critical_restored": pl["critical_restored"],
                                "critical_total": pl["critical_total"], "switching_time_min": pl["switching_time_min"],
-                               "steps": len(pl["steps"]), "neighbour_offer_kva": (pl["offer"] or {}).get("kva_offered")}
+                               "steps": len(pl["steps"]),
+                               "sequence": [f"{st['action']} {st['device']}" for st in pl["steps"]],
+                               "way_back": [f"{st['action']} {st['device']}" for st in pl["return_steps"]],
+                               "way_back_validated": pl["return_validated"],
+                               "neighbour_offer_kva": (pl["offer"] or {}).get("kva_offered")}
                   for pl in order["plans"]},
         "customers_notified": notes["customers_notified"], "critical_notified": notes["critical_notified"],
         "simulation": sim, "evaluation_s": round(evaluate_s, 3),
@@ -574,14 +626,17 @@ def checks_work_order(rec: Recorder, order: dict[str, Any], listener: _Listener)
               + float(w["lead_time_days"]) * 86400 + 1 and w["forecast_peak_kw"] <= w["median_candidate_peak_kw"],
               f"{w['label']}: {w['reasons'][0]}")
     plans = {p["plan"]: p for p in order["plans"]}
-    rec.check("plans A, B, C each checked by the power flow and validated as a sequence",
-              set(plans) == {"A", "B", "C"} and all(p["validated"] for p in plans.values()),
-              "; ".join(f"{k}: {'ok' if p['validated'] else p['validation'][:1]}" for k, p in sorted(plans.items())))
+    rec.check("plans A, B, C each checked by the power flow and validated as a sequence, and their ways back",
+              set(plans) == {"A", "B", "C"} and all(p["validated"] and p["return_validated"] for p in plans.values()),
+              "; ".join(f"{k}: {'ok' if p['validated'] else p['validation'][:1]}, way back "
+                        f"{'ok' if p['return_validated'] else p['return_validation'][:1]}"
+                        for k, p in sorted(plans.items())))
     a, b, c = plans["A"], plans["B"], plans["C"]
     rec.check("plan A: the adjacent transformer takes what it can, within its rating",
               0 < a["mva_covered"] <= a["required_mva"] and a["highest_loading"].get("transformer", 0) <= 1.0
               and not any(s["device"] == "TIE-046-061" for s in a["steps"]),
-              f"{a['mva_covered']} MVA, XFMR-235 at {a['highest_loading'].get('transformer', 0):.0%}")
+              f"{a['mva_covered']} MVA, XFMR-235 at {a['highest_loading'].get('transformer', 0):.0%}"
+              + ("" if a["mva_covered"] > 0 else f"; notes {a['notes']}; window loads {a['window_loads_kva']}"))
     gap_kva = 1000.0 * (a["required_mva"] - a["mva_covered"])
     asked = b["request"] is not None and abs(b["request"]["kva_requested"] - gap_kva) <= 1.0
     rec.check("plan B: the neighbouring substation asked for the gap A leaves, its offer never exceeded",
@@ -601,14 +656,18 @@ def checks_work_order(rec: Recorder, order: dict[str, Any], listener: _Listener)
     notices = listener.on(f"maintenance/notifications/{order['id']}")
     rec.check("work order and notices published on their documented topics",
               bool(published) and bool(notices) and published[-1]["window"]["label"] == w["label"]
-              and notices[-1]["critical_notified"] == 3, f"{len(published)} order, {len(notices)} notice message(s)")
+              and notices[-1]["critical_notified"] == 3,
+              f"{len(published)} order, {len(notices)} notice message(s)"
+              + ("" if not published or published[-1]["window"]["label"] == w["label"] else
+                 f"; the last published window {published[-1]['window']['label']!r} (history "
+                 f"{[h.get('event') for h in published[-1].get('history', [])]}) is not {w['label']!r}"))
 
 
 def checks_simulation(rec: Recorder, order: dict[str, Any], sim: dict[str, Any]) -> None:
     plan = next(p for p in order["plans"] if p["plan"] == order["recommended_plan"])
     rec.check(f"plan {plan['plan']} runs on the simulated substation: XFMR-234 de-energised, its customers supplied",
               sim["status"] == "done" and sim["aged_deenergised"] and sim["restored_energised"],
-              f"{sim['status']} in {sim['seconds']} s")
+              f"{sim['status']} in {sim['seconds']} s" + (f": {sim['detail']}" if sim.get("detail") else ""))
     rec.check("in simulation nothing beyond its limit: lines, devices, XFMR-235's rating, 0.95 pu",
               not sim["overloaded"] and sim["twin_kva"] <= 6000.0,
               "; ".join(sim["overloaded"]) or f"XFMR-235 at {sim['twin_kva']:.0f} kVA")
@@ -616,5 +675,7 @@ def checks_simulation(rec: Recorder, order: dict[str, Any], sim: dict[str, Any])
         offer = (plan.get("offer") or {}).get("kva_offered") or 0
         rec.check("in simulation the neighbour carries no more than it offered", sim["tie_kva"] <= offer * 1.05,
                   f"{sim['tie_kva']:.0f} kVA through TIE-046-061 of {offer:.0f} kVA offered")
-    rec.check("back to the normal configuration after the window", sim["back_to_normal"] == "done",
-              sim["back_to_normal"])
+    rec.check("back to the normal configuration after the window by the plan's validated way back, every device "
+              "in its normal position", sim["back_to_normal"] == "done" and not sim["not_normal"],
+              f"{sim['back_to_normal']}; not in normal position: {sim['not_normal'] or 'none'}"
+              if sim["back_to_normal"] == "done" else f"{sim['back_to_normal']}: {sim.get('back_to_normal_detail')}")

@@ -1,0 +1,54 @@
+"""Section loads from the current balance are only as fresh as the currents: right after a
+switching operation a current read before it still carries what flowed through the device that
+moved, and a transfer back judged on it would be refused for a load that is no longer there."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.config import validate
+from gateway.switching.network import SQRT3, Network
+from gateway.switching.state import GridState
+from hil.scenarios.predictive_maintenance import site
+
+
+@pytest.fixture(scope="module")
+def network() -> Network:
+    return Network.from_site(validate(site()))
+
+
+def feed(state: GridState, device: str, now: float, *, closed: bool | None = None, amps: float | None = None) -> None:
+    if closed is not None:
+        state.on_point(f"{device}.closed", closed, True, now)
+    if amps is not None:
+        for phase in ("ia", "ib", "ic"):
+            state.on_point(f"{device}.{phase}", amps, True, now)
+
+
+def kva(network: Network, section: str, amps: float) -> float:
+    return SQRT3 * network.sections[section].nominal_kv * amps
+
+
+def test_a_current_read_before_the_tie_opened_is_not_taken_for_the_sections_load(network: Network) -> None:
+    state = GridState(network)
+    # LINE-044/3 carries its own 30 A and, through the closed tie, 120 A of LINE-045
+    feed(state, "SW-044-2", 0.0, closed=True, amps=150.0)
+    feed(state, "TIE-044-045", 0.0, closed=True, amps=120.0)
+    before = state.section_load("LINE-044/3")
+    assert before is not None and abs(before.kva) == pytest.approx(kva(network, "LINE-044/3", 30.0))
+    # the tie opens; the upstream switch's current has not been read since
+    feed(state, "TIE-044-045", 1.0, closed=False, amps=0.0)
+    stale = state.section_load("LINE-044/3")
+    assert stale is None or abs(stale.kva) < kva(network, "LINE-044/3", 100.0)
+    # the next poll of the upstream switch tells the load again
+    feed(state, "SW-044-2", 1.2, amps=31.0)
+    fresh = state.section_load("LINE-044/3")
+    assert fresh is not None and abs(fresh.kva) == pytest.approx(kva(network, "LINE-044/3", 31.0))
+
+
+def test_currents_read_with_the_position_in_the_same_poll_count(network: Network) -> None:
+    state = GridState(network)
+    feed(state, "SW-044-2", 5.0, closed=True, amps=40.0)
+    feed(state, "TIE-044-045", 5.0, closed=False, amps=0.0)
+    load = state.section_load("LINE-044/3")
+    assert load is not None and abs(load.kva) == pytest.approx(kva(network, "LINE-044/3", 40.0))
