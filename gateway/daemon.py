@@ -28,7 +28,7 @@ from gateway.commands import check_site
 from gateway.config import ConfigError, ConfigProblem, SiteConfig, load
 from gateway import control, reload
 from gateway.control import ControlServer
-from gateway.points import Point, PointKind, PointUpdate, ProcessImage
+from gateway.points import Point, PointBlock, PointKind, PointUpdate, ProcessImage
 from gateway.sdnotify import Notifier
 from gateway.storage import Store
 from gateway.switching.model import Origin, Via
@@ -104,7 +104,7 @@ class Gateway:
         )
         self._telemetry_wake = asyncio.Event()
         self.uplink.on_birth(self._request_integrity)
-        self.image.subscribe_all(self._on_point_for_uplink)
+        self.image.subscribe_blocks(self._on_block_for_uplink, self._on_point_for_uplink)
 
     def _build_protection(self) -> None:
         self.protection: Any = None
@@ -353,7 +353,7 @@ class Gateway:
         cfg = self.site.history
         self.history = HistoryAggregator(cfg.interval_s) if cfg.enabled else None
         if self.history is not None:
-            self.image.subscribe_all(self.history.on_point)
+            self.image.subscribe_blocks(self.history.on_block, self.history.on_point)
 
     async def _history_loop(self) -> None:
         """Write the buckets that closed once per interval, off the event loop, in short transactions."""
@@ -385,7 +385,20 @@ class Gateway:
         if self.telemetry.on_change(point, update.receive_monotonic) or self.telemetry.pending == 1:
             self._telemetry_wake.set()
 
-    def _sink(self, updates: Sequence[PointUpdate]) -> None:
+    def _on_block_for_uplink(self, points: Sequence[Point], block: PointBlock) -> None:
+        self.updates_applied += len(points)
+        telemetry = self.telemetry
+        was_idle = telemetry.pending == 0
+        if telemetry.on_points(points, block.receive_monotonic) or (was_idle and telemetry.pending):
+            self._telemetry_wake.set()
+
+    def _sink(self, updates: Sequence[PointUpdate] | PointBlock) -> None:
+        if type(updates) is PointBlock:
+            try:
+                self.image.apply_block(updates)
+            except Exception:
+                log.exception("point block update failed", extra={"points": len(updates)})
+            return
         apply = self.image.apply
         for update in updates:
             try:

@@ -14,7 +14,7 @@ its batch timer; `flush` returns `(topic_suffix, payload)` pairs for the uplink.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,41 +141,51 @@ class Telemetry:
         """Take the point's new state; returns True when a full batch is waiting to be flushed.
 
         Points not in the site file (derived or AMI points) are reported with no deadband.
-        This runs for every value the gateway receives, so the common cases are spelled out.
         """
-        self.changes_seen += 1
-        state = self._states.get(point.point_id)
-        if state is None:
-            state = self._states[point.point_id] = _State(PointSpec(point.point_id, point.kind, 0.0, point.unit))
-        state.point = point
-        value = point.value
-        quality = point.quality
-        if state.reported and (quality is state.last_quality or quality == state.last_quality):
-            last = state.last_value
-            if state.analog and type(value) is float and type(last) is float:
-                delta = value - last
-                if delta != delta:  # a NaN on either side
-                    if not exceeds(PointKind.ANALOG, state.deadband, last, value):
-                        return False
-                elif value == last or (delta if delta >= 0.0 else -delta) < state.deadband:
-                    return False
-            elif not exceeds(state.spec.kind, state.deadband, last, value):
-                return False
-        elif quality is not state.last_quality or not state.q:
-            state.q = quality.validity.value
-            state.r = None if quality.reason is QualityReason.NONE else quality.reason.value
-        state.reported = True
-        state.last_value = value
-        state.last_quality = quality
-        self.changes_reported += 1
-        t = point.source_time if point.source_time is not None else point.receive_time
-        out = {"id": point.point_id, "v": value, "q": state.q, "t": None if t is None else round(t * 1000.0)}
-        if state.r is not None:
-            out["r"] = state.r
+        return self.on_points((point,), now)
+
+    def on_points(self, points: Sequence[Point], now: float) -> bool:
+        """`on_change` for several points at once (a block read): the same decisions, made in
+        one loop, since this runs for every value the gateway receives."""
+        states = self._states
         pending = self._pending
-        if not pending:
+        was_empty = not pending
+        reported = 0
+        for point in points:
+            state = states.get(point.point_id)
+            if state is None:
+                state = states[point.point_id] = _State(PointSpec(point.point_id, point.kind, 0.0, point.unit))
+            state.point = point
+            value = point.value
+            quality = point.quality
+            if state.reported and (quality is state.last_quality or quality == state.last_quality):
+                last = state.last_value
+                kind = type(value)
+                if state.analog and (kind is float or kind is int) and type(last) is kind:
+                    delta = value - last  # type: ignore[operator]
+                    if delta != delta:  # a NaN on either side
+                        if not exceeds(PointKind.ANALOG, state.deadband, last, value):
+                            continue
+                    elif delta == 0 or (delta if delta >= 0 else -delta) < state.deadband:
+                        continue
+                elif not exceeds(state.spec.kind, state.deadband, last, value):
+                    continue
+            elif quality is not state.last_quality or not state.q:
+                state.q = quality.validity.value
+                state.r = None if quality.reason is QualityReason.NONE else quality.reason.value
+            state.reported = True
+            state.last_value = value
+            state.last_quality = quality
+            reported += 1
+            t = point.source_time if point.source_time is not None else point.receive_time
+            out = {"id": point.point_id, "v": value, "q": state.q, "t": None if t is None else round(t * 1000.0)}
+            if state.r is not None:
+                out["r"] = state.r
+            pending.append(out)
+        self.changes_seen += len(points)
+        self.changes_reported += reported
+        if was_empty and pending:
             self._first_pending_at = now
-        pending.append(out)
         return len(pending) >= self.max_batch
 
     def request_integrity(self) -> None:

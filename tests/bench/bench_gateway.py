@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -283,8 +284,21 @@ def wait_status(runtime_dir: Path, timeout_s: float = 30.0) -> dict[str, Any]:
             time.sleep(0.2)
 
 
+def baseline_tree(ref: str, workdir: Path) -> Path:
+    """The project's files at git `ref`, beside the working tree, to run the daemon as it was
+    (with this tree's compiled protection core): before and after measured in the same run."""
+    tree = workdir / f"baseline-{ref.replace('/', '_')}"
+    tree.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", ref],
+                             check=True, capture_output=True, timeout=120).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True, timeout=120)
+    for built in (ROOT / "native").glob("_stima_native*.so"):
+        shutil.copy(built, tree / "native" / built.name)
+    return tree
+
+
 def run_stima(farm: Farm, broker: Broker, tls: TlsFiles, workdir: Path, args: argparse.Namespace,
-              devices: int, period_ms: float, seconds: float) -> Result:
+              devices: int, period_ms: float, seconds: float, root: Path = ROOT, label: str = "stima") -> Result:
     workdir = Path(tempfile.mkdtemp(prefix="stima-", dir=workdir))
     site = stima_site(farm, broker, tls, workdir, args.registers, period_ms)
     path = workdir / "site.toml"
@@ -292,14 +306,23 @@ def run_stima(farm: Farm, broker: Broker, tls: TlsFiles, workdir: Path, args: ar
     recorder = Recorder(broker, "stima/+/+/telemetry")
     with (workdir / "daemon.log").open("wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "gateway.daemon", "--config", str(path), "--log-level", "WARNING"],
-                                stdout=log, stderr=log, cwd=ROOT)
+                                stdout=log, stderr=log, cwd=root, env=dict(os.environ, PYTHONPATH=str(root)))
     runtime_dir = Path(site["site"]["runtime_dir"])
     try:
         wait_status(runtime_dir)
         time.sleep(3.0)  # warm-up: connections up, the first integrity report sent
         s0 = call(runtime_dir, "status")
-        result = measure("stima", lambda: [proc.pid], recorder, stima_pairs, farm, args, devices, period_ms, seconds)
+        spy = None
+        if args.py_spy and root == ROOT:
+            spy = subprocess.Popen([args.py_spy, "record", "--pid", str(proc.pid), "--duration", str(int(seconds)),
+                                    "--rate", "250", "--nonblocking", "--threads", "--format", "raw",
+                                    "--output", str(workdir / "profile.txt")],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        result = measure(label, lambda: [proc.pid], recorder, stima_pairs, farm, args, devices, period_ms, seconds)
         s1 = call(runtime_dir, "status")
+        if spy is not None:
+            spy.wait(60)
+            print_profile(workdir / "profile.txt", args.profile_top)
     finally:
         proc.terminate()
         proc.wait(30)
@@ -309,6 +332,37 @@ def run_stima(farm: Farm, broker: Broker, tls: TlsFiles, workdir: Path, args: ar
     result.notes.append(f"into the process image {to_image:,.0f} values/s; spool depth at end "
                         f"{s1['uplink']['spool_depth']}; points not good at end {not_good}")
     return result
+
+
+def print_profile(path: Path, top: int) -> None:
+    """Where the daemon's time went, from py-spy's collapsed stacks: own time per function, and
+    time spent inside the main stages of the path from registers to the broker."""
+    own: dict[str, int] = {}
+    within: dict[str, int] = {}
+    stages = {"pymodbus": "pymodbus/", "decode_block": "decode_block", "process image": "apply (gateway/points.py",
+              "telemetry": "on_change (gateway/telemetry.py", "uplink publish": "publish_many",
+              "paho + TLS": "paho/", "event loop": "base_events.py", "sqlite": "spool_append"}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        if "idle" in stack.rsplit(";", 1)[-1] or stack.rsplit(";", 1)[-1].startswith(("select ", "wait ", "_wait_for_tstate_lock", "epoll")):
+            continue
+        total += n
+        leaf = stack.rsplit(";", 1)[-1]
+        own[leaf] = own.get(leaf, 0) + n
+        for name, needle in stages.items():
+            if needle in stack:
+                within[name] = within.get(name, 0) + n
+    if not total:
+        print("  profile: no samples")
+        return
+    print(f"  profile of the daemon (py-spy, {total} busy samples):")
+    print("    within: " + ", ".join(f"{k} {v / total:.0%}" for k, v in sorted(within.items(), key=lambda kv: -kv[1])))
+    for leaf, n in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
+        print(f"    {n / total:6.1%}  {leaf[:110]}")
 
 
 def run_bare(farm: Farm, broker: Broker, tls: TlsFiles, workdir: Path, args: argparse.Namespace,
@@ -468,11 +522,14 @@ def same_workload(args: argparse.Namespace, workdir: Path, tls: TlsFiles) -> lis
           f"{offered:,.0f} values/s offered; {args.seconds:.0f} s per window; stima and bare over TLS, QoS 1",
           flush=True)
     rounds: list[dict[str, Result]] = []
+    baseline = baseline_tree(args.baseline, workdir) if args.baseline else None
     farm = Farm(args.devices, args.registers, args.period_ms)
     try:
         with run_mosquitto(workdir, tls=tls, extra_config="set_tcp_nodelay true") as broker:
             for n in range(args.rounds):
                 order = ["stima", "bare"] if n % 2 == 0 else ["bare", "stima"]
+                if baseline is not None:
+                    order.insert(1, f"stima@{args.baseline}")
                 if args.peer == "thingsboard":
                     order.append("thingsboard")
                 print(f"round {n + 1}:", flush=True)
@@ -480,6 +537,9 @@ def same_workload(args: argparse.Namespace, workdir: Path, tls: TlsFiles) -> lis
                 for peer in order:
                     if peer == "stima":
                         r = run_stima(farm, broker, tls, workdir, args, args.devices, args.period_ms, args.seconds)
+                    elif baseline is not None and peer == f"stima@{args.baseline}":
+                        r = run_stima(farm, broker, tls, workdir, args, args.devices, args.period_ms, args.seconds,
+                                      root=baseline, label=peer)
                     elif peer == "bare":
                         r = run_bare(farm, broker, tls, workdir, args, args.devices, args.period_ms, args.seconds)
                     else:
@@ -515,7 +575,8 @@ def scaling(args: argparse.Namespace, workdir: Path, tls: TlsFiles) -> list[tupl
 def ratios(rounds: list[dict[str, Result]], rows: list[tuple[Result, Result]]) -> None:
     """The comparisons, last, and only between figures measured in this run."""
     print("ratios, CPU per delivered value, between peers measured in this run:")
-    for peer in ("bare", "thingsboard"):
+    peers = [p for p in rounds[0] if p != "stima"] if rounds else []
+    for peer in peers:
         per_round = [r["stima"].us_per_value / r[peer].us_per_value for r in rounds if peer in r]
         if not per_round:
             continue
@@ -560,12 +621,16 @@ def main() -> None:
     parser.add_argument("--registers", type=int, default=100)
     parser.add_argument("--period-ms", type=float, default=100.0)
     parser.add_argument("--peer", choices=["thingsboard"], help="also measure this peer (installed on first use)")
+    parser.add_argument("--baseline", metavar="GIT_REF",
+                        help="also run the daemon as it is at this git ref (before/after in the same run)")
     parser.add_argument("--thingsboard-start-s", type=float, default=120.0)
     parser.add_argument("--thingsboard-warmup-s", type=float, default=10.0)
     parser.add_argument("--scaling", action="store_true", help="also measure across IED counts and poll periods")
     parser.add_argument("--scaling-grid", default="1x100,20x100,100x100,20x1000,20x20",
                         help="IEDs x poll period in ms, comma-separated")
     parser.add_argument("--scaling-seconds", type=float, default=8.0)
+    parser.add_argument("--py-spy", help="path to py-spy: profile the daemon during its window and print where the time goes")
+    parser.add_argument("--profile-top", type=int, default=25)
     parser.add_argument("--example-seconds", type=float, default=8.0)
     parser.add_argument("--example", action=argparse.BooleanOptionalAction, default=True,
                         help="also measure the RSS of the example site with the simulator")
