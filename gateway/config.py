@@ -387,6 +387,9 @@ class UplinkConfig(_Model):
     max_batch: int = Field(default=500, ge=1, le=10_000)
     """Point changes gathered into one telemetry message at most."""
     batch_window_ms: float = Field(default=5.0, ge=0.0, le=10_000)
+    telemetry_format: Literal["samples", "columns"] = "samples"
+    """`samples`: one map per sample; `columns`: point indices of the birth and arrays of values
+    (docs/mqtt.md), several times cheaper per value for the gateway and the host."""
     spool_max_messages: int = Field(default=1_000_000, ge=1000)
     commands: CommandsConfig = CommandsConfig()
 

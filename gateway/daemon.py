@@ -98,10 +98,11 @@ class Gateway:
         )
         self.uplink.set_birth(
             [
-                {"id": p.point_id, "kind": p.kind.value, "unit": p.unit, "source": p.source}
-                for p in self.image.points.values()
+                {"id": p.point_id, "i": n, "kind": p.kind.value, "unit": p.unit, "source": p.source}
+                for n, p in enumerate(self.image.points.values())
             ]
         )
+        self.telemetry.set_index({point_id: n for n, point_id in enumerate(self.image.points)})
         self._telemetry_wake = asyncio.Event()
         self.uplink.on_birth(self._request_integrity)
         self.image.subscribe_blocks(self._on_block_for_uplink, self._on_point_for_uplink)

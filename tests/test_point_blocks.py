@@ -87,3 +87,52 @@ def test_block_reporting_and_history_match_one_update_at_a_time(reads: list[list
     assert repr(sent_block) == repr(sent_point)  # repr: NaN compares unequal to itself
     assert repr(hist_block.take_closed(2e9)) == repr(hist_point.take_closed(2e9))
     assert by_block.changes_seen == by_point.changes_seen == 6 * len(reads)
+
+
+def decode_columns_message(payload: dict, table: list[str]) -> list[dict]:
+    """What a host does with a columnar telemetry message (docs/mqtt.md): back to samples."""
+    assert payload["format"] == "columns"
+    bad = {pos: (q, r) for pos, q, r in payload.get("bad", [])}
+    out = []
+    for pos, (i, v, dt) in enumerate(zip(payload["i"], payload["v"], payload["dt"], strict=True)):
+        q, r = bad.get(pos, ("good", None))
+        sample = {"id": table[i], "v": v, "q": q, "t": None if dt is None else payload["t0"] + dt}
+        if r is not None:
+            sample["r"] = r
+        out.append(sample)
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.lists(st.tuples(values, st.sampled_from([GOOD, OUT_OF_RANGE])), min_size=6, max_size=6),
+                min_size=1, max_size=8),
+       st.integers(1, 9), st.booleans())
+def test_columnar_messages_carry_the_same_samples_as_sample_messages(
+        reads: list[list[tuple[object, Quality]]], max_batch: int, one_unindexed: bool) -> None:
+    """Same decisions, same order, same values, qualities and times; a point missing from the
+    birth's table still travels, in sample form."""
+    specs = [PointSpec(pid, PointKind.ANALOG, 0.5) for pid in IDS]
+    table = list(IDS)
+    samples = Telemetry(specs, max_batch=max_batch, integrity_period_s=1e9)
+    columns = Telemetry(specs, max_batch=max_batch, integrity_period_s=1e9, columns=True)
+    columns.set_index({pid: n for n, pid in enumerate(table) if not (one_unindexed and n == 3)})
+    img = image()
+    sent_samples: list[dict] = []
+    sent_columns: list[dict] = []
+    for n, read in enumerate(reads):
+        block = PointBlock(IDS, [v for v, _ in read], [q for _, q in read], float(n), 1_700_000_000.0 + n / 7)
+        points = img.apply_block(block)
+        samples.on_points(points, float(n))
+        columns.on_points(points, float(n))
+        assert samples.pending == columns.pending
+        sent_samples += [m for s, p in samples.flush(float(n), 0.0) if s == TELEMETRY for m in p["metrics"]]
+        for s, p in columns.flush(float(n), 0.0):
+            if s != TELEMETRY:
+                continue
+            assert len(p.get("i", ())) + len(p.get("metrics", ())) <= max_batch
+            sent_columns += decode_columns_message(p, table) if "format" in p else p["metrics"]
+    key = lambda m: (m["id"], m["t"])  # noqa: E731  (an unindexed point's samples come apart from the columns)
+    if one_unindexed:
+        sent_samples.sort(key=key)
+        sent_columns.sort(key=key)
+    assert repr(sent_columns) == repr(sent_samples)
