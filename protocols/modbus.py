@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy
-from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.client import AsyncModbusSerialClient
 from pymodbus.client.mixin import ModbusClientMixin
 from pymodbus.exceptions import ModbusException
 from pymodbus.framer import FramerSocket
@@ -569,6 +569,82 @@ class _RequestBuilder(ModbusClientMixin[ModbusPDU]):
 _REQUESTS = _RequestBuilder()
 
 
+class _PollLink(ModbusClientMixin[Awaitable[ModbusPDU]], asyncio.Protocol):
+    """The polling connection to one Modbus TCP IED, one request in flight.
+
+    pymodbus's own request PDUs, reads and writes (the client mixin) and socket framer, on a
+    plain asyncio transport. pymodbus's client adds to every request a transaction manager, its
+    own retry, reconnect and trace logic, which cost more CPU than the read itself at a poll
+    every few ms and which the master does itself (timeouts, retries, reconnection).
+    """
+
+    def __init__(self) -> None:
+        ModbusClientMixin.__init__(self)  # type: ignore[no-untyped-call]
+        self._framer = FramerSocket(DecodePDU(is_server=False))
+        self._transport: asyncio.Transport | None = None
+        self._buffer = b""
+        self._tid = 0
+        self._waiting: tuple[int, int, asyncio.Future[ModbusPDU]] | None = None
+
+    @classmethod
+    async def open(cls, host: str, port: int) -> _PollLink:
+        _, link = await asyncio.get_running_loop().create_connection(cls, host, port)
+        return link
+
+    @property
+    def connected(self) -> bool:
+        return self._transport is not None and not self._transport.is_closing()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        self._fail(ConnectionError(f"connection lost: {exc or 'closed by the IED'}"))
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        waiting = self._waiting
+        try:
+            used, pdu = self._framer.handleFrame(self._buffer, 0, 0)
+        except ModbusException as exc:
+            self._buffer = b""
+            self._fail(exc)
+            return
+        self._buffer = self._buffer[used:]
+        if pdu is None or waiting is None or pdu.transaction_id != waiting[0]:
+            return  # incomplete, or a late answer to a request that timed out
+        self._waiting = None
+        if not waiting[2].done():
+            if (pdu.function_code & 0x7F) != waiting[1]:
+                waiting[2].set_exception(ModbusException(
+                    f"answer with function code {pdu.function_code} to a request with {waiting[1]}"))
+            else:
+                waiting[2].set_result(pdu)
+
+    def _fail(self, exc: Exception) -> None:
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None and not waiting[2].done():
+            waiting[2].set_exception(exc)
+
+    def execute(self, no_response_expected: bool, request: ModbusPDU) -> Awaitable[ModbusPDU]:
+        future: asyncio.Future[ModbusPDU] = asyncio.get_running_loop().create_future()
+        if self._transport is None or self._transport.is_closing():
+            future.set_exception(ConnectionError("not connected"))
+            return future
+        self._fail(ModbusException("superseded by a later request"))  # one that timed out
+        self._tid = self._tid % 0xFFFF + 1
+        request.transaction_id = self._tid
+        self._waiting = (self._tid, request.function_code, future)
+        self._transport.write(self._framer.buildFrame(request))
+        return future
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+
 @dataclass(slots=True)
 class _InFlight:
     item: QueuedWrite
@@ -745,17 +821,12 @@ class ModbusTcpMaster(_ModbusMaster):
     """How soon a lost command link is opened again (IEDs close idle or surplus connections)."""
 
     def __init__(self, cfg: ModbusTcpIed, sink: Sink, clock: Clock, logger: logging.Logger) -> None:
-        self._tcp: AsyncModbusTcpClient | None = None
+        self._tcp: _PollLink | None = None
         self._cmd: _CommandLink | None = None
         self._cmd_retry_at: float | None = None
         self._cmd_opening: asyncio.Task[None] | None = None
         self._single_link_logged = False
         super().__init__(cfg, sink, clock, logger)
-
-    def _new_client(self) -> AsyncModbusTcpClient:
-        assert isinstance(self.cfg, ModbusTcpIed)
-        return AsyncModbusTcpClient(self.cfg.host, port=self.cfg.port, timeout=self._timeout, retries=0,
-                                    reconnect_delay=0)
 
     def _command_link(self) -> _CommandLink | None:
         return self._cmd if self._cmd is not None and self._cmd.alive else None
@@ -835,11 +906,14 @@ class ModbusTcpMaster(_ModbusMaster):
         return f"{self.cfg.host}:{self.cfg.port}/{self.cfg.unit_id}"
 
     async def _connect(self) -> None:
+        assert isinstance(self.cfg, ModbusTcpIed)
         if self._tcp is not None:
             self._tcp.close()
-        self._tcp = self._new_client()
-        if not await self._tcp.connect():
-            raise _LinkDown(f"cannot connect to {self._endpoint()}")
+            self._tcp = None
+        try:
+            self._tcp = await _PollLink.open(self.cfg.host, self.cfg.port)
+        except OSError as exc:
+            raise _LinkDown(f"cannot connect to {self._endpoint()}: {exc}") from None
         if self._cmd is None:
             await self._open_command_link()
 
@@ -849,8 +923,8 @@ class ModbusTcpMaster(_ModbusMaster):
             self._tcp.close()
             self._tcp = None
 
-    def _client(self) -> AsyncModbusTcpClient:
-        if self._tcp is None:
+    def _client(self) -> _PollLink:
+        if self._tcp is None or not self._tcp.connected:
             raise _LinkDown("not connected")
         return self._tcp
 
