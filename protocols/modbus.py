@@ -605,18 +605,24 @@ class _PollLink(ModbusClientMixin[Awaitable[ModbusPDU]], asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
-        waiting = self._waiting
-        try:
-            used, pdu = self._framer.handleFrame(self._buffer, 0, 0)
-        except ModbusException as exc:
-            self._buffer = b""
-            self._fail(exc)
-            return
-        self._buffer = self._buffer[used:]
-        if pdu is None or waiting is None or pdu.transaction_id != waiting[0]:
-            return  # incomplete, or a late answer to a request that timed out
-        self._waiting = None
-        if not waiting[2].done():
+        while self._buffer:
+            try:
+                used, pdu = self._framer.handleFrame(self._buffer, 0, 0)
+            except ModbusException as exc:
+                self._buffer = b""
+                self._fail(exc)
+                return
+            self._buffer = self._buffer[used:]
+            if pdu is None:
+                if not used:
+                    return  # the rest of a frame is still on its way
+                continue
+            waiting = self._waiting
+            if waiting is None or pdu.transaction_id != waiting[0]:
+                continue  # a late answer to a request that timed out
+            self._waiting = None
+            if waiting[2].done():
+                continue
             if (pdu.function_code & 0x7F) != waiting[1]:
                 waiting[2].set_exception(ModbusException(
                     f"answer with function code {pdu.function_code} to a request with {waiting[1]}"))
