@@ -575,6 +575,8 @@ class Gateway:
             "ieds": [a.status.as_dict() for a in self.adapters.values()],
             "points": {"total": len(self.image), **self.image.counts_by_quality()},
             "updates_applied": self.updates_applied,
+            "telemetry": {"changes_seen": self.telemetry.changes_seen,
+                          "changes_reported": self.telemetry.changes_reported},
             "uplink": self.uplink.status(),
             "protection": None if self.protection is None else {
                 "backend": self.protection.engine.backend_name,

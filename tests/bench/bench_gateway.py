@@ -294,12 +294,14 @@ def stima_site(farm: Farm, broker: Broker, tls: TlsFiles, workdir: Path, registe
     }
 
 
-def wait_status(runtime_dir: Path, timeout_s: float = 30.0) -> dict[str, Any]:
+def wait_status(runtime_dir: Path, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 30.0) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
     while True:
         try:
             return dict(call(runtime_dir, "status"))
         except (DaemonNotRunning, OSError):
+            if proc.poll() is not None:
+                raise RuntimeError(f"the daemon exited: {log.read_text()[-2000:]}") from None
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
@@ -336,6 +338,8 @@ def run_stima(farm: Farm, broker: Broker, tls: TlsFiles, workdir: Path, args: ar
               overrides: dict[str, dict[str, Any]] | None = None) -> Result:
     workdir = Path(tempfile.mkdtemp(prefix="stima-", dir=workdir))
     site = stima_site(farm, broker, tls, workdir, args.registers, period_ms)
+    if root != ROOT:  # the daemon as it was knows one telemetry form only
+        del site["uplink"]["telemetry_format"]
     for section, values in (overrides or {}).items():
         site.setdefault(section, {}).update(values)
     path = workdir / "site.toml"
@@ -346,7 +350,7 @@ def run_stima(farm: Farm, broker: Broker, tls: TlsFiles, workdir: Path, args: ar
                                 stdout=log, stderr=log, cwd=root, env=dict(os.environ, PYTHONPATH=str(root)))
     runtime_dir = Path(site["site"]["runtime_dir"])
     try:
-        wait_status(runtime_dir)
+        wait_status(runtime_dir, proc, workdir / "daemon.log")
         time.sleep(3.0)  # warm-up: connections up, the first integrity report sent
         s0 = call(runtime_dir, "status")
         spy = None
@@ -366,8 +370,11 @@ def run_stima(farm: Farm, broker: Broker, tls: TlsFiles, workdir: Path, args: ar
         recorder.stop()
     to_image = (s1["updates_applied"] - s0["updates_applied"]) / result.seconds
     not_good = s1["points"]["total"] - s1["points"]["good"]
-    result.notes.append(f"into the process image {to_image:,.0f} values/s; spool depth at end "
-                        f"{s1['uplink']['spool_depth']}; points not good at end {not_good}")
+    note = f"into the process image {to_image:,.0f} values/s"
+    if "telemetry" in s1:  # changes the daemon saw (a poll between two farm writes sees none)
+        reported = s1["telemetry"]["changes_reported"] - s0["telemetry"]["changes_reported"]
+        note += f"; reported {reported / result.seconds:,.0f}/s, of which delivered {result.delivered / max(reported, 1):.1%}"
+    result.notes.append(f"{note}; spool depth at end {s1['uplink']['spool_depth']}; points not good at end {not_good}")
     return result
 
 
