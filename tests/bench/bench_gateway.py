@@ -352,7 +352,7 @@ def run_stima(farm: Farm, broker: Broker, tls: TlsFiles, workdir: Path, args: ar
     try:
         wait_status(runtime_dir, proc, workdir / "daemon.log")
         time.sleep(3.0)  # warm-up: connections up, the first integrity report sent
-        s0 = call(runtime_dir, "status")
+        s0, m0 = call(runtime_dir, "status"), time.monotonic()
         spy = None
         if args.py_spy and root == ROOT:
             spy = subprocess.Popen([args.py_spy, "record", "--pid", str(proc.pid), "--duration", str(int(seconds)),
@@ -360,7 +360,7 @@ def run_stima(farm: Farm, broker: Broker, tls: TlsFiles, workdir: Path, args: ar
                                     "--output", str(workdir / "profile.txt")],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         result = measure(label, lambda: [proc.pid], recorder, stima_pairs, farm, args, devices, period_ms, seconds)
-        s1 = call(runtime_dir, "status")
+        s1, m1 = call(runtime_dir, "status"), time.monotonic()
         if spy is not None:
             spy.wait(60)
             print_profile(workdir / "profile.txt", args.profile_top)
@@ -368,12 +368,13 @@ def run_stima(farm: Farm, broker: Broker, tls: TlsFiles, workdir: Path, args: ar
         proc.terminate()
         proc.wait(30)
         recorder.stop()
-    to_image = (s1["updates_applied"] - s0["updates_applied"]) / result.seconds
+    # the status calls bracket the window and the decoding of what arrived: rates over their own span
+    to_image = (s1["updates_applied"] - s0["updates_applied"]) / (m1 - m0)
     not_good = s1["points"]["total"] - s1["points"]["good"]
     note = f"into the process image {to_image:,.0f} values/s"
     if "telemetry" in s1:  # changes the daemon saw (a poll between two farm writes sees none)
-        reported = s1["telemetry"]["changes_reported"] - s0["telemetry"]["changes_reported"]
-        note += f"; reported {reported / result.seconds:,.0f}/s, of which delivered {result.delivered / max(reported, 1):.1%}"
+        reported = (s1["telemetry"]["changes_reported"] - s0["telemetry"]["changes_reported"]) / (m1 - m0)
+        note += f"; reported {reported:,.0f}/s, of which delivered {result.delivered_per_s / max(reported, 1):.1%}"
     result.notes.append(f"{note}; spool depth at end {s1['uplink']['spool_depth']}; points not good at end {not_good}")
     return result
 
