@@ -408,6 +408,9 @@ class UplinkConfig(_Model):
     max_batch: int = Field(default=500, ge=1, le=10_000)
     """Point changes gathered into one telemetry message at most."""
     batch_window_ms: float = Field(default=5.0, ge=0.0, le=10_000)
+    telemetry_format: Literal["samples", "columns"] = "samples"
+    """`samples`: one map per sample; `columns`: point indices of the birth and arrays of values
+    (docs/mqtt.md), several times cheaper per value for the gateway and the host."""
     spool_max_messages: int = Field(default=1_000_000, ge=1000)
     payload: Literal["msgpack", "sparkplug_b"] = "msgpack"
     """msgpack in Stima's namespace (default), or Sparkplug B 3.0 protobuf in spBv1.0/…"""
@@ -423,6 +426,9 @@ class UplinkConfig(_Model):
                     "transport 'tls' needs ca_file, cert_file and key_file "
                     f"(missing: {', '.join(missing)}); set transport = 'tcp' only on a trusted network"
                 )
+        if self.payload == "sparkplug_b" and self.telemetry_format == "columns":
+            raise ValueError("telemetry_format 'columns' is Stima's msgpack form; with payload 'sparkplug_b' "
+                             "telemetry travels as Sparkplug metrics: leave telemetry_format at 'samples'")
         return self
 
 

@@ -29,7 +29,7 @@ from gateway.commands import check_site
 from gateway.config import ConfigError, ConfigProblem, SiteConfig, load
 from gateway import control, reload
 from gateway.control import ControlServer
-from gateway.points import Point, PointKind, PointUpdate, ProcessImage
+from gateway.points import Point, PointBlock, PointKind, PointUpdate, ProcessImage
 from gateway.sdnotify import Notifier
 from gateway.storage import Store
 from gateway.switching.model import Origin, Via
@@ -117,18 +117,19 @@ class Gateway:
 
         self.uplink.set_birth(
             [
-                {"id": p.point_id, "kind": p.kind.value, "unit": p.unit, "source": p.source}
-                for p in self.image.points.values()
+                {"id": p.point_id, "i": n, "kind": p.kind.value, "unit": p.unit, "source": p.source}
+                for n, p in enumerate(self.image.points.values())
             ],
             # what the gateway's records may fill, declared in a Sparkplug NBIRTH
             node_metrics=[f"Agents/{a.id}/State" for a in self.site.agents]
             + [f"Notices/{k.kind}" for k in KINDS if k.disposition is not Disposition.HANDLED]
             + [f"Command Results/{c}" for c in COMMAND_NAMES],
         )
+        self.telemetry.set_index({point_id: n for n, point_id in enumerate(self.image.points)})
         self._telemetry_wake = asyncio.Event()
         self.uplink.on_birth(self._request_integrity)
         self.uplink.on_birth(self._publish_states)
-        self.image.subscribe_all(self._on_point_for_uplink)
+        self.image.subscribe_blocks(self._on_block_for_uplink, self._on_point_for_uplink)
 
     def _build_protection(self) -> None:
         self.protection: Any = None
@@ -496,7 +497,7 @@ class Gateway:
         cfg = self.site.history
         self.history = HistoryAggregator(cfg.interval_s) if cfg.enabled else None
         if self.history is not None:
-            self.image.subscribe_all(self.history.on_point)
+            self.image.subscribe_blocks(self.history.on_block, self.history.on_point)
 
     async def _history_loop(self) -> None:
         """Write the buckets that closed once per interval, off the event loop, in short transactions."""
@@ -563,7 +564,20 @@ class Gateway:
         if self.telemetry.on_change(point, update.receive_monotonic) or self.telemetry.pending == 1:
             self._telemetry_wake.set()
 
-    def _sink(self, updates: Sequence[PointUpdate]) -> None:
+    def _on_block_for_uplink(self, points: Sequence[Point], block: PointBlock) -> None:
+        self.updates_applied += len(points)
+        telemetry = self.telemetry
+        was_idle = telemetry.pending == 0
+        if telemetry.on_points(points, block.receive_monotonic) or (was_idle and telemetry.pending):
+            self._telemetry_wake.set()
+
+    def _sink(self, updates: Sequence[PointUpdate] | PointBlock) -> None:
+        if type(updates) is PointBlock:
+            try:
+                self.image.apply_block(updates)
+            except Exception:
+                log.exception("point block update failed", extra={"points": len(updates)})
+            return
         apply = self.image.apply
         for update in updates:
             try:
@@ -779,6 +793,8 @@ class Gateway:
             "ieds": [a.status.as_dict() for a in self.adapters.values()],
             "points": {"total": len(self.image), **self.image.counts_by_quality()},
             "updates_applied": self.updates_applied,
+            "telemetry": {"changes_seen": self.telemetry.changes_seen,
+                          "changes_reported": self.telemetry.changes_reported},
             "uplink": self.uplink.status(),
             "protection": None if self.protection is None else {
                 "backend": self.protection.engine.backend_name,

@@ -12,9 +12,10 @@ good count in `n` and against `good_fraction` but do not enter min, max, mean or
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gateway.points import Point, PointUpdate, Validity
+from gateway.points import Point, PointBlock, PointUpdate, Validity
 
 DEFAULT_INTERVAL_S = 60.0
 
@@ -115,6 +116,12 @@ class HistoryAggregator:
     def on_point(self, point: Point, update: PointUpdate) -> None:
         """Process-image listener: every applied update is one sample at its receive time."""
         self.add(update.point_id, update.value, update.quality.validity is _GOOD, update.receive_time)
+
+    def on_block(self, points: Sequence[Point], block: PointBlock) -> None:
+        """Block listener: every value of the block is one sample at the block's receive time."""
+        add, wall = self.add, block.receive_time
+        for point_id, value, quality in zip(block.point_ids, block.values, block.qualities, strict=True):
+            add(point_id, value, quality.validity is _GOOD, wall)
 
     def take_closed(self, now: float) -> list[HistoryRow]:
         """Buckets that ended by `now` (wall s), oldest first; each is handed over once."""

@@ -14,7 +14,7 @@ its batch timer; `flush` returns `(topic_suffix, payload)` pairs for the uplink.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,8 @@ from gateway.points import NOT_YET_RECEIVED, Point, PointKind, Quality, QualityR
 
 TELEMETRY = "telemetry"
 INTEGRITY = "integrity"
+COLUMNS = "columns"
+"""`format` of a columnar telemetry message (docs/mqtt.md)."""
 
 Value = float | int | bool | None
 
@@ -97,6 +99,7 @@ class Telemetry:
         *,
         max_batch: int = 500,
         integrity_period_s: float = 60.0,
+        columns: bool = False,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, found {max_batch}")
@@ -110,6 +113,14 @@ class Telemetry:
                 raise ValueError(f"point {spec.point_id!r} is listed twice")
             self._states[spec.point_id] = _State(spec)
         self._pending: list[dict[str, Any]] = []
+        self.columns = columns
+        """Telemetry messages in the columnar form: point indices of the birth, values, times."""
+        self._index: dict[str, int] = {}
+        self._col_i: list[int] = []
+        self._col_v: list[Value] = []
+        self._col_t: list[int | None] = []
+        self._col_bad: list[tuple[int, str, str | None]] = []
+        """(position in the columns, validity, reason) of each pending sample that is not good."""
         self._first_pending_at: float | None = None
         self._next_integrity: float | None = None
         self._integrity_requested = False
@@ -124,14 +135,20 @@ class Telemetry:
         for ied in site.ieds:
             for p in ied.points:
                 specs.append(PointSpec(p.id, PointKind(p.point_kind.value), p.deadband, p.unit))
-        return cls(specs, max_batch=site.uplink.max_batch, integrity_period_s=site.uplink.integrity_period_s)
+        return cls(specs, max_batch=site.uplink.max_batch, integrity_period_s=site.uplink.integrity_period_s,
+                   columns=site.uplink.telemetry_format == "columns")
+
+    def set_index(self, index: dict[str, int]) -> None:
+        """Each point's index in the birth's metric table (columnar messages name points by it;
+        a point without one travels in sample form)."""
+        self._index = dict(index)
 
     # ------------------------------------------------------------------ input
 
     @property
     def pending(self) -> int:
         """Samples waiting for the next flush."""
-        return len(self._pending)
+        return len(self._pending) + len(self._col_i)
 
     @property
     def point_ids(self) -> list[str]:
@@ -141,42 +158,67 @@ class Telemetry:
         """Take the point's new state; returns True when a full batch is waiting to be flushed.
 
         Points not in the site file (derived or AMI points) are reported with no deadband.
-        This runs for every value the gateway receives, so the common cases are spelled out.
         """
-        self.changes_seen += 1
-        state = self._states.get(point.point_id)
-        if state is None:
-            state = self._states[point.point_id] = _State(PointSpec(point.point_id, point.kind, 0.0, point.unit))
-        state.point = point
-        value = point.value
-        quality = point.quality
-        if state.reported and (quality is state.last_quality or quality == state.last_quality):
-            last = state.last_value
-            if state.analog and type(value) is float and type(last) is float:
-                delta = value - last
-                if delta != delta:  # a NaN on either side
-                    if not exceeds(PointKind.ANALOG, state.deadband, last, value):
-                        return False
-                elif value == last or (delta if delta >= 0.0 else -delta) < state.deadband:
-                    return False
-            elif not exceeds(state.spec.kind, state.deadband, last, value):
-                return False
-        elif quality is not state.last_quality or not state.q:
-            state.q = quality.validity.value
-            state.r = None if quality.reason is QualityReason.NONE else quality.reason.value
-        state.reported = True
-        state.last_value = value
-        state.last_quality = quality
-        self.changes_reported += 1
-        t = point.source_time if point.source_time is not None else point.receive_time
-        out = {"id": point.point_id, "v": value, "q": state.q, "t": None if t is None else round(t * 1000.0)}
-        if state.r is not None:
-            out["r"] = state.r
+        return self.on_points((point,), now)
+
+    def on_points(self, points: Sequence[Point], now: float) -> bool:
+        """`on_change` for several points at once (a block read): the same decisions, made in
+        one loop, since this runs for every value the gateway receives."""
+        states = self._states
         pending = self._pending
-        if not pending:
+        was_empty = not pending and not self._col_i
+        reported = 0
+        index = self._index if self.columns else None
+        col_i, col_v, col_t, col_bad = self._col_i, self._col_v, self._col_t, self._col_bad
+        last_t: float | None = None
+        last_ms: int | None = None
+        for point in points:
+            state = states.get(point.point_id)
+            if state is None:
+                state = states[point.point_id] = _State(PointSpec(point.point_id, point.kind, 0.0, point.unit))
+            state.point = point
+            value = point.value
+            quality = point.quality
+            if state.reported and (quality is state.last_quality or quality == state.last_quality):
+                last = state.last_value
+                kind = type(value)
+                if state.analog and (kind is float or kind is int) and type(last) is kind:
+                    delta = value - last  # type: ignore[operator]
+                    if delta != delta:  # a NaN on either side
+                        if not exceeds(PointKind.ANALOG, state.deadband, last, value):
+                            continue
+                    elif delta == 0 or (delta if delta >= 0 else -delta) < state.deadband:
+                        continue
+                elif not exceeds(state.spec.kind, state.deadband, last, value):
+                    continue
+            elif quality is not state.last_quality or not state.q:
+                state.q = quality.validity.value
+                state.r = None if quality.reason is QualityReason.NONE else quality.reason.value
+            state.reported = True
+            state.last_value = value
+            state.last_quality = quality
+            reported += 1
+            t = point.source_time if point.source_time is not None else point.receive_time
+            if t is not last_t:  # a block shares one receive time: one conversion
+                last_t, last_ms = t, None if t is None else round(t * 1000.0)
+            n = None if index is None else index.get(point.point_id)
+            if n is not None:
+                if state.q != "good" or state.r is not None:
+                    col_bad.append((len(col_i), state.q, state.r))
+                col_i.append(n)
+                col_v.append(value)
+                col_t.append(last_ms)
+                continue
+            out = {"id": point.point_id, "v": value, "q": state.q, "t": last_ms}
+            if state.r is not None:
+                out["r"] = state.r
+            pending.append(out)
+        self.changes_seen += len(points)
+        self.changes_reported += reported
+        waiting = len(pending) + len(col_i)
+        if was_empty and waiting:
             self._first_pending_at = now
-        pending.append(out)
-        return len(pending) >= self.max_batch
+        return waiting >= self.max_batch
 
     def request_integrity(self) -> None:
         """Send an integrity report at the next flush (after a birth, or a host's request)."""
@@ -185,10 +227,10 @@ class Telemetry:
     def next_flush_at(self, window_s: float) -> float | None:
         """When `flush` next has work: the first pending change + the batch window, or the next
         integrity report (None before the first flush). Lets a caller sleep instead of polling."""
-        if self._integrity_requested or len(self._pending) >= self.max_batch:
+        if self._integrity_requested or self.pending >= self.max_batch:
             return float("-inf")
         candidates = [] if self._next_integrity is None else [self._next_integrity]
-        if self._pending and self._first_pending_at is not None:
+        if self.pending and self._first_pending_at is not None:
             candidates.append(self._first_pending_at + window_s)
         return min(candidates) if candidates else None
 
@@ -201,6 +243,9 @@ class Telemetry:
         """Messages to publish now: pending changes in batches, then an integrity report if due."""
         out: list[tuple[str, dict[str, Any]]] = []
         timestamp = _ms(wall)
+        if self._col_i:
+            out.extend(self._columnar(timestamp))
+            self._first_pending_at = None
         if self._pending:
             pending, self._pending = self._pending, []
             self._first_pending_at = None
@@ -213,6 +258,31 @@ class Telemetry:
             out.extend(self._integrity(timestamp))
             self._integrity_requested = False
             self._next_integrity = now + self.integrity_period_s
+        return out
+
+    def _columnar(self, timestamp: int | None) -> list[tuple[str, dict[str, Any]]]:
+        """Pending columns as messages of at most `max_batch` samples: `i` point indices of the
+        birth, `v` values, times as `t0` plus `dt` offsets in ms, `bad` for samples not good."""
+        col_i, col_v, col_t, col_bad = self._col_i, self._col_v, self._col_t, self._col_bad
+        self._col_i, self._col_v, self._col_t, self._col_bad = [], [], [], []
+        out = []
+        step = self.max_batch
+        bad_at = 0
+        for start in range(0, len(col_i), step):
+            end = min(start + step, len(col_i))
+            times = col_t[start:end]
+            t0 = next((t for t in times if t is not None), None)
+            message: dict[str, Any] = {"timestamp": timestamp, "format": COLUMNS, "i": col_i[start:end],
+                                       "v": col_v[start:end], "t0": t0,
+                                       "dt": [None if t is None or t0 is None else t - t0 for t in times]}
+            bad = []
+            while bad_at < len(col_bad) and col_bad[bad_at][0] < end:
+                pos, q, r = col_bad[bad_at]
+                bad.append([pos - start, q, r])
+                bad_at += 1
+            if bad:
+                message["bad"] = bad
+            out.append((TELEMETRY, message))
         return out
 
     def integrity(self, wall: float) -> list[tuple[str, dict[str, Any]]]:

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from gateway.clock import Clock
-from gateway.points import COMM_FAILURE, PointUpdate
+from gateway.points import COMM_FAILURE, PointBlock, PointUpdate
 
-Sink = Callable[[Sequence[PointUpdate]], None]
+Sink = Callable[[Sequence[PointUpdate] | PointBlock], None]
+"""Where an adapter hands its samples: a list of updates, or one block read as columns."""
 
 
 class Priority(enum.IntEnum):

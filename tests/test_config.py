@@ -340,3 +340,13 @@ def test_critical_meters_are_meters_of_their_group() -> None:
     data["meter_groups"][0]["critical_meters"] = ["MTR-101-00420", "MTR-101-00420"]
     (p,) = problems_of(data)
     assert "listed twice" in p
+
+
+def test_columnar_telemetry_is_refused_with_sparkplug_payloads() -> None:
+    from hil.rig import example_document
+
+    doc = example_document()
+    doc["uplink"].update(payload="sparkplug_b", telemetry_format="columns")
+    with pytest.raises(ConfigError) as info:
+        validate(doc)
+    assert "telemetry_format 'columns'" in str(info.value)

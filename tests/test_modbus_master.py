@@ -385,3 +385,45 @@ def test_command_link_reports_a_refused_write_and_carries_on() -> None:
     refused, sent, alive = asyncio.run(main())
     assert "refused write to tap: exception code 2" in refused
     assert sent > 0 and alive
+
+
+def test_the_polling_link_takes_only_the_answer_to_the_request_in_flight() -> None:
+    """A late answer (another transaction id) is passed over; an answer of another function is
+    refused, not read as registers."""
+    import struct
+
+    from pymodbus.exceptions import ModbusException
+
+    from protocols.modbus import _PollLink
+
+    answers: list[Callable[[int], bytes]] = [
+        lambda tid: struct.pack(">HHHBBB2H", tid - 1 or 0xFFFF, 0, 7, 1, 3, 4, 11, 12)  # stale
+                    + struct.pack(">HHHBBB2H", tid, 0, 7, 1, 3, 4, 21, 22),
+        lambda tid: struct.pack(">HHHBBB2H", tid, 0, 7, 1, 4, 4, 31, 32),  # input registers
+    ]
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for answer in answers:
+            request = await reader.readexactly(12)
+            writer.write(answer(struct.unpack(">H", request[:2])[0]))
+            await writer.drain()
+        await reader.read()
+        writer.close()
+
+    async def main() -> None:
+        srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        link = await _PollLink.open("127.0.0.1", port)
+        try:
+            async with asyncio.timeout(5):
+                first = await link.read_holding_registers(0, count=2, device_id=1)
+            assert first.registers == [21, 22]
+            with pytest.raises(ModbusException, match="function code 4"):
+                async with asyncio.timeout(5):
+                    await link.read_holding_registers(0, count=2, device_id=1)
+        finally:
+            link.close()
+            srv.close()
+            await srv.wait_closed()
+
+    asyncio.run(main())

@@ -26,7 +26,6 @@ import contextlib
 import copy
 import json
 import math
-import os
 import tempfile
 import threading
 import time
@@ -190,7 +189,7 @@ WINDOW_MIN_VOLTAGE_PU = 0.95
 NOMINAL_KV = 11.0
 
 
-def scenario_site(workdir: Path, key_file: Path) -> dict[str, Any]:
+def scenario_site(workdir: Path) -> dict[str, Any]:
     """The site as the scenario runs it: live history every 10 s, kept a year; short revenue
     windows; signed SCADA commands on; the simulator at the evening peak."""
     doc = site()
@@ -200,7 +199,7 @@ def scenario_site(workdir: Path, key_file: Path) -> dict[str, Any]:
     doc["history"] = {"interval_s": 10.0, "retention_days": 400.0}
     doc["maintenance"]["revenue"] = {"window_s": 20.0, "persistence": 2, "threshold_percent": 5.0,
                                      "technical_loss_percent": 0.0, "baseline_windows": 3}
-    doc["uplink"]["commands"] = {**doc["uplink"].get("commands", {}), "enabled": True, "key_file": str(key_file)}
+    doc["uplink"]["commands"] = {**doc["uplink"].get("commands", {}), "enabled": True, "scheme": "ed25519"}
     return doc
 
 
@@ -285,10 +284,14 @@ def _kva(rig: Rig, xfmr: str) -> float:
     return math.hypot(float(values[f"{xfmr}.load_kw"] or 0.0), float(values[f"{xfmr}.load_kvar"] or 0.0))
 
 
-def _sign(key: bytes, command: str, args: dict[str, Any], substation: str) -> dict[str, Any]:
+ASSET_SYSTEM = "scenario-maximo"
+"""The asset-management system's key name: it signs with its own Ed25519 key (operator role)."""
+
+
+def _sign(key: Any, command: str, args: dict[str, Any], substation: str) -> dict[str, Any]:
     from gateway.commands import sign_command
 
-    return sign_command(key, command, args, "scenario-maximo", time.time(), substation=substation)
+    return sign_command(key, command, args, ASSET_SYSTEM, time.time(), substation=substation, key_name=ASSET_SYSTEM)
 
 
 def _age_and_import(rig: Rig, rec: Recorder, workdir: Path) -> dict[str, Any]:
@@ -443,21 +446,24 @@ def _revenue(rig: Rig, rec: Recorder, started: float) -> dict[str, Any]:
 
 def run(rec: Recorder) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="stima-maintenance-"))
-    key_file = workdir / "keys" / "command.key"
-    key_file.parent.mkdir(parents=True, exist_ok=True)
-    key_file.write_bytes(os.urandom(32).hex().encode())
-    key_file.chmod(0o600)
-    doc = scenario_site(workdir, key_file)
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from gateway.keys import public_bytes
+
+    asset_key = Ed25519PrivateKey.generate()
+    doc = scenario_site(workdir)
     with Rig(doc, workdir, hil_args=("--seed", str(rec.seed), "--ami-interval", "2s")) as rig:
         rec.note("rig", "daemon, simulator (XFMR-234 ageing, XFMR-235 its healthy twin) and broker up")
         listener = _Listener(rig)
         try:
-            _scenario(rig, rec, workdir, key_file, listener)
+            rig.daemon_call("keys.add", name=ASSET_SYSTEM, public_key=public_bytes(asset_key.public_key()).hex(),
+                            role="operator")
+            _scenario(rig, rec, workdir, asset_key, listener)
         finally:
             listener.stop()
 
 
-def _scenario(rig: Rig, rec: Recorder, workdir: Path, key_file: Path, listener: _Listener) -> None:
+def _scenario(rig: Rig, rec: Recorder, workdir: Path, asset_key: Any, listener: _Listener) -> None:
     ageing = _age_and_import(rig, rec, workdir)
     rig.wait(lambda: all(p["quality"] == "good" for p in rig.daemon_call(
         "points.read", ids=[f"{x}.{g}_ppm" for x in (AGED, TWIN) for g in GASES])), "the DGA monitors read", 30, 0.2)
@@ -513,8 +519,7 @@ def _scenario(rig: Rig, rec: Recorder, workdir: Path, key_file: Path, listener: 
                          f"({_lead(notes['customers'])} h ahead)")
     checks_work_order(rec, order, listener)
     # SCADA (the asset system) accepts the order with a signed command
-    key = key_file.read_bytes().strip()
-    envelope = _sign(key, "maintenance/accept", {"work_order": order["id"], "external_id": "MX-88231"},
+    envelope = _sign(asset_key, "maintenance/accept", {"work_order": order["id"], "external_id": "MX-88231"},
                      rig.doc["site"]["substation_id"])
     listener.publish("cmd/maintenance/accept", envelope)
     rig.wait(lambda: any(isinstance(r, dict) and r.get("id") == envelope["id"] for r in listener.on("cmd_result/")),
