@@ -420,6 +420,7 @@ def validate_args(command: str, args: Mapping[str, Any]) -> dict[str, Any]:
         if extra:
             raise CommandRefused(Reason.BAD_ARGS, f"args: unknown key(s) {', '.join(extra)}; expected alarm")
         out["alarm"] = _arg(args, "alarm", "an alarm id (alm-<n>, as on …/alarms)", _is_id)
+        return out
     if command in _MAINTENANCE_ARGS:
         known = _MAINTENANCE_ARGS[command]
         extra = sorted(k for k in args if k not in known)
