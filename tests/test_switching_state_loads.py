@@ -52,3 +52,24 @@ def test_currents_read_with_the_position_in_the_same_poll_count(network: Network
     feed(state, "TIE-044-045", 5.0, closed=False, amps=0.0)
     load = state.section_load("LINE-044/3")
     assert load is not None and abs(load.kva) == pytest.approx(kva(network, "LINE-044/3", 40.0))
+
+
+def test_a_close_waits_for_its_far_side_voltage_read_after_the_tie_opened(network: Network) -> None:
+    state = GridState(network)
+    # LINE-046/3 fed through TIE-046-061 from the neighbour; SW-046-2 open, reading its far side live
+    feed(state, "TIE-046-061", 0.0, closed=True)
+    feed(state, "SW-046-2", 0.0, closed=False)
+    state.on_point("SW-046-2.voltage_kv", 11.0, True, 0.0)
+    assert not state.far_side_waiting("SW-046-2", 0.5, 3.0)  # nothing moved since it was read
+    # the tie opens: the 11 kV was read before, so a close of SW-046-2 waits for a new reading...
+    feed(state, "TIE-046-061", 1.0, closed=False)
+    assert state.far_side_waiting("SW-046-2", 1.1, 3.0)
+    # ...no longer than the limit (then the interlocks judge the old reading and refuse it)
+    assert not state.far_side_waiting("SW-046-2", 4.1, 3.0)
+    # a reading after the tie opened ends the wait, whatever it shows
+    state.on_point("SW-046-2.voltage_kv", 0.0, True, 1.2)
+    assert not state.far_side_waiting("SW-046-2", 1.3, 3.0)
+    # the device's own moves do not count
+    feed(state, "SW-046-2", 2.0, closed=True)
+    feed(state, "SW-046-2", 2.5, closed=False)
+    assert not state.far_side_waiting("SW-046-2", 2.6, 3.0)

@@ -14,6 +14,7 @@ something is due.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -42,6 +43,8 @@ log = logging.getLogger("stima.switching")
 SNAPSHOT_KEY = "switching"
 FLISR_ORIGIN = Origin(via=Via.FLISR, who="flisr")
 LOAD_SAMPLE_PERIOD_S = 1.0
+FAR_SIDE_WAIT_S = 3.0
+"""How long a close step waits for its far-side voltage to be read again after the previous step."""
 
 
 class SwitchingService:
@@ -77,6 +80,7 @@ class SwitchingService:
         self.fault_locator: Callable[[str], dict[str, Any] | None] | None = None
         """Breaker → the distance estimate of its latest trip (the disturbance recorder's)."""
         self._last_sample = -1e18
+        self._waiting_until: float | None = None
         self._positions_seen = 0
         self._restore()
         for point_id in self.state.points:
@@ -249,7 +253,9 @@ class SwitchingService:
 
     def next_deadline(self) -> float | None:
         times = [t for t in (self.authority.next_deadline(), self.flisr.next_deadline()) if t is not None]
-        if any(self.runner.due()):
+        if self._waiting_until is not None:
+            times.append(self._waiting_until)
+        elif any(self.runner.due()):
             times.append(self._monotonic())
         return min(times, default=None)
 
@@ -295,8 +301,14 @@ class SwitchingService:
         return loads
 
     def _run_due(self, now: float, wall: float) -> None:
+        self._waiting_until = None
         for due in self.runner.due():
             seq, step = due.sequence, due.step
+            if step.action == "close" and self.state.far_side_waiting(step.device, now, FAR_SIDE_WAIT_S):
+                # the previous step moved a device around this one's far side: wait (bounded) for
+                # the far-side voltage read after it, so the parallel check judges the present
+                self._waiting_until = min(now + 0.05, self._waiting_until or math.inf)
+                continue
             origin = FLISR_ORIGIN if seq.approved_by == "flisr (automatic)" else self._approver(seq)
             override = None
             if step.override_reason:

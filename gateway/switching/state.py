@@ -94,6 +94,19 @@ class GridState:
     def value(self, element: str, name: str) -> float | bool | None:
         return self._values.get((element, name))
 
+    def far_side_waiting(self, device: str, now: float, limit_s: float) -> bool:
+        """True while an open device's far-side voltage was read before the last position change
+        of a device around its far side, less than `limit_s` ago: the reading may still show a
+        source that has just been switched away (or miss one just switched in). A close waits for
+        a fresh reading rather than being judged on an old one; after `limit_s` the interlocks
+        judge what there is (and refuse when it cannot be explained)."""
+        dev = self.network.devices.get(device)
+        if dev is None or (device, "voltage_kv") not in self._times or dev.b not in self.network.sections:
+            return False
+        moved = max((self._moved_at.get(d, -math.inf) for d in self.network.devices_of(dev.b) if d != device),
+                    default=-math.inf)
+        return self._times[(device, "voltage_kv")] < moved and now - moved < limit_s
+
     def position(self, device: str) -> bool | None:
         """True closed, False open, None unknown (no point, not yet received, or not good)."""
         value = self._values.get((device, "closed"))
