@@ -176,8 +176,9 @@ class BackupSettings:
     """Plans are searched this far inside the voltage band (the estimate lumps each section's load
     and takes a tap changer at the low edge of its band: a plan at the very limit would not hold);
     their sequences are validated against the band itself."""
-    load_margin: float = 0.03
-    """…and for this much more load than forecast, so no element is planned to its very limit."""
+    load_margin: float = 0.05
+    """…and for this much more load than forecast (the window's load is a forecast, and the measured
+    load moves a few per cent about it), so no element is planned to its very limit."""
 
 
 @dataclass(frozen=True, slots=True)
