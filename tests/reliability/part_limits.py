@@ -94,6 +94,33 @@ def _gaps(ids: list[int], upto: int) -> list[int]:
     return [i for i in range(low, upto + 1) if i not in seen]
 
 
+_PHASES: list[tuple[str, int]] = []
+"""(phase, highest msg_id SCADA had when it began), to place any gap in time."""
+
+
+def _phase(log: BrokerLog, name: str) -> None:
+    _PHASES.append((name, max(_ids(log), default=0)))
+
+
+def _explain_gaps(report: Report, log: BrokerLog, gaps: list[int]) -> None:
+    """Where each missing msg_id falls: the phase, and the ids SCADA got around it (with when)."""
+    if not gaps:
+        return
+    got = sorted({m[2]["msg_id"]: m[0] for m in log.spooled()}.items())
+    t0 = got[0][1] if got else 0.0
+    parts = []
+    for gap in gaps[:20]:
+        phase = next((name for name, top in reversed(_PHASES) if top < gap), "before the first phase")
+        before = max(((i, t) for i, t in got if i < gap), default=None)
+        after = min(((i, t) for i, t in got if i > gap), default=None)
+        parts.append(f"{gap} (during {phase}; SCADA got {before[0] if before else '-'} at "
+                     f"{before[1] - t0 if before else 0:.1f} s and {after[0] if after else '-'} at "
+                     f"{after[1] - t0 if after else 0:.1f} s)")
+    report.note(f"msg_id never received by SCADA: {'; '.join(parts)}")
+    report.data["gaps"] = gaps
+    report.data["phases"] = _PHASES
+
+
 def _spawn_daemon(rig: Rig, env_extra: dict[str, str]) -> None:
     log_path = rig.workdir / "gatewayd.log"
     with log_path.open("ab") as out:
@@ -112,6 +139,7 @@ def _spawn_daemon(rig: Rig, env_extra: dict[str, str]) -> None:
 
 def _limits(report: Report, rig: Rig, log: BrokerLog, state: Path) -> None:
     # ---- disk full
+    _phase(log, "disk full")
     filler = state / "filler"
     subprocess.run(["fallocate", "-l", str(max(0, _df_free(state) - 4096)), str(filler)], check=False)
     try:
@@ -131,6 +159,7 @@ def _limits(report: Report, rig: Rig, log: BrokerLog, state: Path) -> None:
                  f"status answers; uplink lost {status['uplink']['lost']} (free bytes {free_after})", "lost > 0, counted",
                  status["uplink"]["lost"] > last_before["lost"])
     filler.unlink()
+    _phase(log, "space freed")
     time.sleep(4)
     published = rig.daemon_call("status")["uplink"]["published"]
     time.sleep(3)
@@ -144,6 +173,7 @@ def _limits(report: Report, rig: Rig, log: BrokerLog, state: Path) -> None:
         report.note(f"read-only while running not measured: no {trigger} (kernel without ext4 error injection)")
     else:
         lost0 = rig.daemon_call("status")["uplink"]["lost"]
+        _phase(log, "read-only")
         trigger.write_text("1\n")
         time.sleep(1)
         opened, closed = _fault_trips(rig, "LINE-044", "CB-044")
@@ -173,6 +203,7 @@ def _limits(report: Report, rig: Rig, log: BrokerLog, state: Path) -> None:
         subprocess.run(["umount", str(state)], check=True)
         subprocess.run(["e2fsck", "-fy", backing], capture_output=True)
         subprocess.run(["mount", "-o", "loop,errors=remount-ro", backing, str(state)], check=True)
+        _phase(log, "restart after repair")
         t0 = time.monotonic()
         _spawn_daemon(rig, {})
         report.check("after repair: the daemon starts and the uplink reconnects", f"in {time.monotonic() - t0:.1f} s",
@@ -186,12 +217,14 @@ def _limits(report: Report, rig: Rig, log: BrokerLog, state: Path) -> None:
     ids = _ids(log)
     gaps = _gaps(ids, max(ids))
     report.check("accepted messages lost (gaps in msg_id)", f"{len(gaps)}", "0", not gaps)
+    _explain_gaps(report, log, gaps)
 
 
 def _clock(report: Report, rig: Rig, log: BrokerLog, workdir: Path) -> None:
     if not Path(FAKETIME).exists():
         report.note("clock jumps skipped: libfaketime is not installed (Debian package 'faketime')")
         return
+    _phase(log, "clock jumps")
     stamp = workdir / "faketime.rc"
     stamp.write_text("+0\n")
     assert rig.daemon is not None
@@ -219,6 +252,8 @@ def _clock(report: Report, rig: Rig, log: BrokerLog, workdir: Path) -> None:
     ids = _ids(log)
     gaps = _gaps(ids, max(ids))
     report.check("clock jumps: accepted messages lost", len(gaps), "0", not gaps)
+    if gaps and "gaps" not in report.data:
+        _explain_gaps(report, log, gaps)
     report.note("Wall time only stamps records: after a jump, timestamps, history buckets and the age check of "
                 "signed commands follow the new wall clock (a command signed by a SCADA host whose clock "
                 "disagrees by more than `max_age_s` is refused as stale, which is the point of the check); "
