@@ -116,7 +116,8 @@ def _explain_gaps(report: Report, log: BrokerLog, gaps: list[int]) -> None:
         parts.append(f"{gap} (during {phase}; SCADA got {before[0] if before else '-'} at "
                      f"{before[1] - t0 if before else 0:.1f} s and {after[0] if after else '-'} at "
                      f"{after[1] - t0 if after else 0:.1f} s)")
-    report.note(f"msg_id never received by SCADA: {'; '.join(parts)}")
+    report.note(f"msg_id never received by SCADA: {'; '.join(parts)}; SCADA's subscriber lost the broker "
+                f"{log.disconnects} time(s) during the part")
     report.data["gaps"] = gaps
     report.data["phases"] = _PHASES
 
