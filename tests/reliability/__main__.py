@@ -206,7 +206,7 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown part(s) {', '.join(unknown)}; parts: {', '.join(PARTS)}")
     parts = args.parts or PARTS
-    workdir = Path(args.into or args.workdir)
+    workdir = Path(args.into or args.workdir).resolve()  # the parts run tools in other directories
     workdir.mkdir(parents=True, exist_ok=True)
     if args.into:
         return _rerun_into(workdir, parts, args.why)
