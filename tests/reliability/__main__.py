@@ -52,6 +52,7 @@ def _run_part(name: str, workdir: Path, quick: bool) -> Report:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
+            _end_left_behind(workdir / name)
     took = round(time.monotonic() - start, 1)
     if out.exists():
         report = Report.from_json(json.loads(out.read_text()))
@@ -62,6 +63,27 @@ def _run_part(name: str, workdir: Path, quick: bool) -> Report:
                         else f"exited with {proc.returncode} and no report") + f"; log {log_path}:\n{tail}"
     report.seconds = took
     return report
+
+
+def _end_left_behind(part_dir: Path) -> None:
+    """End what a part killed at its bound left running: its rig's servers and daemon run in
+    sessions of their own, and each names the part's directory on its command line."""
+    mark = str(part_dir.resolve()).encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if mark in (entry / "cmdline").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        time.sleep(3)
 
 
 def _cell(text: str) -> str:
