@@ -135,9 +135,11 @@ def write_doc(reports: list[Report], started: datetime.datetime, total_s: float,
     lines = [
         "# Reliability: what Stima survives, measured",
         "",
-        "Written by `make reliability` (`python -m tests.reliability`) from one run: every figure below",
-        "comes from that run, and the table it printed on the terminal is the summary here. Rerun it to",
-        "check any of them; each part is bounded in time and says when it skipped something and why.",
+        "Written by `make reliability` (`python -m tests.reliability`) from one run"
+        + (" and the parts run again after it (listed below, with why)" if meta.get("reruns") else "")
+        + ": every figure below comes from that run, and the table it printed on the terminal is the summary "
+        "here. Rerun it to check any of them; each part is bounded in time and says when it skipped something "
+        "and why.",
         "",
         f"- run: {started:%Y-%m-%d %H:%M} UTC, {total_s / 60:.1f} minutes, commit {commit}"
         f"{' with local changes' if dirty else ''}{', QUICK (reduced counts)' if quick else ''}",
