@@ -85,6 +85,8 @@ async def _soak(report: Report, workdir: Path, quick: bool) -> None:
     broker.start()
     relay = Relay(broker_port)
     await relay.start()
+    for old in workdir.glob("stima.db*"):  # a fresh database: a previous run's rows would count as growth
+        old.unlink()
     store = Store(workdir / "stima.db")
     cfg = UplinkConfig(broker_host="127.0.0.1", broker_port=relay.port, transport="tls", ca_file=str(tls.ca_file),
                        cert_file=str(tls.client_cert), key_file=str(tls.client_key))
