@@ -5,6 +5,10 @@ terminal and docs/reliability.md written from the same run.
     python -m tests.reliability fuzz sandbox    # some parts (the document is written only
                                                 # for a whole run, unless --doc is given)
     python -m tests.reliability --quick         # smaller counts, for trying the harness
+    python -m tests.reliability --into .run/reliability ied_faults
+                                                # run a part again and put its report in place
+                                                # of the old one in a finished run; the document
+                                                # says which parts were run again, when, at what commit
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from tests.reliability.common import PASS, SKIPPED, Report
 
@@ -47,6 +52,7 @@ def _run_part(name: str, workdir: Path, quick: bool) -> Report:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
+            _end_left_behind(workdir / name)
     took = round(time.monotonic() - start, 1)
     if out.exists():
         report = Report.from_json(json.loads(out.read_text()))
@@ -57,6 +63,27 @@ def _run_part(name: str, workdir: Path, quick: bool) -> Report:
                         else f"exited with {proc.returncode} and no report") + f"; log {log_path}:\n{tail}"
     report.seconds = took
     return report
+
+
+def _end_left_behind(part_dir: Path) -> None:
+    """End what a part killed at its bound left running: its rig's servers and daemon run in
+    sessions of their own, and each names the part's directory on its command line."""
+    mark = str(part_dir.resolve()).encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if mark in (entry / "cmdline").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        time.sleep(3)
 
 
 def _cell(text: str) -> str:
@@ -91,17 +118,28 @@ def print_table(reports: list[Report]) -> None:
     print()
 
 
-def write_doc(reports: list[Report], started: datetime.datetime, total_s: float, quick: bool) -> None:
+def _commit() -> tuple[str, bool]:
+    """The checked-out commit and whether tracked files differ from it."""
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
                            text=True).stdout.strip()
+    return commit, bool(dirty)
+
+
+def write_doc(reports: list[Report], started: datetime.datetime, total_s: float, quick: bool,
+              meta: dict[str, Any] | None = None) -> None:
+    """`meta` (run.json) names the run's commit and any parts run again since."""
+    meta = meta or {}
+    commit, dirty = (meta["commit"], meta["dirty"]) if "commit" in meta else _commit()
     load = os.getloadavg()
     lines = [
         "# Reliability: what Stima survives, measured",
         "",
-        "Written by `make reliability` (`python -m tests.reliability`) from one run: every figure below",
-        "comes from that run, and the table it printed on the terminal is the summary here. Rerun it to",
-        "check any of them; each part is bounded in time and says when it skipped something and why.",
+        "Written by `make reliability` (`python -m tests.reliability`) from one run"
+        + (" and the parts run again after it (listed below, with why)" if meta.get("reruns") else "")
+        + ": every figure below comes from that run, and the table it printed on the terminal is the summary "
+        "here. Rerun it to check any of them; each part is bounded in time and says when it skipped something "
+        "and why.",
         "",
         f"- run: {started:%Y-%m-%d %H:%M} UTC, {total_s / 60:.1f} minutes, commit {commit}"
         f"{' with local changes' if dirty else ''}{', QUICK (reduced counts)' if quick else ''}",
@@ -109,6 +147,12 @@ def write_doc(reports: list[Report], started: datetime.datetime, total_s: float,
         f"{load[0]:.1f} at the end), Python {platform.python_version()}, {platform.platform(terse=True)},"
         f" running as {'root' if os.geteuid() == 0 else 'a normal user'}",
         "- medians are given where a figure varies from one repetition to the next",
+    ]
+    for rerun in meta.get("reruns", []):
+        lines.append(f"- run again afterwards: {', '.join(rerun['parts'])} at {rerun['at'][:16].replace('T', ' ')} UTC"
+                     f" ({rerun['seconds'] / 60:.1f} minutes), commit {rerun['commit']}"
+                     f"{' with local changes' if rerun['dirty'] else ''}; {rerun['why']}")
+    lines += [
         "",
         "## Summary",
         "",
@@ -138,6 +182,29 @@ def write_doc(reports: list[Report], started: datetime.datetime, total_s: float,
     DOC.write_text("\n".join(lines).rstrip() + "\n")
 
 
+def _rerun_into(workdir: Path, parts: list[str], why: str) -> int:
+    """Run `parts` again (same counts as the run) and put their reports in the finished run."""
+    results = workdir / "results.json"
+    meta = json.loads((workdir / "run.json").read_text())
+    by_part = {r.part: r for r in (Report.from_json(j) for j in json.loads(results.read_text()))}
+    at = datetime.datetime.now(datetime.timezone.utc)
+    commit, dirty = _commit()
+    t0 = time.monotonic()
+    for name in parts:
+        print(f"=== {name} (again) ...", flush=True)
+        by_part[name] = report = _run_part(name, workdir, meta["quick"])
+        print(f"=== {name}: {report.verdict} in {report.seconds:.0f} s — {_headline(report)}", flush=True)
+    reports = [by_part[p] for p in PARTS if p in by_part]
+    results.write_text(json.dumps([r.to_json() for r in reports], indent=1, default=str))
+    meta.setdefault("reruns", []).append({"parts": parts, "at": at.isoformat(), "seconds": time.monotonic() - t0,
+                                          "commit": commit, "dirty": dirty, "why": why})
+    (workdir / "run.json").write_text(json.dumps(meta))
+    print_table(reports)
+    write_doc(reports, datetime.datetime.fromisoformat(meta["started"]), meta["seconds"], meta["quick"], meta)
+    print(f"wrote {DOC.relative_to(ROOT)}")
+    return 0 if all(r.verdict in (PASS, SKIPPED) for r in reports) else 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="make reliability")
     parser.add_argument("parts", nargs="*", help=f"parts to run (default: all of {', '.join(PARTS)})")
@@ -146,21 +213,29 @@ def main() -> int:
     parser.add_argument("--workdir", default=str(ROOT / ".run" / "reliability"))
     parser.add_argument("--doc-from", metavar="RESULTS", help="only write docs/reliability.md again from a "
                         "finished run's results.json (its figures, unchanged)")
+    parser.add_argument("--into", metavar="WORKDIR", help="run the given parts again and replace their reports "
+                        "in the finished run in WORKDIR (results.json, run.json), then write the document")
+    parser.add_argument("--why", default="", help="with --into: the reason, printed in the document")
     args = parser.parse_args()
     if args.doc_from:
         results = Path(args.doc_from)
         reports = [Report.from_json(r) for r in json.loads(results.read_text())]
         meta = json.loads((results.parent / "run.json").read_text())
-        write_doc(reports, datetime.datetime.fromisoformat(meta["started"]), meta["seconds"], meta["quick"])
+        write_doc(reports, datetime.datetime.fromisoformat(meta["started"]), meta["seconds"], meta["quick"], meta)
         print_table(reports)
         return 0
+    if args.into and not (args.parts and args.why):
+        parser.error("--into needs the parts to run again and --why")
     unknown = [p for p in args.parts if p not in PARTS]
     if unknown:
         parser.error(f"unknown part(s) {', '.join(unknown)}; parts: {', '.join(PARTS)}")
     parts = args.parts or PARTS
-    workdir = Path(args.workdir)
+    workdir = Path(args.into or args.workdir).resolve()  # the parts run tools in other directories
     workdir.mkdir(parents=True, exist_ok=True)
+    if args.into:
+        return _rerun_into(workdir, parts, args.why)
     started = datetime.datetime.now(datetime.timezone.utc)
+    commit, dirty = _commit()
     t0 = time.monotonic()
     reports: list[Report] = []
     for name in parts:
@@ -170,11 +245,11 @@ def main() -> int:
         print(f"=== {name}: {report.verdict} in {report.seconds:.0f} s — {_headline(report)}", flush=True)
         (workdir / "results.json").write_text(json.dumps([r.to_json() for r in reports], indent=1, default=str))
     total = time.monotonic() - t0
-    (workdir / "run.json").write_text(json.dumps({"started": started.isoformat(), "seconds": total,
-                                                  "quick": args.quick}))
+    meta = {"started": started.isoformat(), "seconds": total, "quick": args.quick, "commit": commit, "dirty": dirty}
+    (workdir / "run.json").write_text(json.dumps(meta))
     print_table(reports)
     if not args.parts or args.doc:
-        write_doc(reports, started, total, args.quick)
+        write_doc(reports, started, total, args.quick, meta)
         print(f"wrote {DOC.relative_to(ROOT)}")
     return 0 if all(r.verdict in (PASS, SKIPPED) for r in reports) else 1
 

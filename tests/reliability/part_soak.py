@@ -85,6 +85,8 @@ async def _soak(report: Report, workdir: Path, quick: bool) -> None:
     broker.start()
     relay = Relay(broker_port)
     await relay.start()
+    for old in workdir.glob("stima.db*"):  # a fresh database: a previous run's rows would count as growth
+        old.unlink()
     store = Store(workdir / "stima.db")
     cfg = UplinkConfig(broker_host="127.0.0.1", broker_port=relay.port, transport="tls", ca_file=str(tls.ca_file),
                        cert_file=str(tls.client_cert), key_file=str(tls.client_key))
@@ -102,6 +104,8 @@ async def _soak(report: Report, workdir: Path, quick: bool) -> None:
     currents = dict(normal_a)
     closed = {b: True for b in schemes}
     counts = {"trips": 0, "recloses": 0, "reloads": 0, "cuts": 0, "ami_batches": 0, "events": 0, "commands": 0}
+    rss_by_h: list[float] = []
+    reload_s: list[int] = []
     warm: dict[str, Any] = {}
     fault_until = -1.0
 
@@ -189,6 +193,7 @@ async def _soak(report: Report, workdir: Path, quick: bool) -> None:
             new_engine.take_over(engine)
             engine = new_engine
             counts["reloads"] += 1
+            reload_s.append(sec)
         if sec == WARM_S:
             gc.collect()
             await asyncio.sleep(0.5)
@@ -196,6 +201,7 @@ async def _soak(report: Report, workdir: Path, quick: bool) -> None:
                     "real_s": time.monotonic() - t_real0}
             print(f"warm at {WARM_S // 3600} h simulated: {warm}", flush=True)
         if sec % 3600 == 0:
+            rss_by_h.append(_rss_mb())
             print(f"{sec // 3600} h simulated, {time.monotonic() - t_real0:.0f} s real, RSS {_rss_mb():.0f} MB, "
                   f"{counts}", flush=True)
             await asyncio.sleep(0)
@@ -222,6 +228,14 @@ async def _soak(report: Report, workdir: Path, quick: bool) -> None:
                  and counts["recloses"] >= sim_s // 3600 - 1)
     report.check("RSS at 2 h → end", f"{warm['rss_mb']:.0f} MB → {end['rss_mb']:.0f} MB ({growth:+.1f} %)", "≤ +5 %",
                  growth <= 5.0)
+    report.row("RSS at each simulated hour (MB); reloads at",
+               f"{' '.join(f'{v:.0f}' for v in rss_by_h)}; reloads at "
+               f"{', '.join(f'{t / 3600:.1f} h' for t in reload_s)}")
+    last_reload_h = int(reload_s[-1] // 3600) + 1 if reload_s else 0
+    if reload_s and last_reload_h < len(rss_by_h):
+        since = rss_by_h[last_reload_h - 1]
+        report.row(f"RSS after the last reload ({last_reload_h} h) → end",
+                   f"{since:.0f} MB → {end['rss_mb']:.0f} MB ({(end['rss_mb'] - since) / since * 100:+.1f} %)")
     report.check("open file descriptors at 2 h → end", f"{warm['fds']} → {end['fds']}", "no growth",
                  end["fds"] <= warm["fds"])
     report.check("spool rows at the end (after the backfill)", end["rows"]["spool"], "0", end["rows"]["spool"] == 0)
@@ -242,7 +256,7 @@ async def _soak(report: Report, workdir: Path, quick: bool) -> None:
     _ = per_day
     report.headline = (f"{sim_s / 3600:.0f} h in {real_s / 60:.0f} min: RSS {growth:+.1f} %, fds {warm['fds']}→"
                        f"{end['fds']}, {counts['trips']} faults, {counts['cuts']} link cuts, {counts['reloads']} reloads")
-    report.data = {"warm": warm, "end": end, "counts": counts}
+    report.data = {"warm": warm, "end": end, "counts": counts, "rss_by_h": rss_by_h, "reload_s": reload_s}
 
 
 def run(report: Report, workdir: Path, quick: bool) -> None:

@@ -49,7 +49,9 @@ class BrokerLog:
         self.client.tls_set(ca_certs=str(tls.ca_file), certfile=str(tls.client_cert), keyfile=str(tls.client_key))
         self.client.on_message = self._on_message
         self.client.on_connect = self._on_connect
-        self.client.on_disconnect = lambda *_a: self.connected.clear()
+        self.client.on_disconnect = self._on_disconnect
+        self.disconnects = 0
+        """Times this subscriber lost the broker (what was published meanwhile it never sees)."""
         self.client.reconnect_delay_set(0.05, 0.5)
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
@@ -59,6 +61,10 @@ class BrokerLog:
     def _on_connect(self, client: Any, *_a: Any) -> None:
         client.subscribe(f"{self.base}/#", qos=1)
         self.connected.set()
+
+    def _on_disconnect(self, *_a: Any) -> None:
+        self.disconnects += 1
+        self.connected.clear()
 
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
         try:
