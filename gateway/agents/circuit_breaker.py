@@ -35,7 +35,7 @@ from typing import Any, ClassVar
 
 from gateway.agents.actions import Action, Alert, BusMessage, ControlRequest, Severity, Topic
 from gateway.agents.base import Agent, Links, Memory
-from gateway.agents.fsm import IGNORE, TransitionTable, row
+from gateway.agents.fsm import TransitionTable, row
 from gateway.agents.schema import CircuitBreakerAttributes
 
 
@@ -71,20 +71,30 @@ class BreakerEvent(enum.Enum):
 _S, _E = BreakerState, BreakerEvent
 _CLOSED = dict(PROTECTION_TRIP=_S.TRIPPED, OPENED=_S.OPEN_MANUAL, OPENED_UNEXPECTED=_S.TRIPPED, LOCKOUT=_S.LOCKED_OUT)
 _FOLLOW_CLOSE = dict(CLOSED=_S.CLOSED_NORMAL, CLOSED_UNEXPECTED=_S.CLOSED_NORMAL)
+_CLOSED_IGNORES = "RECLOSE_STARTED CLOSED CLOSED_UNEXPECTED RESET MAINTENANCE_START MAINTENANCE_END"
+_OPEN_IGNORES = "HIGH_CURRENT CURRENT_NORMAL OPENED OPENED_UNEXPECTED"
 
 TABLE: TransitionTable[BreakerState, BreakerEvent] = TransitionTable(
     BreakerState, BreakerEvent, initial=_S.CLOSED_NORMAL,
     rows={
-        _S.CLOSED_NORMAL: row(IGNORE, _E, **_CLOSED, HIGH_CURRENT=_S.CLOSED_HIGH_CURRENT),
-        _S.CLOSED_HIGH_CURRENT: row(IGNORE, _E, **_CLOSED, CURRENT_NORMAL=_S.CLOSED_NORMAL),
-        _S.TRIPPED: row(IGNORE, _E, **_FOLLOW_CLOSE, RECLOSE_STARTED=_S.RECLOSING, LOCKOUT=_S.LOCKED_OUT,
-                        MAINTENANCE_START=_S.MAINTENANCE),
-        _S.OPEN_MANUAL: row(IGNORE, _E, **_FOLLOW_CLOSE, LOCKOUT=_S.LOCKED_OUT, MAINTENANCE_START=_S.MAINTENANCE,
-                            PROTECTION_TRIP=_S.TRIPPED),
-        _S.RECLOSING: row(IGNORE, _E, **_FOLLOW_CLOSE, PROTECTION_TRIP=_S.TRIPPED, LOCKOUT=_S.LOCKED_OUT),
-        _S.LOCKED_OUT: row(IGNORE, _E, **_FOLLOW_CLOSE, RESET=_S.OPEN_MANUAL, MAINTENANCE_START=_S.MAINTENANCE),
+        # closed: a close confirms the state; reset, reclose and maintenance need an open breaker
+        _S.CLOSED_NORMAL: row(_E, **_CLOSED, HIGH_CURRENT=_S.CLOSED_HIGH_CURRENT, ignore=_CLOSED_IGNORES + " CURRENT_NORMAL"),
+        _S.CLOSED_HIGH_CURRENT: row(_E, **_CLOSED, CURRENT_NORMAL=_S.CLOSED_NORMAL, ignore=_CLOSED_IGNORES + " HIGH_CURRENT"),
+        # open: currents read on an open breaker are noise; an open confirms the state
+        _S.TRIPPED: row(_E, **_FOLLOW_CLOSE, RECLOSE_STARTED=_S.RECLOSING, LOCKOUT=_S.LOCKED_OUT,
+                        MAINTENANCE_START=_S.MAINTENANCE,
+                        ignore=_OPEN_IGNORES + " PROTECTION_TRIP RESET MAINTENANCE_END"),
+        _S.OPEN_MANUAL: row(_E, **_FOLLOW_CLOSE, LOCKOUT=_S.LOCKED_OUT, MAINTENANCE_START=_S.MAINTENANCE,
+                            PROTECTION_TRIP=_S.TRIPPED, ignore=_OPEN_IGNORES + " RECLOSE_STARTED RESET MAINTENANCE_END"),
+        _S.RECLOSING: row(_E, **_FOLLOW_CLOSE, PROTECTION_TRIP=_S.TRIPPED, LOCKOUT=_S.LOCKED_OUT,
+                          ignore=_OPEN_IGNORES + " RECLOSE_STARTED RESET MAINTENANCE_START MAINTENANCE_END"),
+        # locked out: only a reset, maintenance or a measured close leaves it
+        _S.LOCKED_OUT: row(_E, **_FOLLOW_CLOSE, RESET=_S.OPEN_MANUAL, MAINTENANCE_START=_S.MAINTENANCE,
+                           ignore=_OPEN_IGNORES + " PROTECTION_TRIP RECLOSE_STARTED LOCKOUT MAINTENANCE_END"),
         # a maintenance tag is lifted by people only: a close measured meanwhile is alarmed, not followed
-        _S.MAINTENANCE: row(IGNORE, _E, MAINTENANCE_END=_S.OPEN_MANUAL),
+        _S.MAINTENANCE: row(_E, MAINTENANCE_END=_S.OPEN_MANUAL,
+                            ignore="HIGH_CURRENT CURRENT_NORMAL PROTECTION_TRIP RECLOSE_STARTED CLOSED CLOSED_UNEXPECTED "
+                                   "OPENED OPENED_UNEXPECTED LOCKOUT RESET MAINTENANCE_START"),
     },
 )
 
