@@ -71,7 +71,7 @@ class ReloadReport:
     GAP_WINDOW_S after the new configuration started (None until then)."""
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__slots__}  # type: ignore[attr-defined]
+        return {k: getattr(self, k) for k in self.__slots__}
 
 
 def build(config_path: Path, *, clock: Clock, store: Store, gateway_class: type[Gateway]) -> Gateway:

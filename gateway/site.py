@@ -182,7 +182,8 @@ def range_problems(site: SiteConfig) -> list[ConfigProblem]:
     """Every [min, max] pair the schema does not order itself is in order."""
     pairs: list[tuple[str, float | None, float | None]] = []
     for n, ied in enumerate(site.ieds):
-        for k, p in enumerate(ied.points):
+        points: list[ModbusPoint | Iec61850Point] = list(ied.points)
+        for k, p in enumerate(points):
             if p.valid_range is not None:
                 pairs.append((f"ieds{_where(n, ied.id)}.points{_where(k, p.id)}.valid_range", *p.valid_range))
     for n, agent in enumerate(site.agents):

@@ -43,14 +43,14 @@ class TransitionTable(Generic[S, E]):
             target = self.rows[state][event]
         except KeyError:
             raise IllegalTransition(f"{self.states.__name__}: event {event.name} is not allowed in {state.value}") from None
-        return state if target is IGNORE else target  # type: ignore[return-value]
+        return state if target is IGNORE else target
 
     def transitions(self) -> Iterable[tuple[S, E, S]]:
         """Every real move (ignored pairs left out), for diagrams and checks."""
         for state, row in self.rows.items():
             for event, target in row.items():
                 if target is not IGNORE:
-                    yield state, event, target  # type: ignore[misc]
+                    yield state, event, target
 
     def reachable(self) -> set[S]:
         seen = {self.initial}
@@ -59,8 +59,8 @@ class TransitionTable(Generic[S, E]):
             state = frontier.pop()
             for target in self.rows.get(state, {}).values():
                 if target is not IGNORE and target not in seen:
-                    seen.add(target)  # type: ignore[arg-type]
-                    frontier.append(target)  # type: ignore[arg-type]
+                    seen.add(target)
+                    frontier.append(target)
         return seen
 
     def missing_pairs(self) -> list[tuple[S, E]]:

@@ -470,7 +470,7 @@ class AgentRuntime:
             for line in agent.links.lines:
                 v = self.readings.get(line, {}).get("active_power_kw")
                 if v is not None:
-                    loads[line] = float(v)  # type: ignore[arg-type]
+                    loads[line] = float(v)
             kw["feeder_loads_kw"] = loads
             kw["faulted_feeders"] = tuple(sorted(ln for ln in agent.links.lines
                                                  if self.memory[ln].state is LineState.FAULTED))
