@@ -58,12 +58,12 @@ from gateway.agents.substation import FeederInfo, SubstationAgent, SubstationInp
 from gateway.agents.visualization import meters_metadata
 from gateway.agents.visualization import metadata as visualization_metadata
 from gateway.agents.transformer import TransformerAgent, TransformerInputs, TransformerState
-from gateway.bus import Bus
+from gateway.agents.bus import Bus
 from gateway.config import SiteConfig
 from gateway.maintenance.health import HealthInputs
 from gateway.maintenance.revenue import RevenueGuard, RevenueSettings
-from gateway.reliability import MOMENTARY_THRESHOLD_S
-from gateway.topology import METER_GROUP, Topology
+from gateway.agents.reliability import MOMENTARY_THRESHOLD_S
+from gateway.agents.topology import METER_GROUP, Topology
 
 log = logging.getLogger(__name__)
 

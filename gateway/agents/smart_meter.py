@@ -27,7 +27,7 @@ from gateway.agents.actions import Action, Alert, BusMessage, Severity, Topic
 from gateway.agents.fsm import IGNORE, TransitionTable, row
 from gateway.agents.schema import SmartMeterAttributes
 from gateway.config import MeterGroupConfig
-from gateway.reliability import OutageLedger
+from gateway.agents.reliability import OutageLedger
 
 
 class MeterState(enum.Enum):
