@@ -303,13 +303,13 @@ class CircuitBreakerAgent(Agent[BreakerState, BreakerEvent]):
                     m.trip_reason, m.trip_cause = "uncommanded", "uncommanded_open"
                 if old is _S.LOCKED_OUT:
                     m.recent_trips, m.sequence_trips = [], 0
-        if m.state in CLOSED_STATES:
-            threshold = self.attrs.high_current_percent / 100.0 * self.attrs.rated_current
-            if m.pickup or m.max_phase_current_a >= threshold:
-                self.fire(m, _E.HIGH_CURRENT, f"phase current {m.max_phase_current_a:.0f} A"
-                          + (" (protection pickup)" if m.pickup else ""), now, out)
-            else:
-                self.fire(m, _E.CURRENT_NORMAL, f"phase current {m.max_phase_current_a:.0f} A", now, out)
+        # current events: the table follows them in the closed states and ignores them when open
+        threshold = self.attrs.high_current_percent / 100.0 * self.attrs.rated_current
+        if m.pickup or m.max_phase_current_a >= threshold:
+            self.fire(m, _E.HIGH_CURRENT, f"phase current {m.max_phase_current_a:.0f} A"
+                      + (" (protection pickup)" if m.pickup else ""), now, out)
+        else:
+            self.fire(m, _E.CURRENT_NORMAL, f"phase current {m.max_phase_current_a:.0f} A", now, out)
         self._maintenance_due(m, now, out)
         return m, out
 
@@ -344,9 +344,8 @@ class CircuitBreakerAgent(Agent[BreakerState, BreakerEvent]):
         overcurrent = element.upper().startswith(OVERCURRENT_ELEMENTS)
         if kind == "pickup":
             if overcurrent:  # an undervoltage or frequency pickup is no high current
-                m.pickup = True
-                if m.state is _S.CLOSED_NORMAL:
-                    self.fire(m, _E.HIGH_CURRENT, f"protection pickup {element} phase {phase}", now, out)
+                m.pickup = True  # the table moves only a closed, normal breaker
+                self.fire(m, _E.HIGH_CURRENT, f"protection pickup {element} phase {phase}", now, out)
         elif kind == "dropout":
             if overcurrent:
                 m.pickup = False
@@ -437,8 +436,7 @@ class CircuitBreakerAgent(Agent[BreakerState, BreakerEvent]):
             m.operations += 1
             self._expect(m, "open", origin, now)
             out.append(self._command(open_=True, reason=str(args.get("reason", "operator open"))))
-            if m.state in CLOSED_STATES:
-                self.fire(m, _E.OPENED, f"open command ({origin})", now, out)
+            self.fire(m, _E.OPENED, f"open command ({origin})", now, out)  # the table ignores it unless closed
         elif request == "close":
             if m.state in (_S.LOCKED_OUT, _S.MAINTENANCE):
                 raise ValueError(f"breaker {me} is {m.state.value}: reset it (or end maintenance) before closing")
