@@ -227,3 +227,39 @@ def test_a_reload_refuses_the_file_before_building_anything(tmp_path: Path) -> N
         reload.build(path, clock=None, store=None, gateway_class=NeverBuilt)  # type: ignore[arg-type]
     assert info.value.source == str(path) and [str(p).split(" (found")[0] for p in info.value.problems] == [
         EXPECTED + ": protection[0] already protects it"]
+
+
+def test_the_vocabulary_covers_every_name_the_code_reads_or_writes() -> None:
+    """Names read elsewhere (the runtime's inputs, switching, maintenance, the SCL import, the HIL)
+    are all in the vocabulary, and the names written are commands there."""
+    from dataclasses import fields
+
+    from gateway.agents import runtime
+    from gateway.agents.schema import AgentType
+    from gateway.agents.vocabulary import POINT_NAMES
+    from gateway.commissioning.scl_import import BREAKER_AGENT_POINTS
+    from gateway.maintenance.service import HEALTH_NAMES
+    from gateway.switching.authority import SETPOINT_POINTS, SWITCH_POINTS
+    from gateway.switching.state import DEVICE_NAMES, LOAD_NAMES
+    from hil.grid import model
+
+    names = {t: set(v) for t, v in POINT_NAMES.items()}
+    commands = {t: {n for n, spec in v.items() if spec.command} for t, v in POINT_NAMES.items()}
+    derived = {"breaker_closed", "fault_reported", "trip_cause", "breaker_trip", "energized", "grid_available",
+               "wall_time", "feeder_loads_kw", "faulted_feeders", "fault_descriptions", "faulted_transformers",
+               "regulating", "overheated_transformers"}  # filled in by the runtime, not from points
+    for agent_type, cls in runtime._INPUT_TYPES.items():
+        read = {"in" if f.name == "in_" else f.name for f in fields(cls)} - derived
+        assert read <= names[agent_type], (agent_type, read - names[agent_type])
+    breaker, xfmr = AgentType.CIRCUIT_BREAKER, AgentType.TRANSFORMER
+    assert set(BREAKER_AGENT_POINTS) | DEVICE_NAMES <= names[breaker]
+    assert set(SWITCH_POINTS) | {"fpi_reset"} <= commands[breaker]
+    assert set(HEALTH_NAMES) <= names[xfmr]
+    for agent_type, (p, q) in LOAD_NAMES.items():
+        assert {n for n in (p, q) if n} <= names[AgentType(agent_type)]
+    written = set().union(*SETPOINT_POINTS.values())
+    assert written <= set().union(*commands.values())
+    for agent_type, hil_names in model._NAMES.items():
+        assert hil_names <= names[agent_type], (agent_type, hil_names - names[agent_type])
+    for agent_type, hil_commands in model._COMMANDS.items():
+        assert hil_commands == commands[agent_type], agent_type
