@@ -19,6 +19,7 @@ from typing import Any
 from gateway import __version__
 from gateway.config import ConfigError, load
 from gateway.control import ControlError, DaemonNotRunning, call, stream
+from gateway.site import load_site
 
 DEFAULT_CONFIG = Path("/etc/stima/site.toml")
 DEFAULT_RUNTIME_DIR = Path("/run/stima")
@@ -92,10 +93,7 @@ def emit(args: argparse.Namespace, data: Any, human: Callable[[Any], str]) -> No
 def cmd_config_validate(args: argparse.Namespace) -> int:
     path = Path(args.file)
     try:
-        site = load(path)
-        from gateway.commands import check_site
-
-        check_site(site, path.parent, str(path))
+        site = load_site(path)
     except ConfigError as exc:
         if args.json:
             print(json.dumps({"valid": False, "file": str(path),

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 
-from gateway.config import COMMAND_NAMES, CommandsConfig, ConfigError, ConfigProblem, SiteConfig
+from gateway.config import COMMAND_NAMES, CommandsConfig
 from gateway.keys import SIG_BYTES as ED25519_SIG_BYTES
 from gateway.keys import KeyBook, KeyRefused, canonical
 from gateway.switching.authority import Accepted, Refused, Selection
@@ -185,25 +185,6 @@ def key_path(cfg: CommandsConfig, base_dir: Path) -> Path | None:
     if cfg.key_file is None:
         return None
     return cfg.key_file if cfg.key_file.is_absolute() else base_dir / cfg.key_file
-
-
-def check_site(site: SiteConfig, base_dir: Path, source: str) -> None:
-    """Raise ConfigError when commands are enabled and the key file is unusable (the daemon refuses to start)."""
-    if site.iec104.enabled:
-        from gateway.iec104 import MapError, build_map
-
-        try:
-            build_map(site)
-        except MapError as exc:
-            raise ConfigError(source, [ConfigProblem("iec104", str(exc))]) from None
-    cfg = site.uplink.commands
-    path = key_path(cfg, base_dir)
-    if not cfg.enabled or cfg.scheme != "hmac" or path is None:
-        return
-    try:
-        read_key(path)
-    except ValueError as exc:
-        raise ConfigError(source, [ConfigProblem("uplink.commands.key_file", str(exc), str(cfg.key_file))]) from None
 
 
 # --------------------------------------------------------------------------- envelope checks

@@ -1074,6 +1074,19 @@ def _path_of(loc: tuple[Any, ...], data: Any) -> tuple[str, Any]:
 
 def validate(data: dict[str, Any], source: str = "<site>") -> SiteConfig:
     """Validate parsed TOML; raise ConfigError listing every problem."""
+    site, problems = validate_document(data, source)
+    if problems:
+        raise ConfigError(source, problems)
+    return site
+
+
+def validate_document(data: dict[str, Any], source: str = "<site>") -> tuple[SiteConfig, list[ConfigProblem]]:
+    """The configuration and the problems found in the document beyond its schema.
+
+    Raises ConfigError (schema and reference problems together) when the document does not fit
+    the schema; otherwise returns the problems still found, so a caller with more checks
+    (`gateway.site.load_site`) reports them all at once.
+    """
     if not isinstance(data, dict):
         raise ConfigError(source, [ConfigProblem("", "a site file is a table of sections", type(data).__name__)])
     too_deep = nesting_problem(data)
@@ -1104,22 +1117,30 @@ def validate(data: dict[str, Any], source: str = "<site>") -> SiteConfig:
             if pid not in known_points:
                 problems.append(ConfigProblem(f"protection[{n}:{scheme.breaker}]",
                                               "reads or writes a point that no IED has", pid))
-    if problems:
-        raise ConfigError(source, problems)
-    return site
+    return site, problems
 
 
 def load(path: str | Path) -> SiteConfig:
+    return validate(read_document(path), str(path))
+
+
+def read_document(path: str | Path) -> dict[str, Any]:
+    """The site file at `path` as parsed TOML, or ConfigError saying why it cannot be read."""
     path = Path(path)
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(str(path), [ConfigProblem("", f"cannot read the file: {exc.strerror}")]) from None
-    return loads(raw, str(path))
+    return parse_document(raw, str(path))
 
 
 def loads(raw: bytes, source: str = "<site>") -> SiteConfig:
     """A site file's bytes → the validated configuration, or ConfigError naming every problem."""
+    return validate(parse_document(raw, source), source)
+
+
+def parse_document(raw: bytes, source: str = "<site>") -> dict[str, Any]:
+    """A site file's bytes as parsed TOML, or ConfigError saying why they are not TOML."""
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
@@ -1129,7 +1150,7 @@ def loads(raw: bytes, source: str = "<site>") -> SiteConfig:
     except RecursionError:
         raise ConfigError(source, [ConfigProblem(
             "", f"arrays or tables nested too deeply to read (a site file needs at most {MAX_NESTING} levels)")]) from None
-    return validate(data, source)
+    return data
 
 
 MAX_NESTING = 32

@@ -25,12 +25,12 @@ from typing import Any
 
 from gateway import __version__, logs
 from gateway.clock import Clock, SystemClock
-from gateway.commands import check_site
-from gateway.config import ConfigError, ConfigProblem, SiteConfig, load
+from gateway.config import ConfigError, ConfigProblem, SiteConfig
 from gateway import control, reload
 from gateway.control import ControlServer
 from gateway.points import Point, PointBlock, PointKind, PointUpdate, ProcessImage
 from gateway.sdnotify import Notifier
+from gateway.site import load_site
 from gateway.storage import Store
 from gateway.switching.model import Origin, Via
 from protocols.base import Adapter, CommandError, Priority, make_adapter
@@ -1419,8 +1419,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logs.setup(args.log_level)
     try:
-        site = load(args.config)
-        check_site(site, args.config.parent, str(args.config))
+        site = load_site(args.config)
     except ConfigError as exc:
         for problem in exc.problems:
             log.error("invalid site file", extra={"file": exc.source, "problem": str(problem)})

@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway.clock import Clock
-from gateway.commands import check_site
-from gateway.config import SiteConfig, load
+from gateway.config import SiteConfig
+from gateway.site import load_site
 from gateway.storage import Store
 
 if TYPE_CHECKING:
@@ -71,7 +71,7 @@ class ReloadReport:
     GAP_WINDOW_S after the new configuration started (None until then)."""
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__slots__}  # type: ignore[attr-defined]
+        return {k: getattr(self, k) for k in self.__slots__}
 
 
 def build(config_path: Path, *, clock: Clock, store: Store, gateway_class: type[Gateway]) -> Gateway:
@@ -80,8 +80,7 @@ def build(config_path: Path, *, clock: Clock, store: Store, gateway_class: type[
     Raises ConfigError for an invalid file, and any other exception a constructor raises for
     a file that validates but cannot be built.
     """
-    site: SiteConfig = load(config_path)
-    check_site(site, config_path.parent, str(config_path))
+    site: SiteConfig = load_site(config_path)
     new = gateway_class(site, base_dir=config_path.parent, clock=clock, store=store)
     new.uplink.check()
     new.build_adapters()

@@ -220,24 +220,6 @@ class Store:
 
     # ------------------------------------------------------------------ spool
 
-    def spool_put(self, topic: str, payload: bytes, qos: int, now: float) -> int:
-        with self._lock:
-            cur = self._db.execute(
-                "INSERT INTO spool(topic, payload, qos, created) VALUES(?, ?, ?, ?)",
-                (topic, payload, qos, now),
-            )
-        return int(cur.lastrowid or 0)
-
-    def spool_put_many(self, rows: list[tuple[str, bytes, int, float]]) -> list[int]:
-        with self._lock, self._transaction():
-            ids = []
-            for row in rows:
-                cur = self._db.execute(
-                    "INSERT INTO spool(topic, payload, qos, created) VALUES(?, ?, ?, ?)", row
-                )
-                ids.append(int(cur.lastrowid or 0))
-        return ids
-
     def spool_peek(self, after: int = 0, limit: int = 100) -> list[tuple[int, str, bytes, int]]:
         with self._lock:
             return self._db.execute(
@@ -245,27 +227,9 @@ class Store:
                 (after, limit),
             ).fetchall()
 
-    def spool_ack(self, seqs: list[int]) -> None:
-        if not seqs:
-            return
-        with self._lock:
-            self._db.executemany("DELETE FROM spool WHERE seq = ?", [(s,) for s in seqs])
-
     def spool_depth(self) -> int:
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM spool").fetchone()[0])
-
-    def spool_trim(self, max_messages: int) -> int:
-        """Drop the oldest messages beyond `max_messages`; returns how many were dropped."""
-        with self._lock:
-            depth = int(self._db.execute("SELECT COUNT(*) FROM spool").fetchone()[0])
-            excess = depth - max_messages
-            if excess > 0:
-                self._db.execute(
-                    "DELETE FROM spool WHERE seq IN (SELECT seq FROM spool ORDER BY seq LIMIT ?)",
-                    (excess,),
-                )
-            return max(excess, 0)
 
     def spool_append(self, rows: list[tuple[str, bytes, int, float]]) -> list[int]:
         """Insert (topic, payload, qos, created) rows in one transaction, all or none; their ids."""
@@ -379,8 +343,3 @@ class Store:
                     "FROM history WHERE bucket_start < ? LIMIT ?)", (before, int(limit)))
         return int(cur.rowcount)
 
-    def iter_spool(self, batch: int = 500) -> Iterator[tuple[int, str, bytes, int]]:
-        after = 0
-        while rows := self.spool_peek(after, batch):
-            yield from rows
-            after = rows[-1][0]

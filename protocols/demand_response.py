@@ -84,6 +84,11 @@ def _finite(x: Any) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
+def _pack(body: dict[str, Any]) -> bytes:
+    packed: bytes = msgpack.packb(body, use_bin_type=True)
+    return packed
+
+
 def _unpack(payload: bytes) -> Mapping[str, Any]:
     try:
         data = msgpack.unpackb(payload, raw=False, strict_map_key=True)
@@ -104,7 +109,7 @@ def encode_event(event: DrEvent) -> bytes:
         body["reduction_pct"] = float(event.reduction_pct)
     if event.meters is not None:
         body["meters"] = list(event.meters)
-    return msgpack.packb(body, use_bin_type=True)
+    return _pack(body)
 
 
 def decode_event(payload: bytes) -> DrEvent:
@@ -123,10 +128,10 @@ def decode_event(payload: bytes) -> DrEvent:
 
 
 def encode_confirmation(conf: DrConfirmation) -> bytes:
-    return msgpack.packb({"v": FORMAT_VERSION, "event_id": conf.event_id, "substation_id": conf.substation_id,
-                          "concentrator_id": conf.concentrator_id, "time": float(conf.time),
-                          "meters": list(conf.meters), "answers": list(conf.answers),
-                          "demand_kw": [float(x) for x in conf.demand_kw], "error": conf.error}, use_bin_type=True)
+    return _pack({"v": FORMAT_VERSION, "event_id": conf.event_id, "substation_id": conf.substation_id,
+                  "concentrator_id": conf.concentrator_id, "time": float(conf.time),
+                  "meters": list(conf.meters), "answers": list(conf.answers),
+                  "demand_kw": [float(x) for x in conf.demand_kw], "error": conf.error})
 
 
 def decode_confirmation(payload: bytes) -> DrConfirmation:

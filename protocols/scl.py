@@ -345,7 +345,7 @@ def _bool(value: str | None, default: bool) -> bool:
 
 def _int(value: str | None, default: int) -> int:
     try:
-        return int(value) if value not in (None, "") else default  # type: ignore[arg-type]
+        return int(value) if value not in (None, "") else default
     except ValueError:
         return default
 

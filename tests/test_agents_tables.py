@@ -88,7 +88,7 @@ def test_agent_decision_code_does_no_io() -> None:
 
     root = Path(__file__).resolve().parent.parent / "gateway"
     files = [p for p in (root / "agents").glob("*.py") if p.name != "cli.py"]
-    files += [root / "topology.py", root / "bus.py", root / "reliability.py"]
+    assert {"topology.py", "bus.py", "reliability.py"} <= {p.name for p in files}
     forbidden = {"asyncio", "socket", "time", "threading", "selectors", "subprocess"}
     for path in files:
         tree = ast.parse(path.read_text())
@@ -99,3 +99,49 @@ def test_agent_decision_code_does_no_io() -> None:
             elif isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module.split(".")[0]]
             assert not forbidden & set(names), f"{path.name} imports {forbidden & set(names)}"
+
+
+def test_a_row_has_no_default_so_a_new_event_is_undecided_until_named() -> None:
+    """`row` maps only the events it names: an event added later is missing from every row."""
+    import enum
+
+    from gateway.agents.fsm import row
+
+    class S(enum.Enum):
+        A = "A"
+        B = "B"
+
+    class E(enum.Enum):
+        GO = 1
+        STOP = 2
+
+    class ENew(enum.Enum):  # the same events plus one nobody has decided yet
+        GO = 1
+        STOP = 2
+        NEW = 3
+
+    rows = {S.A: dict(GO=S.B, ignore="STOP"), S.B: dict(STOP=S.A, ignore="GO")}
+    decided = TransitionTable(S, E, initial=S.A, rows={s: row(E, **r) for s, r in rows.items()})  # type: ignore[arg-type]
+    assert decided.missing_pairs() == []
+    grown = TransitionTable(S, ENew, initial=S.A, rows={s: row(ENew, **r) for s, r in rows.items()})  # type: ignore[arg-type]
+    assert grown.missing_pairs() == [(S.A, ENew.NEW), (S.B, ENew.NEW)]
+    with pytest.raises(IllegalTransition, match="NEW"):
+        grown.next(S.A, ENew.NEW)
+
+
+def test_a_row_refuses_an_event_both_moved_and_ignored_and_an_unknown_name() -> None:
+    import enum
+
+    from gateway.agents.fsm import row
+
+    class S(enum.Enum):
+        A = "A"
+
+    class E(enum.Enum):
+        GO = 1
+
+    with pytest.raises(ValueError, match="E.GO is both ignored and mapped"):
+        row(E, GO=S.A, ignore="GO")
+    with pytest.raises(KeyError, match="GOO"):
+        row(E, ignore="GOO")
+

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.agents.actions import BusMessage, Topic
-from gateway.bus import PRIORITY_FAULT, Bus, priority_of
+from gateway.agents.bus import PRIORITY_FAULT, Bus, priority_of
 
 
 def msg(i: int, topic: Topic | None = None, target: str | None = None, urgent: bool = False) -> BusMessage:

@@ -4,6 +4,7 @@ and end to end over a real broker against the real daemon and the simulated subs
 from __future__ import annotations
 
 import os
+import re
 import pwd
 import subprocess
 import sys
@@ -25,13 +26,13 @@ from gateway.commands import (
     Reason,
     Verifier,
     canonical,
-    check_site,
     read_key,
     sign_command,
 )
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.config import CommandsConfig, ConfigError, load, validate
+from gateway.site import site_problems
 from gateway.keys import public_bytes
 from gateway.storage import Store
 from gateway.switching.authority import Refused, SelectBeforeOperate
@@ -517,11 +518,12 @@ def test_site_file_commands_section(tmp_path: Path) -> None:
         validate(doc)
     doc["uplink"]["commands"] = {"enabled": True, "scheme": "hmac", "key_file": "command.key"}
     ok = validate(doc)
-    with pytest.raises(ConfigError, match=r"uplink.commands.key_file: command key file .*command.key cannot be read"):
-        check_site(ok, tmp_path, "site.toml")
+    [problem] = site_problems(ok, tmp_path)
+    assert problem.path == "uplink.commands.key_file"
+    assert re.search(r"command key file .*command.key cannot be read", problem.message), problem.message
     (tmp_path / "command.key").write_bytes(b"z" * 32)
     (tmp_path / "command.key").chmod(0o600)
-    check_site(ok, tmp_path, "site.toml")
+    assert site_problems(ok, tmp_path) == []
 
 
 def test_daemon_refuses_to_start_with_an_unusable_key_file(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.reliability import OutageLedger, indices
+from gateway.agents.reliability import OutageLedger, indices
 
 DAY = 86400.0
 

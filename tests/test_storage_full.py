@@ -24,7 +24,7 @@ def test_writes_on_a_full_disk_fail_cleanly_and_the_store_recovers(tmp_path: Pat
     ids = store.spool_append([("telemetry", b"x" * 100, 1, 1.0)] * 10)
     pages = _fill(store)
     big = [("telemetry", b"y" * 4000, 1, 2.0)] * 50
-    for write in (lambda: store.spool_append(big), lambda: store.spool_put_many(big),
+    for write in (lambda: store.spool_append(big),
                   lambda: store.append_events([(1.0, "CB-1", "protection.trip", {"a": "b" * 4000})] * 20)):
         with pytest.raises(sqlite3.OperationalError, match="full"):
             write()

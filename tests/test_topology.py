@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import CanonicalType, load
-from gateway.topology import Edge, Topology
+from gateway.agents.topology import Edge, Topology
 
 SITE = Path(__file__).resolve().parent.parent / "deploy" / "examples" / "sub-003.toml"
 

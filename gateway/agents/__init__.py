@@ -1,16 +1,17 @@
 """Agents: one per grid element, sans-IO state machines stepped by the daemon.
 
 Layout:
-  fsm.py          transition tables (state, event) → next state, IGNORE for deliberate no-ops
+  fsm.py          transition tables (state, event) → next state, every pair named (IGNORE for no-ops)
   actions.py      what agents ask for: ControlRequest, Alert, BusMessage, StateChange
   schema.py       site-file attributes, one pydantic model per agent type
   physics.py      C57.91 thermal/aging, IEEE 1547 volt-var/volt-watt, LDC, thermal replica, trend
   power_line.py, transformer.py, circuit_breaker.py, substation.py, capacitor_bank.py,
   renewable.py    one agent type each: states, events, TABLE, memory, pure step()
   smart_meter.py  the meter fleet, column-wise (numpy), evaluated in bulk through its TABLE
+  vocabulary.py   the point names each agent type reads or writes, with kind, unit and direction
+  topology.py     the graph of connection_rules (supply paths, who feeds whom)
+  bus.py          the priority bus agents talk over
+  reliability.py  outage ledger and IEEE 1366 indices
   runtime.py      AgentRuntime: builds agents, topology, bus and fleet from the site; the daemon's API
   cli.py          `stima agents ...` and `stima reliability`
-
-Related: gateway/topology.py (graph from connection_rules), gateway/bus.py (priority bus),
-gateway/reliability.py (IEEE 1366 indices).
 """

@@ -77,7 +77,7 @@ _STEADY = dict(NO_STEPS_ON=_S.ALL_STEPS_OFF, SOME_STEPS_ON=_S.PARTIAL_ENERGIZATI
 
 
 def _steady(own: str) -> dict[CapacitorEvent, Any]:
-    return row(IGNORE, _E, **{**_STEADY, own: IGNORE})
+    return row(_E, **{**_STEADY, own: IGNORE}, ignore="RESET MAINTENANCE_END")  # nothing to reset, not in maintenance
 
 
 TABLE: TransitionTable[CapacitorState, CapacitorEvent] = TransitionTable(
@@ -86,10 +86,15 @@ TABLE: TransitionTable[CapacitorState, CapacitorEvent] = TransitionTable(
         _S.ALL_STEPS_OFF: _steady("NO_STEPS_ON"),
         _S.PARTIAL_ENERGIZATION: _steady("SOME_STEPS_ON"),
         _S.FULLY_ENERGIZED: _steady("ALL_STEPS_ON"),
-        _S.SWITCHING: row(IGNORE, _E, NO_STEPS_ON=_S.ALL_STEPS_OFF, SOME_STEPS_ON=_S.PARTIAL_ENERGIZATION,
-                          ALL_STEPS_ON=_S.FULLY_ENERGIZED, SWITCH_FAILED=_S.LOCKED_OUT),
-        _S.LOCKED_OUT: row(IGNORE, _E, RESET=_S.ALL_STEPS_OFF, MAINTENANCE_START=_S.MAINTENANCE),
-        _S.MAINTENANCE: row(IGNORE, _E, MAINTENANCE_END=_S.ALL_STEPS_OFF),
+        # a switching operation finishes before another starts or maintenance begins
+        _S.SWITCHING: row(_E, NO_STEPS_ON=_S.ALL_STEPS_OFF, SOME_STEPS_ON=_S.PARTIAL_ENERGIZATION,
+                          ALL_STEPS_ON=_S.FULLY_ENERGIZED, SWITCH_FAILED=_S.LOCKED_OUT,
+                          ignore="STEP_COMMANDED RESET MAINTENANCE_START MAINTENANCE_END"),
+        _S.LOCKED_OUT: row(_E, RESET=_S.ALL_STEPS_OFF, MAINTENANCE_START=_S.MAINTENANCE,
+                           ignore="NO_STEPS_ON SOME_STEPS_ON ALL_STEPS_ON STEP_COMMANDED SWITCH_FAILED MAINTENANCE_END"),
+        _S.MAINTENANCE: row(_E, MAINTENANCE_END=_S.ALL_STEPS_OFF,
+                            ignore="NO_STEPS_ON SOME_STEPS_ON ALL_STEPS_ON STEP_COMMANDED SWITCH_FAILED RESET "
+                                   "MAINTENANCE_START"),
     },
 )
 

@@ -35,7 +35,7 @@ from typing import Any, ClassVar
 
 from gateway.agents.actions import Action, Alert, BusMessage, ControlRequest, Severity, Topic
 from gateway.agents.base import Agent, Links, Memory
-from gateway.agents.fsm import IGNORE, TransitionTable, row
+from gateway.agents.fsm import TransitionTable, row
 from gateway.agents.schema import CircuitBreakerAttributes
 
 
@@ -71,20 +71,30 @@ class BreakerEvent(enum.Enum):
 _S, _E = BreakerState, BreakerEvent
 _CLOSED = dict(PROTECTION_TRIP=_S.TRIPPED, OPENED=_S.OPEN_MANUAL, OPENED_UNEXPECTED=_S.TRIPPED, LOCKOUT=_S.LOCKED_OUT)
 _FOLLOW_CLOSE = dict(CLOSED=_S.CLOSED_NORMAL, CLOSED_UNEXPECTED=_S.CLOSED_NORMAL)
+_CLOSED_IGNORES = "RECLOSE_STARTED CLOSED CLOSED_UNEXPECTED RESET MAINTENANCE_START MAINTENANCE_END"
+_OPEN_IGNORES = "HIGH_CURRENT CURRENT_NORMAL OPENED OPENED_UNEXPECTED"
 
 TABLE: TransitionTable[BreakerState, BreakerEvent] = TransitionTable(
     BreakerState, BreakerEvent, initial=_S.CLOSED_NORMAL,
     rows={
-        _S.CLOSED_NORMAL: row(IGNORE, _E, **_CLOSED, HIGH_CURRENT=_S.CLOSED_HIGH_CURRENT),
-        _S.CLOSED_HIGH_CURRENT: row(IGNORE, _E, **_CLOSED, CURRENT_NORMAL=_S.CLOSED_NORMAL),
-        _S.TRIPPED: row(IGNORE, _E, **_FOLLOW_CLOSE, RECLOSE_STARTED=_S.RECLOSING, LOCKOUT=_S.LOCKED_OUT,
-                        MAINTENANCE_START=_S.MAINTENANCE),
-        _S.OPEN_MANUAL: row(IGNORE, _E, **_FOLLOW_CLOSE, LOCKOUT=_S.LOCKED_OUT, MAINTENANCE_START=_S.MAINTENANCE,
-                            PROTECTION_TRIP=_S.TRIPPED),
-        _S.RECLOSING: row(IGNORE, _E, **_FOLLOW_CLOSE, PROTECTION_TRIP=_S.TRIPPED, LOCKOUT=_S.LOCKED_OUT),
-        _S.LOCKED_OUT: row(IGNORE, _E, **_FOLLOW_CLOSE, RESET=_S.OPEN_MANUAL, MAINTENANCE_START=_S.MAINTENANCE),
+        # closed: a close confirms the state; reset, reclose and maintenance need an open breaker
+        _S.CLOSED_NORMAL: row(_E, **_CLOSED, HIGH_CURRENT=_S.CLOSED_HIGH_CURRENT, ignore=_CLOSED_IGNORES + " CURRENT_NORMAL"),
+        _S.CLOSED_HIGH_CURRENT: row(_E, **_CLOSED, CURRENT_NORMAL=_S.CLOSED_NORMAL, ignore=_CLOSED_IGNORES + " HIGH_CURRENT"),
+        # open: currents read on an open breaker are noise; an open confirms the state
+        _S.TRIPPED: row(_E, **_FOLLOW_CLOSE, RECLOSE_STARTED=_S.RECLOSING, LOCKOUT=_S.LOCKED_OUT,
+                        MAINTENANCE_START=_S.MAINTENANCE,
+                        ignore=_OPEN_IGNORES + " PROTECTION_TRIP RESET MAINTENANCE_END"),
+        _S.OPEN_MANUAL: row(_E, **_FOLLOW_CLOSE, LOCKOUT=_S.LOCKED_OUT, MAINTENANCE_START=_S.MAINTENANCE,
+                            PROTECTION_TRIP=_S.TRIPPED, ignore=_OPEN_IGNORES + " RECLOSE_STARTED RESET MAINTENANCE_END"),
+        _S.RECLOSING: row(_E, **_FOLLOW_CLOSE, PROTECTION_TRIP=_S.TRIPPED, LOCKOUT=_S.LOCKED_OUT,
+                          ignore=_OPEN_IGNORES + " RECLOSE_STARTED RESET MAINTENANCE_START MAINTENANCE_END"),
+        # locked out: only a reset, maintenance or a measured close leaves it
+        _S.LOCKED_OUT: row(_E, **_FOLLOW_CLOSE, RESET=_S.OPEN_MANUAL, MAINTENANCE_START=_S.MAINTENANCE,
+                           ignore=_OPEN_IGNORES + " PROTECTION_TRIP RECLOSE_STARTED LOCKOUT MAINTENANCE_END"),
         # a maintenance tag is lifted by people only: a close measured meanwhile is alarmed, not followed
-        _S.MAINTENANCE: row(IGNORE, _E, MAINTENANCE_END=_S.OPEN_MANUAL),
+        _S.MAINTENANCE: row(_E, MAINTENANCE_END=_S.OPEN_MANUAL,
+                            ignore="HIGH_CURRENT CURRENT_NORMAL PROTECTION_TRIP RECLOSE_STARTED CLOSED CLOSED_UNEXPECTED "
+                                   "OPENED OPENED_UNEXPECTED LOCKOUT RESET MAINTENANCE_START"),
     },
 )
 
@@ -293,13 +303,13 @@ class CircuitBreakerAgent(Agent[BreakerState, BreakerEvent]):
                     m.trip_reason, m.trip_cause = "uncommanded", "uncommanded_open"
                 if old is _S.LOCKED_OUT:
                     m.recent_trips, m.sequence_trips = [], 0
-        if m.state in CLOSED_STATES:
-            threshold = self.attrs.high_current_percent / 100.0 * self.attrs.rated_current
-            if m.pickup or m.max_phase_current_a >= threshold:
-                self.fire(m, _E.HIGH_CURRENT, f"phase current {m.max_phase_current_a:.0f} A"
-                          + (" (protection pickup)" if m.pickup else ""), now, out)
-            else:
-                self.fire(m, _E.CURRENT_NORMAL, f"phase current {m.max_phase_current_a:.0f} A", now, out)
+        # current events: the table follows them in the closed states and ignores them when open
+        threshold = self.attrs.high_current_percent / 100.0 * self.attrs.rated_current
+        if m.pickup or m.max_phase_current_a >= threshold:
+            self.fire(m, _E.HIGH_CURRENT, f"phase current {m.max_phase_current_a:.0f} A"
+                      + (" (protection pickup)" if m.pickup else ""), now, out)
+        else:
+            self.fire(m, _E.CURRENT_NORMAL, f"phase current {m.max_phase_current_a:.0f} A", now, out)
         self._maintenance_due(m, now, out)
         return m, out
 
@@ -334,9 +344,8 @@ class CircuitBreakerAgent(Agent[BreakerState, BreakerEvent]):
         overcurrent = element.upper().startswith(OVERCURRENT_ELEMENTS)
         if kind == "pickup":
             if overcurrent:  # an undervoltage or frequency pickup is no high current
-                m.pickup = True
-                if m.state is _S.CLOSED_NORMAL:
-                    self.fire(m, _E.HIGH_CURRENT, f"protection pickup {element} phase {phase}", now, out)
+                m.pickup = True  # the table moves only a closed, normal breaker
+                self.fire(m, _E.HIGH_CURRENT, f"protection pickup {element} phase {phase}", now, out)
         elif kind == "dropout":
             if overcurrent:
                 m.pickup = False
@@ -427,8 +436,7 @@ class CircuitBreakerAgent(Agent[BreakerState, BreakerEvent]):
             m.operations += 1
             self._expect(m, "open", origin, now)
             out.append(self._command(open_=True, reason=str(args.get("reason", "operator open"))))
-            if m.state in CLOSED_STATES:
-                self.fire(m, _E.OPENED, f"open command ({origin})", now, out)
+            self.fire(m, _E.OPENED, f"open command ({origin})", now, out)  # the table ignores it unless closed
         elif request == "close":
             if m.state in (_S.LOCKED_OUT, _S.MAINTENANCE):
                 raise ValueError(f"breaker {me} is {m.state.value}: reset it (or end maintenance) before closing")

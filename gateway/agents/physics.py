@@ -52,11 +52,11 @@ def aging_acceleration_factor(hot_spot_c: float) -> float:
 
 
 def ultimate_top_oil_rise_c(k: float, rated_rise_c: float, loss_ratio: float, n: float) -> float:
-    return rated_rise_c * ((k * k * loss_ratio + 1.0) / (loss_ratio + 1.0)) ** n
+    return rated_rise_c * float(((k * k * loss_ratio + 1.0) / (loss_ratio + 1.0)) ** n)
 
 
 def ultimate_hot_spot_rise_c(k: float, rated_rise_c: float, m: float) -> float:
-    return rated_rise_c * k ** (2.0 * m)
+    return rated_rise_c * float(k ** (2.0 * m))
 
 
 def top_oil_time_constant_s(rated_tau_s: float, ultimate_rise_c: float, initial_rise_c: float,
@@ -66,7 +66,7 @@ def top_oil_time_constant_s(rated_tau_s: float, ultimate_rise_c: float, initial_
     b = initial_rise_c / rated_rise_c
     if n == 1.0 or abs(a - b) < 1e-9 or a <= 0 or b < 0:
         return rated_tau_s
-    denom = a ** (1.0 / n) - b ** (1.0 / n)
+    denom = float(a ** (1.0 / n) - b ** (1.0 / n))
     if denom == 0:
         return rated_tau_s
     return rated_tau_s * (a - b) / denom

@@ -51,15 +51,20 @@ _S, _E = LineState, LineEvent
 _LOAD_MOVES: dict[str, LineState | Any] = dict(LIGHT_LOAD=_S.OPERATIONAL, HEAVY_LOAD=_S.LOADED, OVERLOAD_PERSISTED=_S.OVERLOADED,
                    EMERGENCY_LOAD=_S.EMERGENCY, FAULT_DETECTED=_S.FAULTED, DEENERGIZED=_S.DE_ENERGIZED)
 
+_LIVE_IGNORES = "FAULT_CLEARED ENERGIZED"  # a live line is already energized and has no fault to clear
+
 TABLE: TransitionTable[LineState, LineEvent] = TransitionTable(
     LineState, LineEvent, initial=_S.OPERATIONAL,
     rows={
-        _S.OPERATIONAL: row(IGNORE, _E, **{**_LOAD_MOVES, "LIGHT_LOAD": IGNORE}),
-        _S.LOADED: row(IGNORE, _E, **{**_LOAD_MOVES, "HEAVY_LOAD": IGNORE}),
-        _S.OVERLOADED: row(IGNORE, _E, **{**_LOAD_MOVES, "OVERLOAD_PERSISTED": IGNORE}),
-        _S.EMERGENCY: row(IGNORE, _E, **{**_LOAD_MOVES, "EMERGENCY_LOAD": IGNORE}),
-        _S.FAULTED: row(IGNORE, _E, FAULT_CLEARED=_S.OPERATIONAL),
-        _S.DE_ENERGIZED: row(IGNORE, _E, ENERGIZED=_S.OPERATIONAL, FAULT_DETECTED=_S.FAULTED),
+        _S.OPERATIONAL: row(_E, **{**_LOAD_MOVES, "LIGHT_LOAD": IGNORE}, ignore=_LIVE_IGNORES),
+        _S.LOADED: row(_E, **{**_LOAD_MOVES, "HEAVY_LOAD": IGNORE}, ignore=_LIVE_IGNORES),
+        _S.OVERLOADED: row(_E, **{**_LOAD_MOVES, "OVERLOAD_PERSISTED": IGNORE}, ignore=_LIVE_IGNORES),
+        _S.EMERGENCY: row(_E, **{**_LOAD_MOVES, "EMERGENCY_LOAD": IGNORE}, ignore=_LIVE_IGNORES),
+        # a faulted line waits for the fault to clear: load readings and energization say nothing new
+        _S.FAULTED: row(_E, FAULT_CLEARED=_S.OPERATIONAL,
+                        ignore="LIGHT_LOAD HEAVY_LOAD OVERLOAD_PERSISTED EMERGENCY_LOAD FAULT_DETECTED DEENERGIZED ENERGIZED"),
+        _S.DE_ENERGIZED: row(_E, ENERGIZED=_S.OPERATIONAL, FAULT_DETECTED=_S.FAULTED,
+                             ignore="LIGHT_LOAD HEAVY_LOAD OVERLOAD_PERSISTED EMERGENCY_LOAD FAULT_CLEARED DEENERGIZED"),
     },
 )
 

@@ -52,7 +52,8 @@ _ONLINE = dict(PRODUCING=_S.GENERATING, IDLE=_S.STANDBY, CURTAILMENT_ACTIVE=_S.C
 
 
 def _online(own: str) -> dict[DerEvent, Any]:
-    return row(IGNORE, _E, **{**_ONLINE, own: IGNORE})
+    # online: already connected, no fault to clear, not in maintenance
+    return row(_E, **{**_ONLINE, own: IGNORE}, ignore="RECONNECTED FAULT_CLEARED MAINTENANCE_END")
 
 
 TABLE: TransitionTable[DerState, DerEvent] = TransitionTable(
@@ -61,12 +62,18 @@ TABLE: TransitionTable[DerState, DerEvent] = TransitionTable(
         _S.GENERATING: _online("PRODUCING"),
         _S.STANDBY: _online("IDLE"),
         _S.CURTAILED: _online("CURTAILMENT_ACTIVE"),
-        _S.ISLANDED: row(IGNORE, _E, DISCONNECTED=_S.OFFLINE, INVERTER_FAULT=_S.FAULTED,
-                         MAINTENANCE_START=_S.MAINTENANCE),
-        _S.FAULTED: row(IGNORE, _E, FAULT_CLEARED=_S.OFFLINE, MAINTENANCE_START=_S.MAINTENANCE),
-        _S.OFFLINE: row(IGNORE, _E, RECONNECTED=_S.STANDBY, INVERTER_FAULT=_S.FAULTED,
-                        MAINTENANCE_START=_S.MAINTENANCE),
-        _S.MAINTENANCE: row(IGNORE, _E, MAINTENANCE_END=_S.OFFLINE),
+        # islanded: anti-islanding must disconnect it; production readings do not bring it back
+        _S.ISLANDED: row(_E, DISCONNECTED=_S.OFFLINE, INVERTER_FAULT=_S.FAULTED, MAINTENANCE_START=_S.MAINTENANCE,
+                         ignore="PRODUCING IDLE CURTAILMENT_ACTIVE GRID_LOST RECONNECTED FAULT_CLEARED MAINTENANCE_END"),
+        _S.FAULTED: row(_E, FAULT_CLEARED=_S.OFFLINE, MAINTENANCE_START=_S.MAINTENANCE,
+                        ignore="PRODUCING IDLE CURTAILMENT_ACTIVE GRID_LOST DISCONNECTED RECONNECTED INVERTER_FAULT "
+                               "MAINTENANCE_END"),
+        # offline: it comes back through a reconnection, never straight from a reading
+        _S.OFFLINE: row(_E, RECONNECTED=_S.STANDBY, INVERTER_FAULT=_S.FAULTED, MAINTENANCE_START=_S.MAINTENANCE,
+                        ignore="PRODUCING IDLE CURTAILMENT_ACTIVE GRID_LOST DISCONNECTED FAULT_CLEARED MAINTENANCE_END"),
+        _S.MAINTENANCE: row(_E, MAINTENANCE_END=_S.OFFLINE,
+                            ignore="PRODUCING IDLE CURTAILMENT_ACTIVE GRID_LOST DISCONNECTED RECONNECTED "
+                                   "INVERTER_FAULT FAULT_CLEARED MAINTENANCE_START"),
     },
 )
 

@@ -58,12 +58,12 @@ from gateway.agents.substation import FeederInfo, SubstationAgent, SubstationInp
 from gateway.agents.visualization import meters_metadata
 from gateway.agents.visualization import metadata as visualization_metadata
 from gateway.agents.transformer import TransformerAgent, TransformerInputs, TransformerState
-from gateway.bus import Bus
+from gateway.agents.bus import Bus
 from gateway.config import SiteConfig
 from gateway.maintenance.health import HealthInputs
 from gateway.maintenance.revenue import RevenueGuard, RevenueSettings
-from gateway.reliability import MOMENTARY_THRESHOLD_S
-from gateway.topology import METER_GROUP, Topology
+from gateway.agents.reliability import MOMENTARY_THRESHOLD_S
+from gateway.agents.topology import METER_GROUP, Topology
 
 log = logging.getLogger(__name__)
 
@@ -470,7 +470,7 @@ class AgentRuntime:
             for line in agent.links.lines:
                 v = self.readings.get(line, {}).get("active_power_kw")
                 if v is not None:
-                    loads[line] = float(v)  # type: ignore[arg-type]
+                    loads[line] = float(v)
             kw["feeder_loads_kw"] = loads
             kw["faulted_feeders"] = tuple(sorted(ln for ln in agent.links.lines
                                                  if self.memory[ln].state is LineState.FAULTED))

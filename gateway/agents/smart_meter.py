@@ -27,7 +27,7 @@ from gateway.agents.actions import Action, Alert, BusMessage, Severity, Topic
 from gateway.agents.fsm import IGNORE, TransitionTable, row
 from gateway.agents.schema import SmartMeterAttributes
 from gateway.config import MeterGroupConfig
-from gateway.reliability import OutageLedger
+from gateway.agents.reliability import OutageLedger
 
 
 class MeterState(enum.Enum):
@@ -58,7 +58,7 @@ _FOLLOW = dict(READING_NORMAL=_S.ACTIVE, HIGH_DEMAND=_S.HIGH_CONSUMPTION, VOLTAG
 
 
 def _follow(own: str, **extra: Any) -> dict[MeterEvent, Any]:
-    return row(IGNORE, _E, **{**_FOLLOW, own: IGNORE, **extra})
+    return row(_E, **{**_FOLLOW, own: IGNORE, **extra})
 
 
 TABLE: TransitionTable[MeterState, MeterEvent] = TransitionTable(
@@ -69,7 +69,9 @@ TABLE: TransitionTable[MeterState, MeterEvent] = TransitionTable(
         _S.LOW_VOLTAGE: _follow("VOLTAGE_LOW"),
         _S.POWER_QUALITY_ISSUE: _follow("POWER_QUALITY"),
         _S.OUTAGE: _follow("NO_POWER", READINGS_STOPPED=IGNORE),  # a dead meter cannot talk
-        _S.TAMPERED: row(IGNORE, _E, TAMPER_CLEARED=_S.ACTIVE, NO_POWER=_S.OUTAGE),
+        # a tamper flag stands until cleared: readings go on but do not lift it
+        _S.TAMPERED: row(_E, TAMPER_CLEARED=_S.ACTIVE, NO_POWER=_S.OUTAGE,
+                         ignore="READING_NORMAL HIGH_DEMAND VOLTAGE_LOW POWER_QUALITY TAMPER_DETECTED READINGS_STOPPED"),
         _S.COMMUNICATION_LOSS: _follow("READINGS_STOPPED"),
     },
 )

@@ -49,13 +49,13 @@ class SubstationEvent(enum.Enum):
 
 
 _S, _E = SubstationState, SubstationEvent
-_FOLLOW = dict(ALL_NORMAL=_S.NORMAL_OPERATION, HIGH_LOAD=_S.HIGH_LOAD, REGULATING=_S.VOLTAGE_REGULATION_ACTIVE,
+_FOLLOW: dict[str, Any] = dict(ALL_NORMAL=_S.NORMAL_OPERATION, HIGH_LOAD=_S.HIGH_LOAD, REGULATING=_S.VOLTAGE_REGULATION_ACTIVE,
                FEEDER_FAULT=_S.FEEDER_FAULT, TRANSFORMER_FAULT=_S.TRANSFORMER_FAULT, EMERGENCY=_S.EMERGENCY_MODE,
                MAINTENANCE_START=_S.MAINTENANCE_MODE, MAINTENANCE_END=IGNORE)
 
 
 def _follow(own: str) -> dict[SubstationEvent, SubstationState | Any]:
-    return row(IGNORE, _E, **{**_FOLLOW, own: IGNORE})
+    return row(_E, **{**_FOLLOW, own: IGNORE})
 
 
 TABLE: TransitionTable[SubstationState, SubstationEvent] = TransitionTable(
@@ -67,7 +67,10 @@ TABLE: TransitionTable[SubstationState, SubstationEvent] = TransitionTable(
         _S.FEEDER_FAULT: _follow("FEEDER_FAULT"),
         _S.TRANSFORMER_FAULT: _follow("TRANSFORMER_FAULT"),
         _S.EMERGENCY_MODE: _follow("EMERGENCY"),
-        _S.MAINTENANCE_MODE: row(IGNORE, _E, MAINTENANCE_END=_S.NORMAL_OPERATION),
+        # in maintenance the conditions seen are the crew's doing: only ending it moves the state
+        _S.MAINTENANCE_MODE: row(_E, MAINTENANCE_END=_S.NORMAL_OPERATION,
+                                 ignore="ALL_NORMAL HIGH_LOAD REGULATING FEEDER_FAULT TRANSFORMER_FAULT EMERGENCY "
+                                        "MAINTENANCE_START"),
     },
 )
 

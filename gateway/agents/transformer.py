@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 
 from gateway.agents.actions import Action, Alert, BusMessage, ControlRequest, Severity, Topic
 from gateway.agents.base import Agent, Links, Memory
-from gateway.agents.fsm import IGNORE, TransitionTable, row
+from gateway.agents.fsm import TransitionTable, row
 from gateway.agents.physics import (
     COOLING_EXPONENTS,
     DEFAULT_TOP_OIL_TAU_MIN,
@@ -72,16 +72,29 @@ _ALWAYS = dict(TEMPERATURE_HIGH=_S.OVERHEATING, INTERNAL_FAULT=_S.FAULTED, TAKEN
 TABLE: TransitionTable[TransformerState, TransformerEvent] = TransitionTable(
     TransformerState, TransformerEvent, initial=_S.NORMAL_OPERATION,
     rows={
-        _S.NORMAL_OPERATION: row(IGNORE, _E, **_ALWAYS, LOAD_HIGH=_S.HIGH_LOAD, LOAD_OVER=_S.OVERLOADED,
-                                 TAP_CHANGE_STARTED=_S.VOLTAGE_REGULATION),
-        _S.HIGH_LOAD: row(IGNORE, _E, **_ALWAYS, LOAD_NORMAL=_S.NORMAL_OPERATION, LOAD_OVER=_S.OVERLOADED),
-        _S.OVERLOADED: row(IGNORE, _E, **_ALWAYS, LOAD_NORMAL=_S.NORMAL_OPERATION, LOAD_HIGH=_S.HIGH_LOAD),
-        _S.OVERHEATING: row(IGNORE, _E, INTERNAL_FAULT=_S.FAULTED, TAKEN_OFFLINE=_S.OFFLINE,
-                            TEMPERATURE_NORMAL=_S.NORMAL_OPERATION),
-        _S.VOLTAGE_REGULATION: row(IGNORE, _E, **_ALWAYS, LOAD_HIGH=_S.HIGH_LOAD, LOAD_OVER=_S.OVERLOADED,
-                                   VOLTAGE_IN_BAND=_S.NORMAL_OPERATION),
-        _S.FAULTED: row(IGNORE, _E, RETURNED_TO_SERVICE=_S.NORMAL_OPERATION),
-        _S.OFFLINE: row(IGNORE, _E, RETURNED_TO_SERVICE=_S.NORMAL_OPERATION, INTERNAL_FAULT=_S.FAULTED),
+        _S.NORMAL_OPERATION: row(_E, **_ALWAYS, LOAD_HIGH=_S.HIGH_LOAD, LOAD_OVER=_S.OVERLOADED,
+                                 TAP_CHANGE_STARTED=_S.VOLTAGE_REGULATION,
+                                 ignore="LOAD_NORMAL TEMPERATURE_NORMAL VOLTAGE_IN_BAND RETURNED_TO_SERVICE"),
+        # a tap change under high load or overload is regulation the load state already covers
+        _S.HIGH_LOAD: row(_E, **_ALWAYS, LOAD_NORMAL=_S.NORMAL_OPERATION, LOAD_OVER=_S.OVERLOADED,
+                          ignore="LOAD_HIGH TEMPERATURE_NORMAL TAP_CHANGE_STARTED VOLTAGE_IN_BAND RETURNED_TO_SERVICE"),
+        _S.OVERLOADED: row(_E, **_ALWAYS, LOAD_NORMAL=_S.NORMAL_OPERATION, LOAD_HIGH=_S.HIGH_LOAD,
+                           ignore="LOAD_OVER TEMPERATURE_NORMAL TAP_CHANGE_STARTED VOLTAGE_IN_BAND RETURNED_TO_SERVICE"),
+        # overheating is left only when the temperature is back (or for a fault or outage): load is secondary
+        _S.OVERHEATING: row(_E, INTERNAL_FAULT=_S.FAULTED, TAKEN_OFFLINE=_S.OFFLINE,
+                            TEMPERATURE_NORMAL=_S.NORMAL_OPERATION,
+                            ignore="LOAD_NORMAL LOAD_HIGH LOAD_OVER TEMPERATURE_HIGH TAP_CHANGE_STARTED "
+                                   "VOLTAGE_IN_BAND RETURNED_TO_SERVICE"),
+        _S.VOLTAGE_REGULATION: row(_E, **_ALWAYS, LOAD_HIGH=_S.HIGH_LOAD, LOAD_OVER=_S.OVERLOADED,
+                                   VOLTAGE_IN_BAND=_S.NORMAL_OPERATION,
+                                   ignore="LOAD_NORMAL TEMPERATURE_NORMAL TAP_CHANGE_STARTED RETURNED_TO_SERVICE"),
+        # out of service: only a return to service (or, offline, a fault found) moves it
+        _S.FAULTED: row(_E, RETURNED_TO_SERVICE=_S.NORMAL_OPERATION,
+                        ignore="LOAD_NORMAL LOAD_HIGH LOAD_OVER TEMPERATURE_HIGH TEMPERATURE_NORMAL "
+                               "TAP_CHANGE_STARTED VOLTAGE_IN_BAND INTERNAL_FAULT TAKEN_OFFLINE"),
+        _S.OFFLINE: row(_E, RETURNED_TO_SERVICE=_S.NORMAL_OPERATION, INTERNAL_FAULT=_S.FAULTED,
+                        ignore="LOAD_NORMAL LOAD_HIGH LOAD_OVER TEMPERATURE_HIGH TEMPERATURE_NORMAL "
+                               "TAP_CHANGE_STARTED VOLTAGE_IN_BAND TAKEN_OFFLINE"),
     },
 )
 

@@ -461,7 +461,7 @@ class Hmi:
         return reply(rows)
 
     async def topology(self, _request: web.Request) -> web.StreamResponse:
-        from gateway.topology import Topology
+        from gateway.agents.topology import Topology
 
         gw = self.gateway()
         return reply({"graph": Topology.from_site(gw.site).to_dict(), "network": gw.switching.network_view()})

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from gateway.agents.fsm import IGNORE, TransitionTable, row
+from gateway.agents.fsm import TransitionTable, row
 
 
 class WorkOrderState(enum.Enum):
@@ -44,8 +44,8 @@ _S, _E = WorkOrderState, WorkOrderEvent
 TABLE: TransitionTable[WorkOrderState, WorkOrderEvent] = TransitionTable(
     WorkOrderState, WorkOrderEvent, initial=_S.PROPOSED,
     rows={
-        _S.PROPOSED: row(IGNORE, _E, ACCEPT=_S.ACCEPTED, CLOSE=_S.CLOSED),
-        _S.ACCEPTED: row(IGNORE, _E, CLOSE=_S.CLOSED),
+        _S.PROPOSED: row(_E, ACCEPT=_S.ACCEPTED, CLOSE=_S.CLOSED, ignore="RESCHEDULE EVIDENCE"),
+        _S.ACCEPTED: row(_E, CLOSE=_S.CLOSED, ignore="ACCEPT RESCHEDULE EVIDENCE"),
         _S.CLOSED: {},  # nothing moves a closed order
     },
 )

@@ -127,7 +127,7 @@ def operate_time_s(curve: Curve | int, tms: float, m: float) -> float:
     if not m > 1.0:
         return -1.0
     k = CURVE_CONSTANTS[Curve(curve)]
-    return tms * (k.k / (m**k.alpha - 1.0) + k.c)
+    return tms * (k.k / (float(m**k.alpha) - 1.0) + k.c)
 
 
 def reset_time_s(curve: Curve | int, tms: float, m: float) -> float:

@@ -89,7 +89,8 @@ class OutageLedger:
         self._last_start[meters] = starts
 
     def last_starts(self, meters: np.ndarray) -> np.ndarray:
-        return self._last_start[meters]
+        starts: np.ndarray = self._last_start[meters]
+        return starts
 
     def columns(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if not self._meter:

@@ -1,0 +1,105 @@
+"""The layering rules the code keeps, checked on the import graph read from the source.
+
+Each rule names the modules that are today's exceptions; a new import that breaks a rule fails
+here until it is removed or, deliberately, added to the exceptions (docs/architecture.md says
+which of them are debts to pay off).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from tests.support.import_graph import imports, modules
+
+GRAPH = imports()
+IO_MODULES = {"asyncio", "socket", "time", "threading", "selectors", "subprocess", "sqlite3", "ssl", "http",
+              "urllib"}
+
+
+def _edges(source: str, target: str) -> set[tuple[str, str]]:
+    return {(s, d) for s, ds in GRAPH.items() for d in ds
+            if (s == source or s.startswith(source + ".")) and (d == target or d.startswith(target + "."))}
+
+
+def test_the_graph_reads_every_module() -> None:
+    assert len(GRAPH) == len(modules()) > 100
+    assert "gateway.agent_host" in GRAPH["gateway.daemon"]  # a plain import
+    assert "gateway.iec104" in GRAPH["gateway.daemon"]  # an import inside a function
+
+
+@pytest.mark.parametrize("product", ["gateway", "protocols", "native"])
+def test_the_product_never_imports_the_simulator(product: str) -> None:
+    assert _edges(product, "hil") == set()
+
+
+PROTOCOLS_MAY_IMPORT = {"gateway.clock", "gateway.config", "gateway.points"}
+"""The contract the adapters implement against: the clock, the site's settings, the process image."""
+PROTOCOLS_DEBTS = {("protocols.mqtt", "gateway.storage"), ("protocols.iec104", "gateway.iec104")}
+"""The spool behind a protocol of its own, the IEC 104 map moved to the adapter: still to do."""
+
+
+def test_adapters_import_only_the_contract_from_the_gateway() -> None:
+    crossing = {(s, d) for s, d in _edges("protocols", "gateway") if d not in PROTOCOLS_MAY_IMPORT}
+    assert crossing == PROTOCOLS_DEBTS
+
+
+GATEWAY_IMPORTERS_OF_PROTOCOLS = {
+    "gateway.daemon",  # the wiring: builds the adapters
+    "gateway.commissioning.cli", "gateway.commissioning.scl_import",  # tools that talk to IEDs
+    "gateway.demand_response", "gateway.peak_service",  # the demand-response wire format (debt)
+    "gateway.protection.bridge",  # Priority and CommandError (debt: belong to the contract)
+}
+
+
+def test_only_the_wiring_and_named_edges_import_the_adapters() -> None:
+    assert {s for s, _ in _edges("gateway", "protocols")} == GATEWAY_IMPORTERS_OF_PROTOCOLS
+
+
+AGENTS_MUST_NOT_IMPORT = ("protocols", "gateway.daemon", "gateway.reload", "gateway.storage", "gateway.control",
+                          "gateway.hmi", "gateway.protection", "gateway.telemetry", "gateway.agent_host")
+
+
+@pytest.mark.parametrize("target", AGENTS_MUST_NOT_IMPORT)
+def test_agents_decide_without_adapters_storage_or_the_daemon(target: str) -> None:
+    assert {(s, d) for s, d in _edges("gateway.agents", target) if s != "gateway.agents.cli"} == set()
+
+
+def test_nothing_but_reload_builds_on_the_daemon() -> None:
+    assert {s for s, _ in _edges("gateway", "gateway.daemon") if s != "gateway.daemon"} == {"gateway.reload"}
+
+
+SANS_IO_PACKAGES = ("gateway.agents", "gateway.switching", "gateway.protection", "gateway.maintenance")
+IO_EDGES = {"gateway.protection.bridge", "gateway.maintenance.service"}
+"""Where a sans-IO package meets storage or the clock; every `cli` module is a client too."""
+
+
+def test_deciding_packages_do_no_io() -> None:
+    found = {}
+    for mod, path in modules().items():
+        if not mod.startswith(SANS_IO_PACKAGES) or mod in IO_EDGES or mod.rsplit(".", 1)[-1] == "cli":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [a.name.split(".")[0] for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names = [node.module.split(".")[0]]
+            if IO_MODULES & set(names):
+                found[mod] = IO_MODULES & set(names)
+    assert found == {}
+
+
+def test_a_broken_rule_is_seen(tmp_path: Path) -> None:
+    """An import inside a function, relative or absolute, is an edge of the graph the rules read."""
+    for name, text in {"gateway/__init__.py": "", "gateway/agents/__init__.py": "",
+                       "gateway/agents/x.py": "def f():\n    from protocols.mqtt import MqttUplink\n",
+                       "gateway/agents/y.py": "from . import x\nfrom ..points import P\n",
+                       "gateway/points.py": "", "protocols/__init__.py": "", "protocols/mqtt.py": ""}.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    graph = imports(tmp_path)
+    assert graph["gateway.agents.x"] == {"protocols.mqtt"}
+    assert graph["gateway.agents.y"] == {"gateway.agents.x", "gateway.points"}
