@@ -136,6 +136,18 @@ def _scaling(values: Sequence[float | None]) -> tuple[float, float, float, float
     return a, b, -INT16_SPAN, INT16_SPAN
 
 
+ASCII_LIMIT = 99998.0
+"""The largest ASCII sample written: 99999 is the missing-value marker."""
+
+
+def _ascii_scaling(values: Sequence[float | None]) -> tuple[float, float, float, float]:
+    """(a, b, min, max) of an ASCII channel: values as they are (a = 1) unless one would reach the
+    missing-value marker, then scaled (value = a·x) so every sample stays within ±99998."""
+    peak = max((abs(v) for v in values if v is not None), default=0.0)
+    a = 1.0 if peak <= ASCII_LIMIT else peak / ASCII_LIMIT
+    return a, 0.0, -3.4e38, 3.4e38
+
+
 def _offsets(record: Record) -> list[int]:
     t0 = record.times[0]
     out = []
@@ -151,7 +163,8 @@ def write(record: Record, fmt: DatFormat = "BINARY") -> tuple[bytes, bytes, byte
     _check(record)
     n_a, n_d = len(record.analog), len(record.digital)
     columns = [[row[i] for row in record.analog_values] for i in range(n_a)]
-    scales = [_scaling(col) if fmt == "BINARY" else (1.0, 0.0, -3.4e38, 3.4e38) for col in columns]
+    scales = [_scaling(col) if fmt == "BINARY" else _ascii_scaling(col) if fmt == "ASCII"
+              else (1.0, 0.0, -3.4e38, 3.4e38) for col in columns]
     lines = [f"{record.station},{record.device},2013", f"{n_a + n_d},{n_a}A,{n_d}D"]
     for i, (ch, (a, b, low, high)) in enumerate(zip(record.analog, scales, strict=True), start=1):
         lines.append(f"{i},{ch.name},{ch.phase},{ch.circuit},{ch.unit},{a:.9g},{b:.9g},0,{low:.9g},{high:.9g},"
@@ -167,7 +180,7 @@ def write(record: Record, fmt: DatFormat = "BINARY") -> tuple[bytes, bytes, byte
         for k, (ts, avals, dvals) in enumerate(zip(stamps, record.analog_values, record.digital_values,
                                                    strict=True), start=1):
             fields = [str(k), str(ts)]
-            fields += [ASCII_MISSING if v is None else f"{v:.9g}" for v in avals]
+            fields += [ASCII_MISSING if v is None else f"{v / scales[i][0]:.9g}" for i, v in enumerate(avals)]
             fields += [str(v) for v in dvals]
             rows.append(",".join(fields))
         dat = ("\r\n".join(rows) + "\r\n").encode("ascii")
