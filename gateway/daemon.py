@@ -368,9 +368,18 @@ class Gateway:
         self._maintenance_wake = asyncio.Event()
         self.maintenance_service: Any = None
         if self.site.maintenance.enabled:
+            from gateway.maintenance.backup import QuotedNeighbour
+
+            exchange = getattr(self, "exchange", None)
+            neighbour = QuotedNeighbour(self.switching.network, exchange.ask_quote if exchange is not None else None)
             self.maintenance_service = MaintenanceService(
                 self.site, store=self.store, agents=self.agents, switching=self.switching, publish=self._publish,
-                wall=self.clock.wall, monotonic=self.clock.monotonic)
+                wall=self.clock.wall, monotonic=self.clock.monotonic, ask_neighbour=neighbour)
+            if exchange is not None:
+                def heard(answer: Any) -> None:
+                    if neighbour.on_answer(answer) and self.maintenance_service.on_quote(answer):
+                        self._maintenance_wake.set()
+                exchange.quote_listeners.append(heard)
             self.agents.message_listeners.append(self._maintenance_heard)
 
     def _maintenance_heard(self, message: Any) -> None:
@@ -385,7 +394,7 @@ class Gateway:
         while True:
             delay = max(0.0, next_evaluation - self.clock.monotonic())
             self._maintenance_wake.clear()
-            if not self.maintenance_service.pending:
+            if not (self.maintenance_service.pending or self.maintenance_service.replans):
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await self._maintenance_wake.wait()
@@ -419,6 +428,8 @@ class Gateway:
         return out
 
     async def maintenance_requests(self) -> list[dict[str, Any]]:
+        from gateway.maintenance.workorder import WorkOrderError
+
         svc = self.maintenance_service
         done = []
         while svc.pending:
@@ -426,6 +437,13 @@ class Gateway:
             forecasts = await asyncio.to_thread(svc.forecasts, self.clock.wall())
             planned = svc.process(request, forecasts)
             done.append(planned.work_order.to_dict())
+        while svc.replans:
+            wo, why = svc.replans.pop(0)
+            forecasts = await asyncio.to_thread(svc.forecasts, self.clock.wall())
+            try:
+                done.append(svc.replan(wo, why, forecasts).work_order.to_dict())
+            except WorkOrderError as exc:
+                log.info("work order not planned again", extra={"work_order": wo, "error": str(exc)})
         return done
 
     def _build_commands(self) -> None:

@@ -45,7 +45,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeGuard
 
-MESSAGE_KINDS = ("request", "offer", "refuse", "accept", "execute", "confirm", "abort")
+MESSAGE_KINDS = ("request", "offer", "refuse", "accept", "execute", "confirm", "abort", "quote_request", "quote")
+"""The last two are quotes' (gateway/switching/quote.py); the exchange hands them to its quote book."""
 REPLY_TIMEOUT_S = 10.0
 """A request or accept unanswered this long ends the exchange."""
 OFFER_VALID_S = 30.0
