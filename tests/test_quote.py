@@ -43,6 +43,7 @@ class Net:
     public: dict[str, bytes] = field(default_factory=dict)
     queue: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     silent: set[str] = field(default_factory=set)
+    wall0: float = WALL0
 
     def verify(self, envelope: dict[str, Any], sender: str) -> dict[str, Any]:
         key = self.public.get(sender)
@@ -64,7 +65,7 @@ class Net:
         plant = SimpleNamespace(network=network, outcome_listeners=[])
         svc = ExchangeService(name, REGION, switching=plant, publish=publish, sign=own.sign, verify=self.verify,
                               headroom=headroom_from_forecast(40_000.0, 90.0, lambda: 36_000.0 - headroom_kw),
-                              monotonic=lambda: self.clock[0], wall=lambda: WALL0 + self.clock[0],
+                              monotonic=lambda: self.clock[0], wall=lambda: self.wall0 + self.clock[0],
                               alarm=lambda *_: None)
         self.gateways[name] = svc
         return svc
@@ -216,3 +217,33 @@ def test_a_silent_or_refusing_neighbour_leaves_the_declared_capacity_marked(pair
     # coordination off: nobody to ask
     off = plan_b(QuotedNeighbour(a.switching.network, None))
     assert off.offer is not None and off.offer.offered_by == DECLARED and "coordination" in off.offer.note
+
+
+def test_the_work_order_is_planned_again_when_the_quote_comes(tmp_path: Path) -> None:
+    from gateway.maintenance.coordinator import MaintenanceCoordinator
+    from gateway.maintenance.service import MaintenanceService
+    from tests.test_maintenance_workorder import NOW, inputs, request
+
+    net = Net(clock=[100.0], wall0=NOW)
+    sub003 = net.gateway("SUB-003", Network.from_site(validate(site())), tmp_path, 0.0)
+    net.gateway("SUB-006", sub006_network(), tmp_path, 2200.0)
+    s = validate(site())
+    neighbour = QuotedNeighbour(sub003.switching.network, sub003.ask_quote)
+    coordinator = MaintenanceCoordinator(s, s.maintenance, sub003.switching.network, neighbour)
+    forecasts, grid = inputs(coordinator)
+    planned = coordinator.on_request(request(), wall=NOW, forecasts=forecasts, grid=grid)
+    b = next(p for p in planned.work_order.plans if p["plan"] == "B")
+    assert b["offer"]["offered_by"] == DECLARED and "waiting for SUB-006" in b["offer"]["note"]
+    service = SimpleNamespace(coordinator=coordinator, replans=[])
+    heard: list[bool] = []
+    sub003.quote_listeners.append(lambda a: heard.append(neighbour.on_answer(a)
+                                                         and MaintenanceService.on_quote(service, a)))  # type: ignore[arg-type]
+    net.deliver()
+    assert heard == [True]
+    (wo_id, why), = service.replans
+    assert wo_id == planned.work_order.id and "SUB-006 quoted" in why
+    again = coordinator.replan(wo_id, why, NOW + 1.0, forecasts=forecasts, grid=grid)
+    b = next(p for p in again.work_order.plans if p["plan"] == "B")
+    assert b["offer"]["offered_by"] == "SUB-006" and b["offer"]["kva_offered"] == pytest.approx(2200.0)
+    assert again.work_order.window == planned.work_order.window
+    assert again.work_order.history[-1]["event"] == "evidence" and "SUB-006 quoted" in again.work_order.history[-1]["note"]
