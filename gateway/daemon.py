@@ -235,7 +235,8 @@ class Gateway:
         self.exchange = ExchangeService(
             self.site.site.substation_id, region_base, switching=self.switching, publish=self._publish,
             sign=own.sign, verify=verify, headroom=self._headroom, monotonic=self.clock.monotonic,
-            wall=self.clock.wall, alarm=self._transfer_alarm, max_age_s=cfg.max_age_s)
+            wall=self.clock.wall, alarm=self._transfer_alarm, max_age_s=cfg.max_age_s,
+            window_headroom=self._window_headroom)
         self.uplink.on_external(self.exchange.inbox_filter, self.exchange.on_mqtt)
         for topic in self.exchange.death_topics():
             self.uplink.on_external(topic, self.exchange.on_mqtt)
@@ -264,6 +265,11 @@ class Gateway:
         if self.peak is None:
             return 0.0, "this substation does not manage its peak ([peak] is off): no headroom known"
         return self.peak.headroom(tie, kw)
+
+    def _window_headroom(self, tie: str, kva: float, start: float, end: float) -> tuple[float, str]:
+        if self.peak is None:
+            return 0.0, "this substation does not manage its peak ([peak] is off): no headroom known"
+        return self.peak.window_headroom(tie, kva, start, end)
 
     def _transfer_alarm(self, xid: str, severity: str, message: str) -> None:
         self.store.append_event(self.clock.wall(), f"transfer:{xid}", "alert", {"severity": severity,
