@@ -1085,6 +1085,7 @@ class Server:
         c.register("transfer.status",
                    lambda: None if self._gw().exchange is None else self._gw().exchange.status(), viewer)
         c.register("transfer.request", self._op_transfer_request, operator)
+        c.register("transfer.quote", self._op_transfer_quote, operator)
         c.register("events.page", lambda since=0.0, until=None, after_seq=0, limit=1000: self.store.events_page(
             float(since), float("inf") if until is None else float(until), int(after_seq), min(int(limit), 10_000)),
             viewer)
@@ -1298,6 +1299,22 @@ class Server:
         self.store.append_event(self.clock.wall(), f"transfer:{xid}", "transfer.request",
                                 {"tie": tie, "part": part, "load_kw": kw, "by": who})
         return {"xid": xid, "tie": tie, "part": part, "load_kw": round(kw, 1)}
+
+    def _op_transfer_quote(self, tie: str, window_start: float, window_end: float, kva: float) -> dict[str, Any]:
+        """Ask the neighbour beyond `tie` what it could carry in a future window (a quote: nothing
+        switched, nothing reserved); its answer shows in `transfer.status` under `quotes`."""
+        from gateway.switching.transfer import TransferError
+
+        gw = self._gw()
+        if gw.exchange is None:
+            raise ValueError("no coordination with neighbours here (no external tie, or no neighbour key in "
+                             "[coordination])")
+        try:
+            xid = gw.exchange.ask_quote(str(tie), float(window_start), float(window_end), float(kva))
+        except TransferError as exc:
+            raise ValueError(f"refused: {exc}") from None
+        return {"xid": xid, "tie": tie, "window_start": float(window_start), "window_end": float(window_end),
+                "kva": float(kva)}
 
     def _op_switching_show(self, id: str) -> dict[str, Any]:
         return self._gw().switching.runner.get(id).to_dict()

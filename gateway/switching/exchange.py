@@ -80,6 +80,8 @@ class ExchangeService:
                                                far_side_dead=self._far_side_dead)
         self.quotes = QuoteBook(substation, self.coordinator.ties,
                                 headroom=window_headroom or _peak_headroom(headroom))
+        self.quote_answers: list[dict[str, Any]] = []
+        """The last answers to this gateway's quotes (at most 20), for the status."""
         self.quote_listeners: list[Callable[[Answer], None]] = []
         """Called with each answer to a quote this gateway asked for (or its timeout)."""
         self.dropped = 0
@@ -178,6 +180,11 @@ class ExchangeService:
 
     def _answered(self) -> None:
         for answer in self.quotes.take_answered():
+            q = answer.question
+            self.quote_answers = [*self.quote_answers[-19:], {
+                "xid": q.xid, "tie": q.tie, "neighbour": q.neighbour, "window_start": q.window_start,
+                "window_end": q.window_end, "kva_asked": q.kva, "kva": answer.kva, "by": answer.by,
+                "note": answer.note}]
             for listener in self.quote_listeners:
                 try:
                     listener(answer)
@@ -257,7 +264,15 @@ class ExchangeService:
 
     def status(self) -> dict[str, Any]:
         return {"ties": {t: {"neighbour": i.neighbour, "owned": i.owned} for t, i in self.coordinator.ties.items()},
-                "exchanges": [ex.to_dict() for ex in self.coordinator.exchanges.values()], "dropped": self.dropped}
+                "exchanges": [ex.to_dict() for ex in self.coordinator.exchanges.values()], "dropped": self.dropped,
+                "quotes": {"asked": [vars_of(q) for q in self.quotes.pending.values()], "answered": self.quote_answers,
+                           "quoted_for_neighbours": self.quotes.quoted,
+                           "refused_to_neighbours": self.quotes.refused}}
+
+
+def vars_of(q: Any) -> dict[str, Any]:
+    return {"xid": q.xid, "tie": q.tie, "neighbour": q.neighbour, "window_start": q.window_start,
+            "window_end": q.window_end, "kva_asked": q.kva}
 
 
 def _peak_headroom(headroom: Callable[[str, float], tuple[float, str]]) -> WindowHeadroom:
