@@ -247,3 +247,13 @@ def test_the_work_order_is_planned_again_when_the_quote_comes(tmp_path: Path) ->
     assert b["offer"]["offered_by"] == "SUB-006" and b["offer"]["kva_offered"] == pytest.approx(2200.0)
     assert again.work_order.window == planned.work_order.window
     assert again.work_order.history[-1]["event"] == "evidence" and "SUB-006 quoted" in again.work_order.history[-1]["note"]
+
+
+def test_an_offline_neighbour_is_not_asked_and_plan_b_says_why(pair: Any) -> None:
+    net, sub003, _ = pair
+    sub003.on_mqtt(f"{REGION}/SUB-006/death", {"bdSeq": 1}, False)
+    with pytest.raises(TransferError, match="offline"):
+        sub003.ask_quote(TIE, *WINDOW, 900.0)
+    b = plan_b(QuotedNeighbour(sub003.switching.network, sub003.ask_quote))
+    assert b.offer is not None and b.offer.offered_by == DECLARED and "SUB-006 not asked" in b.offer.note
+    assert not net.queue

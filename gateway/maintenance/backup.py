@@ -154,6 +154,8 @@ def declared_capacity(network: Network, *, offered_by: str = "site file (declare
 
 
 DECLARED = "site file (declared capacity)"
+MAX_ANSWERS = 64
+"""Neighbours' answers kept, one per window asked about."""
 
 
 class QuotedNeighbour:
@@ -208,6 +210,8 @@ class QuotedNeighbour:
         if key is None:
             return False
         self.answers[key] = answer
+        while len(self.answers) > MAX_ANSWERS:  # the oldest windows first (dicts keep insertion order)
+            del self.answers[next(iter(self.answers))]
         return True
 
 

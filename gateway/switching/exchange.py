@@ -172,8 +172,9 @@ class ExchangeService:
     def ask_quote(self, tie: str, window_start: float, window_end: float, kva: float) -> str:
         """Ask the neighbour beyond `tie` what it could carry in a future window (nothing switched
         or reserved); the answer comes to `quote_listeners`. The question's id."""
-        if tie in self.coordinator.ties and self.coordinator.ties[tie].neighbour in self.coordinator._dead_neighbours:
-            raise TransferError(f"{self.coordinator.ties[tie].neighbour} is offline (its death message was seen)")
+        info = self.coordinator.ties.get(tie)
+        if info is not None and self.coordinator.offline(info.neighbour):
+            raise TransferError(f"{info.neighbour} is offline (its death message was seen)")
         xid, actions = self.quotes.ask(tie, window_start, window_end, kva, self._monotonic())
         self._act(list(actions))
         return xid

@@ -310,6 +310,10 @@ class TransferCoordinator:
                 out += self._timeout(ex, now, f"{neighbour} went offline")
         return out
 
+    def offline(self, neighbour: str) -> bool:
+        """The neighbour's death message was seen and no birth or message since."""
+        return neighbour in self._dead_neighbours
+
     def on_neighbour_birth(self, neighbour: str) -> None:
         """The neighbour is back (its birth message): it may be asked again."""
         self._dead_neighbours.discard(neighbour)
