@@ -8,12 +8,15 @@ dropped; a silent neighbour or one that refuses leaves plan B on the declared ca
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import gateway.keys as keys
 from gateway.config import validate
@@ -257,3 +260,21 @@ def test_an_offline_neighbour_is_not_asked_and_plan_b_says_why(pair: Any) -> Non
     b = plan_b(QuotedNeighbour(sub003.switching.network, sub003.ask_quote))
     assert b.offer is not None and b.offer.offered_by == DECLARED and "SUB-006 not asked" in b.offer.note
     assert not net.queue
+
+
+_values = st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12), st.floats(allow_nan=True),
+                    st.text(max_size=8), st.lists(st.integers(), max_size=2))
+
+
+@settings(max_examples=300, deadline=None)
+@given(tie=st.one_of(st.just(TIE), _values), start=_values, end=_values, kva=_values)
+def test_any_question_is_answered_with_a_quote_only_when_every_field_is_sound(tie: Any, start: Any, end: Any,
+                                                                             kva: Any) -> None:
+    book = QuoteBook("SUB-006", {TIE: TieInfo(TIE, "SUB-003", True)}, headroom=lambda *_: (2200.0, "test"))
+    body = {"tie": tie, "window_start": start, "window_end": end, "kva": kva}
+    (reply,) = book.on_message(Message("quote_request", "Q-1", "SUB-003", "SUB-006", body), 1000.0)
+    sound = (tie == TIE and all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+                                for v in (start, end, kva))
+             and end > start and end - start <= 7 * 86400.0 and end > 1000.0 and kva > 0)
+    assert reply.message.kind == ("quote" if sound else "refuse")
+    assert reply.message.recipient == "SUB-003" and reply.message.xid == "Q-1"
