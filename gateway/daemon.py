@@ -235,7 +235,8 @@ class Gateway:
         self.exchange = ExchangeService(
             self.site.site.substation_id, region_base, switching=self.switching, publish=self._publish,
             sign=own.sign, verify=verify, headroom=self._headroom, monotonic=self.clock.monotonic,
-            wall=self.clock.wall, alarm=self._transfer_alarm, max_age_s=cfg.max_age_s)
+            wall=self.clock.wall, alarm=self._transfer_alarm, max_age_s=cfg.max_age_s,
+            window_headroom=self._window_headroom)
         self.uplink.on_external(self.exchange.inbox_filter, self.exchange.on_mqtt)
         for topic in self.exchange.death_topics():
             self.uplink.on_external(topic, self.exchange.on_mqtt)
@@ -264,6 +265,11 @@ class Gateway:
         if self.peak is None:
             return 0.0, "this substation does not manage its peak ([peak] is off): no headroom known"
         return self.peak.headroom(tie, kw)
+
+    def _window_headroom(self, tie: str, kva: float, start: float, end: float) -> tuple[float, str]:
+        if self.peak is None:
+            return 0.0, "this substation does not manage its peak ([peak] is off): no headroom known"
+        return self.peak.window_headroom(tie, kva, start, end)
 
     def _transfer_alarm(self, xid: str, severity: str, message: str) -> None:
         self.store.append_event(self.clock.wall(), f"transfer:{xid}", "alert", {"severity": severity,
@@ -368,9 +374,18 @@ class Gateway:
         self._maintenance_wake = asyncio.Event()
         self.maintenance_service: Any = None
         if self.site.maintenance.enabled:
+            from gateway.maintenance.backup import QuotedNeighbour
+
+            exchange = getattr(self, "exchange", None)
+            neighbour = QuotedNeighbour(self.switching.network, exchange.ask_quote if exchange is not None else None)
             self.maintenance_service = MaintenanceService(
                 self.site, store=self.store, agents=self.agents, switching=self.switching, publish=self._publish,
-                wall=self.clock.wall, monotonic=self.clock.monotonic)
+                wall=self.clock.wall, monotonic=self.clock.monotonic, ask_neighbour=neighbour)
+            if exchange is not None:
+                def heard(answer: Any) -> None:
+                    if neighbour.on_answer(answer) and self.maintenance_service.on_quote(answer):
+                        self._maintenance_wake.set()
+                exchange.quote_listeners.append(heard)
             self.agents.message_listeners.append(self._maintenance_heard)
 
     def _maintenance_heard(self, message: Any) -> None:
@@ -385,7 +400,7 @@ class Gateway:
         while True:
             delay = max(0.0, next_evaluation - self.clock.monotonic())
             self._maintenance_wake.clear()
-            if not self.maintenance_service.pending:
+            if not (self.maintenance_service.pending or self.maintenance_service.replans):
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await self._maintenance_wake.wait()
@@ -419,6 +434,8 @@ class Gateway:
         return out
 
     async def maintenance_requests(self) -> list[dict[str, Any]]:
+        from gateway.maintenance.workorder import WorkOrderError
+
         svc = self.maintenance_service
         done = []
         while svc.pending:
@@ -426,6 +443,13 @@ class Gateway:
             forecasts = await asyncio.to_thread(svc.forecasts, self.clock.wall())
             planned = svc.process(request, forecasts)
             done.append(planned.work_order.to_dict())
+        while svc.replans:
+            wo, why = svc.replans.pop(0)
+            forecasts = await asyncio.to_thread(svc.forecasts, self.clock.wall())
+            try:
+                done.append(svc.replan(wo, why, forecasts).work_order.to_dict())
+            except WorkOrderError as exc:
+                log.info("work order not planned again", extra={"work_order": wo, "error": str(exc)})
         return done
 
     def _build_commands(self) -> None:
@@ -1061,6 +1085,7 @@ class Server:
         c.register("transfer.status",
                    lambda: None if self._gw().exchange is None else self._gw().exchange.status(), viewer)
         c.register("transfer.request", self._op_transfer_request, operator)
+        c.register("transfer.quote", self._op_transfer_quote, operator)
         c.register("events.page", lambda since=0.0, until=None, after_seq=0, limit=1000: self.store.events_page(
             float(since), float("inf") if until is None else float(until), int(after_seq), min(int(limit), 10_000)),
             viewer)
@@ -1274,6 +1299,22 @@ class Server:
         self.store.append_event(self.clock.wall(), f"transfer:{xid}", "transfer.request",
                                 {"tie": tie, "part": part, "load_kw": kw, "by": who})
         return {"xid": xid, "tie": tie, "part": part, "load_kw": round(kw, 1)}
+
+    def _op_transfer_quote(self, tie: str, window_start: float, window_end: float, kva: float) -> dict[str, Any]:
+        """Ask the neighbour beyond `tie` what it could carry in a future window (a quote: nothing
+        switched, nothing reserved); its answer shows in `transfer.status` under `quotes`."""
+        from gateway.switching.transfer import TransferError
+
+        gw = self._gw()
+        if gw.exchange is None:
+            raise ValueError("no coordination with neighbours here (no external tie, or no neighbour key in "
+                             "[coordination])")
+        try:
+            xid = gw.exchange.ask_quote(str(tie), float(window_start), float(window_end), float(kva))
+        except TransferError as exc:
+            raise ValueError(f"refused: {exc}") from None
+        return {"xid": xid, "tie": tie, "window_start": float(window_start), "window_end": float(window_end),
+                "kva": float(kva)}
 
     def _op_switching_show(self, id: str) -> dict[str, Any]:
         return self._gw().switching.runner.get(id).to_dict()

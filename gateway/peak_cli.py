@@ -56,6 +56,16 @@ def _transfer_lines(t: dict[str, Any] | None) -> str:
     for ex in t["exchanges"]:
         lines.append(f"  {ex['xid']} {ex['role']:<9} {ex['phase']:<12} {ex['tie']} part {ex['part']} "
                      f"{ex['load_kw']:.0f} kW" + (f"  {ex['reason']}" if ex.get("reason") else ""))
+    quotes = t.get("quotes") or {}
+    for q in quotes.get("asked", []):
+        lines.append(f"  quote {q['xid']} asked of {q['neighbour']} through {q['tie']}: {q['kva_asked']:.0f} kVA, "
+                     "waiting")
+    for q in quotes.get("answered", []):
+        got = f"{q['kva']:.0f} kVA" if q["kva"] is not None else "none"
+        lines.append(f"  quote {q['xid']} from {q['by'] or q['neighbour']} through {q['tie']}: {got}  {q['note']}")
+    if quotes:
+        lines.append(f"quotes for neighbours: {quotes['quoted_for_neighbours']} given, "
+                     f"{quotes['refused_to_neighbours']} refused")
     lines.append(f"messages dropped: {t['dropped']}")
     return "\n".join(lines)
 

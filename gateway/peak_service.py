@@ -223,6 +223,22 @@ class PeakService:
         return max(0.0, room), (f"forecast peak {100.0 * peak / self.capacity_kva:.1f} % of capacity, "
                                 f"target {self.cfg.target_percent:g} %")
 
+    def window_headroom(self, tie: str, kva: float, start: float, end: float) -> tuple[float, str]:
+        """What this substation could take from a neighbour in a future window (kW, quoted as kVA):
+        its target less the forecast's daily shape at the window's times of day plus today's level
+        (without a daily shape: the present forecast peak). A quote: nothing is reserved."""
+        load = self.load()
+        fc = self.forecast
+        peak_kw = fc.peak_over(start, end) if fc is not None else None
+        if peak_kw is None or load is None:
+            room, why = self.headroom(tie, kva)
+            return room, f"{why} (no daily shape yet: by the present forecast peak)"
+        target = self.cfg.target_percent / 100.0 * self.capacity_kva
+        peak = self._basis(peak_kw, load)
+        room = (target - peak) * (load.power_factor if self.cfg.basis == "apparent" else 1.0)
+        return max(0.0, room), (f"forecast peak in the window {100.0 * peak / self.capacity_kva:.1f} % of capacity "
+                                f"(daily shape), target {self.cfg.target_percent:g} %")
+
     # ------------------------------------------------------------------ inputs
 
     def on_forecast(self, fc: Forecast) -> None:

@@ -105,3 +105,16 @@ def test_one_step_in_the_latest_quarter_window_moves_the_trend_less_than_a_least
     f = forecast(pts, now, settings=ForecastSettings(trend_window_s=7200.0, trend_fade_s=0.0))
     lsq = float(np.polyfit([t - now for t, _ in pts], [v for _, v in pts], 1)[0]) * 3600.0
     assert abs(f.slope_kw_per_h - 500.0) <= 0.5 * abs(lsq - 500.0) + 150.0
+
+
+def test_a_window_days_ahead_is_forecast_from_the_daily_shape_at_its_times_of_day() -> None:
+    now = T0 + 7 * DAY + 15 * 3600.0
+    f = forecast(history(7, now, shape), now)
+    night = f.peak_over(T0 + 10 * DAY + 1 * 3600.0, T0 + 10 * DAY + 6 * 3600.0)
+    evening = f.peak_over(T0 + 10 * DAY + 17 * 3600.0, T0 + 10 * DAY + 21 * 3600.0)
+    assert night is not None and evening is not None
+    truth_night = max(shape(T0 + 3600.0 + k * 60.0) for k in range(301))
+    assert night == pytest.approx(truth_night, rel=0.02)
+    assert evening == pytest.approx(26_000.0, rel=0.02)
+    short = forecast(history(0.2, now, shape), now)
+    assert short.peak_over(now + DAY, now + DAY + 3600.0) is None  # no daily shape: nothing to say

@@ -225,3 +225,32 @@ def test_the_forecast_counts_on_what_the_sun_will_give(tmp_path: Path) -> None:
                   method="test", level_kw=28_000.0, slope_kw_per_h=0.0, limit_kw=None, crossing_s=None,
                   peak_kw=28_000.0, peak_at=wall + 1800.0)
     assert sub.peak.corrected_peak_kw(fc) == pytest.approx(28_400.0)
+
+
+def test_a_quote_for_a_window_days_ahead_uses_the_daily_shape_at_its_times_of_day(tmp_path: Path) -> None:
+    """Night windows have room for a neighbour's load; the evening peak has none; without a daily
+    shape the quote falls back to the present forecast peak, and says so."""
+    from dataclasses import replace
+
+    from gateway.agents.forecast import Forecast
+
+    sub = Substation(tmp_path)
+    for _ in range(5):
+        sub.now[0] += 1.0
+        sub.peak.sample()
+    wall = T0 + sub.now[0]
+    day = tuple(12_000.0 if 0 <= k < 24 else 29_000.0 if 72 <= k < 84 else 20_000.0 for k in range(96))
+    fc = Forecast(made_at=wall, times=(wall + 1800.0,), values_kw=(28_000.0,), method="test", level_kw=0.0,
+                  slope_kw_per_h=0.0, limit_kw=None, crossing_s=None, peak_kw=28_000.0, peak_at=wall + 1800.0,
+                  daily_kw=day)
+    sub.peak.forecast = fc
+    midnight = wall - wall % 86_400.0 + 3 * 86_400.0
+    night, why = sub.peak.window_headroom("TIE-EXT", 2_000.0, midnight + 3600.0, midnight + 5 * 3600.0)
+    evening, _ = sub.peak.window_headroom("TIE-EXT", 2_000.0, midnight + 18 * 3600.0, midnight + 20 * 3600.0)
+    day_room, _ = sub.peak.window_headroom("TIE-EXT", 2_000.0, midnight + 10 * 3600.0, midnight + 12 * 3600.0)
+    assert night > day_room > 0.0 == evening
+    assert "daily shape" in why
+    sub.peak.forecast = replace(fc, daily_kw=())
+    sub.peak.forecast_peak_kw = 28_000.0
+    _, why = sub.peak.window_headroom("TIE-EXT", 2_000.0, midnight + 3600.0, midnight + 5 * 3600.0)
+    assert "present forecast peak" in why

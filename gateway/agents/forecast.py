@@ -61,6 +61,20 @@ class Forecast:
     """Seconds from `made_at` until the forecast first exceeds `limit_kw` (None: not within the horizon)."""
     peak_kw: float
     peak_at: float
+    daily_kw: tuple[float, ...] = ()
+    """The daily shape, one expected load per slot of the local day (empty: too little history)."""
+    slot_s: float = SLOT_S
+    utc_offset_h: float = 0.0
+
+    def peak_over(self, start: float, end: float) -> float | None:
+        """The expected peak (kW) in a window beyond the horizon: the daily shape at the window's
+        times of day plus today's level, without the trend (None without a daily shape)."""
+        if not self.daily_kw or not end > start:
+            return None
+        n = len(self.daily_kw)
+        times = [start + k * self.slot_s for k in range(int((end - start) // self.slot_s) + 1)]
+        slots = {int(((t + self.utc_offset_h * 3600.0) % DAY_S) // self.slot_s) % n for t in times}
+        return max(self.daily_kw[k] for k in slots) + self.level_kw
 
     def to_dict(self) -> dict[str, object]:
         return {"made_at": self.made_at, "method": self.method, "level_kw": round(self.level_kw, 1),
@@ -165,6 +179,9 @@ def forecast(history: Sequence[tuple[float, float]], now: float, *, limit_kw: fl
         if current > limit_kw:
             crossing = 0.0
     peak_i = max(range(len(values)), key=lambda i: values[i])
+    midnight = now - (now + s.utc_offset_h * 3600.0) % DAY_S
+    daily = tuple(expected(midnight + (k + 0.5) * s.slot_s) for k in range(int(DAY_S // s.slot_s))) if use_shape \
+        else ()
     return Forecast(made_at=now, times=tuple(times), values_kw=tuple(values), method=method, level_kw=level,
                     slope_kw_per_h=slope * 3600.0, limit_kw=limit_kw, crossing_s=crossing, peak_kw=values[peak_i],
-                    peak_at=times[peak_i])
+                    peak_at=times[peak_i], daily_kw=daily, slot_s=s.slot_s, utc_offset_h=s.utc_offset_h)

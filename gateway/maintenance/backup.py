@@ -153,6 +153,68 @@ def declared_capacity(network: Network, *, offered_by: str = "site file (declare
     return ask
 
 
+DECLARED = "site file (declared capacity)"
+MAX_ANSWERS = 64
+"""Neighbours' answers kept, one per window asked about."""
+
+
+class QuotedNeighbour:
+    """Plan B's neighbour asked over the exchange between substations (a quote for the window,
+    gateway/switching/quote.py), with the tie's declared capacity standing in, marked as such
+    (`offered_by` is the site file and the note says why), while the quote is awaited, when the
+    neighbour refuses or is silent, or when coordination is off (`ask` None).
+
+    Sans-IO and never blocking: the first call for a window sends the question and answers with
+    the declared capacity at once; `on_answer` keeps the neighbour's answer and says whether a
+    plan asked for it, so its owner plans again (the next call for that window gets the quote).
+    """
+
+    def __init__(self, network: Network, ask: Callable[[str, float, float, float], str] | None, *,
+                 off_reason: str = "coordination with the neighbour is off") -> None:
+        self._declared = declared_capacity(network)
+        self._ask = ask
+        self.off_reason = off_reason
+        self.answers: dict[tuple[str, float, float], Any] = {}
+        """(tie, window start, window end) → the neighbour's answer (gateway.switching.quote.Answer)."""
+        self.waiting: dict[str, tuple[str, float, float]] = {}
+        """Question id → the window it asks about."""
+
+    def __call__(self, request: TransferRequest) -> TransferOffer | None:
+        key = (request.tie, request.window_start, request.window_end)
+        answer = self.answers.get(key)
+        if answer is not None and answer.kva is not None:
+            return TransferOffer(request.request_id, request.tie, answer.kva, request.window_end, answer.by,
+                                 f"quote from {answer.by} for the window (nothing reserved): {answer.note}")
+        if answer is not None:
+            why = answer.note
+        elif self._ask is None:
+            why = self.off_reason
+        elif key in self.waiting.values():
+            why = f"waiting for {request.to_substation}'s quote"
+        else:
+            try:
+                xid = self._ask(request.tie, request.window_start, request.window_end, max(request.kva_requested, 1.0))
+            except ValueError as exc:
+                why = f"{request.to_substation} not asked: {exc}"
+            else:
+                self.waiting[xid] = key
+                why = f"waiting for {request.to_substation}'s quote"
+        declared = self._declared(request)
+        if declared is None:
+            return None
+        return replace(declared, note=f"{declared.note}; {why}"[:500])
+
+    def on_answer(self, answer: Any) -> bool:
+        """The neighbour's answer (or its silence) to a question this asked; True when it was one."""
+        key = self.waiting.pop(answer.question.xid, None)
+        if key is None:
+            return False
+        self.answers[key] = answer
+        while len(self.answers) > MAX_ANSWERS:  # the oldest windows first (dicts keep insertion order)
+            del self.answers[next(iter(self.answers))]
+        return True
+
+
 def with_capacities(network: Network, capacities: Mapping[str, float | None]) -> Network:
     """The same network with some sources' capacities replaced (an offer, or no tie at all)."""
     net = copy.copy(network)

@@ -200,6 +200,28 @@ class MaintenanceCoordinator:
         sequence = chosen_plan.sequence if chosen_plan and chosen_plan.validated and chosen_plan.steps else None
         return Planned(updated, plans, notes, sequence, new=False)
 
+    def replan(self, wo_id: str, why: str, wall: float, *, forecasts: Forecasts, grid: GridInputs) -> Planned:
+        """The same window's plans made again (the neighbour's answer came): recorded as evidence."""
+        order = self.get(wo_id)
+        if order.status is WorkOrderState.CLOSED:
+            raise WorkOrderError(f"work order {wo_id} is closed: its plans are not made again")
+        start, end = float(order.window["start"]), float(order.window["end"])
+        plans, recommended = self._plans(order.asset, start, end, forecasts, grid, wall, wo_id)
+        chosen_plan = next((p for p in plans if p.name == recommended), None)
+        notes = customers.notifications(self.site.meter_groups, self._section_groups(),
+                                        chosen_plan.to_dict() if chosen_plan else {}, dict(order.window),
+                                        work_order=wo_id, asset=order.asset, settings=customers.NoticeSettings(
+                                            self.settings.critical_notice_h, self.settings.customer_notice_h))
+        updated = workorder.apply(order, WorkOrderEvent.EVIDENCE, "backup plans", wall, why,
+                                  plans=tuple(p.to_dict() for p in plans), recommended_plan=recommended,
+                                  backup_sequence=chosen_plan.sequence.id if chosen_plan and chosen_plan.sequence
+                                  else None)
+        self._put(updated)
+        self.plans[wo_id] = plans
+        self.notifications[wo_id] = notes
+        sequence = chosen_plan.sequence if chosen_plan and chosen_plan.validated and chosen_plan.steps else None
+        return Planned(updated, plans, notes, sequence, new=False)
+
     # ------------------------------------------------------------------ persistence
 
     def snapshot(self) -> dict[str, Any]:

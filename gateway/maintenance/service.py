@@ -86,6 +86,8 @@ class MaintenanceService:
                         for agent in [site.agent(x)] if "load_kw" in agent.points}
         """Station transformers with a load point: their forecasts drive the window and the plans."""
         self.pending: list[dict[str, Any]] = []
+        self.replans: list[tuple[str, str]] = []
+        """(work order, why): plans to make again (the neighbour answered plan B's question)."""
         self.stats = _Stats()
         self._health_settings = HealthSettings(
             trend_window_days=self.settings.trend_window_days, baseline_days=self.settings.baseline_days,
@@ -183,6 +185,27 @@ class MaintenanceService:
         planned = self.coordinator.on_request(request, wall=wall, forecasts=forecasts, grid=self.grid_inputs())
         self.stats.requests += 1
         if planned.new and planned.sequence is not None:
+            self._switching.runner.add(planned.sequence)
+            self._switching._flush()
+        self._flush(planned)
+        return planned
+
+    def on_quote(self, answer: Any) -> bool:
+        """The neighbour's answer to plan B's question (gateway/switching/quote.py): the open work
+        orders for that window are queued to be planned again. True when any was."""
+        q = answer.question
+        why = (f"{answer.by} quoted {answer.kva:.0f} kVA through {q.tie} for the window" if answer.kva is not None
+               else f"no quote through {q.tie} ({answer.note}): plan B keeps the declared capacity")
+        hits = [wo.id for wo in self.coordinator.work_orders.values()
+                if wo.status.value != "closed" and wo.window.get("start") == q.window_start
+                and wo.window.get("end") == q.window_end]
+        self.replans += [(wo, why) for wo in hits]
+        return bool(hits)
+
+    def replan(self, wo_id: str, why: str, forecasts: Forecasts) -> Planned:
+        """Plan a work order's window again (in the event loop: it reads the plant's state)."""
+        planned = self.coordinator.replan(wo_id, why, self._wall(), forecasts=forecasts, grid=self.grid_inputs())
+        if planned.sequence is not None and planned.sequence.id not in self._switching.runner.sequences:
             self._switching.runner.add(planned.sequence)
             self._switching._flush()
         self._flush(planned)

@@ -22,6 +22,7 @@ from typing import Any
 
 from gateway.switching.authority import Outcome, Refused
 from gateway.switching.model import Kind, Operation, Origin, Via
+from gateway.switching.quote import Answer, QuoteBook, WindowHeadroom
 from gateway.switching.transfer import (
     Message,
     Notice,
@@ -59,7 +60,8 @@ class ExchangeService:
     def __init__(self, substation: str, region_base: str, *, switching: Any, publish: Callable[..., None],
                  sign: Sign, verify: Verify, headroom: Callable[[str, float], tuple[float, str]],
                  monotonic: Callable[[], float], wall: Callable[[], float],
-                 alarm: Callable[[str, str, str], None], max_age_s: float = MAX_AGE_S) -> None:
+                 alarm: Callable[[str, str, str], None], max_age_s: float = MAX_AGE_S,
+                 window_headroom: WindowHeadroom | None = None) -> None:
         self.substation = substation
         self.region_base = region_base
         """`<prefix>/<region>`: the neighbours' bases are `<region_base>/<substation>`."""
@@ -76,6 +78,12 @@ class ExchangeService:
         """op id → (xid, device, action)."""
         self.coordinator = TransferCoordinator(substation, neighbour_ties(switching), headroom=headroom,
                                                far_side_dead=self._far_side_dead)
+        self.quotes = QuoteBook(substation, self.coordinator.ties,
+                                headroom=window_headroom or _peak_headroom(headroom))
+        self.quote_answers: list[dict[str, Any]] = []
+        """The last answers to this gateway's quotes (at most 20), for the status."""
+        self.quote_listeners: list[Callable[[Answer], None]] = []
+        """Called with each answer to a quote this gateway asked for (or its timeout)."""
         self.dropped = 0
         self.listeners: list[Callable[[Any], None]] = []
         """Called with each exchange that changed (gateway/peak_service.py follows its own)."""
@@ -108,6 +116,14 @@ class ExchangeService:
         except (ValueError, TypeError, TransferError) as exc:
             self.dropped += 1
             log.warning("coordination message dropped", extra={"topic": topic, "error": str(exc)})
+            return
+        if self.quotes.handles(message):
+            try:
+                self._act(self.quotes.on_message(message, self._wall()))
+            except TransferError as exc:
+                self.dropped += 1
+                log.warning("quote dropped", extra={"topic": topic, "error": str(exc)})
+            self._answered()
             return
         self._act(self.coordinator.on_message(message, now))
 
@@ -146,9 +162,35 @@ class ExchangeService:
 
     def tick(self) -> None:
         self._act(self.coordinator.tick(self._monotonic()))
+        self.quotes.tick(self._monotonic())
+        self._answered()
 
     def next_deadline(self) -> float | None:
-        return self.coordinator.next_deadline()
+        deadlines = [d for d in (self.coordinator.next_deadline(), self.quotes.next_deadline()) if d is not None]
+        return min(deadlines, default=None)
+
+    def ask_quote(self, tie: str, window_start: float, window_end: float, kva: float) -> str:
+        """Ask the neighbour beyond `tie` what it could carry in a future window (nothing switched
+        or reserved); the answer comes to `quote_listeners`. The question's id."""
+        info = self.coordinator.ties.get(tie)
+        if info is not None and self.coordinator.offline(info.neighbour):
+            raise TransferError(f"{info.neighbour} is offline (its death message was seen)")
+        xid, actions = self.quotes.ask(tie, window_start, window_end, kva, self._monotonic())
+        self._act(list(actions))
+        return xid
+
+    def _answered(self) -> None:
+        for answer in self.quotes.take_answered():
+            q = answer.question
+            self.quote_answers = [*self.quote_answers[-19:], {
+                "xid": q.xid, "tie": q.tie, "neighbour": q.neighbour, "window_start": q.window_start,
+                "window_end": q.window_end, "kva_asked": q.kva, "kva": answer.kva, "by": answer.by,
+                "note": answer.note}]
+            for listener in self.quote_listeners:
+                try:
+                    listener(answer)
+                except Exception:
+                    log.exception("quote listener failed", extra={"xid": answer.question.xid})
 
     def request(self, tie: str, part: str, load_kw: float, window_s: float = 3600.0) -> str:
         """Ask the neighbour beyond `tie` to take the part beyond `part`; the exchange id."""
@@ -223,7 +265,23 @@ class ExchangeService:
 
     def status(self) -> dict[str, Any]:
         return {"ties": {t: {"neighbour": i.neighbour, "owned": i.owned} for t, i in self.coordinator.ties.items()},
-                "exchanges": [ex.to_dict() for ex in self.coordinator.exchanges.values()], "dropped": self.dropped}
+                "exchanges": [ex.to_dict() for ex in self.coordinator.exchanges.values()], "dropped": self.dropped,
+                "quotes": {"asked": [vars_of(q) for q in self.quotes.pending.values()], "answered": self.quote_answers,
+                           "quoted_for_neighbours": self.quotes.quoted,
+                           "refused_to_neighbours": self.quotes.refused}}
+
+
+def vars_of(q: Any) -> dict[str, Any]:
+    return {"xid": q.xid, "tie": q.tie, "neighbour": q.neighbour, "window_start": q.window_start,
+            "window_end": q.window_end, "kva_asked": q.kva}
+
+
+def _peak_headroom(headroom: Callable[[str, float], tuple[float, str]]) -> WindowHeadroom:
+    """A window's headroom from the provider's present forecast peak (the same for any window)."""
+    def at(tie: str, kva: float, _start: float, _end: float) -> tuple[float, str]:
+        room, why = headroom(tie, kva)
+        return room, f"{why} (by the present forecast peak)"
+    return at
 
 
 def part_load_kw(switching: Any, part: str) -> float:

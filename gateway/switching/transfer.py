@@ -45,7 +45,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeGuard
 
-MESSAGE_KINDS = ("request", "offer", "refuse", "accept", "execute", "confirm", "abort")
+MESSAGE_KINDS = ("request", "offer", "refuse", "accept", "execute", "confirm", "abort", "quote_request", "quote")
+"""The last two are quotes' (gateway/switching/quote.py); the exchange hands them to its quote book."""
 REPLY_TIMEOUT_S = 10.0
 """A request or accept unanswered this long ends the exchange."""
 OFFER_VALID_S = 30.0
@@ -308,6 +309,10 @@ class TransferCoordinator:
             if ex.neighbour == neighbour and not ex.phase.final:
                 out += self._timeout(ex, now, f"{neighbour} went offline")
         return out
+
+    def offline(self, neighbour: str) -> bool:
+        """The neighbour's death message was seen and no birth or message since."""
+        return neighbour in self._dead_neighbours
 
     def on_neighbour_birth(self, neighbour: str) -> None:
         """The neighbour is back (its birth message): it may be asked again."""
