@@ -162,7 +162,7 @@ def _records(draw: st.DrawFn) -> comtrade.Record:
         trigger_time=draw(st.sampled_from(times)))
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                   HealthCheck.function_scoped_fixture])
 @given(record=_records(), fmt=st.sampled_from(comtrade.FORMATS))
 @example(record=comtrade.Record(  # 99999 is ASCII's missing-value marker: the channel is scaled
