@@ -188,13 +188,8 @@ def cmd_agents_diagram(args: argparse.Namespace) -> int:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    try:
-        from gateway.cli import add_common
-    except ImportError:  # pragma: no cover - the lead's parser provides it
-        parser.add_argument("--config", "-c", default=None)
-        parser.add_argument("--runtime-dir", default=None)
-        parser.add_argument("--json", action="store_true")
-        return
+    from gateway.cli import add_common
+
     add_common(parser)
 
 
