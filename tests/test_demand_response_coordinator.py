@@ -97,4 +97,5 @@ def test_never_a_critical_group_and_no_credit_beyond_the_baseline(need: float, d
         dr.on_readings(["M"], np.array([kw]), T0 + t)
     for ended in dr.tick(T0 + 3600.0):
         program = dr.programs[ended.program.id]
-        assert all(0 <= c <= baseline * 1.0 * program.incentive_per_kwh + 1e-9 for c in ended.credits.values())
+        # credits are rounded to 6 decimals
+        assert all(0 <= c <= baseline * 1.0 * program.incentive_per_kwh + 5e-7 for c in ended.credits.values())
