@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gateway.switching.transfer import (
@@ -150,6 +150,28 @@ def test_a_silent_neighbour_after_isolation_gets_the_part_back() -> None:
     assert w.part_closed and not w.tie_closed, "rolled back: the part is on its own feeder again"
 
 
+def test_a_death_message_while_the_provider_closes_the_tie_does_not_reclose_the_part() -> None:
+    """A death message says the broker lost the provider, not that the provider stopped: the
+    execute it already has may still close the tie. The part there shows dead until the tie moves,
+    so the requester waits until the provider can no longer close the tie before it judges."""
+    w = World(r_owns_tie=False)
+    start(w)
+    w.run(200, death_at=0.5)  # the execute reached the provider at 0.35 s; its close checks back at 0.55 s
+    r = w.r.exchanges["X-1"]
+    assert not w.parallel_seen
+    assert w.tie_closed and not w.part_closed, "the part is fed through the tie, its own switch left open"
+    assert r.phase is Phase.ABORTED and any(n.severity == "critical" for n in w.notices)
+
+
+def test_a_requester_whose_provider_dies_before_the_execute_gets_the_part_back() -> None:
+    w = World(r_owns_tie=False)
+    start(w)
+    w.drop = {3}  # the execute is lost: the provider never closes the tie
+    w.run(200, death_at=0.5)
+    assert w.r.exchanges["X-1"].phase is Phase.ABORTED
+    assert w.part_closed and not w.tie_closed and not w.parallel_seen
+
+
 def test_requests_are_checked() -> None:
     w = World(r_owns_tie=False)
     with pytest.raises(TransferError):
@@ -164,6 +186,8 @@ def test_requests_are_checked() -> None:
 
 
 @settings(max_examples=300, deadline=None)
+@example(r_owns_tie=False, drop=set(), dup=set(), delay={}, stuck=set(), death_at=0.5, headroom=5000.0)
+@example(r_owns_tie=True, drop=set(), dup=set(), delay={}, stuck=set(), death_at=0.5, headroom=5000.0)
 @given(r_owns_tie=st.booleans(), drop=st.sets(st.integers(0, 12), max_size=4),
        dup=st.sets(st.integers(0, 12), max_size=4),
        delay=st.dictionaries(st.integers(0, 12), st.floats(0.0, 60.0), max_size=4),

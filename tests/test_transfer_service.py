@@ -219,6 +219,11 @@ def test_a_dead_provider_before_the_tie_closed_leaves_the_part_on_its_own_feeder
     run(broker, [requester, provider], clock, 1)
     requester.exchange.on_mqtt(f"{REGION}/SUB-6/death", {"bdSeq": 1}, False)
     run(broker, [requester], clock, 15)
+    # the execute went out before the death: the requester cannot know the provider never got it,
+    # so its switch stays open until the provider could no longer have closed the tie
+    assert requester.exchange.coordinator.exchanges[xid].phase is Phase.SETTLING
+    assert requester.image["SW-1-2.closed"].value is False
+    run(broker, [requester], clock, 45)
     ex = requester.exchange.coordinator.exchanges[xid]
     assert ex.phase is Phase.ABORTED
     assert requester.image["SW-1-2.closed"].value is True, "the part is back on its own feeder"

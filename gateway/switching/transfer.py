@@ -28,7 +28,11 @@ operated:
   the part is proven dead (no voltage at the switch's far side: the tie did not close); if that
   cannot be proven it leaves the switch open and raises an alarm — customers off rather than two
   substations paralleled;
-- the neighbour's death message counts as silence from that moment.
+- the neighbour's death message counts as silence from that moment. It says the broker lost the
+  neighbour, not that the neighbour stopped: a provider that already has the EXECUTE may still
+  close the tie, and until it does the part measures dead. So a requester that sent EXECUTE and
+  then aborts (death, timeout or the neighbour's ABORT) first waits, its switch open, until the tie
+  can no longer close (`tie_quiet_at`), and only then judges whether the part is dead.
 
 Sans-IO: `now` is monotonic seconds; messages come in already verified (signature, age, nonce)
 and go out as `Send` actions for the wiring to sign and publish; operations on this gateway's own
@@ -54,6 +58,10 @@ DEAD_PROOF_S = 5.0
 """How long the tie owner waits for the far side of the tie to measure dead before it gives up."""
 CONFIRM_MARGIN_S = 10.0
 """After its offer's validity, the requester waits this much longer for the provider's CONFIRM."""
+PROVIDER_CLOSE_WINDOW_S = DEAD_PROOF_S + REPLY_TIMEOUT_S + DEAD_PROOF_S
+"""After its offer's validity, how long a provider that owns the tie may still close it: an EXECUTE
+taken at the last moment, the wait for the far side to measure dead, the close's check-back, then
+the requester's own poll to show the voltage the tie brought."""
 
 
 class TransferError(ValueError):
@@ -81,6 +89,9 @@ class Phase(enum.Enum):
     measure dead (the other gateway's switch has opened; this gateway's poll may not show it yet)."""
     CONFIRMING = "confirming"
     """Provider: tie closed and confirmed, waiting for the requester's confirm."""
+    SETTLING = "settling"
+    """Requester: aborted after its EXECUTE; its boundary switch stays open until the tie can no
+    longer close, then it recloses only onto a part proven dead."""
     ROLLING_BACK = "rolling_back"
     """Requester: aborted after isolating; reclosing its boundary switch (part proven dead)."""
     DONE = "done"
@@ -169,6 +180,8 @@ class Exchange:
     tie_owned: bool = False
     isolated: bool = False
     """Requester: its boundary switch was opened (checked back)."""
+    execute_sent: bool = False
+    """Requester: EXECUTE went out, so the tie may close from then on."""
     tie_closed: bool = False
     confirmed_by_us: bool = False
     confirmed_by_them: bool = False
@@ -178,7 +191,7 @@ class Exchange:
     def to_dict(self) -> dict[str, Any]:
         return {"xid": self.xid, "role": self.role.value, "neighbour": self.neighbour, "tie": self.tie,
                 "part": self.part, "load_kw": self.load_kw, "phase": self.phase.value, "offered_kw": self.offered_kw,
-                "isolated": self.isolated, "tie_closed": self.tie_closed, "confirmed_by_us": self.confirmed_by_us,
+                "isolated": self.isolated, "execute_sent": self.execute_sent, "tie_closed": self.tie_closed, "confirmed_by_us": self.confirmed_by_us,
                 "confirmed_by_them": self.confirmed_by_them, "reason": self.reason,
                 "history": [list(h) for h in self.history]}
 
@@ -258,7 +271,7 @@ class TransferCoordinator:
             if ex.phase is Phase.PREPARING and device == ex.part and action == "open":
                 if not ok:
                     return self._abort(ex, now, f"could not open {ex.part}: {message}", alarm="major")
-                ex = replace(ex, isolated=True, phase=Phase.EXECUTING,
+                ex = replace(ex, isolated=True, execute_sent=True, phase=Phase.EXECUTING,
                              deadline=(ex.offer_until or now) + CONFIRM_MARGIN_S)
                 self._put(self._note(ex, now, f"{ex.part} open: part isolated"))
                 return [self._send(ex, "execute", {"prepared": True})]
@@ -269,6 +282,10 @@ class TransferCoordinator:
                 self._put(self._note(ex, now, f"{ex.tie} closed: transfer done"))
                 return [self._send(ex, "confirm", {"tie_closed": True}),
                         Notice(ex.xid, "info", f"{ex.part}'s part fed from {ex.neighbour} through {ex.tie}")]
+            if ex.phase is Phase.SETTLING and device == ex.tie and action == "close" and ok:
+                ex = replace(ex, tie_closed=True)
+                self._put(self._note(ex, now, f"{ex.tie} closed after the abort: {ex.part} stays open"))
+                return []
             if ex.phase is Phase.ROLLING_BACK and device == ex.part and action == "close":
                 ex = replace(ex, phase=Phase.ABORTED, isolated=not ok)
                 self._put(self._note(ex, now, f"{ex.part} reclosed" if ok else f"{ex.part} not reclosed: {message}"))
@@ -306,7 +323,7 @@ class TransferCoordinator:
         self._dead_neighbours.add(neighbour)
         out: list[Action] = []
         for ex in list(self.exchanges.values()):
-            if ex.neighbour == neighbour and not ex.phase.final:
+            if ex.neighbour == neighbour and not ex.phase.final and ex.phase not in _OWN_OPERATION_PHASES:
                 out += self._timeout(ex, now, f"{neighbour} went offline")
         return out
 
@@ -337,6 +354,9 @@ class TransferCoordinator:
             if ex.phase is Phase.VERIFYING and now < ex.deadline:
                 out += self._close_if_dead(ex, now)
                 continue
+            if ex.phase is Phase.SETTLING and now >= ex.deadline:
+                out += self._settle(ex, now)
+                continue
             if not ex.phase.final and now >= ex.deadline:
                 out += self._timeout(ex, now, f"no answer from {ex.neighbour} in time")
         return out
@@ -347,6 +367,11 @@ class TransferCoordinator:
     # ------------------------------------------------------------------ the requester's side
 
     def _requester_message(self, ex: Exchange, msg: Message, now: float) -> list[Action]:
+        if ex.phase in (Phase.SETTLING, Phase.ROLLING_BACK):
+            if msg.kind == "confirm" and msg.body.get("tie_closed") and not ex.tie_closed:
+                ex = replace(ex, tie_closed=True)
+                self._put(self._note(ex, now, f"{ex.neighbour} says {ex.tie} closed after the abort"))
+            return []  # aborted already: only the plant decides what happens to the part now
         if msg.kind == "refuse" and ex.phase is Phase.REQUESTED:
             ex = replace(ex, phase=Phase.REFUSED, reason=str(msg.body.get("reason", "refused")))
             self._put(self._note(ex, now, f"refused: {ex.reason}"))
@@ -446,6 +471,11 @@ class TransferCoordinator:
         if ex.role is Role.PROVIDER and ex.phase is Phase.EXECUTING:
             # our own close did not check back in time: the authority's alarm says why
             return self._abort(ex, now, f"{ex.tie} did not close in time", alarm="major")
+        if ex.phase is Phase.ROLLING_BACK:
+            ex = replace(ex, phase=Phase.ABORTED)
+            self._put(self._note(ex, now, f"{ex.part} reclose did not check back in time"))
+            return [Notice(ex.xid, "critical", f"transfer through {ex.tie} aborted and {ex.part}'s reclose did not "
+                                               "check back: its part may be without supply")]
         return self._abort(ex, now, why, alarm="major" if ex.isolated else "warning")
 
     def _abort(self, ex: Exchange, now: float, why: str, *, alarm: str = "warning", tell: bool = True) -> list[Action]:
@@ -453,22 +483,45 @@ class TransferCoordinator:
         if tell:
             out.append(self._send(ex, "abort", {"reason": why}))
         if ex.role is Role.REQUESTER and ex.isolated and not ex.tie_closed:
-            dead = self._far_side_dead(ex.part)
-            if dead is True:
-                ex = replace(ex, phase=Phase.ROLLING_BACK, reason=why, deadline=now + REPLY_TIMEOUT_S)
-                self._put(self._note(ex, now, f"aborted ({why}): reclosing {ex.part}, its far side proven dead"))
-                out.append(Operate(ex.xid, ex.part, "close", "take the part back after an aborted transfer"))
-                out.append(Notice(ex.xid, alarm, f"transfer through {ex.tie} aborted: {why}"))
+            quiet_at = self.tie_quiet_at(ex, now)
+            ex = replace(ex, reason=why)
+            if quiet_at > now:
+                ex = replace(ex, phase=Phase.SETTLING, deadline=quiet_at)
+                self._put(self._note(ex, now, f"aborted ({why}): {ex.part} stays open until {ex.tie} can no "
+                                              f"longer close (at {quiet_at:.1f} s)"))
+                out.append(Notice(ex.xid, alarm, f"transfer through {ex.tie} aborted: {why}; {ex.part} stays open "
+                                                 f"until {ex.tie} can no longer close ({quiet_at - now:.0f} s)"))
                 return out
-            ex = replace(ex, phase=Phase.ABORTED, reason=why)
-            self._put(self._note(ex, now, f"aborted ({why}); {ex.part} left open: its far side is not proven dead"))
-            out.append(Notice(ex.xid, "critical", f"transfer through {ex.tie} aborted ({why}) and {ex.part} left "
-                                                  "open: the tie may be closed; check the tie before reclosing"))
-            return out
+            return out + self._settle(ex, now, alarm=alarm)
         ex = replace(ex, phase=Phase.ABORTED, reason=why)
         self._put(self._note(ex, now, f"aborted: {why}"))
         out.append(Notice(ex.xid, alarm, f"transfer through {ex.tie} aborted: {why}"))
         return out
+
+    def tie_quiet_at(self, ex: Exchange, now: float) -> float:
+        """Requester: from when on the tie can no longer close for exchange `ex` (`now` if it never
+        could). Nobody closes it before our EXECUTE; a tie we own closes only by our own operation,
+        in flight only while CLOSING; a provider owning it may close it until its offer's validity
+        plus PROVIDER_CLOSE_WINDOW_S (its validity ends no later than ours: it started it first)."""
+        if not ex.execute_sent:
+            return now
+        if ex.tie_owned:
+            return ex.deadline + DEAD_PROOF_S if ex.phase is Phase.CLOSING else now
+        return (ex.offer_until if ex.offer_until is not None else now) + PROVIDER_CLOSE_WINDOW_S
+
+    def _settle(self, ex: Exchange, now: float, *, alarm: str = "warning") -> list[Action]:
+        """Requester, aborted, the tie quiet: reclose the boundary switch only onto a part proven
+        dead; otherwise leave it open and say so loudly."""
+        dead = False if ex.tie_closed else self._far_side_dead(ex.part)
+        if dead is True:
+            ex = replace(ex, phase=Phase.ROLLING_BACK, deadline=now + REPLY_TIMEOUT_S)
+            self._put(self._note(ex, now, f"aborted ({ex.reason}): reclosing {ex.part}, its far side proven dead"))
+            return [Operate(ex.xid, ex.part, "close", "take the part back after an aborted transfer"),
+                    Notice(ex.xid, alarm, f"transfer through {ex.tie} aborted: {ex.reason}")]
+        ex = replace(ex, phase=Phase.ABORTED)
+        self._put(self._note(ex, now, f"aborted ({ex.reason}); {ex.part} left open: its far side is not proven dead"))
+        return [Notice(ex.xid, "critical", f"transfer through {ex.tie} aborted ({ex.reason}) and {ex.part} left "
+                                           "open: the tie may be closed; check the tie before reclosing")]
 
     # ------------------------------------------------------------------ plumbing
 
@@ -491,6 +544,10 @@ class TransferCoordinator:
     def take_changed(self) -> list[Exchange]:
         out, self.changed = self.changed, []
         return out
+
+
+_OWN_OPERATION_PHASES = (Phase.CLOSING, Phase.SETTLING, Phase.ROLLING_BACK)
+"""Requester phases a neighbour's death does not change: they wait on this gateway's own plant."""
 
 
 def _number(value: Any) -> TypeGuard[float]:
