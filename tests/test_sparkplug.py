@@ -178,10 +178,12 @@ def _decode(birth: bytes, data: list[bytes]) -> dict[str, Any]:
     return json.loads(done.stdout)
 
 
-def test_values_read_as_blocks_reach_a_sparkplug_host_as_ddata() -> None:
+@pytest.mark.parametrize("columns", [False, True], ids=["samples", "columns"])
+def test_values_read_as_blocks_reach_a_sparkplug_host_as_ddata(columns: bool) -> None:
     """The daemon's path for a block read, sans-IO: the image takes the block, report-by-exception
     takes it once per block, and each flushed message goes through the codec as the uplink sends
-    it (msgpack body → DDATA). A host must read every reported value, its time and its quality."""
+    it (msgpack body → DDATA). A host must read every reported value, its time and its quality,
+    whichever telemetry form carried them to the codec."""
     ied = "IED-A"
     points = [("A.ia", PointKind.ANALOG, 1.0, "A"), ("A.closed", PointKind.BINARY, 0.0, ""),
               ("A.operations", PointKind.COUNTER, 0.0, "")]
@@ -189,7 +191,8 @@ def test_values_read_as_blocks_reach_a_sparkplug_host_as_ddata() -> None:
     for pid, kind, _deadband, unit in points:
         image.define(pid, kind, unit, source=ied)
     telemetry = Telemetry([PointSpec(pid, kind, deadband, unit) for pid, kind, deadband, unit in points],
-                          integrity_period_s=1e9)
+                          integrity_period_s=1e9, columns=columns)
+    telemetry.set_index({pid: n for n, pid in enumerate(image.points)})
     image.subscribe_blocks(lambda pts, block: telemetry.on_points(pts, block.receive_monotonic),
                            lambda point, update: telemetry.on_change(point, update.receive_monotonic))
     codec = SparkplugCodec("nairobi-east", "SUB-003")
