@@ -222,6 +222,8 @@ class SparkplugCodec:
         self.group_id = group_id
         self.edge_node_id = edge_node_id
         self._points: dict[str, _Point] = {}
+        self._by_index: dict[int, _Point] = {}
+        """Points by their index `i` in the birth's metric list (columnar telemetry names them so)."""
         self._devices: dict[str, list[_Point]] = {}
         self._node: dict[str, str | None] = {name: None for name in NODE_RECORDS.values()}
 
@@ -242,7 +244,7 @@ class SparkplugCodec:
         """The birth's metric list (the msgpack birth's: id, kind, unit, source) and extra node
         metrics (agents' states); aliases follow the list's order."""
         old = self._points
-        self._points, self._devices = {}, {}
+        self._points, self._devices, self._by_index = {}, {}, {}
         for n, m in enumerate(metrics, start=1):
             pid, device = str(m["id"]), str(m.get("source") or "gateway")
             prev = old.get(pid)
@@ -251,6 +253,9 @@ class SparkplugCodec:
                 p.value, p.quality, p.time_ms = prev.value, prev.quality, prev.time_ms
             self._points[pid] = p
             self._devices.setdefault(device, []).append(p)
+            index = m.get("i")
+            if isinstance(index, int) and not isinstance(index, bool):
+                self._by_index[index] = p
         for name in node_metrics:
             self._node.setdefault(name, None)
 
@@ -275,8 +280,9 @@ class SparkplugCodec:
                    now_ms: int) -> tuple[list[tuple[str, bytes]], int]:
         """The Sparkplug messages for one spooled message, and the last `seq` used.
 
-        Telemetry and integrity samples become DDATA per device (by alias, with their time and
-        quality); the gateway's records become NDATA of one String metric holding their JSON.
+        Telemetry (samples or columns) and integrity samples become DDATA per device (by alias,
+        with their time and quality); the gateway's records become NDATA of one String metric
+        holding their JSON.
         An empty body (clearing a retained msgpack topic) has nothing to say in Sparkplug."""
         if not body:
             return [], seq
@@ -286,10 +292,7 @@ class SparkplugCodec:
         out: list[tuple[str, bytes]] = []
         if head in ("telemetry", "integrity"):
             by_device: dict[str, list[SpMetric]] = {}
-            for sample in payload.get("metrics", []):
-                p = self._points.get(str(sample.get("id")))
-                if p is None:
-                    continue
+            for p, sample in self._samples(payload):
                 value = sample.get("v")
                 if isinstance(value, float) and not math.isfinite(value):
                     value = None
@@ -317,6 +320,23 @@ class SparkplugCodec:
         seq = (seq + 1) % 256
         metric = SpMetric(name, STRING, text, timestamp=stamp, is_historical=historical)
         return [(self.topic("NDATA"), encode_payload(stamp, [metric], seq))], seq
+
+    def _samples(self, payload: Any) -> Iterable[tuple[_Point, Mapping[str, Any]]]:
+        """A telemetry message's samples with their points, in either form the gateway sends
+        (`metrics` maps, or the columnar form of docs/mqtt.md); unknown points are skipped."""
+        if not isinstance(payload, dict):
+            raise ValueError(f"telemetry payload is a {type(payload).__name__}, not a map")
+        for sample in payload.get("metrics", ()):
+            p = self._points.get(str(sample.get("id")))
+            if p is not None:
+                yield p, sample
+        if payload.get("format") != "columns":
+            return
+        t0, bad = payload.get("t0"), {pos: q for pos, q, _r in payload.get("bad", ())}
+        for pos, (i, v, dt) in enumerate(zip(payload["i"], payload["v"], payload["dt"], strict=True)):
+            p = self._by_index.get(i)
+            if p is not None:
+                yield p, {"v": v, "q": bad.get(pos, "good"), "t": None if dt is None or t0 is None else t0 + dt}
 
     def _node_metric(self, suffix: str, payload: Any) -> str | None:
         if suffix in NODE_RECORDS:

@@ -2,7 +2,8 @@
 (pysparkplug, in a process of its own): nothing before the primary host is online, then NBIRTH
 and a DBIRTH per IED, DDATA with the image's values (aliases resolved by the host), NDATA for the
 gateway's records, `seq` without a gap, a rebirth on NCMD, and NDEATH with the birth's bdSeq when
-the primary host goes offline."""
+the primary host goes offline. And, without the rig, values read as blocks (a Modbus block read's
+columns) reach the Sparkplug codec as samples and a host reads them from DDATA."""
 
 from __future__ import annotations
 
@@ -17,9 +18,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 
+from gateway.points import GOOD, PointBlock, PointKind, ProcessImage, Quality, QualityReason, Validity
+from gateway.telemetry import TELEMETRY, PointSpec, Telemetry
 from hil.rig import Rig
+from protocols.sparkplug import BOOLEAN, DOUBLE, INT64, QUALITY_BAD, QUALITY_GOOD, SparkplugCodec
 from tests.support.faults import fault_site
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,8 +51,12 @@ class Host:
     def _read(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
+            try:
+                message = json.loads(line)
+            except ValueError:
+                message = {"type": "unreadable", "line": line[:500]}
             with self._cond:
-                self.messages.append(json.loads(line))
+                self.messages.append(message)
                 self._cond.notify_all()
 
     def send(self, command: str) -> None:
@@ -62,6 +71,7 @@ class Host:
         with self._cond:
             while True:
                 for m in self.messages[start:]:
+                    assert m["type"] != "unreadable", f"the host printed a line that is not JSON: {m['line']!r}"
                     if predicate(m):
                         return m
                 left = deadline - time.monotonic()
@@ -156,3 +166,69 @@ def test_an_off_the_shelf_host_reads_births_data_records_rebirth_and_death(rig: 
         assert _metrics(back)["bdSeq"]["value"] == (bdseq + 1) % 256
     finally:
         host.close()
+
+
+def _decode(birth: bytes, data: list[bytes]) -> dict[str, Any]:
+    """A DBIRTH and DDATA payloads as pysparkplug reads them (its own process and libraries)."""
+    assert (HOST_LIBS / "pysparkplug").is_dir(), f"{HOST_LIBS} lacks pysparkplug: run make deps"
+    done = subprocess.run([sys.executable, str(ROOT / "tests" / "support" / "sparkplug_decode.py")],
+                          input=json.dumps({"birth": birth.hex(), "data": [d.hex() for d in data]}),
+                          capture_output=True, text=True, timeout=60, check=True, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(HOST_LIBS)})
+    return json.loads(done.stdout)
+
+
+@pytest.mark.parametrize("columns", [False, True], ids=["samples", "columns"])
+def test_values_read_as_blocks_reach_a_sparkplug_host_as_ddata(columns: bool) -> None:
+    """The daemon's path for a block read, sans-IO: the image takes the block, report-by-exception
+    takes it once per block, and each flushed message goes through the codec as the uplink sends
+    it (msgpack body → DDATA). A host must read every reported value, its time and its quality,
+    whichever telemetry form carried them to the codec."""
+    ied = "IED-A"
+    points = [("A.ia", PointKind.ANALOG, 1.0, "A"), ("A.closed", PointKind.BINARY, 0.0, ""),
+              ("A.operations", PointKind.COUNTER, 0.0, "")]
+    image = ProcessImage()
+    for pid, kind, _deadband, unit in points:
+        image.define(pid, kind, unit, source=ied)
+    telemetry = Telemetry([PointSpec(pid, kind, deadband, unit) for pid, kind, deadband, unit in points],
+                          integrity_period_s=1e9, columns=columns)
+    telemetry.set_index({pid: n for n, pid in enumerate(image.points)})
+    image.subscribe_blocks(lambda pts, block: telemetry.on_points(pts, block.receive_monotonic),
+                           lambda point, update: telemetry.on_change(point, update.receive_monotonic))
+    codec = SparkplugCodec("nairobi-east", "SUB-003")
+    codec.set_metrics([{"id": p.point_id, "i": n, "kind": p.kind.value, "unit": p.unit, "source": p.source}
+                       for n, p in enumerate(image.points.values())])
+    [_nbirth, (dbirth_topic, dbirth)] = codec.births(0, 1_700_000_000_000)
+    assert dbirth_topic == codec.topic("DBIRTH", ied)
+    out_of_range = Quality(Validity.INVALID, QualityReason.OUT_OF_RANGE)
+    reads: list[tuple[list[Any], list[Quality]]] = [
+        ([123.5, True, 7], [GOOD] * 3),
+        ([123.9, True, 8], [GOOD] * 3),  # 0.4 A is inside the 1 A deadband: only the counter moved
+        ([130.0, False, 8], [out_of_range, GOOD, GOOD]),
+    ]
+    ids = tuple(image.points)
+    wall0 = 1_700_000_000.25
+    seq, ddata = 0, []
+    for n, (values, qualities) in enumerate(reads):
+        image.apply_block(PointBlock(ids, values, qualities, float(n), wall0 + n))
+        for suffix, payload in telemetry.flush(float(n), wall0 + n):
+            assert suffix == TELEMETRY
+            parts, seq = codec.encode_row(suffix, msgpack.packb(payload, use_bin_type=True), False, seq,
+                                          round((wall0 + n) * 1000))
+            assert [topic for topic, _ in parts] == [codec.topic("DDATA", ied)]
+            ddata += [wire for _, wire in parts]
+    assert seq == 3
+    host = _decode(dbirth, ddata)
+    seen = [[(m["name"], m["datatype"], m["value"], m["timestamp"], m["properties"]["Quality"]) for m in d]
+            for d in host["data"]]
+    t = [round((wall0 + n) * 1000) for n in range(3)]
+    assert seen == [
+        [("A.ia", DOUBLE, 123.5, t[0], QUALITY_GOOD), ("A.closed", BOOLEAN, True, t[0], QUALITY_GOOD),
+         ("A.operations", INT64, 7, t[0], QUALITY_GOOD)],
+        [("A.operations", INT64, 8, t[1], QUALITY_GOOD)],
+        [("A.ia", DOUBLE, 130.0, t[2], QUALITY_BAD), ("A.closed", BOOLEAN, False, t[2], QUALITY_GOOD)],
+    ]
+    # a rebirth carries what the blocks said last
+    [_nbirth, (_topic, reborn)] = codec.births(0, round((wall0 + 3) * 1000))
+    last = {m["name"]: (m["value"], m["properties"]["Quality"]) for m in _decode(reborn, [])["birth"]}
+    assert last == {"A.ia": (130.0, QUALITY_BAD), "A.closed": (False, QUALITY_GOOD), "A.operations": (8, QUALITY_GOOD)}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 from typing import Any
 
@@ -25,6 +26,19 @@ def _metric(m: Any) -> dict[str, Any]:
         value = value.hex()
     return {"name": m.name, "alias": m.alias, "datatype": int(m.datatype), "value": value,
             "is_historical": m.is_historical, "is_null": m.is_null, "timestamp": m.timestamp}
+
+
+_out = threading.Lock()
+
+
+def _emit(obj: dict[str, Any]) -> None:
+    """One JSON line on stdout, whole: paho's thread (messages) and the main one (`ready`,
+    `done`) both print, and `print` writes the text and its newline apart, so two unlocked lines
+    can interleave into one that is not JSON."""
+    line = json.dumps(obj) + "\n"
+    with _out:
+        sys.stdout.write(line)
+        sys.stdout.flush()
 
 
 def main() -> int:
@@ -43,12 +57,12 @@ def main() -> int:
             metrics = [payload.bd_seq_metric] if isinstance(payload, ps.NDeath) else list(payload.metrics)
             out.update(seq=getattr(payload, "seq", None), timestamp=getattr(payload, "timestamp", None),
                        metrics=[_metric(m) for m in metrics])
-        print(json.dumps(out), flush=True)
+        _emit(out)
 
     client.connect(host, port=int(port), blocking=False)
     time.sleep(1.0)
     client.subscribe(ps.Topic(group_id=group, message_type=ps.MULTI_LEVEL_WILDCARD), ps.QoS.AT_LEAST_ONCE, on_message)
-    print(json.dumps({"type": "ready"}), flush=True)
+    _emit({"type": "ready"})
     for line in sys.stdin:
         command = line.strip()
         if command == "rebirth":
@@ -65,7 +79,7 @@ def main() -> int:
                                       qos=ps.QoS.AT_LEAST_ONCE, retain=True))
         elif command == "quit":
             break
-        print(json.dumps({"type": "done", "command": command}), flush=True)
+        _emit({"type": "done", "command": command})
     client.disconnect()
     return 0
 
