@@ -32,8 +32,13 @@ class _Client:
         self.client.tls_set(**rig.client_tls(who))
         self.client.on_message = self._message
         self.client.on_publish = self._published
+        connected = threading.Event()
+        self.client.on_connect = lambda *_a: connected.set()
         self.client.connect("127.0.0.1", rig.ports[broker], clean_start=True)
         self.client.loop_start()
+        # a subscribe sent before the CONNACK is lost: wait for the session (a loaded machine is slow)
+        if not connected.wait(30.0):
+            raise RuntimeError(f"test client {who} did not connect to the {broker} broker")
 
     def _message(self, _c: Any, _u: Any, message: Any) -> None:
         with self.lock:

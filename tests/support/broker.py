@@ -59,7 +59,7 @@ class Subscriber:
             self.messages.append((msg.topic, payload, bool(msg.retain)))
             self._cond.notify_all()
 
-    def start(self, timeout_s: float = 10.0) -> Subscriber:
+    def start(self, timeout_s: float = 30.0) -> Subscriber:
         self.client.connect(self.broker.host, self.broker.port, 30, clean_start=self._clean_start,
                             properties=self._props)
         self.client.loop_start()
