@@ -38,6 +38,9 @@ _LOCK_DIR = Path(tempfile.gettempdir()) / "stima-ports"
 _lock = threading.Lock()
 _handed_out: set[int] = set()
 _held: dict[int, int] = {}
+MAX_HELD = 64
+"""Port locks held at once. Each is a descriptor: thousands of them would push every later
+socket above 1023, where `select()` (paho's network loop among others) cannot watch it."""
 """Port → file descriptor of its lock file, open (and so locked) until the process ends."""
 
 
@@ -97,6 +100,11 @@ def reserve_port(max_tries: int = 2000) -> int:
                 continue
             _handed_out.add(port)
             _held[port] = fd
+            while len(_held) > MAX_HELD:
+                # the oldest reservations were bound long ago (or given up): their locks can go, so
+                # a long run (a whole test suite) does not fill its descriptor table; this process
+                # still never hands their ports out again
+                os.close(_held.pop(next(iter(_held))))
             return port
     raise NoPortAvailable(f"no free loopback port found in {max_tries} tries between {PORT_FLOOR} and {high}")
 

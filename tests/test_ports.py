@@ -3,6 +3,7 @@ against other processes, and mosquitto moves to a fresh port when its bind fails
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -64,3 +65,16 @@ def test_mosquitto_moves_to_a_fresh_port_when_its_bind_fails(tmp_path: Path,
             assert broker.port != taken
             with socket.create_connection(("127.0.0.1", broker.port), timeout=5):
                 pass
+
+
+def test_a_long_run_of_reservations_keeps_the_descriptor_table_small() -> None:
+    # a whole test suite reserves well over a thousand ports in one process: were every lock kept,
+    # later sockets would get descriptors above 1023, which select() (paho's loop) cannot watch
+    from hil import ports
+
+    before = len(os.listdir("/proc/self/fd"))
+    taken = {ports.reserve_port() for _ in range(1200)}
+    assert len(taken) == 1200
+    assert len(os.listdir("/proc/self/fd")) <= before + ports.MAX_HELD
+    with socket.socket() as s:
+        assert s.fileno() < 1024
