@@ -661,7 +661,7 @@ def _return_steps(network: Network, net: Network, plan_config: Mapping[str, bool
         trial = dict(plan_config)
         trial[tie] = False
         cut = set(network.energise(plan_config).source_of) - set(network.energise(trial).source_of)
-        return 0 if any(_supplied_through(home, n, node) for n in cut) else 1
+        return 0 if any(supplied_through(home, n, node) for n in cut) else 1
 
     orders = sorted(itertools.permutations(opens), key=lambda o: [to_transformer(t) for t in o])
     best: tuple[list[PlanStep], list[str]] | None = None
@@ -681,7 +681,7 @@ def _return_steps(network: Network, net: Network, plan_config: Mapping[str, bool
     return best
 
 
-def _supplied_through(en: Any, node: str, via: str) -> bool:
+def supplied_through(en: Any, node: str, via: str) -> bool:
     """Whether `node` is fed through `via` in the energisation `en`."""
     k, hops = node, 0
     while k in en.parent and hops < 10_000:

@@ -29,7 +29,7 @@ from typing import Any
 
 from gateway.config import MaintenanceConfig, SiteConfig
 from gateway.maintenance import customers, workorder
-from gateway.maintenance.backup import AskNeighbour, BackupPlan, BackupSettings, plan_backup
+from gateway.maintenance.backup import AskNeighbour, BackupPlan, BackupSettings, plan_backup, supplied_through
 from gateway.maintenance.window import LoadForecast, choose_window
 from gateway.maintenance.workorder import Evidence, WorkOrder, WorkOrderError, WorkOrderEvent, WorkOrderState
 from gateway.switching.faults import FaultBook
@@ -259,7 +259,7 @@ class MaintenanceCoordinator:
         if node is None:
             return sum(len(g.critical_meters) for g in self.site.meter_groups if g.connected_transformer == asset)
         en = self.network.energise(self.network.normal_configuration())
-        fed = [n for n in en.source_of if _fed_through(en, n, node)]
+        fed = [n for n in en.source_of if supplied_through(en, n, node)]
         return self.network.critical_customers(fed)
 
     def _forecast_for(self, asset: str, forecasts: Forecasts, grid: GridInputs, wall: float) -> LoadForecast:
@@ -323,15 +323,6 @@ def _recommend(plans: list[BackupPlan]) -> str | None:
         return max(keeping, key=lambda p: (p.customers_restored, -len(p.steps))).name
     return max(offered, key=lambda p: (p.critical_restored, p.customers_restored)).name if offered else None
 
-
-def _fed_through(en: Any, node: str, via: str) -> bool:
-    k, hops = node, 0
-    while k in en.parent and hops < 10_000:
-        k = en.parent[k][0]
-        if k == via:
-            return True
-        hops += 1
-    return False
 
 
 def _station_of(en: Any, node: str, network: Network) -> str | None:
