@@ -505,6 +505,8 @@ class SwitchingService:
             return []
         out = []
         for breaker in self._recloses:
+            if breaker not in self.network.devices:  # protected, but not in the site's feeder model
+                continue
             try:
                 pickups = self._protection.engine.status(breaker).get("pickups", [])
             except KeyError:
