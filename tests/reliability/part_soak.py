@@ -17,6 +17,7 @@ from gateway.agents.runtime import AgentRuntime, restore_from_store, save_to_sto
 from gateway.clock import SimClock
 from gateway.config import SiteIdentity, UplinkConfig, load
 from gateway.history import HistoryAggregator
+from gateway.memory import after_reload, freeze_long_lived
 from gateway.protection.engine import BreakerCommand, ProtectionEngine, ProtectionEvent
 from gateway.storage import Store
 from hil.broker import Broker, free_port, make_tls_files
@@ -41,7 +42,9 @@ arrives; agents' snapshots are saved every minute, closed history buckets writte
 and telemetry published every 10 s. Every hour a fault on LINE-045 trips CB-045 through the
 engine (the breaker opens, recloses after its dead time); every 2 hours the broker link is cut
 for 10 simulated minutes (reconnect, backfill); every 6 hours a reload builds new agents and a
-new protection engine that take over from the old ones, as SIGHUP does. RSS, open file
+new protection engine that take over from the old ones, as SIGHUP does, and the old ones are
+given back as the daemon gives them back (`gateway.memory`: unfreeze, collect, freeze the new
+configuration, `malloc_trim`). RSS, open file
 descriptors, the database's size and row counts are taken after two simulated hours (warm: one
 fault, one link cut with its backfill and one reload behind it) and at the end. Goals: RSS growth ≤ 5 % from warm to end, no descriptor growth, the spool
 empty once drained, the stores within what their retention allows. The adapters' I/O loops (the
@@ -108,6 +111,7 @@ async def _soak(report: Report, workdir: Path, quick: bool) -> None:
     reload_s: list[int] = []
     warm: dict[str, Any] = {}
     fault_until = -1.0
+    freeze_long_lived()  # as the daemon does once a configuration has started
 
     def samples(now: float) -> list[Any]:
         actions: list[Any] = []
@@ -192,6 +196,8 @@ async def _soak(report: Report, workdir: Path, quick: bool) -> None:
             new_engine = ProtectionEngine(site.protection)
             new_engine.take_over(engine)
             engine = new_engine
+            del fresh, new_engine
+            after_reload()  # as the daemon does once the old configuration is dropped
             counts["reloads"] += 1
             reload_s.append(sec)
         if sec == WARM_S:
