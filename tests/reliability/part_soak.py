@@ -8,6 +8,7 @@ import gc
 import logging
 import os
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,42 @@ def _rss_mb() -> float:
 
 def _fds() -> int:
     return len(os.listdir("/proc/self/fd"))
+
+
+def _socket_kinds() -> dict[str, str]:
+    """Socket inode → "unix" or "tcp <local port>-><remote port>" (from /proc/net)."""
+    kinds: dict[str, str] = {}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+            fields = line.split()
+            if len(fields) >= 7:
+                kinds[fields[6]] = "unix"
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+                fields = line.split()
+                if len(fields) >= 10:
+                    local, remote = (int(a.rsplit(":", 1)[1], 16) for a in fields[1:3])
+                    kinds[fields[9]] = f"tcp {local}->{remote}"
+    return kinds
+
+
+def _fd_targets() -> list[str]:
+    """What each open descriptor is (a file's path, a socket's kind and ports, pipe:[inode]), to
+    name growth."""
+    kinds = _socket_kinds()
+    out = []
+    for fd in sorted(os.listdir("/proc/self/fd"), key=int):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith("socket:["):
+                target = f"socket:[{kinds.get(target[8:-1], 'other')}]"
+            out.append(target)
+    return out
+
+
+def _kinds(targets: list[str]) -> Counter[str]:
+    return Counter(t.split(":")[0] if ":[" in t else t for t in targets)
 
 
 def _db_bytes(db: Path) -> int:
@@ -203,7 +240,7 @@ async def _soak(report: Report, workdir: Path, quick: bool) -> None:
         if sec == WARM_S:
             gc.collect()
             await asyncio.sleep(0.5)
-            warm = {"rss_mb": _rss_mb(), "fds": _fds(), "db_bytes": _db_bytes(store.path), "rows": _rows(store),
+            warm = {"rss_mb": _rss_mb(), "fds": _fds(), "fd_targets": _fd_targets(), "db_bytes": _db_bytes(store.path), "rows": _rows(store),
                     "real_s": time.monotonic() - t_real0}
             print(f"warm at {WARM_S // 3600} h simulated: {warm}", flush=True)
         if sec % 3600 == 0:
@@ -217,7 +254,7 @@ async def _soak(report: Report, workdir: Path, quick: bool) -> None:
     while (uplink.status()["spool_depth"] or uplink.status()["inflight"]) and time.monotonic() < end_wait:
         await asyncio.sleep(0.1)
     gc.collect()
-    end = {"rss_mb": _rss_mb(), "fds": _fds(), "db_bytes": _db_bytes(store.path), "rows": _rows(store)}
+    end = {"rss_mb": _rss_mb(), "fds": _fds(), "fd_targets": _fd_targets(), "db_bytes": _db_bytes(store.path), "rows": _rows(store)}
     await uplink.close()
     uplink_task.cancel()
     with contextlib.suppress(BaseException):
@@ -244,6 +281,12 @@ async def _soak(report: Report, workdir: Path, quick: bool) -> None:
                    f"{since:.0f} MB → {end['rss_mb']:.0f} MB ({(end['rss_mb'] - since) / since * 100:+.1f} %)")
     report.check("open file descriptors at 2 h → end", f"{warm['fds']} → {end['fds']}", "no growth",
                  end["fds"] <= warm["fds"])
+    if end["fds"] != warm["fds"]:
+        more, fewer = _kinds(end["fd_targets"]) - _kinds(warm["fd_targets"]), \
+            _kinds(warm["fd_targets"]) - _kinds(end["fd_targets"])
+        report.note(f"Descriptors at the end and not at 2 h: {dict(more) or 'none'}; at 2 h and not at the end: "
+                    f"{dict(fewer) or 'none'} (sockets are the uplink's and the relay's connections, which the "
+                    "link cuts close and open again).")
     report.check("spool rows at the end (after the backfill)", end["rows"]["spool"], "0", end["rows"]["spool"] == 0)
     per_day = len(history.take_all()) or 0
     bound = end["rows"]["history"]
