@@ -395,15 +395,28 @@ class _Builder:
         self.schemes = {s.breaker: s for s in site.protection}
 
     def build(self) -> None:
-        net = self.net
+        self._sources()
+        self._edges()
+        in_series = self._in_series()
+        self._sections(in_series)
+        self._station_transformers()
+        self._series_devices(in_series)
+        self._ties()
+        self._fed_from_above()
+
+    def _sources(self) -> None:
         for a in self.site.agents:
             if a.type.value == SUBSTATION:
                 sub = SubstationAttributes.model_validate(a.attributes)
-                net.sources[a.id] = Source(a.id, False, sub.rated_capacity * 1000.0, sub.secondary_voltage)
-        # what hangs on each line, and where (a tap named by both ends keeps the position either gives)
+                self.net.sources[a.id] = Source(a.id, False, sub.rated_capacity * 1000.0, sub.secondary_voltage)
+
+    def _edges(self) -> None:
+        """What hangs on each line and where (`taps`; a tap named by both ends keeps the position
+        either gives), the supply edges between elements (`feeds`: parent → children, depends_on
+        read backwards), and the ties' routes (`routes`: device → (line, position, normally_open))."""
         tap_at: dict[str, dict[str, float | None]] = {line: {} for line in self.line_attrs}
-        feeds: dict[str, list[str]] = {}  # parent id -> children (supply edges, depends_on read backwards)
-        routes: dict[str, list[tuple[str, float | None, bool]]] = {}  # device -> (line, position, normally_open)
+        feeds: dict[str, list[str]] = {}
+        routes: dict[str, list[tuple[str, float | None, bool]]] = {}
         for a in self.site.agents:
             for rule in a.connection_rules:
                 target = rule.target_id
@@ -411,45 +424,61 @@ class _Builder:
                     continue
                 kind = rule.canonical_type
                 if kind is CanonicalType.ROUTE:
-                    if self.types[a.id] == BREAKER and self.types[target] == LINE:
-                        routes.setdefault(a.id, []).append((target, _position(rule), rule.normally_open))
-                    elif self.types[target] == BREAKER and self.types[a.id] == LINE:
-                        routes.setdefault(target, []).append((a.id, _position(rule), rule.normally_open))
+                    self._route(a.id, target, rule, routes)
                     continue
-                if kind is CanonicalType.SUPPLY and self.types[target] == LINE and self.types[a.id] in INJECTING:
-                    parent, child = target, a.id  # a DER or capacitor bank feeding into the line is tapped on it
-                elif kind is CanonicalType.SUPPLY:
-                    parent, child = a.id, target
-                elif kind is CanonicalType.DEPENDS_ON:
-                    parent, child = target, a.id
-                else:
+                edge = self._supply_edge(a.id, target, kind)
+                if edge is None:
                     continue
+                parent, child = edge
                 if self.types[parent] == LINE and self.types[child] != LINE:
-                    given = _position(rule)
                     if tap_at[parent].get(child) is None:
-                        tap_at[parent][child] = given
+                        tap_at[parent][child] = _position(rule)
                 elif child not in feeds.get(parent, []):
                     feeds.setdefault(parent, []).append(child)
-        taps = {line: list(children.items()) for line, children in tap_at.items()}
-        self.taps, self.feeds, self.routes = taps, feeds, routes
-        tie_ids = set(routes)
-        in_series: dict[str, list[tuple[str, float]]] = {line: [] for line in taps}
-        for line, items in taps.items():
+        self.taps = {line: list(children.items()) for line, children in tap_at.items()}
+        self.feeds, self.routes = feeds, routes
+
+    def _route(self, agent_id: str, target: str, rule: Any,
+               routes: dict[str, list[tuple[str, float | None, bool]]]) -> None:
+        if self.types[agent_id] == BREAKER and self.types[target] == LINE:
+            routes.setdefault(agent_id, []).append((target, _position(rule), rule.normally_open))
+        elif self.types[target] == BREAKER and self.types[agent_id] == LINE:
+            routes.setdefault(target, []).append((agent_id, _position(rule), rule.normally_open))
+
+    def _supply_edge(self, agent_id: str, target: str, kind: CanonicalType) -> tuple[str, str] | None:
+        """(parent, child) of a supply or depends-on rule; None for the other kinds."""
+        if kind is CanonicalType.SUPPLY and self.types[target] == LINE and self.types[agent_id] in INJECTING:
+            return target, agent_id  # a DER or capacitor bank feeding into the line is tapped on it
+        if kind is CanonicalType.SUPPLY:
+            return agent_id, target
+        if kind is CanonicalType.DEPENDS_ON:
+            return target, agent_id
+        return None
+
+    def _in_series(self) -> dict[str, list[tuple[str, float]]]:
+        """Breakers tapped on each line (ties excepted), at their position (the far end if none)."""
+        in_series: dict[str, list[tuple[str, float]]] = {line: [] for line in self.taps}
+        for line, items in self.taps.items():
             for child, given in items:
-                if self.types[child] == BREAKER and child not in tie_ids:
+                if self.types[child] == BREAKER and child not in self.routes:
                     in_series[line].append((child, self.line_attrs[line].length if given is None else given))
-        # sections of every line
-        for line, attrs in self.line_attrs.items():
-            cuts = sorted({p for _, p in in_series[line] if 0.0 < p < attrs.length})
-            bounds = [0.0, *cuts, attrs.length]
-            ids: list[str] = []
-            for k in range(len(bounds) - 1):
-                ids.append(f"{line}/{k + 1}")
-            net.line_sections[line] = ids
+        return in_series
+
+    def _bounds(self, line: str, in_series: dict[str, list[tuple[str, float]]]) -> list[float]:
+        length = self.line_attrs[line].length
+        cuts = sorted({p for _, p in in_series[line] if 0.0 < p < length})
+        return [0.0, *cuts, length]
+
+    def _sections(self, in_series: dict[str, list[tuple[str, float]]]) -> None:
+        """Every line cut into sections by its series devices, with the elements and meter groups
+        placed on each."""
+        net = self.net
+        for line in self.line_attrs:
+            bounds = self._bounds(line, in_series)
+            net.line_sections[line] = [f"{line}/{k + 1}" for k in range(len(bounds) - 1)]
         self._place_elements()
         for line, attrs in self.line_attrs.items():
-            cuts = sorted({p for _, p in in_series[line] if 0.0 < p < attrs.length})
-            bounds = [0.0, *cuts, attrs.length]
+            bounds = self._bounds(line, in_series)
             for k, sid in enumerate(net.line_sections[line]):
                 lo, hi = bounds[k], bounds[k + 1]
                 elements = tuple(e for e, s in net.element_section.items() if s == sid)
@@ -462,19 +491,19 @@ class _Builder:
                     ampacity_a=attrs.ampacity, nominal_kv=attrs.voltage_rating, elements=elements,
                     meter_groups=groups, customers=sum(g.count for g in self.site.meter_groups if g.id in groups),
                     critical_customers=sum(g.critical_count for g in self.site.meter_groups if g.id in groups))
-        self._station_transformers()
-        # devices in series on a line
+
+    def _series_devices(self, in_series: dict[str, list[tuple[str, float]]]) -> None:
         for line, placed in in_series.items():
             length = self.line_attrs[line].length
             for dev_id, pos in placed:
                 upstream = self.section_at(line, pos)
                 if pos < length:
-                    downstream = self.section_at(line, pos, beyond=True)
-                    self._device(dev_id, upstream, downstream)
+                    self._device(dev_id, upstream, self.section_at(line, pos, beyond=True))
                 else:
                     self._device_feeding(dev_id, upstream)
-        # ties
-        for dev_id, ends in routes.items():
+
+    def _ties(self) -> None:
+        for dev_id, ends in self.routes.items():
             tie = self._breaker_attrs(dev_id)
             nodes = [self.section_at(line, at if at is not None else self.line_attrs[line].length)
                      for line, at, _ in ends]
@@ -490,8 +519,12 @@ class _Builder:
                 raise NetworkError(f"agents.{dev_id}: a tie joins two lines (route rules), found {len(nodes)}")
             normally_open = tie.normally_open or any(no for _, _, no in ends)
             self._add(dev_id, nodes[0], nodes[1], tie=True, normally_open=normally_open)
-        # breakers fed by the substation or by another element (not tapped on a line)
-        for parent, children in feeds.items():
+
+    def _fed_from_above(self) -> None:
+        """Breakers fed by the substation or by another element (not tapped on a line), and the
+        fixed connections of lines and station transformers to what feeds them."""
+        net = self.net
+        for parent, children in self.feeds.items():
             for child in children:
                 if self.types[child] == BREAKER and child not in net.devices:
                     self._device_feeding(child, self._node_of(parent))
