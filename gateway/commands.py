@@ -359,6 +359,90 @@ def _is_override(v: Any) -> bool:
                                        and all(isinstance(x, str) and _ARG_NAME_RE.match(x) for x in v))
 
 
+def _only(args: Mapping[str, Any], known: tuple[str, ...]) -> None:
+    extra = sorted(k for k in args if k not in known)
+    if extra:
+        raise CommandRefused(Reason.BAD_ARGS, f"args: unknown key(s) {', '.join(extra)}; expected "
+                             f"{', '.join(known)}")
+
+
+def _breaker_args(command: str, args: Mapping[str, Any]) -> dict[str, Any]:
+    known = _BREAKER_ARGS[command]
+    _only(args, known)
+    out: dict[str, Any] = {}
+    if "breaker" in known:
+        out["breaker"] = _arg(args, "breaker", "a breaker id", _is_id)
+        out["action"] = _arg(args, "action", "'open' or 'close'", _is_action)
+        out["authorised"] = bool(_arg(args, "authorised", "true or false", lambda v: isinstance(v, bool))
+                                 if "authorised" in args else False)
+        if "override" in args:
+            out["override"] = _arg(args, "override", "true (every overridable row) or a list of interlock codes",
+                                   _is_override)
+        if "reason" in args:
+            out["reason"] = _arg(args, "reason", "the reason for the override (1-500 characters)",
+                                 lambda v: isinstance(v, str) and 0 < len(v.strip()) <= 500)
+        if (out["authorised"] or out.get("override")) and "reason" not in out:
+            raise CommandRefused(Reason.BAD_ARGS, "args.reason: missing; an authorised close or an override "
+                                 "needs the reason it is made (recorded with the operator's role)")
+    if "select_id" in known:
+        out["select_id"] = _arg(args, "select_id", "the select_id a breaker/select returned", _is_id)
+    return out
+
+
+def _sequence_args(command: str, args: Mapping[str, Any]) -> dict[str, Any]:
+    _only(args, _SEQUENCE_ARGS)
+    return {"sequence": _arg(args, "sequence", "a switching sequence id", _is_id)}
+
+
+def _alarm_args(command: str, args: Mapping[str, Any]) -> dict[str, Any]:
+    _only(args, ("alarm",))
+    return {"alarm": _arg(args, "alarm", "an alarm id (alm-<n>, as on …/alarms)", _is_id)}
+
+
+def _maintenance_args(command: str, args: Mapping[str, Any]) -> dict[str, Any]:
+    _only(args, _MAINTENANCE_ARGS[command])
+    out: dict[str, Any] = {"work_order": _arg(args, "work_order", "a work order id", _is_id)}
+    if command == "maintenance/reschedule":
+        out["start"] = float(_arg(args, "start", "the new window's start (POSIX seconds)",
+                                  lambda v: isinstance(v, int | float) and not isinstance(v, bool)
+                                  and math.isfinite(v) and v > 0))
+    if "external_id" in args:
+        out["external_id"] = _arg(args, "external_id", "the asset system's own number (1-64 characters)",
+                                  lambda v: isinstance(v, str) and bool(_ID_RE.match(v)))
+    if "note" in args:
+        out["note"] = _arg(args, "note", "text of 500 characters at most",
+                           lambda v: isinstance(v, str) and len(v) <= 500)
+    return out
+
+
+def _agent_request_args(command: str, args: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "agent": _arg(args, "agent", "an agent id", _is_id),
+        "request": _arg(args, "request", "a request name (e.g. maintenance, curtail, reset)",
+                        lambda v: isinstance(v, str) and bool(_ARG_NAME_RE.match(v))),
+    }
+    passed: dict[str, Any] = {}
+    for k, v in args.items():
+        if k in ("agent", "request"):
+            continue
+        if not _ARG_NAME_RE.match(k):
+            raise CommandRefused(Reason.BAD_ARGS, f"args: key {_show(k)} is not a request argument name "
+                                 "(letters, digits, underscore)")
+        passed[k] = v
+    out["args"] = passed
+    return out
+
+
+_ARG_CHECKS: dict[str, Callable[[str, Mapping[str, Any]], dict[str, Any]]] = {
+    **{c: _breaker_args for c in _BREAKER_ARGS},
+    "switching/approve": _sequence_args,
+    "switching/abort": _sequence_args,
+    "alarm/acknowledge": _alarm_args,
+    **{c: _maintenance_args for c in _MAINTENANCE_ARGS},
+    "agent/request": _agent_request_args,
+}
+
+
 def validate_args(command: str, args: Mapping[str, Any]) -> dict[str, Any]:
     """The arguments of `command`, checked (CommandRefused BAD_ARGS names the key, the value and what was expected)."""
     if not isinstance(args, Mapping):
@@ -366,76 +450,11 @@ def validate_args(command: str, args: Mapping[str, Any]) -> dict[str, Any]:
     bad_keys = [_show(k) for k in args if not isinstance(k, str)]
     if bad_keys:
         raise CommandRefused(Reason.BAD_ARGS, f"args: keys must be strings, found {', '.join(bad_keys)}")
-    out: dict[str, Any] = {}
-    if command in _BREAKER_ARGS:
-        known = _BREAKER_ARGS[command]
-        extra = sorted(k for k in args if k not in known)
-        if extra:
-            raise CommandRefused(Reason.BAD_ARGS, f"args: unknown key(s) {', '.join(extra)}; expected "
-                                 f"{', '.join(known)}")
-        if "breaker" in known:
-            out["breaker"] = _arg(args, "breaker", "a breaker id", _is_id)
-            out["action"] = _arg(args, "action", "'open' or 'close'", _is_action)
-            out["authorised"] = bool(_arg(args, "authorised", "true or false", lambda v: isinstance(v, bool))
-                                     if "authorised" in args else False)
-            if "override" in args:
-                out["override"] = _arg(args, "override", "true (every overridable row) or a list of interlock codes",
-                                       _is_override)
-            if "reason" in args:
-                out["reason"] = _arg(args, "reason", "the reason for the override (1-500 characters)",
-                                     lambda v: isinstance(v, str) and 0 < len(v.strip()) <= 500)
-            if (out["authorised"] or out.get("override")) and "reason" not in out:
-                raise CommandRefused(Reason.BAD_ARGS, "args.reason: missing; an authorised close or an override "
-                                     "needs the reason it is made (recorded with the operator's role)")
-        if "select_id" in known:
-            out["select_id"] = _arg(args, "select_id", "the select_id a breaker/select returned", _is_id)
-        return out
-    if command in ("switching/approve", "switching/abort"):
-        extra = sorted(k for k in args if k not in _SEQUENCE_ARGS)
-        if extra:
-            raise CommandRefused(Reason.BAD_ARGS, f"args: unknown key(s) {', '.join(extra)}; expected sequence")
-        out["sequence"] = _arg(args, "sequence", "a switching sequence id", _is_id)
-        return out
-    if command == "alarm/acknowledge":
-        extra = sorted(k for k in args if k != "alarm")
-        if extra:
-            raise CommandRefused(Reason.BAD_ARGS, f"args: unknown key(s) {', '.join(extra)}; expected alarm")
-        out["alarm"] = _arg(args, "alarm", "an alarm id (alm-<n>, as on …/alarms)", _is_id)
-        return out
-    if command in _MAINTENANCE_ARGS:
-        known = _MAINTENANCE_ARGS[command]
-        extra = sorted(k for k in args if k not in known)
-        if extra:
-            raise CommandRefused(Reason.BAD_ARGS, f"args: unknown key(s) {', '.join(extra)}; expected "
-                                 f"{', '.join(known)}")
-        out["work_order"] = _arg(args, "work_order", "a work order id", _is_id)
-        if command == "maintenance/reschedule":
-            out["start"] = float(_arg(args, "start", "the new window's start (POSIX seconds)",
-                                      lambda v: isinstance(v, int | float) and not isinstance(v, bool)
-                                      and math.isfinite(v) and v > 0))
-        if "external_id" in args:
-            out["external_id"] = _arg(args, "external_id", "the asset system's own number (1-64 characters)",
-                                      lambda v: isinstance(v, str) and bool(_ID_RE.match(v)))
-        if "note" in args:
-            out["note"] = _arg(args, "note", "text of 500 characters at most",
-                               lambda v: isinstance(v, str) and len(v) <= 500)
-        return out
-    if command == "agent/request":
-        out["agent"] = _arg(args, "agent", "an agent id", _is_id)
-        out["request"] = _arg(args, "request", "a request name (e.g. maintenance, curtail, reset)",
-                              lambda v: isinstance(v, str) and bool(_ARG_NAME_RE.match(v)))
-        passed: dict[str, Any] = {}
-        for k, v in args.items():
-            if k in ("agent", "request"):
-                continue
-            if not _ARG_NAME_RE.match(k):
-                raise CommandRefused(Reason.BAD_ARGS, f"args: key {_show(k)} is not a request argument name "
-                                     "(letters, digits, underscore)")
-            passed[k] = v
-        out["args"] = passed
-        return out
-    raise CommandRefused(Reason.UNKNOWN_COMMAND, f"unknown command {_show(command)}; expected one of "
-                         f"{', '.join(COMMAND_NAMES)}")
+    check = _ARG_CHECKS.get(command) if isinstance(command, str) else None
+    if check is None:
+        raise CommandRefused(Reason.UNKNOWN_COMMAND, f"unknown command {_show(command)}; expected one of "
+                             f"{', '.join(COMMAND_NAMES)}")
+    return check(command, args)
 
 
 # --------------------------------------------------------------------------- the plant
