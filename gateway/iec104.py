@@ -155,67 +155,96 @@ class MapError(ValueError):
     """The IEC 104 map cannot be built as configured (message names the key and the value)."""
 
 
-def build_map(site: SiteConfig, network: Network | None = None) -> PointMap:
-    """The IOA map from the site file: generated in site-file order, overrides applied."""
-    cfg: Iec104Config = site.iec104
-    network = network or Network.from_site(site)
-    overrides = {o.id: o for o in cfg.points}
+class _Ioas:
+    """IOAs handed out: explicit ones reserved, generated ones counted up past any taken."""
+
+    def __init__(self, explicit: set[int]) -> None:
+        self.explicit = explicit
+        self.used: dict[int, str] = {}
+
+    def claim(self, ioa: int, what: str) -> None:
+        if ioa in self.used:
+            raise MapError(f"iec104: IOA {ioa} is given to both {self.used[ioa]} and {what}")
+        self.used[ioa] = what
+
+    def next_free(self, start: int) -> int:
+        while start in self.explicit or start in self.used:
+            start += 1
+        return start
+
+
+def _known_points(site: SiteConfig) -> dict[str, tuple[PointKind, float, bool]]:
+    """Every IED point: (kind, dead-band, writable)."""
     known: dict[str, tuple[PointKind, float, bool]] = {}
     for ied in site.ieds:
         for p in ied.points:
             writable = bool(getattr(p, "writable", False) or getattr(p, "control", False))
             known[p.id] = (PointKind(p.point_kind.value), float(getattr(p, "deadband", 0.0)), writable)
-    for pid in overrides:
-        if pid not in known:
-            raise MapError(f"iec104.points: {pid!r} is not a point of any IED")
-    positions = {dev.points["closed"] for dev in network.devices.values() if "closed" in dev.points}
-    time_tags = cfg.time_tags
-    monitored: list[MonitorPoint] = []
-    used: dict[int, str] = {}
-    next_ioa = cfg.monitor_ioa_start
+    return known
 
-    def claim(ioa: int, what: str) -> None:
-        if ioa in used:
-            raise MapError(f"iec104: IOA {ioa} is given to both {used[ioa]} and {what}")
-        used[ioa] = what
 
-    explicit = {o.ioa for o in cfg.points if o.ioa is not None} | {c.ioa for c in cfg.commands}
-    for pid, (kind, deadband, _w) in known.items():
-        o = overrides.get(pid)
-        if o is not None and o.exclude:
-            continue
-        if kind is PointKind.ANALOG:
-            type_id = TypeId.M_ME_TF_1 if time_tags else TypeId.M_ME_NC_1
-        elif kind is PointKind.COUNTER:
-            type_id = TypeId.M_IT_TB_1 if time_tags else TypeId.M_IT_NA_1
-        elif pid in positions:
-            type_id = TypeId.M_DP_TB_1 if time_tags else TypeId.M_DP_NA_1
-        else:
-            type_id = TypeId.M_SP_TB_1 if time_tags else TypeId.M_SP_NA_1
-        if o is not None and o.type is not None:
-            type_id = TypeId[o.type]
-            fits = {PointKind.ANALOG: ("M_ME",), PointKind.COUNTER: ("M_IT",), PointKind.BINARY: ("M_SP", "M_DP")}
-            if not type_id.name.startswith(fits[kind]):
-                raise MapError(f"iec104.points[{pid}].type: {type_id.name} does not fit a {kind.value} point")
-        if o is not None and o.ioa is not None:
-            ioa = o.ioa
-        else:
-            while next_ioa in explicit or next_ioa in used:
-                next_ioa += 1
-            ioa = next_ioa
-            next_ioa += 1
-        claim(ioa, pid)
-        band = o.deadband if o is not None and o.deadband is not None else deadband
-        monitored.append(MonitorPoint(pid, ioa, type_id, band, kind))
+_TYPE_FITS = {PointKind.ANALOG: ("M_ME",), PointKind.COUNTER: ("M_IT",), PointKind.BINARY: ("M_SP", "M_DP")}
 
-    commands: list[CommandPoint] = []
-    cmd_overrides = {c.target: c.ioa for c in cfg.commands}
+
+def _monitor_type(pid: str, kind: PointKind, is_position: bool, time_tags: bool, override: Any) -> TypeId:
+    """The ASDU type of a monitored point: from its kind (a breaker position is double-point),
+    unless the site names one that fits the kind."""
+    if override is not None and override.type is not None:
+        type_id = TypeId[override.type]
+        if not type_id.name.startswith(_TYPE_FITS[kind]):
+            raise MapError(f"iec104.points[{pid}].type: {type_id.name} does not fit a {kind.value} point")
+        return type_id
+    if kind is PointKind.ANALOG:
+        return TypeId.M_ME_TF_1 if time_tags else TypeId.M_ME_NC_1
+    if kind is PointKind.COUNTER:
+        return TypeId.M_IT_TB_1 if time_tags else TypeId.M_IT_NA_1
+    if is_position:
+        return TypeId.M_DP_TB_1 if time_tags else TypeId.M_DP_NA_1
+    return TypeId.M_SP_TB_1 if time_tags else TypeId.M_SP_NA_1
+
+
+def _command_targets(site: SiteConfig, network: Network,
+                     known: dict[str, tuple[PointKind, float, bool]]) -> list[tuple[str, str | None]]:
+    """Every switching device, then every writable agent set-point (FPI resets excepted)."""
     targets: list[tuple[str, str | None]] = [(d, None) for d in network.devices]
     for agent in site.agents:
         for name, pid in agent.points.items():
             if any(name in names for names in SETPOINT_POINTS.values()) and known.get(pid, (None, 0, False))[2] \
                     and name != "fpi_reset":
                 targets.append((agent.id, name))
+    return targets
+
+
+def build_map(site: SiteConfig, network: Network | None = None) -> PointMap:
+    """The IOA map from the site file: generated in site-file order, overrides applied."""
+    cfg: Iec104Config = site.iec104
+    network = network or Network.from_site(site)
+    overrides = {o.id: o for o in cfg.points}
+    known = _known_points(site)
+    for pid in overrides:
+        if pid not in known:
+            raise MapError(f"iec104.points: {pid!r} is not a point of any IED")
+    positions = {dev.points["closed"] for dev in network.devices.values() if "closed" in dev.points}
+    ioas = _Ioas({o.ioa for o in cfg.points if o.ioa is not None} | {c.ioa for c in cfg.commands})
+    monitored: list[MonitorPoint] = []
+    next_ioa = cfg.monitor_ioa_start
+    for pid, (kind, deadband, _w) in known.items():
+        o = overrides.get(pid)
+        if o is not None and o.exclude:
+            continue
+        type_id = _monitor_type(pid, kind, pid in positions, cfg.time_tags, o)
+        if o is not None and o.ioa is not None:
+            ioa = o.ioa
+        else:
+            ioa = ioas.next_free(next_ioa)
+            next_ioa = ioa + 1
+        ioas.claim(ioa, pid)
+        band = o.deadband if o is not None and o.deadband is not None else deadband
+        monitored.append(MonitorPoint(pid, ioa, type_id, band, kind))
+
+    commands: list[CommandPoint] = []
+    cmd_overrides = {c.target: c.ioa for c in cfg.commands}
+    targets = _command_targets(site, network, known)
     names = {(t if s is None else f"{t}.{s}") for t, s in targets}
     for key in cmd_overrides:
         if key not in names:
@@ -227,14 +256,12 @@ def build_map(site: SiteConfig, network: Network | None = None) -> PointMap:
         if key in cmd_overrides:
             ioa = cmd_overrides[key]
         elif setpoint is None:
-            while next_cmd in explicit or next_cmd in used:
-                next_cmd += 1
-            ioa, next_cmd = next_cmd, next_cmd + 1
+            ioa = ioas.next_free(next_cmd)
+            next_cmd = ioa + 1
         else:
-            while next_sp in explicit or next_sp in used:
-                next_sp += 1
-            ioa, next_sp = next_sp, next_sp + 1
-        claim(ioa, key)
+            ioa = ioas.next_free(next_sp)
+            next_sp = ioa + 1
+        ioas.claim(ioa, key)
         commands.append(CommandPoint(ioa, target, setpoint))
     return PointMap(cfg.common_address, tuple(monitored), tuple(commands),
                     {m.point_id: m for m in monitored}, {c.ioa: c for c in commands})
