@@ -897,6 +897,124 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
+class _Layout:
+    """The site's agents as the layout checks read them (raw dicts, before validation)."""
+
+    def __init__(self, agents: list[dict[str, Any]]) -> None:
+        self.by_id = {a["id"]: a for a in agents if isinstance(a.get("id"), str)}
+        self.kind = {i: a.get("type") for i, a in self.by_id.items()}
+        self.where_of = {a["id"]: f"agents[{n}:{a['id']}]" for n, a in enumerate(agents)
+                         if isinstance(a.get("id"), str)}
+        self.out: list[ConfigProblem] = []
+
+    def is_line(self, agent_id: Any) -> bool:
+        return self.kind.get(agent_id) == "power_line"
+
+    def problem(self, path: str, message: str, found: Any = None) -> None:
+        self.out.append(ConfigProblem(path, message, found))
+
+    def ties(self) -> set[str]:
+        """Circuit breakers with route rules (or an external source), each checked."""
+        ties: set[str] = set()
+        for agent_id, agent in self.by_id.items():
+            if self.kind[agent_id] == "circuit_breaker" and self._tie(agent_id, agent):
+                ties.add(agent_id)
+        return ties
+
+    def _tie(self, agent_id: str, agent: dict[str, Any]) -> bool:
+        where = self.where_of[agent_id]
+        attrs = _attributes(agent)
+        routes = [(k, r) for k, r in enumerate(_items(agent, "connection_rules")) if r.get("canonical_type") == "route"]
+        external = attrs.get("external_source")
+        if not routes and external is None:
+            for key in ("allow_parallel", "normally_open"):
+                if attrs.get(key) is True:
+                    self.problem(f"{where}.attributes.{key}", "is for a tie: a switching device with route rules "
+                                 "to two different power lines, or to one line and an external_source", True)
+            return False
+        targets = [r.get("target_id") for _, r in routes]
+        for k, r in routes:
+            if r.get("target_id") in self.by_id and not self.is_line(r.get("target_id")):
+                self.problem(f"{where}.connection_rules[{k}].target_id", "a tie's route rule must name a power_line",
+                             r.get("target_id"))
+        lines = [t for t in targets if self.is_line(t)]
+        if external is not None:
+            if len(routes) != 1:
+                self.problem(f"{where}.connection_rules", f"a tie to external_source {external!r} needs exactly "
+                             "one route rule, to the local power line", targets)
+        elif len(routes) != 2 or (len(lines) == 2 and lines[0] == lines[1]):
+            self.problem(f"{where}.connection_rules", "a tie's route rules must name two different power lines "
+                         "(or one line, with attributes.external_source for a neighbour's feeder)", targets)
+        return True
+
+    def taps(self, ties: set[str]) -> dict[tuple[str, str], list[tuple[str, float | None]]]:
+        """(element, line) → [(rule path, position or None)], each position checked."""
+        taps: dict[tuple[str, str], list[tuple[str, float | None]]] = {}
+        for agent_id, agent in self.by_id.items():
+            for k, rule in enumerate(_items(agent, "connection_rules")):
+                self._tap(agent_id, f"{self.where_of[agent_id]}.connection_rules[{k}]", rule, ties, taps)
+        return taps
+
+    def _on_line(self, agent_id: str, target: Any, ctype: Any) -> tuple[str | None, str | None]:
+        """(line, element) when the rule taps an element on a power line."""
+        if ctype == "supply" and self.is_line(agent_id):
+            return agent_id, target
+        if ctype in ("depends_on", "route") and self.is_line(target):
+            return target, agent_id
+        if ctype == "supply" and self.is_line(target) and self.kind.get(agent_id) in _INJECTING:
+            return target, agent_id
+        return None, None
+
+    def _tap(self, agent_id: str, path: str, rule: dict[str, Any], ties: set[str],
+             taps: dict[tuple[str, str], list[tuple[str, float | None]]]) -> None:
+        target = rule.get("target_id")
+        ctype = rule.get("canonical_type")
+        raw = rule.get("position_m")
+        if target not in self.by_id:
+            return
+        line, element = self._on_line(agent_id, target, ctype)
+        if raw is None:
+            if line is not None and element is not None and (ctype != "route" or element in ties):
+                taps.setdefault((element, line), []).append((path, None))
+            return
+        if ctype not in _TAP_TYPES:
+            self.problem(f"{path}.position_m", "is only for supply, depends_on and route rules "
+                         "(where an element is tapped on a power line)", raw)
+            return
+        if ctype == "route" and self.is_line(agent_id) and self.is_line(target):
+            self.problem(f"{path}.position_m", "a route rule between two power lines has no position: to tie "
+                         "two lines mid-way, use a tie switch (a circuit_breaker with route rules to both lines)", raw)
+            return
+        if line is None or element is None:
+            self.problem(f"{path}.position_m", "is measured along a power line: the other end of the rule must be "
+                         f"a power_line ({agent_id} → {target})", raw)
+            return
+        position = _number(raw)
+        length = _number(_attributes(self.by_id[line]).get("length", 5000.0))
+        if position is not None and length is not None and position > length:  # < 0: a type error
+            self.problem(f"{path}.position_m", f"must be within 0..{length:g} m, the length of {line}", raw)
+        taps.setdefault((element, line), []).append((path, position))
+
+    def series(self, ties: set[str], taps: dict[tuple[str, str], list[tuple[str, float | None]]]) -> None:
+        """One position per tap; every element on a line carrying in-series devices says where it is."""
+        in_series: dict[str, list[str]] = {}
+        for (element, line), found in taps.items():
+            given = {p for _, p in found if p is not None}
+            if len(given) > 1:
+                self.problem(found[0][0] + ".position_m", f"{element} is tapped on {line} at different "
+                             f"positions by its rules: {sorted(given)}")
+            if (self.kind.get(element) == "circuit_breaker" and element not in ties and given
+                    and _attributes(self.by_id[element]).get("normally_open") is not True):
+                in_series.setdefault(line, []).append(element)
+        for (element, line), found in taps.items():
+            devices = in_series.get(line)
+            if not devices or element in ties or any(p is not None for _, p in found):
+                continue
+            self.problem(found[0][0] + ".position_m", f"{element} is tapped on {line}, which carries in-series "
+                         f"switching devices ({', '.join(sorted(devices))}): give where it is tapped (metres "
+                         f"from the sending end of {line})")
+
+
 def feeder_layout_problems(agents: list[dict[str, Any]]) -> list[ConfigProblem]:
     """Positions along lines, in-series switching devices and ties (the switching-devices contract).
 
@@ -904,106 +1022,10 @@ def feeder_layout_problems(agents: list[dict[str, Any]]) -> list[ConfigProblem]:
     tapped on a line at a position (not a tie, not normally open) is in series and splits the
     line there, so every element tapped on that line must then say where it is.
     """
-    out: list[ConfigProblem] = []
-    by_id = {a["id"]: a for a in agents if isinstance(a.get("id"), str)}
-    kind = {i: a.get("type") for i, a in by_id.items()}
-    where_of = {a["id"]: f"agents[{n}:{a['id']}]" for n, a in enumerate(agents) if isinstance(a.get("id"), str)}
-
-    def is_line(agent_id: Any) -> bool:
-        return kind.get(agent_id) == "power_line"
-
-    # ties: circuit breakers with route rules (or an external source)
-    ties: set[str] = set()
-    for agent_id, agent in by_id.items():
-        if kind[agent_id] != "circuit_breaker":
-            continue
-        attrs = _attributes(agent)
-        routes = [(k, r) for k, r in enumerate(_items(agent, "connection_rules")) if r.get("canonical_type") == "route"]
-        external = attrs.get("external_source")
-        if not routes and external is None:
-            for key in ("allow_parallel", "normally_open"):
-                if attrs.get(key) is True:
-                    out.append(ConfigProblem(f"{where_of[agent_id]}.attributes.{key}",
-                                             "is for a tie: a switching device with route rules to two different "
-                                             "power lines, or to one line and an external_source", True))
-            continue
-        ties.add(agent_id)
-        targets = [r.get("target_id") for _, r in routes]
-        for k, r in routes:
-            if r.get("target_id") in by_id and not is_line(r.get("target_id")):
-                out.append(ConfigProblem(f"{where_of[agent_id]}.connection_rules[{k}].target_id",
-                                         "a tie's route rule must name a power_line", r.get("target_id")))
-        lines = [t for t in targets if is_line(t)]
-        if external is not None:
-            if len(routes) != 1:
-                out.append(ConfigProblem(f"{where_of[agent_id]}.connection_rules",
-                                         f"a tie to external_source {external!r} needs exactly one route rule, "
-                                         "to the local power line", targets))
-        elif len(routes) != 2 or (len(lines) == 2 and lines[0] == lines[1]):
-            out.append(ConfigProblem(f"{where_of[agent_id]}.connection_rules",
-                                     "a tie's route rules must name two different power lines "
-                                     "(or one line, with attributes.external_source for a neighbour's feeder)",
-                                     targets))
-
-    # taps: (element, line) -> [(rule path, position or None)]
-    taps: dict[tuple[str, str], list[tuple[str, float | None]]] = {}
-    for agent_id, agent in by_id.items():
-        for k, rule in enumerate(_items(agent, "connection_rules")):
-            target = rule.get("target_id")
-            path = f"{where_of[agent_id]}.connection_rules[{k}]"
-            ctype = rule.get("canonical_type")
-            raw = rule.get("position_m")
-            position = _number(raw)
-            if target not in by_id:
-                continue
-            line: str | None = None
-            element: str | None = None
-            if ctype == "supply" and is_line(agent_id):
-                line, element = agent_id, target
-            elif ctype in ("depends_on", "route") and is_line(target):
-                line, element = target, agent_id
-            elif ctype == "supply" and is_line(target) and kind.get(agent_id) in _INJECTING:
-                line, element = target, agent_id
-            if raw is None:
-                if line is not None and element is not None and (ctype != "route" or element in ties):
-                    taps.setdefault((element, line), []).append((path, None))
-                continue
-            if ctype not in _TAP_TYPES:
-                out.append(ConfigProblem(f"{path}.position_m", "is only for supply, depends_on and route rules "
-                                         "(where an element is tapped on a power line)", raw))
-                continue
-            if ctype == "route" and is_line(agent_id) and is_line(target):
-                out.append(ConfigProblem(f"{path}.position_m", "a route rule between two power lines has no "
-                                         "position: to tie two lines mid-way, use a tie switch (a circuit_breaker "
-                                         "with route rules to both lines)", raw))
-                continue
-            if line is None or element is None:
-                out.append(ConfigProblem(f"{path}.position_m", "is measured along a power line: the other end "
-                                         f"of the rule must be a power_line ({agent_id} → {target})", raw))
-                continue
-            length = _number(_attributes(by_id[line]).get("length", 5000.0))
-            if position is not None and length is not None and position > length:  # < 0: a type error
-                out.append(ConfigProblem(f"{path}.position_m", f"must be within 0..{length:g} m, the length "
-                                         f"of {line}", raw))
-            taps.setdefault((element, line), []).append((path, position))
-
-    in_series: dict[str, list[str]] = {}
-    for (element, line), found in taps.items():
-        given = {p for _, p in found if p is not None}
-        if len(given) > 1:
-            out.append(ConfigProblem(found[0][0] + ".position_m", f"{element} is tapped on {line} at different "
-                                     f"positions by its rules: {sorted(given)}"))
-        if (kind.get(element) == "circuit_breaker" and element not in ties and given
-                and _attributes(by_id[element]).get("normally_open") is not True):
-            in_series.setdefault(line, []).append(element)
-    for (element, line), found in taps.items():
-        devices = in_series.get(line)
-        if not devices or element in ties or any(p is not None for _, p in found):
-            continue
-        out.append(ConfigProblem(found[0][0] + ".position_m", f"{element} is tapped on {line}, which carries "
-                                 f"in-series switching devices ({', '.join(sorted(devices))}): give where it is "
-                                 f"tapped (metres from the sending end of {line})"))
-    return out
+    layout = _Layout(agents)
+    ties = layout.ties()
+    layout.series(ties, layout.taps(ties))
+    return layout.out
 
 
 def _dupes(items: list[str]) -> list[str]:
