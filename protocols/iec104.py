@@ -279,7 +279,7 @@ class Iec104Outstation:
     def _peer(self, connection: Any) -> str:
         buf = self._ffi.new("char[64]")
         self._lib.IMasterConnection_getPeerAddress(connection, buf, 64)
-        text = self._ffi.string(buf).decode(errors="replace")
+        text = str(self._ffi.string(buf).decode(errors="replace"))
         return text.rsplit(":", 1)[0].strip("[]") if ":" in text else text
 
     def _on_request(self, _param: Any, address: Any) -> bool:

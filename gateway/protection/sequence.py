@@ -124,7 +124,7 @@ def parse_state(text: str, where: str) -> InjectionState:
         if key in values or (key.startswith("voltage") and ({"voltage_kv", "voltage_pu"} & set(values))):
             raise SequenceError(f"{where}: {token!r}: the {key.split('_')[0]} is given twice")
         values[key] = value
-    return _check_state(InjectionState(**values), where)  # type: ignore[arg-type]
+    return _check_state(InjectionState(**values), where)
 
 
 def parse_sequence(text: str, what: str = "sequence") -> list[InjectionState]:
@@ -165,7 +165,7 @@ def _csv_states(text: str, path: Path) -> list[InjectionState]:
                 raise SequenceError(f"{where}: {key.strip()} {cell!r} is not a number") from None
         if "duration_s" not in values:
             raise SequenceError(f"{where}: duration_s is empty")
-        states.append(_check_state(InjectionState(**values), where))  # type: ignore[arg-type]
+        states.append(_check_state(InjectionState(**values), where))
     return _check_sequence(states, str(path))
 
 
