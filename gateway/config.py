@@ -820,19 +820,46 @@ def reference_problems(data: dict[str, Any]) -> list[ConfigProblem]:
 
     Works on the raw document so that these problems are reported together with type errors.
     """
-    out: list[ConfigProblem] = []
     ieds = _items(data, "ieds")
     agents = _items(data, "agents")
     groups = _items(data, "meter_groups")
-    for dup in _dupes(_ids(ieds)):
-        out.append(ConfigProblem("ieds", "IED id is used more than once", dup))
-    points = [(n, i, p) for n, i in enumerate(ieds) for p in _items(i, "points")]
-    for dup in _dupes([p["id"] for _, _, p in points if isinstance(p.get("id"), str)]):
-        out.append(ConfigProblem("ieds[].points", "point id is used more than once", dup))
-    for dup in _dupes(_ids(agents) + _ids(groups)):
-        out.append(ConfigProblem("agents", "agent id is used more than once", dup))
-    known_points = {p["id"] for _, _, p in points if isinstance(p.get("id"), str)}
+    points = [p for i in ieds for p in _items(i, "points")]
+    out = _duplicate_ids(ieds, points, agents, groups)
+    known_points = {p["id"] for p in points if isinstance(p.get("id"), str)}
     known_agents = set(_ids(agents)) | set(_ids(groups))
+    out += _agent_references(agents, known_points, known_agents)
+    for n, group in enumerate(groups):
+        xfmr = group.get("connected_transformer")
+        if _dangling(xfmr, known_agents):
+            out.append(ConfigProblem(f"meter_groups[{n}:{group.get('id', '?')}].connected_transformer",
+                                     "is not an agent id", xfmr))
+    out += _demand_response_problems(data, groups)
+    for n, scheme in enumerate(_items(data, "protection")):
+        breaker = scheme.get("breaker")
+        if _dangling(breaker, known_agents):
+            out.append(ConfigProblem(f"protection[{n}].breaker", "is not an agent id", breaker))
+    # a rule whose target is not a string is the schema's type error; the layout checks skip it
+    out += feeder_layout_problems([
+        {**a, "connection_rules": [r for r in _items(a, "connection_rules") if isinstance(r.get("target_id"), str)]}
+        for a in agents])
+    out += _serial_line_problems(ieds)
+    return out
+
+
+def _duplicate_ids(ieds: list[dict[str, Any]], points: list[dict[str, Any]], agents: list[dict[str, Any]],
+                   groups: list[dict[str, Any]]) -> list[ConfigProblem]:
+    out = [ConfigProblem("ieds", "IED id is used more than once", dup) for dup in _dupes(_ids(ieds))]
+    out += [ConfigProblem("ieds[].points", "point id is used more than once", dup)
+            for dup in _dupes([p["id"] for p in points if isinstance(p.get("id"), str)])]
+    out += [ConfigProblem("agents", "agent id is used more than once", dup)
+            for dup in _dupes(_ids(agents) + _ids(groups))]
+    return out
+
+
+def _agent_references(agents: list[dict[str, Any]], known_points: set[str],
+                      known_agents: set[str]) -> list[ConfigProblem]:
+    """Each agent's points are IED points, and its connection rules name agents."""
+    out: list[ConfigProblem] = []
     for n, agent in enumerate(agents):
         where = f"agents[{n}:{agent.get('id', '?')}]"
         agent_points = agent.get("points")
@@ -844,33 +871,32 @@ def reference_problems(data: dict[str, Any]) -> list[ConfigProblem]:
             target = rule.get("target_id")
             if _dangling(target, known_agents):
                 out.append(ConfigProblem(f"{where}.connection_rules[{k}].target_id", "is not an agent id", target))
-    for n, group in enumerate(groups):
-        xfmr = group.get("connected_transformer")
-        if _dangling(xfmr, known_agents):
-            out.append(ConfigProblem(f"meter_groups[{n}:{group.get('id', '?')}].connected_transformer",
-                                     "is not an agent id", xfmr))
+    return out
+
+
+def _demand_response_problems(data: dict[str, Any], groups: list[dict[str, Any]]) -> list[ConfigProblem]:
+    """Programs named once; groups enrolled in programs that exist, and never a critical group."""
     dr = data.get("demand_response")
     programs = _ids(_items(dr, "programs")) if isinstance(dr, dict) else []
-    for dup in _dupes(programs):
-        out.append(ConfigProblem("demand_response.programs", "program id is used more than once", dup))
+    out = [ConfigProblem("demand_response.programs", "program id is used more than once", dup)
+           for dup in _dupes(programs)]
     for n, group in enumerate(groups):
+        where = f"meter_groups[{n}:{group.get('id', '?')}]"
         enrolled = group.get("dr_programs")
         for k, program in enumerate(enrolled if isinstance(enrolled, list) else []):
             if isinstance(program, str) and program not in programs:
-                out.append(ConfigProblem(f"meter_groups[{n}:{group.get('id', '?')}].dr_programs[{k}]",
-                                         "is not a [[demand_response.programs]] id", program))
+                out.append(ConfigProblem(f"{where}.dr_programs[{k}]", "is not a [[demand_response.programs]] id",
+                                         program))
         if group.get("critical") is True and enrolled:
-            out.append(ConfigProblem(f"meter_groups[{n}:{group.get('id', '?')}].dr_programs",
+            out.append(ConfigProblem(f"{where}.dr_programs",
                                      "a critical group is never curtailed: it cannot be enrolled in demand response",
                                      enrolled))
-    for n, scheme in enumerate(_items(data, "protection")):
-        breaker = scheme.get("breaker")
-        if _dangling(breaker, known_agents):
-            out.append(ConfigProblem(f"protection[{n}].breaker", "is not an agent id", breaker))
-    # a rule whose target is not a string is the schema's type error; the layout checks skip it
-    out += feeder_layout_problems([
-        {**a, "connection_rules": [r for r in _items(a, "connection_rules") if isinstance(r.get("target_id"), str)]}
-        for a in agents])
+    return out
+
+
+def _serial_line_problems(ieds: list[dict[str, Any]]) -> list[ConfigProblem]:
+    """Modbus RTU IEDs on one serial port share its baud rate, parity and stop bits."""
+    out: list[ConfigProblem] = []
     rtu: dict[str, dict[str, Any]] = {}
     for n, ied in enumerate(ieds):
         if ied.get("protocol") != "modbus_rtu" or not isinstance(ied.get("serial_port"), str):
