@@ -135,6 +135,16 @@ def _to_wire(obj: Any) -> Any:
     raise TypeError(f"cannot encode a {type(obj).__name__} in an MQTT payload")
 
 
+def _release(client: mqtt.Client) -> None:
+    """Drop the callbacks that tie an ended client to its session: without the cycle they make,
+    the client (and the socket pair paho keeps for waking its loop) is freed as soon as the
+    session is, even where the cyclic collector never looks (objects frozen by the daemon)."""
+    client.on_connect = None
+    client.on_disconnect = None
+    client.on_publish = None
+    client.on_message = None
+
+
 def backoff_delay(attempt: int, min_s: float, max_s: float, rng: random.Random | None = None) -> float:
     """Seconds to wait before reconnect attempt `attempt` (0 first): exponential, capped, jittered.
 
@@ -668,6 +678,7 @@ class MqttUplink:
             with contextlib.suppress(Exception):
                 client.disconnect()
             await asyncio.to_thread(client.loop_stop)
+            _release(client)
             self._session = None
             return None
         return session
@@ -737,6 +748,7 @@ class MqttUplink:
             self.state = UplinkState.BACKOFF
         with contextlib.suppress(Exception):
             await asyncio.to_thread(session.client.loop_stop)
+        _release(session.client)
         self._flush_acks()
         if self._session is session:
             self._session = None
