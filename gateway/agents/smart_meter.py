@@ -19,6 +19,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -328,18 +329,22 @@ class MeterFleet:
                          now)
         self.state = new
         self.since[changed] = now
-        for g in self.groups:
-            in_group = (changed >= g.start) & (changed < g.stop)
-            if not in_group.any():
+        # `changed` is sorted and each group a contiguous range of meters: one slice per group
+        bounds = np.searchsorted(changed, [b for g in self.groups for b in (g.start, g.stop)])
+        all_keys = old_c.astype(np.int32) * 64 + new_c.astype(np.int32) * 8 + ev_c
+        ids = self.ids
+        for k, g in enumerate(self.groups):
+            lo, hi = int(bounds[2 * k]), int(bounds[2 * k + 1])
+            if lo == hi:
                 continue
-            keys = old_c[in_group].astype(np.int32) * 64 + new_c[in_group].astype(np.int32) * 8 + ev_c[in_group]
-            members = changed[in_group]
-            for key in np.unique(keys):
-                sel = members[keys == key]
+            keys, members = all_keys[lo:hi], changed[lo:hi]
+            for key in np.unique(keys).tolist():
+                sel = members[keys == key].tolist()
                 o, nw, e = STATES[key // 64], STATES[(key // 8) % 8], EVENTS[key % 8]
+                meter_ids = itemgetter(*sel)(ids) if len(sel) > 1 else (ids[sel[0]],)
                 changes.append(BulkStateChange(group_id=g.config.id, old=o.value, new=nw.value, cause=_CAUSES[e],
-                                               time=now, meter_ids=tuple(self.ids[i] for i in sel)))
-            actions += self._group_notices(g, changed[in_group], old_c[in_group], new_c[in_group], starts, now)
+                                               time=now, meter_ids=meter_ids))
+            actions += self._group_notices(g, members, old_c[lo:hi], new_c[lo:hi], starts, now)
         # a meter still out whose interruption was closed when its supply came back (a reading taken
         # while it was dead, or a fault behind it): its interruption goes on from now
         stuck = (self.state == _OUTAGE) & np.isnan(self.outage_start)
