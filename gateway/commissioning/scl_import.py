@@ -129,113 +129,138 @@ def _value_attribute(attr: Attribute) -> bool:
     return attr.fc in POINT_FCS and root not in SKIPPED_ROOTS and attr.btype not in ("Quality", "Timestamp")
 
 
-def site_fragment(ied: SclIed, *, ied_id: str | None = None, prefix: str | None = None, host: str | None = None,
-                  port: int | None = None, poll_period_ms: int = 1000) -> ImportResult:
-    """The `[[ieds]]` entry for `ied` (validated as the site file would validate it)."""
-    result = ImportResult(ied={})
-    prefix = ied.name if prefix is None else prefix
-    points: list[dict[str, Any]] = []
-    used_ids: set[str] = set()
-    by_reference: dict[tuple[str, str], str] = {}
+class _Fragment:
+    """One IED's points, controls and report blocks, gathered step by step into an ImportResult."""
 
-    def add(point: dict[str, Any], name: str) -> None:
-        pid = _point_id(prefix, name)
+    def __init__(self, ied: SclIed, prefix: str) -> None:
+        self.ied = ied
+        self.prefix = prefix
+        self.result = ImportResult(ied={})
+        self.points: list[dict[str, Any]] = []
+        self.used_ids: set[str] = set()
+        self.by_reference: dict[tuple[str, str], str] = {}
+
+    def add(self, point: dict[str, Any], name: str) -> None:
+        pid = _point_id(self.prefix, name)
         n = 2
-        while pid in used_ids:
-            pid = _point_id(prefix, f"{name}_{n}")
+        while pid in self.used_ids:
+            pid = _point_id(self.prefix, f"{name}_{n}")
             n += 1
-        used_ids.add(pid)
+        self.used_ids.add(pid)
         point["id"] = pid
-        points.append(point)
-        if name in BREAKER_AGENT_POINTS and name not in result.agent_hint:
-            result.agent_hint[name] = pid
+        self.points.append(point)
+        if name in BREAKER_AGENT_POINTS and name not in self.result.agent_hint:
+            self.result.agent_hint[name] = pid
 
-    controlled = {f"{ld.name}/{ln.name}.{do.name}" for ld, ln, do in _data_objects(ied)
-                  if do.controllable and do.ctl_model not in (None, "status-only")
-                  and any(a.path == "Oper.ctlVal" and a.btype in BINARY_BTYPES for a in do.attributes)}
-    for ld, ln, do, attr in ied.attributes():
-        if attr.fc in POINT_FCS and attr.path.split(".")[-1] not in ("q", "t"):
-            result.attributes.append({"reference": f"{ld.name}/{ln.name}.{do.name}.{attr.path}", "fc": attr.fc,
-                                      "type": attr.btype + (f" ({attr.enum_type})" if attr.enum_type else ""),
-                                      "cdc": do.cdc})
-        if not _value_attribute(attr) or do.name.split(".")[0] in HOUSEKEEPING:
-            continue
-        if f"{ld.name}/{ln.name}.{do.name}" in controlled and attr.path == "stVal":
-            continue  # the control point carries its status
+    def value_points(self) -> None:
+        """A point for every value attribute the gateway reads (a control's status excepted)."""
+        ied, result = self.ied, self.result
+        controlled = {f"{ld.name}/{ln.name}.{do.name}" for ld, ln, do in _data_objects(ied)
+                      if do.controllable and do.ctl_model not in (None, "status-only")
+                      and any(a.path == "Oper.ctlVal" and a.btype in BINARY_BTYPES for a in do.attributes)}
+        for ld, ln, do, attr in ied.attributes():
+            if attr.fc in POINT_FCS and attr.path.split(".")[-1] not in ("q", "t"):
+                result.attributes.append({"reference": f"{ld.name}/{ln.name}.{do.name}.{attr.path}", "fc": attr.fc,
+                                          "type": attr.btype + (f" ({attr.enum_type})" if attr.enum_type else ""),
+                                          "cdc": do.cdc})
+            if not _value_attribute(attr) or do.name.split(".")[0] in HOUSEKEEPING:
+                continue
+            if f"{ld.name}/{ln.name}.{do.name}" in controlled and attr.path == "stVal":
+                continue  # the control point carries its status
+            self._value_point(ld, ln, do, attr)
+
+    def _value_point(self, ld: Any, ln: Any, do: Any, attr: Attribute) -> None:
         kind = _kind(attr, do)
         reference = f"{ld.name}/{ln.name}.{do.name}.{attr.path}"
         if kind is None:
-            result.notes.append(f"{reference} [{attr.fc}] is {attr.btype}: not a point the gateway reads")
-            continue
+            self.result.notes.append(f"{reference} [{attr.fc}] is {attr.btype}: not a point the gateway reads")
+            return
         name = _NAMES.get((ln.ln_class, do.name, attr.path))
         if name is not None and ln.prefix:
             name = f"{_slug(ln.prefix)}_{name}"
-        if name is None or name in {p.get('_name') for p in points}:
+        if name is None or name in {p.get('_name') for p in self.points}:
             tail = "" if attr.path in ("stVal", "mag.f", "cVal.mag.f", "general", "mag.i") else f"_{attr.path}"
             name = _slug(f"{ln.name}_{do.name}{tail}")
         unit, scale, note = _unit(name, do) if kind == "analog" else ("", 1.0, None)
         if note:
-            result.notes.append(note)
+            self.result.notes.append(note)
         point: dict[str, Any] = {"_name": name, "reference": reference, "fc": attr.fc, "kind": kind}
         if unit:
             point["unit"] = unit
         if scale != 1.0:
             point["scale"] = scale
-        add(point, name)
-        by_reference[(reference, attr.fc)] = point["id"]
+        self.add(point, name)
+        self.by_reference[(reference, attr.fc)] = point["id"]
 
-    for ld, ln, do in _data_objects(ied):
-        if not do.controllable:
-            continue
-        if do.ctl_model is None:
-            result.notes.append(f"{ld.name}/{ln.name}.{do.name} can be operated but its control model is not known "
-                                "(ctlModel not readable): not proposed as a control; check it at the IED")
-            continue
-        reference = f"{ld.name}/{ln.name}.{do.name}"
-        control: dict[str, Any] = {"reference": reference, "cdc": do.cdc, "ctl_model": do.ctl_model}
-        result.controls.append(control)
-        if do.ctl_model == "status-only":
-            continue
-        value = next((a for a in do.attributes if a.path == "Oper.ctlVal"), None)
-        if value is None or value.btype not in BINARY_BTYPES:
-            result.notes.append(f"{reference} ({do.cdc}, {do.ctl_model}) is controlled by a "
-                                f"{value.btype if value else 'missing'} value: the gateway operates binary controls "
-                                "(SPC, DPC) only")
-            continue
-        name = _CONTROL_NAMES.get((ln.ln_class, do.name)) or _slug(f"{ln.name}_{do.name}_cmd")
-        control["point"] = True
-        add({"_name": name, "reference": reference, "fc": "CO", "kind": "binary", "control": True}, name)
-        by_reference[(f"{reference}.stVal", "ST")] = points[-1]["id"]  # its status arrives as ST
+    def control_points(self) -> None:
+        """Every controllable data object listed; a point for each binary one the gateway operates."""
+        result = self.result
+        for ld, ln, do in _data_objects(self.ied):
+            if not do.controllable:
+                continue
+            if do.ctl_model is None:
+                result.notes.append(f"{ld.name}/{ln.name}.{do.name} can be operated but its control model is not "
+                                    "known (ctlModel not readable): not proposed as a control; check it at the IED")
+                continue
+            reference = f"{ld.name}/{ln.name}.{do.name}"
+            control: dict[str, Any] = {"reference": reference, "cdc": do.cdc, "ctl_model": do.ctl_model}
+            result.controls.append(control)
+            if do.ctl_model == "status-only":
+                continue
+            value = next((a for a in do.attributes if a.path == "Oper.ctlVal"), None)
+            if value is None or value.btype not in BINARY_BTYPES:
+                result.notes.append(f"{reference} ({do.cdc}, {do.ctl_model}) is controlled by a "
+                                    f"{value.btype if value else 'missing'} value: the gateway operates binary "
+                                    "controls (SPC, DPC) only")
+                continue
+            name = _CONTROL_NAMES.get((ln.ln_class, do.name)) or _slug(f"{ln.name}_{do.name}_cmd")
+            control["point"] = True
+            self.add({"_name": name, "reference": reference, "fc": "CO", "kind": "binary", "control": True}, name)
+            self.by_reference[(f"{reference}.stVal", "ST")] = self.points[-1]["id"]  # its status arrives as ST
 
-    rcbs: list[str] = []
-    ld_names = {ld.inst: ld.name for ld in ied.logical_devices}
+    def report_blocks(self) -> list[str]:
+        """Data sets and report control blocks listed; one instance chosen per data set carrying points
+        (buffered first)."""
+        ied, result = self.ied, self.result
+        rcbs: list[str] = []
+        ld_names = {ld.inst: ld.name for ld in ied.logical_devices}
 
-    def member_ref(m: Any) -> str:
-        tail = f".{m.da_name}" if m.da_name else ""
-        return f"{ld_names.get(m.ld_inst, ied.name + m.ld_inst)}/{m.ln_name}.{m.do_name}{tail}"
+        def member_ref(m: Any) -> str:
+            tail = f".{m.da_name}" if m.da_name else ""
+            return f"{ld_names.get(m.ld_inst, ied.name + m.ld_inst)}/{m.ln_name}.{m.do_name}{tail}"
 
-    for ld, ln in _lns(ied):
-        for ds in ln.data_sets:
-            carried = [m for m in ds.members if any(
-                ref == member_ref(m) or ref.startswith(member_ref(m) + ".")
-                for ref, fc in by_reference if fc == m.fc)]
-            result.data_sets.append({"reference": f"{ld.name}/{ln.name}.{ds.name}", "members": [
-                f"{member_ref(m)}[{m.fc}]" for m in ds.members], "carries_points": len(carried)})
-        chosen: dict[str, str] = {}
-        for rcb in sorted(ln.report_controls, key=lambda r: not r.buffered):
-            kind = "BR" if rcb.buffered else "RP"
-            instances = [f"{ld.name}/{ln.name}.{kind}.{n}" for n in rcb.instance_names()]
-            result.report_control_blocks.append({
-                "name": rcb.name, "instances": instances, "buffered": rcb.buffered, "data_set": rcb.dataset,
-                "rpt_id": rcb.rpt_id, "intg_pd_ms": rcb.intg_pd_ms, "buf_time_ms": rcb.buf_time_ms,
-                "trigger_options": sorted(rcb.trigger_options), "optional_fields": sorted(rcb.optional_fields),
-                "conf_rev": rcb.conf_rev})
-            ds_entry = next((d for d in result.data_sets if d["reference"] == f"{ld.name}/{ln.name}.{rcb.dataset}"),
-                            None)
-            if ds_entry and ds_entry["carries_points"] and rcb.dataset not in chosen:
-                chosen[rcb.dataset] = instances[0]
-        rcbs += chosen.values()
+        for ld, ln in _lns(ied):
+            for ds in ln.data_sets:
+                carried = [m for m in ds.members if any(
+                    ref == member_ref(m) or ref.startswith(member_ref(m) + ".")
+                    for ref, fc in self.by_reference if fc == m.fc)]
+                result.data_sets.append({"reference": f"{ld.name}/{ln.name}.{ds.name}", "members": [
+                    f"{member_ref(m)}[{m.fc}]" for m in ds.members], "carries_points": len(carried)})
+            chosen: dict[str, str] = {}
+            for rcb in sorted(ln.report_controls, key=lambda r: not r.buffered):
+                kind = "BR" if rcb.buffered else "RP"
+                instances = [f"{ld.name}/{ln.name}.{kind}.{n}" for n in rcb.instance_names()]
+                result.report_control_blocks.append({
+                    "name": rcb.name, "instances": instances, "buffered": rcb.buffered, "data_set": rcb.dataset,
+                    "rpt_id": rcb.rpt_id, "intg_pd_ms": rcb.intg_pd_ms, "buf_time_ms": rcb.buf_time_ms,
+                    "trigger_options": sorted(rcb.trigger_options), "optional_fields": sorted(rcb.optional_fields),
+                    "conf_rev": rcb.conf_rev})
+                ds_entry = next((d for d in result.data_sets
+                                 if d["reference"] == f"{ld.name}/{ln.name}.{rcb.dataset}"), None)
+                if ds_entry and ds_entry["carries_points"] and rcb.dataset not in chosen:
+                    chosen[rcb.dataset] = instances[0]
+            rcbs += chosen.values()
+        return rcbs
 
+
+def site_fragment(ied: SclIed, *, ied_id: str | None = None, prefix: str | None = None, host: str | None = None,
+                  port: int | None = None, poll_period_ms: int = 1000) -> ImportResult:
+    """The `[[ieds]]` entry for `ied` (validated as the site file would validate it)."""
+    fragment = _Fragment(ied, ied.name if prefix is None else prefix)
+    fragment.value_points()
+    fragment.control_points()
+    rcbs = fragment.report_blocks()
+    result, points = fragment.result, fragment.points
     if ied.ip in (None, "", "0.0.0.0") and host is None:
         result.notes.append(f"the SCL gives no usable address for {ied.name} ({ied.ip or 'none'}): "
                             "host set to 127.0.0.1, pass --host")
