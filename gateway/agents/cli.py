@@ -226,8 +226,10 @@ def types_markdown(registry: Mapping[str, AgentSpec]) -> str:
     """docs/agents.md: every agent type as the registry declares it (kept equal by a test)."""
     out = ["# Agent types", "",
            "Generated from the agent registry (`gateway/agents/registry.py`) by "
-           "`stima agents types --format markdown`; do not edit by hand. Each type is declared once, by the",
-           "`SPEC` at the end of its module in `gateway/agents/`.", ""]
+           "`stima agents types --format markdown`; do not edit by hand.", "",
+           "Each type is declared once, by the `SPEC` at the end of its module in `gateway/agents/`: its states "
+           "and transition table, its site-file attributes, the point names its `points` table may map (a name "
+           "outside them is refused), the requests it accepts and the bus topics it hears.", ""]
     for spec in registry.values():
         d = describe_type(spec)
         out += [f"## {d['type']}", "", d["description"][:1].upper() + d["description"][1:] + ".", "",

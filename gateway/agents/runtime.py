@@ -36,7 +36,7 @@ from gateway.agents.circuit_breaker import FAULT_CAUSES, BreakerState, CircuitBr
 from gateway.agents.registry import Registry, spec_for
 from gateway.agents.schema import AgentType, SmartMeterAttributes
 from gateway.agents.smart_meter import BulkStateChange, MeterFleet
-from gateway.agents.spec import AgentSpec, Build, input_field
+from gateway.agents.spec import AgentSpec, Build, input_field, type_name
 from gateway.agents.substation import SubstationAgent
 from gateway.agents.visualization import meters_metadata
 from gateway.agents.visualization import metadata as visualization_metadata
@@ -74,11 +74,6 @@ TIME_ATTRIBUTES = frozenset({"last_trip_date", "last_switched", "overload_since"
 class UnknownAgent(KeyError):
     def __str__(self) -> str:
         return f"no agent or meter named {self.args[0]!r}"
-
-
-def type_name(agent_type: AgentType | str) -> str:
-    """The registry's key for a site entry's `type`."""
-    return agent_type.value if isinstance(agent_type, AgentType) else str(agent_type)
 
 
 class AgentRuntime:

@@ -10,6 +10,7 @@ message handler for something the type does not accept, is refused at import.
 
 from __future__ import annotations
 
+import enum
 import keyword
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -68,6 +69,11 @@ BIT = PointName(BINARY)
 BIT_COMMAND = PointName(BINARY, command=True)
 SETPOINT = PointName(ANALOG, command=True)
 COUNTER = PointName(COUNT)
+
+
+def type_name(agent_type: enum.Enum | str) -> str:
+    """The registry's key for a site entry's `type` (an `AgentType`, or the name itself)."""
+    return str(agent_type.value) if isinstance(agent_type, enum.Enum) else str(agent_type)
 
 
 def input_field(point: str) -> str:
