@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from gateway.agents.actions import Action, Alert, BusMessage, ControlRequest, Severity, Topic
-from gateway.agents import spec
+from gateway.agents import spec, visualization
 from gateway.agents.base import Agent, Links, Memory
 from gateway.agents.fsm import IGNORE, TransitionTable, row
 from gateway.agents.schema import CapacitorBankAttributes
@@ -446,5 +446,6 @@ SPEC = spec.AgentSpec(
     factory=lambda b, links: CapacitorBankAgent(b.agent_id, b.attrs, links, has_feedback="steps_active" in b.points),
     step_order=3, requests=("maintenance", "reset", "var_support", "close_step", "open_step"),
     subscriptions=(Topic.VOLTAGE_EVENTS,), message_handlers={"maximize_var_support": _var_support},
+    visualization=visualization.capacitor_view,
     description="a switched capacitor bank: voltage, var, time or temperature control, operation limits",
 )

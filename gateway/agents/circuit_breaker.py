@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from gateway.agents.actions import Action, Alert, BusMessage, ControlRequest, Severity, Topic
-from gateway.agents import spec
+from gateway.agents import spec, visualization
 from gateway.agents.base import Agent, Links, Memory
 from gateway.agents.fsm import TransitionTable, row
 from gateway.agents.schema import CircuitBreakerAttributes, PowerLineAttributes
@@ -528,5 +528,6 @@ SPEC = spec.AgentSpec(
     type_name="circuit_breaker", table=TABLE, attributes=CircuitBreakerAttributes, points=POINTS,
     inputs=BreakerInputs, links=_links, factory=_build, step_order=0,
     requests=("open", "close", "reset", "maintenance"), subscriptions=(Topic.FAULT_ALERTS,),
+    visualization=visualization.switch_view,
     description="a breaker, recloser or load-break switch: position, trips, reclosing, contact wear",
 )

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from gateway.agents.actions import Action, Alert, BusMessage, Severity, Topic
-from gateway.agents import spec
+from gateway.agents import spec, visualization
 from gateway.agents.base import Agent, Links, Memory
 from gateway.agents.circuit_breaker import BreakerMemory, BreakerState, CircuitBreakerAgent
 from gateway.agents.fsm import IGNORE, TransitionTable, row
@@ -296,5 +296,6 @@ SPEC = spec.AgentSpec(
     derived=frozenset({"breaker_closed", "fault_reported", "trip_cause", "breaker_trip"}),
     derive_inputs=_derive_inputs, links=_links, factory=lambda b, links: PowerLineAgent(b.agent_id, b.attrs, links),
     step_order=1, requests=("maintenance",),
+    visualization=visualization.line_view,
     description="an overhead or underground line section: loading, thermal level, faults, transfer options",
 )

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from gateway.agents.actions import Action, Alert, BusMessage, ControlRequest, Severity, Topic
-from gateway.agents import spec
+from gateway.agents import spec, visualization
 from gateway.agents.base import Agent, Links, Memory
 from gateway.agents.fsm import IGNORE, TransitionTable, row
 from gateway.agents.physics import OPEN_LOOP_RESPONSE_S, first_order_lag, volt_var_q_pu, volt_watt_p_pu
@@ -342,5 +342,6 @@ SPEC = spec.AgentSpec(
     factory=lambda b, links: RenewableEnergyAgent(b.agent_id, b.attrs, links,
                                                   has_connection_feedback="connected" in b.points),
     step_order=4, requests=("curtail", "dispatch", "maintenance", "fault"), subscriptions=(Topic.VOLTAGE_EVENTS,),
+    visualization=visualization.der_view,
     description="a PV plant, wind turbine or battery: IEEE 1547 volt-var and volt-watt, curtailment, dispatch",
 )

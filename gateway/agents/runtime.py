@@ -39,7 +39,6 @@ from gateway.agents.smart_meter import BulkStateChange, MeterFleet
 from gateway.agents.spec import AgentSpec, Build, input_field, type_name
 from gateway.agents.substation import SubstationAgent
 from gateway.agents.visualization import meters_metadata
-from gateway.agents.visualization import metadata as visualization_metadata
 from gateway.agents.transformer import TransformerAgent, TransformerState
 from gateway.agents.bus import Bus
 from gateway.config import SiteConfig
@@ -563,8 +562,10 @@ class AgentRuntime:
         agent, m = self.agents[agent_id], self.memory[agent_id]
         attrs = getattr(agent, "attrs", None)
         configured = attrs.model_dump() if attrs is not None else {}
-        return visualization_metadata(self.types[agent_id], configured,
-                                      agent.attributes(m) if live is None else live, m.state.value)
+        view = self.specs[agent_id].visualization
+        if view is None:
+            return {}
+        return view(configured, agent.attributes(m) if live is None else live, m.state.value)
 
     def meter_states(self) -> dict[str, dict[str, int]]:
         """Meter counts by state for each meter group (bulk, from the fleet's columns)."""

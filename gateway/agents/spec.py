@@ -143,6 +143,8 @@ class Build:
 
 DeriveInputs = Callable[[RuntimeView, str, "float | None"], Mapping[str, Any]]
 """(runtime, agent id, wall time or None) → input fields not read from points (topology, other agents)."""
+View = Callable[[Mapping[str, Any], Mapping[str, Any], "str | None"], dict[str, Any]]
+"""(configured attributes, live attributes, state) → the use case's `visualization_metadata`."""
 MessageHandler = Callable[[RuntimeView, str, BusMessage, float], list[Action]]
 """(runtime, agent id, message, now) → actions; a bus message the runtime turns into a request."""
 RequestHandler = Callable[[RuntimeView, str, float, Mapping[str, Any]], list[Action]]
@@ -187,6 +189,8 @@ class AgentSpec:
     """Bus topics the agents of this type hear."""
     message_handlers: Mapping[str, MessageHandler] = field(default_factory=dict)
     """Bus message kind → what the runtime does for it; other kinds go to the agent's `on_message`."""
+    visualization: View | None = None
+    """How views draw an agent of the type (gateway/agents/visualization.py); None: no metadata."""
     description: str = ""
 
     def __post_init__(self) -> None:

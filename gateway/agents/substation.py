@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from gateway.agents.actions import Action, Alert, BusMessage, Severity, Topic
-from gateway.agents import spec
+from gateway.agents import spec, visualization
 from gateway.agents.base import Agent, Links, Memory
 from gateway.agents.capacitor_bank import CapacitorState
 from gateway.agents.fsm import IGNORE, TransitionTable, row
@@ -393,6 +393,7 @@ SPEC = spec.AgentSpec(
     derive_inputs=_derive_inputs, links=_links, factory=_build, step_order=5, requests=("maintenance", "shed"),
     runtime_requests={"shed": _shed},
     subscriptions=(Topic.FAULT_ALERTS, Topic.LOAD_CHANGES, Topic.VOLTAGE_EVENTS),
+    visualization=visualization.substation_view,
     description="the substation: total load and its forecast, feeder and transformer faults, coordinated "
                 "response, load shedding",
 )

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from gateway.agents.actions import Action, Alert, BusMessage, ControlRequest, Severity, Topic
-from gateway.agents import spec
+from gateway.agents import spec, visualization
 from gateway.agents.base import Agent, Links, Memory
 from gateway.agents.fsm import TransitionTable, row
 from gateway.agents.physics import (
@@ -529,6 +529,7 @@ SPEC = spec.AgentSpec(
     factory=lambda b, links: TransformerAgent(b.agent_id, b.attrs, links), step_order=2,
     requests=("maintenance", "cvr", "fault", "return_to_service"), subscriptions=(Topic.VOLTAGE_EVENTS,),
     message_handlers={"optimize_taps": _cvr, "reduce_load": _reduce_load},
+    visualization=visualization.transformer_view,
     description="a distribution or station transformer: loading, C57.91 thermal model and ageing, tap changer, "
                 "CVR, health",
 )
