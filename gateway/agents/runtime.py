@@ -361,8 +361,7 @@ class AgentRuntime:
         """The agent's inputs: its last good readings by point name, and what its spec derives."""
         spec = self.specs[agent_id]
         assert spec.inputs is not None
-        names = {f.name for f in fields(spec.inputs)}
-        booleans = spec.boolean_inputs()
+        names, booleans = spec.input_fields, spec.boolean_inputs
         kw: dict[str, Any] = {}
         for name, value in self.readings[agent_id].items():
             key = input_field(name)

@@ -14,6 +14,7 @@ import enum
 import keyword
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel
@@ -245,6 +246,12 @@ class AgentSpec:
         """The names among `names` this type does not know (a typo in a site file, a point of another type)."""
         return sorted(n for n in names if n not in self.points)
 
+    @cached_property
     def boolean_inputs(self) -> frozenset[str]:
         """Input fields read from binary-only points (positions, connection states): stored as bool."""
         return frozenset(input_field(n) for n, p in self.points.items() if p.kinds == BINARY and not p.command)
+
+    @cached_property
+    def input_fields(self) -> frozenset[str]:
+        """Every field of the inputs dataclass (none without one)."""
+        return frozenset(f.name for f in fields(self.inputs)) if self.inputs is not None else frozenset()
