@@ -285,8 +285,8 @@ def register(subparsers: Any, registry: Mapping[str, AgentSpec] | None = None) -
     show.add_argument("id", metavar="ID")
     _common(show)
     show.set_defaults(func=cmd_agents_show)
-    req = sub.add_parser("request", help="ask an agent to do something (curtail, maintenance, cvr, reset, "
-                         "close_step/open_step on a capacitor bank, ...)")
+    accepted = "; ".join(f"{t}: {', '.join(s.requests)}" for t, s in registry.items() if s.requests)
+    req = sub.add_parser("request", help=f"ask an agent to do something ({accepted})")
     req.add_argument("id", metavar="ID")
     req.add_argument("request", metavar="REQUEST")
     req.add_argument("args", nargs="*", type=_kv, metavar="KEY=VALUE")

@@ -4,8 +4,9 @@ Each agent type's module (power_line.py, transformer.py, ...) ends with a `SPEC`
 (`gateway.agents.registry`) collects them. The runtime builds, feeds, steps and subscribes agents
 from the spec; the site validation reads its point vocabulary; the agents CLI, the simulator's
 point map, the docs and the table tests read the registry. A spec is checked when it is made: an
-input field that is neither a point name nor a declared derived input, a runtime request or
-message handler for something the type does not accept, is refused at import.
+input field that is neither a point name of the type nor a declared derived input, a runtime
+request the type does not list, message handlers without a bus subscription, are refused at
+import (`SpecError`).
 """
 
 from __future__ import annotations
