@@ -234,7 +234,7 @@ def test_the_vocabulary_covers_every_name_the_code_reads_or_writes() -> None:
     are all in the vocabulary, and the names written are commands there."""
     from dataclasses import fields
 
-    from gateway.agents import runtime
+    from gateway.agents.registry import SPECS
     from gateway.agents.schema import AgentType
     from gateway.agents.vocabulary import POINT_NAMES
     from gateway.commissioning.scl_import import BREAKER_AGENT_POINTS
@@ -245,12 +245,10 @@ def test_the_vocabulary_covers_every_name_the_code_reads_or_writes() -> None:
 
     names = {t: set(v) for t, v in POINT_NAMES.items()}
     commands = {t: {n for n, spec in v.items() if spec.command} for t, v in POINT_NAMES.items()}
-    derived = {"breaker_closed", "fault_reported", "trip_cause", "breaker_trip", "energized", "grid_available",
-               "wall_time", "feeder_loads_kw", "faulted_feeders", "fault_descriptions", "faulted_transformers",
-               "regulating", "overheated_transformers"}  # filled in by the runtime, not from points
-    for agent_type, cls in runtime._INPUT_TYPES.items():
-        read = {"in" if f.name == "in_" else f.name for f in fields(cls)} - derived
-        assert read <= names[agent_type], (agent_type, read - names[agent_type])
+    for spec in SPECS.values():  # the fields the runtime fills from topology are declared `derived`
+        if spec.inputs is not None:
+            read = {"in" if f.name == "in_" else f.name for f in fields(spec.inputs)} - spec.derived
+            assert read <= names[AgentType(spec.type_name)], (spec.type_name, read - names[AgentType(spec.type_name)])
     breaker, xfmr = AgentType.CIRCUIT_BREAKER, AgentType.TRANSFORMER
     assert set(BREAKER_AGENT_POINTS) | DEVICE_NAMES <= names[breaker]
     assert set(SWITCH_POINTS) | {"fpi_reset"} <= commands[breaker]

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from gateway.agents.actions import Action, Alert, BusMessage, ControlRequest, Severity, Topic
+from gateway.agents import spec, visualization
 from gateway.agents.base import Agent, Links, Memory
 from gateway.agents.fsm import IGNORE, TransitionTable, row
 from gateway.agents.schema import CapacitorBankAttributes
@@ -415,3 +416,36 @@ def _above_closes(x: float | None, on: float, off: float, what: str, unit: str,
     if x < off:
         return None, f"{what} {x:.{decimals}f} {unit}, below {off:.{decimals}f} {unit}"
     return None, None
+
+
+# --------------------------------------------------------------------------- the type, declared once
+
+POINTS: dict[str, spec.PointName] = {
+    "bus_voltage_kv": spec.KV, "reactive_power_kvar": spec.KVAR, "source_reactive_power_kvar": spec.KVAR,
+    "ambient_temp_c": spec.TEMP, "steps_active": spec.COUNTER, "steps_cmd": spec.SETPOINT,
+}
+
+
+def _links(b: spec.Build) -> Links:
+    return Links(upstream_breaker=b.protecting_breaker, substation=b.substation)
+
+
+def _derive_inputs(rt: spec.RuntimeView, agent_id: str, wall: float | None) -> dict[str, Any]:
+    """The wall clock, for the daily operation limit and the time schedule."""
+    return {"wall_time": wall} if wall is not None else {}
+
+
+def _var_support(rt: spec.RuntimeView, agent_id: str, message: BusMessage, now: float) -> list[Action]:
+    """The substation asks for the most reactive support the bank can give (or releases it)."""
+    return rt.request(agent_id, "var_support", now, on=bool(message.payload.get("on", True)))
+
+
+SPEC = spec.AgentSpec(
+    type_name="capacitor_bank", table=TABLE, attributes=CapacitorBankAttributes, points=POINTS,
+    inputs=CapacitorInputs, derived=frozenset({"wall_time"}), derive_inputs=_derive_inputs, links=_links,
+    factory=lambda b, links: CapacitorBankAgent(b.agent_id, b.attrs, links, has_feedback="steps_active" in b.points),
+    step_order=3, requests=("maintenance", "reset", "var_support", "close_step", "open_step"),
+    subscriptions=(Topic.VOLTAGE_EVENTS,), message_handlers={"maximize_var_support": _var_support},
+    visualization=visualization.capacitor_view,
+    description="a switched capacitor bank: voltage, var, time or temperature control, operation limits",
+)

@@ -34,9 +34,10 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from gateway.agents.actions import Action, Alert, BusMessage, ControlRequest, Severity, Topic
+from gateway.agents import spec, visualization
 from gateway.agents.base import Agent, Links, Memory
 from gateway.agents.fsm import TransitionTable, row
-from gateway.agents.schema import CircuitBreakerAttributes
+from gateway.agents.schema import CircuitBreakerAttributes, PowerLineAttributes
 
 
 class BreakerState(enum.Enum):
@@ -488,3 +489,45 @@ class CircuitBreakerAgent(Agent[BreakerState, BreakerEvent]):
 
 def _phase_words(phase: str | None) -> str:
     return f" phase {phase}" if phase and phase.upper() not in ("", "N", "G") else ""
+
+
+# --------------------------------------------------------------------------- the type, declared once
+
+_PHASORS = {f"v{p}_kv": spec.KV for p in "abc"} | {f"{q}{p}_deg": spec.analog("deg", "°") for q in "vi" for p in "abc"}
+
+POINTS: dict[str, spec.PointName] = {
+    "ia": spec.AMP, "ib": spec.AMP, "ic": spec.AMP, "in": spec.AMP, "closed": spec.BIT, "operations": spec.COUNTER,
+    "voltage_kv": spec.KV, "frequency_hz": spec.HZ, "active_power_kw": spec.KW, "reactive_power_kvar": spec.KVAR,
+    "fpi": spec.BIT, "local": spec.BIT,
+    "trip_cmd": spec.BIT_COMMAND, "close_cmd": spec.BIT_COMMAND, "position_cmd": spec.BIT_COMMAND,
+    "fpi_reset": spec.BIT_COMMAND,
+    **_PHASORS,
+}
+
+
+def _links(b: spec.Build) -> Links:
+    lines = b.of_type(b.topology.children(b.agent_id), "power_line")
+    return Links(upstream_breaker=b.protecting_breaker, lines=lines, substation=b.substation,
+                 customers_downstream=b.topology.meters_downstream(b.agent_id))
+
+
+def _line_fault_level_a(b: spec.Build, line: str) -> float:
+    attrs = PowerLineAttributes.model_validate(b.site.agent(line).attributes)
+    return attrs.fault_current_a or 4.0 * attrs.ampacity
+
+
+def _build(b: spec.Build, links: Links) -> CircuitBreakerAgent:
+    """One position command point when the site maps one, else separate trip and close points."""
+    cmds = ("position_cmd",) if "position_cmd" in b.points else ("trip_cmd", "close_cmd")
+    levels = [_line_fault_level_a(b, ln) for ln in links.lines]
+    return CircuitBreakerAgent(b.agent_id, b.attrs, links, command_points=cmds,
+                               fault_level_a=min(levels) if levels else None)
+
+
+SPEC = spec.AgentSpec(
+    type_name="circuit_breaker", table=TABLE, attributes=CircuitBreakerAttributes, points=POINTS,
+    inputs=BreakerInputs, links=_links, factory=_build, step_order=0,
+    requests=("open", "close", "reset", "maintenance"), subscriptions=(Topic.FAULT_ALERTS,),
+    visualization=visualization.switch_view,
+    description="a breaker, recloser or load-break switch: position, trips, reclosing, contact wear",
+)

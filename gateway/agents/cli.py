@@ -1,4 +1,5 @@
-"""`stima agents list|show|request` and `stima reliability`: the agents as the daemon sees them."""
+"""`stima agents list|show|request` and `stima reliability`: the agents as the daemon sees them;
+`stima agents types|diagram`: the agent types as the registry declares them (offline)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,11 @@ import argparse
 import datetime as dt
 import json
 import re
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gateway.agents.spec import AgentSpec
 
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -166,16 +171,9 @@ def cmd_reliability(args: argparse.Namespace) -> int:
     return 0
 
 
-_TYPES = ["power_line", "transformer", "smart_meter", "circuit_breaker", "substation", "capacitor_bank",
-          "renewable_energy"]
-
-
 def cmd_agents_diagram(args: argparse.Namespace) -> int:
     """Offline: the transition table of one agent type, as Graphviz dot or as a table."""
-    import importlib
-
-    module = {"renewable_energy": "renewable"}.get(args.agent_type, args.agent_type)
-    table_ = importlib.import_module(f"gateway.agents.{module}").TABLE
+    table_ = args.registry[args.agent_type].table
     if args.format == "dot":
         print(table_.to_dot())
     else:
@@ -187,17 +185,99 @@ def cmd_agents_diagram(args: argparse.Namespace) -> int:
     return 0
 
 
+def describe_type(spec: AgentSpec) -> dict[str, Any]:
+    """What the registry says of one agent type, as plain data (for `stima agents types`)."""
+    table_ = spec.table
+    return {
+        "type": spec.type_name, "description": spec.description, "initial_state": table_.initial.value,
+        "states": [s.value for s in table_.states], "events": [e.name.lower() for e in table_.events],
+        "points": {n: {"kinds": sorted(p.kinds), "units": sorted(p.units), "command": p.command}
+                   for n, p in spec.points.items()},
+        "requests": list(spec.requests), "subscriptions": [t.value for t in spec.subscriptions],
+        "handles": sorted(spec.message_handlers), "attributes": list(spec.attributes.model_fields),
+    }
+
+
+def _point_cell(p: dict[str, Any]) -> str:
+    return "/".join(p["kinds"]) + (f" [{', '.join(p['units'])}]" if p["units"] else "")
+
+
+def _human_types(rows: list[dict[str, Any]]) -> str:
+    from gateway.cli import table
+
+    return table([(r["type"], len(r["states"]), len([p for p in r["points"].values() if not p["command"]]),
+                   ", ".join(n for n, p in r["points"].items() if p["command"]) or "-",
+                   ", ".join(r["requests"]) or "-", ", ".join(r["subscriptions"]) or "-") for r in rows],
+                 ["TYPE", "STATES", "MEASUREMENTS", "COMMAND POINTS", "REQUESTS", "BUS TOPICS"])
+
+
+def _human_type(d: dict[str, Any]) -> str:
+    from gateway.cli import table
+
+    lines = [f"{d['type']}: {d['description']}", f"states: {', '.join(d['states'])} (initial {d['initial_state']})",
+             f"requests: {', '.join(d['requests']) or '-'}", f"bus topics: {', '.join(d['subscriptions']) or '-'}"]
+    if d["points"]:
+        lines += ["", table([(n, "command" if p["command"] else "measurement", _point_cell(p))
+                             for n, p in d["points"].items()], ["POINT", "DIRECTION", "KIND [UNITS]"])]
+    return "\n".join(lines)
+
+
+def types_markdown(registry: Mapping[str, AgentSpec]) -> str:
+    """docs/agents.md: every agent type as the registry declares it (kept equal by a test)."""
+    out = ["# Agent types", "",
+           "Generated from the agent registry (`gateway/agents/registry.py`) by "
+           "`stima agents types --format markdown`; do not edit by hand.", "",
+           "Each type is declared once, by the `SPEC` at the end of its module in `gateway/agents/`: its states "
+           "and transition table, its site-file attributes, the point names its `points` table may map (a name "
+           "outside them is refused), the requests it accepts and the bus topics it hears.", ""]
+    for spec in registry.values():
+        d = describe_type(spec)
+        out += [f"## {d['type']}", "", d["description"][:1].upper() + d["description"][1:] + ".", "",
+                f"- States: {', '.join(f'`{s}`' for s in d['states'])} (initial `{d['initial_state']}`)",
+                f"- Requests: {', '.join(f'`{r}`' for r in d['requests']) or 'none'}",
+                f"- Bus topics heard: {', '.join(f'`{t}`' for t in d['subscriptions']) or 'none'}", ""]
+        if d["points"]:
+            out += ["| Point | Direction | Kind | Units |", "|---|---|---|---|"]
+            out += [f"| `{n}` | {'command' if p['command'] else 'measurement'} | {' or '.join(p['kinds'])} | "
+                    f"{', '.join(p['units']) or 'any'} |" for n, p in d["points"].items()]
+        else:
+            out.append("No points of its own.")
+        out.append("")
+    return "\n".join(out)
+
+
+def cmd_agents_types(args: argparse.Namespace) -> int:
+    """Offline: the agent types the gateway knows, from the registry."""
+    registry: Mapping[str, AgentSpec] = args.registry
+    if args.format == "markdown":
+        print(types_markdown(registry), end="")
+        return 0
+    from gateway.cli import emit
+
+    if args.agent_type:
+        emit(args, describe_type(registry[args.agent_type]), _human_type)
+    else:
+        emit(args, [describe_type(s) for s in registry.values()], _human_types)
+    return 0
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     from gateway.cli import add_common
 
     add_common(parser)
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Any, registry: Mapping[str, AgentSpec] | None = None) -> None:
+    """The `agents` and `reliability` commands; agent types come from `registry` (default: the gateway's)."""
+    if registry is None:
+        from gateway.agents.registry import SPECS
+
+        registry = SPECS
+    types = list(registry)
     agents = subparsers.add_parser("agents", help="the grid agents: states, attributes, transitions")
     sub = agents.add_subparsers(dest="agents_command", required=True, metavar="ACTION")
     alist = sub.add_parser("list", help="every agent with its state (meter groups summarised)")
-    alist.add_argument("--type", choices=_TYPES, help="only agents of this type")
+    alist.add_argument("--type", choices=types, help="only agents of this type")
     _common(alist)
     alist.set_defaults(func=cmd_agents_list)
     show = sub.add_parser("show", help="one agent (or meter group, or meter): state, since when, attributes, "
@@ -205,8 +285,8 @@ def register(subparsers: Any) -> None:
     show.add_argument("id", metavar="ID")
     _common(show)
     show.set_defaults(func=cmd_agents_show)
-    req = sub.add_parser("request", help="ask an agent to do something (curtail, maintenance, cvr, reset, "
-                         "close_step/open_step on a capacitor bank, ...)")
+    accepted = "; ".join(f"{t}: {', '.join(s.requests)}" for t, s in registry.items() if s.requests)
+    req = sub.add_parser("request", help=f"ask an agent to do something ({accepted})")
     req.add_argument("id", metavar="ID")
     req.add_argument("request", metavar="REQUEST")
     req.add_argument("args", nargs="*", type=_kv, metavar="KEY=VALUE")
@@ -214,9 +294,16 @@ def register(subparsers: Any) -> None:
     req.set_defaults(func=cmd_agents_request)
 
     diagram = sub.add_parser("diagram", help="an agent type's transition table (offline; dot for Graphviz)")
-    diagram.add_argument("agent_type", choices=_TYPES, metavar="TYPE", help=", ".join(_TYPES))
+    diagram.add_argument("agent_type", choices=types, metavar="TYPE", help=", ".join(types))
     diagram.add_argument("--format", choices=["table", "dot"], default="table")
-    diagram.set_defaults(func=cmd_agents_diagram)
+    diagram.set_defaults(func=cmd_agents_diagram, registry=registry)
+
+    kinds = sub.add_parser("types", help="the agent types: states, points, commands, requests, bus topics (offline)")
+    kinds.add_argument("agent_type", nargs="?", choices=types, metavar="TYPE", help=", ".join(types))
+    kinds.add_argument("--format", choices=["table", "markdown"], default="table",
+                       help="markdown: the page docs/agents.md is")
+    kinds.add_argument("--json", action="store_true", help="machine-readable output")
+    kinds.set_defaults(func=cmd_agents_types, registry=registry)
 
     rel = subparsers.add_parser("reliability", help="IEEE 1366 indices (SAIFI, SAIDI, CAIDI, MAIFI, ASAI) from "
                                                    "smart-meter outages")

@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from gateway.agents.actions import Action, Alert, BusMessage, Severity, Topic
+from gateway.agents import spec, visualization
 from gateway.agents.base import Agent, Links, Memory
+from gateway.agents.circuit_breaker import BreakerMemory, BreakerState, CircuitBreakerAgent
 from gateway.agents.fsm import IGNORE, TransitionTable, row
 from gateway.agents.physics import line_losses_kw, thermal_level
 from gateway.agents.schema import PowerLineAttributes
@@ -252,3 +254,48 @@ class PowerLineAgent(Agent[LineState, LineEvent]):
             "losses_kw": m.losses_kw, "energy_loss_kwh": m.energy_loss_kwh,
             "overload_since": m.overload_since, "condition_score": a.condition_score,
         }
+
+
+# --------------------------------------------------------------------------- the type, declared once
+
+POINTS: dict[str, spec.PointName] = {
+    "current_a": spec.AMP, "voltage_kv": spec.KV, "active_power_kw": spec.KW, "reactive_power_kvar": spec.KVAR,
+    "end_voltage_kv": spec.KV,
+}
+
+
+def _links(b: spec.Build) -> Links:
+    topo, breaker = b.topology, b.protecting_breaker
+    return Links(upstream_breaker=breaker,
+                 breakers=tuple(dict.fromkeys([x for x in [breaker, *topo.controllers(b.agent_id)] if x])),
+                 transformers=b.of_type(topo.downstream(b.agent_id), "transformer"),
+                 substation=b.substation, adjacent_lines=tuple(topo.adjacent_lines(b.agent_id)),
+                 transfer_options=tuple(o.to_dict() for o in topo.alternative_supply_paths(b.agent_id)),
+                 customers_downstream=topo.meters_downstream(b.agent_id))
+
+
+def _derive_inputs(rt: spec.RuntimeView, agent_id: str, wall: float | None) -> dict[str, Any]:
+    """The protecting breaker's position, and why it tripped while it is open after a trip."""
+    upstream = rt.agents[agent_id].links.upstream_breaker
+    if not upstream:
+        return {}
+    upstream_open = rt.breaker_is_open(upstream)
+    kw: dict[str, Any] = {"breaker_closed": None if upstream_open is None else not upstream_open,
+                          "fault_reported": upstream in rt.fault_pending}
+    bm = rt.memory[upstream]
+    breaker = rt.agents[upstream]
+    if bm.state in (BreakerState.TRIPPED, BreakerState.RECLOSING, BreakerState.LOCKED_OUT) \
+            and isinstance(breaker, CircuitBreakerAgent) and isinstance(bm, BreakerMemory) and bm.trip_cause:
+        kw["trip_cause"] = bm.trip_cause
+        kw["breaker_trip"] = breaker.describe_trip(bm)
+    return kw
+
+
+SPEC = spec.AgentSpec(
+    type_name="power_line", table=TABLE, attributes=PowerLineAttributes, points=POINTS, inputs=LineInputs,
+    derived=frozenset({"breaker_closed", "fault_reported", "trip_cause", "breaker_trip"}),
+    derive_inputs=_derive_inputs, links=_links, factory=lambda b, links: PowerLineAgent(b.agent_id, b.attrs, links),
+    step_order=1, requests=("maintenance",),
+    visualization=visualization.line_view,
+    description="an overhead or underground line section: loading, thermal level, faults, transfer options",
+)

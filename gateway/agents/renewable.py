@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from gateway.agents.actions import Action, Alert, BusMessage, ControlRequest, Severity, Topic
+from gateway.agents import spec, visualization
 from gateway.agents.base import Agent, Links, Memory
 from gateway.agents.fsm import IGNORE, TransitionTable, row
 from gateway.agents.physics import OPEN_LOOP_RESPONSE_S, first_order_lag, volt_var_q_pu, volt_watt_p_pu
@@ -309,3 +310,38 @@ class RenewableEnergyAgent(Agent[DerState, DerEvent]):
             "reactive_power_mode": a.reactive_power_mode, "voltage_pu": m.voltage_pu, "q_setpoint_kvar": m.q_command_kvar,
             "p_limit_pct": m.p_limit_command_pct, "curtail_pct": m.curtail_pct, "dispatch_kw": m.dispatch_kw,
         }
+
+
+# --------------------------------------------------------------------------- the type, declared once
+
+POINTS: dict[str, spec.PointName] = {
+    "active_power_kw": spec.KW, "reactive_power_kvar": spec.KVAR, "voltage_pu": spec.analog("pu"),
+    "irradiance_w_m2": spec.analog("W/m2", "W/m²"), "connected": spec.BIT, "soc_pct": spec.analog("%"),
+    "energy_available_kwh": spec.analog("kWh"), "energy_kwh": spec.PointName(spec.COUNT, frozenset({"kWh"})),
+    "ambient_temp_c": spec.TEMP,
+    "p_limit_pct": spec.PointName(spec.ANALOG, frozenset({"%"}), command=True),
+    "p_setpoint_kw": spec.PointName(spec.ANALOG, frozenset({"kW"}), command=True),
+    "q_setpoint_kvar": spec.PointName(spec.ANALOG, frozenset({"kvar", "kVAr", "kVAR"}), command=True),
+    "connect_cmd": spec.BIT_COMMAND,
+}
+
+
+def _links(b: spec.Build) -> Links:
+    return Links(upstream_breaker=b.protecting_breaker, substation=b.substation)
+
+
+def _derive_inputs(rt: spec.RuntimeView, agent_id: str, wall: float | None) -> dict[str, Any]:
+    """No grid to follow while the protecting breaker is open."""
+    upstream = rt.agents[agent_id].links.upstream_breaker
+    return {"grid_available": False} if upstream and rt.breaker_is_open(upstream) else {}
+
+
+SPEC = spec.AgentSpec(
+    type_name="renewable_energy", table=TABLE, attributes=RenewableEnergyAttributes, points=POINTS,
+    inputs=DerInputs, derived=frozenset({"grid_available"}), derive_inputs=_derive_inputs, links=_links,
+    factory=lambda b, links: RenewableEnergyAgent(b.agent_id, b.attrs, links,
+                                                  has_connection_feedback="connected" in b.points),
+    step_order=4, requests=("curtail", "dispatch", "maintenance", "fault"), subscriptions=(Topic.VOLTAGE_EVENTS,),
+    visualization=visualization.der_view,
+    description="a PV plant, wind turbine or battery: IEEE 1547 volt-var and volt-watt, curtailment, dispatch",
+)

@@ -31,33 +31,15 @@ from typing import Any
 import numpy as np
 
 from gateway.agents.actions import Action, Alert, BusMessage, Severity, Topic
-from gateway.agents.base import Agent, Links, Memory
-from gateway.agents.capacitor_bank import CapacitorBankAgent, CapacitorInputs, CapacitorState
-from gateway.agents.circuit_breaker import (
-    FAULT_CAUSES,
-    BreakerInputs,
-    BreakerMemory,
-    BreakerState,
-    CircuitBreakerAgent,
-)
-from gateway.agents.power_line import LineInputs, LineState, PowerLineAgent
-from gateway.agents.renewable import DerInputs, RenewableEnergyAgent
-from gateway.agents.schema import (
-    AGENT_ATTRIBUTE_MODELS,
-    AgentType,
-    CapacitorBankAttributes,
-    CircuitBreakerAttributes,
-    PowerLineAttributes,
-    RenewableEnergyAttributes,
-    SmartMeterAttributes,
-    SubstationAttributes,
-    TransformerAttributes,
-)
+from gateway.agents.base import Agent, Memory
+from gateway.agents.circuit_breaker import FAULT_CAUSES, BreakerState, CircuitBreakerAgent
+from gateway.agents.registry import Registry, spec_for
+from gateway.agents.schema import AgentType, SmartMeterAttributes
 from gateway.agents.smart_meter import BulkStateChange, MeterFleet
-from gateway.agents.substation import FeederInfo, SubstationAgent, SubstationInputs
+from gateway.agents.spec import AgentSpec, Build, input_field, type_name
+from gateway.agents.substation import SubstationAgent
 from gateway.agents.visualization import meters_metadata
-from gateway.agents.visualization import metadata as visualization_metadata
-from gateway.agents.transformer import TransformerAgent, TransformerInputs, TransformerState
+from gateway.agents.transformer import TransformerAgent, TransformerState
 from gateway.agents.bus import Bus
 from gateway.config import SiteConfig
 from gateway.maintenance.health import HealthInputs
@@ -79,14 +61,9 @@ SNAPSHOT_VERSION = 1
 
 _OPEN_STATES = {BreakerState.TRIPPED, BreakerState.OPEN_MANUAL, BreakerState.LOCKED_OUT, BreakerState.MAINTENANCE,
                 BreakerState.RECLOSING}
-# stepping order: what others read first
-_ORDER = [AgentType.CIRCUIT_BREAKER, AgentType.POWER_LINE, AgentType.TRANSFORMER, AgentType.CAPACITOR_BANK,
-          AgentType.RENEWABLE_ENERGY, AgentType.SUBSTATION]
-_INPUT_TYPES: dict[AgentType, type] = {
-    AgentType.CIRCUIT_BREAKER: BreakerInputs, AgentType.POWER_LINE: LineInputs,
-    AgentType.TRANSFORMER: TransformerInputs, AgentType.CAPACITOR_BANK: CapacitorInputs,
-    AgentType.RENEWABLE_ENERGY: DerInputs, AgentType.SUBSTATION: SubstationInputs,
-}
+_BREAKER, _LINE, _TRANSFORMER = (AgentType.CIRCUIT_BREAKER.value, AgentType.POWER_LINE.value,
+                                  AgentType.TRANSFORMER.value)
+_SUBSTATION, _METERS = AgentType.SUBSTATION.value, AgentType.SMART_METER.value
 
 
 TIME_ATTRIBUTES = frozenset({"last_trip_date", "last_switched", "overload_since", "last_reading_date", "since"})
@@ -99,16 +76,23 @@ class UnknownAgent(KeyError):
 
 
 class AgentRuntime:
+    """Every agent of one site; what each type is and does comes from its spec (gateway/agents/registry.py)."""
+
     def __init__(self, site: SiteConfig, now: float, *, infrastructure_period_s: float = 1.0,
                  meter_period_s: float = 5.0, momentary_threshold_s: float | None = None,
-                 meter_attributes: SmartMeterAttributes | None = None) -> None:
+                 meter_attributes: SmartMeterAttributes | None = None, registry: Registry | None = None) -> None:
         self.site = site
+        self.registry = registry
+        """The agent types this runtime knows (None: every type of the gateway, `registry.SPECS`)."""
         self.topology = Topology.from_site(site)
         self.bus = Bus()
         self.infrastructure_period_s = infrastructure_period_s
         self.meter_period_s = meter_period_s
         self.agents: dict[str, Agent[Any, Any]] = {}
-        self.types: dict[str, AgentType] = {}
+        self.types: dict[str, str] = {}
+        """Agent id → type name."""
+        self.specs: dict[str, AgentSpec] = {}
+        """Agent id → its type's spec."""
         self.memory: dict[str, Memory] = {}
         self.readings: dict[str, dict[str, float | bool | None]] = {}
         self.last_step: dict[str, float] = {}
@@ -128,17 +112,27 @@ class AgentRuntime:
         self._restored_offset: float | None = None
         self.started = now
         for cfg in site.agents:
-            if cfg.type is AgentType.SMART_METER:
-                # an [[agents]] entry of type smart_meter carries the fleet-wide meter settings
-                if meter_attributes is None:
-                    meter_attributes = SmartMeterAttributes.model_validate(cfg.attributes)
+            spec = spec_for(type_name(cfg.type), registry)
+            unknown = spec.unknown_points(set(cfg.points))
+            if unknown:
+                raise ValueError(f"agent {cfg.id}: {spec.type_name} has no point named {', '.join(unknown)} "
+                                 f"(known: {', '.join(sorted(spec.points)) or 'none'})")
+            attrs = spec.attributes.model_validate(cfg.attributes)
+            if spec.factory is None or spec.links is None:
+                if spec.type_name == _METERS and meter_attributes is None:
+                    # an [[agents]] entry of type smart_meter carries the fleet-wide meter settings
+                    assert isinstance(attrs, SmartMeterAttributes)
+                    meter_attributes = attrs
                 continue
-            attrs = AGENT_ATTRIBUTE_MODELS[cfg.type].model_validate(cfg.attributes)
-            agent = self._build(cfg.id, cfg.type, attrs, set(cfg.points))
+            build = Build(cfg.id, attrs, frozenset(cfg.points), site, self.topology)
+            agent = spec.factory(build, spec.links(build))
             self.agents[cfg.id] = agent
-            self.types[cfg.id] = cfg.type
+            self.types[cfg.id] = spec.type_name
+            self.specs[cfg.id] = spec
             self.memory[cfg.id] = agent.initial_memory(now)
             self.readings[cfg.id] = {}
+        self._stepping = sorted(self.agents, key=lambda a: self.specs[a].step_order)
+        """Agent ids in stepping order: what others read first (breakers, lines, ..., the substation)."""
         self.fleet = MeterFleet(site.meter_groups, now, meter_attributes)
         self.revenue = self._revenue_guard()
         if momentary_threshold_s is None:
@@ -146,84 +140,14 @@ class AgentRuntime:
             momentary_threshold_s = (subs[0].attrs.momentary_interruption_threshold_s if subs
                                      else MOMENTARY_THRESHOLD_S)
         self.momentary_threshold_s = momentary_threshold_s
-        for agent_id, t in self.types.items():
-            if t is AgentType.SUBSTATION:
-                self.bus.subscribe(agent_id, Topic.FAULT_ALERTS, Topic.LOAD_CHANGES, Topic.VOLTAGE_EVENTS)
-            elif t in (AgentType.TRANSFORMER, AgentType.CAPACITOR_BANK, AgentType.RENEWABLE_ENERGY):
-                self.bus.subscribe(agent_id, Topic.VOLTAGE_EVENTS)
-            elif t is AgentType.CIRCUIT_BREAKER:
-                self.bus.subscribe(agent_id, Topic.FAULT_ALERTS)
+        for agent_id, spec in self.specs.items():
+            self.bus.subscribe(agent_id, *spec.subscriptions)
         self.messages_received: dict[str, int] = {a: 0 for a in self.agents}
 
     # ------------------------------------------------------------------ building
 
     def _first_upstream(self, node: str, node_type: str) -> str | None:
         return next((u for u in self.topology.upstream(node) if self.topology.type_of(u) == node_type), None)
-
-    def _line_fault_level_a(self, line: str) -> float:
-        attrs = PowerLineAttributes.model_validate(self.site.agent(line).attributes)
-        return attrs.fault_current_a or 4.0 * attrs.ampacity
-
-    def _critical_downstream(self, node: str) -> int:
-        groups = set(self.topology.meter_groups_downstream(node))
-        return sum(g.critical_count for g in self.site.meter_groups if g.id in groups)
-
-    def _build(self, agent_id: str, agent_type: AgentType, attrs: Any, points: set[str]) -> Agent[Any, Any]:
-        topo = self.topology
-        sub = self._first_upstream(agent_id, AgentType.SUBSTATION.value)
-        breaker = topo.protecting_breaker(agent_id)
-        if agent_type is AgentType.POWER_LINE:
-            down = topo.downstream(agent_id)
-            links = Links(upstream_breaker=breaker,
-                          breakers=tuple(dict.fromkeys([b for b in [breaker, *topo.controllers(agent_id)] if b])),
-                          transformers=tuple(n for n in down if topo.type_of(n) == AgentType.TRANSFORMER.value),
-                          substation=sub, adjacent_lines=tuple(topo.adjacent_lines(agent_id)),
-                          transfer_options=tuple(o.to_dict() for o in topo.alternative_supply_paths(agent_id)),
-                          customers_downstream=topo.meters_downstream(agent_id))
-            assert isinstance(attrs, PowerLineAttributes)
-            return PowerLineAgent(agent_id, attrs, links)
-        if agent_type is AgentType.TRANSFORMER:
-            line = self._first_upstream(agent_id, AgentType.POWER_LINE.value)
-            siblings = [n for n in (topo.children(line) if line else []) if n != agent_id
-                        and topo.type_of(n) == AgentType.TRANSFORMER.value]
-            links = Links(upstream_breaker=breaker, upstream_line=line, substation=sub,
-                          adjacent_transformers=tuple(siblings), customers_downstream=topo.meters_downstream(agent_id),
-                          critical_customers_downstream=self._critical_downstream(agent_id),
-                          transfer_options=tuple(o.to_dict() for o in topo.alternative_supply_paths(line)) if line else ())
-            assert isinstance(attrs, TransformerAttributes)
-            return TransformerAgent(agent_id, attrs, links)
-        if agent_type is AgentType.CIRCUIT_BREAKER:
-            lines = [n for n in topo.children(agent_id) if topo.type_of(n) == AgentType.POWER_LINE.value]
-            links = Links(upstream_breaker=breaker, lines=tuple(lines), substation=sub,
-                          customers_downstream=topo.meters_downstream(agent_id))
-            assert isinstance(attrs, CircuitBreakerAttributes)
-            cmds = ("position_cmd",) if "position_cmd" in points else ("trip_cmd", "close_cmd")
-            levels = [self._line_fault_level_a(ln) for ln in lines]
-            return CircuitBreakerAgent(agent_id, attrs, links, command_points=cmds,
-                                       fault_level_a=min(levels) if levels else None)
-        if agent_type is AgentType.SUBSTATION:
-            down = topo.downstream(agent_id)
-            feeders = []
-            for n in down:
-                if topo.type_of(n) == AgentType.POWER_LINE.value:
-                    feeders.append(FeederInfo(n, topo.protecting_breaker(n), topo.meters_downstream(n),
-                                              tuple(o.to_dict() for o in topo.alternative_supply_paths(n)),
-                                              critical_customers=self._critical_downstream(n)))
-            links = Links(transformers=tuple(n for n in down if topo.type_of(n) == AgentType.TRANSFORMER.value),
-                          capacitors=tuple(n for n in down if topo.type_of(n) == AgentType.CAPACITOR_BANK.value),
-                          breakers=tuple(n for n in down if topo.type_of(n) == AgentType.CIRCUIT_BREAKER.value),
-                          lines=tuple(f.line for f in feeders), customers_downstream=topo.meters_downstream(agent_id))
-            assert isinstance(attrs, SubstationAttributes)
-            return SubstationAgent(agent_id, attrs, links, feeders=tuple(feeders))
-        if agent_type is AgentType.CAPACITOR_BANK:
-            assert isinstance(attrs, CapacitorBankAttributes)
-            return CapacitorBankAgent(agent_id, attrs, Links(upstream_breaker=breaker, substation=sub),
-                                      has_feedback="steps_active" in points)
-        if agent_type is AgentType.RENEWABLE_ENERGY:
-            assert isinstance(attrs, RenewableEnergyAttributes)
-            return RenewableEnergyAgent(agent_id, attrs, Links(upstream_breaker=breaker, substation=sub),
-                                        has_connection_feedback="connected" in points)
-        raise ValueError(f"agent {agent_id}: no runtime for type {agent_type.value}")
 
     def _revenue_guard(self) -> RevenueGuard | None:
         """Energy balances of the transformers that measure their load and have meters behind them."""
@@ -233,7 +157,7 @@ class AgentRuntime:
         meters: dict[str, tuple[tuple[str, ...], np.ndarray, list[str]]] = {}
         for g in self.fleet.groups:
             xfmr = g.config.connected_transformer
-            if self.types.get(xfmr) is not AgentType.TRANSFORMER or "load_kw" not in self.site.agent(xfmr).points:
+            if self.types.get(xfmr) != _TRANSFORMER or "load_kw" not in self.site.agent(xfmr).points:
                 continue
             groups, idx, ids = meters.get(xfmr, ((), np.zeros(0, dtype=np.int64), []))
             meters[xfmr] = (groups + (g.config.id,), np.concatenate([idx, np.arange(g.start, g.stop)]),
@@ -261,7 +185,7 @@ class AgentRuntime:
         previous = values.get(name)
         values[name] = value if good else None
         if name == "closed" and good and value is not None and previous is not None \
-                and bool(value) != bool(previous) and self.types[agent_id] is AgentType.CIRCUIT_BREAKER:
+                and bool(value) != bool(previous) and self.types[agent_id] == _BREAKER:
             if step:
                 return self._step_now(self._affected_by(agent_id), now)
             self.position_changes.setdefault(agent_id, now)
@@ -351,7 +275,7 @@ class AgentRuntime:
         return bool(getattr(getattr(self.agents[breaker], "attrs", None), "normally_open", False))
 
     def open_breakers(self) -> set[str]:
-        return {b for b, t in self.types.items() if t is AgentType.CIRCUIT_BREAKER and self.breaker_is_open(b)}
+        return {b for b, t in self.types.items() if t == _BREAKER and self.breaker_is_open(b)}
 
     def _update_supply(self, now: float) -> list[Action]:
         """Which meter groups have lost supply (no closed path from the substation, ties included):
@@ -390,7 +314,7 @@ class AgentRuntime:
         for gid in groups:
             cfg = next(g.config for g in fleet.groups if g.config.id == gid)
             xfmr = cfg.connected_transformer
-            line = self._first_upstream(xfmr, AgentType.POWER_LINE.value) if xfmr in topo.node_types else None
+            line = self._first_upstream(xfmr, _LINE) if xfmr in topo.node_types else None
             critical_ids += cfg.critical_ids()
             n, c = cfg.count, cfg.critical_count
             by_transformer.append({"transformer": xfmr, "line": line, "group": gid, "customers": n,
@@ -416,7 +340,7 @@ class AgentRuntime:
                    "reclose_pending": event == "supply_restored" and any(
                        g in {x for b in self._reclose_sequences for x in topo.meter_groups_downstream(b)}
                        for g in groups)}
-        source = next((a for a, t in self.types.items() if t is AgentType.SUBSTATION), self.site.site.substation_id)
+        source = next((a for a, t in self.types.items() if t == _SUBSTATION), self.site.site.substation_id)
         return BusMessage(source=source, topic=Topic.FAULT_ALERTS if event == "supply_lost" else Topic.LOAD_CHANGES,
                           kind="customer_impact", payload=payload, urgent=event == "supply_lost")
 
@@ -433,56 +357,18 @@ class AgentRuntime:
             out.append(sub)
         return out
 
-    def _inputs(self, agent_id: str, agent_type: AgentType, wall: float | None) -> Any:
-        values = self.readings[agent_id]
-        cls = _INPUT_TYPES[agent_type]
-        names = {f.name for f in fields(cls)}
+    def _inputs(self, agent_id: str, wall: float | None) -> Any:
+        """The agent's inputs: its last good readings by point name, and what its spec derives."""
+        spec = self.specs[agent_id]
+        assert spec.inputs is not None
+        names, booleans = spec.input_fields, spec.boolean_inputs
         kw: dict[str, Any] = {}
-        for name, value in values.items():
-            key = "in_" if name == "in" else name
+        for name, value in self.readings[agent_id].items():
+            key = input_field(name)
             if key in names and value is not None:
-                kw[key] = bool(value) if key in ("closed", "connected") else value
-        agent = self.agents[agent_id]
-        upstream = agent.links.upstream_breaker
-        upstream_open = self.breaker_is_open(upstream) if upstream else None
-        if agent_type is AgentType.POWER_LINE:
-            if upstream:
-                kw["breaker_closed"] = None if upstream_open is None else not upstream_open
-                kw["fault_reported"] = upstream in self.fault_pending
-                bm = self.memory[upstream]
-                breaker = self.agents[upstream]
-                if bm.state in (BreakerState.TRIPPED, BreakerState.RECLOSING, BreakerState.LOCKED_OUT) \
-                        and isinstance(breaker, CircuitBreakerAgent) and isinstance(bm, BreakerMemory) \
-                        and bm.trip_cause:
-                    kw["trip_cause"] = bm.trip_cause
-                    kw["breaker_trip"] = breaker.describe_trip(bm)
-        elif agent_type is AgentType.TRANSFORMER:
-            if upstream_open:
-                kw["energized"] = False
-        elif agent_type is AgentType.RENEWABLE_ENERGY:
-            if upstream_open:
-                kw["grid_available"] = False
-        elif agent_type is AgentType.CAPACITOR_BANK:
-            if wall is not None:
-                kw["wall_time"] = wall
-        elif agent_type is AgentType.SUBSTATION:
-            loads = {}
-            for line in agent.links.lines:
-                v = self.readings.get(line, {}).get("active_power_kw")
-                if v is not None:
-                    loads[line] = float(v)
-            kw["feeder_loads_kw"] = loads
-            kw["faulted_feeders"] = tuple(sorted(ln for ln in agent.links.lines
-                                                 if self.memory[ln].state is LineState.FAULTED))
-            kw["fault_descriptions"] = {ln: getattr(self.memory[ln], "fault_description", None) or ""
-                                        for ln in kw["faulted_feeders"]}
-            xfmrs = agent.links.transformers
-            kw["faulted_transformers"] = tuple(t for t in xfmrs if self.memory[t].state is TransformerState.FAULTED)
-            kw["overheated_transformers"] = tuple(t for t in xfmrs if getattr(self.memory[t], "critical_alerted", False))
-            kw["regulating"] = tuple(t for t in xfmrs if self.memory[t].state is TransformerState.VOLTAGE_REGULATION) + \
-                tuple(c for c, ty in self.types.items() if ty is AgentType.CAPACITOR_BANK
-                      and self.memory[c].state is CapacitorState.SWITCHING)
-        return cls(**kw)
+                kw[key] = bool(value) if key in booleans else value
+        kw.update(spec.derive_inputs(self, agent_id, wall))
+        return spec.inputs(**kw)
 
     def tick(self, now: float, wall: float | None = None) -> list[Action | BulkStateChange]:
         """Step every agent that is due (meters in bulk); return what the daemon must do."""
@@ -498,15 +384,12 @@ class AgentRuntime:
             if now - event_time > self._reclaim_s.get(breaker, 0.0) + RECLOSE_SEQUENCE_MARGIN_S:
                 self._end_reclose_sequence(breaker)
         out += self._update_supply(now)
-        for agent_type in _ORDER:
-            for agent_id, t in self.types.items():
-                if t is not agent_type:
-                    continue
-                last = self.last_step.get(agent_id)
-                if last is not None and now - last < self.infrastructure_period_s:
-                    continue
-                self.last_step[agent_id] = now
-                out += self._step_agent(agent_id, now, wall)
+        for agent_id in self._stepping:
+            last = self.last_step.get(agent_id)
+            if last is not None and now - last < self.infrastructure_period_s:
+                continue
+            self.last_step[agent_id] = now
+            out += self._step_agent(agent_id, now, wall)
         out += self._update_supply(now)
         if self._last_meter_eval is None or now - self._last_meter_eval >= self.meter_period_s:
             self._last_meter_eval = now
@@ -544,10 +427,9 @@ class AgentRuntime:
 
     def _step_agent(self, agent_id: str, now: float, wall: float | None) -> list[Action]:
         """One step of one agent; a failing agent is skipped (and alarmed once), the others go on."""
-        t = self.types[agent_id]
         agent = self.agents[agent_id]
         try:
-            memory, actions = agent.step(self.memory[agent_id], self._inputs(agent_id, t, wall), now)  # type: ignore[attr-defined]
+            memory, actions = agent.step(self.memory[agent_id], self._inputs(agent_id, wall), now)  # type: ignore[attr-defined]
         except Exception as exc:  # one agent's failure must not stop the others
             log.exception("agent %s step failed", agent_id)
             alerts: list[Action] = []
@@ -558,7 +440,7 @@ class AgentRuntime:
             return alerts
         self.failed.discard(agent_id)
         self.memory[agent_id] = memory
-        if t is AgentType.CIRCUIT_BREAKER and agent_id in self.fault_pending and \
+        if self.types[agent_id] == _BREAKER and agent_id in self.fault_pending and \
                 memory.state in (BreakerState.CLOSED_NORMAL, BreakerState.CLOSED_HIGH_CURRENT):
             self.fault_pending.discard(agent_id)
         return list(actions)
@@ -573,12 +455,11 @@ class AgentRuntime:
         wanted = set(agent_ids)
         out: list[Action | BulkStateChange] = []
         out += self._update_supply(now)
-        for agent_type in _ORDER:
-            for agent_id, t in self.types.items():
-                if t is agent_type and agent_id in wanted:
-                    out += self._step_agent(agent_id, now, wall)
-                    if t is AgentType.CIRCUIT_BREAKER:
-                        out += self._update_supply(now)  # what the breaker's new state feeds, before its line steps
+        for agent_id in self._stepping:
+            if agent_id in wanted:
+                out += self._step_agent(agent_id, now, wall)
+                if self.types[agent_id] == _BREAKER:
+                    out += self._update_supply(now)  # what the breaker's new state feeds, before its line steps
         out += self._update_supply(now)
         out += self._deliver([*delivered, *out], now)
         out.sort(key=lambda a: 0 if isinstance(a, BusMessage) and a.urgent else 1)
@@ -597,13 +478,9 @@ class AgentRuntime:
         return follow
 
     def _on_message(self, agent_id: str, message: BusMessage, now: float) -> list[Action]:
-        t = self.types[agent_id]
-        if t is AgentType.TRANSFORMER and message.kind == "optimize_taps":
-            return self.request(agent_id, "cvr", now, on=bool(message.payload.get("cvr", True)))
-        if t is AgentType.TRANSFORMER and message.kind == "reduce_load":
-            return self.request(agent_id, "cvr", now, on=True)
-        if t is AgentType.CAPACITOR_BANK and message.kind == "maximize_var_support":
-            return self.request(agent_id, "var_support", now, on=bool(message.payload.get("on", True)))
+        runtime_handler = self.specs[agent_id].message_handlers.get(message.kind)
+        if runtime_handler is not None:
+            return runtime_handler(self, agent_id, message, now)
         handler = getattr(self.agents[agent_id], "on_message", None)
         if handler is None:
             return []
@@ -629,39 +506,25 @@ class AgentRuntime:
                 return []
             raise UnknownAgent(agent_id)
         agent = self.agents[agent_id]
-        if self.types[agent_id] is AgentType.SUBSTATION and request == "shed":
-            return self._shed(agent_id, now)
+        runtime_handler = self.specs[agent_id].runtime_requests.get(request)
+        if runtime_handler is not None:
+            return runtime_handler(self, agent_id, now, args)
         handler = getattr(agent, "request", None)
         if handler is None:
-            raise ValueError(f"agent {agent_id} ({self.types[agent_id].value}) takes no requests")
+            raise ValueError(f"agent {agent_id} ({self.types[agent_id]}) takes no requests")
         memory, actions = handler(self.memory[agent_id], request, args, now)
         self.memory[agent_id] = memory
         return list(actions)
 
-    def _shed(self, substation: str, now: float) -> list[Action]:
-        """Carry out the substation's load-shedding plan: open the listed feeder breakers."""
-        plan = getattr(self.memory[substation], "shedding_plan", [])
-        if not plan:
-            raise ValueError(f"substation {substation} has no load-shedding plan (load is below its high-load level)")
-        actions: list[Action] = []
-        for item in plan:
-            breaker = item.get("breaker")
-            if breaker in self.agents:
-                actions += self.request(breaker, "open", now, reason=f"load shedding by {substation}: "
-                                        f"{item['feeder']} ({item['load_kw']:.0f} kW)")
-        actions.append(Alert(agent_id=substation, severity=Severity.CRITICAL, time=now,
-                             message=f"load shedding: {', '.join(i['feeder'] for i in plan)} opened on request"))
-        return actions
-
     # ------------------------------------------------------------------ views
 
     def list_agents(self) -> list[dict[str, Any]]:
-        rows = [{"id": a, "type": t.value, "state": self.memory[a].state.value, "since": self.memory[a].since,
+        rows = [{"id": a, "type": t, "state": self.memory[a].state.value, "since": self.memory[a].since,
                  "since_wall": self.to_wall(self.memory[a].since)} for a, t in self.types.items()]
         for g in self.fleet.groups:
             counts = self.fleet.counts(slice(g.start, g.stop))
             top = max(counts, key=lambda k: counts[k]) if counts else "Active"
-            rows.append({"id": g.config.id, "type": AgentType.SMART_METER.value, "state": top,
+            rows.append({"id": g.config.id, "type": _METERS, "state": top,
                          "since": None, "meters": g.config.count, "states": counts})
         return rows
 
@@ -670,7 +533,7 @@ class AgentRuntime:
             agent, m = self.agents[agent_id], self.memory[agent_id]
             links = {f.name: getattr(agent.links, f.name) for f in fields(agent.links)}
             live = agent.attributes(m)
-            return {"id": agent_id, "type": self.types[agent_id].value, "state": m.state.value, "since": m.since,
+            return {"id": agent_id, "type": self.types[agent_id], "state": m.state.value, "since": m.since,
                     "since_wall": self.to_wall(m.since), "wall_offset": self.wall_offset,
                     "attributes": _plain(self._wall_times(live)), "last_transitions": list(m.history),
                     "visualization_metadata": self.visualization(agent_id, live),
@@ -681,14 +544,14 @@ class AgentRuntime:
             if g.config.id == agent_id:
                 sl = slice(g.start, g.stop)
                 counts = self.fleet.counts(sl)
-                return {"id": agent_id, "type": AgentType.SMART_METER.value, "meters": g.config.count,
+                return {"id": agent_id, "type": _METERS, "meters": g.config.count,
                         "connected_transformer": g.config.connected_transformer, "meter_type": g.config.meter_type,
                         "states": counts, "visualization_metadata": meters_metadata(g.config.meter_type, counts),
                         "attributes": {"total_demand_kw": float(np.nansum(self.fleet.demand_kw[sl])),
                                        "energy_consumed": float(self.fleet.energy_kwh[sl].sum())}}
         if agent_id in self.fleet.index:
             meter = self.fleet.meter(agent_id)
-            return {"id": agent_id, "type": AgentType.SMART_METER.value, "state": meter.pop("state"),
+            return {"id": agent_id, "type": _METERS, "state": meter.pop("state"),
                     "since": meter["since"], "since_wall": self.to_wall(meter.pop("since")),
                     "attributes": _plain(self._wall_times(meter))}
         raise UnknownAgent(agent_id)
@@ -698,8 +561,10 @@ class AgentRuntime:
         agent, m = self.agents[agent_id], self.memory[agent_id]
         attrs = getattr(agent, "attrs", None)
         configured = attrs.model_dump() if attrs is not None else {}
-        return visualization_metadata(self.types[agent_id].value, configured,
-                                      agent.attributes(m) if live is None else live, m.state.value)
+        view = self.specs[agent_id].visualization
+        if view is None:
+            return {}
+        return view(configured, agent.attributes(m) if live is None else live, m.state.value)
 
     def meter_states(self) -> dict[str, dict[str, int]]:
         """Meter counts by state for each meter group (bulk, from the fleet's columns)."""
@@ -745,7 +610,7 @@ class AgentRuntime:
         return {
             "version": SNAPSHOT_VERSION,
             "wall_offset": self.wall_offset,
-            "agents": {a: {"type": self.types[a].value, "memory": m.to_dict()} for a, m in self.memory.items()},
+            "agents": {a: {"type": self.types[a], "memory": m.to_dict()} for a, m in self.memory.items()},
             "fault_pending": sorted(self.fault_pending),
             "fleet": self.fleet.snapshot(),
         }
@@ -755,7 +620,7 @@ class AgentRuntime:
             raise ValueError(f"agent snapshot version {snapshot.get('version')!r} is not {SNAPSHOT_VERSION}")
         for agent_id, saved in snapshot.get("agents", {}).items():
             agent = self.agents.get(agent_id)
-            if agent is None or saved.get("type") != self.types[agent_id].value:
+            if agent is None or saved.get("type") != self.types[agent_id]:
                 log.info("snapshot: agent %s is no longer in the site (or changed type); skipped", agent_id)
                 continue
             try:

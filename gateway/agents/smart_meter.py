@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from gateway.agents.actions import Action, Alert, BusMessage, Severity, Topic
+from gateway.agents import spec
 from gateway.agents.fsm import IGNORE, TransitionTable, row
 from gateway.agents.schema import SmartMeterAttributes
 from gateway.config import MeterGroupConfig
@@ -436,3 +437,12 @@ class MeterFleet:
             setattr(self, name, np.frombuffer(col["data"], dtype=np.dtype(col["dtype"])).copy())
         self.ledger.restore(data["ledger"])
         return True
+
+
+# --------------------------------------------------------------------------- the type, declared once
+
+SPEC = spec.AgentSpec(
+    type_name="smart_meter", table=TABLE, attributes=SmartMeterAttributes, points={},
+    description="the smart meters of the meter groups, held column-wise and evaluated in bulk (MeterFleet); "
+                "an [[agents]] entry of this type carries the fleet-wide meter settings",
+)

@@ -19,10 +19,14 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from gateway.agents.actions import Action, Alert, BusMessage, Severity, Topic
+from gateway.agents import spec, visualization
 from gateway.agents.base import Agent, Links, Memory
+from gateway.agents.capacitor_bank import CapacitorState
 from gateway.agents.fsm import IGNORE, TransitionTable, row
 from gateway.agents.physics import linear_trend, time_to_limit_s
+from gateway.agents.power_line import LineState
 from gateway.agents.schema import SubstationAttributes
+from gateway.agents.transformer import TransformerState
 
 
 class SubstationState(enum.Enum):
@@ -320,3 +324,76 @@ class SubstationAgent(Agent[SubstationState, SubstationEvent]):
             "forecast_peak_kw": m.forecast_peak_kw, "forecast_crossing_s": m.forecast_crossing_s,
             "num_feeders": a.num_feeders or len(self.feeders), "feeder_agents": sorted(self.feeders),
         }
+
+
+# --------------------------------------------------------------------------- the type, declared once
+
+POINTS: dict[str, spec.PointName] = {
+    "bus_voltage_kv": spec.KV, "total_load_kw": spec.KW, "total_load_kvar": spec.KVAR, "frequency_hz": spec.HZ,
+}
+
+
+def _links(b: spec.Build) -> Links:
+    down = b.topology.downstream(b.agent_id)
+    return Links(transformers=b.of_type(down, "transformer"), capacitors=b.of_type(down, "capacitor_bank"),
+                 breakers=b.of_type(down, "circuit_breaker"), lines=b.of_type(down, "power_line"),
+                 customers_downstream=b.topology.meters_downstream(b.agent_id))
+
+
+def _build(b: spec.Build, links: Links) -> SubstationAgent:
+    topo = b.topology
+    feeders = tuple(FeederInfo(n, topo.protecting_breaker(n), topo.meters_downstream(n),
+                               tuple(o.to_dict() for o in topo.alternative_supply_paths(n)),
+                               critical_customers=b.critical_downstream(n)) for n in links.lines)
+    return SubstationAgent(b.agent_id, b.attrs, links, feeders=feeders)
+
+
+def _derive_inputs(rt: spec.RuntimeView, agent_id: str, wall: float | None) -> dict[str, Any]:
+    """The feeders' loads and faults, and what the transformers and capacitor banks are doing."""
+    links = rt.agents[agent_id].links
+    loads = {}
+    for line in links.lines:
+        v = rt.readings.get(line, {}).get("active_power_kw")
+        if v is not None:
+            loads[line] = float(v)
+    faulted = tuple(sorted(ln for ln in links.lines if rt.memory[ln].state is LineState.FAULTED))
+    xfmrs = links.transformers
+    return {
+        "feeder_loads_kw": loads, "faulted_feeders": faulted,
+        "fault_descriptions": {ln: getattr(rt.memory[ln], "fault_description", None) or "" for ln in faulted},
+        "faulted_transformers": tuple(t for t in xfmrs if rt.memory[t].state is TransformerState.FAULTED),
+        "overheated_transformers": tuple(t for t in xfmrs if getattr(rt.memory[t], "critical_alerted", False)),
+        "regulating": tuple(t for t in xfmrs if rt.memory[t].state is TransformerState.VOLTAGE_REGULATION)
+        + tuple(c for c, ty in rt.types.items() if ty == "capacitor_bank"
+                and rt.memory[c].state is CapacitorState.SWITCHING),
+    }
+
+
+def _shed(rt: spec.RuntimeView, substation: str, now: float, args: Mapping[str, Any]) -> list[Action]:
+    """Carry out the substation's load-shedding plan: open the listed feeder breakers."""
+    plan = getattr(rt.memory[substation], "shedding_plan", [])
+    if not plan:
+        raise ValueError(f"substation {substation} has no load-shedding plan (load is below its high-load level)")
+    actions: list[Action] = []
+    for item in plan:
+        breaker = item.get("breaker")
+        if breaker in rt.agents:
+            actions += rt.request(breaker, "open", now, reason=f"load shedding by {substation}: "
+                                  f"{item['feeder']} ({item['load_kw']:.0f} kW)")
+    actions.append(Alert(agent_id=substation, severity=Severity.CRITICAL, time=now,
+                         message=f"load shedding: {', '.join(i['feeder'] for i in plan)} opened on request"))
+    return actions
+
+
+SPEC = spec.AgentSpec(
+    type_name="substation", table=TABLE, attributes=SubstationAttributes, points=POINTS,
+    inputs=SubstationInputs,
+    derived=frozenset({"feeder_loads_kw", "faulted_feeders", "fault_descriptions", "faulted_transformers",
+                       "regulating", "overheated_transformers"}),
+    derive_inputs=_derive_inputs, links=_links, factory=_build, step_order=5, requests=("maintenance", "shed"),
+    runtime_requests={"shed": _shed},
+    subscriptions=(Topic.FAULT_ALERTS, Topic.LOAD_CHANGES, Topic.VOLTAGE_EVENTS),
+    visualization=visualization.substation_view,
+    description="the substation: total load and its forecast, feeder and transformer faults, coordinated "
+                "response, load shedding",
+)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from gateway.agents.actions import Action, Alert, BusMessage, ControlRequest, Severity, Topic
+from gateway.agents import spec, visualization
 from gateway.agents.base import Agent, Links, Memory
 from gateway.agents.fsm import TransitionTable, row
 from gateway.agents.physics import (
@@ -482,3 +483,53 @@ class TransformerAgent(Agent[TransformerState, TransformerEvent]):
             "failure_mode": None if not m.health else m.health["prediction"]["failure_mode"],
             "health": m.health,
         }
+
+
+# --------------------------------------------------------------------------- the type, declared once
+
+_GASES = {f"{gas}_ppm": spec.analog("ppm") for gas in ("h2", "ch4", "c2h6", "c2h4", "c2h2", "co", "co2")}
+
+POINTS: dict[str, spec.PointName] = {
+    "load_kw": spec.KW, "load_kvar": spec.KVAR, "primary_power_kw": spec.KW, "top_oil_temp_c": spec.TEMP,
+    "ambient_temp_c": spec.TEMP, "secondary_voltage_v": spec.analog("V"), "current_a": spec.AMP,
+    "tap_position": spec.COUNTER, "fans_running": spec.PointName(spec.COUNT | spec.BINARY),
+    "operating_hours": spec.PointName(spec.COUNT, frozenset({"h"})),
+    "tap_setpoint": spec.SETPOINT, **_GASES,
+}
+
+
+def _links(b: spec.Build) -> Links:
+    topo = b.topology
+    line = b.first_upstream("power_line")
+    siblings = [n for n in b.of_type(topo.children(line) if line else [], "transformer") if n != b.agent_id]
+    return Links(upstream_breaker=b.protecting_breaker, upstream_line=line, substation=b.substation,
+                 adjacent_transformers=tuple(siblings), customers_downstream=topo.meters_downstream(b.agent_id),
+                 critical_customers_downstream=b.critical_downstream(),
+                 transfer_options=tuple(o.to_dict() for o in topo.alternative_supply_paths(line)) if line else ())
+
+
+def _derive_inputs(rt: spec.RuntimeView, agent_id: str, wall: float | None) -> dict[str, Any]:
+    """De-energised when its protecting breaker is open."""
+    upstream = rt.agents[agent_id].links.upstream_breaker
+    return {"energized": False} if upstream and rt.breaker_is_open(upstream) else {}
+
+
+def _cvr(rt: spec.RuntimeView, agent_id: str, message: BusMessage, now: float) -> list[Action]:
+    """The substation asks for conservation voltage reduction (on or off)."""
+    return rt.request(agent_id, "cvr", now, on=bool(message.payload.get("cvr", True)))
+
+
+def _reduce_load(rt: spec.RuntimeView, agent_id: str, message: BusMessage, now: float) -> list[Action]:
+    return rt.request(agent_id, "cvr", now, on=True)
+
+
+SPEC = spec.AgentSpec(
+    type_name="transformer", table=TABLE, attributes=TransformerAttributes, points=POINTS,
+    inputs=TransformerInputs, derived=frozenset({"energized"}), derive_inputs=_derive_inputs, links=_links,
+    factory=lambda b, links: TransformerAgent(b.agent_id, b.attrs, links), step_order=2,
+    requests=("maintenance", "cvr", "fault", "return_to_service"), subscriptions=(Topic.VOLTAGE_EVENTS,),
+    message_handlers={"optimize_taps": _cvr, "reduce_load": _reduce_load},
+    visualization=visualization.transformer_view,
+    description="a distribution or station transformer: loading, C57.91 thermal model and ageing, tap changer, "
+                "CVR, health",
+)

@@ -102,20 +102,39 @@ def der_metadata(attributes: Mapping[str, Any], state: str | None) -> dict[str, 
 def metadata(agent_type: str, attributes: Mapping[str, Any], live: Mapping[str, Any],
              state: str | None = None) -> dict[str, Any]:
     """The metadata of one agent: `attributes` as configured, `live` as its agent reports them
-    (`AgentRuntime.show()["attributes"]`)."""
-    if agent_type == "power_line":
-        return line_metadata(attributes, _num(live.get("current_a")))
-    if agent_type == "transformer":
-        return transformer_metadata(attributes, _num(live.get("load_percentage")))
-    if agent_type == "circuit_breaker":
-        return switch_metadata(attributes, live.get("position"))
-    if agent_type == "capacitor_bank":
-        return capacitor_metadata(_num(live.get("current_steps_active")), int(attributes.get("num_steps", 4)))
-    if agent_type == "renewable_energy":
-        return der_metadata(attributes, state)
-    if agent_type == "substation":
-        return {"icon": "substation", "color": RED}
-    return {}
+    (`AgentRuntime.show()["attributes"]`), drawn by the view its type's spec names ({} for none)."""
+    from gateway.agents.registry import SPECS  # the specs name the views below
+
+    spec = SPECS.get(agent_type)
+    view = spec.visualization if spec is not None else None
+    return view(attributes, live, state) if view is not None else {}
+
+
+# Each agent type's view (named by its spec).
+
+
+def line_view(attributes: Mapping[str, Any], live: Mapping[str, Any], state: str | None) -> dict[str, Any]:
+    return line_metadata(attributes, _num(live.get("current_a")))
+
+
+def transformer_view(attributes: Mapping[str, Any], live: Mapping[str, Any], state: str | None) -> dict[str, Any]:
+    return transformer_metadata(attributes, _num(live.get("load_percentage")))
+
+
+def switch_view(attributes: Mapping[str, Any], live: Mapping[str, Any], state: str | None) -> dict[str, Any]:
+    return switch_metadata(attributes, live.get("position"))
+
+
+def capacitor_view(attributes: Mapping[str, Any], live: Mapping[str, Any], state: str | None) -> dict[str, Any]:
+    return capacitor_metadata(_num(live.get("current_steps_active")), int(attributes.get("num_steps", 4)))
+
+
+def der_view(attributes: Mapping[str, Any], live: Mapping[str, Any], state: str | None) -> dict[str, Any]:
+    return der_metadata(attributes, state)
+
+
+def substation_view(attributes: Mapping[str, Any], live: Mapping[str, Any], state: str | None) -> dict[str, Any]:
+    return {"icon": "substation", "color": RED}
 
 
 def _num(value: Any) -> float | None:

@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from gateway.agents.registry import SPECS as AGENT_SPECS
 from gateway.agents.schema import (
     AgentType,
     CapacitorBankAttributes,
@@ -59,7 +60,7 @@ from gateway.agents.schema import (
     TransformerAttributes,
 )
 from gateway.config import AgentConfig, CanonicalType, SiteConfig
-from hil.grid.ageing import CONDITION_NAMES, Condition, LoadComponent, conditions, top_oil_rise_step
+from hil.grid.ageing import Condition, LoadComponent, conditions, top_oil_rise_step
 from hil.grid.faults import A_OP, FaultInfo, FaultKind, SequenceCurrents, parse_kind, sequence_currents
 from hil.grid.flows import branch_flow, nearest_upstream, top_node, walked_forward
 from hil.grid.layout import SiteLayout, site_layout
@@ -1849,27 +1850,14 @@ def _degrees(z: complex) -> float:
     return 0.0 if abs(z) < 1e-9 else math.degrees(cmath.phase(z))
 
 
+_NOT_MODELLED: dict[AgentType, frozenset[str]] = {
+    AgentType.CAPACITOR_BANK: frozenset({"source_reactive_power_kvar", "ambient_temp_c"}),
+}
+"""Point names of an agent type's vocabulary the model computes no value for (another agent's
+point, mapped by id, supplies them)."""
 _NAMES: dict[AgentType, frozenset[str]] = {
-    AgentType.SUBSTATION: frozenset({"bus_voltage_kv", "total_load_kw", "total_load_kvar", "frequency_hz"}),
-    AgentType.CIRCUIT_BREAKER: frozenset({"ia", "ib", "ic", "in", "closed", "operations", "voltage_kv",
-                                          "frequency_hz", "active_power_kw", "reactive_power_kvar",
-                                          "trip_cmd", "close_cmd", "position_cmd", "fpi", "fpi_reset", "local",
-                                          *PHASOR_NAMES}),
-    AgentType.POWER_LINE: frozenset({"current_a", "voltage_kv", "active_power_kw", "reactive_power_kvar",
-                                     "end_voltage_kv"}),
-    AgentType.TRANSFORMER: frozenset({"load_kw", "load_kvar", "top_oil_temp_c", "ambient_temp_c",
-                                      "secondary_voltage_v", "current_a", "tap_position", "tap_setpoint"})
-    | CONDITION_NAMES,
-    AgentType.CAPACITOR_BANK: frozenset({"bus_voltage_kv", "reactive_power_kvar", "steps_active", "steps_cmd"}),
-    AgentType.RENEWABLE_ENERGY: frozenset({"active_power_kw", "reactive_power_kvar", "voltage_pu",
-                                           "irradiance_w_m2", "p_limit_pct", "q_setpoint_kvar", "connected",
-                                           "connect_cmd", "soc_pct", "p_setpoint_kw", "energy_available_kwh",
-                                           "energy_kwh", "ambient_temp_c"}),
-    AgentType.SMART_METER: frozenset(),
-}
+    t: frozenset(AGENT_SPECS[t.value].points) - _NOT_MODELLED.get(t, frozenset()) for t in AgentType}
+"""What the model produces for each agent type: its vocabulary in the agent registry, less the above."""
 _COMMANDS: dict[AgentType, frozenset[str]] = {
-    AgentType.CIRCUIT_BREAKER: frozenset({"trip_cmd", "close_cmd", "position_cmd", "fpi_reset"}),
-    AgentType.TRANSFORMER: frozenset({"tap_setpoint"}),
-    AgentType.CAPACITOR_BANK: frozenset({"steps_cmd"}),
-    AgentType.RENEWABLE_ENERGY: frozenset({"p_limit_pct", "q_setpoint_kvar", "connect_cmd", "p_setpoint_kw"}),
-}
+    t: AGENT_SPECS[t.value].commands for t in AgentType if AGENT_SPECS[t.value].commands}
+"""The command points the model obeys: every command point of the registry's vocabulary."""
