@@ -51,7 +51,7 @@ from gateway.clock import Clock
 from gateway.config import SiteIdentity, UplinkConfig
 from gateway.storage import Store
 from protocols.mqtt_session import (
-    RETAIN_FLAG, BirthDeath, InFlight, MessageSequence, PrimaryHost, SpooledRow, SpoolWindow,
+    RETAIN_FLAG, BirthDeath, DropReport, InFlight, MessageSequence, PrimaryHost, SpooledRow, SpoolWindow,
 )
 
 RESERVED_KEYS = frozenset({"seq", "historical", "msg_id"})
@@ -241,8 +241,7 @@ class MqttUplink:
         self._closing = False
         self._closed = False
         self._stop_event: asyncio.Event | None = None
-        self._drops_unlogged = 0
-        self._drop_logged_at = float("-inf")
+        self._drops = DropReport()
         self._spool_writes = 0
         """Spool rows written or deleted since the last checkpoint."""
         self._codec: Any = None
@@ -964,13 +963,10 @@ class MqttUplink:
         self._depth -= dropped
         self.dropped += dropped
         self._window.trimmed(cutoff)
-        self._drops_unlogged += dropped
-        now = self.clock.monotonic()
-        if now - self._drop_logged_at >= 10.0:
+        report = self._drops.dropped(dropped, self.clock.monotonic())
+        if report:
             self.log.error(
                 "spool full: oldest messages dropped",
-                extra={"dropped": self._drops_unlogged, "dropped_total": self.dropped,
+                extra={"dropped": report, "dropped_total": self.dropped,
                        "spool_max_messages": self.cfg.spool_max_messages},
             )
-            self._drops_unlogged = 0
-            self._drop_logged_at = now

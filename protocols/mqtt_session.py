@@ -9,6 +9,8 @@
   publishes; a spooled message sent as several publishes is acknowledged when all of them are.
 - `MessageSequence`: `seq` 0-255 on one connection, restarting with each birth, and which
   messages are historical (accepted before the connection came up).
+- `DropReport`: when to log that a full spool dropped its oldest messages (at most every 10 s,
+  with the count since the last report), so a long outage does not flood the log.
 - `BirthDeath`: the birth/death sequence number (`bdSeq`) across connections, when a birth is due
   (at connect, or once the primary host is online), when to die, and the msgpack birth and death.
 
@@ -320,3 +322,22 @@ class BirthDeath:
     def death(bdseq: int, now_ms: int) -> dict[str, Any]:
         """The msgpack death (also the will) with the `bdSeq` of the birth it ends."""
         return {"timestamp": now_ms, "bdSeq": bdseq}
+
+
+class DropReport:
+    """Spool-full drops, reported at most once per `period_s` with the count since the last report."""
+
+    __slots__ = ("period_s", "unreported", "reported_at")
+
+    def __init__(self, period_s: float = 10.0) -> None:
+        self.period_s = period_s
+        self.unreported = 0
+        self.reported_at = float("-inf")
+
+    def dropped(self, count: int, now: float) -> int:
+        """`count` messages dropped at `now` (monotonic s): how many to report now (0: not yet)."""
+        self.unreported += count
+        if now - self.reported_at < self.period_s:
+            return 0
+        report, self.unreported, self.reported_at = self.unreported, 0, now
+        return report

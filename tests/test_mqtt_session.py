@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from protocols.mqtt_session import (
     RETAIN_FLAG,
     BirthDeath,
+    DropReport,
     InFlight,
     MessageSequence,
     PrimaryHost,
@@ -333,3 +334,24 @@ def test_the_msgpack_birth_and_death_carry_the_connections_bdseq() -> None:
     assert BirthDeath.birth(7, 1_000, "stima-SS-1", metrics) == {
         "timestamp": 1_000, "bdSeq": 7, "seq": 0, "client_id": "stima-SS-1", "metrics": metrics}
     assert BirthDeath.death(7, 2_000) == {"timestamp": 2_000, "bdSeq": 7}
+
+
+# ---------------------------------------------------------------------- spool-full reports
+
+
+@given(st.lists(st.tuples(st.integers(1, 1000), st.floats(0.0, 30.0)), min_size=1, max_size=50))
+def test_drops_are_reported_at_most_every_period_and_none_goes_uncounted(drops: list[tuple[int, float]]) -> None:
+    report = DropReport(period_s=10.0)
+    now = 0.0
+    reported_at: list[float] = []
+    total = reported = 0
+    for count, gap_s in drops:
+        now += gap_s
+        total += count
+        told = report.dropped(count, now)
+        if told:
+            reported_at.append(now)
+            reported += told
+    assert reported_at[0] == 0.0 + drops[0][1]  # the first drop is reported at once
+    assert all(b - a >= 10.0 for a, b in zip(reported_at, reported_at[1:], strict=False))
+    assert reported + report.unreported == total
