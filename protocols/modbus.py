@@ -17,14 +17,13 @@ import contextlib
 import logging
 import math
 import heapq
-import random
 import select
 import socket
 import struct
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy
 from pymodbus.client import AsyncModbusSerialClient
@@ -52,6 +51,7 @@ from protocols.base import (
     QueuedWrite,
     Sink,
 )
+from protocols.modbus_schedule import WRITES_FIRST, PollCycle, PollSchedule, ReconnectBackoff
 
 _DT = ModbusClientMixin.DATATYPE
 _PYMODBUS_TYPES = {
@@ -358,6 +358,8 @@ class _ModbusMaster(PolledAdapter):
         )
         self._timeout = cfg.timeout_ms / 1000.0
         self._init_health()
+        self._schedule = PollSchedule(self._period)
+        self._backoff = ReconnectBackoff(min(self._period, 1.0), cfg.backoff_max_s)
         self.status = AdapterStatus(
             ied_id=cfg.id, protocol=cfg.protocol, endpoint=self._endpoint(), extra={"blocks": len(self.blocks)}
         )
@@ -405,7 +407,8 @@ class _ModbusMaster(PolledAdapter):
 
     async def run(self) -> None:
         watchdog = asyncio.create_task(self._staleness_watchdog(), name=f"{self.ied_id}-watchdog")
-        backoff = min(self._period, 1.0)
+        backoff = self._backoff
+        backoff.connected()
         try:
             while not self._closing:
                 self.status.state = LinkState.CONNECTING
@@ -413,20 +416,19 @@ class _ModbusMaster(PolledAdapter):
                     await asyncio.wait_for(self._connect(), timeout=max(self._timeout, 0.5) * 2)
                 except (OSError, ModbusException, asyncio.TimeoutError, _LinkDown) as exc:
                     self._link_lost(f"connect failed: {exc or type(exc).__name__}")
-                    await self._sleep_or_write(backoff * random.uniform(0.8, 1.2))
+                    await self._sleep_or_write(backoff.connect_failed())
                     self._writes.fail_all(f"{self.ied_id}: no link")
-                    backoff = min(backoff * 2, self.cfg.backoff_max_s)
                     continue
                 self.status.state = LinkState.ONLINE
                 self._log.info("link up", extra={"ied": self.ied_id, "endpoint": self.status.endpoint})
-                backoff = min(self._period, 1.0)
+                backoff.connected()
                 try:
                     await self._poll_forever()
                 except _LinkDown as exc:
                     self._link_lost(str(exc))
                     with contextlib.suppress(Exception):
                         await self._disconnect()
-                    await self._sleep_or_write(backoff * random.uniform(0.8, 1.2))
+                    await self._sleep_or_write(backoff.link_lost())
         finally:
             watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -438,19 +440,20 @@ class _ModbusMaster(PolledAdapter):
     # ------------------------------------------------------------ internals
 
     async def _poll_forever(self) -> None:
-        next_poll = self._clock.monotonic() + self.poll_phase * self._period
+        schedule = self._schedule
+        schedule.phase = self.poll_phase
+        schedule.restart(self._clock.monotonic())
         while not self._closing:
             await self._drain_writes()
             now = self._clock.monotonic()
-            if now >= next_poll:
-                missed = int((now - next_poll) / self._period)
-                if missed:
-                    self.status.extra["skipped_cycles"] = self.status.extra.get("skipped_cycles", 0) + missed
-                next_poll += (missed + 1) * self._period
+            wait_s = schedule.wait_s(now)
+            if wait_s <= 0.0:
+                if schedule.start_cycle(now):
+                    self.status.extra["skipped_cycles"] = schedule.skipped_cycles
                 await self._poll_once()
                 self._after_poll()
                 continue
-            await self._sleep_or_write(next_poll - now)
+            await self._sleep_or_write(wait_s)
 
     async def _sleep_or_write(self, delay: float) -> None:
         """Wait for `delay`, waking at once when a write is queued for the polling link."""
@@ -468,9 +471,13 @@ class _ModbusMaster(PolledAdapter):
         """Read every block; each block's values reach the sink as soon as it is decoded."""
         self.status.last_poll_time = self._clock.wall()
         self.status.polls += 1
-        for block in self.blocks:
-            if len(self._writes):
+        cycle = PollCycle(self.blocks)
+        writes = self._writes
+        while (block := cycle.next_step(len(writes) > 0)) is not None:
+            if block is WRITES_FIRST:
                 await self._drain_writes()
+                continue
+            assert isinstance(block, Block)
             result = await self._request(self._read(block))
             mono, wall = self._clock.monotonic(), self._clock.wall()
             if result.isError():
@@ -561,6 +568,9 @@ class _ModbusMaster(PolledAdapter):
 
 class _RequestBuilder(ModbusClientMixin[ModbusPDU]):
     """pymodbus's own request building without a transport: each call returns the request PDU."""
+
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]  # pymodbus leaves it unannotated
 
     def execute(self, no_response_expected: bool, request: ModbusPDU) -> ModbusPDU:
         return request
@@ -659,6 +669,21 @@ class _InFlight:
     deadline: float
 
 
+class CommandLinkOwner(Protocol):
+    """What a command link needs from its master: the requests to send, and where results go."""
+
+    ied_id: str
+
+    def write_pdu(self, item: QueuedWrite) -> ModbusPDU:
+        """The request for one queued write; raises EncodingError for a value it cannot carry."""
+
+    def write_finished(self, item: QueuedWrite, sent_monotonic: float, error: str | None) -> None:
+        """Called in the event loop: the write was confirmed (error None) or refused."""
+
+    def command_link_lost(self, items: list[QueuedWrite], why: str) -> None:
+        """Called in the event loop: the link failed; `items` were not carried out."""
+
+
 class _CommandLink:
     """Writes to one IED on a connection of their own.
 
@@ -670,8 +695,11 @@ class _CommandLink:
     queued behind it go back to the polling link.
     """
 
-    def __init__(self, master: ModbusTcpMaster, sock: socket.socket, loop: asyncio.AbstractEventLoop) -> None:
-        self._master = master
+    def __init__(self, owner: CommandLinkOwner, sock: socket.socket, loop: asyncio.AbstractEventLoop,
+                 clock: Clock, timeout_s: float) -> None:
+        self._owner = owner
+        self._clock = clock
+        self._timeout_s = timeout_s
         self._sock = sock
         self._sock.setblocking(False)
         self._loop = loop
@@ -682,7 +710,7 @@ class _CommandLink:
         self._framer = FramerSocket(DecodePDU(is_server=False))
         self._wake_r, self._wake_w = socket.socketpair()
         self.alive = True
-        self._thread = threading.Thread(target=self._run, name=f"{master.ied_id}-commands", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"{owner.ied_id}-commands", daemon=True)
         self._thread.start()
 
     # ----------------------------------------------------------------- any thread
@@ -723,12 +751,12 @@ class _CommandLink:
     def _send_locked(self, item: QueuedWrite) -> None:
         """Frame and send one write. Encoding errors answer that write alone; a socket error
         ends the link, handing back everything it holds."""
-        master = self._master
+        owner = self._owner
         while True:
             try:
-                pdu = write_request(_REQUESTS, master._points[item.point_id], item.value, master.cfg.unit_id)
+                pdu = owner.write_pdu(item)
             except EncodingError as exc:
-                self._loop.call_soon_threadsafe(master._write_done, item, 0.0, str(exc))
+                self._loop.call_soon_threadsafe(owner.write_finished, item, 0.0, str(exc))
                 if not self._pending:
                     return
                 item = heapq.heappop(self._pending)[2]
@@ -745,28 +773,28 @@ class _CommandLink:
         except OSError as exc:
             self._lost_locked(f"send failed: {exc}")
             return
-        now = master._clock.monotonic()
+        now = self._clock.monotonic()
         self._inflight.sent_monotonic = now
-        self._inflight.deadline = now + master._timeout
+        self._inflight.deadline = now + self._timeout_s
 
     def _lost_locked(self, why: str) -> None:
         self.alive = False
         items = self._take_all_locked()
-        self._loop.call_soon_threadsafe(self._master._command_link_lost, items, why)
+        self._loop.call_soon_threadsafe(self._owner.command_link_lost, items, why)
         with contextlib.suppress(OSError):
             self._wake_w.send(b"\0")
 
     # ----------------------------------------------------------------- the reader thread
 
     def _run(self) -> None:
-        master = self._master
+        clock = self._clock
         buffer = b""
         while True:
             with self._lock:
                 if not self.alive:
                     return
                 deadline = self._inflight.deadline if self._inflight is not None else None
-            wait = 1.0 if deadline is None else max(0.0, deadline - master._clock.monotonic())
+            wait = 1.0 if deadline is None else max(0.0, deadline - clock.monotonic())
             try:
                 readable, _, _ = select.select([self._sock, self._wake_r], [], [], wait)
                 data = self._sock.recv(512) if self._sock in readable else None
@@ -784,8 +812,8 @@ class _CommandLink:
                     self._lost_locked("connection closed by the IED")
                     return
                 if data is None:
-                    if self._inflight is not None and master._clock.monotonic() >= self._inflight.deadline:
-                        self._lost_locked(f"no answer to a write within {master._timeout:.3f} s")
+                    if self._inflight is not None and clock.monotonic() >= self._inflight.deadline:
+                        self._lost_locked(f"no answer to a write within {self._timeout_s:.3f} s")
                         return
                     continue
                 buffer += data
@@ -803,12 +831,12 @@ class _CommandLink:
         if flight is None or pdu.transaction_id != flight.tid:
             return  # a late answer to a write already handed back
         self._inflight = None
-        master, item = self._master, flight.item
+        owner, item = self._owner, flight.item
         error = None
         if pdu.isError():
             code = getattr(pdu, "exception_code", "?")
-            error = f"{master.ied_id} refused write to {item.point_id}: exception code {code}"
-        self._loop.call_soon_threadsafe(master._write_done, item, flight.sent_monotonic, error)
+            error = f"{owner.ied_id} refused write to {item.point_id}: exception code {code}"
+        self._loop.call_soon_threadsafe(owner.write_finished, item, flight.sent_monotonic, error)
         if self._pending:
             self._send_locked(heapq.heappop(self._pending)[2])
 
@@ -844,7 +872,13 @@ class ModbusTcpMaster(_ModbusMaster):
             self._writes.put_item(item)
         return item.future
 
-    def _write_done(self, item: QueuedWrite, sent_monotonic: float, error: str | None) -> None:
+    def write_pdu(self, item: QueuedWrite) -> ModbusPDU:
+        """The request PDU for one queued write of this IED (raises EncodingError)."""
+        pdu: ModbusPDU = write_request(_REQUESTS, self._points[item.point_id], item.value, self.cfg.unit_id)
+        return pdu
+
+    def write_finished(self, item: QueuedWrite, sent_monotonic: float, error: str | None) -> None:
+        """A write the command link carried out was confirmed (error None) or refused."""
         if item.future.done():
             return
         if error is not None:
@@ -856,7 +890,8 @@ class ModbusTcpMaster(_ModbusMaster):
                                             "priority": item.priority, "link": "command"})
         item.future.set_result(sent_monotonic)
 
-    def _command_link_lost(self, items: list[QueuedWrite], why: str) -> None:
+    def command_link_lost(self, items: list[QueuedWrite], why: str) -> None:
+        """The command link failed: its writes go over the polling link, and it opens again later."""
         self._log.warning("command link lost; writes go over the polling link",
                           extra={"ied": self.ied_id, "reason": why, "handed_back": len(items)})
         self.status.extra["command_link"] = False
@@ -881,7 +916,7 @@ class ModbusTcpMaster(_ModbusMaster):
                                extra={"ied": self.ied_id, "reason": str(exc)})
             return
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._cmd = _CommandLink(self, sock, asyncio.get_running_loop())
+        self._cmd = _CommandLink(self, sock, asyncio.get_running_loop(), self._clock, self._timeout)
         self._cmd_retry_at = None
         self._single_link_logged = False
         self.status.extra["command_link"] = True

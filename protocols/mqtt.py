@@ -43,15 +43,16 @@ from typing import Any
 import msgpack
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from gateway.clock import Clock
 from gateway.config import SiteIdentity, UplinkConfig
 from gateway.storage import Store
-
-RETAIN_FLAG = 0x10
-"""Stored with the QoS in the spool's `qos` column: the message is published retained."""
+from protocols.mqtt_session import (
+    RETAIN_FLAG, BirthDeath, DropReport, InFlight, MessageSequence, PrimaryHost, SpooledRow, SpoolWindow,
+)
 
 RESERVED_KEYS = frozenset({"seq", "historical", "msg_id"})
 """Envelope fields the uplink adds when a message is sent; payloads must not carry them."""
@@ -170,38 +171,19 @@ def _check_suffix(topic_suffix: str) -> None:
 # ---------------------------------------------------------------------- one connection
 
 
-class _Row:
-    __slots__ = ("spool_id", "topic", "body", "qos", "retain")
-
-    def __init__(self, spool_id: int, topic: str, body: bytes, flags: int) -> None:
-        self.spool_id = spool_id
-        self.topic = topic
-        self.body = body
-        self.qos = flags & 0x03
-        self.retain = bool(flags & RETAIN_FLAG)
-
-
 class _Session:
     """One paho client and one TCP/TLS connection; never reused after it ends."""
 
-    def __init__(self, client: mqtt.Client, bdseq: int, number: int) -> None:
+    def __init__(self, client: mqtt.Client, bdseq: int, number: int, max_inflight: int) -> None:
         self.client = client
         self.bdseq = bdseq
         self.number = number
-        self.inflight: dict[int, int | None] = {}
-        """paho mid → spool id (None for birth and death, which are not spooled)."""
+        self.inflight = InFlight(max_inflight)
+        self.sequence = MessageSequence()
         self.connack: asyncio.Future[ReasonCode | None] | None = None
         self.ended = asyncio.Event()
         self.up = False
-        self.seq = 0
-        self.start_id = 0
-        """Spool ids below this were accepted before this connection came up: historical."""
-        self.death_mid: int | None = None
         self.death_acked = asyncio.Event()
-        self.parts: dict[int, int] = {}
-        """Spool id → publishes of it not yet acknowledged, when one message went as several."""
-        self.hold = False
-        """Connected, waiting for the primary host (Sparkplug STATE) before the birth."""
 
 
 # ---------------------------------------------------------------------- the uplink
@@ -235,7 +217,6 @@ class MqttUplink:
         self.base_topic = f"{cfg.topic_prefix}/{site.region}/{site.substation_id}"
         self.client_id = cfg.client_id or f"stima-{site.substation_id}"
         self.endpoint = f"{cfg.transport}://{cfg.broker_host}:{cfg.broker_port}"
-        self._window = memory_window or max(2 * cfg.max_inflight + 256, 512)
 
         self.state = UplinkState.STARTING
         self.connected_since: float | None = None
@@ -250,18 +231,11 @@ class MqttUplink:
         self.commands = 0
         self._depth = store.spool_depth()
         self._depth_at_start = self._depth
-        self._last_id = store.spool_last_id()
-        last_bdseq = store.load_snapshot(BDSEQ_SNAPSHOT)
-        self._bdseq = int(last_bdseq) if isinstance(last_bdseq, int) else -1
-
-        self._queue: collections.deque[_Row] = collections.deque()
-        self._urgent_topics = frozenset(urgent_topics)
-        self._urgent: collections.deque[_Row] = collections.deque()
-        """Live alarms and events, sent ahead of a backlog (their ids are in `_skip` meanwhile)."""
-        self._skip: set[int] = set()
-        self._loaded_upto = 0
-        self._backlog = True
-        """True when the spool holds messages not yet loaded into `_queue`."""
+        self._window = SpoolWindow(memory_window or max(2 * cfg.max_inflight + 256, 512), urgent_topics,
+                                   store.spool_last_id())
+        """What of the spool is in memory and leaves next: the ordered lane and the urgent lane."""
+        self._births = BirthDeath(store.load_snapshot(BDSEQ_SNAPSHOT),
+                                  cfg.sparkplug.primary_host_id if cfg.payload == "sparkplug_b" else None)
         self._birth_metrics: list[dict[str, Any]] = []
         self._birth_listeners: list[Callable[[], None]] = []
         self._command_callbacks: list[CommandCallback] = []
@@ -277,13 +251,11 @@ class MqttUplink:
         self._closing = False
         self._closed = False
         self._stop_event: asyncio.Event | None = None
-        self._drops_unlogged = 0
-        self._drop_logged_at = float("-inf")
+        self._drops = DropReport()
         self._spool_writes = 0
         """Spool rows written or deleted since the last checkpoint."""
         self._codec: Any = None
         self._node_metrics: list[str] = []
-        self._primary_online = False
         if cfg.payload == "sparkplug_b":
             from protocols.sparkplug import SparkplugCodec
 
@@ -313,9 +285,8 @@ class MqttUplink:
             raise RuntimeError("resync_spool() is for an uplink that has not started")
         self._depth = self.store.spool_depth()
         self._depth_at_start = self._depth
-        self._last_id = self.store.spool_last_id()
-        last_bdseq = self.store.load_snapshot(BDSEQ_SNAPSHOT)
-        self._bdseq = int(last_bdseq) if isinstance(last_bdseq, int) else -1
+        self._window.last_id = self.store.spool_last_id()
+        self._births = BirthDeath(self.store.load_snapshot(BDSEQ_SNAPSHOT), self._births.primary_host)
 
     def set_birth(self, metrics: list[dict[str, Any]], node_metrics: Iterable[str] = ()) -> None:
         """The metric list sent in every birth (id, kind, unit, ...); re-sent now if connected.
@@ -324,8 +295,9 @@ class MqttUplink:
         self._node_metrics = list(node_metrics)
         if self._codec is not None:
             self._codec.set_metrics(self._birth_metrics, self._node_metrics)
-        if self._session is not None and self._session.up and not self._session.hold:
-            self._send_birth(self._session)
+        session = self._session
+        if session is not None and self._births.may_birth(session.up):
+            self._send_birth(session)
 
     def on_birth(self, listener: Callable[[], None]) -> None:
         """Call `listener` (in the event loop) after every birth, e.g. to send an integrity report."""
@@ -419,27 +391,9 @@ class MqttUplink:
         self.published += len(ids)
         self._spool_writes += len(ids)
         self._depth += len(ids)
-        self._last_id = max(self._last_id, ids[-1])
-        live = self._session is not None and self._session.up
-        for spool_id, (topic, encoded, fl, _) in zip(ids, rows, strict=True):
-            # in step with the spool: nothing between the last row loaded and this one (a gap
-            # means another thread spooled rows meanwhile: the loader reads them in order)
-            in_step = not self._backlog and spool_id == self._loaded_upto + 1
-            if (live and not retain and topic.partition("/")[0] in self._urgent_topics
-                    and len(self._urgent) < self._window):
-                # an alarm must not wait behind an outage's backlog; retained topics never jump
-                # the queue, or an older retained value would arrive last and stay
-                self._urgent.append(_Row(spool_id, topic, encoded, fl))
-                if in_step:
-                    self._loaded_upto = spool_id
-                else:
-                    self._skip.add(spool_id)
-                    self._backlog = True
-            elif in_step and len(self._queue) < self._window:
-                self._queue.append(_Row(spool_id, topic, encoded, fl))
-                self._loaded_upto = spool_id
-            else:
-                self._backlog = True
+        # an alarm must not wait behind an outage's backlog; retained topics never jump the
+        # queue, or an older retained value would arrive last and stay
+        self._window.accepted(ids, rows, live=self._session is not None and self._session.up, retain=retain)
         if self._depth > self.cfg.spool_max_messages:
             self._trim()
         self._kick()
@@ -449,9 +403,7 @@ class MqttUplink:
         self.published += len(ids)
         self._spool_writes += len(ids)
         self._depth += len(ids)
-        self._last_id = max(self._last_id, ids[-1])
-        if ids[-1] > self._loaded_upto:
-            self._backlog = True  # the loader meets them in order (it may have already)
+        self._window.accepted_elsewhere(ids[-1])
         if self._depth > self.cfg.spool_max_messages:
             self._trim()
         self._kick()
@@ -479,9 +431,9 @@ class MqttUplink:
             "dropped": self.dropped,
             "lost": self.lost,
             "inflight": len(session.inflight) if session else 0,
-            "in_memory": len(self._queue) + len(self._urgent),
+            "in_memory": self._window.in_memory,
             "spool_depth": self._depth,
-            "bdseq": self._bdseq if self._bdseq >= 0 else None,
+            "bdseq": self._births.bdseq if self._births.bdseq >= 0 else None,
             "sessions": self.sessions,
             "commands": self.commands,
             "last_error": self.last_error,
@@ -533,7 +485,7 @@ class MqttUplink:
             if session is not None and not self._closed:
                 # cancelled without close(): let the broker publish our death (the will)
                 with contextlib.suppress(Exception):
-                    session.client.disconnect(ReasonCode(mqtt.PacketTypes.DISCONNECT, "Disconnect with will message"))
+                    session.client.disconnect(ReasonCode(PacketTypes.DISCONNECT, "Disconnect with will message"))
                 with contextlib.suppress(Exception):
                     session.client.loop_stop()
                 self._session = None
@@ -558,15 +510,14 @@ class MqttUplink:
             if not session.ended.is_set():
                 topic, death = self._death(session.bdseq)
                 info = session.client.publish(topic, death, qos=1, retain=self._codec is None)
-                session.death_mid = info.mid
-                session.inflight[info.mid] = None
+                session.inflight.death_sent(info.mid)
                 wait_s = max(0.05, min(DEATH_ACK_TIMEOUT_S, deadline - loop.time()))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(session.death_acked.wait(), wait_s)
                 if session.death_acked.is_set():
                     session.client.disconnect()
                 else:  # the broker has not confirmed our death: have it publish the will instead
-                    session.client.disconnect(ReasonCode(mqtt.PacketTypes.DISCONNECT, "Disconnect with will message"))
+                    session.client.disconnect(ReasonCode(PacketTypes.DISCONNECT, "Disconnect with will message"))
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(session.client.loop_stop)
             self._flush_acks()
@@ -597,14 +548,14 @@ class MqttUplink:
     def _topic(self, suffix: str) -> str:
         return f"{self.base_topic}/{suffix}"
 
-    def _death_payload(self, bdseq: int) -> bytes:
-        return msgpack.packb({"timestamp": round(self.clock.wall() * 1000.0), "bdSeq": bdseq})
-
     def _death(self, bdseq: int) -> tuple[str, bytes]:
         """The death's topic and payload: msgpack `death` (retained), or Sparkplug NDEATH (not retained)."""
+        now_ms = round(self.clock.wall() * 1000.0)
         if self._codec is not None:
-            return self._codec.death(bdseq, round(self.clock.wall() * 1000.0))
-        return self._topic("death"), self._death_payload(bdseq)
+            sparkplug: tuple[str, bytes] = self._codec.death(bdseq, now_ms)
+            return sparkplug
+        payload: bytes = msgpack.packb(BirthDeath.death(bdseq, now_ms))
+        return self._topic("death"), payload
 
     def _tls_context(self) -> ssl.SSLContext:
         def path(p: Path | None) -> str:
@@ -620,9 +571,9 @@ class MqttUplink:
         return ctx
 
     def _next_bdseq(self) -> int:
-        self._bdseq = (self._bdseq + 1) % 256
-        self.store.save_snapshot(BDSEQ_SNAPSHOT, self._bdseq, self.clock.wall())
-        return self._bdseq
+        bdseq = self._births.next_bdseq()
+        self.store.save_snapshot(BDSEQ_SNAPSHOT, bdseq, self.clock.wall())
+        return bdseq
 
     def _new_client(self, bdseq: int) -> mqtt.Client:
         client = mqtt.Client(
@@ -649,7 +600,7 @@ class MqttUplink:
         except (OSError, ssl.SSLError, ValueError) as exc:
             self._error(f"TLS set-up failed: {exc}")
             return None
-        session = _Session(client, bdseq, self.sessions + 1)
+        session = _Session(client, bdseq, self.sessions + 1, self.cfg.max_inflight)
         session.connack = loop.create_future()
         client.on_connect = lambda c, u, flags, rc, props: self._from_paho(("connack", session, rc))
         client.on_disconnect = lambda c, u, flags, rc, props: self._from_paho(("disconnect", session, rc))
@@ -688,7 +639,7 @@ class MqttUplink:
         self.sessions += 1
         self.state = UplinkState.CONNECTED
         self.connected_since = self.clock.wall()
-        session.start_id = self._last_id + 1
+        session.sequence.start_id = self._window.last_id + 1
         self.last_error = ""
         self.log.info(
             "uplink connected",
@@ -699,16 +650,16 @@ class MqttUplink:
         session.client.subscribe(self._topic("cmd/#"), options=SubscribeOptions(qos=1, retainAsPublished=True))
         for topic_filter, _ in self._external:
             session.client.subscribe(topic_filter, qos=1)
+        birth_now = self._births.connected()
         if self._codec is not None:
             session.client.subscribe(self._codec.ncmd_topic, qos=1)
-            host = self.cfg.sparkplug.primary_host_id
-            if host is not None and not self._primary_online:
-                session.hold = True
-                session.client.subscribe(self._codec.state_topic(host), qos=1)
-                self.log.info("waiting for the primary host application to be online", extra={"host": host})
-                return
+            host = self._births.primary_host
             if host is not None:
                 session.client.subscribe(self._codec.state_topic(host), qos=1)
+        if not birth_now:
+            self.log.info("waiting for the primary host application to be online",
+                          extra={"host": self._births.primary_host})
+            return
         self._send_birth(session)
         self._kick()
 
@@ -717,21 +668,16 @@ class MqttUplink:
             births = self._codec.births(session.bdseq, round(self.clock.wall() * 1000.0))
             for topic, payload in births:  # Sparkplug: births are QoS 0 and never retained
                 info = session.client.publish(topic, payload, qos=0, retain=False)
-                session.inflight[info.mid] = None
-            session.seq = (len(births) - 1) % 256
+                session.inflight.sent(info.mid, None)
+            session.sequence.born(len(births))
             self._birth_done()
             return
-        session.seq = 0
-        payload = {
-            "timestamp": round(self.clock.wall() * 1000.0),
-            "bdSeq": session.bdseq,
-            "seq": 0,
-            "client_id": self.client_id,
-            "metrics": self._birth_metrics,
-        }
-        info = session.client.publish(self._topic("birth"), msgpack.packb(payload, use_bin_type=True),
+        session.sequence.born()
+        birth = BirthDeath.birth(session.bdseq, round(self.clock.wall() * 1000.0), self.client_id,
+                                 self._birth_metrics)
+        info = session.client.publish(self._topic("birth"), msgpack.packb(birth, use_bin_type=True),
                                       qos=1, retain=True)
-        session.inflight[info.mid] = None
+        session.inflight.sent(info.mid, None)
         self._birth_done()
 
     def _birth_done(self) -> None:
@@ -754,11 +700,7 @@ class MqttUplink:
             self._session = None
         self.connected_since = None
         # everything unacknowledged is still in the spool: read it again from the start
-        self._queue.clear()
-        self._urgent.clear()
-        self._skip.clear()
-        self._loaded_upto = 0
-        self._backlog = True
+        self._window.reset()
         if was_up and not self._closing:
             self.log.warning("uplink connection lost", extra={"endpoint": self.endpoint,
                                                              "error": self.last_error,
@@ -816,7 +758,7 @@ class MqttUplink:
             elif self._closed:
                 # close() finished while this connection was being made: leave at once, and let
                 # the broker publish the death registered for it
-                session.client.disconnect(ReasonCode(mqtt.PacketTypes.DISCONNECT, "Disconnect with will message"))
+                session.client.disconnect(ReasonCode(PacketTypes.DISCONNECT, "Disconnect with will message"))
             elif session is self._session:
                 self._session_up(session)
         elif kind == "disconnect":
@@ -834,20 +776,11 @@ class MqttUplink:
         return progressed
 
     def _on_ack(self, session: _Session, mid: int, rc: ReasonCode) -> None:
-        if mid not in session.inflight:
-            return
-        spool_id = session.inflight.pop(mid)
-        if mid == session.death_mid:
+        spool_id = session.inflight.acked(mid)
+        if session.inflight.death_acked:
             session.death_acked.set()
-            return
         if spool_id is None:
             return
-        left = session.parts.get(spool_id)
-        if left is not None:
-            if left > 1:
-                session.parts[spool_id] = left - 1
-                return
-            del session.parts[spool_id]
         if rc is not None and rc.is_failure:
             self.rejected += 1
             self.log.error("broker refused a message; it is dropped",
@@ -925,16 +858,15 @@ class MqttUplink:
             except (ValueError, UnicodeDecodeError):
                 self.log.warning("primary host STATE is not JSON; taken as offline", extra={"host": host})
                 online = False
-            was, self._primary_online = self._primary_online, online
-            if online and session.up and session.hold:
-                session.hold = False
+            action = self._births.primary_state(online, session.up)
+            if action is PrimaryHost.BIRTH:
                 self.log.info("primary host application online: birth", extra={"host": host})
                 self._send_birth(session)
                 self._kick()
-            elif not online and was and session.up and not session.hold:
+            elif action is PrimaryHost.DIE:
                 # the host that must see everything is gone: die (the will) and wait for it again
                 self.log.warning("primary host application offline: disconnecting", extra={"host": host})
-                session.client.disconnect(ReasonCode(mqtt.PacketTypes.DISCONNECT, "Disconnect with will message"))
+                session.client.disconnect(ReasonCode(PacketTypes.DISCONNECT, "Disconnect with will message"))
             return
         if topic != codec.ncmd_topic:
             return
@@ -944,7 +876,7 @@ class MqttUplink:
             self.log.warning("NCMD payload is not a Sparkplug payload", extra={"error": str(exc)})
             return
         if any(name == REBIRTH and value for name, _alias, value in metrics):
-            if session.up and not session.hold and session is self._session:
+            if self._births.may_birth(session.up) and session is self._session:
                 self.log.info("rebirth requested by a Sparkplug host (NCMD)")
                 self._send_birth(session)
                 self._kick()
@@ -957,89 +889,71 @@ class MqttUplink:
     def _drained(self) -> bool:
         session = self._session
         inflight = len(session.inflight) if session else 0
-        return not self._queue and not self._urgent and not self._backlog and inflight == 0
+        return self._window.empty and inflight == 0
 
     def _kick(self) -> None:
         loop = self._loop
         if loop is None or self._pump_scheduled or self._session is None or not self._session.up \
-                or self._session.hold:
+                or self._births.holding:
             return
         self._pump_scheduled = True
         loop.call_soon(self._pump)
 
     def _load(self) -> None:
         """Refill the in-memory window from the spool, oldest first, skipping urgent-lane rows."""
-        while self._backlog:
-            room = self._window - len(self._queue)
-            if room <= 0:
-                return
-            rows = self.store.spool_peek(self._loaded_upto, room)
-            skip = self._skip
-            for spool_id, topic, body, flags in rows:
-                if skip and spool_id in skip:
-                    continue  # already sent in the urgent lane
-                self._queue.append(_Row(spool_id, topic, body, flags))
-            if rows:
-                self._loaded_upto = rows[-1][0]
-            if len(rows) < room:
-                self._backlog = False
-                skip.clear()  # every row they could hide has been read or deleted
-                # every id up to the last one spooled here was committed before this read
-                self._loaded_upto = max(self._loaded_upto, self._last_id)
-            elif skip:
-                self._skip = {i for i in skip if i > self._loaded_upto}
-            if self._queue:
+        window = self._window
+        while (ask := window.to_load()) is not None:
+            window.loaded(self.store.spool_peek(*ask), ask[1])
+            if window.queue:
                 return
 
     def _pump(self) -> None:
         self._pump_scheduled = False
         session = self._session
-        if session is None or not session.up or session.ended.is_set() or session.hold:
+        if session is None or not session.up or session.ended.is_set() or self._births.holding:
             return
         client = session.client
-        limit = self.cfg.max_inflight
         inflight = session.inflight
-        queue = self._queue
-        urgent = self._urgent
-        while len(inflight) < limit:
-            lane = urgent if urgent else queue
-            if not lane:
-                if not self._backlog:
+        sequence = session.sequence
+        window = self._window
+        while inflight.has_room():
+            row = window.head()
+            if row is None:
+                if not window.backlog:
                     break
                 self._load()
-                if not queue:
+                row = window.head()
+                if row is None:
                     break
-                lane = queue
-            row = lane[0]
             if self._codec is not None:
-                if not self._pump_sparkplug(session, lane, row):
+                if not self._pump_sparkplug(session, row):
                     break
                 continue
-            if row.body:
-                seq = (session.seq + 1) % 256
-                wire = envelope(row.body, seq, row.spool_id < session.start_id, row.spool_id)
-            else:  # clears a retained topic: not part of the sequence
-                seq, wire = session.seq, b""
+            seq = sequence.next_for(row.body)
+            # an empty body clears a retained topic: sent as it is, not part of the sequence
+            wire = envelope(row.body, seq, sequence.historical(row.spool_id), row.spool_id) if row.body else b""
             info = client.publish(f"{self.base_topic}/{row.topic}", wire, qos=row.qos, retain=row.retain)
             if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS and info.rc != MQTTErrorCode.MQTT_ERR_NO_CONN:
                 self._error(f"publish failed: {mqtt.error_string(info.rc)}")
                 break
-            lane.popleft()
-            session.seq = seq
-            inflight[info.mid] = row.spool_id
+            window.sent(row)
+            sequence.used(seq)
+            inflight.sent(info.mid, row.spool_id)
             self.sent += 1
 
-    def _pump_sparkplug(self, session: _Session, lane: collections.deque[_Row], row: _Row) -> bool:
+    def _pump_sparkplug(self, session: _Session, row: SpooledRow) -> bool:
         """Send one spooled message as its Sparkplug messages; False to stop pumping for now."""
+        sequence = session.sequence
+        parts: list[tuple[str, bytes]]
         try:
-            parts, seq = self._codec.encode_row(row.topic, row.body, row.spool_id < session.start_id, session.seq,
-                                                round(self.clock.wall() * 1000.0))
+            parts, seq = self._codec.encode_row(row.topic, row.body, sequence.historical(row.spool_id),
+                                                sequence.seq, round(self.clock.wall() * 1000.0))
         except Exception as exc:  # a message the codec cannot read must not block the spool
             self.log.error("message not sent as Sparkplug B; dropped", extra={"topic": row.topic, "error": str(exc)})
-            parts, seq = [], session.seq
-        if parts and session.inflight and len(session.inflight) + len(parts) > self.cfg.max_inflight:
+            parts, seq = [], sequence.seq
+        if parts and not session.inflight.fits(len(parts)):
             return False
-        lane.popleft()
+        self._window.sent(row)
         if not parts:
             self._acks.append(row.spool_id)
             return True
@@ -1047,10 +961,9 @@ class MqttUplink:
             info = session.client.publish(topic, wire, qos=row.qos, retain=False)
             if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS and info.rc != MQTTErrorCode.MQTT_ERR_NO_CONN:
                 self._error(f"publish failed: {mqtt.error_string(info.rc)}")
-            session.inflight[info.mid] = row.spool_id
-        if len(parts) > 1:
-            session.parts[row.spool_id] = len(parts)
-        session.seq = seq
+            session.inflight.sent(info.mid, row.spool_id)
+        session.inflight.sent_in_parts(row.spool_id, len(parts))
+        sequence.used(seq)
         self.sent += 1
         return True
 
@@ -1061,16 +974,11 @@ class MqttUplink:
             return
         self._depth -= dropped
         self.dropped += dropped
-        for lane in (self._queue, self._urgent):
-            while lane and lane[0].spool_id <= cutoff:
-                lane.popleft()
-        self._drops_unlogged += dropped
-        now = self.clock.monotonic()
-        if now - self._drop_logged_at >= 10.0:
+        self._window.trimmed(cutoff)
+        report = self._drops.dropped(dropped, self.clock.monotonic())
+        if report:
             self.log.error(
                 "spool full: oldest messages dropped",
-                extra={"dropped": self._drops_unlogged, "dropped_total": self.dropped,
+                extra={"dropped": report, "dropped_total": self.dropped,
                        "spool_max_messages": self.cfg.spool_max_messages},
             )
-            self._drops_unlogged = 0
-            self._drop_logged_at = now

@@ -305,7 +305,7 @@ def test_command_link_keeps_one_write_in_flight_and_sends_the_most_urgent_next()
     async def main() -> tuple[list[bytes], list[bytes], list[bytes], bool]:
         master = ModbusTcpMaster(tcp_ied(free_port(), timeout_ms=5000), Collector(), SystemClock(), log)
         mine, peer = socket.socketpair()
-        link = _CommandLink(master, mine, asyncio.get_running_loop())
+        link = _CommandLink(master, mine, asyncio.get_running_loop(), SystemClock(), master.cfg.timeout_ms / 1000.0)
         try:
             first = master._writes.new_item("tap", 1, Priority.CONTROL, 0.0)
             second = master._writes.new_item("tap", 2, Priority.CONTROL, 0.0)
@@ -340,7 +340,7 @@ def test_command_link_hands_writes_back_when_the_ied_does_not_answer() -> None:
     async def main() -> tuple[list[str], bool, bool]:
         master = ModbusTcpMaster(tcp_ied(free_port()), Collector(), SystemClock(), log)
         mine, peer = socket.socketpair()
-        master._cmd = _CommandLink(master, mine, asyncio.get_running_loop())
+        master._cmd = _CommandLink(master, mine, asyncio.get_running_loop(), SystemClock(), master.cfg.timeout_ms / 1000.0)
         try:
             trip = master._writes.new_item("trip", True, Priority.PROTECTION, 0.0)
             tap = master._writes.new_item("tap", 3, Priority.CONTROL, 0.0)
@@ -364,7 +364,7 @@ def test_command_link_reports_a_refused_write_and_carries_on() -> None:
     async def main() -> tuple[str, float, bool]:
         master = ModbusTcpMaster(tcp_ied(free_port(), timeout_ms=5000), Collector(), SystemClock(), log)
         mine, peer = socket.socketpair()
-        link = _CommandLink(master, mine, asyncio.get_running_loop())
+        link = _CommandLink(master, mine, asyncio.get_running_loop(), SystemClock(), master.cfg.timeout_ms / 1000.0)
         try:
             tap = master._writes.new_item("tap", 4, Priority.CONTROL, 0.0)
             assert link.put(tap)
