@@ -10,7 +10,7 @@ these names); each step is guarded so that a failing step is logged and the loop
 | telemetry   | woken by changes; batch window and integrity period of [uplink]         |
 | protection  | `Periods.protection_step_s` (5 ms): timers between samples              |
 | agents      | `Periods.agent_tick_s` (1 s); snapshot within 2 s of a change, 60 s idle |
-| switching   | woken by positions and requests, at the next deadline, 1 s at least     |
+| switching   | woken by positions, requests, its next deadline; `switching_idle_s` (1 s) |
 | records     | gateway/recording.py                                                   |
 | forecast    | [forecast] period_s                                                    |
 | maintenance | [maintenance] evaluation_period_s, and requests as they come            |
@@ -38,6 +38,7 @@ log = logging.getLogger("stima.daemon")
 
 PROTECTION_STEP_S = 0.005
 AGENT_TICK_S = 1.0
+SWITCHING_IDLE_S = 1.0
 AGENT_SNAPSHOT_S = 60.0
 AGENT_DIRTY_SNAPSHOT_S = 2.0
 """Agent state changes reach the state database within this (protection state: at once)."""
@@ -56,6 +57,8 @@ class Periods:
 
     protection_step_s: float = PROTECTION_STEP_S
     agent_tick_s: float = AGENT_TICK_S
+    switching_idle_s: float = SWITCHING_IDLE_S
+    """The switching loop's longest sleep when nothing wakes it and nothing falls due."""
 
 
 async def start(gw: Gateway) -> None:
@@ -150,7 +153,8 @@ async def switching_loop(gw: Gateway) -> None:
     wake = gw.switching_wake
     while True:
         due = gw.switching.next_deadline()
-        delay = 1.0 if due is None else min(1.0, max(0.0, due - gw.clock.monotonic()))
+        idle_s = gw.periods.switching_idle_s
+        delay = idle_s if due is None else min(idle_s, max(0.0, due - gw.clock.monotonic()))
         wake.clear()
         if delay > 0:
             with contextlib.suppress(TimeoutError):
