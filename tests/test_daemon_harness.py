@@ -109,3 +109,25 @@ def test_full_rate_periods_trip_and_reclose_on_the_protection_clock(tmp_path: Pa
         trip, close = h.transport.writes[:2]
         assert (trip.point_id, close.point_id) == ("CB-044.trip_cmd", "CB-044.close_cmd")
         assert 0.5 <= close.time_s - trip.time_s <= 0.5 + Periods().protection_step_s + 1e-9
+
+
+def test_an_operator_opens_a_breaker_through_the_control_socket(tmp_path: Path) -> None:
+    """The control socket's operations on the in-process gateway: the operator's open reaches
+    the IED's trip coil, and the plant's answer shows in the breaker's status."""
+    site = example_site("sub-003.toml", tmp_path)
+    with GatewayHarness(site, tmp_path, periods=HOUR_IN_A_SECOND) as h:
+        h.transport.reactions[("CB-044.trip_cmd", True)] = DEAD
+        h.set(FEEDER)
+        h.run_for(10.0)
+        h.serve_control()
+        assert h.call("breaker.status", breaker="CB-044")["position"] == "closed"
+        result = h.call("breaker.operate", breaker="CB-044", action="open", authorised=True, reason="feeder work")
+        assert result["ok"] and result["origin"].startswith("local:")
+        h.run_for(5.0)
+        assert [(w.point_id, w.value) for w in h.transport.writes] == [("CB-044.trip_cmd", True)]
+        status = h.call("breaker.status", breaker="CB-044")
+        assert (status["position"], status["agent_state"], status["current_a"]) == ("open", "Open_Manual", 0.0)
+        kinds = {e["kind"] for e in h.call("events", source="CB-044")}
+        assert {"switching.selected", "switching.accepted", "switching.done"} <= kinds  # audited
+        with pytest.raises(Exception, match="no such point"):
+            h.call("points.read", ids=["CB-999.ia"])

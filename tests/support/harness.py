@@ -318,6 +318,7 @@ class GatewayHarness:
         self.workdir = workdir
         self.periods = periods
         self.gateway: Gateway | None = None
+        self._control: Any = None
 
     def _adapter(self, ied: Any, sink: Sink, clock: Any, _logger: Any) -> MemoryAdapter:
         return MemoryAdapter(ied, sink, self.clock, self.transport)
@@ -351,12 +352,38 @@ class GatewayHarness:
         """The IEDs report these values (delivered when the gateway next runs)."""
         self.transport.set(values)
 
+    def serve_control(self) -> Path:
+        """The control socket's operations (gateway/operations.py) on a real unix socket under the
+        work directory, as the daemon serves them; returns the runtime directory for `call`."""
+        from gateway.control import AccessPolicy, ControlServer
+        from gateway.operations import ControlOperations
+        from gateway.server import Server
+
+        server = Server(self.workdir / "site.toml", clock=self.clock, environ={})
+        server.store, server.gateway = self.store, self.gw
+        runtime_dir = self.workdir / "run"
+        self._control = ControlServer(runtime_dir, access=AccessPolicy())
+        ControlOperations(server).register(self._control)
+        self.run(self._control.start())
+        return runtime_dir
+
+    def call(self, op: str, **args: Any) -> Any:
+        """One operation on the control socket (from a thread, the gateway running meanwhile)."""
+        from gateway import control
+
+        if self._control is None:
+            raise RuntimeError("serve_control() first")
+        runtime_dir = self._control.path.parent
+        return self.run(asyncio.to_thread(lambda: control.call(runtime_dir, op, **args)))
+
     def pending_timers(self) -> int:
         """Timers scheduled on the loop (a leak of callbacks shows here)."""
         return len(self.loop._scheduled)  # type: ignore[attr-defined]
 
     def close(self) -> None:
         try:
+            if self._control is not None:
+                self.run(self._control.close())
             if self.gateway is not None:
                 self.run(self.gateway.stop())
             self.loop.run_until_complete(self.loop.shutdown_default_executor())
