@@ -413,6 +413,14 @@ class Gateway:
         if not cfg.enabled:
             log.info("remote commands are disabled in the site file (uplink.commands.enabled)")
 
+    def _build_history(self) -> None:
+        from gateway.history import HistoryAggregator
+
+        cfg = self.site.history
+        self.history = HistoryAggregator(cfg.interval_s) if cfg.enabled else None
+        if self.history is not None:
+            self.image.subscribe_blocks(self.history.on_block, self.history.on_point)
+
     def _build_iec104(self) -> None:
         """The IEC 60870-5-104 outstation: the same image, commands through the same authority."""
         self.iec104: Any = None
@@ -437,13 +445,7 @@ class Gateway:
                                        logging.getLogger("stima.iec104"), base_dir=self.base_dir)
         self.iec104.audit = self.store.append_event
 
-    def _build_history(self) -> None:
-        from gateway.history import HistoryAggregator
-
-        cfg = self.site.history
-        self.history = HistoryAggregator(cfg.interval_s) if cfg.enabled else None
-        if self.history is not None:
-            self.image.subscribe_blocks(self.history.on_block, self.history.on_point)
+    # ------------------------------------------------------------------ messages out, samples in
 
     def publish(self, suffix: str, payload: dict[str, Any], retain: bool = False) -> None:
         if suffix == "alarms":  # every alarm, whoever raises it, goes through the alarm book
@@ -508,6 +510,8 @@ class Gateway:
                 apply(update)
             except Exception:
                 log.exception("point update failed", extra={"point": update.point_id})
+
+    # ------------------------------------------------------------------ this configuration's lifetime
 
     async def start(self) -> None:
         """Start this configuration: adapters built (unless handed over), every loop running
