@@ -25,7 +25,7 @@ FAULT = {"CB-044.ia": 5200.0, "CB-044.ib": 5100.0, "CB-044.ic": 5300.0}
 def _queues(h: GatewayHarness) -> dict[str, int]:
     gw = h.gw
     return {"tasks": len(asyncio.all_tasks(h.loop)), "timers": h.pending_timers(),
-            "telemetry_pending": gw.telemetry.pending, "alarm_changes": len(gw.alarms.take_changes())}
+            "telemetry_pending": gw.telemetry.pending, "threads_running": h.loop.threads_running}
 
 
 def _load_a(minute: int) -> float:
