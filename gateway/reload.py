@@ -1,6 +1,6 @@
 """Reloading the site file without a gap in protection.
 
-On SIGHUP the daemon (`gateway.daemon.Server`) replaces one running `Gateway` by another, in
+On SIGHUP the daemon (`gateway.server.Server`) replaces one running `Gateway` by another, in
 three steps, so that an error at any step leaves the running configuration untouched and
 protection keeps evaluating throughout:
 
@@ -40,7 +40,7 @@ from gateway.site import load_site
 from gateway.storage import Store
 
 if TYPE_CHECKING:
-    from gateway.daemon import Gateway
+    from gateway.wiring import Gateway
 
 log = logging.getLogger("stima.reload")
 

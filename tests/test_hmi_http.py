@@ -62,7 +62,7 @@ def test_a_write_without_the_csrf_token_is_refused_and_changes_nothing(tmp_path:
     async def go() -> None:
         async with served(example_document(), tmp_path) as (gw, _hmi, client):
             me = await login(client, "ada")
-            gw._publish("alarms", {"time": 1.0, "source": "CB-045", "severity": "major", "message": "test alarm"})
+            gw.publish("alarms", {"time": 1.0, "source": "CB-045", "severity": "major", "message": "test alarm"})
             alarm = gw.alarms.active()[0].id
             path = f"/api/alarms/{alarm}/acknowledge"
             no_token = await client.post(path, json={}, headers={"Origin": origin(client)})
@@ -81,7 +81,7 @@ def test_a_write_without_the_csrf_token_is_refused_and_changes_nothing(tmp_path:
             assert listed["unacknowledged"] == 0 and listed["active"][0]["acknowledged_by"] == "hmi:ada"
             assert [(e["id"], e["origin"]) for e in listed["acknowledged"]] == [(alarm, "hmi:ada")]
             # an alarm with no agent behind it is over once acknowledged
-            gw._publish("alarms", {"time": 2.0, "source": "flisr", "severity": "major", "message": "sequence stopped"})
+            gw.publish("alarms", {"time": 2.0, "source": "flisr", "severity": "major", "message": "sequence stopped"})
             event = next(a for a in gw.alarms.active() if a.source == "flisr")
             ok = await client.post(f"/api/alarms/{event.id}/acknowledge", json={},
                                    headers=write_headers(client, me["csrf"]))
@@ -152,7 +152,7 @@ def test_viewers_read_only(tmp_path: Path) -> None:
             me = await login(client, "bob")
             assert me["role"] == "viewer"
             assert (await client.get("/api/state")).status == 200
-            gw._publish("alarms", {"time": 1.0, "source": "CB-045", "severity": "major", "message": "x"})
+            gw.publish("alarms", {"time": 1.0, "source": "CB-045", "severity": "major", "message": "x"})
             h = write_headers(client, me["csrf"])
             ack = await client.post(f"/api/alarms/{gw.alarms.active()[0].id}/acknowledge", json={}, headers=h)
             sel = await client.post("/api/control/select", json={"device": "CB-044", "action": "open"}, headers=h)
@@ -292,7 +292,7 @@ def test_the_stream_sends_a_snapshot_then_changes(tmp_path: Path) -> None:
             assert first["state"]["sections"]["LINE-045/2"]["energised"] is True
             await ws.send_str(json.dumps({"points": ["CB-045.*"]}))
             apply(gw, {"CB-045.closed": False, "CB-045.ia": 0.0})   # the breaker opens
-            gw._publish("alarms", {"time": 2.0, "source": "CB-045", "severity": "critical", "message": "CB-045 tripped"})
+            gw.publish("alarms", {"time": 2.0, "source": "CB-045", "severity": "critical", "message": "CB-045 tripped"})
             seen: dict[str, Any] = {}
             for _ in range(40):
                 msg = json.loads((await ws.receive(timeout=10)).data)

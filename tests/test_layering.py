@@ -26,8 +26,8 @@ def _edges(source: str, target: str) -> set[tuple[str, str]]:
 
 def test_the_graph_reads_every_module() -> None:
     assert len(GRAPH) == len(modules()) > 100
-    assert "gateway.agent_host" in GRAPH["gateway.daemon"]  # a plain import
-    assert "gateway.iec104" in GRAPH["gateway.daemon"]  # an import inside a function
+    assert "gateway.scheduling" in GRAPH["gateway.wiring"]  # a plain import
+    assert "gateway.iec104" in GRAPH["gateway.wiring"]  # an import inside a function
 
 
 SIMULATOR_AS_TEST_SET = {("gateway.protection.cli", "hil.control")}
@@ -52,7 +52,7 @@ def test_adapters_import_only_the_contract_from_the_gateway() -> None:
 
 
 GATEWAY_IMPORTERS_OF_PROTOCOLS = {
-    "gateway.daemon",  # the wiring: builds the adapters
+    "gateway.wiring",  # the composition root: builds the adapters and the uplink
     "gateway.commissioning.cli", "gateway.commissioning.scl_import",  # tools that talk to IEDs
     "gateway.demand_response", "gateway.peak_service",  # the demand-response wire format (debt)
     "gateway.protection.bridge",  # Priority and CommandError (debt: belong to the contract)
@@ -63,7 +63,8 @@ def test_only_the_wiring_and_named_edges_import_the_adapters() -> None:
     assert {s for s, _ in _edges("gateway", "protocols")} == GATEWAY_IMPORTERS_OF_PROTOCOLS
 
 
-AGENTS_MUST_NOT_IMPORT = ("protocols", "gateway.daemon", "gateway.reload", "gateway.storage", "gateway.control",
+AGENTS_MUST_NOT_IMPORT = ("protocols", "gateway.daemon", "gateway.server", "gateway.wiring", "gateway.scheduling",
+                          "gateway.operations", "gateway.reload", "gateway.storage", "gateway.control",
                           "gateway.hmi", "gateway.protection", "gateway.telemetry", "gateway.agent_host")
 
 
@@ -72,8 +73,20 @@ def test_agents_decide_without_adapters_storage_or_the_daemon(target: str) -> No
     assert {(s, d) for s, d in _edges("gateway.agents", target) if s != "gateway.agents.cli"} == set()
 
 
-def test_nothing_but_reload_builds_on_the_daemon() -> None:
-    assert {s for s, _ in _edges("gateway", "gateway.daemon") if s != "gateway.daemon"} == {"gateway.reload"}
+DAEMON_IMPORTERS = {
+    "gateway.daemon": set(),  # the entry point: nothing builds on it
+    "gateway.server": {"gateway.daemon", "gateway.operations"},  # the operations read its status
+    "gateway.wiring": {"gateway.daemon", "gateway.server", "gateway.reload", "gateway.scheduling",
+                       "gateway.operations"},
+    "gateway.scheduling": {"gateway.daemon", "gateway.wiring"},
+    "gateway.operations": {"gateway.server"},
+}
+"""The daemon's modules and the only modules of the gateway that import each of them."""
+
+
+@pytest.mark.parametrize("module", sorted(DAEMON_IMPORTERS))
+def test_nothing_but_the_daemon_and_reload_builds_on_the_daemon(module: str) -> None:
+    assert {s for s, _ in _edges("gateway", module) if s != module} == DAEMON_IMPORTERS[module]
 
 
 SANS_IO_PACKAGES = ("gateway.agents", "gateway.switching", "gateway.protection", "gateway.maintenance")
