@@ -21,6 +21,10 @@ from functools import cache
 
 log = logging.getLogger(__name__)
 
+RELEASE_AFTER_RELOAD_S = 2.0
+"""How long after a reload the old configuration is given back: its adapters' threads and the
+tasks it cancelled end within this (a reload's retirement is bounded by its own deadline)."""
+
 
 @cache
 def _libc() -> ctypes.CDLL | None:

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gateway import __version__, control, reload
+from gateway import __version__, control, memory, reload
 from gateway.clock import Clock, SystemClock
 from gateway.config import ConfigError, SiteConfig
 from gateway.control import ControlServer
@@ -96,6 +96,10 @@ class Server:
                 if self._reload.is_set() and not self._stop.is_set():
                     self._reload.clear()
                     await self._do_reload()
+                    if self.last_reload is not None and self.last_reload.ok:
+                        # once the old configuration's threads and tasks have wound down, give it
+                        # back and freeze the new one
+                        asyncio.get_running_loop().call_later(memory.RELEASE_AFTER_RELOAD_S, memory.after_reload)
             watchdog.cancel()
             log.info("shutting down", extra={"deadline_s": SHUTDOWN_DEADLINE_S})
             self.notifier.stopping()
@@ -179,7 +183,7 @@ class Server:
                 task.cancel()
         new.uplink.resync_spool()  # the old uplink spooled and sent until it closed
         self.gateway = new
-        await new.start()
+        await new.start(freeze=False)
         report.hand_over_s = time.monotonic() - handing_over
         if relay:
             report.protection_events_relayed = len(relay)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import sys
 import time
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from gateway import __version__, scheduling
 from gateway.clock import Clock
 from gateway.config import ConfigError, ConfigProblem, SiteConfig
+from gateway.memory import freeze_long_lived
 from gateway.points import Point, PointBlock, PointKind, PointUpdate, ProcessImage
 from gateway.scheduling import Periods
 from gateway.storage import Store
@@ -513,13 +513,14 @@ class Gateway:
 
     # ------------------------------------------------------------------ this configuration's lifetime
 
-    async def start(self) -> None:
+    async def start(self, *, freeze: bool = True) -> None:
         """Start this configuration: adapters built (unless handed over), every loop running
-        (gateway/scheduling.py)."""
+        (gateway/scheduling.py). A reload passes `freeze=False` and freezes once the old
+        configuration is dropped (gateway.memory.after_reload)."""
         # Everything built so far lives as long as this configuration: keep it out of the
         # cyclic collector's way so collections stay short on the protection path.
-        gc.collect()
-        gc.freeze()
+        if freeze:
+            freeze_long_lived()
         # The uplink's network thread must not hold the interpreter for the default 5 ms
         # when the event loop has a trip to send.
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)

@@ -232,6 +232,8 @@ class AmiSubscriber:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: mqtt.Client | None = None
         self._closed = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._running = False
         self._pending = 0
         self._lock = threading.Lock()
         self._last_seq: dict[str, int] = {}
@@ -373,6 +375,8 @@ class AmiSubscriber:
     async def run(self) -> None:
         """Connect (and keep reconnecting) until `close`; batches flow to the sink meanwhile."""
         self._loop = asyncio.get_running_loop()
+        self._running = True
+        self._stopped.clear()
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -386,12 +390,20 @@ class AmiSubscriber:
         finally:
             with contextlib.suppress(Exception):
                 client.disconnect()
-            await asyncio.to_thread(client.loop_stop)
-            self._client = None
-            self.connected = False
+            try:
+                await asyncio.to_thread(client.loop_stop)
+            finally:
+                self._client = None
+                self.connected = False
+                self._running = False
+                self._stopped.set()
 
     async def close(self) -> None:
+        """Stop and wait until the client's network thread has ended (a reload retiring this feed
+        must not leave it subscribed, holding the old configuration's sink)."""
         self._closed.set()
+        if self._running:
+            await self._stopped.wait()
 
     def status(self) -> dict[str, Any]:
         age = None
