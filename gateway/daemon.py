@@ -24,16 +24,17 @@ from pathlib import Path
 from typing import Any
 
 from gateway import __version__, logs
-from gateway.clock import Clock, SystemClock
+from gateway.contract.clock import Clock, SystemClock
 from gateway.config import ConfigError, ConfigProblem, SiteConfig
 from gateway import control, reload
 from gateway.control import ControlServer
-from gateway.points import Point, PointBlock, PointKind, PointUpdate, ProcessImage
+from gateway.contract.points import Point, PointBlock, PointKind, PointUpdate, ProcessImage
 from gateway.sdnotify import Notifier
 from gateway.site import load_site
 from gateway.storage import Store
 from gateway.switching.model import Origin, Via
-from protocols.base import Adapter, CommandError, Priority, make_adapter
+from gateway.contract.ports import Adapter, CommandError, Priority
+from protocols.base import make_adapter
 
 log = logging.getLogger("stima.daemon")
 

@@ -36,8 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from gateway.agents.schema import AgentType
-from gateway.clock import SimClock, SystemClock
-from gateway.config import Iec61850Ied, SiteConfig
+from gateway.contract.clock import SimClock, SystemClock
+from gateway.config import SiteConfig
+from gateway.contract.settings import Iec61850Ied
 from hil.grid.switching import CommandRefused
 from hil.injection import QUANTITIES, SecondaryInjection, check_states
 from hil.modbus_servers import ModbusEndpoint, group_endpoints, wait_listening

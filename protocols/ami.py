@@ -29,8 +29,8 @@ import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.clock import Clock
-from gateway.config import AmiConfig
+from gateway.contract.clock import Clock
+from gateway.contract.settings import AmiConfig
 
 FORMAT_VERSION = 1
 MAX_METERS_PER_MESSAGE = 100_000

@@ -44,11 +44,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from gateway.clock import Clock
-from gateway.config import Iec61850Ied, Iec61850Point, PointKindName
-from gateway.points import GOOD, PointUpdate, Quality, QualityReason, Validity
+from gateway.contract.clock import Clock
+from gateway.contract.settings import Iec61850Ied, Iec61850Point, PointKindName
+from gateway.contract.points import GOOD, PointUpdate, Quality, QualityReason, Validity
 from protocols import _iec61850_ffi as c
-from protocols.base import AdapterStatus, CommandError, LinkState, PolledAdapter, Priority, Sink
+from gateway.contract.ports import AdapterStatus, CommandError, LinkState, Priority, Sink
+from protocols.base import PolledAdapter
 
 ffi, lib = c.ffi, c.lib
 T = TypeVar("T")

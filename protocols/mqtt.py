@@ -46,9 +46,9 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from gateway.clock import Clock
-from gateway.config import SiteIdentity, UplinkConfig
-from gateway.storage import Store
+from gateway.contract.clock import Clock
+from gateway.contract.settings import SiteIdentity, UplinkConfig
+from gateway.contract.ports import Spool as Store
 
 RETAIN_FLAG = 0x10
 """Stored with the QoS in the spool's `qos` column: the message is published retained."""

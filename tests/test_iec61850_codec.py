@@ -14,8 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.config import Iec61850Ied, Iec61850Point, load
-from gateway.points import GOOD, Quality, QualityReason, Validity
+from gateway.config import load
+from gateway.contract.settings import Iec61850Ied, Iec61850Point
+from gateway.contract.points import GOOD, Quality, QualityReason, Validity
 from hil.iec61850_server import BayModel, BayServer, ModelError
 from protocols import _iec61850_ffi as c
 from protocols.iec61850 import (

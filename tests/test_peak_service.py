@@ -14,7 +14,7 @@ import pytest
 from gateway.agent_host import AgentHost
 from gateway.config import validate
 from gateway.peak_service import PeakService, irradiance_at, parse_weather
-from gateway.points import PointKind, PointUpdate, ProcessImage
+from gateway.contract.points import PointKind, PointUpdate, ProcessImage
 from gateway.storage import Store
 from gateway.switching.peak import Start
 from gateway.switching.service import SwitchingService
