@@ -27,7 +27,7 @@ report subscription (RptEna, trigger options data change + quality change + inte
 IntgPd = poll period, a GI after enabling); reads of the points no report data set carries,
 FC-aware (one read per LN and FC, values picked by MMS path); controls with the control model
 the IED announces (SBO enhanced: select-with-value, operate, wait for CommandTermination;
-SBO normal, direct normal/enhanced as well); IEC 61850 quality → `gateway.points.Quality`.
+SBO normal, direct normal/enhanced as well); IEC 61850 quality → `gateway.contract.points.Quality`.
 A lost association marks every point invalid (communication failure) at once, and so does
 silence longer than two poll periods.
 """
