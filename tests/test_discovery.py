@@ -24,7 +24,7 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType as SimType
 from pymodbus.simulator import SimData, SimDevice
 
-from gateway.commissioning.cli import UsageError, host_port
+from gateway.cli.commissioning import UsageError, host_port
 from gateway.config import load, validate
 from gateway.contract.settings import Iec61850Ied, ModbusTcpIed, RegisterFunction
 from hil.iec61850_server import BayServerProcess

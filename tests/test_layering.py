@@ -30,7 +30,7 @@ def test_the_graph_reads_every_module() -> None:
     assert "gateway.iec104" in GRAPH["gateway.daemon"]  # an import inside a function
 
 
-SIMULATOR_AS_TEST_SET = {("gateway.protection.cli", "hil.control")}
+SIMULATOR_AS_TEST_SET = {("gateway.cli.protection", "hil.control")}
 """`stima protection test --live` plays its sequence through the simulator's control socket, as
 through a relay test set; imported only inside that command."""
 
@@ -60,7 +60,7 @@ def test_adapters_import_only_the_contract_and_their_own_modules() -> None:
 
 GATEWAY_IMPORTERS_OF_PROTOCOLS = {
     "gateway.daemon",  # the wiring: builds the adapters
-    "gateway.commissioning.cli", "gateway.commissioning.scl_import",  # tools that talk to IEDs
+    "gateway.cli.commissioning", "gateway.commissioning.scl_import",  # tools that talk to IEDs
     "gateway.demand_response", "gateway.peak_service",  # the demand-response wire format (debt)
 }
 
@@ -115,3 +115,51 @@ def test_a_broken_rule_is_seen(tmp_path: Path) -> None:
     graph = imports(tmp_path)
     assert graph["gateway.agents.x"] == {"protocols.mqtt"}
     assert graph["gateway.agents.y"] == {"gateway.agents.x", "gateway.contract.points"}
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[set[str]]:
+    """The import cycles of `graph`: its strongly connected components of more than one module."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[set[str]] = []
+
+    def visit(mod: str) -> None:
+        index[mod] = low[mod] = len(index)
+        stack.append(mod)
+        for dep in graph.get(mod, ()):
+            if dep not in index:
+                visit(dep)
+                low[mod] = min(low[mod], low[dep])
+            elif dep in stack:
+                low[mod] = min(low[mod], index[dep])
+        if low[mod] == index[mod]:
+            component = set()
+            while True:
+                top = stack.pop()
+                component.add(top)
+                if top == mod:
+                    break
+            if len(component) > 1:
+                found.append(component)
+
+    for mod in sorted(graph):
+        if mod not in index:
+            visit(mod)
+    return found
+
+
+CLIS = {m for m in GRAPH if m == "gateway.cli" or m.startswith("gateway.cli.")} | {"gateway.agents.cli"}
+
+
+def test_the_clis_import_each_other_plainly_and_without_a_cycle() -> None:
+    assert len(CLIS) > 10
+    assert [c for c in _cycles(GRAPH) if c & CLIS] == []
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [{"a", "b", "c"}]
+    for mod, path in modules().items():
+        if mod in CLIS - {"gateway.agents.cli"}:  # it looks an agent type's table up by name
+            assert "importlib" not in path.read_text(), mod
+
+
+def test_only_a_cli_imports_a_cli() -> None:
+    assert {(s, d) for s, ds in GRAPH.items() for d in ds if d in CLIS and s not in CLIS} == set()

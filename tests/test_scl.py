@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
-from gateway.cli import main
+from gateway.cli.main import main
 from gateway.contract.clock import SystemClock
 from gateway.commissioning.scl_import import site_fragment
 from gateway.config import load
