@@ -621,7 +621,8 @@ class HilRuntime:
 
     def _demand_response(self, publisher: Any, event: Any) -> None:
         """A DR event a concentrator received: the meters answer, and the concentrator confirms."""
-        from protocols.demand_response import DrConfirmation, encode_confirmation, topic_for
+        from protocols.demand_response import encode_confirmation, topic_for
+        from gateway.contract.demand_response import DrConfirmation
 
         now_s = self.clock.monotonic()
         start_s = now_s + (self.sim_wall(event.start) - self.clock.wall())
