@@ -25,7 +25,7 @@ from gateway.agents.notices import notices
 from gateway.agents.runtime import AgentRuntime, restore_from_store, save_to_store
 from gateway.agents.smart_meter import BulkStateChange
 from gateway.config import SiteConfig
-from gateway.points import Point, PointUpdate, ProcessImage
+from gateway.contract.points import Point, PointUpdate, ProcessImage
 from gateway.storage import Store
 from gateway.switching.authority import Refused, kind_for_point
 from gateway.switching.model import Operation, Origin, Via

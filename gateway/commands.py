@@ -42,7 +42,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 
-from gateway.config import COMMAND_NAMES, CommandsConfig
+from gateway.config import COMMAND_NAMES
+from gateway.contract.settings import CommandsConfig
 from gateway.keys import SIG_BYTES as ED25519_SIG_BYTES
 from gateway.keys import KeyBook, KeyRefused, canonical
 from gateway.switching.authority import Accepted, Refused, Selection

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from protocols.demand_response import DrConfirmation, DrEvent
+from gateway.contract.demand_response import DrConfirmation, DrEvent
 
 CONFIRM_TIMEOUT_S = 120.0
 MAX_READING_GAP_S = 3600.0

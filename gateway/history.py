@@ -15,7 +15,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gateway.points import Point, PointBlock, PointUpdate, Validity
+from gateway.contract.points import Point, PointBlock, PointUpdate, Validity
 
 DEFAULT_INTERVAL_S = 60.0
 

@@ -25,8 +25,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from gateway.config import Iec104Config, SiteConfig
-from gateway.points import PointKind, Quality, QualityReason, Validity
+from gateway.config import SiteConfig
+from gateway.contract.settings import Iec104Config
+from gateway.contract.points import PointKind, Quality, QualityReason, Validity
 from gateway.switching.authority import SETPOINT_POINTS, Accepted, Refused, Selection, kind_for_point
 from gateway.switching.model import Kind, Operation, Origin, Role, Via
 from gateway.switching.network import Network

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from gateway import control
-from gateway.clock import Clock
+from gateway.contract.clock import Clock
 from gateway.control import ControlServer
-from gateway.points import Point, PointUpdate
+from gateway.contract.points import Point, PointUpdate
 from gateway.storage import Store
 from gateway.switching.model import Origin, Role, Via
 

@@ -40,7 +40,7 @@ from gateway.demand_response import from_site as dr_from_site
 from gateway.switching.authority import Refused
 from gateway.switching.model import Kind, Operation, Origin, Via
 from gateway.switching.peak import Load, PeakManager, PeakSettings, Release, Start, shedding_order
-from protocols.demand_response import DrPayloadError, decode_confirmation, encode_event, topic_for
+from gateway.contract.demand_response import DrConfirmation
 
 log = logging.getLogger("stima.peak")
 
@@ -143,7 +143,7 @@ class PeakService:
         if exchange is not None:
             exchange.listeners.append(self._on_exchange)
         if ami is not None and self.dr is not None:
-            ami.on_topic(site.ami.dr_confirm_topic, self.on_confirmation)
+            ami.on_dr_confirmation(self.on_confirmation, self.on_bad_confirmation)
         if ami is not None and site.ami.weather_topic:
             ami.on_topic(site.ami.weather_topic, self.on_weather)
 
@@ -253,14 +253,12 @@ class PeakService:
             self.bad_inputs += 1
             log.warning("weather forecast dropped", extra={"topic": topic, "error": str(exc)})
 
-    def on_confirmation(self, topic: str, payload: bytes, retained: bool) -> None:
-        if self.dr is None or retained:
-            return
-        try:
-            conf = decode_confirmation(payload)
-        except DrPayloadError as exc:
-            self.bad_inputs += 1
-            log.warning("demand-response confirmation dropped", extra={"topic": topic, "error": str(exc)})
+    def on_bad_confirmation(self, topic: str, why: str) -> None:
+        self.bad_inputs += 1
+        log.warning("demand-response confirmation dropped", extra={"topic": topic, "error": why})
+
+    def on_confirmation(self, conf: DrConfirmation) -> None:
+        if self.dr is None:
             return
         ev = self.dr.on_confirmation(conf, self._wall())
         if ev is None:
@@ -387,8 +385,7 @@ class PeakService:
         events = self.dr.plan(start.need_kw, demand, self._wall(), self.cfg.window_s)
         sent = []
         for ev in events:
-            topic = topic_for(self.site.ami.dr_event_topic, ev.concentrator_id)
-            if self.ami.publish(topic, encode_event(ev)):
+            if self.ami.send_dr_event(ev):
                 sent.append(ev.event_id)
                 self._record("dr.event", ev.concentrator_id, {"event_id": ev.event_id, "program": ev.program,
                                                               "start": ev.start, "duration_s": ev.duration_s})

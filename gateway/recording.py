@@ -18,9 +18,10 @@ from typing import Any
 
 from gateway import comtrade
 from gateway.agents.schema import PowerLineAttributes
-from gateway.config import Iec61850Ied, ModbusRtuIed, ModbusTcpIed, SiteConfig
+from gateway.config import SiteConfig
+from gateway.contract.settings import Iec61850Ied, ModbusRtuIed, ModbusTcpIed
 from gateway.fault_location import FaultEstimate, LineImpedance
-from gateway.points import Point, PointKind, PointUpdate, ProcessImage
+from gateway.contract.points import Point, PointKind, PointUpdate, ProcessImage
 from gateway.records import (
     ANALOG_CHANNELS,
     BayChannels,

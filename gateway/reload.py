@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway.clock import Clock
+from gateway.contract.clock import Clock
 from gateway.config import SiteConfig
 from gateway.site import load_site
 from gateway.storage import Store

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import __version__, control, memory, reload
-from gateway.clock import Clock, SystemClock
+from gateway.contract.clock import Clock, SystemClock
 from gateway.config import ConfigError, SiteConfig
 from gateway.control import ControlServer
 from gateway.operations import ControlOperations

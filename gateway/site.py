@@ -23,18 +23,14 @@ from pathlib import Path
 
 from gateway.agents.schema import AGENT_ATTRIBUTE_MODELS, AgentType
 from gateway.agents.vocabulary import POINT_NAMES
-from gateway.config import (
-    ConfigError,
-    ConfigProblem,
+from gateway.config import ConfigError, ConfigProblem, SiteConfig, read_document, validate_document
+from gateway.contract.settings import (
     Iec61850Ied,
     Iec61850Point,
     ModbusPoint,
     ModbusRtuIed,
     ModbusTcpIed,
     RegisterFunction,
-    SiteConfig,
-    read_document,
-    validate_document,
 )
 
 

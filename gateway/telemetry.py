@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.config import SiteConfig
-from gateway.points import NOT_YET_RECEIVED, Point, PointKind, Quality, QualityReason
+from gateway.contract.points import NOT_YET_RECEIVED, Point, PointKind, Quality, QualityReason
 
 TELEMETRY = "telemetry"
 INTEGRITY = "integrity"

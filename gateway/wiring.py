@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway import __version__, scheduling
-from gateway.clock import Clock
+from gateway.contract.clock import Clock
 from gateway.config import ConfigError, ConfigProblem, SiteConfig
 from gateway.memory import freeze_long_lived
-from gateway.points import Point, PointBlock, PointKind, PointUpdate, ProcessImage
+from gateway.contract.points import Point, PointBlock, PointKind, PointUpdate, ProcessImage
 from gateway.scheduling import Periods
 from gateway.storage import Store
-from protocols.base import Adapter, CommandError, Priority, Sink, make_adapter
+from gateway.contract.ports import Adapter, CommandError, Priority, Sink
+from protocols.base import make_adapter
 
 if TYPE_CHECKING:
     from protocols.mqtt import MqttUplink

@@ -87,7 +87,8 @@ class AmiPublisher:
     def _on_message(self, _c: Any, _u: Any, message: Any) -> None:
         """A demand-response event for one of our concentrators (paho's thread): decoded here,
         handled on the simulator's loop."""
-        from protocols.demand_response import DrPayloadError, concentrator_of, decode_event
+        from protocols.demand_response import concentrator_of, decode_event
+        from gateway.contract.demand_response import DrPayloadError
 
         concentrator = concentrator_of(self.cfg.dr_event_topic, message.topic)
         try:

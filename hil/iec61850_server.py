@@ -50,7 +50,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from gateway.config import ConfigError, Iec61850Ied, Iec61850Point, PointKindName, load
+from gateway.config import ConfigError, load
+from gateway.contract.settings import Iec61850Ied, Iec61850Point, PointKindName
 from protocols import _iec61850_ffi as c
 
 log = logging.getLogger("stima.hil.iec61850")

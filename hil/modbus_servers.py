@@ -31,7 +31,13 @@ from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType as SimType
 from pymodbus.simulator import SimData, SimDevice
 
-from gateway.config import DataType, ModbusPoint, ModbusRtuIed, ModbusTcpIed, RegisterFunction
+from gateway.contract.settings import (
+    DataType,
+    ModbusPoint,
+    ModbusRtuIed,
+    ModbusTcpIed,
+    RegisterFunction,
+)
 from hil.grid.switching import CommandRefused
 
 log = logging.getLogger(__name__)

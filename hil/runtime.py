@@ -36,8 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from gateway.agents.schema import AgentType
-from gateway.clock import SimClock, SystemClock
-from gateway.config import Iec61850Ied, SiteConfig
+from gateway.contract.clock import SimClock, SystemClock
+from gateway.config import SiteConfig
+from gateway.contract.settings import Iec61850Ied
 from hil.grid.switching import CommandRefused
 from hil.injection import QUANTITIES, SecondaryInjection, check_states
 from hil.modbus_servers import ModbusEndpoint, group_endpoints, wait_listening
@@ -620,7 +621,8 @@ class HilRuntime:
 
     def _demand_response(self, publisher: Any, event: Any) -> None:
         """A DR event a concentrator received: the meters answer, and the concentrator confirms."""
-        from protocols.demand_response import DrConfirmation, encode_confirmation, topic_for
+        from protocols.demand_response import encode_confirmation, topic_for
+        from gateway.contract.demand_response import DrConfirmation
 
         now_s = self.clock.monotonic()
         start_s = now_s + (self.sim_wall(event.start) - self.clock.wall())

@@ -24,7 +24,8 @@ from pathlib import Path
 
 from lxml import etree
 
-from gateway.config import ConfigError, Iec61850Ied, PointKindName, SiteConfig, load
+from gateway.config import ConfigError, SiteConfig, load
+from gateway.contract.settings import Iec61850Ied, PointKindName
 
 NS = "http://www.iec.ch/61850/2003/SCL"
 _LD_SPLIT = re.compile(r"^(?P<ied>.+?)(?P<inst>LD\d*)$")

@@ -238,7 +238,7 @@ class SunSpecMap:
     as the DER's set-points (`<der>.p_limit_pct`, `<der>.p_setpoint_kw`, `<der>.q_setpoint_kvar`)."""
 
     def __init__(self, ied: Any, der_id: str, image: SunSpecImage, values: Any) -> None:
-        from gateway.config import RegisterFunction
+        from gateway.contract.settings import RegisterFunction
 
         self.ied = ied
         self.der_id = der_id
@@ -325,7 +325,7 @@ class SunSpecMap:
 def sunspec_maps(site: Any, model: Any) -> dict[str, SunSpecMap]:
     """The SunSpec IEDs `[simulation] sunspec` names (IED id → DER id), as register maps."""
     from gateway.agents.schema import AgentType, RenewableEnergyAttributes
-    from gateway.config import ModbusTcpIed
+    from gateway.contract.settings import ModbusTcpIed
 
     named = dict((site.simulation or {}).get("sunspec") or {})
     out: dict[str, SunSpecMap] = {}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import glob
 import importlib.util
 import os
+import threading
 from typing import Any
 
 import cffi
@@ -389,11 +390,34 @@ def _library_path() -> str:
     )
 
 
-def _load() -> tuple[cffi.FFI, Any]:
-    # The package is only located, never imported: importing it loads the SWIG extension.
-    ffi = cffi.FFI()
-    ffi.cdef(CDEF)
-    return ffi, ffi.dlopen(_library_path())
+class _Library:
+    """The libiec61850 functions, the shared library opened on the first one asked for.
+
+    Importing the adapters must not open a C library nobody may use (a site without IEC 61850
+    IEDs, `stima config validate`, the CLIs): the first attribute read loads it, and each
+    function found is kept on this object, so later calls cost one attribute lookup as before.
+    """
+
+    def __init__(self) -> None:
+        self._loaded: Any = None
+        self._lock = threading.Lock()
+
+    def _library(self) -> Any:
+        with self._lock:
+            if self._loaded is None:
+                self._loaded = ffi.dlopen(_library_path())
+            return self._loaded
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        value = getattr(self._library(), name)
+        setattr(self, name, value)
+        return value
 
 
-ffi, lib = _load()
+# The package is only located, never imported: importing it loads the SWIG extension.
+ffi = cffi.FFI()
+ffi.cdef(CDEF)
+lib: Any = _Library()
+"""Every call into libiec61850 goes through this object (`lib.IedConnection_create(...)`)."""

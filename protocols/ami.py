@@ -29,8 +29,10 @@ import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.clock import Clock
-from gateway.config import AmiConfig
+from gateway.contract.clock import Clock
+from gateway.contract.demand_response import DrConfirmation, DrEvent, DrPayloadError
+from gateway.contract.settings import AmiConfig
+from protocols import demand_response as dr_wire
 
 FORMAT_VERSION = 1
 MAX_METERS_PER_MESSAGE = 100_000
@@ -271,6 +273,29 @@ class AmiSubscriber:
             return False
         self.published += 1
         return True
+
+    def send_dr_event(self, event: DrEvent) -> bool:
+        """Publish a demand-response event to its concentrator on `[ami] dr_event_topic` (the
+        concentrator id in place of `+`); False when the broker is not connected."""
+        return self.publish(dr_wire.topic_for(self.cfg.dr_event_topic, event.concentrator_id),
+                            dr_wire.encode_event(event))
+
+    def on_dr_confirmation(self, confirmed: Callable[[DrConfirmation], None],
+                           refused: Callable[[str, str], None]) -> None:
+        """Deliver each confirmation arriving on `[ami] dr_confirm_topic` to `confirmed`, and each
+        payload that is not one to `refused(topic, why)`; retained messages are old news. Call
+        before `run`."""
+        def deliver(topic: str, payload: bytes, retained: bool) -> None:
+            if retained:
+                return
+            try:
+                conf = dr_wire.decode_confirmation(payload)
+            except DrPayloadError as exc:
+                refused(topic, str(exc))
+                return
+            confirmed(conf)
+
+        self.on_topic(self.cfg.dr_confirm_topic, deliver)
 
     # paho's thread ------------------------------------------------------------
 

@@ -1,102 +1,23 @@
-"""What every southbound adapter offers the daemon.
+"""What the southbound adapters share, and the registry the wiring picks them from.
 
-An adapter owns one IED's link: connection, timers, retries, backoff and reconnects. It turns
-wire data into `PointUpdate`s handed to `sink`, and carries out writes (breaker commands,
-set-points) ahead of its routine reads, most urgent first. It knows nothing of grid logic.
+The ports they implement are in `gateway.contract.ports`. An adapter owns one IED's link:
+connection, timers, retries, backoff and reconnects. It turns wire data into `PointUpdate`s
+handed to `sink`, and carries out writes (breaker commands, set-points) ahead of its routine
+reads, most urgent first. It knows nothing of grid logic.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import itertools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-from gateway.clock import Clock
-from gateway.points import COMM_FAILURE, PointBlock, PointUpdate
-
-Sink = Callable[[Sequence[PointUpdate] | PointBlock], None]
-"""Where an adapter hands its samples: a list of updates, or one block read as columns."""
-
-
-class Priority(enum.IntEnum):
-    """Lower runs first. Protection trips pre-empt operator controls, which pre-empt reads."""
-
-    PROTECTION = 0
-    CONTROL = 1
-    SETPOINT = 2
-
-
-class LinkState(enum.Enum):
-    CONNECTING = "connecting"
-    ONLINE = "online"
-    OFFLINE = "offline"
-    STOPPED = "stopped"
-
-
-class CommandError(Exception):
-    """A write or operate was refused or failed; the message says why."""
-
-
-@dataclass
-class AdapterStatus:
-    ied_id: str
-    protocol: str
-    endpoint: str
-    state: LinkState = LinkState.CONNECTING
-    last_poll_time: float | None = None
-    last_ok_time: float | None = None
-    polls: int = 0
-    poll_errors: int = 0
-    writes: int = 0
-    write_errors: int = 0
-    last_error: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "ied": self.ied_id,
-            "protocol": self.protocol,
-            "endpoint": self.endpoint,
-            "state": self.state.value,
-            "last_poll_time": self.last_poll_time,
-            "last_ok_time": self.last_ok_time,
-            "polls": self.polls,
-            "poll_errors": self.poll_errors,
-            "writes": self.writes,
-            "write_errors": self.write_errors,
-            "last_error": self.last_error,
-            **self.extra,
-        }
-
-
-class Adapter(Protocol):
-    """The shape every adapter has; the daemon picks the class by the IED's `protocol`."""
-
-    ied_id: str
-    status: AdapterStatus
-    poll_phase: float
-
-    async def run(self) -> None:
-        """Poll / subscribe until cancelled. Never returns on link errors: it reconnects."""
-
-    def submit_write(
-        self, point_id: str, value: float | int | bool, priority: Priority = Priority.CONTROL
-    ) -> asyncio.Future[float | None]:
-        """Queue a write ahead of routine reads; the future fails with CommandError.
-
-        On success the future's result is the monotonic time at which the request was handed
-        to the transport (None where the adapter cannot tell), for latency accounting.
-        """
-
-    async def close(self) -> None:
-        """Drop the link and fail any queued writes."""
-
-    def set_sink(self, sink: Sink) -> None:
-        """Deliver decoded updates to `sink` from now on (reload hand-over)."""
+from gateway.contract.clock import Clock
+from gateway.contract.points import COMM_FAILURE, PointUpdate
+from gateway.contract.ports import Adapter, AdapterStatus, CommandError, LinkState, Priority, Sink
 
 
 @dataclass(order=True)

@@ -24,8 +24,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway.clock import Clock
-from gateway.config import Iec104Config
+from gateway.contract.clock import Clock
+from gateway.contract.settings import Iec104Config
 from gateway.iec104 import (
     QCC_GENERAL,
     QOI_STATION,
@@ -40,7 +40,7 @@ from gateway.iec104 import (
     group_samples,
     objects_per_asdu,
 )
-from gateway.points import Point, PointUpdate, ProcessImage
+from gateway.contract.points import Point, PointUpdate, ProcessImage
 from protocols import _lib60870_ffi as c
 
 RETURN_INFO_WINDOW_S = 15.0

@@ -27,7 +27,7 @@ report subscription (RptEna, trigger options data change + quality change + inte
 IntgPd = poll period, a GI after enabling); reads of the points no report data set carries,
 FC-aware (one read per LN and FC, values picked by MMS path); controls with the control model
 the IED announces (SBO enhanced: select-with-value, operate, wait for CommandTermination;
-SBO normal, direct normal/enhanced as well); IEC 61850 quality → `gateway.points.Quality`.
+SBO normal, direct normal/enhanced as well); IEC 61850 quality → `gateway.contract.points.Quality`.
 A lost association marks every point invalid (communication failure) at once, and so does
 silence longer than two poll periods.
 """
@@ -44,11 +44,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from gateway.clock import Clock
-from gateway.config import Iec61850Ied, Iec61850Point, PointKindName
-from gateway.points import GOOD, PointUpdate, Quality, QualityReason, Validity
+from gateway.contract.clock import Clock
+from gateway.contract.settings import Iec61850Ied, Iec61850Point, PointKindName
+from gateway.contract.points import GOOD, PointUpdate, Quality, QualityReason, Validity
 from protocols import _iec61850_ffi as c
-from protocols.base import AdapterStatus, CommandError, LinkState, PolledAdapter, Priority, Sink
+from gateway.contract.ports import AdapterStatus, CommandError, LinkState, Priority, Sink
+from protocols.base import PolledAdapter
 
 ffi, lib = c.ffi, c.lib
 T = TypeVar("T")

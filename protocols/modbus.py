@@ -32,9 +32,9 @@ from pymodbus.exceptions import ModbusException
 from pymodbus.framer import FramerSocket
 from pymodbus.pdu import DecodePDU, ModbusPDU
 
-from gateway.clock import Clock
-from gateway.config import DataType, ModbusPoint, ModbusRtuIed, ModbusTcpIed, RegisterFunction, WordOrder
-from gateway.points import (
+from gateway.contract.clock import Clock
+from gateway.contract.settings import DataType, ModbusPoint, ModbusRtuIed, ModbusTcpIed, RegisterFunction, WordOrder
+from gateway.contract.points import (
     GOOD,
     PointBlock,
     PointUpdate,
@@ -42,16 +42,15 @@ from gateway.points import (
     QualityReason,
     Validity,
 )
-from protocols.base import (
+from gateway.contract.ports import (
     AdapterStatus,
     CommandError,
     LinkState,
-    PolledAdapter,
     Priority,
-    QueuedWrite,
     Sink,
 )
 from protocols.modbus_schedule import WRITES_FIRST, PollCycle, PollSchedule, ReconnectBackoff
+from protocols.base import PolledAdapter, QueuedWrite
 
 _DT = ModbusClientMixin.DATATYPE
 _PYMODBUS_TYPES = {

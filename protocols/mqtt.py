@@ -47,9 +47,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from gateway.clock import Clock
-from gateway.config import SiteIdentity, UplinkConfig
-from gateway.storage import Store
+from gateway.contract.clock import Clock
+from gateway.contract.ports import Spool as Store
+from gateway.contract.settings import SiteIdentity, UplinkConfig
 from protocols.mqtt_session import (
     RETAIN_FLAG, BirthDeath, DropReport, InFlight, MessageSequence, PrimaryHost, SpooledRow, SpoolWindow,
 )

@@ -14,7 +14,7 @@ import pytest
 
 from gateway.agents.cli import parse_time
 from gateway.agents.runtime import AgentRuntime
-from gateway.cli import main
+from gateway.cli.main import main
 from gateway.config import load
 from gateway.control import ControlServer
 

@@ -88,13 +88,13 @@ def test_docs_agents_md_is_generated_from_the_registry() -> None:
 def test_the_simulator_serves_and_obeys_the_registry_vocabulary(site: SiteConfig) -> None:
     """The simulated grid's point map is the registry's vocabulary (less what it leaves to other
     agents' points), its command points the registry's; what it serves it produces."""
-    from hil.grid import model
+    from hil.grid import model, point_map
     from hil.grid.ageing import CONDITION_NAMES
 
     for t in AgentType:
-        assert model._NAMES[t] | model._NOT_MODELLED.get(t, frozenset()) == set(SPECS[t.value].points)
-        assert model._COMMANDS.get(t, frozenset()) == SPECS[t.value].commands
-    assert set(model.PHASOR_NAMES) <= model._NAMES[AgentType.CIRCUIT_BREAKER]
+        assert point_map._NAMES[t] | point_map._NOT_MODELLED.get(t, frozenset()) == set(SPECS[t.value].points)
+        assert point_map._COMMANDS.get(t, frozenset()) == SPECS[t.value].commands
+    assert set(point_map.PHASOR_NAMES) <= point_map._NAMES[AgentType.CIRCUIT_BREAKER]
     produced: dict[AgentType, set[str]] = {}
     for path in sorted((ROOT / "deploy" / "examples").glob("*.toml")):
         example = load(path)
@@ -109,7 +109,8 @@ def test_the_simulator_serves_and_obeys_the_registry_vocabulary(site: SiteConfig
                 continue  # not a modelled element
     assert CONDITION_NAMES <= produced[AgentType.TRANSFORMER]
     for t, names in produced.items():
-        assert model._NAMES[t] - model._COMMANDS.get(t, frozenset()) <= names, (t, model._NAMES[t] - names)
+        assert point_map._NAMES[t] - point_map._COMMANDS.get(t, frozenset()) <= names, (
+            t, point_map._NAMES[t] - names)
 
 
 # --------------------------------------------------------------------------- a made-up type, in one place

@@ -16,8 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.clock import SimClock
-from gateway.config import AmiConfig
+from gateway.contract.clock import SimClock
+from gateway.contract.settings import AmiConfig
 from hil.ami import AmiPublisher
 from hil.runtime import HilRuntime, RuntimeOptions
 from protocols.ami import (

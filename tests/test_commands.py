@@ -31,7 +31,8 @@ from gateway.commands import (
 )
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway.config import CommandsConfig, ConfigError, load, validate
+from gateway.config import ConfigError, load, validate
+from gateway.contract.settings import CommandsConfig
 from gateway.site import site_problems
 from gateway.keys import public_bytes
 from gateway.storage import Store

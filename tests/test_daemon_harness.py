@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from gateway.scheduling import Periods
-from protocols.base import Priority
+from gateway.contract.ports import Priority
 from tests.support.harness import HOUR_IN_A_SECOND, GatewayHarness, example_site
 
 FEEDER = {"CB-044.ia": 120.0, "CB-044.ib": 118.0, "CB-044.ic": 121.0, "CB-044.in": 2.0,

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.demand_response import DrCoordinator, Group, Program
-from protocols.demand_response import DrConfirmation
+from gateway.contract.demand_response import DrConfirmation
 
 HVAC = Program("DR-HVAC", "curtail", 15.0, 7200.0, 0.12)
 SHIFT = Program("DR-SHIFT", "shift", 35.0, 10800.0, 0.08)

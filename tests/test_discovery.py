@@ -24,8 +24,9 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType as SimType
 from pymodbus.simulator import SimData, SimDevice
 
-from gateway.commissioning.cli import UsageError, host_port
-from gateway.config import Iec61850Ied, ModbusTcpIed, RegisterFunction, load, validate
+from gateway.cli.commissioning import UsageError, host_port
+from gateway.config import load, validate
+from gateway.contract.settings import Iec61850Ied, ModbusTcpIed, RegisterFunction
 from hil.iec61850_server import BayServerProcess
 from hil.modbus_servers import ModbusEndpoint
 from hil.ports import reserve_port

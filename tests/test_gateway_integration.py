@@ -24,7 +24,7 @@ import pytest
 import tomli_w
 
 from protocols.modbus import encode_value
-from gateway.config import ModbusPoint
+from gateway.contract.settings import ModbusPoint
 from tests.support.broker import Broker, Subscriber, make_tls_files, run_mosquitto
 from tests.support.modbus_server import ModbusTestServer
 

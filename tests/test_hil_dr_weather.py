@@ -25,7 +25,8 @@ from hil.grid.model import GridModel
 from hil.rig import localise_ieds
 from hil.runtime import HilRuntime, RuntimeOptions
 from protocols.ami import decode_batch
-from protocols.demand_response import DrEvent, decode_confirmation, encode_event
+from protocols.demand_response import decode_confirmation, encode_event
+from gateway.contract.demand_response import DrEvent
 
 ROOT = Path(__file__).resolve().parents[1]
 SUB_007 = ROOT / "deploy/examples/sub-007.toml"

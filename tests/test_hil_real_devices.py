@@ -17,7 +17,7 @@ import pytest
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusIOException
 
-from gateway.config import ModbusRtuIed, ModbusTcpIed
+from gateway.contract.settings import ModbusRtuIed, ModbusTcpIed
 from hil.modbus_servers import ModbusEndpoint, wait_listening
 from tests.support.modbus_server import free_port
 

@@ -14,7 +14,14 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.client.mixin import ModbusClientMixin
 from pymodbus.pdu import ExceptionResponse
 
-from gateway.config import DataType, ModbusPoint, ModbusRtuIed, ModbusTcpIed, RegisterFunction, SiteConfig, validate
+from gateway.config import SiteConfig, validate
+from gateway.contract.settings import (
+    DataType,
+    ModbusPoint,
+    ModbusRtuIed,
+    ModbusTcpIed,
+    RegisterFunction,
+)
 from hil.control import ControlServer, request
 from hil.runtime import HilRuntime, InjectionError, RuntimeOptions
 from tests.support.modbus_server import free_port

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pymodbus.constants import ExcCodes
 
-from gateway.config import DataType, ModbusPoint, ModbusTcpIed, WordOrder
+from gateway.contract.settings import DataType, ModbusPoint, ModbusTcpIed, WordOrder
 from hil.modbus_servers import RegisterMap, from_registers, to_registers
 from protocols.modbus import decode_registers, to_engineering
 

@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 import tomli_w
 
-from gateway.clock import SystemClock
-from gateway.config import Iec61850Ied, validate
+from gateway.contract.clock import SystemClock
+from gateway.config import validate
+from gateway.contract.settings import Iec61850Ied
 from hil.runtime import HilRuntime, RuntimeOptions
 from tests.support.modbus_server import free_port
 from tests.support.stub_grid import StubModel

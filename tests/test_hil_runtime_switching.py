@@ -19,11 +19,12 @@ import tomli_w
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.pdu import ExceptionResponse
 
-from gateway.clock import SystemClock
-from gateway.config import Iec61850Ied, ModbusTcpIed, validate
+from gateway.contract.clock import SystemClock
+from gateway.config import validate
+from gateway.contract.settings import Iec61850Ied, ModbusTcpIed
 from hil.control import ControlServer, request
 from hil.runtime import HilRuntime, RuntimeOptions, build_model
-from protocols.base import CommandError
+from gateway.contract.ports import CommandError
 from tests.support.modbus_server import free_port
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "deploy/examples/sub-003.toml"

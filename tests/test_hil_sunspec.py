@@ -13,7 +13,7 @@ import tomli_w
 from sunspec2.modbus.client import SunSpecModbusClientDeviceTCP
 
 from gateway import config
-from gateway.config import ModbusTcpIed
+from gateway.contract.settings import ModbusTcpIed
 from hil.grid.model import GridModel
 from hil.modbus_servers import from_registers
 from hil.rig import localise_ieds

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from gateway.config import ConfigError, validate
 from gateway.history import HistoryAggregator, HistoryRow
-from gateway.points import GOOD, PointKind, PointUpdate, ProcessImage
+from gateway.contract.points import GOOD, PointKind, PointUpdate, ProcessImage
 from gateway.storage import Store
 
 

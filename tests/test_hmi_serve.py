@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from gateway.clock import SystemClock
+from gateway.contract.clock import SystemClock
 from gateway.config import ConfigError, validate
 from gateway.daemon import Gateway
 from gateway.hmi.server import Hmi

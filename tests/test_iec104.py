@@ -32,7 +32,7 @@ from gateway.iec104 import (
     objects_per_asdu,
     quality_descriptor,
 )
-from gateway.points import GOOD, PointKind, Quality, QualityReason, Validity
+from gateway.contract.points import GOOD, PointKind, Quality, QualityReason, Validity
 from gateway.switching.model import Kind, Role
 from tests.support.feeder_sites import feeder_site
 from tests.support.switching import Bench, bench
@@ -313,10 +313,10 @@ class _Outstation:
         import threading
         import time as _time
 
-        from gateway.clock import SystemClock
-        from gateway.config import Iec104Config
+        from gateway.contract.clock import SystemClock
+        from gateway.contract.settings import Iec104Config
         from gateway.iec104 import MonitorPoint, PointMap
-        from gateway.points import PointUpdate, ProcessImage
+        from gateway.contract.points import PointUpdate, ProcessImage
         from hil.broker import free_port
         from protocols.iec104 import Iec104Outstation
 
@@ -349,7 +349,7 @@ class _Outstation:
     def update(self, point_id: str, value: float) -> None:
         import time as _time
 
-        from gateway.points import PointUpdate
+        from gateway.contract.points import PointUpdate
 
         self.loop.call_soon_threadsafe(self.image.apply, PointUpdate(
             point_id=point_id, value=value, quality=GOOD, receive_monotonic=_time.monotonic(), receive_time=_time.time()))

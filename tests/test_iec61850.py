@@ -20,13 +20,14 @@ from typing import Any
 
 import pytest
 
-from gateway.clock import SystemClock
-from gateway.config import Iec61850Ied, load
-from gateway.points import PointUpdate, QualityReason, Validity
+from gateway.contract.clock import SystemClock
+from gateway.config import load
+from gateway.contract.settings import Iec61850Ied
+from gateway.contract.points import PointUpdate, QualityReason, Validity
 from hil.iec61850_server import BayServerProcess
 from hil.ports import reserve_port as free_port
 from protocols import _iec61850_ffi as c
-from protocols.base import CommandError, LinkState
+from gateway.contract.ports import CommandError, LinkState
 from protocols.iec61850 import Iec61850Client
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,8 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.config import Iec61850Ied, Iec61850Point, load
-from gateway.points import GOOD, Quality, QualityReason, Validity
+from gateway.config import load
+from gateway.contract.settings import Iec61850Ied, Iec61850Point
+from gateway.contract.points import GOOD, Quality, QualityReason, Validity
 from hil.iec61850_server import BayModel, BayServer, ModelError
 from protocols import _iec61850_ffi as c
 from protocols.iec61850 import (
@@ -289,3 +290,32 @@ def test_odd_json_never_raises(
     server.handle_line(json.dumps(message))
     server.handle_line(json.dumps({"values": values}))
     assert not bay_server[1].getvalue()  # no input line ever produces a command
+
+
+_MAPPED_AFTER_IMPORT = """
+import sys
+import protocols.iec61850, protocols.iec61850_discovery
+def mapped():
+    with open("/proc/self/maps") as maps:
+        return any("libiec61850" in line for line in maps)
+before = mapped()
+version = protocols.iec61850.lib.LibIEC61850_getVersionString()
+print(before, "pyiec61850" in sys.modules, mapped(), bool(version))
+"""
+
+
+def test_importing_the_adapters_opens_no_library_until_one_is_called() -> None:
+    """A site without IEC 61850 never maps libiec61850; the first call maps it, once."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _MAPPED_AFTER_IMPORT], capture_output=True, text=True,
+                         timeout=60, check=True, cwd=SITE.parents[2]).stdout.split()
+    assert out == ["False", "False", "True", "True"]
+
+
+def test_the_adapter_and_the_browser_share_one_library() -> None:
+    import protocols.iec61850_discovery as discovery
+
+    assert discovery.lib is c.lib and lib is c.lib
+    assert c.lib.IedConnection_create is c.lib.IedConnection_create  # kept after the first lookup

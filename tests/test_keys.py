@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.commands import CommandService, MemoryNonces, Reason, Verifier, sign_command
-from gateway.config import CommandsConfig
+from gateway.contract.settings import CommandsConfig
 from gateway.keys import (
     KeyBook,
     KeyRefused,

@@ -30,7 +30,7 @@ def test_the_graph_reads_every_module() -> None:
     assert "gateway.iec104" in GRAPH["gateway.wiring"]  # an import inside a function
 
 
-SIMULATOR_AS_TEST_SET = {("gateway.protection.cli", "hil.control")}
+SIMULATOR_AS_TEST_SET = {("gateway.cli.protection", "hil.control")}
 """`stima protection test --live` plays its sequence through the simulator's control socket, as
 through a relay test set; imported only inside that command."""
 
@@ -40,22 +40,27 @@ def test_the_product_never_imports_the_simulator(product: str) -> None:
     assert _edges(product, "hil") - SIMULATOR_AS_TEST_SET == set()
 
 
-PROTOCOLS_MAY_IMPORT = {"gateway.clock", "gateway.config", "gateway.points"}
-"""The contract the adapters implement against: the clock, the site's settings, the process image."""
-PROTOCOLS_DEBTS = {("protocols.mqtt", "gateway.storage"), ("protocols.iec104", "gateway.iec104")}
-"""The spool behind a protocol of its own, the IEC 104 map moved to the adapter: still to do."""
+CONTRACT = "gateway.contract"
+"""The floor: process image, clock, ports, the adapters' settings (docs/architecture.md)."""
+PROTOCOLS_DEBTS = {("protocols.iec104", "gateway.iec104")}
+"""The IEC 104 map and command handler, still read by the outstation from the core: to do."""
 
 
-def test_adapters_import_only_the_contract_from_the_gateway() -> None:
-    crossing = {(s, d) for s, d in _edges("protocols", "gateway") if d not in PROTOCOLS_MAY_IMPORT}
+def test_the_contract_imports_nothing_else_of_the_project() -> None:
+    assert {(s, d) for s, ds in GRAPH.items() if s == CONTRACT or s.startswith(CONTRACT + ".")
+            for d in ds if not (d == CONTRACT or d.startswith(CONTRACT + "."))} == set()
+    assert GRAPH["gateway"] == set()
+
+
+def test_adapters_import_only_the_contract_and_their_own_modules() -> None:
+    crossing = {(s, d) for s, ds in GRAPH.items() if s.startswith("protocols") for d in ds
+                if not d.startswith(("protocols", CONTRACT + "."))}
     assert crossing == PROTOCOLS_DEBTS
 
 
 GATEWAY_IMPORTERS_OF_PROTOCOLS = {
     "gateway.wiring",  # the composition root: builds the adapters and the uplink
-    "gateway.commissioning.cli", "gateway.commissioning.scl_import",  # tools that talk to IEDs
-    "gateway.demand_response", "gateway.peak_service",  # the demand-response wire format (debt)
-    "gateway.protection.bridge",  # Priority and CommandError (debt: belong to the contract)
+    "gateway.cli.commissioning", "gateway.commissioning.scl_import",  # tools that talk to IEDs
 }
 
 
@@ -90,14 +95,14 @@ def test_nothing_but_the_daemon_and_reload_builds_on_the_daemon(module: str) -> 
 
 
 SANS_IO_PACKAGES = ("gateway.agents", "gateway.switching", "gateway.protection", "gateway.maintenance")
-IO_EDGES = {"gateway.protection.bridge", "gateway.maintenance.service"}
-"""Where a sans-IO package meets storage or the clock; every `cli` module is a client too."""
+IO_EDGES = {"gateway.protection.bridge", "gateway.maintenance.service", "gateway.agents.cli"}
+"""Where a sans-IO package meets storage or the clock, and the agents' command line (a client)."""
 
 
 def test_deciding_packages_do_no_io() -> None:
     found = {}
     for mod, path in modules().items():
-        if not mod.startswith(SANS_IO_PACKAGES) or mod in IO_EDGES or mod.rsplit(".", 1)[-1] == "cli":
+        if not mod.startswith(SANS_IO_PACKAGES) or mod in IO_EDGES:
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             names: list[str] = []
@@ -114,10 +119,59 @@ def test_a_broken_rule_is_seen(tmp_path: Path) -> None:
     """An import inside a function, relative or absolute, is an edge of the graph the rules read."""
     for name, text in {"gateway/__init__.py": "", "gateway/agents/__init__.py": "",
                        "gateway/agents/x.py": "def f():\n    from protocols.mqtt import MqttUplink\n",
-                       "gateway/agents/y.py": "from . import x\nfrom ..points import P\n",
-                       "gateway/points.py": "", "protocols/__init__.py": "", "protocols/mqtt.py": ""}.items():
+                       "gateway/agents/y.py": "from . import x\nfrom ..contract.points import P\n",
+                       "gateway/contract/__init__.py": "", "gateway/contract/points.py": "",
+                       "protocols/__init__.py": "", "protocols/mqtt.py": ""}.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
     graph = imports(tmp_path)
     assert graph["gateway.agents.x"] == {"protocols.mqtt"}
-    assert graph["gateway.agents.y"] == {"gateway.agents.x", "gateway.points"}
+    assert graph["gateway.agents.y"] == {"gateway.agents.x", "gateway.contract.points"}
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[set[str]]:
+    """The import cycles of `graph`: its strongly connected components of more than one module."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[set[str]] = []
+
+    def visit(mod: str) -> None:
+        index[mod] = low[mod] = len(index)
+        stack.append(mod)
+        for dep in graph.get(mod, ()):
+            if dep not in index:
+                visit(dep)
+                low[mod] = min(low[mod], low[dep])
+            elif dep in stack:
+                low[mod] = min(low[mod], index[dep])
+        if low[mod] == index[mod]:
+            component = set()
+            while True:
+                top = stack.pop()
+                component.add(top)
+                if top == mod:
+                    break
+            if len(component) > 1:
+                found.append(component)
+
+    for mod in sorted(graph):
+        if mod not in index:
+            visit(mod)
+    return found
+
+
+CLIS = {m for m in GRAPH if m == "gateway.cli" or m.startswith("gateway.cli.")} | {"gateway.agents.cli"}
+
+
+def test_the_clis_import_each_other_plainly_and_without_a_cycle() -> None:
+    assert len(CLIS) > 10
+    assert [c for c in _cycles(GRAPH) if c & CLIS] == []
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [{"a", "b", "c"}]
+    for mod, path in modules().items():
+        if mod in CLIS - {"gateway.agents.cli"}:  # it looks an agent type's table up by name
+            assert "importlib" not in path.read_text(), mod
+
+
+def test_only_a_cli_imports_a_cli() -> None:
+    assert {(s, d) for s, ds in GRAPH.items() for d in ds if d in CLIS and s not in CLIS} == set()

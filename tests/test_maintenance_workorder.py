@@ -158,7 +158,7 @@ def test_snapshot_and_restore_keep_the_orders(coordinator: MaintenanceCoordinato
 
 
 def test_the_work_order_shows_its_plan_and_the_validated_way_back(coordinator: MaintenanceCoordinator) -> None:
-    from gateway.maintenance.cli import _order_lines
+    from gateway.cli.maintenance import _order_lines
 
     forecasts, grid = inputs(coordinator)
     wo = coordinator.on_request(request(), wall=NOW + 1, forecasts=forecasts, grid=grid).work_order.to_dict()

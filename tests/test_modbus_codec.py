@@ -8,7 +8,7 @@ import struct
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.config import DataType, ModbusPoint, RegisterFunction, WordOrder
+from gateway.contract.settings import DataType, ModbusPoint, RegisterFunction, WordOrder
 from protocols.modbus import (
     DEVICE_EXCEPTION,
     MALFORMED,

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway.clock import SystemClock
-from gateway.config import ModbusRtuIed, ModbusTcpIed
-from gateway.points import PointUpdate, QualityReason
-from protocols.base import CommandError, Priority, WriteQueue
+from gateway.contract.clock import SystemClock
+from gateway.contract.settings import ModbusRtuIed, ModbusTcpIed
+from gateway.contract.points import PointUpdate, QualityReason
+from gateway.contract.ports import CommandError, Priority
+from protocols.base import WriteQueue
 from protocols.modbus import ModbusRtuMaster, ModbusTcpMaster, encode_value
 
 from tests.support.modbus_server import ModbusTestServer, free_port, modbus_server

@@ -16,9 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.clock import SystemClock
-from gateway.config import SiteIdentity, UplinkConfig
-from gateway.points import GOOD, Point, PointKind
+from gateway.contract.clock import SystemClock
+from gateway.contract.settings import SiteIdentity, UplinkConfig
+from gateway.contract.points import GOOD, Point, PointKind
 from gateway.storage import Store
 from gateway.telemetry import PointSpec, Telemetry
 from protocols.mqtt import MqttUplink, backoff_delay, envelope

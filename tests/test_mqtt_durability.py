@@ -25,8 +25,8 @@ BASE = "stima/test-region/SUB-T"
 
 
 async def _helper(mode: str, db: Path, port: int, tls_dir: str, count: int) -> int:
-    from gateway.clock import SystemClock
-    from gateway.config import SiteIdentity, UplinkConfig
+    from gateway.contract.clock import SystemClock
+    from gateway.contract.settings import SiteIdentity, UplinkConfig
     from gateway.storage import Store
     from protocols.mqtt import MqttUplink
 

@@ -35,9 +35,10 @@ from gateway.agents.schema import (
     TransformerAttributes,
 )
 from gateway.agents.transformer import TransformerAgent, TransformerInputs
-from gateway.clock import SystemClock
-from gateway.config import SiteIdentity, UplinkConfig, load
-from gateway.points import ProcessImage
+from gateway.contract.clock import SystemClock
+from gateway.config import load
+from gateway.contract.settings import SiteIdentity, UplinkConfig
+from gateway.contract.points import ProcessImage
 from gateway.protection.engine import ProtectionEvent
 from gateway.storage import Store
 from protocols.mqtt import MqttUplink

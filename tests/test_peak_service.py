@@ -5,7 +5,6 @@ writes that reach it (what would go to the IEDs) and of what goes to the AMI bro
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +12,16 @@ import pytest
 
 from gateway.agent_host import AgentHost
 from gateway.config import validate
+from gateway.contract.clock import SimClock
+from gateway.contract.settings import AmiConfig
 from gateway.peak_service import PeakService, irradiance_at, parse_weather
-from gateway.points import PointKind, PointUpdate, ProcessImage
+from gateway.contract.points import PointKind, PointUpdate, ProcessImage
 from gateway.storage import Store
 from gateway.switching.peak import Start
 from gateway.switching.service import SwitchingService
-from protocols.demand_response import DrConfirmation, decode_event, encode_confirmation
+from gateway.contract.demand_response import DrConfirmation
+from protocols.ami import AmiSubscriber
+from protocols.demand_response import decode_event, encode_confirmation
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = 1_800_000_000.0
@@ -35,11 +38,16 @@ class Done:
         return None
 
 
-@dataclass
-class Ami:
-    connected: bool = True
-    sent: list[tuple[str, bytes]] = field(default_factory=list)
-    handlers: dict[str, Any] = field(default_factory=dict)
+class Ami(AmiSubscriber):
+    """The AMI adapter's demand-response side (events encoded, confirmations decoded) over a
+    broker that records what is published and hands the test each topic's handler."""
+
+    def __init__(self, cfg: AmiConfig | None) -> None:
+        assert cfg is not None
+        super().__init__(cfg, "SUB-007", sink=lambda *_: None, clock=SimClock())
+        self.connected = True
+        self.sent: list[tuple[str, bytes]] = []
+        self.handlers: dict[str, Any] = {}
 
     def on_topic(self, topic_filter: str, callback: Any) -> None:
         self.handlers[topic_filter] = callback
@@ -75,7 +83,7 @@ class Substation:
                                           submit=self._submit, protection=None, agents=self.agents,
                                           monotonic=lambda: self.now[0], wall=lambda: T0 + self.now[0])
         self.agents.operate = self.switching.operate
-        self.ami = Ami()
+        self.ami = Ami(self.site.ami)
         self.peak = PeakService(self.site, switching=self.switching, agents=self.agents, image=self.image,
                                 store=self.store, publish=self._publish, monotonic=lambda: self.now[0],
                                 wall=lambda: T0 + self.now[0], ami=self.ami)

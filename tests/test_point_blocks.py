@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.history import HistoryAggregator
-from gateway.points import GOOD, PointBlock, PointKind, PointUpdate, ProcessImage, Quality, QualityReason, Validity
+from gateway.contract.points import GOOD, PointBlock, PointKind, PointUpdate, ProcessImage, Quality, QualityReason, Validity
 from gateway.telemetry import TELEMETRY, PointSpec, Telemetry
 
 OUT_OF_RANGE = Quality(Validity.INVALID, QualityReason.OUT_OF_RANGE)

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.cli import main
-from gateway.protection.cli import UsageError, parse_quantity
+from gateway.cli.main import main
+from gateway.cli.protection import UsageError, parse_quantity
 
 SITE = str(Path(__file__).resolve().parents[1] / "deploy" / "examples" / "sub-003.toml")
 

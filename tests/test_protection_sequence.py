@@ -37,7 +37,7 @@ def _scheme(breaker: str = "CB-045") -> ProtectionScheme:
 
 
 def _only(scheme: ProtectionScheme, name: str, **changes: object) -> ProtectionScheme:
-    from gateway.protection.cli import _single_element_scheme
+    from gateway.cli.protection import _single_element_scheme
 
     single = _single_element_scheme(scheme, name, fast=False)
     if not changes:

@@ -17,14 +17,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
-from gateway.cli import main
-from gateway.clock import SystemClock
+from gateway.cli.main import main
+from gateway.contract.clock import SystemClock
 from gateway.commissioning.scl_import import site_fragment
-from gateway.config import Iec61850Ied, load
+from gateway.config import load
+from gateway.contract.settings import Iec61850Ied
 from hil.iec61850_server import BayServerProcess
 from hil.ports import reserve_port
 from hil.scl_export import export_ied, export_site
-from protocols.base import LinkState
+from gateway.contract.ports import LinkState
 from protocols.iec61850 import Iec61850Client
 from protocols.scl import Edition, SclError, read_scl
 

@@ -241,7 +241,7 @@ def test_the_vocabulary_covers_every_name_the_code_reads_or_writes() -> None:
     from gateway.maintenance.service import HEALTH_NAMES
     from gateway.switching.authority import SETPOINT_POINTS, SWITCH_POINTS
     from gateway.switching.state import DEVICE_NAMES, LOAD_NAMES
-    from hil.grid import model
+    from hil.grid import point_map as model
 
     names = {t: set(v) for t, v in POINT_NAMES.items()}
     commands = {t: {n for n, spec in v.items() if spec.command} for t, v in POINT_NAMES.items()}

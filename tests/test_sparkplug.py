@@ -21,7 +21,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from gateway.points import GOOD, PointBlock, PointKind, ProcessImage, Quality, QualityReason, Validity
+from gateway.contract.points import GOOD, PointBlock, PointKind, ProcessImage, Quality, QualityReason, Validity
 from gateway.telemetry import TELEMETRY, PointSpec, Telemetry
 from hil.rig import Rig
 from protocols.sparkplug import BOOLEAN, DOUBLE, INT64, QUALITY_BAD, QUALITY_GOOD, SparkplugCodec

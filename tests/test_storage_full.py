@@ -77,7 +77,7 @@ def test_a_protection_state_the_disk_refused_is_saved_once_it_has_room(tmp_path:
     """A trip's dead-time state that the disk refused would leave the state of before in the
     database: the bridge writes the present state again as soon as the disk takes it."""
     from gateway.config import load
-    from gateway.points import ProcessImage
+    from gateway.contract.points import ProcessImage
     from gateway.protection.bridge import SNAPSHOT_KEY, ProtectionBridge
     from gateway.protection.engine import ProtectionEngine
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import validate
-from gateway.points import PointKind, ProcessImage
+from gateway.contract.points import PointKind, ProcessImage
 from gateway.storage import Store
 from gateway.switching.service import SwitchingService
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway import config
-from gateway.points import (
+from gateway.contract.points import (
     COMM_FAILURE,
     GOOD,
     Point,

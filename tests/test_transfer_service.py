@@ -14,7 +14,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from gateway.points import PointKind, PointUpdate, ProcessImage
+from gateway.contract.points import PointKind, PointUpdate, ProcessImage
 from gateway.storage import Store
 from gateway.switching.exchange import ExchangeService, headroom_from_forecast
 from gateway.switching.service import SwitchingService

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from gateway.config import Iec61850Ied
+from gateway.contract.settings import Iec61850Ied
 from protocols.scl import Attribute, DataObject, LogicalDevice, LogicalNode, SclIed
 
 POINT_FCS = ("MX", "ST")

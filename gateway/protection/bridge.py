@@ -16,10 +16,10 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from gateway.points import Point, PointUpdate, ProcessImage
+from gateway.contract.points import Point, PointUpdate, ProcessImage
 from gateway.protection.engine import BreakerCommand, ProtectionEngine, ProtectionEvent
 from gateway.storage import Store
-from protocols.base import CommandError, Priority
+from gateway.contract.ports import CommandError, Priority
 
 log = logging.getLogger("stima.protection")
 

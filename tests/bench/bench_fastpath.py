@@ -24,10 +24,10 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from gateway import logs  # noqa: E402
-from gateway.clock import SystemClock  # noqa: E402
+from gateway.contract.clock import SystemClock  # noqa: E402
 from gateway.config import validate  # noqa: E402
 from gateway.daemon import Gateway  # noqa: E402
-from gateway.points import GOOD, PointUpdate  # noqa: E402
+from gateway.contract.points import GOOD, PointUpdate  # noqa: E402
 from gateway.storage import Store  # noqa: E402
 from tests.bench.modbus_farm import Farm  # noqa: E402
 from tests.support.broker import make_tls_files, run_mosquitto  # noqa: E402

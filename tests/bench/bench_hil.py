@@ -24,8 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import numpy as np  # noqa: E402
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient  # noqa: E402
 
-from gateway.clock import SimClock  # noqa: E402
-from gateway.config import ModbusTcpIed, SiteConfig, validate  # noqa: E402
+from gateway.contract.clock import SimClock  # noqa: E402
+from gateway.config import SiteConfig, validate  # noqa: E402
+from gateway.contract.settings import ModbusTcpIed  # noqa: E402
 from hil.ami import AmiPublisher  # noqa: E402
 from hil.runtime import HilRuntime, RuntimeOptions  # noqa: E402
 from protocols.ami import AmiSubscriber  # noqa: E402

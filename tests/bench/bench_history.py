@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from gateway.daemon import HISTORY_WRITE_CHUNK
 from gateway.history import HistoryAggregator, HistoryRow
-from gateway.points import GOOD, PointKind, PointUpdate, ProcessImage
+from gateway.contract.points import GOOD, PointKind, PointUpdate, ProcessImage
 from gateway.storage import Store
 
 POINTS = 2_000

@@ -29,10 +29,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from gateway.clock import SystemClock
-from gateway.config import Iec104Config
+from gateway.contract.clock import SystemClock
+from gateway.contract.settings import Iec104Config
 from gateway.iec104 import CommandHandler, MonitorPoint, PointMap, Reporter, TypeId
-from gateway.points import GOOD, PointKind, PointUpdate, ProcessImage
+from gateway.contract.points import GOOD, PointKind, PointUpdate, ProcessImage
 from gateway.switching.model import Role
 from hil.broker import free_port
 from hil.rig import Rig

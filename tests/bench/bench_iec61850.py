@@ -22,9 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from gateway.clock import SystemClock
-from gateway.config import Iec61850Ied, load
-from gateway.points import PointUpdate
+from gateway.contract.clock import SystemClock
+from gateway.config import load
+from gateway.contract.settings import Iec61850Ied
+from gateway.contract.points import PointUpdate
 from hil.iec61850_server import BayServerProcess
 from hil.ports import reserve_port as free_port
 from protocols._iec61850_ffi import FC, ffi, lib

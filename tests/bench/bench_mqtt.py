@@ -31,9 +31,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from gateway.clock import SystemClock  # noqa: E402
-from gateway.config import SiteIdentity, UplinkConfig  # noqa: E402
-from gateway.points import GOOD, Point, PointKind  # noqa: E402
+from gateway.contract.clock import SystemClock  # noqa: E402
+from gateway.contract.settings import SiteIdentity, UplinkConfig  # noqa: E402
+from gateway.contract.points import GOOD, Point, PointKind  # noqa: E402
 from gateway.storage import Store  # noqa: E402
 from gateway.telemetry import PointSpec, Telemetry  # noqa: E402
 from protocols.mqtt import MqttUplink  # noqa: E402

@@ -326,7 +326,7 @@ def iec61850_target() -> Target:
     """An MMS value as it arrives in a read response or report: BER bytes decoded by
     libiec61850 (MmsValue_decodeMmsData), then turned into every point kind's value and quality
     by the client's own decoder. A value libiec61850 cannot decode is NULL: a refusal."""
-    from gateway.config import Iec61850Point
+    from gateway.contract.settings import Iec61850Point
     from protocols._iec61850_ffi import ffi, lib
     from protocols.iec61850 import decode_value
 

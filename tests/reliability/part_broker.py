@@ -13,8 +13,8 @@ from typing import Any
 import msgpack
 import paho.mqtt.client as mqtt
 
-from gateway.clock import SystemClock
-from gateway.config import SiteIdentity, UplinkConfig
+from gateway.contract.clock import SystemClock
+from gateway.contract.settings import SiteIdentity, UplinkConfig
 from gateway.storage import Store
 from hil.broker import Broker, free_port, make_tls_files
 from protocols.mqtt import MqttUplink

@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 
 from gateway.agents.runtime import AgentRuntime, restore_from_store, save_to_store
-from gateway.clock import SimClock
-from gateway.config import SiteIdentity, UplinkConfig, load
+from gateway.contract.clock import SimClock
+from gateway.config import load
+from gateway.contract.settings import SiteIdentity, UplinkConfig
 from gateway.history import HistoryAggregator
 from gateway.memory import after_reload, freeze_long_lived
 from gateway.protection.engine import BreakerCommand, ProtectionEngine, ProtectionEvent

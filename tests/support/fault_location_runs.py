@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from gateway.agents.schema import PowerLineAttributes
-from gateway.config import DataType, ModbusPoint, load
+from gateway.config import load
+from gateway.contract.settings import DataType, ModbusPoint
 from gateway.fault_location import BaySample, LineImpedance, locate
 from hil.modbus_servers import from_registers, to_registers
 from hil.runtime import build_model

@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any, TypeVar, TypeVarTuple, Unpack, cast
 
 from gateway.config import SiteConfig, validate
-from gateway.points import GOOD, PointUpdate
+from gateway.contract.points import GOOD, PointUpdate
 from gateway.scheduling import Periods
 from gateway.storage import Store
 from gateway.wiring import Gateway
-from protocols.base import AdapterStatus, LinkState, Priority, Sink
+from gateway.contract.ports import AdapterStatus, LinkState, Priority, Sink
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
@@ -193,7 +193,7 @@ class MemoryAdapter:
         try:
             self._transport.write(self.ied_id, point_id, value, priority)
         except PermissionError as exc:
-            from protocols.base import CommandError
+            from gateway.contract.ports import CommandError
 
             self.status.write_errors += 1
             future.set_exception(CommandError(str(exc)))

@@ -10,12 +10,12 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
 
-from gateway.clock import SystemClock
+from gateway.contract.clock import SystemClock
 from gateway.config import validate
 from gateway.daemon import Gateway
 from gateway.hmi import users
 from gateway.hmi.server import Hmi
-from gateway.points import GOOD, PointUpdate
+from gateway.contract.points import GOOD, PointUpdate
 from gateway.storage import Store
 from gateway.switching.model import Role
 

@@ -71,7 +71,8 @@ def layer(module: str) -> str:
     parts = module.split(".")
     if parts[0] != "gateway":
         return parts[0]
-    if len(parts) > 1 and parts[1] in ("agents", "protection", "switching", "maintenance", "commissioning", "hmi"):
+    if len(parts) > 1 and parts[1] in ("contract", "cli", "agents", "protection", "switching", "maintenance",
+                                       "commissioning", "hmi"):
         return f"gateway.{parts[1]}"
     return "gateway (core)"
 

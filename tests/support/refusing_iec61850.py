@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gateway.config import Iec61850Ied, load
+from gateway.config import load
+from gateway.contract.settings import Iec61850Ied
 from hil.iec61850_server import BayModel, BayServer
 from protocols import _iec61850_ffi as c
 

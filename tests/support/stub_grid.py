@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from gateway.config import Iec61850Point, SiteConfig
+from gateway.config import SiteConfig
+from gateway.contract.settings import Iec61850Point
 
 
 @dataclass

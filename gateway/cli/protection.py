@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from gateway.cli import add_common, config_path, runtime_dir, table
 from gateway.protection.core import ElementKind, operate_time_s, thermal_trip_time_s
 from gateway.protection.sequence import (
     InjectionState,
@@ -79,7 +80,6 @@ def parse_quantity(text: str, kind: str) -> tuple[float, str]:
 
 
 def _site_scheme(args: argparse.Namespace) -> ProtectionScheme:
-    from gateway.cli import config_path
     from gateway.config import load
 
     site = load(config_path(args))
@@ -274,7 +274,6 @@ def cmd_test_sequence(args: argparse.Namespace) -> int:
                           "runs": [r.as_dict() for r in runs], "agree": not problems, "differences": problems,
                           "live": live}, indent=2))
         return 0 if not problems and live_ok else 1
-    from gateway.cli import table
 
     print(f"{scheme.breaker}: {what}; sample period {sample_s * 1000:g} ms")
     start = 0.0
@@ -320,7 +319,6 @@ def cmd_test_sequence(args: argparse.Namespace) -> int:
 
 def _relay_poll_s(args: argparse.Namespace, scheme: ProtectionScheme) -> float:
     """Poll period of the IED that serves the bay's phase current (0 when reported, not polled)."""
-    from gateway.cli import config_path
     from gateway.config import load
 
     point = scheme.point("ia")
@@ -333,7 +331,6 @@ def _relay_poll_s(args: argparse.Namespace, scheme: ProtectionScheme) -> float:
 def _daemon_runs(args: argparse.Namespace, scheme: ProtectionScheme) -> None:
     """The daemon is up and runs `scheme` as the site file has it: else the live trip time
     would be compared with a prediction for other settings (or nothing would trip)."""
-    from gateway.cli import config_path, runtime_dir
     from gateway.control import ControlError, DaemonNotRunning, call
 
     try:
@@ -484,7 +481,6 @@ def curve_rows(scheme: ProtectionScheme, name: str, fast: bool, preload_a: float
 
 
 def cmd_curve(args: argparse.Namespace) -> int:
-    from gateway.cli import table
 
     try:
         scheme = _site_scheme(args)
@@ -543,7 +539,6 @@ def _plot(scheme: ProtectionScheme, name: str, fast: bool, preload: float, path:
 
 
 def _running_settings(args: argparse.Namespace) -> dict[str, Any]:
-    from gateway.cli import runtime_dir
     from gateway.control import call
 
     running: dict[str, Any] = call(runtime_dir(args), "protection.settings")
@@ -606,7 +601,6 @@ def cmd_settings_diff(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
         return 1 if changes else 0
-    from gateway.cli import table
 
     print(f"running  {result['running_digest']}\n{args.file}  {result['file_digest']}")
     if not changes:
@@ -628,7 +622,6 @@ def cmd_settings_check(args: argparse.Namespace) -> int:
     """A settings file against the site file it is meant for, before it goes in and is reloaded."""
     import tomllib
 
-    from gateway.cli import config_path
 
     site_path = config_path(args)
     try:
@@ -656,7 +649,6 @@ def cmd_settings_check(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from gateway.cli import add_common
 
     prot = subparsers.add_parser("protection", help="protection settings: test an element, show its curve")
     sub = prot.add_subparsers(dest="protection_command", required=True, metavar="ACTION")

@@ -7,17 +7,16 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
+from gateway.cli import add_common, emit, runtime_dir
 from gateway.control import call
 
 
 def _rt(args: argparse.Namespace) -> Path:
-    from gateway.cli import runtime_dir
 
     return runtime_dir(args)
 
 
 def _emit(args: argparse.Namespace, data: Any, human: Any) -> None:
-    from gateway.cli import emit
 
     emit(args, data, human)
 
@@ -114,7 +113,6 @@ def cmd_history_import(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    from gateway.cli import add_common
 
     m = sub.add_parser("maintenance", help="work orders from the transformers' health: list, show, evaluate, "
                                            "accept, reschedule, close")

@@ -9,17 +9,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gateway.cli import add_common, emit, runtime_dir
 from gateway.control import call
 
 
 def _rt(args: argparse.Namespace) -> Path:
-    from gateway.cli import runtime_dir
 
     return runtime_dir(args)
 
 
 def _emit(args: argparse.Namespace, data: Any, human: Any) -> None:
-    from gateway.cli import emit
 
     emit(args, data, human)
 
@@ -156,7 +155,6 @@ def cmd_tag(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    from gateway.cli import add_common
 
     sw = sub.add_parser("switching", help="switching sequences: list, show, validate, run, approve, abort")
     sw_sub = sw.add_subparsers(dest="switching_command", required=True, metavar="ACTION")

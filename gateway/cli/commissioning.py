@@ -12,6 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from gateway.cli import add_common, duration_s, emit, runtime_dir, table
 from gateway.commissioning.scl_import import ImportResult, fragment_text, site_fragment
 
 
@@ -154,19 +155,19 @@ def _modbus_human(scan: dict[str, Any], show_map: bool) -> str:
         ident = unit.get("identification")
         lines.append(f"unit {unit['unit_id']}: present (answers {unit['answer']})"
                      + (f"; identification: {', '.join(f'{k}={v}' for k, v in ident.items())}" if ident else ""))
-        for table in unit["tables"]:
-            if table["supported"] is False:
+        for regs in unit["tables"]:
+            if regs["supported"] is False:
                 state = "not supported (illegal function)"
-            elif table["supported"] is None:
+            elif regs["supported"] is None:
                 state = "no answer"
-            elif table["ranges"]:
-                state = f"readable {_ranges(table['ranges'])}"
+            elif regs["ranges"]:
+                state = f"readable {_ranges(regs['ranges'])}"
             else:
                 state = "nothing readable"
-            refused = "; ".join(f"{code} ×{n}" for code, n in table["exceptions"].items())
-            lines.append(f"  {names[table['table']]:<26} {state}" + (f"  [exceptions: {refused}]" if refused else ""))
-            if show_map and table.get("values"):
-                lines += _register_map(table)
+            refused = "; ".join(f"{code} ×{n}" for code, n in regs["exceptions"].items())
+            lines.append(f"  {names[regs['table']]:<26} {state}" + (f"  [exceptions: {refused}]" if refused else ""))
+            if show_map and regs.get("values"):
+                lines += _register_map(regs)
     return "\n".join(lines)
 
 
@@ -273,7 +274,6 @@ def cmd_discover_iec61850(args: argparse.Namespace) -> int:
 
 
 def _records_table(rows: list[dict[str, Any]]) -> str:
-    from gateway.cli import table
     from gateway.commissioning.soe import iso_ms
 
     if not rows:
@@ -293,7 +293,6 @@ def _records_table(rows: list[dict[str, Any]]) -> str:
 def cmd_records_list(args: argparse.Namespace) -> int:
     import time
 
-    from gateway.cli import emit, runtime_dir
     from gateway.control import call
 
     since = None if args.since is None else time.time() - args.since
@@ -305,7 +304,6 @@ def cmd_records_list(args: argparse.Namespace) -> int:
 def cmd_records_get(args: argparse.Namespace) -> int:
     import base64
 
-    from gateway.cli import runtime_dir
     from gateway.control import call
 
     data = call(runtime_dir(args), "records.get", id=args.id, timeout=60)
@@ -336,7 +334,6 @@ poll or report delay: the window is widened by this, then filtered on the best t
 def cmd_events_export(args: argparse.Namespace) -> int:
     import time
 
-    from gateway.cli import runtime_dir
     from gateway.commissioning.soe import Filter, parse_time, select, to_csv, to_json
     from gateway.control import call
 
@@ -375,7 +372,6 @@ def cmd_events_export(args: argparse.Namespace) -> int:
 
 def register_events_export(events_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """`stima events export` (under the existing `stima events`)."""
-    from gateway.cli import add_common
 
     exp = events_sub.add_parser("export", help="sequence of events as CSV or JSON, with millisecond source times")
     exp.add_argument("--since", default="1h", help="start: 90s, 15m, 2h, 1d ago, an ISO date-time (UTC) or POSIX "
@@ -454,12 +450,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    from gateway.cli import add_common
 
     add_common(parser)
 
 
 def _duration(text: str) -> float:
-    from gateway.cli import _duration_s
 
-    return _duration_s(text)
+    return duration_s(text)

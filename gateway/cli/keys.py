@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gateway.cli import add_common, emit, runtime_dir, table
 from gateway.control import call
 
 
 def _rt(args: argparse.Namespace) -> Path:
-    from gateway.cli import runtime_dir
 
     return runtime_dir(args)
 
@@ -24,7 +24,6 @@ def _when(ts: float | None) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from gateway.cli import emit, table
 
     rows = call(_rt(args), "keys.list")
     emit(args, rows, lambda rs: table([(r["name"], r["role"], r["state"], _when(r["expires"]), r["public_key"][:16]
@@ -47,7 +46,6 @@ def _expiry(text: str | None) -> float | None:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
-    from gateway.cli import emit
 
     if (args.public_key is None) == (args.public_key_file is None):
         print("stima: give the public key with --public-key HEX or --public-key-file FILE", file=sys.stderr)
@@ -60,7 +58,6 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:
-    from gateway.cli import emit
 
     entry = call(_rt(args), "keys.revoke", name=args.name, reason=args.reason)
     emit(args, entry, lambda e: f"key {e['name']} revoked: commands it signs are refused")
@@ -85,7 +82,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    from gateway.cli import add_common
 
     keys = sub.add_parser("keys", help="public keys allowed to sign commands (Ed25519): list, add, revoke, generate")
     ks = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")

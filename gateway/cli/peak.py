@@ -8,17 +8,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gateway.cli import add_common, emit, runtime_dir
 from gateway.control import call
 
 
 def _rt(args: argparse.Namespace) -> Path:
-    from gateway.cli import runtime_dir
 
     return runtime_dir(args)
 
 
 def _emit(args: argparse.Namespace, data: Any, human: Any) -> None:
-    from gateway.cli import emit
 
     emit(args, data, human)
 
@@ -102,7 +101,6 @@ def cmd_transfer_request(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    from gateway.cli import add_common
 
     p = sub.add_parser("peak", help="peak management: phase, forecast, each action's contribution, DR events")
     p_sub = p.add_subparsers(dest="peak_command", required=True, metavar="ACTION")

@@ -8,11 +8,11 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
+from gateway.cli import add_common, emit, runtime_dir, table
 from gateway.control import call
 
 
 def _rt(args: argparse.Namespace) -> Path:
-    from gateway.cli import runtime_dir
 
     return runtime_dir(args)
 
@@ -22,7 +22,6 @@ def _when(ts: float | None) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from gateway.cli import emit, table
 
     rows = call(_rt(args), "alarms.list")
     emit(args, rows, lambda rs: table(
@@ -33,7 +32,6 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_ack(args: argparse.Namespace) -> int:
-    from gateway.cli import emit
 
     alarm = call(_rt(args), "alarms.ack", id=args.id)
     emit(args, alarm, lambda a: f"{a['id']} acknowledged by {a['acknowledged_by']}"
@@ -42,7 +40,6 @@ def cmd_ack(args: argparse.Namespace) -> int:
 
 
 def cmd_map(args: argparse.Namespace) -> int:
-    from gateway.cli import emit, table
 
     rows = call(_rt(args), "iec104.map")
     emit(args, rows, lambda rs: table([(r["ioa"], r["type"], r.get("point") or r.get("target"),
@@ -52,7 +49,6 @@ def cmd_map(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    from gateway.cli import add_common
 
     alarms = sub.add_parser("alarms", help="active alarms (raised, not yet cleared and acknowledged); acknowledge")
     al = alarms.add_subparsers(dest="alarms_command", required=True, metavar="ACTION")

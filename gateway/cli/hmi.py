@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gateway.cli import add_common, config_path
 from gateway.hmi import users as users_mod
 from gateway.switching.model import Role
 
@@ -20,7 +21,6 @@ from gateway.switching.model import Role
 def users_path(args: argparse.Namespace) -> Path:
     if args.users_file is not None:
         return Path(args.users_file)
-    from gateway.cli import config_path
     from gateway.config import load
 
     cfg = config_path(args)
@@ -112,7 +112,6 @@ def _run(fn: Any) -> Any:
 
 
 def register(sub: Any) -> None:
-    from gateway.cli import add_common
 
     hmi = sub.add_parser("hmi", help="the web HMI's users (name, role, password)")
     hmi_sub = hmi.add_subparsers(dest="hmi_command", required=True, metavar="WHAT")

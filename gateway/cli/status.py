@@ -1,126 +1,16 @@
-"""`stima`: the commissioning engineer's command line.
-
-Offline commands read the site file; online commands talk to the running daemon over its
-control socket. Tables for people by default, `--json` for scripts.
-"""
+"""`stima status`, `points`, `breaker`, `events`: the running daemon, over its control socket."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
-import os
 import sys
 import time
-from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
-from gateway import __version__
-from gateway.config import ConfigError, load
-from gateway.control import ControlError, DaemonNotRunning, call, stream
-from gateway.site import load_site
-
-DEFAULT_CONFIG = Path("/etc/stima/site.toml")
-DEFAULT_RUNTIME_DIR = Path("/run/stima")
-
-# Command groups contributed by other parts of the gateway: module with `register(subparsers)`.
-_EXTENSIONS = ("gateway.protection.cli", "gateway.agents.cli", "gateway.switching.cli", "gateway.peak_cli",
-               "gateway.commissioning.cli", "gateway.keys_cli", "gateway.alarms_cli", "gateway.maintenance.cli",
-               "gateway.hmi.cli")
-
-
-def add_common(parser: argparse.ArgumentParser) -> None:
-    """Options every command understands."""
-    parser.add_argument("--config", "-c", type=Path, default=None,
-                        help=f"site file (default: $STIMA_CONFIG or {DEFAULT_CONFIG})")
-    parser.add_argument("--runtime-dir", type=Path, default=None,
-                        help="daemon runtime directory holding control.sock "
-                        f"(default: $STIMA_RUNTIME_DIR, the site file's runtime_dir, or {DEFAULT_RUNTIME_DIR})")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
-
-
-def config_path(args: argparse.Namespace) -> Path:
-    if getattr(args, "config", None):
-        return Path(args.config)
-    return Path(os.environ.get("STIMA_CONFIG", DEFAULT_CONFIG))
-
-
-def runtime_dir(args: argparse.Namespace) -> Path:
-    if getattr(args, "runtime_dir", None):
-        return Path(args.runtime_dir)
-    if os.environ.get("STIMA_RUNTIME_DIR"):
-        return Path(os.environ["STIMA_RUNTIME_DIR"])
-    try:
-        return load(config_path(args)).site.runtime_dir
-    except ConfigError:
-        return DEFAULT_RUNTIME_DIR
-
-
-def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
-    cells = [[_fmt(c) for c in row] for row in rows]
-    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
-    return "\n".join(lines)
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(value)
-
-
-def _when(ts: float | None) -> str:
-    if ts is None:
-        return "never"
-    return time.strftime("%H:%M:%S", time.localtime(ts)) + f".{int((ts % 1) * 1000):03d}"
-
-
-def emit(args: argparse.Namespace, data: Any, human: Callable[[Any], str]) -> None:
-    if args.json:
-        print(json.dumps(data, indent=2, default=str))
-    else:
-        print(human(data))
-
-
-# --------------------------------------------------------------------------- commands
-
-
-def cmd_config_validate(args: argparse.Namespace) -> int:
-    path = Path(args.file)
-    try:
-        site = load_site(path)
-    except ConfigError as exc:
-        if args.json:
-            print(json.dumps({"valid": False, "file": str(path),
-                              "problems": [{"path": p.path, "message": p.message, "found": p.found}
-                                           for p in exc.problems]}, indent=2, default=str))
-        else:
-            print(f"{path}: INVALID, {len(exc.problems)} problem(s):", file=sys.stderr)
-            for problem in exc.problems:
-                print(f"  - {problem}", file=sys.stderr)
-        return 1
-    summary = {
-        "valid": True,
-        "file": str(path),
-        "substation_id": site.site.substation_id,
-        "ieds": len(site.ieds),
-        "points": sum(len(i.points) for i in site.ieds),
-        "agents": len(site.agents),
-        "meters": sum(g.count for g in site.meter_groups),
-        "protection_schemes": len(site.protection),
-        "uplink": f"{site.uplink.transport}://{site.uplink.broker_host}:{site.uplink.broker_port}",
-    }
-    emit(args, summary, lambda s: f"{path}: valid — substation {s['substation_id']}, {s['ieds']} IEDs, "
-         f"{s['points']} points, {s['agents']} agents, {s['meters']} meters, "
-         f"{s['protection_schemes']} protection schemes, uplink {s['uplink']}")
-    if site.uplink.transport == "tcp":
-        print("warning: uplink.transport is 'tcp': telemetry and commands travel unencrypted", file=sys.stderr)
-    return 0
+from gateway.cli import add_common, duration_s, emit, fmt, runtime_dir, table, when
+from gateway.cli.commissioning import register_events_export
+from gateway.control import call, stream
 
 
 def _human_status(s: dict[str, Any]) -> str:
@@ -135,8 +25,8 @@ def _human_status(s: dict[str, Any]) -> str:
         f"invalid {s['points']['invalid']}, questionable {s['points']['questionable']}",
         "",
         table(
-            [(i["ied"], i["protocol"], i["endpoint"], i["state"], _when(i["last_poll_time"]),
-              _when(i["last_ok_time"]), i["polls"], i["poll_errors"], i["last_error"][:40])
+            [(i["ied"], i["protocol"], i["endpoint"], i["state"], when(i["last_poll_time"]),
+              when(i["last_ok_time"]), i["polls"], i["poll_errors"], i["last_error"][:40])
              for i in s["ieds"]],
             ["IED", "PROTOCOL", "ENDPOINT", "STATE", "LAST POLL", "LAST OK", "POLLS", "ERRORS", "LAST ERROR"],
         ),
@@ -152,8 +42,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _points_table(points: list[dict[str, Any]]) -> str:
-    rows = [(p["id"], _fmt(p["value"]), p["unit"], p["quality"] + ("" if p["reason"] == "none" else f"({p['reason']})"),
-             _when(p["receive_time"]), p["source"]) for p in points]
+    rows = [(p["id"], fmt(p["value"]), p["unit"], p["quality"] + ("" if p["reason"] == "none" else f"({p['reason']})"),
+             when(p["receive_time"]), p["source"]) for p in points]
     return table(rows, ["POINT", "VALUE", "UNIT", "QUALITY", "RECEIVED", "SOURCE"])
 
 
@@ -176,7 +66,7 @@ def cmd_points_watch(args: argparse.Namespace) -> int:
                 print(json.dumps(point, default=str), flush=True)
             else:
                 q = point["quality"] + ("" if point["reason"] == "none" else f"({point['reason']})")
-                print(f"{_when(point['receive_time'])}  {point['id']:<32} {_fmt(point['value']):>12} "
+                print(f"{when(point['receive_time'])}  {point['id']:<32} {fmt(point['value']):>12} "
                       f"{point['unit']:<6} {q}", flush=True)
             count += 1
             if (args.count and count >= args.count) or (deadline and time.monotonic() > deadline):
@@ -248,21 +138,6 @@ def cmd_breaker_operate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _duration_s(text: str) -> float:
-    """'90', '90s', '15m', '2h', '1d' → seconds (for --since)."""
-    units = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-    raw = text.strip().lower()
-    factor = units.get(raw[-1:], None)
-    number = raw[:-1] if factor is not None else raw
-    try:
-        value = float(number) * (factor or 1.0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a duration such as 90s, 15m, 2h or 1d, found {text!r}") from None
-    if not (value >= 0 and value < float("inf")):
-        raise argparse.ArgumentTypeError(f"expected a duration >= 0, found {text!r}")
-    return value
-
-
 def _history_table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "no history in that period (buckets are written when their interval ends)"
@@ -280,7 +155,7 @@ def cmd_points_history(args: argparse.Namespace) -> int:
 
 def _event_detail(event: dict[str, Any]) -> str:
     skip = {"seq", "time", "source", "kind", "monotonic"}
-    return " ".join(f"{k}={_fmt(v)}" for k, v in event.items()
+    return " ".join(f"{k}={fmt(v)}" for k, v in event.items()
                     if k not in skip and v not in (None, "") and v != event.get("source"))
 
 
@@ -291,26 +166,12 @@ def cmd_events(args: argparse.Namespace) -> int:
     if args.kind:
         events = [e for e in events if str(e.get("kind", "")).startswith(args.kind)]
     emit(args, events, lambda ev: table(
-        [(_when(e.get("time")), e.get("source"), e.get("kind"), _event_detail(e)) for e in ev],
+        [(when(e.get("time")), e.get("source"), e.get("kind"), _event_detail(e)) for e in ev],
         ["TIME", "SOURCE", "KIND", "DETAIL"]) if ev else "no events in that period")
     return 0
 
 
-# --------------------------------------------------------------------------- parser
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="stima", description="Stima substation gateway: commissioning CLI")
-    parser.add_argument("--version", action="version", version=f"stima {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    config = sub.add_parser("config", help="site-file tools")
-    config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
-    validate = config_sub.add_parser("validate", help="check a site file and report every problem")
-    validate.add_argument("file", help="site file (TOML)")
-    validate.add_argument("--json", action="store_true", help="machine-readable output")
-    validate.set_defaults(func=cmd_config_validate)
-
+def register(sub: Any) -> None:
     status = sub.add_parser("status", help="daemon, IED, point-quality and uplink status")
     add_common(status)
     status.set_defaults(func=cmd_status)
@@ -334,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     pwatch.set_defaults(func=cmd_points_watch)
     phist = points_sub.add_parser("history", help="downsampled history of a point (min/max/mean per interval)")
     phist.add_argument("id", metavar="POINT")
-    phist.add_argument("--since", type=_duration_s, default=86400.0, help="how far back (90s, 15m, 2h, 1d; 24h)")
+    phist.add_argument("--since", type=duration_s, default=86400.0, help="how far back (90s, 15m, 2h, 1d; 24h)")
     phist.add_argument("--limit", type=int, default=10_000, help="at most this many buckets (the newest)")
     add_common(phist)
     phist.set_defaults(func=cmd_points_history)
@@ -359,44 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
     bstat.set_defaults(func=cmd_breaker_status)
 
     events = sub.add_parser("events", help="the event log: protection, agent transitions, commands")
-    events.add_argument("--since", type=_duration_s, default=3600.0, metavar="DURATION",
+    events.add_argument("--since", type=duration_s, default=3600.0, metavar="DURATION",
                         help="how far back: 90s, 15m, 2h, 1d (default 1h)")
     events.add_argument("--source", help="only events of this element, e.g. CB-045")
     events.add_argument("--kind", help="only kinds starting with this, e.g. protection. or command.")
     events.add_argument("--limit", type=int, default=200, help="at most this many, newest kept (default 200)")
     add_common(events)
     events.set_defaults(func=cmd_events)
-    from gateway.commissioning.cli import register_events_export
-
     register_events_export(events.add_subparsers(dest="events_command", metavar="ACTION"))
-
-    for name in _EXTENSIONS:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
-        module.register(sub)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except DaemonNotRunning as exc:
-        print(f"stima: {exc}", file=sys.stderr)
-        return 3
-    except ControlError as exc:
-        print(f"stima: the daemon refused: {exc}", file=sys.stderr)
-        return 1
-    except ConfigError as exc:
-        print(f"stima: {exc}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:
-        return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
