@@ -22,8 +22,8 @@ $(STAMP): pyproject.toml $(wildcard setup.py) $(wildcard native/*.c native/*.h n
 demo: deps
 	@$(PY) -m hil.demo $(DEMO_ARGS)
 
-test: deps
-	@$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+test: deps lint
+	@$(PY) -m pytest -q -p no:cacheprovider --durations=15 $(PYTEST_ARGS)
 
 bench: deps
 	@failed=""; for b in tests/bench/bench_*.py; do echo "=== $$b"; $(PY) $$b || failed="$$failed $$b"; done; \
@@ -40,8 +40,14 @@ reliability: deps
 fresh-check:
 	@bash deploy/fresh-check.sh
 
+# style and types (make test runs it first); the complexity figure is reported, not enforced
+LINTED := gateway protocols hil tests native
 lint: deps
-	@$(PY) -m ruff check gateway protocols hil tests native && $(PY) -m mypy gateway protocols hil
+	@$(PY) -m ruff check $(LINTED)
+	@$(PY) -m ruff format --check $(LINTED)
+	@$(PY) -m mypy --strict gateway protocols
+	@$(PY) -m mypy hil
+	@echo "functions above complexity 10 (ruff C901): $$($(PY) -m ruff check gateway protocols hil --select C901 --exit-zero --output-format concise | grep -c C901)"
 
 clean:
 	rm -rf $(VENV) build *.egg-info .run native/_stima_native*.so native/_stima_native.c

@@ -83,8 +83,9 @@ class AgentHost:
 
     def _on_point(self, point: Point, update: PointUpdate) -> None:
         for agent_id, name in self._feeds.get(point.point_id, ()):
-            self.runtime.on_point(agent_id, name, update.value, update.quality.good, update.receive_monotonic,
-                                  step=False)
+            self.runtime.on_point(
+                agent_id, name, update.value, update.quality.good, update.receive_monotonic, step=False
+            )
         if self.runtime.position_changes and not self._position_step_due:
             # a breaker moved: step its agents once the rest of this batch of readings is in
             self._position_step_due = True
@@ -98,13 +99,21 @@ class AgentHost:
         """Readings carried over from a previous configuration (a reload), without stepping."""
         for point in points:
             for agent_id, name in self._feeds.get(point.point_id, ()):
-                self.runtime.on_point(agent_id, name, point.value, point.quality.good,
-                                      point.receive_monotonic or self._monotonic(), step=False)
+                self.runtime.on_point(
+                    agent_id,
+                    name,
+                    point.value,
+                    point.quality.good,
+                    point.receive_monotonic or self._monotonic(),
+                    step=False,
+                )
 
     def on_protection_event(self, event: Any) -> None:
-        self.carry_out(self.runtime.on_protection_event(
-            event.kind, event.breaker, event.element, event.phase, float(event.current_a or 0.0), event.time
-        ))
+        self.carry_out(
+            self.runtime.on_protection_event(
+                event.kind, event.breaker, event.element, event.phase, float(event.current_a or 0.0), event.time
+            )
+        )
 
     def on_switching(self, agent_id: str, action: str, origin: str, now: float | None = None) -> None:
         """The gateway is carrying out `action` ("open"/"close") on `agent_id` for `origin`; call it
@@ -133,9 +142,19 @@ class AgentHost:
             memory = self.runtime.memory.get(agent.id)
             if memory is None:
                 continue
-            out.append((f"state/{agent.id}", {"time": self._wall(), "agent": agent.id,
-                                              "agent_type": str(agent.type.value), "old": None,
-                                              "new": _name(memory.state), "cause": "current state"}))
+            out.append(
+                (
+                    f"state/{agent.id}",
+                    {
+                        "time": self._wall(),
+                        "agent": agent.id,
+                        "agent_type": str(agent.type.value),
+                        "old": None,
+                        "new": _name(memory.state),
+                        "cause": "current state",
+                    },
+                )
+            )
         return out
 
     def snapshot(self) -> None:
@@ -155,27 +174,46 @@ class AgentHost:
                     refusals.append(refused)
             elif isinstance(action, StateChange):
                 changed = True
-                record: dict[str, Any] = {"agent_type": str(getattr(action.agent_type, "value", action.agent_type)),
-                          "old": _name(action.old), "new": _name(action.new), "cause": action.cause}
+                record: dict[str, Any] = {
+                    "agent_type": str(getattr(action.agent_type, "value", action.agent_type)),
+                    "old": _name(action.old),
+                    "new": _name(action.new),
+                    "cause": action.cause,
+                }
                 self._log_event(self._wall(), action.agent_id, "state", record)
-                self._publish(f"state/{action.agent_id}", {"time": self._wall(), "agent": action.agent_id, **record},
-                              retain=True)
+                self._publish(
+                    f"state/{action.agent_id}", {"time": self._wall(), "agent": action.agent_id, **record}, retain=True
+                )
                 log.info("agent state", extra={"agent": action.agent_id, **record})
             elif isinstance(action, BulkStateChange):
                 changed = True
-                record = {"agent_type": action.agent_type, "old": action.old, "new": action.new,
-                                          "cause": action.cause, "count": len(action.meter_ids)}
-                self._log_event(self._wall(), action.group_id, "state",
-                                         {**record, "meters": list(action.meter_ids)})
-                self._publish("events", {"time": self._wall(), "source": action.group_id, "kind": "meters.state",
-                                         **record, "meters": list(action.meter_ids[:1000])})
+                record = {
+                    "agent_type": action.agent_type,
+                    "old": action.old,
+                    "new": action.new,
+                    "cause": action.cause,
+                    "count": len(action.meter_ids),
+                }
+                self._log_event(self._wall(), action.group_id, "state", {**record, "meters": list(action.meter_ids)})
+                self._publish(
+                    "events",
+                    {
+                        "time": self._wall(),
+                        "source": action.group_id,
+                        "kind": "meters.state",
+                        **record,
+                        "meters": list(action.meter_ids[:1000]),
+                    },
+                )
                 log.info("meter states", extra={"group": action.group_id, **record})
             elif isinstance(action, Alert):
                 record = {"severity": _name(action.severity), "message": action.message}
                 self._log_event(self._wall(), action.agent_id, "alert", record)
                 self._publish("alarms", {"time": self._wall(), "source": action.agent_id, **record})
-                log.warning("agent alert", extra={"agent": action.agent_id, "severity": record["severity"],
-                                                  "alert": action.message})
+                log.warning(
+                    "agent alert",
+                    extra={"agent": action.agent_id, "severity": record["severity"], "alert": action.message},
+                )
             elif isinstance(action, BusMessage):
                 messages.append(action)
         if messages:
@@ -196,19 +234,26 @@ class AgentHost:
         try:
             self._store.append_event(time, source, kind, record)
         except sqlite3.Error as exc:
-            log.error("agent event not written to the event log", extra={"source": source, "kind": kind,
-                                                                          "error": str(exc)})
+            log.error(
+                "agent event not written to the event log", extra={"source": source, "kind": kind, "error": str(exc)}
+            )
 
     def _notify(self, messages: list[BusMessage]) -> None:
         """Publish the notices among this batch's bus messages (QoS 1, not retained) and log them."""
         wall = self._wall()
         published, unknown = notices(messages, wall)
         for kind in unknown:
-            log.error("agent message kind missing from the notices table; published with its raw payload",
-                      extra={"kind": kind})
+            log.error(
+                "agent message kind missing from the notices table; published with its raw payload",
+                extra={"kind": kind},
+            )
         for suffix, payload in published:
-            self._log_event(wall, payload["source"], f"notice.{payload['kind']}",
-                                     {k: v for k, v in payload.items() if k not in ("time", "source", "kind")})
+            self._log_event(
+                wall,
+                payload["source"],
+                f"notice.{payload['kind']}",
+                {k: v for k, v in payload.items() if k not in ("time", "source", "kind")},
+            )
             self._publish(suffix, payload)
         self.notices_published += len(published)
 
@@ -218,19 +263,35 @@ class AgentHost:
         who = origin or Origin(via=Via.AGENT, who=f"agent:{req.agent_id}")
         try:
             kind = kind_for_point(req.point_name, req.value)
-            op = Operation(kind=kind, target=req.agent_id, origin=who, reason=req.reason,
-                           value=None if kind.switching else req.value, point=None if kind.switching else req.point_name)
+            op = Operation(
+                kind=kind,
+                target=req.agent_id,
+                origin=who,
+                reason=req.reason,
+                value=None if kind.switching else req.value,
+                point=None if kind.switching else req.point_name,
+            )
             if self.operate is None:
                 raise Refused("failed", "the switching authority is not running")
             self.operate(op)
         except (Refused, ValueError) as exc:
             self.control_refused += 1
-            log.warning("control request refused", extra={"agent": req.agent_id, "point_name": req.point_name,
-                                                          "error": str(exc), "origin": who.who})
+            log.warning(
+                "control request refused",
+                extra={"agent": req.agent_id, "point_name": req.point_name, "error": str(exc), "origin": who.who},
+            )
             self.runtime.on_command_result(req.agent_id, req.point_name, False, self._monotonic())
             return exc if isinstance(exc, Refused) else Refused("bad_args", str(exc))
-        log.info("control request", extra={"agent": req.agent_id, "point_name": req.point_name, "value": req.value,
-                                            "reason": req.reason, "origin": who.who})
+        log.info(
+            "control request",
+            extra={
+                "agent": req.agent_id,
+                "point_name": req.point_name,
+                "value": req.value,
+                "reason": req.reason,
+                "origin": who.who,
+            },
+        )
         return None
 
 

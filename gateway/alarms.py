@@ -19,14 +19,22 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 SEVERITIES = ("info", "warning", "major", "critical")
-NORMAL_STATES = frozenset({
-    "Closed_Normal", "Open_Manual",                                   # circuit breaker
-    "Operational", "Loaded",                                          # power line
-    "Normal_Operation",                                               # transformer, substation
-    "Generating", "Standby", "Curtailed",                             # renewable energy
-    "All_Steps_Off", "Partial_Energization", "Fully_Energized",       # capacitor bank
-    "Active",                                                         # smart meters
-})
+NORMAL_STATES = frozenset(
+    {
+        "Closed_Normal",
+        "Open_Manual",  # circuit breaker
+        "Operational",
+        "Loaded",  # power line
+        "Normal_Operation",  # transformer, substation
+        "Generating",
+        "Standby",
+        "Curtailed",  # renewable energy
+        "All_Steps_Off",
+        "Partial_Energization",
+        "Fully_Energized",  # capacitor bank
+        "Active",  # smart meters
+    }
+)
 """Agent states in which no condition stands: the agent's active alarms clear on entering one."""
 SNAPSHOT_KEY = "alarms"
 DEFAULT_LIMIT = 1000
@@ -72,8 +80,14 @@ class AlarmBook:
         """A new alarm; standing while `source` is an agent not in a normal state, else cleared at once."""
         if severity not in SEVERITIES:
             severity = "major"
-        alarm = Alarm(id=f"alm-{self._next}", source=source, severity=severity, message=message, raised=now,
-                      cleared=None if source in self.agents else now)
+        alarm = Alarm(
+            id=f"alm-{self._next}",
+            source=source,
+            severity=severity,
+            message=message,
+            raised=now,
+            cleared=None if source in self.agents else now,
+        )
         self._next += 1
         self._alarms[alarm.id] = alarm
         self._changes.append(("raised", alarm))

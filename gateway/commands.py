@@ -91,8 +91,9 @@ class CommandRefused(Exception):
     """A command not carried out; `reason` says which check refused it, the message what and why;
     `interlock` the code of the interlock row that refused it (the switching authority's table)."""
 
-    def __init__(self, reason: Reason, message: str, interlock: str | None = None,
-                 interlocks: list[dict[str, str]] | None = None) -> None:
+    def __init__(
+        self, reason: Reason, message: str, interlock: str | None = None, interlocks: list[dict[str, str]] | None = None
+    ) -> None:
         super().__init__(f"refused ({interlock or reason.value}): {message}")
         self.reason = reason
         self.message = message
@@ -127,9 +128,18 @@ def signature(key: bytes, fields: Mapping[str, Any]) -> bytes:
     return hmac.new(key, canonical(fields), hashlib.sha256).digest()
 
 
-def sign_command(key: Any, command: str, args: Mapping[str, Any], origin: str, now: float, *,
-                 substation: str | None = None, command_id: str | None = None,
-                 nonce: str | None = None, key_name: str | None = None) -> dict[str, Any]:
+def sign_command(
+    key: Any,
+    command: str,
+    args: Mapping[str, Any],
+    origin: str,
+    now: float,
+    *,
+    substation: str | None = None,
+    command_id: str | None = None,
+    nonce: str | None = None,
+    key_name: str | None = None,
+) -> dict[str, Any]:
     """A signed envelope for `command`, ready to msgpack and publish to `<base>/cmd/<command>`.
 
     `key` is an Ed25519 private key (with `key_name`, its name in the gateway's key book) or, in
@@ -170,15 +180,19 @@ def read_key(path: Path) -> bytes:
     if not stat.S_ISREG(st.st_mode):
         raise ValueError(f"command key file {path} is not a regular file")
     if st.st_mode & 0o077:
-        raise ValueError(f"command key file {path} is accessible by group or others (mode "
-                         f"{stat.S_IMODE(st.st_mode):04o}); expected 0600 or 0400 (chmod 600 {path})")
+        raise ValueError(
+            f"command key file {path} is accessible by group or others (mode "
+            f"{stat.S_IMODE(st.st_mode):04o}); expected 0600 or 0400 (chmod 600 {path})"
+        )
     try:
         key = path.read_bytes().rstrip()
     except OSError as exc:
         raise ValueError(f"command key file {path} cannot be read: {exc.strerror or exc}") from None
     if len(key) < MIN_KEY_BYTES:
-        raise ValueError(f"command key file {path} holds {len(key)} bytes; expected at least {MIN_KEY_BYTES} "
-                         "(e.g. `openssl rand -hex 32`)")
+        raise ValueError(
+            f"command key file {path} holds {len(key)} bytes; expected at least {MIN_KEY_BYTES} "
+            "(e.g. `openssl rand -hex 32`)"
+        )
     return key
 
 
@@ -211,8 +225,13 @@ class MemoryNonces:
         return True
 
 
-def _field(payload: Mapping[Any, Any], name: str, kind: type | tuple[type, ...], what: str,
-           ok: Callable[[Any], bool] = lambda _v: True) -> Any:
+def _field(
+    payload: Mapping[Any, Any],
+    name: str,
+    kind: type | tuple[type, ...],
+    what: str,
+    ok: Callable[[Any], bool] = lambda _v: True,
+) -> Any:
     value = payload[name]
     if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
         ok_type = False
@@ -228,9 +247,13 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-_KEY_REASONS = {"malformed": Reason.MALFORMED, "bad_signature": Reason.BAD_SIGNATURE,
-                "unknown_key": Reason.UNKNOWN_KEY, "key_revoked": Reason.KEY_REVOKED,
-                "key_expired": Reason.KEY_EXPIRED}
+_KEY_REASONS = {
+    "malformed": Reason.MALFORMED,
+    "bad_signature": Reason.BAD_SIGNATURE,
+    "unknown_key": Reason.UNKNOWN_KEY,
+    "key_revoked": Reason.KEY_REVOKED,
+    "key_expired": Reason.KEY_EXPIRED,
+}
 
 
 class Verifier:
@@ -239,8 +262,16 @@ class Verifier:
     With `keys` (the Ed25519 scheme) a command names its key and carries that key's role; with
     `key` (the `hmac` compatibility scheme) it is signed with the shared secret."""
 
-    def __init__(self, key: bytes | None = None, *, substation: str, max_age_s: float, nonces: NonceBook,
-                 allowed: Iterable[str] | None = None, keys: KeyBook | None = None) -> None:
+    def __init__(
+        self,
+        key: bytes | None = None,
+        *,
+        substation: str,
+        max_age_s: float,
+        nonces: NonceBook,
+        allowed: Iterable[str] | None = None,
+        keys: KeyBook | None = None,
+    ) -> None:
         if keys is None and (key is None or len(key) < MIN_KEY_BYTES):
             raise ValueError(f"the command key must hold at least {MIN_KEY_BYTES} bytes")
         self._key = key
@@ -258,19 +289,25 @@ class Verifier:
         logs the traceback, and the fuzz tests fail on it).
         """
         if not isinstance(payload, Mapping):
-            raise CommandRefused(Reason.MALFORMED, f"the payload is a {type(payload).__name__}; expected a msgpack "
-                                 "map {id, time, nonce, origin, command, args, sig}")
+            raise CommandRefused(
+                Reason.MALFORMED,
+                f"the payload is a {type(payload).__name__}; expected a msgpack "
+                "map {id, time, nonce, origin, command, args, sig}",
+            )
         required = REQUIRED_FIELDS + (("key",) if self.keys is not None else ())
         unknown = sorted(_show(k) for k in payload if k not in required and k not in OPTIONAL_FIELDS)
         if unknown:
-            raise CommandRefused(Reason.MALFORMED, f"unknown field(s) {', '.join(unknown)}; expected "
-                                 f"{', '.join(required + OPTIONAL_FIELDS)}")
+            raise CommandRefused(
+                Reason.MALFORMED,
+                f"unknown field(s) {', '.join(unknown)}; expected {', '.join(required + OPTIONAL_FIELDS)}",
+            )
         missing = [k for k in required if k not in payload]
         if missing:
             raise CommandRefused(Reason.MALFORMED, f"missing field(s) {', '.join(missing)}")
         command_id = _field(payload, "id", str, "a string of 1-64 characters", lambda v: 0 < len(v) <= 64)
-        sent = _field(payload, "time", (int, float), "seconds since the epoch (a finite number)",
-                      lambda v: math.isfinite(v))
+        sent = _field(
+            payload, "time", (int, float), "seconds since the epoch (a finite number)", lambda v: math.isfinite(v)
+        )
         nonce = _field(payload, "nonce", str, "a string of 16-128 characters", lambda v: 16 <= len(v) <= 128)
         origin = _field(payload, "origin", str, "a string of 1-128 characters", lambda v: 0 < len(v) <= 128)
         named = _field(payload, "command", str, "the command name")
@@ -294,19 +331,25 @@ class Verifier:
             except (TypeError, ValueError, OverflowError):
                 raise CommandRefused(Reason.MALFORMED, "args hold a map whose keys are not strings") from None
             if not hmac.compare_digest(expected, sig):
-                raise CommandRefused(Reason.BAD_SIGNATURE, "signature does not match (wrong key, or the command was "
-                                     "altered after signing)")
+                raise CommandRefused(
+                    Reason.BAD_SIGNATURE,
+                    "signature does not match (wrong key, or the command was altered after signing)",
+                )
         if named != command:
-            raise CommandRefused(Reason.WRONG_TARGET, f"signed for command {_show(named)} but published on "
-                                 f"cmd/{command}")
+            raise CommandRefused(
+                Reason.WRONG_TARGET, f"signed for command {_show(named)} but published on cmd/{command}"
+            )
         if "substation" in payload and payload["substation"] != self.substation:
-            raise CommandRefused(Reason.WRONG_TARGET, f"signed for substation {_show(payload['substation'])}, "
-                                 f"this is {self.substation}")
+            raise CommandRefused(
+                Reason.WRONG_TARGET, f"signed for substation {_show(payload['substation'])}, this is {self.substation}"
+            )
         age_s = now - float(sent)
         if abs(age_s) > self.max_age_s:
             when = "old" if age_s > 0 else "in the future"
-            raise CommandRefused(Reason.STALE, f"time is {abs(age_s):.1f} s {when}; accepted within "
-                                 f"±{self.max_age_s:g} s of the gateway's clock")
+            raise CommandRefused(
+                Reason.STALE,
+                f"time is {abs(age_s):.1f} s {when}; accepted within ±{self.max_age_s:g} s of the gateway's clock",
+            )
         # a nonce need only be known while a command carrying it could pass the age check
         try:
             fresh = self.nonces.remember_nonce(nonce, now + 2.0 * self.max_age_s, now)
@@ -315,13 +358,25 @@ class Verifier:
         if not fresh:
             raise CommandRefused(Reason.REPLAYED, f"nonce {_show(nonce)} was already used: replayed command")
         if command not in COMMAND_NAMES:
-            raise CommandRefused(Reason.UNKNOWN_COMMAND, f"unknown command {_show(command)}; expected one of "
-                                 f"{', '.join(COMMAND_NAMES)}")
+            raise CommandRefused(
+                Reason.UNKNOWN_COMMAND, f"unknown command {_show(command)}; expected one of {', '.join(COMMAND_NAMES)}"
+            )
         if command not in self.allowed:
-            raise CommandRefused(Reason.NOT_ALLOWED, f"command {command} is not allowed by the site file "
-                                 f"(uplink.commands.allowed: {', '.join(sorted(self.allowed)) or 'none'})")
-        return Command(name=command, id=command_id, time=float(sent), nonce=nonce, origin=origin,
-                       args=validate_args(command, args), key=key_name, role=role)
+            raise CommandRefused(
+                Reason.NOT_ALLOWED,
+                f"command {command} is not allowed by the site file "
+                f"(uplink.commands.allowed: {', '.join(sorted(self.allowed)) or 'none'})",
+            )
+        return Command(
+            name=command,
+            id=command_id,
+            time=float(sent),
+            nonce=nonce,
+            origin=origin,
+            args=validate_args(command, args),
+            key=key_name,
+            role=role,
+        )
 
 
 # --------------------------------------------------------------------------- arguments
@@ -350,21 +405,25 @@ _BREAKER_ARGS = {
     "breaker/cancel": ("select_id",),
 }
 _SEQUENCE_ARGS = ("sequence",)
-_MAINTENANCE_ARGS = {"maintenance/accept": ("work_order", "external_id", "note"),
-                     "maintenance/reschedule": ("work_order", "start", "note"),
-                     "maintenance/close": ("work_order", "note")}
+_MAINTENANCE_ARGS = {
+    "maintenance/accept": ("work_order", "external_id", "note"),
+    "maintenance/reschedule": ("work_order", "start", "note"),
+    "maintenance/close": ("work_order", "note"),
+}
 
 
 def _is_override(v: Any) -> bool:
-    return v is True or v is False or (isinstance(v, list) and 0 < len(v) <= 16
-                                       and all(isinstance(x, str) and _ARG_NAME_RE.match(x) for x in v))
+    return (
+        v is True
+        or v is False
+        or (isinstance(v, list) and 0 < len(v) <= 16 and all(isinstance(x, str) and _ARG_NAME_RE.match(x) for x in v))
+    )
 
 
 def _only(args: Mapping[str, Any], known: tuple[str, ...]) -> None:
     extra = sorted(k for k in args if k not in known)
     if extra:
-        raise CommandRefused(Reason.BAD_ARGS, f"args: unknown key(s) {', '.join(extra)}; expected "
-                             f"{', '.join(known)}")
+        raise CommandRefused(Reason.BAD_ARGS, f"args: unknown key(s) {', '.join(extra)}; expected {', '.join(known)}")
 
 
 def _breaker_args(command: str, args: Mapping[str, Any]) -> dict[str, Any]:
@@ -374,17 +433,26 @@ def _breaker_args(command: str, args: Mapping[str, Any]) -> dict[str, Any]:
     if "breaker" in known:
         out["breaker"] = _arg(args, "breaker", "a breaker id", _is_id)
         out["action"] = _arg(args, "action", "'open' or 'close'", _is_action)
-        out["authorised"] = bool(_arg(args, "authorised", "true or false", lambda v: isinstance(v, bool))
-                                 if "authorised" in args else False)
+        out["authorised"] = bool(
+            _arg(args, "authorised", "true or false", lambda v: isinstance(v, bool)) if "authorised" in args else False
+        )
         if "override" in args:
-            out["override"] = _arg(args, "override", "true (every overridable row) or a list of interlock codes",
-                                   _is_override)
+            out["override"] = _arg(
+                args, "override", "true (every overridable row) or a list of interlock codes", _is_override
+            )
         if "reason" in args:
-            out["reason"] = _arg(args, "reason", "the reason for the override (1-500 characters)",
-                                 lambda v: isinstance(v, str) and 0 < len(v.strip()) <= 500)
+            out["reason"] = _arg(
+                args,
+                "reason",
+                "the reason for the override (1-500 characters)",
+                lambda v: isinstance(v, str) and 0 < len(v.strip()) <= 500,
+            )
         if (out["authorised"] or out.get("override")) and "reason" not in out:
-            raise CommandRefused(Reason.BAD_ARGS, "args.reason: missing; an authorised close or an override "
-                                 "needs the reason it is made (recorded with the operator's role)")
+            raise CommandRefused(
+                Reason.BAD_ARGS,
+                "args.reason: missing; an authorised close or an override "
+                "needs the reason it is made (recorded with the operator's role)",
+            )
     if "select_id" in known:
         out["select_id"] = _arg(args, "select_id", "the select_id a breaker/select returned", _is_id)
     return out
@@ -404,31 +472,46 @@ def _maintenance_args(command: str, args: Mapping[str, Any]) -> dict[str, Any]:
     _only(args, _MAINTENANCE_ARGS[command])
     out: dict[str, Any] = {"work_order": _arg(args, "work_order", "a work order id", _is_id)}
     if command == "maintenance/reschedule":
-        out["start"] = float(_arg(args, "start", "the new window's start (POSIX seconds)",
-                                  lambda v: isinstance(v, int | float) and not isinstance(v, bool)
-                                  and math.isfinite(v) and v > 0))
+        out["start"] = float(
+            _arg(
+                args,
+                "start",
+                "the new window's start (POSIX seconds)",
+                lambda v: isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v > 0,
+            )
+        )
     if "external_id" in args:
-        out["external_id"] = _arg(args, "external_id", "the asset system's own number (1-64 characters)",
-                                  lambda v: isinstance(v, str) and bool(_ID_RE.match(v)))
+        out["external_id"] = _arg(
+            args,
+            "external_id",
+            "the asset system's own number (1-64 characters)",
+            lambda v: isinstance(v, str) and bool(_ID_RE.match(v)),
+        )
     if "note" in args:
-        out["note"] = _arg(args, "note", "text of 500 characters at most",
-                           lambda v: isinstance(v, str) and len(v) <= 500)
+        out["note"] = _arg(
+            args, "note", "text of 500 characters at most", lambda v: isinstance(v, str) and len(v) <= 500
+        )
     return out
 
 
 def _agent_request_args(command: str, args: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "agent": _arg(args, "agent", "an agent id", _is_id),
-        "request": _arg(args, "request", "a request name (e.g. maintenance, curtail, reset)",
-                        lambda v: isinstance(v, str) and bool(_ARG_NAME_RE.match(v))),
+        "request": _arg(
+            args,
+            "request",
+            "a request name (e.g. maintenance, curtail, reset)",
+            lambda v: isinstance(v, str) and bool(_ARG_NAME_RE.match(v)),
+        ),
     }
     passed: dict[str, Any] = {}
     for k, v in args.items():
         if k in ("agent", "request"):
             continue
         if not _ARG_NAME_RE.match(k):
-            raise CommandRefused(Reason.BAD_ARGS, f"args: key {_show(k)} is not a request argument name "
-                                 "(letters, digits, underscore)")
+            raise CommandRefused(
+                Reason.BAD_ARGS, f"args: key {_show(k)} is not a request argument name (letters, digits, underscore)"
+            )
         passed[k] = v
     out["args"] = passed
     return out
@@ -453,8 +536,9 @@ def validate_args(command: str, args: Mapping[str, Any]) -> dict[str, Any]:
         raise CommandRefused(Reason.BAD_ARGS, f"args: keys must be strings, found {', '.join(bad_keys)}")
     check = _ARG_CHECKS.get(command) if isinstance(command, str) else None
     if check is None:
-        raise CommandRefused(Reason.UNKNOWN_COMMAND, f"unknown command {_show(command)}; expected one of "
-                             f"{', '.join(COMMAND_NAMES)}")
+        raise CommandRefused(
+            Reason.UNKNOWN_COMMAND, f"unknown command {_show(command)}; expected one of {', '.join(COMMAND_NAMES)}"
+        )
     return check(command, args)
 
 
@@ -465,35 +549,28 @@ class Plant(Protocol):
     """What the running gateway offers commands (gateway.daemon.Gateway implements it): the
     switching authority's service for every switching device, and the agents."""
 
-    def select(self, op: Operation) -> Selection:
-        ...
+    def select(self, op: Operation) -> Selection: ...
 
-    def operate(self, op: Operation) -> Accepted:
-        ...
+    def operate(self, op: Operation) -> Accepted: ...
 
-    def cancel(self, select_id: str, origin: Origin) -> Selection:
-        ...
+    def cancel(self, select_id: str, origin: Origin) -> Selection: ...
 
-    def device_status(self, device: str) -> dict[str, Any]:
-        ...
+    def device_status(self, device: str) -> dict[str, Any]: ...
 
-    def approve(self, sequence: str, origin: Origin) -> Any:
-        ...
+    def approve(self, sequence: str, origin: Origin) -> Any: ...
 
-    def abort(self, sequence: str, origin: Origin) -> Any:
-        ...
+    def abort(self, sequence: str, origin: Origin) -> Any: ...
 
-    def agent_type(self, agent_id: str) -> str | None:
-        ...
+    def agent_type(self, agent_id: str) -> str | None: ...
 
     def maintenance(self, action: str, args: dict[str, Any], origin: Origin) -> dict[str, Any]:
         """accept, reschedule or close a work order (gateway/maintenance/service.py)."""
 
-    def agent_request(self, agent_id: str, request: str, args: dict[str, Any], origin: Origin) -> list[dict[str, Any]]:
-        ...
+    def agent_request(
+        self, agent_id: str, request: str, args: dict[str, Any], origin: Origin
+    ) -> list[dict[str, Any]]: ...
 
-    def acknowledge_alarm(self, alarm_id: str, origin: Origin) -> dict[str, Any]:
-        ...
+    def acknowledge_alarm(self, alarm_id: str, origin: Origin) -> dict[str, Any]: ...
 
 
 Publish = Callable[[str, dict[str, Any]], None]
@@ -507,9 +584,20 @@ class CommandService:
     path: every command gets exactly one result message.
     """
 
-    def __init__(self, cfg: CommandsConfig, *, key: bytes | None, substation: str, nonces: NonceBook,
-                 plant: Plant, publish: Publish, audit: Audit, wall: Callable[[], float],
-                 monotonic: Callable[[], float], keys: KeyBook | None = None) -> None:
+    def __init__(
+        self,
+        cfg: CommandsConfig,
+        *,
+        key: bytes | None,
+        substation: str,
+        nonces: NonceBook,
+        plant: Plant,
+        publish: Publish,
+        audit: Audit,
+        wall: Callable[[], float],
+        monotonic: Callable[[], float],
+        keys: KeyBook | None = None,
+    ) -> None:
         self.cfg = cfg
         self.plant = plant
         self.publish = publish
@@ -520,11 +608,17 @@ class CommandService:
         """The role of an `hmac` command (the shared key's holders); Ed25519 keys carry their own."""
         self.verifier: Verifier | None = None
         if cfg.enabled and cfg.scheme == "hmac" and key is not None:
-            self.verifier = Verifier(key, substation=substation, max_age_s=cfg.max_age_s, nonces=nonces,
-                                     allowed=cfg.allowed)
+            self.verifier = Verifier(
+                key, substation=substation, max_age_s=cfg.max_age_s, nonces=nonces, allowed=cfg.allowed
+            )
         elif cfg.enabled and cfg.scheme == "ed25519":
-            self.verifier = Verifier(substation=substation, max_age_s=cfg.max_age_s, nonces=nonces,
-                                     allowed=cfg.allowed, keys=keys if keys is not None else KeyBook())
+            self.verifier = Verifier(
+                substation=substation,
+                max_age_s=cfg.max_age_s,
+                nonces=nonces,
+                allowed=cfg.allowed,
+                keys=keys if keys is not None else KeyBook(),
+            )
         self.accepted = 0
         self.refused = 0
         self.suppressed = 0
@@ -551,9 +645,12 @@ class CommandService:
         args: dict[str, Any] = {}
         try:
             if retained:
-                raise CommandRefused(Reason.RETAINED, "a command published with the retain flag is never carried "
-                                     "out (a retained copy would be delivered again at every connect): publish "
-                                     "with retain false, and clear the retained copy with an empty retained message")
+                raise CommandRefused(
+                    Reason.RETAINED,
+                    "a command published with the retain flag is never carried "
+                    "out (a retained copy would be delivered again at every connect): publish "
+                    "with retain false, and clear the retained copy with an empty retained message",
+                )
             if self.verifier is None:
                 raise CommandRefused(Reason.DISABLED, DISABLED_MESSAGE)
             checked = self.verifier.verify(command, payload, self.wall())
@@ -612,9 +709,14 @@ class CommandService:
             elif args.get("authorised") and not args.get("override"):
                 rows = frozenset({"protection_lockout", "agent_locked_out"})
             override = Override(reason=str(args["reason"]).strip(), rows=rows)
-        return Operation(kind=Kind.OPEN if args["action"] == "open" else Kind.CLOSE, target=args["breaker"],
-                         origin=origin, override=override, select_id=select_id,
-                         reason=str(args.get("reason") or f"{args['action']} by {origin.who}"))
+        return Operation(
+            kind=Kind.OPEN if args["action"] == "open" else Kind.CLOSE,
+            target=args["breaker"],
+            origin=origin,
+            override=override,
+            select_id=select_id,
+            reason=str(args.get("reason") or f"{args['action']} by {origin.who}"),
+        )
 
     def _carry_out(self, command: str, args: dict[str, Any], origin: Origin) -> dict[str, Any]:
         try:
@@ -627,14 +729,25 @@ class CommandService:
             breaker, action = args["breaker"], args["action"]
             sel = self.plant.select(self._operation(args, origin))
             timeout = sel.expires_at - sel.selected_at
-            return {"breaker": breaker, "action": action, "select_id": sel.select_id,
-                    "expires_in_s": timeout, "expires": self.wall() + timeout,
-                    "state": self.breaker_status(breaker)}
+            return {
+                "breaker": breaker,
+                "action": action,
+                "select_id": sel.select_id,
+                "expires_in_s": timeout,
+                "expires": self.wall() + timeout,
+                "state": self.breaker_status(breaker),
+            }
         if command == "breaker/operate":
             breaker, action = args["breaker"], args["action"]
             accepted = self.plant.operate(self._operation(args, origin, args["select_id"]))
-            return {"breaker": breaker, "action": action, "select_id": args["select_id"], "op_id": accepted.op_id,
-                    "overridden": [r.as_dict() for r in accepted.overridden], "state": self.breaker_status(breaker)}
+            return {
+                "breaker": breaker,
+                "action": action,
+                "select_id": args["select_id"],
+                "op_id": accepted.op_id,
+                "overridden": [r.as_dict() for r in accepted.overridden],
+                "state": self.breaker_status(breaker),
+            }
         if command == "breaker/cancel":
             sel = self.plant.cancel(args["select_id"], origin)
             return {"breaker": sel.target, "action": sel.action, "select_id": sel.select_id}
@@ -662,8 +775,10 @@ class CommandService:
             if kind is None:
                 raise CommandRefused(Reason.BAD_ARGS, f"args.agent: no agent {agent} in the site file")
             if kind == "circuit_breaker" and request in BREAKER_ACTIONS:
-                raise CommandRefused(Reason.BAD_ARGS, f"{agent} is a switching device: operate it with "
-                                     "breaker/select and breaker/operate")
+                raise CommandRefused(
+                    Reason.BAD_ARGS,
+                    f"{agent} is a switching device: operate it with breaker/select and breaker/operate",
+                )
             try:
                 actions = self.plant.agent_request(agent, request, dict(args["args"]), origin)
             except Refused:
@@ -673,8 +788,9 @@ class CommandService:
             return {"agent": agent, "request": request, "actions": actions}
         raise CommandRefused(Reason.UNKNOWN_COMMAND, f"unknown command {command}")
 
-    def _record(self, result: dict[str, Any], args: Mapping[str, Any], *, via: str,
-                error: CommandRefused | None) -> None:
+    def _record(
+        self, result: dict[str, Any], args: Mapping[str, Any], *, via: str, error: CommandRefused | None
+    ) -> None:
         now = self.wall()
         result["ok"] = error is None
         result["error"] = None if error is None else error.message
@@ -683,24 +799,56 @@ class CommandService:
             result["interlock"] = error.interlock
             result["interlocks"] = error.interlocks
         result["time"] = now
-        source = str(args.get("breaker") or args.get("agent") or args.get("sequence") or args.get("alarm")
-                     or args.get("work_order") or "gateway")
-        record = {"id": result.get("id"), "command": result.get("command"), "origin": result.get("origin"),
-                  "via": via, "args": _plain(args), "ok": result["ok"], "error": result["error"],
-                  "reason": result["reason"], "interlock": result.get("interlock"), "key": result.get("key")}
+        source = str(
+            args.get("breaker")
+            or args.get("agent")
+            or args.get("sequence")
+            or args.get("alarm")
+            or args.get("work_order")
+            or "gateway"
+        )
+        record = {
+            "id": result.get("id"),
+            "command": result.get("command"),
+            "origin": result.get("origin"),
+            "via": via,
+            "args": _plain(args),
+            "ok": result["ok"],
+            "error": result["error"],
+            "reason": result["reason"],
+            "interlock": result.get("interlock"),
+            "key": result.get("key"),
+        }
         if error is None:
             self.accepted += 1
             kind = "command.accepted"
-            log.warning("command accepted", extra={"command": result.get("command"), "command_id": result.get("id"),
-                                                   "origin": result.get("origin"), "via": via, "target": source})
+            log.warning(
+                "command accepted",
+                extra={
+                    "command": result.get("command"),
+                    "command_id": result.get("id"),
+                    "origin": result.get("origin"),
+                    "via": via,
+                    "target": source,
+                },
+            )
         else:
             self.refused += 1
             kind = "command.refused"
             if error.reason in _UNTRUSTED and not self._untrusted_audit_allowed(now):
                 return
-            log.warning("command refused", extra={"command": result.get("command"), "command_id": result.get("id"),
-                                                  "origin": result.get("origin"), "via": via, "target": source,
-                                                  "reason": error.reason.value, "error": error.message})
+            log.warning(
+                "command refused",
+                extra={
+                    "command": result.get("command"),
+                    "command_id": result.get("id"),
+                    "origin": result.get("origin"),
+                    "via": via,
+                    "target": source,
+                    "reason": error.reason.value,
+                    "error": error.message,
+                },
+            )
         try:
             self.audit(now, source, kind, record)
         except Exception:
@@ -710,13 +858,23 @@ class CommandService:
         """Flood limit for refusals of commands that proved nothing (no valid signature)."""
         if now - self._untrusted_window_start >= UNTRUSTED_AUDIT_WINDOW_S:
             if self._untrusted_suppressed:
-                log.error("unauthenticated commands refused without an event-log entry (flood limit)",
-                          extra={"suppressed": self._untrusted_suppressed, "window_s": UNTRUSTED_AUDIT_WINDOW_S})
+                log.error(
+                    "unauthenticated commands refused without an event-log entry (flood limit)",
+                    extra={"suppressed": self._untrusted_suppressed, "window_s": UNTRUSTED_AUDIT_WINDOW_S},
+                )
                 try:
-                    self.audit(now, "gateway", "command.refused",
-                               {"suppressed": self._untrusted_suppressed, "reason": "flood limit",
-                                "ok": False, "error": f"{self._untrusted_suppressed} more unauthenticated "
-                                "command(s) refused in the last window"})
+                    self.audit(
+                        now,
+                        "gateway",
+                        "command.refused",
+                        {
+                            "suppressed": self._untrusted_suppressed,
+                            "reason": "flood limit",
+                            "ok": False,
+                            "error": f"{self._untrusted_suppressed} more unauthenticated "
+                            "command(s) refused in the last window",
+                        },
+                    )
                 except Exception:
                     log.exception("command audit could not be written")
             self._untrusted_window_start = now
@@ -730,12 +888,25 @@ class CommandService:
         return False
 
     def status(self) -> dict[str, Any]:
-        return {"enabled": self.verifier is not None, "accepted": self.accepted, "refused": self.refused,
-                "audit_suppressed": self.suppressed}
+        return {
+            "enabled": self.verifier is not None,
+            "accepted": self.accepted,
+            "refused": self.refused,
+            "audit_suppressed": self.suppressed,
+        }
 
 
-_UNTRUSTED = frozenset({Reason.DISABLED, Reason.MALFORMED, Reason.BAD_SIGNATURE, Reason.UNKNOWN_KEY,
-                        Reason.KEY_REVOKED, Reason.KEY_EXPIRED, Reason.RETAINED})
+_UNTRUSTED = frozenset(
+    {
+        Reason.DISABLED,
+        Reason.MALFORMED,
+        Reason.BAD_SIGNATURE,
+        Reason.UNKNOWN_KEY,
+        Reason.KEY_REVOKED,
+        Reason.KEY_EXPIRED,
+        Reason.RETAINED,
+    }
+)
 
 
 def _plain(value: Any) -> Any:

@@ -101,8 +101,10 @@ def _check(record: Record) -> None:
         raise ComtradeError("sample and trigger times must be finite")
     span_us = (record.times[-1] - record.times[0]) * 1e6
     if span_us >= 2**32:
-        raise ComtradeError(f"the record spans {span_us / 1e6:.0f} s; 32-bit microsecond time stamps hold "
-                            f"{(2**32 - 1) / 1e6:.0f} s at most")
+        raise ComtradeError(
+            f"the record spans {span_us / 1e6:.0f} s; 32-bit microsecond time stamps hold "
+            f"{(2**32 - 1) / 1e6:.0f} s at most"
+        )
     for ch in record.analog:
         _text(ch.name, "channel name")
         _text(ch.unit, "unit")
@@ -163,22 +165,33 @@ def write(record: Record, fmt: DatFormat = "BINARY") -> tuple[bytes, bytes, byte
     _check(record)
     n_a, n_d = len(record.analog), len(record.digital)
     columns = [[row[i] for row in record.analog_values] for i in range(n_a)]
-    scales = [_scaling(col) if fmt == "BINARY" else _ascii_scaling(col) if fmt == "ASCII"
-              else (1.0, 0.0, -3.4e38, 3.4e38) for col in columns]
+    scales = [
+        _scaling(col) if fmt == "BINARY" else _ascii_scaling(col) if fmt == "ASCII" else (1.0, 0.0, -3.4e38, 3.4e38)
+        for col in columns
+    ]
     lines = [f"{record.station},{record.device},2013", f"{n_a + n_d},{n_a}A,{n_d}D"]
     for i, (ch, (a, b, low, high)) in enumerate(zip(record.analog, scales, strict=True), start=1):
-        lines.append(f"{i},{ch.name},{ch.phase},{ch.circuit},{ch.unit},{a:.9g},{b:.9g},0,{low:.9g},{high:.9g},"
-                     "1,1,P")
+        lines.append(f"{i},{ch.name},{ch.phase},{ch.circuit},{ch.unit},{a:.9g},{b:.9g},0,{low:.9g},{high:.9g},1,1,P")
     for i, dch in enumerate(record.digital, start=1):
         lines.append(f"{i},{dch.name},{dch.phase},{dch.circuit},{dch.normal}")
-    lines += [f"{record.line_frequency_hz:g}", "0", f"0,{len(record.times)}", _stamp(record.times[0]),
-              _stamp(record.trigger_time), fmt, "1", "0,0", "0,0"]
+    lines += [
+        f"{record.line_frequency_hz:g}",
+        "0",
+        f"0,{len(record.times)}",
+        _stamp(record.times[0]),
+        _stamp(record.trigger_time),
+        fmt,
+        "1",
+        "0,0",
+        "0,0",
+    ]
     cfg = ("\r\n".join(lines) + "\r\n").encode("ascii")
     stamps = _offsets(record)
     if fmt == "ASCII":
         rows = []
-        for k, (ts, avals, dvals) in enumerate(zip(stamps, record.analog_values, record.digital_values,
-                                                   strict=True), start=1):
+        for k, (ts, avals, dvals) in enumerate(
+            zip(stamps, record.analog_values, record.digital_values, strict=True), start=1
+        ):
             fields = [str(k), str(ts)]
             fields += [ASCII_MISSING if v is None else f"{v / scales[i][0]:.9g}" for i, v in enumerate(avals)]
             fields += [str(v) for v in dvals]
@@ -189,12 +202,15 @@ def write(record: Record, fmt: DatFormat = "BINARY") -> tuple[bytes, bytes, byte
         analog_fmt = "h" if fmt == "BINARY" else "f"
         packer = struct.Struct(f"<II{n_a}{analog_fmt}{words}H")
         chunks = []
-        for k, (ts, avals, dvals) in enumerate(zip(stamps, record.analog_values, record.digital_values,
-                                                   strict=True), start=1):
+        for k, (ts, avals, dvals) in enumerate(
+            zip(stamps, record.analog_values, record.digital_values, strict=True), start=1
+        ):
             raw: list[float] | list[int]
             if fmt == "BINARY":
-                raw = [BINARY_MISSING if v is None else max(-INT16_SPAN, min(INT16_SPAN, round((v - b) / a)))
-                       for v, (a, b, _, _) in zip(avals, scales, strict=True)]
+                raw = [
+                    BINARY_MISSING if v is None else max(-INT16_SPAN, min(INT16_SPAN, round((v - b) / a)))
+                    for v, (a, b, _, _) in zip(avals, scales, strict=True)
+                ]
             else:
                 raw = [FLOAT32_MISSING if v is None else v for v in avals]
             bits = [0] * words

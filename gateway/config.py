@@ -78,8 +78,15 @@ class AgentConfig(_Model):
             try:
                 model.model_validate(self.attributes)
             except ValidationError as exc:  # report under `attributes.<key>`, where the file has it
-                details: list[Any] = [{"type": e["type"], "loc": ("attributes", *e["loc"]), "input": e["input"],
-                                       **({"ctx": e["ctx"]} if "ctx" in e else {})} for e in exc.errors()]
+                details: list[Any] = [
+                    {
+                        "type": e["type"],
+                        "loc": ("attributes", *e["loc"]),
+                        "input": e["input"],
+                        **({"ctx": e["ctx"]} if "ctx" in e else {}),
+                    }
+                    for e in exc.errors()
+                ]
                 raise ValidationError.from_exception_data(exc.title, details) from None
         return self
 
@@ -127,11 +134,13 @@ class MeterGroupConfig(_Model):
             return ids  # the group's own fields are wrong; those problems are reported instead
         seen: set[str] = set()
         for k, meter in enumerate(ids):
-            number = meter[len(prefix) + 1:] if meter.startswith(prefix + "-") else ""
+            number = meter[len(prefix) + 1 :] if meter.startswith(prefix + "-") else ""
             n = int(number) if number.isdigit() else -1
             if not first <= n < first + count or f"{prefix}-{n:05d}" != meter:
-                raise ValueError(f"critical_meters[{k}] {meter!r} is not a meter of this group "
-                                 f"(expected an id from {prefix}-{first:05d} to {prefix}-{first + count - 1:05d})")
+                raise ValueError(
+                    f"critical_meters[{k}] {meter!r} is not a meter of this group "
+                    f"(expected an id from {prefix}-{first:05d} to {prefix}-{first + count - 1:05d})"
+                )
             if meter in seen:
                 raise ValueError(f"critical_meters[{k}] {meter!r} is listed twice")
             seen.add(meter)
@@ -179,9 +188,18 @@ class DemandResponseConfig(_Model):
 # --------------------------------------------------------------------------- uplink
 
 
-COMMAND_NAMES = ("breaker/select", "breaker/operate", "breaker/cancel", "agent/request", "switching/approve",
-                 "switching/abort", "alarm/acknowledge", "maintenance/accept", "maintenance/reschedule",
-                 "maintenance/close")
+COMMAND_NAMES = (
+    "breaker/select",
+    "breaker/operate",
+    "breaker/cancel",
+    "agent/request",
+    "switching/approve",
+    "switching/abort",
+    "alarm/acknowledge",
+    "maintenance/accept",
+    "maintenance/reschedule",
+    "maintenance/close",
+)
 """Commands a SCADA host may send on `<base>/cmd/<command>` (gateway/commands.py)."""
 
 
@@ -390,8 +408,10 @@ class HmiConfig(_Model):
         except ValueError:
             raise ValueError(f"address must be an IP address of this machine, found {self.address!r}") from None
         if self.enabled and self.cert_file is None and not addr.is_loopback and not self.insecure_http:
-            raise ValueError(f"plain HTTP on {self.address} would send passwords in clear over the network: set "
-                             "cert_file and key_file (HTTPS), or insecure_http = true on a trusted network")
+            raise ValueError(
+                f"plain HTTP on {self.address} would send passwords in clear over the network: set "
+                "cert_file and key_file (HTTPS), or insecure_http = true on a trusted network"
+            )
         if self.session_idle_s > self.session_max_s:
             raise ValueError("session_idle_s must not exceed session_max_s")
         return self
@@ -434,8 +454,10 @@ class SiteConfig(_Model):
             for agent in self.agents:
                 if agent.type is AgentType.SUBSTATION:
                     if agent.attributes.get("peak_actions", "ordered") != "ordered":
-                        raise ValueError(f"agents[{agent.id}].attributes.peak_actions: [peak] is enabled, so the "
-                                         f"substation's actions are ordered by it; remove the key or set 'ordered'")
+                        raise ValueError(
+                            f"agents[{agent.id}].attributes.peak_actions: [peak] is enabled, so the "
+                            f"substation's actions are ordered by it; remove the key or set 'ordered'"
+                        )
                     agent.attributes["peak_actions"] = "ordered"
         return self
 
@@ -482,33 +504,44 @@ def reference_problems(data: dict[str, Any]) -> list[ConfigProblem]:
     for n, group in enumerate(groups):
         xfmr = group.get("connected_transformer")
         if _dangling(xfmr, known_agents):
-            out.append(ConfigProblem(f"meter_groups[{n}:{group.get('id', '?')}].connected_transformer",
-                                     "is not an agent id", xfmr))
+            out.append(
+                ConfigProblem(
+                    f"meter_groups[{n}:{group.get('id', '?')}].connected_transformer", "is not an agent id", xfmr
+                )
+            )
     out += _demand_response_problems(data, groups)
     for n, scheme in enumerate(_items(data, "protection")):
         breaker = scheme.get("breaker")
         if _dangling(breaker, known_agents):
             out.append(ConfigProblem(f"protection[{n}].breaker", "is not an agent id", breaker))
     # a rule whose target is not a string is the schema's type error; the layout checks skip it
-    out += feeder_layout_problems([
-        {**a, "connection_rules": [r for r in _items(a, "connection_rules") if isinstance(r.get("target_id"), str)]}
-        for a in agents])
+    out += feeder_layout_problems(
+        [
+            {**a, "connection_rules": [r for r in _items(a, "connection_rules") if isinstance(r.get("target_id"), str)]}
+            for a in agents
+        ]
+    )
     out += _serial_line_problems(ieds)
     return out
 
 
-def _duplicate_ids(ieds: list[dict[str, Any]], points: list[dict[str, Any]], agents: list[dict[str, Any]],
-                   groups: list[dict[str, Any]]) -> list[ConfigProblem]:
+def _duplicate_ids(
+    ieds: list[dict[str, Any]], points: list[dict[str, Any]], agents: list[dict[str, Any]], groups: list[dict[str, Any]]
+) -> list[ConfigProblem]:
     out = [ConfigProblem("ieds", "IED id is used more than once", dup) for dup in _dupes(_ids(ieds))]
-    out += [ConfigProblem("ieds[].points", "point id is used more than once", dup)
-            for dup in _dupes([p["id"] for p in points if isinstance(p.get("id"), str)])]
-    out += [ConfigProblem("agents", "agent id is used more than once", dup)
-            for dup in _dupes(_ids(agents) + _ids(groups))]
+    out += [
+        ConfigProblem("ieds[].points", "point id is used more than once", dup)
+        for dup in _dupes([p["id"] for p in points if isinstance(p.get("id"), str)])
+    ]
+    out += [
+        ConfigProblem("agents", "agent id is used more than once", dup) for dup in _dupes(_ids(agents) + _ids(groups))
+    ]
     return out
 
 
-def _agent_references(agents: list[dict[str, Any]], known_points: set[str],
-                      known_agents: set[str]) -> list[ConfigProblem]:
+def _agent_references(
+    agents: list[dict[str, Any]], known_points: set[str], known_agents: set[str]
+) -> list[ConfigProblem]:
     """Each agent's points are IED points, and its connection rules name agents."""
     out: list[ConfigProblem] = []
     for n, agent in enumerate(agents):
@@ -529,19 +562,25 @@ def _demand_response_problems(data: dict[str, Any], groups: list[dict[str, Any]]
     """Programs named once; groups enrolled in programs that exist, and never a critical group."""
     dr = data.get("demand_response")
     programs = _ids(_items(dr, "programs")) if isinstance(dr, dict) else []
-    out = [ConfigProblem("demand_response.programs", "program id is used more than once", dup)
-           for dup in _dupes(programs)]
+    out = [
+        ConfigProblem("demand_response.programs", "program id is used more than once", dup) for dup in _dupes(programs)
+    ]
     for n, group in enumerate(groups):
         where = f"meter_groups[{n}:{group.get('id', '?')}]"
         enrolled = group.get("dr_programs")
         for k, program in enumerate(enrolled if isinstance(enrolled, list) else []):
             if isinstance(program, str) and program not in programs:
-                out.append(ConfigProblem(f"{where}.dr_programs[{k}]", "is not a [[demand_response.programs]] id",
-                                         program))
+                out.append(
+                    ConfigProblem(f"{where}.dr_programs[{k}]", "is not a [[demand_response.programs]] id", program)
+                )
         if group.get("critical") is True and enrolled:
-            out.append(ConfigProblem(f"{where}.dr_programs",
-                                     "a critical group is never curtailed: it cannot be enrolled in demand response",
-                                     enrolled))
+            out.append(
+                ConfigProblem(
+                    f"{where}.dr_programs",
+                    "a critical group is never curtailed: it cannot be enrolled in demand response",
+                    enrolled,
+                )
+            )
     return out
 
 
@@ -555,9 +594,13 @@ def _serial_line_problems(ieds: list[dict[str, Any]]) -> list[ConfigProblem]:
         first = rtu.setdefault(ied["serial_port"], ied)
         line = [(x.get("baudrate", 19200), x.get("parity", "E"), x.get("stopbits", 1)) for x in (first, ied)]
         if first is not ied and line[0] != line[1]:
-            out.append(ConfigProblem(f"ieds[{n}:{ied.get('id', '?')}]",
-                                     f"shares serial line {ied['serial_port']} with {first.get('id')} "
-                                     "but its baudrate/parity/stopbits differ"))
+            out.append(
+                ConfigProblem(
+                    f"ieds[{n}:{ied.get('id', '?')}]",
+                    f"shares serial line {ied['serial_port']} with {first.get('id')} "
+                    "but its baudrate/parity/stopbits differ",
+                )
+            )
     return out
 
 
@@ -580,8 +623,9 @@ class _Layout:
     def __init__(self, agents: list[dict[str, Any]]) -> None:
         self.by_id = {a["id"]: a for a in agents if isinstance(a.get("id"), str)}
         self.kind = {i: a.get("type") for i, a in self.by_id.items()}
-        self.where_of = {a["id"]: f"agents[{n}:{a['id']}]" for n, a in enumerate(agents)
-                         if isinstance(a.get("id"), str)}
+        self.where_of = {
+            a["id"]: f"agents[{n}:{a['id']}]" for n, a in enumerate(agents) if isinstance(a.get("id"), str)
+        }
         self.out: list[ConfigProblem] = []
 
     def is_line(self, agent_id: Any) -> bool:
@@ -606,22 +650,36 @@ class _Layout:
         if not routes and external is None:
             for key in ("allow_parallel", "normally_open"):
                 if attrs.get(key) is True:
-                    self.problem(f"{where}.attributes.{key}", "is for a tie: a switching device with route rules "
-                                 "to two different power lines, or to one line and an external_source", True)
+                    self.problem(
+                        f"{where}.attributes.{key}",
+                        "is for a tie: a switching device with route rules "
+                        "to two different power lines, or to one line and an external_source",
+                        True,
+                    )
             return False
         targets = [r.get("target_id") for _, r in routes]
         for k, r in routes:
             if r.get("target_id") in self.by_id and not self.is_line(r.get("target_id")):
-                self.problem(f"{where}.connection_rules[{k}].target_id", "a tie's route rule must name a power_line",
-                             r.get("target_id"))
+                self.problem(
+                    f"{where}.connection_rules[{k}].target_id",
+                    "a tie's route rule must name a power_line",
+                    r.get("target_id"),
+                )
         lines = [t for t in targets if self.is_line(t)]
         if external is not None:
             if len(routes) != 1:
-                self.problem(f"{where}.connection_rules", f"a tie to external_source {external!r} needs exactly "
-                             "one route rule, to the local power line", targets)
+                self.problem(
+                    f"{where}.connection_rules",
+                    f"a tie to external_source {external!r} needs exactly one route rule, to the local power line",
+                    targets,
+                )
         elif len(routes) != 2 or (len(lines) == 2 and lines[0] == lines[1]):
-            self.problem(f"{where}.connection_rules", "a tie's route rules must name two different power lines "
-                         "(or one line, with attributes.external_source for a neighbour's feeder)", targets)
+            self.problem(
+                f"{where}.connection_rules",
+                "a tie's route rules must name two different power lines "
+                "(or one line, with attributes.external_source for a neighbour's feeder)",
+                targets,
+            )
         return True
 
     def taps(self, ties: set[str]) -> dict[tuple[str, str], list[tuple[str, float | None]]]:
@@ -642,8 +700,14 @@ class _Layout:
             return target, agent_id
         return None, None
 
-    def _tap(self, agent_id: str, path: str, rule: dict[str, Any], ties: set[str],
-             taps: dict[tuple[str, str], list[tuple[str, float | None]]]) -> None:
+    def _tap(
+        self,
+        agent_id: str,
+        path: str,
+        rule: dict[str, Any],
+        ties: set[str],
+        taps: dict[tuple[str, str], list[tuple[str, float | None]]],
+    ) -> None:
         target = rule.get("target_id")
         ctype = rule.get("canonical_type")
         raw = rule.get("position_m")
@@ -655,16 +719,27 @@ class _Layout:
                 taps.setdefault((element, line), []).append((path, None))
             return
         if ctype not in _TAP_TYPES:
-            self.problem(f"{path}.position_m", "is only for supply, depends_on and route rules "
-                         "(where an element is tapped on a power line)", raw)
+            self.problem(
+                f"{path}.position_m",
+                "is only for supply, depends_on and route rules (where an element is tapped on a power line)",
+                raw,
+            )
             return
         if ctype == "route" and self.is_line(agent_id) and self.is_line(target):
-            self.problem(f"{path}.position_m", "a route rule between two power lines has no position: to tie "
-                         "two lines mid-way, use a tie switch (a circuit_breaker with route rules to both lines)", raw)
+            self.problem(
+                f"{path}.position_m",
+                "a route rule between two power lines has no position: to tie "
+                "two lines mid-way, use a tie switch (a circuit_breaker with route rules to both lines)",
+                raw,
+            )
             return
         if line is None or element is None:
-            self.problem(f"{path}.position_m", "is measured along a power line: the other end of the rule must be "
-                         f"a power_line ({agent_id} → {target})", raw)
+            self.problem(
+                f"{path}.position_m",
+                "is measured along a power line: the other end of the rule must be "
+                f"a power_line ({agent_id} → {target})",
+                raw,
+            )
             return
         position = _number(raw)
         length = _number(_attributes(self.by_id[line]).get("length", 5000.0))
@@ -678,18 +753,27 @@ class _Layout:
         for (element, line), found in taps.items():
             given = {p for _, p in found if p is not None}
             if len(given) > 1:
-                self.problem(found[0][0] + ".position_m", f"{element} is tapped on {line} at different "
-                             f"positions by its rules: {sorted(given)}")
-            if (self.kind.get(element) == "circuit_breaker" and element not in ties and given
-                    and _attributes(self.by_id[element]).get("normally_open") is not True):
+                self.problem(
+                    found[0][0] + ".position_m",
+                    f"{element} is tapped on {line} at different positions by its rules: {sorted(given)}",
+                )
+            if (
+                self.kind.get(element) == "circuit_breaker"
+                and element not in ties
+                and given
+                and _attributes(self.by_id[element]).get("normally_open") is not True
+            ):
                 in_series.setdefault(line, []).append(element)
         for (element, line), found in taps.items():
             devices = in_series.get(line)
             if not devices or element in ties or any(p is not None for _, p in found):
                 continue
-            self.problem(found[0][0] + ".position_m", f"{element} is tapped on {line}, which carries in-series "
-                         f"switching devices ({', '.join(sorted(devices))}): give where it is tapped (metres "
-                         f"from the sending end of {line})")
+            self.problem(
+                found[0][0] + ".position_m",
+                f"{element} is tapped on {line}, which carries in-series "
+                f"switching devices ({', '.join(sorted(devices))}): give where it is tapped (metres "
+                f"from the sending end of {line})",
+            )
 
 
 def feeder_layout_problems(agents: list[dict[str, Any]]) -> list[ConfigProblem]:
@@ -808,14 +892,20 @@ def validate_document(data: dict[str, Any], source: str = "<site>") -> tuple[Sit
         raise ConfigError(source, problems) from None
     problems = reference_problems(data)
     if site.history.interval_s < 10.0 and not site.simulation:
-        problems.append(ConfigProblem("history.interval_s", "must be ≥ 10 s (shorter only in a site with a "
-                                      "[simulation] section)", site.history.interval_s))
+        problems.append(
+            ConfigProblem(
+                "history.interval_s",
+                "must be ≥ 10 s (shorter only in a site with a [simulation] section)",
+                site.history.interval_s,
+            )
+        )
     known_points = {p.id for ied in site.ieds for p in ied.points}
     for n, scheme in enumerate(site.protection):
         for pid in scheme.referenced_points():
             if pid not in known_points:
-                problems.append(ConfigProblem(f"protection[{n}:{scheme.breaker}]",
-                                              "reads or writes a point that no IED has", pid))
+                problems.append(
+                    ConfigProblem(f"protection[{n}:{scheme.breaker}]", "reads or writes a point that no IED has", pid)
+                )
     return site, problems
 
 
@@ -847,8 +937,14 @@ def parse_document(raw: bytes, source: str = "<site>") -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(source, [ConfigProblem("", f"not valid TOML: {exc}")]) from None
     except RecursionError:
-        raise ConfigError(source, [ConfigProblem(
-            "", f"arrays or tables nested too deeply to read (a site file needs at most {MAX_NESTING} levels)")]) from None
+        raise ConfigError(
+            source,
+            [
+                ConfigProblem(
+                    "", f"arrays or tables nested too deeply to read (a site file needs at most {MAX_NESTING} levels)"
+                )
+            ],
+        ) from None
     return data
 
 
@@ -869,4 +965,3 @@ def nesting_problem(data: Any) -> ConfigProblem | None:
         elif isinstance(node, list):
             stack.extend((v, depth + 1, f"{where}[{n}]") for n, v in enumerate(node))
     return None
-

@@ -122,11 +122,17 @@ class AccessPolicy:
     peer process's session): root and the daemon's own user are engineers; otherwise the
     highest role whose group holds the user, as primary or supplementary group."""
 
-    def __init__(self, *, viewer_group: str = "stima", operator_group: str = "stima-operator",
-                 engineer_group: str = "stima-engineer", engineer_uids: frozenset[int] | None = None,
-                 user_name: Callable[[int], str | None] | None = None,
-                 group_ids: Callable[[str, int], list[int]] | None = None,
-                 group_id: Callable[[str], int | None] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        viewer_group: str = "stima",
+        operator_group: str = "stima-operator",
+        engineer_group: str = "stima-engineer",
+        engineer_uids: frozenset[int] | None = None,
+        user_name: Callable[[int], str | None] | None = None,
+        group_ids: Callable[[str, int], list[int]] | None = None,
+        group_id: Callable[[str], int | None] | None = None,
+    ) -> None:
         self.groups = {Role.ENGINEER: engineer_group, Role.OPERATOR: operator_group, Role.VIEWER: viewer_group}
         self.engineer_uids = frozenset({0, os.getuid()}) if engineer_uids is None else engineer_uids
         """Engineers whatever their groups: root and the daemon's own user (default)."""
@@ -137,8 +143,7 @@ class AccessPolicy:
     @classmethod
     def from_config(cls, cfg: Any) -> AccessPolicy:
         """From the site file's `[control]` section (gateway.config.ControlConfig)."""
-        return cls(viewer_group=cfg.viewer_group, operator_group=cfg.operator_group,
-                   engineer_group=cfg.engineer_group)
+        return cls(viewer_group=cfg.viewer_group, operator_group=cfg.operator_group, engineer_group=cfg.engineer_group)
 
     def identify(self, uid: int | None, gid: int | None) -> PeerIdentity:
         if uid is None:
@@ -237,10 +242,16 @@ class ControlServer:
             try:
                 line = await asyncio.wait_for(reader.readline(), 10)
             except ValueError:  # the line outgrew the reader's limit
-                log.warning("control request refused: longer than %d bytes", MAX_REQUEST_BYTES,
-                            extra={"peer_uid": uid})
-                await _send(writer, {"ok": False, "error": (
-                    f"bad request: longer than {MAX_REQUEST_BYTES // 1024} KiB (one JSON object on one line)")})
+                log.warning("control request refused: longer than %d bytes", MAX_REQUEST_BYTES, extra={"peer_uid": uid})
+                await _send(
+                    writer,
+                    {
+                        "ok": False,
+                        "error": (
+                            f"bad request: longer than {MAX_REQUEST_BYTES // 1024} KiB (one JSON object on one line)"
+                        ),
+                    },
+                )
                 return
             if not line:
                 return
@@ -252,14 +263,28 @@ class ControlServer:
                 return
             needed = self.roles.get(op)
             if needed is not None and peer.role < needed:
-                log.warning("control operation refused", extra={
-                    "op": op, "peer_uid": uid, "peer_user": peer.user, "role": peer.role.label,
-                    "needed": needed.label})
-                await _send(writer, {"ok": False, "error": (
-                    f"permission denied: {op} needs the {needed.label} role; {peer.user} (uid {uid}) has "
-                    f"{peer.role.label if peer.role else 'no role'} (groups: viewer "
-                    f"{self.access.groups[Role.VIEWER]}, operator {self.access.groups[Role.OPERATOR]}, "
-                    f"engineer {self.access.groups[Role.ENGINEER]})")})
+                log.warning(
+                    "control operation refused",
+                    extra={
+                        "op": op,
+                        "peer_uid": uid,
+                        "peer_user": peer.user,
+                        "role": peer.role.label,
+                        "needed": needed.label,
+                    },
+                )
+                await _send(
+                    writer,
+                    {
+                        "ok": False,
+                        "error": (
+                            f"permission denied: {op} needs the {needed.label} role; {peer.user} (uid {uid}) has "
+                            f"{peer.role.label if peer.role else 'no role'} (groups: viewer "
+                            f"{self.access.groups[Role.VIEWER]}, operator {self.access.groups[Role.OPERATOR]}, "
+                            f"engineer {self.access.groups[Role.ENGINEER]})"
+                        ),
+                    },
+                )
                 return
             log.info("control operation", extra={"op": op, "peer_uid": uid, "role": peer.role.label})
             if op in self._streams:

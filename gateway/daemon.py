@@ -31,8 +31,9 @@ log = logging.getLogger("stima.daemon")
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="stima-gatewayd", description="Stima substation gateway daemon")
     parser.add_argument("--config", "-c", type=Path, default=Path("/etc/stima/site.toml"), help="site file (TOML)")
-    parser.add_argument("--log-level", default=os.environ.get("STIMA_LOG_LEVEL", "INFO"),
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--log-level", default=os.environ.get("STIMA_LOG_LEVEL", "INFO"), choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
     parser.add_argument("--version", action="version", version=f"stima-gatewayd {__version__}")
     args = parser.parse_args(argv)
     logs.setup(args.log_level)

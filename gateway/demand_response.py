@@ -82,18 +82,36 @@ class Event:
         return self.event.start + self.event.duration_s
 
     def summary(self) -> dict[str, Any]:
-        return {"event_id": self.event.event_id, "program": self.program.id, "group": self.group.id,
-                "start": self.event.start, "duration_s": self.event.duration_s, "sent_at": self.sent_at,
-                "expected_kw": round(self.expected_kw, 1), "answered": self.answered, "error": self.error,
-                "accepted": self.counts.get("accepted", 0), "not_enrolled": self.counts.get("not_enrolled", 0),
-                "critical": self.counts.get("critical", 0), "non_responders": self.non_responders,
-                "reduced_kwh": round(sum(t.reduced_kwh for t in self.tallies.values()), 3),
-                "credits_total": round(sum(self.credits.values()), 4), "ended_at": self.ended_at}
+        return {
+            "event_id": self.event.event_id,
+            "program": self.program.id,
+            "group": self.group.id,
+            "start": self.event.start,
+            "duration_s": self.event.duration_s,
+            "sent_at": self.sent_at,
+            "expected_kw": round(self.expected_kw, 1),
+            "answered": self.answered,
+            "error": self.error,
+            "accepted": self.counts.get("accepted", 0),
+            "not_enrolled": self.counts.get("not_enrolled", 0),
+            "critical": self.counts.get("critical", 0),
+            "non_responders": self.non_responders,
+            "reduced_kwh": round(sum(t.reduced_kwh for t in self.tallies.values()), 3),
+            "credits_total": round(sum(self.credits.values()), 4),
+            "ended_at": self.ended_at,
+        }
 
 
 class DrCoordinator:
-    def __init__(self, substation: str, programs: Sequence[Program], groups: Sequence[Group], *,
-                 confirm_timeout_s: float = CONFIRM_TIMEOUT_S, new_id: Callable[[], str] | None = None) -> None:
+    def __init__(
+        self,
+        substation: str,
+        programs: Sequence[Program],
+        groups: Sequence[Group],
+        *,
+        confirm_timeout_s: float = CONFIRM_TIMEOUT_S,
+        new_id: Callable[[], str] | None = None,
+    ) -> None:
         self.substation = substation
         self.programs = {p.id: p for p in programs}
         self.groups = {g.id: g for g in groups}
@@ -115,8 +133,9 @@ class DrCoordinator:
                 out.append((g, max(programs, key=lambda p: p.reduction_pct)))
         return out
 
-    def plan(self, need_kw: float, group_demand_kw: Mapping[str, float], now: float, duration_s: float
-             ) -> list[DrEvent]:
+    def plan(
+        self, need_kw: float, group_demand_kw: Mapping[str, float], now: float, duration_s: float
+    ) -> list[DrEvent]:
         """Events covering `need_kw` by the groups' present demand, most kW per customer first;
         each within its program's longest event and after its notice."""
         busy = {e.group.id for e in self.events.values() if e.ended_at is None and not e.error}
@@ -134,8 +153,14 @@ class DrCoordinator:
             if found >= need_kw:
                 break
             start = now + p.notice_s
-            event = DrEvent(event_id=self._new_id(), program=p.id, concentrator_id=g.id, start=start,
-                            duration_s=min(duration_s, p.max_duration_s), issued_at=now)
+            event = DrEvent(
+                event_id=self._new_id(),
+                program=p.id,
+                concentrator_id=g.id,
+                start=start,
+                duration_s=min(duration_s, p.max_duration_s),
+                issued_at=now,
+            )
             self.events[event.event_id] = Event(event, p, g, now, expected)
             out.append(event)
             found += expected
@@ -162,8 +187,11 @@ class DrCoordinator:
 
     def on_readings(self, meter_ids: Sequence[str], demand_kw: Any, reading_time: float) -> None:
         """A concentrator's readings: accepting meters' reduction during their event."""
-        live = [e for e in self.events.values() if e.tallies and e.ended_at is None
-                and e.event.start <= reading_time <= e.end + MAX_READING_GAP_S]
+        live = [
+            e
+            for e in self.events.values()
+            if e.tallies and e.ended_at is None and e.event.start <= reading_time <= e.end + MAX_READING_GAP_S
+        ]
         if not live:
             return
         demand = np.asarray(demand_kw, dtype=np.float64)
@@ -201,16 +229,21 @@ class DrCoordinator:
         ev.ended_at = now
         enrolled = ev.group.meters - ev.counts.get("not_enrolled", 0) - ev.counts.get("critical", 0)
         ev.non_responders = 0 if ev.error else max(0, enrolled - ev.counts.get("accepted", 0))
-        ev.credits = {m: round(t.reduced_kwh * ev.program.incentive_per_kwh, 6) for m, t in ev.tallies.items()
-                      if t.reduced_kwh > 0}
+        ev.credits = {
+            m: round(t.reduced_kwh * ev.program.incentive_per_kwh, 6)
+            for m, t in ev.tallies.items()
+            if t.reduced_kwh > 0
+        }
         return ev
 
     def active(self) -> list[Event]:
         return [e for e in self.events.values() if e.ended_at is None]
 
     def status(self) -> dict[str, Any]:
-        return {"events": [e.summary() for e in list(self.events.values())[-20:]],
-                "bad_confirmations": self.bad_confirmations}
+        return {
+            "events": [e.summary() for e in list(self.events.values())[-20:]],
+            "bad_confirmations": self.bad_confirmations,
+        }
 
 
 def from_site(site: Any) -> DrCoordinator | None:
@@ -218,10 +251,10 @@ def from_site(site: Any) -> DrCoordinator | None:
     dr = getattr(site, "demand_response", None)
     if dr is None or not dr.programs:
         return None
-    programs = [Program(p.id, p.kind, p.reduction_pct, p.max_duration_s, p.incentive_per_kwh, p.notice_s)
-                for p in dr.programs]
-    groups = [Group(g.id, g.count, tuple(g.dr_programs), g.critical, len(g.critical_meters))
-              for g in site.meter_groups]
+    programs = [
+        Program(p.id, p.kind, p.reduction_pct, p.max_duration_s, p.incentive_per_kwh, p.notice_s) for p in dr.programs
+    ]
+    groups = [Group(g.id, g.count, tuple(g.dr_programs), g.critical, len(g.critical_meters)) for g in site.meter_groups]
     if not any(g.programs for g in groups):
         return None
     return DrCoordinator(site.site.substation_id, programs, groups)

@@ -77,6 +77,7 @@ class BaySample:
     @classmethod
     def from_values(cls, time: float, values: dict[str, float | None]) -> BaySample:
         """From the bay's channels by the gateway's names (ia, va_kv, ia_deg, active_power_kw ...)."""
+
         def get(name: str) -> float | None:
             value = values.get(name)
             return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
@@ -89,9 +90,17 @@ class BaySample:
         if all(x is not None for x in (*mags_v, *angs_v, *mags_i, *angs_i)):
             v_ph = tuple(cmath.rect(m, math.radians(a)) for m, a in zip(mags_v, angs_v, strict=True))  # type: ignore[arg-type]
             i_ph = tuple(cmath.rect(m, math.radians(a)) for m, a in zip(mags_i, angs_i, strict=True))  # type: ignore[arg-type]
-        return cls(time=time, ia=get("ia"), ib=get("ib"), ic=get("ic"), voltage_kv=get("voltage_kv"),
-                   active_power_kw=get("active_power_kw"), reactive_power_kvar=get("reactive_power_kvar"),
-                   v_phasors_kv=v_ph, i_phasors_a=i_ph)  # type: ignore[arg-type]
+        return cls(
+            time=time,
+            ia=get("ia"),
+            ib=get("ib"),
+            ic=get("ic"),
+            voltage_kv=get("voltage_kv"),
+            active_power_kw=get("active_power_kw"),
+            reactive_power_kvar=get("reactive_power_kvar"),
+            v_phasors_kv=v_ph,  # type: ignore[arg-type]
+            i_phasors_a=i_ph,  # type: ignore[arg-type]
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,8 +126,9 @@ class FaultEstimate:
         return out
 
 
-def _faulted(fault: tuple[complex, complex, complex], pre: tuple[complex, complex, complex] | None
-             ) -> tuple[list[int], bool]:
+def _faulted(
+    fault: tuple[complex, complex, complex], pre: tuple[complex, complex, complex] | None
+) -> tuple[list[int], bool]:
     delta = [f - p for f, p in zip(fault, pre, strict=True)] if pre is not None else list(fault)
     biggest = max(abs(d) for d in delta)
     if biggest < MIN_FAULT_CURRENT_A:
@@ -137,8 +147,9 @@ def _fault_type(phases: list[int], ground: bool) -> str:
     return "slg" if ground else "ll"
 
 
-def _loop(phases: list[int], ground: bool, v: tuple[complex, ...], i: tuple[complex, ...],
-          k0: complex) -> tuple[str, complex, complex, Any]:
+def _loop(
+    phases: list[int], ground: bool, v: tuple[complex, ...], i: tuple[complex, ...], k0: complex
+) -> tuple[str, complex, complex, Any]:
     """(loop name, V, I, how to form the same loop's current from other phasors)."""
     names = "ABC"
     if len(phases) == 1 and ground:
@@ -192,25 +203,37 @@ def _from_phasors(line: LineImpedance, fault: BaySample, prefault: BaySample | N
 
 def _from_powers(line: LineImpedance, fault: BaySample) -> FaultEstimate | None:
     currents = [x for x in (fault.ia, fault.ib, fault.ic) if x is not None]
-    if (len(currents) < 3 or fault.voltage_kv is None or fault.active_power_kw is None
-            or fault.reactive_power_kvar is None or fault.voltage_kv <= 0):
+    if (
+        len(currents) < 3
+        or fault.voltage_kv is None
+        or fault.active_power_kw is None
+        or fault.reactive_power_kvar is None
+        or fault.voltage_kv <= 0
+    ):
         return None
     if max(currents) < MIN_FAULT_CURRENT_A or (max(currents) - min(currents)) > BALANCED_SPREAD * max(currents):
         return None  # an unbalanced fault: its positive-sequence impedance is not its loop's
     s = complex(fault.active_power_kw, fault.reactive_power_kvar)
     if abs(s) < 1e-9:
         return None
-    z = fault.voltage_kv ** 2 * 1000.0 / s.conjugate()
+    z = fault.voltage_kv**2 * 1000.0 / s.conjugate()
     z1_per_m = line.z1_ohm_per_km / 1000.0
     distance = z.imag / z1_per_m.imag if z1_per_m.imag > 0 else abs(z) / abs(z1_per_m)
     return _estimate(line, distance, "positive-sequence reactance", "ABC", "3ph", z)
 
 
-def _estimate(line: LineImpedance, distance: float, method: str, loop: str, kind: str, z: complex
-              ) -> FaultEstimate | None:
+def _estimate(
+    line: LineImpedance, distance: float, method: str, loop: str, kind: str, z: complex
+) -> FaultEstimate | None:
     if not math.isfinite(distance):
         return None
     beyond = distance > line.length_m * 1.05
     clamped = min(max(distance, 0.0), line.length_m)
-    return FaultEstimate(distance_m=clamped, method=method, loop=loop, fault_type=kind,
-                         loop_impedance_ohm=(round(z.real, 4), round(z.imag, 4)), beyond_line=beyond)
+    return FaultEstimate(
+        distance_m=clamped,
+        method=method,
+        loop=loop,
+        fault_type=kind,
+        loop_impedance_ohm=(round(z.real, 4), round(z.imag, 4)),
+        beyond_line=beyond,
+    )

@@ -179,15 +179,20 @@ def parse_import(text: str, source: str, known_points: set[str] | frozenset[str]
     try:
         header = [h.strip() for h in next(reader)]
     except StopIteration:
-        raise HistoryImportError(f"{source}: empty file; expected a header line with "
-                                 f"{', '.join(IMPORT_COLUMNS)}") from None
+        raise HistoryImportError(
+            f"{source}: empty file; expected a header line with {', '.join(IMPORT_COLUMNS)}"
+        ) from None
     unknown = [h for h in header if h not in IMPORT_COLUMNS]
     missing = [h for h in IMPORT_COLUMNS[:4] if h not in header]
     if unknown or missing:
-        raise HistoryImportError(f"{source}: line 1: " + "; ".join(
-            ([f"unknown column(s) {', '.join(unknown)}"] if unknown else [])
-            + ([f"missing column(s) {', '.join(missing)}"] if missing else []))
-            + f" (expected {', '.join(IMPORT_COLUMNS)})")
+        raise HistoryImportError(
+            f"{source}: line 1: "
+            + "; ".join(
+                ([f"unknown column(s) {', '.join(unknown)}"] if unknown else [])
+                + ([f"missing column(s) {', '.join(missing)}"] if missing else [])
+            )
+            + f" (expected {', '.join(IMPORT_COLUMNS)})"
+        )
     col = {h: k for k, h in enumerate(header)}
     rows: list[HistoryRow] = []
     problems: list[str] = []
@@ -201,8 +206,9 @@ def parse_import(text: str, source: str, known_points: set[str] | frozenset[str]
             problems.append(f"line {line_no}: {len(cells)} values for {len(header)} columns")
             continue
 
-        def num(name: str, default: float | None = None, *, line: int = line_no,
-                row: list[str] = cells) -> float | None:
+        def num(
+            name: str, default: float | None = None, *, line: int = line_no, row: list[str] = cells
+        ) -> float | None:
             if name not in col:
                 return default
             raw = row[col[name]].strip()

@@ -56,8 +56,14 @@ class TypeId(enum.IntEnum):
 
     @property
     def time_tagged(self) -> bool:
-        return self in (TypeId.M_SP_TB_1, TypeId.M_DP_TB_1, TypeId.M_ME_TF_1, TypeId.M_IT_TB_1,
-                        TypeId.C_DC_TA_1, TypeId.C_SE_TC_1)
+        return self in (
+            TypeId.M_SP_TB_1,
+            TypeId.M_DP_TB_1,
+            TypeId.M_ME_TF_1,
+            TypeId.M_IT_TB_1,
+            TypeId.C_DC_TA_1,
+            TypeId.C_SE_TC_1,
+        )
 
 
 class Cot(enum.IntEnum):
@@ -145,10 +151,13 @@ class PointMap:
 
     def describe(self) -> list[dict[str, Any]]:
         """The map as a table (`stima iec104 map`, docs)."""
-        rows: list[dict[str, Any]] = [{"ioa": m.ioa, "type": m.type_id.name, "point": m.point_id,
-                                       "deadband": m.deadband} for m in self.monitored]
-        rows += [{"ioa": c.ioa, "type": "/".join(t.name for t in c.types), "target": c.target,
-                  "setpoint": c.setpoint} for c in self.commands]
+        rows: list[dict[str, Any]] = [
+            {"ioa": m.ioa, "type": m.type_id.name, "point": m.point_id, "deadband": m.deadband} for m in self.monitored
+        ]
+        rows += [
+            {"ioa": c.ioa, "type": "/".join(t.name for t in c.types), "target": c.target, "setpoint": c.setpoint}
+            for c in self.commands
+        ]
         return sorted(rows, key=lambda r: r["ioa"])
 
 
@@ -204,14 +213,18 @@ def _monitor_type(pid: str, kind: PointKind, is_position: bool, time_tags: bool,
     return TypeId.M_SP_TB_1 if time_tags else TypeId.M_SP_NA_1
 
 
-def _command_targets(site: SiteConfig, network: Network,
-                     known: dict[str, tuple[PointKind, float, bool]]) -> list[tuple[str, str | None]]:
+def _command_targets(
+    site: SiteConfig, network: Network, known: dict[str, tuple[PointKind, float, bool]]
+) -> list[tuple[str, str | None]]:
     """Every switching device, then every writable agent set-point (FPI resets excepted)."""
     targets: list[tuple[str, str | None]] = [(d, None) for d in network.devices]
     for agent in site.agents:
         for name, pid in agent.points.items():
-            if any(name in names for names in SETPOINT_POINTS.values()) and known.get(pid, (None, 0, False))[2] \
-                    and name != "fpi_reset":
+            if (
+                any(name in names for names in SETPOINT_POINTS.values())
+                and known.get(pid, (None, 0, False))[2]
+                and name != "fpi_reset"
+            ):
                 targets.append((agent.id, name))
     return targets
 
@@ -249,8 +262,10 @@ def build_map(site: SiteConfig, network: Network | None = None) -> PointMap:
     names = {(t if s is None else f"{t}.{s}") for t, s in targets}
     for key in cmd_overrides:
         if key not in names:
-            raise MapError(f"iec104.commands: {key!r} is not a switching device nor a writable agent set-point "
-                           f"(<agent>.<set-point>)")
+            raise MapError(
+                f"iec104.commands: {key!r} is not a switching device nor a writable agent set-point "
+                f"(<agent>.<set-point>)"
+            )
     next_cmd, next_sp = cfg.command_ioa_start, cfg.setpoint_ioa_start
     for target, setpoint in targets:
         key = target if setpoint is None else f"{target}.{setpoint}"
@@ -264,8 +279,13 @@ def build_map(site: SiteConfig, network: Network | None = None) -> PointMap:
             next_sp = ioa + 1
         ioas.claim(ioa, key)
         commands.append(CommandPoint(ioa, target, setpoint))
-    return PointMap(cfg.common_address, tuple(monitored), tuple(commands),
-                    {m.point_id: m for m in monitored}, {c.ioa: c for c in commands})
+    return PointMap(
+        cfg.common_address,
+        tuple(monitored),
+        tuple(commands),
+        {m.point_id: m for m in monitored},
+        {c.ioa: c for c in commands},
+    )
 
 
 # --------------------------------------------------------------------------- monitoring
@@ -358,8 +378,16 @@ class Reporter:
             if not counters:
                 self._last[mp.point_id] = (encoded, qds)
             cot = Cot.REQUESTED_BY_GENERAL_COUNTER if counters else Cot.INTERROGATED_BY_STATION
-            out.append(Sample(mp.ioa, mp.type_id, encoded, qds,
-                              _ms(p.source_time if p.source_time is not None else p.receive_time), cot))
+            out.append(
+                Sample(
+                    mp.ioa,
+                    mp.type_id,
+                    encoded,
+                    qds,
+                    _ms(p.source_time if p.source_time is not None else p.receive_time),
+                    cot,
+                )
+            )
         return out
 
 
@@ -380,8 +408,16 @@ def group_samples(samples: Iterable[Sample], max_objects: int) -> list[list[Samp
 
 def objects_per_asdu(type_id: TypeId, max_asdu_bytes: int = 249) -> int:
     """How many information objects fit one ASDU (6-octet header, 3-octet IOAs, 104 §9)."""
-    element = {TypeId.M_SP_NA_1: 1, TypeId.M_DP_NA_1: 1, TypeId.M_ME_NC_1: 5, TypeId.M_IT_NA_1: 5,
-               TypeId.M_SP_TB_1: 8, TypeId.M_DP_TB_1: 8, TypeId.M_ME_TF_1: 12, TypeId.M_IT_TB_1: 12}[type_id]
+    element = {
+        TypeId.M_SP_NA_1: 1,
+        TypeId.M_DP_NA_1: 1,
+        TypeId.M_ME_NC_1: 5,
+        TypeId.M_IT_NA_1: 5,
+        TypeId.M_SP_TB_1: 8,
+        TypeId.M_DP_TB_1: 8,
+        TypeId.M_ME_TF_1: 12,
+        TypeId.M_IT_TB_1: 12,
+    }[type_id]
     return min(MAX_OBJECTS_PER_ASDU, (max_asdu_bytes - 6) // (3 + element))
 
 
@@ -389,14 +425,11 @@ def objects_per_asdu(type_id: TypeId, max_asdu_bytes: int = 249) -> int:
 
 
 class Plant(Protocol):
-    def select(self, op: Operation) -> Selection:
-        ...
+    def select(self, op: Operation) -> Selection: ...
 
-    def operate(self, op: Operation) -> Accepted:
-        ...
+    def operate(self, op: Operation) -> Accepted: ...
 
-    def cancel(self, select_id: str, origin: Origin) -> Selection:
-        ...
+    def cancel(self, select_id: str, origin: Origin) -> Selection: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -437,9 +470,16 @@ class CommandHandler:
     """A master's commands through the switching authority: select → `select`, execute (with the
     select it made) → `operate`, deactivation → `cancel`. One select per master and IOA."""
 
-    def __init__(self, point_map: PointMap, plant: Plant, role: Role, *,
-                 position_point: Callable[[str], str | None] = lambda _d: None,
-                 on_return: Callable[[str], None] = lambda _p: None, max_delay_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        point_map: PointMap,
+        plant: Plant,
+        role: Role,
+        *,
+        position_point: Callable[[str], str | None] = lambda _d: None,
+        on_return: Callable[[str], None] = lambda _p: None,
+        max_delay_s: float = 0.0,
+    ) -> None:
         self.map = point_map
         self.plant = plant
         self.role = role
@@ -459,14 +499,16 @@ class CommandHandler:
         """The answer to one command ASDU; `now_wall_s` (the gateway's UTC clock) checks a
         time-tagged command's delay."""
         if req.common_address != self.map.common_address:
-            return self._reject(Cot.UNKNOWN_CA, f"common address {req.common_address} is not this station's "
-                                f"({self.map.common_address})")
+            return self._reject(
+                Cot.UNKNOWN_CA, f"common address {req.common_address} is not this station's ({self.map.common_address})"
+            )
         cp = self.map.by_command_ioa.get(req.ioa)
         if cp is None:
             return self._reject(Cot.UNKNOWN_IOA, f"no command object at IOA {req.ioa}")
         if req.type_id not in cp.types:
-            return self._reject(Cot.UNKNOWN_TYPE_ID, f"IOA {req.ioa} takes {'/'.join(t.name for t in cp.types)}, "
-                                f"not type {req.type_id}")
+            return self._reject(
+                Cot.UNKNOWN_TYPE_ID, f"IOA {req.ioa} takes {'/'.join(t.name for t in cp.types)}, not type {req.type_id}"
+            )
         if req.cot not in (Cot.ACTIVATION, Cot.DEACTIVATION):
             return self._reject(Cot.UNKNOWN_COT, f"a command comes with activation or deactivation, not COT {req.cot}")
         if req.test:
@@ -491,8 +533,14 @@ class CommandHandler:
             kind, value = self._meaning(cp, req)
         except ValueError as exc:
             return self._done(Cot.ACTIVATION_CON, True, str(exc))
-        op = Operation(kind=kind, target=cp.target, origin=origin, value=value, point=cp.setpoint,
-                       reason=f"{kind.value} of {cp.target} by IEC 104 master {req.master}")
+        op = Operation(
+            kind=kind,
+            target=cp.target,
+            origin=origin,
+            value=value,
+            point=cp.setpoint,
+            reason=f"{kind.value} of {cp.target} by IEC 104 master {req.master}",
+        )
         try:
             if req.select:
                 sel = self.plant.select(op)
@@ -502,8 +550,15 @@ class CommandHandler:
             select_id = held[0] if held is not None else None
             if held is not None and (held[1], held[2]) != (kind, value) and not kind.switching:
                 select_id = None  # a set-point executed with another value than it selected
-            op = Operation(kind=kind, target=cp.target, origin=origin, value=value, point=cp.setpoint,
-                           reason=op.reason, select_id=select_id)
+            op = Operation(
+                kind=kind,
+                target=cp.target,
+                origin=origin,
+                value=value,
+                point=cp.setpoint,
+                reason=op.reason,
+                select_id=select_id,
+            )
             accepted = self.plant.operate(op)
         except Refused as exc:
             if not req.select:
@@ -513,8 +568,13 @@ class CommandHandler:
             point = self._position_point(cp.target)
             if point is not None:
                 self._on_return(point)
-        return self._done(Cot.ACTIVATION_CON, False, f"{kind.value} of {cp.target} accepted ({accepted.op_id})",
-                          terminate=True, op_id=accepted.op_id)
+        return self._done(
+            Cot.ACTIVATION_CON,
+            False,
+            f"{kind.value} of {cp.target} accepted ({accepted.op_id})",
+            terminate=True,
+            op_id=accepted.op_id,
+        )
 
     def forget(self, master: str) -> None:
         """A master's connection closed: its pending selects lapse in the authority by time-out."""
@@ -534,8 +594,10 @@ class CommandHandler:
         delay_s = now_wall_s - req.time_ms / 1000.0
         if abs(delay_s) > self.max_delay_s:
             when = "old" if delay_s > 0 else "ahead of the gateway's clock"
-            return (f"the command's time tag is {abs(delay_s):.1f} s {when}, beyond the maximum delay "
-                    f"of {self.max_delay_s:g} s (iec104.command_max_delay_s)")
+            return (
+                f"the command's time tag is {abs(delay_s):.1f} s {when}, beyond the maximum delay "
+                f"of {self.max_delay_s:g} s (iec104.command_max_delay_s)"
+            )
         return None
 
     @staticmethod
@@ -555,8 +617,16 @@ class CommandHandler:
     def _reject(self, cot: Cot, message: str) -> CommandReply:
         return self._done(cot, True, message)
 
-    def _done(self, cot: Cot, negative: bool, message: str, *, terminate: bool = False,
-              refusal: Refused | None = None, op_id: str | None = None) -> CommandReply:
+    def _done(
+        self,
+        cot: Cot,
+        negative: bool,
+        message: str,
+        *,
+        terminate: bool = False,
+        refusal: Refused | None = None,
+        op_id: str | None = None,
+    ) -> CommandReply:
         if negative:
             self.refused += 1
         elif cot == Cot.ACTIVATION_CON:
@@ -580,7 +650,15 @@ def clock_sync(policy: str, master_ms: int, wall_s: float) -> ClockSyncReply:
     accepted command is confirmed and its offset logged, the system clock is not stepped."""
     offset = master_ms / 1000.0 - wall_s
     if policy == "accept":
-        return ClockSyncReply(True, offset, f"clock synchronisation confirmed; the master's clock is "
-                              f"{offset:+.3f} s from the gateway's (NTP keeps the gateway's)")
-    return ClockSyncReply(False, offset, f"clock synchronisation refused by setting (iec104.clock_sync); "
-                          f"the master's clock is {offset:+.3f} s from the gateway's")
+        return ClockSyncReply(
+            True,
+            offset,
+            f"clock synchronisation confirmed; the master's clock is "
+            f"{offset:+.3f} s from the gateway's (NTP keeps the gateway's)",
+        )
+    return ClockSyncReply(
+        False,
+        offset,
+        f"clock synchronisation refused by setting (iec104.clock_sync); "
+        f"the master's clock is {offset:+.3f} s from the gateway's",
+    )

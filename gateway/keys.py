@@ -121,8 +121,9 @@ def verify(envelope: Mapping[str, Any], public_key: bytes | Ed25519PublicKey) ->
     try:
         key.verify(sig, body)
     except InvalidSignature:
-        raise KeyRefused("bad_signature", "signature does not match (another key, or the message was altered "
-                         "after signing)") from None
+        raise KeyRefused(
+            "bad_signature", "signature does not match (another key, or the message was altered after signing)"
+        ) from None
     return {k: v for k, v in envelope.items() if k != "sig"}
 
 
@@ -151,8 +152,9 @@ def load_or_create_keypair(state_dir: Path, name: str) -> KeyPair:
     if not path.exists():
         state_dir.mkdir(parents=True, exist_ok=True)
         key = Ed25519PrivateKey.generate()
-        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
+        pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(pem)
@@ -169,8 +171,7 @@ def load_or_create_keypair(state_dir: Path, name: str) -> KeyPair:
 def generate_private_pem() -> tuple[bytes, bytes]:
     """(PKCS#8 PEM of a new private key, its 32-byte public key): for a SCADA host or an operator."""
     key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     return pem, public_bytes(key.public_key())
 
 
@@ -197,16 +198,31 @@ class BookEntry:
     revoked_reason: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "public_key": self.public.hex(), "role": str(self.role), "expires": self.expires,
-                "added": self.added, "added_by": self.added_by, "revoked": self.revoked,
-                "revoked_by": self.revoked_by, "revoked_reason": self.revoked_reason}
+        return {
+            "name": self.name,
+            "public_key": self.public.hex(),
+            "role": str(self.role),
+            "expires": self.expires,
+            "added": self.added,
+            "added_by": self.added_by,
+            "revoked": self.revoked,
+            "revoked_by": self.revoked_by,
+            "revoked_reason": self.revoked_reason,
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> BookEntry:
-        return cls(name=str(d["name"]), public=bytes.fromhex(str(d["public_key"])), role=Role.parse(str(d["role"])),
-                   expires=None if d.get("expires") is None else float(d["expires"]), added=float(d["added"]),
-                   added_by=str(d["added_by"]), revoked=None if d.get("revoked") is None else float(d["revoked"]),
-                   revoked_by=d.get("revoked_by"), revoked_reason=d.get("revoked_reason"))
+        return cls(
+            name=str(d["name"]),
+            public=bytes.fromhex(str(d["public_key"])),
+            role=Role.parse(str(d["role"])),
+            expires=None if d.get("expires") is None else float(d["expires"]),
+            added=float(d["added"]),
+            added_by=str(d["added_by"]),
+            revoked=None if d.get("revoked") is None else float(d["revoked"]),
+            revoked_by=d.get("revoked_by"),
+            revoked_reason=d.get("revoked_reason"),
+        )
 
 
 class KeyBook:
@@ -232,8 +248,12 @@ class KeyBook:
             raise ValueError(f"key {name} is in the book already (revoke it first to replace it)")
         entry = BookEntry(name, public, role, expires, now, who)
         self._entries[name] = entry
-        self._audit.append(("keys.added", {"key": name, "role": str(role), "public_key": public.hex(),
-                                           "expires": expires, "origin": who}))
+        self._audit.append(
+            (
+                "keys.added",
+                {"key": name, "role": str(role), "public_key": public.hex(), "expires": expires, "origin": who},
+            )
+        )
         return entry
 
     def revoke(self, name: str, *, who: str, reason: str, now: float) -> BookEntry:
@@ -253,11 +273,13 @@ class KeyBook:
         """The entry that may sign now, or KeyRefused (`unknown_key`, `key_revoked`, `key_expired`)."""
         entry = self._entries.get(name) if isinstance(name, str) else None
         if entry is None:
-            raise KeyRefused("unknown_key", f"key {str(name)[:64]!r} is not in the gateway's key book "
-                             "(stima keys list)")
+            raise KeyRefused(
+                "unknown_key", f"key {str(name)[:64]!r} is not in the gateway's key book (stima keys list)"
+            )
         if entry.revoked is not None:
-            raise KeyRefused("key_revoked", f"key {entry.name} was revoked by {entry.revoked_by}: "
-                             f"{entry.revoked_reason}")
+            raise KeyRefused(
+                "key_revoked", f"key {entry.name} was revoked by {entry.revoked_by}: {entry.revoked_reason}"
+            )
         if entry.expires is not None and now >= entry.expires:
             raise KeyRefused("key_expired", f"key {entry.name} expired at {entry.expires:.0f} (s since the epoch)")
         return entry

@@ -61,8 +61,13 @@ class ControlOperations:
         c.register_stream("points.watch", self._op_points_watch, viewer)
         c.register("agents.list", lambda: self._gw().agents.runtime.list_agents(), viewer)
         c.register("agents.show", lambda id: self._gw().agents.runtime.show(id), viewer)
-        c.register("agents.request", lambda id, request, **args: self._switching_refusal(
-            lambda: self._gw().agents.request(id, request, origin=_local_origin(), **args)), operator)
+        c.register(
+            "agents.request",
+            lambda id, request, **args: self._switching_refusal(
+                lambda: self._gw().agents.request(id, request, origin=_local_origin(), **args)
+            ),
+            operator,
+        )
         c.register("reliability", self._op_reliability, viewer)
         c.register("events", self._op_events, viewer)
         c.register("points.history", self._op_points_history, viewer)
@@ -86,13 +91,18 @@ class ControlOperations:
         c.register("tags.add", self._op_tags_add, operator)
         c.register("tags.remove", self._op_tags_remove, operator)
         c.register("peak.status", lambda: None if self._gw().peak is None else self._gw().peak.status(), viewer)
-        c.register("transfer.status",
-                   lambda: None if self._gw().exchange is None else self._gw().exchange.status(), viewer)
+        c.register(
+            "transfer.status", lambda: None if self._gw().exchange is None else self._gw().exchange.status(), viewer
+        )
         c.register("transfer.request", self._op_transfer_request, operator)
         c.register("transfer.quote", self._op_transfer_quote, operator)
-        c.register("events.page", lambda since=0.0, until=None, after_seq=0, limit=1000: self.store.events_page(
-            float(since), float("inf") if until is None else float(until), int(after_seq), min(int(limit), 10_000)),
-            viewer)
+        c.register(
+            "events.page",
+            lambda since=0.0, until=None, after_seq=0, limit=1000: self.store.events_page(
+                float(since), float("inf") if until is None else float(until), int(after_seq), min(int(limit), 10_000)
+            ),
+            viewer,
+        )
         c.register("records.list", lambda breaker=None, since=None: self._gw().recording.list(breaker, since), viewer)
         c.register("records.get", lambda id: self._gw().recording.get(str(id)), viewer)
         c.register("iec104.map", self._op_iec104_map, viewer)
@@ -104,12 +114,23 @@ class ControlOperations:
         c.register("maintenance.list", lambda: self._maintenance().work_orders(), viewer)
         c.register("maintenance.show", lambda id: self._maintenance().show(str(id)), viewer)
         c.register("maintenance.evaluate", self._op_maintenance_evaluate, operator)
-        c.register("maintenance.accept", lambda id, external_id=None: self._maintenance_command(
-            "accept", work_order=id, **({"external_id": external_id} if external_id else {})), operator)
-        c.register("maintenance.reschedule", lambda id, start: self._maintenance_command(
-            "reschedule", work_order=id, start=float(start)), operator)
-        c.register("maintenance.close", lambda id, note="": self._maintenance_command(
-            "close", work_order=id, note=str(note)[:500]), operator)
+        c.register(
+            "maintenance.accept",
+            lambda id, external_id=None: self._maintenance_command(
+                "accept", work_order=id, **({"external_id": external_id} if external_id else {})
+            ),
+            operator,
+        )
+        c.register(
+            "maintenance.reschedule",
+            lambda id, start: self._maintenance_command("reschedule", work_order=id, start=float(start)),
+            operator,
+        )
+        c.register(
+            "maintenance.close",
+            lambda id, note="": self._maintenance_command("close", work_order=id, note=str(note)[:500]),
+            operator,
+        )
         c.register("history.import", self._op_history_import, engineer)
 
     def _op_keys_list(self) -> list[dict[str, Any]]:
@@ -117,8 +138,13 @@ class ControlOperations:
         out = []
         for entry in self._gw().keys.entries():
             row = entry.as_dict()
-            row["state"] = ("revoked" if entry.revoked is not None else
-                            "expired" if entry.expires is not None and now >= entry.expires else "valid")
+            row["state"] = (
+                "revoked"
+                if entry.revoked is not None
+                else "expired"
+                if entry.expires is not None and now >= entry.expires
+                else "valid"
+            )
             out.append(row)
         return out
 
@@ -128,9 +154,14 @@ class ControlOperations:
         from gateway.switching.model import Role as SwitchingRole
 
         gw = self._gw()
-        entry = gw.keys.add(str(name), parse_public_key(str(public_key)), SwitchingRole.parse(str(role)),
-                            expires=None if expires is None else float(expires), who=_local_origin().who,
-                            now=self.clock.wall())
+        entry = gw.keys.add(
+            str(name),
+            parse_public_key(str(public_key)),
+            SwitchingRole.parse(str(role)),
+            expires=None if expires is None else float(expires),
+            who=_local_origin().who,
+            now=self.clock.wall(),
+        )
         self._save_keys(gw)
         return entry.as_dict()
 
@@ -198,20 +229,38 @@ class ControlOperations:
     def _op_status(self) -> dict[str, Any]:
         status = self._gw().status()
         hmi = self.server.hmi
-        status["hmi"] = None if hmi is None else {"address": hmi.cfg.address, "port": hmi.port,
-                                                   "https": hmi.cfg.https, "sessions": len(hmi.sessions),
-                                                   "streams": len(hmi.stream.clients)}
+        status["hmi"] = (
+            None
+            if hmi is None
+            else {
+                "address": hmi.cfg.address,
+                "port": hmi.port,
+                "https": hmi.cfg.https,
+                "sessions": len(hmi.sessions),
+                "streams": len(hmi.stream.clients),
+            }
+        )
         server = self.server
-        status.update({"state": "running", "pid": os.getpid(), "config": str(self.config_path),
-                       "reloads": server.reloads, "reload_failures": server.reload_failures,
-                       "last_reload": server.reload_status()})
+        status.update(
+            {
+                "state": "running",
+                "pid": os.getpid(),
+                "config": str(self.config_path),
+                "reloads": server.reloads,
+                "reload_failures": server.reload_failures,
+                "last_reload": server.reload_status(),
+            }
+        )
         return status
 
     def _op_reliability(self, since: float | None = None, until: float | None = None) -> dict[str, Any]:
         """IEEE 1366 indices for a wall-clock period (default: since the daemon started)."""
         offset = self.clock.wall() - self.clock.monotonic()
-        result = dict(self._gw().agents.runtime.reliability(
-            None if since is None else since - offset, None if until is None else until - offset))
+        result = dict(
+            self._gw().agents.runtime.reliability(
+                None if since is None else since - offset, None if until is None else until - offset
+            )
+        )
         for key in ("since", "until"):
             if isinstance(result.get(key), float):
                 result[key] += offset
@@ -232,9 +281,13 @@ class ControlOperations:
 
         bridge = self._gw().protection
         schemes = list(bridge.engine.schemes.values()) if bridge is not None else []
-        return {"site": self._gw().site.site.substation_id, "config": str(self.config_path),
-                "backend": bridge.engine.backend_name if bridge is not None else None,
-                "schemes": [dump(s) for s in schemes], "digest": digest(schemes)}
+        return {
+            "site": self._gw().site.site.substation_id,
+            "config": str(self.config_path),
+            "backend": bridge.engine.backend_name if bridge is not None else None,
+            "schemes": [dump(s) for s in schemes],
+            "digest": digest(schemes),
+        }
 
     async def _op_protection_gaps(self, window_s: float = 5.0) -> dict[str, Any]:
         """The longest interval between two protection evaluations over the next `window_s`
@@ -251,8 +304,9 @@ class ControlOperations:
             engine.watch_gaps(False)
         return {"window_s": window_s, "longest_gap_s": engine.longest_gap_s}
 
-    def _op_breaker_operate(self, breaker: str, action: str, authorised: bool = False, reason: str | None = None,
-                            override: Any = None) -> dict[str, Any]:
+    def _op_breaker_operate(
+        self, breaker: str, action: str, authorised: bool = False, reason: str | None = None, override: Any = None
+    ) -> dict[str, Any]:
         """Select and operate in one request (commissioning, tests): the same authority, interlocks
         and audit as any other road."""
         args: dict[str, Any] = {"breaker": breaker, "action": action, "authorised": authorised}
@@ -267,16 +321,36 @@ class ControlOperations:
     # The origin of a local command is the unix user on the other end of the control socket,
     # from its peer credentials: a client cannot claim another operator's select.
 
-    def _op_breaker_select(self, breaker: str, action: str, authorised: bool = False, reason: str | None = None,
-                           override: Any = None) -> dict[str, Any]:
-        return self._gw().commands.local("breaker/select", _args(breaker=breaker, action=action, authorised=authorised,
-                                                                 reason=reason, override=override), _local_origin())
+    def _op_breaker_select(
+        self, breaker: str, action: str, authorised: bool = False, reason: str | None = None, override: Any = None
+    ) -> dict[str, Any]:
+        return self._gw().commands.local(
+            "breaker/select",
+            _args(breaker=breaker, action=action, authorised=authorised, reason=reason, override=override),
+            _local_origin(),
+        )
 
-    def _op_breaker_operate_selected(self, breaker: str, action: str, select_id: str, authorised: bool = False,
-                                     reason: str | None = None, override: Any = None) -> dict[str, Any]:
-        return self._gw().commands.local("breaker/operate", _args(breaker=breaker, action=action, select_id=select_id,
-                                                                  authorised=authorised, reason=reason,
-                                                                  override=override), _local_origin())
+    def _op_breaker_operate_selected(
+        self,
+        breaker: str,
+        action: str,
+        select_id: str,
+        authorised: bool = False,
+        reason: str | None = None,
+        override: Any = None,
+    ) -> dict[str, Any]:
+        return self._gw().commands.local(
+            "breaker/operate",
+            _args(
+                breaker=breaker,
+                action=action,
+                select_id=select_id,
+                authorised=authorised,
+                reason=reason,
+                override=override,
+            ),
+            _local_origin(),
+        )
 
     def _op_breaker_cancel(self, select_id: str) -> dict[str, Any]:
         return self._gw().commands.local("breaker/cancel", {"select_id": select_id}, _local_origin())
@@ -284,8 +358,9 @@ class ControlOperations:
     def _op_breaker_status(self, breaker: str) -> dict[str, Any]:
         return self._gw().commands.breaker_status(breaker)
 
-    def _op_transfer_request(self, tie: str, part: str, load_kw: float | None = None,
-                             window_s: float = 3600.0) -> dict[str, Any]:
+    def _op_transfer_request(
+        self, tie: str, part: str, load_kw: float | None = None, window_s: float = 3600.0
+    ) -> dict[str, Any]:
         """An operator asks the neighbour beyond `tie` to take the part beyond `part` (its
         measured load unless given); the exchange then runs as the peak manager's would."""
         from gateway.switching.exchange import part_load_kw
@@ -293,8 +368,9 @@ class ControlOperations:
 
         gw = self._gw()
         if gw.exchange is None:
-            raise ValueError("no load transfer with neighbours here (no external tie, or no neighbour key in "
-                             "[coordination])")
+            raise ValueError(
+                "no load transfer with neighbours here (no external tie, or no neighbour key in [coordination])"
+            )
         if part not in gw.switching.network.devices:
             raise ValueError(f"{part!r} is not a switching device of this site")
         kw = part_load_kw(gw.switching, part) if load_kw is None else float(load_kw)
@@ -303,8 +379,12 @@ class ControlOperations:
         except TransferError as exc:
             raise ValueError(f"refused: {exc}") from None
         who = _local_origin().who
-        self.store.append_event(self.clock.wall(), f"transfer:{xid}", "transfer.request",
-                                {"tie": tie, "part": part, "load_kw": kw, "by": who})
+        self.store.append_event(
+            self.clock.wall(),
+            f"transfer:{xid}",
+            "transfer.request",
+            {"tie": tie, "part": part, "load_kw": kw, "by": who},
+        )
         return {"xid": xid, "tie": tie, "part": part, "load_kw": round(kw, 1)}
 
     def _op_transfer_quote(self, tie: str, window_start: float, window_end: float, kva: float) -> dict[str, Any]:
@@ -314,14 +394,20 @@ class ControlOperations:
 
         gw = self._gw()
         if gw.exchange is None:
-            raise ValueError("no coordination with neighbours here (no external tie, or no neighbour key in "
-                             "[coordination])")
+            raise ValueError(
+                "no coordination with neighbours here (no external tie, or no neighbour key in [coordination])"
+            )
         try:
             xid = gw.exchange.ask_quote(str(tie), float(window_start), float(window_end), float(kva))
         except TransferError as exc:
             raise ValueError(f"refused: {exc}") from None
-        return {"xid": xid, "tie": tie, "window_start": float(window_start), "window_end": float(window_end),
-                "kva": float(kva)}
+        return {
+            "xid": xid,
+            "tie": tie,
+            "window_start": float(window_start),
+            "window_end": float(window_end),
+            "kva": float(kva),
+        }
 
     def _op_switching_show(self, id: str) -> dict[str, Any]:
         return self._gw().switching.runner.get(id).to_dict()
@@ -336,13 +422,18 @@ class ControlOperations:
     def _op_switching_validate(self, text: str, name: str = "sequence") -> dict[str, Any]:
         seq = self._parse_sequence(text, name)
         problems = self._gw().switching.validate_sequence(seq)
-        return {"name": seq.name, "valid": not problems, "problems": problems,
-                "steps": [s.to_dict() for s in seq.steps]}
+        return {
+            "name": seq.name,
+            "valid": not problems,
+            "problems": problems,
+            "steps": [s.to_dict() for s in seq.steps],
+        }
 
     def _op_switching_submit(self, text: str, name: str = "sequence", run: bool = False) -> dict[str, Any]:
         seq = self._parse_sequence(text, name)
-        return self._switching_refusal(lambda: self._gw().switching.submit_sequence(seq, _local_origin(),
-                                                                                    run=bool(run)).to_dict())
+        return self._switching_refusal(
+            lambda: self._gw().switching.submit_sequence(seq, _local_origin(), run=bool(run)).to_dict()
+        )
 
     def _switching_call(self, what: str, seq_id: str) -> dict[str, Any]:
         gw = self._gw()
@@ -350,8 +441,9 @@ class ControlOperations:
         return self._switching_refusal(lambda: fn(seq_id, _local_origin()).to_dict())
 
     def _op_faults_clear(self, id: str, reason: str) -> dict[str, Any]:
-        return self._switching_refusal(lambda: self._gw().switching.clear_fault(id, _local_origin(), str(reason))
-                                       .to_dict())
+        return self._switching_refusal(
+            lambda: self._gw().switching.clear_fault(id, _local_origin(), str(reason)).to_dict()
+        )
 
     def _op_tags_add(self, target: str, reason: str) -> dict[str, Any]:
         gw = self._gw()
@@ -360,6 +452,7 @@ class ControlOperations:
             tag = gw.switching.authority.add_tag(target, _local_origin(), str(reason), self.clock.monotonic())
             gw.switching.tick()
             return {"target": tag.target, "who": tag.who, "reason": tag.reason, "time": tag.time}
+
         return self._switching_refusal(add)
 
     def _op_tags_remove(self, target: str, reason: str) -> dict[str, Any]:
@@ -369,6 +462,7 @@ class ControlOperations:
             n = gw.switching.authority.remove_tags(target, _local_origin(), str(reason))
             gw.switching.tick()
             return {"target": target, "removed": n}
+
         return self._switching_refusal(remove)
 
     @staticmethod
@@ -388,10 +482,12 @@ class ControlOperations:
             if fnmatch.fnmatchcase(p.point_id, pattern) and (source is None or p.source == source)
         ]
 
-    def _op_points_history(self, id: str, since: float = 0.0, until: float | None = None,
-                           limit: int = 10_000) -> list[dict[str, Any]]:
-        rows = self.store.history(id, since=float(since), until=math.inf if until is None else float(until),
-                                  limit=min(int(limit), 100_000))
+    def _op_points_history(
+        self, id: str, since: float = 0.0, until: float | None = None, limit: int = 10_000
+    ) -> list[dict[str, Any]]:
+        rows = self.store.history(
+            id, since=float(since), until=math.inf if until is None else float(until), limit=min(int(limit), 100_000)
+        )
         if not rows and id not in self._gw().image:
             raise KeyError(f"no such point: {id}")
         return rows
@@ -438,5 +534,3 @@ def _local_origin() -> Origin:
 
 def _args(**kw: Any) -> dict[str, Any]:
     return {k: v for k, v in kw.items() if v is not None}
-
-

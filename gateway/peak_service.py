@@ -74,8 +74,13 @@ def parse_weather(payload: bytes, substation: str) -> list[WeatherPoint]:
         if not isinstance(p, dict):
             raise ValueError(f"forecast[{k}]: expected an object")
         t, g, temp = p.get("time"), p.get("irradiance_w_m2"), p.get("temperature_c")
-        if not isinstance(t, int | float) or not isinstance(g, int | float) or not _num(t) or not _num(g) \
-                or not 0.0 <= g <= MAX_IRRADIANCE_W_M2:
+        if (
+            not isinstance(t, int | float)
+            or not isinstance(g, int | float)
+            or not _num(t)
+            or not _num(g)
+            or not 0.0 <= g <= MAX_IRRADIANCE_W_M2
+        ):
             raise ValueError(f"forecast[{k}]: time and irradiance_w_m2 (0-{MAX_IRRADIANCE_W_M2:g}) expected")
         if temp is not None and (not isinstance(temp, int | float) or not _num(temp) or not -60.0 <= temp <= 70.0):
             raise ValueError(f"forecast[{k}].temperature_c: expected -60..70, found {temp!r}")
@@ -100,9 +105,20 @@ def irradiance_at(weather: Sequence[WeatherPoint], t: float) -> float | None:
 
 
 class PeakService:
-    def __init__(self, site: Any, *, switching: Any, agents: Any, image: Any, store: Any,
-                 publish: Callable[..., None], monotonic: Callable[[], float], wall: Callable[[], float],
-                 exchange: Any = None, ami: Any = None) -> None:
+    def __init__(
+        self,
+        site: Any,
+        *,
+        switching: Any,
+        agents: Any,
+        image: Any,
+        store: Any,
+        publish: Callable[..., None],
+        monotonic: Callable[[], float],
+        wall: Callable[[], float],
+        exchange: Any = None,
+        ami: Any = None,
+    ) -> None:
         cfg = site.peak
         self.site = site
         self.cfg = cfg
@@ -121,9 +137,16 @@ class PeakService:
         self.sub = subs[0]
         self.substation = site.site.substation_id
         self.capacity_kva = float(self.sub.attributes.get("rated_capacity", 20.0)) * 1000.0
-        self.manager = PeakManager(self.capacity_kva, PeakSettings(
-            target_percent=cfg.target_percent, settle_s=cfg.settle_s, actions=tuple(cfg.actions),
-            release_margin_percent=cfg.release_margin_percent, basis=cfg.basis))
+        self.manager = PeakManager(
+            self.capacity_kva,
+            PeakSettings(
+                target_percent=cfg.target_percent,
+                settle_s=cfg.settle_s,
+                actions=tuple(cfg.actions),
+                release_margin_percent=cfg.release_margin_percent,
+                basis=cfg.basis,
+            ),
+        )
         self.origin = Origin(via=Via.AGENT, who=f"peak:{self.substation}")
         self.dr: DrCoordinator | None = dr_from_site(site)
         self.weather: list[WeatherPoint] = []
@@ -179,12 +202,18 @@ class PeakService:
         return Load(sum(x.kw for x in self._samples) / n, sum(x.kvar for x in self._samples) / n)
 
     def _solar(self) -> list[Any]:
-        return [a for a in self._by_type.get("renewable_energy", [])
-                if a.attributes.get("resource_type") in ("solar_pv", "solar")]
+        return [
+            a
+            for a in self._by_type.get("renewable_energy", [])
+            if a.attributes.get("resource_type") in ("solar_pv", "solar")
+        ]
 
     def _batteries(self) -> list[Any]:
-        return [a for a in self._by_type.get("renewable_energy", [])
-                if a.attributes.get("resource_type") == "battery_storage"]
+        return [
+            a
+            for a in self._by_type.get("renewable_energy", [])
+            if a.attributes.get("resource_type") == "battery_storage"
+        ]
 
     def pv_loss_kw(self, at: float) -> float:
         """PV output now less what the weather forecast gives at `at` (positive at sunset)."""
@@ -220,8 +249,9 @@ class PeakService:
         target = self.cfg.target_percent / 100.0 * self.capacity_kva
         peak = self._basis(self.forecast_peak_kw, load)
         room = (target - peak) * (load.power_factor if self.cfg.basis == "apparent" else 1.0)
-        return max(0.0, room), (f"forecast peak {100.0 * peak / self.capacity_kva:.1f} % of capacity, "
-                                f"target {self.cfg.target_percent:g} %")
+        return max(0.0, room), (
+            f"forecast peak {100.0 * peak / self.capacity_kva:.1f} % of capacity, target {self.cfg.target_percent:g} %"
+        )
 
     def window_headroom(self, tie: str, kva: float, start: float, end: float) -> tuple[float, str]:
         """What this substation could take from a neighbour in a future window (kW, quoted as kVA):
@@ -236,8 +266,10 @@ class PeakService:
         target = self.cfg.target_percent / 100.0 * self.capacity_kva
         peak = self._basis(peak_kw, load)
         room = (target - peak) * (load.power_factor if self.cfg.basis == "apparent" else 1.0)
-        return max(0.0, room), (f"forecast peak in the window {100.0 * peak / self.capacity_kva:.1f} % of capacity "
-                                f"(daily shape), target {self.cfg.target_percent:g} %")
+        return max(0.0, room), (
+            f"forecast peak in the window {100.0 * peak / self.capacity_kva:.1f} % of capacity "
+            f"(daily shape), target {self.cfg.target_percent:g} %"
+        )
 
     # ------------------------------------------------------------------ inputs
 
@@ -282,8 +314,11 @@ class PeakService:
         if ex.phase.value == "done":
             self.manager.in_force("transfer", now)
         elif load is not None:
-            self._carry(self.manager.on_result("transfer", f"{ex.phase.value}: {ex.reason or 'no reason given'}",
-                                               now, load, self._trend()))
+            self._carry(
+                self.manager.on_result(
+                    "transfer", f"{ex.phase.value}: {ex.reason or 'no reason given'}", now, load, self._trend()
+                )
+            )
         self._changed()
 
     def tick(self) -> None:
@@ -295,8 +330,11 @@ class PeakService:
                 self.dr_waiting.clear()  # every event ended unanswered or refused
                 load = self.load()
                 if load is not None:
-                    self._carry(self.manager.on_result("demand_response", "no meter group confirmed",
-                                                       self._monotonic(), load, self._trend()))
+                    self._carry(
+                        self.manager.on_result(
+                            "demand_response", "no meter group confirmed", self._monotonic(), load, self._trend()
+                        )
+                    )
         self._step()
 
     # ------------------------------------------------------------------ the manager
@@ -316,8 +354,7 @@ class PeakService:
         if load is None or self.forecast_peak_kw is None:
             return
         before = (self.manager.phase, self.manager.current, len(self.manager.timeline))
-        self._carry(self.manager.step(self._monotonic(), load, self._basis(self.forecast_peak_kw, load),
-                                      self._trend()))
+        self._carry(self.manager.step(self._monotonic(), load, self._basis(self.forecast_peak_kw, load), self._trend()))
         if (self.manager.phase, self.manager.current, len(self.manager.timeline)) != before:
             self._changed()
 
@@ -387,8 +424,11 @@ class PeakService:
         for ev in events:
             if self.ami.send_dr_event(ev):
                 sent.append(ev.event_id)
-                self._record("dr.event", ev.concentrator_id, {"event_id": ev.event_id, "program": ev.program,
-                                                              "start": ev.start, "duration_s": ev.duration_s})
+                self._record(
+                    "dr.event",
+                    ev.concentrator_id,
+                    {"event_id": ev.event_id, "program": ev.program, "start": ev.start, "duration_s": ev.duration_s},
+                )
             else:
                 self.dr.events[ev.event_id].error = "the AMI broker is not connected"
                 self.dr.events[ev.event_id].ended_at = self._wall()
@@ -416,8 +456,12 @@ class PeakService:
             kw = min(rating, usable_kwh / window_h, max(need, 0.0))
             if kw < 1.0:
                 continue
-            self._request(b.id, "dispatch", kw=round(kw, 1),
-                          reason=f"peak: {usable_kwh:.0f} kWh above the minimum charge over {window_h:g} h")
+            self._request(
+                b.id,
+                "dispatch",
+                kw=round(kw, 1),
+                reason=f"peak: {usable_kwh:.0f} kWh above the minimum charge over {window_h:g} h",
+            )
             need -= kw
             done.append(b.id)
         return None if done else "no DER to dispatch (no curtailed solar, no battery with charge)"
@@ -456,8 +500,12 @@ class PeakService:
                     kw += sample.kva.real if sample is not None else 0.0
                 if kw <= 0:
                     continue
-                if best is None or (best[2] < need_kw <= kw) or (kw >= need_kw and kw < best[2]) \
-                        or (best[2] < need_kw and kw > best[2]):
+                if (
+                    best is None
+                    or (best[2] < need_kw <= kw)
+                    or (kw >= need_kw and kw < best[2])
+                    or (best[2] < need_kw and kw > best[2])
+                ):
                     best = (tie_id, device, kw)
         return best
 
@@ -471,19 +519,40 @@ class PeakService:
             kw = self._value(cb, "active_power_kw") if cb is not None else None
             if kw is None or self.switching.state.position(info.breaker) is not True:
                 continue
-            feeders.append({"feeder": line, "breaker": info.breaker, "load_kw": kw, "customers": info.customers,
-                            "critical_customers": info.critical_customers})
+            feeders.append(
+                {
+                    "feeder": line,
+                    "breaker": info.breaker,
+                    "load_kw": kw,
+                    "customers": info.customers,
+                    "critical_customers": info.critical_customers,
+                }
+            )
         plan = shedding_order(feeders, start.need_kw)
         if not plan:
             return "no feeder to shed"
         if self.cfg.shed == "advisory":
-            self._publish("notices/load_shedding_plan", {
-                "time": self._wall(), "source": self.substation, "kind": "load_shedding_plan",
-                "plan": [dict(f) for f in plan], "need_kw": round(start.need_kw, 1), "mode": "advisory"})
+            self._publish(
+                "notices/load_shedding_plan",
+                {
+                    "time": self._wall(),
+                    "source": self.substation,
+                    "kind": "load_shedding_plan",
+                    "plan": [dict(f) for f in plan],
+                    "need_kw": round(start.need_kw, 1),
+                    "mode": "advisory",
+                },
+            )
             return "advisory: shedding plan published for the operator"
         for f in plan:
-            self.switching.operate(Operation(kind=Kind.OPEN, target=str(f["breaker"]), origin=self.origin,
-                                             reason=f"peak: shed {f['feeder']} ({f['customers']} customers)"))
+            self.switching.operate(
+                Operation(
+                    kind=Kind.OPEN,
+                    target=str(f["breaker"]),
+                    origin=self.origin,
+                    reason=f"peak: shed {f['feeder']} ({f['customers']} customers)",
+                )
+            )
             self.shed_breakers.append(str(f["breaker"]))
             self.customers_shed += int(f["customers"])
         return None
@@ -506,8 +575,11 @@ class PeakService:
                         self._request(b.id, "dispatch", kw=0.0)
                 elif name == "shed":
                     for cb in self.shed_breakers:
-                        self.switching.operate(Operation(kind=Kind.CLOSE, target=cb, origin=self.origin,
-                                                         reason="peak passed: feeder restored"))
+                        self.switching.operate(
+                            Operation(
+                                kind=Kind.CLOSE, target=cb, origin=self.origin, reason="peak passed: feeder restored"
+                            )
+                        )
                     self.shed_breakers, self.customers_shed = [], 0
             except (Refused, ValueError, KeyError) as exc:
                 log.warning("peak release step refused", extra={"action": name, "error": str(exc)})
@@ -532,12 +604,20 @@ class PeakService:
     def status(self) -> dict[str, Any]:
         load = self.load()
         out = self.manager.status()
-        out.update({
-            "load_kw": None if load is None else round(load.kw, 1),
-            "load_kvar": None if load is None else round(load.kvar, 1),
-            "load_percent": None if load is None else round(100.0 * self.manager.measure(load) / self.capacity_kva, 2),
-            "forecast_peak_kw": None if self.forecast_peak_kw is None else round(self.forecast_peak_kw, 1),
-            "weather_points": len(self.weather), "transfer_xid": self.transfer_xid,
-            "shed_breakers": list(self.shed_breakers), "customers_shed": self.customers_shed,
-            "demand_response": None if self.dr is None else self.dr.status(), "bad_inputs": self.bad_inputs})
+        out.update(
+            {
+                "load_kw": None if load is None else round(load.kw, 1),
+                "load_kvar": None if load is None else round(load.kvar, 1),
+                "load_percent": None
+                if load is None
+                else round(100.0 * self.manager.measure(load) / self.capacity_kva, 2),
+                "forecast_peak_kw": None if self.forecast_peak_kw is None else round(self.forecast_peak_kw, 1),
+                "weather_points": len(self.weather),
+                "transfer_xid": self.transfer_xid,
+                "shed_breakers": list(self.shed_breakers),
+                "customers_shed": self.customers_shed,
+                "demand_response": None if self.dr is None else self.dr.status(),
+                "bad_inputs": self.bad_inputs,
+            }
+        )
         return out

@@ -57,14 +57,22 @@ def bay_channels(site: SiteConfig, image: ProcessImage, network: Any) -> list[Ba
                 analog[name] = point
         closed = scheme.point("closed")
         line, sections = _line_of(site, network, breaker, agents)
-        out.append(BayChannels(breaker=breaker, analog=analog, closed_point=closed if closed in image else None,
-                               elements=tuple(name for name, _, _ in scheme.configured_elements()), line=line,
-                               sections=sections))
+        out.append(
+            BayChannels(
+                breaker=breaker,
+                analog=analog,
+                closed_point=closed if closed in image else None,
+                elements=tuple(name for name, _, _ in scheme.configured_elements()),
+                line=line,
+                sections=sections,
+            )
+        )
     return out
 
 
-def _line_of(site: SiteConfig, network: Any, breaker: str, agents: dict[str, Any]
-             ) -> tuple[LineImpedance | None, tuple[tuple[str, float, float], ...]]:
+def _line_of(
+    site: SiteConfig, network: Any, breaker: str, agents: dict[str, Any]
+) -> tuple[LineImpedance | None, tuple[tuple[str, float, float], ...]]:
     """The line the breaker feeds (its impedance, from the site file) and that line's sections."""
     device = network.devices.get(breaker) if network is not None else None
     first = network.sections.get(device.b) if device is not None else None
@@ -72,8 +80,9 @@ def _line_of(site: SiteConfig, network: Any, breaker: str, agents: dict[str, Any
         return None, ()
     attrs = PowerLineAttributes.model_validate(agents[first.line].attributes)
     z = attrs.impedance
-    line = LineImpedance(complex(z.r_ohm_per_km, z.x_ohm_per_km), complex(z.r0_ohm_per_km, z.x0_ohm_per_km),
-                         attrs.length)
+    line = LineImpedance(
+        complex(z.r_ohm_per_km, z.x_ohm_per_km), complex(z.r0_ohm_per_km, z.x0_ohm_per_km), attrs.length
+    )
     sections = tuple((s.id, s.from_m, s.to_m) for s in network.sections.values() if s.line == first.line)
     return line, sections
 
@@ -87,8 +96,11 @@ def sampling_notes(site: SiteConfig, channels: BayChannels, image: ProcessImage)
         except KeyError:
             continue
         if isinstance(ied, Iec61850Ied):
-            how = (f"IEC 61850 reports ({', '.join(ied.report_control_blocks)}), integrity {ied.poll_period_ms} ms"
-                   if ied.report_control_blocks else f"IEC 61850 reads every {ied.poll_period_ms} ms")
+            how = (
+                f"IEC 61850 reports ({', '.join(ied.report_control_blocks)}), integrity {ied.poll_period_ms} ms"
+                if ied.report_control_blocks
+                else f"IEC 61850 reads every {ied.poll_period_ms} ms"
+            )
         elif isinstance(ied, ModbusTcpIed | ModbusRtuIed):
             how = f"{'Modbus TCP' if isinstance(ied, ModbusTcpIed) else 'Modbus RTU'} polled every {ied.poll_period_ms} ms"
         else:
@@ -100,9 +112,17 @@ def sampling_notes(site: SiteConfig, channels: BayChannels, image: ProcessImage)
 class Recording:
     """Wired by the daemon's Gateway; `run()` is its task."""
 
-    def __init__(self, site: SiteConfig, *, image: ProcessImage, network: Any, store: Any,
-                 publish: Callable[[str, dict[str, Any]], None], monotonic: Callable[[], float],
-                 wall: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        site: SiteConfig,
+        *,
+        image: ProcessImage,
+        network: Any,
+        store: Any,
+        publish: Callable[[str, dict[str, Any]], None],
+        monotonic: Callable[[], float],
+        wall: Callable[[], float],
+    ) -> None:
         cfg = site.records
         self.site = site
         self.cfg = cfg
@@ -117,8 +137,9 @@ class Recording:
         self.recorders: dict[str, BayRecorder] = {}
         self.written = 0
         self.write_failures = 0
-        settings = RecorderSettings(pre_fault_s=cfg.pre_fault_s, post_fault_s=cfg.post_fault_s,
-                                    max_record_s=cfg.max_record_s)
+        settings = RecorderSettings(
+            pre_fault_s=cfg.pre_fault_s, post_fault_s=cfg.post_fault_s, max_record_s=cfg.max_record_s
+        )
         if cfg.enabled:
             for channels in bay_channels(site, image, network):
                 recorder = BayRecorder(channels, settings, self._new_id)
@@ -141,8 +162,9 @@ class Recording:
 
     def _on_point(self, point: Point, update: PointUpdate) -> None:
         for recorder in self._point_bays.get(point.point_id, ()):
-            recorder.on_point(point.point_id, update.value, update.quality.good, update.receive_monotonic,
-                              update.receive_time)
+            recorder.on_point(
+                point.point_id, update.value, update.quality.good, update.receive_monotonic, update.receive_time
+            )
 
     def on_protection_event(self, event: Any) -> None:
         """A protection event (the bridge's listener; runs before the switching service's, so a
@@ -170,8 +192,14 @@ class Recording:
         self._last_status[point.point_id] = value
         if previous is None or previous == value:
             return  # the first value is no change
-        payload = {"point": point.point_id, "value": value, "previous": previous, "ied": point.source,
-                   "source_time": update.source_time, "receive_time": update.receive_time}
+        payload = {
+            "point": point.point_id,
+            "value": value,
+            "previous": previous,
+            "ied": point.source,
+            "source_time": update.source_time,
+            "receive_time": update.receive_time,
+        }
         try:
             self.store.append_event(update.receive_time, point.point_id.split(".")[0], "status.change", payload)
         except Exception:
@@ -204,8 +232,15 @@ class Recording:
                 except Exception as exc:
                     self.write_failures += 1
                     log.exception("disturbance record not written", extra={"record": record.record_id})
-                    self._publish("alarms", {"time": self._wall(), "source": record.breaker, "severity": "warning",
-                                             "message": f"disturbance record {record.record_id} not written: {exc}"})
+                    self._publish(
+                        "alarms",
+                        {
+                            "time": self._wall(),
+                            "source": record.breaker,
+                            "severity": "warning",
+                            "message": f"disturbance record {record.record_id} not written: {exc}",
+                        },
+                    )
                     continue
                 self.written += 1
                 written.append(summary)
@@ -229,26 +264,47 @@ class Recording:
         channels = record.channels
         names = record.analog_names
         units = {name: (unit, phase) for name, unit, phase in ANALOG_CHANNELS}
-        analog = [comtrade.AnalogChannel(name=n, unit=units[n][0], phase=units[n][1], circuit=record.breaker)
-                  for n in names]
+        analog = [
+            comtrade.AnalogChannel(name=n, unit=units[n][0], phase=units[n][1], circuit=record.breaker) for n in names
+        ]
         digital = [comtrade.DigitalChannel(name=d, circuit=record.breaker) for d in channels.digital_names]
         rows = record.rows or []
         station = self.site.site.substation_id
-        header = header_text(record, scheme.model_dump(mode="json", by_alias=True, exclude_none=True), station,
-                             sampling_notes(self.site, channels, self.image))
-        data = comtrade.Record(station=station, device=f"stima {record.breaker}", analog=analog, digital=digital,
-                               times=[r.wall for r in rows], analog_values=[r.analog for r in rows],
-                               digital_values=[r.digital for r in rows], trigger_time=record.trigger_wall,
-                               line_frequency_hz=_frequency(self.site), header=header)
+        header = header_text(
+            record,
+            scheme.model_dump(mode="json", by_alias=True, exclude_none=True),
+            station,
+            sampling_notes(self.site, channels, self.image),
+        )
+        data = comtrade.Record(
+            station=station,
+            device=f"stima {record.breaker}",
+            analog=analog,
+            digital=digital,
+            times=[r.wall for r in rows],
+            analog_values=[r.analog for r in rows],
+            digital_values=[r.digital for r in rows],
+            trigger_time=record.trigger_wall,
+            line_frequency_hz=_frequency(self.site),
+            header=header,
+        )
         fmt = _FORMAT[self.cfg.format]
         cfg, dat, hdr = comtrade.write(data, fmt)  # type: ignore[arg-type]
         self.directory.mkdir(parents=True, exist_ok=True)
         base = self.directory / record.record_id
-        summary = {**record.summary(), "format": fmt.lower(), "channels": {"analog": names,
-                   "digital": channels.digital_names}, "files": [f"{record.record_id}{s}" for s in SUFFIXES],
-                   "bytes": len(cfg) + len(dat) + len(hdr)}
-        for suffix, content in ((".cfg", cfg), (".dat", dat), (".hdr", hdr),
-                                (".json", json.dumps(summary, indent=2, default=str).encode())):
+        summary = {
+            **record.summary(),
+            "format": fmt.lower(),
+            "channels": {"analog": names, "digital": channels.digital_names},
+            "files": [f"{record.record_id}{s}" for s in SUFFIXES],
+            "bytes": len(cfg) + len(dat) + len(hdr),
+        }
+        for suffix, content in (
+            (".cfg", cfg),
+            (".dat", dat),
+            (".hdr", hdr),
+            (".json", json.dumps(summary, indent=2, default=str).encode()),
+        ):
             tmp = base.with_name(base.name + suffix + ".tmp")
             tmp.write_bytes(content)
             os.replace(tmp, base.with_name(base.name + suffix))
@@ -311,15 +367,21 @@ class Recording:
                 content = path.read_bytes()
                 total += len(content)
                 if total > MAX_GET_BYTES:
-                    raise ValueError(f"record {record_id} is larger than {MAX_GET_BYTES} bytes: copy it from "
-                                     f"{self.directory}")
+                    raise ValueError(
+                        f"record {record_id} is larger than {MAX_GET_BYTES} bytes: copy it from {self.directory}"
+                    )
                 files[path.name] = base64.b64encode(content).decode()
         return {"summary": json.loads(summary_path.read_text()), "files": files}
 
     def status(self) -> dict[str, Any]:
-        return {"enabled": self.cfg.enabled, "bays": sorted(self.recorders), "written": self.written,
-                "write_failures": self.write_failures, "directory": str(self.directory),
-                "recording": sorted(b for b, r in self.recorders.items() if r.next_deadline() is not None)}
+        return {
+            "enabled": self.cfg.enabled,
+            "bays": sorted(self.recorders),
+            "written": self.written,
+            "write_failures": self.write_failures,
+            "directory": str(self.directory),
+            "recording": sorted(b for b, r in self.recorders.items() if r.next_deadline() is not None),
+        }
 
 
 def _frequency(site: SiteConfig) -> float:

@@ -28,11 +28,23 @@ from typing import Any
 from gateway.fault_location import BaySample, FaultEstimate, LineImpedance, locate
 
 ANALOG_CHANNELS: tuple[tuple[str, str, str], ...] = (
-    ("ia", "A", "A"), ("ib", "A", "B"), ("ic", "A", "C"), ("in", "A", "N"),
-    ("va_kv", "kV", "A"), ("vb_kv", "kV", "B"), ("vc_kv", "kV", "C"), ("voltage_kv", "kV", ""),
-    ("ia_deg", "deg", "A"), ("ib_deg", "deg", "B"), ("ic_deg", "deg", "C"),
-    ("va_deg", "deg", "A"), ("vb_deg", "deg", "B"), ("vc_deg", "deg", "C"),
-    ("frequency_hz", "Hz", ""), ("active_power_kw", "kW", ""), ("reactive_power_kvar", "kvar", ""),
+    ("ia", "A", "A"),
+    ("ib", "A", "B"),
+    ("ic", "A", "C"),
+    ("in", "A", "N"),
+    ("va_kv", "kV", "A"),
+    ("vb_kv", "kV", "B"),
+    ("vc_kv", "kV", "C"),
+    ("voltage_kv", "kV", ""),
+    ("ia_deg", "deg", "A"),
+    ("ib_deg", "deg", "B"),
+    ("ic_deg", "deg", "C"),
+    ("va_deg", "deg", "A"),
+    ("vb_deg", "deg", "B"),
+    ("vc_deg", "deg", "C"),
+    ("frequency_hz", "Hz", ""),
+    ("active_power_kw", "kW", ""),
+    ("reactive_power_kvar", "kvar", ""),
 )
 """(name, unit, phase) of the analogue channels a bay may have, in record order."""
 MAX_ROWS = 100_000
@@ -96,10 +108,13 @@ class DisturbanceRecord:
     def summary(self) -> dict[str, Any]:
         first_trip = next((d for d in self.decisions if d["kind"] == "trip"), None)
         return {
-            "record_id": self.record_id, "breaker": self.breaker, "trigger_time": self.trigger_wall,
+            "record_id": self.record_id,
+            "breaker": self.breaker,
+            "trigger_time": self.trigger_wall,
             "start_time": self.rows[0].wall if self.rows else self.trigger_wall,
             "end_time": self.rows[-1].wall if self.rows else self.trigger_wall,
-            "samples": len(self.rows), "element": first_trip["element"] if first_trip else None,
+            "samples": len(self.rows),
+            "element": first_trip["element"] if first_trip else None,
             "phase": first_trip["phase"] if first_trip else None,
             "trips": sum(1 for d in self.decisions if d["kind"] == "trip"),
             "lockout": any(d["kind"] == "lockout" for d in self.decisions),
@@ -111,8 +126,7 @@ class DisturbanceRecord:
 class BayRecorder:
     """The ring buffer and the record in progress of one protected bay."""
 
-    def __init__(self, channels: BayChannels, settings: RecorderSettings,
-                 new_id: Callable[[str, float], str]) -> None:
+    def __init__(self, channels: BayChannels, settings: RecorderSettings, new_id: Callable[[str, float], str]) -> None:
         self.channels = channels
         self.settings = settings
         self._new_id = new_id
@@ -148,16 +162,22 @@ class BayRecorder:
             k = self._index.get(point_id)
             if k is None:
                 return
-            number = float(value) if good and isinstance(value, int | float) and not isinstance(value, bool) \
-                else None
+            number = float(value) if good and isinstance(value, int | float) and not isinstance(value, bool) else None
             self._latest[k] = number if number is None or math.isfinite(number) else None
         self._row(monotonic, wall, "sample")
 
-    def on_decision(self, kind: str, element: str, phase: str, current_a: float | None, monotonic: float,
-                    wall: float) -> None:
+    def on_decision(
+        self, kind: str, element: str, phase: str, current_a: float | None, monotonic: float, wall: float
+    ) -> None:
         """A protection event of this bay (pickup, dropout, trip, reclose, lockout, reset)."""
-        decision = {"kind": kind, "element": element, "phase": phase, "current_a": current_a,
-                    "monotonic": monotonic, "time": wall}
+        decision = {
+            "kind": kind,
+            "element": element,
+            "phase": phase,
+            "current_a": current_a,
+            "monotonic": monotonic,
+            "time": wall,
+        }
         if kind in ("pickup", "dropout") and element in self._pickup_index:
             name = f"{element} pickup"
             if kind == "pickup":
@@ -184,8 +204,9 @@ class BayRecorder:
             self._recent.append(decision)
         if self._active is not None and kind in ("trip", "reclose", "lockout", "pickup", "dropout"):
             self._active.decisions.append(decision)
-            self._until = min(monotonic + self.settings.post_fault_s,
-                              self._active.trigger_monotonic + self.settings.max_record_s)
+            self._until = min(
+                monotonic + self.settings.post_fault_s, self._active.trigger_monotonic + self.settings.max_record_s
+            )
         elif self._active is not None:
             self._active.decisions.append(decision)
         if kind in ("dropout", "reset") and not any(self._digital[: len(self._pickup_index)]):
@@ -193,8 +214,11 @@ class BayRecorder:
 
     def poll(self, monotonic: float) -> list[DisturbanceRecord]:
         """Records whose post-fault window has ended (and any finished before)."""
-        if self._active is not None and monotonic >= self._until and (
-                not self._picked_up() or monotonic >= self._active.trigger_monotonic + self.settings.max_record_s):
+        if (
+            self._active is not None
+            and monotonic >= self._until
+            and (not self._picked_up() or monotonic >= self._active.trigger_monotonic + self.settings.max_record_s)
+        ):
             # decisions reach the recorder just after the sample they were taken on: time order,
             # and one clock (the trigger's wall time plus monotonic differences) for every row
             active = self._active
@@ -244,9 +268,14 @@ class BayRecorder:
             return
         start = monotonic - self.settings.pre_fault_s
         rows = [r for r in self._ring if r.monotonic >= start]
-        record = DisturbanceRecord(record_id=self._new_id(self.channels.breaker, wall),
-                                   breaker=self.channels.breaker, trigger_wall=wall, trigger_monotonic=monotonic,
-                                   channels=self.channels, rows=rows)
+        record = DisturbanceRecord(
+            record_id=self._new_id(self.channels.breaker, wall),
+            breaker=self.channels.breaker,
+            trigger_wall=wall,
+            trigger_monotonic=monotonic,
+            channels=self.channels,
+            rows=rows,
+        )
         record.decisions = [d for d in self._recent if d["monotonic"] >= start]
         self._recent.clear()
         record.estimate = self._locate(monotonic)
@@ -288,34 +317,43 @@ def record_id(breaker: str, wall: float, seq: int) -> str:
     return f"{safe}-{stamp}-{seq}"
 
 
-def header_text(record: DisturbanceRecord, settings: dict[str, Any], station: str,
-                sampling: Iterable[str]) -> str:
+def header_text(record: DisturbanceRecord, settings: dict[str, Any], station: str, sampling: Iterable[str]) -> str:
     """The .hdr: what was recorded, how it was sampled, the protection settings and decisions,
     and the fault location."""
     import json
 
-    lines = [f"Stima disturbance record {record.record_id}",
-             f"station: {station}", f"bay: {record.breaker}",
-             f"trigger: first protection trip at {_iso(record.trigger_wall)}",
-             "", "sampling: as the samples reached the gateway (no fixed rate; every sample time-stamped,",
-             "COMTRADE nrates = 0): " + "; ".join(sampling),
-             "time stamps: the gateway's clock at reception, UTC; decisions at the time of the sample decided on",
-             "", "decisions:"]
+    lines = [
+        f"Stima disturbance record {record.record_id}",
+        f"station: {station}",
+        f"bay: {record.breaker}",
+        f"trigger: first protection trip at {_iso(record.trigger_wall)}",
+        "",
+        "sampling: as the samples reached the gateway (no fixed rate; every sample time-stamped,",
+        "COMTRADE nrates = 0): " + "; ".join(sampling),
+        "time stamps: the gateway's clock at reception, UTC; decisions at the time of the sample decided on",
+        "",
+        "decisions:",
+    ]
     for d in record.decisions:
         current = f", {d['current_a']:.1f} A" if isinstance(d.get("current_a"), int | float) else ""
-        lines.append(f"  {_iso(d['time'])}  {d['kind']} {d['element']}{'/' + d['phase'] if d['phase'] else ''}"
-                     f"{current}")
+        lines.append(
+            f"  {_iso(d['time'])}  {d['kind']} {d['element']}{'/' + d['phase'] if d['phase'] else ''}{current}"
+        )
     lines += ["", "fault location:"]
     if record.estimate is None:
-        lines.append("  none (the bay's measurements do not allow an estimate: phasors, or balanced currents "
-                     "with active and reactive power, are needed)")
+        lines.append(
+            "  none (the bay's measurements do not allow an estimate: phasors, or balanced currents "
+            "with active and reactive power, are needed)"
+        )
     else:
         e = record.estimate
-        lines.append(f"  {e.distance_m:.0f} m from {record.breaker} ({e.distance_m / 1000:.3f} km)"
-                     + (f", section {e.section}" if e.section else "")
-                     + f"; method {e.method}, loop {e.loop}, fault type {e.fault_type}, loop impedance "
-                     f"R {e.loop_impedance_ohm[0]:.4f} ohm, X {e.loop_impedance_ohm[1]:.4f} ohm"
-                     + ("; BEYOND THE LINE'S END" if e.beyond_line else ""))
+        lines.append(
+            f"  {e.distance_m:.0f} m from {record.breaker} ({e.distance_m / 1000:.3f} km)"
+            + (f", section {e.section}" if e.section else "")
+            + f"; method {e.method}, loop {e.loop}, fault type {e.fault_type}, loop impedance "
+            f"R {e.loop_impedance_ohm[0]:.4f} ohm, X {e.loop_impedance_ohm[1]:.4f} ohm"
+            + ("; BEYOND THE LINE'S END" if e.beyond_line else "")
+        )
     lines += ["", "protection settings of the bay (site file):", json.dumps(settings, indent=2, default=str)]
     if record.truncated:
         lines += ["", f"TRUNCATED at {MAX_ROWS} samples"]

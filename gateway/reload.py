@@ -90,12 +90,12 @@ def build(config_path: Path, *, clock: Clock, store: Store, gateway_class: type[
 def unchanged_ieds(old: Gateway, new: Gateway) -> set[str]:
     """IEDs whose settings (and so points, addresses, links) are identical in both configurations."""
     before = {ied.id: ied for ied in old.site.ieds if ied.enabled}
-    return {ied.id for ied in new.site.ieds
-            if ied.enabled and before.get(ied.id) == ied and ied.id in old.adapters}
+    return {ied.id for ied in new.site.ieds if ied.enabled and before.get(ied.id) == ied and ied.id in old.adapters}
 
 
-async def retire(old: Gateway, keep: set[str], relay: list[tuple[str, dict[str, Any]]],
-                 deadline_s: float = RETIRE_DEADLINE_S) -> None:
+async def retire(
+    old: Gateway, keep: set[str], relay: list[tuple[str, dict[str, Any]]], deadline_s: float = RETIRE_DEADLINE_S
+) -> None:
     """Stop what the new configuration replaces; leave protection and the adapters in `keep` running.
 
     Protection messages published from here on are appended to `relay` (the old uplink is

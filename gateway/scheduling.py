@@ -116,10 +116,19 @@ async def forecast_loop(gw: Gateway) -> None:
     from gateway.agents.schema import SubstationAttributes
 
     cfg = gw.site.forecast
-    settings = ForecastSettings(horizon_s=cfg.horizon_s, step_s=min(cfg.step_s, cfg.horizon_s), days=cfg.history_days, utc_offset_h=cfg.utc_offset_h,
-                                trend_window_s=cfg.trend_window_s, trend_fade_s=cfg.trend_fade_s)
-    subs = [(a.id, a.points.get("total_load_kw"), SubstationAttributes.model_validate(a.attributes))
-            for a in gw.site.agents if a.type.value == "substation"]
+    settings = ForecastSettings(
+        horizon_s=cfg.horizon_s,
+        step_s=min(cfg.step_s, cfg.horizon_s),
+        days=cfg.history_days,
+        utc_offset_h=cfg.utc_offset_h,
+        trend_window_s=cfg.trend_window_s,
+        trend_fade_s=cfg.trend_fade_s,
+    )
+    subs = [
+        (a.id, a.points.get("total_load_kw"), SubstationAttributes.model_validate(a.attributes))
+        for a in gw.site.agents
+        if a.type.value == "substation"
+    ]
     while True:
         await asyncio.sleep(cfg.period_s)
         for sub_id, point, attrs in subs:
@@ -127,10 +136,12 @@ async def forecast_loop(gw: Gateway) -> None:
                 continue
             try:
                 now = gw.clock.wall()
-                rows = await asyncio.to_thread(gw.store.history, point, now - cfg.history_days * 86400.0,
-                                               float("inf"), 200_000)
-                history = [(r["bucket_start"] + r["interval_s"] / 2.0, r["mean"]) for r in rows
-                           if r["mean"] is not None]
+                rows = await asyncio.to_thread(
+                    gw.store.history, point, now - cfg.history_days * 86400.0, float("inf"), 200_000
+                )
+                history = [
+                    (r["bucket_start"] + r["interval_s"] / 2.0, r["mean"]) for r in rows if r["mean"] is not None
+                ]
                 live = gw.image[point]
                 if live.quality.good and isinstance(live.value, int | float):
                     history.append((now, float(live.value)))
@@ -141,8 +152,7 @@ async def forecast_loop(gw: Gateway) -> None:
                 gw.agents.runtime.on_forecast(sub_id, made.crossing_s, made.peak_kw, gw.clock.monotonic())
                 if gw.peak is not None and sub_id == gw.peak.sub.id:
                     gw.peak.on_forecast(made)
-                gw.publish(f"forecast/{sub_id}", {"time": now, "substation": sub_id, **made.to_dict()},
-                           retain=True)
+                gw.publish(f"forecast/{sub_id}", {"time": now, "substation": sub_id, **made.to_dict()}, retain=True)
             except Exception:
                 log.exception("load forecast failed", extra={"substation": sub_id})
 
@@ -199,13 +209,15 @@ async def history_loop(gw: Gateway) -> None:
         try:
             rows = hist.take_closed(gw.clock.wall())
             for i in range(0, len(rows), HISTORY_WRITE_CHUNK):  # the store's lock held a ms or two at a time
-                await asyncio.to_thread(gw.store.append_history, rows[i:i + HISTORY_WRITE_CHUNK])
+                await asyncio.to_thread(gw.store.append_history, rows[i : i + HISTORY_WRITE_CHUNK])
             if gw.clock.monotonic() - last_prune >= HISTORY_PRUNE_PERIOD_S:
                 last_prune = gw.clock.monotonic()
                 before = gw.clock.wall() - retention_s
                 for _ in range(HISTORY_PRUNE_MAX_CHUNKS):
-                    if await asyncio.to_thread(gw.store.prune_history, before, HISTORY_WRITE_CHUNK) \
-                            < HISTORY_WRITE_CHUNK:
+                    if (
+                        await asyncio.to_thread(gw.store.prune_history, before, HISTORY_WRITE_CHUNK)
+                        < HISTORY_WRITE_CHUNK
+                    ):
                         break
         except Exception:
             log.exception("history flush failed")

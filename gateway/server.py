@@ -56,13 +56,16 @@ class Server:
         problem = state_dir_problem(state_dir)
         if problem is not None:
             log.error("cannot start: state directory unusable", extra={"state_dir": str(state_dir), "error": problem})
-            print(f"stima-gatewayd: state directory {state_dir} is unusable: {problem}; lockouts, command nonces "
-                  "and the uplink spool must survive a restart, so the daemon does not run without it",
-                  file=sys.stderr)
+            print(
+                f"stima-gatewayd: state directory {state_dir} is unusable: {problem}; lockouts, command nonces "
+                "and the uplink spool must survive a restart, so the daemon does not run without it",
+                file=sys.stderr,
+            )
             return 1
         self.store = Store(state_dir / "stima.db")
-        self.control = ControlServer(runtime_dir, site.control.socket_group,
-                                     access=control.AccessPolicy.from_config(site.control))
+        self.control = ControlServer(
+            runtime_dir, site.control.socket_group, access=control.AccessPolicy.from_config(site.control)
+        )
         self.operations = ControlOperations(self)
         self.operations.register(self.control)
         loop = asyncio.get_running_loop()
@@ -122,13 +125,21 @@ class Server:
             return
         from gateway.hmi.server import Hmi
 
-        hmi = Hmi(site.hmi, base_dir=self.config_path.parent, gateway=lambda: self.gateway, store=self.store,
-                  monotonic=self.clock.monotonic, wall=self.clock.wall)
+        hmi = Hmi(
+            site.hmi,
+            base_dir=self.config_path.parent,
+            gateway=lambda: self.gateway,
+            store=self.store,
+            monotonic=self.clock.monotonic,
+            wall=self.clock.wall,
+        )
         try:
             await hmi.start()
         except Exception as exc:
-            log.error("the HMI could not start; the gateway runs without it",
-                      extra={"address": site.hmi.address, "port": site.hmi.port, "error": f"{type(exc).__name__}: {exc}"})
+            log.error(
+                "the HMI could not start; the gateway runs without it",
+                extra={"address": site.hmi.address, "port": site.hmi.port, "error": f"{type(exc).__name__}: {exc}"},
+            )
             await hmi.close()
             return
         self.hmi = hmi
@@ -159,12 +170,16 @@ class Server:
         except ConfigError as exc:
             for problem in exc.problems:
                 log.error("reload refused: invalid site file", extra={"file": exc.source, "problem": str(problem)})
-            self._reload_refused(report, "validate", f"{len(exc.problems)} problem(s) in {exc.source}: "
-                                 + "; ".join(str(p) for p in exc.problems[:3]))
+            self._reload_refused(
+                report,
+                "validate",
+                f"{len(exc.problems)} problem(s) in {exc.source}: " + "; ".join(str(p) for p in exc.problems[:3]),
+            )
             return
         except Exception as exc:
-            log.exception("reload refused: the new configuration could not be built",
-                          extra={"file": str(self.config_path)})
+            log.exception(
+                "reload refused: the new configuration could not be built", extra={"file": str(self.config_path)}
+            )
             self._reload_refused(report, "build", f"{type(exc).__name__}: {exc}")
             return
         report.stage = "retire"
@@ -205,9 +220,15 @@ class Server:
         if new.site.hmi != self.hmi_config:  # the HMI's own settings changed: serve them (sessions end)
             await self._stop_hmi()
             await self._start_hmi(new.site)
-        log.info("site file reloaded", extra={"file": str(self.config_path), "points": len(new.image),
-                                              "ieds_kept_running": len(keep),
-                                              "breakers_handed_over": len(report.breakers_handed_over)})
+        log.info(
+            "site file reloaded",
+            extra={
+                "file": str(self.config_path),
+                "points": len(new.image),
+                "ieds_kept_running": len(keep),
+                "breakers_handed_over": len(report.breakers_handed_over),
+            },
+        )
         self.notifier.ready(self._status_line())
 
     def _reload_refused(self, report: reload.ReloadReport, stage: str, error: str) -> None:
@@ -216,8 +237,10 @@ class Server:
         if gw is not None and gw.protection is not None:
             gw.protection.engine.watch_gaps(False)
         report.stage, report.error = stage, error
-        log.error("reload refused; the running configuration is kept",
-                  extra={"file": str(self.config_path), "stage": stage, "error": error})
+        log.error(
+            "reload refused; the running configuration is kept",
+            extra={"file": str(self.config_path), "stage": stage, "error": error},
+        )
         self.notifier.ready(f"reload refused ({stage}): {error[:200]}; running the previous configuration")
 
     def reload_status(self) -> dict[str, Any] | None:
@@ -240,6 +263,7 @@ class Server:
                 self.notifier.watchdog()
             self.notifier.status(self._status_line())
 
+
 def state_dir_problem(state_dir: Path) -> str | None:
     """Why the state directory cannot hold the state database (missing and not creatable,
     read-only, full, or a database that will not open), or None when it can."""
@@ -252,5 +276,3 @@ def state_dir_problem(state_dir: Path) -> str | None:
     except (OSError, sqlite3.Error) as exc:
         return getattr(exc, "strerror", None) or str(exc)
     return None
-
-

@@ -46,9 +46,15 @@ def load_site(path: str | Path) -> SiteConfig:
 
 def site_problems(site: SiteConfig, base_dir: Path) -> list[ConfigProblem]:
     """Everything wrong with a schema-valid site (relative file names are under `base_dir`)."""
-    return [*agent_point_problems(site), *protection_problems(site), *key_file_problems(site, base_dir),
-            *ied_address_problems(site), *register_overlap_problems(site), *range_problems(site),
-            *iec104_problems(site)]
+    return [
+        *agent_point_problems(site),
+        *protection_problems(site),
+        *key_file_problems(site, base_dir),
+        *ied_address_problems(site),
+        *register_overlap_problems(site),
+        *range_problems(site),
+        *iec104_problems(site),
+    ]
 
 
 def _where(n: int, item_id: str) -> str:
@@ -70,8 +76,13 @@ def agent_point_problems(site: SiteConfig) -> list[ConfigProblem]:
             spec = vocabulary.get(name)
             if spec is None:
                 known = ", ".join(sorted(vocabulary)) or "none"
-                out.append(ConfigProblem(key, f"is not a point name a {agent.type.value} agent reads or writes "
-                                         f"(expected one of: {known})", name))
+                out.append(
+                    ConfigProblem(
+                        key,
+                        f"is not a point name a {agent.type.value} agent reads or writes (expected one of: {known})",
+                        name,
+                    )
+                )
                 continue
             point = points.get(pid)
             if point is None:
@@ -95,8 +106,13 @@ def protection_problems(site: SiteConfig) -> list[ConfigProblem]:
     for n, scheme in enumerate(site.protection):
         key = f"protection{_where(n, scheme.breaker)}.breaker"
         if scheme.breaker in seen:
-            out.append(ConfigProblem(key, f"a breaker has one protection scheme: protection[{seen[scheme.breaker]}] "
-                                     "already protects it", scheme.breaker))
+            out.append(
+                ConfigProblem(
+                    key,
+                    f"a breaker has one protection scheme: protection[{seen[scheme.breaker]}] already protects it",
+                    scheme.breaker,
+                )
+            )
         seen.setdefault(scheme.breaker, n)
         kind = types.get(scheme.breaker)
         if kind is not None and kind is not AgentType.CIRCUIT_BREAKER:
@@ -139,13 +155,21 @@ def ied_address_problems(site: SiteConfig) -> list[ConfigProblem]:
             address, shown = ("iec61850", ied.host, ied.port), f"{ied.host}:{ied.port}"
         other = first.setdefault(address, ied.id)
         if other != ied.id:
-            out.append(ConfigProblem(f"ieds{_where(n, ied.id)}", f"has the address of IED {other} ({shown}): "
-                                     "each IED needs its own address and unit"))
+            out.append(
+                ConfigProblem(
+                    f"ieds{_where(n, ied.id)}",
+                    f"has the address of IED {other} ({shown}): each IED needs its own address and unit",
+                )
+            )
     return out
 
 
-_TABLES = {RegisterFunction.HOLDING: "holding registers", RegisterFunction.INPUT: "input registers",
-           RegisterFunction.COIL: "coils", RegisterFunction.DISCRETE: "discrete inputs"}
+_TABLES = {
+    RegisterFunction.HOLDING: "holding registers",
+    RegisterFunction.INPUT: "input registers",
+    RegisterFunction.COIL: "coils",
+    RegisterFunction.DISCRETE: "discrete inputs",
+}
 
 
 def register_overlap_problems(site: SiteConfig) -> list[ConfigProblem]:
@@ -154,24 +178,34 @@ def register_overlap_problems(site: SiteConfig) -> list[ConfigProblem]:
     for n, ied in enumerate(site.ieds):
         if isinstance(ied, Iec61850Ied):
             continue
-        spans = sorted((p.function.value, p.address, p.address + p.type.registers - 1, k, p)
-                       for k, p in enumerate(ied.points))
+        spans = sorted(
+            (p.function.value, p.address, p.address + p.type.registers - 1, k, p) for k, p in enumerate(ied.points)
+        )
         for (fa, _, end_a, _, a), (fb, start_b, _, k, b) in zip(spans, spans[1:], strict=False):
             if fa == fb and start_b <= end_a:
-                out.append(ConfigProblem(f"ieds{_where(n, ied.id)}.points{_where(k, b.id)}.address",
-                                         f"overlaps point {a.id} ({_TABLES[a.function]} {a.address}.."
-                                         f"{a.address + a.type.registers - 1}): each register belongs to one point",
-                                         b.address))
+                out.append(
+                    ConfigProblem(
+                        f"ieds{_where(n, ied.id)}.points{_where(k, b.id)}.address",
+                        f"overlaps point {a.id} ({_TABLES[a.function]} {a.address}.."
+                        f"{a.address + a.type.registers - 1}): each register belongs to one point",
+                        b.address,
+                    )
+                )
     return out
 
 
 def _inverted(pairs: Iterable[tuple[str, float | None, float | None]]) -> list[ConfigProblem]:
-    return [ConfigProblem(key, f"is an inverted range: minimum {low} above maximum {high}", [low, high])
-            for key, low, high in pairs if low is not None and high is not None and low > high]
+    return [
+        ConfigProblem(key, f"is an inverted range: minimum {low} above maximum {high}", [low, high])
+        for key, low, high in pairs
+        if low is not None and high is not None and low > high
+    ]
 
 
-_ATTRIBUTE_RANGES = {AgentType.TRANSFORMER: [("tap_min", "tap_max")],
-                     AgentType.RENEWABLE_ENERGY: [("enter_service_v_min_pu", "enter_service_v_max_pu")]}
+_ATTRIBUTE_RANGES = {
+    AgentType.TRANSFORMER: [("tap_min", "tap_max")],
+    AgentType.RENEWABLE_ENERGY: [("enter_service_v_min_pu", "enter_service_v_max_pu")],
+}
 
 
 def range_problems(site: SiteConfig) -> list[ConfigProblem]:

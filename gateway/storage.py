@@ -148,8 +148,9 @@ class Store:
         """
         with self._lock:
             self._db.execute("DELETE FROM command_nonces WHERE expires < ?", (now,))
-            cur = self._db.execute("INSERT OR IGNORE INTO command_nonces(nonce, expires) VALUES(?, ?)",
-                                   (nonce, expires))
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO command_nonces(nonce, expires) VALUES(?, ?)", (nonce, expires)
+            )
         return cur.rowcount == 1
 
     # ------------------------------------------------------------------ events
@@ -172,7 +173,11 @@ class Store:
             self._db.executemany("INSERT INTO events(time, source, kind, payload) VALUES(?, ?, ?, ?)", packed)
 
     def events(
-        self, since: float = 0.0, until: float = float("inf"), source: str | None = None, limit: int = 1000,
+        self,
+        since: float = 0.0,
+        until: float = float("inf"),
+        source: str | None = None,
+        limit: int = 1000,
         kinds: Sequence[str] = (),
     ) -> list[dict[str, Any]]:
         """Events in [since, until] (wall s), the newest `limit`, oldest first; `kinds` keeps those
@@ -198,20 +203,26 @@ class Store:
     def events_page(self, since: float, until: float, after_seq: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
         """Events logged in [since, until], oldest first, after sequence number `after_seq`: pages
         through a period of any length (the sequence-of-events export)."""
-        query = ("SELECT seq, time, source, kind, payload FROM events WHERE time >= ? AND time <= ? AND seq > ? "
-                 "ORDER BY seq ASC LIMIT ?")
+        query = (
+            "SELECT seq, time, source, kind, payload FROM events WHERE time >= ? AND time <= ? AND seq > ? "
+            "ORDER BY seq ASC LIMIT ?"
+        )
         with self._lock:
             rows = self._db.execute(query, (since, min(until, 1e18), after_seq, limit)).fetchall()
-        return [{"seq": s, "time": t, "source": src, "kind": k, **msgpack.unpackb(p, raw=False)}
-                for s, t, src, k, p in rows]
+        return [
+            {"seq": s, "time": t, "source": src, "kind": k, **msgpack.unpackb(p, raw=False)} for s, t, src, k, p in rows
+        ]
 
     def events_after(self, seq: int, limit: int = 500) -> list[dict[str, Any]]:
         """Events appended after `seq` (oldest first, at most `limit`): what a live view has not seen."""
         with self._lock:
-            rows = self._db.execute("SELECT seq, time, source, kind, payload FROM events WHERE seq > ? "
-                                    "ORDER BY seq LIMIT ?", (int(seq), int(limit))).fetchall()
-        return [{"seq": s, "time": t, "source": src, "kind": k, **msgpack.unpackb(p, raw=False)}
-                for s, t, src, k, p in rows]
+            rows = self._db.execute(
+                "SELECT seq, time, source, kind, payload FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+                (int(seq), int(limit)),
+            ).fetchall()
+        return [
+            {"seq": s, "time": t, "source": src, "kind": k, **msgpack.unpackb(p, raw=False)} for s, t, src, k, p in rows
+        ]
 
     def last_event_seq(self) -> int:
         with self._lock:
@@ -277,9 +288,7 @@ class Store:
         if count <= 0:
             return 0, 0
         with self._lock:
-            row = self._db.execute(
-                "SELECT seq FROM spool ORDER BY seq LIMIT 1 OFFSET ?", (count - 1,)
-            ).fetchone()
+            row = self._db.execute("SELECT seq FROM spool ORDER BY seq LIMIT 1 OFFSET ?", (count - 1,)).fetchone()
             if row is None:
                 row = self._db.execute("SELECT MAX(seq) FROM spool").fetchone()
                 if row is None or row[0] is None:
@@ -294,13 +303,15 @@ class Store:
         """Closed history buckets (gateway.history.HistoryRow or same-shaped) in one transaction."""
         if not rows:
             return
-        params = [(r.point_id, r.bucket_start, r.interval_s, r.min, r.max, r.mean, r.last, r.n, r.good_fraction)
-                  for r in rows]
+        params = [
+            (r.point_id, r.bucket_start, r.interval_s, r.min, r.max, r.mean, r.last, r.n, r.good_fraction) for r in rows
+        ]
         with self._lock, self._transaction():
             self._db.executemany(_HISTORY_UPSERT, params)
 
-    def history(self, point_id: str, since: float = 0.0, until: float = float("inf"),
-                limit: int = 10_000) -> list[dict[str, Any]]:
+    def history(
+        self, point_id: str, since: float = 0.0, until: float = float("inf"), limit: int = 10_000
+    ) -> list[dict[str, Any]]:
         """Buckets of one point starting in [since, until] (wall s), the newest `limit`, oldest first."""
         with self._lock:
             rows = self._db.execute(
@@ -311,8 +322,9 @@ class Store:
             ).fetchall()
         return [dict(zip(_HISTORY_COLUMNS, row, strict=True)) for row in rows]
 
-    def history_aggregated(self, point_id: str, since: float, until: float,
-                           interval_s: float = 3600.0) -> list[dict[str, Any]]:
+    def history_aggregated(
+        self, point_id: str, since: float, until: float, interval_s: float = 3600.0
+    ) -> list[dict[str, Any]]:
         """Buckets of one point merged into `interval_s` buckets (hourly by default) for [since, until):
         means weighted by good samples, extremes combined. For trends over months without reading
         every minute bucket."""
@@ -326,8 +338,19 @@ class Store:
                 "AND n > 0 AND good_fraction > 0 GROUP BY k ORDER BY k",
                 (step, point_id, since, until if until != float("inf") else 1e18),
             ).fetchall()
-        return [{"point_id": point_id, "bucket_start": k * step, "interval_s": step, "mean": mean, "min": lo,
-                 "max": hi, "n": int(n), "good_fraction": gf} for k, mean, lo, hi, n, gf in rows]
+        return [
+            {
+                "point_id": point_id,
+                "bucket_start": k * step,
+                "interval_s": step,
+                "mean": mean,
+                "min": lo,
+                "max": hi,
+                "n": int(n),
+                "good_fraction": gf,
+            }
+            for k, mean, lo, hi, n, gf in rows
+        ]
 
     def prune_history(self, before: float, limit: int | None = None) -> int:
         """Delete buckets that started before `before` (wall s), at most `limit` of them; how many.
@@ -340,6 +363,7 @@ class Store:
             else:
                 cur = self._db.execute(
                     "DELETE FROM history WHERE (point_id, bucket_start) IN (SELECT point_id, bucket_start "
-                    "FROM history WHERE bucket_start < ? LIMIT ?)", (before, int(limit)))
+                    "FROM history WHERE bucket_start < ? LIMIT ?)",
+                    (before, int(limit)),
+                )
         return int(cur.rowcount)
-

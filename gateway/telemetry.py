@@ -135,8 +135,12 @@ class Telemetry:
         for ied in site.ieds:
             for p in ied.points:
                 specs.append(PointSpec(p.id, PointKind(p.point_kind.value), p.deadband, p.unit))
-        return cls(specs, max_batch=site.uplink.max_batch, integrity_period_s=site.uplink.integrity_period_s,
-                   columns=site.uplink.telemetry_format == "columns")
+        return cls(
+            specs,
+            max_batch=site.uplink.max_batch,
+            integrity_period_s=site.uplink.integrity_period_s,
+            columns=site.uplink.telemetry_format == "columns",
+        )
 
     def set_index(self, index: dict[str, int]) -> None:
         """Each point's index in the birth's metric table (columnar messages name points by it;
@@ -272,9 +276,14 @@ class Telemetry:
             end = min(start + step, len(col_i))
             times = col_t[start:end]
             t0 = next((t for t in times if t is not None), None)
-            message: dict[str, Any] = {"timestamp": timestamp, "format": COLUMNS, "i": col_i[start:end],
-                                       "v": col_v[start:end], "t0": t0,
-                                       "dt": [None if t is None or t0 is None else t - t0 for t in times]}
+            message: dict[str, Any] = {
+                "timestamp": timestamp,
+                "format": COLUMNS,
+                "i": col_i[start:end],
+                "v": col_v[start:end],
+                "t0": t0,
+                "dt": [None if t is None or t0 is None else t - t0 for t in times],
+            }
             bad = []
             while bad_at < len(col_bad) and col_bad[bad_at][0] < end:
                 pos, q, r = col_bad[bad_at]
@@ -296,8 +305,14 @@ class Telemetry:
             if point is None:
                 metrics.append(sample(point_id, None, NOT_YET_RECEIVED, None))
                 continue
-            metrics.append(sample(point_id, point.value, point.quality,
-                                  point.source_time if point.source_time is not None else point.receive_time))
+            metrics.append(
+                sample(
+                    point_id,
+                    point.value,
+                    point.quality,
+                    point.source_time if point.source_time is not None else point.receive_time,
+                )
+            )
             # the host now knows the latest value: later deadbands count from it
             state.reported = True
             state.last_value = point.value
@@ -309,7 +324,9 @@ class Telemetry:
         step = self.max_batch
         parts = max(1, math.ceil(len(metrics) / step))
         return [
-            (INTEGRITY, {"timestamp": timestamp, "part": n + 1, "parts": parts,
-                         "metrics": metrics[n * step : (n + 1) * step]})
+            (
+                INTEGRITY,
+                {"timestamp": timestamp, "part": n + 1, "parts": parts, "metrics": metrics[n * step : (n + 1) * step]},
+            )
             for n in range(parts)
         ]

@@ -47,8 +47,15 @@ UplinkFactory = Callable[[SiteConfig, Store, Clock, Path], "MqttUplink"]
 def _mqtt_uplink(site: SiteConfig, store: Store, clock: Clock, base_dir: Path) -> MqttUplink:
     from protocols.mqtt import MqttUplink
 
-    return MqttUplink(site.uplink, site.site, store, clock, logging.getLogger("stima.uplink"), base_dir=base_dir,
-                      urgent_topics=("alarms", "events", "notices", "cmd_result"))
+    return MqttUplink(
+        site.uplink,
+        site.site,
+        store,
+        clock,
+        logging.getLogger("stima.uplink"),
+        base_dir=base_dir,
+        urgent_topics=("alarms", "events", "notices", "cmd_result"),
+    )
 
 
 class Gateway:
@@ -62,9 +69,17 @@ class Gateway:
     others of the same shape.
     """
 
-    def __init__(self, site: SiteConfig, *, base_dir: Path, clock: Clock, store: Store,
-                 adapter_factory: AdapterFactory = make_adapter, uplink_factory: UplinkFactory | None = None,
-                 periods: Periods = Periods()) -> None:
+    def __init__(
+        self,
+        site: SiteConfig,
+        *,
+        base_dir: Path,
+        clock: Clock,
+        store: Store,
+        adapter_factory: AdapterFactory = make_adapter,
+        uplink_factory: UplinkFactory | None = None,
+        periods: Periods = Periods(),
+    ) -> None:
         self.site = site
         self.base_dir = base_dir
         self.clock = clock
@@ -160,17 +175,28 @@ class Gateway:
                 extra={"backend": engine.backend_name},
             )
         self.protection = ProtectionBridge(
-            engine, self.image, submit=self.submit, store=self.store, publish=self.publish,
+            engine,
+            self.image,
+            submit=self.submit,
+            store=self.store,
+            publish=self.publish,
             publish_many=self.uplink.publish_many,
-            wall=self.clock.wall, monotonic=self.clock.monotonic, defer=asyncio.get_running_loop().call_soon,
+            wall=self.clock.wall,
+            monotonic=self.clock.monotonic,
+            defer=asyncio.get_running_loop().call_soon,
         )
 
     def _build_agents(self) -> None:
         from gateway.agent_host import AgentHost
 
         self.agents = AgentHost(
-            self.site, self.image, store=self.store, publish=self.publish,
-            monotonic=self.clock.monotonic, wall=self.clock.wall, defer=asyncio.get_running_loop().call_soon,
+            self.site,
+            self.image,
+            store=self.store,
+            publish=self.publish,
+            monotonic=self.clock.monotonic,
+            wall=self.clock.wall,
+            defer=asyncio.get_running_loop().call_soon,
         )
         if self.protection is not None:
             self.protection.event_listeners.append(self.agents.on_protection_event)
@@ -183,13 +209,25 @@ class Gateway:
         self.switching_wake = asyncio.Event()
         f = self.site.flisr
         self.switching = SwitchingService(
-            self.site, image=self.image, store=self.store, publish=self.publish,
+            self.site,
+            image=self.image,
+            store=self.store,
+            publish=self.publish,
             submit=lambda point, value: self.submit(point, value, Priority.CONTROL),
-            protection=self.protection, agents=self.agents, monotonic=self.clock.monotonic, wall=self.clock.wall,
+            protection=self.protection,
+            agents=self.agents,
+            monotonic=self.clock.monotonic,
+            wall=self.clock.wall,
             wake=self.switching_wake.set,
-            flisr=FlisrSettings(mode=f.mode, settle_s=f.settle_s, step_timeout_s=f.step_timeout_s,
-                                min_voltage_pu=f.min_voltage_pu, max_replans=f.max_replans),
-            select_timeout_s=self.site.uplink.commands.select_timeout_s)
+            flisr=FlisrSettings(
+                mode=f.mode,
+                settle_s=f.settle_s,
+                step_timeout_s=f.step_timeout_s,
+                min_voltage_pu=f.min_voltage_pu,
+                max_replans=f.max_replans,
+            ),
+            select_timeout_s=self.site.uplink.commands.select_timeout_s,
+        )
         self.agents.operate = self.switching.operate
         if self.protection is not None:
             self.protection.event_listeners.append(self.switching.on_protection_event)
@@ -202,8 +240,13 @@ class Gateway:
         if self.site.ami is not None and self.site.meter_groups:
             from protocols.ami import AmiSubscriber
 
-            self.ami = AmiSubscriber(self.site.ami, self.site.site.substation_id, self._ingest_meters,
-                                     self.clock, logging.getLogger("stima.ami"))
+            self.ami = AmiSubscriber(
+                self.site.ami,
+                self.site.site.substation_id,
+                self._ingest_meters,
+                self.clock,
+                logging.getLogger("stima.ami"),
+            )
 
     def _ingest_meters(self, meter_ids: Sequence[str], columns: Any, reading_time: float) -> None:
         self.agents.ingest_meters(meter_ids, columns, reading_time)
@@ -223,8 +266,10 @@ class Gateway:
         neighbours = {t.neighbour for t in ties.values()}
         public = self._neighbour_keys(neighbours)
         if not public:
-            log.error("external ties but no neighbour's public key in [coordination] neighbours: "
-                      "load transfer is off", extra={"neighbours": sorted(neighbours)})
+            log.error(
+                "external ties but no neighbour's public key in [coordination] neighbours: load transfer is off",
+                extra={"neighbours": sorted(neighbours)},
+            )
             return
         import gateway.keys as keys
 
@@ -246,10 +291,19 @@ class Gateway:
         up = self.site.uplink
         region_base = f"{up.topic_prefix}/{self.site.site.region}"
         self.exchange = ExchangeService(
-            self.site.site.substation_id, region_base, switching=self.switching, publish=self.publish,
-            sign=own.sign, verify=verify, headroom=self._headroom, monotonic=self.clock.monotonic,
-            wall=self.clock.wall, alarm=self._transfer_alarm, max_age_s=cfg.max_age_s,
-            window_headroom=self._window_headroom)
+            self.site.site.substation_id,
+            region_base,
+            switching=self.switching,
+            publish=self.publish,
+            sign=own.sign,
+            verify=verify,
+            headroom=self._headroom,
+            monotonic=self.clock.monotonic,
+            wall=self.clock.wall,
+            alarm=self._transfer_alarm,
+            max_age_s=cfg.max_age_s,
+            window_headroom=self._window_headroom,
+        )
         self.uplink.on_external(self.exchange.inbox_filter, self.exchange.on_mqtt)
         for topic in self.exchange.death_topics():
             self.uplink.on_external(topic, self.exchange.on_mqtt)
@@ -270,8 +324,10 @@ class Gateway:
                         raise
                     out[name] = keys.parse_public_key(path.read_text().strip())
             except (OSError, ValueError) as exc:
-                log.error("[coordination] neighbour key unusable: load transfer with it is off",
-                          extra={"neighbour": name, "error": str(exc)})
+                log.error(
+                    "[coordination] neighbour key unusable: load transfer with it is off",
+                    extra={"neighbour": name, "error": str(exc)},
+                )
         return out
 
     def _headroom(self, tie: str, kw: float) -> tuple[float, str]:
@@ -287,10 +343,12 @@ class Gateway:
         return headroom
 
     def _transfer_alarm(self, xid: str, severity: str, message: str) -> None:
-        self.store.append_event(self.clock.wall(), f"transfer:{xid}", "alert", {"severity": severity,
-                                                                                "message": message})
-        self.publish("alarms", {"time": self.clock.wall(), "source": f"transfer:{xid}", "severity": severity,
-                                 "message": message})
+        self.store.append_event(
+            self.clock.wall(), f"transfer:{xid}", "alert", {"severity": severity, "message": message}
+        )
+        self.publish(
+            "alarms", {"time": self.clock.wall(), "source": f"transfer:{xid}", "severity": severity, "message": message}
+        )
 
     def _build_peak(self) -> None:
         self.peak: Any = None
@@ -298,16 +356,32 @@ class Gateway:
             return
         from gateway.peak_service import PeakService
 
-        self.peak = PeakService(self.site, switching=self.switching, agents=self.agents, image=self.image,
-                                store=self.store, publish=self.publish, monotonic=self.clock.monotonic,
-                                wall=self.clock.wall, exchange=self.exchange, ami=self.ami)
+        self.peak = PeakService(
+            self.site,
+            switching=self.switching,
+            agents=self.agents,
+            image=self.image,
+            store=self.store,
+            publish=self.publish,
+            monotonic=self.clock.monotonic,
+            wall=self.clock.wall,
+            exchange=self.exchange,
+            ami=self.ami,
+        )
 
     def _build_recording(self) -> None:
         """Disturbance records (COMTRADE) and the status-change log (gateway/recording.py)."""
         from gateway.recording import Recording
 
-        self.recording = Recording(self.site, image=self.image, network=self.switching.network, store=self.store,
-                                   publish=self.publish, monotonic=self.clock.monotonic, wall=self.clock.wall)
+        self.recording = Recording(
+            self.site,
+            image=self.image,
+            network=self.switching.network,
+            store=self.store,
+            publish=self.publish,
+            monotonic=self.clock.monotonic,
+            wall=self.clock.wall,
+        )
         if self.protection is not None:  # first: a trip's fault location is ready when its fault record opens
             self.protection.event_listeners.insert(0, self.recording.on_protection_event)
         self.switching.fault_locator = self.recording.latest_estimate
@@ -324,12 +398,21 @@ class Gateway:
             exchange = getattr(self, "exchange", None)
             neighbour = QuotedNeighbour(self.switching.network, exchange.ask_quote if exchange is not None else None)
             self.maintenance_service = MaintenanceService(
-                self.site, store=self.store, agents=self.agents, switching=self.switching, publish=self.publish,
-                wall=self.clock.wall, monotonic=self.clock.monotonic, ask_neighbour=neighbour)
+                self.site,
+                store=self.store,
+                agents=self.agents,
+                switching=self.switching,
+                publish=self.publish,
+                wall=self.clock.wall,
+                monotonic=self.clock.monotonic,
+                ask_neighbour=neighbour,
+            )
             if exchange is not None:
+
                 def heard(answer: Any) -> None:
                     if neighbour.on_answer(answer) and self.maintenance_service.on_quote(answer):
                         self.maintenance_wake.set()
+
                 exchange.quote_listeners.append(heard)
             self.agents.message_listeners.append(self._maintenance_heard)
 
@@ -345,15 +428,22 @@ class Gateway:
         targets = [only] if only is not None else sorted(svc.monitored)
         unknown = [t for t in targets if t not in svc.monitored]
         if unknown:
-            raise KeyError(f"not a monitored transformer: {', '.join(unknown)} (monitored: "
-                           f"{', '.join(sorted(svc.monitored)) or 'none'})")
+            raise KeyError(
+                f"not a monitored transformer: {', '.join(unknown)} (monitored: "
+                f"{', '.join(sorted(svc.monitored)) or 'none'})"
+            )
         out = []
         for xfmr in targets:
             evaluation = await asyncio.to_thread(svc.evaluate, xfmr, self.clock.wall())
             svc.apply(evaluation)
             memory = self.agents.runtime.memory[xfmr]
-            out.append({"transformer": xfmr, "seconds": round(evaluation.seconds, 4),
-                        **(getattr(memory, "health", None) or {})})
+            out.append(
+                {
+                    "transformer": xfmr,
+                    "seconds": round(evaluation.seconds, 4),
+                    **(getattr(memory, "health", None) or {}),
+                }
+            )
         await self.maintenance_requests()
         return out
 
@@ -394,8 +484,10 @@ class Gateway:
         try:
             self.keys = KeyBook.restore(self.store.load_snapshot(SNAPSHOT_KEY))
         except (ValueError, KeyError, TypeError) as exc:
-            log.error("the key book could not be read: no Ed25519 key is trusted until it is repaired",
-                      extra={"error": str(exc)})
+            log.error(
+                "the key book could not be read: no Ed25519 key is trusted until it is repaired",
+                extra={"error": str(exc)},
+            )
             self.keys = KeyBook()
         if cfg.enabled and cfg.scheme == "hmac" and path is not None:
             try:
@@ -403,14 +495,23 @@ class Gateway:
             except ValueError as exc:
                 raise ConfigError(str(path), [ConfigProblem("uplink.commands.key_file", str(exc))]) from None
         self.commands = CommandService(
-            cfg, key=key, substation=self.site.site.substation_id, nonces=self.store, plant=self,
+            cfg,
+            key=key,
+            substation=self.site.site.substation_id,
+            nonces=self.store,
+            plant=self,
             publish=lambda suffix, payload: self.uplink.publish(suffix, payload, qos=1, retain=False),
-            audit=self.store.append_event, wall=self.clock.wall, monotonic=self.clock.monotonic, keys=self.keys,
+            audit=self.store.append_event,
+            wall=self.clock.wall,
+            monotonic=self.clock.monotonic,
+            keys=self.keys,
         )
         self.uplink.on_command(self.commands.on_mqtt)
         if cfg.enabled and cfg.scheme == "hmac":
-            log.warning("remote commands use the shared-secret (hmac) compatibility scheme: whoever reads the "
-                        "key file can sign commands; prefer Ed25519 keys (scheme = 'ed25519', stima keys add)")
+            log.warning(
+                "remote commands use the shared-secret (hmac) compatibility scheme: whoever reads the "
+                "key file can sign commands; prefer Ed25519 keys (scheme = 'ed25519', stima keys add)"
+            )
         if not cfg.enabled:
             log.info("remote commands are disabled in the site file (uplink.commands.enabled)")
 
@@ -438,20 +539,36 @@ class Gateway:
             raise ConfigError("site file", [ConfigProblem("iec104", str(exc))]) from None
         devices = self.switching.network.devices
         reporter = Reporter(point_map)
-        handler = CommandHandler(point_map, self, Role.parse(cfg.role),
-                                 position_point=lambda d: devices[d].points.get("closed") if d in devices else None,
-                                 on_return=lambda p: self.iec104.expect_return(p),
-                                 max_delay_s=cfg.command_max_delay_s)
-        self.iec104 = Iec104Outstation(cfg, point_map, self.image, handler, reporter, self.clock,
-                                       logging.getLogger("stima.iec104"), base_dir=self.base_dir)
+        handler = CommandHandler(
+            point_map,
+            self,
+            Role.parse(cfg.role),
+            position_point=lambda d: devices[d].points.get("closed") if d in devices else None,
+            on_return=lambda p: self.iec104.expect_return(p),
+            max_delay_s=cfg.command_max_delay_s,
+        )
+        self.iec104 = Iec104Outstation(
+            cfg,
+            point_map,
+            self.image,
+            handler,
+            reporter,
+            self.clock,
+            logging.getLogger("stima.iec104"),
+            base_dir=self.base_dir,
+        )
         self.iec104.audit = self.store.append_event
 
     # ------------------------------------------------------------------ messages out, samples in
 
     def publish(self, suffix: str, payload: dict[str, Any], retain: bool = False) -> None:
         if suffix == "alarms":  # every alarm, whoever raises it, goes through the alarm book
-            self.alarms.raise_alarm(str(payload.get("source", "gateway")), str(payload.get("severity", "major")),
-                                    str(payload.get("message", "")), float(payload.get("time", self.clock.wall())))
+            self.alarms.raise_alarm(
+                str(payload.get("source", "gateway")),
+                str(payload.get("severity", "major")),
+                str(payload.get("message", "")),
+                float(payload.get("time", self.clock.wall())),
+            )
             self._flush_alarms()
             return
         self.uplink.publish(suffix, payload, retain=retain)
@@ -468,10 +585,14 @@ class Gateway:
         if not changes:
             return
         try:
-            self.uplink.publish_many([("alarms", {"time": self.clock.wall(), "state": state, **alarm.as_dict()})
-                                      for state, alarm in changes])
-            self.uplink.publish("alarms/active", {"time": self.clock.wall(),
-                                                  "alarms": [a.as_dict() for a in self.alarms.active()]}, retain=True)
+            self.uplink.publish_many(
+                [("alarms", {"time": self.clock.wall(), "state": state, **alarm.as_dict()}) for state, alarm in changes]
+            )
+            self.uplink.publish(
+                "alarms/active",
+                {"time": self.clock.wall(), "alarms": [a.as_dict() for a in self.alarms.active()]},
+                retain=True,
+            )
             self.store.save_snapshot(SNAPSHOT_KEY, self.alarms.snapshot(), self.clock.wall())
         except Exception:
             log.exception("alarms could not be published")
@@ -481,8 +602,12 @@ class Gateway:
         name as `hmi:<user>`); audited."""
         who = origin if isinstance(origin, str) else origin.who
         alarm = self.alarms.acknowledge(alarm_id, who, self.clock.wall())
-        self.store.append_event(self.clock.wall(), alarm.source, "alarm.acknowledged",
-                                {"id": alarm.id, "origin": who, "message": alarm.message})
+        self.store.append_event(
+            self.clock.wall(),
+            alarm.source,
+            "alarm.acknowledged",
+            {"id": alarm.id, "origin": who, "message": alarm.message},
+        )
         self._flush_alarms()
         return alarm.as_dict()
 
@@ -543,8 +668,11 @@ class Gateway:
         that lost its retained messages has them again)."""
         try:
             self.uplink.publish_many(self.agents.current_states(), retain=True)
-            self.uplink.publish("alarms/active", {"time": self.clock.wall(),
-                                                  "alarms": [a.as_dict() for a in self.alarms.active()]}, retain=True)
+            self.uplink.publish(
+                "alarms/active",
+                {"time": self.clock.wall(), "alarms": [a.as_dict() for a in self.alarms.active()]},
+                retain=True,
+            )
         except Exception:
             log.exception("agent states could not be published")
 
@@ -665,18 +793,26 @@ class Gateway:
             "ieds": [a.status.as_dict() for a in self.adapters.values()],
             "points": {"total": len(self.image), **self.image.counts_by_quality()},
             "updates_applied": self.updates_applied,
-            "telemetry": {"changes_seen": self.telemetry.changes_seen,
-                          "changes_reported": self.telemetry.changes_reported},
+            "telemetry": {
+                "changes_seen": self.telemetry.changes_seen,
+                "changes_reported": self.telemetry.changes_reported,
+            },
             "uplink": self.uplink.status(),
-            "protection": None if self.protection is None else {
+            "protection": None
+            if self.protection is None
+            else {
                 "backend": self.protection.engine.backend_name,
                 "commands_sent": self.protection.commands_sent,
                 "command_failures": self.protection.command_failures,
                 "breakers": {b: self.protection.engine.status(b) for b in sorted(self._protected_breakers)},
             },
-            "agents": {"count": len(self.site.agents), "meters": sum(g.count for g in self.site.meter_groups),
-                       "actions": self.agents.actions_done, "control_refused": self.agents.control_refused,
-                       "notices": self.agents.notices_published},
+            "agents": {
+                "count": len(self.site.agents),
+                "meters": sum(g.count for g in self.site.meter_groups),
+                "actions": self.agents.actions_done,
+                "control_refused": self.agents.control_refused,
+                "notices": self.agents.notices_published,
+            },
             "ami": None if self.ami is None else self.ami.status(),
             "commands": self.commands.status(),
             "switching": self.switching.status(),
@@ -684,7 +820,8 @@ class Gateway:
             "transfer": None if self.exchange is None else self.exchange.status(),
             "records": self.recording.status(),
             "iec104": None if self.iec104 is None else self.iec104.status(),
-            "own_key": None if self.own_key is None else {"name": self.own_key.name,
-                                                          "public_key": self.own_key.public.hex()},
+            "own_key": None
+            if self.own_key is None
+            else {"name": self.own_key.name, "public_key": self.own_key.public.hex()},
             "maintenance": None if self.maintenance_service is None else self.maintenance_service.status(),
         }

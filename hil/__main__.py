@@ -1,19 +1,19 @@
 """`stima-hil`: run the simulated substation, and inject events into a running one.
 
-    stima-hil serve --config SITE.toml [--config NEIGHBOUR.toml ...] [--speed 1.0] [--seed 0] [--meters N] [--control PATH]
-    stima-hil inject fault LINE-045 --distance 2300m --type 3ph [--transient] [--impedance 0.5]
-    stima-hil inject commloss IED-CB-045 --for 30s
-    stima-hil inject loadstep XFMR-101 --factor 1.3
-    stima-hil inject temp XFMR-101 --delta 25 --over 600s
-    stima-hil inject failure SW-045-1 --mode stuck|slow|none [--delay 5s]
-    stima-hil inject local SW-045-1 [--remote]
-    stima-hil inject operate SW-045-1 open|close
-    stima-hil inject external TIE-046-061 --dead|--live
-    stima-hil inject ramp SUB-007 --rate 0.5MW/h [--from 28.5MW] [--ambient 35]
-    stima-hil inject clear
-    stima-hil status [--json]
-    stima-hil scenario run NAME [--json] [--seed N]
-    stima-hil scenario list
+stima-hil serve --config SITE.toml [--config NEIGHBOUR.toml ...] [--speed 1.0] [--seed 0] [--meters N] [--control PATH]
+stima-hil inject fault LINE-045 --distance 2300m --type 3ph [--transient] [--impedance 0.5]
+stima-hil inject commloss IED-CB-045 --for 30s
+stima-hil inject loadstep XFMR-101 --factor 1.3
+stima-hil inject temp XFMR-101 --delta 25 --over 600s
+stima-hil inject failure SW-045-1 --mode stuck|slow|none [--delay 5s]
+stima-hil inject local SW-045-1 [--remote]
+stima-hil inject operate SW-045-1 open|close
+stima-hil inject external TIE-046-061 --dead|--live
+stima-hil inject ramp SUB-007 --rate 0.5MW/h [--from 28.5MW] [--ambient 35]
+stima-hil inject clear
+stima-hil status [--json]
+stima-hil scenario run NAME [--json] [--seed N]
+stima-hil scenario list
 """
 
 from __future__ import annotations
@@ -44,29 +44,49 @@ log = logging.getLogger("hil")
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stima-hil", description="Stima hardware-in-the-loop simulator")
-    parser.add_argument("--control", type=Path, default=DEFAULT_SOCKET,
-                        help=f"control socket of the running simulator (default {DEFAULT_SOCKET})")
+    parser.add_argument(
+        "--control",
+        type=Path,
+        default=DEFAULT_SOCKET,
+        help=f"control socket of the running simulator (default {DEFAULT_SOCKET})",
+    )
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--control", type=Path, default=argparse.SUPPRESS,
-                        help=f"control socket of the running simulator (default {DEFAULT_SOCKET})")
+    common.add_argument(
+        "--control",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help=f"control socket of the running simulator (default {DEFAULT_SOCKET})",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", parents=[common],
-                           help="serve every IED of a site file from the simulated substation")
-    serve.add_argument("--config", required=True, type=Path, action="append",
-                       help="site file (TOML); give it once per substation to serve neighbouring substations "
-                            "from one model (their shared ties joined)")
-    serve.add_argument("--speed", type=float, default=1.0,
-                       help="simulated seconds per real second; 0 = as fast as possible (default 1)")
+    serve = sub.add_parser(
+        "serve", parents=[common], help="serve every IED of a site file from the simulated substation"
+    )
+    serve.add_argument(
+        "--config",
+        required=True,
+        type=Path,
+        action="append",
+        help="site file (TOML); give it once per substation to serve neighbouring substations "
+        "from one model (their shared ties joined)",
+    )
+    serve.add_argument(
+        "--speed",
+        type=float,
+        default=1.0,
+        help="simulated seconds per real second; 0 = as fast as possible (default 1)",
+    )
     serve.add_argument("--seed", type=int, default=0)
     serve.add_argument("--meters", type=int, default=None, help="smart meters in the AMI feed (default: the site's)")
     serve.add_argument("--step", default="10ms", help="simulated time per model step (default 10ms)")
-    serve.add_argument("--ami-interval", default="15min",
-                       help="simulated time between two readings of every meter (default 15min)")
+    serve.add_argument(
+        "--ami-interval", default="15min", help="simulated time between two readings of every meter (default 15min)"
+    )
     serve.add_argument("--ami-batch", type=int, default=1000, help="meters per AMI message (default 1000)")
     serve.add_argument("--no-ami", action="store_true", help="do not publish smart-meter readings")
-    serve.add_argument("--bind", default=None,
-                       help="listen on this address instead of each IED's configured host (e.g. 0.0.0.0)")
+    serve.add_argument(
+        "--bind", default=None, help="listen on this address instead of each IED's configured host (e.g. 0.0.0.0)"
+    )
     serve.add_argument("--duration", default=None, help="stop after this much simulated time (e.g. 10min)")
     serve.add_argument("--log-level", default="INFO")
 
@@ -90,46 +110,62 @@ def _parser() -> argparse.ArgumentParser:
     temp.add_argument("--over", default="0s", help="ramp duration, e.g. 600s or 10min (default: a step)")
     failure = kinds.add_parser("failure", parents=[common], help="a switching device fails to operate")
     failure.add_argument("device")
-    failure.add_argument("--mode", required=True, choices=("stuck", "slow", "none"),
-                         help="stuck: never moves; slow: moves after --delay; none: healthy again")
+    failure.add_argument(
+        "--mode",
+        required=True,
+        choices=("stuck", "slow", "none"),
+        help="stuck: never moves; slow: moves after --delay; none: healthy again",
+    )
     failure.add_argument("--delay", default=None, help="for --mode slow: time before it moves, e.g. 5s")
-    local = kinds.add_parser("local", parents=[common],
-                             help="put a switching device in local control (it refuses remote commands)")
+    local = kinds.add_parser(
+        "local", parents=[common], help="put a switching device in local control (it refuses remote commands)"
+    )
     local.add_argument("device")
     local.add_argument("--remote", action="store_true", help="back to remote control")
     operate = kinds.add_parser("operate", parents=[common], help="open or close a switching device by hand")
     operate.add_argument("device")
     operate.add_argument("action", choices=("open", "close"))
-    external = kinds.add_parser("external", parents=[common],
-                                help="the neighbouring feeder behind an external tie goes dead or comes back")
+    external = kinds.add_parser(
+        "external", parents=[common], help="the neighbouring feeder behind an external tie goes dead or comes back"
+    )
     external.add_argument("tie")
     state = external.add_mutually_exclusive_group(required=True)
     state.add_argument("--dead", action="store_true")
     state.add_argument("--live", action="store_true")
-    ramp = kinds.add_parser("ramp", parents=[common],
-                            help="the demand behind a substation rises along a ramp (simulated time)")
+    ramp = kinds.add_parser(
+        "ramp", parents=[common], help="the demand behind a substation rises along a ramp (simulated time)"
+    )
     ramp.add_argument("substation")
     ramp.add_argument("--rate", required=True, help="e.g. 0.5MW/h, 500kW/h or -200kW/h")
     ramp.add_argument("--from", dest="start", default=None, help="its total load now, e.g. 28.5MW (default: as is)")
     ramp.add_argument("--ambient", default=None, help="ambient temperature held at its transformers, e.g. 35")
     kinds.add_parser("clear", parents=[common], help="clear every fault")
-    age = kinds.add_parser("age", parents=[common],
-                           help="age a transformer months in seconds and write its monitors' log (CSV)")
+    age = kinds.add_parser(
+        "age", parents=[common], help="age a transformer months in seconds and write its monitors' log (CSV)"
+    )
     age.add_argument("transformer")
     age.add_argument("--months", type=float, required=True)
     age.add_argument("--log", required=True, help="CSV file for `stima history import`")
     bypass = kinds.add_parser("bypass", parents=[common], help="a meter registers only part of its consumption")
     bypass.add_argument("meter")
-    bypass.add_argument("--registered", default="0%", help="share it registers: 0%% (a full bypass) .. 100%% (repaired)")
+    bypass.add_argument(
+        "--registered", default="0%", help="share it registers: 0%% (a full bypass) .. 100%% (repaired)"
+    )
 
-    status = sub.add_parser("status", parents=[common], help="breakers, faults and simulated time of the running simulator")
+    status = sub.add_parser(
+        "status", parents=[common], help="breakers, faults and simulated time of the running simulator"
+    )
     status.add_argument("--json", action="store_true")
 
     scenario = sub.add_parser("scenario", help="run a use-case scenario against the real daemon(s), with checks")
     scenario_sub = scenario.add_subparsers(dest="scenario_command", required=True)
-    srun = scenario_sub.add_parser("run", help="run one scenario: timeline, result table; exit 0 when every check passes")
+    srun = scenario_sub.add_parser(
+        "run", help="run one scenario: timeline, result table; exit 0 when every check passes"
+    )
     srun.add_argument("name", help="scenario name (stima-hil scenario list)")
-    srun.add_argument("--json", action="store_true", help="one JSON object: scenario, passed, checks, timeline, figures")
+    srun.add_argument(
+        "--json", action="store_true", help="one JSON object: scenario, passed, checks, timeline, figures"
+    )
     srun.add_argument("--seed", type=int, default=0, help="simulator seed (loads, noise)")
     scenario_sub.add_parser("list", help="the scenarios there are")
     return parser
@@ -170,23 +206,37 @@ def build_request(args: argparse.Namespace) -> dict[str, Any]:
             raise UnitError(f"bad impedance {args.impedance!r}: expected ohms, e.g. 0.5") from None
         if not impedance >= 0 or impedance == float("inf"):
             raise UnitError(f"bad impedance {args.impedance!r}: must be a finite number >= 0")
-        return {"op": "fault", "line": args.line, "distance_m": parse_distance_m(args.distance),
-                "kind": args.type, "transient": args.transient, "impedance_ohm": impedance}
+        return {
+            "op": "fault",
+            "line": args.line,
+            "distance_m": parse_distance_m(args.distance),
+            "kind": args.type,
+            "transient": args.transient,
+            "impedance_ohm": impedance,
+        }
     if args.kind == "commloss":
         return {"op": "commloss", "ied": args.ied, "duration_s": parse_duration_s(args.duration)}
     if args.kind == "loadstep":
         return {"op": "loadstep", "target": args.target, "factor": parse_factor(args.factor)}
     if args.kind == "temp":
         over = 0.0 if str(args.over).strip() in ("0", "0s") else parse_duration_s(args.over)
-        return {"op": "temp", "transformer": args.transformer, "delta_c": parse_temperature_delta_c(args.delta),
-                "duration_s": over}
+        return {
+            "op": "temp",
+            "transformer": args.transformer,
+            "delta_c": parse_temperature_delta_c(args.delta),
+            "duration_s": over,
+        }
     if args.kind == "failure":
         if args.mode == "slow" and args.delay is None:
             raise UnitError("--mode slow needs --delay, e.g. --delay 5s")
         if args.mode != "slow" and args.delay is not None:
             raise UnitError(f"--delay is only for --mode slow (found --mode {args.mode})")
-        return {"op": "failure", "device": args.device, "mode": args.mode,
-                "delay_s": parse_duration_s(args.delay) if args.delay is not None else 0.0}
+        return {
+            "op": "failure",
+            "device": args.device,
+            "mode": args.mode,
+            "delay_s": parse_duration_s(args.delay) if args.delay is not None else 0.0,
+        }
     if args.kind == "local":
         return {"op": "local", "device": args.device, "on": not args.remote}
     if args.kind == "operate":
@@ -194,7 +244,11 @@ def build_request(args: argparse.Namespace) -> dict[str, Any]:
     if args.kind == "external":
         return {"op": "external", "tie": args.tie, "live": bool(args.live)}
     if args.kind == "ramp":
-        out: dict[str, Any] = {"op": "ramp", "substation": args.substation, "rate_kw_per_h": parse_rate_kw_per_h(args.rate)}
+        out: dict[str, Any] = {
+            "op": "ramp",
+            "substation": args.substation,
+            "rate_kw_per_h": parse_rate_kw_per_h(args.rate),
+        }
         if args.start is not None:
             out["start_kw"] = parse_power_kw(args.start)
         if args.ambient is not None:
@@ -205,8 +259,12 @@ def build_request(args: argparse.Namespace) -> dict[str, Any]:
     if args.kind == "age":
         if not 0 < args.months <= 120:
             raise UnitError(f"bad --months {args.months!r}: expected 0 < months ≤ 120")
-        return {"op": "age", "transformer": args.transformer, "months": args.months,
-                "path": str(Path(args.log).resolve())}
+        return {
+            "op": "age",
+            "transformer": args.transformer,
+            "months": args.months,
+            "path": str(Path(args.log).resolve()),
+        }
     if args.kind == "bypass":
         raw = str(args.registered).strip()
         try:
@@ -220,8 +278,10 @@ def build_request(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _print_status(status: dict[str, Any]) -> None:
-    print(f"{status.get('substation_id')}  sim time {status.get('sim_time_s', 0):.2f} s  "
-          f"speed {status.get('speed')}  steps {status.get('steps')}  mean step {status.get('mean_step_ms')} ms")
+    print(
+        f"{status.get('substation_id')}  sim time {status.get('sim_time_s', 0):.2f} s  "
+        f"speed {status.get('speed')}  steps {status.get('steps')}  mean step {status.get('mean_step_ms')} ms"
+    )
     devices = status.get("devices") or {}
     for breaker, state in sorted((status.get("breakers") or {}).items()):
         d = devices.get(breaker) or {}
@@ -242,17 +302,21 @@ def _print_status(status: dict[str, Any]) -> None:
         print(f"  section {section:<12} {'live' if sec.get('energised') else 'dead'}{via}")
     for loop in status.get("parallel_loops") or []:
         if loop.get("energised"):
-            print(f"  PARALLEL: {loop.get('closing')} closes a loop through {', '.join(loop.get('devices', [])[1:])}"
-                  " (not modelled: it carries no current)")
+            print(
+                f"  PARALLEL: {loop.get('closing')} closes a loop through {', '.join(loop.get('devices', [])[1:])}"
+                " (not modelled: it carries no current)"
+            )
     faults = status.get("faults") or []
     if not faults:
         print("  faults: none")
     for f in faults:
         if isinstance(f, dict) and "line_id" in f:
             state = "energised" if f.get("energised") else "de-energised"
-            print(f"  fault {f.get('fault_id')}: {f.get('kind')} on {f['line_id']} at {f.get('distance_m', 0):.0f} m"
-                  f"{' transient' if f.get('transient') else ''}, {f.get('fault_current_a', 0):.0f} A, {state},"
-                  f" cleared by {f.get('breaker_id')}")
+            print(
+                f"  fault {f.get('fault_id')}: {f.get('kind')} on {f['line_id']} at {f.get('distance_m', 0):.0f} m"
+                f"{' transient' if f.get('transient') else ''}, {f.get('fault_current_a', 0):.0f} A, {state},"
+                f" cleared by {f.get('breaker_id')}"
+            )
         else:
             print(f"  fault: {json.dumps(f)}")
     for ied, remaining in (status.get("commloss") or {}).items():
@@ -279,12 +343,18 @@ async def _serve(args: argparse.Namespace) -> int:
     sites = [config.load(p) for p in paths]
     site, joined = merge_sites(sites, [str(p) for p in paths])
     for tie in joined:
-        log.info("tie %s joins %s (owned by %s)", tie.device, " and ".join(f"{s}/{line}" for s, line in tie.ends),
-                 tie.owner)
+        log.info(
+            "tie %s joins %s (owned by %s)", tie.device, " and ".join(f"{s}/{line}" for s, line in tie.ends), tie.owner
+        )
     options = RuntimeOptions(
-        step_s=parse_duration_s(args.step), speed=args.speed, seed=args.seed, meters=args.meters,
-        ami_interval_s=parse_duration_s(args.ami_interval), ami_batch_size=args.ami_batch,
-        ami=not args.no_ami, bind_host=args.bind,
+        step_s=parse_duration_s(args.step),
+        speed=args.speed,
+        seed=args.seed,
+        meters=args.meters,
+        ami_interval_s=parse_duration_s(args.ami_interval),
+        ami_batch_size=args.ami_batch,
+        ami=not args.no_ami,
+        bind_host=args.bind,
     )
     duration = parse_duration_s(args.duration) if args.duration else None
     model = build_model(site, seed=args.seed, meters=args.meters)
@@ -311,8 +381,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return scenario_main(args)
     if args.command == "serve":
-        logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(
+            level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
         logging.getLogger("pymodbus").setLevel(logging.ERROR)
         from gateway.config import ConfigError
 

@@ -134,8 +134,11 @@ class AmiPublisher:
         while not self.connected and loop.time() < deadline:
             await asyncio.sleep(0.02)
         if not self.connected:
-            log.warning("AMI: broker %s:%d not reachable yet; readings are skipped until it is",
-                        self.cfg.broker_host, self.cfg.broker_port)
+            log.warning(
+                "AMI: broker %s:%d not reachable yet; readings are skipped until it is",
+                self.cfg.broker_host,
+                self.cfg.broker_port,
+            )
 
     async def close(self) -> None:
         client, self._client = self._client, None
@@ -202,8 +205,9 @@ class AmiPublisher:
         t0 = time.perf_counter()
         ids = list(readings.ids)
         own = self._own_meters(ids, getattr(readings, "group_ids", None))
-        columns_all = {name: np.asarray(getattr(readings, name))
-                       for name in STANDARD_COLUMNS if hasattr(readings, name)}
+        columns_all = {
+            name: np.asarray(getattr(readings, name)) for name in STANDARD_COLUMNS if hasattr(readings, name)
+        }
         if own is not None:
             ids = [ids[i] for i in own]
             columns_all = {name: values[own] for name, values in columns_all.items()}
@@ -215,7 +219,7 @@ class AmiPublisher:
         for concentrator, index in self._concentrators(ids):
             parts = max(1, -(-len(index) // self.batch_size))
             for part in range(parts):
-                chunk = index[part * self.batch_size:(part + 1) * self.batch_size]
+                chunk = index[part * self.batch_size : (part + 1) * self.batch_size]
                 self._queue.append((concentrator, part, parts, reading_time, ids, chunk, columns_all))
                 planned += 1
         self.readings_published += n_all
@@ -239,11 +243,15 @@ class AmiPublisher:
             seq = self._seq.get(concentrator, -1) + 1
             self._seq[concentrator] = seq
             payload = encode_batch(
-                substation_id=self.substation_id, concentrator_id=concentrator, seq=seq,
-                reading_time=reading_time, interval_s=self.interval_s,
+                substation_id=self.substation_id,
+                concentrator_id=concentrator,
+                seq=seq,
+                reading_time=reading_time,
+                interval_s=self.interval_s,
                 meter_ids=[ids[i] for i in chunk],
                 columns={name: values[chunk] for name, values in columns.items()},
-                part=part, parts=parts,
+                part=part,
+                parts=parts,
             )
             client.publish(topic_for(self.cfg.topic, concentrator), payload, qos=1)
             self.messages += 1

@@ -59,11 +59,41 @@ def _openssl(*args: str, cwd: Path) -> None:
 def _issue(directory: Path, name: str, subject: str, extensions: str, ca: tuple[Path, Path]) -> tuple[Path, Path]:
     key, csr, crt, ext = (directory / f"{name}{s}" for s in (".key", ".csr", ".crt", ".ext"))
     ext.write_text(extensions)
-    _openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-keyout", str(key), "-out", str(csr), "-subj", subject, cwd=directory)
-    _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca[0]), "-CAkey", str(ca[1]),
-             "-set_serial", str(int.from_bytes(os.urandom(8), "big")), "-days", "2",
-             "-out", str(crt), "-extfile", str(ext), cwd=directory)
+    _openssl(
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        str(key),
+        "-out",
+        str(csr),
+        "-subj",
+        subject,
+        cwd=directory,
+    )
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        str(csr),
+        "-CA",
+        str(ca[0]),
+        "-CAkey",
+        str(ca[1]),
+        "-set_serial",
+        str(int.from_bytes(os.urandom(8), "big")),
+        "-days",
+        "2",
+        "-out",
+        str(crt),
+        "-extfile",
+        str(ext),
+        cwd=directory,
+    )
     return crt, key
 
 
@@ -72,13 +102,35 @@ def make_tls_files(directory: Path, *, client_cn: str = "stima-gateway") -> TlsF
     directory = Path(directory) / "tls"
     directory.mkdir(parents=True, exist_ok=True)
     ca_key, ca_crt = directory / "ca.key", directory / "ca.crt"
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-keyout", str(ca_key), "-out", str(ca_crt), "-days", "2", "-subj", "/CN=Stima rig CA",
-             "-addext", "basicConstraints=critical,CA:TRUE",
-             "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=directory)
-    server = _issue(directory, "server", "/CN=localhost",
-                    "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
-                    (ca_crt, ca_key))
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        str(ca_key),
+        "-out",
+        str(ca_crt),
+        "-days",
+        "2",
+        "-subj",
+        "/CN=Stima rig CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        cwd=directory,
+    )
+    server = _issue(
+        directory,
+        "server",
+        "/CN=localhost",
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+        (ca_crt, ca_key),
+    )
     client = _issue(directory, "client", f"/CN={client_cn}", "extendedKeyUsage=clientAuth\n", (ca_crt, ca_key))
     return TlsFiles(ca_crt, ca_key, server[0], server[1], client[0], client[1])
 
@@ -86,8 +138,9 @@ def make_tls_files(directory: Path, *, client_cn: str = "stima-gateway") -> TlsF
 class Broker:
     """One mosquitto process bound to 127.0.0.1:`port`; stop() and start() keep the port."""
 
-    def __init__(self, directory: Path, port: int, tls: TlsFiles | None = None, extra_config: str = "",
-                 persistent: bool = False) -> None:
+    def __init__(
+        self, directory: Path, port: int, tls: TlsFiles | None = None, extra_config: str = "", persistent: bool = False
+    ) -> None:
         self.directory = Path(directory)
         self.port = port
         self.host = "127.0.0.1"
@@ -100,7 +153,8 @@ class Broker:
             "allow_anonymous true",
             *(
                 [f"persistence true\npersistence_location {self.directory}/", "autosave_interval 0"]
-                if persistent else ["persistence false"]
+                if persistent
+                else ["persistence false"]
             ),
             f"log_dest file {self.log_path}",
             "log_type error",
@@ -199,7 +253,11 @@ class Broker:
 
 @contextlib.contextmanager
 def run_mosquitto(
-    tmp_path: Path, port: int | None = None, *, tls: TlsFiles | None = None, extra_config: str = "",
+    tmp_path: Path,
+    port: int | None = None,
+    *,
+    tls: TlsFiles | None = None,
+    extra_config: str = "",
     persistent: bool = False,
 ) -> Iterator[Broker]:
     """Run mosquitto for the duration of the block; always stopped on exit.

@@ -26,8 +26,24 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 DEFAULT_SOCKET = Path(".run/hil.sock")
-OPS = ("status", "fault", "clear", "clearings", "commloss", "loadstep", "temp", "failure", "local", "operate",
-       "external", "ramp", "age", "bypass", "inject", "injection")
+OPS = (
+    "status",
+    "fault",
+    "clear",
+    "clearings",
+    "commloss",
+    "loadstep",
+    "temp",
+    "failure",
+    "local",
+    "operate",
+    "external",
+    "ramp",
+    "age",
+    "bypass",
+    "inject",
+    "injection",
+)
 MAX_REQUEST_BYTES = 64 * 1024
 
 _NUMBER = r"([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)"
@@ -102,23 +118,28 @@ def dispatch(runtime: Any, request: Any) -> dict[str, Any]:
             result = runtime.status()
         elif op == "fault":
             result = runtime.inject_fault(
-                _required(request, "line"), _required(request, "distance_m"),
-                request.get("kind", "3ph"), bool(request.get("transient", False)),
-                request.get("impedance_ohm", 0.0))
+                _required(request, "line"),
+                _required(request, "distance_m"),
+                request.get("kind", "3ph"),
+                bool(request.get("transient", False)),
+                request.get("impedance_ohm", 0.0),
+            )
         elif op == "clear":
             result = runtime.clear_faults()
         elif op == "clearings":
-            result = runtime.clearings[-int(request.get("last", 1000)):]
+            result = runtime.clearings[-int(request.get("last", 1000)) :]
         elif op == "commloss":
             result = runtime.inject_commloss(_required(request, "ied"), _required(request, "duration_s"))
         elif op == "loadstep":
             result = runtime.load_step(_required(request, "target"), _required(request, "factor"))
         elif op == "temp":
-            result = runtime.temperature_ramp(_required(request, "transformer"), _required(request, "delta_c"),
-                                              request.get("duration_s", 0.0))
+            result = runtime.temperature_ramp(
+                _required(request, "transformer"), _required(request, "delta_c"), request.get("duration_s", 0.0)
+            )
         elif op == "failure":
-            result = runtime.inject_device_failure(_required(request, "device"), _required(request, "mode"),
-                                                   request.get("delay_s", 0.0))
+            result = runtime.inject_device_failure(
+                _required(request, "device"), _required(request, "mode"), request.get("delay_s", 0.0)
+            )
         elif op == "local":
             result = runtime.set_local(_required(request, "device"), _required(request, "on"))
         elif op == "operate":
@@ -130,11 +151,19 @@ def dispatch(runtime: Any, request: Any) -> dict[str, Any]:
         elif op == "injection":
             result = runtime.injection_status(bool(request.get("stop", False)))
         elif op == "ramp":
-            result = runtime.load_ramp(_required(request, "substation"), _required(request, "rate_kw_per_h"),
-                                       start_kw=request.get("start_kw"), ambient_c=request.get("ambient_c"))
+            result = runtime.load_ramp(
+                _required(request, "substation"),
+                _required(request, "rate_kw_per_h"),
+                start_kw=request.get("start_kw"),
+                ambient_c=request.get("ambient_c"),
+            )
         elif op == "age":
-            result = runtime.age(_required(request, "transformer"), _required(request, "months"),
-                                 _required(request, "path"), request.get("seed"))
+            result = runtime.age(
+                _required(request, "transformer"),
+                _required(request, "months"),
+                _required(request, "path"),
+                request.get("seed"),
+            )
         elif op == "bypass":
             result = runtime.bypass_meter(_required(request, "meter"), request.get("registered", 0.0))
         else:
@@ -167,8 +196,7 @@ class ControlServer:
             if _alive(self.path):
                 raise RuntimeError(f"another simulator already listens on {self.path}")
             self.path.unlink()
-        self._server = await asyncio.start_unix_server(self._client, path=str(self.path),
-                                                       limit=MAX_REQUEST_BYTES)
+        self._server = await asyncio.start_unix_server(self._client, path=str(self.path), limit=MAX_REQUEST_BYTES)
         os.chmod(self.path, 0o660)
         log.info("control socket %s", self.path)
 

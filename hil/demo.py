@@ -40,11 +40,23 @@ from hil.scenarios.fault_isolation import site as fault_isolation_site
 
 ROOT = Path(__file__).resolve().parents[1]
 WATCHED = [
-    "SUB-003.total_load_kw", "SUB-003.bus_voltage_kv",
-    "CB-044.ia", "CB-044.closed", "CB-045.ia", "CB-045.closed", "CB-046.ia", "CB-046.closed",
-    "XFMR-101.load_kw", "XFMR-101.top_oil_temp_c", "XFMR-101.tap_position",
-    "CAP-301.bus_voltage_kv", "CAP-301.steps_active", "SOLAR-201.active_power_kw",
-    "SW-045-1.closed", "SW-045-2.closed", "TIE-045-046.closed",
+    "SUB-003.total_load_kw",
+    "SUB-003.bus_voltage_kv",
+    "CB-044.ia",
+    "CB-044.closed",
+    "CB-045.ia",
+    "CB-045.closed",
+    "CB-046.ia",
+    "CB-046.closed",
+    "XFMR-101.load_kw",
+    "XFMR-101.top_oil_temp_c",
+    "XFMR-101.tap_position",
+    "CAP-301.bus_voltage_kv",
+    "CAP-301.steps_active",
+    "SOLAR-201.active_power_kw",
+    "SW-045-1.closed",
+    "SW-045-2.closed",
+    "TIE-045-046.closed",
 ]
 
 
@@ -62,8 +74,7 @@ class BrokerCounter:
         self.results: dict[str, dict[str, Any]] = {}
         """Command results by command id (what SCADA reads on cmd_result/#)."""
         self._lock = threading.Lock()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="stima-demo-viewer",
-                                  protocol=mqtt.MQTTv5)
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="stima-demo-viewer", protocol=mqtt.MQTTv5)
         self.client.tls_set(ca_certs=str(tls.ca_file), certfile=str(tls.client_cert), keyfile=str(tls.client_key))
         self.client.on_message = self._on_message
         self.client.on_connect = lambda c, *_: c.subscribe(f"{prefix}/#", qos=1)
@@ -85,7 +96,7 @@ class BrokerCounter:
                 if isinstance(values, list | dict):
                     self.values += len(values)
                 if kind in ("events", "alarms"):
-                    what = payload.get('kind') or payload.get('message', '')
+                    what = payload.get("kind") or payload.get("message", "")
                     self.last_event = f"{payload.get('source', '?')}: {what}"
                     self.events[f"{payload.get('source', '?')} {what}"] += 1
                     if str(payload.get("kind", "")).startswith("protection."):
@@ -101,13 +112,18 @@ class Scada:
     """Regional SCADA in miniature: opens then closes one breaker with signed select-before-operate
     commands published on the broker, reading each result before the next step."""
 
-    def __init__(self, counter: BrokerCounter, key: Any, key_name: str, base: str, substation: str,
-                 breaker: str) -> None:
+    def __init__(
+        self, counter: BrokerCounter, key: Any, key_name: str, base: str, substation: str, breaker: str
+    ) -> None:
         self.counter, self.key, self.base, self.substation, self.breaker = counter, key, base, substation, breaker
         self.key_name = key_name
         """The SCADA host's own Ed25519 key and its name in the gateway's key book."""
-        self.plan = [("breaker/select", "open"), ("breaker/operate", "open"),
-                     ("breaker/select", "close"), ("breaker/operate", "close")]
+        self.plan = [
+            ("breaker/select", "open"),
+            ("breaker/operate", "open"),
+            ("breaker/select", "close"),
+            ("breaker/operate", "close"),
+        ]
         self.waiting: str | None = None
         self.select_id = ""
         self.hold_until = 0.0
@@ -142,14 +158,16 @@ class Scada:
         args: dict[str, Any] = {"breaker": self.breaker, "action": action}
         if command == "breaker/operate":
             args["select_id"] = self.select_id
-        envelope = sign_command(self.key, command, args, "demo-scada", time.time(), substation=self.substation,
-                                key_name=self.key_name)
+        envelope = sign_command(
+            self.key, command, args, "demo-scada", time.time(), substation=self.substation, key_name=self.key_name
+        )
         self.counter.client.publish(f"{self.base}/cmd/{command}", msgpack.packb(envelope, use_bin_type=True), qos=1)
         self.waiting = envelope["id"]
 
 
-def render(points: list[dict[str, Any]], counter: BrokerCounter, status: dict[str, Any], elapsed: float,
-           note: str) -> str:
+def render(
+    points: list[dict[str, Any]], counter: BrokerCounter, status: dict[str, Any], elapsed: float, note: str
+) -> str:
     lines = [f"Stima demo — SUB-003 — {elapsed:5.0f} s   (Ctrl-C stops everything)", ""]
     for p in points:
         value = p["value"]
@@ -184,16 +202,19 @@ def flisr_note(rig: Rig) -> tuple[str | None, dict[str, Any] | None]:
     if not seqs:
         return None, None
     seq = seqs[-1]
-    steps = ", ".join(f"{s['action']} {s['device']}" for s in seq["steps"][:len(seq["results"])])
+    steps = ", ".join(f"{s['action']} {s['device']}" for s in seq["steps"][: len(seq["results"])])
     plan = seq["plan"]
-    text = (f"FLISR {seq['status']}: fault located in {', '.join(plan['located_zone'])} by {plan['located_by']}; "
-            f"{steps or 'planning'}; {plan['customers_restored']} of {plan['customers_interrupted']} customers "
-            "restored")
+    text = (
+        f"FLISR {seq['status']}: fault located in {', '.join(plan['located_zone'])} by {plan['located_by']}; "
+        f"{steps or 'planning'}; {plan['customers_restored']} of {plan['customers_interrupted']} customers "
+        "restored"
+    )
     return text, seq if seq["status"] in ("done", "failed", "invalid") else None
 
 
-def summary(rig: Rig, counter: BrokerCounter, scada: Scada, positions_seen: set[object],
-            flisr: dict[str, Any] | None = None) -> list[str]:
+def summary(
+    rig: Rig, counter: BrokerCounter, scada: Scada, positions_seen: set[object], flisr: dict[str, Any] | None = None
+) -> list[str]:
     """What the demo showed, in a few lines printed at the end (what a reader, or a test, checks)."""
     with counter._lock:
         events = sorted(counter.events.items())
@@ -203,10 +224,12 @@ def summary(rig: Rig, counter: BrokerCounter, scada: Scada, positions_seen: set[
     lines.append(f"demo: {scada.breaker} positions seen: {', '.join(seen) or 'none'}")
     if flisr is not None:
         plan = flisr["plan"]
-        lines.append(f"demo: FLISR: {flisr['status']}; located {', '.join(plan['located_zone'])}; "
-                     + ", ".join(f"{s['action']} {s['device']}" for s in flisr["steps"])
-                     + f"; {plan['customers_restored']} of {plan['customers_interrupted']} customers restored, "
-                     f"{plan['customers_left_out']} left out")
+        lines.append(
+            f"demo: FLISR: {flisr['status']}; located {', '.join(plan['located_zone'])}; "
+            + ", ".join(f"{s['action']} {s['device']}" for s in flisr["steps"])
+            + f"; {plan['customers_restored']} of {plan['customers_interrupted']} customers restored, "
+            f"{plan['customers_left_out']} left out"
+        )
     try:
         status = rig.daemon_call("status")
         points = {p["id"]: p["value"] for p in rig.daemon_call("points.read", ids=WATCHED)}
@@ -215,24 +238,41 @@ def summary(rig: Rig, counter: BrokerCounter, scada: Scada, positions_seen: set[
         return lines
     ieds = status.get("ieds", [])
     pts = status.get("points", {})
-    breakers = ", ".join(f"{b} {'closed' if points.get(f'{b}.closed') else 'open'}"
-                         for b in ("CB-044", "CB-045", "CB-046", "SW-045-1", "SW-045-2", "TIE-045-046"))
+    breakers = ", ".join(
+        f"{b} {'closed' if points.get(f'{b}.closed') else 'open'}"
+        for b in ("CB-044", "CB-045", "CB-046", "SW-045-1", "SW-045-2", "TIE-045-046")
+    )
     lines.append(
         f"demo: at the end: {breakers}; IEDs online {sum(1 for i in ieds if i['state'] == 'online')}/{len(ieds)}, "
-        f"points good {pts.get('good', 0)}/{pts.get('total', 0)}, uplink {status.get('uplink', {}).get('state', '?')}")
+        f"points good {pts.get('good', 0)}/{pts.get('total', 0)}, uplink {status.get('uplink', {}).get('state', '?')}"
+    )
     return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hil.demo", description=__doc__)
-    parser.add_argument("--duration", type=float, default=None,
-                        help="stop after this many seconds (default: until Ctrl-C on a terminal, 55 s otherwise)")
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="stop after this many seconds (default: until Ctrl-C on a terminal, 55 s otherwise)",
+    )
     parser.add_argument("--workdir", type=Path, default=ROOT / ".run" / "demo")
-    parser.add_argument("--fault-at", type=float, default=15.0, help="inject a transient fault on LINE-045 after N s (0: never)")
-    parser.add_argument("--scada-at", type=float, default=25.0,
-                        help="open and close CB-044 by signed MQTT commands after N s (0: never)")
-    parser.add_argument("--flisr-at", type=float, default=40.0,
-                        help="a permanent fault in LINE-045's middle section after N s, for FLISR (0: never)")
+    parser.add_argument(
+        "--fault-at", type=float, default=15.0, help="inject a transient fault on LINE-045 after N s (0: never)"
+    )
+    parser.add_argument(
+        "--scada-at",
+        type=float,
+        default=25.0,
+        help="open and close CB-044 by signed MQTT commands after N s (0: never)",
+    )
+    parser.add_argument(
+        "--flisr-at",
+        type=float,
+        default=40.0,
+        help="a permanent fault in LINE-045's middle section after N s, for FLISR (0: never)",
+    )
     args = parser.parse_args(argv)
     interactive = sys.stdout.isatty()
     duration = args.duration if args.duration is not None else (None if interactive else 55.0)
@@ -247,8 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     scada_key = Ed25519PrivateKey.generate()
     doc["uplink"]["commands"] = {**doc["uplink"].get("commands", {}), "enabled": True, "scheme": "ed25519"}
     with Rig(doc, workdir, hil_args=("--ami-interval", "30s")) as rig:
-        rig.daemon_call("keys.add", name="demo-scada", public_key=public_bytes(scada_key.public_key()).hex(),
-                        role="operator")
+        rig.daemon_call(
+            "keys.add", name="demo-scada", public_key=public_bytes(scada_key.public_key()).hex(), role="operator"
+        )
         counter = BrokerCounter(rig.tls, rig.tls_port, rig.doc["uplink"]["topic_prefix"])
         site = rig.doc["site"]
         base = f"{rig.doc['uplink']['topic_prefix']}/{site['region']}/{site['substation_id']}"
@@ -277,8 +318,10 @@ def main(argv: list[str] | None = None) -> int:
                     flisr_fault_done = True
                     try:
                         rig.hil_call("fault", line="LINE-045", distance_m=2700.0, kind="3ph", transient=False)
-                        note = ("injected a permanent 3-phase fault on LINE-045 at 2.7 km (section 2 of 3): "
-                                "watch CB-045 lock out and FLISR restore around it")
+                        note = (
+                            "injected a permanent 3-phase fault on LINE-045 at 2.7 km (section 2 of 3): "
+                            "watch CB-045 lock out and FLISR restore around it"
+                        )
                     except Exception as exc:
                         note = f"fault injection failed: {exc}"
                 if flisr_fault_done and flisr_seq is None:

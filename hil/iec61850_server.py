@@ -121,9 +121,7 @@ class BayModel:
         ld_names = sorted({split_reference(p.reference)[0] for p in ied.points})
         ied_names = {self._split_ld(n)[0] for n in ld_names}
         if len(ied_names) > 1:
-            raise ModelError(
-                f"IED {ied.id}: logical devices {ld_names} imply different IED names {sorted(ied_names)}"
-            )
+            raise ModelError(f"IED {ied.id}: logical devices {ld_names} imply different IED names {sorted(ied_names)}")
         self.ied_name = ied_names.pop() if ied_names else ied.id.replace("-", "")
         self.model = c.lib.IedModel_create(self.ied_name.encode())
         # Controls first: a status point on the same data object then reuses the DPC.
@@ -149,9 +147,7 @@ class BayModel:
 
     def _ld(self, ld_name: str) -> Any:
         if ld_name not in self._lds:
-            self._lds[ld_name] = c.lib.LogicalDevice_create(
-                self._split_ld(ld_name)[1].encode(), self.model
-            )
+            self._lds[ld_name] = c.lib.LogicalDevice_create(self._split_ld(ld_name)[1].encode(), self.model)
             self._lns[(ld_name, "LLN0")] = c.lib.LogicalNode_create(b"LLN0", self._lds[ld_name])
             self._dataset_entries[ld_name] = []
         return self._lds[ld_name]
@@ -173,9 +169,7 @@ class BayModel:
         where = f"point {point.id} ({point.reference})"
         if point.control:
             if len(parts) != 1:
-                raise ModelError(
-                    f"{where}: a control point names a data object, e.g. 'LD/CSWI1.Pos'"
-                )
+                raise ModelError(f"{where}: a control point names a data object, e.g. 'LD/CSWI1.Pos'")
             do_ref = f"{base}.{parts[0]}"
             if point.kind is not PointKindName.BINARY:
                 raise ModelError(f"{where}: only binary controls (SPC/DPC) are simulated")
@@ -192,30 +186,22 @@ class BayModel:
             do_ref = f"{base}.{parts[0]}"
             integer = parts[2] == "i"
             if do_ref not in self._dos:
-                self._dos[do_ref] = c.lib.CDC_MV_create(
-                    parts[0].encode(), self._parent(ln), 0, integer
-                )
+                self._dos[do_ref] = c.lib.CDC_MV_create(parts[0].encode(), self._parent(ln), 0, integer)
             value_type = "int" if integer else "float"
         elif len(parts) == 5 and parts[2:] == ["cVal", "mag", "f"]:
             container_ref = f"{base}.{parts[0]}"
             if container_ref not in self._dos:
-                self._dos[container_ref] = c.lib.DataObject_create(
-                    parts[0].encode(), self._parent(ln), 0
-                )
+                self._dos[container_ref] = c.lib.DataObject_create(parts[0].encode(), self._parent(ln), 0)
             do_ref = f"{container_ref}.{parts[1]}"
             if do_ref not in self._dos:
-                self._dos[do_ref] = c.lib.CDC_CMV_create(
-                    parts[1].encode(), self._parent(self._dos[container_ref]), 0
-                )
+                self._dos[do_ref] = c.lib.CDC_CMV_create(parts[1].encode(), self._parent(self._dos[container_ref]), 0)
             value_type = "float"
         elif len(parts) == 2 and parts[1] == "stVal":
             do_ref = f"{base}.{parts[0]}"
             existing = self._dos.get(do_ref)
             if point.kind is PointKindName.BINARY and parts[0] == "Pos":
                 if existing is None:
-                    self._dos[do_ref] = c.lib.CDC_DPC_create(
-                        b"Pos", self._parent(ln), 0, c.CDC_CTL_MODEL_NONE
-                    )
+                    self._dos[do_ref] = c.lib.CDC_DPC_create(b"Pos", self._parent(ln), 0, c.CDC_CTL_MODEL_NONE)
                 value_type = "dbpos"
             elif point.kind is PointKindName.BINARY:
                 if existing is None:
@@ -244,14 +230,10 @@ class BayModel:
             rcb_ref,
         )
         if match is None:
-            raise ModelError(
-                f"report control block {rcb_ref!r}: expected 'LD/LN.BR.name' or 'LD/LN.RP.name'"
-            )
+            raise ModelError(f"report control block {rcb_ref!r}: expected 'LD/LN.BR.name' or 'LD/LN.RP.name'")
         ln = self._ln(match["ld"], match["ln"])
         if match["ln"] != "LLN0":
-            raise ModelError(
-                f"report control block {rcb_ref!r}: this simulator puts RCBs in LLN0 only"
-            )
+            raise ModelError(f"report control block {rcb_ref!r}: this simulator puts RCBs in LLN0 only")
         buffered = match["kind"] == "BR"
         c.lib.ReportControlBlock_create(
             match["name"].encode(),
@@ -346,8 +328,11 @@ class BayServer:
             if not is_select:
                 control.selected = False
         if local:
-            log.warning("refused %s of %s: the device is in local control", "select" if is_select else "operate",
-                        control.point.id)
+            log.warning(
+                "refused %s of %s: the device is in local control",
+                "select" if is_select else "operate",
+                control.point.id,
+            )
             c.lib.ControlAction_setAddCause(action, c.ADD_CAUSE_BLOCKED_BY_SWITCHING_HIERARCHY)
             return c.CONTROL_OBJECT_ACCESS_DENIED
         if value and blocked:
@@ -408,9 +393,7 @@ class BayServer:
 
     def _apply_values(self, values: Any) -> None:
         if not isinstance(values, dict):
-            log.warning(
-                "'values' must be an object {point_id: value}, found %s", type(values).__name__
-            )
+            log.warning("'values' must be an object {point_id: value}, found %s", type(values).__name__)
             return
         now_ms = int(time.time() * 1000)
         c.lib.IedServer_lockDataModel(self.server)
@@ -420,12 +403,8 @@ class BayServer:
                 if binding is None:
                     log.warning("values: %r is not a point of %s", point_id, self.model.ied.id)
                     continue
-                if value is not None and (
-                    isinstance(value, str) or not isinstance(value, int | float | bool)
-                ):
-                    log.warning(
-                        "values.%s: expected a number, a boolean or null, found %r", point_id, value
-                    )
+                if value is not None and (isinstance(value, str) or not isinstance(value, int | float | bool)):
+                    log.warning("values.%s: expected a number, a boolean or null, found %r", point_id, value)
                     continue
                 try:
                     self._update(binding, value, now_ms)
@@ -442,9 +421,7 @@ class BayServer:
             return
         point = binding.point
         if binding.value_type == "dbpos":
-            c.lib.IedServer_updateDbposValue(
-                srv, binding.value_attr, c.DBPOS_ON if value else c.DBPOS_OFF
-            )
+            c.lib.IedServer_updateDbposValue(srv, binding.value_attr, c.DBPOS_ON if value else c.DBPOS_OFF)
         elif binding.value_type == "bool":
             c.lib.IedServer_updateBooleanAttributeValue(srv, binding.value_attr, bool(value))
         else:
@@ -464,7 +441,11 @@ class BayServer:
             c.lib.IedServer_unlockDataModel(self.server)
 
     def _apply_local(self, spec: Any) -> None:
-        if not isinstance(spec, dict) or not isinstance(spec.get("point_id"), str) or not isinstance(spec.get("on"), bool):
+        if (
+            not isinstance(spec, dict)
+            or not isinstance(spec.get("point_id"), str)
+            or not isinstance(spec.get("on"), bool)
+        ):
             log.warning('\'local\' must be {"point_id": str, "on": bool}, found %r', spec)
             return
         point_id = spec["point_id"]
@@ -498,9 +479,7 @@ class BayServer:
         elif point_id in self.model.bindings or point_id == self.model.ied.id:
             targets = list(self.model.controls.values())
         else:
-            log.warning(
-                "interlock: %r is neither a point nor the id of %s", point_id, self.model.ied.id
-            )
+            log.warning("interlock: %r is neither a point nor the id of %s", point_id, self.model.ied.id)
             return
         with self._ctl_lock:
             for control in targets:
@@ -555,9 +534,7 @@ class BayServerProcess:
             text=True,
             bufsize=1,
         )
-        self._reader = threading.Thread(
-            target=self._read_stdout, name=f"bay-{ied}-stdout", daemon=True
-        )
+        self._reader = threading.Thread(target=self._read_stdout, name=f"bay-{ied}-stdout", daemon=True)
         self._reader.start()
 
     def _read_stdout(self) -> None:
@@ -581,9 +558,7 @@ class BayServerProcess:
             ):
                 return
             time.sleep(0.02)
-        raise TimeoutError(
-            f"IEC 61850 server not listening on {self.host}:{self.port} after {timeout_s} s"
-        )
+        raise TimeoutError(f"IEC 61850 server not listening on {self.host}:{self.port} after {timeout_s} s")
 
     def send(self, message: dict[str, Any]) -> None:
         assert self.proc.stdin is not None
@@ -626,15 +601,11 @@ def _on_sigterm(_signum: int, _frame: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m hil.iec61850_server", description=__doc__.split("\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m hil.iec61850_server", description=__doc__.split("\n")[0])
     parser.add_argument("--config", required=True, help="site file (TOML)")
     parser.add_argument("--ied", required=True, help="id of an IED with protocol 'iec61850'")
     parser.add_argument("--port", required=True, type=int, help="TCP port to listen on")
-    parser.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
-    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -38,8 +38,9 @@ def check_states(states: Any) -> list[dict[str, float]]:
             raise InjectionRefused(f"state {k}: expected an object with duration_s and quantities")
         unknown = set(state) - {"duration_s", *QUANTITIES}
         if unknown:
-            raise InjectionRefused(f"state {k}: unknown key(s) {sorted(unknown)}; expected duration_s and any of "
-                                   f"{', '.join(QUANTITIES)}")
+            raise InjectionRefused(
+                f"state {k}: unknown key(s) {sorted(unknown)}; expected duration_s and any of {', '.join(QUANTITIES)}"
+            )
         clean: dict[str, float] = {}
         for key, value in state.items():
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
@@ -117,12 +118,26 @@ class SecondaryInjection:
             return
         kind = "trip" if (point_id, value) == self.trip else "close" if (point_id, value) == self.close else None
         if kind is not None:
-            self.commands.append({"time_s": now_s - self.started_s, "kind": kind, "point": point_id,
-                                  "value": value, "state": len(self.state_starts_s)})
+            self.commands.append(
+                {
+                    "time_s": now_s - self.started_s,
+                    "kind": kind,
+                    "point": point_id,
+                    "value": value,
+                    "state": len(self.state_starts_s),
+                }
+            )
 
     def status(self) -> dict[str, Any]:
         trip = next((c["time_s"] for c in self.commands if c["kind"] == "trip"), None)
-        return {"breaker": self.breaker, "running": self.running, "states": len(self.states),
-                "duration_s": self.duration_s, "started": self.started_s is not None,
-                "state_starts_s": self.state_starts_s, "commands": self.commands, "trip_s": trip,
-                "finished_s": self.finished_s}
+        return {
+            "breaker": self.breaker,
+            "running": self.running,
+            "states": len(self.states),
+            "duration_s": self.duration_s,
+            "started": self.started_s is not None,
+            "state_starts_s": self.state_starts_s,
+            "commands": self.commands,
+            "trip_s": trip,
+            "finished_s": self.finished_s,
+        }

@@ -137,8 +137,12 @@ class RegisterMap:
         Gaps between points read as 0, as on most devices, so a master may span them.
         """
         blocks: list[list[SimData]] = []
-        for function in (RegisterFunction.COIL, RegisterFunction.DISCRETE,
-                         RegisterFunction.HOLDING, RegisterFunction.INPUT):
+        for function in (
+            RegisterFunction.COIL,
+            RegisterFunction.DISCRETE,
+            RegisterFunction.HOLDING,
+            RegisterFunction.INPUT,
+        ):
             table = self.tables.get(function)
             if table is None and function in _BIT_TABLES:  # pymodbus needs one; the action refuses it
                 blocks.append([SimData(0, count=1, values=False, datatype=SimType.BITS)])
@@ -148,8 +152,7 @@ class RegisterMap:
                 blocks.append([SimData(0, count=table.size, values=False, datatype=SimType.BITS)])
             else:
                 blocks.append([SimData(0, count=table.size, values=0, datatype=SimType.REGISTERS)])
-        return SimDevice(self.ied.unit_id, simdata=(blocks[0], blocks[1], blocks[2], blocks[3]),
-                         action=action)
+        return SimDevice(self.ied.unit_id, simdata=(blocks[0], blocks[1], blocks[2], blocks[3]), action=action)
 
     def changed_words(self, values: dict[str, Any]) -> list[tuple[int, int, list[int] | list[bool]]]:
         """(read function code, address, words or bits) for each point whose value changed."""
@@ -180,8 +183,12 @@ class RegisterMap:
         self._last.clear()
 
     def decode_write(
-        self, function_code: int, address: int, written: Sequence[int] | Sequence[bool],
-        current: Sequence[int], start_address: int,
+        self,
+        function_code: int,
+        address: int,
+        written: Sequence[int] | Sequence[bool],
+        current: Sequence[int],
+        start_address: int,
     ) -> list[tuple[str, float | int | bool]] | ExcCodes:
         """Which writable points a write request sets, and to what; an exception code if refused."""
         count = len(written)
@@ -272,8 +279,14 @@ class ModbusEndpoint:
         ied_id = regmap.ied.id
         absent = {fc for function, fc in FC_READ.items() if function not in regmap.tables}
 
-        async def action(function_code: int, start_address: int, address: int, count: int,
-                         current: list[int], written: list[int] | list[bool] | None) -> ExcCodes | None:
+        async def action(
+            function_code: int,
+            start_address: int,
+            address: int,
+            count: int,
+            current: list[int],
+            written: list[int] | list[bool] | None,
+        ) -> ExcCodes | None:
             if function_code in FC_READ.values():
                 if written is None:
                     self.requests += 1
@@ -292,8 +305,9 @@ class ModbusEndpoint:
             hits = regmap.decode_write(function_code, address, written, current, start_address)
             if isinstance(hits, ExcCodes):
                 self.refused_writes += 1
-                log.info("%s: write fc=%d at %d x%d refused: %s", ied_id, function_code, address,
-                         len(written), hits.name)
+                log.info(
+                    "%s: write fc=%d at %d x%d refused: %s", ied_id, function_code, address, len(written), hits.name
+                )
                 return hits
             for point_id, value in hits:
                 try:
@@ -327,8 +341,14 @@ class ModbusEndpoint:
         master times out; a Modbus TCP endpoint answers as a gateway whose target did not respond
         (exception 11). Either way never exception 4, which would claim a device is there."""
 
-        async def action(function_code: int, start_address: int, address: int, count: int,
-                         current: list[int], written: list[int] | list[bool] | None) -> ExcCodes | None:
+        async def action(
+            function_code: int,
+            start_address: int,
+            address: int,
+            count: int,
+            current: list[int],
+            written: list[int] | list[bool] | None,
+        ) -> ExcCodes | None:
             if function_code in FC_READ.values() and written is not None:
                 return None  # the simulator's own table access
             self.requests += 1
@@ -337,10 +357,12 @@ class ModbusEndpoint:
                 raise NoSuchIdException("no such unit on this line")
             return ExcCodes.GATEWAY_NO_RESPONSE
 
-        blocks = ([SimData(0, count=1, values=False, datatype=SimType.BITS)],
-                  [SimData(0, count=1, values=False, datatype=SimType.BITS)],
-                  [SimData(0, count=1, values=0, datatype=SimType.REGISTERS)],
-                  [SimData(0, count=1, values=0, datatype=SimType.REGISTERS)])
+        blocks = (
+            [SimData(0, count=1, values=False, datatype=SimType.BITS)],
+            [SimData(0, count=1, values=False, datatype=SimType.BITS)],
+            [SimData(0, count=1, values=0, datatype=SimType.REGISTERS)],
+            [SimData(0, count=1, values=0, datatype=SimType.REGISTERS)],
+        )
         return SimDevice(0, simdata=blocks, action=action)
 
     async def start(self) -> None:
@@ -356,14 +378,19 @@ class ModbusEndpoint:
             # so the simulator's end of a pty pair is opened 8N1; a real line keeps the site's.
             pty = self.serial_path is not None
             server = ModbusSerialServer(
-                self._devices(), port=self.serial_path or first.serial_port, baudrate=first.baudrate,
-                parity="N" if pty else first.parity, stopbits=1 if pty else first.stopbits,
-                bytesize=8 if pty else first.bytesize, ignore_missing_devices=True,
+                self._devices(),
+                port=self.serial_path or first.serial_port,
+                baudrate=first.baudrate,
+                parity="N" if pty else first.parity,
+                stopbits=1 if pty else first.stopbits,
+                bytesize=8 if pty else first.bytesize,
+                ignore_missing_devices=True,
             )
         else:
             assert isinstance(first, ModbusTcpIed)
-            server = ModbusTcpServer(self._devices(), address=(self.bind_host or first.host, first.port),
-                                     ignore_missing_devices=True)
+            server = ModbusTcpServer(
+                self._devices(), address=(self.bind_host or first.host, first.port), ignore_missing_devices=True
+            )
         try:
             await server.serve_forever(background=True)
         except (RuntimeError, OSError) as exc:

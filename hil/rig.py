@@ -39,8 +39,14 @@ def localise(doc: dict[str, Any], workdir: Path, tls: TlsFiles, tls_port: int, a
     doc = tomllib.loads(tomli_w.dumps(doc))  # a deep copy
     doc["site"]["state_dir"] = str(workdir / "state")
     doc["site"]["runtime_dir"] = str(workdir / "run")
-    doc["uplink"].update(broker_host="127.0.0.1", broker_port=tls_port, transport="tls",
-                         ca_file=str(tls.ca_file), cert_file=str(tls.client_cert), key_file=str(tls.client_key))
+    doc["uplink"].update(
+        broker_host="127.0.0.1",
+        broker_port=tls_port,
+        transport="tls",
+        ca_file=str(tls.ca_file),
+        cert_file=str(tls.client_cert),
+        key_file=str(tls.client_key),
+    )
     if "ami" in doc:
         doc["ami"].update(broker_host="127.0.0.1", broker_port=ami_port)
     if doc.get("iec104", {}).get("enabled"):
@@ -74,8 +80,9 @@ def localise_ieds(docs: list[dict[str, Any]], workdir: Path) -> list[dict[str, A
 
 
 class Rig:
-    def __init__(self, doc: dict[str, Any], workdir: Path, *, hil_args: tuple[str, ...] = (),
-                 fresh_state: bool = True) -> None:
+    def __init__(
+        self, doc: dict[str, Any], workdir: Path, *, hil_args: tuple[str, ...] = (), fresh_state: bool = True
+    ) -> None:
         self.workdir = workdir
         (workdir / "tty").mkdir(parents=True, exist_ok=True)
         if fresh_state:
@@ -106,16 +113,21 @@ class Rig:
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
         log_path = self.workdir / f"{name}.log"
         with log_path.open("ab") as log:
-            return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True, cwd=ROOT)
+            return subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, cwd=ROOT
+            )
 
     def start(self, timeout_s: float = 60.0) -> None:
         broker_dir = self.workdir / "broker"
         broker_dir.mkdir(exist_ok=True)
         # the uplink's TLS listener, and a plain one on loopback for the AMI data concentrators
         for attempt in range(3):
-            self.broker = Broker(broker_dir, self.tls_port, self.tls,
-                                 extra_config=f"set_tcp_nodelay true\nlistener {self.ami_port} 127.0.0.1")
+            self.broker = Broker(
+                broker_dir,
+                self.tls_port,
+                self.tls,
+                extra_config=f"set_tcp_nodelay true\nlistener {self.ami_port} 127.0.0.1",
+            )
             try:
                 self.broker.start()
                 break
@@ -124,8 +136,20 @@ class Rig:
                     raise
                 self._move_broker_ports()
         py = sys.executable
-        self.hil = self._spawn("hil", [py, "-m", "hil", "serve", "--config", str(self.site_path),
-                                       "--control", str(self.hil_socket), *self._hil_args])
+        self.hil = self._spawn(
+            "hil",
+            [
+                py,
+                "-m",
+                "hil",
+                "serve",
+                "--config",
+                str(self.site_path),
+                "--control",
+                str(self.hil_socket),
+                *self._hil_args,
+            ],
+        )
         deadline = time.monotonic() + timeout_s
         # the daemon starts once every IED server listens: its first connections then succeed
         # instead of waiting out a reconnect backoff
@@ -140,7 +164,9 @@ class Rig:
         while True:
             for name, proc in (("stima-hil", self.hil), ("stima-gatewayd", self.daemon)):
                 if proc.poll() is not None:
-                    log = (self.workdir / f"{'hil' if name == 'stima-hil' else 'gatewayd'}.log").read_text(errors="replace")
+                    log = (self.workdir / f"{'hil' if name == 'stima-hil' else 'gatewayd'}.log").read_text(
+                        errors="replace"
+                    )
                     raise RuntimeError(f"{name} exited with {proc.returncode}:\n{log[-3000:]}")
             try:
                 status = self.daemon_call("status")
@@ -175,8 +201,12 @@ class Rig:
             self.daemon.send_signal(signal.SIGTERM)
         self.daemon.wait(30)
         self.daemon = self._spawn("gatewayd", [sys.executable, "-m", "gateway.daemon", "--config", str(self.site_path)])
-        self.wait(lambda: self.daemon_call("status")["uplink"]["state"] == "connected", "the daemon back up", timeout_s,
-                  interval_s=0.2)
+        self.wait(
+            lambda: self.daemon_call("status")["uplink"]["state"] == "connected",
+            "the daemon back up",
+            timeout_s,
+            interval_s=0.2,
+        )
 
     def stop(self) -> None:
         for proc in (self.daemon, self.hil):
@@ -239,28 +269,64 @@ pattern read {prefix}/{region}/+/birth
 """
 
 
-def broker_config(port: int, tls: TlsFiles, acl_path: Path, log_path: Path, data_dir: Path, *,
-                  ami_port: int | None = None, bridge_to: int | None = None,
-                  bridge_cert: tuple[Path, Path] | None = None, prefix: str = "stima") -> str:
+def broker_config(
+    port: int,
+    tls: TlsFiles,
+    acl_path: Path,
+    log_path: Path,
+    data_dir: Path,
+    *,
+    ami_port: int | None = None,
+    bridge_to: int | None = None,
+    bridge_cert: tuple[Path, Path] | None = None,
+    prefix: str = "stima",
+) -> str:
     """A mosquitto configuration: a TLS listener requiring client certificates whose CN is the
     user the ACL confines; optionally a plain loopback listener for the AMI concentrators and a
     bridge (TLS, its own certificate) to a central broker carrying `<prefix>/#` both ways."""
-    lines = ["per_listener_settings true", "persistence false", f"log_dest file {log_path}",
-             "log_type error", "log_type warning", "log_type notice", "log_type information",
-             "max_queued_messages 100000", "max_inflight_messages 0", "set_tcp_nodelay true"]
+    lines = [
+        "per_listener_settings true",
+        "persistence false",
+        f"log_dest file {log_path}",
+        "log_type error",
+        "log_type warning",
+        "log_type notice",
+        "log_type information",
+        "max_queued_messages 100000",
+        "max_inflight_messages 0",
+        "set_tcp_nodelay true",
+    ]
     if os.geteuid() == 0:
         lines.append("user root")
-    lines += [f"listener {port} 127.0.0.1", f"cafile {tls.ca_file}", f"certfile {tls.server_cert}",
-              f"keyfile {tls.server_key}", "require_certificate true", "use_identity_as_username true",
-              "tls_version tlsv1.2", f"acl_file {acl_path}", "allow_anonymous false"]
+    lines += [
+        f"listener {port} 127.0.0.1",
+        f"cafile {tls.ca_file}",
+        f"certfile {tls.server_cert}",
+        f"keyfile {tls.server_key}",
+        "require_certificate true",
+        "use_identity_as_username true",
+        "tls_version tlsv1.2",
+        f"acl_file {acl_path}",
+        "allow_anonymous false",
+    ]
     if ami_port is not None:
         lines += [f"listener {ami_port} 127.0.0.1", "allow_anonymous true"]
     if bridge_to is not None:
         assert bridge_cert is not None
-        lines += ["connection central", f"address 127.0.0.1:{bridge_to}", f"topic {prefix}/# both 1",
-                  f"bridge_cafile {tls.ca_file}", f"bridge_certfile {bridge_cert[0]}", f"bridge_keyfile {bridge_cert[1]}",
-                  "bridge_insecure false", "remote_clientid bridge-regional", "cleansession true",
-                  "try_private true", "start_type automatic", "restart_timeout 1 5"]
+        lines += [
+            "connection central",
+            f"address 127.0.0.1:{bridge_to}",
+            f"topic {prefix}/# both 1",
+            f"bridge_cafile {tls.ca_file}",
+            f"bridge_certfile {bridge_cert[0]}",
+            f"bridge_keyfile {bridge_cert[1]}",
+            "bridge_insecure false",
+            "remote_clientid bridge-regional",
+            "cleansession true",
+            "try_private true",
+            "start_type automatic",
+            "restart_timeout 1 5",
+        ]
     del data_dir
     return "\n".join(lines) + "\n"
 
@@ -272,8 +338,15 @@ class TwoRig:
     brokers, a regional one bridged to a central one, so that everything between them crosses the
     bridge."""
 
-    def __init__(self, docs: list[dict[str, Any]], workdir: Path, *, bridged: bool = False,
-                 hil_args: tuple[str, ...] = (), coordinate: bool = True) -> None:
+    def __init__(
+        self,
+        docs: list[dict[str, Any]],
+        workdir: Path,
+        *,
+        bridged: bool = False,
+        hil_args: tuple[str, ...] = (),
+        coordinate: bool = True,
+    ) -> None:
         from hil.broker import _issue
 
         self.workdir = workdir
@@ -283,8 +356,9 @@ class TwoRig:
         ca = (self.tls.ca_file, self.tls.ca_key)
         tls_dir = self.tls.ca_file.parent
         self.subs = [d["site"]["substation_id"] for d in docs]
-        self.certs = {sub: _issue(tls_dir, sub.lower(), f"/CN={sub}", "extendedKeyUsage=clientAuth\n", ca)
-                      for sub in self.subs}
+        self.certs = {
+            sub: _issue(tls_dir, sub.lower(), f"/CN={sub}", "extendedKeyUsage=clientAuth\n", ca) for sub in self.subs
+        }
         self.bridge_cert = _issue(tls_dir, "bridge", "/CN=bridge", "extendedKeyUsage=clientAuth\n", ca)
         self.prefix = docs[0]["uplink"].get("topic_prefix", "stima")
         self.region = docs[0]["site"]["region"]
@@ -299,13 +373,20 @@ class TwoRig:
             if coordinate:
                 # each gateway knows its neighbours' public keys, as commissioning would enter them
                 doc.setdefault("coordination", {})["neighbours"] = {
-                    other: key for other, key in self.public_keys.items() if other != sub}
+                    other: key for other, key in self.public_keys.items() if other != sub
+                }
             doc["site"]["state_dir"] = str(home / "state")
             doc["site"]["runtime_dir"] = str(home / "run")
             cert, key = self.certs[sub]
-            doc["uplink"].update(broker_host="127.0.0.1", broker_port=self.ports[self.broker_of[sub]], transport="tls",
-                                 ca_file=str(self.tls.ca_file), cert_file=str(cert), key_file=str(key),
-                                 client_id=f"stima-{sub}")
+            doc["uplink"].update(
+                broker_host="127.0.0.1",
+                broker_port=self.ports[self.broker_of[sub]],
+                transport="tls",
+                ca_file=str(self.tls.ca_file),
+                cert_file=str(cert),
+                key_file=str(key),
+                client_id=f"stima-{sub}",
+            )
             if "ami" in doc:
                 doc["ami"].update(broker_host="127.0.0.1", broker_port=self.ports["ami"])
             path = workdir / f"{sub.lower()}.toml"
@@ -322,8 +403,9 @@ class TwoRig:
         from there); substation → public key in hex."""
         from gateway.keys import load_or_create_keypair
 
-        return {sub: load_or_create_keypair(self.workdir / sub / "state", f"gw-{sub}").public.hex()
-                for sub in self.subs}
+        return {
+            sub: load_or_create_keypair(self.workdir / sub / "state", f"gw-{sub}").public.hex() for sub in self.subs
+        }
 
     def __enter__(self) -> TwoRig:
         try:
@@ -338,8 +420,9 @@ class TwoRig:
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
         with (self.workdir / f"{name}.log").open("ab") as log:
-            return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True, cwd=ROOT)
+            return subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, cwd=ROOT
+            )
 
     def _broker(self, name: str, *, ami: bool, bridge: bool) -> Broker:
         directory = self.workdir / f"broker-{name}"
@@ -347,9 +430,19 @@ class TwoRig:
         acl = directory / "acl"
         acl.write_text(ACL_TEMPLATE.format(prefix=self.prefix, region=self.region))
         broker = Broker(directory, self.ports[name], self.tls)
-        broker.config_path.write_text(broker_config(
-            self.ports[name], self.tls, acl, broker.log_path, directory, ami_port=self.ports["ami"] if ami else None,
-            bridge_to=self.ports["central"] if bridge else None, bridge_cert=self.bridge_cert, prefix=self.prefix))
+        broker.config_path.write_text(
+            broker_config(
+                self.ports[name],
+                self.tls,
+                acl,
+                broker.log_path,
+                directory,
+                ami_port=self.ports["ami"] if ami else None,
+                bridge_to=self.ports["central"] if bridge else None,
+                bridge_cert=self.bridge_cert,
+                prefix=self.prefix,
+            )
+        )
         broker.start()
         return broker
 
@@ -359,8 +452,9 @@ class TwoRig:
         self.brokers["regional"] = self._broker("regional", ami=True, bridge=self.bridged)
         py = sys.executable
         configs = [a for sub in self.subs for a in ("--config", str(self.paths[sub]))]
-        self.hil = self._spawn("hil", [py, "-m", "hil", "serve", *configs, "--control", str(self.hil_socket),
-                                       *self._hil_args])
+        self.hil = self._spawn(
+            "hil", [py, "-m", "hil", "serve", *configs, "--control", str(self.hil_socket), *self._hil_args]
+        )
         deadline = time.monotonic() + timeout_s
         while not self._hil_ready():
             if self.hil.poll() is not None:
@@ -369,11 +463,16 @@ class TwoRig:
                 raise TimeoutError("the simulator did not come up in time")
             time.sleep(0.1)
         for sub in self.subs:
-            self.daemons[sub] = self._spawn(f"gatewayd-{sub}", [py, "-m", "gateway.daemon", "--config",
-                                                               str(self.paths[sub])])
+            self.daemons[sub] = self._spawn(
+                f"gatewayd-{sub}", [py, "-m", "gateway.daemon", "--config", str(self.paths[sub])]
+            )
         for sub in self.subs:
-            self.wait(lambda s=sub: self._daemon_up(s), f"{sub}'s daemon up (IEDs online, uplink connected)",
-                      max(1.0, deadline - time.monotonic()), interval_s=0.2)
+            self.wait(
+                lambda s=sub: self._daemon_up(s),
+                f"{sub}'s daemon up (IEDs online, uplink connected)",
+                max(1.0, deadline - time.monotonic()),
+                interval_s=0.2,
+            )
 
     def restart_daemon(self, sub: str, timeout_s: float = 60.0) -> None:
         """Start `sub`'s daemon again (after a test stopped it) and wait until it is up."""
@@ -381,15 +480,17 @@ class TwoRig:
         if proc is not None and proc.poll() is None:
             proc.terminate()
             proc.wait(30)
-        self.daemons[sub] = self._spawn(f"gatewayd-{sub}", [sys.executable, "-m", "gateway.daemon", "--config",
-                                                           str(self.paths[sub])])
+        self.daemons[sub] = self._spawn(
+            f"gatewayd-{sub}", [sys.executable, "-m", "gateway.daemon", "--config", str(self.paths[sub])]
+        )
         self.wait(lambda: self._daemon_up(sub), f"{sub}'s daemon up again", timeout_s, interval_s=0.2)
 
     def _daemon_up(self, sub: str) -> bool:
         proc = self.daemons[sub]
         if proc.poll() is not None:
-            raise RuntimeError(f"stima-gatewayd {sub} exited with {proc.returncode}:\n"
-                               f"{self.log(f'gatewayd-{sub}')[-3000:]}")
+            raise RuntimeError(
+                f"stima-gatewayd {sub} exited with {proc.returncode}:\n{self.log(f'gatewayd-{sub}')[-3000:]}"
+            )
         status = self.daemon_call(sub, "status")
         return bool(all(i["state"] == "online" for i in status["ieds"]) and status["uplink"]["state"] == "connected")
 

@@ -48,10 +48,23 @@ log = logging.getLogger(__name__)
 FAULT_KINDS = ("3ph", "ll", "llg", "slg")
 """Fault types accepted by `inject_fault`: three-phase, line-line, line-line-ground, single line-ground."""
 FAULT_KIND_ALIASES = {
-    "3ph": "3ph", "3p": "3ph", "abc": "3ph", "three_phase": "3ph",
-    "ll": "ll", "2ph": "ll", "ph-ph": "ll", "line_line": "ll", "phase_phase": "ll",
-    "llg": "llg", "2ph-g": "llg", "2phg": "llg",
-    "slg": "slg", "1ph": "slg", "lg": "slg", "ph-g": "slg", "phase_ground": "slg",
+    "3ph": "3ph",
+    "3p": "3ph",
+    "abc": "3ph",
+    "three_phase": "3ph",
+    "ll": "ll",
+    "2ph": "ll",
+    "ph-ph": "ll",
+    "line_line": "ll",
+    "phase_phase": "ll",
+    "llg": "llg",
+    "2ph-g": "llg",
+    "2phg": "llg",
+    "slg": "slg",
+    "1ph": "slg",
+    "lg": "slg",
+    "ph-g": "slg",
+    "phase_ground": "slg",
 }
 
 
@@ -129,10 +142,13 @@ class SerialLine:
             if path.is_symlink() or path.exists():
                 path.unlink()
         self.process = await asyncio.create_subprocess_exec(
-            socat, "-d", "-d",
+            socat,
+            "-d",
+            "-d",
             f"PTY,raw,echo=0,link={self.gateway_path}",
             f"PTY,raw,echo=0,link={self.sim_path}",
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
         )
         loop = asyncio.get_running_loop()
@@ -176,8 +192,7 @@ class Iec61850Child:
     network; values go in as JSON lines on stdin, operated controls come back on stdout.
     """
 
-    def __init__(self, ied: Iec61850Ied, site_path: Path, port: int,
-                 on_command: Callable[[str, Any], None]) -> None:
+    def __init__(self, ied: Iec61850Ied, site_path: Path, port: int, on_command: Callable[[str, Any], None]) -> None:
         self.ied = ied
         self.site_path = site_path
         self.port = port
@@ -193,9 +208,17 @@ class Iec61850Child:
 
     async def start(self) -> None:
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "hil.iec61850_server", "--config", str(self.site_path),
-            "--ied", self.ied.id, "--port", str(self.port),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            sys.executable,
+            "-m",
+            "hil.iec61850_server",
+            "--config",
+            str(self.site_path),
+            "--ied",
+            self.ied.id,
+            "--port",
+            str(self.port),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
         )
         self._last.clear()
         self._local.clear()
@@ -316,7 +339,8 @@ class HilRuntime:
         self.options = options
         self.site_path = Path(site_path) if site_path is not None else None
         self.sites: list[tuple[SiteConfig, Path | None]] = (
-            [(s, Path(p) if p is not None else None) for s, p in sites] if sites else [(site, self.site_path)])
+            [(s, Path(p) if p is not None else None) for s, p in sites] if sites else [(site, self.site_path)]
+        )
         """Each substation's own site file (several when one model serves neighbouring substations;
         `site` is then their merge): its AMI feed and the path its IEC 61850 servers load."""
         self.amis: list[Any] = []
@@ -365,8 +389,9 @@ class HilRuntime:
         try:
             self.model.apply_command(point_id, value, now_s)
         except CommandRefused as exc:
-            self.refusals.append({"sim_time_s": now_s, "point": point_id, "value": value, "device": exc.device_id,
-                                  "reason": exc.reason})
+            self.refusals.append(
+                {"sim_time_s": now_s, "point": point_id, "value": value, "device": exc.device_id, "reason": exc.reason}
+            )
             del self.refusals[:-100]
             log.warning("command %s=%r refused at sim %.3f s: %s", point_id, value, now_s, exc)
             raise
@@ -385,8 +410,9 @@ class HilRuntime:
         line_id, started, closed_before = self._fault_started
         for breaker, state in self.breakers().items():
             if state == "open" and closed_before.get(breaker):
-                self.clearings.append({"line": line_id, "breaker": breaker,
-                                       "clearing_s": self._real.monotonic() - started})
+                self.clearings.append(
+                    {"line": line_id, "breaker": breaker, "clearing_s": self._real.monotonic() - started}
+                )
                 del self.clearings[:-10_000]
                 self._fault_started = None
                 return
@@ -407,8 +433,7 @@ class HilRuntime:
 
             special = sunspec_maps(self.site, self.model)
         for (host, port), ieds in tcp.items():
-            endpoint = ModbusEndpoint(ieds, self._apply_command, bind_host=self.options.bind_host,
-                                      special_maps=special)
+            endpoint = ModbusEndpoint(ieds, self._apply_command, bind_host=self.options.bind_host, special_maps=special)
             await endpoint.start()
             await endpoint.update(values)
             self._add_endpoint(endpoint)
@@ -434,8 +459,13 @@ class HilRuntime:
         if self.options.ami and any(site.ami is not None for site, _ in self.sites):
             await self._start_ami()
         self.ready = True
-        log.info("simulator running: %d Modbus endpoint(s), %d IEC 61850 IED(s), speed %s, step %.3f s",
-                 len(self.endpoints), len(self.iec_children), self.options.speed or "max", self.options.step_s)
+        log.info(
+            "simulator running: %d Modbus endpoint(s), %d IEC 61850 IED(s), speed %s, step %.3f s",
+            len(self.endpoints),
+            len(self.iec_children),
+            self.options.speed or "max",
+            self.options.step_s,
+        )
 
     def _add_endpoint(self, endpoint: ModbusEndpoint) -> None:
         self.endpoints.append(endpoint)
@@ -447,8 +477,9 @@ class HilRuntime:
         if not ieds or not self.options.iec61850:
             return
         if importlib.util.find_spec("hil.iec61850_server") is None:
-            log.warning("hil.iec61850_server is not available: IEC 61850 IEDs %s are not served",
-                        ", ".join(i.id for i in ieds))
+            log.warning(
+                "hil.iec61850_server is not available: IEC 61850 IEDs %s are not served", ", ".join(i.id for i in ieds)
+            )
             return
         path_of = {i.id: p for site, p in self.sites for i in site.ieds if p is not None}
         missing = [i.id for i in ieds if i.id not in path_of]
@@ -468,8 +499,12 @@ class HilRuntime:
         for site, _ in self.sites:
             if site.ami is None:
                 continue
-            publisher = AmiPublisher(site, batch_size=self.options.ami_batch_size,
-                                     interval_s=self.options.ami_interval_s, meters=self.options.meters)
+            publisher = AmiPublisher(
+                site,
+                batch_size=self.options.ami_batch_size,
+                interval_s=self.options.ami_interval_s,
+                meters=self.options.meters,
+            )
             if hasattr(self.model, "dr_event"):
                 publisher.on_dr_event = lambda event, p=publisher: self._demand_response(p, event)
             await publisher.start()
@@ -553,8 +588,9 @@ class HilRuntime:
                 await self._restore_link(ied_id)
         values = self.model.point_values()
         if self.injection is not None and self.injection.running:
-            self.injection.serve(self._real.monotonic(), values,
-                                 self.breakers().get(self.injection.breaker) == "closed")
+            self.injection.serve(
+                self._real.monotonic(), values, self.breakers().get(self.injection.breaker) == "closed"
+            )
         for endpoint in self.endpoints:
             await endpoint.update(values)
         local = self._local_flags() if self.iec_children else {}
@@ -571,8 +607,13 @@ class HilRuntime:
         for publisher in self.amis:
             if publisher.pending:
                 publisher.pump(self.options.ami_messages_per_step)
-        if (self.amis and self.options.weather_interval_s > 0 and self._next_weather_s is not None
-                and now_s >= self._next_weather_s and hasattr(self.model, "weather_forecast")):
+        if (
+            self.amis
+            and self.options.weather_interval_s > 0
+            and self._next_weather_s is not None
+            and now_s >= self._next_weather_s
+            and hasattr(self.model, "weather_forecast")
+        ):
             self._next_weather_s = now_s + self.options.weather_interval_s
             for publisher in self.amis:
                 self.publish_weather(publisher)
@@ -608,12 +649,20 @@ class HilRuntime:
         """The forecast of the sky and the air over the next hours (docs/hil.md#weather-feed)."""
         now_s = self.clock.monotonic()
         wall = self.clock.wall()
-        points = self.model.weather_forecast(now_s, self.options.weather_horizon_s, self.options.weather_step_s,
-                                             substation_id)
+        points = self.model.weather_forecast(
+            now_s, self.options.weather_horizon_s, self.options.weather_step_s, substation_id
+        )
         at = self.gateway_wall
-        return {"v": 1, "substation_id": substation_id, "issued_at": at(wall), "step_s": self.options.weather_step_s,
-                "forecast": [{"time": at(wall + dt), "irradiance_w_m2": round(g, 2), "temperature_c": round(t, 2)}
-                             for dt, g, t in points]}
+        return {
+            "v": 1,
+            "substation_id": substation_id,
+            "issued_at": at(wall),
+            "step_s": self.options.weather_step_s,
+            "forecast": [
+                {"time": at(wall + dt), "irradiance_w_m2": round(g, 2), "temperature_c": round(t, 2)}
+                for dt, g, t in points
+            ],
+        }
 
     def publish_weather(self, publisher: Any) -> None:
         payload = self.weather_payload(publisher.substation_id)
@@ -628,38 +677,75 @@ class HilRuntime:
         start_s = now_s + (self.sim_wall(event.start) - self.clock.wall())
         publisher.dr_events += 1
         try:
-            result = self.model.dr_event(event.event_id, event.program, now_s, group_id=event.concentrator_id,
-                                         meter_ids=list(event.meters) if event.meters is not None else None,
-                                         start_s=start_s, duration_s=self.sim_span_s(event.duration_s),
-                                         reduction_pct=event.reduction_pct)
-            answered = [(m, a, d) for m, a, d in zip(result["meters"], result["answers"], result["demand_kw"],
-                                                     strict=True) if a != "silent"]
-            conf = DrConfirmation(event_id=event.event_id, substation_id=publisher.substation_id,
-                                  concentrator_id=event.concentrator_id, time=self.gateway_wall(),
-                                  meters=tuple(m for m, _, _ in answered), answers=tuple(a for _, a, _ in answered),
-                                  demand_kw=tuple(round(d, 4) for _, _, d in answered))
-            log.info("demand response %s (%s) at %s: %d meters, %d accepted", event.event_id, event.program,
-                     event.concentrator_id, len(result["meters"]), sum(a == "accepted" for a in result["answers"]))
+            result = self.model.dr_event(
+                event.event_id,
+                event.program,
+                now_s,
+                group_id=event.concentrator_id,
+                meter_ids=list(event.meters) if event.meters is not None else None,
+                start_s=start_s,
+                duration_s=self.sim_span_s(event.duration_s),
+                reduction_pct=event.reduction_pct,
+            )
+            answered = [
+                (m, a, d)
+                for m, a, d in zip(result["meters"], result["answers"], result["demand_kw"], strict=True)
+                if a != "silent"
+            ]
+            conf = DrConfirmation(
+                event_id=event.event_id,
+                substation_id=publisher.substation_id,
+                concentrator_id=event.concentrator_id,
+                time=self.gateway_wall(),
+                meters=tuple(m for m, _, _ in answered),
+                answers=tuple(a for _, a, _ in answered),
+                demand_kw=tuple(round(d, 4) for _, _, d in answered),
+            )
+            log.info(
+                "demand response %s (%s) at %s: %d meters, %d accepted",
+                event.event_id,
+                event.program,
+                event.concentrator_id,
+                len(result["meters"]),
+                sum(a == "accepted" for a in result["answers"]),
+            )
         except (KeyError, ValueError) as exc:
             publisher.dr_rejected += 1
             log.warning("demand response %s refused: %s", event.event_id, exc)
-            conf = DrConfirmation(event_id=event.event_id, substation_id=publisher.substation_id,
-                                  concentrator_id=event.concentrator_id, time=self.gateway_wall(), meters=(),
-                                  answers=(), demand_kw=(), error=str(exc).strip("'\""))
-        publisher.publish_raw(topic_for(publisher.cfg.dr_confirm_topic, event.concentrator_id),
-                              encode_confirmation(conf))
+            conf = DrConfirmation(
+                event_id=event.event_id,
+                substation_id=publisher.substation_id,
+                concentrator_id=event.concentrator_id,
+                time=self.gateway_wall(),
+                meters=(),
+                answers=(),
+                demand_kw=(),
+                error=str(exc).strip("'\""),
+            )
+        publisher.publish_raw(
+            topic_for(publisher.cfg.dr_confirm_topic, event.concentrator_id), encode_confirmation(conf)
+        )
 
-    def load_ramp(self, substation_id: str, rate_kw_per_h: float, *, start_kw: float | None = None,
-                  ambient_c: float | None = None) -> dict[str, Any]:
+    def load_ramp(
+        self, substation_id: str, rate_kw_per_h: float, *, start_kw: float | None = None, ambient_c: float | None = None
+    ) -> dict[str, Any]:
         """The evening ramp: the demand behind a substation rises at `rate_kw_per_h` (simulated time)."""
         rate = self._finite("rate_kw_per_h", rate_kw_per_h)
         start = None if start_kw is None else self._finite("start_kw", start_kw, low=0.0, low_open=True)
         ambient = None if ambient_c is None else self._finite("ambient_c", ambient_c)
         now_s = self.clock.monotonic()
-        result = self._model_call(f"ramp on {substation_id}", lambda: self.model.load_ramp(
-            substation_id, rate, now_s, start_kw=start, ambient_c=ambient))
-        log.warning("load ramp on %s: %+.0f kW/h from %.0f kW%s, sim %.3f s", substation_id, rate,
-                    result["total_load_kw"], f", ambient {ambient:g} C" if ambient is not None else "", now_s)
+        result = self._model_call(
+            f"ramp on {substation_id}",
+            lambda: self.model.load_ramp(substation_id, rate, now_s, start_kw=start, ambient_c=ambient),
+        )
+        log.warning(
+            "load ramp on %s: %+.0f kW/h from %.0f kW%s, sim %.3f s",
+            substation_id,
+            rate,
+            result["total_load_kw"],
+            f", ambient {ambient:g} C" if ambient is not None else "",
+            now_s,
+        )
         if ambient is not None:
             for publisher in self.amis:
                 self.publish_weather(publisher)
@@ -697,8 +783,9 @@ class HilRuntime:
         except (KeyError, ValueError) as exc:
             raise InjectionError(f"{what}: {exc}") from None
 
-    def inject_fault(self, line_id: str, distance_m: float, kind: str = "3ph", transient: bool = False,
-                     impedance_ohm: float = 0.0) -> dict[str, Any]:
+    def inject_fault(
+        self, line_id: str, distance_m: float, kind: str = "3ph", transient: bool = False, impedance_ohm: float = 0.0
+    ) -> dict[str, Any]:
         """A short circuit on `line_id`, `distance_m` from its breaker."""
         agent = self._agent(line_id, AgentType.POWER_LINE)
         distance = self._finite("distance_m", distance_m, low=0.0)
@@ -707,18 +794,40 @@ class HilRuntime:
             raise InjectionError(f"distance {distance:g} m is beyond the end of {line_id} ({length_m:g} m long)")
         canonical = FAULT_KIND_ALIASES.get(str(kind).lower())
         if canonical is None:
-            raise InjectionError(f"unknown fault type {kind!r}; expected one of {', '.join(FAULT_KINDS)} "
-                                 "(or 2ph, 2ph-g, 1ph)")
+            raise InjectionError(
+                f"unknown fault type {kind!r}; expected one of {', '.join(FAULT_KINDS)} (or 2ph, 2ph-g, 1ph)"
+            )
         impedance = self._finite("impedance_ohm", impedance_ohm, low=0.0)
         now_s = self.clock.monotonic()
-        result = self._model_call(f"fault on {line_id}", lambda: self.model.inject_fault(
-            line_id, distance, canonical, impedance_ohm=impedance, transient=bool(transient), now_s=now_s))
-        self._fault_started = (line_id, self._real.monotonic(),
-                               {b: st == "closed" for b, st in self.breakers().items()})
-        log.warning("injected %s%s fault on %s at %.0f m (%.2f ohm), sim %.3f s", canonical,
-                    " transient" if transient else "", line_id, distance, impedance, now_s)
-        return {"line": line_id, "distance_m": distance, "kind": canonical, "transient": bool(transient),
-                "impedance_ohm": impedance, "sim_time_s": now_s, "fault": _jsonable(result)}
+        result = self._model_call(
+            f"fault on {line_id}",
+            lambda: self.model.inject_fault(
+                line_id, distance, canonical, impedance_ohm=impedance, transient=bool(transient), now_s=now_s
+            ),
+        )
+        self._fault_started = (
+            line_id,
+            self._real.monotonic(),
+            {b: st == "closed" for b, st in self.breakers().items()},
+        )
+        log.warning(
+            "injected %s%s fault on %s at %.0f m (%.2f ohm), sim %.3f s",
+            canonical,
+            " transient" if transient else "",
+            line_id,
+            distance,
+            impedance,
+            now_s,
+        )
+        return {
+            "line": line_id,
+            "distance_m": distance,
+            "kind": canonical,
+            "transient": bool(transient),
+            "impedance_ohm": impedance,
+            "sim_time_s": now_s,
+            "fault": _jsonable(result),
+        }
 
     def secondary_injection(self, breaker: str, states: Any) -> dict[str, Any]:
         """A relay test set on `breaker`'s measurement inputs plays `states` from the next step."""
@@ -731,10 +840,10 @@ class HilRuntime:
         checked = check_states(states)
         points = {q: scheme.point(q) for q in QUANTITIES}
         trip, close = scheme.trip_target(), scheme.close_target()
-        self.injection = SecondaryInjection(breaker, points, (trip.point, trip.value), (close.point, close.value),
-                                            checked)
-        log.warning("secondary injection on %s: %d state(s), %.3f s", breaker, len(checked),
-                    self.injection.duration_s)
+        self.injection = SecondaryInjection(
+            breaker, points, (trip.point, trip.value), (close.point, close.value), checked
+        )
+        log.warning("secondary injection on %s: %d state(s), %.3f s", breaker, len(checked), self.injection.duration_s)
         return self.injection.status()
 
     def injection_status(self, stop: bool = False) -> dict[str, Any]:
@@ -768,8 +877,9 @@ class HilRuntime:
         delta = self._finite("delta_c", delta_c)
         duration = self._finite("duration_s", duration_s, low=0.0)
         now_s = self.clock.monotonic()
-        self._model_call(f"temperature ramp on {xfmr}",
-                         lambda: self.model.temperature_ramp(xfmr, delta, duration, now_s))
+        self._model_call(
+            f"temperature ramp on {xfmr}", lambda: self.model.temperature_ramp(xfmr, delta, duration, now_s)
+        )
         log.warning("temperature ramp %+.1f C over %.0f s on %s, sim %.3f s", delta, duration, xfmr, now_s)
         return {"transformer": xfmr, "delta_c": delta, "duration_s": duration, "sim_time_s": now_s}
 
@@ -796,22 +906,39 @@ class HilRuntime:
         end_wall = self._real.wall()
 
         def run() -> tuple[int, list[dict[str, Any]]]:
-            rows = monitor_log(trial, loads, rated_kva=attrs.rated_capacity, rated_rise_c=attrs.rated_top_oil_rise_c,
-                               loss_ratio=attrs.loss_ratio, cooling_type=attrs.cooling_type,
-                               tau_min=attrs.top_oil_time_constant_min, months=span, end_wall=end_wall,
-                               utc_offset_h=self.site.maintenance.utc_offset_h,
-                               climate=Climate(mean_c=settings.ambient_temp_c, swing_c=settings.ambient_swing_c),
-                               seed=self.model.seed if seed is None else int(seed))
+            rows = monitor_log(
+                trial,
+                loads,
+                rated_kva=attrs.rated_capacity,
+                rated_rise_c=attrs.rated_top_oil_rise_c,
+                loss_ratio=attrs.loss_ratio,
+                cooling_type=attrs.cooling_type,
+                tau_min=attrs.top_oil_time_constant_min,
+                months=span,
+                end_wall=end_wall,
+                utc_offset_h=self.site.maintenance.utc_offset_h,
+                climate=Climate(mean_c=settings.ambient_temp_c, swing_c=settings.ambient_swing_c),
+                seed=self.model.seed if seed is None else int(seed),
+            )
             return write_csv(rows, path), rows[-14:]
+
         n, last = await asyncio.to_thread(run)
         condition.age_months, condition.operating_hours = trial.age_months, trial.operating_hours
         condition.fans_on = trial.fans_on
         log.warning("%s aged %.1f months (%d rows logged to %s)", xfmr, span, n, path)
-        return {"transformer": xfmr, "months": span, "rows": n, "path": str(path),
-                "age_months": round(condition.age_months, 3), "end_wall": end_wall,
-                "efficiency_pct": round(condition.efficiency_pct(), 3), "drift_c": round(condition.drift_c(), 2),
-                "fans_on": condition.fans_on, "gases_ppm": {k: round(v, 2) for k, v in condition.gases_ppm().items()},
-                "last_logged": {r["point_id"].split(".", 1)[1]: r["mean"] for r in last}}
+        return {
+            "transformer": xfmr,
+            "months": span,
+            "rows": n,
+            "path": str(path),
+            "age_months": round(condition.age_months, 3),
+            "end_wall": end_wall,
+            "efficiency_pct": round(condition.efficiency_pct(), 3),
+            "drift_c": round(condition.drift_c(), 2),
+            "fans_on": condition.fans_on,
+            "gases_ppm": {k: round(v, 2) for k, v in condition.gases_ppm().items()},
+            "last_logged": {r["point_id"].split(".", 1)[1]: r["mean"] for r in last},
+        }
 
     def bypass_meter(self, meter: str, registered: float = 0.0) -> dict[str, Any]:
         """A meter bypassed (or tampered) so it registers `registered` (0..1) of its consumption."""
@@ -837,8 +964,13 @@ class HilRuntime:
         self._device_id(device_id)
         delay = self._finite("delay_s", delay_s, low=0.0)
         self._model_call(f"failure of {device_id}", lambda: self.model.set_device_failure(device_id, mode, delay))
-        log.warning("device %s failure %s%s, sim %.3f s", device_id, mode, f" ({delay:g} s)" if delay else "",
-                    self.clock.monotonic())
+        log.warning(
+            "device %s failure %s%s, sim %.3f s",
+            device_id,
+            mode,
+            f" ({delay:g} s)" if delay else "",
+            self.clock.monotonic(),
+        )
         return {"device": device_id, **self.model.device_state(device_id), "sim_time_s": self.clock.monotonic()}
 
     def set_local(self, device_id: str, on: bool) -> dict[str, Any]:
@@ -859,8 +991,9 @@ class HilRuntime:
         if action not in ("open", "close"):
             raise InjectionError(f"action must be 'open' or 'close', found {action!r}")
         now_s = self.clock.monotonic()
-        self._model_call(f"operate {device_id}",
-                         lambda: self.model.operate_breaker(device_id, action == "close", now_s))
+        self._model_call(
+            f"operate {device_id}", lambda: self.model.operate_breaker(device_id, action == "close", now_s)
+        )
         log.warning("device %s operated locally: %s, sim %.3f s", device_id, action, now_s)
         return {"device": device_id, "action": action, **self.model.device_state(device_id), "sim_time_s": now_s}
 
@@ -962,9 +1095,13 @@ class HilRuntime:
         if not hasattr(model, "device_states"):
             return {}
         loops = model.parallel_loops
-        return {"devices": _jsonable(model.device_states()), "sections": _jsonable(model.section_states()),
-                "energised": model.energised_elements(), "parallel": any(lp["energised"] for lp in loops),
-                "parallel_loops": _jsonable(loops)}
+        return {
+            "devices": _jsonable(model.device_states()),
+            "sections": _jsonable(model.section_states()),
+            "energised": model.energised_elements(),
+            "parallel": any(lp["energised"] for lp in loops),
+            "parallel_loops": _jsonable(loops),
+        }
 
     def status(self) -> dict[str, Any]:
         now_s = self.clock.monotonic()

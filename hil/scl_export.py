@@ -32,8 +32,19 @@ _LD_SPLIT = re.compile(r"^(?P<ied>.+?)(?P<inst>LD\d*)$")
 _LN_SPLIT = re.compile(r"^(?P<prefix>[A-Za-z0-9_]*?)(?P<cls>[A-Z]{4})(?P<inst>\d*)$")
 DATA_SET_NAME = "dsPoints"
 CTL_MODEL_SBO_ENHANCED = "sbo-with-enhanced-security"
-_UNITS = {"A": ("A", ""), "kV": ("V", "k"), "V": ("V", ""), "Hz": ("Hz", ""), "kW": ("W", "k"), "W": ("W", ""),
-          "kvar": ("VAr", "k"), "var": ("VAr", ""), "kVA": ("VA", "k"), "deg": ("deg", ""), "°C": ("degC", "")}
+_UNITS = {
+    "A": ("A", ""),
+    "kV": ("V", "k"),
+    "V": ("V", ""),
+    "Hz": ("Hz", ""),
+    "kW": ("W", "k"),
+    "W": ("W", ""),
+    "kvar": ("VAr", "k"),
+    "var": ("VAr", ""),
+    "kVA": ("VA", "k"),
+    "deg": ("deg", ""),
+    "°C": ("degC", ""),
+}
 _SI_UNIT_ORD = {"A": 5, "V": 29, "Hz": 33, "W": 62, "VAr": 63, "VA": 61, "deg": 9, "degC": 23}
 _MULTIPLIER_ORD = {"": 0, "k": 3}
 
@@ -113,8 +124,10 @@ def _model(ied: Iec61850Ied) -> tuple[str, dict[str, dict[str, _Ln]], dict[str, 
                     node.dos[parts[0]] = _Do("INS")
             entry(ld, (ln, "ST", parts[0]))
         else:
-            raise ExportError(f"{where}: unsupported reference shape (the simulator serves LN.DO.mag.f, "
-                              "LN.DO.SUB.cVal.mag.f, LN.DO.stVal and control DOs)")
+            raise ExportError(
+                f"{where}: unsupported reference shape (the simulator serves LN.DO.mag.f, "
+                "LN.DO.SUB.cVal.mag.f, LN.DO.stVal and control DOs)"
+            )
     if len(names) > 1:
         raise ExportError(f"IED {ied.id}: logical devices imply different IED names {sorted(names)}")
     ied_name = names.pop() if names else ied.id.replace("-", "")
@@ -127,8 +140,15 @@ def export_ied(ied: Iec61850Ied, root: etree._Element | None = None) -> etree._E
     scl = root
     if scl is None:
         scl = etree.Element(f"{{{NS}}}SCL", nsmap={None: NS}, version="2007", revision="B", release="4")
-        _el(scl, "Header", id=f"stima-hil-{ied.id}", version="1", revision="1", toolID="stima-hil scl",
-            nameStructure="IEDName")
+        _el(
+            scl,
+            "Header",
+            id=f"stima-hil-{ied.id}",
+            version="1",
+            revision="1",
+            toolID="stima-hil scl",
+            nameStructure="IEDName",
+        )
         _el(scl, "Communication")
     comm = scl.find(f"{{{NS}}}Communication")
     assert comm is not None
@@ -142,9 +162,18 @@ def export_ied(ied: Iec61850Ied, root: etree._Element | None = None) -> etree._E
     _el(address, "P", type="MMS-Port").text = str(ied.port)
 
     templates = scl.find(f"{{{NS}}}DataTypeTemplates")
-    ied_el = _el(scl, "IED", name=ied_name, manufacturer="Stima", type="stima-hil bay",
-                 desc=ied.description or ied.id, configVersion="1", originalSclVersion="2007",
-                 originalSclRevision="B", originalSclRelease="4")
+    ied_el = _el(
+        scl,
+        "IED",
+        name=ied_name,
+        manufacturer="Stima",
+        type="stima-hil bay",
+        desc=ied.description or ied.id,
+        configVersion="1",
+        originalSclVersion="2007",
+        originalSclRevision="B",
+        originalSclRelease="4",
+    )
     if templates is None:
         templates = _el(scl, "DataTypeTemplates")
     else:
@@ -152,8 +181,16 @@ def export_ied(ied: Iec61850Ied, root: etree._Element | None = None) -> etree._E
         scl.append(templates)  # the templates come last
     types = _Templates(templates)
     services = _el(ied_el, "Services")
-    for tag in ("DynAssociation", "GetDirectory", "GetDataObjectDefinition", "DataObjectDirectory",
-                "GetDataSetValue", "DataSetDirectory", "ReadWrite", "GetCBValues"):
+    for tag in (
+        "DynAssociation",
+        "GetDirectory",
+        "GetDataObjectDefinition",
+        "DataObjectDirectory",
+        "GetDataSetValue",
+        "DataSetDirectory",
+        "ReadWrite",
+        "GetCBValues",
+    ):
         _el(services, tag)
     _el(services, "ConfReportControl", max="8")
     _el(services, "ConfLNs", fixPrefix="true", fixLnInst="true")
@@ -163,8 +200,10 @@ def export_ied(ied: Iec61850Ied, root: etree._Element | None = None) -> etree._E
     for rcb_ref in ied.report_control_blocks:
         match = re.fullmatch(r"(?P<ld>[^/]+)/LLN0\.(?P<kind>BR|RP)\.(?P<name>[A-Za-z0-9_]+)", rcb_ref)
         if match is None:
-            raise ExportError(f"report control block {rcb_ref!r}: the simulator puts RCBs in LLN0 "
-                              "('LD/LLN0.BR.name' or 'LD/LLN0.RP.name')")
+            raise ExportError(
+                f"report control block {rcb_ref!r}: the simulator puts RCBs in LLN0 "
+                "('LD/LLN0.BR.name' or 'LD/LLN0.RP.name')"
+            )
         rcbs_of.setdefault(match["ld"], []).append((match["name"], match["kind"] == "BR"))
     for ld_name in sorted(lds):
         ld_el = _el(server, "LDevice", inst=split_ld(ld_name)[1])
@@ -176,17 +215,44 @@ def export_ied(ied: Iec61850Ied, root: etree._Element | None = None) -> etree._E
             ds = _el(ln0, "DataSet", name=DATA_SET_NAME)
             for ln_name, fc, do_path in entries[ld_name]:
                 prefix, cls, inst = split_ln(ln_name)
-                _el(ds, "FCDA", ldInst=split_ld(ld_name)[1], prefix=prefix, lnClass=cls, lnInst=inst,
-                    doName=do_path, fc=fc)
+                _el(
+                    ds,
+                    "FCDA",
+                    ldInst=split_ld(ld_name)[1],
+                    prefix=prefix,
+                    lnClass=cls,
+                    lnInst=inst,
+                    doName=do_path,
+                    fc=fc,
+                )
         for name, buffered in rcbs_of.get(ld_name, []):
             indexed = re.fullmatch(r"(.+?)(\d{2})", name)
             base = indexed.group(1) if indexed and indexed.group(2) == "01" else name
-            rc = _el(ln0, "ReportControl", name=base, rptID=f"{ld_name}/LLN0.{'BR' if buffered else 'RP'}.{name}",
-                     datSet=DATA_SET_NAME, confRev="1", buffered="true" if buffered else "false", bufTime="0",
-                     intgPd="5000", indexed="true" if base != name else "false")
+            rc = _el(
+                ln0,
+                "ReportControl",
+                name=base,
+                rptID=f"{ld_name}/LLN0.{'BR' if buffered else 'RP'}.{name}",
+                datSet=DATA_SET_NAME,
+                confRev="1",
+                buffered="true" if buffered else "false",
+                bufTime="0",
+                intgPd="5000",
+                indexed="true" if base != name else "false",
+            )
             _el(rc, "TrgOps", dchg="true", qchg="true", dupd="false", period="true", gi="true")
-            _el(rc, "OptFields", seqNum="true", timeStamp="true", dataSet="true", reasonCode="true",
-                dataRef="false", entryID="true", configRef="true", bufOvfl="false")
+            _el(
+                rc,
+                "OptFields",
+                seqNum="true",
+                timeStamp="true",
+                dataSet="true",
+                reasonCode="true",
+                dataRef="false",
+                entryID="true",
+                configRef="true",
+                bufOvfl="false",
+            )
             _el(rc, "RptEnabled", max="1")
         for ln_name in sorted(n for n in lns if n != "LLN0"):
             prefix, cls, inst = split_ln(ln_name)
@@ -260,8 +326,16 @@ class _Templates:
         el = self._add("DOType", type_id)
         if el is None:
             return type_id
-        cdc = {"MV": "MV", "MVi": "MV", "CMV": "CMV", "SPS": "SPS", "INS": "INS", "DPS": "DPC", "SPC": "SPC",
-               "DPC": "DPC"}[do.kind]
+        cdc = {
+            "MV": "MV",
+            "MVi": "MV",
+            "CMV": "CMV",
+            "SPS": "SPS",
+            "INS": "INS",
+            "DPS": "DPC",
+            "SPC": "SPC",
+            "DPC": "DPC",
+        }[do.kind]
         el.set("cdc", cdc)
         if do.kind in ("MV", "MVi"):
             _el(el, "DA", name="mag", bType="Struct", type=self.analogue(do.kind == "MVi"), fc="MX", dchg="true")
@@ -334,16 +408,40 @@ class _Templates:
     def originator(self) -> str:
         el = self._add("DAType", "HIL_Originator")
         if el is not None:
-            _el(el, "BDA", name="orCat", bType="Enum", type=self._enum("HIL_OrCat", {
-                "not-supported": 0, "bay-control": 1, "station-control": 2, "remote-control": 3,
-                "automatic-bay": 4, "automatic-station": 5, "automatic-remote": 6, "maintenance": 7, "process": 8}))
+            _el(
+                el,
+                "BDA",
+                name="orCat",
+                bType="Enum",
+                type=self._enum(
+                    "HIL_OrCat",
+                    {
+                        "not-supported": 0,
+                        "bay-control": 1,
+                        "station-control": 2,
+                        "remote-control": 3,
+                        "automatic-bay": 4,
+                        "automatic-station": 5,
+                        "automatic-remote": 6,
+                        "maintenance": 7,
+                        "process": 8,
+                    },
+                ),
+            )
             _el(el, "BDA", name="orIdent", bType="Octet64")
         return "HIL_Originator"
 
     def ctl_models(self) -> str:
-        return self._enum("HIL_CtlModels", {"status-only": 0, "direct-with-normal-security": 1,
-                                            "sbo-with-normal-security": 2, "direct-with-enhanced-security": 3,
-                                            "sbo-with-enhanced-security": 4})
+        return self._enum(
+            "HIL_CtlModels",
+            {
+                "status-only": 0,
+                "direct-with-normal-security": 1,
+                "sbo-with-normal-security": 2,
+                "direct-with-enhanced-security": 3,
+                "sbo-with-enhanced-security": 4,
+            },
+        )
 
     def _enum(self, type_id: str, values: dict[str, int]) -> str:
         el = self._add("EnumType", type_id)

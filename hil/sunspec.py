@@ -41,8 +41,18 @@ NOMINAL_AC_V = 400.0
 """The inverter's own AC terminals (behind its step-up transformer), line to line."""
 
 SCALE_FACTORS: dict[int, dict[str, int]] = {
-    701: {"A_SF": 0, "V_SF": -1, "Hz_SF": -2, "W_SF": 2, "PF_SF": -3, "VA_SF": 2, "Var_SF": 2,
-          "TotWh_SF": 3, "TotVarh_SF": 3, "Tmp_SF": 0},
+    701: {
+        "A_SF": 0,
+        "V_SF": -1,
+        "Hz_SF": -2,
+        "W_SF": 2,
+        "PF_SF": -3,
+        "VA_SF": 2,
+        "Var_SF": 2,
+        "TotWh_SF": 3,
+        "TotVarh_SF": 3,
+        "Tmp_SF": 0,
+    },
     702: {"W_SF": 2, "PF_SF": -3, "VA_SF": 2, "Var_SF": 2, "V_SF": -1, "A_SF": 0, "S_SF": 0},
     704: {"PF_SF": -3, "WMaxLimPct_SF": -1, "WSet_SF": 0, "WSetPct_SF": -1, "VarSet_SF": 0, "VarSetPct_SF": -1},
     713: {"WH_SF": 3, "Pct_SF": -1},
@@ -50,10 +60,17 @@ SCALE_FACTORS: dict[int, dict[str, int]] = {
 """Per model, its scale factors: W in 100 W, Var in 100 var, LLV in 0.1 V, WMaxLimPct and SoC in
 0.1 %, WSet in W, energy in kWh."""
 
-WRITABLE: frozenset[tuple[int, str]] = frozenset({
-    (704, "WMaxLimPctEna"), (704, "WMaxLimPct"), (704, "WSetEna"), (704, "WSetMod"), (704, "WSet"),
-    (704, "VarSetEna"), (704, "VarSet"),
-})
+WRITABLE: frozenset[tuple[int, str]] = frozenset(
+    {
+        (704, "WMaxLimPctEna"),
+        (704, "WMaxLimPct"),
+        (704, "WSetEna"),
+        (704, "WSetMod"),
+        (704, "WSet"),
+        (704, "VarSetEna"),
+        (704, "VarSet"),
+    }
+)
 """Points this simulated device acts on when written; other writable points are accepted and kept."""
 
 
@@ -113,16 +130,30 @@ class SunSpecImage:
         common["Vr"].value = "1.0"
         common["SN"].value = serial[:32]
         common["DA"].value = unit_id
-        self._set(702, WMaxRtg=ratings.rated_kw * 1e3, VAMaxRtg=ratings.rated_kva * 1e3,
-                  VarMaxInjRtg=0.44 * ratings.rated_kva * 1e3, VarMaxAbsRtg=0.44 * ratings.rated_kva * 1e3,
-                  VNomRtg=NOMINAL_AC_V, VMaxRtg=1.1 * NOMINAL_AC_V, VMinRtg=0.88 * NOMINAL_AC_V,
-                  WMax=ratings.rated_kw * 1e3, VAMax=ratings.rated_kva * 1e3, VNom=NOMINAL_AC_V,
-                  AMaxRtg=ratings.rated_kva * 1e3 / (math.sqrt(3) * NOMINAL_AC_V))
+        self._set(
+            702,
+            WMaxRtg=ratings.rated_kw * 1e3,
+            VAMaxRtg=ratings.rated_kva * 1e3,
+            VarMaxInjRtg=0.44 * ratings.rated_kva * 1e3,
+            VarMaxAbsRtg=0.44 * ratings.rated_kva * 1e3,
+            VNomRtg=NOMINAL_AC_V,
+            VMaxRtg=1.1 * NOMINAL_AC_V,
+            VMinRtg=0.88 * NOMINAL_AC_V,
+            WMax=ratings.rated_kw * 1e3,
+            VAMax=ratings.rated_kva * 1e3,
+            VNom=NOMINAL_AC_V,
+            AMaxRtg=ratings.rated_kva * 1e3 / (math.sqrt(3) * NOMINAL_AC_V),
+        )
         self.models[702].points["NorOpCatRtg"].value = 1  # category B
         if self.storage:
             charge = ratings.max_charge_kw or ratings.rated_kw
-            self._set(702, WChaRteMaxRtg=charge * 1e3, WDisChaRteMaxRtg=ratings.rated_kw * 1e3,
-                      WChaRteMax=charge * 1e3, WDisChaRteMax=ratings.rated_kw * 1e3)
+            self._set(
+                702,
+                WChaRteMaxRtg=charge * 1e3,
+                WDisChaRteMaxRtg=ratings.rated_kw * 1e3,
+                WChaRteMax=charge * 1e3,
+                WDisChaRteMax=ratings.rated_kw * 1e3,
+            )
             assert ratings.storage_kwh is not None
             self._set(713, WHRtg=ratings.storage_kwh * 1e3, SoH=100.0)
         self.models[701].points["ACType"].value = 3  # three phase, three wire... 1: single, 2: split, 3: three
@@ -148,9 +179,20 @@ class SunSpecImage:
 
     # ------------------------------------------------------------------ values → registers
 
-    def update(self, *, p_kw: float, q_kvar: float, voltage_pu: float, frequency_hz: float, connected: bool,
-               energy_kwh: float, limit_pct: float, throttled: bool, ambient_c: float,
-               soc_pct: float | None = None) -> None:
+    def update(
+        self,
+        *,
+        p_kw: float,
+        q_kvar: float,
+        voltage_pu: float,
+        frequency_hz: float,
+        connected: bool,
+        energy_kwh: float,
+        limit_pct: float,
+        throttled: bool,
+        ambient_c: float,
+        soc_pct: float | None = None,
+    ) -> None:
         """Set the measurements from the model (powers as the grid sees them: + injection)."""
         s_kva = math.hypot(p_kw, q_kvar)
         v_ll = voltage_pu * NOMINAL_AC_V
@@ -160,8 +202,19 @@ class SunSpecImage:
         pts["St"].value = 1 if connected else 0  # ON / OFF
         pts["InvSt"].value = (4 if throttled else 3) if connected and abs(p_kw) > 0.0 else (1 if connected else 0)
         pts["ConnSt"].value = 1 if connected else 0
-        self._set(701, W=p_kw * 1e3, Var=q_kvar * 1e3, VA=s_kva * 1e3, PF=pf, A=current_a, LLV=v_ll,
-                  LNV=v_ll / math.sqrt(3), Hz=frequency_hz, TmpAmb=ambient_c, TmpCab=ambient_c + 5.0)
+        self._set(
+            701,
+            W=p_kw * 1e3,
+            Var=q_kvar * 1e3,
+            VA=s_kva * 1e3,
+            PF=pf,
+            A=current_a,
+            LLV=v_ll,
+            LNV=v_ll / math.sqrt(3),
+            Hz=frequency_hz,
+            TmpAmb=ambient_c,
+            TmpCab=ambient_c + 5.0,
+        )
         pts["TotWhInj"].value = int(max(energy_kwh, 0.0))
         pts["ThrotPct"].value = int(round(min(max(limit_pct, 0.0), 100.0)))
         if self.storage and soc_pct is not None:
@@ -175,7 +228,7 @@ class SunSpecImage:
         data += struct.pack(">HH", *SUNS_MARKER)
         data += self.device.get_mb()
         data += struct.pack(">HH", *END_MODEL)
-        return [int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2)]
+        return [int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2)]
 
     # ------------------------------------------------------------------ written registers → set-points
 
@@ -203,7 +256,7 @@ class SunSpecImage:
         data = bytearray(model.get_mb())
         for k, word in enumerate(words):
             off = (address - start + k) * 2
-            data[off:off + 2] = int(word & 0xFFFF).to_bytes(2, "big")
+            data[off : off + 2] = int(word & 0xFFFF).to_bytes(2, "big")
         probe = ss.Model(mid)
         probe.set_mb(bytes(data))
         changed: dict[tuple[int, str], float | int] = {}
@@ -232,6 +285,7 @@ class SunSpecImage:
 
 # --------------------------------------------------------------------------- served by a Modbus endpoint
 
+
 class SunSpecMap:
     """One SunSpec IED behind a `hil.modbus_servers.ModbusEndpoint`: the image as its holding
     registers, refreshed from the DER's model values; writes decoded by pysunspec2 and handed on
@@ -253,28 +307,47 @@ class SunSpecMap:
         from pymodbus.simulator import DataType as SimType
         from pymodbus.simulator import SimData, SimDevice
 
-        return SimDevice(self.ied.unit_id, simdata=(
-            [SimData(0, count=1, values=False, datatype=SimType.BITS)],
-            [SimData(0, count=1, values=False, datatype=SimType.BITS)],
-            [SimData(BASE_ADDRESS, count=self.image.length(), values=0, datatype=SimType.REGISTERS)],
-            [SimData(0, datatype=SimType.INVALID)]), action=action)
+        return SimDevice(
+            self.ied.unit_id,
+            simdata=(
+                [SimData(0, count=1, values=False, datatype=SimType.BITS)],
+                [SimData(0, count=1, values=False, datatype=SimType.BITS)],
+                [SimData(BASE_ADDRESS, count=self.image.length(), values=0, datatype=SimType.REGISTERS)],
+                [SimData(0, datatype=SimType.INVALID)],
+            ),
+            action=action,
+        )
 
     def refresh(self) -> bool:
         """Re-encode the image when a value changed at the registers' resolution (pysunspec2's
         encoding costs milliseconds: not at every model step)."""
         v = self._values()
-        key = (round(float(v["active_power_kw"]), 1), round(float(v["reactive_power_kvar"]), 1),
-               round(float(v["voltage_pu"]), 4), round(float(v.get("frequency_hz", 50.0)), 2), bool(v["connected"]),
-               int(float(v.get("energy_kwh", 0.0))), round(float(v["p_limit_pct"]), 1),
-               round(float(v.get("ambient_temp_c", 25.0))), None if v.get("soc_pct") is None else round(float(v["soc_pct"]), 1))
+        key = (
+            round(float(v["active_power_kw"]), 1),
+            round(float(v["reactive_power_kvar"]), 1),
+            round(float(v["voltage_pu"]), 4),
+            round(float(v.get("frequency_hz", 50.0)), 2),
+            bool(v["connected"]),
+            int(float(v.get("energy_kwh", 0.0))),
+            round(float(v["p_limit_pct"]), 1),
+            round(float(v.get("ambient_temp_c", 25.0))),
+            None if v.get("soc_pct") is None else round(float(v["soc_pct"]), 1),
+        )
         if key == self._key:
             return False
         self._key = key
-        self.image.update(p_kw=float(v["active_power_kw"]), q_kvar=float(v["reactive_power_kvar"]),
-                          voltage_pu=float(v["voltage_pu"]), frequency_hz=float(v.get("frequency_hz", 50.0)),
-                          connected=bool(v["connected"]), energy_kwh=float(v.get("energy_kwh", 0.0)),
-                          limit_pct=float(v["p_limit_pct"]), throttled=float(v["p_limit_pct"]) < 100.0,
-                          ambient_c=float(v.get("ambient_temp_c", 25.0)), soc_pct=v.get("soc_pct"))
+        self.image.update(
+            p_kw=float(v["active_power_kw"]),
+            q_kvar=float(v["reactive_power_kvar"]),
+            voltage_pu=float(v["voltage_pu"]),
+            frequency_hz=float(v.get("frequency_hz", 50.0)),
+            connected=bool(v["connected"]),
+            energy_kwh=float(v.get("energy_kwh", 0.0)),
+            limit_pct=float(v["p_limit_pct"]),
+            throttled=float(v["p_limit_pct"]) < 100.0,
+            ambient_c=float(v.get("ambient_temp_c", 25.0)),
+            soc_pct=v.get("soc_pct"),
+        )
         return True
 
     def changed_words(self, _values: dict[str, Any]) -> list[tuple[int, int, list[int]]]:
@@ -290,8 +363,14 @@ class SunSpecMap:
         self._last = None
         self._key = None
 
-    def decode_write(self, function_code: int, address: int, written: Sequence[int] | Sequence[bool],
-                     current: Sequence[int], start_address: int) -> Any:
+    def decode_write(
+        self,
+        function_code: int,
+        address: int,
+        written: Sequence[int] | Sequence[bool],
+        current: Sequence[int],
+        start_address: int,
+    ) -> Any:
         from pymodbus.constants import ExcCodes
 
         if function_code not in (6, 16, 23):
@@ -313,11 +392,14 @@ class SunSpecMap:
                 hits.append((f"{self.der_id}.p_limit_pct", pct))
             elif name in ("WSet", "WSetEna", "WSetMod") and self.image.storage:
                 enabled = bool(setting(704, "WSetEna"))
-                hits.append((f"{self.der_id}.p_setpoint_kw", float(setting(704, "WSet") or 0.0) / 1e3 if enabled else 0.0))
+                hits.append(
+                    (f"{self.der_id}.p_setpoint_kw", float(setting(704, "WSet") or 0.0) / 1e3 if enabled else 0.0)
+                )
             elif name in ("VarSet", "VarSetEna"):
                 enabled = bool(setting(704, "VarSetEna"))
-                hits.append((f"{self.der_id}.q_setpoint_kvar",
-                             float(setting(704, "VarSet") or 0.0) / 1e3 if enabled else 0.0))
+                hits.append(
+                    (f"{self.der_id}.q_setpoint_kvar", float(setting(704, "VarSet") or 0.0) / 1e3 if enabled else 0.0)
+                )
             del value
         return hits
 
@@ -340,10 +422,18 @@ def sunspec_maps(site: Any, model: Any) -> dict[str, SunSpecMap]:
             raise ValueError(f"simulation.sunspec.{ied_id}: {der_id!r} is not a renewable_energy agent")
         attrs = RenewableEnergyAttributes.model_validate(agent.attributes)
         storage = attrs.energy_capacity_kwh if attrs.resource_type == "battery_storage" else None
-        ratings = DerRatings(attrs.rated_capacity, attrs.rated_apparent_power_kva or attrs.rated_capacity * 1.1,
-                             storage, attrs.max_charge_kw)
-        image = SunSpecImage(ratings, unit_id=ied.unit_id, serial=f"{der_id}-{ied.unit_id:03d}",
-                             model_name=("BESS-" if storage else "PV-") + f"{attrs.rated_capacity:g}kW")
+        ratings = DerRatings(
+            attrs.rated_capacity,
+            attrs.rated_apparent_power_kva or attrs.rated_capacity * 1.1,
+            storage,
+            attrs.max_charge_kw,
+        )
+        image = SunSpecImage(
+            ratings,
+            unit_id=ied.unit_id,
+            serial=f"{der_id}-{ied.unit_id:03d}",
+            model_name=("BESS-" if storage else "PV-") + f"{attrs.rated_capacity:g}kW",
+        )
 
         def values(der: str = der_id) -> dict[str, Any]:
             out_v = dict(model.agent_values(der))

@@ -372,9 +372,7 @@ def _library_path() -> str:
     """The libiec61850 that pyiec61850-ng ships (auditwheel puts it in pyiec61850_ng.libs)."""
     spec = importlib.util.find_spec("pyiec61850")
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError(
-            "pyiec61850-ng is not installed (it ships the libiec61850 shared library)"
-        )
+        raise ImportError("pyiec61850-ng is not installed (it ships the libiec61850 shared library)")
     package_dir = os.path.abspath(next(iter(spec.submodule_search_locations)))
     patterns = [
         os.path.join(os.path.dirname(package_dir), "pyiec61850_ng.libs", "libiec61850*.so*"),

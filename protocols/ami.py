@@ -130,8 +130,9 @@ def decode_batch(payload: bytes | bytearray) -> AmiBatch:
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise AmiPayloadError(f"payload of {len(payload)} bytes is over {MAX_PAYLOAD_BYTES}")
     try:
-        message = msgpack.unpackb(payload, raw=False, strict_map_key=True,
-                                  max_array_len=MAX_METERS_PER_MESSAGE, max_map_len=1024)
+        message = msgpack.unpackb(
+            payload, raw=False, strict_map_key=True, max_array_len=MAX_METERS_PER_MESSAGE, max_map_len=1024
+        )
     except Exception as exc:  # msgpack raises several unrelated types on garbage
         raise AmiPayloadError(f"not msgpack: {type(exc).__name__}: {exc}") from None
     if not isinstance(message, dict):
@@ -181,8 +182,9 @@ def decode_batch(payload: bytes | bytearray) -> AmiBatch:
             raise AmiPayloadError(f"column {name!r}: dtype {dtype} where {expected} is expected")
         itemsize = np.dtype(dtype).itemsize
         if len(data) != n * itemsize:
-            raise AmiPayloadError(f"column {name!r}: {len(data)} bytes for {n} meters of {dtype} "
-                                  f"(expected {n * itemsize})")
+            raise AmiPayloadError(
+                f"column {name!r}: {len(data)} bytes for {n} meters of {dtype} (expected {n * itemsize})"
+            )
         columns[name] = np.frombuffer(data, dtype=np.dtype(dtype)).astype(np.dtype(dtype).newbyteorder("="))
     return AmiBatch(substation_id, concentrator_id, seq, reading_time, interval_s, part, parts, ids, columns)
 
@@ -277,14 +279,17 @@ class AmiSubscriber:
     def send_dr_event(self, event: DrEvent) -> bool:
         """Publish a demand-response event to its concentrator on `[ami] dr_event_topic` (the
         concentrator id in place of `+`); False when the broker is not connected."""
-        return self.publish(dr_wire.topic_for(self.cfg.dr_event_topic, event.concentrator_id),
-                            dr_wire.encode_event(event))
+        return self.publish(
+            dr_wire.topic_for(self.cfg.dr_event_topic, event.concentrator_id), dr_wire.encode_event(event)
+        )
 
-    def on_dr_confirmation(self, confirmed: Callable[[DrConfirmation], None],
-                           refused: Callable[[str, str], None]) -> None:
+    def on_dr_confirmation(
+        self, confirmed: Callable[[DrConfirmation], None], refused: Callable[[str, str], None]
+    ) -> None:
         """Deliver each confirmation arriving on `[ami] dr_confirm_topic` to `confirmed`, and each
         payload that is not one to `refused(topic, why)`; retained messages are old news. Call
         before `run`."""
+
         def deliver(topic: str, payload: bytes, retained: bool) -> None:
             if retained:
                 return
@@ -302,14 +307,14 @@ class AmiSubscriber:
     def _on_connect(self, client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
         if getattr(reason, "is_failure", False):
             self.last_error = f"connect refused: {reason}"
-            self.log.warning("AMI broker %s:%d refused the connection: %s",
-                             self.cfg.broker_host, self.cfg.broker_port, reason)
+            self.log.warning(
+                "AMI broker %s:%d refused the connection: %s", self.cfg.broker_host, self.cfg.broker_port, reason
+            )
             return
         self.connected = True
         self.connects += 1
         client.subscribe([(self.cfg.topic, 1), *((f, 1) for f, _ in self._other)])
-        self.log.info("AMI feed: subscribed to %s on %s:%d", self.cfg.topic, self.cfg.broker_host,
-                      self.cfg.broker_port)
+        self.log.info("AMI feed: subscribed to %s on %s:%d", self.cfg.topic, self.cfg.broker_host, self.cfg.broker_port)
 
     def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
         if self.connected and not self._closed.is_set():
@@ -322,8 +327,9 @@ class AmiSubscriber:
                 loop = self._loop
                 if loop is not None and not loop.is_closed():
                     with contextlib.suppress(RuntimeError):
-                        loop.call_soon_threadsafe(self._deliver_other, callback, msg.topic, bytes(msg.payload),
-                                                  bool(msg.retain))
+                        loop.call_soon_threadsafe(
+                            self._deliver_other, callback, msg.topic, bytes(msg.payload), bool(msg.retain)
+                        )
                 return
         self.messages += 1
         try:
@@ -365,11 +371,17 @@ class AmiSubscriber:
         if last is not None and batch.seq != last + 1:
             if batch.seq > last + 1:
                 self.seq_gaps += batch.seq - last - 1
-                self.log.warning("AMI feed: %s skipped %d message(s) (seq %d after %d)",
-                                 batch.concentrator_id, batch.seq - last - 1, batch.seq, last)
+                self.log.warning(
+                    "AMI feed: %s skipped %d message(s) (seq %d after %d)",
+                    batch.concentrator_id,
+                    batch.seq - last - 1,
+                    batch.seq,
+                    last,
+                )
             else:
-                self.log.info("AMI feed: %s restarted its sequence (seq %d after %d)",
-                              batch.concentrator_id, batch.seq, last)
+                self.log.info(
+                    "AMI feed: %s restarted its sequence (seq %d after %d)", batch.concentrator_id, batch.seq, last
+                )
         self._last_seq[batch.concentrator_id] = batch.seq
         self.batches += 1
         self.readings += len(batch.meter_ids)
@@ -384,8 +396,9 @@ class AmiSubscriber:
             self.sink_errors += 1
             self.log.exception("AMI feed: the sink failed on a batch from %s", batch.concentrator_id)
 
-    def _deliver_other(self, callback: Callable[[str, bytes, bool], None], topic: str, payload: bytes,
-                       retained: bool) -> None:
+    def _deliver_other(
+        self, callback: Callable[[str, bytes, bool], None], topic: str, payload: bytes, retained: bool
+    ) -> None:
         try:
             callback(topic, payload, retained)
         except Exception:

@@ -38,9 +38,7 @@ class WriteQueue:
         self._seq = itertools.count()
         self.wakeup = asyncio.Event()
 
-    def new_item(
-        self, point_id: str, value: float | int | bool, priority: Priority, now: float
-    ) -> QueuedWrite:
+    def new_item(self, point_id: str, value: float | int | bool, priority: Priority, now: float) -> QueuedWrite:
         """A write numbered in this queue's order, whichever path carries it out."""
         future: asyncio.Future[float | None] = asyncio.get_running_loop().create_future()
         return QueuedWrite(int(priority), next(self._seq), point_id, value, future, now)
@@ -115,8 +113,12 @@ class PolledAdapter:
             return
         self._stale_marked = True
         mono, wall = self._clock.monotonic(), self._clock.wall()
-        self._sink([PointUpdate(point_id=p.id, value=None, quality=COMM_FAILURE, receive_monotonic=mono,
-                                receive_time=wall) for p in self.cfg.points])
+        self._sink(
+            [
+                PointUpdate(point_id=p.id, value=None, quality=COMM_FAILURE, receive_monotonic=mono, receive_time=wall)
+                for p in self.cfg.points
+            ]
+        )
 
     def _link_lost(self, why: str) -> None:
         was_online = self.status.state is LinkState.ONLINE

@@ -19,6 +19,8 @@ import msgpack
 from gateway.contract.demand_response import ANSWERS, DrConfirmation, DrEvent, DrPayloadError
 
 FORMAT_VERSION = 1
+
+
 def _finite(x: Any) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
@@ -41,9 +43,15 @@ def _unpack(payload: bytes) -> Mapping[str, Any]:
 
 
 def encode_event(event: DrEvent) -> bytes:
-    body: dict[str, Any] = {"v": FORMAT_VERSION, "event_id": event.event_id, "program": event.program,
-                            "concentrator_id": event.concentrator_id, "start": float(event.start),
-                            "duration_s": float(event.duration_s), "issued_at": float(event.issued_at)}
+    body: dict[str, Any] = {
+        "v": FORMAT_VERSION,
+        "event_id": event.event_id,
+        "program": event.program,
+        "concentrator_id": event.concentrator_id,
+        "start": float(event.start),
+        "duration_s": float(event.duration_s),
+        "issued_at": float(event.issued_at),
+    }
     if event.reduction_pct is not None:
         body["reduction_pct"] = float(event.reduction_pct)
     if event.meters is not None:
@@ -57,20 +65,34 @@ def decode_event(payload: bytes) -> DrEvent:
     if meters is not None and not isinstance(meters, list):
         raise DrPayloadError("meters must be an array of meter ids")
     try:
-        return DrEvent(event_id=data.get("event_id"), program=data.get("program"),  # type: ignore[arg-type]
-                       concentrator_id=data.get("concentrator_id"), start=data.get("start"),  # type: ignore[arg-type]
-                       duration_s=data.get("duration_s"), reduction_pct=data.get("reduction_pct"),  # type: ignore[arg-type]
-                       meters=tuple(meters) if meters is not None else None,
-                       issued_at=float(data.get("issued_at", 0.0)) if _finite(data.get("issued_at", 0.0)) else 0.0)
+        return DrEvent(
+            event_id=data.get("event_id"),  # type: ignore[arg-type]
+            program=data.get("program"),  # type: ignore[arg-type]
+            concentrator_id=data.get("concentrator_id"),  # type: ignore[arg-type]
+            start=data.get("start"),  # type: ignore[arg-type]
+            duration_s=data.get("duration_s"),  # type: ignore[arg-type]
+            reduction_pct=data.get("reduction_pct"),
+            meters=tuple(meters) if meters is not None else None,
+            issued_at=float(data.get("issued_at", 0.0)) if _finite(data.get("issued_at", 0.0)) else 0.0,
+        )
     except TypeError as exc:
         raise DrPayloadError(str(exc)) from None
 
 
 def encode_confirmation(conf: DrConfirmation) -> bytes:
-    return _pack({"v": FORMAT_VERSION, "event_id": conf.event_id, "substation_id": conf.substation_id,
-                  "concentrator_id": conf.concentrator_id, "time": float(conf.time),
-                  "meters": list(conf.meters), "answers": list(conf.answers),
-                  "demand_kw": [float(x) for x in conf.demand_kw], "error": conf.error})
+    return _pack(
+        {
+            "v": FORMAT_VERSION,
+            "event_id": conf.event_id,
+            "substation_id": conf.substation_id,
+            "concentrator_id": conf.concentrator_id,
+            "time": float(conf.time),
+            "meters": list(conf.meters),
+            "answers": list(conf.answers),
+            "demand_kw": [float(x) for x in conf.demand_kw],
+            "error": conf.error,
+        }
+    )
 
 
 def decode_confirmation(payload: bytes) -> DrConfirmation:
@@ -83,12 +105,16 @@ def decode_confirmation(payload: bytes) -> DrConfirmation:
         raise DrPayloadError("demand_kw must hold finite numbers")
     if not _finite(data.get("time")):
         raise DrPayloadError(f"time must be POSIX seconds, found {data.get('time')!r}")
-    return DrConfirmation(event_id=str(data.get("event_id", "")), substation_id=str(data.get("substation_id", "")),
-                          concentrator_id=str(data.get("concentrator_id", "")), time=float(data["time"]),
-                          meters=tuple(str(m) for m in lists["meters"]),  # type: ignore[union-attr]
-                          answers=tuple(str(a) for a in lists["answers"]),  # type: ignore[union-attr]
-                          demand_kw=tuple(float(x) for x in lists["demand_kw"]),  # type: ignore[union-attr]
-                          error=str(data.get("error", "")))
+    return DrConfirmation(
+        event_id=str(data.get("event_id", "")),
+        substation_id=str(data.get("substation_id", "")),
+        concentrator_id=str(data.get("concentrator_id", "")),
+        time=float(data["time"]),
+        meters=tuple(str(m) for m in lists["meters"]),  # type: ignore[union-attr]
+        answers=tuple(str(a) for a in lists["answers"]),  # type: ignore[union-attr]
+        demand_kw=tuple(float(x) for x in lists["demand_kw"]),  # type: ignore[union-attr]
+        error=str(data.get("error", "")),
+    )
 
 
 def topic_for(pattern: str, concentrator_id: str) -> str:

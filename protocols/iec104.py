@@ -53,8 +53,18 @@ HIGH_PRIORITY_QUEUE = 2_048
 
 
 class Iec104Outstation:
-    def __init__(self, cfg: Iec104Config, point_map: PointMap, image: ProcessImage, commands: CommandHandler,
-                 reporter: Reporter, clock: Clock, log: logging.Logger, *, base_dir: Path = Path(".")) -> None:
+    def __init__(
+        self,
+        cfg: Iec104Config,
+        point_map: PointMap,
+        image: ProcessImage,
+        commands: CommandHandler,
+        reporter: Reporter,
+        clock: Clock,
+        log: logging.Logger,
+        *,
+        base_dir: Path = Path("."),
+    ) -> None:
         self.cfg = cfg
         self.map = point_map
         self.image = image
@@ -78,8 +88,16 @@ class Iec104Outstation:
         self.last_error = ""
         self.audit: Callable[[float, str, str, dict[str, Any]], Any] | None = None
         """The event log's append (clock synchronisations are written there)."""
-        self.counters = {"connections": 0, "gi": 0, "ci": 0, "clock_sync": 0, "commands": 0, "refused": 0,
-                         "spontaneous": 0, "queue_full": 0}
+        self.counters = {
+            "connections": 0,
+            "gi": 0,
+            "ci": 0,
+            "clock_sync": 0,
+            "commands": 0,
+            "refused": 0,
+            "spontaneous": 0,
+            "queue_full": 0,
+        }
 
     # ------------------------------------------------------------------ life cycle
 
@@ -96,8 +114,14 @@ class Iec104Outstation:
         lib.CS104_Slave_setLocalPort(s, self.cfg.port)
         lib.CS104_Slave_setMaxOpenConnections(s, self.cfg.max_connections)
         apci = lib.CS104_Slave_getConnectionParameters(s)
-        apci.k, apci.w, apci.t0, apci.t1, apci.t2, apci.t3 = (self.cfg.k, self.cfg.w, self.cfg.t0_s, self.cfg.t1_s,
-                                                              self.cfg.t2_s, self.cfg.t3_s)
+        apci.k, apci.w, apci.t0, apci.t1, apci.t2, apci.t3 = (
+            self.cfg.k,
+            self.cfg.w,
+            self.cfg.t0_s,
+            self.cfg.t1_s,
+            self.cfg.t2_s,
+            self.cfg.t3_s,
+        )
         if self.cfg.redundancy_groups:
             lib.CS104_Slave_setServerMode(s, c.MODE_MULTIPLE_REDUNDANCY_GROUPS)
             for group in self.cfg.redundancy_groups:
@@ -108,15 +132,15 @@ class Iec104Outstation:
         else:
             lib.CS104_Slave_setServerMode(s, c.MODE_CONNECTION_IS_REDUNDANCY_GROUP)
         cb = self._callback
-        lib.CS104_Slave_setConnectionRequestHandler(s, cb("CS104_ConnectionRequestHandler", self._on_request, False),
-                                                    ffi.NULL)
-        lib.CS104_Slave_setConnectionEventHandler(s, cb("CS104_ConnectionEventHandler", self._on_event, None),
-                                                  ffi.NULL)
+        lib.CS104_Slave_setConnectionRequestHandler(
+            s, cb("CS104_ConnectionRequestHandler", self._on_request, False), ffi.NULL
+        )
+        lib.CS104_Slave_setConnectionEventHandler(s, cb("CS104_ConnectionEventHandler", self._on_event, None), ffi.NULL)
         lib.CS104_Slave_setInterrogationHandler(s, cb("CS101_InterrogationHandler", self._on_gi, False), ffi.NULL)
-        lib.CS104_Slave_setCounterInterrogationHandler(s, cb("CS101_CounterInterrogationHandler", self._on_ci, False),
-                                                       ffi.NULL)
-        lib.CS104_Slave_setClockSyncHandler(s, cb("CS101_ClockSynchronizationHandler", self._on_clock, False),
-                                            ffi.NULL)
+        lib.CS104_Slave_setCounterInterrogationHandler(
+            s, cb("CS101_CounterInterrogationHandler", self._on_ci, False), ffi.NULL
+        )
+        lib.CS104_Slave_setClockSyncHandler(s, cb("CS101_ClockSynchronizationHandler", self._on_clock, False), ffi.NULL)
         lib.CS104_Slave_setASDUHandler(s, cb("CS101_ASDUHandler", self._on_asdu, False), ffi.NULL)
         self._al = lib.CS104_Slave_getAppLayerParameters(s)
         await asyncio.to_thread(lib.CS104_Slave_start, s)
@@ -127,10 +151,16 @@ class Iec104Outstation:
         self.state = "listening"
         # only now: lib60870 must not be handed events before its server runs
         self.image.subscribe_all(self._on_point)
-        self.log.info("IEC 104 outstation listening", extra={"bind": self.cfg.bind, "port": self.cfg.port,
-                                                             "common_address": self.map.common_address,
-                                                             "objects": len(self.map.monitored) + len(self.map.commands),
-                                                             "tls": self.cfg.tls is not None})
+        self.log.info(
+            "IEC 104 outstation listening",
+            extra={
+                "bind": self.cfg.bind,
+                "port": self.cfg.port,
+                "common_address": self.map.common_address,
+                "objects": len(self.map.monitored) + len(self.map.commands),
+                "tls": self.cfg.tls is not None,
+            },
+        )
 
     async def close(self) -> None:
         self.image.unsubscribe_all(self._on_point)
@@ -146,9 +176,17 @@ class Iec104Outstation:
         with self._lock:
             masters = sorted(self._connections.values())
             active = sorted(self._connections[k] for k in self._active if k in self._connections)
-        return {"state": self.state, "port": self.cfg.port, "common_address": self.map.common_address,
-                "masters": masters, "active": active, "last_error": self.last_error,
-                "accepted": self.commands.accepted, "refused": self.commands.refused, **self.counters}
+        return {
+            "state": self.state,
+            "port": self.cfg.port,
+            "common_address": self.map.common_address,
+            "masters": masters,
+            "active": active,
+            "last_error": self.last_error,
+            "accepted": self.commands.accepted,
+            "refused": self.commands.refused,
+            **self.counters,
+        }
 
     def _tls_config(self) -> Any:
         tls = self.cfg.tls
@@ -172,11 +210,15 @@ class Iec104Outstation:
 
     def _callback(self, ctype: str, fn: Callable[..., Any], on_error: Any) -> Any:
         """A C callback that never lets an exception reach lib60870's thread (logged, default answer)."""
+
         def onerror(exc_type: Any, exc: Any, tb: Any) -> None:
             self.log.error("IEC 104 handler failed", exc_info=(exc_type, exc, tb))
 
-        handle = self._ffi.callback(ctype, fn, error=on_error, onerror=onerror) if on_error is not None \
+        handle = (
+            self._ffi.callback(ctype, fn, error=on_error, onerror=onerror)
+            if on_error is not None
             else self._ffi.callback(ctype, fn, onerror=onerror)
+        )
         self._callbacks.append(handle)
         return handle
 
@@ -200,9 +242,13 @@ class Iec104Outstation:
     def _on_point(self, point: Point, update: PointUpdate) -> None:
         if self._slave is None or self.state != "listening":
             return
-        sample = self.reporter.on_update(point.point_id, update.value, update.quality,
-                                         update.source_time if update.source_time is not None else update.receive_time,
-                                         self.clock.monotonic())
+        sample = self.reporter.on_update(
+            point.point_id,
+            update.value,
+            update.quality,
+            update.source_time if update.source_time is not None else update.receive_time,
+            self.clock.monotonic(),
+        )
         if sample is None:
             return
         self._pending.append(sample)
@@ -237,9 +283,10 @@ class Iec104Outstation:
             first = group[0]
             limit = by_type.setdefault(first.type_id, objects_per_asdu(first.type_id))
             for start in range(0, len(group), limit):
-                asdu = lib.CS101_ASDU_create(self._al, False, int(cot or first.cot), 0, self.map.common_address,
-                                             False, False)
-                for s in group[start:start + limit]:
+                asdu = lib.CS101_ASDU_create(
+                    self._al, False, int(cot or first.cot), 0, self.map.common_address, False, False
+                )
+                for s in group[start : start + limit]:
                     io = self._object(s, ts, bcr)
                     lib.CS101_ASDU_addInformationObject(asdu, io)
                     lib.InformationObject_destroy(io)
@@ -304,8 +351,12 @@ class Iec104Outstation:
                 self._active.add(key)
             elif event == c.CON_DEACTIVATED:
                 self._active.discard(key)
-        what = {c.CON_OPENED: "opened", c.CON_CLOSED: "closed", c.CON_ACTIVATED: "started (STARTDT)",
-                c.CON_DEACTIVATED: "stopped (STOPDT)"}.get(event, str(event))
+        what = {
+            c.CON_OPENED: "opened",
+            c.CON_CLOSED: "closed",
+            c.CON_ACTIVATED: "started (STARTDT)",
+            c.CON_DEACTIVATED: "stopped (STOPDT)",
+        }.get(event, str(event))
         self.log.info(f"IEC 104 master connection {what}", extra={"peer": peer})
         if event == c.CON_CLOSED and self._loop is not None:
             self._loop.call_soon_threadsafe(self.commands.forget, peer)
@@ -364,7 +415,8 @@ class Iec104Outstation:
         reply = clock_sync(self.cfg.clock_sync, master_ms, self.clock.wall())
         peer = self._peer(connection)
         (self.log.info if reply.accepted else self.log.warning)(
-            "IEC 104 " + reply.message, extra={"peer": peer, "offset_s": round(reply.offset_s, 3)})
+            "IEC 104 " + reply.message, extra={"peer": peer, "offset_s": round(reply.offset_s, 3)}
+        )
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._audit_clock, peer, reply.accepted, reply.offset_s, reply.message)
         lib.IMasterConnection_sendACT_CON(connection, asdu, not reply.accepted)
@@ -372,9 +424,12 @@ class Iec104Outstation:
 
     def _audit_clock(self, peer: str, accepted: bool, offset_s: float, message: str) -> None:
         if self.audit is not None:
-            self.audit(self.clock.wall(), "iec104", "iec104.clock_sync",
-                       {"origin": f"iec104:{peer}", "accepted": accepted, "offset_s": round(offset_s, 3),
-                        "message": message})
+            self.audit(
+                self.clock.wall(),
+                "iec104",
+                "iec104.clock_sync",
+                {"origin": f"iec104:{peer}", "accepted": accepted, "offset_s": round(offset_s, 3), "message": message},
+            )
 
     def _on_asdu(self, _param: Any, connection: Any, asdu: Any) -> bool:
         lib = self._lib
@@ -393,17 +448,31 @@ class Iec104Outstation:
             if type_id in (TypeId.C_DC_NA_1, TypeId.C_DC_TA_1):
                 select, value = bool(lib.DoubleCommand_isSelect(io)), int(lib.DoubleCommand_getState(io))
             else:
-                select, value = bool(lib.SetpointCommandShort_isSelect(io)), float(lib.SetpointCommandShort_getValue(io))
+                select, value = (
+                    bool(lib.SetpointCommandShort_isSelect(io)),
+                    float(lib.SetpointCommandShort_getValue(io)),
+                )
             if type_id in (TypeId.C_DC_TA_1, TypeId.C_SE_TC_1):
-                tag = (lib.DoubleCommandWithCP56Time2a_getTimestamp(io) if type_id == TypeId.C_DC_TA_1
-                       else lib.SetpointCommandShortWithCP56Time2a_getTimestamp(io))
+                tag = (
+                    lib.DoubleCommandWithCP56Time2a_getTimestamp(io)
+                    if type_id == TypeId.C_DC_TA_1
+                    else lib.SetpointCommandShortWithCP56Time2a_getTimestamp(io)
+                )
                 if not lib.CP56Time2a_isInvalid(tag):
                     time_ms = int(lib.CP56Time2a_toMsTimestamp(tag))
         finally:
             lib.InformationObject_destroy(io)
-        request = CommandRequest(type_id=type_id, cot=lib.CS101_ASDU_getCOT(asdu), common_address=lib.CS101_ASDU_getCA(asdu),
-                                 ioa=ioa, select=select, value=value, master=self._peer(connection),
-                                 test=bool(lib.CS101_ASDU_isTest(asdu)), time_ms=time_ms)
+        request = CommandRequest(
+            type_id=type_id,
+            cot=lib.CS101_ASDU_getCOT(asdu),
+            common_address=lib.CS101_ASDU_getCA(asdu),
+            ioa=ioa,
+            select=select,
+            value=value,
+            master=self._peer(connection),
+            test=bool(lib.CS101_ASDU_isTest(asdu)),
+            time_ms=time_ms,
+        )
         try:
             reply = self._in_loop(lambda: self.commands.handle(request, self.clock.wall()))
         except Exception as exc:
@@ -415,9 +484,16 @@ class Iec104Outstation:
             self.counters["refused"] += 1
         (self.log.warning if reply.negative else self.log.info)(
             "IEC 104 command " + ("refused" if reply.negative else "confirmed"),
-            extra={"peer": request.master, "ioa": ioa, "type": type_id, "select": select, "cot": int(reply.cot),
-                   "interlock": reply.refusal.interlock if reply.refusal is not None else None,
-                   "detail": reply.message})
+            extra={
+                "peer": request.master,
+                "ioa": ioa,
+                "type": type_id,
+                "select": select,
+                "cot": int(reply.cot),
+                "interlock": reply.refusal.interlock if reply.refusal is not None else None,
+                "detail": reply.message,
+            },
+        )
         if reply.cot in (Cot.ACTIVATION_CON, Cot.DEACTIVATION_CON):
             lib.CS101_ASDU_setCOT(asdu, int(reply.cot))
             lib.CS101_ASDU_setNegative(asdu, reply.negative)
@@ -429,4 +505,3 @@ class Iec104Outstation:
             lib.CS101_ASDU_setNegative(asdu, True)
             lib.IMasterConnection_sendASDU(connection, asdu)
         return True
-

@@ -271,9 +271,7 @@ class Iec61850Client(PolledAdapter):
 
     protocol = "iec61850"
 
-    def __init__(
-        self, ied_config: Iec61850Ied, sink: Sink, clock: Clock, logger: logging.Logger | None
-    ) -> None:
+    def __init__(self, ied_config: Iec61850Ied, sink: Sink, clock: Clock, logger: logging.Logger | None) -> None:
         self.cfg = ied_config
         self.ied_id = ied_config.id
         self._sink = sink
@@ -334,9 +332,7 @@ class Iec61850Client(PolledAdapter):
         self._loop = asyncio.get_running_loop()
         self._online = asyncio.Event()
         if self._worker is None:
-            self._worker = concurrent.futures.ThreadPoolExecutor(
-                1, thread_name_prefix=f"iec61850-{self.ied_id}"
-            )
+            self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"iec61850-{self.ied_id}")
         watchdog = asyncio.create_task(self._staleness_watchdog(), name=f"{self.ied_id}-watchdog")
         writer = asyncio.create_task(self._write_loop(), name=f"{self.ied_id}-writes")
         backoff = min(self._period, 1.0)
@@ -359,9 +355,7 @@ class Iec61850Client(PolledAdapter):
                 self._online.set()
                 self._last_ok_mono = self._clock.monotonic()
                 self._stale_marked = False
-                self._log.info(
-                    "link up", extra={"ied": self.ied_id, "endpoint": self.status.endpoint}
-                )
+                self._log.info("link up", extra={"ied": self.ied_id, "endpoint": self.status.endpoint})
                 backoff = min(self._period, 1.0)
                 try:
                     await self._poll_forever()
@@ -466,9 +460,7 @@ class Iec61850Client(PolledAdapter):
 
     def _spec(self, session: _Session, ref: str, fc: str) -> Any:
         error = ffi.new("int*")
-        spec = lib.IedConnection_getVariableSpecification(
-            session.con, error, ref.encode(), c.FC[fc]
-        )
+        spec = lib.IedConnection_getVariableSpecification(session.con, error, ref.encode(), c.FC[fc])
         self._check(error, f"type of {ref}[{fc}]")
         session.specs.append(spec)
         return spec
@@ -481,9 +473,7 @@ class Iec61850Client(PolledAdapter):
         dataset_ref = ffi.string(lib.ClientReportControlBlock_getDataSetReference(rcb)).decode()
         dataset_ref = dataset_ref.replace("$", ".")
         deletable = ffi.new("bool*")
-        directory = lib.IedConnection_getDataSetDirectory(
-            con, error, dataset_ref.encode(), deletable
-        )
+        directory = lib.IedConnection_getDataSetDirectory(con, error, dataset_ref.encode(), deletable)
         self._check(error, f"directory of data set {dataset_ref}")
         entries: list[tuple[str, str]] = []
         node = directory.next if directory != ffi.NULL else ffi.NULL
@@ -523,9 +513,7 @@ class Iec61850Client(PolledAdapter):
         rpt_id = ffi.string(rpt_id_c) if rpt_id_c != ffi.NULL else b""
         handler = ffi.callback("void(void*, ClientReport)", self._report_handler(plan, generation))
         session.callbacks.append(handler)
-        lib.IedConnection_installReportHandler(
-            con, rcb_ref.encode(), rpt_id or ffi.NULL, handler, ffi.NULL
-        )
+        lib.IedConnection_installReportHandler(con, rcb_ref.encode(), rpt_id or ffi.NULL, handler, ffi.NULL)
         lib.ClientReportControlBlock_setTrgOps(
             rcb,
             c.TRG_OPT_DATA_CHANGED | c.TRG_OPT_QUALITY_CHANGED | c.TRG_OPT_INTEGRITY | c.TRG_OPT_GI,
@@ -533,20 +521,14 @@ class Iec61850Client(PolledAdapter):
         lib.ClientReportControlBlock_setIntgPd(rcb, self.cfg.poll_period_ms)
         lib.ClientReportControlBlock_setOptFlds(
             rcb,
-            c.RPT_OPT_SEQ_NUM
-            | c.RPT_OPT_TIME_STAMP
-            | c.RPT_OPT_REASON_FOR_INCLUSION
-            | c.RPT_OPT_DATA_SET,
+            c.RPT_OPT_SEQ_NUM | c.RPT_OPT_TIME_STAMP | c.RPT_OPT_REASON_FOR_INCLUSION | c.RPT_OPT_DATA_SET,
         )
         lib.ClientReportControlBlock_setRptEna(rcb, True)
         lib.IedConnection_setRCBValues(
             con,
             error,
             rcb,
-            c.RCB_ELEMENT_TRG_OPS
-            | c.RCB_ELEMENT_INTG_PD
-            | c.RCB_ELEMENT_OPT_FLDS
-            | c.RCB_ELEMENT_RPT_ENA,
+            c.RCB_ELEMENT_TRG_OPS | c.RCB_ELEMENT_INTG_PD | c.RCB_ELEMENT_OPT_FLDS | c.RCB_ELEMENT_RPT_ENA,
             True,
         )
         if error[0] != c.IED_ERROR_OK:
@@ -555,9 +537,7 @@ class Iec61850Client(PolledAdapter):
         lib.ClientReportControlBlock_setGI(rcb, True)
         lib.IedConnection_setRCBValues(con, error, rcb, c.RCB_ELEMENT_GI, True)
         if error[0] != c.IED_ERROR_OK:
-            self._log.warning(
-                "general interrogation refused", extra={"ied": self.ied_id, "rcb": rcb_ref}
-            )
+            self._log.warning("general interrogation refused", extra={"ied": self.ied_id, "rcb": rcb_ref})
         session.report_plans[rcb_ref] = plan
         session.reported.update(ex.point.id for _, extracts in plan for ex in extracts)
 
@@ -583,9 +563,7 @@ class Iec61850Client(PolledAdapter):
                 )
             session.polls.append((ln_ref.encode(), c.FC[fc], spec, extracts))
 
-    def _report_handler(
-        self, plan: list[tuple[int, list[_Extract]]], generation: int
-    ) -> Callable[[Any, Any], None]:
+    def _report_handler(self, plan: list[tuple[int, list[_Extract]]], generation: int) -> Callable[[Any, Any], None]:
         loop = self._loop
 
         def on_report(_param: Any, report: Any) -> None:
@@ -597,11 +575,7 @@ class Iec61850Client(PolledAdapter):
                 size = lib.MmsValue_getArraySize(values)
                 decoded: list[tuple[str, Any, Quality, float | None]] = []
                 for index, extracts in plan:
-                    if (
-                        index >= size
-                        or lib.ClientReport_getReasonForInclusion(report, index)
-                        == c.REASON_NOT_INCLUDED
-                    ):
+                    if index >= size or lib.ClientReport_getReasonForInclusion(report, index) == c.REASON_NOT_INCLUDED:
                         continue
                     element = lib.MmsValue_getElement(values, index)
                     if element == ffi.NULL:
@@ -625,9 +599,7 @@ class Iec61850Client(PolledAdapter):
                 raise _LinkDown("association closed")
             address = next(iter(self._addresses.values()), None)
             if address is not None:
-                value = lib.IedConnection_readObject(
-                    session.con, error, address.value_ref.encode(), c.FC[address.fc]
-                )
+                value = lib.IedConnection_readObject(session.con, error, address.value_ref.encode(), c.FC[address.fc])
                 if value != ffi.NULL:
                     lib.MmsValue_delete(value)
                 if error[0] in c.LINK_ERRORS:
@@ -665,15 +637,11 @@ class Iec61850Client(PolledAdapter):
             try:
                 appl = lib.ControlObjectClient_getLastApplError(client)
                 if loop is not None:
-                    loop.call_soon_threadsafe(
-                        self._terminated, point_id, (appl.ctlNum, appl.error, appl.addCause)
-                    )
+                    loop.call_soon_threadsafe(self._terminated, point_id, (appl.ctlNum, appl.error, appl.addCause))
             except RuntimeError:
                 pass
             except Exception:  # noqa: BLE001 - nothing may escape into libiec61850's thread
-                self._log.exception(
-                    "command termination handling failed", extra={"ied": self.ied_id}
-                )
+                self._log.exception("command termination handling failed", extra={"ied": self.ied_id})
 
         handler = ffi.callback("void(void*, ControlObjectClient)", on_termination)
         session.callbacks.append(handler)
@@ -688,9 +656,7 @@ class Iec61850Client(PolledAdapter):
         if error in c.LINK_ERRORS:
             return _LinkDown(f"{step}: {c.ied_error_name(error)}")
         cause = c.add_cause_name(appl.addCause)
-        return _Refused(
-            f"{step} refused: {cause} (AddCause {appl.addCause}), {c.ied_error_name(error)}"
-        )
+        return _Refused(f"{step} refused: {cause} (AddCause {appl.addCause}), {c.ied_error_name(error)}")
 
     def _operate_blocking(
         self, session: _Session, address: PointAddress, value: bool
@@ -728,9 +694,7 @@ class Iec61850Client(PolledAdapter):
             if now >= next_poll:
                 missed = int((now - next_poll) / self._period)
                 if missed:
-                    self.status.extra["skipped_cycles"] = (
-                        self.status.extra.get("skipped_cycles", 0) + missed
-                    )
+                    self.status.extra["skipped_cycles"] = self.status.extra.get("skipped_cycles", 0) + missed
                 next_poll += (missed + 1) * self._period
                 await self._poll_once()
                 continue
@@ -751,9 +715,7 @@ class Iec61850Client(PolledAdapter):
         if decoded:
             self._sink(self._updates(decoded))
 
-    def _updates(
-        self, decoded: Sequence[tuple[str, Any, Quality, float | None]]
-    ) -> list[PointUpdate]:
+    def _updates(self, decoded: Sequence[tuple[str, Any, Quality, float | None]]) -> list[PointUpdate]:
         mono, wall = self._clock.monotonic(), self._clock.wall()
         return [
             PointUpdate(
@@ -767,9 +729,7 @@ class Iec61850Client(PolledAdapter):
             for pid, value, quality, source_time in decoded
         ]
 
-    def _apply_report(
-        self, generation: int, decoded: list[tuple[str, Any, Quality, float | None]]
-    ) -> None:
+    def _apply_report(self, generation: int, decoded: list[tuple[str, Any, Quality, float | None]]) -> None:
         if generation != self._link_generation or self._closing:
             return  # a late report of a dropped association
         self.status.extra["reports"] += 1
@@ -815,16 +775,12 @@ class Iec61850Client(PolledAdapter):
             except _Refused as exc:
                 raise CommandError(f"{self.ied_id}: {point_id} {exc}") from None
             except _LinkDown as exc:
-                raise CommandError(
-                    f"{self.ied_id}: {point_id} not operated, link down: {exc}"
-                ) from None
+                raise CommandError(f"{self.ied_id}: {point_id} not operated, link down: {exc}") from None
             if model in (c.CDC_CTL_MODEL_SBO_ENHANCED, c.CDC_CTL_MODEL_DIRECT_ENHANCED):
                 try:
                     appl = await asyncio.wait_for(termination, timeout=max(self._timeout, 1.0) * 5)
                 except TimeoutError:
-                    raise CommandError(
-                        f"{self.ied_id}: {point_id} operated, no CommandTermination"
-                    ) from None
+                    raise CommandError(f"{self.ied_id}: {point_id} operated, no CommandTermination") from None
                 except _LinkDown as exc:
                     raise CommandError(f"{self.ied_id}: {point_id} {exc}") from None
                 if appl != before and appl[1] != 0:

@@ -32,22 +32,101 @@ from protocols.scl import (
 
 ffi, lib = c.ffi, c.lib
 BROWSED_FCS = ("ST", "MX", "CO", "CF", "SP", "DC")
-DATA_ATTRIBUTE_ROOTS = frozenset({
-    "stVal", "q", "t", "mag", "cVal", "instMag", "instCVal", "ang", "range", "units", "db", "zeroDb", "sVC",
-    "rangeC", "smpRate", "general", "dirGeneral", "phsA", "phsB", "phsC", "neut", "ctlModel", "sboTimeout",
-    "sboClass", "operTimeout", "Oper", "SBO", "SBOw", "Cancel", "origin", "ctlNum", "stSeld", "opRcvd", "opOk",
-    "tOpOk", "ctlVal", "setMag", "setVal", "minVal", "maxVal", "stepSize", "vendor", "swRev", "d", "dU",
-    "configRev", "ldNs", "lnNs", "cdcNs", "cdcName", "dataNs", "hwRev", "serNum", "model", "location",
-    "actVal", "frVal", "frTm", "pulsQty", "frEna", "strTm", "frPd", "frRs", "valWTr", "mxVal", "subVal", "subQ",
-    "subEna", "subID", "blkEna", "angRef", "phsAB", "phsBC", "phsCA", "res", "net", "seqT",
-})
+DATA_ATTRIBUTE_ROOTS = frozenset(
+    {
+        "stVal",
+        "q",
+        "t",
+        "mag",
+        "cVal",
+        "instMag",
+        "instCVal",
+        "ang",
+        "range",
+        "units",
+        "db",
+        "zeroDb",
+        "sVC",
+        "rangeC",
+        "smpRate",
+        "general",
+        "dirGeneral",
+        "phsA",
+        "phsB",
+        "phsC",
+        "neut",
+        "ctlModel",
+        "sboTimeout",
+        "sboClass",
+        "operTimeout",
+        "Oper",
+        "SBO",
+        "SBOw",
+        "Cancel",
+        "origin",
+        "ctlNum",
+        "stSeld",
+        "opRcvd",
+        "opOk",
+        "tOpOk",
+        "ctlVal",
+        "setMag",
+        "setVal",
+        "minVal",
+        "maxVal",
+        "stepSize",
+        "vendor",
+        "swRev",
+        "d",
+        "dU",
+        "configRev",
+        "ldNs",
+        "lnNs",
+        "cdcNs",
+        "cdcName",
+        "dataNs",
+        "hwRev",
+        "serNum",
+        "model",
+        "location",
+        "actVal",
+        "frVal",
+        "frTm",
+        "pulsQty",
+        "frEna",
+        "strTm",
+        "frPd",
+        "frRs",
+        "valWTr",
+        "mxVal",
+        "subVal",
+        "subQ",
+        "subEna",
+        "subID",
+        "blkEna",
+        "angRef",
+        "phsAB",
+        "phsBC",
+        "phsCA",
+        "res",
+        "net",
+        "seqT",
+    }
+)
 """Names that are data attributes of the common data classes (IEC 61850-7-3). WYE/DEL children
 phsA... are SDOs of their own CMV type but, under ACD/ACT (Str, Op), attributes: an element named
 so with children of its own is taken as a sub data object."""
 
-_MMS_BTYPE = {c.MMS_BOOLEAN: "BOOLEAN", c.MMS_INTEGER: "INT32", c.MMS_UNSIGNED: "INT32U", c.MMS_FLOAT: "FLOAT32",
-              c.MMS_UTC_TIME: "Timestamp", c.MMS_OCTET_STRING: "Octet64", c.MMS_VISIBLE_STRING: "VisString255",
-              c.MMS_STRING: "Unicode255"}
+_MMS_BTYPE = {
+    c.MMS_BOOLEAN: "BOOLEAN",
+    c.MMS_INTEGER: "INT32",
+    c.MMS_UNSIGNED: "INT32U",
+    c.MMS_FLOAT: "FLOAT32",
+    c.MMS_UTC_TIME: "Timestamp",
+    c.MMS_OCTET_STRING: "Octet64",
+    c.MMS_VISIBLE_STRING: "VisString255",
+    c.MMS_STRING: "Unicode255",
+}
 
 
 class BrowseError(Exception):
@@ -72,37 +151,91 @@ class Browse:
     def to_dict(self) -> dict[str, Any]:
         ied = self.ied
         return {
-            "host": self.host, "port": self.port, "requests": self.requests, "duration_s": self.duration_s,
-            "stopped": self.stopped, "refusals": self.refusals,
-            "logical_devices": [] if ied is None else [{
-                "name": ld.name, "logical_nodes": [{
-                    "name": ln.name,
-                    "data_objects": [{"name": do.name, "cdc": do.cdc or None, "ctl_model": do.ctl_model,
-                                      "attributes": [f"{a.path}[{a.fc}] {a.btype}" for a in do.attributes]}
-                                     for do in ln.data_objects],
-                    "data_sets": [{"name": ds.name, "members": [
-                        f"{m.ld_inst}/{m.ln_name}.{m.do_name}{'.' + m.da_name if m.da_name else ''}[{m.fc}]"
-                        for m in ds.members]} for ds in ln.data_sets],
-                    "report_control_blocks": [{
-                        "name": r.name, "buffered": r.buffered, "data_set": r.dataset, "rpt_id": r.rpt_id,
-                        "intg_pd_ms": r.intg_pd_ms, "buf_time_ms": r.buf_time_ms, "conf_rev": r.conf_rev,
-                        "trigger_options": sorted(r.trigger_options), "optional_fields": sorted(r.optional_fields)}
-                        for r in ln.report_controls],
-                } for ln in ld.logical_nodes]} for ld in ied.logical_devices],
+            "host": self.host,
+            "port": self.port,
+            "requests": self.requests,
+            "duration_s": self.duration_s,
+            "stopped": self.stopped,
+            "refusals": self.refusals,
+            "logical_devices": []
+            if ied is None
+            else [
+                {
+                    "name": ld.name,
+                    "logical_nodes": [
+                        {
+                            "name": ln.name,
+                            "data_objects": [
+                                {
+                                    "name": do.name,
+                                    "cdc": do.cdc or None,
+                                    "ctl_model": do.ctl_model,
+                                    "attributes": [f"{a.path}[{a.fc}] {a.btype}" for a in do.attributes],
+                                }
+                                for do in ln.data_objects
+                            ],
+                            "data_sets": [
+                                {
+                                    "name": ds.name,
+                                    "members": [
+                                        f"{m.ld_inst}/{m.ln_name}.{m.do_name}{'.' + m.da_name if m.da_name else ''}[{m.fc}]"
+                                        for m in ds.members
+                                    ],
+                                }
+                                for ds in ln.data_sets
+                            ],
+                            "report_control_blocks": [
+                                {
+                                    "name": r.name,
+                                    "buffered": r.buffered,
+                                    "data_set": r.dataset,
+                                    "rpt_id": r.rpt_id,
+                                    "intg_pd_ms": r.intg_pd_ms,
+                                    "buf_time_ms": r.buf_time_ms,
+                                    "conf_rev": r.conf_rev,
+                                    "trigger_options": sorted(r.trigger_options),
+                                    "optional_fields": sorted(r.optional_fields),
+                                }
+                                for r in ln.report_controls
+                            ],
+                        }
+                        for ln in ld.logical_nodes
+                    ],
+                }
+                for ld in ied.logical_devices
+            ],
         }
 
 
-_TRG = (("dchg", c.TRG_OPT_DATA_CHANGED), ("qchg", c.TRG_OPT_QUALITY_CHANGED), ("dupd", c.TRG_OPT_DATA_UPDATE),
-        ("period", c.TRG_OPT_INTEGRITY), ("gi", c.TRG_OPT_GI))
-_OPT = (("seqNum", c.RPT_OPT_SEQ_NUM), ("timeStamp", c.RPT_OPT_TIME_STAMP),
-        ("reasonCode", c.RPT_OPT_REASON_FOR_INCLUSION), ("dataSet", c.RPT_OPT_DATA_SET),
-        ("dataRef", c.RPT_OPT_DATA_REFERENCE), ("bufOvfl", c.RPT_OPT_BUFFER_OVERFLOW),
-        ("entryID", c.RPT_OPT_ENTRY_ID), ("configRef", c.RPT_OPT_CONF_REV))
+_TRG = (
+    ("dchg", c.TRG_OPT_DATA_CHANGED),
+    ("qchg", c.TRG_OPT_QUALITY_CHANGED),
+    ("dupd", c.TRG_OPT_DATA_UPDATE),
+    ("period", c.TRG_OPT_INTEGRITY),
+    ("gi", c.TRG_OPT_GI),
+)
+_OPT = (
+    ("seqNum", c.RPT_OPT_SEQ_NUM),
+    ("timeStamp", c.RPT_OPT_TIME_STAMP),
+    ("reasonCode", c.RPT_OPT_REASON_FOR_INCLUSION),
+    ("dataSet", c.RPT_OPT_DATA_SET),
+    ("dataRef", c.RPT_OPT_DATA_REFERENCE),
+    ("bufOvfl", c.RPT_OPT_BUFFER_OVERFLOW),
+    ("entryID", c.RPT_OPT_ENTRY_ID),
+    ("configRef", c.RPT_OPT_CONF_REV),
+)
 
 
 class Iec61850Browser:
-    def __init__(self, host: str, port: int = 102, *, timeout_s: float = 2.0, deadline_s: float = 120.0,
-                 max_requests: int = 20_000) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int = 102,
+        *,
+        timeout_s: float = 2.0,
+        deadline_s: float = 120.0,
+        max_requests: int = 20_000,
+    ) -> None:
         if not 0 < timeout_s <= 60 or not 0 < deadline_s <= 3600 or max_requests < 1:
             raise BrowseError("timeout 0..60 s, deadline up to an hour, a request budget of 1 at least")
         self.result = Browse(host, port)
@@ -124,14 +257,18 @@ class Iec61850Browser:
                 self.result.stopped = None
                 first_request = self.result.requests
                 lds = self._browse_once()
-                lost_at_once = (self.result.stopped or "").startswith("association lost") and not lds \
+                lost_at_once = (
+                    (self.result.stopped or "").startswith("association lost")
+                    and not lds
                     and self.result.requests - first_request <= 1
+                )
                 if not lost_at_once or attempt == self.ASSOCIATION_ATTEMPTS - 1:
                     break
                 time.sleep(0.1 * (attempt + 1))
             ied_name = _common_prefix([ld.name for ld in lds])
-            self.result.ied = SclIed(name=ied_name, access_point="", logical_devices=tuple(lds),
-                                     ip=self.result.host, port=self.result.port)
+            self.result.ied = SclIed(
+                name=ied_name, access_point="", logical_devices=tuple(lds), ip=self.result.host, port=self.result.port
+            )
         finally:
             self.result.duration_s = time.monotonic() - started
         return self.result
@@ -149,8 +286,9 @@ class Iec61850Browser:
         try:
             lib.IedConnection_connect(con, error, self.result.host.encode(), self.result.port)
             if error[0] != c.IED_ERROR_OK:
-                raise BrowseError(f"cannot associate with {self.result.host}:{self.result.port}: "
-                                  f"{c.ied_error_name(error[0])}")
+                raise BrowseError(
+                    f"cannot associate with {self.result.host}:{self.result.port}: {c.ied_error_name(error[0])}"
+                )
             try:
                 for ld_name in self._names(lib.IedConnection_getLogicalDeviceList, "server directory"):
                     lds.append(self._ld(ld_name))
@@ -203,8 +341,9 @@ class Iec61850Browser:
 
     def _ld(self, ld_name: str) -> LogicalDevice:
         lns = []
-        for ln_name in self._names(lib.IedConnection_getLogicalDeviceDirectory, f"directory of {ld_name}",
-                                   ld_name.encode()):
+        for ln_name in self._names(
+            lib.IedConnection_getLogicalDeviceDirectory, f"directory of {ld_name}", ld_name.encode()
+        ):
             lns.append(self._ln(ld_name, ln_name))
         return LogicalDevice(inst=ld_name, name=ld_name, logical_nodes=tuple(lns))
 
@@ -235,20 +374,33 @@ class Iec61850Browser:
             if any(a.path == "ctlModel" and a.fc == "CF" for a in attrs):
                 ctl_model = self._ctl_model(f"{ln_ref}.{do_path}")
             data_objects.append(DataObject(name=do_path, cdc="", attributes=attrs, ctl_model=ctl_model))
-        data_sets = tuple(self._dataset(ln_ref, name) for name in self._names(
-            lib.IedConnection_getLogicalNodeDirectory, f"data sets of {ln_ref}", ln_ref.encode(),
-            c.ACSI_CLASS_DATA_SET))
+        data_sets = tuple(
+            self._dataset(ln_ref, name)
+            for name in self._names(
+                lib.IedConnection_getLogicalNodeDirectory,
+                f"data sets of {ln_ref}",
+                ln_ref.encode(),
+                c.ACSI_CLASS_DATA_SET,
+            )
+        )
         rcbs = []
         for acsi, kind in ((c.ACSI_CLASS_BRCB, "BR"), (c.ACSI_CLASS_URCB, "RP")):
-            for name in self._names(lib.IedConnection_getLogicalNodeDirectory, f"{kind} blocks of {ln_ref}",
-                                    ln_ref.encode(), acsi):
+            for name in self._names(
+                lib.IedConnection_getLogicalNodeDirectory, f"{kind} blocks of {ln_ref}", ln_ref.encode(), acsi
+            ):
                 rcb = self._rcb(f"{ln_ref}.{kind}.{name}", name, kind == "BR")
                 if rcb is not None:
                     rcbs.append(rcb)
         prefix_class_inst = _split_ln(ln_name)
-        return LogicalNode(prefix=prefix_class_inst[0], ln_class=prefix_class_inst[1], inst=prefix_class_inst[2],
-                           ln_type="", data_objects=tuple(data_objects), data_sets=data_sets,
-                           report_controls=tuple(rcbs))
+        return LogicalNode(
+            prefix=prefix_class_inst[0],
+            ln_class=prefix_class_inst[1],
+            inst=prefix_class_inst[2],
+            ln_type="",
+            data_objects=tuple(data_objects),
+            data_sets=data_sets,
+            report_controls=tuple(rcbs),
+        )
 
     def _ctl_model(self, do_ref: str) -> str | None:
         self._count()
@@ -259,8 +411,9 @@ class Iec61850Browser:
                 return None
             kind = lib.MmsValue_getType(value)
             if kind == c.MMS_DATA_ACCESS_ERROR:
-                self.result.refusals.append(f"read {do_ref}.ctlModel[CF]: data access error "
-                                            f"{lib.MmsValue_getDataAccessError(value)}")
+                self.result.refusals.append(
+                    f"read {do_ref}.ctlModel[CF]: data access error {lib.MmsValue_getDataAccessError(value)}"
+                )
                 return None
             if kind not in (c.MMS_INTEGER, c.MMS_UNSIGNED):
                 return None
@@ -303,13 +456,18 @@ class Iec61850Browser:
             trg = lib.ClientReportControlBlock_getTrgOps(rcb)
             opt = lib.ClientReportControlBlock_getOptFlds(rcb)
             return ReportControl(
-                name=name, buffered=buffered, rpt_id=ffi.string(rpt).decode(errors="replace") if rpt != ffi.NULL
-                else "", dataset=ds_ref.rpartition(".")[2] if ds_ref else "",
+                name=name,
+                buffered=buffered,
+                rpt_id=ffi.string(rpt).decode(errors="replace") if rpt != ffi.NULL else "",
+                dataset=ds_ref.rpartition(".")[2] if ds_ref else "",
                 conf_rev=int(lib.ClientReportControlBlock_getConfRev(rcb)),
                 intg_pd_ms=int(lib.ClientReportControlBlock_getIntgPd(rcb)),
                 buf_time_ms=int(lib.ClientReportControlBlock_getBufTm(rcb)),
                 trigger_options=frozenset(n for n, bit in _TRG if trg & bit),
-                optional_fields=frozenset(n for n, bit in _OPT if opt & bit), indexed=False, max_clients=1)
+                optional_fields=frozenset(n for n, bit in _OPT if opt & bit),
+                indexed=False,
+                max_clients=1,
+            )
         finally:
             if rcb != ffi.NULL:
                 lib.ClientReportControlBlock_destroy(rcb)
@@ -329,18 +487,31 @@ def _leaves(spec: Any) -> list[tuple[str, str, str]]:
                 if child == ffi.NULL:
                     continue
                 raw = lib.MmsVariableSpecification_getName(child)
-                walk(child, [*names, ffi.string(raw).decode(errors="replace") if raw != ffi.NULL else f"[{k}]"],
-                     depth + 1)
+                walk(
+                    child,
+                    [*names, ffi.string(raw).decode(errors="replace") if raw != ffi.NULL else f"[{k}]"],
+                    depth + 1,
+                )
             return
         if kind == c.MMS_BIT_STRING:
             bits = abs(lib.MmsVariableSpecification_getSize(node))
             btype = "Dbpos" if bits == 2 else "Quality" if bits == 13 else f"BitString{bits}"
         else:
             btype = _MMS_BTYPE.get(kind, f"MMS{kind}")
-        split = next((k for k, n in enumerate(names) if k > 0 and n in DATA_ATTRIBUTE_ROOTS and not (
-            n in ("phsA", "phsB", "phsC", "neut", "res", "net", "phsAB", "phsBC", "phsCA") and k + 1 < len(names)
-            and names[k + 1] in ("cVal", "instCVal", "q", "t", "units", "db", "range", "rangeC", "zeroDb"))),
-            len(names) - 1)
+        split = next(
+            (
+                k
+                for k, n in enumerate(names)
+                if k > 0
+                and n in DATA_ATTRIBUTE_ROOTS
+                and not (
+                    n in ("phsA", "phsB", "phsC", "neut", "res", "net", "phsAB", "phsBC", "phsCA")
+                    and k + 1 < len(names)
+                    and names[k + 1] in ("cVal", "instCVal", "q", "t", "units", "db", "range", "rangeC", "zeroDb")
+                )
+            ),
+            len(names) - 1,
+        )
         out.append((".".join(names[:split]), ".".join(names[split:]), btype))
 
     walk(spec, [], 0)
@@ -358,10 +529,23 @@ def _member(entry: str) -> DataSetMember | None:
     ln, _, path = rest.partition(".")
     prefix, cls, inst = _split_ln(ln)
     names = path.split(".") if path else []
-    split = next((k for k, n in enumerate(names) if k > 0 and n in DATA_ATTRIBUTE_ROOTS
-                  and n not in ("phsA", "phsB", "phsC", "neut")), len(names))
-    return DataSetMember(ld_inst=ld, prefix=prefix, ln_class=cls, ln_inst=inst, do_name=".".join(names[:split]),
-                         da_name=".".join(names[split:]), fc=fc)
+    split = next(
+        (
+            k
+            for k, n in enumerate(names)
+            if k > 0 and n in DATA_ATTRIBUTE_ROOTS and n not in ("phsA", "phsB", "phsC", "neut")
+        ),
+        len(names),
+    )
+    return DataSetMember(
+        ld_inst=ld,
+        prefix=prefix,
+        ln_class=cls,
+        ln_inst=inst,
+        do_name=".".join(names[:split]),
+        da_name=".".join(names[split:]),
+        fc=fc,
+    )
 
 
 def _split_ln(name: str) -> tuple[str, str, str]:

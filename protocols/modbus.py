@@ -106,15 +106,11 @@ def encode_value(value: float | int | bool, point: ModbusPoint) -> list[int]:
         raise EncodingError(f"{point.id}: value {value!r} is not a finite number")
     raw = (float(value) - point.offset) / point.scale
     if point.type is DataType.FLOAT32:
-        return ModbusClientMixin.convert_to_registers(
-            float(raw), _DT.FLOAT32, word_order=point.word_order.value
-        )
+        return ModbusClientMixin.convert_to_registers(float(raw), _DT.FLOAT32, word_order=point.word_order.value)
     as_int = round(raw)
     low, high = _INT_LIMITS[point.type]
     if not low <= as_int <= high:
-        raise EncodingError(
-            f"{point.id}: value {value!r} is raw {as_int}, outside {point.type.value} [{low}, {high}]"
-        )
+        raise EncodingError(f"{point.id}: value {value!r} is raw {as_int}, outside {point.type.value} [{low}, {high}]")
     return ModbusClientMixin.convert_to_registers(
         as_int, _PYMODBUS_TYPES[point.type], word_order=point.word_order.value
     )
@@ -197,8 +193,12 @@ class Block:
         object.__setattr__(self, "slots", slots)
         object.__setattr__(self, "point_ids", tuple(p.id for p in self.points))
         kinds = {p.type for p in self.points}
-        if (not bit and len(kinds) == 1 and kinds <= {DataType.UINT16, DataType.INT16}
-                and all(not s.scaled and not s.binary and s.point.valid_range is None for s in slots)):
+        if (
+            not bit
+            and len(kinds) == 1
+            and kinds <= {DataType.UINT16, DataType.INT16}
+            and all(not s.scaled and not s.binary and s.point.valid_range is None for s in slots)
+        ):
             object.__setattr__(self, "plain16", numpy.array([s.offset for s in slots], dtype=numpy.intp))
             object.__setattr__(self, "signed16", DataType.INT16 in kinds)
 
@@ -340,9 +340,7 @@ class _SerialLine:
 class _ModbusMaster(PolledAdapter):
     protocol = "modbus"
 
-    def __init__(
-        self, cfg: ModbusTcpIed | ModbusRtuIed, sink: Sink, clock: Clock, logger: logging.Logger
-    ) -> None:
+    def __init__(self, cfg: ModbusTcpIed | ModbusRtuIed, sink: Sink, clock: Clock, logger: logging.Logger) -> None:
         self.cfg = cfg
         self.ied_id = cfg.id
         self._sink = sink
@@ -481,11 +479,11 @@ class _ModbusMaster(PolledAdapter):
             mono, wall = self._clock.monotonic(), self._clock.wall()
             if result.isError():
                 code = getattr(result, "exception_code", "?")
-                self._log.warning(
-                    "exception response", extra={"ied": self.ied_id, "block": block.start, "code": code}
-                )
+                self._log.warning("exception response", extra={"ied": self.ied_id, "block": block.start, "code": code})
                 self.status.poll_errors += 1
-                self.status.last_error = f"exception code {code} reading {block.function.value} {block.start}+{block.count}"
+                self.status.last_error = (
+                    f"exception code {code} reading {block.function.value} {block.start}+{block.count}"
+                )
                 self._sink(self._mark(block.points, DEVICE_EXCEPTION, mono, wall))
                 continue
             bit = block.function in (RegisterFunction.COIL, RegisterFunction.DISCRETE)
@@ -633,8 +631,9 @@ class _PollLink(ModbusClientMixin[Awaitable[ModbusPDU]], asyncio.Protocol):
             if waiting[2].done():
                 continue
             if (pdu.function_code & 0x7F) != waiting[1]:
-                waiting[2].set_exception(ModbusException(
-                    f"answer with function code {pdu.function_code} to a request with {waiting[1]}"))
+                waiting[2].set_exception(
+                    ModbusException(f"answer with function code {pdu.function_code} to a request with {waiting[1]}")
+                )
             else:
                 waiting[2].set_result(pdu)
 
@@ -694,8 +693,14 @@ class _CommandLink:
     queued behind it go back to the polling link.
     """
 
-    def __init__(self, owner: CommandLinkOwner, sock: socket.socket, loop: asyncio.AbstractEventLoop,
-                 clock: Clock, timeout_s: float) -> None:
+    def __init__(
+        self,
+        owner: CommandLinkOwner,
+        sock: socket.socket,
+        loop: asyncio.AbstractEventLoop,
+        clock: Clock,
+        timeout_s: float,
+    ) -> None:
         self._owner = owner
         self._clock = clock
         self._timeout_s = timeout_s
@@ -885,14 +890,24 @@ class ModbusTcpMaster(_ModbusMaster):
             item.future.set_exception(CommandError(error))
             return
         self.status.writes += 1
-        self._log.info("write done", extra={"ied": self.ied_id, "point": item.point_id, "value": item.value,
-                                            "priority": item.priority, "link": "command"})
+        self._log.info(
+            "write done",
+            extra={
+                "ied": self.ied_id,
+                "point": item.point_id,
+                "value": item.value,
+                "priority": item.priority,
+                "link": "command",
+            },
+        )
         item.future.set_result(sent_monotonic)
 
     def command_link_lost(self, items: list[QueuedWrite], why: str) -> None:
         """The command link failed: its writes go over the polling link, and it opens again later."""
-        self._log.warning("command link lost; writes go over the polling link",
-                          extra={"ied": self.ied_id, "reason": why, "handed_back": len(items)})
+        self._log.warning(
+            "command link lost; writes go over the polling link",
+            extra={"ied": self.ied_id, "reason": why, "handed_back": len(items)},
+        )
         self.status.extra["command_link"] = False
         self._cmd_retry_at = self._clock.monotonic() + self.COMMAND_LINK_RETRY_S
         link, self._cmd = self._cmd, None
@@ -911,8 +926,10 @@ class ModbusTcpMaster(_ModbusMaster):
             self._cmd_retry_at = self._clock.monotonic() + self.COMMAND_LINK_RETRY_S
             if not self._single_link_logged:
                 self._single_link_logged = True
-                self._log.info("IED takes one connection: writes share the polling link",
-                               extra={"ied": self.ied_id, "reason": str(exc)})
+                self._log.info(
+                    "IED takes one connection: writes share the polling link",
+                    extra={"ied": self.ied_id, "reason": str(exc)},
+                )
             return
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._cmd = _CommandLink(self, sock, asyncio.get_running_loop(), self._clock, self._timeout)
@@ -922,9 +939,13 @@ class ModbusTcpMaster(_ModbusMaster):
 
     def _after_poll(self) -> None:
         """Open the command link again some time after it was lost, without holding up polls."""
-        if (self._cmd is not None or self._cmd_retry_at is None or self._closing
-                or self._clock.monotonic() < self._cmd_retry_at
-                or (self._cmd_opening is not None and not self._cmd_opening.done())):
+        if (
+            self._cmd is not None
+            or self._cmd_retry_at is None
+            or self._closing
+            or self._clock.monotonic() < self._cmd_retry_at
+            or (self._cmd_opening is not None and not self._cmd_opening.done())
+        ):
             return
         self._cmd_retry_at = self._clock.monotonic() + self.COMMAND_LINK_RETRY_S
         self._cmd_opening = asyncio.get_running_loop().create_task(self._open_command_link())

@@ -27,9 +27,17 @@ from pymodbus.exceptions import ModbusException
 
 TABLES = (("coil", 1, 2000), ("discrete", 2, 2000), ("holding", 3, 125), ("input", 4, 125))
 """(table, read function code, most items one request may read)."""
-EXCEPTION_NAMES = {1: "illegal function", 2: "illegal data address", 3: "illegal data value",
-                   4: "device failure", 5: "acknowledge", 6: "device busy", 8: "memory parity error",
-                   10: "gateway path unavailable", 11: "gateway target failed to respond"}
+EXCEPTION_NAMES = {
+    1: "illegal function",
+    2: "illegal data address",
+    3: "illegal data value",
+    4: "device failure",
+    5: "acknowledge",
+    6: "device busy",
+    8: "memory parity error",
+    10: "gateway path unavailable",
+    11: "gateway target failed to respond",
+}
 GATEWAY_ABSENT = frozenset({10, 11})
 
 
@@ -72,10 +80,14 @@ class TableResult:
     values: dict[int, int | bool] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"table": self.table, "function_code": self.function_code, "supported": self.supported,
-                "ranges": [[a, b - 1] for a, b in self.ranges],
-                "exceptions": {f"{c} ({EXCEPTION_NAMES.get(c, '?')})": n for c, n in sorted(self.exceptions.items())},
-                **({"values": {str(k): v for k, v in sorted(self.values.items())}} if self.values else {})}
+        return {
+            "table": self.table,
+            "function_code": self.function_code,
+            "supported": self.supported,
+            "ranges": [[a, b - 1] for a, b in self.ranges],
+            "exceptions": {f"{c} ({EXCEPTION_NAMES.get(c, '?')})": n for c, n in sorted(self.exceptions.items())},
+            **({"values": {str(k): v for k, v in sorted(self.values.items())}} if self.values else {}),
+        }
 
 
 @dataclass
@@ -87,8 +99,13 @@ class UnitResult:
     identification: dict[str, str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"unit_id": self.unit_id, "alive": self.alive, "answer": self.answer,
-                "identification": self.identification, "tables": [t.to_dict() for t in self.tables]}
+        return {
+            "unit_id": self.unit_id,
+            "alive": self.alive,
+            "answer": self.answer,
+            "identification": self.identification,
+            "tables": [t.to_dict() for t in self.tables],
+        }
 
 
 @dataclass
@@ -104,10 +121,19 @@ class ModbusScan:
 
     def to_dict(self) -> dict[str, Any]:
         s = self.settings
-        return {"host": self.host, "port": self.port, "requests": self.requests, "duration_s": self.duration_s,
-                "stopped": self.stopped, "rate_per_s": s.rate_per_s, "stride": s.stride,
-                "max_address": s.max_address, "units_probed": list(s.units),
-                "live_units": [u.unit_id for u in self.units if u.alive], "units": [u.to_dict() for u in self.units]}
+        return {
+            "host": self.host,
+            "port": self.port,
+            "requests": self.requests,
+            "duration_s": self.duration_s,
+            "stopped": self.stopped,
+            "rate_per_s": s.rate_per_s,
+            "stride": s.stride,
+            "max_address": s.max_address,
+            "units_probed": list(s.units),
+            "live_units": [u.unit_id for u in self.units if u.alive],
+            "units": [u.to_dict() for u in self.units],
+        }
 
 
 class _Stop(Exception):
@@ -131,8 +157,9 @@ class _Answer:
 class ModbusScanner:
     """One scan over one TCP connection (`run()`); every request passes `_request`."""
 
-    def __init__(self, host: str, port: int, settings: ModbusScanSettings,
-                 progress: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self, host: str, port: int, settings: ModbusScanSettings, progress: Callable[[str], None] | None = None
+    ) -> None:
         self.result = ModbusScan(host, port, settings)
         self.settings = settings
         self._progress = progress or (lambda _m: None)
@@ -143,8 +170,9 @@ class ModbusScanner:
     async def run(self) -> ModbusScan:
         started = time.monotonic()
         self._deadline = started + self.settings.deadline_s
-        self._client = AsyncModbusTcpClient(self.result.host, port=self.result.port, timeout=self.settings.timeout_s,
-                                            retries=0, reconnect_delay=0)
+        self._client = AsyncModbusTcpClient(
+            self.result.host, port=self.result.port, timeout=self.settings.timeout_s, retries=0, reconnect_delay=0
+        )
         try:
             async with asyncio.timeout(min(self.settings.timeout_s * 4, 10.0)):
                 connected = await self._client.connect()
@@ -196,15 +224,20 @@ class ModbusScanner:
     def _read(self, fc: int, unit: int, address: int, count: int) -> Callable[[], Awaitable[Any]]:
         client = self._client
         assert client is not None
-        read = {1: client.read_coils, 2: client.read_discrete_inputs, 3: client.read_holding_registers,
-                4: client.read_input_registers}[fc]
+        read = {
+            1: client.read_coils,
+            2: client.read_discrete_inputs,
+            3: client.read_holding_registers,
+            4: client.read_input_registers,
+        }[fc]
         return lambda: read(address, count=count, device_id=unit)
 
     async def _readable(self, table: TableResult, unit: int, address: int, count: int) -> bool:
         if count <= 0 or address < 0 or address + count - 1 > 65535:
             return False
-        answer = await self._request(self._read(table.function_code, unit, address, count), count,
-                                     table.function_code in (1, 2))
+        answer = await self._request(
+            self._read(table.function_code, unit, address, count), count, table.function_code in (1, 2)
+        )
         if answer.exception is not None:
             table.exceptions[answer.exception] = table.exceptions.get(answer.exception, 0) + 1
         return answer.ok
@@ -216,12 +249,14 @@ class ModbusScanner:
         if probe.ok:
             result = UnitResult(unit, True, "data")
         elif probe.exception in GATEWAY_ABSENT:
-            self.result.units.append(UnitResult(unit, False, f"exception {probe.exception} "
-                                                f"({EXCEPTION_NAMES[probe.exception]})"))
+            self.result.units.append(
+                UnitResult(unit, False, f"exception {probe.exception} ({EXCEPTION_NAMES[probe.exception]})")
+            )
             return
         elif probe.exception is not None:
-            result = UnitResult(unit, True, f"exception {probe.exception} "
-                                f"({EXCEPTION_NAMES.get(probe.exception, 'unknown')})")
+            result = UnitResult(
+                unit, True, f"exception {probe.exception} ({EXCEPTION_NAMES.get(probe.exception, 'unknown')})"
+            )
         else:
             self.result.units.append(UnitResult(unit, False, "no answer"))
             return
@@ -276,8 +311,9 @@ class ModbusScanner:
                 a = start
                 while a < end:
                     n = min(max_count, end - a)
-                    answer = await self._request(self._read(table.function_code, unit, a, n), n,
-                                                 table.function_code in (1, 2))
+                    answer = await self._request(
+                        self._read(table.function_code, unit, a, n), n, table.function_code in (1, 2)
+                    )
                     if answer.ok and answer.data is not None:
                         for k, v in enumerate(answer.data[:n]):
                             table.values[a + k] = bool(v) if table.function_code in (1, 2) else int(v)
@@ -345,11 +381,20 @@ class ModbusScanner:
         response = answer_holder.get("r")
         if not answer.ok or response is None or response.isError():
             return None
-        names = {0: "vendor", 1: "product_code", 2: "revision", 3: "vendor_url", 4: "product_name",
-                 5: "model_name", 6: "application_name"}
+        names = {
+            0: "vendor",
+            1: "product_code",
+            2: "revision",
+            3: "vendor_url",
+            4: "product_name",
+            5: "model_name",
+            6: "application_name",
+        }
         info = getattr(response, "information", {}) or {}
-        return {names.get(k, f"object_{k}"): (v.decode(errors="replace") if isinstance(v, bytes) else str(v))
-                for k, v in info.items()}
+        return {
+            names.get(k, f"object_{k}"): (v.decode(errors="replace") if isinstance(v, bytes) else str(v))
+            for k, v in info.items()
+        }
 
 
 def parse_units(text: str) -> list[int]:
@@ -373,7 +418,8 @@ def parse_units(text: str) -> list[int]:
     return sorted(set(out))
 
 
-def scan(host: str, port: int, settings: ModbusScanSettings,
-         progress: Callable[[str], None] | None = None) -> ModbusScan:
+def scan(
+    host: str, port: int, settings: ModbusScanSettings, progress: Callable[[str], None] | None = None
+) -> ModbusScan:
     """Run a scan to its end (synchronous, for the command line)."""
     return asyncio.run(ModbusScanner(host, port, settings, progress).run())

@@ -48,10 +48,17 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from gateway.contract.clock import Clock
-from gateway.contract.ports import Spool as Store
+from gateway.contract.ports import Spool
 from gateway.contract.settings import SiteIdentity, UplinkConfig
 from protocols.mqtt_session import (
-    RETAIN_FLAG, BirthDeath, DropReport, InFlight, MessageSequence, PrimaryHost, SpooledRow, SpoolWindow,
+    RETAIN_FLAG,
+    BirthDeath,
+    DropReport,
+    InFlight,
+    MessageSequence,
+    PrimaryHost,
+    SpooledRow,
+    SpoolWindow,
 )
 
 RESERVED_KEYS = frozenset({"seq", "historical", "msg_id"})
@@ -114,11 +121,18 @@ def envelope(body: bytes, seq: int, historical: bool, msg_id: int) -> bytes:
         count, offset = int.from_bytes(body[1:5], "big"), 5
     else:
         raise ValueError("spooled payload is not a msgpack map")
-    return b"".join((
-        _map_header(count + 3), memoryview(body)[offset:],
-        _K_SEQ, msgpack.packb(seq), _K_HISTORICAL, _TRUE if historical else _FALSE,
-        _K_MSG_ID, msgpack.packb(msg_id),
-    ))
+    return b"".join(
+        (
+            _map_header(count + 3),
+            memoryview(body)[offset:],
+            _K_SEQ,
+            msgpack.packb(seq),
+            _K_HISTORICAL,
+            _TRUE if historical else _FALSE,
+            _K_MSG_ID,
+            msgpack.packb(msg_id),
+        )
+    )
 
 
 def _to_wire(obj: Any) -> Any:
@@ -196,7 +210,7 @@ class MqttUplink:
         self,
         cfg: UplinkConfig,
         site: SiteIdentity,
-        store: Store,
+        store: Spool,
         clock: Clock,
         logger: logging.Logger | None = None,
         *,
@@ -231,11 +245,13 @@ class MqttUplink:
         self.commands = 0
         self._depth = store.spool_depth()
         self._depth_at_start = self._depth
-        self._window = SpoolWindow(memory_window or max(2 * cfg.max_inflight + 256, 512), urgent_topics,
-                                   store.spool_last_id())
+        self._window = SpoolWindow(
+            memory_window or max(2 * cfg.max_inflight + 256, 512), urgent_topics, store.spool_last_id()
+        )
         """What of the spool is in memory and leaves next: the ordered lane and the urgent lane."""
-        self._births = BirthDeath(store.load_snapshot(BDSEQ_SNAPSHOT),
-                                  cfg.sparkplug.primary_host_id if cfg.payload == "sparkplug_b" else None)
+        self._births = BirthDeath(
+            store.load_snapshot(BDSEQ_SNAPSHOT), cfg.sparkplug.primary_host_id if cfg.payload == "sparkplug_b" else None
+        )
         self._birth_metrics: list[dict[str, Any]] = []
         self._birth_listeners: list[Callable[[], None]] = []
         self._command_callbacks: list[CommandCallback] = []
@@ -259,8 +275,9 @@ class MqttUplink:
         if cfg.payload == "sparkplug_b":
             from protocols.sparkplug import SparkplugCodec
 
-            self._codec = SparkplugCodec(cfg.sparkplug.group_id or site.region,
-                                         cfg.sparkplug.edge_node_id or site.substation_id)
+            self._codec = SparkplugCodec(
+                cfg.sparkplug.group_id or site.region, cfg.sparkplug.edge_node_id or site.substation_id
+            )
 
     # ------------------------------------------------------------------ public API
 
@@ -272,8 +289,10 @@ class MqttUplink:
         try:
             self._tls_context()
         except (OSError, ssl.SSLError) as exc:
-            raise ValueError(f"uplink TLS files (ca_file {self.cfg.ca_file}, cert_file {self.cfg.cert_file}, "
-                             f"key_file {self.cfg.key_file}) cannot be used: {exc}") from None
+            raise ValueError(
+                f"uplink TLS files (ca_file {self.cfg.ca_file}, cert_file {self.cfg.cert_file}, "
+                f"key_file {self.cfg.key_file}) cannot be used: {exc}"
+            ) from None
 
     def resync_spool(self) -> None:
         """Re-read the spool's depth, last id and birth/death sequence from the store.
@@ -324,8 +343,9 @@ class MqttUplink:
         if session is not None and session.up:
             session.client.subscribe(topic_filter, qos=1)
 
-    def publish(self, topic_suffix: str, payload: dict[str, Any], *, qos: int | None = None,
-                retain: bool = False) -> None:
+    def publish(
+        self, topic_suffix: str, payload: dict[str, Any], *, qos: int | None = None, retain: bool = False
+    ) -> None:
         """Accept one message: it is in the spool when this returns. Non-blocking.
 
         Meant for the event loop's thread; from another thread it is safe too (the message is
@@ -338,8 +358,9 @@ class MqttUplink:
         e.g. the `state/<agent>` of agents removed from the site file. They carry no `seq`."""
         self._spool([(suffix, b"", 1 | RETAIN_FLAG) for suffix in topic_suffixes], retain=True)
 
-    def publish_many(self, messages: Iterable[tuple[str, dict[str, Any]]], *, qos: int | None = None,
-                     retain: bool = False) -> None:
+    def publish_many(
+        self, messages: Iterable[tuple[str, dict[str, Any]]], *, qos: int | None = None, retain: bool = False
+    ) -> None:
         """Accept several messages in one spool transaction (cheaper per message)."""
         if self._closed:
             raise RuntimeError("the uplink is closed")
@@ -453,8 +474,7 @@ class MqttUplink:
                 extra={"endpoint": self.endpoint},
             )
         if self._depth_at_start:
-            self.log.info("spool holds messages from before this start",
-                          extra={"spool_depth": self._depth_at_start})
+            self.log.info("spool holds messages from before this start", extra={"spool_depth": self._depth_at_start})
         attempt = 0
         checkpointer = asyncio.create_task(self._checkpoints(), name="uplink-spool-checkpoint")
         try:
@@ -605,11 +625,11 @@ class MqttUplink:
         client.on_connect = lambda c, u, flags, rc, props: self._from_paho(("connack", session, rc))
         client.on_disconnect = lambda c, u, flags, rc, props: self._from_paho(("disconnect", session, rc))
         client.on_publish = lambda c, u, mid, rc, props: self._from_paho(("ack", session, mid, rc))
-        client.on_message = lambda c, u, msg: self._from_paho(
-            ("message", session, msg.topic, msg.payload, msg.retain))
+        client.on_message = lambda c, u, msg: self._from_paho(("message", session, msg.topic, msg.payload, msg.retain))
         try:
-            await asyncio.to_thread(client.connect, self.cfg.broker_host, self.cfg.broker_port,
-                                    self.cfg.keepalive_s, clean_start=True)
+            await asyncio.to_thread(
+                client.connect, self.cfg.broker_host, self.cfg.broker_port, self.cfg.keepalive_s, clean_start=True
+            )
         except (OSError, ssl.SSLError, ValueError) as exc:
             self._error(f"cannot connect to {self.endpoint}: {exc}")
             return None
@@ -657,8 +677,9 @@ class MqttUplink:
             if host is not None:
                 session.client.subscribe(self._codec.state_topic(host), qos=1)
         if not birth_now:
-            self.log.info("waiting for the primary host application to be online",
-                          extra={"host": self._births.primary_host})
+            self.log.info(
+                "waiting for the primary host application to be online", extra={"host": self._births.primary_host}
+            )
             return
         self._send_birth(session)
         self._kick()
@@ -673,10 +694,8 @@ class MqttUplink:
             self._birth_done()
             return
         session.sequence.born()
-        birth = BirthDeath.birth(session.bdseq, round(self.clock.wall() * 1000.0), self.client_id,
-                                 self._birth_metrics)
-        info = session.client.publish(self._topic("birth"), msgpack.packb(birth, use_bin_type=True),
-                                      qos=1, retain=True)
+        birth = BirthDeath.birth(session.bdseq, round(self.clock.wall() * 1000.0), self.client_id, self._birth_metrics)
+        info = session.client.publish(self._topic("birth"), msgpack.packb(birth, use_bin_type=True), qos=1, retain=True)
         session.inflight.sent(info.mid, None)
         self._birth_done()
 
@@ -702,9 +721,10 @@ class MqttUplink:
         # everything unacknowledged is still in the spool: read it again from the start
         self._window.reset()
         if was_up and not self._closing:
-            self.log.warning("uplink connection lost", extra={"endpoint": self.endpoint,
-                                                             "error": self.last_error,
-                                                             "spool_depth": self._depth})
+            self.log.warning(
+                "uplink connection lost",
+                extra={"endpoint": self.endpoint, "error": self.last_error, "spool_depth": self._depth},
+            )
 
     def _error(self, message: str) -> None:
         if message != self.last_error:
@@ -783,8 +803,10 @@ class MqttUplink:
             return
         if rc is not None and rc.is_failure:
             self.rejected += 1
-            self.log.error("broker refused a message; it is dropped",
-                           extra={"reason": str(rc), "msg_id": spool_id, "rejected": self.rejected})
+            self.log.error(
+                "broker refused a message; it is dropped",
+                extra={"reason": str(rc), "msg_id": spool_id, "rejected": self.rejected},
+            )
         else:
             self.acked += 1
         self._acks.append(spool_id)
@@ -803,7 +825,7 @@ class MqttUplink:
         if not topic.startswith(prefix):
             self._on_external(topic, raw, retained)
             return
-        command = topic[len(prefix):]
+        command = topic[len(prefix) :]
         if retained and not raw:
             self.log.debug("empty retained message (clearing a retained command) ignored", extra={"command": command})
             return
@@ -881,8 +903,10 @@ class MqttUplink:
                 self._send_birth(session)
                 self._kick()
         else:
-            self.log.warning("NCMD without a rebirth request ignored (commands are signed, on cmd/…)",
-                             extra={"metrics": [m[0] for m in metrics][:10]})
+            self.log.warning(
+                "NCMD without a rebirth request ignored (commands are signed, on cmd/…)",
+                extra={"metrics": [m[0] for m in metrics][:10]},
+            )
 
     # ------------------------------------------------------------------ sending
 
@@ -893,8 +917,13 @@ class MqttUplink:
 
     def _kick(self) -> None:
         loop = self._loop
-        if loop is None or self._pump_scheduled or self._session is None or not self._session.up \
-                or self._births.holding:
+        if (
+            loop is None
+            or self._pump_scheduled
+            or self._session is None
+            or not self._session.up
+            or self._births.holding
+        ):
             return
         self._pump_scheduled = True
         loop.call_soon(self._pump)
@@ -946,8 +975,9 @@ class MqttUplink:
         sequence = session.sequence
         parts: list[tuple[str, bytes]]
         try:
-            parts, seq = self._codec.encode_row(row.topic, row.body, sequence.historical(row.spool_id),
-                                                sequence.seq, round(self.clock.wall() * 1000.0))
+            parts, seq = self._codec.encode_row(
+                row.topic, row.body, sequence.historical(row.spool_id), sequence.seq, round(self.clock.wall() * 1000.0)
+            )
         except Exception as exc:  # a message the codec cannot read must not block the spool
             self.log.error("message not sent as Sparkplug B; dropped", extra={"topic": row.topic, "error": str(exc)})
             parts, seq = [], sequence.seq
@@ -979,6 +1009,9 @@ class MqttUplink:
         if report:
             self.log.error(
                 "spool full: oldest messages dropped",
-                extra={"dropped": report, "dropped_total": self.dropped,
-                       "spool_max_messages": self.cfg.spool_max_messages},
+                extra={
+                    "dropped": report,
+                    "dropped_total": self.dropped,
+                    "spool_max_messages": self.cfg.spool_max_messages,
+                },
             )

@@ -72,8 +72,9 @@ class SpoolWindow:
 
     # -------------------------------------------------------------- accepting
 
-    def accepted(self, ids: Sequence[int], rows: Sequence[tuple[str, bytes, int, Any]], *, live: bool,
-                 retain: bool) -> None:
+    def accepted(
+        self, ids: Sequence[int], rows: Sequence[tuple[str, bytes, int, Any]], *, live: bool, retain: bool
+    ) -> None:
         """Messages just spooled by this thread, ids in order; `live`: a connection is up."""
         if not ids:
             return
@@ -83,8 +84,7 @@ class SpoolWindow:
             # in step with the spool: nothing between the last row loaded and this one (a gap
             # means another thread spooled rows meanwhile: the loader reads them in order)
             in_step = not self.backlog and spool_id == self.loaded_upto + 1
-            if (live and not retain and topic.partition("/")[0] in urgent_topics
-                    and len(self.urgent) < self.size):
+            if live and not retain and topic.partition("/")[0] in urgent_topics and len(self.urgent) < self.size:
                 self.urgent.append(SpooledRow(spool_id, topic, encoded, flags))
                 if in_step:
                     self.loaded_upto = spool_id

@@ -33,8 +33,13 @@ MAX_TYPE_DEPTH = 16
 """Nesting of SDO/DA/BDA types deeper than this is taken as a cycle in the templates."""
 SCHEMA_DIR = Path(__file__).with_name("scl_schema")
 
-CTL_MODELS = ("status-only", "direct-with-normal-security", "sbo-with-normal-security",
-              "direct-with-enhanced-security", "sbo-with-enhanced-security")
+CTL_MODELS = (
+    "status-only",
+    "direct-with-normal-security",
+    "sbo-with-normal-security",
+    "direct-with-enhanced-security",
+    "sbo-with-enhanced-security",
+)
 TRIGGER_OPTIONS = ("dchg", "qchg", "dupd", "period", "gi")
 OPTIONAL_FIELDS = ("seqNum", "timeStamp", "dataSet", "reasonCode", "dataRef", "entryID", "configRef", "bufOvfl")
 
@@ -213,8 +218,9 @@ def _schema() -> etree.XMLSchema:
 
 
 def _parser() -> etree.XMLParser:
-    return etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False, remove_comments=True,
-                           remove_pis=True, load_dtd=False)
+    return etree.XMLParser(
+        resolve_entities=False, no_network=True, huge_tree=False, remove_comments=True, remove_pis=True, load_dtd=False
+    )
 
 
 def element_path(el: Any) -> str:
@@ -264,8 +270,9 @@ def read_scl(source: bytes | str | Path, *, name: str | None = None, lenient: bo
     if root is None or not isinstance(root.tag, str):
         raise SclError(label, [("/", "no root element")])
     if root.tag != f"{_Q}SCL":
-        raise SclError(label, [(element_path(root), f"the root element must be SCL in the namespace {NS}, "
-                                f"found {root.tag!r}")])
+        raise SclError(
+            label, [(element_path(root), f"the root element must be SCL in the namespace {NS}, found {root.tag!r}")]
+        )
     edition, version = _edition(label, root)
     warnings: list[str] = []
     problems = _validate(root)
@@ -283,8 +290,16 @@ def _edition(label: str, root: Any) -> tuple[Edition, str]:
     if version == "2003":
         return Edition.ED1, version
     if version != "2007":
-        raise SclError(label, [("/SCL/@version", f"SCL version {version!r} is not supported (expected none or 2003 "
-                                "for edition 1, 2007 for editions 2 and 2.1)")])
+        raise SclError(
+            label,
+            [
+                (
+                    "/SCL/@version",
+                    f"SCL version {version!r} is not supported (expected none or 2003 "
+                    "for edition 1, 2007 for editions 2 and 2.1)",
+                )
+            ],
+        )
     if not revision or not revision.isalpha() or len(revision) != 1:
         raise SclError(label, [("/SCL/@revision", f"expected a revision letter with version 2007, found {revision!r}")])
     if release is not None and not release.isdigit():
@@ -378,15 +393,23 @@ class _Resolver:
         self.types = _Types()
         templates = _child(root, "DataTypeTemplates")
         if templates is not None:
-            for tag, table in (("LNodeType", self.types.lnode), ("DOType", self.types.do),
-                               ("DAType", self.types.da), ("EnumType", self.types.enum)):
+            for tag, table in (
+                ("LNodeType", self.types.lnode),
+                ("DOType", self.types.do),
+                ("DAType", self.types.da),
+                ("EnumType", self.types.enum),
+            ):
                 for el in _children(templates, tag):
                     type_id = el.get("id")
                     if not type_id:
                         self.problems.append((element_path(el), f"{tag} without an id"))
                     elif type_id in table:
-                        self.problems.append((element_path(el), f"{tag} id {type_id!r} is defined twice: the "
-                                              "types its users get are ambiguous"))
+                        self.problems.append(
+                            (
+                                element_path(el),
+                                f"{tag} id {type_id!r} is defined twice: the types its users get are ambiguous",
+                            )
+                        )
                     else:
                         table[type_id] = el
 
@@ -410,17 +433,34 @@ class _Resolver:
                 ap_name = ap.get("name", "")
                 ip, port = addresses.get((name, ap_name), (None, None))
                 lds = tuple(self._ld(name, ld) for ld in _children(server, "LDevice"))
-                ieds.append(SclIed(name=name, access_point=ap_name, logical_devices=lds,
-                                   manufacturer=ied_el.get("manufacturer", ""), type=ied_el.get("type", ""),
-                                   desc=ied_el.get("desc", ""), ip=ip, port=port))
+                ieds.append(
+                    SclIed(
+                        name=name,
+                        access_point=ap_name,
+                        logical_devices=lds,
+                        manufacturer=ied_el.get("manufacturer", ""),
+                        type=ied_el.get("type", ""),
+                        desc=ied_el.get("desc", ""),
+                        ip=ip,
+                        port=port,
+                    )
+                )
                 break  # one server access point per IED: the MMS one
             else:
-                self.warnings.append(f"{element_path(ied_el)}: no access point with a Server (nothing to read over MMS)")
+                self.warnings.append(
+                    f"{element_path(ied_el)}: no access point with a Server (nothing to read over MMS)"
+                )
         if self.problems:
             raise SclError(self.label, self.problems)
         header = _child(self.root, "Header")
-        return SclDocument(source=self.label, edition=self.edition, version=self.version, ieds=tuple(ieds),
-                           warnings=tuple(self.warnings), tool="" if header is None else header.get("toolID", ""))
+        return SclDocument(
+            source=self.label,
+            edition=self.edition,
+            version=self.version,
+            ieds=tuple(ieds),
+            warnings=tuple(self.warnings),
+            tool="" if header is None else header.get("toolID", ""),
+        )
 
     def _addresses(self) -> dict[tuple[str, str], tuple[str | None, int | None]]:
         out: dict[tuple[str, str], tuple[str | None, int | None]] = {}
@@ -466,12 +506,15 @@ class _Resolver:
         ln_type = ln_el.get("lnType", "")
         type_el = self.types.lnode.get(ln_type)
         if type_el is None:
-            self.problems.append((element_path(ln_el), f"lnType {ln_type!r} is not a LNodeType of the DataTypeTemplates"))
+            self.problems.append(
+                (element_path(ln_el), f"lnType {ln_type!r} is not a LNodeType of the DataTypeTemplates")
+            )
             return None
         ln_class = ln_el.get("lnClass", "")
         if type_el.get("lnClass") and type_el.get("lnClass") != ln_class:
-            self.warnings.append(f"{element_path(ln_el)}: lnClass {ln_class} uses LNodeType {ln_type} of class "
-                                 f"{type_el.get('lnClass')}")
+            self.warnings.append(
+                f"{element_path(ln_el)}: lnClass {ln_class} uses LNodeType {ln_type} of class {type_el.get('lnClass')}"
+            )
         instance_values = self._instance_values(ln_el)
         dos: list[DataObject] = []
         for do_el in _children(type_el, "DO"):
@@ -481,11 +524,19 @@ class _Resolver:
         known = {d.name for d in data_sets}
         for r_el, rcb in zip(_children(ln_el, "ReportControl"), rcbs, strict=True):
             if rcb.dataset and rcb.dataset not in known:
-                self.problems.append((element_path(r_el), f"datSet {rcb.dataset!r} is not a DataSet of this "
-                                      "logical node"))
-        return LogicalNode(prefix=ln_el.get("prefix", "") or "", ln_class=ln_class, inst=ln_el.get("inst", "") or "",
-                           ln_type=ln_type, data_objects=tuple(dos), data_sets=data_sets, report_controls=rcbs,
-                           desc=ln_el.get("desc", ""))
+                self.problems.append(
+                    (element_path(r_el), f"datSet {rcb.dataset!r} is not a DataSet of this logical node")
+                )
+        return LogicalNode(
+            prefix=ln_el.get("prefix", "") or "",
+            ln_class=ln_class,
+            inst=ln_el.get("inst", "") or "",
+            ln_type=ln_type,
+            data_objects=tuple(dos),
+            data_sets=data_sets,
+            report_controls=rcbs,
+            desc=ln_el.get("desc", ""),
+        )
 
     def _instance_values(self, ln_el: Any) -> dict[str, str]:
         """'DO[.SDO...].DA[.BDA...]' → the first Val of every DAI under the LN's DOI/SDI."""
@@ -507,11 +558,11 @@ class _Resolver:
         walk(ln_el, "")
         return out
 
-    def _data_object(self, name: str, type_id: str, where: Any, values: dict[str, str],
-                     depth: int) -> list[DataObject]:
+    def _data_object(self, name: str, type_id: str, where: Any, values: dict[str, str], depth: int) -> list[DataObject]:
         if depth > MAX_TYPE_DEPTH:
-            self.problems.append((element_path(where), f"data object types nest deeper than {MAX_TYPE_DEPTH} "
-                                  "levels (a cycle?)"))
+            self.problems.append(
+                (element_path(where), f"data object types nest deeper than {MAX_TYPE_DEPTH} levels (a cycle?)")
+            )
             return []
         type_el = self.types.do.get(type_id)
         if type_el is None:
@@ -525,8 +576,9 @@ class _Resolver:
                 continue
             tag = etree.QName(child).localname
             if tag == "SDO":
-                out += self._data_object(f"{name}.{child.get('name', '')}", child.get("type", ""), child, values,
-                                         depth + 1)
+                out += self._data_object(
+                    f"{name}.{child.get('name', '')}", child.get("type", ""), child, values, depth + 1
+                )
             elif tag == "DA":
                 fc = child.get("fc", "")
                 trigger = tuple(t for t in ("dchg", "qchg", "dupd") if _bool(child.get(t), False))
@@ -540,18 +592,26 @@ class _Resolver:
             raw = values.get(f"{name}.ctlModel", defaults.get("ctlModel"))
             ctl_model = _ctl_model(raw)
             if raw is not None and ctl_model is None:
-                self.problems.append((element_path(where), f"ctlModel of {name} is {raw!r}; expected one of "
-                                      f"{', '.join(CTL_MODELS)} or 0-4"))
+                self.problems.append(
+                    (
+                        element_path(where),
+                        f"ctlModel of {name} is {raw!r}; expected one of {', '.join(CTL_MODELS)} or 0-4",
+                    )
+                )
             if ctl_model is None and candidate.controllable:
                 ctl_model = "status-only"
-                self.warnings.append(f"{element_path(where)}: {name} has Oper but no ctlModel value: taken as "
-                                     "status-only (not controlled)")
+                self.warnings.append(
+                    f"{element_path(where)}: {name} has Oper but no ctlModel value: taken as "
+                    "status-only (not controlled)"
+                )
         units = None
         unit = values.get(f"{name}.units.SIUnit")
         if unit is not None:
             units = (unit, values.get(f"{name}.units.multiplier", ""))
-        out.insert(0, DataObject(name=name, cdc=candidate.cdc, attributes=candidate.attributes,
-                                 ctl_model=ctl_model, units=units))
+        out.insert(
+            0,
+            DataObject(name=name, cdc=candidate.cdc, attributes=candidate.attributes, ctl_model=ctl_model, units=units),
+        )
         return out
 
     def _leaves(self, path: str, el: Any, fc: str, trigger: tuple[str, ...], depth: int) -> list[Attribute]:
@@ -562,8 +622,9 @@ class _Resolver:
                 self.problems.append((element_path(el), f"enum type {enum_type!r} is not an EnumType"))
             return [Attribute(path=path, fc=fc, btype=btype, enum_type=enum_type, trigger=trigger)]
         if depth > MAX_TYPE_DEPTH:
-            self.problems.append((element_path(el), f"attribute types nest deeper than {MAX_TYPE_DEPTH} levels "
-                                  "(a cycle?)"))
+            self.problems.append(
+                (element_path(el), f"attribute types nest deeper than {MAX_TYPE_DEPTH} levels (a cycle?)")
+            )
             return []
         type_id = el.get("type", "")
         type_el = self.types.da.get(type_id)
@@ -583,9 +644,17 @@ class _Resolver:
             fc = fcda.get("fc", "")
             if not fc:
                 self.problems.append((element_path(fcda), "FCDA without fc"))
-            members.append(DataSetMember(ld_inst=fcda.get("ldInst", ""), prefix=fcda.get("prefix", "") or "",
-                                         ln_class=fcda.get("lnClass", ""), ln_inst=fcda.get("lnInst", "") or "",
-                                         do_name=fcda.get("doName", ""), da_name=fcda.get("daName", "") or "", fc=fc))
+            members.append(
+                DataSetMember(
+                    ld_inst=fcda.get("ldInst", ""),
+                    prefix=fcda.get("prefix", "") or "",
+                    ln_class=fcda.get("lnClass", ""),
+                    ln_inst=fcda.get("lnInst", "") or "",
+                    do_name=fcda.get("doName", ""),
+                    da_name=fcda.get("daName", "") or "",
+                    fc=fc,
+                )
+            )
         return DataSet(name=el.get("name", ""), members=tuple(members))
 
     def _rcb(self, el: Any) -> ReportControl:
@@ -593,13 +662,18 @@ class _Resolver:
         opt = _child(el, "OptFields")
         enabled = _child(el, "RptEnabled")
         return ReportControl(
-            name=el.get("name", ""), buffered=_bool(el.get("buffered"), False), rpt_id=el.get("rptID", "") or "",
-            dataset=el.get("datSet", "") or "", conf_rev=_int(el.get("confRev"), 0),
-            intg_pd_ms=_int(el.get("intgPd"), 0), buf_time_ms=_int(el.get("bufTime"), 0),
+            name=el.get("name", ""),
+            buffered=_bool(el.get("buffered"), False),
+            rpt_id=el.get("rptID", "") or "",
+            dataset=el.get("datSet", "") or "",
+            conf_rev=_int(el.get("confRev"), 0),
+            intg_pd_ms=_int(el.get("intgPd"), 0),
+            buf_time_ms=_int(el.get("bufTime"), 0),
             trigger_options=frozenset(t for t in TRIGGER_OPTIONS if trg is not None and _bool(trg.get(t), False)),
             optional_fields=frozenset(o for o in OPTIONAL_FIELDS if opt is not None and _bool(opt.get(o), False)),
             indexed=_bool(el.get("indexed"), True),
-            max_clients=_int(enabled.get("max") if enabled is not None else None, 1))
+            max_clients=_int(enabled.get("max") if enabled is not None else None, 1),
+        )
 
 
 _CTL_ALIASES = {str(n): m for n, m in enumerate(CTL_MODELS)}

@@ -139,12 +139,12 @@ def _fields(raw: bytes) -> Iterable[tuple[int, int, Any]]:
         if wire == 0:
             value, pos = _read_varint(raw, pos)
         elif wire == 1:
-            value, pos = raw[pos:pos + 8], pos + 8
+            value, pos = raw[pos : pos + 8], pos + 8
         elif wire == 2:
             n, pos = _read_varint(raw, pos)
-            value, pos = raw[pos:pos + n], pos + n
+            value, pos = raw[pos : pos + n], pos + n
         elif wire == 5:
-            value, pos = raw[pos:pos + 4], pos + 4
+            value, pos = raw[pos : pos + 4], pos + 4
         else:
             raise ValueError(f"protobuf wire type {wire} not expected")
         if pos > len(raw):
@@ -269,15 +269,24 @@ class SparkplugCodec:
         node += [SpMetric(name, STRING, value) for name, value in self._node.items()]
         out = [(self.topic("NBIRTH"), encode_payload(now_ms, node, 0))]
         for seq, (device, points) in enumerate(self._devices.items(), start=1):
-            metrics = [SpMetric(p.name, p.datatype, p.value, alias=p.alias, timestamp=p.time_ms,
-                                properties={"Quality": (INT32, p.quality), "Engineering Units": (STRING, p.unit)})
-                       for p in points]
+            metrics = [
+                SpMetric(
+                    p.name,
+                    p.datatype,
+                    p.value,
+                    alias=p.alias,
+                    timestamp=p.time_ms,
+                    properties={"Quality": (INT32, p.quality), "Engineering Units": (STRING, p.unit)},
+                )
+                for p in points
+            ]
             out.append((self.topic("DBIRTH", device), encode_payload(now_ms, metrics, seq % 256)))
         return out
 
     # data
-    def encode_row(self, suffix: str, body: bytes, historical: bool, seq: int,
-                   now_ms: int) -> tuple[list[tuple[str, bytes]], int]:
+    def encode_row(
+        self, suffix: str, body: bytes, historical: bool, seq: int, now_ms: int
+    ) -> tuple[list[tuple[str, bytes]], int]:
         """The Sparkplug messages for one spooled message, and the last `seq` used.
 
         Telemetry (samples or columns) and integrity samples become DDATA per device (by alias,
@@ -301,9 +310,17 @@ class SparkplugCodec:
                 elif value is not None and p.datatype == INT64:
                     value = int(value)
                 p.value, p.quality, p.time_ms = value, _quality(sample.get("q")), sample.get("t")
-                by_device.setdefault(p.device, []).append(SpMetric(
-                    None, p.datatype, value, alias=p.alias, timestamp=p.time_ms, is_historical=historical,
-                    properties={"Quality": (INT32, p.quality)}))
+                by_device.setdefault(p.device, []).append(
+                    SpMetric(
+                        None,
+                        p.datatype,
+                        value,
+                        alias=p.alias,
+                        timestamp=p.time_ms,
+                        is_historical=historical,
+                        properties={"Quality": (INT32, p.quality)},
+                    )
+                )
             for device, metrics in by_device.items():
                 seq = (seq + 1) % 256
                 out.append((self.topic("DDATA", device), encode_payload(stamp, metrics, seq)))
@@ -311,8 +328,11 @@ class SparkplugCodec:
         name = self._node_metric(suffix, payload)
         if name is None:
             return [], seq
-        record = {k: v for k, v in payload.items() if k not in ("timestamp", "seq", "historical", "msg_id")} \
-            if isinstance(payload, dict) else payload
+        record = (
+            {k: v for k, v in payload.items() if k not in ("timestamp", "seq", "historical", "msg_id")}
+            if isinstance(payload, dict)
+            else payload
+        )
         text = _json(record)
         if name.startswith("Agents/"):
             text = str(record.get("new")) if isinstance(record, dict) else text

@@ -40,17 +40,27 @@ def run(agent: Any, memory: Any, inputs: Any, start: float, stop: float, dt: flo
 # --------------------------------------------------------------------------- power line
 
 
-LINE_LINKS = Links(upstream_breaker="CB-1", breakers=("CB-1",), transformers=("X-1", "X-2"), substation="SUB",
-                   adjacent_lines=("L-2",), transfer_options=({"tie": ["L-2", "L-1"], "via": "L-2"},))
+LINE_LINKS = Links(
+    upstream_breaker="CB-1",
+    breakers=("CB-1",),
+    transformers=("X-1", "X-2"),
+    substation="SUB",
+    adjacent_lines=("L-2",),
+    transfer_options=({"tie": ["L-2", "L-1"], "via": "L-2"},),
+)
 
 
 def make_line() -> PowerLineAgent:
-    return PowerLineAgent("L-1", PowerLineAttributes(ampacity=400, length=2000, thermal_time_constant_s=3600,
-                                                     emergency_percent=160), LINE_LINKS)
+    return PowerLineAgent(
+        "L-1",
+        PowerLineAttributes(ampacity=400, length=2000, thermal_time_constant_s=3600, emergency_percent=160),
+        LINE_LINKS,
+    )
 
 
-@pytest.mark.parametrize(("current", "expected"), [(100, LineState.OPERATIONAL), (350, LineState.LOADED),
-                                                  (700, LineState.EMERGENCY)])
+@pytest.mark.parametrize(
+    ("current", "expected"), [(100, LineState.OPERATIONAL), (350, LineState.LOADED), (700, LineState.EMERGENCY)]
+)
 def test_line_load_states(current: float, expected: LineState) -> None:
     line = make_line()
     m, _ = line.step(line.initial_memory(0), LineInputs(current_a=current, voltage_kv=11, breaker_closed=True), 0)
@@ -88,7 +98,10 @@ def test_line_fault_until_breaker_recloses() -> None:
     urgent = [a for a in actions if isinstance(a, BusMessage) and a.urgent]
     # transformers and neighbours directly; the breaker and the substation hear it on fault_alerts
     assert {(a.target, a.kind) for a in urgent if a.target} == {
-        ("X-1", "prepare_for_power_loss"), ("X-2", "prepare_for_power_loss"), ("L-2", "standby_for_load_transfer")}
+        ("X-1", "prepare_for_power_loss"),
+        ("X-2", "prepare_for_power_loss"),
+        ("L-2", "standby_for_load_transfer"),
+    }
     fault = next(a for a in urgent if a.topic is Topic.FAULT_ALERTS)
     assert fault.kind == "line_fault" and fault.payload["cause"] == "fault_current"
     alert = next(a for a in actions if isinstance(a, Alert))
@@ -113,12 +126,15 @@ def test_line_de_energized_when_breaker_open() -> None:
 def make_xfmr(**kw: Any) -> TransformerAgent:
     attrs = dict(rated_capacity=1000, secondary_voltage=415, top_oil_time_constant_min=180, regulation_enabled=False)
     attrs.update(kw)
-    return TransformerAgent("X-1", TransformerAttributes(**attrs), Links(substation="SUB", adjacent_transformers=("X-2",)))
+    return TransformerAgent(
+        "X-1", TransformerAttributes(**attrs), Links(substation="SUB", adjacent_transformers=("X-2",))
+    )
 
 
-@pytest.mark.parametrize(("load_kw", "state"), [(500, TransformerState.NORMAL_OPERATION),
-                                                (850, TransformerState.HIGH_LOAD),
-                                                (1100, TransformerState.OVERLOADED)])
+@pytest.mark.parametrize(
+    ("load_kw", "state"),
+    [(500, TransformerState.NORMAL_OPERATION), (850, TransformerState.HIGH_LOAD), (1100, TransformerState.OVERLOADED)],
+)
 def test_transformer_load_states(load_kw: float, state: TransformerState) -> None:
     x = make_xfmr()
     m, _ = x.step(x.initial_memory(0), TransformerInputs(load_kw=load_kw, load_kvar=0, ambient_temp_c=30), 0)
@@ -159,8 +175,17 @@ def test_transformer_overheating_from_measured_top_oil() -> None:
 
 def test_tap_changer_raises_after_delay_with_ldc() -> None:
     # reference LDC vector: 122 V out, 400 A at 0.9 pf on a 600 A CT, R = 6 V, X = 3 V -> 117.528 V: raise
-    x = make_xfmr(secondary_voltage=120, regulation_enabled=True, ldc_r_v=6, ldc_x_v=3, ct_primary_a=600,
-                  bandwidth_v=2, time_delay_s=30, inter_tap_delay_s=5, rated_capacity=100_000)
+    x = make_xfmr(
+        secondary_voltage=120,
+        regulation_enabled=True,
+        ldc_r_v=6,
+        ldc_x_v=3,
+        ct_primary_a=600,
+        bandwidth_v=2,
+        time_delay_s=30,
+        inter_tap_delay_s=5,
+        rated_capacity=100_000,
+    )
     m = x.initial_memory(0)
     inputs = TransformerInputs(secondary_voltage_v=122.0, current_a=400, load_kw=900, load_kvar=900 * 0.484322)
     m, actions = run(x, m, inputs, 0, 29)
@@ -175,8 +200,9 @@ def test_tap_changer_raises_after_delay_with_ldc() -> None:
 
 
 def test_tap_changer_respects_limits() -> None:
-    x = make_xfmr(secondary_voltage=120, regulation_enabled=True, tap_min=-2, tap_max=2, time_delay_s=0,
-                  inter_tap_delay_s=0)
+    x = make_xfmr(
+        secondary_voltage=120, regulation_enabled=True, tap_min=-2, tap_max=2, time_delay_s=0, inter_tap_delay_s=0
+    )
     m, actions = run(x, x.initial_memory(0), TransformerInputs(secondary_voltage_v=100.0), 0, 10)
     assert [a.value for a in actions if isinstance(a, ControlRequest)] == [1.0, 2.0]
     assert sum(isinstance(a, Alert) for a in actions) == 1
@@ -194,8 +220,9 @@ def test_cvr_lowers_the_regulated_voltage_not_below_the_floor() -> None:
 
 
 def make_breaker(**kw: Any) -> CircuitBreakerAgent:
-    return CircuitBreakerAgent("CB-1", CircuitBreakerAttributes(**kw), Links(upstream_breaker="CB-0", substation="SUB",
-                                                                              lines=("L-1",)))
+    return CircuitBreakerAgent(
+        "CB-1", CircuitBreakerAttributes(**kw), Links(upstream_breaker="CB-0", substation="SUB", lines=("L-1",))
+    )
 
 
 def test_breaker_trip_reclose_close_cycle_counts_trips_and_wear() -> None:
@@ -233,7 +260,9 @@ def test_breaker_locks_out_on_repeated_trips_and_needs_reset() -> None:
             assert m.state is BreakerState.CLOSED_NORMAL
     assert m.state is BreakerState.LOCKED_OUT
     lockout = next(a for a in actions if isinstance(a, Alert) and a.severity is Severity.CRITICAL)
-    assert lockout.message.startswith("CB-1 locked out after 3 trip(s) within 600 s") and "ground fault" in lockout.message
+    assert (
+        lockout.message.startswith("CB-1 locked out after 3 trip(s) within 600 s") and "ground fault" in lockout.message
+    )
     assert m.trip_reason == "ground_fault"
     with pytest.raises(ValueError, match="Locked_Out"):
         cb.request(m, "close", {}, 200)
@@ -287,8 +316,9 @@ def test_breaker_maintenance_due_on_contact_wear() -> None:
 def make_sub(**kw: Any) -> SubstationAgent:
     feeders = (FeederInfo("L-1", "CB-1", 1250, ({"via": "L-2"},)), FeederInfo("L-2", "CB-2", 750))
     kw.setdefault("load_persistence_s", 0.0)
-    return SubstationAgent("SUB", SubstationAttributes(rated_capacity=30, **kw), Links(transformers=("X-1",)),
-                           feeders=feeders)
+    return SubstationAgent(
+        "SUB", SubstationAttributes(rated_capacity=30, **kw), Links(transformers=("X-1",)), feeders=feeders
+    )
 
 
 def test_substation_forecast_time_to_capacity() -> None:
@@ -324,8 +354,9 @@ def test_substation_acts_on_the_forecast_crossing_before_the_load_gets_there() -
 
 def test_substation_high_load_plans_shedding_least_critical_first() -> None:
     sub = make_sub(feeder_priority=["L-1", "L-2"], shed_target_percent=80)
-    m, actions = sub.step(sub.initial_memory(0), SubstationInputs(total_load_kw=28_500, feeder_loads_kw={
-        "L-1": 18_000, "L-2": 10_500}), 0)
+    m, actions = sub.step(
+        sub.initial_memory(0), SubstationInputs(total_load_kw=28_500, feeder_loads_kw={"L-1": 18_000, "L-2": 10_500}), 0
+    )
     assert m.state is SubstationState.HIGH_LOAD
     assert [p["feeder"] for p in m.shedding_plan] == ["L-2"]
     assert any(isinstance(a, BusMessage) and a.kind == "load_transfer_request" for a in actions)
@@ -370,8 +401,16 @@ def test_substation_coordinates_a_feeder_fault_once() -> None:
 
 
 def make_cap(**kw: Any) -> CapacitorBankAgent:
-    attrs = dict(voltage_level=12.0, num_steps=3, voltage_setpoint_v=121, bandwidth_v=6, on_delay_s=30,
-                 off_delay_s=30, discharge_time_s=300, max_daily_operations=4)
+    attrs = dict(
+        voltage_level=12.0,
+        num_steps=3,
+        voltage_setpoint_v=121,
+        bandwidth_v=6,
+        on_delay_s=30,
+        off_delay_s=30,
+        discharge_time_s=300,
+        max_daily_operations=4,
+    )
     attrs.update(kw)
     return CapacitorBankAgent("CAP-1", CapacitorBankAttributes(**attrs))
 
@@ -429,8 +468,9 @@ def test_capacitor_switching_failure_locks_out() -> None:
 
 
 def test_capacitor_excessive_switching_widens_deadband_and_notifies() -> None:
-    cap = make_cap(on_delay_s=0, off_delay_s=0, discharge_time_s=0, excessive_switching_count=3,
-                   max_daily_operations=100)
+    cap = make_cap(
+        on_delay_s=0, off_delay_s=0, discharge_time_s=0, excessive_switching_count=3, max_daily_operations=100
+    )
     m = cap.initial_memory(0)
     alerts: list[Alert] = []
     t = 0.0
@@ -450,8 +490,7 @@ def test_capacitor_excessive_switching_widens_deadband_and_notifies() -> None:
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.tuples(st.floats(110, 132), st.floats(1, 4000)), min_size=1, max_size=120),
-       st.integers(1, 6))
+@given(st.lists(st.tuples(st.floats(110, 132), st.floats(1, 4000)), min_size=1, max_size=120), st.integers(1, 6))
 def test_capacitor_never_exceeds_its_daily_limit(trace: list[tuple[float, float]], limit: int) -> None:
     cap = make_cap(on_delay_s=0, off_delay_s=0, discharge_time_s=0, max_daily_operations=limit)
     m = cap.initial_memory(0)
@@ -488,8 +527,10 @@ def test_der_anti_islanding_and_reconnection_after_enter_service_delay() -> None
     assert m.state is DerState.GENERATING
     m, actions = der.step(m, DerInputs(connected=True, voltage_pu=1.0, grid_available=False, active_power_kw=300), 10)
     assert m.state is DerState.ISLANDED
-    assert ControlRequest(agent_id="PV-1", point_name="connect_cmd", value=False,
-                          reason="anti-islanding: grid fault") in actions
+    assert (
+        ControlRequest(agent_id="PV-1", point_name="connect_cmd", value=False, reason="anti-islanding: grid fault")
+        in actions
+    )
     m, _ = der.step(m, DerInputs(connected=False, voltage_pu=0.0, grid_available=False), 11)
     assert m.state is DerState.OFFLINE
     grid_back = DerInputs(connected=False, voltage_pu=1.0, grid_available=True)
@@ -551,20 +592,34 @@ def test_transformer_load_states_have_hysteresis() -> None:
     for t, kw in enumerate([1010, 995, 1005, 990, 975, 790, 785, 770]):
         m, _ = x.step(m, TransformerInputs(load_kw=kw, load_kvar=0), float(t))
         seen.append(m.state.value)
-    assert seen == ["Overloaded", "Overloaded", "Overloaded", "Overloaded", "High_Load", "High_Load", "High_Load",
-                    "Normal_Operation"]
+    assert seen == [
+        "Overloaded",
+        "Overloaded",
+        "Overloaded",
+        "Overloaded",
+        "High_Load",
+        "High_Load",
+        "High_Load",
+        "Normal_Operation",
+    ]
 
 
 def test_transformer_asks_for_maintenance_after_a_day_of_fast_aging() -> None:
     # 12 h at a 110 °C hot spot and 12 h at 120 °C: F_EQA = 1.85446 (reference sheet); alarm above 1.5
-    x = make_xfmr(aging_alarm_factor=1.5, hot_spot_alarm_c=150, hot_spot_critical_c=160, top_oil_alarm_c=140,
-                  winding_time_constant_min=0.001)
+    x = make_xfmr(
+        aging_alarm_factor=1.5,
+        hot_spot_alarm_c=150,
+        hot_spot_critical_c=160,
+        top_oil_alarm_c=140,
+        winding_time_constant_min=0.001,
+    )
     m = x.initial_memory(0)
     msgs: list[BusMessage] = []
     for i in range(0, 24 * 3600 + 1, 60):
         top_oil = 85.0 if i < 12 * 3600 else 95.0  # ambient 30 + rise; hot-spot rise at K = 1 is 25 °C
-        m, actions = x.step(m, TransformerInputs(load_kw=1000, load_kvar=0, top_oil_temp_c=top_oil,
-                                                 ambient_temp_c=30), float(i))
+        m, actions = x.step(
+            m, TransformerInputs(load_kw=1000, load_kvar=0, top_oil_temp_c=top_oil, ambient_temp_c=30), float(i)
+        )
         msgs += [a for a in actions if isinstance(a, BusMessage) and a.topic is Topic.MAINTENANCE_SCHEDULED]
     assert len(msgs) == 1
     assert msgs[0].payload["equivalent_aging_factor"] == pytest.approx(1.85446, rel=2e-3)
@@ -573,8 +628,9 @@ def test_transformer_asks_for_maintenance_after_a_day_of_fast_aging() -> None:
 
 def test_substation_emergency_from_an_overheated_transformer_says_so() -> None:
     sub = make_sub()
-    m, actions = sub.step(sub.initial_memory(0), SubstationInputs(total_load_kw=12_000,
-                                                                  overheated_transformers=("X-1",)), 0)
+    m, actions = sub.step(
+        sub.initial_memory(0), SubstationInputs(total_load_kw=12_000, overheated_transformers=("X-1",)), 0
+    )
     assert m.state is SubstationState.EMERGENCY_MODE
     (alert,) = [a for a in actions if isinstance(a, Alert)]
     assert alert.message == "Emergency: transformer(s) above critical temperature: X-1; load 40 % of 30 MVA"

@@ -28,8 +28,16 @@ STEP_KVAR = 300.0  # 1.2 MVAR in 4 steps
 
 
 def make(mode: str, **kw: Any) -> CapacitorBankAgent:
-    attrs: dict[str, Any] = dict(control_mode=mode, rated_capacity=1.2, num_steps=4, voltage_level=12.0,
-                                 on_delay_s=30, off_delay_s=30, discharge_time_s=300, max_daily_operations=8)
+    attrs: dict[str, Any] = dict(
+        control_mode=mode,
+        rated_capacity=1.2,
+        num_steps=4,
+        voltage_level=12.0,
+        on_delay_s=30,
+        off_delay_s=30,
+        discharge_time_s=300,
+        max_daily_operations=8,
+    )
     attrs.update(kw)
     return CapacitorBankAgent("CAP-1", CapacitorBankAttributes(**attrs))
 
@@ -153,8 +161,9 @@ def test_time_mode_respects_the_daily_limit_and_says_so() -> None:
     bank.run(22 * 3600, 22 * 3600 + 120)
     assert [c for _, c in bank.log] == [1.0, 2.0, 1.0, 0.0]
     # an operator moves the schedule: the limit for today is spent
-    bank.agent = make("time", num_steps=2, max_daily_operations=4, discharge_time_s=0,
-                      schedule_on="22:30", schedule_off="23:30")
+    bank.agent = make(
+        "time", num_steps=2, max_daily_operations=4, discharge_time_s=0, schedule_on="22:30", schedule_off="23:30"
+    )
     assert bank.run(22 * 3600 + 1800, 23 * 3600) == []
     assert any("daily switching limit 4" in a.message for a in bank.alerts)
     assert bank.memory.operations_today == 4
@@ -196,12 +205,15 @@ def test_temperature_mode_waits_for_the_discharge_time() -> None:
 # --------------------------------------------------------------------------- voltage override
 
 
-@pytest.mark.parametrize("mode,inputs", [
-    ("var", {"source_reactive_power_kvar": 2000.0}),
-    ("time", {}),
-    ("temperature", {"ambient_temp_c": 40.0}),
-    ("voltage", {}),
-])
+@pytest.mark.parametrize(
+    "mode,inputs",
+    [
+        ("var", {"source_reactive_power_kvar": 2000.0}),
+        ("time", {}),
+        ("temperature", {"ambient_temp_c": 40.0}),
+        ("voltage", {}),
+    ],
+)
 def test_override_opens_above_vmax_whatever_the_mode_wants(mode: str, inputs: dict[str, Any]) -> None:
     kw = {"schedule_on": "00:00", "schedule_off": "23:59"} if mode == "time" else {}
     bank = Bank(make(mode, discharge_time_s=0, **kw))
@@ -212,11 +224,14 @@ def test_override_opens_above_vmax_whatever_the_mode_wants(mode: str, inputs: di
     assert "voltage override" in bank.memory.last_reason
 
 
-@pytest.mark.parametrize("mode,inputs", [
-    ("var", {"source_reactive_power_kvar": -2000.0}),
-    ("time", {}),
-    ("temperature", {"ambient_temp_c": 0.0}),
-])
+@pytest.mark.parametrize(
+    "mode,inputs",
+    [
+        ("var", {"source_reactive_power_kvar": -2000.0}),
+        ("time", {}),
+        ("temperature", {"ambient_temp_c": 0.0}),
+    ],
+)
 def test_override_closes_below_vmin_whatever_the_mode_wants(mode: str, inputs: dict[str, Any]) -> None:
     kw = {"schedule_on": "12:00", "schedule_off": "13:00"} if mode == "time" else {}
     bank = Bank(make(mode, **kw))
@@ -245,11 +260,14 @@ def test_mode_does_not_close_a_step_the_override_would_open_again() -> None:
     assert len(bank.log) == 2
 
 
-@pytest.mark.parametrize("mode,inputs", [
-    ("var", {"source_reactive_power_kvar": -2000.0}),
-    ("time", {}),
-    ("temperature", {"ambient_temp_c": 0.0}),
-])
+@pytest.mark.parametrize(
+    "mode,inputs",
+    [
+        ("var", {"source_reactive_power_kvar": -2000.0}),
+        ("time", {}),
+        ("temperature", {"ambient_temp_c": 0.0}),
+    ],
+)
 def test_var_support_keeps_steps_in_and_closes_up_to_the_set_point(mode: str, inputs: dict[str, Any]) -> None:
     kw = {"schedule_on": "12:00", "schedule_off": "13:00"} if mode == "time" else {}
     bank = Bank(make(mode, **kw))
@@ -304,28 +322,47 @@ def trajectories(draw: Any) -> tuple[str, dict[str, Any], list[Segment]]:
     mode = draw(st.sampled_from(["voltage", "var", "time", "temperature", "manual"]))
     steps = draw(st.integers(1, 4))
     limit = draw(st.integers(2 * steps if mode == "time" else 1, 12))
-    settings_ = dict(num_steps=steps, max_daily_operations=limit, on_delay_s=draw(st.sampled_from([0, 5, 30])),
-                     off_delay_s=draw(st.sampled_from([0, 5, 30])), discharge_time_s=draw(st.sampled_from([0, 60, 300])),
-                     utc_offset_h=draw(st.sampled_from([0, 3, -5.5])),
-                     schedule_on=draw(st.sampled_from(["06:00", "23:00"])),
-                     schedule_off=draw(st.sampled_from(["18:00", "01:30"])))
-    sample = st.fixed_dictionaries({}, optional={
-        "bus_voltage_kv": st.one_of(st.sampled_from([kv(110.0), kv(117.0), kv(121.0), kv(125.0), kv(130.0)]),
-                                    st.floats(0, 20)),
-        "source_reactive_power_kvar": st.one_of(st.sampled_from([-1500.0, 0.0, 1500.0]), st.floats(-3000, 3000)),
-        "ambient_temp_c": st.one_of(st.sampled_from([10.0, 27.0, 40.0]), st.floats(-80, 90)),
-    })
+    settings_ = dict(
+        num_steps=steps,
+        max_daily_operations=limit,
+        on_delay_s=draw(st.sampled_from([0, 5, 30])),
+        off_delay_s=draw(st.sampled_from([0, 5, 30])),
+        discharge_time_s=draw(st.sampled_from([0, 60, 300])),
+        utc_offset_h=draw(st.sampled_from([0, 3, -5.5])),
+        schedule_on=draw(st.sampled_from(["06:00", "23:00"])),
+        schedule_off=draw(st.sampled_from(["18:00", "01:30"])),
+    )
+    sample = st.fixed_dictionaries(
+        {},
+        optional={
+            "bus_voltage_kv": st.one_of(
+                st.sampled_from([kv(110.0), kv(117.0), kv(121.0), kv(125.0), kv(130.0)]), st.floats(0, 20)
+            ),
+            "source_reactive_power_kvar": st.one_of(st.sampled_from([-1500.0, 0.0, 1500.0]), st.floats(-3000, 3000)),
+            "ambient_temp_c": st.one_of(st.sampled_from([10.0, 27.0, 40.0]), st.floats(-80, 90)),
+        },
+    )
     # segments: inputs held for `repeat` cycles `dt` apart; position feedback given or not; an operator's request
-    items = draw(st.lists(st.tuples(st.sampled_from([1.0, 10.0, 61.0, 900.0, 7200.0]), st.integers(1, 40), sample,
-                                    st.booleans(), st.sampled_from([None, None, "close_step", "open_step"])),
-                          max_size=30))
+    items = draw(
+        st.lists(
+            st.tuples(
+                st.sampled_from([1.0, 10.0, 61.0, 900.0, 7200.0]),
+                st.integers(1, 40),
+                sample,
+                st.booleans(),
+                st.sampled_from([None, None, "close_step", "open_step"]),
+            ),
+            max_size=30,
+        )
+    )
     return mode, settings_, items
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(trajectories())
 def test_never_beyond_the_daily_limit_nor_closing_a_discharging_step(
-        case: tuple[str, dict[str, Any], list[Segment]]) -> None:
+    case: tuple[str, dict[str, Any], list[Segment]],
+) -> None:
     """Automatic commands stay within the daily limit (operators' steps count towards it too);
     no command of any origin closes a step within the discharge time after it was opened."""
     mode, kw, segments = case
@@ -335,8 +372,11 @@ def test_never_beyond_the_daily_limit_nor_closing_a_discharging_step(
     steps, now = 0, 0.0
     per_day: Counter[int] = Counter()
     opened_at: dict[int, float] = {}
-    items = [(dt, inputs, confirm, request if i == 0 else None)
-             for dt, repeat, inputs, confirm, request in segments for i in range(repeat)]
+    items = [
+        (dt, inputs, confirm, request if i == 0 else None)
+        for dt, repeat, inputs, confirm, request in segments
+        for i in range(repeat)
+    ]
     for dt, inputs, confirm, request in items:
         now += dt
         wall = MIDNIGHT + now
@@ -379,18 +419,21 @@ def test_memory_snapshot_round_trip_keeps_the_mode_timers() -> None:
 # --------------------------------------------------------------------------- settings
 
 
-@pytest.mark.parametrize("kw,key,words", [
-    ({"var_on_kvar": 100.0}, "var_off_kvar", "less than one step"),
-    ({"var_on_kvar": 250.0, "var_off_kvar": 0.0}, "var_off_kvar", "hunt"),
-    ({"temp_on_c": 25.0, "temp_off_c": 25.0}, "temp_off_c", "below temp_on_c"),
-    ({"schedule_on": "7:00"}, "schedule_on", "HH:MM"),
-    ({"schedule_off": "24:00"}, "schedule_off", "HH:MM"),
-    ({"schedule_on": "08:00", "schedule_off": "08:00"}, "schedule_off", "equals schedule_on"),
-    ({"control_mode": "time", "max_daily_operations": 4}, "max_daily_operations", "at least 8"),
-    ({"override_min_v": 126.0, "override_max_v": 120.0}, "override_max_v", "above override_min_v"),
-    ({"utc_offset_h": 15}, "utc_offset_h", "less than or equal"),
-    ({"control_mode": "power_factor"}, "control_mode", "voltage"),
-])
+@pytest.mark.parametrize(
+    "kw,key,words",
+    [
+        ({"var_on_kvar": 100.0}, "var_off_kvar", "less than one step"),
+        ({"var_on_kvar": 250.0, "var_off_kvar": 0.0}, "var_off_kvar", "hunt"),
+        ({"temp_on_c": 25.0, "temp_off_c": 25.0}, "temp_off_c", "below temp_on_c"),
+        ({"schedule_on": "7:00"}, "schedule_on", "HH:MM"),
+        ({"schedule_off": "24:00"}, "schedule_off", "HH:MM"),
+        ({"schedule_on": "08:00", "schedule_off": "08:00"}, "schedule_off", "equals schedule_on"),
+        ({"control_mode": "time", "max_daily_operations": 4}, "max_daily_operations", "at least 8"),
+        ({"override_min_v": 126.0, "override_max_v": 120.0}, "override_max_v", "above override_min_v"),
+        ({"utc_offset_h": 15}, "utc_offset_h", "less than or equal"),
+        ({"control_mode": "power_factor"}, "control_mode", "voltage"),
+    ],
+)
 def test_invalid_settings_are_refused_naming_the_key(kw: dict[str, Any], key: str, words: str) -> None:
     attrs = {"rated_capacity": 1.2, "num_steps": 4, **kw}
     with pytest.raises(ValidationError) as info:

@@ -41,11 +41,22 @@ def served() -> Iterator[tuple[Path, AgentRuntime]]:
         server = ControlServer(runtime_dir, group="nonexistent-group")
         server.register("agents.list", rt.list_agents)
         server.register("agents.show", lambda id: rt.show(id))
-        server.register("agents.request", lambda id, request, **args: [
-            {"action": type(a).__name__, **{k: getattr(a, k) for k in ("point_name", "value", "reason") if hasattr(a, k)}}
-            for a in rt.request(id, request, 1000.0, **args)])
-        server.register("reliability", lambda since=None, until=None: rt.reliability(
-            None if since is None else since - WALL0, None if until is None else until - WALL0))
+        server.register(
+            "agents.request",
+            lambda id, request, **args: [
+                {
+                    "action": type(a).__name__,
+                    **{k: getattr(a, k) for k in ("point_name", "value", "reason") if hasattr(a, k)},
+                }
+                for a in rt.request(id, request, 1000.0, **args)
+            ],
+        )
+        server.register(
+            "reliability",
+            lambda since=None, until=None: rt.reliability(
+                None if since is None else since - WALL0, None if until is None else until - WALL0
+            ),
+        )
         ready = threading.Event()
 
         def serve() -> None:
@@ -100,16 +111,26 @@ def test_agents_show_unknown_is_a_clear_refusal(served, capsys) -> None:  # type
 
 def test_agents_request(served, capsys) -> None:  # type: ignore[no-untyped-def]
     runtime_dir, rt = served
-    code, out = run_cli(capsys, "agents", "request", "SOLAR-201", "curtail", "pct=30", "--runtime-dir",
-                        str(runtime_dir))
+    code, out = run_cli(
+        capsys, "agents", "request", "SOLAR-201", "curtail", "pct=30", "--runtime-dir", str(runtime_dir)
+    )
     assert code == 0
     assert rt.memory["SOLAR-201"].curtail_pct == 30.0
 
 
 def test_reliability(served, capsys) -> None:  # type: ignore[no-untyped-def]
     runtime_dir, _ = served
-    code, out = run_cli(capsys, "reliability", "--since", str(WALL0), "--until", str(WALL0 + 3600), "--json",
-                        "--runtime-dir", str(runtime_dir))
+    code, out = run_cli(
+        capsys,
+        "reliability",
+        "--since",
+        str(WALL0),
+        "--until",
+        str(WALL0 + 3600),
+        "--json",
+        "--runtime-dir",
+        str(runtime_dir),
+    )
     r = json.loads(out)
     site = load(SITE)
     served_total = sum(g.count for g in site.meter_groups)
@@ -118,8 +139,9 @@ def test_reliability(served, capsys) -> None:  # type: ignore[no-untyped-def]
     assert r["saifi"] == pytest.approx(behind_045 / served_total)
     # out at 11 s, restored by the close at 901 s
     assert r["saidi_min"] == pytest.approx((901 - 11) / 60 * behind_045 / served_total)
-    code, out = run_cli(capsys, "reliability", "--since", str(WALL0), "--until", str(WALL0 + 3600),
-                        "--runtime-dir", str(runtime_dir))
+    code, out = run_cli(
+        capsys, "reliability", "--since", str(WALL0), "--until", str(WALL0 + 3600), "--runtime-dir", str(runtime_dir)
+    )
     assert "SAIFI" in out and "ASAI" in out
 
 
@@ -133,8 +155,10 @@ def test_parse_time() -> None:
         parse_time("yesterday-ish")
 
 
-@pytest.mark.parametrize("agent_type", ["power_line", "transformer", "smart_meter", "circuit_breaker", "substation",
-                                        "capacitor_bank", "renewable_energy"])
+@pytest.mark.parametrize(
+    "agent_type",
+    ["power_line", "transformer", "smart_meter", "circuit_breaker", "substation", "capacitor_bank", "renewable_energy"],
+)
 def test_diagram_is_drawn_from_the_table(agent_type: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["agents", "diagram", agent_type, "--format", "dot"]) == 0
     out = capsys.readouterr().out

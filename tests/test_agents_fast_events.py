@@ -69,7 +69,9 @@ def test_a_half_second_reclose_between_two_ticks(site) -> None:  # type: ignore[
     assert [(c.new, c.time) for c in line] == [("Faulted", 100.2), ("Operational", 100.75)]
     impacts = [a.payload for a in actions if isinstance(a, BusMessage) and a.kind == "customer_impact"]
     assert [(p["event"], p["customers"], p["critical_customers"]) for p in impacts] == [
-        ("supply_lost", 2500, 3), ("supply_restored", 2500, 3)]
+        ("supply_lost", 2500, 3),
+        ("supply_restored", 2500, 3),
+    ]
     assert impacts[1]["interruption_s"] == pytest.approx(0.55) and impacts[1]["reclose_pending"] is True
 
     # counted at once as one momentary interruption per customer behind CB-045 ...
@@ -105,8 +107,12 @@ def run_sequence(rt: AgentRuntime, close_at: float) -> None:
 
 
 @pytest.mark.parametrize(("close_at", "momentary", "sustained"), [(200.0, 2500, 0), (500.0, 0, 2500)])
-def test_a_reclose_sequence_is_one_interruption(site, close_at: float, momentary: int,  # type: ignore[no-untyped-def]
-                                                sustained: int) -> None:
+def test_a_reclose_sequence_is_one_interruption(
+    site,
+    close_at: float,
+    momentary: int,  # type: ignore[no-untyped-def]
+    sustained: int,
+) -> None:
     rt = AgentRuntime(site, now=0.0)
     healthy(rt, 0.0)
     run_ticks(rt, 0.0, 100.0)
@@ -120,13 +126,20 @@ def test_a_reclose_sequence_is_one_interruption(site, close_at: float, momentary
         assert r["customer_minutes_interrupted"] == pytest.approx(2500 * (close_at + 0.1 - 100.2) / 60)
 
 
-@pytest.mark.parametrize(("element", "current_a", "words"), [
-    ("51P", 620.0, "CB-045 tripped on overload (51P phase A, 620 A) on load current, below the fault level 1800 A"),
-    ("49", 560.0, "CB-045 tripped on thermal overload (49 phase A, 560 A)"),
-    ("81U", 180.0, "CB-045 tripped on underfrequency (81U phase A, 180 A)"),
-])
-def test_a_trip_that_is_not_a_fault_is_not_called_one(site, element: str, current_a: float,  # type: ignore[no-untyped-def]
-                                                      words: str) -> None:
+@pytest.mark.parametrize(
+    ("element", "current_a", "words"),
+    [
+        ("51P", 620.0, "CB-045 tripped on overload (51P phase A, 620 A) on load current, below the fault level 1800 A"),
+        ("49", 560.0, "CB-045 tripped on thermal overload (49 phase A, 560 A)"),
+        ("81U", 180.0, "CB-045 tripped on underfrequency (81U phase A, 180 A)"),
+    ],
+)
+def test_a_trip_that_is_not_a_fault_is_not_called_one(
+    site,
+    element: str,
+    current_a: float,  # type: ignore[no-untyped-def]
+    words: str,
+) -> None:
     rt = AgentRuntime(site, now=0.0)
     healthy(rt, 0.0)
     run_ticks(rt, 0.0, 10.0)

@@ -22,14 +22,28 @@ AGENTS = [(a.id, name) for a in SITE.agents for name in a.points]
 BREAKERS = [a.id for a in SITE.agents if a.type.value == "circuit_breaker"]
 REQUESTS = ["open", "close", "reset", "maintenance", "curtail", "cvr", "fault", "return_to_service", "shed", "bogus"]
 
-values = st.one_of(st.none(), st.booleans(), st.floats(-1e6, 1e6, allow_nan=False), st.just(0.0), st.just(-273.0),
-                   st.floats(allow_nan=True, allow_infinity=True))
+values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.floats(-1e6, 1e6, allow_nan=False),
+    st.just(0.0),
+    st.just(-273.0),
+    st.floats(allow_nan=True, allow_infinity=True),
+)
 step = st.one_of(
     st.tuples(st.just("point"), st.sampled_from(AGENTS), values, st.booleans()),
-    st.tuples(st.just("protection"), st.sampled_from(["pickup", "dropout", "trip", "reclose", "lockout", "reset"]),
-              st.sampled_from(BREAKERS), st.floats(0, 50_000)),
-    st.tuples(st.just("request"), st.sampled_from([a.id for a in SITE.agents]), st.sampled_from(REQUESTS),
-              st.dictionaries(st.sampled_from(["on", "pct"]), st.one_of(st.booleans(), st.floats(0, 100)), max_size=2)),
+    st.tuples(
+        st.just("protection"),
+        st.sampled_from(["pickup", "dropout", "trip", "reclose", "lockout", "reset"]),
+        st.sampled_from(BREAKERS),
+        st.floats(0, 50_000),
+    ),
+    st.tuples(
+        st.just("request"),
+        st.sampled_from([a.id for a in SITE.agents]),
+        st.sampled_from(REQUESTS),
+        st.dictionaries(st.sampled_from(["on", "pct"]), st.one_of(st.booleans(), st.floats(0, 100)), max_size=2),
+    ),
     st.tuples(st.just("tick"), st.floats(0.1, 400)),
 )
 
@@ -69,7 +83,23 @@ def test_random_sequences_keep_agents_legal(sequence: list[tuple[Any, ...]]) -> 
     assert {a: m.state for a, m in again.memory.items()} == {a: m.state for a, m in rt.memory.items()}
 
 
-NASTY = [0.0, -1.0, -273.0, -1e9, 1e9, -1e11, 1e11, 1e200, -1e200, float("inf"), float("-inf"), float("nan"), True, False, None]
+NASTY = [
+    0.0,
+    -1.0,
+    -273.0,
+    -1e9,
+    1e9,
+    -1e11,
+    1e11,
+    1e200,
+    -1e200,
+    float("inf"),
+    float("-inf"),
+    float("nan"),
+    True,
+    False,
+    None,
+]
 
 
 def test_every_point_with_every_nasty_value() -> None:

@@ -45,8 +45,9 @@ class CoSim:
                 self.carry_out(self.rt.on_point(agent_id, name, value, True, t))
         if int(t) % 60 == 0:
             r = self.model.meter_readings(T0 + t)
-            self.rt.ingest_meter_batch(r.ids, {"voltage_v": r.voltage_v, "demand_kw": r.demand_kw,
-                                               "thd_pct": r.thd_pct, "tamper": r.tamper}, t)
+            self.rt.ingest_meter_batch(
+                r.ids, {"voltage_v": r.voltage_v, "demand_kw": r.demand_kw, "thd_pct": r.thd_pct, "tamper": r.tamper}, t
+            )
         self.carry_out(self.rt.tick(t, wall=1.79e9 + t))
         self.t += dt
 
@@ -94,8 +95,9 @@ def test_quiet_grid_then_fault_isolation_and_restoration() -> None:
     assert sim.rt.show("MTR-GRP-101")["states"] == {"Outage": 1250}
     plan = next(a for a in sim.log if isinstance(a, BusMessage) and a.kind == "reroute_plan")
     assert plan.payload["customers_affected"] == 2500  # MTR-GRP-101, -102 and -103 behind LINE-045
-    assert not any(isinstance(a, StateChange) and a.agent_id == "SUB-003" and a.new == "Emergency_Mode"
-                   for a in sim.log)  # fault current is not load
+    assert not any(
+        isinstance(a, StateChange) and a.agent_id == "SUB-003" and a.new == "Emergency_Mode" for a in sim.log
+    )  # fault current is not load
 
     sim.model.clear_faults(T0 + sim.t)
     sim.protection("reclose", "CB-045", "79", "", 0.0)
@@ -105,7 +107,11 @@ def test_quiet_grid_then_fault_isolation_and_restoration() -> None:
     assert states["LINE-045"] == "Operational" and states["CB-045"] == "Closed_Normal"
     assert states["SUB-003"] in ("Normal_Operation", "Voltage_Regulation_Active")
     assert sim.rt.show("MTR-GRP-102")["states"] == {"Active": 750}
-    assert sim.changes("CB-045") == [("Closed_Normal", "Closed_High_Current"), ("Closed_High_Current", "Tripped"),
-                                     ("Tripped", "Reclosing"), ("Reclosing", "Closed_Normal")]
+    assert sim.changes("CB-045") == [
+        ("Closed_Normal", "Closed_High_Current"),
+        ("Closed_High_Current", "Tripped"),
+        ("Tripped", "Reclosing"),
+        ("Reclosing", "Closed_Normal"),
+    ]
     r = sim.rt.reliability(0.0, sim.t)
     assert r["momentary_interruptions"] == 2500 and r["sustained_interruptions"] == 0

@@ -12,10 +12,10 @@ from gateway.config import MeterGroupConfig
 
 
 def fleet(count: int = 10, timeout: float = 900.0) -> MeterFleet:
-    groups = [MeterGroupConfig(id="G1", prefix="M1", count=count, connected_transformer="X-1",
-                               reading_timeout_s=timeout),
-              MeterGroupConfig(id="G2", prefix="M2", count=count, connected_transformer="X-2",
-                               reading_timeout_s=timeout)]
+    groups = [
+        MeterGroupConfig(id="G1", prefix="M1", count=count, connected_transformer="X-1", reading_timeout_s=timeout),
+        MeterGroupConfig(id="G2", prefix="M2", count=count, connected_transformer="X-2", reading_timeout_s=timeout),
+    ]
     return MeterFleet(groups, now=0.0)
 
 
@@ -26,8 +26,15 @@ def states(f: MeterFleet, ids: list[str]) -> list[str]:
 def test_readings_drive_meter_states() -> None:
     f = fleet()
     ids = [f"M1-{i:05d}" for i in range(1, 7)]
-    f.ingest(ids, {"voltage_v": np.array([230, 200, 10, 230, 240, 230.0]),
-                   "thd_pct": np.array([2, 2, 2, 12, 2, 2.0]), "demand_kw": np.ones(6)}, 10)
+    f.ingest(
+        ids,
+        {
+            "voltage_v": np.array([230, 200, 10, 230, 240, 230.0]),
+            "thd_pct": np.array([2, 2, 2, 12, 2, 2.0]),
+            "demand_kw": np.ones(6),
+        },
+        10,
+    )
     f.ingest(ids[4:5], {"tamper": np.array([True])}, 11)
     changes, actions = f.evaluate(12)
     assert states(f, ids) == ["Active", "Low_Voltage", "Outage", "Power_Quality_Issue", "Tampered", "Active"]
@@ -89,7 +96,8 @@ def test_unknown_ids_are_counted_and_bad_columns_refused() -> None:
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 19), st.floats(0, 3000)), max_size=40), st.floats(60, 1800))
 def test_a_meter_without_readings_for_its_timeout_is_in_communication_loss(
-        readings: list[tuple[int, float]], timeout: float) -> None:
+    readings: list[tuple[int, float]], timeout: float
+) -> None:
     f = fleet(timeout=timeout)
     last = np.zeros(20)
     for idx, t in sorted(readings, key=lambda r: r[1]):
@@ -113,9 +121,16 @@ def test_snapshot_round_trip() -> None:
 
 
 def test_critical_meters_are_carried_to_the_fleet() -> None:
-    groups = [MeterGroupConfig(id="G1", prefix="M1", count=5, connected_transformer="X-1",
-                               critical_meters=["M1-00002"]),
-              MeterGroupConfig(id="G2", prefix="M2", first=10, count=5, connected_transformer="X-2",
-                               critical_meters=["M2-00014", "M2-00010"])]
+    groups = [
+        MeterGroupConfig(id="G1", prefix="M1", count=5, connected_transformer="X-1", critical_meters=["M1-00002"]),
+        MeterGroupConfig(
+            id="G2",
+            prefix="M2",
+            first=10,
+            count=5,
+            connected_transformer="X-2",
+            critical_meters=["M2-00014", "M2-00010"],
+        ),
+    ]
     f = MeterFleet(groups, now=0.0)
     assert [f.ids[i] for i in np.flatnonzero(f.critical)] == ["M1-00002", "M2-00010", "M2-00014"]

@@ -13,10 +13,24 @@ from gateway.agents import physics
 REL = 5e-6
 
 
-@pytest.mark.parametrize(("hot_spot_c", "faa"), [
-    (80, 0.0358495), (90, 0.115576), (98, 0.281738), (100, 0.349943), (104, 0.536168), (110, 1.0),
-    (116, 1.82957), (120, 2.70893), (130, 6.98418), (140, 17.1995), (150, 40.5890), (160, 92.0617), (180, 424.923),
-])
+@pytest.mark.parametrize(
+    ("hot_spot_c", "faa"),
+    [
+        (80, 0.0358495),
+        (90, 0.115576),
+        (98, 0.281738),
+        (100, 0.349943),
+        (104, 0.536168),
+        (110, 1.0),
+        (116, 1.82957),
+        (120, 2.70893),
+        (130, 6.98418),
+        (140, 17.1995),
+        (150, 40.5890),
+        (160, 92.0617),
+        (180, 424.923),
+    ],
+)
 def test_aging_acceleration_factor(hot_spot_c: float, faa: float) -> None:
     assert physics.aging_acceleration_factor(hot_spot_c) == pytest.approx(faa, rel=REL)
 
@@ -29,10 +43,16 @@ def test_equivalent_aging_and_loss_of_life() -> None:
     assert physics.loss_of_life_percent(feqa * 24) == pytest.approx(0.0247262, rel=REL)
 
 
-@pytest.mark.parametrize(("k", "top_oil", "hot_spot_rise", "hot_spot"), [
-    (0.8, 41.6043, 17.4938, 89.0981), (1.0, 55, 25, 110), (1.2, 70.3386, 33.4680, 133.807),
-    (1.3, 78.6816, 38.0408, 146.722), (1.5, 96.6301, 47.8284, 174.459),
-])
+@pytest.mark.parametrize(
+    ("k", "top_oil", "hot_spot_rise", "hot_spot"),
+    [
+        (0.8, 41.6043, 17.4938, 89.0981),
+        (1.0, 55, 25, 110),
+        (1.2, 70.3386, 33.4680, 133.807),
+        (1.3, 78.6816, 38.0408, 146.722),
+        (1.5, 96.6301, 47.8284, 174.459),
+    ],
+)
 def test_c5791_steady_state(k: float, top_oil: float, hot_spot_rise: float, hot_spot: float) -> None:
     to = physics.ultimate_top_oil_rise_c(k, 55.0, 4.5, 0.8)
     hs = physics.ultimate_hot_spot_rise_c(k, 25.0, 0.8)
@@ -44,8 +64,18 @@ def test_c5791_steady_state(k: float, top_oil: float, hot_spot_rise: float, hot_
 def test_c5791_transient_converges_to_steady_state() -> None:
     state = physics.ThermalState(0.0, 0.0)
     for _ in range(2000):
-        state = physics.thermal_step(state, 1.2, 60.0, rated_top_oil_rise_c=55, rated_hot_spot_rise_c=25,
-                                     loss_ratio=4.5, n=0.8, m=0.8, rated_top_oil_tau_s=180 * 60, winding_tau_s=300)
+        state = physics.thermal_step(
+            state,
+            1.2,
+            60.0,
+            rated_top_oil_rise_c=55,
+            rated_hot_spot_rise_c=25,
+            loss_ratio=4.5,
+            n=0.8,
+            m=0.8,
+            rated_top_oil_tau_s=180 * 60,
+            winding_tau_s=300,
+        )
     assert state.top_oil_rise_c == pytest.approx(70.3386, rel=1e-4)
     assert state.hot_spot_rise_c == pytest.approx(33.4680, rel=1e-4)
 
@@ -61,9 +91,18 @@ def test_volt_var_points(v: float, qa: float, qb: float) -> None:
     assert physics.volt_var_q_pu(v, "B") == pytest.approx(qb, abs=1e-9)
 
 
-@pytest.mark.parametrize(("v", "p02", "p0"), [
-    (1.05, 1.0, 1.0), (1.06, 1.0, 1.0), (1.07, 0.8, 0.75), (1.08, 0.6, 0.5), (1.09, 0.4, 0.25), (1.10, 0.2, 0.0),
-    (1.12, 0.2, 0.0)])
+@pytest.mark.parametrize(
+    ("v", "p02", "p0"),
+    [
+        (1.05, 1.0, 1.0),
+        (1.06, 1.0, 1.0),
+        (1.07, 0.8, 0.75),
+        (1.08, 0.6, 0.5),
+        (1.09, 0.4, 0.25),
+        (1.10, 0.2, 0.0),
+        (1.12, 0.2, 0.0),
+    ],
+)
 def test_volt_watt_points(v: float, p02: float, p0: float) -> None:
     assert physics.volt_watt_p_pu(v, 0.2) == pytest.approx(p02, abs=1e-9)
     assert physics.volt_watt_p_pu(v, 0.0) == pytest.approx(p0, abs=1e-9)

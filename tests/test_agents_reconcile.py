@@ -32,8 +32,12 @@ CONFIRM_S = 10.0
 
 
 def breaker() -> CircuitBreakerAgent:
-    return CircuitBreakerAgent("CB-1", CircuitBreakerAttributes(position_confirm_timeout_s=CONFIRM_S),
-                               Links(substation="SUB", lines=("L-1",)), fault_level_a=1600.0)
+    return CircuitBreakerAgent(
+        "CB-1",
+        CircuitBreakerAttributes(position_confirm_timeout_s=CONFIRM_S),
+        Links(substation="SUB", lines=("L-1",)),
+        fault_level_a=1600.0,
+    )
 
 
 def locked_out(cb: CircuitBreakerAgent) -> BreakerMemory:
@@ -49,8 +53,9 @@ def locked_out(cb: CircuitBreakerAgent) -> BreakerMemory:
     m, actions = cb.on_protection_event(m, "lockout", "79", "", 3000, 1.8)
     assert m.state is BreakerState.LOCKED_OUT
     lockout = next(a for a in actions if isinstance(a, Alert))
-    assert lockout.message.startswith("CB-1 locked out after 2 trip(s) (reclose sequence exhausted); "
-                                      "last trip: phase fault (51P phase A, 3000 A)")
+    assert lockout.message.startswith(
+        "CB-1 locked out after 2 trip(s) (reclose sequence exhausted); last trip: phase fault (51P phase A, 3000 A)"
+    )
     return m
 
 
@@ -119,8 +124,10 @@ def test_uncommanded_open_alarms_and_goes_tripped() -> None:
     assert m.state is BreakerState.TRIPPED
     (alarm,) = alerts(actions)
     assert alarm.severity is Severity.MAJOR
-    assert alarm.message == ("CB-1 opened with no protection trip and no command known to the gateway "
-                             "(uncommanded open: external trip, local operation or mechanism fault)")
+    assert alarm.message == (
+        "CB-1 opened with no protection trip and no command known to the gateway "
+        "(uncommanded open: external trip, local operation or mechanism fault)"
+    )
     assert m.trip_cause == "uncommanded_open" and m.trip_count == 0  # not a protection trip
     assert m.history[-1]["event"] == "opened_unexpected"
 
@@ -199,19 +206,23 @@ def test_runtime_on_switching_and_a_simulator_restart(tmp_path: Path) -> None:
     actions += rt2.on_point("CB-044", "closed", True, True, 101.5)
     assert rt2.show("CB-044")["state"] == "Closed_Normal"
     assert [(a.agent_id, a.severity) for a in alerts(actions) if a.agent_id == "CB-044"] == [
-        ("CB-044", Severity.CRITICAL)]
+        ("CB-044", Severity.CRITICAL)
+    ]
     with pytest.raises(ValueError, match="'open' or 'close'"):
         rt.on_switching("CB-044", "toggle", "local:alice", 102.0)
     rt.on_switching("NO-SUCH-SWITCH", "open", "flisr", 102.0)  # elements without an agent are left alone
 
 
-_STEPS = st.lists(st.one_of(
-    st.tuples(st.just("read"), st.booleans()),
-    st.tuples(st.just("switch"), st.sampled_from(["open", "close"])),
-    st.tuples(st.just("protection"), st.sampled_from(["trip", "reclose", "lockout", "reset"])),
-    st.tuples(st.just("request"), st.sampled_from(["open", "reset"])),
-    st.tuples(st.just("wait"), st.floats(0.01, 30.0)),
-), max_size=40)
+_STEPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("read"), st.booleans()),
+        st.tuples(st.just("switch"), st.sampled_from(["open", "close"])),
+        st.tuples(st.just("protection"), st.sampled_from(["trip", "reclose", "lockout", "reset"])),
+        st.tuples(st.just("request"), st.sampled_from(["open", "reset"])),
+        st.tuples(st.just("wait"), st.floats(0.01, 30.0)),
+    ),
+    max_size=40,
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -232,8 +243,13 @@ def test_the_agent_agrees_with_the_plant_or_says_why_not(steps: list[tuple[str, 
             m, actions = cb.step(m, BreakerInputs(closed=arg), now)
             moves = m.history[before:]
             unexpected = [h for h in moves if h["event"] in ("closed_unexpected", "opened_unexpected")]
-            assert len(alerts(actions)) >= len([h for h in unexpected if h["event"] == "closed_unexpected"
-                                                or h["old"] in ("Closed_Normal", "Closed_High_Current")])
+            assert len(alerts(actions)) >= len(
+                [
+                    h
+                    for h in unexpected
+                    if h["event"] == "closed_unexpected" or h["old"] in ("Closed_Normal", "Closed_High_Current")
+                ]
+            )
             pending = {e[1] for e in m.expected_operations if now - e[0] <= CONFIRM_S}
             agrees = (m.state in CLOSED_STATES) == arg
             assert agrees or m.state is BreakerState.MAINTENANCE or pending, (m.state, arg, m.expected_operations)

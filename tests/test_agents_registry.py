@@ -99,8 +99,9 @@ def test_the_simulator_serves_and_obeys_the_registry_vocabulary(site: SiteConfig
     for path in sorted((ROOT / "deploy" / "examples").glob("*.toml")):
         example = load(path)
         first = next(a.id for a in example.agents if a.type is AgentType.TRANSFORMER)
-        aged = example.model_copy(update={"simulation": {**example.simulation,
-                                                         "ageing": {first: {"profile": "scenario-3"}}}})
+        aged = example.model_copy(
+            update={"simulation": {**example.simulation, "ageing": {first: {"profile": "scenario-3"}}}}
+        )
         grid = model.GridModel.from_site(aged)
         for agent in example.agents:
             try:
@@ -109,8 +110,7 @@ def test_the_simulator_serves_and_obeys_the_registry_vocabulary(site: SiteConfig
                 continue  # not a modelled element
     assert CONDITION_NAMES <= produced[AgentType.TRANSFORMER]
     for t, names in produced.items():
-        assert point_map._NAMES[t] - point_map._COMMANDS.get(t, frozenset()) <= names, (
-            t, point_map._NAMES[t] - names)
+        assert point_map._NAMES[t] - point_map._COMMANDS.get(t, frozenset()) <= names, (t, point_map._NAMES[t] - names)
 
 
 # --------------------------------------------------------------------------- a made-up type, in one place
@@ -126,10 +126,15 @@ class WxEvent(enum.Enum):
     WIND_HIGH = enum.auto()
 
 
-WX_TABLE: TransitionTable[WxState, WxEvent] = TransitionTable(WxState, WxEvent, initial=WxState.CALM, rows={
-    WxState.CALM: row(WxEvent, WIND_HIGH=WxState.STORM, ignore="WIND_LOW"),
-    WxState.STORM: row(WxEvent, WIND_LOW=WxState.CALM, ignore="WIND_HIGH"),
-})
+WX_TABLE: TransitionTable[WxState, WxEvent] = TransitionTable(
+    WxState,
+    WxEvent,
+    initial=WxState.CALM,
+    rows={
+        WxState.CALM: row(WxEvent, WIND_HIGH=WxState.STORM, ignore="WIND_LOW"),
+        WxState.STORM: row(WxEvent, WIND_LOW=WxState.CALM, ignore="WIND_HIGH"),
+    },
+)
 
 
 class WxAttributes(BaseModel):
@@ -174,8 +179,9 @@ class WeatherStationAgent(Agent[WxState, WxEvent]):
             self.fire(m, WxEvent.WIND_HIGH if storm else WxEvent.WIND_LOW, f"wind {inputs.wind_m_s} m/s", now, out)
         return m, out
 
-    def request(self, memory: WxMemory, request: str, args: dict[str, Any], now: float
-                ) -> tuple[WxMemory, list[Action]]:
+    def request(
+        self, memory: WxMemory, request: str, args: dict[str, Any], now: float
+    ) -> tuple[WxMemory, list[Action]]:
         if request != "outage_heard":
             raise ValueError(f"weather station {self.agent_id}: unknown request {request!r} (expected outage_heard)")
         m = copy.deepcopy(memory)
@@ -188,13 +194,20 @@ def _heard(rt: sp.RuntimeView, agent_id: str, message: BusMessage, now: float) -
 
 
 WX_SPEC = AgentSpec(
-    type_name="weather_station", table=WX_TABLE, attributes=WxAttributes,
-    points={"wind_m_s": sp.analog("m/s"), "ambient_temp_c": sp.TEMP}, inputs=WxInputs,
-    derived=frozenset({"wall_time"}), derive_inputs=lambda rt, agent_id, wall: {"wall_time": wall},
+    type_name="weather_station",
+    table=WX_TABLE,
+    attributes=WxAttributes,
+    points={"wind_m_s": sp.analog("m/s"), "ambient_temp_c": sp.TEMP},
+    inputs=WxInputs,
+    derived=frozenset({"wall_time"}),
+    derive_inputs=lambda rt, agent_id, wall: {"wall_time": wall},
     links=lambda b: Links(substation=b.substation),
     factory=lambda b, links: WeatherStationAgent(b.agent_id, b.attrs, links),
-    step_order=50, requests=("outage_heard",), subscriptions=(Topic.FAULT_ALERTS,),
-    message_handlers={"customer_impact": _heard}, description="a made-up weather station",
+    step_order=50,
+    requests=("outage_heard",),
+    subscriptions=(Topic.FAULT_ALERTS,),
+    message_handlers={"customer_impact": _heard},
+    description="a made-up weather station",
 )
 
 
@@ -206,10 +219,13 @@ class MadeUpType(enum.Enum):
 
 def _with_station(site: SiteConfig, points: dict[str, str]) -> SiteConfig:
     """The site plus one entry of the made-up type."""
-    wx = AgentConfig.model_construct(id="WX-1", type=MadeUpType.WEATHER_STATION,
-                                     attributes={"storm_wind_m_s": 25.0}, points=points,
-                                     connection_rules=[ConnectionRule(target_id="SUB-003",
-                                                                      canonical_type=CanonicalType.DEPENDS_ON)])
+    wx = AgentConfig.model_construct(
+        id="WX-1",
+        type=MadeUpType.WEATHER_STATION,
+        attributes={"storm_wind_m_s": 25.0},
+        points=points,
+        connection_rules=[ConnectionRule(target_id="SUB-003", canonical_type=CanonicalType.DEPENDS_ON)],
+    )
     return site.model_copy(update={"agents": [*site.agents, wx]})
 
 
@@ -272,10 +288,15 @@ def test_a_table_with_an_undecided_event_fails_the_table_checks() -> None:
         WIND_HIGH = enum.auto()
         ICING = enum.auto()
 
-    grown = TransitionTable(WxState, Grown, initial=WxState.CALM, rows={
-        WxState.CALM: row(Grown, WIND_HIGH=WxState.STORM, ignore="WIND_LOW"),
-        WxState.STORM: row(Grown, WIND_LOW=WxState.CALM, ignore="WIND_HIGH"),
-    })
+    grown = TransitionTable(
+        WxState,
+        Grown,
+        initial=WxState.CALM,
+        rows={
+            WxState.CALM: row(Grown, WIND_HIGH=WxState.STORM, ignore="WIND_LOW"),
+            WxState.STORM: row(Grown, WIND_LOW=WxState.CALM, ignore="WIND_HIGH"),
+        },
+    )
     with pytest.raises(AssertionError):
         check_table(grown)
 
@@ -289,20 +310,39 @@ def test_an_input_that_is_no_point_name_is_refused_in_a_spec() -> None:
         wind_ms: float | None = None
 
     with pytest.raises(SpecError, match="input 'wind_ms' of Typo is not a point name of the type"):
-        AgentSpec(type_name="weather_station", table=WX_TABLE, attributes=WxAttributes,
-                  points={"wind_m_s": sp.analog("m/s")}, inputs=Typo)
+        AgentSpec(
+            type_name="weather_station",
+            table=WX_TABLE,
+            attributes=WxAttributes,
+            points={"wind_m_s": sp.analog("m/s")},
+            inputs=Typo,
+        )
     with pytest.raises(SpecError, match="derived inputs .'gust_m_s'. are not fields of WxInputs"):
-        AgentSpec(type_name="weather_station", table=WX_TABLE, attributes=WxAttributes,
-                  points=WX_SPEC.points, inputs=WxInputs, derived=frozenset({"wall_time", "gust_m_s"}))
+        AgentSpec(
+            type_name="weather_station",
+            table=WX_TABLE,
+            attributes=WxAttributes,
+            points=WX_SPEC.points,
+            inputs=WxInputs,
+            derived=frozenset({"wall_time", "gust_m_s"}),
+        )
     with pytest.raises(SpecError, match="runtime request 'shed' is not among the requests"):
-        AgentSpec(type_name="weather_station", table=WX_TABLE, attributes=WxAttributes, points={},
-                  runtime_requests={"shed": lambda rt, a, now, args: []})
+        AgentSpec(
+            type_name="weather_station",
+            table=WX_TABLE,
+            attributes=WxAttributes,
+            points={},
+            runtime_requests={"shed": lambda rt, a, now, args: []},
+        )
 
 
 def test_a_point_name_outside_the_spec_is_refused_in_a_site(site: SiteConfig) -> None:
     registry = make_registry([*SPECS.values(), WX_SPEC])
-    with pytest.raises(ValueError, match="agent WX-1: weather_station has no point named wind_speed "
-                                         r"\(known: ambient_temp_c, wind_m_s\)"):
+    with pytest.raises(
+        ValueError,
+        match="agent WX-1: weather_station has no point named wind_speed "
+        r"\(known: ambient_temp_c, wind_m_s\)",
+    ):
         AgentRuntime(_with_station(site, {"wind_speed": "WX-1.wind_speed"}), now=0.0, registry=registry)
     # the gateway's own types: the site validation reads the same vocabulary
     from gateway.site import agent_point_problems

@@ -60,16 +60,22 @@ def test_fault_scenario_trip_outage_reclose_restoration(site) -> None:  # type: 
     assert isinstance(first, BusMessage) and first.urgent
     alerts = [a.message for a in actions if isinstance(a, Alert)]
     assert "LINE-045 fault: phase fault (51P phase A, 8500 A), tripped by CB-045" in alerts
-    assert ("Feeder LINE-045 fault (phase fault (51P phase A, 8500 A), tripped by CB-045): 2500 customers "
-            "(3 critical) affected; 2 reroute option(s)") in alerts
+    assert (
+        "Feeder LINE-045 fault (phase fault (51P phase A, 8500 A), tripped by CB-045): 2500 customers "
+        "(3 critical) affected; 2 reroute option(s)"
+    ) in alerts
     impact = next(a for a in actions if isinstance(a, BusMessage) and a.kind == "customer_impact")
     assert impact.payload["event"] == "supply_lost" and impact.payload["customers"] == 2500
     assert impact.payload["critical_customers"] == 3
     assert impact.payload["breakers"] == [{"breaker": "CB-045", "state": "Tripped", "cause": "phase_fault"}]
     assert {t["transformer"]: t["critical_customers"] for t in impact.payload["by_transformer"]} == {
-        "XFMR-101": 1, "XFMR-102": 2, "XFMR-103": 0}
-    assert impact.payload["by_line"] == [{"line": "LINE-045", "breaker": "CB-045", "customers": 2500,
-                                          "critical_customers": 3}]
+        "XFMR-101": 1,
+        "XFMR-102": 2,
+        "XFMR-103": 0,
+    }
+    assert impact.payload["by_line"] == [
+        {"line": "LINE-045", "breaker": "CB-045", "customers": 2500, "critical_customers": 3}
+    ]
     plan = next(a for a in actions if isinstance(a, BusMessage) and a.kind == "reroute_plan")
     assert plan.payload["customers_affected"] == 2500
     assert {o["via"] for o in plan.payload["reroute_options"]} == {"LINE-044", "LINE-046"}
@@ -98,8 +104,9 @@ def test_fault_scenario_trip_outage_reclose_restoration(site) -> None:  # type: 
 def test_requests_and_views(site) -> None:  # type: ignore[no-untyped-def]
     rt = AgentRuntime(site, now=0.0)
     actions = rt.request("CB-046", "open", 1.0)
-    assert actions[0] == ControlRequest(agent_id="CB-046", point_name="position_cmd", value=False,
-                                        reason="operator open")
+    assert actions[0] == ControlRequest(
+        agent_id="CB-046", point_name="position_cmd", value=False, reason="operator open"
+    )
     rt.request("SOLAR-201", "curtail", 2.0, pct=50)
     with pytest.raises(UnknownAgent, match="NOPE"):
         rt.show("NOPE")
@@ -108,8 +115,15 @@ def test_requests_and_views(site) -> None:  # type: ignore[no-untyped-def]
     meter = rt.show("MTR-101-00007")
     assert meter["attributes"]["group"] == "MTR-GRP-101" and meter["state"] == "Active"
     rows = rt.list_agents()
-    assert {r["type"] for r in rows} == {"substation", "circuit_breaker", "power_line", "transformer",
-                                         "capacitor_bank", "renewable_energy", "smart_meter"}
+    assert {r["type"] for r in rows} == {
+        "substation",
+        "circuit_breaker",
+        "power_line",
+        "transformer",
+        "capacitor_bank",
+        "renewable_energy",
+        "smart_meter",
+    }
 
 
 def test_control_requests_name_command_points_the_agent_has(site) -> None:  # type: ignore[no-untyped-def]
@@ -206,8 +220,15 @@ def test_peak_demand_scenario_cvr_and_load_shedding(site) -> None:  # type: igno
     plan = rt.show("SUB-003")["attributes"]["load_shedding_plan"]
     assert [p["feeder"] for p in plan] == ["LINE-046"]  # least critical first, until under 90 %
     actions = rt.request("SUB-003", "shed", 62.0)
-    assert ControlRequest(agent_id="CB-046", point_name="position_cmd", value=False,
-                          reason="load shedding by SUB-003: LINE-046 (5000 kW)") in actions
+    assert (
+        ControlRequest(
+            agent_id="CB-046",
+            point_name="position_cmd",
+            value=False,
+            reason="load shedding by SUB-003: LINE-046 (5000 kW)",
+        )
+        in actions
+    )
     assert rt.show("CB-046")["state"] == "Open_Manual"
 
 
@@ -229,7 +250,16 @@ def test_one_failing_agent_does_not_stop_the_others(site, monkeypatch) -> None: 
 def test_momentary_threshold_comes_from_the_substation(site) -> None:  # type: ignore[no-untyped-def]
     assert AgentRuntime(site, now=0.0).momentary_threshold_s == 300.0
     sub = site.agent("SUB-003")
-    other = site.model_copy(update={"agents": [
-        a if a.id != "SUB-003" else a.model_copy(update={"attributes": {
-            **sub.attributes, "momentary_interruption_threshold_s": 180.0}}) for a in site.agents]})
+    other = site.model_copy(
+        update={
+            "agents": [
+                a
+                if a.id != "SUB-003"
+                else a.model_copy(
+                    update={"attributes": {**sub.attributes, "momentary_interruption_threshold_s": 180.0}}
+                )
+                for a in site.agents
+            ]
+        }
+    )
     assert AgentRuntime(other, now=0.0).momentary_threshold_s == 180.0

@@ -14,16 +14,50 @@ TABLES = {name: spec.table for name, spec in SPECS.items()}
 
 USE_CASE_STATES = {
     "power_line": {"Operational", "Loaded", "Overloaded", "Faulted", "De-energized", "Emergency"},
-    "transformer": {"Normal_Operation", "High_Load", "Overloaded", "Overheating", "Voltage_Regulation", "Faulted",
-                    "Offline"},
-    "smart_meter": {"Active", "High_Consumption", "Low_Voltage", "Power_Quality_Issue", "Outage", "Tampered",
-                    "Communication_Loss"},
-    "circuit_breaker": {"Closed_Normal", "Closed_High_Current", "Tripped", "Open_Manual", "Reclosing", "Locked_Out",
-                        "Maintenance"},
-    "substation": {"Normal_Operation", "High_Load", "Voltage_Regulation_Active", "Feeder_Fault", "Transformer_Fault",
-                   "Emergency_Mode", "Maintenance_Mode"},
-    "capacitor_bank": {"All_Steps_Off", "Partial_Energization", "Fully_Energized", "Switching", "Locked_Out",
-                       "Maintenance"},
+    "transformer": {
+        "Normal_Operation",
+        "High_Load",
+        "Overloaded",
+        "Overheating",
+        "Voltage_Regulation",
+        "Faulted",
+        "Offline",
+    },
+    "smart_meter": {
+        "Active",
+        "High_Consumption",
+        "Low_Voltage",
+        "Power_Quality_Issue",
+        "Outage",
+        "Tampered",
+        "Communication_Loss",
+    },
+    "circuit_breaker": {
+        "Closed_Normal",
+        "Closed_High_Current",
+        "Tripped",
+        "Open_Manual",
+        "Reclosing",
+        "Locked_Out",
+        "Maintenance",
+    },
+    "substation": {
+        "Normal_Operation",
+        "High_Load",
+        "Voltage_Regulation_Active",
+        "Feeder_Fault",
+        "Transformer_Fault",
+        "Emergency_Mode",
+        "Maintenance_Mode",
+    },
+    "capacitor_bank": {
+        "All_Steps_Off",
+        "Partial_Energization",
+        "Fully_Energized",
+        "Switching",
+        "Locked_Out",
+        "Maintenance",
+    },
     "renewable_energy": {"Generating", "Standby", "Curtailed", "Islanded", "Faulted", "Offline", "Maintenance"},
 }
 
@@ -145,4 +179,3 @@ def test_a_row_refuses_an_event_both_moved_and_ignored_and_an_unknown_name() -> 
         row(E, GO=S.A, ignore="GO")
     with pytest.raises(KeyError, match="GOO"):
         row(E, ignore="GOO")
-

@@ -98,7 +98,8 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("table", "state", "event", "expected"), CASES,
-                         ids=[f"{t.states.__name__}:{s}+{e.lower()}" for t, s, e, _ in CASES])
+@pytest.mark.parametrize(
+    ("table", "state", "event", "expected"), CASES, ids=[f"{t.states.__name__}:{s}+{e.lower()}" for t, s, e, _ in CASES]
+)
 def test_transition(table, state: str, event: str, expected: str) -> None:  # type: ignore[no-untyped-def]
     assert table.next(table.states(state), table.events[event]).value == expected

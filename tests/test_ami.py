@@ -51,8 +51,9 @@ def _columns(n: int, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def _encode(ids: list[str], columns: dict[str, np.ndarray], **kw: Any) -> bytes:
-    args: dict[str, Any] = dict(substation_id="SUB-003", concentrator_id="MTR-GRP-101", seq=4,
-                                reading_time=1_767_225_600.0, interval_s=900.0)
+    args: dict[str, Any] = dict(
+        substation_id="SUB-003", concentrator_id="MTR-GRP-101", seq=4, reading_time=1_767_225_600.0, interval_s=900.0
+    )
     args.update(kw)
     return encode_batch(meter_ids=ids, columns=columns, **args)
 
@@ -83,10 +84,18 @@ def test_garbage_is_rejected_cleanly(payload: bytes) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.recursive(st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(max_size=8)
-                    | st.binary(max_size=16),
-                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-                    max_leaves=20))
+@given(
+    st.recursive(
+        st.none()
+        | st.booleans()
+        | st.integers(-(2**63), 2**64 - 1)
+        | st.floats()
+        | st.text(max_size=8)
+        | st.binary(max_size=16),
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+        max_leaves=20,
+    )
+)
 def test_wrong_structures_are_rejected_cleanly(obj: Any) -> None:
     try:
         decode_batch(msgpack.packb(obj, use_bin_type=True))
@@ -104,22 +113,25 @@ def _mutated(**changes: Any) -> bytes:
     return msgpack.packb(message, use_bin_type=True)
 
 
-@pytest.mark.parametrize(("payload", "message"), [
-    (_mutated(v=2), "format version 2"),
-    (_mutated(ids=None), "missing field 'ids'"),
-    (_mutated(seq=-1), "'seq' must be >= 0"),
-    (_mutated(seq=True), "'seq' must be int"),
-    (_mutated(reading_time=math.inf), "'reading_time' must be finite"),
-    (_mutated(part=3, parts=2), "part 3 of 2"),
-    (_mutated(ids=["A-1", 7]), r"ids\[1\] must be a non-empty string"),
-    (_mutated(ids=["A-1"]), "column 'voltage_v': 8 bytes for 1 meters"),
-    (_mutated(columns={}), "'columns' is empty"),
-    (_mutated(columns={"voltage_v": {"dtype": "<f8", "data": b"\0" * 16}}), "where <f4 is expected"),
-    (_mutated(columns={"x": {"dtype": ">f4", "data": b"\0" * 8}}), "dtype '>f4' is not one of"),
-    (_mutated(columns={"Bad-Name": {"dtype": "<f4", "data": b"\0" * 8}}), "not a lower-case identifier"),
-    (b"\xc1", "not msgpack"),
-    (msgpack.packb([1, 2]), "payload must be a map"),
-])
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (_mutated(v=2), "format version 2"),
+        (_mutated(ids=None), "missing field 'ids'"),
+        (_mutated(seq=-1), "'seq' must be >= 0"),
+        (_mutated(seq=True), "'seq' must be int"),
+        (_mutated(reading_time=math.inf), "'reading_time' must be finite"),
+        (_mutated(part=3, parts=2), "part 3 of 2"),
+        (_mutated(ids=["A-1", 7]), r"ids\[1\] must be a non-empty string"),
+        (_mutated(ids=["A-1"]), "column 'voltage_v': 8 bytes for 1 meters"),
+        (_mutated(columns={}), "'columns' is empty"),
+        (_mutated(columns={"voltage_v": {"dtype": "<f8", "data": b"\0" * 16}}), "where <f4 is expected"),
+        (_mutated(columns={"x": {"dtype": ">f4", "data": b"\0" * 8}}), "dtype '>f4' is not one of"),
+        (_mutated(columns={"Bad-Name": {"dtype": "<f4", "data": b"\0" * 8}}), "not a lower-case identifier"),
+        (b"\xc1", "not msgpack"),
+        (msgpack.packb([1, 2]), "payload must be a map"),
+    ],
+)
 def test_bad_payloads_say_why(payload: bytes, message: str) -> None:
     with pytest.raises(AmiPayloadError, match=message):
         decode_batch(payload)
@@ -197,9 +209,11 @@ def test_feed_arrives_through_mosquitto_and_bad_messages_are_dropped(tmp_path: P
                 raw.loop_start()
                 for payload in (b"garbage", _encode(["X-1"], _columns(1), concentrator_id="OTHER")):
                     raw.publish("ami/SUB-003/MTR-GRP-101/readings", payload, qos=1).wait_for_publish(5)
-                raw.publish("ami/SUB-003/DC-9/readings",
-                            _encode(["X-1"], _columns(1), concentrator_id="DC-9", substation_id="SUB-999"),
-                            qos=1).wait_for_publish(5)
+                raw.publish(
+                    "ami/SUB-003/DC-9/readings",
+                    _encode(["X-1"], _columns(1), concentrator_id="DC-9", substation_id="SUB-999"),
+                    qos=1,
+                ).wait_for_publish(5)
                 raw.disconnect()
                 raw.loop_stop()
                 await _until(lambda: sub.bad_messages == 3)
@@ -238,8 +252,7 @@ def test_runtime_publishes_every_interval(tmp_path: Path) -> None:
             task = asyncio.create_task(sub.run())
             await _until(lambda: sub.connected)
             await asyncio.sleep(0.2)
-            options = RuntimeOptions(speed=0, iec61850=False, ami_interval_s=0.1, ami_first_reading_s=0.0,
-                                     meters=500)
+            options = RuntimeOptions(speed=0, iec61850=False, ami_interval_s=0.1, ami_first_reading_s=0.0, meters=500)
             runtime = HilRuntime(site, model, options)
             await runtime.start()
             try:
@@ -273,8 +286,9 @@ def test_subscriber_survives_a_broker_restart_and_a_failing_sink(tmp_path: Path)
             raw = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"test-dc-{seq}")
             raw.connect("127.0.0.1", broker.port)
             raw.loop_start()
-            raw.publish("ami/SUB-003/DC-1/readings", _encode(ids, _columns(len(ids)), concentrator_id="DC-1", seq=seq),
-                        qos=1).wait_for_publish(5)
+            raw.publish(
+                "ami/SUB-003/DC-1/readings", _encode(ids, _columns(len(ids)), concentrator_id="DC-1", seq=seq), qos=1
+            ).wait_for_publish(5)
             raw.disconnect()
             raw.loop_stop()
 

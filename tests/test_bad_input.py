@@ -18,12 +18,17 @@ from gateway.control import MAX_REQUEST_BYTES, ControlServer, call
 
 
 @pytest.mark.parametrize("opening, closing", [("[", "]"), ("{b=", "}")])
-def test_a_site_file_nested_20000_deep_is_refused_with_a_clear_error(tmp_path: Path, opening: str,
-                                                                      closing: str) -> None:
+def test_a_site_file_nested_20000_deep_is_refused_with_a_clear_error(
+    tmp_path: Path, opening: str, closing: str
+) -> None:
     site = tmp_path / "deep.toml"
     site.write_text("a = " + opening * 20_000 + closing * 20_000 + "\n")
-    out = subprocess.run([sys.executable, "-m", "gateway.cli", "config", "validate", str(site)],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "config", "validate", str(site)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 1
     assert "Traceback" not in out.stderr + out.stdout
     assert "nested too deeply" in out.stderr
@@ -50,7 +55,8 @@ def _raw_exchange(path: Path, payload: bytes) -> bytes:
 
 
 def test_oversized_and_deeply_nested_requests_are_answered_and_the_server_keeps_serving(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     server = ControlServer(tmp_path, group="no-such-group")
     server.register("echo", lambda text="": {"length": len(text)})
     answers: dict[str, bytes] = {}
@@ -73,8 +79,10 @@ def test_oversized_and_deeply_nested_requests_are_answered_and_the_server_keeps_
 
     with caplog.at_level(logging.DEBUG):
         asyncio.run(main())
-    assert json.loads(answers["over"]) == {"ok": False, "error": "bad request: longer than 64 KiB (one JSON "
-                                                                  "object on one line)"}
+    assert json.loads(answers["over"]) == {
+        "ok": False,
+        "error": "bad request: longer than 64 KiB (one JSON object on one line)",
+    }
     assert json.loads(answers["just_under"]) == {"ok": True, "result": {"length": MAX_REQUEST_BYTES - 100}}
     assert json.loads(answers["nested"]) == {"ok": False, "error": "bad request: JSON nested too deeply"}
     assert json.loads(answers["array"]) == {"ok": False, "error": "bad request: JSON nested too deeply"}

@@ -75,25 +75,31 @@ def test_signed_command_passes_and_canonical_form_ignores_key_order() -> None:
     assert verifier().verify("breaker/select", wire, NOW).nonce == env["nonce"]
 
 
-@pytest.mark.parametrize(("payload", "expect"), [
-    ([1, 2], "expected a msgpack map"),
-    ({"id": "x"}, "missing field(s)"),
-    ("junk", "expected a msgpack map"),
-])
+@pytest.mark.parametrize(
+    ("payload", "expect"),
+    [
+        ([1, 2], "expected a msgpack map"),
+        ({"id": "x"}, "missing field(s)"),
+        ("junk", "expected a msgpack map"),
+    ],
+)
 def test_malformed_payloads(payload: Any, expect: str) -> None:
     exc = refused(verifier().verify, "breaker/select", payload, NOW)
     assert exc.reason is Reason.MALFORMED and expect in exc.message
 
 
-@pytest.mark.parametrize(("field", "value", "expect"), [
-    ("time", "yesterday", "field 'time'"),
-    ("time", True, "field 'time'"),
-    ("nonce", "short", "field 'nonce'"),
-    ("origin", "", "field 'origin'"),
-    ("args", [1], "field 'args'"),
-    ("sig", "not-bytes", "field 'sig'"),
-    ("id", 7, "field 'id'"),
-])
+@pytest.mark.parametrize(
+    ("field", "value", "expect"),
+    [
+        ("time", "yesterday", "field 'time'"),
+        ("time", True, "field 'time'"),
+        ("nonce", "short", "field 'nonce'"),
+        ("origin", "", "field 'origin'"),
+        ("args", [1], "field 'args'"),
+        ("sig", "not-bytes", "field 'sig'"),
+        ("id", 7, "field 'id'"),
+    ],
+)
 def test_malformed_fields_say_which_and_what(field: str, value: Any, expect: str) -> None:
     env = sign_command(KEY, "breaker/select", select_args(), "scada-1", NOW)
     env[field] = value
@@ -161,9 +167,11 @@ def test_nonces_survive_a_restart_in_the_state_database(tmp_path: Path) -> None:
 
 
 def test_maintenance_commands_pass_their_arguments_checked() -> None:
-    for command, args in (("maintenance/accept", {"work_order": "PM-2025-1024-234", "external_id": "MX-1"}),
-                          ("maintenance/reschedule", {"work_order": "PM-2025-1024-234", "start": NOW + 86400}),
-                          ("maintenance/close", {"work_order": "PM-2025-1024-234", "note": "all tests passed"})):
+    for command, args in (
+        ("maintenance/accept", {"work_order": "PM-2025-1024-234", "external_id": "MX-1"}),
+        ("maintenance/reschedule", {"work_order": "PM-2025-1024-234", "start": NOW + 86400}),
+        ("maintenance/close", {"work_order": "PM-2025-1024-234", "note": "all tests passed"}),
+    ):
         cmd = verifier().verify(command, sign_command(KEY, command, args, "maximo", NOW), NOW)
         assert cmd.args == args
 
@@ -176,22 +184,25 @@ def test_unknown_and_not_allowed_commands() -> None:
     assert exc.reason is Reason.NOT_ALLOWED and "uplink.commands.allowed" in exc.message
 
 
-@pytest.mark.parametrize(("command", "args", "expect"), [
-    ("breaker/select", {"action": "open"}, "args.breaker: missing"),
-    ("breaker/select", {"breaker": "CB-044", "action": "toggle"}, "args.action: expected 'open' or 'close'"),
-    ("breaker/select", {"breaker": "CB 044!", "action": "open"}, "args.breaker: expected a breaker id"),
-    ("breaker/select", {"breaker": "CB-044", "action": "close", "authorised": "yes"}, "args.authorised"),
-    ("breaker/select", {"breaker": "CB-044", "action": "open", "force": True}, "unknown key(s) force"),
-    ("breaker/operate", {"breaker": "CB-044", "action": "open"}, "args.select_id: missing"),
-    ("breaker/cancel", {}, "args.select_id: missing"),
-    ("agent/request", {"agent": "XFMR-101"}, "args.request: missing"),
-    ("agent/request", {"agent": "XFMR-101", "request": "x", "bad key": 1}, "not a request argument name"),
-    ("maintenance/accept", {}, "args.work_order: missing"),
-    ("maintenance/accept", {"work_order": "PM-1", "external_id": "bad id!"}, "args.external_id"),
-    ("maintenance/reschedule", {"work_order": "PM-1"}, "args.start: missing"),
-    ("maintenance/reschedule", {"work_order": "PM-1", "start": "sunday"}, "args.start: expected the new window"),
-    ("maintenance/close", {"work_order": "PM-1", "window": 3}, "unknown key(s) window"),
-])
+@pytest.mark.parametrize(
+    ("command", "args", "expect"),
+    [
+        ("breaker/select", {"action": "open"}, "args.breaker: missing"),
+        ("breaker/select", {"breaker": "CB-044", "action": "toggle"}, "args.action: expected 'open' or 'close'"),
+        ("breaker/select", {"breaker": "CB 044!", "action": "open"}, "args.breaker: expected a breaker id"),
+        ("breaker/select", {"breaker": "CB-044", "action": "close", "authorised": "yes"}, "args.authorised"),
+        ("breaker/select", {"breaker": "CB-044", "action": "open", "force": True}, "unknown key(s) force"),
+        ("breaker/operate", {"breaker": "CB-044", "action": "open"}, "args.select_id: missing"),
+        ("breaker/cancel", {}, "args.select_id: missing"),
+        ("agent/request", {"agent": "XFMR-101"}, "args.request: missing"),
+        ("agent/request", {"agent": "XFMR-101", "request": "x", "bad key": 1}, "not a request argument name"),
+        ("maintenance/accept", {}, "args.work_order: missing"),
+        ("maintenance/accept", {"work_order": "PM-1", "external_id": "bad id!"}, "args.external_id"),
+        ("maintenance/reschedule", {"work_order": "PM-1"}, "args.start: missing"),
+        ("maintenance/reschedule", {"work_order": "PM-1", "start": "sunday"}, "args.start: expected the new window"),
+        ("maintenance/close", {"work_order": "PM-1", "window": 3}, "unknown key(s) window"),
+    ],
+)
 def test_bad_args_name_the_key_and_what_was_expected(command: str, args: dict[str, Any], expect: str) -> None:
     env = sign_command(KEY, command, args, "scada-1", NOW)
     exc = refused(verifier().verify, command, env, NOW)
@@ -199,7 +210,11 @@ def test_bad_args_name_the_key_and_what_was_expected(command: str, args: dict[st
 
 
 _values = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.floats() | st.text(max_size=20)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats()
+    | st.text(max_size=20)
     | st.binary(max_size=40),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8) | st.integers(), inner, max_size=4),
     max_leaves=12,
@@ -219,14 +234,17 @@ def test_property_random_bytes_only_ever_refused(raw: bytes) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(payload=st.dictionaries(_field_names, _values, max_size=9), sign=st.booleans(),
-       command=st.sampled_from(["breaker/select", "breaker/operate", "breaker/cancel", "agent/request", "x/y"]))
-def test_property_random_maps_never_raise_anything_but_a_refusal(payload: dict[str, Any], sign: bool,
-                                                                  command: str) -> None:
+@given(
+    payload=st.dictionaries(_field_names, _values, max_size=9),
+    sign=st.booleans(),
+    command=st.sampled_from(["breaker/select", "breaker/operate", "breaker/cancel", "agent/request", "x/y"]),
+)
+def test_property_random_maps_never_raise_anything_but_a_refusal(
+    payload: dict[str, Any], sign: bool, command: str
+) -> None:
     if sign:
         # correctly signed random content reaches the argument checks
-        payload = {**payload, "command": command, "time": NOW, "nonce": os.urandom(12).hex(), "origin": "o",
-                   "id": "i"}
+        payload = {**payload, "command": command, "time": NOW, "nonce": os.urandom(12).hex(), "origin": "o", "id": "i"}
         payload.setdefault("args", {})
         payload.pop("x", None)
         try:
@@ -241,8 +259,9 @@ def test_property_random_maps_never_raise_anything_but_a_refusal(payload: dict[s
         pass
 
 
-def test_a_fault_inside_a_check_is_not_passed_off_as_a_refusal(monkeypatch: pytest.MonkeyPatch,
-                                                                  caplog: pytest.LogCaptureFixture) -> None:
+def test_a_fault_inside_a_check_is_not_passed_off_as_a_refusal(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     """The fuzz tests above can fail: a crash in a parser escapes `verify` instead of becoming a
     refusal. On the MQTT path the service still answers (`failed`) and logs the traceback."""
     import gateway.commands as commands
@@ -352,11 +371,17 @@ class BenchPlant:
 def service(enabled: bool = True, **cfg: Any) -> tuple[CommandService, BenchPlant, Rec]:
     rec = Rec()
     plant = BenchPlant(rec, cfg.get("select_timeout_s", 30.0))
-    svc = CommandService(CommandsConfig(enabled=enabled, scheme="hmac", key_file=Path("k") if enabled else None, **cfg),
-                         key=KEY if enabled else None, substation=SUB, nonces=MemoryNonces(), plant=plant,
-                         publish=lambda s, p: rec.published.append((s, p)),
-                         audit=lambda t, src, kind, rec_: rec.events.append((t, src, kind, rec_)),
-                         wall=lambda: rec.wall, monotonic=lambda: rec.mono)
+    svc = CommandService(
+        CommandsConfig(enabled=enabled, scheme="hmac", key_file=Path("k") if enabled else None, **cfg),
+        key=KEY if enabled else None,
+        substation=SUB,
+        nonces=MemoryNonces(),
+        plant=plant,
+        publish=lambda s, p: rec.published.append((s, p)),
+        audit=lambda t, src, kind, rec_: rec.events.append((t, src, kind, rec_)),
+        wall=lambda: rec.wall,
+        monotonic=lambda: rec.mono,
+    )
     return svc, plant, rec
 
 
@@ -377,13 +402,21 @@ def test_select_operate_through_the_service_with_results_and_audit() -> None:
     again = send(svc, "breaker/operate", select_args(select_id=sel["select_id"]))
     assert again["reason"] == "not_selected" and len(plant.operated) == 1
     # one result per command, on cmd_result/<command>, never under cmd/
-    assert [t for t, _ in rec.published] == ["cmd_result/breaker/select", "cmd_result/breaker/select",
-                                             "cmd_result/breaker/operate", "cmd_result/breaker/operate"]
+    assert [t for t, _ in rec.published] == [
+        "cmd_result/breaker/select",
+        "cmd_result/breaker/select",
+        "cmd_result/breaker/operate",
+        "cmd_result/breaker/operate",
+    ]
     for _, result in rec.published:
         assert {"id", "command", "origin", "ok", "error", "time"} <= set(result)
     kinds = [(src, kind) for _, src, kind, _ in rec.events]
-    assert kinds == [("CB-044", "command.accepted"), ("CB-044", "command.refused"),
-                     ("CB-044", "command.accepted"), ("CB-044", "command.refused")]
+    assert kinds == [
+        ("CB-044", "command.accepted"),
+        ("CB-044", "command.refused"),
+        ("CB-044", "command.accepted"),
+        ("CB-044", "command.refused"),
+    ]
 
 
 def test_operate_without_select_is_refused() -> None:
@@ -416,8 +449,11 @@ def test_interlocks_at_select_and_at_operate() -> None:
     assert r["reason"] == "bad_args" and "args.reason" in r["error"]
     sel = send(svc, "breaker/select", select_args(action="close", authorised=True, reason="line patrolled"))
     assert sel["ok"], sel
-    r = send(svc, "breaker/operate", select_args(action="close", authorised=True, reason="line patrolled",
-                                                 select_id=sel["select_id"]))
+    r = send(
+        svc,
+        "breaker/operate",
+        select_args(action="close", authorised=True, reason="line patrolled", select_id=sel["select_id"]),
+    )
     assert r["ok"] and plant.operated == [("CB-044", "close", True, "scada:scada-1")]
     assert r["overridden"][0]["interlock"] == "protection_lockout"
 
@@ -502,8 +538,10 @@ def test_key_file_checks(tmp_path: Path) -> None:
 def test_site_file_commands_section(tmp_path: Path) -> None:
     site = load("deploy/examples/sub-003.toml")
     assert site.uplink.commands.enabled is False and site.uplink.commands.max_age_s == 30.0
-    doc = {"site": {"region": "r", "substation_id": "S"},
-           "uplink": {"broker_host": "h", "transport": "tcp", "commands": {"enabled": True}}}
+    doc = {
+        "site": {"region": "r", "substation_id": "S"},
+        "uplink": {"broker_host": "h", "transport": "tcp", "commands": {"enabled": True}},
+    }
     assert validate(doc).uplink.commands.scheme == "ed25519"  # keys in the key book, no file
     doc["uplink"]["commands"] = {"enabled": True, "key_file": "command.key"}
     with pytest.raises(ConfigError, match="uplink.commands: key_file is the shared secret of scheme 'hmac'"):
@@ -539,12 +577,21 @@ def test_daemon_refuses_to_start_with_an_unusable_key_file(tmp_path: Path) -> No
     key = tmp_path / "command.key"
     key.write_bytes(b"q" * 64)
     key.chmod(0o644)
-    r = subprocess.run([sys.executable, "-m", "gateway.daemon", "--config", str(site)], capture_output=True,
-                       text=True, timeout=60, stdin=subprocess.DEVNULL)
+    r = subprocess.run(
+        [sys.executable, "-m", "gateway.daemon", "--config", str(site)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
     assert r.returncode == 2 and str(key) in r.stderr and "group or others" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
-    r = subprocess.run([sys.executable, "-m", "gateway.cli", "config", "validate", str(site)], capture_output=True,
-                       text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "config", "validate", str(site)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 1 and "uplink.commands.key_file" in r.stderr
 
 
@@ -559,8 +606,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     doc = example_document()
     doc["uplink"]["commands"] = {"enabled": True, "max_age_s": 120.0}
     with Rig(doc, workdir, hil_args=("--no-ami",)) as r:
-        r.daemon_call("keys.add", name="scada-test", public_key=public_bytes(SCADA.public_key()).hex(),
-                      role="operator")
+        r.daemon_call("keys.add", name="scada-test", public_key=public_bytes(SCADA.public_key()).hex(), role="operator")
         yield r
 
 
@@ -587,18 +633,31 @@ def test_end_to_end_signed_sbo_opens_a_breaker_replays_refused_and_cli(rig: Any)
     assert rig.broker is not None
     with subscriber(rig.broker, f"{base}/cmd_result/#") as sub:
         # a key the gateway does not hold is refused before anything else is trusted
-        stranger = sign_command(Ed25519PrivateKey.generate(), "breaker/select", {"breaker": cb, "action": "open"},
-                                "scada-test", time.time(), key_name="scada-test")
+        stranger = sign_command(
+            Ed25519PrivateKey.generate(),
+            "breaker/select",
+            {"breaker": cb, "action": "open"},
+            "scada-test",
+            time.time(),
+            key_name="scada-test",
+        )
         _publish(sub, base, "breaker/select", stranger)
         assert _result(sub, "breaker/select", stranger["id"])["reason"] == "bad_signature"
-        sel_env = sign_command(SCADA, "breaker/select", {"breaker": cb, "action": "open"}, "scada-test", time.time(),
-                               key_name="scada-test")
+        sel_env = sign_command(
+            SCADA, "breaker/select", {"breaker": cb, "action": "open"}, "scada-test", time.time(), key_name="scada-test"
+        )
         _publish(sub, base, "breaker/select", sel_env)
         sel = _result(sub, "breaker/select", sel_env["id"])
         assert sel["ok"] and sel["key"] == "scada-test", sel
         assert "seq" in sel and sel["command"] == "breaker/select" and sel["state"]["device"] == cb
-        op_env = sign_command(SCADA, "breaker/operate", {"breaker": cb, "action": "open", "select_id": sel["select_id"]},
-                              "scada-test", time.time(), key_name="scada-test")
+        op_env = sign_command(
+            SCADA,
+            "breaker/operate",
+            {"breaker": cb, "action": "open", "select_id": sel["select_id"]},
+            "scada-test",
+            time.time(),
+            key_name="scada-test",
+        )
         _publish(sub, base, "breaker/operate", op_env)
         op = _result(sub, "breaker/operate", op_env["id"])
         assert op["ok"], op
@@ -607,8 +666,9 @@ def test_end_to_end_signed_sbo_opens_a_breaker_replays_refused_and_cli(rig: Any)
         # the same message again: refused, nothing operated
         sent = rig.daemon_call("status")["protection"]["commands_sent"]
         _publish(sub, base, "breaker/operate", op_env)
-        assert sub.wait_for(lambda _m: len([p for p in sub.on("cmd_result/breaker/operate")
-                                            if p.get("id") == op_env["id"]]) == 2, 30)
+        assert sub.wait_for(
+            lambda _m: len([p for p in sub.on("cmd_result/breaker/operate") if p.get("id") == op_env["id"]]) == 2, 30
+        )
         replay = [p for p in sub.on("cmd_result/breaker/operate") if p.get("id") == op_env["id"]]
         assert replay[1]["ok"] is False and replay[1]["reason"] == "replayed"
         assert rig.daemon_call("status")["protection"]["commands_sent"] == sent
@@ -616,15 +676,17 @@ def test_end_to_end_signed_sbo_opens_a_breaker_replays_refused_and_cli(rig: Any)
         # after a restart of the daemon the nonce is still known
         rig.restart_daemon()
         _publish(sub, base, "breaker/select", sel_env)
-        assert sub.wait_for(lambda _m: len([p for p in sub.on("cmd_result/breaker/select")
-                                            if p.get("id") == sel_env["id"]]) == 2, 30)
+        assert sub.wait_for(
+            lambda _m: len([p for p in sub.on("cmd_result/breaker/select") if p.get("id") == sel_env["id"]]) == 2, 30
+        )
         again = [p for p in sub.on("cmd_result/breaker/select") if p.get("id") == sel_env["id"]][1]
         assert again["ok"] is False and again["reason"] == "replayed"
 
         # a payload that is not msgpack at all still gets an answer saying so
         sub.client.publish(f"{base}/cmd/breaker/select", b"\xc1 not msgpack", qos=1).wait_for_publish(10)
-        assert sub.wait_for(lambda _m: any(p.get("reason") == "malformed"
-                                           for p in sub.on("cmd_result/breaker/select")), 30)
+        assert sub.wait_for(
+            lambda _m: any(p.get("reason") == "malformed" for p in sub.on("cmd_result/breaker/select")), 30
+        )
         garbage = next(p for p in sub.on("cmd_result/breaker/select") if p.get("reason") == "malformed")
         assert garbage["ok"] is False and "bytes" in garbage["error"] and "msgpack" in garbage["error"]
 
@@ -638,8 +700,9 @@ def test_end_to_end_signed_sbo_opens_a_breaker_replays_refused_and_cli(rig: Any)
     # revoked: refused as such, and the revocation is audited
     rig.daemon_call("keys.revoke", name="scada-test", reason="host decommissioned")
     with subscriber(rig.broker, f"{base}/cmd_result/#") as sub:
-        env = sign_command(SCADA, "breaker/select", {"breaker": cb, "action": "open"}, "scada-test", time.time(),
-                           key_name="scada-test")
+        env = sign_command(
+            SCADA, "breaker/select", {"breaker": cb, "action": "open"}, "scada-test", time.time(), key_name="scada-test"
+        )
         _publish(sub, base, "breaker/select", env)
         assert _result(sub, "breaker/select", env["id"])["reason"] == "key_revoked"
     assert [e["kind"] for e in rig.daemon_call("events", source="keys", limit=50)] == ["keys.added", "keys.revoked"]

@@ -54,7 +54,7 @@ def test_unreadable_file(tmp_path: Path) -> None:
 
 def test_not_utf8(tmp_path: Path) -> None:
     bad = tmp_path / "latin1.toml"
-    bad.write_bytes(b"[site]\nname = \"Embakasi \xe9\"\n")
+    bad.write_bytes(b'[site]\nname = "Embakasi \xe9"\n')
     with pytest.raises(ConfigError, match="not UTF-8"):
         load(bad)
 
@@ -137,8 +137,13 @@ def test_tls_without_certificates() -> None:
 def test_serial_line_settings_must_agree() -> None:
     data = example()
     rtu = next(i for i in data["ieds"] if i["protocol"] == "modbus_rtu")
-    twin = {**rtu, "id": "IED-CAP-302", "unit_id": 8, "baudrate": 9600,
-            "points": [{**rtu["points"][0], "id": "CAP-302.bus_voltage_kv"}]}
+    twin = {
+        **rtu,
+        "id": "IED-CAP-302",
+        "unit_id": 8,
+        "baudrate": 9600,
+        "points": [{**rtu["points"][0], "id": "CAP-302.bus_voltage_kv"}],
+    }
     data["ieds"].append(twin)
     (p,) = problems_of(data)
     assert "shares serial line" in p and "IED-CAP-302" in p
@@ -154,14 +159,22 @@ def test_every_problem_is_reported_at_once() -> None:
 
 
 def test_cli_validate_exit_status_and_output(tmp_path: Path) -> None:
-    ok = subprocess.run([sys.executable, "-m", "gateway.cli", "config", "validate", str(EXAMPLE)],
-                        capture_output=True, text=True, timeout=60)
+    ok = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "config", "validate", str(EXAMPLE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert ok.returncode == 0, ok.stderr
     assert "valid" in ok.stdout and "SUB-003" in ok.stdout
     bad = tmp_path / "bad.toml"
-    bad.write_text(EXAMPLE.read_text().replace('poll_period_ms = 100', 'poll_period_ms = 1', 1))
-    out = subprocess.run([sys.executable, "-m", "gateway.cli", "config", "validate", str(bad)],
-                         capture_output=True, text=True, timeout=60)
+    bad.write_text(EXAMPLE.read_text().replace("poll_period_ms = 100", "poll_period_ms = 1", 1))
+    out = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "config", "validate", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 1
     assert "INVALID" in out.stderr and "ieds[0:IED-CB-044].poll_period_ms" in out.stderr and "(found 1)" in out.stderr
 
@@ -178,10 +191,18 @@ def _feeder_site(*extra: dict[str, Any], line_rules: list[dict[str, Any]] | None
         {"id": "SUB", "type": "substation", "connection_rules": [rule("CB-1", "supply"), rule("CB-2", "supply")]},
         {"id": "CB-1", "type": "circuit_breaker", "connection_rules": [rule("L-1", "supply")]},
         {"id": "CB-2", "type": "circuit_breaker", "connection_rules": [rule("L-2", "supply")]},
-        {"id": "L-1", "type": "power_line", "attributes": {"length": 3000.0},
-         "connection_rules": [rule("CB-1", "depends_on"), *(line_rules or [])]},
-        {"id": "L-2", "type": "power_line", "attributes": {"length": 2000.0},
-         "connection_rules": [rule("CB-2", "depends_on")]},
+        {
+            "id": "L-1",
+            "type": "power_line",
+            "attributes": {"length": 3000.0},
+            "connection_rules": [rule("CB-1", "depends_on"), *(line_rules or [])],
+        },
+        {
+            "id": "L-2",
+            "type": "power_line",
+            "attributes": {"length": 2000.0},
+            "connection_rules": [rule("CB-2", "depends_on")],
+        },
         *extra,
     ]
     return data
@@ -196,18 +217,40 @@ def _rule(target: str, kind: str, **kw: Any) -> dict[str, Any]:
 
 
 def test_a_feeder_with_switches_and_ties_is_valid() -> None:
-    site = validate(_feeder_site(
-        _agent("SW-1", "circuit_breaker", _rule("L-1", "depends_on", position_m=1500.0),
-               function="load_break_switch", fpi_pickup_a=400.0),
-        _agent("T-1", "transformer", _rule("L-1", "depends_on", position_m=800.0)),
-        _agent("T-2", "transformer", _rule("L-1", "depends_on", position_m=2500.0)),
-        _agent("TIE-1", "circuit_breaker", _rule("L-1", "route", position_m=3000.0), _rule("L-2", "route"),
-               function="load_break_switch", normally_open=True),
-        _agent("TIE-X", "circuit_breaker", _rule("L-2", "route"), external_source="SUB-006/LINE-061",
-               normally_open=True, allow_parallel=True, function="recloser"),
-    ), "site.toml")
+    site = validate(
+        _feeder_site(
+            _agent(
+                "SW-1",
+                "circuit_breaker",
+                _rule("L-1", "depends_on", position_m=1500.0),
+                function="load_break_switch",
+                fpi_pickup_a=400.0,
+            ),
+            _agent("T-1", "transformer", _rule("L-1", "depends_on", position_m=800.0)),
+            _agent("T-2", "transformer", _rule("L-1", "depends_on", position_m=2500.0)),
+            _agent(
+                "TIE-1",
+                "circuit_breaker",
+                _rule("L-1", "route", position_m=3000.0),
+                _rule("L-2", "route"),
+                function="load_break_switch",
+                normally_open=True,
+            ),
+            _agent(
+                "TIE-X",
+                "circuit_breaker",
+                _rule("L-2", "route"),
+                external_source="SUB-006/LINE-061",
+                normally_open=True,
+                allow_parallel=True,
+                function="recloser",
+            ),
+        ),
+        "site.toml",
+    )
     assert site.agent("SW-1").connection_rules[0].position_m == 1500.0
     from gateway.agents.schema import CircuitBreakerAttributes
+
     sw = CircuitBreakerAttributes.model_validate(site.agent("SW-1").attributes)
     assert sw.function == "load_break_switch" and sw.interrupting_capacity == pytest.approx(0.63)
     assert sw.fpi_pickup_a == 400.0 and not sw.normally_open
@@ -253,20 +296,28 @@ def test_elements_on_a_line_with_an_in_series_switch_must_give_positions() -> No
 
 def test_old_style_sites_need_no_positions() -> None:
     """Without in-series devices, positions stay optional (the simulator spreads elements)."""
-    validate(_feeder_site(_agent("T-1", "transformer", _rule("L-1", "depends_on")),
-                          _agent("T-2", "transformer", _rule("L-1", "depends_on", position_m=100.0))), "site.toml")
+    validate(
+        _feeder_site(
+            _agent("T-1", "transformer", _rule("L-1", "depends_on")),
+            _agent("T-2", "transformer", _rule("L-1", "depends_on", position_m=100.0)),
+        ),
+        "site.toml",
+    )
 
 
 def test_an_element_tapped_at_two_positions() -> None:
-    data = _feeder_site(_agent("T-1", "transformer", _rule("L-1", "depends_on", position_m=800.0)),
-                        line_rules=[_rule("T-1", "supply", position_m=900.0)])
+    data = _feeder_site(
+        _agent("T-1", "transformer", _rule("L-1", "depends_on", position_m=800.0)),
+        line_rules=[_rule("T-1", "supply", position_m=900.0)],
+    )
     (p,) = problems_of(data)
     assert "connection_rules" in p and "T-1 is tapped on L-1 at different positions" in p
 
 
 def test_a_tie_names_two_different_lines() -> None:
-    data = _feeder_site(_agent("TIE-1", "circuit_breaker", _rule("L-1", "route"), _rule("L-1", "route"),
-                               normally_open=True))
+    data = _feeder_site(
+        _agent("TIE-1", "circuit_breaker", _rule("L-1", "route"), _rule("L-1", "route"), normally_open=True)
+    )
     (p,) = problems_of(data)
     assert p.startswith("agents[5:TIE-1].connection_rules:") and "two different power lines" in p
 
@@ -278,23 +329,32 @@ def test_a_tie_with_one_line_needs_an_external_source() -> None:
 
 
 def test_an_external_tie_has_one_route() -> None:
-    data = _feeder_site(_agent("TIE-1", "circuit_breaker", _rule("L-1", "route"), _rule("L-2", "route"),
-                               external_source="SUB-006/LINE-061", normally_open=True))
+    data = _feeder_site(
+        _agent(
+            "TIE-1",
+            "circuit_breaker",
+            _rule("L-1", "route"),
+            _rule("L-2", "route"),
+            external_source="SUB-006/LINE-061",
+            normally_open=True,
+        )
+    )
     (p,) = problems_of(data)
     assert p.startswith("agents[5:TIE-1].connection_rules:") and "exactly one route rule" in p
 
 
 def test_a_tie_route_must_name_a_line() -> None:
-    data = _feeder_site(_agent("TIE-1", "circuit_breaker", _rule("L-1", "route"), _rule("CB-2", "route"),
-                               normally_open=True))
+    data = _feeder_site(
+        _agent("TIE-1", "circuit_breaker", _rule("L-1", "route"), _rule("CB-2", "route"), normally_open=True)
+    )
     problems = problems_of(data)
-    assert any(p.startswith("agents[5:TIE-1].connection_rules[1].target_id:") and "power_line" in p
-               for p in problems)
+    assert any(p.startswith("agents[5:TIE-1].connection_rules[1].target_id:") and "power_line" in p for p in problems)
 
 
 def test_tie_attributes_on_a_device_that_is_not_a_tie() -> None:
-    data = _feeder_site(_agent("SW-1", "circuit_breaker", _rule("L-1", "depends_on", position_m=100.0),
-                               allow_parallel=True))
+    data = _feeder_site(
+        _agent("SW-1", "circuit_breaker", _rule("L-1", "depends_on", position_m=100.0), allow_parallel=True)
+    )
     (p,) = problems_of(data)
     assert p.startswith("agents[5:SW-1].attributes.allow_parallel:") and "is for a tie" in p
 
@@ -312,11 +372,14 @@ def test_position_on_a_command_rule_is_refused() -> None:
     assert p.startswith("agents[1:CB-1].connection_rules[1].position_m:") and "supply, depends_on and route" in p
 
 
-@pytest.mark.parametrize(("attributes", "key", "words"), [
-    ({"function": "fuse"}, "function", "'breaker', 'recloser' or 'load_break_switch'"),
-    ({"fpi_pickup_a": 0.0}, "fpi_pickup_a", "greater than 0"),
-    ({"external_source": "SUB 006"}, "external_source", "pattern"),
-])
+@pytest.mark.parametrize(
+    ("attributes", "key", "words"),
+    [
+        ({"function": "fuse"}, "function", "'breaker', 'recloser' or 'load_break_switch'"),
+        ({"fpi_pickup_a": 0.0}, "fpi_pickup_a", "greater than 0"),
+        ({"external_source": "SUB 006"}, "external_source", "pattern"),
+    ],
+)
 def test_switching_device_attributes_are_checked(attributes: dict[str, Any], key: str, words: str) -> None:
     data = _feeder_site()
     data["agents"][1]["attributes"] = attributes
@@ -332,10 +395,16 @@ def test_critical_meters_are_meters_of_their_group() -> None:
     data["meter_groups"][0]["critical_meters"] = ["MTR-101-00420", "MTR-102-00017"]
     data["meter_groups"][1]["critical_meters"] = ["MTR-102-00751"]
     problems = problems_of(data)
-    assert any(p.startswith("meter_groups[0:MTR-GRP-101].critical_meters:") and "critical_meters[1]"
-               in p and "'MTR-102-00017'" in p and "MTR-101-00001 to MTR-101-01250" in p for p in problems)
-    assert any(p.startswith("meter_groups[1:MTR-GRP-102].critical_meters:") and "'MTR-102-00751'" in p
-               for p in problems)
+    assert any(
+        p.startswith("meter_groups[0:MTR-GRP-101].critical_meters:")
+        and "critical_meters[1]" in p
+        and "'MTR-102-00017'" in p
+        and "MTR-101-00001 to MTR-101-01250" in p
+        for p in problems
+    )
+    assert any(
+        p.startswith("meter_groups[1:MTR-GRP-102].critical_meters:") and "'MTR-102-00751'" in p for p in problems
+    )
     data = example()
     data["meter_groups"][0]["critical_meters"] = ["MTR-101-00420", "MTR-101-00420"]
     (p,) = problems_of(data)

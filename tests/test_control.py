@@ -20,8 +20,12 @@ from gateway.sdnotify import Notifier
 def test_daemon_not_running_is_a_clear_message(tmp_path: Path) -> None:
     with pytest.raises(DaemonNotRunning, match="not running"):
         call(tmp_path, "status")
-    result = subprocess.run([sys.executable, "-m", "gateway.cli", "status", "--runtime-dir", str(tmp_path)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "status", "--runtime-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 3
     assert "not running" in result.stderr and "Traceback" not in result.stderr
 
@@ -102,7 +106,9 @@ def test_sd_notify_ready_status_watchdog(tmp_path: Path) -> None:
     receiver.close()
     assert got == ["READY=1\nSTATUS=IEDs 3/3 online", "WATCHDOG=1", "STATUS=reloading"]
     # another process's watchdog settings are not ours
-    assert Notifier({"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "1000", "WATCHDOG_PID": "1"}).watchdog_interval_s is None
+    assert (
+        Notifier({"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "1000", "WATCHDOG_PID": "1"}).watchdog_interval_s is None
+    )
     assert not Notifier({}).enabled
 
 

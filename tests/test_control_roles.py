@@ -43,23 +43,32 @@ MEMBERSHIP = {"vera": [1001], "otto": [1001, 1002], "erin": [1003], "nora": [100
 
 
 def injected() -> AccessPolicy:
-    return AccessPolicy(viewer_group="stima-v", operator_group="stima-o", engineer_group="stima-e",
-                        engineer_uids=frozenset({0, 999}), user_name=USERS.get,
-                        group_ids=lambda user, gid: [gid, *MEMBERSHIP[user]], group_id=GROUPS.get)
+    return AccessPolicy(
+        viewer_group="stima-v",
+        operator_group="stima-o",
+        engineer_group="stima-e",
+        engineer_uids=frozenset({0, 999}),
+        user_name=USERS.get,
+        group_ids=lambda user, gid: [gid, *MEMBERSHIP[user]],
+        group_id=GROUPS.get,
+    )
 
 
-@pytest.mark.parametrize(("uid", "gid", "role"), [
-    (0, 0, Role.ENGINEER),            # root
-    (999, 999, Role.ENGINEER),        # the daemon's own user
-    (2001, 1004, Role.VIEWER),        # supplementary group
-    (2002, 1004, Role.OPERATOR),      # viewer and operator: the higher one
-    (2003, 1004, Role.ENGINEER),
-    (2004, 1004, Role.NONE),          # in none of the groups
-    (2005, 1004, Role.ENGINEER),
-    (2004, 1002, Role.OPERATOR),      # primary group from the peer's credentials
-    (3333, 1004, Role.NONE),          # unknown to the user database
-    (3333, 1001, Role.VIEWER),
-])
+@pytest.mark.parametrize(
+    ("uid", "gid", "role"),
+    [
+        (0, 0, Role.ENGINEER),  # root
+        (999, 999, Role.ENGINEER),  # the daemon's own user
+        (2001, 1004, Role.VIEWER),  # supplementary group
+        (2002, 1004, Role.OPERATOR),  # viewer and operator: the higher one
+        (2003, 1004, Role.ENGINEER),
+        (2004, 1004, Role.NONE),  # in none of the groups
+        (2005, 1004, Role.ENGINEER),
+        (2004, 1002, Role.OPERATOR),  # primary group from the peer's credentials
+        (3333, 1004, Role.NONE),  # unknown to the user database
+        (3333, 1001, Role.VIEWER),
+    ],
+)
 def test_roles_from_injected_credentials(uid: int, gid: int, role: Role) -> None:
     peer = injected().identify(uid, gid)
     assert peer.role is role and peer.uid == uid
@@ -68,8 +77,9 @@ def test_roles_from_injected_credentials(uid: int, gid: int, role: Role) -> None
 
 def test_unknown_peer_and_missing_groups_give_no_role() -> None:
     assert injected().identify(None, None).role is Role.NONE
-    nothing = AccessPolicy(viewer_group="no-such-group-x", operator_group="no-such-group-y",
-                           engineer_group="no-such-group-z")
+    nothing = AccessPolicy(
+        viewer_group="no-such-group-x", operator_group="no-such-group-y", engineer_group="no-such-group-z"
+    )
     assert nothing.identify(65534, 65534).role is Role.NONE
 
 
@@ -117,8 +127,12 @@ class Served:
 
 
 OPS = ("status", "breaker.operate", "settings.set", "unmarked")
-ALLOWED = {Role.NONE: set(), Role.VIEWER: {"status"}, Role.OPERATOR: {"status", "breaker.operate"},
-           Role.ENGINEER: set(OPS)}
+ALLOWED = {
+    Role.NONE: set(),
+    Role.VIEWER: {"status"},
+    Role.OPERATOR: {"status", "breaker.operate"},
+    Role.ENGINEER: set(OPS),
+}
 
 
 def check_answers(answers: dict[str, dict[str, Any]], role: Role, user: str, uid: int) -> None:
@@ -134,19 +148,28 @@ def check_answers(answers: dict[str, dict[str, Any]], role: Role, user: str, uid
 
 
 def refusals(caplog: pytest.LogCaptureFixture, uid: int) -> set[str]:
-    return {r.op for r in caplog.records  # type: ignore[attr-defined]
-            if r.getMessage() == "control operation refused" and r.peer_uid == uid}  # type: ignore[attr-defined]
+    return {
+        r.op
+        for r in caplog.records  # type: ignore[attr-defined]
+        if r.getMessage() == "control operation refused" and r.peer_uid == uid
+    }  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("role", [Role.NONE, Role.VIEWER, Role.OPERATOR, Role.ENGINEER])
-def test_each_role_over_a_real_socket_with_an_injected_group_lookup(tmp_path: Path, role: Role,
-                                                                     caplog: pytest.LogCaptureFixture) -> None:
+def test_each_role_over_a_real_socket_with_an_injected_group_lookup(
+    tmp_path: Path, role: Role, caplog: pytest.LogCaptureFixture
+) -> None:
     me = os.getuid()
     name = pwd.getpwuid(me).pw_name
     groups = {Role.VIEWER: 70001, Role.OPERATOR: 70002, Role.ENGINEER: 70003}
-    access = AccessPolicy(viewer_group="v", operator_group="o", engineer_group="e", engineer_uids=frozenset(),
-                          group_ids=lambda _u, _g: [groups[role]] if role else [],
-                          group_id=lambda g: {"v": 70001, "o": 70002, "e": 70003}[g])
+    access = AccessPolicy(
+        viewer_group="v",
+        operator_group="o",
+        engineer_group="e",
+        engineer_uids=frozenset(),
+        group_ids=lambda _u, _g: [groups[role]] if role else [],
+        group_id=lambda g: {"v": 70001, "o": 70002, "e": 70003}[g],
+    )
     caplog.set_level(logging.INFO, logger="gateway.control")
     with Served(tmp_path, access) as served:
         answers = {op: raw_call(served.server.path, op) for op in OPS}
@@ -165,8 +188,14 @@ def raw_call(path: Path, op: str) -> dict[str, Any]:
 
 
 def test_the_client_sees_the_refusal_as_a_control_error(tmp_path: Path) -> None:
-    access = AccessPolicy(viewer_group="v", operator_group="o", engineer_group="e", engineer_uids=frozenset(),
-                          group_ids=lambda _u, _g: [70001], group_id=lambda g: {"v": 70001}.get(g))
+    access = AccessPolicy(
+        viewer_group="v",
+        operator_group="o",
+        engineer_group="e",
+        engineer_uids=frozenset(),
+        group_ids=lambda _u, _g: [70001],
+        group_id=lambda g: {"v": 70001}.get(g),
+    )
     with Served(tmp_path, access) as served:
         assert call(tmp_path, "status")["role"] == "viewer"
         with pytest.raises(ControlError, match="permission denied: breaker.operate needs the operator role"):
@@ -195,11 +224,24 @@ def real_users() -> Iterator[dict[str, Any]]:
         for g in names.values():
             _run("groupadd", g)
             made_groups.append(g)
-        member = {Role.NONE: [], Role.VIEWER: [names["v"]], Role.OPERATOR: [names["v"], names["o"]],
-                  Role.ENGINEER: [names["e"]]}
+        member = {
+            Role.NONE: [],
+            Role.VIEWER: [names["v"]],
+            Role.OPERATOR: [names["v"], names["o"]],
+            Role.ENGINEER: [names["e"]],
+        }
         for role, user in users.items():
-            _run("useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", "-g", names["sock"],
-                 "-G", ",".join([names["sock"], *member[role]]), user)
+            _run(
+                "useradd",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                "-g",
+                names["sock"],
+                "-G",
+                ",".join([names["sock"], *member[role]]),
+                user,
+            )
             made_users.append(user)
         yield {"groups": names, "users": users}
     finally:
@@ -242,8 +284,9 @@ def test_each_role_with_real_users_and_groups(real_users: dict[str, Any], caplog
     runtime = Path(tempfile.mkdtemp(prefix="stima-roles-"))
     runtime.chmod(0o755)  # the test users must reach the socket
     caplog.set_level(logging.INFO, logger="gateway.control")
-    access = AccessPolicy.from_config(ControlConfig(socket_group=g["sock"], viewer_group=g["v"],
-                                                    operator_group=g["o"], engineer_group=g["e"]))
+    access = AccessPolicy.from_config(
+        ControlConfig(socket_group=g["sock"], viewer_group=g["v"], operator_group=g["o"], engineer_group=g["e"])
+    )
     try:
         with Served(runtime, access, group=g["sock"]) as served:
             assert grp.getgrgid(os.stat(served.server.path).st_gid).gr_name == g["sock"]

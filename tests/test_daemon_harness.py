@@ -15,8 +15,15 @@ from gateway.scheduling import Periods
 from gateway.contract.ports import Priority
 from tests.support.harness import HOUR_IN_A_SECOND, GatewayHarness, example_site
 
-FEEDER = {"CB-044.ia": 120.0, "CB-044.ib": 118.0, "CB-044.ic": 121.0, "CB-044.in": 2.0,
-          "CB-044.voltage_kv": 11.0, "CB-044.frequency_hz": 50.0, "CB-044.closed": True}
+FEEDER = {
+    "CB-044.ia": 120.0,
+    "CB-044.ib": 118.0,
+    "CB-044.ic": 121.0,
+    "CB-044.in": 2.0,
+    "CB-044.voltage_kv": 11.0,
+    "CB-044.frequency_hz": 50.0,
+    "CB-044.closed": True,
+}
 DEAD = {"CB-044.ia": 0.0, "CB-044.ib": 0.0, "CB-044.ic": 0.0, "CB-044.in": 0.0, "CB-044.closed": False}
 FAULT = {"CB-044.ia": 5200.0, "CB-044.ib": 5100.0, "CB-044.ic": 5300.0}
 """A three-phase fault above CB-044's 50P pickup (3000 A): a first, instantaneous trip."""
@@ -24,8 +31,12 @@ FAULT = {"CB-044.ia": 5200.0, "CB-044.ib": 5100.0, "CB-044.ic": 5300.0}
 
 def _queues(h: GatewayHarness) -> dict[str, int]:
     gw = h.gw
-    return {"tasks": len(asyncio.all_tasks(h.loop)), "timers": h.pending_timers(),
-            "telemetry_pending": gw.telemetry.pending, "threads_running": h.loop.threads_running}
+    return {
+        "tasks": len(asyncio.all_tasks(h.loop)),
+        "timers": h.pending_timers(),
+        "telemetry_pending": gw.telemetry.pending,
+        "threads_running": h.loop.threads_running,
+    }
 
 
 def _load_a(minute: int) -> float:
@@ -38,7 +49,9 @@ def _run_minutes(h: GatewayHarness, first: int, last: int) -> None:
     for minute in range(first, last):
         h.run_for(60.0 * minute + 30.0 - h.loop.time())
         if h.gw.image["CB-044.closed"].value is True:
-            h.set({"CB-044.ia": _load_a(minute), "CB-044.ib": _load_a(minute) - 2.0, "CB-044.ic": _load_a(minute) + 1.0})
+            h.set(
+                {"CB-044.ia": _load_a(minute), "CB-044.ib": _load_a(minute) - 2.0, "CB-044.ic": _load_a(minute) + 1.0}
+            )
         h.run_for(60.0 * (minute + 1) - h.loop.time())
 
 
@@ -59,7 +72,10 @@ def test_an_hour_of_gateway_time_trips_recloses_reports_and_holds_its_queues(tmp
         h.run_for(5.0)
         writes = [(w.point_id, w.value, w.priority) for w in h.transport.writes]
         # the trip on the fault's first sample, the reclose after the 0.5 s dead time
-        assert writes == [("CB-044.trip_cmd", True, Priority.PROTECTION), ("CB-044.close_cmd", True, Priority.PROTECTION)]
+        assert writes == [
+            ("CB-044.trip_cmd", True, Priority.PROTECTION),
+            ("CB-044.close_cmd", True, Priority.PROTECTION),
+        ]
         assert h.transport.writes[0].time_s == pytest.approx(600.0, abs=1e-6)
         assert h.transport.writes[1].time_s - h.transport.writes[0].time_s >= 0.5
         switched = ("protection.trip", "protection.reclose", "protection.lockout")
@@ -85,8 +101,9 @@ def test_an_hour_of_gateway_time_trips_recloses_reports_and_holds_its_queues(tmp
             if minute >= 2 and minute != 10:  # minute 10's report and the fault share an instant
                 assert ia == _load_a(minute - 1), (minute, ia)
         # the load's changes reported by exception, each minute's
-        reported = [x["v"] for m in h.uplink.on("telemetry") for x in m.payload.get("metrics", [])
-                    if x.get("id") == "CB-044.ia"]
+        reported = [
+            x["v"] for m in h.uplink.on("telemetry") for x in m.payload.get("metrics", []) if x.get("id") == "CB-044.ia"
+        ]
         assert {_load_a(n) for n in range(60)} <= set(reported)
         # a history bucket for every minute of the hour in the state database
         rows = h.store.history("CB-044.ia", since=h.clock.wall() - 3600.0, until=h.clock.wall())

@@ -38,8 +38,14 @@ SITE = ROOT / "deploy" / "examples" / "sub-003.toml"
 
 
 def stima(*argv: str, timeout: float = 180.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway.cli", *argv], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 class LoopThread:
@@ -77,16 +83,26 @@ def test_modbus_scan_of_the_simulated_relay_finds_its_map_and_writes_nothing(loo
     loop.call(endpoint.start())
     try:
         loop.call(endpoint.update({"CB-045.ia": 412.5, "CB-045.voltage_kv": 11.02, "CB-045.closed": True}))
-        r = stima("discover", "modbus", f"127.0.0.1:{ied.port}", "--units", "1-3", "--map", "--timeout", "0.3",
-                  "--max-address", "200", "--json")
+        r = stima(
+            "discover",
+            "modbus",
+            f"127.0.0.1:{ied.port}",
+            "--units",
+            "1-3",
+            "--map",
+            "--timeout",
+            "0.3",
+            "--max-address",
+            "200",
+            "--json",
+        )
         assert r.returncode == 0, r.stderr
         scan = json.loads(r.stdout)
         assert scan["live_units"] == [1] and scan["stopped"] is None
         unit = scan["units"][0]
         tables = {t["table"]: t for t in unit["tables"]}
         for point in ied.points:  # every configured register lies in a readable range
-            width = 1 if point.function in (RegisterFunction.COIL, RegisterFunction.DISCRETE) else \
-                point.type.registers
+            width = 1 if point.function in (RegisterFunction.COIL, RegisterFunction.DISCRETE) else point.type.registers
             ranges = tables[point.function.value]["ranges"]
             assert any(a <= point.address and point.address + width - 1 <= b for a, b in ranges), point.id
         assert tables["input"]["ranges"] == []  # the relay has no input registers
@@ -133,6 +149,7 @@ class ExceptionServer:
                 return ExcCodes.DEVICE_FAILURE
             ok = (0 <= address and last <= 9) or (100 <= address and last <= 109)
             return None if ok else ExcCodes.ILLEGAL_ADDRESS
+
         return action
 
     def _gateway(self) -> Any:
@@ -141,6 +158,7 @@ class ExceptionServer:
                 self.writes += 1
             self.requests.append((0, fc, 0, 0))
             return ExcCodes.GATEWAY_NO_RESPONSE
+
         return action
 
     def start(self) -> None:
@@ -150,8 +168,9 @@ class ExceptionServer:
             return SimDevice(unit, simdata=(bits, bits, regs, regs), action=action)
 
         async def run() -> None:
-            self.server = ModbusTcpServer([device(1, self._unit1()), device(0, self._gateway())],
-                                          address=("127.0.0.1", self.port))
+            self.server = ModbusTcpServer(
+                [device(1, self._unit1()), device(0, self._gateway())], address=("127.0.0.1", self.port)
+            )
             await self.server.serve_forever(background=True)
 
         self.loop.call(run())
@@ -164,8 +183,22 @@ def test_modbus_scan_of_a_device_that_answers_exceptions(loop: LoopThread) -> No
     server = ExceptionServer(loop)
     server.start()
     try:
-        r = stima("discover", "modbus", f"127.0.0.1:{server.port}", "--units", "1-4", "--stride", "4",
-                  "--max-address", "200", "--rate", "200", "--timeout", "0.3", "--json")
+        r = stima(
+            "discover",
+            "modbus",
+            f"127.0.0.1:{server.port}",
+            "--units",
+            "1-4",
+            "--stride",
+            "4",
+            "--max-address",
+            "200",
+            "--rate",
+            "200",
+            "--timeout",
+            "0.3",
+            "--json",
+        )
         assert r.returncode == 0, r.stderr
         scan = json.loads(r.stdout)
         units = {u["unit_id"]: u for u in scan["units"]}
@@ -190,8 +223,18 @@ def test_modbus_scan_stops_at_its_deadline(loop: LoopThread) -> None:
     server = ExceptionServer(loop)
     server.start()
     try:
-        r = stima("discover", "modbus", f"127.0.0.1:{server.port}", "--units", "1-247", "--deadline", "1",
-                  "--rate", "20", "--json")
+        r = stima(
+            "discover",
+            "modbus",
+            f"127.0.0.1:{server.port}",
+            "--units",
+            "1-247",
+            "--deadline",
+            "1",
+            "--rate",
+            "20",
+            "--json",
+        )
         scan = json.loads(r.stdout)
         assert scan["stopped"] and "deadline" in scan["stopped"]
         assert scan["requests"] <= 1 * 20 + 2  # at most the rate times the deadline (and the one in flight)
@@ -255,16 +298,27 @@ def test_iec61850_browse_of_the_simulated_bay_gives_its_site_entry(tmp_path: Pat
     try:
         server.wait_listening()
         out = tmp_path / "bay046.toml"
-        r = stima("discover", "iec61850", f"127.0.0.1:{port}", "--write", str(out), "--id", "IED-BAY-046",
-                  "--prefix", "CB-046", "--json")
+        r = stima(
+            "discover",
+            "iec61850",
+            f"127.0.0.1:{port}",
+            "--write",
+            str(out),
+            "--id",
+            "IED-BAY-046",
+            "--prefix",
+            "CB-046",
+            "--json",
+        )
         assert r.returncode == 0, r.stderr + r.stdout
         data = json.loads(r.stdout)
         lns = {ln["name"]: ln for ld in data["logical_devices"] for ln in ld["logical_nodes"]}
         assert {"LLN0", "MMXU1", "XCBR1", "CSWI1"} <= set(lns)
         (rcb,) = lns["LLN0"]["report_control_blocks"]
         assert rcb["buffered"] and rcb["data_set"] == "dsPoints" and "dchg" in rcb["trigger_options"]
-        assert {do["name"]: do["ctl_model"] for do in lns["CSWI1"]["data_objects"]}["Pos"] == \
-            "sbo-with-enhanced-security"
+        assert {do["name"]: do["ctl_model"] for do in lns["CSWI1"]["data_objects"]}[
+            "Pos"
+        ] == "sbo-with-enhanced-security"
         (entry,) = tomllib.loads(out.read_text())["ieds"]
         browsed = Iec61850Ied.model_validate(entry)
         assert _signature(browsed) == _signature(original)
@@ -277,9 +331,23 @@ def test_iec61850_browse_of_the_simulated_bay_gives_its_site_entry(tmp_path: Pat
 
 def test_iec61850_browse_of_a_server_that_refuses_reads(tmp_path: Path) -> None:
     port = reserve_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tests.support.refusing_iec61850", "--config", str(SITE),
-                             "--ied", "IED-BAY-046", "--port", str(port)], cwd=ROOT, stdin=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.support.refusing_iec61850",
+            "--config",
+            str(SITE),
+            "--ied",
+            "IED-BAY-046",
+            "--port",
+            str(port),
+        ],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         _wait_port(port)
         r = stima("discover", "iec61850", f"127.0.0.1:{port}", "--json", "--fragment")

@@ -24,12 +24,15 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         yield r
 
 
-@pytest.mark.parametrize(("line", "cb", "distance_m", "kind"), [
-    ("LINE-045", "CB-045", 300.0, "3ph"),
-    ("LINE-045", "CB-045", 1800.0, "2ph"),
-    ("LINE-046", "CB-046", 500.0, "3ph"),
-    ("LINE-046", "CB-046", 1200.0, "2ph"),
-])
+@pytest.mark.parametrize(
+    ("line", "cb", "distance_m", "kind"),
+    [
+        ("LINE-045", "CB-045", 300.0, "3ph"),
+        ("LINE-045", "CB-045", 1800.0, "2ph"),
+        ("LINE-046", "CB-046", 500.0, "3ph"),
+        ("LINE-046", "CB-046", 1200.0, "2ph"),
+    ],
+)
 def test_permanent_fault_is_cleared_and_locks_out(rig: Rig, line: str, cb: str, distance_m: float, kind: str) -> None:
     assert breaker(rig, cb) == "closed"
     before = len(rig.hil_call("clearings", last=10_000))
@@ -72,8 +75,12 @@ def test_stima_events_shows_the_protection_sequence(rig: Rig) -> None:
     import sys
 
     base = [sys.executable, "-m", "gateway.cli", "events", "--runtime-dir", str(rig.runtime_dir)]
-    scripted = subprocess.run([*base, "--source", "CB-045", "--kind", "protection.", "--since", "1h", "--json"],
-                              capture_output=True, text=True, timeout=60)
+    scripted = subprocess.run(
+        [*base, "--source", "CB-045", "--kind", "protection.", "--since", "1h", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert scripted.returncode == 0, scripted.stderr
     events = json.loads(scripted.stdout)
     kinds = [e["kind"] for e in events]

@@ -50,8 +50,14 @@ def simulate(net: Network, config: dict[str, bool | None], steps: list) -> dict[
     return out
 
 
-def oracle(net: Network, config: dict[str, bool | None], zone: set[str], feeder: set[str], ld: dict[str, complex],
-           unusable: set[str]) -> int:
+def oracle(
+    net: Network,
+    config: dict[str, bool | None],
+    zone: set[str],
+    feeder: set[str],
+    ld: dict[str, complex],
+    unusable: set[str],
+) -> int:
     """Most customers of `feeder` outside `zone` that any setting of the devices touching the
     healthy part can serve with the zone dead, nothing parallel and nothing beyond its limit."""
     healthy = feeder - zone
@@ -60,8 +66,14 @@ def oracle(net: Network, config: dict[str, bool | None], zone: set[str], feeder:
         for _, d in net.adjacent(n):
             if d is not None and config.get(d) and d not in unusable:
                 base[d] = False
-    free = sorted({d for n in healthy for _, d in net.adjacent(n) if d is not None and d not in unusable
-                   and not ({net.devices[d].a, net.devices[d].b} & zone)})
+    free = sorted(
+        {
+            d
+            for n in healthy
+            for _, d in net.adjacent(n)
+            if d is not None and d not in unusable and not ({net.devices[d].a, net.devices[d].b} & zone)
+        }
+    )
     best = 0
     for states in itertools.product((False, True), repeat=len(free)):
         trial = dict(config)
@@ -126,9 +138,19 @@ def test_capacity_decides_and_the_island_is_split_between_two_neighbours() -> No
     # LINE-2/3 comes back through one tie (the other is a needless close).
     b = bench(n_feeders=3, sections=3)
     b.normal()
-    b.set_loads({"XFMR-1-1": 2500.0, "XFMR-1-2": 2400.0, "XFMR-1-3": 1200.0,
-                 "XFMR-3-1": 2500.0, "XFMR-3-2": 2400.0, "XFMR-3-3": 1200.0,
-                 "XFMR-2-2": 1800.0, "XFMR-2-3": 900.0}, default_kw=900.0)
+    b.set_loads(
+        {
+            "XFMR-1-1": 2500.0,
+            "XFMR-1-2": 2400.0,
+            "XFMR-1-3": 1200.0,
+            "XFMR-3-1": 2500.0,
+            "XFMR-3-2": 2400.0,
+            "XFMR-3-3": 1200.0,
+            "XFMR-2-2": 1800.0,
+            "XFMR-2-3": 900.0,
+        },
+        default_kw=900.0,
+    )
     b.remember_loads()
     config, _ = lockout(b, "CB-2", "LINE-2/1")
     location = Location(zone=("LINE-2/1",), method="test")
@@ -177,10 +199,14 @@ def test_a_device_that_cannot_be_used_widens_the_isolated_zone() -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(fault_feeder=st.integers(1, 3), fault_section=st.integers(1, 3),
-       kw=st.lists(st.floats(50.0, 3000.0), min_size=9, max_size=9),
-       broken=st.sets(st.sampled_from(["SW-1-1", "SW-1-2", "SW-2-1", "SW-2-2", "SW-3-1", "SW-3-2",
-                                       "TIE-1-2", "TIE-2-3"]), max_size=2))
+@given(
+    fault_feeder=st.integers(1, 3),
+    fault_section=st.integers(1, 3),
+    kw=st.lists(st.floats(50.0, 3000.0), min_size=9, max_size=9),
+    broken=st.sets(
+        st.sampled_from(["SW-1-1", "SW-1-2", "SW-2-1", "SW-2-2", "SW-3-1", "SW-3-2", "TIE-1-2", "TIE-2-3"]), max_size=2
+    ),
+)
 def test_flisr_invariants(fault_feeder: int, fault_section: int, kw: list[float], broken: set[str]) -> None:
     b = bench(n_feeders=3, sections=3)
     b.normal()
@@ -258,8 +284,17 @@ def _example_bench() -> Bench:
     from hil.rig import example_document
 
     b = bench(example_document())
-    kw = {"XFMR-101": 650.0, "XFMR-102": 550.0, "XFMR-103": 400.0, "XFMR-141": 900.0, "XFMR-142": 800.0,
-          "XFMR-143": 700.0, "XFMR-161": 700.0, "XFMR-162": 600.0, "XFMR-163": 600.0}
+    kw = {
+        "XFMR-101": 650.0,
+        "XFMR-102": 550.0,
+        "XFMR-103": 400.0,
+        "XFMR-141": 900.0,
+        "XFMR-142": 800.0,
+        "XFMR-143": 700.0,
+        "XFMR-161": 700.0,
+        "XFMR-162": 600.0,
+        "XFMR-163": 600.0,
+    }
     b.normal(loads_kw=kw)
     b.set("SUB-003.bus_voltage_kv", 11.22)
     b.remember_loads()

@@ -40,8 +40,14 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
 
 
 def _sequence(rig: Rig, since: float, statuses: tuple[str, ...]) -> dict[str, Any] | None:
-    return next((s for s in rig.daemon_call("switching.list") if s["source"] == "flisr" and s["created"] >= since
-                 and s["status"] in statuses), None)
+    return next(
+        (
+            s
+            for s in rig.daemon_call("switching.list")
+            if s["source"] == "flisr" and s["created"] >= since and s["status"] in statuses
+        ),
+        None,
+    )
 
 
 def _lockout(rig: Rig, distance_m: float) -> float:
@@ -61,12 +67,21 @@ def _back_to_normal(rig: Rig) -> None:
         normal_open = dev.startswith("TIE-")
         if state["closed"] == normal_open:
             rig.hil_call("operate", device=dev, action="open" if normal_open else "close")
-    rig.wait(lambda: rig.daemon_call("status")["protection"]["breakers"][BREAKER]["reclose_state"] in ("ready",
-             "lockout"), "protection settled", 20)
+    rig.wait(
+        lambda: rig.daemon_call("status")["protection"]["breakers"][BREAKER]["reclose_state"] in ("ready", "lockout"),
+        "protection settled",
+        20,
+    )
     if rig.daemon_call("status")["protection"]["breakers"][BREAKER]["locked_out"]:
         rig.daemon_call("breaker.operate", breaker=BREAKER, action="close", authorised=True, reason="repaired")
-    rig.wait(lambda: all(s["energised"] for s in rig.hil_call("status")["sections"].values())
-             and not any(d["fpi"] for d in rig.hil_call("status")["devices"].values()), "normal", 40)
+    rig.wait(
+        lambda: (
+            all(s["energised"] for s in rig.hil_call("status")["sections"].values())
+            and not any(d["fpi"] for d in rig.hil_call("status")["devices"].values())
+        ),
+        "normal",
+        40,
+    )
     time.sleep(3.5)  # the switch-onto-fault window after the close
 
 
@@ -79,13 +94,19 @@ def test_an_advisory_plan_is_published_and_runs_on_a_signed_approval(rig: Rig) -
         assert proposed["plan"]["located_zone"] == ["LINE-045/2"]
         time.sleep(1.0)
         assert rig.hil_call("status")["devices"]["SW-045-1"]["closed"], "an advisory plan must not run by itself"
-        assert sub.wait_for(lambda _m: any(p.get("id") == proposed["id"] and p.get("status") == "proposed"
-                                           for p in sub.on("switching")), 20)
+        assert sub.wait_for(
+            lambda _m: any(
+                p.get("id") == proposed["id"] and p.get("status") == "proposed" for p in sub.on("switching")
+            ),
+            20,
+        )
         env = sign_command(KEY, "switching/approve", {"sequence": proposed["id"]}, "ncc-1", time.time())
-        sub.client.publish(f"{base}/cmd/switching/approve", msgpack.packb(env, use_bin_type=True),
-                           qos=1).wait_for_publish(10)
-        assert sub.wait_for(lambda _m: any(p.get("id") == env["id"] for p in sub.on("cmd_result/switching/approve")),
-                            20)
+        sub.client.publish(
+            f"{base}/cmd/switching/approve", msgpack.packb(env, use_bin_type=True), qos=1
+        ).wait_for_publish(10)
+        assert sub.wait_for(
+            lambda _m: any(p.get("id") == env["id"] for p in sub.on("cmd_result/switching/approve")), 20
+        )
         result = next(p for p in sub.on("cmd_result/switching/approve") if p.get("id") == env["id"])
         assert result["ok"] and result["status"] == "running", result
         done = rig.wait(lambda: _sequence(rig, start, ("done", "failed")), "the approved plan done", 30)
@@ -105,8 +126,18 @@ def test_a_switch_that_does_not_move_stops_the_sequence_and_flisr_plans_around_i
     start = _lockout(rig, 2700.0)
     first = rig.wait(lambda: _sequence(rig, start, ("proposed",)), "a proposed plan", 20)
     rig.daemon_call("switching.approve", id=first["id"])
-    failed = rig.wait(lambda: next((s for s in rig.daemon_call("switching.list") if s["id"] == first["id"]
-                                    and s["status"] in ("failed", "done")), None), "the plan to stop", 30)
+    failed = rig.wait(
+        lambda: next(
+            (
+                s
+                for s in rig.daemon_call("switching.list")
+                if s["id"] == first["id"] and s["status"] in ("failed", "done")
+            ),
+            None,
+        ),
+        "the plan to stop",
+        30,
+    )
     assert failed["status"] == "failed"
     assert "SW-045-2 still reads closed" in failed["results"][-1]["message"]
     # stopped in a safe state: CB-045 was not closed after the failed isolation
@@ -114,8 +145,18 @@ def test_a_switch_that_does_not_move_stops_the_sequence_and_flisr_plans_around_i
     alarms = [e for e in rig.daemon_call("events", since=start, limit=2000) if e["kind"] == "alert"]
     assert any("SW-045-2" in e["message"] and "failed" in e["message"] for e in alarms), alarms
     # a new plan without SW-045-2: the isolated zone takes in LINE-045/3 too
-    second = rig.wait(lambda: next((s for s in rig.daemon_call("switching.list") if s["source"] == "flisr"
-                                    and s["created"] > first["created"]), None), "a new plan", 20)
+    second = rig.wait(
+        lambda: next(
+            (
+                s
+                for s in rig.daemon_call("switching.list")
+                if s["source"] == "flisr" and s["created"] > first["created"]
+            ),
+            None,
+        ),
+        "a new plan",
+        20,
+    )
     assert set(second["plan"]["isolated_zone"]) == {"LINE-045/2", "LINE-045/3"}
     assert "SW-045-2" not in [s["device"] for s in second["steps"]]
     _back_to_normal(rig)
@@ -129,19 +170,31 @@ def test_an_operator_sequence_validated_and_run_from_the_cli(rig: Rig, tmp_path:
     r = subprocess.run([*cli, "validate", str(bad), *rt], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "parallel two sources" in r.stdout, r.stdout + r.stderr
     good = tmp_path / "backfeed.json"
-    good.write_text(json.dumps({"name": "Back-feed LINE-045/3 from LINE-046", "steps": [
-        {"device": "SW-045-2", "action": "open"},
-        {"device": "TIE-045-046", "action": "close", "require": {"SW-045-2": "open"}}]}))
+    good.write_text(
+        json.dumps(
+            {
+                "name": "Back-feed LINE-045/3 from LINE-046",
+                "steps": [
+                    {"device": "SW-045-2", "action": "open"},
+                    {"device": "TIE-045-046", "action": "close", "require": {"SW-045-2": "open"}},
+                ],
+            }
+        )
+    )
     r = subprocess.run([*cli, "validate", str(good), *rt], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "valid" in r.stdout, r.stdout + r.stderr
-    r = subprocess.run([*cli, "run", str(good), *rt], capture_output=True, text=True, timeout=60,
-                       stdin=subprocess.DEVNULL)
+    r = subprocess.run(
+        [*cli, "run", str(good), *rt], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
+    )
     assert r.returncode == 1 and "--yes" in r.stderr
     r = subprocess.run([*cli, "run", str(good), "--yes", "--json", *rt], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     seq_id = json.loads(r.stdout)["id"]
-    done = rig.wait(lambda: (s := rig.daemon_call("switching.show", id=seq_id))["status"] in ("done", "failed") and s,
-                    "the operator's sequence", 30)
+    done = rig.wait(
+        lambda: (s := rig.daemon_call("switching.show", id=seq_id))["status"] in ("done", "failed") and s,
+        "the operator's sequence",
+        30,
+    )
     assert done["status"] == "done", done["results"]
     sections = rig.hil_call("status")["sections"]
     assert sections["LINE-045/3"]["fed_through"] == "TIE-045-046" and sections["LINE-045/3"]["source"]
@@ -149,19 +202,28 @@ def test_an_operator_sequence_validated_and_run_from_the_cli(rig: Rig, tmp_path:
     assert r.returncode == 0 and "DONE" in r.stdout and "TIE-045-046" in r.stdout
     # and back, break before make (closing SW-045-2 with the tie closed would parallel two feeders)
     back = tmp_path / "back.toml"
-    back.write_text('name = "back"\n[[steps]]\ndevice = "TIE-045-046"\naction = "open"\n'
-                    '[[steps]]\ndevice = "SW-045-2"\naction = "close"\n')
+    back.write_text(
+        'name = "back"\n[[steps]]\ndevice = "TIE-045-046"\naction = "open"\n'
+        '[[steps]]\ndevice = "SW-045-2"\naction = "close"\n'
+    )
     r = subprocess.run([*cli, "run", str(back), "--yes", "--json", *rt], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     back_id = json.loads(r.stdout)["id"]
-    done = rig.wait(lambda: (s := rig.daemon_call("switching.show", id=back_id))["status"] in ("done", "failed") and s,
-                    "back", 30)
+    done = rig.wait(
+        lambda: (s := rig.daemon_call("switching.show", id=back_id))["status"] in ("done", "failed") and s, "back", 30
+    )
     assert done["status"] == "done", done["results"]
 
 
 def test_the_fault_isolation_scenario_command(tmp_path: Path) -> None:
-    r = subprocess.run([sys.executable, "-m", "hil", "scenario", "run", "fault-isolation", "--json", "--seed", "3"],
-                       capture_output=True, text=True, timeout=600, cwd=ROOT, stdin=subprocess.DEVNULL)
+    r = subprocess.run(
+        [sys.executable, "-m", "hil", "scenario", "run", "fault-isolation", "--json", "--seed", "3"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+    )
     result = json.loads(r.stdout)
     failed = [c for c in result["checks"] if not c["passed"]]
     assert r.returncode == 0 and result["passed"], failed

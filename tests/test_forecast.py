@@ -17,7 +17,9 @@ T0 = 1_767_225_600.0  # a midnight, UTC
 def shape(t: float) -> float:
     """A distribution feeder's day: low at night, evening peak at 19:00 (kW)."""
     hour = (t % DAY) / 3600.0
-    return 20_000.0 + 6_000.0 * math.exp(-((hour - 19.0) / 2.5) ** 2) - 3_000.0 * math.exp(-((hour - 4.0) / 3.0) ** 2)
+    return (
+        20_000.0 + 6_000.0 * math.exp(-(((hour - 19.0) / 2.5) ** 2)) - 3_000.0 * math.exp(-(((hour - 4.0) / 3.0) ** 2))
+    )
 
 
 def history(days: float, now: float, f, step: float = 60.0) -> list[tuple[float, float]]:  # type: ignore[no-untyped-def]
@@ -28,8 +30,7 @@ def history(days: float, now: float, f, step: float = 60.0) -> list[tuple[float,
 def test_a_ramp_alone_is_carried_forward_and_crosses_the_limit_when_it_should() -> None:
     now = T0 + 10 * 3600.0
     ramp = lambda t: 28_500.0 + 500.0 * (t - now) / 3600.0  # noqa: E731  0.5 MW/h, 28.5 MW now
-    f = forecast(history(0.2, now, ramp), now, limit_kw=30_000.0,
-                 settings=ForecastSettings(trend_fade_s=0.0))
+    f = forecast(history(0.2, now, ramp), now, limit_kw=30_000.0, settings=ForecastSettings(trend_fade_s=0.0))
     assert "too short" in f.method
     assert f.slope_kw_per_h == pytest.approx(500.0, rel=1e-6)
     assert f.crossing_s == pytest.approx(3 * 3600.0, abs=300.0)  # 1.5 MW at 0.5 MW/h, 5-minute steps
@@ -90,7 +91,8 @@ def test_a_switching_step_is_not_carried_forward_as_a_trend() -> None:
 @settings(max_examples=60, deadline=None)
 @given(step_kw=st.floats(-5_000.0, 5_000.0), at_min=st.floats(1.0, 30.0), noise_seed=st.integers(0, 1000))
 def test_one_step_in_the_latest_quarter_window_moves_the_trend_less_than_a_least_squares_line(
-        step_kw: float, at_min: float, noise_seed: int) -> None:
+    step_kw: float, at_min: float, noise_seed: int
+) -> None:
     """A single step in the last quarter of a two-hour trend window, on a noisy 0.5 MW/h ramp: the
     trend moves by at most half what a least-squares line moves (plus what the noise allows).
     Further back, a step biases any trend fitted over the window until it leaves the window."""
@@ -100,8 +102,10 @@ def test_one_step_in_the_latest_quarter_window_moves_the_trend_less_than_a_least
 
     rng = random.Random(noise_seed)
     now = T0 + 10 * 3600.0
-    pts = [(now - k * 60.0, 28_500.0 - 500.0 * k / 60.0 + rng.gauss(0.0, 100.0)
-            + (step_kw if k < at_min else 0.0)) for k in range(120, -1, -1)]
+    pts = [
+        (now - k * 60.0, 28_500.0 - 500.0 * k / 60.0 + rng.gauss(0.0, 100.0) + (step_kw if k < at_min else 0.0))
+        for k in range(120, -1, -1)
+    ]
     f = forecast(pts, now, settings=ForecastSettings(trend_window_s=7200.0, trend_fade_s=0.0))
     lsq = float(np.polyfit([t - now for t, _ in pts], [v for _, v in pts], 1)[0]) * 3600.0
     assert abs(f.slope_kw_per_h - 500.0) <= 0.5 * abs(lsq - 500.0) + 150.0

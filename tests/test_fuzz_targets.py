@@ -33,9 +33,20 @@ def test_the_fuzzer_reports_a_planted_crash() -> None:
 
 @pytest.mark.parametrize("dtype", [{"a": 1}, [1, 2], 7])
 def test_ami_column_dtype_of_the_wrong_type_is_refused(dtype: object) -> None:
-    payload = msgpack.packb({"v": 1, "substation_id": "S", "concentrator_id": "DC", "seq": 1, "reading_time": 1.0,
-                             "interval_s": 900.0, "part": 0, "parts": 1, "ids": ["M1"],
-                             "columns": {"voltage_v": {"dtype": dtype, "data": b"\x00" * 4}}})
+    payload = msgpack.packb(
+        {
+            "v": 1,
+            "substation_id": "S",
+            "concentrator_id": "DC",
+            "seq": 1,
+            "reading_time": 1.0,
+            "interval_s": 900.0,
+            "part": 0,
+            "parts": 1,
+            "ids": ["M1"],
+            "columns": {"voltage_v": {"dtype": dtype, "data": b"\x00" * 4}},
+        }
+    )
     with pytest.raises(AmiPayloadError, match="dtype"):
         decode_batch(payload)
 

@@ -34,26 +34,67 @@ TIMEOUT_S = 30.0
 def site_document(tmp: Path, broker: Broker, ports: dict[str, int]) -> dict[str, Any]:
     assert broker.tls is not None
     return {
-        "site": {"region": "test-region", "substation_id": "SUB-T", "state_dir": str(tmp / "state"),
-                 "runtime_dir": str(tmp / "run")},
-        "uplink": {"broker_host": "127.0.0.1", "broker_port": broker.port, "transport": "tls",
-                   "ca_file": str(broker.tls.ca_file), "cert_file": str(broker.tls.client_cert),
-                   "key_file": str(broker.tls.client_key), "client_id": "stima-test", "topic_prefix": "stima",
-                   "integrity_period_s": 5},
+        "site": {
+            "region": "test-region",
+            "substation_id": "SUB-T",
+            "state_dir": str(tmp / "state"),
+            "runtime_dir": str(tmp / "run"),
+        },
+        "uplink": {
+            "broker_host": "127.0.0.1",
+            "broker_port": broker.port,
+            "transport": "tls",
+            "ca_file": str(broker.tls.ca_file),
+            "cert_file": str(broker.tls.client_cert),
+            "key_file": str(broker.tls.client_key),
+            "client_id": "stima-test",
+            "topic_prefix": "stima",
+            "integrity_period_s": 5,
+        },
         "ieds": [
-            {"id": "IED-A", "protocol": "modbus_tcp", "host": "127.0.0.1", "port": ports["A"],
-             "poll_period_ms": 50, "timeout_ms": 200, "retries": 0,
-             "points": [
-                 {"id": "A.ia", "address": 0, "type": "float32", "unit": "A", "deadband": 1.0},
-                 {"id": "A.temp", "address": 2, "type": "int16", "scale": 0.1, "unit": "degC", "deadband": 0.5,
-                  "valid_range": [-40.0, 150.0]},
-                 {"id": "A.ops", "address": 4, "type": "uint32", "word_order": "little", "kind": "counter"},
-                 {"id": "A.closed", "address": 0, "function": "discrete", "type": "bool"},
-             ]},
-            {"id": "IED-B", "protocol": "modbus_tcp", "host": "127.0.0.1", "port": ports["B"],
-             "poll_period_ms": 50, "timeout_ms": 200, "retries": 0,
-             "points": [{"id": "B.kv", "address": 0, "function": "input", "type": "uint16", "scale": 0.01,
-                         "unit": "kV", "deadband": 0.05}]},
+            {
+                "id": "IED-A",
+                "protocol": "modbus_tcp",
+                "host": "127.0.0.1",
+                "port": ports["A"],
+                "poll_period_ms": 50,
+                "timeout_ms": 200,
+                "retries": 0,
+                "points": [
+                    {"id": "A.ia", "address": 0, "type": "float32", "unit": "A", "deadband": 1.0},
+                    {
+                        "id": "A.temp",
+                        "address": 2,
+                        "type": "int16",
+                        "scale": 0.1,
+                        "unit": "degC",
+                        "deadband": 0.5,
+                        "valid_range": [-40.0, 150.0],
+                    },
+                    {"id": "A.ops", "address": 4, "type": "uint32", "word_order": "little", "kind": "counter"},
+                    {"id": "A.closed", "address": 0, "function": "discrete", "type": "bool"},
+                ],
+            },
+            {
+                "id": "IED-B",
+                "protocol": "modbus_tcp",
+                "host": "127.0.0.1",
+                "port": ports["B"],
+                "poll_period_ms": 50,
+                "timeout_ms": 200,
+                "retries": 0,
+                "points": [
+                    {
+                        "id": "B.kv",
+                        "address": 0,
+                        "function": "input",
+                        "type": "uint16",
+                        "scale": 0.01,
+                        "unit": "kV",
+                        "deadband": 0.05,
+                    }
+                ],
+            },
         ],
     }
 
@@ -88,8 +129,12 @@ class Rig:
         env = {**os.environ, "NOTIFY_SOCKET": str(self.notify_path), "WATCHDOG_USEC": "2000000"}
         env.pop("WATCHDOG_PID", None)
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "gateway.daemon", "--config", str(self.site_path)],
-                                         stdout=log, stderr=subprocess.STDOUT, env=env)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gateway.daemon", "--config", str(self.site_path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
 
     def log(self) -> list[dict[str, Any]]:
         out = []
@@ -101,8 +146,12 @@ class Rig:
         return out
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "gateway.cli", *args, "--runtime-dir", str(self.tmp / "run")],
-                              capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "gateway.cli", *args, "--runtime-dir", str(self.tmp / "run")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -229,7 +278,7 @@ def test_sighup_with_a_bad_file_keeps_the_running_configuration(rig: tuple[Rig, 
     r, sub = rig
     assert r.proc is not None
     good = r.site_path.read_text()
-    r.site_path.write_text(good.replace('poll_period_ms = 50', 'poll_period_ms = "often"', 1))
+    r.site_path.write_text(good.replace("poll_period_ms = 50", 'poll_period_ms = "often"', 1))
     r.proc.send_signal(signal.SIGHUP)
     wait_until(lambda: any(e.get("msg", "").startswith("reload refused") for e in r.log()), "the refusal in the log")
     refusal = [e for e in r.log() if e.get("msg") == "reload refused: invalid site file"]
@@ -240,8 +289,9 @@ def test_sighup_with_a_bad_file_keeps_the_running_configuration(rig: tuple[Rig, 
     assert r.proc.poll() is None
     # a valid new file is taken: the new point appears
     doc = dict(r.document)
-    doc["ieds"][1]["points"].append({"id": "B.hz", "address": 1, "function": "input", "type": "uint16",
-                                     "scale": 0.01, "unit": "Hz"})
+    doc["ieds"][1]["points"].append(
+        {"id": "B.hz", "address": 1, "function": "input", "type": "uint16", "scale": 0.01, "unit": "Hz"}
+    )
     r.servers["B"].set("input", 1, [5001])
     r.site_path.write_text(tomli_w.dumps(doc))
     r.proc.send_signal(signal.SIGHUP)

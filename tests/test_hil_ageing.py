@@ -26,9 +26,20 @@ def by_point(rows: list[dict]) -> dict[str, np.ndarray]:
 
 def run(profile: str, months: float = 6.0, seed: int = 1) -> tuple[Condition, dict[str, np.ndarray], list[dict]]:
     cond = Condition("X", PROFILES[profile], operating_hours=83_000.0, seed=seed)
-    rows = monitor_log(cond, [LoadComponent(4000.0, 0.93, SHAPE)], rated_kva=6000.0, rated_rise_c=50.0,
-                       loss_ratio=5.0, cooling_type="ONAF", tau_min=150.0, months=months, end_wall=1.79e9,
-                       utc_offset_h=3.0, climate=Climate(mean_c=27.0, swing_c=5.0), seed=seed)
+    rows = monitor_log(
+        cond,
+        [LoadComponent(4000.0, 0.93, SHAPE)],
+        rated_kva=6000.0,
+        rated_rise_c=50.0,
+        loss_ratio=5.0,
+        cooling_type="ONAF",
+        tau_min=150.0,
+        months=months,
+        end_wall=1.79e9,
+        utc_offset_h=3.0,
+        climate=Climate(mean_c=27.0, swing_c=5.0),
+        seed=seed,
+    )
     return cond, by_point(rows), rows
 
 
@@ -52,7 +63,7 @@ def test_the_ageing_unit_drifts_loses_efficiency_runs_its_fans_and_gasses() -> N
 def test_the_healthy_twin_cycles_its_fans_and_keeps_its_gases() -> None:
     _, p, _ = run("healthy")
     month = len(p["load_kw"]) // 6
-    duty = [p["fans_running"][k * month:(k + 1) * month].mean() for k in range(6)]
+    duty = [p["fans_running"][k * month : (k + 1) * month].mean() for k in range(6)]
     assert all(0.1 < d < 0.9 for d in duty), duty  # on and off every month (more in the warm season)
     assert p["c2h2_ppm"].max() < 0.3 and p["h2_ppm"].max() < 45
     assert (p["load_kw"] / p["primary_power_kw"]).std() < 1e-4
@@ -65,7 +76,7 @@ def test_the_log_is_deterministic_by_seed_and_hot_spells_come_and_go() -> None:
     assert np.array_equal(a["ambient_temp_c"], b["ambient_temp_c"])
     assert not np.array_equal(a["ambient_temp_c"], c["ambient_temp_c"])
     temps = a["ambient_temp_c"]
-    daily = temps[:len(temps) // 24 * 24].reshape(-1, 24).mean(axis=1)
+    daily = temps[: len(temps) // 24 * 24].reshape(-1, 24).mean(axis=1)
     assert daily.max() - daily.min() > 4.0  # some days in a hot spell
 
 
@@ -89,8 +100,17 @@ def test_the_model_ages_a_transformer_behind_its_own_loads() -> None:
     cond = copy.deepcopy(m.conditions[AGED])
     loads = m.loads_behind(AGED)
     assert sum(c.peak_kw for c in loads) == pytest.approx(900 + 1500 + 1500)  # LINE-045's groups
-    rows = monitor_log(cond, loads, rated_kva=6000.0, rated_rise_c=50.0, loss_ratio=5.0,
-                       cooling_type="ONAF", tau_min=None, months=6.0, end_wall=1.79e9)
+    rows = monitor_log(
+        cond,
+        loads,
+        rated_kva=6000.0,
+        rated_rise_c=50.0,
+        loss_ratio=5.0,
+        cooling_type="ONAF",
+        tau_min=None,
+        months=6.0,
+        end_wall=1.79e9,
+    )
     assert len(rows) == 14 * round(6 * 30.44 * 24)  # how long it takes: tests/bench/bench_maintenance.py
 
 

@@ -51,7 +51,9 @@ class _Listener:
             return [p for t, p in self.messages if t.endswith(suffix)]
 
     def send_event(self, event: DrEvent) -> None:
-        self.client.publish(f"ami/SUB-007/{event.concentrator_id}/dr/events", encode_event(event), qos=1).wait_for_publish(5)
+        self.client.publish(
+            f"ami/SUB-007/{event.concentrator_id}/dr/events", encode_event(event), qos=1
+        ).wait_for_publish(5)
 
     def close(self) -> None:
         self.client.loop_stop()
@@ -78,11 +80,15 @@ def test_weather_dr_and_ramp_over_the_ami_broker(tmp_path: Path) -> None:
         listener = _Listener(broker.port)
 
         async def run() -> dict[str, Any]:
-            runtime = HilRuntime(site, model, RuntimeOptions(speed=0, step_s=0.5, ami_interval_s=60.0,
-                                                             ami_first_reading_s=1.0, iec61850=False),
-                                 site_path=path)
+            runtime = HilRuntime(
+                site,
+                model,
+                RuntimeOptions(speed=0, step_s=0.5, ami_interval_s=60.0, ami_first_reading_s=1.0, iec61850=False),
+                site_path=path,
+            )
             await runtime.start()
             try:
+
                 async def until(predicate: Any, what: str, sim_s: float = 600.0) -> None:
                     for _ in range(int(sim_s / 0.5)):
                         if predicate():
@@ -97,19 +103,38 @@ def test_weather_dr_and_ramp_over_the_ami_broker(tmp_path: Path) -> None:
                 before = _group_demand(listener, "MTR-GRP-721")[-1]
                 before_critical = _group_demand(listener, "MTR-GRP-722")[-1]
                 wall = runtime.clock.wall()
-                for group, program in (("MTR-GRP-721", "DR-HVAC"), ("MTR-GRP-722", "DR-HVAC"),
-                                       ("MTR-GRP-742", "DR-SHIFT"), ("MTR-GRP-721", "NO-SUCH")):
-                    listener.send_event(DrEvent(event_id=f"E-{group}-{program}", program=program, concentrator_id=group,
-                                                start=wall + 30.0, duration_s=3600.0, issued_at=wall))
+                for group, program in (
+                    ("MTR-GRP-721", "DR-HVAC"),
+                    ("MTR-GRP-722", "DR-HVAC"),
+                    ("MTR-GRP-742", "DR-SHIFT"),
+                    ("MTR-GRP-721", "NO-SUCH"),
+                ):
+                    listener.send_event(
+                        DrEvent(
+                            event_id=f"E-{group}-{program}",
+                            program=program,
+                            concentrator_id=group,
+                            start=wall + 30.0,
+                            duration_s=3600.0,
+                            issued_at=wall,
+                        )
+                    )
                 await until(lambda: len(listener.on("/dr/confirmations")) >= 4, "confirmations", 120.0)
                 n_readings = len(_group_demand(listener, "MTR-GRP-721"))
                 await until(lambda: len(_group_demand(listener, "MTR-GRP-721")) >= n_readings + 2, "readings after")
                 after = _group_demand(listener, "MTR-GRP-721")[-1]
                 after_critical = _group_demand(listener, "MTR-GRP-722")[-1]
                 load_now = model.agent_values("SUB-007")["total_load_kw"]
-                return {"ramp": ramp, "before": before, "after": after, "before_critical": before_critical,
-                        "after_critical": after_critical, "load_now": load_now, "now_s": runtime.clock.monotonic(),
-                        "status": runtime.status()}
+                return {
+                    "ramp": ramp,
+                    "before": before,
+                    "after": after,
+                    "before_critical": before_critical,
+                    "after_critical": after_critical,
+                    "load_now": load_now,
+                    "now_s": runtime.clock.monotonic(),
+                    "status": runtime.status(),
+                }
             finally:
                 await runtime.stop()
 
@@ -122,7 +147,7 @@ def test_weather_dr_and_ramp_over_the_ami_broker(tmp_path: Path) -> None:
     first = forecasts[0]
     assert first["substation_id"] == "SUB-007" and len(first["forecast"]) == 25
     assert all(0 <= f["irradiance_w_m2"] <= 950 for f in first["forecast"])
-    assert first["forecast"][8]["irradiance_w_m2"] == 0.0        # 20:00, after sunset
+    assert first["forecast"][8]["irradiance_w_m2"] == 0.0  # 20:00, after sunset
     assert forecasts[-1]["forecast"][0]["temperature_c"] == pytest.approx(35.0)
     # the confirmations: enrolled meters accept (a seeded tenth stays silent), the hospital never,
     # meters of a group not enrolled say so, an unknown program is refused as a whole
@@ -144,8 +169,15 @@ def test_weather_dr_and_ramp_over_the_ami_broker(tmp_path: Path) -> None:
 
 
 def test_ramp_request_from_the_command_line() -> None:
-    args = _parser().parse_args(["inject", "ramp", "SUB-007", "--rate", "0.5MW/h", "--from", "28.5MW", "--ambient", "35"])
-    assert build_request(args) == {"op": "ramp", "substation": "SUB-007", "rate_kw_per_h": 500.0,
-                                   "start_kw": 28_500.0, "ambient_c": 35.0}
+    args = _parser().parse_args(
+        ["inject", "ramp", "SUB-007", "--rate", "0.5MW/h", "--from", "28.5MW", "--ambient", "35"]
+    )
+    assert build_request(args) == {
+        "op": "ramp",
+        "substation": "SUB-007",
+        "rate_kw_per_h": 500.0,
+        "start_kw": 28_500.0,
+        "ambient_c": 35.0,
+    }
     with pytest.raises(UnitError, match="power per hour"):
         build_request(_parser().parse_args(["inject", "ramp", "SUB-007", "--rate", "0.5MW"]))

@@ -51,8 +51,11 @@ def test_a_point_shared_by_two_agents_is_produced_by_the_agent_it_names(site: Si
     agents = []
     for agent in site.agents:
         if agent.id == "CAP-301":
-            points = {**agent.points, "source_reactive_power_kvar": "CB-045.reactive_power_kvar",
-                      "ambient_temp_c": "XFMR-101.ambient_temp_c"}
+            points = {
+                **agent.points,
+                "source_reactive_power_kvar": "CB-045.reactive_power_kvar",
+                "ambient_temp_c": "XFMR-101.ambient_temp_c",
+            }
             agent = agent.model_copy(update={"points": points})
         agents.append(agent)
     shared = site.model_copy(update={"agents": agents})
@@ -308,8 +311,15 @@ def test_fault_currents_match_pandapower_iec60909(site: SiteConfig) -> None:
     pp = pytest.importorskip("pandapower")
     sc = pytest.importorskip("pandapower.shortcircuit")
     s_sc_mva, x_r, c = 250.0, 10.0, 1.1
-    model = _model(site, source_sc_mva=s_sc_mva / c, source_x_r=x_r, source_voltage_pu=c,
-                   source_z0_z1=1.0, start_hour=0.0, unbalance_pct=0.0)
+    model = _model(
+        site,
+        source_sc_mva=s_sc_mva / c,
+        source_x_r=x_r,
+        source_voltage_pu=c,
+        source_z0_z1=1.0,
+        start_hour=0.0,
+        unbalance_pct=0.0,
+    )
     model.load_step("SUB-003", 0.0, 0.0)
     line = model.lines["LINE-045"].attrs
     net = pp.create_empty_network()
@@ -318,10 +328,19 @@ def test_fault_currents_match_pandapower_iec60909(site: SiteConfig) -> None:
     pp.create_ext_grid(net, b0, s_sc_max_mva=s_sc_mva, rx_max=1 / x_r, x0x_max=1.0, r0x0_max=1 / x_r)
     distance_m = 2300.0
     imp = line.impedance
-    pp.create_line_from_parameters(net, b0, b1, length_km=distance_m / 1000, r_ohm_per_km=imp.r_ohm_per_km,
-                                   x_ohm_per_km=imp.x_ohm_per_km, c_nf_per_km=0.0, max_i_ka=1.0,
-                                   r0_ohm_per_km=imp.r0_ohm_per_km, x0_ohm_per_km=imp.x0_ohm_per_km,
-                                   c0_nf_per_km=0.0)
+    pp.create_line_from_parameters(
+        net,
+        b0,
+        b1,
+        length_km=distance_m / 1000,
+        r_ohm_per_km=imp.r_ohm_per_km,
+        x_ohm_per_km=imp.x_ohm_per_km,
+        c_nf_per_km=0.0,
+        max_i_ka=1.0,
+        r0_ohm_per_km=imp.r0_ohm_per_km,
+        x0_ohm_per_km=imp.x0_ohm_per_km,
+        c0_nf_per_km=0.0,
+    )
     for ours, theirs in (("3ph", "3ph"), ("ll", "2ph"), ("slg", "1ph")):
         sc.calc_sc(net, fault=theirs, case="max", ip=False)
         expected_a = net.res_bus_sc.ikss_ka.at[b1] * 1000.0
@@ -410,8 +429,8 @@ def test_meter_readings_columns(site: SiteConfig) -> None:
     assert len(r) == sum(g.count for g in site.meter_groups) == 3670
     for g in site.meter_groups:  # each group's meters side by side, in order
         first = r.ids.index(f"{g.prefix}-00001")
-        assert r.ids[first:first + g.count] == [f"{g.prefix}-{n:05d}" for n in range(1, g.count + 1)]
-        assert set(r.group_ids[first:first + g.count]) == {g.id}
+        assert r.ids[first : first + g.count] == [f"{g.prefix}-{n:05d}" for n in range(1, g.count + 1)]
+        assert set(r.group_ids[first : first + g.count]) == {g.id}
     assert r.powered.all() and not r.tamper.any()
     assert np.all((r.voltage_v > 200) & (r.voltage_v < 260))
     assert np.all((r.power_factor > 0.8) & (r.power_factor <= 1.0))
@@ -440,14 +459,38 @@ def test_settings_validation_names_the_key() -> None:
         load_settings({"loads": {"XFMR-101": {"profile": "lunar"}}})
 
 
-_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True),
-                   st.text(max_size=8), st.lists(st.floats(0, 1000), max_size=30))
+_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=True),
+    st.text(max_size=8),
+    st.lists(st.floats(0, 1000), max_size=30),
+)
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.dictionaries(st.sampled_from(["source_sc_mva", "source_x_r", "frequency_hz", "start_hour", "seed",
-                                        "breaker_opening_time_ms", "loads", "irradiance", "positions_m",
-                                        "solve_period_s", "unknown_key"]), _VALUES, max_size=5))
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "source_sc_mva",
+                "source_x_r",
+                "frequency_hz",
+                "start_hour",
+                "seed",
+                "breaker_opening_time_ms",
+                "loads",
+                "irradiance",
+                "positions_m",
+                "solve_period_s",
+                "unknown_key",
+            ]
+        ),
+        _VALUES,
+        max_size=5,
+    )
+)
 def test_settings_either_parse_or_name_the_bad_key(raw: dict[str, Any]) -> None:
     try:
         parsed = load_settings(raw)
@@ -489,8 +532,11 @@ def test_device_less_tie_restores_a_dead_feeder(site: SiteConfig) -> None:
         {"id": "SUB", "type": "substation", "connection_rules": [_rule("CB-1"), _rule("CB-2")]},
         {"id": "CB-1", "type": "circuit_breaker", "connection_rules": [_rule("L-1")]},
         {"id": "CB-2", "type": "circuit_breaker", "connection_rules": [_rule("L-2")]},
-        {"id": "L-1", "type": "power_line", "connection_rules": [
-            _rule("T-1"), {"target_id": "L-2", "canonical_type": "route", "normally_open": True}]},
+        {
+            "id": "L-1",
+            "type": "power_line",
+            "connection_rules": [_rule("T-1"), {"target_id": "L-2", "canonical_type": "route", "normally_open": True}],
+        },
         {"id": "L-2", "type": "power_line", "connection_rules": [_rule("T-2")]},
         {"id": "T-1", "type": "transformer"},
         {"id": "T-2", "type": "transformer"},
@@ -507,8 +553,12 @@ def test_device_less_tie_restores_a_dead_feeder(site: SiteConfig) -> None:
     assert model.parallel and model.parallel_loops[0]["closing"] == "CB-1"
 
 
-def _custom_site(site: SiteConfig, agents: list[dict[str, Any]], groups: list[dict[str, Any]] | None = None,
-                 simulation: dict[str, Any] | None = None) -> SiteConfig:
+def _custom_site(
+    site: SiteConfig,
+    agents: list[dict[str, Any]],
+    groups: list[dict[str, Any]] | None = None,
+    simulation: dict[str, Any] | None = None,
+) -> SiteConfig:
     data = site.model_dump(mode="json", exclude={"agents", "meter_groups", "ieds", "protection", "simulation"})
     data.update(agents=agents, meter_groups=groups or [], simulation=simulation or {})
     return SiteConfig.model_validate(data)
@@ -522,12 +572,15 @@ def test_midline_recloser_clears_only_the_downstream_line(site: SiteConfig) -> N
     agents = [
         {"id": "SUB", "type": "substation", "connection_rules": [_rule("CB-1")]},
         {"id": "CB-1", "type": "circuit_breaker", "connection_rules": [_rule("L-1")]},
-        {"id": "L-1", "type": "power_line", "attributes": {"length": 3000.0},
-         "connection_rules": [_rule("T-1"), _rule("REC-1")]},
+        {
+            "id": "L-1",
+            "type": "power_line",
+            "attributes": {"length": 3000.0},
+            "connection_rules": [_rule("T-1"), _rule("REC-1")],
+        },
         {"id": "T-1", "type": "transformer", "attributes": {"rated_capacity": 500.0}},
         {"id": "REC-1", "type": "circuit_breaker", "connection_rules": [_rule("L-2")]},
-        {"id": "L-2", "type": "power_line", "attributes": {"length": 4000.0},
-         "connection_rules": [_rule("T-2")]},
+        {"id": "L-2", "type": "power_line", "attributes": {"length": 4000.0}, "connection_rules": [_rule("T-2")]},
         {"id": "T-2", "type": "transformer", "connection_rules": [_rule("L-2", "depends_on")]},
     ]
     groups = [{"id": "G-2", "prefix": "M2", "count": 10, "connected_transformer": "T-2"}]
@@ -545,8 +598,10 @@ def test_midline_recloser_clears_only_the_downstream_line(site: SiteConfig) -> N
 
 
 def test_sites_without_meters_or_substation(site: SiteConfig) -> None:
-    agents = [{"id": "SUB", "type": "substation", "connection_rules": [_rule("L-1")]},
-              {"id": "L-1", "type": "power_line"}]
+    agents = [
+        {"id": "SUB", "type": "substation", "connection_rules": [_rule("L-1")]},
+        {"id": "L-1", "type": "power_line"},
+    ]
     model = GridModel.from_site(_custom_site(site, agents))
     assert len(model.meter_readings(1.0)) == 0
     assert model.agent_values("L-1")["current_a"] > 10.0  # the lumped load of a line with nothing below
@@ -587,15 +642,37 @@ def test_site_model_power_flow_matches_pandapower(site: SiteConfig) -> None:
             xfmr = model.transformers[br.name]
             a = xfmr.attrs
             vk = a.impedance_percent
-            vkr = vk / math.sqrt(1 + model.settings.transformer_x_r ** 2)
+            vkr = vk / math.sqrt(1 + model.settings.transformer_x_r**2)
             pp.create_transformer_from_parameters(
-                ppn, f, t, sn_mva=a.rated_capacity / 1000, vn_hv_kv=a.primary_voltage,
-                vn_lv_kv=a.secondary_voltage / 1000, vkr_percent=vkr, vk_percent=vk, pfe_kw=0.0,
-                i0_percent=0.0, tap_side="lv", tap_neutral=0, tap_pos=xfmr.tap_position, tap_changer_type="Ratio",
-                tap_step_percent=a.tap_step_percent, tap_min=a.tap_min, tap_max=a.tap_max)
+                ppn,
+                f,
+                t,
+                sn_mva=a.rated_capacity / 1000,
+                vn_hv_kv=a.primary_voltage,
+                vn_lv_kv=a.secondary_voltage / 1000,
+                vkr_percent=vkr,
+                vk_percent=vk,
+                pfe_kw=0.0,
+                i0_percent=0.0,
+                tap_side="lv",
+                tap_neutral=0,
+                tap_pos=xfmr.tap_position,
+                tap_changer_type="Ratio",
+                tap_step_percent=a.tap_step_percent,
+                tap_min=a.tap_min,
+                tap_max=a.tap_max,
+            )
         else:  # source impedance and line sections: series R + jX
-            pp.create_line_from_parameters(ppn, f, t, length_km=1.0, r_ohm_per_km=br.z_ohm.real,
-                                           x_ohm_per_km=br.z_ohm.imag, c_nf_per_km=0.0, max_i_ka=100.0)
+            pp.create_line_from_parameters(
+                ppn,
+                f,
+                t,
+                length_km=1.0,
+                r_ohm_per_km=br.z_ohm.real,
+                x_ohm_per_km=br.z_ohm.imag,
+                c_nf_per_km=0.0,
+                max_i_ka=100.0,
+            )
     for bus, (p_kw, q_kvar) in enumerate(zip(model._bus_load_kw, model._bus_load_kvar, strict=True)):
         if p_kw or q_kvar:
             pp.create_load(ppn, buses[bus], p_mw=p_kw / 1000, q_mvar=q_kvar / 1000)

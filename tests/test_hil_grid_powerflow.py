@@ -34,8 +34,9 @@ def _ours(rows: list[dict[str, float]], scale: float = 1.0) -> tuple[Network, np
     s = np.zeros(33, dtype=np.complex128)
     for r in rows:
         f, t = int(r["from_bus"]) - 1, int(r["to_bus"]) - 1
-        net.add_branch(f"{f + 1}-{t + 1}", f, t, complex(r["r_ohm"], r["x_ohm"]),
-                       closed=bool(r["status"]), kind=BranchKind.LINE)
+        net.add_branch(
+            f"{f + 1}-{t + 1}", f, t, complex(r["r_ohm"], r["x_ohm"]), closed=bool(r["status"]), kind=BranchKind.LINE
+        )
         if r["status"]:
             s[t] = complex(r["load_kw"], r["load_kvar"]) * scale / 1e3 / net.base_mva
     return net, s
@@ -50,8 +51,16 @@ def _pandapower(rows: list[dict[str, float]], scale: float = 1.0):  # type: igno
         if not r["status"]:
             continue
         f, t = int(r["from_bus"]) - 1, int(r["to_bus"]) - 1
-        pp.create_line_from_parameters(net, buses[f], buses[t], length_km=1.0, r_ohm_per_km=r["r_ohm"],
-                                       x_ohm_per_km=r["x_ohm"], c_nf_per_km=0.0, max_i_ka=10.0)
+        pp.create_line_from_parameters(
+            net,
+            buses[f],
+            buses[t],
+            length_km=1.0,
+            r_ohm_per_km=r["r_ohm"],
+            x_ohm_per_km=r["x_ohm"],
+            c_nf_per_km=0.0,
+            max_i_ka=10.0,
+        )
         pp.create_load(net, buses[t], p_mw=r["load_kw"] * scale / 1e3, q_mvar=r["load_kvar"] * scale / 1e3)
     pp.runpp(net, algorithm="nr", tolerance_mva=1e-10, calculate_voltage_angles=True, init="flat")
     return net
@@ -126,7 +135,7 @@ def test_ideal_ratio_and_shunt() -> None:
     assert abs(result.voltage_pu[lv]) == pytest.approx(1.05)
     assert result.source_power_pu.imag == pytest.approx(-0.3)
     # with a real transformer impedance the drop is I·Z on the primary base
-    net.branches[1].z_ohm = complex(0.0, 0.1 * 11.0 ** 2)  # 10 % on 1 MVA
+    net.branches[1].z_ohm = complex(0.0, 0.1 * 11.0**2)  # 10 % on 1 MVA
     s = np.zeros(3, dtype=np.complex128)
     s[lv] = 0.5
     result = solve(net.radial_tree(src), s, np.zeros(3, dtype=np.complex128), tolerance_pu=1e-12)
@@ -151,8 +160,7 @@ def _radial_feeders(draw: st.DrawFn) -> tuple[Network, np.ndarray, np.ndarray]:
         ratio = draw(st.sampled_from([1.0, 1.0, 1.0, 0.975, 1.025]))
         kind = BranchKind.TRANSFORMER if ratio != 1.0 else BranchKind.LINE
         net.add_branch(f"{parent}-{k}", parent, k, complex(r, x), ratio=ratio, kind=kind)
-    s = np.array([0j] + [complex(draw(st.floats(-0.05, 0.2)), draw(st.floats(-0.05, 0.1)))
-                         for _ in range(n - 1)])
+    s = np.array([0j] + [complex(draw(st.floats(-0.05, 0.2)), draw(st.floats(-0.05, 0.1))) for _ in range(n - 1)])
     y = np.array([0j] + [complex(0.0, draw(st.sampled_from([0.0, 0.0, 0.02]))) for _ in range(n - 1)])
     return net, s, y
 
@@ -179,8 +187,9 @@ def test_sweep_satisfies_kirchhoff_on_any_radial_feeder(case: tuple[Network, np.
         assert v[k] == pytest.approx(br.ratio * (v[br.from_bus] - z_pu * br.ratio * j[k]), abs=1e-9)
         out = sum(net.branches[c - 1].ratio * j[c] for c in children.get(k, []))
         assert j[k] == pytest.approx(injected[k] + out, abs=1e-9)
-    series_losses = sum(abs(br.ratio * j[br.to_bus]) ** 2 * (br.z_ohm / net.z_base_ohm(br.from_bus))
-                        for br in net.branches)
+    series_losses = sum(
+        abs(br.ratio * j[br.to_bus]) ** 2 * (br.z_ohm / net.z_base_ohm(br.from_bus)) for br in net.branches
+    )
     assert result.losses_pu == pytest.approx(series_losses, abs=1e-9)
     assert result.losses_pu.real >= -1e-12
 

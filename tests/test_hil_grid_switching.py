@@ -53,8 +53,10 @@ def test_each_feeder_has_three_sections_with_customers(site: SiteConfig) -> None
     assert sections["LINE-045/2"]["elements"] == ["XFMR-103", "TIE-044-045", "CAP-301"]
     assert sections["LINE-045/3"]["elements"] == ["XFMR-101", "TIE-045-046"]
     assert sections["LINE-046/3"]["elements"] == ["XFMR-163", "TIE-045-046", "TIE-046-061"]
-    assert (sections["LINE-045/2"]["upstream_device"], sections["LINE-045/2"]["downstream_device"]) == \
-        ("SW-045-1", "SW-045-2")
+    assert (sections["LINE-045/2"]["upstream_device"], sections["LINE-045/2"]["downstream_device"]) == (
+        "SW-045-1",
+        "SW-045-2",
+    )
     groups = {g.connected_transformer for g in site.meter_groups}
     for sid, sec in sections.items():
         assert sec["energised"] and sec["source"] == "SUB-003", sid
@@ -75,15 +77,31 @@ def test_sites_without_switching_devices_build_as_before(site: SiteConfig) -> No
     agents = [a for a in site.agents if a.id in ("SUB-003", "CB-045", "LINE-045", "XFMR-101", "XFMR-102", "CAP-301")]
     plain = []
     for agent in agents:
-        rules = [r.model_copy(update={"position_m": None}) for r in agent.connection_rules
-                 if r.target_id in {a.id for a in agents}]
+        rules = [
+            r.model_copy(update={"position_m": None})
+            for r in agent.connection_rules
+            if r.target_id in {a.id for a in agents}
+        ]
         plain.append(agent.model_copy(update={"connection_rules": rules}))
-    old = site.model_copy(update={"agents": plain, "meter_groups": [], "simulation": {
-        "positions_m": {"XFMR-102": 1500.0, "CAP-301": 3000.0, "XFMR-101": 4200.0}}})
+    old = site.model_copy(
+        update={
+            "agents": plain,
+            "meter_groups": [],
+            "simulation": {"positions_m": {"XFMR-102": 1500.0, "CAP-301": 3000.0, "XFMR-101": 4200.0}},
+        }
+    )
     model = GridModel.from_site(old)
     names = [b.name for b in model.net.branches]
-    assert names == ["source", "CB-045", "LINE-045:0-1500", "LINE-045:1500-3000", "LINE-045:3000-4200",
-                     "LINE-045:4200-5000", "XFMR-101", "XFMR-102"]
+    assert names == [
+        "source",
+        "CB-045",
+        "LINE-045:0-1500",
+        "LINE-045:1500-3000",
+        "LINE-045:3000-4200",
+        "LINE-045:4200-5000",
+        "XFMR-101",
+        "XFMR-102",
+    ]
     assert model.section_states()["LINE-045/1"]["elements"] == ["XFMR-102", "CAP-301", "XFMR-101"]
     assert model.parallel_loops == []
 
@@ -125,8 +143,9 @@ def test_a_transferred_section_is_fed_backwards(site: SiteConfig, via: str) -> N
     assert model.point_values()["XFMR-101.secondary_voltage_v"] > 380.0
 
 
-@pytest.mark.parametrize(("via", "donor", "ampacity_a"), [("TIE-044-045", "CB-044", 400.0),
-                                                          ("TIE-045-046", "CB-046", 400.0)])
+@pytest.mark.parametrize(
+    ("via", "donor", "ampacity_a"), [("TIE-044-045", "CB-044", 400.0), ("TIE-045-046", "CB-046", 400.0)]
+)
 def test_capacity_matters_for_a_transfer(site: SiteConfig, via: str, donor: str, ampacity_a: float) -> None:
     """The example's loads: at noon a neighbour carries LINE-045 beyond SW-045-1 within its
     ampacity and with every section at 0.95 pu or more; with every load at its daily peak,
@@ -145,8 +164,9 @@ def test_capacity_matters_for_a_transfer(site: SiteConfig, via: str, donor: str,
 
 def _lowest_line_voltage_pu(model: GridModel) -> float:
     """The lowest voltage along any energised line, per unit of its nominal voltage."""
-    return min(abs(model._v[seg[3]]) for line in model.lines.values() for seg in line.segments
-               if model._energised[seg[3]])
+    return min(
+        abs(model._v[seg[3]]) for line in model.lines.values() for seg in line.segments if model._energised[seg[3]]
+    )
 
 
 def _pandapower_net(model: GridModel) -> tuple[Any, list[int]]:
@@ -167,15 +187,37 @@ def _pandapower_net(model: GridModel) -> tuple[Any, list[int]]:
             xfmr = model.transformers[br.name]
             a = xfmr.attrs
             vk = a.impedance_percent
-            vkr = vk / math.sqrt(1 + model.settings.transformer_x_r ** 2)
+            vkr = vk / math.sqrt(1 + model.settings.transformer_x_r**2)
             pp.create_transformer_from_parameters(
-                ppn, f, t, sn_mva=a.rated_capacity / 1000, vn_hv_kv=a.primary_voltage,
-                vn_lv_kv=a.secondary_voltage / 1000, vkr_percent=vkr, vk_percent=vk, pfe_kw=0.0,
-                i0_percent=0.0, tap_side="lv", tap_neutral=0, tap_pos=xfmr.tap_position, tap_changer_type="Ratio",
-                tap_step_percent=a.tap_step_percent, tap_min=a.tap_min, tap_max=a.tap_max)
+                ppn,
+                f,
+                t,
+                sn_mva=a.rated_capacity / 1000,
+                vn_hv_kv=a.primary_voltage,
+                vn_lv_kv=a.secondary_voltage / 1000,
+                vkr_percent=vkr,
+                vk_percent=vk,
+                pfe_kw=0.0,
+                i0_percent=0.0,
+                tap_side="lv",
+                tap_neutral=0,
+                tap_pos=xfmr.tap_position,
+                tap_changer_type="Ratio",
+                tap_step_percent=a.tap_step_percent,
+                tap_min=a.tap_min,
+                tap_max=a.tap_max,
+            )
         else:
-            pp.create_line_from_parameters(ppn, f, t, length_km=1.0, r_ohm_per_km=br.z_ohm.real,
-                                           x_ohm_per_km=br.z_ohm.imag, c_nf_per_km=0.0, max_i_ka=100.0)
+            pp.create_line_from_parameters(
+                ppn,
+                f,
+                t,
+                length_km=1.0,
+                r_ohm_per_km=br.z_ohm.real,
+                x_ohm_per_km=br.z_ohm.imag,
+                c_nf_per_km=0.0,
+                max_i_ka=100.0,
+            )
     for bus, (p_kw, q_kvar) in enumerate(zip(model._bus_load_kw, model._bus_load_kvar, strict=True)):
         if p_kw or q_kvar:
             pp.create_load(ppn, buses[bus], p_mw=p_kw / 1000, q_mvar=q_kvar / 1000)
@@ -185,16 +227,20 @@ def _pandapower_net(model: GridModel) -> tuple[Any, list[int]]:
     return ppn, buses
 
 
-@pytest.mark.parametrize(("opened", "closed"), [
-    (("SW-045-1",), ("TIE-044-045",)),
-    (("SW-045-1",), ("TIE-045-046",)),
-    (("SW-045-1", "SW-045-2"), ("TIE-044-045", "TIE-045-046")),
-    (("CB-046", "SW-046-1"), ("TIE-046-061",)),
-    (("SW-046-2", "SW-045-2"), ("TIE-046-061", "TIE-045-046")),
-    (("CB-044", "SW-044-1"), ("TIE-044-045",)),
-])
-def test_transfer_power_flow_matches_pandapower(site: SiteConfig, opened: tuple[str, ...],
-                                                closed: tuple[str, ...]) -> None:
+@pytest.mark.parametrize(
+    ("opened", "closed"),
+    [
+        (("SW-045-1",), ("TIE-044-045",)),
+        (("SW-045-1",), ("TIE-045-046",)),
+        (("SW-045-1", "SW-045-2"), ("TIE-044-045", "TIE-045-046")),
+        (("CB-046", "SW-046-1"), ("TIE-046-061",)),
+        (("SW-046-2", "SW-045-2"), ("TIE-046-061", "TIE-045-046")),
+        (("CB-044", "SW-044-1"), ("TIE-044-045",)),
+    ],
+)
+def test_transfer_power_flow_matches_pandapower(
+    site: SiteConfig, opened: tuple[str, ...], closed: tuple[str, ...]
+) -> None:
     """Sections moved between feeders (and onto the neighbour's feeder behind the external tie)
     solved again by pandapower's Newton-Raphson: same voltages, angles and losses."""
     pp = pytest.importorskip("pandapower")
@@ -253,16 +299,31 @@ def _sc_reference(model: GridModel, fault_bus: int, fault: str) -> float:
         if br.kind is BranchKind.SOURCE:  # a source's impedance: its external grid at its far bus
             z = abs(br.z_ohm)
             s_sc = net.buses[br.to_bus].base_kv ** 2 / z * 1.1
-            pp.create_ext_grid(ppn, t, s_sc_max_mva=s_sc, rx_max=br.z_ohm.real / br.z_ohm.imag,
-                               x0x_max=br.z0_ohm.imag / br.z_ohm.imag, r0x0_max=br.z0_ohm.real / br.z0_ohm.imag,
-                               in_service=bool(model._energised[br.to_bus]))
+            pp.create_ext_grid(
+                ppn,
+                t,
+                s_sc_max_mva=s_sc,
+                rx_max=br.z_ohm.real / br.z_ohm.imag,
+                x0x_max=br.z0_ohm.imag / br.z_ohm.imag,
+                r0x0_max=br.z0_ohm.real / br.z0_ohm.imag,
+                in_service=bool(model._energised[br.to_bus]),
+            )
         elif br.kind is BranchKind.SWITCH:
             pp.create_switch(ppn, f, t, et="b", closed=br.closed)
         elif br.kind is BranchKind.LINE:
-            pp.create_line_from_parameters(ppn, f, t, length_km=1.0, r_ohm_per_km=br.z_ohm.real,
-                                           x_ohm_per_km=br.z_ohm.imag, c_nf_per_km=0.0, max_i_ka=100.0,
-                                           r0_ohm_per_km=br.z0_ohm.real, x0_ohm_per_km=br.z0_ohm.imag,
-                                           c0_nf_per_km=0.0)
+            pp.create_line_from_parameters(
+                ppn,
+                f,
+                t,
+                length_km=1.0,
+                r_ohm_per_km=br.z_ohm.real,
+                x_ohm_per_km=br.z_ohm.imag,
+                c_nf_per_km=0.0,
+                max_i_ka=100.0,
+                r0_ohm_per_km=br.z0_ohm.real,
+                x0_ohm_per_km=br.z0_ohm.imag,
+                c0_nf_per_km=0.0,
+            )
     sc.calc_sc(ppn, fault=fault, case="max", ip=False, bus=buses[fault_bus])
     return float(ppn.res_bus_sc.ikss_ka.at[buses[fault_bus]]) * 1000.0
 
@@ -273,8 +334,14 @@ def test_fault_on_a_back_fed_section_matches_pandapower_iec60909(site: SiteConfi
     bolted fault at a tap bus draws what IEC 60909 says, and the devices on the path see it
     flowing towards the station end of LINE-045."""
     c = 1.1
-    model = _model(site, source_voltage_pu=c, source_sc_mva=300.0 / c, unbalance_pct=0.0, start_hour=0.0,
-                   capacitor_steps={"CAP-301": 0})
+    model = _model(
+        site,
+        source_voltage_pu=c,
+        source_sc_mva=300.0 / c,
+        unbalance_pct=0.0,
+        start_hour=0.0,
+        capacitor_steps={"CAP-301": 0},
+    )
     model.load_step("SUB-003", 0.0, 0.0)
     model.operate_breaker("CB-045", False, 0.5)
     model.operate_breaker("TIE-044-045", True, 0.5)
@@ -295,8 +362,12 @@ def test_fault_on_a_back_fed_section_matches_pandapower_iec60909(site: SiteConfi
 
 def test_fault_fed_from_the_external_source_matches_pandapower_iec60909(site: SiteConfig) -> None:
     c = 1.1
-    model = _model(site, unbalance_pct=0.0, start_hour=0.0,
-                   external_sources={"TIE-046-061": {"sc_mva": 150.0 / c, "x_r": 8.0, "voltage_pu": c}})
+    model = _model(
+        site,
+        unbalance_pct=0.0,
+        start_hour=0.0,
+        external_sources={"TIE-046-061": {"sc_mva": 150.0 / c, "x_r": 8.0, "voltage_pu": c}},
+    )
     model.load_step("SUB-003", 0.0, 0.0)
     model.operate_breaker("CB-046", False, 0.5)
     model.operate_breaker("TIE-046-061", True, 0.5)
@@ -358,8 +429,9 @@ def test_load_current_does_not_trip_an_indicator(site: SiteConfig) -> None:
 # --------------------------------------------------------------------------- loops
 
 
-def test_closing_a_tie_between_two_live_feeders_is_reported_not_modelled(site: SiteConfig,
-                                                                          caplog: pytest.LogCaptureFixture) -> None:
+def test_closing_a_tie_between_two_live_feeders_is_reported_not_modelled(
+    site: SiteConfig, caplog: pytest.LogCaptureFixture
+) -> None:
     model = _model(site)
     model.advance(1.0)
     before = _feeder_currents(model)
@@ -408,8 +480,9 @@ def test_a_stuck_device_never_moves(site: SiteConfig) -> None:
     model.apply_command("SW-045-1.trip_cmd", True, 1.0)
     model.advance(60.0)
     state = model.device_state("SW-045-1")
-    assert state["closed"] is True and state["operations"] == 0 and state["failure"] == {"mode": "stuck",
-                                                                                           "delay_s": None}
+    assert (
+        state["closed"] is True and state["operations"] == 0 and state["failure"] == {"mode": "stuck", "delay_s": None}
+    )
     assert model.point_values()["SW-045-1.trip_cmd"] is True  # the command did arrive
     model.set_device_failure("SW-045-1", "none")
     model.apply_command("SW-045-1.trip_cmd", True, 61.0)
@@ -467,16 +540,21 @@ _SHARED: dict[str, GridModel] = {}
 def _shared() -> GridModel:
     if "m" not in _SHARED:
         site = load(SITE_PATH)
-        _SHARED["m"] = GridModel.from_site(site.model_copy(update={"simulation": {**site.simulation,
-                                                                                     "load_noise_pct": 0.0}}))
+        _SHARED["m"] = GridModel.from_site(
+            site.model_copy(update={"simulation": {**site.simulation, "load_noise_pct": 0.0}})
+        )
     return _SHARED["m"]
 
 
 @settings(max_examples=150, deadline=None)
-@given(closed=st.lists(st.booleans(), min_size=len(DEVICES), max_size=len(DEVICES)), external_live=st.booleans(),
-       hour=st.floats(0.0, 23.99))
-def test_any_switch_configuration_is_solved_or_reported_parallel(closed: list[bool], external_live: bool,
-                                                                 hour: float) -> None:
+@given(
+    closed=st.lists(st.booleans(), min_size=len(DEVICES), max_size=len(DEVICES)),
+    external_live=st.booleans(),
+    hour=st.floats(0.0, 23.99),
+)
+def test_any_switch_configuration_is_solved_or_reported_parallel(
+    closed: list[bool], external_live: bool, hour: float
+) -> None:
     """Every configuration of the example's eleven devices either solves radially, with the
     sources' power equal to the loads plus the branch losses, or reports its loops."""
     model = _shared()
@@ -505,7 +583,7 @@ def test_any_switch_configuration_is_solved_or_reported_parallel(closed: list[bo
     if model._collapsed:
         return  # past voltage collapse the loads are impedances, not their constant power
     j = result.current_pu[tree.nodes]
-    losses = float(np.sum(tree.ratio ** 2 * np.abs(j) ** 2 * tree.z_pu.real))
+    losses = float(np.sum(tree.ratio**2 * np.abs(j) ** 2 * tree.z_pu.real))
     served = float(np.sum(model._bus_load_kw[model._energised])) / (model.net.base_mva * 1000.0)
     assert result.source_power_pu.real == pytest.approx(served + losses, rel=1e-6, abs=1e-9)
     # every feeder's current is what its own sections and what it carries through ties draw: a

@@ -27,8 +27,9 @@ def _feeder(z_ohm: complex) -> tuple[Network, int]:
 
 
 def _one_term(bus: int, p_pu: float, q_pu: float, np_: float, nq: float) -> VoltageDependentLoads:
-    return VoltageDependentLoads(bus=np.array([bus]), p_pu=np.array([p_pu]), q_pu=np.array([q_pu]),
-                                 np_=np.array([np_]), nq=np.array([nq]))
+    return VoltageDependentLoads(
+        bus=np.array([bus]), p_pu=np.array([p_pu]), q_pu=np.array([q_pu]), np_=np.array([np_]), nq=np.array([nq])
+    )
 
 
 @pytest.mark.parametrize(("v_source", "np_", "nq"), [(0.97, 0.8, 2.0), (1.04, 0.7, 2.0), (0.95, 0.0, 1.0)])
@@ -36,11 +37,12 @@ def test_exponential_load_at_a_stiff_bus(v_source: float, np_: float, nq: float)
     net, bus = _feeder(0j)  # no drop: the load sees the source voltage
     tree = net.radial_tree(0)
     n = len(net.buses)
-    result = solve(tree, np.zeros(n, complex), np.zeros(n, complex), complex(v_source),
-                   dependent=_one_term(bus, 0.5, 0.2, np_, nq))
+    result = solve(
+        tree, np.zeros(n, complex), np.zeros(n, complex), complex(v_source), dependent=_one_term(bus, 0.5, 0.2, np_, nq)
+    )
     assert result.dependent_s_pu is not None
     # hand calculation: P = P0·V^np, Q = Q0·V^nq
-    assert result.dependent_s_pu[0] == pytest.approx(complex(0.5 * v_source ** np_, 0.2 * v_source ** nq), rel=1e-9)
+    assert result.dependent_s_pu[0] == pytest.approx(complex(0.5 * v_source**np_, 0.2 * v_source**nq), rel=1e-9)
 
 
 def test_zip_load_at_a_stiff_bus_and_its_cvr_factor() -> None:
@@ -49,17 +51,23 @@ def test_zip_load_at_a_stiff_bus_and_its_cvr_factor() -> None:
     net, bus = _feeder(0j)
     tree = net.radial_tree(0)
     n = len(net.buses)
-    dep = VoltageDependentLoads(bus=np.full(len(terms), bus), p_pu=np.array([0.4 * t[0] for t in terms]),
-                                q_pu=np.array([0.1 * t[2] for t in terms]), np_=np.array([t[1] for t in terms]),
-                                nq=np.array([t[3] for t in terms]))
+    dep = VoltageDependentLoads(
+        bus=np.full(len(terms), bus),
+        p_pu=np.array([0.4 * t[0] for t in terms]),
+        q_pu=np.array([0.1 * t[2] for t in terms]),
+        np_=np.array([t[1] for t in terms]),
+        nq=np.array([t[3] for t in terms]),
+    )
     for v in (0.95, 1.0, 1.05):
         drawn = solve(tree, np.zeros(n, complex), np.zeros(n, complex), complex(v), dependent=dep).dependent_s_pu
         assert drawn is not None
         assert drawn.sum().real == pytest.approx(0.4 * (0.3 * v * v + 0.2 * v + 0.5), rel=1e-9)
         assert drawn.sum().imag == pytest.approx(0.1 * (0.6 * v * v + 0.2 * v + 0.2), rel=1e-9)
     # near V0 the CVR factor of a ZIP load is 2Z + I = 0.8
-    p = [solve(tree, np.zeros(n, complex), np.zeros(n, complex), complex(v), dependent=dep).dependent_s_pu.sum().real
-         for v in (0.999, 1.001)]
+    p = [
+        solve(tree, np.zeros(n, complex), np.zeros(n, complex), complex(v), dependent=dep).dependent_s_pu.sum().real
+        for v in (0.999, 1.001)
+    ]
     assert (p[1] - p[0]) / 0.4 / 0.002 == pytest.approx(0.8, abs=1e-3)
 
 
@@ -70,8 +78,9 @@ def test_constant_impedance_load_behind_a_line() -> None:
     tree = net.radial_tree(0)
     n = len(net.buses)
     s0 = complex(0.3, 0.1)
-    result = solve(tree, np.zeros(n, complex), np.zeros(n, complex), 1.0 + 0j, dependent=_one_term(bus, s0.real,
-                                                                                                    s0.imag, 2.0, 2.0))
+    result = solve(
+        tree, np.zeros(n, complex), np.zeros(n, complex), 1.0 + 0j, dependent=_one_term(bus, s0.real, s0.imag, 2.0, 2.0)
+    )
     z_line = z_line_ohm / net.z_base_ohm(0)
     z_load = 1.0 / np.conj(s0)
     current = 1.0 / (z_line + z_load)
@@ -90,7 +99,11 @@ def test_load_model_settings_are_checked() -> None:
         SimulationSettings(load_models={"hospital": {"np": 1.0, "nq": 2.0}})
     # the defaults: the reference's CVR factor range for demand (0.7-0.8)
     assert {k: m.np for k, m in DEFAULT_LOAD_MODELS.items()} == {
-        "residential": 0.8, "commercial": 0.7, "industrial": 0.7, "flat": 0.8}
+        "residential": 0.8,
+        "commercial": 0.7,
+        "industrial": 0.7,
+        "flat": 0.8,
+    }
 
 
 def _sub_007(**simulation: object) -> GridModel:
@@ -121,16 +134,16 @@ def test_a_cvr_tap_change_reduces_demand_measurably() -> None:
     before_kw = model.agent_values("SUB-007")["total_load_kw"]
     v_before = model.agent_values("XFMR-701")["secondary_voltage_v"]
     loads_before = {ld.id: (ld.kw, abs(model._v[ld.bus])) for ld in model._loads}
-    model.apply_command("XFMR-701.tap_setpoint", 3, 2.0)   # the use case: tap 5 → 3
+    model.apply_command("XFMR-701.tap_setpoint", 3, 2.0)  # the use case: tap 5 → 3
     model.advance(2.0 + 2 * model.settings.tap_change_time_s + 0.1)
     after_kw = model.agent_values("SUB-007")["total_load_kw"]
     v_after = model.agent_values("XFMR-701")["secondary_voltage_v"]
     assert model.agent_values("XFMR-701")["tap_position"] == 3
     dv = 1 - v_after / v_before
-    assert 0.02 < dv < 0.03                     # two 1.25 % steps
+    assert 0.02 < dv < 0.03  # two 1.25 % steps
     reduction = 1 - after_kw / before_kw
-    assert 0.012 < reduction < 0.025            # CVR factor 0.7-0.8, plus the losses that go with it
-    assert before_kw - after_kw > 350           # the use case's order of magnitude (0.57 MW on 28.5 MW)
+    assert 0.012 < reduction < 0.025  # CVR factor 0.7-0.8, plus the losses that go with it
+    assert before_kw - after_kw > 350  # the use case's order of magnitude (0.57 MW on 28.5 MW)
     # every load follows its class law between the two voltages (the noise is off, time barely moved)
     for ld in model._loads:
         kw0, v0 = loads_before[ld.id]

@@ -23,8 +23,10 @@ from tests.support.modbus_server import free_port
 
 
 def _points() -> list[dict[str, Any]]:
-    return [{"id": "v", "address": 0, "function": "input", "type": "uint16"},
-            {"id": "tap", "address": 10, "type": "int16", "writable": True}]
+    return [
+        {"id": "v", "address": 0, "function": "input", "type": "uint16"},
+        {"id": "tap", "address": 10, "type": "int16", "writable": True},
+    ]
 
 
 def _writes() -> tuple[list[tuple[str, Any]], Any]:
@@ -43,8 +45,11 @@ def pty_pair(tmp_path: Path) -> Iterator[tuple[str, str]]:
     if shutil.which("socat") is None:
         pytest.fail("socat is required (make test installs it)")
     a, b = tmp_path / "ttyGW", tmp_path / "ttyIED"
-    proc = subprocess.Popen(["socat", f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        ["socat", f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     end = time.monotonic() + 5
     while not (a.exists() and b.exists()):
         assert time.monotonic() < end, "socat did not create the pty pair"
@@ -56,8 +61,16 @@ def pty_pair(tmp_path: Path) -> Iterator[tuple[str, str]]:
 
 def test_rtu_absent_unit_is_silent_and_out_of_range_write_is_refused(pty_pair: tuple[str, str]) -> None:
     gw_end, ied_end = pty_pair
-    ied = ModbusRtuIed.model_validate({"id": "IED-1", "protocol": "modbus_rtu", "serial_port": gw_end,
-                                       "unit_id": 1, "parity": "N", "points": _points()})
+    ied = ModbusRtuIed.model_validate(
+        {
+            "id": "IED-1",
+            "protocol": "modbus_rtu",
+            "serial_port": gw_end,
+            "unit_id": 1,
+            "parity": "N",
+            "points": _points(),
+        }
+    )
     accepted, on_write = _writes()
 
     async def main() -> dict[str, Any]:
@@ -94,8 +107,9 @@ def test_rtu_absent_unit_is_silent_and_out_of_range_write_is_refused(pty_pair: t
 
 def test_tcp_absent_unit_answers_as_a_gateway() -> None:
     port = free_port()
-    ied = ModbusTcpIed.model_validate({"id": "IED-1", "protocol": "modbus_tcp", "host": "127.0.0.1", "port": port,
-                                       "unit_id": 1, "points": _points()})
+    ied = ModbusTcpIed.model_validate(
+        {"id": "IED-1", "protocol": "modbus_tcp", "host": "127.0.0.1", "port": port, "unit_id": 1, "points": _points()}
+    )
     accepted, on_write = _writes()
 
     async def main() -> tuple[Any, Any, Any]:

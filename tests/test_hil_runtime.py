@@ -29,8 +29,13 @@ from tests.support.stub_grid import StubModel
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "deploy/examples/sub-003.toml"
 _DT = ModbusClientMixin.DATATYPE
-_TYPES = {DataType.INT16: _DT.INT16, DataType.UINT16: _DT.UINT16, DataType.INT32: _DT.INT32,
-          DataType.UINT32: _DT.UINT32, DataType.FLOAT32: _DT.FLOAT32}
+_TYPES = {
+    DataType.INT16: _DT.INT16,
+    DataType.UINT16: _DT.UINT16,
+    DataType.INT32: _DT.INT32,
+    DataType.UINT32: _DT.UINT32,
+    DataType.FLOAT32: _DT.FLOAT32,
+}
 
 
 def make_site(tmp_path: Path) -> SiteConfig:
@@ -64,8 +69,7 @@ def run(coro_fn: Callable[[], Awaitable[Any]], timeout_s: float = 60.0) -> Any:
 def decode(words: list[int] | list[bool], point: ModbusPoint) -> float | int | bool:
     if point.function in (RegisterFunction.COIL, RegisterFunction.DISCRETE):
         return bool(words[0])
-    raw = ModbusClientMixin.convert_from_registers(list(words), _TYPES[point.type],
-                                                   word_order=point.word_order.value)
+    raw = ModbusClientMixin.convert_from_registers(list(words), _TYPES[point.type], word_order=point.word_order.value)
     assert isinstance(raw, int | float)
     return raw * point.scale + point.offset
 
@@ -80,8 +84,11 @@ async def read_point(client: Any, point: ModbusPoint, unit: int) -> Any:
     }[point.function]
     response = await reader(point.address, count=width, device_id=unit)
     assert not response.isError(), f"{point.id}: {response}"
-    words = response.bits[:1] if point.function in (RegisterFunction.COIL, RegisterFunction.DISCRETE) \
+    words = (
+        response.bits[:1]
+        if point.function in (RegisterFunction.COIL, RegisterFunction.DISCRETE)
         else response.registers
+    )
     return decode(words, point)
 
 
@@ -165,8 +172,15 @@ def test_rtu_read_through_socat_pty_pair(tmp_path: Path) -> None:
         await runtime.start()
         try:
             assert Path(cap.serial_port).exists()
-            client = AsyncModbusSerialClient(port=cap.serial_port, baudrate=cap.baudrate, parity=cap.parity,
-                                             stopbits=cap.stopbits, bytesize=cap.bytesize, timeout=1, retries=1)
+            client = AsyncModbusSerialClient(
+                port=cap.serial_port,
+                baudrate=cap.baudrate,
+                parity=cap.parity,
+                stopbits=cap.stopbits,
+                bytesize=cap.bytesize,
+                timeout=1,
+                retries=1,
+            )
             assert await client.connect()
             try:
                 for point in cap.points:
@@ -317,8 +331,12 @@ def test_two_rtu_ieds_on_one_line_and_commloss_of_one(tmp_path: Path) -> None:
     data["ieds"] = [i for i in data["ieds"] if i["protocol"] == "modbus_rtu"]
     first = data["ieds"][0]
     first["serial_port"] = str(tmp_path / "tty" / "rs485-1")
-    second = {**first, "id": "IED-CAP-302", "unit_id": first["unit_id"] + 1,
-              "points": [{**p, "id": p["id"].replace("CAP-301", "CAP-302")} for p in first["points"]]}
+    second = {
+        **first,
+        "id": "IED-CAP-302",
+        "unit_id": first["unit_id"] + 1,
+        "points": [{**p, "id": p["id"].replace("CAP-301", "CAP-302")} for p in first["points"]],
+    }
     data["ieds"].append(second)
     data["agents"], data["meter_groups"], data["protection"] = [], [], []
     site = validate(data, "two-on-a-line")
@@ -331,8 +349,9 @@ def test_two_rtu_ieds_on_one_line_and_commloss_of_one(tmp_path: Path) -> None:
         await runtime.start()
         try:
             assert len(runtime.endpoints) == 1 and len(runtime.serial_lines) == 1
-            client = AsyncModbusSerialClient(port=a.serial_port, baudrate=a.baudrate, parity=a.parity,
-                                             stopbits=a.stopbits, timeout=0.5, retries=0)
+            client = AsyncModbusSerialClient(
+                port=a.serial_port, baudrate=a.baudrate, parity=a.parity, stopbits=a.stopbits, timeout=0.5, retries=0
+            )
             assert await client.connect()
             try:
                 for ied in (a, b):
@@ -399,8 +418,9 @@ def test_a_commloss_shorter_than_a_step_still_recovers(tmp_path: Path) -> None:
             client = AsyncModbusTcpClient("127.0.0.1", port=cb.port, timeout=1, retries=0)
             assert await client.connect()
             try:
-                assert await read_point(client, cb.points[0], cb.unit_id) == expected(model.values[cb.points[0].id],
-                                                                                     cb.points[0])
+                assert await read_point(client, cb.points[0], cb.unit_id) == expected(
+                    model.values[cb.points[0].id], cb.points[0]
+                )
             finally:
                 client.close()
         finally:

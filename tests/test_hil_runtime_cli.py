@@ -25,33 +25,52 @@ from tests.support.stub_grid import StubModel
 from tests.test_hil_runtime import make_site
 
 
-@pytest.mark.parametrize(("text", "metres"), [
-    ("2300m", 2300.0), ("2.3km", 2300.0), ("2300", 2300.0), (" 150 m ", 150.0), ("0.5KM", 500.0), ("1e3m", 1000.0),
-])
+@pytest.mark.parametrize(
+    ("text", "metres"),
+    [
+        ("2300m", 2300.0),
+        ("2.3km", 2300.0),
+        ("2300", 2300.0),
+        (" 150 m ", 150.0),
+        ("0.5KM", 500.0),
+        ("1e3m", 1000.0),
+    ],
+)
 def test_distances(text: str, metres: float) -> None:
     assert parse_distance_m(text) == pytest.approx(metres)
 
 
-@pytest.mark.parametrize(("text", "seconds"), [
-    ("30s", 30.0), ("5min", 300.0), ("500ms", 0.5), ("2h", 7200.0), ("30", 30.0), ("1.5 min", 90.0),
-])
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("30s", 30.0),
+        ("5min", 300.0),
+        ("500ms", 0.5),
+        ("2h", 7200.0),
+        ("30", 30.0),
+        ("1.5 min", 90.0),
+    ],
+)
 def test_durations(text: str, seconds: float) -> None:
     assert parse_duration_s(text) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize(("fn", "text", "message"), [
-    (parse_distance_m, "2300ft", "unit 'ft' is not one of m, km"),
-    (parse_distance_m, "far", "expected a number with a unit"),
-    (parse_distance_m, "-5m", "must not be negative"),
-    (parse_distance_m, "", "expected a number"),
-    (parse_duration_s, "30m", "unit 'm' is not one of"),  # metres or minutes? refuse
-    (parse_duration_s, "0s", "greater than zero"),
-    (parse_duration_s, "soon", "expected a number"),
-    (parse_factor, "0", "greater than zero"),
-    (parse_factor, "lots", "expected a number"),
-    (parse_factor, "inf", "finite"),
-    (parse_temperature_delta_c, "25F", "unit 'f'"),
-])
+@pytest.mark.parametrize(
+    ("fn", "text", "message"),
+    [
+        (parse_distance_m, "2300ft", "unit 'ft' is not one of m, km"),
+        (parse_distance_m, "far", "expected a number with a unit"),
+        (parse_distance_m, "-5m", "must not be negative"),
+        (parse_distance_m, "", "expected a number"),
+        (parse_duration_s, "30m", "unit 'm' is not one of"),  # metres or minutes? refuse
+        (parse_duration_s, "0s", "greater than zero"),
+        (parse_duration_s, "soon", "expected a number"),
+        (parse_factor, "0", "greater than zero"),
+        (parse_factor, "lots", "expected a number"),
+        (parse_factor, "inf", "finite"),
+        (parse_temperature_delta_c, "25F", "unit 'f'"),
+    ],
+)
 def test_bad_units_are_refused(fn: object, text: str, message: str) -> None:
     with pytest.raises(UnitError, match=message):
         fn(text)  # type: ignore[operator]
@@ -82,16 +101,32 @@ def _args(*argv: str) -> argparse.Namespace:
 
 
 def test_requests_from_the_command_line() -> None:
-    assert build_request(_args("inject", "fault", "LINE-045", "--distance", "2.3km", "--type", "3ph",
-                               "--transient")) == {
-        "op": "fault", "line": "LINE-045", "distance_m": 2300.0, "kind": "3ph", "transient": True,
-        "impedance_ohm": 0.0}
+    assert build_request(
+        _args("inject", "fault", "LINE-045", "--distance", "2.3km", "--type", "3ph", "--transient")
+    ) == {
+        "op": "fault",
+        "line": "LINE-045",
+        "distance_m": 2300.0,
+        "kind": "3ph",
+        "transient": True,
+        "impedance_ohm": 0.0,
+    }
     assert build_request(_args("inject", "commloss", "IED-CB-045", "--for", "30s")) == {
-        "op": "commloss", "ied": "IED-CB-045", "duration_s": 30.0}
+        "op": "commloss",
+        "ied": "IED-CB-045",
+        "duration_s": 30.0,
+    }
     assert build_request(_args("inject", "loadstep", "XFMR-101", "--factor", "1.3")) == {
-        "op": "loadstep", "target": "XFMR-101", "factor": 1.3}
+        "op": "loadstep",
+        "target": "XFMR-101",
+        "factor": 1.3,
+    }
     assert build_request(_args("inject", "temp", "XFMR-101", "--delta", "25", "--over", "600s")) == {
-        "op": "temp", "transformer": "XFMR-101", "delta_c": 25.0, "duration_s": 600.0}
+        "op": "temp",
+        "transformer": "XFMR-101",
+        "delta_c": 25.0,
+        "duration_s": 600.0,
+    }
     assert build_request(_args("inject", "clear")) == {"op": "clear"}
     args = _args("inject", "--control", "/x/y.sock", "fault", "L", "--distance", "1m")
     assert args.control == Path("/x/y.sock")
@@ -131,10 +166,24 @@ def test_cli_against_a_running_simulator(tmp_path: Path, capsys: pytest.CaptureF
     thread.start()
     try:
         assert ready.wait(20)
-        assert main(["inject", "--control", str(sock), "fault", "LINE-045", "--distance", "2300m",
-                     "--type", "3ph", "--transient"]) == 0
-        assert model.active_faults[-1] == {"line": "LINE-045", "distance_m": 2300.0, "kind": "3ph",
-                                           "transient": True}
+        assert (
+            main(
+                [
+                    "inject",
+                    "--control",
+                    str(sock),
+                    "fault",
+                    "LINE-045",
+                    "--distance",
+                    "2300m",
+                    "--type",
+                    "3ph",
+                    "--transient",
+                ]
+            )
+            == 0
+        )
+        assert model.active_faults[-1] == {"line": "LINE-045", "distance_m": 2300.0, "kind": "3ph", "transient": True}
         assert main(["inject", "--control", str(sock), "fault", "LINE-404", "--distance", "1m"]) == 1
         assert "unknown power_line 'LINE-404'" in capsys.readouterr().err
         assert main(["inject", "--control", str(sock), "loadstep", "XFMR-101", "--factor", "1.3"]) == 0
@@ -151,16 +200,33 @@ def test_cli_against_a_running_simulator(tmp_path: Path, capsys: pytest.CaptureF
 
 def test_switching_device_requests_from_the_command_line() -> None:
     assert build_request(_args("inject", "failure", "SW-045-1", "--mode", "stuck")) == {
-        "op": "failure", "device": "SW-045-1", "mode": "stuck", "delay_s": 0.0}
+        "op": "failure",
+        "device": "SW-045-1",
+        "mode": "stuck",
+        "delay_s": 0.0,
+    }
     assert build_request(_args("inject", "failure", "SW-045-1", "--mode", "slow", "--delay", "5s")) == {
-        "op": "failure", "device": "SW-045-1", "mode": "slow", "delay_s": 5.0}
+        "op": "failure",
+        "device": "SW-045-1",
+        "mode": "slow",
+        "delay_s": 5.0,
+    }
     assert build_request(_args("inject", "local", "SW-046-1")) == {"op": "local", "device": "SW-046-1", "on": True}
     assert build_request(_args("inject", "local", "SW-046-1", "--remote")) == {
-        "op": "local", "device": "SW-046-1", "on": False}
+        "op": "local",
+        "device": "SW-046-1",
+        "on": False,
+    }
     assert build_request(_args("inject", "operate", "TIE-044-045", "close")) == {
-        "op": "operate", "device": "TIE-044-045", "action": "close"}
+        "op": "operate",
+        "device": "TIE-044-045",
+        "action": "close",
+    }
     assert build_request(_args("inject", "external", "TIE-046-061", "--dead")) == {
-        "op": "external", "tie": "TIE-046-061", "live": False}
+        "op": "external",
+        "tie": "TIE-046-061",
+        "live": False,
+    }
     with pytest.raises(UnitError, match="--mode slow needs --delay"):
         build_request(_args("inject", "failure", "SW-045-1", "--mode", "slow"))
     with pytest.raises(UnitError, match="only for --mode slow"):

@@ -13,8 +13,12 @@ from gateway.contract.settings import DataType, ModbusPoint, ModbusTcpIed, WordO
 from hil.modbus_servers import RegisterMap, from_registers, to_registers
 from protocols.modbus import decode_registers, to_engineering
 
-_LIMITS = {DataType.INT16: (-(2**15), 2**15 - 1), DataType.UINT16: (0, 2**16 - 1),
-           DataType.INT32: (-(2**31), 2**31 - 1), DataType.UINT32: (0, 2**32 - 1)}
+_LIMITS = {
+    DataType.INT16: (-(2**15), 2**15 - 1),
+    DataType.UINT16: (0, 2**16 - 1),
+    DataType.INT32: (-(2**31), 2**31 - 1),
+    DataType.UINT32: (0, 2**32 - 1),
+}
 
 points = st.builds(
     lambda t, w, scale, offset: ModbusPoint(id="P", address=0, type=t, word_order=w, scale=scale, offset=offset),
@@ -51,15 +55,21 @@ def test_non_finite_values() -> None:
 
 
 def _ied() -> ModbusTcpIed:
-    return ModbusTcpIed.model_validate({
-        "id": "IED", "protocol": "modbus_tcp", "host": "127.0.0.1", "points": [
-            {"id": "ro", "address": 0, "type": "float32"},
-            {"id": "sp32", "address": 10, "type": "int32", "word_order": "little", "writable": True},
-            {"id": "sp16", "address": 12, "type": "uint16", "scale": 0.1, "writable": True},
-            {"id": "trip", "address": 0, "function": "coil", "type": "bool", "writable": True},
-            {"id": "close", "address": 1, "function": "coil", "type": "bool", "writable": True},
-            {"id": "local", "address": 2, "function": "coil", "type": "bool"},
-        ]})
+    return ModbusTcpIed.model_validate(
+        {
+            "id": "IED",
+            "protocol": "modbus_tcp",
+            "host": "127.0.0.1",
+            "points": [
+                {"id": "ro", "address": 0, "type": "float32"},
+                {"id": "sp32", "address": 10, "type": "int32", "word_order": "little", "writable": True},
+                {"id": "sp16", "address": 12, "type": "uint16", "scale": 0.1, "writable": True},
+                {"id": "trip", "address": 0, "function": "coil", "type": "bool", "writable": True},
+                {"id": "close", "address": 1, "function": "coil", "type": "bool", "writable": True},
+                {"id": "local", "address": 2, "function": "coil", "type": "bool"},
+            ],
+        }
+    )
 
 
 def test_writes_map_to_points() -> None:

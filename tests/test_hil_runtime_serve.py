@@ -39,17 +39,26 @@ def _site_file(tmp_path: Path) -> tuple[Path, dict[str, Any]]:
 
 
 def _cli(sock: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "hil", *args[:1], "--control", str(sock), *args[1:]],
-                          cwd=ROOT, capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        [sys.executable, "-m", "hil", *args[:1], "--control", str(sock), *args[1:]],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 def test_serve_the_example_site_with_the_grid_model(tmp_path: Path) -> None:
     site, data = _site_file(tmp_path)
     sock = tmp_path / "hil.sock"
     log = (tmp_path / "hil.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "hil", "serve", "--config", str(site), "--control", str(sock),
-                             "--no-ami"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hil", "serve", "--config", str(site), "--control", str(sock), "--no-ami"],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     cb = next(i for i in data["ieds"] if i["id"] == "IED-CB-044")
     try:
         for _ in range(300):  # every server listening, and time running
@@ -68,9 +77,15 @@ def test_serve_the_example_site_with_the_grid_model(tmp_path: Path) -> None:
             assert await client.connect()
             try:
                 regs = (await client.read_holding_registers(0, count=12, device_id=1)).registers
-                ia, kv, hz = (float(client.convert_from_registers(regs[a:a + 2],  # type: ignore[arg-type]
-                                                                  ModbusClientMixin.DATATYPE.FLOAT32))
-                              for a in (0, 8, 10))
+                ia, kv, hz = (
+                    float(
+                        client.convert_from_registers(
+                            regs[a : a + 2],  # type: ignore[arg-type]
+                            ModbusClientMixin.DATATYPE.FLOAT32,
+                        )
+                    )
+                    for a in (0, 8, 10)
+                )
                 assert 0 < ia < 60000 and 5 < kv < 40 and 45 < hz < 65
                 assert (await client.read_discrete_inputs(0, count=1, device_id=1)).bits[0] is True
                 assert not (await client.write_coil(0, True, device_id=1)).isError()  # trip
@@ -81,7 +96,9 @@ def test_serve_the_example_site_with_the_grid_model(tmp_path: Path) -> None:
                 else:
                     raise AssertionError("CB-044 did not open after the trip command")
                 regs = (await client.read_holding_registers(0, count=2, device_id=1)).registers
-                assert client.convert_from_registers(regs, ModbusClientMixin.DATATYPE.FLOAT32) == pytest.approx(0, abs=1)
+                assert client.convert_from_registers(regs, ModbusClientMixin.DATATYPE.FLOAT32) == pytest.approx(
+                    0, abs=1
+                )
             finally:
                 client.close()
 

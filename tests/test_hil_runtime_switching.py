@@ -92,8 +92,7 @@ def test_local_control_and_failures_over_modbus_and_iec61850(tmp_path: Path) -> 
             assert await client.connect()
 
             async def discrete(name: str) -> bool:
-                response = await client.read_discrete_inputs(address[f"SW-045-1.{name}"], count=1,
-                                                             device_id=sw.unit_id)
+                response = await client.read_discrete_inputs(address[f"SW-045-1.{name}"], count=1, device_id=sw.unit_id)
                 assert not response.isError()
                 return bool(response.bits[0])
 

@@ -29,8 +29,17 @@ def test_the_image_is_a_sunspec_device() -> None:
     image = SunSpecImage(DerRatings(500.0, 550.0), unit_id=3, serial="PV-1", model_name="PV-500")
     words = image.words()
     assert words[:2] == [0x5375, 0x6E53] and words[-2:] == [0xFFFF, 0]
-    image.update(p_kw=312.3, q_kvar=-20.0, voltage_pu=1.01, frequency_hz=50.0, connected=True, energy_kwh=1234.0,
-                 limit_pct=100.0, throttled=False, ambient_c=33.0)
+    image.update(
+        p_kw=312.3,
+        q_kvar=-20.0,
+        voltage_pu=1.01,
+        frequency_hz=50.0,
+        connected=True,
+        energy_kwh=1234.0,
+        limit_pct=100.0,
+        throttled=False,
+        ambient_c=33.0,
+    )
     w = image.words()
     assert w[address(701, "W") - BASE_ADDRESS] == 3123  # 100 W units
     with pytest.raises(SunSpecWriteRefused, match="read-only"):
@@ -40,13 +49,15 @@ def test_the_image_is_a_sunspec_device() -> None:
 
 def test_battery_limits() -> None:
     limits = dict(rated_kw=500.0, max_charge_kw=400.0, limit_pct=100.0, soc_min_pct=10.0, soc_max_pct=95.0)
-    assert battery_power_kw(700.0, soc_pct=50.0, **limits) == 500.0     # the inverter's rating
-    assert battery_power_kw(-700.0, soc_pct=50.0, **limits) == -400.0   # its charging limit
-    assert battery_power_kw(300.0, soc_pct=10.0, **limits) == 0.0       # at its reserve
-    assert battery_power_kw(-300.0, soc_pct=95.0, **limits) == 0.0      # full
+    assert battery_power_kw(700.0, soc_pct=50.0, **limits) == 500.0  # the inverter's rating
+    assert battery_power_kw(-700.0, soc_pct=50.0, **limits) == -400.0  # its charging limit
+    assert battery_power_kw(300.0, soc_pct=10.0, **limits) == 0.0  # at its reserve
+    assert battery_power_kw(-300.0, soc_pct=95.0, **limits) == 0.0  # full
     assert battery_power_kw(300.0, soc_pct=50.0, **{**limits, "limit_pct": 40.0}) == 200.0
     # an hour at 500 kW out of 1000 kWh with 95 % one-way efficiency: 52.63 % of the charge
-    assert soc_after_pct(80.0, 500.0, 3600.0, capacity_kwh=1000.0, efficiency=0.95) == pytest.approx(80 - 52.6316, abs=1e-3)
+    assert soc_after_pct(80.0, 500.0, 3600.0, capacity_kwh=1000.0, efficiency=0.95) == pytest.approx(
+        80 - 52.6316, abs=1e-3
+    )
     assert soc_after_pct(50.0, -100.0, 3600.0, capacity_kwh=1000.0, efficiency=0.95) == pytest.approx(59.5)
 
 
@@ -61,7 +72,7 @@ def _read_point(client: SunSpecModbusClientDeviceTCP, site: Any, point_id: str) 
     """A point of the site file read as the gateway's Modbus adapter does (its address, type, scale)."""
     point = next(p for ied in site.ieds if isinstance(ied, ModbusTcpIed) for p in ied.points if p.id == point_id)
     data = client.read(point.address, point.type.registers)
-    words = [int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2)]
+    words = [int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2)]
     return float(from_registers(words, point))
 
 

@@ -44,7 +44,8 @@ def test_the_shared_tie_is_joined_and_owned_by_sub_006(pair: tuple[list[SiteConf
     sites, merged = pair
     _, joined = merge_sites(sites)
     assert [(t.device, t.ends, t.owner) for t in joined] == [
-        ("TIE-67", (("SUB-006", "LINE-063"), ("SUB-007", "LINE-073")), "SUB-006")]
+        ("TIE-67", (("SUB-006", "LINE-063"), ("SUB-007", "LINE-073")), "SUB-006")
+    ]
     tie = merged.agent("TIE-67")
     assert "external_source" not in tie.attributes
     assert sorted(r.target_id for r in tie.connection_rules) == ["LINE-063", "LINE-073"]
@@ -79,8 +80,9 @@ def test_each_substation_carries_its_own_load(pair: tuple[list[SiteConfig], Site
     assert together.agent_values("SUB-006")["total_load_kw"] == pytest.approx(22_000, rel=0.06)
 
 
-def test_closing_the_tie_with_both_sides_live_is_parallel(pair: tuple[list[SiteConfig], SiteConfig],
-                                                          caplog: pytest.LogCaptureFixture) -> None:
+def test_closing_the_tie_with_both_sides_live_is_parallel(
+    pair: tuple[list[SiteConfig], SiteConfig], caplog: pytest.LogCaptureFixture
+) -> None:
     _, merged = pair
     model = _model(merged)
     before = {sid: model.agent_values(sid)["total_load_kw"] for sid in model.substation_ids}
@@ -104,11 +106,11 @@ def test_a_section_isolated_from_sub_007_is_fed_from_sub_006(pair: tuple[list[Si
     model = _model(merged)
     before_006 = model.agent_values("SUB-006")["total_load_kw"]
     before_007 = model.agent_values("SUB-007")["total_load_kw"]
-    model.operate_breaker("SW-073-2", False, 1.0)   # break: LINE-073/3 dead
+    model.operate_breaker("SW-073-2", False, 1.0)  # break: LINE-073/3 dead
     sections = model.section_states()
     assert not sections["LINE-073/3"]["energised"]
     load_dead_kw = before_007 - model.agent_values("SUB-007")["total_load_kw"]
-    model.set_tie("TIE-67", True, 2.0)              # make: fed from SUB-006 through the tie
+    model.set_tie("TIE-67", True, 2.0)  # make: fed from SUB-006 through the tie
     assert not model.parallel
     sections = model.section_states()
     assert sections["LINE-073/3"]["energised"] and sections["LINE-073/3"]["source"] == "SUB-006"
@@ -159,12 +161,18 @@ def test_one_runtime_serves_both_substations(tmp_path: Path) -> None:
     sites = [config.load(p) for p in paths]
     merged, _ = merge_sites(sites)
     port = {i["id"]: i["port"] for doc in docs for i in doc["ieds"]}
-    assert [i["port"] for i in docs[0]["ieds"] if i["id"] == "IED-TIE-67"] == \
-        [i["port"] for i in docs[1]["ieds"] if i["id"] == "IED-TIE-67"]
+    assert [i["port"] for i in docs[0]["ieds"] if i["id"] == "IED-TIE-67"] == [
+        i["port"] for i in docs[1]["ieds"] if i["id"] == "IED-TIE-67"
+    ]
 
     async def run() -> dict[str, Any]:
-        runtime = HilRuntime(merged, GridModel.from_site(merged), RuntimeOptions(speed=0, ami=False),
-                             site_path=paths[0], sites=list(zip(sites, paths, strict=True)))
+        runtime = HilRuntime(
+            merged,
+            GridModel.from_site(merged),
+            RuntimeOptions(speed=0, ami=False),
+            site_path=paths[0],
+            sites=list(zip(sites, paths, strict=True)),
+        )
         await runtime.start()
         clients = []
         try:
@@ -184,7 +192,8 @@ def test_one_runtime_serves_both_substations(tmp_path: Path) -> None:
             await runtime.run_steps(0.05)
             closed = (await tie.read_discrete_inputs(0, count=1, device_id=1)).bits[0]
             power = tie.convert_from_registers(
-                (await tie.read_holding_registers(12, count=2, device_id=1)).registers, tie.DATATYPE.FLOAT32)
+                (await tie.read_holding_registers(12, count=2, device_id=1)).registers, tie.DATATYPE.FLOAT32
+            )
             return {"loads": loads, "closed": closed, "tie_kw": power, "status": runtime.status()}
         finally:
             for client in clients:

@@ -20,10 +20,9 @@ from gateway.contract.points import GOOD, PointKind, PointUpdate, ProcessImage
 from gateway.storage import Store
 
 
-
 def test_buckets_align_to_wall_clock_and_close_at_their_end() -> None:
     agg = HistoryAggregator(60.0)
-    agg.add("P", 10.0, True, 1_000_005.0)   # bucket 999_960 .. 1_000_020
+    agg.add("P", 10.0, True, 1_000_005.0)  # bucket 999_960 .. 1_000_020
     agg.add("P", 30.0, True, 1_000_010.0)
     agg.add("P", 20.0, True, 1_000_019.999)
     assert agg.take_closed(1_000_019.999) == []  # still open
@@ -39,14 +38,16 @@ def test_a_sample_on_the_boundary_opens_the_next_bucket() -> None:
     agg.add("P", 5.0, True, 110.0)
     rows = agg.take_closed(120.0)
     assert [(r.bucket_start, r.n, r.min, r.max, r.last) for r in rows] == [
-        (100.0, 2, 1.0, 2.0, 2.0), (110.0, 1, 5.0, 5.0, 5.0)]
+        (100.0, 2, 1.0, 2.0, 2.0),
+        (110.0, 1, 5.0, 5.0, 5.0),
+    ]
 
 
 def test_bad_quality_counts_against_the_good_fraction_only() -> None:
     agg = HistoryAggregator(60.0)
     agg.add("P", 5.0, True, 0.0)
     agg.add("P", 1000.0, False, 1.0)  # an invalid value never widens min/max
-    agg.add("P", None, True, 2.0)      # no value: not good either
+    agg.add("P", None, True, 2.0)  # no value: not good either
     agg.add("P", 7.0, True, 3.0)
     [row] = agg.take_closed(60.0)
     assert (row.min, row.max, row.mean, row.last, row.n) == (5.0, 7.0, 6.0, 7.0, 4)
@@ -97,8 +98,9 @@ samples = st.lists(
 
 @settings(max_examples=200, deadline=None)
 @given(samples, st.sampled_from([10.0, 60.0]))
-def test_property_stored_rows_match_a_naive_recomputation(xs: list[tuple[float, float | None, bool]],
-                                                          interval_s: float) -> None:
+def test_property_stored_rows_match_a_naive_recomputation(
+    xs: list[tuple[float, float | None, bool]], interval_s: float
+) -> None:
     agg = HistoryAggregator(interval_s)
     store = Store(":memory:")
     for t, v, good in xs:
@@ -126,14 +128,24 @@ def test_property_stored_rows_match_a_naive_recomputation(xs: list[tuple[float, 
 
 def test_storage_round_trip_limit_and_retention(tmp_path: Path) -> None:
     store = Store(tmp_path / "stima.db")
-    rows = [HistoryRow("P", 60.0 * i, 60.0, float(i), float(i) + 1, float(i) + 0.5, float(i), 10, 1.0)
-            for i in range(100)]
+    rows = [
+        HistoryRow("P", 60.0 * i, 60.0, float(i), float(i) + 1, float(i) + 0.5, float(i), 10, 1.0) for i in range(100)
+    ]
     rows.append(HistoryRow("Q", 0.0, 60.0, None, None, None, None, 3, 0.0))
     store.append_history(rows)
     back = store.history("P", since=600.0, until=1200.0)
     assert [r["bucket_start"] for r in back] == [60.0 * i for i in range(10, 21)]
-    assert back[0] == {"point_id": "P", "bucket_start": 600.0, "interval_s": 60.0, "min": 10.0, "max": 11.0,
-                       "mean": 10.5, "last": 10.0, "n": 10, "good_fraction": 1.0}
+    assert back[0] == {
+        "point_id": "P",
+        "bucket_start": 600.0,
+        "interval_s": 60.0,
+        "min": 10.0,
+        "max": 11.0,
+        "mean": 10.5,
+        "last": 10.0,
+        "n": 10,
+        "good_fraction": 1.0,
+    }
     assert [r["bucket_start"] for r in store.history("P", limit=3)] == [5820.0, 5880.0, 5940.0]  # newest, in order
     assert store.history("Q")[0]["min"] is None
     assert store.prune_history(before=60.0 * 10, limit=4) == 4  # a chunk at a time
@@ -149,8 +161,8 @@ def test_storage_round_trip_limit_and_retention(tmp_path: Path) -> None:
 def test_a_bucket_written_twice_is_merged() -> None:
     """A partial bucket flushed at a clean stop, completed after the restart."""
     store = Store(":memory:")
-    store.append_history([HistoryRow("P", 0.0, 60.0, 1.0, 3.0, 2.0, 3.0, 4, 0.5)])   # 2 good, mean 2
-    store.append_history([HistoryRow("P", 0.0, 60.0, 0.0, 2.0, 1.0, 0.5, 2, 1.0)])   # 2 good, mean 1
+    store.append_history([HistoryRow("P", 0.0, 60.0, 1.0, 3.0, 2.0, 3.0, 4, 0.5)])  # 2 good, mean 2
+    store.append_history([HistoryRow("P", 0.0, 60.0, 0.0, 2.0, 1.0, 0.5, 2, 1.0)])  # 2 good, mean 1
     [row] = store.history("P")
     assert (row["min"], row["max"], row["last"], row["n"]) == (0.0, 3.0, 0.5, 6)
     assert row["mean"] == pytest.approx(1.5) and row["good_fraction"] == pytest.approx(4 / 6)
@@ -162,17 +174,24 @@ def test_a_bucket_written_twice_is_merged() -> None:
 
 
 def _site(**history: Any) -> dict[str, Any]:
-    return {"site": {"region": "r", "substation_id": "SUB-T"},
-            "uplink": {"broker_host": "127.0.0.1", "transport": "tcp"}, "history": history}
+    return {
+        "site": {"region": "r", "substation_id": "SUB-T"},
+        "uplink": {"broker_host": "127.0.0.1", "transport": "tcp"},
+        "history": history,
+    }
 
 
 def test_history_section_defaults_and_validation() -> None:
     site = validate(_site())
     assert (site.history.enabled, site.history.interval_s, site.history.retention_days) == (True, 60.0, 30.0)
     assert validate(_site(enabled=False, interval_s=900, retention_days=365)).history.interval_s == 900.0
-    for key, value, path in (("interval_s", 5, "history.interval_s"), ("interval_s", 7200, "history.interval_s"),
-                             ("retention_days", 0, "history.retention_days"),
-                             ("retention_days", 5000, "history.retention_days"), ("interval", 60, "history.interval")):
+    for key, value, path in (
+        ("interval_s", 5, "history.interval_s"),
+        ("interval_s", 7200, "history.interval_s"),
+        ("retention_days", 0, "history.retention_days"),
+        ("retention_days", 5000, "history.retention_days"),
+        ("interval", 60, "history.interval"),
+    ):
         with pytest.raises(ConfigError) as err:
             validate(_site(**{key: value}))
         [problem] = err.value.problems
@@ -191,18 +210,38 @@ def test_daemon_answers_points_history(tmp_path: Path) -> None:
     doc["history"] = {"interval_s": 1}
     with Rig(doc, tmp_path, hil_args=("--no-ami",)) as rig:
         point = next(p["id"] for p in rig.daemon_call("points.list") if p["kind"] == "analog")
-        rows = rig.wait(lambda: len(rig.daemon_call("points.history", id=point)) >= 2 and
-                        rig.daemon_call("points.history", id=point), "two history buckets", 30.0, 0.2)
+        rows = rig.wait(
+            lambda: (
+                len(rig.daemon_call("points.history", id=point)) >= 2 and rig.daemon_call("points.history", id=point)
+            ),
+            "two history buckets",
+            30.0,
+            0.2,
+        )
         assert all(r["interval_s"] == 1.0 and r["bucket_start"] % 1.0 == 0.0 for r in rows)
         assert all(r["min"] <= r["mean"] <= r["max"] for r in rows if r["min"] is not None)
-        cli = [sys.executable, "-m", "gateway.cli", "points", "history", point, "--since", "1h",
-               "--runtime-dir", str(rig.runtime_dir)]
+        cli = [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "points",
+            "history",
+            point,
+            "--since",
+            "1h",
+            "--runtime-dir",
+            str(rig.runtime_dir),
+        ]
         out = subprocess.run([*cli, "--json"], capture_output=True, text=True, timeout=60, check=True).stdout
         assert len(json.loads(out)) >= 2
         human = subprocess.run(cli, capture_output=True, text=True, timeout=60, check=True).stdout
         assert human.splitlines()[0].split() == ["TIME", "MIN", "MAX", "MEAN", "LAST", "N", "GOOD%"]
-        unknown = subprocess.run([*cli[:5], "NO.SUCH.POINT", "--runtime-dir", str(rig.runtime_dir)],
-                                 capture_output=True, text=True, timeout=60)
+        unknown = subprocess.run(
+            [*cli[:5], "NO.SUCH.POINT", "--runtime-dir", str(rig.runtime_dir)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert unknown.returncode == 1 and "no such point" in unknown.stderr and "Traceback" not in unknown.stderr
 
 

@@ -69,8 +69,14 @@ def test_cli_adds_lists_and_removes_users_with_no_default_password(tmp_path: Pat
     path = tmp_path / "hmi-users"
 
     def stima(*argv: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "gateway.cli", "hmi", "user", *argv, "--users-file", str(path)],
-                              input=stdin, capture_output=True, text=True, cwd=ROOT, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "gateway.cli", "hmi", "user", *argv, "--users-file", str(path)],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=60,
+        )
 
     short = stima("add", "ada", "--role", "operator", "--password-stdin", stdin="short\n")
     assert short.returncode == 2 and "at least 10 characters" in short.stderr
@@ -92,14 +98,14 @@ def test_cli_adds_lists_and_removes_users_with_no_default_password(tmp_path: Pat
 def test_sessions_expire_when_idle_and_at_their_lifetime() -> None:
     book = SessionBook(idle_s=900.0, max_s=3600.0)
     s = book.create("ada", Role.OPERATOR, 0.0)
-    assert book.get(s.id, 899.0) is s                  # used: idle time restarts
+    assert book.get(s.id, 899.0) is s  # used: idle time restarts
     assert book.get(s.id, 899.0 + 899.0) is s
     assert book.get(s.id, 899.0 + 899.0 + 900.0) is None  # idle 900 s: ended
-    assert book.get(s.id, 1.0) is None                 # and gone for good
+    assert book.get(s.id, 1.0) is None  # and gone for good
     busy = book.create("ada", Role.OPERATOR, 0.0)
     for t in range(0, 3600, 600):
         assert book.get(busy.id, float(t)) is busy
-    assert book.get(busy.id, 3600.0) is None           # however busy, 1 h after login
+    assert book.get(busy.id, 3600.0) is None  # however busy, 1 h after login
     assert book.get("not-a-session", 0.0) is None and book.get(None, 0.0) is None
 
 
@@ -122,17 +128,16 @@ def test_login_limiter_blocks_an_address_and_a_user_for_the_window() -> None:
         assert limiter.retry_after("10.0.0.1", "ada", t) == 0.0
         limiter.failed("10.0.0.1", "ada", t)
     assert limiter.retry_after("10.0.0.1", "ada", 3.0) == pytest.approx(57.0)
-    assert limiter.retry_after("10.0.0.1", "someone", 3.0) == pytest.approx(57.0)   # the address
-    assert limiter.retry_after("10.0.0.2", "ADA", 3.0) == pytest.approx(57.0)       # the user, any case
+    assert limiter.retry_after("10.0.0.1", "someone", 3.0) == pytest.approx(57.0)  # the address
+    assert limiter.retry_after("10.0.0.2", "ADA", 3.0) == pytest.approx(57.0)  # the user, any case
     assert limiter.retry_after("10.0.0.2", "bob", 3.0) == 0.0
     assert limiter.retry_after("10.0.0.1", "ada", 59.0) == pytest.approx(1.0)
-    assert limiter.retry_after("10.0.0.1", "ada", 60.0) == 0.0                    # the first failure slid out
+    assert limiter.retry_after("10.0.0.1", "ada", 60.0) == 0.0  # the first failure slid out
 
 
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.floats(min_value=0.0, max_value=1.0)), max_size=40))
-def test_login_limiter_never_allows_more_failures_than_the_limit_in_a_window(
-        attempts: list[tuple[str, float]]) -> None:
+def test_login_limiter_never_allows_more_failures_than_the_limit_in_a_window(attempts: list[tuple[str, float]]) -> None:
     limiter = LoginLimiter(failures=3, window_s=10.0)
     now, tried = 0.0, []
     for address, step in attempts:

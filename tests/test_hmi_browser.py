@@ -50,6 +50,7 @@ def served_in_thread(doc: dict[str, Any], workdir: Path) -> Iterator[str]:
             except BaseException as exc:
                 found["error"] = exc
                 ready.set()
+
         asyncio.run(main())
 
     thread = threading.Thread(target=serve, name="hmi-under-test")
@@ -89,14 +90,16 @@ def test_thirty_feeders_and_a_hundred_thousand_meters_render_readably(tmp_path: 
         found = b.js(OVERLAPS_JS)
         assert found["overlapping"] == [] and found["smallest"] >= 12.0, found
         assert found["labels"] >= 30 * 3 + 30 * 3 + 119  # sections, transformers, devices
-        assert len(b.finds("#diagram .meter-dot")) == 90          # one cluster per transformer
-        assert found["nodes"] < 3000                              # not 100,000 of anything
+        assert len(b.finds("#diagram .meter-dot")) == 90  # one cluster per transformer
+        assert found["nodes"] < 3000  # not 100,000 of anything
         assert b.finds("#diagram text")[0].is_displayed()
         b.shot("thirty-feeders")
         b.click('#diagram g.element[data-id="XFMR-17-2"]')
-        b.wait(lambda: "Meters" in b.find("#details-body").text or "meters" in b.find("#details-body").text.lower(),
-               "the transformer's details")
-        assert not b.find("#control").is_displayed()              # a viewer gets no control
+        b.wait(
+            lambda: "Meters" in b.find("#details-body").text or "meters" in b.find("#details-body").text.lower(),
+            "the transformer's details",
+        )
+        assert not b.find("#control").is_displayed()  # a viewer gets no control
         b.shot("thirty-feeders-details")
 
 
@@ -120,15 +123,38 @@ def _rig_document() -> dict[str, Any]:
     doc["history"] = {"interval_s": 1.0}
     for scheme in doc["protection"]:
         if scheme["breaker"] == "CB-045":  # one quick reclose onto the fault, then lockout: the breaker stays open
-            scheme["reclose"] = {"shots": 1, "dead_times_s": [0.5], "trip_curves": ["fast", "delayed"],
-                                 "reclaim_s": 5.0}
+            scheme["reclose"] = {
+                "shots": 1,
+                "dead_times_s": [0.5],
+                "trip_curves": ["fast", "delayed"],
+                "reclaim_s": 5.0,
+            }
     return doc
 
 
 def _add_user(rig: Rig, name: str, role: str) -> None:
-    done = subprocess.run([sys.executable, "-m", "gateway.cli", "hmi", "user", "add", name, "--role", role,
-                           "--password-stdin", "--config", str(rig.site_path), "--no-group"],
-                          input=PASSWORDS[name] + "\n", capture_output=True, text=True, cwd=ROOT, timeout=60)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "hmi",
+            "user",
+            "add",
+            name,
+            "--role",
+            role,
+            "--password-stdin",
+            "--config",
+            str(rig.site_path),
+            "--no-group",
+        ],
+        input=PASSWORDS[name] + "\n",
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
 
 
@@ -153,11 +179,15 @@ def test_hmi_on_the_rig(tmp_path: Path) -> None:
         b.type("#login-password", PASSWORDS["ada"])
         b.click("#login-submit")
         b.wait(lambda: b.find("#who").text == "ada (operator)", "the operator logged in")
-        b.wait(lambda: _position(b, "CB-045") == "closed" and _stroke(b, "LINE-045/3") == viz.YELLOW,
-               "the live diagram", 30)
-        assert _stroke(b, "LINE-046/1") == viz.YELLOW                     # 11 kV lines are yellow
-        assert "dashed" in str(b.find('#diagram line.section-line[data-id="LINE-046/2"]').get_attribute("class")) \
-            or "flow" in str(b.find('#diagram line.section-line[data-id="LINE-046/2"]').get_attribute("class"))
+        b.wait(
+            lambda: _position(b, "CB-045") == "closed" and _stroke(b, "LINE-045/3") == viz.YELLOW,
+            "the live diagram",
+            30,
+        )
+        assert _stroke(b, "LINE-046/1") == viz.YELLOW  # 11 kV lines are yellow
+        assert "dashed" in str(
+            b.find('#diagram line.section-line[data-id="LINE-046/2"]').get_attribute("class")
+        ) or "flow" in str(b.find('#diagram line.section-line[data-id="LINE-046/2"]').get_attribute("class"))
         assert b.find('#diagram g.device[data-id="CB-045"] rect.symbol').get_attribute("fill") == viz.RED
         b.shot("diagram-in-service")
 
@@ -171,15 +201,19 @@ def test_hmi_on_the_rig(tmp_path: Path) -> None:
         assert result.text.startswith("Refused (parallel): closing TIE-045-046 would parallel")
         b.shot("refused-close")
         audit = [e for e in rig.daemon_call("events", source="TIE-045-046") if e["kind"] == "switching.refused"]
-        assert audit and audit[-1]["origin"] == "hmi:ada" and audit[-1]["via"] == "hmi" \
-            and audit[-1]["interlock"] == "parallel" and audit[-1]["stage"] == "select"
+        assert (
+            audit
+            and audit[-1]["origin"] == "hmi:ada"
+            and audit[-1]["via"] == "hmi"
+            and audit[-1]["interlock"] == "parallel"
+            and audit[-1]["stage"] == "select"
+        )
         b.click("#details-close")
 
         # a simulated fault: protection trips CB-045 and the feeder goes grey
         rig.hil_call("fault", line="LINE-045", distance_m=2300.0, kind="3ph")
         b.wait(lambda: _position(b, "CB-045") == "open", "CB-045 open on the diagram", 30)
-        b.wait(lambda: all(_stroke(b, f"LINE-045/{n}") == viz.DEENERGISED for n in (1, 2, 3)),
-               "LINE-045 greyed", 10)
+        b.wait(lambda: all(_stroke(b, f"LINE-045/{n}") == viz.DEENERGISED for n in (1, 2, 3)), "LINE-045 greyed", 10)
         assert b.find('#diagram g.device[data-id="CB-045"] rect.symbol').get_attribute("stroke") == viz.GREEN
         assert _stroke(b, "LINE-044/1") == viz.YELLOW and _stroke(b, "LINE-046/1") == viz.YELLOW
         b.shot("diagram-after-trip")
@@ -196,8 +230,13 @@ def test_hmi_on_the_rig(tmp_path: Path) -> None:
         b.shot("alarm-raised")
         assert row.find_element("css selector", "td.condition").text == "standing"  # LINE-045 is still faulted
         b.click(f'#alarms-table button.ack[data-alarm="{alarm_id}"]')
-        b.wait(lambda: b.find(f'#alarms-table tr[data-alarm="{alarm_id}"] td.ack-state').text.startswith("hmi:ada at")
-               and "hmi:ada" in b.find(f'#acked-table tr[data-acked="{alarm_id}"]').text, "the acknowledgement")
+        b.wait(
+            lambda: (
+                b.find(f'#alarms-table tr[data-alarm="{alarm_id}"] td.ack-state').text.startswith("hmi:ada at")
+                and "hmi:ada" in b.find(f'#acked-table tr[data-acked="{alarm_id}"]').text
+            ),
+            "the acknowledgement",
+        )
         assert not b.finds(f'#alarms-table button.ack[data-alarm="{alarm_id}"]')
         b.shot("alarm-acknowledged")
         acked = [e for e in rig.daemon_call("events", since=0.0, limit=2000) if e["kind"] == "alarm.acknowledged"]
@@ -217,14 +256,19 @@ def test_hmi_on_the_rig(tmp_path: Path) -> None:
         # the protection timeline lists the trip
         b.click('header .tab[data-tab="events"]')
         b.click('#events-form [data-preset="protection.,fault."]')
-        b.wait(lambda: any(r.get_attribute("data-kind") == "protection.trip" for r in b.finds("#events-table tbody tr")),
-               "the trip in the protection timeline")
+        b.wait(
+            lambda: any(r.get_attribute("data-kind") == "protection.trip" for r in b.finds("#events-table tbody tr")),
+            "the trip in the protection timeline",
+        )
         b.shot("protection-timeline")
 
         # the trip's disturbance record: listed on the page, its COMTRADE files downloaded with the
         # session and read back by an independent reader
-        row = b.wait(lambda: next(iter(b.finds('#records-table tr[data-breaker="CB-045"]')), None),
-                     "the disturbance record of the trip", 60)
+        row = b.wait(
+            lambda: next(iter(b.finds('#records-table tr[data-breaker="CB-045"]')), None),
+            "the disturbance record of the trip",
+            60,
+        )
         assert row.find_element("css selector", "td:nth-child(5)").text == "yes"  # the lockout is in it
         assert row.find_element("css selector", "td:nth-child(6)").text.startswith("LINE-045/2 ")  # fault at 2300 m
         b.shot("disturbance-record")
@@ -238,15 +282,18 @@ def test_hmi_on_the_rig(tmp_path: Path) -> None:
 
         # a viewer reads and cannot act
         b.click("#logout")
-        b.wait(lambda: b.find("#login-form").is_displayed() and "Logged out" in b.find("#login-error").text,
-               "logged out")
+        b.wait(
+            lambda: b.find("#login-form").is_displayed() and "Logged out" in b.find("#login-error").text, "logged out"
+        )
         assert rig.daemon_call("status")["hmi"]["sessions"] == 0
         b.log_in(url, "bob", PASSWORDS["bob"])
         b.wait(lambda: b.find("#who").text == "bob (viewer)", "the viewer logged in")
         b.wait(lambda: _position(b, "CB-045") == "open", "the diagram for the viewer")
         b.click('#diagram g.device[data-id="CB-045"]')
-        b.wait(lambda: b.finds(f'#details-records tr[data-record="{rid}"] a.record-cfg'),
-               "CB-045's details with its disturbance record")
+        b.wait(
+            lambda: b.finds(f'#details-records tr[data-record="{rid}"] a.record-cfg'),
+            "CB-045's details with its disturbance record",
+        )
         assert "Switching" in b.find("#details-body").text
         assert not b.find("#control").is_displayed()
         b.js("arguments[0].scrollIntoView()", b.find("#details-records"))

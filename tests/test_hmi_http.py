@@ -32,8 +32,18 @@ def run(fn: Callable[[], Awaitable[None]]) -> None:
 def test_security_headers_on_every_answer(tmp_path: Path) -> None:
     async def go() -> None:
         async with served(example_document(), tmp_path) as (_gw, _hmi, client):
-            answers = [await client.get(p) for p in ("/", "/static/app.js", "/static/app.css", "/api/session",
-                                                      "/api/status", "/static/nothing.js", "/api/nothing")]
+            answers = [
+                await client.get(p)
+                for p in (
+                    "/",
+                    "/static/app.js",
+                    "/static/app.css",
+                    "/api/session",
+                    "/api/status",
+                    "/static/nothing.js",
+                    "/api/nothing",
+                )
+            ]
             assert [a.status for a in answers] == [200, 200, 200, 200, 401, 404, 401]
             for a in answers:
                 assert a.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
@@ -42,12 +52,16 @@ def test_security_headers_on_every_answer(tmp_path: Path) -> None:
                 assert a.headers["Referrer-Policy"] == "no-referrer"
                 assert a.headers["Cache-Control"] == "no-store"
                 assert "Strict-Transport-Security" not in a.headers  # plain HTTP on loopback
-            assert "frame-ancestors 'none'" in CONTENT_SECURITY_POLICY and "script-src 'self'" in CONTENT_SECURITY_POLICY
+            assert (
+                "frame-ancestors 'none'" in CONTENT_SECURITY_POLICY and "script-src 'self'" in CONTENT_SECURITY_POLICY
+            )
+
     run(go)
 
 
 def test_every_asset_comes_from_the_gateway(tmp_path: Path) -> None:
     """No CDN, no external fonts or tiles: the page and its assets name no other host."""
+
     async def go() -> None:
         async with served(example_document(), tmp_path) as (_gw, _hmi, client):
             for path in ("/", "/static/app.js", "/static/app.css"):
@@ -55,6 +69,7 @@ def test_every_asset_comes_from_the_gateway(tmp_path: Path) -> None:
                 for marker in ("http://", "https://", "//fonts.", "@import", "cdn"):
                     hits = [line for line in text.splitlines() if marker in line and "www.w3.org/2000/svg" not in line]
                     assert not hits, (path, hits)
+
     run(go)
 
 
@@ -67,10 +82,12 @@ def test_a_write_without_the_csrf_token_is_refused_and_changes_nothing(tmp_path:
             path = f"/api/alarms/{alarm}/acknowledge"
             no_token = await client.post(path, json={}, headers={"Origin": origin(client)})
             wrong = await client.post(path, json={}, headers=write_headers(client, me["csrf"] + "x"))
-            other_site = await client.post(path, json={}, headers={"X-CSRF-Token": me["csrf"],
-                                                                   "Origin": "https://evil.example"})
-            fetch_cross = await client.post(path, json={}, headers={**write_headers(client, me["csrf"]),
-                                                                    "Sec-Fetch-Site": "cross-site"})
+            other_site = await client.post(
+                path, json={}, headers={"X-CSRF-Token": me["csrf"], "Origin": "https://evil.example"}
+            )
+            fetch_cross = await client.post(
+                path, json={}, headers={**write_headers(client, me["csrf"]), "Sec-Fetch-Site": "cross-site"}
+            )
             assert [r.status for r in (no_token, wrong, other_site, fetch_cross)] == [403, 403, 403, 403]
             assert [(a.id, a.acknowledged) for a in gw.alarms.active()] == [(alarm, None)]  # not acknowledged
             ok = await client.post(path, json={}, headers=write_headers(client, me["csrf"]))
@@ -83,43 +100,54 @@ def test_a_write_without_the_csrf_token_is_refused_and_changes_nothing(tmp_path:
             # an alarm with no agent behind it is over once acknowledged
             gw.publish("alarms", {"time": 2.0, "source": "flisr", "severity": "major", "message": "sequence stopped"})
             event = next(a for a in gw.alarms.active() if a.source == "flisr")
-            ok = await client.post(f"/api/alarms/{event.id}/acknowledge", json={},
-                                   headers=write_headers(client, me["csrf"]))
+            ok = await client.post(
+                f"/api/alarms/{event.id}/acknowledge", json={}, headers=write_headers(client, me["csrf"])
+            )
             assert ok.status == 200 and [a.id for a in gw.alarms.active()] == [alarm]
-            again = await client.post(f"/api/alarms/{event.id}/acknowledge", json={},
-                                      headers=write_headers(client, me["csrf"]))
+            again = await client.post(
+                f"/api/alarms/{event.id}/acknowledge", json={}, headers=write_headers(client, me["csrf"])
+            )
             assert again.status == 404
+
     run(go)
 
 
 def test_login_needs_the_login_token(tmp_path: Path) -> None:
     async def go() -> None:
         async with served(example_document(), tmp_path) as (_gw, hmi, client):
-            r = await client.post("/api/login", json={"user": "ada", "password": "ada's long password"},
-                                  headers={"Origin": origin(client)})
+            r = await client.post(
+                "/api/login",
+                json={"user": "ada", "password": "ada's long password"},
+                headers={"Origin": origin(client)},
+            )
             assert r.status == 403 and not len(hmi.sessions)
             assert (await client.get("/api/status")).status == 401
+
     run(go)
 
 
 def test_sessions_expire_when_idle_and_at_their_lifetime(tmp_path: Path) -> None:
     async def go() -> None:
         clock = FakeClock()
-        async with served(example_document(), tmp_path, clock=clock, session_idle_s=600, session_max_s=3600) \
-                as (_gw, _hmi, client):
+        async with served(example_document(), tmp_path, clock=clock, session_idle_s=600, session_max_s=3600) as (
+            _gw,
+            _hmi,
+            client,
+        ):
             assert (await login(client, "bob"))["status"] == 200
             clock.now += 599
-            assert (await client.get("/api/alarms")).status == 200   # used within the idle time
+            assert (await client.get("/api/alarms")).status == 200  # used within the idle time
             clock.now += 599
             assert (await client.get("/api/alarms")).status == 200
             clock.now += 600
-            assert (await client.get("/api/alarms")).status == 401   # idle 600 s: ended
+            assert (await client.get("/api/alarms")).status == 401  # idle 600 s: ended
             assert (await login(client, "bob"))["status"] == 200
             for _ in range(6):
                 clock.now += 500
                 assert (await client.get("/api/alarms")).status == 200
             clock.now += 600
-            assert (await client.get("/api/alarms")).status == 401   # an hour after login, however busy
+            assert (await client.get("/api/alarms")).status == 401  # an hour after login, however busy
+
     run(go)
 
 
@@ -128,12 +156,13 @@ def test_login_is_rate_limited(tmp_path: Path) -> None:
         async with served(example_document(), tmp_path, login_failures=3, login_window_s=60) as (gw, _hmi, client):
             for _ in range(3):
                 assert (await login(client, "ada", "wrong password!"))["status"] == 401
-            limited = await login(client, "ada")   # even the right password, until the window passes
+            limited = await login(client, "ada")  # even the right password, until the window passes
             assert limited["status"] == 429 and 0 < limited["retry_after_s"] <= 60
-            other = await login(client, "bob")     # the same address
+            other = await login(client, "bob")  # the same address
             assert other["status"] == 429
             kinds = [e["kind"] for e in gw.store.events(source="hmi:ada")]
             assert kinds == ["hmi.login_failed"] * 3
+
     run(go)
 
 
@@ -142,6 +171,7 @@ def test_no_user_no_login(tmp_path: Path) -> None:
         async with served(example_document(), tmp_path) as (_gw, _hmi, client):
             assert (await login(client, "root", "any password at all"))["status"] == 401
             assert (await login(client, "admin", "admin"))["status"] == 401
+
     run(go)
 
 
@@ -158,7 +188,10 @@ def test_viewers_read_only(tmp_path: Path) -> None:
             sel = await client.post("/api/control/select", json={"device": "CB-044", "action": "open"}, headers=h)
             assert (ack.status, sel.status) == (403, 403)
             assert "needs the operator role" in (await sel.json())["error"]
-            assert gw.alarms.active()[0].acknowledged is None and gw.switching.authority.sbo.holder("CB-044", 0.0) is None
+            assert (
+                gw.alarms.active()[0].acknowledged is None and gw.switching.authority.sbo.holder("CB-044", 0.0) is None
+            )
+
     run(go)
 
 
@@ -172,8 +205,11 @@ def test_control_goes_through_the_authority_with_select_before_operate(tmp_path:
             me = await login(client, "ada")
             h = write_headers(client, me["csrf"])
             # operate without a select: the authority's select-before-operate row refuses it
-            r = await client.post("/api/control/operate",
-                                  json={"device": "SW-045-1", "action": "open", "select_id": "sel-forged"}, headers=h)
+            r = await client.post(
+                "/api/control/operate",
+                json={"device": "SW-045-1", "action": "open", "select_id": "sel-forged"},
+                headers=h,
+            )
             body = await r.json()
             assert r.status == 409 and body["reason"] == "not_selected"
             # closing a tie that would parallel the feeders: refused at select, with the row's code
@@ -190,11 +226,14 @@ def test_control_goes_through_the_authority_with_select_before_operate(tmp_path:
             r = await client.post("/api/control/cancel", json={"select_id": sel["select_id"]}, headers=h)
             assert r.status == 200
             # select and operate: accepted and carried out (the write cannot reach an IED here: check-back fails)
-            sel = await (await client.post("/api/control/select", json={"device": "SW-045-1", "action": "open"},
-                                           headers=h)).json()
-            r = await client.post("/api/control/operate",
-                                  json={"device": "SW-045-1", "action": "open", "select_id": sel["select_id"]},
-                                  headers=h)
+            sel = await (
+                await client.post("/api/control/select", json={"device": "SW-045-1", "action": "open"}, headers=h)
+            ).json()
+            r = await client.post(
+                "/api/control/operate",
+                json={"device": "SW-045-1", "action": "open", "select_id": sel["select_id"]},
+                headers=h,
+            )
             assert r.status == 200 and (await r.json())["op_id"].startswith("op-")
             audit = [e for e in gw.store.events(kinds=("switching.",)) if e.get("origin") == "hmi:ada"]
             kinds = [e["kind"] for e in audit]
@@ -203,6 +242,7 @@ def test_control_goes_through_the_authority_with_select_before_operate(tmp_path:
             assert all(e.get("via", "hmi") == "hmi" for e in audit)
             refused = next(e for e in audit if e.get("interlock") == "parallel")
             assert refused["role"] == "operator" and refused["target"] == "TIE-045-046"
+
     run(go)
 
 
@@ -236,6 +276,7 @@ def test_geojson_is_valid_and_carries_the_agents_coordinates(tmp_path: Path) -> 
             assert features["XFMR-102"]["properties"]["coordinates_from"] == "line position"
             assert features["XFMR-101"]["properties"]["meters"]["count"] == 1250
             assert "LINE-044/1" in json.loads(text)["unplaced"]  # LINE-044 has no coordinates
+
     run(go)
 
 
@@ -245,8 +286,11 @@ def test_the_rest_api_is_documented(tmp_path: Path) -> None:
 
     async def go() -> None:
         async with served(example_document(), tmp_path) as (_gw, hmi, client):
-            routes = {r.resource.canonical for r in client.server.app.router.routes()  # type: ignore[union-attr]
-                      if r.resource is not None}
+            routes = {
+                r.resource.canonical
+                for r in client.server.app.router.routes()  # type: ignore[union-attr]
+                if r.resource is not None
+            }
             served_api = {r for r in routes if r.startswith("/api/") or r.endswith(".geojson")}
             assert served_api == set(spec["paths"]), served_api ^ set(spec["paths"])
             await login(client, "bob")
@@ -254,6 +298,7 @@ def test_the_rest_api_is_documented(tmp_path: Path) -> None:
             for path in spec["paths"]:
                 if "get" in spec["paths"][path] and "{" not in path and path != "/api/stream":
                     assert (await client.get(path)).status == 200, path
+
     run(go)
 
 
@@ -262,18 +307,32 @@ def test_trend_history_is_merged_to_a_bounded_number_of_buckets(tmp_path: Path) 
 
     async def go() -> None:
         async with served(example_document(), tmp_path) as (gw, _hmi, client):
-            rows = [HistoryRow("CB-044.ia", 1_000_000.0 + 60.0 * k, 60.0, 100.0 + k % 7, 120.0 + k % 7, 110.0 + k % 7,
-                               111.0, 60, 1.0) for k in range(10_080)]  # a week of minutes
+            rows = [
+                HistoryRow(
+                    "CB-044.ia",
+                    1_000_000.0 + 60.0 * k,
+                    60.0,
+                    100.0 + k % 7,
+                    120.0 + k % 7,
+                    110.0 + k % 7,
+                    111.0,
+                    60,
+                    1.0,
+                )
+                for k in range(10_080)
+            ]  # a week of minutes
             gw.store.append_history(rows)
             await login(client, "bob")
-            r = await client.get("/api/points/CB-044.ia/history",
-                                 params={"since": "1000000", "until": str(1_000_000 + 7 * 86400)})
+            r = await client.get(
+                "/api/points/CB-044.ia/history", params={"since": "1000000", "until": str(1_000_000 + 7 * 86400)}
+            )
             body = await r.json()
             buckets = body["buckets"]
             assert 1000 < len(buckets) <= 2000
             assert min(b["min"] for b in buckets) == 100.0 and max(b["max"] for b in buckets) == 126.0
             assert sum(b["n"] for b in buckets) == 60 * 10_080
             assert (await client.get("/api/points/NOPE/history")).status == 404
+
     run(go)
 
 
@@ -291,24 +350,34 @@ def test_the_stream_sends_a_snapshot_then_changes(tmp_path: Path) -> None:
             assert first["state"]["devices"]["CB-045"]["position"] == "closed"
             assert first["state"]["sections"]["LINE-045/2"]["energised"] is True
             await ws.send_str(json.dumps({"points": ["CB-045.*"]}))
-            apply(gw, {"CB-045.closed": False, "CB-045.ia": 0.0})   # the breaker opens
+            apply(gw, {"CB-045.closed": False, "CB-045.ia": 0.0})  # the breaker opens
             gw.publish("alarms", {"time": 2.0, "source": "CB-045", "severity": "critical", "message": "CB-045 tripped"})
             seen: dict[str, Any] = {}
             for _ in range(40):
                 msg = json.loads((await ws.receive(timeout=10)).data)
                 seen.setdefault(msg["type"], []).append(msg)
                 state = [m for m in seen.get("state", []) if "CB-045" in m["changes"].get("devices", {})]
-                if state and "alarms" in seen and any(
+                if (
+                    state
+                    and "alarms" in seen
+                    and any(
                         p["id"] == "CB-045.closed" and p["value"] is False
-                        for m in seen.get("points", []) for p in m["points"]):
+                        for m in seen.get("points", [])
+                        for p in m["points"]
+                    )
+                ):
                     break
             changes = state[-1]["changes"]
             assert changes["devices"]["CB-045"]["position"] == "open"
             assert {s: v["energised"] for s, v in changes["sections"].items() if s.startswith("LINE-045")} == {
-                "LINE-045/1": False, "LINE-045/2": False, "LINE-045/3": False}
+                "LINE-045/1": False,
+                "LINE-045/2": False,
+                "LINE-045/3": False,
+            }
             assert changes["sections"]["LINE-045/1"]["color"] == "#9e9e9e"
             assert seen["alarms"][-1]["active"][0]["message"] == "CB-045 tripped"
             await ws.close()
+
     run(go)
 
 
@@ -328,6 +397,7 @@ def test_a_hundred_thousand_meters_travel_as_counts_per_transformer(tmp_path: Pa
             assert len(diagram) < 400_000
             agents = await (await client.get("/api/agents")).json()
             assert len(agents) < 400  # groups, not meters
+
     run(go)
 
 
@@ -349,6 +419,7 @@ def test_removing_a_user_or_changing_their_role_ends_their_sessions(tmp_path: Pa
             users_mod.save(path, found, group=None)
             assert (await client.get("/api/alarms")).status == 401 and not len(hmi.sessions)
             assert (await login(client, "ada"))["status"] == 401
+
     run(go)
 
 
@@ -366,6 +437,7 @@ def test_the_stream_closes_when_its_session_expires(tmp_path: Path) -> None:
                     break
             assert ws.close_code == 4401
             assert (await client.get("/api/alarms")).status == 401
+
     run(go)
 
 
@@ -413,10 +485,16 @@ def test_disturbance_records_are_listed_and_downloaded_as_comtrade(tmp_path: Pat
             outside = tmp_path / "outside.cfg"
             outside.write_text("not a record")
             (gw.recording.directory / "LINKED.cfg").symlink_to(outside)
-            for path, status in ((f"/api/records/{rid}/{rid}.sh", 400), (f"/api/records/{rid}/other.cfg", 400),
-                                 (f"/api/records/{rid}/{rid}", 400), ("/api/records/.x/.x.cfg", 400),
-                                 ("/api/records/LINKED/LINKED.cfg", 404), ("/api/records/CB-045-1-1/CB-045-1-1.cfg", 404),
-                                 ("/api/records/x/..%2F..%2Fstima.db", 400)):
+            for path, status in (
+                (f"/api/records/{rid}/{rid}.sh", 400),
+                (f"/api/records/{rid}/other.cfg", 400),
+                (f"/api/records/{rid}/{rid}", 400),
+                ("/api/records/.x/.x.cfg", 400),
+                ("/api/records/LINKED/LINKED.cfg", 404),
+                ("/api/records/CB-045-1-1/CB-045-1-1.cfg", 404),
+                ("/api/records/x/..%2F..%2Fstima.db", 400),
+            ):
                 got = await client.get(path)
                 assert got.status == status, (path, got.status, await got.text())
+
     run(go)

@@ -14,17 +14,23 @@ from tests.support.feeder_sites import feeder_site, site_config
 
 def _overlaps(d: Diagram) -> list[tuple[str, str, str, str]]:
     boxes = d.boxes()
-    return [(a.id, a.kind, b.id, b.kind) for i, a in enumerate(boxes) for b in boxes[i + 1:]
-            if a.overlaps(b, margin=1.0) and a.id != b.id]
+    return [
+        (a.id, a.kind, b.id, b.kind)
+        for i, a in enumerate(boxes)
+        for b in boxes[i + 1 :]
+        if a.overlaps(b, margin=1.0) and a.id != b.id
+    ]
 
 
 def _inside(d: Diagram) -> list[str]:
     return [b.id for b in d.boxes() if b.x < 0 or b.y < 0 or b.x + b.w > d.width or b.y + b.h > d.height]
 
 
-@pytest.mark.parametrize("doc", [example_document(), feeder_site(30, 3), feeder_site(30, 3, ties="ring"),
-                                 feeder_site(12, 5, external_tie=True)],
-                         ids=["example", "30 feeders", "30 feeders in a ring", "12 feeders, 5 sections, external tie"])
+@pytest.mark.parametrize(
+    "doc",
+    [example_document(), feeder_site(30, 3), feeder_site(30, 3, ties="ring"), feeder_site(12, 5, external_tie=True)],
+    ids=["example", "30 feeders", "30 feeders in a ring", "12 feeders, 5 sections, external tie"],
+)
 def test_nothing_overlaps_and_everything_is_on_the_canvas(doc: dict[str, Any]) -> None:
     site = site_config(doc)
     net = Network.from_site(site)
@@ -42,7 +48,7 @@ def test_thirty_feeders_one_column_each_in_tie_order() -> None:
     d = layout(Network.from_site(site))
     breakers = sorted((x for x in d.devices if x["id"].startswith("CB-")), key=lambda x: x["x"])
     assert [b["id"] for b in breakers] == [f"CB-{k}" for k in range(1, 31)]  # the chain of ties, in order
-    assert {round(b["y"]) for b in breakers} == {round(breakers[0]["y"])}     # one row under the bus
+    assert {round(b["y"]) for b in breakers} == {round(breakers[0]["y"])}  # one row under the bus
     assert all(b2["x"] - b1["x"] == COL_W for b1, b2 in zip(breakers, breakers[1:]))
     # a feeder's sections go down its column, in order
     for k in (1, 17, 30):

@@ -28,12 +28,15 @@ def test_the_hmi_is_off_unless_the_site_file_turns_it_on() -> None:
     assert site.hmi.enabled is False and site.hmi.address == "127.0.0.1"
 
 
-@pytest.mark.parametrize(("hmi", "message"), [
-    ({"address": "10.1.2.3"}, "plain HTTP on 10.1.2.3 would send passwords in clear"),
-    ({"cert_file": "hmi.crt"}, "HTTPS needs both cert_file and key_file"),
-    ({"address": "hmi.example"}, "address must be an IP address"),
-    ({"session_idle_s": 7200, "session_max_s": 3600}, "session_idle_s must not exceed session_max_s"),
-])
+@pytest.mark.parametrize(
+    ("hmi", "message"),
+    [
+        ({"address": "10.1.2.3"}, "plain HTTP on 10.1.2.3 would send passwords in clear"),
+        ({"cert_file": "hmi.crt"}, "HTTPS needs both cert_file and key_file"),
+        ({"address": "hmi.example"}, "address must be an IP address"),
+        ({"session_idle_s": 7200, "session_max_s": 3600}, "session_idle_s must not exceed session_max_s"),
+    ],
+)
 def test_unsafe_or_wrong_hmi_settings_are_refused(tmp_path: Path, hmi: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError) as exc:
         validate(hmi_document(example_document(), tmp_path, **hmi))
@@ -50,8 +53,11 @@ def test_https_with_the_sites_certificate(tmp_path: Path) -> None:
     port = free_port()
 
     async def go() -> None:
-        site = validate(hmi_document(example_document(), tmp_path, port=port, cert_file=str(tls.server_cert),
-                                     key_file=str(tls.server_key)))
+        site = validate(
+            hmi_document(
+                example_document(), tmp_path, port=port, cert_file=str(tls.server_cert), key_file=str(tls.server_key)
+            )
+        )
         write_users(tmp_path / "hmi-users")
         store = Store(tmp_path / "stima.db")
         gw = Gateway(site, base_dir=tmp_path, clock=SystemClock(), store=store)
@@ -65,14 +71,18 @@ def test_https_with_the_sites_certificate(tmp_path: Path) -> None:
                     assert r.headers["Strict-Transport-Security"] == "max-age=31536000"
                     assert "Secure" in r.headers["Set-Cookie"]
                     token = (await r.json())["login_csrf"]
-                async with http.post(f"https://127.0.0.1:{port}/api/login", ssl=trusted,
-                                     json={"user": "ada", "password": PASSWORDS["ada"]},
-                                     headers={"X-CSRF-Token": token, "Origin": f"https://127.0.0.1:{port}"}) as r:
+                async with http.post(
+                    f"https://127.0.0.1:{port}/api/login",
+                    ssl=trusted,
+                    json={"user": "ada", "password": PASSWORDS["ada"]},
+                    headers={"X-CSRF-Token": token, "Origin": f"https://127.0.0.1:{port}"},
+                ) as r:
                     assert r.status == 200
                     assert "Secure" in r.headers["Set-Cookie"] and "HttpOnly" in r.headers["Set-Cookie"]
                 with pytest.raises(aiohttp.ClientError):  # no plain HTTP on that port
-                    async with http.get(f"http://127.0.0.1:{port}/api/session",
-                                        timeout=aiohttp.ClientTimeout(total=10)) as r:
+                    async with http.get(
+                        f"http://127.0.0.1:{port}/api/session", timeout=aiohttp.ClientTimeout(total=10)
+                    ) as r:
                         await r.read()
         finally:
             await hmi.close()

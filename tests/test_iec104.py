@@ -62,9 +62,16 @@ def test_the_map_is_generated_from_the_points_with_types_by_kind_and_role() -> N
 
 def test_overrides_move_retype_exclude_and_collisions_are_refused() -> None:
     doc = feeder_site(1, 2)
-    pmap = build_map(_site(doc, points=[{"id": "CB-1.ia", "ioa": 7000, "type": "M_ME_NC_1", "deadband": 5.0},
-                                        {"id": "CB-1.ib", "exclude": True}],
-                           commands=[{"target": "CB-1", "ioa": 9000}]))
+    pmap = build_map(
+        _site(
+            doc,
+            points=[
+                {"id": "CB-1.ia", "ioa": 7000, "type": "M_ME_NC_1", "deadband": 5.0},
+                {"id": "CB-1.ib", "exclude": True},
+            ],
+            commands=[{"target": "CB-1", "ioa": 9000}],
+        )
+    )
     ia = pmap.by_point["CB-1.ia"]
     assert (ia.ioa, ia.type_id, ia.deadband) == (7000, TypeId.M_ME_NC_1, 5.0)
     assert "CB-1.ib" not in pmap.by_point
@@ -79,18 +86,21 @@ def test_overrides_move_retype_exclude_and_collisions_are_refused() -> None:
         build_map(_site(doc, commands=[{"target": "LINE-1", "ioa": 9}]))
 
 
-@pytest.mark.parametrize(("quality", "analog", "bits"), [
-    (GOOD, True, 0),
-    (Quality(Validity.INVALID, QualityReason.COMMUNICATION_FAILURE), True, QDS_IV | QDS_NT),
-    (Quality(Validity.INVALID, QualityReason.NOT_YET_RECEIVED), False, QDS_IV | QDS_NT),
-    (Quality(Validity.QUESTIONABLE, QualityReason.OLD_DATA), True, QDS_NT),
-    (Quality(Validity.INVALID, QualityReason.OVERFLOW), True, QDS_IV | QDS_OV),
-    (Quality(Validity.INVALID, QualityReason.OVERFLOW), False, QDS_IV),
-    (Quality(Validity.QUESTIONABLE, QualityReason.SUBSTITUTED), True, QDS_SB),
-    (Quality(Validity.QUESTIONABLE, QualityReason.OPERATOR_BLOCKED), False, QDS_BL),
-    (Quality(Validity.QUESTIONABLE, QualityReason.INACCURATE), True, QDS_NT),
-    (Quality(Validity.INVALID, QualityReason.DEVICE_EXCEPTION), True, QDS_IV),
-])
+@pytest.mark.parametrize(
+    ("quality", "analog", "bits"),
+    [
+        (GOOD, True, 0),
+        (Quality(Validity.INVALID, QualityReason.COMMUNICATION_FAILURE), True, QDS_IV | QDS_NT),
+        (Quality(Validity.INVALID, QualityReason.NOT_YET_RECEIVED), False, QDS_IV | QDS_NT),
+        (Quality(Validity.QUESTIONABLE, QualityReason.OLD_DATA), True, QDS_NT),
+        (Quality(Validity.INVALID, QualityReason.OVERFLOW), True, QDS_IV | QDS_OV),
+        (Quality(Validity.INVALID, QualityReason.OVERFLOW), False, QDS_IV),
+        (Quality(Validity.QUESTIONABLE, QualityReason.SUBSTITUTED), True, QDS_SB),
+        (Quality(Validity.QUESTIONABLE, QualityReason.OPERATOR_BLOCKED), False, QDS_BL),
+        (Quality(Validity.QUESTIONABLE, QualityReason.INACCURATE), True, QDS_NT),
+        (Quality(Validity.INVALID, QualityReason.DEVICE_EXCEPTION), True, QDS_IV),
+    ],
+)
 def test_quality_maps_to_the_104_quality_bits(quality: Quality, analog: bool, bits: int) -> None:
     assert quality_descriptor(quality, analog) == bits
 
@@ -125,8 +135,12 @@ def test_binary_changes_quality_changes_and_return_information() -> None:
 def test_interrogation_snapshots_and_packing() -> None:
     pmap = build_map(_site(feeder_site(1, 2)))
     rep = Reporter(pmap)
-    points = {m.point_id: SimpleNamespace(value=1.0 if m.kind is PointKind.ANALOG else True, quality=GOOD,
-                                          source_time=None, receive_time=5.0) for m in pmap.monitored}
+    points = {
+        m.point_id: SimpleNamespace(
+            value=1.0 if m.kind is PointKind.ANALOG else True, quality=GOOD, source_time=None, receive_time=5.0
+        )
+        for m in pmap.monitored
+    }
     gi = rep.interrogation(points)
     assert {s.ioa for s in gi} == {m.ioa for m in pmap.monitored if m.kind is not PointKind.COUNTER}
     assert all(s.cot == Cot.INTERROGATED_BY_STATION and s.time_ms == 5000 for s in gi)
@@ -161,10 +175,19 @@ def _handler() -> tuple[Bench, CommandHandler, int]:
     return b, handler, ioa
 
 
-def _req(ioa: int, value: int, *, select: bool, cot: int = Cot.ACTIVATION, master: str = "10.0.0.1",
-         type_id: int = TypeId.C_DC_NA_1, ca: int = 3) -> CommandRequest:
-    return CommandRequest(type_id=type_id, cot=cot, common_address=ca, ioa=ioa, select=select, value=value,
-                          master=master)
+def _req(
+    ioa: int,
+    value: int,
+    *,
+    select: bool,
+    cot: int = Cot.ACTIVATION,
+    master: str = "10.0.0.1",
+    type_id: int = TypeId.C_DC_NA_1,
+    ca: int = 3,
+) -> CommandRequest:
+    return CommandRequest(
+        type_id=type_id, cot=cot, common_address=ca, ioa=ioa, select=select, value=value, master=master
+    )
 
 
 def test_select_then_execute_goes_through_the_authority_with_the_masters_origin() -> None:
@@ -214,12 +237,21 @@ def test_refusals_answer_with_their_cause_and_the_authoritys_code() -> None:
 @settings(max_examples=40, deadline=None)
 @given(delay_s=st.floats(min_value=-600.0, max_value=600.0, allow_nan=False))
 def test_a_time_tagged_command_held_back_beyond_the_maximum_delay_is_refused_and_changes_nothing(
-        delay_s: float) -> None:
+    delay_s: float,
+) -> None:
     b, h, ioa = _handler()
     h.max_delay_s = 30.0
     now_s = 1_796_000_000.0
-    tagged = CommandRequest(type_id=TypeId.C_DC_TA_1, cot=Cot.ACTIVATION, common_address=3, ioa=ioa, select=True,
-                            value=DP_OFF, master="10.0.0.1", time_ms=round((now_s - delay_s) * 1000))
+    tagged = CommandRequest(
+        type_id=TypeId.C_DC_TA_1,
+        cot=Cot.ACTIVATION,
+        common_address=3,
+        ioa=ioa,
+        select=True,
+        value=DP_OFF,
+        master="10.0.0.1",
+        time_ms=round((now_s - delay_s) * 1000),
+    )
     r = h.handle(tagged, now_s)
     held = b.authority.sbo.holder("SW-1-1", b.now)
     if abs(delay_s) > 30.0 + 0.01:
@@ -233,36 +265,76 @@ def test_a_time_tagged_command_held_back_beyond_the_maximum_delay_is_refused_and
 def test_the_delay_check_spares_untagged_commands_and_refuses_an_invalid_time_tag() -> None:
     b, h, ioa = _handler()
     h.max_delay_s = 30.0
-    invalid = CommandRequest(type_id=TypeId.C_DC_TA_1, cot=Cot.ACTIVATION, common_address=3, ioa=ioa, select=True,
-                             value=DP_OFF, master="10.0.0.1", time_ms=None)
+    invalid = CommandRequest(
+        type_id=TypeId.C_DC_TA_1,
+        cot=Cot.ACTIVATION,
+        common_address=3,
+        ioa=ioa,
+        select=True,
+        value=DP_OFF,
+        master="10.0.0.1",
+        time_ms=None,
+    )
     r = h.handle(invalid, 1_796_000_000.0)
     assert r.negative and "invalid" in r.message and b.authority.sbo.holder("SW-1-1", b.now) is None
     # C_DC_NA_1 carries no time: not checked
     assert not h.handle(_req(ioa, DP_OFF, select=True), 1_796_000_000.0).negative
     # a deactivation is never held back: a late cancel only makes the device free sooner
-    late_cancel = CommandRequest(type_id=TypeId.C_DC_TA_1, cot=Cot.DEACTIVATION, common_address=3, ioa=ioa,
-                                 select=True, value=DP_OFF, master="10.0.0.1", time_ms=0)
+    late_cancel = CommandRequest(
+        type_id=TypeId.C_DC_TA_1,
+        cot=Cot.DEACTIVATION,
+        common_address=3,
+        ioa=ioa,
+        select=True,
+        value=DP_OFF,
+        master="10.0.0.1",
+        time_ms=0,
+    )
     d = h.handle(late_cancel, 1_796_000_000.0)
     assert (d.cot, d.negative) == (Cot.DEACTIVATION_CON, False) and b.authority.sbo.holder("SW-1-1", b.now) is None
     # with the check off (0) an old time tag is carried out
     h.max_delay_s = 0.0
-    old = CommandRequest(type_id=TypeId.C_DC_TA_1, cot=Cot.ACTIVATION, common_address=3, ioa=ioa, select=True,
-                         value=DP_OFF, master="10.0.0.1", time_ms=0)
+    old = CommandRequest(
+        type_id=TypeId.C_DC_TA_1,
+        cot=Cot.ACTIVATION,
+        common_address=3,
+        ioa=ioa,
+        select=True,
+        value=DP_OFF,
+        master="10.0.0.1",
+        time_ms=0,
+    )
     assert not h.handle(old, 1_796_000_000.0).negative
 
 
 def test_a_command_with_the_test_bit_is_answered_but_never_carried_out() -> None:
     b, h, ioa = _handler()
     for select in (True, False):
-        req = CommandRequest(type_id=TypeId.C_DC_NA_1, cot=Cot.ACTIVATION, common_address=3, ioa=ioa,
-                             select=select, value=DP_OFF, master="10.0.0.1", test=True)
+        req = CommandRequest(
+            type_id=TypeId.C_DC_NA_1,
+            cot=Cot.ACTIVATION,
+            common_address=3,
+            ioa=ioa,
+            select=select,
+            value=DP_OFF,
+            master="10.0.0.1",
+            test=True,
+        )
         r = h.handle(req)
         assert (r.cot, r.negative) == (Cot.ACTIVATION_CON, True) and "test bit" in r.message
     assert b.authority.sbo.holder("SW-1-1", b.now) is None and b.authority.take_audit() == []
     # nor does a test deactivation cancel a real select
     assert not h.handle(_req(ioa, DP_OFF, select=True)).negative
-    test_cancel = CommandRequest(type_id=TypeId.C_DC_NA_1, cot=Cot.DEACTIVATION, common_address=3, ioa=ioa,
-                                 select=True, value=DP_OFF, master="10.0.0.1", test=True)
+    test_cancel = CommandRequest(
+        type_id=TypeId.C_DC_NA_1,
+        cot=Cot.DEACTIVATION,
+        common_address=3,
+        ioa=ioa,
+        select=True,
+        value=DP_OFF,
+        master="10.0.0.1",
+        test=True,
+    )
     d = h.handle(test_cancel)
     assert (d.cot, d.negative) == (Cot.DEACTIVATION_CON, True)
     assert b.authority.sbo.holder("SW-1-1", b.now) is not None
@@ -270,13 +342,27 @@ def test_a_command_with_the_test_bit_is_answered_but_never_carried_out() -> None
 
 def test_a_setpoint_is_only_mapped_where_the_point_is_writable_and_gets_its_kind() -> None:
     doc = feeder_site(1, 1)
-    doc["ieds"].append({"id": "IED-DER", "protocol": "modbus_tcp", "host": "127.0.0.1", "port": 30001, "points": [
-        {"id": "DER-1.p_limit", "address": 10, "type": "float32", "writable": True},
-        {"id": "DER-1.q_set", "address": 12, "type": "float32"}]})
-    doc["agents"].append({"id": "DER-1", "type": "renewable_energy",
-                          "attributes": {"rated_capacity": 500.0},
-                          "points": {"p_limit_pct": "DER-1.p_limit", "q_setpoint_kvar": "DER-1.q_set"},
-                          "connection_rules": [{"target_id": "LINE-1", "canonical_type": "supply"}]})
+    doc["ieds"].append(
+        {
+            "id": "IED-DER",
+            "protocol": "modbus_tcp",
+            "host": "127.0.0.1",
+            "port": 30001,
+            "points": [
+                {"id": "DER-1.p_limit", "address": 10, "type": "float32", "writable": True},
+                {"id": "DER-1.q_set", "address": 12, "type": "float32"},
+            ],
+        }
+    )
+    doc["agents"].append(
+        {
+            "id": "DER-1",
+            "type": "renewable_energy",
+            "attributes": {"rated_capacity": 500.0},
+            "points": {"p_limit_pct": "DER-1.p_limit", "q_setpoint_kvar": "DER-1.q_set"},
+            "connection_rules": [{"target_id": "LINE-1", "canonical_type": "supply"}],
+        }
+    )
     pmap = build_map(_site(doc))
     setpoints = [c for c in pmap.commands if c.setpoint is not None]
     assert [(c.target, c.setpoint, c.ioa) for c in setpoints] == [("DER-1", "p_limit_pct", 6001)]
@@ -325,14 +411,28 @@ class _Outstation:
         for n in range(3):
             pid = f"P{n}.value"
             self.image.define(pid, PointKind.ANALOG)
-            self.image.apply(PointUpdate(point_id=pid, value=float(n), quality=GOOD,
-                                         receive_monotonic=_time.monotonic(), receive_time=_time.time()))
+            self.image.apply(
+                PointUpdate(
+                    point_id=pid,
+                    value=float(n),
+                    quality=GOOD,
+                    receive_monotonic=_time.monotonic(),
+                    receive_time=_time.time(),
+                )
+            )
             monitored.append(MonitorPoint(pid, 100 + n, TypeId.M_ME_TF_1, 0.0, PointKind.ANALOG))
         pmap = PointMap(1, tuple(monitored), (), {m.point_id: m for m in monitored}, {})
         self.port = free_port()
         self.cfg = Iec104Config(enabled=True, bind="127.0.0.1", port=self.port, **cfg)
-        self.outstation = Iec104Outstation(self.cfg, pmap, self.image, CommandHandler(pmap, _Plant(bench()),
-                                           Role.OPERATOR), Reporter(pmap), SystemClock(), logging.getLogger("t104"))
+        self.outstation = Iec104Outstation(
+            self.cfg,
+            pmap,
+            self.image,
+            CommandHandler(pmap, _Plant(bench()), Role.OPERATOR),
+            Reporter(pmap),
+            SystemClock(),
+            logging.getLogger("t104"),
+        )
         self.loop = asyncio.new_event_loop()
         ready = threading.Event()
 
@@ -351,8 +451,16 @@ class _Outstation:
 
         from gateway.contract.points import PointUpdate
 
-        self.loop.call_soon_threadsafe(self.image.apply, PointUpdate(
-            point_id=point_id, value=value, quality=GOOD, receive_monotonic=_time.monotonic(), receive_time=_time.time()))
+        self.loop.call_soon_threadsafe(
+            self.image.apply,
+            PointUpdate(
+                point_id=point_id,
+                value=value,
+                quality=GOOD,
+                receive_monotonic=_time.monotonic(),
+                receive_time=_time.time(),
+            ),
+        )
 
     def close(self) -> None:
         import asyncio
@@ -369,8 +477,9 @@ def test_tls_per_62351_3_with_a_master_certificate_from_the_ca(tmp_path: Any) ->
     from tests.support.iec104_master import Master
 
     tls = make_tls_files(tmp_path)
-    station = _Outstation(tls={"ca_file": str(tls.ca_file), "cert_file": str(tls.server_cert),
-                               "key_file": str(tls.server_key)})
+    station = _Outstation(
+        tls={"ca_file": str(tls.ca_file), "cert_file": str(tls.server_cert), "key_file": str(tls.server_key)}
+    )
     try:
         ctx = ssl.create_default_context(cafile=str(tls.ca_file))
         ctx.load_cert_chain(str(tls.client_cert), str(tls.client_key))
@@ -384,7 +493,9 @@ def test_tls_per_62351_3_with_a_master_certificate_from_the_ca(tmp_path: Any) ->
         # nor one without a certificate the CA signed
         anonymous = ssl.create_default_context(cafile=str(tls.ca_file))
         with pytest.raises((TimeoutError, OSError, ssl.SSLError)):
-            with Master("127.0.0.1", station.port, common_address=1, ssl_context=anonymous, timeout_s=3.0).connect() as m:
+            with Master(
+                "127.0.0.1", station.port, common_address=1, ssl_context=anonymous, timeout_s=3.0
+            ).connect() as m:
                 m.interrogate(timeout_s=3.0)
     finally:
         station.close()
@@ -396,11 +507,14 @@ def test_clock_sync_refused_by_setting_and_a_redundancy_group_shares_one_active_
     from tests.support import iec104_master as m104
     from tests.support.iec104_master import Master
 
-    station = _Outstation(clock_sync="refuse", redundancy_groups=[{"name": "ncc", "masters": ["127.0.0.1"]}],
-                          max_connections=3)
+    station = _Outstation(
+        clock_sync="refuse", redundancy_groups=[{"name": "ncc", "masters": ["127.0.0.1"]}], max_connections=3
+    )
     try:
-        with Master("127.0.0.1", station.port, common_address=1).connect() as active, \
-                Master("127.0.0.1", station.port, common_address=1).connect(start=False) as standby:
+        with (
+            Master("127.0.0.1", station.port, common_address=1).connect() as active,
+            Master("127.0.0.1", station.port, common_address=1).connect(start=False) as standby,
+        ):
             con = active.clock_sync(dt.datetime.utcnow())
             assert con.cot == m104.COT_ACT_CON and con.negative
             station.update("P1.value", 42.0)
@@ -411,8 +525,10 @@ def test_clock_sync_refused_by_setting_and_a_redundancy_group_shares_one_active_
             standby._send_u(m104.STARTDT_ACT)
             standby.wait_u(m104.STARTDT_CON)
             station.update("P2.value", 7.0)
-            standby.wait_for(lambda a: a.cot == m104.COT_SPONTANEOUS and any(
-                o.ioa == 102 and o.value == 7.0 for o in a.objects), "the change at the new active master")
+            standby.wait_for(
+                lambda a: a.cot == m104.COT_SPONTANEOUS and any(o.ioa == 102 and o.value == 7.0 for o in a.objects),
+                "the change at the new active master",
+            )
     finally:
         station.close()
 

@@ -33,8 +33,15 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     # 50 ms: a stall of the daemon's loop over two periods (a busy moment on a shared machine)
     # marks the relay's points stale, and a select then is refused as position_unknown, rightly
     doc = fault_site(reclose=True, relay_poll_ms=50)
-    doc["iec104"] = {"enabled": True, "bind": "127.0.0.1", "port": free_port(), "common_address": CA,
-                     "max_connections": 3, "clock_sync": "accept", "t3_s": 5}
+    doc["iec104"] = {
+        "enabled": True,
+        "bind": "127.0.0.1",
+        "port": free_port(),
+        "common_address": CA,
+        "max_connections": 3,
+        "clock_sync": "accept",
+        "t3_s": 5,
+    }
     with Rig(doc, workdir, hil_args=("--no-ami",)) as r:
         yield r
 
@@ -89,28 +96,43 @@ def test_spontaneous_changes_and_quality_reach_the_master(rig: Rig) -> None:
         mark = master.mark()
         before = rig.daemon_call("points.read", ids=["CB-045.ia"])[0]["value"]
         rig.hil_call("loadstep", target="XFMR-101", factor=1.6)
-        change = master.wait_for(lambda a: a.cot == m104.COT_SPONTANEOUS and any(o.ioa == ia_ioa for o in a.objects),
-                                 "a spontaneous CB-045.ia", 20, start=mark)
+        change = master.wait_for(
+            lambda a: a.cot == m104.COT_SPONTANEOUS and any(o.ioa == ia_ioa for o in a.objects),
+            "a spontaneous CB-045.ia",
+            20,
+            start=mark,
+        )
         obj = next(o for o in change.objects if o.ioa == ia_ioa)
         assert change.type_id == m104.M_ME_TF_1 and obj.quality == 0 and obj.value > before
         # an IED that stops answering: its points go invalid and not topical, spontaneously
         mark = master.mark()
         rig.hil_call("commloss", ied="IED-CB-045", duration_s=4.0)
-        lost = master.wait_for(lambda a: a.cot == m104.COT_SPONTANEOUS and any(
-            o.ioa == ia_ioa and o.quality & 0x80 for o in a.objects), "CB-045.ia invalid", 30, start=mark)
+        lost = master.wait_for(
+            lambda a: a.cot == m104.COT_SPONTANEOUS and any(o.ioa == ia_ioa and o.quality & 0x80 for o in a.objects),
+            "CB-045.ia invalid",
+            30,
+            start=mark,
+        )
         assert next(o for o in lost.objects if o.ioa == ia_ioa).quality & 0xC0 == 0xC0
-        master.wait_for(lambda a: a.cot == m104.COT_SPONTANEOUS and any(
-            o.ioa == ia_ioa and o.quality == 0 for o in a.objects), "CB-045.ia good again", 30,
-            start=master.received.index(lost) + 1)
-    rig.wait(lambda: rig.daemon_call("points.read", ids=["CB-045.closed"])[0]["quality"] == "good",
-             "CB-045's position good again")
+        master.wait_for(
+            lambda a: a.cot == m104.COT_SPONTANEOUS and any(o.ioa == ia_ioa and o.quality == 0 for o in a.objects),
+            "CB-045.ia good again",
+            30,
+            start=master.received.index(lost) + 1,
+        )
+    rig.wait(
+        lambda: rig.daemon_call("points.read", ids=["CB-045.closed"])[0]["quality"] == "good",
+        "CB-045's position good again",
+    )
     rig.hil_call("loadstep", target="XFMR-101", factor=1 / 1.6)
 
 
 def _position_known(rig: Rig, device: str) -> None:
     """Wait until the image holds `device`'s position with good quality (a select needs it)."""
-    rig.wait(lambda: rig.daemon_call("points.read", ids=[f"{device}.closed"])[0]["quality"] == "good",
-             f"{device}'s position known")
+    rig.wait(
+        lambda: rig.daemon_call("points.read", ids=[f"{device}.closed"])[0]["quality"] == "good",
+        f"{device}'s position known",
+    )
 
 
 def _events(rig: Rig, since: float, kind: str) -> list[dict[str, Any]]:
@@ -131,20 +153,32 @@ def test_select_and_execute_open_then_close_through_the_switching_authority(rig:
             assert sel.cot == m104.COT_ACT_CON and not sel.negative and sel.objects[0].select
             exe = master.double_command(cmd, state, select=False, time_tag=dt.datetime.utcnow())
             assert exe.cot == m104.COT_ACT_CON and not exe.negative, exe
-            master.wait_for(lambda a: a.type_id == m104.C_DC_TA_1 and a.cot == m104.COT_ACT_TERM, "termination",
-                            start=mark)
-            moved = master.wait_for(lambda a, s=state: any(o.ioa == pos and o.value == s for o in a.objects)
-                                    and a.cot in (m104.COT_RETURN_REMOTE, m104.COT_SPONTANEOUS),
-                                    f"CB-045 {name} reported", 20, start=mark)
+            master.wait_for(
+                lambda a: a.type_id == m104.C_DC_TA_1 and a.cot == m104.COT_ACT_TERM, "termination", start=mark
+            )
+            moved = master.wait_for(
+                lambda a, s=state: (
+                    any(o.ioa == pos and o.value == s for o in a.objects)
+                    and a.cot in (m104.COT_RETURN_REMOTE, m104.COT_SPONTANEOUS)
+                ),
+                f"CB-045 {name} reported",
+                20,
+                start=mark,
+            )
             assert moved.cot == m104.COT_RETURN_REMOTE  # the answer to this master's own command
             assert breaker(rig, "CB-045") == ("open" if name == "open" else "closed")
     selected = [e for e in _events(rig, start, "switching.selected") if e["source"] == "CB-045"]
     accepted = [e for e in _events(rig, start, "switching.accepted") if e["source"] == "CB-045"]
     assert [e["action"] for e in selected] == ["open", "close"] == [e["action"] for e in accepted]
-    assert all(e["via"] == "iec104" and e["origin"] == "iec104:127.0.0.1" and e["role"] == "operator"
-               for e in selected + accepted)
-    rig.wait(lambda: any(e["source"] == "CB-045" and e["action"] == "close"
-                         for e in _events(rig, start, "switching.done")), "the close checked back", 20)
+    assert all(
+        e["via"] == "iec104" and e["origin"] == "iec104:127.0.0.1" and e["role"] == "operator"
+        for e in selected + accepted
+    )
+    rig.wait(
+        lambda: any(e["source"] == "CB-045" and e["action"] == "close" for e in _events(rig, start, "switching.done")),
+        "the close checked back",
+        20,
+    )
 
 
 def test_a_close_of_a_locked_out_breaker_is_refused_with_its_cause(rig: Rig) -> None:
@@ -166,7 +200,9 @@ def test_a_close_of_a_locked_out_breaker_is_refused_with_its_cause(rig: Rig) -> 
             assert wrong_ca.cot == m104.COT_UNKNOWN_CA and wrong_ca.negative
         refused = [e for e in _events(rig, start, "switching.refused") if e["source"] == "CB-045"]
         assert [(e["via"], e["stage"], e["interlock"]) for e in refused] == [
-            ("iec104", "select", "protection_lockout"), ("iec104", "operate", "not_selected")]
+            ("iec104", "select", "protection_lockout"),
+            ("iec104", "operate", "not_selected"),
+        ]
         # the operator's road is refused with the same code
         with pytest.raises(ControlError, match=r"refused \(protection_lockout\)"):
             rig.daemon_call("breaker.operate", breaker="CB-045", action="close")
@@ -186,15 +222,19 @@ def test_a_command_held_back_beyond_the_maximum_delay_or_with_the_test_bit_is_re
     _position_known(rig, "CB-045")
     with _master(rig) as master:
         # a select whose time tag is two minutes old (iec104.command_max_delay_s is 30 s)
-        late = master.double_command(cmd, m104.DP_OFF, select=True,
-                                     time_tag=dt.datetime.utcnow() - dt.timedelta(minutes=2))
+        late = master.double_command(
+            cmd, m104.DP_OFF, select=True, time_tag=dt.datetime.utcnow() - dt.timedelta(minutes=2)
+        )
         assert late.cot == m104.COT_ACT_CON and late.negative
         assert rig.daemon_call("breaker.status", breaker="CB-045")["selected_by"] is None
         # a select with the test bit (T = 1) is answered, mirrored, and not carried out
         mark = master.mark()
         master.send_asdu(m104.encode_asdu(m104.C_DC_NA_1, m104.COT_ACT, CA, cmd, bytes([0x81]), test=True))
-        test = master.wait_for(lambda x: x.type_id == m104.C_DC_NA_1 and x.cot == m104.COT_ACT_CON,
-                               "the test command's confirmation", start=mark)
+        test = master.wait_for(
+            lambda x: x.type_id == m104.C_DC_NA_1 and x.cot == m104.COT_ACT_CON,
+            "the test command's confirmation",
+            start=mark,
+        )
         assert test.negative and test.test
         assert rig.daemon_call("breaker.status", breaker="CB-045")["selected_by"] is None
         # the same select sent now is taken, and cancelled again
@@ -223,15 +263,20 @@ def test_two_masters_and_reconnection(rig: Rig) -> None:
     cmd = _row(rows, target="SW-045-1")["ioa"]
     ia_ioa = _row(rows, point="CB-045.ia")["ioa"]
     with _master(rig) as a, _master(rig, source="127.0.0.2") as b:
-        status = rig.wait(lambda: (s := rig.daemon_call("status")["iec104"]) and len(s["active"]) == 2 and s,
-                          "both masters active")
+        status = rig.wait(
+            lambda: (s := rig.daemon_call("status")["iec104"]) and len(s["active"]) == 2 and s, "both masters active"
+        )
         assert status["active"] == ["127.0.0.1", "127.0.0.2"]
         # both get the same spontaneous change
         marks = a.mark(), b.mark()
         rig.hil_call("loadstep", target="XFMR-101", factor=1.5)
         for master, mark in zip((a, b), marks):
-            master.wait_for(lambda x: x.cot == m104.COT_SPONTANEOUS and any(o.ioa == ia_ioa for o in x.objects),
-                            "the change at both masters", 20, start=mark)
+            master.wait_for(
+                lambda x: x.cot == m104.COT_SPONTANEOUS and any(o.ioa == ia_ioa for o in x.objects),
+                "the change at both masters",
+                20,
+                start=mark,
+            )
         rig.hil_call("loadstep", target="XFMR-101", factor=1 / 1.5)
         # a select reserves the switch for the master that made it
         _position_known(rig, "SW-045-1")
@@ -284,8 +329,12 @@ def test_a_set_point_selected_and_executed_reaches_the_der(rig: Rig) -> None:
         assert sel.cot == m104.COT_ACT_CON and not sel.negative, sel
         exe = master.setpoint(cmd, 40.0, select=False)
         assert exe.cot == m104.COT_ACT_CON and not exe.negative, exe
-        master.wait_for(lambda a: any(o.ioa == readback and o.value == pytest.approx(40.0) for o in a.objects),
-                        "the DER's limit read back at 40 %", 30, start=mark)
+        master.wait_for(
+            lambda a: any(o.ioa == readback and o.value == pytest.approx(40.0) for o in a.objects),
+            "the DER's limit read back at 40 %",
+            30,
+            start=mark,
+        )
         # an execute without its own select is refused (select-before-operate)
         bad = master.setpoint(cmd, 40.0, select=False)
         assert bad.cot == m104.COT_ACT_CON and bad.negative

@@ -79,9 +79,7 @@ class Recorder:
             self.latest[update.point_id] = update
         self._changed.set()
 
-    async def wait(
-        self, predicate: Callable[[], bool], what: str, timeout_s: float = WAIT_S
-    ) -> None:
+    async def wait(self, predicate: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> None:
         deadline = time.monotonic() + timeout_s
         while not predicate():
             remaining = deadline - time.monotonic()
@@ -108,9 +106,7 @@ def run_client(
         client = Iec61850Client(cfg, sink, SystemClock(), logging.getLogger("test.iec61850"))
         task = asyncio.create_task(client.run())
         try:
-            await sink.wait(
-                lambda: client.status.state is LinkState.ONLINE or task.done(), "link up"
-            )
+            await sink.wait(lambda: client.status.state is LinkState.ONLINE or task.done(), "link up")
             await asyncio.wait_for(body(client, sink), timeout=timeout_s)
         finally:
             await client.close()
@@ -132,9 +128,7 @@ def configure(ied: Iec61850Ied, bay: BayServerProcess, **changes: Any) -> Iec618
 # --------------------------------------------------------------------------- reading
 
 
-def test_polled_reads_use_the_right_fc_and_carry_quality(
-    ied_config: Iec61850Ied, bay: BayServerProcess
-) -> None:
+def test_polled_reads_use_the_right_fc_and_carry_quality(ied_config: Iec61850Ied, bay: BayServerProcess) -> None:
     """Without reports every point is polled: MX values read with FC=MX, quality and time kept."""
     cfg = configure(ied_config, bay, report_control_blocks=[], poll_period_ms=100)
     values: dict[str, float | bool | None] = dict(MEASUREMENTS)
@@ -142,9 +136,7 @@ def test_polled_reads_use_the_right_fc_and_carry_quality(
     bay.set_values(values)
 
     async def body(client: Iec61850Client, sink: Recorder) -> None:
-        await sink.wait(
-            lambda: sink.value_is("CB-046.ia", 101.5) and "CB-046.in" in sink.latest, "first poll"
-        )
+        await sink.wait(lambda: sink.value_is("CB-046.ia", 101.5) and "CB-046.in" in sink.latest, "first poll")
         assert client.status.extra["polled_points"] == len(MEASUREMENTS)
         assert client.status.extra["reports"] == 0
         for point_id, value in MEASUREMENTS.items():
@@ -166,9 +158,7 @@ def test_polled_reads_use_the_right_fc_and_carry_quality(
     run_client(cfg, body)
 
 
-def test_reports_update_the_sink_without_polling(
-    ied_config: Iec61850Ied, bay: BayServerProcess
-) -> None:
+def test_reports_update_the_sink_without_polling(ied_config: Iec61850Ied, bay: BayServerProcess) -> None:
     """With the buffered RCB enabled, changes arrive by report; the slow poll never reads them."""
     cfg = configure(ied_config, bay, poll_period_ms=60_000)
     bay.set_values(MEASUREMENTS)
@@ -212,9 +202,7 @@ def test_operate_with_sbo_opens_the_breaker(ied_config: Iec61850Ied, bay: BaySer
     run_client(cfg, body)
 
 
-def test_check_handler_refuses_a_close_while_blocked(
-    ied_config: Iec61850Ied, bay: BayServerProcess
-) -> None:
+def test_check_handler_refuses_a_close_while_blocked(ied_config: Iec61850Ied, bay: BayServerProcess) -> None:
     cfg = configure(ied_config, bay)
     bay.set_values({**MEASUREMENTS, CMD: False, "CB-046.closed": False})
     bay.interlock(CMD, True, "earth fault on feeder 046")
@@ -224,15 +212,11 @@ def test_check_handler_refuses_a_close_while_blocked(
         with pytest.raises(CommandError, match="blocked-by-interlocking") as refused:
             await asyncio.wait_for(client.submit_write(CMD, True), timeout=WAIT_S)
         assert "AddCause 10" in str(refused.value)
-        await asyncio.wait_for(
-            client.submit_write(CMD, False), timeout=WAIT_S
-        )  # opening stays allowed
+        await asyncio.wait_for(client.submit_write(CMD, False), timeout=WAIT_S)  # opening stays allowed
         assert (await asyncio.to_thread(bay.commands.get, True, WAIT_S))["value"] is False
         bay.interlock(CMD, False)
         bay.set_values({"CB-046.ia": 7.0})  # lines are read in order: once this is reported,
-        await sink.wait(
-            lambda: sink.value_is("CB-046.ia", 7.0), "interlock line read"
-        )  # it is clear
+        await sink.wait(lambda: sink.value_is("CB-046.ia", 7.0), "interlock line read")  # it is clear
         await asyncio.wait_for(client.submit_write(CMD, True), timeout=WAIT_S)
         assert (await asyncio.to_thread(bay.commands.get, True, WAIT_S)) == {
             "point_id": CMD,
@@ -257,10 +241,7 @@ def test_operate_without_select_is_refused(bay: BayServerProcess) -> None:
         assert lib.ControlObjectClient_getControlModel(ctl) == c.CDC_CTL_MODEL_SBO_ENHANCED
         value = lib.MmsValue_newBoolean(False)
         assert not lib.ControlObjectClient_operate(ctl, value, 0)
-        assert (
-            lib.ControlObjectClient_getLastApplError(ctl).addCause
-            == c.ADD_CAUSE_OBJECT_NOT_SELECTED
-        )
+        assert lib.ControlObjectClient_getLastApplError(ctl).addCause == c.ADD_CAUSE_OBJECT_NOT_SELECTED
         lib.MmsValue_delete(value)
         lib.ControlObjectClient_destroy(ctl)
     finally:
@@ -285,13 +266,9 @@ def test_submit_write_rejects_points_that_are_not_controls(ied_config: Iec61850I
 # --------------------------------------------------------------------------- link loss
 
 
-def test_killed_server_marks_points_invalid_and_a_restart_is_picked_up(
-    ied_config: Iec61850Ied, tmp_path: Path
-) -> None:
+def test_killed_server_marks_points_invalid_and_a_restart_is_picked_up(ied_config: Iec61850Ied, tmp_path: Path) -> None:
     port = free_port()
-    cfg = ied_config.model_copy(
-        update={"port": port, "poll_period_ms": 200, "timeout_ms": 500, "backoff_max_s": 0.5}
-    )
+    cfg = ied_config.model_copy(update={"port": port, "poll_period_ms": 200, "timeout_ms": 500, "backoff_max_s": 0.5})
     first = BayServerProcess(str(SITE), IED, port, log_path=str(tmp_path / "bay1.log"))
     first.wait_listening()
     first.set_values(MEASUREMENTS)
@@ -301,10 +278,7 @@ def test_killed_server_marks_points_invalid_and_a_restart_is_picked_up(
         await sink.wait(lambda: sink.value_is("CB-046.ia", 101.5), "first server's values")
         first.kill()
         await sink.wait(
-            lambda: all(
-                sink.latest[p].quality.reason is QualityReason.COMMUNICATION_FAILURE
-                for p in MEASUREMENTS
-            ),
+            lambda: all(sink.latest[p].quality.reason is QualityReason.COMMUNICATION_FAILURE for p in MEASUREMENTS),
             "every point invalid (communication failure)",
         )
         assert client.status.state is not LinkState.ONLINE
@@ -314,9 +288,7 @@ def test_killed_server_marks_points_invalid_and_a_restart_is_picked_up(
         second.append(restarted)
         await asyncio.to_thread(restarted.wait_listening)
         restarted.set_values({**MEASUREMENTS, "CB-046.ia": 123.0})
-        await sink.wait(
-            lambda: sink.value_is("CB-046.ia", 123.0), "values from the restarted server"
-        )
+        await sink.wait(lambda: sink.value_is("CB-046.ia", 123.0), "values from the restarted server")
         await sink.wait(lambda: client.status.state is LinkState.ONLINE, "link up again")
         await asyncio.wait_for(client.submit_write(CMD, False), timeout=WAIT_S)
         assert (await asyncio.to_thread(restarted.commands.get, True, WAIT_S))["value"] is False
@@ -333,9 +305,7 @@ def test_killed_server_marks_points_invalid_and_a_restart_is_picked_up(
 # --------------------------------------------------------------------------- load
 
 
-def test_soak_reports_at_high_rate_while_operating(
-    ied_config: Iec61850Ied, bay: BayServerProcess
-) -> None:
+def test_soak_reports_at_high_rate_while_operating(ied_config: Iec61850Ied, bay: BayServerProcess) -> None:
     """Reports at a few hundred per second and a back-to-back stream of SBO operates for ~10 s:
     no operate may time out and reports must keep arriving between operates."""
     cfg = configure(ied_config, bay, poll_period_ms=500)
@@ -363,9 +333,7 @@ def test_soak_reports_at_high_rate_while_operating(
             try:
                 await asyncio.wait_for(client.submit_write(CMD, value), timeout=5.0)
             except TimeoutError:
-                raise AssertionError(
-                    f"operate {operates + 1} timed out with reports active"
-                ) from None
+                raise AssertionError(f"operate {operates + 1} timed out with reports active") from None
             operates += 1
             value = not value
             if operates % 25 == 0:
@@ -380,9 +348,7 @@ def test_soak_reports_at_high_rate_while_operating(
         stop.set()
         await asyncio.to_thread(feeder.join, 10)
         last = sent[0]
-        await sink.wait(
-            lambda: sink.value_is("CB-046.active_power_kw", float(last)), "the last report"
-        )
+        await sink.wait(lambda: sink.value_is("CB-046.active_power_kw", float(last)), "the last report")
         assert operates >= 50, f"only {operates} operates in 10 s"
         assert client.status.write_errors == 0
         assert client.status.extra["reports"] > operates / 25
@@ -434,9 +400,7 @@ def test_server_refuses_an_ied_that_is_not_iec61850(tmp_path: Path) -> None:
     assert "expected 'iec61850'" in result.stderr
 
 
-def test_a_frozen_server_times_out_and_is_recovered(
-    ied_config: Iec61850Ied, bay: BayServerProcess
-) -> None:
+def test_a_frozen_server_times_out_and_is_recovered(ied_config: Iec61850Ied, bay: BayServerProcess) -> None:
     """SIGSTOP: the socket stays open but nothing answers. Requests time out (no stall of the
     loop, no deadlock with the report thread), points go invalid, and SIGCONT brings them back."""
     cfg = configure(ied_config, bay, poll_period_ms=200, timeout_ms=300, backoff_max_s=0.5)
@@ -456,9 +420,7 @@ def test_a_frozen_server_times_out_and_is_recovered(
 
             tick_task = asyncio.create_task(ticker())
             await sink.wait(
-                lambda: (
-                    sink.latest["CB-046.ia"].quality.reason is QualityReason.COMMUNICATION_FAILURE
-                ),
+                lambda: sink.latest["CB-046.ia"].quality.reason is QualityReason.COMMUNICATION_FAILURE,
                 "points invalid while the server is frozen",
             )
             tick_task.cancel()
@@ -473,14 +435,9 @@ def test_a_frozen_server_times_out_and_is_recovered(
     run_client(cfg, body)
 
 
-def test_two_ieds_with_the_same_rcb_reference_in_one_process(
-    ied_config: Iec61850Ied, tmp_path: Path
-) -> None:
+def test_two_ieds_with_the_same_rcb_reference_in_one_process(ied_config: Iec61850Ied, tmp_path: Path) -> None:
     """Report handlers belong to each connection: equal RCB references on two IEDs do not mix."""
-    bays = [
-        BayServerProcess(str(SITE), IED, free_port(), log_path=str(tmp_path / f"bay{n}.log"))
-        for n in range(2)
-    ]
+    bays = [BayServerProcess(str(SITE), IED, free_port(), log_path=str(tmp_path / f"bay{n}.log")) for n in range(2)]
 
     async def main() -> None:
         sinks = [Recorder(), Recorder()]

@@ -70,9 +70,7 @@ def test_quality_mapping_is_total_and_keeps_validity(bits: int) -> None:
     quality = map_quality(bits)
     assert (
         quality.validity
-        is {0: Validity.GOOD, 1: Validity.INVALID, 2: Validity.INVALID, 3: Validity.QUESTIONABLE}[
-            bits & 3
-        ]
+        is {0: Validity.GOOD, 1: Validity.INVALID, 2: Validity.INVALID, 3: Validity.QUESTIONABLE}[bits & 3]
     )
     assert (quality.reason is QualityReason.NONE) == (bits & ~3 == 0)
 
@@ -202,9 +200,7 @@ def test_bay_model_holds_what_the_site_file_references(bay046: Iec61850Ied) -> N
     ],
 )
 def test_bay_model_explains_what_it_cannot_build(point: dict[str, Any], message: str) -> None:
-    ied = Iec61850Ied(
-        id="IED-X", protocol="iec61850", host="127.0.0.1", points=[Iec61850Point(**point)]
-    )
+    ied = Iec61850Ied(id="IED-X", protocol="iec61850", host="127.0.0.1", points=[Iec61850Point(**point)])
     with pytest.raises(ModelError, match=message):
         BayModel(ied)
 
@@ -244,9 +240,7 @@ def test_interlock_lines(bay_server: tuple[BayServer, io.StringIO]) -> None:
     server, _ = bay_server
     control = server.model.controls["CB-046.position_cmd"]
     server.handle_line(
-        json.dumps(
-            {"interlock": {"point_id": "CB-046.position_cmd", "blocked": True, "reason": "fault"}}
-        )
+        json.dumps({"interlock": {"point_id": "CB-046.position_cmd", "blocked": True, "reason": "fault"}})
     )
     assert control.blocked and control.reason == "fault"
     server.handle_line(json.dumps({"interlock": {"point_id": "IED-BAY-046", "blocked": False}}))
@@ -261,9 +255,7 @@ def test_interlock_lines(bay_server: tuple[BayServer, io.StringIO]) -> None:
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
-    ),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
     max_leaves=8,
 )
 
@@ -309,8 +301,14 @@ def test_importing_the_adapters_opens_no_library_until_one_is_called() -> None:
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-c", _MAPPED_AFTER_IMPORT], capture_output=True, text=True,
-                         timeout=60, check=True, cwd=SITE.parents[2]).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", _MAPPED_AFTER_IMPORT],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        cwd=SITE.parents[2],
+    ).stdout.split()
     assert out == ["False", "False", "True", "True"]
 
 

@@ -31,10 +31,22 @@ from gateway.switching.model import Role
 SEED = bytes(range(32))
 PRIVATE = Ed25519PrivateKey.from_private_bytes(SEED)
 VECTOR_ENVELOPE: dict[str, Any] = {
-    "id": "cmd-0001", "time": 1767225600.5, "nonce": "0123456789abcdef0123456789abcdef",
-    "origin": "scada-nairobi-1", "command": "breaker/select", "substation": "SUB-003",
-    "args": {"breaker": "CB-044", "action": "open", "reason": "Ω test", "override": ["parallel"], "n": 300,
-             "neg": -2, "ok": True, "none": None},
+    "id": "cmd-0001",
+    "time": 1767225600.5,
+    "nonce": "0123456789abcdef0123456789abcdef",
+    "origin": "scada-nairobi-1",
+    "command": "breaker/select",
+    "substation": "SUB-003",
+    "args": {
+        "breaker": "CB-044",
+        "action": "open",
+        "reason": "Ω test",
+        "override": ["parallel"],
+        "n": 300,
+        "neg": -2,
+        "ok": True,
+        "none": None,
+    },
 }
 VECTOR_PUBLIC = "03a107bff3ce10be1d70dd18e74bc09967e4d6309ba50d5f1ddc8664125531b8"
 VECTOR_CANONICAL = (
@@ -42,9 +54,12 @@ VECTOR_CANONICAL = (
     "a86f7665727269646591a8706172616c6c656ca6726561736f6ea7cea92074657374a7636f6d6d616e64ae627265616b65722f73656c"
     "656374a26964a8636d642d30303031a36b6579af73636164612d6e6169726f62692d31a56e6f6e6365d920303132333435363738396162"
     "6364656630313233343536373839616263646566a66f726967696eaf73636164612d6e6169726f62692d31aa73756273746174696f6e"
-    "a75355422d303033a474696d65cb41da556e40200000")
-VECTOR_SIG = ("2fb2466d54e4815b1ad766d2ea91d7668b54cdaab7773c3d297d01d7cfd6c1ff"
-              "c40469b51b66e3199be913111f9515ac127849dcbc6ec274830f4e30ff430c04")
+    "a75355422d303033a474696d65cb41da556e40200000"
+)
+VECTOR_SIG = (
+    "2fb2466d54e4815b1ad766d2ea91d7668b54cdaab7773c3d297d01d7cfd6c1ff"
+    "c40469b51b66e3199be913111f9515ac127849dcbc6ec274830f4e30ff430c04"
+)
 
 
 def test_known_answer_vector() -> None:
@@ -66,10 +81,16 @@ def _spec_encode(v: Any) -> bytes:
             return bytes([v])
         if -32 <= v < 0:
             return struct.pack(">b", v)
-        for lo, hi, head, fmt in ((0, 0xFF, 0xCC, ">B"), (0, 0xFFFF, 0xCD, ">H"), (0, 0xFFFFFFFF, 0xCE, ">I"),
-                                  (0, 2**64 - 1, 0xCF, ">Q"), (-2**7, 2**7 - 1, 0xD0, ">b"),
-                                  (-2**15, 2**15 - 1, 0xD1, ">h"), (-2**31, 2**31 - 1, 0xD2, ">i"),
-                                  (-2**63, 2**63 - 1, 0xD3, ">q")):
+        for lo, hi, head, fmt in (
+            (0, 0xFF, 0xCC, ">B"),
+            (0, 0xFFFF, 0xCD, ">H"),
+            (0, 0xFFFFFFFF, 0xCE, ">I"),
+            (0, 2**64 - 1, 0xCF, ">Q"),
+            (-(2**7), 2**7 - 1, 0xD0, ">b"),
+            (-(2**15), 2**15 - 1, 0xD1, ">h"),
+            (-(2**31), 2**31 - 1, 0xD2, ">i"),
+            (-(2**63), 2**63 - 1, 0xD3, ">q"),
+        ):
             if lo <= v <= hi:
                 return bytes([head]) + struct.pack(fmt, v)
         raise OverflowError
@@ -78,32 +99,60 @@ def _spec_encode(v: Any) -> bytes:
     if isinstance(v, str):
         raw = v.encode("utf-8")
         n = len(raw)
-        head = bytes([0xA0 | n]) if n < 32 else (b"\xd9" + bytes([n]) if n < 256 else
-                                                b"\xda" + struct.pack(">H", n) if n < 65536 else
-                                                b"\xdb" + struct.pack(">I", n))
+        head = (
+            bytes([0xA0 | n])
+            if n < 32
+            else (
+                b"\xd9" + bytes([n])
+                if n < 256
+                else b"\xda" + struct.pack(">H", n)
+                if n < 65536
+                else b"\xdb" + struct.pack(">I", n)
+            )
+        )
         return head + raw
     if isinstance(v, bytes):
         n = len(v)
-        return (b"\xc4" + bytes([n]) if n < 256 else b"\xc5" + struct.pack(">H", n) if n < 65536
-                else b"\xc6" + struct.pack(">I", n)) + v
+        return (
+            b"\xc4" + bytes([n])
+            if n < 256
+            else b"\xc5" + struct.pack(">H", n)
+            if n < 65536
+            else b"\xc6" + struct.pack(">I", n)
+        ) + v
     if isinstance(v, list):
         n = len(v)
-        head = bytes([0x90 | n]) if n < 16 else (b"\xdc" + struct.pack(">H", n) if n < 65536
-                                                 else b"\xdd" + struct.pack(">I", n))
+        head = (
+            bytes([0x90 | n])
+            if n < 16
+            else (b"\xdc" + struct.pack(">H", n) if n < 65536 else b"\xdd" + struct.pack(">I", n))
+        )
         return head + b"".join(_spec_encode(x) for x in v)
     if isinstance(v, dict):
         n = len(v)
-        head = bytes([0x80 | n]) if n < 16 else (b"\xde" + struct.pack(">H", n) if n < 65536
-                                                 else b"\xdf" + struct.pack(">I", n))
+        head = (
+            bytes([0x80 | n])
+            if n < 16
+            else (b"\xde" + struct.pack(">H", n) if n < 65536 else b"\xdf" + struct.pack(">I", n))
+        )
         keys = sorted(v, key=lambda k: k.encode("utf-8"))
         return head + b"".join(_spec_encode(k) + _spec_encode(v[k]) for k in keys)
     raise TypeError(type(v))
 
 
-_leaves = (st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.floats(allow_nan=False)
-           | st.text(max_size=300) | st.binary(max_size=300))
-_values = st.recursive(_leaves, lambda inner: st.lists(inner, max_size=20)
-                       | st.dictionaries(st.text(max_size=40), inner, max_size=20), max_leaves=40)
+_leaves = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=300)
+    | st.binary(max_size=300)
+)
+_values = st.recursive(
+    _leaves,
+    lambda inner: st.lists(inner, max_size=20) | st.dictionaries(st.text(max_size=40), inner, max_size=20),
+    max_leaves=40,
+)
 
 
 @given(st.dictionaries(st.text(max_size=40), _values, max_size=12))
@@ -187,9 +236,18 @@ def _service(book: KeyBook) -> tuple[CommandService, list[Any], list[Any]]:
     rec = Rec()
     plant = BenchPlant(rec, 30.0)
     published: list[Any] = []
-    svc = CommandService(CommandsConfig(enabled=True), key=None, keys=book, substation=SUB, nonces=MemoryNonces(),
-                         plant=plant, publish=lambda s, p: published.append((s, p)),
-                         audit=lambda *a: rec.events.append(a), wall=lambda: NOW, monotonic=lambda: rec.mono)
+    svc = CommandService(
+        CommandsConfig(enabled=True),
+        key=None,
+        keys=book,
+        substation=SUB,
+        nonces=MemoryNonces(),
+        plant=plant,
+        publish=lambda s, p: published.append((s, p)),
+        audit=lambda *a: rec.events.append(a),
+        wall=lambda: NOW,
+        monotonic=lambda: rec.mono,
+    )
     return svc, published, plant.operated
 
 

@@ -15,13 +15,16 @@ import pytest
 from tests.support.import_graph import imports, modules
 
 GRAPH = imports()
-IO_MODULES = {"asyncio", "socket", "time", "threading", "selectors", "subprocess", "sqlite3", "ssl", "http",
-              "urllib"}
+IO_MODULES = {"asyncio", "socket", "time", "threading", "selectors", "subprocess", "sqlite3", "ssl", "http", "urllib"}
 
 
 def _edges(source: str, target: str) -> set[tuple[str, str]]:
-    return {(s, d) for s, ds in GRAPH.items() for d in ds
-            if (s == source or s.startswith(source + ".")) and (d == target or d.startswith(target + "."))}
+    return {
+        (s, d)
+        for s, ds in GRAPH.items()
+        for d in ds
+        if (s == source or s.startswith(source + ".")) and (d == target or d.startswith(target + "."))
+    }
 
 
 def test_the_graph_reads_every_module() -> None:
@@ -47,20 +50,31 @@ PROTOCOLS_DEBTS = {("protocols.iec104", "gateway.iec104")}
 
 
 def test_the_contract_imports_nothing_else_of_the_project() -> None:
-    assert {(s, d) for s, ds in GRAPH.items() if s == CONTRACT or s.startswith(CONTRACT + ".")
-            for d in ds if not (d == CONTRACT or d.startswith(CONTRACT + "."))} == set()
+    assert {
+        (s, d)
+        for s, ds in GRAPH.items()
+        if s == CONTRACT or s.startswith(CONTRACT + ".")
+        for d in ds
+        if not (d == CONTRACT or d.startswith(CONTRACT + "."))
+    } == set()
     assert GRAPH["gateway"] == set()
 
 
 def test_adapters_import_only_the_contract_and_their_own_modules() -> None:
-    crossing = {(s, d) for s, ds in GRAPH.items() if s.startswith("protocols") for d in ds
-                if not d.startswith(("protocols", CONTRACT + "."))}
+    crossing = {
+        (s, d)
+        for s, ds in GRAPH.items()
+        if s.startswith("protocols")
+        for d in ds
+        if not d.startswith(("protocols", CONTRACT + "."))
+    }
     assert crossing == PROTOCOLS_DEBTS
 
 
 GATEWAY_IMPORTERS_OF_PROTOCOLS = {
     "gateway.wiring",  # the composition root: builds the adapters and the uplink
-    "gateway.cli.commissioning", "gateway.commissioning.scl_import",  # tools that talk to IEDs
+    "gateway.cli.commissioning",
+    "gateway.commissioning.scl_import",  # tools that talk to IEDs
 }
 
 
@@ -68,9 +82,21 @@ def test_only_the_wiring_and_named_edges_import_the_adapters() -> None:
     assert {s for s, _ in _edges("gateway", "protocols")} == GATEWAY_IMPORTERS_OF_PROTOCOLS
 
 
-AGENTS_MUST_NOT_IMPORT = ("protocols", "gateway.daemon", "gateway.server", "gateway.wiring", "gateway.scheduling",
-                          "gateway.operations", "gateway.reload", "gateway.storage", "gateway.control",
-                          "gateway.hmi", "gateway.protection", "gateway.telemetry", "gateway.agent_host")
+AGENTS_MUST_NOT_IMPORT = (
+    "protocols",
+    "gateway.daemon",
+    "gateway.server",
+    "gateway.wiring",
+    "gateway.scheduling",
+    "gateway.operations",
+    "gateway.reload",
+    "gateway.storage",
+    "gateway.control",
+    "gateway.hmi",
+    "gateway.protection",
+    "gateway.telemetry",
+    "gateway.agent_host",
+)
 
 
 @pytest.mark.parametrize("target", AGENTS_MUST_NOT_IMPORT)
@@ -81,8 +107,13 @@ def test_agents_decide_without_adapters_storage_or_the_daemon(target: str) -> No
 DAEMON_IMPORTERS = {
     "gateway.daemon": set(),  # the entry point: nothing builds on it
     "gateway.server": {"gateway.daemon", "gateway.operations"},  # the operations read its status
-    "gateway.wiring": {"gateway.daemon", "gateway.server", "gateway.reload", "gateway.scheduling",
-                       "gateway.operations"},
+    "gateway.wiring": {
+        "gateway.daemon",
+        "gateway.server",
+        "gateway.reload",
+        "gateway.scheduling",
+        "gateway.operations",
+    },
     "gateway.scheduling": {"gateway.daemon", "gateway.wiring"},
     "gateway.operations": {"gateway.server"},
 }
@@ -117,11 +148,16 @@ def test_deciding_packages_do_no_io() -> None:
 
 def test_a_broken_rule_is_seen(tmp_path: Path) -> None:
     """An import inside a function, relative or absolute, is an edge of the graph the rules read."""
-    for name, text in {"gateway/__init__.py": "", "gateway/agents/__init__.py": "",
-                       "gateway/agents/x.py": "def f():\n    from protocols.mqtt import MqttUplink\n",
-                       "gateway/agents/y.py": "from . import x\nfrom ..contract.points import P\n",
-                       "gateway/contract/__init__.py": "", "gateway/contract/points.py": "",
-                       "protocols/__init__.py": "", "protocols/mqtt.py": ""}.items():
+    for name, text in {
+        "gateway/__init__.py": "",
+        "gateway/agents/__init__.py": "",
+        "gateway/agents/x.py": "def f():\n    from protocols.mqtt import MqttUplink\n",
+        "gateway/agents/y.py": "from . import x\nfrom ..contract.points import P\n",
+        "gateway/contract/__init__.py": "",
+        "gateway/contract/points.py": "",
+        "protocols/__init__.py": "",
+        "protocols/mqtt.py": "",
+    }.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
     graph = imports(tmp_path)

@@ -16,8 +16,11 @@ from tests.test_maintenance_failure import SCENARIO, inputs
 
 
 def agent() -> TransformerAgent:
-    return TransformerAgent("XFMR-234", TransformerAttributes(rated_capacity=6000, secondary_voltage=11000),
-                            Links(substation="SUB-003", customers_downstream=2500, critical_customers_downstream=3))
+    return TransformerAgent(
+        "XFMR-234",
+        TransformerAttributes(rated_capacity=6000, secondary_voltage=11000),
+        Links(substation="SUB-003", customers_downstream=2500, critical_customers_downstream=3),
+    )
 
 
 def test_an_ageing_transformer_asks_for_maintenance_once_with_its_evidence() -> None:

@@ -18,9 +18,15 @@ from hil.scenarios.predictive_maintenance import site
 
 # night loads of each section (kW + j kvar), close to what the simulator gives at 02:00
 NIGHT = {
-    "LINE-044/1": 520 + 200j, "LINE-044/2": 510 + 200j, "LINE-044/3": 450 + 180j,
-    "LINE-045/1": 660 + 280j, "LINE-045/2": 1090 + 360j, "LINE-045/3": 285 + 95j,
-    "LINE-046/1": 1250 + 600j, "LINE-046/2": 1150 + 550j, "LINE-046/3": 320 + 130j,
+    "LINE-044/1": 520 + 200j,
+    "LINE-044/2": 510 + 200j,
+    "LINE-044/3": 450 + 180j,
+    "LINE-045/1": 660 + 280j,
+    "LINE-045/2": 1090 + 360j,
+    "LINE-045/3": 285 + 95j,
+    "LINE-046/1": 1250 + 600j,
+    "LINE-046/2": 1150 + 550j,
+    "LINE-046/3": 320 + 130j,
 }
 OUT = "XFMR-234"
 
@@ -35,6 +41,7 @@ def offering(kva: float, log: list[TransferRequest] | None = None) -> backup.Ask
         if log is not None:
             log.append(request)
         return TransferOffer(request.request_id, request.tie, kva, request.window_end, "SUB-006 (test double)")
+
     return ask
 
 
@@ -42,12 +49,25 @@ def silent(_request: TransferRequest) -> TransferOffer | None:
     return None
 
 
-def plans(network: Network, ask: backup.AskNeighbour | None, loads: dict[str, complex] | None = None,
-          config: dict[str, bool | None] | None = None, faults: FaultBook | None = None,
-          unusable: dict[str, str] | None = None) -> dict[str, backup.BackupPlan]:
-    out = backup.plan_backup(network, config or network.normal_configuration(), loads or NIGHT, OUT,
-                             ask_neighbour=ask, substation="SUB-003", window=(1000.0, 1000.0 + 6 * 3600),
-                             faults=faults, unusable=unusable)
+def plans(
+    network: Network,
+    ask: backup.AskNeighbour | None,
+    loads: dict[str, complex] | None = None,
+    config: dict[str, bool | None] | None = None,
+    faults: FaultBook | None = None,
+    unusable: dict[str, str] | None = None,
+) -> dict[str, backup.BackupPlan]:
+    out = backup.plan_backup(
+        network,
+        config or network.normal_configuration(),
+        loads or NIGHT,
+        OUT,
+        ask_neighbour=ask,
+        substation="SUB-003",
+        window=(1000.0, 1000.0 + 6 * 3600),
+        faults=faults,
+        unusable=unusable,
+    )
     return {p.name: p for p in out}
 
 
@@ -137,8 +157,9 @@ def test_light_loads_need_neither_the_neighbour_nor_shedding(network: Network) -
 
 def test_a_faulted_section_is_never_energised_and_an_unusable_device_never_used(network: Network) -> None:
     faults = FaultBook()
-    record = faults.on_trip("CB-045", "50P", 3000.0, None, ("LINE-045/1", "LINE-045/2", "LINE-045/3"), 0.0, 0.0,
-                            recloses=False)
+    record = faults.on_trip(
+        "CB-045", "50P", 3000.0, None, ("LINE-045/1", "LINE-045/2", "LINE-045/3"), 0.0, 0.0, recloses=False
+    )
     assert record is not None
     faults.locate(record.id, ("LINE-045/2",), "test", 0.0)
     for plan in plans(network, offering(1500), faults=faults).values():
@@ -155,8 +176,14 @@ def test_a_distribution_transformer_has_no_switching_plan(network: Network) -> N
 
 
 def test_more_devices_than_the_search_allows_keeps_the_nearest(network: Network) -> None:
-    p = backup.plan_backup(network, network.normal_configuration(), NIGHT, OUT, ask_neighbour=offering(1500),
-                           settings=BackupSettings(max_devices=3))
+    p = backup.plan_backup(
+        network,
+        network.normal_configuration(),
+        NIGHT,
+        OUT,
+        ask_neighbour=offering(1500),
+        settings=BackupSettings(max_devices=3),
+    )
     assert all(p_.validated for p_ in p)
 
 
@@ -201,12 +228,28 @@ def test_the_way_back_relieves_the_adjacent_transformer_before_it_takes_its_own_
     LINE-046/3 back first would put XFMR-235 beyond its rating, so LINE-045 goes home first."""
     c = plans(network, offering(1000))["C"]
     order = [(s.action, s.device) for s in c.return_steps]
-    assert order.index(("open", "TIE-044-045")) < order.index(("close", "CB-045")) \
-        < order.index(("open", "TIE-046-061")) < order.index(("close", "SW-046-2"))
-    wrong = ["close CB-234P", "open TIE-046-061", "close SW-046-2", "open TIE-045-046", "open TIE-044-045",
-             "close CB-045", "close SW-045-2"]
-    seq = Sequence(id="wrong", name="wrong order", created_by="test", created=0.0,
-                   steps=tuple(Step(device=w.split()[1], action=w.split()[0]) for w in wrong))
+    assert (
+        order.index(("open", "TIE-044-045"))
+        < order.index(("close", "CB-045"))
+        < order.index(("open", "TIE-046-061"))
+        < order.index(("close", "SW-046-2"))
+    )
+    wrong = [
+        "close CB-234P",
+        "open TIE-046-061",
+        "close SW-046-2",
+        "open TIE-045-046",
+        "open TIE-044-045",
+        "close CB-045",
+        "close SW-045-2",
+    ]
+    seq = Sequence(
+        id="wrong",
+        name="wrong order",
+        created_by="test",
+        created=0.0,
+        steps=tuple(Step(device=w.split()[1], action=w.split()[0]) for w in wrong),
+    )
     problems = validate_sequence(seq, network, final_config(network, c), FaultBook(), NIGHT)
     assert problems and "XFMR-235" in problems[0] and "close SW-046-2" in problems[0]
 

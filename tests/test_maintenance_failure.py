@@ -15,20 +15,53 @@ from gateway.maintenance.dga import Gas
 from gateway.maintenance.health import CoolingDuty, Efficiency, HealthInputs, TopOilTrend
 
 
-def inputs(*, slope: float = 0.0, ci: float = 0.1, top_oil: float = 65.0, eff_drop: float = 0.0,
-           duty: tuple[float, float] = (0.4, 0.4), c2h2: float = 0.2, c2h4: float = 8.0, ch4: float = 20.0,
-           hours: float = 60_000.0, lol: float = 10.0) -> HealthInputs:
-    assessment = dga.assess({Gas.H2: 40, Gas.CH4: ch4, Gas.C2H6: 15, Gas.C2H4: c2h4, Gas.C2H2: c2h2, Gas.CO: 300,
-                             Gas.CO2: 3000}, sealed=True, age_years=18)
+def inputs(
+    *,
+    slope: float = 0.0,
+    ci: float = 0.1,
+    top_oil: float = 65.0,
+    eff_drop: float = 0.0,
+    duty: tuple[float, float] = (0.4, 0.4),
+    c2h2: float = 0.2,
+    c2h4: float = 8.0,
+    ch4: float = 20.0,
+    hours: float = 60_000.0,
+    lol: float = 10.0,
+) -> HealthInputs:
+    assessment = dga.assess(
+        {Gas.H2: 40, Gas.CH4: ch4, Gas.C2H6: 15, Gas.C2H4: c2h4, Gas.C2H2: c2h2, Gas.CO: 300, Gas.CO2: 3000},
+        sealed=True,
+        age_years=18,
+    )
     return HealthInputs(
-        transformer="X", time=0.0, history_days=180, load_pu=0.85,
-        top_oil=TopOilTrend(slope, ci, 180, 0.85, 40.0, 40.0 + 6 * slope, slope - ci > 0.5), top_oil_recent_c=top_oil,
-        normal_top_oil_max_c=75.0, efficiency=Efficiency(98.2, 98.2 - eff_drop), cooling=CoolingDuty(*duty),
-        operating_hours=hours, maintenance_interval_h=90_000, loss_of_life_percent=lol, dga=assessment)
+        transformer="X",
+        time=0.0,
+        history_days=180,
+        load_pu=0.85,
+        top_oil=TopOilTrend(slope, ci, 180, 0.85, 40.0, 40.0 + 6 * slope, slope - ci > 0.5),
+        top_oil_recent_c=top_oil,
+        normal_top_oil_max_c=75.0,
+        efficiency=Efficiency(98.2, 98.2 - eff_drop),
+        cooling=CoolingDuty(*duty),
+        operating_hours=hours,
+        maintenance_interval_h=90_000,
+        loss_of_life_percent=lol,
+        dga=assessment,
+    )
 
 
-SCENARIO = dict(slope=2.0, ci=0.1, top_oil=78.0, eff_drop=0.7, duty=(0.4, 1.0), c2h2=12.0, c2h4=30.0, ch4=40.0,
-                hours=87_500, lol=25.0)
+SCENARIO = dict(
+    slope=2.0,
+    ci=0.1,
+    top_oil=78.0,
+    eff_drop=0.7,
+    duty=(0.4, 1.0),
+    c2h2=12.0,
+    c2h4=30.0,
+    ch4=40.0,
+    hours=87_500,
+    lol=25.0,
+)
 
 
 def test_calibration_reproduces_the_use_cases_45_percent_in_60_days() -> None:
@@ -70,8 +103,12 @@ def test_a_thermal_fault_points_to_overheating() -> None:
 
 
 RISKS = {
-    "slope": st.floats(0, 6), "top_oil": st.floats(50, 100), "eff_drop": st.floats(0, 4),
-    "c2h2": st.floats(0, 80), "hours": st.floats(0, 150_000), "lol": st.floats(0, 150),
+    "slope": st.floats(0, 6),
+    "top_oil": st.floats(50, 100),
+    "eff_drop": st.floats(0, 4),
+    "c2h2": st.floats(0, 80),
+    "hours": st.floats(0, 150_000),
+    "lol": st.floats(0, 150),
 }
 
 
@@ -90,13 +127,23 @@ def test_duty_and_horizon_are_monotone_too(d1: float, d2: float, horizon: float)
     p_lo = failure.predict(inputs(duty=(0.3, lo)), horizon_days=horizon).probability
     p_hi = failure.predict(inputs(duty=(0.3, hi)), horizon_days=horizon).probability
     assert p_hi >= p_lo - 1e-12
-    assert failure.predict(inputs(), horizon_days=horizon).probability <= \
-        failure.predict(inputs(), horizon_days=horizon + 1).probability
+    assert (
+        failure.predict(inputs(), horizon_days=horizon).probability
+        <= failure.predict(inputs(), horizon_days=horizon + 1).probability
+    )
 
 
 def test_unknown_inputs_count_as_normal_not_as_risk() -> None:
-    bare = dataclasses.replace(inputs(), top_oil=None, efficiency=None, cooling=None, dga=None, operating_hours=None,
-                               loss_of_life_percent=None, top_oil_recent_c=None)
+    bare = dataclasses.replace(
+        inputs(),
+        top_oil=None,
+        efficiency=None,
+        cooling=None,
+        dga=None,
+        operating_hours=None,
+        loss_of_life_percent=None,
+        top_oil_recent_c=None,
+    )
     x = failure.features(bare)
     assert set(x.values()) == {0.0}
     assert failure.predict(bare).probability == pytest.approx(1 - math.exp(-failure.BASE_RATE_PER_YEAR * 60 / 365.25))

@@ -16,18 +16,34 @@ from gateway.maintenance.health import HealthSettings, TransformerData
 
 DAY = 86400.0
 NOW = 1_790_000_000.0 - (1_790_000_000.0 % 3600)
-DATA = TransformerData(rated_kva=6000.0, cooling_type="ONAF", loss_ratio=4.5, maintenance_interval_h=90_000,
-                       operating_hours_at_commissioning=80_000, normal_top_oil_max_c=75.0, age_years=18)
+DATA = TransformerData(
+    rated_kva=6000.0,
+    cooling_type="ONAF",
+    loss_ratio=4.5,
+    maintenance_interval_h=90_000,
+    operating_hours_at_commissioning=80_000,
+    normal_top_oil_max_c=75.0,
+    age_years=18,
+)
 
 
 def rows(times: np.ndarray, values: np.ndarray) -> list[dict[str, Any]]:
-    return [{"bucket_start": float(t), "mean": float(v), "n": 60, "good_fraction": 1.0, "interval_s": 3600.0}
-            for t, v in zip(times, values, strict=True)]
+    return [
+        {"bucket_start": float(t), "mean": float(v), "n": 60, "good_fraction": 1.0, "interval_s": 3600.0}
+        for t, v in zip(times, values, strict=True)
+    ]
 
 
-def history(days: int = 180, drift_c_per_month: float = 0.0, eff_from: float = 98.2, eff_to: float = 98.2,
-            duty_from: float = 0.4, duty_to: float = 0.4, seed: int = 1, gases: dict[Gas, tuple[float, float]] | None
-            = None) -> dict[str, list[dict[str, Any]]]:
+def history(
+    days: int = 180,
+    drift_c_per_month: float = 0.0,
+    eff_from: float = 98.2,
+    eff_to: float = 98.2,
+    duty_from: float = 0.4,
+    duty_to: float = 0.4,
+    seed: int = 1,
+    gases: dict[Gas, tuple[float, float]] | None = None,
+) -> dict[str, list[dict[str, Any]]]:
     """Hourly history of a 6 MVA unit: a daily load cycle, ambient with hot spells, noise."""
     rng = np.random.default_rng(seed)
     t = NOW - np.arange(days * 24, 0, -1) * 3600.0
@@ -39,12 +55,18 @@ def history(days: int = 180, drift_c_per_month: float = 0.0, eff_from: float = 9
     drift = drift_c_per_month * (t - t[0]) / (30.44 * DAY)
     oil = ambient + rise + drift + rng.normal(0, 0.4, len(t))
     kw = k * 6000 * 0.95
-    kvar = k * 6000 * math.sqrt(1 - 0.95 ** 2)
+    kvar = k * 6000 * math.sqrt(1 - 0.95**2)
     eff = (eff_from + (eff_to - eff_from) * frac) / 100.0
     fans = (rng.random(len(t)) < duty_from + (duty_to - duty_from) * frac).astype(float)
-    out = {"load_kw": rows(t, kw), "load_kvar": rows(t, kvar), "top_oil_temp_c": rows(t, oil),
-           "ambient_temp_c": rows(t, ambient), "primary_power_kw": rows(t, kw / eff), "fans_running": rows(t, fans),
-           "operating_hours": rows(t, 87_500 - (NOW - t) / 3600.0)}
+    out = {
+        "load_kw": rows(t, kw),
+        "load_kvar": rows(t, kvar),
+        "top_oil_temp_c": rows(t, oil),
+        "ambient_temp_c": rows(t, ambient),
+        "primary_power_kw": rows(t, kw / eff),
+        "fans_running": rows(t, fans),
+        "operating_hours": rows(t, 87_500 - (NOW - t) / 3600.0),
+    }
     for gas, (start, end) in (gases or {}).items():
         out[gas.point_name] = rows(t, start + (end - start) * frac + rng.normal(0, 0.02 * max(end, 1), len(t)))
     return out
@@ -107,12 +129,14 @@ def test_the_hour_counter_is_read_at_the_end_of_its_last_bucket_not_averaged_ove
     h["operating_hours"] = [*h["operating_hours"][:-1], last]
     assert health.evaluate("X", h, DATA, NOW).operating_hours == pytest.approx(87_499.0)
     imported = [{k: v for k, v in r.items() if k not in ("min", "max")} for r in history(days=60)["operating_hours"]]
-    assert health.evaluate("X", {**h, "operating_hours": imported}, DATA, NOW).operating_hours == \
-        pytest.approx(87_500 - 1, abs=1)  # rows with a mean only (an imported log) read as before
+    assert health.evaluate("X", {**h, "operating_hours": imported}, DATA, NOW).operating_hours == pytest.approx(
+        87_500 - 1, abs=1
+    )  # rows with a mean only (an imported log) read as before
     # live readings from before the log was imported, in a later bucket than the log's last
     stale = [*imported[:-1], {**imported[-1], "mean": 83_000.0, "max": 83_000.0}]
-    assert health.evaluate("X", {**h, "operating_hours": stale}, DATA, NOW).operating_hours == \
-        pytest.approx(87_500 - 2, abs=1)
+    assert health.evaluate("X", {**h, "operating_hours": stale}, DATA, NOW).operating_hours == pytest.approx(
+        87_500 - 2, abs=1
+    )
 
 
 def test_loss_of_life_is_the_sum_of_equivalent_hours() -> None:
@@ -126,8 +150,15 @@ def test_loss_of_life_is_the_sum_of_equivalent_hours() -> None:
 
 
 def test_dga_from_the_monitor_history_rates_and_duval() -> None:
-    gases = {Gas.H2: (60, 160), Gas.CH4: (20, 45), Gas.C2H6: (10, 20), Gas.C2H4: (8, 35), Gas.C2H2: (0.3, 14),
-             Gas.CO: (300, 420), Gas.CO2: (2500, 3400)}
+    gases = {
+        Gas.H2: (60, 160),
+        Gas.CH4: (20, 45),
+        Gas.C2H6: (10, 20),
+        Gas.C2H4: (8, 35),
+        Gas.C2H2: (0.3, 14),
+        Gas.CO: (300, 420),
+        Gas.CO2: (2500, 3400),
+    }
     h = health.evaluate("X", history(gases=gases), DATA, NOW)
     assert h.dga is not None and h.dga.status == 3
     c2h2 = h.dga.get(Gas.C2H2)

@@ -15,8 +15,9 @@ KNOWN = frozenset({"XFMR-234.top_oil_temp_c", "XFMR-234.c2h2_ppm"})
 
 def test_minute_buckets_aggregate_to_hours_weighted_by_good_samples(tmp_path: Path) -> None:
     store = Store(tmp_path / "s.db")
-    rows = [HistoryRow("P", 3600.0 * 10 + 60 * k, 60.0, 10.0 + k, 10.0 + k, 10.0 + k, 10.0 + k, 6, 1.0)
-            for k in range(60)]
+    rows = [
+        HistoryRow("P", 3600.0 * 10 + 60 * k, 60.0, 10.0 + k, 10.0 + k, 10.0 + k, 10.0 + k, 6, 1.0) for k in range(60)
+    ]
     rows.append(HistoryRow("P", 3600.0 * 11, 60.0, 100.0, 100.0, 100.0, 100.0, 6, 0.5))  # half the samples good
     rows.append(HistoryRow("P", 3600.0 * 11 + 60, 60.0, 0.0, 0.0, 0.0, 0.0, 6, 1.0))
     store.append_history(rows)
@@ -35,16 +36,22 @@ def test_an_export_is_parsed_in_any_column_order_with_defaults() -> None:
     assert len(rows) == 2
 
 
-@pytest.mark.parametrize(("text", "expect"), [
-    ("", "empty file"),
-    ("point_id,bucket_start,mean\n", "missing column(s) interval_s"),
-    ("point_id,bucket_start,interval_s,mean,colour\n", "unknown column(s) colour"),
-    ("point_id,bucket_start,interval_s,mean\nXFMR-999.x,1,3600,1\n", "line 2: point_id: 'XFMR-999.x' is not a point"),
-    ("point_id,bucket_start,interval_s,mean\nXFMR-234.c2h2_ppm,1,3600,nan\n", "line 2: mean: expected a finite"),
-    ("point_id,bucket_start,interval_s,mean\nXFMR-234.c2h2_ppm,1,0.1,1\n", "interval_s: expected 1..86400"),
-    ("point_id,bucket_start,interval_s,mean,n\nXFMR-234.c2h2_ppm,1,60,1,0.5\n", "n: expected a whole number"),
-    ("point_id,bucket_start,interval_s,mean\nXFMR-234.c2h2_ppm,1,60\n", "line 2: 3 values for 4 columns"),
-])
+@pytest.mark.parametrize(
+    ("text", "expect"),
+    [
+        ("", "empty file"),
+        ("point_id,bucket_start,mean\n", "missing column(s) interval_s"),
+        ("point_id,bucket_start,interval_s,mean,colour\n", "unknown column(s) colour"),
+        (
+            "point_id,bucket_start,interval_s,mean\nXFMR-999.x,1,3600,1\n",
+            "line 2: point_id: 'XFMR-999.x' is not a point",
+        ),
+        ("point_id,bucket_start,interval_s,mean\nXFMR-234.c2h2_ppm,1,3600,nan\n", "line 2: mean: expected a finite"),
+        ("point_id,bucket_start,interval_s,mean\nXFMR-234.c2h2_ppm,1,0.1,1\n", "interval_s: expected 1..86400"),
+        ("point_id,bucket_start,interval_s,mean,n\nXFMR-234.c2h2_ppm,1,60,1,0.5\n", "n: expected a whole number"),
+        ("point_id,bucket_start,interval_s,mean\nXFMR-234.c2h2_ppm,1,60\n", "line 2: 3 values for 4 columns"),
+    ],
+)
 def test_a_bad_export_is_refused_whole_naming_the_line_and_column(text: str, expect: str) -> None:
     with pytest.raises(HistoryImportError, match="nothing imported|line 1|empty") as info:
         parse_import(text, "log.csv", KNOWN)

@@ -34,8 +34,16 @@ class Feeder:
 
 
 def guard(**kw: float) -> RevenueGuard:
-    settings = RevenueSettings(**{"window_s": 600.0, "threshold_percent": 5.0, "technical_loss_percent": 0.0,
-                                  "persistence": 2, "baseline_windows": 6, **kw})  # type: ignore[arg-type]
+    settings = RevenueSettings(
+        **{
+            "window_s": 600.0,
+            "threshold_percent": 5.0,
+            "technical_loss_percent": 0.0,
+            "persistence": 2,
+            "baseline_windows": 6,
+            **kw,
+        }
+    )  # type: ignore[arg-type]
     return RevenueGuard({"X": (("MTR-GRP-164",), np.arange(12), IDS)}, settings)
 
 

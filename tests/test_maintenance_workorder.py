@@ -37,17 +37,33 @@ def profile(now_kw: float) -> LoadForecast:
 
 
 def request(**extra: Any) -> dict[str, Any]:
-    health = {"top_oil_trend": {"detected": True, "slope_c_per_month": 2.0}, "top_oil_recent_c": 78.0,
-              "normal_top_oil_max_c": 75.0, "efficiency": {"baseline_pct": 98.2, "recent_pct": 97.5,
-                                                           "drop_pct_points": 0.7},
-              "cooling_duty": {"baseline": 0.4, "recent": 1.0}, "operating_hours": 87_500,
-              "maintenance_interval_h": 90_000, "loss_of_life_percent": 25.0,
-              "dga": {"status": 3, "gases": [{"gas": "C2H2", "ppm": 12.0, "status": 3}]}}
-    return {"element": "XFMR-234", "element_type": "transformer", "source": "XFMR-234",
-            "reason": "45 % chance of failure within 60 days (winding insulation breakdown)",
-            "failure_probability": 0.45, "horizon_days": 60, "failure_mode": "winding insulation breakdown",
-            "failure_mode_key": "winding", "recommended_within_days": 28.9, "contributions": [], "dga_status": 3,
-            "duval_zone": "D2", "health": health, **extra}
+    health = {
+        "top_oil_trend": {"detected": True, "slope_c_per_month": 2.0},
+        "top_oil_recent_c": 78.0,
+        "normal_top_oil_max_c": 75.0,
+        "efficiency": {"baseline_pct": 98.2, "recent_pct": 97.5, "drop_pct_points": 0.7},
+        "cooling_duty": {"baseline": 0.4, "recent": 1.0},
+        "operating_hours": 87_500,
+        "maintenance_interval_h": 90_000,
+        "loss_of_life_percent": 25.0,
+        "dga": {"status": 3, "gases": [{"gas": "C2H2", "ppm": 12.0, "status": 3}]},
+    }
+    return {
+        "element": "XFMR-234",
+        "element_type": "transformer",
+        "source": "XFMR-234",
+        "reason": "45 % chance of failure within 60 days (winding insulation breakdown)",
+        "failure_probability": 0.45,
+        "horizon_days": 60,
+        "failure_mode": "winding insulation breakdown",
+        "failure_mode_key": "winding",
+        "recommended_within_days": 28.9,
+        "contributions": [],
+        "dga_status": 3,
+        "duval_zone": "D2",
+        "health": health,
+        **extra,
+    }
 
 
 @pytest.fixture
@@ -57,6 +73,7 @@ def coordinator() -> MaintenanceCoordinator:
 
     def ask(req: TransferRequest) -> TransferOffer | None:
         return TransferOffer(req.request_id, req.tie, 1500.0, req.window_end, "SUB-006 (test double)")
+
     return MaintenanceCoordinator(s, s.maintenance, net, ask)
 
 
@@ -64,8 +81,9 @@ def inputs(coordinator: MaintenanceCoordinator) -> tuple[Forecasts, GridInputs]:
     net = coordinator.network
     now_234 = sum(abs(v) for k, v in NOON.items() if k.startswith("LINE-045"))
     now_235 = sum(abs(v) for k, v in NOON.items() if not k.startswith("LINE-045"))
-    forecasts = Forecasts({"XFMR-234": profile(now_234), "XFMR-235": profile(now_235)},
-                          {"XFMR-234": now_234, "XFMR-235": now_235})
+    forecasts = Forecasts(
+        {"XFMR-234": profile(now_234), "XFMR-235": profile(now_235)}, {"XFMR-234": now_234, "XFMR-235": now_235}
+    )
     return forecasts, GridInputs(net.normal_configuration(), NOON)
 
 
@@ -93,8 +111,9 @@ def test_a_request_becomes_a_work_order_with_window_plans_and_notices(coordinato
     assert planned.sequence.name.startswith(wo.id)
     # the window's loads are the noon loads scaled to the forecast: half at night, 0.9 of that on Sunday
     a = next(p for p in wo.plans if p["plan"] == "A")
-    assert a["required_mva"] == pytest.approx(sum(abs(v) for k, v in NIGHT.items() if k.startswith("LINE-045"))
-                                              * 0.9 / 1000, abs=1e-3)  # rounded to the kVA
+    assert a["required_mva"] == pytest.approx(
+        sum(abs(v) for k, v in NIGHT.items() if k.startswith("LINE-045")) * 0.9 / 1000, abs=1e-3
+    )  # rounded to the kVA
     notes = planned.notifications
     assert notes["critical_notified"] == 3
     assert all(c["lead_h"] == 72 and c["notify_at"] == wo.window["start"] - 72 * 3600 for c in notes["critical"])
@@ -128,8 +147,11 @@ def test_accept_reschedule_close_and_nothing_after_close(coordinator: Maintenanc
     assert moved.notifications["window"]["start"] == new_start
     closed = coordinator.close(wo.id, "local:alice", NOW + 200, "done, all tests passed")
     assert closed.status is WorkOrderState.CLOSED
-    for action in (lambda: coordinator.accept(wo.id, "x", NOW), lambda: coordinator.close(wo.id, "x", NOW),
-                   lambda: coordinator.reschedule(wo.id, new_start, "x", NOW, forecasts=forecasts, grid=grid)):
+    for action in (
+        lambda: coordinator.accept(wo.id, "x", NOW),
+        lambda: coordinator.close(wo.id, "x", NOW),
+        lambda: coordinator.reschedule(wo.id, new_start, "x", NOW, forecasts=forecasts, grid=grid),
+    ):
         with pytest.raises(WorkOrderError, match="closed"):
             action()
     with pytest.raises(WorkOrderError, match="no work order"):

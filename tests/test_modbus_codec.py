@@ -31,8 +31,14 @@ RANGES = {
 REGISTER_TYPES = [DataType.INT16, DataType.UINT16, DataType.INT32, DataType.UINT32, DataType.FLOAT32]
 
 
-def point(dtype: DataType, order: WordOrder = WordOrder.BIG, scale: float = 1.0, offset: float = 0.0,
-          address: int = 0, **kw: object) -> ModbusPoint:
+def point(
+    dtype: DataType,
+    order: WordOrder = WordOrder.BIG,
+    scale: float = 1.0,
+    offset: float = 0.0,
+    address: int = 0,
+    **kw: object,
+) -> ModbusPoint:
     return ModbusPoint(id="p", address=address, type=dtype, word_order=order, scale=scale, offset=offset, **kw)
 
 
@@ -75,9 +81,12 @@ def test_known_encodings() -> None:
     assert decode_registers([0x0000, 0x0001], point(DataType.UINT32, WordOrder.LITTLE)) == 65536
 
 
-@given(st.sampled_from([DataType.INT16, DataType.INT32, DataType.FLOAT32]),
-       st.floats(min_value=0.001, max_value=100.0), st.floats(min_value=-1000, max_value=1000),
-       st.integers(-30000, 30000))
+@given(
+    st.sampled_from([DataType.INT16, DataType.INT32, DataType.FLOAT32]),
+    st.floats(min_value=0.001, max_value=100.0),
+    st.floats(min_value=-1000, max_value=1000),
+    st.integers(-30000, 30000),
+)
 def test_scaling_round_trip(dtype: DataType, scale: float, offset: float, raw: int) -> None:
     p = point(dtype, scale=scale, offset=offset)
     engineering = raw * scale + offset
@@ -142,8 +151,10 @@ def test_neighbouring_registers_coalesce_into_one_read() -> None:
 
 
 def test_decode_block_marks_short_frames_and_out_of_range() -> None:
-    pts = [point(DataType.FLOAT32, address=0, valid_range=(0.0, 100.0)),
-           ModbusPoint(id="q", address=2, type=DataType.UINT16)]
+    pts = [
+        point(DataType.FLOAT32, address=0, valid_range=(0.0, 100.0)),
+        ModbusPoint(id="q", address=2, type=DataType.UINT16),
+    ]
     pts[0] = ModbusPoint(id="a", address=0, type=DataType.FLOAT32, valid_range=(0.0, 100.0))
     (block,) = plan_blocks(pts)
     words = list(struct.unpack(">HH", struct.pack(">f", 250.0))) + [7]
@@ -166,11 +177,16 @@ def test_garbage_either_decodes_or_is_marked_malformed(words: list[int], dtype: 
         assert quality.good or quality == OUT_OF_RANGE
 
 
-@given(st.lists(st.integers(0, 0xFFFF), min_size=8, max_size=8), st.sampled_from(REGISTER_TYPES),
-       st.sampled_from(list(WordOrder)), st.sampled_from([(1.0, 0.0), (0.1, -40.0), (0.001, 0.0)]),
-       st.integers(0, 6))
-def test_block_decoder_agrees_with_pymodbus_conversion(words: list[int], dtype: DataType, order: WordOrder,
-                                                       scaling: tuple[float, float], at: int) -> None:
+@given(
+    st.lists(st.integers(0, 0xFFFF), min_size=8, max_size=8),
+    st.sampled_from(REGISTER_TYPES),
+    st.sampled_from(list(WordOrder)),
+    st.sampled_from([(1.0, 0.0), (0.1, -40.0), (0.001, 0.0)]),
+    st.integers(0, 6),
+)
+def test_block_decoder_agrees_with_pymodbus_conversion(
+    words: list[int], dtype: DataType, order: WordOrder, scaling: tuple[float, float], at: int
+) -> None:
     p = ModbusPoint(id="x", address=at, type=dtype, word_order=order, scale=scaling[0], offset=scaling[1])
     filler = ModbusPoint(id="f", address=0, type=DataType.UINT16)
     points = [p] if at == 0 else [filler, p]
@@ -184,10 +200,14 @@ def test_block_decoder_agrees_with_pymodbus_conversion(words: list[int], dtype: 
 
 
 @settings(max_examples=200)
-@given(st.lists(st.integers(0, 0xFFFF), min_size=12, max_size=12), st.sampled_from([DataType.INT16, DataType.UINT16]),
-       st.sets(st.integers(0, 11), min_size=1))
+@given(
+    st.lists(st.integers(0, 0xFFFF), min_size=12, max_size=12),
+    st.sampled_from([DataType.INT16, DataType.UINT16]),
+    st.sets(st.integers(0, 11), min_size=1),
+)
 def test_a_block_of_plain_registers_decodes_as_one_array_view_with_the_same_values(
-        words: list[int], dtype: DataType, addresses: set[int]) -> None:
+    words: list[int], dtype: DataType, addresses: set[int]
+) -> None:
     """The array view over a whole block gives what pymodbus's per-register conversion gives."""
     points = [ModbusPoint(id=f"r{a}", address=a, type=dtype) for a in sorted(addresses)]
     (block,) = plan_blocks(points, gap_tolerance=len(words))  # one block, whatever the gaps

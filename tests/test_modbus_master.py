@@ -37,8 +37,17 @@ def tcp_ied(port: int, **kw: object) -> ModbusTcpIed:
         {"id": "trip", "address": 0, "function": "coil", "type": "bool", "writable": True},
         {"id": "tap", "address": 100, "type": "int16", "writable": True},
     ]
-    data = {"id": "IED-T", "protocol": "modbus_tcp", "host": "127.0.0.1", "port": port,
-            "poll_period_ms": 50, "timeout_ms": 200, "retries": 0, "points": points, **kw}
+    data = {
+        "id": "IED-T",
+        "protocol": "modbus_tcp",
+        "host": "127.0.0.1",
+        "port": port,
+        "poll_period_ms": 50,
+        "timeout_ms": 200,
+        "retries": 0,
+        "points": points,
+        **kw,
+    }
     return ModbusTcpIed.model_validate(data)
 
 
@@ -70,7 +79,9 @@ def server() -> Iterator[ModbusTestServer]:
 def test_values_are_decoded_scaled_and_qualified(server: ModbusTestServer) -> None:
     cfg = tcp_ied(server.port)
     pts = {p.id: p for p in cfg.points}
-    server.set("holding", 0, encode_value(412.5, pts["ia"]) + encode_value(11.05, pts["kv"]) + encode_value(25.3, pts["temp"]))
+    server.set(
+        "holding", 0, encode_value(412.5, pts["ia"]) + encode_value(11.05, pts["kv"]) + encode_value(25.3, pts["temp"])
+    )
     server.set("holding", 10, encode_value(123456, pts["ops"]))
     server.set("discrete", 0, [True])
     got = Collector()
@@ -184,8 +195,11 @@ def pty_pair(tmp_path: Path) -> Iterator[tuple[str, str]]:
     if shutil.which("socat") is None:
         pytest.fail("socat is required (make test installs it)")
     a, b = tmp_path / "ttyGW", tmp_path / "ttyIED"
-    proc = subprocess.Popen(["socat", f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        ["socat", f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     end = time.monotonic() + 5
     while not (a.exists() and b.exists()):
         assert time.monotonic() < end, "socat did not create the pty pair"
@@ -202,23 +216,38 @@ def test_rtu_two_devices_share_one_line(pty_pair: tuple[str, str]) -> None:
     gw_end, ied_end = pty_pair
 
     def ied(uid: int) -> ModbusRtuIed:
-        return ModbusRtuIed.model_validate({
-            "id": f"IED-RTU-{uid}", "protocol": "modbus_rtu", "serial_port": gw_end, "unit_id": uid,
-            "poll_period_ms": 50, "timeout_ms": 300, "inter_request_delay_ms": 2,
-            "parity": "N", "stopbits": 2,
-            "points": [{"id": f"v{uid}", "address": 0, "function": "input", "type": "uint16", "scale": 0.001},
-                       {"id": f"cmd{uid}", "address": 10, "type": "uint16", "writable": True}],
-        })
+        return ModbusRtuIed.model_validate(
+            {
+                "id": f"IED-RTU-{uid}",
+                "protocol": "modbus_rtu",
+                "serial_port": gw_end,
+                "unit_id": uid,
+                "poll_period_ms": 50,
+                "timeout_ms": 300,
+                "inter_request_delay_ms": 2,
+                "parity": "N",
+                "stopbits": 2,
+                "points": [
+                    {"id": f"v{uid}", "address": 0, "function": "input", "type": "uint16", "scale": 0.001},
+                    {"id": f"cmd{uid}", "address": 10, "type": "uint16", "writable": True},
+                ],
+            }
+        )
 
     got = Collector()
 
     async def main() -> tuple[list[int], list[int]]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            devices = {uid: ModbusDeviceContext(ir=ModbusSequentialDataBlock(1, [11000 + uid] * 20),
-                                                hr=ModbusSequentialDataBlock(1, [0] * 20)) for uid in (1, 2)}
-            server = ModbusSerialServer(ModbusServerContext(devices=devices, single=False), port=ied_end,
-                                        baudrate=19200, parity="N", stopbits=2)
+            devices = {
+                uid: ModbusDeviceContext(
+                    ir=ModbusSequentialDataBlock(1, [11000 + uid] * 20), hr=ModbusSequentialDataBlock(1, [0] * 20)
+                )
+                for uid in (1, 2)
+            }
+            server = ModbusSerialServer(
+                ModbusServerContext(devices=devices, single=False), port=ied_end, baudrate=19200, parity="N", stopbits=2
+            )
         await server.serve_forever(background=True)
         masters = [ModbusRtuMaster(ied(uid), got, SystemClock(), log) for uid in (1, 2)]
         tasks = [asyncio.create_task(m.run()) for m in masters]
@@ -341,7 +370,9 @@ def test_command_link_hands_writes_back_when_the_ied_does_not_answer() -> None:
     async def main() -> tuple[list[str], bool, bool]:
         master = ModbusTcpMaster(tcp_ied(free_port()), Collector(), SystemClock(), log)
         mine, peer = socket.socketpair()
-        master._cmd = _CommandLink(master, mine, asyncio.get_running_loop(), SystemClock(), master.cfg.timeout_ms / 1000.0)
+        master._cmd = _CommandLink(
+            master, mine, asyncio.get_running_loop(), SystemClock(), master.cfg.timeout_ms / 1000.0
+        )
         try:
             trip = master._writes.new_item("trip", True, Priority.PROTECTION, 0.0)
             tap = master._writes.new_item("tap", 3, Priority.CONTROL, 0.0)
@@ -398,8 +429,10 @@ def test_the_polling_link_takes_only_the_answer_to_the_request_in_flight() -> No
     from protocols.modbus import _PollLink
 
     answers: list[Callable[[int], bytes]] = [
-        lambda tid: struct.pack(">HHHBBB2H", tid - 1 or 0xFFFF, 0, 7, 1, 3, 4, 11, 12)  # stale
-                    + struct.pack(">HHHBBB2H", tid, 0, 7, 1, 3, 4, 21, 22),
+        lambda tid: (
+            struct.pack(">HHHBBB2H", tid - 1 or 0xFFFF, 0, 7, 1, 3, 4, 11, 12)  # stale
+            + struct.pack(">HHHBBB2H", tid, 0, 7, 1, 3, 4, 21, 22)
+        ),
         lambda tid: struct.pack(">HHHBBB2H", tid, 0, 7, 1, 4, 4, 31, 32),  # input registers
     ]
 

@@ -50,17 +50,29 @@ def uplink_config(broker: Broker | None, port: int | None = None, **overrides: A
     fields: dict[str, Any] = {"broker_host": "127.0.0.1", "broker_port": port}
     if broker is not None and broker.tls is not None:
         # relative paths, resolved against base_dir as the site file's are
-        fields |= {"transport": "tls", "ca_file": "tls/ca.crt", "cert_file": "tls/client.crt",
-                   "key_file": "tls/client.key"}
+        fields |= {
+            "transport": "tls",
+            "ca_file": "tls/ca.crt",
+            "cert_file": "tls/client.crt",
+            "key_file": "tls/client.key",
+        }
     else:
         fields["transport"] = "tcp"
     return UplinkConfig(**(fields | overrides))
 
 
 def make_uplink(tmp_path: Path, cfg: UplinkConfig, store: Store | None = None, **kwargs: Any) -> MqttUplink:
-    return MqttUplink(cfg, SITE, store or Store(tmp_path / "state.db"), SystemClock(),
-                      logging.getLogger("test.uplink"), base_dir=tmp_path, backoff_min_s=0.05,
-                      backoff_max_s=0.5, **kwargs)
+    return MqttUplink(
+        cfg,
+        SITE,
+        store or Store(tmp_path / "state.db"),
+        SystemClock(),
+        logging.getLogger("test.uplink"),
+        base_dir=tmp_path,
+        backoff_min_s=0.05,
+        backoff_max_s=0.5,
+        **kwargs,
+    )
 
 
 def data(messages: list[Any]) -> list[dict[str, Any]]:
@@ -70,22 +82,34 @@ def data(messages: list[Any]) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- envelope
 
 keys = st.text(min_size=1, max_size=8).filter(lambda k: k not in ("seq", "historical", "msg_id"))
-values = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1), st.floats(allow_nan=False),
-                   st.text(max_size=20), st.lists(st.integers(-1000, 1000), max_size=5))
+values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**63 - 1),
+    st.floats(allow_nan=False),
+    st.text(max_size=20),
+    st.lists(st.integers(-1000, 1000), max_size=5),
+)
 
 
 @settings(max_examples=200, deadline=None)
-@given(body=st.dictionaries(keys, values, max_size=40), seq=st.integers(0, 255), historical=st.booleans(),
-       msg_id=st.integers(1, 2**62))
-def test_envelope_adds_its_fields_to_any_encoded_map(body: dict[str, Any], seq: int, historical: bool,
-                                                     msg_id: int) -> None:
+@given(
+    body=st.dictionaries(keys, values, max_size=40),
+    seq=st.integers(0, 255),
+    historical=st.booleans(),
+    msg_id=st.integers(1, 2**62),
+)
+def test_envelope_adds_its_fields_to_any_encoded_map(
+    body: dict[str, Any], seq: int, historical: bool, msg_id: int
+) -> None:
     wire = envelope(msgpack.packb(body, use_bin_type=True), seq, historical, msg_id)
     assert msgpack.unpackb(wire, raw=False) == body | {"seq": seq, "historical": historical, "msg_id": msg_id}
 
 
 @settings(max_examples=200, deadline=None)
-@given(attempt=st.integers(0, 10_000), min_s=st.floats(0.01, 5.0), max_s=st.floats(0.01, 600.0),
-       seed=st.integers(0, 2**32))
+@given(
+    attempt=st.integers(0, 10_000), min_s=st.floats(0.01, 5.0), max_s=st.floats(0.01, 600.0), seed=st.integers(0, 2**32)
+)
 def test_backoff_is_jittered_exponential_and_capped(attempt: int, min_s: float, max_s: float, seed: int) -> None:
     import random
 
@@ -117,8 +141,10 @@ def test_birth_telemetry_and_death_over_tls(tmp_path: Path) -> None:
     async def main() -> None:
         with run_mosquitto(tmp_path, tls=tls) as broker, subscriber(broker, f"{BASE}/#") as sub:
             up = make_uplink(tmp_path, uplink_config(broker))
-            metrics = [{"id": "CB-044.ia", "kind": "analog", "unit": "A"},
-                       {"id": "CB-044.pos", "kind": "binary", "unit": ""}]
+            metrics = [
+                {"id": "CB-044.ia", "kind": "analog", "unit": "A"},
+                {"id": "CB-044.pos", "kind": "binary", "unit": ""},
+            ]
             up.set_birth(metrics)
             task = asyncio.create_task(up.run())
             assert await sub.until(lambda m: any(t.endswith("/birth") for t, _, _ in m), 20)
@@ -127,8 +153,10 @@ def test_birth_telemetry_and_death_over_tls(tmp_path: Path) -> None:
             assert birth["bdSeq"] == up.status()["bdseq"]
             assert await until(lambda: up.status()["state"] == "connected")
 
-            tel = Telemetry([PointSpec("CB-044.ia", PointKind.ANALOG, 2.0),
-                             PointSpec("CB-044.pos", PointKind.BINARY)], max_batch=500)
+            tel = Telemetry(
+                [PointSpec("CB-044.ia", PointKind.ANALOG, 2.0), PointSpec("CB-044.pos", PointKind.BINARY)],
+                max_batch=500,
+            )
             for n, (ia, pos) in enumerate([(100.0, False), (101.0, False), (103.0, True)]):
                 tel.on_change(Point("CB-044.ia", PointKind.ANALOG, value=ia, quality=GOOD, receive_time=10.0 + n), n)
                 tel.on_change(Point("CB-044.pos", PointKind.BINARY, value=pos, quality=GOOD, receive_time=10.0 + n), n)
@@ -243,8 +271,10 @@ def _sessions(messages: list[tuple[str, Any, bool]]) -> list[list[dict[str, Any]
 
 def test_broker_outage_loses_nothing_and_marks_backfill_historical(tmp_path: Path) -> None:
     async def main() -> None:
-        with run_mosquitto(tmp_path, persistent=True) as broker, \
-                subscriber(broker, f"{BASE}/#", client_id="scada-host", session_expiry_s=3600) as sub:
+        with (
+            run_mosquitto(tmp_path, persistent=True) as broker,
+            subscriber(broker, f"{BASE}/#", client_id="scada-host", session_expiry_s=3600) as sub,
+        ):
             up = make_uplink(tmp_path, uplink_config(broker))
             task = asyncio.create_task(up.run())
             assert await until(lambda: up.status()["state"] == "connected")
@@ -293,8 +323,9 @@ def test_commands_are_decoded_and_rebirth_resends_the_birth(tmp_path: Path) -> N
             host.loop_start()
             try:
                 # a stale retained command waiting on the broker must never run at connect
-                host.publish(f"{BASE}/cmd/operate/CB-046", msgpack.packb({"value": "close"}), qos=1,
-                             retain=True).wait_for_publish(5)
+                host.publish(
+                    f"{BASE}/cmd/operate/CB-046", msgpack.packb({"value": "close"}), qos=1, retain=True
+                ).wait_for_publish(5)
                 up = make_uplink(tmp_path, uplink_config(broker))
                 up.set_birth([{"id": "P", "kind": "analog", "unit": "kV"}])
                 births: list[int] = []
@@ -311,8 +342,9 @@ def test_commands_are_decoded_and_rebirth_resends_the_birth(tmp_path: Path) -> N
                 host.publish(f"{BASE}/cmd/operate/CB-045", b"\xc1 not msgpack", qos=1)
                 host.publish(f"{BASE}/cmd/operate/CB-047", msgpack.packb([1, 2]), qos=1)
                 # published retained while the gateway is connected: it arrives flagged, to be refused
-                host.publish(f"{BASE}/cmd/operate/CB-048", msgpack.packb({"value": "open"}), qos=1,
-                             retain=True).wait_for_publish(5)
+                host.publish(
+                    f"{BASE}/cmd/operate/CB-048", msgpack.packb({"value": "open"}), qos=1, retain=True
+                ).wait_for_publish(5)
                 host.publish(f"{BASE}/cmd/rebirth", b"", qos=1).wait_for_publish(5)
                 assert await sub.until(lambda m: len(sub.on("birth")) == 2, 20)
                 assert await until(lambda: len(got) >= 5 and len(births) == 2)
@@ -328,9 +360,13 @@ def test_commands_are_decoded_and_rebirth_resends_the_birth(tmp_path: Path) -> N
             # the retained ones reached the handler flagged (the one waiting at connect, and the one
             # published retained meanwhile), for it to refuse; the garbage and the non-map as they came
             assert got[0] == ("operate/CB-046", {"value": "close"}, True)
-            assert got[1:] == [("operate/CB-044", {"value": "open", "nonce": 7}, False),
-                               ("operate/CB-045", b"\xc1 not msgpack", False), ("operate/CB-047", [1, 2], False),
-                               ("operate/CB-048", {"value": "open"}, True), ("operate/CB-049", [3], False)]
+            assert got[1:] == [
+                ("operate/CB-044", {"value": "open", "nonce": 7}, False),
+                ("operate/CB-045", b"\xc1 not msgpack", False),
+                ("operate/CB-047", [1, 2], False),
+                ("operate/CB-048", {"value": "open"}, True),
+                ("operate/CB-049", [3], False),
+            ]
             assert up.status()["commands"] == 6
             first, second = sub.on("birth")
             assert second["bdSeq"] == first["bdSeq"] and second["seq"] == 0
@@ -422,9 +458,14 @@ def test_a_failing_spool_write_is_counted_not_raised(tmp_path: Path) -> None:
 
 def test_missing_tls_files_are_reported_and_retried(tmp_path: Path) -> None:
     async def main() -> None:
-        cfg = UplinkConfig(broker_host="127.0.0.1", broker_port=free_port(), transport="tls",
-                           ca_file=Path("tls/missing-ca.crt"), cert_file=Path("tls/gw.crt"),
-                           key_file=Path("tls/gw.key"))
+        cfg = UplinkConfig(
+            broker_host="127.0.0.1",
+            broker_port=free_port(),
+            transport="tls",
+            ca_file=Path("tls/missing-ca.crt"),
+            cert_file=Path("tls/gw.crt"),
+            key_file=Path("tls/gw.key"),
+        )
         up = make_uplink(tmp_path, cfg)
         task = asyncio.create_task(up.run())
         assert await until(lambda: "TLS set-up failed" in up.status()["last_error"])
@@ -448,12 +489,27 @@ def test_payload_values_from_enums_numpy_and_sets_are_encoded(tmp_path: Path) ->
 
     store = Store(tmp_path / "s.db")
     up = make_uplink(tmp_path, uplink_config(None), store)
-    up.publish("alarms", {"severity": Severity.CRITICAL, "current_a": np.float32(1.5), "n": np.int64(3),
-                          "phases": np.array([1, 2]), "tags": {"b"}, "timestamp": 5})
-    (_, topic, blob, _), = store.spool_peek(0, 10)
+    up.publish(
+        "alarms",
+        {
+            "severity": Severity.CRITICAL,
+            "current_a": np.float32(1.5),
+            "n": np.int64(3),
+            "phases": np.array([1, 2]),
+            "tags": {"b"},
+            "timestamp": 5,
+        },
+    )
+    ((_, topic, blob, _),) = store.spool_peek(0, 10)
     assert topic == "alarms"
-    assert msgpack.unpackb(blob, raw=False) == {"severity": "critical", "current_a": 1.5, "n": 3, "phases": [1, 2],
-                                                "tags": ["b"], "timestamp": 5}
+    assert msgpack.unpackb(blob, raw=False) == {
+        "severity": "critical",
+        "current_a": 1.5,
+        "n": 3,
+        "phases": [1, 2],
+        "tags": ["b"],
+        "timestamp": 5,
+    }
     with pytest.raises(TypeError, match="'alarms' cannot be encoded"):
         up.publish("alarms", {"x": object()})
     assert store.spool_depth() == 1
@@ -507,8 +563,10 @@ def test_repeated_outages_while_publishing_lose_nothing(tmp_path: Path) -> None:
     rng = random.Random(61850)
 
     async def main() -> None:
-        with run_mosquitto(tmp_path, persistent=True) as broker, \
-                subscriber(broker, f"{BASE}/#", client_id="scada-host", session_expiry_s=3600) as sub:
+        with (
+            run_mosquitto(tmp_path, persistent=True) as broker,
+            subscriber(broker, f"{BASE}/#", client_id="scada-host", session_expiry_s=3600) as sub,
+        ):
             up = make_uplink(tmp_path, uplink_config(broker, max_inflight=20))
             task = asyncio.create_task(up.run())
             assert await until(lambda: up.status()["state"] == "connected")
@@ -553,6 +611,7 @@ def test_publish_from_another_thread_is_spooled_and_sent(tmp_path: Path) -> None
             up = make_uplink(tmp_path, uplink_config(broker))
             task = asyncio.create_task(up.run())
             assert await until(lambda: up.status()["state"] == "connected")
+
             def work(k: int) -> None:
                 for n in range(100):
                     up.publish("telemetry", {"w": k, "n": n})
@@ -580,6 +639,7 @@ def test_publish_from_a_thread_and_the_loop_at_once_sends_each_message_once(tmp_
             up = make_uplink(tmp_path, uplink_config(broker))
             task = asyncio.create_task(up.run())
             assert await until(lambda: up.status()["state"] == "connected")
+
             def work() -> None:
                 for n in range(300):
                     up.publish("telemetry", {"src": "thread", "n": n})
@@ -602,11 +662,14 @@ def test_publish_from_a_thread_and_the_loop_at_once_sends_each_message_once(tmp_
     run(main)
 
 
-def test_a_publish_the_broker_refuses_is_counted_logged_and_not_retried(tmp_path: Path,
-                                                                        caplog: pytest.LogCaptureFixture) -> None:
+def test_a_publish_the_broker_refuses_is_counted_logged_and_not_retried(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     acl = tmp_path / "acl"
-    acl.write_text(f"topic readwrite {BASE}/birth\ntopic readwrite {BASE}/death\n"
-                   f"topic readwrite {BASE}/events\ntopic read {BASE}/cmd/#\n")
+    acl.write_text(
+        f"topic readwrite {BASE}/birth\ntopic readwrite {BASE}/death\n"
+        f"topic readwrite {BASE}/events\ntopic read {BASE}/cmd/#\n"
+    )
 
     async def main() -> None:
         with run_mosquitto(tmp_path, extra_config=f"acl_file {acl}") as broker:
@@ -623,5 +686,7 @@ def test_a_publish_the_broker_refuses_is_counted_logged_and_not_retried(tmp_path
 
     with caplog.at_level(logging.ERROR, logger="test.uplink"):
         run(main)
-    assert any("refused a message" in r.getMessage() and "authori" in str(getattr(r, "reason", "")).lower()
-               for r in caplog.records)
+    assert any(
+        "refused a message" in r.getMessage() and "authori" in str(getattr(r, "reason", "")).lower()
+        for r in caplog.records
+    )

@@ -46,8 +46,9 @@ def _base(rig: Rig) -> str:
 
 def _command(rig: Rig, sub: Any, command: str, args: dict[str, Any], *, retain: bool = False) -> dict[str, Any]:
     env = sign_command(SCADA, command, args, "ncc-1", time.time(), key_name="ncc-1")
-    sub.client.publish(f"{_base(rig)}/cmd/{command}", msgpack.packb(env, use_bin_type=True), qos=1,
-                       retain=retain).wait_for_publish(10)
+    sub.client.publish(
+        f"{_base(rig)}/cmd/{command}", msgpack.packb(env, use_bin_type=True), qos=1, retain=retain
+    ).wait_for_publish(10)
     assert sub.wait_for(lambda _m: any(p.get("id") == env["id"] for p in sub.on(f"cmd_result/{command}")), 30)
     return next(p for p in sub.on(f"cmd_result/{command}") if p.get("id") == env["id"])
 
@@ -77,8 +78,9 @@ def test_the_retained_state_of_an_agent_removed_from_the_site_file_is_cleared(ri
     assert rig.broker is not None and rig.daemon is not None
     base = _base(rig)
     with subscriber(rig.broker, f"{base}/state/#") as host:
-        host.client.publish(f"{base}/state/XFMR-OLD", msgpack.packb({"agent": "XFMR-OLD", "new": "Normal"}), qos=1,
-                            retain=True).wait_for_publish(10)
+        host.client.publish(
+            f"{base}/state/XFMR-OLD", msgpack.packb({"agent": "XFMR-OLD", "new": "Normal"}), qos=1, retain=True
+        ).wait_for_publish(10)
     # this gateway once had XFMR-OLD in its site file
     rig.daemon.send_signal(signal.SIGTERM)
     rig.daemon.wait(30)
@@ -131,8 +133,9 @@ def test_breaker_operations_are_events_whoever_made_them(rig: Rig) -> None:
     base = _base(rig)
     with subscriber(rig.broker, f"{base}/#") as sub:
         sel = _command(rig, sub, "breaker/select", {"breaker": "CB-044", "action": "open"})
-        op = _command(rig, sub, "breaker/operate", {"breaker": "CB-044", "action": "open",
-                                                    "select_id": sel["select_id"]})
+        op = _command(
+            rig, sub, "breaker/operate", {"breaker": "CB-044", "action": "open", "select_id": sel["select_id"]}
+        )
         assert op["ok"] and op["key"] == "ncc-1", op
         rig.wait(lambda: rig.daemon_call("breaker.status", breaker="CB-044")["position"] == "open", "CB-044 open", 20)
         rig.daemon_call("breaker.operate", breaker="CB-044", action="close")
@@ -140,24 +143,41 @@ def test_breaker_operations_are_events_whoever_made_them(rig: Rig) -> None:
         rig.hil_call("fault", line="LINE-045", distance_m=2300.0, kind="3ph", transient=True)
 
         def kinds(m: Any) -> list[tuple[str, str, str]]:
-            return [(p.get("kind"), p.get("via"), p.get("action")) for p in sub.on("events")
-                    if p.get("source") in ("CB-044", "CB-045")]
+            return [
+                (p.get("kind"), p.get("via"), p.get("action"))
+                for p in sub.on("events")
+                if p.get("source") in ("CB-044", "CB-045")
+            ]
 
-        assert sub.wait_for(lambda m: {("switching.accepted", "mqtt", "open"), ("switching.done", None, "open"),
-                                       ("switching.accepted", "local", "close"), ("switching.done", None, "close"),
-                                       ("switching.protection", "protection", "open")} <= set(kinds(m)), 30), \
-            "; ".join(map(str, sorted(set(kinds(0)), key=str)))
+        assert sub.wait_for(
+            lambda m: (
+                {
+                    ("switching.accepted", "mqtt", "open"),
+                    ("switching.done", None, "open"),
+                    ("switching.accepted", "local", "close"),
+                    ("switching.done", None, "close"),
+                    ("switching.protection", "protection", "open"),
+                }
+                <= set(kinds(m))
+            ),
+            30,
+        ), "; ".join(map(str, sorted(set(kinds(0)), key=str)))
         done = [p for p in sub.on("events") if p.get("kind") == "switching.done" and p.get("source") == "CB-044"]
         assert {p["origin"] for p in done} >= {"scada:ncc-1"}
-        assert sub.wait_for(lambda m: any(p.get("kind") == "protection.trip" and p["source"] == "CB-045"
-                                          for p in sub.on("events")), 30)
+        assert sub.wait_for(
+            lambda m: any(p.get("kind") == "protection.trip" and p["source"] == "CB-045" for p in sub.on("events")), 30
+        )
         trip = next(p for p in sub.on("events") if p.get("kind") == "protection.trip" and p["source"] == "CB-045")
         assert trip["current_a"] > 500.0
         # every kind a host met is in the page's table of event kinds
         doc = (Path(__file__).resolve().parents[1] / "docs" / "mqtt.md").read_text()
-        table = doc[doc.index("Event kinds:"):doc.index("Every breaker operation is therefore an event")]
-        documented = {k for row in table.splitlines() if row.startswith("| `")
-                      for k in re.findall(r"`([a-z_.]+)`", row.split("|")[1])}
+        table = doc[doc.index("Event kinds:") : doc.index("Every breaker operation is therefore an event")]
+        documented = {
+            k
+            for row in table.splitlines()
+            if row.startswith("| `")
+            for k in re.findall(r"`([a-z_.]+)`", row.split("|")[1])
+        }
         seen = {p.get("kind") for p in sub.on("events")}
         assert seen <= documented, seen - documented
     _back_to_normal(rig)
@@ -180,19 +200,29 @@ def test_alarms_are_raised_acknowledged_cleared_and_listed(rig: Rig) -> None:
     base = _base(rig)
     with subscriber(rig.broker, f"{base}/#") as sub:
         rig.hil_call("fault", line="LINE-045", distance_m=2300.0, kind="3ph", transient=False)
-        assert sub.wait_for(lambda m: any(p.get("source") == "CB-045" and p.get("state") == "raised"
-                                          and "locked out" in p.get("message", "") for p in sub.on("alarms")), 30)
+        assert sub.wait_for(
+            lambda m: any(
+                p.get("source") == "CB-045" and p.get("state") == "raised" and "locked out" in p.get("message", "")
+                for p in sub.on("alarms")
+            ),
+            30,
+        )
         lockout = next(p for p in sub.on("alarms") if p.get("source") == "CB-045" and "locked out" in p["message"])
         assert lockout["severity"] == "critical" and lockout["active"] and lockout["cleared"] is None
         result = _command(rig, sub, "alarm/acknowledge", {"alarm": lockout["id"]})
         assert result["ok"] and result["alarm"]["acknowledged_by"] == "scada:ncc-1", result
         unknown = _command(rig, sub, "alarm/acknowledge", {"alarm": "alm-99999"})
         assert unknown["reason"] == "bad_args"
+
     # a host that joins now reads the active list, with the lockout acknowledged and standing
     # (the list is retained: not urgent, it may reach the broker a moment after the command's result)
     def acknowledged(messages: list[Any]) -> list[dict[str, Any]]:
-        return [a for _t, p, _r in messages for a in p["alarms"]
-                if a["id"] == lockout["id"] and a["acknowledged_by"] == "scada:ncc-1"]
+        return [
+            a
+            for _t, p, _r in messages
+            for a in p["alarms"]
+            if a["id"] == lockout["id"] and a["acknowledged_by"] == "scada:ncc-1"
+        ]
 
     with subscriber(rig.broker, f"{base}/alarms/active") as late:
         assert late.wait_for(lambda m: bool(m), 10)
@@ -204,10 +234,15 @@ def test_alarms_are_raised_acknowledged_cleared_and_listed(rig: Rig) -> None:
         rig.hil_call("clear")
         clear_faults(rig, "CB-045")
         rig.daemon_call("breaker.operate", breaker="CB-045", action="close", authorised=True, reason="repaired")
-        assert sub.wait_for(lambda m: any(p.get("id") == lockout["id"] and p.get("state") == "cleared"
-                                          for p in sub.on("alarms")), 30)
-        assert sub.wait_for(lambda m: any(t.endswith("/alarms/active") and lockout["id"] not in
-                                          [a["id"] for a in p["alarms"]] for t, p, _r in m), 10)
+        assert sub.wait_for(
+            lambda m: any(p.get("id") == lockout["id"] and p.get("state") == "cleared" for p in sub.on("alarms")), 30
+        )
+        assert sub.wait_for(
+            lambda m: any(
+                t.endswith("/alarms/active") and lockout["id"] not in [a["id"] for a in p["alarms"]] for t, p, _r in m
+            ),
+            10,
+        )
     assert lockout["id"] not in [a["id"] for a in rig.daemon_call("alarms.list")]
     acked = [e for e in rig.daemon_call("events", source="CB-045", limit=500) if e["kind"] == "alarm.acknowledged"]
     assert acked and acked[-1]["origin"] == "scada:ncc-1"
@@ -229,9 +264,10 @@ def test_the_order_after_a_reload_and_a_rebirth_is_the_documented_one(rig: Rig) 
             for t, p, r in sub.messages[start:]:
                 if r or not isinstance(p, dict) or p.get("historical"):
                     continue  # retained copies; a backlog (historical) goes between the birth and the states
-                name = t[len(base) + 1:]
-                if name in ("death", "birth", "integrity") or (name.startswith("state/")
-                                                                and p.get("cause") == "current state"):
+                name = t[len(base) + 1 :]
+                if name in ("death", "birth", "integrity") or (
+                    name.startswith("state/") and p.get("cause") == "current state"
+                ):
                     out.append((name.split("/")[0], p))
             return out
 
@@ -260,23 +296,30 @@ def test_keys_from_the_cli_generate_add_list_revoke(rig: Rig, tmp_path: Path) ->
     r = subprocess.run([*cli, "keys", "generate", "--out", str(private)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and private.stat().st_mode & 0o777 == 0o600, r.stderr
     public_hex = r.stdout.strip()
-    r = subprocess.run([*cli, "keys", "add", "cli-host", "--role", "engineer", "--public-key", public_hex,
-                        "--expires", "30d", *rt], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [*cli, "keys", "add", "cli-host", "--role", "engineer", "--public-key", public_hex, "--expires", "30d", *rt],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0 and "engineer" in r.stdout, r.stderr
     r = subprocess.run([*cli, "keys", "list", "--json", *rt], capture_output=True, text=True, timeout=60)
     row = next(k for k in json.loads(r.stdout) if k["name"] == "cli-host")
     assert row["state"] == "valid" and row["public_key"] == public_hex and row["expires"] > time.time() + 29 * 86400
     key = serialization.load_pem_private_key(private.read_bytes(), password=None)
     with subscriber(rig.broker, f"{_base(rig)}/cmd_result/#") as sub:  # type: ignore[arg-type]
-        env = sign_command(key, "breaker/select", {"breaker": "CB-044", "action": "open"}, "eng", time.time(),
-                           key_name="cli-host")
-        sub.client.publish(f"{_base(rig)}/cmd/breaker/select", msgpack.packb(env, use_bin_type=True),
-                           qos=1).wait_for_publish(10)
+        env = sign_command(
+            key, "breaker/select", {"breaker": "CB-044", "action": "open"}, "eng", time.time(), key_name="cli-host"
+        )
+        sub.client.publish(
+            f"{_base(rig)}/cmd/breaker/select", msgpack.packb(env, use_bin_type=True), qos=1
+        ).wait_for_publish(10)
         assert sub.wait_for(lambda _m: any(p.get("id") == env["id"] for p in sub.on("cmd_result/breaker/select")), 30)
         result = next(p for p in sub.on("cmd_result/breaker/select") if p.get("id") == env["id"])
         assert result["ok"] and result["key"] == "cli-host"
-    r = subprocess.run([*cli, "keys", "revoke", "cli-host", "--reason", "test over", *rt], capture_output=True,
-                       text=True, timeout=60)
+    r = subprocess.run(
+        [*cli, "keys", "revoke", "cli-host", "--reason", "test over", *rt], capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 0 and "revoked" in r.stdout
     # a viewer-level list shows it revoked; adding needs the engineer role (root here is one)
     r = subprocess.run([*cli, "keys", "list", "--json", *rt], capture_output=True, text=True, timeout=60)

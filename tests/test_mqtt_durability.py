@@ -32,11 +32,22 @@ async def _helper(mode: str, db: Path, port: int, tls_dir: str, count: int) -> i
 
     fields: dict[str, Any] = {"broker_host": "127.0.0.1", "broker_port": port, "transport": "tcp"}
     if tls_dir != "-":
-        fields |= {"transport": "tls", "ca_file": "tls/ca.crt", "cert_file": "tls/client.crt",
-                   "key_file": "tls/client.key"}
-    up = MqttUplink(UplinkConfig(**fields), SiteIdentity(region="test-region", substation_id="SUB-T"),
-                    Store(db), SystemClock(), logging.getLogger("helper"), base_dir=Path(tls_dir),
-                    backoff_min_s=0.05, backoff_max_s=0.3)
+        fields |= {
+            "transport": "tls",
+            "ca_file": "tls/ca.crt",
+            "cert_file": "tls/client.crt",
+            "key_file": "tls/client.key",
+        }
+    up = MqttUplink(
+        UplinkConfig(**fields),
+        SiteIdentity(region="test-region", substation_id="SUB-T"),
+        Store(db),
+        SystemClock(),
+        logging.getLogger("helper"),
+        base_dir=Path(tls_dir),
+        backoff_min_s=0.05,
+        backoff_max_s=0.3,
+    )
     task = asyncio.create_task(up.run())
 
     async def until(predicate: Any, timeout_s: float = 30.0) -> None:
@@ -85,9 +96,20 @@ if __name__ != "__main__":
 def _spawn(mode: str, tmp_path: Path, port: int, *, tls: bool, count: int = 0) -> subprocess.Popen[str]:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     return subprocess.Popen(
-        [sys.executable, __file__, mode, str(tmp_path / "state.db"), str(port),
-         str(tmp_path) if tls else "-", str(count)],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            __file__,
+            mode,
+            str(tmp_path / "state.db"),
+            str(port),
+            str(tmp_path) if tls else "-",
+            str(count),
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 

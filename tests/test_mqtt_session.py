@@ -332,7 +332,12 @@ def test_with_a_primary_host_the_birth_waits_for_it_and_the_node_dies_when_it_le
 def test_the_msgpack_birth_and_death_carry_the_connections_bdseq() -> None:
     metrics = [{"id": "CB-1.ia", "kind": "analog", "unit": "A"}]
     assert BirthDeath.birth(7, 1_000, "stima-SS-1", metrics) == {
-        "timestamp": 1_000, "bdSeq": 7, "seq": 0, "client_id": "stima-SS-1", "metrics": metrics}
+        "timestamp": 1_000,
+        "bdSeq": 7,
+        "seq": 0,
+        "client_id": "stima-SS-1",
+        "metrics": metrics,
+    }
     assert BirthDeath.death(7, 2_000) == {"timestamp": 2_000, "bdSeq": 7}
 
 

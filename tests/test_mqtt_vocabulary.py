@@ -30,18 +30,25 @@ DOC = (Path(__file__).resolve().parents[1] / "docs" / "mqtt.md").read_text()
 def _table_row(first_cell: str, after: str = "") -> list[str]:
     """The backquoted words in the rest of the first table row, after the text `after`, whose
     first cell is `first_cell`."""
-    for line in DOC[DOC.index(after):].splitlines():
+    for line in DOC[DOC.index(after) :].splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) >= 2 and cells[0] == first_cell:
             return re.findall(r"`([^`]+)`", " ".join(cells[1:]))
     raise AssertionError(f"docs/mqtt.md has no table row {first_cell!r}")
 
 
-@pytest.mark.parametrize(("agent_type", "states"), [
-    ("`circuit_breaker`", BreakerState), ("`power_line`", LineState), ("`transformer`", TransformerState),
-    ("`substation`", SubstationState), ("`capacitor_bank`", CapacitorState), ("`renewable_energy`", DerState),
-    ("`smart_meter` (in `meters.state`)", MeterState),
-])
+@pytest.mark.parametrize(
+    ("agent_type", "states"),
+    [
+        ("`circuit_breaker`", BreakerState),
+        ("`power_line`", LineState),
+        ("`transformer`", TransformerState),
+        ("`substation`", SubstationState),
+        ("`capacitor_bank`", CapacitorState),
+        ("`renewable_energy`", DerState),
+        ("`smart_meter` (in `meters.state`)", MeterState),
+    ],
+)
 def test_every_state_of_every_agent_type_is_listed(agent_type: str, states: type) -> None:
     assert _table_row(agent_type) == [s.value for s in states]
 

@@ -62,8 +62,12 @@ def bus(actions: list[Any]) -> list[BusMessage]:
 
 
 def breaker_messages() -> list[BusMessage]:
-    cb = CircuitBreakerAgent("CB-1", CircuitBreakerAttributes(contact_wear_limit_ka2s=10, max_trips_in_period=1),
-                             Links(upstream_breaker="CB-0", substation="SUB", lines=("L-1",)), fault_level_a=1600)
+    cb = CircuitBreakerAgent(
+        "CB-1",
+        CircuitBreakerAttributes(contact_wear_limit_ka2s=10, max_trips_in_period=1),
+        Links(upstream_breaker="CB-0", substation="SUB", lines=("L-1",)),
+        fault_level_a=1600,
+    )
     out: list[Any] = []
     m = cb.initial_memory(0)
     for t in (1.0, 2.0):
@@ -75,9 +79,15 @@ def breaker_messages() -> list[BusMessage]:
 
 
 def line_messages() -> list[BusMessage]:
-    links = Links(upstream_breaker="CB-1", breakers=("CB-1",), transformers=("X-1", "X-2"), substation="SUB",
-                  adjacent_lines=("L-2",), transfer_options=({"tie": ["L-2", "L-1"], "via": "L-2"},),
-                  customers_downstream=1250)
+    links = Links(
+        upstream_breaker="CB-1",
+        breakers=("CB-1",),
+        transformers=("X-1", "X-2"),
+        substation="SUB",
+        adjacent_lines=("L-2",),
+        transfer_options=({"tie": ["L-2", "L-1"], "via": "L-2"},),
+        customers_downstream=1250,
+    )
     line = PowerLineAgent("L-1", PowerLineAttributes(ampacity=400, emergency_percent=160), links)
     out: list[Any] = []
     m = line.initial_memory(0)
@@ -86,8 +96,17 @@ def line_messages() -> list[BusMessage]:
         out += a
     m, a = line.step(m, LineInputs(current_a=700, voltage_kv=11, breaker_closed=True), 301)  # emergency
     out += a
-    m, a = line.step(m, LineInputs(current_a=0, breaker_closed=False, fault_reported=True, trip_cause="ground_fault",
-                                   breaker_trip="ground fault (51N, 300 A)"), 302)
+    m, a = line.step(
+        m,
+        LineInputs(
+            current_a=0,
+            breaker_closed=False,
+            fault_reported=True,
+            trip_cause="ground_fault",
+            breaker_trip="ground fault (51N, 300 A)",
+        ),
+        302,
+    )
     out += a
     m, a = line.step(m, LineInputs(current_a=200, voltage_kv=11, breaker_closed=True), 340)
     out += a
@@ -96,23 +115,48 @@ def line_messages() -> list[BusMessage]:
 
 
 def transformer_messages() -> list[BusMessage]:
-    x = TransformerAgent("X-1", TransformerAttributes(rated_capacity=1000, secondary_voltage=120, tap_min=-1, tap_max=1,
-                                                      time_delay_s=0, inter_tap_delay_s=0, hot_spot_critical_c=140,
-                                                      hot_spot_alarm_c=130, aging_alarm_factor=1.0),
-                         Links(substation="SUB", adjacent_transformers=("X-2",), customers_downstream=1250))
+    x = TransformerAgent(
+        "X-1",
+        TransformerAttributes(
+            rated_capacity=1000,
+            secondary_voltage=120,
+            tap_min=-1,
+            tap_max=1,
+            time_delay_s=0,
+            inter_tap_delay_s=0,
+            hot_spot_critical_c=140,
+            hot_spot_alarm_c=130,
+            aging_alarm_factor=1.0,
+        ),
+        Links(substation="SUB", adjacent_transformers=("X-2",), customers_downstream=1250),
+    )
     out: list[Any] = []
     m = x.initial_memory(0)
     for t in range(0, 24 * 3600 + 1, 600):  # a day hot and full: capacity, critical hot spot, aging; taps at the limit
-        m, a = x.step(m, TransformerInputs(load_kw=950, load_kvar=0, top_oil_temp_c=120, ambient_temp_c=30,
-                                           secondary_voltage_v=100), float(t))
+        m, a = x.step(
+            m,
+            TransformerInputs(load_kw=950, load_kvar=0, top_oil_temp_c=120, ambient_temp_c=30, secondary_voltage_v=100),
+            float(t),
+        )
         out += a
     return bus(out)
 
 
 def capacitor_messages() -> list[BusMessage]:
-    cap = CapacitorBankAgent("CAP-1", CapacitorBankAttributes(
-        voltage_level=12.0, num_steps=3, voltage_setpoint_v=121, bandwidth_v=6, on_delay_s=0, off_delay_s=0,
-        discharge_time_s=0, max_daily_operations=100, excessive_switching_count=3))
+    cap = CapacitorBankAgent(
+        "CAP-1",
+        CapacitorBankAttributes(
+            voltage_level=12.0,
+            num_steps=3,
+            voltage_setpoint_v=121,
+            bandwidth_v=6,
+            on_delay_s=0,
+            off_delay_s=0,
+            discharge_time_s=0,
+            max_daily_operations=100,
+            excessive_switching_count=3,
+        ),
+    )
     out: list[Any] = []
     m = cap.initial_memory(0)
     steps, t = 0, 0.0
@@ -184,8 +228,15 @@ def revenue_messages(site) -> list[BusMessage]:  # type: ignore[no-untyped-def]
 
 
 def all_messages(site) -> list[BusMessage]:  # type: ignore[no-untyped-def]
-    return (breaker_messages() + line_messages() + transformer_messages() + capacitor_messages() + der_messages()
-            + runtime_messages(site) + revenue_messages(site))
+    return (
+        breaker_messages()
+        + line_messages()
+        + transformer_messages()
+        + capacitor_messages()
+        + der_messages()
+        + runtime_messages(site)
+        + revenue_messages(site)
+    )
 
 
 def kinds_in_code() -> set[str]:
@@ -220,15 +271,37 @@ def test_every_agent_says_every_kind_with_the_tables_fields(site) -> None:  # ty
 
 
 def test_one_decision_to_several_agents_is_one_notice() -> None:
-    to = [BusMessage(source="LINE-045", target=t, kind="prepare_for_power_loss", urgent=True,
-                     payload={"line": "LINE-045", "transformers": ["XFMR-101", "XFMR-102"], "customers": 2000,
-                              "description": "phase fault", "extra": 1}) for t in ("XFMR-101", "XFMR-102")]
+    to = [
+        BusMessage(
+            source="LINE-045",
+            target=t,
+            kind="prepare_for_power_loss",
+            urgent=True,
+            payload={
+                "line": "LINE-045",
+                "transformers": ["XFMR-101", "XFMR-102"],
+                "customers": 2000,
+                "description": "phase fault",
+                "extra": 1,
+            },
+        )
+        for t in ("XFMR-101", "XFMR-102")
+    ]
     handled = BusMessage(source="SUB-003", target="XFMR-101", kind="optimize_taps", payload={"cvr": True})
     (notice,), unknown = notices([*to, handled], 1.79e9)
-    assert notice == ("notices/prepare_for_power_loss", {
-        "time": 1.79e9, "source": "LINE-045", "kind": "prepare_for_power_loss", "targets": ["XFMR-101", "XFMR-102"],
-        "line": "LINE-045", "transformers": ["XFMR-101", "XFMR-102"], "description": "phase fault",
-        "customers": 2000})
+    assert notice == (
+        "notices/prepare_for_power_loss",
+        {
+            "time": 1.79e9,
+            "source": "LINE-045",
+            "kind": "prepare_for_power_loss",
+            "targets": ["XFMR-101", "XFMR-102"],
+            "line": "LINE-045",
+            "transformers": ["XFMR-101", "XFMR-102"],
+            "description": "phase fault",
+            "customers": 2000,
+        },
+    )
     assert unknown == []
     stray = BusMessage(source="X", topic=Topic.LOAD_CHANGES, kind="not_in_the_table", payload={"a": np.float32(1.5)})
     published, unknown = notices([stray], 1.0)
@@ -237,8 +310,8 @@ def test_one_decision_to_several_agents_is_one_notice() -> None:
 
 def test_docs_list_every_notice_with_its_payload_and_every_handled_kind() -> None:
     text = (ROOT / "docs" / "mqtt.md").read_text()
-    section = text[text.index("## Notices"):]
-    section = section[:section.index("\n## ", 10)]
+    section = text[text.index("## Notices") :]
+    section = section[: section.index("\n## ", 10)]
     rows = {}
     for line in section.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -274,8 +347,10 @@ def test_low_voltage_at_customers_stops_cvr_and_the_tap_moves(site) -> None:  # 
         rt.on_point("XFMR-101", "secondary_voltage_v", 117.0 / 120.0 * 415.0, True, float(t))
         actions += rt.tick(float(t))
     assert rt.show("XFMR-101")["attributes"]["cvr_active"] is False
-    assert any(isinstance(a, Alert) and a.agent_id == "XFMR-101" and "conservation voltage reduction off"
-               in a.message for a in actions)
+    assert any(
+        isinstance(a, Alert) and a.agent_id == "XFMR-101" and "conservation voltage reduction off" in a.message
+        for a in actions
+    )
     taps = [a.value for a in actions if isinstance(a, ControlRequest) and a.agent_id == "XFMR-101"]
     assert taps and taps[0] == 1.0  # raised back towards 120 V after its time delay
 
@@ -295,33 +370,50 @@ def test_fault_cleared_downstream_drops_the_upstream_pickup() -> None:
 # --------------------------------------------------------------------------- a real broker
 
 
-def test_a_feeder_trip_reaches_scada_as_notices_with_the_documented_payloads(site, tmp_path: Path
-                                                                              ) -> None:  # type: ignore[no-untyped-def]
+def test_a_feeder_trip_reaches_scada_as_notices_with_the_documented_payloads(site, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     base = f"stima/{site.site.region}/{site.site.substation_id}"
 
     async def main() -> None:
         with run_mosquitto(tmp_path) as broker, subscriber(broker, f"{base}/#") as sub:
             store = Store(tmp_path / "state.db")
             cfg = UplinkConfig(broker_host="127.0.0.1", broker_port=broker.port, transport="tcp")
-            uplink = MqttUplink(cfg, SiteIdentity(region=site.site.region, substation_id=site.site.substation_id),
-                                store, SystemClock(), logging.getLogger("test.uplink"), base_dir=tmp_path,
-                                backoff_min_s=0.05, backoff_max_s=0.5, urgent_topics=("alarms", "notices"))
+            uplink = MqttUplink(
+                cfg,
+                SiteIdentity(region=site.site.region, substation_id=site.site.substation_id),
+                store,
+                SystemClock(),
+                logging.getLogger("test.uplink"),
+                base_dir=tmp_path,
+                backoff_min_s=0.05,
+                backoff_max_s=0.5,
+                urgent_topics=("alarms", "notices"),
+            )
             uplink.set_birth([])
             task = asyncio.create_task(uplink.run())
             clock = SystemClock()
-            host = AgentHost(site, ProcessImage(), store=store, publish=uplink.publish,
-                             monotonic=clock.monotonic, wall=clock.wall)
+            host = AgentHost(
+                site, ProcessImage(), store=store, publish=uplink.publish, monotonic=clock.monotonic, wall=clock.wall
+            )
             host.tick()
             now = clock.monotonic()
-            host.on_protection_event(ProtectionEvent(kind="trip", breaker="CB-045", element="51N", phase="N",
-                                                     time=now, current_a=420.0))
-            expected = {"breaker_trip", "line_fault", "prepare_for_power_loss", "standby_for_load_transfer",
-                        "reroute_plan", "customer_impact"}
+            host.on_protection_event(
+                ProtectionEvent(kind="trip", breaker="CB-045", element="51N", phase="N", time=now, current_a=420.0)
+            )
+            expected = {
+                "breaker_trip",
+                "line_fault",
+                "prepare_for_power_loss",
+                "standby_for_load_transfer",
+                "reroute_plan",
+                "customer_impact",
+            }
             assert await sub.until(lambda _m: expected <= {p["kind"] for p in sub.on_prefix("notices/")}, 20)
             got = {p["kind"]: p for p in sub.on_prefix("notices/")}
             for kind in expected:
-                assert [k for k in got[kind] if k not in ("timestamp", "seq", "historical", "msg_id")] == \
-                    [*ENVELOPE, *BY_KIND[kind].fields], kind
+                assert [k for k in got[kind] if k not in ("timestamp", "seq", "historical", "msg_id")] == [
+                    *ENVELOPE,
+                    *BY_KIND[kind].fields,
+                ], kind
             assert got["breaker_trip"]["cause"] == "ground_fault" and got["breaker_trip"]["customers"] == 2500
             assert got["line_fault"]["description"] == "ground fault (51N, 420 A), tripped by CB-045"
             assert got["prepare_for_power_loss"]["targets"] == ["XFMR-102", "XFMR-103", "XFMR-101"]  # along the feeder

@@ -17,8 +17,14 @@ pytestmark = pytest.mark.slow
 
 
 def test_the_peak_demand_scenario_command() -> None:
-    r = subprocess.run([sys.executable, "-m", "hil", "scenario", "run", "peak-demand", "--json", "--seed", "1"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL)
+    r = subprocess.run(
+        [sys.executable, "-m", "hil", "scenario", "run", "peak-demand", "--json", "--seed", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        stdin=subprocess.DEVNULL,
+    )
     result = json.loads(r.stdout)
     failed = [c for c in result["checks"] if not c["passed"]]
     assert r.returncode == 0 and result["passed"], failed
@@ -28,7 +34,9 @@ def test_the_peak_demand_scenario_command() -> None:
     assert f["customers_shed"] == 0 and f["tie_closed"] is True
     assert f["reduction_mw"]["transfer"] > 1.0 and f["reduction_mw"]["demand_response"] > 0.5
     names = {c["name"] for c in result["checks"]}
-    assert {"neighbour refuses: nothing operated, the part stays on its feeder",
-            "neighbour offline: no tie operated, the part stays on its feeder",
-            "broker outage mid-exchange ends in a safe state"} <= names
+    assert {
+        "neighbour refuses: nothing operated, the part stays on its feeder",
+        "neighbour offline: no tie operated, the part stays on its feeder",
+        "broker outage mid-exchange ends in a safe state",
+    } <= names
     assert any(m["source"] == "SUB-007 transfer" for m in result["timeline"])

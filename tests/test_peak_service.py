@@ -76,17 +76,39 @@ class Substation:
         self.store = Store(tmp / "stima.db")
         self.published: list[tuple[str, dict[str, Any]]] = []
         self.writes: list[tuple[str, Any]] = []
-        self.agents = AgentHost(self.site, self.image, store=self.store, publish=self._publish,
-                                monotonic=lambda: self.now[0], wall=lambda: T0 + self.now[0],
-                                defer=lambda f, *a: f(*a))
-        self.switching = SwitchingService(self.site, image=self.image, store=self.store, publish=self._publish,
-                                          submit=self._submit, protection=None, agents=self.agents,
-                                          monotonic=lambda: self.now[0], wall=lambda: T0 + self.now[0])
+        self.agents = AgentHost(
+            self.site,
+            self.image,
+            store=self.store,
+            publish=self._publish,
+            monotonic=lambda: self.now[0],
+            wall=lambda: T0 + self.now[0],
+            defer=lambda f, *a: f(*a),
+        )
+        self.switching = SwitchingService(
+            self.site,
+            image=self.image,
+            store=self.store,
+            publish=self._publish,
+            submit=self._submit,
+            protection=None,
+            agents=self.agents,
+            monotonic=lambda: self.now[0],
+            wall=lambda: T0 + self.now[0],
+        )
         self.agents.operate = self.switching.operate
         self.ami = Ami(self.site.ami)
-        self.peak = PeakService(self.site, switching=self.switching, agents=self.agents, image=self.image,
-                                store=self.store, publish=self._publish, monotonic=lambda: self.now[0],
-                                wall=lambda: T0 + self.now[0], ami=self.ami)
+        self.peak = PeakService(
+            self.site,
+            switching=self.switching,
+            agents=self.agents,
+            image=self.image,
+            store=self.store,
+            publish=self._publish,
+            monotonic=lambda: self.now[0],
+            wall=lambda: T0 + self.now[0],
+            ami=self.ami,
+        )
         for dev in self.switching.network.devices.values():
             self.set(f"{dev.id}.closed", not dev.normally_open)
             self.set(f"{dev.id}.local", False)
@@ -101,8 +123,9 @@ class Substation:
 
     def set(self, point: str, value: Any) -> None:
         if point in self.image:
-            self.image.apply(PointUpdate(point_id=point, value=value, receive_monotonic=self.now[0],
-                                         receive_time=T0 + self.now[0]))
+            self.image.apply(
+                PointUpdate(point_id=point, value=value, receive_monotonic=self.now[0], receive_time=T0 + self.now[0])
+            )
 
     def _publish(self, suffix: str, payload: dict[str, Any], retain: bool = False) -> None:
         self.published.append((suffix, payload))
@@ -150,14 +173,24 @@ def test_demand_response_events_to_enrolled_groups_only_in_force_on_a_confirmati
     assert groups and "MTR-GRP-722" not in groups  # the hospital campus is never asked
     enrolled = {g.id for g in sub.site.meter_groups if g.dr_programs}
     assert groups <= enrolled
-    assert all(t == f"ami/SUB-007/{e.concentrator_id}/dr/events" for (t, _), e in zip(sub.ami.sent, events, strict=True))
+    assert all(
+        t == f"ami/SUB-007/{e.concentrator_id}/dr/events" for (t, _), e in zip(sub.ami.sent, events, strict=True)
+    )
     handler = sub.ami.handlers[sub.site.ami.dr_confirm_topic]
     sub.peak.manager.current = "demand_response"
     from gateway.switching.peak import PeakPhase
+
     sub.peak.manager.phase = PeakPhase.WAITING
     ev = events[0]
-    conf = DrConfirmation(event_id=ev.event_id, substation_id="SUB-007", concentrator_id=ev.concentrator_id,
-                          time=T0, meters=("M-1", "M-2"), answers=("accepted", "not_enrolled"), demand_kw=(3.0, 1.0))
+    conf = DrConfirmation(
+        event_id=ev.event_id,
+        substation_id="SUB-007",
+        concentrator_id=ev.concentrator_id,
+        time=T0,
+        meters=("M-1", "M-2"),
+        answers=("accepted", "not_enrolled"),
+        demand_kw=(3.0, 1.0),
+    )
     handler("ami/SUB-007/x/dr/confirmations", encode_confirmation(conf), False)
     assert sub.peak.manager.phase is PeakPhase.SETTLING
     handler("ami/SUB-007/x/dr/confirmations", b"\x00garbage", False)  # dropped, counted
@@ -206,13 +239,19 @@ def test_the_transfer_part_is_the_smallest_that_covers_the_need(tmp_path: Path) 
 
 
 def test_weather_forecast_parsed_and_interpolated() -> None:
-    payload = (b'{"v": 1, "substation_id": "SUB-007", "issued_at": 0, "step_s": 900, "forecast": '
-               b'[{"time": 0, "irradiance_w_m2": 400, "temperature_c": 30}, {"time": 900, "irradiance_w_m2": 0}]}')
+    payload = (
+        b'{"v": 1, "substation_id": "SUB-007", "issued_at": 0, "step_s": 900, "forecast": '
+        b'[{"time": 0, "irradiance_w_m2": 400, "temperature_c": 30}, {"time": 900, "irradiance_w_m2": 0}]}'
+    )
     weather = parse_weather(payload, "SUB-007")
     assert irradiance_at(weather, 450.0) == pytest.approx(200.0)
     assert irradiance_at(weather, 1000.0) is None
-    for bad, why in ((b"{", "not JSON"), (b'{"v": 2}', "v = 1"), (payload.replace(b"SUB-007", b"SUB-006"), "not this"),
-                     (payload.replace(b"400", b"4000"), "irradiance")):
+    for bad, why in (
+        (b"{", "not JSON"),
+        (b'{"v": 2}', "v = 1"),
+        (payload.replace(b"SUB-007", b"SUB-006"), "not this"),
+        (payload.replace(b"400", b"4000"), "irradiance"),
+    ):
         with pytest.raises(ValueError, match=why):
             parse_weather(bad, "SUB-007")
 
@@ -225,13 +264,26 @@ def test_the_forecast_counts_on_what_the_sun_will_give(tmp_path: Path) -> None:
     sub.set("SOLAR-701.active_power_kw", 400.0)
     wall = T0 + sub.now[0]
     handler = sub.ami.handlers["weather/SUB-007/forecast"]
-    handler("weather/SUB-007/forecast", (
-        '{"v": 1, "substation_id": "SUB-007", "issued_at": %f, "step_s": 1800, "forecast": ['
-        '{"time": %f, "irradiance_w_m2": 500}, {"time": %f, "irradiance_w_m2": 0}]}'
-        % (wall, wall, wall + 3600.0)).encode(), True)
-    fc = Forecast(made_at=wall, times=(wall + 1800.0, wall + 3600.0), values_kw=(28_000.0, 28_000.0),
-                  method="test", level_kw=28_000.0, slope_kw_per_h=0.0, limit_kw=None, crossing_s=None,
-                  peak_kw=28_000.0, peak_at=wall + 1800.0)
+    handler(
+        "weather/SUB-007/forecast",
+        (
+            '{"v": 1, "substation_id": "SUB-007", "issued_at": %f, "step_s": 1800, "forecast": ['
+            '{"time": %f, "irradiance_w_m2": 500}, {"time": %f, "irradiance_w_m2": 0}]}' % (wall, wall, wall + 3600.0)
+        ).encode(),
+        True,
+    )
+    fc = Forecast(
+        made_at=wall,
+        times=(wall + 1800.0, wall + 3600.0),
+        values_kw=(28_000.0, 28_000.0),
+        method="test",
+        level_kw=28_000.0,
+        slope_kw_per_h=0.0,
+        limit_kw=None,
+        crossing_s=None,
+        peak_kw=28_000.0,
+        peak_at=wall + 1800.0,
+    )
     assert sub.peak.corrected_peak_kw(fc) == pytest.approx(28_400.0)
 
 
@@ -248,9 +300,19 @@ def test_a_quote_for_a_window_days_ahead_uses_the_daily_shape_at_its_times_of_da
         sub.peak.sample()
     wall = T0 + sub.now[0]
     day = tuple(12_000.0 if 0 <= k < 24 else 29_000.0 if 72 <= k < 84 else 20_000.0 for k in range(96))
-    fc = Forecast(made_at=wall, times=(wall + 1800.0,), values_kw=(28_000.0,), method="test", level_kw=0.0,
-                  slope_kw_per_h=0.0, limit_kw=None, crossing_s=None, peak_kw=28_000.0, peak_at=wall + 1800.0,
-                  daily_kw=day)
+    fc = Forecast(
+        made_at=wall,
+        times=(wall + 1800.0,),
+        values_kw=(28_000.0,),
+        method="test",
+        level_kw=0.0,
+        slope_kw_per_h=0.0,
+        limit_kw=None,
+        crossing_s=None,
+        peak_kw=28_000.0,
+        peak_at=wall + 1800.0,
+        daily_kw=day,
+    )
     sub.peak.forecast = fc
     midnight = wall - wall % 86_400.0 + 3 * 86_400.0
     night, why = sub.peak.window_headroom("TIE-EXT", 2_000.0, midnight + 3600.0, midnight + 5 * 3600.0)

@@ -9,7 +9,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.history import HistoryAggregator
-from gateway.contract.points import GOOD, PointBlock, PointKind, PointUpdate, ProcessImage, Quality, QualityReason, Validity
+from gateway.contract.points import (
+    GOOD,
+    PointBlock,
+    PointKind,
+    PointUpdate,
+    ProcessImage,
+    Quality,
+    QualityReason,
+    Validity,
+)
 from gateway.telemetry import TELEMETRY, PointSpec, Telemetry
 
 OUT_OF_RANGE = Quality(Validity.INVALID, QualityReason.OUT_OF_RANGE)
@@ -29,8 +38,9 @@ def test_a_block_is_stored_and_each_listener_told_as_it_asked() -> None:
     blocks: list[list[str]] = []
     every: list[str] = []
     img.subscribe("IED.R2", lambda p, u: own.append((p.point_id, u.value)))
-    img.subscribe_blocks(lambda points, block: blocks.append([p.point_id for p in points]),
-                         lambda p, u: every.append(p.point_id))
+    img.subscribe_blocks(
+        lambda points, block: blocks.append([p.point_id for p in points]), lambda p, u: every.append(p.point_id)
+    )
     img.subscribe_all(lambda p, u: every.append(f"all:{p.point_id}"))
     values = [10, 11, 12, 13, 14, None]
     qualities = [GOOD] * 5 + [OUT_OF_RANGE]
@@ -65,11 +75,17 @@ values = st.one_of(st.none(), st.integers(-5, 5), st.floats(-5, 5), st.just(math
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(st.lists(st.tuples(values, st.sampled_from([GOOD, OUT_OF_RANGE])), min_size=6, max_size=6),
-                min_size=1, max_size=8),
-       st.sampled_from([0.0, 1.0]))
-def test_block_reporting_and_history_match_one_update_at_a_time(reads: list[list[tuple[object, Quality]]],
-                                                                  deadband: float) -> None:
+@given(
+    st.lists(
+        st.lists(st.tuples(values, st.sampled_from([GOOD, OUT_OF_RANGE])), min_size=6, max_size=6),
+        min_size=1,
+        max_size=8,
+    ),
+    st.sampled_from([0.0, 1.0]),
+)
+def test_block_reporting_and_history_match_one_update_at_a_time(
+    reads: list[list[tuple[object, Quality]]], deadband: float
+) -> None:
     specs = [PointSpec(pid, PointKind.ANALOG, deadband) for pid in IDS]
     by_block, by_point = Telemetry(specs, integrity_period_s=1e9), Telemetry(specs, integrity_period_s=1e9)
     hist_block, hist_point = HistoryAggregator(60.0), HistoryAggregator(60.0)
@@ -104,11 +120,18 @@ def decode_columns_message(payload: dict, table: list[str]) -> list[dict]:
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(st.lists(st.tuples(values, st.sampled_from([GOOD, OUT_OF_RANGE])), min_size=6, max_size=6),
-                min_size=1, max_size=8),
-       st.integers(1, 9), st.booleans())
+@given(
+    st.lists(
+        st.lists(st.tuples(values, st.sampled_from([GOOD, OUT_OF_RANGE])), min_size=6, max_size=6),
+        min_size=1,
+        max_size=8,
+    ),
+    st.integers(1, 9),
+    st.booleans(),
+)
 def test_columnar_messages_carry_the_same_samples_as_sample_messages(
-        reads: list[list[tuple[object, Quality]]], max_batch: int, one_unindexed: bool) -> None:
+    reads: list[list[tuple[object, Quality]]], max_batch: int, one_unindexed: bool
+) -> None:
     """Same decisions, same order, same values, qualities and times; a point missing from the
     birth's table still travels, in sample form."""
     specs = [PointSpec(pid, PointKind.ANALOG, 0.5) for pid in IDS]

@@ -30,10 +30,10 @@ def test_reserved_ports_are_distinct_bindable_and_below_the_ephemeral_range() ->
 
 def test_a_port_reserved_here_is_skipped_by_another_process() -> None:
     mine = {reserve_port() for _ in range(50)}
-    code = ("import json; from hil.ports import reserve_port; "
-            "print(json.dumps([reserve_port() for _ in range(2000)]))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT,
-                         check=True).stdout
+    code = "import json; from hil.ports import reserve_port; print(json.dumps([reserve_port() for _ in range(2000)]))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT, check=True
+    ).stdout
     theirs = set(map(int, out.strip("[]\n").split(",")))
     assert len(theirs) == 2000
     assert not (mine & theirs)
@@ -50,8 +50,7 @@ def test_a_port_in_use_is_not_handed_out(monkeypatch: pytest.MonkeyPatch) -> Non
     assert port != taken
 
 
-def test_mosquitto_moves_to_a_fresh_port_when_its_bind_fails(tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_mosquitto_moves_to_a_fresh_port_when_its_bind_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()

@@ -46,12 +46,17 @@ def relay_settings(draw) -> RelaySettings:
     shots = draw(st.integers(0, 4))
     dead = [draw(st.floats(0.05, 5.0, **finite)) for _ in range(4)]
     return RelaySettings(
-        nominal_kv=11.0, shots=shots, dead_time_s=(dead[0], dead[1], dead[2], dead[3]),
-        fast_mask=draw(st.integers(0, 31)), reclaim_s=draw(st.floats(0.1, 10.0, **finite)),
+        nominal_kv=11.0,
+        shots=shots,
+        dead_time_s=(dead[0], dead[1], dead[2], dead[3]),
+        fast_mask=draw(st.integers(0, 31)),
+        reclaim_s=draw(st.floats(0.1, 10.0, **finite)),
         high_current_lockout_a=draw(st.sampled_from([0.0, 3000.0, 8000.0])),
         close_onto_fault_s=draw(st.floats(0.0, 3.0, **finite)),
-        bf_enabled=draw(st.booleans()), bf_current_a=draw(st.floats(10.0, 300.0, **finite)),
-        bf_retrip_s=draw(st.floats(0.0, 0.1, **finite)), bf_backup_s=draw(st.floats(0.1, 0.5, **finite)),
+        bf_enabled=draw(st.booleans()),
+        bf_current_a=draw(st.floats(10.0, 300.0, **finite)),
+        bf_retrip_s=draw(st.floats(0.0, 0.1, **finite)),
+        bf_backup_s=draw(st.floats(0.1, 0.5, **finite)),
     )
 
 
@@ -60,38 +65,65 @@ def element_settings(draw, relay: int, kinds: tuple[ElementKind, ...] = tuple(El
     kind = draw(st.sampled_from(kinds))
     common = {"relay": relay, "kind": kind, "reclose": draw(st.booleans())}
     if kind in (ElementKind.P50, ElementKind.N50):
-        return ElementSettings(**common, pickup=draw(st.floats(50.0, 5000.0, **finite)),
-                               dropout_ratio=draw(st.floats(0.9, 0.99, **finite)),
-                               delay_s=draw(st.sampled_from([0.0, 0.05, 0.3])),
-                               fast_only=draw(st.booleans()))
+        return ElementSettings(
+            **common,
+            pickup=draw(st.floats(50.0, 5000.0, **finite)),
+            dropout_ratio=draw(st.floats(0.9, 0.99, **finite)),
+            delay_s=draw(st.sampled_from([0.0, 0.05, 0.3])),
+            fast_only=draw(st.booleans()),
+        )
     if kind in (ElementKind.P51, ElementKind.N51):
         reset = draw(st.sampled_from(list(ResetMode)))
         pool = IEEE if reset == ResetMode.DEPENDENT else tuple(Curve)
         start = draw(st.sampled_from([1.0, 1.05, 1.1]))
         return ElementSettings(
-            **common, pickup=draw(st.floats(20.0, 800.0, **finite)),
+            **common,
+            pickup=draw(st.floats(20.0, 800.0, **finite)),
             dropout_ratio=draw(st.floats(0.9, 0.99, **finite)),
-            delay_s=draw(st.sampled_from([0.0, 0.1])), curve=draw(st.sampled_from(pool)),
-            fast_curve=draw(st.sampled_from(pool)), tms=draw(st.floats(0.02, 1.0, **finite)),
-            fast_tms=draw(st.floats(0.02, 1.0, **finite)), start_factor=start,
-            min_time_s=draw(st.sampled_from([0.0, 0.05])), m_max=draw(st.sampled_from([20.0, 30.0])),
-            reset_mode=reset, reset_delay_s=draw(st.sampled_from([0.0, 0.2, 1.0])))
+            delay_s=draw(st.sampled_from([0.0, 0.1])),
+            curve=draw(st.sampled_from(pool)),
+            fast_curve=draw(st.sampled_from(pool)),
+            tms=draw(st.floats(0.02, 1.0, **finite)),
+            fast_tms=draw(st.floats(0.02, 1.0, **finite)),
+            start_factor=start,
+            min_time_s=draw(st.sampled_from([0.0, 0.05])),
+            m_max=draw(st.sampled_from([20.0, 30.0])),
+            reset_mode=reset,
+            reset_delay_s=draw(st.sampled_from([0.0, 0.2, 1.0])),
+        )
     if kind == ElementKind.UV27:
-        return ElementSettings(**common, pickup=draw(st.floats(0.5, 0.95, **finite)),
-                               dropout_ratio=1.03, delay_s=draw(st.sampled_from([0.0, 0.2, 1.0])))
+        return ElementSettings(
+            **common,
+            pickup=draw(st.floats(0.5, 0.95, **finite)),
+            dropout_ratio=1.03,
+            delay_s=draw(st.sampled_from([0.0, 0.2, 1.0])),
+        )
     if kind == ElementKind.OV59:
-        return ElementSettings(**common, pickup=draw(st.floats(1.05, 1.3, **finite)),
-                               dropout_ratio=0.97, delay_s=draw(st.sampled_from([0.0, 0.2, 1.0])))
+        return ElementSettings(
+            **common,
+            pickup=draw(st.floats(1.05, 1.3, **finite)),
+            dropout_ratio=0.97,
+            delay_s=draw(st.sampled_from([0.0, 0.2, 1.0])),
+        )
     if kind in (ElementKind.UF81, ElementKind.OF81):
-        pickup = draw(st.floats(47.0, 49.5, **finite)) if kind == ElementKind.UF81 \
-            else draw(st.floats(50.5, 53.0, **finite))
-        return ElementSettings(**common, pickup=pickup, dropout_ratio=0.05,
-                               delay_s=draw(st.sampled_from([0.0, 0.2, 1.0])),
-                               block_below_pu=draw(st.sampled_from([0.0, 0.5])))
-    return ElementSettings(**common, pickup=draw(st.floats(50.0, 500.0, **finite)),
-                           dropout_ratio=0.97, tau_s=draw(st.floats(0.5, 30.0, **finite)),
-                           cooling_tau_s=draw(st.floats(0.5, 60.0, **finite)),
-                           reset_theta=draw(st.floats(0.5, 0.95, **finite)))
+        pickup = (
+            draw(st.floats(47.0, 49.5, **finite)) if kind == ElementKind.UF81 else draw(st.floats(50.5, 53.0, **finite))
+        )
+        return ElementSettings(
+            **common,
+            pickup=pickup,
+            dropout_ratio=0.05,
+            delay_s=draw(st.sampled_from([0.0, 0.2, 1.0])),
+            block_below_pu=draw(st.sampled_from([0.0, 0.5])),
+        )
+    return ElementSettings(
+        **common,
+        pickup=draw(st.floats(50.0, 500.0, **finite)),
+        dropout_ratio=0.97,
+        tau_s=draw(st.floats(0.5, 30.0, **finite)),
+        cooling_tau_s=draw(st.floats(0.5, 60.0, **finite)),
+        reset_theta=draw(st.floats(0.5, 0.95, **finite)),
+    )
 
 
 @st.composite
@@ -115,11 +147,14 @@ class Step:
 def trajectory(draw, relay_count: int, max_steps: int = 60, element_count: int = 0) -> list[Step]:
     steps = []
     channel_values = {
-        Channel.IA: st.floats(0.0, 12000.0, **finite), Channel.IB: st.floats(0.0, 12000.0, **finite),
-        Channel.IC: st.floats(0.0, 12000.0, **finite), Channel.IN: st.floats(0.0, 3000.0, **finite),
+        Channel.IA: st.floats(0.0, 12000.0, **finite),
+        Channel.IB: st.floats(0.0, 12000.0, **finite),
+        Channel.IC: st.floats(0.0, 12000.0, **finite),
+        Channel.IN: st.floats(0.0, 3000.0, **finite),
         Channel.VOLTAGE_KV: st.floats(0.0, 15.0, **finite),
         Channel.FREQUENCY_HZ: st.floats(45.0, 55.0, **finite),
-        Channel.CLOSED: st.sampled_from([0.0, 1.0]), Channel.SPARE: st.just(0.0),
+        Channel.CLOSED: st.sampled_from([0.0, 1.0]),
+        Channel.SPARE: st.just(0.0),
     }
     values = [0.0] * (relay_count * CHANNELS)
     quality = [1] * (relay_count * CHANNELS)
@@ -129,9 +164,14 @@ def trajectory(draw, relay_count: int, max_steps: int = 60, element_count: int =
             i = draw(st.integers(0, relay_count * CHANNELS - 1))
             values[i] = draw(channel_values[Channel(i % CHANNELS)])
             quality[i] = draw(st.sampled_from([1, 1, 1, 0]))
-        action = draw(st.sampled_from([None] * 12 + [f"trip:{r}" for r in range(relay_count)]
-                                      + [f"close:{r}:{a}" for r in range(relay_count) for a in (0, 1)]
-                                      + [f"load:{e}:{b}" for e in range(element_count) for b in (0, 1, 7)]))
+        action = draw(
+            st.sampled_from(
+                [None] * 12
+                + [f"trip:{r}" for r in range(relay_count)]
+                + [f"close:{r}:{a}" for r in range(relay_count) for a in (0, 1)]
+                + [f"load:{e}:{b}" for e in range(element_count) for b in (0, 1, 7)]
+            )
+        )
         dt = draw(st.sampled_from([0.0, 0.001, 0.01, 0.05, 0.1, 0.5, 2.0, 10.0]))
         steps.append(Step(dt, list(values), list(quality), action))
     return steps
@@ -197,24 +237,46 @@ def _faulted_feeder(core, fault_a: float, relay_steps: int, dt: float) -> list[R
 
 
 @settings(SETTINGS, max_examples=60)
-@given(relay=relay_settings(), curve=st.sampled_from(list(Curve)),
-       fast_curve=st.sampled_from(list(Curve)), tms=st.floats(0.05, 0.5, **finite),
-       fast_tms=st.floats(0.02, 0.2, **finite), fault_a=st.floats(500.0, 12000.0, **finite),
-       dt=st.sampled_from([0.005, 0.02, 0.1]))
+@given(
+    relay=relay_settings(),
+    curve=st.sampled_from(list(Curve)),
+    fast_curve=st.sampled_from(list(Curve)),
+    tms=st.floats(0.05, 0.5, **finite),
+    fast_tms=st.floats(0.02, 0.2, **finite),
+    fault_a=st.floats(500.0, 12000.0, **finite),
+    dt=st.sampled_from([0.005, 0.02, 0.1]),
+)
 # A reclaim time (0.1 s) shorter than the delayed trip time (0.14 s): the reclaim used to run out
 # while the fault was still there, so every trip started a new sequence.
-@example(relay=RelaySettings(nominal_kv=11.0, shots=1, dead_time_s=(1.59, 3.8, 4.17, 2.26),
-                             fast_mask=10, reclaim_s=0.1, high_current_lockout_a=8000.0,
-                             close_onto_fault_s=1.07, bf_enabled=True, bf_current_a=45.3,
-                             bf_retrip_s=0.021, bf_backup_s=0.45),
-         curve=Curve.IEEE_VI, fast_curve=Curve.IEC_SI, tms=0.178, fast_tms=0.0395,
-         fault_a=3212.0, dt=0.1)
-def test_agree_on_reclose_sequences(relay: RelaySettings, curve: Curve, fast_curve: Curve,
-                                    tms: float, fast_tms: float, fault_a: float, dt: float) -> None:
+@example(
+    relay=RelaySettings(
+        nominal_kv=11.0,
+        shots=1,
+        dead_time_s=(1.59, 3.8, 4.17, 2.26),
+        fast_mask=10,
+        reclaim_s=0.1,
+        high_current_lockout_a=8000.0,
+        close_onto_fault_s=1.07,
+        bf_enabled=True,
+        bf_current_a=45.3,
+        bf_retrip_s=0.021,
+        bf_backup_s=0.45,
+    ),
+    curve=Curve.IEEE_VI,
+    fast_curve=Curve.IEC_SI,
+    tms=0.178,
+    fast_tms=0.0395,
+    fault_a=3212.0,
+    dt=0.1,
+)
+def test_agree_on_reclose_sequences(
+    relay: RelaySettings, curve: Curve, fast_curve: Curve, tms: float, fast_tms: float, fault_a: float, dt: float
+) -> None:
     """With a breaker model, sequences run through every shot to lockout on both cores, and a
     permanent fault never trips more than shots + 1 times."""
-    element = ElementSettings(relay=0, kind=ElementKind.P51, pickup=400.0, curve=curve,
-                              fast_curve=fast_curve, tms=tms, fast_tms=fast_tms)
+    element = ElementSettings(
+        relay=0, kind=ElementKind.P51, pickup=400.0, curve=curve, fast_curve=fast_curve, tms=tms, fast_tms=fast_tms
+    )
     cs = CoreSettings(relays=(relay,), elements=(element,))
     a = _faulted_feeder(NativeCore(cs), fault_a, 2000, dt)
     b = _faulted_feeder(ReferenceCore(cs), fault_a, 2000, dt)
@@ -225,8 +287,7 @@ def test_agree_on_reclose_sequences(relay: RelaySettings, curve: Curve, fast_cur
     assert trips <= relay.shots + 1
     assert not any(ev.kind == EventKind.RESET for ev in a)
     if lockouts:
-        assert not any(ev.time > lockouts[0] and ev.kind in (EventKind.TRIP, EventKind.RECLOSE)
-                       for ev in a)
+        assert not any(ev.time > lockouts[0] and ev.kind in (EventKind.TRIP, EventKind.RECLOSE) for ev in a)
 
 
 @st.composite
@@ -236,26 +297,31 @@ def permanent_fault_case(draw) -> tuple[CoreSettings, float, float, int]:
     shots = draw(st.integers(0, 4))
     dead = [draw(st.floats(0.05, 5.0, **finite)) for _ in range(4)]
     relay = RelaySettings(
-        nominal_kv=11.0, shots=shots, dead_time_s=(dead[0], dead[1], dead[2], dead[3]),
+        nominal_kv=11.0,
+        shots=shots,
+        dead_time_s=(dead[0], dead[1], dead[2], dead[3]),
         fast_mask=draw(st.integers(0, 31)),
         reclaim_s=draw(st.one_of(st.just(0.0), st.floats(0.0, 10.0, **finite))),
-        close_onto_fault_s=draw(st.floats(0.0, 3.0, **finite)), bf_enabled=draw(st.booleans()),
+        close_onto_fault_s=draw(st.floats(0.0, 3.0, **finite)),
+        bf_enabled=draw(st.booleans()),
         bf_current_a=draw(st.floats(10.0, 300.0, **finite)),
         bf_retrip_s=draw(st.floats(0.0, 0.1, **finite)),
-        bf_backup_s=draw(st.floats(0.1, 0.5, **finite)))
+        bf_backup_s=draw(st.floats(0.1, 0.5, **finite)),
+    )
     e51 = draw(element_settings(0, kinds=(ElementKind.P51,)))
     e51 = ElementSettings(**{**{f: getattr(e51, f) for f in e51.__slots__}, "reclose": True})
     elements = [e51]
     if draw(st.booleans()):
         e50 = draw(element_settings(0, kinds=(ElementKind.P50,)))
-        elements.append(ElementSettings(**{**{f: getattr(e50, f) for f in e50.__slots__},
-                                           "reclose": True}))
+        elements.append(ElementSettings(**{**{f: getattr(e50, f) for f in e50.__slots__}, "reclose": True}))
     m = draw(st.floats(1.5, 30.0, **finite))
     fault_a = m * e51.pickup * e51.start_factor
     # The slowest trip: the slower of the two curves at this multiple, plus the added delay.
     mc = min(m * e51.start_factor, e51.m_max)
-    slowest = max(operate_time_s(e51.curve, e51.tms, mc), operate_time_s(e51.fast_curve, e51.fast_tms, mc),
-                  e51.min_time_s) + e51.delay_s
+    slowest = (
+        max(operate_time_s(e51.curve, e51.tms, mc), operate_time_s(e51.fast_curve, e51.fast_tms, mc), e51.min_time_s)
+        + e51.delay_s
+    )
     span_s = (shots + 1) * slowest + sum(dead[:shots])
     dt = max(draw(st.sampled_from([0.005, 0.02, 0.1])), span_s / 3000.0)
     steps = int(span_s / dt) + 4 * (shots + 1) + 20
@@ -315,10 +381,13 @@ def _trip_time(core_cls, e: ElementSettings, current: float, dt: float, steps: i
 
 @pytest.mark.parametrize("core_cls", [ReferenceCore, NativeCore], ids=["reference", "native"])
 @SETTINGS
-@given(e=overcurrent_element(), m1=st.floats(0.5, 25.0, **finite), m2=st.floats(0.5, 25.0, **finite),
-       dt=st.sampled_from([0.01, 0.05, 0.2]))
-def test_more_current_never_trips_later(core_cls, e: ElementSettings, m1: float, m2: float,
-                                        dt: float) -> None:
+@given(
+    e=overcurrent_element(),
+    m1=st.floats(0.5, 25.0, **finite),
+    m2=st.floats(0.5, 25.0, **finite),
+    dt=st.sampled_from([0.01, 0.05, 0.2]),
+)
+def test_more_current_never_trips_later(core_cls, e: ElementSettings, m1: float, m2: float, dt: float) -> None:
     low, high = sorted((m1, m2))
     t_low = _trip_time(core_cls, e, low * e.pickup, dt, 400)
     t_high = _trip_time(core_cls, e, high * e.pickup, dt, 400)
@@ -331,8 +400,7 @@ def test_more_current_never_trips_later(core_cls, e: ElementSettings, m1: float,
 def test_below_pickup_never_trips(core_cls, e: ElementSettings, data) -> None:
     limit = _threshold(e)
     currents = data.draw(st.lists(st.floats(0.0, limit, **finite), min_size=1, max_size=80))
-    dts = data.draw(st.lists(st.sampled_from([0.01, 0.5, 5.0, 60.0]), min_size=len(currents),
-                             max_size=len(currents)))
+    dts = data.draw(st.lists(st.sampled_from([0.01, 0.5, 5.0, 60.0]), min_size=len(currents), max_size=len(currents)))
     core = core_cls(CoreSettings(relays=(RelaySettings(nominal_kv=11.0),), elements=(e,)))
     core.quality[:] = 1
     t = 0.0

@@ -11,8 +11,17 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NATIVE = ROOT / "native"
-STRICT = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-Wshadow", "-Wconversion",
-          "-Wno-sign-conversion", "-O2"]
+STRICT = [
+    "-std=c99",
+    "-Wall",
+    "-Wextra",
+    "-Werror",
+    "-pedantic",
+    "-Wshadow",
+    "-Wconversion",
+    "-Wno-sign-conversion",
+    "-O2",
+]
 
 SMOKE = r"""
 #include <stdio.h>
@@ -68,8 +77,13 @@ def _gcc() -> str:
 
 def test_core_compiles_as_strict_c99(tmp_path: Path) -> None:
     gcc = _gcc()
-    result = subprocess.run([gcc, *STRICT, "-c", str(NATIVE / "stima_protection.c"), "-o",
-                             str(tmp_path / "core.o")], check=False, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [gcc, *STRICT, "-c", str(NATIVE / "stima_protection.c"), "-o", str(tmp_path / "core.o")],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -79,12 +93,26 @@ def test_standalone_program_uses_the_public_api(tmp_path: Path) -> None:
     (tmp_path / "smoke.c").write_text(SMOKE)
     exe = tmp_path / "smoke"
     flags = [*STRICT, "-fsanitize=address,undefined", "-fno-omit-frame-pointer"]
-    cmd = [gcc, *flags, "-I", str(NATIVE), str(tmp_path / "smoke.c"),
-           str(NATIVE / "stima_protection.c"), "-lm", "-o", str(exe)]
+    cmd = [
+        gcc,
+        *flags,
+        "-I",
+        str(NATIVE),
+        str(tmp_path / "smoke.c"),
+        str(NATIVE / "stima_protection.c"),
+        "-lm",
+        "-o",
+        str(exe),
+    ]
     build = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=60)
     if build.returncode != 0 and "sanitize" in build.stderr:
-        build = subprocess.run([c for c in cmd if "sanitize" not in c and "omit-frame" not in c],
-                               check=False, capture_output=True, text=True, timeout=60)
+        build = subprocess.run(
+            [c for c in cmd if "sanitize" not in c and "omit-frame" not in c],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert build.returncode == 0, build.stderr
     run = subprocess.run([str(exe)], check=False, capture_output=True, text=True, timeout=30)
     assert run.returncode == 0, (run.returncode, run.stderr)
@@ -102,8 +130,9 @@ def test_header_cdef_block_parses() -> None:
 
 
 def test_exactly_one_module_imports_the_compiled_core() -> None:
-    pattern = re.compile(r"^\s*(from|import)\s+native\._stima_native|^\s*from\s+native\s+import\s+_stima_native",
-                         re.MULTILINE)
+    pattern = re.compile(
+        r"^\s*(from|import)\s+native\._stima_native|^\s*from\s+native\s+import\s+_stima_native", re.MULTILINE
+    )
     importers = []
     for path in ROOT.rglob("*.py"):
         rel = path.relative_to(ROOT)
@@ -119,13 +148,28 @@ def test_python_enums_mirror_the_header() -> None:
     from gateway.protection import core
 
     lib = native.lib
-    pairs = [(core.EventKind, "PROT_EV_"), (core.RecloseState, "PROT_AR_"), (core.Curve, "PROT_CURVE_"),
-             (core.ResetMode, "PROT_RESET_"), (core.Phase, "PROT_PHASE_"), (core.Channel, "PROT_CH_")]
+    pairs = [
+        (core.EventKind, "PROT_EV_"),
+        (core.RecloseState, "PROT_AR_"),
+        (core.Curve, "PROT_CURVE_"),
+        (core.ResetMode, "PROT_RESET_"),
+        (core.Phase, "PROT_PHASE_"),
+        (core.Channel, "PROT_CH_"),
+    ]
     for enum_cls, prefix in pairs:
         for member in enum_cls:
             assert getattr(lib, prefix + member.name) == member.value, (prefix, member)
-    kinds = {"P50": "50P", "N50": "50N", "P51": "51P", "N51": "51N", "UV27": "27", "OV59": "59",
-             "UF81": "81U", "OF81": "81O", "TH49": "49"}
+    kinds = {
+        "P50": "50P",
+        "N50": "50N",
+        "P51": "51P",
+        "N51": "51N",
+        "UV27": "27",
+        "OV59": "59",
+        "UF81": "81U",
+        "OF81": "81O",
+        "TH49": "49",
+    }
     for member in core.ElementKind:
         assert getattr(lib, "PROT_ELEM_" + kinds[member.name]) == member.value
     assert lib.PROT_CHANNELS == core.CHANNELS

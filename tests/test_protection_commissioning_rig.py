@@ -42,10 +42,29 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
 
 
 def live(rig: Rig, *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway.cli", "protection", "test", "CB-045", *argv, "--live",
-                           "--hil-socket", str(rig.hil_socket), "--config", str(rig.site_path),
-                           "--runtime-dir", str(rig.runtime_dir)],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "protection",
+            "test",
+            "CB-045",
+            *argv,
+            "--live",
+            "--hil-socket",
+            str(rig.hil_socket),
+            "--config",
+            str(rig.site_path),
+            "--runtime-dir",
+            str(rig.runtime_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def test_a_stepped_sequence_trips_the_simulated_breaker_when_the_core_says(rig: Rig) -> None:
@@ -53,8 +72,14 @@ def test_a_stepped_sequence_trips_the_simulated_breaker_when_the_core_says(rig: 
     trip on the fast curve, at the time the core predicts within one poll period and the
     transport allowance; the 79 recloses onto the injected current and trips again."""
     start = time.time()
-    r = live(rig, "--seq", "1s 200A; 0.2s 1200A; 0.3s 300A; 4s 1200A; 1.5s 0A", "--json",
-             "--live-tolerance", str(ALLOWANCE_S))
+    r = live(
+        rig,
+        "--seq",
+        "1s 200A; 0.2s 1200A; 0.3s 300A; 4s 1200A; 1.5s 0A",
+        "--json",
+        "--live-tolerance",
+        str(ALLOWANCE_S),
+    )
     data = json.loads(r.stdout)
     result = data["live"]
     assert r.returncode == 0, r.stdout + r.stderr
@@ -76,11 +101,17 @@ def test_a_stepped_sequence_trips_the_simulated_breaker_when_the_core_says(rig: 
     delayed_s = offline_trips[1] - offline_reclose  # the delayed curve's time, from the reclose
     assert -BAND_S <= (again["time_s"] - reclose["time_s"]) - delayed_s <= BAND_S
     # the daemon saw it as protection: its own log has the trips
-    trips = [e for e in rig.daemon_call("events", since=start - 1, source="CB-045", limit=200)
-             if e["kind"] == "protection.trip"]
+    trips = [
+        e
+        for e in rig.daemon_call("events", since=start - 1, source="CB-045", limit=200)
+        if e["kind"] == "protection.trip"
+    ]
     assert len(trips) >= 2
-    rig.wait(lambda: not rig.daemon_call("status")["protection"]["breakers"]["CB-045"]["pickups"],
-             "CB-045's elements to drop out", 20)
+    rig.wait(
+        lambda: not rig.daemon_call("status")["protection"]["breakers"]["CB-045"]["pickups"],
+        "CB-045's elements to drop out",
+        20,
+    )
 
 
 def test_a_sequence_below_pickup_does_not_trip_and_says_so(rig: Rig) -> None:
@@ -100,24 +131,68 @@ def test_a_second_sequence_while_one_plays_or_with_other_settings_is_refused(rig
     doc = tomllib.loads(rig.site_path.read_text())
     next(p for p in doc["protection"] if p["breaker"] == "CB-045")["elements"]["51P"]["tms"] = 0.3
     other.write_text(tomli_w.dumps(doc))
-    r = subprocess.run([sys.executable, "-m", "gateway.cli", "protection", "test", "CB-045", "--seq", "1s 100A",
-                        "--live", "--hil-socket", str(rig.hil_socket), "--config", str(other),
-                        "--runtime-dir", str(rig.runtime_dir)],
-                       capture_output=True, text=True, timeout=300, cwd=ROOT, stdin=subprocess.DEVNULL)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "protection",
+            "test",
+            "CB-045",
+            "--seq",
+            "1s 100A",
+            "--live",
+            "--hil-socket",
+            str(rig.hil_socket),
+            "--config",
+            str(other),
+            "--runtime-dir",
+            str(rig.runtime_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+    )
     assert r.returncode == 2 and "the daemon runs other protection settings for CB-045" in r.stdout
     stopped = rig.hil_call("injection", stop=True)
     assert not stopped["running"] and stopped["finished_s"] < 600.0
-    rig.wait(lambda: rig.daemon_call("points.read", ids=["CB-045.ia"])[0]["value"] != 100.0,
-             "the bay's own current served again", 20)
-    bad = subprocess.run([sys.executable, "-m", "hil", "status", "--control", str(rig.hil_socket)],
-                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    rig.wait(
+        lambda: rig.daemon_call("points.read", ids=["CB-045.ia"])[0]["value"] != 100.0,
+        "the bay's own current served again",
+        20,
+    )
+    bad = subprocess.run(
+        [sys.executable, "-m", "hil", "status", "--control", str(rig.hil_socket)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
     assert bad.returncode == 0  # the simulator keeps running
 
 
 def settings_cmd(rig: Rig, *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway.cli", "protection", "settings", *argv,
-                           "--runtime-dir", str(rig.runtime_dir), "--config", str(rig.site_path)],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "protection",
+            "settings",
+            *argv,
+            "--runtime-dir",
+            str(rig.runtime_dir),
+            "--config",
+            str(rig.site_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def test_settings_exported_edited_checked_compared_and_reloaded(rig: Rig, tmp_path: Path) -> None:
@@ -140,8 +215,9 @@ def test_settings_exported_edited_checked_compared_and_reloaded(rig: Rig, tmp_pa
     assert r.returncode == 0 and signed in r.stdout, r.stdout + r.stderr
     r = settings_cmd(rig, "diff", str(proposed), "--json")
     assert r.returncode == 1, r.stdout + r.stderr
-    assert json.loads(r.stdout)["changes"] == [{"breaker": "CB-045", "key": "elements.51P.tms", "old": old_tms,
-                                                "new": cb045["elements"]["51P"]["tms"]}]
+    assert json.loads(r.stdout)["changes"] == [
+        {"breaker": "CB-045", "key": "elements.51P.tms", "old": old_tms, "new": cb045["elements"]["51P"]["tms"]}
+    ]
     # signed off: into the site file, reloaded; the running settings are now the file's
     site = tomllib.loads(rig.site_path.read_text())
     site["protection"] = data["protection"]

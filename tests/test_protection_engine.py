@@ -26,6 +26,7 @@ SITE = ROOT / "deploy" / "examples" / "sub-003.toml"
 
 try:
     import gateway.protection._native  # noqa: F401
+
     BACKENDS = ["reference", "native"]
 except ImportError:  # pragma: no cover
     BACKENDS = ["reference"]
@@ -44,11 +45,16 @@ def backend(request) -> str:
 def scheme(**overrides: Any) -> ProtectionScheme:
     data: dict[str, Any] = {
         "breaker": "CB-1",
-        "elements": {"51P": {"curve": "iec_si", "pickup_a": 400.0, "tms": 0.1,
-                             "fast_curve": "iec_si", "fast_tms": 0.05},
-                     "50P": {"pickup_a": 3000.0, "fast_only": True}},
-        "reclose": {"shots": 3, "dead_times_s": [0.5, 15.0, 30.0], "reclaim_s": 30.0,
-                    "high_current_lockout_a": 10000.0},
+        "elements": {
+            "51P": {"curve": "iec_si", "pickup_a": 400.0, "tms": 0.1, "fast_curve": "iec_si", "fast_tms": 0.05},
+            "50P": {"pickup_a": 3000.0, "fast_only": True},
+        },
+        "reclose": {
+            "shots": 3,
+            "dead_times_s": [0.5, 15.0, 30.0],
+            "reclaim_s": 30.0,
+            "high_current_lockout_a": 10000.0,
+        },
         "breaker_failure": {"current_a": 100.0, "retrip_s": 0.05, "backup_s": 0.15},
     }
     data.update(overrides)
@@ -81,9 +87,15 @@ class Feeder:
             self.t = round(self.t + dt, 9)
             i = self.current()
             b = self.breaker
-            for name, value in (("ia", i), ("ib", i), ("ic", i), ("in", 0.0),
-                                ("voltage_kv", self.voltage_kv), ("frequency_hz", self.frequency_hz),
-                                ("closed", self.closed)):
+            for name, value in (
+                ("ia", i),
+                ("ib", i),
+                ("ic", i),
+                ("in", 0.0),
+                ("voltage_kv", self.voltage_kv),
+                ("frequency_hz", self.frequency_hz),
+                ("closed", self.closed),
+            ):
                 self.apply(self.engine.on_sample(f"{b}.{name}", value, self.good, self.t))
         return self.actions[start:]
 
@@ -106,6 +118,7 @@ def events(actions: list[Any], kind: str) -> list[ProtectionEvent]:
 
 
 # ------------------------------------------------------------------ the 79 sequence
+
 
 def test_permanent_fault_runs_fast_then_delayed_to_lockout(backend: str) -> None:
     engine = ProtectionEngine([scheme()], backend=backend)
@@ -146,13 +159,13 @@ def test_transient_fault_recloses_and_resets_after_reclaim(backend: str) -> None
     assert engine.status("CB-1")["reclose_state"] == "ready"
 
 
-
 def test_permanent_fault_with_a_reclaim_shorter_than_the_trip_locks_out(backend: str) -> None:
     """reclaim_s 0.2 s, delayed trips 0.43 s: while the 51 is picked up after a reclose the
     reclaim time is held at its full value, so the sequence goes on to lockout after
     shots + 1 trips instead of starting over on every trip."""
-    engine = ProtectionEngine([scheme(reclose={"shots": 2, "dead_times_s": [0.5, 1.0],
-                                               "reclaim_s": 0.2})], backend=backend)
+    engine = ProtectionEngine(
+        [scheme(reclose={"shots": 2, "dead_times_s": [0.5, 1.0], "reclaim_s": 0.2})], backend=backend
+    )
     feeder = Feeder(engine)
     feeder.run(1.0)
     feeder.fault_a = 2000.0  # M = 5: fast 0.214 s, delayed 0.428 s
@@ -168,6 +181,7 @@ def test_permanent_fault_with_a_reclaim_shorter_than_the_trip_locks_out(backend:
     assert len(events(actions, "lockout")) == 1 and not events(actions, "reset")
     status = engine.status("CB-1")
     assert status["locked_out"] and status["shot"] == 3
+
 
 def test_fast_only_instantaneous_on_first_trip_only(backend: str) -> None:
     engine = ProtectionEngine([scheme()], backend=backend)
@@ -255,6 +269,7 @@ def test_breaker_that_opens_does_not_start_breaker_failure(backend: str) -> None
 
 
 # ------------------------------------------------------------------ other elements
+
 
 def test_undervoltage_trips_after_its_delay_and_does_not_reclose(site, backend: str) -> None:
     engine = ProtectionEngine(site.protection, backend=backend)
@@ -345,6 +360,7 @@ def test_backend_choice() -> None:
 
 # ------------------------------------------------------------------ persistence
 
+
 def test_lockout_survives_a_restart(backend: str) -> None:
     engine = ProtectionEngine([scheme()], backend=backend)
     feeder = Feeder(engine)
@@ -395,6 +411,7 @@ def test_restore_rejects_garbage_with_a_clear_message() -> None:
 
 # ------------------------------------------------------------------ schema
 
+
 def test_example_site_schemes(site) -> None:
     assert [s.breaker for s in site.protection] == ["CB-044", "CB-045", "CB-046"]
     known = {p.id for ied in site.ieds for p in ied.points}
@@ -406,29 +423,39 @@ def test_example_site_schemes(site) -> None:
     assert {"CB-045.voltage_kv", "CB-045.frequency_hz", "CB-045.trip_cmd"} <= set(cb045.referenced_points())
 
 
-@pytest.mark.parametrize(("patch", "where", "message"), [
-    ({"reclose": {"shots": 2, "dead_times_s": [0.5]}}, ("reclose",), "one per shot"),
-    ({"elements": {"51P": {"curve": "iec_si", "pickup_a": 400, "tms": 0.1, "reset": "dependent"}}},
-     ("elements", "51P"), "needs an IEEE curve"),
-    ({"elements": {}}, (), "has no element"),
-    ({"elements": {"51P": {"curve": "iec_xx", "pickup_a": 400, "tms": 0.1}}},
-     ("elements", "51P", "curve"), "iec_si"),
-    ({"elements": {"50P": {"pickup_a": -1}}}, ("elements", "50P", "pickup_a"), "greater than 0"),
-    ({"breaker_failure": {"current_a": 100, "retrip_s": 0.2, "backup_s": 0.1}},
-     ("breaker_failure",), "must exceed retrip_s"),
-    ({"tripp": {"point": "x"}}, ("tripp",), "Extra inputs"),
-    ({"elements": {"50P": {"pickup_a": 3000, "fast_only": True}}}, (), "needs a 'reclose' section"),
-    ({"elements": {"50P": {"pickup_a": float("inf")}}}, ("elements", "50P", "pickup_a"), "finite number"),
-])
+@pytest.mark.parametrize(
+    ("patch", "where", "message"),
+    [
+        ({"reclose": {"shots": 2, "dead_times_s": [0.5]}}, ("reclose",), "one per shot"),
+        (
+            {"elements": {"51P": {"curve": "iec_si", "pickup_a": 400, "tms": 0.1, "reset": "dependent"}}},
+            ("elements", "51P"),
+            "needs an IEEE curve",
+        ),
+        ({"elements": {}}, (), "has no element"),
+        (
+            {"elements": {"51P": {"curve": "iec_xx", "pickup_a": 400, "tms": 0.1}}},
+            ("elements", "51P", "curve"),
+            "iec_si",
+        ),
+        ({"elements": {"50P": {"pickup_a": -1}}}, ("elements", "50P", "pickup_a"), "greater than 0"),
+        (
+            {"breaker_failure": {"current_a": 100, "retrip_s": 0.2, "backup_s": 0.1}},
+            ("breaker_failure",),
+            "must exceed retrip_s",
+        ),
+        ({"tripp": {"point": "x"}}, ("tripp",), "Extra inputs"),
+        ({"elements": {"50P": {"pickup_a": 3000, "fast_only": True}}}, (), "needs a 'reclose' section"),
+        ({"elements": {"50P": {"pickup_a": float("inf")}}}, ("elements", "50P", "pickup_a"), "finite number"),
+    ],
+)
 def test_schema_errors_name_the_key(patch: dict[str, Any], where: tuple[str, ...], message: str) -> None:
-    data: dict[str, Any] = {"breaker": "CB-1",
-                            "elements": {"51P": {"curve": "iec_si", "pickup_a": 400.0, "tms": 0.1}}}
+    data: dict[str, Any] = {"breaker": "CB-1", "elements": {"51P": {"curve": "iec_si", "pickup_a": 400.0, "tms": 0.1}}}
     data.update(patch)
     with pytest.raises(ValidationError) as info:
         ProtectionScheme.model_validate(data)
     errors = info.value.errors()
-    assert any(tuple(str(p) for p in e["loc"])[: len(where)] == where and message in e["msg"]
-               for e in errors), errors
+    assert any(tuple(str(p) for p in e["loc"])[: len(where)] == where and message in e["msg"] for e in errors), errors
 
 
 def test_close_right_after_lockout_does_not_trip_on_measurements_from_before(backend: str) -> None:
@@ -463,15 +490,28 @@ def test_stale_hold_expires_for_ieds_that_report_only_changes(backend: str) -> N
     assert events(actions, "lockout")
 
 
-_ANY = st.one_of(st.none(), st.booleans(), st.integers(-5, 50), st.floats(-10, 1e5), st.just(float("nan")), st.just(float("inf")),
-                 st.text(max_size=8), st.lists(st.floats(-1, 100), max_size=5))
+_ANY = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 50),
+    st.floats(-10, 1e5),
+    st.just(float("nan")),
+    st.just(float("inf")),
+    st.text(max_size=8),
+    st.lists(st.floats(-1, 100), max_size=5),
+)
 
 
 @settings(max_examples=300, deadline=None)
-@given(reclose=st.dictionaries(st.sampled_from(["shots", "dead_times_s", "trip_curves", "reclaim_s",
-                                                "high_current_lockout_a", "bogus"]), _ANY),
-       p51=st.dictionaries(st.sampled_from(["curve", "pickup_a", "tms", "reset", "m_max", "start_factor"]),
-                           st.one_of(_ANY, st.sampled_from(["iec_si", "ieee_vi", "dependent", "instant"]))))
+@given(
+    reclose=st.dictionaries(
+        st.sampled_from(["shots", "dead_times_s", "trip_curves", "reclaim_s", "high_current_lockout_a", "bogus"]), _ANY
+    ),
+    p51=st.dictionaries(
+        st.sampled_from(["curve", "pickup_a", "tms", "reset", "m_max", "start_factor"]),
+        st.one_of(_ANY, st.sampled_from(["iec_si", "ieee_vi", "dependent", "instant"])),
+    ),
+)
 def test_any_scheme_either_validates_and_builds_or_is_refused_clearly(reclose, p51) -> None:
     data = {"breaker": "CB-1", "elements": {"51P": p51}, "reclose": reclose}
     try:

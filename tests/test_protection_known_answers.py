@@ -30,9 +30,10 @@ except ImportError:  # pragma: no cover - the build test reports the missing cor
     NativeCore = None  # type: ignore[assignment,misc]
     curve_operate_time_s = None  # type: ignore[assignment]
 
-BACKENDS = [pytest.param(ReferenceCore, id="reference"),
-            pytest.param(NativeCore, id="native",
-                         marks=pytest.mark.skipif(NativeCore is None, reason="native core not built"))]
+BACKENDS = [
+    pytest.param(ReferenceCore, id="reference"),
+    pytest.param(NativeCore, id="native", marks=pytest.mark.skipif(NativeCore is None, reason="native core not built")),
+]
 
 M_VALUES = (1.5, 2.0, 5.0, 10.0, 20.0)
 # Sheet 1.5: (curve, multiplier) -> operate times at M = 1.5, 2, 5, 10, 20.
@@ -69,11 +70,14 @@ def test_curve_formula(curve: Curve, tms: float, m: float, expected: float) -> N
         assert curve_operate_time_s(int(curve), tms, m) == operate_time_s(curve, tms, m)
 
 
-@pytest.mark.parametrize(("curve", "values"), [
-    (Curve.IEEE_MI, (4.85, 6.46667, 25.5263)),
-    (Curve.IEEE_VI, (21.6, 28.8, 113.684)),
-    (Curve.IEEE_EI, (29.1, 38.8, 153.158)),
-])
+@pytest.mark.parametrize(
+    ("curve", "values"),
+    [
+        (Curve.IEEE_MI, (4.85, 6.46667, 25.5263)),
+        (Curve.IEEE_VI, (21.6, 28.8, 113.684)),
+        (Curve.IEEE_EI, (29.1, 38.8, 153.158)),
+    ],
+)
 def test_dependent_reset_formula(curve: Curve, values: tuple[float, float, float]) -> None:
     for m, expected in zip((0.0, 0.5, 0.9), values, strict=True):
         assert math.isclose(reset_time_s(curve, 1.0, m), expected, rel_tol=5e-6)
@@ -102,9 +106,16 @@ def _run_until_trip(core, currents, dt: float, limit_s: float, channel: int = Ch
 def test_sampled_operate_time(backend, curve: Curve, tms: float, m: float, expected: float) -> None:
     pickup = 100.0
     dt = min(0.01, expected / 50.0)
-    core = backend(CoreSettings(relays=(_relay(),), elements=(
-        ElementSettings(relay=0, kind=ElementKind.P51, pickup=pickup, curve=curve, fast_curve=curve,
-                        tms=tms, fast_tms=tms),)))
+    core = backend(
+        CoreSettings(
+            relays=(_relay(),),
+            elements=(
+                ElementSettings(
+                    relay=0, kind=ElementKind.P51, pickup=pickup, curve=curve, fast_curve=curve, tms=tms, fast_tms=tms
+                ),
+            ),
+        )
+    )
     trip = _run_until_trip(core, lambda t: m * pickup, dt, expected * 1.5)
     assert trip is not None
     assert expected - 1e-9 <= trip <= expected + dt + 1e-9
@@ -114,9 +125,22 @@ def test_sampled_operate_time(backend, curve: Curve, tms: float, m: float, expec
 def test_integration_vector_i1(backend) -> None:
     """Sheet I-1: IEC SI TMS 0.1, M = 2 for 0.5 s then M = 5: trip at 0.714605 s."""
     dt = 0.001
-    core = backend(CoreSettings(relays=(_relay(),), elements=(
-        ElementSettings(relay=0, kind=ElementKind.P51, pickup=100.0, curve=Curve.IEC_SI, tms=0.1,
-                        fast_curve=Curve.IEC_SI, fast_tms=0.1),)))
+    core = backend(
+        CoreSettings(
+            relays=(_relay(),),
+            elements=(
+                ElementSettings(
+                    relay=0,
+                    kind=ElementKind.P51,
+                    pickup=100.0,
+                    curve=Curve.IEC_SI,
+                    tms=0.1,
+                    fast_curve=Curve.IEC_SI,
+                    fast_tms=0.1,
+                ),
+            ),
+        )
+    )
     # Sample k carries the current of the interval ending at k*dt.
     trip = _run_until_trip(core, lambda t: 200.0 if t <= 0.5 + 1e-12 else 500.0, dt, 1.0)
     assert trip is not None
@@ -127,9 +151,23 @@ def test_integration_vector_i1(backend) -> None:
 def test_dependent_reset_run(backend) -> None:
     """IEEE VI TD 1: half-operated disk at M = 0.5 resets fully in 0.5 * 28.8 s."""
     dt = 0.01
-    core = backend(CoreSettings(relays=(_relay(),), elements=(
-        ElementSettings(relay=0, kind=ElementKind.P51, pickup=100.0, curve=Curve.IEEE_VI, tms=1.0,
-                        fast_curve=Curve.IEEE_VI, fast_tms=1.0, reset_mode=ResetMode.DEPENDENT),)))
+    core = backend(
+        CoreSettings(
+            relays=(_relay(),),
+            elements=(
+                ElementSettings(
+                    relay=0,
+                    kind=ElementKind.P51,
+                    pickup=100.0,
+                    curve=Curve.IEEE_VI,
+                    tms=1.0,
+                    fast_curve=Curve.IEEE_VI,
+                    fast_tms=1.0,
+                    reset_mode=ResetMode.DEPENDENT,
+                ),
+            ),
+        )
+    )
     core.quality[:] = 1
     core.samples[Channel.IA] = 200.0
     t_half = operate_time_s(Curve.IEEE_VI, 1.0, 2.0) / 2.0
@@ -166,9 +204,22 @@ def test_thermal_formula(current: float, preload: float, expected: float) -> Non
 @pytest.mark.parametrize(("current", "preload", "expected"), THERMAL)
 def test_thermal_replica_trip_time(backend, current: float, preload: float, expected: float) -> None:
     dt = 0.05
-    core = backend(CoreSettings(relays=(_relay(),), elements=(
-        ElementSettings(relay=0, kind=ElementKind.TH49, pickup=105.0, dropout_ratio=0.97,
-                        tau_s=600.0, cooling_tau_s=600.0, reset_theta=0.9),)))
+    core = backend(
+        CoreSettings(
+            relays=(_relay(),),
+            elements=(
+                ElementSettings(
+                    relay=0,
+                    kind=ElementKind.TH49,
+                    pickup=105.0,
+                    dropout_ratio=0.97,
+                    tau_s=600.0,
+                    cooling_tau_s=600.0,
+                    reset_theta=0.9,
+                ),
+            ),
+        )
+    )
     core.quality[:] = 1
     core.samples[Channel.CLOSED] = 1.0
     # Pre-load: 40 time constants at I_P (theta within 1e-17 of its final value).
@@ -192,9 +243,16 @@ def test_thermal_replica_trip_time(backend, current: float, preload: float, expe
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_thermal_level_after_60_s_and_cooling(backend) -> None:
     """theta after 60 s at 150 A from cold = 0.194209; cooling 1.0 -> 0.5 at 0 A = tau ln 2."""
-    core = backend(CoreSettings(relays=(_relay(),), elements=(
-        ElementSettings(relay=0, kind=ElementKind.TH49, pickup=105.0, tau_s=600.0,
-                        cooling_tau_s=600.0, reset_theta=0.9),)))
+    core = backend(
+        CoreSettings(
+            relays=(_relay(),),
+            elements=(
+                ElementSettings(
+                    relay=0, kind=ElementKind.TH49, pickup=105.0, tau_s=600.0, cooling_tau_s=600.0, reset_theta=0.9
+                ),
+            ),
+        )
+    )
     core.quality[:] = 1
     core.samples[Channel.IA] = 150.0
     core.step(0.0)
@@ -210,6 +268,7 @@ def test_thermal_level_after_60_s_and_cooling(backend) -> None:
 
 
 # ---------------------------------------------------------------- 79: reclaim and close-onto-fault
+
 
 def _feeder(core, fault_a, dt: float, duration_s: float, close_at: float | None = None) -> list:
     """A breaker that opens on every trip and closes on every reclose (and, at `close_at`, on an
@@ -239,8 +298,9 @@ def _feeder(core, fault_a, dt: float, duration_s: float, close_at: float | None 
 
 
 def _oc_element(curve: Curve, tms: float, fast_curve: Curve, fast_tms: float) -> ElementSettings:
-    return ElementSettings(relay=0, kind=ElementKind.P51, pickup=400.0, curve=curve, tms=tms,
-                           fast_curve=fast_curve, fast_tms=fast_tms)
+    return ElementSettings(
+        relay=0, kind=ElementKind.P51, pickup=400.0, curve=curve, tms=tms, fast_curve=fast_curve, fast_tms=fast_tms
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -250,13 +310,18 @@ def test_permanent_fault_with_reclaim_shorter_than_trip_time_locks_out(backend) 
     reclaim does not run while the 51 is picked up, so the second trip is the last shot and
     locks out; the sequence never resets and never recloses again."""
     dt, dead, reclaim, fault, m = 0.1, 0.5, 0.1, 3212.0, 3212.0 / 400.0
-    t_fast = operate_time_s(Curve.IEC_SI, 0.05, m)      # 0.165 s
-    t_delayed = operate_time_s(Curve.IEEE_VI, 0.5, m)   # 0.400 s
+    t_fast = operate_time_s(Curve.IEC_SI, 0.05, m)  # 0.165 s
+    t_delayed = operate_time_s(Curve.IEEE_VI, 0.5, m)  # 0.400 s
     assert t_delayed > reclaim  # the case: the fault outlasts the reclaim time
-    relay = RelaySettings(nominal_kv=11.0, shots=1, dead_time_s=(dead, dead, dead, dead), fast_mask=1,
-                          reclaim_s=reclaim, close_onto_fault_s=reclaim)
-    core = backend(CoreSettings(relays=(relay,), elements=(
-        _oc_element(Curve.IEEE_VI, 0.5, Curve.IEC_SI, 0.05),)))
+    relay = RelaySettings(
+        nominal_kv=11.0,
+        shots=1,
+        dead_time_s=(dead, dead, dead, dead),
+        fast_mask=1,
+        reclaim_s=reclaim,
+        close_onto_fault_s=reclaim,
+    )
+    core = backend(CoreSettings(relays=(relay,), elements=(_oc_element(Curve.IEEE_VI, 0.5, Curve.IEC_SI, 0.05),)))
     seq = _feeder(core, lambda t: fault, dt, 60.0)
     assert [k for k, _ in seq] == [EventKind.TRIP, EventKind.RECLOSE, EventKind.TRIP, EventKind.LOCKOUT]
     (_, trip1), (_, reclose), (_, trip2), (_, lockout) = seq
@@ -275,11 +340,9 @@ def test_permanent_fault_locks_out_after_shots_plus_one_trips(backend, shots: in
     one per dead time, then lockout."""
     dt, dead = 0.01, (0.3, 1.0, 2.0, 3.0)
     relay = RelaySettings(nominal_kv=11.0, shots=shots, dead_time_s=dead, reclaim_s=0.05)
-    core = backend(CoreSettings(relays=(relay,), elements=(
-        _oc_element(Curve.IEC_SI, 0.1, Curve.IEC_SI, 0.1),)))
+    core = backend(CoreSettings(relays=(relay,), elements=(_oc_element(Curve.IEC_SI, 0.1, Curve.IEC_SI, 0.1),)))
     seq = _feeder(core, lambda t: 2000.0, dt, 30.0)
-    assert [k for k, _ in seq] == [EventKind.TRIP, EventKind.RECLOSE] * shots + [EventKind.TRIP,
-                                                                                 EventKind.LOCKOUT]
+    assert [k for k, _ in seq] == [EventKind.TRIP, EventKind.RECLOSE] * shots + [EventKind.TRIP, EventKind.LOCKOUT]
     t_op = operate_time_s(Curve.IEC_SI, 0.1, 5.0)
     times = [t for _, t in seq]
     for n in range(shots):
@@ -295,15 +358,14 @@ def test_reclaim_restarts_in_full_when_a_pickup_drops_out(backend, flicker) -> N
     (0.3 s < 0.428 s) restarts the reclaim time in full from its dropout: the reset comes 1 s
     after the dropout (a paused timer would have reset 0.3 s after the undisturbed time)."""
     dt, reclaim = 0.01, 1.0
-    relay = RelaySettings(nominal_kv=11.0, shots=2, dead_time_s=(0.5, 5.0, 5.0, 5.0),
-                          reclaim_s=reclaim)
-    core = backend(CoreSettings(relays=(relay,), elements=(
-        _oc_element(Curve.IEC_SI, 0.1, Curve.IEC_SI, 0.1),)))
+    relay = RelaySettings(nominal_kv=11.0, shots=2, dead_time_s=(0.5, 5.0, 5.0, 5.0), reclaim_s=reclaim)
+    core = backend(CoreSettings(relays=(relay,), elements=(_oc_element(Curve.IEC_SI, 0.1, Curve.IEC_SI, 0.1),)))
 
     def current(t: float) -> float:
         if t < 0.6 or (flicker is not None and flicker[0] <= t < flicker[1] - 1e-9):
             return 2000.0
         return 100.0
+
     seq = _feeder(core, current, dt, 10.0)
     assert [k for k, _ in seq] == [EventKind.TRIP, EventKind.RECLOSE, EventKind.RESET]
     reclose, reset = seq[1][1], seq[2][1]
@@ -320,8 +382,9 @@ def test_close_onto_fault_window_is_fixed_from_the_close(backend) -> None:
     after the window (IEC SI TMS 0.5: 2.14 s): the window does not stretch with the pickup, the
     trip starts a sequence, and that sequence still locks out after shots + 1 trips."""
     dt, window = 0.01, 1.0
-    relay = RelaySettings(nominal_kv=11.0, shots=2, dead_time_s=(0.5, 1.0, 1.0, 1.0),
-                          reclaim_s=window, close_onto_fault_s=window)
+    relay = RelaySettings(
+        nominal_kv=11.0, shots=2, dead_time_s=(0.5, 1.0, 1.0, 1.0), reclaim_s=window, close_onto_fault_s=window
+    )
     fast = CoreSettings(relays=(relay,), elements=(_oc_element(Curve.IEC_SI, 0.1, Curve.IEC_SI, 0.1),))
     slow = CoreSettings(relays=(relay,), elements=(_oc_element(Curve.IEC_SI, 0.5, Curve.IEC_SI, 0.5),))
 
@@ -331,13 +394,11 @@ def test_close_onto_fault_window_is_fixed_from_the_close(backend) -> None:
     assert 1.0 + t_op - 1e-9 <= onto_fault[0][1] <= 1.0 + t_op + dt + 1e-9
 
     later = _feeder(backend(fast), lambda t: 2000.0 if t >= 2.5 else 100.0, dt, 20.0, close_at=1.0)
-    assert [k for k, _ in later] == [EventKind.TRIP, EventKind.RECLOSE] * 2 + [EventKind.TRIP,
-                                                                                EventKind.LOCKOUT]
+    assert [k for k, _ in later] == [EventKind.TRIP, EventKind.RECLOSE] * 2 + [EventKind.TRIP, EventKind.LOCKOUT]
     assert later[0][1] > 1.0 + window
 
     outlasting = _feeder(backend(slow), lambda t: 2000.0, dt, 40.0, close_at=1.0)
-    assert [k for k, _ in outlasting] == [EventKind.TRIP, EventKind.RECLOSE] * 2 + [EventKind.TRIP,
-                                                                                     EventKind.LOCKOUT]
+    assert [k for k, _ in outlasting] == [EventKind.TRIP, EventKind.RECLOSE] * 2 + [EventKind.TRIP, EventKind.LOCKOUT]
     assert outlasting[0][1] > 1.0 + window
 
 
@@ -350,8 +411,7 @@ def test_reclaim_after_an_element_state_load(backend, loads: int) -> None:
     shot and locks out."""
     dt = 0.01
     relay = RelaySettings(nominal_kv=11.0, shots=2, dead_time_s=(0.5, 0.5, 0.5, 0.5), reclaim_s=0.2)
-    core = backend(CoreSettings(relays=(relay,), elements=(
-        _oc_element(Curve.IEC_SI, 0.1, Curve.IEC_SI, 0.1),)))
+    core = backend(CoreSettings(relays=(relay,), elements=(_oc_element(Curve.IEC_SI, 0.1, Curve.IEC_SI, 0.1),)))
     core.quality[:] = 1
     core.samples[Channel.CLOSED] = 1.0
     line_a = 100.0  # what the line draws while the breaker is closed
@@ -385,5 +445,4 @@ def test_reclaim_after_an_element_state_load(backend, loads: int) -> None:
     assert load_t + dt + 0.2 - 1e-9 <= seq[0][1] <= load_t + dt + 0.2 + dt + 1e-9
     line_a = core.samples[Channel.IA] = 2000.0  # a permanent fault: a new sequence to lockout
     seq = run(10.0)
-    assert [kind for kind, _ in seq] == [EventKind.TRIP, EventKind.RECLOSE] * 2 + [EventKind.TRIP,
-                                                                                 EventKind.LOCKOUT]
+    assert [kind for kind, _ in seq] == [EventKind.TRIP, EventKind.RECLOSE] * 2 + [EventKind.TRIP, EventKind.LOCKOUT]

@@ -53,22 +53,29 @@ def _only(scheme: ProtectionScheme, name: str, **changes: object) -> ProtectionS
 
 def test_text_states_parse_with_their_units() -> None:
     states = parse_sequence("1s 300A; 500ms 2.4kA In=120A 7.7kV 49.5Hz;2s 0.7pu; 1min 0A")
-    assert states == [InjectionState(1.0, 300.0), InjectionState(0.5, 2400.0, 120.0, 7.7, None, 49.5),
-                      InjectionState(2.0, 0.0, voltage_pu=0.7), InjectionState(60.0, 0.0)]
+    assert states == [
+        InjectionState(1.0, 300.0),
+        InjectionState(0.5, 2400.0, 120.0, 7.7, None, 49.5),
+        InjectionState(2.0, 0.0, voltage_pu=0.7),
+        InjectionState(60.0, 0.0),
+    ]
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("", "no state"),
-    ("2400A 1s", "starts with its duration"),
-    ("1s 300A 400A", "given twice"),
-    ("1s 7kV 0.6pu", "given twice"),
-    ("1s 300W", "unit 'W'"),
-    ("0s 300A", "must be a number of seconds > 0"),
-    ("1s -5A", "between 0"),
-    ("1s In=7kV", "In= takes a current"),
-    ("1s 300A; 1s banana", "state 2"),
-    ("4000s 0A", "at most 3600"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "no state"),
+        ("2400A 1s", "starts with its duration"),
+        ("1s 300A 400A", "given twice"),
+        ("1s 7kV 0.6pu", "given twice"),
+        ("1s 300W", "unit 'W'"),
+        ("0s 300A", "must be a number of seconds > 0"),
+        ("1s -5A", "between 0"),
+        ("1s In=7kV", "In= takes a current"),
+        ("1s 300A; 1s banana", "state 2"),
+        ("4000s 0A", "at most 3600"),
+    ],
+)
 def test_bad_states_are_refused_naming_the_state(text: str, message: str) -> None:
     with pytest.raises(SequenceError, match=message):
         parse_sequence(text)
@@ -131,8 +138,12 @@ def test_integration_over_a_current_stepping_down_follows_the_curve(backend: str
     assert run.first("pickup", "51P") == pytest.approx(1.0)
     assert run.first("dropout", "51P") == pytest.approx(2.0)  # the 0 A state
     assert run.trip_s == pytest.approx(3.0 + t(900), abs=0.001 + 1e-9)
-    assert [ev.kind for ev in run.events if ev.kind in ("trip", "breaker open")] == ["breaker open", "trip", "trip",
-                                                                                     "trip"]
+    assert [ev.kind for ev in run.events if ev.kind in ("trip", "breaker open")] == [
+        "breaker open",
+        "trip",
+        "trip",
+        "trip",
+    ]
 
 
 @pytest.mark.parametrize("backend", ["native", "reference"])
@@ -150,15 +161,19 @@ def test_definite_time_pickup_dropout_and_trip(backend: str) -> None:
     assert drops[3:] == pytest.approx([run.trip_s] * 3)
 
 
-@pytest.mark.parametrize(("element", "text", "trip_s"), [
-    ("51N", "1s 0A; 5s 300A", None),  # to the residual input: the 51N curve
-    ("51N", "1s 0A; 5s 300A In=0A", math.inf),  # phase current only: no residual, no trip
-    ("27", "1s; 1s 0.7pu; 1s; 3s 7kV", 3.0 + 2.0),  # a 1 s sag resets; the next one trips after 2 s
-    ("59", "1s; 3s 12.5kV", 1.0 + 2.0),
-    ("81U", "1s; 0.3s 48Hz; 0.2s; 2s 48.2Hz", 1.5 + 0.5),
-])
-def test_residual_voltage_and_frequency_states_reach_their_elements(element: str, text: str,
-                                                                    trip_s: float | None) -> None:
+@pytest.mark.parametrize(
+    ("element", "text", "trip_s"),
+    [
+        ("51N", "1s 0A; 5s 300A", None),  # to the residual input: the 51N curve
+        ("51N", "1s 0A; 5s 300A In=0A", math.inf),  # phase current only: no residual, no trip
+        ("27", "1s; 1s 0.7pu; 1s; 3s 7kV", 3.0 + 2.0),  # a 1 s sag resets; the next one trips after 2 s
+        ("59", "1s; 3s 12.5kV", 1.0 + 2.0),
+        ("81U", "1s; 0.3s 48Hz; 0.2s; 2s 48.2Hz", 1.5 + 0.5),
+    ],
+)
+def test_residual_voltage_and_frequency_states_reach_their_elements(
+    element: str, text: str, trip_s: float | None
+) -> None:
     scheme = _only(_scheme(), element)
     if trip_s is None:
         e = scheme.elements.n51
@@ -198,8 +213,10 @@ def test_a_breaker_that_does_not_open_gives_the_50bf_retrip_and_backup_trip() ->
     scheme = _scheme()
     bf = scheme.breaker_failure
     assert bf is not None and bf.current_a < 1200.0
-    runs = [play(scheme, parse_sequence("1s 200A; 3s 1200A"), backend=b, breaker_fails=True) for b in
-            ("native", "reference")]
+    runs = [
+        play(scheme, parse_sequence("1s 200A; 3s 1200A"), backend=b, breaker_fails=True)
+        for b in ("native", "reference")
+    ]
     assert compare(*runs) == []
     run = runs[0]
     trip = run.trip_s
@@ -210,13 +227,18 @@ def test_a_breaker_that_does_not_open_gives_the_50bf_retrip_and_backup_trip() ->
     assert run.first("lockout") is not None
 
 
-states_strategy = st.lists(st.builds(
-    InjectionState,
-    duration_s=st.floats(0.005, 1.5),
-    current_a=st.one_of(st.just(0.0), st.floats(0.0, 5000.0)),
-    neutral_a=st.one_of(st.none(), st.floats(0.0, 400.0)),
-    voltage_pu=st.one_of(st.none(), st.floats(0.5, 1.3)),
-    frequency_hz=st.one_of(st.none(), st.floats(47.0, 53.0))), min_size=1, max_size=6)
+states_strategy = st.lists(
+    st.builds(
+        InjectionState,
+        duration_s=st.floats(0.005, 1.5),
+        current_a=st.one_of(st.just(0.0), st.floats(0.0, 5000.0)),
+        neutral_a=st.one_of(st.none(), st.floats(0.0, 400.0)),
+        voltage_pu=st.one_of(st.none(), st.floats(0.5, 1.3)),
+        frequency_hz=st.one_of(st.none(), st.floats(47.0, 53.0)),
+    ),
+    min_size=1,
+    max_size=6,
+)
 
 
 @settings(max_examples=40, deadline=None)
@@ -247,8 +269,14 @@ def test_a_run_too_long_for_its_sample_period_is_refused() -> None:
 
 
 def _stima(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway.cli", "protection", "test", *argv, "--config", str(SITE)],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "protection", "test", *argv, "--config", str(SITE)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def test_the_command_shows_both_cores_side_by_side() -> None:
@@ -273,11 +301,18 @@ def test_the_command_refuses_bad_input_with_the_reason(tmp_path: Path) -> None:
     assert r.returncode == 2 and "line 2" in r.stdout
     r = _stima("CB-045", "--live")
     assert r.returncode == 2 and "--seq" in r.stdout
-    r = _stima("CB-045", "--element", "51P", "--seq", "1s 1200A", "--live",
-               "--hil-socket", str(tmp_path / "none.sock"))
+    r = _stima("CB-045", "--element", "51P", "--seq", "1s 1200A", "--live", "--hil-socket", str(tmp_path / "none.sock"))
     assert r.returncode == 2 and "leave out --element" in r.stdout
-    r = _stima("CB-045", "--seq", "1s 1200A", "--live", "--hil-socket", str(tmp_path / "none.sock"),
-               "--runtime-dir", str(tmp_path))
+    r = _stima(
+        "CB-045",
+        "--seq",
+        "1s 1200A",
+        "--live",
+        "--hil-socket",
+        str(tmp_path / "none.sock"),
+        "--runtime-dir",
+        str(tmp_path),
+    )
     assert r.returncode == 2 and "--live needs the running daemon" in r.stdout
 
 
@@ -285,10 +320,12 @@ def test_the_command_refuses_bad_input_with_the_reason(tmp_path: Path) -> None:
 
 
 def test_the_test_set_serves_its_states_and_times_the_commands() -> None:
-    states = check_states([{"duration_s": 1.0, "ia": 100.0, "voltage_kv": 11.0},
-                           {"duration_s": 2.0, "ia": 1200.0, "voltage_kv": 10.0}])
-    inj = SecondaryInjection("CB-1", {"ia": "CB-1.ia", "voltage_kv": "CB-1.voltage_kv"},
-                             ("CB-1.pos", False), ("CB-1.pos", True), states)
+    states = check_states(
+        [{"duration_s": 1.0, "ia": 100.0, "voltage_kv": 11.0}, {"duration_s": 2.0, "ia": 1200.0, "voltage_kv": 10.0}]
+    )
+    inj = SecondaryInjection(
+        "CB-1", {"ia": "CB-1.ia", "voltage_kv": "CB-1.voltage_kv"}, ("CB-1.pos", False), ("CB-1.pos", True), states
+    )
     values: dict[str, object] = {"CB-1.ia": 5.0, "CB-1.voltage_kv": 11.1, "other": 1}
     inj.on_command(99.0, "CB-1.pos", False)  # before it starts: not counted
     inj.serve(100.0, values, True)
@@ -311,8 +348,13 @@ def test_the_test_set_serves_its_states_and_times_the_commands() -> None:
 
 
 def test_the_test_set_stops_on_request() -> None:
-    inj = SecondaryInjection("CB-1", {"ia": "CB-1.ia"}, ("CB-1.trip", True), ("CB-1.close", True),
-                             check_states([{"duration_s": 60.0, "ia": 100.0}]))
+    inj = SecondaryInjection(
+        "CB-1",
+        {"ia": "CB-1.ia"},
+        ("CB-1.trip", True),
+        ("CB-1.close", True),
+        check_states([{"duration_s": 60.0, "ia": 100.0}]),
+    )
     values: dict[str, object] = {"CB-1.ia": 5.0}
     inj.serve(10.0, values, True)
     inj.stop(12.5)
@@ -322,9 +364,19 @@ def test_the_test_set_stops_on_request() -> None:
     assert values["CB-1.ia"] == 5.0
 
 
-@pytest.mark.parametrize("states", [[], {"duration_s": 1}, [{"duration_s": 0, "ia": 1}], [{"duration_s": 1, "ia": -1}],
-                                    [{"duration_s": 1, "ia": float("nan")}], [{"duration_s": 1, "volts": 1}],
-                                    [{"duration_s": 1, "ia": True}], [{"duration_s": 4000}]])
+@pytest.mark.parametrize(
+    "states",
+    [
+        [],
+        {"duration_s": 1},
+        [{"duration_s": 0, "ia": 1}],
+        [{"duration_s": 1, "ia": -1}],
+        [{"duration_s": 1, "ia": float("nan")}],
+        [{"duration_s": 1, "volts": 1}],
+        [{"duration_s": 1, "ia": True}],
+        [{"duration_s": 4000}],
+    ],
+)
 def test_the_test_set_refuses_bad_states(states: object) -> None:
     with pytest.raises(InjectionRefused):
         check_states(states)

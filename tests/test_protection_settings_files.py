@@ -70,7 +70,8 @@ def test_a_changed_setting_is_the_one_difference_and_changes_the_digest(breaker:
     changed = _edited(SCHEMES, breaker, ("elements", "51P", "pickup_a"), new_pickup)
     changes = diff(SCHEMES, changed)
     assert [(c.breaker, c.key, c.old, c.new) for c in changes] == [
-        (breaker, "elements.51P.pickup_a", old.elements.p51.pickup_a, new_pickup)]
+        (breaker, "elements.51P.pickup_a", old.elements.p51.pickup_a, new_pickup)
+    ]
     assert digest(changed) != digest(SCHEMES)
 
 
@@ -84,14 +85,25 @@ def test_removed_elements_and_schemes_are_listed() -> None:
     assert any(c.breaker == dropped and c.key == "" and c.new is None for c in changes)
 
 
-@pytest.mark.parametrize(("edit", "message"), [
-    (lambda d: d["protection"][1]["elements"]["51P"].update(tms=-0.1),
-     "protection[1:CB-045].elements.51P.tms: Input should be greater than 0 (found -0.1)"),
-    (lambda d: d["protection"][0]["elements"]["51P"].update(curve="fast"), "protection[0:CB-044].elements.51P.curve"),
-    (lambda d: d["protection"][0]["elements"]["50P"].update(pikup_a=1.0), "pikup_a: Extra inputs are not permitted"),
-    (lambda d: d["protection"].append(d["protection"][0]), "breaker CB-044 has more than one scheme"),
-    (lambda d: d.pop("protection"), "no [[protection]] table"),
-])
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda d: d["protection"][1]["elements"]["51P"].update(tms=-0.1),
+            "protection[1:CB-045].elements.51P.tms: Input should be greater than 0 (found -0.1)",
+        ),
+        (
+            lambda d: d["protection"][0]["elements"]["51P"].update(curve="fast"),
+            "protection[0:CB-044].elements.51P.curve",
+        ),
+        (
+            lambda d: d["protection"][0]["elements"]["50P"].update(pikup_a=1.0),
+            "pikup_a: Extra inputs are not permitted",
+        ),
+        (lambda d: d["protection"].append(d["protection"][0]), "breaker CB-044 has more than one scheme"),
+        (lambda d: d.pop("protection"), "no [[protection]] table"),
+    ],
+)
 def test_bad_files_are_refused_naming_the_key(edit: Any, message: str) -> None:
     data = {"protection": [dump(s) for s in SCHEMES]}
     edit(data)
@@ -114,8 +126,14 @@ def test_check_against_the_site() -> None:
 
 
 def _stima(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway.cli", "protection", "settings", *argv],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "protection", "settings", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def test_the_check_command(tmp_path: Path) -> None:

@@ -66,10 +66,18 @@ class Net:
                 self.queue.append((f"{REGION}/{name}/{suffix}", payload))
 
         plant = SimpleNamespace(network=network, outcome_listeners=[])
-        svc = ExchangeService(name, REGION, switching=plant, publish=publish, sign=own.sign, verify=self.verify,
-                              headroom=headroom_from_forecast(40_000.0, 90.0, lambda: 36_000.0 - headroom_kw),
-                              monotonic=lambda: self.clock[0], wall=lambda: self.wall0 + self.clock[0],
-                              alarm=lambda *_: None)
+        svc = ExchangeService(
+            name,
+            REGION,
+            switching=plant,
+            publish=publish,
+            sign=own.sign,
+            verify=self.verify,
+            headroom=headroom_from_forecast(40_000.0, 90.0, lambda: 36_000.0 - headroom_kw),
+            monotonic=lambda: self.clock[0],
+            wall=lambda: self.wall0 + self.clock[0],
+            alarm=lambda *_: None,
+        )
         self.gateways[name] = svc
         return svc
 
@@ -100,7 +108,7 @@ def test_a_signed_question_gets_the_neighbours_quote_for_the_window(pair: Any) -
     answers: list[Any] = []
     sub003.quote_listeners.append(answers.append)
     xid = sub003.ask_quote(TIE, *WINDOW, 900.0)
-    (topic, envelope), = net.queue
+    ((topic, envelope),) = net.queue
     assert topic == f"{REGION}/SUB-003/coord/SUB-006" and envelope["kind"] == "quote_request"
     assert keys.verify({k: v for k, v in envelope.items() if k not in RESERVED_KEYS}, net.public["SUB-003"])
     net.deliver()
@@ -114,13 +122,14 @@ def test_a_signed_question_gets_the_neighbours_quote_for_the_window(pair: Any) -
 def test_malformed_stale_and_foreign_questions_are_refused(pair: Any) -> None:
     net, sub003, sub006 = pair
     refused: list[str] = []
-    bad = [{"tie": "TIE-XX", "window_start": WINDOW[0], "window_end": WINDOW[1], "kva": 900.0},
-           {"tie": TIE, "window_start": WINDOW[1], "window_end": WINDOW[0], "kva": 900.0},
-           {"tie": TIE, "window_start": WALL0 - 7200.0, "window_end": WALL0 - 3600.0, "kva": 900.0},
-           {"tie": TIE, "window_start": WINDOW[0], "window_end": WINDOW[1], "kva": "lots"},
-           {"tie": TIE, "window_start": WINDOW[0], "window_end": WINDOW[0] + 30 * 86400.0, "kva": 900.0}]
-    book = QuoteBook("SUB-006", {TIE: TieInfo(TIE, "SUB-003", True)},
-                     headroom=lambda *_: (2200.0, "test"))
+    bad = [
+        {"tie": "TIE-XX", "window_start": WINDOW[0], "window_end": WINDOW[1], "kva": 900.0},
+        {"tie": TIE, "window_start": WINDOW[1], "window_end": WINDOW[0], "kva": 900.0},
+        {"tie": TIE, "window_start": WALL0 - 7200.0, "window_end": WALL0 - 3600.0, "kva": 900.0},
+        {"tie": TIE, "window_start": WINDOW[0], "window_end": WINDOW[1], "kva": "lots"},
+        {"tie": TIE, "window_start": WINDOW[0], "window_end": WINDOW[0] + 30 * 86400.0, "kva": 900.0},
+    ]
+    book = QuoteBook("SUB-006", {TIE: TieInfo(TIE, "SUB-003", True)}, headroom=lambda *_: (2200.0, "test"))
     for k, body in enumerate(bad):
         (reply,) = book.on_message(Message("quote_request", f"Q-{k}", "SUB-003", "SUB-006", body), WALL0 + 100.0)
         assert reply.message.kind == "refuse", body
@@ -129,16 +138,23 @@ def test_malformed_stale_and_foreign_questions_are_refused(pair: Any) -> None:
     assert book.quoted == 0 and book.refused == len(bad)
     # a neighbour without headroom in the window refuses, and says why
     full = QuoteBook("SUB-006", {TIE: TieInfo(TIE, "SUB-003", True)}, headroom=lambda *_: (0.0, "peak at 97 %"))
-    (reply,) = full.on_message(Message("quote_request", "Q-9", "SUB-003", "SUB-006",
-                                       {"tie": TIE, "window_start": WINDOW[0], "window_end": WINDOW[1],
-                                        "kva": 900.0}), WALL0)
+    (reply,) = full.on_message(
+        Message(
+            "quote_request",
+            "Q-9",
+            "SUB-003",
+            "SUB-006",
+            {"tie": TIE, "window_start": WINDOW[0], "window_end": WINDOW[1], "kva": 900.0},
+        ),
+        WALL0,
+    )
     assert reply.message.kind == "refuse" and "peak at 97 %" in reply.message.body["reason"]
 
 
 def test_stale_replayed_and_forged_quote_messages_are_dropped(pair: Any, tmp_path: Path) -> None:
     net, sub003, sub006 = pair
     sub003.ask_quote(TIE, *WINDOW, 900.0)
-    (topic, envelope), = net.queue
+    ((topic, envelope),) = net.queue
     net.deliver()
     assert sub006.quotes.quoted == 1
     signed = {k: v for k, v in envelope.items() if k not in ("sig", "key", "key_name", "signature")}
@@ -158,9 +174,16 @@ def test_an_answer_that_does_not_fit_the_question_is_dropped_and_the_question_ti
     net.queue.clear()
     book = sub003.quotes
     with pytest.raises(TransferError):
-        book.on_message(Message("quote", xid, "SUB-006", "SUB-003",
-                                {"tie": TIE, "window_start": WINDOW[0] + 1, "window_end": WINDOW[1], "kva": 5e3}),
-                        WALL0)
+        book.on_message(
+            Message(
+                "quote",
+                xid,
+                "SUB-006",
+                "SUB-003",
+                {"tie": TIE, "window_start": WINDOW[0] + 1, "window_end": WINDOW[1], "kva": 5e3},
+            ),
+            WALL0,
+        )
     assert xid in book.pending
     answers: list[Any] = []
     sub003.quote_listeners.append(answers.append)
@@ -171,8 +194,16 @@ def test_an_answer_that_does_not_fit_the_question_is_dropped_and_the_question_ti
 
 def plan_b(ask: backup.AskNeighbour) -> backup.BackupPlan:
     network = Network.from_site(validate(site()))
-    out = backup.plan_backup(network, network.normal_configuration(), NIGHT, OUT, ask_neighbour=ask,
-                             substation="SUB-003", window=WINDOW, request_id="WO-1-B")
+    out = backup.plan_backup(
+        network,
+        network.normal_configuration(),
+        NIGHT,
+        OUT,
+        ask_neighbour=ask,
+        substation="SUB-003",
+        window=WINDOW,
+        request_id="WO-1-B",
+    )
     return next(p for p in out if p.name == "B")
 
 
@@ -239,17 +270,20 @@ def test_the_work_order_is_planned_again_when_the_quote_comes(tmp_path: Path) ->
     assert b["offer"]["offered_by"] == DECLARED and "waiting for SUB-006" in b["offer"]["note"]
     service = SimpleNamespace(coordinator=coordinator, replans=[])
     heard: list[bool] = []
-    sub003.quote_listeners.append(lambda a: heard.append(neighbour.on_answer(a)
-                                                         and MaintenanceService.on_quote(service, a)))  # type: ignore[arg-type]
+    sub003.quote_listeners.append(
+        lambda a: heard.append(neighbour.on_answer(a) and MaintenanceService.on_quote(service, a))
+    )  # type: ignore[arg-type]
     net.deliver()
     assert heard == [True]
-    (wo_id, why), = service.replans
+    ((wo_id, why),) = service.replans
     assert wo_id == planned.work_order.id and "SUB-006 quoted" in why
     again = coordinator.replan(wo_id, why, NOW + 1.0, forecasts=forecasts, grid=grid)
     b = next(p for p in again.work_order.plans if p["plan"] == "B")
     assert b["offer"]["offered_by"] == "SUB-006" and b["offer"]["kva_offered"] == pytest.approx(2200.0)
     assert again.work_order.window == planned.work_order.window
-    assert again.work_order.history[-1]["event"] == "evidence" and "SUB-006 quoted" in again.work_order.history[-1]["note"]
+    assert (
+        again.work_order.history[-1]["event"] == "evidence" and "SUB-006 quoted" in again.work_order.history[-1]["note"]
+    )
 
 
 def test_an_offline_neighbour_is_not_asked_and_plan_b_says_why(pair: Any) -> None:
@@ -262,19 +296,31 @@ def test_an_offline_neighbour_is_not_asked_and_plan_b_says_why(pair: Any) -> Non
     assert not net.queue
 
 
-_values = st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12), st.floats(allow_nan=True),
-                    st.text(max_size=8), st.lists(st.integers(), max_size=2))
+_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**12), 10**12),
+    st.floats(allow_nan=True),
+    st.text(max_size=8),
+    st.lists(st.integers(), max_size=2),
+)
 
 
 @settings(max_examples=300, deadline=None)
 @given(tie=st.one_of(st.just(TIE), _values), start=_values, end=_values, kva=_values)
-def test_any_question_is_answered_with_a_quote_only_when_every_field_is_sound(tie: Any, start: Any, end: Any,
-                                                                             kva: Any) -> None:
+def test_any_question_is_answered_with_a_quote_only_when_every_field_is_sound(
+    tie: Any, start: Any, end: Any, kva: Any
+) -> None:
     book = QuoteBook("SUB-006", {TIE: TieInfo(TIE, "SUB-003", True)}, headroom=lambda *_: (2200.0, "test"))
     body = {"tie": tie, "window_start": start, "window_end": end, "kva": kva}
     (reply,) = book.on_message(Message("quote_request", "Q-1", "SUB-003", "SUB-006", body), 1000.0)
-    sound = (tie == TIE and all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-                                for v in (start, end, kva))
-             and end > start and end - start <= 7 * 86400.0 and end > 1000.0 and kva > 0)
+    sound = (
+        tie == TIE
+        and all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in (start, end, kva))
+        and end > start
+        and end - start <= 7 * 86400.0
+        and end > 1000.0
+        and kva > 0
+    )
     assert reply.message.kind == ("quote" if sound else "refuse")
     assert reply.message.recipient == "SUB-003" and reply.message.xid == "Q-1"

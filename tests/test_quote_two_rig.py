@@ -17,8 +17,9 @@ pytestmark = pytest.mark.slow
 def test_a_quote_for_a_future_window_crosses_the_broker_and_reserves_nothing(tmp_path: Path) -> None:
     with TwoRig(two_site_documents(), tmp_path, hil_args=("--no-ami",)) as rig:
         start = time.time() + 3 * 86_400.0
-        asked = rig.daemon_call("SUB-007", "transfer.quote", tie="TIE-67", window_start=start,
-                                window_end=start + 6 * 3600.0, kva=2_000.0)
+        asked = rig.daemon_call(
+            "SUB-007", "transfer.quote", tie="TIE-67", window_start=start, window_end=start + 6 * 3600.0, kva=2_000.0
+        )
 
         def answered() -> dict | None:  # type: ignore[type-arg]
             quotes = rig.daemon_call("SUB-007", "transfer.status")["quotes"]["answered"]

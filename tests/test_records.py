@@ -16,9 +16,12 @@ from gateway import comtrade
 from gateway.fault_location import LineImpedance
 from gateway.records import BayChannels, BayRecorder, RecorderSettings
 
-CHANNELS = BayChannels(breaker="CB-1", analog={"ia": "CB-1.ia", "ib": "CB-1.ib", "ic": "CB-1.ic",
-                                               "voltage_kv": "CB-1.voltage_kv"},
-                       closed_point="CB-1.closed", elements=("50P", "51P"))
+CHANNELS = BayChannels(
+    breaker="CB-1",
+    analog={"ia": "CB-1.ia", "ib": "CB-1.ib", "ic": "CB-1.ic", "voltage_kv": "CB-1.voltage_kv"},
+    closed_point="CB-1.closed",
+    elements=("50P", "51P"),
+)
 T0 = 1_700_000_000.0
 
 
@@ -28,8 +31,13 @@ def _recorder(**kw: float) -> BayRecorder:
 
 
 def _poll(rec: BayRecorder, t: float, ia: float, closed: bool = True) -> None:
-    for point, value in (("CB-1.ia", ia), ("CB-1.ib", ia), ("CB-1.ic", ia), ("CB-1.voltage_kv", 11.0),
-                         ("CB-1.closed", closed)):
+    for point, value in (
+        ("CB-1.ia", ia),
+        ("CB-1.ib", ia),
+        ("CB-1.ic", ia),
+        ("CB-1.voltage_kv", 11.0),
+        ("CB-1.closed", closed),
+    ):
         rec.on_point(point, value, True, t, T0 + t)
 
 
@@ -106,19 +114,62 @@ def test_the_record_lasts_while_an_element_is_picked_up() -> None:
 
 
 def test_the_trip_is_located_from_the_fault_sample_and_the_one_before_the_pickup() -> None:
-    channels = BayChannels(breaker="CB-1", analog={n: f"CB-1.{n}" for n in (
-        "ia", "ib", "ic", "va_kv", "vb_kv", "vc_kv", "ia_deg", "ib_deg", "ic_deg", "va_deg", "vb_deg", "vc_deg")},
-        closed_point=None, elements=("51P",), line=LineImpedance(complex(0.306, 0.3), complex(0.55, 1.2), 5000.0),
-        sections=(("L/1", 0.0, 2000.0), ("L/2", 2000.0, 5000.0)))
+    channels = BayChannels(
+        breaker="CB-1",
+        analog={
+            n: f"CB-1.{n}"
+            for n in (
+                "ia",
+                "ib",
+                "ic",
+                "va_kv",
+                "vb_kv",
+                "vc_kv",
+                "ia_deg",
+                "ib_deg",
+                "ic_deg",
+                "va_deg",
+                "vb_deg",
+                "vc_deg",
+            )
+        },
+        closed_point=None,
+        elements=("51P",),
+        line=LineImpedance(complex(0.306, 0.3), complex(0.55, 1.2), 5000.0),
+        sections=(("L/1", 0.0, 2000.0), ("L/2", 2000.0, 5000.0)),
+    )
     rec = BayRecorder(channels, RecorderSettings(), lambda b, w: "r1")
     z = complex(0.306, 0.3) * 2.5  # a three-phase fault 2.5 km out, 1 kA (no load)
     v_fault = abs(z) * 1000.0 / 1000.0
-    healthy = {"ia": 0.0, "ib": 0.0, "ic": 0.0, "va_kv": 6.35, "vb_kv": 6.35, "vc_kv": 6.35, "ia_deg": 0.0,
-               "ib_deg": 0.0, "ic_deg": 0.0, "va_deg": 0.0, "vb_deg": -120.0, "vc_deg": 120.0}
+    healthy = {
+        "ia": 0.0,
+        "ib": 0.0,
+        "ic": 0.0,
+        "va_kv": 6.35,
+        "vb_kv": 6.35,
+        "vc_kv": 6.35,
+        "ia_deg": 0.0,
+        "ib_deg": 0.0,
+        "ic_deg": 0.0,
+        "va_deg": 0.0,
+        "vb_deg": -120.0,
+        "vc_deg": 120.0,
+    }
     angle = math.degrees(math.atan2(z.imag, z.real))
-    faulted = {"ia": 1000.0, "ib": 1000.0, "ic": 1000.0, "va_kv": v_fault, "vb_kv": v_fault, "vc_kv": v_fault,
-               "ia_deg": -angle, "ib_deg": -angle - 120.0, "ic_deg": -angle + 120.0, "va_deg": 0.0,
-               "vb_deg": -120.0, "vc_deg": 120.0}
+    faulted = {
+        "ia": 1000.0,
+        "ib": 1000.0,
+        "ic": 1000.0,
+        "va_kv": v_fault,
+        "vb_kv": v_fault,
+        "vc_kv": v_fault,
+        "ia_deg": -angle,
+        "ib_deg": -angle - 120.0,
+        "ic_deg": -angle + 120.0,
+        "va_deg": 0.0,
+        "vb_deg": -120.0,
+        "vc_deg": 120.0,
+    }
     for name, value in healthy.items():
         rec.on_point(f"CB-1.{name}", value, True, 1.0, T0 + 1.0)
     for name, value in faulted.items():
@@ -153,23 +204,39 @@ def _records(draw: st.DrawFn) -> comtrade.Record:
         times.append(times[-1] + dt / 1e6)
     value = st.one_of(st.none(), st.floats(-1e5, 1e5, allow_nan=False))
     return comtrade.Record(
-        station=draw(names), device=draw(names),
-        analog=[comtrade.AnalogChannel(draw(names), draw(st.sampled_from(["A", "kV", "deg", "kW"])))
-                for _ in range(n_a)],
+        station=draw(names),
+        device=draw(names),
+        analog=[
+            comtrade.AnalogChannel(draw(names), draw(st.sampled_from(["A", "kV", "deg", "kW"]))) for _ in range(n_a)
+        ],
         digital=[comtrade.DigitalChannel(draw(names)) for _ in range(n_d)],
-        times=times, analog_values=[[draw(value) for _ in range(n_a)] for _ in range(n)],
+        times=times,
+        analog_values=[[draw(value) for _ in range(n_a)] for _ in range(n)],
         digital_values=[[draw(st.integers(0, 1)) for _ in range(n_d)] for _ in range(n)],
-        trigger_time=draw(st.sampled_from(times)))
+        trigger_time=draw(st.sampled_from(times)),
+    )
 
 
-@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                  HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
 @given(record=_records(), fmt=st.sampled_from(comtrade.FORMATS))
-@example(record=comtrade.Record(  # 99999 is ASCII's missing-value marker: the channel is scaled
-    station="A", device="A", analog=[comtrade.AnalogChannel("A", "A")], digital=[], times=[1e9, 1e9 + 0.001],
-    analog_values=[[None], [99999.0]], digital_values=[[], []], trigger_time=1e9), fmt="ASCII")
-def test_written_records_read_back_with_an_independent_reader(record: comtrade.Record, fmt: comtrade.DatFormat,
-                                                              tmp_path: Path) -> None:
+@example(
+    record=comtrade.Record(  # 99999 is ASCII's missing-value marker: the channel is scaled
+        station="A",
+        device="A",
+        analog=[comtrade.AnalogChannel("A", "A")],
+        digital=[],
+        times=[1e9, 1e9 + 0.001],
+        analog_values=[[None], [99999.0]],
+        digital_values=[[], []],
+        trigger_time=1e9,
+    ),
+    fmt="ASCII",
+)
+def test_written_records_read_back_with_an_independent_reader(
+    record: comtrade.Record, fmt: comtrade.DatFormat, tmp_path: Path
+) -> None:
     cfg, dat, hdr = comtrade.write(record, fmt)
     (tmp_path / "r.cfg").write_bytes(cfg)
     (tmp_path / "r.dat").write_bytes(dat)
@@ -196,19 +263,29 @@ def test_written_records_read_back_with_an_independent_reader(record: comtrade.R
     assert back.trigger_time == pytest.approx(record.trigger_time - record.times[0], abs=2e-6)
 
 
-@pytest.mark.parametrize("bad", [
-    {"times": []},
-    {"times": [2.0, 1.0], "analog_values": [[], []], "digital_values": [[], []]},
-    {"analog_values": [[math.inf]]},
-    {"digital_values": [[2]]},
-    {"station": "A,B"},
-    {"analog": [comtrade.AnalogChannel("ia ", "A")]},
-    {"times": [0.0, 5000.0], "analog_values": [[1.0], [1.0]], "digital_values": [[0], [0]]},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"times": []},
+        {"times": [2.0, 1.0], "analog_values": [[], []], "digital_values": [[], []]},
+        {"analog_values": [[math.inf]]},
+        {"digital_values": [[2]]},
+        {"station": "A,B"},
+        {"analog": [comtrade.AnalogChannel("ia ", "A")]},
+        {"times": [0.0, 5000.0], "analog_values": [[1.0], [1.0]], "digital_values": [[0], [0]]},
+    ],
+)
 def test_records_the_writer_cannot_write_are_refused(bad: dict[str, object]) -> None:
-    base: dict[str, object] = {"station": "S", "device": "D", "analog": [comtrade.AnalogChannel("ia", "A")],
-                               "digital": [comtrade.DigitalChannel("trip")], "times": [0.0],
-                               "analog_values": [[1.0]], "digital_values": [[0]], "trigger_time": 0.0}
+    base: dict[str, object] = {
+        "station": "S",
+        "device": "D",
+        "analog": [comtrade.AnalogChannel("ia", "A")],
+        "digital": [comtrade.DigitalChannel("trip")],
+        "times": [0.0],
+        "analog_values": [[1.0]],
+        "digital_values": [[0]],
+        "trigger_time": 0.0,
+    }
     base.update(bad)
     with pytest.raises(comtrade.ComtradeError):
         comtrade.write(comtrade.Record(**base))  # type: ignore[arg-type]

@@ -40,8 +40,14 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
 
 
 def stima(rig: Rig, *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway.cli", *argv, "--runtime-dir", str(rig.runtime_dir)],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *argv, "--runtime-dir", str(rig.runtime_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def _messages(sub: Any, suffix: str) -> list[dict[str, Any]]:
@@ -55,23 +61,53 @@ def test_a_permanent_fault_gives_a_comtrade_record_and_a_located_fault(rig: Rig,
         start = time.time()
         rig.hil_call("fault", line="LINE-045", distance_m=FAULT_M, kind="slg", transient=False)
         rig.wait(lambda: rig.daemon_call("status")["protection"]["breakers"]["CB-045"]["locked_out"], "lockout", 30)
-        rec = rig.wait(lambda: next((r for r in rig.daemon_call("records.list") if r["breaker"] == "CB-045"
-                                     and r["trigger_time"] >= start - 1), None), "a disturbance record", 30)
+        rec = rig.wait(
+            lambda: next(
+                (
+                    r
+                    for r in rig.daemon_call("records.list")
+                    if r["breaker"] == "CB-045" and r["trigger_time"] >= start - 1
+                ),
+                None,
+            ),
+            "a disturbance record",
+            30,
+        )
         assert rec["trips"] >= 3 and rec["lockout"], rec
         # the fault record and the fault event on MQTT carry the distance from the relay's phasors
-        fault = rig.wait(lambda: next((f for f in rig.daemon_call("faults.list") if f["breaker"] == "CB-045"
-                                       and f["started_wall"] >= start - 1 and f.get("location")), None),
-                         "a located fault record", 20)
+        fault = rig.wait(
+            lambda: next(
+                (
+                    f
+                    for f in rig.daemon_call("faults.list")
+                    if f["breaker"] == "CB-045" and f["started_wall"] >= start - 1 and f.get("location")
+                ),
+                None,
+            ),
+            "a located fault record",
+            20,
+        )
         loc = fault["location"]
         assert loc["method"] == "takagi" and loc["fault_type"] == "slg" and loc["loop"] == "AG"
         assert abs(loc["distance_m"] - FAULT_M) <= 250.0, loc
         assert loc["section"] == "LINE-045/2"
         assert sub.wait_for(lambda _m: any(f.get("location") for f in _messages(sub, "faults")), 20)
-        assert sub.wait_for(lambda _m: any(m.get("record_id") == rec["record_id"] for m in _messages(sub, "records")),
-                            20)
+        assert sub.wait_for(
+            lambda _m: any(m.get("record_id") == rec["record_id"] for m in _messages(sub, "records")), 20
+        )
         # the FLISR decision used it
-        plan = rig.wait(lambda: next((s["plan"] for s in rig.daemon_call("switching.list")
-                                      if s["source"] == "flisr" and s["created"] >= start), None), "a FLISR plan", 20)
+        plan = rig.wait(
+            lambda: next(
+                (
+                    s["plan"]
+                    for s in rig.daemon_call("switching.list")
+                    if s["source"] == "flisr" and s["created"] >= start
+                ),
+                None,
+            ),
+            "a FLISR plan",
+            20,
+        )
         assert plan["distance_method"] == "takagi (relay)"
         assert abs(plan["distance_m"] - loc["distance_m"]) < 1e-6
 
@@ -128,9 +164,14 @@ def test_status_changes_of_an_iec61850_ied_carry_its_time_stamp(rig: Rig) -> Non
     """CB-046's position arrives by IEC 61850 report with the IED's `t`: the SOE row says 'ied'."""
     start = time.time()
     rig.hil_call("operate", device="CB-046", action="open")
-    rig.wait(lambda: any(e["kind"] == "status.change" and e["point"] == "CB-046.closed"
-                         for e in rig.daemon_call("events", since=start, source="CB-046", limit=100)),
-             "CB-046's position change logged", 20)
+    rig.wait(
+        lambda: any(
+            e["kind"] == "status.change" and e["point"] == "CB-046.closed"
+            for e in rig.daemon_call("events", since=start, source="CB-046", limit=100)
+        ),
+        "CB-046's position change logged",
+        20,
+    )
     r = stima(rig, "events", "export", "--since", "1m", "--format", "json", "--kind", "status.")
     rows = [row for row in json.loads(r.stdout) if row["value"].startswith("CB-046.closed")]
     assert rows and rows[-1]["time_source"] == "ied"
@@ -143,13 +184,12 @@ def test_retention_keeps_the_newest_records(rig: Rig) -> None:
         start = time.time()
         rig.hil_call("fault", line="LINE-045", distance_m=900.0, kind="3ph", transient=False)
         rig.wait(lambda: rig.daemon_call("status")["protection"]["breakers"]["CB-045"]["locked_out"], "lockout", 30)
-        rig.wait(lambda t=start: any(r["trigger_time"] >= t - 1 for r in rig.daemon_call("records.list")),
-                 "its record", 30)
+        rig.wait(
+            lambda t=start: any(r["trigger_time"] >= t - 1 for r in rig.daemon_call("records.list")), "its record", 30
+        )
         rig.hil_call("clear")
     records = rig.daemon_call("records.list")
     assert len(records) == 3  # max_records
     files = list((Path(rig.doc["site"]["state_dir"]) / "records").iterdir())
     assert len(files) == 3 * 4
     close_and_settle(rig, "CB-045")
-
-

@@ -26,8 +26,12 @@ def reload_site() -> dict[str, Any]:
     doc = fault_site(reclose=True, relay_poll_ms=20)
     for scheme in doc["protection"]:
         if scheme["breaker"] == "CB-045":  # a second dead time long enough to reload in
-            scheme["reclose"] = {"shots": 2, "dead_times_s": [0.2, 6.0], "trip_curves": ["fast", "delayed", "delayed"],
-                                 "reclaim_s": 20.0}
+            scheme["reclose"] = {
+                "shots": 2,
+                "dead_times_s": [0.2, 6.0],
+                "trip_curves": ["fast", "delayed", "delayed"],
+                "reclaim_s": 20.0,
+            }
     return doc
 
 
@@ -49,8 +53,11 @@ def sighup(rig: Rig, doc: dict[str, Any]) -> dict[str, Any]:
     rig.site_path.write_text(tomli_w.dumps(doc))
     assert rig.daemon is not None
     rig.daemon.send_signal(signal.SIGHUP)
-    return rig.wait(lambda: (s := rig.daemon_call("status"))["reloads"] + s["reload_failures"] > count and s,
-                    "the reload to finish", 30)
+    return rig.wait(
+        lambda: (s := rig.daemon_call("status"))["reloads"] + s["reload_failures"] > count and s,
+        "the reload to finish",
+        30,
+    )
 
 
 def poll_period_changed(doc: dict[str, Any], ied_id: str, period_ms: int) -> dict[str, Any]:
@@ -91,8 +98,11 @@ def test_a_dead_time_in_progress_ends_in_its_reclose(rig: Rig) -> None:
     before = len([e for e in rig.daemon_call("events", source=cb, limit=10_000) if e["kind"] == "protection.reclose"])
     rig.hil_call("fault", line="LINE-045", distance_m=700.0, kind="3ph", transient=False)
     # trip, 0.2 s, reclose onto the fault, trip: now in the 6 s second dead time
-    rig.wait(lambda: (p := protection(rig, cb))["reclose_state"] == "dead_time" and p["shot"] == 2,
-             "CB-045 in its second dead time", 30)
+    rig.wait(
+        lambda: (p := protection(rig, cb))["reclose_state"] == "dead_time" and p["shot"] == 2,
+        "CB-045 in its second dead time",
+        30,
+    )
     status = sighup(rig, poll_period_changed(rig.doc, "IED-CB-044", 200))
     assert status["last_reload"]["ok"]
     # the sequence goes on: the second reclose comes at the end of the dead time, onto the

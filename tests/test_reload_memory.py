@@ -25,8 +25,7 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "deploy" / "examples" / "sub-
 
 def test_a_reload_frees_the_configuration_it_replaced(tmp_path: Path) -> None:
     # no IED, broker or key answers: the configuration is built and replaced all the same
-    doc = localise(tomllib.loads(EXAMPLE.read_text()), tmp_path, make_tls_files(tmp_path), free_port(),
-                   free_port())
+    doc = localise(tomllib.loads(EXAMPLE.read_text()), tmp_path, make_tls_files(tmp_path), free_port(), free_port())
     (tmp_path / "state").mkdir()
     (tmp_path / "run").mkdir()
     site_path = tmp_path / "site.toml"

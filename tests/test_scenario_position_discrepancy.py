@@ -49,12 +49,19 @@ def test_operations_behind_the_gateways_back_are_discrepancies(tmp_path: Path) -
         sub = Subscriber(rig.broker, f"{base}/alarms").start()
 
         def alarms(word: str) -> list[dict[str, Any]]:
-            return [p for p in sub.on("alarms") if p["source"] == "CB-045" and word in p["message"]
-                    and p["state"] == "raised"]  # each alarm raised once (then cleared, acknowledged)
+            return [
+                p
+                for p in sub.on("alarms")
+                if p["source"] == "CB-045" and word in p["message"] and p["state"] == "raised"
+            ]  # each alarm raised once (then cleared, acknowledged)
 
         try:
-            rig.wait(lambda: rig.daemon_call("agents.show", id="CB-045")["attributes"]["position"] == "closed",
-                     "the agent reading CB-045 closed", 30, 0.1)
+            rig.wait(
+                lambda: rig.daemon_call("agents.show", id="CB-045")["attributes"]["position"] == "closed",
+                "the agent reading CB-045 closed",
+                30,
+                0.1,
+            )
             panel_write(rig, "CB-045.trip_cmd")
             rig.wait(lambda: state(rig) == "Tripped", "CB-045 tripped", 20)
             assert "uncommanded open" in transition(rig, "opened_unexpected")["cause"]
@@ -67,8 +74,11 @@ def test_operations_behind_the_gateways_back_are_discrepancies(tmp_path: Path) -
             assert sub.wait_for(lambda _m: alarms("closed while Tripped"), 20)
 
             # a permanent fault locks it out; the crew clears it and closes at the panel
-            rig.wait(lambda: rig.daemon_call("status")["protection"]["breakers"]["CB-045"]["reclose_state"] == "ready",
-                     "CB-045 protection ready", 20)
+            rig.wait(
+                lambda: rig.daemon_call("status")["protection"]["breakers"]["CB-045"]["reclose_state"] == "ready",
+                "CB-045 protection ready",
+                20,
+            )
             rig.hil_call("fault", line="LINE-045", distance_m=2300.0, kind="3ph", transient=False)
             rig.wait(lambda: state(rig) == "Locked_Out", "lockout", 30)
             # the trips and recloses of the sequence were protection's own: no discrepancy among them

@@ -12,8 +12,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_predictive_maintenance_scenario_passes_with_its_figures() -> None:
-    proc = subprocess.run([sys.executable, "-m", "hil", "scenario", "run", "predictive-maintenance", "--json",
-                           "--seed", "1"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "hil", "scenario", "run", "predictive-maintenance", "--json", "--seed", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     result = json.loads(proc.stdout)
     failed = [c for c in result["checks"] if not c["passed"]]
     assert result["passed"] and proc.returncode == 0, failed

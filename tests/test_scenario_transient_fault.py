@@ -57,9 +57,15 @@ def test_transient_fault_is_seen_by_the_agents_and_counted_as_momentary(tmp_path
         sub = Subscriber(rig.broker, f"{base}/#").start()
         try:
             rig.wait(lambda: rig.daemon_call("status")["ami"]["readings"] >= 2000, "a full AMI reading", 30, 0.2)
-            rig.wait(lambda: rig.daemon_call("agents.show", id="LINE-045")["state"] == "Operational"
-                     and rig.daemon_call("agents.show", id="CB-045")["attributes"]["position"] == "closed",
-                     "LINE-045 in service", 30, 0.2)
+            rig.wait(
+                lambda: (
+                    rig.daemon_call("agents.show", id="LINE-045")["state"] == "Operational"
+                    and rig.daemon_call("agents.show", id="CB-045")["attributes"]["position"] == "closed"
+                ),
+                "LINE-045 in service",
+                30,
+                0.2,
+            )
             before = rig.daemon_call("reliability")
             assert before["momentary_interruptions"] == 0 and before["sustained_interruptions"] == 0
             start = time.time()
@@ -71,8 +77,15 @@ def test_transient_fault_is_seen_by_the_agents_and_counted_as_momentary(tmp_path
 
             rig.wait(lambda: any(m.endswith(">Tripped") for m in moves(rig, "CB-045", start)), "the trip", 30)
             # the reclose sequence is over once its reclaim time has run out
-            rig.wait(lambda: rig.daemon_call("agents.show", id="CB-045")["state"] == "Closed_Normal"
-                     and protection()["reclose_state"] == "ready", "the reclose and its reclaim time", 30, 0.1)
+            rig.wait(
+                lambda: (
+                    rig.daemon_call("agents.show", id="CB-045")["state"] == "Closed_Normal"
+                    and protection()["reclose_state"] == "ready"
+                ),
+                "the reclose and its reclaim time",
+                30,
+                0.1,
+            )
             rig.wait(lambda: "Faulted>Operational" in moves(rig, "LINE-045", start), "LINE-045 back in service", 10)
 
             # (Closed_High_Current comes and goes with the protection pickup and the inrush after the reclose)
@@ -84,8 +97,11 @@ def test_transient_fault_is_seen_by_the_agents_and_counted_as_momentary(tmp_path
             assert substation[0].endswith(">Feeder_Fault") and substation[1].startswith("Feeder_Fault>"), substation
             # at the events themselves, not at a tick: the fault at the trip; the recovery once the line's
             # readings after the reclose are in (the next tick at the latest)
-            events = {e["kind"]: e["monotonic"] for e in rig.daemon_call("events", source="CB-045")
-                      if e["kind"] in ("protection.trip", "protection.reclose") and e["time"] >= start}
+            events = {
+                e["kind"]: e["monotonic"]
+                for e in rig.daemon_call("events", source="CB-045")
+                if e["kind"] in ("protection.trip", "protection.reclose") and e["time"] >= start
+            }
             line = transitions(rig, "LINE-045", start)
             sub_moves = transitions(rig, "SUB-003", start)
             assert line["Faulted"] == pytest.approx(events["protection.trip"], abs=1e-6)
@@ -98,16 +114,25 @@ def test_transient_fault_is_seen_by_the_agents_and_counted_as_momentary(tmp_path
             assert indices["maifi"] == pytest.approx(2500 / 3670) and indices["saifi"] == 0.0
 
             # SCADA saw it: the trip and its cause, the line fault, who lost supply and got it back
-            assert sub.wait_for(lambda _m: {"breaker_trip", "line_fault", "customer_impact", "line_fault_cleared"}
-                                <= {p["kind"] for p in sub.on_prefix("notices/")}, 20)
+            assert sub.wait_for(
+                lambda _m: (
+                    {"breaker_trip", "line_fault", "customer_impact", "line_fault_cleared"}
+                    <= {p["kind"] for p in sub.on_prefix("notices/")}
+                ),
+                20,
+            )
             trip = next(p for p in sub.on_prefix("notices/") if p["kind"] == "breaker_trip")
             assert trip["breaker"] == "CB-045" and trip["cause"] == "phase_fault" and trip["customers"] == 2500
-            impact = [(p["event"], p["customers"], p["critical_customers"]) for p in sub.on_prefix("notices/")
-                      if p["kind"] == "customer_impact"]
+            impact = [
+                (p["event"], p["customers"], p["critical_customers"])
+                for p in sub.on_prefix("notices/")
+                if p["kind"] == "customer_impact"
+            ]
             assert impact[:2] == [("supply_lost", 2500, 3), ("supply_restored", 2500, 3)]
             alarms = [p["message"] for p in sub.on("alarms")]
-            assert any(a.startswith("LINE-045 fault: phase fault (") and a.endswith("tripped by CB-045")
-                       for a in alarms), alarms
+            assert any(
+                a.startswith("LINE-045 fault: phase fault (") and a.endswith("tripped by CB-045") for a in alarms
+            ), alarms
             assert not [a for a in alarms if "discrepancy" in a or "uncommanded" in a], alarms
         finally:
             sub.stop()

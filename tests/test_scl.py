@@ -52,11 +52,17 @@ def test_libiec61850_control_example_gives_every_control_model_and_the_report_bl
     ggio = ied.logical_node("simpleIOGenericIO", "GGIO1")
     assert ggio is not None
     models = {do.name: do.ctl_model for do in ggio.data_objects if do.controllable}
-    assert models == {"SPCSO1": "direct-with-normal-security", "SPCSO2": "sbo-with-normal-security",
-                      "SPCSO3": "direct-with-enhanced-security", "SPCSO4": "sbo-with-enhanced-security",
-                      "SPCSO5": "direct-with-normal-security", "SPCSO6": "sbo-with-normal-security",
-                      "SPCSO7": "direct-with-enhanced-security", "SPCSO8": "sbo-with-enhanced-security",
-                      "SPCSO9": "direct-with-enhanced-security"}
+    assert models == {
+        "SPCSO1": "direct-with-normal-security",
+        "SPCSO2": "sbo-with-normal-security",
+        "SPCSO3": "direct-with-enhanced-security",
+        "SPCSO4": "sbo-with-enhanced-security",
+        "SPCSO5": "direct-with-normal-security",
+        "SPCSO6": "sbo-with-normal-security",
+        "SPCSO7": "direct-with-enhanced-security",
+        "SPCSO8": "sbo-with-enhanced-security",
+        "SPCSO9": "direct-with-enhanced-security",
+    }
     lln0 = ied.logical_node("simpleIOGenericIO", "LLN0")
     assert lln0 is not None
     (rcb,) = lln0.report_controls
@@ -102,16 +108,25 @@ def test_a_file_with_duplicate_type_ids_is_refused_with_the_element_path() -> No
     assert any("defined twice" in reason and "ENS_Health" in path for path, reason in exc.value.problems)
 
 
-@pytest.mark.parametrize(("text", "where", "why"), [
-    (b"<SCL xmlns='http://www.iec.ch/61850/2003/SCL'><Header id='x'>", "line", "not well-formed"),
-    (b"<root/>", "/root", "root element must be SCL"),
-    (b"<SCL xmlns='http://www.iec.ch/61850/2003/SCL' version='2010' revision='A'><Header id='x'/></SCL>",
-     "/SCL/@version", "not supported"),
-    (b"<SCL xmlns='http://www.iec.ch/61850/2003/SCL' version='2007' revision='B' release='4'><Header id='h'/>"
-     b"<IED name='X'><AccessPoint name='AP'><Server><Authentication/><LDevice inst='LD0'>"
-     b"<LN0 lnClass='LLN0' inst='' lnType='missing'/></LDevice></Server></AccessPoint></IED></SCL>",
-     "LN0", "'missing'"),
-])
+@pytest.mark.parametrize(
+    ("text", "where", "why"),
+    [
+        (b"<SCL xmlns='http://www.iec.ch/61850/2003/SCL'><Header id='x'>", "line", "not well-formed"),
+        (b"<root/>", "/root", "root element must be SCL"),
+        (
+            b"<SCL xmlns='http://www.iec.ch/61850/2003/SCL' version='2010' revision='A'><Header id='x'/></SCL>",
+            "/SCL/@version",
+            "not supported",
+        ),
+        (
+            b"<SCL xmlns='http://www.iec.ch/61850/2003/SCL' version='2007' revision='B' release='4'><Header id='h'/>"
+            b"<IED name='X'><AccessPoint name='AP'><Server><Authentication/><LDevice inst='LD0'>"
+            b"<LN0 lnClass='LLN0' inst='' lnType='missing'/></LDevice></Server></AccessPoint></IED></SCL>",
+            "LN0",
+            "'missing'",
+        ),
+    ],
+)
 def test_malformed_or_unsupported_documents_are_refused(text: bytes, where: str, why: str) -> None:
     with pytest.raises(SclError) as exc:
         read_scl(text, name="t.cid")
@@ -148,14 +163,14 @@ def test_the_imported_entry_works_against_the_running_simulated_ied(tmp_path: Pa
     assert isinstance(original, Iec61850Ied)
     port = reserve_port()
     (scl_ied,) = read_scl(export_site(site, ["IED-BAY-046"])).ieds
-    entry = Iec61850Ied.model_validate(site_fragment(scl_ied, ied_id="IED-BAY-046", prefix="CB-046", port=port,
-                                                     poll_period_ms=500).ied)
+    entry = Iec61850Ied.model_validate(
+        site_fragment(scl_ied, ied_id="IED-BAY-046", prefix="CB-046", port=port, poll_period_ms=500).ied
+    )
     by_ref = {p.reference: p.id for p in entry.points}
     server = BayServerProcess(str(SITE), "IED-BAY-046", port, log_path=str(tmp_path / "bay.log"))
     try:
         server.wait_listening()
-        values = {"CB-046.ia": 123.5, "CB-046.closed": True, "CB-046.position_cmd": True,
-                  "CB-046.frequency_hz": 50.01}
+        values = {"CB-046.ia": 123.5, "CB-046.closed": True, "CB-046.position_cmd": True, "CB-046.frequency_hz": 50.01}
         server.set_values(values)
         seen: dict[str, Any] = {}
 
@@ -168,8 +183,7 @@ def test_the_imported_entry_works_against_the_running_simulated_ied(tmp_path: Pa
             client = Iec61850Client(entry, sink, SystemClock(), logging.getLogger("test.scl"))
             task = asyncio.create_task(client.run())
             try:
-                wanted = {by_ref["BAY046LD0/MMXU1.A.phsA.cVal.mag.f"]: 123.5,
-                          by_ref["BAY046LD0/XCBR1.Pos.stVal"]: True}
+                wanted = {by_ref["BAY046LD0/MMXU1.A.phsA.cVal.mag.f"]: 123.5, by_ref["BAY046LD0/XCBR1.Pos.stVal"]: True}
                 deadline = time.monotonic() + 20.0
                 while not all(seen.get(k) == pytest.approx(v) for k, v in wanted.items()):
                     assert time.monotonic() < deadline, f"imported points never arrived: {seen}"
@@ -226,8 +240,9 @@ def test_scl_import_json_lists_the_model(capsys: pytest.CaptureFixture[str]) -> 
     data = json.loads(capsys.readouterr().out)
     (ied,) = data["ieds"]
     assert data["edition"] == "1"
-    assert {c["reference"]: c["ctl_model"] for c in ied["controls"]}["beagleGenericIO/GGIO1.DPCSO1"] == \
-        "direct-with-enhanced-security"
+    assert {c["reference"]: c["ctl_model"] for c in ied["controls"]}[
+        "beagleGenericIO/GGIO1.DPCSO1"
+    ] == "direct-with-enhanced-security"
     assert ied["report_control_blocks"][0]["trigger_options"] == ["period"]
 
 
@@ -258,16 +273,28 @@ def _ied_configs(draw: st.DrawFn) -> Iec61850Ied:
         if draw(st.booleans()):
             points.append({"reference": f"{prefix}/XCBR1.Pos.stVal", "fc": "ST", "kind": "binary"})
         if draw(st.booleans()):
-            points.append({"reference": f"{prefix}/GGIO1.{draw(_names)}.stVal", "fc": "ST",
-                           "kind": draw(st.sampled_from(["binary", "analog"]))})
+            points.append(
+                {
+                    "reference": f"{prefix}/GGIO1.{draw(_names)}.stVal",
+                    "fc": "ST",
+                    "kind": draw(st.sampled_from(["binary", "analog"])),
+                }
+            )
         if draw(st.booleans()):
             points.append({"reference": f"{prefix}/CSWI1.Pos", "fc": "CO", "kind": "binary", "control": True})
     for n, p in enumerate(points):
         p["id"] = f"P{n}"
     rcbs = [f"{ied_name}{lds[0]}/LLN0.{draw(st.sampled_from(['BR', 'RP']))}.rcb{draw(st.sampled_from(['01', 'X']))}"]
-    return Iec61850Ied.model_validate({"id": "IED-X", "protocol": "iec61850", "host": "127.0.0.1",
-                                       "port": draw(st.integers(1, 65535)), "report_control_blocks": rcbs,
-                                       "points": _dedupe(points)})
+    return Iec61850Ied.model_validate(
+        {
+            "id": "IED-X",
+            "protocol": "iec61850",
+            "host": "127.0.0.1",
+            "port": draw(st.integers(1, 65535)),
+            "report_control_blocks": rcbs,
+            "points": _dedupe(points),
+        }
+    )
 
 
 def _dedupe(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -312,8 +339,10 @@ def test_damaged_documents_parse_or_are_refused_never_anything_else(data: st.Dat
             elements = list(root.iter())
         elif action == "attr" and victim.attrib:
             key = data.draw(st.sampled_from(sorted(victim.attrib)))
-            victim.set(key, data.draw(st.text(max_size=12).filter(lambda s: "\x00" not in s and all(
-                c.isprintable() for c in s))))
+            victim.set(
+                key,
+                data.draw(st.text(max_size=12).filter(lambda s: "\x00" not in s and all(c.isprintable() for c in s))),
+            )
         elif action == "dup" and parent is not None:
             parent.append(etree.fromstring(etree.tostring(victim)))
             elements = list(root.iter())

@@ -59,8 +59,10 @@ def test_an_agent_point_name_nobody_reads_is_refused(tmp_path: Path) -> None:
         _agent(doc, "CB-044")["points"]["trip_cnd"] = _agent(doc, "CB-044")["points"].pop("trip_cmd")
 
     [problem] = problems(tmp_path, typo)
-    assert problem.startswith("agents[1:CB-044].points.trip_cnd: is not a point name a circuit_breaker agent "
-                              "reads or writes (expected one of: ")
+    assert problem.startswith(
+        "agents[1:CB-044].points.trip_cnd: is not a point name a circuit_breaker agent "
+        "reads or writes (expected one of: "
+    )
     assert "trip_cmd" in problem and "(found 'trip_cnd')" in problem
 
 
@@ -69,7 +71,8 @@ def test_an_agent_point_of_the_wrong_kind_is_refused(tmp_path: Path) -> None:
         _agent(doc, "CB-044")["points"]["closed"] = "CB-044.ia"
 
     assert problems(tmp_path, analog_position) == [
-        "agents[1:CB-044].points.closed: must name a binary point: CB-044.ia is analog (found 'CB-044.ia')"]
+        "agents[1:CB-044].points.closed: must name a binary point: CB-044.ia is analog (found 'CB-044.ia')"
+    ]
 
 
 def test_an_agent_point_in_the_wrong_unit_is_refused(tmp_path: Path) -> None:
@@ -77,8 +80,8 @@ def test_an_agent_point_in_the_wrong_unit_is_refused(tmp_path: Path) -> None:
         _agent(doc, "LINE-044")["points"]["voltage_kv"] = "CB-044.ia"
 
     assert problems(tmp_path, amps_as_volts) == [
-        "agents[4:LINE-044].points.voltage_kv: must name an analog point in kV: CB-044.ia is in 'A' "
-        "(found 'CB-044.ia')"]
+        "agents[4:LINE-044].points.voltage_kv: must name an analog point in kV: CB-044.ia is in 'A' (found 'CB-044.ia')"
+    ]
 
 
 def test_a_command_point_that_cannot_be_written_is_refused(tmp_path: Path) -> None:
@@ -87,8 +90,10 @@ def test_a_command_point_that_cannot_be_written_is_refused(tmp_path: Path) -> No
         _point(doc, "CAP-301.steps_cmd")["writable"] = False
 
     found = problems(tmp_path, read_only_trip)
-    assert "agents[1:CB-044].points.trip_cmd: is a command: CB-044.trip_cmd must be one the gateway can write " \
-           "(writable = true) (found 'CB-044.trip_cmd')" in found
+    assert (
+        "agents[1:CB-044].points.trip_cmd: is a command: CB-044.trip_cmd must be one the gateway can write "
+        "(writable = true) (found 'CB-044.trip_cmd')" in found
+    )
     assert any(p.startswith("agents[9:CAP-301].points.steps_cmd: is a command") for p in found)
 
 
@@ -98,7 +103,8 @@ def test_a_command_point_of_the_wrong_kind_is_refused(tmp_path: Path) -> None:
 
     assert problems(tmp_path, analog_trip) == [
         "agents[2:CB-045].points.trip_cmd: must name a writable binary point: CAP-301.steps_cmd is analog "
-        "(found 'CAP-301.steps_cmd')"]
+        "(found 'CAP-301.steps_cmd')"
+    ]
 
 
 def test_two_protection_schemes_for_one_breaker_are_refused(tmp_path: Path) -> None:
@@ -108,15 +114,18 @@ def test_two_protection_schemes_for_one_breaker_are_refused(tmp_path: Path) -> N
     n = len(example()["protection"])
     assert problems(tmp_path, twice) == [
         f"protection[{n}:CB-044].breaker: a breaker has one protection scheme: protection[0] already protects it "
-        "(found 'CB-044')"]
+        "(found 'CB-044')"
+    ]
 
 
 def test_protection_on_an_agent_that_is_not_a_breaker_is_refused(tmp_path: Path) -> None:
     def on_a_line(doc: dict[str, Any]) -> None:
         doc["protection"][0]["breaker"] = "LINE-044"
 
-    assert "protection[0:LINE-044].breaker: must name a circuit_breaker agent, not a power_line (found 'LINE-044')" \
+    assert (
+        "protection[0:LINE-044].breaker: must name a circuit_breaker agent, not a power_line (found 'LINE-044')"
         in problems(tmp_path, on_a_line)
+    )
 
 
 def test_an_unreadable_command_key_is_refused(tmp_path: Path) -> None:
@@ -133,10 +142,13 @@ def test_a_tie_must_join_real_feeders(tmp_path: Path) -> None:
         routes[0]["target_id"], routes[1]["target_id"] = "XFMR-101", "LINE-999"
 
     found = problems(tmp_path, to_a_transformer_and_nowhere)
-    assert any("TIE-044-045].connection_rules" in p and "a tie's route rule must name a power_line" in p
-               and "XFMR-101" in p for p in found), found
-    assert any("TIE-044-045].connection_rules" in p and "is not an agent id (found 'LINE-999')" in p
-               for p in found), found
+    assert any(
+        "TIE-044-045].connection_rules" in p and "a tie's route rule must name a power_line" in p and "XFMR-101" in p
+        for p in found
+    ), found
+    assert any("TIE-044-045].connection_rules" in p and "is not an agent id (found 'LINE-999')" in p for p in found), (
+        found
+    )
 
 
 def test_two_ieds_on_one_address_and_unit_are_refused(tmp_path: Path) -> None:
@@ -145,8 +157,10 @@ def test_two_ieds_on_one_address_and_unit_are_refused(tmp_path: Path) -> None:
         _ied(doc, "IED-BAY-046")["port"] = 10461  # IEC 61850: host and port
 
     found = problems(tmp_path, same_address)
-    assert "ieds[4:IED-XFMR-102]: has the address of IED IED-XFMR-101 (127.0.0.1:15101 unit 1): each IED needs " \
-           "its own address and unit" in found
+    assert (
+        "ieds[4:IED-XFMR-102]: has the address of IED IED-XFMR-101 (127.0.0.1:15101 unit 1): each IED needs "
+        "its own address and unit" in found
+    )
     assert any(p.startswith("ieds[14:IED-SW-046-1]: has the address of IED IED-BAY-046") for p in found), found
 
 
@@ -164,7 +178,8 @@ def test_overlapping_registers_are_refused(tmp_path: Path) -> None:
 
     assert problems(tmp_path, overlap) == [
         "ieds[0:IED-CB-044].points[1:CB-044.ib].address: overlaps point CB-044.ia (holding registers 0..1): "
-        "each register belongs to one point (found 1)"]
+        "each register belongs to one point (found 1)"
+    ]
 
 
 def test_inverted_ranges_are_refused(tmp_path: Path) -> None:
@@ -173,10 +188,14 @@ def test_inverted_ranges_are_refused(tmp_path: Path) -> None:
         _agent(doc, "SOLAR-201")["attributes"]["enter_service_v_min_pu"] = 1.2
 
     found = problems(tmp_path, inverted)
-    assert "ieds[2:IED-BAY-046].points[0:CB-046.ia].valid_range: is an inverted range: minimum 5000.0 above " \
-           "maximum 0.0 (found [5000.0, 0.0])" in found
-    assert "agents[10:SOLAR-201].attributes.enter_service_v_min_pu: is an inverted range: minimum 1.2 above " \
-           "maximum 1.05 (found [1.2, 1.05])" in found
+    assert (
+        "ieds[2:IED-BAY-046].points[0:CB-046.ia].valid_range: is an inverted range: minimum 5000.0 above "
+        "maximum 0.0 (found [5000.0, 0.0])" in found
+    )
+    assert (
+        "agents[10:SOLAR-201].attributes.enter_service_v_min_pu: is an inverted range: minimum 1.2 above "
+        "maximum 1.05 (found [1.2, 1.05])" in found
+    )
 
 
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
@@ -203,8 +222,12 @@ EXPECTED = "protection[3:CB-044].breaker: a breaker has one protection scheme"
 
 def test_config_validate_refuses_the_file(tmp_path: Path) -> None:
     path = _bad_file(tmp_path)
-    out = subprocess.run([sys.executable, "-m", "gateway.cli", "config", "validate", str(path)],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "config", "validate", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 1
     assert f"{path}: INVALID, 1 problem(s)" in out.stderr and EXPECTED in out.stderr
 
@@ -226,7 +249,8 @@ def test_a_reload_refuses_the_file_before_building_anything(tmp_path: Path) -> N
     with pytest.raises(ConfigError) as info:
         reload.build(path, clock=None, store=None, gateway_class=NeverBuilt)  # type: ignore[arg-type]
     assert info.value.source == str(path) and [str(p).split(" (found")[0] for p in info.value.problems] == [
-        EXPECTED + ": protection[0] already protects it"]
+        EXPECTED + ": protection[0] already protects it"
+    ]
 
 
 def test_the_vocabulary_covers_every_name_the_code_reads_or_writes() -> None:

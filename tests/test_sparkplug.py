@@ -39,9 +39,25 @@ class Host:
         assert (HOST_LIBS / "pysparkplug").is_dir(), f"{HOST_LIBS} lacks pysparkplug: run make deps"
         env = {**os.environ, "PYTHONPATH": str(HOST_LIBS)}
         self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "tests" / "support" / "sparkplug_host.py"), "127.0.0.1", str(rig.tls_port),
-             str(rig.tls.ca_file), str(rig.tls.client_cert), str(rig.tls.client_key), GROUP, NODE, HOST_ID],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+            [
+                sys.executable,
+                str(ROOT / "tests" / "support" / "sparkplug_host.py"),
+                "127.0.0.1",
+                str(rig.tls_port),
+                str(rig.tls.ca_file),
+                str(rig.tls.client_cert),
+                str(rig.tls.client_key),
+                GROUP,
+                NODE,
+                HOST_ID,
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=ROOT,
+        )
         self.messages: list[dict[str, Any]] = []
         self._lines: queue.Queue[dict[str, Any]] = queue.Queue()
         self._cond = threading.Condition()
@@ -77,8 +93,9 @@ class Host:
                 left = deadline - time.monotonic()
                 if left <= 0 or self.proc.poll() is not None:
                     err = self.proc.stderr.read() if self.proc.poll() is not None and self.proc.stderr else ""
-                    raise TimeoutError(f"timed out waiting for {what}; got {[x['type'] for x in self.messages][-20:]}"
-                                       f" {err[-2000:]}")
+                    raise TimeoutError(
+                        f"timed out waiting for {what}; got {[x['type'] for x in self.messages][-20:]} {err[-2000:]}"
+                    )
                 self._cond.wait(left)
 
     def mark(self) -> int:
@@ -100,8 +117,9 @@ class Host:
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     workdir: Path = tmp_path_factory.mktemp("sparkplug")
     doc = fault_site(reclose=True, relay_poll_ms=50)
-    doc["uplink"].update(payload="sparkplug_b", sparkplug={"group_id": GROUP, "edge_node_id": NODE,
-                                                           "primary_host_id": HOST_ID})
+    doc["uplink"].update(
+        payload="sparkplug_b", sparkplug={"group_id": GROUP, "edge_node_id": NODE, "primary_host_id": HOST_ID}
+    )
     with Rig(doc, workdir, hil_args=("--no-ami",)) as r:
         yield r
 
@@ -124,26 +142,50 @@ def test_an_off_the_shelf_host_reads_births_data_records_rebirth_and_death(rig: 
         bdseq = node["bdSeq"]["value"]
         assert {f"Agents/{a['id']}/State" for a in rig.doc["agents"]} <= set(node)
         ieds = {i["id"]: [p["id"] for p in i["points"]] for i in rig.doc["ieds"]}
-        host.wait(lambda m: len([x for x in host.messages[start:] if x["type"] == "DBIRTH"]) == len(ieds),
-                  "a DBIRTH per IED", 30, start)
+        host.wait(
+            lambda m: len([x for x in host.messages[start:] if x["type"] == "DBIRTH"]) == len(ieds),
+            "a DBIRTH per IED",
+            30,
+            start,
+        )
         dbirths = {m["device"]: m for m in host.messages[start:] if m["type"] == "DBIRTH"}
         assert set(dbirths) == set(ieds)
         assert set(_metrics(dbirths["IED-CB-045"])) == set(ieds["IED-CB-045"])
         assert _metrics(dbirths["IED-CB-045"])["CB-045.ia"]["datatype"] == 10  # Double
         assert _metrics(dbirths["IED-CB-045"])["CB-045.closed"]["datatype"] == 11  # Boolean
         # the integrity report as DDATA: names resolved from the births' aliases by the host
-        ddata = host.wait(lambda m: m["type"] == "DDATA" and m["device"] == "IED-CB-045"
-                          and _metrics(m).get("CB-045.ia", {}).get("value") is not None, "DDATA of CB-045.ia", 30, start)
+        ddata = host.wait(
+            lambda m: (
+                m["type"] == "DDATA"
+                and m["device"] == "IED-CB-045"
+                and _metrics(m).get("CB-045.ia", {}).get("value") is not None
+            ),
+            "DDATA of CB-045.ia",
+            30,
+            start,
+        )
         [image] = rig.daemon_call("points.read", ids=["CB-045.ia"])
         assert _metrics(ddata)["CB-045.ia"]["value"] == pytest.approx(image["value"], rel=0.3, abs=5.0)
         # the gateway's records as node data
         mark = host.mark()
         rig.daemon_call("breaker.operate", breaker="CB-044", action="open")
-        events = host.wait(lambda m: m["type"] == "NDATA" and "Events" in _metrics(m) and json.loads(
-            _metrics(m)["Events"]["value"]).get("kind") == "switching.accepted", "the operation in NDATA", 30, mark)
+        events = host.wait(
+            lambda m: (
+                m["type"] == "NDATA"
+                and "Events" in _metrics(m)
+                and json.loads(_metrics(m)["Events"]["value"]).get("kind") == "switching.accepted"
+            ),
+            "the operation in NDATA",
+            30,
+            mark,
+        )
         assert json.loads(_metrics(events)["Events"]["value"])["source"] == "CB-044"
-        host.wait(lambda m: m["type"] == "NDATA" and _metrics(m).get("Agents/CB-044/State", {}).get("value")
-                  == "Open_Manual", "CB-044's state in NDATA", 30, mark)
+        host.wait(
+            lambda m: m["type"] == "NDATA" and _metrics(m).get("Agents/CB-044/State", {}).get("value") == "Open_Manual",
+            "CB-044's state in NDATA",
+            30,
+            mark,
+        )
         rig.daemon_call("breaker.operate", breaker="CB-044", action="close")
         # seq: NBIRTH 0, then every message of the edge node +1 (mod 256), devices included
         seqs = [m["seq"] for m in host.messages[start:] if m["type"] in ("NBIRTH", "DBIRTH", "NDATA", "DDATA")]
@@ -171,10 +213,16 @@ def test_an_off_the_shelf_host_reads_births_data_records_rebirth_and_death(rig: 
 def _decode(birth: bytes, data: list[bytes]) -> dict[str, Any]:
     """A DBIRTH and DDATA payloads as pysparkplug reads them (its own process and libraries)."""
     assert (HOST_LIBS / "pysparkplug").is_dir(), f"{HOST_LIBS} lacks pysparkplug: run make deps"
-    done = subprocess.run([sys.executable, str(ROOT / "tests" / "support" / "sparkplug_decode.py")],
-                          input=json.dumps({"birth": birth.hex(), "data": [d.hex() for d in data]}),
-                          capture_output=True, text=True, timeout=60, check=True, cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": str(HOST_LIBS)})
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "support" / "sparkplug_decode.py")],
+        input=json.dumps({"birth": birth.hex(), "data": [d.hex() for d in data]}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(HOST_LIBS)},
+    )
     return json.loads(done.stdout)
 
 
@@ -185,19 +233,31 @@ def test_values_read_as_blocks_reach_a_sparkplug_host_as_ddata(columns: bool) ->
     it (msgpack body → DDATA). A host must read every reported value, its time and its quality,
     whichever telemetry form carried them to the codec."""
     ied = "IED-A"
-    points = [("A.ia", PointKind.ANALOG, 1.0, "A"), ("A.closed", PointKind.BINARY, 0.0, ""),
-              ("A.operations", PointKind.COUNTER, 0.0, "")]
+    points = [
+        ("A.ia", PointKind.ANALOG, 1.0, "A"),
+        ("A.closed", PointKind.BINARY, 0.0, ""),
+        ("A.operations", PointKind.COUNTER, 0.0, ""),
+    ]
     image = ProcessImage()
     for pid, kind, _deadband, unit in points:
         image.define(pid, kind, unit, source=ied)
-    telemetry = Telemetry([PointSpec(pid, kind, deadband, unit) for pid, kind, deadband, unit in points],
-                          integrity_period_s=1e9, columns=columns)
+    telemetry = Telemetry(
+        [PointSpec(pid, kind, deadband, unit) for pid, kind, deadband, unit in points],
+        integrity_period_s=1e9,
+        columns=columns,
+    )
     telemetry.set_index({pid: n for n, pid in enumerate(image.points)})
-    image.subscribe_blocks(lambda pts, block: telemetry.on_points(pts, block.receive_monotonic),
-                           lambda point, update: telemetry.on_change(point, update.receive_monotonic))
+    image.subscribe_blocks(
+        lambda pts, block: telemetry.on_points(pts, block.receive_monotonic),
+        lambda point, update: telemetry.on_change(point, update.receive_monotonic),
+    )
     codec = SparkplugCodec("nairobi-east", "SUB-003")
-    codec.set_metrics([{"id": p.point_id, "i": n, "kind": p.kind.value, "unit": p.unit, "source": p.source}
-                       for n, p in enumerate(image.points.values())])
+    codec.set_metrics(
+        [
+            {"id": p.point_id, "i": n, "kind": p.kind.value, "unit": p.unit, "source": p.source}
+            for n, p in enumerate(image.points.values())
+        ]
+    )
     [_nbirth, (dbirth_topic, dbirth)] = codec.births(0, 1_700_000_000_000)
     assert dbirth_topic == codec.topic("DBIRTH", ied)
     out_of_range = Quality(Validity.INVALID, QualityReason.OUT_OF_RANGE)
@@ -213,18 +273,24 @@ def test_values_read_as_blocks_reach_a_sparkplug_host_as_ddata(columns: bool) ->
         image.apply_block(PointBlock(ids, values, qualities, float(n), wall0 + n))
         for suffix, payload in telemetry.flush(float(n), wall0 + n):
             assert suffix == TELEMETRY
-            parts, seq = codec.encode_row(suffix, msgpack.packb(payload, use_bin_type=True), False, seq,
-                                          round((wall0 + n) * 1000))
+            parts, seq = codec.encode_row(
+                suffix, msgpack.packb(payload, use_bin_type=True), False, seq, round((wall0 + n) * 1000)
+            )
             assert [topic for topic, _ in parts] == [codec.topic("DDATA", ied)]
             ddata += [wire for _, wire in parts]
     assert seq == 3
     host = _decode(dbirth, ddata)
-    seen = [[(m["name"], m["datatype"], m["value"], m["timestamp"], m["properties"]["Quality"]) for m in d]
-            for d in host["data"]]
+    seen = [
+        [(m["name"], m["datatype"], m["value"], m["timestamp"], m["properties"]["Quality"]) for m in d]
+        for d in host["data"]
+    ]
     t = [round((wall0 + n) * 1000) for n in range(3)]
     assert seen == [
-        [("A.ia", DOUBLE, 123.5, t[0], QUALITY_GOOD), ("A.closed", BOOLEAN, True, t[0], QUALITY_GOOD),
-         ("A.operations", INT64, 7, t[0], QUALITY_GOOD)],
+        [
+            ("A.ia", DOUBLE, 123.5, t[0], QUALITY_GOOD),
+            ("A.closed", BOOLEAN, True, t[0], QUALITY_GOOD),
+            ("A.operations", INT64, 7, t[0], QUALITY_GOOD),
+        ],
         [("A.operations", INT64, 8, t[1], QUALITY_GOOD)],
         [("A.ia", DOUBLE, 130.0, t[2], QUALITY_BAD), ("A.closed", BOOLEAN, False, t[2], QUALITY_GOOD)],
     ]

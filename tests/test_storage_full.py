@@ -24,8 +24,10 @@ def test_writes_on_a_full_disk_fail_cleanly_and_the_store_recovers(tmp_path: Pat
     ids = store.spool_append([("telemetry", b"x" * 100, 1, 1.0)] * 10)
     pages = _fill(store)
     big = [("telemetry", b"y" * 4000, 1, 2.0)] * 50
-    for write in (lambda: store.spool_append(big),
-                  lambda: store.append_events([(1.0, "CB-1", "protection.trip", {"a": "b" * 4000})] * 20)):
+    for write in (
+        lambda: store.spool_append(big),
+        lambda: store.append_events([(1.0, "CB-1", "protection.trip", {"a": "b" * 4000})] * 20),
+    ):
         with pytest.raises(sqlite3.OperationalError, match="full"):
             write()
         assert not store._db.in_transaction
@@ -54,8 +56,9 @@ def test_the_daemon_will_not_start_without_a_usable_state_directory(tmp_path: Pa
     doc["uplink"] = {k: v for k, v in doc["uplink"].items() if v is not None}
     site = tmp_path / "site.toml"
     site.write_text(tomli_w.dumps(doc))
-    out = subprocess.run([sys.executable, "-m", "gateway.daemon", "--config", str(site)], capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "gateway.daemon", "--config", str(site)], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 1, out.stderr[-2000:]
     assert f"state directory {blocker} is unusable" in out.stderr
     assert "Traceback" not in out.stderr + out.stdout
@@ -92,9 +95,16 @@ def test_a_protection_state_the_disk_refused_is_saved_once_it_has_room(tmp_path:
         done.set_result(None)
         return done
 
-    bridge = ProtectionBridge(engine, ProcessImage(), submit=submit, store=store,
-                              publish=lambda *a, **k: None, publish_many=lambda m: None, wall=lambda: 1.7e9,
-                              monotonic=lambda: 0.0)
+    bridge = ProtectionBridge(
+        engine,
+        ProcessImage(),
+        submit=submit,
+        store=store,
+        publish=lambda *a, **k: None,
+        publish_many=lambda m: None,
+        wall=lambda: 1.7e9,
+        monotonic=lambda: 0.0,
+    )
     before = engine.snapshot()
     store.save_snapshot(SNAPSHOT_KEY, before, 1.0)
     store.full = True

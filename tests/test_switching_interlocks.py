@@ -42,8 +42,18 @@ def b() -> Bench:
 
 
 def test_every_row_has_a_test_below() -> None:
-    tested = {"not_selected", "local_mode", "position_unknown", "maintenance", "protection_lockout",
-              "agent_locked_out", "fault_indicated", "parallel", "overload", "interrupting_capacity"}
+    tested = {
+        "not_selected",
+        "local_mode",
+        "position_unknown",
+        "maintenance",
+        "protection_lockout",
+        "agent_locked_out",
+        "fault_indicated",
+        "parallel",
+        "overload",
+        "interrupting_capacity",
+    }
     assert {r.code for r in TABLE} == tested
 
 
@@ -90,8 +100,9 @@ def test_position_unknown_is_refused_and_only_a_local_engineer_may_override(b: B
     assert refusal(b, op(Kind.OPEN, "SW-1-1", override=Override(reason="checked by eye"))) == "position_unknown"
     with pytest.raises(Refused):
         remote(b, Kind.OPEN, "SW-1-1", SCADA_ENG, override=Override(reason="checked by eye"))
-    accepted = b.authority.request(op(Kind.OPEN, "SW-1-1", LOCAL_ENG, override=Override(reason="checked by eye")),
-                                   b.now)
+    accepted = b.authority.request(
+        op(Kind.OPEN, "SW-1-1", LOCAL_ENG, override=Override(reason="checked by eye")), b.now
+    )
     assert [r.code for r in accepted.overridden] == ["position_unknown"]
 
 
@@ -116,14 +127,26 @@ def test_protection_lockout_needs_an_authorised_close_with_a_reason(b: Bench) ->
     assert refusal(b, op(Kind.CLOSE, "CB-1", FLISR)) == "protection_lockout"
     with pytest.raises(ValueError):
         Override(reason=" ")
-    accepted = remote(b, Kind.CLOSE, "CB-1", SCADA_OP, override=Override(reason="line patrolled",
-                                                                             rows=frozenset({"protection_lockout"})))
+    accepted = remote(
+        b,
+        Kind.CLOSE,
+        "CB-1",
+        SCADA_OP,
+        override=Override(reason="line patrolled", rows=frozenset({"protection_lockout"})),
+    )
     assert accepted.writes == (ProtectionOperate("CB-1", "close", True),)  # type: ignore[attr-defined]
     viewer = Origin(via=Via.LOCAL, who="local:vic", role=Role.VIEWER)
     assert refusal(b, op(Kind.CLOSE, "CB-1", viewer, override=Override(reason="r"))) == "protection_lockout"
     # FLISR passes it only with an override it records
-    accepted = b.authority.request(op(Kind.CLOSE, "CB-1", FLISR, override=Override(
-        reason="FLISR: fault isolated", rows=frozenset({"protection_lockout"}))), b.now)
+    accepted = b.authority.request(
+        op(
+            Kind.CLOSE,
+            "CB-1",
+            FLISR,
+            override=Override(reason="FLISR: fault isolated", rows=frozenset({"protection_lockout"})),
+        ),
+        b.now,
+    )
     assert accepted.overridden[0].code == "protection_lockout"
 
 
@@ -161,8 +184,7 @@ def test_fault_indicated_cannot_be_overridden_remotely(b: Bench) -> None:
     b.set_positions({"CB-1": True})
     assert refusal(b, op(Kind.CLOSE, "SW-1-1")) == "fault_indicated"
     # a local engineer may still decide otherwise, on record
-    assert b.authority.request(op(Kind.CLOSE, "SW-1-1", LOCAL_ENG, override=Override(reason="cable tested")),
-                               b.now)
+    assert b.authority.request(op(Kind.CLOSE, "SW-1-1", LOCAL_ENG, override=Override(reason="cable tested")), b.now)
 
 
 def test_parallel_sources_and_loops_are_refused_unless_allowed() -> None:
@@ -238,16 +260,19 @@ def test_set_points_pass_the_rows_that_apply_to_them() -> None:
     b = bench(n_feeders=1, sections=2)
     b.normal()
     with pytest.raises(Refused) as info:
-        b.authority.request(Operation(kind=Kind.TAP_CHANGE, target="XFMR-1-1", origin=LOCAL_OP, point="tap_setpoint",
-                                      value=2), b.now)
+        b.authority.request(
+            Operation(kind=Kind.TAP_CHANGE, target="XFMR-1-1", origin=LOCAL_OP, point="tap_setpoint", value=2), b.now
+        )
     assert info.value.reason == "bad_args"  # this transformer has no tap changer point
-    accepted = b.authority.request(Operation(kind=Kind.INDICATOR_RESET, target="SW-1-1", origin=AGENT,
-                                             point="fpi_reset", value=True), b.now)
+    accepted = b.authority.request(
+        Operation(kind=Kind.INDICATOR_RESET, target="SW-1-1", origin=AGENT, point="fpi_reset", value=True), b.now
+    )
     assert accepted.writes == (PointWrite("SW-1-1.fpi_reset", True),)
     b.agent_states["SW-1-1"] = "Maintenance"
     with pytest.raises(Refused) as info:
-        b.authority.request(Operation(kind=Kind.INDICATOR_RESET, target="SW-1-1", origin=AGENT, point="fpi_reset",
-                                      value=True), b.now)
+        b.authority.request(
+            Operation(kind=Kind.INDICATOR_RESET, target="SW-1-1", origin=AGENT, point="fpi_reset", value=True), b.now
+        )
     assert info.value.interlock == "maintenance"
 
 
@@ -258,13 +283,17 @@ DEVICES = ["CB-1", "CB-2", "SW-1-1", "SW-1-2", "SW-2-1", "SW-2-2", "TIE-1-2"]
 
 
 @settings(max_examples=150, deadline=None)
-@given(positions=st.fixed_dictionaries({d: st.booleans() for d in DEVICES}),
-       loads=st.lists(st.floats(0.0, 4000.0), min_size=6, max_size=6),
-       fault_zone=st.sets(st.sampled_from(["LINE-1/1", "LINE-1/2", "LINE-1/3", "LINE-2/1", "LINE-2/2", "LINE-2/3"]),
-                          max_size=2),
-       target=st.sampled_from(DEVICES))
+@given(
+    positions=st.fixed_dictionaries({d: st.booleans() for d in DEVICES}),
+    loads=st.lists(st.floats(0.0, 4000.0), min_size=6, max_size=6),
+    fault_zone=st.sets(
+        st.sampled_from(["LINE-1/1", "LINE-1/2", "LINE-1/3", "LINE-2/1", "LINE-2/2", "LINE-2/3"]), max_size=2
+    ),
+    target=st.sampled_from(DEVICES),
+)
 def test_an_accepted_close_never_energises_a_fault_parallels_or_overloads(
-        positions: dict[str, bool], loads: list[float], fault_zone: set[str], target: str) -> None:
+    positions: dict[str, bool], loads: list[float], fault_zone: set[str], target: str
+) -> None:
     b = bench(n_feeders=2, sections=3)
     names = ["XFMR-1-1", "XFMR-1-2", "XFMR-1-3", "XFMR-2-1", "XFMR-2-2", "XFMR-2-3"]
     b.normal(loads_kw=dict(zip(names, loads, strict=True)))

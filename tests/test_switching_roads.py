@@ -45,8 +45,13 @@ def _scada(rig: Rig, sub: Any, command: str, args: dict[str, Any]) -> dict[str, 
 
 
 def _cli(rig: Rig, *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway.cli", *argv, "--runtime-dir", str(rig.runtime_dir)],
-                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *argv, "--runtime-dir", str(rig.runtime_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def _control(rig: Rig, op: str, **args: Any) -> str:
@@ -77,33 +82,47 @@ def test_a_locked_out_breaker_is_refused_the_same_way_on_every_road(rig: Rig) ->
         # authorised closes (the lockout overridden, with a reason): the fault is still indicated
         r = _cli(rig, "breaker", "close", "CB-045", "--yes", "--authorised", "--reason", "tried anyway")
         assert r.returncode == 1 and "refused (fault_indicated)" in r.stderr, r.stderr
-        assert "refused (fault_indicated)" in _control(rig, "breaker.operate", breaker="CB-045", action="close",
-                                                       authorised=True, reason="tried anyway")
+        assert "refused (fault_indicated)" in _control(
+            rig, "breaker.operate", breaker="CB-045", action="close", authorised=True, reason="tried anyway"
+        )
         args = {"breaker": "CB-045", "action": "close", "authorised": True, "reason": "tried anyway"}
         sel = _scada(rig, sub, "breaker/select", args)
         assert sel["interlock"] == "fault_indicated"
         # SCADA cannot override it even as an explicit override of that row
-        sel = _scada(rig, sub, "breaker/select", {**args, "override": ["fault_indicated", "protection_lockout",
-                                                                      "agent_locked_out"]})
+        sel = _scada(
+            rig,
+            sub,
+            "breaker/select",
+            {**args, "override": ["fault_indicated", "protection_lockout", "agent_locked_out"]},
+        )
         assert sel["ok"] is False and sel["interlock"] == "fault_indicated"
-        assert any(p.get("kind") == "switching.refused" and p.get("interlock") == "fault_indicated"
-                   for p in sub.on("events"))
+        assert any(
+            p.get("kind") == "switching.refused" and p.get("interlock") == "fault_indicated" for p in sub.on("events")
+        )
 
     # nothing reached the breaker, and the breaker never closed onto the fault
     assert breaker(rig, "CB-045") == "open"
-    assert not [c for c in rig.hil_call("status")["last_commands"]
-                if c["point"] == "CB-045.close_cmd" and c["sim_time_s"] >= locked_at]
+    assert not [
+        c
+        for c in rig.hil_call("status")["last_commands"]
+        if c["point"] == "CB-045.close_cmd" and c["sim_time_s"] >= locked_at
+    ]
     refused = [e for e in rig.daemon_call("events", source="CB-045", limit=200) if e["kind"] == "switching.refused"]
     codes = {(e["via"], e["interlock"]) for e in refused}
-    assert {("local", "protection_lockout"), ("mqtt", "protection_lockout"), ("local", "fault_indicated"),
-            ("mqtt", "fault_indicated")} <= codes
+    assert {
+        ("local", "protection_lockout"),
+        ("mqtt", "protection_lockout"),
+        ("local", "fault_indicated"),
+        ("mqtt", "fault_indicated"),
+    } <= codes
     assert all(e["origin"] for e in refused)
 
     # the crew clears the fault; an authorised close with its reason now goes through
     rig.hil_call("clear")
     [record] = [f for f in rig.daemon_call("faults.list") if f["breaker"] == "CB-045" and f["status"] == "permanent"]
     rig.daemon_call("faults.clear", id=record["id"], reason="tree removed, line patrolled")
-    done = rig.daemon_call("breaker.operate", breaker="CB-045", action="close", authorised=True,
-                           reason="fault cleared by the crew")
+    done = rig.daemon_call(
+        "breaker.operate", breaker="CB-045", action="close", authorised=True, reason="fault cleared by the crew"
+    )
     assert [o["interlock"] for o in done["overridden"]] == ["protection_lockout"]
     rig.wait(lambda: breaker(rig, "CB-045") == "closed", "CB-045 closed", 20)

@@ -16,26 +16,54 @@ T0 = 1_800_000_000.0
 
 
 def _site() -> Any:
-    return validate({
-        "site": {"region": "test", "substation_id": "SUB-F"},
-        "uplink": {"broker_host": "127.0.0.1", "broker_port": 1883, "transport": "tcp"},
-        "ieds": [{"id": "IED-CB-045", "protocol": "modbus_tcp", "host": "127.0.0.1", "port": 1502,
-                  "points": [{"id": "CB-045.trip_cmd", "address": 0, "function": "coil", "type": "bool",
-                              "writable": True},
-                             {"id": "CB-045.close_cmd", "address": 1, "function": "coil", "type": "bool",
-                              "writable": True},
-                             {"id": "CB-045.closed", "address": 0, "function": "discrete", "type": "bool"}]
-                  + [{"id": f"CB-045.{n}", "address": a, "type": "float32", "unit": "A"}
-                     for a, n in ((0, "ia"), (2, "ib"), (4, "ic"), (6, "in"))]}],
-        "agents": [{"id": "CB-045", "type": "circuit_breaker",
-                    "points": {"ia": "CB-045.ia", "ib": "CB-045.ib", "ic": "CB-045.ic", "in": "CB-045.in",
-                               "closed": "CB-045.closed", "trip_cmd": "CB-045.trip_cmd",
-                               "close_cmd": "CB-045.close_cmd"}}],
-        "protection": [{"breaker": "CB-045", "trip": {"point": "CB-045.trip_cmd", "value": True},
-                        "close": {"point": "CB-045.close_cmd", "value": True},
-                        "reclose": {"shots": 1, "dead_times_s": [0.5]},
-                        "elements": {"50P": {"pickup_a": 3000.0, "delay_s": 0.0}}}],
-    }, "minimal.toml")
+    return validate(
+        {
+            "site": {"region": "test", "substation_id": "SUB-F"},
+            "uplink": {"broker_host": "127.0.0.1", "broker_port": 1883, "transport": "tcp"},
+            "ieds": [
+                {
+                    "id": "IED-CB-045",
+                    "protocol": "modbus_tcp",
+                    "host": "127.0.0.1",
+                    "port": 1502,
+                    "points": [
+                        {"id": "CB-045.trip_cmd", "address": 0, "function": "coil", "type": "bool", "writable": True},
+                        {"id": "CB-045.close_cmd", "address": 1, "function": "coil", "type": "bool", "writable": True},
+                        {"id": "CB-045.closed", "address": 0, "function": "discrete", "type": "bool"},
+                    ]
+                    + [
+                        {"id": f"CB-045.{n}", "address": a, "type": "float32", "unit": "A"}
+                        for a, n in ((0, "ia"), (2, "ib"), (4, "ic"), (6, "in"))
+                    ],
+                }
+            ],
+            "agents": [
+                {
+                    "id": "CB-045",
+                    "type": "circuit_breaker",
+                    "points": {
+                        "ia": "CB-045.ia",
+                        "ib": "CB-045.ib",
+                        "ic": "CB-045.ic",
+                        "in": "CB-045.in",
+                        "closed": "CB-045.closed",
+                        "trip_cmd": "CB-045.trip_cmd",
+                        "close_cmd": "CB-045.close_cmd",
+                    },
+                }
+            ],
+            "protection": [
+                {
+                    "breaker": "CB-045",
+                    "trip": {"point": "CB-045.trip_cmd", "value": True},
+                    "close": {"point": "CB-045.close_cmd", "value": True},
+                    "reclose": {"shots": 1, "dead_times_s": [0.5]},
+                    "elements": {"50P": {"pickup_a": 3000.0, "delay_s": 0.0}},
+                }
+            ],
+        },
+        "minimal.toml",
+    )
 
 
 class _Engine:
@@ -55,10 +83,17 @@ def test_a_pickup_on_a_breaker_outside_the_feeder_model_does_not_stop_the_loop(t
             image.define(p.id, PointKind(p.point_kind.value), source=ied.id)
     now = [100.0]
     published: list[tuple[str, Any]] = []
-    service = SwitchingService(site, image=image, store=Store(tmp_path / "stima.db"),
-                               publish=lambda topic, payload: published.append((topic, payload)),
-                               submit=lambda *a, **k: None, protection=_Protection(), agents=None,
-                               monotonic=lambda: now[0], wall=lambda: T0 + now[0])
+    service = SwitchingService(
+        site,
+        image=image,
+        store=Store(tmp_path / "stima.db"),
+        publish=lambda topic, payload: published.append((topic, payload)),
+        submit=lambda *a, **k: None,
+        protection=_Protection(),
+        agents=None,
+        monotonic=lambda: now[0],
+        wall=lambda: T0 + now[0],
+    )
     assert "CB-045" not in service.network.devices
     for _ in range(5):
         now[0] += 2.0

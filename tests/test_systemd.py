@@ -21,8 +21,12 @@ def _systemd_analyze() -> str:
     if os.geteuid() != 0:
         pytest.fail("systemd-analyze is missing: install Debian's 'systemd' package (or run the tests as root)")
     subprocess.run(["apt-get", "update", "-qq"], check=True, timeout=600)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "systemd"], check=True,
-                   timeout=900, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "systemd"],
+        check=True,
+        timeout=900,
+        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+    )
     found = shutil.which("systemd-analyze")
     assert found, "installing systemd did not provide systemd-analyze"
     return found

@@ -31,8 +31,13 @@ QUALITIES = [
 ]
 
 
-def _point(point_id: str, value: float | int | bool | None, quality: Quality = GOOD,
-           kind: PointKind = PointKind.ANALOG, t: float = 1_767_225_600.0) -> Point:
+def _point(
+    point_id: str,
+    value: float | int | bool | None,
+    quality: Quality = GOOD,
+    kind: PointKind = PointKind.ANALOG,
+    t: float = 1_767_225_600.0,
+) -> Point:
     return Point(point_id=point_id, kind=kind, value=value, quality=quality, receive_time=t)
 
 
@@ -82,8 +87,10 @@ def test_a_quality_change_is_always_reported(deadband: float, steps: list[tuple[
 
 
 @settings(max_examples=200, deadline=None)
-@given(values=st.lists(st.one_of(st.booleans(), st.integers(0, 5)), min_size=1, max_size=60),
-       kind=st.sampled_from([PointKind.BINARY, PointKind.COUNTER]))
+@given(
+    values=st.lists(st.one_of(st.booleans(), st.integers(0, 5)), min_size=1, max_size=60),
+    kind=st.sampled_from([PointKind.BINARY, PointKind.COUNTER]),
+)
 def test_binaries_and_counters_report_every_change_and_only_changes(values: list[int | bool], kind: PointKind) -> None:
     # a large deadband in the spec must not matter for these kinds
     tel = Telemetry([PointSpec("B", kind, 100.0)], integrity_period_s=1e9)
@@ -102,8 +109,7 @@ def test_binaries_and_counters_report_every_change_and_only_changes(values: list
 )
 def test_integrity_includes_every_point(n_points: int, seen: set[int], max_batch: int) -> None:
     ids = [f"P{i}" for i in range(n_points)]
-    tel = Telemetry([PointSpec(i, PointKind.ANALOG, 1.0) for i in ids], max_batch=max_batch,
-                    integrity_period_s=10.0)
+    tel = Telemetry([PointSpec(i, PointKind.ANALOG, 1.0) for i in ids], max_batch=max_batch, integrity_period_s=10.0)
     for i in sorted(seen):
         if i < n_points:
             tel.on_change(_point(ids[i], float(i)), 0.0)
@@ -154,8 +160,9 @@ def test_site_deadbands_and_kinds_come_from_the_site_file() -> None:
 
 
 def test_batches_are_bounded_and_full_batches_are_signalled() -> None:
-    tel = Telemetry([PointSpec(f"P{i}", PointKind.ANALOG, 0.0) for i in range(25)], max_batch=10,
-                    integrity_period_s=1e9)
+    tel = Telemetry(
+        [PointSpec(f"P{i}", PointKind.ANALOG, 0.0) for i in range(25)], max_batch=10, integrity_period_s=1e9
+    )
     full = [tel.on_change(_point(f"P{i}", 1.0), 0.0) for i in range(25)]
     assert full.index(True) == 9
     out = tel.flush(0.0, 1.5)
@@ -239,8 +246,9 @@ def test_quality_reported_after_an_integrity_report_is_the_current_one() -> None
         max_size=40,
     ),
 )
-def test_reporting_matches_the_reference_rule(deadband: float, kind: PointKind,
-                                              steps: list[tuple[object, Quality]]) -> None:
+def test_reporting_matches_the_reference_rule(
+    deadband: float, kind: PointKind, steps: list[tuple[object, Quality]]
+) -> None:
     """Whatever the value types: reported iff first, quality changed, or `exceeds` says so."""
     tel = Telemetry([PointSpec("P", kind, deadband)], integrity_period_s=1e9)
     last: tuple[object, Quality] | None = None

@@ -17,11 +17,22 @@ def topo() -> Topology:
     return Topology.from_site(load(SITE))
 
 
-@pytest.mark.parametrize(("element", "breaker"), [
-    ("LINE-045", "CB-045"), ("XFMR-101", "CB-045"), ("CAP-301", "CB-045"), ("MTR-GRP-102", "CB-045"),
-    ("LINE-044", "CB-044"), ("SOLAR-201", "CB-046"), ("SUB-003", None), ("CB-045", None),
-    ("SW-045-1", "CB-045"), ("XFMR-103", "CB-045"), ("XFMR-143", "CB-044"),
-])
+@pytest.mark.parametrize(
+    ("element", "breaker"),
+    [
+        ("LINE-045", "CB-045"),
+        ("XFMR-101", "CB-045"),
+        ("CAP-301", "CB-045"),
+        ("MTR-GRP-102", "CB-045"),
+        ("LINE-044", "CB-044"),
+        ("SOLAR-201", "CB-046"),
+        ("SUB-003", None),
+        ("CB-045", None),
+        ("SW-045-1", "CB-045"),
+        ("XFMR-103", "CB-045"),
+        ("XFMR-143", "CB-044"),
+    ],
+)
 def test_protecting_breaker(topo: Topology, element: str, breaker: str | None) -> None:
     assert topo.protecting_breaker(element) == breaker
 
@@ -62,18 +73,26 @@ def test_sections_and_switches(topo: Topology) -> None:
     assert topo.protecting_breaker("XFMR-101") == "CB-045"
     ties = {"TIE-044-045", "TIE-045-046", "TIE-046-061"}
     assert {g for g in topo.unfed({"CB-045", *ties}) if topo.type_of(g) == "meter_group"} == {
-        "MTR-GRP-101", "MTR-GRP-102", "MTR-GRP-103"}
+        "MTR-GRP-101",
+        "MTR-GRP-102",
+        "MTR-GRP-103",
+    }
     # CB-045 open, the far section fed back through the tie from LINE-046
-    assert {g for g in topo.unfed({"CB-045", "SW-045-2", "TIE-044-045", "TIE-046-061"})
-            if topo.type_of(g) == "meter_group"} == {"MTR-GRP-102", "MTR-GRP-103"}
+    assert {
+        g for g in topo.unfed({"CB-045", "SW-045-2", "TIE-044-045", "TIE-046-061"}) if topo.type_of(g) == "meter_group"
+    } == {"MTR-GRP-102", "MTR-GRP-103"}
 
 
 def test_directed_tie_feeds_one_way_only() -> None:
     types = {"CB-A": "circuit_breaker", "CB-B": "circuit_breaker", "L-A": "power_line", "L-B": "power_line"}
-    topo = Topology(node_types=types, edges=[
-        Edge("CB-A", "L-A", CanonicalType.SUPPLY), Edge("CB-B", "L-B", CanonicalType.SUPPLY),
-        Edge("L-A", "L-B", CanonicalType.ROUTE, normally_open=True),
-    ])
+    topo = Topology(
+        node_types=types,
+        edges=[
+            Edge("CB-A", "L-A", CanonicalType.SUPPLY),
+            Edge("CB-B", "L-B", CanonicalType.SUPPLY),
+            Edge("L-A", "L-B", CanonicalType.ROUTE, normally_open=True),
+        ],
+    )
     assert [o.via for o in topo.alternative_supply_paths("L-B")] == ["L-A"]
     assert topo.alternative_supply_paths("L-A") == []
 

@@ -49,12 +49,19 @@ class World:
     seq = 0
 
     def __post_init__(self) -> None:
-        self.r = TransferCoordinator(R, {TIE: TieInfo(TIE, P, owned=self.r_owns_tie)},
-                                     headroom=lambda _t, _kw: (self.headroom_kw, "forecast"),
-                                     far_side_dead=self._far_side_dead("R"), new_xid=lambda: "X-1")
-        self.p = TransferCoordinator(P, {TIE: TieInfo(TIE, R, owned=not self.r_owns_tie)},
-                                     headroom=lambda _t, _kw: (self.headroom_kw, "forecast"),
-                                     far_side_dead=self._far_side_dead("P"))
+        self.r = TransferCoordinator(
+            R,
+            {TIE: TieInfo(TIE, P, owned=self.r_owns_tie)},
+            headroom=lambda _t, _kw: (self.headroom_kw, "forecast"),
+            far_side_dead=self._far_side_dead("R"),
+            new_xid=lambda: "X-1",
+        )
+        self.p = TransferCoordinator(
+            P,
+            {TIE: TieInfo(TIE, R, owned=not self.r_owns_tie)},
+            headroom=lambda _t, _kw: (self.headroom_kw, "forecast"),
+            far_side_dead=self._far_side_dead("P"),
+        )
 
     def _far_side_dead(self, side: str):  # type: ignore[no-untyped-def]
         def dead(device: str) -> bool | None:
@@ -63,6 +70,7 @@ class World:
             if device == TIE:  # the tie, open: is the far side (R's part, from P's view; P's feeder from R's) live?
                 return not self.part_closed if side == "P" else False
             return None
+
         return dead
 
     def schedule(self, at: float, what: str, payload: Any) -> None:
@@ -95,8 +103,12 @@ class World:
                 self.tie_closed = op.action == "close"
         if self.part_closed and self.tie_closed:
             self.parallel_seen = True
-        self.act(who, coordinator.on_outcome(op.xid, op.device, op.action, moved,
-                                             "" if moved else f"{op.device} did not move", self.now))
+        self.act(
+            who,
+            coordinator.on_outcome(
+                op.xid, op.device, op.action, moved, "" if moved else f"{op.device} did not move", self.now
+            ),
+        )
 
     def run(self, until: float = 200.0, death_at: float | None = None) -> None:
         if death_at is not None:
@@ -188,14 +200,24 @@ def test_requests_are_checked() -> None:
 @settings(max_examples=300, deadline=None)
 @example(r_owns_tie=False, drop=set(), dup=set(), delay={}, stuck=set(), death_at=0.5, headroom=5000.0)
 @example(r_owns_tie=True, drop=set(), dup=set(), delay={}, stuck=set(), death_at=0.5, headroom=5000.0)
-@given(r_owns_tie=st.booleans(), drop=st.sets(st.integers(0, 12), max_size=4),
-       dup=st.sets(st.integers(0, 12), max_size=4),
-       delay=st.dictionaries(st.integers(0, 12), st.floats(0.0, 60.0), max_size=4),
-       stuck=st.sets(st.sampled_from([PART, TIE]), max_size=1),
-       death_at=st.none() | st.floats(0.0, 50.0), headroom=st.sampled_from([500.0, 5000.0]))
-def test_never_half_operated_whatever_the_broker_does(r_owns_tie: bool, drop: set[int], dup: set[int],
-                                                       delay: dict[int, float], stuck: set[str],
-                                                       death_at: float | None, headroom: float) -> None:
+@given(
+    r_owns_tie=st.booleans(),
+    drop=st.sets(st.integers(0, 12), max_size=4),
+    dup=st.sets(st.integers(0, 12), max_size=4),
+    delay=st.dictionaries(st.integers(0, 12), st.floats(0.0, 60.0), max_size=4),
+    stuck=st.sets(st.sampled_from([PART, TIE]), max_size=1),
+    death_at=st.none() | st.floats(0.0, 50.0),
+    headroom=st.sampled_from([500.0, 5000.0]),
+)
+def test_never_half_operated_whatever_the_broker_does(
+    r_owns_tie: bool,
+    drop: set[int],
+    dup: set[int],
+    delay: dict[int, float],
+    stuck: set[str],
+    death_at: float | None,
+    headroom: float,
+) -> None:
     w = World(r_owns_tie=r_owns_tie, headroom_kw=headroom, drop=drop, dup=dup, delay=delay, stuck=stuck)
     start(w)
     w.run(200, death_at)

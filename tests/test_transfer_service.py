@@ -58,14 +58,29 @@ class Gateway:
             for p in ied.points:
                 self.image.define(p.id, PointKind(p.point_kind.value), source=ied.id)
         self.store = Store(self.tmp / f"{self.name}.db")
-        self.switching = SwitchingService(self.site, image=self.image, store=self.store, publish=self._pub,
-                                          submit=self._submit, protection=None, agents=None,
-                                          monotonic=lambda: self.clock[0], wall=lambda: 1e9 + self.clock[0])
-        self.exchange = ExchangeService(self.name, REGION, switching=self.switching, publish=self._pub,
-                                        sign=self.broker.sign(self.name), verify=self.broker.verify,
-                                        headroom=headroom_from_forecast(40_000.0, 90.0, lambda: 20_000.0),
-                                        monotonic=lambda: self.clock[0], wall=lambda: 1e9 + self.clock[0],
-                                        alarm=lambda s, sev, text: self.alarms.append(text))
+        self.switching = SwitchingService(
+            self.site,
+            image=self.image,
+            store=self.store,
+            publish=self._pub,
+            submit=self._submit,
+            protection=None,
+            agents=None,
+            monotonic=lambda: self.clock[0],
+            wall=lambda: 1e9 + self.clock[0],
+        )
+        self.exchange = ExchangeService(
+            self.name,
+            REGION,
+            switching=self.switching,
+            publish=self._pub,
+            sign=self.broker.sign(self.name),
+            verify=self.broker.verify,
+            headroom=headroom_from_forecast(40_000.0, 90.0, lambda: 20_000.0),
+            monotonic=lambda: self.clock[0],
+            wall=lambda: 1e9 + self.clock[0],
+            alarm=lambda s, sev, text: self.alarms.append(text),
+        )
         self.broker.attach(self)
         for dev in self.switching.network.devices.values():
             self.set(f"{dev.id}.closed", not dev.normally_open)
@@ -74,8 +89,11 @@ class Gateway:
 
     def set(self, point: str, value: Any) -> None:
         if point in self.image:
-            self.image.apply(PointUpdate(point_id=point, value=value, receive_monotonic=self.clock[0],
-                                         receive_time=1e9 + self.clock[0]))
+            self.image.apply(
+                PointUpdate(
+                    point_id=point, value=value, receive_monotonic=self.clock[0], receive_time=1e9 + self.clock[0]
+                )
+            )
 
     def _pub(self, suffix: str, payload: dict[str, Any], retain: bool = False) -> None:
         self.published.append((suffix, payload))
@@ -109,13 +127,15 @@ class Broker:
         def sign(envelope: dict[str, Any]) -> dict[str, Any]:
             mac = hmac.new(self.keys[name], msgpack.packb(envelope, use_bin_type=True), "sha256").digest()
             return {**envelope, "sig": mac}
+
         return sign
 
     def verify(self, envelope: dict[str, Any], sender: str) -> dict[str, Any]:
         body = {k: v for k, v in envelope.items() if k != "sig"}
         key = self.keys.get(sender)
         if key is None or not hmac.compare_digest(
-                hmac.new(key, msgpack.packb(body, use_bin_type=True), "sha256").digest(), envelope.get("sig", b"")):
+            hmac.new(key, msgpack.packb(body, use_bin_type=True), "sha256").digest(), envelope.get("sig", b"")
+        ):
             raise ValueError("bad signature")
         return body
 
@@ -155,11 +175,22 @@ class Broker:
 def pair(tmp_path: Path) -> tuple[Broker, Gateway, Gateway, list[float]]:
     clock = [100.0]
     broker = Broker()
-    requester = Gateway("SUB-7", feeder_site(1, 3, substation="SUB-7", external_tie=True,
-                                             external_source="SUB-6/LINE-1", external_tie_points=False),
-                        tmp_path, broker, clock)
-    provider = Gateway("SUB-6", feeder_site(1, 3, substation="SUB-6", external_tie=True,
-                                            external_source="SUB-7/LINE-1"), tmp_path, broker, clock)
+    requester = Gateway(
+        "SUB-7",
+        feeder_site(
+            1, 3, substation="SUB-7", external_tie=True, external_source="SUB-6/LINE-1", external_tie_points=False
+        ),
+        tmp_path,
+        broker,
+        clock,
+    )
+    provider = Gateway(
+        "SUB-6",
+        feeder_site(1, 3, substation="SUB-6", external_tie=True, external_source="SUB-7/LINE-1"),
+        tmp_path,
+        broker,
+        clock,
+    )
     broker.physics()
     return broker, requester, provider, clock
 
@@ -182,8 +213,9 @@ def test_a_transfer_through_a_tie_the_provider_owns(pair: Any) -> None:
     assert requester.exchange.coordinator.exchanges[xid].phase is Phase.DONE
     assert provider.exchange.coordinator.exchanges[xid].phase is Phase.DONE
     assert ("SUB-7", "SW-1-2", "trip_cmd") in broker.operated and ("SUB-6", "TIE-EXT", "close_cmd") in broker.operated
-    assert broker.operated.index(("SUB-7", "SW-1-2", "trip_cmd")) < broker.operated.index(("SUB-6", "TIE-EXT",
-                                                                                            "close_cmd"))
+    assert broker.operated.index(("SUB-7", "SW-1-2", "trip_cmd")) < broker.operated.index(
+        ("SUB-6", "TIE-EXT", "close_cmd")
+    )
     # both sides' switching authorities audited their own operation, with the exchange as origin
     accepted = [r for _, _, kind, r in _events(provider) if kind == "switching.accepted"]
     assert any(r["target"] == "TIE-EXT" and r["origin"] == f"transfer:{xid}" for r in accepted)
@@ -201,11 +233,11 @@ def test_forged_replayed_stale_and_misaddressed_messages_are_dropped(pair: Any) 
     provider.exchange.on_mqtt(topic, request, False)  # a replay
     provider.exchange.on_mqtt(topic, {**request, "sig": b"x" * 32}, False)  # forged
     provider.exchange.on_mqtt(topic, request, True)  # retained
-    stale = broker.sign("SUB-7")({**{k: v for k, v in request.items() if k != "sig"}, "time": 1e9 - 3600.0,
-                                 "nonce": "n" * 32})
+    stale = broker.sign("SUB-7")(
+        {**{k: v for k, v in request.items() if k != "sig"}, "time": 1e9 - 3600.0, "nonce": "n" * 32}
+    )
     provider.exchange.on_mqtt(topic, stale, False)
-    other = broker.sign("SUB-7")({**{k: v for k, v in request.items() if k != "sig"}, "to": "SUB-9",
-                                  "nonce": "m" * 32})
+    other = broker.sign("SUB-7")({**{k: v for k, v in request.items() if k != "sig"}, "to": "SUB-9", "nonce": "m" * 32})
     provider.exchange.on_mqtt(topic, other, False)
     assert provider.exchange.dropped == before + 5
     assert len([s for s, _ in provider.published if s.startswith("coord/")]) == sent  # none answered
@@ -242,15 +274,28 @@ def test_a_reload_carries_a_running_sequence_over(tmp_path: Path) -> None:
     broker = Broker()
     old = Gateway("SUB-7", feeder_site(1, 3, substation="SUB-7"), tmp_path, broker, clock)
     broker.operated.clear()
-    seq = parse('name = "two"\n[[steps]]\ndevice = "SW-1-2"\naction = "open"\n'
-                '[[steps]]\ndevice = "SW-1-1"\naction = "open"\n', "two.toml", created_by="local:op", now_wall=1e9)
+    seq = parse(
+        'name = "two"\n[[steps]]\ndevice = "SW-1-2"\naction = "open"\n[[steps]]\ndevice = "SW-1-1"\naction = "open"\n',
+        "two.toml",
+        created_by="local:op",
+        now_wall=1e9,
+    )
     origin = Origin(via=Via.LOCAL, who="local:op", role=Role.OPERATOR)
     old.switching.submit_sequence(seq, origin, run=True)
     old.switching.tick()  # step 1 goes out (the plant moves it at once); its check-back is pending
     assert ("SUB-7", "SW-1-2", "trip_cmd") in broker.operated
     # the reloaded configuration, on the same image and store
-    new = SwitchingService(old.site, image=old.image, store=old.store, publish=old._pub, submit=old._submit,
-                           protection=None, agents=None, monotonic=lambda: clock[0], wall=lambda: 1e9 + clock[0])
+    new = SwitchingService(
+        old.site,
+        image=old.image,
+        store=old.store,
+        publish=old._pub,
+        submit=old._submit,
+        protection=None,
+        agents=None,
+        monotonic=lambda: clock[0],
+        wall=lambda: 1e9 + clock[0],
+    )
     new.take_over(old.switching)
     for _ in range(5):
         clock[0] += 0.2

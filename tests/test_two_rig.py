@@ -27,8 +27,7 @@ class _Client:
         self.messages: list[str] = []
         self.acks: dict[int, int] = {}
         self.lock = threading.Lock()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"test-{who}-{broker}",
-                                  protocol=mqtt.MQTTv5)
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"test-{who}-{broker}", protocol=mqtt.MQTTv5)
         self.client.tls_set(**rig.client_tls(who))
         self.client.on_message = self._message
         self.client.on_publish = self._published

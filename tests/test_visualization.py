@@ -13,8 +13,10 @@ from hil.rig import example_document
 from tests.support.feeder_sites import site_config
 
 
-@pytest.mark.parametrize(("kv", "color", "width"), [(66.0, viz.RED, 5), (35.0, viz.RED, 5), (11.0, viz.YELLOW, 3),
-                                                    (1.0, viz.YELLOW, 3), (0.415, viz.BLUE, 2)])
+@pytest.mark.parametrize(
+    ("kv", "color", "width"),
+    [(66.0, viz.RED, 5), (35.0, viz.RED, 5), (11.0, viz.YELLOW, 3), (1.0, viz.YELLOW, 3), (0.415, viz.BLUE, 2)],
+)
 def test_line_colour_and_width_by_voltage_rating(kv: float, color: str, width: int) -> None:
     meta = viz.line_metadata({"voltage_rating": kv, "line_type": "overhead"})
     assert (meta["color"], meta["width"], meta["style"]) == (color, width, "solid")
@@ -49,8 +51,11 @@ def test_meter_cluster_takes_the_worst_status_present() -> None:
 
 
 def test_switch_colour_by_position() -> None:
-    assert viz.switch_metadata({"function": "breaker"}, "closed") == {"icon": "breaker", "color": viz.RED,
-                                                                      "filled": True}
+    assert viz.switch_metadata({"function": "breaker"}, "closed") == {
+        "icon": "breaker",
+        "color": viz.RED,
+        "filled": True,
+    }
     assert viz.switch_metadata({}, "open")["color"] == viz.GREEN
     assert viz.switch_metadata({}, None)["color"] == viz.MAGENTA
 

@@ -106,8 +106,11 @@ class Agent(Generic[S, E]):
         memory.since = now
         record = {"time": now, "old": old.value, "new": new.value, "cause": cause, "event": event.name.lower()}
         memory.history = (memory.history + [record])[-HISTORY_LENGTH:]
-        actions.append(StateChange(agent_id=self.agent_id, agent_type=self.agent_type,
-                                   old=old.value, new=new.value, cause=cause, time=now))
+        actions.append(
+            StateChange(
+                agent_id=self.agent_id, agent_type=self.agent_type, old=old.value, new=new.value, cause=cause, time=now
+            )
+        )
         return True
 
     def initial_memory(self, now: float) -> Memory:

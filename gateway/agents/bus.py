@@ -60,8 +60,11 @@ class Bus:
     def post(self, message: BusMessage) -> None:
         prio = priority_of(message)
         if len(self._queue) >= self.max_queued:
-            victim = max((i for i, q in enumerate(self._queue) if q[0] != PRIORITY_FAULT),
-                         key=lambda i: (self._queue[i][0], -self._queue[i][1]), default=None)
+            victim = max(
+                (i for i, q in enumerate(self._queue) if q[0] != PRIORITY_FAULT),
+                key=lambda i: (self._queue[i][0], -self._queue[i][1]),
+                default=None,
+            )
             if victim is None and prio != PRIORITY_FAULT:
                 self.dropped += 1
                 return

@@ -73,8 +73,14 @@ class CapacitorEvent(enum.Enum):
 
 
 _S, _E = CapacitorState, CapacitorEvent
-_STEADY = dict(NO_STEPS_ON=_S.ALL_STEPS_OFF, SOME_STEPS_ON=_S.PARTIAL_ENERGIZATION, ALL_STEPS_ON=_S.FULLY_ENERGIZED,
-               STEP_COMMANDED=_S.SWITCHING, SWITCH_FAILED=_S.LOCKED_OUT, MAINTENANCE_START=_S.MAINTENANCE)
+_STEADY = dict(
+    NO_STEPS_ON=_S.ALL_STEPS_OFF,
+    SOME_STEPS_ON=_S.PARTIAL_ENERGIZATION,
+    ALL_STEPS_ON=_S.FULLY_ENERGIZED,
+    STEP_COMMANDED=_S.SWITCHING,
+    SWITCH_FAILED=_S.LOCKED_OUT,
+    MAINTENANCE_START=_S.MAINTENANCE,
+)
 
 
 def _steady(own: str) -> dict[CapacitorEvent, Any]:
@@ -82,20 +88,33 @@ def _steady(own: str) -> dict[CapacitorEvent, Any]:
 
 
 TABLE: TransitionTable[CapacitorState, CapacitorEvent] = TransitionTable(
-    CapacitorState, CapacitorEvent, initial=_S.ALL_STEPS_OFF,
+    CapacitorState,
+    CapacitorEvent,
+    initial=_S.ALL_STEPS_OFF,
     rows={
         _S.ALL_STEPS_OFF: _steady("NO_STEPS_ON"),
         _S.PARTIAL_ENERGIZATION: _steady("SOME_STEPS_ON"),
         _S.FULLY_ENERGIZED: _steady("ALL_STEPS_ON"),
         # a switching operation finishes before another starts or maintenance begins
-        _S.SWITCHING: row(_E, NO_STEPS_ON=_S.ALL_STEPS_OFF, SOME_STEPS_ON=_S.PARTIAL_ENERGIZATION,
-                          ALL_STEPS_ON=_S.FULLY_ENERGIZED, SWITCH_FAILED=_S.LOCKED_OUT,
-                          ignore="STEP_COMMANDED RESET MAINTENANCE_START MAINTENANCE_END"),
-        _S.LOCKED_OUT: row(_E, RESET=_S.ALL_STEPS_OFF, MAINTENANCE_START=_S.MAINTENANCE,
-                           ignore="NO_STEPS_ON SOME_STEPS_ON ALL_STEPS_ON STEP_COMMANDED SWITCH_FAILED MAINTENANCE_END"),
-        _S.MAINTENANCE: row(_E, MAINTENANCE_END=_S.ALL_STEPS_OFF,
-                            ignore="NO_STEPS_ON SOME_STEPS_ON ALL_STEPS_ON STEP_COMMANDED SWITCH_FAILED RESET "
-                                   "MAINTENANCE_START"),
+        _S.SWITCHING: row(
+            _E,
+            NO_STEPS_ON=_S.ALL_STEPS_OFF,
+            SOME_STEPS_ON=_S.PARTIAL_ENERGIZATION,
+            ALL_STEPS_ON=_S.FULLY_ENERGIZED,
+            SWITCH_FAILED=_S.LOCKED_OUT,
+            ignore="STEP_COMMANDED RESET MAINTENANCE_START MAINTENANCE_END",
+        ),
+        _S.LOCKED_OUT: row(
+            _E,
+            RESET=_S.ALL_STEPS_OFF,
+            MAINTENANCE_START=_S.MAINTENANCE,
+            ignore="NO_STEPS_ON SOME_STEPS_ON ALL_STEPS_ON STEP_COMMANDED SWITCH_FAILED MAINTENANCE_END",
+        ),
+        _S.MAINTENANCE: row(
+            _E,
+            MAINTENANCE_END=_S.ALL_STEPS_OFF,
+            ignore="NO_STEPS_ON SOME_STEPS_ON ALL_STEPS_ON STEP_COMMANDED SWITCH_FAILED RESET MAINTENANCE_START",
+        ),
     },
 )
 
@@ -124,8 +143,14 @@ class CapacitorInputs:
 
 @dataclass
 class CapacitorMemory(Memory):
-    TIME_FIELDS: ClassVar[tuple[str, ...]] = ("switching_since", "step_opened_at", "close_since", "open_since",
-                                              "recent_operations", "last_switched")
+    TIME_FIELDS: ClassVar[tuple[str, ...]] = (
+        "switching_since",
+        "step_opened_at",
+        "close_since",
+        "open_since",
+        "recent_operations",
+        "last_switched",
+    )
 
     steps_active: int = 0
     steps_commanded: int | None = None
@@ -158,8 +183,9 @@ class CapacitorBankAgent(Agent[CapacitorState, CapacitorEvent]):
     agent_type = "capacitor_bank"
     TABLE = TABLE
 
-    def __init__(self, agent_id: str, attrs: CapacitorBankAttributes, links: Links | None = None,
-                 has_feedback: bool = True) -> None:
+    def __init__(
+        self, agent_id: str, attrs: CapacitorBankAttributes, links: Links | None = None, has_feedback: bool = True
+    ) -> None:
         super().__init__(agent_id, links)
         self.attrs = attrs
         self.has_feedback = has_feedback
@@ -179,14 +205,15 @@ class CapacitorBankAgent(Agent[CapacitorState, CapacitorEvent]):
             return _E.NO_STEPS_ON
         return _E.ALL_STEPS_ON if steps >= self.attrs.num_steps else _E.SOME_STEPS_ON
 
-    def step(self, memory: CapacitorMemory, inputs: CapacitorInputs, now: float
-             ) -> tuple[CapacitorMemory, list[Action]]:
+    def step(
+        self, memory: CapacitorMemory, inputs: CapacitorInputs, now: float
+    ) -> tuple[CapacitorMemory, list[Action]]:
         m = copy.deepcopy(memory)
         x = inputs
         a = self.attrs
         out: list[Action] = []
         if len(m.step_opened_at) != a.num_steps:  # memory restored from a bank with another step count
-            m.step_opened_at = (m.step_opened_at + [None] * a.num_steps)[:a.num_steps]
+            m.step_opened_at = (m.step_opened_at + [None] * a.num_steps)[: a.num_steps]
         wall = x.wall_time if x.wall_time is not None and math.isfinite(x.wall_time) else None
         day = math.floor(((wall if wall is not None else now) + a.utc_offset_h * 3600.0) / 86400.0)
         if m.day != day:
@@ -194,8 +221,14 @@ class CapacitorBankAgent(Agent[CapacitorState, CapacitorEvent]):
         m.recent_operations = [t for t in m.recent_operations if now - t < a.excessive_switching_window_s]
         if m.deadband_widened and not m.recent_operations:
             m.deadband_widened = False
-            out.append(BusMessage(source=self.agent_id, topic=Topic.VOLTAGE_EVENTS, kind="deadband_restored",
-                                  payload={"capacitor": self.agent_id, "bandwidth_v": a.bandwidth_v}))
+            out.append(
+                BusMessage(
+                    source=self.agent_id,
+                    topic=Topic.VOLTAGE_EVENTS,
+                    kind="deadband_restored",
+                    payload={"capacitor": self.agent_id, "bandwidth_v": a.bandwidth_v},
+                )
+            )
         if x.steps_active is not None and math.isfinite(x.steps_active):
             m.steps_active = min(max(int(round(x.steps_active)), 0), a.num_steps)
         v = _finite(x.bus_voltage_kv)
@@ -220,10 +253,22 @@ class CapacitorBankAgent(Agent[CapacitorState, CapacitorEvent]):
                     m.step_change_v = min(abs(v - m.voltage_before_v120), MAX_STEP_CHANGE_V)
                 m.steps_commanded, m.switching_since, m.voltage_before_v120 = None, None, None
             elif m.switching_since is not None and now - m.switching_since >= a.switching_timeout_s:
-                self.fire(m, _E.SWITCH_FAILED, f"commanded {m.steps_commanded} step(s), feedback "
-                          f"{m.steps_active} after {a.switching_timeout_s:.0f} s", now, out)
-                out.append(Alert(agent_id=self.agent_id, severity=Severity.MAJOR, time=now,
-                                 message="capacitor switching failed: bank locked out until reset"))
+                self.fire(
+                    m,
+                    _E.SWITCH_FAILED,
+                    f"commanded {m.steps_commanded} step(s), feedback "
+                    f"{m.steps_active} after {a.switching_timeout_s:.0f} s",
+                    now,
+                    out,
+                )
+                out.append(
+                    Alert(
+                        agent_id=self.agent_id,
+                        severity=Severity.MAJOR,
+                        time=now,
+                        message="capacitor switching failed: bank locked out until reset",
+                    )
+                )
                 m.steps_commanded, m.switching_since, m.voltage_before_v120 = None, None, None
         elif m.state in (_S.ALL_STEPS_OFF, _S.PARTIAL_ENERGIZATION, _S.FULLY_ENERGIZED):
             self.fire(m, self._feedback_event(m.steps_active), f"{m.steps_active} step(s) on", now, out)
@@ -257,8 +302,9 @@ class CapacitorBankAgent(Agent[CapacitorState, CapacitorEvent]):
                 elif v > v_off:
                     open_reason = f"bus voltage {v:.1f} V above {v_off:.1f} V"
         elif mode == "var":
-            close_reason, open_reason = _above_closes(m.source_kvar, a.var_on_threshold_kvar,
-                                                      a.var_off_threshold_kvar, "source supplies", "kvar", 0)
+            close_reason, open_reason = _above_closes(
+                m.source_kvar, a.var_on_threshold_kvar, a.var_off_threshold_kvar, "source supplies", "kvar", 0
+            )
         elif mode == "time":
             if wall is not None:
                 local = wall + a.utc_offset_h * 3600.0
@@ -284,15 +330,26 @@ class CapacitorBankAgent(Agent[CapacitorState, CapacitorEvent]):
                 open_reason = None
         return close_reason, open_reason
 
-    def _control(self, m: CapacitorMemory, v: float | None, close_reason: str | None, open_reason: str | None,
-                 now: float, out: list[Action]) -> None:
+    def _control(
+        self,
+        m: CapacitorMemory,
+        v: float | None,
+        close_reason: str | None,
+        open_reason: str | None,
+        now: float,
+        out: list[Action],
+    ) -> None:
         a = self.attrs
         m.close_since = (m.close_since if m.close_since is not None else now) if close_reason else None
         m.open_since = (m.open_since if m.open_since is not None else now) if open_reason else None
         target: int | None = None
         reason = ""
-        if close_reason and m.close_since is not None and now - m.close_since >= a.on_delay_s \
-                and m.steps_active < a.num_steps:
+        if (
+            close_reason
+            and m.close_since is not None
+            and now - m.close_since >= a.on_delay_s
+            and m.steps_active < a.num_steps
+        ):
             opened_at = m.step_opened_at[m.steps_active]
             if opened_at is None or now - opened_at >= a.discharge_time_s:
                 target, reason = m.steps_active + 1, close_reason
@@ -303,14 +360,20 @@ class CapacitorBankAgent(Agent[CapacitorState, CapacitorEvent]):
         if m.operations_today >= a.max_daily_operations:
             if not m.limit_alerted:
                 m.limit_alerted = True
-                out.append(Alert(agent_id=self.agent_id, severity=Severity.WARNING, time=now,
-                                 message=f"daily switching limit {a.max_daily_operations} reached; "
-                                         f"{reason} left uncorrected"))
+                out.append(
+                    Alert(
+                        agent_id=self.agent_id,
+                        severity=Severity.WARNING,
+                        time=now,
+                        message=f"daily switching limit {a.max_daily_operations} reached; {reason} left uncorrected",
+                    )
+                )
             return
         self._operate(m, target, reason, v, now, out)
 
-    def _operate(self, m: CapacitorMemory, target: int, reason: str, v: float | None, now: float,
-                 out: list[Action]) -> None:
+    def _operate(
+        self, m: CapacitorMemory, target: int, reason: str, v: float | None, now: float, out: list[Action]
+    ) -> None:
         """Command one step in or out and count it (guards already checked by the caller)."""
         a = self.attrs
         if target < m.steps_active:
@@ -325,22 +388,43 @@ class CapacitorBankAgent(Agent[CapacitorState, CapacitorEvent]):
         m.recent_operations.append(now)
         m.close_since = m.open_since = None
         out.append(ControlRequest(agent_id=self.agent_id, point_name="steps_cmd", value=float(target), reason=reason))
-        self.fire(m, _E.STEP_COMMANDED, f"{'close' if target > m.steps_active else 'open'} step "
-                  f"{max(target, m.steps_active)}: {reason}", now, out)
+        self.fire(
+            m,
+            _E.STEP_COMMANDED,
+            f"{'close' if target > m.steps_active else 'open'} step {max(target, m.steps_active)}: {reason}",
+            now,
+            out,
+        )
         if not self.has_feedback:
             m.steps_active = target
         if len(m.recent_operations) > a.excessive_switching_count and not m.deadband_widened:
             m.deadband_widened = True
-            out.append(Alert(agent_id=self.agent_id, severity=Severity.WARNING, time=now,
-                             message=f"Excessive switching detected: {len(m.recent_operations)} operations in "
-                                     f"{a.excessive_switching_window_s / 60:.0f} min; deadband widened to "
-                                     f"{self.bandwidth_v(m):.1f} V"))
-            out.append(BusMessage(source=self.agent_id, topic=Topic.VOLTAGE_EVENTS, kind="excessive_switching",
-                                  payload={"capacitor": self.agent_id, "operations": len(m.recent_operations),
-                                           "bandwidth_v": self.bandwidth_v(m)}))
+            out.append(
+                Alert(
+                    agent_id=self.agent_id,
+                    severity=Severity.WARNING,
+                    time=now,
+                    message=f"Excessive switching detected: {len(m.recent_operations)} operations in "
+                    f"{a.excessive_switching_window_s / 60:.0f} min; deadband widened to "
+                    f"{self.bandwidth_v(m):.1f} V",
+                )
+            )
+            out.append(
+                BusMessage(
+                    source=self.agent_id,
+                    topic=Topic.VOLTAGE_EVENTS,
+                    kind="excessive_switching",
+                    payload={
+                        "capacitor": self.agent_id,
+                        "operations": len(m.recent_operations),
+                        "bandwidth_v": self.bandwidth_v(m),
+                    },
+                )
+            )
 
-    def request(self, memory: CapacitorMemory, request: str, args: dict[str, Any], now: float
-                ) -> tuple[CapacitorMemory, list[Action]]:
+    def request(
+        self, memory: CapacitorMemory, request: str, args: dict[str, Any], now: float
+    ) -> tuple[CapacitorMemory, list[Action]]:
         m = copy.deepcopy(memory)
         out: list[Action] = []
         if request == "maintenance":
@@ -352,8 +436,10 @@ class CapacitorBankAgent(Agent[CapacitorState, CapacitorEvent]):
         elif request in ("close_step", "open_step"):
             self._operator_step(m, request == "close_step", str(args.get("reason", "") or "operator request"), now, out)
         else:
-            raise ValueError(f"capacitor bank {self.agent_id}: unknown request {request!r} "
-                             "(expected maintenance, reset, var_support, close_step, open_step)")
+            raise ValueError(
+                f"capacitor bank {self.agent_id}: unknown request {request!r} "
+                "(expected maintenance, reset, var_support, close_step, open_step)"
+            )
         return m, out
 
     def _operator_step(self, m: CapacitorMemory, close: bool, reason: str, now: float, out: list[Action]) -> None:
@@ -369,12 +455,14 @@ class CapacitorBankAgent(Agent[CapacitorState, CapacitorEvent]):
             if m.steps_active >= a.num_steps:
                 raise ValueError(f"capacitor bank {self.agent_id}: all {a.num_steps} steps are already on")
             if len(m.step_opened_at) != a.num_steps:
-                m.step_opened_at = (m.step_opened_at + [None] * a.num_steps)[:a.num_steps]
+                m.step_opened_at = (m.step_opened_at + [None] * a.num_steps)[: a.num_steps]
             opened_at = m.step_opened_at[m.steps_active]
             if opened_at is not None and now - opened_at < a.discharge_time_s:
-                raise ValueError(f"capacitor bank {self.agent_id}: step {m.steps_active + 1} was opened "
-                                 f"{now - opened_at:.0f} s ago and is discharging; it may close in "
-                                 f"{a.discharge_time_s - (now - opened_at):.0f} s")
+                raise ValueError(
+                    f"capacitor bank {self.agent_id}: step {m.steps_active + 1} was opened "
+                    f"{now - opened_at:.0f} s ago and is discharging; it may close in "
+                    f"{a.discharge_time_s - (now - opened_at):.0f} s"
+                )
             target = m.steps_active + 1
         else:
             if m.steps_active <= 0:
@@ -387,12 +475,22 @@ class CapacitorBankAgent(Agent[CapacitorState, CapacitorEvent]):
         assert isinstance(m, CapacitorMemory)
         a = self.attrs
         return {
-            "rated_capacity": a.rated_capacity, "num_steps": a.num_steps, "voltage_level": a.voltage_level,
-            "current_steps_active": m.steps_active, "control_mode": a.control_mode, "switch_count": m.switch_count,
-            "operations_today": m.operations_today, "last_switched": m.last_switched,
-            "bus_voltage_v120": m.voltage_v120, "bandwidth_v": self.bandwidth_v(m), "deadband_widened": m.deadband_widened,
-            "var_support": m.var_support, "source_reactive_power_kvar": m.source_kvar,
-            "ambient_temp_c": m.ambient_c, "step_change_v": m.step_change_v, "last_reason": m.last_reason,
+            "rated_capacity": a.rated_capacity,
+            "num_steps": a.num_steps,
+            "voltage_level": a.voltage_level,
+            "current_steps_active": m.steps_active,
+            "control_mode": a.control_mode,
+            "switch_count": m.switch_count,
+            "operations_today": m.operations_today,
+            "last_switched": m.last_switched,
+            "bus_voltage_v120": m.voltage_v120,
+            "bandwidth_v": self.bandwidth_v(m),
+            "deadband_widened": m.deadband_widened,
+            "var_support": m.var_support,
+            "source_reactive_power_kvar": m.source_kvar,
+            "ambient_temp_c": m.ambient_c,
+            "step_change_v": m.step_change_v,
+            "last_reason": m.last_reason,
         }
 
 
@@ -405,8 +503,9 @@ def _minutes(hh_mm: str) -> int:
     return int(hours) * 60 + int(minutes)
 
 
-def _above_closes(x: float | None, on: float, off: float, what: str, unit: str,
-                  decimals: int) -> tuple[str | None, str | None]:
+def _above_closes(
+    x: float | None, on: float, off: float, what: str, unit: str, decimals: int
+) -> tuple[str | None, str | None]:
     """(close reason, open reason) for a mode where a high reading asks for steps in: above `on`
     close one, below `off` open one, inside the hysteresis band nothing."""
     if x is None:
@@ -421,8 +520,12 @@ def _above_closes(x: float | None, on: float, off: float, what: str, unit: str,
 # --------------------------------------------------------------------------- the type, declared once
 
 POINTS: dict[str, spec.PointName] = {
-    "bus_voltage_kv": spec.KV, "reactive_power_kvar": spec.KVAR, "source_reactive_power_kvar": spec.KVAR,
-    "ambient_temp_c": spec.TEMP, "steps_active": spec.COUNTER, "steps_cmd": spec.SETPOINT,
+    "bus_voltage_kv": spec.KV,
+    "reactive_power_kvar": spec.KVAR,
+    "source_reactive_power_kvar": spec.KVAR,
+    "ambient_temp_c": spec.TEMP,
+    "steps_active": spec.COUNTER,
+    "steps_cmd": spec.SETPOINT,
 }
 
 
@@ -441,11 +544,19 @@ def _var_support(rt: spec.RuntimeView, agent_id: str, message: BusMessage, now: 
 
 
 SPEC = spec.AgentSpec(
-    type_name="capacitor_bank", table=TABLE, attributes=CapacitorBankAttributes, points=POINTS,
-    inputs=CapacitorInputs, derived=frozenset({"wall_time"}), derive_inputs=_derive_inputs, links=_links,
+    type_name="capacitor_bank",
+    table=TABLE,
+    attributes=CapacitorBankAttributes,
+    points=POINTS,
+    inputs=CapacitorInputs,
+    derived=frozenset({"wall_time"}),
+    derive_inputs=_derive_inputs,
+    links=_links,
     factory=lambda b, links: CapacitorBankAgent(b.agent_id, b.attrs, links, has_feedback="steps_active" in b.points),
-    step_order=3, requests=("maintenance", "reset", "var_support", "close_step", "open_step"),
-    subscriptions=(Topic.VOLTAGE_EVENTS,), message_handlers={"maximize_var_support": _var_support},
+    step_order=3,
+    requests=("maintenance", "reset", "var_support", "close_step", "open_step"),
+    subscriptions=(Topic.VOLTAGE_EVENTS,),
+    message_handlers={"maximize_var_support": _var_support},
     visualization=visualization.capacitor_view,
     description="a switched capacitor bank: voltage, var, time or temperature control, operation limits",
 )

@@ -76,26 +76,56 @@ _CLOSED_IGNORES = "RECLOSE_STARTED CLOSED CLOSED_UNEXPECTED RESET MAINTENANCE_ST
 _OPEN_IGNORES = "HIGH_CURRENT CURRENT_NORMAL OPENED OPENED_UNEXPECTED"
 
 TABLE: TransitionTable[BreakerState, BreakerEvent] = TransitionTable(
-    BreakerState, BreakerEvent, initial=_S.CLOSED_NORMAL,
+    BreakerState,
+    BreakerEvent,
+    initial=_S.CLOSED_NORMAL,
     rows={
         # closed: a close confirms the state; reset, reclose and maintenance need an open breaker
-        _S.CLOSED_NORMAL: row(_E, **_CLOSED, HIGH_CURRENT=_S.CLOSED_HIGH_CURRENT, ignore=_CLOSED_IGNORES + " CURRENT_NORMAL"),
-        _S.CLOSED_HIGH_CURRENT: row(_E, **_CLOSED, CURRENT_NORMAL=_S.CLOSED_NORMAL, ignore=_CLOSED_IGNORES + " HIGH_CURRENT"),
+        _S.CLOSED_NORMAL: row(
+            _E, **_CLOSED, HIGH_CURRENT=_S.CLOSED_HIGH_CURRENT, ignore=_CLOSED_IGNORES + " CURRENT_NORMAL"
+        ),
+        _S.CLOSED_HIGH_CURRENT: row(
+            _E, **_CLOSED, CURRENT_NORMAL=_S.CLOSED_NORMAL, ignore=_CLOSED_IGNORES + " HIGH_CURRENT"
+        ),
         # open: currents read on an open breaker are noise; an open confirms the state
-        _S.TRIPPED: row(_E, **_FOLLOW_CLOSE, RECLOSE_STARTED=_S.RECLOSING, LOCKOUT=_S.LOCKED_OUT,
-                        MAINTENANCE_START=_S.MAINTENANCE,
-                        ignore=_OPEN_IGNORES + " PROTECTION_TRIP RESET MAINTENANCE_END"),
-        _S.OPEN_MANUAL: row(_E, **_FOLLOW_CLOSE, LOCKOUT=_S.LOCKED_OUT, MAINTENANCE_START=_S.MAINTENANCE,
-                            PROTECTION_TRIP=_S.TRIPPED, ignore=_OPEN_IGNORES + " RECLOSE_STARTED RESET MAINTENANCE_END"),
-        _S.RECLOSING: row(_E, **_FOLLOW_CLOSE, PROTECTION_TRIP=_S.TRIPPED, LOCKOUT=_S.LOCKED_OUT,
-                          ignore=_OPEN_IGNORES + " RECLOSE_STARTED RESET MAINTENANCE_START MAINTENANCE_END"),
+        _S.TRIPPED: row(
+            _E,
+            **_FOLLOW_CLOSE,
+            RECLOSE_STARTED=_S.RECLOSING,
+            LOCKOUT=_S.LOCKED_OUT,
+            MAINTENANCE_START=_S.MAINTENANCE,
+            ignore=_OPEN_IGNORES + " PROTECTION_TRIP RESET MAINTENANCE_END",
+        ),
+        _S.OPEN_MANUAL: row(
+            _E,
+            **_FOLLOW_CLOSE,
+            LOCKOUT=_S.LOCKED_OUT,
+            MAINTENANCE_START=_S.MAINTENANCE,
+            PROTECTION_TRIP=_S.TRIPPED,
+            ignore=_OPEN_IGNORES + " RECLOSE_STARTED RESET MAINTENANCE_END",
+        ),
+        _S.RECLOSING: row(
+            _E,
+            **_FOLLOW_CLOSE,
+            PROTECTION_TRIP=_S.TRIPPED,
+            LOCKOUT=_S.LOCKED_OUT,
+            ignore=_OPEN_IGNORES + " RECLOSE_STARTED RESET MAINTENANCE_START MAINTENANCE_END",
+        ),
         # locked out: only a reset, maintenance or a measured close leaves it
-        _S.LOCKED_OUT: row(_E, **_FOLLOW_CLOSE, RESET=_S.OPEN_MANUAL, MAINTENANCE_START=_S.MAINTENANCE,
-                           ignore=_OPEN_IGNORES + " PROTECTION_TRIP RECLOSE_STARTED LOCKOUT MAINTENANCE_END"),
+        _S.LOCKED_OUT: row(
+            _E,
+            **_FOLLOW_CLOSE,
+            RESET=_S.OPEN_MANUAL,
+            MAINTENANCE_START=_S.MAINTENANCE,
+            ignore=_OPEN_IGNORES + " PROTECTION_TRIP RECLOSE_STARTED LOCKOUT MAINTENANCE_END",
+        ),
         # a maintenance tag is lifted by people only: a close measured meanwhile is alarmed, not followed
-        _S.MAINTENANCE: row(_E, MAINTENANCE_END=_S.OPEN_MANUAL,
-                            ignore="HIGH_CURRENT CURRENT_NORMAL PROTECTION_TRIP RECLOSE_STARTED CLOSED CLOSED_UNEXPECTED "
-                                   "OPENED OPENED_UNEXPECTED LOCKOUT RESET MAINTENANCE_START"),
+        _S.MAINTENANCE: row(
+            _E,
+            MAINTENANCE_END=_S.OPEN_MANUAL,
+            ignore="HIGH_CURRENT CURRENT_NORMAL PROTECTION_TRIP RECLOSE_STARTED CLOSED CLOSED_UNEXPECTED "
+            "OPENED OPENED_UNEXPECTED LOCKOUT RESET MAINTENANCE_START",
+        ),
     },
 )
 
@@ -104,10 +134,16 @@ OVERCURRENT_ELEMENTS = ("50", "51", "49", "67")
 """Elements whose pickup means high current through the breaker (not 27/59/81)."""
 
 TRIP_CAUSES = {
-    "phase_fault": "phase fault", "ground_fault": "ground fault", "overload": "overload",
-    "thermal_overload": "thermal overload", "breaker_failure": "breaker failure (50BF backup trip)",
-    "undervoltage": "undervoltage", "overvoltage": "overvoltage", "underfrequency": "underfrequency",
-    "overfrequency": "overfrequency", "protection": "protection trip",
+    "phase_fault": "phase fault",
+    "ground_fault": "ground fault",
+    "overload": "overload",
+    "thermal_overload": "thermal overload",
+    "breaker_failure": "breaker failure (50BF backup trip)",
+    "undervoltage": "undervoltage",
+    "overvoltage": "overvoltage",
+    "underfrequency": "underfrequency",
+    "overfrequency": "overfrequency",
+    "protection": "protection trip",
 }
 """Trip cause code → words for alarms."""
 FAULT_CAUSES = frozenset({"phase_fault", "ground_fault", "breaker_failure"})
@@ -143,6 +179,7 @@ def trip_cause(element: str, phase: str, current_a: float, fault_level_a: float 
 
 
 MAX_OPERATIONS_COUNT = 2**32 - 1
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BreakerInputs:
@@ -185,9 +222,14 @@ class CircuitBreakerAgent(Agent[BreakerState, BreakerEvent]):
     agent_type = "circuit_breaker"
     TABLE = TABLE
 
-    def __init__(self, agent_id: str, attrs: CircuitBreakerAttributes, links: Links | None = None,
-                 command_points: tuple[str, ...] = ("trip_cmd", "close_cmd"),
-                 fault_level_a: float | None = None) -> None:
+    def __init__(
+        self,
+        agent_id: str,
+        attrs: CircuitBreakerAttributes,
+        links: Links | None = None,
+        command_points: tuple[str, ...] = ("trip_cmd", "close_cmd"),
+        fault_level_a: float | None = None,
+    ) -> None:
         super().__init__(agent_id, links)
         self.attrs = attrs
         self.command_points = command_points
@@ -240,8 +282,11 @@ class CircuitBreakerAgent(Agent[BreakerState, BreakerEvent]):
         action, opposite = ("close", "open") if closed else ("open", "close")
         m.closed = closed
         if first:
-            return None if closed == implied else (
-                (_E.CLOSED if closed else _E.OPENED), f"first position reading: {'closed' if closed else 'open'}")
+            return (
+                None
+                if closed == implied
+                else ((_E.CLOSED if closed else _E.OPENED), f"first position reading: {'closed' if closed else 'open'}")
+            )
         index = self._pending(m, action, now)
         if closed == implied:
             if index is not None:
@@ -250,7 +295,7 @@ class CircuitBreakerAgent(Agent[BreakerState, BreakerEvent]):
         if index is not None:
             origin = m.expected_operations[index][2]
             # anything older was carried out between two readings (a trip and reclose inside one poll)
-            m.expected_operations = m.expected_operations[index + 1:]
+            m.expected_operations = m.expected_operations[index + 1 :]
             return (_E.CLOSED, f"closed by {origin}") if closed else (_E.OPENED, f"opened by {origin}")
         if self._pending(m, opposite, now) is not None:
             return None
@@ -262,21 +307,35 @@ class CircuitBreakerAgent(Agent[BreakerState, BreakerEvent]):
         me = self.agent_id
         if event is _E.CLOSED_UNEXPECTED:
             if old is _S.MAINTENANCE:
-                return Alert(agent_id=me, severity=Severity.CRITICAL, time=now,
-                             message=f"{me} reads closed while in Maintenance, with no close known to the gateway: "
-                                     "make sure it is isolated before work goes on; it stays in Maintenance "
-                                     "until the maintenance is ended")
-            return Alert(agent_id=me, severity=Severity.CRITICAL if old is _S.LOCKED_OUT else Severity.MAJOR,
-                         time=now,
-                         message=f"{me} position discrepancy: closed while {old.value} with no close known to the "
-                                 "gateway (closed at the panel, by another system, or after a device restart); "
-                                 "the agent follows the measured position"
-                                 + ("; the lockout was not reset: check the feeder before leaving it in service"
-                                    if old is _S.LOCKED_OUT else ""))
+                return Alert(
+                    agent_id=me,
+                    severity=Severity.CRITICAL,
+                    time=now,
+                    message=f"{me} reads closed while in Maintenance, with no close known to the gateway: "
+                    "make sure it is isolated before work goes on; it stays in Maintenance "
+                    "until the maintenance is ended",
+                )
+            return Alert(
+                agent_id=me,
+                severity=Severity.CRITICAL if old is _S.LOCKED_OUT else Severity.MAJOR,
+                time=now,
+                message=f"{me} position discrepancy: closed while {old.value} with no close known to the "
+                "gateway (closed at the panel, by another system, or after a device restart); "
+                "the agent follows the measured position"
+                + (
+                    "; the lockout was not reset: check the feeder before leaving it in service"
+                    if old is _S.LOCKED_OUT
+                    else ""
+                ),
+            )
         if event is _E.OPENED_UNEXPECTED and old in CLOSED_STATES:
-            return Alert(agent_id=me, severity=Severity.MAJOR, time=now,
-                         message=f"{me} opened with no protection trip and no command known to the gateway "
-                                 "(uncommanded open: external trip, local operation or mechanism fault)")
+            return Alert(
+                agent_id=me,
+                severity=Severity.MAJOR,
+                time=now,
+                message=f"{me} opened with no protection trip and no command known to the gateway "
+                "(uncommanded open: external trip, local operation or mechanism fault)",
+            )
         return None
 
     # ------------------------------------------------------------------ step
@@ -307,8 +366,13 @@ class CircuitBreakerAgent(Agent[BreakerState, BreakerEvent]):
         # current events: the table follows them in the closed states and ignores them when open
         threshold = self.attrs.high_current_percent / 100.0 * self.attrs.rated_current
         if m.pickup or m.max_phase_current_a >= threshold:
-            self.fire(m, _E.HIGH_CURRENT, f"phase current {m.max_phase_current_a:.0f} A"
-                      + (" (protection pickup)" if m.pickup else ""), now, out)
+            self.fire(
+                m,
+                _E.HIGH_CURRENT,
+                f"phase current {m.max_phase_current_a:.0f} A" + (" (protection pickup)" if m.pickup else ""),
+                now,
+                out,
+            )
         else:
             self.fire(m, _E.CURRENT_NORMAL, f"phase current {m.max_phase_current_a:.0f} A", now, out)
         self._maintenance_due(m, now, out)
@@ -319,25 +383,41 @@ class CircuitBreakerAgent(Agent[BreakerState, BreakerEvent]):
         worn = m.contact_wear_ka2s >= 0.8 * a.contact_wear_limit_ka2s or m.operations >= a.maintenance_operations
         if worn and not m.maintenance_alerted:
             m.maintenance_alerted = True
-            msg = (f"maintenance due: contact wear {m.contact_wear_ka2s:.1f} of {a.contact_wear_limit_ka2s:.0f} kA²s, "
-                   f"{m.operations} operations")
+            msg = (
+                f"maintenance due: contact wear {m.contact_wear_ka2s:.1f} of {a.contact_wear_limit_ka2s:.0f} kA²s, "
+                f"{m.operations} operations"
+            )
             out.append(Alert(agent_id=self.agent_id, severity=Severity.WARNING, time=now, message=msg))
-            reason = ("contact wear" if m.contact_wear_ka2s >= 0.8 * a.contact_wear_limit_ka2s else "operations count")
-            out.append(BusMessage(source=self.agent_id, topic=Topic.MAINTENANCE_SCHEDULED, kind="maintenance_due",
-                                  payload={"element": self.agent_id, "element_type": self.agent_type,
-                                           "reason": reason, "contact_wear_ka2s": m.contact_wear_ka2s,
-                                           "contact_wear_limit_ka2s": a.contact_wear_limit_ka2s,
-                                           "operations": m.operations, "maintenance_operations": a.maintenance_operations,
-                                           "customers": self.links.customers_downstream}))
+            reason = "contact wear" if m.contact_wear_ka2s >= 0.8 * a.contact_wear_limit_ka2s else "operations count"
+            out.append(
+                BusMessage(
+                    source=self.agent_id,
+                    topic=Topic.MAINTENANCE_SCHEDULED,
+                    kind="maintenance_due",
+                    payload={
+                        "element": self.agent_id,
+                        "element_type": self.agent_type,
+                        "reason": reason,
+                        "contact_wear_ka2s": m.contact_wear_ka2s,
+                        "contact_wear_limit_ka2s": a.contact_wear_limit_ka2s,
+                        "operations": m.operations,
+                        "maintenance_operations": a.maintenance_operations,
+                        "customers": self.links.customers_downstream,
+                    },
+                )
+            )
 
     def describe_trip(self, m: BreakerMemory) -> str:
         """The last trip in words for alarms: cause, element, phase, current."""
         words = TRIP_CAUSES.get(m.trip_cause or "", m.trip_cause or "trip")
-        return f"{words} ({m.last_trip_element or 'protection'}{_phase_words(m.last_trip_phase)}, " \
-               f"{m.last_fault_current_a:.0f} A)"
+        return (
+            f"{words} ({m.last_trip_element or 'protection'}{_phase_words(m.last_trip_phase)}, "
+            f"{m.last_fault_current_a:.0f} A)"
+        )
 
-    def on_protection_event(self, memory: BreakerMemory, kind: str, element: str, phase: str, current_a: float,
-                            now: float) -> tuple[BreakerMemory, list[Action]]:
+    def on_protection_event(
+        self, memory: BreakerMemory, kind: str, element: str, phase: str, current_a: float, now: float
+    ) -> tuple[BreakerMemory, list[Action]]:
         m = copy.deepcopy(memory)
         out: list[Action] = []
         a = self.attrs
@@ -354,8 +434,13 @@ class CircuitBreakerAgent(Agent[BreakerState, BreakerEvent]):
             m.pickup = False
             cause = trip_cause(element, phase, current_a, self.fault_level_a)
             self._expect(m, "open", f"protection ({element})", now)
-            if self.fire(m, _E.PROTECTION_TRIP, f"{element} trip, phase {phase}, {current_a:.0f} A: "
-                         f"{TRIP_CAUSES[cause]}", now, out):
+            if self.fire(
+                m,
+                _E.PROTECTION_TRIP,
+                f"{element} trip, phase {phase}, {current_a:.0f} A: {TRIP_CAUSES[cause]}",
+                now,
+                out,
+            ):
                 m.trip_count += 1
                 m.sequence_trips += 1
                 m.operations += 1
@@ -363,58 +448,102 @@ class CircuitBreakerAgent(Agent[BreakerState, BreakerEvent]):
                 m.last_fault_current_a = current_a
                 m.last_trip_element, m.last_trip_phase = element, phase
                 m.trip_cause = cause
-                m.trip_reason = "ground_fault" if cause == "ground_fault" else (
-                    "overcurrent" if cause in ("phase_fault", "overload", "thermal_overload", "breaker_failure")
-                    else cause)
+                m.trip_reason = (
+                    "ground_fault"
+                    if cause == "ground_fault"
+                    else (
+                        "overcurrent"
+                        if cause in ("phase_fault", "overload", "thermal_overload", "breaker_failure")
+                        else cause
+                    )
+                )
                 m.contact_wear_ka2s += (current_a / 1000.0) ** 2 * a.interrupt_time_s
                 # bounded: one more than the limit decides the lockout, older trips add nothing
-                m.recent_trips = ([t for t in m.recent_trips if now - t < a.trip_count_period_s]
-                                  + [now])[-(a.max_trips_in_period + 1):]
-                payload = {"breaker": me, "line": self.links.lines[0] if self.links.lines else None,
-                           "cause": cause, "element": element, "phase": phase, "fault_current_a": current_a,
-                           "trip_count": m.trip_count, "sequence_trips": m.sequence_trips,
-                           "customers": self.links.customers_downstream}
-                out.append(BusMessage(source=me, topic=Topic.FAULT_ALERTS, kind="breaker_trip", payload=payload,
-                                      urgent=True))
+                m.recent_trips = ([t for t in m.recent_trips if now - t < a.trip_count_period_s] + [now])[
+                    -(a.max_trips_in_period + 1) :
+                ]
+                payload = {
+                    "breaker": me,
+                    "line": self.links.lines[0] if self.links.lines else None,
+                    "cause": cause,
+                    "element": element,
+                    "phase": phase,
+                    "fault_current_a": current_a,
+                    "trip_count": m.trip_count,
+                    "sequence_trips": m.sequence_trips,
+                    "customers": self.links.customers_downstream,
+                }
+                out.append(
+                    BusMessage(source=me, topic=Topic.FAULT_ALERTS, kind="breaker_trip", payload=payload, urgent=True)
+                )
                 if cause not in FAULT_CAUSES or not self.links.lines:
                     # a fault on a line is announced by the line; anything else by the breaker
-                    out.append(Alert(agent_id=me, severity=Severity.MAJOR, time=now,
-                                     message=f"{me} tripped on {self.describe_trip(m)}"
-                                             + (" on load current, below the fault level "
-                                                f"{self.fault_level_a:.0f} A" if cause == "overload"
-                                                and self.fault_level_a else "")))
+                    out.append(
+                        Alert(
+                            agent_id=me,
+                            severity=Severity.MAJOR,
+                            time=now,
+                            message=f"{me} tripped on {self.describe_trip(m)}"
+                            + (
+                                f" on load current, below the fault level {self.fault_level_a:.0f} A"
+                                if cause == "overload" and self.fault_level_a
+                                else ""
+                            ),
+                        )
+                    )
                 if self.links.upstream_breaker:
-                    out.append(BusMessage(source=me, target=self.links.upstream_breaker, kind="fault_cleared_downstream",
-                                          payload=payload, urgent=True))
+                    out.append(
+                        BusMessage(
+                            source=me,
+                            target=self.links.upstream_breaker,
+                            kind="fault_cleared_downstream",
+                            payload=payload,
+                            urgent=True,
+                        )
+                    )
                 if len(m.recent_trips) > a.max_trips_in_period and self.fire(
-                        m, _E.LOCKOUT, f"{len(m.recent_trips)} trips within {a.trip_count_period_s:.0f} s", now, out):
+                    m, _E.LOCKOUT, f"{len(m.recent_trips)} trips within {a.trip_count_period_s:.0f} s", now, out
+                ):
                     out += self._lockout_notice(m, len(m.recent_trips), f"within {a.trip_count_period_s:.0f} s", now)
         elif kind == "reclose":
             self._expect(m, "close", f"auto-reclose ({element})", now)
             self.fire(m, _E.RECLOSE_STARTED, f"auto-reclose by {element}", now, out)
         elif kind == "lockout":
-            if self.fire(m, _E.LOCKOUT, f"reclose sequence exhausted ({element}) after {m.sequence_trips} trip(s)",
-                         now, out):
+            if self.fire(
+                m, _E.LOCKOUT, f"reclose sequence exhausted ({element}) after {m.sequence_trips} trip(s)", now, out
+            ):
                 out += self._lockout_notice(m, m.sequence_trips, "(reclose sequence exhausted)", now)
         elif kind == "reset":
             m.sequence_trips = 0
             self.fire(m, _E.RESET, "protection reset", now, out)
         else:
-            raise ValueError(f"breaker {me}: unknown protection event kind {kind!r} "
-                             "(expected pickup, dropout, trip, reclose, lockout, reset)")
+            raise ValueError(
+                f"breaker {me}: unknown protection event kind {kind!r} "
+                "(expected pickup, dropout, trip, reclose, lockout, reset)"
+            )
         self._maintenance_due(m, now, out)
         return m, out
 
     def _lockout_notice(self, m: BreakerMemory, trips: int, why: str, now: float) -> list[Action]:
         me = self.agent_id
         cause = m.trip_cause or "protection"
-        payload = {"breaker": me, "line": self.links.lines[0] if self.links.lines else None, "trips": trips,
-                   "cause": cause, "last_trip": self.describe_trip(m), "trip_count": m.trip_count,
-                   "customers": self.links.customers_downstream}
+        payload = {
+            "breaker": me,
+            "line": self.links.lines[0] if self.links.lines else None,
+            "trips": trips,
+            "cause": cause,
+            "last_trip": self.describe_trip(m),
+            "trip_count": m.trip_count,
+            "customers": self.links.customers_downstream,
+        }
         return [
-            Alert(agent_id=me, severity=Severity.CRITICAL, time=now,
-                  message=f"{me} locked out after {trips} trip(s) {why}; last trip: {self.describe_trip(m)}; "
-                          "manual intervention required"),
+            Alert(
+                agent_id=me,
+                severity=Severity.CRITICAL,
+                time=now,
+                message=f"{me} locked out after {trips} trip(s) {why}; last trip: {self.describe_trip(m)}; "
+                "manual intervention required",
+            ),
             BusMessage(source=me, topic=Topic.FAULT_ALERTS, kind="breaker_lockout", payload=payload, urgent=True),
         ]
 
@@ -425,8 +554,9 @@ class CircuitBreakerAgent(Agent[BreakerState, BreakerEvent]):
             m.pickup = False
         return m, []
 
-    def request(self, memory: BreakerMemory, request: str, args: dict[str, Any], now: float
-                ) -> tuple[BreakerMemory, list[Action]]:
+    def request(
+        self, memory: BreakerMemory, request: str, args: dict[str, Any], now: float
+    ) -> tuple[BreakerMemory, list[Action]]:
         """Operator/SCADA requests: open, close, reset, maintenance (on=bool)."""
         m = copy.deepcopy(memory)
         out: list[Action] = []
@@ -465,24 +595,40 @@ class CircuitBreakerAgent(Agent[BreakerState, BreakerEvent]):
     def _command(self, open_: bool, reason: str) -> ControlRequest:
         if "position_cmd" in self.command_points:
             return ControlRequest(agent_id=self.agent_id, point_name="position_cmd", value=not open_, reason=reason)
-        return ControlRequest(agent_id=self.agent_id, point_name="trip_cmd" if open_ else "close_cmd", value=True,
-                              reason=reason)
+        return ControlRequest(
+            agent_id=self.agent_id, point_name="trip_cmd" if open_ else "close_cmd", value=True, reason=reason
+        )
 
     def attributes(self, memory: Memory) -> dict[str, Any]:
         m = memory
         assert isinstance(m, BreakerMemory)
         a = self.attrs
         return {
-            "breaker_type": a.breaker_type, "rated_current": a.rated_current,
+            "breaker_type": a.breaker_type,
+            "rated_current": a.rated_current,
             "interrupting_capacity": a.interrupting_capacity,
             "position": None if m.closed is None else ("closed" if m.closed else "open"),
-            "trip_count": m.trip_count, "last_trip_date": m.last_trip_time, "trip_reason": m.trip_reason,
-            "trip_cause": m.trip_cause, "sequence_trips": m.sequence_trips, "position_discrepancies": m.discrepancies,
+            "trip_count": m.trip_count,
+            "last_trip_date": m.last_trip_time,
+            "trip_reason": m.trip_reason,
+            "trip_cause": m.trip_cause,
+            "sequence_trips": m.sequence_trips,
+            "position_discrepancies": m.discrepancies,
             "contact_wear_ka2s": m.contact_wear_ka2s,
             "contact_wear_percent": 100.0 * m.contact_wear_ka2s / a.contact_wear_limit_ka2s,
-            "operations": m.operations, "max_phase_current_a": m.max_phase_current_a,
-            "condition_score": max(0.0, min(a.condition_score, 100.0 * (1.0 - max(
-                m.contact_wear_ka2s / a.contact_wear_limit_ka2s, m.operations / a.maintenance_operations)))),
+            "operations": m.operations,
+            "max_phase_current_a": m.max_phase_current_a,
+            "condition_score": max(
+                0.0,
+                min(
+                    a.condition_score,
+                    100.0
+                    * (
+                        1.0
+                        - max(m.contact_wear_ka2s / a.contact_wear_limit_ka2s, m.operations / a.maintenance_operations)
+                    ),
+                ),
+            ),
             "protected_line": a.protected_line or (self.links.lines[0] if self.links.lines else ""),
         }
 
@@ -496,10 +642,21 @@ def _phase_words(phase: str | None) -> str:
 _PHASORS = {f"v{p}_kv": spec.KV for p in "abc"} | {f"{q}{p}_deg": spec.analog("deg", "°") for q in "vi" for p in "abc"}
 
 POINTS: dict[str, spec.PointName] = {
-    "ia": spec.AMP, "ib": spec.AMP, "ic": spec.AMP, "in": spec.AMP, "closed": spec.BIT, "operations": spec.COUNTER,
-    "voltage_kv": spec.KV, "frequency_hz": spec.HZ, "active_power_kw": spec.KW, "reactive_power_kvar": spec.KVAR,
-    "fpi": spec.BIT, "local": spec.BIT,
-    "trip_cmd": spec.BIT_COMMAND, "close_cmd": spec.BIT_COMMAND, "position_cmd": spec.BIT_COMMAND,
+    "ia": spec.AMP,
+    "ib": spec.AMP,
+    "ic": spec.AMP,
+    "in": spec.AMP,
+    "closed": spec.BIT,
+    "operations": spec.COUNTER,
+    "voltage_kv": spec.KV,
+    "frequency_hz": spec.HZ,
+    "active_power_kw": spec.KW,
+    "reactive_power_kvar": spec.KVAR,
+    "fpi": spec.BIT,
+    "local": spec.BIT,
+    "trip_cmd": spec.BIT_COMMAND,
+    "close_cmd": spec.BIT_COMMAND,
+    "position_cmd": spec.BIT_COMMAND,
     "fpi_reset": spec.BIT_COMMAND,
     **_PHASORS,
 }
@@ -507,8 +664,12 @@ POINTS: dict[str, spec.PointName] = {
 
 def _links(b: spec.Build) -> Links:
     lines = b.of_type(b.topology.children(b.agent_id), "power_line")
-    return Links(upstream_breaker=b.protecting_breaker, lines=lines, substation=b.substation,
-                 customers_downstream=b.topology.meters_downstream(b.agent_id))
+    return Links(
+        upstream_breaker=b.protecting_breaker,
+        lines=lines,
+        substation=b.substation,
+        customers_downstream=b.topology.meters_downstream(b.agent_id),
+    )
 
 
 def _line_fault_level_a(b: spec.Build, line: str) -> float:
@@ -520,14 +681,22 @@ def _build(b: spec.Build, links: Links) -> CircuitBreakerAgent:
     """One position command point when the site maps one, else separate trip and close points."""
     cmds = ("position_cmd",) if "position_cmd" in b.points else ("trip_cmd", "close_cmd")
     levels = [_line_fault_level_a(b, ln) for ln in links.lines]
-    return CircuitBreakerAgent(b.agent_id, b.attrs, links, command_points=cmds,
-                               fault_level_a=min(levels) if levels else None)
+    return CircuitBreakerAgent(
+        b.agent_id, b.attrs, links, command_points=cmds, fault_level_a=min(levels) if levels else None
+    )
 
 
 SPEC = spec.AgentSpec(
-    type_name="circuit_breaker", table=TABLE, attributes=CircuitBreakerAttributes, points=POINTS,
-    inputs=BreakerInputs, links=_links, factory=_build, step_order=0,
-    requests=("open", "close", "reset", "maintenance"), subscriptions=(Topic.FAULT_ALERTS,),
+    type_name="circuit_breaker",
+    table=TABLE,
+    attributes=CircuitBreakerAttributes,
+    points=POINTS,
+    inputs=BreakerInputs,
+    links=_links,
+    factory=_build,
+    step_order=0,
+    requests=("open", "close", "reset", "maintenance"),
+    subscriptions=(Topic.FAULT_ALERTS,),
     visualization=visualization.switch_view,
     description="a breaker, recloser or load-break switch: position, trips, reclosing, contact wear",
 )

@@ -93,8 +93,10 @@ def _human_show(d: dict[str, Any]) -> str:
     transitions = d.get("last_transitions") or []
     if transitions:
         offset = d.get("wall_offset")
-        rows = [(_when(t["time"] + offset) if offset is not None else f"t={t['time']:.1f}", t["old"], t["new"],
-                 t["cause"]) for t in transitions]
+        rows = [
+            (_when(t["time"] + offset) if offset is not None else f"t={t['time']:.1f}", t["old"], t["new"], t["cause"])
+            for t in transitions
+        ]
         lines += ["", "last transitions:", table(rows, ["TIME", "FROM", "TO", "CAUSE"])]
     return "\n".join(lines)
 
@@ -106,8 +108,10 @@ def _human_reliability(r: dict[str, Any]) -> str:
         ("period", f"{_when(r.get('since_wall', r['since']))} .. {_when(r.get('until_wall', r['until']))}"),
         ("customers served", r["customers_served"]),
         ("sustained interruptions", r["sustained_interruptions"]),
-        ("momentary interruptions", f"{r['momentary_interruptions']} "
-                                    f"(restored within {r['momentary_threshold_s']:.0f} s)"),
+        (
+            "momentary interruptions",
+            f"{r['momentary_interruptions']} (restored within {r['momentary_threshold_s']:.0f} s)",
+        ),
         ("SAIFI", f"{r['saifi']:.4f} interruptions/customer"),
         ("SAIDI", f"{r['saidi_min']:.2f} min/customer"),
         ("CAIDI", f"{r['caidi_min']:.2f} min/interruption"),
@@ -152,9 +156,17 @@ def cmd_agents_request(args: argparse.Namespace) -> int:
     from gateway.control import call
 
     result = call(runtime_dir(args), "agents.request", id=args.id, request=args.request, **dict(args.args))
-    emit(args, result, lambda r: "\n".join(
-        f"{a.get('action')}: {a.get('point_name', '')}={a.get('value', '')} ({a.get('reason', a.get('message', ''))})"
-        for a in r) or "accepted (no immediate action)")
+    emit(
+        args,
+        result,
+        lambda r: (
+            "\n".join(
+                f"{a.get('action')}: {a.get('point_name', '')}={a.get('value', '')} ({a.get('reason', a.get('message', ''))})"
+                for a in r
+            )
+            or "accepted (no immediate action)"
+        ),
+    )
     return 0
 
 
@@ -189,12 +201,19 @@ def describe_type(spec: AgentSpec) -> dict[str, Any]:
     """What the registry says of one agent type, as plain data (for `stima agents types`)."""
     table_ = spec.table
     return {
-        "type": spec.type_name, "description": spec.description, "initial_state": table_.initial.value,
-        "states": [s.value for s in table_.states], "events": [e.name.lower() for e in table_.events],
-        "points": {n: {"kinds": sorted(p.kinds), "units": sorted(p.units), "command": p.command}
-                   for n, p in spec.points.items()},
-        "requests": list(spec.requests), "subscriptions": [t.value for t in spec.subscriptions],
-        "handles": sorted(spec.message_handlers), "attributes": list(spec.attributes.model_fields),
+        "type": spec.type_name,
+        "description": spec.description,
+        "initial_state": table_.initial.value,
+        "states": [s.value for s in table_.states],
+        "events": [e.name.lower() for e in table_.events],
+        "points": {
+            n: {"kinds": sorted(p.kinds), "units": sorted(p.units), "command": p.command}
+            for n, p in spec.points.items()
+        },
+        "requests": list(spec.requests),
+        "subscriptions": [t.value for t in spec.subscriptions],
+        "handles": sorted(spec.message_handlers),
+        "attributes": list(spec.attributes.model_fields),
     }
 
 
@@ -205,41 +224,74 @@ def _point_cell(p: dict[str, Any]) -> str:
 def _human_types(rows: list[dict[str, Any]]) -> str:
     from gateway.cli import table
 
-    return table([(r["type"], len(r["states"]), len([p for p in r["points"].values() if not p["command"]]),
-                   ", ".join(n for n, p in r["points"].items() if p["command"]) or "-",
-                   ", ".join(r["requests"]) or "-", ", ".join(r["subscriptions"]) or "-") for r in rows],
-                 ["TYPE", "STATES", "MEASUREMENTS", "COMMAND POINTS", "REQUESTS", "BUS TOPICS"])
+    return table(
+        [
+            (
+                r["type"],
+                len(r["states"]),
+                len([p for p in r["points"].values() if not p["command"]]),
+                ", ".join(n for n, p in r["points"].items() if p["command"]) or "-",
+                ", ".join(r["requests"]) or "-",
+                ", ".join(r["subscriptions"]) or "-",
+            )
+            for r in rows
+        ],
+        ["TYPE", "STATES", "MEASUREMENTS", "COMMAND POINTS", "REQUESTS", "BUS TOPICS"],
+    )
 
 
 def _human_type(d: dict[str, Any]) -> str:
     from gateway.cli import table
 
-    lines = [f"{d['type']}: {d['description']}", f"states: {', '.join(d['states'])} (initial {d['initial_state']})",
-             f"requests: {', '.join(d['requests']) or '-'}", f"bus topics: {', '.join(d['subscriptions']) or '-'}"]
+    lines = [
+        f"{d['type']}: {d['description']}",
+        f"states: {', '.join(d['states'])} (initial {d['initial_state']})",
+        f"requests: {', '.join(d['requests']) or '-'}",
+        f"bus topics: {', '.join(d['subscriptions']) or '-'}",
+    ]
     if d["points"]:
-        lines += ["", table([(n, "command" if p["command"] else "measurement", _point_cell(p))
-                             for n, p in d["points"].items()], ["POINT", "DIRECTION", "KIND [UNITS]"])]
+        lines += [
+            "",
+            table(
+                [(n, "command" if p["command"] else "measurement", _point_cell(p)) for n, p in d["points"].items()],
+                ["POINT", "DIRECTION", "KIND [UNITS]"],
+            ),
+        ]
     return "\n".join(lines)
 
 
 def types_markdown(registry: Mapping[str, AgentSpec]) -> str:
     """docs/agents.md: every agent type as the registry declares it (kept equal by a test)."""
-    out = ["# Agent types", "",
-           "Generated from the agent registry (`gateway/agents/registry.py`) by "
-           "`stima agents types --format markdown`; do not edit by hand.", "",
-           "Each type is declared once, by the `SPEC` at the end of its module in `gateway/agents/`: its states "
-           "and transition table, its site-file attributes, the point names its `points` table may map (a name "
-           "outside them is refused), the requests it accepts and the bus topics it hears.", ""]
+    out = [
+        "# Agent types",
+        "",
+        "Generated from the agent registry (`gateway/agents/registry.py`) by "
+        "`stima agents types --format markdown`; do not edit by hand.",
+        "",
+        "Each type is declared once, by the `SPEC` at the end of its module in `gateway/agents/`: its states "
+        "and transition table, its site-file attributes, the point names its `points` table may map (a name "
+        "outside them is refused), the requests it accepts and the bus topics it hears.",
+        "",
+    ]
     for spec in registry.values():
         d = describe_type(spec)
-        out += [f"## {d['type']}", "", d["description"][:1].upper() + d["description"][1:] + ".", "",
-                f"- States: {', '.join(f'`{s}`' for s in d['states'])} (initial `{d['initial_state']}`)",
-                f"- Requests: {', '.join(f'`{r}`' for r in d['requests']) or 'none'}",
-                f"- Bus topics heard: {', '.join(f'`{t}`' for t in d['subscriptions']) or 'none'}", ""]
+        out += [
+            f"## {d['type']}",
+            "",
+            d["description"][:1].upper() + d["description"][1:] + ".",
+            "",
+            f"- States: {', '.join(f'`{s}`' for s in d['states'])} (initial `{d['initial_state']}`)",
+            f"- Requests: {', '.join(f'`{r}`' for r in d['requests']) or 'none'}",
+            f"- Bus topics heard: {', '.join(f'`{t}`' for t in d['subscriptions']) or 'none'}",
+            "",
+        ]
         if d["points"]:
             out += ["| Point | Direction | Kind | Units |", "|---|---|---|---|"]
-            out += [f"| `{n}` | {'command' if p['command'] else 'measurement'} | {' or '.join(p['kinds'])} | "
-                    f"{', '.join(p['units']) or 'any'} |" for n, p in d["points"].items()]
+            out += [
+                f"| `{n}` | {'command' if p['command'] else 'measurement'} | {' or '.join(p['kinds'])} | "
+                f"{', '.join(p['units']) or 'any'} |"
+                for n, p in d["points"].items()
+            ]
         else:
             out.append("No points of its own.")
         out.append("")
@@ -280,8 +332,9 @@ def register(subparsers: Any, registry: Mapping[str, AgentSpec] | None = None) -
     alist.add_argument("--type", choices=types, help="only agents of this type")
     _common(alist)
     alist.set_defaults(func=cmd_agents_list)
-    show = sub.add_parser("show", help="one agent (or meter group, or meter): state, since when, attributes, "
-                                       "last transitions")
+    show = sub.add_parser(
+        "show", help="one agent (or meter group, or meter): state, since when, attributes, last transitions"
+    )
     show.add_argument("id", metavar="ID")
     _common(show)
     show.set_defaults(func=cmd_agents_show)
@@ -300,15 +353,21 @@ def register(subparsers: Any, registry: Mapping[str, AgentSpec] | None = None) -
 
     kinds = sub.add_parser("types", help="the agent types: states, points, commands, requests, bus topics (offline)")
     kinds.add_argument("agent_type", nargs="?", choices=types, metavar="TYPE", help=", ".join(types))
-    kinds.add_argument("--format", choices=["table", "markdown"], default="table",
-                       help="markdown: the page docs/agents.md is")
+    kinds.add_argument(
+        "--format", choices=["table", "markdown"], default="table", help="markdown: the page docs/agents.md is"
+    )
     kinds.add_argument("--json", action="store_true", help="machine-readable output")
     kinds.set_defaults(func=cmd_agents_types, registry=registry)
 
-    rel = subparsers.add_parser("reliability", help="IEEE 1366 indices (SAIFI, SAIDI, CAIDI, MAIFI, ASAI) from "
-                                                   "smart-meter outages")
-    rel.add_argument("--since", type=parse_time, default=None,
-                     help="start: POSIX seconds, ISO 8601, or an age like 24h / 7d (default: daemon start)")
+    rel = subparsers.add_parser(
+        "reliability", help="IEEE 1366 indices (SAIFI, SAIDI, CAIDI, MAIFI, ASAI) from smart-meter outages"
+    )
+    rel.add_argument(
+        "--since",
+        type=parse_time,
+        default=None,
+        help="start: POSIX seconds, ISO 8601, or an age like 24h / 7d (default: daemon start)",
+    )
     rel.add_argument("--until", type=parse_time, default=None, help="end (default: now)")
     _common(rel)
     rel.set_defaults(func=cmd_reliability)

@@ -77,12 +77,19 @@ class Forecast:
         return max(self.daily_kw[k] for k in slots) + self.level_kw
 
     def to_dict(self) -> dict[str, object]:
-        return {"made_at": self.made_at, "method": self.method, "level_kw": round(self.level_kw, 1),
-                "slope_kw_per_h": round(self.slope_kw_per_h, 1), "limit_kw": self.limit_kw,
-                "crossing_s": None if self.crossing_s is None else round(self.crossing_s, 1),
-                "crossing_at": None if self.crossing_s is None else self.made_at + self.crossing_s,
-                "peak_kw": round(self.peak_kw, 1), "peak_at": self.peak_at,
-                "times": list(self.times), "values_kw": [round(v, 1) for v in self.values_kw]}
+        return {
+            "made_at": self.made_at,
+            "method": self.method,
+            "level_kw": round(self.level_kw, 1),
+            "slope_kw_per_h": round(self.slope_kw_per_h, 1),
+            "limit_kw": self.limit_kw,
+            "crossing_s": None if self.crossing_s is None else round(self.crossing_s, 1),
+            "crossing_at": None if self.crossing_s is None else self.made_at + self.crossing_s,
+            "peak_kw": round(self.peak_kw, 1),
+            "peak_at": self.peak_at,
+            "times": list(self.times),
+            "values_kw": [round(v, 1) for v in self.values_kw],
+        }
 
 
 def _slot(t: float, s: ForecastSettings) -> int:
@@ -120,8 +127,13 @@ def _fit_line(xs: Sequence[float], ys: Sequence[float], level_fraction: float = 
     return _median(recent), slope
 
 
-def forecast(history: Sequence[tuple[float, float]], now: float, *, limit_kw: float | None = None,
-             settings: ForecastSettings | None = None) -> Forecast:
+def forecast(
+    history: Sequence[tuple[float, float]],
+    now: float,
+    *,
+    limit_kw: float | None = None,
+    settings: ForecastSettings | None = None,
+) -> Forecast:
     """Forecast from `history` ((wall time, kW) means, any order, NaN and non-finite dropped)."""
     s = settings or ForecastSettings()
     points = sorted((t, v) for t, v in history if math.isfinite(t) and math.isfinite(v) and t <= now)
@@ -157,8 +169,10 @@ def forecast(history: Sequence[tuple[float, float]], now: float, *, limit_kw: fl
     if use_shape:
         # the level is where the residual line stands now (a ramp is not averaged away)
         level = intercept
-        method = f"daily shape over {min(s.days, int(span // DAY_S))} day(s), level and trend of the last " \
-                 f"{s.trend_window_s / 3600.0:g} h"
+        method = (
+            f"daily shape over {min(s.days, int(span // DAY_S))} day(s), level and trend of the last "
+            f"{s.trend_window_s / 3600.0:g} h"
+        )
     else:
         level = intercept
         method = f"trend of the last {s.trend_window_s / 3600.0:g} h (history too short for a daily shape)"
@@ -180,8 +194,19 @@ def forecast(history: Sequence[tuple[float, float]], now: float, *, limit_kw: fl
             crossing = 0.0
     peak_i = max(range(len(values)), key=lambda i: values[i])
     midnight = now - (now + s.utc_offset_h * 3600.0) % DAY_S
-    daily = tuple(expected(midnight + (k + 0.5) * s.slot_s) for k in range(int(DAY_S // s.slot_s))) if use_shape \
-        else ()
-    return Forecast(made_at=now, times=tuple(times), values_kw=tuple(values), method=method, level_kw=level,
-                    slope_kw_per_h=slope * 3600.0, limit_kw=limit_kw, crossing_s=crossing, peak_kw=values[peak_i],
-                    peak_at=times[peak_i], daily_kw=daily, slot_s=s.slot_s, utc_offset_h=s.utc_offset_h)
+    daily = tuple(expected(midnight + (k + 0.5) * s.slot_s) for k in range(int(DAY_S // s.slot_s))) if use_shape else ()
+    return Forecast(
+        made_at=now,
+        times=tuple(times),
+        values_kw=tuple(values),
+        method=method,
+        level_kw=level,
+        slope_kw_per_h=slope * 3600.0,
+        limit_kw=limit_kw,
+        crossing_s=crossing,
+        peak_kw=values[peak_i],
+        peak_at=times[peak_i],
+        daily_kw=daily,
+        slot_s=s.slot_s,
+        utc_offset_h=s.utc_offset_h,
+    )

@@ -42,7 +42,9 @@ class TransitionTable(Generic[S, E]):
         try:
             target = self.rows[state][event]
         except KeyError:
-            raise IllegalTransition(f"{self.states.__name__}: event {event.name} is not allowed in {state.value}") from None
+            raise IllegalTransition(
+                f"{self.states.__name__}: event {event.name} is not allowed in {state.value}"
+            ) from None
         return state if target is IGNORE else target
 
     def transitions(self) -> Iterable[tuple[S, E, S]]:

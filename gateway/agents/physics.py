@@ -42,7 +42,12 @@ COOLING_EXPONENTS: dict[str, tuple[float, float]] = {
     "ODAF": (1.0, 1.0),
 }
 DEFAULT_TOP_OIL_TAU_MIN: dict[str, float] = {
-    "ONAN": 210.0, "oil_filled": 210.0, "dry_type": 210.0, "ONAF": 150.0, "OFAF": 90.0, "ODAF": 90.0,
+    "ONAN": 210.0,
+    "oil_filled": 210.0,
+    "dry_type": 210.0,
+    "ONAF": 150.0,
+    "OFAF": 90.0,
+    "ODAF": 90.0,
 }
 
 
@@ -59,8 +64,9 @@ def ultimate_hot_spot_rise_c(k: float, rated_rise_c: float, m: float) -> float:
     return rated_rise_c * float(k ** (2.0 * m))
 
 
-def top_oil_time_constant_s(rated_tau_s: float, ultimate_rise_c: float, initial_rise_c: float,
-                            rated_rise_c: float, n: float) -> float:
+def top_oil_time_constant_s(
+    rated_tau_s: float, ultimate_rise_c: float, initial_rise_c: float, rated_rise_c: float, n: float
+) -> float:
     """Load-dependent top-oil time constant (equals the rated one when n = 1)."""
     a = ultimate_rise_c / rated_rise_c
     b = initial_rise_c / rated_rise_c
@@ -78,9 +84,19 @@ class ThermalState:
     hot_spot_rise_c: float
 
 
-def thermal_step(state: ThermalState, k: float, dt_s: float, *, rated_top_oil_rise_c: float,
-                 rated_hot_spot_rise_c: float, loss_ratio: float, n: float, m: float,
-                 rated_top_oil_tau_s: float, winding_tau_s: float) -> ThermalState:
+def thermal_step(
+    state: ThermalState,
+    k: float,
+    dt_s: float,
+    *,
+    rated_top_oil_rise_c: float,
+    rated_hot_spot_rise_c: float,
+    loss_ratio: float,
+    n: float,
+    m: float,
+    rated_top_oil_tau_s: float,
+    winding_tau_s: float,
+) -> ThermalState:
     """Advance the C57.91 clause-7 exponential model by `dt_s` at per-unit load `k`."""
     to_u = ultimate_top_oil_rise_c(k, rated_top_oil_rise_c, loss_ratio, n)
     tau_to = top_oil_time_constant_s(rated_top_oil_tau_s, to_u, state.top_oil_rise_c, rated_top_oil_rise_c, n)
@@ -146,8 +162,15 @@ def first_order_lag(previous: float, target: float, dt_s: float, open_loop_respo
 # --------------------------------------------------------------------------- OLTC / LDC
 
 
-def ldc_control_voltage_v(v_out_v: float, current_a: float, power_factor: float, ct_primary_a: float,
-                          r_v: float, x_v: float, lagging: bool = True) -> float:
+def ldc_control_voltage_v(
+    v_out_v: float,
+    current_a: float,
+    power_factor: float,
+    ct_primary_a: float,
+    r_v: float,
+    x_v: float,
+    lagging: bool = True,
+) -> float:
     """|V_out − (R + jX)·(I/I_CT)| with the current at `power_factor` (ANSI 90 LDC)."""
     angle = -math.acos(max(-1.0, min(1.0, power_factor)))
     if not lagging:

@@ -50,23 +50,38 @@ class LineEvent(enum.Enum):
 
 
 _S, _E = LineState, LineEvent
-_LOAD_MOVES: dict[str, LineState | Any] = dict(LIGHT_LOAD=_S.OPERATIONAL, HEAVY_LOAD=_S.LOADED, OVERLOAD_PERSISTED=_S.OVERLOADED,
-                   EMERGENCY_LOAD=_S.EMERGENCY, FAULT_DETECTED=_S.FAULTED, DEENERGIZED=_S.DE_ENERGIZED)
+_LOAD_MOVES: dict[str, LineState | Any] = dict(
+    LIGHT_LOAD=_S.OPERATIONAL,
+    HEAVY_LOAD=_S.LOADED,
+    OVERLOAD_PERSISTED=_S.OVERLOADED,
+    EMERGENCY_LOAD=_S.EMERGENCY,
+    FAULT_DETECTED=_S.FAULTED,
+    DEENERGIZED=_S.DE_ENERGIZED,
+)
 
 _LIVE_IGNORES = "FAULT_CLEARED ENERGIZED"  # a live line is already energized and has no fault to clear
 
 TABLE: TransitionTable[LineState, LineEvent] = TransitionTable(
-    LineState, LineEvent, initial=_S.OPERATIONAL,
+    LineState,
+    LineEvent,
+    initial=_S.OPERATIONAL,
     rows={
         _S.OPERATIONAL: row(_E, **{**_LOAD_MOVES, "LIGHT_LOAD": IGNORE}, ignore=_LIVE_IGNORES),
         _S.LOADED: row(_E, **{**_LOAD_MOVES, "HEAVY_LOAD": IGNORE}, ignore=_LIVE_IGNORES),
         _S.OVERLOADED: row(_E, **{**_LOAD_MOVES, "OVERLOAD_PERSISTED": IGNORE}, ignore=_LIVE_IGNORES),
         _S.EMERGENCY: row(_E, **{**_LOAD_MOVES, "EMERGENCY_LOAD": IGNORE}, ignore=_LIVE_IGNORES),
         # a faulted line waits for the fault to clear: load readings and energization say nothing new
-        _S.FAULTED: row(_E, FAULT_CLEARED=_S.OPERATIONAL,
-                        ignore="LIGHT_LOAD HEAVY_LOAD OVERLOAD_PERSISTED EMERGENCY_LOAD FAULT_DETECTED DEENERGIZED ENERGIZED"),
-        _S.DE_ENERGIZED: row(_E, ENERGIZED=_S.OPERATIONAL, FAULT_DETECTED=_S.FAULTED,
-                             ignore="LIGHT_LOAD HEAVY_LOAD OVERLOAD_PERSISTED EMERGENCY_LOAD FAULT_CLEARED DEENERGIZED"),
+        _S.FAULTED: row(
+            _E,
+            FAULT_CLEARED=_S.OPERATIONAL,
+            ignore="LIGHT_LOAD HEAVY_LOAD OVERLOAD_PERSISTED EMERGENCY_LOAD FAULT_DETECTED DEENERGIZED ENERGIZED",
+        ),
+        _S.DE_ENERGIZED: row(
+            _E,
+            ENERGIZED=_S.OPERATIONAL,
+            FAULT_DETECTED=_S.FAULTED,
+            ignore="LIGHT_LOAD HEAVY_LOAD OVERLOAD_PERSISTED EMERGENCY_LOAD FAULT_CLEARED DEENERGIZED",
+        ),
     },
 )
 
@@ -127,7 +142,10 @@ class PowerLineAgent(Agent[LineState, LineEvent]):
         if x.fault_reported:
             return _E.FAULT_DETECTED, f"{x.breaker_trip or 'fault'}, tripped by {breaker}"
         if current >= self.fault_current_a:
-            return _E.FAULT_DETECTED, f"fault current {current:.0f} A at or above the fault level {self.fault_current_a:.0f} A"
+            return (
+                _E.FAULT_DETECTED,
+                f"fault current {current:.0f} A at or above the fault level {self.fault_current_a:.0f} A",
+            )
         if m.maintenance and m.state is not _S.FAULTED:
             return _E.DEENERGIZED, "taken out for maintenance"
         dead = x.breaker_closed is False or (x.voltage_kv is not None and x.voltage_kv < 0.1 * a.voltage_rating)
@@ -183,64 +201,153 @@ class PowerLineAgent(Agent[LineState, LineEvent]):
         out: list[Action] = []
         me = self.agent_id
         a = self.attrs
-        load = {"line": me, "current_a": m.current_a, "ampacity": a.ampacity,
-                "loading_percent": 100.0 * m.current_a / a.ampacity, "thermal_level": m.thermal_level,
-                "customers": links.customers_downstream}
+        load = {
+            "line": me,
+            "current_a": m.current_a,
+            "ampacity": a.ampacity,
+            "loading_percent": 100.0 * m.current_a / a.ampacity,
+            "thermal_level": m.thermal_level,
+            "customers": links.customers_downstream,
+        }
         if m.state is _S.OVERLOADED:
-            out.append(Alert(agent_id=me, severity=Severity.MAJOR, time=now,
-                             message=f"{me} overloaded: {m.current_a:.0f} A on {a.ampacity:.0f} A ampacity "
-                                     f"for {a.overload_persistence_s:.0f} s"))
-            out += [BusMessage(source=me, target=t, kind="reduce_load", payload={"line": me}) for t in links.transformers]
-            out += [BusMessage(source=me, target=b, kind="prepare_for_trip",
-                               payload={**load, "state": m.state.value, "breakers": list(links.breakers)})
-                    for b in links.breakers]
-            out.append(BusMessage(source=me, topic=Topic.LOAD_CHANGES, kind="line_overload",
-                                  payload={**load, "transfer_options": list(links.transfer_options)}))
+            out.append(
+                Alert(
+                    agent_id=me,
+                    severity=Severity.MAJOR,
+                    time=now,
+                    message=f"{me} overloaded: {m.current_a:.0f} A on {a.ampacity:.0f} A ampacity "
+                    f"for {a.overload_persistence_s:.0f} s",
+                )
+            )
+            out += [
+                BusMessage(source=me, target=t, kind="reduce_load", payload={"line": me}) for t in links.transformers
+            ]
+            out += [
+                BusMessage(
+                    source=me,
+                    target=b,
+                    kind="prepare_for_trip",
+                    payload={**load, "state": m.state.value, "breakers": list(links.breakers)},
+                )
+                for b in links.breakers
+            ]
+            out.append(
+                BusMessage(
+                    source=me,
+                    topic=Topic.LOAD_CHANGES,
+                    kind="line_overload",
+                    payload={**load, "transfer_options": list(links.transfer_options)},
+                )
+            )
         elif m.state is _S.EMERGENCY:
-            out.append(Alert(agent_id=me, severity=Severity.CRITICAL, time=now,
-                             message=f"{me} in emergency: {m.current_a:.0f} A on {a.ampacity:.0f} A ampacity, "
-                                     f"thermal level {m.thermal_level:.2f}"))
-            out += [BusMessage(source=me, target=b, kind="prepare_for_trip", urgent=True,
-                               payload={**load, "state": m.state.value, "breakers": list(links.breakers)})
-                    for b in links.breakers]
+            out.append(
+                Alert(
+                    agent_id=me,
+                    severity=Severity.CRITICAL,
+                    time=now,
+                    message=f"{me} in emergency: {m.current_a:.0f} A on {a.ampacity:.0f} A ampacity, "
+                    f"thermal level {m.thermal_level:.2f}",
+                )
+            )
+            out += [
+                BusMessage(
+                    source=me,
+                    target=b,
+                    kind="prepare_for_trip",
+                    urgent=True,
+                    payload={**load, "state": m.state.value, "breakers": list(links.breakers)},
+                )
+                for b in links.breakers
+            ]
             if links.substation:
-                out.append(BusMessage(source=me, target=links.substation, kind="line_emergency", payload=load,
-                                      urgent=True))
+                out.append(
+                    BusMessage(source=me, target=links.substation, kind="line_emergency", payload=load, urgent=True)
+                )
         elif m.state is _S.FAULTED:
-            out.append(Alert(agent_id=me, severity=Severity.CRITICAL, time=now,
-                             message=f"{me} fault: {m.fault_description}"))
-            payload = {"line": me, "breaker": links.upstream_breaker, "cause": m.fault_cause,
-                       "description": m.fault_description,
-                       "current_a": m.current_a, "peak_current_a": m.peak_current_a,
-                       "customers": links.customers_downstream, "transfer_options": list(links.transfer_options)}
+            out.append(
+                Alert(agent_id=me, severity=Severity.CRITICAL, time=now, message=f"{me} fault: {m.fault_description}")
+            )
+            payload = {
+                "line": me,
+                "breaker": links.upstream_breaker,
+                "cause": m.fault_cause,
+                "description": m.fault_description,
+                "current_a": m.current_a,
+                "peak_current_a": m.peak_current_a,
+                "customers": links.customers_downstream,
+                "transfer_options": list(links.transfer_options),
+            }
             out.append(BusMessage(source=me, topic=Topic.FAULT_ALERTS, kind="line_fault", payload=payload, urgent=True))
-            out += [BusMessage(source=me, target=t, kind="prepare_for_power_loss", urgent=True,
-                               payload={"line": me, "transformers": list(links.transformers),
-                                        "description": m.fault_description,
-                                        "customers": links.customers_downstream}) for t in links.transformers]
-            out += [BusMessage(source=me, target=ln, kind="standby_for_load_transfer", urgent=True,
-                               payload={"line": me, "adjacent_lines": list(links.adjacent_lines),
-                                        "transfer_options": list(links.transfer_options),
-                                        "customers": links.customers_downstream}) for ln in links.adjacent_lines]
+            out += [
+                BusMessage(
+                    source=me,
+                    target=t,
+                    kind="prepare_for_power_loss",
+                    urgent=True,
+                    payload={
+                        "line": me,
+                        "transformers": list(links.transformers),
+                        "description": m.fault_description,
+                        "customers": links.customers_downstream,
+                    },
+                )
+                for t in links.transformers
+            ]
+            out += [
+                BusMessage(
+                    source=me,
+                    target=ln,
+                    kind="standby_for_load_transfer",
+                    urgent=True,
+                    payload={
+                        "line": me,
+                        "adjacent_lines": list(links.adjacent_lines),
+                        "transfer_options": list(links.transfer_options),
+                        "customers": links.customers_downstream,
+                    },
+                )
+                for ln in links.adjacent_lines
+            ]
         elif old is _S.FAULTED:
-            out.append(BusMessage(source=me, topic=Topic.FAULT_ALERTS, kind="line_fault_cleared", urgent=True,
-                                  payload={"line": me, "cause": m.fault_cause, "description": m.fault_description,
-                                           "fault_duration_s": now - m.fault_since if m.fault_since is not None else None}))
+            out.append(
+                BusMessage(
+                    source=me,
+                    topic=Topic.FAULT_ALERTS,
+                    kind="line_fault_cleared",
+                    urgent=True,
+                    payload={
+                        "line": me,
+                        "cause": m.fault_cause,
+                        "description": m.fault_description,
+                        "fault_duration_s": now - m.fault_since if m.fault_since is not None else None,
+                    },
+                )
+            )
         if m.state is _S.OPERATIONAL:
             m.peak_current_a = m.current_a
         return out
 
-    def request(self, memory: LineMemory, request: str, args: dict[str, Any], now: float
-                ) -> tuple[LineMemory, list[Action]]:
+    def request(
+        self, memory: LineMemory, request: str, args: dict[str, Any], now: float
+    ) -> tuple[LineMemory, list[Action]]:
         m = copy.deepcopy(memory)
         if request != "maintenance":
             raise ValueError(f"line {self.agent_id}: unknown request {request!r} (expected maintenance)")
         m.maintenance = bool(args.get("on", True))
         out: list[Action] = []
         if m.maintenance:
-            out.append(BusMessage(source=self.agent_id, topic=Topic.MAINTENANCE_SCHEDULED, kind="line_maintenance",
-                                  payload={"line": self.agent_id, "customers": self.links.customers_downstream,
-                                           "transfer_options": list(self.links.transfer_options)}))
+            out.append(
+                BusMessage(
+                    source=self.agent_id,
+                    topic=Topic.MAINTENANCE_SCHEDULED,
+                    kind="line_maintenance",
+                    payload={
+                        "line": self.agent_id,
+                        "customers": self.links.customers_downstream,
+                        "transfer_options": list(self.links.transfer_options),
+                    },
+                )
+            )
         return m, out
 
     def attributes(self, memory: Memory) -> dict[str, Any]:
@@ -248,30 +355,42 @@ class PowerLineAgent(Agent[LineState, LineEvent]):
         assert isinstance(m, LineMemory)
         a = self.attrs
         return {
-            "line_type": a.line_type, "voltage_rating": a.voltage_rating, "length": a.length,
-            "ampacity": a.ampacity, "current_a": m.current_a,
-            "loading_percent": 100.0 * m.current_a / a.ampacity, "thermal_level": m.thermal_level,
-            "losses_kw": m.losses_kw, "energy_loss_kwh": m.energy_loss_kwh,
-            "overload_since": m.overload_since, "condition_score": a.condition_score,
+            "line_type": a.line_type,
+            "voltage_rating": a.voltage_rating,
+            "length": a.length,
+            "ampacity": a.ampacity,
+            "current_a": m.current_a,
+            "loading_percent": 100.0 * m.current_a / a.ampacity,
+            "thermal_level": m.thermal_level,
+            "losses_kw": m.losses_kw,
+            "energy_loss_kwh": m.energy_loss_kwh,
+            "overload_since": m.overload_since,
+            "condition_score": a.condition_score,
         }
 
 
 # --------------------------------------------------------------------------- the type, declared once
 
 POINTS: dict[str, spec.PointName] = {
-    "current_a": spec.AMP, "voltage_kv": spec.KV, "active_power_kw": spec.KW, "reactive_power_kvar": spec.KVAR,
+    "current_a": spec.AMP,
+    "voltage_kv": spec.KV,
+    "active_power_kw": spec.KW,
+    "reactive_power_kvar": spec.KVAR,
     "end_voltage_kv": spec.KV,
 }
 
 
 def _links(b: spec.Build) -> Links:
     topo, breaker = b.topology, b.protecting_breaker
-    return Links(upstream_breaker=breaker,
-                 breakers=tuple(dict.fromkeys([x for x in [breaker, *topo.controllers(b.agent_id)] if x])),
-                 transformers=b.of_type(topo.downstream(b.agent_id), "transformer"),
-                 substation=b.substation, adjacent_lines=tuple(topo.adjacent_lines(b.agent_id)),
-                 transfer_options=tuple(o.to_dict() for o in topo.alternative_supply_paths(b.agent_id)),
-                 customers_downstream=topo.meters_downstream(b.agent_id))
+    return Links(
+        upstream_breaker=breaker,
+        breakers=tuple(dict.fromkeys([x for x in [breaker, *topo.controllers(b.agent_id)] if x])),
+        transformers=b.of_type(topo.downstream(b.agent_id), "transformer"),
+        substation=b.substation,
+        adjacent_lines=tuple(topo.adjacent_lines(b.agent_id)),
+        transfer_options=tuple(o.to_dict() for o in topo.alternative_supply_paths(b.agent_id)),
+        customers_downstream=topo.meters_downstream(b.agent_id),
+    )
 
 
 def _derive_inputs(rt: spec.RuntimeView, agent_id: str, wall: float | None) -> dict[str, Any]:
@@ -280,22 +399,35 @@ def _derive_inputs(rt: spec.RuntimeView, agent_id: str, wall: float | None) -> d
     if not upstream:
         return {}
     upstream_open = rt.breaker_is_open(upstream)
-    kw: dict[str, Any] = {"breaker_closed": None if upstream_open is None else not upstream_open,
-                          "fault_reported": upstream in rt.fault_pending}
+    kw: dict[str, Any] = {
+        "breaker_closed": None if upstream_open is None else not upstream_open,
+        "fault_reported": upstream in rt.fault_pending,
+    }
     bm = rt.memory[upstream]
     breaker = rt.agents[upstream]
-    if bm.state in (BreakerState.TRIPPED, BreakerState.RECLOSING, BreakerState.LOCKED_OUT) \
-            and isinstance(breaker, CircuitBreakerAgent) and isinstance(bm, BreakerMemory) and bm.trip_cause:
+    if (
+        bm.state in (BreakerState.TRIPPED, BreakerState.RECLOSING, BreakerState.LOCKED_OUT)
+        and isinstance(breaker, CircuitBreakerAgent)
+        and isinstance(bm, BreakerMemory)
+        and bm.trip_cause
+    ):
         kw["trip_cause"] = bm.trip_cause
         kw["breaker_trip"] = breaker.describe_trip(bm)
     return kw
 
 
 SPEC = spec.AgentSpec(
-    type_name="power_line", table=TABLE, attributes=PowerLineAttributes, points=POINTS, inputs=LineInputs,
+    type_name="power_line",
+    table=TABLE,
+    attributes=PowerLineAttributes,
+    points=POINTS,
+    inputs=LineInputs,
     derived=frozenset({"breaker_closed", "fault_reported", "trip_cause", "breaker_trip"}),
-    derive_inputs=_derive_inputs, links=_links, factory=lambda b, links: PowerLineAgent(b.agent_id, b.attrs, links),
-    step_order=1, requests=("maintenance",),
+    derive_inputs=_derive_inputs,
+    links=_links,
+    factory=lambda b, links: PowerLineAgent(b.agent_id, b.attrs, links),
+    step_order=1,
+    requests=("maintenance",),
     visualization=visualization.line_view,
     description="an overhead or underground line section: loading, thermal level, faults, transfer options",
 )

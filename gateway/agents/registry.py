@@ -37,10 +37,17 @@ def make_registry(specs: Iterable[AgentSpec]) -> dict[str, AgentSpec]:
     return out
 
 
-SPECS: dict[str, AgentSpec] = make_registry([
-    power_line.SPEC, transformer.SPEC, smart_meter.SPEC, circuit_breaker.SPEC, substation.SPEC, capacitor_bank.SPEC,
-    renewable.SPEC,
-])
+SPECS: dict[str, AgentSpec] = make_registry(
+    [
+        power_line.SPEC,
+        transformer.SPEC,
+        smart_meter.SPEC,
+        circuit_breaker.SPEC,
+        substation.SPEC,
+        capacitor_bank.SPEC,
+        renewable.SPEC,
+    ]
+)
 """Every agent type of the gateway, by type name (in the use case's order)."""
 
 

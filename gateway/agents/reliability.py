@@ -40,8 +40,14 @@ class ReliabilityIndices:
         return asdict(self)
 
 
-def indices(starts_s: np.ndarray, ends_s: np.ndarray, customers_served: int, since: float, until: float,
-            momentary_threshold_s: float = MOMENTARY_THRESHOLD_S) -> ReliabilityIndices:
+def indices(
+    starts_s: np.ndarray,
+    ends_s: np.ndarray,
+    customers_served: int,
+    since: float,
+    until: float,
+    momentary_threshold_s: float = MOMENTARY_THRESHOLD_S,
+) -> ReliabilityIndices:
     """Indices over [since, until) from per-customer interruption starts and ends (NaN end = ongoing)."""
     if until <= since:
         raise ValueError(f"reliability period must have until > since (found since={since}, until={until})")
@@ -62,10 +68,18 @@ def indices(starts_s: np.ndarray, ends_s: np.ndarray, customers_served: int, sin
     saidi = cmi / n_t
     period_min = (until - since) / 60.0
     return ReliabilityIndices(
-        since=since, until=until, customers_served=n_t, sustained_interruptions=n_sustained,
-        momentary_interruptions=n_momentary, customer_minutes_interrupted=cmi, saifi=saifi, saidi_min=saidi,
-        caidi_min=saidi / saifi if saifi else 0.0, maifi=n_momentary / n_t,
-        asai=(n_t * period_min - cmi) / (n_t * period_min), momentary_threshold_s=momentary_threshold_s,
+        since=since,
+        until=until,
+        customers_served=n_t,
+        sustained_interruptions=n_sustained,
+        momentary_interruptions=n_momentary,
+        customer_minutes_interrupted=cmi,
+        saifi=saifi,
+        saidi_min=saidi,
+        caidi_min=saidi / saifi if saifi else 0.0,
+        maifi=n_momentary / n_t,
+        asai=(n_t * period_min - cmi) / (n_t * period_min),
+        momentary_threshold_s=momentary_threshold_s,
     )
 
 
@@ -104,9 +118,14 @@ class OutageLedger:
     def __len__(self) -> int:
         return sum(m.size for m in self._meter)
 
-    def indices(self, since: float, until: float, ongoing_starts: np.ndarray | None = None,
-                momentary_threshold_s: float = MOMENTARY_THRESHOLD_S,
-                ongoing_ends: np.ndarray | None = None) -> ReliabilityIndices:
+    def indices(
+        self,
+        since: float,
+        until: float,
+        ongoing_starts: np.ndarray | None = None,
+        momentary_threshold_s: float = MOMENTARY_THRESHOLD_S,
+        ongoing_ends: np.ndarray | None = None,
+    ) -> ReliabilityIndices:
         """Indices over the records, plus the interruptions not yet recorded: `ongoing_starts` per
         meter (NaN: none), each still open or, where `ongoing_ends` has a time, ended then."""
         _, starts, ends = self.columns()

@@ -48,8 +48,15 @@ class DerEvent(enum.Enum):
 
 
 _S, _E = DerState, DerEvent
-_ONLINE = dict(PRODUCING=_S.GENERATING, IDLE=_S.STANDBY, CURTAILMENT_ACTIVE=_S.CURTAILED, GRID_LOST=_S.ISLANDED,
-               DISCONNECTED=_S.OFFLINE, INVERTER_FAULT=_S.FAULTED, MAINTENANCE_START=_S.MAINTENANCE)
+_ONLINE = dict(
+    PRODUCING=_S.GENERATING,
+    IDLE=_S.STANDBY,
+    CURTAILMENT_ACTIVE=_S.CURTAILED,
+    GRID_LOST=_S.ISLANDED,
+    DISCONNECTED=_S.OFFLINE,
+    INVERTER_FAULT=_S.FAULTED,
+    MAINTENANCE_START=_S.MAINTENANCE,
+)
 
 
 def _online(own: str) -> dict[DerEvent, Any]:
@@ -58,23 +65,42 @@ def _online(own: str) -> dict[DerEvent, Any]:
 
 
 TABLE: TransitionTable[DerState, DerEvent] = TransitionTable(
-    DerState, DerEvent, initial=_S.OFFLINE,
+    DerState,
+    DerEvent,
+    initial=_S.OFFLINE,
     rows={
         _S.GENERATING: _online("PRODUCING"),
         _S.STANDBY: _online("IDLE"),
         _S.CURTAILED: _online("CURTAILMENT_ACTIVE"),
         # islanded: anti-islanding must disconnect it; production readings do not bring it back
-        _S.ISLANDED: row(_E, DISCONNECTED=_S.OFFLINE, INVERTER_FAULT=_S.FAULTED, MAINTENANCE_START=_S.MAINTENANCE,
-                         ignore="PRODUCING IDLE CURTAILMENT_ACTIVE GRID_LOST RECONNECTED FAULT_CLEARED MAINTENANCE_END"),
-        _S.FAULTED: row(_E, FAULT_CLEARED=_S.OFFLINE, MAINTENANCE_START=_S.MAINTENANCE,
-                        ignore="PRODUCING IDLE CURTAILMENT_ACTIVE GRID_LOST DISCONNECTED RECONNECTED INVERTER_FAULT "
-                               "MAINTENANCE_END"),
+        _S.ISLANDED: row(
+            _E,
+            DISCONNECTED=_S.OFFLINE,
+            INVERTER_FAULT=_S.FAULTED,
+            MAINTENANCE_START=_S.MAINTENANCE,
+            ignore="PRODUCING IDLE CURTAILMENT_ACTIVE GRID_LOST RECONNECTED FAULT_CLEARED MAINTENANCE_END",
+        ),
+        _S.FAULTED: row(
+            _E,
+            FAULT_CLEARED=_S.OFFLINE,
+            MAINTENANCE_START=_S.MAINTENANCE,
+            ignore="PRODUCING IDLE CURTAILMENT_ACTIVE GRID_LOST DISCONNECTED RECONNECTED INVERTER_FAULT "
+            "MAINTENANCE_END",
+        ),
         # offline: it comes back through a reconnection, never straight from a reading
-        _S.OFFLINE: row(_E, RECONNECTED=_S.STANDBY, INVERTER_FAULT=_S.FAULTED, MAINTENANCE_START=_S.MAINTENANCE,
-                        ignore="PRODUCING IDLE CURTAILMENT_ACTIVE GRID_LOST DISCONNECTED FAULT_CLEARED MAINTENANCE_END"),
-        _S.MAINTENANCE: row(_E, MAINTENANCE_END=_S.OFFLINE,
-                            ignore="PRODUCING IDLE CURTAILMENT_ACTIVE GRID_LOST DISCONNECTED RECONNECTED "
-                                   "INVERTER_FAULT FAULT_CLEARED MAINTENANCE_START"),
+        _S.OFFLINE: row(
+            _E,
+            RECONNECTED=_S.STANDBY,
+            INVERTER_FAULT=_S.FAULTED,
+            MAINTENANCE_START=_S.MAINTENANCE,
+            ignore="PRODUCING IDLE CURTAILMENT_ACTIVE GRID_LOST DISCONNECTED FAULT_CLEARED MAINTENANCE_END",
+        ),
+        _S.MAINTENANCE: row(
+            _E,
+            MAINTENANCE_END=_S.OFFLINE,
+            ignore="PRODUCING IDLE CURTAILMENT_ACTIVE GRID_LOST DISCONNECTED RECONNECTED "
+            "INVERTER_FAULT FAULT_CLEARED MAINTENANCE_START",
+        ),
     },
 )
 
@@ -118,14 +144,23 @@ class RenewableEnergyAgent(Agent[DerState, DerEvent]):
     agent_type = "renewable_energy"
     TABLE = TABLE
 
-    def __init__(self, agent_id: str, attrs: RenewableEnergyAttributes, links: Links | None = None,
-                 has_connection_feedback: bool = False) -> None:
+    def __init__(
+        self,
+        agent_id: str,
+        attrs: RenewableEnergyAttributes,
+        links: Links | None = None,
+        has_connection_feedback: bool = False,
+    ) -> None:
         super().__init__(agent_id, links)
         self.has_connection_feedback = has_connection_feedback
         self.attrs = attrs
         self.s_rated_kva = attrs.rated_apparent_power_kva or attrs.rated_capacity
-        self.min_generation_kw = attrs.min_generation_kw if attrs.min_generation_kw is not None else 0.01 * attrs.rated_capacity
-        self.q_deadband_kvar = attrs.q_update_deadband_kvar if attrs.q_update_deadband_kvar is not None else 0.01 * self.s_rated_kva
+        self.min_generation_kw = (
+            attrs.min_generation_kw if attrs.min_generation_kw is not None else 0.01 * attrs.rated_capacity
+        )
+        self.q_deadband_kvar = (
+            attrs.q_update_deadband_kvar if attrs.q_update_deadband_kvar is not None else 0.01 * self.s_rated_kva
+        )
         self.p_min_pu = 0.0 if attrs.resource_type == "battery_storage" else 0.2
 
     def initial_memory(self, now: float) -> DerMemory:
@@ -169,12 +204,19 @@ class RenewableEnergyAgent(Agent[DerState, DerEvent]):
             m.voltage_pu = x.voltage_pu
         if x.connected is not None:
             m.connected = x.connected
-        elif (not self.has_connection_feedback and m.state is _S.OFFLINE and not m.disconnect_commanded
-              and x.grid_available is not False):
+        elif (
+            not self.has_connection_feedback
+            and m.state is _S.OFFLINE
+            and not m.disconnect_commanded
+            and x.grid_available is not False
+        ):
             m.connected = True  # no feedback point: assume the inverter follows the grid
         grid_lost = x.grid_available is False or (m.voltage_pu is not None and m.voltage_pu < 0.5)
-        in_window = (not grid_lost and m.voltage_pu is not None
-                     and a.enter_service_v_min_pu <= m.voltage_pu <= a.enter_service_v_max_pu)
+        in_window = (
+            not grid_lost
+            and m.voltage_pu is not None
+            and a.enter_service_v_min_pu <= m.voltage_pu <= a.enter_service_v_max_pu
+        )
         if not m.connected:
             m.reconnect_commanded = m.reconnect_commanded and not grid_lost
 
@@ -194,11 +236,23 @@ class RenewableEnergyAgent(Agent[DerState, DerEvent]):
         if m.connected and grid_lost:
             if self.fire(m, _E.GRID_LOST, "grid lost behind the point of connection", now, out):
                 out.append(self._connect(False, "anti-islanding: grid fault", m))
-                out.append(Alert(agent_id=me, severity=Severity.MAJOR, time=now,
-                                 message="grid lost: disconnecting (anti-islanding), waiting for grid restoration"))
-                out.append(BusMessage(source=me, topic=Topic.FAULT_ALERTS, kind="der_disconnected",
-                                      payload={"der": me, "reason": "anti_islanding",
-                                               "generation_kw": m.generation_kw}, urgent=True))
+                out.append(
+                    Alert(
+                        agent_id=me,
+                        severity=Severity.MAJOR,
+                        time=now,
+                        message="grid lost: disconnecting (anti-islanding), waiting for grid restoration",
+                    )
+                )
+                out.append(
+                    BusMessage(
+                        source=me,
+                        topic=Topic.FAULT_ALERTS,
+                        kind="der_disconnected",
+                        payload={"der": me, "reason": "anti_islanding", "generation_kw": m.generation_kw},
+                        urgent=True,
+                    )
+                )
             m.grid_ok_since = None
             return m, out
         if not m.connected:
@@ -206,12 +260,16 @@ class RenewableEnergyAgent(Agent[DerState, DerEvent]):
                 m.grid_ok_since = None
             if m.state is _S.OFFLINE:
                 m.grid_ok_since = (m.grid_ok_since if m.grid_ok_since is not None else now) if in_window else None
-                if (m.grid_ok_since is not None and now - m.grid_ok_since >= a.enter_service_delay_s
-                        and not m.reconnect_commanded):
+                if (
+                    m.grid_ok_since is not None
+                    and now - m.grid_ok_since >= a.enter_service_delay_s
+                    and not m.reconnect_commanded
+                ):
                     m.reconnect_commanded = True
                     m.disconnect_commanded = False
-                    out.append(self._connect(True, f"grid within enter-service window for "
-                                                   f"{now - m.grid_ok_since:.0f} s", m))
+                    out.append(
+                        self._connect(True, f"grid within enter-service window for {now - m.grid_ok_since:.0f} s", m)
+                    )
             return m, out
         if m.state is _S.OFFLINE:
             self.fire(m, _E.RECONNECTED, "inverter connected", now, out)
@@ -228,9 +286,14 @@ class RenewableEnergyAgent(Agent[DerState, DerEvent]):
             self.fire(m, _E.IDLE, f"output {m.generation_kw:.1f} kW", now, out)
         supporting = limit < 100.0 and m.voltage_pu is not None and m.voltage_pu > 1.06 and m.state is not _S.CURTAILED
         if supporting and not m.voltage_support_notified:  # once per episode, not once a step
-            out.append(BusMessage(source=me, topic=Topic.VOLTAGE_EVENTS, kind="voltage_support",
-                                  payload={"der": me, "voltage_pu": m.voltage_pu, "p_limit_pct": limit,
-                                           "q_kvar": m.q_target_kvar}))
+            out.append(
+                BusMessage(
+                    source=me,
+                    topic=Topic.VOLTAGE_EVENTS,
+                    kind="voltage_support",
+                    payload={"der": me, "voltage_pu": m.voltage_pu, "p_limit_pct": limit, "q_kvar": m.q_target_kvar},
+                )
+            )
         m.voltage_support_notified = supporting
         return m, out
 
@@ -244,21 +307,34 @@ class RenewableEnergyAgent(Agent[DerState, DerEvent]):
         m.q_target_kvar = target if m.q_command_kvar is None else first_order_lag(m.q_target_kvar, target, dt, olrt)
         if m.q_command_kvar is None or abs(m.q_target_kvar - m.q_command_kvar) >= self.q_deadband_kvar:
             m.q_command_kvar = m.q_target_kvar
-            out.append(ControlRequest(agent_id=self.agent_id, point_name="q_setpoint_kvar", value=round(m.q_target_kvar, 3),
-                                      reason=f"{a.reactive_power_mode} at {m.voltage_pu:.3f} pu"))
+            out.append(
+                ControlRequest(
+                    agent_id=self.agent_id,
+                    point_name="q_setpoint_kvar",
+                    value=round(m.q_target_kvar, 3),
+                    reason=f"{a.reactive_power_mode} at {m.voltage_pu:.3f} pu",
+                )
+            )
         limit = self.p_limit_pct(m)
         if m.p_limit_command_pct is None or abs(limit - m.p_limit_command_pct) >= 1.0:
             m.p_limit_command_pct = limit
-            why = "curtailment" if m.curtail_pct is not None and m.curtail_pct <= limit else f"volt-watt at {m.voltage_pu:.3f} pu"
-            out.append(ControlRequest(agent_id=self.agent_id, point_name="p_limit_pct", value=round(limit, 2), reason=why))
+            why = (
+                "curtailment"
+                if m.curtail_pct is not None and m.curtail_pct <= limit
+                else f"volt-watt at {m.voltage_pu:.3f} pu"
+            )
+            out.append(
+                ControlRequest(agent_id=self.agent_id, point_name="p_limit_pct", value=round(limit, 2), reason=why)
+            )
         return out
 
     def _connect(self, on: bool, reason: str, m: DerMemory) -> ControlRequest:
         m.disconnect_commanded = not on
         return ControlRequest(agent_id=self.agent_id, point_name="connect_cmd", value=on, reason=reason)
 
-    def request(self, memory: DerMemory, request: str, args: dict[str, Any], now: float
-                ) -> tuple[DerMemory, list[Action]]:
+    def request(
+        self, memory: DerMemory, request: str, args: dict[str, Any], now: float
+    ) -> tuple[DerMemory, list[Action]]:
         m = copy.deepcopy(memory)
         if request == "curtail":
             pct = args.get("pct", args.get("limit_pct"))
@@ -272,8 +348,9 @@ class RenewableEnergyAgent(Agent[DerState, DerEvent]):
         elif request == "fault":
             m.fault = bool(args.get("on", True))
         else:
-            raise ValueError(f"DER {self.agent_id}: unknown request {request!r} "
-                             "(expected curtail, dispatch, maintenance, fault)")
+            raise ValueError(
+                f"DER {self.agent_id}: unknown request {request!r} (expected curtail, dispatch, maintenance, fault)"
+            )
         return m, []
 
     def _dispatch(self, m: DerMemory, args: dict[str, Any]) -> list[Action]:
@@ -288,13 +365,23 @@ class RenewableEnergyAgent(Agent[DerState, DerEvent]):
             raise ValueError(f"DER {self.agent_id}: dispatch kw must be a number, found {kw!r}")
         low = -(a.max_charge_kw if a.max_charge_kw is not None else a.rated_capacity)
         if not low <= kw <= a.rated_capacity:
-            raise ValueError(f"DER {self.agent_id}: dispatch kw must be within {low:g}..{a.rated_capacity:g}, found {kw!r}")
+            raise ValueError(
+                f"DER {self.agent_id}: dispatch kw must be within {low:g}..{a.rated_capacity:g}, found {kw!r}"
+            )
         if m.state in (_S.FAULTED, _S.MAINTENANCE, _S.ISLANDED):
             raise ValueError(f"DER {self.agent_id} is {m.state.value}: it cannot be dispatched")
         m.dispatch_kw = float(kw) or None
-        why = (f"dispatch: {'discharge' if kw > 0 else 'charge'} {abs(kw):.0f} kW"
-               + (f" ({args['reason']})" if args.get("reason") else "")) if kw else "dispatch ended"
-        return [ControlRequest(agent_id=self.agent_id, point_name="p_setpoint_kw", value=round(float(kw), 1), reason=why)]
+        why = (
+            (
+                f"dispatch: {'discharge' if kw > 0 else 'charge'} {abs(kw):.0f} kW"
+                + (f" ({args['reason']})" if args.get("reason") else "")
+            )
+            if kw
+            else "dispatch ended"
+        )
+        return [
+            ControlRequest(agent_id=self.agent_id, point_name="p_setpoint_kw", value=round(float(kw), 1), reason=why)
+        ]
 
     def attributes(self, memory: Memory) -> dict[str, Any]:
         m = memory
@@ -302,22 +389,36 @@ class RenewableEnergyAgent(Agent[DerState, DerEvent]):
         a = self.attrs
         status = {"Generating": "online", "Standby": "online", "Curtailed": "curtailed", "Faulted": "fault"}
         return {
-            "resource_type": a.resource_type, "rated_capacity": a.rated_capacity, "current_generation": m.generation_kw,
+            "resource_type": a.resource_type,
+            "rated_capacity": a.rated_capacity,
+            "current_generation": m.generation_kw,
             "capacity_factor": 100.0 * m.generation_kw / a.rated_capacity,
             "inverter_status": status.get(m.state.value, "offline"),
-            "grid_connection_status": "connected" if m.connected else ("islanded" if m.state is _S.ISLANDED else "disconnected"),
-            "energy_exported": m.energy_exported_kwh, "energy_imported": m.energy_imported_kwh,
-            "reactive_power_mode": a.reactive_power_mode, "voltage_pu": m.voltage_pu, "q_setpoint_kvar": m.q_command_kvar,
-            "p_limit_pct": m.p_limit_command_pct, "curtail_pct": m.curtail_pct, "dispatch_kw": m.dispatch_kw,
+            "grid_connection_status": "connected"
+            if m.connected
+            else ("islanded" if m.state is _S.ISLANDED else "disconnected"),
+            "energy_exported": m.energy_exported_kwh,
+            "energy_imported": m.energy_imported_kwh,
+            "reactive_power_mode": a.reactive_power_mode,
+            "voltage_pu": m.voltage_pu,
+            "q_setpoint_kvar": m.q_command_kvar,
+            "p_limit_pct": m.p_limit_command_pct,
+            "curtail_pct": m.curtail_pct,
+            "dispatch_kw": m.dispatch_kw,
         }
 
 
 # --------------------------------------------------------------------------- the type, declared once
 
 POINTS: dict[str, spec.PointName] = {
-    "active_power_kw": spec.KW, "reactive_power_kvar": spec.KVAR, "voltage_pu": spec.analog("pu"),
-    "irradiance_w_m2": spec.analog("W/m2", "W/m²"), "connected": spec.BIT, "soc_pct": spec.analog("%"),
-    "energy_available_kwh": spec.analog("kWh"), "energy_kwh": spec.PointName(spec.COUNT, frozenset({"kWh"})),
+    "active_power_kw": spec.KW,
+    "reactive_power_kvar": spec.KVAR,
+    "voltage_pu": spec.analog("pu"),
+    "irradiance_w_m2": spec.analog("W/m2", "W/m²"),
+    "connected": spec.BIT,
+    "soc_pct": spec.analog("%"),
+    "energy_available_kwh": spec.analog("kWh"),
+    "energy_kwh": spec.PointName(spec.COUNT, frozenset({"kWh"})),
     "ambient_temp_c": spec.TEMP,
     "p_limit_pct": spec.PointName(spec.ANALOG, frozenset({"%"}), command=True),
     "p_setpoint_kw": spec.PointName(spec.ANALOG, frozenset({"kW"}), command=True),
@@ -337,11 +438,20 @@ def _derive_inputs(rt: spec.RuntimeView, agent_id: str, wall: float | None) -> d
 
 
 SPEC = spec.AgentSpec(
-    type_name="renewable_energy", table=TABLE, attributes=RenewableEnergyAttributes, points=POINTS,
-    inputs=DerInputs, derived=frozenset({"grid_available"}), derive_inputs=_derive_inputs, links=_links,
-    factory=lambda b, links: RenewableEnergyAgent(b.agent_id, b.attrs, links,
-                                                  has_connection_feedback="connected" in b.points),
-    step_order=4, requests=("curtail", "dispatch", "maintenance", "fault"), subscriptions=(Topic.VOLTAGE_EVENTS,),
+    type_name="renewable_energy",
+    table=TABLE,
+    attributes=RenewableEnergyAttributes,
+    points=POINTS,
+    inputs=DerInputs,
+    derived=frozenset({"grid_available"}),
+    derive_inputs=_derive_inputs,
+    links=_links,
+    factory=lambda b, links: RenewableEnergyAgent(
+        b.agent_id, b.attrs, links, has_connection_feedback="connected" in b.points
+    ),
+    step_order=4,
+    requests=("curtail", "dispatch", "maintenance", "fault"),
+    subscriptions=(Topic.VOLTAGE_EVENTS,),
     visualization=visualization.der_view,
     description="a PV plant, wind turbine or battery: IEEE 1547 volt-var and volt-watt, curtailment, dispatch",
 )

@@ -59,10 +59,18 @@ RECLOSE_SEQUENCE_MARGIN_S = 5.0
 SNAPSHOT_KEY = "agents"
 SNAPSHOT_VERSION = 1
 
-_OPEN_STATES = {BreakerState.TRIPPED, BreakerState.OPEN_MANUAL, BreakerState.LOCKED_OUT, BreakerState.MAINTENANCE,
-                BreakerState.RECLOSING}
-_BREAKER, _LINE, _TRANSFORMER = (AgentType.CIRCUIT_BREAKER.value, AgentType.POWER_LINE.value,
-                                  AgentType.TRANSFORMER.value)
+_OPEN_STATES = {
+    BreakerState.TRIPPED,
+    BreakerState.OPEN_MANUAL,
+    BreakerState.LOCKED_OUT,
+    BreakerState.MAINTENANCE,
+    BreakerState.RECLOSING,
+}
+_BREAKER, _LINE, _TRANSFORMER = (
+    AgentType.CIRCUIT_BREAKER.value,
+    AgentType.POWER_LINE.value,
+    AgentType.TRANSFORMER.value,
+)
 _SUBSTATION, _METERS = AgentType.SUBSTATION.value, AgentType.SMART_METER.value
 
 
@@ -78,9 +86,17 @@ class UnknownAgent(KeyError):
 class AgentRuntime:
     """Every agent of one site; what each type is and does comes from its spec (gateway/agents/registry.py)."""
 
-    def __init__(self, site: SiteConfig, now: float, *, infrastructure_period_s: float = 1.0,
-                 meter_period_s: float = 5.0, momentary_threshold_s: float | None = None,
-                 meter_attributes: SmartMeterAttributes | None = None, registry: Registry | None = None) -> None:
+    def __init__(
+        self,
+        site: SiteConfig,
+        now: float,
+        *,
+        infrastructure_period_s: float = 1.0,
+        meter_period_s: float = 5.0,
+        momentary_threshold_s: float | None = None,
+        meter_attributes: SmartMeterAttributes | None = None,
+        registry: Registry | None = None,
+    ) -> None:
         self.site = site
         self.registry = registry
         """The agent types this runtime knows (None: every type of the gateway, `registry.SPECS`)."""
@@ -115,8 +131,10 @@ class AgentRuntime:
             spec = spec_for(type_name(cfg.type), registry)
             unknown = spec.unknown_points(set(cfg.points))
             if unknown:
-                raise ValueError(f"agent {cfg.id}: {spec.type_name} has no point named {', '.join(unknown)} "
-                                 f"(known: {', '.join(sorted(spec.points)) or 'none'})")
+                raise ValueError(
+                    f"agent {cfg.id}: {spec.type_name} has no point named {', '.join(unknown)} "
+                    f"(known: {', '.join(sorted(spec.points)) or 'none'})"
+                )
             attrs = spec.attributes.model_validate(cfg.attributes)
             if spec.factory is None or spec.links is None:
                 if spec.type_name == _METERS and meter_attributes is None:
@@ -137,8 +155,7 @@ class AgentRuntime:
         self.revenue = self._revenue_guard()
         if momentary_threshold_s is None:
             subs = [a for a in self.agents.values() if isinstance(a, SubstationAgent)]
-            momentary_threshold_s = (subs[0].attrs.momentary_interruption_threshold_s if subs
-                                     else MOMENTARY_THRESHOLD_S)
+            momentary_threshold_s = subs[0].attrs.momentary_interruption_threshold_s if subs else MOMENTARY_THRESHOLD_S
         self.momentary_threshold_s = momentary_threshold_s
         for agent_id, spec in self.specs.items():
             self.bus.subscribe(agent_id, *spec.subscriptions)
@@ -160,18 +177,29 @@ class AgentRuntime:
             if self.types.get(xfmr) != _TRANSFORMER or "load_kw" not in self.site.agent(xfmr).points:
                 continue
             groups, idx, ids = meters.get(xfmr, ((), np.zeros(0, dtype=np.int64), []))
-            meters[xfmr] = (groups + (g.config.id,), np.concatenate([idx, np.arange(g.start, g.stop)]),
-                            ids + self.fleet.ids[g.start:g.stop])
+            meters[xfmr] = (
+                groups + (g.config.id,),
+                np.concatenate([idx, np.arange(g.start, g.stop)]),
+                ids + self.fleet.ids[g.start : g.stop],
+            )
         if not meters:
             return None
-        return RevenueGuard(meters, RevenueSettings(window_s=cfg.window_s, threshold_percent=cfg.threshold_percent,
-                                                    technical_loss_percent=cfg.technical_loss_percent,
-                                                    persistence=cfg.persistence, baseline_windows=cfg.baseline_windows))
+        return RevenueGuard(
+            meters,
+            RevenueSettings(
+                window_s=cfg.window_s,
+                threshold_percent=cfg.threshold_percent,
+                technical_loss_percent=cfg.technical_loss_percent,
+                persistence=cfg.persistence,
+                baseline_windows=cfg.baseline_windows,
+            ),
+        )
 
     # ------------------------------------------------------------------ inputs from the daemon
 
-    def on_point(self, agent_id: str, name: str, value: float | bool | None, good: bool, now: float,
-                 *, step: bool = True) -> list[Action | BulkStateChange]:
+    def on_point(
+        self, agent_id: str, name: str, value: float | bool | None, good: bool, now: float, *, step: bool = True
+    ) -> list[Action | BulkStateChange]:
         """Store a reading; a breaker's position change steps it and what it feeds at once (actions returned).
 
         With `step=False` the change is only noted, for `step_position_changes` once the rest of
@@ -184,8 +212,14 @@ class AgentRuntime:
             good = False  # NaN, infinity and absurd magnitudes are never measurements
         previous = values.get(name)
         values[name] = value if good else None
-        if name == "closed" and good and value is not None and previous is not None \
-                and bool(value) != bool(previous) and self.types[agent_id] == _BREAKER:
+        if (
+            name == "closed"
+            and good
+            and value is not None
+            and previous is not None
+            and bool(value) != bool(previous)
+            and self.types[agent_id] == _BREAKER
+        ):
             if step:
                 return self._step_now(self._affected_by(agent_id), now)
             self.position_changes.setdefault(agent_id, now)
@@ -199,8 +233,9 @@ class AgentRuntime:
             out += self._step_now(self._affected_by(breaker), now)
         return out
 
-    def on_protection_event(self, kind: str, breaker: str, element: str, phase: str, current_a: float,
-                            now: float) -> list[Action | BulkStateChange]:
+    def on_protection_event(
+        self, kind: str, breaker: str, element: str, phase: str, current_a: float, now: float
+    ) -> list[Action | BulkStateChange]:
         """A protection event for `breaker`; trips, recloses, lockouts and resets step it and what it feeds at once."""
         agent = self.agents.get(breaker)
         if not isinstance(agent, CircuitBreakerAgent):
@@ -241,21 +276,41 @@ class AgentRuntime:
         if action == "close":
             self._end_reclose_sequence(agent_id)  # a close by an operator or a plan starts afresh
 
-    def on_health(self, agent_id: str, health: HealthInputs, now: float, *, horizon_days: float = 60.0,
-                  threshold: float = 0.2, acceptable_risk: float = 0.25) -> list[Action]:
+    def on_health(
+        self,
+        agent_id: str,
+        health: HealthInputs,
+        now: float,
+        *,
+        horizon_days: float = 60.0,
+        threshold: float = 0.2,
+        acceptable_risk: float = 0.25,
+    ) -> list[Action]:
         """A transformer's health evaluation (from the daemon's history); what its agent says of it."""
         agent = self.agents.get(agent_id)
         if not isinstance(agent, TransformerAgent):
             raise UnknownAgent(agent_id)
-        memory, actions = agent.on_health(self.memory[agent_id], health, now, horizon_days=horizon_days,  # type: ignore[arg-type]
-                                          threshold=threshold, acceptable_risk=acceptable_risk)
+        memory, actions = agent.on_health(
+            self.memory[agent_id],  # type: ignore[arg-type]
+            health,
+            now,
+            horizon_days=horizon_days,
+            threshold=threshold,
+            acceptable_risk=acceptable_risk,
+        )
         self.memory[agent_id] = memory
         return list(actions) + self._deliver(actions, now)
 
     def on_command_result(self, agent_id: str, name: str, ok: bool, now: float) -> None:
         if not ok:
-            self._pending.append(Alert(agent_id=agent_id, severity=Severity.MAJOR, time=now,
-                                       message=f"command {name} was refused or failed"))
+            self._pending.append(
+                Alert(
+                    agent_id=agent_id,
+                    severity=Severity.MAJOR,
+                    time=now,
+                    message=f"command {name} was refused or failed",
+                )
+            )
 
     def ingest_meter_batch(self, meter_ids: Sequence[str], columns: Mapping[str, np.ndarray], now: float) -> int:
         return self.fleet.ingest(meter_ids, columns, now)
@@ -317,32 +372,59 @@ class AgentRuntime:
             line = self._first_upstream(xfmr, _LINE) if xfmr in topo.node_types else None
             critical_ids += cfg.critical_ids()
             n, c = cfg.count, cfg.critical_count
-            by_transformer.append({"transformer": xfmr, "line": line, "group": gid, "customers": n,
-                                   "critical_customers": c})
-            entry = by_line.setdefault(line or "", {"line": line, "breaker": topo.protecting_breaker(line) if line
-                                                    else None, "customers": 0, "critical_customers": 0})
+            by_transformer.append(
+                {"transformer": xfmr, "line": line, "group": gid, "customers": n, "critical_customers": c}
+            )
+            entry = by_line.setdefault(
+                line or "",
+                {
+                    "line": line,
+                    "breaker": topo.protecting_breaker(line) if line else None,
+                    "customers": 0,
+                    "critical_customers": 0,
+                },
+            )
             entry["customers"] += n
             entry["critical_customers"] += c
         # the open breakers this loss (or what is still open) is behind, and why each is open
-        behind = [b for b in sorted(open_breakers)
-                  if set(topo.meter_groups_downstream(b)) & set(groups)] if event == "supply_lost" else []
+        behind = (
+            [b for b in sorted(open_breakers) if set(topo.meter_groups_downstream(b)) & set(groups)]
+            if event == "supply_lost"
+            else []
+        )
         causes = []
         for b in behind:
             m = self.memory[b]
-            causes.append({"breaker": b, "state": m.state.value, "cause": getattr(m, "trip_cause", None)
-                           if m.state in (BreakerState.TRIPPED, BreakerState.RECLOSING, BreakerState.LOCKED_OUT)
-                           else None})
+            causes.append(
+                {
+                    "breaker": b,
+                    "state": m.state.value,
+                    "cause": getattr(m, "trip_cause", None)
+                    if m.state in (BreakerState.TRIPPED, BreakerState.RECLOSING, BreakerState.LOCKED_OUT)
+                    else None,
+                }
+            )
         since = [self._lost_since[g] for g in groups if g in self._lost_since]
-        payload = {"event": event, "breakers": causes, "customers": sum(t["customers"] for t in by_transformer),
-                   "critical_customers": len(critical_ids), "critical_meters": critical_ids,
-                   "by_line": list(by_line.values()), "by_transformer": by_transformer,
-                   "interruption_s": (now - min(since)) if event == "supply_restored" and since else None,
-                   "reclose_pending": event == "supply_restored" and any(
-                       g in {x for b in self._reclose_sequences for x in topo.meter_groups_downstream(b)}
-                       for g in groups)}
+        payload = {
+            "event": event,
+            "breakers": causes,
+            "customers": sum(t["customers"] for t in by_transformer),
+            "critical_customers": len(critical_ids),
+            "critical_meters": critical_ids,
+            "by_line": list(by_line.values()),
+            "by_transformer": by_transformer,
+            "interruption_s": (now - min(since)) if event == "supply_restored" and since else None,
+            "reclose_pending": event == "supply_restored"
+            and any(g in {x for b in self._reclose_sequences for x in topo.meter_groups_downstream(b)} for g in groups),
+        }
         source = next((a for a, t in self.types.items() if t == _SUBSTATION), self.site.site.substation_id)
-        return BusMessage(source=source, topic=Topic.FAULT_ALERTS if event == "supply_lost" else Topic.LOAD_CHANGES,
-                          kind="customer_impact", payload=payload, urgent=event == "supply_lost")
+        return BusMessage(
+            source=source,
+            topic=Topic.FAULT_ALERTS if event == "supply_lost" else Topic.LOAD_CHANGES,
+            kind="customer_impact",
+            payload=payload,
+            urgent=event == "supply_lost",
+        )
 
     def _end_reclose_sequence(self, breaker: str) -> None:
         """The reclose sequence of `breaker` is over: returns of supply it made are final."""
@@ -413,16 +495,31 @@ class AgentRuntime:
             supplied[xfmr] = live
             guard.on_load(xfmr, float(value) if isinstance(value, int | float) and live else None, now)
         out: list[Action] = []
-        for f in guard.evaluate(now, self.fleet.energy_kwh, self.fleet.last_reading, self.fleet.energy_known,
-                                supplied):
-            what = ("unexplained energy (theft, a bypassed meter or an illegal connection)"
-                    if f.kind == "unexplained_energy" else "meters registering more than was delivered")
-            out.append(Alert(agent_id=f.transformer, severity=Severity.WARNING, time=now,
-                             message=f"{f.transformer}: {what}: {f.gap_percent:+.1f} % of {f.transformer_kwh:.1f} kWh "
-                                     f"over {f.windows_over} windows; first suspect {f.suspects[0].meter}"
-                             if f.suspects else f"{f.transformer}: {what}: {f.gap_percent:+.1f} %"))
-            out.append(BusMessage(source=f.transformer, topic=Topic.MAINTENANCE_SCHEDULED, kind="revenue_protection",
-                                  payload=f.to_dict()))
+        for f in guard.evaluate(now, self.fleet.energy_kwh, self.fleet.last_reading, self.fleet.energy_known, supplied):
+            what = (
+                "unexplained energy (theft, a bypassed meter or an illegal connection)"
+                if f.kind == "unexplained_energy"
+                else "meters registering more than was delivered"
+            )
+            out.append(
+                Alert(
+                    agent_id=f.transformer,
+                    severity=Severity.WARNING,
+                    time=now,
+                    message=f"{f.transformer}: {what}: {f.gap_percent:+.1f} % of {f.transformer_kwh:.1f} kWh "
+                    f"over {f.windows_over} windows; first suspect {f.suspects[0].meter}"
+                    if f.suspects
+                    else f"{f.transformer}: {what}: {f.gap_percent:+.1f} %",
+                )
+            )
+            out.append(
+                BusMessage(
+                    source=f.transformer,
+                    topic=Topic.MAINTENANCE_SCHEDULED,
+                    kind="revenue_protection",
+                    payload=f.to_dict(),
+                )
+            )
         return out
 
     def _step_agent(self, agent_id: str, now: float, wall: float | None) -> list[Action]:
@@ -434,19 +531,29 @@ class AgentRuntime:
             log.exception("agent %s step failed", agent_id)
             alerts: list[Action] = []
             if agent_id not in self.failed:
-                alerts.append(Alert(agent_id=agent_id, severity=Severity.MAJOR, time=now,
-                                    message=f"agent logic failed and is skipped until it recovers: {exc}"))
+                alerts.append(
+                    Alert(
+                        agent_id=agent_id,
+                        severity=Severity.MAJOR,
+                        time=now,
+                        message=f"agent logic failed and is skipped until it recovers: {exc}",
+                    )
+                )
             self.failed.add(agent_id)
             return alerts
         self.failed.discard(agent_id)
         self.memory[agent_id] = memory
-        if self.types[agent_id] == _BREAKER and agent_id in self.fault_pending and \
-                memory.state in (BreakerState.CLOSED_NORMAL, BreakerState.CLOSED_HIGH_CURRENT):
+        if (
+            self.types[agent_id] == _BREAKER
+            and agent_id in self.fault_pending
+            and memory.state in (BreakerState.CLOSED_NORMAL, BreakerState.CLOSED_HIGH_CURRENT)
+        ):
             self.fault_pending.discard(agent_id)
         return list(actions)
 
-    def _step_now(self, agent_ids: Sequence[str], now: float,
-                  delivered: Sequence[Action] = ()) -> list[Action | BulkStateChange]:
+    def _step_now(
+        self, agent_ids: Sequence[str], now: float, delivered: Sequence[Action] = ()
+    ) -> list[Action | BulkStateChange]:
         """Step these agents at once (in the usual order), outside the tick cadence, and deliver what they say.
 
         `delivered`: actions already produced by the event itself, whose bus messages go out with these.
@@ -519,13 +626,29 @@ class AgentRuntime:
     # ------------------------------------------------------------------ views
 
     def list_agents(self) -> list[dict[str, Any]]:
-        rows = [{"id": a, "type": t, "state": self.memory[a].state.value, "since": self.memory[a].since,
-                 "since_wall": self.to_wall(self.memory[a].since)} for a, t in self.types.items()]
+        rows = [
+            {
+                "id": a,
+                "type": t,
+                "state": self.memory[a].state.value,
+                "since": self.memory[a].since,
+                "since_wall": self.to_wall(self.memory[a].since),
+            }
+            for a, t in self.types.items()
+        ]
         for g in self.fleet.groups:
             counts = self.fleet.counts(slice(g.start, g.stop))
             top = max(counts, key=lambda k: counts[k]) if counts else "Active"
-            rows.append({"id": g.config.id, "type": _METERS, "state": top,
-                         "since": None, "meters": g.config.count, "states": counts})
+            rows.append(
+                {
+                    "id": g.config.id,
+                    "type": _METERS,
+                    "state": top,
+                    "since": None,
+                    "meters": g.config.count,
+                    "states": counts,
+                }
+            )
         return rows
 
     def show(self, agent_id: str) -> dict[str, Any]:
@@ -533,27 +656,47 @@ class AgentRuntime:
             agent, m = self.agents[agent_id], self.memory[agent_id]
             links = {f.name: getattr(agent.links, f.name) for f in fields(agent.links)}
             live = agent.attributes(m)
-            return {"id": agent_id, "type": self.types[agent_id], "state": m.state.value, "since": m.since,
-                    "since_wall": self.to_wall(m.since), "wall_offset": self.wall_offset,
-                    "attributes": _plain(self._wall_times(live)), "last_transitions": list(m.history),
-                    "visualization_metadata": self.visualization(agent_id, live),
-                    "links": _plain({k: v for k, v in links.items() if v not in (None, (), 0)}),
-                    "readings": _plain(self.readings[agent_id]),
-                    "messages_received": self.messages_received.get(agent_id, 0)}
+            return {
+                "id": agent_id,
+                "type": self.types[agent_id],
+                "state": m.state.value,
+                "since": m.since,
+                "since_wall": self.to_wall(m.since),
+                "wall_offset": self.wall_offset,
+                "attributes": _plain(self._wall_times(live)),
+                "last_transitions": list(m.history),
+                "visualization_metadata": self.visualization(agent_id, live),
+                "links": _plain({k: v for k, v in links.items() if v not in (None, (), 0)}),
+                "readings": _plain(self.readings[agent_id]),
+                "messages_received": self.messages_received.get(agent_id, 0),
+            }
         for g in self.fleet.groups:
             if g.config.id == agent_id:
                 sl = slice(g.start, g.stop)
                 counts = self.fleet.counts(sl)
-                return {"id": agent_id, "type": _METERS, "meters": g.config.count,
-                        "connected_transformer": g.config.connected_transformer, "meter_type": g.config.meter_type,
-                        "states": counts, "visualization_metadata": meters_metadata(g.config.meter_type, counts),
-                        "attributes": {"total_demand_kw": float(np.nansum(self.fleet.demand_kw[sl])),
-                                       "energy_consumed": float(self.fleet.energy_kwh[sl].sum())}}
+                return {
+                    "id": agent_id,
+                    "type": _METERS,
+                    "meters": g.config.count,
+                    "connected_transformer": g.config.connected_transformer,
+                    "meter_type": g.config.meter_type,
+                    "states": counts,
+                    "visualization_metadata": meters_metadata(g.config.meter_type, counts),
+                    "attributes": {
+                        "total_demand_kw": float(np.nansum(self.fleet.demand_kw[sl])),
+                        "energy_consumed": float(self.fleet.energy_kwh[sl].sum()),
+                    },
+                }
         if agent_id in self.fleet.index:
             meter = self.fleet.meter(agent_id)
-            return {"id": agent_id, "type": _METERS, "state": meter.pop("state"),
-                    "since": meter["since"], "since_wall": self.to_wall(meter.pop("since")),
-                    "attributes": _plain(self._wall_times(meter))}
+            return {
+                "id": agent_id,
+                "type": _METERS,
+                "state": meter.pop("state"),
+                "since": meter["since"],
+                "since_wall": self.to_wall(meter.pop("since")),
+                "attributes": _plain(self._wall_times(meter)),
+            }
         raise UnknownAgent(agent_id)
 
     def visualization(self, agent_id: str, live: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -574,16 +717,26 @@ class AgentRuntime:
         since = self.started if since is None else since
         until = max(self.last_time, since + 1e-9) if until is None else until
         # interruptions not recorded yet: open ones, and returns by auto-reclose still pending
-        result = self.fleet.ledger.indices(since, until, ongoing_starts=self.fleet.outage_start,
-                                           ongoing_ends=self.fleet.restore_pending,
-                                           momentary_threshold_s=self.momentary_threshold_s)
+        result = self.fleet.ledger.indices(
+            since,
+            until,
+            ongoing_starts=self.fleet.outage_start,
+            ongoing_ends=self.fleet.restore_pending,
+            momentary_threshold_s=self.momentary_threshold_s,
+        )
         return result.to_dict()
 
     def _wall_times(self, attributes: dict[str, Any]) -> dict[str, Any]:
         if self.wall_offset is None:
             return attributes
-        return {k: (v + self.wall_offset if k in TIME_ATTRIBUTES and isinstance(v, int | float)
-                    and not isinstance(v, bool) else v) for k, v in attributes.items()}
+        return {
+            k: (
+                v + self.wall_offset
+                if k in TIME_ATTRIBUTES and isinstance(v, int | float) and not isinstance(v, bool)
+                else v
+            )
+            for k, v in attributes.items()
+        }
 
     def to_wall(self, monotonic: float | None) -> float | None:
         if monotonic is None or self.wall_offset is None:

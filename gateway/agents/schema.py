@@ -31,8 +31,10 @@ class _Attrs(BaseModel):
     installation_date: str = ""
 
 
-Coordinate = tuple[Annotated[float, Field(ge=-90.0, le=90.0, allow_inf_nan=False)],
-                   Annotated[float, Field(ge=-180.0, le=180.0, allow_inf_nan=False)]]
+Coordinate = tuple[
+    Annotated[float, Field(ge=-90.0, le=90.0, allow_inf_nan=False)],
+    Annotated[float, Field(ge=-180.0, le=180.0, allow_inf_nan=False)],
+]
 """GPS position [latitude, longitude] in degrees (WGS 84), as the use case writes it."""
 
 
@@ -130,7 +132,9 @@ class TransformerAttributes(_Attrs):
     @model_validator(mode="after")
     def _check(self) -> TransformerAttributes:
         if not self.tap_min <= self.tap_position <= self.tap_max:
-            raise ValueError(f"tap_position {self.tap_position} outside [tap_min {self.tap_min}, tap_max {self.tap_max}]")
+            raise ValueError(
+                f"tap_position {self.tap_position} outside [tap_min {self.tap_min}, tap_max {self.tap_max}]"
+            )
         if self.hot_spot_alarm_c >= self.hot_spot_critical_c:
             raise ValueError("hot_spot_alarm_c must be below hot_spot_critical_c")
         return self
@@ -177,8 +181,12 @@ class CircuitBreakerAttributes(_Attrs):
     """Fault-passage indicator pickup (A): the indicator latches above this current."""
     allow_parallel: bool = False
     """A tie that the site allows to close with both sides energised (closed-loop operation)."""
-    external_source: str | None = Field(default=None, min_length=1, max_length=128,
-                                        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*(/[A-Za-z0-9][A-Za-z0-9_.\-]*)*$")
+    external_source: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*(/[A-Za-z0-9][A-Za-z0-9_.\-]*)*$",
+    )
     """A tie whose far side is a feeder of another substation, by its name there ('SUB-006/LINE-061')."""
     external_capacity_kva: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     """What the other substation has declared this tie may carry into this one (kVA); the limit of
@@ -206,8 +214,11 @@ class CircuitBreakerAttributes(_Attrs):
     @classmethod
     def _load_break_switch_rating(cls, data: object) -> object:
         """A load-break switch interrupts no more than its rated current unless told otherwise."""
-        if (isinstance(data, dict) and data.get("function") == "load_break_switch"
-                and "interrupting_capacity" not in data):
+        if (
+            isinstance(data, dict)
+            and data.get("function") == "load_break_switch"
+            and "interrupting_capacity" not in data
+        ):
             rated = data.get("rated_current", 630.0)
             if isinstance(rated, int | float) and not isinstance(rated, bool) and rated > 0:
                 return {**data, "interrupting_capacity": float(rated) / 1000.0}
@@ -277,11 +288,16 @@ class CapacitorBankAttributes(_Attrs):
     excessive_switching_window_s: float = Field(default=3600.0, gt=0)
     deadband_widening_factor: float = Field(default=1.5, gt=1)
     # var mode
-    var_on_kvar: float | None = Field(default=None, allow_inf_nan=False,
-                                      description="kvar drawn from the source (lagging positive)")
+    var_on_kvar: float | None = Field(
+        default=None, allow_inf_nan=False, description="kvar drawn from the source (lagging positive)"
+    )
     """Var mode: close the next step while the source supplies more than this (default 2/3 of one step)."""
-    var_off_kvar: float | None = Field(default=None, allow_inf_nan=False, validate_default=True,
-                                       description="kvar drawn from the source (leading negative)")
+    var_off_kvar: float | None = Field(
+        default=None,
+        allow_inf_nan=False,
+        validate_default=True,
+        description="kvar drawn from the source (leading negative)",
+    )
     """Var mode: open the last step while the source supplies less than this (default −1/3 of one step)."""
     # time mode
     schedule_on: str = Field(default="07:00", description="HH:MM local time (UTC + utc_offset_h)")
@@ -338,9 +354,11 @@ class CapacitorBankAttributes(_Attrs):
         on = d["var_on_kvar"] if d["var_on_kvar"] is not None else step * 2.0 / 3.0
         off = value if value is not None else -step / 3.0
         if on - off < step * (1.0 - 1e-9):
-            raise ValueError(f"var_on_kvar − var_off_kvar = {on:.1f} − ({off:.1f}) = {on - off:.1f} kvar is less than "
-                             f"one step ({step:.1f} kvar): closing a step would bring the source below var_off_kvar "
-                             "and the bank would hunt; widen the band to at least one step")
+            raise ValueError(
+                f"var_on_kvar − var_off_kvar = {on:.1f} − ({off:.1f}) = {on - off:.1f} kvar is less than "
+                f"one step ({step:.1f} kvar): closing a step would bring the source below var_off_kvar "
+                "and the bank would hunt; widen the band to at least one step"
+            )
         return value
 
     @field_validator("temp_off_c")
@@ -364,8 +382,10 @@ class CapacitorBankAttributes(_Attrs):
     def _enough_for_schedule(cls, value: int, info: ValidationInfo) -> int:
         steps = info.data.get("num_steps")
         if info.data.get("control_mode") == "time" and steps is not None and value < 2 * steps:
-            raise ValueError(f"time mode brings {steps} step(s) in and out every day: max_daily_operations must be "
-                             f"at least {2 * steps}, found {value}")
+            raise ValueError(
+                f"time mode brings {steps} step(s) in and out every day: max_daily_operations must be "
+                f"at least {2 * steps}, found {value}"
+            )
         return value
 
 

@@ -54,9 +54,16 @@ class MeterEvent(enum.Enum):
 
 
 _S, _E = MeterState, MeterEvent
-_FOLLOW = dict(READING_NORMAL=_S.ACTIVE, HIGH_DEMAND=_S.HIGH_CONSUMPTION, VOLTAGE_LOW=_S.LOW_VOLTAGE,
-               POWER_QUALITY=_S.POWER_QUALITY_ISSUE, NO_POWER=_S.OUTAGE, TAMPER_DETECTED=_S.TAMPERED,
-               TAMPER_CLEARED=IGNORE, READINGS_STOPPED=_S.COMMUNICATION_LOSS)
+_FOLLOW = dict(
+    READING_NORMAL=_S.ACTIVE,
+    HIGH_DEMAND=_S.HIGH_CONSUMPTION,
+    VOLTAGE_LOW=_S.LOW_VOLTAGE,
+    POWER_QUALITY=_S.POWER_QUALITY_ISSUE,
+    NO_POWER=_S.OUTAGE,
+    TAMPER_DETECTED=_S.TAMPERED,
+    TAMPER_CLEARED=IGNORE,
+    READINGS_STOPPED=_S.COMMUNICATION_LOSS,
+)
 
 
 def _follow(own: str, **extra: Any) -> dict[MeterEvent, Any]:
@@ -64,7 +71,9 @@ def _follow(own: str, **extra: Any) -> dict[MeterEvent, Any]:
 
 
 TABLE: TransitionTable[MeterState, MeterEvent] = TransitionTable(
-    MeterState, MeterEvent, initial=_S.ACTIVE,
+    MeterState,
+    MeterEvent,
+    initial=_S.ACTIVE,
     rows={
         _S.ACTIVE: _follow("READING_NORMAL"),
         _S.HIGH_CONSUMPTION: _follow("HIGH_DEMAND"),
@@ -72,8 +81,12 @@ TABLE: TransitionTable[MeterState, MeterEvent] = TransitionTable(
         _S.POWER_QUALITY_ISSUE: _follow("POWER_QUALITY"),
         _S.OUTAGE: _follow("NO_POWER", READINGS_STOPPED=IGNORE),  # a dead meter cannot talk
         # a tamper flag stands until cleared: readings go on but do not lift it
-        _S.TAMPERED: row(_E, TAMPER_CLEARED=_S.ACTIVE, NO_POWER=_S.OUTAGE,
-                         ignore="READING_NORMAL HIGH_DEMAND VOLTAGE_LOW POWER_QUALITY TAMPER_DETECTED READINGS_STOPPED"),
+        _S.TAMPERED: row(
+            _E,
+            TAMPER_CLEARED=_S.ACTIVE,
+            NO_POWER=_S.OUTAGE,
+            ignore="READING_NORMAL HIGH_DEMAND VOLTAGE_LOW POWER_QUALITY TAMPER_DETECTED READINGS_STOPPED",
+        ),
         _S.COMMUNICATION_LOSS: _follow("READINGS_STOPPED"),
     },
 )
@@ -96,9 +109,13 @@ def compile_table(table: TransitionTable[MeterState, MeterEvent]) -> np.ndarray:
 NEXT = compile_table(TABLE)
 _OUTAGE = STATE_CODE[_S.OUTAGE]
 _CAUSES = {
-    _E.READING_NORMAL: "readings normal", _E.HIGH_DEMAND: "demand above typical pattern",
-    _E.VOLTAGE_LOW: "voltage below range", _E.POWER_QUALITY: "harmonics or overvoltage",
-    _E.NO_POWER: "no power at the meter", _E.TAMPER_DETECTED: "tamper flag", _E.TAMPER_CLEARED: "tamper cleared",
+    _E.READING_NORMAL: "readings normal",
+    _E.HIGH_DEMAND: "demand above typical pattern",
+    _E.VOLTAGE_LOW: "voltage below range",
+    _E.POWER_QUALITY: "harmonics or overvoltage",
+    _E.NO_POWER: "no power at the meter",
+    _E.TAMPER_DETECTED: "tamper flag",
+    _E.TAMPER_CLEARED: "tamper cleared",
     _E.READINGS_STOPPED: "no reading within the timeout",
 }
 
@@ -130,8 +147,9 @@ class _Group:
 class MeterFleet:
     """Every smart meter of the site as columns; `evaluate` steps them all."""
 
-    def __init__(self, groups: Sequence[MeterGroupConfig], now: float,
-                 attrs: SmartMeterAttributes | None = None) -> None:
+    def __init__(
+        self, groups: Sequence[MeterGroupConfig], now: float, attrs: SmartMeterAttributes | None = None
+    ) -> None:
         self.attrs = attrs or SmartMeterAttributes()
         self.groups: list[_Group] = []
         start = 0
@@ -140,8 +158,11 @@ class MeterFleet:
             start += cfg.count
         n = start
         self.n = n
-        self.ids: list[str] = [f"{g.config.prefix}-{i:05d}" for g in self.groups
-                               for i in range(g.config.first, g.config.first + g.config.count)]
+        self.ids: list[str] = [
+            f"{g.config.prefix}-{i:05d}"
+            for g in self.groups
+            for i in range(g.config.first, g.config.first + g.config.count)
+        ]
         self.index: dict[str, int] = {mid: i for i, mid in enumerate(self.ids)}
         self.critical = np.zeros(n, dtype=bool)
         """Meters of critical customers (hospitals, water works): the groups' `critical_meters`, every
@@ -151,8 +172,8 @@ class MeterFleet:
         self.nominal_v = np.empty(n, dtype=np.float32)
         self.timeout_s = np.empty(n, dtype=np.float32)
         for g in self.groups:
-            self.nominal_v[g.start:g.stop] = g.config.nominal_voltage_v
-            self.timeout_s[g.start:g.stop] = g.config.reading_timeout_s
+            self.nominal_v[g.start : g.stop] = g.config.nominal_voltage_v
+            self.timeout_s[g.start : g.stop] = g.config.reading_timeout_s
         nan32 = np.full(n, np.nan, dtype=np.float32)
         self.voltage_v = nan32.copy()
         self.current_a = nan32.copy()
@@ -296,15 +317,23 @@ class MeterFleet:
             low = v < a.low_voltage_pu * nominal
             pq = (self.thd_pct > a.thd_limit_pct) | (v > a.high_voltage_pu * nominal)
             # entered above ratio × typical, left below 80 % of that (no flapping on noisy demand)
-            ratio = np.where(self.state == STATE_CODE[_S.HIGH_CONSUMPTION], 0.8 * a.high_consumption_ratio,
-                             a.high_consumption_ratio)
+            ratio = np.where(
+                self.state == STATE_CODE[_S.HIGH_CONSUMPTION], 0.8 * a.high_consumption_ratio, a.high_consumption_ratio
+            )
             high = (self.demand_kw > ratio * self.typical_kw) & (self.typical_kw > 0.05)
         return np.select(
             [dead, self.tamper, stopped, low, pq, high],
-            [EVENT_CODE[_E.NO_POWER], EVENT_CODE[_E.TAMPER_DETECTED], EVENT_CODE[_E.READINGS_STOPPED],
-             EVENT_CODE[_E.VOLTAGE_LOW], EVENT_CODE[_E.POWER_QUALITY], EVENT_CODE[_E.HIGH_DEMAND]],
-            default=np.where(self.state == STATE_CODE[_S.TAMPERED], EVENT_CODE[_E.TAMPER_CLEARED],
-                             EVENT_CODE[_E.READING_NORMAL]),
+            [
+                EVENT_CODE[_E.NO_POWER],
+                EVENT_CODE[_E.TAMPER_DETECTED],
+                EVENT_CODE[_E.READINGS_STOPPED],
+                EVENT_CODE[_E.VOLTAGE_LOW],
+                EVENT_CODE[_E.POWER_QUALITY],
+                EVENT_CODE[_E.HIGH_DEMAND],
+            ],
+            default=np.where(
+                self.state == STATE_CODE[_S.TAMPERED], EVENT_CODE[_E.TAMPER_CLEARED], EVENT_CODE[_E.READING_NORMAL]
+            ),
         ).astype(np.int8)
 
     def evaluate(self, now: float) -> tuple[list[BulkStateChange], list[Action]]:
@@ -326,8 +355,9 @@ class MeterFleet:
             self.restore_pending[went_out] = np.nan
         if restored.size:
             # a return held pending by an auto-reclose is recorded when the sequence is over
-            self._record(restored[~np.isnan(self.outage_start[restored]) & np.isnan(self.restore_pending[restored])],
-                         now)
+            self._record(
+                restored[~np.isnan(self.outage_start[restored]) & np.isnan(self.restore_pending[restored])], now
+            )
         self.state = new
         self.since[changed] = now
         # `changed` is sorted and each group a contiguous range of meters: one slice per group
@@ -343,8 +373,11 @@ class MeterFleet:
                 sel = members[keys == key].tolist()
                 o, nw, e = STATES[key // 64], STATES[(key // 8) % 8], EVENTS[key % 8]
                 meter_ids = itemgetter(*sel)(ids) if len(sel) > 1 else (ids[sel[0]],)
-                changes.append(BulkStateChange(group_id=g.config.id, old=o.value, new=nw.value, cause=_CAUSES[e],
-                                               time=now, meter_ids=meter_ids))
+                changes.append(
+                    BulkStateChange(
+                        group_id=g.config.id, old=o.value, new=nw.value, cause=_CAUSES[e], time=now, meter_ids=meter_ids
+                    )
+                )
             actions += self._group_notices(g, members, old_c[lo:hi], new_c[lo:hi], starts, now)
         # a meter still out whose interruption was closed when its supply came back (a reading taken
         # while it was dead, or a fault behind it): its interruption goes on from now
@@ -352,8 +385,9 @@ class MeterFleet:
         self.outage_start[stuck] = now
         return changes, actions
 
-    def _group_notices(self, g: _Group, idx: np.ndarray, old: np.ndarray, new: np.ndarray, starts: np.ndarray,
-                       now: float) -> list[Action]:
+    def _group_notices(
+        self, g: _Group, idx: np.ndarray, old: np.ndarray, new: np.ndarray, starts: np.ndarray, now: float
+    ) -> list[Action]:
         out: list[Action] = []
         gid, xfmr = g.config.id, g.config.connected_transformer
         went_out = idx[new == _OUTAGE]
@@ -361,27 +395,65 @@ class MeterFleet:
         n_low = int((new == STATE_CODE[_S.LOW_VOLTAGE]).sum())
         n_tamper = int((new == STATE_CODE[_S.TAMPERED]).sum())
         if went_out.size:
-            out.append(BusMessage(source=gid, topic=Topic.FAULT_ALERTS, kind="meter_outage", urgent=True,
-                                  payload={"group": gid, "transformer": xfmr, "meters": int(went_out.size),
-                                           "critical_meters": [self.ids[i] for i in went_out[self.critical[went_out]]]}))
+            out.append(
+                BusMessage(
+                    source=gid,
+                    topic=Topic.FAULT_ALERTS,
+                    kind="meter_outage",
+                    urgent=True,
+                    payload={
+                        "group": gid,
+                        "transformer": xfmr,
+                        "meters": int(went_out.size),
+                        "critical_meters": [self.ids[i] for i in went_out[self.critical[went_out]]],
+                    },
+                )
+            )
         if back.size:
             durations = now - starts[back]
             durations = durations[~np.isnan(durations)]
-            out.append(BusMessage(source=gid, topic=Topic.LOAD_CHANGES, kind="service_restored",
-                                  payload={"group": gid, "transformer": xfmr, "meters": int(back.size),
-                                           "critical_meters": [self.ids[i] for i in back[self.critical[back]]],
-                                           "mean_outage_s": float(durations.mean()) if durations.size else 0.0}))
+            out.append(
+                BusMessage(
+                    source=gid,
+                    topic=Topic.LOAD_CHANGES,
+                    kind="service_restored",
+                    payload={
+                        "group": gid,
+                        "transformer": xfmr,
+                        "meters": int(back.size),
+                        "critical_meters": [self.ids[i] for i in back[self.critical[back]]],
+                        "mean_outage_s": float(durations.mean()) if durations.size else 0.0,
+                    },
+                )
+            )
         if n_low:
             low = idx[new == STATE_CODE[_S.LOW_VOLTAGE]]
-            out.append(BusMessage(source=gid, target=xfmr, kind="low_voltage_at_customer",
-                                  payload={"group": gid, "transformer": xfmr, "meters": n_low,
-                                           "critical_meters": [self.ids[i] for i in low[self.critical[low]]],
-                                           "lowest_voltage_v": float(np.nanmin(self.voltage_v[low]))
-                                           if np.isfinite(self.voltage_v[low]).any() else None,
-                                           "nominal_voltage_v": g.config.nominal_voltage_v}))
+            out.append(
+                BusMessage(
+                    source=gid,
+                    target=xfmr,
+                    kind="low_voltage_at_customer",
+                    payload={
+                        "group": gid,
+                        "transformer": xfmr,
+                        "meters": n_low,
+                        "critical_meters": [self.ids[i] for i in low[self.critical[low]]],
+                        "lowest_voltage_v": float(np.nanmin(self.voltage_v[low]))
+                        if np.isfinite(self.voltage_v[low]).any()
+                        else None,
+                        "nominal_voltage_v": g.config.nominal_voltage_v,
+                    },
+                )
+            )
         if n_tamper:
-            out.append(Alert(agent_id=gid, severity=Severity.MAJOR, time=now,
-                             message=f"tampering suspected at {n_tamper} meter(s) of {gid}"))
+            out.append(
+                Alert(
+                    agent_id=gid,
+                    severity=Severity.MAJOR,
+                    time=now,
+                    message=f"tampering suspected at {n_tamper} meter(s) of {gid}",
+                )
+            )
         return out
 
     # ------------------------------------------------------------------ views and persistence
@@ -399,12 +471,21 @@ class MeterFleet:
             return None if np.isnan(x) else float(x)
 
         return {
-            "meter_id": meter_id, "group": g.config.id, "connected_transformer": g.config.connected_transformer,
-            "meter_type": g.config.meter_type, "state": STATES[self.state[i]].value, "since": float(self.since[i]),
-            "voltage": f(self.voltage_v[i]), "current": f(self.current_a[i]), "current_demand": f(self.demand_kw[i]),
-            "power_factor": f(self.power_factor[i]), "thd_pct": f(self.thd_pct[i]),
-            "energy_consumed": float(self.energy_kwh[i]), "peak_demand": float(self.peak_kw[i]),
-            "last_reading_date": float(self.last_reading[i]), "tampered": bool(self.tamper[i]),
+            "meter_id": meter_id,
+            "group": g.config.id,
+            "connected_transformer": g.config.connected_transformer,
+            "meter_type": g.config.meter_type,
+            "state": STATES[self.state[i]].value,
+            "since": float(self.since[i]),
+            "voltage": f(self.voltage_v[i]),
+            "current": f(self.current_a[i]),
+            "current_demand": f(self.demand_kw[i]),
+            "power_factor": f(self.power_factor[i]),
+            "thd_pct": f(self.thd_pct[i]),
+            "energy_consumed": float(self.energy_kwh[i]),
+            "peak_demand": float(self.peak_kw[i]),
+            "last_reading_date": float(self.last_reading[i]),
+            "tampered": bool(self.tamper[i]),
             "supply_lost": bool(self.supply_lost[i]),
         }
 
@@ -415,8 +496,17 @@ class MeterFleet:
         self.restore_pending += delta_s
         self.ledger.shift_times(delta_s)
 
-    _PERSISTED = ("state", "since", "outage_start", "restore_pending", "tamper", "energy_kwh", "peak_kw", "typical_kw",
-                  "supply_lost")
+    _PERSISTED = (
+        "state",
+        "since",
+        "outage_start",
+        "restore_pending",
+        "tamper",
+        "energy_kwh",
+        "peak_kw",
+        "typical_kw",
+        "supply_lost",
+    )
 
     def snapshot(self) -> dict[str, Any]:
         data: dict[str, Any] = {"n": self.n}
@@ -442,7 +532,10 @@ class MeterFleet:
 # --------------------------------------------------------------------------- the type, declared once
 
 SPEC = spec.AgentSpec(
-    type_name="smart_meter", table=TABLE, attributes=SmartMeterAttributes, points={},
+    type_name="smart_meter",
+    table=TABLE,
+    attributes=SmartMeterAttributes,
+    points={},
     description="the smart meters of the meter groups, held column-wise and evaluated in bulk (MeterFleet); "
-                "an [[agents]] entry of this type carries the fleet-wide meter settings",
+    "an [[agents]] entry of this type carries the fleet-wide meter settings",
 )

@@ -214,8 +214,10 @@ class AgentSpec:
                 readable = {input_field(n) for n, p in self.points.items() if not p.command}
                 for f in fields(self.inputs):
                     if f.name not in readable and f.name not in self.derived:
-                        out.append(f"input {f.name!r} of {self.inputs.__name__} is not a point name of the type "
-                                   f"(known: {', '.join(sorted(readable)) or 'none'}) nor a derived input")
+                        out.append(
+                            f"input {f.name!r} of {self.inputs.__name__} is not a point name of the type "
+                            f"(known: {', '.join(sorted(readable)) or 'none'}) nor a derived input"
+                        )
                 unknown = self.derived - {f.name for f in fields(self.inputs)}
                 if unknown:
                     out.append(f"derived inputs {sorted(unknown)} are not fields of {self.inputs.__name__}")

@@ -53,9 +53,16 @@ class SubstationEvent(enum.Enum):
 
 
 _S, _E = SubstationState, SubstationEvent
-_FOLLOW: dict[str, Any] = dict(ALL_NORMAL=_S.NORMAL_OPERATION, HIGH_LOAD=_S.HIGH_LOAD, REGULATING=_S.VOLTAGE_REGULATION_ACTIVE,
-               FEEDER_FAULT=_S.FEEDER_FAULT, TRANSFORMER_FAULT=_S.TRANSFORMER_FAULT, EMERGENCY=_S.EMERGENCY_MODE,
-               MAINTENANCE_START=_S.MAINTENANCE_MODE, MAINTENANCE_END=IGNORE)
+_FOLLOW: dict[str, Any] = dict(
+    ALL_NORMAL=_S.NORMAL_OPERATION,
+    HIGH_LOAD=_S.HIGH_LOAD,
+    REGULATING=_S.VOLTAGE_REGULATION_ACTIVE,
+    FEEDER_FAULT=_S.FEEDER_FAULT,
+    TRANSFORMER_FAULT=_S.TRANSFORMER_FAULT,
+    EMERGENCY=_S.EMERGENCY_MODE,
+    MAINTENANCE_START=_S.MAINTENANCE_MODE,
+    MAINTENANCE_END=IGNORE,
+)
 
 
 def _follow(own: str) -> dict[SubstationEvent, SubstationState | Any]:
@@ -63,7 +70,9 @@ def _follow(own: str) -> dict[SubstationEvent, SubstationState | Any]:
 
 
 TABLE: TransitionTable[SubstationState, SubstationEvent] = TransitionTable(
-    SubstationState, SubstationEvent, initial=_S.NORMAL_OPERATION,
+    SubstationState,
+    SubstationEvent,
+    initial=_S.NORMAL_OPERATION,
     rows={
         _S.NORMAL_OPERATION: _follow("ALL_NORMAL"),
         _S.HIGH_LOAD: _follow("HIGH_LOAD"),
@@ -72,9 +81,11 @@ TABLE: TransitionTable[SubstationState, SubstationEvent] = TransitionTable(
         _S.TRANSFORMER_FAULT: _follow("TRANSFORMER_FAULT"),
         _S.EMERGENCY_MODE: _follow("EMERGENCY"),
         # in maintenance the conditions seen are the crew's doing: only ending it moves the state
-        _S.MAINTENANCE_MODE: row(_E, MAINTENANCE_END=_S.NORMAL_OPERATION,
-                                 ignore="ALL_NORMAL HIGH_LOAD REGULATING FEEDER_FAULT TRANSFORMER_FAULT EMERGENCY "
-                                        "MAINTENANCE_START"),
+        _S.MAINTENANCE_MODE: row(
+            _E,
+            MAINTENANCE_END=_S.NORMAL_OPERATION,
+            ignore="ALL_NORMAL HIGH_LOAD REGULATING FEEDER_FAULT TRANSFORMER_FAULT EMERGENCY MAINTENANCE_START",
+        ),
     },
 )
 
@@ -105,8 +116,12 @@ class SubstationInputs:
 
 @dataclass
 class SubstationMemory(Memory):
-    TIME_FIELDS: ClassVar[tuple[str, ...]] = ("load_history", "high_load_since", "emergency_load_since",
-                                              "forecast_made")
+    TIME_FIELDS: ClassVar[tuple[str, ...]] = (
+        "load_history",
+        "high_load_since",
+        "emergency_load_since",
+        "forecast_made",
+    )
 
     load_kw: float = 0.0
     load_kvar: float = 0.0
@@ -131,8 +146,13 @@ class SubstationAgent(Agent[SubstationState, SubstationEvent]):
     agent_type = "substation"
     TABLE = TABLE
 
-    def __init__(self, agent_id: str, attrs: SubstationAttributes, links: Links | None = None,
-                 feeders: tuple[FeederInfo, ...] = ()) -> None:
+    def __init__(
+        self,
+        agent_id: str,
+        attrs: SubstationAttributes,
+        links: Links | None = None,
+        feeders: tuple[FeederInfo, ...] = (),
+    ) -> None:
         super().__init__(agent_id, links)
         self.attrs = attrs
         self.feeders = {f.line: f for f in feeders}
@@ -173,14 +193,21 @@ class SubstationAgent(Agent[SubstationState, SubstationEvent]):
             if kw <= 0:
                 continue
             info = self.feeders.get(feeder)
-            plan.append({"feeder": feeder, "breaker": info.breaker if info else None, "load_kw": kw,
-                         "customers": info.customers if info else 0,
-                         "critical_customers": info.critical_customers if info else 0})
+            plan.append(
+                {
+                    "feeder": feeder,
+                    "breaker": info.breaker if info else None,
+                    "load_kw": kw,
+                    "customers": info.customers if info else 0,
+                    "critical_customers": info.critical_customers if info else 0,
+                }
+            )
             excess -= kw
         return plan
 
-    def step(self, memory: SubstationMemory, inputs: SubstationInputs, now: float
-             ) -> tuple[SubstationMemory, list[Action]]:
+    def step(
+        self, memory: SubstationMemory, inputs: SubstationInputs, now: float
+    ) -> tuple[SubstationMemory, list[Action]]:
         m = copy.deepcopy(memory)
         x = inputs
         a = self.attrs
@@ -211,29 +238,51 @@ class SubstationAgent(Agent[SubstationState, SubstationEvent]):
         # a feeder fault draws fault current, not load: load thresholds count only when it has
         # lasted `load_persistence_s` with no fault present
         faulted = bool(x.faulted_feeders)
-        m.high_load_since = None if faulted or m.load_percent < a.high_load_percent else (
-            m.high_load_since if m.high_load_since is not None else now)
-        m.emergency_load_since = None if faulted or m.load_percent <= a.emergency_load_percent else (
-            m.emergency_load_since if m.emergency_load_since is not None else now)
+        m.high_load_since = (
+            None
+            if faulted or m.load_percent < a.high_load_percent
+            else (m.high_load_since if m.high_load_since is not None else now)
+        )
+        m.emergency_load_since = (
+            None
+            if faulted or m.load_percent <= a.emergency_load_percent
+            else (m.emergency_load_since if m.emergency_load_since is not None else now)
+        )
         high = m.high_load_since is not None and now - m.high_load_since >= a.load_persistence_s
         # the forecast sees the limit coming: act before the load gets there
-        coming = (not faulted and m.forecast_crossing_s is not None and m.forecast_made is not None
-                  and m.forecast_made + m.forecast_crossing_s - now <= a.forecast_lead_s)
+        coming = (
+            not faulted
+            and m.forecast_crossing_s is not None
+            and m.forecast_made is not None
+            and m.forecast_made + m.forecast_crossing_s - now <= a.forecast_lead_s
+        )
         high = high or coming
         emergency = m.emergency_load_since is not None and now - m.emergency_load_since >= a.load_persistence_s
         if m.maintenance:
             event, cause = _E.MAINTENANCE_START, "maintenance mode requested"
         elif emergency or x.overheated_transformers:
-            event, cause = _E.EMERGENCY, (f"load {m.load_percent:.0f} % of capacity" if emergency
-                                          else f"transformer(s) above critical temperature: {', '.join(x.overheated_transformers)}")
+            event, cause = (
+                _E.EMERGENCY,
+                (
+                    f"load {m.load_percent:.0f} % of capacity"
+                    if emergency
+                    else f"transformer(s) above critical temperature: {', '.join(x.overheated_transformers)}"
+                ),
+            )
         elif x.faulted_transformers:
             event, cause = _E.TRANSFORMER_FAULT, f"transformer fault: {', '.join(x.faulted_transformers)}"
         elif x.faulted_feeders:
             event, cause = _E.FEEDER_FAULT, f"feeder fault: {', '.join(x.faulted_feeders)}"
         elif high:
-            event, cause = _E.HIGH_LOAD, (f"load {m.load_percent:.0f} % of capacity" if m.high_load_since is not None
-                                          else f"forecast: load above {a.high_load_percent:.0f} % of capacity in "
-                                               f"{max(0.0, (m.forecast_made or now) + (m.forecast_crossing_s or 0.0) - now) / 60:.0f} min")
+            event, cause = (
+                _E.HIGH_LOAD,
+                (
+                    f"load {m.load_percent:.0f} % of capacity"
+                    if m.high_load_since is not None
+                    else f"forecast: load above {a.high_load_percent:.0f} % of capacity in "
+                    f"{max(0.0, (m.forecast_made or now) + (m.forecast_crossing_s or 0.0) - now) / 60:.0f} min"
+                ),
+            )
         elif x.regulating:
             event, cause = _E.REGULATING, f"voltage regulation by {', '.join(x.regulating)}"
         else:
@@ -247,66 +296,111 @@ class SubstationAgent(Agent[SubstationState, SubstationEvent]):
             m.shedding_plan = self.shedding_plan(load_kva, x.feeder_loads_kw)
             severity = Severity.CRITICAL if m.state is _S.EMERGENCY_MODE else Severity.MAJOR
             hot = ", ".join(x.overheated_transformers)
-            why = (f"Emergency: transformer(s) above critical temperature: {hot}; " if hot and not emergency
-                   else "Capacity constraint: ")
-            out.append(Alert(agent_id=me, severity=severity, time=now,
-                             message=f"{why}load {m.load_percent:.0f} % of {a.rated_capacity:.0f} MVA"
-                                     + (f", capacity exceeded in {m.time_to_capacity_s / 60:.0f} min"
-                                        if m.time_to_capacity_s else "")))
+            why = (
+                f"Emergency: transformer(s) above critical temperature: {hot}; "
+                if hot and not emergency
+                else "Capacity constraint: "
+            )
+            out.append(
+                Alert(
+                    agent_id=me,
+                    severity=severity,
+                    time=now,
+                    message=f"{why}load {m.load_percent:.0f} % of {a.rated_capacity:.0f} MVA"
+                    + (f", capacity exceeded in {m.time_to_capacity_s / 60:.0f} min" if m.time_to_capacity_s else ""),
+                )
+            )
             options = [o for f in self.feeders.values() for o in f.transfer_options]
-            out.append(BusMessage(source=me, topic=Topic.LOAD_CHANGES, kind="load_transfer_request",
-                                  payload={"element": me, "element_type": self.agent_type,
-                                           "load_percent": m.load_percent,
-                                           "available_kva": max(0.0, self.capacity_kva - load_kva),
-                                           "time_to_capacity_s": m.time_to_capacity_s,
-                                           "transfer_options": options}))
+            out.append(
+                BusMessage(
+                    source=me,
+                    topic=Topic.LOAD_CHANGES,
+                    kind="load_transfer_request",
+                    payload={
+                        "element": me,
+                        "element_type": self.agent_type,
+                        "load_percent": m.load_percent,
+                        "available_kva": max(0.0, self.capacity_kva - load_kva),
+                        "time_to_capacity_s": m.time_to_capacity_s,
+                        "transfer_options": options,
+                    },
+                )
+            )
             if m.shedding_plan:
-                out.append(BusMessage(source=me, topic=Topic.LOAD_CHANGES, kind="load_shedding_plan",
-                                      payload={"substation": me, "state": m.state.value,
-                                               "load_percent": m.load_percent,
-                                               "target_percent": a.shed_target_percent, "plan": m.shedding_plan,
-                                               "customers": sum(p["customers"] for p in m.shedding_plan),
-                                               "critical_customers": sum(p["critical_customers"]
-                                                                         for p in m.shedding_plan)}))
+                out.append(
+                    BusMessage(
+                        source=me,
+                        topic=Topic.LOAD_CHANGES,
+                        kind="load_shedding_plan",
+                        payload={
+                            "substation": me,
+                            "state": m.state.value,
+                            "load_percent": m.load_percent,
+                            "target_percent": a.shed_target_percent,
+                            "plan": m.shedding_plan,
+                            "customers": sum(p["customers"] for p in m.shedding_plan),
+                            "critical_customers": sum(p["critical_customers"] for p in m.shedding_plan),
+                        },
+                    )
+                )
             if a.peak_actions == "immediate":
-                out += [BusMessage(source=me, target=t, kind="optimize_taps", payload={"cvr": True})
-                        for t in self.links.transformers]
-                out += [BusMessage(source=me, target=c, kind="maximize_var_support", payload={"on": True})
-                        for c in self.links.capacitors]
+                out += [
+                    BusMessage(source=me, target=t, kind="optimize_taps", payload={"cvr": True})
+                    for t in self.links.transformers
+                ]
+                out += [
+                    BusMessage(source=me, target=c, kind="maximize_var_support", payload={"on": True})
+                    for c in self.links.capacitors
+                ]
         elif m.state not in (_S.HIGH_LOAD, _S.EMERGENCY_MODE) and m.load_percent < a.high_load_percent - 5.0:
             if m.transfer_requested and a.peak_actions == "immediate":
-                out += [BusMessage(source=me, target=t, kind="optimize_taps", payload={"cvr": False})
-                        for t in self.links.transformers]
-                out += [BusMessage(source=me, target=c, kind="maximize_var_support", payload={"on": False})
-                        for c in self.links.capacitors]
+                out += [
+                    BusMessage(source=me, target=t, kind="optimize_taps", payload={"cvr": False})
+                    for t in self.links.transformers
+                ]
+                out += [
+                    BusMessage(source=me, target=c, kind="maximize_var_support", payload={"on": False})
+                    for c in self.links.capacitors
+                ]
             m.transfer_requested = False
             m.shedding_plan = []
         return m, out
 
     def _feeder_fault_response(self, feeder: str, description: str | None, now: float) -> list[Action]:
         info = self.feeders.get(feeder, FeederInfo(feeder, None, 0))
-        plan = {"feeder": feeder, "isolate_with": info.breaker, "description": description,
-                "customers_affected": info.customers, "critical_customers_affected": info.critical_customers,
-                "reroute_options": list(info.transfer_options)}
+        plan = {
+            "feeder": feeder,
+            "isolate_with": info.breaker,
+            "description": description,
+            "customers_affected": info.customers,
+            "critical_customers_affected": info.critical_customers,
+            "reroute_options": list(info.transfer_options),
+        }
         critical = f" ({info.critical_customers} critical)" if info.critical_customers else ""
         return [
-            Alert(agent_id=self.agent_id, severity=Severity.CRITICAL, time=now,
-                  message=f"Feeder {feeder} fault" + (f" ({description})" if description else "")
-                          + f": {info.customers} customers{critical} affected; "
-                          f"{len(info.transfer_options)} reroute option(s)"),
-            BusMessage(source=self.agent_id, topic=Topic.FAULT_ALERTS, kind="reroute_plan", payload=plan,
-                       urgent=True),
+            Alert(
+                agent_id=self.agent_id,
+                severity=Severity.CRITICAL,
+                time=now,
+                message=f"Feeder {feeder} fault"
+                + (f" ({description})" if description else "")
+                + f": {info.customers} customers{critical} affected; "
+                f"{len(info.transfer_options)} reroute option(s)",
+            ),
+            BusMessage(source=self.agent_id, topic=Topic.FAULT_ALERTS, kind="reroute_plan", payload=plan, urgent=True),
         ]
 
-    def on_forecast(self, memory: SubstationMemory, crossing_s: float | None, peak_kw: float, now: float
-                    ) -> SubstationMemory:
+    def on_forecast(
+        self, memory: SubstationMemory, crossing_s: float | None, peak_kw: float, now: float
+    ) -> SubstationMemory:
         """The gateway's load forecast: when the load crosses `high_load_percent`, and its peak."""
         m = copy.deepcopy(memory)
         m.forecast_crossing_s, m.forecast_peak_kw, m.forecast_made = crossing_s, peak_kw, now
         return m
 
-    def request(self, memory: SubstationMemory, request: str, args: dict[str, Any], now: float
-                ) -> tuple[SubstationMemory, list[Action]]:
+    def request(
+        self, memory: SubstationMemory, request: str, args: dict[str, Any], now: float
+    ) -> tuple[SubstationMemory, list[Action]]:
         m = copy.deepcopy(memory)
         if request == "maintenance":
             m.maintenance = bool(args.get("on", True))
@@ -318,33 +412,53 @@ class SubstationAgent(Agent[SubstationState, SubstationEvent]):
         assert isinstance(m, SubstationMemory)
         a = self.attrs
         return {
-            "rated_capacity": a.rated_capacity, "current_load": m.load_kw / 1000.0, "load_percentage": m.load_percent,
-            "bus_voltage_kv": m.bus_voltage_kv, "load_trend_kw_per_h": m.trend_kw_per_h,
-            "time_to_capacity_s": m.time_to_capacity_s, "load_shedding_plan": m.shedding_plan,
-            "forecast_peak_kw": m.forecast_peak_kw, "forecast_crossing_s": m.forecast_crossing_s,
-            "num_feeders": a.num_feeders or len(self.feeders), "feeder_agents": sorted(self.feeders),
+            "rated_capacity": a.rated_capacity,
+            "current_load": m.load_kw / 1000.0,
+            "load_percentage": m.load_percent,
+            "bus_voltage_kv": m.bus_voltage_kv,
+            "load_trend_kw_per_h": m.trend_kw_per_h,
+            "time_to_capacity_s": m.time_to_capacity_s,
+            "load_shedding_plan": m.shedding_plan,
+            "forecast_peak_kw": m.forecast_peak_kw,
+            "forecast_crossing_s": m.forecast_crossing_s,
+            "num_feeders": a.num_feeders or len(self.feeders),
+            "feeder_agents": sorted(self.feeders),
         }
 
 
 # --------------------------------------------------------------------------- the type, declared once
 
 POINTS: dict[str, spec.PointName] = {
-    "bus_voltage_kv": spec.KV, "total_load_kw": spec.KW, "total_load_kvar": spec.KVAR, "frequency_hz": spec.HZ,
+    "bus_voltage_kv": spec.KV,
+    "total_load_kw": spec.KW,
+    "total_load_kvar": spec.KVAR,
+    "frequency_hz": spec.HZ,
 }
 
 
 def _links(b: spec.Build) -> Links:
     down = b.topology.downstream(b.agent_id)
-    return Links(transformers=b.of_type(down, "transformer"), capacitors=b.of_type(down, "capacitor_bank"),
-                 breakers=b.of_type(down, "circuit_breaker"), lines=b.of_type(down, "power_line"),
-                 customers_downstream=b.topology.meters_downstream(b.agent_id))
+    return Links(
+        transformers=b.of_type(down, "transformer"),
+        capacitors=b.of_type(down, "capacitor_bank"),
+        breakers=b.of_type(down, "circuit_breaker"),
+        lines=b.of_type(down, "power_line"),
+        customers_downstream=b.topology.meters_downstream(b.agent_id),
+    )
 
 
 def _build(b: spec.Build, links: Links) -> SubstationAgent:
     topo = b.topology
-    feeders = tuple(FeederInfo(n, topo.protecting_breaker(n), topo.meters_downstream(n),
-                               tuple(o.to_dict() for o in topo.alternative_supply_paths(n)),
-                               critical_customers=b.critical_downstream(n)) for n in links.lines)
+    feeders = tuple(
+        FeederInfo(
+            n,
+            topo.protecting_breaker(n),
+            topo.meters_downstream(n),
+            tuple(o.to_dict() for o in topo.alternative_supply_paths(n)),
+            critical_customers=b.critical_downstream(n),
+        )
+        for n in links.lines
+    )
     return SubstationAgent(b.agent_id, b.attrs, links, feeders=feeders)
 
 
@@ -359,13 +473,15 @@ def _derive_inputs(rt: spec.RuntimeView, agent_id: str, wall: float | None) -> d
     faulted = tuple(sorted(ln for ln in links.lines if rt.memory[ln].state is LineState.FAULTED))
     xfmrs = links.transformers
     return {
-        "feeder_loads_kw": loads, "faulted_feeders": faulted,
+        "feeder_loads_kw": loads,
+        "faulted_feeders": faulted,
         "fault_descriptions": {ln: getattr(rt.memory[ln], "fault_description", None) or "" for ln in faulted},
         "faulted_transformers": tuple(t for t in xfmrs if rt.memory[t].state is TransformerState.FAULTED),
         "overheated_transformers": tuple(t for t in xfmrs if getattr(rt.memory[t], "critical_alerted", False)),
         "regulating": tuple(t for t in xfmrs if rt.memory[t].state is TransformerState.VOLTAGE_REGULATION)
-        + tuple(c for c, ty in rt.types.items() if ty == "capacitor_bank"
-                and rt.memory[c].state is CapacitorState.SWITCHING),
+        + tuple(
+            c for c, ty in rt.types.items() if ty == "capacitor_bank" and rt.memory[c].state is CapacitorState.SWITCHING
+        ),
     }
 
 
@@ -378,22 +494,47 @@ def _shed(rt: spec.RuntimeView, substation: str, now: float, args: Mapping[str, 
     for item in plan:
         breaker = item.get("breaker")
         if breaker in rt.agents:
-            actions += rt.request(breaker, "open", now, reason=f"load shedding by {substation}: "
-                                  f"{item['feeder']} ({item['load_kw']:.0f} kW)")
-    actions.append(Alert(agent_id=substation, severity=Severity.CRITICAL, time=now,
-                         message=f"load shedding: {', '.join(i['feeder'] for i in plan)} opened on request"))
+            actions += rt.request(
+                breaker,
+                "open",
+                now,
+                reason=f"load shedding by {substation}: {item['feeder']} ({item['load_kw']:.0f} kW)",
+            )
+    actions.append(
+        Alert(
+            agent_id=substation,
+            severity=Severity.CRITICAL,
+            time=now,
+            message=f"load shedding: {', '.join(i['feeder'] for i in plan)} opened on request",
+        )
+    )
     return actions
 
 
 SPEC = spec.AgentSpec(
-    type_name="substation", table=TABLE, attributes=SubstationAttributes, points=POINTS,
+    type_name="substation",
+    table=TABLE,
+    attributes=SubstationAttributes,
+    points=POINTS,
     inputs=SubstationInputs,
-    derived=frozenset({"feeder_loads_kw", "faulted_feeders", "fault_descriptions", "faulted_transformers",
-                       "regulating", "overheated_transformers"}),
-    derive_inputs=_derive_inputs, links=_links, factory=_build, step_order=5, requests=("maintenance", "shed"),
+    derived=frozenset(
+        {
+            "feeder_loads_kw",
+            "faulted_feeders",
+            "fault_descriptions",
+            "faulted_transformers",
+            "regulating",
+            "overheated_transformers",
+        }
+    ),
+    derive_inputs=_derive_inputs,
+    links=_links,
+    factory=_build,
+    step_order=5,
+    requests=("maintenance", "shed"),
     runtime_requests={"shed": _shed},
     subscriptions=(Topic.FAULT_ALERTS, Topic.LOAD_CHANGES, Topic.VOLTAGE_EVENTS),
     visualization=visualization.substation_view,
     description="the substation: total load and its forecast, feeder and transformer faults, coordinated "
-                "response, load shedding",
+    "response, load shedding",
 )

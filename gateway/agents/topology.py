@@ -54,8 +54,13 @@ class TransferOption:
     path: tuple[str, ...]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"element": self.element, "tie": list(self.tie), "via": self.via,
-                "source_breaker": self.source_breaker, "path": list(self.path)}
+        return {
+            "element": self.element,
+            "tie": list(self.tie),
+            "via": self.via,
+            "source_breaker": self.source_breaker,
+            "path": list(self.path),
+        }
 
 
 @dataclass
@@ -110,8 +115,9 @@ class Topology:
             net = None
         if net is not None:
             edges = _sectioned(net, types, edges)
-        return cls(node_types=types, edges=edges, meter_counts={g.id: g.count for g in site.meter_groups},
-                   functions=functions)
+        return cls(
+            node_types=types, edges=edges, meter_counts={g.id: g.count for g in site.meter_groups}, functions=functions
+        )
 
     # ------------------------------------------------------------------ neighbours
 
@@ -124,13 +130,18 @@ class Topology:
 
     def parents(self, node: str) -> list[str]:
         """Elements that feed `node`: reverse one-way supply edges, plus what it depends on."""
-        out = [e.source for e in self._in.get(node, ())
-               if e.kind is CanonicalType.SUPPLY and not e.bidirectional and not e.normally_open]
-        out += [e.target for e in self._out.get(node, ()) if e.kind is CanonicalType.DEPENDS_ON
-                and e.target not in out]
+        out = [
+            e.source
+            for e in self._in.get(node, ())
+            if e.kind is CanonicalType.SUPPLY and not e.bidirectional and not e.normally_open
+        ]
+        out += [e.target for e in self._out.get(node, ()) if e.kind is CanonicalType.DEPENDS_ON and e.target not in out]
         if not out:  # a DER or a meshed element: fall back on two-way supply edges
-            out = [e.source for e in self._in.get(node, ())
-                   if e.kind is CanonicalType.SUPPLY and e.bidirectional and not e.normally_open]
+            out = [
+                e.source
+                for e in self._in.get(node, ())
+                if e.kind is CanonicalType.SUPPLY and e.bidirectional and not e.normally_open
+            ]
         return out
 
     def controllers(self, node: str) -> list[str]:
@@ -210,8 +221,9 @@ class Topology:
             device: str | None = None
             if self.node_types[far] == BREAKER:  # a tie switch: look through it
                 device = far
-                beyond = [e.target for e in self._out.get(far, ()) if e.kind is CanonicalType.ROUTE
-                          and e.target not in area]
+                beyond = [
+                    e.target for e in self._out.get(far, ()) if e.kind is CanonicalType.ROUTE and e.target not in area
+                ]
                 if not beyond:
                     continue
                 far = beyond[0]
@@ -223,8 +235,11 @@ class Topology:
             seen.add((far, near))
             chain = [far] + [u for u in self.upstream(far)]
             path = tuple(reversed(chain)) + ((device,) if device else ()) + (near,)
-            options.append(TransferOption(element=node, tie=(device or far, near), via=self.line_of(far),
-                                          source_breaker=breaker, path=path))
+            options.append(
+                TransferOption(
+                    element=node, tie=(device or far, near), via=self.line_of(far), source_breaker=breaker, path=path
+                )
+            )
         return options
 
     def line_of(self, node: str) -> str:
@@ -275,9 +290,19 @@ class Topology:
         return set(self.node_types) - reached
 
     def to_dict(self) -> dict[str, Any]:
-        return {"nodes": dict(self.node_types),
-                "edges": [{"source": e.source, "target": e.target, "kind": e.kind.value,
-                           "bidirectional": e.bidirectional, "normally_open": e.normally_open} for e in self.edges]}
+        return {
+            "nodes": dict(self.node_types),
+            "edges": [
+                {
+                    "source": e.source,
+                    "target": e.target,
+                    "kind": e.kind.value,
+                    "bidirectional": e.bidirectional,
+                    "normally_open": e.normally_open,
+                }
+                for e in self.edges
+            ],
+        }
 
 
 def _sectioned(net: Any, types: dict[str, str], edges: list[Edge]) -> list[Edge]:
@@ -295,8 +320,11 @@ def _sectioned(net: Any, types: dict[str, str], edges: list[Edge]) -> list[Edge]
     for dev in net.devices.values():
         for end in (dev.a, dev.b):
             sec = net.sections.get(end)
-            if sec is not None and sec.line in touched and (dev.tie or (dev.a in net.sections
-                                                                        and dev.a not in net.station_nodes)):
+            if (
+                sec is not None
+                and sec.line in touched
+                and (dev.tie or (dev.a in net.sections and dev.a not in net.station_nodes))
+            ):
                 on_line.setdefault(dev.id, set()).add(sec.line)
     kept = []
     for e in edges:

@@ -71,31 +71,64 @@ _S, _E = TransformerState, TransformerEvent
 _ALWAYS = dict(TEMPERATURE_HIGH=_S.OVERHEATING, INTERNAL_FAULT=_S.FAULTED, TAKEN_OFFLINE=_S.OFFLINE)
 
 TABLE: TransitionTable[TransformerState, TransformerEvent] = TransitionTable(
-    TransformerState, TransformerEvent, initial=_S.NORMAL_OPERATION,
+    TransformerState,
+    TransformerEvent,
+    initial=_S.NORMAL_OPERATION,
     rows={
-        _S.NORMAL_OPERATION: row(_E, **_ALWAYS, LOAD_HIGH=_S.HIGH_LOAD, LOAD_OVER=_S.OVERLOADED,
-                                 TAP_CHANGE_STARTED=_S.VOLTAGE_REGULATION,
-                                 ignore="LOAD_NORMAL TEMPERATURE_NORMAL VOLTAGE_IN_BAND RETURNED_TO_SERVICE"),
+        _S.NORMAL_OPERATION: row(
+            _E,
+            **_ALWAYS,
+            LOAD_HIGH=_S.HIGH_LOAD,
+            LOAD_OVER=_S.OVERLOADED,
+            TAP_CHANGE_STARTED=_S.VOLTAGE_REGULATION,
+            ignore="LOAD_NORMAL TEMPERATURE_NORMAL VOLTAGE_IN_BAND RETURNED_TO_SERVICE",
+        ),
         # a tap change under high load or overload is regulation the load state already covers
-        _S.HIGH_LOAD: row(_E, **_ALWAYS, LOAD_NORMAL=_S.NORMAL_OPERATION, LOAD_OVER=_S.OVERLOADED,
-                          ignore="LOAD_HIGH TEMPERATURE_NORMAL TAP_CHANGE_STARTED VOLTAGE_IN_BAND RETURNED_TO_SERVICE"),
-        _S.OVERLOADED: row(_E, **_ALWAYS, LOAD_NORMAL=_S.NORMAL_OPERATION, LOAD_HIGH=_S.HIGH_LOAD,
-                           ignore="LOAD_OVER TEMPERATURE_NORMAL TAP_CHANGE_STARTED VOLTAGE_IN_BAND RETURNED_TO_SERVICE"),
+        _S.HIGH_LOAD: row(
+            _E,
+            **_ALWAYS,
+            LOAD_NORMAL=_S.NORMAL_OPERATION,
+            LOAD_OVER=_S.OVERLOADED,
+            ignore="LOAD_HIGH TEMPERATURE_NORMAL TAP_CHANGE_STARTED VOLTAGE_IN_BAND RETURNED_TO_SERVICE",
+        ),
+        _S.OVERLOADED: row(
+            _E,
+            **_ALWAYS,
+            LOAD_NORMAL=_S.NORMAL_OPERATION,
+            LOAD_HIGH=_S.HIGH_LOAD,
+            ignore="LOAD_OVER TEMPERATURE_NORMAL TAP_CHANGE_STARTED VOLTAGE_IN_BAND RETURNED_TO_SERVICE",
+        ),
         # overheating is left only when the temperature is back (or for a fault or outage): load is secondary
-        _S.OVERHEATING: row(_E, INTERNAL_FAULT=_S.FAULTED, TAKEN_OFFLINE=_S.OFFLINE,
-                            TEMPERATURE_NORMAL=_S.NORMAL_OPERATION,
-                            ignore="LOAD_NORMAL LOAD_HIGH LOAD_OVER TEMPERATURE_HIGH TAP_CHANGE_STARTED "
-                                   "VOLTAGE_IN_BAND RETURNED_TO_SERVICE"),
-        _S.VOLTAGE_REGULATION: row(_E, **_ALWAYS, LOAD_HIGH=_S.HIGH_LOAD, LOAD_OVER=_S.OVERLOADED,
-                                   VOLTAGE_IN_BAND=_S.NORMAL_OPERATION,
-                                   ignore="LOAD_NORMAL TEMPERATURE_NORMAL TAP_CHANGE_STARTED RETURNED_TO_SERVICE"),
+        _S.OVERHEATING: row(
+            _E,
+            INTERNAL_FAULT=_S.FAULTED,
+            TAKEN_OFFLINE=_S.OFFLINE,
+            TEMPERATURE_NORMAL=_S.NORMAL_OPERATION,
+            ignore="LOAD_NORMAL LOAD_HIGH LOAD_OVER TEMPERATURE_HIGH TAP_CHANGE_STARTED "
+            "VOLTAGE_IN_BAND RETURNED_TO_SERVICE",
+        ),
+        _S.VOLTAGE_REGULATION: row(
+            _E,
+            **_ALWAYS,
+            LOAD_HIGH=_S.HIGH_LOAD,
+            LOAD_OVER=_S.OVERLOADED,
+            VOLTAGE_IN_BAND=_S.NORMAL_OPERATION,
+            ignore="LOAD_NORMAL TEMPERATURE_NORMAL TAP_CHANGE_STARTED RETURNED_TO_SERVICE",
+        ),
         # out of service: only a return to service (or, offline, a fault found) moves it
-        _S.FAULTED: row(_E, RETURNED_TO_SERVICE=_S.NORMAL_OPERATION,
-                        ignore="LOAD_NORMAL LOAD_HIGH LOAD_OVER TEMPERATURE_HIGH TEMPERATURE_NORMAL "
-                               "TAP_CHANGE_STARTED VOLTAGE_IN_BAND INTERNAL_FAULT TAKEN_OFFLINE"),
-        _S.OFFLINE: row(_E, RETURNED_TO_SERVICE=_S.NORMAL_OPERATION, INTERNAL_FAULT=_S.FAULTED,
-                        ignore="LOAD_NORMAL LOAD_HIGH LOAD_OVER TEMPERATURE_HIGH TEMPERATURE_NORMAL "
-                               "TAP_CHANGE_STARTED VOLTAGE_IN_BAND TAKEN_OFFLINE"),
+        _S.FAULTED: row(
+            _E,
+            RETURNED_TO_SERVICE=_S.NORMAL_OPERATION,
+            ignore="LOAD_NORMAL LOAD_HIGH LOAD_OVER TEMPERATURE_HIGH TEMPERATURE_NORMAL "
+            "TAP_CHANGE_STARTED VOLTAGE_IN_BAND INTERNAL_FAULT TAKEN_OFFLINE",
+        ),
+        _S.OFFLINE: row(
+            _E,
+            RETURNED_TO_SERVICE=_S.NORMAL_OPERATION,
+            INTERNAL_FAULT=_S.FAULTED,
+            ignore="LOAD_NORMAL LOAD_HIGH LOAD_OVER TEMPERATURE_HIGH TEMPERATURE_NORMAL "
+            "TAP_CHANGE_STARTED VOLTAGE_IN_BAND TAKEN_OFFLINE",
+        ),
     },
 )
 
@@ -180,8 +213,9 @@ class TransformerAgent(Agent[TransformerState, TransformerEvent]):
         self.tap_step_v = attrs.tap_step_percent / 100.0 * 120.0
 
     def initial_memory(self, now: float) -> TransformerMemory:
-        return TransformerMemory(state=TABLE.initial, since=now, tap_position=self.attrs.tap_position,
-                                 cvr_active=self.attrs.cvr_enabled)
+        return TransformerMemory(
+            state=TABLE.initial, since=now, tap_position=self.attrs.tap_position, cvr_active=self.attrs.cvr_enabled
+        )
 
     def memory_from_dict(self, data: dict[str, Any]) -> TransformerMemory:
         return TransformerMemory.from_dict(data, TransformerState)
@@ -202,10 +236,18 @@ class TransformerAgent(Agent[TransformerState, TransformerEvent]):
         # before the oil moves, so a reading far outside is held at the edge of the model.
         k = min(max(m.load_percent / 100.0, 0.0), MAX_MODEL_LOAD_PU)
         if dt > 0:
-            st = thermal_step(ThermalState(m.top_oil_rise_c, m.hot_spot_rise_c), k, dt,
-                              rated_top_oil_rise_c=a.rated_top_oil_rise_c, rated_hot_spot_rise_c=a.rated_hot_spot_rise_c,
-                              loss_ratio=a.loss_ratio, n=self.n_exp, m=self.m_exp,
-                              rated_top_oil_tau_s=self.top_oil_tau_s, winding_tau_s=self.winding_tau_s)
+            st = thermal_step(
+                ThermalState(m.top_oil_rise_c, m.hot_spot_rise_c),
+                k,
+                dt,
+                rated_top_oil_rise_c=a.rated_top_oil_rise_c,
+                rated_hot_spot_rise_c=a.rated_hot_spot_rise_c,
+                loss_ratio=a.loss_ratio,
+                n=self.n_exp,
+                m=self.m_exp,
+                rated_top_oil_tau_s=self.top_oil_tau_s,
+                winding_tau_s=self.winding_tau_s,
+            )
             m.top_oil_rise_c, m.hot_spot_rise_c = st.top_oil_rise_c, st.hot_spot_rise_c
         if x.top_oil_temp_c is not None:
             m.top_oil_rise_c = x.top_oil_temp_c - m.ambient_c
@@ -229,8 +271,9 @@ class TransformerAgent(Agent[TransformerState, TransformerEvent]):
         current = abs(x.current_a) if x.current_a is not None else m.load_percent / 100.0 * self.rated_current_a
         s = math.hypot(m.load_kw, m.load_kvar)
         pf = m.load_kw / s if s > 0 else 1.0
-        v_ctrl = ldc_control_voltage_v(v120, current, abs(pf), self.ct_primary_a, a.ldc_r_v, a.ldc_x_v,
-                                       lagging=m.load_kvar >= 0)
+        v_ctrl = ldc_control_voltage_v(
+            v120, current, abs(pf), self.ct_primary_a, a.ldc_r_v, a.ldc_x_v, lagging=m.load_kvar >= 0
+        )
         m.control_voltage_v = v_ctrl
         deviation = self.regulated_voltage_v(m) - v_ctrl
         if abs(deviation) <= a.bandwidth_v / 2.0:
@@ -248,24 +291,46 @@ class TransformerAgent(Agent[TransformerState, TransformerEvent]):
         if target == m.tap_position:
             if not m.tap_limit_alerted:
                 m.tap_limit_alerted = True
-                out.append(Alert(agent_id=self.agent_id, severity=Severity.WARNING, time=now,
-                                 message=f"tap limit {target} reached; control voltage {v_ctrl:.1f} V still out of band"))
-                out.append(BusMessage(source=self.agent_id, topic=Topic.VOLTAGE_EVENTS, kind="tap_limit",
-                                      payload={"transformer": self.agent_id, "tap_position": target,
-                                               "control_voltage_v": v_ctrl,
-                                               "regulated_voltage_v": self.regulated_voltage_v(m)}))
+                out.append(
+                    Alert(
+                        agent_id=self.agent_id,
+                        severity=Severity.WARNING,
+                        time=now,
+                        message=f"tap limit {target} reached; control voltage {v_ctrl:.1f} V still out of band",
+                    )
+                )
+                out.append(
+                    BusMessage(
+                        source=self.agent_id,
+                        topic=Topic.VOLTAGE_EVENTS,
+                        kind="tap_limit",
+                        payload={
+                            "transformer": self.agent_id,
+                            "tap_position": target,
+                            "control_voltage_v": v_ctrl,
+                            "regulated_voltage_v": self.regulated_voltage_v(m),
+                        },
+                    )
+                )
             return False
         m.tap_position = target
         m.last_tap_time = now
         m.tap_operations += 1
-        out.append(ControlRequest(agent_id=self.agent_id, point_name="tap_setpoint", value=float(target),
-                                  reason=f"control voltage {v_ctrl:.2f} V, regulating to {self.regulated_voltage_v(m):.2f} V"))
+        out.append(
+            ControlRequest(
+                agent_id=self.agent_id,
+                point_name="tap_setpoint",
+                value=float(target),
+                reason=f"control voltage {v_ctrl:.2f} V, regulating to {self.regulated_voltage_v(m):.2f} V",
+            )
+        )
         return True
 
     # ------------------------------------------------------------------ step
 
-    def step(self, memory: TransformerMemory, inputs: TransformerInputs, now: float
-             ) -> tuple[TransformerMemory, list[Action]]:
+    def step(
+        self, memory: TransformerMemory, inputs: TransformerInputs, now: float
+    ) -> tuple[TransformerMemory, list[Action]]:
         m = copy.deepcopy(memory)
         x = inputs
         a = self.attrs
@@ -279,7 +344,9 @@ class TransformerAgent(Agent[TransformerState, TransformerEvent]):
         if x.load_kw is not None or x.load_kvar is not None:
             m.load_percent = 100.0 * math.hypot(m.load_kw, m.load_kvar) / a.rated_capacity
         elif x.current_a is not None:
-            m.load_percent = 100.0 * abs(x.current_a) / self.rated_current_a  # a signed CT reading: magnitude loads the windings
+            m.load_percent = (
+                100.0 * abs(x.current_a) / self.rated_current_a
+            )  # a signed CT reading: magnitude loads the windings
         if x.tap_position is not None:
             m.tap_position = min(max(int(round(x.tap_position)), a.tap_min), a.tap_max)
         self._thermal(m, x, dt)
@@ -298,9 +365,17 @@ class TransformerAgent(Agent[TransformerState, TransformerEvent]):
         hot = m.hot_spot_c > a.hot_spot_alarm_c or m.top_oil_c > a.top_oil_alarm_c
         cool = m.hot_spot_c < a.hot_spot_alarm_c - 5.0 and m.top_oil_c < a.top_oil_alarm_c - 5.0
         if hot:
-            if self.fire(m, _E.TEMPERATURE_HIGH, f"hot spot {m.hot_spot_c:.1f} °C, top oil {m.top_oil_c:.1f} °C", now, out):
-                out.append(Alert(agent_id=self.agent_id, severity=Severity.MAJOR, time=now,
-                                 message=f"Transformer overheating: hot spot {m.hot_spot_c:.1f} °C"))
+            if self.fire(
+                m, _E.TEMPERATURE_HIGH, f"hot spot {m.hot_spot_c:.1f} °C, top oil {m.top_oil_c:.1f} °C", now, out
+            ):
+                out.append(
+                    Alert(
+                        agent_id=self.agent_id,
+                        severity=Severity.MAJOR,
+                        time=now,
+                        message=f"Transformer overheating: hot spot {m.hot_spot_c:.1f} °C",
+                    )
+                )
         elif cool and m.state is _S.OVERHEATING:
             self.fire(m, _E.TEMPERATURE_NORMAL, f"hot spot {m.hot_spot_c:.1f} °C", now, out)
         self._critical(m, now, out)
@@ -320,7 +395,9 @@ class TransformerAgent(Agent[TransformerState, TransformerEvent]):
             elif m.state in (_S.HIGH_LOAD, _S.OVERLOADED):
                 self.fire(m, _E.LOAD_NORMAL, f"load {pct:.1f} % of rating", now, out)
             if regulating and m.state is _S.NORMAL_OPERATION:
-                self.fire(m, _E.TAP_CHANGE_STARTED, f"control voltage {m.control_voltage_v:.1f} V out of band", now, out)
+                self.fire(
+                    m, _E.TAP_CHANGE_STARTED, f"control voltage {m.control_voltage_v:.1f} V out of band", now, out
+                )
             elif not regulating and m.state is _S.VOLTAGE_REGULATION:
                 self.fire(m, _E.VOLTAGE_IN_BAND, f"control voltage {m.control_voltage_v or 0:.1f} V in band", now, out)
         self._capacity_notice(m, now, out)
@@ -330,15 +407,31 @@ class TransformerAgent(Agent[TransformerState, TransformerEvent]):
         a = self.attrs
         if m.hot_spot_c > a.hot_spot_critical_c and not m.critical_alerted:
             m.critical_alerted = True
-            out.append(Alert(agent_id=self.agent_id, severity=Severity.CRITICAL, time=now,
-                             message=f"hot spot {m.hot_spot_c:.1f} °C above critical {a.hot_spot_critical_c:.0f} °C: "
-                                     "load reduction needed, maintenance team notified"))
+            out.append(
+                Alert(
+                    agent_id=self.agent_id,
+                    severity=Severity.CRITICAL,
+                    time=now,
+                    message=f"hot spot {m.hot_spot_c:.1f} °C above critical {a.hot_spot_critical_c:.0f} °C: "
+                    "load reduction needed, maintenance team notified",
+                )
+            )
             if self.links.substation:
-                out.append(BusMessage(source=self.agent_id, target=self.links.substation, kind="emergency_load_reduction",
-                                      payload={"transformer": self.agent_id, "hot_spot_c": m.hot_spot_c,
-                                               "hot_spot_critical_c": a.hot_spot_critical_c,
-                                               "load_percent": m.load_percent,
-                                               "customers": self.links.customers_downstream}, urgent=True))
+                out.append(
+                    BusMessage(
+                        source=self.agent_id,
+                        target=self.links.substation,
+                        kind="emergency_load_reduction",
+                        payload={
+                            "transformer": self.agent_id,
+                            "hot_spot_c": m.hot_spot_c,
+                            "hot_spot_critical_c": a.hot_spot_critical_c,
+                            "load_percent": m.load_percent,
+                            "customers": self.links.customers_downstream,
+                        },
+                        urgent=True,
+                    )
+                )
             out.append(self._maintenance_request(m, "hot spot above critical"))
         elif m.hot_spot_c < a.hot_spot_alarm_c:
             m.critical_alerted = False
@@ -352,58 +445,105 @@ class TransformerAgent(Agent[TransformerState, TransformerEvent]):
         m.window_aging_h = m.window_h = 0.0
         if f_eqa > self.attrs.aging_alarm_factor:
             lol_day = loss_of_life_percent(f_eqa * 24.0, self.attrs.normal_insulation_life_h)
-            out.append(Alert(agent_id=self.agent_id, severity=Severity.WARNING, time=now,
-                             message=f"insulation aged {f_eqa:.2f}x normal over the last day "
-                                     f"({lol_day:.4f} % loss of life): maintenance recommended"))
-            out.append(self._maintenance_request(m, "accelerated insulation aging", equivalent_aging_factor=f_eqa,
-                                                 loss_of_life_percent_day=lol_day))
+            out.append(
+                Alert(
+                    agent_id=self.agent_id,
+                    severity=Severity.WARNING,
+                    time=now,
+                    message=f"insulation aged {f_eqa:.2f}x normal over the last day "
+                    f"({lol_day:.4f} % loss of life): maintenance recommended",
+                )
+            )
+            out.append(
+                self._maintenance_request(
+                    m, "accelerated insulation aging", equivalent_aging_factor=f_eqa, loss_of_life_percent_day=lol_day
+                )
+            )
 
-    def _maintenance_request(self, m: TransformerMemory, reason: str, *, prediction: failure.FailurePrediction | None
-                             = None, health: HealthInputs | None = None, **extra: float) -> BusMessage:
+    def _maintenance_request(
+        self,
+        m: TransformerMemory,
+        reason: str,
+        *,
+        prediction: failure.FailurePrediction | None = None,
+        health: HealthInputs | None = None,
+        **extra: float,
+    ) -> BusMessage:
         p = prediction
         dga = health.dga if health is not None else None
-        return BusMessage(source=self.agent_id, topic=Topic.MAINTENANCE_SCHEDULED, kind="maintenance_request",
-                          payload={"element": self.agent_id, "element_type": self.agent_type, "reason": reason,
-                                   "hot_spot_c": m.hot_spot_c, "top_oil_c": m.top_oil_c,
-                                   "loss_of_life_percent": (health.loss_of_life_percent if health is not None
-                                                            and health.loss_of_life_percent is not None
-                                                            else m.loss_of_life_percent),
-                                   "equivalent_aging_factor": extra.get("equivalent_aging_factor"),
-                                   "loss_of_life_percent_day": extra.get("loss_of_life_percent_day"),
-                                   "failure_probability": None if p is None else p.probability,
-                                   "horizon_days": None if p is None else p.horizon_days,
-                                   "failure_mode": None if p is None else p.mode,
-                                   "failure_mode_key": None if p is None else p.mode_key,
-                                   "recommended_within_days": None if p is None else p.recommended_within_days,
-                                   "contributions": [] if p is None else [c.to_dict() for c in p.contributions],
-                                   "dga_status": None if dga is None else dga.status,
-                                   "duval_zone": None if dga is None or dga.duval is None else dga.duval.zone.value,
-                                   "health": None if health is None else health.to_dict(),
-                                   "customers": self.links.customers_downstream,
-                                   "critical_customers": self.links.critical_customers_downstream})
+        return BusMessage(
+            source=self.agent_id,
+            topic=Topic.MAINTENANCE_SCHEDULED,
+            kind="maintenance_request",
+            payload={
+                "element": self.agent_id,
+                "element_type": self.agent_type,
+                "reason": reason,
+                "hot_spot_c": m.hot_spot_c,
+                "top_oil_c": m.top_oil_c,
+                "loss_of_life_percent": (
+                    health.loss_of_life_percent
+                    if health is not None and health.loss_of_life_percent is not None
+                    else m.loss_of_life_percent
+                ),
+                "equivalent_aging_factor": extra.get("equivalent_aging_factor"),
+                "loss_of_life_percent_day": extra.get("loss_of_life_percent_day"),
+                "failure_probability": None if p is None else p.probability,
+                "horizon_days": None if p is None else p.horizon_days,
+                "failure_mode": None if p is None else p.mode,
+                "failure_mode_key": None if p is None else p.mode_key,
+                "recommended_within_days": None if p is None else p.recommended_within_days,
+                "contributions": [] if p is None else [c.to_dict() for c in p.contributions],
+                "dga_status": None if dga is None else dga.status,
+                "duval_zone": None if dga is None or dga.duval is None else dga.duval.zone.value,
+                "health": None if health is None else health.to_dict(),
+                "customers": self.links.customers_downstream,
+                "critical_customers": self.links.critical_customers_downstream,
+            },
+        )
 
     def _capacity_notice(self, m: TransformerMemory, now: float, out: list[Action]) -> None:
         a = self.attrs
         if m.load_percent > a.capacity_notice_percent and not m.capacity_notice_sent:
             m.capacity_notice_sent = True
             available = max(0.0, a.rated_capacity * (1 - m.load_percent / 100.0))
-            payload = {"transformer": self.agent_id, "load_percent": m.load_percent, "available_kva": available,
-                       "customers": self.links.customers_downstream}
+            payload = {
+                "transformer": self.agent_id,
+                "load_percent": m.load_percent,
+                "available_kva": available,
+                "customers": self.links.customers_downstream,
+            }
             # the substation hears it on load_changes
-            out.append(BusMessage(source=self.agent_id, topic=Topic.LOAD_CHANGES, kind="capacity_constraint",
-                                  payload=payload))
-            request = {"element": self.agent_id, "element_type": self.agent_type, "load_percent": m.load_percent,
-                       "available_kva": available, "time_to_capacity_s": None,
-                       "transfer_options": list(self.links.transfer_options)}
-            out += [BusMessage(source=self.agent_id, target=t, kind="load_transfer_request", payload=request)
-                    for t in self.links.adjacent_transformers]
+            out.append(
+                BusMessage(source=self.agent_id, topic=Topic.LOAD_CHANGES, kind="capacity_constraint", payload=payload)
+            )
+            request = {
+                "element": self.agent_id,
+                "element_type": self.agent_type,
+                "load_percent": m.load_percent,
+                "available_kva": available,
+                "time_to_capacity_s": None,
+                "transfer_options": list(self.links.transfer_options),
+            }
+            out += [
+                BusMessage(source=self.agent_id, target=t, kind="load_transfer_request", payload=request)
+                for t in self.links.adjacent_transformers
+            ]
         elif m.load_percent < a.capacity_notice_percent - 5.0:
             m.capacity_notice_sent = False
 
     # ------------------------------------------------------------------ health
 
-    def on_health(self, memory: TransformerMemory, health: HealthInputs, now: float, *, horizon_days: float = 60.0,
-                  threshold: float = 0.2, acceptable_risk: float = 0.25) -> tuple[TransformerMemory, list[Action]]:
+    def on_health(
+        self,
+        memory: TransformerMemory,
+        health: HealthInputs,
+        now: float,
+        *,
+        horizon_days: float = 60.0,
+        threshold: float = 0.2,
+        acceptable_risk: float = 0.25,
+    ) -> tuple[TransformerMemory, list[Action]]:
         """A health evaluation: predict, keep it, and ask for maintenance once per crossing."""
         m = copy.deepcopy(memory)
         out: list[Action] = []
@@ -412,19 +552,27 @@ class TransformerAgent(Agent[TransformerState, TransformerEvent]):
         trend = health.top_oil
         if trend is not None and trend.detected and not m.trend_alerted:
             m.trend_alerted = True
-            out.append(Alert(agent_id=self.agent_id, severity=Severity.WARNING, time=now,
-                             message=f"top-oil temperature trending up {trend.slope_c_per_month:+.1f} °C a month at "
-                                     f"comparable load ({trend.reference_load_pu:.0%}; 95 % interval "
-                                     f"{trend.low_c_per_month:+.1f} to {trend.slope_c_per_month + trend.ci95_c_per_month:+.1f}"
-                                     f", {trend.days} days)"))
+            out.append(
+                Alert(
+                    agent_id=self.agent_id,
+                    severity=Severity.WARNING,
+                    time=now,
+                    message=f"top-oil temperature trending up {trend.slope_c_per_month:+.1f} °C a month at "
+                    f"comparable load ({trend.reference_load_pu:.0%}; 95 % interval "
+                    f"{trend.low_c_per_month:+.1f} to {trend.slope_c_per_month + trend.ci95_c_per_month:+.1f}"
+                    f", {trend.days} days)",
+                )
+            )
         elif trend is not None and not trend.detected:
             m.trend_alerted = False
         status = health.dga.status if health.dga is not None else 1
         crossing = prediction.probability >= threshold or status >= 3
         if crossing and not m.health_request_sent:
             m.health_request_sent = True
-            reason = (f"{prediction.probability:.0%} chance of failure within {horizon_days:g} days "
-                      f"({prediction.mode}); maintenance recommended within {prediction.recommended_within_days:.0f} days")
+            reason = (
+                f"{prediction.probability:.0%} chance of failure within {horizon_days:g} days "
+                f"({prediction.mode}); maintenance recommended within {prediction.recommended_within_days:.0f} days"
+            )
             if prediction.probability < threshold:
                 reason = f"dissolved gases at IEEE C57.104-2019 status {status}; " + reason
             out.append(Alert(agent_id=self.agent_id, severity=Severity.MAJOR, time=now, message=reason))
@@ -435,8 +583,9 @@ class TransformerAgent(Agent[TransformerState, TransformerEvent]):
 
     # ------------------------------------------------------------------ requests
 
-    def request(self, memory: TransformerMemory, request: str, args: dict[str, Any], now: float
-                ) -> tuple[TransformerMemory, list[Action]]:
+    def request(
+        self, memory: TransformerMemory, request: str, args: dict[str, Any], now: float
+    ) -> tuple[TransformerMemory, list[Action]]:
         m = copy.deepcopy(memory)
         if request == "maintenance":
             m.maintenance = bool(args.get("on", True))
@@ -449,35 +598,52 @@ class TransformerAgent(Agent[TransformerState, TransformerEvent]):
             m.fault = False
             m.maintenance = False
         else:
-            raise ValueError(f"transformer {self.agent_id}: unknown request {request!r} "
-                             "(expected maintenance, cvr, fault, return_to_service)")
+            raise ValueError(
+                f"transformer {self.agent_id}: unknown request {request!r} "
+                "(expected maintenance, cvr, fault, return_to_service)"
+            )
         return m, []
 
-    def on_message(self, memory: TransformerMemory, message: BusMessage, now: float
-                   ) -> tuple[TransformerMemory, list[Action]]:
+    def on_message(
+        self, memory: TransformerMemory, message: BusMessage, now: float
+    ) -> tuple[TransformerMemory, list[Action]]:
         """Customers below the voltage range: conservation voltage reduction must not go on lowering it."""
         if message.kind != "low_voltage_at_customer" or not memory.cvr_active:
             return memory, []
         m = copy.deepcopy(memory)
         m.cvr_active = False
         p = message.payload
-        return m, [Alert(agent_id=self.agent_id, severity=Severity.WARNING, time=now,
-                         message=f"{self.agent_id}: {p.get('meters', 0)} customer(s) of {p.get('group', 'its meters')} "
-                                 "below the voltage range: conservation voltage reduction off")]
+        return m, [
+            Alert(
+                agent_id=self.agent_id,
+                severity=Severity.WARNING,
+                time=now,
+                message=f"{self.agent_id}: {p.get('meters', 0)} customer(s) of {p.get('group', 'its meters')} "
+                "below the voltage range: conservation voltage reduction off",
+            )
+        ]
 
     def attributes(self, memory: Memory) -> dict[str, Any]:
         m = memory
         assert isinstance(m, TransformerMemory)
         a = self.attrs
         return {
-            "rated_capacity": a.rated_capacity, "current_load": m.load_kw, "load_percentage": m.load_percent,
+            "rated_capacity": a.rated_capacity,
+            "current_load": m.load_kw,
+            "load_percentage": m.load_percent,
             "remaining_capacity_kva": max(0.0, a.rated_capacity * (1.0 - m.load_percent / 100.0)),
-            "temperature": m.top_oil_c, "top_oil_temp_c": m.top_oil_c, "hot_spot_temperature_c": m.hot_spot_c,
-            "aging_acceleration_factor": m.aging_factor, "equivalent_aging_h": m.equivalent_aging_h,
+            "temperature": m.top_oil_c,
+            "top_oil_temp_c": m.top_oil_c,
+            "hot_spot_temperature_c": m.hot_spot_c,
+            "aging_acceleration_factor": m.aging_factor,
+            "equivalent_aging_h": m.equivalent_aging_h,
             "daily_equivalent_aging_factor": m.last_daily_faa,
-            "loss_of_life_percent": m.loss_of_life_percent, "tap_position": m.tap_position,
-            "tap_operations": m.tap_operations, "control_voltage_v": m.control_voltage_v,
-            "regulated_voltage_v": self.regulated_voltage_v(m), "cvr_active": m.cvr_active,
+            "loss_of_life_percent": m.loss_of_life_percent,
+            "tap_position": m.tap_position,
+            "tap_operations": m.tap_operations,
+            "control_voltage_v": m.control_voltage_v,
+            "regulated_voltage_v": self.regulated_voltage_v(m),
+            "cvr_active": m.cvr_active,
             "failure_probability": None if not m.health else m.health["prediction"]["probability"],
             "failure_horizon_days": None if not m.health else m.health["prediction"]["horizon_days"],
             "failure_mode": None if not m.health else m.health["prediction"]["failure_mode"],
@@ -490,11 +656,18 @@ class TransformerAgent(Agent[TransformerState, TransformerEvent]):
 _GASES = {f"{gas}_ppm": spec.analog("ppm") for gas in ("h2", "ch4", "c2h6", "c2h4", "c2h2", "co", "co2")}
 
 POINTS: dict[str, spec.PointName] = {
-    "load_kw": spec.KW, "load_kvar": spec.KVAR, "primary_power_kw": spec.KW, "top_oil_temp_c": spec.TEMP,
-    "ambient_temp_c": spec.TEMP, "secondary_voltage_v": spec.analog("V"), "current_a": spec.AMP,
-    "tap_position": spec.COUNTER, "fans_running": spec.PointName(spec.COUNT | spec.BINARY),
+    "load_kw": spec.KW,
+    "load_kvar": spec.KVAR,
+    "primary_power_kw": spec.KW,
+    "top_oil_temp_c": spec.TEMP,
+    "ambient_temp_c": spec.TEMP,
+    "secondary_voltage_v": spec.analog("V"),
+    "current_a": spec.AMP,
+    "tap_position": spec.COUNTER,
+    "fans_running": spec.PointName(spec.COUNT | spec.BINARY),
     "operating_hours": spec.PointName(spec.COUNT, frozenset({"h"})),
-    "tap_setpoint": spec.SETPOINT, **_GASES,
+    "tap_setpoint": spec.SETPOINT,
+    **_GASES,
 }
 
 
@@ -502,10 +675,15 @@ def _links(b: spec.Build) -> Links:
     topo = b.topology
     line = b.first_upstream("power_line")
     siblings = [n for n in b.of_type(topo.children(line) if line else [], "transformer") if n != b.agent_id]
-    return Links(upstream_breaker=b.protecting_breaker, upstream_line=line, substation=b.substation,
-                 adjacent_transformers=tuple(siblings), customers_downstream=topo.meters_downstream(b.agent_id),
-                 critical_customers_downstream=b.critical_downstream(),
-                 transfer_options=tuple(o.to_dict() for o in topo.alternative_supply_paths(line)) if line else ())
+    return Links(
+        upstream_breaker=b.protecting_breaker,
+        upstream_line=line,
+        substation=b.substation,
+        adjacent_transformers=tuple(siblings),
+        customers_downstream=topo.meters_downstream(b.agent_id),
+        critical_customers_downstream=b.critical_downstream(),
+        transfer_options=tuple(o.to_dict() for o in topo.alternative_supply_paths(line)) if line else (),
+    )
 
 
 def _derive_inputs(rt: spec.RuntimeView, agent_id: str, wall: float | None) -> dict[str, Any]:
@@ -524,12 +702,20 @@ def _reduce_load(rt: spec.RuntimeView, agent_id: str, message: BusMessage, now: 
 
 
 SPEC = spec.AgentSpec(
-    type_name="transformer", table=TABLE, attributes=TransformerAttributes, points=POINTS,
-    inputs=TransformerInputs, derived=frozenset({"energized"}), derive_inputs=_derive_inputs, links=_links,
-    factory=lambda b, links: TransformerAgent(b.agent_id, b.attrs, links), step_order=2,
-    requests=("maintenance", "cvr", "fault", "return_to_service"), subscriptions=(Topic.VOLTAGE_EVENTS,),
+    type_name="transformer",
+    table=TABLE,
+    attributes=TransformerAttributes,
+    points=POINTS,
+    inputs=TransformerInputs,
+    derived=frozenset({"energized"}),
+    derive_inputs=_derive_inputs,
+    links=_links,
+    factory=lambda b, links: TransformerAgent(b.agent_id, b.attrs, links),
+    step_order=2,
+    requests=("maintenance", "cvr", "fault", "return_to_service"),
+    subscriptions=(Topic.VOLTAGE_EVENTS,),
     message_handlers={"optimize_taps": _cvr, "reduce_load": _reduce_load},
     visualization=visualization.transformer_view,
     description="a distribution or station transformer: loading, C57.91 thermal model and ageing, tap changer, "
-                "CVR, health",
+    "CVR, health",
 )

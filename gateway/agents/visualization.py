@@ -51,8 +51,12 @@ def line_metadata(attributes: Mapping[str, Any], current_a: float | None = None)
     else:
         color, width = BLUE, 2
     underground = attributes.get("line_type") == "underground"
-    return {"color": color, "width": width, "style": "dashed" if underground else "solid",
-            "power_flow_animation": current_a is not None and abs(current_a) > FLOWING_A}
+    return {
+        "color": color,
+        "width": width,
+        "style": "dashed" if underground else "solid",
+        "power_flow_animation": current_a is not None and abs(current_a) > FLOWING_A,
+    }
 
 
 def transformer_metadata(attributes: Mapping[str, Any], load_percentage: float | None = None) -> dict[str, Any]:
@@ -66,8 +70,7 @@ def transformer_metadata(attributes: Mapping[str, Any], load_percentage: float |
     else:
         color = GREEN
     size = round(min(24.0, max(10.0, 14.0 + 3.0 * math.log2(rated / 1000.0))), 1)
-    return {"icon": f"transformer-{attributes.get('transformer_type', 'distribution')}", "color": color,
-            "size": size}
+    return {"icon": f"transformer-{attributes.get('transformer_type', 'distribution')}", "color": color, "size": size}
 
 
 def meters_metadata(meter_type: str, states: Mapping[str, int]) -> dict[str, Any]:
@@ -99,8 +102,9 @@ def der_metadata(attributes: Mapping[str, Any], state: str | None) -> dict[str, 
     return {"icon": str(attributes.get("resource_type", "solar_pv")), "color": GREEN if producing else GREY}
 
 
-def metadata(agent_type: str, attributes: Mapping[str, Any], live: Mapping[str, Any],
-             state: str | None = None) -> dict[str, Any]:
+def metadata(
+    agent_type: str, attributes: Mapping[str, Any], live: Mapping[str, Any], state: str | None = None
+) -> dict[str, Any]:
     """The metadata of one agent: `attributes` as configured, `live` as its agent reports them
     (`AgentRuntime.show()["attributes"]`), drawn by the view its type's spec names ({} for none)."""
     from gateway.agents.registry import SPECS  # the specs name the views below

@@ -21,13 +21,19 @@ from gateway.config import ConfigError, load
 DEFAULT_CONFIG = Path("/etc/stima/site.toml")
 DEFAULT_RUNTIME_DIR = Path("/run/stima")
 
+
 def add_common(parser: argparse.ArgumentParser) -> None:
     """Options every command understands."""
-    parser.add_argument("--config", "-c", type=Path, default=None,
-                        help=f"site file (default: $STIMA_CONFIG or {DEFAULT_CONFIG})")
-    parser.add_argument("--runtime-dir", type=Path, default=None,
-                        help="daemon runtime directory holding control.sock "
-                        f"(default: $STIMA_RUNTIME_DIR, the site file's runtime_dir, or {DEFAULT_RUNTIME_DIR})")
+    parser.add_argument(
+        "--config", "-c", type=Path, default=None, help=f"site file (default: $STIMA_CONFIG or {DEFAULT_CONFIG})"
+    )
+    parser.add_argument(
+        "--runtime-dir",
+        type=Path,
+        default=None,
+        help="daemon runtime directory holding control.sock "
+        f"(default: $STIMA_RUNTIME_DIR, the site file's runtime_dir, or {DEFAULT_RUNTIME_DIR})",
+    )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 

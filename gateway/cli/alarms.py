@@ -24,27 +24,60 @@ def _when(ts: float | None) -> str:
 def cmd_list(args: argparse.Namespace) -> int:
 
     rows = call(_rt(args), "alarms.list")
-    emit(args, rows, lambda rs: table(
-        [(r["id"], r["severity"], r["source"], _when(r["raised"]), "yes" if r["cleared"] else "no",
-          r["acknowledged_by"] or "no", r["message"][:80]) for r in rs],
-        ["ID", "SEVERITY", "SOURCE", "RAISED", "CLEARED", "ACKNOWLEDGED", "MESSAGE"]) if rs else "no active alarms")
+    emit(
+        args,
+        rows,
+        lambda rs: (
+            table(
+                [
+                    (
+                        r["id"],
+                        r["severity"],
+                        r["source"],
+                        _when(r["raised"]),
+                        "yes" if r["cleared"] else "no",
+                        r["acknowledged_by"] or "no",
+                        r["message"][:80],
+                    )
+                    for r in rs
+                ],
+                ["ID", "SEVERITY", "SOURCE", "RAISED", "CLEARED", "ACKNOWLEDGED", "MESSAGE"],
+            )
+            if rs
+            else "no active alarms"
+        ),
+    )
     return 0
 
 
 def cmd_ack(args: argparse.Namespace) -> int:
 
     alarm = call(_rt(args), "alarms.ack", id=args.id)
-    emit(args, alarm, lambda a: f"{a['id']} acknowledged by {a['acknowledged_by']}"
-         + ("" if a["active"] else " (cleared: no longer active)"))
+    emit(
+        args,
+        alarm,
+        lambda a: (
+            f"{a['id']} acknowledged by {a['acknowledged_by']}"
+            + ("" if a["active"] else " (cleared: no longer active)")
+        ),
+    )
     return 0
 
 
 def cmd_map(args: argparse.Namespace) -> int:
 
     rows = call(_rt(args), "iec104.map")
-    emit(args, rows, lambda rs: table([(r["ioa"], r["type"], r.get("point") or r.get("target"),
-                                        r.get("setpoint") or "", r.get("deadband", "")) for r in rs],
-                                      ["IOA", "TYPE", "POINT / DEVICE", "SET-POINT", "DEADBAND"]))
+    emit(
+        args,
+        rows,
+        lambda rs: table(
+            [
+                (r["ioa"], r["type"], r.get("point") or r.get("target"), r.get("setpoint") or "", r.get("deadband", ""))
+                for r in rs
+            ],
+            ["IOA", "TYPE", "POINT / DEVICE", "SET-POINT", "DEADBAND"],
+        ),
+    )
     return 0
 
 

@@ -38,8 +38,11 @@ def _import_results(args: argparse.Namespace) -> tuple[list[ImportResult], Any]:
     results = []
     for ied in ieds:
         try:
-            results.append(site_fragment(ied, ied_id=args.id, prefix=args.prefix, host=args.host, port=args.port,
-                                         poll_period_ms=args.poll_ms))
+            results.append(
+                site_fragment(
+                    ied, ied_id=args.id, prefix=args.prefix, host=args.host, port=args.port, poll_period_ms=args.poll_ms
+                )
+            )
         except ValueError as exc:
             raise UsageError(str(exc)) from None
     return results, doc
@@ -60,14 +63,16 @@ def merge_into(site_path: Path, text: str, new_ids: list[str]) -> None:
     have = {i.get("id") for i in data.get("ieds", []) if isinstance(i, dict)}
     clash = [i for i in new_ids if i in have]
     if clash:
-        raise UsageError(f"{site_path} already has IED(s) {', '.join(clash)}: choose another id with --id, or "
-                         "remove the entry first")
+        raise UsageError(
+            f"{site_path} already has IED(s) {', '.join(clash)}: choose another id with --id, or remove the entry first"
+        )
     merged = current.rstrip("\n") + "\n\n" + text
     try:
         validate(tomllib.loads(merged), str(site_path))
     except ConfigError as exc:
-        raise UsageError(f"the site file would not be valid with the imported IED(s), nothing written:\n{exc}") \
-            from None
+        raise UsageError(
+            f"the site file would not be valid with the imported IED(s), nothing written:\n{exc}"
+        ) from None
     fd, tmp = tempfile.mkstemp(prefix=site_path.name, dir=site_path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
@@ -93,20 +98,39 @@ def cmd_scl_import(args: argparse.Namespace) -> int:
     for warning in doc.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if args.json:
-        print(json.dumps({"file": str(args.file), "edition": doc.edition.value, "version": doc.version,
-                          "tool": doc.tool, "ieds": [{
-                              "entry": r.ied, "agent_hint": r.agent_hint, "notes": r.notes,
-                              "attributes": r.attributes, "data_sets": r.data_sets,
-                              "report_control_blocks": r.report_control_blocks, "controls": r.controls}
-                              for r in results]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "file": str(args.file),
+                    "edition": doc.edition.value,
+                    "version": doc.version,
+                    "tool": doc.tool,
+                    "ieds": [
+                        {
+                            "entry": r.ied,
+                            "agent_hint": r.agent_hint,
+                            "notes": r.notes,
+                            "attributes": r.attributes,
+                            "data_sets": r.data_sets,
+                            "report_control_blocks": r.report_control_blocks,
+                            "controls": r.controls,
+                        }
+                        for r in results
+                    ],
+                },
+                indent=2,
+            )
+        )
     elif not args.into:
         print(text, end="")
     for r in results:
-        print(f"{r.ied['id']}: {len(r.ied['points'])} points, {len(r.controls)} controls "
-              f"({sum(1 for c in r.controls if c.get('point'))} operable), {len(r.report_control_blocks)} report "
-              f"control blocks ({len(r.ied['report_control_blocks'])} used), {len(r.attributes)} MX/ST attributes"
-              + (f"; added to {args.into} (previous file kept as {args.into}.bak)" if args.into else ""),
-              file=sys.stderr)
+        print(
+            f"{r.ied['id']}: {len(r.ied['points'])} points, {len(r.controls)} controls "
+            f"({sum(1 for c in r.controls if c.get('point'))} operable), {len(r.report_control_blocks)} report "
+            f"control blocks ({len(r.ied['report_control_blocks'])} used), {len(r.attributes)} MX/ST attributes"
+            + (f"; added to {args.into} (previous file kept as {args.into}.bak)" if args.into else ""),
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -141,20 +165,28 @@ def _ranges(ranges: list[list[int]]) -> str:
 
 
 def _modbus_human(scan: dict[str, Any], show_map: bool) -> str:
-    lines = [f"Modbus TCP {scan['host']}:{scan['port']}: {len(scan['units_probed'])} unit id(s) probed in "
-             f"{scan['duration_s']:.1f} s, {scan['requests']} requests ({scan['rate_per_s']:g}/s at most, "
-             f"sampled every {scan['stride']} addresses up to {scan['max_address']}), nothing written"]
+    lines = [
+        f"Modbus TCP {scan['host']}:{scan['port']}: {len(scan['units_probed'])} unit id(s) probed in "
+        f"{scan['duration_s']:.1f} s, {scan['requests']} requests ({scan['rate_per_s']:g}/s at most, "
+        f"sampled every {scan['stride']} addresses up to {scan['max_address']}), nothing written"
+    ]
     if scan["stopped"]:
         lines.append(f"STOPPED EARLY: {scan['stopped']}")
-    names = {"coil": "coils (FC 1)", "discrete": "discrete inputs (FC 2)", "holding": "holding registers (FC 3)",
-             "input": "input registers (FC 4)"}
+    names = {
+        "coil": "coils (FC 1)",
+        "discrete": "discrete inputs (FC 2)",
+        "holding": "holding registers (FC 3)",
+        "input": "input registers (FC 4)",
+    }
     for unit in scan["units"]:
         if not unit["alive"]:
             lines.append(f"unit {unit['unit_id']}: absent ({unit['answer']})")
             continue
         ident = unit.get("identification")
-        lines.append(f"unit {unit['unit_id']}: present (answers {unit['answer']})"
-                     + (f"; identification: {', '.join(f'{k}={v}' for k, v in ident.items())}" if ident else ""))
+        lines.append(
+            f"unit {unit['unit_id']}: present (answers {unit['answer']})"
+            + (f"; identification: {', '.join(f'{k}={v}' for k, v in ident.items())}" if ident else "")
+        )
         for regs in unit["tables"]:
             if regs["supported"] is False:
                 state = "not supported (illegal function)"
@@ -201,11 +233,22 @@ def cmd_discover_modbus(args: argparse.Namespace) -> int:
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # a scan provokes refusals by design
     try:
         host, port = host_port(args.target, 502)
-        settings = ModbusScanSettings(units=parse_units(args.units), timeout_s=args.timeout, rate_per_s=args.rate,
-                                      max_address=args.max_address, stride=args.stride, deadline_s=args.deadline,
-                                      max_requests=args.max_requests, read_map=args.map)
-        result = scan(host, port, settings, progress=None if args.json else
-                      (lambda m: print(f"scanning {m} ...", file=sys.stderr)))
+        settings = ModbusScanSettings(
+            units=parse_units(args.units),
+            timeout_s=args.timeout,
+            rate_per_s=args.rate,
+            max_address=args.max_address,
+            stride=args.stride,
+            deadline_s=args.deadline,
+            max_requests=args.max_requests,
+            read_map=args.map,
+        )
+        result = scan(
+            host,
+            port,
+            settings,
+            progress=None if args.json else (lambda m: print(f"scanning {m} ...", file=sys.stderr)),
+        )
     except (UsageError, DiscoveryError) as exc:
         print(f"stima discover modbus: {exc}", file=sys.stderr)
         return 2
@@ -215,8 +258,10 @@ def cmd_discover_modbus(args: argparse.Namespace) -> int:
 
 
 def _browse_human(data: dict[str, Any]) -> str:
-    lines = [f"IEC 61850 {data['host']}:{data['port']}: {len(data['logical_devices'])} logical device(s), "
-             f"{data['requests']} requests in {data['duration_s']:.2f} s (read services only)"]
+    lines = [
+        f"IEC 61850 {data['host']}:{data['port']}: {len(data['logical_devices'])} logical device(s), "
+        f"{data['requests']} requests in {data['duration_s']:.2f} s (read services only)"
+    ]
     if data["stopped"]:
         lines.append(f"STOPPED EARLY: {data['stopped']}")
     for ld in data["logical_devices"]:
@@ -225,15 +270,20 @@ def _browse_human(data: dict[str, Any]) -> str:
             lines.append(f"  {ln['name']}")
             for do in ln["data_objects"]:
                 ctl = f"  (control: {do['ctl_model']})" if do["ctl_model"] else ""
-                shown = [a for a in do["attributes"] if a.split("[")[0].split(".")[0] not in (
-                    "SBOw", "Oper", "Cancel", "origin", "ctlNum")]
+                shown = [
+                    a
+                    for a in do["attributes"]
+                    if a.split("[")[0].split(".")[0] not in ("SBOw", "Oper", "Cancel", "origin", "ctlNum")
+                ]
                 lines.append(f"    {do['name']}{ctl}: {', '.join(shown)}")
             for ds in ln["data_sets"]:
                 lines.append(f"    data set {ds['name']}: {', '.join(ds['members'])}")
             for rcb in ln["report_control_blocks"]:
-                lines.append(f"    {'buffered' if rcb['buffered'] else 'unbuffered'} report block {rcb['name']} "
-                             f"on {rcb['data_set'] or '-'}, IntgPd {rcb['intg_pd_ms']} ms, trigger "
-                             f"{'+'.join(rcb['trigger_options']) or '-'}")
+                lines.append(
+                    f"    {'buffered' if rcb['buffered'] else 'unbuffered'} report block {rcb['name']} "
+                    f"on {rcb['data_set'] or '-'}, IntgPd {rcb['intg_pd_ms']} ms, trigger "
+                    f"{'+'.join(rcb['trigger_options']) or '-'}"
+                )
     for refusal in data["refusals"]:
         lines.append(f"refused: {refusal}")
     return "\n".join(lines)
@@ -281,13 +331,27 @@ def _records_table(rows: list[dict[str, Any]]) -> str:
     out = []
     for r in rows:
         loc = r.get("fault_location") or {}
-        where = "-" if not loc else f"{loc['distance_m'] / 1000:.2f} km" + (f" ({loc['section']})"
-                                                                           if loc.get("section") else "")
-        out.append((r["record_id"], iso_ms(float(r["trigger_time"])), r["breaker"],
-                    f"{r.get('element') or '-'}/{r.get('phase') or '-'}", r.get("trips"),
-                    "yes" if r.get("lockout") else "no", r.get("samples"), where, r.get("format")))
-    return table(out, ["RECORD", "TRIGGER (UTC)", "BAY", "ELEMENT", "TRIPS", "LOCKOUT", "SAMPLES", "FAULT AT",
-                       "FORMAT"])
+        where = (
+            "-"
+            if not loc
+            else f"{loc['distance_m'] / 1000:.2f} km" + (f" ({loc['section']})" if loc.get("section") else "")
+        )
+        out.append(
+            (
+                r["record_id"],
+                iso_ms(float(r["trigger_time"])),
+                r["breaker"],
+                f"{r.get('element') or '-'}/{r.get('phase') or '-'}",
+                r.get("trips"),
+                "yes" if r.get("lockout") else "no",
+                r.get("samples"),
+                where,
+                r.get("format"),
+            )
+        )
+    return table(
+        out, ["RECORD", "TRIGGER (UTC)", "BAY", "ELEMENT", "TRIPS", "LOCKOUT", "SAMPLES", "FAULT AT", "FORMAT"]
+    )
 
 
 def cmd_records_list(args: argparse.Namespace) -> int:
@@ -351,15 +415,23 @@ def cmd_events_export(args: argparse.Namespace) -> int:
     after = 0
     rt = runtime_dir(args)
     for _ in range(EXPORT_MAX_PAGES):
-        page = call(rt, "events.page", since=since - EXPORT_MARGIN_S, until=until + EXPORT_MARGIN_S,
-                    after_seq=after, limit=EXPORT_PAGE)
+        page = call(
+            rt,
+            "events.page",
+            since=since - EXPORT_MARGIN_S,
+            until=until + EXPORT_MARGIN_S,
+            after_seq=after,
+            limit=EXPORT_PAGE,
+        )
         events += page
         if len(page) < EXPORT_PAGE:
             break
         after = int(page[-1]["seq"])
     else:
-        print(f"stima events export: stopped after {EXPORT_MAX_PAGES * EXPORT_PAGE} events; narrow the period",
-              file=sys.stderr)
+        print(
+            f"stima events export: stopped after {EXPORT_MAX_PAGES * EXPORT_PAGE} events; narrow the period",
+            file=sys.stderr,
+        )
     rows = select(events, Filter(since=since, until=until, source=args.source or "*", kind=args.kind or ""))
     text = to_csv(rows) if args.format == "csv" else to_json(rows) + "\n"
     if args.out:
@@ -374,8 +446,11 @@ def register_events_export(events_sub: argparse._SubParsersAction) -> None:  # t
     """`stima events export` (under the existing `stima events`)."""
 
     exp = events_sub.add_parser("export", help="sequence of events as CSV or JSON, with millisecond source times")
-    exp.add_argument("--since", default="1h", help="start: 90s, 15m, 2h, 1d ago, an ISO date-time (UTC) or POSIX "
-                     "seconds (default 1h)")
+    exp.add_argument(
+        "--since",
+        default="1h",
+        help="start: 90s, 15m, 2h, 1d ago, an ISO date-time (UTC) or POSIX seconds (default 1h)",
+    )
     exp.add_argument("--until", default=None, help="end, same forms (default now)")
     exp.add_argument("--format", choices=["csv", "json"], default="csv")
     exp.add_argument("--source", help="only sources matching this glob, e.g. CB-04*")
@@ -394,21 +469,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     imp = scl_sub.add_parser("import", help="make the site file's IEC 61850 entries from an ICD, CID, IID or SCD")
     imp.add_argument("file", type=Path, metavar="FILE", help="SCL file (editions 1, 2 and 2.1)")
     imp.add_argument("--ied", help="the IED to import (default: every IED with a server)")
-    imp.add_argument("--into", metavar="SITE.toml", help="append the entries to this site file (checked first; "
-                     "the previous file is kept as SITE.toml.bak)")
+    imp.add_argument(
+        "--into",
+        metavar="SITE.toml",
+        help="append the entries to this site file (checked first; the previous file is kept as SITE.toml.bak)",
+    )
     imp.add_argument("--id", help="the IED's id in the site file (default IED-<name>)")
     imp.add_argument("--prefix", help="point id prefix (default: the IED's name), e.g. CB-046")
     imp.add_argument("--host", help="address to connect to (default: the Communication section's IP)")
     imp.add_argument("--port", type=int, help="MMS port (default: from the file, else 102)")
     imp.add_argument("--poll-ms", type=int, default=1000, help="poll period of points no report carries")
-    imp.add_argument("--lenient", action="store_true",
-                     help="schema violations are warnings, not refusals (ambiguous models are refused all the same)")
-    imp.add_argument("--json", action="store_true", help="the whole model: entries, attributes, data sets, "
-                     "report control blocks, controls")
+    imp.add_argument(
+        "--lenient",
+        action="store_true",
+        help="schema violations are warnings, not refusals (ambiguous models are refused all the same)",
+    )
+    imp.add_argument(
+        "--json",
+        action="store_true",
+        help="the whole model: entries, attributes, data sets, report control blocks, controls",
+    )
     imp.set_defaults(func=cmd_scl_import)
 
-    disc = subparsers.add_parser("discover", help="find what is on the network: Modbus unit ids and registers, "
-                                 "IEC 61850 models (read-only, bounded in time)")
+    disc = subparsers.add_parser(
+        "discover",
+        help="find what is on the network: Modbus unit ids and registers, "
+        "IEC 61850 models (read-only, bounded in time)",
+    )
     disc_sub = disc.add_subparsers(dest="discover_command", required=True, metavar="PROTOCOL")
     mb = disc_sub.add_parser("modbus", help="live unit ids, function codes and readable ranges (reads only)")
     mb.add_argument("target", metavar="HOST[:PORT]", help="Modbus TCP device or gateway (port 502 by default)")
@@ -422,8 +509,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     mb.add_argument("--max-requests", type=int, default=20_000, help="stop after this many requests")
     mb.add_argument("--json", action="store_true", help="machine-readable output")
     mb.set_defaults(func=cmd_discover_modbus)
-    iec = disc_sub.add_parser("iec61850", help="browse logical devices, nodes, data objects, data sets and "
-                              "report control blocks (read services only)")
+    iec = disc_sub.add_parser(
+        "iec61850",
+        help="browse logical devices, nodes, data objects, data sets and report control blocks (read services only)",
+    )
     iec.add_argument("target", metavar="HOST[:PORT]", help="the IED (port 102 by default)")
     iec.add_argument("--timeout", type=float, default=2.0, help="seconds per request (default 2)")
     iec.add_argument("--deadline", type=float, default=120.0, help="stop after this many seconds (default 120)")

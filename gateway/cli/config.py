@@ -19,9 +19,17 @@ def cmd_config_validate(args: argparse.Namespace) -> int:
         site = load_site(path)
     except ConfigError as exc:
         if args.json:
-            print(json.dumps({"valid": False, "file": str(path),
-                              "problems": [{"path": p.path, "message": p.message, "found": p.found}
-                                           for p in exc.problems]}, indent=2, default=str))
+            print(
+                json.dumps(
+                    {
+                        "valid": False,
+                        "file": str(path),
+                        "problems": [{"path": p.path, "message": p.message, "found": p.found} for p in exc.problems],
+                    },
+                    indent=2,
+                    default=str,
+                )
+            )
         else:
             print(f"{path}: INVALID, {len(exc.problems)} problem(s):", file=sys.stderr)
             for problem in exc.problems:
@@ -38,9 +46,15 @@ def cmd_config_validate(args: argparse.Namespace) -> int:
         "protection_schemes": len(site.protection),
         "uplink": f"{site.uplink.transport}://{site.uplink.broker_host}:{site.uplink.broker_port}",
     }
-    emit(args, summary, lambda s: f"{path}: valid — substation {s['substation_id']}, {s['ieds']} IEDs, "
-         f"{s['points']} points, {s['agents']} agents, {s['meters']} meters, "
-         f"{s['protection_schemes']} protection schemes, uplink {s['uplink']}")
+    emit(
+        args,
+        summary,
+        lambda s: (
+            f"{path}: valid — substation {s['substation_id']}, {s['ieds']} IEDs, "
+            f"{s['points']} points, {s['agents']} agents, {s['meters']} meters, "
+            f"{s['protection_schemes']} protection schemes, uplink {s['uplink']}"
+        ),
+    )
     if site.uplink.transport == "tcp":
         print("warning: uplink.transport is 'tcp': telemetry and commands travel unencrypted", file=sys.stderr)
     return 0

@@ -108,6 +108,7 @@ def _run(fn: Any) -> Any:
         except (ValueError, users_mod.UsersFileError, OSError) as exc:
             print(f"stima: {exc}", file=sys.stderr)
             return 2
+
     return wrapped
 
 
@@ -120,8 +121,9 @@ def register(sub: Any) -> None:
 
     def common(p: argparse.ArgumentParser) -> None:
         add_common(p)
-        p.add_argument("--users-file", type=Path, default=None,
-                       help="the users file (default: [hmi] users_file of the site file)")
+        p.add_argument(
+            "--users-file", type=Path, default=None, help="the users file (default: [hmi] users_file of the site file)"
+        )
         p.add_argument("--group", default="stima", help="group that may read the file (default: stima)")
         p.add_argument("--no-group", action="store_true", help="leave the file's group alone (mode 0600)")
 

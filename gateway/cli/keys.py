@@ -26,10 +26,21 @@ def _when(ts: float | None) -> str:
 def cmd_list(args: argparse.Namespace) -> int:
 
     rows = call(_rt(args), "keys.list")
-    emit(args, rows, lambda rs: table([(r["name"], r["role"], r["state"], _when(r["expires"]), r["public_key"][:16]
-                                        + "…", r["added_by"]) for r in rs],
-                                      ["KEY", "ROLE", "STATE", "EXPIRES", "PUBLIC KEY", "ADDED BY"])
-         if rs else "the key book is empty: no Ed25519 key may sign commands")
+    emit(
+        args,
+        rows,
+        lambda rs: (
+            table(
+                [
+                    (r["name"], r["role"], r["state"], _when(r["expires"]), r["public_key"][:16] + "…", r["added_by"])
+                    for r in rs
+                ],
+                ["KEY", "ROLE", "STATE", "EXPIRES", "PUBLIC KEY", "ADDED BY"],
+            )
+            if rs
+            else "the key book is empty: no Ed25519 key may sign commands"
+        ),
+    )
     return 0
 
 
@@ -41,7 +52,9 @@ def _expiry(text: str | None) -> float | None:
     try:
         when = dt.datetime.fromisoformat(text)
     except ValueError:
-        raise SystemExit(f"stima: --expires {text!r}: expected an ISO date (2027-06-30) or a number of days (90d)") from None
+        raise SystemExit(
+            f"stima: --expires {text!r}: expected an ISO date (2027-06-30) or a number of days (90d)"
+        ) from None
     return (when if when.tzinfo else when.replace(tzinfo=dt.UTC)).timestamp()
 
 
@@ -52,8 +65,14 @@ def cmd_add(args: argparse.Namespace) -> int:
         return 2
     text = args.public_key if args.public_key is not None else Path(args.public_key_file).read_text()
     entry = call(_rt(args), "keys.add", name=args.name, public_key=text, role=args.role, expires=_expiry(args.expires))
-    emit(args, entry, lambda e: f"key {e['name']} added with role {e['role']}"
-         + (f", valid until {_when(e['expires'])}" if e["expires"] else ""))
+    emit(
+        args,
+        entry,
+        lambda e: (
+            f"key {e['name']} added with role {e['role']}"
+            + (f", valid until {_when(e['expires'])}" if e["expires"] else "")
+        ),
+    )
     return 0
 
 

@@ -24,10 +24,15 @@ def _emit(args: argparse.Namespace, data: Any, human: Any) -> None:
 def _order_lines(wo: dict[str, Any]) -> list[str]:
     a = wo.get("assessment") or {}
     p = a.get("failure_probability")
-    lines = [f"{wo['id']}  {wo['status'].upper()}  {wo['priority']}  {wo['asset']}: {wo['reason']}",
-             f"  window {wo['window'].get('label')} ({wo['duration_h']:g} h)"
-             + (f"; {p:.0%} chance of failure within {a.get('horizon_days')} days, {a.get('failure_mode')}"
-                if p is not None else "")]
+    lines = [
+        f"{wo['id']}  {wo['status'].upper()}  {wo['priority']}  {wo['asset']}: {wo['reason']}",
+        f"  window {wo['window'].get('label')} ({wo['duration_h']:g} h)"
+        + (
+            f"; {p:.0%} chance of failure within {a.get('horizon_days')} days, {a.get('failure_mode')}"
+            if p is not None
+            else ""
+        ),
+    ]
     lines += [f"  why this window: {r}" for r in wo["window"].get("reasons", [])]
     lines.append("  tasks: " + "; ".join(wo["tasks"]))
     lines.append("  parts: " + "; ".join(f"{x['item']} {x['quantity']:g} {x['unit']}" for x in wo["parts"]))
@@ -35,29 +40,45 @@ def _order_lines(wo: dict[str, Any]) -> list[str]:
     lines.append("  success: " + "; ".join(wo["success_criteria"]))
     for plan in wo.get("plans", []):
         mark = "*" if plan["plan"] == wo.get("recommended_plan") else " "
-        lines.append(f" {mark}plan {plan['plan']}: {plan['mva_covered']:.2f} of {plan['required_mva']:.2f} MVA, "
-                     f"{plan['customers_restored']}/{plan['customers_total']} customers "
-                     f"({plan['critical_restored']}/{plan['critical_total']} critical), {plan['customers_shed']} shed, "
-                     f"{len(plan['steps'])} steps ~{plan['switching_time_min']:g} min, "
-                     f"{'validated' if plan['validated'] else 'NOT valid'}")
+        lines.append(
+            f" {mark}plan {plan['plan']}: {plan['mva_covered']:.2f} of {plan['required_mva']:.2f} MVA, "
+            f"{plan['customers_restored']}/{plan['customers_total']} customers "
+            f"({plan['critical_restored']}/{plan['critical_total']} critical), {plan['customers_shed']} shed, "
+            f"{len(plan['steps'])} steps ~{plan['switching_time_min']:g} min, "
+            f"{'validated' if plan['validated'] else 'NOT valid'}"
+        )
     chosen = next((pl for pl in wo.get("plans", []) if pl["plan"] == wo.get("recommended_plan")), None)
     if chosen and chosen.get("steps"):
-        lines.append(f"  plan {chosen['plan']} steps: " + ", ".join(f"{st['action']} {st['device']}"
-                                                                   for st in chosen["steps"]))
+        lines.append(
+            f"  plan {chosen['plan']} steps: " + ", ".join(f"{st['action']} {st['device']}" for st in chosen["steps"])
+        )
     if chosen and chosen.get("return_steps"):
-        lines.append("  way back after the window"
-                     + (" (validated): " if chosen.get("return_validated") else
-                        f" (NOT valid: {'; '.join(chosen.get('return_validation', [])[:2])}): ")
-                     + ", ".join(f"{st['action']} {st['device']}" for st in chosen["return_steps"]))
+        lines.append(
+            "  way back after the window"
+            + (
+                " (validated): "
+                if chosen.get("return_validated")
+                else f" (NOT valid: {'; '.join(chosen.get('return_validation', [])[:2])}): "
+            )
+            + ", ".join(f"{st['action']} {st['device']}" for st in chosen["return_steps"])
+        )
     if wo.get("backup_sequence"):
         lines.append(f"  switching sequence proposed: {wo['backup_sequence']} (stima switching approve ...)")
     return lines
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    _emit(args, call(_rt(args), "maintenance.list"),
-          lambda rows: "\n".join(f"{w['id']:<22} {w['status']:<9} {w['priority']:<8} {w['asset']:<10} "
-                                 f"{w['window'].get('label', '')}" for w in rows) or "no work orders")
+    _emit(
+        args,
+        call(_rt(args), "maintenance.list"),
+        lambda rows: (
+            "\n".join(
+                f"{w['id']:<22} {w['status']:<9} {w['priority']:<8} {w['asset']:<10} {w['window'].get('label', '')}"
+                for w in rows
+            )
+            or "no work orders"
+        ),
+    )
     return 0
 
 
@@ -72,17 +93,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     def human(rows: list[dict[str, Any]]) -> str:
         out = []
         for r in rows:
-            p = (r.get("prediction") or {})
-            out.append(f"{r['transformer']}: {p.get('probability', 0):.1%} within {p.get('horizon_days')} days "
-                       f"({p.get('failure_mode')}), evaluated in {r['seconds']} s")
+            p = r.get("prediction") or {}
+            out.append(
+                f"{r['transformer']}: {p.get('probability', 0):.1%} within {p.get('horizon_days')} days "
+                f"({p.get('failure_mode')}), evaluated in {r['seconds']} s"
+            )
         return "\n".join(out) or "no monitored transformer"
+
     _emit(args, result, human)
     return 0
 
 
 def cmd_accept(args: argparse.Namespace) -> int:
-    _emit(args, call(_rt(args), "maintenance.accept", id=args.id, external_id=args.external_id),
-          lambda w: f"{w['id']} {w['status']}")
+    _emit(
+        args,
+        call(_rt(args), "maintenance.accept", id=args.id, external_id=args.external_id),
+        lambda w: f"{w['id']} {w['status']}",
+    )
     return 0
 
 
@@ -90,32 +117,39 @@ def cmd_reschedule(args: argparse.Namespace) -> int:
     try:
         start = dt.datetime.fromisoformat(args.start)
     except ValueError:
-        raise SystemExit(f"stima: --start: expected an ISO date and time (2025-10-26T02:00+03:00), "
-                         f"found {args.start!r}") from None
+        raise SystemExit(
+            f"stima: --start: expected an ISO date and time (2025-10-26T02:00+03:00), found {args.start!r}"
+        ) from None
     if start.tzinfo is None:
         raise SystemExit("stima: --start: give the time zone (2025-10-26T02:00+03:00)")
-    _emit(args, call(_rt(args), "maintenance.reschedule", id=args.id, start=start.timestamp()),
-          lambda w: f"{w['id']} {w['status']}: {w['window'].get('label')}")
+    _emit(
+        args,
+        call(_rt(args), "maintenance.reschedule", id=args.id, start=start.timestamp()),
+        lambda w: f"{w['id']} {w['status']}: {w['window'].get('label')}",
+    )
     return 0
 
 
 def cmd_close(args: argparse.Namespace) -> int:
-    _emit(args, call(_rt(args), "maintenance.close", id=args.id, note=args.note),
-          lambda w: f"{w['id']} {w['status']}")
+    _emit(args, call(_rt(args), "maintenance.close", id=args.id, note=args.note), lambda w: f"{w['id']} {w['status']}")
     return 0
 
 
 def cmd_history_import(args: argparse.Namespace) -> int:
     path = Path(args.file).resolve()
-    _emit(args, call(_rt(args), "history.import", timeout=300, path=str(path)),
-          lambda r: f"{r['rows']} rows of {len(r['points'])} point(s) imported")
+    _emit(
+        args,
+        call(_rt(args), "history.import", timeout=300, path=str(path)),
+        lambda r: f"{r['rows']} rows of {len(r['points'])} point(s) imported",
+    )
     return 0
 
 
 def register(sub: Any) -> None:
 
-    m = sub.add_parser("maintenance", help="work orders from the transformers' health: list, show, evaluate, "
-                                           "accept, reschedule, close")
+    m = sub.add_parser(
+        "maintenance", help="work orders from the transformers' health: list, show, evaluate, accept, reschedule, close"
+    )
     m_sub = m.add_subparsers(dest="maintenance_command", required=True, metavar="ACTION")
     p = m_sub.add_parser("list", help="every work order")
     add_common(p)
@@ -146,8 +180,10 @@ def register(sub: Any) -> None:
 
     h = sub.add_parser("history", help="the point history: import another historian's export")
     h_sub = h.add_subparsers(dest="history_command", required=True, metavar="ACTION")
-    p = h_sub.add_parser("import", help="a CSV file (point_id, bucket_start, interval_s, mean[, min, max, last, n]) "
-                                        "into the history (engineer)")
+    p = h_sub.add_parser(
+        "import",
+        help="a CSV file (point_id, bucket_start, interval_s, mean[, min, max, last, n]) into the history (engineer)",
+    )
     p.add_argument("file", metavar="FILE")
     add_common(p)
     p.set_defaults(func=cmd_history_import)

@@ -71,8 +71,9 @@ def parse_quantity(text: str, kind: str) -> tuple[float, str]:
         return value, "pu"
     scale = _SCALE[kind].get(unit)
     if scale is None:
-        raise UsageError(f"{text!r}: unit {match.group(2)!r} is not a {kind} unit "
-                         f"(use {', '.join(u for u in _SCALE[kind] if u)})")
+        raise UsageError(
+            f"{text!r}: unit {match.group(2)!r} is not a {kind} unit (use {', '.join(u for u in _SCALE[kind] if u)})"
+        )
     return value * scale, ""
 
 
@@ -104,17 +105,22 @@ def _single_element_scheme(scheme: ProtectionScheme, name: str, fast: bool) -> P
     """The breaker's scheme with only `name` (no 79, no 50BF), on its fast curve if asked."""
     element = _element(scheme, name)
     if isinstance(element, InverseTime51) and fast:
-        element = element.model_copy(update={"curve": element.fast_curve or element.curve,
-                                              "tms": element.fast_tms or element.tms})
+        element = element.model_copy(
+            update={"curve": element.fast_curve or element.curve, "tms": element.fast_tms or element.tms}
+        )
     if isinstance(element, Overcurrent50):
         element = element.model_copy(update={"fast_only": False})
-    data = {"breaker": scheme.breaker, "nominal_voltage_kv": scheme.nominal_voltage_kv,
-            "elements": {name: element.model_dump()}}
+    data = {
+        "breaker": scheme.breaker,
+        "nominal_voltage_kv": scheme.nominal_voltage_kv,
+        "elements": {name: element.model_dump()},
+    }
     return ProtectionScheme.model_validate(data)
 
 
-def expected_time_s(scheme: ProtectionScheme, name: str, value: float, fast: bool = False,
-                    preload_a: float = 0.0) -> float:
+def expected_time_s(
+    scheme: ProtectionScheme, name: str, value: float, fast: bool = False, preload_a: float = 0.0
+) -> float:
     """Operate time from the setting's formula; inf when the element does not operate."""
     e = _element(scheme, name)
     if isinstance(e, InverseTime51):
@@ -138,9 +144,17 @@ def expected_time_s(scheme: ProtectionScheme, name: str, value: float, fast: boo
     return e.delay_s if (value < e.pickup_hz if under else value > e.pickup_hz) else math.inf
 
 
-def simulate(scheme: ProtectionScheme, name: str, value: float, *, fast: bool = False,
-             preload_a: float = 0.0, step_s: float | None = None, backend: str = "auto",
-             limit_s: float | None = None) -> tuple[float, float, str]:
+def simulate(
+    scheme: ProtectionScheme,
+    name: str,
+    value: float,
+    *,
+    fast: bool = False,
+    preload_a: float = 0.0,
+    step_s: float | None = None,
+    backend: str = "auto",
+    limit_s: float | None = None,
+) -> tuple[float, float, str]:
     """Inject `value` on the element's input from t = 0 and run the core until it trips.
 
     Returns (operate time or inf, sample period used, backend name)."""
@@ -154,16 +168,28 @@ def simulate(scheme: ProtectionScheme, name: str, value: float, *, fast: bool = 
     if limit_s is None:
         limit_s = 3.0 * expected + 1.0 if math.isfinite(expected) else 60.0
     kind = ELEMENT_FIELDS[name][1]
-    nominal = {"ia": 0.0, "ib": 0.0, "ic": 0.0, "in": 0.0, "closed": 1.0,
-               "voltage_kv": scheme.nominal_voltage_kv, "frequency_hz": 50.0}
+    nominal = {
+        "ia": 0.0,
+        "ib": 0.0,
+        "ic": 0.0,
+        "in": 0.0,
+        "closed": 1.0,
+        "voltage_kv": scheme.nominal_voltage_kv,
+        "frequency_hz": 50.0,
+    }
     if kind in (ElementKind.UF81, ElementKind.OF81):
         f81 = single.elements.uf81 or single.elements.of81
         assert f81 is not None
         nominal["frequency_hz"] = 60.0 if f81.pickup_hz > 55.0 else 50.0
     inputs = {n: single.point(n) for n in single.input_names()}
-    target = {ElementKind.N50: "in", ElementKind.N51: "in", ElementKind.UV27: "voltage_kv",
-              ElementKind.OV59: "voltage_kv", ElementKind.UF81: "frequency_hz",
-              ElementKind.OF81: "frequency_hz"}.get(kind)
+    target = {
+        ElementKind.N50: "in",
+        ElementKind.N51: "in",
+        ElementKind.UV27: "voltage_kv",
+        ElementKind.OV59: "voltage_kv",
+        ElementKind.UF81: "frequency_hz",
+        ElementKind.OF81: "frequency_hz",
+    }.get(kind)
     targets = [target] if target else ["ia", "ib", "ic"]
     t0 = 0.0
     if kind == ElementKind.TH49 and preload_a > 0.0:
@@ -256,8 +282,16 @@ def cmd_test_sequence(args: argparse.Namespace) -> int:
         backends = ["native", "reference"] if args.backend == "auto" else [args.backend]
         for backend in backends:
             try:
-                runs.append(play(scheme, states, backend=backend, sample_s=sample_s, element=args.element,
-                                 breaker_fails=args.breaker_fails))
+                runs.append(
+                    play(
+                        scheme,
+                        states,
+                        backend=backend,
+                        sample_s=sample_s,
+                        element=args.element,
+                        breaker_fails=args.breaker_fails,
+                    )
+                )
             except RuntimeError as exc:  # the native core is not built
                 print(f"stima protection test: {exc}")
         if not runs:
@@ -270,9 +304,20 @@ def cmd_test_sequence(args: argparse.Namespace) -> int:
     live_ok = live is None or live.get("agree", False)
     what = f"{args.element} alone" if args.element else f"the whole scheme ({describe_scheme(scheme)})"
     if args.json:
-        print(json.dumps({"breaker": scheme.breaker, "tested": what, "states": [s.as_dict() for s in states],
-                          "runs": [r.as_dict() for r in runs], "agree": not problems, "differences": problems,
-                          "live": live}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "breaker": scheme.breaker,
+                    "tested": what,
+                    "states": [s.as_dict() for s in states],
+                    "runs": [r.as_dict() for r in runs],
+                    "agree": not problems,
+                    "differences": problems,
+                    "live": live,
+                },
+                indent=2,
+            )
+        )
         return 0 if not problems and live_ok else 1
 
     print(f"{scheme.breaker}: {what}; sample period {sample_s * 1000:g} ms")
@@ -280,8 +325,17 @@ def cmd_test_sequence(args: argparse.Namespace) -> int:
     rows = []
     for k, state in enumerate(states, start=1):
         v = state_inputs(scheme, state, args.element in ("50N", "51N"))
-        rows.append((k, f"{start:.3f}", f"{state.duration_s:g}", f"{v['ia']:g}", f"{v['in']:g}",
-                     f"{v['voltage_kv']:.4g}", f"{v['frequency_hz']:g}"))
+        rows.append(
+            (
+                k,
+                f"{start:.3f}",
+                f"{state.duration_s:g}",
+                f"{v['ia']:g}",
+                f"{v['in']:g}",
+                f"{v['voltage_kv']:.4g}",
+                f"{v['frequency_hz']:g}",
+            )
+        )
         start += state.duration_s
     print(table(rows, ["STATE", "START_S", "DURATION_S", "I_A", "IN_A", "V_KV", "F_HZ"]))
     print()
@@ -292,16 +346,21 @@ def cmd_test_sequence(args: argparse.Namespace) -> int:
         label = next(cell[0] for cell in cells if cell is not None)
         first = next(cell[1] for cell in cells if cell is not None)
         event_rows.append((label, first.state, *[f"{cell[1].time_s:.4f}" if cell else "-" for cell in cells]))
-    print(table(event_rows, ["EVENT", "STATE", *[f"{r.backend.upper()}_S" for r in runs]]) if event_rows
-          else "no pickup, no trip")
+    print(
+        table(event_rows, ["EVENT", "STATE", *[f"{r.backend.upper()}_S" for r in runs]])
+        if event_rows
+        else "no pickup, no trip"
+    )
     integrating = integrating_elements(scheme)
     if integrating:
         print()
         int_rows = []
         for k in range(len(states)):
             for name in integrating:
-                shown = [f"{100 * r.integrated[k][name]:.2f} %" if name != "49" else f"theta {r.integrated[k][name]:.4f}"
-                         for r in runs]
+                shown = [
+                    f"{100 * r.integrated[k][name]:.2f} %" if name != "49" else f"theta {r.integrated[k][name]:.4f}"
+                    for r in runs
+                ]
                 int_rows.append((k + 1, name, *shown))
         print("integrated at the end of each state (51: share of the operate time; 49: thermal level)")
         print(table(int_rows, ["STATE", "ELEMENT", *[r.backend.upper() for r in runs]]))
@@ -310,8 +369,11 @@ def cmd_test_sequence(args: argparse.Namespace) -> int:
         trip = r.trip_s
         print(f"trip time ({r.backend}): " + ("no trip" if trip is None else f"{trip:.4f} s from the start"))
     if len(runs) == 2:
-        print("the C core and the Python reference agree" if not problems
-              else "MISMATCH between the C core and the Python reference:\n  " + "\n  ".join(problems))
+        print(
+            "the C core and the Python reference agree"
+            if not problems
+            else "MISMATCH between the C core and the Python reference:\n  " + "\n  ".join(problems)
+        )
     if live is not None:
         print(_live_text(live))
     return 0 if not problems and live_ok else 1
@@ -341,13 +403,16 @@ def _daemon_runs(args: argparse.Namespace, scheme: ProtectionScheme) -> None:
         raise UsageError(f"--live: the daemon refused to give its protection settings: {exc}") from None
     theirs = next((d for d in running["schemes"] if d.get("breaker") == scheme.breaker), None)
     if theirs is None or digest([ProtectionScheme.model_validate(theirs)]) != digest([scheme]):
-        raise UsageError(f"the daemon runs other protection settings for {scheme.breaker} than {config_path(args)}"
-                         f" (see stima protection settings diff {config_path(args)}): the comparison would "
-                         "be meaningless")
+        raise UsageError(
+            f"the daemon runs other protection settings for {scheme.breaker} than {config_path(args)}"
+            f" (see stima protection settings diff {config_path(args)}): the comparison would "
+            "be meaningless"
+        )
 
 
-def _live(args: argparse.Namespace, scheme: ProtectionScheme, states: list[InjectionState],
-          expected_s: float | None) -> dict[str, Any]:
+def _live(
+    args: argparse.Namespace, scheme: ProtectionScheme, states: list[InjectionState], expected_s: float | None
+) -> dict[str, Any]:
     """Play `states` on the simulator's relay of the breaker; the daemon's protection, polling it
     through the real protocols, trips the simulated breaker; compare the trip time measured at
     the breaker with `expected_s` from the core offline."""
@@ -358,8 +423,10 @@ def _live(args: argparse.Namespace, scheme: ProtectionScheme, states: list[Injec
     if args.element is not None:
         raise UsageError("--live tests the whole scheme as the daemon runs it: leave out --element")
     if args.breaker_fails:
-        raise UsageError("--live: the simulator's breaker opens on a trip; --breaker-fails is offline only "
-                         "(stima-hil inject failure CB-... --mode stuck makes it fail)")
+        raise UsageError(
+            "--live: the simulator's breaker opens on a trip; --breaker-fails is offline only "
+            "(stima-hil inject failure CB-... --mode stuck makes it fail)"
+        )
     _daemon_runs(args, scheme)
     socket_path = args.hil_socket or DEFAULT_SOCKET
     payload = []
@@ -382,12 +449,20 @@ def _live(args: argparse.Namespace, scheme: ProtectionScheme, states: list[Injec
     measured = status.get("trip_s")
     agree = not status.get("running") and (
         (measured is None and expected_s is None)
-        or (measured is not None and expected_s is not None and abs(measured - expected_s) <= tolerance))
-    return {"breaker": scheme.breaker, "measured_trip_s": measured, "expected_trip_s": expected_s,
-            "difference_s": None if measured is None or expected_s is None else measured - expected_s,
-            "tolerance_s": tolerance, "relay_poll_s": poll_s, "finished": not status.get("running"),
-            "commands": status.get("commands", []), "state_starts_s": status.get("state_starts_s", []),
-            "agree": agree}
+        or (measured is not None and expected_s is not None and abs(measured - expected_s) <= tolerance)
+    )
+    return {
+        "breaker": scheme.breaker,
+        "measured_trip_s": measured,
+        "expected_trip_s": expected_s,
+        "difference_s": None if measured is None or expected_s is None else measured - expected_s,
+        "tolerance_s": tolerance,
+        "relay_poll_s": poll_s,
+        "finished": not status.get("running"),
+        "commands": status.get("commands", []),
+        "state_starts_s": status.get("state_starts_s", []),
+        "agree": agree,
+    }
 
 
 def _live_text(live: dict[str, Any]) -> str:
@@ -397,11 +472,15 @@ def _live_text(live: dict[str, Any]) -> str:
     for c in live["commands"]:
         lines.append(f"  {c['kind']} command at the breaker: {c['time_s']:.4f} s (state {c['state']})")
     measured, expected = live["measured_trip_s"], live["expected_trip_s"]
-    lines.append(f"  trip time: measured {_fmt_time(measured if measured is not None else math.inf)}, "
-                 f"core {_fmt_time(expected if expected is not None else math.inf)}"
-                 + (f", difference {1000 * live['difference_s']:+.1f} ms" if live["difference_s"] is not None else ""))
-    lines.append(f"  {'within' if live['agree'] else 'OUTSIDE'} {1000 * live['tolerance_s']:g} ms "
-                 "(one poll period and the transport allowance)")
+    lines.append(
+        f"  trip time: measured {_fmt_time(measured if measured is not None else math.inf)}, "
+        f"core {_fmt_time(expected if expected is not None else math.inf)}"
+        + (f", difference {1000 * live['difference_s']:+.1f} ms" if live["difference_s"] is not None else "")
+    )
+    lines.append(
+        f"  {'within' if live['agree'] else 'OUTSIDE'} {1000 * live['tolerance_s']:g} ms "
+        "(one poll period and the transport allowance)"
+    )
     return "\n".join(lines)
 
 
@@ -437,28 +516,40 @@ def cmd_test(args: argparse.Namespace) -> int:
                 shown += f", M = {value / e.pickup_a:.4g}"
         preload = parse_quantity(args.preload, "current")[0] if args.preload else 0.0
         expected = expected_time_s(scheme, args.element, value, args.fast, preload)
-        actual, step_s, backend = simulate(scheme, args.element, value, fast=args.fast,
-                                           preload_a=preload, step_s=args.step, backend=args.backend)
+        actual, step_s, backend = simulate(
+            scheme, args.element, value, fast=args.fast, preload_a=preload, step_s=args.step, backend=args.backend
+        )
     except UsageError as exc:
         print(f"stima protection test: {exc}")
         return 2
-    agree = (not math.isfinite(expected) and not math.isfinite(actual)) or \
-        (math.isfinite(expected) and math.isfinite(actual) and abs(actual - expected) <= step_s + 1e-9)
-    result = {"breaker": scheme.breaker, "element": args.element,
-              "setting": _describe(scheme, args.element, args.fast), "injected": value,
-              "expected_s": expected if math.isfinite(expected) else None,
-              "core_s": actual if math.isfinite(actual) else None, "step_s": step_s,
-              "backend": backend, "agree": agree}
+    agree = (not math.isfinite(expected) and not math.isfinite(actual)) or (
+        math.isfinite(expected) and math.isfinite(actual) and abs(actual - expected) <= step_s + 1e-9
+    )
+    result = {
+        "breaker": scheme.breaker,
+        "element": args.element,
+        "setting": _describe(scheme, args.element, args.fast),
+        "injected": value,
+        "expected_s": expected if math.isfinite(expected) else None,
+        "core_s": actual if math.isfinite(actual) else None,
+        "step_s": step_s,
+        "backend": backend,
+        "agree": agree,
+    }
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        lines = [f"{scheme.breaker} {args.element} ({result['setting']}): {shown}"
-                 + (f", pre-load {preload:g} A" if preload else ""),
-                 f"  expected operate time (formula):  {_fmt_time(expected)}",
-                 f"  core ({backend}) on injection:   {_fmt_time(actual)}  (sample period {step_s * 1000:g} ms)"]
+        lines = [
+            f"{scheme.breaker} {args.element} ({result['setting']}): {shown}"
+            + (f", pre-load {preload:g} A" if preload else ""),
+            f"  expected operate time (formula):  {_fmt_time(expected)}",
+            f"  core ({backend}) on injection:   {_fmt_time(actual)}  (sample period {step_s * 1000:g} ms)",
+        ]
         if math.isfinite(expected) and math.isfinite(actual):
-            lines.append(f"  difference: {1000 * (actual - expected):+.3f} ms "
-                         f"({'within' if agree else 'OUTSIDE'} one sample period)")
+            lines.append(
+                f"  difference: {1000 * (actual - expected):+.3f} ms "
+                f"({'within' if agree else 'OUTSIDE'} one sample period)"
+            )
         elif not agree:
             lines.append("  MISMATCH between formula and core")
         print("\n".join(lines))
@@ -491,12 +582,17 @@ def cmd_curve(args: argparse.Namespace) -> int:
         return 2
     title = f"{scheme.breaker} {args.element} ({_describe(scheme, args.element, args.fast)})"
     if args.json:
-        print(json.dumps({"breaker": scheme.breaker, "element": args.element, "setting": title,
-                          "rows": rows}, indent=2))
+        print(
+            json.dumps({"breaker": scheme.breaker, "element": args.element, "setting": title, "rows": rows}, indent=2)
+        )
     else:
         print(title)
-        print(table([(r["m"], f"{r['current_a']:.1f}", "-" if r["time_s"] is None else f"{r['time_s']:.4f}")
-                     for r in rows], ["M", "CURRENT_A", "OPERATE_TIME_S"]))
+        print(
+            table(
+                [(r["m"], f"{r['current_a']:.1f}", "-" if r["time_s"] is None else f"{r['time_s']:.4f}") for r in rows],
+                ["M", "CURRENT_A", "OPERATE_TIME_S"],
+            )
+        )
     if args.plot:
         return _plot(scheme, args.element, args.fast, preload, Path(args.plot), title)
     return 0
@@ -509,8 +605,10 @@ def _plot(scheme: ProtectionScheme, name: str, fast: bool, preload: float, path:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("stima protection curve: --plot needs matplotlib, which is not installed "
-              "(pip install 'stima[plot]'); the table above is complete without it")
+        print(
+            "stima protection curve: --plot needs matplotlib, which is not installed "
+            "(pip install 'stima[plot]'); the table above is complete without it"
+        )
         return 1
     e = _element(scheme, name)
     m_max = e.m_max * 1.5 if isinstance(e, InverseTime51) else 10.0
@@ -554,7 +652,9 @@ def _only_breaker(schemes: list[ProtectionScheme], breaker: str | None) -> list[
         return schemes
     chosen = [s for s in schemes if s.breaker == breaker]
     if not chosen:
-        raise UsageError(f"no protection scheme for {breaker} (have: {', '.join(s.breaker for s in schemes) or 'none'})")
+        raise UsageError(
+            f"no protection scheme for {breaker} (have: {', '.join(s.breaker for s in schemes) or 'none'})"
+        )
     return chosen
 
 
@@ -569,8 +669,11 @@ def cmd_settings_export(args: argparse.Namespace) -> int:
         print(f"stima protection settings export: {exc}")
         return 2
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    text = export_text(schemes, f"protection settings of {running['site']}, running in stima-gatewayd "
-                                f"(site file {running['config']}), exported {stamp}")
+    text = export_text(
+        schemes,
+        f"protection settings of {running['site']}, running in stima-gatewayd "
+        f"(site file {running['config']}), exported {stamp}",
+    )
     if args.out:
         try:
             Path(args.out).write_text(text)
@@ -596,8 +699,11 @@ def cmd_settings_diff(args: argparse.Namespace) -> int:
         print(f"stima protection settings diff: {exc}")
         return 2
     changes = diff(running, proposed)
-    result = {"running_digest": digest(running), "file_digest": digest(proposed),
-              "changes": [c.as_dict() for c in changes]}
+    result = {
+        "running_digest": digest(running),
+        "file_digest": digest(proposed),
+        "changes": [c.as_dict() for c in changes],
+    }
     if args.json:
         print(json.dumps(result, indent=2))
         return 1 if changes else 0
@@ -609,8 +715,14 @@ def cmd_settings_diff(args: argparse.Namespace) -> int:
     rows = []
     for c in changes:
         if not c.key:
-            rows.append((c.breaker, "(whole scheme)", "(absent)" if c.old is None else "present",
-                         "(absent)" if c.new is None else "present"))
+            rows.append(
+                (
+                    c.breaker,
+                    "(whole scheme)",
+                    "(absent)" if c.old is None else "present",
+                    "(absent)" if c.new is None else "present",
+                )
+            )
         else:
             rows.append((c.breaker, c.key, _value(c.old), _value(c.new)))
     print(table(rows, ["BREAKER", "SETTING", "RUNNING", "FILE"]))
@@ -621,7 +733,6 @@ def cmd_settings_diff(args: argparse.Namespace) -> int:
 def cmd_settings_check(args: argparse.Namespace) -> int:
     """A settings file against the site file it is meant for, before it goes in and is reloaded."""
     import tomllib
-
 
     site_path = config_path(args)
     try:
@@ -635,16 +746,23 @@ def cmd_settings_check(args: argparse.Namespace) -> int:
         return 2
     else:
         problems = check_against_site(proposed, site_data, f"{site_path} with the settings of {args.file}")
-    result = {"file": args.file, "site_file": str(site_path), "schemes": [s.breaker for s in proposed],
-              "digest": digest(proposed) if proposed else None, "problems": problems}
+    result = {
+        "file": args.file,
+        "site_file": str(site_path),
+        "schemes": [s.breaker for s in proposed],
+        "digest": digest(proposed) if proposed else None,
+        "problems": problems,
+    }
     if args.json:
         print(json.dumps(result, indent=2))
     elif problems:
         print(f"{args.file}: {len(problems)} problem(s); not fit to load:")
         print("\n".join(f"  {p}" for p in problems))
     else:
-        print(f"{args.file}: {len(proposed)} scheme(s) ({', '.join(result['schemes'])}) fit {site_path}; "
-              f"both protection cores accept them\nsettings digest {result['digest']}")
+        print(
+            f"{args.file}: {len(proposed)} scheme(s) ({', '.join(result['schemes'])}) fit {site_path}; "
+            f"both protection cores accept them\nsettings digest {result['digest']}"
+        )
     return 1 if problems else 0
 
 
@@ -655,35 +773,68 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
     def common(p: argparse.ArgumentParser, required: bool = True) -> None:
         p.add_argument("breaker", metavar="BREAKER", help="breaker id, e.g. CB-045")
-        p.add_argument("--element", required=required, choices=list(ELEMENT_FIELDS), metavar="ELEMENT",
-                       help=f"one of {', '.join(ELEMENT_FIELDS)}" + ("" if required else
-                                                                        " (a sequence without it: the whole scheme)"))
-        p.add_argument("--config", "-c", type=Path, default=None,
-                       help="site file (default: $STIMA_CONFIG or /etc/stima/site.toml)")
+        p.add_argument(
+            "--element",
+            required=required,
+            choices=list(ELEMENT_FIELDS),
+            metavar="ELEMENT",
+            help=f"one of {', '.join(ELEMENT_FIELDS)}"
+            + ("" if required else " (a sequence without it: the whole scheme)"),
+        )
+        p.add_argument(
+            "--config", "-c", type=Path, default=None, help="site file (default: $STIMA_CONFIG or /etc/stima/site.toml)"
+        )
         p.add_argument("--fast", action="store_true", help="51: use the fast (first-trip) curve")
         p.add_argument("--preload", default=None, help="49: steady pre-load current (hot start), e.g. 400A")
         p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    test = sub.add_parser("test", help="expected operate time from the formula vs the core on a "
-                                       "simulated injection, or a sequence of states")
+    test = sub.add_parser(
+        "test",
+        help="expected operate time from the formula vs the core on a simulated injection, or a sequence of states",
+    )
     common(test, required=False)
     test.add_argument("--current", help="injected current, e.g. 2400A or 2.4kA")
     test.add_argument("--voltage", help="27/59: injected voltage, e.g. 7.7kV or 0.7pu")
     test.add_argument("--frequency", help="81U/81O: injected frequency, e.g. 48.2Hz")
-    test.add_argument("--seq", metavar="STATES", help="a sequence of states, e.g. '1s 300A; 2s 2400A; 1s 800A; "
-                      "2s 0A' (a state: duration, then any of current, In=current, voltage, frequency)")
-    test.add_argument("--seq-file", metavar="FILE", help="the sequence from a file: one state per line as in "
-                      "--seq, or CSV with duration_s,current_a,neutral_a,voltage_kv,frequency_hz")
-    test.add_argument("--breaker-fails", action="store_true", help="the simulated breaker does not open on a "
-                      "trip: the 50BF retrip and backup trip")
-    test.add_argument("--live", action="store_true", help="also play the sequence on the running simulator's "
-                      "relay, through the daemon, and compare the measured trip time")
-    test.add_argument("--hil-socket", type=Path, default=None,
-                      help="the simulator's control socket (default: .run/hil.sock)")
-    test.add_argument("--runtime-dir", type=Path, default=None,
-                      help="--live: the daemon's runtime directory (default: the site file's runtime_dir)")
-    test.add_argument("--live-tolerance", type=float, default=0.1, metavar="SECONDS",
-                      help="--live: allowed difference beyond one poll period of the relay (default 0.1 s)")
+    test.add_argument(
+        "--seq",
+        metavar="STATES",
+        help="a sequence of states, e.g. '1s 300A; 2s 2400A; 1s 800A; "
+        "2s 0A' (a state: duration, then any of current, In=current, voltage, frequency)",
+    )
+    test.add_argument(
+        "--seq-file",
+        metavar="FILE",
+        help="the sequence from a file: one state per line as in "
+        "--seq, or CSV with duration_s,current_a,neutral_a,voltage_kv,frequency_hz",
+    )
+    test.add_argument(
+        "--breaker-fails",
+        action="store_true",
+        help="the simulated breaker does not open on a trip: the 50BF retrip and backup trip",
+    )
+    test.add_argument(
+        "--live",
+        action="store_true",
+        help="also play the sequence on the running simulator's "
+        "relay, through the daemon, and compare the measured trip time",
+    )
+    test.add_argument(
+        "--hil-socket", type=Path, default=None, help="the simulator's control socket (default: .run/hil.sock)"
+    )
+    test.add_argument(
+        "--runtime-dir",
+        type=Path,
+        default=None,
+        help="--live: the daemon's runtime directory (default: the site file's runtime_dir)",
+    )
+    test.add_argument(
+        "--live-tolerance",
+        type=float,
+        default=0.1,
+        metavar="SECONDS",
+        help="--live: allowed difference beyond one poll period of the relay (default 0.1 s)",
+    )
     test.add_argument("--step", type=float, default=None, help="sample period of the simulation (s)")
     test.add_argument("--backend", choices=["auto", "native", "reference"], default="auto")
     test.set_defaults(func=cmd_test)
@@ -693,23 +844,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     curve.add_argument("--plot", metavar="FILE", help="write the curve as a PNG (needs matplotlib)")
     curve.set_defaults(func=cmd_curve)
 
-    settings = sub.add_parser("settings", help="the running settings as a file: export, diff against a file, "
-                                               "check a file before a reload")
+    settings = sub.add_parser(
+        "settings", help="the running settings as a file: export, diff against a file, check a file before a reload"
+    )
     settings_sub = settings.add_subparsers(dest="settings_command", required=True, metavar="ACTION")
     export = settings_sub.add_parser("export", help="the daemon's running protection settings, in full, as TOML")
     export.add_argument("--out", metavar="FILE", help="write to FILE (default: standard output)")
     export.add_argument("--breaker", help="only this breaker's scheme")
     add_common(export)
     export.set_defaults(func=cmd_settings_export)
-    dif = settings_sub.add_parser("diff", help="every setting where a file differs from the running ones "
-                                               "(exit 1 when any)")
+    dif = settings_sub.add_parser(
+        "diff", help="every setting where a file differs from the running ones (exit 1 when any)"
+    )
     dif.add_argument("file", metavar="FILE", help="settings file (or a site file)")
     dif.add_argument("--breaker", help="only this breaker's scheme")
     add_common(dif)
     dif.set_defaults(func=cmd_settings_diff)
-    chk = settings_sub.add_parser("check", help="would the site file load with these settings, and would both "
-                                                "protection cores take them (exit 1 when not)")
+    chk = settings_sub.add_parser(
+        "check",
+        help="would the site file load with these settings, and would both "
+        "protection cores take them (exit 1 when not)",
+    )
     chk.add_argument("file", metavar="FILE", help="settings file (checked against the site file of --config)")
     add_common(chk)
     chk.set_defaults(func=cmd_settings_check)
-

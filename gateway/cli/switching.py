@@ -30,30 +30,46 @@ def _when(ts: float | None) -> str:
 
 
 def _sequence_lines(seq: dict[str, Any]) -> list[str]:
-    lines = [f"{seq['id']}  {seq['status'].upper()}  {seq['name']}",
-             f"  source {seq['source']}, created {_when(seq.get('created'))} by {seq.get('created_by')}"
-             + (f", approved by {seq['approved_by']}" if seq.get("approved_by") else "")]
+    lines = [
+        f"{seq['id']}  {seq['status'].upper()}  {seq['name']}",
+        f"  source {seq['source']}, created {_when(seq.get('created'))} by {seq.get('created_by')}"
+        + (f", approved by {seq['approved_by']}" if seq.get("approved_by") else ""),
+    ]
     results = {r["step"]: r for r in seq.get("results", [])}
     for n, step in enumerate(seq["steps"]):
         r = results.get(n)
         mark = "-" if r is None else ("ok" if r["ok"] else "FAILED")
         detail = "" if r is None else f"  {r['message']}" + (f" ({r['elapsed_s']} s)" if r.get("elapsed_s") else "")
-        lines.append(f"  {n + 1:>2}. {step['action']:<5} {step['device']:<14} {mark:<6} {step.get('purpose', '')}{detail}")
+        lines.append(
+            f"  {n + 1:>2}. {step['action']:<5} {step['device']:<14} {mark:<6} {step.get('purpose', '')}{detail}"
+        )
     for problem in seq.get("validation", []):
         lines.append(f"  invalid: {problem}")
     plan = seq.get("plan") or {}
     if plan:
-        lines.append(f"  customers: {plan.get('customers_interrupted')} interrupted, "
-                     f"{plan.get('customers_restored')} restored, {plan.get('customers_left_out')} left out"
-                     + (f"; fault located in {', '.join(plan.get('located_zone', []))} by {plan.get('located_by')}"
-                        if plan.get("located_zone") else ""))
+        lines.append(
+            f"  customers: {plan.get('customers_interrupted')} interrupted, "
+            f"{plan.get('customers_restored')} restored, {plan.get('customers_left_out')} left out"
+            + (
+                f"; fault located in {', '.join(plan.get('located_zone', []))} by {plan.get('located_by')}"
+                if plan.get("located_zone")
+                else ""
+            )
+        )
     return lines
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    _emit(args, call(_rt(args), "switching.list"),
-          lambda rows: "\n".join(f"{s['id']:<16} {s['status']:<9} {s['source']:<8} {len(s['steps']):>3} steps  "
-                                 f"{s['name']}" for s in rows) or "no switching sequences")
+    _emit(
+        args,
+        call(_rt(args), "switching.list"),
+        lambda rows: (
+            "\n".join(
+                f"{s['id']:<16} {s['status']:<9} {s['source']:<8} {len(s['steps']):>3} steps  {s['name']}" for s in rows
+            )
+            or "no switching sequences"
+        ),
+    )
     return 0
 
 
@@ -73,16 +89,25 @@ def _read(path: str) -> str:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     result = call(_rt(args), "switching.validate", text=_read(args.file), name=args.file)
-    _emit(args, result, lambda r: f"{r['name']}: " + ("valid against the plant as it is now"
-                                                     if r["valid"] else "NOT valid:\n  " + "\n  ".join(r["problems"])))
+    _emit(
+        args,
+        result,
+        lambda r: (
+            f"{r['name']}: "
+            + ("valid against the plant as it is now" if r["valid"] else "NOT valid:\n  " + "\n  ".join(r["problems"]))
+        ),
+    )
     return 0 if result["valid"] else 1
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
     run = args.switching_command == "run"
     if run and not args.yes and not sys.stdin.isatty():
-        print("stima: refusing to run a switching sequence without confirmation: no terminal to ask on; "
-              "pass --yes to confirm", file=sys.stderr)
+        print(
+            "stima: refusing to run a switching sequence without confirmation: no terminal to ask on; "
+            "pass --yes to confirm",
+            file=sys.stderr,
+        )
         return 1
     text = _read(args.file)
     seq = call(_rt(args), "switching.submit", text=text, name=args.file, run=False)
@@ -119,13 +144,18 @@ def cmd_network(args: argparse.Namespace) -> int:
     def human(net: dict[str, Any]) -> str:
         lines = ["sections:"]
         for s in net["sections"]:
-            lines.append(f"  {s['id']:<12} {s['from_m']:>7.0f}-{s['to_m']:<7.0f} m  {s['customers']:>6} customers  "
-                         f"{', '.join(s['elements'])}")
+            lines.append(
+                f"  {s['id']:<12} {s['from_m']:>7.0f}-{s['to_m']:<7.0f} m  {s['customers']:>6} customers  "
+                f"{', '.join(s['elements'])}"
+            )
         lines.append("devices:")
         for d in net["devices"]:
-            lines.append(f"  {d['id']:<14} {d['function']:<18} {d['between'][0]} - {d['between'][1]}"
-                         + ("  (tie, normally open)" if d["tie"] and d["normally_open"] else ""))
+            lines.append(
+                f"  {d['id']:<14} {d['function']:<18} {d['between'][0]} - {d['between'][1]}"
+                + ("  (tie, normally open)" if d["tie"] and d["normally_open"] else "")
+            )
         return "\n".join(lines)
+
     _emit(args, call(_rt(args), "switching.network"), human)
     return 0
 
@@ -134,23 +164,36 @@ def cmd_faults_list(args: argparse.Namespace) -> int:
     def human(rows: list[dict[str, Any]]) -> str:
         if not rows:
             return "no fault records"
-        return "\n".join(f"{r['id']:<22} {r['status']:<9} {r['breaker']:<8} {r['element']:<5} {r['current_a']:>7.0f} A  "
-                         f"{_when(r['started_wall'])}  zone {', '.join(r['zone'])}" for r in rows)
+        return "\n".join(
+            f"{r['id']:<22} {r['status']:<9} {r['breaker']:<8} {r['element']:<5} {r['current_a']:>7.0f} A  "
+            f"{_when(r['started_wall'])}  zone {', '.join(r['zone'])}"
+            for r in rows
+        )
+
     _emit(args, call(_rt(args), "faults.list"), human)
     return 0
 
 
 def cmd_faults_clear(args: argparse.Namespace) -> int:
-    _emit(args, call(_rt(args), "faults.clear", id=args.id, reason=args.reason),
-          lambda r: f"fault {r['id']} cleared by {r['cleared_by']}: {r['cleared_reason']}")
+    _emit(
+        args,
+        call(_rt(args), "faults.clear", id=args.id, reason=args.reason),
+        lambda r: f"fault {r['id']} cleared by {r['cleared_by']}: {r['cleared_reason']}",
+    )
     return 0
 
 
 def cmd_tag(args: argparse.Namespace) -> int:
     op = "tags.add" if args.tag_command == "add" else "tags.remove"
-    _emit(args, call(_rt(args), op, target=args.target, reason=args.reason),
-          lambda r: (f"{r['target']} tagged by {r['who']}: {r['reason']}" if "who" in r
-                     else f"{r['removed']} tag(s) removed from {r['target']}"))
+    _emit(
+        args,
+        call(_rt(args), op, target=args.target, reason=args.reason),
+        lambda r: (
+            f"{r['target']} tagged by {r['who']}: {r['reason']}"
+            if "who" in r
+            else f"{r['removed']} tag(s) removed from {r['target']}"
+        ),
+    )
     return 0
 
 
@@ -169,8 +212,10 @@ def register(sub: Any) -> None:
     p.add_argument("file", metavar="FILE", help="sequence file, or - for standard input")
     add_common(p)
     p.set_defaults(func=cmd_validate)
-    for name, text in (("submit", "validate a sequence file and keep it as proposed (run it later with approve)"),
-                       ("run", "validate a sequence file and run it, select-before-operate on each step")):
+    for name, text in (
+        ("submit", "validate a sequence file and keep it as proposed (run it later with approve)"),
+        ("run", "validate a sequence file and run it, select-before-operate on each step"),
+    ):
         p = sw_sub.add_parser(name, help=text)
         p.add_argument("file", metavar="FILE")
         p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")

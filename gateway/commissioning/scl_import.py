@@ -20,11 +20,33 @@ from gateway.contract.settings import Iec61850Ied
 from protocols.scl import Attribute, DataObject, LogicalDevice, LogicalNode, SclIed
 
 POINT_FCS = ("MX", "ST")
-NUMERIC_BTYPES = frozenset({"FLOAT32", "FLOAT64", "INT8", "INT16", "INT24", "INT32", "INT64", "INT8U", "INT16U",
-                            "INT24U", "INT32U", "Enum"})
+NUMERIC_BTYPES = frozenset(
+    {"FLOAT32", "FLOAT64", "INT8", "INT16", "INT24", "INT32", "INT64", "INT8U", "INT16U", "INT24U", "INT32U", "Enum"}
+)
 BINARY_BTYPES = frozenset({"BOOLEAN", "Dbpos"})
-SKIPPED_ROOTS = frozenset({"q", "t", "origin", "ctlNum", "stSeld", "units", "range", "instMag", "instCVal", "d",
-                           "dU", "cdcNs", "cdcName", "dataNs", "sVC", "rangeC", "smpRate", "db", "zeroDb"})
+SKIPPED_ROOTS = frozenset(
+    {
+        "q",
+        "t",
+        "origin",
+        "ctlNum",
+        "stSeld",
+        "units",
+        "range",
+        "instMag",
+        "instCVal",
+        "d",
+        "dU",
+        "cdcNs",
+        "cdcName",
+        "dataNs",
+        "sVC",
+        "rangeC",
+        "smpRate",
+        "db",
+        "zeroDb",
+    }
+)
 """Attribute roots that are no measured value of their own (quality, time, configuration, and the
 instantaneous twins of the dead-banded values)."""
 HOUSEKEEPING = frozenset({"Mod", "Beh", "Health", "NamPlt", "PhyNam", "PhyHealth", "Proxy"})
@@ -32,37 +54,94 @@ HOUSEKEEPING = frozenset({"Mod", "Beh", "Health", "NamPlt", "PhyNam", "PhyHealth
 
 # (LN class, DO path, attribute path) → proposed name; the DO path may name an SDO ('A.phsA')
 _NAMES: dict[tuple[str, str, str], str] = {
-    ("MMXU", "A.phsA", "cVal.mag.f"): "ia", ("MMXU", "A.phsB", "cVal.mag.f"): "ib",
-    ("MMXU", "A.phsC", "cVal.mag.f"): "ic", ("MMXU", "A.neut", "cVal.mag.f"): "in",
+    ("MMXU", "A.phsA", "cVal.mag.f"): "ia",
+    ("MMXU", "A.phsB", "cVal.mag.f"): "ib",
+    ("MMXU", "A.phsC", "cVal.mag.f"): "ic",
+    ("MMXU", "A.neut", "cVal.mag.f"): "in",
     ("MMXU", "A.res", "cVal.mag.f"): "in",
-    ("MMXU", "A.phsA", "cVal.ang.f"): "ia_deg", ("MMXU", "A.phsB", "cVal.ang.f"): "ib_deg",
+    ("MMXU", "A.phsA", "cVal.ang.f"): "ia_deg",
+    ("MMXU", "A.phsB", "cVal.ang.f"): "ib_deg",
     ("MMXU", "A.phsC", "cVal.ang.f"): "ic_deg",
-    ("MMXU", "PhV.phsA", "cVal.mag.f"): "va_kv", ("MMXU", "PhV.phsB", "cVal.mag.f"): "vb_kv",
+    ("MMXU", "PhV.phsA", "cVal.mag.f"): "va_kv",
+    ("MMXU", "PhV.phsB", "cVal.mag.f"): "vb_kv",
     ("MMXU", "PhV.phsC", "cVal.mag.f"): "vc_kv",
-    ("MMXU", "PhV.phsA", "cVal.ang.f"): "va_deg", ("MMXU", "PhV.phsB", "cVal.ang.f"): "vb_deg",
+    ("MMXU", "PhV.phsA", "cVal.ang.f"): "va_deg",
+    ("MMXU", "PhV.phsB", "cVal.ang.f"): "vb_deg",
     ("MMXU", "PhV.phsC", "cVal.ang.f"): "vc_deg",
     ("MMXU", "PPV.phsAB", "cVal.mag.f"): "voltage_kv",
-    ("MMXU", "Hz", "mag.f"): "frequency_hz", ("MMXU", "TotW", "mag.f"): "active_power_kw",
-    ("MMXU", "TotVAr", "mag.f"): "reactive_power_kvar", ("MMXU", "TotVA", "mag.f"): "apparent_power_kva",
+    ("MMXU", "Hz", "mag.f"): "frequency_hz",
+    ("MMXU", "TotW", "mag.f"): "active_power_kw",
+    ("MMXU", "TotVAr", "mag.f"): "reactive_power_kvar",
+    ("MMXU", "TotVA", "mag.f"): "apparent_power_kva",
     ("MMXU", "TotPF", "mag.f"): "power_factor",
-    ("XCBR", "Pos", "stVal"): "closed", ("XSWI", "Pos", "stVal"): "closed",
-    ("XCBR", "OpCnt", "stVal"): "operations", ("XSWI", "OpCnt", "stVal"): "operations",
-    ("XCBR", "Loc", "stVal"): "local", ("XSWI", "Loc", "stVal"): "local", ("CSWI", "Loc", "stVal"): "local",
-    ("SFPI", "FltInd", "stVal"): "fpi", ("PTOC", "Op", "general"): "trip", ("PTOC", "Str", "general"): "pickup",
-    ("YLTC", "TapPos", "valWTr.posVal"): "tap_position", ("ATCC", "TapChg", "valWTr.posVal"): "tap_position",
+    ("XCBR", "Pos", "stVal"): "closed",
+    ("XSWI", "Pos", "stVal"): "closed",
+    ("XCBR", "OpCnt", "stVal"): "operations",
+    ("XSWI", "OpCnt", "stVal"): "operations",
+    ("XCBR", "Loc", "stVal"): "local",
+    ("XSWI", "Loc", "stVal"): "local",
+    ("CSWI", "Loc", "stVal"): "local",
+    ("SFPI", "FltInd", "stVal"): "fpi",
+    ("PTOC", "Op", "general"): "trip",
+    ("PTOC", "Str", "general"): "pickup",
+    ("YLTC", "TapPos", "valWTr.posVal"): "tap_position",
+    ("ATCC", "TapChg", "valWTr.posVal"): "tap_position",
     ("STMP", "Tmp", "mag.f"): "top_oil_temp_c",
 }
-_CONTROL_NAMES = {("CSWI", "Pos"): "position_cmd", ("XCBR", "Pos"): "position_cmd", ("XSWI", "Pos"): "position_cmd",
-                  ("SFPI", "RsFlt"): "fpi_reset"}
-_UNIT_TARGET = {"ia": "A", "ib": "A", "ic": "A", "in": "A", "va_kv": "kV", "vb_kv": "kV", "vc_kv": "kV",
-                "voltage_kv": "kV", "frequency_hz": "Hz", "active_power_kw": "kW", "reactive_power_kvar": "kvar",
-                "apparent_power_kva": "kVA", "ia_deg": "deg", "ib_deg": "deg", "ic_deg": "deg", "va_deg": "deg",
-                "vb_deg": "deg", "vc_deg": "deg", "top_oil_temp_c": "°C"}
+_CONTROL_NAMES = {
+    ("CSWI", "Pos"): "position_cmd",
+    ("XCBR", "Pos"): "position_cmd",
+    ("XSWI", "Pos"): "position_cmd",
+    ("SFPI", "RsFlt"): "fpi_reset",
+}
+_UNIT_TARGET = {
+    "ia": "A",
+    "ib": "A",
+    "ic": "A",
+    "in": "A",
+    "va_kv": "kV",
+    "vb_kv": "kV",
+    "vc_kv": "kV",
+    "voltage_kv": "kV",
+    "frequency_hz": "Hz",
+    "active_power_kw": "kW",
+    "reactive_power_kvar": "kvar",
+    "apparent_power_kva": "kVA",
+    "ia_deg": "deg",
+    "ib_deg": "deg",
+    "ic_deg": "deg",
+    "va_deg": "deg",
+    "vb_deg": "deg",
+    "vc_deg": "deg",
+    "top_oil_temp_c": "°C",
+}
 _SI = {"A": "A", "V": "V", "Hz": "Hz", "W": "W", "VAr": "var", "VA": "VA", "deg": "deg", "°C": "°C", "degC": "°C"}
 _MULTIPLIER = {"": 1.0, "none": 1.0, "k": 1e3, "Kilo": 1e3, "M": 1e6, "Mega": 1e6, "m": 1e-3, "Milli": 1e-3}
-BREAKER_AGENT_POINTS = ("ia", "ib", "ic", "in", "closed", "voltage_kv", "frequency_hz", "active_power_kw",
-                        "reactive_power_kvar", "operations", "position_cmd", "local", "fpi", "fpi_reset",
-                        "va_kv", "vb_kv", "vc_kv", "va_deg", "vb_deg", "vc_deg", "ia_deg", "ib_deg", "ic_deg")
+BREAKER_AGENT_POINTS = (
+    "ia",
+    "ib",
+    "ic",
+    "in",
+    "closed",
+    "voltage_kv",
+    "frequency_hz",
+    "active_power_kw",
+    "reactive_power_kvar",
+    "operations",
+    "position_cmd",
+    "local",
+    "fpi",
+    "fpi_reset",
+    "va_kv",
+    "vb_kv",
+    "vc_kv",
+    "va_deg",
+    "vb_deg",
+    "vc_deg",
+    "ia_deg",
+    "ib_deg",
+    "ic_deg",
+)
 
 
 @dataclass
@@ -111,7 +190,11 @@ def _unit(name: str | None, do: DataObject) -> tuple[str, float, str | None]:
     target_factor = {"kV": 1e3, "kW": 1e3, "kvar": 1e3, "kVA": 1e3}.get(target, 1.0)
     target_base = {"kV": "V", "kW": "W", "kvar": "var", "kVA": "VA"}.get(target, target)
     if target_base != base:
-        return f"{mult}{base}", 1.0, f"{do.name}: SCL unit {mult}{si} does not fit the proposed name (expected {target})"
+        return (
+            f"{mult}{base}",
+            1.0,
+            f"{do.name}: SCL unit {mult}{si} does not fit the proposed name (expected {target})",
+        )
     return target, factor / target_factor, None
 
 
@@ -155,14 +238,23 @@ class _Fragment:
     def value_points(self) -> None:
         """A point for every value attribute the gateway reads (a control's status excepted)."""
         ied, result = self.ied, self.result
-        controlled = {f"{ld.name}/{ln.name}.{do.name}" for ld, ln, do in _data_objects(ied)
-                      if do.controllable and do.ctl_model not in (None, "status-only")
-                      and any(a.path == "Oper.ctlVal" and a.btype in BINARY_BTYPES for a in do.attributes)}
+        controlled = {
+            f"{ld.name}/{ln.name}.{do.name}"
+            for ld, ln, do in _data_objects(ied)
+            if do.controllable
+            and do.ctl_model not in (None, "status-only")
+            and any(a.path == "Oper.ctlVal" and a.btype in BINARY_BTYPES for a in do.attributes)
+        }
         for ld, ln, do, attr in ied.attributes():
             if attr.fc in POINT_FCS and attr.path.split(".")[-1] not in ("q", "t"):
-                result.attributes.append({"reference": f"{ld.name}/{ln.name}.{do.name}.{attr.path}", "fc": attr.fc,
-                                          "type": attr.btype + (f" ({attr.enum_type})" if attr.enum_type else ""),
-                                          "cdc": do.cdc})
+                result.attributes.append(
+                    {
+                        "reference": f"{ld.name}/{ln.name}.{do.name}.{attr.path}",
+                        "fc": attr.fc,
+                        "type": attr.btype + (f" ({attr.enum_type})" if attr.enum_type else ""),
+                        "cdc": do.cdc,
+                    }
+                )
             if not _value_attribute(attr) or do.name.split(".")[0] in HOUSEKEEPING:
                 continue
             if f"{ld.name}/{ln.name}.{do.name}" in controlled and attr.path == "stVal":
@@ -178,7 +270,7 @@ class _Fragment:
         name = _NAMES.get((ln.ln_class, do.name, attr.path))
         if name is not None and ln.prefix:
             name = f"{_slug(ln.prefix)}_{name}"
-        if name is None or name in {p.get('_name') for p in self.points}:
+        if name is None or name in {p.get("_name") for p in self.points}:
             tail = "" if attr.path in ("stVal", "mag.f", "cVal.mag.f", "general", "mag.i") else f"_{attr.path}"
             name = _slug(f"{ln.name}_{do.name}{tail}")
         unit, scale, note = _unit(name, do) if kind == "analog" else ("", 1.0, None)
@@ -199,8 +291,10 @@ class _Fragment:
             if not do.controllable:
                 continue
             if do.ctl_model is None:
-                result.notes.append(f"{ld.name}/{ln.name}.{do.name} can be operated but its control model is not "
-                                    "known (ctlModel not readable): not proposed as a control; check it at the IED")
+                result.notes.append(
+                    f"{ld.name}/{ln.name}.{do.name} can be operated but its control model is not "
+                    "known (ctlModel not readable): not proposed as a control; check it at the IED"
+                )
                 continue
             reference = f"{ld.name}/{ln.name}.{do.name}"
             control: dict[str, Any] = {"reference": reference, "cdc": do.cdc, "ctl_model": do.ctl_model}
@@ -209,9 +303,11 @@ class _Fragment:
                 continue
             value = next((a for a in do.attributes if a.path == "Oper.ctlVal"), None)
             if value is None or value.btype not in BINARY_BTYPES:
-                result.notes.append(f"{reference} ({do.cdc}, {do.ctl_model}) is controlled by a "
-                                    f"{value.btype if value else 'missing'} value: the gateway operates binary "
-                                    "controls (SPC, DPC) only")
+                result.notes.append(
+                    f"{reference} ({do.cdc}, {do.ctl_model}) is controlled by a "
+                    f"{value.btype if value else 'missing'} value: the gateway operates binary "
+                    "controls (SPC, DPC) only"
+                )
                 continue
             name = _CONTROL_NAMES.get((ln.ln_class, do.name)) or _slug(f"{ln.name}_{do.name}_cmd")
             control["point"] = True
@@ -231,30 +327,58 @@ class _Fragment:
 
         for ld, ln in _lns(ied):
             for ds in ln.data_sets:
-                carried = [m for m in ds.members if any(
-                    ref == member_ref(m) or ref.startswith(member_ref(m) + ".")
-                    for ref, fc in self.by_reference if fc == m.fc)]
-                result.data_sets.append({"reference": f"{ld.name}/{ln.name}.{ds.name}", "members": [
-                    f"{member_ref(m)}[{m.fc}]" for m in ds.members], "carries_points": len(carried)})
+                carried = [
+                    m
+                    for m in ds.members
+                    if any(
+                        ref == member_ref(m) or ref.startswith(member_ref(m) + ".")
+                        for ref, fc in self.by_reference
+                        if fc == m.fc
+                    )
+                ]
+                result.data_sets.append(
+                    {
+                        "reference": f"{ld.name}/{ln.name}.{ds.name}",
+                        "members": [f"{member_ref(m)}[{m.fc}]" for m in ds.members],
+                        "carries_points": len(carried),
+                    }
+                )
             chosen: dict[str, str] = {}
             for rcb in sorted(ln.report_controls, key=lambda r: not r.buffered):
                 kind = "BR" if rcb.buffered else "RP"
                 instances = [f"{ld.name}/{ln.name}.{kind}.{n}" for n in rcb.instance_names()]
-                result.report_control_blocks.append({
-                    "name": rcb.name, "instances": instances, "buffered": rcb.buffered, "data_set": rcb.dataset,
-                    "rpt_id": rcb.rpt_id, "intg_pd_ms": rcb.intg_pd_ms, "buf_time_ms": rcb.buf_time_ms,
-                    "trigger_options": sorted(rcb.trigger_options), "optional_fields": sorted(rcb.optional_fields),
-                    "conf_rev": rcb.conf_rev})
-                ds_entry = next((d for d in result.data_sets
-                                 if d["reference"] == f"{ld.name}/{ln.name}.{rcb.dataset}"), None)
+                result.report_control_blocks.append(
+                    {
+                        "name": rcb.name,
+                        "instances": instances,
+                        "buffered": rcb.buffered,
+                        "data_set": rcb.dataset,
+                        "rpt_id": rcb.rpt_id,
+                        "intg_pd_ms": rcb.intg_pd_ms,
+                        "buf_time_ms": rcb.buf_time_ms,
+                        "trigger_options": sorted(rcb.trigger_options),
+                        "optional_fields": sorted(rcb.optional_fields),
+                        "conf_rev": rcb.conf_rev,
+                    }
+                )
+                ds_entry = next(
+                    (d for d in result.data_sets if d["reference"] == f"{ld.name}/{ln.name}.{rcb.dataset}"), None
+                )
                 if ds_entry and ds_entry["carries_points"] and rcb.dataset not in chosen:
                     chosen[rcb.dataset] = instances[0]
             rcbs += chosen.values()
         return rcbs
 
 
-def site_fragment(ied: SclIed, *, ied_id: str | None = None, prefix: str | None = None, host: str | None = None,
-                  port: int | None = None, poll_period_ms: int = 1000) -> ImportResult:
+def site_fragment(
+    ied: SclIed,
+    *,
+    ied_id: str | None = None,
+    prefix: str | None = None,
+    host: str | None = None,
+    port: int | None = None,
+    poll_period_ms: int = 1000,
+) -> ImportResult:
     """The `[[ieds]]` entry for `ied` (validated as the site file would validate it)."""
     fragment = _Fragment(ied, ied.name if prefix is None else prefix)
     fragment.value_points()
@@ -262,8 +386,9 @@ def site_fragment(ied: SclIed, *, ied_id: str | None = None, prefix: str | None 
     rcbs = fragment.report_blocks()
     result, points = fragment.result, fragment.points
     if ied.ip in (None, "", "0.0.0.0") and host is None:
-        result.notes.append(f"the SCL gives no usable address for {ied.name} ({ied.ip or 'none'}): "
-                            "host set to 127.0.0.1, pass --host")
+        result.notes.append(
+            f"the SCL gives no usable address for {ied.name} ({ied.ip or 'none'}): host set to 127.0.0.1, pass --host"
+        )
     entry: dict[str, Any] = {
         "id": ied_id or f"IED-{ied.name}",
         "description": (ied.desc or f"{ied.manufacturer} {ied.type}".strip() or f"IEC 61850 IED {ied.name}")[:200],
@@ -272,8 +397,9 @@ def site_fragment(ied: SclIed, *, ied_id: str | None = None, prefix: str | None 
         "port": port or ied.port or 102,
         "poll_period_ms": poll_period_ms,
         "report_control_blocks": rcbs,
-        "points": [{"id": p["id"], **{k: v for k, v in p.items() if not k.startswith("_") and k != "id"}}
-                   for p in points],
+        "points": [
+            {"id": p["id"], **{k: v for k, v in p.items() if not k.startswith("_") and k != "id"}} for p in points
+        ],
     }
     try:
         Iec61850Ied.model_validate(entry)
@@ -298,8 +424,10 @@ def fragment_text(results: list[ImportResult], source: str) -> str:
     """The TOML text of the entries, with the agent hints and notes as comments above each."""
     import tomli_w
 
-    blocks = [f"# IEC 61850 IEDs imported from {source} by `stima scl import`.",
-              "# Review the point names, units and scales; map them to agents (points = {...})."]
+    blocks = [
+        f"# IEC 61850 IEDs imported from {source} by `stima scl import`.",
+        "# Review the point names, units and scales; map them to agents (points = {...}).",
+    ]
     for r in results:
         blocks.append("")
         if r.agent_hint:

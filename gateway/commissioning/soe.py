@@ -50,13 +50,27 @@ def iso_ms(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
 
 
-_SKIP = {"seq", "time", "source", "kind", "monotonic", "source_time", "receive_time", "decision_time", "value",
-         "previous", "point"}
+_SKIP = {
+    "seq",
+    "time",
+    "source",
+    "kind",
+    "monotonic",
+    "source_time",
+    "receive_time",
+    "decision_time",
+    "value",
+    "previous",
+    "point",
+}
 
 
 def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) and \
-        math.isfinite(value) else None
+    return (
+        float(value)
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        else None
+    )
 
 
 def row_of(event: dict[str, Any]) -> SoeRow:
@@ -78,11 +92,19 @@ def row_of(event: dict[str, Any]) -> SoeRow:
         if decided is not None:
             when, where = decided, "decision"
         value = "/".join(x for x in (str(event.get("element") or ""), str(event.get("phase") or "")) if x)
-    detail = "; ".join(f"{k}={_text(v)}" for k, v in sorted(event.items())
-                       if k not in _SKIP and v not in (None, "", [], {}))
+    detail = "; ".join(
+        f"{k}={_text(v)}" for k, v in sorted(event.items()) if k not in _SKIP and v not in (None, "", [], {})
+    )
     seq = event.get("seq")
-    return SoeRow(time=when, time_source=where, source=str(event.get("source", "")), kind=kind, value=value,
-                  detail=detail, seq=int(seq) if isinstance(seq, int) else 0)
+    return SoeRow(
+        time=when,
+        time_source=where,
+        source=str(event.get("source", "")),
+        kind=kind,
+        value=value,
+        detail=detail,
+        seq=int(seq) if isinstance(seq, int) else 0,
+    )
 
 
 def _text(value: Any) -> str:
@@ -103,8 +125,11 @@ class Filter:
     """Prefix of the kind (protection., status.)."""
 
     def accepts(self, row: SoeRow) -> bool:
-        return (self.since <= row.time <= self.until and fnmatch.fnmatchcase(row.source, self.source)
-                and row.kind.startswith(self.kind))
+        return (
+            self.since <= row.time <= self.until
+            and fnmatch.fnmatchcase(row.source, self.source)
+            and row.kind.startswith(self.kind)
+        )
 
 
 def select(events: Iterable[dict[str, Any]], flt: Filter) -> list[SoeRow]:
@@ -149,8 +174,9 @@ def parse_time(text: str, now: float) -> float:
     try:
         stamp = datetime.fromisoformat(raw.replace("Z", "+00:00"))
     except ValueError:
-        raise ValueError(f"expected a duration ago (90s, 15m, 2h, 1d), an ISO date-time or POSIX seconds, "
-                         f"found {text!r}") from None
+        raise ValueError(
+            f"expected a duration ago (90s, 15m, 2h, 1d), an ISO date-time or POSIX seconds, found {text!r}"
+        ) from None
     if stamp.tzinfo is None:
         stamp = stamp.replace(tzinfo=UTC)
     return stamp.timestamp()

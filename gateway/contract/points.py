@@ -98,8 +98,13 @@ class PointBlock:
         return len(self.point_ids)
 
     def update(self, i: int) -> PointUpdate:
-        return PointUpdate(point_id=self.point_ids[i], value=self.values[i], quality=self.qualities[i],
-                           receive_monotonic=self.receive_monotonic, receive_time=self.receive_time)
+        return PointUpdate(
+            point_id=self.point_ids[i],
+            value=self.values[i],
+            quality=self.qualities[i],
+            receive_monotonic=self.receive_monotonic,
+            receive_time=self.receive_time,
+        )
 
     def __iter__(self) -> Iterator[PointUpdate]:
         return (self.update(i) for i in range(len(self.point_ids)))
@@ -245,7 +250,11 @@ class ProcessImage:
         if point is None or old.receive_monotonic is None:
             return False
         point.value, point.quality, point.source_time = old.value, old.quality, old.source_time
-        point.receive_time, point.receive_monotonic, point.updates = old.receive_time, old.receive_monotonic, old.updates
+        point.receive_time, point.receive_monotonic, point.updates = (
+            old.receive_time,
+            old.receive_monotonic,
+            old.updates,
+        )
         return True
 
     def apply_many(self, updates: Iterable[PointUpdate]) -> None:

@@ -210,9 +210,23 @@ class CommandsConfig(SettingsModel):
     max_age_s: float = Field(default=30.0, gt=0.0, le=3600.0)
     """A command's `time` may differ from the gateway's clock by at most this (age or skew)."""
     select_timeout_s: float = Field(default=30.0, gt=0.0, le=600.0)
-    allowed: list[Literal["breaker/select", "breaker/operate", "breaker/cancel", "agent/request",
-                          "switching/approve", "switching/abort", "alarm/acknowledge", "maintenance/accept",
-                          "maintenance/reschedule", "maintenance/close"]] | None = None
+    allowed: (
+        list[
+            Literal[
+                "breaker/select",
+                "breaker/operate",
+                "breaker/cancel",
+                "agent/request",
+                "switching/approve",
+                "switching/abort",
+                "alarm/acknowledge",
+                "maintenance/accept",
+                "maintenance/reschedule",
+                "maintenance/close",
+            ]
+        ]
+        | None
+    ) = None
     """Command names accepted; absent means all of COMMAND_NAMES."""
     role: Literal["operator", "engineer"] = "operator"
     """The role of an `hmac` command (an Ed25519 command carries its key's role)."""
@@ -222,9 +236,11 @@ class CommandsConfig(SettingsModel):
         if self.scheme == "hmac" and self.enabled and self.key_file is None:
             raise ValueError("scheme 'hmac' needs key_file (the shared HMAC-SHA256 secret)")
         if self.scheme == "ed25519" and self.key_file is not None:
-            raise ValueError("key_file is the shared secret of scheme 'hmac', a compatibility mode: set "
-                             "scheme = 'hmac' to use it, or drop key_file and add each SCADA host's public "
-                             "key with `stima keys add`")
+            raise ValueError(
+                "key_file is the shared secret of scheme 'hmac', a compatibility mode: set "
+                "scheme = 'hmac' to use it, or drop key_file and add each SCADA host's public "
+                "key with `stima keys add`"
+            )
         return self
 
 
@@ -274,8 +290,10 @@ class UplinkConfig(SettingsModel):
                     f"(missing: {', '.join(missing)}); set transport = 'tcp' only on a trusted network"
                 )
         if self.payload == "sparkplug_b" and self.telemetry_format == "columns":
-            raise ValueError("telemetry_format 'columns' is Stima's msgpack form; with payload 'sparkplug_b' "
-                             "telemetry travels as Sparkplug metrics: leave telemetry_format at 'samples'")
+            raise ValueError(
+                "telemetry_format 'columns' is Stima's msgpack form; with payload 'sparkplug_b' "
+                "telemetry travels as Sparkplug metrics: leave telemetry_format at 'samples'"
+            )
         return self
 
 
@@ -313,8 +331,10 @@ class Iec104PointOverride(SettingsModel):
     id: Identifier
     """The point id (as in `ieds[].points[].id`)."""
     ioa: int | None = Field(default=None, ge=1, le=16_777_215)
-    type: Literal["M_ME_NC_1", "M_ME_TF_1", "M_SP_NA_1", "M_SP_TB_1", "M_DP_NA_1", "M_DP_TB_1",
-                  "M_IT_NA_1", "M_IT_TB_1"] | None = None
+    type: (
+        Literal["M_ME_NC_1", "M_ME_TF_1", "M_SP_NA_1", "M_SP_TB_1", "M_DP_NA_1", "M_DP_TB_1", "M_IT_NA_1", "M_IT_TB_1"]
+        | None
+    ) = None
     deadband: float | None = Field(default=None, ge=0.0)
     """Analog dead-band for spontaneous transmission (engineering units); default the point's own."""
     exclude: bool = False
@@ -380,8 +400,10 @@ class Iec104Config(SettingsModel):
     @model_validator(mode="after")
     def _check(self) -> Iec104Config:
         if self.w > self.k:
-            raise ValueError(f"w ({self.w}) must not exceed k ({self.k}): the master acknowledges before "
-                             "the outstation's window is full (IEC 60870-5-104 recommends w = 2/3 k)")
+            raise ValueError(
+                f"w ({self.w}) must not exceed k ({self.k}): the master acknowledges before "
+                "the outstation's window is full (IEC 60870-5-104 recommends w = 2/3 k)"
+            )
         if not self.t2_s < self.t1_s:
             raise ValueError(f"t2_s ({self.t2_s}) must be less than t1_s ({self.t1_s})")
         return self

@@ -67,8 +67,12 @@ class Box:
     h: float
 
     def overlaps(self, other: Box, margin: float = 0.0) -> bool:
-        return not (self.x + self.w + margin <= other.x or other.x + other.w + margin <= self.x
-                    or self.y + self.h + margin <= other.y or other.y + other.h + margin <= self.y)
+        return not (
+            self.x + self.w + margin <= other.x
+            or other.x + other.w + margin <= self.x
+            or self.y + self.h + margin <= other.y
+            or other.y + other.h + margin <= self.y
+        )
 
 
 @dataclass
@@ -84,9 +88,16 @@ class Diagram:
     externals: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"width": round(self.width), "height": round(self.height), "buses": self.buses,
-                "sections": self.sections, "devices": self.devices, "elements": self.elements,
-                "wires": self.wires, "externals": self.externals}
+        return {
+            "width": round(self.width),
+            "height": round(self.height),
+            "buses": self.buses,
+            "sections": self.sections,
+            "devices": self.devices,
+            "elements": self.elements,
+            "wires": self.wires,
+            "externals": self.externals,
+        }
 
     def boxes(self) -> list[Box]:
         """Every symbol and label as a rectangle (labels estimated at CHAR_W per character)."""
@@ -101,13 +112,21 @@ class Diagram:
             if d.get("label_rotated"):  # reads downwards from its anchor, glyphs to the anchor's right
                 out.append(Box(d["id"], "device-label", d["label_x"] - 3, d["label_y"], LABEL_H, _text_w(d["label"])))
             else:
-                out.append(Box(d["id"], "device-label", d["label_x"], d["label_y"] - LABEL_H + 3,
-                               _text_w(d["label"]), LABEL_H))
+                out.append(
+                    Box(d["id"], "device-label", d["label_x"], d["label_y"] - LABEL_H + 3, _text_w(d["label"]), LABEL_H)
+                )
         for e in self.elements:
             out.append(Box(e["id"], "element", e["x"] - SYMBOL / 2, e["y"] - SYMBOL / 2, SYMBOL, SYMBOL))
-            out.append(Box(e["id"], "element-label", e["label_x"], e["y"] - LABEL_H / 2 - 1,
-                           _text_w(e["label"]) + (_text_w(e["meter_label"]) + SYMBOL if e.get("meter_label") else 0),
-                           LABEL_H))
+            out.append(
+                Box(
+                    e["id"],
+                    "element-label",
+                    e["label_x"],
+                    e["y"] - LABEL_H / 2 - 1,
+                    _text_w(e["label"]) + (_text_w(e["meter_label"]) + SYMBOL if e.get("meter_label") else 0),
+                    LABEL_H,
+                )
+            )
         for x in self.externals:
             out.append(Box(x["id"], "external", x["x"] - SYMBOL / 2, x["y"] - SYMBOL / 2, SYMBOL, SYMBOL))
             out.append(Box(x["id"], "external-label", x["label_x"] - 3, x["label_y"], LABEL_H, _text_w(x["label"])))
@@ -122,9 +141,13 @@ def _meter_label(count: int) -> str:
     return f"{count:,}".replace(",", " ")
 
 
-def layout(net: Network, *, element_types: dict[str, str] | None = None,
-           meters_by_transformer: dict[str, list[tuple[str, int]]] | None = None,
-           labels: dict[str, str] | None = None) -> Diagram:
+def layout(
+    net: Network,
+    *,
+    element_types: dict[str, str] | None = None,
+    meters_by_transformer: dict[str, list[tuple[str, int]]] | None = None,
+    labels: dict[str, str] | None = None,
+) -> Diagram:
     """The diagram of `net`. `meters_by_transformer` maps a transformer to its meter groups and
     their sizes (drawn as one cluster); `labels` overrides the text shown for an id."""
     types = element_types or dict(net.element_types)
@@ -159,9 +182,22 @@ def layout(net: Network, *, element_types: dict[str, str] | None = None,
         if dev is not None:
             d = net.devices[dev]
             dy = top + DEVICE_H / 2
-            diagram.devices.append({"id": dev, "function": d.function, "tie": d.tie, "x": x, "y": dy,
-                                    "a": d.a, "b": d.b, "label": labels.get(dev, dev), "label_x": x + SYMBOL,
-                                    "label_y": dy + 4, "normally_open": d.normally_open, "protected": d.protected})
+            diagram.devices.append(
+                {
+                    "id": dev,
+                    "function": d.function,
+                    "tie": d.tie,
+                    "x": x,
+                    "y": dy,
+                    "a": d.a,
+                    "b": d.b,
+                    "label": labels.get(dev, dev),
+                    "label_x": x + SYMBOL,
+                    "label_y": dy + 4,
+                    "normally_open": d.normally_open,
+                    "protected": d.protected,
+                }
+            )
             diagram.wires.append({"node": d.a, "device": dev, "points": [[x, top], [x, dy - SYMBOL / 2]]})
             diagram.wires.append({"node": node, "device": dev, "points": [[x, dy + SYMBOL / 2], [x, top + DEVICE_H]]})
             top += DEVICE_H
@@ -173,20 +209,40 @@ def layout(net: Network, *, element_types: dict[str, str] | None = None,
         height = max(SECTION_MIN, 2 * SECTION_PAD + len(rows) * ROW_H)
         col_of[node], y_top[node], y_end[node] = col, top, top + height
         label = labels.get(node, node)
-        diagram.sections.append({"id": node, "line": sec.line, "x": x, "y1": top, "y2": top + height,
-                                 "label": label, "label_x": x - 6, "label_y": top + height / 2 + _text_w(label) / 2,
-                                 "customers": sec.customers})
+        diagram.sections.append(
+            {
+                "id": node,
+                "line": sec.line,
+                "x": x,
+                "y1": top,
+                "y2": top + height,
+                "label": label,
+                "label_x": x - 6,
+                "label_y": top + height / 2 + _text_w(label) / 2,
+                "customers": sec.customers,
+            }
+        )
         for k, element in enumerate(rows):
             ey = top + SECTION_PAD + ROW_H * (k + 0.5)
             ex = x + ELEMENT_DX
             groups = meters.get(element, [])
             count = sum(n for _, n in groups)
             label = labels.get(element, element)
-            diagram.elements.append({"id": element, "type": types.get(element, ""), "section": node, "x": ex,
-                                     "y": ey, "label": label, "label_x": ex + SYMBOL / 2 + 4,
-                                     "meter_groups": [g for g, _ in groups], "meters": count,
-                                     "meter_label": _meter_label(count) if groups else "",
-                                     "meter_x": ex + SYMBOL / 2 + 4 + _text_w(label) + SYMBOL / 2 + 2})
+            diagram.elements.append(
+                {
+                    "id": element,
+                    "type": types.get(element, ""),
+                    "section": node,
+                    "x": ex,
+                    "y": ey,
+                    "label": label,
+                    "label_x": ex + SYMBOL / 2 + 4,
+                    "meter_groups": [g for g, _ in groups],
+                    "meters": count,
+                    "meter_label": _meter_label(count) if groups else "",
+                    "meter_x": ex + SYMBOL / 2 + 4 + _text_w(label) + SYMBOL / 2 + 2,
+                }
+            )
             diagram.wires.append({"node": node, "device": None, "points": [[x, ey], [ex - SYMBOL / 2, ey]]})
         kids = order(node)
         for n, (child, cdev) in enumerate(kids):
@@ -214,8 +270,16 @@ def layout(net: Network, *, element_types: dict[str, str] | None = None,
         x1 = first * COL_W + LINE_DX - 20
         x2 = max(feeders) * COL_W + LINE_DX + 20
         src = net.sources[root]
-        diagram.buses.append({"id": root, "x1": x1, "x2": x2, "y": BUS_Y, "label_x": x1,
-                              "label": labels.get(root, f"{root} {src.nominal_kv:g} kV")})
+        diagram.buses.append(
+            {
+                "id": root,
+                "x1": x1,
+                "x2": x2,
+                "y": BUS_Y,
+                "label_x": x1,
+                "label": labels.get(root, f"{root} {src.nominal_kv:g} kV"),
+            }
+        )
     for node in orphans:
         if node in col_of:
             continue
@@ -248,10 +312,19 @@ def layout(net: Network, *, element_types: dict[str, str] | None = None,
             if external is not None:
                 ext_id = tie.external_source or external
                 ey = y + SYMBOL + label_h + 16
-                diagram.wires.append({"node": external, "device": tie.id,
-                                      "points": [[gx, y + SYMBOL / 2], [gx, ey - SYMBOL / 2]]})
-                diagram.externals.append({"id": external, "x": gx, "y": ey, "label": ext_id,
-                                          "label_x": gx + 4, "label_y": ey + SYMBOL / 2 + 4})
+                diagram.wires.append(
+                    {"node": external, "device": tie.id, "points": [[gx, y + SYMBOL / 2], [gx, ey - SYMBOL / 2]]}
+                )
+                diagram.externals.append(
+                    {
+                        "id": external,
+                        "x": gx,
+                        "y": ey,
+                        "label": ext_id,
+                        "label_x": gx + 4,
+                        "label_y": ey + SYMBOL / 2 + 4,
+                    }
+                )
             continue
         a, b = sorted(ends, key=lambda n: col_of[n])
         ca, cb = col_of[a], col_of[b]
@@ -272,10 +345,12 @@ def layout(net: Network, *, element_types: dict[str, str] | None = None,
             gb = (cb - 1) * COL_W + GAP_X - 8 * gap_use.get(cb - 1, 0)
             gap_use[cb - 1] = gap_use.get(cb - 1, 0) + 1
             mx = (ga + gb) / 2
-            diagram.wires.append({"node": a, "device": tie.id,
-                                  "points": [[xa, ya], [ga, ya], [ga, lane], [mx - SYMBOL / 2, lane]]})
-            diagram.wires.append({"node": b, "device": tie.id,
-                                  "points": [[mx + SYMBOL / 2, lane], [gb, lane], [gb, yb], [xb, yb]]})
+            diagram.wires.append(
+                {"node": a, "device": tie.id, "points": [[xa, ya], [ga, ya], [ga, lane], [mx - SYMBOL / 2, lane]]}
+            )
+            diagram.wires.append(
+                {"node": b, "device": tie.id, "points": [[mx + SYMBOL / 2, lane], [gb, lane], [gb, yb], [xb, yb]]}
+            )
             _tie_symbol(diagram, tie, mx, lane, labels, rotated=False)
     diagram.width = max(next_col, 1) * COL_W + 40
     drawn = [b.y + b.h for b in diagram.boxes()] + [p[1] for w in diagram.wires for p in w["points"]]
@@ -291,9 +366,23 @@ def _tie_symbol(diagram: Diagram, tie: Any, x: float, y: float, labels: dict[str
         lx, ly = x + 4, y + SYMBOL / 2 + 4
     else:
         lx, ly = x + SYMBOL / 2 + 3, y - SYMBOL / 2 - 1
-    diagram.devices.append({"id": tie.id, "function": tie.function, "tie": True, "x": x, "y": y, "a": tie.a,
-                            "b": tie.b, "label": label, "label_x": lx, "label_y": ly, "label_rotated": rotated,
-                            "normally_open": tie.normally_open, "protected": tie.protected})
+    diagram.devices.append(
+        {
+            "id": tie.id,
+            "function": tie.function,
+            "tie": True,
+            "x": x,
+            "y": y,
+            "a": tie.a,
+            "b": tie.b,
+            "label": label,
+            "label_x": lx,
+            "label_y": ly,
+            "label_rotated": rotated,
+            "normally_open": tie.normally_open,
+            "protected": tie.protected,
+        }
+    )
     return _text_w(label) if rotated else 0.0
 
 
@@ -303,8 +392,9 @@ def _rows(net: Network, tapped: Iterable[str], types: dict[str, str]) -> list[st
     return sorted(tapped, key=lambda e: (rank.get(types.get(e, ""), 3), natural_key(e)))
 
 
-def _tie_order(kids: list[tuple[str, str | None]], children: dict[str, list[tuple[str, str | None]]],
-               ties: list[Any]) -> list[tuple[str, str | None]]:
+def _tie_order(
+    kids: list[tuple[str, str | None]], children: dict[str, list[tuple[str, str | None]]], ties: list[Any]
+) -> list[tuple[str, str | None]]:
     """Feeders of one bus ordered so that feeders joined by a tie are neighbours where possible:
     a walk along the tie graph, each time to the untaken neighbour first in natural order."""
     owner: dict[str, str] = {}

@@ -51,8 +51,9 @@ class SessionBook:
         return len(self._sessions)
 
     def create(self, user: str, role: Role, now: float) -> Session:
-        session = Session(id=self._new_token(), csrf=self._new_token(), user=user, role=role, created=now,
-                          last_seen=now)
+        session = Session(
+            id=self._new_token(), csrf=self._new_token(), user=user, role=role, created=now, last_seen=now
+        )
         self._sessions[session.id] = session
         while len(self._sessions) > MAX_SESSIONS:
             self._sessions.popitem(last=False)
@@ -150,9 +151,11 @@ class LoginLimiter:
         self._seen.pop(f"user:{user.lower()}", None)
 
 
-CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-                           "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; "
-                           "form-action 'self'; frame-ancestors 'none'")
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
 
 
 def security_headers(https: bool) -> dict[str, str]:

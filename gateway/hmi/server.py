@@ -55,18 +55,28 @@ MAX_HISTORY_POINTS = 2000
 CLIENT_QUEUE = 64
 """Messages waiting for one stream client; a client that falls further behind is closed."""
 PUBLIC_PATHS = frozenset({"/", "/index.html", "/api/session", "/api/login", "/favicon.ico"})
-RECORD_FILES = {".cfg": "text/plain; charset=utf-8", ".dat": "application/octet-stream",
-                ".hdr": "text/plain; charset=utf-8", ".json": "application/json"}
+RECORD_FILES = {
+    ".cfg": "text/plain; charset=utf-8",
+    ".dat": "application/octet-stream",
+    ".hdr": "text/plain; charset=utf-8",
+    ".json": "application/json",
+}
 """The files of a disturbance record (COMTRADE configuration, data and header; the summary)."""
 RECORD_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,127}")
-STATIC_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml",
-                ".json": "application/json"}
+STATIC_TYPES = {
+    ".html": "text/html",
+    ".js": "text/javascript",
+    ".css": "text/css",
+    ".svg": "image/svg+xml",
+    ".json": "application/json",
+}
 
 
 @lru_cache(maxsize=1)
 def _dummy_hash() -> str:
     """A hash to check an unknown user's password against: the same work either way."""
     return hash_password(secrets.token_hex(16))
+
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _SESSION: contextvars.ContextVar[security.Session] = contextvars.ContextVar("stima_hmi_session")
@@ -82,9 +92,11 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 
 def needs(role: Role) -> Callable[[_F], _F]:
     """The role a route needs (viewer when not marked)."""
+
     def mark(fn: _F) -> _F:
         fn._stima_role = role  # type: ignore[attr-defined]
         return fn
+
     return mark
 
 
@@ -116,8 +128,16 @@ def problem(status: int, message: str, **extra: Any) -> web.Response:
 class Hmi:
     """One HMI: its sessions, users, live stream and web application."""
 
-    def __init__(self, cfg: HmiConfig, *, base_dir: Path, gateway: Callable[[], Any], store: Any,
-                 monotonic: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        cfg: HmiConfig,
+        *,
+        base_dir: Path,
+        gateway: Callable[[], Any],
+        store: Any,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
         self.cfg = cfg
         self.base_dir = base_dir
         self._gateway = gateway
@@ -142,8 +162,9 @@ class Hmi:
     def gateway(self) -> Any:
         gw = self._gateway()
         if gw is None:
-            raise web.HTTPServiceUnavailable(text=dumps({"ok": False, "error": "the gateway is starting"}),
-                                             content_type="application/json")
+            raise web.HTTPServiceUnavailable(
+                text=dumps({"ok": False, "error": "the gateway is starting"}), content_type="application/json"
+            )
         return gw
 
     def view(self) -> View:
@@ -200,8 +221,10 @@ class Hmi:
             ctx.minimum_version = ssl.TLSVersion.TLSv1_2
             ctx.load_cert_chain(self._path(self.cfg.cert_file), self._path(self.cfg.key_file))
         elif not _loopback(self.cfg.address):
-            log.warning("HMI SERVES PLAIN HTTP ON A NETWORK ADDRESS: passwords cross the network in clear",
-                        extra={"address": self.cfg.address})
+            log.warning(
+                "HMI SERVES PLAIN HTTP ON A NETWORK ADDRESS: passwords cross the network in clear",
+                extra={"address": self.cfg.address},
+            )
         self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.cfg.address, self.cfg.port, ssl_context=ctx, reuse_address=True)
@@ -209,8 +232,15 @@ class Hmi:
         server = getattr(site, "_server", None)
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else self.cfg.port
-        log.info("HMI listening", extra={"address": self.cfg.address, "port": self.port,
-                                         "https": self.cfg.https, "users_file": str(self.users.path)})
+        log.info(
+            "HMI listening",
+            extra={
+                "address": self.cfg.address,
+                "port": self.port,
+                "https": self.cfg.https,
+                "users_file": str(self.users.path),
+            },
+        )
 
     async def close(self) -> None:
         if self._runner is not None:
@@ -246,8 +276,7 @@ class Hmi:
             return problem(403, "cross-site request refused")
         if path in PUBLIC_PATHS or path.startswith("/static/"):
             return await handler(request)
-        session = self.sessions.get(request.cookies.get(SESSION_COOKIE), self.monotonic(),
-                                    touch=path != "/api/stream")
+        session = self.sessions.get(request.cookies.get(SESSION_COOKIE), self.monotonic(), touch=path != "/api/stream")
         if session is None:
             return problem(401, "login needed (no session, or it expired)")
         if not self._still_valid(session):
@@ -292,9 +321,16 @@ class Hmi:
             self._login_cookie(response, token)
             return response
         gw = self._gateway()
-        return reply({"authenticated": True, "user": session.user, "role": session.role.label, "csrf": session.csrf,
-                      "expires_in_s": round(self.sessions.expires_at(session) - self.monotonic(), 1),
-                      "substation": None if gw is None else gw.site.site.substation_id})
+        return reply(
+            {
+                "authenticated": True,
+                "user": session.user,
+                "role": session.role.label,
+                "csrf": session.csrf,
+                "expires_in_s": round(self.sessions.expires_at(session) - self.monotonic(), 1),
+                "substation": None if gw is None else gw.site.site.substation_id,
+            }
+        )
 
     async def login(self, request: web.Request) -> web.StreamResponse:
         expected = request.cookies.get(LOGIN_COOKIE, "")
@@ -303,18 +339,31 @@ class Hmi:
         body = await _body(request)
         user = body.get("user")
         password = body.get("password")
-        if not isinstance(user, str) or not isinstance(password, str) or not user or len(user) > 64 \
-                or len(password) > 1024:
-            return problem(400, "expected {\"user\": \"…\", \"password\": \"…\"}")
+        if (
+            not isinstance(user, str)
+            or not isinstance(password, str)
+            or not user
+            or len(user) > 64
+            or len(password) > 1024
+        ):
+            return problem(400, 'expected {"user": "…", "password": "…"}')
         address = request.remote or "?"
         now = self.monotonic()
         wait = self.limiter.retry_after(address, user, now)
         if wait > 0:
             log.warning("HMI login refused: too many failures", extra={"user": user, "address": address})
-            return web.Response(text=dumps({"ok": False, "error": f"too many failed logins: try again in "
-                                            f"{math.ceil(wait)} s", "retry_after_s": math.ceil(wait)}),
-                                status=429, content_type="application/json",
-                                headers={"Retry-After": str(math.ceil(wait))})
+            return web.Response(
+                text=dumps(
+                    {
+                        "ok": False,
+                        "error": f"too many failed logins: try again in {math.ceil(wait)} s",
+                        "retry_after_s": math.ceil(wait),
+                    }
+                ),
+                status=429,
+                content_type="application/json",
+                headers={"Retry-After": str(math.ceil(wait))},
+            )
         try:
             known = self.users.refresh().get(user)
         except UsersFileError as exc:
@@ -330,8 +379,9 @@ class Hmi:
         session = self.sessions.create(known.name, known.role, self.monotonic())
         self._audit("hmi.login", known.name, {"address": address, "role": known.role.label})
         response = reply({"ok": True, "user": known.name, "role": known.role.label, "csrf": session.csrf})
-        response.set_cookie(SESSION_COOKIE, session.id, httponly=True, samesite="Strict", secure=self.cfg.https,
-                            path="/")
+        response.set_cookie(
+            SESSION_COOKIE, session.id, httponly=True, samesite="Strict", secure=self.cfg.https, path="/"
+        )
         response.del_cookie(LOGIN_COOKIE, path="/api")
         return response
 
@@ -359,8 +409,10 @@ class Hmi:
             known = self.users.get(session.user)  # an unreadable file keeps the users last read
         if known is None or known.role != session.role:
             ended = self.sessions.end_user(session.user)
-            log.warning("HMI sessions ended: the user was removed or given another role",
-                        extra={"user": session.user, "sessions": ended})
+            log.warning(
+                "HMI sessions ended: the user was removed or given another role",
+                extra={"user": session.user, "sessions": ended},
+            )
             return False
         return True
 
@@ -374,8 +426,10 @@ class Hmi:
             known = users.get(name)
             if known is None or self.sessions.roles_of(name) != {known.role}:
                 ended = self.sessions.end_user(name)
-                log.warning("HMI sessions ended: the user was removed or given another role",
-                            extra={"user": name, "sessions": ended})
+                log.warning(
+                    "HMI sessions ended: the user was removed or given another role",
+                    extra={"user": name, "sessions": ended},
+                )
 
     # ------------------------------------------------------------------ reads
 
@@ -386,8 +440,13 @@ class Hmi:
         pattern = request.query.get("pattern", "*")
         source = request.query.get("source")
         image = self.gateway().image
-        return reply([p.as_dict() for p in image.points.values()
-                      if fnmatch.fnmatchcase(p.point_id, pattern) and (source is None or p.source == source)])
+        return reply(
+            [
+                p.as_dict()
+                for p in image.points.values()
+                if fnmatch.fnmatchcase(p.point_id, pattern) and (source is None or p.source == source)
+            ]
+        )
 
     async def point(self, request: web.Request) -> web.StreamResponse:
         image = self.gateway().image
@@ -410,8 +469,16 @@ class Hmi:
         if not (math.isfinite(since) and math.isfinite(until)) or since > until:
             return problem(400, "since must come before until")
         rows = await asyncio.to_thread(self.store.history, pid, since, until, 100_000)
-        return reply({"point": pid, "since": since, "until": until, "unit": gw.image[pid].unit,
-                      "buckets": merge_buckets(rows, MAX_HISTORY_POINTS), "live": gw.image[pid].as_dict()})
+        return reply(
+            {
+                "point": pid,
+                "since": since,
+                "until": until,
+                "unit": gw.image[pid].unit,
+                "buckets": merge_buckets(rows, MAX_HISTORY_POINTS),
+                "live": gw.image[pid].as_dict(),
+            }
+        )
 
     async def agents(self, _request: web.Request) -> web.StreamResponse:
         return reply(self.gateway().agents.runtime.list_agents())
@@ -444,8 +511,9 @@ class Hmi:
         """The active alarms (gateway/alarms.py: in the list until both cleared and acknowledged)
         and the latest acknowledgements from the event log (who and when, also of alarms gone)."""
         gw = self.gateway()
-        acknowledged = await asyncio.to_thread(self.store.events, 0.0, math.inf, None, RECENT_ACKNOWLEDGEMENTS,
-                                               ("alarm.acknowledged",))
+        acknowledged = await asyncio.to_thread(
+            self.store.events, 0.0, math.inf, None, RECENT_ACKNOWLEDGEMENTS, ("alarm.acknowledged",)
+        )
         return reply({**_alarms(gw), "acknowledged": acknowledged[::-1]})
 
     async def events(self, request: web.Request) -> web.StreamResponse:
@@ -510,8 +578,10 @@ class Hmi:
         path = directory / name
         if not await asyncio.to_thread(lambda: path.is_file() and path.resolve().parent == directory.resolve()):
             return problem(404, f"no file {name!r} in the disturbance records")
-        return web.FileResponse(path, headers={"Content-Type": RECORD_FILES[suffix],
-                                               "Content-Disposition": f'attachment; filename="{name}"'})
+        return web.FileResponse(
+            path,
+            headers={"Content-Type": RECORD_FILES[suffix], "Content-Disposition": f'attachment; filename="{name}"'},
+        )
 
     async def geojson(self, _request: web.Request) -> web.StreamResponse:
         return web.Response(text=dumps(self.view().geojson()), content_type="application/geo+json")
@@ -532,11 +602,18 @@ class Hmi:
         session = session_of(request)
         device, action = body.get("device"), body.get("action")
         if not isinstance(device, str) or not 0 < len(device) <= 64 or action not in ("open", "close"):
-            raise web.HTTPBadRequest(text=dumps({"ok": False, "error": 'expected {"device": "<id>", "action": '
-                                                 '"open" | "close"}'}), content_type="application/json")
+            raise web.HTTPBadRequest(
+                text=dumps({"ok": False, "error": 'expected {"device": "<id>", "action": "open" | "close"}'}),
+                content_type="application/json",
+            )
         origin = Origin(via=Via.HMI, who=f"hmi:{session.user}", role=session.role)
-        return Operation(kind=Kind.OPEN if action == "open" else Kind.CLOSE, target=device, origin=origin,
-                         select_id=select_id, reason=f"{action} from the HMI by {session.user}")
+        return Operation(
+            kind=Kind.OPEN if action == "open" else Kind.CLOSE,
+            target=device,
+            origin=origin,
+            select_id=select_id,
+            reason=f"{action} from the HMI by {session.user}",
+        )
 
     @needs(Role.OPERATOR)
     async def select(self, request: web.Request) -> web.StreamResponse:
@@ -549,8 +626,15 @@ class Hmi:
             sel = gw.switching.select(op)
         except Refused as exc:
             return reply({"ok": False, "stage": "select", **exc.as_dict()}, 409)
-        return reply({"ok": True, "select_id": sel.select_id, "device": sel.target, "action": sel.action,
-                      "expires_in_s": round(sel.expires_at - sel.selected_at, 3)})
+        return reply(
+            {
+                "ok": True,
+                "select_id": sel.select_id,
+                "device": sel.target,
+                "action": sel.action,
+                "expires_in_s": round(sel.expires_at - sel.selected_at, 3),
+            }
+        )
 
     @needs(Role.OPERATOR)
     async def operate(self, request: web.Request) -> web.StreamResponse:
@@ -565,8 +649,15 @@ class Hmi:
             accepted = self.gateway().switching.operate(op)
         except Refused as exc:
             return reply({"ok": False, "stage": "operate", **exc.as_dict()}, 409)
-        return reply({"ok": True, "op_id": accepted.op_id, "device": op.target, "action": op.action,
-                      "overridden": [r.as_dict() for r in accepted.overridden]})
+        return reply(
+            {
+                "ok": True,
+                "op_id": accepted.op_id,
+                "device": op.target,
+                "action": op.action,
+                "overridden": [r.as_dict() for r in accepted.overridden],
+            }
+        )
 
     @needs(Role.OPERATOR)
     async def cancel(self, request: web.Request) -> web.StreamResponse:
@@ -575,7 +666,7 @@ class Hmi:
         body = await _body(request)
         select_id = body.get("select_id")
         if not isinstance(select_id, str) or not select_id:
-            return problem(400, "expected {\"select_id\": \"…\"}")
+            return problem(400, 'expected {"select_id": "…"}')
         session = session_of(request)
         origin = Origin(via=Via.HMI, who=f"hmi:{session.user}", role=session.role)
         try:
@@ -589,11 +680,13 @@ async def _body(request: web.Request) -> dict[str, Any]:
     try:
         body = await request.json()
     except (ValueError, UnicodeDecodeError):
-        raise web.HTTPBadRequest(text=dumps({"ok": False, "error": "the body is not JSON"}),
-                                 content_type="application/json") from None
+        raise web.HTTPBadRequest(
+            text=dumps({"ok": False, "error": "the body is not JSON"}), content_type="application/json"
+        ) from None
     if not isinstance(body, dict):
-        raise web.HTTPBadRequest(text=dumps({"ok": False, "error": "the body is a JSON object"}),
-                                 content_type="application/json")
+        raise web.HTTPBadRequest(
+            text=dumps({"ok": False, "error": "the body is a JSON object"}), content_type="application/json"
+        )
     return body
 
 
@@ -605,17 +698,23 @@ def merge_buckets(rows: list[dict[str, Any]], at_most: int) -> list[dict[str, An
     per = math.ceil(len(rows) / at_most)
     out = []
     for i in range(0, len(rows), per):
-        chunk = rows[i:i + per]
+        chunk = rows[i : i + per]
         n = sum(r["n"] for r in chunk)
         means = [(r["mean"], r["n"]) for r in chunk if r["mean"] is not None]
         weight = sum(w for _, w in means)
-        out.append({"point_id": chunk[0]["point_id"], "bucket_start": chunk[0]["bucket_start"],
-                    "interval_s": sum(r["interval_s"] for r in chunk),
-                    "min": min((r["min"] for r in chunk if r["min"] is not None), default=None),
-                    "max": max((r["max"] for r in chunk if r["max"] is not None), default=None),
-                    "mean": sum(m * w for m, w in means) / weight if weight else None,
-                    "last": chunk[-1]["last"], "n": n,
-                    "good_fraction": sum(r["good_fraction"] * r["n"] for r in chunk) / n if n else 0.0})
+        out.append(
+            {
+                "point_id": chunk[0]["point_id"],
+                "bucket_start": chunk[0]["bucket_start"],
+                "interval_s": sum(r["interval_s"] for r in chunk),
+                "min": min((r["min"] for r in chunk if r["min"] is not None), default=None),
+                "max": max((r["max"] for r in chunk if r["max"] is not None), default=None),
+                "mean": sum(m * w for m, w in means) / weight if weight else None,
+                "last": chunk[-1]["last"],
+                "n": n,
+                "good_fraction": sum(r["good_fraction"] * r["n"] for r in chunk) / n if n else 0.0,
+            }
+        )
     return out
 
 
@@ -688,8 +787,16 @@ class Stream:
                     if isinstance(patterns, list) and all(isinstance(p, str) and len(p) <= 128 for p in patterns):
                         client.patterns = patterns[:200]
                         gw = hmi.gateway()
-                        client.send(dumps({"type": "points", "points": [
-                            p.as_dict() for p in gw.image.points.values() if client.wants(p.point_id)][:5000]}))
+                        client.send(
+                            dumps(
+                                {
+                                    "type": "points",
+                                    "points": [
+                                        p.as_dict() for p in gw.image.points.values() if client.wants(p.point_id)
+                                    ][:5000],
+                                }
+                            )
+                        )
                 except (ValueError, AttributeError):
                     continue
         finally:
@@ -825,8 +932,11 @@ class Stream:
 def _alarms(gw: Any) -> dict[str, Any]:
     """The active list as pages and tools get it: newest first, at most MAX_ALARMS_SENT."""
     active = gw.alarms.active()
-    return {"active": [a.as_dict() for a in active[::-1][:MAX_ALARMS_SENT]], "count": len(active),
-            "unacknowledged": sum(1 for a in active if a.acknowledged is None)}
+    return {
+        "active": [a.as_dict() for a in active[::-1][:MAX_ALARMS_SENT]],
+        "count": len(active),
+        "unacknowledged": sum(1 for a in active if a.acknowledged is None),
+    }
 
 
 def _alarms_mark(gw: Any) -> tuple[tuple[str, float | None, float | None], ...]:

@@ -69,8 +69,9 @@ def _b64(data: bytes) -> str:
 
 def hash_password(password: str, *, log2_n: int = SCRYPT_LOG2_N, salt: bytes | None = None) -> str:
     salt = secrets.token_bytes(SALT_BYTES) if salt is None else salt
-    digest = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=2 ** log2_n, r=SCRYPT_R, p=SCRYPT_P,
-                            maxmem=_MAXMEM, dklen=HASH_BYTES)
+    digest = hashlib.scrypt(
+        password.encode("utf-8"), salt=salt, n=2**log2_n, r=SCRYPT_R, p=SCRYPT_P, maxmem=_MAXMEM, dklen=HASH_BYTES
+    )
     return f"scrypt${log2_n}${SCRYPT_R}${SCRYPT_P}${_b64(salt)}${_b64(digest)}"
 
 
@@ -81,8 +82,15 @@ def verify_password(stored: str, password: str) -> bool:
         if scheme != "scrypt" or not 10 <= int(log2_n) <= 20 or not 1 <= int(r) <= 32 or not 1 <= int(p) <= 16:
             return False
         expected = base64.b64decode(digest, validate=True)
-        got = hashlib.scrypt(password.encode("utf-8"), salt=base64.b64decode(salt),
-                             n=2 ** int(log2_n), r=int(r), p=int(p), maxmem=_MAXMEM, dklen=len(expected))
+        got = hashlib.scrypt(
+            password.encode("utf-8"),
+            salt=base64.b64decode(salt),
+            n=2 ** int(log2_n),
+            r=int(r),
+            p=int(p),
+            maxmem=_MAXMEM,
+            dklen=len(expected),
+        )
     except (ValueError, TypeError):
         return False
     return hmac.compare_digest(got, expected)
@@ -131,15 +139,19 @@ def check_mode(path: Path) -> None:
     try:
         st = path.stat()
     except FileNotFoundError:
-        raise UsersFileError(f"HMI users file {path} does not exist: create the first user with "
-                             f"`stima hmi user add NAME --role operator --users-file {path}`") from None
+        raise UsersFileError(
+            f"HMI users file {path} does not exist: create the first user with "
+            f"`stima hmi user add NAME --role operator --users-file {path}`"
+        ) from None
     except OSError as exc:
         raise UsersFileError(f"HMI users file {path} cannot be read: {exc.strerror or exc}") from None
     if not stat.S_ISREG(st.st_mode):
         raise UsersFileError(f"HMI users file {path} is not a regular file")
     if st.st_mode & 0o027:
-        raise UsersFileError(f"HMI users file {path} is accessible by others or writable by its group (mode "
-                             f"{stat.S_IMODE(st.st_mode):04o}); expected 0600 or 0640 (chmod 640 {path})")
+        raise UsersFileError(
+            f"HMI users file {path} is accessible by others or writable by its group (mode "
+            f"{stat.S_IMODE(st.st_mode):04o}); expected 0600 or 0640 (chmod 640 {path})"
+        )
 
 
 def load(path: Path) -> dict[str, User]:

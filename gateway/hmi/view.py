@@ -36,8 +36,7 @@ class View:
         for g in site.meter_groups:
             self.groups_of.setdefault(g.connected_transformer, []).append((g.id, g.count))
             self.meter_type[g.id] = g.meter_type
-        self.diagram: Diagram = layout(net, element_types=dict(net.element_types),
-                                       meters_by_transformer=self.groups_of)
+        self.diagram: Diagram = layout(net, element_types=dict(net.element_types), meters_by_transformer=self.groups_of)
         self._line_of_section = {s.id: s.line for s in net.sections.values()}
         self._built: dict[str, Any] = {}
 
@@ -46,8 +45,15 @@ class View:
     def diagram_dict(self) -> dict[str, Any]:
         out = self.diagram.to_dict()
         out["substation"] = self.gateway.site.site.substation_id
-        out["colors"] = {"deenergised": viz.DEENERGISED, "red": viz.RED, "yellow": viz.YELLOW, "blue": viz.BLUE,
-                         "green": viz.GREEN, "grey": viz.GREY, "magenta": viz.MAGENTA}
+        out["colors"] = {
+            "deenergised": viz.DEENERGISED,
+            "red": viz.RED,
+            "yellow": viz.YELLOW,
+            "blue": viz.BLUE,
+            "green": viz.GREEN,
+            "grey": viz.GREY,
+            "magenta": viz.MAGENTA,
+        }
         return out
 
     # ------------------------------------------------------------------ live
@@ -92,11 +98,15 @@ class View:
             meta = line_meta.get(sec.line, viz.line_metadata({}))
             energised = en.energised(sid)
             load = sw.state.section_load(sid)
-            sections[sid] = {"energised": energised, "uncertain": sid in en.uncertain,
-                             "color": meta["color"] if energised else viz.DEENERGISED,
-                             "width": meta["width"], "style": meta["style"],
-                             "flow": bool(meta["power_flow_animation"]) and energised,
-                             "load_kw": None if load is None else _round(load.kva.real)}
+            sections[sid] = {
+                "energised": energised,
+                "uncertain": sid in en.uncertain,
+                "color": meta["color"] if energised else viz.DEENERGISED,
+                "width": meta["width"],
+                "style": meta["style"],
+                "flow": bool(meta["power_flow_animation"]) and energised,
+                "load_kw": None if load is None else _round(load.kva.real),
+            }
         yield
         devices: dict[str, Any] = {}
         memory = gw.agents.runtime.memory
@@ -105,12 +115,17 @@ class View:
             position = _POSITION[sw.state.position(dev_id)]
             meta = viz.switch_metadata(self.configured.get(dev_id, {}), position)
             m = memory.get(dev_id)
-            devices[dev_id] = {"position": position, "color": meta["color"], "filled": meta["filled"],
-                               "state": None if m is None else m.state.value,
-                               "locked_out": bool(sw._locked_out(dev_id)) if dev.protected else False,
-                               "tagged": bool(tags.get(dev_id)), "fpi": sw.state.fpi(dev_id),
-                               "local": sw.state.local(dev_id),
-                               "energised": en.energised(dev.a) or en.energised(dev.b)}
+            devices[dev_id] = {
+                "position": position,
+                "color": meta["color"],
+                "filled": meta["filled"],
+                "state": None if m is None else m.state.value,
+                "locked_out": bool(sw._locked_out(dev_id)) if dev.protected else False,
+                "tagged": bool(tags.get(dev_id)),
+                "fpi": sw.state.fpi(dev_id),
+                "local": sw.state.local(dev_id),
+                "energised": en.energised(dev.a) or en.energised(dev.b),
+            }
         yield
         meter_states = gw.agents.runtime.meter_states()
         elements: dict[str, Any] = {}
@@ -119,8 +134,12 @@ class View:
             live, state = self._live(element)
             meta = viz.metadata(kind, self.configured.get(element, {}), live, state)
             energised = en.energised(sid)
-            entry: dict[str, Any] = {"state": state, "color": meta.get("color", viz.GREY) if energised
-                                     else viz.DEENERGISED, "icon": meta.get("icon"), "energised": energised}
+            entry: dict[str, Any] = {
+                "state": state,
+                "color": meta.get("color", viz.GREY) if energised else viz.DEENERGISED,
+                "icon": meta.get("icon"),
+                "energised": energised,
+            }
             if "size" in meta:
                 entry["size"] = meta["size"]
             if kind == "transformer":
@@ -132,15 +151,25 @@ class View:
                     for k, v in meter_states.get(gid, {}).items():
                         counts[k] = counts.get(k, 0) + v
                 mtype = self.meter_type.get(groups[0][0], "residential")
-                entry["meters"] = {"count": sum(n for _, n in groups), "states": counts,
-                                   **viz.meters_metadata(mtype, counts)}
+                entry["meters"] = {
+                    "count": sum(n for _, n in groups),
+                    "states": counts,
+                    **viz.meters_metadata(mtype, counts),
+                }
             elements[element] = entry
-        buses = {src: {"energised": True, "voltage_pu": _round(sw.state.source_voltages().get(src))}
-                 for src in self.net.sources}
+        buses = {
+            src: {"energised": True, "voltage_pu": _round(sw.state.source_voltages().get(src))}
+            for src in self.net.sources
+        }
         active = gw.alarms.active()
-        self._built = {"time": gw.clock.wall(), "sections": sections, "devices": devices, "elements": elements,
-                       "buses": buses, "alarms": {"active": len(active),
-                                                  "unacknowledged": sum(1 for a in active if a.acknowledged is None)}}
+        self._built = {
+            "time": gw.clock.wall(),
+            "sections": sections,
+            "devices": devices,
+            "elements": elements,
+            "buses": buses,
+            "alarms": {"active": len(active), "unacknowledged": sum(1 for a in active if a.acknowledged is None)},
+        }
 
     # ------------------------------------------------------------------ GIS
 
@@ -170,12 +199,23 @@ class View:
             coords = _cut(path, sec.from_m / lengths[sec.line], sec.to_m / lengths[sec.line])
             live = state["sections"][sid]
             meta = viz.metadata("power_line", self.configured.get(sec.line, {}), {})
-            features.append({"type": "Feature", "id": sid,
-                             "geometry": {"type": "LineString", "coordinates": [[lon, lat] for lat, lon in coords]},
-                             "properties": {"kind": "line_section", "line": sec.line, "from_m": sec.from_m,
-                                            "to_m": sec.to_m, "energised": live["energised"],
-                                            "customers": sec.customers, "visualization_metadata": meta,
-                                            "color": live["color"]}})
+            features.append(
+                {
+                    "type": "Feature",
+                    "id": sid,
+                    "geometry": {"type": "LineString", "coordinates": [[lon, lat] for lat, lon in coords]},
+                    "properties": {
+                        "kind": "line_section",
+                        "line": sec.line,
+                        "from_m": sec.from_m,
+                        "to_m": sec.to_m,
+                        "energised": live["energised"],
+                        "customers": sec.customers,
+                        "visualization_metadata": meta,
+                        "color": live["color"],
+                    },
+                }
+            )
         positions = self._tap_positions()
         for a in site.agents:
             if a.type.value == "power_line":
@@ -190,8 +230,10 @@ class View:
             if not coord:
                 unplaced.append(a.id)
                 continue
-            props: dict[str, Any] = {"kind": a.type.value, "coordinates_from": "line position" if derived
-                                     else "attributes"}
+            props: dict[str, Any] = {
+                "kind": a.type.value,
+                "coordinates_from": "line position" if derived else "attributes",
+            }
             if a.id in state["devices"]:
                 props.update({"position": state["devices"][a.id]["position"], "color": state["devices"][a.id]["color"]})
             if a.id in state["elements"]:
@@ -201,11 +243,20 @@ class View:
                     props["meters"] = {k: el["meters"][k] for k in ("count", "states", "color")}
             live, st = self._live(a.id)
             props["visualization_metadata"] = viz.metadata(a.type.value, self.configured.get(a.id, {}), live, st)
-            features.append({"type": "Feature", "id": a.id,
-                             "geometry": {"type": "Point", "coordinates": [float(coord[1]), float(coord[0])]},
-                             "properties": props})
-        return {"type": "FeatureCollection", "features": features,
-                "substation": site.site.substation_id, "unplaced": sorted(unplaced)}
+            features.append(
+                {
+                    "type": "Feature",
+                    "id": a.id,
+                    "geometry": {"type": "Point", "coordinates": [float(coord[1]), float(coord[0])]},
+                    "properties": props,
+                }
+            )
+        return {
+            "type": "FeatureCollection",
+            "features": features,
+            "substation": site.site.substation_id,
+            "unplaced": sorted(unplaced),
+        }
 
     def _tap_positions(self) -> dict[str, tuple[str, float]]:
         """Each element tapped on (or switching in series with) a line at a known position."""

@@ -84,22 +84,34 @@ class TransferRequest:
         return self.external_source.split("/", 1)[0]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": "transfer_request", "request_id": self.request_id, "from_substation": self.from_substation,
-                "to_substation": self.to_substation, "tie": self.tie, "external_source": self.external_source,
-                "window_start": self.window_start, "window_end": self.window_end,
-                "kva_requested": round(self.kva_requested, 1), "reason": self.reason}
+        return {
+            "type": "transfer_request",
+            "request_id": self.request_id,
+            "from_substation": self.from_substation,
+            "to_substation": self.to_substation,
+            "tie": self.tie,
+            "external_source": self.external_source,
+            "window_start": self.window_start,
+            "window_end": self.window_end,
+            "kva_requested": round(self.kva_requested, 1),
+            "reason": self.reason,
+        }
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> TransferRequest:
         w = "transfer_request"
         if doc.get("type") != "transfer_request":
             raise MessageError(f"{w}.type: expected 'transfer_request', found {doc.get('type')!r:.40}")
-        req = cls(request_id=_field(doc, "request_id", str, w), from_substation=_field(doc, "from_substation", str, w),
-                  tie=_field(doc, "tie", str, w), external_source=_field(doc, "external_source", str, w),
-                  window_start=float(_field(doc, "window_start", (int, float), w)),
-                  window_end=float(_field(doc, "window_end", (int, float), w)),
-                  kva_requested=float(_field(doc, "kva_requested", (int, float), w)),
-                  reason=str(doc.get("reason", ""))[:500])
+        req = cls(
+            request_id=_field(doc, "request_id", str, w),
+            from_substation=_field(doc, "from_substation", str, w),
+            tie=_field(doc, "tie", str, w),
+            external_source=_field(doc, "external_source", str, w),
+            window_start=float(_field(doc, "window_start", (int, float), w)),
+            window_end=float(_field(doc, "window_end", (int, float), w)),
+            kva_requested=float(_field(doc, "kva_requested", (int, float), w)),
+            reason=str(doc.get("reason", ""))[:500],
+        )
         if req.window_end <= req.window_start or req.kva_requested < 0:
             raise MessageError(f"{w}: the window must end after it starts and kva_requested be ≥ 0")
         return req
@@ -117,19 +129,29 @@ class TransferOffer:
     note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": "transfer_offer", "request_id": self.request_id, "tie": self.tie,
-                "kva_offered": round(self.kva_offered, 1), "valid_until": self.valid_until,
-                "offered_by": self.offered_by, "note": self.note}
+        return {
+            "type": "transfer_offer",
+            "request_id": self.request_id,
+            "tie": self.tie,
+            "kva_offered": round(self.kva_offered, 1),
+            "valid_until": self.valid_until,
+            "offered_by": self.offered_by,
+            "note": self.note,
+        }
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> TransferOffer:
         w = "transfer_offer"
         if doc.get("type") != "transfer_offer":
             raise MessageError(f"{w}.type: expected 'transfer_offer', found {doc.get('type')!r:.40}")
-        offer = cls(request_id=_field(doc, "request_id", str, w), tie=_field(doc, "tie", str, w),
-                    kva_offered=float(_field(doc, "kva_offered", (int, float), w)),
-                    valid_until=float(_field(doc, "valid_until", (int, float), w)),
-                    offered_by=_field(doc, "offered_by", str, w), note=str(doc.get("note", ""))[:500])
+        offer = cls(
+            request_id=_field(doc, "request_id", str, w),
+            tie=_field(doc, "tie", str, w),
+            kva_offered=float(_field(doc, "kva_offered", (int, float), w)),
+            valid_until=float(_field(doc, "valid_until", (int, float), w)),
+            offered_by=_field(doc, "offered_by", str, w),
+            note=str(doc.get("note", ""))[:500],
+        )
         if offer.kva_offered < 0:
             raise MessageError(f"{w}.kva_offered: expected ≥ 0, found {offer.kva_offered}")
         return offer
@@ -147,8 +169,14 @@ def declared_capacity(network: Network, *, offered_by: str = "site file (declare
         if source is None or source.capacity_kva is None:
             return None
         # the whole declared capacity: moving a section onto the tie may take more than the gap
-        return TransferOffer(request.request_id, request.tie, source.capacity_kva, request.window_end, offered_by,
-                             f"declared capacity {source.capacity_kva:.0f} kVA")
+        return TransferOffer(
+            request.request_id,
+            request.tie,
+            source.capacity_kva,
+            request.window_end,
+            offered_by,
+            f"declared capacity {source.capacity_kva:.0f} kVA",
+        )
 
     return ask
 
@@ -169,8 +197,13 @@ class QuotedNeighbour:
     plan asked for it, so its owner plans again (the next call for that window gets the quote).
     """
 
-    def __init__(self, network: Network, ask: Callable[[str, float, float, float], str] | None, *,
-                 off_reason: str = "coordination with the neighbour is off") -> None:
+    def __init__(
+        self,
+        network: Network,
+        ask: Callable[[str, float, float, float], str] | None,
+        *,
+        off_reason: str = "coordination with the neighbour is off",
+    ) -> None:
         self._declared = declared_capacity(network)
         self._ask = ask
         self.off_reason = off_reason
@@ -183,8 +216,14 @@ class QuotedNeighbour:
         key = (request.tie, request.window_start, request.window_end)
         answer = self.answers.get(key)
         if answer is not None and answer.kva is not None:
-            return TransferOffer(request.request_id, request.tie, answer.kva, request.window_end, answer.by,
-                                 f"quote from {answer.by} for the window (nothing reserved): {answer.note}")
+            return TransferOffer(
+                request.request_id,
+                request.tie,
+                answer.kva,
+                request.window_end,
+                answer.by,
+                f"quote from {answer.by} for the window (nothing reserved): {answer.note}",
+            )
         if answer is not None:
             why = answer.note
         elif self._ask is None:
@@ -218,8 +257,10 @@ class QuotedNeighbour:
 def with_capacities(network: Network, capacities: Mapping[str, float | None]) -> Network:
     """The same network with some sources' capacities replaced (an offer, or no tie at all)."""
     net = copy.copy(network)
-    net.sources = {sid: replace(src, capacity_kva=capacities[sid]) if sid in capacities else src
-                   for sid, src in network.sources.items()}
+    net.sources = {
+        sid: replace(src, capacity_kva=capacities[sid]) if sid in capacities else src
+        for sid, src in network.sources.items()
+    }
     return net
 
 
@@ -298,26 +339,39 @@ class BackupPlan:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "plan": self.name, "title": self.title, "transformer": self.transformer,
-            "steps": [s.to_dict() for s in self.steps], "restored_sections": list(self.restored),
+            "plan": self.name,
+            "title": self.title,
+            "transformer": self.transformer,
+            "steps": [s.to_dict() for s in self.steps],
+            "restored_sections": list(self.restored),
             "left_out_sections": list(self.left_out),
-            "shed": [{"section": s, "kva": round(k, 1), "customers": self.shed_customers.get(s, 0)}
-                     for s, k in self.shed_kva.items()],
-            "required_mva": round(self.required_kva / 1000.0, 3), "mva_covered": round(self.covered_kva / 1000.0, 3),
-            "coverage": round(self.coverage, 4), "customers_total": self.customers_total,
-            "customers_restored": self.customers_restored, "customers_shed": self.customers_shed,
-            "critical_total": self.critical_total, "critical_restored": self.critical_restored,
+            "shed": [
+                {"section": s, "kva": round(k, 1), "customers": self.shed_customers.get(s, 0)}
+                for s, k in self.shed_kva.items()
+            ],
+            "required_mva": round(self.required_kva / 1000.0, 3),
+            "mva_covered": round(self.covered_kva / 1000.0, 3),
+            "coverage": round(self.coverage, 4),
+            "customers_total": self.customers_total,
+            "customers_restored": self.customers_restored,
+            "customers_shed": self.customers_shed,
+            "critical_total": self.critical_total,
+            "critical_restored": self.critical_restored,
             "brief_interruption_sections": list(self.brief_interruption),
             "highest_loading": {k: round(v, 3) for k, v in self.loading.items()},
             "window_loads_kva": {k: round(v, 1) for k, v in self.window_loads_kva.items()},
             "min_voltage_pu": None if self.min_voltage_pu is None else round(self.min_voltage_pu, 4),
-            "validated": self.validated, "validation": list(self.validation),
-            "switching_time_s": self.switching_time_s, "switching_time_min": round(self.switching_time_s / 60.0, 1),
+            "validated": self.validated,
+            "validation": list(self.validation),
+            "switching_time_s": self.switching_time_s,
+            "switching_time_min": round(self.switching_time_s / 60.0, 1),
             "request": None if self.request is None else self.request.to_dict(),
             "offer": None if self.offer is None else self.offer.to_dict(),
-            "sequence_id": None if self.sequence is None else self.sequence.id, "notes": list(self.notes),
+            "sequence_id": None if self.sequence is None else self.sequence.id,
+            "notes": list(self.notes),
             "return_steps": [s.to_dict() for s in self.return_steps],
-            "return_validated": not self.return_validation, "return_validation": list(self.return_validation),
+            "return_validated": not self.return_validation,
+            "return_validation": list(self.return_validation),
         }
 
 
@@ -330,11 +384,22 @@ class _Choice:
     estimate: FlowEstimate
 
 
-def plan_backup(network: Network, config: Mapping[str, bool | None], loads_kva: Mapping[str, complex],
-                transformer: str, *, faults: FaultBook | None = None, ask_neighbour: AskNeighbour | None = None,
-                substation: str = "", window: tuple[float, float] = (0.0, 0.0), request_id: str = "",
-                settings: BackupSettings | None = None, unusable: Mapping[str, str] | None = None,
-                created: float = 0.0, source_voltage_pu: Mapping[str, float] | None = None) -> list[BackupPlan]:
+def plan_backup(
+    network: Network,
+    config: Mapping[str, bool | None],
+    loads_kva: Mapping[str, complex],
+    transformer: str,
+    *,
+    faults: FaultBook | None = None,
+    ask_neighbour: AskNeighbour | None = None,
+    substation: str = "",
+    window: tuple[float, float] = (0.0, 0.0),
+    request_id: str = "",
+    settings: BackupSettings | None = None,
+    unusable: Mapping[str, str] | None = None,
+    created: float = 0.0,
+    source_voltage_pu: Mapping[str, float] | None = None,
+) -> list[BackupPlan]:
     """Plans A, B and C for taking `transformer` out of service (sans-IO)."""
     s = settings or BackupSettings()
     faults = faults or FaultBook()
@@ -348,22 +413,40 @@ def plan_backup(network: Network, config: Mapping[str, bool | None], loads_kva: 
     for d in out_devices:
         isolated[d] = False
     after = network.energise(isolated)
-    interrupted = sorted(n for n in base_en.source_of if n in network.sections and n != node
-                         and not after.energised(n))
+    interrupted = sorted(n for n in base_en.source_of if n in network.sections and n != node and not after.energised(n))
     others_live = {n for n in base_en.source_of if n in network.sections and n not in interrupted and n != node}
     required = sum(abs(loads_kva.get(n, 0j)) for n in interrupted)
     external = [d for d, dev in network.devices.items() if dev.external_source and dev.id not in out_devices]
     candidates = _candidates(network, interrupted, out_devices, bad, s.max_devices)
-    base_est = network.estimate(config, loads_kva, min_voltage_pu=s.min_voltage_pu, max_voltage_pu=s.max_voltage_pu,
-                                source_voltage_pu=source_voltage_pu)
-    ctx = _Search(network, isolated, loads_kva, node, interrupted, others_live, candidates, faults, s, base_est,
-                  source_voltage_pu)
+    base_est = network.estimate(
+        config,
+        loads_kva,
+        min_voltage_pu=s.min_voltage_pu,
+        max_voltage_pu=s.max_voltage_pu,
+        source_voltage_pu=source_voltage_pu,
+    )
+    ctx = _Search(
+        network, isolated, loads_kva, node, interrupted, others_live, candidates, faults, s, base_est, source_voltage_pu
+    )
 
     # A: this substation only (ties to other substations stay as they are, open)
     no_tie = with_capacities(network, {f"EXT:{d}": 0.0 for d in external})
     a = ctx.search(no_tie, fixed={d: config.get(d) for d in external})
-    plan_a = _plan("A", "transfer to the adjacent transformer through this substation's ties", ctx, no_tie, a,
-                   config, loads_kva, required, transformer, faults, s, created, source_voltage_pu)
+    plan_a = _plan(
+        "A",
+        "transfer to the adjacent transformer through this substation's ties",
+        ctx,
+        no_tie,
+        a,
+        config,
+        loads_kva,
+        required,
+        transformer,
+        faults,
+        s,
+        created,
+        source_voltage_pu,
+    )
 
     # B: ask the neighbour for the gap
     gap = max(0.0, required - plan_a.covered_kva)
@@ -373,41 +456,85 @@ def plan_backup(network: Network, config: Mapping[str, bool | None], loads_kva: 
     if external and ask_neighbour is not None:
         tie = external[0]
         dev = network.devices[tie]
-        request = TransferRequest(request_id or new_id("XFER"), substation, tie, str(dev.external_source),
-                                  window[0], window[1], gap, f"planned outage of {transformer}")
+        request = TransferRequest(
+            request_id or new_id("XFER"),
+            substation,
+            tie,
+            str(dev.external_source),
+            window[0],
+            window[1],
+            gap,
+            f"planned outage of {transformer}",
+        )
         offer = ask_neighbour(request) if gap > 0 else None
         if gap <= 0:
             notes_b.append("plan A restores everything: nothing to ask of the neighbour")
         elif offer is None:
             notes_b.append(f"{request.to_substation} made no offer for {tie}: plan B is plan A")
         else:
-            net_b = with_capacities(network, {f"EXT:{d}": (offer.kva_offered if d == offer.tie else 0.0)
-                                              for d in external})
+            net_b = with_capacities(
+                network, {f"EXT:{d}": (offer.kva_offered if d == offer.tie else 0.0) for d in external}
+            )
     elif not external:
         notes_b.append("no tie to another substation in this site")
     b = ctx.search(net_b, fixed={} if offer is not None else {d: config.get(d) for d in external})
-    plan_b = _plan("B", "plan A plus the tie to the neighbouring substation", ctx, net_b, b, config, loads_kva,
-                   required, transformer, faults, s, created, source_voltage_pu)
+    plan_b = _plan(
+        "B",
+        "plan A plus the tie to the neighbouring substation",
+        ctx,
+        net_b,
+        b,
+        config,
+        loads_kva,
+        required,
+        transformer,
+        faults,
+        s,
+        created,
+        source_voltage_pu,
+    )
     plan_b.request, plan_b.offer = request, offer
     plan_b.notes += notes_b
 
     # C: the rest picked up with non-critical load shed
-    c = ctx.search(net_b, fixed={} if offer is not None else {d: config.get(d) for d in external},
-                   shed_beyond=set(b.restored))
-    plan_c = _plan("C", "plan B plus shedding of non-critical customers (never critical ones)", ctx, net_b, c,
-                   config, loads_kva, required, transformer, faults, s, created, source_voltage_pu,
-                   sheddable=set(c.restored) - set(b.restored))
+    c = ctx.search(
+        net_b, fixed={} if offer is not None else {d: config.get(d) for d in external}, shed_beyond=set(b.restored)
+    )
+    plan_c = _plan(
+        "C",
+        "plan B plus shedding of non-critical customers (never critical ones)",
+        ctx,
+        net_b,
+        c,
+        config,
+        loads_kva,
+        required,
+        transformer,
+        faults,
+        s,
+        created,
+        source_voltage_pu,
+        sheddable=set(c.restored) - set(b.restored),
+    )
     plan_c.request, plan_c.offer = request, offer
     if not interrupted:
-        idle = [f"{d} {'unknown' if config.get(d) is None else 'open'}" for d in out_devices
-                if d not in upstream_of(network, node) and not config.get(d)]
+        idle = [
+            f"{d} {'unknown' if config.get(d) is None else 'open'}"
+            for d in out_devices
+            if d not in upstream_of(network, node) and not config.get(d)
+        ]
         for plan in (plan_a, plan_b, plan_c):
-            plan.notes.append(f"{transformer} supplies no section in the present configuration"
-                              + (f" ({', '.join(idle)})" if idle else "") + ": nothing to back up")
+            plan.notes.append(
+                f"{transformer} supplies no section in the present configuration"
+                + (f" ({', '.join(idle)})" if idle else "")
+                + ": nothing to back up"
+            )
     for plan in (plan_a, plan_b, plan_c):
         if plan.critical_restored < plan.critical_total:
-            plan.notes.append(f"{plan.critical_total - plan.critical_restored} critical customer(s) without supply in "
-                              "this plan: they need a dedicated source")
+            plan.notes.append(
+                f"{plan.critical_total - plan.critical_restored} critical customer(s) without supply in "
+                "this plan: they need a dedicated source"
+            )
     return [plan_a, plan_b, plan_c]
 
 
@@ -421,17 +548,36 @@ def _no_switching(network: Network, transformer: str, loads_kva: Mapping[str, co
     section = network.element_section.get(transformer)
     plans = []
     for name in ("A", "B", "C"):
-        plans.append(BackupPlan(name=name, title="no backup through the network", transformer=transformer, steps=[],
-                                restored=[], left_out=[section] if section else [], shed_kva={}, shed_customers={},
-                                required_kva=0.0, covered_kva=0.0, customers_total=0, customers_restored=0,
-                                critical_total=0, critical_restored=0, brief_interruption=[],
-                                notes=[f"{transformer} feeds its customers directly: no switching restores them; "
-                                       "they are out for the window (or on a mobile generator)"], validated=True))
+        plans.append(
+            BackupPlan(
+                name=name,
+                title="no backup through the network",
+                transformer=transformer,
+                steps=[],
+                restored=[],
+                left_out=[section] if section else [],
+                shed_kva={},
+                shed_customers={},
+                required_kva=0.0,
+                covered_kva=0.0,
+                customers_total=0,
+                customers_restored=0,
+                critical_total=0,
+                critical_restored=0,
+                brief_interruption=[],
+                notes=[
+                    f"{transformer} feeds its customers directly: no switching restores them; "
+                    "they are out for the window (or on a mobile generator)"
+                ],
+                validated=True,
+            )
+        )
     return plans
 
 
-def _candidates(network: Network, interrupted: list[str], out_devices: list[str], bad: Mapping[str, str],
-                limit: int) -> list[str]:
+def _candidates(
+    network: Network, interrupted: list[str], out_devices: list[str], bad: Mapping[str, str], limit: int
+) -> list[str]:
     """Devices around the interrupted sections and one section beyond, nearest first."""
     area = set(interrupted)
     ring: list[str] = []
@@ -450,9 +596,20 @@ def _candidates(network: Network, interrupted: list[str], out_devices: list[str]
 
 
 class _Search:
-    def __init__(self, network: Network, isolated: dict[str, bool | None], loads: Mapping[str, complex], node: str,
-                 interrupted: list[str], others_live: set[str], candidates: list[str], faults: FaultBook,
-                 settings: BackupSettings, base_est: FlowEstimate, voltages: Mapping[str, float] | None) -> None:
+    def __init__(
+        self,
+        network: Network,
+        isolated: dict[str, bool | None],
+        loads: Mapping[str, complex],
+        node: str,
+        interrupted: list[str],
+        others_live: set[str],
+        candidates: list[str],
+        faults: FaultBook,
+        settings: BackupSettings,
+        base_est: FlowEstimate,
+        voltages: Mapping[str, float] | None,
+    ) -> None:
         self.network = network
         self.isolated = isolated
         self.loads = loads
@@ -477,14 +634,18 @@ class _Search:
         margin = self.s.voltage_margin_pu
         if self.s.load_margin:
             loads = {k: v * (1.0 + self.s.load_margin) for k, v in loads.items()}
-        est = net.estimate(config, loads, min_voltage_pu=self.s.min_voltage_pu + margin,
-                           max_voltage_pu=self.s.max_voltage_pu - margin, source_voltage_pu=self.voltages)
+        est = net.estimate(
+            config,
+            loads,
+            min_voltage_pu=self.s.min_voltage_pu + margin,
+            max_voltage_pu=self.s.max_voltage_pu - margin,
+            source_voltage_pu=self.voltages,
+        )
         if est.parallel or est.worse_than(self.base_est):
             return None
         return est
 
-    def search(self, net: Network, *, fixed: Mapping[str, bool | None],
-               shed_beyond: set[str] | None = None) -> _Choice:
+    def search(self, net: Network, *, fixed: Mapping[str, bool | None], shed_beyond: set[str] | None = None) -> _Choice:
         free = [d for d in self.candidates if d not in fixed]
         best: tuple[tuple[float, ...], _Choice] | None = None
         for bits in itertools.product((False, True), repeat=len(free)):
@@ -510,26 +671,40 @@ class _Search:
                 if found is None:
                     continue
                 fraction, est = found
-            ops = sum(1 for d in free if bool(config[d]) != bool(self.isolated.get(d))) + \
-                sum(1 for d, v in fixed.items() if bool(v) != bool(self.isolated.get(d)))
+            ops = sum(1 for d in free if bool(config[d]) != bool(self.isolated.get(d))) + sum(
+                1 for d, v in fixed.items() if bool(v) != bool(self.isolated.get(d))
+            )
             shed = restored - (shed_beyond or restored)
             net_loads = self._loads({n: fraction for n in shed})
             served = sum(abs(net_loads.get(n, 0j)) for n in restored)
-            shed_customers = sum(math.ceil((self.network.sections[n].customers
-                                            - self.network.sections[n].critical_customers) * fraction - 1e-9)
-                                 for n in shed)
-            key = (float(self.network.critical_customers(restored)),
-                   float(self.network.customers(restored) - shed_customers), round(served, 3), -float(ops))
+            shed_customers = sum(
+                math.ceil(
+                    (self.network.sections[n].customers - self.network.sections[n].critical_customers) * fraction - 1e-9
+                )
+                for n in shed
+            )
+            key = (
+                float(self.network.critical_customers(restored)),
+                float(self.network.customers(restored) - shed_customers),
+                round(served, 3),
+                -float(ops),
+            )
             if best is None or key > best[0]:
                 best = (key, _Choice(config, restored, fraction, ops, est))
         if best is None:  # nothing restores anything safely: the transformer's feeders stay off
-            est = net.estimate(self.isolated, self.loads, min_voltage_pu=self.s.min_voltage_pu,
-                               max_voltage_pu=self.s.max_voltage_pu, source_voltage_pu=self.voltages)
+            est = net.estimate(
+                self.isolated,
+                self.loads,
+                min_voltage_pu=self.s.min_voltage_pu,
+                max_voltage_pu=self.s.max_voltage_pu,
+                source_voltage_pu=self.voltages,
+            )
             return _Choice(dict(self.isolated), frozenset(), 0.0, 0, est)
         return best[1]
 
-    def _min_shed(self, net: Network, config: dict[str, bool | None],
-                  sections: Iterable[str]) -> tuple[float, FlowEstimate] | None:
+    def _min_shed(
+        self, net: Network, config: dict[str, bool | None], sections: Iterable[str]
+    ) -> tuple[float, FlowEstimate] | None:
         """The smallest share of non-critical load shed in `sections` that keeps every limit."""
         secs = list(sections)
         est = self._ok(net, config, self.loads)
@@ -551,10 +726,22 @@ class _Search:
         return hi, best
 
 
-def _plan(name: str, title: str, ctx: _Search, net: Network, choice: _Choice, config: Mapping[str, bool | None],
-          loads: Mapping[str, complex], required: float, transformer: str, faults: FaultBook,
-          s: BackupSettings, created: float, voltages: Mapping[str, float] | None,
-          sheddable: set[str] | None = None) -> BackupPlan:
+def _plan(
+    name: str,
+    title: str,
+    ctx: _Search,
+    net: Network,
+    choice: _Choice,
+    config: Mapping[str, bool | None],
+    loads: Mapping[str, complex],
+    required: float,
+    transformer: str,
+    faults: FaultBook,
+    s: BackupSettings,
+    created: float,
+    voltages: Mapping[str, float] | None,
+    sheddable: set[str] | None = None,
+) -> BackupPlan:
     network = ctx.network
     restored = [n for n in ctx.interrupted if n in choice.restored]
     left = [n for n in ctx.interrupted if n not in choice.restored]
@@ -570,40 +757,66 @@ def _plan(name: str, title: str, ctx: _Search, net: Network, choice: _Choice, co
     covered = sum(abs(loads.get(n, 0j)) for n in restored) - sum(shed_kva.values())
     steps = _steps(network, config, choice.config, ctx.node)
     plan = BackupPlan(
-        name=name, title=title, transformer=transformer, steps=steps, restored=restored, left_out=left,
-        shed_kva=shed_kva, shed_customers=shed_customers, required_kva=required, covered_kva=covered,
+        name=name,
+        title=title,
+        transformer=transformer,
+        steps=steps,
+        restored=restored,
+        left_out=left,
+        shed_kva=shed_kva,
+        shed_customers=shed_customers,
+        required_kva=required,
+        covered_kva=covered,
         customers_total=network.customers(ctx.interrupted),
         customers_restored=network.customers(restored) - sum(shed_customers.values()),
         critical_total=network.critical_customers(ctx.interrupted),
-        critical_restored=network.critical_customers(restored), brief_interruption=_moved(network, config, choice.config,
-                                                                                           ctx.interrupted),
+        critical_restored=network.critical_customers(restored),
+        brief_interruption=_moved(network, config, choice.config, ctx.interrupted),
         switching_time_s=len(steps) * s.step_time_s,
-        window_loads_kva={n: abs(loads.get(n, 0j)) for n in ctx.interrupted})
+        window_loads_kva={n: abs(loads.get(n, 0j)) for n in ctx.interrupted},
+    )
     est = choice.estimate
     plan.min_voltage_pu = min(est.voltage_pu.values()) if est.voltage_pu else None
     plan.loading = _loading(net, est)
     if left:
         plan.notes.append(f"left without supply for the window: {', '.join(left)}")
     # the sequence, validated as any other
-    seq = Sequence(id=new_id("PM"), name=f"plan {name}: take {transformer} out ({title})"[:120],
-                   steps=tuple(Step(device=st.device, action=st.action, purpose=st.purpose) for st in steps),
-                   created_by="maintenance", created=created, source="maintenance",
-                   plan={"plan": name, "transformer": transformer})
+    seq = Sequence(
+        id=new_id("PM"),
+        name=f"plan {name}: take {transformer} out ({title})"[:120],
+        steps=tuple(Step(device=st.device, action=st.action, purpose=st.purpose) for st in steps),
+        created_by="maintenance",
+        created=created,
+        source="maintenance",
+        plan={"plan": name, "transformer": transformer},
+    )
     applied = ctx._loads({n: choice.shed_fraction for n in shed_sections})
-    problems = validate(seq, net, dict(config), faults, applied, min_voltage_pu=s.min_voltage_pu,
-                        source_voltage_pu=voltages) if steps else []
+    problems = (
+        validate(seq, net, dict(config), faults, applied, min_voltage_pu=s.min_voltage_pu, source_voltage_pu=voltages)
+        if steps
+        else []
+    )
     plan.validation = problems
     plan.validated = not problems
     plan.sequence = seq
     if steps:
-        plan.return_steps, plan.return_validation = _return_steps(network, net, choice.config, config, ctx.node,
-                                                                  applied, faults, s, voltages)
+        plan.return_steps, plan.return_validation = _return_steps(
+            network, net, choice.config, config, ctx.node, applied, faults, s, voltages
+        )
     return plan
 
 
-def _return_steps(network: Network, net: Network, plan_config: Mapping[str, bool | None],
-                  normal: Mapping[str, bool | None], node: str, loads: Mapping[str, complex], faults: FaultBook,
-                  s: BackupSettings, voltages: Mapping[str, float] | None) -> tuple[list[PlanStep], list[str]]:
+def _return_steps(
+    network: Network,
+    net: Network,
+    plan_config: Mapping[str, bool | None],
+    normal: Mapping[str, bool | None],
+    node: str,
+    loads: Mapping[str, complex],
+    faults: FaultBook,
+    s: BackupSettings,
+    voltages: Mapping[str, float] | None,
+) -> tuple[list[PlanStep], list[str]]:
     """The way back after the window: the transformer re-energised first (its feeders still open),
     then each transferred part in turn, its tie opened before its normal supply closes (break
     before make). The parts' order is the first that keeps every step within limits at the
@@ -651,10 +864,16 @@ def _return_steps(network: Network, net: Network, plan_config: Mapping[str, bool
         return steps
 
     def check(steps: list[PlanStep]) -> list[str]:
-        seq = Sequence(id="return", name="back to normal", created_by="maintenance", created=0.0,
-                       steps=tuple(Step(device=st.device, action=st.action, purpose=st.purpose) for st in steps))
-        return validate(seq, net, dict(plan_config), faults, loads, min_voltage_pu=s.min_voltage_pu,
-                        source_voltage_pu=voltages)
+        seq = Sequence(
+            id="return",
+            name="back to normal",
+            created_by="maintenance",
+            created=0.0,
+            steps=tuple(Step(device=st.device, action=st.action, purpose=st.purpose) for st in steps),
+        )
+        return validate(
+            seq, net, dict(plan_config), faults, loads, min_voltage_pu=s.min_voltage_pu, source_voltage_pu=voltages
+        )
 
     def to_transformer(tie: str) -> int:
         """0 when opening `tie` cuts off sections whose normal supply is the transformer."""
@@ -676,8 +895,10 @@ def _return_steps(network: Network, net: Network, plan_config: Mapping[str, bool
         return [], []
     own = network.estimate(normal, loads, min_voltage_pu=s.min_voltage_pu, source_voltage_pu=voltages).violations
     if own:
-        best[1].append("the normal configuration itself is beyond limits at the window's loads: "
-                       + "; ".join(str(v) for v in own[:3]))
+        best[1].append(
+            "the normal configuration itself is beyond limits at the window's loads: "
+            + "; ".join(str(v) for v in own[:3])
+        )
     return best
 
 
@@ -692,8 +913,9 @@ def supplied_through(en: Any, node: str, via: str) -> bool:
     return False
 
 
-def _steps(network: Network, before: Mapping[str, bool | None], after: Mapping[str, bool | None],
-           node: str) -> list[PlanStep]:
+def _steps(
+    network: Network, before: Mapping[str, bool | None], after: Mapping[str, bool | None], node: str
+) -> list[PlanStep]:
     """Break before make: the feeders off the transformer's bus, splits, closes from the live side
     outwards, and the transformer's own supply last."""
     around = set(network.devices_of(node))
@@ -713,14 +935,17 @@ def _steps(network: Network, before: Mapping[str, bool | None], after: Mapping[s
             hops += 1
         depth[n] = hops
     closes.sort(key=lambda d: min(depth.get(network.devices[d].a, 99), depth.get(network.devices[d].b, 99)))
-    return ([PlanStep(d, "open", "isolate the transformer's feeders") for d in feeders]
-            + [PlanStep(d, "open", "split") for d in splits]
-            + [PlanStep(d, "close", "transfer") for d in closes]
-            + [PlanStep(d, "open", "de-energise the transformer") for d in last])
+    return (
+        [PlanStep(d, "open", "isolate the transformer's feeders") for d in feeders]
+        + [PlanStep(d, "open", "split") for d in splits]
+        + [PlanStep(d, "close", "transfer") for d in closes]
+        + [PlanStep(d, "open", "de-energise the transformer") for d in last]
+    )
 
 
-def _moved(network: Network, before: Mapping[str, bool | None], after: Mapping[str, bool | None],
-           interrupted: list[str]) -> list[str]:
+def _moved(
+    network: Network, before: Mapping[str, bool | None], after: Mapping[str, bool | None], interrupted: list[str]
+) -> list[str]:
     """Sections outside the transformer's that change their source or path (a brief interruption)."""
     a, b = network.energise(before), network.energise(after)
     out = []

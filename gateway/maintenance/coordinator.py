@@ -71,8 +71,9 @@ class Planned:
 
 
 class MaintenanceCoordinator:
-    def __init__(self, site: SiteConfig, settings: MaintenanceConfig, network: Network,
-                 ask_neighbour: AskNeighbour | None = None) -> None:
+    def __init__(
+        self, site: SiteConfig, settings: MaintenanceConfig, network: Network, ask_neighbour: AskNeighbour | None = None
+    ) -> None:
         self.site = site
         self.settings = settings
         self.network = network
@@ -85,11 +86,11 @@ class MaintenanceCoordinator:
     # ------------------------------------------------------------------ requests
 
     def open_for(self, asset: str) -> WorkOrder | None:
-        return next((w for w in self.work_orders.values() if w.asset == asset and w.status is not WorkOrderState.CLOSED),
-                    None)
+        return next(
+            (w for w in self.work_orders.values() if w.asset == asset and w.status is not WorkOrderState.CLOSED), None
+        )
 
-    def on_request(self, request: Mapping[str, Any], *, wall: float, forecasts: Forecasts,
-                   grid: GridInputs) -> Planned:
+    def on_request(self, request: Mapping[str, Any], *, wall: float, forecasts: Forecasts, grid: GridInputs) -> Planned:
         asset = str(request.get("element"))
         probability = request.get("failure_probability")
         current = self.open_for(asset)
@@ -99,48 +100,97 @@ class MaintenanceCoordinator:
                 note += f"; probability of failure within {request.get('horizon_days')} days {float(probability):.0%}"
             updated = workorder.apply(current, WorkOrderEvent.EVIDENCE, str(request.get("source", asset)), wall, note)
             self._put(updated)
-            return Planned(updated, self.plans.get(updated.id, []), self.notifications.get(updated.id, {}), None,
-                           new=False)
+            return Planned(
+                updated, self.plans.get(updated.id, []), self.notifications.get(updated.id, {}), None, new=False
+            )
         s = self.settings
         within = request.get("recommended_within_days")
         lead = s.min_lead_time_days if within is None else float(within)
         lead = min(max(lead, s.min_lead_time_days), s.max_lead_time_days)
         critical = self._critical_customers(asset)
         forecast = self._forecast_for(asset, forecasts, grid, wall)
-        chosen = choose_window(forecast, wall, duration_h=s.window_hours, notice_h=s.critical_notice_h if critical
-                               else s.customer_notice_h, lead_days=lead)
+        chosen = choose_window(
+            forecast,
+            wall,
+            duration_h=s.window_hours,
+            notice_h=s.critical_notice_h if critical else s.customer_notice_h,
+            lead_days=lead,
+        )
         wo_id = workorder.work_order_id(s.work_order_prefix, asset, wall, s.utc_offset_h, tuple(self.work_orders))
-        window = {**chosen.to_dict(), "lead_time_days": round(lead, 1),
-                  "load_factors": {k: round(v, 4) for k, v in self.load_factors(chosen.start, chosen.end,
-                                                                                 forecasts).items()}}
+        window = {
+            **chosen.to_dict(),
+            "lead_time_days": round(lead, 1),
+            "load_factors": {k: round(v, 4) for k, v in self.load_factors(chosen.start, chosen.end, forecasts).items()},
+        }
         plans, recommended = self._plans(asset, chosen.start, chosen.end, forecasts, grid, wall, wo_id)
         health = request.get("health") or {}
         evidence = _evidence(health, request, self._rated_kva(asset))
         tasks, parts, equipment, criteria, skill = workorder.contents(evidence)
-        priority = workorder.priority_for(None if probability is None else float(probability),
-                                          s.probability_threshold, critical, str(request.get("reason", "")),
-                                          None if within is None else float(within))
+        priority = workorder.priority_for(
+            None if probability is None else float(probability),
+            s.probability_threshold,
+            critical,
+            str(request.get("reason", "")),
+            None if within is None else float(within),
+        )
         chosen_plan = next((p for p in plans if p.name == recommended), None)
-        notes = customers.notifications(self.site.meter_groups, self._section_groups(),
-                                        chosen_plan.to_dict() if chosen_plan else {}, window, work_order=wo_id,
-                                        asset=asset, settings=customers.NoticeSettings(s.critical_notice_h,
-                                                                                       s.customer_notice_h))
+        notes = customers.notifications(
+            self.site.meter_groups,
+            self._section_groups(),
+            chosen_plan.to_dict() if chosen_plan else {},
+            window,
+            work_order=wo_id,
+            asset=asset,
+            settings=customers.NoticeSettings(s.critical_notice_h, s.customer_notice_h),
+        )
         order = WorkOrder(
-            id=wo_id, asset=asset, asset_type=str(request.get("element_type", "transformer")),
-            substation=self.site.site.substation_id, status=WorkOrderState.PROPOSED, priority=priority, created=wall,
-            reason=str(request.get("reason", "")), tasks=tasks, parts=parts, equipment=tuple(equipment),
-            crew=s.crew, crew_skill=skill, window=window, duration_h=float(s.window_hours),
+            id=wo_id,
+            asset=asset,
+            asset_type=str(request.get("element_type", "transformer")),
+            substation=self.site.site.substation_id,
+            status=WorkOrderState.PROPOSED,
+            priority=priority,
+            created=wall,
+            reason=str(request.get("reason", "")),
+            tasks=tasks,
+            parts=parts,
+            equipment=tuple(equipment),
+            crew=s.crew,
+            crew_skill=skill,
+            window=window,
+            duration_h=float(s.window_hours),
             success_criteria=criteria,
-            assessment={k: request.get(k) for k in ("failure_probability", "horizon_days", "failure_mode",
-                                                    "recommended_within_days", "contributions", "dga_status",
-                                                    "duval_zone", "health")},
-            plans=tuple(p.to_dict() for p in plans), recommended_plan=recommended,
+            assessment={
+                k: request.get(k)
+                for k in (
+                    "failure_probability",
+                    "horizon_days",
+                    "failure_mode",
+                    "recommended_within_days",
+                    "contributions",
+                    "dga_status",
+                    "duval_zone",
+                    "health",
+                )
+            },
+            plans=tuple(p.to_dict() for p in plans),
+            recommended_plan=recommended,
             backup_sequence=chosen_plan.sequence.id if chosen_plan and chosen_plan.sequence else None,
-            customers={"critical": critical, "customers_notified": notes["customers_notified"],
-                       "critical_notified": notes["critical_notified"],
-                       "interrupted_for_the_window": notes["interrupted_for_the_window"]},
-            history=({"time": wall, "who": str(request.get("source", asset)), "event": "created",
-                      "note": str(request.get("reason", ""))},))
+            customers={
+                "critical": critical,
+                "customers_notified": notes["customers_notified"],
+                "critical_notified": notes["critical_notified"],
+                "interrupted_for_the_window": notes["interrupted_for_the_window"],
+            },
+            history=(
+                {
+                    "time": wall,
+                    "who": str(request.get("source", asset)),
+                    "event": "created",
+                    "note": str(request.get("reason", "")),
+                },
+            ),
+        )
         self._put(order)
         self.plans[wo_id] = plans
         self.notifications[wo_id] = notes
@@ -157,15 +207,23 @@ class MaintenanceCoordinator:
 
     def accept(self, wo_id: str, who: str, wall: float, external_id: str | None = None) -> WorkOrder:
         order = self.get(wo_id)
-        return self._put(workorder.apply(order, WorkOrderEvent.ACCEPT, who, wall,
-                                         f"accepted{' as ' + external_id if external_id else ''}",
-                                         external_id=external_id or order.external_id))
+        return self._put(
+            workorder.apply(
+                order,
+                WorkOrderEvent.ACCEPT,
+                who,
+                wall,
+                f"accepted{' as ' + external_id if external_id else ''}",
+                external_id=external_id or order.external_id,
+            )
+        )
 
     def close(self, wo_id: str, who: str, wall: float, note: str = "") -> WorkOrder:
         return self._put(workorder.apply(self.get(wo_id), WorkOrderEvent.CLOSE, who, wall, note or "closed"))
 
-    def reschedule(self, wo_id: str, start: float, who: str, wall: float, *, forecasts: Forecasts,
-                   grid: GridInputs) -> Planned:
+    def reschedule(
+        self, wo_id: str, start: float, who: str, wall: float, *, forecasts: Forecasts, grid: GridInputs
+    ) -> Planned:
         """Move the window to `start`: the plans and notices are made again for it."""
         order = self.get(wo_id)
         if order.status is WorkOrderState.CLOSED:
@@ -179,21 +237,38 @@ class MaintenanceCoordinator:
         from gateway.maintenance.window import local_label
 
         off = self.settings.utc_offset_h
-        window = {**dict(order.window), "start": start, "end": end,
-                  "label": f"{local_label(start, off)} to {local_label(end, off)[-5:]} "
-                           f"(UTC{'+' if off >= 0 else '-'}{abs(off):g})",
-                  "forecast_peak_kw": round(peak, 1), "forecast_energy_kwh": round(energy, 1),
-                  "reasons": [f"rescheduled by {who}"],
-                  "load_factors": {k: round(v, 4) for k, v in self.load_factors(start, end, forecasts).items()}}
+        window = {
+            **dict(order.window),
+            "start": start,
+            "end": end,
+            "label": f"{local_label(start, off)} to {local_label(end, off)[-5:]} "
+            f"(UTC{'+' if off >= 0 else '-'}{abs(off):g})",
+            "forecast_peak_kw": round(peak, 1),
+            "forecast_energy_kwh": round(energy, 1),
+            "reasons": [f"rescheduled by {who}"],
+            "load_factors": {k: round(v, 4) for k, v in self.load_factors(start, end, forecasts).items()},
+        }
         chosen_plan = next((p for p in plans if p.name == recommended), None)
-        notes = customers.notifications(self.site.meter_groups, self._section_groups(),
-                                        chosen_plan.to_dict() if chosen_plan else {}, window, work_order=wo_id,
-                                        asset=order.asset, settings=customers.NoticeSettings(
-                                            self.settings.critical_notice_h, self.settings.customer_notice_h))
-        updated = workorder.apply(order, WorkOrderEvent.RESCHEDULE, who, wall, f"window moved to {window['label']}",
-                                  window=window, plans=tuple(p.to_dict() for p in plans), recommended_plan=recommended,
-                                  backup_sequence=chosen_plan.sequence.id if chosen_plan and chosen_plan.sequence
-                                  else None)
+        notes = customers.notifications(
+            self.site.meter_groups,
+            self._section_groups(),
+            chosen_plan.to_dict() if chosen_plan else {},
+            window,
+            work_order=wo_id,
+            asset=order.asset,
+            settings=customers.NoticeSettings(self.settings.critical_notice_h, self.settings.customer_notice_h),
+        )
+        updated = workorder.apply(
+            order,
+            WorkOrderEvent.RESCHEDULE,
+            who,
+            wall,
+            f"window moved to {window['label']}",
+            window=window,
+            plans=tuple(p.to_dict() for p in plans),
+            recommended_plan=recommended,
+            backup_sequence=chosen_plan.sequence.id if chosen_plan and chosen_plan.sequence else None,
+        )
         self._put(updated)
         self.plans[wo_id] = plans
         self.notifications[wo_id] = notes
@@ -208,14 +283,25 @@ class MaintenanceCoordinator:
         start, end = float(order.window["start"]), float(order.window["end"])
         plans, recommended = self._plans(order.asset, start, end, forecasts, grid, wall, wo_id)
         chosen_plan = next((p for p in plans if p.name == recommended), None)
-        notes = customers.notifications(self.site.meter_groups, self._section_groups(),
-                                        chosen_plan.to_dict() if chosen_plan else {}, dict(order.window),
-                                        work_order=wo_id, asset=order.asset, settings=customers.NoticeSettings(
-                                            self.settings.critical_notice_h, self.settings.customer_notice_h))
-        updated = workorder.apply(order, WorkOrderEvent.EVIDENCE, "backup plans", wall, why,
-                                  plans=tuple(p.to_dict() for p in plans), recommended_plan=recommended,
-                                  backup_sequence=chosen_plan.sequence.id if chosen_plan and chosen_plan.sequence
-                                  else None)
+        notes = customers.notifications(
+            self.site.meter_groups,
+            self._section_groups(),
+            chosen_plan.to_dict() if chosen_plan else {},
+            dict(order.window),
+            work_order=wo_id,
+            asset=order.asset,
+            settings=customers.NoticeSettings(self.settings.critical_notice_h, self.settings.customer_notice_h),
+        )
+        updated = workorder.apply(
+            order,
+            WorkOrderEvent.EVIDENCE,
+            "backup plans",
+            wall,
+            why,
+            plans=tuple(p.to_dict() for p in plans),
+            recommended_plan=recommended,
+            backup_sequence=chosen_plan.sequence.id if chosen_plan and chosen_plan.sequence else None,
+        )
         self._put(updated)
         self.plans[wo_id] = plans
         self.notifications[wo_id] = notes
@@ -225,8 +311,7 @@ class MaintenanceCoordinator:
     # ------------------------------------------------------------------ persistence
 
     def snapshot(self) -> dict[str, Any]:
-        return {"work_orders": [w.to_dict() for w in self.work_orders.values()],
-                "notifications": self.notifications}
+        return {"work_orders": [w.to_dict() for w in self.work_orders.values()], "notifications": self.notifications}
 
     def restore(self, data: Mapping[str, Any]) -> None:
         for d in data.get("work_orders", []):
@@ -272,19 +357,33 @@ class MaintenanceCoordinator:
             now_kw = sum(abs(v) for k, v in grid.loads_kva.items() if node is not None and k != node)
         return LoadForecast(tuple([float(now_kw)] * 168), self.settings.utc_offset_h, 0.0, 168)
 
-    def _plans(self, asset: str, start: float, end: float, forecasts: Forecasts, grid: GridInputs, wall: float,
-               wo_id: str) -> tuple[list[BackupPlan], str | None]:
+    def _plans(
+        self, asset: str, start: float, end: float, forecasts: Forecasts, grid: GridInputs, wall: float, wo_id: str
+    ) -> tuple[list[BackupPlan], str | None]:
         loads = self._window_loads(asset, start, end, forecasts, grid)
         s = self.settings
-        plans = plan_backup(self.network, grid.config, loads, asset, faults=grid.faults,
-                            ask_neighbour=self.ask_neighbour, substation=self.site.site.substation_id,
-                            window=(start, end), request_id=f"{wo_id}-B",
-                            settings=BackupSettings(step_time_s=s.step_time_s), unusable=grid.unusable,
-                            created=wall, source_voltage_pu=grid.source_voltage_pu)
+        plans = plan_backup(
+            self.network,
+            grid.config,
+            loads,
+            asset,
+            faults=grid.faults,
+            ask_neighbour=self.ask_neighbour,
+            substation=self.site.site.substation_id,
+            window=(start, end),
+            request_id=f"{wo_id}-B",
+            settings=BackupSettings(step_time_s=s.step_time_s),
+            unusable=grid.unusable,
+            created=wall,
+            source_voltage_pu=grid.source_voltage_pu,
+        )
         for p in plans:
             if p.sequence is not None:
-                p.sequence = replace(p.sequence, name=f"{wo_id} plan {p.name}: take {asset} out"[:120],
-                                     plan={**p.to_dict(), "work_order": wo_id})
+                p.sequence = replace(
+                    p.sequence,
+                    name=f"{wo_id} plan {p.name}: take {asset} out"[:120],
+                    plan={**p.to_dict(), "work_order": wo_id},
+                )
         return plans, _recommend(plans)
 
     @staticmethod
@@ -300,8 +399,9 @@ class MaintenanceCoordinator:
             ratios[xfmr] = min(max(peak / now_kw, RATIO_LIMITS[0]), RATIO_LIMITS[1])
         return ratios
 
-    def _window_loads(self, asset: str, start: float, end: float, forecasts: Forecasts,
-                      grid: GridInputs) -> dict[str, complex]:
+    def _window_loads(
+        self, asset: str, start: float, end: float, forecasts: Forecasts, grid: GridInputs
+    ) -> dict[str, complex]:
         """Each section's load now, scaled by the forecast of the station transformer feeding it."""
         ratios = self.load_factors(start, end, forecasts)
         default = ratios.get(asset, 1.0)
@@ -322,7 +422,6 @@ def _recommend(plans: list[BackupPlan]) -> str | None:
     if keeping:
         return max(keeping, key=lambda p: (p.customers_restored, -len(p.steps))).name
     return max(offered, key=lambda p: (p.critical_restored, p.customers_restored)).name if offered else None
-
 
 
 def _station_of(en: Any, node: str, network: Network) -> str | None:
@@ -355,4 +454,7 @@ def _evidence(health: Mapping[str, Any], request: Mapping[str, Any], rated_kva: 
         efficiency_drop=bool(eff) and float(eff.get("drop_pct_points", 0)) > 0.2,
         hours_due=hours is not None and interval is not None and hours >= 0.9 * interval,
         ageing=float(health.get("loss_of_life_percent") or 0) > 50 or "aging" in str(request.get("reason", "")),
-        normal_top_oil_max_c=normal, baseline_efficiency_pct=eff.get("baseline_pct"), rated_kva=rated_kva)
+        normal_top_oil_max_c=normal,
+        baseline_efficiency_pct=eff.get("baseline_pct"),
+        rated_kva=rated_kva,
+    )

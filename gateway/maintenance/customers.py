@@ -35,9 +35,16 @@ def _ids(group: MeterGroupConfig) -> list[str]:
     return [group.meter_id(n) for n in range(group.first, group.first + group.count)]
 
 
-def notifications(groups: Sequence[MeterGroupConfig], section_groups: Mapping[str, Sequence[str]],
-                  plan: Mapping[str, Any], window: Mapping[str, Any], *, work_order: str, asset: str,
-                  settings: NoticeSettings | None = None) -> dict[str, Any]:
+def notifications(
+    groups: Sequence[MeterGroupConfig],
+    section_groups: Mapping[str, Sequence[str]],
+    plan: Mapping[str, Any],
+    window: Mapping[str, Any],
+    *,
+    work_order: str,
+    asset: str,
+    settings: NoticeSettings | None = None,
+) -> dict[str, Any]:
     """The notification lists for one work order's window and plan (plain data, to publish)."""
     s = settings or NoticeSettings()
     by_id = {g.id: g for g in groups}
@@ -67,25 +74,48 @@ def notifications(groups: Sequence[MeterGroupConfig], section_groups: Mapping[st
             taken += n_shed
             whole = section in left_out
             for meter in sorted(crit):
-                critical.append({
-                    "meter": meter, "group": gid, "transformer": group.connected_transformer, "section": section,
-                    "customer_class": group.meter_type, "impact": "interruption" if whole else "brief_interruption",
-                    "lead_h": s.critical_notice_h, "notify_at": start - s.critical_notice_h * 3600.0,
-                    "message": _message(asset, label, duration_h, whole, critical=True)})
-            for impact, meters in (("interruption", rest if whole else rest[:n_shed]),
-                                   ("brief_interruption", [] if whole else rest[n_shed:])):
+                critical.append(
+                    {
+                        "meter": meter,
+                        "group": gid,
+                        "transformer": group.connected_transformer,
+                        "section": section,
+                        "customer_class": group.meter_type,
+                        "impact": "interruption" if whole else "brief_interruption",
+                        "lead_h": s.critical_notice_h,
+                        "notify_at": start - s.critical_notice_h * 3600.0,
+                        "message": _message(asset, label, duration_h, whole, critical=True),
+                    }
+                )
+            for impact, meters in (
+                ("interruption", rest if whole else rest[:n_shed]),
+                ("brief_interruption", [] if whole else rest[n_shed:]),
+            ):
                 if not meters:
                     continue
-                others.append({
-                    "group": gid, "transformer": group.connected_transformer, "section": section,
-                    "customer_class": group.meter_type, "impact": impact, "count": len(meters), "meters": meters,
-                    "lead_h": s.customer_notice_h, "notify_at": start - s.customer_notice_h * 3600.0,
-                    "message": _message(asset, label, duration_h, impact == "interruption", critical=False)})
+                others.append(
+                    {
+                        "group": gid,
+                        "transformer": group.connected_transformer,
+                        "section": section,
+                        "customer_class": group.meter_type,
+                        "impact": impact,
+                        "count": len(meters),
+                        "meters": meters,
+                        "lead_h": s.customer_notice_h,
+                        "notify_at": start - s.customer_notice_h * 3600.0,
+                        "message": _message(asset, label, duration_h, impact == "interruption", critical=False),
+                    }
+                )
     return {
-        "work_order": work_order, "asset": asset, "plan": plan.get("plan"),
+        "work_order": work_order,
+        "asset": asset,
+        "plan": plan.get("plan"),
         "window": {"start": start, "end": end, "label": label, "duration_h": duration_h},
-        "critical": critical, "customers": others,
-        "critical_notified": len(critical), "customers_notified": len(critical) + sum(g["count"] for g in others),
+        "critical": critical,
+        "customers": others,
+        "critical_notified": len(critical),
+        "customers_notified": len(critical) + sum(g["count"] for g in others),
         "interrupted_for_the_window": sum(g["count"] for g in others if g["impact"] == "interruption")
         + sum(1 for c in critical if c["impact"] == "interruption"),
     }
@@ -96,6 +126,8 @@ def _message(asset: str, label: str, duration_h: float, whole: bool, *, critical
     if whole:
         return what + " Your supply will be interrupted for the duration."
     if critical:
-        return what + (" Your supply is kept through backup switching; a brief interruption is possible at the "
-                       "start and the end. Please have your standby supply ready.")
+        return what + (
+            " Your supply is kept through backup switching; a brief interruption is possible at the "
+            "start and the end. Please have your standby supply ready."
+        )
     return what + " A brief interruption is possible at the start and the end, when the network is switched."

@@ -169,15 +169,31 @@ class GasStatus:
     norms: Norms
 
     def to_dict(self) -> dict[str, Any]:
-        return {"gas": self.gas.name, "ppm": self.ppm, "status": self.status, "level": self.level,
-                "delta_ppm": self.delta_ppm, "rate_ppm_per_year": self.rate_ppm_per_year,
-                "delta_exceeded": self.delta_exceeded, "rate_exceeded": self.rate_exceeded,
-                "p90_ppm": self.norms.p90_ppm, "p95_ppm": self.norms.p95_ppm,
-                "delta_limit_ppm": self.norms.delta_ppm, "rate_limit_ppm_per_year": self.norms.rate_ppm_per_year}
+        return {
+            "gas": self.gas.name,
+            "ppm": self.ppm,
+            "status": self.status,
+            "level": self.level,
+            "delta_ppm": self.delta_ppm,
+            "rate_ppm_per_year": self.rate_ppm_per_year,
+            "delta_exceeded": self.delta_exceeded,
+            "rate_exceeded": self.rate_exceeded,
+            "p90_ppm": self.norms.p90_ppm,
+            "p95_ppm": self.norms.p95_ppm,
+            "delta_limit_ppm": self.norms.delta_ppm,
+            "rate_limit_ppm_per_year": self.norms.rate_ppm_per_year,
+        }
 
 
-def gas_status(gas: Gas, ppm: float, *, sealed: bool, age_years: float | None, delta_ppm: float | None = None,
-               rate_ppm_per_year: float | None = None) -> GasStatus:
+def gas_status(
+    gas: Gas,
+    ppm: float,
+    *,
+    sealed: bool,
+    age_years: float | None,
+    delta_ppm: float | None = None,
+    rate_ppm_per_year: float | None = None,
+) -> GasStatus:
     """One gas against its C57.104-2019 norms. A decrease never counts as a change (degassing)."""
     if not math.isfinite(ppm) or ppm < 0:
         raise ValueError(f"{gas.name}: a concentration must be a finite number ≥ 0 µL/L, found {ppm!r}")
@@ -236,8 +252,13 @@ class DuvalPoint:
     c2h2_pct: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {"zone": self.zone.value, "meaning": self.zone.meaning, "ch4_pct": round(self.ch4_pct, 2),
-                "c2h4_pct": round(self.c2h4_pct, 2), "c2h2_pct": round(self.c2h2_pct, 2)}
+        return {
+            "zone": self.zone.value,
+            "meaning": self.zone.meaning,
+            "ch4_pct": round(self.ch4_pct, 2),
+            "c2h4_pct": round(self.c2h4_pct, 2),
+            "c2h2_pct": round(self.c2h2_pct, 2),
+        }
 
 
 def duval_zone(ch4_pct: float, c2h4_pct: float, c2h2_pct: float) -> DuvalZone:
@@ -291,18 +312,37 @@ class DgaAssessment:
         return next((g for g in self.gases if g.gas is gas), None)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"status": self.status, "sealed": self.sealed, "gases": [g.to_dict() for g in self.gases],
-                "duval": None if self.duval is None else self.duval.to_dict()}
+        return {
+            "status": self.status,
+            "sealed": self.sealed,
+            "gases": [g.to_dict() for g in self.gases],
+            "duval": None if self.duval is None else self.duval.to_dict(),
+        }
 
 
-def assess(ppm: Mapping[Gas, float], *, sealed: bool = True, age_years: float | None = None,
-           deltas: Mapping[Gas, float] | None = None, rates: Mapping[Gas, float] | None = None) -> DgaAssessment:
+def assess(
+    ppm: Mapping[Gas, float],
+    *,
+    sealed: bool = True,
+    age_years: float | None = None,
+    deltas: Mapping[Gas, float] | None = None,
+    rates: Mapping[Gas, float] | None = None,
+) -> DgaAssessment:
     """The transformer's DGA status from the gases measured (any subset of the seven)."""
     deltas = deltas or {}
     rates = rates or {}
-    statuses = tuple(gas_status(g, float(ppm[g]), sealed=sealed, age_years=age_years,
-                                delta_ppm=deltas.get(g), rate_ppm_per_year=rates.get(g))
-                     for g in GASES if g in ppm)
+    statuses = tuple(
+        gas_status(
+            g,
+            float(ppm[g]),
+            sealed=sealed,
+            age_years=age_years,
+            delta_ppm=deltas.get(g),
+            rate_ppm_per_year=rates.get(g),
+        )
+        for g in GASES
+        if g in ppm
+    )
     status = max((s.status for s in statuses), default=1)
     duval = None
     if status >= 2 and all(g in ppm for g in (Gas.CH4, Gas.C2H4, Gas.C2H2)):

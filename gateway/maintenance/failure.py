@@ -79,11 +79,11 @@ MODES: dict[str, str] = {
 
 # The use case's scenario 3, as factor values (docs/maintenance.md shows the arithmetic)
 SCENARIO_3_FEATURES: dict[str, float] = {
-    "thermal_trend": 1.9,       # 2 °C/month, lower end of its interval
-    "top_oil_excess": 3.0,      # 78 °C against a normal 75 °C
-    "efficiency_drop": 0.7,     # 98.2 → 97.5 %
-    "cooling_duty_rise": 0.6,   # fans from about 40 % of the time to all the time
-    "dga_status": 2.0,          # status 3: elevated acetylene
+    "thermal_trend": 1.9,  # 2 °C/month, lower end of its interval
+    "top_oil_excess": 3.0,  # 78 °C against a normal 75 °C
+    "efficiency_drop": 0.7,  # 98.2 → 97.5 %
+    "cooling_duty_rise": 0.6,  # fans from about 40 % of the time to all the time
+    "dga_status": 2.0,  # status 3: elevated acetylene
     "acetylene": math.log(1.0 + 12.0 / 1.0),  # 12 µL/L against a 90th percentile of 1 µL/L
     "operating_hours": 2.0 * (87_500 / 90_000 - 0.5),
     "loss_of_life": 0.25,
@@ -150,9 +150,16 @@ class Contribution:
     mode: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {"factor": self.factor, "value": round(self.value, 4), "unit": BY_NAME[self.factor].unit,
-                "beta": self.beta, "term": round(self.term, 4), "share": round(self.share, 4),
-                "probability_without": round(self.probability_without, 4), "mode": self.mode}
+        return {
+            "factor": self.factor,
+            "value": round(self.value, 4),
+            "unit": BY_NAME[self.factor].unit,
+            "beta": self.beta,
+            "term": round(self.term, 4),
+            "share": round(self.share, 4),
+            "probability_without": round(self.probability_without, 4),
+            "mode": self.mode,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,17 +178,27 @@ class FailurePrediction:
     base_rate_per_year: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {"probability": round(self.probability, 4), "horizon_days": self.horizon_days,
-                "probabilities": {str(k): round(v, 4) for k, v in self.probabilities.items()},
-                "annual_rate": round(self.annual_rate, 5), "hazard_ratio": round(self.hazard_ratio, 2),
-                "failure_mode": self.mode, "failure_mode_key": self.mode_key,
-                "contributions": [c.to_dict() for c in self.contributions],
-                "recommended_within_days": round(self.recommended_within_days, 1),
-                "base_rate_per_year": round(self.base_rate_per_year, 6)}
+        return {
+            "probability": round(self.probability, 4),
+            "horizon_days": self.horizon_days,
+            "probabilities": {str(k): round(v, 4) for k, v in self.probabilities.items()},
+            "annual_rate": round(self.annual_rate, 5),
+            "hazard_ratio": round(self.hazard_ratio, 2),
+            "failure_mode": self.mode,
+            "failure_mode_key": self.mode_key,
+            "contributions": [c.to_dict() for c in self.contributions],
+            "recommended_within_days": round(self.recommended_within_days, 1),
+            "base_rate_per_year": round(self.base_rate_per_year, 6),
+        }
 
 
-def predict(h: HealthInputs, *, horizon_days: float = 60.0, acceptable_risk: float = 0.25,
-            base_rate_per_year: float = BASE_RATE_PER_YEAR) -> FailurePrediction:
+def predict(
+    h: HealthInputs,
+    *,
+    horizon_days: float = 60.0,
+    acceptable_risk: float = 0.25,
+    base_rate_per_year: float = BASE_RATE_PER_YEAR,
+) -> FailurePrediction:
     x = features(h)
     total = log_hazard(x)
     rate = base_rate_per_year * math.exp(total)
@@ -197,14 +214,29 @@ def predict(h: HealthInputs, *, horizon_days: float = 60.0, acceptable_risk: flo
         by_mode[mode] = by_mode.get(mode, 0.0) + term
         without = dict(x)
         without[f.name] = 0.0
-        contributions.append(Contribution(f.name, x[f.name], f.beta, term, term / total if total > 0 else 0.0,
-                                          probability(without, horizon_days, base_rate_per_year), mode))
+        contributions.append(
+            Contribution(
+                f.name,
+                x[f.name],
+                f.beta,
+                term,
+                term / total if total > 0 else 0.0,
+                probability(without, horizon_days, base_rate_per_year),
+                mode,
+            )
+        )
     contributions.sort(key=lambda c: -c.term)
     mode_key = max(by_mode, key=lambda k: by_mode[k]) if total > 0 else "ageing"
     within = -math.log(1.0 - acceptable_risk) / rate * YEAR_DAYS if rate > 0 else math.inf
     return FailurePrediction(
-        probability=p, horizon_days=horizon_days,
+        probability=p,
+        horizon_days=horizon_days,
         probabilities={d: 1.0 - math.exp(-rate * d / YEAR_DAYS) for d in (30, 60, 90)},
-        annual_rate=rate, hazard_ratio=math.exp(total), mode=MODES[mode_key], mode_key=mode_key,
-        contributions=tuple(contributions), recommended_within_days=min(within, 365.0),
-        base_rate_per_year=base_rate_per_year)
+        annual_rate=rate,
+        hazard_ratio=math.exp(total),
+        mode=MODES[mode_key],
+        mode_key=mode_key,
+        contributions=tuple(contributions),
+        recommended_within_days=min(within, 365.0),
+        base_rate_per_year=base_rate_per_year,
+    )

@@ -57,9 +57,38 @@ Array = npt.NDArray[np.float64]
 Series = tuple[Array, Array]
 """(wall times in s, values), sorted by time."""
 
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-         2.045, 2.042)
+_T975 = (
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+)
 
 
 def t_975(dof: int) -> float:
@@ -99,7 +128,7 @@ def linear_fit(x: Sequence[float] | Array, y: Sequence[float] | Array) -> Linear
     slope = float(((xs - mx) * (ys - my)).sum() / sxx)
     intercept = float(my - slope * mx)
     resid = ys - (intercept + slope * xs)
-    sse = float((resid ** 2).sum())
+    sse = float((resid**2).sum())
     syy = float(((ys - my) ** 2).sum())
     stderr = math.sqrt(sse / (n - 2) / sxx) if n > 2 else math.inf
     r2 = 1.0 - sse / syy if syy > 0 else 1.0
@@ -110,12 +139,16 @@ def series(rows: Sequence[Mapping[str, Any]], value: str = "mean") -> Series:
     """History rows (`bucket_start`, `mean`) to a series; rows without a good value are left out.
     `value="max"` for a counter (its mean over a bucket is a time it never showed; the bucket's
     maximum is its reading at the bucket's end), the mean where a row has no maximum."""
+
     def pick(r: Mapping[str, Any]) -> Any:
         v = r.get(value)
         return r.get("mean") if v is None else v
 
-    pairs = sorted((float(r["bucket_start"]), float(pick(r))) for r in rows
-                   if pick(r) is not None and math.isfinite(float(pick(r))))
+    pairs = sorted(
+        (float(r["bucket_start"]), float(pick(r)))
+        for r in rows
+        if pick(r) is not None and math.isfinite(float(pick(r)))
+    )
     if not pairs:
         return np.zeros(0), np.zeros(0)
     t, v = zip(*pairs, strict=True)
@@ -196,10 +229,16 @@ class TopOilTrend:
         return self.slope_c_per_month - self.ci95_c_per_month
 
     def to_dict(self) -> dict[str, Any]:
-        return {"slope_c_per_month": round(self.slope_c_per_month, 3), "ci95_c_per_month": round(self.ci95_c_per_month, 3),
-                "low_c_per_month": round(self.low_c_per_month, 3), "days": self.days,
-                "reference_load_pu": round(self.reference_load_pu, 3), "rise_first_c": round(self.rise_first_c, 2),
-                "rise_last_c": round(self.rise_last_c, 2), "detected": self.detected}
+        return {
+            "slope_c_per_month": round(self.slope_c_per_month, 3),
+            "ci95_c_per_month": round(self.ci95_c_per_month, 3),
+            "low_c_per_month": round(self.low_c_per_month, 3),
+            "days": self.days,
+            "reference_load_pu": round(self.reference_load_pu, 3),
+            "rise_first_c": round(self.rise_first_c, 2),
+            "rise_last_c": round(self.rise_last_c, 2),
+            "detected": self.detected,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,8 +251,11 @@ class Efficiency:
         return self.baseline_pct - self.recent_pct
 
     def to_dict(self) -> dict[str, Any]:
-        return {"baseline_pct": round(self.baseline_pct, 3), "recent_pct": round(self.recent_pct, 3),
-                "drop_pct_points": round(self.drop_pct_points, 3)}
+        return {
+            "baseline_pct": round(self.baseline_pct, 3),
+            "recent_pct": round(self.recent_pct, 3),
+            "drop_pct_points": round(self.drop_pct_points, 3),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,15 +290,22 @@ class HealthInputs:
     def to_dict(self) -> dict[str, Any]:
         def r(v: float | None, nd: int = 3) -> float | None:
             return None if v is None else round(v, nd)
+
         return {
-            "transformer": self.transformer, "time": self.time, "history_days": round(self.history_days, 1),
-            "load_pu": r(self.load_pu), "top_oil_trend": None if self.top_oil is None else self.top_oil.to_dict(),
-            "top_oil_recent_c": r(self.top_oil_recent_c, 2), "normal_top_oil_max_c": self.normal_top_oil_max_c,
+            "transformer": self.transformer,
+            "time": self.time,
+            "history_days": round(self.history_days, 1),
+            "load_pu": r(self.load_pu),
+            "top_oil_trend": None if self.top_oil is None else self.top_oil.to_dict(),
+            "top_oil_recent_c": r(self.top_oil_recent_c, 2),
+            "normal_top_oil_max_c": self.normal_top_oil_max_c,
             "efficiency": None if self.efficiency is None else self.efficiency.to_dict(),
             "cooling_duty": None if self.cooling is None else self.cooling.to_dict(),
-            "operating_hours": r(self.operating_hours, 0), "maintenance_interval_h": self.maintenance_interval_h,
+            "operating_hours": r(self.operating_hours, 0),
+            "maintenance_interval_h": self.maintenance_interval_h,
             "loss_of_life_percent": r(self.loss_of_life_percent, 4),
-            "dga": None if self.dga is None else self.dga.to_dict(), "notes": list(self.notes),
+            "dga": None if self.dga is None else self.dga.to_dict(),
+            "notes": list(self.notes),
         }
 
 
@@ -267,18 +316,35 @@ def _ultimate_ratio(k: Array | float, loss_ratio: float, n: float) -> Array | fl
     return ((np.asarray(k) ** 2 * loss_ratio + 1.0) / (loss_ratio + 1.0)) ** n
 
 
-def evaluate(transformer: str, rows: Mapping[str, Sequence[Mapping[str, Any]]], data: TransformerData, now: float,
-             settings: HealthSettings | None = None) -> HealthInputs:
+def evaluate(
+    transformer: str,
+    rows: Mapping[str, Sequence[Mapping[str, Any]]],
+    data: TransformerData,
+    now: float,
+    settings: HealthSettings | None = None,
+) -> HealthInputs:
     """Health inputs of one transformer from its hourly history rows, keyed by point name."""
     s = settings or HealthSettings()
     oldest = now - (s.trend_window_days + s.rate_window_days) * DAY_S
-    return evaluate_series(transformer, {name: series([r for r in rs if float(r["bucket_start"]) >= oldest],
-                                                      "max" if name in COUNTERS else "mean")
-                                         for name, rs in rows.items()}, data, now, s)
+    return evaluate_series(
+        transformer,
+        {
+            name: series([r for r in rs if float(r["bucket_start"]) >= oldest], "max" if name in COUNTERS else "mean")
+            for name, rs in rows.items()
+        },
+        data,
+        now,
+        s,
+    )
 
 
-def evaluate_series(transformer: str, got: Mapping[str, Series], data: TransformerData, now: float,
-                    settings: HealthSettings | None = None) -> HealthInputs:
+def evaluate_series(
+    transformer: str,
+    got: Mapping[str, Series],
+    data: TransformerData,
+    now: float,
+    settings: HealthSettings | None = None,
+) -> HealthInputs:
     """`evaluate` on series already made (sorted wall times and values per point name)."""
     s = settings or HealthSettings()
     notes: list[str] = []
@@ -301,18 +367,30 @@ def evaluate_series(transformer: str, got: Mapping[str, Series], data: Transform
     else:
         notes.append("no load history (load_kw)")
 
-    top_oil, top_recent, comparable = _top_oil(get("top_oil_temp_c"), get("ambient_temp_c"), load, data, s, now,
-                                               n_exp, notes)
+    top_oil, top_recent, comparable = _top_oil(
+        get("top_oil_temp_c"), get("ambient_temp_c"), load, data, s, now, n_exp, notes
+    )
     efficiency = _efficiency(get("load_kw"), get("primary_power_kw"), comparable, s, now, since, notes)
     cooling = _duty(get("fans_running"), s, now, since, notes)
     hours = _hours(get("operating_hours"), load, data, notes)
     lol = _loss_of_life(get("top_oil_temp_c", now - 10 * 365 * DAY_S), load, data, m_exp, notes)
     assessment = _dga(got, data, s, now, notes)
-    return HealthInputs(transformer=transformer, time=now, history_days=history_days, load_pu=load_pu,
-                        top_oil=top_oil, top_oil_recent_c=top_recent, normal_top_oil_max_c=data.normal_top_oil_max_c,
-                        efficiency=efficiency, cooling=cooling, operating_hours=hours,
-                        maintenance_interval_h=data.maintenance_interval_h, loss_of_life_percent=lol, dga=assessment,
-                        notes=tuple(notes))
+    return HealthInputs(
+        transformer=transformer,
+        time=now,
+        history_days=history_days,
+        load_pu=load_pu,
+        top_oil=top_oil,
+        top_oil_recent_c=top_recent,
+        normal_top_oil_max_c=data.normal_top_oil_max_c,
+        efficiency=efficiency,
+        cooling=cooling,
+        operating_hours=hours,
+        maintenance_interval_h=data.maintenance_interval_h,
+        loss_of_life_percent=lol,
+        dga=assessment,
+        notes=tuple(notes),
+    )
 
 
 def _apparent_kva(kw: Series, kvar: Series) -> Series:
@@ -324,8 +402,16 @@ def _apparent_kva(kw: Series, kvar: Series) -> Series:
     return t, np.hypot(p, q)
 
 
-def _top_oil(top: Series, ambient: Series, load: Series, data: TransformerData, s: HealthSettings, now: float,
-             n_exp: float, notes: list[str]) -> tuple[TopOilTrend | None, float | None, Array]:
+def _top_oil(
+    top: Series,
+    ambient: Series,
+    load: Series,
+    data: TransformerData,
+    s: HealthSettings,
+    now: float,
+    n_exp: float,
+    notes: list[str],
+) -> tuple[TopOilTrend | None, float | None, Array]:
     if not len(top[0]) or not len(ambient[0]) or not len(load[0]):
         notes.append("no top-oil trend: top_oil_temp_c, ambient_temp_c and load_kw are all needed")
         return None, None, np.zeros(0)
@@ -337,8 +423,11 @@ def _top_oil(top: Series, ambient: Series, load: Series, data: TransformerData, 
     k_ref = float(np.median(k))
     keep = np.abs(k - k_ref) <= s.load_band_pu
     t, oil, amb, k = t[keep], oil[keep], amb[keep], k[keep]
-    rise = (oil - amb) * _ultimate_ratio(k_ref, data.loss_ratio, n_exp) / np.maximum(
-        _ultimate_ratio(k, data.loss_ratio, n_exp), 1e-6)
+    rise = (
+        (oil - amb)
+        * _ultimate_ratio(k_ref, data.loss_ratio, n_exp)
+        / np.maximum(_ultimate_ratio(k, data.loss_ratio, n_exp), 1e-6)
+    )
     recent = t >= now - s.recent_days * DAY_S
     top_recent = float(oil[recent].mean()) if recent.any() else None
     unique_days, daily = _daily_means(t, rise)
@@ -350,14 +439,21 @@ def _top_oil(top: Series, ambient: Series, load: Series, data: TransformerData, 
     if fit is None:
         return None, top_recent, t
     slope, ci = fit.slope, fit.ci95
-    trend = TopOilTrend(slope_c_per_month=slope, ci95_c_per_month=ci, days=len(unique_days), reference_load_pu=k_ref,
-                        rise_first_c=fit.intercept, rise_last_c=fit.intercept + slope * float(x[-1]),
-                        detected=slope - ci > s.trend_threshold_c_per_month)
+    trend = TopOilTrend(
+        slope_c_per_month=slope,
+        ci95_c_per_month=ci,
+        days=len(unique_days),
+        reference_load_pu=k_ref,
+        rise_first_c=fit.intercept,
+        rise_last_c=fit.intercept + slope * float(x[-1]),
+        detected=slope - ci > s.trend_threshold_c_per_month,
+    )
     return trend, top_recent, t
 
 
-def _efficiency(output_kw: Series, primary: Series, comparable: Array, s: HealthSettings, now: float, since: float,
-                notes: list[str]) -> Efficiency | None:
+def _efficiency(
+    output_kw: Series, primary: Series, comparable: Array, s: HealthSettings, now: float, since: float, notes: list[str]
+) -> Efficiency | None:
     """Active power out (the secondary's kW) over active power in (the primary's kW)."""
     if not len(primary[0]) or not len(output_kw[0]):
         notes.append("no efficiency: primary_power_kw and load_kw are both needed")
@@ -374,7 +470,9 @@ def _efficiency(output_kw: Series, primary: Series, comparable: Array, s: Health
     if (since + s.baseline_days * DAY_S) > now - s.recent_days * DAY_S:
         notes.append("no efficiency: the history does not yet span a baseline and a recent period apart")
         return None
-    return Efficiency(100.0 * out_kw[base].sum() / in_kw[base].sum(), 100.0 * out_kw[recent].sum() / in_kw[recent].sum())
+    return Efficiency(
+        100.0 * out_kw[base].sum() / in_kw[base].sum(), 100.0 * out_kw[recent].sum() / in_kw[recent].sum()
+    )
 
 
 def _duty(fans: Series, s: HealthSettings, now: float, since: float, notes: list[str]) -> CoolingDuty | None:
@@ -414,8 +512,9 @@ def _loss_of_life(top: Series, load: Series, data: TransformerData, m_exp: float
     return data.prior_loss_of_life_percent + 100.0 * equivalent_h / data.normal_insulation_life_h
 
 
-def _dga(got: Mapping[str, Series], data: TransformerData, s: HealthSettings, now: float,
-         notes: list[str]) -> dga.DgaAssessment | None:
+def _dga(
+    got: Mapping[str, Series], data: TransformerData, s: HealthSettings, now: float, notes: list[str]
+) -> dga.DgaAssessment | None:
     latest: dict[Gas, float] = {}
     rates: dict[Gas, float] = {}
     deltas: dict[Gas, float] = {}
@@ -441,6 +540,8 @@ def _dga(got: Mapping[str, Series], data: TransformerData, s: HealthSettings, no
         notes.append("no DGA: no dissolved-gas history")
         return None
     if len(rates) < len(latest):
-        notes.append(f"DGA rates need {s.min_rate_days:g} days of data: rate of "
-                     f"{', '.join(g.name for g in latest if g not in rates)} not judged")
+        notes.append(
+            f"DGA rates need {s.min_rate_days:g} days of data: rate of "
+            f"{', '.join(g.name for g in latest if g not in rates)} not judged"
+        )
     return dga.assess(latest, sealed=data.sealed, age_years=data.age_years, deltas=deltas, rates=rates)

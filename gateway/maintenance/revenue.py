@@ -54,9 +54,13 @@ class Suspect:
     reason: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {"meter": self.meter, "registered_kwh": round(self.registered_kwh, 4),
-                "expected_kwh": None if self.expected_kwh is None else round(self.expected_kwh, 4),
-                "missing_kwh": round(self.missing_kwh, 4), "reason": self.reason}
+        return {
+            "meter": self.meter,
+            "registered_kwh": round(self.registered_kwh, 4),
+            "expected_kwh": None if self.expected_kwh is None else round(self.expected_kwh, 4),
+            "missing_kwh": round(self.missing_kwh, 4),
+            "reason": self.reason,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,12 +81,20 @@ class Finding:
     suspects: tuple[Suspect, ...]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"transformer": self.transformer, "groups": list(self.groups), "finding": self.kind,
-                "window_s": round(self.window_end - self.window_start, 1),
-                "transformer_kwh": round(self.transformer_kwh, 4), "metered_kwh": round(self.metered_kwh, 4),
-                "losses_kwh": round(self.losses_kwh, 4), "gap_kwh": round(self.gap_kwh, 4),
-                "gap_percent": round(self.gap_percent, 2), "threshold_percent": self.threshold_percent,
-                "windows_over": self.windows_over, "suspects": [s.to_dict() for s in self.suspects]}
+        return {
+            "transformer": self.transformer,
+            "groups": list(self.groups),
+            "finding": self.kind,
+            "window_s": round(self.window_end - self.window_start, 1),
+            "transformer_kwh": round(self.transformer_kwh, 4),
+            "metered_kwh": round(self.metered_kwh, 4),
+            "losses_kwh": round(self.losses_kwh, 4),
+            "gap_kwh": round(self.gap_kwh, 4),
+            "gap_percent": round(self.gap_percent, 2),
+            "threshold_percent": self.threshold_percent,
+            "windows_over": self.windows_over,
+            "suspects": [s.to_dict() for s in self.suspects],
+        }
 
 
 class _Balance:
@@ -106,8 +118,11 @@ class _Balance:
 class RevenueGuard:
     """Energy balances of the transformers whose load is measured and whose meters are known."""
 
-    def __init__(self, meters: Mapping[str, tuple[tuple[str, ...], npt.NDArray[np.int64], Sequence[str]]],
-                 settings: RevenueSettings | None = None) -> None:
+    def __init__(
+        self,
+        meters: Mapping[str, tuple[tuple[str, ...], npt.NDArray[np.int64], Sequence[str]]],
+        settings: RevenueSettings | None = None,
+    ) -> None:
         """`meters`: transformer → (its meter groups, the meters' indices in the fleet, their ids)."""
         self.settings = settings or RevenueSettings()
         self.groups = {x: g for x, (g, _, _) in meters.items()}
@@ -130,9 +145,14 @@ class RevenueGuard:
             b.energy_kwh += 0.5 * (b.last[1] + kw) * (now - b.last[0]) / 3600.0
         b.last = (now, kw)
 
-    def evaluate(self, now: float, energy_kwh: npt.NDArray[np.float64], last_reading: npt.NDArray[np.float64],
-                 known: npt.NDArray[np.bool_] | None = None, supplied: Mapping[str, bool] | None = None
-                 ) -> list[Finding]:
+    def evaluate(
+        self,
+        now: float,
+        energy_kwh: npt.NDArray[np.float64],
+        last_reading: npt.NDArray[np.float64],
+        known: npt.NDArray[np.bool_] | None = None,
+        supplied: Mapping[str, bool] | None = None,
+    ) -> list[Finding]:
         """Close the windows that are due; the findings to report (at most one per episode).
 
         `known`: meters whose energy register has been read at least once (a window opens only
@@ -154,8 +174,9 @@ class RevenueGuard:
             self._open(b, now, energy_kwh, last_reading)
         return out
 
-    def _open(self, b: _Balance, now: float, energy: npt.NDArray[np.float64],
-              last_reading: npt.NDArray[np.float64]) -> None:
+    def _open(
+        self, b: _Balance, now: float, energy: npt.NDArray[np.float64], last_reading: npt.NDArray[np.float64]
+    ) -> None:
         b.start = now
         b.start_energy = energy[b.index].astype(np.float64).copy()
         b.start_read = last_reading[b.index].astype(np.float64).copy()
@@ -164,8 +185,9 @@ class RevenueGuard:
         if b.last is not None:
             b.last = (now, b.last[1])
 
-    def _close(self, xfmr: str, b: _Balance, now: float, energy: npt.NDArray[np.float64],
-               last_reading: npt.NDArray[np.float64]) -> Finding | None:
+    def _close(
+        self, xfmr: str, b: _Balance, now: float, energy: npt.NDArray[np.float64], last_reading: npt.NDArray[np.float64]
+    ) -> Finding | None:
         s = self.settings
         assert b.start is not None and b.start_energy is not None and b.start_read is not None
         fresh = last_reading[b.index] > b.start_read
@@ -189,14 +211,30 @@ class RevenueGuard:
         if b.over < s.persistence or b.reported:
             return None
         b.reported = True
-        return Finding(transformer=xfmr, groups=self.groups[xfmr],
-                       kind="unexplained_energy" if gap > 0 else "over_registration", window_start=b.start,
-                       window_end=now, transformer_kwh=e_xfmr, metered_kwh=metered, losses_kwh=losses, gap_kwh=gap,
-                       gap_percent=pct, threshold_percent=s.threshold_percent, windows_over=b.over,
-                       suspects=self._suspects(b, per_meter, e_xfmr, history, gap > 0))
+        return Finding(
+            transformer=xfmr,
+            groups=self.groups[xfmr],
+            kind="unexplained_energy" if gap > 0 else "over_registration",
+            window_start=b.start,
+            window_end=now,
+            transformer_kwh=e_xfmr,
+            metered_kwh=metered,
+            losses_kwh=losses,
+            gap_kwh=gap,
+            gap_percent=pct,
+            threshold_percent=s.threshold_percent,
+            windows_over=b.over,
+            suspects=self._suspects(b, per_meter, e_xfmr, history, gap > 0),
+        )
 
-    def _suspects(self, b: _Balance, per_meter: npt.NDArray[np.float64], e_xfmr: float,
-                  history: list[tuple[npt.NDArray[np.float64], float]], missing: bool) -> tuple[Suspect, ...]:
+    def _suspects(
+        self,
+        b: _Balance,
+        per_meter: npt.NDArray[np.float64],
+        e_xfmr: float,
+        history: list[tuple[npt.NDArray[np.float64], float]],
+        missing: bool,
+    ) -> tuple[Suspect, ...]:
         baseline = [(m, e) for m, e in history if e > MIN_TRANSFORMER_KWH]
         # windows before the trouble started are the pattern; the windows already over the threshold are not
         baseline = baseline[: max(0, len(baseline) - (b.over - 1))]
@@ -217,8 +255,11 @@ class RevenueGuard:
                 reason = "registered the least energy of the transformer's meters (no pattern yet)"
             elif missing:
                 drop = 100.0 * (1.0 - reg / exp) if exp > 0 else 0.0
-                reason = (f"registered {reg:.3g} kWh where its own pattern gives {exp:.3g} kWh ({drop:.0f} % less)"
-                          if reg > 1e-9 else f"registered nothing where its own pattern gives {exp:.3g} kWh")
+                reason = (
+                    f"registered {reg:.3g} kWh where its own pattern gives {exp:.3g} kWh ({drop:.0f} % less)"
+                    if reg > 1e-9
+                    else f"registered nothing where its own pattern gives {exp:.3g} kWh"
+                )
             else:
                 reason = f"registered {reg:.3g} kWh where its own pattern gives {exp:.3g} kWh (more than expected)"
             out.append(Suspect(b.ids[k], reg, exp, miss if missing else -miss, reason))

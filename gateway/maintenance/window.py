@@ -68,8 +68,9 @@ class LoadForecast:
         return max(self.profile_kw)
 
 
-def weekly_forecast(times: Sequence[float], values_kw: Sequence[float], now: float, *, utc_offset_h: float = 0.0,
-                    weeks: int = 4) -> LoadForecast:
+def weekly_forecast(
+    times: Sequence[float], values_kw: Sequence[float], now: float, *, utc_offset_h: float = 0.0, weeks: int = 4
+) -> LoadForecast:
     """The conservative hour-of-week profile of the last `weeks` weeks of hourly loads."""
     t = np.asarray(times, dtype=np.float64)
     v = np.asarray(values_kw, dtype=np.float64)
@@ -106,14 +107,28 @@ class WindowChoice:
     label: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"start": self.start, "end": self.end, "duration_h": self.duration_h, "label": self.label,
-                "forecast_peak_kw": round(self.peak_kw, 1), "forecast_energy_kwh": round(self.energy_kwh, 1),
-                "candidates": self.candidates, "median_candidate_peak_kw": round(self.median_peak_kw, 1),
-                "reasons": list(self.reasons)}
+        return {
+            "start": self.start,
+            "end": self.end,
+            "duration_h": self.duration_h,
+            "label": self.label,
+            "forecast_peak_kw": round(self.peak_kw, 1),
+            "forecast_energy_kwh": round(self.energy_kwh, 1),
+            "candidates": self.candidates,
+            "median_candidate_peak_kw": round(self.median_peak_kw, 1),
+            "reasons": list(self.reasons),
+        }
 
 
-def choose_window(forecast: LoadForecast, now: float, *, duration_h: int, notice_h: float, lead_days: float,
-                  preparation_h: float = 0.0) -> WindowChoice:
+def choose_window(
+    forecast: LoadForecast,
+    now: float,
+    *,
+    duration_h: int,
+    notice_h: float,
+    lead_days: float,
+    preparation_h: float = 0.0,
+) -> WindowChoice:
     """The lowest-impact `duration_h` slot that starts after the notice and ends within the lead time."""
     if duration_h < 1 or duration_h > WEEK_H:
         raise ValueError(f"the outage window lasts 1..{WEEK_H} hours, found {duration_h}")
@@ -123,15 +138,19 @@ def choose_window(forecast: LoadForecast, now: float, *, duration_h: int, notice
     reasons: list[str] = []
     if latest < earliest:
         latest = earliest
-        reasons.append(f"the {notice_h:g} h customer notice leaves no window inside the recommended "
-                       f"{lead_days:g} days: the earliest possible window is taken")
+        reasons.append(
+            f"the {notice_h:g} h customer notice leaves no window inside the recommended "
+            f"{lead_days:g} days: the earliest possible window is taken"
+        )
     starts = np.arange(earliest, latest + 1.0, HOUR_S)
     scored = [(*forecast.over(float(s), duration_h), float(s)) for s in starts]
     peak, energy, start = min(scored, key=lambda x: (round(x[0], 6), round(x[1], 6), x[2]))
     median_peak = float(np.median([p for p, _, _ in scored]))
     off = forecast.utc_offset_h
-    label = (f"{local_label(start, off)} to {local_label(start + duration_h * HOUR_S, off)[-5:]} "
-             f"(UTC{'+' if off >= 0 else '-'}{abs(off):g})")
+    label = (
+        f"{local_label(start, off)} to {local_label(start + duration_h * HOUR_S, off)[-5:]} "
+        f"(UTC{'+' if off >= 0 else '-'}{abs(off):g})"
+    )
     reasons += [
         f"lowest forecast load of {len(scored)} candidate {duration_h} h windows: peak {peak:.0f} kW, "
         f"{energy:.0f} kWh ({100 * peak / forecast.weekly_peak_kw:.0f} % of the weekly peak "
@@ -141,6 +160,14 @@ def choose_window(forecast: LoadForecast, now: float, *, duration_h: int, notice
         f"({lead_days:g} days)",
         f"forecast from {forecast.weeks:g} weeks of load history, the heaviest week at each hour",
     ]
-    return WindowChoice(start=start, end=start + duration_h * HOUR_S, duration_h=duration_h, peak_kw=peak,
-                        energy_kwh=energy, candidates=len(scored), median_peak_kw=median_peak, reasons=tuple(reasons),
-                        label=label)
+    return WindowChoice(
+        start=start,
+        end=start + duration_h * HOUR_S,
+        duration_h=duration_h,
+        peak_kw=peak,
+        energy_kwh=energy,
+        candidates=len(scored),
+        median_peak_kw=median_peak,
+        reasons=tuple(reasons),
+        label=label,
+    )

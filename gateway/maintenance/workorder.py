@@ -42,7 +42,9 @@ class WorkOrderEvent(enum.Enum):
 
 _S, _E = WorkOrderState, WorkOrderEvent
 TABLE: TransitionTable[WorkOrderState, WorkOrderEvent] = TransitionTable(
-    WorkOrderState, WorkOrderEvent, initial=_S.PROPOSED,
+    WorkOrderState,
+    WorkOrderEvent,
+    initial=_S.PROPOSED,
     rows={
         _S.PROPOSED: row(_E, ACCEPT=_S.ACCEPTED, CLOSE=_S.CLOSED, ignore="RESCHEDULE EVIDENCE"),
         _S.ACCEPTED: row(_E, CLOSE=_S.CLOSED, ignore="ACCEPT RESCHEDULE EVIDENCE"),
@@ -104,28 +106,58 @@ class WorkOrder:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "id": self.id, "asset": self.asset, "asset_type": self.asset_type, "substation": self.substation,
-            "status": self.status.value, "priority": self.priority.value, "created": self.created,
-            "reason": self.reason, "tasks": list(self.tasks), "parts": [p.to_dict() for p in self.parts],
-            "equipment": list(self.equipment), "crew": self.crew, "crew_skill": self.crew_skill,
-            "window": dict(self.window), "duration_h": self.duration_h, "success_criteria": list(self.success_criteria),
-            "assessment": dict(self.assessment), "plans": [dict(p) for p in self.plans],
-            "recommended_plan": self.recommended_plan, "backup_sequence": self.backup_sequence,
-            "customers": dict(self.customers), "external_id": self.external_id,
+            "id": self.id,
+            "asset": self.asset,
+            "asset_type": self.asset_type,
+            "substation": self.substation,
+            "status": self.status.value,
+            "priority": self.priority.value,
+            "created": self.created,
+            "reason": self.reason,
+            "tasks": list(self.tasks),
+            "parts": [p.to_dict() for p in self.parts],
+            "equipment": list(self.equipment),
+            "crew": self.crew,
+            "crew_skill": self.crew_skill,
+            "window": dict(self.window),
+            "duration_h": self.duration_h,
+            "success_criteria": list(self.success_criteria),
+            "assessment": dict(self.assessment),
+            "plans": [dict(p) for p in self.plans],
+            "recommended_plan": self.recommended_plan,
+            "backup_sequence": self.backup_sequence,
+            "customers": dict(self.customers),
+            "external_id": self.external_id,
             "history": [dict(h) for h in self.history],
         }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> WorkOrder:
-        return cls(id=d["id"], asset=d["asset"], asset_type=d["asset_type"], substation=d["substation"],
-                   status=WorkOrderState(d["status"]), priority=Priority(d["priority"]), created=float(d["created"]),
-                   reason=d["reason"], tasks=tuple(d["tasks"]), parts=tuple(Part(**p) for p in d["parts"]),
-                   equipment=tuple(d["equipment"]), crew=d["crew"], crew_skill=d["crew_skill"],
-                   window=dict(d["window"]), duration_h=float(d["duration_h"]),
-                   success_criteria=tuple(d["success_criteria"]), assessment=dict(d.get("assessment", {})),
-                   plans=tuple(d.get("plans", ())), recommended_plan=d.get("recommended_plan"),
-                   backup_sequence=d.get("backup_sequence"), customers=dict(d.get("customers", {})),
-                   external_id=d.get("external_id"), history=tuple(d.get("history", ())))
+        return cls(
+            id=d["id"],
+            asset=d["asset"],
+            asset_type=d["asset_type"],
+            substation=d["substation"],
+            status=WorkOrderState(d["status"]),
+            priority=Priority(d["priority"]),
+            created=float(d["created"]),
+            reason=d["reason"],
+            tasks=tuple(d["tasks"]),
+            parts=tuple(Part(**p) for p in d["parts"]),
+            equipment=tuple(d["equipment"]),
+            crew=d["crew"],
+            crew_skill=d["crew_skill"],
+            window=dict(d["window"]),
+            duration_h=float(d["duration_h"]),
+            success_criteria=tuple(d["success_criteria"]),
+            assessment=dict(d.get("assessment", {})),
+            plans=tuple(d.get("plans", ())),
+            recommended_plan=d.get("recommended_plan"),
+            backup_sequence=d.get("backup_sequence"),
+            customers=dict(d.get("customers", {})),
+            external_id=d.get("external_id"),
+            history=tuple(d.get("history", ())),
+        )
 
 
 def work_order_id(prefix: str, asset: str, wall: float, utc_offset_h: float, taken: Sequence[str] = ()) -> str:
@@ -141,8 +173,7 @@ def work_order_id(prefix: str, asset: str, wall: float, utc_offset_h: float, tak
     return out
 
 
-def apply(order: WorkOrder, event: WorkOrderEvent, who: str, wall: float, note: str = "",
-          **changes: Any) -> WorkOrder:
+def apply(order: WorkOrder, event: WorkOrderEvent, who: str, wall: float, note: str = "", **changes: Any) -> WorkOrder:
     """The order after `event` (accept, reschedule, close, evidence), recorded in its history."""
     try:
         status = TABLE.next(order.status, event)
@@ -187,19 +218,25 @@ def contents(ev: Evidence) -> tuple[tuple[str, ...], tuple[Part, ...], tuple[str
         parts.append(Part("cooling fan motor", 1, "pcs"))
         criteria.append("fans cycling with the load again (duty back near its baseline)")
     if ev.acetylene or ev.failure_mode_key == "winding" or ev.dga_status >= 3:
-        tasks.append("tap changer inspection and service (diverter contacts and oil; a leak from its compartment "
-                     "is ruled out as the acetylene's source)")
+        tasks.append(
+            "tap changer inspection and service (diverter contacts and oil; a leak from its compartment "
+            "is ruled out as the acetylene's source)"
+        )
         tasks.append("winding resistance, turns-ratio and insulation power-factor tests")
         parts.append(Part("tap changer contact set", 1, "set"))
         equipment += ["turns-ratio tester", "winding resistance meter", "insulation power-factor test set"]
         criteria.append("no acetylene generation after degassing (C2H2 rate ≤ 0.5 µL/L a year) and DGA status 1")
-        criteria.append("all electrical tests passed (turns ratio within 0.5 % of nameplate, winding resistance "
-                        "within 2 % between phases)")
+        criteria.append(
+            "all electrical tests passed (turns ratio within 0.5 % of nameplate, winding resistance "
+            "within 2 % between phases)"
+        )
     if ev.efficiency_drop:
         tasks.append("no-load loss and excitation current measurement")
         if ev.baseline_efficiency_pct is not None:
-            criteria.append(f"efficiency at comparable load back within 0.1 point of its baseline "
-                            f"({ev.baseline_efficiency_pct:.1f} %)")
+            criteria.append(
+                f"efficiency at comparable load back within 0.1 point of its baseline "
+                f"({ev.baseline_efficiency_pct:.1f} %)"
+            )
     if ev.ageing:
         tasks.append("furan analysis of the oil (the paper's degree of polymerisation)")
     if ev.hours_due:
@@ -214,8 +251,13 @@ def contents(ev: Evidence) -> tuple[tuple[str, ...], tuple[Part, ...], tuple[str
     return tuple(tasks), tuple(parts), tuple(equipment), tuple(criteria), skill
 
 
-def priority_for(probability: float | None, threshold: float, critical_customers: int, reason: str,
-                 recommended_within_days: float | None) -> Priority:
+def priority_for(
+    probability: float | None,
+    threshold: float,
+    critical_customers: int,
+    reason: str,
+    recommended_within_days: float | None,
+) -> Priority:
     if probability is None:
         return Priority.HIGH if "critical" in reason else Priority.MEDIUM
     if probability >= 0.8 or (recommended_within_days is not None and recommended_within_days <= 7):

@@ -37,8 +37,13 @@ def event_record(event: ProtectionEvent) -> dict[str, Any]:
     """A protection event as the event log and the uplink's `events` carry it: the current the
     element measured, or for 27/59 the voltage (`voltage_kv`) and for 81 the frequency
     (`frequency_hz`) it acted on."""
-    record: dict[str, Any] = {"breaker": event.breaker, "element": event.element, "phase": event.phase,
-                              "current_a": event.current_a, "monotonic": event.time}
+    record: dict[str, Any] = {
+        "breaker": event.breaker,
+        "element": event.element,
+        "phase": event.phase,
+        "current_a": event.current_a,
+        "monotonic": event.time,
+    }
     if event.measured is not None:
         key = "frequency_hz" if event.element.startswith("81") else "voltage_kv"
         record[key] = round(float(event.measured), 4)
@@ -175,15 +180,23 @@ class ProtectionBridge:
             future = self._submit(cmd.point_id, cmd.value, Priority.PROTECTION)
         except CommandError as exc:
             self.command_failures += 1
-            log.error("breaker command not sent", extra={"breaker": cmd.breaker, "reason": cmd.reason, "error": str(exc)})
+            log.error(
+                "breaker command not sent", extra={"breaker": cmd.breaker, "reason": cmd.reason, "error": str(exc)}
+            )
             return
         self.commands_sent += 1
         if sample_monotonic is not None:
             self.queue_latencies_s.append(max(self._monotonic() - sample_monotonic, 0.0))
         log.warning(
             "breaker command",
-            extra={"breaker": cmd.breaker, "point": cmd.point_id, "value": cmd.value, "reason": cmd.reason,
-                   "element": cmd.element, "phase": cmd.phase},
+            extra={
+                "breaker": cmd.breaker,
+                "point": cmd.point_id,
+                "value": cmd.value,
+                "reason": cmd.reason,
+                "element": cmd.element,
+                "phase": cmd.phase,
+            },
         )
         future.add_done_callback(lambda f, c=cmd, o=sample_monotonic: self._command_done(c, f, o))
 
@@ -196,5 +209,12 @@ class ProtectionBridge:
         self.command_failures += 1
         error = "cancelled" if future.cancelled() else str(future.exception())
         log.error("breaker command failed", extra={"breaker": cmd.breaker, "reason": cmd.reason, "error": error})
-        self._publish("alarms", {"time": self._wall(), "source": cmd.breaker, "severity": "critical",
-                                 "message": f"{cmd.reason} command to {cmd.breaker} failed: {error}"})
+        self._publish(
+            "alarms",
+            {
+                "time": self._wall(),
+                "source": cmd.breaker,
+                "severity": "critical",
+                "message": f"{cmd.reason} command to {cmd.breaker} failed: {error}",
+            },
+        )

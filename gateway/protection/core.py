@@ -256,5 +256,4 @@ class Core(Protocol):
 
 def new_inputs(relay_count: int) -> tuple[np.ndarray, np.ndarray]:
     """Zeroed sample and quality arrays (quality 0 = no good sample yet)."""
-    return (np.zeros(relay_count * CHANNELS, dtype=np.float64),
-            np.zeros(relay_count * CHANNELS, dtype=np.uint8))
+    return (np.zeros(relay_count * CHANNELS, dtype=np.float64), np.zeros(relay_count * CHANNELS, dtype=np.uint8))

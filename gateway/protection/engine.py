@@ -81,20 +81,25 @@ class BreakerLockedOut(PermissionError):
 
 
 _CHANNEL_OF_INPUT = {
-    "ia": Channel.IA, "ib": Channel.IB, "ic": Channel.IC, "in": Channel.IN,
-    "voltage_kv": Channel.VOLTAGE_KV, "frequency_hz": Channel.FREQUENCY_HZ,
+    "ia": Channel.IA,
+    "ib": Channel.IB,
+    "ic": Channel.IC,
+    "in": Channel.IN,
+    "voltage_kv": Channel.VOLTAGE_KV,
+    "frequency_hz": Channel.FREQUENCY_HZ,
     "closed": Channel.CLOSED,
 }
-_CURRENT_ELEMENTS = (ElementKind.P50, ElementKind.N50, ElementKind.P51, ElementKind.N51,
-                     ElementKind.TH49)
+_CURRENT_ELEMENTS = (ElementKind.P50, ElementKind.N50, ElementKind.P51, ElementKind.N51, ElementKind.TH49)
 _SIMPLE_EVENTS: dict[EventKind, EventName] = {
-    EventKind.PICKUP: "pickup", EventKind.DROPOUT: "dropout", EventKind.LOCKOUT: "lockout",
+    EventKind.PICKUP: "pickup",
+    EventKind.DROPOUT: "dropout",
+    EventKind.LOCKOUT: "lockout",
     EventKind.RESET: "reset",
 }
 
 
 def load_backend(backend: str, settings: CoreSettings) -> Core:
-    """"native", "reference" or "auto" (native if built, else the reference, loudly)."""
+    """ "native", "reference" or "auto" (native if built, else the reference, loudly)."""
     if backend not in ("native", "reference", "auto"):
         raise ValueError(f"protection backend must be 'native', 'reference' or 'auto', not {backend!r}")
     if backend == "reference":
@@ -103,8 +108,9 @@ def load_backend(backend: str, settings: CoreSettings) -> Core:
         from gateway.protection._native import NativeCore
     except ImportError as exc:
         if backend == "native":
-            raise RuntimeError(f"the native protection core is not built ({exc}); "
-                               "reinstall the package (pip install .) to compile it") from exc
+            raise RuntimeError(
+                f"the native protection core is not built ({exc}); reinstall the package (pip install .) to compile it"
+            ) from exc
         log.warning("NATIVE PROTECTION CORE NOT AVAILABLE (%s): running the Python reference", exc)
         return ReferenceCore(settings)
     return NativeCore(settings)
@@ -154,8 +160,7 @@ class ProtectionEngine:
 
     # ------------------------------------------------------------------ fast path
 
-    def on_sample(self, point_id: str, value: float | bool | None, good: bool,
-                  now: float) -> list[ProtectionAction]:
+    def on_sample(self, point_id: str, value: float | bool | None, good: bool, now: float) -> list[ProtectionAction]:
         """Store a sample of a bound point and evaluate every element at once."""
         slots = self._index.get(point_id)
         if slots is None:
@@ -204,8 +209,7 @@ class ProtectionEngine:
         try:
             raw = self._core.manual_close(relay, now, authorised)
         except CoreRefused as exc:
-            raise BreakerLockedOut(f"{breaker} is locked out: only an authorised close re-arms "
-                                   "it") from exc
+            raise BreakerLockedOut(f"{breaker} is locked out: only an authorised close re-arms it") from exc
         return self._translate(raw)
 
     # ------------------------------------------------------------------ state
@@ -222,8 +226,7 @@ class ProtectionEngine:
             est = self._core.element_state(idx)
             name = self._element_names[idx]
             for slot in range(slot_count(es.kind)):
-                label = name + (f"/{PHASE_NAMES[slot_phase(es.kind, slot)]}"
-                                if slot_phase(es.kind, slot) <= 3 else "")
+                label = name + (f"/{PHASE_NAMES[slot_phase(es.kind, slot)]}" if slot_phase(es.kind, slot) <= 3 else "")
                 if est.picked[slot]:
                     pickups.append(label)
                 if est.operated[slot]:
@@ -268,23 +271,31 @@ class ProtectionEngine:
         for breaker, relay in self._relay_of.items():
             st = self._core.relay_state(relay)
             remaining = self._rebase.get(relay)
-            if remaining is None and st.state in (RecloseState.DEAD_TIME, RecloseState.RECLAIM) \
-                    and self._last_now is not None:
+            if (
+                remaining is None
+                and st.state in (RecloseState.DEAD_TIME, RecloseState.RECLAIM)
+                and self._last_now is not None
+            ):
                 remaining = max(st.deadline - self._last_now, 0.0)
             thermal: dict[str, list[float]] = {}
             for idx, es in enumerate(self.settings.elements):
                 if es.relay == relay and es.kind == ElementKind.TH49:
                     thermal[self._element_names[idx]] = list(self._core.element_state(idx).accumulator)
-            breakers[breaker] = {"state": st.state.name.lower(), "trips": st.trips,
-                                 "timer_remaining_s": remaining, "thermal": thermal}
+            breakers[breaker] = {
+                "state": st.state.name.lower(),
+                "trips": st.trips,
+                "timer_remaining_s": remaining,
+                "thermal": thermal,
+            }
         return {"version": SNAPSHOT_VERSION, "breakers": breakers}
 
     def restore(self, snapshot: dict[str, Any]) -> None:
         """Take back a snapshot. A lockout stays a lockout; a sequence interrupted in its dead
         time locks out (no reclose long after the fault); a reclaim continues."""
         if not isinstance(snapshot, dict) or snapshot.get("version") != SNAPSHOT_VERSION:
-            raise ValueError(f"protection snapshot: expected a dict with version "
-                             f"{SNAPSHOT_VERSION}, found {snapshot!r:.200}")
+            raise ValueError(
+                f"protection snapshot: expected a dict with version {SNAPSHOT_VERSION}, found {snapshot!r:.200}"
+            )
         saved = snapshot.get("breakers")
         if not isinstance(saved, dict):
             raise ValueError(f"protection snapshot: 'breakers' must be a dict, found {saved!r:.200}")  # noqa: TRY004
@@ -295,8 +306,10 @@ class ProtectionEngine:
                 continue
             where = f"protection snapshot breakers.{breaker}"
             if not isinstance(entry, dict) or entry.get("state") not in states:
-                raise ValueError(f"{where}.state: expected one of {sorted(states)}, found "
-                                 f"{entry.get('state') if isinstance(entry, dict) else entry!r}")
+                raise ValueError(
+                    f"{where}.state: expected one of {sorted(states)}, found "
+                    f"{entry.get('state') if isinstance(entry, dict) else entry!r}"
+                )
             trips = entry.get("trips", 0)
             if not isinstance(trips, int) or trips < 0:
                 raise ValueError(f"{where}.trips: expected an integer >= 0, found {trips!r}")
@@ -320,10 +333,12 @@ class ProtectionEngine:
             for name, theta in (entry.get("thermal") or {}).items():
                 for idx, es in enumerate(self.settings.elements):
                     if es.relay == relay and self._element_names[idx] == name:
-                        if not (isinstance(theta, list) and len(theta) == 3
-                                and all(isinstance(t, int | float) and 0 <= t < 1e6 for t in theta)):
-                            raise ValueError(f"{where}.thermal.{name}: expected three levels >= 0, "
-                                             f"found {theta!r}")
+                        if not (
+                            isinstance(theta, list)
+                            and len(theta) == 3
+                            and all(isinstance(t, int | float) and 0 <= t < 1e6 for t in theta)
+                        ):
+                            raise ValueError(f"{where}.thermal.{name}: expected three levels >= 0, found {theta!r}")
                         est = self._core.element_state(idx)
                         est.accumulator = [float(t) for t in theta]
                         self._core.set_element_state(idx, est)
@@ -348,8 +363,9 @@ class ProtectionEngine:
                 continue
             mine, theirs = self._relay_of[breaker], old._relay_of[breaker]
             self._core.set_relay_state(mine, old._core.relay_state(theirs))
-            old_elements = {old._element_names[i]: i for i, es in enumerate(old.settings.elements)
-                            if es.relay == theirs}
+            old_elements = {
+                old._element_names[i]: i for i, es in enumerate(old.settings.elements) if es.relay == theirs
+            }
             for idx, es in enumerate(self.settings.elements):
                 if es.relay == mine and self._element_names[idx] in old_elements:
                     self._core.set_element_state(idx, old._core.element_state(old_elements[self._element_names[idx]]))
@@ -377,8 +393,7 @@ class ProtectionEngine:
         try:
             return self._relay_of[breaker]
         except KeyError:
-            raise KeyError(f"{breaker!r} has no protection scheme (have: "
-                           f"{', '.join(self._breakers)})") from None
+            raise KeyError(f"{breaker!r} has no protection scheme (have: {', '.join(self._breakers)})") from None
 
     def _hold_stale(self, relay: int, now: float) -> None:
         """Measurements taken before a close say nothing about the closed breaker."""
@@ -401,10 +416,18 @@ class ProtectionEngine:
             self._core.set_relay_state(relay, st)
         self._rebase.clear()
 
-    def _command(self, breaker: str, target: CommandTarget, reason: CommandReason, element: str,
-                 phase: str, time: float) -> BreakerCommand:
-        return BreakerCommand(breaker=breaker, point_id=target.point, value=target.value,
-                              reason=reason, element=element, phase=phase, time=time)
+    def _command(
+        self, breaker: str, target: CommandTarget, reason: CommandReason, element: str, phase: str, time: float
+    ) -> BreakerCommand:
+        return BreakerCommand(
+            breaker=breaker,
+            point_id=target.point,
+            value=target.value,
+            reason=reason,
+            element=element,
+            phase=phase,
+            time=time,
+        )
 
     def _translate(self, raw: list[RawEvent]) -> list[ProtectionAction]:
         out: list[ProtectionAction] = []
@@ -420,28 +443,50 @@ class ProtectionEngine:
                 element, current, measured = "79", ev.value, None
             kind = ev.kind
             if kind in _SIMPLE_EVENTS:
-                out.append(ProtectionEvent(kind=_SIMPLE_EVENTS[kind], breaker=breaker, element=element,
-                                           phase=phase, time=ev.time, current_a=current,
-                                           measured=measured))
+                out.append(
+                    ProtectionEvent(
+                        kind=_SIMPLE_EVENTS[kind],
+                        breaker=breaker,
+                        element=element,
+                        phase=phase,
+                        time=ev.time,
+                        current_a=current,
+                        measured=measured,
+                    )
+                )
             elif kind == EventKind.TRIP:
                 if ev.relay not in tripped:
                     tripped.add(ev.relay)
-                    out.append(self._command(breaker, self._trip[breaker], "trip", element, phase,
-                                             ev.time))
-                out.append(ProtectionEvent(kind="trip", breaker=breaker, element=element, phase=phase,
-                                           time=ev.time, current_a=current, measured=measured))
+                    out.append(self._command(breaker, self._trip[breaker], "trip", element, phase, ev.time))
+                out.append(
+                    ProtectionEvent(
+                        kind="trip",
+                        breaker=breaker,
+                        element=element,
+                        phase=phase,
+                        time=ev.time,
+                        current_a=current,
+                        measured=measured,
+                    )
+                )
             elif kind == EventKind.RECLOSE:
                 self._hold_stale(ev.relay, ev.time)
                 out.append(self._command(breaker, self._close[breaker], "reclose", "79", "", ev.time))
-                out.append(ProtectionEvent(kind="reclose", breaker=breaker, element="79", phase="",
-                                           time=ev.time, current_a=current))
+                out.append(
+                    ProtectionEvent(
+                        kind="reclose", breaker=breaker, element="79", phase="", time=ev.time, current_a=current
+                    )
+                )
             elif kind == EventKind.RETRIP:
                 out.append(self._command(breaker, self._trip[breaker], "retrip", "50BF", "", ev.time))
             elif kind == EventKind.BACKUP_TRIP:
                 for target in self._backup[breaker]:
                     out.append(self._command(breaker, target, "backup_trip", "50BF", "", ev.time))
-                out.append(ProtectionEvent(kind="trip", breaker=breaker, element="50BF", phase="",
-                                           time=ev.time, current_a=current))
+                out.append(
+                    ProtectionEvent(
+                        kind="trip", breaker=breaker, element="50BF", phase="", time=ev.time, current_a=current
+                    )
+                )
             elif kind == EventKind.OPEN:
                 out.append(self._command(breaker, self._trip[breaker], "trip", "manual", "", ev.time))
             elif kind == EventKind.CLOSE:

@@ -90,28 +90,39 @@ def _non_negative(x: float) -> bool:
 
 def check_relay(s: RelaySettings) -> None:
     """The C core's validation of ProtCore_setRelay."""
-    ok = (_positive(s.nominal_kv) and 0 <= s.shots <= 4 and _non_negative(s.reclaim_s)
-          and _non_negative(s.high_current_lockout_a) and _non_negative(s.close_onto_fault_s)
-          and _non_negative(s.bf_current_a) and _non_negative(s.bf_retrip_s)
-          and _non_negative(s.bf_backup_s) and len(s.dead_time_s) == 4
-          and all(_positive(s.dead_time_s[i]) for i in range(s.shots)))
+    ok = (
+        _positive(s.nominal_kv)
+        and 0 <= s.shots <= 4
+        and _non_negative(s.reclaim_s)
+        and _non_negative(s.high_current_lockout_a)
+        and _non_negative(s.close_onto_fault_s)
+        and _non_negative(s.bf_current_a)
+        and _non_negative(s.bf_retrip_s)
+        and _non_negative(s.bf_backup_s)
+        and len(s.dead_time_s) == 4
+        and all(_positive(s.dead_time_s[i]) for i in range(s.shots))
+    )
     if not ok:
         raise CoreError(f"relay settings out of range: {s}")
 
 
 def check_element(s: ElementSettings, relay_count: int) -> None:
     """The C core's validation of ProtCore_addElement."""
-    ok = 0 <= s.relay < relay_count and _positive(s.pickup) and _positive(s.dropout_ratio) \
-        and _non_negative(s.delay_s)
+    ok = 0 <= s.relay < relay_count and _positive(s.pickup) and _positive(s.dropout_ratio) and _non_negative(s.delay_s)
     if ok and s.kind in (ElementKind.P51, ElementKind.N51):
-        ok = (_positive(s.tms) and _positive(s.fast_tms) and 1.0 <= s.start_factor <= 1.2
-              and _non_negative(s.min_time_s) and math.isfinite(s.m_max)
-              and s.m_max > s.start_factor and _non_negative(s.reset_delay_s))
+        ok = (
+            _positive(s.tms)
+            and _positive(s.fast_tms)
+            and 1.0 <= s.start_factor <= 1.2
+            and _non_negative(s.min_time_s)
+            and math.isfinite(s.m_max)
+            and s.m_max > s.start_factor
+            and _non_negative(s.reset_delay_s)
+        )
         if ok and s.reset_mode == ResetMode.DEPENDENT:
             ok = CURVE_CONSTANTS[s.curve].reset_tr > 0.0 and CURVE_CONSTANTS[s.fast_curve].reset_tr > 0.0
     if ok and s.kind == ElementKind.TH49:
-        ok = _positive(s.tau_s) and _positive(s.cooling_tau_s) and _positive(s.reset_theta) \
-            and s.reset_theta < 1.0
+        ok = _positive(s.tau_s) and _positive(s.cooling_tau_s) and _positive(s.reset_theta) and s.reset_theta < 1.0
     if ok and s.kind in _FREQUENCY:
         ok = _non_negative(s.block_below_pu)
     if not ok:
@@ -207,15 +218,30 @@ class ReferenceCore:
 
     def relay_state(self, relay: int) -> RelayState:
         st = self.relays[relay].st
-        return RelayState(st.state, st.trips, st.deadline, st.close_onto_fault_until, st.latched,
-                          st.bf_armed, st.bf_start, st.bf_retrip_done)
+        return RelayState(
+            st.state,
+            st.trips,
+            st.deadline,
+            st.close_onto_fault_until,
+            st.latched,
+            st.bf_armed,
+            st.bf_start,
+            st.bf_retrip_done,
+        )
 
     def set_relay_state(self, relay: int, state: RelayState) -> None:
         if state.trips < 0:
             raise CoreError(f"trips must be >= 0, not {state.trips}")
         self.relays[relay].st = RelayState(
-            RecloseState(state.state), state.trips, state.deadline, state.close_onto_fault_until,
-            bool(state.latched), bool(state.bf_armed), state.bf_start, bool(state.bf_retrip_done))
+            RecloseState(state.state),
+            state.trips,
+            state.deadline,
+            state.close_onto_fault_until,
+            bool(state.latched),
+            bool(state.bf_armed),
+            state.bf_start,
+            bool(state.bf_retrip_done),
+        )
 
     def element_state(self, element: int) -> ElementState:
         st = self.elements[element].st
@@ -228,8 +254,12 @@ class ReferenceCore:
         r = self.relays[e.s.relay]
         for slot in range(slot_count(e.s.kind)):
             r.picked_slots += int(bool(state.picked[slot])) - int(e.st.picked[slot])
-        e.st = ElementState(list(state.accumulator), list(state.since),
-                            [bool(p) for p in state.picked], [bool(o) for o in state.operated])
+        e.st = ElementState(
+            list(state.accumulator),
+            list(state.since),
+            [bool(p) for p in state.picked],
+            [bool(o) for o in state.operated],
+        )
         e.was_good = [False, False, False]
 
     # ----------------------------------------------------------------- internals
@@ -244,8 +274,9 @@ class ReferenceCore:
             return False
         return bool((r.s.fast_mask >> r.st.trips) & 1)
 
-    def _update_element(self, out: list[RawEvent], idx: int, e: _Element, now: float, dt: float,
-                        x: list[float], good: list[bool]) -> None:
+    def _update_element(
+        self, out: list[RawEvent], idx: int, e: _Element, now: float, dt: float, x: list[float], good: list[bool]
+    ) -> None:
         s = e.s
         r = self.relays[s.relay]
         base = s.relay * CHANNELS
@@ -268,8 +299,18 @@ class ReferenceCore:
             kind = s.kind
             if kind in (ElementKind.P50, ElementKind.N50):
                 active = (not s.fast_only) or fast
-                self._definite(out, r, e, idx, slot, phase, now, v, active and v > s.pickup,
-                               (not active) or v < s.pickup * s.dropout_ratio)
+                self._definite(
+                    out,
+                    r,
+                    e,
+                    idx,
+                    slot,
+                    phase,
+                    now,
+                    v,
+                    active and v > s.pickup,
+                    (not active) or v < s.pickup * s.dropout_ratio,
+                )
             elif kind in (ElementKind.P51, ElementKind.N51):
                 self._inverse(out, r, e, idx, slot, phase, now, dt_slot, v, fast)
             elif kind == ElementKind.UV27:
@@ -277,15 +318,23 @@ class ReferenceCore:
                 # undervoltage (and must not trip the breaker the moment it closes).
                 pu = v / r.s.nominal_kv
                 is_open = good[base + Channel.CLOSED] and x[base + Channel.CLOSED] < 0.5
-                self._definite(out, r, e, idx, slot, phase, now, v, (not is_open) and pu < s.pickup,
-                               is_open or pu > s.pickup * s.dropout_ratio)
+                self._definite(
+                    out,
+                    r,
+                    e,
+                    idx,
+                    slot,
+                    phase,
+                    now,
+                    v,
+                    (not is_open) and pu < s.pickup,
+                    is_open or pu > s.pickup * s.dropout_ratio,
+                )
             elif kind == ElementKind.OV59:
                 pu = v / r.s.nominal_kv
-                self._definite(out, r, e, idx, slot, phase, now, v, pu > s.pickup,
-                               pu < s.pickup * s.dropout_ratio)
+                self._definite(out, r, e, idx, slot, phase, now, v, pu > s.pickup, pu < s.pickup * s.dropout_ratio)
             elif kind in _FREQUENCY:
-                blocked = s.block_below_pu > 0.0 and \
-                    x[base + Channel.VOLTAGE_KV] / r.s.nominal_kv < s.block_below_pu
+                blocked = s.block_below_pu > 0.0 and x[base + Channel.VOLTAGE_KV] / r.s.nominal_kv < s.block_below_pu
                 if kind == ElementKind.UF81:
                     operate = (not blocked) and v < s.pickup
                     release = blocked or v > s.pickup + s.dropout_ratio
@@ -311,8 +360,19 @@ class ReferenceCore:
         r.dropped = True
 
     @classmethod
-    def _definite(cls, out: list[RawEvent], r: _Relay, e: _Element, idx: int, slot: int,
-                  phase: Phase, now: float, v: float, operate: bool, release: bool) -> None:
+    def _definite(
+        cls,
+        out: list[RawEvent],
+        r: _Relay,
+        e: _Element,
+        idx: int,
+        slot: int,
+        phase: Phase,
+        now: float,
+        v: float,
+        operate: bool,
+        release: bool,
+    ) -> None:
         st = e.st
         if not st.picked[slot] and operate:
             cls._picks_up(r, st, slot)
@@ -326,8 +386,19 @@ class ReferenceCore:
             st.operated[slot] = True
 
     @classmethod
-    def _inverse(cls, out: list[RawEvent], r: _Relay, e: _Element, idx: int, slot: int,
-                 phase: Phase, now: float, dt: float, v: float, fast: bool) -> None:
+    def _inverse(
+        cls,
+        out: list[RawEvent],
+        r: _Relay,
+        e: _Element,
+        idx: int,
+        slot: int,
+        phase: Phase,
+        now: float,
+        dt: float,
+        v: float,
+        fast: bool,
+    ) -> None:
         s, st = e.s, e.st
         curve = s.fast_curve if fast else s.curve
         tms = s.fast_tms if fast else s.tms
@@ -364,8 +435,18 @@ class ReferenceCore:
                 st.operated[slot] = True
 
     @classmethod
-    def _thermal(cls, out: list[RawEvent], r: _Relay, e: _Element, idx: int, slot: int,
-                 phase: Phase, now: float, dt: float, v: float) -> None:
+    def _thermal(
+        cls,
+        out: list[RawEvent],
+        r: _Relay,
+        e: _Element,
+        idx: int,
+        slot: int,
+        phase: Phase,
+        now: float,
+        dt: float,
+        v: float,
+    ) -> None:
         s, st = e.s, e.st
         ratio = v / s.pickup
         theta_inf = ratio * ratio
@@ -384,8 +465,9 @@ class ReferenceCore:
         elif st.operated[slot] and theta < s.reset_theta:
             st.operated[slot] = False
 
-    def _update_relay(self, out: list[RawEvent], i: int, r: _Relay, now: float, x: list[float],
-                      good: list[bool]) -> None:
+    def _update_relay(
+        self, out: list[RawEvent], i: int, r: _Relay, now: float, x: list[float], good: list[bool]
+    ) -> None:
         base = i * CHANNELS
         any_good = False
         i_max = 0.0
@@ -433,8 +515,7 @@ class ReferenceCore:
             r.st.state = RecloseState.LOCKOUT
             out.append(RawEvent(now, i, -1, EventKind.LOCKOUT, Phase.NONE, value))
 
-    def _trip(self, out: list[RawEvent], i: int, r: _Relay, now: float, x: list[float],
-              i_max: float) -> None:
+    def _trip(self, out: list[RawEvent], i: int, r: _Relay, now: float, x: list[float], i_max: float) -> None:
         st = r.st
         st.latched = True
         reclose_allowed = True
@@ -444,8 +525,16 @@ class ReferenceCore:
                 continue
             for slot in range(slot_count(e.s.kind)):
                 if e.st.operated[slot] and e.good_now[slot]:
-                    out.append(RawEvent(now, i, idx, EventKind.TRIP, slot_phase(e.s.kind, slot),
-                                        x[base + slot_channel(e.s.kind, slot)]))
+                    out.append(
+                        RawEvent(
+                            now,
+                            i,
+                            idx,
+                            EventKind.TRIP,
+                            slot_phase(e.s.kind, slot),
+                            x[base + slot_channel(e.s.kind, slot)],
+                        )
+                    )
                     if not e.s.reclose:
                         reclose_allowed = False
         if r.s.bf_enabled:
@@ -454,13 +543,16 @@ class ReferenceCore:
             st.bf_retrip_done = False
         if st.trips < 1000:
             st.trips += 1
-        lock = (r.s.shots == 0 or not reclose_allowed or st.trips > r.s.shots
-                or (r.s.high_current_lockout_a > 0.0 and i_max >= r.s.high_current_lockout_a)
-                or now < st.close_onto_fault_until
-                or st.state in (RecloseState.LOCKOUT, RecloseState.OPEN))
+        lock = (
+            r.s.shots == 0
+            or not reclose_allowed
+            or st.trips > r.s.shots
+            or (r.s.high_current_lockout_a > 0.0 and i_max >= r.s.high_current_lockout_a)
+            or now < st.close_onto_fault_until
+            or st.state in (RecloseState.LOCKOUT, RecloseState.OPEN)
+        )
         if lock:
             self._lock_out(out, i, r, now, i_max)
         else:
             st.state = RecloseState.DEAD_TIME
             st.deadline = now + r.s.dead_time_s[st.trips - 1]
-

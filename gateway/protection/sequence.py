@@ -63,17 +63,26 @@ class InjectionState:
     """None: the nominal frequency."""
 
     def as_dict(self) -> dict[str, float | None]:
-        return {"duration_s": self.duration_s, "current_a": self.current_a, "neutral_a": self.neutral_a,
-                "voltage_kv": self.voltage_kv, "voltage_pu": self.voltage_pu, "frequency_hz": self.frequency_hz}
+        return {
+            "duration_s": self.duration_s,
+            "current_a": self.current_a,
+            "neutral_a": self.neutral_a,
+            "voltage_kv": self.voltage_kv,
+            "voltage_pu": self.voltage_pu,
+            "frequency_hz": self.frequency_hz,
+        }
 
 
 def _check_state(state: InjectionState, where: str) -> InjectionState:
     if not (math.isfinite(state.duration_s) and state.duration_s > 0):
         raise SequenceError(f"{where}: duration {state.duration_s!r} must be a number of seconds > 0")
-    for name, value, high in (("current", state.current_a, MAX_CURRENT_A),
-                              ("neutral current", state.neutral_a, MAX_CURRENT_A),
-                              ("voltage", state.voltage_kv, 1000.0), ("voltage", state.voltage_pu, 5.0),
-                              ("frequency", state.frequency_hz, 100.0)):
+    for name, value, high in (
+        ("current", state.current_a, MAX_CURRENT_A),
+        ("neutral current", state.neutral_a, MAX_CURRENT_A),
+        ("voltage", state.voltage_kv, 1000.0),
+        ("voltage", state.voltage_pu, 5.0),
+        ("frequency", state.frequency_hz, 100.0),
+    ):
         if value is not None and not (math.isfinite(value) and 0.0 <= value <= high):
             raise SequenceError(f"{where}: {name} {value!r} must be between 0 and {high:g}")
     if state.frequency_hz is not None and state.frequency_hz <= 0:
@@ -101,8 +110,10 @@ def parse_state(text: str, where: str) -> InjectionState:
     for k, token in enumerate(tokens):
         match = _TOKEN.match(token)
         if match is None:
-            raise SequenceError(f"{where}: {token!r} is not a quantity (examples: 2s, 500ms, 2400A, 2.4kA, "
-                                "In=300A, 7.7kV, 0.7pu, 49.5Hz)")
+            raise SequenceError(
+                f"{where}: {token!r} is not a quantity (examples: 2s, 500ms, 2400A, 2.4kA, "
+                "In=300A, 7.7kV, 0.7pu, 49.5Hz)"
+            )
         neutral, number, unit = match.group(1), float(match.group(2)), match.group(3).lower()
         if k == 0:
             if neutral or unit not in _DURATION:
@@ -119,8 +130,9 @@ def parse_state(text: str, where: str) -> InjectionState:
         elif unit == "hz":
             key, value = "frequency_hz", number
         else:
-            raise SequenceError(f"{where}: {token!r}: unit {match.group(3)!r} is not one of s, ms, A, kA, kV, V, "
-                                "pu, Hz")
+            raise SequenceError(
+                f"{where}: {token!r}: unit {match.group(3)!r} is not one of s, ms, A, kA, kV, V, pu, Hz"
+            )
         if key in values or (key.startswith("voltage") and ({"voltage_kv", "voltage_pu"} & set(values))):
             raise SequenceError(f"{where}: {token!r}: the {key.split('_')[0]} is given twice")
         values[key] = value
@@ -147,8 +159,10 @@ def _csv_states(text: str, path: Path) -> list[InjectionState]:
     columns = [c.strip() for c in reader.fieldnames or []]
     unknown = [c for c in columns if c not in CSV_COLUMNS]
     if "duration_s" not in columns or unknown:
-        raise SequenceError(f"{path}: the header must have duration_s and any of {', '.join(CSV_COLUMNS[1:])}"
-                            + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
+        raise SequenceError(
+            f"{path}: the header must have duration_s and any of {', '.join(CSV_COLUMNS[1:])}"
+            + (f" (unknown: {', '.join(unknown)})" if unknown else "")
+        )
     states = []
     for row_no, row in enumerate(reader, start=2):
         where = f"{path}, line {row_no}"
@@ -225,14 +239,28 @@ class SequenceRun:
         return next((e.time_s for e in self.events if e.kind == "trip"), None)
 
     def first(self, kind: str, element: str | None = None) -> float | None:
-        return next((e.time_s for e in self.events
-                     if e.kind == kind and (element is None or e.element == element)), None)
+        return next(
+            (e.time_s for e in self.events if e.kind == kind and (element is None or e.element == element)), None
+        )
 
     def as_dict(self) -> dict[str, Any]:
-        return {"backend": self.backend, "sample_s": self.sample_s, "trip_s": self.trip_s,
-                "events": [{"time_s": e.time_s, "kind": e.kind, "element": e.element, "phase": e.phase,
-                            "value": e.value, "state": e.state} for e in self.events],
-                "integrated": self.integrated}
+        return {
+            "backend": self.backend,
+            "sample_s": self.sample_s,
+            "trip_s": self.trip_s,
+            "events": [
+                {
+                    "time_s": e.time_s,
+                    "kind": e.kind,
+                    "element": e.element,
+                    "phase": e.phase,
+                    "value": e.value,
+                    "state": e.state,
+                }
+                for e in self.events
+            ],
+            "integrated": self.integrated,
+        }
 
 
 def nominal_frequency_hz(scheme: ProtectionScheme) -> float:
@@ -251,12 +279,25 @@ def state_inputs(scheme: ProtectionScheme, state: InjectionState, neutral_elemen
         voltage = scheme.nominal_voltage_kv
     phase = 0.0 if neutral_element and state.neutral_a is None else state.current_a
     neutral = state.neutral_a if state.neutral_a is not None else (state.current_a if neutral_element else 0.0)
-    return {"ia": phase, "ib": phase, "ic": phase, "in": neutral, "voltage_kv": voltage,
-            "frequency_hz": state.frequency_hz if state.frequency_hz is not None else nominal_frequency_hz(scheme)}
+    return {
+        "ia": phase,
+        "ib": phase,
+        "ic": phase,
+        "in": neutral,
+        "voltage_kv": voltage,
+        "frequency_hz": state.frequency_hz if state.frequency_hz is not None else nominal_frequency_hz(scheme),
+    }
 
 
-def play(scheme: ProtectionScheme, states: Iterable[InjectionState], *, backend: str = "auto",
-         sample_s: float = 0.001, element: str | None = None, breaker_fails: bool = False) -> SequenceRun:
+def play(
+    scheme: ProtectionScheme,
+    states: Iterable[InjectionState],
+    *,
+    backend: str = "auto",
+    sample_s: float = 0.001,
+    element: str | None = None,
+    breaker_fails: bool = False,
+) -> SequenceRun:
     """Play `states` into `scheme` (or its one element `element`, as the test command builds it)
     on `backend`, evaluating every `sample_s` and at every state change. `breaker_fails`: the
     simulated breaker does not open (the 50BF test)."""
@@ -267,8 +308,9 @@ def play(scheme: ProtectionScheme, states: Iterable[InjectionState], *, backend:
         raise SequenceError(f"sample period {sample_s!r} s must be between 0.00001 and 1")
     total = sum(s.duration_s for s in states)
     if total / sample_s > MAX_SAMPLES:
-        raise SequenceError(f"{total:g} s at {sample_s * 1000:g} ms is more than {MAX_SAMPLES} samples; "
-                            "use a longer sample period")
+        raise SequenceError(
+            f"{total:g} s at {sample_s * 1000:g} ms is more than {MAX_SAMPLES} samples; use a longer sample period"
+        )
     neutral_element = element in ("50N", "51N")
     engine = ProtectionEngine([scheme], backend=backend)
     run = SequenceRun(backend=engine.backend_name, sample_s=sample_s)
@@ -297,8 +339,11 @@ def play(scheme: ProtectionScheme, states: Iterable[InjectionState], *, backend:
                 if closing == closed or (breaker_fails and not closing):
                     continue
                 closed = closing
-                run.events.append(SequenceEvent(now, "breaker closed" if closing else "breaker open",
-                                                action.element, "", None, state_no))
+                run.events.append(
+                    SequenceEvent(
+                        now, "breaker closed" if closing else "breaker open", action.element, "", None, state_no
+                    )
+                )
                 queue += engine.on_sample(closed_point, 1.0 if closing else 0.0, True, now)
                 for name in currents:
                     queue += engine.on_sample(scheme.point(name), values[name] if closing else 0.0, True, now)
@@ -332,16 +377,17 @@ def compare(a: SequenceRun, b: SequenceRun) -> list[str]:
         ea = a.events[k] if k < len(a.events) else None
         eb = b.events[k] if k < len(b.events) else None
         if ea is None or eb is None or (ea.kind, ea.element, ea.phase) != (eb.kind, eb.element, eb.phase):
-            problems.append(f"event {k + 1}: {a.backend} {ea.label() if ea else 'nothing'}, "
-                            f"{b.backend} {eb.label() if eb else 'nothing'}")
+            problems.append(
+                f"event {k + 1}: {a.backend} {ea.label() if ea else 'nothing'}, "
+                f"{b.backend} {eb.label() if eb else 'nothing'}"
+            )
             break
         if abs(ea.time_s - eb.time_s) > tolerance:
             problems.append(f"{ea.label()}: {a.backend} at {ea.time_s:.4f} s, {b.backend} at {eb.time_s:.4f} s")
     for k, (ia, ib) in enumerate(zip(a.integrated, b.integrated, strict=True), start=1):
         for name in ia:
             if abs(ia[name] - ib.get(name, math.nan)) > 1e-6 or not math.isfinite(ib.get(name, math.nan)):
-                problems.append(f"state {k} {name} integration: {a.backend} {ia[name]:.6f}, "
-                                f"{b.backend} {ib.get(name)}")
+                problems.append(f"state {k} {name} integration: {a.backend} {ia[name]:.6f}, {b.backend} {ib.get(name)}")
     return problems
 
 
@@ -356,6 +402,6 @@ def describe_scheme(scheme: ProtectionScheme) -> str:
 
 
 def integrating_elements(scheme: ProtectionScheme) -> list[str]:
-    return [n for n, kind, _ in scheme.configured_elements()
-            if kind in (ElementKind.P51, ElementKind.N51, ElementKind.TH49)]
-
+    return [
+        n for n, kind, _ in scheme.configured_elements() if kind in (ElementKind.P51, ElementKind.N51, ElementKind.TH49)
+    ]

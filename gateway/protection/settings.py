@@ -34,12 +34,15 @@ from gateway.protection.core import (
 
 CurveName = Literal["iec_si", "iec_vi", "iec_ei", "iec_lti", "ieee_mi", "ieee_vi", "ieee_ei"]
 CURVES_BY_NAME: dict[str, Curve] = {
-    "iec_si": Curve.IEC_SI, "iec_vi": Curve.IEC_VI, "iec_ei": Curve.IEC_EI,
-    "iec_lti": Curve.IEC_LTI, "ieee_mi": Curve.IEEE_MI, "ieee_vi": Curve.IEEE_VI,
+    "iec_si": Curve.IEC_SI,
+    "iec_vi": Curve.IEC_VI,
+    "iec_ei": Curve.IEC_EI,
+    "iec_lti": Curve.IEC_LTI,
+    "ieee_mi": Curve.IEEE_MI,
+    "ieee_vi": Curve.IEEE_VI,
     "ieee_ei": Curve.IEEE_EI,
 }
-RESET_BY_NAME = {"instant": ResetMode.INSTANT, "definite": ResetMode.DEFINITE,
-                 "dependent": ResetMode.DEPENDENT}
+RESET_BY_NAME = {"instant": ResetMode.INSTANT, "definite": ResetMode.DEFINITE, "dependent": ResetMode.DEPENDENT}
 
 
 class _Strict(BaseModel):
@@ -100,8 +103,10 @@ class InverseTime51(_Strict):
         if self.reset == "dependent":
             for name in (self.curve, self.fast_curve or self.curve):
                 if CURVE_CONSTANTS[CURVES_BY_NAME[name]].reset_tr <= 0.0:
-                    raise ValueError(f"reset = 'dependent' needs an IEEE curve, {name!r} has no "
-                                     "dependent reset (use 'instant' or 'definite')")
+                    raise ValueError(
+                        f"reset = 'dependent' needs an IEEE curve, {name!r} has no "
+                        "dependent reset (use 'instant' or 'definite')"
+                    )
         if self.m_max <= self.start_factor:
             raise ValueError(f"m_max ({self.m_max}) must exceed start_factor ({self.start_factor})")
         return self
@@ -109,8 +114,10 @@ class InverseTime51(_Strict):
     def reset_mode(self) -> ResetMode:
         if self.reset is not None:
             return RESET_BY_NAME[self.reset]
-        ieee = CURVE_CONSTANTS[CURVES_BY_NAME[self.curve]].reset_tr > 0.0 and \
-            CURVE_CONSTANTS[CURVES_BY_NAME[self.fast_curve or self.curve]].reset_tr > 0.0
+        ieee = (
+            CURVE_CONSTANTS[CURVES_BY_NAME[self.curve]].reset_tr > 0.0
+            and CURVE_CONSTANTS[CURVES_BY_NAME[self.fast_curve or self.curve]].reset_tr > 0.0
+        )
         return ResetMode.DEPENDENT if ieee else ResetMode.INSTANT
 
 
@@ -180,14 +187,15 @@ class Reclose79(_Strict):
     @model_validator(mode="after")
     def _lengths(self) -> Reclose79:
         if len(self.dead_times_s) != self.shots:
-            raise ValueError(f"dead_times_s has {len(self.dead_times_s)} entries, expected one "
-                             f"per shot ({self.shots})")
+            raise ValueError(f"dead_times_s has {len(self.dead_times_s)} entries, expected one per shot ({self.shots})")
         for n, t in enumerate(self.dead_times_s):
             if not 0.05 <= t <= 600:
                 raise ValueError(f"dead_times_s[{n}] = {t} s, expected 0.05..600 s")
         if self.trip_curves is not None and len(self.trip_curves) > self.shots + 1:
-            raise ValueError(f"trip_curves has {len(self.trip_curves)} entries, at most "
-                             f"shots + 1 = {self.shots + 1} trips happen in a sequence")
+            raise ValueError(
+                f"trip_curves has {len(self.trip_curves)} entries, at most "
+                f"shots + 1 = {self.shots + 1} trips happen in a sequence"
+            )
         return self
 
     def fast_mask(self) -> int:
@@ -208,10 +216,14 @@ class Elements(_Strict):
 
 
 ELEMENT_FIELDS: dict[str, tuple[str, ElementKind]] = {
-    "50P": ("p50", ElementKind.P50), "50N": ("n50", ElementKind.N50),
-    "51P": ("p51", ElementKind.P51), "51N": ("n51", ElementKind.N51),
-    "27": ("uv27", ElementKind.UV27), "59": ("ov59", ElementKind.OV59),
-    "81U": ("uf81", ElementKind.UF81), "81O": ("of81", ElementKind.OF81),
+    "50P": ("p50", ElementKind.P50),
+    "50N": ("n50", ElementKind.N50),
+    "51P": ("p51", ElementKind.P51),
+    "51N": ("n51", ElementKind.N51),
+    "27": ("uv27", ElementKind.UV27),
+    "59": ("ov59", ElementKind.OV59),
+    "81U": ("uf81", ElementKind.UF81),
+    "81O": ("of81", ElementKind.OF81),
     "49": ("th49", ElementKind.TH49),
 }
 
@@ -235,13 +247,17 @@ class ProtectionScheme(BaseModel):
     @model_validator(mode="after")
     def _needs_an_element(self) -> ProtectionScheme:
         if not any(getattr(self.elements, f) is not None for f, _ in ELEMENT_FIELDS.values()):
-            raise ValueError(f"protection scheme of {self.breaker} has no element; expected at "
-                             f"least one of {', '.join(ELEMENT_FIELDS)} under 'elements'")
+            raise ValueError(
+                f"protection scheme of {self.breaker} has no element; expected at "
+                f"least one of {', '.join(ELEMENT_FIELDS)} under 'elements'"
+            )
         for name in ("50P", "50N"):
             element = getattr(self.elements, ELEMENT_FIELDS[name][0])
             if element is not None and element.fast_only and self.reclose is None:
-                raise ValueError(f"elements.{name}.fast_only needs a 'reclose' section (the 79 "
-                                 "selects the fast trips); without one the element never operates")
+                raise ValueError(
+                    f"elements.{name}.fast_only needs a 'reclose' section (the 79 "
+                    "selects the fast trips); without one the element never operates"
+                )
         return self
 
     def trip_target(self) -> CommandTarget:
@@ -271,8 +287,7 @@ class ProtectionScheme(BaseModel):
         e = self.elements
         if e.n50 is not None or e.n51 is not None:
             names.append("in")
-        if e.uv27 or e.ov59 or (e.uf81 and e.uf81.block_below_pu > 0) or \
-                (e.of81 and e.of81.block_below_pu > 0):
+        if e.uv27 or e.ov59 or (e.uf81 and e.uf81.block_below_pu > 0) or (e.of81 and e.of81.block_below_pu > 0):
             names.append("voltage_kv")
         if e.uf81 is not None or e.of81 is not None:
             names.append("frequency_hz")
@@ -313,31 +328,64 @@ class ProtectionScheme(BaseModel):
         out: list[tuple[str, ElementSettings]] = []
         for name, kind, s in self.configured_elements():
             if isinstance(s, Overcurrent50):
-                es = ElementSettings(relay=relay, kind=kind, pickup=s.pickup_a,
-                                     dropout_ratio=s.dropout_ratio, delay_s=s.delay_s,
-                                     reclose=s.reclose, fast_only=s.fast_only)
+                es = ElementSettings(
+                    relay=relay,
+                    kind=kind,
+                    pickup=s.pickup_a,
+                    dropout_ratio=s.dropout_ratio,
+                    delay_s=s.delay_s,
+                    reclose=s.reclose,
+                    fast_only=s.fast_only,
+                )
             elif isinstance(s, InverseTime51):
                 curve = CURVES_BY_NAME[s.curve]
                 es = ElementSettings(
-                    relay=relay, kind=kind, pickup=s.pickup_a, dropout_ratio=s.dropout_ratio,
-                    delay_s=s.add_delay_s, reclose=s.reclose, curve=curve,
+                    relay=relay,
+                    kind=kind,
+                    pickup=s.pickup_a,
+                    dropout_ratio=s.dropout_ratio,
+                    delay_s=s.add_delay_s,
+                    reclose=s.reclose,
+                    curve=curve,
                     fast_curve=CURVES_BY_NAME[s.fast_curve] if s.fast_curve else curve,
-                    tms=s.tms, fast_tms=s.fast_tms if s.fast_tms is not None else s.tms,
-                    start_factor=s.start_factor, min_time_s=s.min_time_s, m_max=s.m_max,
-                    reset_mode=s.reset_mode(), reset_delay_s=s.reset_delay_s)
+                    tms=s.tms,
+                    fast_tms=s.fast_tms if s.fast_tms is not None else s.tms,
+                    start_factor=s.start_factor,
+                    min_time_s=s.min_time_s,
+                    m_max=s.m_max,
+                    reset_mode=s.reset_mode(),
+                    reset_delay_s=s.reset_delay_s,
+                )
             elif isinstance(s, Undervoltage27 | Overvoltage59):
-                es = ElementSettings(relay=relay, kind=kind, pickup=s.pickup_pu,
-                                     dropout_ratio=s.dropout_ratio, delay_s=s.delay_s,
-                                     reclose=s.reclose)
+                es = ElementSettings(
+                    relay=relay,
+                    kind=kind,
+                    pickup=s.pickup_pu,
+                    dropout_ratio=s.dropout_ratio,
+                    delay_s=s.delay_s,
+                    reclose=s.reclose,
+                )
             elif isinstance(s, Frequency81):
-                es = ElementSettings(relay=relay, kind=kind, pickup=s.pickup_hz,
-                                     dropout_ratio=s.hysteresis_hz, delay_s=s.delay_s,
-                                     reclose=s.reclose, block_below_pu=s.block_below_pu)
+                es = ElementSettings(
+                    relay=relay,
+                    kind=kind,
+                    pickup=s.pickup_hz,
+                    dropout_ratio=s.hysteresis_hz,
+                    delay_s=s.delay_s,
+                    reclose=s.reclose,
+                    block_below_pu=s.block_below_pu,
+                )
             else:
                 assert isinstance(s, Thermal49)
-                es = ElementSettings(relay=relay, kind=kind, pickup=s.k_factor * s.base_current_a,
-                                     dropout_ratio=s.dropout_ratio, reclose=s.reclose,
-                                     tau_s=s.tau_s, cooling_tau_s=s.cooling_tau_s or s.tau_s,
-                                     reset_theta=s.reset_theta)
+                es = ElementSettings(
+                    relay=relay,
+                    kind=kind,
+                    pickup=s.k_factor * s.base_current_a,
+                    dropout_ratio=s.dropout_ratio,
+                    reclose=s.reclose,
+                    tau_s=s.tau_s,
+                    cooling_tau_s=s.cooling_tau_s or s.tau_s,
+                    reset_theta=s.reset_theta,
+                )
             out.append((name, es))
         return out

@@ -42,8 +42,9 @@ def dump(scheme: ProtectionScheme) -> dict[str, Any]:
 
 
 def digest(schemes: Iterable[ProtectionScheme]) -> str:
-    canonical = json.dumps(sorted((dump(s) for s in schemes), key=lambda d: d["breaker"]), sort_keys=True,
-                           separators=(",", ":"))
+    canonical = json.dumps(
+        sorted((dump(s) for s in schemes), key=lambda d: d["breaker"]), sort_keys=True, separators=(",", ":")
+    )
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -73,12 +74,16 @@ def parse(text: str, source: str) -> list[ProtectionScheme]:
             for err in exc.errors(include_url=False):
                 where = ".".join(str(p) for p in err["loc"])
                 msg = err["msg"].removeprefix("Value error, ")
-                found = "" if err["type"] == "missing" or isinstance(err.get("input"), dict | list) \
+                found = (
+                    ""
+                    if err["type"] == "missing" or isinstance(err.get("input"), dict | list)
                     else f" (found {err.get('input')!r})"
+                )
                 problems.append(f"{label}{'.' + where if where else ''}: {msg}{found}")
     breakers = [s.breaker for s in schemes]
-    problems += [f"protection: breaker {b} has more than one scheme" for b in sorted(set(breakers))
-                 if breakers.count(b) > 1]
+    problems += [
+        f"protection: breaker {b} has more than one scheme" for b in sorted(set(breakers)) if breakers.count(b) > 1
+    ]
     if problems:
         raise SettingsFileError(source, problems)
     return schemes

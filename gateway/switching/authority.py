@@ -55,8 +55,12 @@ class Refused(Exception):
         return self.refusals[0].code if self.refusals else None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"reason": self.reason, "interlock": self.interlock, "message": self.message,
-                "interlocks": [r.as_dict() for r in self.refusals]}
+        return {
+            "reason": self.reason,
+            "interlock": self.interlock,
+            "message": self.message,
+            "interlocks": [r.as_dict() for r in self.refusals],
+        }
 
 
 def kind_for_point(point_name: str, value: Any) -> Kind:
@@ -164,11 +168,18 @@ class SelectBeforeOperate:
         held = self.holder(target, now)
         if held is not None:
             if held.origin != origin:
-                raise Refused("reserved", f"{target} is selected by {held.origin} for another "
-                              f"{held.expires_at - now:.1f} s")
+                raise Refused(
+                    "reserved", f"{target} is selected by {held.origin} for another {held.expires_at - now:.1f} s"
+                )
             del self._by_id[held.select_id]
-        sel = Selection(select_id=self._new_id(), target=target, action=action, origin=origin,
-                        selected_at=now, expires_at=now + self.timeout_s)
+        sel = Selection(
+            select_id=self._new_id(),
+            target=target,
+            action=action,
+            origin=origin,
+            selected_at=now,
+            expires_at=now + self.timeout_s,
+        )
         self._by_id[sel.select_id] = sel
         return sel
 
@@ -177,14 +188,20 @@ class SelectBeforeOperate:
         self._expire(now)
         sel = self._by_id.get(select_id)
         if sel is None:
-            raise Refused("not_selected", f"no select {select_id} pending (never made, already operated, "
-                          f"cancelled, or timed out after {self.timeout_s:g} s): select first")
+            raise Refused(
+                "not_selected",
+                f"no select {select_id} pending (never made, already operated, "
+                f"cancelled, or timed out after {self.timeout_s:g} s): select first",
+            )
         if sel.origin != origin:
             raise Refused("not_selected", f"select {select_id} belongs to {sel.origin}, not {origin}")
         if (sel.target, sel.action) != (target, action):
             del self._by_id[select_id]  # a confused client starts again from select
-            raise Refused("not_selected", f"select {select_id} was for {sel.action} of {sel.target}, "
-                          f"not {action} of {target}; the select is cancelled")
+            raise Refused(
+                "not_selected",
+                f"select {select_id} was for {sel.action} of {sel.target}, "
+                f"not {action} of {target}; the select is cancelled",
+            )
         del self._by_id[select_id]
         return sel
 
@@ -213,9 +230,18 @@ class PlantHooks:
 
 
 class SwitchingAuthority:
-    def __init__(self, network: Network, state: GridState, faults: FaultBook, hooks: PlantHooks, *,
-                 select_timeout_s: float = 30.0, checkback_timeout_s: float = CHECKBACK_TIMEOUT_S,
-                 table: tuple[Row, ...] = TABLE, new_id: Callable[[], str] | None = None) -> None:
+    def __init__(
+        self,
+        network: Network,
+        state: GridState,
+        faults: FaultBook,
+        hooks: PlantHooks,
+        *,
+        select_timeout_s: float = 30.0,
+        checkback_timeout_s: float = CHECKBACK_TIMEOUT_S,
+        table: tuple[Row, ...] = TABLE,
+        new_id: Callable[[], str] | None = None,
+    ) -> None:
         self.network = network
         self.state = state
         self.faults = faults
@@ -254,14 +280,18 @@ class SwitchingAuthority:
         except Refused as exc:
             self._refused(op, exc, stage="select")
             raise
-        self._audit_entry(op.target, "switching.selected", {**self._describe(op), "select_id": sel.select_id,
-                                                            "expires_in_s": self.sbo.timeout_s})
+        self._audit_entry(
+            op.target,
+            "switching.selected",
+            {**self._describe(op), "select_id": sel.select_id, "expires_in_s": self.sbo.timeout_s},
+        )
         return sel
 
     def cancel(self, select_id: str, origin: Origin, now: float) -> Selection:
         sel = self.sbo.cancel(select_id, origin.who, now)
-        self._audit_entry(sel.target, "switching.cancelled", {"select_id": select_id, "origin": origin.who,
-                                                              "action": sel.action})
+        self._audit_entry(
+            sel.target, "switching.cancelled", {"select_id": select_id, "origin": origin.who, "action": sel.action}
+        )
         return sel
 
     def request(self, op: Operation, now: float) -> Accepted:
@@ -275,8 +305,10 @@ class SwitchingAuthority:
             else:
                 held = self.sbo.holder(op.target, now)
                 if held is not None and held.origin != op.origin.who:
-                    raise Refused("reserved", f"{op.target} is selected by {held.origin} for another "
-                                  f"{held.expires_at - now:.1f} s")
+                    raise Refused(
+                        "reserved",
+                        f"{op.target} is selected by {held.origin} for another {held.expires_at - now:.1f} s",
+                    )
             blocking, overridden = self.check(op, now, selected=selected)
             if blocking:
                 raise Refused("interlock", blocking[0].message, tuple(blocking))
@@ -285,23 +317,36 @@ class SwitchingAuthority:
             self._refused(op, exc, stage="operate")
             raise
         expect = None
-        if op.kind.switching and op.target in self.network.devices and "closed" in self.network.devices[op.target].points:
+        if (
+            op.kind.switching
+            and op.target in self.network.devices
+            and "closed" in self.network.devices[op.target].points
+        ):
             expect = op.kind is Kind.CLOSE
-        accepted = Accepted(op_id=self._new_id(), operation=op, writes=tuple(writes), expect_closed=expect,
-                            overridden=tuple(overridden))
+        accepted = Accepted(
+            op_id=self._new_id(), operation=op, writes=tuple(writes), expect_closed=expect, overridden=tuple(overridden)
+        )
         self.accepted += 1
         if expect is not None:
             self._pending[accepted.op_id] = _Pending(accepted, now, now + self.checkback_timeout_s)
-        record = {**self._describe(op), "op_id": accepted.op_id,
-                  "writes": [_write_dict(w) for w in writes]}
+        record = {**self._describe(op), "op_id": accepted.op_id, "writes": [_write_dict(w) for w in writes]}
         if overridden:
             record["overridden"] = [r.as_dict() for r in overridden]
-            log.warning("interlock overridden", extra={"target": op.target, "action": op.action,
-                                                       "origin": op.origin.who, "rows": [r.code for r in overridden],
-                                                       "override_reason": op.override.reason if op.override else None})
+            log.warning(
+                "interlock overridden",
+                extra={
+                    "target": op.target,
+                    "action": op.action,
+                    "origin": op.origin.who,
+                    "rows": [r.code for r in overridden],
+                    "override_reason": op.override.reason if op.override else None,
+                },
+            )
         self._audit_entry(op.target, "switching.accepted", record)
-        log.info("switching accepted", extra={"target": op.target, "action": op.action, "origin": op.origin.who,
-                                              "op_id": accepted.op_id})
+        log.info(
+            "switching accepted",
+            extra={"target": op.target, "action": op.action, "origin": op.origin.who, "op_id": accepted.op_id},
+        )
         return accepted
 
     def write_failed(self, op_id: str, error: str, now: float) -> Outcome | None:
@@ -323,8 +368,15 @@ class SwitchingAuthority:
             elif now >= pending.deadline:
                 del self._pending[op_id]
                 seen = {None: "unknown", True: "closed", False: "open"}[position]
-                out.append(self._finish(pending, False, f"{target} still reads {seen} {self.checkback_timeout_s:g} s "
-                                        f"after the {pending.accepted.operation.action} command", now))
+                out.append(
+                    self._finish(
+                        pending,
+                        False,
+                        f"{target} still reads {seen} {self.checkback_timeout_s:g} s "
+                        f"after the {pending.accepted.operation.action} command",
+                        now,
+                    )
+                )
         return out
 
     def next_deadline(self) -> float | None:
@@ -337,9 +389,19 @@ class SwitchingAuthority:
 
     def record_protection(self, breaker: str, action: str, reason: str, element: str, time: float) -> None:
         """Protection's own commands keep their fast path; they are recorded here after they went."""
-        self._audit_entry(breaker, "switching.protection", {"target": breaker, "action": action, "reason": reason,
-                                                            "element": element, "origin": "protection",
-                                                            "via": "protection", "monotonic": time})
+        self._audit_entry(
+            breaker,
+            "switching.protection",
+            {
+                "target": breaker,
+                "action": action,
+                "reason": reason,
+                "element": element,
+                "origin": "protection",
+                "via": "protection",
+                "monotonic": time,
+            },
+        )
 
     def add_tag(self, target: str, origin: Origin, reason: str, now: float) -> Tag:
         if target not in self.network.element_points and target not in self.network.devices:
@@ -350,8 +412,11 @@ class SwitchingAuthority:
             raise Refused("bad_args", "a tag needs a reason (who is working on what)")
         tag = Tag(target=target, who=origin.who, reason=reason.strip(), time=self.hooks.wall())
         self.tags.setdefault(target, []).append(tag)
-        self._audit_entry(target, "switching.tagged", {"target": target, "origin": origin.who,
-                                                       "role": str(origin.role), "reason": tag.reason})
+        self._audit_entry(
+            target,
+            "switching.tagged",
+            {"target": target, "origin": origin.who, "role": str(origin.role), "reason": tag.reason},
+        )
         return tag
 
     def remove_tags(self, target: str, origin: Origin, reason: str) -> int:
@@ -359,9 +424,11 @@ class SwitchingAuthority:
             raise Refused("not_allowed", "removing a tag needs the operator role")
         removed = len(self.tags.pop(target, []))
         if removed:
-            self._audit_entry(target, "switching.untagged", {"target": target, "origin": origin.who,
-                                                             "role": str(origin.role), "reason": reason,
-                                                             "tags": removed})
+            self._audit_entry(
+                target,
+                "switching.untagged",
+                {"target": target, "origin": origin.who, "role": str(origin.role), "reason": reason, "tags": removed},
+            )
         return removed
 
     def take_audit(self) -> list[AuditEntry]:
@@ -369,14 +436,20 @@ class SwitchingAuthority:
         return out
 
     def snapshot(self) -> dict[str, Any]:
-        return {"version": 1, "tags": {t: [{"who": g.who, "reason": g.reason, "time": g.time} for g in tags]
-                                       for t, tags in self.tags.items()}}
+        return {
+            "version": 1,
+            "tags": {
+                t: [{"who": g.who, "reason": g.reason, "time": g.time} for g in tags] for t, tags in self.tags.items()
+            },
+        }
 
     def restore(self, data: dict[str, Any]) -> None:
         if not isinstance(data, dict) or data.get("version") != 1:
             raise ValueError("switching snapshot: expected a dict with version 1")
-        self.tags = {t: [Tag(target=t, who=str(g["who"]), reason=str(g["reason"]), time=float(g["time"]))
-                         for g in tags] for t, tags in data.get("tags", {}).items()}
+        self.tags = {
+            t: [Tag(target=t, who=str(g["who"]), reason=str(g["reason"]), time=float(g["time"])) for g in tags]
+            for t, tags in data.get("tags", {}).items()
+        }
 
     # ------------------------------------------------------------------ internals
 
@@ -395,11 +468,19 @@ class SwitchingAuthority:
     def _context(self, op: Operation, now: float, selected: bool) -> Context:
         device = self.network.devices.get(op.target)
         locked = device is not None and device.protected and op.kind is Kind.CLOSE and self.hooks.locked_out(op.target)
-        return Context(op=op, device=device, network=self.network, state=self.state, faults=self.faults,
-                       agent_state=self.hooks.agent_state(op.target), locked_out=locked,
-                       tags=tuple(self.tags.get(op.target, ())), selected=selected,
-                       loads_kva=self.loads_kva(now) if op.kind is Kind.CLOSE else {},
-                       source_voltage_pu=self.state.source_voltages())
+        return Context(
+            op=op,
+            device=device,
+            network=self.network,
+            state=self.state,
+            faults=self.faults,
+            agent_state=self.hooks.agent_state(op.target),
+            locked_out=locked,
+            tags=tuple(self.tags.get(op.target, ())),
+            selected=selected,
+            loads_kva=self.loads_kva(now) if op.kind is Kind.CLOSE else {},
+            source_voltage_pu=self.state.source_voltages(),
+        )
 
     def _target(self, op: Operation) -> None:
         points = self.network.element_points.get(op.target)
@@ -410,8 +491,10 @@ class SwitchingAuthority:
             if device is not None and device.protected:
                 return
             if not any(p in points for p in SWITCH_POINTS):
-                raise Refused("bad_args", f"{op.target} has no command point to {op.action} it "
-                              f"(expected one of {', '.join(SWITCH_POINTS)})")
+                raise Refused(
+                    "bad_args",
+                    f"{op.target} has no command point to {op.action} it (expected one of {', '.join(SWITCH_POINTS)})",
+                )
             return
         names = SETPOINT_POINTS[op.kind]
         if op.point not in names:
@@ -439,28 +522,61 @@ class SwitchingAuthority:
 
     def _finish(self, pending: _Pending, ok: bool, message: str, now: float) -> Outcome:
         op = pending.accepted.operation
-        outcome = Outcome(op_id=pending.accepted.op_id, target=op.target, action=op.action, ok=ok, message=message,
-                          elapsed_s=max(0.0, now - pending.started), origin=op.origin.who, sequence=op.sequence)
-        self._audit_entry(op.target, "switching.done" if ok else "switching.failed",
-                          {"op_id": outcome.op_id, "target": op.target, "action": op.action, "ok": ok,
-                           "message": message, "elapsed_s": round(outcome.elapsed_s, 3), "origin": op.origin.who,
-                           "sequence": op.sequence})
+        outcome = Outcome(
+            op_id=pending.accepted.op_id,
+            target=op.target,
+            action=op.action,
+            ok=ok,
+            message=message,
+            elapsed_s=max(0.0, now - pending.started),
+            origin=op.origin.who,
+            sequence=op.sequence,
+        )
+        self._audit_entry(
+            op.target,
+            "switching.done" if ok else "switching.failed",
+            {
+                "op_id": outcome.op_id,
+                "target": op.target,
+                "action": op.action,
+                "ok": ok,
+                "message": message,
+                "elapsed_s": round(outcome.elapsed_s, 3),
+                "origin": op.origin.who,
+                "sequence": op.sequence,
+            },
+        )
         if not ok:
-            log.error("switching operation failed", extra={"target": op.target, "action": op.action,
-                                                            "op_id": outcome.op_id, "error": message})
+            log.error(
+                "switching operation failed",
+                extra={"target": op.target, "action": op.action, "op_id": outcome.op_id, "error": message},
+            )
         return outcome
 
     def _refused(self, op: Operation, exc: Refused, *, stage: str) -> None:
         self.refused += 1
         self._audit_entry(op.target, "switching.refused", {**self._describe(op), "stage": stage, **exc.as_dict()})
-        log.warning("switching refused", extra={"target": op.target, "action": op.action, "origin": op.origin.who,
-                                                "reason": exc.reason, "interlock": exc.interlock,
-                                                "error": exc.message})
+        log.warning(
+            "switching refused",
+            extra={
+                "target": op.target,
+                "action": op.action,
+                "origin": op.origin.who,
+                "reason": exc.reason,
+                "interlock": exc.interlock,
+                "error": exc.message,
+            },
+        )
 
     def _describe(self, op: Operation) -> dict[str, Any]:
-        out: dict[str, Any] = {"target": op.target, "action": op.action, "origin": op.origin.who,
-                               "via": op.origin.via.value, "role": None if op.origin.role is None else str(op.origin.role),
-                               "reason": op.reason}
+        out: dict[str, Any] = {
+            "target": op.target,
+            "action": op.action,
+            "origin": op.origin.who,
+            "via": op.origin.via.value,
+            "role": None if op.origin.role is None else str(op.origin.role),
+            "reason": op.reason,
+        }
         if op.value is not None:
             out["value"] = op.value
             out["point"] = op.point

@@ -57,11 +57,22 @@ def neighbour_ties(switching: Any) -> dict[str, TieInfo]:
 
 
 class ExchangeService:
-    def __init__(self, substation: str, region_base: str, *, switching: Any, publish: Callable[..., None],
-                 sign: Sign, verify: Verify, headroom: Callable[[str, float], tuple[float, str]],
-                 monotonic: Callable[[], float], wall: Callable[[], float],
-                 alarm: Callable[[str, str, str], None], max_age_s: float = MAX_AGE_S,
-                 window_headroom: WindowHeadroom | None = None) -> None:
+    def __init__(
+        self,
+        substation: str,
+        region_base: str,
+        *,
+        switching: Any,
+        publish: Callable[..., None],
+        sign: Sign,
+        verify: Verify,
+        headroom: Callable[[str, float], tuple[float, str]],
+        monotonic: Callable[[], float],
+        wall: Callable[[], float],
+        alarm: Callable[[str, str, str], None],
+        max_age_s: float = MAX_AGE_S,
+        window_headroom: WindowHeadroom | None = None,
+    ) -> None:
         self.substation = substation
         self.region_base = region_base
         """`<prefix>/<region>`: the neighbours' bases are `<region_base>/<substation>`."""
@@ -76,10 +87,10 @@ class ExchangeService:
         self._nonces: dict[str, float] = {}
         self._ops: dict[str, tuple[str, str, str]] = {}
         """op id → (xid, device, action)."""
-        self.coordinator = TransferCoordinator(substation, neighbour_ties(switching), headroom=headroom,
-                                               far_side_dead=self._far_side_dead)
-        self.quotes = QuoteBook(substation, self.coordinator.ties,
-                                headroom=window_headroom or _peak_headroom(headroom))
+        self.coordinator = TransferCoordinator(
+            substation, neighbour_ties(switching), headroom=headroom, far_side_dead=self._far_side_dead
+        )
+        self.quotes = QuoteBook(substation, self.coordinator.ties, headroom=window_headroom or _peak_headroom(headroom))
         self.quote_answers: list[dict[str, Any]] = []
         """The last answers to this gateway's quotes (at most 20), for the status."""
         self.quote_listeners: list[Callable[[Answer], None]] = []
@@ -97,15 +108,20 @@ class ExchangeService:
 
     def death_topics(self) -> list[str]:
         """The neighbours' deaths and births (a birth after a death: the neighbour is back)."""
-        return sorted({f"{self.region_base}/{t.neighbour}/{kind}" for t in self.coordinator.ties.values()
-                       for kind in ("death", "birth")})
+        return sorted(
+            {
+                f"{self.region_base}/{t.neighbour}/{kind}"
+                for t in self.coordinator.ties.values()
+                for kind in ("death", "birth")
+            }
+        )
 
     # ------------------------------------------------------------------ inputs
 
     def on_mqtt(self, topic: str, payload: Any, retained: bool) -> None:
         now = self._monotonic()
         if topic.endswith("/death") or topic.endswith("/birth"):
-            neighbour = topic[len(self.region_base) + 1:].split("/", 1)[0]
+            neighbour = topic[len(self.region_base) + 1 :].split("/", 1)[0]
             if topic.endswith("/birth"):
                 self.coordinator.on_neighbour_birth(neighbour)
             elif not retained:  # a retained death is a stale one left on the broker; the live one counts
@@ -132,7 +148,7 @@ class ExchangeService:
             raise ValueError("a retained coordination message is never acted on")
         if not isinstance(payload, dict):
             raise ValueError(f"expected a msgpack map, found {type(payload).__name__}")
-        sender = topic[len(self.region_base) + 1:].split("/", 1)[0]
+        sender = topic[len(self.region_base) + 1 :].split("/", 1)[0]
         checked = self._verify(payload, sender)
         sent, nonce = checked.get("time"), checked.get("nonce")
         if not isinstance(sent, int | float) or not math.isfinite(sent) or abs(self._wall() - sent) > self.max_age_s:
@@ -145,13 +161,20 @@ class ExchangeService:
             raise ValueError(f"nonce {nonce[:12]}… already seen: replayed")
         self._nonces[nonce] = now + 2 * self.max_age_s
         if checked.get("from") != sender or checked.get("to") != self.substation:
-            raise ValueError(f"addressed from {checked.get('from')!r} to {checked.get('to')!r}, "
-                             f"published by {sender} for {self.substation}")
+            raise ValueError(
+                f"addressed from {checked.get('from')!r} to {checked.get('to')!r}, "
+                f"published by {sender} for {self.substation}"
+            )
         body = checked.get("body", {})
         if not isinstance(body, dict):
             raise ValueError("body: expected a map")
-        return Message(kind=str(checked.get("kind")), xid=str(checked.get("xid")), sender=sender,
-                       recipient=self.substation, body=body)
+        return Message(
+            kind=str(checked.get("kind")),
+            xid=str(checked.get("xid")),
+            sender=sender,
+            recipient=self.substation,
+            body=body,
+        )
 
     def _on_outcome(self, outcome: Outcome) -> None:
         entry = self._ops.pop(outcome.op_id, None)
@@ -182,10 +205,20 @@ class ExchangeService:
     def _answered(self) -> None:
         for answer in self.quotes.take_answered():
             q = answer.question
-            self.quote_answers = [*self.quote_answers[-19:], {
-                "xid": q.xid, "tie": q.tie, "neighbour": q.neighbour, "window_start": q.window_start,
-                "window_end": q.window_end, "kva_asked": q.kva, "kva": answer.kva, "by": answer.by,
-                "note": answer.note}]
+            self.quote_answers = [
+                *self.quote_answers[-19:],
+                {
+                    "xid": q.xid,
+                    "tie": q.tie,
+                    "neighbour": q.neighbour,
+                    "window_start": q.window_start,
+                    "window_end": q.window_end,
+                    "kva_asked": q.kva,
+                    "kva": answer.kva,
+                    "by": answer.by,
+                    "note": answer.note,
+                },
+            ]
             for listener in self.quote_listeners:
                 try:
                     listener(answer)
@@ -224,25 +257,43 @@ class ExchangeService:
         wall = self._wall()
         # `timestamp` (ms) as every uplink message carries it, so the uplink adds nothing to what is
         # signed but its per-message fields (seq, msg_id, historical), which the receiver strips
-        envelope = {"kind": message.kind, "xid": message.xid, "from": message.sender, "to": message.recipient,
-                    "time": wall, "timestamp": round(wall * 1000.0), "nonce": secrets.token_hex(16),
-                    "body": dict(message.body)}
+        envelope = {
+            "kind": message.kind,
+            "xid": message.xid,
+            "from": message.sender,
+            "to": message.recipient,
+            "time": wall,
+            "timestamp": round(wall * 1000.0),
+            "nonce": secrets.token_hex(16),
+            "body": dict(message.body),
+        }
         self._publish(f"coord/{message.recipient}", self._sign(envelope))
 
     def _operate(self, action: Operate) -> None:
-        op = Operation(kind=Kind.CLOSE if action.action == "close" else Kind.OPEN, target=action.device,
-                       origin=Origin(via=Via.TRANSFER, who=f"transfer:{action.xid}"),
-                       reason=f"load transfer {action.xid}: {action.purpose}")
+        op = Operation(
+            kind=Kind.CLOSE if action.action == "close" else Kind.OPEN,
+            target=action.device,
+            origin=Origin(via=Via.TRANSFER, who=f"transfer:{action.xid}"),
+            reason=f"load transfer {action.xid}: {action.purpose}",
+        )
         try:
             accepted = self.switching.operate(op)
         except Refused as exc:
-            self._act(self.coordinator.on_outcome(action.xid, action.device, action.action, False,
-                                                  f"refused ({exc.interlock or exc.reason}): {exc.message}",
-                                                  self._monotonic()))
+            self._act(
+                self.coordinator.on_outcome(
+                    action.xid,
+                    action.device,
+                    action.action,
+                    False,
+                    f"refused ({exc.interlock or exc.reason}): {exc.message}",
+                    self._monotonic(),
+                )
+            )
             return
         if accepted.expect_closed is None:  # nothing to check back: take it as done
-            self._act(self.coordinator.on_outcome(action.xid, action.device, action.action, True, "sent",
-                                                  self._monotonic()))
+            self._act(
+                self.coordinator.on_outcome(action.xid, action.device, action.action, True, "sent", self._monotonic())
+            )
             return
         self._ops[accepted.op_id] = (action.xid, action.device, action.action)
 
@@ -264,23 +315,37 @@ class ExchangeService:
         return None
 
     def status(self) -> dict[str, Any]:
-        return {"ties": {t: {"neighbour": i.neighbour, "owned": i.owned} for t, i in self.coordinator.ties.items()},
-                "exchanges": [ex.to_dict() for ex in self.coordinator.exchanges.values()], "dropped": self.dropped,
-                "quotes": {"asked": [vars_of(q) for q in self.quotes.pending.values()], "answered": self.quote_answers,
-                           "quoted_for_neighbours": self.quotes.quoted,
-                           "refused_to_neighbours": self.quotes.refused}}
+        return {
+            "ties": {t: {"neighbour": i.neighbour, "owned": i.owned} for t, i in self.coordinator.ties.items()},
+            "exchanges": [ex.to_dict() for ex in self.coordinator.exchanges.values()],
+            "dropped": self.dropped,
+            "quotes": {
+                "asked": [vars_of(q) for q in self.quotes.pending.values()],
+                "answered": self.quote_answers,
+                "quoted_for_neighbours": self.quotes.quoted,
+                "refused_to_neighbours": self.quotes.refused,
+            },
+        }
 
 
 def vars_of(q: Any) -> dict[str, Any]:
-    return {"xid": q.xid, "tie": q.tie, "neighbour": q.neighbour, "window_start": q.window_start,
-            "window_end": q.window_end, "kva_asked": q.kva}
+    return {
+        "xid": q.xid,
+        "tie": q.tie,
+        "neighbour": q.neighbour,
+        "window_start": q.window_start,
+        "window_end": q.window_end,
+        "kva_asked": q.kva,
+    }
 
 
 def _peak_headroom(headroom: Callable[[str, float], tuple[float, str]]) -> WindowHeadroom:
     """A window's headroom from the provider's present forecast peak (the same for any window)."""
+
     def at(tie: str, kva: float, _start: float, _end: float) -> tuple[float, str]:
         room, why = headroom(tie, kva)
         return room, f"{why} (by the present forecast peak)"
+
     return at
 
 
@@ -295,13 +360,16 @@ def part_load_kw(switching: Any, part: str) -> float:
     return total
 
 
-def headroom_from_forecast(capacity_kw: float, target_percent: float,
-                           peak: Callable[[], float | None]) -> Callable[[str, float], tuple[float, str]]:
+def headroom_from_forecast(
+    capacity_kw: float, target_percent: float, peak: Callable[[], float | None]
+) -> Callable[[str, float], tuple[float, str]]:
     """Headroom a provider can offer: its target less its own forecast peak (unknown: nothing)."""
+
     def headroom(_tie: str, _kw: float) -> tuple[float, str]:
         forecast_peak = peak()
         if forecast_peak is None:
             return 0.0, "no load forecast yet"
         room = target_percent / 100.0 * capacity_kw - forecast_peak
         return max(0.0, room), f"forecast peak {forecast_peak:.0f} kW of a {target_percent:g} % target"
+
     return headroom

@@ -85,16 +85,26 @@ class FaultRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FaultRecord:
-        return cls(id=str(data["id"]), breaker=str(data["breaker"]), status=FaultStatus(data["status"]),
-                   started=float(data["started"]), started_wall=float(data["started_wall"]),
-                   element=str(data["element"]), current_a=float(data["current_a"]),
-                   voltage_kv=None if data.get("voltage_kv") is None else float(data["voltage_kv"]),
-                   feeder=tuple(data["feeder"]), zone=tuple(data["zone"]), trips=int(data.get("trips", 1)),
-                   located_by=data.get("located_by"), isolated_by=tuple(data.get("isolated_by", ())),
-                   distance_m=None if data.get("distance_m") is None else float(data["distance_m"]),
-                   location=dict(data["location"]) if isinstance(data.get("location"), dict) else None,
-                   cleared_by=data.get("cleared_by"), cleared_reason=data.get("cleared_reason"),
-                   history=tuple((float(t), str(w)) for t, w in data.get("history", ())))
+        return cls(
+            id=str(data["id"]),
+            breaker=str(data["breaker"]),
+            status=FaultStatus(data["status"]),
+            started=float(data["started"]),
+            started_wall=float(data["started_wall"]),
+            element=str(data["element"]),
+            current_a=float(data["current_a"]),
+            voltage_kv=None if data.get("voltage_kv") is None else float(data["voltage_kv"]),
+            feeder=tuple(data["feeder"]),
+            zone=tuple(data["zone"]),
+            trips=int(data.get("trips", 1)),
+            located_by=data.get("located_by"),
+            isolated_by=tuple(data.get("isolated_by", ())),
+            distance_m=None if data.get("distance_m") is None else float(data["distance_m"]),
+            location=dict(data["location"]) if isinstance(data.get("location"), dict) else None,
+            cleared_by=data.get("cleared_by"),
+            cleared_reason=data.get("cleared_reason"),
+            history=tuple((float(t), str(w)) for t, w in data.get("history", ())),
+        )
 
 
 def _where(location: dict[str, Any] | None) -> str:
@@ -121,9 +131,19 @@ class FaultBook:
 
     # ------------------------------------------------------------------ protection
 
-    def on_trip(self, breaker: str, element: str, current_a: float, voltage_kv: float | None, feeder: Iterable[str],
-                now: float, wall: float, *, recloses: bool, location: dict[str, Any] | None = None
-                ) -> FaultRecord | None:
+    def on_trip(
+        self,
+        breaker: str,
+        element: str,
+        current_a: float,
+        voltage_kv: float | None,
+        feeder: Iterable[str],
+        now: float,
+        wall: float,
+        *,
+        recloses: bool,
+        location: dict[str, Any] | None = None,
+    ) -> FaultRecord | None:
         """A protection trip. Opens a record for a fault trip (or counts another trip of the active
         one). `recloses` false: no auto-reclose will follow, the fault is taken as permanent.
         `location`: the distance estimate from the relay's measurements (kept from the first trip
@@ -132,52 +152,83 @@ class FaultBook:
             return None
         current = self.active_for(breaker)
         if current is not None:
-            updated = replace(current, trips=current.trips + 1, current_a=max(current.current_a, current_a),
-                              status=current.status if recloses else FaultStatus.PERMANENT,
-                              history=current.history + ((wall, f"trip {current.trips + 1} by {element}"),))
+            updated = replace(
+                current,
+                trips=current.trips + 1,
+                current_a=max(current.current_a, current_a),
+                status=current.status if recloses else FaultStatus.PERMANENT,
+                history=current.history + ((wall, f"trip {current.trips + 1} by {element}"),),
+            )
             if updated.location is None and location is not None:
                 updated = replace(updated, location=location, distance_m=location.get("distance_m"))
             return self._put(updated)
         self._seq += 1
         nodes = tuple(feeder)
-        record = FaultRecord(id=f"F-{int(wall)}-{self._seq}", breaker=breaker,
-                             status=FaultStatus.TRIPPED if recloses else FaultStatus.PERMANENT,
-                             started=now, started_wall=wall, element=element, current_a=current_a,
-                             voltage_kv=voltage_kv, feeder=nodes, zone=nodes, location=location,
-                             distance_m=None if location is None else location.get("distance_m"),
-                             history=((wall, f"{element} trip of {breaker}, {current_a:.0f} A"
-                                       + _where(location)),))
+        record = FaultRecord(
+            id=f"F-{int(wall)}-{self._seq}",
+            breaker=breaker,
+            status=FaultStatus.TRIPPED if recloses else FaultStatus.PERMANENT,
+            started=now,
+            started_wall=wall,
+            element=element,
+            current_a=current_a,
+            voltage_kv=voltage_kv,
+            feeder=nodes,
+            zone=nodes,
+            location=location,
+            distance_m=None if location is None else location.get("distance_m"),
+            history=((wall, f"{element} trip of {breaker}, {current_a:.0f} A" + _where(location)),),
+        )
         return self._put(record)
 
     def on_lockout(self, breaker: str, wall: float) -> FaultRecord | None:
         current = self.active_for(breaker)
         if current is None or current.status is FaultStatus.PERMANENT:
             return current
-        return self._put(replace(current, status=FaultStatus.PERMANENT,
-                                 history=current.history + ((wall, "lockout: permanent fault"),)))
+        return self._put(
+            replace(
+                current, status=FaultStatus.PERMANENT, history=current.history + ((wall, "lockout: permanent fault"),)
+            )
+        )
 
     def on_reset(self, breaker: str, wall: float) -> FaultRecord | None:
         """The relay's reclaim ran out after a reclose: the fault was transient."""
         current = self.active_for(breaker)
         if current is None or current.status is not FaultStatus.TRIPPED:
             return None
-        return self._put(replace(current, status=FaultStatus.TRANSIENT,
-                                 history=current.history + ((wall, "reclose held: transient fault"),)))
+        return self._put(
+            replace(
+                current,
+                status=FaultStatus.TRANSIENT,
+                history=current.history + ((wall, "reclose held: transient fault"),),
+            )
+        )
 
     # ------------------------------------------------------------------ location, isolation, clearing
 
-    def locate(self, record_id: str, zone: Iterable[str], method: str, wall: float,
-               distance_m: float | None = None) -> FaultRecord:
+    def locate(
+        self, record_id: str, zone: Iterable[str], method: str, wall: float, distance_m: float | None = None
+    ) -> FaultRecord:
         rec = self.get(record_id)
         nodes = tuple(zone)
-        return self._put(replace(rec, zone=nodes, located_by=method, distance_m=distance_m,
-                                 history=rec.history + ((wall, f"located in {', '.join(nodes)} by {method}"),)))
+        return self._put(
+            replace(
+                rec,
+                zone=nodes,
+                located_by=method,
+                distance_m=distance_m,
+                history=rec.history + ((wall, f"located in {', '.join(nodes)} by {method}"),),
+            )
+        )
 
     def isolated(self, record_id: str, devices: Iterable[str], wall: float) -> FaultRecord:
         rec = self.get(record_id)
         devs = tuple(devices)
-        return self._put(replace(rec, isolated_by=devs,
-                                 history=rec.history + ((wall, f"isolated by {', '.join(devs) or 'nothing'}"),)))
+        return self._put(
+            replace(
+                rec, isolated_by=devs, history=rec.history + ((wall, f"isolated by {', '.join(devs) or 'nothing'}"),)
+            )
+        )
 
     def clear(self, record_id: str, who: str, reason: str, wall: float) -> FaultRecord:
         if not reason.strip():
@@ -185,8 +236,15 @@ class FaultBook:
         rec = self.get(record_id)
         if not rec.active:
             raise ValueError(f"fault {record_id} is already {rec.status.value}")
-        return self._put(replace(rec, status=FaultStatus.CLEARED, cleared_by=who, cleared_reason=reason,
-                                 history=rec.history + ((wall, f"cleared by {who}: {reason}"),)))
+        return self._put(
+            replace(
+                rec,
+                status=FaultStatus.CLEARED,
+                cleared_by=who,
+                cleared_reason=reason,
+                history=rec.history + ((wall, f"cleared by {who}: {reason}"),),
+            )
+        )
 
     # ------------------------------------------------------------------ questions
 

@@ -84,14 +84,23 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "breaker": self.breaker, "located_zone": list(self.location.zone), "located_by": self.location.method,
-            "distance_m": self.location.distance_m, "distance_method": self.location.distance_method,
+            "breaker": self.breaker,
+            "located_zone": list(self.location.zone),
+            "located_by": self.location.method,
+            "distance_m": self.location.distance_m,
+            "distance_method": self.location.distance_method,
             "isolated_zone": list(self.zone),
-            "steps": [{"device": s.device, "action": s.action, "purpose": s.purpose, "note": s.note} for s in self.steps],
-            "restored_upstream": list(self.restored_upstream), "restored_downstream": list(self.restored_downstream),
-            "left_out": list(self.left_out), "customers_interrupted": self.customers_interrupted,
-            "customers_restored": self.customers_restored, "customers_left_out": self.customers_left_out,
-            "critical_interrupted": self.critical_interrupted, "critical_restored": self.critical_restored,
+            "steps": [
+                {"device": s.device, "action": s.action, "purpose": s.purpose, "note": s.note} for s in self.steps
+            ],
+            "restored_upstream": list(self.restored_upstream),
+            "restored_downstream": list(self.restored_downstream),
+            "left_out": list(self.left_out),
+            "customers_interrupted": self.customers_interrupted,
+            "customers_restored": self.customers_restored,
+            "customers_left_out": self.customers_left_out,
+            "critical_interrupted": self.critical_interrupted,
+            "critical_restored": self.critical_restored,
             "notes": list(self.notes),
         }
 
@@ -99,7 +108,9 @@ class Plan:
 # --------------------------------------------------------------------------- location
 
 
-def feeder_tree(network: Network, breaker: str, config: Mapping[str, bool | None]) -> tuple[list[str], dict[str, tuple[str, str | None]]]:
+def feeder_tree(
+    network: Network, breaker: str, config: Mapping[str, bool | None]
+) -> tuple[list[str], dict[str, tuple[str, str | None]]]:
     """The nodes `breaker` feeds in `config` (taken as closed), and each one's parent edge."""
     closed = dict(config)
     closed[breaker] = True
@@ -142,8 +153,14 @@ def estimate_distance_m(network: Network, breaker: str, current_a: float, voltag
     return z_seen / z_per_m
 
 
-def locate(network: Network, breaker: str, config: Mapping[str, bool | None], indicators: Mapping[str, bool | None],
-           *, distance_m: float | None = None) -> Location:
+def locate(
+    network: Network,
+    breaker: str,
+    config: Mapping[str, bool | None],
+    indicators: Mapping[str, bool | None],
+    *,
+    distance_m: float | None = None,
+) -> Location:
     """The nodes fed by `breaker` that agree best with the indicators (and the distance)."""
     order, parent = feeder_tree(network, breaker, config)
     behind: dict[str, set[str]] = {}  # device -> nodes fed through it
@@ -161,10 +178,15 @@ def locate(network: Network, breaker: str, config: Mapping[str, bool | None], in
     zone = [n for n in order if scored[n] == best]
     method = "fault-passage indicators" if known else "feeder (no indicators)"
     if distance_m is not None:
-        root_line = network.sections[network.devices[breaker].b].line if network.devices[breaker].b in network.sections else ""
+        root_line = (
+            network.sections[network.devices[breaker].b].line if network.devices[breaker].b in network.sections else ""
+        )
         tol = max(MIN_DISTANCE_TOLERANCE_M, DISTANCE_TOLERANCE * distance_m)
-        near = [n for n in zone if (r := _distance_range(network, n, root_line)) is not None
-                and r[0] - tol <= distance_m <= r[1] + tol]
+        near = [
+            n
+            for n in zone
+            if (r := _distance_range(network, n, root_line)) is not None and r[0] - tol <= distance_m <= r[1] + tol
+        ]
         if near and len(near) < len(zone):
             zone = near
             method += " and distance from the fault current" if known else ""
@@ -192,10 +214,18 @@ class Unusable:
     why: str
 
 
-def plan(network: Network, breaker: str, config: Mapping[str, bool | None], location: Location,
-         loads_kva: Mapping[str, complex], *, unusable: Mapping[str, str] | None = None,
-         min_voltage_pu: float = 0.95, source_voltage_pu: Mapping[str, float] | None = None,
-         feeder: Iterable[str] | None = None) -> Plan:
+def plan(
+    network: Network,
+    breaker: str,
+    config: Mapping[str, bool | None],
+    location: Location,
+    loads_kva: Mapping[str, complex],
+    *,
+    unusable: Mapping[str, str] | None = None,
+    min_voltage_pu: float = 0.95,
+    source_voltage_pu: Mapping[str, float] | None = None,
+    feeder: Iterable[str] | None = None,
+) -> Plan:
     """The switching that isolates `location` and restores what the network can carry.
 
     `config`: every device's position now (the locked-out breaker open). `loads_kva`: each
@@ -243,19 +273,29 @@ def plan(network: Network, breaker: str, config: Mapping[str, bool | None], loca
     # 3. downstream islands through ties (or other open devices with a live far side)
     dead = feeder - zone - upstream
     islands = _components(network, dead, after)
-    best_steps, restored, ok = _restore_islands(network, islands, zone, after, loads_kva, bad, min_voltage_pu,
-                                                source_voltage_pu or {})
+    best_steps, restored, ok = _restore_islands(
+        network, islands, zone, after, loads_kva, bad, min_voltage_pu, source_voltage_pu or {}
+    )
     steps += best_steps
     restored_down = set(restored)
     served = upstream | restored_down
     interrupted = [n for n in order if n in network.sections]
-    return Plan(breaker=breaker, location=location, zone=tuple(n for n in order if n in zone), steps=steps,
-                feeder=tuple(order), restored_upstream=tuple(n for n in order if n in upstream),
-                restored_downstream=tuple(n for n in order if n in restored_down),
-                left_out=tuple(n for n in order if n not in served),
-                customers_interrupted=network.customers(interrupted), customers_restored=network.customers(served),
-                critical_interrupted=network.critical_customers(interrupted),
-                critical_restored=network.critical_customers(served), estimate_ok=ok, notes=notes)
+    return Plan(
+        breaker=breaker,
+        location=location,
+        zone=tuple(n for n in order if n in zone),
+        steps=steps,
+        feeder=tuple(order),
+        restored_upstream=tuple(n for n in order if n in upstream),
+        restored_downstream=tuple(n for n in order if n in restored_down),
+        left_out=tuple(n for n in order if n not in served),
+        customers_interrupted=network.customers(interrupted),
+        customers_restored=network.customers(served),
+        critical_interrupted=network.critical_customers(interrupted),
+        critical_restored=network.critical_customers(served),
+        estimate_ok=ok,
+        notes=notes,
+    )
 
 
 def _boundary(network: Network, zone: set[str], config: Mapping[str, bool | None]) -> list[str]:
@@ -284,17 +324,35 @@ def _components(network: Network, nodes: set[str], config: Mapping[str, bool | N
     return out
 
 
-def _restore_islands(network: Network, islands: list[set[str]], zone: set[str], config: Mapping[str, bool | None],
-                     loads_kva: Mapping[str, complex], bad: Mapping[str, str],
-                     min_voltage_pu: float, voltages: Mapping[str, float]) -> tuple[list[PlannedStep], set[str], bool]:
+def _restore_islands(
+    network: Network,
+    islands: list[set[str]],
+    zone: set[str],
+    config: Mapping[str, bool | None],
+    loads_kva: Mapping[str, complex],
+    bad: Mapping[str, str],
+    min_voltage_pu: float,
+    voltages: Mapping[str, float],
+) -> tuple[list[PlannedStep], set[str], bool]:
     """Choose splits and ties for every island at once (they may lean on the same neighbour)."""
     options: list[list[tuple[tuple[str, ...], tuple[str, ...]]]] = []  # per island: (devices to open, ties to close)
     for island in islands:
-        internal = sorted({d for n in island for o, d in network.adjacent(n)
-                           if d is not None and o in island and config.get(d) and d not in bad})
-        feeders = sorted({d for n in island for o, d in network.adjacent(n)
-                          if d is not None and o not in island and o not in zone and config.get(d) is False
-                          and d not in bad})
+        internal = sorted(
+            {
+                d
+                for n in island
+                for o, d in network.adjacent(n)
+                if d is not None and o in island and config.get(d) and d not in bad
+            }
+        )
+        feeders = sorted(
+            {
+                d
+                for n in island
+                for o, d in network.adjacent(n)
+                if d is not None and o not in island and o not in zone and config.get(d) is False and d not in bad
+            }
+        )
         choices: list[tuple[tuple[str, ...], tuple[str, ...]]] = [((), ())]
         for k in range(len(internal) + 1):
             for opened in itertools.combinations(internal, k):
@@ -368,8 +426,7 @@ class FlisrSettings:
 class FlisrController:
     """Turns lockouts into FLISR sequences; re-plans around a device that failed. Sans-IO."""
 
-    def __init__(self, network: Network, state: Any, faults: Any, settings: FlisrSettings,
-                 unusable: Any) -> None:
+    def __init__(self, network: Network, state: Any, faults: Any, settings: FlisrSettings, unusable: Any) -> None:
         self.network = network
         self.state = state
         self.faults = faults
@@ -393,10 +450,17 @@ class FlisrController:
             return None
         if record.id in self.plans:
             self._due.pop(breaker, None)
-            self.faults.locate(record.id, record.feeder, "FLISR's restoration tripped again: the whole feeder",
-                               wall, distance_m=record.distance_m)
-            return (f"{breaker} tripped again after FLISR restored through it: the fault was not where it was "
-                    f"located; automatic restoration stops, the whole feeder is taken as faulted")
+            self.faults.locate(
+                record.id,
+                record.feeder,
+                "FLISR's restoration tripped again: the whole feeder",
+                wall,
+                distance_m=record.distance_m,
+            )
+            return (
+                f"{breaker} tripped again after FLISR restored through it: the fault was not where it was "
+                f"located; automatic restoration stops, the whole feeder is taken as faulted"
+            )
         self._due[breaker] = (record.id, now + self.settings.settle_s)
         return None
 
@@ -419,11 +483,25 @@ class FlisrController:
             if made is None:
                 continue
             plan_, steps = made
-            seq = Sequence(id=new_id("FLISR"), name=f"FLISR {breaker}: isolate {', '.join(plan_.zone)}",
-                           steps=tuple(Step(device=s.device, action=s.action, timeout_s=self.settings.step_timeout_s,
-                                            purpose=s.purpose, override_reason=steps.get(k))
-                                       for k, s in enumerate(plan_.steps)),
-                           created_by="flisr", created=wall, source="flisr", fault=record_id, plan=plan_.to_dict())
+            seq = Sequence(
+                id=new_id("FLISR"),
+                name=f"FLISR {breaker}: isolate {', '.join(plan_.zone)}",
+                steps=tuple(
+                    Step(
+                        device=s.device,
+                        action=s.action,
+                        timeout_s=self.settings.step_timeout_s,
+                        purpose=s.purpose,
+                        override_reason=steps.get(k),
+                    )
+                    for k, s in enumerate(plan_.steps)
+                ),
+                created_by="flisr",
+                created=wall,
+                source="flisr",
+                fault=record_id,
+                plan=plan_.to_dict(),
+            )
             out.append(seq)
         return out
 
@@ -460,13 +538,21 @@ class FlisrController:
         if record.located_by is None:
             location = locate(self.network, breaker, config, indicators, distance_m=distance)
             if location.contradictions:
-                location = Location(zone=tuple(feeder_nodes), method=f"indicators disagree ({location.contradictions}):"
-                                    " the whole feeder", distance_m=distance, contradictions=location.contradictions)
+                location = Location(
+                    zone=tuple(feeder_nodes),
+                    method=f"indicators disagree ({location.contradictions}): the whole feeder",
+                    distance_m=distance,
+                    contradictions=location.contradictions,
+                )
             location = replace(location, distance_method=distance_method)
             self.faults.locate(record_id, location.zone, location.method, wall, distance_m=distance)
         else:
-            location = Location(zone=record.zone, method=record.located_by, distance_m=record.distance_m,
-                                distance_method=distance_method)
+            location = Location(
+                zone=record.zone,
+                method=record.located_by,
+                distance_m=record.distance_m,
+                distance_method=distance_method,
+            )
         unusable = {d: why for d in self.network.devices if (why := self._unusable(d))}
         for d in self._failed.get(record_id, ()):
             unusable[d] = "a FLISR step on it failed"
@@ -478,19 +564,35 @@ class FlisrController:
             else:
                 live = self.state.section_load(sec)
                 loads[sec] = live.kva if live is not None else (before.kva if before is not None else 0j)
-        unknown = [s for s in feeder_nodes if s in self.network.sections and self.state.load_before(
-            s, record.started - 0.2) is None and self.network.sections[s].customers]
+        unknown = [
+            s
+            for s in feeder_nodes
+            if s in self.network.sections
+            and self.state.load_before(s, record.started - 0.2) is None
+            and self.network.sections[s].customers
+        ]
         for s in unknown:
             unusable_note = f"no load remembered for {s} before the fault"
             for d in self.network.devices_of(s):
                 if self.network.devices[d].tie and d not in unusable:
                     unusable[d] = unusable_note
-        result = plan(self.network, breaker, config, location, loads, unusable=unusable,
-                      min_voltage_pu=self.settings.min_voltage_pu, source_voltage_pu=self.state.source_voltages(),
-                      feeder=record.feeder)
+        result = plan(
+            self.network,
+            breaker,
+            config,
+            location,
+            loads,
+            unusable=unusable,
+            min_voltage_pu=self.settings.min_voltage_pu,
+            source_voltage_pu=self.state.source_voltages(),
+            feeder=record.feeder,
+        )
         self.plans[record_id] = result
         if not result.steps:
             return result, {}
-        reasons = {k: f"FLISR: fault {record_id} isolated in {', '.join(result.zone)}"
-                   for k, s in enumerate(result.steps) if s.purpose == "restore_upstream"}
+        reasons = {
+            k: f"FLISR: fault {record_id} isolated in {', '.join(result.zone)}"
+            for k, s in enumerate(result.steps)
+            if s.purpose == "restore_upstream"
+        }
         return result, reasons

@@ -85,8 +85,12 @@ class Refusal:
     role: Role
 
     def as_dict(self) -> dict[str, str]:
-        return {"interlock": self.code, "message": self.message, "override": self.override,
-                "override_role": str(self.role)}
+        return {
+            "interlock": self.code,
+            "message": self.message,
+            "override": self.override,
+            "override_role": str(self.role),
+        }
 
 
 # --------------------------------------------------------------------------- conditions
@@ -94,8 +98,10 @@ class Refusal:
 
 def _selection(ctx: Context) -> str | None:
     if ctx.op.origin.via.remote and not ctx.selected:
-        return (f"{ctx.op.target}: a remote operation needs a select first (select-before-operate), "
-                "and the operate must name it")
+        return (
+            f"{ctx.op.target}: a remote operation needs a select first (select-before-operate), "
+            "and the operate must name it"
+        )
     return None
 
 
@@ -112,8 +118,10 @@ def _position_unknown(ctx: Context) -> str | None:
     if ctx.device is None:
         return None
     if ctx.state.position(ctx.device.id) is None:
-        return (f"{ctx.device.id}: its position is unknown (stale, invalid or not yet received): "
-                "refused until the position is known again")
+        return (
+            f"{ctx.device.id}: its position is unknown (stale, invalid or not yet received): "
+            "refused until the position is known again"
+        )
     return None
 
 
@@ -155,8 +163,10 @@ def _fault_indicated(ctx: Context) -> str | None:
     hit = sorted(n for n in newly if n in faulted)
     if hit:
         rec = faulted[hit[0]]
-        return (f"closing {ctx.device.id} would energise {', '.join(hit)}, where fault {rec.id} "
-                f"({rec.element} trip of {rec.breaker}, {rec.status.value}) is still indicated")
+        return (
+            f"closing {ctx.device.id} would energise {', '.join(hit)}, where fault {rec.id} "
+            f"({rec.element} trip of {rec.breaker}, {rec.status.value}) is still indicated"
+        )
     return None
 
 
@@ -170,16 +180,19 @@ def _parallel(ctx: Context) -> str | None:
     a, b = en.source_of.get(dev.a), en.source_of.get(dev.b)
     if a is not None and b is not None:
         what = "two sources" if a != b else "a loop on one source"
-        return (f"closing {dev.id} would parallel {what} ({dev.a} fed from {a}, {dev.b} fed from {b}); "
-                "the site file does not allow it for this device")
+        return (
+            f"closing {dev.id} would parallel {what} ({dev.a} fed from {a}, {dev.b} fed from {b}); "
+            "the site file does not allow it for this device"
+        )
     # an open device measures its far side: voltage there that the model cannot explain is a
     # source it does not know (a neighbour's tie closed, a generator): closing would parallel it
     far_kv = ctx.state.value(dev.id, "voltage_kv") if ctx.state.position(dev.id) is False else None
     nominal = ctx.network.sections[dev.b].nominal_kv if dev.b in ctx.network.sections else None
-    if a is not None and b is None and isinstance(far_kv, int | float) and nominal \
-            and far_kv > LIVE_FRACTION * nominal:
-        return (f"{dev.id} measures {far_kv:.2f} kV on its far side ({dev.b}), which nothing known feeds: "
-                "closing would parallel an unknown source")
+    if a is not None and b is None and isinstance(far_kv, int | float) and nominal and far_kv > LIVE_FRACTION * nominal:
+        return (
+            f"{dev.id} measures {far_kv:.2f} kV on its far side ({dev.b}), which nothing known feeds: "
+            "closing would parallel an unknown source"
+        )
     return None
 
 
@@ -193,10 +206,12 @@ def _overload(ctx: Context) -> str | None:
     before[ctx.device.id] = False
     v = ctx.source_voltage_pu
     worse = ctx.network.estimate(config, ctx.loads_kva, source_voltage_pu=v).worse_than(
-        ctx.network.estimate(before, ctx.loads_kva, source_voltage_pu=v))
+        ctx.network.estimate(before, ctx.loads_kva, source_voltage_pu=v)
+    )
     if worse:
-        return (f"closing {ctx.device.id} would pick up {', '.join(sorted(newly))} and load beyond limits: "
-                + "; ".join(str(v) for v in worse[:4]))
+        return f"closing {ctx.device.id} would pick up {', '.join(sorted(newly))} and load beyond limits: " + "; ".join(
+            str(v) for v in worse[:4]
+        )
     return None
 
 
@@ -206,35 +221,104 @@ def _interrupting(ctx: Context) -> str | None:
         return None
     amps = ctx.state.current_a(dev.id)
     if amps is not None and amps > dev.interrupting_a:
-        return (f"{dev.id} ({dev.function}) carries {amps:.0f} A, beyond what it can interrupt "
-                f"({dev.interrupting_a:.0f} A): open it only dead or after the breaker upstream")
+        return (
+            f"{dev.id} ({dev.function}) carries {amps:.0f} A, beyond what it can interrupt "
+            f"({dev.interrupting_a:.0f} A): open it only dead or after the breaker upstream"
+        )
     return None
 
 
 TABLE: tuple[Row, ...] = (
-    Row("not_selected", EVERY, "never", Role.ENGINEER, False,
-        "a remote operation without its select (IEC 61850 select-before-operate)", _selection),
-    Row("local_mode", EVERY, "never", Role.ENGINEER, False,
-        "a device switched to local control at its panel", _local_mode),
-    Row("position_unknown", SWITCHING, "local", Role.ENGINEER, False,
-        "switching a device whose position the gateway does not know", _position_unknown),
-    Row("maintenance", EVERY, "local", Role.ENGINEER, False,
-        "operating equipment in maintenance or tagged do-not-operate", _maintenance),
-    Row("protection_lockout", CLOSE, "any", Role.OPERATOR, True,
-        "closing a breaker protection locked out (re-arming it) without an authorised decision", _protection_lockout),
-    Row("agent_locked_out", CLOSE, "any", Role.OPERATOR, True,
-        "closing a breaker its agent holds Locked_Out after a persistent fault", _agent_locked_out),
-    Row("fault_indicated", CLOSE, "local", Role.ENGINEER, False,
+    Row(
+        "not_selected",
+        EVERY,
+        "never",
+        Role.ENGINEER,
+        False,
+        "a remote operation without its select (IEC 61850 select-before-operate)",
+        _selection,
+    ),
+    Row(
+        "local_mode",
+        EVERY,
+        "never",
+        Role.ENGINEER,
+        False,
+        "a device switched to local control at its panel",
+        _local_mode,
+    ),
+    Row(
+        "position_unknown",
+        SWITCHING,
+        "local",
+        Role.ENGINEER,
+        False,
+        "switching a device whose position the gateway does not know",
+        _position_unknown,
+    ),
+    Row(
+        "maintenance",
+        EVERY,
+        "local",
+        Role.ENGINEER,
+        False,
+        "operating equipment in maintenance or tagged do-not-operate",
+        _maintenance,
+    ),
+    Row(
+        "protection_lockout",
+        CLOSE,
+        "any",
+        Role.OPERATOR,
+        True,
+        "closing a breaker protection locked out (re-arming it) without an authorised decision",
+        _protection_lockout,
+    ),
+    Row(
+        "agent_locked_out",
+        CLOSE,
+        "any",
+        Role.OPERATOR,
+        True,
+        "closing a breaker its agent holds Locked_Out after a persistent fault",
+        _agent_locked_out,
+    ),
+    Row(
+        "fault_indicated",
+        CLOSE,
+        "local",
+        Role.ENGINEER,
+        False,
         "closing onto a fault that is still indicated (energising a section inside an active fault's zone)",
-        _fault_indicated),
-    Row("parallel", CLOSE, "never", Role.ENGINEER, False,
+        _fault_indicated,
+    ),
+    Row(
+        "parallel",
+        CLOSE,
+        "never",
+        Role.ENGINEER,
+        False,
         "closing a device that would parallel two sources or close a loop, unless the site allows it",
-        _parallel),
-    Row("overload", CLOSE, "any", Role.OPERATOR, False,
+        _parallel,
+    ),
+    Row(
+        "overload",
+        CLOSE,
+        "any",
+        Role.OPERATOR,
+        False,
         "picking up load that the receiving feeder cannot carry (power-flow estimate from live loads)",
-        _overload),
-    Row("interrupting_capacity", OPEN, "never", Role.ENGINEER, False,
-        "opening a device under a current beyond what it can interrupt", _interrupting),
+        _overload,
+    ),
+    Row(
+        "interrupting_capacity",
+        OPEN,
+        "never",
+        Role.ENGINEER,
+        False,
+        "opening a device under a current beyond what it can interrupt",
+        _interrupting,
+    ),
 )
 ROWS: dict[str, Row] = {r.code: r for r in TABLE}
 

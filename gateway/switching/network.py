@@ -281,9 +281,16 @@ class Network:
                 queue.append(other)
         return seen
 
-    def estimate(self, closed: Mapping[str, bool | None], loads_kva: Mapping[str, complex], *,
-                 source_voltage_pu: float | Mapping[str, float] | None = None, min_voltage_pu: float = 0.95,
-                 max_voltage_pu: float = 1.05, iterations: int = 8) -> FlowEstimate:
+    def estimate(
+        self,
+        closed: Mapping[str, bool | None],
+        loads_kva: Mapping[str, complex],
+        *,
+        source_voltage_pu: float | Mapping[str, float] | None = None,
+        min_voltage_pu: float = 0.95,
+        max_voltage_pu: float = 1.05,
+        iterations: int = 8,
+    ) -> FlowEstimate:
         """Backward/forward sweep over the radial configuration `closed`. `loads_kva` maps a
         section to its load (P + jQ, kW and kvar), lumped at the section; `source_voltage_pu`
         the sources' voltages as measured (1.0 pu where not given)."""
@@ -357,20 +364,46 @@ class Network:
                 limit = min(limit, PROTECTED_LOADING_LIMIT * device.pickup_a)
             if amps > limit:
                 violations.append(Violation(dev_id, "current_a", amps, limit))
-        return FlowEstimate(voltage_pu={n: abs(v[n]) for n in order if n in self.sections},
-                            node_current_a=node_current, device_current_a=device_current,
-                            source_load_kva=source_load, violations=tuple(violations), parallel=tuple(en.loops))
+        return FlowEstimate(
+            voltage_pu={n: abs(v[n]) for n in order if n in self.sections},
+            node_current_a=node_current,
+            device_current_a=device_current,
+            source_load_kva=source_load,
+            violations=tuple(violations),
+            parallel=tuple(en.loops),
+        )
 
     def describe(self) -> dict[str, Any]:
         """The network as plain data (for `stima switching network` and the docs)."""
         return {
-            "sources": [{"id": s.id, "external": s.external, "capacity_kva": s.capacity_kva} for s in self.sources.values()],
-            "sections": [{"id": s.id, "line": s.line, "from_m": s.from_m, "to_m": s.to_m, "elements": list(s.elements),
-                          "customers": s.customers, "critical_customers": s.critical_customers,
-                          "ampacity_a": s.ampacity_a} for s in self.sections.values()],
-            "devices": [{"id": d.id, "function": d.function, "between": [d.a, d.b], "tie": d.tie,
-                         "normally_open": d.normally_open, "protected": d.protected,
-                         "rated_current_a": d.rated_current_a} for d in self.devices.values()],
+            "sources": [
+                {"id": s.id, "external": s.external, "capacity_kva": s.capacity_kva} for s in self.sources.values()
+            ],
+            "sections": [
+                {
+                    "id": s.id,
+                    "line": s.line,
+                    "from_m": s.from_m,
+                    "to_m": s.to_m,
+                    "elements": list(s.elements),
+                    "customers": s.customers,
+                    "critical_customers": s.critical_customers,
+                    "ampacity_a": s.ampacity_a,
+                }
+                for s in self.sections.values()
+            ],
+            "devices": [
+                {
+                    "id": d.id,
+                    "function": d.function,
+                    "between": [d.a, d.b],
+                    "tie": d.tie,
+                    "normally_open": d.normally_open,
+                    "protected": d.protected,
+                    "rated_current_a": d.rated_current_a,
+                }
+                for d in self.devices.values()
+            ],
         }
 
 
@@ -390,8 +423,9 @@ class _Builder:
         self.net = net
         self.agents: dict[str, AgentConfig] = {a.id: a for a in site.agents}
         self.types = {a.id: a.type.value for a in site.agents}
-        self.line_attrs = {a.id: PowerLineAttributes.model_validate(a.attributes)
-                           for a in site.agents if a.type.value == LINE}
+        self.line_attrs = {
+            a.id: PowerLineAttributes.model_validate(a.attributes) for a in site.agents if a.type.value == LINE
+        }
         self.schemes = {s.breaker: s for s in site.protection}
 
     def build(self) -> None:
@@ -438,8 +472,9 @@ class _Builder:
         self.taps = {line: list(children.items()) for line, children in tap_at.items()}
         self.feeds, self.routes = feeds, routes
 
-    def _route(self, agent_id: str, target: str, rule: Any,
-               routes: dict[str, list[tuple[str, float | None, bool]]]) -> None:
+    def _route(
+        self, agent_id: str, target: str, rule: Any, routes: dict[str, list[tuple[str, float | None, bool]]]
+    ) -> None:
         if self.types[agent_id] == BREAKER and self.types[target] == LINE:
             routes.setdefault(agent_id, []).append((target, _position(rule), rule.normally_open))
         elif self.types[target] == BREAKER and self.types[agent_id] == LINE:
@@ -486,11 +521,19 @@ class _Builder:
                 imp = attrs.impedance
                 length_km = (hi - lo) / 1000.0
                 net.sections[sid] = Section(
-                    id=sid, line=line, index=k + 1, from_m=lo, to_m=hi,
+                    id=sid,
+                    line=line,
+                    index=k + 1,
+                    from_m=lo,
+                    to_m=hi,
                     z_ohm=complex(imp.r_ohm_per_km, imp.x_ohm_per_km) * length_km,
-                    ampacity_a=attrs.ampacity, nominal_kv=attrs.voltage_rating, elements=elements,
-                    meter_groups=groups, customers=sum(g.count for g in self.site.meter_groups if g.id in groups),
-                    critical_customers=sum(g.critical_count for g in self.site.meter_groups if g.id in groups))
+                    ampacity_a=attrs.ampacity,
+                    nominal_kv=attrs.voltage_rating,
+                    elements=elements,
+                    meter_groups=groups,
+                    customers=sum(g.count for g in self.site.meter_groups if g.id in groups),
+                    critical_customers=sum(g.critical_count for g in self.site.meter_groups if g.id in groups),
+                )
 
     def _series_devices(self, in_series: dict[str, list[tuple[str, float]]]) -> None:
         for line, placed in in_series.items():
@@ -505,15 +548,19 @@ class _Builder:
     def _ties(self) -> None:
         for dev_id, ends in self.routes.items():
             tie = self._breaker_attrs(dev_id)
-            nodes = [self.section_at(line, at if at is not None else self.line_attrs[line].length)
-                     for line, at, _ in ends]
+            nodes = [
+                self.section_at(line, at if at is not None else self.line_attrs[line].length) for line, at, _ in ends
+            ]
             if tie.external_source:
                 if len(nodes) != 1:
-                    raise NetworkError(f"agents.{dev_id}: a tie to another substation ({tie.external_source}) "
-                                       f"has one route rule to a local line, found {len(nodes)}")
+                    raise NetworkError(
+                        f"agents.{dev_id}: a tie to another substation ({tie.external_source}) "
+                        f"has one route rule to a local line, found {len(nodes)}"
+                    )
                 ext = f"EXT:{dev_id}"
-                self.net.sources[ext] = Source(ext, True, tie.external_capacity_kva,
-                                               self.net.sections[nodes[0]].nominal_kv)
+                self.net.sources[ext] = Source(
+                    ext, True, tie.external_capacity_kva, self.net.sections[nodes[0]].nominal_kv
+                )
                 nodes.append(ext)
             if len(nodes) != 2:
                 raise NetworkError(f"agents.{dev_id}: a tie joins two lines (route rules), found {len(nodes)}")
@@ -528,8 +575,9 @@ class _Builder:
             for child in children:
                 if self.types[child] == BREAKER and child not in net.devices:
                     self._device_feeding(child, self._node_of(parent))
-                elif self.types[child] == LINE and (self.types[parent] in (LINE, SUBSTATION)
-                                                    or parent in net.station_nodes):
+                elif self.types[child] == LINE and (
+                    self.types[parent] in (LINE, SUBSTATION) or parent in net.station_nodes
+                ):
                     net.fixed.append((self._node_of(parent), net.line_sections[child][0]))
                 elif child in net.station_nodes and self.types[parent] == SUBSTATION:
                     net.fixed.append((parent, net.station_nodes[child]))
@@ -549,13 +597,22 @@ class _Builder:
             attrs = TransformerAttributes.model_validate(self.agents[agent_id].attributes)
             kv = attrs.secondary_voltage / 1000.0
             z_abs = attrs.impedance_percent / 100.0 * kv * kv / (attrs.rated_capacity / 1000.0)
-            r = z_abs / math.sqrt(1.0 + STATION_TRANSFORMER_X_R ** 2)
+            r = z_abs / math.sqrt(1.0 + STATION_TRANSFORMER_X_R**2)
             groups = [g for g in self.site.meter_groups if g.connected_transformer == agent_id]
             net.sections[agent_id] = Section(
-                id=agent_id, line=agent_id, index=1, from_m=0.0, to_m=0.0, z_ohm=complex(r, r * STATION_TRANSFORMER_X_R),
-                ampacity_a=attrs.rated_capacity / (SQRT3 * kv), nominal_kv=kv, elements=(),
-                meter_groups=tuple(g.id for g in groups), customers=sum(g.count for g in groups),
-                critical_customers=sum(len(g.critical_meters) for g in groups))
+                id=agent_id,
+                line=agent_id,
+                index=1,
+                from_m=0.0,
+                to_m=0.0,
+                z_ohm=complex(r, r * STATION_TRANSFORMER_X_R),
+                ampacity_a=attrs.rated_capacity / (SQRT3 * kv),
+                nominal_kv=kv,
+                elements=(),
+                meter_groups=tuple(g.id for g in groups),
+                customers=sum(g.count for g in groups),
+                critical_customers=sum(len(g.critical_meters) for g in groups),
+            )
             net.station_nodes[agent_id] = agent_id
             if attrs.regulation_enabled and "tap_setpoint" in self.agents[agent_id].points:
                 # the low edge of its band: the bus may settle anywhere inside it
@@ -586,8 +643,10 @@ class _Builder:
         lines = [c for c in self.feeds.get(dev_id, []) if self.types[c] == LINE]
         stations = [c for c in self.feeds.get(dev_id, []) if c in self.net.station_nodes]
         if len(lines) + len(stations) > 1:
-            raise NetworkError(f"agents.{dev_id}: a switching device feeds one line or one transformer, found "
-                               f"{', '.join(lines + stations)}")
+            raise NetworkError(
+                f"agents.{dev_id}: a switching device feeds one line or one transformer, found "
+                f"{', '.join(lines + stations)}"
+            )
         if lines:
             self._device(dev_id, upstream, self.net.line_sections[lines[0]][0])
         elif stations:
@@ -608,11 +667,20 @@ class _Builder:
             pickups = [e.pickup_a for e in (p51, p50) if e is not None]
             pickup = min(pickups) if pickups else None
         self.net.devices[dev_id] = Device(
-            id=dev_id, function=function, a=a, b=b, tie=tie, normally_open=normally_open,
+            id=dev_id,
+            function=function,
+            a=a,
+            b=b,
+            tie=tie,
+            normally_open=normally_open,
             allow_parallel=attrs.allow_parallel,
-            external_source=attrs.external_source, rated_current_a=attrs.rated_current,
-            interrupting_a=interrupting, protected=scheme is not None, pickup_a=pickup,
-            points=dict(self.agents[dev_id].points))
+            external_source=attrs.external_source,
+            rated_current_a=attrs.rated_current,
+            interrupting_a=interrupting,
+            protected=scheme is not None,
+            pickup_a=pickup,
+            points=dict(self.agents[dev_id].points),
+        )
 
     def _place_elements(self) -> None:
         net = self.net
@@ -623,8 +691,10 @@ class _Builder:
                     continue
                 if pos is None:
                     if cut_lines:
-                        raise NetworkError(f"agents.{child}: tapped on {line}, which has switching devices along it; "
-                                           "its connection rule needs position_m")
+                        raise NetworkError(
+                            f"agents.{child}: tapped on {line}, which has switching devices along it; "
+                            "its connection rule needs position_m"
+                        )
                     pos = self.line_attrs[line].length
                 net.element_section[child] = self.section_at(line, pos)
         for a in self.site.agents:
@@ -656,6 +726,14 @@ class _Builder:
 
     def _cut(self, ids: list[str], k: int) -> float:
         line = ids[0].rsplit("/", 1)[0]
-        positions = sorted({p for c, p in self.taps[line] if p is not None and self.types[c] == BREAKER
-                            and c not in self.routes and 0.0 < p < self.line_attrs[line].length})
+        positions = sorted(
+            {
+                p
+                for c, p in self.taps[line]
+                if p is not None
+                and self.types[c] == BREAKER
+                and c not in self.routes
+                and 0.0 < p < self.line_attrs[line].length
+            }
+        )
         return positions[k]

@@ -91,9 +91,13 @@ class Contribution:
     power_factor_after: float
 
     def to_dict(self) -> dict[str, float]:
-        return {"counted": round(self.counted, 1), "mw": round(self.kw / 1000.0, 3),
-                "mvar": round(self.kvar / 1000.0, 3), "pf_before": round(self.power_factor_before, 4),
-                "pf_after": round(self.power_factor_after, 4)}
+        return {
+            "counted": round(self.counted, 1),
+            "mw": round(self.kw / 1000.0, 3),
+            "mvar": round(self.kvar / 1000.0, 3),
+            "pf_before": round(self.power_factor_before, 4),
+            "pf_after": round(self.power_factor_after, 4),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,8 +161,11 @@ class PeakManager:
             self.peak_before = forecast_peak
             self.first_crossing_at = now
             self.target_met_at = None
-            self._note(now, f"forecast peak {self.percent(forecast_peak):.1f} % of capacity, above the "
-                            f"{self.settings.target_percent:g} % target: acting")
+            self._note(
+                now,
+                f"forecast peak {self.percent(forecast_peak):.1f} % of capacity, above the "
+                f"{self.settings.target_percent:g} % target: acting",
+            )
             return self._next(now, load, trend_kw_per_h, 0)
         if self.phase is PeakPhase.SETTLING:
             if now - self.started_at < self.settings.settle_s:
@@ -167,15 +174,21 @@ class PeakManager:
             done = self.current
             self.contributions[done] = self._measured(now, load)
             c = self.contributions[done]
-            self._note(now, f"{done}: {c.kw / 1000.0:.2f} MW, {c.kvar / 1000.0:.2f} Mvar "
-                            f"({self.percent(c.counted):.1f} % of capacity)")
+            self._note(
+                now,
+                f"{done}: {c.kw / 1000.0:.2f} MW, {c.kvar / 1000.0:.2f} Mvar "
+                f"({self.percent(c.counted):.1f} % of capacity)",
+            )
             self.current = None
             assert self.peak_before is not None
             if self.peak_before - self.reduction <= self.target:
                 self.phase = PeakPhase.HOLDING
                 self.target_met_at = now
-                self._note(now, f"target met after {done}: forecast peak "
-                                f"{self.percent(self.peak_before - self.reduction):.1f} % of capacity")
+                self._note(
+                    now,
+                    f"target met after {done}: forecast peak "
+                    f"{self.percent(self.peak_before - self.reduction):.1f} % of capacity",
+                )
                 return []
             return self._next(now, load, trend_kw_per_h, ORDER.index(done) + 1)
         if self.phase is PeakPhase.HOLDING:
@@ -183,20 +196,25 @@ class PeakManager:
             # release only when the peak would be under the target, with a margin, without the
             # actions that a release undoes (a transfer stays until it is given back)
             undone = sum(c.counted for a, c in self.contributions.items() if a != "transfer")
-            if forecast_peak + undone < self.target * (1.0 - self.settings.release_margin_percent / 100.0) \
-                    and trend_kw_per_h <= 0.0:
+            if (
+                forecast_peak + undone < self.target * (1.0 - self.settings.release_margin_percent / 100.0)
+                and trend_kw_per_h <= 0.0
+            ):
                 acted = tuple(a for a in ORDER if a in self.contributions and a not in self.skipped)
                 self._note(now, "peak passed: releasing " + (", ".join(acted) or "nothing"))
                 self.phase = PeakPhase.IDLE
                 self.contributions, self.skipped, self.peak_before = {}, {}, None
                 return [Release(acted)]
             used = [ORDER.index(a) for a in self.contributions]
-            rest = [a for a in ORDER[max(used, default=-1) + 1:] if a in self.settings.actions]
+            rest = [a for a in ORDER[max(used, default=-1) + 1 :] if a in self.settings.actions]
             if rest and forecast_peak > self.target * (1.0 + self.settings.release_margin_percent / 200.0):
                 # the load grew past what was done: on with the next action
                 self.peak_before = forecast_peak + self.reduction
-                self._note(now, f"forecast peak {self.percent(forecast_peak):.1f} % of capacity again "
-                                "above the target: acting further")
+                self._note(
+                    now,
+                    f"forecast peak {self.percent(forecast_peak):.1f} % of capacity again "
+                    "above the target: acting further",
+                )
                 return self._next(now, load, trend_kw_per_h, max(used, default=-1) + 1)
             return []
         return []
@@ -208,8 +226,9 @@ class PeakManager:
             self.started_at = now
             self._note(now, f"{action} in force")
 
-    def on_result(self, action: str, brought_nothing: str, now: float, load: Load,
-                  trend_kw_per_h: float) -> list[Start | Release]:
+    def on_result(
+        self, action: str, brought_nothing: str, now: float, load: Load, trend_kw_per_h: float
+    ) -> list[Start | Release]:
         """The wiring could not start `action`, or it did not take effect (why): on to the next."""
         if self.current != action:
             return []
@@ -227,8 +246,9 @@ class PeakManager:
         ratio = self.baseline.kvar / self.baseline.kw if self.baseline.kw > 0 else 0.0
         without = Load(self.baseline.kw + grow_kw, self.baseline.kvar + grow_kw * ratio)
         counted = max(0.0, self.measure(without) - self.measure(load))
-        return Contribution(counted, without.kw - load.kw, without.kvar - load.kvar,
-                            self.baseline.power_factor, load.power_factor)
+        return Contribution(
+            counted, without.kw - load.kw, without.kvar - load.kvar, self.baseline.power_factor, load.power_factor
+        )
 
     def _next(self, now: float, load: Load, trend_kw_per_h: float, start: int) -> list[Start | Release]:
         for name in ORDER[start:]:
@@ -257,14 +277,18 @@ class PeakManager:
         return {name: self.contributions.get(name, zero).to_dict() for name in ORDER}
 
     def status(self) -> dict[str, Any]:
-        return {"phase": self.phase.value, "basis": self.settings.basis,
-                "target_percent": self.settings.target_percent, "capacity_kva": self.capacity_kva,
-                "current": self.current,
-                "peak_before_percent": None if self.peak_before is None else round(self.percent(self.peak_before), 2),
-                "reduction_percent": round(self.percent(self.reduction), 2),
-                "contributions": {k: v.to_dict() for k, v in self.contributions.items()},
-                "skipped": dict(self.skipped),
-                "timeline": [{"t": t, "text": x} for t, x in self.timeline[-50:]]}
+        return {
+            "phase": self.phase.value,
+            "basis": self.settings.basis,
+            "target_percent": self.settings.target_percent,
+            "capacity_kva": self.capacity_kva,
+            "current": self.current,
+            "peak_before_percent": None if self.peak_before is None else round(self.percent(self.peak_before), 2),
+            "reduction_percent": round(self.percent(self.reduction), 2),
+            "contributions": {k: v.to_dict() for k, v in self.contributions.items()},
+            "skipped": dict(self.skipped),
+            "timeline": [{"t": t, "text": x} for t, x in self.timeline[-50:]],
+        }
 
 
 def shedding_order(feeders: Sequence[Mapping[str, Any]], need_kw: float) -> list[Mapping[str, Any]]:
@@ -272,6 +296,7 @@ def shedding_order(feeders: Sequence[Mapping[str, Any]], need_kw: float) -> list
     the fewest customers that covers the need when there is one, else fewest customers per kW
     first. A feeder whose net load is negative (its DER export) never helps; a feeder with a
     critical customer only when nothing else is left."""
+
     def kw(f: Mapping[str, Any]) -> float:
         return float(f.get("load_kw", 0.0))
 

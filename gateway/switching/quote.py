@@ -70,8 +70,15 @@ def _number(value: Any) -> TypeGuard[float]:
 class QuoteBook:
     """One gateway's quotes, as the one asking and as the one answering."""
 
-    def __init__(self, substation: str, ties: Mapping[str, TieInfo], *, headroom: WindowHeadroom,
-                 timeout_s: float = QUOTE_TIMEOUT_S, new_xid: Callable[[], str] | None = None) -> None:
+    def __init__(
+        self,
+        substation: str,
+        ties: Mapping[str, TieInfo],
+        *,
+        headroom: WindowHeadroom,
+        timeout_s: float = QUOTE_TIMEOUT_S,
+        new_xid: Callable[[], str] | None = None,
+    ) -> None:
         self.substation = substation
         self.ties = dict(ties)
         self._headroom = headroom
@@ -97,12 +104,27 @@ class QuoteBook:
         for q in self.pending.values():
             if (q.tie, q.window_start, q.window_end) == (tie, window_start, window_end):
                 return q.xid, []
-        q = Question(self._new_xid(), tie, info.neighbour, float(window_start), float(window_end), float(kva),
-                     now + self.timeout_s)
+        q = Question(
+            self._new_xid(),
+            tie,
+            info.neighbour,
+            float(window_start),
+            float(window_end),
+            float(kva),
+            now + self.timeout_s,
+        )
         self.pending[q.xid] = q
-        return q.xid, [Send(Message(kind="quote_request", xid=q.xid, sender=self.substation, recipient=q.neighbour,
-                                    body={"tie": tie, "window_start": q.window_start, "window_end": q.window_end,
-                                          "kva": q.kva}))]
+        return q.xid, [
+            Send(
+                Message(
+                    kind="quote_request",
+                    xid=q.xid,
+                    sender=self.substation,
+                    recipient=q.neighbour,
+                    body={"tie": tie, "window_start": q.window_start, "window_end": q.window_end, "kva": q.kva},
+                )
+            )
+        ]
 
     def tick(self, now: float) -> None:
         for q in [q for q in self.pending.values() if now >= q.deadline]:
@@ -131,13 +153,19 @@ class QuoteBook:
             return []
         if msg.kind == "refuse":
             del self.pending[q.xid]
-            self.answered.append(Answer(q, None, msg.sender, f"{msg.sender} refused: "
-                                                             f"{str(msg.body.get('reason', ''))[:200]}"))
+            self.answered.append(
+                Answer(q, None, msg.sender, f"{msg.sender} refused: {str(msg.body.get('reason', ''))[:200]}")
+            )
             return []
         body = msg.body
         kva = body.get("kva")
-        if (body.get("tie") != q.tie or body.get("window_start") != q.window_start
-                or body.get("window_end") != q.window_end or not _number(kva) or kva < 0):
+        if (
+            body.get("tie") != q.tie
+            or body.get("window_start") != q.window_start
+            or body.get("window_end") != q.window_end
+            or not _number(kva)
+            or kva < 0
+        ):
             raise TransferError(f"quote {q.xid} does not answer the question asked (tie, window, kva ≥ 0)")
         del self.pending[q.xid]
         self.answered.append(Answer(q, float(kva), msg.sender, str(body.get("note", ""))[:300]))
@@ -149,15 +177,20 @@ class QuoteBook:
 
         def refuse(reason: str) -> Send:
             self.refused += 1
-            return Send(Message(kind="refuse", xid=msg.xid, sender=self.substation, recipient=msg.sender,
-                                body={"reason": reason}))
+            return Send(
+                Message(
+                    kind="refuse", xid=msg.xid, sender=self.substation, recipient=msg.sender, body={"reason": reason}
+                )
+            )
 
         info = self.ties.get(tie) if isinstance(tie, str) else None
         if info is None or info.neighbour != msg.sender:
             return refuse(f"{tie!r} is not a tie of {self.substation} to {msg.sender}")
         if not (_number(start) and _number(end) and end > start and end - start <= MAX_WINDOW_S):
-            return refuse(f"window_start/window_end: expected a window of at most {MAX_WINDOW_S / 3600:g} h, "
-                          f"found {start!r}..{end!r}")
+            return refuse(
+                f"window_start/window_end: expected a window of at most {MAX_WINDOW_S / 3600:g} h, "
+                f"found {start!r}..{end!r}"
+            )
         if end <= wall:
             return refuse("the window is over")
         if not (_number(kva) and kva > 0):
@@ -166,6 +199,18 @@ class QuoteBook:
         if not (_number(room) and room > 0):
             return refuse(f"no headroom in that window: {why}")
         self.quoted += 1
-        return Send(Message(kind="quote", xid=msg.xid, sender=self.substation, recipient=msg.sender,
-                            body={"tie": info.tie, "window_start": start, "window_end": end, "kva": round(float(room), 1),
-                                  "note": f"quote, not reserved: {why}"[:300]}))
+        return Send(
+            Message(
+                kind="quote",
+                xid=msg.xid,
+                sender=self.substation,
+                recipient=msg.sender,
+                body={
+                    "tie": info.tie,
+                    "window_start": start,
+                    "window_end": end,
+                    "kva": round(float(room), 1),
+                    "note": f"quote, not reserved: {why}"[:300],
+                },
+            )
+        )

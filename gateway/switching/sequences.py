@@ -74,10 +74,14 @@ class Step:
         return {self.device: self.action == "close", **self.expect}
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"device": self.device, "action": self.action,
-                               "require": {d: _pos(v) for d, v in self.require.items()},
-                               "expect": {d: _pos(v) for d, v in self.expected().items()},
-                               "timeout_s": self.timeout_s, "purpose": self.purpose}
+        out: dict[str, Any] = {
+            "device": self.device,
+            "action": self.action,
+            "require": {d: _pos(v) for d, v in self.require.items()},
+            "expect": {d: _pos(v) for d, v in self.expected().items()},
+            "timeout_s": self.timeout_s,
+            "purpose": self.purpose,
+        }
         if self.override:
             out["override"] = list(self.override)
             out["reason"] = self.override_reason
@@ -117,13 +121,31 @@ class Sequence:
         return len(self.results)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "status": self.status.value, "source": self.source,
-                "created_by": self.created_by, "created": self.created, "fault": self.fault,
-                "approved_by": self.approved_by, "finished": self.finished,
-                "steps": [s.to_dict() for s in self.steps],
-                "results": [{"step": r.step, "ok": r.ok, "message": r.message, "op_id": r.op_id, "time": r.time,
-                             "elapsed_s": r.elapsed_s} for r in self.results],
-                "validation": list(self.validation), "plan": dict(self.plan)}
+        return {
+            "id": self.id,
+            "name": self.name,
+            "status": self.status.value,
+            "source": self.source,
+            "created_by": self.created_by,
+            "created": self.created,
+            "fault": self.fault,
+            "approved_by": self.approved_by,
+            "finished": self.finished,
+            "steps": [s.to_dict() for s in self.steps],
+            "results": [
+                {
+                    "step": r.step,
+                    "ok": r.ok,
+                    "message": r.message,
+                    "op_id": r.op_id,
+                    "time": r.time,
+                    "elapsed_s": r.elapsed_s,
+                }
+                for r in self.results
+            ],
+            "validation": list(self.validation),
+            "plan": dict(self.plan),
+        }
 
 
 def _pos(closed: bool) -> str:
@@ -167,11 +189,14 @@ def from_document(doc: Any, source: str, *, created_by: str, now_wall: float) ->
 def _step(item: Any, where: str) -> Step:
     if not isinstance(item, dict):
         raise SequenceError(f"{where}: expected a table with device and action")
-    unknown = sorted(set(item) - {"device", "action", "require", "expect", "timeout_s", "purpose", "override",
-                                  "reason"})
+    unknown = sorted(
+        set(item) - {"device", "action", "require", "expect", "timeout_s", "purpose", "override", "reason"}
+    )
     if unknown:
-        raise SequenceError(f"{where}: unknown key(s) {', '.join(unknown)}; expected device, action, require, "
-                            "expect, timeout_s, purpose, override, reason")
+        raise SequenceError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; expected device, action, require, "
+            "expect, timeout_s, purpose, override, reason"
+        )
     device = item.get("device")
     if not isinstance(device, str) or not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$", device):
         raise SequenceError(f"{where}.device: expected a device id, found {device!r:.60}")
@@ -179,31 +204,42 @@ def _step(item: Any, where: str) -> Step:
     if action not in ("open", "close"):
         raise SequenceError(f"{where}.action: expected 'open' or 'close', found {action!r:.60}")
     timeout = item.get("timeout_s", DEFAULT_STEP_TIMEOUT_S)
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not (math.isfinite(timeout)
-                                                                                 and 0.1 <= timeout <= 600):
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not (math.isfinite(timeout) and 0.1 <= timeout <= 600)
+    ):
         raise SequenceError(f"{where}.timeout_s: expected seconds in 0.1..600, found {timeout!r:.60}")
     purpose = item.get("purpose", "")
     if not isinstance(purpose, str) or len(purpose) > 200:
         raise SequenceError(f"{where}.purpose: expected text of 200 characters at most")
     override = item.get("override", [])
-    if not isinstance(override, list) or not all(isinstance(o, str) and re.match(r"^[a-z_]{1,40}$", o)
-                                                 for o in override):
+    if not isinstance(override, list) or not all(
+        isinstance(o, str) and re.match(r"^[a-z_]{1,40}$", o) for o in override
+    ):
         raise SequenceError(f"{where}.override: expected a list of interlock codes, found {override!r:.60}")
     reason = item.get("reason")
     if override and (not isinstance(reason, str) or not reason.strip() or len(reason) > 500):
         raise SequenceError(f"{where}.reason: a step that overrides interlocks needs the reason (1-500 characters)")
-    return Step(device=device, action=action, require=_positions(item.get("require", {}), f"{where}.require"),
-                expect=_positions(item.get("expect", {}), f"{where}.expect"), timeout_s=float(timeout),
-                purpose=purpose, override=tuple(override), override_reason=reason if override else None)
+    return Step(
+        device=device,
+        action=action,
+        require=_positions(item.get("require", {}), f"{where}.require"),
+        expect=_positions(item.get("expect", {}), f"{where}.expect"),
+        timeout_s=float(timeout),
+        purpose=purpose,
+        override=tuple(override),
+        override_reason=reason if override else None,
+    )
 
 
 def _positions(raw: Any, where: str) -> dict[str, bool]:
     if not isinstance(raw, dict):
-        raise SequenceError(f"{where}: expected a table of device = \"open\" | \"closed\"")
+        raise SequenceError(f'{where}: expected a table of device = "open" | "closed"')
     out = {}
     for device, pos in raw.items():
         if pos not in ("open", "closed"):
-            raise SequenceError(f"{where}.{device}: expected \"open\" or \"closed\", found {pos!r:.60}")
+            raise SequenceError(f'{where}.{device}: expected "open" or "closed", found {pos!r:.60}')
         out[str(device)] = POSITIONS[pos]
     return out
 
@@ -211,9 +247,17 @@ def _positions(raw: Any, where: str) -> dict[str, bool]:
 # --------------------------------------------------------------------------- validation
 
 
-def validate(seq: Sequence, network: Network, config: Mapping[str, bool | None], faults: FaultBook,
-             loads_kva: Mapping[str, complex], *, min_voltage_pu: float = 0.95,
-             start: int = 0, source_voltage_pu: Mapping[str, float] | None = None) -> list[str]:
+def validate(
+    seq: Sequence,
+    network: Network,
+    config: Mapping[str, bool | None],
+    faults: FaultBook,
+    loads_kva: Mapping[str, complex],
+    *,
+    min_voltage_pu: float = 0.95,
+    start: int = 0,
+    source_voltage_pu: Mapping[str, float] | None = None,
+) -> list[str]:
     """Problems found by playing the sequence (from step `start`) on the model; empty when valid."""
     problems: list[str] = []
     trial = dict(config)
@@ -240,25 +284,29 @@ def validate(seq: Sequence, network: Network, config: Mapping[str, bool | None],
             newly = [n2 for n2 in after.source_of if n2 not in before.source_of]
             hit = sorted(n2 for n2 in newly if n2 in faulted)
             if hit:
-                problems.append(f"{where}: would energise {', '.join(hit)}, inside the zone of fault "
-                                f"{faulted[hit[0]].id}")
+                problems.append(
+                    f"{where}: would energise {', '.join(hit)}, inside the zone of fault {faulted[hit[0]].id}"
+                )
             if step.device in after.loops and not dev.allow_parallel:
                 problems.append(f"{where}: would parallel two sources or close a loop")
             undo = dict(trial)
             undo[step.device] = False
             v = source_voltage_pu
             est = network.estimate(trial, loads_kva, min_voltage_pu=min_voltage_pu, source_voltage_pu=v)
-            worse = est.worse_than(network.estimate(undo, loads_kva, min_voltage_pu=min_voltage_pu,
-                                                    source_voltage_pu=v))
+            worse = est.worse_than(
+                network.estimate(undo, loads_kva, min_voltage_pu=min_voltage_pu, source_voltage_pu=v)
+            )
             if worse:
-                problems.append(f"{where}: beyond limits by the power-flow estimate: "
-                                + "; ".join(str(v) for v in worse[:4]))
+                problems.append(
+                    f"{where}: beyond limits by the power-flow estimate: " + "; ".join(str(v) for v in worse[:4])
+                )
         for d, want in step.expect.items():
             if d not in network.devices:
                 problems.append(f"{where}: expects {d}, which is not a switching device")
             elif trial.get(d) != want:
-                problems.append(f"{where}: expects {d} {_pos(want)} afterwards, but nothing in the sequence "
-                                "puts it there")
+                problems.append(
+                    f"{where}: expects {d} {_pos(want)} afterwards, but nothing in the sequence puts it there"
+                )
     return problems
 
 
@@ -334,9 +382,14 @@ class SequenceRunner:
         if seq.status not in (Status.RUNNING, Status.PROPOSED):
             raise ValueError(f"sequence {seq_id} is {seq.status.value}: nothing to abort")
         self._busy.discard(seq_id)
-        return self._set(replace(seq, status=Status.ABORTED, finished=wall,
-                                 results=seq.results + (StepResult(seq.next_step, False, f"aborted by {who}",
-                                                                   None, wall),)))
+        return self._set(
+            replace(
+                seq,
+                status=Status.ABORTED,
+                finished=wall,
+                results=seq.results + (StepResult(seq.next_step, False, f"aborted by {who}", None, wall),),
+            )
+        )
 
     def take_changed(self) -> list[Sequence]:
         out, self.changed = self.changed, []

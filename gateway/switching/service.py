@@ -48,11 +48,22 @@ FAR_SIDE_WAIT_S = 3.0
 
 
 class SwitchingService:
-    def __init__(self, site: SiteConfig, *, image: Any, store: Any, publish: Callable[..., None],
-                 submit: Callable[[str, Any], Any], protection: Any, agents: Any,
-                 monotonic: Callable[[], float], wall: Callable[[], float],
-                 wake: Callable[[], None] = lambda: None, flisr: FlisrSettings | None = None,
-                 select_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        site: SiteConfig,
+        *,
+        image: Any,
+        store: Any,
+        publish: Callable[..., None],
+        submit: Callable[[str, Any], Any],
+        protection: Any,
+        agents: Any,
+        monotonic: Callable[[], float],
+        wall: Callable[[], float],
+        wake: Callable[[], None] = lambda: None,
+        flisr: FlisrSettings | None = None,
+        select_timeout_s: float = 30.0,
+    ) -> None:
         self.site = site
         self._store = store
         self._publish = publish
@@ -66,12 +77,16 @@ class SwitchingService:
         self.state = GridState(self.network)
         self.faults = FaultBook()
         self.authority = SwitchingAuthority(
-            self.network, self.state, self.faults,
+            self.network,
+            self.state,
+            self.faults,
             PlantHooks(agent_state=self._agent_state, locked_out=self._locked_out, wall=wall),
-            select_timeout_s=select_timeout_s)
+            select_timeout_s=select_timeout_s,
+        )
         self.runner = SequenceRunner()
-        self.flisr = FlisrController(self.network, self.state, self.faults, flisr or FlisrSettings(),
-                                     unusable=self._unusable)
+        self.flisr = FlisrController(
+            self.network, self.state, self.faults, flisr or FlisrSettings(), unusable=self._unusable
+        )
         self._recloses = {s.breaker: s.reclose is not None for s in site.protection}
         self._voltage_point = {s.breaker: s.point("voltage_kv") for s in site.protection}
         self._image = image
@@ -95,13 +110,15 @@ class SwitchingService:
         pending check-backs, selections and FLISR's plans — where the devices they name still
         exist (fault records and tags come back from the state database anyway)."""
         known = set(self.network.devices)
-        keep = {sid: seq for sid, seq in old.runner.sequences.items()
-                if all(step.device in known for step in seq.steps)}
+        keep = {
+            sid: seq for sid, seq in old.runner.sequences.items() if all(step.device in known for step in seq.steps)
+        }
         self.runner.sequences.update(keep)
         self.runner._in_flight.update({op: e for op, e in old.runner._in_flight.items() if e[0] in keep})
         self.runner._busy |= {sid for sid in old.runner._busy if sid in keep}
-        self.authority._pending.update({op: p for op, p in old.authority._pending.items()
-                                        if p.accepted.operation.target in known})
+        self.authority._pending.update(
+            {op: p for op, p in old.authority._pending.items() if p.accepted.operation.target in known}
+        )
         self.authority.sbo = old.authority.sbo
         self.flisr.plans.update(old.flisr.plans)
         self.flisr._due.update({b: d for b, d in old.flisr._due.items() if b in known})
@@ -109,8 +126,10 @@ class SwitchingService:
         self.flisr._failed.update(old.flisr._failed)
         dropped = len(old.runner.sequences) - len(keep)
         if dropped:
-            log.warning("sequences naming devices the new site file no longer has were not carried over",
-                        extra={"dropped": dropped})
+            log.warning(
+                "sequences naming devices the new site file no longer has were not carried over",
+                extra={"dropped": dropped},
+            )
         self._wake()
 
     def resync(self) -> None:
@@ -147,8 +166,17 @@ class SwitchingService:
                     location = self.fault_locator(breaker)
                 except Exception:
                     log.exception("fault location failed", extra={"breaker": breaker})
-            self.faults.on_trip(breaker, event.element, float(event.current_a or 0.0), voltage, feeder, now, wall,
-                                recloses=self._recloses.get(breaker, False), location=location)
+            self.faults.on_trip(
+                breaker,
+                event.element,
+                float(event.current_a or 0.0),
+                voltage,
+                feeder,
+                now,
+                wall,
+                recloses=self._recloses.get(breaker, False),
+                location=location,
+            )
             rec = self.faults.active_for(breaker)
             if rec is not None and rec.status.value == "permanent":
                 self._flisr_lockout(breaker, now, wall)
@@ -164,8 +192,11 @@ class SwitchingService:
         stopped = self.flisr.on_lockout(breaker, now, wall)
         if stopped:
             for seq in self.runner.sequences.values():
-                if seq.source == "flisr" and seq.status is Status.RUNNING and seq.fault == getattr(
-                        self.faults.active_for(breaker), "id", None):
+                if (
+                    seq.source == "flisr"
+                    and seq.status is Status.RUNNING
+                    and seq.fault == getattr(self.faults.active_for(breaker), "id", None)
+                ):
                     self.runner.abort(seq.id, "flisr (the breaker tripped again)", wall)
             self._alarm(breaker, "critical", stopped)
 
@@ -264,8 +295,14 @@ class SwitchingService:
             self.runner.add(replace(seq, status=Status.DONE, finished=self._wall()))
             log.warning("FLISR found nothing to switch", extra={"sequence": seq.id, "plan": dict(seq.plan)})
             return
-        problems = validate(seq, self.network, self._planning_config(seq), self.faults, self._loads(seq),
-                            source_voltage_pu=self.state.source_voltages())
+        problems = validate(
+            seq,
+            self.network,
+            self._planning_config(seq),
+            self.faults,
+            self._loads(seq),
+            source_voltage_pu=self.state.source_voltages(),
+        )
         self.runner.add(with_validation(seq, problems))
         if problems:
             log.error("FLISR plan failed validation", extra={"sequence": seq.id, "problems": problems})
@@ -313,16 +350,32 @@ class SwitchingService:
             override = None
             if step.override_reason:
                 rows = frozenset(step.override) or LOCKOUT_ROWS
-                override = Override(reason=step.override_reason if origin.via is Via.FLISR
-                                    else f"{step.override_reason}; approved by {seq.approved_by}", rows=rows)
-            op = Operation(kind=Kind.CLOSE if step.action == "close" else Kind.OPEN, target=step.device,
-                           origin=origin, reason=f"{seq.name}, step {due.index + 1}: {step.purpose}".strip(),
-                           override=override, sequence=seq.id)
+                override = Override(
+                    reason=step.override_reason
+                    if origin.via is Via.FLISR
+                    else f"{step.override_reason}; approved by {seq.approved_by}",
+                    rows=rows,
+                )
+            op = Operation(
+                kind=Kind.CLOSE if step.action == "close" else Kind.OPEN,
+                target=step.device,
+                origin=origin,
+                reason=f"{seq.name}, step {due.index + 1}: {step.purpose}".strip(),
+                override=override,
+                sequence=seq.id,
+            )
             try:
                 if origin.via.remote:
                     sel = self.authority.select(op, now)
-                    op = Operation(kind=op.kind, target=op.target, origin=op.origin, reason=op.reason,
-                                   override=op.override, sequence=op.sequence, select_id=sel.select_id)
+                    op = Operation(
+                        kind=op.kind,
+                        target=op.target,
+                        origin=op.origin,
+                        reason=op.reason,
+                        override=op.override,
+                        sequence=op.sequence,
+                        select_id=sel.select_id,
+                    )
                 accepted = self.authority.request(op, now)
             except Refused as exc:
                 self.runner.refused(seq.id, due.index, exc.message, wall)
@@ -346,9 +399,12 @@ class SwitchingService:
                 log.exception("switching outcome listener failed", extra={"op_id": outcome.op_id})
         seq = self.runner.outcome(outcome.op_id, outcome.ok, outcome.message, outcome.elapsed_s, self._wall())
         if not outcome.ok:
-            self._alarm(outcome.target, "critical" if seq is not None else "major",
-                        f"{outcome.action} of {outcome.target} failed: {outcome.message}"
-                        + (f" (sequence {seq.id} stopped)" if seq is not None else ""))
+            self._alarm(
+                outcome.target,
+                "critical" if seq is not None else "major",
+                f"{outcome.action} of {outcome.target} failed: {outcome.message}"
+                + (f" (sequence {seq.id} stopped)" if seq is not None else ""),
+            )
         if seq is not None and seq.status is Status.FAILED:
             self._sequence_failed(seq, outcome.target, self._monotonic())
         if seq is not None and seq.status is Status.DONE and seq.source == "flisr":
@@ -357,21 +413,33 @@ class SwitchingService:
     def _reset_indicators(self, seq: Sequence) -> None:
         """After a FLISR sequence, reset the fault-passage indicators that latched on its feeder, so
         the next fault is located by fresh ones."""
-        nodes = set(seq.plan.get("isolated_zone", [])) | set(seq.plan.get("restored_upstream", [])) \
-            | set(seq.plan.get("restored_downstream", [])) | set(seq.plan.get("left_out", []))
+        nodes = (
+            set(seq.plan.get("isolated_zone", []))
+            | set(seq.plan.get("restored_upstream", []))
+            | set(seq.plan.get("restored_downstream", []))
+            | set(seq.plan.get("left_out", []))
+        )
         devices = {d for n in nodes for d in self.network.devices_of(n)}
         for dev in sorted(devices):
             if self.state.fpi(dev) and "fpi_reset" in self.network.devices[dev].points:
-                op = Operation(kind=Kind.INDICATOR_RESET, target=dev, origin=FLISR_ORIGIN, point="fpi_reset",
-                               value=True, reason=f"{seq.name}: done; indicator reset for the next fault")
+                op = Operation(
+                    kind=Kind.INDICATOR_RESET,
+                    target=dev,
+                    origin=FLISR_ORIGIN,
+                    point="fpi_reset",
+                    value=True,
+                    reason=f"{seq.name}: done; indicator reset for the next fault",
+                )
                 try:
                     self.operate(op)
                 except Refused as exc:
                     log.warning("indicator not reset", extra={"device": dev, "error": exc.message})
 
     def _sequence_failed(self, seq: Sequence, device: str, now: float) -> None:
-        log.error("switching sequence stopped", extra={"sequence": seq.id, "device": device,
-                                                        "result": seq.results[-1].message if seq.results else None})
+        log.error(
+            "switching sequence stopped",
+            extra={"sequence": seq.id, "device": device, "result": seq.results[-1].message if seq.results else None},
+        )
         if seq.source == "flisr" and seq.fault:
             try:
                 breaker = self.faults.get(seq.fault).breaker
@@ -389,8 +457,14 @@ class SwitchingService:
         seq = self.runner.get(seq_id)
         if seq.status is not Status.PROPOSED:
             raise Refused("bad_args", f"sequence {seq_id} is {seq.status.value}; only a proposed one can run")
-        problems = validate(seq, self.network, self._planning_config(seq), self.faults, self._loads(seq),
-                            source_voltage_pu=self.state.source_voltages())
+        problems = validate(
+            seq,
+            self.network,
+            self._planning_config(seq),
+            self.faults,
+            self._loads(seq),
+            source_voltage_pu=self.state.source_voltages(),
+        )
         if problems:
             self.runner.add(with_validation(seq, problems))
             self._flush()
@@ -410,8 +484,14 @@ class SwitchingService:
         return self.approve(seq.id, origin)
 
     def validate_sequence(self, seq: Sequence) -> list[str]:
-        return validate(seq, self.network, self.state.configuration(), self.faults,
-                        self.authority.loads_kva(self._monotonic()), source_voltage_pu=self.state.source_voltages())
+        return validate(
+            seq,
+            self.network,
+            self.state.configuration(),
+            self.faults,
+            self.authority.loads_kva(self._monotonic()),
+            source_voltage_pu=self.state.source_voltages(),
+        )
 
     def abort(self, seq_id: str, origin: Origin) -> Sequence:
         seq = self.runner.abort(seq_id, origin.who, self._wall())
@@ -422,8 +502,9 @@ class SwitchingService:
         """An operator declares a fault repaired (locally only: closing onto an indicated fault
         cannot be decided remotely)."""
         if origin.via is not Via.LOCAL or origin.role is None or origin.role < Role.OPERATOR:
-            raise Refused("not_allowed", "a fault is declared cleared at the substation's control socket, "
-                          "by an operator")
+            raise Refused(
+                "not_allowed", "a fault is declared cleared at the substation's control socket, by an operator"
+            )
         try:
             record = self.faults.clear(record_id, origin.who, reason, self._wall())
         except KeyError as exc:
@@ -468,21 +549,32 @@ class SwitchingService:
         dev = self.network.devices[device]
         now = self._monotonic()
         held = self.authority.sbo.holder(device, now)
-        return {"device": device, "function": dev.function, "between": [dev.a, dev.b], "tie": dev.tie,
-                "position": {None: "unknown", True: "closed", False: "open"}[self.state.position(device)],
-                "fpi": self.state.fpi(device), "local": self.state.local(device),
-                "current_a": self.state.current_a(device), "agent_state": self._agent_state(device),
-                "locked_out": self._locked_out(device) if dev.protected else None,
-                "tags": [{"who": t.who, "reason": t.reason, "time": t.time} for t in self.authority.tags.get(device, [])],
-                "selected_by": None if held is None else held.origin,
-                "select_expires_in_s": None if held is None else round(held.expires_at - now, 3)}
+        return {
+            "device": device,
+            "function": dev.function,
+            "between": [dev.a, dev.b],
+            "tie": dev.tie,
+            "position": {None: "unknown", True: "closed", False: "open"}[self.state.position(device)],
+            "fpi": self.state.fpi(device),
+            "local": self.state.local(device),
+            "current_a": self.state.current_a(device),
+            "agent_state": self._agent_state(device),
+            "locked_out": self._locked_out(device) if dev.protected else None,
+            "tags": [{"who": t.who, "reason": t.reason, "time": t.time} for t in self.authority.tags.get(device, [])],
+            "selected_by": None if held is None else held.origin,
+            "select_expires_in_s": None if held is None else round(held.expires_at - now, 3),
+        }
 
     def status(self) -> dict[str, Any]:
-        return {"accepted": self.authority.accepted, "refused": self.authority.refused,
-                "pending": len(self.authority.pending()), "flisr": self.flisr.settings.mode,
-                "active_faults": [r.id for r in self.faults.active()],
-                "sequences_running": [s.id for s in self.runner.sequences.values() if s.status is Status.RUNNING],
-                "tags": sum(len(t) for t in self.authority.tags.values())}
+        return {
+            "accepted": self.authority.accepted,
+            "refused": self.authority.refused,
+            "pending": len(self.authority.pending()),
+            "flisr": self.flisr.settings.mode,
+            "active_faults": [r.id for r in self.faults.active()],
+            "sequences_running": [s.id for s in self.runner.sequences.values() if s.status is Status.RUNNING],
+            "tags": sum(len(t) for t in self.authority.tags.values()),
+        }
 
     # ------------------------------------------------------------------ plumbing
 
@@ -566,9 +658,15 @@ class SwitchingService:
 
     def _save(self) -> None:
         try:
-            self._store.save_snapshot(SNAPSHOT_KEY, {"faults": self.faults.snapshot(),
-                                                     "authority": self.authority.snapshot(),
-                                                     "wall_offset": self._wall() - self._monotonic()}, self._wall())
+            self._store.save_snapshot(
+                SNAPSHOT_KEY,
+                {
+                    "faults": self.faults.snapshot(),
+                    "authority": self.authority.snapshot(),
+                    "wall_offset": self._wall() - self._monotonic(),
+                },
+                self._wall(),
+            )
         except Exception:
             log.exception("switching state could not be saved")
 
@@ -586,5 +684,7 @@ class SwitchingService:
             self.faults.restore(saved["faults"], shift_s=shift)
             self.authority.restore(saved["authority"])
         except (KeyError, TypeError, ValueError) as exc:
-            log.error("switching state could not be restored; starting without fault records and tags",
-                      extra={"error": str(exc)})
+            log.error(
+                "switching state could not be restored; starting without fault records and tags",
+                extra={"error": str(exc)},
+            )

@@ -103,8 +103,9 @@ class GridState:
         dev = self.network.devices.get(device)
         if dev is None or (device, "voltage_kv") not in self._times or dev.b not in self.network.sections:
             return False
-        moved = max((self._moved_at.get(d, -math.inf) for d in self.network.devices_of(dev.b) if d != device),
-                    default=-math.inf)
+        moved = max(
+            (self._moved_at.get(d, -math.inf) for d in self.network.devices_of(dev.b) if d != device), default=-math.inf
+        )
         return self._times[(device, "voltage_kv")] < moved and now - moved < limit_s
 
     def position(self, device: str) -> bool | None:
@@ -221,8 +222,7 @@ class GridState:
             amps = self.current_a(dev)
             if amps is None:
                 return None
-            if min(self._times.get((dev, n), -math.inf) for n in ("ia", "ib", "ic")
-                   if (dev, n) in self._times) < moved:
+            if min(self._times.get((dev, n), -math.inf) for n in ("ia", "ib", "ic") if (dev, n) in self._times) < moved:
                 return None
             currents.append(amps)
         if not currents:

@@ -189,11 +189,23 @@ class Exchange:
     history: tuple[tuple[float, str], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"xid": self.xid, "role": self.role.value, "neighbour": self.neighbour, "tie": self.tie,
-                "part": self.part, "load_kw": self.load_kw, "phase": self.phase.value, "offered_kw": self.offered_kw,
-                "isolated": self.isolated, "execute_sent": self.execute_sent, "tie_closed": self.tie_closed, "confirmed_by_us": self.confirmed_by_us,
-                "confirmed_by_them": self.confirmed_by_them, "reason": self.reason,
-                "history": [list(h) for h in self.history]}
+        return {
+            "xid": self.xid,
+            "role": self.role.value,
+            "neighbour": self.neighbour,
+            "tie": self.tie,
+            "part": self.part,
+            "load_kw": self.load_kw,
+            "phase": self.phase.value,
+            "offered_kw": self.offered_kw,
+            "isolated": self.isolated,
+            "execute_sent": self.execute_sent,
+            "tie_closed": self.tie_closed,
+            "confirmed_by_us": self.confirmed_by_us,
+            "confirmed_by_them": self.confirmed_by_them,
+            "reason": self.reason,
+            "history": [list(h) for h in self.history],
+        }
 
 
 Headroom = Callable[[str, float], tuple[float, str]]
@@ -205,8 +217,15 @@ FarSideDead = Callable[[str], bool | None]
 class TransferCoordinator:
     """Every load-transfer exchange of one gateway, as requester and as provider."""
 
-    def __init__(self, substation: str, ties: Mapping[str, TieInfo], *, headroom: Headroom,
-                 far_side_dead: FarSideDead, new_xid: Callable[[], str] | None = None) -> None:
+    def __init__(
+        self,
+        substation: str,
+        ties: Mapping[str, TieInfo],
+        *,
+        headroom: Headroom,
+        far_side_dead: FarSideDead,
+        new_xid: Callable[[], str] | None = None,
+    ) -> None:
         self.substation = substation
         self.ties = dict(ties)
         self._headroom = headroom
@@ -231,8 +250,18 @@ class TransferCoordinator:
         if info.neighbour in self._dead_neighbours:
             raise TransferError(f"{info.neighbour} is offline (its death message was seen)")
         xid = self._new_xid()
-        ex = Exchange(xid=xid, role=Role.REQUESTER, neighbour=info.neighbour, tie=tie, part=part, load_kw=load_kw,
-                      phase=Phase.REQUESTED, started=now, deadline=now + REPLY_TIMEOUT_S, tie_owned=info.owned)
+        ex = Exchange(
+            xid=xid,
+            role=Role.REQUESTER,
+            neighbour=info.neighbour,
+            tie=tie,
+            part=part,
+            load_kw=load_kw,
+            phase=Phase.REQUESTED,
+            started=now,
+            deadline=now + REPLY_TIMEOUT_S,
+            tie_owned=info.owned,
+        )
         self._put(self._note(ex, now, f"request {load_kw:.0f} kW through {tie}"))
         return [self._send(ex, "request", {"tie": tie, "part": part, "load_kw": load_kw, "window_s": window_s})]
 
@@ -271,8 +300,13 @@ class TransferCoordinator:
             if ex.phase is Phase.PREPARING and device == ex.part and action == "open":
                 if not ok:
                     return self._abort(ex, now, f"could not open {ex.part}: {message}", alarm="major")
-                ex = replace(ex, isolated=True, execute_sent=True, phase=Phase.EXECUTING,
-                             deadline=(ex.offer_until or now) + CONFIRM_MARGIN_S)
+                ex = replace(
+                    ex,
+                    isolated=True,
+                    execute_sent=True,
+                    phase=Phase.EXECUTING,
+                    deadline=(ex.offer_until or now) + CONFIRM_MARGIN_S,
+                )
                 self._put(self._note(ex, now, f"{ex.part} open: part isolated"))
                 return [self._send(ex, "execute", {"prepared": True})]
             if ex.phase is Phase.CLOSING and device == ex.tie and action == "close":
@@ -280,8 +314,10 @@ class TransferCoordinator:
                     return self._abort(ex, now, f"could not close {ex.tie}: {message}", alarm="major")
                 ex = replace(ex, tie_closed=True, confirmed_by_us=True, phase=Phase.DONE)
                 self._put(self._note(ex, now, f"{ex.tie} closed: transfer done"))
-                return [self._send(ex, "confirm", {"tie_closed": True}),
-                        Notice(ex.xid, "info", f"{ex.part}'s part fed from {ex.neighbour} through {ex.tie}")]
+                return [
+                    self._send(ex, "confirm", {"tie_closed": True}),
+                    Notice(ex.xid, "info", f"{ex.part}'s part fed from {ex.neighbour} through {ex.tie}"),
+                ]
             if ex.phase is Phase.SETTLING and device == ex.tie and action == "close" and ok:
                 ex = replace(ex, tie_closed=True)
                 self._put(self._note(ex, now, f"{ex.tie} closed after the abort: {ex.part} stays open"))
@@ -290,10 +326,22 @@ class TransferCoordinator:
                 ex = replace(ex, phase=Phase.ABORTED, isolated=not ok)
                 self._put(self._note(ex, now, f"{ex.part} reclosed" if ok else f"{ex.part} not reclosed: {message}"))
                 if ok:
-                    return [Notice(ex.xid, "warning", f"transfer through {ex.tie} aborted ({ex.reason}); "
-                                                      f"{ex.part} reclosed, its part back on its own feeder")]
-                return [Notice(ex.xid, "critical", f"transfer through {ex.tie} aborted and {ex.part} could not be "
-                                                   f"reclosed ({message}): its part is without supply")]
+                    return [
+                        Notice(
+                            ex.xid,
+                            "warning",
+                            f"transfer through {ex.tie} aborted ({ex.reason}); "
+                            f"{ex.part} reclosed, its part back on its own feeder",
+                        )
+                    ]
+                return [
+                    Notice(
+                        ex.xid,
+                        "critical",
+                        f"transfer through {ex.tie} aborted and {ex.part} could not be "
+                        f"reclosed ({message}): its part is without supply",
+                    )
+                ]
             return []
         if ex.phase is Phase.EXECUTING and device == ex.tie and action == "close":
             if not ok:
@@ -314,8 +362,14 @@ class TransferCoordinator:
         if device == ex.tie and action == "close":
             ex = replace(ex, tie_closed=True)
             self._put(self._note(ex, now, f"{ex.tie} closed after the exchange ended"))
-            return [Notice(ex.xid, "major", f"{ex.tie} closed after the exchange with {ex.neighbour} ended "
-                                            f"({ex.phase.value}): check both sides")]
+            return [
+                Notice(
+                    ex.xid,
+                    "major",
+                    f"{ex.tie} closed after the exchange with {ex.neighbour} ended "
+                    f"({ex.phase.value}): check both sides",
+                )
+            ]
         return []
 
     def on_neighbour_death(self, neighbour: str, now: float) -> list[Action]:
@@ -393,15 +447,18 @@ class TransferCoordinator:
                 if not msg.body.get("ready"):
                     return self._abort(ex, now, "the provider's confirm did not say it is ready")
                 ex = replace(ex, phase=Phase.VERIFYING, confirmed_by_them=True, deadline=now + DEAD_PROOF_S)
-                self._put(self._note(ex, now, f"{ex.neighbour} ready: waiting for the part beyond {ex.part} to "
-                                              "measure dead"))
+                self._put(
+                    self._note(ex, now, f"{ex.neighbour} ready: waiting for the part beyond {ex.part} to measure dead")
+                )
                 return self._close_if_dead(ex, now)
             if not msg.body.get("tie_closed"):
                 return self._abort(ex, now, "the provider's confirm did not say the tie is closed")
             ex = replace(ex, tie_closed=True, confirmed_by_them=True, confirmed_by_us=True, phase=Phase.DONE)
             self._put(self._note(ex, now, f"{ex.tie} closed by {ex.neighbour}: transfer done"))
-            return [self._send(ex, "confirm", {"part_fed": True}),
-                    Notice(ex.xid, "info", f"{ex.part}'s part fed from {ex.neighbour} through {ex.tie}")]
+            return [
+                self._send(ex, "confirm", {"part_fed": True}),
+                Notice(ex.xid, "info", f"{ex.part}'s part fed from {ex.neighbour} through {ex.tie}"),
+            ]
         if msg.kind == "abort":
             return self._abort(ex, now, f"{ex.neighbour} aborted: {msg.body.get('reason', '')}", tell=False)
         return []
@@ -414,16 +471,33 @@ class TransferCoordinator:
         reply = self._send_to
         info = self.ties.get(tie) if isinstance(tie, str) else None
         if not isinstance(tie, str) or info is None or info.neighbour != msg.sender:
-            return [reply(msg.sender, msg.xid, "refuse", {"reason": f"{tie!r} is not a tie of {self.substation} "
-                                                                    f"to {msg.sender}"})]
+            return [
+                reply(
+                    msg.sender,
+                    msg.xid,
+                    "refuse",
+                    {"reason": f"{tie!r} is not a tie of {self.substation} to {msg.sender}"},
+                )
+            ]
         if not _number(load_kw) or load_kw <= 0:
             return [reply(msg.sender, msg.xid, "refuse", {"reason": "load_kw must be a positive number"})]
         if self._busy(tie):
             return [reply(msg.sender, msg.xid, "refuse", {"reason": f"an exchange on {tie} is already under way"})]
         kw, why = self._headroom(tie, float(load_kw))
-        ex = Exchange(xid=msg.xid, role=Role.PROVIDER, neighbour=msg.sender, tie=tie, part=str(body.get("part", "")),
-                      load_kw=float(load_kw), phase=Phase.OFFERED, started=now, deadline=now + OFFER_VALID_S,
-                      offered_kw=kw, offer_until=now + OFFER_VALID_S, tie_owned=info.owned)
+        ex = Exchange(
+            xid=msg.xid,
+            role=Role.PROVIDER,
+            neighbour=msg.sender,
+            tie=tie,
+            part=str(body.get("part", "")),
+            load_kw=float(load_kw),
+            phase=Phase.OFFERED,
+            started=now,
+            deadline=now + OFFER_VALID_S,
+            offered_kw=kw,
+            offer_until=now + OFFER_VALID_S,
+            tie_owned=info.owned,
+        )
         if kw < load_kw:
             ex = replace(ex, phase=Phase.REFUSED, reason=f"headroom {kw:.0f} kW < {load_kw:.0f} kW: {why}")
             self._put(self._note(ex, now, ex.reason))
@@ -466,16 +540,27 @@ class TransferCoordinator:
             # the part is fed; only the requester's word is missing: leave the tie as it is
             ex = replace(ex, phase=Phase.UNCONFIRMED, reason=f"tie closed; {why}")
             self._put(self._note(ex, now, ex.reason))
-            return [Notice(ex.xid, "major", f"{ex.tie} closed and feeding {ex.neighbour}'s part, but {why}: "
-                                            "check with the neighbour")]
+            return [
+                Notice(
+                    ex.xid,
+                    "major",
+                    f"{ex.tie} closed and feeding {ex.neighbour}'s part, but {why}: check with the neighbour",
+                )
+            ]
         if ex.role is Role.PROVIDER and ex.phase is Phase.EXECUTING:
             # our own close did not check back in time: the authority's alarm says why
             return self._abort(ex, now, f"{ex.tie} did not close in time", alarm="major")
         if ex.phase is Phase.ROLLING_BACK:
             ex = replace(ex, phase=Phase.ABORTED)
             self._put(self._note(ex, now, f"{ex.part} reclose did not check back in time"))
-            return [Notice(ex.xid, "critical", f"transfer through {ex.tie} aborted and {ex.part}'s reclose did not "
-                                               "check back: its part may be without supply")]
+            return [
+                Notice(
+                    ex.xid,
+                    "critical",
+                    f"transfer through {ex.tie} aborted and {ex.part}'s reclose did not "
+                    "check back: its part may be without supply",
+                )
+            ]
         return self._abort(ex, now, why, alarm="major" if ex.isolated else "warning")
 
     def _abort(self, ex: Exchange, now: float, why: str, *, alarm: str = "warning", tell: bool = True) -> list[Action]:
@@ -487,10 +572,22 @@ class TransferCoordinator:
             ex = replace(ex, reason=why)
             if quiet_at > now:
                 ex = replace(ex, phase=Phase.SETTLING, deadline=quiet_at)
-                self._put(self._note(ex, now, f"aborted ({why}): {ex.part} stays open until {ex.tie} can no "
-                                              f"longer close (at {quiet_at:.1f} s)"))
-                out.append(Notice(ex.xid, alarm, f"transfer through {ex.tie} aborted: {why}; {ex.part} stays open "
-                                                 f"until {ex.tie} can no longer close ({quiet_at - now:.0f} s)"))
+                self._put(
+                    self._note(
+                        ex,
+                        now,
+                        f"aborted ({why}): {ex.part} stays open until {ex.tie} can no "
+                        f"longer close (at {quiet_at:.1f} s)",
+                    )
+                )
+                out.append(
+                    Notice(
+                        ex.xid,
+                        alarm,
+                        f"transfer through {ex.tie} aborted: {why}; {ex.part} stays open "
+                        f"until {ex.tie} can no longer close ({quiet_at - now:.0f} s)",
+                    )
+                )
                 return out
             return out + self._settle(ex, now, alarm=alarm)
         ex = replace(ex, phase=Phase.ABORTED, reason=why)
@@ -516,12 +613,20 @@ class TransferCoordinator:
         if dead is True:
             ex = replace(ex, phase=Phase.ROLLING_BACK, deadline=now + REPLY_TIMEOUT_S)
             self._put(self._note(ex, now, f"aborted ({ex.reason}): reclosing {ex.part}, its far side proven dead"))
-            return [Operate(ex.xid, ex.part, "close", "take the part back after an aborted transfer"),
-                    Notice(ex.xid, alarm, f"transfer through {ex.tie} aborted: {ex.reason}")]
+            return [
+                Operate(ex.xid, ex.part, "close", "take the part back after an aborted transfer"),
+                Notice(ex.xid, alarm, f"transfer through {ex.tie} aborted: {ex.reason}"),
+            ]
         ex = replace(ex, phase=Phase.ABORTED)
         self._put(self._note(ex, now, f"aborted ({ex.reason}); {ex.part} left open: its far side is not proven dead"))
-        return [Notice(ex.xid, "critical", f"transfer through {ex.tie} aborted ({ex.reason}) and {ex.part} left "
-                                           "open: the tie may be closed; check the tie before reclosing")]
+        return [
+            Notice(
+                ex.xid,
+                "critical",
+                f"transfer through {ex.tie} aborted ({ex.reason}) and {ex.part} left "
+                "open: the tie may be closed; check the tie before reclosing",
+            )
+        ]
 
     # ------------------------------------------------------------------ plumbing
 

@@ -67,14 +67,24 @@ class Profile:
 
 PROFILES: dict[str, Profile] = {
     "scenario-3": Profile(
-        "scenario-3", 6.0, 2.4, 98.2, 97.4,
+        "scenario-3",
+        6.0,
+        2.4,
+        98.2,
+        97.4,
         {"h2": 60.0, "ch4": 20.0, "c2h6": 10.0, "c2h4": 8.0, "c2h2": 0.3, "co": 300.0, "co2": 2500.0},
         {"h2": 160.0, "ch4": 45.0, "c2h6": 20.0, "c2h4": 35.0, "c2h2": 14.0, "co": 420.0, "co2": 3400.0},
-        exponential=True),
+        exponential=True,
+    ),
     "healthy": Profile(
-        "healthy", 12.0, 0.0, 98.2, 98.2,
+        "healthy",
+        12.0,
+        0.0,
+        98.2,
+        98.2,
         {"h2": 35.0, "ch4": 18.0, "c2h6": 12.0, "c2h4": 7.0, "c2h2": 0.2, "co": 280.0, "co2": 2600.0},
-        {"h2": 36.0, "ch4": 18.5, "c2h6": 12.2, "c2h4": 7.1, "c2h2": 0.2, "co": 286.0, "co2": 2660.0}),
+        {"h2": 36.0, "ch4": 18.5, "c2h6": 12.2, "c2h4": 7.1, "c2h2": 0.2, "co": 286.0, "co2": 2660.0},
+    ),
 }
 
 
@@ -116,8 +126,10 @@ class Condition:
     def top_oil_c(self, ambient_c: float, rise_fans_on_c: float) -> float:
         """Top oil from the rise the model computed (its rating: fans on), the fans as they are
         now (switched by this reading, thermostat with hysteresis) and the drift."""
+
         def oil(fans: bool) -> float:
             return ambient_c + rise_fans_on_c * (1.0 if fans else self.onan_rise_factor) + self.drift_c()
+
         value = oil(self.fans_on)
         if not self.fans_on and value > self.fan_on_c:
             self.fans_on = True
@@ -148,19 +160,35 @@ def conditions(settings: Mapping[str, Any], transformers: Iterable[str], seed: i
     out: dict[str, Condition] = {}
     for xfmr, cfg in settings.items():
         if xfmr not in known:
-            raise ValueError(f"simulation.ageing.{xfmr}: not a modelled transformer; "
-                             f"known: {', '.join(sorted(known))}")
+            raise ValueError(f"simulation.ageing.{xfmr}: not a modelled transformer; known: {', '.join(sorted(known))}")
         profile = PROFILES.get(cfg.profile)
         if profile is None:
-            raise ValueError(f"simulation.ageing.{xfmr}.profile: expected one of {', '.join(PROFILES)}, "
-                             f"found {cfg.profile!r}")
-        out[xfmr] = Condition(xfmr, profile, cfg.operating_hours, cfg.age_months, cfg.fan_on_c, cfg.fan_off_c,
-                              cfg.onan_rise_factor, seed=seed + len(out))
+            raise ValueError(
+                f"simulation.ageing.{xfmr}.profile: expected one of {', '.join(PROFILES)}, found {cfg.profile!r}"
+            )
+        out[xfmr] = Condition(
+            xfmr,
+            profile,
+            cfg.operating_hours,
+            cfg.age_months,
+            cfg.fan_on_c,
+            cfg.fan_off_c,
+            cfg.onan_rise_factor,
+            seed=seed + len(out),
+        )
     return out
 
 
-def top_oil_rise_step(rise_c: float | None, k: float, dt_s: float, *, rated_rise_c: float, loss_ratio: float,
-                      cooling_type: str, tau_min: float | None) -> float:
+def top_oil_rise_step(
+    rise_c: float | None,
+    k: float,
+    dt_s: float,
+    *,
+    rated_rise_c: float,
+    loss_ratio: float,
+    cooling_type: str,
+    tau_min: float | None,
+) -> float:
     """IEEE C57.91 clause 7 top-oil rise, first order, exact over `dt_s` at per-unit load `k`."""
     n = OIL_EXPONENT.get(cooling_type, 0.8)
     ultimate = rated_rise_c * ((k * k * loss_ratio + 1.0) / (loss_ratio + 1.0)) ** n
@@ -192,10 +220,22 @@ class Climate:
     """Chance that a week brings a hot spell of three to six days."""
 
 
-def monitor_log(condition: Condition, loads: Sequence[LoadComponent], *, rated_kva: float, rated_rise_c: float,
-                loss_ratio: float, cooling_type: str, tau_min: float | None, months: float, end_wall: float,
-                utc_offset_h: float = 0.0, climate: Climate | None = None, seed: int = 0,
-                point_prefix: str | None = None) -> list[dict[str, Any]]:
+def monitor_log(
+    condition: Condition,
+    loads: Sequence[LoadComponent],
+    *,
+    rated_kva: float,
+    rated_rise_c: float,
+    loss_ratio: float,
+    cooling_type: str,
+    tau_min: float | None,
+    months: float,
+    end_wall: float,
+    utc_offset_h: float = 0.0,
+    climate: Climate | None = None,
+    seed: int = 0,
+    point_prefix: str | None = None,
+) -> list[dict[str, Any]]:
     """Hourly rows of the transformer's monitor and DGA monitor for the `months` ending at
     `end_wall` (whole hours), advancing the condition by as much."""
     c = climate or Climate()
@@ -213,7 +253,7 @@ def monitor_log(condition: Condition, loads: Sequence[LoadComponent], *, rated_k
     for week in range(hours // 168 + 1):
         if rng.random() < c.hot_spell_chance:
             start = week * 168 + int(rng.integers(0, 96))
-            spell[start:start + int(rng.integers(72, 145))] = c.hot_spell_c
+            spell[start : start + int(rng.integers(72, 145))] = c.hot_spell_c
     rows: list[dict[str, Any]] = []
     rise: float | None = None
     step_months = HOUR_S / MONTH_S
@@ -230,19 +270,37 @@ def monitor_log(condition: Condition, loads: Sequence[LoadComponent], *, rated_k
         k = math.hypot(kw, kvar) / rated_kva
         season = c.seasonal_c * math.sin(2.0 * math.pi * wall / (365.25 * 86400.0))
         ambient = ambient_temperature_c(c.mean_c, c.swing_c, local_h) + season + float(spell[h])
-        rise = top_oil_rise_step(rise, k, HOUR_S, rated_rise_c=rated_rise_c, loss_ratio=loss_ratio,
-                                 cooling_type=cooling_type, tau_min=tau_min)
+        rise = top_oil_rise_step(
+            rise,
+            k,
+            HOUR_S,
+            rated_rise_c=rated_rise_c,
+            loss_ratio=loss_ratio,
+            cooling_type=cooling_type,
+            tau_min=tau_min,
+        )
         oil = condition.top_oil_c(ambient, rise)
         values: dict[str, float] = {
-            "load_kw": kw, "load_kvar": kvar, "primary_power_kw": kw / (condition.efficiency_pct() / 100.0),
-            "top_oil_temp_c": oil, "ambient_temp_c": ambient, "fans_running": 1.0 if condition.fans_on else 0.0,
+            "load_kw": kw,
+            "load_kvar": kvar,
+            "primary_power_kw": kw / (condition.efficiency_pct() / 100.0),
+            "top_oil_temp_c": oil,
+            "ambient_temp_c": ambient,
+            "fans_running": 1.0 if condition.fans_on else 0.0,
             "operating_hours": start_hours + h + 1,
         }
         for g, ppm in condition.gases_ppm(gas_noise[h]).items():
             values[f"{g}_ppm"] = ppm
         for name, value in values.items():
-            rows.append({"point_id": f"{prefix}.{name}", "bucket_start": wall, "interval_s": HOUR_S,
-                         "mean": round(value, 4), "n": 60})
+            rows.append(
+                {
+                    "point_id": f"{prefix}.{name}",
+                    "bucket_start": wall,
+                    "interval_s": HOUR_S,
+                    "mean": round(value, 4),
+                    "n": 60,
+                }
+            )
         condition.age_months += step_months
     condition.operating_hours = start_hours + hours
     return rows

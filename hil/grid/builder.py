@@ -50,8 +50,11 @@ class GridBuilder(GridState):
         self.substation_id = subs[0].id
         self.substation_ids = [sub.id for sub in subs]
         self._layout = layout = site_layout(site)
-        self._device_attrs = {a.id: CircuitBreakerAttributes.model_validate(a.attributes)
-                              for a in site.agents if a.type is AgentType.CIRCUIT_BREAKER}
+        self._device_attrs = {
+            a.id: CircuitBreakerAttributes.model_validate(a.attributes)
+            for a in site.agents
+            if a.type is AgentType.CIRCUIT_BREAKER
+        }
         net = self.net
         first_pu = 1.0
         for n, sub in enumerate(subs):
@@ -65,12 +68,18 @@ class GridBuilder(GridState):
                 name = "source"
             else:
                 emf = net.add_bus(f"{sub.id}/source", kv)
-                net.add_branch(f"{sub.id}/emf", self.source_bus, emf, 0j, ratio=src.source_voltage_pu / first_pu,
-                               kind=BranchKind.IDEAL)
+                net.add_branch(
+                    f"{sub.id}/emf",
+                    self.source_bus,
+                    emf,
+                    0j,
+                    ratio=src.source_voltage_pu / first_pu,
+                    kind=BranchKind.IDEAL,
+                )
                 name = f"{sub.id}/grid"
             station = net.add_bus(sub.id, kv)
-            z_abs = kv ** 2 / src.source_sc_mva
-            r = z_abs / math.sqrt(1.0 + src.source_x_r ** 2)
+            z_abs = kv**2 / src.source_sc_mva
+            r = z_abs / math.sqrt(1.0 + src.source_x_r**2)
             z_src = complex(r, r * src.source_x_r)
             net.add_branch(name, emf, station, z_src, kind=BranchKind.SOURCE, z0_ohm=z_src * src.source_z0_z1)
             self._station_bus_of[sub.id] = station
@@ -94,9 +103,12 @@ class GridBuilder(GridState):
                     pair = tuple(sorted((a.id, rule.target_id)))
                     if (pair[0], pair[1]) not in ties:
                         ties.append((pair[0], pair[1]))
-        normally_open = {tuple(sorted((a.id, r.target_id))) for a in site.agents
-                         for r in a.connection_rules
-                         if r.canonical_type is CanonicalType.ROUTE and r.normally_open}
+        normally_open = {
+            tuple(sorted((a.id, r.target_id)))
+            for a in site.agents
+            for r in a.connection_rules
+            if r.canonical_type is CanonicalType.ROUTE and r.normally_open
+        }
 
         attach: dict[str, int] = dict(self._station_bus_of)
         upstream_switch: dict[str, str | None] = {sid: None for sid in self.substation_ids}
@@ -120,8 +132,9 @@ class GridBuilder(GridState):
                 for k in kids:
                     attach[k] = bus
             for k in kids:
-                upstream_switch[k] = (parent_id if agents[parent_id].type is AgentType.CIRCUIT_BREAKER
-                                      else upstream_switch.get(parent_id))
+                upstream_switch[k] = (
+                    parent_id if agents[parent_id].type is AgentType.CIRCUIT_BREAKER else upstream_switch.get(parent_id)
+                )
                 order.append(k)
                 queue.append(k)
         for agent_id in order:
@@ -141,17 +154,29 @@ class GridBuilder(GridState):
                     der.soc_pct = start.soc_pct if start is not None else 50.0
                     der.efficiency = (start.efficiency_pct if start is not None else 95.0) / 100.0
                 self.ders[agent_id] = der
-        unreached = [a.id for a in site.agents if a.id not in visited and a.id not in layout.ties
-                     and a.type is not AgentType.SMART_METER]
+        unreached = [
+            a.id
+            for a in site.agents
+            if a.id not in visited and a.id not in layout.ties and a.type is not AgentType.SMART_METER
+        ]
         if unreached:
-            log.warning("agents not reachable from %s by supply edges, left out of the model: %s",
-                        ", ".join(self.substation_ids), ", ".join(unreached))
+            log.warning(
+                "agents not reachable from %s by supply edges, left out of the model: %s",
+                ", ".join(self.substation_ids),
+                ", ".join(unreached),
+            )
         for line_a, line_b in ties:
             if line_a in self.lines and line_b in self.lines:
                 tie_id = f"TIE-{line_a}-{line_b}"
                 closed = (line_a, line_b) not in normally_open
-                self.ties[tie_id] = net.add_branch(tie_id, self.lines[line_a].end_bus, self.lines[line_b].end_bus, 0j,
-                                                   closed=closed, kind=BranchKind.SWITCH)
+                self.ties[tie_id] = net.add_branch(
+                    tie_id,
+                    self.lines[line_a].end_bus,
+                    self.lines[line_b].end_bus,
+                    0j,
+                    closed=closed,
+                    kind=BranchKind.SWITCH,
+                )
         for key in s.loads:
             if key not in agents and key not in {g.id for g in site.meter_groups}:
                 raise ValueError(f"simulation.loads.{key}: not an agent or meter group id")
@@ -164,12 +189,18 @@ class GridBuilder(GridState):
         external = sorted(t.device for t in layout.ties.values() if t.external_source is not None)
         for key in s.external_sources:
             if key not in external:
-                raise ValueError(f"simulation.external_sources.{key}: not an external tie (a circuit_breaker with "
-                                 f"attributes.external_source); external ties: {', '.join(external) or 'none'}")
+                raise ValueError(
+                    f"simulation.external_sources.{key}: not an external tie (a circuit_breaker with "
+                    f"attributes.external_source); external ties: {', '.join(external) or 'none'}"
+                )
         self._build_ties()
-        self._sections = [section for line in self.lines.values()
-                          for section in line_sections(line.id, line.start_bus, line.attrs.length, line.segments,
-                                                       line.breaks, line.taps)]
+        self._sections = [
+            section
+            for line in self.lines.values()
+            for section in line_sections(
+                line.id, line.start_bus, line.attrs.length, line.segments, line.breaks, line.taps
+            )
+        ]
         self._build_loads(site, meters)
         self.conditions: dict[str, Condition] = conditions(s.ageing, self.transformers, self.seed)
         n_bus = len(net.buses)
@@ -182,18 +213,36 @@ class GridBuilder(GridState):
         self._bus_load_kw = np.zeros(n_bus)
         self._bus_load_kvar = np.zeros(n_bus)
 
-    def _device(self, device_id: str, from_bus: int, role: DeviceRole, *, to_bus: int | None = None,
-                line: str | None = None, position_m: float | None = None) -> SwitchingDevice:
+    def _device(
+        self,
+        device_id: str,
+        from_bus: int,
+        role: DeviceRole,
+        *,
+        to_bus: int | None = None,
+        line: str | None = None,
+        position_m: float | None = None,
+    ) -> SwitchingDevice:
         """Build a switching device's branch (and its load-side bus unless given)."""
         attrs = self._device_attrs[device_id]
         if to_bus is None:
             to_bus = self.net.add_bus(device_id, self.net.buses[from_bus].base_kv)
         closed = not attrs.normally_open if role in (DeviceRole.TIE, DeviceRole.EXTERNAL_TIE) else True
         branch = self.net.add_branch(device_id, from_bus, to_bus, 0j, closed=closed, kind=BranchKind.SWITCH)
-        device = SwitchingDevice(device_id, branch, from_bus, to_bus, role=role, function=attrs.function,
-                                 line=line, position_m=position_m, closed=closed,
-                                 normally_open=attrs.normally_open, position_cmd=closed,
-                                 fpi_pickup_a=attrs.fpi_pickup_a)
+        device = SwitchingDevice(
+            device_id,
+            branch,
+            from_bus,
+            to_bus,
+            role=role,
+            function=attrs.function,
+            line=line,
+            position_m=position_m,
+            closed=closed,
+            normally_open=attrs.normally_open,
+            position_cmd=closed,
+            fpi_pickup_a=attrs.fpi_pickup_a,
+        )
         self.breakers[device_id] = device
         return device
 
@@ -214,16 +263,24 @@ class GridBuilder(GridState):
         attrs = PowerLineAttributes.model_validate(agent.attributes)
         imp = attrs.impedance
         self.lines[agent.id] = _Line(
-            agent.id, attrs, attach[agent.id], [],
+            agent.id,
+            attrs,
+            attach[agent.id],
+            [],
             complex(imp.r_ohm_per_km, imp.x_ohm_per_km) / 1000.0,
-            complex(imp.r0_ohm_per_km, imp.x0_ohm_per_km) / 1000.0, breaker_id)
+            complex(imp.r0_ohm_per_km, imp.x0_ohm_per_km) / 1000.0,
+            breaker_id,
+        )
 
     def _child_positions(self, agent: AgentConfig, kids: list[str], line: _Line) -> dict[str, float]:
         """Where each child is tapped; builds the line's conductor segments between the taps and
         its in-series devices (elements at a device's position are on its source side)."""
         length = line.attrs.length
-        tapped = [k for k in kids if self._agent_types[k] in
-                  (AgentType.TRANSFORMER, AgentType.CAPACITOR_BANK, AgentType.RENEWABLE_ENERGY)]
+        tapped = [
+            k
+            for k in kids
+            if self._agent_types[k] in (AgentType.TRANSFORMER, AgentType.CAPACITOR_BANK, AgentType.RENEWABLE_ENERGY)
+        ]
         positions: dict[str, float] = {}
         for n, k in enumerate(tapped):
             positions[k] = length * (n + 1) / len(tapped)
@@ -249,16 +306,22 @@ class GridBuilder(GridState):
             if p > previous_m:
                 bus = self.net.add_bus(f"{agent.id}@{p:g}m", base_kv)
                 seg = p - previous_m
-                branch = self.net.add_branch(f"{agent.id}:{previous_m:g}-{p:g}", previous_bus, bus,
-                                             line.z1_ohm_per_m * seg, kind=BranchKind.LINE,
-                                             z0_ohm=line.z0_ohm_per_m * seg)
+                branch = self.net.add_branch(
+                    f"{agent.id}:{previous_m:g}-{p:g}",
+                    previous_bus,
+                    bus,
+                    line.z1_ohm_per_m * seg,
+                    kind=BranchKind.LINE,
+                    z0_ohm=line.z0_ohm_per_m * seg,
+                )
                 line.segments.append((previous_m, p, previous_bus, bus, branch))
                 previous_m, previous_bus = p, bus
             line.at_bus.setdefault(p, previous_bus)
             for at, device_id in series:
                 if at == p:
-                    previous_bus = self._device(device_id, previous_bus, DeviceRole.SERIES, line=agent.id,
-                                                position_m=p).bus
+                    previous_bus = self._device(
+                        device_id, previous_bus, DeviceRole.SERIES, line=agent.id, position_m=p
+                    ).bus
                     line.breaks.append((p, device_id))
         line.taps.update(positions)
         return positions
@@ -276,21 +339,34 @@ class GridBuilder(GridState):
             bus1 = first.at_bus[tie.ends[0].position_m]
             if tie.external_source is None:
                 second = tie.ends[1]
-                self._device(tie.device, bus1, DeviceRole.TIE, to_bus=self.lines[second.line].at_bus[second.position_m],
-                             line=first.id, position_m=tie.ends[0].position_m)
+                self._device(
+                    tie.device,
+                    bus1,
+                    DeviceRole.TIE,
+                    to_bus=self.lines[second.line].at_bus[second.position_m],
+                    line=first.id,
+                    position_m=tie.ends[0].position_m,
+                )
                 continue
             ext = s.external_sources.get(tie.device, ExternalSourceSettings())
             kv = self.net.buses[bus1].base_kv
             emf = self.net.add_bus(f"{tie.device}/source", kv)
-            emf_branch = self.net.add_branch(f"{tie.device}/emf", self.source_bus, emf, 0j,
-                                             ratio=ext.voltage_pu / self._reference_pu, kind=BranchKind.IDEAL)
+            emf_branch = self.net.add_branch(
+                f"{tie.device}/emf",
+                self.source_bus,
+                emf,
+                0j,
+                ratio=ext.voltage_pu / self._reference_pu,
+                kind=BranchKind.IDEAL,
+            )
             far = self.net.add_bus(f"{tie.device}/{tie.external_source}", kv)
-            z_abs = kv ** 2 / ext.sc_mva
-            r = z_abs / math.sqrt(1.0 + ext.x_r ** 2)
+            z_abs = kv**2 / ext.sc_mva
+            r = z_abs / math.sqrt(1.0 + ext.x_r**2)
             z = complex(r, r * ext.x_r)
             self.net.add_branch(f"{tie.device}/grid", emf, far, z, kind=BranchKind.SOURCE, z0_ohm=z * ext.z0_z1)
-            self._device(tie.device, bus1, DeviceRole.EXTERNAL_TIE, to_bus=far, line=first.id,
-                         position_m=tie.ends[0].position_m)
+            self._device(
+                tie.device, bus1, DeviceRole.EXTERNAL_TIE, to_bus=far, line=first.id, position_m=tie.ends[0].position_m
+            )
             self._external[tie.device] = (emf, far, emf_branch)
             self._source_names[emf] = tie.external_source
         for tie in self._layout.ties.values():
@@ -300,17 +376,27 @@ class GridBuilder(GridState):
 
     def _build_transformer(self, agent: AgentConfig, primary_bus: int) -> None:
         attrs = TransformerAttributes.model_validate(agent.attributes)
-        z_abs = attrs.impedance_percent / 100.0 * attrs.primary_voltage ** 2 / (attrs.rated_capacity / 1000.0)
+        z_abs = attrs.impedance_percent / 100.0 * attrs.primary_voltage**2 / (attrs.rated_capacity / 1000.0)
         xr = self.settings.transformer_x_r
-        r = z_abs / math.sqrt(1 + xr ** 2)
+        r = z_abs / math.sqrt(1 + xr**2)
         z = complex(r, r * xr)
         bus = self.net.add_bus(agent.id, attrs.secondary_voltage / 1000.0)
         # off-nominal when the rated primary differs from the bus it sits on (an 11 kV unit on 11.5 kV)
         nominal = self.net.buses[primary_bus].base_kv / attrs.primary_voltage
-        t = _Transformer(agent.id, attrs, -1, primary_bus, bus, attrs.rated_capacity,
-                         attrs.tap_position, attrs.tap_position, nominal_ratio=nominal)
-        t.branch = self.net.add_branch(agent.id, primary_bus, bus, z, ratio=self._tap_ratio(t),
-                                       kind=BranchKind.TRANSFORMER, z0_ohm=z)
+        t = _Transformer(
+            agent.id,
+            attrs,
+            -1,
+            primary_bus,
+            bus,
+            attrs.rated_capacity,
+            attrs.tap_position,
+            attrs.tap_position,
+            nominal_ratio=nominal,
+        )
+        t.branch = self.net.add_branch(
+            agent.id, primary_bus, bus, z, ratio=self._tap_ratio(t), kind=BranchKind.TRANSFORMER, z0_ohm=z
+        )
         self.transformers[agent.id] = t
 
     def _build_loads(self, site: SiteConfig, meters: int | None) -> None:
@@ -333,8 +419,11 @@ class GridBuilder(GridState):
         groups_by_xfmr: dict[str, list[Any]] = {}
         for g in site.meter_groups:
             if g.connected_transformer not in self.transformers:
-                log.warning("meter group %s: transformer %s is not in the model; its meters are left out",
-                            g.id, g.connected_transformer)
+                log.warning(
+                    "meter group %s: transformer %s is not in the model; its meters are left out",
+                    g.id,
+                    g.connected_transformer,
+                )
                 continue
             groups_by_xfmr.setdefault(g.connected_transformer, []).append(g)
         counts = {g.id: g.count for gs in groups_by_xfmr.values() for g in gs}
@@ -345,8 +434,11 @@ class GridBuilder(GridState):
             scaled[-1] += meters - sum(scaled)
             counts = dict(zip(ids, scaled, strict=True))
 
-        feeding = {t.id for t in self.transformers.values()
-                   if any(t.bus in (br.from_bus, br.to_bus) and br.name != t.id for br in self.net.branches)}
+        feeding = {
+            t.id
+            for t in self.transformers.values()
+            if any(t.bus in (br.from_bus, br.to_bus) and br.name != t.id for br in self.net.branches)
+        }
         for t in self.transformers.values():
             groups = groups_by_xfmr.get(t.id, [])
             own = s.loads.get(t.id, LoadSettings())
@@ -354,25 +446,52 @@ class GridBuilder(GridState):
             if not groups and t.id in feeding and t.id not in s.loads:
                 continue  # a station transformer: the loads of what it feeds stand for it
             if not groups:
-                self._loads.append(_Load(t.id, t.bus, own.peak_kw if own.peak_kw is not None else default_peak,
-                                         own.power_factor, shape_for(own, LoadProfileName.RESIDENTIAL),
-                                         frozenset(owners_of_xfmr[t.id]),
-                                         (own.profile or LoadProfileName.RESIDENTIAL).value))
+                self._loads.append(
+                    _Load(
+                        t.id,
+                        t.bus,
+                        own.peak_kw if own.peak_kw is not None else default_peak,
+                        own.power_factor,
+                        shape_for(own, LoadProfileName.RESIDENTIAL),
+                        frozenset(owners_of_xfmr[t.id]),
+                        (own.profile or LoadProfileName.RESIDENTIAL).value,
+                    )
+                )
                 continue
             total_count = sum(g.count for g in groups)
             xfmr_peak = own.peak_kw if own.peak_kw is not None else default_peak
             for g in groups:
                 cfg = s.loads.get(g.id, LoadSettings(power_factor=own.power_factor, profile=own.profile))
                 peak = cfg.peak_kw if cfg.peak_kw is not None else xfmr_peak * g.count / total_count
-                self._loads.append(_Load(g.id, t.bus, peak, cfg.power_factor,
-                                         shape_for(cfg, LoadProfileName(g.meter_type)),
-                                         frozenset(owners_of_xfmr[t.id] | {g.id}), g.meter_type))
+                self._loads.append(
+                    _Load(
+                        g.id,
+                        t.bus,
+                        peak,
+                        cfg.power_factor,
+                        shape_for(cfg, LoadProfileName(g.meter_type)),
+                        frozenset(owners_of_xfmr[t.id] | {g.id}),
+                        g.meter_type,
+                    )
+                )
                 n = counts[g.id]
                 start = self._groups[-1].stop if self._groups else 0
-                self._groups.append(_MeterGroup(g.id, len(self._loads) - 1, t.id, g.nominal_voltage_v,
-                                                start, start + n, g.prefix, g.first, g.meter_type,
-                                                critical=g.critical, programs=frozenset(g.dr_programs),
-                                                critical_meters=tuple(g.critical_meters)))
+                self._groups.append(
+                    _MeterGroup(
+                        g.id,
+                        len(self._loads) - 1,
+                        t.id,
+                        g.nominal_voltage_v,
+                        start,
+                        start + n,
+                        g.prefix,
+                        g.first,
+                        g.meter_type,
+                        critical=g.critical,
+                        programs=frozenset(g.dr_programs),
+                        critical_meters=tuple(g.critical_meters),
+                    )
+                )
 
         fed: set[str] = set()
         for t in self.transformers.values():
@@ -384,13 +503,25 @@ class GridBuilder(GridState):
             if line_cfg is None and line.id in fed:
                 continue
             line_cfg = line_cfg or LoadSettings(profile=LoadProfileName.COMMERCIAL)
-            default_peak = (s.line_load_percent / 100.0 * line.attrs.ampacity * SQRT3
-                            * self.net.buses[line.end_bus].base_kv * line_cfg.power_factor)
-            self._loads.append(_Load(line.id, line.end_bus,
-                                     line_cfg.peak_kw if line_cfg.peak_kw is not None else default_peak,
-                                     line_cfg.power_factor, shape_for(line_cfg, LoadProfileName.COMMERCIAL),
-                                     frozenset(self._owners(line.end_bus) | {line.id}),
-                                     (line_cfg.profile or LoadProfileName.COMMERCIAL).value))
+            default_peak = (
+                s.line_load_percent
+                / 100.0
+                * line.attrs.ampacity
+                * SQRT3
+                * self.net.buses[line.end_bus].base_kv
+                * line_cfg.power_factor
+            )
+            self._loads.append(
+                _Load(
+                    line.id,
+                    line.end_bus,
+                    line_cfg.peak_kw if line_cfg.peak_kw is not None else default_peak,
+                    line_cfg.power_factor,
+                    shape_for(line_cfg, LoadProfileName.COMMERCIAL),
+                    frozenset(self._owners(line.end_bus) | {line.id}),
+                    (line_cfg.profile or LoadProfileName.COMMERCIAL).value,
+                )
+            )
         self._shapes = shape_matrix(shapes) if shapes else np.zeros((0, 25))
         self._load_shape = np.array([ld.shape for ld in self._loads], dtype=np.int64)
         self._load_peak_kw = np.array([ld.peak_kw for ld in self._loads])
@@ -437,15 +568,20 @@ class GridBuilder(GridState):
         critical = np.zeros(n, dtype=bool)
         index = {mid: k for k, mid in enumerate(self._meter_ids)}
         for gi, g in enumerate(self._groups):
-            group_of_meter[g.start:g.stop] = gi
+            group_of_meter[g.start : g.stop] = gi
             self._load_group[g.load] = gi
-            critical[g.start:g.stop] = g.critical
+            critical[g.start : g.stop] = g.critical
             for meter in g.critical_meters:
                 if meter in index:
                     critical[index[meter]] = True
         self._meter_index = index
-        self.dr = DemandResponse.build(group_of_meter, [g.programs for g in self._groups], critical,
-                                       self.settings.demand_response.responders_pct, self.seed)
+        self.dr = DemandResponse.build(
+            group_of_meter,
+            [g.programs for g in self._groups],
+            critical,
+            self.settings.demand_response.responders_pct,
+            self.seed,
+        )
         self._meter_dr = np.ones(n)
         """Each meter's demand-response multiplier at the last solve."""
         owner_sub = self._substation_of_load()

@@ -57,14 +57,27 @@ class DemandResponse:
     seen: set[str] = field(default_factory=set)
 
     @classmethod
-    def build(cls, group_of_meter: npt.NDArray[np.int64], group_programs: list[frozenset[str]],
-              critical: npt.NDArray[np.bool_], responders_pct: float, seed: int) -> DemandResponse:
+    def build(
+        cls,
+        group_of_meter: npt.NDArray[np.int64],
+        group_programs: list[frozenset[str]],
+        critical: npt.NDArray[np.bool_],
+        responders_pct: float,
+        seed: int,
+    ) -> DemandResponse:
         rng = np.random.default_rng([seed, 5])
         responder = rng.random(len(group_of_meter)) < responders_pct / 100.0
         return cls(group_of_meter, group_programs, critical, responder)
 
-    def dispatch(self, event_id: str, program: ProgramTerms, meters: npt.NDArray[np.int64], start_s: float,
-                 duration_s: float, reduction_pct: float) -> list[str]:
+    def dispatch(
+        self,
+        event_id: str,
+        program: ProgramTerms,
+        meters: npt.NDArray[np.int64],
+        start_s: float,
+        duration_s: float,
+        reduction_pct: float,
+    ) -> list[str]:
         """Register an event for `meters` (indices); each meter's answer, in their order. An event id
         seen before is not applied twice (a duplicated message): the answers are repeated."""
         enrolled = np.array([program.id in self.group_programs[g] for g in self.group_of_meter[meters]], dtype=bool)
@@ -75,8 +88,16 @@ class DemandResponse:
             self.seen.add(event_id)
             taking = meters[answers == ACCEPTED]
             if taking.size:
-                self.events.append(_Active(event_id, taking, start_s, duration_s, reduction_pct / 100.0,
-                                           program.shift_s if program.kind == "shift" else 0.0))
+                self.events.append(
+                    _Active(
+                        event_id,
+                        taking,
+                        start_s,
+                        duration_s,
+                        reduction_pct / 100.0,
+                        program.shift_s if program.kind == "shift" else 0.0,
+                    )
+                )
         return [str(a) for a in answers]
 
     def factors(self, now_s: float) -> npt.NDArray[np.float64]:

@@ -23,13 +23,23 @@ class FaultKind(enum.Enum):
 
 
 _ALIASES = {
-    "3ph": FaultKind.THREE_PHASE, "3p": FaultKind.THREE_PHASE, "abc": FaultKind.THREE_PHASE,
+    "3ph": FaultKind.THREE_PHASE,
+    "3p": FaultKind.THREE_PHASE,
+    "abc": FaultKind.THREE_PHASE,
     "three_phase": FaultKind.THREE_PHASE,
-    "ll": FaultKind.LINE_LINE, "2ph": FaultKind.LINE_LINE, "ph-ph": FaultKind.LINE_LINE,
-    "line_line": FaultKind.LINE_LINE, "phase_phase": FaultKind.LINE_LINE,
-    "llg": FaultKind.LINE_LINE_GROUND, "2ph-g": FaultKind.LINE_LINE_GROUND, "2phg": FaultKind.LINE_LINE_GROUND,
-    "slg": FaultKind.LINE_GROUND, "1ph": FaultKind.LINE_GROUND, "lg": FaultKind.LINE_GROUND,
-    "ph-g": FaultKind.LINE_GROUND, "phase_ground": FaultKind.LINE_GROUND,
+    "ll": FaultKind.LINE_LINE,
+    "2ph": FaultKind.LINE_LINE,
+    "ph-ph": FaultKind.LINE_LINE,
+    "line_line": FaultKind.LINE_LINE,
+    "phase_phase": FaultKind.LINE_LINE,
+    "llg": FaultKind.LINE_LINE_GROUND,
+    "2ph-g": FaultKind.LINE_LINE_GROUND,
+    "2phg": FaultKind.LINE_LINE_GROUND,
+    "slg": FaultKind.LINE_GROUND,
+    "1ph": FaultKind.LINE_GROUND,
+    "lg": FaultKind.LINE_GROUND,
+    "ph-g": FaultKind.LINE_GROUND,
+    "phase_ground": FaultKind.LINE_GROUND,
 }
 
 
@@ -38,8 +48,7 @@ def parse_kind(kind: str | FaultKind) -> FaultKind:
         return kind
     found = _ALIASES.get(str(kind).strip().lower())
     if found is None:
-        raise ValueError(f"unknown fault kind {kind!r}; expected '3ph', 'll', 'llg' or 'slg' "
-                         "(aliases 2ph, 2ph-g, 1ph)")
+        raise ValueError(f"unknown fault kind {kind!r}; expected '3ph', 'll', 'llg' or 'slg' (aliases 2ph, 2ph-g, 1ph)")
     return found
 
 
@@ -53,9 +62,7 @@ class SequenceCurrents:
 
     def phases(self) -> tuple[complex, complex, complex]:
         a, a2 = A_OP, A_OP * A_OP
-        return (self.i0 + self.i1 + self.i2,
-                self.i0 + a2 * self.i1 + a * self.i2,
-                self.i0 + a * self.i1 + a2 * self.i2)
+        return (self.i0 + self.i1 + self.i2, self.i0 + a2 * self.i1 + a * self.i2, self.i0 + a * self.i1 + a2 * self.i2)
 
     @property
     def residual(self) -> complex:
@@ -63,8 +70,9 @@ class SequenceCurrents:
         return 3 * self.i0
 
 
-def sequence_currents(kind: FaultKind, e: complex, z1: complex, z2: complex, z0: complex,
-                      zf: complex = 0j) -> SequenceCurrents:
+def sequence_currents(
+    kind: FaultKind, e: complex, z1: complex, z2: complex, z0: complex, zf: complex = 0j
+) -> SequenceCurrents:
     """Fault currents for pre-fault phase-to-neutral voltage `e` (same units throughout)."""
     if kind is FaultKind.THREE_PHASE:
         return SequenceCurrents(0j, e / (z1 + zf), 0j)

@@ -29,8 +29,14 @@ class BranchFlow(NamedTuple):
 _NO_FLOW = np.zeros(3, dtype=np.complex128)
 
 
-def branch_flow(tree: RadialTree, branch_index: int, branch: Branch, v: npt.NDArray[np.complex128],
-                i1: npt.NDArray[np.complex128], i_abc: npt.NDArray[np.complex128]) -> BranchFlow:
+def branch_flow(
+    tree: RadialTree,
+    branch_index: int,
+    branch: Branch,
+    v: npt.NDArray[np.complex128],
+    i1: npt.NDArray[np.complex128],
+    i_abc: npt.NDArray[np.complex128],
+) -> BranchFlow:
     for node, sign in ((branch.to_bus, 1), (branch.from_bus, -1)):
         pos = tree.position.get(node)
         if pos is not None and tree.feeder_branch[pos] == branch_index:

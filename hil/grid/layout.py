@@ -66,18 +66,28 @@ def _tap(agent: AgentConfig, rule_type: CanonicalType, target: AgentConfig) -> t
 def site_layout(site: SiteConfig) -> SiteLayout:
     agents = {a.id: a for a in site.agents}
     layout = SiteLayout()
-    lengths = {a.id: PowerLineAttributes.model_validate(a.attributes).length
-               for a in site.agents if a.type is AgentType.POWER_LINE}
-    breakers = {a.id: CircuitBreakerAttributes.model_validate(a.attributes)
-                for a in site.agents if a.type is AgentType.CIRCUIT_BREAKER}
+    lengths = {
+        a.id: PowerLineAttributes.model_validate(a.attributes).length
+        for a in site.agents
+        if a.type is AgentType.POWER_LINE
+    }
+    breakers = {
+        a.id: CircuitBreakerAttributes.model_validate(a.attributes)
+        for a in site.agents
+        if a.type is AgentType.CIRCUIT_BREAKER
+    }
     layout.functions = {b: attrs.function for b, attrs in breakers.items()}
     for device, attrs in breakers.items():
-        routes = [r for r in agents[device].connection_rules
-                  if r.canonical_type is CanonicalType.ROUTE and r.target_id in lengths]
+        routes = [
+            r
+            for r in agents[device].connection_rules
+            if r.canonical_type is CanonicalType.ROUTE and r.target_id in lengths
+        ]
         if not routes and attrs.external_source is None:
             continue
-        ends = tuple(TieEnd(r.target_id, r.position_m if r.position_m is not None else lengths[r.target_id])
-                     for r in routes)
+        ends = tuple(
+            TieEnd(r.target_id, r.position_m if r.position_m is not None else lengths[r.target_id]) for r in routes
+        )
         layout.ties[device] = TieLayout(device, ends, attrs.external_source, attrs.normally_open)
     for agent in site.agents:
         for rule in agent.connection_rules:
@@ -88,8 +98,11 @@ def site_layout(site: SiteConfig) -> SiteLayout:
             if tap is not None:
                 layout.positions.setdefault(tap[1], {})[tap[0]] = rule.position_m
     for line, elements in layout.positions.items():
-        series = sorted((p, e) for e, p in elements.items()
-                        if e in breakers and e not in layout.ties and not breakers[e].normally_open)
+        series = sorted(
+            (p, e)
+            for e, p in elements.items()
+            if e in breakers and e not in layout.ties and not breakers[e].normally_open
+        )
         if series:
             layout.in_series[line] = series
     return layout

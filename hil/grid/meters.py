@@ -47,5 +47,9 @@ class MeterBypass:
         if not active.any() and not self.missing_kwh.any():
             return readings
         current = np.where(active, (1.0 - self.registered) * (true - np.nan_to_num(self._since_kwh)), 0.0)
-        return replace(readings, energy_kwh=true - self.missing_kwh - current,
-                       demand_kw=readings.demand_kw * self.registered, current_a=readings.current_a * self.registered)
+        return replace(
+            readings,
+            energy_kwh=true - self.missing_kwh - current,
+            demand_kw=readings.demand_kw * self.registered,
+            current_a=readings.current_a * self.registered,
+        )

@@ -76,8 +76,16 @@ class GridModel(GridBuilder, GridPointMap):
         model.advance(0.0)
         return model
 
-    def inject_fault(self, line_id: str, distance_m: float, kind: str, *, impedance_ohm: float = 0.0,
-                     transient: bool = False, now_s: float) -> FaultInfo:
+    def inject_fault(
+        self,
+        line_id: str,
+        distance_m: float,
+        kind: str,
+        *,
+        impedance_ohm: float = 0.0,
+        transient: bool = False,
+        now_s: float,
+    ) -> FaultInfo:
         """A short circuit on `line_id`, `distance_m` from its sending end. Transient faults clear
         as soon as their section loses supply (the first dead time); permanent ones stay until
         `clear_faults`."""
@@ -90,16 +98,23 @@ class GridModel(GridBuilder, GridPointMap):
             raise ValueError(f"impedance_ohm must be >= 0, found {impedance_ohm!r}")
         fault_kind = parse_kind(kind)
         at = self._catch_up(now_s)
-        fault = _Fault(self._next_fault_id, line_id, float(distance_m), fault_kind, float(impedance_ohm),
-                       bool(transient), at)
+        fault = _Fault(
+            self._next_fault_id, line_id, float(distance_m), fault_kind, float(impedance_ohm), bool(transient), at
+        )
         self._next_fault_id += 1
         self._faults.append(fault)
         self._dirty = True
         self._solve(self._now)
         if fault.info is None:  # a transient fault on a dead section is gone at once
             return self._fault_info(fault, None, self.lines[line_id].breaker_id, (0j, 0j))
-        log.info("fault %d: %s on %s at %.0f m, %.0f A", fault.fault_id, fault_kind.value, line_id,
-                 distance_m, fault.info.fault_current_a)
+        log.info(
+            "fault %d: %s on %s at %.0f m, %.0f A",
+            fault.fault_id,
+            fault_kind.value,
+            line_id,
+            distance_m,
+            fault.info.fault_current_a,
+        )
         return fault.info
 
     def clear_faults(self, now_s: float) -> None:
@@ -119,8 +134,10 @@ class GridModel(GridBuilder, GridPointMap):
             raise ValueError(f"factor must be a finite number >= 0, found {factor!r}")
         hit = [ld for ld in self._loads if target_id in ld.owners]
         if not hit:
-            raise KeyError(f"{target_id!r} has no load behind it; targets: "
-                           f"{', '.join(sorted({o for ld in self._loads for o in ld.owners}))}")
+            raise KeyError(
+                f"{target_id!r} has no load behind it; targets: "
+                f"{', '.join(sorted({o for ld in self._loads for o in ld.owners}))}"
+            )
         self._catch_up(now_s)
         for ld in hit:
             ld.factor = factor
@@ -138,8 +155,15 @@ class GridModel(GridBuilder, GridPointMap):
         kw = self._ramped(self._load_peak_kw * shape * np.clip(noise, 0.0, None) * factors, self._now)
         return float(kw[self._ramp_mask[substation_id]].sum())
 
-    def load_ramp(self, substation_id: str, rate_kw_per_h: float, now_s: float, *, start_kw: float | None = None,
-                  ambient_c: float | None = None) -> dict[str, float]:
+    def load_ramp(
+        self,
+        substation_id: str,
+        rate_kw_per_h: float,
+        now_s: float,
+        *,
+        start_kw: float | None = None,
+        ambient_c: float | None = None,
+    ) -> dict[str, float]:
         """From now on, the demand behind `substation_id` rises (or falls) by `rate_kw_per_h`, from
         `start_kw` (its measured total load now, default as it is), whatever the daily profiles do;
         `ambient_c` holds its transformers' ambient temperature there (a hot evening). A rate of 0
@@ -164,8 +188,12 @@ class GridModel(GridBuilder, GridPointMap):
             self._ambient_override_c[substation_id] = float(ambient_c)
         self._dirty = True
         self._solve(self._now)
-        return {"start_s": at, "underlying_kw": underlying, "rate_kw_per_h": float(rate_kw_per_h),
-                "total_load_kw": self.agent_values(substation_id)["total_load_kw"]}
+        return {
+            "start_s": at,
+            "underlying_kw": underlying,
+            "rate_kw_per_h": float(rate_kw_per_h),
+            "total_load_kw": self.agent_values(substation_id)["total_load_kw"],
+        }
 
     def clear_ramp(self, substation_id: str, now_s: float) -> None:
         self._catch_up(now_s)
@@ -174,15 +202,26 @@ class GridModel(GridBuilder, GridPointMap):
         self._dirty = True
         self._solve(self._now)
 
-    def dr_event(self, event_id: str, program_id: str, now_s: float, *, group_id: str | None = None,
-                 meter_ids: list[str] | None = None, start_s: float, duration_s: float,
-                 reduction_pct: float | None = None) -> dict[str, Any]:
+    def dr_event(
+        self,
+        event_id: str,
+        program_id: str,
+        now_s: float,
+        *,
+        group_id: str | None = None,
+        meter_ids: list[str] | None = None,
+        start_s: float,
+        duration_s: float,
+        reduction_pct: float | None = None,
+    ) -> dict[str, Any]:
         """A demand-response event reaching the meters of a group (or a list): each meter's answer
         (`hil.grid.demand_response`) and the demand it had when it answered."""
         program = self._dr_programs.get(program_id)
         if program is None:
-            raise KeyError(f"unknown demand-response program {program_id!r}; known: "
-                           f"{', '.join(sorted(self._dr_programs)) or 'none'}")
+            raise KeyError(
+                f"unknown demand-response program {program_id!r}; known: "
+                f"{', '.join(sorted(self._dr_programs)) or 'none'}"
+            )
         if not (math.isfinite(start_s) and math.isfinite(duration_s) and duration_s > 0):
             raise ValueError(f"start and duration must be finite, duration > 0 (found {start_s!r}, {duration_s!r})")
         if duration_s > program.max_duration_s:
@@ -210,26 +249,44 @@ class GridModel(GridBuilder, GridPointMap):
             raise ValueError("a demand-response event names a meter group or meters")
         self._catch_up(now_s)
         demand = self.meter_readings(self._now).demand_kw[index]
-        answers = self.dr.dispatch(event_id, ProgramTerms(program.id, program.kind, program.shift_h * 3600.0),
-                                   index, float(start_s), float(duration_s), reduction)
+        answers = self.dr.dispatch(
+            event_id,
+            ProgramTerms(program.id, program.kind, program.shift_h * 3600.0),
+            index,
+            float(start_s),
+            float(duration_s),
+            reduction,
+        )
         self._dirty = True
         self._solve(self._now)
-        return {"meters": [self._meter_ids[k] for k in index], "answers": answers,
-                "demand_kw": [float(d) for d in demand], "reduction_pct": reduction}
+        return {
+            "meters": [self._meter_ids[k] for k in index],
+            "answers": answers,
+            "demand_kw": [float(d) for d in demand],
+            "reduction_pct": reduction,
+        }
 
-    def weather_forecast(self, now_s: float, horizon_s: float, step_s: float,
-                         substation_id: str | None = None) -> list[tuple[float, float, float]]:
+    def weather_forecast(
+        self, now_s: float, horizon_s: float, step_s: float, substation_id: str | None = None
+    ) -> list[tuple[float, float, float]]:
         """(seconds from now, irradiance W/m², ambient °C) from now over `horizon_s`, every `step_s`."""
         n = int(horizon_s // step_s) + 1
-        return [(k * step_s, self.irradiance_at(now_s + k * step_s),
-                 self._ambient_c(None, now_s + k * step_s, substation_id)) for k in range(n)]
+        return [
+            (
+                k * step_s,
+                self.irradiance_at(now_s + k * step_s),
+                self._ambient_c(None, now_s + k * step_s, substation_id),
+            )
+            for k in range(n)
+        ]
 
     def temperature_ramp(self, transformer_id: str, delta_c: float, duration_s: float, now_s: float) -> None:
         """Ambient around one transformer changes by `delta_c` over `duration_s` (its oil follows)."""
         t = self.transformers.get(transformer_id)
         if t is None:
-            raise KeyError(f"{transformer_id!r} is not a modelled transformer; "
-                           f"known: {', '.join(sorted(self.transformers))}")
+            raise KeyError(
+                f"{transformer_id!r} is not a modelled transformer; known: {', '.join(sorted(self.transformers))}"
+            )
         if not (math.isfinite(delta_c) and math.isfinite(duration_s) and duration_s >= 0):
             raise ValueError(f"delta_c must be finite and duration_s >= 0, found {delta_c!r}, {duration_s!r}")
         at = self._catch_up(now_s)
@@ -258,8 +315,9 @@ class GridModel(GridBuilder, GridPointMap):
             return
         branch = self.ties.get(tie_id)
         if branch is None:
-            known = sorted(self.ties) + sorted(d.id for d in self.breakers.values()
-                                               if d.role in (DeviceRole.TIE, DeviceRole.EXTERNAL_TIE))
+            known = sorted(self.ties) + sorted(
+                d.id for d in self.breakers.values() if d.role in (DeviceRole.TIE, DeviceRole.EXTERNAL_TIE)
+            )
             raise KeyError(f"{tie_id!r} is not a tie switch; known: {', '.join(known) or 'none'}")
         self._catch_up(now_s)
         if closed and not self.net.branches[branch].closed:
@@ -287,8 +345,13 @@ class GridModel(GridBuilder, GridPointMap):
         device = self._switching_device(device_id)
         device.set_failure(mode, delay_s)
         self._point_cache = None
-        log.warning("%s: %s", device_id, "healthy" if device.failure is None else
-                    f"{device.failure.value}" + (f" ({delay_s:g} s)" if device.slow_delay_s else ""))
+        log.warning(
+            "%s: %s",
+            device_id,
+            "healthy"
+            if device.failure is None
+            else f"{device.failure.value}" + (f" ({delay_s:g} s)" if device.slow_delay_s else ""),
+        )
 
     def set_local(self, device_id: str, on: bool) -> None:
         """Put a device in local control (it refuses remote commands) or back in remote."""
@@ -301,7 +364,9 @@ class GridModel(GridBuilder, GridPointMap):
         try:
             return self.breakers[breaker_id].closed
         except KeyError:
-            raise KeyError(f"{breaker_id!r} is not a modelled breaker; known: {', '.join(sorted(self.breakers))}") from None
+            raise KeyError(
+                f"{breaker_id!r} is not a modelled breaker; known: {', '.join(sorted(self.breakers))}"
+            ) from None
 
     @property
     def devices(self) -> dict[str, SwitchingDevice]:
@@ -318,9 +383,14 @@ class GridModel(GridBuilder, GridPointMap):
         out = []
         for loop in self._loops:
             names = [self.net.branches[b].name for b in loop.branches]
-            out.append({"closing": names[0], "branches": names,
-                        "devices": [n for n in names if n in self.breakers],
-                        "energised": bool(self._energised[self.net.branches[loop.closing_branch].from_bus])})
+            out.append(
+                {
+                    "closing": names[0],
+                    "branches": names,
+                    "devices": [n for n in names if n in self.breakers],
+                    "energised": bool(self._energised[self.net.branches[loop.closing_branch].from_bus]),
+                }
+            )
         return out
 
     @property
@@ -337,16 +407,23 @@ class GridModel(GridBuilder, GridPointMap):
         i_base = self.net.i_base_a(device.from_bus)
         phases = [float(abs(x)) * i_base for x in i_abc]
         pending = [(due, close) for due, _, d, close in sorted(self._pending) if d == device_id]
-        return {**device.state(),
-                "current_a": max(phases), "ia_a": phases[0], "ib_a": phases[1], "ic_a": phases[2],
-                "in_a": float(abs(i_abc.sum())) * i_base, "active_power_kw": s.real, "reactive_power_kvar": s.imag,
-                "direction": {1: "forward", -1: "reverse"}.get(direction),
-                "fault_direction": self._fault_directions.get(device_id),
-                "voltage_kv": self._kv(self._device_voltage_bus(device)),
-                "side_voltage_kv": [self._kv(device.from_bus), self._kv(device.bus)],
-                "side_energised": [bool(self._energised[device.from_bus]), bool(self._energised[device.bus])],
-                "moving_to": None if not pending else ("closed" if pending[0][1] else "open"),
-                "moves_at_s": None if not pending else pending[0][0]}
+        return {
+            **device.state(),
+            "current_a": max(phases),
+            "ia_a": phases[0],
+            "ib_a": phases[1],
+            "ic_a": phases[2],
+            "in_a": float(abs(i_abc.sum())) * i_base,
+            "active_power_kw": s.real,
+            "reactive_power_kvar": s.imag,
+            "direction": {1: "forward", -1: "reverse"}.get(direction),
+            "fault_direction": self._fault_directions.get(device_id),
+            "voltage_kv": self._kv(self._device_voltage_bus(device)),
+            "side_voltage_kv": [self._kv(device.from_bus), self._kv(device.bus)],
+            "side_energised": [bool(self._energised[device.from_bus]), bool(self._energised[device.bus])],
+            "moving_to": None if not pending else ("closed" if pending[0][1] else "open"),
+            "moves_at_s": None if not pending else pending[0][0],
+        }
 
     def device_states(self) -> dict[str, dict[str, Any]]:
         return {device_id: self.device_state(device_id) for device_id in self.breakers}
@@ -363,11 +440,17 @@ class GridModel(GridBuilder, GridPointMap):
         for sec in self._sections:
             live = [b for b in sec.buses if self._energised[b]]
             top = top_node(tree, live[0]) if live else None
-            out[sec.id] = {"line": sec.line, "from_m": sec.from_m, "to_m": sec.to_m, "energised": bool(live),
-                           "source": None if top is None else self._source_names.get(top),
-                           "fed_through": nearest_upstream(tree, live[0], device_of) if live else None,
-                           "elements": list(sec.elements), "upstream_device": sec.upstream_device,
-                           "downstream_device": sec.downstream_device}
+            out[sec.id] = {
+                "line": sec.line,
+                "from_m": sec.from_m,
+                "to_m": sec.to_m,
+                "energised": bool(live),
+                "source": None if top is None else self._source_names.get(top),
+                "fed_through": nearest_upstream(tree, live[0], device_of) if live else None,
+                "elements": list(sec.elements),
+                "upstream_device": sec.upstream_device,
+                "downstream_device": sec.downstream_device,
+            }
         return out
 
     def energised_elements(self) -> dict[str, bool]:
@@ -409,17 +492,29 @@ class GridModel(GridBuilder, GridPointMap):
             d = w * self._meter_dr[sl] * (load.kw / group_dr if group_dr > 0 else 0.0) * np.clip(noise[sl], 0.0, None)
             demand[sl] = d
             energy[sl] = self._meter_energy0[sl] + w * (load.energy_kwh + load.kw * since / 3600.0)
-            voltage[sl] = v_ln * (1.0 - self._meter_drop[sl] * np.divide(d, typical, out=np.zeros_like(d),
-                                                                         where=typical > 0))
+            voltage[sl] = v_ln * (
+                1.0 - self._meter_drop[sl] * np.divide(d, typical, out=np.zeros_like(d), where=typical > 0)
+            )
         powered = voltage > 0.5 * self._meter_nominal_v
         demand = np.where(powered, demand, 0.0)
         voltage = np.where(powered, voltage, np.where(voltage > 0, voltage, 0.0))
         current = np.divide(demand * 1000.0, voltage * self._meter_pf, out=np.zeros(n), where=powered)
         thd = np.where(powered, self._meter_thd, 0.0)
-        return self.bypass.apply(MeterReadings(time_s=self._now, ids=self._meter_ids, group_ids=self._meter_group_ids,
-                                               voltage_v=voltage, current_a=current, demand_kw=demand,
-                                               energy_kwh=energy, power_factor=self._meter_pf.copy(), thd_pct=thd,
-                                               powered=powered, tamper=self._meter_tamper.copy()))
+        return self.bypass.apply(
+            MeterReadings(
+                time_s=self._now,
+                ids=self._meter_ids,
+                group_ids=self._meter_group_ids,
+                voltage_v=voltage,
+                current_a=current,
+                demand_kw=demand,
+                energy_kwh=energy,
+                power_factor=self._meter_pf.copy(),
+                thd_pct=thd,
+                powered=powered,
+                tamper=self._meter_tamper.copy(),
+            )
+        )
 
     def set_tamper(self, meter_id: str, tampered: bool = True) -> None:
         """Flag a meter's tamper switch (a scenario injection)."""
@@ -431,8 +526,11 @@ class GridModel(GridBuilder, GridPointMap):
 
     def loads_behind(self, target: str) -> list[LoadComponent]:
         """The load components `target` supplies in the normal configuration (peaks and daily shapes)."""
-        return [LoadComponent(ld.peak_kw * ld.factor, ld.power_factor, tuple(float(x) for x in self._shapes[ld.shape][:24]))
-                for ld in self._loads if target in ld.owners]
+        return [
+            LoadComponent(ld.peak_kw * ld.factor, ld.power_factor, tuple(float(x) for x in self._shapes[ld.shape][:24]))
+            for ld in self._loads
+            if target in ld.owners
+        ]
 
     @property
     def now_s(self) -> float:

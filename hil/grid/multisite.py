@@ -93,9 +93,11 @@ def merge_sites(sites: Sequence[SiteConfig], names: Sequence[str] | None = None)
             sub, agent = copies[0]
             ext = _external_source(agent)
             if ext is not None and ext.split("/", 1)[0] in subs:
-                raise MergeError(f"{label_of[sub]}: {agent_id} is an external tie to {ext}, but "
-                                 f"{label_of[ext.split('/', 1)[0]]} has no tie {agent_id}: give the tie the same id "
-                                 "in both files")
+                raise MergeError(
+                    f"{label_of[sub]}: {agent_id} is an external tie to {ext}, but "
+                    f"{label_of[ext.split('/', 1)[0]]} has no tie {agent_id}: give the tie the same id "
+                    "in both files"
+                )
             merged_agents[agent_id] = agent
             continue
         merged_agents[agent_id] = _join_tie(agent_id, copies, label_of, joined)
@@ -128,18 +130,24 @@ def merge_sites(sites: Sequence[SiteConfig], names: Sequence[str] | None = None)
     for site in sites:
         for scheme in site.protection:
             if scheme.breaker in breakers:
-                raise MergeError(f"{label_of[_substation(site)]}: breaker {scheme.breaker} has a protection scheme "
-                                 "in another file too")
+                raise MergeError(
+                    f"{label_of[_substation(site)]}: breaker {scheme.breaker} has a protection scheme "
+                    "in another file too"
+                )
             breakers.add(scheme.breaker)
             protection.append(scheme)
     simulation = merge_simulation(sites, labels, {t.device for t in joined})
     first = sites[0]
-    merged = first.model_copy(update={
-        "ieds": list(ieds.values()), "agents": list(merged_agents.values()), "meter_groups": list(groups.values()),
-        "protection": protection, "simulation": simulation,
-        "demand_response": first.demand_response.model_copy(update={
-            "programs": _programs(sites, label_of)}),
-    })
+    merged = first.model_copy(
+        update={
+            "ieds": list(ieds.values()),
+            "agents": list(merged_agents.values()),
+            "meter_groups": list(groups.values()),
+            "protection": protection,
+            "simulation": simulation,
+            "demand_response": first.demand_response.model_copy(update={"programs": _programs(sites, label_of)}),
+        }
+    )
     return merged, joined
 
 
@@ -149,33 +157,41 @@ def _programs(sites: Sequence[SiteConfig], label_of: dict[str, str]) -> list[Any
         for program in site.demand_response.programs:
             have = out.get(program.id)
             if have is not None and have != program:
-                raise MergeError(f"{label_of[_substation(site)]}: demand-response program {program.id} differs from "
-                                 "the one of that id in another file")
+                raise MergeError(
+                    f"{label_of[_substation(site)]}: demand-response program {program.id} differs from "
+                    "the one of that id in another file"
+                )
             out[program.id] = program
     return list(out.values())
 
 
-def _join_tie(agent_id: str, copies: list[tuple[str, AgentConfig]], label_of: dict[str, str],
-              joined: list[JoinedTie]) -> AgentConfig:
+def _join_tie(
+    agent_id: str, copies: list[tuple[str, AgentConfig]], label_of: dict[str, str], joined: list[JoinedTie]
+) -> AgentConfig:
     where = " and ".join(label_of[s] for s, _ in copies)
     if len(copies) != 2:
-        raise MergeError(f"agent {agent_id} is in {len(copies)} files ({where}); only a tie between two "
-                         "substations may be in two")
+        raise MergeError(
+            f"agent {agent_id} is in {len(copies)} files ({where}); only a tie between two substations may be in two"
+        )
     ends: list[tuple[str, str, ConnectionRule]] = []
     for sub, agent in copies:
         ext = _external_source(agent)
         routes = _routes(agent)
         if agent.type is not AgentType.CIRCUIT_BREAKER or ext is None or len(routes) != 1:
-            raise MergeError(f"agent {agent_id} is in {where}: only an external tie (a circuit_breaker with one route "
-                             "rule and attributes.external_source) may be in two files")
+            raise MergeError(
+                f"agent {agent_id} is in {where}: only an external tie (a circuit_breaker with one route "
+                "rule and attributes.external_source) may be in two files"
+            )
         ends.append((sub, routes[0].target_id, routes[0]))
     (sub_a, line_a, _), (sub_b, line_b, _) = ends
     for (sub, _line, _), (other_sub, other_line, _) in ((ends[0], ends[1]), (ends[1], ends[0])):
         agent = dict(copies)[sub]
         expected = f"{other_sub}/{other_line}"
         if _external_source(agent) != expected:
-            raise MergeError(f"{label_of[sub]}: {agent_id}.attributes.external_source is {_external_source(agent)!r}, "
-                             f"but the tie's other side is {expected!r} (in {label_of[other_sub]})")
+            raise MergeError(
+                f"{label_of[sub]}: {agent_id}.attributes.external_source is {_external_source(agent)!r}, "
+                f"but the tie's other side is {expected!r} (in {label_of[other_sub]})"
+            )
     commanding = [sub for sub, agent in copies if COMMAND_NAMES & set(agent.points)]
     if len(commanding) > 1:
         raise MergeError(f"{agent_id}: both {where} give it command points; one substation owns a tie")
@@ -203,8 +219,9 @@ def _join_ied(a: Any, b: Any, where: str) -> Any:
         if have is None:
             points[point.id] = point
             continue
-        same = have.model_dump(exclude={"writable", "deadband", "valid_range", "unit"}) == \
-            point.model_dump(exclude={"writable", "deadband", "valid_range", "unit"})
+        same = have.model_dump(exclude={"writable", "deadband", "valid_range", "unit"}) == point.model_dump(
+            exclude={"writable", "deadband", "valid_range", "unit"}
+        )
         if not same:
             raise MergeError(f"IED {a.id} point {point.id}: a different register in {where}")
         if point.writable and not have.writable:
@@ -221,8 +238,10 @@ def merge_simulation(sites: Sequence[SiteConfig], labels: Sequence[str], joined_
         sources[_substation(site)] = {k: sim.pop(k) for k in SOURCE_KEYS if k in sim}
         given_sources = sim.pop("sources", None)
         if given_sources:
-            raise MergeError(f"{labels[n]}: simulation.sources is filled from each file's own source keys; "
-                             "give nominal_kv and source_* at the top of [simulation] instead")
+            raise MergeError(
+                f"{labels[n]}: simulation.sources is filled from each file's own source keys; "
+                "give nominal_kv and source_* at the top of [simulation] instead"
+            )
         for key in TABLE_KEYS:
             table = sim.pop(key, None)
             if table is None:
@@ -233,8 +252,11 @@ def merge_simulation(sites: Sequence[SiteConfig], labels: Sequence[str], joined_
                     continue  # no longer external: the other substation is in the model
                 if element in target and target[element] != value:
                     if key == "load_models":
-                        log.warning("%s: simulation.load_models.%s differs from the first file's; the first is kept",
-                                    labels[n], element)
+                        log.warning(
+                            "%s: simulation.load_models.%s differs from the first file's; the first is kept",
+                            labels[n],
+                            element,
+                        )
                         continue
                     raise MergeError(f"{labels[n]}: simulation.{key}.{element} is given differently in another file")
                 target[element] = value
@@ -242,8 +264,14 @@ def merge_simulation(sites: Sequence[SiteConfig], labels: Sequence[str], joined_
             if key not in out:
                 out[key] = value
             elif out[key] != value:
-                log.warning("%s: simulation.%s = %r differs from the first file's %r; the first is kept (one "
-                            "clock and one sky for every substation)", labels[n], key, value, out[key])
+                log.warning(
+                    "%s: simulation.%s = %r differs from the first file's %r; the first is kept (one "
+                    "clock and one sky for every substation)",
+                    labels[n],
+                    key,
+                    value,
+                    out[key],
+                )
     out["sources"] = sources
     return out
 

@@ -78,13 +78,21 @@ class Network:
         except KeyError:
             raise KeyError(f"no bus named {name!r}") from None
 
-    def add_branch(self, name: str, from_bus: int, to_bus: int, z_ohm: complex, *,
-                   ratio: float = 1.0, closed: bool = True,
-                   kind: BranchKind = BranchKind.LINE, z0_ohm: complex = 0j) -> int:
+    def add_branch(
+        self,
+        name: str,
+        from_bus: int,
+        to_bus: int,
+        z_ohm: complex,
+        *,
+        ratio: float = 1.0,
+        closed: bool = True,
+        kind: BranchKind = BranchKind.LINE,
+        z0_ohm: complex = 0j,
+    ) -> int:
         if ratio <= 0:
             raise ValueError(f"branch {name!r}: ratio must be positive, found {ratio}")
-        self.branches.append(Branch(name, from_bus, to_bus, complex(z_ohm), ratio, closed, kind,
-                                    complex(z0_ohm)))
+        self.branches.append(Branch(name, from_bus, to_bus, complex(z_ohm), ratio, closed, kind, complex(z0_ohm)))
         return len(self.branches) - 1
 
     def z_base_ohm(self, bus: int) -> float:
@@ -255,14 +263,26 @@ class RadialTree:
             gain[j] = factor
         sub_rows, sub_cols = np.nonzero(path)
         anc_rows, anc_cols = np.nonzero(path.T)
-        return cls(root=root, n_bus=n_bus, nodes=np.array(order, dtype=np.int64),
-                   feeder_branch=np.array(feeder, dtype=np.int64), parent_pos=parent_pos,
-                   z_pu=z_pu, ratio=ratio, path=path, gain=gain, energised=seen,
-                   loop_branches=loops, position=position,
-                   _sub_cols=sub_cols, _sub_vals=path[sub_rows, sub_cols],
-                   _sub_starts=np.searchsorted(sub_rows, np.arange(m)),
-                   _anc_cols=anc_cols, _anc_vals=path.T[anc_rows, anc_cols],
-                   _anc_starts=np.searchsorted(anc_rows, np.arange(m)))
+        return cls(
+            root=root,
+            n_bus=n_bus,
+            nodes=np.array(order, dtype=np.int64),
+            feeder_branch=np.array(feeder, dtype=np.int64),
+            parent_pos=parent_pos,
+            z_pu=z_pu,
+            ratio=ratio,
+            path=path,
+            gain=gain,
+            energised=seen,
+            loop_branches=loops,
+            position=position,
+            _sub_cols=sub_cols,
+            _sub_vals=path[sub_rows, sub_cols],
+            _sub_starts=np.searchsorted(sub_rows, np.arange(m)),
+            _anc_cols=anc_cols,
+            _anc_vals=path.T[anc_rows, anc_cols],
+            _anc_starts=np.searchsorted(anc_rows, np.arange(m)),
+        )
 
     def sum_subtrees(self, x: npt.NDArray[Any]) -> npt.NDArray[Any]:
         """`path @ x`: per node, the sum over its subtree (ratios folded in)."""

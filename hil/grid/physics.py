@@ -70,11 +70,13 @@ class GridPhysics(GridState):
         self._move_taps(self._now)
         for device in self.breakers.values():
             if device.fpi and device.reset_if_due(self._now, self.settings.fpi_reset_delay_s):
-                log.info("%s: fault-passage indicator reset (voltage present %.0f s)", device.id,
-                         self.settings.fpi_reset_delay_s)
+                log.info(
+                    "%s: fault-passage indicator reset (voltage present %.0f s)",
+                    device.id,
+                    self.settings.fpi_reset_delay_s,
+                )
                 self._point_cache = None
-        if (self._dirty or self._last_solve_s is None
-                or self._now - self._last_solve_s >= self.settings.solve_period_s):
+        if self._dirty or self._last_solve_s is None or self._now - self._last_solve_s >= self.settings.solve_period_s:
             self._solve(self._now)
 
     def _catch_up(self, now_s: float) -> float:
@@ -166,8 +168,12 @@ class GridPhysics(GridState):
         term_kw = np.where(served[self._term_load], kw[self._term_load], 0.0) if len(self._loads) else np.zeros(0)
         term_kvar = np.where(served[self._term_load], kvar[self._term_load], 0.0) if len(self._loads) else np.zeros(0)
         dependent = VoltageDependentLoads(
-            bus=self._load_bus[self._term_load], p_pu=term_kw * self._term_share[:, 0] / base_kw,
-            q_pu=term_kvar * self._term_share[:, 1] / base_kw, np_=self._term_exp[:, 0], nq=self._term_exp[:, 1])
+            bus=self._load_bus[self._term_load],
+            p_pu=term_kw * self._term_share[:, 0] / base_kw,
+            q_pu=term_kvar * self._term_share[:, 1] / base_kw,
+            np_=self._term_exp[:, 0],
+            nq=self._term_exp[:, 1],
+        )
 
         # weather and DER
         weather = self._weather_noise.at(now_s)
@@ -188,21 +194,27 @@ class GridPhysics(GridState):
             der.energy_kwh += max(der.p_kw, 0.0) * dt / 3600.0
             if der.soc_pct is not None:
                 assert der.attrs.energy_capacity_kwh is not None
-                der.soc_pct = soc_after_pct(der.soc_pct, der.p_kw, dt, capacity_kwh=der.attrs.energy_capacity_kwh,
-                                            efficiency=der.efficiency)
+                der.soc_pct = soc_after_pct(
+                    der.soc_pct, der.p_kw, dt, capacity_kwh=der.attrs.energy_capacity_kwh, efficiency=der.efficiency
+                )
             if der.connected and der.soc_pct is not None:
-                der.p_kw = battery_power_kw(der.p_setpoint_kw, rated_kw=rated,
-                                            max_charge_kw=der.attrs.max_charge_kw or rated,
-                                            limit_pct=der.p_limit_pct, soc_pct=der.soc_pct,
-                                            soc_min_pct=der.attrs.soc_min_pct, soc_max_pct=der.attrs.soc_max_pct)
+                der.p_kw = battery_power_kw(
+                    der.p_setpoint_kw,
+                    rated_kw=rated,
+                    max_charge_kw=der.attrs.max_charge_kw or rated,
+                    limit_pct=der.p_limit_pct,
+                    soc_pct=der.soc_pct,
+                    soc_min_pct=der.attrs.soc_min_pct,
+                    soc_max_pct=der.attrs.soc_max_pct,
+                )
                 s_max = der.attrs.rated_apparent_power_kva or rated * 1.1
-                q_max = math.sqrt(max(s_max ** 2 - der.p_kw ** 2, 0.0))
+                q_max = math.sqrt(max(s_max**2 - der.p_kw**2, 0.0))
                 der.q_kvar = max(-q_max, min(q_max, der.q_setpoint_kvar))
             elif der.connected:
                 available = rated * self._irradiance_w_m2 / 1000.0
                 der.p_kw = min(available, rated * der.p_limit_pct / 100.0)
                 s_max = der.attrs.rated_apparent_power_kva or rated * 1.1
-                q_max = math.sqrt(max(s_max ** 2 - der.p_kw ** 2, 0.0))
+                q_max = math.sqrt(max(s_max**2 - der.p_kw**2, 0.0))
                 der.q_kvar = max(-q_max, min(q_max, der.q_setpoint_kvar))
             else:
                 der.p_kw = der.q_kvar = 0.0
@@ -214,7 +226,7 @@ class GridPhysics(GridState):
             cap.steps_active = cap.steps_cmd
             q_mvar = cap.attrs.rated_capacity * cap.steps_active / cap.attrs.num_steps
             v_ratio = self.net.buses[cap.bus].base_kv / cap.attrs.voltage_level
-            y_pu[cap.bus] += 1j * q_mvar * v_ratio ** 2 / self.net.base_mva
+            y_pu[cap.bus] += 1j * q_mvar * v_ratio**2 / self.net.base_mva
 
         v0 = complex(self._reference_pu)
         start = self._result.voltage_pu if self._result is not None else None
@@ -224,13 +236,16 @@ class GridPhysics(GridState):
             # past the nose of the P-V curve: loads stop drawing constant power when the voltage
             # collapses, so solve them as the impedances they become
             if not self._collapsed:
-                log.warning("voltage collapse at %.1f s: constant-power loads beyond what the network "
-                            "can carry; loads solved as constant impedance", now_s)
+                log.warning(
+                    "voltage collapse at %.1f s: constant-power loads beyond what the network "
+                    "can carry; loads solved as constant impedance",
+                    now_s,
+                )
             self._collapsed = True
             nominal = dependent.at_nominal_pu(len(self.net.buses))
             result = solve_impedance(tree, y_pu + np.conj(s_pu + nominal), v0)
             vm = np.abs(result.voltage_pu[dependent.bus])
-            result = dataclasses.replace(result, dependent_s_pu=(dependent.p_pu + 1j * dependent.q_pu) * vm ** 2)
+            result = dataclasses.replace(result, dependent_s_pu=(dependent.p_pu + 1j * dependent.q_pu) * vm**2)
         else:
             self._collapsed = False
         self._result = result
@@ -250,7 +265,7 @@ class GridPhysics(GridState):
         u = s.unbalance_pct / 100.0
         j = result.current_pu
         self._i1 = j.copy()
-        self._i_abc = np.stack([j * (1 + u), j * (A_OP ** 2), j * A_OP * (1 - u)], axis=1)
+        self._i_abc = np.stack([j * (1 + u), j * (A_OP**2), j * A_OP * (1 - u)], axis=1)
         self._v = result.voltage_pu.copy()
         self._v2 = np.zeros_like(self._v)
         self._v0 = np.zeros_like(self._v)
@@ -269,9 +284,14 @@ class GridPhysics(GridState):
             names = [self.net.branches[b].name for b in loop.branches]
             closing = names[0]
             devices = [n for n in names if n in self.breakers]
-            log.warning("closed loop: %s closes a loop through %s (closed-loop operation: %s); parallel operation "
-                        "is not modelled, %s carries no current", closing, ", ".join(devices[1:]) or "the network",
-                        " → ".join(names), closing)
+            log.warning(
+                "closed loop: %s closes a loop through %s (closed-loop operation: %s); parallel operation "
+                "is not modelled, %s carries no current",
+                closing,
+                ", ".join(devices[1:]) or "the network",
+                " → ".join(names),
+                closing,
+            )
         if not loops and self._loops:
             log.info("no closed loop any more: radial operation")
 
@@ -285,8 +305,12 @@ class GridPhysics(GridState):
             v_bus = self._device_voltage_bus(device)
             present = bool(abs(self._v[v_bus]) > 0.5)
             if device.update_indicator(current_a, present, now_s, self.settings.fpi_reset_delay_s):
-                log.info("%s: fault-passage indicator %s (%.0f A)", device.id,
-                         "latched" if device.fpi else "reset", current_a)
+                log.info(
+                    "%s: fault-passage indicator %s (%.0f A)",
+                    device.id,
+                    "latched" if device.fpi else "reset",
+                    current_a,
+                )
 
     def _thermal(self, dt: float, now_s: float) -> None:
         """IEEE C57.91 top-oil rise of each transformer at the power it passes (hil/grid/ageing.py)."""
@@ -295,9 +319,15 @@ class GridPhysics(GridState):
             s_kva = abs(complex(self._v[t.bus] * np.conj(self._i1[t.bus]))) * base_kva
             k = s_kva / t.rated_kva if self._energised[t.bus] else 0.0
             a = t.attrs
-            t.top_oil_rise_c = top_oil_rise_step(t.top_oil_rise_c, k, dt, rated_rise_c=a.rated_top_oil_rise_c,
-                                                 loss_ratio=a.loss_ratio, cooling_type=a.cooling_type,
-                                                 tau_min=a.top_oil_time_constant_min)
+            t.top_oil_rise_c = top_oil_rise_step(
+                t.top_oil_rise_c,
+                k,
+                dt,
+                rated_rise_c=a.rated_top_oil_rise_c,
+                loss_ratio=a.loss_ratio,
+                cooling_type=a.cooling_type,
+                tau_min=a.top_oil_time_constant_min,
+            )
 
     def _ambient_c(self, t: _Transformer | None, now_s: float, substation_id: str | None = None) -> float:
         s = self.settings
@@ -322,7 +352,8 @@ class GridPhysics(GridState):
         assert tree is not None
         line = self.lines[f.line_id]
         previous_m, p, previous_bus, seg_bus, _ = next(
-            (seg for seg in line.segments if seg[1] >= f.distance_m), line.segments[-1])
+            (seg for seg in line.segments if seg[1] >= f.distance_m), line.segments[-1]
+        )
         if not (tree.energised[previous_bus] and tree.energised[seg_bus]):
             return None
         pos_prev, pos_seg = tree.position.get(previous_bus), tree.position.get(seg_bus)
@@ -447,22 +478,39 @@ class GridPhysics(GridState):
                 best = (depth, cb.id)
         return best[1] if best else None
 
-    def _fault_info(self, f: _Fault, seq: SequenceCurrents | None, breaker_id: str | None,
-                    z: tuple[complex, complex]) -> FaultInfo:
+    def _fault_info(
+        self, f: _Fault, seq: SequenceCurrents | None, breaker_id: str | None, z: tuple[complex, complex]
+    ) -> FaultInfo:
         line = self.lines[f.line_id]
         i_base = self.net.i_base_a(line.start_bus)
         if seq is None:
             ia = ib = ic = i_n = 0.0
         else:
             pa, pb, pc = seq.phases()
-            ia, ib, ic, i_n = (float(abs(pa) * i_base), float(abs(pb) * i_base), float(abs(pc) * i_base),
-                               float(abs(seq.residual) * i_base))
+            ia, ib, ic, i_n = (
+                float(abs(pa) * i_base),
+                float(abs(pb) * i_base),
+                float(abs(pc) * i_base),
+                float(abs(seq.residual) * i_base),
+            )
         return FaultInfo(
-            fault_id=f.fault_id, line_id=f.line_id, distance_m=f.distance_m, kind=f.kind.value,
-            impedance_ohm=f.impedance_ohm, transient=f.transient, start_s=f.start_s,
-            breaker_id=breaker_id if seq is not None else line.breaker_id, energised=seq is not None,
-            fault_current_a=max(ia, ib, ic), ia_a=ia, ib_a=ib, ic_a=ic, in_a=i_n,
-            z1_ohm=(float(z[0].real), float(z[0].imag)), z0_ohm=(float(z[1].real), float(z[1].imag)))
+            fault_id=f.fault_id,
+            line_id=f.line_id,
+            distance_m=f.distance_m,
+            kind=f.kind.value,
+            impedance_ohm=f.impedance_ohm,
+            transient=f.transient,
+            start_s=f.start_s,
+            breaker_id=breaker_id if seq is not None else line.breaker_id,
+            energised=seq is not None,
+            fault_current_a=max(ia, ib, ic),
+            ia_a=ia,
+            ib_a=ib,
+            ic_a=ic,
+            in_a=i_n,
+            z1_ohm=(float(z[0].real), float(z[0].imag)),
+            z0_ohm=(float(z[1].real), float(z[1].imag)),
+        )
 
     def irradiance_at(self, now_s: float) -> float:
         """The sun on the PV plants at `now_s` (clear sky dimmed by the seeded cloud noise): what the

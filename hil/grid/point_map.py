@@ -33,10 +33,12 @@ _NOT_MODELLED: dict[AgentType, frozenset[str]] = {
 """Point names of an agent type's vocabulary the model computes no value for (another agent's
 point, mapped by id, supplies them)."""
 _NAMES: dict[AgentType, frozenset[str]] = {
-    t: frozenset(AGENT_SPECS[t.value].points) - _NOT_MODELLED.get(t, frozenset()) for t in AgentType}
+    t: frozenset(AGENT_SPECS[t.value].points) - _NOT_MODELLED.get(t, frozenset()) for t in AgentType
+}
 """What the model produces for each agent type: its vocabulary in the agent registry, less the above."""
 _COMMANDS: dict[AgentType, frozenset[str]] = {
-    t: AGENT_SPECS[t.value].commands for t in AgentType if AGENT_SPECS[t.value].commands}
+    t: AGENT_SPECS[t.value].commands for t in AgentType if AGENT_SPECS[t.value].commands
+}
 """The command points the model obeys: every command point of the registry's vocabulary."""
 
 
@@ -82,8 +84,10 @@ class GridPointMap(GridPhysics):
             if der_id in self.ders and name in _COMMANDS[AgentType.RENEWABLE_ENERGY]:
                 target = (der_id, name)
         if target is None:
-            raise KeyError(f"{point_id!r} is not a command point of the simulated grid; "
-                           f"command points: {', '.join(sorted(self._command_targets))}")
+            raise KeyError(
+                f"{point_id!r} is not a command point of the simulated grid; "
+                f"command points: {', '.join(sorted(self._command_targets))}"
+            )
         agent_id, name = target
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"{point_id}: value must be finite, found {value!r}")
@@ -157,8 +161,12 @@ class GridPointMap(GridPhysics):
             # the incomer meter sits on the station bus, after the grid's source impedance
             bus = self._station_bus_of[agent_id]
             s = complex(self._v[bus] * np.conj(self._i1[bus])) * self.net.base_mva * 1000.0
-            return {"bus_voltage_kv": self._kv(bus), "total_load_kw": s.real,
-                    "total_load_kvar": s.imag, "frequency_hz": self._frequency_hz}
+            return {
+                "bus_voltage_kv": self._kv(bus),
+                "total_load_kw": s.real,
+                "total_load_kvar": s.imag,
+                "frequency_hz": self._frequency_hz,
+            }
         if kind is AgentType.CIRCUIT_BREAKER:
             cb = self.breakers[agent_id]
             i_base = self.net.i_base_a(cb.bus)
@@ -170,52 +178,92 @@ class GridPointMap(GridPhysics):
             va, vb, vc = self._phase_voltages_pu(v_bus)
             sign = -1.0 if direction < 0 else 1.0
             phasors = {
-                "va_kv": abs(va) * phase_kv, "vb_kv": abs(vb) * phase_kv, "vc_kv": abs(vc) * phase_kv,
-                "va_deg": _degrees(va), "vb_deg": _degrees(vb), "vc_deg": _degrees(vc),
-                "ia_deg": _degrees(sign * i_abc[0]), "ib_deg": _degrees(sign * i_abc[1]),
+                "va_kv": abs(va) * phase_kv,
+                "vb_kv": abs(vb) * phase_kv,
+                "vc_kv": abs(vc) * phase_kv,
+                "va_deg": _degrees(va),
+                "vb_deg": _degrees(vb),
+                "vc_deg": _degrees(vc),
+                "ia_deg": _degrees(sign * i_abc[0]),
+                "ib_deg": _degrees(sign * i_abc[1]),
                 "ic_deg": _degrees(sign * i_abc[2]),
             }
-            return {**phasors, "ia": ia, "ib": ib, "ic": ic, "in": i_n, "closed": cb.closed, "operations": cb.operations,
-                    "voltage_kv": self._kv(self._device_voltage_bus(cb)), "frequency_hz": self._frequency_hz,
-                    "active_power_kw": s.real, "reactive_power_kvar": s.imag,
-                    "trip_cmd": cb.trip_cmd, "close_cmd": cb.close_cmd, "position_cmd": cb.position_cmd,
-                    "fpi": cb.fpi, "fpi_reset": cb.fpi_reset, "local": cb.local}
+            return {
+                **phasors,
+                "ia": ia,
+                "ib": ib,
+                "ic": ic,
+                "in": i_n,
+                "closed": cb.closed,
+                "operations": cb.operations,
+                "voltage_kv": self._kv(self._device_voltage_bus(cb)),
+                "frequency_hz": self._frequency_hz,
+                "active_power_kw": s.real,
+                "reactive_power_kvar": s.imag,
+                "trip_cmd": cb.trip_cmd,
+                "close_cmd": cb.close_cmd,
+                "position_cmd": cb.position_cmd,
+                "fpi": cb.fpi,
+                "fpi_reset": cb.fpi_reset,
+                "local": cb.local,
+            }
         if kind is AgentType.POWER_LINE:
             line = self.lines[agent_id]
             first = line.first_bus
             i_abc, s, _ = self._flow(line.segments[0][4])
-            return {"current_a": float(abs(i_abc[0])) * self.net.i_base_a(first),
-                    "voltage_kv": self._kv(line.start_bus), "active_power_kw": s.real,
-                    "reactive_power_kvar": s.imag, "end_voltage_kv": self._kv(line.end_bus)}
+            return {
+                "current_a": float(abs(i_abc[0])) * self.net.i_base_a(first),
+                "voltage_kv": self._kv(line.start_bus),
+                "active_power_kw": s.real,
+                "reactive_power_kvar": s.imag,
+                "end_voltage_kv": self._kv(line.end_bus),
+            }
         if kind is AgentType.TRANSFORMER:
             t = self.transformers[agent_id]
             s_sec = self._v[t.bus] * np.conj(self._i1[t.bus]) * self.net.base_mva * 1000.0
             ambient = self._ambient_c(t, self._now)
             values: dict[str, float | int | bool] = {
-                "load_kw": float(s_sec.real), "load_kvar": float(s_sec.imag),
-                "top_oil_temp_c": ambient + (t.top_oil_rise_c or 0.0), "ambient_temp_c": ambient,
+                "load_kw": float(s_sec.real),
+                "load_kvar": float(s_sec.imag),
+                "top_oil_temp_c": ambient + (t.top_oil_rise_c or 0.0),
+                "ambient_temp_c": ambient,
                 "secondary_voltage_v": self._kv(t.bus) * 1000.0,
                 "current_a": float(abs(self._i1[t.bus]) * self.net.i_base_a(t.bus)),
-                "tap_position": t.tap_position, "tap_setpoint": t.tap_setpoint}
+                "tap_position": t.tap_position,
+                "tap_setpoint": t.tap_setpoint,
+            }
             condition = self.conditions.get(agent_id)
             return condition.live(values, self._now) if condition is not None else values
         if kind is AgentType.CAPACITOR_BANK:
             cap = self.capacitors[agent_id]
             v_pu_rated = abs(self._v[cap.bus]) * self.net.buses[cap.bus].base_kv / cap.attrs.voltage_level
-            q = cap.attrs.rated_capacity * 1000.0 * cap.steps_active / cap.attrs.num_steps * v_pu_rated ** 2
-            return {"bus_voltage_kv": self._kv(cap.bus), "reactive_power_kvar": q,
-                    "steps_active": cap.steps_active, "steps_cmd": cap.steps_cmd}
+            q = cap.attrs.rated_capacity * 1000.0 * cap.steps_active / cap.attrs.num_steps * v_pu_rated**2
+            return {
+                "bus_voltage_kv": self._kv(cap.bus),
+                "reactive_power_kvar": q,
+                "steps_active": cap.steps_active,
+                "steps_cmd": cap.steps_cmd,
+            }
         der = self.ders[agent_id]
         out: dict[str, float | int | bool] = {
-            "active_power_kw": der.p_kw, "reactive_power_kvar": der.q_kvar,
-            "voltage_pu": float(abs(self._v[der.bus])), "irradiance_w_m2": der.irradiance_w_m2,
-            "p_limit_pct": der.p_limit_pct, "q_setpoint_kvar": der.q_setpoint_kvar,
-            "connected": der.connected, "connect_cmd": der.connect_cmd, "energy_kwh": der.energy_kwh,
-            "ambient_temp_c": self._ambient_c(None, self._now, self._substation_of_bus(der.bus))}
+            "active_power_kw": der.p_kw,
+            "reactive_power_kvar": der.q_kvar,
+            "voltage_pu": float(abs(self._v[der.bus])),
+            "irradiance_w_m2": der.irradiance_w_m2,
+            "p_limit_pct": der.p_limit_pct,
+            "q_setpoint_kvar": der.q_setpoint_kvar,
+            "connected": der.connected,
+            "connect_cmd": der.connect_cmd,
+            "energy_kwh": der.energy_kwh,
+            "ambient_temp_c": self._ambient_c(None, self._now, self._substation_of_bus(der.bus)),
+        }
         if der.soc_pct is not None:
             assert der.attrs.energy_capacity_kwh is not None
-            out.update(soc_pct=der.soc_pct, p_setpoint_kw=der.p_setpoint_kw,
-                       energy_available_kwh=der.attrs.energy_capacity_kwh * der.soc_pct / 100.0)
+            out.update(
+                soc_pct=der.soc_pct,
+                p_setpoint_kw=der.p_setpoint_kw,
+                energy_available_kwh=der.attrs.energy_capacity_kwh * der.soc_pct / 100.0,
+            )
         return out
 
     def point_values(self) -> dict[str, float | int | bool]:
@@ -245,5 +293,8 @@ class GridPointMap(GridPhysics):
     def local_command_points(self) -> dict[str, bool]:
         """Every command point of a switching device → whether its device is in local control
         (an IEC 61850 server refuses those controls itself)."""
-        return {pid: self.breakers[agent_id].local for pid, (agent_id, _) in self._command_targets.items()
-                if agent_id in self.breakers}
+        return {
+            pid: self.breakers[agent_id].local
+            for pid, (agent_id, _) in self._command_targets.items()
+            if agent_id in self.breakers
+        }

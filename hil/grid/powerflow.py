@@ -52,11 +52,17 @@ class PowerFlowResult:
     """Power drawn by each voltage-dependent term at the solution (0 where its bus is dead)."""
 
 
-def solve(tree: RadialTree, s_load_pu: npt.NDArray[np.complex128],
-          y_shunt_pu: npt.NDArray[np.complex128], v_source_pu: complex = 1.0 + 0.0j, *,
-          tolerance_pu: float = 1e-10, max_iterations: int = 100,
-          v_start_pu: npt.NDArray[np.complex128] | None = None,
-          dependent: VoltageDependentLoads | None = None) -> PowerFlowResult:
+def solve(
+    tree: RadialTree,
+    s_load_pu: npt.NDArray[np.complex128],
+    y_shunt_pu: npt.NDArray[np.complex128],
+    v_source_pu: complex = 1.0 + 0.0j,
+    *,
+    tolerance_pu: float = 1e-10,
+    max_iterations: int = 100,
+    v_start_pu: npt.NDArray[np.complex128] | None = None,
+    dependent: VoltageDependentLoads | None = None,
+) -> PowerFlowResult:
     """Solve the energised tree. `s_load_pu`/`y_shunt_pu` are indexed by bus (all buses)."""
     nodes = tree.nodes
     n_bus = tree.n_bus
@@ -81,14 +87,16 @@ def solve(tree: RadialTree, s_load_pu: npt.NDArray[np.complex128],
         if dep_pos.size:
             assert dependent is not None
             vk = v[dep_pos]
-            s_k = (dependent.p_pu[dep_live] * np.abs(vk) ** dependent.np_[dep_live]
-                   + 1j * dependent.q_pu[dep_live] * np.abs(vk) ** dependent.nq[dep_live])
+            s_k = (
+                dependent.p_pu[dep_live] * np.abs(vk) ** dependent.np_[dep_live]
+                + 1j * dependent.q_pu[dep_live] * np.abs(vk) ** dependent.nq[dep_live]
+            )
             np.add.at(out, dep_pos, np.conj(s_k / vk))
         return out
 
     s = s_load_pu[nodes]
     y = y_shunt_pu[nodes]
-    drop_gain = tree.ratio ** 2 * tree.z_pu
+    drop_gain = tree.ratio**2 * tree.z_pu
     v_open: np.ndarray = tree.gain * v_source_pu
     if v_start_pu is not None:
         v: np.ndarray = v_start_pu[nodes].copy()
@@ -107,8 +115,8 @@ def solve(tree: RadialTree, s_load_pu: npt.NDArray[np.complex128],
             break
         if iterations >= max_iterations or not np.isfinite(change):
             raise PowerFlowDiverged(
-                f"backward/forward sweep did not converge in {max_iterations} iterations "
-                f"(last change {change:.3g} pu)")
+                f"backward/forward sweep did not converge in {max_iterations} iterations (last change {change:.3g} pu)"
+            )
     i_load = np.conj(s / v) + y * v + dependent_current(v)
     j = tree.sum_subtrees(i_load)
     v_all[nodes] = v
@@ -118,14 +126,18 @@ def solve(tree: RadialTree, s_load_pu: npt.NDArray[np.complex128],
     consumed = complex(np.sum(v * np.conj(i_load)))
     if dependent is not None and dep_pos.size:
         vm = np.abs(v[dep_pos])
-        dep_s[dep_live] = (dependent.p_pu[dep_live] * vm ** dependent.np_[dep_live]
-                           + 1j * dependent.q_pu[dep_live] * vm ** dependent.nq[dep_live])
-    return PowerFlowResult(v_all, j_all, source_power, source_power - consumed, iterations,
-                           dep_s if dependent is not None else None)
+        dep_s[dep_live] = (
+            dependent.p_pu[dep_live] * vm ** dependent.np_[dep_live]
+            + 1j * dependent.q_pu[dep_live] * vm ** dependent.nq[dep_live]
+        )
+    return PowerFlowResult(
+        v_all, j_all, source_power, source_power - consumed, iterations, dep_s if dependent is not None else None
+    )
 
 
-def solve_impedance(tree: RadialTree, y_pu: npt.NDArray[np.complex128],
-                    v_source_pu: complex = 1.0 + 0.0j) -> PowerFlowResult:
+def solve_impedance(
+    tree: RadialTree, y_pu: npt.NDArray[np.complex128], v_source_pu: complex = 1.0 + 0.0j
+) -> PowerFlowResult:
     """All loads as constant admittances: a linear network, solved directly.
 
     The fallback past voltage collapse, where no constant-power solution exists: the sweep's
@@ -140,7 +152,7 @@ def solve_impedance(tree: RadialTree, y_pu: npt.NDArray[np.complex128],
         return PowerFlowResult(v_all, j_all, 0j, 0j, 0)
     y = y_pu[nodes]
     path = tree.path.astype(np.complex128)
-    drop = (tree.ratio ** 2 * tree.z_pu)[:, None] * path
+    drop = (tree.ratio**2 * tree.z_pu)[:, None] * path
     system = np.eye(nodes.size, dtype=np.complex128) + path.T @ (drop * y[None, :])
     v = np.linalg.solve(system, tree.gain * v_source_pu)
     i_load = y * v

@@ -24,9 +24,14 @@ class Section:
     downstream_device: str | None
 
 
-def line_sections(line_id: str, start_bus: int, length_m: float,
-                  segments: list[tuple[float, float, int, int, int]], breaks: list[tuple[float, str]],
-                  taps: dict[str, float]) -> list[Section]:
+def line_sections(
+    line_id: str,
+    start_bus: int,
+    length_m: float,
+    segments: list[tuple[float, float, int, int, int]],
+    breaks: list[tuple[float, str]],
+    taps: dict[str, float],
+) -> list[Section]:
     """Cut a line at its in-series devices (`breaks`, by position) into sections."""
     devices = {device for _, device in breaks}
     bounds = [(0.0, None)] + [(p, device) for p, device in breaks]
@@ -34,10 +39,21 @@ def line_sections(line_id: str, start_bus: int, length_m: float,
     for n, (start_m, up) in enumerate(bounds):
         end_m, down = (breaks[n][0], breaks[n][1]) if n < len(breaks) else (length_m, None)
         buses = [seg[3] for seg in segments if start_m <= seg[0] and seg[1] <= end_m]
-        first = ([start_bus] if n == 0 else [])
+        first = [start_bus] if n == 0 else []
         first += [seg[2] for seg in segments if seg[0] == start_m and n > 0][:1]
-        in_range = sorted((p, e) for e, p in taps.items() if e not in devices
-                          and (start_m < p <= end_m or (n == 0 and p == 0.0)))
-        out.append(Section(f"{line_id}/{n + 1}", line_id, start_m, end_m, tuple(dict.fromkeys(first + buses)),
-                           tuple(e for _, e in in_range), up, down))
+        in_range = sorted(
+            (p, e) for e, p in taps.items() if e not in devices and (start_m < p <= end_m or (n == 0 and p == 0.0))
+        )
+        out.append(
+            Section(
+                f"{line_id}/{n + 1}",
+                line_id,
+                start_m,
+                end_m,
+                tuple(dict.fromkeys(first + buses)),
+                tuple(e for _, e in in_range),
+                up,
+                down,
+            )
+        )
     return out

@@ -81,8 +81,10 @@ class LoadModelSettings(_Model):
     def _check(self) -> LoadModelSettings:
         for name, exp, zip_ in (("p", self.np, self.zip_p), ("q", self.nq, self.zip_q)):
             if (exp is None) == (zip_ is None):
-                raise ValueError(f"give either n{name} (exponential) or zip_{name} (ZIP shares), not "
-                                 f"{'both' if exp is not None else 'neither'}")
+                raise ValueError(
+                    f"give either n{name} (exponential) or zip_{name} (ZIP shares), not "
+                    f"{'both' if exp is not None else 'neither'}"
+                )
             if zip_ is not None and (min(zip_) < 0 or abs(sum(zip_) - 1.0) > 1e-6):
                 raise ValueError(f"zip_{name} shares must be >= 0 and sum to 1, found {list(zip_)}")
         return self
@@ -129,6 +131,7 @@ class DemandResponseSettings(_Model):
     responders_pct: float = Field(default=90.0, ge=0, le=100)
     """Share of enrolled (non-critical) meters that follow an event; the rest do not, drawn from
     the seed per meter (the same meters every event of a run)."""
+
 
 class AgeingSettings(_Model):
     """A transformer's condition (hil/grid/ageing.py): which profile it follows and where it stands."""
@@ -217,8 +220,9 @@ class SimulationSettings(_Model):
     def _check_classes(self) -> SimulationSettings:
         unknown = sorted(set(self.load_models) - set(DEFAULT_LOAD_MODELS))
         if unknown:
-            raise ValueError(f"load_models: unknown load class {', '.join(unknown)}; expected "
-                             f"{', '.join(DEFAULT_LOAD_MODELS)}")
+            raise ValueError(
+                f"load_models: unknown load class {', '.join(unknown)}; expected {', '.join(DEFAULT_LOAD_MODELS)}"
+            )
         return self
 
     def load_model(self, load_class: str) -> LoadModelSettings:
@@ -228,8 +232,13 @@ class SimulationSettings(_Model):
         given = self.sources.get(substation_id)
         if given is not None:
             return given
-        return SourceSettings(nominal_kv=self.nominal_kv, source_sc_mva=self.source_sc_mva, source_x_r=self.source_x_r,
-                              source_z0_z1=self.source_z0_z1, source_voltage_pu=self.source_voltage_pu)
+        return SourceSettings(
+            nominal_kv=self.nominal_kv,
+            source_sc_mva=self.source_sc_mva,
+            source_x_r=self.source_x_r,
+            source_z0_z1=self.source_z0_z1,
+            source_voltage_pu=self.source_voltage_pu,
+        )
 
 
 def load_settings(raw: dict[str, Any] | None) -> SimulationSettings:

@@ -303,7 +303,9 @@ class GridState:
         for br in self.net.branches:
             if br.kind in (BranchKind.IDEAL, BranchKind.SOURCE) and br.name != "source":
                 continue
-            if br.kind is not BranchKind.SWITCH or (br.name in self.breakers and self.breakers[br.name].role not in ties):
+            if br.kind is not BranchKind.SWITCH or (
+                br.name in self.breakers and self.breakers[br.name].role not in ties
+            ):
                 parents[br.to_bus] = (br.from_bus, br.name, br.kind)
         line_of_branch_prefix = set(self.lines)
         while True:
@@ -327,8 +329,9 @@ class GridState:
     def _substation_of_bus(self, bus: int) -> str:
         found = self._sub_of_bus.get(bus)
         if found is None:
-            found = self._sub_of_bus[bus] = next(iter(sorted(self._owners(bus) & set(self.substation_ids))),
-                                                 self.substation_id)
+            found = self._sub_of_bus[bus] = next(
+                iter(sorted(self._owners(bus) & set(self.substation_ids))), self.substation_id
+            )
         return found
 
     def _kv(self, bus: int) -> float:
@@ -357,12 +360,19 @@ class GridState:
         return t.nominal_ratio * (1.0 + t.tap_position * t.attrs.tap_step_percent / 100.0)
 
     def _modelled(self) -> set[str]:
-        return (set(self.substation_ids) | set(self.breakers) | set(self.lines) | set(self.transformers)
-                | set(self.capacitors) | set(self.ders))
+        return (
+            set(self.substation_ids)
+            | set(self.breakers)
+            | set(self.lines)
+            | set(self.transformers)
+            | set(self.capacitors)
+            | set(self.ders)
+        )
 
     def _switching_device(self, device_id: str) -> SwitchingDevice:
         try:
             return self.breakers[device_id]
         except KeyError:
-            raise KeyError(f"{device_id!r} is not a modelled switching device; "
-                           f"known: {', '.join(sorted(self.breakers)) or 'none'}") from None
+            raise KeyError(
+                f"{device_id!r} is not a modelled switching device; known: {', '.join(sorted(self.breakers)) or 'none'}"
+            ) from None

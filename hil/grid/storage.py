@@ -9,8 +9,16 @@ state of charge integrates the power with a one-way efficiency (losses on the wa
 from __future__ import annotations
 
 
-def battery_power_kw(setpoint_kw: float, *, rated_kw: float, max_charge_kw: float, limit_pct: float,
-                     soc_pct: float, soc_min_pct: float, soc_max_pct: float) -> float:
+def battery_power_kw(
+    setpoint_kw: float,
+    *,
+    rated_kw: float,
+    max_charge_kw: float,
+    limit_pct: float,
+    soc_pct: float,
+    soc_min_pct: float,
+    soc_max_pct: float,
+) -> float:
     """Power at the terminals (+ into the grid) for a set-point, within every limit."""
     discharge_max = rated_kw * max(0.0, min(limit_pct, 100.0)) / 100.0
     p = max(-max_charge_kw, min(discharge_max, setpoint_kw))

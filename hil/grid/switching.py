@@ -110,8 +110,7 @@ class SwitchingDevice:
         """Refuse a remote command in local control (raises CommandRefused)."""
         if self.local:
             self.refused += 1
-            raise CommandRefused(self.id, "local", f"{self.id} is in local control: remote command "
-                                 f"{point_id} refused")
+            raise CommandRefused(self.id, "local", f"{self.id} is in local control: remote command {point_id} refused")
 
     def operating_delay_s(self, close: bool, opening_time_ms: float, closing_time_ms: float) -> float | None:
         """Seconds from a command until the contacts move; None when they never will (stuck)."""
@@ -161,11 +160,19 @@ class SwitchingDevice:
 
     def state(self) -> dict[str, Any]:
         return {
-            "closed": self.closed, "normally_open": self.normally_open, "role": self.role.value,
-            "function": self.function, "line": self.line, "position_m": self.position_m,
-            "operations": self.operations, "fpi": self.fpi if self.fpi_pickup_a is not None else None,
-            "fpi_pickup_a": self.fpi_pickup_a, "local": self.local,
-            "failure": None if self.failure is None else {"mode": self.failure.value,
-                                                          "delay_s": self.slow_delay_s or None},
-            "refused_commands": self.refused, "ignored_commands": self.ignored,
+            "closed": self.closed,
+            "normally_open": self.normally_open,
+            "role": self.role.value,
+            "function": self.function,
+            "line": self.line,
+            "position_m": self.position_m,
+            "operations": self.operations,
+            "fpi": self.fpi if self.fpi_pickup_a is not None else None,
+            "fpi_pickup_a": self.fpi_pickup_a,
+            "local": self.local,
+            "failure": None
+            if self.failure is None
+            else {"mode": self.failure.value, "delay_s": self.slow_delay_s or None},
+            "refused_commands": self.refused,
+            "ignored_commands": self.ignored,
         }

@@ -20,16 +20,22 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 SCENARIOS: dict[str, tuple[str, str]] = {
-    "fault-isolation": ("hil.scenarios.fault_isolation",
-                        "use case scenario 1: a transient fault, then a permanent fault in each section of LINE-045 "
-                        "located, isolated and restored by FLISR"),
-    "peak-demand": ("hil.scenarios.peak_demand",
-                    "use case scenario 2: SUB-007's evening peak met by CVR, capacitors, demand response, DER and a "
-                    "load transfer to SUB-006 over the regional broker; refusal, offline and broker-outage variants"),
-    "predictive-maintenance": ("hil.scenarios.predictive_maintenance",
-                               "use case scenario 3: an ageing station transformer's health, failure probability, "
-                               "work order, backup plans A/B/C run in simulation, customer notices; its healthy "
-                               "twin raises nothing; a bypassed meter found"),
+    "fault-isolation": (
+        "hil.scenarios.fault_isolation",
+        "use case scenario 1: a transient fault, then a permanent fault in each section of LINE-045 "
+        "located, isolated and restored by FLISR",
+    ),
+    "peak-demand": (
+        "hil.scenarios.peak_demand",
+        "use case scenario 2: SUB-007's evening peak met by CVR, capacitors, demand response, DER and a "
+        "load transfer to SUB-006 over the regional broker; refusal, offline and broker-outage variants",
+    ),
+    "predictive-maintenance": (
+        "hil.scenarios.predictive_maintenance",
+        "use case scenario 3: an ageing station transformer's health, failure probability, "
+        "work order, backup plans A/B/C run in simulation, customer notices; its healthy "
+        "twin raises nothing; a bypassed meter found",
+    ),
 }
 
 
@@ -75,10 +81,14 @@ class Recorder:
         return bool(self.checks) and all(c.passed for c in self.checks)
 
     def result(self) -> dict[str, Any]:
-        return {"scenario": self.scenario, "seed": self.seed, "passed": self.passed,
-                "checks": [asdict(c) for c in self.checks],
-                "timeline": [asdict(m) for m in sorted(self.timeline, key=lambda m: m.t_s)],
-                "figures": self.figures}
+        return {
+            "scenario": self.scenario,
+            "seed": self.seed,
+            "passed": self.passed,
+            "checks": [asdict(c) for c in self.checks],
+            "timeline": [asdict(m) for m in sorted(self.timeline, key=lambda m: m.t_s)],
+            "figures": self.figures,
+        }
 
 
 def render(result: dict[str, Any]) -> str:

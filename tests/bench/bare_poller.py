@@ -23,8 +23,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from pymodbus.client import AsyncModbusTcpClient
 
 
-async def poll_device(port: int, name: str, registers: int, period_s: float, end: float,
-                      publisher: mqtt.Client, prefix: str, qos: int) -> None:
+async def poll_device(
+    port: int, name: str, registers: int, period_s: float, end: float, publisher: mqtt.Client, prefix: str, qos: int
+) -> None:
     client = AsyncModbusTcpClient("127.0.0.1", port=port, timeout=2, retries=0)
     await client.connect()
     last: list[int | None] = [None] * registers
@@ -60,10 +61,14 @@ async def main(args: argparse.Namespace) -> None:
     end = time.monotonic() + args.seconds
     ports = [int(p) for p in args.ports.split(",")]
     try:
-        await asyncio.gather(*[
-            poll_device(port, f"D{d:02d}", args.registers, args.period_ms / 1000.0, end, publisher, args.prefix, args.qos)
-            for d, port in enumerate(ports)
-        ])
+        await asyncio.gather(
+            *[
+                poll_device(
+                    port, f"D{d:02d}", args.registers, args.period_ms / 1000.0, end, publisher, args.prefix, args.qos
+                )
+                for d, port in enumerate(ports)
+            ]
+        )
     finally:
         publisher.loop_stop()
         publisher.disconnect()

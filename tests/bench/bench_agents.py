@@ -48,8 +48,12 @@ def main() -> None:
     base = load(SITE)
     per_group = METERS // GROUPS
     groups = [
-        {"id": f"MTR-GRP-{i:03d}", "prefix": f"MTR-{i:03d}", "count": per_group,
-         "connected_transformer": "XFMR-101" if i % 2 else "XFMR-102"}
+        {
+            "id": f"MTR-GRP-{i:03d}",
+            "prefix": f"MTR-{i:03d}",
+            "count": per_group,
+            "connected_transformer": "XFMR-101" if i % 2 else "XFMR-102",
+        }
         for i in range(GROUPS)
     ]
     site = base.model_copy(update={"meter_groups": [type(base.meter_groups[0]).model_validate(g) for g in groups]})
@@ -106,19 +110,33 @@ def main() -> None:
 
     print(f"agents bench: {n} smart meters in {GROUPS} groups, {len(rt.agents)} infrastructure agents")
     print(f"  build runtime                  {build_ms:9.1f} ms")
-    print(f"  RSS before / with meters / end {rss0:7.1f} / {rss1:7.1f} / {rss2:7.1f} MB "
-          f"(goal <= {RSS_GOAL_MB:.0f} MB: ratio {rss2 / RSS_GOAL_MB:.2f})")
+    print(
+        f"  RSS before / with meters / end {rss0:7.1f} / {rss1:7.1f} / {rss2:7.1f} MB "
+        f"(goal <= {RSS_GOAL_MB:.0f} MB: ratio {rss2 / RSS_GOAL_MB:.2f})"
+    )
     print(f"  meter state held               {(rss1 - rss0):7.1f} MB ({(rss1 - rss0) * 1e6 / n:.0f} B/meter incl. ids)")
-    print(f"  ingest 100k readings (7 cols)  median {statistics.median(ingest_ms):7.2f} ms, max {max(ingest_ms):7.2f} ms")
-    print(f"  full evaluation, steady        median {statistics.median(steady):7.2f} ms, max {max(steady):7.2f} ms "
-          f"(goal <= {EVAL_GOAL_MS:.0f} ms: ratio {statistics.median(steady) / EVAL_GOAL_MS:.3f})")
-    print(f"  full evaluation, all change    median {statistics.median(mass):7.2f} ms, max {max(mass):7.2f} ms "
-          f"(ratio {statistics.median(mass) / EVAL_GOAL_MS:.3f})")
+    print(
+        f"  ingest 100k readings (7 cols)  median {statistics.median(ingest_ms):7.2f} ms, max {max(ingest_ms):7.2f} ms"
+    )
+    print(
+        f"  full evaluation, steady        median {statistics.median(steady):7.2f} ms, max {max(steady):7.2f} ms "
+        f"(goal <= {EVAL_GOAL_MS:.0f} ms: ratio {statistics.median(steady) / EVAL_GOAL_MS:.3f})"
+    )
+    print(
+        f"  full evaluation, all change    median {statistics.median(mass):7.2f} ms, max {max(mass):7.2f} ms "
+        f"(ratio {statistics.median(mass) / EVAL_GOAL_MS:.3f})"
+    )
     print(f"  runtime tick (all agents)      median {statistics.median(ticks):7.2f} ms, max {max(ticks):7.2f} ms")
-    print(f"  snapshot                       {snap_ms:9.1f} ms, {sum(len(v['data']) for k, v in snap['fleet'].items() if isinstance(v, dict) and 'data' in v) / 1e6:.1f} MB of columns")
-    print(f"  save to SQLite (WAL)           median {statistics.median(save_ms):7.2f} ms; new runtime + restore "
-          f"{restore_ms:7.1f} ms")
-    print(f"  reliability indices            median {statistics.median(rel_ms):7.2f} ms over {len(rt.fleet.ledger)} interruptions")
+    print(
+        f"  snapshot                       {snap_ms:9.1f} ms, {sum(len(v['data']) for k, v in snap['fleet'].items() if isinstance(v, dict) and 'data' in v) / 1e6:.1f} MB of columns"
+    )
+    print(
+        f"  save to SQLite (WAL)           median {statistics.median(save_ms):7.2f} ms; new runtime + restore "
+        f"{restore_ms:7.1f} ms"
+    )
+    print(
+        f"  reliability indices            median {statistics.median(rel_ms):7.2f} ms over {len(rt.fleet.ledger)} interruptions"
+    )
 
 
 if __name__ == "__main__":

@@ -36,8 +36,9 @@ def run_path(rig: Rig, line: str, cb: str, faults: int, rng: random.Random) -> l
     times: list[float] = []
     for n in range(faults):
         before = len(rig.hil_call("clearings", last=10_000))
-        rig.hil_call("fault", line=line, distance_m=rng.uniform(100.0, 1500.0), kind=rng.choice(["3ph", "2ph"]),
-                     transient=False)
+        rig.hil_call(
+            "fault", line=line, distance_m=rng.uniform(100.0, 1500.0), kind=rng.choice(["3ph", "2ph"]), transient=False
+        )
         clearing = rig.wait(lambda b=before: rig.hil_call("clearings", last=10_000)[b:], f"fault {n} cleared", 10)
         times.append(float(clearing[0]["clearing_s"]))
         rig.hil_call("clear")
@@ -51,24 +52,29 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     rng = random.Random(args.seed)
-    with tempfile.TemporaryDirectory(prefix="stima-faults-") as tmp, \
-            Rig(fault_site(reclose=False, relay_poll_ms=10, instantaneous=True), Path(tmp),
-                hil_args=("--no-ami",)) as rig:
+    with (
+        tempfile.TemporaryDirectory(prefix="stima-faults-") as tmp,
+        Rig(fault_site(reclose=False, relay_poll_ms=10, instantaneous=True), Path(tmp), hil_args=("--no-ami",)) as rig,
+    ):
         started = time.monotonic()
         modbus = run_path(rig, "LINE-045", "CB-045", args.faults, rng)
         wire_modbus = list(rig.daemon_call("protection.latency")["wire"])
         iec = run_path(rig, "LINE-046", "CB-046", args.faults, rng)
-        wire_iec = list(rig.daemon_call("protection.latency")["wire"])[len(wire_modbus):]
+        wire_iec = list(rig.daemon_call("protection.latency")["wire"])[len(wire_modbus) :]
         elapsed = time.monotonic() - started
         assert breaker(rig, "CB-045") == "closed"
     print(f"fault injected -> breaker open in the simulator ({args.faults} faults per path, {elapsed:.0f} s in all):")
     for name, values in (("Modbus TCP, 10 ms polling    ", modbus), ("IEC 61850 reports + SBO      ", iec)):
-        print(f"  {name}: p50 {pct(values, 0.5) * 1000:6.1f} ms   p99 {pct(values, 0.99) * 1000:6.1f} ms   "
-              f"max {max(values) * 1000:6.1f} ms   (goal p99 <= 50 ms)")
+        print(
+            f"  {name}: p50 {pct(values, 0.5) * 1000:6.1f} ms   p99 {pct(values, 0.99) * 1000:6.1f} ms   "
+            f"max {max(values) * 1000:6.1f} ms   (goal p99 <= 50 ms)"
+        )
     print("in the daemon, decoded sample -> trip request handed to the transport:")
     for name, wire in (("Modbus TCP (coil write)      ", wire_modbus), ("IEC 61850 (select+operate)   ", wire_iec)):
-        print(f"  {name}: p50 {pct(wire, 0.5) * 1e3:6.3f} ms   p99 {pct(wire, 0.99) * 1e3:6.3f} ms   "
-              f"max {max(wire, default=float('nan')) * 1e3:6.3f} ms   (n={len(wire)})")
+        print(
+            f"  {name}: p50 {pct(wire, 0.5) * 1e3:6.3f} ms   p99 {pct(wire, 0.99) * 1e3:6.3f} ms   "
+            f"max {max(wire, default=float('nan')) * 1e3:6.3f} ms   (n={len(wire)})"
+        )
 
 
 if __name__ == "__main__":

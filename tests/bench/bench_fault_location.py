@@ -36,8 +36,10 @@ def main() -> int:
         for key in sorted(groups, key=lambda k: (k != "all", k)):
             errors = groups[key]
             absolute = [abs(e) for e in errors]
-            print(f"{method:<22} {key:<18} {len(errors):>4} {statistics.mean(errors):>7.0f} "
-                  f"{percentile(absolute, 50):>6.0f} {percentile(absolute, 95):>6.0f} {max(absolute):>6.0f}")
+            print(
+                f"{method:<22} {key:<18} {len(errors):>4} {statistics.mean(errors):>7.0f} "
+                f"{percentile(absolute, 50):>6.0f} {percentile(absolute, 95):>6.0f} {max(absolute):>6.0f}"
+            )
     return 0
 
 

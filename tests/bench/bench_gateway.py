@@ -235,18 +235,29 @@ class Result:
 
     def print(self) -> None:
         lat = self.latencies_s
-        print(f"  {self.peer:<12} delivered {self.delivered_per_s:9,.0f} values/s ({self.delivered_share:6.1%} of"
-              f" {self.written / self.seconds:,.0f}/s written)"
-              f"  CPU {self.cpu_share:6.1%} of a core = {self.us_per_value:6.2f} µs/value"
-              f"  change→broker p50 {pct(lat, 0.5) * 1000:6.1f} p99 {pct(lat, 0.99) * 1000:6.1f} ms"
-              f"  RSS {self.rss_mib:5.1f} MiB"
-              f"  [machine: {self.machine_busy_cores:.2f} of {os.cpu_count()} cores busy, load {self.load_average:.1f}]")
+        print(
+            f"  {self.peer:<12} delivered {self.delivered_per_s:9,.0f} values/s ({self.delivered_share:6.1%} of"
+            f" {self.written / self.seconds:,.0f}/s written)"
+            f"  CPU {self.cpu_share:6.1%} of a core = {self.us_per_value:6.2f} µs/value"
+            f"  change→broker p50 {pct(lat, 0.5) * 1000:6.1f} p99 {pct(lat, 0.99) * 1000:6.1f} ms"
+            f"  RSS {self.rss_mib:5.1f} MiB"
+            f"  [machine: {self.machine_busy_cores:.2f} of {os.cpu_count()} cores busy, load {self.load_average:.1f}]"
+        )
         for note in self.notes:
             print(f"  {'':<12} {note}")
 
 
-def measure(peer: str, pids: Callable[[], list[int]], recorder: Recorder, pairs: Decoder,
-            farm: Farm, args: argparse.Namespace, devices: int, period_ms: float, seconds: float) -> Result:
+def measure(
+    peer: str,
+    pids: Callable[[], list[int]],
+    recorder: Recorder,
+    pairs: Decoder,
+    farm: Farm,
+    args: argparse.Namespace,
+    devices: int,
+    period_ms: float,
+    seconds: float,
+) -> Result:
     """CPU of the peer's processes and what reached the broker over one window of `seconds`."""
     tree = pids()
     recorder.start_window()
@@ -270,25 +281,57 @@ def measure(peer: str, pids: Callable[[], list[int]], recorder: Recorder, pairs:
             if written is not None:
                 latencies.append(arrived - written)
     busy_cores = (b1 - b0) / max(a1 - a0, 1) * (os.cpu_count() or 1)
-    return Result(peer, devices, args.registers, period_ms, t1 - t0, delivered, c1 - c0, rss, busy_cores, load,
-                  latencies, written=written_cycles * devices * args.registers)
+    return Result(
+        peer,
+        devices,
+        args.registers,
+        period_ms,
+        t1 - t0,
+        delivered,
+        c1 - c0,
+        rss,
+        busy_cores,
+        load,
+        latencies,
+        written=written_cycles * devices * args.registers,
+    )
 
 
 # --------------------------------------------------------------------------- the peers
 
 
-def stima_site(farm: Farm, broker: Broker, tls: TlsFiles, workdir: Path, registers: int, period_ms: float) -> dict[str, Any]:
+def stima_site(
+    farm: Farm, broker: Broker, tls: TlsFiles, workdir: Path, registers: int, period_ms: float
+) -> dict[str, Any]:
     return {
-        "site": {"region": "bench", "substation_id": "SUB-B", "state_dir": str(workdir / "state"),
-                 "runtime_dir": str(workdir / "run")},
-        "uplink": {"broker_host": "127.0.0.1", "broker_port": broker.port, "transport": "tls",
-                   "ca_file": str(tls.ca_file), "cert_file": str(tls.client_cert),
-                   "key_file": str(tls.client_key), "integrity_period_s": 3600, "max_batch": 1000,
-                   "telemetry_format": "columns"},
+        "site": {
+            "region": "bench",
+            "substation_id": "SUB-B",
+            "state_dir": str(workdir / "state"),
+            "runtime_dir": str(workdir / "run"),
+        },
+        "uplink": {
+            "broker_host": "127.0.0.1",
+            "broker_port": broker.port,
+            "transport": "tls",
+            "ca_file": str(tls.ca_file),
+            "cert_file": str(tls.client_cert),
+            "key_file": str(tls.client_key),
+            "integrity_period_s": 3600,
+            "max_batch": 1000,
+            "telemetry_format": "columns",
+        },
         "ieds": [
-            {"id": f"IED-{d:02d}", "protocol": "modbus_tcp", "host": "127.0.0.1", "port": port,
-             "poll_period_ms": int(period_ms), "timeout_ms": 1000, "retries": 1,
-             "points": [{"id": f"D{d:02d}.R{i:03d}", "address": i, "type": "uint16"} for i in range(registers)]}
+            {
+                "id": f"IED-{d:02d}",
+                "protocol": "modbus_tcp",
+                "host": "127.0.0.1",
+                "port": port,
+                "poll_period_ms": int(period_ms),
+                "timeout_ms": 1000,
+                "retries": 1,
+                "points": [{"id": f"D{d:02d}.R{i:03d}", "address": i, "type": "uint16"} for i in range(registers)],
+            }
             for d, port in enumerate(farm.ports)
         ],
     }
@@ -312,8 +355,9 @@ def baseline_tree(ref: str, workdir: Path) -> Path:
     (with this tree's compiled protection core): before and after measured in the same run."""
     tree = workdir / f"baseline-{ref.replace('/', '_')}"
     tree.mkdir()
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", ref],
-                             check=True, capture_output=True, timeout=120).stdout
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "--format=tar", ref], check=True, capture_output=True, timeout=120
+    ).stdout
     subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True, timeout=120)
     for built in (ROOT / "native").glob("_stima_native*.so"):
         shutil.copy(built, tree / "native" / built.name)
@@ -333,9 +377,19 @@ def parse_variant(text: str) -> tuple[str, dict[str, dict[str, Any]]]:
     return label, overrides
 
 
-def run_stima(farm: Farm, broker: Broker, tls: TlsFiles, workdir: Path, args: argparse.Namespace,
-              devices: int, period_ms: float, seconds: float, root: Path = ROOT, label: str = "stima",
-              overrides: dict[str, dict[str, Any]] | None = None) -> Result:
+def run_stima(
+    farm: Farm,
+    broker: Broker,
+    tls: TlsFiles,
+    workdir: Path,
+    args: argparse.Namespace,
+    devices: int,
+    period_ms: float,
+    seconds: float,
+    root: Path = ROOT,
+    label: str = "stima",
+    overrides: dict[str, dict[str, Any]] | None = None,
+) -> Result:
     workdir = Path(tempfile.mkdtemp(prefix="stima-", dir=workdir))
     site = stima_site(farm, broker, tls, workdir, args.registers, period_ms)
     if root != ROOT:  # the daemon as it was knows one telemetry form only
@@ -346,8 +400,13 @@ def run_stima(farm: Farm, broker: Broker, tls: TlsFiles, workdir: Path, args: ar
     path.write_text(tomli_w.dumps(site))
     recorder = Recorder(broker, "stima/+/+/telemetry stima/+/+/birth")
     with (workdir / "daemon.log").open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "gateway.daemon", "--config", str(path), "--log-level", "WARNING"],
-                                stdout=log, stderr=log, cwd=root, env=dict(os.environ, PYTHONPATH=str(root)))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway.daemon", "--config", str(path), "--log-level", "WARNING"],
+            stdout=log,
+            stderr=log,
+            cwd=root,
+            env=dict(os.environ, PYTHONPATH=str(root)),
+        )
     runtime_dir = Path(site["site"]["runtime_dir"])
     try:
         wait_status(runtime_dir, proc, workdir / "daemon.log")
@@ -355,10 +414,26 @@ def run_stima(farm: Farm, broker: Broker, tls: TlsFiles, workdir: Path, args: ar
         s0, m0 = call(runtime_dir, "status"), time.monotonic()
         spy = None
         if args.py_spy and root == ROOT:
-            spy = subprocess.Popen([args.py_spy, "record", "--pid", str(proc.pid), "--duration", str(int(seconds)),
-                                    "--rate", "250", "--nonblocking", "--threads", "--format", "raw",
-                                    "--output", str(workdir / "profile.txt")],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            spy = subprocess.Popen(
+                [
+                    args.py_spy,
+                    "record",
+                    "--pid",
+                    str(proc.pid),
+                    "--duration",
+                    str(int(seconds)),
+                    "--rate",
+                    "250",
+                    "--nonblocking",
+                    "--threads",
+                    "--format",
+                    "raw",
+                    "--output",
+                    str(workdir / "profile.txt"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         result = measure(label, lambda: [proc.pid], recorder, stima_pairs, farm, args, devices, period_ms, seconds)
         s1, m1 = call(runtime_dir, "status"), time.monotonic()
         if spy is not None:
@@ -384,16 +459,25 @@ def print_profile(path: Path, top: int) -> None:
     time spent inside the main stages of the path from registers to the broker."""
     own: dict[str, int] = {}
     within: dict[str, int] = {}
-    stages = {"pymodbus": "pymodbus/", "decode_block": "decode_block", "process image": "apply (gateway/points.py",
-              "telemetry": "on_change (gateway/telemetry.py", "uplink publish": "publish_many",
-              "paho + TLS": "paho/", "event loop": "base_events.py", "sqlite": "spool_append"}
+    stages = {
+        "pymodbus": "pymodbus/",
+        "decode_block": "decode_block",
+        "process image": "apply (gateway/points.py",
+        "telemetry": "on_change (gateway/telemetry.py",
+        "uplink publish": "publish_many",
+        "paho + TLS": "paho/",
+        "event loop": "base_events.py",
+        "sqlite": "spool_append",
+    }
     total = 0
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if not count.isdigit():
             continue
         n = int(count)
-        if "idle" in stack.rsplit(";", 1)[-1] or stack.rsplit(";", 1)[-1].startswith(("select ", "wait ", "_wait_for_tstate_lock", "epoll")):
+        if "idle" in stack.rsplit(";", 1)[-1] or stack.rsplit(";", 1)[-1].startswith(
+            ("select ", "wait ", "_wait_for_tstate_lock", "epoll")
+        ):
             continue
         total += n
         leaf = stack.rsplit(";", 1)[-1]
@@ -410,14 +494,40 @@ def print_profile(path: Path, top: int) -> None:
         print(f"    {n / total:6.1%}  {leaf[:110]}")
 
 
-def run_bare(farm: Farm, broker: Broker, tls: TlsFiles, workdir: Path, args: argparse.Namespace,
-             devices: int, period_ms: float, seconds: float) -> Result:
+def run_bare(
+    farm: Farm,
+    broker: Broker,
+    tls: TlsFiles,
+    workdir: Path,
+    args: argparse.Namespace,
+    devices: int,
+    period_ms: float,
+    seconds: float,
+) -> Result:
     recorder = Recorder(broker, "bare/#")
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "tests" / "bench" / "bare_poller.py"), "--ports", ",".join(map(str, farm.ports)),
-         "--registers", str(args.registers), "--period-ms", str(period_ms), "--broker-port", str(broker.port),
-         "--ca", str(tls.ca_file), "--cert", str(tls.client_cert), "--key", str(tls.client_key),
-         "--seconds", str(seconds + 10)], cwd=ROOT)
+        [
+            sys.executable,
+            str(ROOT / "tests" / "bench" / "bare_poller.py"),
+            "--ports",
+            ",".join(map(str, farm.ports)),
+            "--registers",
+            str(args.registers),
+            "--period-ms",
+            str(period_ms),
+            "--broker-port",
+            str(broker.port),
+            "--ca",
+            str(tls.ca_file),
+            "--cert",
+            str(tls.client_cert),
+            "--key",
+            str(tls.client_key),
+            "--seconds",
+            str(seconds + 10),
+        ],
+        cwd=ROOT,
+    )
     try:
         deadline = time.monotonic() + 20
         while recorder.seen == 0 and time.monotonic() < deadline and proc.poll() is None:
@@ -448,17 +558,28 @@ def thingsboard_configs(directory: Path, farm: Farm, broker_port: int, registers
     (directory / "logs").mkdir()
     gateway = {
         "thingsboard": {
-            "host": "127.0.0.1", "port": broker_port, "remoteShell": False, "remoteConfiguration": False,
+            "host": "127.0.0.1",
+            "port": broker_port,
+            "remoteShell": False,
+            "remoteConfiguration": False,
             "latencyDebugMode": False,
             "statistics": {"enable": False, "statsSendPeriodInSeconds": 60, "customStatsSendPeriodInSeconds": 3600},
             "deviceFiltering": {"enable": False, "filterFile": "list.json"},
-            "maxPayloadSizeBytes": 8196, "minPackSendDelayMS": 50, "minPackSizeToSend": 500,
-            "checkConnectorsConfigurationInSeconds": 60, "handleDeviceRenaming": True,
+            "maxPayloadSizeBytes": 8196,
+            "minPackSendDelayMS": 50,
+            "minPackSizeToSend": 500,
+            "checkConnectorsConfigurationInSeconds": 60,
+            "handleDeviceRenaming": True,
             "security": {"type": "accessToken", "accessToken": "benchlocaltoken"},
-            "qos": 1, "reportStrategy": {"type": "ON_RECEIVED"},
-            "checkingDeviceActivity": {"checkDeviceInactivity": False, "inactivityTimeoutSeconds": 300,
-                                       "inactivityCheckPeriodSeconds": 10},
-            "rateLimits": "DEFAULT_TELEMETRY_RATE_LIMIT", "dpRateLimits": "DEFAULT_TELEMETRY_DP_RATE_LIMIT",
+            "qos": 1,
+            "reportStrategy": {"type": "ON_RECEIVED"},
+            "checkingDeviceActivity": {
+                "checkDeviceInactivity": False,
+                "inactivityTimeoutSeconds": 300,
+                "inactivityCheckPeriodSeconds": 10,
+            },
+            "rateLimits": "DEFAULT_TELEMETRY_RATE_LIMIT",
+            "dpRateLimits": "DEFAULT_TELEMETRY_DP_RATE_LIMIT",
             "messagesRateLimits": "DEFAULT_MESSAGES_RATE_LIMIT",
             "deviceMessagesRateLimits": "DEFAULT_MESSAGES_RATE_LIMIT",
             "deviceRateLimits": "DEFAULT_TELEMETRY_RATE_LIMIT",
@@ -468,36 +589,73 @@ def thingsboard_configs(directory: Path, farm: Farm, broker_port: int, registers
         "grpc": {"enabled": False},
         "connectors": [{"type": "modbus", "name": "Modbus Connector", "configuration": "modbus.json"}],
     }
-    slaves = [{
-        "host": "127.0.0.1", "port": port, "type": "tcp", "method": "socket", "unitId": 1,
-        "deviceName": f"Bench Device {d:02d}", "deviceType": "default", "timeout": 35,
-        "byteOrder": "BIG", "wordOrder": "BIG", "retries": 3, "retryOnEmpty": True, "retryOnInvalid": True,
-        "pollPeriod": int(period_ms), "connectAttemptTimeMs": 5000, "connectAttemptCount": 5,
-        "waitAfterFailedAttemptsMs": 300000, "attributes": [], "attributeUpdates": [], "rpc": [],
-        "timeseries": [{"tag": "hr_${address}", "type": "16uint", "functionCode": 3, "objectsCount": 1,
-                        "address": f"0-{registers - 1}", "maxRegistersPerRequest": registers}],
-    } for d, port in enumerate(farm.ports)]
+    slaves = [
+        {
+            "host": "127.0.0.1",
+            "port": port,
+            "type": "tcp",
+            "method": "socket",
+            "unitId": 1,
+            "deviceName": f"Bench Device {d:02d}",
+            "deviceType": "default",
+            "timeout": 35,
+            "byteOrder": "BIG",
+            "wordOrder": "BIG",
+            "retries": 3,
+            "retryOnEmpty": True,
+            "retryOnInvalid": True,
+            "pollPeriod": int(period_ms),
+            "connectAttemptTimeMs": 5000,
+            "connectAttemptCount": 5,
+            "waitAfterFailedAttemptsMs": 300000,
+            "attributes": [],
+            "attributeUpdates": [],
+            "rpc": [],
+            "timeseries": [
+                {
+                    "tag": "hr_${address}",
+                    "type": "16uint",
+                    "functionCode": 3,
+                    "objectsCount": 1,
+                    "address": f"0-{registers - 1}",
+                    "maxRegistersPerRequest": registers,
+                }
+            ],
+        }
+        for d, port in enumerate(farm.ports)
+    ]
     console = {"class": "logging.StreamHandler", "formatter": "plain", "level": 0, "stream": "ext://sys.stdout"}
     logs = {
-        "version": 1, "disable_existing_loggers": False,
-        "formatters": {"plain": {"class": "logging.Formatter", "format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {
+            "plain": {"class": "logging.Formatter", "format": "%(asctime)s %(levelname)s %(name)s %(message)s"}
+        },
         "handlers": {"console": console},
-        "loggers": {name: {"handlers": ["console"], "level": "INFO", "propagate": False}
-                    for name in ("database", "service", "connector", "converter", "tb_connection", "storage", "extension")},
+        "loggers": {
+            name: {"handlers": ["console"], "level": "INFO", "propagate": False}
+            for name in ("database", "service", "connector", "converter", "tb_connection", "storage", "extension")
+        },
         "root": {"level": "ERROR", "handlers": ["console"]},
     }
-    for name, obj in (("tb_gateway.json", gateway), ("modbus.json", {"master": {"slaves": slaves}}), ("logs.json", logs)):
+    for name, obj in (
+        ("tb_gateway.json", gateway),
+        ("modbus.json", {"master": {"slaves": slaves}}),
+        ("logs.json", logs),
+    ):
         (directory / name).write_text(json.dumps(obj, indent=2))
-
 
 
 class SessionLimitsStandIn:
     """Answers the gateway's `getSessionLimits` RPC as a self-hosted ThingsBoard with the default
     tenant profile would (no limits): without an answer it sends no telemetry to a plain broker."""
 
-    RESPONSE = {"maxPayloadSize": 65536, "maxInflightMessages": 100,
-                "rateLimits": {"messages": "", "telemetryMessages": "", "telemetryDataPoints": ""},
-                "gatewayRateLimits": {"messages": "", "telemetryMessages": "", "telemetryDataPoints": ""}}
+    RESPONSE = {
+        "maxPayloadSize": 65536,
+        "maxInflightMessages": 100,
+        "rateLimits": {"messages": "", "telemetryMessages": "", "telemetryDataPoints": ""},
+        "gatewayRateLimits": {"messages": "", "telemetryMessages": "", "telemetryDataPoints": ""},
+    }
 
     def __init__(self, broker: Broker) -> None:
         import paho.mqtt.client as mqtt
@@ -514,15 +672,18 @@ class SessionLimitsStandIn:
         except ValueError:
             return
         if isinstance(request, dict) and request.get("method") == "getSessionLimits":
-            client.publish(f"v1/devices/me/rpc/response/{msg.topic.rsplit('/', 1)[-1]}", json.dumps(self.RESPONSE), qos=1)
+            client.publish(
+                f"v1/devices/me/rpc/response/{msg.topic.rsplit('/', 1)[-1]}", json.dumps(self.RESPONSE), qos=1
+            )
 
     def stop(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
 
 
-def run_thingsboard(farm: Farm, workdir: Path, args: argparse.Namespace, devices: int, period_ms: float,
-                    seconds: float) -> Result:
+def run_thingsboard(
+    farm: Farm, workdir: Path, args: argparse.Namespace, devices: int, period_ms: float, seconds: float
+) -> Result:
     exe = thingsboard_executable()
     run = Path(tempfile.mkdtemp(prefix="thingsboard-", dir=workdir))
     with run_mosquitto(run) as plain:
@@ -530,11 +691,18 @@ def run_thingsboard(farm: Farm, workdir: Path, args: argparse.Namespace, devices
         recorder = Recorder(plain, "v1/gateway/#")
         config = run / "config"
         thingsboard_configs(config, farm, plain.port, args.registers, period_ms)
-        env = dict(os.environ, TB_GW_CONFIG_DIR=f"{config}/", PYTHONUNBUFFERED="1",
-                   # its update check posts to an outside host: point it at a closed loopback port
-                   HTTPS_PROXY="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9",
-                   HTTP_PROXY="http://127.0.0.1:9", http_proxy="http://127.0.0.1:9",
-                   NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
+        env = dict(
+            os.environ,
+            TB_GW_CONFIG_DIR=f"{config}/",
+            PYTHONUNBUFFERED="1",
+            # its update check posts to an outside host: point it at a closed loopback port
+            HTTPS_PROXY="http://127.0.0.1:9",
+            https_proxy="http://127.0.0.1:9",
+            HTTP_PROXY="http://127.0.0.1:9",
+            http_proxy="http://127.0.0.1:9",
+            NO_PROXY="127.0.0.1,localhost",
+            no_proxy="127.0.0.1,localhost",
+        )
         with (run / "gateway.log").open("wb") as log:
             proc = subprocess.Popen([str(exe)], cwd=config, env=env, stdout=log, stderr=log)
         try:
@@ -544,8 +712,17 @@ def run_thingsboard(farm: Farm, workdir: Path, args: argparse.Namespace, devices
             if recorder.seen == 0:
                 raise RuntimeError(f"ThingsBoard gateway sent nothing (log: {run / 'gateway.log'})")
             time.sleep(args.thingsboard_warmup_s)
-            return measure("thingsboard", lambda: process_tree(proc.pid), recorder, thingsboard_pairs, farm, args,
-                           devices, period_ms, seconds)
+            return measure(
+                "thingsboard",
+                lambda: process_tree(proc.pid),
+                recorder,
+                thingsboard_pairs,
+                farm,
+                args,
+                devices,
+                period_ms,
+                seconds,
+            )
         finally:
             proc.terminate()
             try:
@@ -563,9 +740,11 @@ def run_thingsboard(farm: Farm, workdir: Path, args: argparse.Namespace, devices
 def same_workload(args: argparse.Namespace, workdir: Path, tls: TlsFiles) -> list[dict[str, Result]]:
     """Every peer on the bench workload, in alternating order round after round."""
     offered = args.devices * args.registers * 1000.0 / args.period_ms
-    print(f"workload: {args.devices} IEDs x {args.registers} registers every {args.period_ms:.0f} ms = "
-          f"{offered:,.0f} values/s offered; {args.seconds:.0f} s per window; stima and bare over TLS, QoS 1",
-          flush=True)
+    print(
+        f"workload: {args.devices} IEDs x {args.registers} registers every {args.period_ms:.0f} ms = "
+        f"{offered:,.0f} values/s offered; {args.seconds:.0f} s per window; stima and bare over TLS, QoS 1",
+        flush=True,
+    )
     rounds: list[dict[str, Result]] = []
     baseline = baseline_tree(args.baseline, workdir) if args.baseline else None
     variants = dict(parse_variant(text) for text in args.variant)
@@ -586,13 +765,33 @@ def same_workload(args: argparse.Namespace, workdir: Path, tls: TlsFiles) -> lis
                     if peer == "stima":
                         r = run_stima(farm, broker, tls, workdir, args, args.devices, args.period_ms, args.seconds)
                     elif baseline is not None and peer == f"stima@{args.baseline}":
-                        r = run_stima(farm, broker, tls, workdir, args, args.devices, args.period_ms, args.seconds,
-                                      root=baseline, label=peer)
+                        r = run_stima(
+                            farm,
+                            broker,
+                            tls,
+                            workdir,
+                            args,
+                            args.devices,
+                            args.period_ms,
+                            args.seconds,
+                            root=baseline,
+                            label=peer,
+                        )
                     elif peer == "bare":
                         r = run_bare(farm, broker, tls, workdir, args, args.devices, args.period_ms, args.seconds)
                     elif peer in variants:
-                        r = run_stima(farm, broker, tls, workdir, args, args.devices, args.period_ms, args.seconds,
-                                      label=peer, overrides=variants[peer])
+                        r = run_stima(
+                            farm,
+                            broker,
+                            tls,
+                            workdir,
+                            args,
+                            args.devices,
+                            args.period_ms,
+                            args.seconds,
+                            label=peer,
+                            overrides=variants[peer],
+                        )
                     else:
                         r = run_thingsboard(farm, workdir, args, args.devices, args.period_ms, args.seconds)
                     r.print()
@@ -616,7 +815,10 @@ def scaling(args: argparse.Namespace, workdir: Path, tls: TlsFiles) -> list[tupl
                 bare = run_bare(farm, broker, tls, workdir, args, int(devices), period_ms, args.scaling_seconds)
             finally:
                 farm.stop()
-            print(f"  {int(devices):4d} IEDs every {period_ms:5.0f} ms ({ours.offered_per_s:8,.0f} values/s offered):", flush=True)
+            print(
+                f"  {int(devices):4d} IEDs every {period_ms:5.0f} ms ({ours.offered_per_s:8,.0f} values/s offered):",
+                flush=True,
+            )
             ours.print()
             bare.print()
             rows.append((ours, bare))
@@ -631,21 +833,30 @@ def ratios(rounds: list[dict[str, Result]], rows: list[tuple[Result, Result]]) -
         per_round = [r["stima"].us_per_value / r[peer].us_per_value for r in rounds if peer in r]
         if not per_round:
             continue
-        print(f"  stima / {peer:<12}: {statistics.median(per_round):5.2f}x"
-              f"  (rounds: {', '.join(f'{x:.2f}' for x in per_round)})")
+        print(
+            f"  stima / {peer:<12}: {statistics.median(per_round):5.2f}x"
+            f"  (rounds: {', '.join(f'{x:.2f}' for x in per_round)})"
+        )
     for r in rounds:
-        print("  delivered of what the farm wrote: " + ", ".join(f"{p} {x.delivered_share:.1%}" for p, x in r.items())
-              + f"; stima change→broker p99 {pct(r['stima'].latencies_s, 0.99) * 1000:.1f} ms"
-              f" (poll period {r['stima'].period_ms:.0f} ms)")
+        print(
+            "  delivered of what the farm wrote: "
+            + ", ".join(f"{p} {x.delivered_share:.1%}" for p, x in r.items())
+            + f"; stima change→broker p99 {pct(r['stima'].latencies_s, 0.99) * 1000:.1f} ms"
+            f" (poll period {r['stima'].period_ms:.0f} ms)"
+        )
     if rows:
-        print("  scaling (stima / bare CPU per value): " + ", ".join(
-            f"{o.devices}x{o.period_ms:.0f}ms {o.us_per_value / b.us_per_value:.2f}" for o, b in rows))
+        print(
+            "  scaling (stima / bare CPU per value): "
+            + ", ".join(f"{o.devices}x{o.period_ms:.0f}ms {o.us_per_value / b.us_per_value:.2f}" for o, b in rows)
+        )
         full = [o for o, _ in rows if o.delivered_share >= 0.995 and o.written >= 0.95 * o.offered_per_s * o.seconds]
         if full:
             top = max(full, key=lambda o: o.offered_per_s)
-            print(f"  highest load measured with full delivery: {top.offered_per_s:,.0f} values/s "
-                  f"({top.devices} IEDs every {top.period_ms:.0f} ms) at {top.cpu_share:.0%} of a core; "
-                  f"one core at that cost per value: about {1e6 / top.us_per_value:,.0f} values/s")
+            print(
+                f"  highest load measured with full delivery: {top.offered_per_s:,.0f} values/s "
+                f"({top.devices} IEDs every {top.period_ms:.0f} ms) at {top.cpu_share:.0%} of a core; "
+                f"one core at that cost per value: about {1e6 / top.us_per_value:,.0f} values/s"
+            )
 
 
 def example_site_rss(args: argparse.Namespace, workdir: Path) -> None:
@@ -658,10 +869,12 @@ def example_site_rss(args: argparse.Namespace, workdir: Path) -> None:
         assert rig.daemon is not None
         rss = rss_mib(rig.daemon.pid)
     good = status["points"]["good"]
-    print(f"example site SUB-003 with the simulator: daemon RSS {rss:.1f} MiB "
-          f"({status['points']['total']} points, {good} good, "
-          f"{sum(1 for i in status['ieds'] if i['state'] == 'online')}/{len(status['ieds'])} IEDs online, "
-          f"{status['agents']['meters']} meters)")
+    print(
+        f"example site SUB-003 with the simulator: daemon RSS {rss:.1f} MiB "
+        f"({status['points']['total']} points, {good} good, "
+        f"{sum(1 for i in status['ieds'] if i['state'] == 'online')}/{len(status['ieds'])} IEDs online, "
+        f"{status['agents']['meters']} meters)"
+    )
 
 
 def main() -> None:
@@ -672,21 +885,36 @@ def main() -> None:
     parser.add_argument("--registers", type=int, default=100)
     parser.add_argument("--period-ms", type=float, default=100.0)
     parser.add_argument("--peer", choices=["thingsboard"], help="also measure this peer (installed on first use)")
-    parser.add_argument("--baseline", metavar="GIT_REF",
-                        help="also run the daemon as it is at this git ref (before/after in the same run)")
-    parser.add_argument("--variant", action="append", default=[], metavar="LABEL:SECTION.KEY=VALUE,...",
-                        help="also run the daemon with these site-file settings, e.g. w20:uplink.batch_window_ms=20")
+    parser.add_argument(
+        "--baseline",
+        metavar="GIT_REF",
+        help="also run the daemon as it is at this git ref (before/after in the same run)",
+    )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="LABEL:SECTION.KEY=VALUE,...",
+        help="also run the daemon with these site-file settings, e.g. w20:uplink.batch_window_ms=20",
+    )
     parser.add_argument("--thingsboard-start-s", type=float, default=120.0)
     parser.add_argument("--thingsboard-warmup-s", type=float, default=10.0)
     parser.add_argument("--scaling", action="store_true", help="also measure across IED counts and poll periods")
-    parser.add_argument("--scaling-grid", default="1x100,20x100,100x100,20x1000,20x20",
-                        help="IEDs x poll period in ms, comma-separated")
+    parser.add_argument(
+        "--scaling-grid", default="1x100,20x100,100x100,20x1000,20x20", help="IEDs x poll period in ms, comma-separated"
+    )
     parser.add_argument("--scaling-seconds", type=float, default=8.0)
-    parser.add_argument("--py-spy", help="path to py-spy: profile the daemon during its window and print where the time goes")
+    parser.add_argument(
+        "--py-spy", help="path to py-spy: profile the daemon during its window and print where the time goes"
+    )
     parser.add_argument("--profile-top", type=int, default=25)
     parser.add_argument("--example-seconds", type=float, default=8.0)
-    parser.add_argument("--example", action=argparse.BooleanOptionalAction, default=True,
-                        help="also measure the RSS of the example site with the simulator")
+    parser.add_argument(
+        "--example",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure the RSS of the example site with the simulator",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="stima-bench-") as tmp:
         workdir = Path(tmp)

@@ -123,10 +123,14 @@ async def bench_modbus(tmp: Path, writes: int) -> None:
             round_trip.append((t1 - t0) * 1e3)
             if len(recorder.arrivals) > before:
                 to_model.append((recorder.arrivals[before] - t0) * 1e3)
-        print(f"trip/close coil write → model.apply_command: p50 {pct(to_model, 50):.3f} ms, "
-              f"p99 {pct(to_model, 99):.3f} ms, max {max(to_model):.3f} ms ({len(to_model)} writes)")
-        print(f"coil write round trip (response back at the client): p50 {pct(round_trip, 50):.3f} ms, "
-              f"p99 {pct(round_trip, 99):.3f} ms")
+        print(
+            f"trip/close coil write → model.apply_command: p50 {pct(to_model, 50):.3f} ms, "
+            f"p99 {pct(to_model, 99):.3f} ms, max {max(to_model):.3f} ms ({len(to_model)} writes)"
+        )
+        print(
+            f"coil write round trip (response back at the client): p50 {pct(round_trip, 50):.3f} ms, "
+            f"p99 {pct(round_trip, 99):.3f} ms"
+        )
 
         # trip → breaker open in the model, in simulated time
         await client.write_coil(close.address, True, device_id=cb.unit_id)  # type: ignore[union-attr]
@@ -140,8 +144,10 @@ async def bench_modbus(tmp: Path, writes: int) -> None:
                 opened_sim = runtime.clock.monotonic() - sim0
                 break
             await asyncio.sleep(0.001)
-        print(f"trip write → CB-045 open in the model: {'not seen' if opened_sim is None else f'{opened_sim * 1e3:.1f} ms simulated'}"
-              f" (includes the model's breaker_opening_time_ms setting), seen after {1e3 * (time.perf_counter() - t0):.1f} ms real")
+        print(
+            f"trip write → CB-045 open in the model: {'not seen' if opened_sim is None else f'{opened_sim * 1e3:.1f} ms simulated'}"
+            f" (includes the model's breaker_opening_time_ms setting), seen after {1e3 * (time.perf_counter() - t0):.1f} ms real"
+        )
 
         # read rate of one IED's full register block
         n, t0 = 0, time.perf_counter()
@@ -153,8 +159,14 @@ async def bench_modbus(tmp: Path, writes: int) -> None:
         client.close()  # type: ignore[union-attr]
 
         cap = next(i for i in site.ieds if i.protocol == "modbus_rtu")
-        serial = AsyncModbusSerialClient(port=cap.serial_port, baudrate=cap.baudrate, parity=cap.parity,  # type: ignore[union-attr]
-                                         stopbits=cap.stopbits, timeout=1, retries=0)  # type: ignore[union-attr]
+        serial = AsyncModbusSerialClient(
+            port=cap.serial_port,
+            baudrate=cap.baudrate,
+            parity=cap.parity,  # type: ignore[union-attr]
+            stopbits=cap.stopbits,
+            timeout=1,
+            retries=0,
+        )  # type: ignore[union-attr]
         await serial.connect()
         n, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < 2.0:
@@ -163,9 +175,11 @@ async def bench_modbus(tmp: Path, writes: int) -> None:
         print(f"RTU reads through the socat pty pair: {n / (time.perf_counter() - t0):,.0f} requests/s")
         serial.close()
         steps = runtime.steps
-        print(f"model step + server refresh at speed 1: mean {1e3 * runtime.step_time_s / max(steps, 1):.3f} ms "
-              f"per 10 ms step ({100 * runtime.step_time_s / max(steps, 1) / 0.01:.1f} % of real time), "
-              f"lag resets {runtime.lag_resets}")
+        print(
+            f"model step + server refresh at speed 1: mean {1e3 * runtime.step_time_s / max(steps, 1):.3f} ms "
+            f"per 10 ms step ({100 * runtime.step_time_s / max(steps, 1) / 0.01:.1f} % of real time), "
+            f"lag resets {runtime.lag_resets}"
+        )
 
 
 async def bench_fast(tmp: Path) -> None:
@@ -179,8 +193,10 @@ async def bench_fast(tmp: Path) -> None:
         wall = time.perf_counter() - t0
     finally:
         await runtime.stop()
-    print(f"speed 0 (as fast as possible): 60 s simulated in {wall:.2f} s real = x{60 / wall:,.0f} real time, "
-          f"{runtime.steps / wall:,.0f} steps/s")
+    print(
+        f"speed 0 (as fast as possible): 60 s simulated in {wall:.2f} s real = x{60 / wall:,.0f} real time, "
+        f"{runtime.steps / wall:,.0f} steps/s"
+    )
 
 
 async def bench_ami(tmp: Path, meters: int) -> None:
@@ -222,26 +238,34 @@ async def bench_ami(tmp: Path, meters: int) -> None:
             t1 = time.perf_counter()
             await asyncio.wait_for(done.wait(), 120)
         size = publisher.bytes / max(publisher.messages, 1)
-        print(f"AMI: {n:,} meters in {messages} messages of ~{size / 1024:.0f} KiB: encode+queue {1e3 * (t1 - t0):.0f} ms, "
-              f"all decoded at the subscriber after {1e3 * (received['t'] - t0):.0f} ms "
-              f"({n / (received['t'] - t0):,.0f} readings/s); bad {sub.bad_messages}, gaps {sub.seq_gaps}")
+        print(
+            f"AMI: {n:,} meters in {messages} messages of ~{size / 1024:.0f} KiB: encode+queue {1e3 * (t1 - t0):.0f} ms, "
+            f"all decoded at the subscriber after {1e3 * (received['t'] - t0):.0f} ms "
+            f"({n / (received['t'] - t0):,.0f} readings/s); bad {sub.bad_messages}, gaps {sub.seq_gaps}"
+        )
         await publisher.close()
 
         # the same fleet published by the running simulator, spread over steps
         received["n"] = 0
         done.clear()
-        runtime = HilRuntime(site, model, RuntimeOptions(speed=0, iec61850=False, ami_interval_s=900.0),
-                             clock=SimClock(start_monotonic=2.0))
+        runtime = HilRuntime(
+            site,
+            model,
+            RuntimeOptions(speed=0, iec61850=False, ami_interval_s=900.0),
+            clock=SimClock(start_monotonic=2.0),
+        )
         await runtime.start()
         try:
             t0 = time.perf_counter()
             while not done.is_set() and time.perf_counter() - t0 < 60:
                 await runtime.step()
                 await asyncio.sleep(0)
-            print(f"AMI from the runtime: {received['n']:,} readings delivered over {runtime.steps} steps "
-                  f"in {time.perf_counter() - t0:.2f} s "
-                  f"({runtime.options.ami_messages_per_step} messages per step); longest step "
-                  f"{1e3 * runtime.max_step_s:.1f} ms, mean {1e3 * runtime.step_time_s / runtime.steps:.2f} ms")
+            print(
+                f"AMI from the runtime: {received['n']:,} readings delivered over {runtime.steps} steps "
+                f"in {time.perf_counter() - t0:.2f} s "
+                f"({runtime.options.ami_messages_per_step} messages per step); longest step "
+                f"{1e3 * runtime.max_step_s:.1f} ms, mean {1e3 * runtime.step_time_s / runtime.steps:.2f} ms"
+            )
         finally:
             await runtime.stop()
         await sub.close()

@@ -42,8 +42,9 @@ def bench_add() -> None:
     image = ProcessImage()
     for pid in ids:
         image.define(pid, PointKind.ANALOG)
-    updates = [PointUpdate(point_id=pid, value=v, quality=GOOD, receive_monotonic=t, receive_time=t)
-               for pid, v, t in samples]
+    updates = [
+        PointUpdate(point_id=pid, value=v, quality=GOOD, receive_monotonic=t, receive_time=t) for pid, v, t in samples
+    ]
     apply = image.apply
     start = time.perf_counter()
     for u in updates:
@@ -58,8 +59,10 @@ def bench_add() -> None:
     print(f"aggregator add():                 {add_us:.3f} µs/update")
     print(f"process image apply(), bare:      {bare_us:.3f} µs/update")
     print(f"process image apply() + history:  {with_us:.3f} µs/update (listener adds {listener_us:.3f} µs)")
-    print(f"at {RATE_GOAL_PER_S} updates/s the history listener costs {listener_us * RATE_GOAL_PER_S / 1e4:.2f} % "
-          f"of one core")
+    print(
+        f"at {RATE_GOAL_PER_S} updates/s the history listener costs {listener_us * RATE_GOAL_PER_S / 1e4:.2f} % "
+        f"of one core"
+    )
 
 
 def bench_flush() -> None:
@@ -77,8 +80,10 @@ def bench_flush() -> None:
             start = time.perf_counter()
             store.append_history(rows)
             times.append((time.perf_counter() - start) * 1000.0)
-        print(f"flush of {len(rows)} buckets (one transaction, file DB, WAL): "
-              f"median {statistics.median(times):.1f} ms, max {max(times):.1f} ms over {len(times)} flushes")
+        print(
+            f"flush of {len(rows)} buckets (one transaction, file DB, WAL): "
+            f"median {statistics.median(times):.1f} ms, max {max(times):.1f} ms over {len(times)} flushes"
+        )
         start = time.perf_counter()
         got = store.history("P1234", since=0.0)
         print(f"read back one point's {len(got)} buckets: {(time.perf_counter() - start) * 1000.0:.2f} ms")
@@ -101,8 +106,10 @@ def bench_flush() -> None:
             return waits
 
         waits = snapshot_waits(10, store.append_history)
-        print(f"snapshot write during a one-transaction flush: median {statistics.median(waits):.2f} ms, "
-              f"max {max(waits):.2f} ms")
+        print(
+            f"snapshot write during a one-transaction flush: median {statistics.median(waits):.2f} ms, "
+            f"max {max(waits):.2f} ms"
+        )
 
         # the daemon writes in transactions of HISTORY_WRITE_CHUNK rows, releasing the lock in between
         chunk_ms: list[float] = []
@@ -110,15 +117,18 @@ def bench_flush() -> None:
         def chunked(rows: list[HistoryRow]) -> None:
             for k in range(0, len(rows), HISTORY_WRITE_CHUNK):
                 start = time.perf_counter()
-                store.append_history(rows[k:k + HISTORY_WRITE_CHUNK])
+                store.append_history(rows[k : k + HISTORY_WRITE_CHUNK])
                 chunk_ms.append((time.perf_counter() - start) * 1000.0)
                 time.sleep(0)
 
         waits = snapshot_waits(20, chunked)
-        print(f"one {HISTORY_WRITE_CHUNK}-row transaction: median {statistics.median(chunk_ms):.2f} ms, "
-              f"max {max(chunk_ms):.2f} ms")
-        print(f"snapshot write during a chunked flush: median {statistics.median(waits):.2f} ms, "
-              f"max {max(waits):.2f} ms")
+        print(
+            f"one {HISTORY_WRITE_CHUNK}-row transaction: median {statistics.median(chunk_ms):.2f} ms, "
+            f"max {max(chunk_ms):.2f} ms"
+        )
+        print(
+            f"snapshot write during a chunked flush: median {statistics.median(waits):.2f} ms, max {max(waits):.2f} ms"
+        )
         start = time.perf_counter()
         pruned = store.prune_history(base + 60.0 * 10, HISTORY_WRITE_CHUNK)
         print(f"retention prune of {pruned} buckets (one chunk): {(time.perf_counter() - start) * 1000.0:.1f} ms")

@@ -53,8 +53,7 @@ def pct(samples: Sequence[float], q: float) -> float:
 
 def line(name: str, samples_s: Sequence[float]) -> str:
     ms = [s * 1000 for s in samples_s]
-    return (f"{name:<52} n={len(ms):>4}  p50 {pct(ms, 0.50):8.2f} ms  p99 {pct(ms, 0.99):8.2f} ms  "
-            f"max {max(ms):8.2f} ms")
+    return f"{name:<52} n={len(ms):>4}  p50 {pct(ms, 0.50):8.2f} ms  p99 {pct(ms, 0.99):8.2f} ms  max {max(ms):8.2f} ms"
 
 
 def gi_bench() -> None:
@@ -63,15 +62,25 @@ def gi_bench() -> None:
     for n in range(GI_POINTS):
         pid = f"P{n}.value"
         image.define(pid, PointKind.ANALOG, unit="A", source="X")
-        image.apply(PointUpdate(point_id=pid, value=float(n), quality=GOOD, receive_monotonic=time.monotonic(),
-                                receive_time=time.time()))
+        image.apply(
+            PointUpdate(
+                point_id=pid, value=float(n), quality=GOOD, receive_monotonic=time.monotonic(), receive_time=time.time()
+            )
+        )
         monitored.append(MonitorPoint(pid, 1001 + n, TypeId.M_ME_TF_1, 0.0, PointKind.ANALOG))
     pmap = PointMap(1, tuple(monitored), (), {m.point_id: m for m in monitored}, {})
     port = free_port()
     cfg = Iec104Config(enabled=True, bind="127.0.0.1", port=port)
     plant: Any = SimpleNamespace()
-    outstation = Iec104Outstation(cfg, pmap, image, CommandHandler(pmap, plant, Role.OPERATOR), Reporter(pmap),
-                                  SystemClock(), logging.getLogger("bench.iec104"))
+    outstation = Iec104Outstation(
+        cfg,
+        pmap,
+        image,
+        CommandHandler(pmap, plant, Role.OPERATOR),
+        Reporter(pmap),
+        SystemClock(),
+        logging.getLogger("bench.iec104"),
+    )
     loop = asyncio.new_event_loop()
     ready = threading.Event()
 
@@ -119,8 +128,12 @@ def rig_bench() -> None:
                 mark = master.mark()
                 rig.hil_call("loadstep", target="XFMR-101", factor=factor if n % 2 == 0 else 1 / factor)
                 sent = time.monotonic()
-                got = master.wait_for(lambda a: a.cot == m104.COT_SPONTANEOUS and any(o.ioa == ia for o in a.objects),
-                                      "CB-045.ia", 10, start=mark)
+                got = master.wait_for(
+                    lambda a: a.cot == m104.COT_SPONTANEOUS and any(o.ioa == ia for o in a.objects),
+                    "CB-045.ia",
+                    10,
+                    start=mark,
+                )
                 latencies.append(got.received_monotonic - sent)
                 time.sleep(0.05)
             print(line("spontaneous: HIL load step -> M_ME_TF_1 at the master (20 ms poll)", latencies))
@@ -136,13 +149,25 @@ def rig_bench() -> None:
                 con = master.double_command(cmd, state, select=False)
                 t3 = time.monotonic()
                 assert not con.negative, con
-                back = master.wait_for(lambda a, s=state: a.cot == m104.COT_RETURN_REMOTE and any(
-                    o.ioa == pos and o.value == s for o in a.objects), "position", 20, start=mark)
+                back = master.wait_for(
+                    lambda a, s=state: (
+                        a.cot == m104.COT_RETURN_REMOTE and any(o.ioa == pos and o.value == s for o in a.objects)
+                    ),
+                    "position",
+                    20,
+                    start=mark,
+                )
                 select.append(t1 - t0)
                 execute.append(t3 - t2)
                 moved.append(back.received_monotonic - t2)
-                rig.wait(lambda s=state: rig.daemon_call("breaker.status", breaker="CB-044")["position"] ==
-                         ("open" if s == m104.DP_OFF else "closed"), "the position settled", 20)
+                rig.wait(
+                    lambda s=state: (
+                        rig.daemon_call("breaker.status", breaker="CB-044")["position"]
+                        == ("open" if s == m104.DP_OFF else "closed")
+                    ),
+                    "the position settled",
+                    20,
+                )
                 time.sleep(0.3)
             print(line("command: select -> ACT_CON (through the authority)", select))
             print(line("command: execute -> ACT_CON", execute))

@@ -47,10 +47,7 @@ def pct(samples: Sequence[float], q: float) -> float:
 
 def line(name: str, samples_s: Sequence[float]) -> str:
     ms = [s * 1000 for s in samples_s]
-    return (
-        f"{name:<44} n={len(ms):>5}  p50 {pct(ms, 0.50):7.3f} ms  p99 {pct(ms, 0.99):7.3f} ms  "
-        f"max {max(ms):7.3f} ms"
-    )
+    return f"{name:<44} n={len(ms):>5}  p50 {pct(ms, 0.50):7.3f} ms  p99 {pct(ms, 0.99):7.3f} ms  max {max(ms):7.3f} ms"
 
 
 class Arrivals:
@@ -205,9 +202,7 @@ def main() -> None:
     bay = BayServerProcess(str(SITE), IED, port)
     try:
         bay.wait_listening()
-        print(
-            f"IEC 61850 bench: server pid {bay.proc.pid} on 127.0.0.1:{port}, client pid {os.getpid()}"
-        )
+        print(f"IEC 61850 bench: server pid {bay.proc.pid} on 127.0.0.1:{port}, client pid {os.getpid()}")
         asyncio.run(bench(cfg, bay))
     finally:
         bay.close()

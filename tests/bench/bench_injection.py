@@ -38,30 +38,57 @@ def main() -> int:
     args = parser.parse_args()
     rng = random.Random(5)
     differences: list[float] = []
-    with tempfile.TemporaryDirectory() as tmp, \
-            Rig(fault_site(reclose=False, relay_poll_ms=20, instantaneous=True), Path(tmp), hil_args=("--no-ami",)) as rig:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        Rig(fault_site(reclose=False, relay_poll_ms=20, instantaneous=True), Path(tmp), hil_args=("--no-ami",)) as rig,
+    ):
         scheme = next(s for s in rig.doc["protection"] if s["breaker"] == "CB-045")
         pickup = scheme["elements"]["51P"]["pickup_a"]
         for _ in range(args.runs):
             if breaker(rig, "CB-045") != "closed":
                 close_and_settle(rig, "CB-045")
             current = round(pickup * rng.uniform(1.1, 5.0))
-            r = subprocess.run([sys.executable, "-m", "gateway.cli", "protection", "test", "CB-045", "--seq",
-                                f"1s 200A; 3s {current}A; 1s 0A", "--live", "--json", "--live-tolerance", "10",
-                                "--hil-socket", str(rig.hil_socket), "--config", str(rig.site_path),
-                                "--runtime-dir", str(rig.runtime_dir)],
-                               capture_output=True, text=True, timeout=300, cwd=ROOT)
+            r = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "gateway.cli",
+                    "protection",
+                    "test",
+                    "CB-045",
+                    "--seq",
+                    f"1s 200A; 3s {current}A; 1s 0A",
+                    "--live",
+                    "--json",
+                    "--live-tolerance",
+                    "10",
+                    "--hil-socket",
+                    str(rig.hil_socket),
+                    "--config",
+                    str(rig.site_path),
+                    "--runtime-dir",
+                    str(rig.runtime_dir),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=300,
+                cwd=ROOT,
+            )
             live = json.loads(r.stdout)["live"]
             if live["difference_s"] is None:
                 print(f"{current} A: measured {live['measured_trip_s']}, core {live['expected_trip_s']}")
                 continue
             differences.append(live["difference_s"])
-            print(f"{current:>5} A: core {live['expected_trip_s']:.4f} s, measured {live['measured_trip_s']:.4f} s, "
-                  f"{1000 * live['difference_s']:+.1f} ms")
+            print(
+                f"{current:>5} A: core {live['expected_trip_s']:.4f} s, measured {live['measured_trip_s']:.4f} s, "
+                f"{1000 * live['difference_s']:+.1f} ms"
+            )
     if differences:
         ms = [1000 * d for d in differences]
-        print(f"{len(ms)} runs, measured - core (ms): min {min(ms):+.1f}  p50 {pct(ms, 50):+.1f}  "
-              f"p95 {pct(ms, 95):+.1f}  max {max(ms):+.1f}  (relay poll 20 ms, simulator step 10 ms)")
+        print(
+            f"{len(ms)} runs, measured - core (ms): min {min(ms):+.1f}  p50 {pct(ms, 50):+.1f}  "
+            f"p95 {pct(ms, 95):+.1f}  max {max(ms):+.1f}  (relay poll 20 ms, simulator step 10 ms)"
+        )
     return 0
 
 

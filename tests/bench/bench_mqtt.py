@@ -92,9 +92,19 @@ SUBSCRIBER = textwrap.dedent(
 class Subscriber:
     def __init__(self, port: int, tls: Any, timeout_s: float) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", SUBSCRIBER, BASE, str(port), str(tls.ca_file), str(tls.client_cert),
-             str(tls.client_key), str(timeout_s)],
-            stdout=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-c",
+                SUBSCRIBER,
+                BASE,
+                str(port),
+                str(tls.ca_file),
+                str(tls.client_cert),
+                str(tls.client_key),
+                str(timeout_s),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().strip()
@@ -116,10 +126,25 @@ def rss_mib() -> float:
 
 
 def make_uplink(tmp: Path, port: int, name: str, **overrides: Any) -> MqttUplink:
-    cfg = UplinkConfig(broker_host="127.0.0.1", broker_port=port, transport="tls", ca_file=Path("tls/ca.crt"),
-                       cert_file=Path("tls/client.crt"), key_file=Path("tls/client.key"), **overrides)
-    return MqttUplink(cfg, SITE, Store(tmp / f"{name}.db"), SystemClock(), logging.getLogger("bench.uplink"),
-                      base_dir=tmp, backoff_min_s=0.05, backoff_max_s=0.5)
+    cfg = UplinkConfig(
+        broker_host="127.0.0.1",
+        broker_port=port,
+        transport="tls",
+        ca_file=Path("tls/ca.crt"),
+        cert_file=Path("tls/client.crt"),
+        key_file=Path("tls/client.key"),
+        **overrides,
+    )
+    return MqttUplink(
+        cfg,
+        SITE,
+        Store(tmp / f"{name}.db"),
+        SystemClock(),
+        logging.getLogger("bench.uplink"),
+        base_dir=tmp,
+        backoff_min_s=0.05,
+        backoff_max_s=0.5,
+    )
 
 
 async def wait(predicate: Any, timeout_s: float) -> bool:
@@ -133,13 +158,15 @@ async def wait(predicate: Any, timeout_s: float) -> bool:
 
 def percentiles_ms(samples_s: list[float]) -> str:
     xs = sorted(samples_s) or [0.0]
-    return (f"p50 {xs[len(xs) // 2] * 1e3:.2f} ms, p99 {xs[int(len(xs) * 0.99)] * 1e3:.2f} ms, "
-            f"max {xs[-1] * 1e3:.2f} ms")
+    return f"p50 {xs[len(xs) // 2] * 1e3:.2f} ms, p99 {xs[int(len(xs) * 0.99)] * 1e3:.2f} ms, max {xs[-1] * 1e3:.2f} ms"
 
 
 def make_points(n: int) -> tuple[Telemetry, list[Point]]:
-    tel = Telemetry([PointSpec(f"IED{i // 100:02d}.r{i % 100:03d}", PointKind.ANALOG, 0.0) for i in range(n)],
-                    max_batch=500, integrity_period_s=3600)
+    tel = Telemetry(
+        [PointSpec(f"IED{i // 100:02d}.r{i % 100:03d}", PointKind.ANALOG, 0.0) for i in range(n)],
+        max_batch=500,
+        integrity_period_s=3600,
+    )
     points = [Point(spec_id, PointKind.ANALOG, quality=GOOD) for spec_id in tel.point_ids]
     return tel, points
 
@@ -187,12 +214,18 @@ async def offered_load(tmp: Path, port: int, tls: Any, seconds: float, n_points:
     rate = res["values"] / elapsed
     per_1000_ms = cpu / max(offered, 1) * 1000 * 1000
     print(f"offered load: {n_points} points every {period_ms:.0f} ms for {elapsed:.1f} s (TLS, QoS 1)")
-    print(f"  values offered {offered:,}, delivered to the subscriber {res['values']:,} "
-          f"({res['values'] / max(offered, 1):.1%}), {rate:,.0f} values/s in {res['messages']:,} messages")
-    print(f"  uplink CPU {cpu / elapsed:.1%} of one core; {per_1000_ms:.2f} ms CPU per 1,000 values "
-          f"(open peer ≈ {PEER_CPU_PER_1000_MS:.1f} ms: {PEER_CPU_PER_1000_MS / max(per_1000_ms, 1e-9):.1f}× less)")
-    print(f"  change → subscriber latency p50 {res['p50_ms']:.1f} ms, p99 {res['p99_ms']:.1f} ms, "
-          f"max {res['max_ms']:.1f} ms (includes the {window * 1000:.0f} ms batch window)")
+    print(
+        f"  values offered {offered:,}, delivered to the subscriber {res['values']:,} "
+        f"({res['values'] / max(offered, 1):.1%}), {rate:,.0f} values/s in {res['messages']:,} messages"
+    )
+    print(
+        f"  uplink CPU {cpu / elapsed:.1%} of one core; {per_1000_ms:.2f} ms CPU per 1,000 values "
+        f"(open peer ≈ {PEER_CPU_PER_1000_MS:.1f} ms: {PEER_CPU_PER_1000_MS / max(per_1000_ms, 1e-9):.1f}× less)"
+    )
+    print(
+        f"  change → subscriber latency p50 {res['p50_ms']:.1f} ms, p99 {res['p99_ms']:.1f} ms, "
+        f"max {res['max_ms']:.1f} ms (includes the {window * 1000:.0f} ms batch window)"
+    )
     print(f"  time the caller waits in publish() (spool commit of ~27 kB): {percentiles_ms(publish_s)}")
     print(f"  spool depth max {max_depth}, peak RSS {rss_mib():.0f} MiB")
 
@@ -226,8 +259,10 @@ async def ceiling(tmp: Path, port: int, tls: Any, total_values: int) -> None:
     await up.close()
     await task
     print(f"ceiling: {offered:,} values offered as fast as taken, delivered {res['values']:,} in {elapsed:.1f} s")
-    print(f"  {res['values'] / elapsed:,.0f} values/s, {res['messages'] / elapsed:,.0f} messages/s; "
-          f"{cpu / offered * 1e6:.2f} ms CPU per 1,000 values")
+    print(
+        f"  {res['values'] / elapsed:,.0f} values/s, {res['messages'] / elapsed:,.0f} messages/s; "
+        f"{cpu / offered * 1e6:.2f} ms CPU per 1,000 values"
+    )
 
 
 async def backlog(tmp: Path, tls: Any, total_values: int) -> None:
@@ -259,10 +294,14 @@ async def backlog(tmp: Path, tls: Any, total_values: int) -> None:
         res = sub.result()
         await up.close()
         await task
-    print(f"backlog: {offered:,} values spooled offline in {depth:,} messages in {spool_s:.2f} s "
-          f"({offered / spool_s:,.0f} values/s into SQLite), spool file {db_mib:.1f} MiB")
-    print(f"  after the broker returned: {res['values']:,} values delivered in {drain_s:.1f} s "
-          f"({res['values'] / drain_s:,.0f} values/s, all flagged historical), peak RSS {rss_mib():.0f} MiB")
+    print(
+        f"backlog: {offered:,} values spooled offline in {depth:,} messages in {spool_s:.2f} s "
+        f"({offered / spool_s:,.0f} values/s into SQLite), spool file {db_mib:.1f} MiB"
+    )
+    print(
+        f"  after the broker returned: {res['values']:,} values delivered in {drain_s:.1f} s "
+        f"({res['values'] / drain_s:,.0f} values/s, all flagged historical), peak RSS {rss_mib():.0f} MiB"
+    )
 
 
 async def main() -> None:

@@ -37,8 +37,9 @@ def _percentile(values: list[float], q: float) -> float:
 def round_trips(rig: scenario.TwoRig, n: int) -> list[float]:
     out = []
     for _ in range(n):
-        asked = rig.daemon_call(scenario.REQUESTER, "transfer.request", tie=scenario.TIE, part=scenario.PART,
-                                load_kw=25_000.0)
+        asked = rig.daemon_call(
+            scenario.REQUESTER, "transfer.request", tie=scenario.TIE, part=scenario.PART, load_kw=25_000.0
+        )
         ex = scenario._wait_final(rig, scenario.REQUESTER, asked["xid"], 10.0)
         if ex["phase"] != "refused":
             raise RuntimeError(f"expected a refusal, got {ex['phase']}: {ex['reason']}")
@@ -53,8 +54,9 @@ def main() -> None:
     args = parser.parse_args()
     rec = Recorder("peak-demand", 0)
     with tempfile.TemporaryDirectory(prefix="bench-peak-") as tmp:
-        rig = scenario.TwoRig(scenario.documents(), Path(tmp),
-                              hil_args=("--speed", f"{scenario.SPEED:g}", "--step", scenario.STEP))
+        rig = scenario.TwoRig(
+            scenario.documents(), Path(tmp), hil_args=("--speed", f"{scenario.SPEED:g}", "--step", scenario.STEP)
+        )
         with rig:
             scenario._main_run(rig, rec)
             failed = [c for c in rec.checks if not c.passed]
@@ -63,14 +65,18 @@ def main() -> None:
             time.sleep(1.0)
             trips = round_trips(rig, args.exchanges)
     f = rec.figures
-    print(f"forecast crossing → SUB-007 below {scenario.TARGET_PERCENT:g} %: "
-          f"{f['crossing_to_below_target_sim_min']} simulated min ({f['crossing_to_below_target_wall_s']} s at "
-          f"{scenario.SPEED:g}×); peak {f['peak_load_pct_before']} % → {f['final_load_pct']} %, "
-          f"customers shed {f['customers_shed']}")
+    print(
+        f"forecast crossing → SUB-007 below {scenario.TARGET_PERCENT:g} %: "
+        f"{f['crossing_to_below_target_sim_min']} simulated min ({f['crossing_to_below_target_wall_s']} s at "
+        f"{scenario.SPEED:g}×); peak {f['peak_load_pct_before']} % → {f['final_load_pct']} %, "
+        f"customers shed {f['customers_shed']}"
+    )
     print("  per action (MW): " + ", ".join(f"{a} {mw:.2f}" for a, mw in f["reduction_mw"].items()))
     print(f"  transfer exchange, request → both confirmed (switching included): {f.get('transfer_round_trip_ms')} ms")
-    print(f"coordination round trip over the TLS broker (request → signed answer verified), {len(trips)} exchanges: "
-          f"p50 {statistics.median(trips):.1f} ms  p99 {_percentile(trips, 0.99):.1f} ms  max {max(trips):.1f} ms")
+    print(
+        f"coordination round trip over the TLS broker (request → signed answer verified), {len(trips)} exchanges: "
+        f"p50 {statistics.median(trips):.1f} ms  p99 {_percentile(trips, 0.99):.1f} ms  max {max(trips):.1f} ms"
+    )
     if failed:
         print("checks that did not pass: " + "; ".join(f"{c.name} ({c.detail})" for c in failed))
         sys.exit(1)

@@ -34,19 +34,45 @@ ELEMENTS_PER_RELAY = 4
 
 
 def settings() -> CoreSettings:
-    relays = tuple(RelaySettings(nominal_kv=11.0, shots=3, dead_time_s=(0.5, 15.0, 30.0, 30.0),
-                                 fast_mask=1, reclaim_s=30.0, bf_enabled=True, bf_current_a=100.0,
-                                 bf_backup_s=0.15) for _ in range(RELAYS))
+    relays = tuple(
+        RelaySettings(
+            nominal_kv=11.0,
+            shots=3,
+            dead_time_s=(0.5, 15.0, 30.0, 30.0),
+            fast_mask=1,
+            reclaim_s=30.0,
+            bf_enabled=True,
+            bf_current_a=100.0,
+            bf_backup_s=0.15,
+        )
+        for _ in range(RELAYS)
+    )
     elements = []
     for r in range(RELAYS):
         elements += [
             ElementSettings(relay=r, kind=ElementKind.P50, pickup=3000.0, fast_only=True),
-            ElementSettings(relay=r, kind=ElementKind.P51, pickup=400.0, curve=Curve.IEC_SI,
-                            fast_curve=Curve.IEC_SI, tms=0.1, fast_tms=0.05),
-            ElementSettings(relay=r, kind=ElementKind.N51, pickup=60.0, curve=Curve.IEEE_VI,
-                            fast_curve=Curve.IEEE_VI, tms=1.0, fast_tms=1.0, reset_mode=2),
-            ElementSettings(relay=r, kind=ElementKind.TH49, pickup=420.0, tau_s=600.0,
-                            cooling_tau_s=600.0, reset_theta=0.9),
+            ElementSettings(
+                relay=r,
+                kind=ElementKind.P51,
+                pickup=400.0,
+                curve=Curve.IEC_SI,
+                fast_curve=Curve.IEC_SI,
+                tms=0.1,
+                fast_tms=0.05,
+            ),
+            ElementSettings(
+                relay=r,
+                kind=ElementKind.N51,
+                pickup=60.0,
+                curve=Curve.IEEE_VI,
+                fast_curve=Curve.IEEE_VI,
+                tms=1.0,
+                fast_tms=1.0,
+                reset_mode=2,
+            ),
+            ElementSettings(
+                relay=r, kind=ElementKind.TH49, pickup=420.0, tau_s=600.0, cooling_tau_s=600.0, reset_theta=0.9
+            ),
         ]
     return CoreSettings(relays=relays, elements=tuple(elements))
 
@@ -110,12 +136,15 @@ def main() -> None:
         nat.step(100.0 + k * 0.001)
     t_call = time.perf_counter() - start
     print(f"elements: {n_elements} ({RELAYS} relays x {ELEMENTS_PER_RELAY}), one batch call per step")
-    print(f"python reference: {ref_rate:>14,.0f} element evaluations/s  "
-          f"({1e3 * t_ref / ref_steps:.3f} ms per step)")
-    print(f"C core (+ numpy input updates): {nat_rate:>14,.0f} element evaluations/s  "
-          f"({1e6 * t_nat / nat_steps:.1f} us per step)")
-    print(f"C core call alone: {n_elements * nat_steps / t_call:>14,.0f} element evaluations/s  "
-          f"({1e6 * t_call / nat_steps:.1f} us per step)")
+    print(f"python reference: {ref_rate:>14,.0f} element evaluations/s  ({1e3 * t_ref / ref_steps:.3f} ms per step)")
+    print(
+        f"C core (+ numpy input updates): {nat_rate:>14,.0f} element evaluations/s  "
+        f"({1e6 * t_nat / nat_steps:.1f} us per step)"
+    )
+    print(
+        f"C core call alone: {n_elements * nat_steps / t_call:>14,.0f} element evaluations/s  "
+        f"({1e6 * t_call / nat_steps:.1f} us per step)"
+    )
     print(f"ratio C / reference: {nat_rate / ref_rate:,.0f}x (goal >= 100x)")
     per_sample = bench_on_sample()
     print(f"ProtectionEngine.on_sample (native, example site, 3 breakers): {1e6 * per_sample:.2f} us per sample")

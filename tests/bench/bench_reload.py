@@ -54,8 +54,12 @@ def reload_once(rig: Rig, doc: dict[str, Any]) -> dict[str, Any]:
     assert rig.daemon is not None
     rig.daemon.send_signal(signal.SIGHUP)
     rig.wait(lambda: rig.daemon_call("status")["reloads"] > before, "the reload", 30)
-    report = rig.wait(lambda: (r := rig.daemon_call("status")["last_reload"])["protection_longest_gap_s"] is not None
-                      and r, "the reload's gap window to close", 30, interval_s=0.2)
+    report = rig.wait(
+        lambda: (r := rig.daemon_call("status")["last_reload"])["protection_longest_gap_s"] is not None and r,
+        "the reload's gap window to close",
+        30,
+        interval_s=0.2,
+    )
     if not report["ok"]:
         raise RuntimeError(f"reload failed: {report}")
     return dict(report)
@@ -65,10 +69,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reloads", type=int, default=6, help="reloads of each kind")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp, \
-            Rig(fault_site(reclose=True, relay_poll_ms=20), Path(tmp), hil_args=("--no-ami",)) as rig:
-        print(f"{'reload':<22} {'n':>3} {'gap p50 ms':>11} {'gap max ms':>11} {'build max ms':>13} "
-              f"{'hand-over max ms':>17} {'reload p50 s':>13}  IEDs kept / restarted, breakers handed over")
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        Rig(fault_site(reclose=True, relay_poll_ms=20), Path(tmp), hil_args=("--no-ami",)) as rig,
+    ):
+        print(
+            f"{'reload':<22} {'n':>3} {'gap p50 ms':>11} {'gap max ms':>11} {'build max ms':>13} "
+            f"{'hand-over max ms':>17} {'reload p50 s':>13}  IEDs kept / restarted, breakers handed over"
+        )
         for every_ied in (False, True):
             gaps, durations, builds, hand_overs, last = [], [], [], [], {}
             for n in range(args.reloads):
@@ -78,14 +86,20 @@ def main() -> None:
                 builds.append(last["build_s"] * 1000.0)
                 hand_overs.append(last["hand_over_s"] * 1000.0)
             name = "every IED changed" if every_ied else "one IED changed"
-            print(f"{name:<22} {len(gaps):>3} {pct(gaps, 0.5):>11.1f} {max(gaps):>11.1f} {max(builds):>13.1f} "
-                  f"{max(hand_overs):>17.1f} {pct(durations, 0.5):>13.2f}  "
-                  f"{len(last['ieds_kept_running'])} / {len(last['ieds_restarted'])}, "
-                  f"{len(last['breakers_handed_over'])}", flush=True)
-        baseline = [rig.daemon_call("protection.gaps", window_s=5.0)["longest_gap_s"] * 1000.0
-                    for _ in range(args.reloads)]
-        print(f"{'no reload (5 s windows)':<22} {len(baseline):>3} {pct(baseline, 0.5):>11.1f} {max(baseline):>11.1f}",
-              flush=True)
+            print(
+                f"{name:<22} {len(gaps):>3} {pct(gaps, 0.5):>11.1f} {max(gaps):>11.1f} {max(builds):>13.1f} "
+                f"{max(hand_overs):>17.1f} {pct(durations, 0.5):>13.2f}  "
+                f"{len(last['ieds_kept_running'])} / {len(last['ieds_restarted'])}, "
+                f"{len(last['breakers_handed_over'])}",
+                flush=True,
+            )
+        baseline = [
+            rig.daemon_call("protection.gaps", window_s=5.0)["longest_gap_s"] * 1000.0 for _ in range(args.reloads)
+        ]
+        print(
+            f"{'no reload (5 s windows)':<22} {len(baseline):>3} {pct(baseline, 0.5):>11.1f} {max(baseline):>11.1f}",
+            flush=True,
+        )
         status = rig.daemon_call("status")
         assert status["reload_failures"] == 0 and all(i["state"] == "online" for i in status["ieds"])
 

@@ -27,9 +27,19 @@ class Farm:
 
     def __init__(self, devices: int, registers: int, period_ms: float) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--devices", str(devices),
-             "--registers", str(registers), "--period-ms", str(period_ms)],
-            stdout=subprocess.PIPE, text=True)
+            [
+                sys.executable,
+                __file__,
+                "--devices",
+                str(devices),
+                "--registers",
+                str(registers),
+                "--period-ms",
+                str(period_ms),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert self.proc.stdout is not None
         self.ports: list[int] = json.loads(self.proc.stdout.readline())["ports"]
         self.cycle_time: dict[int, float] = {}
@@ -55,8 +65,11 @@ async def main(devices: int, registers: int, period_s: float, duration_s: float)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for _ in range(devices):
-            ctx = ModbusServerContext(devices=ModbusDeviceContext(hr=ModbusSequentialDataBlock(1, [0] * registers),
-                                                                  co=ModbusSequentialDataBlock(1, [0] * 16)))
+            ctx = ModbusServerContext(
+                devices=ModbusDeviceContext(
+                    hr=ModbusSequentialDataBlock(1, [0] * registers), co=ModbusSequentialDataBlock(1, [0] * 16)
+                )
+            )
             server = ModbusTcpServer(ctx, address=("127.0.0.1", 0))
             await server.serve_forever(background=True)
             servers.append(server)

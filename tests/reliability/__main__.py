@@ -40,13 +40,21 @@ def _run_part(name: str, workdir: Path, quick: bool) -> Report:
     out = workdir / f"{name}.json"
     out.unlink(missing_ok=True)
     bound_s = float(module.BUDGET_S) * (0.5 if quick else 1.0) + 60.0
-    argv = [sys.executable, "-m", f"tests.reliability.part_{name}", "--out", str(out),
-            "--workdir", str(workdir / name)] + (["--quick"] if quick else [])
+    argv = [
+        sys.executable,
+        "-m",
+        f"tests.reliability.part_{name}",
+        "--out",
+        str(out),
+        "--workdir",
+        str(workdir / name),
+    ] + (["--quick"] if quick else [])
     log_path = workdir / f"{name}.log"
     start = time.monotonic()
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
         try:
             proc.wait(bound_s)
         except subprocess.TimeoutExpired:
@@ -59,8 +67,11 @@ def _run_part(name: str, workdir: Path, quick: bool) -> Report:
     else:
         report = Report(name, module.TITLE)
         tail = log_path.read_text(errors="replace")[-2000:]
-        report.error = (f"did not finish within its bound of {bound_s:.0f} s" if proc.returncode in (None, -9)
-                        else f"exited with {proc.returncode} and no report") + f"; log {log_path}:\n{tail}"
+        report.error = (
+            f"did not finish within its bound of {bound_s:.0f} s"
+            if proc.returncode in (None, -9)
+            else f"exited with {proc.returncode} and no report"
+        ) + f"; log {log_path}:\n{tail}"
     report.seconds = took
     return report
 
@@ -120,14 +131,18 @@ def print_table(reports: list[Report]) -> None:
 
 def _commit() -> tuple[str, bool]:
     """The checked-out commit and whether tracked files differ from it."""
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
-                           text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
     return commit, bool(dirty)
 
 
-def write_doc(reports: list[Report], started: datetime.datetime, total_s: float, quick: bool,
-              meta: dict[str, Any] | None = None) -> None:
+def write_doc(
+    reports: list[Report], started: datetime.datetime, total_s: float, quick: bool, meta: dict[str, Any] | None = None
+) -> None:
     """`meta` (run.json) names the run's commit and any parts run again since."""
     meta = meta or {}
     commit, dirty = (meta["commit"], meta["dirty"]) if "commit" in meta else _commit()
@@ -149,9 +164,11 @@ def write_doc(reports: list[Report], started: datetime.datetime, total_s: float,
         "- medians are given where a figure varies from one repetition to the next",
     ]
     for rerun in meta.get("reruns", []):
-        lines.append(f"- run again afterwards: {', '.join(rerun['parts'])} at {rerun['at'][:16].replace('T', ' ')} UTC"
-                     f" ({rerun['seconds'] / 60:.1f} minutes), commit {rerun['commit']}"
-                     f"{' with local changes' if rerun['dirty'] else ''}; {rerun['why']}")
+        lines.append(
+            f"- run again afterwards: {', '.join(rerun['parts'])} at {rerun['at'][:16].replace('T', ' ')} UTC"
+            f" ({rerun['seconds'] / 60:.1f} minutes), commit {rerun['commit']}"
+            f"{' with local changes' if rerun['dirty'] else ''}; {rerun['why']}"
+        )
     lines += [
         "",
         "## Summary",
@@ -165,7 +182,7 @@ def write_doc(reports: list[Report], started: datetime.datetime, total_s: float,
         lines += ["", "Not measured by this run:", ""] + [f"- {text}" for text in NOT_MEASURED]
     for r in reports:
         module = importlib.import_module(f"tests.reliability.part_{r.part}")
-        lines += ["", f"<a id=\"{r.part}\"></a>", f"## {r.title}", "", module.METHOD.strip(), ""]
+        lines += ["", f'<a id="{r.part}"></a>', f"## {r.title}", "", module.METHOD.strip(), ""]
         if r.skipped:
             lines += [f"**Skipped:** {r.skipped}", ""]
         if r.error:
@@ -178,7 +195,9 @@ def write_doc(reports: list[Report], started: datetime.datetime, total_s: float,
             lines.append("")
         for note in r.notes:
             lines += [f"- {note}"]
-        lines.append(f"\n_Time: {r.seconds:.0f} s (bound {importlib.import_module(f'tests.reliability.part_{r.part}').BUDGET_S} s)._")
+        lines.append(
+            f"\n_Time: {r.seconds:.0f} s (bound {importlib.import_module(f'tests.reliability.part_{r.part}').BUDGET_S} s)._"
+        )
     DOC.write_text("\n".join(lines).rstrip() + "\n")
 
 
@@ -196,8 +215,16 @@ def _rerun_into(workdir: Path, parts: list[str], why: str) -> int:
         print(f"=== {name}: {report.verdict} in {report.seconds:.0f} s — {_headline(report)}", flush=True)
     reports = [by_part[p] for p in PARTS if p in by_part]
     results.write_text(json.dumps([r.to_json() for r in reports], indent=1, default=str))
-    meta.setdefault("reruns", []).append({"parts": parts, "at": at.isoformat(), "seconds": time.monotonic() - t0,
-                                          "commit": commit, "dirty": dirty, "why": why})
+    meta.setdefault("reruns", []).append(
+        {
+            "parts": parts,
+            "at": at.isoformat(),
+            "seconds": time.monotonic() - t0,
+            "commit": commit,
+            "dirty": dirty,
+            "why": why,
+        }
+    )
     (workdir / "run.json").write_text(json.dumps(meta))
     print_table(reports)
     write_doc(reports, datetime.datetime.fromisoformat(meta["started"]), meta["seconds"], meta["quick"], meta)
@@ -211,10 +238,17 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="reduced counts (for trying the harness)")
     parser.add_argument("--doc", action="store_true", help="write docs/reliability.md even for some parts")
     parser.add_argument("--workdir", default=str(ROOT / ".run" / "reliability"))
-    parser.add_argument("--doc-from", metavar="RESULTS", help="only write docs/reliability.md again from a "
-                        "finished run's results.json (its figures, unchanged)")
-    parser.add_argument("--into", metavar="WORKDIR", help="run the given parts again and replace their reports "
-                        "in the finished run in WORKDIR (results.json, run.json), then write the document")
+    parser.add_argument(
+        "--doc-from",
+        metavar="RESULTS",
+        help="only write docs/reliability.md again from a finished run's results.json (its figures, unchanged)",
+    )
+    parser.add_argument(
+        "--into",
+        metavar="WORKDIR",
+        help="run the given parts again and replace their reports "
+        "in the finished run in WORKDIR (results.json, run.json), then write the document",
+    )
     parser.add_argument("--why", default="", help="with --into: the reason, printed in the document")
     args = parser.parse_args()
     if args.doc_from:

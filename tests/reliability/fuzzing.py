@@ -32,10 +32,38 @@ ROOT = Path(__file__).resolve().parents[2]
 HANG_S = 1.0
 """One input taking longer than this counts as a hang."""
 
-_INTERESTING = [b"\x00", b"\xff", b"\x7f", b"\x80", b"\x00\x00", b"\xff\xff", b"\x7f\xff", b"\x80\x00",
-                b"\xff\xff\xff\xff", b"\x7f\xff\xff\xff", b"\x00\x00\x80\x7f", b"\x00\x00\xc0\x7f",
-                b"-1", b"0", b"1e309", b"nan", b"inf", b"-inf", b"[]", b"{}", b'""', b"null", b"true",
-                b"\n", b"=", b"[[", b"]]", b"\xc0", b"\xdc\xff\xff", b"\xdf\xff\xff\xff\xff"]
+_INTERESTING = [
+    b"\x00",
+    b"\xff",
+    b"\x7f",
+    b"\x80",
+    b"\x00\x00",
+    b"\xff\xff",
+    b"\x7f\xff",
+    b"\x80\x00",
+    b"\xff\xff\xff\xff",
+    b"\x7f\xff\xff\xff",
+    b"\x00\x00\x80\x7f",
+    b"\x00\x00\xc0\x7f",
+    b"-1",
+    b"0",
+    b"1e309",
+    b"nan",
+    b"inf",
+    b"-inf",
+    b"[]",
+    b"{}",
+    b'""',
+    b"null",
+    b"true",
+    b"\n",
+    b"=",
+    b"[[",
+    b"]]",
+    b"\xc0",
+    b"\xdc\xff\xff",
+    b"\xdf\xff\xff\xff\xff",
+]
 
 
 @dataclass
@@ -56,11 +84,19 @@ class Outcome:
         return self.crash_count == 0 and self.hangs == 0 and self.unclear_refusals == 0
 
     def summary(self) -> dict[str, Any]:
-        return {"target": self.name, "inputs": self.inputs, "accepted": self.accepted, "refused": self.refused,
-                "crashes": self.crash_count, "hangs": self.hangs, "unclear_refusals": self.unclear_refusals,
-                "slowest_ms": round(self.slowest_s * 1e3, 2), "seconds": round(self.seconds, 1),
-                "per_s": round(self.inputs / self.seconds) if self.seconds else None,
-                "first_crashes": self.crashes[:3]}
+        return {
+            "target": self.name,
+            "inputs": self.inputs,
+            "accepted": self.accepted,
+            "refused": self.refused,
+            "crashes": self.crash_count,
+            "hangs": self.hangs,
+            "unclear_refusals": self.unclear_refusals,
+            "slowest_ms": round(self.slowest_s * 1e3, 2),
+            "seconds": round(self.seconds, 1),
+            "per_s": round(self.inputs / self.seconds) if self.seconds else None,
+            "first_crashes": self.crashes[:3],
+        }
 
 
 @dataclass
@@ -90,13 +126,13 @@ def mutate(data: bytes, rng: random.Random, seeds: Sequence[bytes]) -> bytes:
             if rng.random() < 0.5:
                 buf[pos:pos] = token
             else:
-                buf[pos:pos + len(token)] = token
+                buf[pos : pos + len(token)] = token
         elif op == 3 and buf:  # delete a range
             end = min(len(buf), pos + rng.randrange(1, 32))
             del buf[pos:end]
         elif op == 4 and buf:  # duplicate a range
             start = rng.randrange(len(buf))
-            chunk = buf[start:start + rng.randrange(1, 64)]
+            chunk = buf[start : start + rng.randrange(1, 64)]
             buf[pos:pos] = chunk * rng.choice((1, 2, 16))
         elif op == 5:  # random bytes
             buf[pos:pos] = rng.randbytes(rng.randrange(1, 16))
@@ -105,7 +141,7 @@ def mutate(data: bytes, rng: random.Random, seeds: Sequence[bytes]) -> bytes:
             cut = rng.randrange(len(other) + 1)
             buf = buf[:pos] + bytearray(other[cut:])
         elif op == 7 and buf:  # truncate
-            del buf[rng.randrange(len(buf)):]
+            del buf[rng.randrange(len(buf)) :]
         elif op == 8 and buf:  # arithmetic on a byte
             i = rng.randrange(len(buf))
             buf[i] = (buf[i] + rng.choice((-1, 1, -16, 16, 128))) & 0xFF
@@ -140,14 +176,21 @@ def run_target(target: Target, inputs: int, *, seed: int = 1, budget_s: float | 
             if not str(exc).strip():
                 out.unclear_refusals += 1
                 if len(out.crashes) < 5:
-                    out.crashes.append({"kind": "refusal without a message", "type": type(exc).__name__,
-                                        "input_hex": data[:256].hex()})
+                    out.crashes.append(
+                        {"kind": "refusal without a message", "type": type(exc).__name__, "input_hex": data[:256].hex()}
+                    )
         except Exception as exc:  # noqa: BLE001 - the point: anything else is a crash
             out.crash_count += 1
             if len(out.crashes) < 5:
-                out.crashes.append({"kind": "crash", "type": type(exc).__name__, "error": str(exc)[:300],
-                                    "input_hex": data[:256].hex(),
-                                    "traceback": traceback.format_exc(limit=6)[-1500:]})
+                out.crashes.append(
+                    {
+                        "kind": "crash",
+                        "type": type(exc).__name__,
+                        "error": str(exc)[:300],
+                        "input_hex": data[:256].hex(),
+                        "traceback": traceback.format_exc(limit=6)[-1500:],
+                    }
+                )
         took = time.perf_counter() - t0
         out.slowest_s = max(out.slowest_s, took)
         if took > HANG_S:
@@ -184,8 +227,10 @@ def random_value(rng: random.Random, depth: int = 0) -> Any:
         return random_scalar(rng)
     if rng.random() < 0.5:
         return [random_value(rng, depth + 1) for _ in range(rng.randrange(4))]
-    return {str(random_scalar(rng)) if rng.random() < 0.9 else random_scalar(rng): random_value(rng, depth + 1)
-            for _ in range(rng.randrange(4))}
+    return {
+        str(random_scalar(rng)) if rng.random() < 0.9 else random_scalar(rng): random_value(rng, depth + 1)
+        for _ in range(rng.randrange(4))
+    }
 
 
 def _packb(value: Any) -> bytes:
@@ -223,10 +268,22 @@ def site_file_target() -> Target:
     small["protection"] = []
     small["agents"] = doc["agents"][:4]
     seeds = [tomli_w.dumps(small).encode()]  # the whole example parses in ~5 ms: too slow to mutate at scale
-    keys = [("ieds", 0, "poll_period_ms"), ("ieds", 0, "points"), ("agents", 0, "attributes"), ("uplink",),
-            ("site", "substation_id"), ("protection",), ("meter_groups",), ("history",), ("control",),
-            ("agents", 1, "connection_rules", 0, "target_id"), ("agents", 1, "connection_rules", 0, "position_m"),
-            ("agents", 2, "points"), ("ieds", 0, "points", 0, "id"), ("agents", 0, "id")]
+    keys = [
+        ("ieds", 0, "poll_period_ms"),
+        ("ieds", 0, "points"),
+        ("agents", 0, "attributes"),
+        ("uplink",),
+        ("site", "substation_id"),
+        ("protection",),
+        ("meter_groups",),
+        ("history",),
+        ("control",),
+        ("agents", 1, "connection_rules", 0, "target_id"),
+        ("agents", 1, "connection_rules", 0, "position_m"),
+        ("agents", 2, "points"),
+        ("ieds", 0, "points", 0, "id"),
+        ("agents", 0, "id"),
+    ]
 
     def generate(rng: random.Random) -> bytes:
         mutated = tomllib.loads(seeds[0].decode())
@@ -285,9 +342,14 @@ def modbus_target(framing: str) -> Target:
         body = b"\x01" + pdu
         return body + FramerRTU.compute_CRC(body).to_bytes(2, "big")
 
-    seeds = [frame(bytes([3, 8]) + bytes(range(8))), frame(bytes([4, 4]) + b"\x00\x0a\xff\xff"),
-             frame(bytes([1, 1, 0x05])), frame(bytes([0x83, 2])), frame(bytes([6, 0, 10, 0, 5])),
-             frame(bytes([16, 0, 10, 0, 2]))]
+    seeds = [
+        frame(bytes([3, 8]) + bytes(range(8))),
+        frame(bytes([4, 4]) + b"\x00\x0a\xff\xff"),
+        frame(bytes([1, 1, 0x05])),
+        frame(bytes([0x83, 2])),
+        frame(bytes([6, 0, 10, 0, 5])),
+        frame(bytes([16, 0, 10, 0, 2])),
+    ]
 
     def generate(rng: random.Random) -> bytes:
         fc = rng.choice((1, 2, 3, 4, 5, 6, 15, 16, 0x81, 0x83, 0x84, 0x90, 43, 23))
@@ -317,8 +379,11 @@ def modbus_target(framing: str) -> Target:
                 decode_block(block, words)
         return pdu
 
-    name = "Modbus TCP responses (MBAP frame → points)" if framing == "tcp" else \
-        "Modbus RTU responses (RTU frame + CRC → points)"
+    name = (
+        "Modbus TCP responses (MBAP frame → points)"
+        if framing == "tcp"
+        else "Modbus RTU responses (RTU frame + CRC → points)"
+    )
     return Target(name, call, (ModbusException,), seeds, generate)
 
 
@@ -333,15 +398,29 @@ def iec61850_target() -> Target:
     class MmsUndecodable(ValueError):
         pass
 
-    points = [Iec61850Point.model_validate(p) for p in (
-        {"id": "a", "reference": "LD0/MMXU1.TotW.mag.f", "fc": "MX", "kind": "analog", "scale": 0.001},
-        {"id": "b", "reference": "LD0/XCBR1.Pos.stVal", "fc": "ST", "kind": "binary"},
-        {"id": "c", "reference": "LD0/MMTR1.TotWh.actVal", "fc": "ST", "kind": "counter"},
-        {"id": "d", "reference": "LD0/MMXU1.Hz.mag.f", "fc": "MX", "kind": "analog", "valid_range": [45, 55]},
-    )]
-    seeds = [bytes.fromhex(h) for h in ("8705083f800000", "830101", "850400000064", "8403060040",
-                                        "a20a8705083f8000008301ff", "800100", "8c0800000000000000000", "8a03616263")
-             if len(h) % 2 == 0]
+    points = [
+        Iec61850Point.model_validate(p)
+        for p in (
+            {"id": "a", "reference": "LD0/MMXU1.TotW.mag.f", "fc": "MX", "kind": "analog", "scale": 0.001},
+            {"id": "b", "reference": "LD0/XCBR1.Pos.stVal", "fc": "ST", "kind": "binary"},
+            {"id": "c", "reference": "LD0/MMTR1.TotWh.actVal", "fc": "ST", "kind": "counter"},
+            {"id": "d", "reference": "LD0/MMXU1.Hz.mag.f", "fc": "MX", "kind": "analog", "valid_range": [45, 55]},
+        )
+    ]
+    seeds = [
+        bytes.fromhex(h)
+        for h in (
+            "8705083f800000",
+            "830101",
+            "850400000064",
+            "8403060040",
+            "a20a8705083f8000008301ff",
+            "800100",
+            "8c0800000000000000000",
+            "8a03616263",
+        )
+        if len(h) % 2 == 0
+    ]
 
     def generate(rng: random.Random) -> bytes:
         tag = rng.choice((0x80, 0x83, 0x84, 0x85, 0x86, 0x87, 0x89, 0x8A, 0x8C, 0x91, 0xA1, 0xA2))
@@ -388,20 +467,42 @@ def command_targets() -> list[Target]:
     def verifier() -> Verifier:
         return Verifier(key, substation="SUB-003", max_age_s=30.0, nonces=_Nonces())
 
-    good_args: list[dict[str, Any]] = [{"breaker": "CB-045", "action": "open"},
-                                       {"breaker": "CB-044", "action": "close", "authorised": True},
-                                       {"select_id": "abc"}, {}]
+    good_args: list[dict[str, Any]] = [
+        {"breaker": "CB-045", "action": "open"},
+        {"breaker": "CB-044", "action": "close", "authorised": True},
+        {"select_id": "abc"},
+        {},
+    ]
 
     def envelope(rng: random.Random) -> tuple[str, dict[str, Any]]:
         command = rng.choice(names)
         args = dict(rng.choice(good_args)) if rng.random() < 0.5 else {}
         for _ in range(rng.randrange(3)):
-            args[rng.choice(["breaker", "action", "select_id", "authorised", "reason", "device", "sequence",
-                             "steps", "value", "x"])] = random_value(rng)
+            args[
+                rng.choice(
+                    [
+                        "breaker",
+                        "action",
+                        "select_id",
+                        "authorised",
+                        "reason",
+                        "device",
+                        "sequence",
+                        "steps",
+                        "value",
+                        "x",
+                    ]
+                )
+            ] = random_value(rng)
         try:
-            env = sign_command(key, command or "x", args, rng.choice(["scada", "", "x" * 200]),
-                               now + rng.choice((0.0, 1.0, -100.0, 1e9)),
-                               substation=rng.choice((None, "SUB-003", "X")))
+            env = sign_command(
+                key,
+                command or "x",
+                args,
+                rng.choice(["scada", "", "x" * 200]),
+                now + rng.choice((0.0, 1.0, -100.0, 1e9)),
+                substation=rng.choice((None, "SUB-003", "X")),
+            )
         except TypeError:  # a map with non-string keys cannot be signed; send it unsigned
             env = {"command": command, "args": args}
         if rng.random() < 0.2:
@@ -430,10 +531,18 @@ def command_targets() -> list[Target]:
         return command.encode() + b"\x00" + _packb(env)
 
     seeds_signed = [b"breaker.select\x00" + s for s in seeds_unsigned]
-    return [Target("MQTT commands, unsigned (msgpack → verifier)", unsigned, (CommandRefused,), seeds_unsigned,
-                   lambda rng: _packb(random_value(rng))),
-            Target("MQTT commands, signed (verifier → arguments)", signed, (CommandRefused,), seeds_signed,
-                   generate_signed)]
+    return [
+        Target(
+            "MQTT commands, unsigned (msgpack → verifier)",
+            unsigned,
+            (CommandRefused,),
+            seeds_unsigned,
+            lambda rng: _packb(random_value(rng)),
+        ),
+        Target(
+            "MQTT commands, signed (verifier → arguments)", signed, (CommandRefused,), seeds_signed, generate_signed
+        ),
+    ]
 
 
 def ami_target() -> Target:
@@ -444,11 +553,19 @@ def ami_target() -> Target:
 
     def batch(rng: random.Random, n: int) -> bytes:
         ids = [f"M{i:06d}" for i in range(n)]
-        kwargs: dict[str, Any] = {"substation_id": "SUB-003", "concentrator_id": "DC-1", "seq": rng.randrange(100),
-                                  "reading_time": 1.7e9, "interval_s": 900.0, "meter_ids": ids}
+        kwargs: dict[str, Any] = {
+            "substation_id": "SUB-003",
+            "concentrator_id": "DC-1",
+            "seq": rng.randrange(100),
+            "reading_time": 1.7e9,
+            "interval_s": 900.0,
+            "meter_ids": ids,
+        }
         try:
-            return encode_batch(**kwargs, columns={"voltage_v": np.full(n, 230.0, dtype="<f4"),
-                                                   "power_kw": np.full(n, 1.5, dtype="<f4")})
+            return encode_batch(
+                **kwargs,
+                columns={"voltage_v": np.full(n, 230.0, dtype="<f4"), "power_kw": np.full(n, 1.5, dtype="<f4")},
+            )
         except TypeError:
             return encode_batch(**kwargs)
 
@@ -471,14 +588,21 @@ def control_request_target() -> Target:
     """A control-socket request line as the daemon reads it (JSON, one object, op and args)."""
     from gateway.control import BadRequest, parse_request
 
-    seeds = [json.dumps({"op": op, "args": args}).encode() + b"\n" for op, args in (
-        ("status", {}), ("points.read", {"ids": ["CB-045.ia"]}), ("breaker.operate", {"breaker": "CB-045",
-                                                                                      "action": "open"}),
-        ("switching.submit", {"text": "step 1 open CB-045", "run": True}))]
+    seeds = [
+        json.dumps({"op": op, "args": args}).encode() + b"\n"
+        for op, args in (
+            ("status", {}),
+            ("points.read", {"ids": ["CB-045.ia"]}),
+            ("breaker.operate", {"breaker": "CB-045", "action": "open"}),
+            ("switching.submit", {"text": "step 1 open CB-045", "run": True}),
+        )
+    ]
 
     def generate(rng: random.Random) -> bytes:
-        request = {"op": random_value(rng) if rng.random() < 0.3 else rng.choice(["status", "events", "x"]),
-                   "args": random_value(rng)}
+        request = {
+            "op": random_value(rng) if rng.random() < 0.3 else rng.choice(["status", "events", "x"]),
+            "args": random_value(rng),
+        }
         if rng.random() < 0.1:
             depth = rng.choice((10, 1000, 30_000))
             return b'{"op": "status", "args": ' + b"[" * depth + b"]" * depth + b"}\n"
@@ -487,8 +611,7 @@ def control_request_target() -> Target:
         except (TypeError, ValueError):
             return seeds[0]
 
-    return Target("control-socket requests (JSON line → op, args)", parse_request, (BadRequest,), seeds,
-                  generate)
+    return Target("control-socket requests (JSON line → op, args)", parse_request, (BadRequest,), seeds, generate)
 
 
 def der_target() -> Target:
@@ -497,8 +620,7 @@ def der_target() -> Target:
     from gateway.agents.renewable import DerInputs, RenewableEnergyAgent
     from gateway.agents.schema import RenewableEnergyAttributes
 
-    fields = ["active_power_kw", "reactive_power_kvar", "voltage_pu", "irradiance_w_m2", "connected",
-              "grid_available"]
+    fields = ["active_power_kw", "reactive_power_kvar", "voltage_pu", "irradiance_w_m2", "connected", "grid_available"]
     agent = RenewableEnergyAgent("PV-1", RenewableEnergyAttributes(rated_capacity=500.0, enter_service_delay_s=10.0))
     box: dict[str, Any] = {"memory": agent.initial_memory(0.0), "now": 0.0}
 
@@ -506,7 +628,7 @@ def der_target() -> Target:
         readings: dict[str, Any] = {}
         for i in range(0, len(data) - 8, 9):
             name = fields[data[i] % len(fields)]
-            (value,) = struct.unpack("<d", data[i + 1:i + 9])
+            (value,) = struct.unpack("<d", data[i + 1 : i + 9])
             readings[name] = (value > 0.5) if name in ("connected", "grid_available") else value
         return DerInputs(**readings)
 
@@ -529,8 +651,16 @@ def der_target() -> Target:
 
 
 def all_targets() -> list[Target]:
-    return [site_file_target(), modbus_target("tcp"), modbus_target("rtu"), iec61850_target(),
-            *command_targets(), ami_target(), control_request_target(), der_target()]
+    return [
+        site_file_target(),
+        modbus_target("tcp"),
+        modbus_target("rtu"),
+        iec61850_target(),
+        *command_targets(),
+        ami_target(),
+        control_request_target(),
+        der_target(),
+    ]
 
 
 def canary_target() -> Target:

@@ -111,7 +111,7 @@ class Subscriber:
         payload = msgpack.unpackb(msg.payload, raw=False)
         if isinstance(payload, dict) and isinstance(payload.get("msg_id"), int):
             with self.lock:
-                self.received.append((time.monotonic(), msg.topic[len(self.base) + 1:], payload))
+                self.received.append((time.monotonic(), msg.topic[len(self.base) + 1 :], payload))
 
     def stop(self) -> None:
         self.client.loop_stop()
@@ -124,7 +124,9 @@ def _received_ids(sub: Subscriber) -> set[int]:
         return {p["msg_id"] for _, _, p in sub.received}
 
 
-def _check(report: Report, name: str, accepted: list[tuple[int, str, bool]], received: list[tuple[float, str, dict[str, Any]]]) -> None:
+def _check(
+    report: Report, name: str, accepted: list[tuple[int, str, bool]], received: list[tuple[float, str, dict[str, Any]]]
+) -> None:
     """accepted: (msg_id, topic, accepted while the link was down)."""
     got: dict[int, list[dict[str, Any]]] = {}
     for _, _, p in received:
@@ -140,12 +142,20 @@ def _check(report: Report, name: str, accepted: list[tuple[int, str, bool]], rec
     report.check(f"{name}: telemetry in the order accepted", "yes" if order_ok else "NO", "yes", order_ok)
     down_ids = {a[0] for a in accepted if a[2]}
     not_hist = [i for i in down_ids if i in got and not got[i][0].get("historical")]
-    report.check(f"{name}: accepted while down, delivered flagged historical",
-                 f"{len(down_ids) - len(not_hist):,} of {len(down_ids):,}", "all", not not_hist)
+    report.check(
+        f"{name}: accepted while down, delivered flagged historical",
+        f"{len(down_ids) - len(not_hist):,} of {len(down_ids):,}",
+        "all",
+        not not_hist,
+    )
     dupes = sum(len(v) - 1 for v in got.values())
     bad_dupes = sum(1 for v in got.values() for p in v[1:] if not p.get("historical"))
-    report.check(f"{name}: duplicates (QoS 1 re-sends)", f"{dupes}, {bad_dupes} not flagged historical",
-                 "re-sends only, flagged historical", bad_dupes == 0)
+    report.check(
+        f"{name}: duplicates (QoS 1 re-sends)",
+        f"{dupes}, {bad_dupes} not flagged historical",
+        "re-sends only, flagged historical",
+        bad_dupes == 0,
+    )
 
 
 async def _scenario(report: Report, workdir: Path, quick: bool) -> None:
@@ -156,12 +166,26 @@ async def _scenario(report: Report, workdir: Path, quick: bool) -> None:
     broker.start()
     relay = Relay(broker_port)
     await relay.start()
-    cfg = UplinkConfig(broker_host="127.0.0.1", broker_port=relay.port, transport="tls", ca_file=str(tls.ca_file),
-                       cert_file=str(tls.client_cert), key_file=str(tls.client_key))
+    cfg = UplinkConfig(
+        broker_host="127.0.0.1",
+        broker_port=relay.port,
+        transport="tls",
+        ca_file=str(tls.ca_file),
+        cert_file=str(tls.client_cert),
+        key_file=str(tls.client_key),
+    )
     site = SiteIdentity(region="rel", substation_id="SUB-R")
     store = Store(workdir / "state.db")
-    uplink = MqttUplink(cfg, site, store, SystemClock(), logging.getLogger("rel.uplink"), base_dir=workdir,
-                        backoff_min_s=0.1, backoff_max_s=2.0)
+    uplink = MqttUplink(
+        cfg,
+        site,
+        store,
+        SystemClock(),
+        logging.getLogger("rel.uplink"),
+        base_dir=workdir,
+        backoff_min_s=0.1,
+        backoff_max_s=2.0,
+    )
     sub = await asyncio.to_thread(Subscriber, tls, broker_port, uplink.base_topic)
     task = asyncio.create_task(uplink.run())
     accepted: list[tuple[int, str, bool]] = []
@@ -170,8 +194,11 @@ async def _scenario(report: Report, workdir: Path, quick: bool) -> None:
     def publish(sim_t: float, down: bool) -> None:
         nonlocal n
         topic = "events" if n % 100 == 99 else "telemetry"
-        payload = {"t": sim_t, "values": [{"p": f"IED-{k}.v", "v": float(n + k)} for k in range(20)]} \
-            if topic == "telemetry" else {"t": sim_t, "kind": "test.event", "n": n}
+        payload = (
+            {"t": sim_t, "values": [{"p": f"IED-{k}.v", "v": float(n + k)} for k in range(20)]}
+            if topic == "telemetry"
+            else {"t": sim_t, "kind": "test.event", "n": n}
+        )
         uplink.publish(topic, payload)
         accepted.append((store.spool_last_id(), topic, down))
         n += 1
@@ -208,22 +235,38 @@ async def _scenario(report: Report, workdir: Path, quick: bool) -> None:
         # the broker acknowledges before its subscribers have the messages: wait for SCADA's copy
         everything = await until(lambda: _received_ids(sub) >= {a[0] for a in accepted}, 120)
         at_scada_s = time.monotonic() - t_up
-        report.check("outage: simulated length, messages accepted while down",
-                     f"{outage_s / 60:.0f} min, {len(accepted):,} messages (spool depth {backlog:,}), accepted in "
-                     f"{accept_s:.1f} s real", "", True)
-        report.check("outage: link back → first delivery", f"{first_s:.2f} s", "≤ backoff max (2 s) + connect", first_s < 10)
-        report.check("outage: backlog drained from the spool (broker PUBACKs)",
-                     f"in {drain_s:.1f} s: {backlog / drain_s:,.0f} messages/s" if drained else "NOT drained in 240 s",
-                     "drained", drained)
-        report.check("outage: backlog at SCADA's subscriber", f"all in {at_scada_s:.1f} s: "
-                     f"{backlog / at_scada_s:,.0f} messages/s end to end" if everything else "NOT all in 120 s",
-                     "all", everything)
+        report.check(
+            "outage: simulated length, messages accepted while down",
+            f"{outage_s / 60:.0f} min, {len(accepted):,} messages (spool depth {backlog:,}), accepted in "
+            f"{accept_s:.1f} s real",
+            "",
+            True,
+        )
+        report.check(
+            "outage: link back → first delivery", f"{first_s:.2f} s", "≤ backoff max (2 s) + connect", first_s < 10
+        )
+        report.check(
+            "outage: backlog drained from the spool (broker PUBACKs)",
+            f"in {drain_s:.1f} s: {backlog / drain_s:,.0f} messages/s" if drained else "NOT drained in 240 s",
+            "drained",
+            drained,
+        )
+        report.check(
+            "outage: backlog at SCADA's subscriber",
+            f"all in {at_scada_s:.1f} s: {backlog / at_scada_s:,.0f} messages/s end to end"
+            if everything
+            else "NOT all in 120 s",
+            "all",
+            everything,
+        )
         with sub.lock:
             received = list(sub.received)
         _check(report, "outage", accepted, received)
         outage_lost = len({a[0] for a in accepted} - {p["msg_id"] for _, _, p in received})
-        report.headline = (f"{outage_s // 60} min outage: {outage_lost} of {len(accepted):,} lost, backlog at SCADA "
-                           f"in {at_scada_s:.0f} s")
+        report.headline = (
+            f"{outage_s // 60} min outage: {outage_lost} of {len(accepted):,} lost, backlog at SCADA "
+            f"in {at_scada_s:.0f} s"
+        )
         # --- flapping
         accepted.clear()
         with sub.lock:
@@ -247,18 +290,23 @@ async def _scenario(report: Report, workdir: Path, quick: bool) -> None:
         relay.restore()
         drained = await until(lambda: uplink.status()["spool_depth"] == 0 and uplink.status()["inflight"] == 0, 120)
         await until(lambda: _received_ids(sub) >= {a[0] for a in accepted}, 60)
-        report.check("flapping: link cuts, messages accepted",
-                     f"{cuts} cuts in {flap_s} s, {len(accepted):,} messages, {uplink.status()['sessions']} "
-                     "sessions in all", "", True)
+        report.check(
+            "flapping: link cuts, messages accepted",
+            f"{cuts} cuts in {flap_s} s, {len(accepted):,} messages, {uplink.status()['sessions']} sessions in all",
+            "",
+            True,
+        )
         report.check("flapping: spool drained afterwards", "yes" if drained else "NO", "yes", drained)
         with sub.lock:
             received = list(sub.received)
         _check(report, "flapping", accepted, received)
         flap_lost = len({a[0] for a in accepted} - {p["msg_id"] for _, _, p in received})
         report.headline += f"; flapping ({cuts} cuts): {flap_lost} of {len(accepted):,} lost"
-        report.note("While the link is down the uplink cannot tell which messages the broker saw: those in flight "
-                    "at a cut are sent again after the reconnect with the same msg_id and historical=true "
-                    "(docs/mqtt.md: at-least-once delivery); SCADA drops a msg_id it has already stored.")
+        report.note(
+            "While the link is down the uplink cannot tell which messages the broker saw: those in flight "
+            "at a cut are sent again after the reconnect with the same msg_id and historical=true "
+            "(docs/mqtt.md: at-least-once delivery); SCADA drops a msg_id it has already stored."
+        )
     finally:
         await uplink.close()
         task.cancel()

@@ -34,23 +34,50 @@ def _build(workdir: Path, *, canary: bool) -> tuple[list[str], str]:
     extra = ["-DFUZZ_CANARY"] if canary else []
     san = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-g", "-O1"]
     if shutil.which("clang"):
-        cmd = ["clang", "-fsanitize=fuzzer", *san, *extra, f"-I{ROOT / 'native'}", *map(str, SOURCES), "-lm",
-               "-o", str(out)]
+        cmd = [
+            "clang",
+            "-fsanitize=fuzzer",
+            *san,
+            *extra,
+            f"-I{ROOT / 'native'}",
+            *map(str, SOURCES),
+            "-lm",
+            "-o",
+            str(out),
+        ]
         engine = "libFuzzer (clang)"
     else:
-        cmd = ["gcc", "-DSTANDALONE_MAIN", *san, *extra, f"-I{ROOT / 'native'}", *map(str, SOURCES), "-lm",
-               "-o", str(out)]
+        cmd = [
+            "gcc",
+            "-DSTANDALONE_MAIN",
+            *san,
+            *extra,
+            f"-I{ROOT / 'native'}",
+            *map(str, SOURCES),
+            "-lm",
+            "-o",
+            str(out),
+        ]
         engine = "random driver (gcc; install Debian's clang for coverage guidance)"
     subprocess.run(cmd, check=True, capture_output=True, timeout=180)
     return [str(out)], engine
 
 
-def _fuzz(binary: list[str], workdir: Path, runs: int, seconds: int, libfuzzer: bool) -> subprocess.CompletedProcess[str]:
+def _fuzz(
+    binary: list[str], workdir: Path, runs: int, seconds: int, libfuzzer: bool
+) -> subprocess.CompletedProcess[str]:
     corpus = workdir / "corpus"
     corpus.mkdir(parents=True, exist_ok=True)
     if libfuzzer:
-        argv = [*binary, f"-runs={runs}", f"-max_total_time={seconds}", "-seed=1", "-print_final_stats=1",
-                f"-artifact_prefix={workdir}/", str(corpus)]
+        argv = [
+            *binary,
+            f"-runs={runs}",
+            f"-max_total_time={seconds}",
+            "-seed=1",
+            "-print_final_stats=1",
+            f"-artifact_prefix={workdir}/",
+            str(corpus),
+        ]
     else:
         argv = [*binary, str(runs), "1"]
     return subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 120)
@@ -77,12 +104,17 @@ def run(report: Report, workdir: Path, quick: bool) -> None:
     if crashed:
         report.note("fuzzer output: " + text[-2500:])
     canary_bin, _ = _build(workdir, canary=True)
-    canary = _fuzz(canary_bin, workdir / "canary", 2_000_000, 60, libfuzzer) if libfuzzer else \
-        _fuzz(canary_bin, workdir, 2_000_000, 60, False)
+    canary = (
+        _fuzz(canary_bin, workdir / "canary", 2_000_000, 60, libfuzzer)
+        if libfuzzer
+        else _fuzz(canary_bin, workdir, 2_000_000, 60, False)
+    )
     caught = canary.returncode != 0 and "Sanitizer" in canary.stdout + canary.stderr
     report.check("planted out-of-bounds write found", "yes" if caught else "no", "yes (the harness can fail)", caught)
-    report.headline = (f"{executed:,} runs, {'no' if not crashed else 'a'} sanitizer finding; planted bug caught: "
-                       f"{'yes' if caught else 'NO'}")
+    report.headline = (
+        f"{executed:,} runs, {'no' if not crashed else 'a'} sanitizer finding; planted bug caught: "
+        f"{'yes' if caught else 'NO'}"
+    )
     report.data = {"runs": executed, "returncode": result.returncode}
 
 

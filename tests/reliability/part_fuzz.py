@@ -66,11 +66,21 @@ def _live(report: Report, workdir: Path, quick: bool) -> None:
         control = control_request_target()
         sock_path = str(rig.runtime_dir / "control.sock")
         answered = 0
-        extreme = [b'{"op": "status", "args": {"x": "' + b"a" * 100_000 + b'"}}\n',
-                   b"[" * 30_000 + b"]" * 30_000 + b"\n", b"\xff\xfe\x00garbage\n"]
+        extreme = [
+            b'{"op": "status", "args": {"x": "' + b"a" * 100_000 + b'"}}\n',
+            b"[" * 30_000 + b"]" * 30_000 + b"\n",
+            b"\xff\xfe\x00garbage\n",
+        ]
         for i in range(n + len(extreme)):
-            data = extreme[i - n] if i >= n else (control.generate(rng) if control.generate and rng.random() < 0.5
-                                                  else mutate(rng.choice(control.seeds), rng, control.seeds))
+            data = (
+                extreme[i - n]
+                if i >= n
+                else (
+                    control.generate(rng)
+                    if control.generate and rng.random() < 0.5
+                    else mutate(rng.choice(control.seeds), rng, control.seeds)
+                )
+            )
             if not data.endswith(b"\n"):
                 data += b"\n"
             with socket.socket(socket.AF_UNIX) as s:
@@ -81,8 +91,12 @@ def _live(report: Report, workdir: Path, quick: bool) -> None:
                     answered += bool(s.makefile("rb").readline())
                 except OSError:
                     pass
-        report.check("control socket: bad requests answered (of which oversized and 30,000 deep)",
-                     f"{answered} of {n + len(extreme)}", "all", answered == n + len(extreme))
+        report.check(
+            "control socket: bad requests answered (of which oversized and 30,000 deep)",
+            f"{answered} of {n + len(extreme)}",
+            "all",
+            answered == n + len(extreme),
+        )
         unsigned, signed = command_targets()
         base = base_topic(rig)
         for i in range(n):
@@ -101,17 +115,25 @@ def _live(report: Report, workdir: Path, quick: bool) -> None:
         ami.loop_start()
         ami_topic = rig.doc["ami"]["topic"].replace("+", "DC-FUZZ")
         for _ in range(n // 2):
-            ami.publish(ami_topic, msgpack.packb(random_value(rng), use_bin_type=True) if rng.random() < 0.5
-                        else rng.randbytes(rng.randrange(0, 300)), qos=1)
+            ami.publish(
+                ami_topic,
+                msgpack.packb(random_value(rng), use_bin_type=True)
+                if rng.random() < 0.5
+                else rng.randbytes(rng.randrange(0, 300)),
+                qos=1,
+            )
         time.sleep(3)
         ami.loop_stop()
         ami.disconnect()
         status = rig.daemon_call("status")
         online = sum(i["state"] == "online" for i in status["ieds"])
-        report.check("after the bad input: daemon serving", f"status answers; uplink {status['uplink']['state']}; "
-                     f"{online}/{len(status['ieds'])} IEDs online; {status['uplink']['commands']} commands received",
-                     "serving, connected, every IED online",
-                     status["uplink"]["state"] == "connected" and online == len(status["ieds"]))
+        report.check(
+            "after the bad input: daemon serving",
+            f"status answers; uplink {status['uplink']['state']}; "
+            f"{online}/{len(status['ieds'])} IEDs online; {status['uplink']['commands']} commands received",
+            "serving, connected, every IED online",
+            status["uplink"]["state"] == "connected" and online == len(status["ieds"]),
+        )
         time.sleep(1)
         tracebacks = log_path.read_text(errors="replace").count('"exc":') - tracebacks_before
         report.check("tracebacks logged by the daemon during the bad input", tracebacks, "0", tracebacks == 0)
@@ -127,8 +149,12 @@ def run(report: Report, workdir: Path, quick: bool) -> None:
     with multiprocessing.get_context("spawn").Pool(2) as pool:  # the site file is the slow one: in parallel
         results = pool.starmap(_fuzz_one, [(i, inputs) for i in range(len(names))])
     canary = run_target(canary_target(), 20_000, seed=5).summary()
-    report.check("canary parser with a planted bug: crashes found", canary["crashes"], "> 0 (the fuzzer can fail)",
-                 canary["crashes"] > 0)
+    report.check(
+        "canary parser with a planted bug: crashes found",
+        canary["crashes"],
+        "> 0 (the fuzzer can fail)",
+        canary["crashes"] > 0,
+    )
     total = 0
     for result in results:
         total += result["inputs"]
@@ -138,18 +164,26 @@ def run(report: Report, workdir: Path, quick: bool) -> None:
             f"{result['inputs']:,} inputs ({result['accepted']:,} parsed, {result['refused']:,} refused); "
             f"{result['crashes']} crashes, {result['hangs']} hangs, {result['unclear_refusals']} refusals without "
             f"a message; slowest {result['slowest_ms']} ms; {result['per_s']:,}/s",
-            f"≥ {inputs:,} inputs, 0 crashes, 0 hangs", result["inputs"] >= inputs and bad == 0)
+            f"≥ {inputs:,} inputs, 0 crashes, 0 hangs",
+            result["inputs"] >= inputs and bad == 0,
+        )
         for crash in result["first_crashes"]:
-            report.note(f"{result['target']}: {crash.get('type')}: {crash.get('error', '')} — input "
-                        f"{crash.get('input_hex', '')[:120]}")
+            report.note(
+                f"{result['target']}: {crash.get('type')}: {crash.get('error', '')} — input "
+                f"{crash.get('input_hex', '')[:120]}"
+            )
     report.row("inputs in all", f"{total:,}")
     _live(report, workdir, quick)
     crashes = sum(r["crashes"] + r["hangs"] + r["unclear_refusals"] for r in results)
-    report.headline = (f"{len(results)} parsers, {total:,} inputs (≥ {inputs:,} each): {crashes} crashes or hangs; "
-                       f"canary caught: {'yes' if canary['crashes'] else 'NO'}")
+    report.headline = (
+        f"{len(results)} parsers, {total:,} inputs (≥ {inputs:,} each): {crashes} crashes or hangs; "
+        f"canary caught: {'yes' if canary['crashes'] else 'NO'}"
+    )
     report.data = {"targets": results, "canary": canary}
-    report.note("Found and fixed by these runs: an AMI batch whose column dtype was a map or list, and a site "
-                "file whose point or agent reference was a list, raised TypeError instead of a refusal.")
+    report.note(
+        "Found and fixed by these runs: an AMI batch whose column dtype was a map or list, and a site "
+        "file whose point or agent reference was a list, raised TypeError instead of a refusal."
+    )
 
 
 if __name__ == "__main__":

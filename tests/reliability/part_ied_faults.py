@@ -142,9 +142,11 @@ class RtuNoiseRelay:
     def __init__(self, device_side: str, workdir: Path) -> None:
         self.gateway_end = workdir / "ttyNOISY"
         self._relay_end = workdir / "ttyNOISY.relay"
-        self._socat = subprocess.Popen(["socat", f"pty,raw,echo=0,link={self.gateway_end}",
-                                        f"pty,raw,echo=0,link={self._relay_end}"],
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._socat = subprocess.Popen(
+            ["socat", f"pty,raw,echo=0,link={self.gateway_end}", f"pty,raw,echo=0,link={self._relay_end}"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         end = time.monotonic() + 5
         while not self._relay_end.exists():
             if time.monotonic() > end:
@@ -159,8 +161,10 @@ class RtuNoiseRelay:
             with contextlib.suppress(termios.error):
                 tty.setraw(fd)
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._copy, args=(self._a, self._b), daemon=True),
-                         threading.Thread(target=self._copy, args=(self._b, self._a), daemon=True)]
+        self._threads = [
+            threading.Thread(target=self._copy, args=(self._a, self._b), daemon=True),
+            threading.Thread(target=self._copy, args=(self._b, self._a), daemon=True),
+        ]
         for t in self._threads:
             t.start()
 
@@ -231,7 +235,7 @@ def _watch(rig: Rig, ids: list[str], want_good: bool, timeout_s: float) -> tuple
     while time.monotonic() - t0 < timeout_s:
         points = _read(rig, ids)
         good = [p["quality"] == "good" for p in points]
-        if (all(good) if want_good else not any(good)):
+        if all(good) if want_good else not any(good):
             return time.monotonic() - t0, {p["reason"] for p in points}
         time.sleep(0.05)
     return None, {p["reason"] for p in _read(rig, ids)}
@@ -271,8 +275,11 @@ def run(report: Report, workdir: Path, quick: bool) -> None:
     rig.daemon_site = workdir / "site-daemon.toml"
     rig.daemon_site.write_text(tomli_w.dumps(daemon_doc_d))
     period_s = float(tcp_cfg.get("poll_period_ms", 1000)) / 1000.0
-    watched_period_s = max(float(ied.get("poll_period_ms", 1000)) / 1000.0 for ied in rig.doc["ieds"]
-                           if any(p["id"] in WATCHED for p in ied["points"]))
+    watched_period_s = max(
+        float(ied.get("poll_period_ms", 1000)) / 1000.0
+        for ied in rig.doc["ieds"]
+        if any(p["id"] in WATCHED for p in ied["points"])
+    )
     # how long after a fault every watched point of the other IEDs must have been read afresh
     others_bound_s = 2 * watched_period_s + 1.0
     with rig:
@@ -285,8 +292,11 @@ def run(report: Report, workdir: Path, quick: bool) -> None:
         rig.restart_daemon()
         tcp_points = _points_of(rig, TCP_IED)
         rtu_points = _points_of(rig, RTU_IED)
-        rig.wait(lambda: all(p["quality"] == "good" for p in _read(rig, tcp_points + rtu_points + WATCHED)),
-                 "every watched point good", 60)
+        rig.wait(
+            lambda: all(p["quality"] == "good" for p in _read(rig, tcp_points + rtu_points + WATCHED)),
+            "every watched point good",
+            60,
+        )
         modes = ["silent", "slow", "garbage", *(f"exception {c}" for c in EXCEPTION_CODES), "reset"]
         if quick:
             modes = ["silent", "garbage", "exception 2", "reset"]
@@ -300,14 +310,23 @@ def run(report: Report, workdir: Path, quick: bool) -> None:
             others = _others_fine(rig, before, fault_at + others_bound_s)
             relay.set("pass")
             back, _ = _watch(rig, tcp_points, want_good=True, timeout_s=60)
-            expected = {"device_exception"} if mode.startswith("exception") else (
-                {"communication_failure", "malformed_response"} if mode == "garbage" else {"communication_failure"})
+            expected = (
+                {"device_exception"}
+                if mode.startswith("exception")
+                else (
+                    {"communication_failure", "malformed_response"} if mode == "garbage" else {"communication_failure"}
+                )
+            )
             ok = took is not None and took <= 2 * period_s + 0.3 and reasons <= expected and others and back is not None
-            report.check(f"{TCP_IED} {mode}",
-                         f"invalid in {took:.2f} s ({', '.join(sorted(reasons))}); others good: {others}; "
-                         f"good again {back:.2f} s after" if took is not None and back is not None else
-                         f"invalid: {took}, reasons {sorted(reasons)}, others good: {others}, recovered: {back}",
-                         f"≤ {2 * period_s:.1f} s (+0.3 s reading), {'/'.join(sorted(expected))}, recovers", ok)
+            report.check(
+                f"{TCP_IED} {mode}",
+                f"invalid in {took:.2f} s ({', '.join(sorted(reasons))}); others good: {others}; "
+                f"good again {back:.2f} s after"
+                if took is not None and back is not None
+                else f"invalid: {took}, reasons {sorted(reasons)}, others good: {others}, recovered: {back}",
+                f"≤ {2 * period_s:.1f} s (+0.3 s reading), {'/'.join(sorted(expected))}, recovers",
+                ok,
+            )
             if took is not None:
                 invalid_times.append(took)
             if back is not None:
@@ -333,11 +352,13 @@ def run(report: Report, workdir: Path, quick: bool) -> None:
         others = _others_fine(rig, before, time.monotonic() + others_bound_s)
         rtu_relay.noisy = False
         back, _ = _watch(rig, rtu_points, want_good=True, timeout_s=60)
-        report.check(f"{RTU_IED} RS-485 noise for {noise_s} s ({rtu_relay.flips} bits flipped)",
-                     f"readings invalid while noisy: {bad_seen or 'none'}; good readings far from the true "
-                     f"value: {wrong_values}; others good: {others}; good again {back if back is None else round(back, 2)} s after",
-                     "no corrupted value accepted (CRC), others unaffected, recovers",
-                     wrong_values == 0 and others and back is not None)
+        report.check(
+            f"{RTU_IED} RS-485 noise for {noise_s} s ({rtu_relay.flips} bits flipped)",
+            f"readings invalid while noisy: {bad_seen or 'none'}; good readings far from the true "
+            f"value: {wrong_values}; others good: {others}; good again {back if back is None else round(back, 2)} s after",
+            "no corrupted value accepted (CRC), others unaffected, recovers",
+            wrong_values == 0 and others and back is not None,
+        )
         # a unit that stops answering on the RS-485 line (the simulator silences it as an absent unit is)
         before = {p["id"]: p["receive_time"] or 0 for p in _read(rig, WATCHED)}
         rig.hil_call("commloss", ied=RTU_IED, duration_s=6.0)
@@ -346,25 +367,40 @@ def run(report: Report, workdir: Path, quick: bool) -> None:
         took, reasons = _watch(rig, rtu_points, want_good=False, timeout_s=15)
         others = _others_fine(rig, before, fault_at + others_bound_s)
         back, _ = _watch(rig, rtu_points, want_good=True, timeout_s=60)
-        report.check(f"{RTU_IED} silent on the RS-485 line for 6 s",
-                     f"invalid in {took:.2f} s ({', '.join(sorted(reasons))}); others good: {others}; good again "
-                     f"{back:.2f} s later (the silence lasts 6 s)" if took is not None and back is not None else
-                     f"invalid: {took}, reasons {sorted(reasons)}, others: {others}, recovered: {back}",
-                     f"≤ {2 * rtu_period_s:.1f} s (+0.3 s), communication_failure, recovers",
-                     took is not None and took <= 2 * rtu_period_s + 0.3 and reasons == {"communication_failure"}
-                     and others and back is not None)
+        report.check(
+            f"{RTU_IED} silent on the RS-485 line for 6 s",
+            f"invalid in {took:.2f} s ({', '.join(sorted(reasons))}); others good: {others}; good again "
+            f"{back:.2f} s later (the silence lasts 6 s)"
+            if took is not None and back is not None
+            else f"invalid: {took}, reasons {sorted(reasons)}, others: {others}, recovered: {back}",
+            f"≤ {2 * rtu_period_s:.1f} s (+0.3 s), communication_failure, recovers",
+            took is not None
+            and took <= 2 * rtu_period_s + 0.3
+            and reasons == {"communication_failure"}
+            and others
+            and back is not None,
+        )
         # an out-of-range set-point written straight to the simulated transformer: refused, not clamped
         refused, tap_after = asyncio.run(_write_out_of_range(int(tcp_cfg["port"])))
-        report.check(f"{TCP_IED}: tap set-point 99 written directly (range -16..16)",
-                     f"answer: exception {refused}; set-point read back {tap_after}", "exception 3, unchanged",
-                     refused == 3 and tap_after != 99)
-        report.headline = (f"{len(modes) + 2} faults: points invalid in median {median(invalid_times):.1f} s with "
-                           f"the reason, good again in median {median(recover_times):.1f} s; noise: "
-                           f"{wrong_values} corrupted values accepted")
-        report.row("median time to invalid / to good again (TCP faults)",
-                   f"{median(invalid_times):.2f} s / {median(recover_times):.2f} s")
-        report.note("Exception codes are answered per block read: only the points of the blocks that got one go "
-                    "invalid (here every block of the IED, as every answer was rewritten).")
+        report.check(
+            f"{TCP_IED}: tap set-point 99 written directly (range -16..16)",
+            f"answer: exception {refused}; set-point read back {tap_after}",
+            "exception 3, unchanged",
+            refused == 3 and tap_after != 99,
+        )
+        report.headline = (
+            f"{len(modes) + 2} faults: points invalid in median {median(invalid_times):.1f} s with "
+            f"the reason, good again in median {median(recover_times):.1f} s; noise: "
+            f"{wrong_values} corrupted values accepted"
+        )
+        report.row(
+            "median time to invalid / to good again (TCP faults)",
+            f"{median(invalid_times):.2f} s / {median(recover_times):.2f} s",
+        )
+        report.note(
+            "Exception codes are answered per block read: only the points of the blocks that got one go "
+            "invalid (here every block of the IED, as every answer was rewritten)."
+        )
         rtu_relay.stop()
     relay.stop()
 

@@ -51,8 +51,9 @@ def _integrity(db: Path) -> str:
 def _start_daemon(rig: Rig) -> float:
     t0 = time.monotonic()
     rig.daemon = rig._spawn("gatewayd", [sys.executable, "-m", "gateway.daemon", "--config", str(rig.site_path)])
-    rig.wait(lambda: rig.daemon_call("status")["uplink"]["state"] == "connected", "the daemon back up", 90,
-             interval_s=0.05)
+    rig.wait(
+        lambda: rig.daemon_call("status")["uplink"]["state"] == "connected", "the daemon back up", 90, interval_s=0.05
+    )
     return time.monotonic() - t0
 
 
@@ -96,8 +97,10 @@ def run(report: Report, workdir: Path, quick: bool) -> None:
             if with_sequence:
                 here = _position(rig, "CB-046")
                 first, second = ("close", "open") if here == "open" else ("open", "close")
-                text = (f'name = "kill test {n}"\n[[steps]]\ndevice = "CB-046"\naction = "{first}"\n'
-                        f'[[steps]]\ndevice = "CB-046"\naction = "{second}"\n')
+                text = (
+                    f'name = "kill test {n}"\n[[steps]]\ndevice = "CB-046"\naction = "{first}"\n'
+                    f'[[steps]]\ndevice = "CB-046"\naction = "{second}"\n'
+                )
                 try:
                     rig.daemon_call("switching.submit", text=text, run=True)
                 except Exception as exc:  # noqa: BLE001 - recorded; the kill goes ahead
@@ -124,8 +127,9 @@ def run(report: Report, workdir: Path, quick: bool) -> None:
                 counts_after = dict(rig.hil_call("status")["command_counts"])
                 if counts_after.get("CB-046.position_cmd", 0) != counts_dead.get("CB-046.position_cmd", 0):
                     sequence_resent += 1
-                sequences_seen_after.extend(s["status"] for s in rig.daemon_call("switching.list")
-                                            if s["name"].startswith("kill test"))
+                sequences_seen_after.extend(
+                    s["status"] for s in rig.daemon_call("switching.list") if s["name"].startswith("kill test")
+                )
             cb45 = rig.daemon_call("breaker.status", breaker="CB-045")
             kept["lockout"] += bool(cb45["locked_out"]) and cb45.get("protection", {}).get("locked_out", True)
             kept["tag"] += bool(rig.daemon_call("breaker.status", breaker="SW-046-1")["tags"])
@@ -152,47 +156,92 @@ def run(report: Report, workdir: Path, quick: bool) -> None:
         if not all(p.get("historical") for p in by_id[i][1:]):
             later_copies_historical = False
     report.check("kills", kills, f"≥ {KILLS}" if not quick else "12 (quick)", kills >= (12 if quick else KILLS))
-    report.check("restart to uplink connected, median (p95, max)",
-                 f"{median(restarts):.2f} s ({percentile(restarts, 95):.2f} s, {max(restarts):.2f} s)", "", True)
-    report.check("SQLite integrity_check after each kill", f"{kills - len(integrity_bad)}/{kills} ok", "all ok",
-                 not integrity_bad)
+    report.check(
+        "restart to uplink connected, median (p95, max)",
+        f"{median(restarts):.2f} s ({percentile(restarts, 95):.2f} s, {max(restarts):.2f} s)",
+        "",
+        True,
+    )
+    report.check(
+        "SQLite integrity_check after each kill",
+        f"{kills - len(integrity_bad)}/{kills} ok",
+        "all ok",
+        not integrity_bad,
+    )
     report.check("spooled messages received (msg_id range)", f"{len(seen):,} distinct ids {first}..{last}", "", True)
     report.check("accepted messages lost (gaps in msg_id)", len(missing), "0", not missing)
-    report.check("duplicates (same msg_id again)", f"{sum(c - 1 for c in dupes.values())} copies of {len(dupes)} "
-                 "messages, every later copy flagged historical" if later_copies_historical else
-                 "a later copy NOT flagged historical", "only re-sends after a kill, flagged historical",
-                 later_copies_historical)
-    report.check("spool depth at the kill, broker frozen first: median (max)",
-                 f"{median(spool_frozen):.0f} ({max(spool_frozen) if spool_frozen else 0}) messages", "a backlog",
-                 bool(spool_frozen) and median(spool_frozen) > 0)
-    report.row("spool depth at the other kills: median (max)",
-               f"{median(spool_at_kill):.0f} ({max(spool_at_kill) if spool_at_kill else 0})")
+    report.check(
+        "duplicates (same msg_id again)",
+        f"{sum(c - 1 for c in dupes.values())} copies of {len(dupes)} messages, every later copy flagged historical"
+        if later_copies_historical
+        else "a later copy NOT flagged historical",
+        "only re-sends after a kill, flagged historical",
+        later_copies_historical,
+    )
+    report.check(
+        "spool depth at the kill, broker frozen first: median (max)",
+        f"{median(spool_frozen):.0f} ({max(spool_frozen) if spool_frozen else 0}) messages",
+        "a backlog",
+        bool(spool_frozen) and median(spool_frozen) > 0,
+    )
+    report.row(
+        "spool depth at the other kills: median (max)",
+        f"{median(spool_at_kill):.0f} ({max(spool_at_kill) if spool_at_kill else 0})",
+    )
     for what in ("lockout", "tag", "fault record"):
         report.check(f"{what} kept after restart", f"{kept[what]}/{kills}", "all", kept[what] == kills)
     counts = hil["command_counts"]
     trips, closes = counts.get("CB-044.trip_cmd", 0), counts.get("CB-044.close_cmd", 0)
-    report.check("SCADA operates on CB-044: sent / answered ok / refused / unanswered (killed)",
-                 f"{sum(scada.sent.values())} / {sum(scada.ok.values())} / {sum(scada.refused.values())} / "
-                 f"{scada.unanswered}", "", True)
-    report.check("writes to CB-044 trip point vs open operates sent",
-                 f"{trips} writes, {scada.sent['open']} sent, {scada.ok['open']} ok",
-                 "ok ≤ writes ≤ sent (no command twice)", scada.ok["open"] <= trips <= scada.sent["open"])
-    report.check("writes to CB-044 close point vs close operates sent",
-                 f"{closes} writes, {scada.sent['close']} sent, {scada.ok['close']} ok",
-                 "ok ≤ writes ≤ sent (no command twice)", scada.ok["close"] <= closes <= scada.sent["close"])
-    report.check("sequences in flight at a kill: steps written after the restart",
-                 f"{sequence_resent} of {sequence_kills} kills", "0", sequence_resent == 0)
-    report.row("interrupted sequences known to the restarted daemon", json.dumps(Counter(final_seq_status)) if
-               final_seq_status else "none (sequences are not persisted; the event log has them)")
-    report.note("A switching sequence is not persisted: after a kill the restarted daemon neither continues nor "
-                "repeats it, and `stima switching list` does not show it; its steps up to the kill are in the "
-                "event log (`switching.sequence`) and on the `…/switching` topic. The operator finds the plant "
-                "as the interrupted sequence left it and decides again.")
-    report.headline = (f"{kills} kills: {len(missing)} of {len(seen):,} accepted messages lost, no command written "
-                       f"twice, lockout/tag/fault record kept {min(kept.values())}/{kills}, integrity ok "
-                       f"{kills - len(integrity_bad)}/{kills}, restart median {median(restarts):.1f} s")
-    report.data = {"restarts_s": restarts, "missing": missing[:50], "dupes": len(dupes), "command_counts": counts,
-                   "scada_sent": dict(scada.sent), "scada_ok": dict(scada.ok), "spool_at_kill": spool_at_kill}
+    report.check(
+        "SCADA operates on CB-044: sent / answered ok / refused / unanswered (killed)",
+        f"{sum(scada.sent.values())} / {sum(scada.ok.values())} / {sum(scada.refused.values())} / {scada.unanswered}",
+        "",
+        True,
+    )
+    report.check(
+        "writes to CB-044 trip point vs open operates sent",
+        f"{trips} writes, {scada.sent['open']} sent, {scada.ok['open']} ok",
+        "ok ≤ writes ≤ sent (no command twice)",
+        scada.ok["open"] <= trips <= scada.sent["open"],
+    )
+    report.check(
+        "writes to CB-044 close point vs close operates sent",
+        f"{closes} writes, {scada.sent['close']} sent, {scada.ok['close']} ok",
+        "ok ≤ writes ≤ sent (no command twice)",
+        scada.ok["close"] <= closes <= scada.sent["close"],
+    )
+    report.check(
+        "sequences in flight at a kill: steps written after the restart",
+        f"{sequence_resent} of {sequence_kills} kills",
+        "0",
+        sequence_resent == 0,
+    )
+    report.row(
+        "interrupted sequences known to the restarted daemon",
+        json.dumps(Counter(final_seq_status))
+        if final_seq_status
+        else "none (sequences are not persisted; the event log has them)",
+    )
+    report.note(
+        "A switching sequence is not persisted: after a kill the restarted daemon neither continues nor "
+        "repeats it, and `stima switching list` does not show it; its steps up to the kill are in the "
+        "event log (`switching.sequence`) and on the `…/switching` topic. The operator finds the plant "
+        "as the interrupted sequence left it and decides again."
+    )
+    report.headline = (
+        f"{kills} kills: {len(missing)} of {len(seen):,} accepted messages lost, no command written "
+        f"twice, lockout/tag/fault record kept {min(kept.values())}/{kills}, integrity ok "
+        f"{kills - len(integrity_bad)}/{kills}, restart median {median(restarts):.1f} s"
+    )
+    report.data = {
+        "restarts_s": restarts,
+        "missing": missing[:50],
+        "dupes": len(dupes),
+        "command_counts": counts,
+        "scada_sent": dict(scada.sent),
+        "scada_ok": dict(scada.ok),
+        "spool_at_kill": spool_at_kill,
+    }
 
 
 if __name__ == "__main__":

@@ -47,11 +47,16 @@ def _fault_trips(rig: Rig, line: str, breaker: str, phase: str) -> tuple[bool, b
     """Inject a transient fault; True if the breaker opened, True if it closed again."""
     # the auto-recloser ready again (its reclaim time over), so each fault is a first shot
     try:
-        rig.wait(lambda: rig.daemon_call("breaker.status", breaker=breaker)["protection"]["reclose_state"] == "ready",
-                 f"{breaker}'s auto-recloser ready", 90, interval_s=0.2)
+        rig.wait(
+            lambda: rig.daemon_call("breaker.status", breaker=breaker)["protection"]["reclose_state"] == "ready",
+            f"{breaker}'s auto-recloser ready",
+            90,
+            interval_s=0.2,
+        )
     except TimeoutError:
-        raise TimeoutError(f"{breaker}'s auto-recloser not ready in 90 s: "
-                           f"{rig.daemon_call('breaker.status', breaker=breaker)}") from None
+        raise TimeoutError(
+            f"{breaker}'s auto-recloser not ready in 90 s: {rig.daemon_call('breaker.status', breaker=breaker)}"
+        ) from None
     before = rig.daemon_call("breaker.status", breaker=breaker)
     rig.hil_call("fault", line=line, distance_m=800, kind="3ph", transient=True)
     opened = closed = False
@@ -75,8 +80,13 @@ def _fault_trips(rig: Rig, line: str, breaker: str, phase: str) -> tuple[bool, b
         for record in rig.daemon_call("faults.list"):  # the line was patrolled: nothing there
             if record["breaker"] == breaker and record.get("status") == "permanent":
                 rig.daemon_call("faults.clear", id=record["id"], reason="reliability run: transient, line patrolled")
-        rig.daemon_call("breaker.operate", breaker=breaker, action="close", authorised=True,
-                        reason="reliability run: re-arm after a lockout")
+        rig.daemon_call(
+            "breaker.operate",
+            breaker=breaker,
+            action="close",
+            authorised=True,
+            reason="reliability run: re-arm after a lockout",
+        )
         rig.wait(lambda: rig.hil_call("status")["breakers"].get(breaker) == "closed", f"{breaker} closed", 30)
     return opened, closed
 
@@ -114,11 +124,15 @@ def _explain_gaps(report: Report, log: BrokerLog, gaps: list[int]) -> None:
         phase = next((name for name, top in reversed(_PHASES) if top < gap), "before the first phase")
         before = max(((i, t) for i, t in got if i < gap), default=None)
         after = min(((i, t) for i, t in got if i > gap), default=None)
-        parts.append(f"{gap} (during {phase}; SCADA got {before[0] if before else '-'} at "
-                     f"{before[1] - t0 if before else 0:.1f} s and {after[0] if after else '-'} at "
-                     f"{after[1] - t0 if after else 0:.1f} s)")
-    report.note(f"msg_id never received by SCADA: {'; '.join(parts)}; SCADA's subscriber lost the broker "
-                f"{log.disconnects} time(s) during the part")
+        parts.append(
+            f"{gap} (during {phase}; SCADA got {before[0] if before else '-'} at "
+            f"{before[1] - t0 if before else 0:.1f} s and {after[0] if after else '-'} at "
+            f"{after[1] - t0 if after else 0:.1f} s)"
+        )
+    report.note(
+        f"msg_id never received by SCADA: {'; '.join(parts)}; SCADA's subscriber lost the broker "
+        f"{log.disconnects} time(s) during the part"
+    )
     report.data["gaps"] = gaps
     report.data["phases"] = _PHASES
 
@@ -126,13 +140,19 @@ def _explain_gaps(report: Report, log: BrokerLog, gaps: list[int]) -> None:
 def _spawn_daemon(rig: Rig, env_extra: dict[str, str]) -> None:
     log_path = rig.workdir / "gatewayd.log"
     with log_path.open("ab") as out:
-        rig.daemon = subprocess.Popen([sys.executable, "-m", "gateway.daemon", "--config", str(rig.site_path)],
-                                      stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                      start_new_session=True, cwd=Path(__file__).resolve().parents[2],
-                                      env={**os.environ, **env_extra})
+        rig.daemon = subprocess.Popen(
+            [sys.executable, "-m", "gateway.daemon", "--config", str(rig.site_path)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=Path(__file__).resolve().parents[2],
+            env={**os.environ, **env_extra},
+        )
     try:
-        rig.wait(lambda: rig.daemon_call("status")["uplink"]["state"] == "connected", "the daemon up", 120,
-                 interval_s=0.1)
+        rig.wait(
+            lambda: rig.daemon_call("status")["uplink"]["state"] == "connected", "the daemon up", 120, interval_s=0.1
+        )
     except TimeoutError:
         code = rig.daemon.poll() if rig.daemon is not None else None
         tail = log_path.read_text(errors="replace")[-1500:]
@@ -155,11 +175,18 @@ def _limits(report: Report, rig: Rig, log: BrokerLog, state: Path) -> None:
     opened, closed = _fault_trips(rig, "LINE-044", "CB-044", "disk full")
     time.sleep(3)
     status = rig.daemon_call("status")
-    report.check("disk full: CB-044 trips and recloses on a fault", f"opened {opened}, reclosed {closed}",
-                 "both", opened and closed)
-    report.check("disk full: daemon serving, messages not spooled counted as lost",
-                 f"status answers; uplink lost {status['uplink']['lost']} (free bytes {free_after})", "lost > 0, counted",
-                 status["uplink"]["lost"] > last_before["lost"])
+    report.check(
+        "disk full: CB-044 trips and recloses on a fault",
+        f"opened {opened}, reclosed {closed}",
+        "both",
+        opened and closed,
+    )
+    report.check(
+        "disk full: daemon serving, messages not spooled counted as lost",
+        f"status answers; uplink lost {status['uplink']['lost']} (free bytes {free_after})",
+        "lost > 0, counted",
+        status["uplink"]["lost"] > last_before["lost"],
+    )
     filler.unlink()
     _phase(log, "space freed")
     time.sleep(4)
@@ -168,8 +195,9 @@ def _limits(report: Report, rig: Rig, log: BrokerLog, state: Path) -> None:
     resumed = rig.daemon_call("status")["uplink"]["published"] > published
     report.check("disk full: spooling resumes once space is freed", "yes" if resumed else "NO", "yes", resumed)
     # ---- the file system goes read-only under the running daemon (ext4 errors=remount-ro)
-    device = Path(subprocess.run(["findmnt", "-n", "-o", "SOURCE", str(state)], capture_output=True,
-                                 text=True).stdout.strip()).name
+    device = Path(
+        subprocess.run(["findmnt", "-n", "-o", "SOURCE", str(state)], capture_output=True, text=True).stdout.strip()
+    ).name
     trigger = Path("/sys/fs/ext4") / device / "trigger_fs_error"
     if not trigger.exists():
         report.note(f"read-only while running not measured: no {trigger} (kernel without ext4 error injection)")
@@ -181,35 +209,60 @@ def _limits(report: Report, rig: Rig, log: BrokerLog, state: Path) -> None:
         opened, closed = _fault_trips(rig, "LINE-044", "CB-044", "read-only")
         time.sleep(3)
         status = rig.daemon_call("status")
-        report.check("read-only (ext4 remounted read-only on error): CB-044 trips and recloses on a fault",
-                     f"opened {opened}, reclosed {closed}", "both", opened and closed)
-        report.check("read-only: daemon serving, messages not spooled counted as lost",
-                     f"status answers; uplink lost +{status['uplink']['lost'] - lost0}", "counted",
-                     status["uplink"]["lost"] > lost0)
+        report.check(
+            "read-only (ext4 remounted read-only on error): CB-044 trips and recloses on a fault",
+            f"opened {opened}, reclosed {closed}",
+            "both",
+            opened and closed,
+        )
+        report.check(
+            "read-only: daemon serving, messages not spooled counted as lost",
+            f"status answers; uplink lost +{status['uplink']['lost'] - lost0}",
+            "counted",
+            status["uplink"]["lost"] > lost0,
+        )
         assert rig.daemon is not None
         t0 = time.monotonic()
         rig.daemon.terminate()
         code = rig.daemon.wait(60)
-        report.check("read-only: SIGTERM stops the daemon", f"exit {code} in {time.monotonic() - t0:.1f} s",
-                     "exits within TimeoutStopSec (20 s)", time.monotonic() - t0 < 20)
-        start = subprocess.run([sys.executable, "-m", "gateway.daemon", "--config", str(rig.site_path)],
-                               capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
+        report.check(
+            "read-only: SIGTERM stops the daemon",
+            f"exit {code} in {time.monotonic() - t0:.1f} s",
+            "exits within TimeoutStopSec (20 s)",
+            time.monotonic() - t0 < 20,
+        )
+        start = subprocess.run(
+            [sys.executable, "-m", "gateway.daemon", "--config", str(rig.site_path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=Path(__file__).resolve().parents[2],
+        )
         clear = start.returncode != 0 and "is unusable" in start.stderr and "Traceback" not in start.stderr
-        report.check("read-only at start: the daemon refuses with a clear error",
-                     f"exit {start.returncode}: {start.stderr.strip().splitlines()[-1][:160] if start.stderr else ''}",
-                     "refuses, names the directory, no traceback", clear)
-        image = Path(subprocess.run(["findmnt", "-n", "-o", "SOURCE", str(state)], capture_output=True,
-                                    text=True).stdout.strip())
-        backing = subprocess.run(["losetup", "-n", "-O", "BACK-FILE", str(image)], capture_output=True,
-                                 text=True).stdout.strip()
+        report.check(
+            "read-only at start: the daemon refuses with a clear error",
+            f"exit {start.returncode}: {start.stderr.strip().splitlines()[-1][:160] if start.stderr else ''}",
+            "refuses, names the directory, no traceback",
+            clear,
+        )
+        image = Path(
+            subprocess.run(["findmnt", "-n", "-o", "SOURCE", str(state)], capture_output=True, text=True).stdout.strip()
+        )
+        backing = subprocess.run(
+            ["losetup", "-n", "-O", "BACK-FILE", str(image)], capture_output=True, text=True
+        ).stdout.strip()
         subprocess.run(["umount", str(state)], check=True)
         subprocess.run(["e2fsck", "-fy", backing], capture_output=True)
         subprocess.run(["mount", "-o", "loop,errors=remount-ro", backing, str(state)], check=True)
         _phase(log, "restart after repair")
         t0 = time.monotonic()
         _spawn_daemon(rig, {})
-        report.check("after repair: the daemon starts and the uplink reconnects", f"in {time.monotonic() - t0:.1f} s",
-                     "starts", True)
+        report.check(
+            "after repair: the daemon starts and the uplink reconnects",
+            f"in {time.monotonic() - t0:.1f} s",
+            "starts",
+            True,
+        )
     try:
         rig.wait(lambda: rig.daemon_call("status")["uplink"]["spool_depth"] == 0, "the spool drained", 60)
     except TimeoutError:
@@ -232,8 +285,15 @@ def _clock(report: Report, rig: Rig, log: BrokerLog, workdir: Path) -> None:
     assert rig.daemon is not None
     rig.daemon.terminate()
     rig.daemon.wait(30)
-    _spawn_daemon(rig, {"LD_PRELOAD": FAKETIME, "FAKETIME_TIMESTAMP_FILE": str(stamp), "FAKETIME_CACHE_DURATION": "1",
-                        "DONT_FAKE_MONOTONIC": "1"})
+    _spawn_daemon(
+        rig,
+        {
+            "LD_PRELOAD": FAKETIME,
+            "FAKETIME_TIMESTAMP_FILE": str(stamp),
+            "FAKETIME_CACHE_DURATION": "1",
+            "DONT_FAKE_MONOTONIC": "1",
+        },
+    )
     results: Counter[str] = Counter()
     for offset in ("+1h", "+0"):
         stamp.write_text(f"{offset}\n")
@@ -243,11 +303,21 @@ def _clock(report: Report, rig: Rig, log: BrokerLog, workdir: Path) -> None:
         opened, closed = _fault_trips(rig, "LINE-044", "CB-044", f"clock {offset} (libfaketime)")
         up = rig.daemon_call("status")["uplink"]["state"]
         jump = "forward 1 h" if offset == "+1h" else "back 1 h"
-        how = "reclosed" if closed else ("locked out (breaker failure: the trip reached the IED late)"
-                                        if len(_LOCKOUTS) > lockouts else "did not reclose")
-        report.check(f"clock {jump}: CB-044 trips on a fault; uplink", f"opened {opened}, then {how}; "
-                     f"uplink {up}, uptime shown {wall:.0f} s", "trips, uplink connected",
-                     opened and up == "connected")
+        how = (
+            "reclosed"
+            if closed
+            else (
+                "locked out (breaker failure: the trip reached the IED late)"
+                if len(_LOCKOUTS) > lockouts
+                else "did not reclose"
+            )
+        )
+        report.check(
+            f"clock {jump}: CB-044 trips on a fault; uplink",
+            f"opened {opened}, then {how}; uplink {up}, uptime shown {wall:.0f} s",
+            "trips, uplink connected",
+            opened and up == "connected",
+        )
         results[jump] += 1
     rig.wait(lambda: rig.daemon_call("status")["uplink"]["spool_depth"] == 0, "the spool drained", 60)
     time.sleep(2)
@@ -256,10 +326,12 @@ def _clock(report: Report, rig: Rig, log: BrokerLog, workdir: Path) -> None:
     report.check("clock jumps: accepted messages lost", len(gaps), "0", not gaps)
     if gaps and "gaps" not in report.data:
         _explain_gaps(report, log, gaps)
-    report.note("Wall time only stamps records: after a jump, timestamps, history buckets and the age check of "
-                "signed commands follow the new wall clock (a command signed by a SCADA host whose clock "
-                "disagrees by more than `max_age_s` is refused as stale, which is the point of the check); "
-                "protection, timers and reconnects run on monotonic time and do not notice.")
+    report.note(
+        "Wall time only stamps records: after a jump, timestamps, history buckets and the age check of "
+        "signed commands follow the new wall clock (a command signed by a SCADA host whose clock "
+        "disagrees by more than `max_age_s` is refused as stale, which is the point of the check); "
+        "protection, timers and reconnects run on monotonic time and do not notice."
+    )
 
 
 def run(report: Report, workdir: Path, quick: bool) -> None:
@@ -272,11 +344,17 @@ def run(report: Report, workdir: Path, quick: bool) -> None:
         image = workdir / "state.img"
         subprocess.run(["truncate", "-s", "32M", str(image)], check=True)
         subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True, capture_output=True)
-        mounted = subprocess.run(["mount", "-o", "loop,errors=remount-ro", str(image), str(state)],
-                                 capture_output=True).returncode == 0
+        mounted = (
+            subprocess.run(
+                ["mount", "-o", "loop,errors=remount-ro", str(image), str(state)], capture_output=True
+            ).returncode
+            == 0
+        )
     if not mounted:
-        report.skip("disk full and read-only state need root (an ext4 image on a loop device); " +
-                    ("not root" if not is_root() else "mount failed (no mount namespace rights?)"))
+        report.skip(
+            "disk full and read-only state need root (an ext4 image on a loop device); "
+            + ("not root" if not is_root() else "mount failed (no mount namespace rights?)")
+        )
     try:
         with Rig(doc, workdir, fresh_state=not mounted) as rig:
             log = BrokerLog(rig.tls, rig.tls_port, base_topic(rig), client_id="reliability-limits")
@@ -291,19 +369,23 @@ def run(report: Report, workdir: Path, quick: bool) -> None:
         if mounted:
             subprocess.run(["umount", "-l", str(state)], check=False)
     if _LOCKOUTS:
-        report.note(f"{len(_LOCKOUTS)} fault(s) here ended in a lockout by breaker failure (50BF) instead of a "
-                    f"reclose ({', '.join(_LOCKOUTS)}); the trip itself went out every time. The example site backs "
-                    "a trip up after 150 ms while CB-044's current is polled every 100 ms, so a poll that comes late "
-                    f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores here) ends in 50BF: "
-                    "the simulator opens the breaker on the trip command, but the current the daemon last read is "
-                    "still the fault's when the backup timer runs out. libfaketime is not the cause: on the same "
-                    "rig at load average 13, six faults without it ended in 50BF as well, and the same faults "
-                    "reclose on a quiet machine. A site polling its breakers this slowly wants a longer backup "
-                    "time, or its breakers' currents polled faster.")
+        report.note(
+            f"{len(_LOCKOUTS)} fault(s) here ended in a lockout by breaker failure (50BF) instead of a "
+            f"reclose ({', '.join(_LOCKOUTS)}); the trip itself went out every time. The example site backs "
+            "a trip up after 150 ms while CB-044's current is polled every 100 ms, so a poll that comes late "
+            f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores here) ends in 50BF: "
+            "the simulator opens the breaker on the trip command, but the current the daemon last read is "
+            "still the fault's when the backup timer runs out. libfaketime is not the cause: on the same "
+            "rig at load average 13, six faults without it ended in 50BF as well, and the same faults "
+            "reclose on a quiet machine. A site polling its breakers this slowly wants a longer backup "
+            "time, or its breakers' currents polled faster."
+        )
     checked = [r for r in report.rows if r.met is not None]
     trips = [r for r in checked if "trips and recloses" in r.what]
-    report.headline = (f"{sum(r.met is True for r in checked)}/{len(checked)} checks met; protection tripped and "
-                       f"reclosed in {sum(r.met is True for r in trips)} of {len(trips)} faults under the limits")
+    report.headline = (
+        f"{sum(r.met is True for r in checked)}/{len(checked)} checks met; protection tripped and "
+        f"reclosed in {sum(r.met is True for r in trips)} of {len(trips)} faults under the limits"
+    )
 
 
 if __name__ == "__main__":

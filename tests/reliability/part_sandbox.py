@@ -30,13 +30,13 @@ WHY = {
     "SupplementaryGroups=": "`dialout` owns the serial ports",
     "PrivateUsers=": "a user namespace would hide the `dialout` group that opens the serial ports",
     "IPAddressDeny=": "IED and broker addresses are site-specific; restrict them at install time with "
-                      "IPAddressAllow= in a drop-in when the site's addresses are known",
+    "IPAddressAllow= in a drop-in when the site's addresses are known",
     "MemoryDenyWriteExecute=": "libffi (cffi callbacks for IEC 61850 reports) needs executable trampolines",
     "UMask=": "0027: the state files are readable by the `stima` group (operators' tools), no one else",
     "ProcSubset=": "left at the default: /proc/meminfo and /proc/cpuinfo are read by the Python runtime and "
-                   "numpy; the gain (0.1) is not worth a start failure on some platform",
+    "numpy; the gain (0.1) is not worth a start failure on some platform",
     "RootDirectory=/RootImage=": "the daemon runs from /opt/stima inside the host's file system, "
-                                 "made read-only by ProtectSystem=strict",
+    "made read-only by ProtectSystem=strict",
 }
 
 
@@ -45,8 +45,9 @@ def run(report: Report, workdir: Path, quick: bool) -> None:
     if tool is None:
         report.skip("systemd-analyze is not installed (Debian package 'systemd'; make deps installs it as root)")
         return
-    out = subprocess.run([tool, "security", "--offline=true", "--no-pager", str(UNIT)], capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        [tool, "security", "--offline=true", "--no-pager", str(UNIT)], capture_output=True, text=True, timeout=60
+    )
     text = out.stdout + out.stderr
     score = re.search(r"Overall exposure level for \S+: ([0-9.]+)", text)
     if score is None:

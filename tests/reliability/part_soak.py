@@ -108,14 +108,23 @@ def _db_bytes(db: Path) -> int:
 
 def _rows(store: Store) -> dict[str, int]:
     with store._lock:
-        return {t: int(store._db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0])
-                for t in ("events", "spool", "history", "snapshots", "command_nonces")}
+        return {
+            t: int(store._db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0])
+            for t in ("events", "spool", "history", "snapshots", "command_nonces")
+        }
 
 
 async def _soak(report: Report, workdir: Path, quick: bool) -> None:
     base = load(Path(__file__).resolve().parents[2] / "deploy" / "examples" / "sub-003.toml")
-    groups = [{"id": f"MTR-GRP-{i:03d}", "prefix": f"MTR-{i:03d}", "count": METERS // 40,
-               "connected_transformer": "XFMR-101" if i % 2 else "XFMR-102"} for i in range(40)]
+    groups = [
+        {
+            "id": f"MTR-GRP-{i:03d}",
+            "prefix": f"MTR-{i:03d}",
+            "count": METERS // 40,
+            "connected_transformer": "XFMR-101" if i % 2 else "XFMR-102",
+        }
+        for i in range(40)
+    ]
     site = base.model_copy(update={"meter_groups": [type(base.meter_groups[0]).model_validate(g) for g in groups]})
     sim_s = 4 * 3600 if quick else SIM_S
     clock = SimClock(start_monotonic=10.0)
@@ -129,10 +138,24 @@ async def _soak(report: Report, workdir: Path, quick: bool) -> None:
     for old in workdir.glob("stima.db*"):  # a fresh database: a previous run's rows would count as growth
         old.unlink()
     store = Store(workdir / "stima.db")
-    cfg = UplinkConfig(broker_host="127.0.0.1", broker_port=relay.port, transport="tls", ca_file=str(tls.ca_file),
-                       cert_file=str(tls.client_cert), key_file=str(tls.client_key))
-    uplink = MqttUplink(cfg, SiteIdentity(region="rel", substation_id="SUB-003"), store, clock,
-                        logging.getLogger("soak.uplink"), base_dir=workdir, backoff_min_s=0.05, backoff_max_s=0.5)
+    cfg = UplinkConfig(
+        broker_host="127.0.0.1",
+        broker_port=relay.port,
+        transport="tls",
+        ca_file=str(tls.ca_file),
+        cert_file=str(tls.client_cert),
+        key_file=str(tls.client_key),
+    )
+    uplink = MqttUplink(
+        cfg,
+        SiteIdentity(region="rel", substation_id="SUB-003"),
+        store,
+        clock,
+        logging.getLogger("soak.uplink"),
+        base_dir=workdir,
+        backoff_min_s=0.05,
+        backoff_max_s=0.5,
+    )
     uplink_task = asyncio.create_task(uplink.run())
     runtime = AgentRuntime(site, now=clock.monotonic())
     engine = ProtectionEngine(site.protection)
@@ -202,14 +225,22 @@ async def _soak(report: Report, workdir: Path, quick: bool) -> None:
         carry_out(engine.step(now), now)
         actions = runtime.tick(now, wall=wall)
         if actions:
-            store.append_events([(wall, getattr(a, "agent_id", getattr(a, "group_id", "?")), type(a).__name__, {})
-                                 for a in actions[:200]])
+            store.append_events(
+                [
+                    (wall, getattr(a, "agent_id", getattr(a, "group_id", "?")), type(a).__name__, {})
+                    for a in actions[:200]
+                ]
+            )
         if sec % 900 == 0:
-            runtime.ingest_meter_batch(ids, {
-                "voltage_v": rng.normal(230, 4, n).astype(np.float32),
-                "demand_kw": rng.uniform(0.2, 4, n).astype(np.float32),
-                "energy_kwh": rng.uniform(0, 1e4, n),
-            }, now)
+            runtime.ingest_meter_batch(
+                ids,
+                {
+                    "voltage_v": rng.normal(230, 4, n).astype(np.float32),
+                    "demand_kw": rng.uniform(0.2, 4, n).astype(np.float32),
+                    "energy_kwh": rng.uniform(0, 1e4, n),
+                },
+                now,
+            )
             runtime.fleet.evaluate(now)
             counts["ami_batches"] += 1
         if sec % 10 == 0:
@@ -241,13 +272,21 @@ async def _soak(report: Report, workdir: Path, quick: bool) -> None:
         if sec == WARM_S:
             gc.collect()
             await asyncio.sleep(0.5)
-            warm = {"rss_mb": _rss_mb(), "fds": _fds(), "fd_targets": _fd_targets(), "db_bytes": _db_bytes(store.path), "rows": _rows(store),
-                    "real_s": time.monotonic() - t_real0}
+            warm = {
+                "rss_mb": _rss_mb(),
+                "fds": _fds(),
+                "fd_targets": _fd_targets(),
+                "db_bytes": _db_bytes(store.path),
+                "rows": _rows(store),
+                "real_s": time.monotonic() - t_real0,
+            }
             print(f"warm at {WARM_S // 3600} h simulated: {warm}", flush=True)
         if sec % 3600 == 0:
             rss_by_h.append(_rss_mb())
-            print(f"{sec // 3600} h simulated, {time.monotonic() - t_real0:.0f} s real, RSS {_rss_mb():.0f} MB, "
-                  f"{counts}", flush=True)
+            print(
+                f"{sec // 3600} h simulated, {time.monotonic() - t_real0:.0f} s real, RSS {_rss_mb():.0f} MB, {counts}",
+                flush=True,
+            )
             await asyncio.sleep(0)
     real_s = time.monotonic() - t_real0
     relay.restore()
@@ -255,7 +294,13 @@ async def _soak(report: Report, workdir: Path, quick: bool) -> None:
     while (uplink.status()["spool_depth"] or uplink.status()["inflight"]) and time.monotonic() < end_wait:
         await asyncio.sleep(0.1)
     gc.collect()
-    end = {"rss_mb": _rss_mb(), "fds": _fds(), "fd_targets": _fd_targets(), "db_bytes": _db_bytes(store.path), "rows": _rows(store)}
+    end = {
+        "rss_mb": _rss_mb(),
+        "fds": _fds(),
+        "fd_targets": _fd_targets(),
+        "db_bytes": _db_bytes(store.path),
+        "rows": _rows(store),
+    }
     await uplink.close()
     uplink_task.cancel()
     with contextlib.suppress(BaseException):
@@ -264,30 +309,49 @@ async def _soak(report: Report, workdir: Path, quick: bool) -> None:
     broker.stop()
 
     growth = (end["rss_mb"] - warm["rss_mb"]) / warm["rss_mb"] * 100.0
-    report.check("simulated time, wall time", f"{sim_s / 3600:.0f} h in {real_s / 60:.1f} min "
-                 f"({sim_s / real_s:,.0f}× real time)", "well under an hour", real_s < 3600)
-    report.check("meters, faults (trips / recloses), reconnects, reloads, AMI batches",
-                 f"{n:,}, {counts['trips']} / {counts['recloses']}, {counts['cuts']}, {counts['reloads']}, "
-                 f"{counts['ami_batches']}", "a trip and a reclose every hour", counts["trips"] >= sim_s // 3600 - 1
-                 and counts["recloses"] >= sim_s // 3600 - 1)
-    report.check("RSS at 2 h → end", f"{warm['rss_mb']:.0f} MB → {end['rss_mb']:.0f} MB ({growth:+.1f} %)", "≤ +5 %",
-                 growth <= 5.0)
-    report.row("RSS at each simulated hour (MB); reloads at",
-               f"{' '.join(f'{v:.0f}' for v in rss_by_h)}; reloads at "
-               f"{', '.join(f'{t / 3600:.1f} h' for t in reload_s)}")
+    report.check(
+        "simulated time, wall time",
+        f"{sim_s / 3600:.0f} h in {real_s / 60:.1f} min ({sim_s / real_s:,.0f}× real time)",
+        "well under an hour",
+        real_s < 3600,
+    )
+    report.check(
+        "meters, faults (trips / recloses), reconnects, reloads, AMI batches",
+        f"{n:,}, {counts['trips']} / {counts['recloses']}, {counts['cuts']}, {counts['reloads']}, "
+        f"{counts['ami_batches']}",
+        "a trip and a reclose every hour",
+        counts["trips"] >= sim_s // 3600 - 1 and counts["recloses"] >= sim_s // 3600 - 1,
+    )
+    report.check(
+        "RSS at 2 h → end",
+        f"{warm['rss_mb']:.0f} MB → {end['rss_mb']:.0f} MB ({growth:+.1f} %)",
+        "≤ +5 %",
+        growth <= 5.0,
+    )
+    report.row(
+        "RSS at each simulated hour (MB); reloads at",
+        f"{' '.join(f'{v:.0f}' for v in rss_by_h)}; reloads at {', '.join(f'{t / 3600:.1f} h' for t in reload_s)}",
+    )
     last_reload_h = int(reload_s[-1] // 3600) + 1 if reload_s else 0
     if reload_s and last_reload_h < len(rss_by_h):
         since = rss_by_h[last_reload_h - 1]
-        report.row(f"RSS after the last reload ({last_reload_h} h) → end",
-                   f"{since:.0f} MB → {end['rss_mb']:.0f} MB ({(end['rss_mb'] - since) / since * 100:+.1f} %)")
-    report.check("open file descriptors at 2 h → end", f"{warm['fds']} → {end['fds']}", "no growth",
-                 end["fds"] <= warm["fds"])
+        report.row(
+            f"RSS after the last reload ({last_reload_h} h) → end",
+            f"{since:.0f} MB → {end['rss_mb']:.0f} MB ({(end['rss_mb'] - since) / since * 100:+.1f} %)",
+        )
+    report.check(
+        "open file descriptors at 2 h → end", f"{warm['fds']} → {end['fds']}", "no growth", end["fds"] <= warm["fds"]
+    )
     if end["fds"] != warm["fds"]:
-        more, fewer = _kinds(end["fd_targets"]) - _kinds(warm["fd_targets"]), \
-            _kinds(warm["fd_targets"]) - _kinds(end["fd_targets"])
-        report.note(f"Descriptors at the end and not at 2 h: {dict(more) or 'none'}; at 2 h and not at the end: "
-                    f"{dict(fewer) or 'none'} (sockets are the uplink's and the relay's connections, which the "
-                    "link cuts close and open again).")
+        more, fewer = (
+            _kinds(end["fd_targets"]) - _kinds(warm["fd_targets"]),
+            _kinds(warm["fd_targets"]) - _kinds(end["fd_targets"]),
+        )
+        report.note(
+            f"Descriptors at the end and not at 2 h: {dict(more) or 'none'}; at 2 h and not at the end: "
+            f"{dict(fewer) or 'none'} (sockets are the uplink's and the relay's connections, which the "
+            "link cuts close and open again)."
+        )
     report.check("spool rows at the end (after the backfill)", end["rows"]["spool"], "0", end["rows"]["spool"] == 0)
     per_day = len(history.take_all()) or 0
     bound = end["rows"]["history"]
@@ -295,17 +359,25 @@ async def _soak(report: Report, workdir: Path, quick: bool) -> None:
     report.row("rows at 2 h → end", f"{warm['rows']} → {end['rows']}")
     points = len(schemes) * 3
     expected_hist = points * int(sim_s / 60)
-    report.check("history rows", f"{bound:,} for {points} points", f"≤ points × buckets in the retention "
-                 f"({site.history.retention_days:g} days): {points * int(site.history.retention_days * 1440):,}",
-                 bound <= points * int(site.history.retention_days * 1440) + points)
-    report.note(f"History keeps one bucket per point per minute for `retention_days` ({site.history.retention_days:g} "
-                f"days here); at this run's {bound / max(1, expected_hist) * 100:.0f} % of a day's buckets it grows "
-                "linearly until the retention is reached, then pruning holds it. The event log is kept without a "
-                f"time limit: {end['rows']['events'] - warm['rows']['events']:,} rows in 22 simulated hours "
-                f"({(end['db_bytes'] - warm['db_bytes']) / 1e6:.1f} MB of database growth with history).")
+    report.check(
+        "history rows",
+        f"{bound:,} for {points} points",
+        f"≤ points × buckets in the retention "
+        f"({site.history.retention_days:g} days): {points * int(site.history.retention_days * 1440):,}",
+        bound <= points * int(site.history.retention_days * 1440) + points,
+    )
+    report.note(
+        f"History keeps one bucket per point per minute for `retention_days` ({site.history.retention_days:g} "
+        f"days here); at this run's {bound / max(1, expected_hist) * 100:.0f} % of a day's buckets it grows "
+        "linearly until the retention is reached, then pruning holds it. The event log is kept without a "
+        f"time limit: {end['rows']['events'] - warm['rows']['events']:,} rows in 22 simulated hours "
+        f"({(end['db_bytes'] - warm['db_bytes']) / 1e6:.1f} MB of database growth with history)."
+    )
     _ = per_day
-    report.headline = (f"{sim_s / 3600:.0f} h in {real_s / 60:.0f} min: RSS {growth:+.1f} %, fds {warm['fds']}→"
-                       f"{end['fds']}, {counts['trips']} faults, {counts['cuts']} link cuts, {counts['reloads']} reloads")
+    report.headline = (
+        f"{sim_s / 3600:.0f} h in {real_s / 60:.0f} min: RSS {growth:+.1f} %, fds {warm['fds']}→"
+        f"{end['fds']}, {counts['trips']} faults, {counts['cuts']} link cuts, {counts['reloads']} reloads"
+    )
     report.data = {"warm": warm, "end": end, "counts": counts, "rss_by_h": rss_by_h, "reload_s": reload_s}
 
 

@@ -73,7 +73,7 @@ class BrokerLog:
             payload = {"raw": bytes(msg.payload)}
         if not isinstance(payload, dict):
             payload = {"value": payload}
-        suffix = msg.topic[len(self.base) + 1:]
+        suffix = msg.topic[len(self.base) + 1 :]
         with self.lock:
             self.messages.append((time.monotonic(), suffix, payload))
             if suffix.startswith("cmd_result") and isinstance(payload.get("id"), str):
@@ -133,8 +133,10 @@ class Scada:
                 time.sleep(0.2)
                 continue
             self.sent[action] += 1
-            result = self._send("breaker/operate", {"breaker": self.breaker, "action": action,
-                                                    "select_id": str(selected.get("select_id", ""))})
+            result = self._send(
+                "breaker/operate",
+                {"breaker": self.breaker, "action": action, "select_id": str(selected.get("select_id", ""))},
+            )
             if result is None:
                 self.unanswered += 1
             elif result.get("ok"):

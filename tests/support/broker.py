@@ -20,8 +20,9 @@ class Subscriber:
     away (including across a restart of a persistent broker); it reconnects by itself.
     """
 
-    def __init__(self, broker: Broker, topic: str = "#", *, client_id: str | None = None,
-                 session_expiry_s: int = 0) -> None:
+    def __init__(
+        self, broker: Broker, topic: str = "#", *, client_id: str | None = None, session_expiry_s: int = 0
+    ) -> None:
         import paho.mqtt.client as mqtt
         from paho.mqtt.packettypes import PacketTypes
         from paho.mqtt.properties import Properties
@@ -30,8 +31,7 @@ class Subscriber:
         self.topic = topic
         self.messages: list[tuple[str, Any, bool]] = []
         self._cond = threading.Condition()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or "",
-                                  protocol=mqtt.MQTTv5)
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or "", protocol=mqtt.MQTTv5)
         if broker.tls is not None:
             self.client.tls_set(**broker.client_tls_kwargs())
         self.client.reconnect_delay_set(0.05, 0.5)  # type: ignore[arg-type]  # floats work
@@ -60,8 +60,9 @@ class Subscriber:
             self._cond.notify_all()
 
     def start(self, timeout_s: float = 30.0) -> Subscriber:
-        self.client.connect(self.broker.host, self.broker.port, 30, clean_start=self._clean_start,
-                            properties=self._props)
+        self.client.connect(
+            self.broker.host, self.broker.port, 30, clean_start=self._clean_start, properties=self._props
+        )
         self.client.loop_start()
         if not self._subscribed.wait(timeout_s):
             self.client.loop_stop()

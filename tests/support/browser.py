@@ -18,9 +18,19 @@ from typing import Any
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage", "--window-size=1600,1000", "--force-device-scale-factor=1")
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1600,1000",
+    "--force-device-scale-factor=1",
+)
 
 
 def available() -> str | None:
@@ -109,8 +119,13 @@ def chromium(workdir: Path) -> Iterator[Browser]:
     options.add_argument(f"--user-data-dir={profile}")
     port = free_port()
     with (workdir / "chromedriver.log").open("ab") as log:
-        driver_proc = subprocess.Popen([CHROMEDRIVER, f"--port={port}"], stdout=log, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, start_new_session=True)
+        driver_proc = subprocess.Popen(
+            [CHROMEDRIVER, f"--port={port}"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     driver: Any = None
     try:
         deadline = time.monotonic() + 30.0
@@ -124,7 +139,9 @@ def chromium(workdir: Path) -> Iterator[Browser]:
             driver = webdriver.Remote(command_executor=f"http://127.0.0.1:{port}", options=options)
         except Exception as exc:
             tail = (workdir / "chromedriver.log").read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"Chromium did not start through ChromeDriver: {exc}\nchromedriver.log:\n{tail}") from exc
+            raise RuntimeError(
+                f"Chromium did not start through ChromeDriver: {exc}\nchromedriver.log:\n{tail}"
+            ) from exc
         driver.set_page_load_timeout(30)
         yield Browser(driver, workdir / "screenshots")
     finally:

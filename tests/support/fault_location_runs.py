@@ -47,8 +47,9 @@ class Run:
 
 def _served(values: dict[str, Any]) -> dict[str, Any]:
     """The values as the gateway decodes them from float32 registers."""
-    return {k: from_registers(to_registers(v, _FLOAT), _FLOAT) if isinstance(v, float) else v
-            for k, v in values.items()}
+    return {
+        k: from_registers(to_registers(v, _FLOAT), _FLOAT) if isinstance(v, float) else v for k, v in values.items()
+    }
 
 
 def lines() -> dict[str, LineImpedance]:
@@ -58,8 +59,9 @@ def lines() -> dict[str, LineImpedance]:
         if agent.id in FEEDERS:
             attrs = PowerLineAttributes.model_validate(agent.attributes)
             z = attrs.impedance
-            out[agent.id] = LineImpedance(complex(z.r_ohm_per_km, z.x_ohm_per_km),
-                                          complex(z.r0_ohm_per_km, z.x0_ohm_per_km), attrs.length)
+            out[agent.id] = LineImpedance(
+                complex(z.r_ohm_per_km, z.x_ohm_per_km), complex(z.r0_ohm_per_km, z.x0_ohm_per_km), attrs.length
+            )
     return out
 
 
@@ -86,14 +88,28 @@ def run_faults(n: int, seed: int = 7) -> list[Run]:
         fault = BaySample.from_values(t + 0.1, fault_values)
         takagi = locate(li, fault, pre)
         reactance = locate(li, fault)
-        magnitudes = BaySample(time=fault.time, ia=fault.ia, ib=fault.ib, ic=fault.ic, voltage_kv=fault.voltage_kv,
-                               active_power_kw=fault.active_power_kw, reactive_power_kvar=fault.reactive_power_kvar)
+        magnitudes = BaySample(
+            time=fault.time,
+            ia=fault.ia,
+            ib=fault.ib,
+            ic=fault.ic,
+            voltage_kv=fault.voltage_kv,
+            active_power_kw=fault.active_power_kw,
+            reactive_power_kvar=fault.reactive_power_kvar,
+        )
         positive = locate(li, magnitudes)
-        runs.append(Run(line=line, kind=kind, resistance_ohm=rf, distance_m=distance,
-                        takagi_m=None if takagi is None else takagi.distance_m,
-                        reactance_m=None if reactance is None else reactance.distance_m,
-                        positive_sequence_m=None if positive is None else positive.distance_m,
-                        method=None if takagi is None else takagi.method))
+        runs.append(
+            Run(
+                line=line,
+                kind=kind,
+                resistance_ohm=rf,
+                distance_m=distance,
+                takagi_m=None if takagi is None else takagi.distance_m,
+                reactance_m=None if reactance is None else reactance.distance_m,
+                positive_sequence_m=None if positive is None else positive.distance_m,
+                method=None if takagi is None else takagi.method,
+            )
+        )
     return runs
 
 

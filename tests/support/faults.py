@@ -23,8 +23,12 @@ def fault_site(*, reclose: bool, relay_poll_ms: int = 10, instantaneous: bool = 
         if scheme["breaker"] not in ("CB-045", "CB-046"):
             continue
         if reclose:
-            scheme["reclose"] = {"shots": 2, "dead_times_s": [0.2, 0.3], "trip_curves": ["fast", "delayed", "delayed"],
-                                 "reclaim_s": 5.0}
+            scheme["reclose"] = {
+                "shots": 2,
+                "dead_times_s": [0.2, 0.3],
+                "trip_curves": ["fast", "delayed", "delayed"],
+                "reclaim_s": 5.0,
+            }
         else:
             scheme.pop("reclose", None)
         if instantaneous:
@@ -52,22 +56,43 @@ def close_and_settle(rig: Rig, breaker_id: str, timeout_s: float = 20.0) -> None
     """Operator close through the daemon after the crew cleared the fault (authorised: re-arms
     after lockout), then wait for it."""
     position = f"{breaker_id}.closed"
-    rig.wait(lambda: rig.daemon_call("points.read", ids=[position])[0]["value"] is False,
-             f"the daemon to see {breaker_id} open", timeout_s)
+    rig.wait(
+        lambda: rig.daemon_call("points.read", ids=[position])[0]["value"] is False,
+        f"the daemon to see {breaker_id} open",
+        timeout_s,
+    )
     clear_faults(rig, breaker_id)
-    state = rig.daemon_call("breaker.operate", breaker=breaker_id, action="close", authorised=True,
-                            reason="fault cleared by the crew, line patrolled")
+    state = rig.daemon_call(
+        "breaker.operate",
+        breaker=breaker_id,
+        action="close",
+        authorised=True,
+        reason="fault cleared by the crew, line patrolled",
+    )
     try:
         rig.wait(lambda: breaker(rig, breaker_id) == "closed", f"{breaker_id} closed", timeout_s)
     except TimeoutError as exc:
-        raise TimeoutError(f"{exc}; protection after the close: {state}; now: "
-                           f"{rig.daemon_call('status')['protection']['breakers'][breaker_id]}; "
-                           f"simulator: {rig.hil_call('status')['last_commands'][-4:]}") from None
+        raise TimeoutError(
+            f"{exc}; protection after the close: {state}; now: "
+            f"{rig.daemon_call('status')['protection']['breakers'][breaker_id]}; "
+            f"simulator: {rig.hil_call('status')['last_commands'][-4:]}"
+        ) from None
     # protection must have seen the healthy current again before the next fault
-    rig.wait(lambda: not [p for p in rig.daemon_call("status")["protection"]["breakers"][breaker_id]["pickups"]
-                          if p.startswith(("50", "51"))],
-             f"{breaker_id} overcurrent pickups to drop out", timeout_s)
+    rig.wait(
+        lambda: (
+            not [
+                p
+                for p in rig.daemon_call("status")["protection"]["breakers"][breaker_id]["pickups"]
+                if p.startswith(("50", "51"))
+            ]
+        ),
+        f"{breaker_id} overcurrent pickups to drop out",
+        timeout_s,
+    )
     # and the reclaim time after the close has run out: a fault now is a new first trip,
     # not a close onto a fault
-    rig.wait(lambda: rig.daemon_call("status")["protection"]["breakers"][breaker_id]["reclose_state"] == "ready",
-             f"{breaker_id} reclaim to run out", timeout_s)
+    rig.wait(
+        lambda: rig.daemon_call("status")["protection"]["breakers"][breaker_id]["reclose_state"] == "ready",
+        f"{breaker_id} reclaim to run out",
+        timeout_s,
+    )

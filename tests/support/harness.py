@@ -75,8 +75,9 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
     def advance(self, seconds: float) -> None:
         self._virtual_s += max(seconds, 0.0)
 
-    def run_in_executor(self, executor: Executor | None, func: Callable[[Unpack[Ts]], T],
-                        *args: Unpack[Ts]) -> asyncio.Future[T]:
+    def run_in_executor(
+        self, executor: Executor | None, func: Callable[[Unpack[Ts]], T], *args: Unpack[Ts]
+    ) -> asyncio.Future[T]:
         future = super().run_in_executor(executor, func, *args)
         self.threads_running += 1
 
@@ -183,11 +184,22 @@ class MemoryAdapter:
             now, wall = self._clock.monotonic(), self._clock.wall()
             self.status.polls += 1
             self.status.last_poll_time = self.status.last_ok_time = wall
-            self._sink([PointUpdate(point_id=p, value=self._transport.values[p], quality=GOOD, receive_monotonic=now,
-                                    receive_time=wall) for p in changed])
+            self._sink(
+                [
+                    PointUpdate(
+                        point_id=p,
+                        value=self._transport.values[p],
+                        quality=GOOD,
+                        receive_monotonic=now,
+                        receive_time=wall,
+                    )
+                    for p in changed
+                ]
+            )
 
-    def submit_write(self, point_id: str, value: float | int | bool,
-                     priority: Priority = Priority.CONTROL) -> asyncio.Future[float | None]:
+    def submit_write(
+        self, point_id: str, value: float | int | bool, priority: Priority = Priority.CONTROL
+    ) -> asyncio.Future[float | None]:
         future: asyncio.Future[float | None] = asyncio.get_running_loop().create_future()
         self.status.writes += 1
         try:
@@ -252,12 +264,14 @@ class MemoryUplink:
     def on_external(self, topic_filter: str, callback: Callable[[str, Any, bool], None]) -> None:
         self.external.append((topic_filter, callback))
 
-    def publish(self, topic_suffix: str, payload: dict[str, Any], *, qos: int | None = None,
-                retain: bool = False) -> None:
+    def publish(
+        self, topic_suffix: str, payload: dict[str, Any], *, qos: int | None = None, retain: bool = False
+    ) -> None:
         self.publish_many([(topic_suffix, payload)], qos=qos, retain=retain)
 
-    def publish_many(self, messages: Iterable[tuple[str, dict[str, Any]]], *, qos: int | None = None,
-                     retain: bool = False) -> None:
+    def publish_many(
+        self, messages: Iterable[tuple[str, dict[str, Any]]], *, qos: int | None = None, retain: bool = False
+    ) -> None:
         if self.closed:
             raise RuntimeError("the uplink is closed")
         now = self.clock.monotonic()
@@ -267,8 +281,12 @@ class MemoryUplink:
         self.cleared.extend(topic_suffixes)
 
     def status(self) -> dict[str, Any]:
-        return {"state": "online" if self.connected else "offline", "published": len(self.messages),
-                "in_memory": 0, "spool_depth": 0}
+        return {
+            "state": "online" if self.connected else "offline",
+            "published": len(self.messages),
+            "in_memory": 0,
+            "spool_depth": 0,
+        }
 
     async def run(self) -> None:
         self.connected = True
@@ -325,9 +343,15 @@ class GatewayHarness:
 
     def start(self) -> Gateway:
         async def build() -> Gateway:
-            gw = Gateway(self.site, base_dir=self.workdir, clock=self.clock, store=self.store,
-                         adapter_factory=self._adapter,
-                         uplink_factory=lambda *_: cast(Any, self.uplink), periods=self.periods)
+            gw = Gateway(
+                self.site,
+                base_dir=self.workdir,
+                clock=self.clock,
+                store=self.store,
+                adapter_factory=self._adapter,
+                uplink_factory=lambda *_: cast(Any, self.uplink),
+                periods=self.periods,
+            )
             await gw.start()
             return gw
 

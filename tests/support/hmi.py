@@ -24,8 +24,9 @@ ROLES = {"ada": Role.OPERATOR, "bob": Role.VIEWER, "eve": Role.ENGINEER}
 
 
 def write_users(path: Path) -> None:
-    users.save(path, {n: users.User(n, ROLES[n], users.hash_password(p, log2_n=12)) for n, p in PASSWORDS.items()},
-               group=None)
+    users.save(
+        path, {n: users.User(n, ROLES[n], users.hash_password(p, log2_n=12)) for n, p in PASSWORDS.items()}, group=None
+    )
 
 
 def hmi_document(doc: dict[str, Any], workdir: Path, **hmi: Any) -> dict[str, Any]:
@@ -45,15 +46,15 @@ class FakeClock:
 
 
 @asynccontextmanager
-async def served(doc: dict[str, Any], workdir: Path, *, clock: FakeClock | None = None,
-                 **hmi: Any) -> AsyncIterator[tuple[Gateway, Hmi, TestClient]]:
+async def served(
+    doc: dict[str, Any], workdir: Path, *, clock: FakeClock | None = None, **hmi: Any
+) -> AsyncIterator[tuple[Gateway, Hmi, TestClient]]:
     """The gateway of `doc` (built, not started: no IED is polled) and its HMI on a test server."""
     site = validate(hmi_document(doc, workdir, **hmi))
     write_users(workdir / "hmi-users")
     store = Store(workdir / "stima.db")
     gw = Gateway(site, base_dir=workdir, clock=SystemClock(), store=store)
-    app_hmi = Hmi(site.hmi, base_dir=workdir, gateway=lambda: gw, store=store,
-                  monotonic=clock or time.monotonic)
+    app_hmi = Hmi(site.hmi, base_dir=workdir, gateway=lambda: gw, store=store, monotonic=clock or time.monotonic)
     client = TestClient(TestServer(app_hmi.app()))
     await client.start_server()
     try:
@@ -72,8 +73,11 @@ async def login(client: TestClient, user: str, password: str | None = None) -> d
     """Log in as a page would; the session's answer (with `csrf`) or the error with `status`."""
     r = await client.get("/api/session")
     token = (await r.json())["login_csrf"]
-    r = await client.post("/api/login", json={"user": user, "password": password or PASSWORDS[user]},
-                          headers={"X-CSRF-Token": token, "Origin": origin(client)})
+    r = await client.post(
+        "/api/login",
+        json={"user": user, "password": password or PASSWORDS[user]},
+        headers={"X-CSRF-Token": token, "Origin": origin(client)},
+    )
     return {"status": r.status, **(await r.json())}
 
 
@@ -85,8 +89,9 @@ def apply(gw: Gateway, values: dict[str, Any]) -> None:
     """Readings as an IED would have given them."""
     now_m, now_w = time.monotonic(), time.time()
     for point_id, value in values.items():
-        gw.image.apply(PointUpdate(point_id=point_id, value=value, quality=GOOD, receive_monotonic=now_m,
-                                   receive_time=now_w))
+        gw.image.apply(
+            PointUpdate(point_id=point_id, value=value, quality=GOOD, receive_monotonic=now_m, receive_time=now_w)
+        )
 
 
 def normal_positions(gw: Gateway) -> dict[str, Any]:

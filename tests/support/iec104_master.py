@@ -48,16 +48,24 @@ DP_INTERMEDIATE, DP_OFF, DP_ON, DP_INDETERMINATE = 0, 1, 2, 3
 def cp56_encode(when: dt.datetime) -> bytes:
     """CP56Time2a (101 §7.2.6.18): ms of the minute, minute, hour, day + day of week, month, year."""
     ms = when.second * 1000 + when.microsecond // 1000
-    return struct.pack("<HBBBBB", ms, when.minute & 0x3F, when.hour & 0x1F,
-                       (when.day & 0x1F) | ((when.isoweekday() & 0x07) << 5), when.month & 0x0F, when.year % 100)
+    return struct.pack(
+        "<HBBBBB",
+        ms,
+        when.minute & 0x3F,
+        when.hour & 0x1F,
+        (when.day & 0x1F) | ((when.isoweekday() & 0x07) << 5),
+        when.month & 0x0F,
+        when.year % 100,
+    )
 
 
 def cp56_decode(raw: bytes) -> tuple[dt.datetime, bool]:
     """(time, invalid flag) of a CP56Time2a; the century is taken as 2000."""
     ms, minute, hour, day, month, year = struct.unpack("<HBBBBB", raw)
     invalid = bool(minute & 0x80)
-    when = dt.datetime(2000 + (year & 0x7F), month & 0x0F, day & 0x1F, hour & 0x1F, minute & 0x3F,
-                       ms // 1000, (ms % 1000) * 1000)
+    when = dt.datetime(
+        2000 + (year & 0x7F), month & 0x0F, day & 0x1F, hour & 0x1F, minute & 0x3F, ms // 1000, (ms % 1000) * 1000
+    )
     return when, invalid
 
 
@@ -87,8 +95,10 @@ class Asdu:
 
     def __repr__(self) -> str:
         sign = "-" if self.negative else "+"
-        return (f"<Asdu type {self.type_id} cot {self.cot}{sign} ca {self.common_address} "
-                f"{[(o.ioa, o.value) for o in self.objects][:6]}>")
+        return (
+            f"<Asdu type {self.type_id} cot {self.cot}{sign} ca {self.common_address} "
+            f"{[(o.ioa, o.value) for o in self.objects][:6]}>"
+        )
 
 
 class ProtocolError(Exception):
@@ -96,10 +106,24 @@ class ProtocolError(Exception):
 
 
 _ELEMENT_SIZE = {
-    M_SP_NA_1: 1, M_DP_NA_1: 1, M_ME_NA_1: 3, M_ME_NC_1: 5, M_IT_NA_1: 5,
-    M_SP_TB_1: 8, M_DP_TB_1: 8, M_ME_TF_1: 12, M_IT_TB_1: 12,
-    C_SC_NA_1: 1, C_DC_NA_1: 1, C_SE_NC_1: 5, C_DC_TA_1: 8, C_SE_TC_1: 12,
-    M_EI_NA_1: 1, C_IC_NA_1: 1, C_CI_NA_1: 1, C_CS_NA_1: 7,
+    M_SP_NA_1: 1,
+    M_DP_NA_1: 1,
+    M_ME_NA_1: 3,
+    M_ME_NC_1: 5,
+    M_IT_NA_1: 5,
+    M_SP_TB_1: 8,
+    M_DP_TB_1: 8,
+    M_ME_TF_1: 12,
+    M_IT_TB_1: 12,
+    C_SC_NA_1: 1,
+    C_DC_NA_1: 1,
+    C_SE_NC_1: 5,
+    C_DC_TA_1: 8,
+    C_SE_TC_1: 12,
+    M_EI_NA_1: 1,
+    C_IC_NA_1: 1,
+    C_CI_NA_1: 1,
+    C_CS_NA_1: 7,
 }
 
 
@@ -136,8 +160,15 @@ def decode_asdu(raw: bytes) -> Asdu:
         raise ProtocolError(f"ASDU of {len(raw)} bytes is shorter than its header")
     type_id, vsq, cot_byte, originator = raw[0], raw[1], raw[2], raw[3]
     common_address = raw[4] | (raw[5] << 8)
-    asdu = Asdu(type_id=type_id, sequence=bool(vsq & 0x80), cot=cot_byte & 0x3F, negative=bool(cot_byte & 0x40),
-                test=bool(cot_byte & 0x80), originator=originator, common_address=common_address)
+    asdu = Asdu(
+        type_id=type_id,
+        sequence=bool(vsq & 0x80),
+        cot=cot_byte & 0x3F,
+        negative=bool(cot_byte & 0x40),
+        test=bool(cot_byte & 0x80),
+        originator=originator,
+        common_address=common_address,
+    )
     count = vsq & 0x7F
     size = _ELEMENT_SIZE.get(type_id)
     if size is None:
@@ -155,7 +186,7 @@ def decode_asdu(raw: bytes) -> Asdu:
             ioa = base_ioa + n
         if pos + size > len(raw):
             raise ProtocolError(f"ASDU type {type_id} ends inside object {n}")
-        obj = _element(type_id, raw[pos:pos + size])
+        obj = _element(type_id, raw[pos : pos + size])
         obj.ioa = ioa
         asdu.objects.append(obj)
         pos += size
@@ -164,19 +195,41 @@ def decode_asdu(raw: bytes) -> Asdu:
     return asdu
 
 
-def encode_asdu(type_id: int, cot: int, common_address: int, ioa: int, element: bytes, *,
-                originator: int = 0, negative: bool = False, test: bool = False) -> bytes:
+def encode_asdu(
+    type_id: int,
+    cot: int,
+    common_address: int,
+    ioa: int,
+    element: bytes,
+    *,
+    originator: int = 0,
+    negative: bool = False,
+    test: bool = False,
+) -> bytes:
     cot_byte = cot | (0x40 if negative else 0) | (0x80 if test else 0)
-    return (bytes([type_id, 0x01, cot_byte, originator]) + struct.pack("<H", common_address)
-            + ioa.to_bytes(3, "little") + element)
+    return (
+        bytes([type_id, 0x01, cot_byte, originator])
+        + struct.pack("<H", common_address)
+        + ioa.to_bytes(3, "little")
+        + element
+    )
 
 
 class Master:
     """One connection to an outstation. Receives on a thread; the test waits on `wait_for`."""
 
-    def __init__(self, host: str, port: int, *, originator: int = 0, common_address: int = 1,
-                 timeout_s: float = 10.0, w: int = 8, source: str | None = None,
-                 ssl_context: Any = None) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        originator: int = 0,
+        common_address: int = 1,
+        timeout_s: float = 10.0,
+        w: int = 8,
+        source: str | None = None,
+        ssl_context: Any = None,
+    ) -> None:
         self.host, self.port = host, port
         self.source = source
         self.ssl_context = ssl_context
@@ -199,8 +252,9 @@ class Master:
     # ------------------------------------------------------------------ connection
 
     def connect(self, *, start: bool = True) -> Master:
-        self._sock = socket.create_connection((self.host, self.port), timeout=self.timeout_s,
-                                              source_address=(self.source, 0) if self.source else None)
+        self._sock = socket.create_connection(
+            (self.host, self.port), timeout=self.timeout_s, source_address=(self.source, 0) if self.source else None
+        )
         if self.ssl_context is not None:
             self._sock = self.ssl_context.wrap_socket(self._sock, server_hostname=self.host)
         self._sock.settimeout(None)
@@ -320,8 +374,9 @@ class Master:
                         return asdu
                 left = deadline - time.monotonic()
                 if left <= 0 or self.closed.is_set():
-                    raise TimeoutError(f"timed out waiting for {what} ({self.error or 'no such ASDU'}); "
-                                       f"received {self.received[-8:]}")
+                    raise TimeoutError(
+                        f"timed out waiting for {what} ({self.error or 'no such ASDU'}); received {self.received[-8:]}"
+                    )
                 self._cond.wait(left)
 
     def mark(self) -> int:
@@ -337,44 +392,61 @@ class Master:
     def _ca(self, common_address: int | None) -> int:
         return self.common_address if common_address is None else common_address
 
-    def interrogate(self, common_address: int | None = None, qoi: int = 20,
-                    timeout_s: float | None = None) -> list[Asdu]:
+    def interrogate(
+        self, common_address: int | None = None, qoi: int = 20, timeout_s: float | None = None
+    ) -> list[Asdu]:
         """General interrogation: every ASDU between the confirmation and the termination."""
         ca = self._ca(common_address)
         mark = self.mark()
         self.send_asdu(encode_asdu(C_IC_NA_1, COT_ACT, ca, 0, bytes([qoi]), originator=self.originator))
-        con = self.wait_for(lambda a: a.type_id == C_IC_NA_1 and a.cot == COT_ACT_CON, "GI confirmation",
-                            timeout_s, start=mark)
+        con = self.wait_for(
+            lambda a: a.type_id == C_IC_NA_1 and a.cot == COT_ACT_CON, "GI confirmation", timeout_s, start=mark
+        )
         if con.negative:
             return [con]
-        end = self.wait_for(lambda a: a.type_id == C_IC_NA_1 and a.cot == COT_ACT_TERM, "GI termination",
-                            timeout_s, start=mark)
+        end = self.wait_for(
+            lambda a: a.type_id == C_IC_NA_1 and a.cot == COT_ACT_TERM, "GI termination", timeout_s, start=mark
+        )
         got = self.since(mark)
         first, last = got.index(con), got.index(end)
-        return [a for a in got[first + 1:last] if a.cot == qoi]
+        return [a for a in got[first + 1 : last] if a.cot == qoi]
 
-    def counter_interrogate(self, common_address: int | None = None, qcc: int = 5,
-                            timeout_s: float | None = None) -> list[Asdu]:
+    def counter_interrogate(
+        self, common_address: int | None = None, qcc: int = 5, timeout_s: float | None = None
+    ) -> list[Asdu]:
         ca = self._ca(common_address)
         mark = self.mark()
         self.send_asdu(encode_asdu(C_CI_NA_1, COT_ACT, ca, 0, bytes([qcc]), originator=self.originator))
-        con = self.wait_for(lambda a: a.type_id == C_CI_NA_1 and a.cot == COT_ACT_CON, "CI confirmation",
-                            timeout_s, start=mark)
+        con = self.wait_for(
+            lambda a: a.type_id == C_CI_NA_1 and a.cot == COT_ACT_CON, "CI confirmation", timeout_s, start=mark
+        )
         if con.negative:
             return [con]
-        self.wait_for(lambda a: a.type_id == C_CI_NA_1 and a.cot == COT_ACT_TERM, "CI termination", timeout_s,
-                      start=mark)
+        self.wait_for(
+            lambda a: a.type_id == C_CI_NA_1 and a.cot == COT_ACT_TERM, "CI termination", timeout_s, start=mark
+        )
         return [a for a in self.since(mark) if a.cot == COT_REQCOGEN]
 
     def clock_sync(self, when: dt.datetime, common_address: int | None = None) -> Asdu:
         ca = self._ca(common_address)
         mark = self.mark()
         self.send_asdu(encode_asdu(C_CS_NA_1, COT_ACT, ca, 0, cp56_encode(when), originator=self.originator))
-        return self.wait_for(lambda a: a.type_id == C_CS_NA_1 and a.cot in (COT_ACT_CON, COT_UNKNOWN_CA),
-                             "clock sync confirmation", start=mark)
+        return self.wait_for(
+            lambda a: a.type_id == C_CS_NA_1 and a.cot in (COT_ACT_CON, COT_UNKNOWN_CA),
+            "clock sync confirmation",
+            start=mark,
+        )
 
-    def double_command(self, ioa: int, state: int, *, select: bool, time_tag: dt.datetime | None = None,
-                       qualifier: int = 0, common_address: int | None = None) -> Asdu:
+    def double_command(
+        self,
+        ioa: int,
+        state: int,
+        *,
+        select: bool,
+        time_tag: dt.datetime | None = None,
+        qualifier: int = 0,
+        common_address: int | None = None,
+    ) -> Asdu:
         """A double command (C_DC_NA_1, or C_DC_TA_1 with `time_tag`); the confirmation."""
         ca = self._ca(common_address)
         dco = (state & 0x03) | ((qualifier & 0x1F) << 2) | (0x80 if select else 0)
@@ -382,18 +454,39 @@ class Master:
         element = bytes([dco]) + (b"" if time_tag is None else cp56_encode(time_tag))
         mark = self.mark()
         self.send_asdu(encode_asdu(type_id, COT_ACT, ca, ioa, element, originator=self.originator))
-        return self.wait_for(lambda a: a.type_id == type_id and a.objects and a.objects[0].ioa == ioa
-                             and a.cot in (COT_ACT_CON, COT_UNKNOWN_IOA, COT_UNKNOWN_CA, COT_UNKNOWN_TYPE),
-                             f"confirmation of the double command to IOA {ioa}", start=mark)
+        return self.wait_for(
+            lambda a: (
+                a.type_id == type_id
+                and a.objects
+                and a.objects[0].ioa == ioa
+                and a.cot in (COT_ACT_CON, COT_UNKNOWN_IOA, COT_UNKNOWN_CA, COT_UNKNOWN_TYPE)
+            ),
+            f"confirmation of the double command to IOA {ioa}",
+            start=mark,
+        )
 
-    def setpoint(self, ioa: int, value: float, *, select: bool = False, time_tag: dt.datetime | None = None,
-                 common_address: int | None = None) -> Asdu:
+    def setpoint(
+        self,
+        ioa: int,
+        value: float,
+        *,
+        select: bool = False,
+        time_tag: dt.datetime | None = None,
+        common_address: int | None = None,
+    ) -> Asdu:
         ca = self._ca(common_address)
         qos = 0x80 if select else 0
         type_id = C_SE_NC_1 if time_tag is None else C_SE_TC_1
         element = struct.pack("<fB", value, qos) + (b"" if time_tag is None else cp56_encode(time_tag))
         mark = self.mark()
         self.send_asdu(encode_asdu(type_id, COT_ACT, ca, ioa, element, originator=self.originator))
-        return self.wait_for(lambda a: a.type_id == type_id and a.objects and a.objects[0].ioa == ioa
-                             and a.cot in (COT_ACT_CON, COT_UNKNOWN_IOA, COT_UNKNOWN_CA, COT_UNKNOWN_TYPE),
-                             f"confirmation of the set-point to IOA {ioa}", start=mark)
+        return self.wait_for(
+            lambda a: (
+                a.type_id == type_id
+                and a.objects
+                and a.objects[0].ioa == ioa
+                and a.cot in (COT_ACT_CON, COT_UNKNOWN_IOA, COT_UNKNOWN_CA, COT_UNKNOWN_TYPE)
+            ),
+            f"confirmation of the set-point to IOA {ioa}",
+            start=mark,
+        )

@@ -55,7 +55,7 @@ def imports(root: Path = ROOT) -> dict[str, set[str]]:
                 if node.level:
                     anchor = mod.split(".")
                     anchor = anchor if is_package else anchor[:-1]
-                    anchor = anchor[:len(anchor) - (node.level - 1)]
+                    anchor = anchor[: len(anchor) - (node.level - 1)]
                     base = ".".join(anchor + ([base] if base else []))
                 # `from pkg import mod` names a module when mod is one
                 names = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names]
@@ -71,8 +71,16 @@ def layer(module: str) -> str:
     parts = module.split(".")
     if parts[0] != "gateway":
         return parts[0]
-    if len(parts) > 1 and parts[1] in ("contract", "cli", "agents", "protection", "switching", "maintenance",
-                                       "commissioning", "hmi"):
+    if len(parts) > 1 and parts[1] in (
+        "contract",
+        "cli",
+        "agents",
+        "protection",
+        "switching",
+        "maintenance",
+        "commissioning",
+        "hmi",
+    ):
         return f"gateway.{parts[1]}"
     return "gateway (core)"
 

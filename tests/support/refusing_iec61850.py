@@ -28,8 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     assert isinstance(ied, Iec61850Ied)
     server = BayServer(BayModel(ied), sys.stdout)
 
-    @c.ffi.callback("int(LogicalDevice*, LogicalNode*, DataObject*, int, void*, void*)",
-                    onerror=lambda *a: c.DATA_ACCESS_ERROR_SUCCESS)
+    @c.ffi.callback(
+        "int(LogicalDevice*, LogicalNode*, DataObject*, int, void*, void*)",
+        onerror=lambda *a: c.DATA_ACCESS_ERROR_SUCCESS,
+    )
     def refuse(_ld, _ln, _do, fc, _connection, _param):  # type: ignore[no-untyped-def]
         if fc == c.FC["CF"]:
             return c.DATA_ACCESS_ERROR_OBJECT_ACCESS_DENIED

@@ -24,9 +24,16 @@ def _metric(m: Any, raw: Any) -> dict[str, Any]:
     for key, value in zip(raw.properties.keys, raw.properties.values, strict=True):
         field = value.WhichOneof("value")
         props[key] = None if field is None else getattr(value, field)
-    return {"name": m.name, "alias": m.alias, "datatype": int(m.datatype), "value": m.value,
-            "is_null": m.is_null, "is_historical": m.is_historical, "timestamp": m.timestamp,
-            "properties": props}
+    return {
+        "name": m.name,
+        "alias": m.alias,
+        "datatype": int(m.datatype),
+        "value": m.value,
+        "is_null": m.is_null,
+        "is_historical": m.is_historical,
+        "timestamp": m.timestamp,
+        "properties": props,
+    }
 
 
 def _metrics(payload: Any, raw: bytes) -> list[dict[str, Any]]:

@@ -24,8 +24,15 @@ def _metric(m: Any) -> dict[str, Any]:
     value = m.value
     if isinstance(value, bytes):
         value = value.hex()
-    return {"name": m.name, "alias": m.alias, "datatype": int(m.datatype), "value": value,
-            "is_historical": m.is_historical, "is_null": m.is_null, "timestamp": m.timestamp}
+    return {
+        "name": m.name,
+        "alias": m.alias,
+        "datatype": int(m.datatype),
+        "value": value,
+        "is_historical": m.is_historical,
+        "is_null": m.is_null,
+        "timestamp": m.timestamp,
+    }
 
 
 _out = threading.Lock()
@@ -43,20 +50,29 @@ def _emit(obj: dict[str, Any]) -> None:
 
 def main() -> int:
     host, port, ca, cert, key, group, node, host_id = sys.argv[1:9]
-    client = ps.Client(client_id=f"sparkplug-host-{time.time_ns()}",
-                       transport_config=ps.TLSConfig(ca_certs=ca, certfile=cert, keyfile=key))
+    client = ps.Client(
+        client_id=f"sparkplug-host-{time.time_ns()}",
+        transport_config=ps.TLSConfig(ca_certs=ca, certfile=cert, keyfile=key),
+    )
 
     def on_message(_client: Any, message: Any) -> None:
         topic, payload = message.topic, message.payload
-        out: dict[str, Any] = {"type": str(getattr(topic.message_type, "value", topic.message_type)),
-                               "group": topic.group_id, "node": topic.edge_node_id, "device": topic.device_id,
-                               "retain": message.retain}
+        out: dict[str, Any] = {
+            "type": str(getattr(topic.message_type, "value", topic.message_type)),
+            "group": topic.group_id,
+            "node": topic.edge_node_id,
+            "device": topic.device_id,
+            "retain": message.retain,
+        }
         if isinstance(payload, ps.State):
             out.update(online=payload.online, timestamp=payload.timestamp, host=topic.sparkplug_host_id)
         else:
             metrics = [payload.bd_seq_metric] if isinstance(payload, ps.NDeath) else list(payload.metrics)
-            out.update(seq=getattr(payload, "seq", None), timestamp=getattr(payload, "timestamp", None),
-                       metrics=[_metric(m) for m in metrics])
+            out.update(
+                seq=getattr(payload, "seq", None),
+                timestamp=getattr(payload, "timestamp", None),
+                metrics=[_metric(m) for m in metrics],
+            )
         _emit(out)
 
     client.connect(host, port=int(port), blocking=False)
@@ -66,17 +82,30 @@ def main() -> int:
     for line in sys.stdin:
         command = line.strip()
         if command == "rebirth":
-            metric = ps.Metric(timestamp=ps.get_current_timestamp(), name="Node Control/Rebirth",
-                               datatype=ps.DataType.BOOLEAN, value=True)
-            client.publish(ps.Message(topic=ps.Topic(group_id=group, message_type=ps.MessageType.NCMD,
-                                                     edge_node_id=node),
-                                      payload=ps.NCmd(timestamp=ps.get_current_timestamp(), metrics=(metric,)),
-                                      qos=ps.QoS.AT_LEAST_ONCE, retain=False), include_dtypes=True)
+            metric = ps.Metric(
+                timestamp=ps.get_current_timestamp(),
+                name="Node Control/Rebirth",
+                datatype=ps.DataType.BOOLEAN,
+                value=True,
+            )
+            client.publish(
+                ps.Message(
+                    topic=ps.Topic(group_id=group, message_type=ps.MessageType.NCMD, edge_node_id=node),
+                    payload=ps.NCmd(timestamp=ps.get_current_timestamp(), metrics=(metric,)),
+                    qos=ps.QoS.AT_LEAST_ONCE,
+                    retain=False,
+                ),
+                include_dtypes=True,
+            )
         elif command in ("online", "offline"):
-            client.publish(ps.Message(topic=ps.Topic(sparkplug_host_id=host_id, message_type=ps.MessageType.STATE),
-                                      payload=ps.State(timestamp=ps.get_current_timestamp(),
-                                                       online=command == "online"),
-                                      qos=ps.QoS.AT_LEAST_ONCE, retain=True))
+            client.publish(
+                ps.Message(
+                    topic=ps.Topic(sparkplug_host_id=host_id, message_type=ps.MessageType.STATE),
+                    payload=ps.State(timestamp=ps.get_current_timestamp(), online=command == "online"),
+                    qos=ps.QoS.AT_LEAST_ONCE,
+                    retain=True,
+                )
+            )
         elif command == "quit":
             break
         _emit({"type": "done", "command": command})

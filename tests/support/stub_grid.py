@@ -81,8 +81,15 @@ class StubModel:
     def breaker_closed(self, breaker_id: str) -> bool:
         return self.closed[breaker_id]
 
-    def inject_fault(self, line_id: str, distance_m: float, kind: str, impedance_ohm: float = 0.0,
-                     transient: bool = False, now_s: float = 0.0) -> dict[str, Any]:
+    def inject_fault(
+        self,
+        line_id: str,
+        distance_m: float,
+        kind: str,
+        impedance_ohm: float = 0.0,
+        transient: bool = False,
+        now_s: float = 0.0,
+    ) -> dict[str, Any]:
         fault = {"line": line_id, "distance_m": distance_m, "kind": kind, "transient": transient}
         self.active_faults.append(fault)
         return fault

@@ -60,8 +60,9 @@ class Bench:
             for ph in ("ia", "ib", "ic"):
                 if ph in dev.points:
                     self.set(dev.points[ph], None, good=False)
-        loads = {s: (self.state.section_load(s).kva if self.state.section_load(s) else 0j)
-                 for s in self.network.sections}
+        loads = {
+            s: (self.state.section_load(s).kva if self.state.section_load(s) else 0j) for s in self.network.sections
+        }
         est = self.network.estimate(config, loads)
         for dev in self.network.devices.values():
             amps = est.device_current_a.get(dev.id, 0.0)
@@ -87,10 +88,13 @@ def bench(doc: dict[str, Any] | None = None, **site_args: Any) -> Bench:
     def hooks_locked(breaker: str) -> bool:
         return breaker in b.lockouts
 
-    authority = SwitchingAuthority(network, state, faults,
-                                   PlantHooks(agent_state=hooks_agent_state, locked_out=hooks_locked,
-                                              wall=lambda: 1_700_000_000.0 + b.now),
-                                   new_id=_counter("op"))
+    authority = SwitchingAuthority(
+        network,
+        state,
+        faults,
+        PlantHooks(agent_state=hooks_agent_state, locked_out=hooks_locked, wall=lambda: 1_700_000_000.0 + b.now),
+        new_id=_counter("op"),
+    )
     b = Bench(network, state, faults, authority)
     return b
 
@@ -101,6 +105,7 @@ def _counter(prefix: str):  # type: ignore[no-untyped-def]
     def next_id() -> str:
         n[0] += 1
         return f"{prefix}-{n[0]}"
+
     return next_id
 
 
