@@ -73,3 +73,20 @@ def test_a_close_waits_for_its_far_side_voltage_read_after_the_tie_opened(networ
     feed(state, "SW-046-2", 2.0, closed=True)
     feed(state, "SW-046-2", 2.5, closed=False)
     assert not state.far_side_waiting("SW-046-2", 2.6, 3.0)
+
+
+def test_a_fault_current_is_never_taken_for_a_load_to_estimate_with(network: Network) -> None:
+    """Right after a fault is cleared the last reads still carry its current; with no load
+    remembered for the section (a rig just started), the estimate must not take it for one:
+    an authorised close after the repair was refused as an overload of 177 MVA."""
+    state = GridState(network)
+    feed(state, "SW-044-2", 0.0, closed=True, amps=9000.0)
+    feed(state, "TIE-044-045", 0.0, closed=False, amps=0.0)
+    live = state.section_load("LINE-044/3")
+    assert live is not None and not state.plausible_load("LINE-044/3", live.kva)
+    assert state.loads_for_estimate(1.0)["LINE-044/3"] == 0j
+    # a load remembered from before is what the estimate takes
+    feed(state, "SW-044-2", 2.0, amps=40.0)
+    state.sample_loads(2.0, ["LINE-044/3"])
+    feed(state, "SW-044-2", 3.0, amps=9000.0)
+    assert abs(state.loads_for_estimate(3.0)["LINE-044/3"]) == pytest.approx(kva(network, "LINE-044/3", 40.0))

@@ -454,16 +454,8 @@ class SwitchingAuthority:
     # ------------------------------------------------------------------ internals
 
     def loads_kva(self, now: float) -> dict[str, complex]:
-        """Each section's load to estimate with: live where measured now, else the last remembered."""
-        out: dict[str, complex] = {}
-        for section in self.network.sections:
-            live = self.state.section_load(section)
-            if live is not None and abs(live.kva) > 0.0 and self.state.plausible_load(section, live.kva):
-                out[section] = live.kva
-                continue
-            remembered = self.state.load_before(section, now)
-            out[section] = remembered.kva if remembered is not None else (live.kva if live is not None else 0j)
-        return out
+        """Each section's load to estimate with (GridState.loads_for_estimate)."""
+        return self.state.loads_for_estimate(now)
 
     def _context(self, op: Operation, now: float, selected: bool) -> Context:
         device = self.network.devices.get(op.target)

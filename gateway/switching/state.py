@@ -242,6 +242,24 @@ class GridState:
                 continue  # a fault current, not a load
             self._history[section].append(LoadSample(now, sample.kva, sample.method))
 
+    def loads_for_estimate(self, now: float) -> dict[str, complex]:
+        """Each section's load to estimate with: live where measured now, else the last
+        remembered. A value far beyond the section's ampacity is a fault current, never a load:
+        with nothing remembered the section counts as unloaded, as an unmeasured one does."""
+        out: dict[str, complex] = {}
+        for section in self.network.sections:
+            live = self.section_load(section)
+            plausible = live is not None and self.plausible_load(section, live.kva)
+            if live is not None and plausible and abs(live.kva) > 0.0:
+                out[section] = live.kva
+                continue
+            remembered = self.load_before(section, now)
+            if remembered is not None:
+                out[section] = remembered.kva
+            else:
+                out[section] = live.kva if live is not None and plausible else 0j
+        return out
+
     def plausible_load(self, section: str, kva: complex) -> bool:
         """Whether `kva` can be the section's load (far beyond its line's ampacity it is a fault)."""
         sec = self.network.sections[section]
