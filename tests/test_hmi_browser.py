@@ -222,13 +222,15 @@ def test_hmi_on_the_rig(tmp_path: Path) -> None:
         b.click('header .tab[data-tab="alarms"]')
 
         def fault_alarm() -> Any:
-            rows = [r for r in b.finds("#alarms-table tbody tr") if "LINE-045 fault" in r.text]
-            return rows[0] if rows else None
+            # read in one go: the table is redrawn as alarms change, leaving a row found before stale
+            for r in b.finds("#alarms-table tbody tr"):
+                if "LINE-045 fault" in r.text:
+                    return r.get_attribute("data-alarm"), r.find_element("css selector", "td.condition").text
+            return None
 
-        row = b.wait(fault_alarm, "the fault alarm", 30)
-        alarm_id = row.get_attribute("data-alarm")
+        alarm_id, condition = b.wait(fault_alarm, "the fault alarm", 30)
         b.shot("alarm-raised")
-        assert row.find_element("css selector", "td.condition").text == "standing"  # LINE-045 is still faulted
+        assert condition == "standing"  # LINE-045 is still faulted
         b.click(f'#alarms-table button.ack[data-alarm="{alarm_id}"]')
         b.wait(
             lambda: (
@@ -264,18 +266,22 @@ def test_hmi_on_the_rig(tmp_path: Path) -> None:
 
         # the trip's disturbance record: listed on the page, its COMTRADE files downloaded with the
         # session and read back by an independent reader
-        row = b.wait(
-            lambda: next(iter(b.finds('#records-table tr[data-breaker="CB-045"]')), None),
-            "the disturbance record of the trip",
-            60,
-        )
-        assert row.find_element("css selector", "td:nth-child(5)").text == "yes"  # the lockout is in it
-        assert row.find_element("css selector", "td:nth-child(6)").text.startswith("LINE-045/2 ")  # fault at 2300 m
+        def record_row() -> Any:
+            # read in one go: a row found before the table is redrawn goes stale
+            for r in b.finds('#records-table tr[data-breaker="CB-045"]'):
+                cells = [r.find_element("css selector", f"td:nth-child({n})").text for n in (5, 6)]
+                links = {
+                    k: r.find_element("css selector", f"a.record-{k}").get_attribute("href") for k in ("cfg", "dat")
+                }
+                return r.get_attribute("data-record"), cells[0], cells[1], links
+            return None
+
+        rid, lockout, location, links = b.wait(record_row, "the disturbance record of the trip", 60)
+        assert lockout == "yes"  # the lockout is in it
+        assert location.startswith("LINE-045/2 ")  # fault at 2300 m
         b.shot("disturbance-record")
-        rid = row.get_attribute("data-record")
         for kind in ("cfg", "dat"):
-            href = row.find_element("css selector", f"a.record-{kind}").get_attribute("href")
-            (tmp_path / f"{rid}.{kind}").write_bytes(base64.b64decode(b.js(FETCH_JS, href)))
+            (tmp_path / f"{rid}.{kind}").write_bytes(base64.b64decode(b.js(FETCH_JS, links[kind])))
         data = comtrade.load(str(tmp_path / f"{rid}.cfg"), str(tmp_path / f"{rid}.dat"))
         ia = [v for v in data.analog[data.analog_channel_ids.index("ia")] if math.isfinite(v)]
         assert max(ia) > 1000.0 and min(ia) < 1.0  # the fault current, then the open breaker's zero
