@@ -26,7 +26,12 @@ def example_with_commands(workdir: Path) -> tuple[dict[str, Any], bytes]:
     key_file = workdir / "command.key"
     key_file.write_bytes(os.urandom(32).hex().encode())
     key_file.chmod(0o600)
-    doc["uplink"]["commands"] = {**doc["uplink"].get("commands", {}), "enabled": True, "key_file": str(key_file)}
+    doc["uplink"]["commands"] = {
+        **doc["uplink"].get("commands", {}),
+        "enabled": True,
+        "scheme": "hmac",
+        "key_file": str(key_file),
+    }
     return doc, key_file.read_bytes().strip()
 
 
