@@ -9,6 +9,7 @@ import asyncio
 import gc
 import os
 from pathlib import Path
+from typing import Any
 
 from tests.support.broker import run_mosquitto
 from tests.test_mqtt import make_uplink, run, until, uplink_config
@@ -16,6 +17,17 @@ from tests.test_mqtt import make_uplink, run, until, uplink_config
 
 def _fds() -> int:
     return len(os.listdir("/proc/self/fd"))
+
+
+_RECONNECTIONS = 8
+_SLACK = 4
+
+
+async def _reconnect(broker: Any, up: Any) -> None:
+    broker.stop()
+    assert await until(lambda: up.status()["state"] != "connected")
+    broker.start()
+    assert await until(lambda: up.status()["state"] == "connected")
 
 
 def test_an_ended_session_frees_its_client_without_the_cyclic_collector(tmp_path: Path) -> None:
@@ -27,16 +39,16 @@ def test_an_ended_session_frees_its_client_without_the_cyclic_collector(tmp_path
             gc.collect()
             gc.disable()
             try:
+                await _reconnect(broker, up)
                 before = _fds()
-                for _ in range(4):
-                    broker.stop()
-                    assert await until(lambda: up.status()["state"] != "connected")
-                    broker.start()
-                    assert await until(lambda: up.status()["state"] == "connected")
+                for _ in range(_RECONNECTIONS):
+                    await _reconnect(broker, up)
                 after = _fds()
             finally:
                 gc.enable()
-            assert after <= before + 1, f"{after - before} more descriptors after 4 reconnections"
+            # A leak holds two descriptors per ended session (16 here); the slack is for descriptors
+            # other threads of the test process open and close meanwhile.
+            assert after - before <= _SLACK, f"{after - before} more descriptors after {_RECONNECTIONS} reconnections"
             await up.close()
             await asyncio.wait_for(task, 10)
 
