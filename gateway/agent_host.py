@@ -23,7 +23,7 @@ from typing import Any
 from gateway.agents.actions import Alert, BusMessage, ControlRequest, StateChange
 from gateway.agents.notices import notices
 from gateway.agents.runtime import AgentRuntime, restore_from_store, save_to_store
-from gateway.agents.smart_meter import BulkStateChange
+from gateway.agents.elements.smart_meter import BulkStateChange
 from gateway.config import SiteConfig
 from gateway.contract.points import Point, PointUpdate, ProcessImage
 from gateway.storage import Store
@@ -148,7 +148,7 @@ class AgentHost:
                     {
                         "time": self._wall(),
                         "agent": agent.id,
-                        "agent_type": str(agent.type.value),
+                        "agent_type": str(agent.type),
                         "old": None,
                         "new": _name(memory.state),
                         "cause": "current state",

@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from gateway.agents.schema import AGENT_ATTRIBUTE_MODELS, AgentType
+from gateway.agents.schema import AgentType
 from gateway.contract.settings import (
     AmiConfig,
     Iec104Config,
@@ -65,16 +65,29 @@ class ConnectionRule(_Model):
 
 class AgentConfig(_Model):
     id: _ID
-    type: AgentType
+    type: str
+    """An agent type of the registry (`stima agents types`)."""
     attributes: dict[str, Any] = Field(default_factory=dict)
     points: dict[str, _ID] = Field(default_factory=dict)
     """Measurement or command name of the agent → point id in the process image."""
     connection_rules: list[ConnectionRule] = Field(default_factory=list)
 
+    @field_validator("type")
+    @classmethod
+    def _registered_type(cls, value: str) -> str:
+        from gateway.agents.registry import SPECS  # the agent types' modules import this one
+
+        if value not in SPECS:
+            raise ValueError(f"unknown agent type {value!r}; known: {', '.join(SPECS)}")
+        return value
+
     @model_validator(mode="after")
     def _check_attributes(self) -> AgentConfig:
-        model = AGENT_ATTRIBUTE_MODELS.get(self.type)
-        if model is not None:
+        from gateway.agents.registry import SPECS
+
+        spec = SPECS.get(self.type)
+        if spec is not None:
+            model = spec.attributes
             try:
                 model.model_validate(self.attributes)
             except ValidationError as exc:  # report under `attributes.<key>`, where the file has it
@@ -452,7 +465,7 @@ class SiteConfig(_Model):
         which takes them one at a time and measures each."""
         if self.peak.enabled:
             for agent in self.agents:
-                if agent.type is AgentType.SUBSTATION:
+                if agent.type == AgentType.SUBSTATION:
                     if agent.attributes.get("peak_actions", "ordered") != "ordered":
                         raise ValueError(
                             f"agents[{agent.id}].attributes.peak_actions: [peak] is enabled, so the "

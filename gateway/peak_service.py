@@ -131,7 +131,7 @@ class PeakService:
         self._wall = wall
         self.exchange = exchange
         self.ami = ami
-        subs = [a for a in site.agents if a.type.value == "substation"]
+        subs = [a for a in site.agents if a.type == "substation"]
         if not subs:
             raise ValueError("[peak] needs a substation agent (its load and rated capacity)")
         self.sub = subs[0]
@@ -162,7 +162,7 @@ class PeakService:
         self._samples: list[Load] = []
         self._by_type: dict[str, list[Any]] = {}
         for a in site.agents:
-            self._by_type.setdefault(a.type.value, []).append(a)
+            self._by_type.setdefault(a.type, []).append(a)
         if exchange is not None:
             exchange.listeners.append(self._on_exchange)
         if ami is not None and self.dr is not None:

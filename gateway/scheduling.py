@@ -127,7 +127,7 @@ async def forecast_loop(gw: Gateway) -> None:
     subs = [
         (a.id, a.points.get("total_load_kw"), SubstationAttributes.model_validate(a.attributes))
         for a in gw.site.agents
-        if a.type.value == "substation"
+        if a.type == "substation"
     ]
     while True:
         await asyncio.sleep(cfg.period_s)

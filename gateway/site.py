@@ -21,7 +21,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from gateway.agents.schema import AGENT_ATTRIBUTE_MODELS, AgentType
+from gateway.agents.registry import SPECS
+from gateway.agents.schema import AgentType
 from gateway.agents.vocabulary import POINT_NAMES
 from gateway.config import ConfigError, ConfigProblem, SiteConfig, read_document, validate_document
 from gateway.contract.settings import (
@@ -70,7 +71,7 @@ def agent_point_problems(site: SiteConfig) -> list[ConfigProblem]:
     points = {p.id: p for ied in site.ieds for p in ied.points}
     out: list[ConfigProblem] = []
     for n, agent in enumerate(site.agents):
-        vocabulary = POINT_NAMES[AgentType(agent.type)]
+        vocabulary = POINT_NAMES[agent.type]
         for name, pid in agent.points.items():
             key = f"agents{_where(n, agent.id)}.points.{name}"
             spec = vocabulary.get(name)
@@ -79,7 +80,7 @@ def agent_point_problems(site: SiteConfig) -> list[ConfigProblem]:
                 out.append(
                     ConfigProblem(
                         key,
-                        f"is not a point name a {agent.type.value} agent reads or writes (expected one of: {known})",
+                        f"is not a point name a {agent.type} agent reads or writes (expected one of: {known})",
                         name,
                     )
                 )
@@ -115,8 +116,8 @@ def protection_problems(site: SiteConfig) -> list[ConfigProblem]:
             )
         seen.setdefault(scheme.breaker, n)
         kind = types.get(scheme.breaker)
-        if kind is not None and kind is not AgentType.CIRCUIT_BREAKER:
-            out.append(ConfigProblem(key, f"must name a circuit_breaker agent, not a {kind.value}", scheme.breaker))
+        if kind is not None and kind != AgentType.CIRCUIT_BREAKER:
+            out.append(ConfigProblem(key, f"must name a circuit_breaker agent, not a {kind}", scheme.breaker))
     return out
 
 
@@ -202,7 +203,7 @@ def _inverted(pairs: Iterable[tuple[str, float | None, float | None]]) -> list[C
     ]
 
 
-_ATTRIBUTE_RANGES = {
+_ATTRIBUTE_RANGES: dict[str, list[tuple[str, str]]] = {
     AgentType.TRANSFORMER: [("tap_min", "tap_max")],
     AgentType.RENEWABLE_ENERGY: [("enter_service_v_min_pu", "enter_service_v_max_pu")],
 }
@@ -217,10 +218,10 @@ def range_problems(site: SiteConfig) -> list[ConfigProblem]:
             if p.valid_range is not None:
                 pairs.append((f"ieds{_where(n, ied.id)}.points{_where(k, p.id)}.valid_range", *p.valid_range))
     for n, agent in enumerate(site.agents):
-        ranges = _ATTRIBUTE_RANGES.get(AgentType(agent.type), [])
+        ranges = _ATTRIBUTE_RANGES.get(agent.type, [])
         if not ranges:
             continue
-        attrs = AGENT_ATTRIBUTE_MODELS[AgentType(agent.type)].model_validate(agent.attributes)  # defaults filled
+        attrs = SPECS[agent.type].attributes.model_validate(agent.attributes)  # defaults filled
         for low, high in ranges:
             pairs.append((f"agents{_where(n, agent.id)}.attributes.{low}", getattr(attrs, low), getattr(attrs, high)))
     return _inverted(pairs)

@@ -767,7 +767,7 @@ class Gateway:
     def agent_type(self, agent_id: str) -> str | None:
         for agent in self.site.agents:
             if agent.id == agent_id:
-                return str(agent.type.value)
+                return str(agent.type)
         for group in self.site.meter_groups:
             if group.id == agent_id:
                 return "smart_meter"

@@ -1071,7 +1071,7 @@ class HilRuntime:
     def breakers(self) -> dict[str, str]:
         out = {}
         for agent in self.site.agents:
-            if agent.type is AgentType.CIRCUIT_BREAKER:
+            if agent.type == AgentType.CIRCUIT_BREAKER:
                 try:
                     out[agent.id] = "closed" if self.model.breaker_closed(agent.id) else "open"
                 except (KeyError, ValueError):

@@ -418,7 +418,7 @@ def sunspec_maps(site: Any, model: Any) -> dict[str, SunSpecMap]:
         if not isinstance(ied, ModbusTcpIed):
             raise ValueError(f"simulation.sunspec.{ied_id}: not a Modbus TCP IED of the site")
         agent = agents.get(der_id)
-        if agent is None or agent.type is not AgentType.RENEWABLE_ENERGY:
+        if agent is None or agent.type != AgentType.RENEWABLE_ENERGY:
             raise ValueError(f"simulation.sunspec.{ied_id}: {der_id!r} is not a renewable_energy agent")
         attrs = RenewableEnergyAttributes.model_validate(agent.attributes)
         storage = attrs.energy_capacity_kwh if attrs.resource_type == "battery_storage" else None

@@ -10,11 +10,11 @@ from hypothesis import strategies as st
 
 from gateway.agents.actions import Alert, BusMessage, ControlRequest, Severity, StateChange, Topic
 from gateway.agents.base import Links
-from gateway.agents.capacitor_bank import CapacitorBankAgent, CapacitorInputs, CapacitorState
-from gateway.agents.circuit_breaker import BreakerInputs, BreakerState, CircuitBreakerAgent
+from gateway.agents.elements.capacitor_bank import CapacitorBankAgent, CapacitorInputs, CapacitorState
+from gateway.agents.elements.circuit_breaker import BreakerInputs, BreakerState, CircuitBreakerAgent
 from gateway.agents.physics import volt_var_q_pu
-from gateway.agents.power_line import LineInputs, LineState, PowerLineAgent
-from gateway.agents.renewable import DerInputs, DerState, RenewableEnergyAgent
+from gateway.agents.elements.power_line import LineInputs, LineState, PowerLineAgent
+from gateway.agents.elements.renewable import DerInputs, DerState, RenewableEnergyAgent
 from gateway.agents.schema import (
     CapacitorBankAttributes,
     CircuitBreakerAttributes,
@@ -23,8 +23,8 @@ from gateway.agents.schema import (
     SubstationAttributes,
     TransformerAttributes,
 )
-from gateway.agents.substation import FeederInfo, SubstationAgent, SubstationInputs, SubstationState
-from gateway.agents.transformer import TransformerAgent, TransformerInputs, TransformerState
+from gateway.agents.elements.substation import FeederInfo, SubstationAgent, SubstationInputs, SubstationState
+from gateway.agents.elements.transformer import TransformerAgent, TransformerInputs, TransformerState
 
 
 def run(agent: Any, memory: Any, inputs: Any, start: float, stop: float, dt: float = 1.0) -> tuple[Any, list[Any]]:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from gateway.agents.actions import Alert, ControlRequest
-from gateway.agents.capacitor_bank import CapacitorBankAgent, CapacitorInputs, CapacitorMemory, CapacitorState
+from gateway.agents.elements.capacitor_bank import CapacitorBankAgent, CapacitorInputs, CapacitorMemory, CapacitorState
 from gateway.agents.runtime import AgentRuntime
 from gateway.agents.schema import CapacitorBankAttributes
 from gateway.config import ConfigError, validate

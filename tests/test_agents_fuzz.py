@@ -19,7 +19,7 @@ from gateway.config import load
 
 SITE = load(Path(__file__).resolve().parent.parent / "deploy" / "examples" / "sub-003.toml")
 AGENTS = [(a.id, name) for a in SITE.agents for name in a.points]
-BREAKERS = [a.id for a in SITE.agents if a.type.value == "circuit_breaker"]
+BREAKERS = [a.id for a in SITE.agents if a.type == "circuit_breaker"]
 REQUESTS = ["open", "close", "reset", "maintenance", "curtail", "cvr", "fault", "return_to_service", "shed", "bogus"]
 
 values = st.one_of(

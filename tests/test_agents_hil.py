@@ -15,7 +15,7 @@ import pytest
 
 from gateway.agents.actions import Alert, BusMessage, ControlRequest, StateChange
 from gateway.agents.runtime import AgentRuntime
-from gateway.agents.smart_meter import BulkStateChange
+from gateway.agents.elements.smart_meter import BulkStateChange
 from gateway.config import load
 
 grid_model = pytest.importorskip("hil.grid.model")

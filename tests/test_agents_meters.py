@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.agents.smart_meter import BulkStateChange, MeterFleet, MeterState
+from gateway.agents.elements.smart_meter import BulkStateChange, MeterFleet, MeterState
 from gateway.config import MeterGroupConfig
 
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from gateway.agents.actions import Alert, Severity
 from gateway.agents.base import Links
-from gateway.agents.circuit_breaker import (
+from gateway.agents.elements.circuit_breaker import (
     CLOSED_STATES,
     BreakerInputs,
     BreakerMemory,

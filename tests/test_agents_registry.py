@@ -4,26 +4,35 @@ simulator's point map, the docs and the table tests; a new type is one module's 
 from __future__ import annotations
 
 import argparse
-import copy
+import os
+import subprocess
+import sys
 import enum
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ValidationError
 
 from gateway.agents import spec as sp
-from gateway.agents.actions import Action, BusMessage, StateChange, Topic
-from gateway.agents.base import Agent, Links, Memory
+from gateway.agents.actions import StateChange, Topic
 from gateway.agents.cli import register, types_markdown
 from gateway.agents.fsm import TransitionTable, row
 from gateway.agents.registry import SPECS, make_registry, spec_for
 from gateway.agents.runtime import AgentRuntime
-from gateway.agents.schema import AGENT_ATTRIBUTE_MODELS, AgentType
+from gateway.agents.schema import AgentType
 from gateway.agents.spec import AgentSpec, SpecError
 from gateway.agents.vocabulary import POINT_NAMES
 from gateway.config import AgentConfig, CanonicalType, ConnectionRule, SiteConfig, load
+from tests.support.agent_types import weather_station
+from tests.support.agent_types.weather_station import (
+    WX_SPEC,
+    WeatherStationAgent,
+    WxState,
+    WX_TABLE,
+    WxAttributes,
+    WxInputs,
+)
 from tests.test_agents_tables import check_table
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,12 +48,18 @@ def site() -> SiteConfig:
 
 
 def test_the_registry_holds_every_site_type_with_its_model_and_vocabulary() -> None:
+    # every module of gateway/agents/elements, in the use case's order
     assert list(SPECS) == [t.value for t in AgentType]
     for t in AgentType:
         spec = spec_for(t.value)
         assert spec.type_name == t.value
-        assert spec.attributes is AGENT_ATTRIBUTE_MODELS[t]
         assert POINT_NAMES[t] == dict(spec.points)  # the site validation's vocabulary is the spec's
+    # the site file's attributes are checked with the spec's model
+    entry = {"id": "TX-9", "type": "transformer", "attributes": {"tap_min": "low"}}
+    with pytest.raises(ValidationError, match="attributes.tap_min"):
+        AgentConfig.model_validate(entry)
+    with pytest.raises(ValidationError, match="unknown agent type 'weather_station'; known: power_line, transformer"):
+        AgentConfig.model_validate({**entry, "type": "weather_station", "attributes": {}})
     with pytest.raises(KeyError, match="no agent type .weather_station. .known: capacitor_bank, circuit_breaker"):
         spec_for("weather_station")
 
@@ -98,7 +113,7 @@ def test_the_simulator_serves_and_obeys_the_registry_vocabulary(site: SiteConfig
     produced: dict[AgentType, set[str]] = {}
     for path in sorted((ROOT / "deploy" / "examples").glob("*.toml")):
         example = load(path)
-        first = next(a.id for a in example.agents if a.type is AgentType.TRANSFORMER)
+        first = next(a.id for a in example.agents if a.type == AgentType.TRANSFORMER)
         aged = example.model_copy(
             update={"simulation": {**example.simulation, "ageing": {first: {"profile": "scenario-3"}}}}
         )
@@ -116,112 +131,11 @@ def test_the_simulator_serves_and_obeys_the_registry_vocabulary(site: SiteConfig
 # --------------------------------------------------------------------------- a made-up type, in one place
 
 
-class WxState(enum.Enum):
-    CALM = "Calm"
-    STORM = "Storm"
-
-
-class WxEvent(enum.Enum):
-    WIND_LOW = enum.auto()
-    WIND_HIGH = enum.auto()
-
-
-WX_TABLE: TransitionTable[WxState, WxEvent] = TransitionTable(
-    WxState,
-    WxEvent,
-    initial=WxState.CALM,
-    rows={
-        WxState.CALM: row(WxEvent, WIND_HIGH=WxState.STORM, ignore="WIND_LOW"),
-        WxState.STORM: row(WxEvent, WIND_LOW=WxState.CALM, ignore="WIND_HIGH"),
-    },
-)
-
-
-class WxAttributes(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    storm_wind_m_s: float = Field(default=20.0, gt=0)
-
-
-@dataclass(frozen=True, kw_only=True)
-class WxInputs:
-    wind_m_s: float | None = None
-    ambient_temp_c: float | None = None
-    wall_time: float | None = None
-
-
-@dataclass
-class WxMemory(Memory):
-    outages_heard: int = 0
-    last_wall_time: float | None = None
-
-
-class WeatherStationAgent(Agent[WxState, WxEvent]):
-    agent_type = "weather_station"
-    TABLE = WX_TABLE
-
-    def __init__(self, agent_id: str, attrs: WxAttributes, links: Links) -> None:
-        super().__init__(agent_id, links)
-        self.attrs = attrs
-
-    def initial_memory(self, now: float) -> WxMemory:
-        return WxMemory(state=WX_TABLE.initial, since=now)
-
-    def memory_from_dict(self, data: dict[str, Any]) -> WxMemory:
-        return WxMemory.from_dict(data, WxState)
-
-    def step(self, memory: WxMemory, inputs: WxInputs, now: float) -> tuple[WxMemory, list[Action]]:
-        m = copy.deepcopy(memory)
-        out: list[Action] = []
-        m.last_wall_time = inputs.wall_time
-        if inputs.wind_m_s is not None:
-            storm = inputs.wind_m_s >= self.attrs.storm_wind_m_s
-            self.fire(m, WxEvent.WIND_HIGH if storm else WxEvent.WIND_LOW, f"wind {inputs.wind_m_s} m/s", now, out)
-        return m, out
-
-    def request(
-        self, memory: WxMemory, request: str, args: dict[str, Any], now: float
-    ) -> tuple[WxMemory, list[Action]]:
-        if request != "outage_heard":
-            raise ValueError(f"weather station {self.agent_id}: unknown request {request!r} (expected outage_heard)")
-        m = copy.deepcopy(memory)
-        m.outages_heard += 1
-        return m, []
-
-
-def _heard(rt: sp.RuntimeView, agent_id: str, message: BusMessage, now: float) -> list[Action]:
-    return rt.request(agent_id, "outage_heard", now) if message.payload.get("event") == "supply_lost" else []
-
-
-WX_SPEC = AgentSpec(
-    type_name="weather_station",
-    table=WX_TABLE,
-    attributes=WxAttributes,
-    points={"wind_m_s": sp.analog("m/s"), "ambient_temp_c": sp.TEMP},
-    inputs=WxInputs,
-    derived=frozenset({"wall_time"}),
-    derive_inputs=lambda rt, agent_id, wall: {"wall_time": wall},
-    links=lambda b: Links(substation=b.substation),
-    factory=lambda b, links: WeatherStationAgent(b.agent_id, b.attrs, links),
-    step_order=50,
-    requests=("outage_heard",),
-    subscriptions=(Topic.FAULT_ALERTS,),
-    message_handlers={"customer_impact": _heard},
-    description="a made-up weather station",
-)
-
-
-class MadeUpType(enum.Enum):
-    """The site file's `type` of the made-up agent (the site-file schema knows only the gateway's types)."""
-
-    WEATHER_STATION = "weather_station"
-
-
 def _with_station(site: SiteConfig, points: dict[str, str]) -> SiteConfig:
     """The site plus one entry of the made-up type."""
     wx = AgentConfig.model_construct(
         id="WX-1",
-        type=MadeUpType.WEATHER_STATION,
+        type="weather_station",
         attributes={"storm_wind_m_s": 25.0},
         points=points,
         connection_rules=[ConnectionRule(target_id="SUB-003", canonical_type=CanonicalType.DEPENDS_ON)],
@@ -280,6 +194,73 @@ def test_the_cli_prints_a_new_type(site: SiteConfig, capsys: pytest.CaptureFixtu
     register(plain.add_subparsers(dest="command"))
     with pytest.raises(SystemExit):
         plain.parse_args(["agents", "types", "weather_station"])
+
+
+_ONE_FILE = """
+import sys
+from gateway.agents import elements
+
+elements.__path__.append(sys.argv[1])  # the made-up type's module, dropped beside the gateway's own
+
+from gateway.agents.runtime import AgentRuntime
+from gateway.cli.main import main
+from gateway.site import load_site
+
+site = load_site(sys.argv[2])
+rt = AgentRuntime(site, now=0.0)
+rt.on_point("WX-1", "wind_m_s", 31.0, True, 0.0)
+rt.tick(0.0)
+print("state", rt.show("WX-1")["state"])
+sys.exit(main(sys.argv[3:]))
+"""
+
+_STATION = """
+[[agents]]
+id = "WX-1"
+type = "weather_station"
+attributes = { storm_wind_m_s = 30.0 }
+points = { wind_m_s = "IED-WX-1.wind" }
+connection_rules = [{ target_id = "SUB-003", canonical_type = "depends_on" }]
+
+[[ieds]]
+id = "IED-WX-1"
+protocol = "modbus_tcp"
+host = "127.0.0.1"
+port = 5999
+unit_id = 7
+points = [{ id = "IED-WX-1.wind", address = 0, type = "uint16", unit = "m/s", scale = 0.1 }]
+"""
+
+
+def test_a_new_type_is_one_module_in_the_elements_package(tmp_path: Path) -> None:
+    """The module alone, on the elements package's path: the site file accepts the type and checks
+    its points against its vocabulary, the runtime builds and steps it, the CLI lists it. Without
+    the module the same site file is refused naming the type."""
+    site = tmp_path / "site.toml"
+    site.write_text(SITE.read_text() + _STATION)
+    where = str(Path(weather_station.__file__).parent)
+    script = [sys.executable, "-c", _ONE_FILE, where, str(site)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def run(*args: str, module: str = where) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*script[:3], module, *script[4:], *args], capture_output=True, text=True, env=env, timeout=120, cwd=ROOT
+        )
+
+    listed = run("agents", "types")
+    assert listed.returncode == 0, listed.stderr
+    assert "state Storm" in listed.stdout and "weather_station" in listed.stdout
+    assert "outage_heard" in listed.stdout  # its request, from its spec
+    validated = run("config", "validate", str(site))
+    assert validated.returncode == 0, validated.stdout + validated.stderr
+    # a point name outside the module's vocabulary is refused by the validation
+    site.write_text(SITE.read_text() + _STATION.replace("wind_m_s =", "gust_m_s ="))
+    refused = run("config", "validate", str(site))
+    assert refused.returncode != 0 and "agents[" in refused.stdout + refused.stderr
+    assert "gust_m_s" in refused.stdout + refused.stderr
+    # without the module the type is unknown
+    alone = run("config", "validate", str(site), module=str(tmp_path))
+    assert alone.returncode != 0 and "unknown agent type 'weather_station'" in alone.stdout + alone.stderr
 
 
 def test_a_table_with_an_undecided_event_fails_the_table_checks() -> None:

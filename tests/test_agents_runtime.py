@@ -9,7 +9,7 @@ import pytest
 
 from gateway.agents.actions import Alert, BusMessage, ControlRequest
 from gateway.agents.runtime import AgentRuntime, UnknownAgent, restore_from_store, save_to_store
-from gateway.agents.smart_meter import BulkStateChange
+from gateway.agents.elements.smart_meter import BulkStateChange
 from gateway.config import load
 from gateway.storage import Store
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.agents import capacitor_bank as cap
-from gateway.agents import circuit_breaker as cb
-from gateway.agents import power_line as pl
-from gateway.agents import renewable as der
-from gateway.agents import smart_meter as sm
-from gateway.agents import substation as sub
-from gateway.agents import transformer as xf
+from gateway.agents.elements import capacitor_bank as cap
+from gateway.agents.elements import circuit_breaker as cb
+from gateway.agents.elements import power_line as pl
+from gateway.agents.elements import renewable as der
+from gateway.agents.elements import smart_meter as sm
+from gateway.agents.elements import substation as sub
+from gateway.agents.elements import transformer as xf
 
 CASES = [
     # power line

@@ -31,7 +31,7 @@ def test_example_site_is_valid_and_complete() -> None:
     assert site.site.substation_id == "SUB-003"
     ids = {a.id for a in site.agents}
     assert {"LINE-044", "LINE-045", "LINE-046", "CB-044", "CB-045", "CB-046", "XFMR-101", "XFMR-102"} <= ids
-    types = {a.type.value for a in site.agents}
+    types = {a.type for a in site.agents}
     assert {"capacitor_bank", "renewable_energy", "substation"} <= types
     assert sum(g.count for g in site.meter_groups) > 0
     protocols = {i.protocol for i in site.ieds}

@@ -9,7 +9,7 @@ from gateway.agents.actions import Alert, BusMessage, Severity
 from gateway.agents.base import Links
 from gateway.agents.runtime import AgentRuntime, UnknownAgent
 from gateway.agents.schema import TransformerAttributes
-from gateway.agents.transformer import TransformerAgent
+from gateway.agents.elements.transformer import TransformerAgent
 from gateway.config import validate
 from hil.scenarios.predictive_maintenance import site
 from tests.test_maintenance_failure import SCENARIO, inputs

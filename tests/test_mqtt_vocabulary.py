@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 
 from gateway.agents.actions import Severity
-from gateway.agents.capacitor_bank import CapacitorState
-from gateway.agents.circuit_breaker import BreakerState
-from gateway.agents.power_line import LineState
-from gateway.agents.renewable import DerState
+from gateway.agents.elements.capacitor_bank import CapacitorState
+from gateway.agents.elements.circuit_breaker import BreakerState
+from gateway.agents.elements.power_line import LineState
+from gateway.agents.elements.renewable import DerState
 from gateway.agents.runtime import AgentRuntime
-from gateway.agents.smart_meter import MeterState
-from gateway.agents.substation import SubstationState
-from gateway.agents.transformer import TransformerState
+from gateway.agents.elements.smart_meter import MeterState
+from gateway.agents.elements.substation import SubstationState
+from gateway.agents.elements.transformer import TransformerState
 from gateway.alarms import NORMAL_STATES, SEVERITIES
 from gateway.commands import Reason
 from gateway.config import COMMAND_NAMES, SiteConfig
@@ -72,7 +72,7 @@ def test_the_requests_each_agent_type_accepts_are_listed() -> None:
     runtime = AgentRuntime(site, 0.0)
     by_type: dict[str, str] = {}
     for agent in site.agents:
-        by_type.setdefault(agent.type.value, agent.id)
+        by_type.setdefault(agent.type, agent.id)
     for agent_type, agent_id in sorted(by_type.items()):
         with pytest.raises(ValueError) as info:
             runtime.request(agent_id, "no_such_request", 1.0)

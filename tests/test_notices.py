@@ -21,11 +21,11 @@ import pytest
 from gateway.agent_host import AgentHost
 from gateway.agents.actions import Alert, BusMessage, ControlRequest, Topic
 from gateway.agents.base import Links
-from gateway.agents.capacitor_bank import CapacitorBankAgent, CapacitorInputs
-from gateway.agents.circuit_breaker import BreakerInputs, BreakerState, CircuitBreakerAgent
+from gateway.agents.elements.capacitor_bank import CapacitorBankAgent, CapacitorInputs
+from gateway.agents.elements.circuit_breaker import BreakerInputs, BreakerState, CircuitBreakerAgent
 from gateway.agents.notices import BY_KIND, KINDS, Disposition, notices
-from gateway.agents.power_line import LineInputs, PowerLineAgent
-from gateway.agents.renewable import DerInputs, RenewableEnergyAgent
+from gateway.agents.elements.power_line import LineInputs, PowerLineAgent
+from gateway.agents.elements.renewable import DerInputs, RenewableEnergyAgent
 from gateway.agents.runtime import AgentRuntime
 from gateway.agents.schema import (
     CapacitorBankAttributes,
@@ -34,7 +34,7 @@ from gateway.agents.schema import (
     RenewableEnergyAttributes,
     TransformerAttributes,
 )
-from gateway.agents.transformer import TransformerAgent, TransformerInputs
+from gateway.agents.elements.transformer import TransformerAgent, TransformerInputs
 from gateway.contract.clock import SystemClock
 from gateway.config import load
 from gateway.contract.settings import SiteIdentity, UplinkConfig
@@ -241,7 +241,7 @@ def all_messages(site) -> list[BusMessage]:  # type: ignore[no-untyped-def]
 
 def kinds_in_code() -> set[str]:
     found: set[str] = set()
-    for path in (ROOT / "gateway" / "agents").glob("*.py"):
+    for path in (ROOT / "gateway" / "agents").rglob("*.py"):
         found |= set(re.findall(r'\bkind="([a-z_]+)"', path.read_text()))
     return found
 

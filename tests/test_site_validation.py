@@ -272,13 +272,13 @@ def test_the_vocabulary_covers_every_name_the_code_reads_or_writes() -> None:
     for spec in SPECS.values():  # the fields the runtime fills from topology are declared `derived`
         if spec.inputs is not None:
             read = {"in" if f.name == "in_" else f.name for f in fields(spec.inputs)} - spec.derived
-            assert read <= names[AgentType(spec.type_name)], (spec.type_name, read - names[AgentType(spec.type_name)])
+            assert read <= names[spec.type_name], (spec.type_name, read - names[spec.type_name])
     breaker, xfmr = AgentType.CIRCUIT_BREAKER, AgentType.TRANSFORMER
     assert set(BREAKER_AGENT_POINTS) | DEVICE_NAMES <= names[breaker]
     assert set(SWITCH_POINTS) | {"fpi_reset"} <= commands[breaker]
     assert set(HEALTH_NAMES) <= names[xfmr]
     for agent_type, (p, q) in LOAD_NAMES.items():
-        assert {n for n in (p, q) if n} <= names[AgentType(agent_type)]
+        assert {n for n in (p, q) if n} <= names[agent_type]
     written = set().union(*SETPOINT_POINTS.values())
     assert written <= set().union(*commands.values())
     for agent_type, hil_names in model._NAMES.items():

@@ -32,14 +32,14 @@ import numpy as np
 
 from gateway.agents.actions import Action, Alert, BusMessage, Severity, Topic
 from gateway.agents.base import Agent, Memory
-from gateway.agents.circuit_breaker import FAULT_CAUSES, BreakerState, CircuitBreakerAgent
+from gateway.agents.elements.circuit_breaker import FAULT_CAUSES, BreakerState, CircuitBreakerAgent
 from gateway.agents.registry import Registry, spec_for
 from gateway.agents.schema import AgentType, SmartMeterAttributes
-from gateway.agents.smart_meter import BulkStateChange, MeterFleet
+from gateway.agents.elements.smart_meter import BulkStateChange, MeterFleet
 from gateway.agents.spec import AgentSpec, Build, input_field, type_name
-from gateway.agents.substation import SubstationAgent
+from gateway.agents.elements.substation import SubstationAgent
 from gateway.agents.visualization import meters_metadata
-from gateway.agents.transformer import TransformerAgent, TransformerState
+from gateway.agents.elements.transformer import TransformerAgent, TransformerState
 from gateway.agents.bus import Bus
 from gateway.config import SiteConfig
 from gateway.maintenance.health import HealthInputs

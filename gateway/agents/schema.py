@@ -14,7 +14,12 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 
-class AgentType(enum.Enum):
+class AgentType(enum.StrEnum):
+    """The agent types the gateway's own code names: switching, protection, the simulator and the
+    views treat breakers, lines, transformers and the substation specially. A site entry's `type`
+    is a plain string checked against the registry (`gateway.agents.registry`), so a new type
+    needs no member here; members compare equal to their names."""
+
     POWER_LINE = "power_line"
     TRANSFORMER = "transformer"
     SMART_METER = "smart_meter"
@@ -429,14 +434,3 @@ class RenewableEnergyAttributes(_Attrs):
         if self.resource_type == "battery_storage" and self.energy_capacity_kwh is None:
             raise ValueError("a battery_storage needs energy_capacity_kwh")
         return self
-
-
-AGENT_ATTRIBUTE_MODELS: dict[AgentType, type[BaseModel]] = {
-    AgentType.POWER_LINE: PowerLineAttributes,
-    AgentType.TRANSFORMER: TransformerAttributes,
-    AgentType.SMART_METER: SmartMeterAttributes,
-    AgentType.CIRCUIT_BREAKER: CircuitBreakerAttributes,
-    AgentType.SUBSTATION: SubstationAttributes,
-    AgentType.CAPACITOR_BANK: CapacitorBankAttributes,
-    AgentType.RENEWABLE_ENERGY: RenewableEnergyAttributes,
-}

@@ -183,6 +183,8 @@ class AgentSpec:
     """Makes the agent; None for a type the runtime does not hold one agent per entry of (the meter fleet)."""
     step_order: int = 100
     """Agents step in this order within a cycle (what others read steps first)."""
+    listing_order: int = 100
+    """Place of the type in listings (the registry, `stima agents types`, docs/agents.md)."""
     requests: tuple[str, ...] = ()
     """Operator and SCADA requests accepted (`stima agents request ID REQUEST`)."""
     runtime_requests: Mapping[str, RequestHandler] = field(default_factory=dict)

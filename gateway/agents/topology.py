@@ -90,7 +90,7 @@ class Topology:
 
     @classmethod
     def from_site(cls, site: SiteConfig) -> Topology:
-        types = {a.id: a.type.value for a in site.agents}
+        types = {a.id: a.type for a in site.agents}
         types.update({g.id: METER_GROUP for g in site.meter_groups})
         edges: list[Edge] = []
         seen: set[tuple[str, str, CanonicalType]] = set()
@@ -106,7 +106,7 @@ class Topology:
         for g in site.meter_groups:
             if (g.connected_transformer, g.id, CanonicalType.SUPPLY) not in seen:
                 edges.append(Edge(g.connected_transformer, g.id, CanonicalType.SUPPLY))
-        functions = {a.id: str(a.attributes.get("function", "breaker")) for a in site.agents if a.type.value == BREAKER}
+        functions = {a.id: str(a.attributes.get("function", "breaker")) for a in site.agents if a.type == BREAKER}
         try:
             from gateway.switching.network import Network, NetworkError
 

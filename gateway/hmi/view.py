@@ -25,7 +25,7 @@ class View:
         site = gateway.site
         net = gateway.switching.network
         self.net = net
-        self.types = {a.id: a.type.value for a in site.agents}
+        self.types = {a.id: a.type for a in site.agents}
         self.configured: dict[str, dict[str, Any]] = {}
         for a in site.agents:
             agent = gateway.agents.runtime.agents.get(a.id)
@@ -186,7 +186,7 @@ class View:
         paths: dict[str, list[tuple[float, float]]] = {}
         lengths: dict[str, float] = {}
         for a in site.agents:
-            if a.type.value == "power_line":
+            if a.type == "power_line":
                 attrs = PowerLineAttributes.model_validate(a.attributes)
                 if len(attrs.coordinates) >= 2:
                     paths[a.id] = [(lat, lon) for lat, lon in attrs.coordinates]
@@ -218,7 +218,7 @@ class View:
             )
         positions = self._tap_positions()
         for a in site.agents:
-            if a.type.value == "power_line":
+            if a.type == "power_line":
                 continue
             coord = self.configured.get(a.id, {}).get("coordinates")
             derived = False
@@ -231,7 +231,7 @@ class View:
                 unplaced.append(a.id)
                 continue
             props: dict[str, Any] = {
-                "kind": a.type.value,
+                "kind": a.type,
                 "coordinates_from": "line position" if derived else "attributes",
             }
             if a.id in state["devices"]:
@@ -242,7 +242,7 @@ class View:
                 if "meters" in el:
                     props["meters"] = {k: el["meters"][k] for k in ("count", "states", "color")}
             live, st = self._live(a.id)
-            props["visualization_metadata"] = viz.metadata(a.type.value, self.configured.get(a.id, {}), live, st)
+            props["visualization_metadata"] = viz.metadata(a.type, self.configured.get(a.id, {}), live, st)
             features.append(
                 {
                     "type": "Feature",

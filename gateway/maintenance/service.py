@@ -95,7 +95,7 @@ class MaintenanceService:
         )
         self.monitored: dict[str, dict[str, str]] = {}
         for agent in site.agents:
-            if agent.type.value != "transformer":
+            if agent.type != "transformer":
                 continue
             names = {n: p for n, p in agent.points.items() if n in HEALTH_NAMES}
             if "top_oil_temp_c" in names or any(g.point_name in names for g in GASES):

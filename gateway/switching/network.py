@@ -422,9 +422,9 @@ class _Builder:
         self.site = site
         self.net = net
         self.agents: dict[str, AgentConfig] = {a.id: a for a in site.agents}
-        self.types = {a.id: a.type.value for a in site.agents}
+        self.types = {a.id: a.type for a in site.agents}
         self.line_attrs = {
-            a.id: PowerLineAttributes.model_validate(a.attributes) for a in site.agents if a.type.value == LINE
+            a.id: PowerLineAttributes.model_validate(a.attributes) for a in site.agents if a.type == LINE
         }
         self.schemes = {s.breaker: s for s in site.protection}
 
@@ -440,7 +440,7 @@ class _Builder:
 
     def _sources(self) -> None:
         for a in self.site.agents:
-            if a.type.value == SUBSTATION:
+            if a.type == SUBSTATION:
                 sub = SubstationAttributes.model_validate(a.attributes)
                 self.net.sources[a.id] = Source(a.id, False, sub.rated_capacity * 1000.0, sub.secondary_voltage)
 
@@ -699,7 +699,7 @@ class _Builder:
                 net.element_section[child] = self.section_at(line, pos)
         for a in self.site.agents:
             net.element_points[a.id] = dict(a.points)
-            net.element_types[a.id] = a.type.value
+            net.element_types[a.id] = a.type
         # elements fed by a tapped element (a DER behind a transformer) share its section
         changed = True
         while changed:

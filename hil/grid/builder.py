@@ -44,7 +44,7 @@ class GridBuilder(GridState):
         agents = {a.id: a for a in site.agents}
         self._agents = agents
         self._agent_types = {a.id: a.type for a in site.agents}
-        subs = [a for a in site.agents if a.type is AgentType.SUBSTATION]
+        subs = [a for a in site.agents if a.type == AgentType.SUBSTATION]
         if not subs:
             raise ValueError("the simulator needs a substation agent, found none")
         self.substation_id = subs[0].id
@@ -53,7 +53,7 @@ class GridBuilder(GridState):
         self._device_attrs = {
             a.id: CircuitBreakerAttributes.model_validate(a.attributes)
             for a in site.agents
-            if a.type is AgentType.CIRCUIT_BREAKER
+            if a.type == AgentType.CIRCUIT_BREAKER
         }
         net = self.net
         first_pu = 1.0
@@ -121,7 +121,7 @@ class GridBuilder(GridState):
             for k in kids:
                 visited.add(k)
             parent = agents[parent_id]
-            if parent.type is AgentType.POWER_LINE:
+            if parent.type == AgentType.POWER_LINE:
                 self._build_line(parent, attach, upstream_switch.get(parent_id))
                 line = self.lines[parent_id]
                 positions = self._child_positions(parent, kids, line)
@@ -133,20 +133,20 @@ class GridBuilder(GridState):
                     attach[k] = bus
             for k in kids:
                 upstream_switch[k] = (
-                    parent_id if agents[parent_id].type is AgentType.CIRCUIT_BREAKER else upstream_switch.get(parent_id)
+                    parent_id if agents[parent_id].type == AgentType.CIRCUIT_BREAKER else upstream_switch.get(parent_id)
                 )
                 order.append(k)
                 queue.append(k)
         for agent_id in order:
             agent = agents[agent_id]
             # breakers, lines and transformers were built when their children were attached
-            if agent.type is AgentType.CAPACITOR_BANK:
+            if agent.type == AgentType.CAPACITOR_BANK:
                 attrs = CapacitorBankAttributes.model_validate(agent.attributes)
                 steps = s.capacitor_steps.get(agent_id, 0)
                 if not 0 <= steps <= attrs.num_steps:
                     raise ValueError(f"simulation.capacitor_steps.{agent_id}: {steps} outside 0..{attrs.num_steps}")
                 self.capacitors[agent_id] = _Capacitor(agent_id, attrs, attach[agent_id], steps, steps)
-            elif agent.type is AgentType.RENEWABLE_ENERGY:
+            elif agent.type == AgentType.RENEWABLE_ENERGY:
                 attrs_r = RenewableEnergyAttributes.model_validate(agent.attributes)
                 der = _Der(agent_id, attrs_r, attach[agent_id])
                 if attrs_r.resource_type == "battery_storage":
@@ -157,7 +157,7 @@ class GridBuilder(GridState):
         unreached = [
             a.id
             for a in site.agents
-            if a.id not in visited and a.id not in layout.ties and a.type is not AgentType.SMART_METER
+            if a.id not in visited and a.id not in layout.ties and a.type != AgentType.SMART_METER
         ]
         if unreached:
             log.warning(
@@ -249,11 +249,11 @@ class GridBuilder(GridState):
     def _element_bus(self, agent_id: str, attach: dict[str, int]) -> int:
         """The bus an element's children hang from (building the element if it has one)."""
         agent = self._agents[agent_id]
-        if agent.type is AgentType.CIRCUIT_BREAKER:
+        if agent.type == AgentType.CIRCUIT_BREAKER:
             if agent_id not in self.breakers:
                 self._device(agent_id, attach[agent_id], DeviceRole.FEEDER)
             return self.breakers[agent_id].bus
-        if agent.type is AgentType.TRANSFORMER:
+        if agent.type == AgentType.TRANSFORMER:
             if agent_id not in self.transformers:
                 self._build_transformer(agent, attach[agent_id])
             return self.transformers[agent_id].bus

@@ -54,11 +54,11 @@ class SiteLayout:
 
 def _tap(agent: AgentConfig, rule_type: CanonicalType, target: AgentConfig) -> tuple[str, str] | None:
     """(element, line) when this rule taps an element on a line, else None."""
-    if rule_type is CanonicalType.SUPPLY and agent.type is AgentType.POWER_LINE:
+    if rule_type is CanonicalType.SUPPLY and agent.type == AgentType.POWER_LINE:
         return target.id, agent.id
-    if rule_type is CanonicalType.DEPENDS_ON and target.type is AgentType.POWER_LINE:
+    if rule_type is CanonicalType.DEPENDS_ON and target.type == AgentType.POWER_LINE:
         return agent.id, target.id
-    if rule_type is CanonicalType.SUPPLY and target.type is AgentType.POWER_LINE and agent.type in _INJECTING:
+    if rule_type is CanonicalType.SUPPLY and target.type == AgentType.POWER_LINE and agent.type in _INJECTING:
         return agent.id, target.id
     return None
 
@@ -69,12 +69,12 @@ def site_layout(site: SiteConfig) -> SiteLayout:
     lengths = {
         a.id: PowerLineAttributes.model_validate(a.attributes).length
         for a in site.agents
-        if a.type is AgentType.POWER_LINE
+        if a.type == AgentType.POWER_LINE
     }
     breakers = {
         a.id: CircuitBreakerAttributes.model_validate(a.attributes)
         for a in site.agents
-        if a.type is AgentType.CIRCUIT_BREAKER
+        if a.type == AgentType.CIRCUIT_BREAKER
     }
     layout.functions = {b: attrs.function for b, attrs in breakers.items()}
     for device, attrs in breakers.items():

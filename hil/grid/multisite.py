@@ -177,7 +177,7 @@ def _join_tie(
     for sub, agent in copies:
         ext = _external_source(agent)
         routes = _routes(agent)
-        if agent.type is not AgentType.CIRCUIT_BREAKER or ext is None or len(routes) != 1:
+        if agent.type != AgentType.CIRCUIT_BREAKER or ext is None or len(routes) != 1:
             raise MergeError(
                 f"agent {agent_id} is in {where}: only an external tie (a circuit_breaker with one route "
                 "rule and attributes.external_source) may be in two files"

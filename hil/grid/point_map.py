@@ -27,18 +27,17 @@ def _degrees(z: complex) -> float:
     return 0.0 if abs(z) < 1e-9 else math.degrees(cmath.phase(z))
 
 
-_NOT_MODELLED: dict[AgentType, frozenset[str]] = {
+_NOT_MODELLED: dict[str, frozenset[str]] = {
     AgentType.CAPACITOR_BANK: frozenset({"source_reactive_power_kvar", "ambient_temp_c"}),
 }
 """Point names of an agent type's vocabulary the model computes no value for (another agent's
 point, mapped by id, supplies them)."""
-_NAMES: dict[AgentType, frozenset[str]] = {
-    t: frozenset(AGENT_SPECS[t.value].points) - _NOT_MODELLED.get(t, frozenset()) for t in AgentType
+_NAMES: dict[str, frozenset[str]] = {
+    t: frozenset(AGENT_SPECS[t].points) - _NOT_MODELLED.get(t, frozenset()) for t in AgentType
 }
-"""What the model produces for each agent type: its vocabulary in the agent registry, less the above."""
-_COMMANDS: dict[AgentType, frozenset[str]] = {
-    t: AGENT_SPECS[t.value].commands for t in AgentType if AGENT_SPECS[t.value].commands
-}
+"""What the model produces for each agent type it has physics for: the type's vocabulary in the
+agent registry, less the above. A type the model has no physics for gets no values."""
+_COMMANDS: dict[str, frozenset[str]] = {t: AGENT_SPECS[t].commands for t in AgentType if AGENT_SPECS[t].commands}
 """The command points the model obeys: every command point of the registry's vocabulary."""
 
 
@@ -49,14 +48,14 @@ class GridPointMap(GridPhysics):
         # A point may feed several agents (a capacitor's controller reading the feeder's kvar);
         # the model produces it as the agent that can produce it, preferring the agent its id
         # names, then breakers (whose IEDs carry the feeder measurements).
-        breakers_last = sorted(site.agents, key=lambda a: a.type is AgentType.CIRCUIT_BREAKER)
+        breakers_last = sorted(site.agents, key=lambda a: a.type == AgentType.CIRCUIT_BREAKER)
         produced: dict[str, tuple[str, str]] = {}
         rank: dict[str, tuple[bool, bool]] = {}
         for agent in breakers_last:
             if agent.id not in self._modelled():
                 continue
             for name, pid in agent.points.items():
-                mine = (name in _NAMES[agent.type], pid.split(".", 1)[0] == agent.id)
+                mine = (name in _NAMES.get(agent.type, ()), pid.split(".", 1)[0] == agent.id)
                 if pid in rank and mine < rank[pid]:
                     continue
                 rank[pid] = mine
@@ -69,7 +68,7 @@ class GridPointMap(GridPhysics):
                 if point.id in produced or "." not in point.id:
                     continue
                 agent_id, name = point.id.split(".", 1)
-                if agent_id in self._modelled() and name in _NAMES[self._agent_types[agent_id]]:
+                if agent_id in self._modelled() and name in _NAMES.get(self._agent_types[agent_id], ()):
                     produced[point.id] = (agent_id, name)
                     if name in _COMMANDS.get(self._agent_types[agent_id], ()):
                         self._command_targets[point.id] = (agent_id, name)
@@ -157,7 +156,7 @@ class GridPointMap(GridPhysics):
 
     def _agent_values(self, agent_id: str) -> dict[str, float | int | bool]:
         kind = self._agent_types[agent_id]
-        if kind is AgentType.SUBSTATION:
+        if kind == AgentType.SUBSTATION:
             # the incomer meter sits on the station bus, after the grid's source impedance
             bus = self._station_bus_of[agent_id]
             s = complex(self._v[bus] * np.conj(self._i1[bus])) * self.net.base_mva * 1000.0
@@ -167,7 +166,7 @@ class GridPointMap(GridPhysics):
                 "total_load_kvar": s.imag,
                 "frequency_hz": self._frequency_hz,
             }
-        if kind is AgentType.CIRCUIT_BREAKER:
+        if kind == AgentType.CIRCUIT_BREAKER:
             cb = self.breakers[agent_id]
             i_base = self.net.i_base_a(cb.bus)
             i_abc, s, direction = self._flow(cb.branch)
@@ -207,7 +206,7 @@ class GridPointMap(GridPhysics):
                 "fpi_reset": cb.fpi_reset,
                 "local": cb.local,
             }
-        if kind is AgentType.POWER_LINE:
+        if kind == AgentType.POWER_LINE:
             line = self.lines[agent_id]
             first = line.first_bus
             i_abc, s, _ = self._flow(line.segments[0][4])
@@ -218,7 +217,7 @@ class GridPointMap(GridPhysics):
                 "reactive_power_kvar": s.imag,
                 "end_voltage_kv": self._kv(line.end_bus),
             }
-        if kind is AgentType.TRANSFORMER:
+        if kind == AgentType.TRANSFORMER:
             t = self.transformers[agent_id]
             s_sec = self._v[t.bus] * np.conj(self._i1[t.bus]) * self.net.base_mva * 1000.0
             ambient = self._ambient_c(t, self._now)
@@ -234,7 +233,7 @@ class GridPointMap(GridPhysics):
             }
             condition = self.conditions.get(agent_id)
             return condition.live(values, self._now) if condition is not None else values
-        if kind is AgentType.CAPACITOR_BANK:
+        if kind == AgentType.CAPACITOR_BANK:
             cap = self.capacitors[agent_id]
             v_pu_rated = abs(self._v[cap.bus]) * self.net.buses[cap.bus].base_kv / cap.attrs.voltage_level
             q = cap.attrs.rated_capacity * 1000.0 * cap.steps_active / cap.attrs.num_steps * v_pu_rated**2

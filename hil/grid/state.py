@@ -14,7 +14,6 @@ import numpy as np
 import numpy.typing as npt
 
 from gateway.agents.schema import (
-    AgentType,
     CapacitorBankAttributes,
     CircuitBreakerAttributes,
     PowerLineAttributes,
@@ -250,7 +249,7 @@ class GridState:
         self._reference_pu = settings.source_voltage_pu
         """EMF of the first substation's grid: the root of the one tree holding every source."""
         self.source_bus = 0
-        self._agent_types: dict[str, AgentType] = {}
+        self._agent_types: dict[str, str] = {}
         self._agents: dict[str, AgentConfig] = {}
         self.breakers: dict[str, SwitchingDevice] = {}
         """Every switching device by id: feeder breakers, in-series devices, ties."""

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from gateway.agents.base import Links
 from gateway.agents.schema import TransformerAttributes
-from gateway.agents.transformer import TransformerAgent
+from gateway.agents.elements.transformer import TransformerAgent
 from gateway.config import validate
 from gateway.history import HistoryRow
 from gateway.maintenance import failure, health

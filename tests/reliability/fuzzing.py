@@ -617,7 +617,7 @@ def control_request_target() -> Target:
 def der_target() -> Target:
     """A DER's readings as they arrive at its agent (what its IED points deliver: any number,
     NaN, infinities, out of range, missing), stepped through the renewable agent's state machine."""
-    from gateway.agents.renewable import DerInputs, RenewableEnergyAgent
+    from gateway.agents.elements.renewable import DerInputs, RenewableEnergyAgent
     from gateway.agents.schema import RenewableEnergyAttributes
 
     fields = ["active_power_kw", "reactive_power_kvar", "voltage_pu", "irradiance_w_m2", "connected", "grid_available"]

@@ -57,7 +57,7 @@ class StubModel:
                 else:  # a raw value every register type can carry
                     model.values[point.id] = (1000 + 10 * n) * point.scale + point.offset
         for agent in site.agents:
-            if agent.type.value == "circuit_breaker":
+            if agent.type == "circuit_breaker":
                 model.closed[agent.id] = True
         return model
 

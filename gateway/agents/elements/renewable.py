@@ -439,6 +439,7 @@ def _derive_inputs(rt: spec.RuntimeView, agent_id: str, wall: float | None) -> d
 
 SPEC = spec.AgentSpec(
     type_name="renewable_energy",
+    listing_order=7,
     table=TABLE,
     attributes=RenewableEnergyAttributes,
     points=POINTS,

@@ -21,12 +21,12 @@ from typing import Any, ClassVar
 from gateway.agents.actions import Action, Alert, BusMessage, Severity, Topic
 from gateway.agents import spec, visualization
 from gateway.agents.base import Agent, Links, Memory
-from gateway.agents.capacitor_bank import CapacitorState
+from gateway.agents.elements.capacitor_bank import CapacitorState
 from gateway.agents.fsm import IGNORE, TransitionTable, row
 from gateway.agents.physics import linear_trend, time_to_limit_s
-from gateway.agents.power_line import LineState
+from gateway.agents.elements.power_line import LineState
 from gateway.agents.schema import SubstationAttributes
-from gateway.agents.transformer import TransformerState
+from gateway.agents.elements.transformer import TransformerState
 
 
 class SubstationState(enum.Enum):
@@ -513,6 +513,7 @@ def _shed(rt: spec.RuntimeView, substation: str, now: float, args: Mapping[str, 
 
 SPEC = spec.AgentSpec(
     type_name="substation",
+    listing_order=5,
     table=TABLE,
     attributes=SubstationAttributes,
     points=POINTS,

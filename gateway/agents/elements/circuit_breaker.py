@@ -688,6 +688,7 @@ def _build(b: spec.Build, links: Links) -> CircuitBreakerAgent:
 
 SPEC = spec.AgentSpec(
     type_name="circuit_breaker",
+    listing_order=4,
     table=TABLE,
     attributes=CircuitBreakerAttributes,
     points=POINTS,

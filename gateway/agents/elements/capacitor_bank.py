@@ -545,6 +545,7 @@ def _var_support(rt: spec.RuntimeView, agent_id: str, message: BusMessage, now: 
 
 SPEC = spec.AgentSpec(
     type_name="capacitor_bank",
+    listing_order=6,
     table=TABLE,
     attributes=CapacitorBankAttributes,
     points=POINTS,

@@ -533,6 +533,7 @@ class MeterFleet:
 
 SPEC = spec.AgentSpec(
     type_name="smart_meter",
+    listing_order=3,
     table=TABLE,
     attributes=SmartMeterAttributes,
     points={},

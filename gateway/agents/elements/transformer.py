@@ -703,6 +703,7 @@ def _reduce_load(rt: spec.RuntimeView, agent_id: str, message: BusMessage, now: 
 
 SPEC = spec.AgentSpec(
     type_name="transformer",
+    listing_order=2,
     table=TABLE,
     attributes=TransformerAttributes,
     points=POINTS,

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 from gateway.agents.actions import Action, Alert, BusMessage, Severity, Topic
 from gateway.agents import spec, visualization
 from gateway.agents.base import Agent, Links, Memory
-from gateway.agents.circuit_breaker import BreakerMemory, BreakerState, CircuitBreakerAgent
+from gateway.agents.elements.circuit_breaker import BreakerMemory, BreakerState, CircuitBreakerAgent
 from gateway.agents.fsm import IGNORE, TransitionTable, row
 from gateway.agents.physics import line_losses_kw, thermal_level
 from gateway.agents.schema import PowerLineAttributes
@@ -418,6 +418,7 @@ def _derive_inputs(rt: spec.RuntimeView, agent_id: str, wall: float | None) -> d
 
 SPEC = spec.AgentSpec(
     type_name="power_line",
+    listing_order=1,
     table=TABLE,
     attributes=PowerLineAttributes,
     points=POINTS,

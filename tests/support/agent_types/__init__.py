@@ -1,0 +1,1 @@
+"""Agent types that exist only for tests, one module each."""
