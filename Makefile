@@ -26,7 +26,9 @@ test: deps lint
 	@$(PY) -m pytest -q -p no:cacheprovider --durations=15 $(PYTEST_ARGS)
 
 bench: deps
-	@failed=""; for b in tests/bench/bench_*.py; do echo "=== $$b"; $(PY) $$b || failed="$$failed $$b"; done; \
+	@failed=""; start=$$(date +%s); for b in tests/bench/bench_*.py; do echo "=== $$b"; t=$$(date +%s); \
+	$(PY) $$b || failed="$$failed $$b"; echo "=== $$b: $$(( $$(date +%s) - t )) s"; done; \
+	echo "make bench: $$(( $$(date +%s) - start )) s in all"; \
 	if [ -n "$$failed" ]; then echo "benchmarks that failed:$$failed"; exit 1; fi
 
 # what the daemon survives, measured (about 25 minutes; not part of make test): prints a table and

@@ -67,7 +67,7 @@ def reload_once(rig: Rig, doc: dict[str, Any]) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--reloads", type=int, default=6, help="reloads of each kind")
+    parser.add_argument("--reloads", type=int, default=3, help="reloads of each kind (about 8 s each)")
     args = parser.parse_args()
     with (
         tempfile.TemporaryDirectory() as tmp,

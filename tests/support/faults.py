@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
+
+from gateway.control import ControlError
 
 from hil.rig import Rig, example_document
 
@@ -52,6 +55,25 @@ def clear_faults(rig: Rig, breaker_id: str) -> None:
             rig.daemon_call("faults.clear", id=record["id"], reason="crew repaired the line")
 
 
+def _close(rig: Rig, breaker_id: str, timeout_s: float) -> Any:
+    """The authorised close, asked again (as an operator would) while the daemon refuses it because
+    the position went stale for a moment on a loaded machine; any other refusal is raised."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return rig.daemon_call(
+                "breaker.operate",
+                breaker=breaker_id,
+                action="close",
+                authorised=True,
+                reason="fault cleared by the crew, line patrolled",
+            )
+        except ControlError as exc:
+            if "position_unknown" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def close_and_settle(rig: Rig, breaker_id: str, timeout_s: float = 20.0) -> None:
     """Operator close through the daemon after the crew cleared the fault (authorised: re-arms
     after lockout), then wait for it."""
@@ -62,13 +84,7 @@ def close_and_settle(rig: Rig, breaker_id: str, timeout_s: float = 20.0) -> None
         timeout_s,
     )
     clear_faults(rig, breaker_id)
-    state = rig.daemon_call(
-        "breaker.operate",
-        breaker=breaker_id,
-        action="close",
-        authorised=True,
-        reason="fault cleared by the crew, line patrolled",
-    )
+    state = _close(rig, breaker_id, timeout_s)
     try:
         rig.wait(lambda: breaker(rig, breaker_id) == "closed", f"{breaker_id} closed", timeout_s)
     except TimeoutError as exc:
