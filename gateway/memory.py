@@ -17,6 +17,7 @@ import ctypes
 import ctypes.util
 import gc
 import logging
+import time
 from functools import cache
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,11 @@ def trim_heap() -> bool:
 def after_reload() -> int:
     """What a reload does once the old configuration is dropped: re-freeze the new one alone
     and return the old one's memory. Returns the number of frozen objects."""
+    started = time.perf_counter()
     frozen = freeze_long_lived()
     trim_heap()
+    log.info(
+        "retired configuration released",
+        extra={"pause_ms": round((time.perf_counter() - started) * 1e3, 1), "frozen_objects": frozen},
+    )
     return frozen
