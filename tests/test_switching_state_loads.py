@@ -75,6 +75,30 @@ def test_a_close_waits_for_its_far_side_voltage_read_after_the_tie_opened(networ
     assert not state.far_side_waiting("SW-046-2", 2.6, 3.0)
 
 
+def test_a_close_waits_after_a_move_anywhere_that_changed_its_far_sides_supply(network: Network) -> None:
+    """Plan C's order: CB-045 opens at the head of its feeder, then TIE-044-045 closes at the far
+    end to pick the feeder up from LINE-044. The tie's far side (LINE-045/2) is two sections from
+    the breaker, and its voltage read before the breaker opened still shows 11 kV: judged on it
+    the close would be refused as paralleling an unknown source."""
+    state = GridState(network)
+    for device in ("CB-044", "SW-044-1", "SW-044-2", "CB-045", "SW-045-1", "SW-045-2", "CB-046", "SW-046-1"):
+        feed(state, device, 0.0, closed=True)
+    for device in ("SW-046-2", "TIE-044-045", "TIE-045-046", "TIE-046-061"):
+        feed(state, device, 0.0, closed=False)
+    for device in ("CB-234P", "CB-235P"):
+        feed(state, device, 0.0, closed=True)
+    state.on_point("TIE-044-045.voltage_kv", 11.0, True, 0.0)
+    assert not state.far_side_waiting("TIE-044-045", 0.5, 3.0)
+    # a move that leaves LINE-045/2's supply as it was: no wait
+    feed(state, "SW-046-2", 0.6, closed=True)
+    assert not state.far_side_waiting("TIE-044-045", 0.7, 3.0)
+    # the feeder breaker opens: LINE-045/2 is dead now, whatever the last reading says
+    feed(state, "CB-045", 1.0, closed=False)
+    assert state.far_side_waiting("TIE-044-045", 1.1, 3.0)
+    state.on_point("TIE-044-045.voltage_kv", 0.0, True, 1.2)
+    assert not state.far_side_waiting("TIE-044-045", 1.3, 3.0)
+
+
 def test_a_fault_current_is_never_taken_for_a_load_to_estimate_with(network: Network) -> None:
     """Right after a fault is cleared the last reads still carry its current; with no load
     remembered for the section (a rig just started), the estimate must not take it for one:

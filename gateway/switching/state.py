@@ -95,18 +95,31 @@ class GridState:
         return self._values.get((element, name))
 
     def far_side_waiting(self, device: str, now: float, limit_s: float) -> bool:
-        """True while an open device's far-side voltage was read before the last position change
-        of a device around its far side, less than `limit_s` ago: the reading may still show a
-        source that has just been switched away (or miss one just switched in). A close waits for
-        a fresh reading rather than being judged on an old one; after `limit_s` the interlocks
-        judge what there is (and refuse when it cannot be explained)."""
+        """True while an open device's far-side voltage was read before the last move, less than
+        `limit_s` ago, of a device that changed what feeds that far side (anywhere on the network:
+        a feeder breaker opened two sections away de-energises it as surely as the next switch):
+        the reading may still show a source that has just been switched away (or miss one just
+        switched in). A close waits for a fresh reading rather than being judged on an old one;
+        after `limit_s` the interlocks judge what there is (and refuse when it cannot be
+        explained). Moves that left the far side's supply as it was do not make it wait."""
         dev = self.network.devices.get(device)
         if dev is None or (device, "voltage_kv") not in self._times or dev.b not in self.network.sections:
             return False
-        moved = max(
-            (self._moved_at.get(d, -math.inf) for d in self.network.devices_of(dev.b) if d != device), default=-math.inf
-        )
-        return self._times[(device, "voltage_kv")] < moved and now - moved < limit_s
+        read_at = self._times[(device, "voltage_kv")]
+        recent = [d for d, at in self._moved_at.items() if d != device and read_at < at and now - at < limit_s]
+        if not recent:
+            return False
+        config = self.configuration()
+        config[device] = False
+        fed = self.network.energise(config).source_of.get(dev.b)
+        for moved in recent:
+            position = config.get(moved)
+            if position is None:
+                return True  # a device that moved to an unknown position: wait for the reading
+            before = {**config, moved: not position}
+            if self.network.energise(before).source_of.get(dev.b) != fed:
+                return True
+        return False
 
     def position(self, device: str) -> bool | None:
         """True closed, False open, None unknown (no point, not yet received, or not good)."""
