@@ -203,7 +203,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--faults", type=int, default=800, help="about 8 per second; 10,000 for the long run (about 20 minutes)"
+        "--faults", type=int, default=500, help="about 8 per second; 10,000 for the long run (about 20 minutes)"
     )
     parser.add_argument("--gap-ms", type=float, default=2.0, help="pause between faults")
     args = parser.parse_args()

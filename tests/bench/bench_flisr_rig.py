@@ -120,7 +120,7 @@ def one_run(rig: Rig, section: dict[str, Any], normal: dict[str, bool]) -> tuple
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=20, help="about 3 s each")
+    parser.add_argument("--runs", type=int, default=12, help="about 3 s each")
     args = parser.parse_args()
     with Rig(bench_site(), Path(tempfile.mkdtemp(prefix="bench-flisr-")), hil_args=("--no-ami",)) as rig:
         network = rig.daemon_call("switching.network")

@@ -34,7 +34,7 @@ def pct(values: list[float], q: float) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=10, help="about 7 s each")
+    parser.add_argument("--runs", type=int, default=8, help="about 7 s each")
     args = parser.parse_args()
     rng = random.Random(5)
     differences: list[float] = []
