@@ -14,7 +14,7 @@ from typing import Any
 
 from hil.rig import Rig
 from tests.reliability.common import Report, median, part_main, percentile
-from tests.reliability.rig_tools import BrokerLog, Scada, base_topic, example_with_commands
+from tests.reliability.rig_tools import RETAINED_COPY, BrokerLog, Scada, base_topic, example_with_commands
 
 TITLE = "kill -9 under full load"
 BUDGET_S = 900
@@ -141,6 +141,10 @@ def run(report: Report, workdir: Path, quick: bool) -> None:
         hil = rig.hil_call("status")
         final_seq_status = [s["status"] for s in rig.daemon_call("switching.list") if s["name"].startswith("kill")]
         spooled = log.spooled()
+        with log.lock:
+            retained = sorted(
+                m[2]["msg_id"] for m in log.messages if m[2].get(RETAINED_COPY) and isinstance(m[2].get("msg_id"), int)
+            )
         log.stop()
 
     ids = [m[2]["msg_id"] for m in spooled]
@@ -169,6 +173,10 @@ def run(report: Report, workdir: Path, quick: bool) -> None:
         not integrity_bad,
     )
     report.check("spooled messages received (msg_id range)", f"{len(seen):,} distinct ids {first}..{last}", "", True)
+    report.row(
+        "retained copies handed over at subscription (published before it, not counted)",
+        f"{len(retained)}" + (f" (ids {retained[0]}..{retained[-1]})" if retained else ""),
+    )
     report.check("accepted messages lost (gaps in msg_id)", len(missing), "0", not missing)
     report.check(
         "duplicates (same msg_id again)",

@@ -40,6 +40,10 @@ def base_topic(rig: Rig) -> str:
     return f"{rig.doc['uplink']['topic_prefix']}/{site['region']}/{site['substation_id']}"
 
 
+RETAINED_COPY = "_retained_copy"
+"""Key set on a message the broker delivered as a retained copy at subscription."""
+
+
 class BrokerLog:
     """Every message under the gateway's prefix, as SCADA would receive it (QoS 1, one session
     for the whole run)."""
@@ -78,6 +82,8 @@ class BrokerLog:
             payload = {"raw": bytes(msg.payload)}
         if not isinstance(payload, dict):
             payload = {"value": payload}
+        if msg.retain:  # a retained copy the broker hands over at subscription: published before it
+            payload[RETAINED_COPY] = True
         suffix = msg.topic[len(self.base) + 1 :]
         with self.lock:
             self.messages.append((time.monotonic(), suffix, payload))
@@ -85,9 +91,12 @@ class BrokerLog:
                 self.results[payload["id"]] = payload
 
     def spooled(self) -> list[tuple[float, str, dict[str, Any]]]:
-        """Messages that came through the spool (they carry its `msg_id`)."""
+        """Messages that came through the spool (they carry its `msg_id`) while this subscriber
+        was subscribed. Retained copies handed over at subscription are left out: they were
+        published before it, so the ones published between them and the subscription (never
+        sent to this client) would count as gaps."""
         with self.lock:
-            return [m for m in self.messages if isinstance(m[2].get("msg_id"), int)]
+            return [m for m in self.messages if isinstance(m[2].get("msg_id"), int) and not m[2].get(RETAINED_COPY)]
 
     def stop(self) -> None:
         self.client.loop_stop()
