@@ -74,10 +74,29 @@ def _close(rig: Rig, breaker_id: str, timeout_s: float) -> Any:
             time.sleep(0.2)
 
 
+def _diagnosis(rig: Rig, breaker_id: str) -> str:
+    """What a wait that ran out saw last: the breaker's protection, the simulator's last commands
+    and the daemon's last events about the breaker."""
+    events = [
+        (round(e["time"], 2), e["kind"], e.get("value") or e.get("message", ""))
+        for e in rig.daemon_call("events", source=breaker_id, limit=15)
+    ]
+    return (
+        f"now: {rig.daemon_call('status')['protection']['breakers'][breaker_id]}; "
+        f"simulator: {rig.hil_call('status')['last_commands'][-4:]}; events: {events}"
+    )
+
+
 def close_and_settle(rig: Rig, breaker_id: str, timeout_s: float = 20.0) -> None:
     """Operator close through the daemon after the crew cleared the fault (authorised: re-arms
     after lockout), then wait for it."""
     position = f"{breaker_id}.closed"
+    rig.hil_call("clear")  # the crew repaired the line: no fault left in the simulator
+    rig.wait(
+        lambda: not [s for s in rig.daemon_call("switching.list") if s["status"] == "running"],
+        "switching sequences (FLISR's after the last fault) to finish",
+        timeout_s,
+    )
     rig.wait(
         lambda: rig.daemon_call("points.read", ids=[position])[0]["value"] is False,
         f"the daemon to see {breaker_id} open",
@@ -88,11 +107,7 @@ def close_and_settle(rig: Rig, breaker_id: str, timeout_s: float = 20.0) -> None
     try:
         rig.wait(lambda: breaker(rig, breaker_id) == "closed", f"{breaker_id} closed", timeout_s)
     except TimeoutError as exc:
-        raise TimeoutError(
-            f"{exc}; protection after the close: {state}; now: "
-            f"{rig.daemon_call('status')['protection']['breakers'][breaker_id]}; "
-            f"simulator: {rig.hil_call('status')['last_commands'][-4:]}"
-        ) from None
+        raise TimeoutError(f"{exc}; protection after the close: {state}; {_diagnosis(rig, breaker_id)}") from None
     # protection must have seen the healthy current again before the next fault
     rig.wait(
         lambda: (
@@ -107,8 +122,11 @@ def close_and_settle(rig: Rig, breaker_id: str, timeout_s: float = 20.0) -> None
     )
     # and the reclaim time after the close has run out: a fault now is a new first trip,
     # not a close onto a fault
-    rig.wait(
-        lambda: rig.daemon_call("status")["protection"]["breakers"][breaker_id]["reclose_state"] == "ready",
-        f"{breaker_id} reclaim to run out",
-        timeout_s,
-    )
+    try:
+        rig.wait(
+            lambda: rig.daemon_call("status")["protection"]["breakers"][breaker_id]["reclose_state"] == "ready",
+            f"{breaker_id} reclaim to run out",
+            timeout_s,
+        )
+    except TimeoutError as exc:
+        raise TimeoutError(f"{exc}; {_diagnosis(rig, breaker_id)}") from None
