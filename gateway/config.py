@@ -85,22 +85,20 @@ class AgentConfig(_Model):
     def _check_attributes(self) -> AgentConfig:
         from gateway.agents.registry import SPECS
 
-        spec = SPECS.get(self.type)
-        if spec is not None:
-            model = spec.attributes
-            try:
-                model.model_validate(self.attributes)
-            except ValidationError as exc:  # report under `attributes.<key>`, where the file has it
-                details: list[Any] = [
-                    {
-                        "type": e["type"],
-                        "loc": ("attributes", *e["loc"]),
-                        "input": e["input"],
-                        **({"ctx": e["ctx"]} if "ctx" in e else {}),
-                    }
-                    for e in exc.errors()
-                ]
-                raise ValidationError.from_exception_data(exc.title, details) from None
+        # `type` is a registered type here: its field validator ran first
+        try:
+            SPECS[self.type].attributes.model_validate(self.attributes)
+        except ValidationError as exc:  # report under `attributes.<key>`, where the file has it
+            details: list[Any] = [
+                {
+                    "type": e["type"],
+                    "loc": ("attributes", *e["loc"]),
+                    "input": e["input"],
+                    **({"ctx": e["ctx"]} if "ctx" in e else {}),
+                }
+                for e in exc.errors()
+            ]
+            raise ValidationError.from_exception_data(exc.title, details) from None
         return self
 
 
